@@ -1,0 +1,350 @@
+/* mha.h - multi-head attention in C, with the numbers of torch.nn.MultiheadAttention.
+ *
+ * OVERVIEW
+ *   mha computes the multi-head attention layer of "Attention Is All You Need" exactly as
+ *   PyTorch's nn.MultiheadAttention does (same parameter names and layouts, same outputs,
+ *   attention weights and gradients), plus the attention core on its own, equivalent to
+ *   F.scaled_dot_product_attention on already projected q, k, v.
+ *
+ *   Three layers of API, each usable alone:
+ *     1. the module   mha_module_*   projections + attention + output projection, forward and
+ *                                    backward, parameters in PyTorch's layout, safetensors I/O;
+ *     2. the core     mha_attn_*     softmax(q k^T * scale + mask) v on [B, H, L, D] views;
+ *     3. file I/O     mha_npy_*, mha_st_*   .npy and safetensors readers and writers.
+ *
+ * USAGE
+ *     mha_ctx *ctx; mha_module *m;
+ *     mha_ctx_create(&ctx);
+ *     mha_config cfg = mha_config_default(512, 8);          // E = 512, H = 8
+ *     if (mha_module_create(ctx, &cfg, &m) != MHA_OK) { puts(mha_ctx_errmsg(ctx)); ... }
+ *     mha_module_load(ctx, m, "layer.safetensors");         // a PyTorch state_dict()
+ *     int64_t xs[3] = {B, L, 512};
+ *     mha_tensor x = mha_tensor_make(xbuf, 3, xs), y = mha_tensor_make(ybuf, 3, xs);
+ *     mha_mask mask = mha_mask_default();
+ *     mask.causal = MHA_CAUSAL_TOP_LEFT;
+ *     mha_forward_opts fo = mha_forward_opts_default();
+ *     mha_module_forward(ctx, m, &fo, &x, NULL, NULL, &mask, &y, NULL);   // self-attention
+ *     mha_module_free(m);
+ *     mha_ctx_free(ctx);
+ *
+ * CONVENTIONS
+ *   - Tensors are float32 views (mha_tensor): outermost dimension first, strides in elements,
+ *     only the innermost stride must be 1. The caller owns every buffer it passes.
+ *   - Every fallible call returns mha_status: MHA_OK (0) or a negative error code. The detailed
+ *     message ("function: what: got X, expected Y") is kept in the context until its next
+ *     call: mha_ctx_errmsg(). A NULL context is allowed everywhere: default settings are used
+ *     and the message goes to a thread-local buffer read by mha_last_errmsg().
+ *   - The library never prints, exits or aborts on bad input.
+ *   - Every *_create has a *_free; *_free(NULL) is a no-op.
+ *
+ * THREAD SAFETY
+ *   A context, a module or a safetensors collection is used by one thread at a time. Distinct
+ *   objects may be used concurrently. Inside a call, work is split over the context's threads
+ *   (OpenMP); results are bitwise identical for any thread count.
+ *
+ * MASKS: WHAT "TRUE" MEANS (read this before porting code)
+ *
+ *   | mask                           | mha (everywhere)         | nn.MultiheadAttention | F.scaled_dot_product_attention |
+ *   |--------------------------------|--------------------------|-----------------------|--------------------------------|
+ *   | bool attn_mask, true/nonzero   | NOT allowed (masked out) | NOT allowed           | allowed (take part)            |
+ *   | bool key_padding_mask, true    | ignore that key          | ignore that key       | (no such argument)             |
+ *   | float attn_mask                | added to scaled scores   | added                 | added                          |
+ *   | causal                         | top-left: key j <= i     | is_causal: top-left   | is_causal: top-left            |
+ *   | causal bottom-right            | key j <= i + (S - L)     | -                     | - (FlashAttention's choice)    |
+ *   | key_lengths[b]                 | keys j >= len ignored    | -                     | -                              |
+ *   | every key of a row masked      | output 0, weights 0      | NaN                   | NaN                            |
+ *
+ *   All masks given combine: a key takes part only if no mask excludes it; float masks add.
+ */
+#ifndef MHA_H
+#define MHA_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#define MHA_VERSION_MAJOR 0
+#define MHA_VERSION_MINOR 1
+#define MHA_VERSION_PATCH 0
+#define MHA_VERSION_STRING "0.1.0"
+
+/* ---------------------------------------------------------------------------------------------
+ * Status codes
+ * ------------------------------------------------------------------------------------------- */
+typedef enum {
+    MHA_OK = 0,
+    MHA_ERR_INVALID_ARG = -1, /* a NULL pointer, a bad value, an option out of range */
+    MHA_ERR_SHAPE = -2,       /* tensor shapes or strides that do not fit together */
+    MHA_ERR_NOMEM = -3,       /* allocation failed, or a size overflowed */
+    MHA_ERR_IO = -4,          /* a file could not be opened, read, written or renamed */
+    MHA_ERR_FORMAT = -5,      /* a malformed .npy or safetensors file */
+    MHA_ERR_NOT_FOUND = -6,   /* a named tensor or parameter is missing */
+    MHA_ERR_UNSUPPORTED = -7, /* unsupported dtype, ISA not available on this CPU, no libpng */
+    MHA_ERR_STATE = -8        /* call out of order, e.g. backward without a saved forward */
+} mha_status;
+
+/* A static, human-readable name for a status ("invalid argument", ...). Never NULL. */
+const char *mha_status_str(mha_status s);
+
+/* ---------------------------------------------------------------------------------------------
+ * Context: error message, thread count, kernel choice
+ * ------------------------------------------------------------------------------------------- */
+typedef struct mha_ctx mha_ctx;
+
+/* Instruction-set paths for the kernels. */
+typedef enum {
+    MHA_ISA_AUTO = 0,    /* the best the CPU and OS support (or $MHA_ISA when set) */
+    MHA_ISA_GENERIC = 1, /* portable C */
+    MHA_ISA_AVX2 = 2,    /* AVX2 + FMA */
+    MHA_ISA_AVX512 = 3   /* AVX-512 F/BW/VL/DQ */
+} mha_isa;
+
+/* Creates a context. *out is set even when the status is an error other than MHA_ERR_NOMEM
+ * (e.g. $MHA_ISA names a path this CPU cannot run), so that mha_ctx_errmsg() explains it.
+ * Default: all available cores (omp_get_max_threads()), ISA from $MHA_ISA or auto. */
+mha_status mha_ctx_create(mha_ctx **out);
+void mha_ctx_free(mha_ctx *ctx);
+
+/* The message of the last failed call on this context ("" if it succeeded). Valid until the
+ * next call that uses ctx. ctx == NULL gives mha_last_errmsg(). */
+const char *mha_ctx_errmsg(const mha_ctx *ctx);
+/* The message of the last failed call made with a NULL context on this thread. */
+const char *mha_last_errmsg(void);
+
+/* Number of threads for calls on this context; n >= 1, or 0 for all available cores. */
+mha_status mha_ctx_set_threads(mha_ctx *ctx, int n);
+int mha_ctx_threads(const mha_ctx *ctx);
+
+/* Forces a kernel path. MHA_ERR_UNSUPPORTED if the CPU or OS cannot run it (never a silent
+ * fallback). MHA_ISA_AUTO picks the best available. */
+mha_status mha_ctx_set_isa(mha_ctx *ctx, mha_isa isa);
+mha_isa mha_ctx_isa(const mha_ctx *ctx);
+const char *mha_isa_name(mha_isa isa); /* "generic", "avx2", "avx512", "auto" */
+/* 1 if this machine (CPU bits and OS-enabled register state) can run the path. */
+int mha_isa_supported(mha_isa isa);
+/* A one-line description of the CPU features detected, e.g. "avx2 fma avx512f ...". */
+const char *mha_cpu_features(void);
+
+/* ---------------------------------------------------------------------------------------------
+ * Tensor views
+ * ------------------------------------------------------------------------------------------- */
+#define MHA_MAX_DIMS 5
+
+typedef struct {
+    float *data;
+    int ndim;
+    int64_t shape[MHA_MAX_DIMS];
+    int64_t stride[MHA_MAX_DIMS]; /* in elements; stride[ndim-1] must be 1 */
+} mha_tensor;
+
+/* A contiguous (row-major) view of data with the given shape. */
+mha_tensor mha_tensor_make(float *data, int ndim, const int64_t *shape);
+/* A strided view; stride == NULL means contiguous. */
+mha_tensor mha_tensor_strided(float *data, int ndim, const int64_t *shape, const int64_t *stride);
+/* Number of elements (product of the shape). */
+int64_t mha_tensor_numel(const mha_tensor *t);
+
+/* ---------------------------------------------------------------------------------------------
+ * Masks (shared by the module and the core; see the table at the top)
+ * ------------------------------------------------------------------------------------------- */
+typedef enum {
+    MHA_CAUSAL_NONE = 0,
+    MHA_CAUSAL_TOP_LEFT = 1,    /* key j allowed iff j <= i (PyTorch's is_causal) */
+    MHA_CAUSAL_BOTTOM_RIGHT = 2 /* key j allowed iff j <= i + (S - L) (FlashAttention) */
+} mha_causal;
+
+typedef struct {
+    mha_causal causal;
+    /* [B, S] contiguous (unbatched module input: [S]); nonzero = ignore that key. */
+    const uint8_t *key_padding;
+    /* [B]; key j of batch b is ignored iff j >= key_lengths[b]; 0 <= key_lengths[b] <= S. */
+    const int32_t *key_lengths;
+    /* Bool attention mask, contiguous [L, S] or [B*H, L, S] (see attn_batched);
+     * nonzero = not allowed. */
+    const uint8_t *attn_bool;
+    /* Float attention mask, same shapes; added to the scaled scores (-INFINITY masks). */
+    const float *attn_float;
+    /* 0: attn masks are [L, S], shared by every batch and head; 1: [B*H, L, S]
+     * (index b*H + h, as PyTorch). For unbatched module input, 1 means [H, L, S]. */
+    int attn_batched;
+} mha_mask;
+
+mha_mask mha_mask_default(void); /* no mask at all */
+
+/* ---------------------------------------------------------------------------------------------
+ * The attention core:  out = dropout(softmax(q k^T * scale + mask)) v, per batch and head
+ * ------------------------------------------------------------------------------------------- */
+typedef struct {
+    float scale;      /* 0: 1/sqrt(D) */
+    float dropout_p;  /* probability of zeroing a weight, in [0, 1); 0 disables dropout */
+    uint64_t seed;    /* dropout key: the same (seed, offset) gives the same dropout mask */
+    uint64_t offset;  /* dropout stream offset, e.g. a call counter */
+} mha_attn_params;
+
+mha_attn_params mha_attn_params_default(void);
+
+/* Forward of the attention core, equivalent to F.scaled_dot_product_attention (with mha's
+ * mask conventions, and 0 instead of NaN on fully masked rows).
+ *   q: [B, H, L, D]   k: [B, H, S, D]   v: [B, H, S, Dv]      (strided views, read only)
+ *   out: [B, H, L, Dv] overwritten (a strided view: [B, L, H, Dv] memory works without copy)
+ *   lse: [B, H, L] overwritten, optional (NULL): per-row log-sum-exp of the scaled, masked
+ *        scores (-INFINITY for a fully masked row), needed by mha_attn_backward
+ *   weights: [B, H, L, S] overwritten, optional (NULL): the attention probabilities after
+ *        dropout (as PyTorch returns them)
+ * Dropout uses a counter-based generator keyed by (seed, offset, b, h, i, j): the backward
+ * regenerates the same mask. Returns MHA_ERR_SHAPE / MHA_ERR_INVALID_ARG with a message. */
+mha_status mha_attn_forward(mha_ctx *ctx, const mha_attn_params *p, const mha_tensor *q,
+                            const mha_tensor *k, const mha_tensor *v, const mha_mask *mask,
+                            mha_tensor *out, mha_tensor *lse, mha_tensor *weights);
+
+/* Backward of mha_attn_forward (its forward quoted above), with the same p and mask.
+ *   out, lse: what the forward produced; dout: [B, H, L, Dv]
+ *   dq: [B, H, L, D], dk: [B, H, S, D], dv: [B, H, S, Dv]: overwritten (not accumulated). */
+mha_status mha_attn_backward(mha_ctx *ctx, const mha_attn_params *p, const mha_tensor *q,
+                             const mha_tensor *k, const mha_tensor *v, const mha_mask *mask,
+                             const mha_tensor *out, const mha_tensor *lse,
+                             const mha_tensor *dout, mha_tensor *dq, mha_tensor *dk,
+                             mha_tensor *dv);
+
+/* ---------------------------------------------------------------------------------------------
+ * The module: torch.nn.MultiheadAttention(E, H, dropout, bias, kdim=, vdim=, batch_first=True)
+ * ------------------------------------------------------------------------------------------- */
+typedef struct mha_module mha_module;
+
+typedef struct {
+    int64_t embed_dim; /* E */
+    int64_t num_heads; /* H, E % H == 0 */
+    int64_t kdim;      /* key feature size; 0 = E */
+    int64_t vdim;      /* value feature size; 0 = E */
+    int bias;          /* 1: in_proj_bias and out_proj.bias exist (default) */
+    float dropout;     /* dropout on attention weights in training mode, [0, 1) */
+    uint64_t seed;     /* seeds the initialization and the dropout stream */
+} mha_config;
+
+mha_config mha_config_default(int64_t embed_dim, int64_t num_heads);
+
+/* Creates a module with PyTorch's initialization, reproducible from cfg->seed:
+ * xavier-uniform in_proj_weight (or q/k/v_proj_weight), out_proj.weight uniform in
+ * +-1/sqrt(E), zero biases. Gradients start at zero. */
+mha_status mha_module_create(mha_ctx *ctx, const mha_config *cfg, mha_module **out);
+/* Creates a module whose configuration is read from a safetensors file holding a state_dict
+ * (E, kdim, vdim and bias are inferred from the tensors' shapes), and loads it. */
+mha_status mha_module_create_from_file(mha_ctx *ctx, const char *path, int64_t num_heads,
+                                       mha_module **out);
+void mha_module_free(mha_module *m);
+const mha_config *mha_module_config(const mha_module *m);
+
+/* Parameters, under PyTorch's names and layouts:
+ *   kdim == vdim == E:  "in_proj_weight" [3E, E] (rows: q, k, v), "in_proj_bias" [3E]
+ *   otherwise:          "q_proj_weight" [E, E], "k_proj_weight" [E, kdim],
+ *                       "v_proj_weight" [E, vdim], "in_proj_bias" [3E]
+ *   always:             "out_proj.weight" [E, E], "out_proj.bias" [E]
+ * (biases only with cfg.bias). Index i in [0, mha_module_param_count). */
+int mha_module_param_count(const mha_module *m);
+const char *mha_module_param_name(const mha_module *m, int i);
+/* Views of a parameter's values and of its gradient (either may be NULL), owned by the module
+ * and valid until mha_module_free. Writing through value changes the parameter. */
+mha_status mha_module_param(mha_ctx *ctx, mha_module *m, const char *name, mha_tensor *value,
+                            mha_tensor *grad);
+/* Sets every parameter gradient to zero. */
+void mha_module_zero_grad(mha_module *m);
+
+/* Loads parameters from a safetensors file (F32) as written by
+ * safetensors.torch.save_file(module.state_dict()). Every parameter must be present with its
+ * shape; other tensors are ignored. On error the module is unchanged. */
+mha_status mha_module_load(mha_ctx *ctx, mha_module *m, const char *path);
+/* Saves parameters under their names (atomically: a temporary file, then rename). */
+mha_status mha_module_save(mha_ctx *ctx, const mha_module *m, const char *path);
+
+typedef struct {
+    float scale;         /* 0: 1/sqrt(E/H) */
+    int training;        /* nonzero: dropout (cfg.dropout) applies */
+    int average_weights; /* weights averaged over heads (1, default) or per head (0) */
+    int save_for_backward; /* 1 (default): keep what mha_module_backward needs */
+} mha_forward_opts;
+
+mha_forward_opts mha_forward_opts_default(void);
+
+/* Forward: y = out_proj(attention(q_proj(query), k_proj(key), v_proj(value))).
+ *   query: [B, L, E] (batch first) or unbatched [L, E]
+ *   key:   [B, S, kdim] or [S, kdim]; value: [B, S, vdim] or [S, vdim]
+ *          key == value == NULL means self-attention (key = value = query)
+ *   mask:  optional (NULL); key_padding [B, S] ([S] unbatched); attn masks [L, S] or
+ *          [B*H, L, S] ([H, L, S] unbatched)
+ *   out:   [B, L, E] or [L, E], overwritten
+ *   weights: optional (NULL), overwritten: averaged [B, L, S] / [L, S], or per head
+ *          [B, H, L, S] / [H, L, S] (opts->average_weights == 0)
+ * With opts->save_for_backward the module keeps copies of the activations the backward needs;
+ * the inputs may be freed after the call. Each training forward advances the dropout stream. */
+mha_status mha_module_forward(mha_ctx *ctx, mha_module *m, const mha_forward_opts *opts,
+                              const mha_tensor *query, const mha_tensor *key,
+                              const mha_tensor *value, const mha_mask *mask, mha_tensor *out,
+                              mha_tensor *weights);
+
+/* Backward of the most recent forward (which must have had save_for_backward).
+ *   dout: [B, L, E] (as out)
+ *   dquery, dkey, dvalue: overwritten, each optional (NULL = not wanted). For self-attention
+ *   (key == value == NULL in the forward) dquery receives the whole input gradient and dkey,
+ *   dvalue must be NULL.
+ * Parameter gradients are ACCUMULATED (+=) into the module's gradients, as in PyTorch; call
+ * mha_module_zero_grad between steps. */
+mha_status mha_module_backward(mha_ctx *ctx, mha_module *m, const mha_tensor *dout,
+                               mha_tensor *dquery, mha_tensor *dkey, mha_tensor *dvalue);
+
+/* ---------------------------------------------------------------------------------------------
+ * Arrays and files: .npy and safetensors (untrusted input: every field is validated)
+ * ------------------------------------------------------------------------------------------- */
+typedef enum {
+    MHA_DTYPE_F32 = 0,  /* "<f4" / "F32" */
+    MHA_DTYPE_BOOL = 1, /* "|b1" / "BOOL", one byte each, 0 or 1 */
+    MHA_DTYPE_I32 = 2   /* "<i4" / "I32" */
+} mha_dtype;
+
+/* An owned n-dimensional array; free with mha_array_free. */
+typedef struct {
+    mha_dtype dtype;
+    int ndim;
+    int64_t shape[MHA_MAX_DIMS];
+    void *data; /* numel * element size bytes, C order, little-endian */
+} mha_array;
+
+int64_t mha_array_numel(const mha_array *a);
+size_t mha_dtype_size(mha_dtype dt);
+const char *mha_dtype_name(mha_dtype dt); /* "float32", "bool", "int32" */
+/* Allocates a zeroed array. */
+mha_status mha_array_alloc(mha_ctx *ctx, mha_dtype dt, int ndim, const int64_t *shape,
+                           mha_array *out);
+void mha_array_free(mha_array *a); /* frees data and zeroes the struct; NULL-safe */
+
+/* The writer callback: called with consecutive chunks; returns 0 on success. */
+typedef int (*mha_write_fn)(void *user, const void *data, size_t size);
+
+/* .npy (format versions 1.0-3.0; dtypes <f4, |b1, <i4; C order only). */
+mha_status mha_npy_load(mha_ctx *ctx, const char *path, mha_array *out);
+mha_status mha_npy_parse(mha_ctx *ctx, const void *buf, size_t len, mha_array *out);
+mha_status mha_npy_write(mha_ctx *ctx, const mha_array *a, mha_write_fn fn, void *user);
+/* Writes to path.tmp-XXXXXX and renames: an error never leaves a partial file. */
+mha_status mha_npy_save(mha_ctx *ctx, const char *path, const mha_array *a);
+
+/* safetensors: a collection of named arrays. */
+typedef struct mha_st mha_st;
+mha_status mha_st_create(mha_ctx *ctx, mha_st **out);
+mha_status mha_st_load(mha_ctx *ctx, const char *path, mha_st **out);
+mha_status mha_st_parse(mha_ctx *ctx, const void *buf, size_t len, mha_st **out);
+void mha_st_free(mha_st *st);
+int mha_st_count(const mha_st *st);
+const char *mha_st_name(const mha_st *st, int i);
+/* The array named name, or NULL. Owned by st. */
+const mha_array *mha_st_find(const mha_st *st, const char *name);
+/* Adds (or replaces) name with a copy of a. */
+mha_status mha_st_set(mha_ctx *ctx, mha_st *st, const char *name, const mha_array *a);
+mha_status mha_st_write(mha_ctx *ctx, const mha_st *st, mha_write_fn fn, void *user);
+mha_status mha_st_save(mha_ctx *ctx, const mha_st *st, const char *path);
+
+#ifdef __cplusplus
+}
+#endif
+#endif /* MHA_H */

@@ -1,0 +1,58 @@
+/* internal.h - what every part of the library shares: the context, errors, allocation,
+ * size arithmetic. Never installed. */
+#ifndef MHA_INTERNAL_H
+#define MHA_INTERNAL_H
+
+#include "mha.h"
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+
+struct mha_kernels;
+
+#define MHA__MSG_CAP 512
+
+struct mha_ctx {
+    char msg[MHA__MSG_CAP];
+    int threads;                     /* >= 1 */
+    mha_isa isa;                     /* resolved: never MHA_ISA_AUTO */
+    const struct mha_kernels *kern;  /* the table for isa */
+};
+
+/* Clears the context's message at the start of a public call. */
+void mha__clear(mha_ctx *ctx);
+/* Records "fmt ..." as the message (ctx or thread-local when ctx == NULL) and returns st. */
+mha_status mha__err(mha_ctx *ctx, mha_status st, const char *fmt, ...)
+#if defined(__GNUC__)
+    __attribute__((format(printf, 3, 4)))
+#endif
+    ;
+/* The kernel table and thread count to use for ctx (NULL ctx: defaults). */
+const struct mha_kernels *mha__ctx_kernels(const mha_ctx *ctx);
+int mha__ctx_threads(const mha_ctx *ctx);
+
+/* Allocation, with fault injection for tests: mha__fault_after(n) makes the (n+1)-th
+ * allocation from now fail (n < 0 disables). Allocations are 64-byte aligned. */
+void *mha__malloc(size_t size);
+void *mha__calloc(size_t n, size_t size);
+void mha__free(void *p);
+void mha__fault_after(long n);
+/* Number of allocations made so far (for fault-injection loops in tests). */
+long mha__alloc_count(void);
+
+/* Overflow-checked size arithmetic: returns 0 on overflow, 1 otherwise. */
+int mha__mul_size(size_t a, size_t b, size_t *out);
+int mha__add_size(size_t a, size_t b, size_t *out);
+
+/* Tensor validation, messages in the house style:
+ * "fn: name.shape[i]: got X, expected Y (why)". want[i] < 0 means any size. */
+mha_status mha__check_tensor(mha_ctx *ctx, const char *fn, const char *name,
+                             const mha_tensor *t, int ndim, const int64_t *want,
+                             const char *why);
+
+/* Counter-based random numbers (Philox-4x32-10): four 32-bit words from a 128-bit counter
+ * and a 64-bit key. Stateless, so any thread can regenerate any element. */
+void mha__philox4x32(uint64_t key, uint32_t c0, uint32_t c1, uint32_t c2, uint32_t c3,
+                     uint32_t out[4]);
+
+#endif

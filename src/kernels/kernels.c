@@ -1,0 +1,37 @@
+/* kernels.c - builds the kernel tables once. */
+#include "kernels.h"
+
+#include <pthread.h>
+
+static pthread_once_t once = PTHREAD_ONCE_INIT;
+static mha_kernels generic_table;
+#ifdef MHA_HAVE_AVX2
+static mha_kernels avx2_table;
+#endif
+#ifdef MHA_HAVE_AVX512
+static mha_kernels avx512_table;
+#endif
+
+static void init_tables(void) {
+    mha__kernels_init_generic(&generic_table);
+#ifdef MHA_HAVE_AVX2
+    mha__kernels_init_avx2(&avx2_table);
+#endif
+#ifdef MHA_HAVE_AVX512
+    mha__kernels_init_avx512(&avx512_table);
+#endif
+}
+
+const mha_kernels *mha__kernels_for(mha_isa isa) {
+    pthread_once(&once, init_tables);
+    switch (isa) {
+    case MHA_ISA_GENERIC: return &generic_table;
+#ifdef MHA_HAVE_AVX2
+    case MHA_ISA_AVX2: return &avx2_table;
+#endif
+#ifdef MHA_HAVE_AVX512
+    case MHA_ISA_AVX512: return &avx512_table;
+#endif
+    default: return NULL;
+    }
+}

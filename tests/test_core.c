@@ -1,0 +1,152 @@
+/* test_core.c - contexts, status strings, tensor views, ISA selection, allocation. */
+#include "harness.h"
+#include "core/internal.h"
+#include "kernels/kernels.h"
+
+TEST(status_strings) {
+    for (int s = 0; s >= MHA_ERR_STATE; s--) {
+        const char *str = mha_status_str((mha_status)s);
+        ASSERT_TRUE(str && *str && strcmp(str, "unknown status") != 0);
+    }
+    ASSERT_TRUE(strcmp(mha_status_str((mha_status)-99), "unknown status") == 0);
+}
+
+TEST(ctx_threads_and_errors) {
+    mha_ctx *ctx;
+    ASSERT_OK(ctx, mha_ctx_create(&ctx));
+    ASSERT_TRUE(mha_ctx_threads(ctx) >= 1);
+    ASSERT_OK(ctx, mha_ctx_set_threads(ctx, 3));
+    ASSERT_EQ(mha_ctx_threads(ctx), 3);
+    ASSERT_EQ(mha_ctx_set_threads(ctx, -1), MHA_ERR_INVALID_ARG);
+    ASSERT_STR_CONTAINS(mha_ctx_errmsg(ctx), "mha_ctx_set_threads: n: got -1");
+    ASSERT_EQ(mha_ctx_set_threads(NULL, 1), MHA_ERR_INVALID_ARG);
+    ASSERT_STR_CONTAINS(mha_last_errmsg(), "ctx: got NULL");
+    ASSERT_EQ(mha_ctx_create(NULL), MHA_ERR_INVALID_ARG);
+    mha_ctx_free(ctx);
+    mha_ctx_free(NULL);
+}
+
+TEST(isa_selection) {
+    mha_ctx *ctx;
+    ASSERT_OK(ctx, mha_ctx_create(&ctx));
+    ASSERT_TRUE(mha_isa_supported(MHA_ISA_GENERIC));
+    ASSERT_OK(ctx, mha_ctx_set_isa(ctx, MHA_ISA_GENERIC));
+    ASSERT_EQ(mha_ctx_isa(ctx), MHA_ISA_GENERIC);
+    for (int i = MHA_ISA_GENERIC; i <= MHA_ISA_AVX512; i++) {
+        mha_status st = mha_ctx_set_isa(ctx, (mha_isa)i);
+        if (mha_isa_supported((mha_isa)i)) {
+            ASSERT_EQ(st, MHA_OK);
+            ASSERT_TRUE(strcmp(mha__ctx_kernels(ctx)->name, mha_isa_name((mha_isa)i)) == 0);
+        } else {
+            ASSERT_EQ(st, MHA_ERR_UNSUPPORTED);
+        }
+    }
+    ASSERT_EQ(mha_ctx_set_isa(ctx, (mha_isa)42), MHA_ERR_INVALID_ARG);
+    ASSERT_TRUE(strlen(mha_cpu_features()) > 0);
+    mha_ctx_free(ctx);
+}
+
+TEST(env_isa_is_validated) {
+    mha_ctx *ctx = NULL;
+    setenv("MHA_ISA", "sse9", 1);
+    ASSERT_EQ(mha_ctx_create(&ctx), MHA_ERR_INVALID_ARG);
+    ASSERT_STR_CONTAINS(mha_ctx_errmsg(ctx), "$MHA_ISA: got \"sse9\"");
+    mha_ctx_free(ctx);
+    setenv("MHA_ISA", "generic", 1);
+    ASSERT_EQ(mha_ctx_create(&ctx), MHA_OK);
+    ASSERT_EQ(mha_ctx_isa(ctx), MHA_ISA_GENERIC);
+    mha_ctx_free(ctx);
+    unsetenv("MHA_ISA");
+}
+
+TEST(tensor_views) {
+    float buf[24];
+    int64_t shape[3] = {2, 3, 4};
+    mha_tensor t = mha_tensor_make(buf, 3, shape);
+    ASSERT_EQ(t.stride[0], 12);
+    ASSERT_EQ(t.stride[1], 4);
+    ASSERT_EQ(t.stride[2], 1);
+    ASSERT_EQ(mha_tensor_numel(&t), 24);
+    int64_t want[3] = {2, 3, 5};
+    mha_ctx *ctx;
+    ASSERT_OK(ctx, mha_ctx_create(&ctx));
+    ASSERT_EQ(mha__check_tensor(ctx, "f", "x", &t, 3, want, "why"), MHA_ERR_SHAPE);
+    ASSERT_STR_CONTAINS(mha_ctx_errmsg(ctx), "f: x.shape[2]: got 4, expected 5 (why)");
+    ASSERT_EQ(mha__check_tensor(ctx, "f", "x", &t, 2, NULL, NULL), MHA_ERR_SHAPE);
+    t.stride[2] = 2;
+    ASSERT_EQ(mha__check_tensor(ctx, "f", "x", &t, 3, NULL, NULL), MHA_ERR_SHAPE);
+    ASSERT_STR_CONTAINS(mha_ctx_errmsg(ctx), "stride[2]: got 2, expected 1");
+    mha_ctx_free(ctx);
+}
+
+TEST(alloc_fault_injection_and_overflow) {
+    size_t out;
+    ASSERT_TRUE(!mha__mul_size(SIZE_MAX / 2, 3, &out));
+    ASSERT_TRUE(mha__mul_size(1000, 1000, &out) && out == 1000000);
+    ASSERT_TRUE(!mha__add_size(SIZE_MAX, 1, &out));
+    mha__fault_after(1);
+    void *a = mha__malloc(10), *b = mha__malloc(10), *c = mha__malloc(10);
+    ASSERT_TRUE(a != NULL && b == NULL && c != NULL);
+    ASSERT_EQ(((uintptr_t)a) % 64, 0);
+    mha__free(a);
+    mha__free(c);
+    ASSERT_TRUE(mha__calloc(SIZE_MAX / 4, 8) == NULL);
+}
+
+TEST(philox_is_deterministic_and_uniform) {
+    uint32_t a[4], b[4];
+    mha__philox4x32(42, 1, 2, 3, 4, a);
+    mha__philox4x32(42, 1, 2, 3, 4, b);
+    ASSERT_TRUE(memcmp(a, b, sizeof a) == 0);
+    mha__philox4x32(43, 1, 2, 3, 4, b);
+    ASSERT_TRUE(memcmp(a, b, sizeof a) != 0);
+    /* Known-answer test from the Random123 distribution (philox4x32-10, all-zero inputs). */
+    mha__philox4x32(0, 0, 0, 0, 0, a);
+    ASSERT_EQ(a[0], 0x6627e8d5u);
+    ASSERT_EQ(a[1], 0xe169c58du);
+    ASSERT_EQ(a[2], 0xbc57ac4cu);
+    ASSERT_EQ(a[3], 0x9b00dbd8u);
+    double sum = 0;
+    for (uint32_t i = 0; i < 10000; i++) {
+        mha__philox4x32(7, i, 0, 0, 0, a);
+        for (int j = 0; j < 4; j++) sum += a[j] / 4294967296.0;
+    }
+    ASSERT_TRUE(fabs(sum / 40000 - 0.5) < 0.01);
+}
+
+TEST(generic_sgemm_matches_reference) {
+    enum { M = 7, N = 300, K = 13 };
+    static float A[M * K], At[K * M], B[K * N], Bt[N * K], C[M * N];
+    static double R[M * N];
+    for (int i = 0; i < M * K; i++) A[i] = (float)((i * 37 % 101) - 50) / 50.0f;
+    for (int i = 0; i < M; i++)
+        for (int k = 0; k < K; k++) At[k * M + i] = A[i * K + k];
+    for (int i = 0; i < K * N; i++) B[i] = (float)((i * 53 % 97) - 48) / 48.0f;
+    for (int k = 0; k < K; k++)
+        for (int j = 0; j < N; j++) Bt[j * K + k] = B[k * N + j];
+    for (int i = 0; i < M; i++)
+        for (int j = 0; j < N; j++) {
+            double s = 0;
+            for (int k = 0; k < K; k++) s += (double)A[i * K + k] * B[k * N + j];
+            R[i * N + j] = 2.0 * s;
+        }
+    for (int ta = 0; ta < 2; ta++)
+        for (int tb = 0; tb < 2; tb++) {
+            for (int i = 0; i < M * N; i++) C[i] = NAN;
+            mha__sgemm_generic_f32(ta, tb, M, N, K, 2.0f, ta ? At : A, ta ? M : K, tb ? Bt : B,
+                                   tb ? K : N, 0.0f, C, N);
+            ASSERT_NEAR_TENSOR("C", C, R, M * N, 1e-5, 1e-5);
+        }
+}
+
+int main(void) {
+    RUN(status_strings);
+    RUN(ctx_threads_and_errors);
+    RUN(isa_selection);
+    RUN(env_isa_is_validated);
+    RUN(tensor_views);
+    RUN(alloc_fault_injection_and_overflow);
+    RUN(philox_is_deterministic_and_uniform);
+    RUN(generic_sgemm_matches_reference);
+    return harness_report();
+}

@@ -300,7 +300,8 @@ mha_status mha_module_backward(mha_ctx *ctx, mha_module *m, const mha_tensor *do
 typedef enum {
     MHA_DTYPE_F32 = 0,  /* "<f4" / "F32" */
     MHA_DTYPE_BOOL = 1, /* "|b1" / "BOOL", one byte each, 0 or 1 */
-    MHA_DTYPE_I32 = 2   /* "<i4" / "I32" */
+    MHA_DTYPE_I32 = 2,  /* "<i4" / "I32" */
+    MHA_DTYPE_F64 = 3   /* "<f8" / "F64" (test fixtures, references) */
 } mha_dtype;
 
 /* An owned n-dimensional array; free with mha_array_free. */
@@ -313,7 +314,7 @@ typedef struct {
 
 int64_t mha_array_numel(const mha_array *a);
 size_t mha_dtype_size(mha_dtype dt);
-const char *mha_dtype_name(mha_dtype dt); /* "float32", "bool", "int32" */
+const char *mha_dtype_name(mha_dtype dt); /* "float32", "bool", "int32", "float64" */
 /* Allocates a zeroed array. */
 mha_status mha_array_alloc(mha_ctx *ctx, mha_dtype dt, int ndim, const int64_t *shape,
                            mha_array *out);
@@ -322,7 +323,7 @@ void mha_array_free(mha_array *a); /* frees data and zeroes the struct; NULL-saf
 /* The writer callback: called with consecutive chunks; returns 0 on success. */
 typedef int (*mha_write_fn)(void *user, const void *data, size_t size);
 
-/* .npy (format versions 1.0-3.0; dtypes <f4, |b1, <i4; C order only). */
+/* .npy (format versions 1.0-3.0; dtypes <f4, |b1, <i4, <f8; C order only). */
 mha_status mha_npy_load(mha_ctx *ctx, const char *path, mha_array *out);
 mha_status mha_npy_parse(mha_ctx *ctx, const void *buf, size_t len, mha_array *out);
 mha_status mha_npy_write(mha_ctx *ctx, const mha_array *a, mha_write_fn fn, void *user);

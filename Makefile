@@ -4,7 +4,7 @@ JOBS ?= $(shell nproc 2>/dev/null || echo 2)
 PREFIX ?= /usr/local
 CMAKE_FLAGS ?=
 
-.PHONY: all configure test demo install bench clean
+.PHONY: all configure deps test demo install bench clean
 
 all: configure
 	cmake --build $(BUILD) -j $(JOBS)
@@ -12,7 +12,11 @@ all: configure
 configure:
 	@test -f $(BUILD)/CMakeCache.txt || cmake -S . -B $(BUILD) -DCMAKE_INSTALL_PREFIX=$(PREFIX) $(CMAKE_FLAGS)
 
-test: all
+# Installs missing test dependencies (as root, with apt-get and npm); see scripts/deps.sh.
+deps:
+	scripts/deps.sh
+
+test: deps all
 	cd $(BUILD) && ctest --output-on-failure -j $(JOBS)
 
 demo: all

@@ -81,7 +81,7 @@ static const char *harness_cur = "";
 
 /* Compares n floats with a double reference: |got - want| <= atol + rtol * |want|.
  * Prints the worst element. Returns 1 when all are within tolerance. */
-static int harness_near(const char *file, int line, const char *what, const float *got,
+static inline int harness_near(const char *file, int line, const char *what, const float *got,
                         const double *want, int64_t n, double rtol, double atol) {
     int64_t worst = -1, bad = 0;
     double worst_excess = 0, max_abs = 0, max_rel = 0;
@@ -120,7 +120,7 @@ static int harness_near(const char *file, int line, const char *what, const floa
         if (mha_isa_supported((mha_isa)isa_i_) &&                                            \
             mha_ctx_set_isa(ctx, (mha_isa)isa_i_) == MHA_OK)
 
-static int harness_report(void) {
+static inline int harness_report(void) {
     printf("%d passed, %d failed\n", harness_passed, harness_failed);
     return harness_failed ? 1 : 0;
 }

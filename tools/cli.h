@@ -6,6 +6,8 @@
 
 #include "mha.h"
 
+#include <stdio.h>
+
 /* One function per command: argv[0] is the command name ("forward", ...). */
 int mha_cmd_forward(int argc, char **argv);
 int mha_cmd_backward(int argc, char **argv);
@@ -13,5 +15,89 @@ int mha_cmd_info(int argc, char **argv);
 int mha_cmd_bench(int argc, char **argv);
 int mha_cmd_demo(int argc, char **argv);
 int mha_cmd_viz(int argc, char **argv);
+
+/* ---------------------------------------------------------------------------------------------
+ * Shared helpers (tools/cli_common.c)
+ *
+ * Exit codes: CLI_EXIT_USAGE (1) for a command line that cannot be understood (unknown option,
+ * missing option or value, a number that does not parse), CLI_EXIT_RUNTIME (2) for everything
+ * that fails while running (files, shapes, dtypes, values the library refuses).
+ * ------------------------------------------------------------------------------------------- */
+#define CLI_EXIT_OK 0
+#define CLI_EXIT_USAGE 1
+#define CLI_EXIT_RUNTIME 2
+
+#if defined(__GNUC__)
+#define CLI_PRINTF(a, b) __attribute__((format(printf, a, b)))
+#else
+#define CLI_PRINTF(a, b)
+#endif
+
+/* Prints "mha: error: <fmt ...>" as one line on stderr (newlines in the text become spaces)
+ * and returns CLI_EXIT_RUNTIME (2). */
+int cli_fail(const char *fmt, ...) CLI_PRINTF(1, 2);
+/* A usage error: "mha: error: <fmt ...>", then "hint: <hint>" when hint is not NULL; returns
+ * CLI_EXIT_USAGE (1). */
+int cli_usage_error(const char *hint, const char *fmt, ...) CLI_PRINTF(2, 3);
+/* A library failure: "mha: error: <what>: <mha_ctx_errmsg(ctx)>" (what may be NULL); returns 2. */
+int cli_fail_lib(const mha_ctx *ctx, const char *what);
+
+/* Formats a shape as "[2, 6]" into buf (always NUL-terminated); returns buf. */
+char *cli_shape_str(char *buf, size_t cap, int ndim, const int64_t *shape);
+
+/* --- option parsing ---------------------------------------------------------------------- */
+typedef enum {
+    CLI_OPT_FLAG,   /* no value; *(int *)dest = 1 */
+    CLI_OPT_STRING, /* *(const char **)dest = the value */
+    CLI_OPT_INT,    /* *(long long *)dest = the value, a whole decimal number */
+    CLI_OPT_FLOAT   /* *(double *)dest = the value, a finite number */
+} cli_opt_kind;
+
+typedef struct {
+    const char *name; /* with the dashes: "--heads" */
+    cli_opt_kind kind;
+    void *dest;
+    int seen;         /* set by cli_parse: how many times the option was given */
+} cli_opt;
+
+#define CLI_HELP (-1)
+/* Parses argv[1..argc-1] (argv[0] is the command name) against opts. Accepts "--name value"
+ * and "--name=value"; a later repetition overrides an earlier one. A value may start with one
+ * dash ("-1") but not with two. Returns 0, CLI_HELP when --help or -h was given (nothing
+ * printed), or CLI_EXIT_USAGE after printing the error and a hint naming "mha <cmd> --help". */
+int cli_parse(int argc, char **argv, cli_opt *opts, int nopts);
+/* The entry of opts named name (for ->seen), or NULL. */
+const cli_opt *cli_find(const cli_opt *opts, int nopts, const char *name);
+/* Usage error "<opt> is required" with a hint naming "mha <cmd> --help"; returns 1. */
+int cli_missing(const char *cmd, const char *opt);
+
+/* --- context, module and files ----------------------------------------------------------- */
+/* Creates a context, then applies *threads when threads != NULL (0 = all cores) and isa when
+ * isa != NULL ("auto", "generic", "avx2" or "avx512"; the caller has checked the name with
+ * cli_isa_parse). On failure prints, frees the context and returns 2. */
+int cli_ctx_create(const long long *threads, const char *isa, mha_ctx **out);
+/* 1 and *out set if name is an ISA name ("auto", "generic", "avx2", "avx512"), else 0. */
+int cli_isa_parse(const char *name, mha_isa *out);
+
+/* Loads an nn.MultiheadAttention state_dict with heads heads (errors name --weights / --heads).
+ * Prints and returns 2 on failure. */
+int cli_load_module(mha_ctx *ctx, const char *path, long long heads, mha_module **out);
+
+/* Loads an .npy that must be float32 with 1 <= ndim; errors name opt ("--query: ...").
+ * Prints and returns 2 on failure; *out zeroed then. */
+int cli_load_f32(mha_ctx *ctx, const char *opt, const char *path, mha_array *out);
+/* Loads a mask .npy: bool always; float32 too when allow_float. Prints and returns 2. */
+int cli_load_mask(mha_ctx *ctx, const char *opt, const char *path, int allow_float,
+                  mha_array *out);
+
+/* Writes an array / a safetensors collection atomically (the library's temporary file and
+ * rename); errors name opt. Prints and returns 2 on failure. */
+int cli_save_npy(mha_ctx *ctx, const char *opt, const char *path, const mha_array *a);
+int cli_save_st(mha_ctx *ctx, const char *opt, const char *path, const mha_st *st);
+
+/* A float32 array viewed as a contiguous tensor. */
+mha_tensor cli_array_tensor(mha_array *a);
+/* Copies a (possibly strided) tensor view into a newly allocated float32 array. */
+mha_status cli_tensor_to_array(mha_ctx *ctx, const mha_tensor *t, mha_array *out);
 
 #endif

@@ -1,19 +1,112 @@
-/* gemm.c - threaded driver over the kernel table's sgemm: row blocks of C per thread. */
+/* gemm.c - the threaded matrix product (gemm.h), in the Goto/BLIS structure:
+ *
+ * Each thread owns a block of C (a range of rows, or of NR panels when M is small) and runs
+ *
+ *   for jc over its columns by NC:              B block op(B)[KC, NC] lives in L2/L3
+ *     for pc over K by KC:                      (fixed KC: the summation order depends on K only)
+ *       pack op(B)[pc:pc+KC, jc:jc+NC] -> Bp
+ *       for ic over its rows by MC:             A block [MC, KC] lives in L2
+ *         pack op(A)[ic:ic+MC, pc:pc+KC] -> Ap
+ *         for jr over NR panels:                B micro-panel [KC, NR] lives in L1
+ *           for ir over MR rows:                the micro-kernel: MR x NR accumulators
+ *
+ * with its own packing buffers: no barrier, so a thread that the OS preempts delays only its
+ * own block (on a shared 2-core machine that matters more than packing B once per thread,
+ * which costs a few percent). No thread ever takes a part of K, and every element of C sees
+ * the same sequence of operations whichever thread computes it: the first K block applies
+ * beta (beta == 0 never reads C), later blocks add with beta = 1. So the result is bitwise
+ * identical for any thread count. */
 #include "gemm.h"
 #include "kernels/kernels.h"
+
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
+static int64_t min64(int64_t a, int64_t b) { return a < b ? a : b; }
+static int64_t round_up(int64_t x, int64_t m) { return (x + m - 1) / m * m; }
+/* The part [*lo, *hi) of n items that worker w of nw gets (contiguous, balanced). */
+static void split(int64_t n, int nw, int w, int64_t *lo, int64_t *hi) {
+    *lo = n * w / nw;
+    *hi = n * (w + 1) / nw;
+}
+
+/* C = beta * C (K == 0), never reading C when beta == 0. */
+static void scale_c(int64_t M, int64_t N, float beta, float *C, int64_t ldc) {
+    for (int64_t i = 0; i < M; i++)
+        for (int64_t j = 0; j < N; j++) C[i * ldc + j] = beta == 0.0f ? 0.0f : beta * C[i * ldc + j];
+}
 
 mha_status mha__gemm(mha_ctx *ctx, int ta, int tb, int64_t M, int64_t N, int64_t K,
                      float alpha, const float *A, int64_t lda, const float *B, int64_t ldb,
                      float beta, float *C, int64_t ldc) {
-    const mha_kernels *kern = mha__ctx_kernels(ctx);
-    int nt = mha__ctx_threads(ctx);
-    const int64_t MB = 32;
-    int64_t nblk = (M + MB - 1) / MB;
-#pragma omp parallel for num_threads(nt) schedule(static) if (nt > 1 && nblk > 1)
-    for (int64_t b = 0; b < nblk; b++) {
-        int64_t i0 = b * MB, m = M - i0 < MB ? M - i0 : MB;
-        const float *a = ta ? A + i0 : A + i0 * lda;
-        kern->sgemm(ta, tb, m, N, K, alpha, a, lda, B, ldb, beta, C + i0 * ldc, ldc);
+    if (M <= 0 || N <= 0) return MHA_OK;
+    if (K <= 0) {
+        scale_c(M, N, beta, C, ldc);
+        return MHA_OK;
     }
+    const mha_kernels *kern = mha__ctx_kernels(ctx);
+    const int64_t mr = kern->gemm_mr, nr = kern->gemm_nr, KC = kern->gemm_kc;
+    const int64_t MC = kern->gemm_mc, NC = kern->gemm_nc;
+    int nt = mha__ctx_threads(ctx);
+    /* Below ~2 MFLOP a second thread costs more than it saves. */
+    if ((double)M * N * K < 1e6) nt = 1;
+
+    /* Workspace per thread: a B block and an A block (each a multiple of 64 bytes). */
+    int64_t kb_max = min64(KC, K);
+    int64_t b_floats = round_up(kb_max * round_up(min64(NC, N), nr), 16);
+    int64_t a_floats = round_up(kb_max * round_up(min64(MC, M), mr), 16);
+    size_t total;
+    if (!mha__mul_size((size_t)(a_floats + b_floats), (size_t)nt, &total) ||
+        !mha__mul_size(total, sizeof(float), &total))
+        return mha__err(ctx, MHA_ERR_NOMEM, "mha__gemm: workspace: size overflows (M %lld, "
+                        "N %lld, K %lld)", (long long)M, (long long)N, (long long)K);
+    float *work = mha__malloc(total);
+    if (!work)
+        return mha__err(ctx, MHA_ERR_NOMEM, "mha__gemm: workspace: could not allocate %zu "
+                        "bytes for the packed panels", total);
+
+    /* op(A)(i, p) = A[i*a_rs + p*a_cs]; op(B)^T(j, p) = op(B)(p, j) = B[j*b_rs + p*b_cs]. */
+    const int64_t a_rs = ta ? 1 : lda, a_cs = ta ? lda : 1;
+    const int64_t b_rs = tb ? ldb : 1, b_cs = tb ? 1 : ldb;
+
+#pragma omp parallel num_threads(nt) if (nt > 1)
+    {
+        int tid = 0, nth = 1;
+#ifdef _OPENMP
+        tid = omp_get_thread_num();
+        nth = omp_get_num_threads();
+#endif
+        float *ap = work + (a_floats + b_floats) * tid, *bp = ap + a_floats;
+        /* This thread's block of C: a range of rows (in MR units) when there are enough,
+         * else a range of columns (in NR panels). Threads never wait for each other. */
+        int64_t mpan = (M + mr - 1) / mr, npan_all = (N + nr - 1) / nr;
+        int64_t r_lo = 0, r_hi = mpan, c_lo = 0, c_hi = npan_all;
+        if (mpan >= 2 * nth) split(mpan, nth, tid, &r_lo, &r_hi);
+        else split(npan_all, nth, tid, &c_lo, &c_hi);
+        r_lo *= mr, r_hi = min64(r_hi * mr, M);
+        c_lo *= nr, c_hi = min64(c_hi * nr, N);
+        for (int64_t jc = c_lo; jc < c_hi && r_lo < r_hi; jc += NC) {
+            int64_t nb = min64(NC, c_hi - jc);
+            for (int64_t pc = 0; pc < K; pc += KC) {
+                int64_t kb = min64(KC, K - pc);
+                kern->gemm_pack(B + jc * b_rs + pc * b_cs, b_rs, b_cs, nb, kb, (int)nr, bp);
+                float bk = pc == 0 ? beta : 1.0f;
+                for (int64_t ic = r_lo; ic < r_hi; ic += MC) {
+                    int64_t mb = min64(MC, r_hi - ic);
+                    kern->gemm_pack(A + ic * a_rs + pc * a_cs, a_rs, a_cs, mb, kb, (int)mr, ap);
+                    for (int64_t jr = 0; jr < nb; jr += nr) {
+                        int n = (int)min64(nr, nb - jr);
+                        const float *bt = bp + jr * kb;
+                        float *ct = C + ic * ldc + jc + jr;
+                        for (int64_t ir = 0; ir < mb; ir += mr)
+                            kern->gemm_ukr(kb, ap + ir * kb, bt, alpha, bk, ct + ir * ldc, ldc,
+                                           (int)min64(mr, mb - ir), n);
+                    }
+                }
+            }
+        }
+    }
+    mha__free(work);
     return MHA_OK;
 }

@@ -12,6 +12,24 @@
  *     kernel's job (edge tiles included). The summation order over K for an element of C
  *     depends only on K, never on M, N or the position: the result is the same whichever
  *     block of rows or columns a driver hands a thread.
+ *
+ *   gemm micro-kernel (the Goto/BLIS structure; src/attn/gemm.c is the driver):
+ *     gemm_ukr(k, a, b, alpha, beta, c, ldc, m, n):
+ *       C[m,n] = alpha * Ap[MR,k] * Bp[k,NR] (top-left m x n of the block) + beta * C
+ *     a: a packed A micro-panel, k columns of MR values: a[p*MR + i] = op(A)[i][p];
+ *     b: a packed B micro-panel, k rows of NR values:    b[p*NR + j] = op(B)[p][j];
+ *     both 64-byte aligned, rows/columns past m or n zero-padded by the packing.
+ *     c: row-major, ldc >= n. 1 <= m <= MR and 1 <= n <= NR: edge tiles are the kernel's job
+ *     (masked or partial stores), and the arithmetic of an element never depends on m, n or
+ *     its position in the block. beta == 0: C is never read (may hold NaN). k >= 1.
+ *     Register-blocked: the MR x NR accumulators stay in registers for the whole k loop,
+ *     summed p = 0..k-1 in order; then c = alpha * acc + beta * c.
+ *   gemm_pack(X, rs, cs, rows, k, r, dst): packs the rows x k matrix X[i*rs + p*cs] into
+ *     ceil(rows / r) micro-panels of r x k, panel t at dst + t*r*k, dst[p*r + i] =
+ *     X[(t*r + i)*rs + p*cs], rows past `rows` in the last panel zero. Used with r = MR for
+ *     op(A) and r = NR for op(B)^T.
+ *   gemm_kc, gemm_mc, gemm_nc: the driver's cache blocking for this kernel (mc a multiple of
+ *     MR, nc of NR). KC is fixed per table so the summation order depends only on K.
  */
 #ifndef MHA_KERNELS_H
 #define MHA_KERNELS_H
@@ -20,14 +38,103 @@
 #include <stddef.h>
 #include <stdint.h>
 
+/* ATTENTION TILE KERNELS (the FlashAttention-2 building blocks; drivers: src/attn/attn_*.c)
+ *
+ *   A driver cuts the L query rows of one (batch, head) into tiles of br <= attn_br rows and
+ *   the S keys into tiles of bc <= attn_bc columns, and calls these kernels per tile pair.
+ *   Every matrix is row-major with a leading dimension (ld >= its row length); q/k/v/out rows
+ *   come straight from the caller's strided views (ld = the view's row stride). Any
+ *   1 <= br <= attn_br, 1 <= bc <= attn_bc and n >= 0 (head dims) is the kernel's job,
+ *   edge tiles included; kernels never allocate, never read outside [br, bc] / [*, n].
+ *   The arithmetic of an element never depends on the thread or the tile's position, so a
+ *   driver that visits tiles in a fixed order is bitwise reproducible for any thread count.
+ *
+ *   Masks of a tile (mha__attn_tile_mask, tile-local coordinates r < br, c < bc): a key
+ *   c of row r is excluded iff c >= mha__attn_tile_row_end(mk, r, bc) (causality and
+ *   key_lengths), or pad[c] != 0, or bmask[r*ld_mask + c] != 0; otherwise
+ *   fmask[r*ld_mask + c] (may be -inf) is added to its scaled score. NULL pointers: no mask.
+ *
+ *   attn_scores(br, bc, n, scale, A, lda, B, ldb, S, lds):
+ *       S[br,bc] = scale * A[br,n] B[bc,n]^T         (q k^T * scale; also dP = dout v^T)
+ *   attn_softmax(br, bc, S, lds, mk, m, l, alpha): one online-softmax step, in place:
+ *       s = S + fmask, excluded -> -inf;  m' = max(m[r], max_c s);  alpha[r] = exp(m[r] - m');
+ *       S = exp(s - m') (excluded: exactly 0);  l[r] = alpha[r] l[r] + sum_c S;  m[r] = m'.
+ *       A row with m' = -inf (no allowed finite score yet): S = 0, alpha = 1, m, l unchanged.
+ *       m starts at -inf and l at 0; after the last tile lse = m + log(l) (l = 0: -inf).
+ *   attn_probs(br, bc, S, lds, mk, lse): in place, S = exp(S + fmask - lse[r]);
+ *       excluded keys and rows with lse[r] = -inf: exactly 0.
+ *   attn_pv(br, bc, n, P, ldp, X, ldx, alpha, O, ldo):
+ *       O[br,n] = diag(alpha) O + P[br,bc] X[bc,n]   (alpha NULL: 1; O always read, finite)
+ *       (forward accumulator update; backward dq += dS k)
+ *   attn_ptv(br, bc, n, P, ldp, X, ldx, G, ldg):
+ *       G[bc,n] += P[br,bc]^T X[br,n]                (backward dv += W^T dout, dk += dS^T q)
+ *   attn_dsoftmax(br, bc, P, ldp, dP, lddp, drow, scale): in place over dP,
+ *       dP = scale * P * (dP - drow[r])               (softmax backward, drow = rowsum(dO*O))
+ *   Kernels may skip products with an exact 0 weight (same result for finite inputs).
+ */
+typedef struct {
+    int64_t col_end;      /* columns c >= col_end are excluded (key_lengths); may be > bc */
+    int64_t diag;         /* causal: c excluded iff c > r + diag; MHA__ATTN_NO_DIAG: none */
+    const uint8_t *pad;   /* [bc] or NULL */
+    const uint8_t *bmask; /* [br, ld_mask] or NULL */
+    const float *fmask;   /* [br, ld_mask] or NULL */
+    int64_t ld_mask;
+} mha__attn_tile_mask;
+
+#define MHA__ATTN_NO_DIAG (INT64_MAX / 4)
+
+/* Keys c >= the result are excluded for row r by causality or key_lengths (in [0, bc]). */
+static inline int64_t mha__attn_tile_row_end(const mha__attn_tile_mask *mk, int64_t r,
+                                             int64_t bc) {
+    int64_t e = mk->col_end < bc ? mk->col_end : bc;
+    if (mk->diag != MHA__ATTN_NO_DIAG && r + mk->diag + 1 < e) e = r + mk->diag + 1;
+    return e < 0 ? 0 : e;
+}
+
+typedef void (*mha__attn_scores_fn)(int64_t br, int64_t bc, int64_t n, float scale,
+                                    const float *A, int64_t lda, const float *B, int64_t ldb,
+                                    float *S, int64_t lds);
+typedef void (*mha__attn_softmax_fn)(int64_t br, int64_t bc, float *S, int64_t lds,
+                                     const mha__attn_tile_mask *mk, float *m, float *l,
+                                     float *alpha);
+typedef void (*mha__attn_probs_fn)(int64_t br, int64_t bc, float *S, int64_t lds,
+                                   const mha__attn_tile_mask *mk, const float *lse);
+typedef void (*mha__attn_pv_fn)(int64_t br, int64_t bc, int64_t n, const float *P,
+                                int64_t ldp, const float *X, int64_t ldx, const float *alpha,
+                                float *O, int64_t ldo);
+typedef void (*mha__attn_ptv_fn)(int64_t br, int64_t bc, int64_t n, const float *P,
+                                 int64_t ldp, const float *X, int64_t ldx, float *G,
+                                 int64_t ldg);
+typedef void (*mha__attn_dsoftmax_fn)(int64_t br, int64_t bc, const float *P, int64_t ldp,
+                                      float *dP, int64_t lddp, const float *drow, float scale);
+
 typedef void (*mha__sgemm_fn)(int ta, int tb, int64_t M, int64_t N, int64_t K, float alpha,
                               const float *A, int64_t lda, const float *B, int64_t ldb,
                               float beta, float *C, int64_t ldc);
+
+typedef void (*mha__gemm_ukr_fn)(int64_t k, const float *a, const float *b, float alpha,
+                                 float beta, float *c, int64_t ldc, int m, int n);
+typedef void (*mha__gemm_pack_fn)(const float *X, int64_t rs, int64_t cs, int64_t rows,
+                                  int64_t k, int r, float *dst);
 
 typedef struct mha_kernels {
     const char *name; /* "generic", "avx2", "avx512" */
     mha__sgemm_fn sgemm;
     const char *sgemm_name; /* e.g. "mha__sgemm_generic_f32" */
+    /* gemm micro-kernel and packing (contract above). */
+    int gemm_mr, gemm_nr, gemm_kc, gemm_mc, gemm_nc;
+    mha__gemm_ukr_fn gemm_ukr;
+    const char *gemm_ukr_name; /* e.g. "mha__gemm_avx512_f32_14x32" */
+    mha__gemm_pack_fn gemm_pack;
+    const char *gemm_pack_name;
+    /* attention tile kernels (contract above) and their tile sizes */
+    int64_t attn_br, attn_bc;
+    mha__attn_scores_fn attn_scores;
+    mha__attn_softmax_fn attn_softmax;
+    mha__attn_probs_fn attn_probs;
+    mha__attn_pv_fn attn_pv;
+    mha__attn_ptv_fn attn_ptv;
+    mha__attn_dsoftmax_fn attn_dsoftmax;
 } mha_kernels;
 
 /* The table for isa, or NULL when that path was not compiled in. Never MHA_ISA_AUTO. */
@@ -47,5 +154,25 @@ void mha__kernels_init_avx512(mha_kernels *k);
 void mha__sgemm_generic_f32(int ta, int tb, int64_t M, int64_t N, int64_t K, float alpha,
                             const float *A, int64_t lda, const float *B, int64_t ldb, float beta,
                             float *C, int64_t ldc);
+/* Reference gemm micro-kernel (MR x NR = 4 x 16) and packing (any r). */
+void mha__gemm_generic_f32_4x16(int64_t k, const float *a, const float *b, float alpha,
+                                float beta, float *c, int64_t ldc, int m, int n);
+void mha__gemm_pack_generic_f32(const float *X, int64_t rs, int64_t cs, int64_t rows,
+                                int64_t k, int r, float *dst);
+
+/* Generic attention tile kernels (src/kernels/generic/attn.c). */
+void mha__attn_scores_generic(int64_t br, int64_t bc, int64_t n, float scale, const float *A,
+                              int64_t lda, const float *B, int64_t ldb, float *S, int64_t lds);
+void mha__attn_softmax_generic(int64_t br, int64_t bc, float *S, int64_t lds,
+                               const mha__attn_tile_mask *mk, float *m, float *l, float *alpha);
+void mha__attn_probs_generic(int64_t br, int64_t bc, float *S, int64_t lds,
+                             const mha__attn_tile_mask *mk, const float *lse);
+void mha__attn_pv_generic(int64_t br, int64_t bc, int64_t n, const float *P, int64_t ldp,
+                          const float *X, int64_t ldx, const float *alpha, float *O,
+                          int64_t ldo);
+void mha__attn_ptv_generic(int64_t br, int64_t bc, int64_t n, const float *P, int64_t ldp,
+                           const float *X, int64_t ldx, float *G, int64_t ldg);
+void mha__attn_dsoftmax_generic(int64_t br, int64_t bc, const float *P, int64_t ldp, float *dP,
+                                int64_t ldd, const float *drow, float scale);
 
 #endif

@@ -1,0 +1,84 @@
+#!/usr/bin/env bash
+# compare.sh - mha side by side with PyTorch and OpenBLAS, on one thread count; writes
+# BENCHMARKS.md. Called by `make bench` (after the build); takes ~10 minutes on 2 cores.
+#
+#   bench/compare.sh                  BUILD=build THREADS=2 OUT=BENCHMARKS.md by default
+#   (quick check: SHAPES="1,512,512,8,0" GEMM_SIZES="512,512" NONCAUSAL_4096=0 OUT=/tmp/b.md)
+#
+# What runs (each: warm-up, then the median of several runs):
+#   mha bench     module forward, module forward+backward, core forward, core forward+backward
+#                 on the shapes (B, N, E, H) below;
+#   PyTorch       nn.MultiheadAttention(batch_first=True), need_weights=False, forward (no_grad)
+#                 and forward+backward, via /usr/bin/python3 bench/torch_bench.py;
+#   OpenBLAS      cblas_sgemm via bench/openblas_sgemm.c (Debian's libopenblas-dev), with
+#                 OPENBLAS_CORETYPE=SkylakeX and OPENBLAS_L2_SIZE unset for that command only;
+#   mha gemm      `mha bench --gemm` on the same projection shapes.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+BUILD=${BUILD:-build}
+T=${THREADS:-2}
+OUT=${OUT:-BENCHMARKS.md}
+MHA=$BUILD/mha
+PY=/usr/bin/python3
+OB=$BUILD/openblas_sgemm
+[ -x "$MHA" ] || { echo "compare.sh: $MHA not found (run make first)" >&2; exit 1; }
+TMP=$(mktemp -d)
+trap 'rm -rf "$TMP"' EXIT
+RES=$TMP/results.jsonl
+CMDS=$TMP/commands.txt
+: > "$RES"
+: > "$CMDS"
+
+cc -O2 -o "$OB" bench/openblas_sgemm.c -lopenblas -lm
+
+# run LABEL CMD...: runs CMD, appends {"label":..., "cmd":..., "result": <its JSON line>}
+run() {
+    local label=$1; shift
+    local line
+    echo "  $*" >&2
+    line=$("$@" | tail -n 1)
+    printf '%s\n' "$*" >> "$CMDS"
+    "$PY" -c 'import json,sys; print(json.dumps({"label": sys.argv[1], "cmd": sys.argv[2], "result": json.loads(sys.argv[3])}))' \
+        "$label" "$*" "$line" >> "$RES"
+}
+
+start=$(date +%s)
+# B,N,E,H,causal
+SHAPES=${SHAPES:-"1,512,512,8,0 1,2048,512,8,0 1,2048,512,8,1 4,256,768,12,0 1,4096,1024,16,1"}
+for s in $SHAPES; do
+    IFS=, read -r B N E H C <<< "$s"
+    causal=(); [ "$C" = 1 ] && causal=(--causal)
+    # up to 7 runs, fewer where one run is long (--budget: stop after that many seconds);
+    # no warm-up run where a single run takes seconds
+    if [ "$N" -ge 2048 ]; then R=(--runs 7 --budget 4 --warmup 0); else R=(--runs 7 --budget 4); fi
+    shape=(--batch "$B" --seq "$N" --embed "$E" --heads "$H" "${causal[@]}" --threads "$T")
+    echo "shape B=$B N=$N E=$E H=$H causal=$C" >&2
+    run mha "$MHA" bench "${shape[@]}" "${R[@]}" --json
+    run mha "$MHA" bench "${shape[@]}" "${R[@]}" --backward --json
+    run mha "$MHA" bench "${shape[@]}" "${R[@]}" --core --json
+    run mha "$MHA" bench "${shape[@]}" "${R[@]}" --core --backward --json
+    run torch "$PY" bench/torch_bench.py "${shape[@]}" "${R[@]}"
+    run torch "$PY" bench/torch_bench.py "${shape[@]}" "${R[@]}" --backward
+done
+# causal vs non-causal at N = 4096: the core forward without the mask
+[ "${NONCAUSAL_4096:-1}" = 1 ] && run mha "$MHA" bench --batch 1 --seq 4096 --embed 1024 --heads 16 --threads "$T" --runs 1 \
+    --warmup 0 --core --json
+
+# The projections' matrix products: forward x W^T (ta 0, tb 1) for in_proj (N = 3E) and
+# out_proj (N = E); backward dX = dY W (ta 0, tb 0) and dW = dY^T X (ta 1, tb 0).
+for s in ${GEMM_SIZES:-512,512 2048,512 1024,768 4096,1024}; do
+    IFS=, read -r M E <<< "$s"
+    for g in "$M $((3 * E)) $E 0 1" "$M $E $E 0 1" "$M $E $((3 * E)) 0 0" "$((3 * E)) $E $M 1 0"; do
+        read -r gm gn gk ta tb <<< "$g"
+        run mha "$MHA" bench --gemm "$gm" "$gn" "$gk" --ta "$ta" --tb "$tb" --threads "$T" \
+            --runs 10 --json
+        run openblas env -u OPENBLAS_L2_SIZE OPENBLAS_CORETYPE=SkylakeX OPENBLAS_NUM_THREADS="$T" \
+            "$OB" "$gm" "$gn" "$gk" "$ta" "$tb" 10
+    done
+done
+elapsed=$(( $(date +%s) - start ))
+
+"$PY" bench/render.py "$RES" "$T" "$elapsed" > "$TMP/out.md"
+mv "$TMP/out.md" "$OUT"
+echo "compare.sh: wrote $OUT (${elapsed}s)" >&2

@@ -1,0 +1,132 @@
+#!/usr/bin/python3
+"""render.py - turns bench/compare.sh's results (one JSON object a line) into BENCHMARKS.md
+on stdout.   usage: render.py results.jsonl THREADS ELAPSED_SECONDS"""
+import datetime
+import json
+import subprocess
+import sys
+
+
+def sh(cmd):
+    try:
+        return subprocess.run(cmd, shell=True, capture_output=True, text=True).stdout.strip()
+    except OSError:
+        return ""
+
+
+def lscpu(field):
+    for line in sh("lscpu").splitlines():
+        k, _, v = line.partition(":")
+        if k.strip() == field:
+            return v.strip()
+    return "?"
+
+
+def main():
+    rows = [json.loads(l) for l in open(sys.argv[1]) if l.strip()]
+    threads, elapsed = sys.argv[2], sys.argv[3]
+    res = [dict(r["result"], label=r["label"], cmd=r["cmd"]) for r in rows]
+
+    def find(label, what, shape=None, **kw):
+        for r in res:
+            if r["label"] != label or r.get("what") != what:
+                continue
+            if shape and (r.get("batch"), r.get("seq"), r.get("embed"), r.get("heads"),
+                          bool(r.get("causal"))) != shape:
+                continue
+            if all(r.get(k) == v for k, v in kw.items()):
+                return r
+        return None
+
+    def ms(r, key="median_ms"):
+        return f"{r[key]:.2f}" if r and key in r else "-"
+
+    def gf(r, key="gflops"):
+        return f"{r[key]:.1f}" if r and key in r else "-"
+
+    def ratio(a, b, fmt="{:.2f}x"):
+        return fmt.format(a / b) if a and b else "-"
+
+    isa = next((r["isa"] for r in res if r["label"] == "mha"), "?")
+    torch_v = next((r.get("torch") for r in res if r["label"] == "torch"), "?")
+    ob_v = sh("dpkg-query -W -f='${Version}' libopenblas0-pthread 2>/dev/null") or "?"
+    out = []
+    w = out.append
+    w("# Benchmarks\n")
+    w("Written by `bench/compare.sh` (`make bench`); do not edit by hand.\n")
+    w(f"- Machine: {lscpu('Model name')}, {lscpu('CPU(s)')} cores "
+      f"(flags include {' '.join(f for f in ('avx2', 'fma', 'avx512f', 'avx512bw', 'avx512vl', 'avx512dq') if f in sh('grep -m1 flags /proc/cpuinfo'))})")
+    w(f"- Date: {datetime.datetime.now().strftime('%Y-%m-%d %H:%M')}; one full run took {elapsed} s")
+    w(f"- Threads: {threads} for everything; mha kernel path: {isa}; PyTorch {torch_v}; "
+      f"OpenBLAS {ob_v} (OPENBLAS_CORETYPE=SkylakeX)")
+    w("- Times are medians after a warm-up (fewer runs for the largest shape). GFLOP/s use "
+      "nominal counts, the same for every implementation: core forward F = 4·B·H·N²·D (F/2 "
+      "causal), core backward 2.5·F, projections P = 2·B·N·E·3E + 2·B·N·E·E, module forward "
+      "F + P, module backward 2·P + 2.5·F.")
+    w("- The machine is shared (2 cores): numbers move by 10-20 % between runs.\n")
+
+    shapes = []
+    for r in res:
+        if r["label"] == "mha" and r.get("what") == "module_fwd":
+            shapes.append((r["batch"], r["seq"], r["embed"], r["heads"], bool(r["causal"])))
+
+    def sname(s):
+        return f"B={s[0]} N={s[1]} E={s[2]} H={s[3]}{' causal' if s[4] else ''}"
+
+    w("## The module: mha vs PyTorch nn.MultiheadAttention\n")
+    w("| shape | mha fwd ms | torch fwd ms | speedup | mha fwd+bwd ms | torch fwd+bwd ms | speedup |")
+    w("|---|---:|---:|---:|---:|---:|---:|")
+    for s in shapes:
+        mf, tf = find("mha", "module_fwd", s), find("torch", "torch_fwd", s)
+        mb, tb = find("mha", "module_fwd_bwd", s), find("torch", "torch_fwd_bwd", s)
+        w(f"| {sname(s)} | {ms(mf)} | {ms(tf)} | {ratio(tf and tf['median_ms'], mf and mf['median_ms'])} "
+          f"| {ms(mb)} | {ms(tb)} | {ratio(tb and tb['median_ms'], mb and mb['median_ms'])} |")
+    w("\nSpeedup = PyTorch time / mha time (> 1: mha is faster).\n")
+
+    w("## Rates (GFLOP/s)\n")
+    w("| shape | mha module fwd | torch fwd | mha module fwd+bwd | torch fwd+bwd | core fwd | core bwd | core bwd / fwd rate | core fwd / OpenBLAS sgemm |")
+    w("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for s in shapes:
+        mf, tf = find("mha", "module_fwd", s), find("torch", "torch_fwd", s)
+        mb, tb = find("mha", "module_fwd_bwd", s), find("torch", "torch_fwd_bwd", s)
+        cf, cb = find("mha", "core_fwd", s), find("mha", "core_fwd_bwd", s)
+        ob = find("openblas", "openblas_sgemm", None, M=s[0] * s[1], N=3 * s[2], K=s[2], ta=0, tb=1)
+        w(f"| {sname(s)} | {gf(mf)} | {gf(tf)} | {gf(mb)} | {gf(tb)} | {gf(cf)} | "
+          f"{gf(cb, 'bwd_gflops')} | {ratio(cb and cb.get('bwd_gflops'), cf and cf['gflops'])} | "
+          f"{ratio(cf and cf['gflops'], ob and ob['gflops'], '{:.3f}')} |")
+    w("\ncore fwd / OpenBLAS sgemm: the attention core's forward rate over OpenBLAS's rate on "
+      "the same shape's in_proj product (M = B·N, N = 3E, K = E).\n")
+
+    cc = find("mha", "core_fwd", (1, 4096, 1024, 16, True))
+    cn = find("mha", "core_fwd", (1, 4096, 1024, 16, False))
+    w("## Causal vs non-causal at N = 4096 (core forward, E = 1024, H = 16)\n")
+    w(f"- non-causal {ms(cn)} ms, causal {ms(cc)} ms: causal takes "
+      f"{ratio(cc and cc['median_ms'], cn and cn['median_ms'], '{:.2f}')} of the non-causal "
+      "time (ideal with skipped masked tiles: about 0.5).\n")
+
+    w("## Matrix products: mha gemm vs OpenBLAS sgemm\n")
+    w("| M | N | K | ta | tb | mha ms | mha GFLOP/s | OpenBLAS ms | OpenBLAS GFLOP/s | mha / OpenBLAS |")
+    w("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for r in res:
+        if r["label"] != "mha" or r.get("what") != "gemm":
+            continue
+        o = find("openblas", "openblas_sgemm", None, M=r["M"], N=r["N"], K=r["K"], ta=r["ta"], tb=r["tb"])
+        w(f"| {r['M']} | {r['N']} | {r['K']} | {r['ta']} | {r['tb']} | {ms(r)} | {gf(r)} | "
+          f"{ms(o)} | {gf(o)} | {ratio(r['gflops'], o and o['gflops'], '{:.0%}')} |")
+    w("\nShapes: in_proj forward (x·W^T, N = 3E), out_proj forward (N = E), the input gradient "
+      "dX = dY·W (tb 0, K = 3E) and the weight gradient dW = dY^T·X (ta 1, K = B·N).\n")
+
+    w("## Reproduce\n")
+    w("```")
+    w(f"make && bench/compare.sh        # BUILD=build THREADS={threads} OUT=BENCHMARKS.md")
+    w("```\n")
+    w("Every command it ran:\n")
+    w("```")
+    for r in res:
+        w(r["cmd"])
+    w("```")
+    print("\n".join(out))
+
+
+if __name__ == "__main__":
+    main()

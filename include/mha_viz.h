@@ -1,0 +1,179 @@
+/* mha_viz.h - drawing attention weights: terminal, SVG, PNG and a self-contained HTML page.
+ *
+ * OVERVIEW
+ *   The renderers take a block of attention weights w[H, L, S] (contiguous floats: H heads,
+ *   L queries, S keys, e.g. what mha_module_forward returns with average_weights = 0 for one
+ *   batch element) and draw one of three views, chosen by mha_viz_opts.view:
+ *     MHA_VIZ_HEAD      one head (opts.head),
+ *     MHA_VIZ_AVERAGE   the mean over the H heads (what PyTorch returns by default),
+ *     MHA_VIZ_ALL       every head, as a grid of panels sharing one colour scale.
+ *   Optional token labels name the query rows and key columns.
+ *
+ *   Outputs:
+ *     mha_viz_term   text for a terminal: ASCII, Unicode shading, or 24-bit colour cells;
+ *                    fits opts.width columns, downsampling long sequences (and saying so);
+ *     mha_viz_svg    an SVG image (no dependency), a <title> tooltip on every cell;
+ *     mha_viz_png    a PNG image (libpng; MHA_ERR_UNSUPPORTED when built without it);
+ *     mha_viz_html   one HTML file with inline CSS, JS and data, no network access: a head
+ *                    selector, token columns joined by lines whose opacity is the weight
+ *                    (hover a token to see its row or column), a heatmap per head, and
+ *                    per-head statistics.
+ *   Every writer outputs through an mha_write_fn callback (mha.h); the *_file wrappers write
+ *   path.tmp-XXXXXX and rename it, so an error never leaves a partial file.
+ *
+ * USAGE
+ *     float w[4 * 6 * 6];                                    // [H=4, L=6, S=6]
+ *     int64_t ws[3] = {4, 6, 6};
+ *     mha_tensor wt = mha_tensor_make(w, 3, ws);
+ *     mha_forward_opts fo = mha_forward_opts_default();
+ *     fo.average_weights = 0;                                // per-head weights
+ *     mha_module_forward(ctx, m, &fo, &x, NULL, NULL, NULL, &y, &wt);   // x: [6, E]
+ *
+ *     const char *toks[6] = {"the", "cat", "sat", "on", "the", "mat"};
+ *     mha_viz_opts vo = mha_viz_opts_default();
+ *     vo.view = MHA_VIZ_ALL;
+ *     vo.query_tokens = toks;                                // keys: the same (self-attention)
+ *     vo.term_mode = MHA_VIZ_TERM_UNICODE;
+ *     vo.width = 100;
+ *     mha_viz_term(ctx, w, 4, 6, 6, &vo, my_write, stdout); // my_write: fwrite to user
+ *     mha_viz_html_file(ctx, w, 4, 6, 6, &vo, "attention.html");
+ *
+ * CONVENTIONS
+ *   As in mha.h: every call returns mha_status with a message in the context; ctx may be
+ *   NULL. Nothing is printed. Every call is thread safe for distinct contexts; the inputs are
+ *   only read. Output is a pure function of the inputs (byte-identical on every run).
+ *   Text (tokens, titles) is UTF-8; invalid bytes and control characters are drawn as "?".
+ *   Widths count one column per code point (wide CJK characters are not special-cased).
+ */
+#ifndef MHA_VIZ_H
+#define MHA_VIZ_H
+
+#include "mha.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* Which matrix to draw. */
+typedef enum {
+    MHA_VIZ_HEAD = 0,    /* one head: opts.head */
+    MHA_VIZ_AVERAGE = 1, /* the mean over heads */
+    MHA_VIZ_ALL = 2      /* every head, in a grid */
+} mha_viz_view;
+
+/* How mha_viz_term draws cells. */
+typedef enum {
+    MHA_VIZ_TERM_UNICODE = 0, /* shades " ░▒▓█", two columns per cell */
+    MHA_VIZ_TERM_ASCII = 1,   /* shades " .:-=+*#%@", plain 7-bit text */
+    MHA_VIZ_TERM_COLOR = 2    /* 24-bit ANSI colour cells; half blocks ("▀", two query rows
+                                 per line) when two columns per key do not fit */
+} mha_viz_term_mode;
+
+typedef struct {
+    mha_viz_view view;   /* default MHA_VIZ_HEAD */
+    int64_t head;        /* the head for MHA_VIZ_HEAD, in [0, H); default 0 */
+    /* Query labels [L] and key labels [S], UTF-8, borrowed (each non-NULL). NULL: positions.
+     * key_tokens == NULL with query_tokens set and L == S uses the query tokens for the keys
+     * (self-attention). */
+    const char *const *query_tokens;
+    const char *const *key_tokens;
+    const char *const *head_titles; /* [H] optional; default "head 0", "head 1", ... */
+    const char *title;              /* optional line above everything (HTML: page title) */
+    /* Colour scale: values map linearly from vmin to vmax, clamped. vmax <= vmin (the default
+     * 0, 0) means automatic: vmin = min(0, smallest value), vmax = the largest value shown
+     * (over all panels, so a grid is comparable). */
+    float vmin, vmax;
+    mha_viz_term_mode term_mode; /* default MHA_VIZ_TERM_UNICODE */
+    int width;     /* terminal columns, 40 .. 100000; 0 = 80. No output line is wider. */
+    int cell_px;   /* SVG/PNG cell size in pixels, 1..64; 0 = automatic */
+} mha_viz_opts;
+
+mha_viz_opts mha_viz_opts_default(void);
+/* Every renderer below accepts opts == NULL for the defaults. Shades in the terminal: blank
+ * below 5% of the scale, then equal steps (Unicode " ░▒▓█": quarters; ASCII ".:-=+*#@":
+ * eighths); the legend line gives the values. */
+
+/* Per-head statistics (also shown by the HTML page). */
+typedef struct {
+    double entropy;       /* mean over queries of the row entropy, in bits (0: one-hot rows) */
+    double max_entropy;   /* log2(S): the entropy of a uniform row */
+    int64_t top_key;      /* the key with the largest mean attention over queries */
+    double top_key_mean;  /* that mean */
+    double max_weight;    /* the largest single weight */
+} mha_viz_stats;
+
+/* Statistics of each of the H heads of w [H, L, S] into stats[H] (caller-owned).
+ * Rows that sum to 0 (fully masked) count as entropy 0. MHA_ERR_INVALID_ARG for NULL
+ * pointers, sizes < 1, or a non-finite weight. */
+mha_status mha_viz_head_stats(mha_ctx *ctx, const float *w, int64_t H, int64_t L, int64_t S,
+                              mha_viz_stats *stats);
+
+/* Text rendering of w [H, L, S] (contiguous, read only) for a terminal, through fn(user, ...).
+ * Layout (Unicode mode, one head, no tokens):
+ *       head 0 of 2
+ *       Query Position │
+ *                    0 │ ████░░
+ *                    1 │ ░░████
+ *                      └────────
+ *                        0 1 2
+ *                         Key Position
+ *       shades: blank <0.05, ░ <0.25, ▒ <0.50, ▓ <0.75, █ to 1.00
+ * With tokens, rows are labelled by query tokens and keys by vertical labels below the axis.
+ * A grid (MHA_VIZ_ALL) puts as many panels side by side as opts->width allows. When the cells
+ * do not fit, f x f blocks are averaged into one cell and a line says so. Colour mode emits
+ * ANSI escapes "\x1b[38;2;R;G;Bm" / "\x1b[48;2;R;G;Bm" and resets with "\x1b[0m" at the end
+ * of each line; the caller decides whether the terminal wants it (isatty, $NO_COLOR).
+ * Returns MHA_ERR_INVALID_ARG (NULL pointers, sizes < 1, head out of range, width < 40,
+ * non-finite weights, a NULL token), MHA_ERR_NOMEM, or MHA_ERR_IO when fn returns nonzero. */
+mha_status mha_viz_term(mha_ctx *ctx, const float *w, int64_t H, int64_t L, int64_t S,
+                        const mha_viz_opts *opts, mha_write_fn fn, void *user);
+
+/* SVG image of the chosen view: each panel has a title, query labels on the left, key labels
+ * below (rotated), one <rect class="cell"> per drawn weight with a <title> tooltip
+ * ("query 2 'cat' -> key 1 'the': 0.4123"), and a colour bar. A grid has ceil(sqrt(H))
+ * columns. Colours: a perceptual dark-blue → green → yellow map (mha_viz_color). Errors as
+ * mha_viz_term. */
+mha_status mha_viz_svg(mha_ctx *ctx, const float *w, int64_t H, int64_t L, int64_t S,
+                       const mha_viz_opts *opts, mha_write_fn fn, void *user);
+
+/* PNG image (8-bit RGB) of the chosen view, without text. Exact geometry, c = cell size:
+ *   panels: n = 1 (HEAD, AVERAGE) or H (ALL), cols = ceil(sqrt(n)) (1 for n == 1),
+ *           rows = ceil(n / cols); margin 8, gap 8 between panels;
+ *   width  = 16 + cols * S * c + (cols - 1) * 8
+ *   height = 16 + rows * L * c + (rows - 1) * 8 + 8 + 12  (then a colour bar 12 px high);
+ *   weight (i, j) of panel p fills the c x c square at x = 8 + (p % cols) * (S*c + 8) + j*c,
+ *   y = 8 + (p / cols) * (L*c + 8) + i*c with mha_viz_color(value); background white.
+ * c = opts->cell_px, or automatically about 512 / max(L, S) clamped to [2, 32].
+ * MHA_ERR_UNSUPPORTED "png support not built (libpng not found)" without libpng; MHA_ERR_NOMEM
+ * when the image would exceed 16384 pixels on a side. Other errors as mha_viz_term. */
+mha_status mha_viz_png(mha_ctx *ctx, const float *w, int64_t H, int64_t L, int64_t S,
+                       const mha_viz_opts *opts, mha_write_fn fn, void *user);
+
+/* A self-contained HTML page (inline CSS, JS and data; no network requests) showing ALL heads
+ * and their average, whatever opts->view (which only picks the head selected at first):
+ * a head selector; the token view (query tokens left, key tokens right, a line per pair with
+ * opacity = weight; hovering a token keeps only its lines and highlights its row or column in
+ * the heatmap); a heatmap of the selected head; small heatmaps of every head; a table of
+ * mha_viz_head_stats. Errors as mha_viz_term. */
+mha_status mha_viz_html(mha_ctx *ctx, const float *w, int64_t H, int64_t L, int64_t S,
+                        const mha_viz_opts *opts, mha_write_fn fn, void *user);
+
+/* File wrappers: write path.tmp-XXXXXX, then rename over path (MHA_ERR_IO with the path and
+ * strerror on failure; the temporary file is removed). */
+mha_status mha_viz_term_file(mha_ctx *ctx, const float *w, int64_t H, int64_t L, int64_t S,
+                             const mha_viz_opts *opts, const char *path);
+mha_status mha_viz_svg_file(mha_ctx *ctx, const float *w, int64_t H, int64_t L, int64_t S,
+                            const mha_viz_opts *opts, const char *path);
+mha_status mha_viz_png_file(mha_ctx *ctx, const float *w, int64_t H, int64_t L, int64_t S,
+                            const mha_viz_opts *opts, const char *path);
+mha_status mha_viz_html_file(mha_ctx *ctx, const float *w, int64_t H, int64_t L, int64_t S,
+                             const mha_viz_opts *opts, const char *path);
+
+/* The colour map shared by every renderer: t in [0, 1] (clamped; NaN as 0) to 8-bit RGB,
+ * piecewise linear through five anchors from dark blue (t = 0) to yellow (t = 1). */
+void mha_viz_color(float t, uint8_t rgb[3]);
+
+#ifdef __cplusplus
+}
+#endif
+#endif /* MHA_VIZ_H */

@@ -1,0 +1,105 @@
+/* attn_common.c - validation and dropout for the attention core (see attn_common.h). */
+#include "attn_common.h"
+
+#include <math.h>
+#include <string.h>
+
+static uint64_t drop_threshold(float p) {
+    /* P(word < thr) = thr / 2^32 ~= p; p < 1 so thr <= 2^32 - 1 after ceil for any float p. */
+    if (!(p > 0)) return 0;
+    return (uint64_t)ceil((double)p * 4294967296.0);
+}
+
+static void philox_group(const mha_attn_params *p, int64_t bh, int64_t i, int64_t g,
+                         uint32_t w[4]) {
+    uint64_t key = p->seed ^ ((p->offset >> 32) * 0x9E3779B97F4A7C15ull);
+    mha__philox4x32(key, (uint32_t)g, (uint32_t)i, (uint32_t)bh, (uint32_t)p->offset, w);
+}
+
+int mha__dropout_keep(const mha_attn_params *p, int64_t bh, int64_t i, int64_t j) {
+    if (!p || !(p->dropout_p > 0)) return 1;
+    uint32_t w[4];
+    philox_group(p, bh, i, j >> 2, w);
+    return (uint64_t)w[j & 3] >= drop_threshold(p->dropout_p);
+}
+
+void mha__dropout_row(const mha_attn_params *p, int64_t bh, int64_t i, int64_t j0, int64_t n,
+                      uint8_t *keep) {
+    if (!p || !(p->dropout_p > 0)) {
+        memset(keep, 1, (size_t)(n > 0 ? n : 0));
+        return;
+    }
+    uint64_t thr = drop_threshold(p->dropout_p);
+    int64_t t = 0;
+    while (t < n) {
+        int64_t j = j0 + t, g = j >> 2;
+        uint32_t w[4];
+        philox_group(p, bh, i, g, w);
+        for (int64_t r = j & 3; r < 4 && t < n; r++, t++) keep[t] = (uint64_t)w[r] >= thr;
+    }
+}
+
+mha_status mha__attn_check_inputs(mha_ctx *ctx, const char *fn, const mha_attn_params *p,
+                                  const mha_tensor *q, const mha_tensor *k, const mha_tensor *v,
+                                  const mha_mask *mask, mha__attn_problem *pr) {
+    mha_status st;
+    memset(pr, 0, sizeof *pr);
+    mha_attn_params dp = mha_attn_params_default();
+    if (!p) p = &dp;
+    if (!(p->dropout_p >= 0 && p->dropout_p < 1))
+        return mha__err(ctx, MHA_ERR_INVALID_ARG,
+                        "%s: p->dropout_p: got %g, expected a value in [0, 1)", fn,
+                        (double)p->dropout_p);
+    if (!isfinite(p->scale))
+        return mha__err(ctx, MHA_ERR_INVALID_ARG,
+                        "%s: p->scale: got %g, expected a finite value (0: 1/sqrt(D))", fn,
+                        (double)p->scale);
+    if ((st = mha__check_tensor(ctx, fn, "q", q, 4, NULL, "[B, H, L, D]"))) return st;
+    int64_t B = q->shape[0], H = q->shape[1], L = q->shape[2], D = q->shape[3];
+    if (D < 1)
+        return mha__err(ctx, MHA_ERR_SHAPE, "%s: q.shape[3]: got %lld, expected >= 1 (head dim)",
+                        fn, (long long)D);
+    int64_t wk[4] = {B, H, -1, D};
+    if ((st = mha__check_tensor(ctx, fn, "k", k, 4, NULL, "[B, H, S, D]"))) return st;
+    static const char *const kwhy[4] = {"q batch", "q heads", "", "q head dim"};
+    for (int d = 0; d < 4; d++)
+        if (wk[d] >= 0 && k->shape[d] != wk[d])
+            return mha__err(ctx, MHA_ERR_SHAPE, "%s: k.shape[%d]: got %lld, expected %lld (%s)",
+                            fn, d, (long long)k->shape[d], (long long)wk[d], kwhy[d]);
+    int64_t S = k->shape[2];
+    if ((st = mha__check_tensor(ctx, fn, "v", v, 4, NULL, "[B, H, S, Dv]"))) return st;
+    int64_t wv[3] = {B, H, S};
+    static const char *const vwhy[3] = {"q batch", "q heads", "k length"};
+    for (int d = 0; d < 3; d++)
+        if (v->shape[d] != wv[d])
+            return mha__err(ctx, MHA_ERR_SHAPE, "%s: v.shape[%d]: got %lld, expected %lld (%s)",
+                            fn, d, (long long)v->shape[d], (long long)wv[d], vwhy[d]);
+    pr->B = B, pr->H = H, pr->L = L, pr->S = S, pr->D = D, pr->Dv = v->shape[3];
+    pr->scale = p->scale != 0 ? p->scale : (float)(1.0 / sqrt((double)D));
+    pr->dropout_p = p->dropout_p;
+    pr->keep_scale = p->dropout_p > 0 ? (float)(1.0 / (1.0 - (double)p->dropout_p)) : 1.0f;
+    pr->drop_thr = drop_threshold(p->dropout_p);
+    pr->seed = p->seed;
+    pr->offset = p->offset;
+
+    pr->mask = mask ? *mask : mha_mask_default();
+    const mha_mask *m = &pr->mask;
+    if (m->causal != MHA_CAUSAL_NONE && m->causal != MHA_CAUSAL_TOP_LEFT &&
+        m->causal != MHA_CAUSAL_BOTTOM_RIGHT)
+        return mha__err(ctx, MHA_ERR_INVALID_ARG,
+                        "%s: mask->causal: got %d, expected MHA_CAUSAL_NONE, _TOP_LEFT or "
+                        "_BOTTOM_RIGHT", fn, (int)m->causal);
+    if (m->attn_batched != 0 && m->attn_batched != 1)
+        return mha__err(ctx, MHA_ERR_INVALID_ARG,
+                        "%s: mask->attn_batched: got %d, expected 0 ([L, S]) or 1 ([B*H, L, S])",
+                        fn, m->attn_batched);
+    if (m->key_lengths)
+        for (int64_t b = 0; b < B; b++)
+            if (m->key_lengths[b] < 0 || m->key_lengths[b] > S)
+                return mha__err(ctx, MHA_ERR_INVALID_ARG,
+                                "%s: mask->key_lengths[%lld]: got %d, expected a value in "
+                                "[0, %lld] (k length)", fn, (long long)b,
+                                (int)m->key_lengths[b], (long long)S);
+    pr->causal_shift = m->causal == MHA_CAUSAL_BOTTOM_RIGHT ? S - L : 0;
+    return MHA_OK;
+}

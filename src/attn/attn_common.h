@@ -1,0 +1,111 @@
+/* attn_common.h - what the attention core's forward and backward share: argument validation,
+ * the mask semantics of one (batch, head, row), and the dropout mask generator.
+ *
+ * Internal (never installed). The module (src/attn/module.c) and the tests use the dropout
+ * functions below to reproduce exactly the mask mha_attn_forward applies.
+ *
+ * SIZES
+ *   B, H, L, S >= 0 are accepted; B*H*L == 0 is a no-op; S == 0 makes every row fully masked
+ *   (out 0, lse -INFINITY, weights empty). D (q/k head dim) must be >= 1; Dv >= 0.
+ *
+ * DROPOUT
+ *   The keep decision for element (bh = b*H + h, i, j) is a pure function of
+ *   (p->seed, p->offset, bh, i, j) and p->dropout_p:
+ *     w = Philox4x32-10(key   = seed ^ ((offset >> 32) * 0x9E3779B97F4A7C15),
+ *                       counter = (j / 4, i, bh, offset & 0xffffffff))[j % 4]
+ *     keep  iff  w >= ceil(dropout_p * 2^32)
+ *   (counter words are the low 32 bits of j / 4, i, bh). Kept weights are scaled by
+ *   1 / (1 - dropout_p), dropped ones are 0, as torch.nn.functional.dropout. */
+#ifndef MHA_ATTN_COMMON_H
+#define MHA_ATTN_COMMON_H
+
+#include "core/internal.h"
+#include "kernels/kernels.h"
+
+/* A validated problem: sizes, resolved scale and dropout, and the masks (never NULL). */
+typedef struct {
+    int64_t B, H, L, S, D, Dv;
+    float scale;          /* p->scale, or 1/sqrt(D) */
+    float dropout_p;      /* 0: no dropout */
+    float keep_scale;     /* 1 / (1 - dropout_p) */
+    uint64_t drop_thr;    /* keep iff philox word >= drop_thr */
+    uint64_t seed, offset;
+    mha_mask mask;        /* a copy; mha_mask_default() when the caller passed NULL */
+    int64_t causal_shift; /* causal: key j allowed iff j <= i + causal_shift */
+} mha__attn_problem;
+
+/* Validates p (NULL: defaults), q, k, v and mask (NULL: no mask), and fills *pr.
+ * fn names the public function in messages. */
+mha_status mha__attn_check_inputs(mha_ctx *ctx, const char *fn, const mha_attn_params *p,
+                                  const mha_tensor *q, const mha_tensor *k, const mha_tensor *v,
+                                  const mha_mask *mask, mha__attn_problem *pr);
+
+/* Pointer to row i of head (b, h) of a [B, H, R, X] view. */
+static inline float *mha__attn_row(const mha_tensor *t, int64_t b, int64_t h, int64_t i) {
+    return t->data + b * t->stride[0] + h * t->stride[1] + i * t->stride[2];
+}
+
+/* Keys j >= mha__attn_row_end(pr, b, i) are excluded by causality or key_lengths for row i of
+ * batch b (the result is in [0, S]). */
+static inline int64_t mha__attn_row_end(const mha__attn_problem *pr, int64_t b, int64_t i) {
+    int64_t end = pr->S;
+    if (pr->mask.key_lengths && pr->mask.key_lengths[b] < end) end = pr->mask.key_lengths[b];
+    if (pr->mask.causal != MHA_CAUSAL_NONE) {
+        int64_t c = i + pr->causal_shift + 1;
+        if (c < 0) c = 0;
+        if (c < end) end = c;
+    }
+    return end;
+}
+
+/* Element masks of head bh = b*H + h: key_padding row [S] (or NULL), attn_bool / attn_float
+ * rows [S] for query row i (or NULL). */
+static inline const uint8_t *mha__attn_pad_row(const mha__attn_problem *pr, int64_t b) {
+    return pr->mask.key_padding ? pr->mask.key_padding + b * pr->S : NULL;
+}
+static inline int64_t mha__attn_mask_offset(const mha__attn_problem *pr, int64_t bh, int64_t i) {
+    return ((pr->mask.attn_batched ? bh : 0) * pr->L + i) * pr->S;
+}
+static inline const uint8_t *mha__attn_bool_row(const mha__attn_problem *pr, int64_t bh,
+                                                int64_t i) {
+    return pr->mask.attn_bool ? pr->mask.attn_bool + mha__attn_mask_offset(pr, bh, i) : NULL;
+}
+static inline const float *mha__attn_float_row(const mha__attn_problem *pr, int64_t bh,
+                                               int64_t i) {
+    return pr->mask.attn_float ? pr->mask.attn_float + mha__attn_mask_offset(pr, bh, i) : NULL;
+}
+
+/* The masks of the tile (query rows from i0, keys from j0) of head bh = b*H + h, in the
+ * tile-local form the kernels take (kernels.h). */
+static inline void mha__attn_tile_mask_make(const mha__attn_problem *pr, int64_t b, int64_t bh,
+                                            int64_t i0, int64_t j0, mha__attn_tile_mask *mk) {
+    mk->col_end = (pr->mask.key_lengths ? pr->mask.key_lengths[b] : pr->S) - j0;
+    mk->diag = pr->mask.causal != MHA_CAUSAL_NONE ? i0 + pr->causal_shift - j0
+                                                  : MHA__ATTN_NO_DIAG;
+    mk->pad = pr->mask.key_padding ? pr->mask.key_padding + b * pr->S + j0 : NULL;
+    mk->bmask = pr->mask.attn_bool ? mha__attn_bool_row(pr, bh, i0) + j0 : NULL;
+    mk->fmask = pr->mask.attn_float ? mha__attn_float_row(pr, bh, i0) + j0 : NULL;
+    mk->ld_mask = pr->S;
+}
+
+/* 1 when causality, key_lengths or key_padding exclude every key of [j0, j1) for every query
+ * row of [i0, i1) of batch b: the tile contributes nothing and is skipped. */
+static inline int mha__attn_tile_skip(const mha__attn_problem *pr, int64_t b, int64_t i0,
+                                      int64_t i1, int64_t j0, int64_t j1) {
+    (void)i0;
+    /* the row end is non-decreasing in i: the last row allows the most keys */
+    if (mha__attn_row_end(pr, b, i1 - 1) <= j0) return 1;
+    const uint8_t *pad = mha__attn_pad_row(pr, b);
+    if (!pad) return 0;
+    for (int64_t j = j0; j < j1; j++)
+        if (!pad[j]) return 0;
+    return 1;
+}
+
+/* Dropout (see the DROPOUT block above). p == NULL or p->dropout_p == 0: always kept. */
+int mha__dropout_keep(const mha_attn_params *p, int64_t bh, int64_t i, int64_t j);
+/* keep[t] = mha__dropout_keep(p, bh, i, j0 + t) for t in [0, n), four keys per Philox call. */
+void mha__dropout_row(const mha_attn_params *p, int64_t bh, int64_t i, int64_t j0, int64_t n,
+                      uint8_t *keep);
+
+#endif

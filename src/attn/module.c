@@ -1,0 +1,761 @@
+/* module.c - torch.nn.MultiheadAttention(E, H, dropout, bias, kdim, vdim, batch_first=True):
+ * creation and initialization, parameters, forward and backward.
+ *
+ * FORWARD (B batches, L queries, S keys, H heads of D = E / H features)
+ *   q = query Wq^T + bq      [B*L, E]     self-attention: one product query [B*L, E] x
+ *   k = key   Wk^T + bk      [B*S, E]     in_proj_weight^T [E, 3E] into a packed
+ *   v = value Wv^T + bv      [B*S, E]     [B, L, 3, H, D] buffer; the core reads strided views
+ *   a = attention core (q, k, v) as [B, H, L, D] views of [B, L, H, D] memory   [B*L, E]
+ *   y = a Wo^T + bo          [B*L, E]
+ * BACKWARD (dy given)
+ *   dWo += dy^T a,  dbo += sum_rows dy,  da = dy Wo,  (dq, dk, dv) = core backward (da)
+ *   dWq += dq^T query, dbq += sum_rows dq, dquery = dq Wq   (same for k and v; for
+ *   self-attention dquery = [dq dk dv] in_proj_weight, the sum of the three paths)
+ * Every product goes through mha__gemm; everything else is O(rows * E) glue. */
+#include "module_internal.h"
+#include "attn/gemm.h"
+
+#include <math.h>
+#include <stdio.h>
+#include <string.h>
+
+static const char *const FN_CREATE = "mha_module_create";
+static const char *const FN_FWD = "mha_module_forward";
+static const char *const FN_BWD = "mha_module_backward";
+
+mha_config mha_config_default(int64_t embed_dim, int64_t num_heads) {
+    mha_config c;
+    memset(&c, 0, sizeof c);
+    c.embed_dim = embed_dim;
+    c.num_heads = num_heads;
+    c.bias = 1;
+    return c;
+}
+
+mha_forward_opts mha_forward_opts_default(void) {
+    mha_forward_opts o;
+    memset(&o, 0, sizeof o);
+    o.average_weights = 1;
+    o.save_for_backward = 1;
+    return o;
+}
+
+/* ---------------------------------------------------------------------------------------------
+ * Small helpers
+ * ------------------------------------------------------------------------------------------- */
+
+/* Allocates a * b elements of size es, with an overflow check; NOMEM with a message. */
+static mha_status alloc_n(mha_ctx *ctx, const char *fn, const char *what, void **out, int64_t a,
+                          int64_t b, size_t es) {
+    size_t n, bytes;
+    *out = NULL;
+    if (a < 0 || b < 0 || !mha__mul_size((size_t)a, (size_t)b, &n) ||
+        !mha__mul_size(n, es, &bytes))
+        return mha__err(ctx, MHA_ERR_NOMEM, "%s: %s: size overflows (%lld x %lld elements)", fn,
+                        what, (long long)a, (long long)b);
+    *out = mha__malloc(bytes);
+    if (!*out)
+        return mha__err(ctx, MHA_ERR_NOMEM, "%s: %s: out of memory (%zu bytes)", fn, what, bytes);
+    return MHA_OK;
+}
+
+static mha_status alloc_f(mha_ctx *ctx, const char *fn, const char *what, float **out,
+                          int64_t a, int64_t b) {
+    void *p;
+    mha_status st = alloc_n(ctx, fn, what, &p, a, b, sizeof(float));
+    *out = p;
+    return st;
+}
+
+/* A [B, R, X] view (or [R, X] when ndim == 2) as B*R rows of X floats: the row stride, or -1
+ * when the strides do not allow it (then the caller goes through a contiguous copy). Rows
+ * must not overlap (the view is written). */
+static int64_t rows_ld(const mha_tensor *t) {
+    int64_t X = t->shape[t->ndim - 1], ld;
+    if (t->ndim == 2) {
+        ld = t->shape[0] > 1 ? t->stride[0] : X;
+    } else {
+        int64_t B = t->shape[0], R = t->shape[1];
+        if (B <= 1 && R <= 1) ld = X;
+        else if (B <= 1) ld = t->stride[1];
+        else if (R == 1) ld = t->stride[0];
+        else if (t->stride[0] == R * t->stride[1]) ld = t->stride[1];
+        else return -1;
+    }
+    return ld >= X ? ld : -1;
+}
+
+/* Copies a [B, R, X] / [R, X] view into contiguous [B*R, X] memory, or back. */
+static void copy_view(const mha_tensor *t, float *buf, int to_view) {
+    int batched = t->ndim == 3;
+    int64_t B = batched ? t->shape[0] : 1, R = t->shape[batched], X = t->shape[batched + 1];
+    int64_t sb = batched ? t->stride[0] : 0, sr = t->stride[batched];
+    if (X == 0) return;
+    for (int64_t b = 0; b < B; b++)
+        for (int64_t r = 0; r < R; r++) {
+            float *v = t->data + b * sb + r * sr, *c = buf + (b * R + r) * X;
+            if (to_view) memcpy(v, c, sizeof(float) * (size_t)X);
+            else memcpy(c, v, sizeof(float) * (size_t)X);
+        }
+}
+
+/* C[rows, n] = bias (broadcast over rows), the starting value of a beta = 1 product. */
+static void fill_bias(float *C, int64_t ldc, int64_t rows, int64_t n, const float *bias) {
+    for (int64_t r = 0; r < rows; r++) memcpy(C + r * ldc, bias, sizeof(float) * (size_t)n);
+}
+
+/* g[j] = sum_r A[r, j] over rows of A [rows, n] (row stride lda), summed in double in row
+ * order: deterministic, independent of threads. acc: n doubles of workspace. */
+static void col_sums(float *g, const float *A, int64_t lda, int64_t rows, int64_t n,
+                     double *acc) {
+    for (int64_t j = 0; j < n; j++) acc[j] = 0;
+    for (int64_t r = 0; r < rows; r++)
+        for (int64_t j = 0; j < n; j++) acc[j] += A[r * lda + j];
+    for (int64_t j = 0; j < n; j++) g[j] = (float)acc[j];
+}
+
+/* A [B, H, R, D] view of head-interleaved rows: element (b, h, r, d) at
+ * base[(b * R + r) * ld + h * D + d]. */
+static mha_tensor heads_view(float *base, int64_t B, int64_t H, int64_t R, int64_t D,
+                             int64_t ld) {
+    int64_t shape[4] = {B, H, R, D}, stride[4] = {R * ld, D, ld, 1};
+    return mha_tensor_strided(base, 4, shape, stride);
+}
+
+/* ---------------------------------------------------------------------------------------------
+ * Creation, initialization, parameters
+ * ------------------------------------------------------------------------------------------- */
+
+static mha_status check_config(mha_ctx *ctx, const char *fn, const mha_config *cfg) {
+    if (!cfg) return mha__err(ctx, MHA_ERR_INVALID_ARG, "%s: cfg: got NULL, expected a config", fn);
+    if (cfg->embed_dim <= 0)
+        return mha__err(ctx, MHA_ERR_INVALID_ARG, "%s: cfg->embed_dim: got %lld, expected > 0", fn,
+                        (long long)cfg->embed_dim);
+    if (cfg->num_heads <= 0)
+        return mha__err(ctx, MHA_ERR_INVALID_ARG, "%s: cfg->num_heads: got %lld, expected > 0", fn,
+                        (long long)cfg->num_heads);
+    if (cfg->embed_dim % cfg->num_heads != 0)
+        return mha__err(ctx, MHA_ERR_INVALID_ARG,
+                        "%s: cfg->embed_dim: got %lld, expected a multiple of num_heads = %lld "
+                        "(embed_dim must be divisible by num_heads)", fn,
+                        (long long)cfg->embed_dim, (long long)cfg->num_heads);
+    if (cfg->kdim < 0)
+        return mha__err(ctx, MHA_ERR_INVALID_ARG, "%s: cfg->kdim: got %lld, expected >= 0 "
+                        "(0: embed_dim)", fn, (long long)cfg->kdim);
+    if (cfg->vdim < 0)
+        return mha__err(ctx, MHA_ERR_INVALID_ARG, "%s: cfg->vdim: got %lld, expected >= 0 "
+                        "(0: embed_dim)", fn, (long long)cfg->vdim);
+    if (!(cfg->dropout >= 0 && cfg->dropout < 1))
+        return mha__err(ctx, MHA_ERR_INVALID_ARG, "%s: cfg->dropout: got %g, expected a value in "
+                        "[0, 1)", fn, (double)cfg->dropout);
+    return MHA_OK;
+}
+
+mha__param *mha__module_find_param(const mha_module *m, const char *name) {
+    if (!m || !name) return NULL;
+    for (int i = 0; i < m->nparams; i++)
+        if (strcmp(m->p[i].name, name) == 0) return (mha__param *)&m->p[i];
+    return NULL;
+}
+
+static void add_param(mha_module *m, const char *name, int64_t rows, int64_t cols) {
+    mha__param *p = &m->p[m->nparams++];
+    p->name = name;
+    p->ndim = cols ? 2 : 1;
+    p->shape[0] = rows;
+    p->shape[1] = cols;
+    p->numel = cols ? rows * cols : rows;
+}
+
+/* Fills w[n] with values uniform in [-bound, bound), reproducible from (seed, stream): element
+ * i is word i % 4 of Philox4x32-10(key = seed, counter = (i / 4, (i / 4) >> 32, stream,
+ * "INIT")), its top 24 bits as u in [0, 1), w = (2u - 1) * bound. */
+static void init_uniform(float *w, int64_t n, uint64_t seed, uint32_t stream, double bound) {
+    for (int64_t g = 0; g * 4 < n; g++) {
+        uint32_t r[4];
+        mha__philox4x32(seed, (uint32_t)g, (uint32_t)((uint64_t)g >> 32), stream, 0x494E4954u, r);
+        for (int t = 0; t < 4 && g * 4 + t < n; t++) {
+            double u = (double)(r[t] >> 8) * (1.0 / 16777216.0);
+            w[g * 4 + t] = (float)((2.0 * u - 1.0) * bound);
+        }
+    }
+}
+
+mha_status mha_module_create(mha_ctx *ctx, const mha_config *cfg, mha_module **out) {
+    mha__clear(ctx);
+    mha_status st;
+    if (!out) return mha__err(ctx, MHA_ERR_INVALID_ARG, "%s: out: got NULL, expected a pointer",
+                              FN_CREATE);
+    *out = NULL;
+    if ((st = check_config(ctx, FN_CREATE, cfg))) return st;
+    {
+        /* Every parameter's element count must fit (3E x E, E x kdim, E x vdim). */
+        int64_t E = cfg->embed_dim, kd = cfg->kdim ? cfg->kdim : E, vd = cfg->vdim ? cfg->vdim : E;
+        size_t n;
+        int64_t mx = kd > vd ? kd : vd;
+        if (E > (int64_t)(SIZE_MAX / sizeof(float)) / 3 || !mha__mul_size((size_t)E, 3, &n) ||
+            !mha__mul_size(n, (size_t)(mx > E ? mx : E), &n) ||
+            !mha__mul_size(n, sizeof(float), &n) || n > (size_t)INT64_MAX)
+            return mha__err(ctx, MHA_ERR_NOMEM, "%s: parameter size overflows (embed_dim = %lld, "
+                            "kdim = %lld, vdim = %lld)", FN_CREATE, (long long)E, (long long)kd,
+                            (long long)vd);
+    }
+    mha_module *m = mha__calloc(1, sizeof *m);
+    if (!m) return mha__err(ctx, MHA_ERR_NOMEM, "%s: module: out of memory", FN_CREATE);
+    m->cfg = *cfg;
+    int64_t E = cfg->embed_dim;
+    m->cfg.kdim = cfg->kdim ? cfg->kdim : E;
+    m->cfg.vdim = cfg->vdim ? cfg->vdim : E;
+    m->cfg.bias = cfg->bias != 0;
+    int64_t kd = m->cfg.kdim, vd = m->cfg.vdim;
+    m->packed = kd == E && vd == E;
+    /* PyTorch's named_parameters() order. */
+    if (m->packed) {
+        add_param(m, "in_proj_weight", 3 * E, E);
+    } else {
+        add_param(m, "q_proj_weight", E, E);
+        add_param(m, "k_proj_weight", E, kd);
+        add_param(m, "v_proj_weight", E, vd);
+    }
+    if (m->cfg.bias) add_param(m, "in_proj_bias", 3 * E, 0);
+    add_param(m, "out_proj.weight", E, E);
+    if (m->cfg.bias) add_param(m, "out_proj.bias", E, 0);
+    for (int i = 0; i < m->nparams; i++) {
+        mha__param *p = &m->p[i];
+        void *v, *g;
+        int64_t rows = p->shape[0], cols = p->ndim == 2 ? p->shape[1] : 1;
+        if ((st = alloc_n(ctx, FN_CREATE, p->name, &v, rows, cols, sizeof(float))) ||
+            (st = alloc_n(ctx, FN_CREATE, p->name, &g, rows, cols, sizeof(float)))) {
+            if (v) mha__free(v);
+            mha_module_free(m);
+            return st;
+        }
+        p->value = v;
+        p->grad = g;
+        memset(v, 0, sizeof(float) * (size_t)p->numel);
+        memset(g, 0, sizeof(float) * (size_t)p->numel);
+    }
+    int k = 0;
+    if (m->packed) {
+        m->wq = m->p[0].value, m->gwq = m->p[0].grad;
+        m->wk = m->wq + E * E, m->gwk = m->gwq + E * E;
+        m->wv = m->wq + 2 * E * E, m->gwv = m->gwq + 2 * E * E;
+        k = 1;
+    } else {
+        m->wq = m->p[0].value, m->gwq = m->p[0].grad;
+        m->wk = m->p[1].value, m->gwk = m->p[1].grad;
+        m->wv = m->p[2].value, m->gwv = m->p[2].grad;
+        k = 3;
+    }
+    if (m->cfg.bias) m->bin = m->p[k].value, m->gbin = m->p[k].grad, k++;
+    m->wo = m->p[k].value, m->gwo = m->p[k].grad, k++;
+    if (m->cfg.bias) m->bo = m->p[k].value, m->gbo = m->p[k].grad;
+
+    /* _reset_parameters: xavier_uniform_ (gain 1, bound sqrt(6 / (fan_in + fan_out))) on the
+     * whole in_proj_weight [3E, E], or on each of q/k/v_proj_weight; out_proj.weight keeps
+     * Linear's kaiming_uniform_(a = sqrt(5)): bound = 1 / sqrt(fan_in = E); biases zero. */
+    uint64_t seed = cfg->seed;
+    if (m->packed) {
+        init_uniform(m->wq, 3 * E * E, seed, 1, sqrt(6.0 / (double)(E + 3 * E)));
+    } else {
+        init_uniform(m->wq, E * E, seed, 2, sqrt(6.0 / (double)(E + E)));
+        init_uniform(m->wk, E * kd, seed, 3, sqrt(6.0 / (double)(kd + E)));
+        init_uniform(m->wv, E * vd, seed, 4, sqrt(6.0 / (double)(vd + E)));
+    }
+    init_uniform(m->wo, E * E, seed, 5, 1.0 / sqrt((double)E));
+    *out = m;
+    return MHA_OK;
+}
+
+static void saved_free(mha__saved *s) {
+    if (!s) return;
+    mha__free(s->x);
+    mha__free(s->xk);
+    mha__free(s->xv);
+    mha__free(s->qkv);
+    mha__free(s->attn);
+    mha__free(s->lse);
+    mha__free(s->pad);
+    mha__free(s->abool);
+    mha__free(s->klen);
+    mha__free(s->afloat);
+    mha__free(s);
+}
+
+void mha_module_free(mha_module *m) {
+    if (!m) return;
+    for (int i = 0; i < m->nparams; i++) {
+        mha__free(m->p[i].value);
+        mha__free(m->p[i].grad);
+    }
+    saved_free(m->saved);
+    mha__free(m);
+}
+
+const mha_config *mha_module_config(const mha_module *m) { return m ? &m->cfg : NULL; }
+
+int mha_module_param_count(const mha_module *m) { return m ? m->nparams : 0; }
+
+const char *mha_module_param_name(const mha_module *m, int i) {
+    if (!m || i < 0 || i >= m->nparams) return NULL;
+    return m->p[i].name;
+}
+
+mha_status mha_module_param(mha_ctx *ctx, mha_module *m, const char *name, mha_tensor *value,
+                            mha_tensor *grad) {
+    mha__clear(ctx);
+    if (!m) return mha__err(ctx, MHA_ERR_INVALID_ARG, "mha_module_param: m: got NULL, expected a "
+                            "module");
+    if (!name) return mha__err(ctx, MHA_ERR_INVALID_ARG, "mha_module_param: name: got NULL, "
+                               "expected a parameter name");
+    mha__param *p = mha__module_find_param(m, name);
+    if (!p) {
+        char names[256] = "";
+        for (int i = 0; i < m->nparams; i++) {
+            size_t n = strlen(names);
+            snprintf(names + n, sizeof names - n, "%s%s", i ? ", " : "", m->p[i].name);
+        }
+        return mha__err(ctx, MHA_ERR_NOT_FOUND, "mha_module_param: name: got \"%s\", expected one "
+                        "of %s", name, names);
+    }
+    if (value) *value = mha_tensor_make(p->value, p->ndim, p->shape);
+    if (grad) *grad = mha_tensor_make(p->grad, p->ndim, p->shape);
+    return MHA_OK;
+}
+
+void mha_module_zero_grad(mha_module *m) {
+    if (!m) return;
+    for (int i = 0; i < m->nparams; i++)
+        memset(m->p[i].grad, 0, sizeof(float) * (size_t)m->p[i].numel);
+}
+
+/* ---------------------------------------------------------------------------------------------
+ * Forward
+ * ------------------------------------------------------------------------------------------- */
+
+/* Validates what the core would reject, with the module's function name in the message. */
+static mha_status check_mask(mha_ctx *ctx, const mha_mask *mk, int64_t B, int64_t S) {
+    if (!mk) return MHA_OK;
+    if (mk->causal != MHA_CAUSAL_NONE && mk->causal != MHA_CAUSAL_TOP_LEFT &&
+        mk->causal != MHA_CAUSAL_BOTTOM_RIGHT)
+        return mha__err(ctx, MHA_ERR_INVALID_ARG, "%s: mask->causal: got %d, expected "
+                        "MHA_CAUSAL_NONE, _TOP_LEFT or _BOTTOM_RIGHT", FN_FWD, (int)mk->causal);
+    if (mk->attn_batched != 0 && mk->attn_batched != 1)
+        return mha__err(ctx, MHA_ERR_INVALID_ARG, "%s: mask->attn_batched: got %d, expected 0 "
+                        "([L, S]) or 1 ([B*H, L, S])", FN_FWD, mk->attn_batched);
+    if (mk->key_lengths)
+        for (int64_t b = 0; b < B; b++)
+            if (mk->key_lengths[b] < 0 || mk->key_lengths[b] > S)
+                return mha__err(ctx, MHA_ERR_INVALID_ARG, "%s: mask->key_lengths[%lld]: got %d, "
+                                "expected a value in [0, %lld] (key length S)", FN_FWD,
+                                (long long)b, (int)mk->key_lengths[b], (long long)S);
+    return MHA_OK;
+}
+
+/* Copies the caller's masks into s (the backward must see the same ones). */
+static mha_status save_mask(mha_ctx *ctx, mha__saved *s, const mha_mask *mk, int64_t H) {
+    mha_status st;
+    s->mask = mk ? *mk : mha_mask_default();
+    if (!mk) return MHA_OK;
+    int64_t B = s->B, L = s->L, S = s->S, nm = (mk->attn_batched ? B * H : 1);
+    void *p;
+    if (mk->key_padding) {
+        if ((st = alloc_n(ctx, FN_FWD, "mask->key_padding copy", &p, B, S, 1))) return st;
+        s->pad = p;
+        memcpy(p, mk->key_padding, (size_t)(B * S));
+        s->mask.key_padding = s->pad;
+    }
+    if (mk->key_lengths) {
+        if ((st = alloc_n(ctx, FN_FWD, "mask->key_lengths copy", &p, B, 1, sizeof(int32_t))))
+            return st;
+        s->klen = p;
+        memcpy(p, mk->key_lengths, sizeof(int32_t) * (size_t)B);
+        s->mask.key_lengths = s->klen;
+    }
+    size_t n;
+    if ((mk->attn_bool || mk->attn_float) &&
+        (!mha__mul_size((size_t)nm, (size_t)L, &n) || !mha__mul_size(n, (size_t)S, &n)))
+        return mha__err(ctx, MHA_ERR_NOMEM, "%s: attn mask size overflows", FN_FWD);
+    if (mk->attn_bool) {
+        if ((st = alloc_n(ctx, FN_FWD, "mask->attn_bool copy", &p, nm * L, S, 1))) return st;
+        s->abool = p;
+        memcpy(p, mk->attn_bool, n);
+        s->mask.attn_bool = s->abool;
+    }
+    if (mk->attn_float) {
+        if ((st = alloc_n(ctx, FN_FWD, "mask->attn_float copy", &p, nm * L, S, sizeof(float))))
+            return st;
+        s->afloat = p;
+        memcpy(p, mk->attn_float, sizeof(float) * n);
+        s->mask.attn_float = s->afloat;
+    }
+    return MHA_OK;
+}
+
+/* The expected shape of a [B, R, X] tensor, or [R, X] when unbatched. */
+static mha_status check_bx(mha_ctx *ctx, const char *fn, const char *name, const mha_tensor *t,
+                           int unbatched, int64_t B, int64_t R, int64_t X, const char *why) {
+    int64_t w[3] = {B, R, X};
+    return mha__check_tensor(ctx, fn, name, t, unbatched ? 2 : 3, w + unbatched, why);
+}
+
+mha_status mha_module_forward(mha_ctx *ctx, mha_module *m, const mha_forward_opts *opts,
+                              const mha_tensor *query, const mha_tensor *key,
+                              const mha_tensor *value, const mha_mask *mask, mha_tensor *out,
+                              mha_tensor *weights) {
+    mha__clear(ctx);
+    mha_status st;
+    if (!m) return mha__err(ctx, MHA_ERR_INVALID_ARG, "%s: m: got NULL, expected a module", FN_FWD);
+    mha_forward_opts od = mha_forward_opts_default();
+    if (!opts) opts = &od;
+    if (!isfinite(opts->scale))
+        return mha__err(ctx, MHA_ERR_INVALID_ARG, "%s: opts->scale: got %g, expected a finite "
+                        "value (0: 1/sqrt(E/H))", FN_FWD, (double)opts->scale);
+    const int64_t E = m->cfg.embed_dim, H = m->cfg.num_heads, D = E / H;
+    const int64_t kd = m->cfg.kdim, vd = m->cfg.vdim;
+
+    /* Shapes. */
+    if (!query) return mha__err(ctx, MHA_ERR_INVALID_ARG, "%s: query: got NULL, expected a "
+                                "[B, L, E] tensor", FN_FWD);
+    if (query->ndim != 2 && query->ndim != 3)
+        return mha__err(ctx, MHA_ERR_SHAPE, "%s: query.ndim: got %d, expected 3 ([B, L, E]) or 2 "
+                        "([L, E], unbatched)", FN_FWD, query->ndim);
+    const int unb = query->ndim == 2;
+    const int64_t B = unb ? 1 : query->shape[0], L = query->shape[unb ? 0 : 1];
+    if ((st = check_bx(ctx, FN_FWD, "query", query, unb, -1, -1, E, "embed_dim"))) return st;
+    const int self = !key && !value;
+    if (!key != !value)
+        return mha__err(ctx, MHA_ERR_INVALID_ARG, "%s: %s: got NULL while %s is given, expected "
+                        "both or neither (NULL, NULL: self-attention)", FN_FWD,
+                        key ? "value" : "key", key ? "key" : "value");
+    if (self && !m->packed)
+        return mha__err(ctx, MHA_ERR_INVALID_ARG, "%s: key: got NULL (self-attention), expected a "
+                        "tensor (kdim = %lld, vdim = %lld differ from embed_dim = %lld)", FN_FWD,
+                        (long long)kd, (long long)vd, (long long)E);
+    int64_t S = L;
+    if (!self) {
+        if (key->ndim != query->ndim)
+            return mha__err(ctx, MHA_ERR_SHAPE, "%s: key.ndim: got %d, expected %d (as query)",
+                            FN_FWD, key->ndim, query->ndim);
+        if ((st = check_bx(ctx, FN_FWD, "key", key, unb, B, -1, kd, "[B, S, kdim]"))) return st;
+        S = key->shape[unb ? 0 : 1];
+        if (value->ndim != query->ndim)
+            return mha__err(ctx, MHA_ERR_SHAPE, "%s: value.ndim: got %d, expected %d (as query)",
+                            FN_FWD, value->ndim, query->ndim);
+        if ((st = check_bx(ctx, FN_FWD, "value", value, unb, B, S, vd, "[B, S, vdim]")))
+            return st;
+    }
+    if (!out) return mha__err(ctx, MHA_ERR_INVALID_ARG, "%s: out: got NULL, expected a [B, L, E] "
+                              "tensor", FN_FWD);
+    if ((st = check_bx(ctx, FN_FWD, "out", out, unb, B, L, E, "as query"))) return st;
+    if (weights) {
+        if (opts->average_weights) {
+            if ((st = check_bx(ctx, FN_FWD, "weights", weights, unb, B, L, S,
+                               "[B, L, S], averaged over heads")))
+                return st;
+        } else {
+            int64_t w[4] = {B, H, L, S};
+            if ((st = mha__check_tensor(ctx, FN_FWD, "weights", weights, unb ? 3 : 4, w + unb,
+                                        "[B, H, L, S], per head")))
+                return st;
+        }
+    }
+    if ((st = check_mask(ctx, mask, B, S))) return st;
+
+    /* Everything the forward and backward need, allocated before any work. */
+    mha__saved *s = mha__calloc(1, sizeof *s);
+    if (!s) return mha__err(ctx, MHA_ERR_NOMEM, "%s: saved state: out of memory", FN_FWD);
+    s->B = B, s->L = L, s->S = S, s->unbatched = unb, s->self_attn = self;
+    float *wtmp = NULL, *ytmp = NULL;
+    const int64_t BL = B * L, BS = B * S;
+    int64_t ldy = rows_ld(out);
+    if ((st = alloc_f(ctx, FN_FWD, "query copy", &s->x, BL, E))) goto fail;
+    if (self) {
+        if ((st = alloc_f(ctx, FN_FWD, "qkv", &s->qkv, BL, 3 * E))) goto fail;
+        s->q = s->qkv, s->k = s->qkv + E, s->v = s->qkv + 2 * E;
+        s->ldq = s->ldk = s->ldv = 3 * E;
+    } else {
+        size_t rows;
+        if (!mha__add_size((size_t)BL, (size_t)BS, &rows) ||
+            !mha__add_size(rows, (size_t)BS, &rows) || rows > INT64_MAX) {
+            st = mha__err(ctx, MHA_ERR_NOMEM, "%s: q, k, v: size overflows", FN_FWD);
+            goto fail;
+        }
+        if ((st = alloc_f(ctx, FN_FWD, "key copy", &s->xk, BS, kd)) ||
+            (st = alloc_f(ctx, FN_FWD, "value copy", &s->xv, BS, vd)) ||
+            (st = alloc_f(ctx, FN_FWD, "q, k, v", &s->qkv, (int64_t)rows, E)))
+            goto fail;
+        s->q = s->qkv, s->k = s->q + BL * E, s->v = s->k + BS * E;
+        s->ldq = s->ldk = s->ldv = E;
+    }
+    if ((st = alloc_f(ctx, FN_FWD, "attention output", &s->attn, BL, E)) ||
+        (st = alloc_f(ctx, FN_FWD, "lse", &s->lse, B * H, L)))
+        goto fail;
+    if (weights && opts->average_weights &&
+        (st = alloc_f(ctx, FN_FWD, "per-head weights", &wtmp, B * H * L, S)))
+        goto fail;
+    if (ldy < 0 && (st = alloc_f(ctx, FN_FWD, "output", &ytmp, BL, E))) goto fail;
+    if ((st = save_mask(ctx, s, mask, H))) goto fail;
+
+    /* Input projections: q = query Wq^T + bq, ... */
+    copy_view(query, s->x, 0);
+    if (self) {
+        if (m->bin) fill_bias(s->qkv, 3 * E, BL, 3 * E, m->bin);
+        if ((st = mha__gemm(ctx, 0, 1, BL, 3 * E, E, 1.0f, s->x, E, m->wq, E, m->bin ? 1.0f : 0.0f,
+                            s->qkv, 3 * E)))
+            goto fail;
+    } else {
+        copy_view(key, s->xk, 0);
+        copy_view(value, s->xv, 0);
+        if (m->bin) {
+            fill_bias(s->q, E, BL, E, m->bin);
+            fill_bias(s->k, E, BS, E, m->bin + E);
+            fill_bias(s->v, E, BS, E, m->bin + 2 * E);
+        }
+        float beta = m->bin ? 1.0f : 0.0f;
+        if ((st = mha__gemm(ctx, 0, 1, BL, E, E, 1.0f, s->x, E, m->wq, E, beta, s->q, E)) ||
+            (st = mha__gemm(ctx, 0, 1, BS, E, kd, 1.0f, s->xk, kd, m->wk, kd, beta, s->k, E)) ||
+            (st = mha__gemm(ctx, 0, 1, BS, E, vd, 1.0f, s->xv, vd, m->wv, vd, beta, s->v, E)))
+            goto fail;
+    }
+
+    /* The core on [B, H, *, D] views: no copies. */
+    s->ap = mha_attn_params_default();
+    s->ap.scale = opts->scale != 0 ? opts->scale : (float)(1.0 / sqrt((double)D));
+    s->ap.dropout_p = opts->training && m->cfg.dropout > 0 ? m->cfg.dropout : 0.0f;
+    s->ap.seed = m->cfg.seed;
+    s->ap.offset = m->dropout_offset;
+    mha_tensor qv = heads_view(s->q, B, H, L, D, s->ldq);
+    mha_tensor kv = heads_view(s->k, B, H, S, D, s->ldk);
+    mha_tensor vv = heads_view(s->v, B, H, S, D, s->ldv);
+    mha_tensor av = heads_view(s->attn, B, H, L, D, E);
+    int64_t lshape[3] = {B, H, L};
+    mha_tensor lv = mha_tensor_make(s->lse, 3, lshape);
+    mha_tensor wv, *wp = NULL;
+    if (weights) {
+        if (opts->average_weights) {
+            int64_t ws[4] = {B, H, L, S};
+            wv = mha_tensor_make(wtmp, 4, ws);
+        } else if (unb) {
+            int64_t ws[4] = {1, H, L, S};
+            int64_t wst[4] = {H * weights->stride[0], weights->stride[0], weights->stride[1],
+                              weights->stride[2]};
+            wv = mha_tensor_strided(weights->data, 4, ws, wst);
+        } else {
+            wv = *weights;
+        }
+        wp = &wv;
+    }
+    if ((st = mha_attn_forward(ctx, &s->ap, &qv, &kv, &vv, &s->mask, &av, &lv, wp))) goto fail;
+
+    /* y = a Wo^T + bo. */
+    float *y = ldy >= 0 ? out->data : ytmp;
+    if (ldy < 0) ldy = E;
+    if (m->bo) fill_bias(y, ldy, BL, E, m->bo);
+    if ((st = mha__gemm(ctx, 0, 1, BL, E, E, 1.0f, s->attn, E, m->wo, E, m->bo ? 1.0f : 0.0f, y,
+                        ldy)))
+        goto fail;
+    if (ytmp) copy_view(out, ytmp, 1);
+
+    /* Weights averaged over heads (mean over dim 1, as PyTorch's average_attn_weights). */
+    if (weights && opts->average_weights) {
+        int64_t sb = unb ? 0 : weights->stride[0], si = weights->stride[unb ? 0 : 1];
+        for (int64_t b = 0; b < B; b++)
+            for (int64_t i = 0; i < L; i++) {
+                float *dst = weights->data + b * sb + i * si;
+                for (int64_t j = 0; j < S; j++) {
+                    float acc = 0;
+                    for (int64_t h = 0; h < H; h++) acc += wtmp[((b * H + h) * L + i) * S + j];
+                    dst[j] = acc / (float)H;
+                }
+            }
+    }
+
+    mha__free(wtmp);
+    mha__free(ytmp);
+    if (s->ap.dropout_p > 0) m->dropout_offset++;
+    if (opts->save_for_backward) {
+        saved_free(m->saved);
+        m->saved = s;
+    } else {
+        /* The backward differentiates the most recent forward: there is none to use now. */
+        saved_free(s);
+        saved_free(m->saved);
+        m->saved = NULL;
+    }
+    return MHA_OK;
+fail:
+    mha__free(wtmp);
+    mha__free(ytmp);
+    saved_free(s);
+    return st;
+}
+
+/* ---------------------------------------------------------------------------------------------
+ * Backward
+ * ------------------------------------------------------------------------------------------- */
+
+/* d = dY W for dY [rows, E] (row stride ldd) and W [E, X]: into the view t (overwritten),
+ * directly when its strides allow, else through tmp. */
+static mha_status input_grad(mha_ctx *ctx, mha_tensor *t, const float *dy, int64_t ldd,
+                             int64_t rows, int64_t E, int64_t X, const float *W, float *tmp) {
+    int64_t ld = rows_ld(t);
+    float *dst = ld >= 0 ? t->data : tmp;
+    mha_status st = mha__gemm(ctx, 0, 0, rows, X, E, 1.0f, dy, ldd, W, X, 0.0f, dst,
+                              ld >= 0 ? ld : X);
+    if (st) return st;
+    if (ld < 0) copy_view(t, tmp, 1);
+    return MHA_OK;
+}
+
+/* Total number of parameter elements. */
+static int64_t param_total(const mha_module *m) {
+    int64_t n = 0;
+    for (int i = 0; i < m->nparams; i++) n += m->p[i].numel;
+    return n;
+}
+
+/* The place in gw (all gradients back to back, in parameter order) that mirrors g, a pointer
+ * into one of the module's gradient buffers. */
+static float *mirror(const mha_module *m, float *gw, const float *g) {
+    int64_t o = 0;
+    for (int i = 0; i < m->nparams; o += m->p[i].numel, i++)
+        if (g >= m->p[i].grad && g < m->p[i].grad + m->p[i].numel) return gw + o + (g - m->p[i].grad);
+    return NULL; /* not reached: g always points into a gradient */
+}
+
+mha_status mha_module_backward(mha_ctx *ctx, mha_module *m, const mha_tensor *dout,
+                               mha_tensor *dquery, mha_tensor *dkey, mha_tensor *dvalue) {
+    mha__clear(ctx);
+    mha_status st;
+    if (!m) return mha__err(ctx, MHA_ERR_INVALID_ARG, "%s: m: got NULL, expected a module", FN_BWD);
+    const mha__saved *s = m->saved;
+    if (!s)
+        return mha__err(ctx, MHA_ERR_STATE, "%s: no saved forward (call mha_module_forward with "
+                        "opts->save_for_backward = 1 first)", FN_BWD);
+    const int64_t E = m->cfg.embed_dim, H = m->cfg.num_heads, D = E / H;
+    const int64_t kd = m->cfg.kdim, vd = m->cfg.vdim;
+    const int64_t B = s->B, L = s->L, S = s->S, BL = B * L, BS = B * S;
+    const int unb = s->unbatched;
+    if (!dout) return mha__err(ctx, MHA_ERR_INVALID_ARG, "%s: dout: got NULL, expected a "
+                               "[B, L, E] tensor", FN_BWD);
+    {
+        int64_t w[3] = {B, L, E};
+        int nd = unb ? 2 : 3;
+        if (dout->ndim != nd)
+            return mha__err(ctx, MHA_ERR_STATE, "%s: dout.ndim: got %d, expected %d (the saved "
+                            "forward's out)", FN_BWD, dout->ndim, nd);
+        for (int d = 0; d < nd; d++)
+            if (dout->shape[d] != w[d + unb])
+                return mha__err(ctx, MHA_ERR_STATE, "%s: dout.shape[%d]: got %lld, expected %lld "
+                                "(the saved forward's out)", FN_BWD, d,
+                                (long long)dout->shape[d], (long long)w[d + unb]);
+        if ((st = check_bx(ctx, FN_BWD, "dout", dout, unb, B, L, E, "as out"))) return st;
+    }
+    if (s->self_attn && (dkey || dvalue))
+        return mha__err(ctx, MHA_ERR_INVALID_ARG, "%s: %s: got a tensor, expected NULL "
+                        "(self-attention: dquery receives the whole input gradient)", FN_BWD,
+                        dkey ? "dkey" : "dvalue");
+    if (dquery && (st = check_bx(ctx, FN_BWD, "dquery", dquery, unb, B, L, E, "as query")))
+        return st;
+    if (dkey && (st = check_bx(ctx, FN_BWD, "dkey", dkey, unb, B, S, kd, "as key"))) return st;
+    if (dvalue && (st = check_bx(ctx, FN_BWD, "dvalue", dvalue, unb, B, S, vd, "as value")))
+        return st;
+
+    /* Workspace: dy, da, d(q|k|v), column sums, a staging buffer for strided input grads. */
+    float *dy = NULL, *da = NULL, *dqkv = NULL, *tmp = NULL, *gw = NULL;
+    double *acc = NULL;
+    int64_t tmp_n = 0;
+    if (dquery && rows_ld(dquery) < 0) tmp_n = BL * E;
+    if (dkey && rows_ld(dkey) < 0 && BS * kd > tmp_n) tmp_n = BS * kd;
+    if (dvalue && rows_ld(dvalue) < 0 && BS * vd > tmp_n) tmp_n = BS * vd;
+    void *accp = NULL;
+    size_t grows;
+    if (!mha__add_size((size_t)BL, (size_t)BS, &grows) ||
+        !mha__add_size(grows, (size_t)BS, &grows) || grows > INT64_MAX)
+        return mha__err(ctx, MHA_ERR_NOMEM, "%s: d q, k, v: size overflows", FN_BWD);
+    if ((st = alloc_f(ctx, FN_BWD, "dout copy", &dy, BL, E)) ||
+        (st = alloc_f(ctx, FN_BWD, "d attention", &da, BL, E)) ||
+        (st = alloc_f(ctx, FN_BWD, "d q, k, v", &dqkv, (int64_t)grows, E)) ||
+        (st = alloc_n(ctx, FN_BWD, "column sums", &accp, 3, E, sizeof(double))) ||
+        (st = alloc_f(ctx, FN_BWD, "parameter gradients", &gw, param_total(m), 1)) ||
+        (tmp_n && (st = alloc_f(ctx, FN_BWD, "input gradient", &tmp, tmp_n, 1))))
+        goto done;
+    acc = accp;
+    copy_view(dout, dy, 0);
+
+    /* da = dy Wo   [B*L, E] = [B, L, H, D] */
+    if ((st = mha__gemm(ctx, 0, 0, BL, E, E, 1.0f, dy, E, m->wo, E, 0.0f, da, E))) goto done;
+
+    /* Core backward into packed (self) or separate (cross) d(q|k|v) buffers. */
+    float *dq, *dk, *dv;
+    int64_t ldg;
+    if (s->self_attn) {
+        dq = dqkv, dk = dqkv + E, dv = dqkv + 2 * E, ldg = 3 * E;
+    } else {
+        dq = dqkv, dk = dq + BL * E, dv = dk + BS * E, ldg = E;
+    }
+    {
+        mha_tensor qv = heads_view(s->q, B, H, L, D, s->ldq);
+        mha_tensor kv = heads_view(s->k, B, H, S, D, s->ldk);
+        mha_tensor vv = heads_view(s->v, B, H, S, D, s->ldv);
+        mha_tensor ov = heads_view(s->attn, B, H, L, D, E);
+        mha_tensor dov = heads_view(da, B, H, L, D, E);
+        mha_tensor dqv = heads_view(dq, B, H, L, D, ldg);
+        mha_tensor dkv = heads_view(dk, B, H, S, D, ldg);
+        mha_tensor dvv = heads_view(dv, B, H, S, D, ldg);
+        int64_t lshape[3] = {B, H, L};
+        mha_tensor lv = mha_tensor_make(s->lse, 3, lshape);
+        if ((st = mha_attn_backward(ctx, &s->ap, &qv, &kv, &vv, &s->mask, &ov, &lv, &dov, &dqv,
+                                    &dkv, &dvv)))
+            goto done;
+    }
+
+    /* Input gradients (overwritten). */
+    if (s->self_attn) {
+        /* dquery = [dq dk dv] [Wq; Wk; Wv]: the three paths summed by one product. */
+        if (dquery && (st = input_grad(ctx, dquery, dqkv, 3 * E, BL, 3 * E, E, m->wq, tmp)))
+            goto done;
+    } else {
+        if ((dquery && (st = input_grad(ctx, dquery, dq, E, BL, E, E, m->wq, tmp))) ||
+            (dkey && (st = input_grad(ctx, dkey, dk, E, BS, E, kd, m->wk, tmp))) ||
+            (dvalue && (st = input_grad(ctx, dvalue, dv, E, BS, E, vd, m->wv, tmp))))
+            goto done;
+    }
+
+    /* Parameter gradients: computed into gw (a mirror of the parameters), then added, so a
+     * failure leaves the module's gradients as they were; grad = grad + new, as autograd. */
+    float *gwq = mirror(m, gw, m->gwq), *gwk = mirror(m, gw, m->gwk);
+    float *gwv = mirror(m, gw, m->gwv), *gwo = mirror(m, gw, m->gwo);
+    float *gbin = m->gbin ? mirror(m, gw, m->gbin) : NULL;
+    float *gbo = m->gbo ? mirror(m, gw, m->gbo) : NULL;
+    if ((st = mha__gemm(ctx, 1, 0, E, E, BL, 1.0f, dy, E, s->attn, E, 0.0f, gwo, E))) goto done;
+    if (gbo) col_sums(gbo, dy, E, BL, E, acc);
+    if (s->self_attn) {
+        if ((st = mha__gemm(ctx, 1, 0, 3 * E, E, BL, 1.0f, dqkv, 3 * E, s->x, E, 0.0f, gwq, E)))
+            goto done;
+        if (gbin) col_sums(gbin, dqkv, 3 * E, BL, 3 * E, acc);
+    } else {
+        if ((st = mha__gemm(ctx, 1, 0, E, E, BL, 1.0f, dq, E, s->x, E, 0.0f, gwq, E)) ||
+            (st = mha__gemm(ctx, 1, 0, E, kd, BS, 1.0f, dk, E, s->xk, kd, 0.0f, gwk, kd)) ||
+            (st = mha__gemm(ctx, 1, 0, E, vd, BS, 1.0f, dv, E, s->xv, vd, 0.0f, gwv, vd)))
+            goto done;
+        if (gbin) {
+            col_sums(gbin, dq, E, BL, E, acc);
+            col_sums(gbin + E, dk, E, BS, E, acc);
+            col_sums(gbin + 2 * E, dv, E, BS, E, acc);
+        }
+    }
+    const float *src = gw;
+    for (int i = 0; i < m->nparams; src += m->p[i].numel, i++)
+        for (int64_t e = 0; e < m->p[i].numel; e++) m->p[i].grad[e] += src[e];
+    st = MHA_OK;
+done:
+    mha__free(dy);
+    mha__free(da);
+    mha__free(dqkv);
+    mha__free(accp);
+    mha__free(tmp);
+    mha__free(gw);
+    return st;
+}

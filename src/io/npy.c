@@ -1,0 +1,407 @@
+/* npy.c - the NumPy .npy format, versions 1.0-3.0, for C-order <f4, |b1, <i4 and <f8 arrays.
+ *
+ * Layout: "\x93NUMPY", major, minor, header length (uint16 LE for 1.0, uint32 LE for 2.0/3.0),
+ * then the header, a Python dict literal such as
+ *     {'descr': '<f4', 'fortran_order': False, 'shape': (2, 3), }
+ * padded with spaces and a final '\n', then the raw data. Every field of an untrusted file is
+ * checked before anything is allocated; the only allocation is the array itself, whose size is
+ * bounded by the bytes actually present. */
+#include "io_internal.h"
+
+#include <inttypes.h>
+#include <stdio.h>
+#include <string.h>
+
+static const unsigned char npy_magic[6] = {0x93, 'N', 'U', 'M', 'P', 'Y'};
+
+/* ---- header parsing ------------------------------------------------------------------ */
+
+typedef struct {
+    const char *p, *end;
+} cursor;
+
+static void skip_ws(cursor *c) {
+    while (c->p < c->end && (*c->p == ' ' || *c->p == '\t' || *c->p == '\n' || *c->p == '\r'))
+        c->p++;
+}
+
+/* Copies printable characters of [s, s+n) into buf for messages, escaping the rest. */
+static void printable(char *buf, size_t cap, const char *s, size_t n) {
+    size_t o = 0;
+    for (size_t i = 0; i < n && o + 5 < cap; i++) {
+        unsigned char ch = (unsigned char)s[i];
+        if (ch >= 0x20 && ch < 0x7f && ch != '\\') buf[o++] = (char)ch;
+        else o += (size_t)snprintf(buf + o, cap - o, "\\x%02x", ch);
+    }
+    if (n && o + 5 >= cap && o + 4 <= cap) {
+        memcpy(buf + o, "...", 3);
+        o += 3;
+    }
+    buf[o] = 0;
+}
+
+/* Parses a Python string literal ('...' or "...") into out (cap bytes, NUL-terminated, cut
+ * when longer: *trunc set). Backslash escapes keep the escaped character. */
+static int parse_pystr(cursor *c, char *out, size_t cap, int *trunc) {
+    *trunc = 0;
+    if (c->p >= c->end || (*c->p != '\'' && *c->p != '"')) return 0;
+    char q = *c->p++;
+    size_t o = 0;
+    while (c->p < c->end && *c->p != q) {
+        char ch = *c->p++;
+        if (ch == '\n') return 0;
+        if (ch == '\\') {
+            if (c->p >= c->end) return 0;
+            ch = *c->p++;
+        }
+        if (o + 1 < cap) out[o++] = ch;
+        else *trunc = 1;
+    }
+    if (c->p >= c->end) return 0;
+    c->p++;
+    out[o] = 0;
+    return 1;
+}
+
+typedef enum { PR_OK, PR_SYNTAX, PR_NEG, PR_BIG } int_result;
+
+/* A non-negative Python int literal (an optional "L" suffix from Python 2 is accepted). */
+static int_result parse_pyint(cursor *c, int64_t *v) {
+    int neg = 0;
+    if (c->p < c->end && (*c->p == '-' || *c->p == '+')) neg = *c->p++ == '-';
+    skip_ws(c);
+    if (c->p >= c->end || *c->p < '0' || *c->p > '9') return PR_SYNTAX;
+    int big = 0;
+    uint64_t x = 0;
+    while (c->p < c->end && *c->p >= '0' && *c->p <= '9') {
+        unsigned d = (unsigned)(*c->p++ - '0');
+        if (x > ((uint64_t)INT64_MAX - d) / 10) big = 1;
+        else x = x * 10 + d;
+    }
+    if (c->p < c->end && (*c->p == 'L' || *c->p == 'l')) c->p++;
+    if (neg && (x != 0 || big)) return PR_NEG;
+    if (big) return PR_BIG;
+    *v = (int64_t)x;
+    return PR_OK;
+}
+
+typedef struct {
+    mha_dtype dtype;
+    int ndim;
+    int64_t shape[MHA_MAX_DIMS];
+} npy_header;
+
+/* The dtype of a descr string, or an error naming what was found. */
+static mha_status parse_descr(mha_ctx *ctx, const char *who, const char *d, mha_dtype *dt) {
+    char o = d[0];
+    const char *t = d + 1;
+    if (o != '<' && o != '>' && o != '=' && o != '|') {
+        o = '=';
+        t = d; /* "f4" without a byte order: native */
+    }
+    int little = o == '<' || o == '=' || o == '|';
+    if (strcmp(t, "b1") == 0 || strcmp(t, "?") == 0) {
+        *dt = MHA_DTYPE_BOOL;
+        return MHA_OK;
+    }
+    struct { const char *code; mha_dtype dt; } map[] = {
+        {"f4", MHA_DTYPE_F32}, {"i4", MHA_DTYPE_I32}, {"f8", MHA_DTYPE_F64}};
+    for (size_t i = 0; i < sizeof map / sizeof map[0]; i++) {
+        if (strcmp(t, map[i].code) != 0) continue;
+        if (o == '|')
+            break; /* "|f4" is not meaningful: byte order matters for 4-byte types */
+        if (!little)
+            return mha__err(ctx, MHA_ERR_UNSUPPORTED,
+                            "%s: descr: got '%s' (big-endian), expected '<f4', '|b1', '<i4' or "
+                            "'<f8' (convert with a.astype(a.dtype.newbyteorder('<')))",
+                            who, d);
+        *dt = map[i].dt;
+        return MHA_OK;
+    }
+    return mha__err(ctx, MHA_ERR_UNSUPPORTED,
+                    "%s: descr: got '%s', expected '<f4', '|b1', '<i4' or '<f8'", who, d);
+}
+
+static mha_status hdr_err(mha_ctx *ctx, const char *who, const cursor *c, const char *base,
+                          const char *what) {
+    char near[48];
+    size_t left = (size_t)(c->end - c->p);
+    printable(near, sizeof near, c->p, left < 16 ? left : 16);
+    return mha__err(ctx, MHA_ERR_FORMAT, "%s: header: %s at byte %ld (near \"%s\")", who, what,
+                    (long)(c->p - base), near);
+}
+
+static mha_status parse_header(mha_ctx *ctx, const char *who, const char *h, size_t n,
+                               npy_header *out) {
+    cursor c = {h, h + n};
+    int have_descr = 0, have_fortran = 0, have_shape = 0, fortran = 0;
+    skip_ws(&c);
+    if (c.p >= c.end || *c.p != '{') return hdr_err(ctx, who, &c, h, "expected '{'");
+    c.p++;
+    for (;;) {
+        skip_ws(&c);
+        if (c.p < c.end && *c.p == '}') {
+            c.p++;
+            break;
+        }
+        char key[32];
+        int trunc;
+        if (!parse_pystr(&c, key, sizeof key, &trunc))
+            return hdr_err(ctx, who, &c, h, "expected a quoted key or '}'");
+        skip_ws(&c);
+        if (c.p >= c.end || *c.p != ':') return hdr_err(ctx, who, &c, h, "expected ':'");
+        c.p++;
+        skip_ws(&c);
+        if (!trunc && strcmp(key, "descr") == 0) {
+            if (have_descr) return hdr_err(ctx, who, &c, h, "duplicate key 'descr'");
+            have_descr = 1;
+            if (c.p < c.end && *c.p == '[')
+                return mha__err(ctx, MHA_ERR_UNSUPPORTED,
+                                "%s: descr: got a structured dtype, expected '<f4', '|b1', "
+                                "'<i4' or '<f8'", who);
+            char d[32], shown[80];
+            if (!parse_pystr(&c, d, sizeof d, &trunc))
+                return hdr_err(ctx, who, &c, h, "descr: expected a string");
+            printable(shown, sizeof shown, d, strlen(d));
+            if (trunc || strlen(d) != strlen(shown) || strchr(d, '\'')) {
+                return mha__err(ctx, MHA_ERR_UNSUPPORTED,
+                                "%s: descr: got '%s%s', expected '<f4', '|b1', '<i4' or '<f8'",
+                                who, shown, trunc ? "..." : "");
+            }
+            mha_status st = parse_descr(ctx, who, d, &out->dtype);
+            if (st != MHA_OK) return st;
+        } else if (!trunc && strcmp(key, "fortran_order") == 0) {
+            if (have_fortran) return hdr_err(ctx, who, &c, h, "duplicate key 'fortran_order'");
+            have_fortran = 1;
+            if ((size_t)(c.end - c.p) >= 4 && memcmp(c.p, "True", 4) == 0) {
+                fortran = 1;
+                c.p += 4;
+            } else if ((size_t)(c.end - c.p) >= 5 && memcmp(c.p, "False", 5) == 0) {
+                c.p += 5;
+            } else {
+                return hdr_err(ctx, who, &c, h, "fortran_order: expected True or False");
+            }
+        } else if (!trunc && strcmp(key, "shape") == 0) {
+            if (have_shape) return hdr_err(ctx, who, &c, h, "duplicate key 'shape'");
+            have_shape = 1;
+            if (c.p >= c.end || *c.p != '(') return hdr_err(ctx, who, &c, h, "shape: expected '('");
+            c.p++;
+            int nd = 0, commas = 0;
+            for (;;) {
+                skip_ws(&c);
+                if (c.p < c.end && *c.p == ')') {
+                    c.p++;
+                    break;
+                }
+                if (nd > commas) return hdr_err(ctx, who, &c, h, "shape: expected ',' or ')'");
+                int64_t v = 0;
+                int_result r = parse_pyint(&c, &v);
+                if (r == PR_SYNTAX) return hdr_err(ctx, who, &c, h, "shape: expected an integer");
+                if (r == PR_NEG)
+                    return mha__err(ctx, MHA_ERR_FORMAT,
+                                    "%s: shape[%d]: got a negative size, expected >= 0", who, nd);
+                if (r == PR_BIG)
+                    return mha__err(ctx, MHA_ERR_FORMAT,
+                                    "%s: shape[%d]: got a size that overflows int64", who, nd);
+                if (nd >= MHA_MAX_DIMS)
+                    return mha__err(ctx, MHA_ERR_UNSUPPORTED,
+                                    "%s: shape: got more than %d dims, expected at most %d", who,
+                                    MHA_MAX_DIMS, MHA_MAX_DIMS);
+                out->shape[nd++] = v;
+                skip_ws(&c);
+                if (c.p < c.end && *c.p == ',') {
+                    c.p++;
+                    commas++;
+                }
+            }
+            /* "(3)" is the int 3 in Python, not a tuple. */
+            if (nd == 1 && commas == 0)
+                return hdr_err(ctx, who, &c, h, "shape: a 1-tuple needs a trailing comma");
+            out->ndim = nd;
+        } else {
+            char shown[48];
+            printable(shown, sizeof shown, key, strlen(key));
+            return mha__err(ctx, MHA_ERR_FORMAT,
+                            "%s: header: got key '%s%s', expected only 'descr', "
+                            "'fortran_order', 'shape'", who, shown, trunc ? "..." : "");
+        }
+        skip_ws(&c);
+        if (c.p < c.end && *c.p == ',') {
+            c.p++;
+            continue;
+        }
+        if (c.p < c.end && *c.p == '}') continue;
+        return hdr_err(ctx, who, &c, h, "expected ',' or '}'");
+    }
+    skip_ws(&c);
+    if (c.p != c.end) return hdr_err(ctx, who, &c, h, "unexpected text after '}'");
+    if (!have_descr || !have_fortran || !have_shape)
+        return mha__err(ctx, MHA_ERR_FORMAT, "%s: header: missing key '%s'", who,
+                        !have_descr ? "descr" : !have_fortran ? "fortran_order" : "shape");
+    if (fortran)
+        return mha__err(ctx, MHA_ERR_UNSUPPORTED,
+                        "%s: fortran_order: got True, expected False (save a C-ordered array: "
+                        "np.ascontiguousarray)", who);
+    return MHA_OK;
+}
+
+static mha_status npy_parse(mha_ctx *ctx, const char *who, const unsigned char *b, size_t len,
+                            mha_array *out) {
+    memset(out, 0, sizeof *out);
+    if (len < 10)
+        return mha__err(ctx, MHA_ERR_FORMAT, "%s: got %zu bytes, expected at least 10 (too short "
+                        "for a .npy file)", who, len);
+    if (memcmp(b, npy_magic, 6) != 0) {
+        char shown[48];
+        printable(shown, sizeof shown, (const char *)b, 6);
+        return mha__err(ctx, MHA_ERR_FORMAT, "%s: magic: got \"%s\", expected \"\\x93NUMPY\" "
+                        "(not a .npy file)", who, shown);
+    }
+    unsigned major = b[6], minor = b[7];
+    if (major < 1 || major > 3 || minor != 0)
+        return mha__err(ctx, MHA_ERR_UNSUPPORTED, "%s: version: got %u.%u, expected 1.0, 2.0 or "
+                        "3.0", who, major, minor);
+    size_t hstart, hlen;
+    if (major == 1) {
+        hstart = 10;
+        hlen = (size_t)b[8] | (size_t)b[9] << 8;
+    } else {
+        if (len < 12)
+            return mha__err(ctx, MHA_ERR_FORMAT, "%s: got %zu bytes, expected at least 12", who,
+                            len);
+        hstart = 12;
+        hlen = (size_t)b[8] | (size_t)b[9] << 8 | (size_t)b[10] << 16 | (size_t)b[11] << 24;
+    }
+    if (hlen > len - hstart)
+        return mha__err(ctx, MHA_ERR_FORMAT, "%s: header length: got %zu, expected at most %zu "
+                        "(the file ends first)", who, hlen, len - hstart);
+    npy_header h;
+    memset(&h, 0, sizeof h);
+    mha_status st = parse_header(ctx, who, (const char *)b + hstart, hlen, &h);
+    if (st != MHA_OK) return st;
+    int64_t numel;
+    size_t bytes;
+    int bad;
+    char shape[160];
+    mha__shape_str(shape, sizeof shape, h.ndim, h.shape);
+    if (!mha__shape_bytes(h.dtype, h.ndim, h.shape, &numel, &bytes, &bad))
+        return mha__err(ctx, MHA_ERR_FORMAT, "%s: shape %s: size overflows (%s)", who, shape,
+                        mha_dtype_name(h.dtype));
+    size_t have = len - hstart - hlen;
+    if (have != bytes)
+        return mha__err(ctx, MHA_ERR_FORMAT, "%s: data: got %zu bytes, expected %zu (shape %s, "
+                        "%s%s)", who, have, bytes, shape, mha_dtype_name(h.dtype),
+                        have < bytes ? "; truncated file" : "; trailing bytes");
+    st = mha__array_make(ctx, who, h.dtype, h.ndim, h.shape, out);
+    if (st != MHA_OK) return st;
+    const unsigned char *src = b + hstart + hlen;
+    if (h.dtype == MHA_DTYPE_BOOL) {
+        unsigned char *dst = out->data;
+        for (size_t i = 0; i < bytes; i++) dst[i] = src[i] != 0;
+    } else if (bytes) {
+        memcpy(out->data, src, bytes);
+    }
+    return MHA_OK;
+}
+
+mha_status mha_npy_parse(mha_ctx *ctx, const void *buf, size_t len, mha_array *out) {
+    mha__clear(ctx);
+    if (!out)
+        return mha__err(ctx, MHA_ERR_INVALID_ARG, "mha_npy_parse: out: got NULL, expected a pointer");
+    memset(out, 0, sizeof *out);
+    if (!buf && len)
+        return mha__err(ctx, MHA_ERR_INVALID_ARG, "mha_npy_parse: buf: got NULL, expected %zu "
+                        "bytes", len);
+    return npy_parse(ctx, "mha_npy_parse", buf, len, out);
+}
+
+mha_status mha_npy_load(mha_ctx *ctx, const char *path, mha_array *out) {
+    mha__clear(ctx);
+    if (!out)
+        return mha__err(ctx, MHA_ERR_INVALID_ARG, "mha_npy_load: out: got NULL, expected a pointer");
+    memset(out, 0, sizeof *out);
+    if (!path)
+        return mha__err(ctx, MHA_ERR_INVALID_ARG, "mha_npy_load: path: got NULL, expected a file "
+                        "name");
+    char who[MHA__WHO_CAP];
+    mha__io_who(who, "mha_npy_load", path);
+    unsigned char *buf;
+    size_t len;
+    mha_status st = mha__read_file(ctx, who, path, &buf, &len);
+    if (st != MHA_OK) return st;
+    st = npy_parse(ctx, who, buf, len, out);
+    mha__free(buf);
+    return st;
+}
+
+/* ---- writing ------------------------------------------------------------------------- */
+
+static const char *npy_descr(mha_dtype dt) {
+    switch (dt) {
+    case MHA_DTYPE_F32: return "<f4";
+    case MHA_DTYPE_BOOL: return "|b1";
+    case MHA_DTYPE_I32: return "<i4";
+    case MHA_DTYPE_F64: return "<f8";
+    }
+    return "?";
+}
+
+static mha_status npy_emit(mha_ctx *ctx, const char *who, const void *obj, mha_write_fn fn,
+                           void *user) {
+    const mha_array *a = obj;
+    size_t bytes;
+    mha_status st = mha__array_check(ctx, who, "a", a, &bytes);
+    if (st != MHA_OK) return st;
+    /* The dict, then spaces and '\n' so that the data starts at a multiple of 64 (numpy's
+     * own alignment). 5 dims of at most 19 digits keep it far below 1.0's 65535 limit, but
+     * version 2.0 is used if it ever is not. */
+    char dict[256];
+    int n = snprintf(dict, sizeof dict, "{'descr': '%s', 'fortran_order': False, 'shape': (",
+                     npy_descr(a->dtype));
+    for (int i = 0; i < a->ndim; i++)
+        n += snprintf(dict + n, sizeof dict - (size_t)n, "%" PRId64 "%s", a->shape[i],
+                      a->ndim == 1 ? "," : i + 1 < a->ndim ? ", " : "");
+    n += snprintf(dict + n, sizeof dict - (size_t)n, "), }");
+    unsigned char head[512];
+    size_t pre = 10, total = pre + (size_t)n + 1;
+    if (total > 0xffff + pre) pre = 12;
+    total = pre + (size_t)n + 1;
+    total = (total + 63) / 64 * 64;
+    size_t hlen = total - pre;
+    memcpy(head, npy_magic, 6);
+    head[6] = pre == 10 ? 1 : 2;
+    head[7] = 0;
+    head[8] = (unsigned char)(hlen & 0xff);
+    head[9] = (unsigned char)(hlen >> 8 & 0xff);
+    if (pre == 12) {
+        head[10] = (unsigned char)(hlen >> 16 & 0xff);
+        head[11] = (unsigned char)(hlen >> 24 & 0xff);
+    }
+    memcpy(head + pre, dict, (size_t)n);
+    memset(head + pre + n, ' ', total - pre - (size_t)n - 1);
+    head[total - 1] = '\n';
+    st = mha__emit(ctx, who, fn, user, head, total);
+    if (st != MHA_OK) return st;
+    return mha__emit_data(ctx, who, a->dtype, a->data, bytes, fn, user);
+}
+
+mha_status mha_npy_write(mha_ctx *ctx, const mha_array *a, mha_write_fn fn, void *user) {
+    mha__clear(ctx);
+    if (!fn)
+        return mha__err(ctx, MHA_ERR_INVALID_ARG, "mha_npy_write: fn: got NULL, expected a "
+                        "writer callback");
+    return npy_emit(ctx, "mha_npy_write", a, fn, user);
+}
+
+mha_status mha_npy_save(mha_ctx *ctx, const char *path, const mha_array *a) {
+    mha__clear(ctx);
+    if (!path)
+        return mha__err(ctx, MHA_ERR_INVALID_ARG, "mha_npy_save: path: got NULL, expected a file "
+                        "name");
+    char who[MHA__WHO_CAP];
+    mha__io_who(who, "mha_npy_save", path);
+    size_t bytes;
+    mha_status st = mha__array_check(ctx, who, "a", a, &bytes);
+    if (st != MHA_OK) return st;
+    return mha__save_atomic(ctx, who, path, npy_emit, a);
+}

@@ -1,0 +1,806 @@
+/* safetensors.c - the safetensors format: a collection of named arrays.
+ *
+ * Layout: an 8-byte little-endian header size N, N bytes of JSON
+ *     {"name": {"dtype": "F32", "shape": [2, 3], "data_offsets": [0, 24]}, ...,
+ *      "__metadata__": {"key": "value", ...}}                      (metadata optional)
+ * padded with spaces, then the data area: every tensor's little-endian bytes at
+ * [data_offsets[0], data_offsets[1]) relative to the start of the area.
+ *
+ * Reading untrusted files: the JSON parser below is small and strict (it only knows this
+ * schema, so its recursion depth is fixed), every integer is range-checked, and the tensors must
+ * tile the data area exactly (no overlap, no gap, no trailing bytes, as the reference
+ * implementation requires) before any tensor is allocated: the total allocated is then bounded
+ * by the file size. */
+#include "io_internal.h"
+
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* The reference implementation's limit on the header size. */
+#define ST_MAX_HEADER ((uint64_t)100 * 1000 * 1000)
+
+struct mha_st {
+    int count, cap;
+    char **names;       /* sorted by strcmp */
+    mha_array *arrays;  /* arrays[i] is named names[i] */
+};
+
+/* ---- the collection -------------------------------------------------------------------- */
+
+mha_status mha_st_create(mha_ctx *ctx, mha_st **out) {
+    mha__clear(ctx);
+    if (!out)
+        return mha__err(ctx, MHA_ERR_INVALID_ARG, "mha_st_create: out: got NULL, expected a pointer");
+    *out = mha__calloc(1, sizeof **out);
+    if (!*out) return mha__err(ctx, MHA_ERR_NOMEM, "mha_st_create: out of memory");
+    return MHA_OK;
+}
+
+void mha_st_free(mha_st *st) {
+    if (!st) return;
+    for (int i = 0; i < st->count; i++) {
+        mha__free(st->names[i]);
+        mha_array_free(&st->arrays[i]);
+    }
+    mha__free(st->names);
+    mha__free(st->arrays);
+    mha__free(st);
+}
+
+int mha_st_count(const mha_st *st) { return st ? st->count : 0; }
+
+const char *mha_st_name(const mha_st *st, int i) {
+    if (!st || i < 0 || i >= st->count) return NULL;
+    return st->names[i];
+}
+
+/* Index of name, or -(insertion point) - 1. */
+static int st_search(const mha_st *st, const char *name) {
+    int lo = 0, hi = st->count;
+    while (lo < hi) {
+        int mid = lo + (hi - lo) / 2;
+        int c = strcmp(st->names[mid], name);
+        if (c == 0) return mid;
+        if (c < 0) lo = mid + 1;
+        else hi = mid;
+    }
+    return -lo - 1;
+}
+
+const mha_array *mha_st_find(const mha_st *st, const char *name) {
+    if (!st || !name) return NULL;
+    int i = st_search(st, name);
+    return i >= 0 ? &st->arrays[i] : NULL;
+}
+
+/* Grows the two parallel arrays to hold at least want entries. */
+static int st_reserve(mha_st *st, int want) {
+    if (want <= st->cap) return 1;
+    int cap = st->cap ? st->cap : 8;
+    while (cap < want) {
+        if (cap > INT32_MAX / 2) return 0;
+        cap *= 2;
+    }
+    char **names = mha__calloc((size_t)cap, sizeof *names);
+    mha_array *arrays = mha__calloc((size_t)cap, sizeof *arrays);
+    if (!names || !arrays) {
+        mha__free(names);
+        mha__free(arrays);
+        return 0;
+    }
+    if (st->count) {
+        memcpy(names, st->names, (size_t)st->count * sizeof *names);
+        memcpy(arrays, st->arrays, (size_t)st->count * sizeof *arrays);
+    }
+    mha__free(st->names);
+    mha__free(st->arrays);
+    st->names = names;
+    st->arrays = arrays;
+    st->cap = cap;
+    return 1;
+}
+
+mha_status mha_st_set(mha_ctx *ctx, mha_st *st, const char *name, const mha_array *a) {
+    mha__clear(ctx);
+    static const char *who = "mha_st_set";
+    if (!st) return mha__err(ctx, MHA_ERR_INVALID_ARG, "%s: st: got NULL, expected a collection", who);
+    if (!name) return mha__err(ctx, MHA_ERR_INVALID_ARG, "%s: name: got NULL, expected a string", who);
+    if (strcmp(name, "__metadata__") == 0)
+        return mha__err(ctx, MHA_ERR_INVALID_ARG,
+                        "%s: name: got \"__metadata__\", expected another name (reserved by the "
+                        "format)", who);
+    size_t bytes;
+    mha_status s = mha__array_check(ctx, who, "a", a, &bytes);
+    if (s != MHA_OK) return s;
+    mha_array copy;
+    s = mha__array_make(ctx, who, a->dtype, a->ndim, a->shape, &copy);
+    if (s != MHA_OK) return s;
+    if (a->dtype == MHA_DTYPE_BOOL) {
+        const unsigned char *src = a->data;
+        unsigned char *dst = copy.data;
+        for (size_t i = 0; i < bytes; i++) dst[i] = src[i] != 0;
+    } else if (bytes) {
+        memcpy(copy.data, a->data, bytes);
+    }
+    int i = st_search(st, name);
+    if (i >= 0) {
+        mha_array_free(&st->arrays[i]);
+        st->arrays[i] = copy;
+        return MHA_OK;
+    }
+    i = -i - 1;
+    size_t nlen = strlen(name);
+    char *nm = mha__malloc(nlen + 1);
+    if (!nm || st->count == INT32_MAX || !st_reserve(st, st->count + 1)) {
+        mha__free(nm);
+        mha_array_free(&copy);
+        return mha__err(ctx, MHA_ERR_NOMEM, "%s: out of memory", who);
+    }
+    memcpy(nm, name, nlen + 1);
+    memmove(st->names + i + 1, st->names + i, (size_t)(st->count - i) * sizeof *st->names);
+    memmove(st->arrays + i + 1, st->arrays + i, (size_t)(st->count - i) * sizeof *st->arrays);
+    st->names[i] = nm;
+    st->arrays[i] = copy;
+    st->count++;
+    return MHA_OK;
+}
+
+/* ---- JSON -------------------------------------------------------------------------------- */
+
+typedef struct {
+    const char *p, *end, *base;
+    mha_ctx *ctx;
+    const char *who;
+} json;
+
+static void j_ws(json *j) {
+    while (j->p < j->end && (*j->p == ' ' || *j->p == '\t' || *j->p == '\n' || *j->p == '\r'))
+        j->p++;
+}
+
+static mha_status j_err(json *j, const char *what) {
+    char near[64];
+    size_t o = 0, left = (size_t)(j->end - j->p);
+    for (size_t i = 0; i < left && i < 12; i++) {
+        unsigned char ch = (unsigned char)j->p[i];
+        if (ch >= 0x20 && ch < 0x7f && ch != '\\') near[o++] = (char)ch;
+        else o += (size_t)snprintf(near + o, sizeof near - o, "\\x%02x", ch);
+    }
+    near[o] = 0;
+    return mha__err(j->ctx, MHA_ERR_FORMAT, "%s: header: %s at byte %ld (near \"%s\")", j->who,
+                    what, (long)(j->p - j->base), near);
+}
+
+static int j_lit(json *j, char ch) {
+    j_ws(j);
+    if (j->p < j->end && *j->p == ch) {
+        j->p++;
+        return 1;
+    }
+    return 0;
+}
+
+static int hexval(char c) {
+    if (c >= '0' && c <= '9') return c - '0';
+    if (c >= 'a' && c <= 'f') return c - 'a' + 10;
+    if (c >= 'A' && c <= 'F') return c - 'A' + 10;
+    return -1;
+}
+
+static int j_hex4(json *j, unsigned *v) {
+    if (j->end - j->p < 4) return 0;
+    unsigned x = 0;
+    for (int i = 0; i < 4; i++) {
+        int h = hexval(j->p[i]);
+        if (h < 0) return 0;
+        x = x << 4 | (unsigned)h;
+    }
+    j->p += 4;
+    *v = x;
+    return 1;
+}
+
+/* Decodes a JSON string at j->p (after whitespace). Writes at most cap - 1 bytes and a NUL to
+ * out (if out is not NULL); *n receives the full decoded length. */
+static mha_status j_string(json *j, char *out, size_t cap, size_t *n) {
+    j_ws(j);
+    if (j->p >= j->end || *j->p != '"') return j_err(j, "expected a string");
+    j->p++;
+    size_t o = 0;
+    for (;;) {
+        if (j->p >= j->end) return j_err(j, "unterminated string");
+        unsigned char ch = (unsigned char)*j->p;
+        if (ch == '"') {
+            j->p++;
+            break;
+        }
+        if (ch < 0x20) return j_err(j, "control character in a string");
+        unsigned char enc[4];
+        size_t k = 1;
+        j->p++;
+        enc[0] = ch;
+        if (ch == '\\') {
+            if (j->p >= j->end) return j_err(j, "unterminated string");
+            char e = *j->p++;
+            switch (e) {
+            case '"': enc[0] = '"'; break;
+            case '\\': enc[0] = '\\'; break;
+            case '/': enc[0] = '/'; break;
+            case 'b': enc[0] = '\b'; break;
+            case 'f': enc[0] = '\f'; break;
+            case 'n': enc[0] = '\n'; break;
+            case 'r': enc[0] = '\r'; break;
+            case 't': enc[0] = '\t'; break;
+            case 'u': {
+                unsigned u, lo;
+                if (!j_hex4(j, &u)) return j_err(j, "bad \\u escape");
+                if (u >= 0xdc00 && u <= 0xdfff) return j_err(j, "unpaired surrogate");
+                if (u >= 0xd800 && u <= 0xdbff) {
+                    if (j->end - j->p < 2 || j->p[0] != '\\' || j->p[1] != 'u')
+                        return j_err(j, "unpaired surrogate");
+                    j->p += 2;
+                    if (!j_hex4(j, &lo) || lo < 0xdc00 || lo > 0xdfff)
+                        return j_err(j, "unpaired surrogate");
+                    u = 0x10000 + ((u - 0xd800) << 10) + (lo - 0xdc00);
+                }
+                if (u < 0x80) {
+                    enc[0] = (unsigned char)u;
+                } else if (u < 0x800) {
+                    enc[0] = (unsigned char)(0xc0 | u >> 6);
+                    enc[1] = (unsigned char)(0x80 | (u & 0x3f));
+                    k = 2;
+                } else if (u < 0x10000) {
+                    enc[0] = (unsigned char)(0xe0 | u >> 12);
+                    enc[1] = (unsigned char)(0x80 | (u >> 6 & 0x3f));
+                    enc[2] = (unsigned char)(0x80 | (u & 0x3f));
+                    k = 3;
+                } else {
+                    enc[0] = (unsigned char)(0xf0 | u >> 18);
+                    enc[1] = (unsigned char)(0x80 | (u >> 12 & 0x3f));
+                    enc[2] = (unsigned char)(0x80 | (u >> 6 & 0x3f));
+                    enc[3] = (unsigned char)(0x80 | (u & 0x3f));
+                    k = 4;
+                }
+                break;
+            }
+            default: j->p--; return j_err(j, "bad escape");
+            }
+        }
+        for (size_t i = 0; i < k; i++, o++)
+            if (out && o + 1 < cap) out[o] = (char)enc[i];
+    }
+    if (out && cap) out[o < cap ? o : cap - 1] = 0;
+    *n = o;
+    return MHA_OK;
+}
+
+/* A JSON number that must be a non-negative integer below 2^63. */
+static mha_status j_uint(json *j, const char *what, int64_t *v) {
+    j_ws(j);
+    const char *start = j->p;
+    int neg = 0, big = 0, frac = 0;
+    if (j->p < j->end && *j->p == '-') {
+        neg = 1;
+        j->p++;
+    }
+    if (j->p >= j->end || *j->p < '0' || *j->p > '9') {
+        j->p = start;
+        char m[96];
+        snprintf(m, sizeof m, "%s: expected an integer", what);
+        return j_err(j, m);
+    }
+    uint64_t x = 0;
+    if (*j->p == '0') {
+        j->p++;
+    } else {
+        while (j->p < j->end && *j->p >= '0' && *j->p <= '9') {
+            unsigned d = (unsigned)(*j->p++ - '0');
+            if (x > ((uint64_t)INT64_MAX - d) / 10) big = 1;
+            else x = x * 10 + d;
+        }
+    }
+    if (j->p < j->end && *j->p == '.') {
+        frac = 1;
+        j->p++;
+        while (j->p < j->end && *j->p >= '0' && *j->p <= '9') j->p++;
+    }
+    if (j->p < j->end && (*j->p == 'e' || *j->p == 'E')) {
+        frac = 1;
+        j->p++;
+        if (j->p < j->end && (*j->p == '+' || *j->p == '-')) j->p++;
+        while (j->p < j->end && *j->p >= '0' && *j->p <= '9') j->p++;
+    }
+    int len = (int)(j->p - start > 40 ? 40 : j->p - start);
+    if (frac || (j->p < j->end && *j->p >= '0' && *j->p <= '9'))
+        return mha__err(j->ctx, MHA_ERR_FORMAT, "%s: %s: got %.*s, expected an integer", j->who,
+                        what, len, start);
+    if (neg)
+        return mha__err(j->ctx, MHA_ERR_FORMAT, "%s: %s: got %.*s, expected >= 0", j->who, what,
+                        len, start);
+    if (big)
+        return mha__err(j->ctx, MHA_ERR_FORMAT, "%s: %s: got %.*s, expected < 2^63", j->who,
+                        what, len, start);
+    *v = (int64_t)x;
+    return MHA_OK;
+}
+
+/* ---- parsing ----------------------------------------------------------------------------- */
+
+typedef struct {
+    char *name;
+    mha_dtype dtype;
+    int ndim;
+    int64_t shape[MHA_MAX_DIMS];
+    int64_t begin, end;
+    size_t bytes;
+} st_entry;
+
+/* Name for messages: at most 80 bytes, non-printables escaped. */
+static void shown_name(char *buf, size_t cap, const char *name) {
+    size_t o = 0;
+    for (size_t i = 0; name[i] && o + 8 < cap; i++) {
+        unsigned char ch = (unsigned char)name[i];
+        if (i >= 80) {
+            memcpy(buf + o, "...", 3);
+            o += 3;
+            break;
+        }
+        if (ch >= 0x20 && ch != 0x7f && ch != '\\' && ch != '\'') buf[o++] = (char)ch;
+        else o += (size_t)snprintf(buf + o, cap - o, "\\x%02x", ch);
+    }
+    buf[o] = 0;
+}
+
+static mha_status parse_dtype(json *j, const char *tname, mha_dtype *dt) {
+    char s[24];
+    size_t n;
+    mha_status st = j_string(j, s, sizeof s, &n);
+    if (st != MHA_OK) return st;
+    static const struct { const char *name; mha_dtype dt; } map[] = {
+        {"F32", MHA_DTYPE_F32}, {"F64", MHA_DTYPE_F64}, {"BOOL", MHA_DTYPE_BOOL},
+        {"I32", MHA_DTYPE_I32}};
+    if (n < sizeof s)
+        for (size_t i = 0; i < sizeof map / sizeof map[0]; i++)
+            if (strcmp(s, map[i].name) == 0 && strlen(s) == n) {
+                *dt = map[i].dt;
+                return MHA_OK;
+            }
+    char shown[64];
+    shown_name(shown, sizeof shown, s);
+    return mha__err(j->ctx, MHA_ERR_UNSUPPORTED,
+                    "%s: tensor '%s': dtype: got %s%s, expected F32, F64, BOOL or I32", j->who,
+                    tname, shown, n >= sizeof s ? "..." : "");
+}
+
+/* {"dtype": ..., "shape": [...], "data_offsets": [b, e]} for the tensor named e->name. */
+static mha_status parse_entry(json *j, st_entry *e, int64_t data_size) {
+    char tname[128], what[200];
+    shown_name(tname, sizeof tname, e->name);
+    int have_dtype = 0, have_shape = 0, have_offsets = 0;
+    mha_status st;
+    if (!j_lit(j, '{')) {
+        snprintf(what, sizeof what, "tensor '%s': expected an object", tname);
+        return j_err(j, what);
+    }
+    if (!j_lit(j, '}')) {
+        for (;;) {
+            char key[16];
+            size_t n;
+            st = j_string(j, key, sizeof key, &n);
+            if (st != MHA_OK) return st;
+            if (!j_lit(j, ':')) return j_err(j, "expected ':'");
+            if (n < sizeof key && strlen(key) == n && strcmp(key, "dtype") == 0) {
+                if (have_dtype++) goto dup;
+                st = parse_dtype(j, tname, &e->dtype);
+                if (st != MHA_OK) return st;
+            } else if (n < sizeof key && strlen(key) == n && strcmp(key, "shape") == 0) {
+                if (have_shape++) goto dup;
+                if (!j_lit(j, '[')) {
+                    snprintf(what, sizeof what, "tensor '%s': shape: expected '['", tname);
+                    return j_err(j, what);
+                }
+                e->ndim = 0;
+                if (!j_lit(j, ']')) {
+                    for (;;) {
+                        if (e->ndim >= MHA_MAX_DIMS)
+                            return mha__err(j->ctx, MHA_ERR_UNSUPPORTED,
+                                            "%s: tensor '%s': shape: got more than %d dims, "
+                                            "expected at most %d", j->who, tname, MHA_MAX_DIMS,
+                                            MHA_MAX_DIMS);
+                        snprintf(what, sizeof what, "tensor '%s': shape[%d]", tname, e->ndim);
+                        st = j_uint(j, what, &e->shape[e->ndim]);
+                        if (st != MHA_OK) return st;
+                        e->ndim++;
+                        if (j_lit(j, ']')) break;
+                        if (!j_lit(j, ',')) return j_err(j, "shape: expected ',' or ']'");
+                    }
+                }
+            } else if (n < sizeof key && strlen(key) == n && strcmp(key, "data_offsets") == 0) {
+                if (have_offsets++) goto dup;
+                snprintf(what, sizeof what, "tensor '%s': data_offsets", tname);
+                if (!j_lit(j, '[')) return j_err(j, "data_offsets: expected '['");
+                st = j_uint(j, what, &e->begin);
+                if (st != MHA_OK) return st;
+                if (!j_lit(j, ',')) return j_err(j, "data_offsets: expected ','");
+                st = j_uint(j, what, &e->end);
+                if (st != MHA_OK) return st;
+                if (!j_lit(j, ']')) return j_err(j, "data_offsets: expected 2 integers and ']'");
+            } else {
+                char k[64];
+                shown_name(k, sizeof k, n < sizeof key ? key : "(long key)");
+                return mha__err(j->ctx, MHA_ERR_FORMAT,
+                                "%s: tensor '%s': got key '%s', expected only dtype, shape, "
+                                "data_offsets", j->who, tname, k);
+            }
+            if (j_lit(j, '}')) break;
+            if (!j_lit(j, ',')) return j_err(j, "expected ',' or '}'");
+        }
+    }
+    if (!have_dtype || !have_shape || !have_offsets)
+        return mha__err(j->ctx, MHA_ERR_FORMAT, "%s: tensor '%s': missing key %s", j->who,
+                        tname, !have_dtype ? "dtype" : !have_shape ? "shape" : "data_offsets");
+    char shape[160];
+    mha__shape_str(shape, sizeof shape, e->ndim, e->shape);
+    int64_t numel;
+    int bad;
+    if (!mha__shape_bytes(e->dtype, e->ndim, e->shape, &numel, &e->bytes, &bad))
+        return mha__err(j->ctx, MHA_ERR_FORMAT, "%s: tensor '%s': shape %s: size overflows (%s)",
+                        j->who, tname, shape, mha_dtype_name(e->dtype));
+    if (e->begin > e->end)
+        return mha__err(j->ctx, MHA_ERR_FORMAT,
+                        "%s: tensor '%s': data_offsets: got [%" PRId64 ", %" PRId64 "], expected "
+                        "begin <= end", j->who, tname, e->begin, e->end);
+    if (e->end > data_size)
+        return mha__err(j->ctx, MHA_ERR_FORMAT,
+                        "%s: tensor '%s': data_offsets: got [%" PRId64 ", %" PRId64 "], expected "
+                        "end <= %" PRId64 " (the size of the data area; truncated file?)",
+                        j->who, tname, e->begin, e->end, data_size);
+    if ((uint64_t)(e->end - e->begin) != (uint64_t)e->bytes)
+        return mha__err(j->ctx, MHA_ERR_FORMAT,
+                        "%s: tensor '%s': data: got %" PRId64 " bytes, expected %zu (shape %s, "
+                        "%s)", j->who, tname, e->end - e->begin, e->bytes, shape,
+                        mha_dtype_name(e->dtype));
+    return MHA_OK;
+dup:
+    return mha__err(j->ctx, MHA_ERR_FORMAT, "%s: tensor '%s': duplicate key", j->who, tname);
+}
+
+/* "__metadata__": an object of string values, skipped. */
+static mha_status parse_metadata(json *j) {
+    size_t n;
+    if (!j_lit(j, '{')) return j_err(j, "__metadata__: expected an object");
+    if (j_lit(j, '}')) return MHA_OK;
+    for (;;) {
+        mha_status st = j_string(j, NULL, 0, &n);
+        if (st != MHA_OK) return st;
+        if (!j_lit(j, ':')) return j_err(j, "expected ':'");
+        j_ws(j);
+        if (j->p >= j->end || *j->p != '"') return j_err(j, "__metadata__: expected a string value");
+        st = j_string(j, NULL, 0, &n);
+        if (st != MHA_OK) return st;
+        if (j_lit(j, '}')) return MHA_OK;
+        if (!j_lit(j, ',')) return j_err(j, "expected ',' or '}'");
+    }
+}
+
+static int cmp_offsets(const void *a, const void *b) {
+    const st_entry *x = a, *y = b;
+    if (x->begin != y->begin) return x->begin < y->begin ? -1 : 1;
+    if (x->end != y->end) return x->end < y->end ? -1 : 1;
+    return 0;
+}
+
+static int cmp_names(const void *a, const void *b) {
+    return strcmp(((const st_entry *)a)->name, ((const st_entry *)b)->name);
+}
+
+static void free_entries(st_entry *es, int n) {
+    if (!es) return;
+    for (int i = 0; i < n; i++) mha__free(es[i].name);
+    mha__free(es);
+}
+
+static mha_status st_parse(mha_ctx *ctx, const char *who, const unsigned char *b, size_t len,
+                           mha_st **out) {
+    *out = NULL;
+    if (len < 8)
+        return mha__err(ctx, MHA_ERR_FORMAT, "%s: got %zu bytes, expected at least 8 (too short "
+                        "for a safetensors file)", who, len);
+    uint64_t hn = 0;
+    for (int i = 7; i >= 0; i--) hn = hn << 8 | b[i];
+    if (hn > len - 8)
+        return mha__err(ctx, MHA_ERR_FORMAT, "%s: header size: got %" PRIu64 ", expected at most "
+                        "%zu (the file ends first; not a safetensors file?)", who, hn, len - 8);
+    if (hn > ST_MAX_HEADER)
+        return mha__err(ctx, MHA_ERR_FORMAT, "%s: header size: got %" PRIu64 ", expected at most "
+                        "%" PRIu64, who, hn, ST_MAX_HEADER);
+    const char *h = (const char *)b + 8;
+    int64_t data_size = (int64_t)(len - 8 - hn);
+    json j = {h, h + hn, h, ctx, who};
+    st_entry *es = NULL;
+    int n = 0, cap = 0, have_meta = 0;
+    mha_status st = MHA_OK;
+    if (hn == 0 || *h != '{') {
+        st = j_err(&j, "expected '{'");
+        goto fail;
+    }
+    j.p++;
+    if (!j_lit(&j, '}')) {
+        for (;;) {
+            /* The key: measure, then decode into an allocation of the right size. */
+            json save = j;
+            size_t klen;
+            st = j_string(&j, NULL, 0, &klen);
+            if (st != MHA_OK) goto fail;
+            if (!j_lit(&j, ':')) {
+                st = j_err(&j, "expected ':'");
+                goto fail;
+            }
+            if (n == cap) {
+                int ncap = cap ? cap * 2 : 16;
+                st_entry *nes = cap < INT32_MAX / 4 ? mha__calloc((size_t)ncap, sizeof *nes) : NULL;
+                if (!nes) {
+                    st = mha__err(ctx, MHA_ERR_NOMEM, "%s: out of memory", who);
+                    goto fail;
+                }
+                if (n) memcpy(nes, es, (size_t)n * sizeof *es);
+                mha__free(es);
+                es = nes;
+                cap = ncap;
+            }
+            char *name = mha__malloc(klen + 1);
+            if (!name) {
+                st = mha__err(ctx, MHA_ERR_NOMEM, "%s: out of memory", who);
+                goto fail;
+            }
+            json k2 = save;
+            (void)j_string(&k2, name, klen + 1, &klen); /* succeeded above */
+            if (strlen(name) != klen) {
+                mha__free(name);
+                j = save;
+                st = j_err(&j, "tensor name contains \\u0000");
+                goto fail;
+            }
+            if (strcmp(name, "__metadata__") == 0) {
+                mha__free(name);
+                if (have_meta++) {
+                    st = j_err(&j, "duplicate __metadata__");
+                    goto fail;
+                }
+                st = parse_metadata(&j);
+                if (st != MHA_OK) goto fail;
+            } else {
+                memset(&es[n], 0, sizeof es[n]);
+                es[n].name = name;
+                n++;
+                st = parse_entry(&j, &es[n - 1], data_size);
+                if (st != MHA_OK) goto fail;
+            }
+            if (j_lit(&j, '}')) break;
+            if (!j_lit(&j, ',')) {
+                st = j_err(&j, "expected ',' or '}'");
+                goto fail;
+            }
+        }
+    }
+    j_ws(&j);
+    if (j.p != j.end) {
+        st = j_err(&j, "unexpected text after the header object");
+        goto fail;
+    }
+    /* The tensors must tile the data area: sorted by offsets, each starts where the previous
+     * ended. This bounds the memory allocated below by the file size. */
+    if (n) qsort(es, (size_t)n, sizeof *es, cmp_offsets);
+    int64_t at = 0;
+    for (int i = 0; i < n; i++) {
+        char a[128], p[128];
+        if (es[i].begin != at) {
+            shown_name(a, sizeof a, es[i].name);
+            if (es[i].begin < at) {
+                shown_name(p, sizeof p, es[i - 1].name);
+                st = mha__err(ctx, MHA_ERR_FORMAT, "%s: tensor '%s': data_offsets: got [%" PRId64
+                              ", %" PRId64 "], overlaps tensor '%s'", who, a, es[i].begin,
+                              es[i].end, p);
+            } else {
+                st = mha__err(ctx, MHA_ERR_FORMAT, "%s: tensor '%s': data_offsets: got [%" PRId64
+                              ", %" PRId64 "], expected begin %" PRId64 " (no gap between "
+                              "tensors)", who, a, es[i].begin, es[i].end, at);
+            }
+            goto fail;
+        }
+        at = es[i].end;
+    }
+    if (at != data_size) {
+        st = mha__err(ctx, MHA_ERR_FORMAT, "%s: data area: got %" PRId64 " bytes, expected %"
+                      PRId64 " (the tensors' total; trailing bytes)", who, data_size, at);
+        goto fail;
+    }
+    if (n) qsort(es, (size_t)n, sizeof *es, cmp_names);
+    for (int i = 1; i < n; i++)
+        if (strcmp(es[i].name, es[i - 1].name) == 0) {
+            char a[128];
+            shown_name(a, sizeof a, es[i].name);
+            st = mha__err(ctx, MHA_ERR_FORMAT, "%s: tensor '%s': duplicate name", who, a);
+            goto fail;
+        }
+    mha_st *s = mha__calloc(1, sizeof *s);
+    if (!s || !st_reserve(s, n)) {
+        mha__free(s);
+        st = mha__err(ctx, MHA_ERR_NOMEM, "%s: out of memory", who);
+        goto fail;
+    }
+    const unsigned char *data = b + 8 + hn;
+    for (int i = 0; i < n; i++) {
+        st = mha__array_make(ctx, who, es[i].dtype, es[i].ndim, es[i].shape, &s->arrays[i]);
+        if (st != MHA_OK) {
+            mha_st_free(s);
+            goto fail;
+        }
+        s->names[i] = es[i].name;
+        es[i].name = NULL;
+        s->count = i + 1;
+        const unsigned char *src = data + es[i].begin;
+        if (es[i].dtype == MHA_DTYPE_BOOL) {
+            unsigned char *dst = s->arrays[i].data;
+            for (size_t k = 0; k < es[i].bytes; k++) dst[k] = src[k] != 0;
+        } else if (es[i].bytes) {
+            memcpy(s->arrays[i].data, src, es[i].bytes);
+        }
+    }
+    free_entries(es, n);
+    *out = s;
+    return MHA_OK;
+fail:
+    free_entries(es, n);
+    return st;
+}
+
+mha_status mha_st_parse(mha_ctx *ctx, const void *buf, size_t len, mha_st **out) {
+    mha__clear(ctx);
+    if (!out)
+        return mha__err(ctx, MHA_ERR_INVALID_ARG, "mha_st_parse: out: got NULL, expected a pointer");
+    *out = NULL;
+    if (!buf && len)
+        return mha__err(ctx, MHA_ERR_INVALID_ARG, "mha_st_parse: buf: got NULL, expected %zu bytes",
+                        len);
+    return st_parse(ctx, "mha_st_parse", buf, len, out);
+}
+
+mha_status mha_st_load(mha_ctx *ctx, const char *path, mha_st **out) {
+    mha__clear(ctx);
+    if (!out)
+        return mha__err(ctx, MHA_ERR_INVALID_ARG, "mha_st_load: out: got NULL, expected a pointer");
+    *out = NULL;
+    if (!path)
+        return mha__err(ctx, MHA_ERR_INVALID_ARG, "mha_st_load: path: got NULL, expected a file name");
+    char who[MHA__WHO_CAP];
+    mha__io_who(who, "mha_st_load", path);
+    unsigned char *buf;
+    size_t len;
+    mha_status st = mha__read_file(ctx, who, path, &buf, &len);
+    if (st != MHA_OK) return st;
+    st = st_parse(ctx, who, buf, len, out);
+    mha__free(buf);
+    return st;
+}
+
+/* ---- writing ----------------------------------------------------------------------------- */
+
+typedef struct {
+    char *out; /* NULL: only count */
+    size_t n;
+} sbuf;
+
+static void put(sbuf *s, const char *p, size_t k) {
+    if (s->out) memcpy(s->out + s->n, p, k);
+    s->n += k;
+}
+
+static void puts_(sbuf *s, const char *p) { put(s, p, strlen(p)); }
+
+static void put_json_str(sbuf *s, const char *str) {
+    put(s, "\"", 1);
+    for (const unsigned char *p = (const unsigned char *)str; *p; p++) {
+        char esc[8];
+        if (*p == '"' || *p == '\\') {
+            esc[0] = '\\';
+            esc[1] = (char)*p;
+            put(s, esc, 2);
+        } else if (*p < 0x20 || *p == 0x7f) {
+            snprintf(esc, sizeof esc, "\\u%04x", *p);
+            put(s, esc, 6);
+        } else {
+            put(s, (const char *)p, 1);
+        }
+    }
+    put(s, "\"", 1);
+}
+
+static const char *st_dtype(mha_dtype dt) {
+    switch (dt) {
+    case MHA_DTYPE_F32: return "F32";
+    case MHA_DTYPE_BOOL: return "BOOL";
+    case MHA_DTYPE_I32: return "I32";
+    case MHA_DTYPE_F64: return "F64";
+    }
+    return "?";
+}
+
+/* The header JSON, padded with spaces to a multiple of 8. */
+static void st_header(const mha_st *st, const size_t *bytes, sbuf *s) {
+    char num[64];
+    uint64_t off = 0;
+    puts_(s, "{");
+    for (int i = 0; i < st->count; i++) {
+        const mha_array *a = &st->arrays[i];
+        if (i) puts_(s, ",");
+        put_json_str(s, st->names[i]);
+        puts_(s, ":{\"dtype\":\"");
+        puts_(s, st_dtype(a->dtype));
+        puts_(s, "\",\"shape\":[");
+        for (int d = 0; d < a->ndim; d++) {
+            snprintf(num, sizeof num, "%s%" PRId64, d ? "," : "", a->shape[d]);
+            puts_(s, num);
+        }
+        snprintf(num, sizeof num, "],\"data_offsets\":[%" PRIu64 ",%" PRIu64 "]}", off,
+                 off + bytes[i]);
+        puts_(s, num);
+        off += bytes[i];
+    }
+    puts_(s, "}");
+    while (s->n % 8) puts_(s, " ");
+}
+
+static mha_status st_emit(mha_ctx *ctx, const char *who, const void *obj, mha_write_fn fn,
+                          void *user) {
+    const mha_st *st = obj;
+    size_t *bytes = mha__calloc(st->count ? (size_t)st->count : 1, sizeof *bytes);
+    if (!bytes) return mha__err(ctx, MHA_ERR_NOMEM, "%s: out of memory", who);
+    mha_status r = MHA_OK;
+    for (int i = 0; i < st->count && r == MHA_OK; i++) {
+        char nm[200];
+        snprintf(nm, sizeof nm, "tensor '%.128s'", st->names[i]);
+        r = mha__array_check(ctx, who, nm, &st->arrays[i], &bytes[i]);
+    }
+    sbuf s = {NULL, 0};
+    if (r == MHA_OK) {
+        st_header(st, bytes, &s);
+        s.out = mha__malloc(s.n + 8);
+        if (!s.out) r = mha__err(ctx, MHA_ERR_NOMEM, "%s: out of memory", who);
+    }
+    if (r == MHA_OK) {
+        uint64_t hn = s.n;
+        s.n = 8;
+        st_header(st, bytes, &s);
+        for (int i = 0; i < 8; i++) s.out[i] = (char)(hn >> (8 * i) & 0xff);
+        r = mha__emit(ctx, who, fn, user, s.out, s.n);
+    }
+    for (int i = 0; i < st->count && r == MHA_OK; i++)
+        r = mha__emit_data(ctx, who, st->arrays[i].dtype, st->arrays[i].data, bytes[i], fn, user);
+    mha__free(s.out);
+    mha__free(bytes);
+    return r;
+}
+
+mha_status mha_st_write(mha_ctx *ctx, const mha_st *st, mha_write_fn fn, void *user) {
+    mha__clear(ctx);
+    if (!st)
+        return mha__err(ctx, MHA_ERR_INVALID_ARG, "mha_st_write: st: got NULL, expected a collection");
+    if (!fn)
+        return mha__err(ctx, MHA_ERR_INVALID_ARG, "mha_st_write: fn: got NULL, expected a writer "
+                        "callback");
+    return st_emit(ctx, "mha_st_write", st, fn, user);
+}
+
+mha_status mha_st_save(mha_ctx *ctx, const mha_st *st, const char *path) {
+    mha__clear(ctx);
+    if (!st)
+        return mha__err(ctx, MHA_ERR_INVALID_ARG, "mha_st_save: st: got NULL, expected a collection");
+    if (!path)
+        return mha__err(ctx, MHA_ERR_INVALID_ARG, "mha_st_save: path: got NULL, expected a file name");
+    char who[MHA__WHO_CAP];
+    mha__io_who(who, "mha_st_save", path);
+    return mha__save_atomic(ctx, who, path, st_emit, st);
+}

@@ -1,0 +1,126 @@
+/* attn.c - generic attention tile kernels (FlashAttention-2 building blocks), the reference for
+ * the SIMD versions. Contracts: the ATTENTION TILE KERNELS block in kernels.h.
+ *
+ * Shapes (tile-local): a query tile has br rows, a key tile bc columns; every matrix is
+ * row-major with its own leading dimension (ld >= its row length). */
+#include "../kernels.h"
+
+#include <math.h>
+
+/* S[br, bc] = scale * A[br, n] B[bc, n]^T      (scores: A = q tile, B = k tile;
+ *                                                dP: A = dout tile, B = v tile, scale 1) */
+void mha__attn_scores_generic(int64_t br, int64_t bc, int64_t n, float scale, const float *A,
+                              int64_t lda, const float *B, int64_t ldb, float *S, int64_t lds) {
+    for (int64_t r = 0; r < br; r++) {
+        const float *a = A + r * lda;
+        for (int64_t c = 0; c < bc; c++) {
+            const float *b = B + c * ldb;
+            float acc = 0;
+            for (int64_t d = 0; d < n; d++) acc += a[d] * b[d];
+            S[r * lds + c] = acc * scale;
+        }
+    }
+}
+
+/* One step of the online softmax over a scaled score tile, in place:
+ *   s = S + fmask (excluded: -inf);  m' = max(m, max_c s);  alpha = exp(m - m');
+ *   S = exp(s - m') (excluded: 0);    l = alpha * l + sum_c S;  m = m'
+ * A row with m' = -inf (nothing allowed so far) gets S = 0, alpha = 1, m and l unchanged. */
+void mha__attn_softmax_generic(int64_t br, int64_t bc, float *S, int64_t lds,
+                               const mha__attn_tile_mask *mk, float *m, float *l, float *alpha) {
+    for (int64_t r = 0; r < br; r++) {
+        float *s = S + r * lds;
+        int64_t end = mha__attn_tile_row_end(mk, r, bc);
+        const uint8_t *bm = mk->bmask ? mk->bmask + r * mk->ld_mask : NULL;
+        const float *fm = mk->fmask ? mk->fmask + r * mk->ld_mask : NULL;
+        float mx = m[r];
+        for (int64_t c = 0; c < bc; c++) {
+            float x = s[c];
+            if (c >= end || (mk->pad && mk->pad[c]) || (bm && bm[c])) x = -INFINITY;
+            else if (fm) x += fm[c];
+            s[c] = x;
+            if (x > mx) mx = x;
+        }
+        if (mx == -INFINITY) {
+            for (int64_t c = 0; c < bc; c++) s[c] = 0;
+            alpha[r] = 1;
+            continue;
+        }
+        float sum = 0;
+        for (int64_t c = 0; c < bc; c++) {
+            float p = s[c] == -INFINITY ? 0.0f : expf(s[c] - mx);
+            s[c] = p;
+            sum += p;
+        }
+        float a = m[r] == -INFINITY ? 0.0f : expf(m[r] - mx);
+        alpha[r] = a;
+        l[r] = a * l[r] + sum;
+        m[r] = mx;
+    }
+}
+
+/* Probabilities recomputed from the log-sum-exp, in place over a scaled score tile:
+ *   S = exp(S + fmask - lse[r]), excluded keys and rows with lse = -inf: 0 */
+void mha__attn_probs_generic(int64_t br, int64_t bc, float *S, int64_t lds,
+                             const mha__attn_tile_mask *mk, const float *lse) {
+    for (int64_t r = 0; r < br; r++) {
+        float *s = S + r * lds;
+        int64_t end = mha__attn_tile_row_end(mk, r, bc);
+        const uint8_t *bm = mk->bmask ? mk->bmask + r * mk->ld_mask : NULL;
+        const float *fm = mk->fmask ? mk->fmask + r * mk->ld_mask : NULL;
+        float ls = lse[r];
+        for (int64_t c = 0; c < bc; c++) {
+            if (ls == -INFINITY || c >= end || (mk->pad && mk->pad[c]) || (bm && bm[c])) {
+                s[c] = 0;
+                continue;
+            }
+            float x = s[c];
+            if (fm) x += fm[c];
+            s[c] = x == -INFINITY ? 0.0f : expf(x - ls);
+        }
+    }
+}
+
+/* O[br, n] = diag(alpha) O + P[br, bc] X[bc, n]     (alpha NULL: 1)
+ * (forward: acc = alpha acc + P v;  backward: dq += dS k) */
+void mha__attn_pv_generic(int64_t br, int64_t bc, int64_t n, const float *P, int64_t ldp,
+                          const float *X, int64_t ldx, const float *alpha, float *O,
+                          int64_t ldo) {
+    for (int64_t r = 0; r < br; r++) {
+        float *o = O + r * ldo;
+        if (alpha && alpha[r] != 1.0f)
+            for (int64_t x = 0; x < n; x++) o[x] *= alpha[r];
+        const float *p = P + r * ldp;
+        for (int64_t c = 0; c < bc; c++) {
+            float w = p[c];
+            if (w == 0) continue;
+            const float *xr = X + c * ldx;
+            for (int64_t x = 0; x < n; x++) o[x] += w * xr[x];
+        }
+    }
+}
+
+/* G[bc, n] += P[br, bc]^T X[br, n]      (dv += W^T dout;  dk += dS^T q) */
+void mha__attn_ptv_generic(int64_t br, int64_t bc, int64_t n, const float *P, int64_t ldp,
+                           const float *X, int64_t ldx, float *G, int64_t ldg) {
+    for (int64_t r = 0; r < br; r++) {
+        const float *p = P + r * ldp, *xr = X + r * ldx;
+        for (int64_t c = 0; c < bc; c++) {
+            float w = p[c];
+            if (w == 0) continue;
+            float *g = G + c * ldg;
+            for (int64_t x = 0; x < n; x++) g[x] += w * xr[x];
+        }
+    }
+}
+
+/* Softmax backward, in place over dP:  dS = scale * P * (dP - drow[r]) */
+void mha__attn_dsoftmax_generic(int64_t br, int64_t bc, const float *P, int64_t ldp, float *dP,
+                                int64_t ldd, const float *drow, float scale) {
+    for (int64_t r = 0; r < br; r++) {
+        const float *p = P + r * ldp;
+        float *d = dP + r * ldd;
+        float dr = drow[r];
+        for (int64_t c = 0; c < bc; c++) d[c] = scale * (p[c] * (d[c] - dr));
+    }
+}

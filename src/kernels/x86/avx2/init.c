@@ -1,0 +1,15 @@
+/* init.c - the AVX2 kernel table: the generic table, then what this folder overrides. */
+#include "../../kernels.h"
+
+void mha__gemm_avx2_f32_6x16(int64_t k, const float *a, const float *b, float alpha,
+                             float beta, float *c, int64_t ldc, int m, int n);
+
+void mha__kernels_init_avx2(mha_kernels *k) {
+    mha__kernels_init_generic(k);
+    k->name = "avx2";
+    /* gemm: 6 x 16 register block; KC 256 (B micro-panel 16 KiB in L1), MC 144 (A block
+     * 144 KiB in L2), NC 4096 */
+    k->gemm_mr = 6, k->gemm_nr = 16, k->gemm_kc = 256, k->gemm_mc = 144, k->gemm_nc = 4096;
+    k->gemm_ukr = mha__gemm_avx2_f32_6x16;
+    k->gemm_ukr_name = "mha__gemm_avx2_f32_6x16";
+}

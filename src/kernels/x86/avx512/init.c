@@ -1,0 +1,19 @@
+/* init.c - the AVX-512 kernel table: the generic table, then what this folder overrides. */
+#include "../../kernels.h"
+
+void mha__gemm_avx512_f32_14x32(int64_t k, const float *a, const float *b, float alpha,
+                                float beta, float *c, int64_t ldc, int m, int n);
+void mha__gemm_pack_avx512_f32(const float *X, int64_t rs, int64_t cs, int64_t rows,
+                               int64_t k, int r, float *dst);
+
+void mha__kernels_init_avx512(mha_kernels *k) {
+    mha__kernels_init_generic(k);
+    k->name = "avx512";
+    /* gemm: 14 x 32 register block; KC 256 (B micro-panel 32 KiB in L1), MC 336 (A block
+     * 336 KiB in L2), NC 4096 (B block 4 MiB in L3) */
+    k->gemm_mr = 14, k->gemm_nr = 32, k->gemm_kc = 256, k->gemm_mc = 336, k->gemm_nc = 4096;
+    k->gemm_ukr = mha__gemm_avx512_f32_14x32;
+    k->gemm_ukr_name = "mha__gemm_avx512_f32_14x32";
+    k->gemm_pack = mha__gemm_pack_avx512_f32;
+    k->gemm_pack_name = "mha__gemm_pack_avx512_f32";
+}

@@ -1,0 +1,75 @@
+/* viz_internal.h - what the renderers share: a buffered writer over mha_write_fn, argument
+ * validation, the matrices of a view, the colour scale and label clean-up. Depends on the
+ * public types and src/core only (never on the kernels). */
+#ifndef MHA_VIZ_INTERNAL_H
+#define MHA_VIZ_INTERNAL_H
+
+#include "mha_viz.h"
+#include "../core/internal.h"
+
+#include <stddef.h>
+#include <stdint.h>
+
+/* Buffered output: chunks of up to 4 KiB go to fn. The first failure sticks (failed != 0)
+ * and later writes are dropped; viz__out_finish turns it into MHA_ERR_IO. */
+typedef struct {
+    mha_write_fn fn;
+    void *user;
+    int failed;
+    size_t n;
+    char buf[4096];
+} viz_out;
+
+void viz__out_init(viz_out *o, mha_write_fn fn, void *user);
+void viz__put(viz_out *o, const void *data, size_t n);
+void viz__puts(viz_out *o, const char *s);
+void viz__printf(viz_out *o, const char *fmt, ...)
+#if defined(__GNUC__)
+    __attribute__((format(printf, 2, 3)))
+#endif
+    ;
+mha_status viz__out_finish(mha_ctx *ctx, const char *fn, viz_out *o);
+
+/* A validated view: the matrices to draw (n panels of [L, S], owned, contiguous), their
+ * titles, cleaned-up labels, and the resolved scale. */
+typedef struct {
+    int64_t H, L, S;
+    int n;              /* panels: 1, or H for MHA_VIZ_ALL */
+    float *m;           /* [n, L, S] */
+    char **titles;      /* [n] */
+    char **qtok, **ktok; /* [L], [S] or NULL; sanitized UTF-8 (ascii_only: 7-bit) */
+    float vmin, vmax;   /* vmax > vmin */
+    int auto_scale;     /* the scale came from the data (may be refitted to drawn cells) */
+    const char *title;  /* opts->title or NULL (not sanitized) */
+} viz_view;
+
+/* Validates the common arguments and builds the view. ascii_only replaces every non-ASCII
+ * code point of the labels by '?'. On error nothing is allocated. */
+mha_status viz__view_make(mha_ctx *ctx, const char *fn, const float *w, int64_t H, int64_t L,
+                          int64_t S, const mha_viz_opts *opts, int all_heads, int ascii_only,
+                          viz_view *v);
+void viz__view_free(viz_view *v);
+
+/* Position of x on the scale, in [0, 1]. */
+float viz__norm(const viz_view *v, float x);
+
+/* A copy of s with invalid UTF-8 and control characters replaced by '?' (and, with
+ * ascii_only, every non-ASCII code point). NULL on allocation failure. */
+char *viz__clean(const char *s, int ascii_only);
+/* Number of code points of a valid UTF-8 string. */
+size_t viz__cols(const char *s);
+/* Byte length of the first max_cols code points of s. */
+size_t viz__prefix(const char *s, size_t max_cols);
+
+/* Writes XML-escaped text (&, <, >, ", '). */
+void viz__xml(viz_out *o, const char *s);
+
+/* The file wrapper: runs render into path.tmp-XXXXXX, then renames. */
+typedef mha_status (*viz_render_fn)(mha_ctx *ctx, const float *w, int64_t H, int64_t L,
+                                    int64_t S, const mha_viz_opts *opts, mha_write_fn fn,
+                                    void *user);
+mha_status viz__to_file(mha_ctx *ctx, const char *fn, viz_render_fn render, const float *w,
+                        int64_t H, int64_t L, int64_t S, const mha_viz_opts *opts,
+                        const char *path);
+
+#endif

@@ -1,0 +1,8 @@
+# tests/cli.cmake - the command-line contract of `mha forward` / `mha backward` (tests/test_cli.py),
+# run with Debian's python3 against the mha binary built here.
+add_test(NAME test_cli
+  COMMAND /usr/bin/python3 -m pytest -q -p no:cacheprovider ${CMAKE_CURRENT_SOURCE_DIR}/test_cli.py
+  WORKING_DIRECTORY ${CMAKE_CURRENT_BINARY_DIR})
+set_tests_properties(test_cli PROPERTIES
+  ENVIRONMENT "MHA_BIN=$<TARGET_FILE:mha_cli>;PYTHONDONTWRITEBYTECODE=1"
+  TIMEOUT 300)

@@ -1,0 +1,902 @@
+/* test_attn.c - the attention core (mha_attn_forward / mha_attn_backward) against a naive
+ * float64 reference with the same mask and dropout semantics, its analytic backward, and
+ * float64 central finite differences of the reference forward. */
+#include "harness.h"
+#include "attn/attn_common.h"
+#include "core/internal.h"
+#include "kernels/kernels.h"
+
+/* ------------------------------------------------------------------------------------------
+ * Random numbers (xorshift64*, reproducible; the seed is printed on failure through `what`)
+ * ---------------------------------------------------------------------------------------- */
+static uint64_t rng_state = 0x1234567ull;
+static double urand(void) { /* [0, 1) */
+    rng_state ^= rng_state >> 12;
+    rng_state ^= rng_state << 25;
+    rng_state ^= rng_state >> 27;
+    return (double)((rng_state * 2685821657736338717ull) >> 11) * (1.0 / 9007199254740992.0);
+}
+static float frand(void) { return (float)(2 * urand() - 1); }
+
+/* ------------------------------------------------------------------------------------------
+ * A test case: sizes, masks, dropout, memory layout
+ * ---------------------------------------------------------------------------------------- */
+typedef struct {
+    int64_t B, H, L, S, D, Dv;
+    int causal;      /* mha_causal */
+    int pad, lens;   /* key_padding, key_lengths */
+    int abool, afloat, batched;
+    int fullrow;     /* force fully masked rows through the attn masks */
+    float drop, scale;
+    int layout;      /* 0: contiguous [B,H,R,X]; 1: [B,R,H,X+3] memory (strided views) */
+    uint64_t seed;
+} tcase;
+
+typedef struct {
+    float *buf;
+    mha_tensor t;
+} tview;
+
+static tview view_alloc(int64_t B, int64_t H, int64_t R, int64_t X, int layout) {
+    tview v;
+    int64_t shape[4] = {B, H, R, X};
+    if (layout == 0) {
+        size_t n = (size_t)(B * H * R * X) + 1;
+        v.buf = calloc(n, sizeof(float));
+        v.t = mha_tensor_make(v.buf, 4, shape);
+    } else {
+        int64_t xs = X + 3;
+        size_t n = (size_t)(B * R * H * xs) + 1;
+        v.buf = calloc(n, sizeof(float));
+        int64_t stride[4] = {R * H * xs, xs, H * xs, 1};
+        v.t = mha_tensor_strided(v.buf, 4, shape, stride);
+    }
+    return v;
+}
+static float *vat(const mha_tensor *t, int64_t b, int64_t h, int64_t r, int64_t x) {
+    return t->data + b * t->stride[0] + h * t->stride[1] + r * t->stride[2] + x * t->stride[3];
+}
+static void view_fill(tview *v) {
+    const mha_tensor *t = &v->t;
+    for (int64_t b = 0; b < t->shape[0]; b++)
+        for (int64_t h = 0; h < t->shape[1]; h++)
+            for (int64_t r = 0; r < t->shape[2]; r++)
+                for (int64_t x = 0; x < t->shape[3]; x++) *vat(t, b, h, r, x) = frand();
+}
+/* Copies a view into a contiguous double array (caller frees). */
+static double *view_to_d(const mha_tensor *t) {
+    int64_t n = mha_tensor_numel(t), at = 0;
+    double *d = malloc(sizeof(double) * (size_t)(n + 1));
+    for (int64_t b = 0; b < t->shape[0]; b++)
+        for (int64_t h = 0; h < t->shape[1]; h++)
+            for (int64_t r = 0; r < t->shape[2]; r++)
+                for (int64_t x = 0; x < t->shape[3]; x++) d[at++] = *vat(t, b, h, r, x);
+    return d;
+}
+static float *view_to_f(const mha_tensor *t) {
+    int64_t n = mha_tensor_numel(t), at = 0;
+    float *d = malloc(sizeof(float) * (size_t)(n + 1));
+    for (int64_t b = 0; b < t->shape[0]; b++)
+        for (int64_t h = 0; h < t->shape[1]; h++)
+            for (int64_t r = 0; r < t->shape[2]; r++)
+                for (int64_t x = 0; x < t->shape[3]; x++) d[at++] = *vat(t, b, h, r, x);
+    return d;
+}
+
+typedef struct {
+    mha_mask m;
+    uint8_t *pad, *abool;
+    int32_t *lens;
+    float *afloat;
+} tmask;
+
+static void mask_make(const tcase *c, tmask *tm) {
+    memset(tm, 0, sizeof *tm);
+    tm->m = mha_mask_default();
+    tm->m.causal = (mha_causal)c->causal;
+    int64_t B = c->B, H = c->H, L = c->L, S = c->S, nm = c->batched ? B * H : 1;
+    if (c->pad) {
+        tm->pad = calloc((size_t)(B * S) + 1, 1);
+        for (int64_t i = 0; i < B * S; i++) tm->pad[i] = urand() < 0.25;
+        tm->m.key_padding = tm->pad;
+    }
+    if (c->lens) {
+        tm->lens = calloc((size_t)B + 1, sizeof(int32_t));
+        for (int64_t b = 0; b < B; b++) tm->lens[b] = (int32_t)((b * 7 + S / 2 + 1) % (S + 1));
+        if (B > 1) tm->lens[B - 1] = 0; /* a batch with no key at all */
+        tm->m.key_lengths = tm->lens;
+    }
+    if (c->abool) {
+        tm->abool = calloc((size_t)(nm * L * S) + 1, 1);
+        for (int64_t i = 0; i < nm * L * S; i++) tm->abool[i] = urand() < 0.2;
+        if (c->fullrow) memset(tm->abool, 1, (size_t)S); /* row 0 of head 0 */
+        tm->m.attn_bool = tm->abool;
+    }
+    if (c->afloat) {
+        tm->afloat = calloc((size_t)(nm * L * S) + 1, sizeof(float));
+        for (int64_t i = 0; i < nm * L * S; i++)
+            tm->afloat[i] = urand() < 0.1 ? -INFINITY : 2 * frand();
+        if (c->fullrow && L > 1)
+            for (int64_t j = 0; j < S; j++) tm->afloat[S + j] = -INFINITY; /* row 1 */
+        tm->m.attn_float = tm->afloat;
+    }
+    tm->m.attn_batched = c->batched;
+}
+static void mask_free(tmask *tm) {
+    free(tm->pad);
+    free(tm->abool);
+    free(tm->lens);
+    free(tm->afloat);
+}
+
+/* ------------------------------------------------------------------------------------------
+ * The float64 reference, written from the mask table in mha.h (independent of the library's
+ * helpers except the dropout generator, whose mask it must share).
+ * ---------------------------------------------------------------------------------------- */
+static int ref_allowed(const tcase *c, const mha_mask *m, int64_t b, int64_t h, int64_t i,
+                       int64_t j) {
+    if (m->causal == MHA_CAUSAL_TOP_LEFT && j > i) return 0;
+    if (m->causal == MHA_CAUSAL_BOTTOM_RIGHT && j > i + (c->S - c->L)) return 0;
+    if (m->key_padding && m->key_padding[b * c->S + j]) return 0;
+    if (m->key_lengths && j >= m->key_lengths[b]) return 0;
+    int64_t mi = ((m->attn_batched ? b * c->H + h : 0) * c->L + i) * c->S + j;
+    if (m->attn_bool && m->attn_bool[mi]) return 0;
+    return 1;
+}
+static double ref_fbias(const tcase *c, const mha_mask *m, int64_t b, int64_t h, int64_t i,
+                        int64_t j) {
+    if (!m->attn_float) return 0;
+    return m->attn_float[((m->attn_batched ? b * c->H + h : 0) * c->L + i) * c->S + j];
+}
+
+/* q [B,H,L,D], k [B,H,S,D], v [B,H,S,Dv] contiguous doubles. Outputs: out [B,H,L,Dv],
+ * lse [B,H,L], P [B,H,L,S] (pre-dropout probabilities), W (post-dropout). */
+static void ref_forward(const tcase *c, const mha_mask *m, const mha_attn_params *p,
+                        const double *q, const double *k, const double *v, double *out,
+                        double *lse, double *P, double *W) {
+    int64_t B = c->B, H = c->H, L = c->L, S = c->S, D = c->D, Dv = c->Dv;
+    double scale = p->scale != 0 ? p->scale : 1.0 / sqrt((double)D);
+    double ks = 1.0 / (1.0 - p->dropout_p);
+    double *s = malloc(sizeof(double) * (size_t)(S + 1));
+    for (int64_t b = 0; b < B; b++)
+        for (int64_t h = 0; h < H; h++)
+            for (int64_t i = 0; i < L; i++) {
+                int64_t bh = b * H + h, row = bh * L + i;
+                const double *qi = q + row * D;
+                double mx = -INFINITY;
+                for (int64_t j = 0; j < S; j++) {
+                    s[j] = -INFINITY;
+                    if (!ref_allowed(c, m, b, h, i, j)) continue;
+                    double a = 0;
+                    for (int64_t d = 0; d < D; d++) a += qi[d] * k[(bh * S + j) * D + d];
+                    s[j] = a * scale + ref_fbias(c, m, b, h, i, j);
+                    if (s[j] > mx) mx = s[j];
+                }
+                double sum = 0;
+                for (int64_t j = 0; j < S; j++) sum += mx == -INFINITY ? 0 : exp(s[j] - mx);
+                lse[row] = mx == -INFINITY ? -INFINITY : mx + log(sum);
+                for (int64_t d = 0; d < Dv; d++) out[row * Dv + d] = 0;
+                for (int64_t j = 0; j < S; j++) {
+                    double pij = mx == -INFINITY ? 0 : exp(s[j] - mx) / sum;
+                    double w = mha__dropout_keep(p, bh, i, j) ? pij * ks : 0;
+                    if (P) P[row * S + j] = pij;
+                    if (W) W[row * S + j] = w;
+                    for (int64_t d = 0; d < Dv; d++) out[row * Dv + d] += w * v[(bh * S + j) * Dv + d];
+                }
+            }
+    free(s);
+}
+
+/* Analytic backward of ref_forward for dout (contiguous), from its P and W. */
+static void ref_backward(const tcase *c, const mha_attn_params *p, const double *q,
+                         const double *k, const double *v, const double *P, const double *W,
+                         const double *dout, double *dq, double *dk, double *dv) {
+    int64_t B = c->B, H = c->H, L = c->L, S = c->S, D = c->D, Dv = c->Dv;
+    double scale = p->scale != 0 ? p->scale : 1.0 / sqrt((double)D);
+    memset(dq, 0, sizeof(double) * (size_t)(B * H * L * D));
+    memset(dk, 0, sizeof(double) * (size_t)(B * H * S * D));
+    memset(dv, 0, sizeof(double) * (size_t)(B * H * S * Dv));
+    double *dP = malloc(sizeof(double) * (size_t)(S + 1));
+    for (int64_t bh = 0; bh < B * H; bh++)
+        for (int64_t i = 0; i < L; i++) {
+            int64_t row = bh * L + i;
+            double dot = 0;
+            for (int64_t j = 0; j < S; j++) {
+                double pij = P[row * S + j], wij = W[row * S + j];
+                double dw = 0;
+                for (int64_t d = 0; d < Dv; d++) {
+                    dw += dout[row * Dv + d] * v[(bh * S + j) * Dv + d];
+                    dv[(bh * S + j) * Dv + d] += wij * dout[row * Dv + d];
+                }
+                /* W = P * keep * ks, so dP = dW * (W / P) for P > 0 */
+                dP[j] = pij > 0 ? dw * (wij / pij) : 0;
+                dot += pij * dP[j];
+            }
+            for (int64_t j = 0; j < S; j++) {
+                double ds = P[row * S + j] * (dP[j] - dot) * scale;
+                for (int64_t d = 0; d < D; d++) {
+                    dq[row * D + d] += ds * k[(bh * S + j) * D + d];
+                    dk[(bh * S + j) * D + d] += ds * q[row * D + d];
+                }
+            }
+        }
+    free(dP);
+}
+
+/* ------------------------------------------------------------------------------------------
+ * Comparisons
+ * ---------------------------------------------------------------------------------------- */
+/* lse: -inf must match exactly; the rest within tolerance. */
+static int near_lse(const char *file, int line, const float *got, const double *want, int64_t n) {
+    float *g = malloc(sizeof(float) * (size_t)(n + 1));
+    double *w = malloc(sizeof(double) * (size_t)(n + 1));
+    int ok = 1;
+    for (int64_t i = 0; i < n; i++) {
+        if ((got[i] == -INFINITY) != (want[i] == -INFINITY)) {
+            printf("  %s:%d: [%s] lse[%lld]: got %g, expected %g\n", file, line, harness_cur,
+                   (long long)i, got[i], want[i]);
+            harness_cur_failed = 1;
+            ok = 0;
+            break;
+        }
+        g[i] = got[i] == -INFINITY ? 0 : got[i];
+        w[i] = want[i] == -INFINITY ? 0 : want[i];
+    }
+    if (ok) ok = harness_near(file, line, "lse", g, w, n, 1e-5, 1e-5);
+    free(g);
+    free(w);
+    return ok;
+}
+
+static void case_name(const tcase *c, char *buf, size_t n) {
+    snprintf(buf, n,
+             "B%lld H%lld L%lld S%lld D%lld Dv%lld causal%d pad%d lens%d bool%d float%d "
+             "batched%d full%d drop%g layout%d seed%llu",
+             (long long)c->B, (long long)c->H, (long long)c->L, (long long)c->S, (long long)c->D,
+             (long long)c->Dv, c->causal, c->pad, c->lens, c->abool, c->afloat, c->batched,
+             c->fullrow, (double)c->drop, c->layout, (unsigned long long)c->seed);
+}
+
+/* Runs forward and backward for c on ctx and compares with the reference; with fd, also
+ * checks gradients against central finite differences of the reference forward.
+ * Returns 1 on success. */
+static int run_case(mha_ctx *ctx, const tcase *c, int fd) {
+    char name[256];
+    case_name(c, name, sizeof name);
+    rng_state = c->seed * 0x9E3779B97F4A7C15ull + 1;
+    int64_t B = c->B, H = c->H, L = c->L, S = c->S, D = c->D, Dv = c->Dv;
+    tview q = view_alloc(B, H, L, D, c->layout), k = view_alloc(B, H, S, D, c->layout);
+    tview v = view_alloc(B, H, S, Dv, c->layout), o = view_alloc(B, H, L, Dv, c->layout);
+    tview go = view_alloc(B, H, L, Dv, c->layout), gq = view_alloc(B, H, L, D, c->layout);
+    tview gk = view_alloc(B, H, S, D, c->layout), gv = view_alloc(B, H, S, Dv, c->layout);
+    tview wt = view_alloc(B, H, L, S, c->layout);
+    view_fill(&q), view_fill(&k), view_fill(&v), view_fill(&go);
+    /* garbage in the outputs: they must be overwritten */
+    view_fill(&o), view_fill(&gq), view_fill(&gk), view_fill(&gv), view_fill(&wt);
+    float *lse = malloc(sizeof(float) * (size_t)(B * H * L + 1));
+    int64_t ls[3] = {B, H, L};
+    mha_tensor lt = mha_tensor_make(lse, 3, ls);
+    tmask tm;
+    mask_make(c, &tm);
+    mha_attn_params p = mha_attn_params_default();
+    p.dropout_p = c->drop;
+    p.scale = c->scale;
+    p.seed = c->seed + 77;
+    p.offset = c->seed * 3;
+
+    int ok = 0;
+    double *qd = view_to_d(&q.t), *kd = view_to_d(&k.t), *vd = view_to_d(&v.t);
+    double *god = view_to_d(&go.t);
+    double *od = malloc(sizeof(double) * (size_t)(B * H * L * Dv + 1));
+    double *lsed = malloc(sizeof(double) * (size_t)(B * H * L + 1));
+    double *Pd = malloc(sizeof(double) * (size_t)(B * H * L * S + 1));
+    double *Wd = malloc(sizeof(double) * (size_t)(B * H * L * S + 1));
+    double *dqd = malloc(sizeof(double) * (size_t)(B * H * L * D + 1));
+    double *dkd = malloc(sizeof(double) * (size_t)(B * H * S * D + 1));
+    double *dvd = malloc(sizeof(double) * (size_t)(B * H * S * Dv + 1));
+    float *of = NULL, *wf = NULL, *gqf = NULL, *gkf = NULL, *gvf = NULL;
+    mha_status st = mha_attn_forward(ctx, &p, &q.t, &k.t, &v.t, &tm.m, &o.t, &lt, &wt.t);
+    if (st != MHA_OK) {
+        FAILF("%s: forward: %s: %s", name, mha_status_str(st), mha_ctx_errmsg(ctx));
+        goto done;
+    }
+    st = mha_attn_backward(ctx, &p, &q.t, &k.t, &v.t, &tm.m, &o.t, &lt, &go.t, &gq.t, &gk.t,
+                           &gv.t);
+    if (st != MHA_OK) {
+        FAILF("%s: backward: %s: %s", name, mha_status_str(st), mha_ctx_errmsg(ctx));
+        goto done;
+    }
+    ref_forward(c, &tm.m, &p, qd, kd, vd, od, lsed, Pd, Wd);
+    ref_backward(c, &p, qd, kd, vd, Pd, Wd, god, dqd, dkd, dvd);
+    of = view_to_f(&o.t), wf = view_to_f(&wt.t);
+    gqf = view_to_f(&gq.t), gkf = view_to_f(&gk.t), gvf = view_to_f(&gv.t);
+    if (!harness_near(__FILE__, __LINE__, name, of, od, B * H * L * Dv, 1e-5, 1e-5)) goto done;
+    if (!near_lse(__FILE__, __LINE__, lse, lsed, B * H * L)) goto done;
+    if (!harness_near(__FILE__, __LINE__, name, wf, Wd, B * H * L * S, 1e-5, 1e-6)) goto done;
+    if (!harness_near(__FILE__, __LINE__, name, gqf, dqd, B * H * L * D, 1e-4, 2e-5)) goto done;
+    if (!harness_near(__FILE__, __LINE__, name, gkf, dkd, B * H * S * D, 1e-4, 2e-5)) goto done;
+    if (!harness_near(__FILE__, __LINE__, name, gvf, dvd, B * H * S * Dv, 1e-4, 2e-5)) goto done;
+    if (fd) {
+        /* loss = sum(out * dout); central differences in double on the reference forward */
+        double *ob = malloc(sizeof(double) * (size_t)(B * H * L * Dv + 1));
+        double *fdg[3];
+        double *xs[3] = {qd, kd, vd};
+        int64_t ns[3] = {B * H * L * D, B * H * S * D, B * H * S * Dv};
+        const double eps = 1e-6;
+        for (int a = 0; a < 3; a++) {
+            fdg[a] = malloc(sizeof(double) * (size_t)(ns[a] + 1));
+            for (int64_t e = 0; e < ns[a]; e++) {
+                double x0 = xs[a][e], lp = 0, lm = 0;
+                xs[a][e] = x0 + eps;
+                ref_forward(c, &tm.m, &p, qd, kd, vd, ob, lsed, NULL, NULL);
+                for (int64_t t = 0; t < B * H * L * Dv; t++) lp += ob[t] * god[t];
+                xs[a][e] = x0 - eps;
+                ref_forward(c, &tm.m, &p, qd, kd, vd, ob, lsed, NULL, NULL);
+                for (int64_t t = 0; t < B * H * L * Dv; t++) lm += ob[t] * god[t];
+                xs[a][e] = x0;
+                fdg[a][e] = (lp - lm) / (2 * eps);
+            }
+        }
+        int fok = harness_near(__FILE__, __LINE__, "dq vs finite differences", gqf, fdg[0],
+                               ns[0], 1e-4, 1e-4) &&
+                  harness_near(__FILE__, __LINE__, "dk vs finite differences", gkf, fdg[1],
+                               ns[1], 1e-4, 1e-4) &&
+                  harness_near(__FILE__, __LINE__, "dv vs finite differences", gvf, fdg[2],
+                               ns[2], 1e-4, 1e-4);
+        /* the analytic reference itself must agree with the differences */
+        float *dqr = malloc(sizeof(float) * (size_t)(ns[0] + 1));
+        for (int64_t e = 0; e < ns[0]; e++) dqr[e] = (float)dqd[e];
+        if (fok)
+            fok = harness_near(__FILE__, __LINE__, "reference dq vs finite differences", dqr,
+                               fdg[0], ns[0], 1e-4, 1e-5);
+        free(dqr);
+        for (int a = 0; a < 3; a++) free(fdg[a]);
+        free(ob);
+        if (!fok) {
+            printf("    case: %s\n", name);
+            goto done;
+        }
+    }
+    for (int64_t t = 0; t < B * H * L * Dv; t++)
+        if (isnan(of[t])) {
+            FAILF("%s: NaN in out", name);
+            goto done;
+        }
+    ok = 1;
+done:
+    free(qd), free(kd), free(vd), free(god), free(od), free(lsed), free(Pd), free(Wd);
+    free(dqd), free(dkd), free(dvd), free(of), free(wf), free(gqf), free(gkf), free(gvf);
+    free(q.buf), free(k.buf), free(v.buf), free(o.buf), free(go.buf), free(gq.buf);
+    free(gk.buf), free(gv.buf), free(wt.buf), free(lse);
+    mask_free(&tm);
+    return ok;
+}
+
+static tcase tc(int64_t B, int64_t H, int64_t L, int64_t S, int64_t D, int64_t Dv) {
+    tcase c;
+    memset(&c, 0, sizeof c);
+    c.B = B, c.H = H, c.L = L, c.S = S, c.D = D, c.Dv = Dv, c.seed = 1;
+    return c;
+}
+
+/* ------------------------------------------------------------------------------------------
+ * Tests
+ * ---------------------------------------------------------------------------------------- */
+TEST(shapes_no_mask) {
+    mha_ctx *ctx;
+    ASSERT_OK(ctx, mha_ctx_create(&ctx));
+    static const int64_t shapes[][6] = {
+        {1, 1, 1, 1, 1, 1},   {1, 1, 1, 9, 7, 7},    {2, 3, 17, 33, 7, 5},
+        {1, 2, 40, 1, 64, 64}, {1, 1, 37, 45, 80, 80}, {1, 1, 19, 70, 128, 128},
+        {2, 1, 50, 29, 64, 32}, {1, 2, 65, 66, 1, 3},  {1, 1, 3, 0, 4, 4},
+    };
+    FOR_EACH_ISA(ctx) {
+        for (size_t s = 0; s < sizeof shapes / sizeof shapes[0]; s++) {
+            tcase c = tc(shapes[s][0], shapes[s][1], shapes[s][2], shapes[s][3], shapes[s][4],
+                         shapes[s][5]);
+            c.seed = s + 1;
+            c.layout = (int)(s & 1);
+            if (s == 3) c.scale = 0.3f;
+            if (!run_case(ctx, &c, 0)) goto out;
+        }
+    }
+out:
+    mha_ctx_free(ctx);
+}
+
+TEST(masks_each_and_combined) {
+    mha_ctx *ctx;
+    ASSERT_OK(ctx, mha_ctx_create(&ctx));
+    /* lengths that straddle the tiles (generic: 16 x 32), causal diagonals crossing tiles */
+    static const int64_t shapes[][6] = {{2, 2, 21, 45, 16, 8}, {1, 3, 45, 21, 8, 16},
+                                        {2, 1, 40, 40, 7, 7}};
+    FOR_EACH_ISA(ctx) {
+        for (size_t s = 0; s < 3; s++)
+            for (int kind = 0; kind < 12; kind++) {
+                tcase c = tc(shapes[s][0], shapes[s][1], shapes[s][2], shapes[s][3],
+                             shapes[s][4], shapes[s][5]);
+                c.seed = 100 + s * 16 + (uint64_t)kind;
+                switch (kind) {
+                case 0: c.causal = 1; break;
+                case 1: c.causal = 2; break;
+                case 2: c.pad = 1; break;
+                case 3: c.lens = 1; break;
+                case 4: c.abool = 1; break;
+                case 5: c.afloat = 1; break;
+                case 6: c.abool = c.afloat = c.batched = 1; break;
+                case 7: c.abool = c.afloat = c.fullrow = 1; break;
+                case 8: c.causal = 2, c.pad = c.lens = c.abool = c.afloat = 1; break;
+                case 9: c.causal = 1, c.pad = c.lens = c.abool = c.afloat = c.batched = 1; break;
+                case 10: c.causal = 2, c.afloat = c.batched = c.fullrow = 1, c.layout = 1; break;
+                case 11: c.causal = 1, c.lens = 1, c.drop = 0.25f, c.layout = 1; break;
+                }
+                if (!run_case(ctx, &c, 0)) goto out;
+            }
+    }
+out:
+    mha_ctx_free(ctx);
+}
+
+TEST(backward_finite_differences) {
+    mha_ctx *ctx;
+    ASSERT_OK(ctx, mha_ctx_create(&ctx));
+    FOR_EACH_ISA(ctx) {
+        for (int kind = 0; kind < 9; kind++) {
+            tcase c = kind % 2 ? tc(1, 2, 5, 7, 3, 4) : tc(2, 1, 6, 4, 4, 3);
+            c.seed = 300 + (uint64_t)kind;
+            switch (kind) {
+            case 0: break;
+            case 1: c.causal = 1; break;
+            case 2: c.causal = 2; break;
+            case 3: c.pad = 1, c.lens = 1; break;
+            case 4: c.abool = 1, c.batched = 1; break;
+            case 5: c.afloat = 1, c.fullrow = 1; break;
+            case 6: c.drop = 0.3f; break;
+            case 7: c.drop = 0.5f, c.causal = 2, c.abool = c.afloat = 1, c.layout = 1; break;
+            case 8: c.causal = 1, c.pad = c.abool = c.fullrow = 1, c.scale = 0.7f; break;
+            }
+            if (!run_case(ctx, &c, 1)) goto out;
+        }
+    }
+out:
+    mha_ctx_free(ctx);
+}
+
+/* A packed [B, L, 3, H, D] QKV buffer viewed without copy; out and every gradient written into
+ * [B, L, H, D] memory. */
+TEST(packed_qkv_views) {
+    mha_ctx *ctx;
+    ASSERT_OK(ctx, mha_ctx_create(&ctx));
+    const int64_t B = 2, L = 19, H = 3, D = 8;
+    float *qkv = malloc(sizeof(float) * (size_t)(B * L * 3 * H * D));
+    float *o = malloc(sizeof(float) * (size_t)(B * L * H * D));
+    float *g = malloc(sizeof(float) * (size_t)(B * L * H * D));
+    float *dqkv = malloc(sizeof(float) * (size_t)(B * L * 3 * H * D));
+    float *lse = malloc(sizeof(float) * (size_t)(B * H * L));
+    rng_state = 99;
+    for (int64_t i = 0; i < B * L * 3 * H * D; i++) qkv[i] = frand();
+    for (int64_t i = 0; i < B * L * H * D; i++) g[i] = frand();
+    int64_t shape[4] = {B, H, L, D}, pst[4] = {L * 3 * H * D, D, 3 * H * D, 1};
+    int64_t ost[4] = {L * H * D, D, H * D, 1};
+    mha_tensor q = mha_tensor_strided(qkv, 4, shape, pst);
+    mha_tensor k = mha_tensor_strided(qkv + H * D, 4, shape, pst);
+    mha_tensor v = mha_tensor_strided(qkv + 2 * H * D, 4, shape, pst);
+    mha_tensor dq = mha_tensor_strided(dqkv, 4, shape, pst);
+    mha_tensor dk = mha_tensor_strided(dqkv + H * D, 4, shape, pst);
+    mha_tensor dv = mha_tensor_strided(dqkv + 2 * H * D, 4, shape, pst);
+    mha_tensor ot = mha_tensor_strided(o, 4, shape, ost), gt = mha_tensor_strided(g, 4, shape, ost);
+    int64_t ls[3] = {B, H, L};
+    mha_tensor lt = mha_tensor_make(lse, 3, ls);
+    mha_mask m = mha_mask_default();
+    m.causal = MHA_CAUSAL_TOP_LEFT;
+    tcase c = tc(B, H, L, L, D, D);
+    c.causal = 1;
+    FOR_EACH_ISA(ctx) {
+        ASSERT_OK(ctx, mha_attn_forward(ctx, NULL, &q, &k, &v, &m, &ot, &lt, NULL));
+        ASSERT_OK(ctx, mha_attn_backward(ctx, NULL, &q, &k, &v, &m, &ot, &lt, &gt, &dq, &dk, &dv));
+        mha_attn_params p = mha_attn_params_default();
+        double *qd = view_to_d(&q), *kd = view_to_d(&k), *vd = view_to_d(&v);
+        double *gd = view_to_d(&gt);
+        size_t n = (size_t)(B * H * L * D), nw = (size_t)(B * H * L * L);
+        double *od = malloc(sizeof(double) * n), *ld = malloc(sizeof(double) * (size_t)(B * H * L));
+        double *P = malloc(sizeof(double) * nw), *W = malloc(sizeof(double) * nw);
+        double *dqd = malloc(sizeof(double) * n), *dkd = malloc(sizeof(double) * n);
+        double *dvd = malloc(sizeof(double) * n);
+        ref_forward(&c, &m, &p, qd, kd, vd, od, ld, P, W);
+        ref_backward(&c, &p, qd, kd, vd, P, W, gd, dqd, dkd, dvd);
+        float *of = view_to_f(&ot), *dqf = view_to_f(&dq), *dkf = view_to_f(&dk);
+        float *dvf = view_to_f(&dv);
+        int ok = harness_near(__FILE__, __LINE__, "out", of, od, (int64_t)n, 1e-5, 1e-5) &&
+                 harness_near(__FILE__, __LINE__, "dq", dqf, dqd, (int64_t)n, 1e-4, 2e-5) &&
+                 harness_near(__FILE__, __LINE__, "dk", dkf, dkd, (int64_t)n, 1e-4, 2e-5) &&
+                 harness_near(__FILE__, __LINE__, "dv", dvf, dvd, (int64_t)n, 1e-4, 2e-5);
+        free(qd), free(kd), free(vd), free(gd), free(od), free(ld), free(P), free(W);
+        free(dqd), free(dkd), free(dvd), free(of), free(dqf), free(dkf), free(dvf);
+        if (!ok) break;
+    }
+    free(qkv), free(o), free(g), free(dqkv), free(lse);
+    mha_ctx_free(ctx);
+}
+
+/* Every output and gradient bitwise identical for 1, 2 and 3 threads, also with B*H = 1. */
+TEST(threads_bitwise_identical) {
+    mha_ctx *ctx;
+    ASSERT_OK(ctx, mha_ctx_create(&ctx));
+    static const int64_t shapes[][6] = {{1, 1, 70, 90, 24, 20}, {2, 3, 33, 17, 16, 16}};
+    FOR_EACH_ISA(ctx) {
+        for (int s = 0; s < 2; s++) {
+            int64_t B = shapes[s][0], H = shapes[s][1], L = shapes[s][2], S = shapes[s][3];
+            int64_t D = shapes[s][4], Dv = shapes[s][5];
+            size_t nq = (size_t)(B * H * L * D), nk = (size_t)(B * H * S * D);
+            size_t nv = (size_t)(B * H * S * Dv), no = (size_t)(B * H * L * Dv);
+            size_t nw = (size_t)(B * H * L * S), nl = (size_t)(B * H * L);
+            size_t total = no + nw + nl + nq + nk + nv; /* out, weights, lse, grads */
+            float *in = malloc(sizeof(float) * (nq + nk + nv + no));
+            float *res[3];
+            rng_state = 7 + (uint64_t)s;
+            for (size_t i = 0; i < nq + nk + nv + no; i++) in[i] = frand();
+            tcase c = tc(B, H, L, S, D, Dv);
+            c.causal = s ? 1 : 2, c.pad = 1, c.lens = s, c.afloat = 1, c.drop = 0.2f;
+            tmask tm;
+            mask_make(&c, &tm);
+            mha_attn_params p = mha_attn_params_default();
+            p.dropout_p = 0.2f, p.seed = 5;
+            int64_t sq[4] = {B, H, L, D}, sk[4] = {B, H, S, D}, sv[4] = {B, H, S, Dv};
+            int64_t so[4] = {B, H, L, Dv}, sw[4] = {B, H, L, S}, sl[3] = {B, H, L};
+            mha_tensor q = mha_tensor_make(in, 4, sq), k = mha_tensor_make(in + nq, 4, sk);
+            mha_tensor v = mha_tensor_make(in + nq + nk, 4, sv);
+            mha_tensor g = mha_tensor_make(in + nq + nk + nv, 4, so);
+            int bad = 0;
+            for (int t = 0; t < 3; t++) {
+                res[t] = malloc(sizeof(float) * total);
+                float *r = res[t];
+                mha_tensor o = mha_tensor_make(r, 4, so), w = mha_tensor_make(r + no, 4, sw);
+                mha_tensor l = mha_tensor_make(r + no + nw, 3, sl);
+                float *gr = r + no + nw + nl;
+                mha_tensor dq = mha_tensor_make(gr, 4, sq), dk = mha_tensor_make(gr + nq, 4, sk);
+                mha_tensor dv = mha_tensor_make(gr + nq + nk, 4, sv);
+                mha_ctx_set_threads(ctx, t + 1);
+                if (mha_attn_forward(ctx, &p, &q, &k, &v, &tm.m, &o, &l, &w) ||
+                    mha_attn_backward(ctx, &p, &q, &k, &v, &tm.m, &o, &l, &g, &dq, &dk, &dv)) {
+                    FAILF("threads %d: %s", t + 1, mha_ctx_errmsg(ctx));
+                    bad = 1;
+                }
+                if (t > 0 && !bad && memcmp(res[0], r, sizeof(float) * total) != 0) {
+                    size_t at = 0;
+                    while (memcmp(&res[0][at], &r[at], sizeof(float)) == 0) at++;
+                    FAILF("shape %d: %d threads differ from 1 thread at float %zu of %zu "
+                          "(%.9g vs %.9g)", s, t + 1, at, total, res[0][at], r[at]);
+                    bad = 1;
+                }
+                if (bad) {
+                    for (int u = 0; u <= t; u++) free(res[u]);
+                    break;
+                }
+            }
+            if (!bad)
+                for (int t = 0; t < 3; t++) free(res[t]);
+            mask_free(&tm);
+            free(in);
+            if (bad) goto out;
+        }
+    }
+out:
+    mha_ctx_set_threads(ctx, 0);
+    mha_ctx_free(ctx);
+}
+
+TEST(dropout_statistics) {
+    mha_attn_params p = mha_attn_params_default();
+    p.dropout_p = 0.3f, p.seed = 42, p.offset = 7;
+    const int64_t BH = 4, L = 64, S = 96;
+    uint8_t *row = malloc((size_t)S);
+    int64_t kept = 0, n = 0, differ_seed = 0, differ_off = 0;
+    mha_attn_params p2 = p, p3 = p;
+    p2.seed = 43, p3.offset = 8;
+    for (int64_t bh = 0; bh < BH; bh++)
+        for (int64_t i = 0; i < L; i++) {
+            mha__dropout_row(&p, bh, i, 0, S, row);
+            for (int64_t j = 0; j < S; j++) {
+                int kk = mha__dropout_keep(&p, bh, i, j);
+                ASSERT_EQ(kk, row[j]);
+                kept += kk, n++;
+                differ_seed += kk != mha__dropout_keep(&p2, bh, i, j);
+                differ_off += kk != mha__dropout_keep(&p3, bh, i, j);
+            }
+            /* an unaligned start gives the same decisions */
+            mha__dropout_row(&p, bh, i, 3, S - 5, row);
+            for (int64_t j = 3; j < S - 2; j++) ASSERT_EQ(row[j - 3], mha__dropout_keep(&p, bh, i, j));
+        }
+    double frac = (double)kept / (double)n; /* 24576 draws: sd 0.003 */
+    if (fabs(frac - 0.7) > 0.02) FAILF("kept fraction %g, expected ~0.7", frac);
+    /* independent masks disagree with probability 2 * 0.3 * 0.7 = 0.42 */
+    if (fabs((double)differ_seed / (double)n - 0.42) > 0.03) FAILF("seed change: %lld", (long long)differ_seed);
+    if (fabs((double)differ_off / (double)n - 0.42) > 0.03) FAILF("offset change: %lld", (long long)differ_off);
+    free(row);
+
+    /* The weights of the forward: dropped exactly where the mask says, scaled mean preserved,
+     * the same (seed, offset) reproducible, another seed different. */
+    mha_ctx *ctx;
+    ASSERT_OK(ctx, mha_ctx_create(&ctx));
+    const int64_t B = 2, H = 2, D = 8;
+    float *buf = malloc(sizeof(float) * (size_t)(B * H * (L + 2 * S) * D));
+    rng_state = 3;
+    for (int64_t i = 0; i < B * H * (L + 2 * S) * D; i++) buf[i] = frand();
+    int64_t sq[4] = {B, H, L, D}, sk[4] = {B, H, S, D}, so[4] = {B, H, L, D}, sw[4] = {B, H, L, S};
+    mha_tensor q = mha_tensor_make(buf, 4, sq), k = mha_tensor_make(buf + B * H * L * D, 4, sk);
+    mha_tensor v = mha_tensor_make(buf + B * H * (L + S) * D, 4, sk);
+    size_t nw = (size_t)(B * H * L * S), no = (size_t)(B * H * L * D);
+    float *w0 = malloc(sizeof(float) * nw), *w1 = malloc(sizeof(float) * nw);
+    float *w2 = malloc(sizeof(float) * nw), *o = malloc(sizeof(float) * no);
+    mha_tensor o_t = mha_tensor_make(o, 4, so);
+    mha_tensor w0t = mha_tensor_make(w0, 4, sw), w1t = mha_tensor_make(w1, 4, sw);
+    mha_tensor w2t = mha_tensor_make(w2, 4, sw);
+    mha_attn_params p0 = mha_attn_params_default();
+    FOR_EACH_ISA(ctx) {
+        ASSERT_OK(ctx, mha_attn_forward(ctx, &p0, &q, &k, &v, NULL, &o_t, NULL, &w0t));
+        ASSERT_OK(ctx, mha_attn_forward(ctx, &p, &q, &k, &v, NULL, &o_t, NULL, &w1t));
+        double s0 = 0, s1 = 0;
+        for (size_t t = 0; t < nw; t++) {
+            int64_t j = (int64_t)t % S, i = (int64_t)t / S % L, bh = (int64_t)t / (S * L);
+            int kk = mha__dropout_keep(&p, bh, i, j);
+            float want = kk ? w0[t] / (1 - p.dropout_p) : 0.0f;
+            if (fabsf(w1[t] - want) > 1e-6f * (1 + fabsf(want))) {
+                FAILF("weights[%zu]: got %g, expected %g (keep %d)", t, w1[t], want, kk);
+                break;
+            }
+            s0 += w0[t], s1 += w1[t];
+        }
+        if (fabs(s1 / s0 - 1) > 0.03) FAILF("dropout changed the mean: %g vs %g", s1, s0);
+        ASSERT_OK(ctx, mha_attn_forward(ctx, &p, &q, &k, &v, NULL, &o_t, NULL, &w2t));
+        ASSERT_TRUE(memcmp(w1, w2, sizeof(float) * nw) == 0);
+        ASSERT_OK(ctx, mha_attn_forward(ctx, &p2, &q, &k, &v, NULL, &o_t, NULL, &w2t));
+        ASSERT_TRUE(memcmp(w1, w2, sizeof(float) * nw) != 0);
+        ASSERT_OK(ctx, mha_attn_forward(ctx, &p3, &q, &k, &v, NULL, &o_t, NULL, &w2t));
+        ASSERT_TRUE(memcmp(w1, w2, sizeof(float) * nw) != 0);
+    }
+    free(buf), free(w0), free(w1), free(w2), free(o);
+    mha_ctx_free(ctx);
+}
+
+/* Fully masked rows: out 0, weights 0, lse -inf, zero gradients, no NaN anywhere. */
+TEST(fully_masked_rows) {
+    mha_ctx *ctx;
+    ASSERT_OK(ctx, mha_ctx_create(&ctx));
+    const int64_t B = 2, H = 1, L = 6, S = 4, D = 3;
+    float buf[2 * 1 * 6 * 3 * 2 + 2 * 1 * 4 * 3 * 2];
+    rng_state = 11;
+    for (size_t i = 0; i < sizeof buf / sizeof buf[0]; i++) buf[i] = frand();
+    float o[36], w[48], l[12], dq[36], dk[24], dv[24], g[36];
+    for (int i = 0; i < 36; i++) g[i] = 1;
+    int64_t sq[4] = {B, H, L, D}, sk[4] = {B, H, S, D}, sw[4] = {B, H, L, S}, sl[3] = {B, H, L};
+    mha_tensor q = mha_tensor_make(buf, 4, sq), k = mha_tensor_make(buf + 36, 4, sk);
+    mha_tensor v = mha_tensor_make(buf + 60, 4, sk);
+    mha_tensor ot = mha_tensor_make(o, 4, sq), wt = mha_tensor_make(w, 4, sw);
+    mha_tensor lt = mha_tensor_make(l, 3, sl), gt = mha_tensor_make(g, 4, sq);
+    mha_tensor dqt = mha_tensor_make(dq, 4, sq), dkt = mha_tensor_make(dk, 4, sk);
+    mha_tensor dvt = mha_tensor_make(dv, 4, sk);
+    int32_t lens[2] = {0, 4};
+    mha_mask m = mha_mask_default();
+    m.key_lengths = lens;                 /* batch 0: nothing to attend */
+    m.causal = MHA_CAUSAL_BOTTOM_RIGHT;   /* batch 1: rows 0, 1 see no key (L - S = 2) */
+    FOR_EACH_ISA(ctx) {
+        memset(o, 0xff, sizeof o), memset(dq, 0xff, sizeof dq), memset(dk, 0xff, sizeof dk);
+        memset(dv, 0xff, sizeof dv), memset(w, 0xff, sizeof w); /* NaN garbage */
+        ASSERT_OK(ctx, mha_attn_forward(ctx, NULL, &q, &k, &v, &m, &ot, &lt, &wt));
+        ASSERT_OK(ctx, mha_attn_backward(ctx, NULL, &q, &k, &v, &m, &ot, &lt, &gt, &dqt, &dkt, &dvt));
+        for (int i = 0; i < 6; i++) ASSERT_TRUE(l[i] == -INFINITY);
+        for (int i = 6; i < 8; i++) ASSERT_TRUE(l[i] == -INFINITY);
+        for (int i = 8; i < 12; i++) ASSERT_TRUE(isfinite(l[i]));
+        for (int i = 0; i < 24; i++) ASSERT_TRUE(o[i] == 0 && dq[i] == 0);
+        for (int i = 24; i < 36; i++) ASSERT_TRUE(isfinite(o[i]) && isfinite(dq[i]));
+        for (int i = 0; i < 32; i++) ASSERT_TRUE(w[i] == 0);
+        for (int i = 0; i < 12; i++) ASSERT_TRUE(dk[i] == 0 && dv[i] == 0);
+        for (int i = 12; i < 24; i++) ASSERT_TRUE(isfinite(dk[i]) && isfinite(dv[i]));
+    }
+    mha_ctx_free(ctx);
+}
+
+TEST(validation_errors) {
+    mha_ctx *ctx;
+    ASSERT_OK(ctx, mha_ctx_create(&ctx));
+    float buf[4096];
+    memset(buf, 0, sizeof buf);
+    int64_t sq[4] = {2, 2, 3, 4}, sk[4] = {2, 2, 5, 4}, sv[4] = {2, 2, 5, 6}, so[4] = {2, 2, 3, 6};
+    int64_t sl[3] = {2, 2, 3}, sw[4] = {2, 2, 3, 5};
+    mha_tensor q = mha_tensor_make(buf, 4, sq), k = mha_tensor_make(buf, 4, sk);
+    mha_tensor v = mha_tensor_make(buf, 4, sv), o = mha_tensor_make(buf + 1024, 4, so);
+    mha_tensor l = mha_tensor_make(buf + 2048, 3, sl), w = mha_tensor_make(buf + 2100, 4, sw);
+    mha_tensor g = mha_tensor_make(buf, 4, so), dq = mha_tensor_make(buf + 3000, 4, sq);
+    mha_tensor dk = mha_tensor_make(buf + 3100, 4, sk), dv = mha_tensor_make(buf + 3200, 4, sv);
+    mha_attn_params p = mha_attn_params_default();
+    mha_mask m = mha_mask_default();
+    ASSERT_OK(ctx, mha_attn_forward(ctx, &p, &q, &k, &v, &m, &o, &l, &w));
+    ASSERT_OK(ctx, mha_attn_backward(ctx, &p, &q, &k, &v, &m, &o, &l, &g, &dq, &dk, &dv));
+#define EXPECT_FWD(status, msg, ...)                                                         \
+    do {                                                                                     \
+        ASSERT_EQ(mha_attn_forward(__VA_ARGS__), status);                                    \
+        ASSERT_STR_CONTAINS(mha_ctx_errmsg(ctx), msg);                                       \
+    } while (0)
+#define EXPECT_BWD(status, msg, ...)                                                         \
+    do {                                                                                     \
+        ASSERT_EQ(mha_attn_backward(__VA_ARGS__), status);                                   \
+        ASSERT_STR_CONTAINS(mha_ctx_errmsg(ctx), msg);                                       \
+    } while (0)
+    mha_tensor bad;
+    /* params */
+    p.dropout_p = 1;
+    EXPECT_FWD(MHA_ERR_INVALID_ARG, "mha_attn_forward: p->dropout_p: got 1", ctx, &p, &q, &k, &v, &m, &o, &l, &w);
+    p.dropout_p = -0.1f;
+    EXPECT_BWD(MHA_ERR_INVALID_ARG, "mha_attn_backward: p->dropout_p", ctx, &p, &q, &k, &v, &m, &o, &l, &g, &dq, &dk, &dv);
+    p.dropout_p = NAN;
+    EXPECT_FWD(MHA_ERR_INVALID_ARG, "p->dropout_p: got nan", ctx, &p, &q, &k, &v, &m, &o, &l, &w);
+    p = mha_attn_params_default();
+    p.scale = INFINITY;
+    EXPECT_FWD(MHA_ERR_INVALID_ARG, "p->scale: got inf", ctx, &p, &q, &k, &v, &m, &o, &l, &w);
+    p.scale = NAN;
+    EXPECT_BWD(MHA_ERR_INVALID_ARG, "p->scale: got nan", ctx, &p, &q, &k, &v, &m, &o, &l, &g, &dq, &dk, &dv);
+    p = mha_attn_params_default();
+    /* NULL tensors */
+    EXPECT_FWD(MHA_ERR_INVALID_ARG, "mha_attn_forward: q: got NULL", ctx, &p, NULL, &k, &v, &m, &o, &l, &w);
+    EXPECT_FWD(MHA_ERR_INVALID_ARG, "mha_attn_forward: k: got NULL", ctx, &p, &q, NULL, &v, &m, &o, &l, &w);
+    EXPECT_FWD(MHA_ERR_INVALID_ARG, "mha_attn_forward: v: got NULL", ctx, &p, &q, &k, NULL, &m, &o, &l, &w);
+    EXPECT_FWD(MHA_ERR_INVALID_ARG, "mha_attn_forward: out: got NULL", ctx, &p, &q, &k, &v, &m, NULL, &l, &w);
+    EXPECT_BWD(MHA_ERR_INVALID_ARG, "mha_attn_backward: out: got NULL", ctx, &p, &q, &k, &v, &m, NULL, &l, &g, &dq, &dk, &dv);
+    EXPECT_BWD(MHA_ERR_INVALID_ARG, "mha_attn_backward: lse: got NULL", ctx, &p, &q, &k, &v, &m, &o, NULL, &g, &dq, &dk, &dv);
+    EXPECT_BWD(MHA_ERR_INVALID_ARG, "mha_attn_backward: dout: got NULL", ctx, &p, &q, &k, &v, &m, &o, &l, NULL, &dq, &dk, &dv);
+    EXPECT_BWD(MHA_ERR_INVALID_ARG, "mha_attn_backward: dq: got NULL", ctx, &p, &q, &k, &v, &m, &o, &l, &g, NULL, &dk, &dv);
+    EXPECT_BWD(MHA_ERR_INVALID_ARG, "mha_attn_backward: dk: got NULL", ctx, &p, &q, &k, &v, &m, &o, &l, &g, &dq, NULL, &dv);
+    EXPECT_BWD(MHA_ERR_INVALID_ARG, "mha_attn_backward: dv: got NULL", ctx, &p, &q, &k, &v, &m, &o, &l, &g, &dq, &dk, NULL);
+    bad = q, bad.data = NULL;
+    EXPECT_FWD(MHA_ERR_INVALID_ARG, "q.data: got NULL", ctx, &p, &bad, &k, &v, &m, &o, &l, &w);
+    /* shapes */
+    int64_t s80[4] = {2, 2, 5, 80};
+    bad = mha_tensor_make(buf, 4, s80);
+    EXPECT_FWD(MHA_ERR_SHAPE, "mha_attn_forward: k.shape[3]: got 80, expected 4 (q head dim)", ctx, &p, &q, &bad, &v, &m, &o, &l, &w);
+    int64_t sb[4] = {3, 2, 5, 4};
+    bad = mha_tensor_make(buf, 4, sb);
+    EXPECT_FWD(MHA_ERR_SHAPE, "k.shape[0]: got 3, expected 2 (q batch)", ctx, &p, &q, &bad, &v, &m, &o, &l, &w);
+    int64_t sh[4] = {2, 2, 4, 6};
+    bad = mha_tensor_make(buf, 4, sh);
+    EXPECT_FWD(MHA_ERR_SHAPE, "v.shape[2]: got 4, expected 5 (k length)", ctx, &p, &q, &k, &bad, &m, &o, &l, &w);
+    bad = mha_tensor_make(buf, 3, sh);
+    EXPECT_FWD(MHA_ERR_SHAPE, "q.ndim: got 3, expected 4", ctx, &p, &bad, &k, &v, &m, &o, &l, &w);
+    int64_t sd0[4] = {2, 2, 3, 0};
+    bad = mha_tensor_make(buf, 4, sd0);
+    EXPECT_FWD(MHA_ERR_SHAPE, "q.shape[3]: got 0, expected >= 1 (head dim)", ctx, &p, &bad, &k, &v, &m, &o, &l, &w);
+    bad = mha_tensor_make(buf + 1024, 4, sq); /* out with Dv = 4 instead of 6 */
+    EXPECT_FWD(MHA_ERR_SHAPE, "out.shape[3]: got 4, expected 6", ctx, &p, &q, &k, &v, &m, &bad, &l, &w);
+    int64_t sl2[3] = {2, 2, 4};
+    bad = mha_tensor_make(buf + 2048, 3, sl2);
+    EXPECT_FWD(MHA_ERR_SHAPE, "lse.shape[2]: got 4, expected 3", ctx, &p, &q, &k, &v, &m, &o, &bad, &w);
+    EXPECT_BWD(MHA_ERR_SHAPE, "mha_attn_backward: lse.shape[2]: got 4, expected 3", ctx, &p, &q, &k, &v, &m, &o, &bad, &g, &dq, &dk, &dv);
+    bad = mha_tensor_make(buf + 2100, 4, so);
+    EXPECT_FWD(MHA_ERR_SHAPE, "weights.shape[3]: got 6, expected 5", ctx, &p, &q, &k, &v, &m, &o, &l, &bad);
+    bad = mha_tensor_make(buf, 4, sq);
+    EXPECT_BWD(MHA_ERR_SHAPE, "dout.shape[3]: got 4, expected 6", ctx, &p, &q, &k, &v, &m, &o, &l, &bad, &dq, &dk, &dv);
+    EXPECT_BWD(MHA_ERR_SHAPE, "dk.shape[2]: got 3, expected 5", ctx, &p, &q, &k, &v, &m, &o, &l, &g, &dq, &bad, &dv);
+    EXPECT_BWD(MHA_ERR_SHAPE, "dv.shape[2]: got 3, expected 5", ctx, &p, &q, &k, &v, &m, &o, &l, &g, &dq, &dk, &bad);
+    bad = mha_tensor_make(buf, 4, so);
+    EXPECT_BWD(MHA_ERR_SHAPE, "dq.shape[3]: got 6, expected 4", ctx, &p, &q, &k, &v, &m, &o, &l, &g, &bad, &dk, &dv);
+    bad = q, bad.stride[3] = 2;
+    EXPECT_FWD(MHA_ERR_SHAPE, "q.stride[3]: got 2, expected 1", ctx, &p, &bad, &k, &v, &m, &o, &l, &w);
+    /* masks */
+    m.causal = (mha_causal)3;
+    EXPECT_FWD(MHA_ERR_INVALID_ARG, "mha_attn_forward: mask->causal: got 3", ctx, &p, &q, &k, &v, &m, &o, &l, &w);
+    m = mha_mask_default(), m.attn_batched = 2;
+    EXPECT_BWD(MHA_ERR_INVALID_ARG, "mask->attn_batched: got 2", ctx, &p, &q, &k, &v, &m, &o, &l, &g, &dq, &dk, &dv);
+    int32_t lens[2] = {5, 6};
+    m = mha_mask_default(), m.key_lengths = lens;
+    EXPECT_FWD(MHA_ERR_INVALID_ARG, "mask->key_lengths[1]: got 6, expected a value in [0, 5]", ctx, &p, &q, &k, &v, &m, &o, &l, &w);
+    lens[0] = -1;
+    EXPECT_BWD(MHA_ERR_INVALID_ARG, "mask->key_lengths[0]: got -1", ctx, &p, &q, &k, &v, &m, &o, &l, &g, &dq, &dk, &dv);
+    /* a successful call clears the message */
+    m = mha_mask_default();
+    ASSERT_OK(ctx, mha_attn_forward(ctx, &p, &q, &k, &v, &m, &o, NULL, NULL));
+    ASSERT_TRUE(strcmp(mha_ctx_errmsg(ctx), "") == 0);
+    /* NULL context: message in the thread-local buffer */
+    ASSERT_EQ(mha_attn_forward(NULL, &p, NULL, &k, &v, &m, &o, &l, &w), MHA_ERR_INVALID_ARG);
+    ASSERT_STR_CONTAINS(mha_last_errmsg(), "mha_attn_forward: q: got NULL");
+    /* allocation failure: NOMEM, never a crash; then it works again */
+    mha__fault_after(0);
+    mha_status st = mha_attn_forward(ctx, &p, &q, &k, &v, &m, &o, &l, &w);
+    mha__fault_after(-1);
+    ASSERT_EQ(st, MHA_ERR_NOMEM);
+    ASSERT_STR_CONTAINS(mha_ctx_errmsg(ctx), "mha_attn_forward");
+    mha__fault_after(0);
+    st = mha_attn_backward(ctx, &p, &q, &k, &v, &m, &o, &l, &g, &dq, &dk, &dv);
+    mha__fault_after(-1);
+    ASSERT_EQ(st, MHA_ERR_NOMEM);
+    ASSERT_STR_CONTAINS(mha_ctx_errmsg(ctx), "mha_attn_backward");
+    ASSERT_OK(ctx, mha_attn_backward(ctx, &p, &q, &k, &v, &m, &o, &l, &g, &dq, &dk, &dv));
+    mha_ctx_free(ctx);
+}
+
+/* Every ISA's tile kernels against the generic ones on edge tiles (br, bc below the tile
+ * sizes, odd head dims, masks cutting through the tile): the SIMD paths' contract test. */
+TEST(tile_kernels_match_generic) {
+    const mha_kernels *gen = mha__kernels_for(MHA_ISA_GENERIC);
+    for (int isa = MHA_ISA_GENERIC; isa <= MHA_ISA_AVX512; isa++) {
+        if (!mha_isa_supported((mha_isa)isa) || !mha__kernels_for((mha_isa)isa)) continue;
+        const mha_kernels *kk = mha__kernels_for((mha_isa)isa);
+        const int64_t BR = kk->attn_br, BC = kk->attn_bc, ld = BC + 5, ldx = 133;
+        const int64_t brs[3] = {1, BR - 1, BR}, bcs[3] = {1, BC > 7 ? 7 : BC, BC};
+        const int64_t ns[4] = {1, 7, 64, 80};
+        float *A = malloc(sizeof(float) * (size_t)(BR * ldx)), *Bm = malloc(sizeof(float) * (size_t)(BC * ldx));
+        float *S1 = malloc(sizeof(float) * (size_t)(BR * ld)), *S2 = malloc(sizeof(float) * (size_t)(BR * ld));
+        float *O1 = malloc(sizeof(float) * (size_t)(BC * ldx)), *O2 = malloc(sizeof(float) * (size_t)(BC * ldx));
+        double *want = malloc(sizeof(double) * (size_t)(BC * ldx));
+        float *fm = malloc(sizeof(float) * (size_t)(BR * ld));
+        uint8_t *bm = malloc((size_t)(BR * ld)), *pad = malloc((size_t)ld);
+        float m1[64], m2[64], l1[64], l2[64], a1[64], a2[64], lse[64], dr[64];
+        int bad = 0;
+        rng_state = 5;
+        for (int64_t t = 0; t < BR * ldx; t++) A[t] = frand();
+        for (int64_t t = 0; t < BC * ldx; t++) Bm[t] = frand();
+        for (int64_t t = 0; t < BR * ld; t++) fm[t] = urand() < 0.1 ? -INFINITY : frand(), bm[t] = urand() < 0.2;
+        for (int64_t t = 0; t < ld; t++) pad[t] = urand() < 0.2;
+        for (int64_t r = 0; r < 64; r++) lse[r] = r == 2 ? -INFINITY : 1 + frand(), dr[r] = frand();
+        for (int a = 0; a < 3 && !bad && BR <= 64; a++)
+            for (int c = 0; c < 3 && !bad; c++)
+                for (int e = 0; e < 4 && !bad; e++) {
+                    int64_t br = brs[a], bc = bcs[c], n = ns[e], nn = br * ld;
+                    mha__attn_tile_mask mk = {bc - 1, 1 - (int64_t)c, c ? pad : NULL,
+                                              e & 1 ? bm : NULL, e & 2 ? fm : NULL, ld};
+                    gen->attn_scores(br, bc, n, 0.37f, A, ldx, Bm, ldx, S1, ld);
+                    kk->attn_scores(br, bc, n, 0.37f, A, ldx, Bm, ldx, S2, ld);
+                    double *w = want;
+                    for (int64_t t = 0; t < nn; t++) w[t] = t % ld < bc ? S1[t] : 0, S2[t] = t % ld < bc ? S2[t] : 0;
+                    bad |= !harness_near(__FILE__, __LINE__, kk->name, S2, w, nn, 1e-5, 1e-6);
+                    for (int64_t r = 0; r < br; r++) m1[r] = m2[r] = r ? 0.5f : -INFINITY, l1[r] = l2[r] = 1;
+                    memcpy(S2, S1, sizeof(float) * (size_t)nn);
+                    gen->attn_softmax(br, bc, S1, ld, &mk, m1, l1, a1);
+                    kk->attn_softmax(br, bc, S2, ld, &mk, m2, l2, a2);
+                    for (int64_t t = 0; t < nn; t++) w[t] = t % ld < bc ? S1[t] : 0, S2[t] = t % ld < bc ? S2[t] : 0;
+                    bad |= !harness_near(__FILE__, __LINE__, "softmax P", S2, w, nn, 1e-5, 1e-6);
+                    for (int64_t r = 0; r < br; r++) {
+                        if (memcmp(&m1[r], &m2[r], sizeof(float)) || fabsf(l1[r] - l2[r]) > 1e-5f * l1[r] ||
+                            fabsf(a1[r] - a2[r]) > 1e-5f) {
+                            FAILF("%s softmax row %lld: m %g/%g l %g/%g alpha %g/%g", kk->name,
+                                  (long long)r, m1[r], m2[r], l1[r], l2[r], a1[r], a2[r]);
+                            bad = 1;
+                        }
+                    }
+                    gen->attn_scores(br, bc, n, 0.37f, A, ldx, Bm, ldx, S1, ld);
+                    memcpy(S2, S1, sizeof(float) * (size_t)nn);
+                    gen->attn_probs(br, bc, S1, ld, &mk, lse);
+                    kk->attn_probs(br, bc, S2, ld, &mk, lse);
+                    for (int64_t t = 0; t < nn; t++) w[t] = t % ld < bc ? S1[t] : 0, S2[t] = t % ld < bc ? S2[t] : 0;
+                    bad |= !harness_near(__FILE__, __LINE__, "probs", S2, w, nn, 1e-5, 1e-6);
+                    /* pv: O[br, n] = alpha O + P X;  ptv: G[bc, n] += P^T X */
+                    for (int64_t t = 0; t < BC * ldx; t++) O1[t] = O2[t] = frand();
+                    gen->attn_pv(br, bc, n, S1, ld, Bm, ldx, e & 1 ? a1 : NULL, O1, ldx);
+                    kk->attn_pv(br, bc, n, S1, ld, Bm, ldx, e & 1 ? a1 : NULL, O2, ldx);
+                    for (int64_t t = 0; t < BC * ldx; t++) w[t] = O1[t];
+                    bad |= !harness_near(__FILE__, __LINE__, "pv", O2, w, BC * ldx, 1e-5, 1e-6);
+                    gen->attn_ptv(br, bc, n, S1, ld, A, ldx, O1, ldx);
+                    kk->attn_ptv(br, bc, n, S1, ld, A, ldx, O2, ldx);
+                    for (int64_t t = 0; t < BC * ldx; t++) w[t] = O1[t];
+                    bad |= !harness_near(__FILE__, __LINE__, "ptv", O2, w, BC * ldx, 1e-5, 1e-6);
+                    for (int64_t t = 0; t < nn; t++) O1[t] = O2[t] = frand();
+                    gen->attn_dsoftmax(br, bc, S1, ld, O1, ld, dr, 0.37f);
+                    kk->attn_dsoftmax(br, bc, S1, ld, O2, ld, dr, 0.37f);
+                    for (int64_t t = 0; t < nn; t++) w[t] = O1[t];
+                    bad |= !harness_near(__FILE__, __LINE__, "dsoftmax", O2, w, nn, 1e-5, 1e-6);
+                }
+        free(A), free(Bm), free(S1), free(S2), free(O1), free(O2), free(want), free(fm), free(bm), free(pad);
+        if (bad) return;
+    }
+}
+
+int main(void) {
+    RUN(validation_errors);
+    RUN(shapes_no_mask);
+    RUN(masks_each_and_combined);
+    RUN(fully_masked_rows);
+    RUN(backward_finite_differences);
+    RUN(packed_qkv_views);
+    RUN(dropout_statistics);
+    RUN(threads_bitwise_identical);
+    RUN(tile_kernels_match_generic);
+    return harness_report();
+}

@@ -1,0 +1,569 @@
+/* test_viz.c - the renderers of mha_viz.h: byte-exact golden terminal renderings (ASCII,
+ * Unicode, colour), width limits, SVG cells, PNG geometry and colours (decoded with libpng),
+ * the HTML page's self-containment, file wrappers, statistics and every error path.
+ *
+ * MHA_UPDATE_GOLDEN=1 rewrites tests/golden/viz/ (then read the files before committing).
+ * "test_viz --write-html F" / "--write-svg F" write the sample page / image for the browser
+ * and XML checks registered in tests/viz.cmake. */
+#include "harness.h"
+#include "core/internal.h"
+#include "mha_viz.h"
+
+#if defined(MHA_TEST_PNG)
+#include <png.h>
+#endif
+
+/* ---- fixtures: exact, hand-made patterns ---------------------------------------------- */
+
+#define TL 6
+static const char *const toks[TL] = {"the", "cat", "sat", "on", "the", "mat"};
+
+/* [2, 6, 6]: head 0 looks mostly at itself, head 1 is causal and uniform over the past. */
+static void fixture_two_heads(float *w) {
+    for (int i = 0; i < TL; i++)
+        for (int j = 0; j < TL; j++) {
+            w[i * TL + j] = i == j ? 0.75f : 0.05f;
+            w[TL * TL + i * TL + j] = j <= i ? 1.0f / (float)(i + 1) : 0.0f;
+        }
+}
+
+/* [1, n, n]: a band of width 5 around the diagonal plus a column everyone looks at (key 0). */
+static void fixture_band(float *w, int n) {
+    for (int i = 0; i < n; i++) {
+        double s = 0;
+        for (int j = 0; j < n; j++) {
+            int d = i > j ? i - j : j - i;
+            float x = (d <= 2 ? (float)(3 - d) : 0.0f) + (j == 0 ? 4.0f : 0.0f);
+            w[i * n + j] = x;
+            s += x;
+        }
+        for (int j = 0; j < n; j++) w[i * n + j] = (float)(w[i * n + j] / s);
+    }
+}
+
+/* ---- a growable buffer as the write callback ------------------------------------------- */
+typedef struct {
+    char *p;
+    size_t n, cap;
+    long fail_after; /* fail once this many calls were made (< 0: never) */
+    long calls;
+} buf;
+
+static int buf_write(void *user, const void *data, size_t size) {
+    buf *b = user;
+    if (b->fail_after >= 0 && b->calls >= b->fail_after) return 1;
+    b->calls++;
+    if (b->n + size + 1 > b->cap) {
+        size_t cap = (b->n + size + 1) * 2;
+        char *q = realloc(b->p, cap);
+        if (!q) return 1;
+        b->p = q, b->cap = cap;
+    }
+    memcpy(b->p + b->n, data, size);
+    b->n += size;
+    b->p[b->n] = 0;
+    return 0;
+}
+static buf buf_new(void) {
+    buf b = {NULL, 0, 0, -1, 0};
+    return b;
+}
+
+static char *read_all(const char *path, size_t *len) {
+    FILE *f = fopen(path, "rb");
+    if (!f) return NULL;
+    fseek(f, 0, SEEK_END);
+    long n = ftell(f);
+    fseek(f, 0, SEEK_SET);
+    char *p = malloc((size_t)n + 1);
+    if (p && fread(p, 1, (size_t)n, f) != (size_t)n) {
+        free(p);
+        p = NULL;
+    }
+    if (p) p[n] = 0;
+    fclose(f);
+    if (len) *len = (size_t)n;
+    return p;
+}
+
+/* Compares with tests/golden/viz/<name>, or rewrites it with MHA_UPDATE_GOLDEN=1. */
+static int golden(const char *name, const buf *b) {
+    char path[1024];
+    snprintf(path, sizeof path, "%s/golden/viz/%s", MHA_TEST_DIR, name);
+    const char *upd = getenv("MHA_UPDATE_GOLDEN");
+    if (upd && *upd == '1') {
+        FILE *f = fopen(path, "wb");
+        if (!f || fwrite(b->p, 1, b->n, f) != b->n) {
+            FAILF("cannot write %s", path);
+            if (f) fclose(f);
+            return 0;
+        }
+        fclose(f);
+        return 1;
+    }
+    size_t n;
+    char *want = read_all(path, &n);
+    if (!want) {
+        FAILF("missing golden file %s (run with MHA_UPDATE_GOLDEN=1 once, then review it)", path);
+        return 0;
+    }
+    int ok = n == b->n && memcmp(want, b->p, n) == 0;
+    if (!ok) {
+        size_t i = 0, line = 1;
+        while (i < n && i < b->n && want[i] == b->p[i]) line += want[i++] == '\n';
+        FAILF("%s differs from the rendering at byte %zu (line %zu); got:\n%s", name, i, line,
+              b->p);
+    }
+    free(want);
+    return ok;
+}
+
+static mha_status render_term(buf *b, const float *w, int64_t H, int64_t L, int64_t S,
+                              mha_viz_view view, int64_t head, mha_viz_term_mode mode,
+                              int width, int tokens) {
+    mha_viz_opts o = mha_viz_opts_default();
+    o.view = view, o.head = head, o.term_mode = mode, o.width = width;
+    if (tokens) o.query_tokens = toks;
+    return mha_viz_term(NULL, w, H, L, S, &o, buf_write, b);
+}
+
+TEST(golden_terminal) {
+    float w2[2 * TL * TL], band[100 * 100];
+    fixture_two_heads(w2);
+    fixture_band(band, 100);
+    static const struct {
+        const char *name;
+        int which; /* 0: two heads, 1: band 100 */
+        mha_viz_view view;
+        int head;
+        mha_viz_term_mode mode;
+        int width, tokens;
+    } cases[] = {
+        {"ascii_head0_tokens.txt", 0, MHA_VIZ_HEAD, 0, MHA_VIZ_TERM_ASCII, 80, 1},
+        {"unicode_head1_positions.txt", 0, MHA_VIZ_HEAD, 1, MHA_VIZ_TERM_UNICODE, 80, 0},
+        {"unicode_all_tokens.txt", 0, MHA_VIZ_ALL, 0, MHA_VIZ_TERM_UNICODE, 80, 1},
+        {"unicode_average_tokens.txt", 0, MHA_VIZ_AVERAGE, 0, MHA_VIZ_TERM_UNICODE, 80, 1},
+        {"color_all_tokens.txt", 0, MHA_VIZ_ALL, 0, MHA_VIZ_TERM_COLOR, 80, 1},
+        {"unicode_band100_w60.txt", 1, MHA_VIZ_HEAD, 0, MHA_VIZ_TERM_UNICODE, 60, 0},
+        {"ascii_band100_w140.txt", 1, MHA_VIZ_HEAD, 0, MHA_VIZ_TERM_ASCII, 140, 0},
+        {"color_band100_w80.txt", 1, MHA_VIZ_HEAD, 0, MHA_VIZ_TERM_COLOR, 80, 0},
+    };
+    for (size_t c = 0; c < sizeof cases / sizeof cases[0]; c++) {
+        buf b = buf_new();
+        mha_status st = cases[c].which == 0
+            ? render_term(&b, w2, 2, TL, TL, cases[c].view, cases[c].head, cases[c].mode,
+                          cases[c].width, cases[c].tokens)
+            : render_term(&b, band, 1, 100, 100, cases[c].view, cases[c].head, cases[c].mode,
+                          cases[c].width, 0);
+        ASSERT_OK(NULL, st);
+        int ok = golden(cases[c].name, &b);
+        free(b.p);
+        if (!ok) return;
+    }
+}
+
+/* Display width of a line: code points, skipping ESC [ ... m sequences. */
+static int display_cols(const char *s, size_t n) {
+    int cols = 0;
+    for (size_t i = 0; i < n; i++) {
+        if (s[i] == '\x1b') {
+            while (i < n && s[i] != 'm') i++;
+            continue;
+        }
+        if (((unsigned char)s[i] & 0xC0) != 0x80) cols++;
+    }
+    return cols;
+}
+
+TEST(terminal_fits_width) {
+    static const int sizes[][3] = {{1, 1, 1}, {2, 6, 6}, {3, 7, 33}, {1, 200, 17}, {4, 45, 300},
+                                   {2, 1, 500}};
+    for (size_t s = 0; s < sizeof sizes / sizeof sizes[0]; s++) {
+        int H = sizes[s][0], L = sizes[s][1], S = sizes[s][2];
+        float *w = malloc(sizeof(float) * (size_t)(H * L * S));
+        for (int e = 0; e < H * L * S; e++) w[e] = (float)((e * 7919) % 101) / 100.0f;
+        for (int mode = 0; mode < 3; mode++)
+            for (int width = 40; width <= 160; width += 13)
+                for (int view = 0; view < 3; view++) {
+                    buf b = buf_new();
+                    mha_status st = render_term(&b, w, H, L, S, (mha_viz_view)view, H - 1,
+                                                (mha_viz_term_mode)mode, width, 0);
+                    if (st != MHA_OK) {
+                        FAILF("H=%d L=%d S=%d mode %d width %d view %d: %s", H, L, S, mode,
+                              width, view, mha_last_errmsg());
+                        free(b.p), free(w);
+                        return;
+                    }
+                    const char *p = b.p;
+                    while (*p) {
+                        const char *nl = strchr(p, '\n');
+                        size_t n = nl ? (size_t)(nl - p) : strlen(p);
+                        int cols = display_cols(p, n);
+                        if (cols > width) {
+                            FAILF("H=%d L=%d S=%d mode %d view %d: a line of %d columns in "
+                                  "width %d: %.*s", H, L, S, mode, view, cols, width, (int)n, p);
+                            free(b.p), free(w);
+                            return;
+                        }
+                        if (mode != MHA_VIZ_TERM_COLOR && strchr(p, '\x1b') && strchr(p, '\x1b') < p + n) {
+                            FAILF("escape sequence outside colour mode");
+                            free(b.p), free(w);
+                            return;
+                        }
+                        if (mode == MHA_VIZ_TERM_ASCII)
+                            for (size_t i = 0; i < n; i++)
+                                if ((unsigned char)p[i] >= 0x80) {
+                                    FAILF("non-ASCII byte in ASCII mode: %.*s", (int)n, p);
+                                    free(b.p), free(w);
+                                    return;
+                                }
+                        p += n + (nl ? 1 : 0);
+                    }
+                    if (S > 150 && !strstr(b.p, "downsampled")) {
+                        FAILF("S=%d in width %d without a downsampling note", S, width);
+                        free(b.p), free(w);
+                        return;
+                    }
+                    free(b.p);
+                }
+        free(w);
+    }
+}
+
+TEST(labels_are_cleaned) {
+    float w[4] = {1, 0, 0, 1};
+    const char *bad[2] = {"a\tb\x1b[31m", "\xff\xfe\xe2\x96\x88z"};
+    mha_viz_opts o = mha_viz_opts_default();
+    o.query_tokens = bad;
+    o.term_mode = MHA_VIZ_TERM_ASCII;
+    buf b = buf_new();
+    ASSERT_OK(NULL, mha_viz_term(NULL, w, 1, 2, 2, &o, buf_write, &b));
+    ASSERT_TRUE(strchr(b.p, '\x1b') == NULL && strchr(b.p, '\t') == NULL);
+    ASSERT_STR_CONTAINS(b.p, "a?b?[31m");
+    ASSERT_STR_CONTAINS(b.p, "???z");
+    free(b.p);
+    o.term_mode = MHA_VIZ_TERM_UNICODE;
+    b = buf_new();
+    ASSERT_OK(NULL, mha_viz_term(NULL, w, 1, 2, 2, &o, buf_write, &b));
+    ASSERT_STR_CONTAINS(b.p, "??\xe2\x96\x88z");
+    free(b.p);
+}
+
+static int count(const char *hay, const char *needle) {
+    int n = 0;
+    for (const char *p = hay; (p = strstr(p, needle)); p += strlen(needle)) n++;
+    return n;
+}
+
+TEST(svg_cells_and_escaping) {
+    float w2[2 * TL * TL];
+    fixture_two_heads(w2);
+    const char *evil[TL] = {"<b>", "a&b", "\"q\"", "it's", "]]>", "ok"};
+    mha_viz_opts o = mha_viz_opts_default();
+    o.view = MHA_VIZ_ALL;
+    o.query_tokens = evil;
+    o.title = "a <title> & more";
+    buf b = buf_new();
+    ASSERT_OK(NULL, mha_viz_svg(NULL, w2, 2, TL, TL, &o, buf_write, &b));
+    ASSERT_EQ(count(b.p, "class=\"cell\""), 2 * TL * TL);
+    ASSERT_TRUE(strstr(b.p, "<b>") == NULL && strstr(b.p, "a&b") == NULL);
+    ASSERT_STR_CONTAINS(b.p, "&lt;b&gt;");
+    ASSERT_STR_CONTAINS(b.p, "a &lt;title&gt; &amp; more");
+    /* weight 0.75 is the largest: the top colour; 0 is the bottom one */
+    ASSERT_STR_CONTAINS(b.p, "fill=\"#fde725\"><title>query 0 \"&lt;b&gt;\" \xe2\x86\x92 key 0");
+    free(b.p);
+    o.view = MHA_VIZ_AVERAGE;
+    b = buf_new();
+    ASSERT_OK(NULL, mha_viz_svg(NULL, w2, 2, TL, TL, &o, buf_write, &b));
+    ASSERT_EQ(count(b.p, "class=\"cell\""), TL * TL);
+    ASSERT_STR_CONTAINS(b.p, "average of 2 heads");
+    free(b.p);
+}
+
+TEST(colormap) {
+    uint8_t c[3];
+    mha_viz_color(0, c);
+    ASSERT_TRUE(c[0] == 68 && c[1] == 1 && c[2] == 84);
+    mha_viz_color(1, c);
+    ASSERT_TRUE(c[0] == 253 && c[1] == 231 && c[2] == 37);
+    mha_viz_color(2, c);
+    ASSERT_TRUE(c[0] == 253);
+    mha_viz_color(NAN, c);
+    ASSERT_TRUE(c[0] == 68);
+    mha_viz_color(0.5f, c);
+    ASSERT_TRUE(c[0] == 33 && c[1] == 145 && c[2] == 140);
+}
+
+#if defined(MHA_TEST_PNG)
+typedef struct {
+    const unsigned char *p;
+    size_t n, off;
+} png_src;
+static void png_read_cb(png_structp png, png_bytep out, png_size_t n) {
+    png_src *s = png_get_io_ptr(png);
+    if (s->off + n > s->n) png_error(png, "short read");
+    memcpy(out, s->p + s->off, n);
+    s->off += n;
+}
+/* Decodes an 8-bit RGB PNG into *rgb (malloc). Returns 0 on success. */
+static int png_decode(const buf *b, int *w, int *h, unsigned char **rgb) {
+    png_src src = {(const unsigned char *)b->p, b->n, 0};
+    png_structp png = png_create_read_struct(PNG_LIBPNG_VER_STRING, NULL, NULL, NULL);
+    png_infop info = png_create_info_struct(png);
+    unsigned char *volatile img = NULL;
+    if (setjmp(png_jmpbuf(png))) {
+        png_destroy_read_struct(&png, &info, NULL);
+        free(img);
+        return -1;
+    }
+    png_set_read_fn(png, &src, png_read_cb);
+    png_read_info(png, info);
+    if (png_get_color_type(png, info) != PNG_COLOR_TYPE_RGB || png_get_bit_depth(png, info) != 8)
+        png_error(png, "not 8-bit rgb");
+    *w = (int)png_get_image_width(png, info), *h = (int)png_get_image_height(png, info);
+    img = malloc((size_t)*w * (size_t)*h * 3);
+    for (int y = 0; y < *h; y++) png_read_row(png, img + (size_t)y * (size_t)*w * 3, NULL);
+    png_read_end(png, NULL);
+    png_destroy_read_struct(&png, &info, NULL);
+    *rgb = img;
+    return 0;
+}
+#endif
+
+TEST(png_geometry_and_colours) {
+    float w2[2 * TL * TL];
+    fixture_two_heads(w2);
+    mha_viz_opts o = mha_viz_opts_default();
+    o.view = MHA_VIZ_ALL;
+    o.cell_px = 5;
+    buf b = buf_new();
+    mha_status st = mha_viz_png(NULL, w2, 2, TL, TL, &o, buf_write, &b);
+#if !defined(MHA_TEST_PNG)
+    ASSERT_EQ(st, MHA_ERR_UNSUPPORTED);
+    ASSERT_STR_CONTAINS(mha_last_errmsg(), "png support not built (libpng not found)");
+    free(b.p);
+#else
+    ASSERT_OK(NULL, st);
+    int iw, ih;
+    unsigned char *img;
+    ASSERT_TRUE(png_decode(&b, &iw, &ih, &img) == 0);
+    free(b.p);
+    /* 2 panels: cols = 2, rows = 1 */
+    ASSERT_EQ(iw, 16 + 2 * TL * 5 + 8);
+    ASSERT_EQ(ih, 16 + TL * 5 + 8 + 12);
+    /* auto scale 0 .. 1 (head 1 row 0 is one-hot) */
+    static const struct { int p, i, j; float t; } probes[] = {
+        {0, 0, 0, 0.75f}, {0, 2, 3, 0.05f}, {1, 0, 0, 1.0f}, {1, 0, 5, 0.0f}, {1, 3, 1, 0.25f}};
+    for (size_t k = 0; k < sizeof probes / sizeof probes[0]; k++) {
+        int x = 8 + probes[k].p * (TL * 5 + 8) + probes[k].j * 5 + 2;
+        int y = 8 + probes[k].i * 5 + 4;
+        uint8_t want[3];
+        mha_viz_color(probes[k].t, want);
+        const unsigned char *px = img + ((size_t)y * (size_t)iw + (size_t)x) * 3;
+        if (memcmp(px, want, 3) != 0) {
+            FAILF("panel %d cell (%d, %d): got #%02x%02x%02x, expected #%02x%02x%02x",
+                  probes[k].p, probes[k].i, probes[k].j, px[0], px[1], px[2], want[0], want[1],
+                  want[2]);
+            free(img);
+            return;
+        }
+    }
+    /* the margin is white */
+    ASSERT_TRUE(img[0] == 255 && img[1] == 255 && img[2] == 255);
+    free(img);
+    /* too large */
+    o.cell_px = 64;
+    float *big = calloc(300 * 300, sizeof(float));
+    b = buf_new();
+    ASSERT_EQ(mha_viz_png(NULL, big, 1, 300, 300, &o, buf_write, &b), MHA_ERR_NOMEM);
+    ASSERT_STR_CONTAINS(mha_last_errmsg(), "at most 16384");
+    free(big), free(b.p);
+#endif
+}
+
+TEST(html_is_self_contained) {
+    float w2[2 * TL * TL];
+    fixture_two_heads(w2);
+    const char *evil[TL] = {"</script><script>alert(1)</script>", "a&b", "\"", "\\", "<!--", "mat"};
+    mha_viz_opts o = mha_viz_opts_default();
+    o.query_tokens = evil;
+    buf b = buf_new();
+    ASSERT_OK(NULL, mha_viz_html(NULL, w2, 2, TL, TL, &o, buf_write, &b));
+    ASSERT_EQ(count(b.p, "<script"), 2);
+    ASSERT_EQ(count(b.p, "</script>"), 2);
+    ASSERT_EQ(count(b.p, "<!--"), 0);
+    ASSERT_TRUE(strstr(b.p, " src=") == NULL && strstr(b.p, "<link") == NULL);
+    ASSERT_TRUE(strstr(b.p, "https:") == NULL && strstr(b.p, "url(") == NULL);
+    /* the only http: is the SVG namespace name, which is never fetched */
+    ASSERT_EQ(count(b.p, "http:"), 1);
+    ASSERT_STR_CONTAINS(b.p, "\"\\u003c/script\\u003e\\u003cscript\\u003ealert(1)");
+    ASSERT_STR_CONTAINS(b.p, "\"H\":2,\"L\":6,\"S\":6");
+    free(b.p);
+}
+
+TEST(stats) {
+    float w[2 * 3 * 4] = {0};
+    for (int i = 0; i < 3; i++) {
+        w[i * 4 + 2] = 1;                                   /* head 0: all look at key 2 */
+        for (int j = 0; j < 4; j++) w[12 + i * 4 + j] = 0.25f; /* head 1: uniform */
+    }
+    mha_viz_stats s[2];
+    ASSERT_OK(NULL, mha_viz_head_stats(NULL, w, 2, 3, 4, s));
+    ASSERT_TRUE(fabs(s[0].entropy) < 1e-12 && s[0].top_key == 2 && s[0].top_key_mean == 1.0);
+    ASSERT_TRUE(fabs(s[1].entropy - 2.0) < 1e-9 && fabs(s[1].max_entropy - 2.0) < 1e-12);
+    ASSERT_TRUE(s[1].top_key == 0 && s[1].max_weight == 0.25);
+    float got[2] = {(float)s[0].entropy, (float)s[1].entropy};
+    double want[2] = {0.0, 2.0};
+    ASSERT_NEAR_TENSOR("entropy", got, want, 2, 1e-6, 1e-6);
+    ASSERT_EQ(mha_viz_head_stats(NULL, w, 2, 3, 4, NULL), MHA_ERR_INVALID_ARG);
+}
+
+TEST(file_wrappers) {
+    float w2[2 * TL * TL];
+    fixture_two_heads(w2);
+    char path[1024];
+    snprintf(path, sizeof path, "%s/viz_test_out.svg", MHA_BUILD_DIR);
+    mha_ctx *ctx;
+    ASSERT_OK(ctx, mha_ctx_create(&ctx));
+    ASSERT_OK(ctx, mha_viz_svg_file(ctx, w2, 2, TL, TL, NULL, path));
+    buf b = buf_new();
+    ASSERT_OK(ctx, mha_viz_svg(ctx, w2, 2, TL, TL, NULL, buf_write, &b));
+    size_t n;
+    char *got = read_all(path, &n);
+    ASSERT_TRUE(got && n == b.n && memcmp(got, b.p, n) == 0);
+    free(got), free(b.p);
+    remove(path);
+    ASSERT_EQ(mha_viz_html_file(ctx, w2, 2, TL, TL, NULL, "/nonexistent-dir/x.html"),
+              MHA_ERR_IO);
+    ASSERT_STR_CONTAINS(mha_ctx_errmsg(ctx), "mha_viz_html_file");
+    ASSERT_EQ(mha_viz_term_file(ctx, w2, 2, TL, TL, NULL, NULL), MHA_ERR_INVALID_ARG);
+    /* a failed render leaves no file */
+    snprintf(path, sizeof path, "%s/viz_test_fail.txt", MHA_BUILD_DIR);
+    mha_viz_opts o = mha_viz_opts_default();
+    o.head = 7;
+    ASSERT_EQ(mha_viz_term_file(ctx, w2, 2, TL, TL, &o, path), MHA_ERR_INVALID_ARG);
+    FILE *f = fopen(path, "rb");
+    ASSERT_TRUE(f == NULL);
+    mha_ctx_free(ctx);
+}
+
+TEST(errors) {
+    float w[4] = {0.5f, 0.5f, 0.5f, 0.5f};
+    mha_ctx *ctx;
+    ASSERT_OK(ctx, mha_ctx_create(&ctx));
+    buf b = buf_new();
+    mha_viz_opts o = mha_viz_opts_default();
+    ASSERT_EQ(mha_viz_term(ctx, NULL, 1, 2, 2, &o, buf_write, &b), MHA_ERR_INVALID_ARG);
+    ASSERT_STR_CONTAINS(mha_ctx_errmsg(ctx), "mha_viz_term: w: got NULL");
+    ASSERT_EQ(mha_viz_svg(ctx, w, 0, 2, 2, &o, buf_write, &b), MHA_ERR_INVALID_ARG);
+    ASSERT_STR_CONTAINS(mha_ctx_errmsg(ctx), "got H=0 L=2 S=2");
+    ASSERT_EQ(mha_viz_html(ctx, w, 1, 2, 2, &o, NULL, &b), MHA_ERR_INVALID_ARG);
+    o.head = 1;
+    ASSERT_EQ(mha_viz_term(ctx, w, 1, 2, 2, &o, buf_write, &b), MHA_ERR_INVALID_ARG);
+    ASSERT_STR_CONTAINS(mha_ctx_errmsg(ctx), "opts.head: got 1, expected 0 <= head < 1");
+    o.head = 0;
+    o.width = 20;
+    ASSERT_EQ(mha_viz_term(ctx, w, 1, 2, 2, &o, buf_write, &b), MHA_ERR_INVALID_ARG);
+    ASSERT_STR_CONTAINS(mha_ctx_errmsg(ctx), "opts.width: got 20");
+    o.width = 0;
+    o.term_mode = (mha_viz_term_mode)9;
+    ASSERT_EQ(mha_viz_term(ctx, w, 1, 2, 2, &o, buf_write, &b), MHA_ERR_INVALID_ARG);
+    o.term_mode = MHA_VIZ_TERM_UNICODE;
+    o.view = (mha_viz_view)5;
+    ASSERT_EQ(mha_viz_svg(ctx, w, 1, 2, 2, &o, buf_write, &b), MHA_ERR_INVALID_ARG);
+    o.view = MHA_VIZ_HEAD;
+    o.cell_px = 65;
+    ASSERT_EQ(mha_viz_svg(ctx, w, 1, 2, 2, &o, buf_write, &b), MHA_ERR_INVALID_ARG);
+    ASSERT_EQ(mha_viz_png(ctx, w, 1, 2, 2, &o, buf_write, &b), MHA_ERR_INVALID_ARG);
+    o.cell_px = 0;
+    o.vmax = NAN;
+    ASSERT_EQ(mha_viz_term(ctx, w, 1, 2, 2, &o, buf_write, &b), MHA_ERR_INVALID_ARG);
+    o.vmax = 0;
+    const char *one_null[2] = {"a", NULL};
+    o.query_tokens = one_null;
+    ASSERT_EQ(mha_viz_svg(ctx, w, 1, 2, 2, &o, buf_write, &b), MHA_ERR_INVALID_ARG);
+    ASSERT_STR_CONTAINS(mha_ctx_errmsg(ctx), "opts.query_tokens[1]: got NULL");
+    o.query_tokens = NULL;
+    w[3] = NAN;
+    ASSERT_EQ(mha_viz_html(ctx, w, 1, 2, 2, &o, buf_write, &b), MHA_ERR_INVALID_ARG);
+    ASSERT_STR_CONTAINS(mha_ctx_errmsg(ctx), "w[3]: got nan, expected a finite weight");
+    w[3] = 0.5f;
+    /* the callback fails: MHA_ERR_IO, for every writer */
+    b.fail_after = 0;
+    ASSERT_EQ(mha_viz_term(ctx, w, 1, 2, 2, &o, buf_write, &b), MHA_ERR_IO);
+    ASSERT_STR_CONTAINS(mha_ctx_errmsg(ctx), "write callback failed");
+    ASSERT_EQ(mha_viz_svg(ctx, w, 1, 2, 2, &o, buf_write, &b), MHA_ERR_IO);
+    ASSERT_EQ(mha_viz_html(ctx, w, 1, 2, 2, &o, buf_write, &b), MHA_ERR_IO);
+#if defined(MHA_TEST_PNG)
+    ASSERT_EQ(mha_viz_png(ctx, w, 1, 2, 2, &o, buf_write, &b), MHA_ERR_IO);
+#endif
+    /* a successful call clears the message */
+    b.fail_after = -1;
+    ASSERT_OK(ctx, mha_viz_term(ctx, w, 1, 2, 2, &o, buf_write, &b));
+    ASSERT_TRUE(mha_ctx_errmsg(ctx)[0] == 0);
+    free(b.p);
+    mha_ctx_free(ctx);
+}
+
+/* Allocation failure at every point: a clean MHA_ERR_NOMEM, never a crash. */
+TEST(allocation_failures) {
+    float w2[2 * TL * TL];
+    fixture_two_heads(w2);
+    mha_viz_opts o = mha_viz_opts_default();
+    o.view = MHA_VIZ_ALL;
+    o.query_tokens = toks;
+    for (int r = 0; r < 4; r++) {
+        int ok = 0;
+        for (long n = 0; n < 400 && !ok; n++) {
+            buf b = buf_new();
+            mha__fault_after(n);
+            mha_status st = r == 0   ? mha_viz_term(NULL, w2, 2, TL, TL, &o, buf_write, &b)
+                            : r == 1 ? mha_viz_svg(NULL, w2, 2, TL, TL, &o, buf_write, &b)
+                            : r == 2 ? mha_viz_html(NULL, w2, 2, TL, TL, &o, buf_write, &b)
+                                     : mha_viz_head_stats(NULL, w2, 2, TL, TL,
+                                                          (mha_viz_stats[2]){{0}});
+            mha__fault_after(-1);
+            free(b.p);
+            if (st == MHA_OK) ok = 1;
+            else if (st != MHA_ERR_NOMEM) {
+                FAILF("renderer %d, fault after %ld: %s (%s)", r, n, mha_status_str(st),
+                      mha_last_errmsg());
+                return;
+            }
+        }
+        ASSERT_TRUE(ok);
+    }
+}
+
+static int write_sample(const char *kind, const char *path) {
+    float w2[2 * TL * TL];
+    fixture_two_heads(w2);
+    const char *t[TL] = {"the", "cat", "sat", "on", "</script>", "mat"};
+    mha_viz_opts o = mha_viz_opts_default();
+    o.view = MHA_VIZ_ALL;
+    o.query_tokens = t;
+    o.title = "sample: two heads on a six-token sentence";
+    mha_status st = !strcmp(kind, "--write-html") ? mha_viz_html_file(NULL, w2, 2, TL, TL, &o, path)
+                                                  : mha_viz_svg_file(NULL, w2, 2, TL, TL, &o, path);
+    if (st != MHA_OK) {
+        fprintf(stderr, "test_viz: %s\n", mha_last_errmsg());
+        return 2;
+    }
+    return 0;
+}
+
+int main(int argc, char **argv) {
+    if (argc == 3) return write_sample(argv[1], argv[2]);
+    RUN(golden_terminal);
+    RUN(terminal_fits_width);
+    RUN(labels_are_cleaned);
+    RUN(svg_cells_and_escaping);
+    RUN(colormap);
+    RUN(png_geometry_and_colours);
+    RUN(html_is_self_contained);
+    RUN(stats);
+    RUN(file_wrappers);
+    RUN(errors);
+    RUN(allocation_failures);
+    return harness_report();
+}

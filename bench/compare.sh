@@ -44,6 +44,7 @@ run() {
 }
 
 start=$(date +%s)
+export BENCH_LOAD_BEFORE; BENCH_LOAD_BEFORE=$(cut -d' ' -f1-3 /proc/loadavg)
 # B,N,E,H,causal
 SHAPES=${SHAPES:-"1,512,512,8,0 1,2048,512,8,0 1,2048,512,8,1 4,256,768,12,0 1,4096,1024,16,1"}
 for s in $SHAPES; do
@@ -79,6 +80,8 @@ for s in ${GEMM_SIZES:-512,512 2048,512 1024,768 4096,1024}; do
 done
 elapsed=$(( $(date +%s) - start ))
 
-"$PY" bench/render.py "$RES" "$T" "$elapsed" > "$TMP/out.md"
+export BENCH_LOAD_AFTER; BENCH_LOAD_AFTER=$(cut -d' ' -f1-3 /proc/loadavg)
+"$MHA" info --threads "$T" > "$TMP/info.txt"
+"$PY" bench/render.py "$RES" "$T" "$elapsed" "$TMP/info.txt" > "$TMP/out.md"
 mv "$TMP/out.md" "$OUT"
 echo "compare.sh: wrote $OUT (${elapsed}s)" >&2

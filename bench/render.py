@@ -1,8 +1,9 @@
 #!/usr/bin/python3
 """render.py - turns bench/compare.sh's results (one JSON object a line) into BENCHMARKS.md
-on stdout.   usage: render.py results.jsonl THREADS ELAPSED_SECONDS"""
+on stdout.   usage: render.py results.jsonl THREADS ELAPSED_SECONDS [MHA_INFO.txt]"""
 import datetime
 import json
+import os
 import subprocess
 import sys
 
@@ -59,11 +60,19 @@ def main():
     w(f"- Date: {datetime.datetime.now().strftime('%Y-%m-%d %H:%M')}; one full run took {elapsed} s")
     w(f"- Threads: {threads} for everything; mha kernel path: {isa}; PyTorch {torch_v}; "
       f"OpenBLAS {ob_v} (OPENBLAS_CORETYPE=SkylakeX)")
-    w("- Times are medians after a warm-up (fewer runs for the largest shape). GFLOP/s use "
+    w("- Times are medians of up to 7 runs (the timed runs stop after 4 s, at least one run) "
+      "after a warm-up run (none for N >= 2048, where a run takes seconds). GFLOP/s use "
       "nominal counts, the same for every implementation: core forward F = 4·B·H·N²·D (F/2 "
       "causal), core backward 2.5·F, projections P = 2·B·N·E·3E + 2·B·N·E·E, module forward "
       "F + P, module backward 2·P + 2.5·F.")
-    w("- The machine is shared (2 cores): numbers move by 10-20 % between runs.\n")
+    w("- Load average before / after the run: "
+      f"{os.environ.get('BENCH_LOAD_BEFORE', '?')} / {os.environ.get('BENCH_LOAD_AFTER', '?')}. "
+      "Other work on the machine's 2 cores slows everything (multi-threaded runs most).\n")
+    if len(sys.argv) > 4:
+        w("The kernels measured (`mha info`):\n")
+        w("```")
+        w(open(sys.argv[4]).read().rstrip())
+        w("```\n")
 
     shapes = []
     for r in res:

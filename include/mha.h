@@ -337,6 +337,7 @@ mha_status mha_st_load(mha_ctx *ctx, const char *path, mha_st **out);
 mha_status mha_st_parse(mha_ctx *ctx, const void *buf, size_t len, mha_st **out);
 void mha_st_free(mha_st *st);
 int mha_st_count(const mha_st *st);
+/* The i-th name, i in [0, mha_st_count), in strcmp order; NULL out of range. Owned by st. */
 const char *mha_st_name(const mha_st *st, int i);
 /* The array named name, or NULL. Owned by st. */
 const mha_array *mha_st_find(const mha_st *st, const char *name);

@@ -20,7 +20,7 @@ def save_safetensors(path, tensors, metadata=None):
     if metadata:
         header["__metadata__"] = {str(k): str(v) for k, v in metadata.items()}
     for name in sorted(tensors):
-        a = np.ascontiguousarray(tensors[name])
+        a = np.require(tensors[name], requirements="C")
         if a.dtype.newbyteorder("<") in _DTYPES and a.dtype.byteorder == ">":
             a = a.astype(a.dtype.newbyteorder("<"))
         dt = _DTYPES[a.dtype]

@@ -670,6 +670,33 @@ TEST(st_load_errors_name_the_file) {
     mha_ctx_free(ctx);
 }
 
+/* The golden fixtures are written by tests/golden/gen_golden.py (through mha_py): all load. */
+TEST(st_loads_golden_fixtures) {
+    mha_ctx *ctx;
+    ASSERT_OK(ctx, mha_ctx_create(&ctx));
+    DIR *d = opendir(MHA_TEST_DIR "/golden");
+    int n = 0;
+    struct dirent *e;
+    while (d && (e = readdir(d))) {
+        size_t len = strlen(e->d_name);
+        if (len < 12 || strcmp(e->d_name + len - 12, ".safetensors") != 0) continue;
+        char path[1024];
+        snprintf(path, sizeof path, "%s/golden/%s", MHA_TEST_DIR, e->d_name);
+        mha_st *s;
+        mha_status st = mha_st_load(ctx, path, &s);
+        if (st != MHA_OK) {
+            FAILF("%s: %s", e->d_name, mha_ctx_errmsg(ctx));
+            break;
+        }
+        if (mha_st_count(s) == 0) FAILF("%s: no tensors", e->d_name);
+        mha_st_free(s);
+        n++;
+    }
+    if (d) closedir(d);
+    printf("  (%d golden files)\n", n);
+    mha_ctx_free(ctx);
+}
+
 /* ---- mutation fuzzing ------------------------------------------------------------------- */
 
 static uint64_t rng_state;
@@ -1021,6 +1048,7 @@ int main(void) {
     RUN(st_reads_other_writers);
     RUN(st_malformed);
     RUN(st_load_errors_name_the_file);
+    RUN(st_loads_golden_fixtures);
     RUN(mutation_fuzz_never_crashes);
     RUN(save_into_missing_directory);
     RUN(failed_save_keeps_earlier_file);

@@ -14,7 +14,7 @@ mha_status mha__read_file(mha_ctx *ctx, const char *who, const char *path, unsig
     *buf = NULL;
     *len = 0;
     int fd;
-    do fd = open(path, O_RDONLY | O_CLOEXEC);
+    do fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK); /* a FIFO must not block */
     while (fd < 0 && errno == EINTR);
     if (fd < 0) return mha__err(ctx, MHA_ERR_IO, "%s: open: %s", who, strerror(errno));
     struct stat sb;
@@ -116,6 +116,25 @@ static int file_writer_cb(void *user, const void *data, size_t size) {
     return 0;
 }
 
+/* Makes the rename durable: fsync the directory holding path (best effort). */
+static void sync_parent_dir(const char *path) {
+    const char *slash = strrchr(path, '/');
+    char dir[4096];
+    if (!slash) {
+        strcpy(dir, ".");
+    } else {
+        size_t n = (size_t)(slash - path);
+        if (n >= sizeof dir) return;
+        if (n == 0) n = 1; /* "/file" */
+        memcpy(dir, path, n);
+        dir[n] = 0;
+    }
+    int fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (fd < 0) return;
+    (void)fsync(fd);
+    close(fd);
+}
+
 mha_status mha__save_atomic(mha_ctx *ctx, const char *who, const char *path, mha__emit_fn emit,
                             const void *obj) {
     static const char suffix[] = ".tmp-XXXXXX";
@@ -159,6 +178,7 @@ mha_status mha__save_atomic(mha_ctx *ctx, const char *who, const char *path, mha
     if (st == MHA_OK && rename(tmp, path) != 0)
         st = mha__err(ctx, MHA_ERR_IO, "%s: rename: %s", who, strerror(errno));
     if (st != MHA_OK) unlink(tmp);
+    else sync_parent_dir(path);
     mha__free(w.buf);
     mha__free(tmp);
     return st;

@@ -30,7 +30,10 @@ CMDS=$TMP/commands.txt
 : > "$RES"
 : > "$CMDS"
 
-cc -O2 -o "$OB" bench/openblas_sgemm.c -lopenblas -lm
+if ! cc -O2 -o "$OB" bench/openblas_sgemm.c -lopenblas -lm; then
+    echo "compare.sh: cannot build bench/openblas_sgemm.c (hint: apt-get install libopenblas-dev)" >&2
+    exit 1
+fi
 
 # run LABEL CMD...: runs CMD, appends {"label":..., "cmd":..., "result": <its JSON line>}
 run() {

@@ -128,6 +128,20 @@ int mha_isa_supported(mha_isa isa);
 /* A one-line description of the CPU features detected, e.g. "avx2 fma avx512f ...". */
 const char *mha_cpu_features(void);
 
+/* Writes a multi-line, human-readable description of the kernels ctx uses (path, gemm
+ * micro-kernel and blocking, attention tile size and which tile kernels are SIMD) into buf
+ * (always NUL-terminated, truncated to n bytes). For diagnostics such as `mha info`. */
+mha_status mha_ctx_describe(const mha_ctx *ctx, char *buf, size_t n);
+
+/* Single-precision matrix product on the context's packed SIMD micro-kernels and threads:
+ *   C[M,N] = alpha * op(A)[M,K] * op(B)[K,N] + beta * C      (row-major)
+ * op(A) = A [M,K] (lda >= K), or A^T when ta != 0 (A is [K,M], lda >= M); likewise B, tb.
+ * beta == 0: C is not read. Bitwise identical results for any thread count. The projections
+ * of the module run on it. Returns MHA_ERR_INVALID_ARG / MHA_ERR_NOMEM (C unchanged). */
+mha_status mha_sgemm(mha_ctx *ctx, int ta, int tb, int64_t M, int64_t N, int64_t K, float alpha,
+                     const float *A, int64_t lda, const float *B, int64_t ldb, float beta,
+                     float *C, int64_t ldc);
+
 /* ---------------------------------------------------------------------------------------------
  * Tensor views
  * ------------------------------------------------------------------------------------------- */

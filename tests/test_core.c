@@ -139,6 +139,30 @@ TEST(generic_sgemm_matches_reference) {
         }
 }
 
+TEST(public_sgemm_validates_and_computes) {
+    mha_ctx *ctx;
+    ASSERT_OK(ctx, mha_ctx_create(&ctx));
+    float A[6] = {1, 2, 3, 4, 5, 6}, B[6] = {1, 0, 0, 1, 1, 1}, C[4];
+    /* [2,3] x [3,2] */
+    FOR_EACH_ISA(ctx) {
+        ASSERT_OK(ctx, mha_sgemm(ctx, 0, 0, 2, 2, 3, 1.0f, A, 3, B, 2, 0.0f, C, 2));
+        ASSERT_TRUE(C[0] == 4 && C[1] == 5 && C[2] == 10 && C[3] == 11);
+    }
+    ASSERT_EQ(mha_sgemm(ctx, 0, 0, 2, 2, 3, 1.0f, A, 2, B, 2, 0.0f, C, 2), MHA_ERR_INVALID_ARG);
+    ASSERT_STR_CONTAINS(mha_ctx_errmsg(ctx), "mha_sgemm: lda: got 2, expected >= 3");
+    ASSERT_EQ(mha_sgemm(ctx, 0, 0, -1, 2, 3, 1.0f, A, 3, B, 2, 0.0f, C, 2), MHA_ERR_INVALID_ARG);
+    ASSERT_EQ(mha_sgemm(ctx, 0, 0, 2, 2, 3, 1.0f, NULL, 3, B, 2, 0.0f, C, 2), MHA_ERR_INVALID_ARG);
+    ASSERT_STR_CONTAINS(mha_ctx_errmsg(ctx), "A: got NULL");
+    char buf[1024];
+    ASSERT_OK(ctx, mha_ctx_describe(ctx, buf, sizeof buf));
+    ASSERT_STR_CONTAINS(buf, "gemm micro");
+    char tiny[8];
+    ASSERT_OK(ctx, mha_ctx_describe(ctx, tiny, sizeof tiny));
+    ASSERT_EQ(strlen(tiny), 7);
+    ASSERT_EQ(mha_ctx_describe(ctx, NULL, 10), MHA_ERR_INVALID_ARG);
+    mha_ctx_free(ctx);
+}
+
 int main(void) {
     RUN(status_strings);
     RUN(ctx_threads_and_errors);
@@ -148,5 +172,6 @@ int main(void) {
     RUN(alloc_fault_injection_and_overflow);
     RUN(philox_is_deterministic_and_uniform);
     RUN(generic_sgemm_matches_reference);
+    RUN(public_sgemm_validates_and_computes);
     return harness_report();
 }

@@ -21,12 +21,6 @@
 #include <string.h>
 #include <time.h>
 
-/* --gemm times the library's internal threaded gemm: its declaration from src/attn/gemm.h
- * (tools/ sees only the public header's folder). */
-mha_status mha__gemm(mha_ctx *ctx, int ta, int tb, int64_t M, int64_t N, int64_t K,
-                     float alpha, const float *A, int64_t lda, const float *B, int64_t ldb,
-                     float beta, float *C, int64_t ldc);
-
 static void print_help(FILE *f) {
     fputs("usage: mha bench --batch B --seq N --embed E --heads H [options]\n"
           "       mha bench --gemm M N K [--ta 0|1] [--tb 0|1] [options]\n\n"
@@ -101,7 +95,7 @@ typedef struct {
 static mha_status run_fwd(bench_state *s) {
     const bench_args *a = s->a;
     if (a->gemm)
-        return mha__gemm(s->ctx, (int)a->ta, (int)a->tb, a->m, a->n, a->k, 1.0f, s->ga,
+        return mha_sgemm(s->ctx, (int)a->ta, (int)a->tb, a->m, a->n, a->k, 1.0f, s->ga,
                          a->ta ? a->m : a->k, s->gb, a->tb ? a->k : a->n, 0.0f, s->gc, a->n);
     if (a->core) {
         mha_attn_params p = mha_attn_params_default();

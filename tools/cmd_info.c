@@ -2,12 +2,8 @@
  * run, the one chosen and why, the kernels of its table, and the thread count.
  *
  *   mha info [--isa NAME] [--threads T]
- *
- * A diagnostic: it reads the kernel table through the library's internal header (the one
- * place in tools/ that does), because kernel names are not part of the public API. */
+ */
 #include "cli.h"
-#include "../src/core/internal.h"
-#include "../src/kernels/kernels.h"
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -44,10 +40,8 @@ int mha_cmd_info(int argc, char **argv) {
     printf("cpu features: %s\n", mha_cpu_features());
     printf("paths:");
     for (int i = MHA_ISA_GENERIC; i <= MHA_ISA_AVX512; i++) {
-        int built = mha__kernels_for((mha_isa)i) != NULL;
         printf(" %s (%s)", mha_isa_name((mha_isa)i),
-               mha_isa_supported((mha_isa)i) ? "supported"
-               : built ? "built, not supported by this cpu/os" : "not built");
+               mha_isa_supported((mha_isa)i) ? "supported" : "not supported by this build/cpu/os");
     }
     printf("\n");
 
@@ -61,22 +55,9 @@ int mha_cmd_info(int argc, char **argv) {
     else snprintf(why, sizeof why, "auto: the best path this build and cpu support");
     printf("path: %s (%s)\n", mha_isa_name(mha_ctx_isa(ctx)), why);
 
-    const mha_kernels *k = mha__ctx_kernels(ctx);
-    printf("kernels (%s table):\n", k->name);
-    printf("  sgemm (oracle)  %s\n", k->sgemm_name);
-    printf("  gemm micro      %s  (MR %d x NR %d; blocks KC %d, MC %d, NC %d)\n",
-           k->gemm_ukr_name, k->gemm_mr, k->gemm_nr, k->gemm_kc, k->gemm_mc, k->gemm_nc);
-    printf("  gemm packing    %s\n", k->gemm_pack_name);
-    /* Attention tile kernels carry no names: say whether each is the generic one. */
-    const mha_kernels *g = mha__kernels_for(MHA_ISA_GENERIC);
-    printf("  attention tiles BR %lld x BC %lld:", (long long)k->attn_br, (long long)k->attn_bc);
-    const struct { const char *name; int generic; } at[] = {
-        {"scores", k->attn_scores == g->attn_scores}, {"softmax", k->attn_softmax == g->attn_softmax},
-        {"probs", k->attn_probs == g->attn_probs},    {"pv", k->attn_pv == g->attn_pv},
-        {"ptv", k->attn_ptv == g->attn_ptv},          {"dsoftmax", k->attn_dsoftmax == g->attn_dsoftmax}};
-    for (size_t i = 0; i < sizeof at / sizeof at[0]; i++)
-        printf(" %s (%s)", at[i].name, at[i].generic ? "generic" : k->name);
-    printf("\n");
+    char desc[1024];
+    mha_ctx_describe(ctx, desc, sizeof desc);
+    fputs(desc, stdout);
     printf("threads: %d%s\n", mha_ctx_threads(ctx),
            opts[1].seen ? " (--threads)" : getenv("OMP_NUM_THREADS") ? " ($OMP_NUM_THREADS)"
                                                                      : " (all cores)");

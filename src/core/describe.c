@@ -1,0 +1,67 @@
+/* describe.c - mha_ctx_describe (the kernels a context uses, for `mha info`) and mha_sgemm,
+ * the public face of the threaded gemm driver. */
+#include "internal.h"
+#include "attn/gemm.h"
+#include "kernels/kernels.h"
+
+#include <stdio.h>
+
+mha_status mha_ctx_describe(const mha_ctx *ctx, char *buf, size_t n) {
+    if (!buf || n == 0)
+        return mha__err(NULL, MHA_ERR_INVALID_ARG,
+                        "mha_ctx_describe: buf: got %s, expected a buffer of n >= 1 bytes",
+                        buf ? "n = 0" : "NULL");
+    const mha_kernels *k = mha__ctx_kernels(ctx), *g = mha__kernels_for(MHA_ISA_GENERIC);
+    size_t used = 0;
+#define PUT(...)                                                                             \
+    do {                                                                                     \
+        int w_ = snprintf(buf + used, n - used, __VA_ARGS__);                                \
+        if (w_ > 0) used = used + (size_t)w_ < n ? used + (size_t)w_ : n - 1;               \
+    } while (0)
+    PUT("kernels (%s table):\n", k->name);
+    PUT("  sgemm (oracle)  %s\n", k->sgemm_name);
+    PUT("  gemm micro      %s  (MR %d x NR %d; blocks KC %d, MC %d, NC %d)\n", k->gemm_ukr_name,
+        k->gemm_mr, k->gemm_nr, k->gemm_kc, k->gemm_mc, k->gemm_nc);
+    PUT("  gemm packing    %s\n", k->gemm_pack_name);
+    PUT("  attention tiles BR %lld x BC %lld:", (long long)k->attn_br, (long long)k->attn_bc);
+    const struct {
+        const char *name;
+        int generic;
+    } at[] = {{"scores", k->attn_scores == g->attn_scores},
+              {"softmax", k->attn_softmax == g->attn_softmax},
+              {"probs", k->attn_probs == g->attn_probs},
+              {"pv", k->attn_pv == g->attn_pv},
+              {"ptv", k->attn_ptv == g->attn_ptv},
+              {"dsoftmax", k->attn_dsoftmax == g->attn_dsoftmax}};
+    for (size_t i = 0; i < sizeof at / sizeof at[0]; i++)
+        PUT(" %s (%s)", at[i].name, at[i].generic ? "generic" : k->name);
+    PUT("\n");
+#undef PUT
+    return MHA_OK;
+}
+
+mha_status mha_sgemm(mha_ctx *ctx, int ta, int tb, int64_t M, int64_t N, int64_t K, float alpha,
+                     const float *A, int64_t lda, const float *B, int64_t ldb, float beta,
+                     float *C, int64_t ldc) {
+    static const char *const FN = "mha_sgemm";
+    mha__clear(ctx);
+    if (M < 0 || N < 0 || K < 0)
+        return mha__err(ctx, MHA_ERR_INVALID_ARG, "%s: M, N, K: got %lld, %lld, %lld, expected "
+                        ">= 0", FN, (long long)M, (long long)N, (long long)K);
+    int64_t acols = ta ? M : K, bcols = tb ? K : N;
+    if (lda < (acols > 1 ? acols : 1))
+        return mha__err(ctx, MHA_ERR_INVALID_ARG, "%s: lda: got %lld, expected >= %lld (%s)", FN,
+                        (long long)lda, (long long)acols, ta ? "M, A transposed" : "K");
+    if (ldb < (bcols > 1 ? bcols : 1))
+        return mha__err(ctx, MHA_ERR_INVALID_ARG, "%s: ldb: got %lld, expected >= %lld (%s)", FN,
+                        (long long)ldb, (long long)bcols, tb ? "K, B transposed" : "N");
+    if (ldc < (N > 1 ? N : 1))
+        return mha__err(ctx, MHA_ERR_INVALID_ARG, "%s: ldc: got %lld, expected >= %lld (N)", FN,
+                        (long long)ldc, (long long)N);
+    if (M > 0 && N > 0 && !C)
+        return mha__err(ctx, MHA_ERR_INVALID_ARG, "%s: C: got NULL, expected [M, N]", FN);
+    if (M > 0 && N > 0 && K > 0 && (!A || !B))
+        return mha__err(ctx, MHA_ERR_INVALID_ARG, "%s: %s: got NULL, expected a matrix", FN,
+                        !A ? "A" : "B");
+    return mha__gemm(ctx, ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
+}

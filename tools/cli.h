@@ -95,6 +95,14 @@ int cli_load_mask(mha_ctx *ctx, const char *opt, const char *path, int allow_flo
 int cli_save_npy(mha_ctx *ctx, const char *opt, const char *path, const mha_array *a);
 int cli_save_st(mha_ctx *ctx, const char *opt, const char *path, const mha_st *st);
 
+/* --- terminal ------------------------------------------------------------------------------ */
+/* Terminal width for stdout: requested if > 0, else $COLUMNS, else the terminal's, else 80;
+ * clamped to [40, 100000]. */
+int cli_term_width(long long requested);
+/* 1 when stdout is a terminal that should get colour: a tty, $NO_COLOR unset or empty, and
+ * $TERM not "dumb". */
+int cli_term_color(void);
+
 /* A float32 array viewed as a contiguous tensor. */
 mha_tensor cli_array_tensor(mha_array *a);
 /* Copies a (possibly strided) tensor view into a newly allocated float32 array. */

@@ -7,6 +7,8 @@
 #include <stdarg.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/ioctl.h>
+#include <unistd.h>
 
 /* ---------------------------------------------------------------------------------------------
  * Errors: always exactly one line ("mha: error: ..."), plus an optional "hint: ..." line
@@ -274,4 +276,29 @@ mha_status cli_tensor_to_array(mha_ctx *ctx, const mha_tensor *t, mha_array *out
         }
     }
     return MHA_OK;
+}
+
+int cli_term_width(long long opt) {
+    long w = 0;
+    if (opt > 0) w = (long)opt;
+    const char *c = getenv("COLUMNS");
+    if (!w && c && *c) {
+        char *end;
+        long v = strtol(c, &end, 10);
+        if (!*end && v > 0) w = v;
+    }
+#ifdef TIOCGWINSZ
+    struct winsize ws;
+    if (!w && isatty(STDOUT_FILENO) && ioctl(STDOUT_FILENO, TIOCGWINSZ, &ws) == 0 && ws.ws_col)
+        w = ws.ws_col;
+#endif
+    if (!w) w = 80;
+    if (w < 40) w = 40;
+    if (w > 100000) w = 100000;
+    return (int)w;
+}
+
+int cli_term_color(void) {
+    const char *nc = getenv("NO_COLOR"), *term = getenv("TERM");
+    return isatty(STDOUT_FILENO) && !(nc && *nc) && !(term && !strcmp(term, "dumb"));
 }

@@ -366,8 +366,8 @@ static int run_demo(mha_ctx *ctx, uint64_t seed, int64_t steps, const char *out_
     vo.head_titles = tit;
     vo.vmin = 0.0f;
     vo.vmax = 1.0f;
-    vo.term_mode = MHA_VIZ_TERM_UNICODE;
-    vo.width = 80;
+    vo.term_mode = cli_term_color() ? MHA_VIZ_TERM_COLOR : MHA_VIZ_TERM_UNICODE;
+    vo.width = cli_term_width(0);
 
     printf("\nwhat the heads learned, on the held-out input %s (target %s):\n", input, output);
     printf("each row is a query position, each column a key; query i should look at key %d - i\n\n",

@@ -10,8 +10,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/ioctl.h>
-#include <unistd.h>
 
 static void print_help(FILE *f) {
     fputs("usage: mha viz --weights W.safetensors --heads H --query Q.npy [options]\n\n"
@@ -152,27 +150,6 @@ static int write_stdout(void *user, const void *data, size_t size) {
     return fwrite(data, 1, size, (FILE *)user) == size ? 0 : 1;
 }
 
-/* Terminal width: --width, else $COLUMNS, else the terminal's, else 80; at least 40. */
-static int term_width(long long opt) {
-    long w = 0;
-    if (opt > 0) w = (long)opt;
-    const char *c = getenv("COLUMNS");
-    if (!w && c && *c) {
-        char *end;
-        long v = strtol(c, &end, 10);
-        if (!*end && v > 0) w = v;
-    }
-#ifdef TIOCGWINSZ
-    struct winsize ws;
-    if (!w && isatty(STDOUT_FILENO) && ioctl(STDOUT_FILENO, TIOCGWINSZ, &ws) == 0 && ws.ws_col)
-        w = ws.ws_col;
-#endif
-    if (!w) w = 80;
-    if (w < 40) w = 40;
-    if (w > 100000) w = 100000;
-    return (int)w;
-}
-
 typedef struct {
     mha_ctx *ctx;
     mha_module *m;
@@ -281,8 +258,7 @@ int mha_cmd_viz(int argc, char **argv) {
         return cli_usage_error(NULL, "--ascii and --color always exclude each other");
     if (color && !strcmp(color, "always")) use_color = 1;
     else if (!ascii && !out && (!color || !strcmp(color, "auto"))) {
-        const char *nc = getenv("NO_COLOR"), *term = getenv("TERM");
-        use_color = isatty(STDOUT_FILENO) && !(nc && *nc) && !(term && !strcmp(term, "dumb"));
+        use_color = cli_term_color();
     }
     mha_isa isa_val;
     if (isa && !cli_isa_parse(isa, &isa_val))
@@ -412,7 +388,7 @@ int mha_cmd_viz(int argc, char **argv) {
     vo.title = title;
     vo.term_mode = ascii ? MHA_VIZ_TERM_ASCII : use_color ? MHA_VIZ_TERM_COLOR
                                                           : MHA_VIZ_TERM_UNICODE;
-    vo.width = term_width(width);
+    vo.width = cli_term_width(width);
     vo.cell_px = (int)cell_px;
     const float *w = (const float *)r.weights.data + (size_t)batch * (size_t)(H * L * S);
     mha_status st;

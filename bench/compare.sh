@@ -30,6 +30,7 @@ CMDS=$TMP/commands.txt
 : > "$RES"
 : > "$CMDS"
 
+[ -x /usr/bin/time ] || { echo "compare.sh: /usr/bin/time not found (hint: apt-get install time)" >&2; exit 1; }
 if ! cc -O2 -o "$OB" bench/openblas_sgemm.c -lopenblas -lm; then
     echo "compare.sh: cannot build bench/openblas_sgemm.c (hint: apt-get install libopenblas-dev)" >&2
     exit 1
@@ -81,6 +82,17 @@ for s in ${GEMM_SIZES:-512,512 2048,512 1024,768 4096,1024}; do
             "$OB" "$gm" "$gn" "$gk" "$ta" "$tb" 10
     done
 done
+# Peak memory: the module's causal forward at B=1, L=S=32768, E=512, H=8 (inference, inputs
+# and outputs included), as resident set size from GNU time.
+if [ "${MEMORY:-1}" = 1 ]; then
+    mem_cmd=("$MHA" bench --batch 1 --seq 32768 --embed 512 --heads 8 --causal --threads "$T" \
+        --runs 1 --warmup 0 --json)
+    echo "  /usr/bin/time -f %M ${mem_cmd[*]}" >&2
+    /usr/bin/time -o "$TMP/rss" -f %M "${mem_cmd[@]}" > "$TMP/mem.json"
+    printf '%s\n' "/usr/bin/time -f %M ${mem_cmd[*]}" >> "$CMDS"
+    "$PY" -c 'import json,sys; r=json.loads(open(sys.argv[1]).read().splitlines()[-1]); r["what"]="memory"; r["maxrss_kb"]=int(open(sys.argv[2]).read().split()[-1]); print(json.dumps({"label":"mha","cmd":sys.argv[3],"result":r}))' \
+        "$TMP/mem.json" "$TMP/rss" "/usr/bin/time -f %M ${mem_cmd[*]}" >> "$RES"
+fi
 elapsed=$(( $(date +%s) - start ))
 
 export BENCH_LOAD_AFTER; BENCH_LOAD_AFTER=$(cut -d' ' -f1-3 /proc/loadavg)

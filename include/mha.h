@@ -42,6 +42,23 @@
  *   objects may be used concurrently. Inside a call, work is split over the context's threads
  *   (OpenMP); results are bitwise identical for any thread count.
  *
+ * MEMORY (workspace; no call ever allocates an L x S matrix unless the caller asks for weights)
+ *   mha_attn_forward    a few score tiles per thread: threads * BR * (BC + Dv + 8) floats
+ *                       (BR x BC is the kernel path's tile, at most 64 x 128: ~50 KiB/thread).
+ *   mha_attn_backward   the same per thread, plus rowsum(dO * O) [B, H, L] and the fixed-order
+ *                       dq partial sums: at most a small multiple of dq's size (see
+ *                       src/attn/attn_backward.c); linear in L and S.
+ *   mha_module_forward  a copy of the inputs, the projections q, k, v, the attention output
+ *                       and lse: 5 * B * L * E floats for self-attention (B * (3 * L * E +
+ *                       2 * S * E + S * kdim + S * vdim) for cross-attention), plus
+ *                       B * H * L * S floats only when averaged weights are requested. With
+ *                       save_for_backward (the default) they are kept, with the masks, until
+ *                       the next forward or mha_module_free; without it they are freed at once.
+ *   mha_module_backward about as much again as the forward's activations, plus one copy of the
+ *                       parameters and the core backward's workspace, freed before it returns.
+ *   Example: the causal forward at B=1, L=S=32768, E=512, H=8 peaks under 0.5 GiB resident,
+ *   inputs and outputs included (BENCHMARKS.md).
+ *
  * MASKS: WHAT "TRUE" MEANS (read this before porting code)
  *
  *   | mask                           | mha (everywhere)         | nn.MultiheadAttention | F.scaled_dot_product_attention |

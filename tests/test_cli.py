@@ -268,6 +268,55 @@ def test_runtime_errors(fx, name, build, needles):
     check_failure(fx, build(fx), 2, *needles)
 
 
+# Paths of the shared layer loading (tools/cli_common.c: cli_layer_load) the cases above miss.
+MORE_RUNTIME_CASES = [
+    ("key unbatched, query batched", lambda d: _with(fwd(d, cross=True), "--key", _npy(
+        d, "ku.npy", np.zeros((S, E), np.float32))), ["--key", "[7, 8]", "[2, S, 8]"]),
+    ("value batched, query unbatched", lambda d: _with(_with(fwd(d, cross=True), "--query", _npy(
+        d, "qu.npy", np.zeros((L, E), np.float32))), "--key", _npy(
+        d, "ku.npy", np.zeros((S, E), np.float32))), ["--value", "[2, 7, 8]", "[S, 8]"]),
+    ("value wrong vdim", lambda d: _with(_with(fwd(d, cross=True), "--weights",
+                                               d / "wkv.safetensors"), "--key", _npy(
+        d, "k3.npy", np.zeros((B, S, 3), np.float32))), ["--value", "vdim 5"]),
+    ("query empty batch", lambda d: _with(fwd(d), "--query", _npy(d, "q0.npy", np.zeros(
+        (0, L, E), np.float32))), ["--query", "[0, 5, 8]"]),
+    ("kpm batched, query unbatched", lambda d: _with(fwd(d, "--key-padding-mask", _npy(
+        d, "kpmL.npy", np.zeros((B, L), bool))), "--query", _npy(
+        d, "qu.npy", np.zeros((L, E), np.float32))), ["--key-padding-mask", "[2, 5]", "[5]"]),
+    ("attn mask per head only, batched", lambda d: fwd(d, "--attn-mask", _npy(
+        d, "amh.npy", np.zeros((H, L, L), np.float32))), ["--attn-mask", "[2, 5, 5]",
+                                                           "[4, 5, 5]"]),
+    ("scale zero", lambda d: fwd(d, "--scale", "0"), ["--scale", "got 0"]),
+    ("threads too many", lambda d: fwd(d, "--threads", "99999999999"), ["--threads"]),
+]
+
+
+@pytest.mark.parametrize("name,build,needles", MORE_RUNTIME_CASES,
+                         ids=[c[0] for c in MORE_RUNTIME_CASES])
+def test_more_runtime_errors(fx, name, build, needles):
+    check_failure(fx, build(fx), 2, *needles)
+
+
+# `mha viz` takes the same layer options and loads them with the same code: every refusal of
+# the layer's inputs must come with the same exit code and the same message as `mha forward`'s.
+_NOT_LAYER = {"no options", "unknown option", "positional", "missing out", "missing grad-out",
+              "missing grads-out", "value missing at end", "value missing before option",
+              "per-head without attn-out", "backward unknown option", "forward has no grad-out",
+              "grad-out wrong shape", "grad-out missing file", "out directory missing",
+              "grads-out directory missing"}
+LAYER_CASES = [(n, b, 1) for n, b, _ in USAGE_CASES if n not in _NOT_LAYER] + \
+    [(n, b, 2) for n, b, _ in RUNTIME_CASES + MORE_RUNTIME_CASES if n not in _NOT_LAYER]
+
+
+@pytest.mark.parametrize("name,build,code", LAYER_CASES, ids=[c[0] for c in LAYER_CASES])
+def test_viz_refuses_layer_inputs_like_forward(fx, name, build, code):
+    args = build(fx)
+    assert str(args[0]) == "forward"
+    first = check_failure(fx, args, code)
+    viz = ["viz", *drop(args[1:], "--out")]
+    assert check_failure(fx, viz, code) == first
+
+
 def test_failed_write_keeps_earlier_outputs_whole(fx):
     """--out succeeds, --attn-out cannot be written: the run fails (2) with one line, the
     --attn-out target is untouched, and --out is either untouched or a complete result."""

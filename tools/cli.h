@@ -95,6 +95,65 @@ int cli_load_mask(mha_ctx *ctx, const char *opt, const char *path, int allow_flo
 int cli_save_npy(mha_ctx *ctx, const char *opt, const char *path, const mha_array *a);
 int cli_save_st(mha_ctx *ctx, const char *opt, const char *path, const mha_st *st);
 
+/* --- one layer call: the inputs mha forward, backward and viz share ------------------------ */
+/* The values of the options every command that runs a layer takes: --weights, --heads,
+ * --query, --key, --value, --causal, --causal-bottom-right, --key-padding-mask, --attn-mask,
+ * --scale, --threads and --isa. Strings are NULL and numbers 0 when not given; the *_given
+ * fields tell an explicit 0 from an absent option. */
+typedef struct {
+    const char *weights, *query, *key, *value, *key_padding_mask, *attn_mask, *isa;
+    long long heads, threads;
+    double scale;
+    int causal, causal_bottom_right;
+    int heads_given, threads_given, scale_given;
+} cli_layer_args;
+
+/* How many options a command may add to the layer's own in cli_layer_parse. */
+#define CLI_LAYER_MAX_EXTRA 24
+
+/* Parses argv (argv[0] is the command name) against the layer options (into *a, zeroed first)
+ * plus the command's own, extra[0 .. nextra-1] (nextra <= CLI_LAYER_MAX_EXTRA; their ->seen
+ * is set), then checks what the command line alone tells about the layer: --weights, --heads
+ * and --query given, --key and --value together or neither, at most one causal mask, a known
+ * --isa name. Returns 0; CLI_HELP when --help or -h was given (nothing checked or printed); or
+ * CLI_EXIT_USAGE after printing. The command checks its own options afterwards. */
+int cli_layer_parse(int argc, char **argv, cli_layer_args *a, cli_opt *extra, int nextra);
+
+/* A layer call loaded and checked: the context (--threads and --isa applied), the module, the
+ * inputs and the mask, and the sizes they agree on. Released by cli_layer_free. */
+typedef struct {
+    mha_ctx *ctx;
+    mha_module *module;
+    mha_array query;      /* float32 [B, L, E], or [L, E] unbatched */
+    mha_array key, value; /* float32 [B, S, kdim], [B, S, vdim] (no B unbatched); zeroed for
+                           * self-attention */
+    mha_array kpm, amask; /* the mask files, zeroed when not given */
+    mha_mask mask;        /* causal choice; points into kpm and amask */
+    int batched;          /* query.ndim == 3 */
+    int cross;            /* --key and --value were given */
+    int64_t B, L, S, E, H; /* B = 1 unbatched; S = L for self-attention */
+    float scale;          /* --scale; 0 = 1/sqrt(E/H) */
+} cli_layer;
+
+/* Loads and checks everything a (as cli_layer_parse left it) names, in this order: --scale,
+ * the context, --weights and --heads, --query, --key, --value, --key-padding-mask, --attn-mask.
+ * Nothing is computed. Returns 0, or CLI_EXIT_RUNTIME after printing one line that names the
+ * option at fault (*l is released and zeroed then). */
+int cli_layer_load(const cli_layer_args *a, cli_layer *l);
+/* Frees what cli_layer_load loaded and zeroes *l; a zeroed cli_layer is fine. */
+void cli_layer_free(cli_layer *l);
+
+/* The shape of the layer's output, [B, L, E] or unbatched [L, E], into shape; returns ndim. */
+int cli_layer_out_shape(const cli_layer *l, int64_t shape[3]);
+/* Allocates float32 attention weights: per head [B, H, L, S], else averaged [B, L, S] (no B
+ * unbatched). On failure the library's message is in l->ctx. */
+mha_status cli_layer_weights_alloc(const cli_layer *l, int per_head, mha_array *out);
+/* Runs mha_module_forward with fo (its scale replaced by l->scale): allocates *out with
+ * cli_layer_out_shape and writes into it, and into *weights when not NULL (allocated by
+ * cli_layer_weights_alloc with per_head == !fo.average_weights). Returns 0, or 2 after
+ * printing the library's message. */
+int cli_layer_forward(cli_layer *l, mha_forward_opts fo, mha_array *out, mha_array *weights);
+
 /* --- terminal ------------------------------------------------------------------------------ */
 /* Terminal width for stdout: requested if > 0, else $COLUMNS, else the terminal's, else 80;
  * clamped to [40, 100000]. */

@@ -1,5 +1,6 @@
 /* cli_common.c - helpers every command of the mha tool shares: one-line error reporting,
- * option parsing, and loading/saving with messages that name the option at fault. */
+ * option parsing, loading/saving with messages that name the option at fault, and the options,
+ * loading and checks of one layer call (mha forward, backward and viz). */
 #include "cli.h"
 
 #include <errno.h>
@@ -251,6 +252,218 @@ int cli_save_npy(mha_ctx *ctx, const char *opt, const char *path, const mha_arra
 
 int cli_save_st(mha_ctx *ctx, const char *opt, const char *path, const mha_st *st) {
     if (mha_st_save(ctx, st, path) != MHA_OK) return cli_fail_lib(ctx, opt);
+    return 0;
+}
+
+/* ---------------------------------------------------------------------------------------------
+ * One layer call: the options, loading and checks mha forward, backward and viz share
+ * ------------------------------------------------------------------------------------------- */
+enum { LAYER_NOPTS = 12 };
+
+int cli_layer_parse(int argc, char **argv, cli_layer_args *a, cli_opt *extra, int nextra) {
+    memset(a, 0, sizeof *a);
+    if (nextra < 0 || nextra > CLI_LAYER_MAX_EXTRA) /* a bug in the command, not the user's */
+        return cli_fail("internal error: %d options for %s, at most %d", nextra, argv[0],
+                        CLI_LAYER_MAX_EXTRA);
+    cli_opt opts[LAYER_NOPTS + CLI_LAYER_MAX_EXTRA] = {
+        {"--weights", CLI_OPT_STRING, &a->weights, 0},
+        {"--heads", CLI_OPT_INT, &a->heads, 0},
+        {"--query", CLI_OPT_STRING, &a->query, 0},
+        {"--key", CLI_OPT_STRING, &a->key, 0},
+        {"--value", CLI_OPT_STRING, &a->value, 0},
+        {"--causal", CLI_OPT_FLAG, &a->causal, 0},
+        {"--causal-bottom-right", CLI_OPT_FLAG, &a->causal_bottom_right, 0},
+        {"--key-padding-mask", CLI_OPT_STRING, &a->key_padding_mask, 0},
+        {"--attn-mask", CLI_OPT_STRING, &a->attn_mask, 0},
+        {"--scale", CLI_OPT_FLOAT, &a->scale, 0},
+        {"--threads", CLI_OPT_INT, &a->threads, 0},
+        {"--isa", CLI_OPT_STRING, &a->isa, 0},
+    };
+    for (int i = 0; i < nextra; i++) opts[LAYER_NOPTS + i] = extra[i];
+    const int nopts = LAYER_NOPTS + nextra;
+    int rc = cli_parse(argc, argv, opts, nopts);
+    for (int i = 0; i < nextra; i++) extra[i].seen = opts[LAYER_NOPTS + i].seen;
+    if (rc) return rc;
+    a->heads_given = cli_find(opts, nopts, "--heads")->seen > 0;
+    a->threads_given = cli_find(opts, nopts, "--threads")->seen > 0;
+    a->scale_given = cli_find(opts, nopts, "--scale")->seen > 0;
+
+    const char *cmd = argv[0];
+    if (!a->weights) return cli_missing(cmd, "--weights");
+    if (!a->heads_given) return cli_missing(cmd, "--heads");
+    if (!a->query) return cli_missing(cmd, "--query");
+    if (!a->key != !a->value)
+        return cli_usage_error("give both --key and --value for cross-attention, or neither "
+                               "for self-attention",
+                               "%s given without %s", a->key ? "--key" : "--value",
+                               a->key ? "--value" : "--key");
+    if (a->causal && a->causal_bottom_right)
+        return cli_usage_error(NULL, "--causal and --causal-bottom-right exclude each other");
+    mha_isa isa;
+    if (a->isa && !cli_isa_parse(a->isa, &isa))
+        return cli_usage_error("--isa takes auto, generic, avx2 or avx512",
+                               "--isa: unknown kernel path \"%s\"", a->isa);
+    return 0;
+}
+
+static int all_positive(const mha_array *a) {
+    for (int i = 0; i < a->ndim; i++)
+        if (a->shape[i] < 1) return 0;
+    return 1;
+}
+
+/* Checks an input of the layer: [B, N, feat] when batched, [N, feat] when not; batch < 0 (for
+ * the query) accepts either and any B. */
+static int check_input(const char *opt, const mha_array *a, int batched, int64_t batch,
+                       int64_t feat, const char *feat_name) {
+    char got[96];
+    cli_shape_str(got, sizeof got, a->ndim, a->shape);
+    int ok = a->ndim == (batched ? 3 : 2) && a->shape[a->ndim - 1] == feat && all_positive(a) &&
+             (!batched || batch < 0 || a->shape[0] == batch);
+    if (ok) return 0;
+    if (batch < 0)
+        return cli_fail("%s: shape %s, expected [B, L, %lld] or [L, %lld] (%s %lld from "
+                        "--weights, B and L at least 1)",
+                        opt, got, (long long)feat, (long long)feat, feat_name, (long long)feat);
+    if (batched)
+        return cli_fail("%s: shape %s, expected [%lld, S, %lld] (batch of --query, %s %lld "
+                        "from --weights)",
+                        opt, got, (long long)batch, (long long)feat, feat_name, (long long)feat);
+    return cli_fail("%s: shape %s, expected [S, %lld] (unbatched like --query, %s %lld from "
+                    "--weights)",
+                    opt, got, (long long)feat, feat_name, (long long)feat);
+}
+
+/* cli_layer_load after the context: the module, the inputs, the masks. */
+static int layer_load_inputs(const cli_layer_args *a, cli_layer *l) {
+    mha_ctx *ctx = l->ctx;
+    char got[96], want[96];
+    int rc;
+    if ((rc = cli_load_module(ctx, a->weights, a->heads, &l->module))) return rc;
+    const mha_config *cfg = mha_module_config(l->module);
+    const int64_t E = cfg->embed_dim, H = cfg->num_heads;
+    const int64_t kdim = cfg->kdim ? cfg->kdim : E, vdim = cfg->vdim ? cfg->vdim : E;
+    l->E = E;
+    l->H = H;
+    l->cross = a->key != NULL;
+    if (!l->cross && (kdim != E || vdim != E))
+        return cli_fail("--key/--value: missing: the layer in --weights has kdim %lld and vdim "
+                        "%lld (not E = %lld), so self-attention is not possible",
+                        (long long)kdim, (long long)vdim, (long long)E);
+
+    if ((rc = cli_load_f32(ctx, "--query", a->query, &l->query))) return rc;
+    if ((rc = check_input("--query", &l->query, l->query.ndim == 3, -1, E, "embed_dim")))
+        return rc;
+    const int batched = l->batched = l->query.ndim == 3;
+    const int64_t B = l->B = batched ? l->query.shape[0] : 1;
+    const int64_t L = l->L = l->query.shape[batched ? 1 : 0];
+    int64_t S = L;
+    if (l->cross) {
+        if ((rc = cli_load_f32(ctx, "--key", a->key, &l->key))) return rc;
+        if ((rc = check_input("--key", &l->key, batched, batched ? B : 0, kdim, "kdim")))
+            return rc;
+        if ((rc = cli_load_f32(ctx, "--value", a->value, &l->value))) return rc;
+        if ((rc = check_input("--value", &l->value, batched, batched ? B : 0, vdim, "vdim")))
+            return rc;
+        S = l->key.shape[batched ? 1 : 0];
+        if (l->value.shape[batched ? 1 : 0] != S)
+            return cli_fail("--value: %lld positions, expected %lld (the key length of --key)",
+                            (long long)l->value.shape[batched ? 1 : 0], (long long)S);
+    }
+    l->S = S;
+
+    l->mask.causal = a->causal                ? MHA_CAUSAL_TOP_LEFT
+                     : a->causal_bottom_right ? MHA_CAUSAL_BOTTOM_RIGHT
+                                              : MHA_CAUSAL_NONE;
+    if (a->key_padding_mask) {
+        if ((rc = cli_load_mask(ctx, "--key-padding-mask", a->key_padding_mask, 0, &l->kpm)))
+            return rc;
+        int64_t ws[2] = {B, S};
+        int wn = batched ? 2 : 1;
+        const int64_t *wp = batched ? ws : ws + 1;
+        if (l->kpm.ndim != wn || memcmp(l->kpm.shape, wp, (size_t)wn * sizeof(int64_t)))
+            return cli_fail("--key-padding-mask: shape %s, expected %s (%s)",
+                            cli_shape_str(got, sizeof got, l->kpm.ndim, l->kpm.shape),
+                            cli_shape_str(want, sizeof want, wn, wp),
+                            batched ? "batch, key length" : "key length");
+        l->mask.key_padding = (const uint8_t *)l->kpm.data;
+    }
+    if (a->attn_mask) {
+        if ((rc = cli_load_mask(ctx, "--attn-mask", a->attn_mask, 1, &l->amask))) return rc;
+        int64_t w2[2] = {L, S}, w3[3] = {batched ? B * H : H, L, S};
+        if (l->amask.ndim == 2 && !memcmp(l->amask.shape, w2, sizeof w2)) {
+            l->mask.attn_batched = 0;
+        } else if (l->amask.ndim == 3 && !memcmp(l->amask.shape, w3, sizeof w3)) {
+            l->mask.attn_batched = 1;
+        } else {
+            char want3[96];
+            return cli_fail("--attn-mask: shape %s, expected %s (query length, key length) or "
+                            "%s (%s, query length, key length)",
+                            cli_shape_str(got, sizeof got, l->amask.ndim, l->amask.shape),
+                            cli_shape_str(want, sizeof want, 2, w2),
+                            cli_shape_str(want3, sizeof want3, 3, w3),
+                            batched ? "batch*heads" : "heads");
+        }
+        if (l->amask.dtype == MHA_DTYPE_BOOL)
+            l->mask.attn_bool = (const uint8_t *)l->amask.data;
+        else
+            l->mask.attn_float = (const float *)l->amask.data;
+    }
+    return 0;
+}
+
+int cli_layer_load(const cli_layer_args *a, cli_layer *l) {
+    memset(l, 0, sizeof *l);
+    l->mask = mha_mask_default();
+    /* Values the command line cannot settle: exit 2 from here on. */
+    if (!isfinite(a->scale) || a->scale < 0)
+        return cli_fail("--scale: got %g, expected a positive number", a->scale);
+    if (a->scale_given && a->scale == 0)
+        return cli_fail("--scale: got 0, expected a positive number");
+    l->scale = (float)a->scale;
+    int rc = cli_ctx_create(a->threads_given ? &a->threads : NULL, a->isa, &l->ctx);
+    if (rc) return rc;
+    if ((rc = layer_load_inputs(a, l))) cli_layer_free(l);
+    return rc;
+}
+
+void cli_layer_free(cli_layer *l) {
+    mha_array *arrs[] = {&l->query, &l->key, &l->value, &l->kpm, &l->amask};
+    for (size_t i = 0; i < sizeof arrs / sizeof arrs[0]; i++) mha_array_free(arrs[i]);
+    mha_module_free(l->module);
+    mha_ctx_free(l->ctx);
+    memset(l, 0, sizeof *l);
+}
+
+int cli_layer_out_shape(const cli_layer *l, int64_t shape[3]) {
+    int64_t s[3] = {l->B, l->L, l->E};
+    int n = l->batched ? 3 : 2;
+    memcpy(shape, l->batched ? s : s + 1, (size_t)n * sizeof(int64_t));
+    return n;
+}
+
+mha_status cli_layer_weights_alloc(const cli_layer *l, int per_head, mha_array *out) {
+    int64_t ws[4] = {l->B, l->H, l->L, l->S}, wa[3] = {l->B, l->L, l->S};
+    const int64_t *wp = per_head ? (l->batched ? ws : ws + 1) : (l->batched ? wa : wa + 1);
+    int wn = (per_head ? 4 : 3) - (l->batched ? 0 : 1);
+    return mha_array_alloc(l->ctx, MHA_DTYPE_F32, wn, wp, out);
+}
+
+int cli_layer_forward(cli_layer *l, mha_forward_opts fo, mha_array *out, mha_array *weights) {
+    int64_t os[3];
+    int on = cli_layer_out_shape(l, os);
+    if (mha_array_alloc(l->ctx, MHA_DTYPE_F32, on, os, out) != MHA_OK)
+        return cli_fail_lib(l->ctx, NULL);
+    fo.scale = l->scale;
+    mha_tensor tq = cli_array_tensor(&l->query), ty = cli_array_tensor(out), tk, tv, tw;
+    if (l->cross) {
+        tk = cli_array_tensor(&l->key);
+        tv = cli_array_tensor(&l->value);
+    }
+    if (weights) tw = cli_array_tensor(weights);
+    if (mha_module_forward(l->ctx, l->module, &fo, &tq, l->cross ? &tk : NULL,
+                           l->cross ? &tv : NULL, &l->mask, &ty, weights ? &tw : NULL) != MHA_OK)
+        return cli_fail_lib(l->ctx, NULL);
     return 0;
 }
 

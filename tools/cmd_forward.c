@@ -12,7 +12,6 @@
  * an earlier one. Usage errors exit 1, runtime failures exit 2, each with one "mha: error:" line. */
 #include "cli.h"
 
-#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -83,283 +82,118 @@ static void print_help(FILE *f, int backward) {
               f);
 }
 
-/* Everything one run holds; released by run_free whatever happened. */
+/* What one run holds besides the layer; released by run_free whatever happened. */
 typedef struct {
-    mha_ctx *ctx;
-    mha_module *m;
-    mha_array query, key, value, kpm, amask, dout;
-    mha_array out, weights, dquery, dkey, dvalue;
+    cli_layer l;
+    mha_array dout, out, weights, dquery, dkey, dvalue;
     mha_st *grads;
 } run_state;
 
 static void run_free(run_state *r) {
-    mha_array *arrs[] = {&r->query, &r->key, &r->value, &r->kpm, &r->amask, &r->dout,
-                         &r->out, &r->weights, &r->dquery, &r->dkey, &r->dvalue};
+    mha_array *arrs[] = {&r->dout, &r->out, &r->weights, &r->dquery, &r->dkey, &r->dvalue};
     for (size_t i = 0; i < sizeof arrs / sizeof arrs[0]; i++) mha_array_free(arrs[i]);
     mha_st_free(r->grads);
-    mha_module_free(r->m);
-    mha_ctx_free(r->ctx);
+    cli_layer_free(&r->l);
 }
 
-static int all_positive(const mha_array *a) {
-    for (int i = 0; i < a->ndim; i++)
-        if (a->shape[i] < 1) return 0;
-    return 1;
-}
-
-/* Checks an input of the layer: [B, N, feat] when batched, [N, feat] when not. */
-static int check_input(const char *opt, const mha_array *a, int batched, int64_t batch,
-                       int64_t feat, const char *feat_name) {
-    char got[96];
-    cli_shape_str(got, sizeof got, a->ndim, a->shape);
-    int ok = a->ndim == (batched ? 3 : 2) && a->shape[a->ndim - 1] == feat && all_positive(a) &&
-             (!batched || batch < 0 || a->shape[0] == batch);
-    if (ok) return 0;
-    if (batch < 0)
-        return cli_fail("%s: shape %s, expected [B, L, %lld] or [L, %lld] (%s %lld from "
-                        "--weights, B and L at least 1)",
-                        opt, got, (long long)feat, (long long)feat, feat_name, (long long)feat);
-    if (batched)
-        return cli_fail("%s: shape %s, expected [%lld, S, %lld] (batch of --query, %s %lld "
-                        "from --weights)",
-                        opt, got, (long long)batch, (long long)feat, feat_name, (long long)feat);
-    return cli_fail("%s: shape %s, expected [S, %lld] (unbatched like --query, %s %lld from "
-                    "--weights)",
-                    opt, got, (long long)feat, feat_name, (long long)feat);
+/* The backward pass: input gradients, then every gradient gathered into r->grads (inputs,
+ * then parameters under their own names). */
+static int run_backward(run_state *r) {
+    cli_layer *l = &r->l;
+    mha_ctx *ctx = l->ctx;
+    if (mha_array_alloc(ctx, MHA_DTYPE_F32, l->query.ndim, l->query.shape, &r->dquery) ||
+        (l->cross && mha_array_alloc(ctx, MHA_DTYPE_F32, l->key.ndim, l->key.shape, &r->dkey)) ||
+        (l->cross &&
+         mha_array_alloc(ctx, MHA_DTYPE_F32, l->value.ndim, l->value.shape, &r->dvalue)))
+        return cli_fail_lib(ctx, NULL);
+    mha_tensor tdy = cli_array_tensor(&r->dout), tdq = cli_array_tensor(&r->dquery), tdk, tdv;
+    if (l->cross) {
+        tdk = cli_array_tensor(&r->dkey);
+        tdv = cli_array_tensor(&r->dvalue);
+    }
+    mha_module_zero_grad(l->module);
+    if (mha_module_backward(ctx, l->module, &tdy, &tdq, l->cross ? &tdk : NULL,
+                            l->cross ? &tdv : NULL) != MHA_OK)
+        return cli_fail_lib(ctx, NULL);
+    if (mha_st_create(ctx, &r->grads) != MHA_OK ||
+        mha_st_set(ctx, r->grads, "query", &r->dquery) != MHA_OK ||
+        (l->cross && (mha_st_set(ctx, r->grads, "key", &r->dkey) != MHA_OK ||
+                      mha_st_set(ctx, r->grads, "value", &r->dvalue) != MHA_OK)))
+        return cli_fail_lib(ctx, NULL);
+    for (int i = 0; i < mha_module_param_count(l->module); i++) {
+        const char *name = mha_module_param_name(l->module, i);
+        mha_tensor g;
+        mha_array ga;
+        memset(&ga, 0, sizeof ga);
+        if (mha_module_param(ctx, l->module, name, NULL, &g) != MHA_OK ||
+            cli_tensor_to_array(ctx, &g, &ga) != MHA_OK ||
+            mha_st_set(ctx, r->grads, name, &ga) != MHA_OK) {
+            mha_array_free(&ga);
+            return cli_fail_lib(ctx, NULL);
+        }
+        mha_array_free(&ga);
+    }
+    return 0;
 }
 
 static int run(int argc, char **argv, int backward) {
-    const char *weights = NULL, *query = NULL, *key = NULL, *value = NULL, *kpm = NULL,
-               *amask = NULL, *out = NULL, *attn_out = NULL, *grad_out = NULL,
-               *grads_out = NULL, *isa = NULL;
-    long long heads = 0, threads = 0;
-    double scale = 0;
-    int causal = 0, causal_br = 0, per_head = 0;
+    const char *out = NULL, *attn_out = NULL, *grad_out = NULL, *grads_out = NULL;
+    int per_head = 0;
     cli_opt opts[] = {
-        {"--weights", CLI_OPT_STRING, &weights, 0},
-        {"--heads", CLI_OPT_INT, &heads, 0},
-        {"--query", CLI_OPT_STRING, &query, 0},
-        {"--key", CLI_OPT_STRING, &key, 0},
-        {"--value", CLI_OPT_STRING, &value, 0},
-        {"--causal", CLI_OPT_FLAG, &causal, 0},
-        {"--causal-bottom-right", CLI_OPT_FLAG, &causal_br, 0},
-        {"--key-padding-mask", CLI_OPT_STRING, &kpm, 0},
-        {"--attn-mask", CLI_OPT_STRING, &amask, 0},
-        {"--scale", CLI_OPT_FLOAT, &scale, 0},
         {"--out", CLI_OPT_STRING, &out, 0},
         {"--attn-out", CLI_OPT_STRING, &attn_out, 0},
         {"--per-head", CLI_OPT_FLAG, &per_head, 0},
-        {"--threads", CLI_OPT_INT, &threads, 0},
-        {"--isa", CLI_OPT_STRING, &isa, 0},
-        {"--grad-out", CLI_OPT_STRING, &grad_out, 0},  /* backward only: removed below */
+        {"--grad-out", CLI_OPT_STRING, &grad_out, 0}, /* backward only: left out below */
         {"--grads-out", CLI_OPT_STRING, &grads_out, 0},
     };
     int nopts = (int)(sizeof opts / sizeof opts[0]) - (backward ? 0 : 2);
     const char *cmd = argv[0];
-    char hint[128];
-    snprintf(hint, sizeof hint, "mha %s --help lists the options", cmd);
 
     /* --- the command line: everything that can be told without reading a file (exit 1) --- */
-    int rc = cli_parse(argc, argv, opts, nopts);
+    cli_layer_args la;
+    int rc = cli_layer_parse(argc, argv, &la, opts, nopts);
     if (rc == CLI_HELP) {
         print_help(stdout, backward);
         return CLI_EXIT_OK;
     }
     if (rc) return rc;
-    if (!weights) return cli_missing(cmd, "--weights");
-    if (!cli_find(opts, nopts, "--heads")->seen) return cli_missing(cmd, "--heads");
-    if (!query) return cli_missing(cmd, "--query");
     if (!backward && !out) return cli_missing(cmd, "--out");
     if (backward && !grad_out) return cli_missing(cmd, "--grad-out");
     if (backward && !grads_out) return cli_missing(cmd, "--grads-out");
-    if (!key != !value)
-        return cli_usage_error("give both --key and --value for cross-attention, or neither "
-                               "for self-attention",
-                               "%s given without %s", key ? "--key" : "--value",
-                               key ? "--value" : "--key");
     if (per_head && !attn_out)
         return cli_usage_error("--per-head chooses the layout of the --attn-out file",
                                "--per-head needs --attn-out");
-    if (causal && causal_br)
-        return cli_usage_error(NULL, "--causal and --causal-bottom-right exclude each other");
-    mha_isa isa_val;
-    if (isa && !cli_isa_parse(isa, &isa_val))
-        return cli_usage_error("--isa takes auto, generic, avx2 or avx512",
-                               "--isa: unknown kernel path \"%s\"", isa);
 
-    /* --- values the command line cannot settle (exit 2 from here on) --- */
-    if (!isfinite(scale) || scale < 0)
-        return cli_fail("--scale: got %g, expected a positive number", scale);
-    if (cli_find(opts, nopts, "--scale")->seen && scale == 0)
-        return cli_fail("--scale: got 0, expected a positive number");
-
+    /* --- load and check every input before computing anything (exit 2 from here on) --- */
     run_state r;
     memset(&r, 0, sizeof r);
-    rc = cli_ctx_create(cli_find(opts, nopts, "--threads")->seen ? &threads : NULL, isa, &r.ctx);
-    if (rc) return rc;
-    mha_ctx *ctx = r.ctx;
-    char got[96], want[96];
-
-    /* Load and check every input before computing anything. */
-    if ((rc = cli_load_module(ctx, weights, heads, &r.m))) goto done;
-    const mha_config *cfg = mha_module_config(r.m);
-    const int64_t E = cfg->embed_dim, H = cfg->num_heads;
-    const int64_t kdim = cfg->kdim ? cfg->kdim : E, vdim = cfg->vdim ? cfg->vdim : E;
-    if (!key && (kdim != E || vdim != E)) {
-        rc = cli_fail("--key/--value: missing: the layer in --weights has kdim %lld and vdim "
-                      "%lld (not E = %lld), so self-attention is not possible",
-                      (long long)kdim, (long long)vdim, (long long)E);
-        goto done;
-    }
-    if ((rc = cli_load_f32(ctx, "--query", query, &r.query))) goto done;
-    if ((rc = check_input("--query", &r.query, r.query.ndim == 3, -1, E, "embed_dim")))
-        goto done;
-    const int batched = r.query.ndim == 3;
-    const int64_t B = batched ? r.query.shape[0] : 1, L = r.query.shape[batched ? 1 : 0];
-    int64_t S = L;
-    if (key) {
-        if ((rc = cli_load_f32(ctx, "--key", key, &r.key))) goto done;
-        if ((rc = check_input("--key", &r.key, batched, batched ? B : 0, kdim, "kdim")))
-            goto done;
-        if ((rc = cli_load_f32(ctx, "--value", value, &r.value))) goto done;
-        if ((rc = check_input("--value", &r.value, batched, batched ? B : 0, vdim, "vdim")))
-            goto done;
-        S = r.key.shape[batched ? 1 : 0];
-        if (r.value.shape[batched ? 1 : 0] != S) {
-            rc = cli_fail("--value: %lld positions, expected %lld (the key length of --key)",
-                          (long long)r.value.shape[batched ? 1 : 0], (long long)S);
-            goto done;
-        }
-    }
-
-    mha_mask mask = mha_mask_default();
-    mask.causal = causal ? MHA_CAUSAL_TOP_LEFT : causal_br ? MHA_CAUSAL_BOTTOM_RIGHT
-                                                           : MHA_CAUSAL_NONE;
-    if (kpm) {
-        if ((rc = cli_load_mask(ctx, "--key-padding-mask", kpm, 0, &r.kpm))) goto done;
-        int64_t ws[2] = {B, S};
-        int wn = batched ? 2 : 1;
-        const int64_t *wp = batched ? ws : ws + 1;
-        if (r.kpm.ndim != wn || memcmp(r.kpm.shape, wp, (size_t)wn * sizeof(int64_t))) {
-            rc = cli_fail("--key-padding-mask: shape %s, expected %s (%s)",
-                          cli_shape_str(got, sizeof got, r.kpm.ndim, r.kpm.shape),
-                          cli_shape_str(want, sizeof want, wn, wp),
-                          batched ? "batch, key length" : "key length");
-            goto done;
-        }
-        mask.key_padding = (const uint8_t *)r.kpm.data;
-    }
-    if (amask) {
-        if ((rc = cli_load_mask(ctx, "--attn-mask", amask, 1, &r.amask))) goto done;
-        int64_t w2[2] = {L, S}, w3[3] = {batched ? B * H : H, L, S};
-        if (r.amask.ndim == 2 && !memcmp(r.amask.shape, w2, sizeof w2)) {
-            mask.attn_batched = 0;
-        } else if (r.amask.ndim == 3 && !memcmp(r.amask.shape, w3, sizeof w3)) {
-            mask.attn_batched = 1;
-        } else {
-            char want3[96];
-            rc = cli_fail("--attn-mask: shape %s, expected %s (query length, key length) or "
-                          "%s (%s, query length, key length)",
-                          cli_shape_str(got, sizeof got, r.amask.ndim, r.amask.shape),
-                          cli_shape_str(want, sizeof want, 2, w2),
-                          cli_shape_str(want3, sizeof want3, 3, w3),
-                          batched ? "batch*heads" : "heads");
-            goto done;
-        }
-        if (r.amask.dtype == MHA_DTYPE_BOOL)
-            mask.attn_bool = (const uint8_t *)r.amask.data;
-        else
-            mask.attn_float = (const float *)r.amask.data;
-    }
+    if ((rc = cli_layer_load(&la, &r.l))) return rc;
+    cli_layer *l = &r.l;
+    mha_ctx *ctx = l->ctx;
     if (backward) {
         if ((rc = cli_load_f32(ctx, "--grad-out", grad_out, &r.dout))) goto done;
-        int64_t ws[3] = {B, L, E};
-        const int64_t *wp = batched ? ws : ws + 1;
-        if (r.dout.ndim != r.query.ndim ||
-            memcmp(r.dout.shape, wp, (size_t)r.query.ndim * sizeof(int64_t))) {
+        int64_t want[3];
+        int wn = cli_layer_out_shape(l, want);
+        if (r.dout.ndim != wn || memcmp(r.dout.shape, want, (size_t)wn * sizeof(int64_t))) {
+            char gs[96], ws[96];
             rc = cli_fail("--grad-out: shape %s, expected %s (the output's shape)",
-                          cli_shape_str(got, sizeof got, r.dout.ndim, r.dout.shape),
-                          cli_shape_str(want, sizeof want, r.query.ndim, wp));
+                          cli_shape_str(gs, sizeof gs, r.dout.ndim, r.dout.shape),
+                          cli_shape_str(ws, sizeof ws, wn, want));
             goto done;
         }
     }
 
     /* --- compute --- */
-    {
-        int64_t os[3] = {B, L, E};
-        if (mha_array_alloc(ctx, MHA_DTYPE_F32, r.query.ndim, batched ? os : os + 1, &r.out)) {
-            rc = cli_fail_lib(ctx, NULL);
-            goto done;
-        }
-        if (attn_out) {
-            int64_t ws[4] = {B, H, L, S}, wa[3] = {B, L, S};
-            const int64_t *wp = per_head ? (batched ? ws : ws + 1) : (batched ? wa : wa + 1);
-            int wn = (per_head ? 4 : 3) - (batched ? 0 : 1);
-            if (mha_array_alloc(ctx, MHA_DTYPE_F32, wn, wp, &r.weights)) {
-                rc = cli_fail_lib(ctx, NULL);
-                goto done;
-            }
-        }
-    }
-    mha_forward_opts fo = mha_forward_opts_default();
-    fo.scale = (float)scale;
-    fo.training = 0;
-    fo.average_weights = !per_head;
-    fo.save_for_backward = backward;
-    mha_tensor tq = cli_array_tensor(&r.query), tk, tv, ty = cli_array_tensor(&r.out), tw;
-    if (key) {
-        tk = cli_array_tensor(&r.key);
-        tv = cli_array_tensor(&r.value);
-    }
-    if (attn_out) tw = cli_array_tensor(&r.weights);
-    if (mha_module_forward(ctx, r.m, &fo, &tq, key ? &tk : NULL, key ? &tv : NULL, &mask, &ty,
-                           attn_out ? &tw : NULL) != MHA_OK) {
+    if (attn_out && cli_layer_weights_alloc(l, per_head, &r.weights) != MHA_OK) {
         rc = cli_fail_lib(ctx, NULL);
         goto done;
     }
-
-    if (backward) {
-        if (mha_array_alloc(ctx, MHA_DTYPE_F32, r.query.ndim, r.query.shape, &r.dquery) ||
-            (key && mha_array_alloc(ctx, MHA_DTYPE_F32, r.key.ndim, r.key.shape, &r.dkey)) ||
-            (key && mha_array_alloc(ctx, MHA_DTYPE_F32, r.value.ndim, r.value.shape,
-                                    &r.dvalue))) {
-            rc = cli_fail_lib(ctx, NULL);
-            goto done;
-        }
-        mha_tensor tdy = cli_array_tensor(&r.dout), tdq = cli_array_tensor(&r.dquery), tdk, tdv;
-        if (key) {
-            tdk = cli_array_tensor(&r.dkey);
-            tdv = cli_array_tensor(&r.dvalue);
-        }
-        mha_module_zero_grad(r.m);
-        if (mha_module_backward(ctx, r.m, &tdy, &tdq, key ? &tdk : NULL, key ? &tdv : NULL) !=
-            MHA_OK) {
-            rc = cli_fail_lib(ctx, NULL);
-            goto done;
-        }
-        /* Gather the gradients into one collection: inputs, then parameters by name. */
-        if (mha_st_create(ctx, &r.grads) != MHA_OK ||
-            mha_st_set(ctx, r.grads, "query", &r.dquery) != MHA_OK ||
-            (key && (mha_st_set(ctx, r.grads, "key", &r.dkey) != MHA_OK ||
-                     mha_st_set(ctx, r.grads, "value", &r.dvalue) != MHA_OK))) {
-            rc = cli_fail_lib(ctx, NULL);
-            goto done;
-        }
-        for (int i = 0; i < mha_module_param_count(r.m); i++) {
-            const char *name = mha_module_param_name(r.m, i);
-            mha_tensor g;
-            mha_array ga;
-            memset(&ga, 0, sizeof ga);
-            if (mha_module_param(ctx, r.m, name, NULL, &g) != MHA_OK ||
-                cli_tensor_to_array(ctx, &g, &ga) != MHA_OK ||
-                mha_st_set(ctx, r.grads, name, &ga) != MHA_OK) {
-                mha_array_free(&ga);
-                rc = cli_fail_lib(ctx, NULL);
-                goto done;
-            }
-            mha_array_free(&ga);
-        }
-    }
+    mha_forward_opts fo = mha_forward_opts_default();
+    fo.training = 0;
+    fo.average_weights = !per_head;
+    fo.save_for_backward = backward;
+    if ((rc = cli_layer_forward(l, fo, &r.out, attn_out ? &r.weights : NULL))) goto done;
+    if (backward && (rc = run_backward(&r))) goto done;
 
     /* --- write: only now that everything is computed --- */
     if (out && (rc = cli_save_npy(ctx, "--out", out, &r.out))) goto done;

@@ -6,7 +6,6 @@
 #include "cli.h"
 #include "mha_viz.h"
 
-#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -134,13 +133,6 @@ static int tokens_load(const char *opt, const char *path, int64_t want, const ch
     return 0;
 }
 
-static int input_ok(const mha_array *a, int batched, int64_t batch, int64_t feat) {
-    if (a->ndim != (batched ? 3 : 2) || a->shape[a->ndim - 1] != feat) return 0;
-    for (int i = 0; i < a->ndim; i++)
-        if (a->shape[i] < 1) return 0;
-    return !batched || batch < 0 || a->shape[0] == batch;
-}
-
 static int ends_with(const char *s, const char *suf) {
     size_t n = strlen(s), k = strlen(suf);
     return n >= k && strcmp(s + n - k, suf) == 0;
@@ -150,40 +142,27 @@ static int write_stdout(void *user, const void *data, size_t size) {
     return fwrite(data, 1, size, (FILE *)user) == size ? 0 : 1;
 }
 
+/* What one run holds besides the layer; released by run_free whatever happened. */
 typedef struct {
-    mha_ctx *ctx;
-    mha_module *m;
-    mha_array query, key, value, kpm, amask, out, weights;
+    cli_layer l;
+    mha_array out, weights;
     tokens qt, kt;
 } run_state;
 
 static void run_free(run_state *r) {
-    mha_array *arrs[] = {&r->query, &r->key, &r->value, &r->kpm, &r->amask, &r->out, &r->weights};
-    for (size_t i = 0; i < sizeof arrs / sizeof arrs[0]; i++) mha_array_free(arrs[i]);
+    mha_array_free(&r->out);
+    mha_array_free(&r->weights);
     tokens_free(&r->qt);
     tokens_free(&r->kt);
-    mha_module_free(r->m);
-    mha_ctx_free(r->ctx);
+    cli_layer_free(&r->l);
 }
 
 int mha_cmd_viz(int argc, char **argv) {
-    const char *weights = NULL, *query = NULL, *key = NULL, *value = NULL, *kpm = NULL,
-               *amask = NULL, *tok = NULL, *ktok = NULL, *format = NULL, *out = NULL,
-               *color = NULL, *isa = NULL, *title = NULL;
-    long long heads = 0, head = 0, batch = 0, width = 0, cell_px = 0, threads = 0;
-    double scale = 0;
-    int causal = 0, causal_br = 0, average = 0, all = 0, ascii = 0;
+    const char *tok = NULL, *ktok = NULL, *format = NULL, *out = NULL, *color = NULL,
+               *title = NULL;
+    long long head = 0, batch = 0, width = 0, cell_px = 0;
+    int average = 0, all = 0, ascii = 0;
     cli_opt opts[] = {
-        {"--weights", CLI_OPT_STRING, &weights, 0},
-        {"--heads", CLI_OPT_INT, &heads, 0},
-        {"--query", CLI_OPT_STRING, &query, 0},
-        {"--key", CLI_OPT_STRING, &key, 0},
-        {"--value", CLI_OPT_STRING, &value, 0},
-        {"--causal", CLI_OPT_FLAG, &causal, 0},
-        {"--causal-bottom-right", CLI_OPT_FLAG, &causal_br, 0},
-        {"--key-padding-mask", CLI_OPT_STRING, &kpm, 0},
-        {"--attn-mask", CLI_OPT_STRING, &amask, 0},
-        {"--scale", CLI_OPT_FLOAT, &scale, 0},
         {"--tokens", CLI_OPT_STRING, &tok, 0},
         {"--key-tokens", CLI_OPT_STRING, &ktok, 0},
         {"--head", CLI_OPT_INT, &head, 0},
@@ -197,32 +176,21 @@ int mha_cmd_viz(int argc, char **argv) {
         {"--width", CLI_OPT_INT, &width, 0},
         {"--cell-px", CLI_OPT_INT, &cell_px, 0},
         {"--title", CLI_OPT_STRING, &title, 0},
-        {"--threads", CLI_OPT_INT, &threads, 0},
-        {"--isa", CLI_OPT_STRING, &isa, 0},
     };
     const int nopts = (int)(sizeof opts / sizeof opts[0]);
-    const char *cmd = argv[0];
 
     /* --- the command line (exit 1) --- */
-    int rc = cli_parse(argc, argv, opts, nopts);
+    cli_layer_args la;
+    int rc = cli_layer_parse(argc, argv, &la, opts, nopts);
     if (rc == CLI_HELP) {
         print_help(stdout);
         return CLI_EXIT_OK;
     }
     if (rc) return rc;
-    if (!weights) return cli_missing(cmd, "--weights");
-    if (!cli_find(opts, nopts, "--heads")->seen) return cli_missing(cmd, "--heads");
-    if (!query) return cli_missing(cmd, "--query");
-    if (!key != !value)
-        return cli_usage_error("give both --key and --value for cross-attention, or neither",
-                               "%s given without %s", key ? "--key" : "--value",
-                               key ? "--value" : "--key");
     int has_head = cli_find(opts, nopts, "--head")->seen > 0;
     if (has_head + average + all > 1)
         return cli_usage_error("draw one head (--head N), their mean (--average) or all (--all)",
                                "--head, --average and --all exclude each other");
-    if (causal && causal_br)
-        return cli_usage_error(NULL, "--causal and --causal-bottom-right exclude each other");
     if (has_head && head < 0)
         return cli_usage_error(NULL, "--head: got %lld, expected a head number >= 0", head);
     if (batch < 0) return cli_usage_error(NULL, "--batch: got %lld, expected >= 0", batch);
@@ -230,7 +198,7 @@ int mha_cmd_viz(int argc, char **argv) {
         return cli_usage_error(NULL, "--width: got %lld, expected 40 .. 100000 columns", width);
     if (cli_find(opts, nopts, "--cell-px")->seen && (cell_px < 1 || cell_px > 64))
         return cli_usage_error(NULL, "--cell-px: got %lld, expected 1 .. 64", cell_px);
-    if (ktok && !key)
+    if (ktok && !la.key)
         return cli_usage_error("for self-attention --tokens labels both axes",
                                "--key-tokens needs --key and --value (cross-attention)");
     enum { F_TERM, F_SVG, F_PNG, F_HTML } fmt = F_TERM;
@@ -260,124 +228,36 @@ int mha_cmd_viz(int argc, char **argv) {
     else if (!ascii && !out && (!color || !strcmp(color, "auto"))) {
         use_color = cli_term_color();
     }
-    mha_isa isa_val;
-    if (isa && !cli_isa_parse(isa, &isa_val))
-        return cli_usage_error("--isa takes auto, generic, avx2 or avx512",
-                               "--isa: unknown kernel path \"%s\"", isa);
-    if (!isfinite(scale) || scale < 0 || (cli_find(opts, nopts, "--scale")->seen && scale == 0))
-        return cli_fail("--scale: got %g, expected a positive number", scale);
 
     /* --- load and check (exit 2 from here on) --- */
     run_state r;
     memset(&r, 0, sizeof r);
-    rc = cli_ctx_create(cli_find(opts, nopts, "--threads")->seen ? &threads : NULL, isa, &r.ctx);
-    if (rc) return rc;
-    mha_ctx *ctx = r.ctx;
-    char got[96], want[96];
-    if ((rc = cli_load_module(ctx, weights, heads, &r.m))) goto done;
-    const mha_config *cfg = mha_module_config(r.m);
-    const int64_t E = cfg->embed_dim, H = cfg->num_heads;
-    const int64_t kdim = cfg->kdim ? cfg->kdim : E, vdim = cfg->vdim ? cfg->vdim : E;
-    if (!key && (kdim != E || vdim != E)) {
-        rc = cli_fail("--key/--value: missing: the layer has kdim %lld, vdim %lld (E = %lld), "
-                      "so self-attention is not possible", (long long)kdim, (long long)vdim,
-                      (long long)E);
-        goto done;
-    }
+    if ((rc = cli_layer_load(&la, &r.l))) return rc;
+    cli_layer *l = &r.l;
+    mha_ctx *ctx = l->ctx;
+    const int64_t H = l->H, L = l->L, S = l->S;
     if (has_head && head >= H) {
         rc = cli_fail("--head: got %lld, expected 0 .. %lld (the layer has %lld heads)", head,
                       (long long)H - 1, (long long)H);
         goto done;
     }
-    if ((rc = cli_load_f32(ctx, "--query", query, &r.query))) goto done;
-    const int batched = r.query.ndim == 3;
-    if (!input_ok(&r.query, batched, -1, E)) {
-        rc = cli_fail("--query: shape %s, expected [B, L, %lld] or [L, %lld] (E from --weights)",
-                      cli_shape_str(got, sizeof got, r.query.ndim, r.query.shape), (long long)E,
-                      (long long)E);
-        goto done;
-    }
-    const int64_t B = batched ? r.query.shape[0] : 1, L = r.query.shape[batched ? 1 : 0];
-    if (batch >= B) {
+    if (batch >= l->B) {
         rc = cli_fail("--batch: got %lld, expected 0 .. %lld (the batch of --query)", batch,
-                      (long long)B - 1);
+                      (long long)l->B - 1);
         goto done;
-    }
-    int64_t S = L;
-    if (key) {
-        if ((rc = cli_load_f32(ctx, "--key", key, &r.key))) goto done;
-        if ((rc = cli_load_f32(ctx, "--value", value, &r.value))) goto done;
-        if (!input_ok(&r.key, batched, B, kdim) || !input_ok(&r.value, batched, B, vdim) ||
-            r.key.shape[batched ? 1 : 0] != r.value.shape[batched ? 1 : 0]) {
-            rc = cli_fail("--key/--value: shapes %s and %s, expected %s[S, %lld] and %s[S, %lld] "
-                          "(kdim, vdim from --weights; batch as --query)",
-                          cli_shape_str(got, sizeof got, r.key.ndim, r.key.shape),
-                          cli_shape_str(want, sizeof want, r.value.ndim, r.value.shape),
-                          batched ? "[B] + " : "", (long long)kdim, batched ? "[B] + " : "",
-                          (long long)vdim);
-            goto done;
-        }
-        S = r.key.shape[batched ? 1 : 0];
-    }
-    mha_mask mask = mha_mask_default();
-    mask.causal = causal ? MHA_CAUSAL_TOP_LEFT : causal_br ? MHA_CAUSAL_BOTTOM_RIGHT
-                                                           : MHA_CAUSAL_NONE;
-    if (kpm) {
-        if ((rc = cli_load_mask(ctx, "--key-padding-mask", kpm, 0, &r.kpm))) goto done;
-        int64_t ws[2] = {B, S};
-        int wn = batched ? 2 : 1;
-        const int64_t *wp = batched ? ws : ws + 1;
-        if (r.kpm.ndim != wn || memcmp(r.kpm.shape, wp, (size_t)wn * sizeof(int64_t))) {
-            rc = cli_fail("--key-padding-mask: shape %s, expected %s",
-                          cli_shape_str(got, sizeof got, r.kpm.ndim, r.kpm.shape),
-                          cli_shape_str(want, sizeof want, wn, wp));
-            goto done;
-        }
-        mask.key_padding = (const uint8_t *)r.kpm.data;
-    }
-    if (amask) {
-        if ((rc = cli_load_mask(ctx, "--attn-mask", amask, 1, &r.amask))) goto done;
-        int64_t w2[2] = {L, S}, w3[3] = {batched ? B * H : H, L, S};
-        if (r.amask.ndim == 2 && !memcmp(r.amask.shape, w2, sizeof w2)) {
-            mask.attn_batched = 0;
-        } else if (r.amask.ndim == 3 && !memcmp(r.amask.shape, w3, sizeof w3)) {
-            mask.attn_batched = 1;
-        } else {
-            char want3[96];
-            rc = cli_fail("--attn-mask: shape %s, expected %s or %s",
-                          cli_shape_str(got, sizeof got, r.amask.ndim, r.amask.shape),
-                          cli_shape_str(want, sizeof want, 2, w2),
-                          cli_shape_str(want3, sizeof want3, 3, w3));
-            goto done;
-        }
-        if (r.amask.dtype == MHA_DTYPE_BOOL) mask.attn_bool = (const uint8_t *)r.amask.data;
-        else mask.attn_float = (const float *)r.amask.data;
     }
     if (tok && (rc = tokens_load("--tokens", tok, L, "query position", &r.qt))) goto done;
     if (ktok && (rc = tokens_load("--key-tokens", ktok, S, "key position", &r.kt))) goto done;
 
     /* --- compute: per-head weights [B, H, L, S] / [H, L, S] --- */
-    {
-        int64_t os[3] = {B, L, E}, ws[4] = {B, H, L, S};
-        if (mha_array_alloc(ctx, MHA_DTYPE_F32, r.query.ndim, batched ? os : os + 1, &r.out) ||
-            mha_array_alloc(ctx, MHA_DTYPE_F32, batched ? 4 : 3, batched ? ws : ws + 1,
-                            &r.weights)) {
-            rc = cli_fail_lib(ctx, NULL);
-            goto done;
-        }
-    }
-    mha_forward_opts fo = mha_forward_opts_default();
-    fo.scale = (float)scale;
-    fo.average_weights = 0;
-    fo.save_for_backward = 0;
-    mha_tensor tq = cli_array_tensor(&r.query), ty = cli_array_tensor(&r.out);
-    mha_tensor tw = cli_array_tensor(&r.weights), tk, tv;
-    if (key) tk = cli_array_tensor(&r.key), tv = cli_array_tensor(&r.value);
-    if (mha_module_forward(ctx, r.m, &fo, &tq, key ? &tk : NULL, key ? &tv : NULL, &mask, &ty,
-                           &tw) != MHA_OK) {
+    if (cli_layer_weights_alloc(l, 1, &r.weights) != MHA_OK) {
         rc = cli_fail_lib(ctx, NULL);
         goto done;
     }
+    mha_forward_opts fo = mha_forward_opts_default();
+    fo.average_weights = 0;
+    fo.save_for_backward = 0;
+    if ((rc = cli_layer_forward(l, fo, &r.out, &r.weights))) goto done;
 
     /* --- draw --- */
     mha_viz_opts vo = mha_viz_opts_default();

@@ -812,8 +812,157 @@ TEST(validation_errors) {
     mha_ctx_free(ctx);
 }
 
+/* Runs the backward of c with 1, 2 and 3 threads; returns 1 when dq, dk, dv are bitwise equal. */
+static int bwd_threads_identical(mha_ctx *ctx, const tcase *c) {
+    char name[256];
+    case_name(c, name, sizeof name);
+    rng_state = c->seed * 0x9E3779B97F4A7C15ull + 5;
+    int64_t B = c->B, H = c->H, L = c->L, S = c->S, D = c->D, Dv = c->Dv;
+    tview q = view_alloc(B, H, L, D, c->layout), k = view_alloc(B, H, S, D, c->layout);
+    tview v = view_alloc(B, H, S, Dv, c->layout), o = view_alloc(B, H, L, Dv, c->layout);
+    tview go = view_alloc(B, H, L, Dv, c->layout);
+    tview gq[3], gk[3], gv[3];
+    view_fill(&q), view_fill(&k), view_fill(&v), view_fill(&go);
+    float *lse = malloc(sizeof(float) * (size_t)(B * H * L + 1));
+    int64_t ls[3] = {B, H, L};
+    mha_tensor lt = mha_tensor_make(lse, 3, ls);
+    tmask tm;
+    mask_make(c, &tm);
+    mha_attn_params p = mha_attn_params_default();
+    p.dropout_p = c->drop, p.seed = c->seed + 3;
+    int ok = mha_attn_forward(ctx, &p, &q.t, &k.t, &v.t, &tm.m, &o.t, &lt, NULL) == MHA_OK;
+    for (int t = 0; t < 3; t++) {
+        gq[t] = view_alloc(B, H, L, D, c->layout), gk[t] = view_alloc(B, H, S, D, c->layout);
+        gv[t] = view_alloc(B, H, S, Dv, c->layout);
+        mha_ctx_set_threads(ctx, t + 1);
+        if (ok && mha_attn_backward(ctx, &p, &q.t, &k.t, &v.t, &tm.m, &o.t, &lt, &go.t, &gq[t].t,
+                                    &gk[t].t, &gv[t].t) != MHA_OK) {
+            FAILF("%s: %d threads: %s", name, t + 1, mha_ctx_errmsg(ctx));
+            ok = 0;
+        }
+        mha_tensor *a[3] = {&gq[0].t, &gk[0].t, &gv[0].t}, *b[3] = {&gq[t].t, &gk[t].t, &gv[t].t};
+        for (int g = 0; g < 3 && ok && t > 0; g++) {
+            float *fa = view_to_f(a[g]), *fb = view_to_f(b[g]);
+            int64_t n = mha_tensor_numel(a[g]), at = 0;
+            while (at < n && memcmp(&fa[at], &fb[at], sizeof(float)) == 0) at++;
+            if (at < n) {
+                FAILF("%s: %s with %d threads differs from 1 thread at %lld (%.9g vs %.9g)", name,
+                      g == 0 ? "dq" : g == 1 ? "dk" : "dv", t + 1, (long long)at, fb[at], fa[at]);
+                ok = 0;
+            }
+            free(fa), free(fb);
+        }
+    }
+    mha_ctx_set_threads(ctx, 0);
+    for (int t = 0; t < 3; t++) free(gq[t].buf), free(gk[t].buf), free(gv[t].buf);
+    free(q.buf), free(k.buf), free(v.buf), free(o.buf), free(go.buf), free(lse);
+    mask_free(&tm);
+    return ok;
+}
+
+/* The backward's key chunks (attn_backward.c: NC <= 8 chunks of key tiles per head, dq summed
+ * from per-chunk partials): S spans several key tiles of every ISA (up to 128 keys each), so
+ * B*H = 1, 2, 4 give 8, 8 and 4 chunks (fewer where there are fewer key tiles), in one or more
+ * groups of heads; causal chunks that skip the rows above the diagonal, rows that see no key
+ * (bottom-right with L > S), padding, lengths and dropout. Against the reference, and bitwise
+ * equal for 1, 2 and 3 threads. */
+TEST(backward_key_chunks) {
+    mha_ctx *ctx;
+    ASSERT_OK(ctx, mha_ctx_create(&ctx));
+    static const int64_t shapes[][6] = {{1, 1, 150, 700, 16, 12}, {1, 1, 600, 300, 8, 8},
+                                        {2, 1, 40, 520, 8, 8},    {1, 4, 64, 400, 8, 4}};
+    FOR_EACH_ISA(ctx) {
+        for (int kind = 0; kind < 7; kind++) {
+            int s = kind < 3 ? 0 : kind == 6 ? 3 : kind - 2;
+            tcase c = tc(shapes[s][0], shapes[s][1], shapes[s][2], shapes[s][3], shapes[s][4],
+                         shapes[s][5]);
+            c.seed = 500 + (uint64_t)kind;
+            switch (kind) {
+            case 0: break;
+            case 1: c.causal = 1; break;
+            case 2: c.causal = 2, c.pad = c.lens = 1, c.drop = 0.2f; break;
+            case 3: c.causal = 2, c.afloat = 1; break;
+            case 4: c.causal = 1, c.layout = 1; break;
+            case 5: c.causal = 2, c.drop = 0.1f, c.lens = 1; break;
+            case 6: c.causal = 1, c.pad = 1; break;
+            }
+            if (!run_case(ctx, &c, 0) || !bwd_threads_identical(ctx, &c)) goto out;
+        }
+    }
+out:
+    mha_ctx_free(ctx);
+}
+
+/* A tolerance for sums of products: the SIMD kernels sum in another order and with fused
+ * multiply-add, the generic ones in order with a rounding per product, so a fixed atol is
+ * either too loose for small sums or too tight for large ones. Each float result of a sum of
+ * m terms is within gamma ~ m * 2^-24 * sum |term| of the exact value (plus a rounding for a
+ * scale), so two of them differ by at most bound = 2 * (m + 2) * 2^-24 * mag, mag = sum |term|
+ * per element (computed in double). Returns the number of elements beyond the bound; when
+ * `what` is non-NULL, reports the worst one as a failure. */
+static int64_t near_sum(const char *file, int line, const char *what, const float *got,
+                        const double *want, const double *mag, int64_t m, int64_t n) {
+    int64_t bad = 0, worst = -1;
+    double worst_ratio = 0, u = ldexp(1.0, -24);
+    for (int64_t i = 0; i < n; i++) {
+        double d = fabs((double)got[i] - want[i]), bound = 2.0 * (double)(m + 2) * u * mag[i];
+        if (d > bound || isnan(d)) {
+            double ratio = bound > 0 ? d / bound : INFINITY;
+            if (worst < 0 || ratio > worst_ratio || isnan(d)) worst = i, worst_ratio = ratio;
+            bad++;
+        }
+    }
+    if (bad && what)
+        FAILF("%s:%d: %s: %lld of %lld elements beyond 2 (m + 2) 2^-24 sum|terms| (m = %lld); "
+              "worst [%lld]: got %.9g, expected %.9g, sum|terms| %.3g (%.3g x the bound)",
+              file, line, what, (long long)bad, (long long)n, (long long)m, (long long)worst,
+              got[worst], want[worst], mag[worst], worst_ratio);
+    return bad;
+}
+
+/* mag for S[br, bc] (ld) = scale * A[br, n] B[bc, n]^T */
+static void mag_scores(int64_t br, int64_t bc, int64_t n, double scale, const float *A,
+                       int64_t lda, const float *Bm, int64_t ldb, double *mag, int64_t ld) {
+    for (int64_t r = 0; r < br; r++)
+        for (int64_t c = 0; c < ld; c++) {
+            double s = 0;
+            for (int64_t x = 0; c < bc && x < n; x++) s += fabs((double)A[r * lda + x] * Bm[c * ldb + x]);
+            mag[r * ld + c] = fabs(scale) * s;
+        }
+}
+/* mag for O[br, n] (ldo, rows up to `rows`) = alpha O + P[br, bc] X[bc, n] (alpha NULL: 1) */
+static void mag_pv(int64_t br, int64_t bc, int64_t n, const float *P, int64_t ldp,
+                   const float *X, int64_t ldx, const float *alpha, const float *O, int64_t ldo,
+                   int64_t rows, double *mag) {
+    for (int64_t r = 0; r < rows; r++)
+        for (int64_t x = 0; x < ldo; x++) {
+            double s = 0;
+            if (r < br && x < n) {
+                s = fabs((double)(alpha ? alpha[r] : 1.0f) * O[r * ldo + x]);
+                for (int64_t c = 0; c < bc; c++) s += fabs((double)P[r * ldp + c] * X[c * ldx + x]);
+            }
+            mag[r * ldo + x] = s;
+        }
+}
+/* mag for G[bc, n] (ldg, rows up to `rows`) += P[br, bc]^T X[br, n] */
+static void mag_ptv(int64_t br, int64_t bc, int64_t n, const float *P, int64_t ldp,
+                    const float *X, int64_t ldx, const float *G, int64_t ldg, int64_t rows,
+                    double *mag) {
+    for (int64_t c = 0; c < rows; c++)
+        for (int64_t x = 0; x < ldg; x++) {
+            double s = 0;
+            if (c < bc && x < n) {
+                s = fabs((double)G[c * ldg + x]);
+                for (int64_t r = 0; r < br; r++) s += fabs((double)P[r * ldp + c] * X[r * ldx + x]);
+            }
+            mag[c * ldg + x] = s;
+        }
+}
+
 /* Every ISA's tile kernels against the generic ones on edge tiles (br, bc below the tile
- * sizes, odd head dims, masks cutting through the tile): the SIMD paths' contract test. */
+ * sizes, odd head dims, masks cutting through the tile): the SIMD paths' contract test. The
+ * sums (scores, pv, ptv) are compared within near_sum's bound, the exp-based steps within a
+ * relative 1e-5. */
 TEST(tile_kernels_match_generic) {
     const mha_kernels *gen = mha__kernels_for(MHA_ISA_GENERIC);
     for (int isa = MHA_ISA_GENERIC; isa <= MHA_ISA_AVX512; isa++) {
@@ -826,17 +975,20 @@ TEST(tile_kernels_match_generic) {
         float *S1 = malloc(sizeof(float) * (size_t)(BR * ld)), *S2 = malloc(sizeof(float) * (size_t)(BR * ld));
         float *O1 = malloc(sizeof(float) * (size_t)(BC * ldx)), *O2 = malloc(sizeof(float) * (size_t)(BC * ldx));
         double *want = malloc(sizeof(double) * (size_t)(BC * ldx));
+        double *mag = malloc(sizeof(double) * (size_t)((BC > BR ? BC : BR) * (ldx > ld ? ldx : ld)));
         float *fm = malloc(sizeof(float) * (size_t)(BR * ld));
         uint8_t *bm = malloc((size_t)(BR * ld)), *pad = malloc((size_t)ld);
-        float m1[64], m2[64], l1[64], l2[64], a1[64], a2[64], lse[64], dr[64];
+        float *rows = malloc(sizeof(float) * (size_t)(8 * BR));
+        float *m1 = rows, *m2 = m1 + BR, *l1 = m2 + BR, *l2 = l1 + BR, *a1 = l2 + BR;
+        float *a2 = a1 + BR, *lse = a2 + BR, *dr = lse + BR;
         int bad = 0;
         rng_state = 5;
         for (int64_t t = 0; t < BR * ldx; t++) A[t] = frand();
         for (int64_t t = 0; t < BC * ldx; t++) Bm[t] = frand();
         for (int64_t t = 0; t < BR * ld; t++) fm[t] = urand() < 0.1 ? -INFINITY : frand(), bm[t] = urand() < 0.2;
         for (int64_t t = 0; t < ld; t++) pad[t] = urand() < 0.2;
-        for (int64_t r = 0; r < 64; r++) lse[r] = r == 2 ? -INFINITY : 1 + frand(), dr[r] = frand();
-        for (int a = 0; a < 3 && !bad && BR <= 64; a++)
+        for (int64_t r = 0; r < BR; r++) lse[r] = r == 2 ? -INFINITY : 1 + frand(), dr[r] = frand();
+        for (int a = 0; a < 3 && !bad; a++)
             for (int c = 0; c < 3 && !bad; c++)
                 for (int e = 0; e < 4 && !bad; e++) {
                     int64_t br = brs[a], bc = bcs[c], n = ns[e], nn = br * ld;
@@ -846,7 +998,8 @@ TEST(tile_kernels_match_generic) {
                     kk->attn_scores(br, bc, n, 0.37f, A, ldx, Bm, ldx, S2, ld);
                     double *w = want;
                     for (int64_t t = 0; t < nn; t++) w[t] = t % ld < bc ? S1[t] : 0, S2[t] = t % ld < bc ? S2[t] : 0;
-                    bad |= !harness_near(__FILE__, __LINE__, kk->name, S2, w, nn, 1e-5, 1e-6);
+                    mag_scores(br, bc, n, 0.37, A, ldx, Bm, ldx, mag, ld);
+                    bad |= near_sum(__FILE__, __LINE__, kk->name, S2, w, mag, n, nn) != 0;
                     for (int64_t r = 0; r < br; r++) m1[r] = m2[r] = r ? 0.5f : -INFINITY, l1[r] = l2[r] = 1;
                     memcpy(S2, S1, sizeof(float) * (size_t)nn);
                     gen->attn_softmax(br, bc, S1, ld, &mk, m1, l1, a1);
@@ -868,24 +1021,73 @@ TEST(tile_kernels_match_generic) {
                     for (int64_t t = 0; t < nn; t++) w[t] = t % ld < bc ? S1[t] : 0, S2[t] = t % ld < bc ? S2[t] : 0;
                     bad |= !harness_near(__FILE__, __LINE__, "probs", S2, w, nn, 1e-5, 1e-6);
                     /* pv: O[br, n] = alpha O + P X;  ptv: G[bc, n] += P^T X */
+                    const float *al = e & 1 ? a1 : NULL;
                     for (int64_t t = 0; t < BC * ldx; t++) O1[t] = O2[t] = frand();
-                    gen->attn_pv(br, bc, n, S1, ld, Bm, ldx, e & 1 ? a1 : NULL, O1, ldx);
-                    kk->attn_pv(br, bc, n, S1, ld, Bm, ldx, e & 1 ? a1 : NULL, O2, ldx);
+                    mag_pv(br, bc, n, S1, ld, Bm, ldx, al, O1, ldx, BC, mag);
+                    gen->attn_pv(br, bc, n, S1, ld, Bm, ldx, al, O1, ldx);
+                    kk->attn_pv(br, bc, n, S1, ld, Bm, ldx, al, O2, ldx);
                     for (int64_t t = 0; t < BC * ldx; t++) w[t] = O1[t];
-                    bad |= !harness_near(__FILE__, __LINE__, "pv", O2, w, BC * ldx, 1e-5, 1e-6);
+                    bad |= near_sum(__FILE__, __LINE__, "pv", O2, w, mag, bc + 1, BC * ldx) != 0;
+                    memcpy(O2, O1, sizeof(float) * (size_t)(BC * ldx));
+                    mag_ptv(br, bc, n, S1, ld, A, ldx, O1, ldx, BC, mag);
                     gen->attn_ptv(br, bc, n, S1, ld, A, ldx, O1, ldx);
                     kk->attn_ptv(br, bc, n, S1, ld, A, ldx, O2, ldx);
                     for (int64_t t = 0; t < BC * ldx; t++) w[t] = O1[t];
-                    bad |= !harness_near(__FILE__, __LINE__, "ptv", O2, w, BC * ldx, 1e-5, 1e-6);
+                    bad |= near_sum(__FILE__, __LINE__, "ptv", O2, w, mag, br + 1, BC * ldx) != 0;
                     for (int64_t t = 0; t < nn; t++) O1[t] = O2[t] = frand();
                     gen->attn_dsoftmax(br, bc, S1, ld, O1, ld, dr, 0.37f);
                     kk->attn_dsoftmax(br, bc, S1, ld, O2, ld, dr, 0.37f);
                     for (int64_t t = 0; t < nn; t++) w[t] = O1[t];
                     bad |= !harness_near(__FILE__, __LINE__, "dsoftmax", O2, w, nn, 1e-5, 1e-6);
                 }
-        free(A), free(Bm), free(S1), free(S2), free(O1), free(O2), free(want), free(fm), free(bm), free(pad);
+        free(A), free(Bm), free(S1), free(S2), free(O1), free(O2), free(want), free(mag);
+        free(fm), free(bm), free(pad), free(rows);
         if (bad) return;
     }
+}
+
+/* near_sum can fail: kernels with the classic edge bugs (the last head dim, key or query row
+ * dropped) are caught on a full tile, and a result off by a relative 1e-5 too. */
+TEST(tile_tolerance_catches_wrong_kernels) {
+    const mha_kernels *gen = mha__kernels_for(MHA_ISA_GENERIC);
+    const int64_t br = 16, bc = 32, n = 64, ld = 40, ldx = 70;
+    float *A = malloc(sizeof(float) * (size_t)(br * ldx)), *Bm = malloc(sizeof(float) * (size_t)(bc * ldx));
+    float *S = malloc(sizeof(float) * (size_t)(br * ld)), *R = malloc(sizeof(float) * (size_t)(bc * ldx));
+    float *O = malloc(sizeof(float) * (size_t)(bc * ldx)), *O0 = malloc(sizeof(float) * (size_t)(bc * ldx));
+    double *want = malloc(sizeof(double) * (size_t)(bc * ldx)), *mag = malloc(sizeof(double) * (size_t)(bc * ldx));
+    rng_state = 17;
+    for (int64_t t = 0; t < br * ldx; t++) A[t] = frand();
+    for (int64_t t = 0; t < bc * ldx; t++) Bm[t] = frand(), O0[t] = frand();
+    /* scores without the last head dim */
+    gen->attn_scores(br, bc, n, 0.5f, A, ldx, Bm, ldx, S, ld);
+    for (int64_t t = 0; t < br * ld; t++) want[t] = S[t] = t % ld < bc ? S[t] : 0;
+    mag_scores(br, bc, n, 0.5, A, ldx, Bm, ldx, mag, ld);
+    ASSERT_EQ(near_sum(__FILE__, __LINE__, NULL, S, want, mag, n, br * ld), 0);
+    gen->attn_scores(br, bc, n - 1, 0.5f, A, ldx, Bm, ldx, S, ld);
+    for (int64_t t = 0; t < br * ld; t++) S[t] = t % ld < bc ? S[t] : 0;
+    ASSERT_TRUE(near_sum(__FILE__, __LINE__, NULL, S, want, mag, n, br * ld) > 0);
+    /* pv without the last key */
+    for (int64_t t = 0; t < br * ld; t++) S[t] = (float)urand();
+    memcpy(O, O0, sizeof(float) * (size_t)(bc * ldx));
+    mag_pv(br, bc, n, S, ld, Bm, ldx, NULL, O, ldx, bc, mag);
+    gen->attn_pv(br, bc, n, S, ld, Bm, ldx, NULL, O, ldx);
+    for (int64_t t = 0; t < bc * ldx; t++) want[t] = O[t];
+    memcpy(R, O0, sizeof(float) * (size_t)(bc * ldx));
+    gen->attn_pv(br, bc - 1, n, S, ld, Bm, ldx, NULL, R, ldx);
+    ASSERT_TRUE(near_sum(__FILE__, __LINE__, NULL, R, want, mag, bc + 1, bc * ldx) > 0);
+    /* a result off by a relative 1e-5 (e.g. a sloppy reduction) */
+    for (int64_t t = 0; t < bc * ldx; t++) R[t] = O[t] * (1 + 1e-5f);
+    ASSERT_TRUE(near_sum(__FILE__, __LINE__, NULL, R, want, mag, bc + 1, bc * ldx) > 0);
+    /* ptv without the last query row */
+    memcpy(O, O0, sizeof(float) * (size_t)(bc * ldx));
+    mag_ptv(br, bc, n, S, ld, A, ldx, O, ldx, bc, mag);
+    gen->attn_ptv(br, bc, n, S, ld, A, ldx, O, ldx);
+    for (int64_t t = 0; t < bc * ldx; t++) want[t] = O[t];
+    ASSERT_EQ(near_sum(__FILE__, __LINE__, NULL, O, want, mag, br + 1, bc * ldx), 0);
+    memcpy(R, O0, sizeof(float) * (size_t)(bc * ldx));
+    gen->attn_ptv(br - 1, bc, n, S, ld, A, ldx, R, ldx);
+    ASSERT_TRUE(near_sum(__FILE__, __LINE__, NULL, R, want, mag, br + 1, bc * ldx) > 0);
+    free(A), free(Bm), free(S), free(R), free(O), free(O0), free(want), free(mag);
 }
 
 int main(void) {
@@ -897,6 +1099,8 @@ int main(void) {
     RUN(packed_qkv_views);
     RUN(dropout_statistics);
     RUN(threads_bitwise_identical);
+    RUN(backward_key_chunks);
     RUN(tile_kernels_match_generic);
+    RUN(tile_tolerance_catches_wrong_kernels);
     return harness_report();
 }

@@ -2,17 +2,24 @@
  * FlashAttention-2 (Dao, 2023) in portable C over the kernel table's tile kernels.
  *
  * One task = one (batch, head, query tile of br rows); tasks are independent, so OpenMP hands
- * them to threads in any order and the result is the same for every thread count.
+ * them to threads in any order and the result is the same for every thread count (the tile
+ * grid is fixed by the table's attn_br x attn_bc, never by the thread count).
  * Per task, for each key tile of bc columns (tiles fully excluded by causality, key_lengths or
  * key_padding are skipped):
+ *   without dropout (the table's fused kernel):
+ *     Kp = the key tile packed by attn_kpack, cached per thread: a thread packs a (head, key
+ *          tile) once and reuses it for all the query tiles of that head it runs
+ *     attn_fwd: S = q_tile Kp^T * scale, mask, m' = max(m, rowmax S), P = exp(S - m'),
+ *          alpha = exp(m - m'), l = alpha l + rowsum P, acc = diag(alpha) acc + P v_tile
+ *          (row block by row block, the scores' row maxima taken while in registers)
+ *   with dropout (the separate kernels, so the keep mask applies between softmax and pv):
  *     S = q_tile k_tile^T * scale                                 attn_scores  [br, bc]
- *     mask, m' = max(m, rowmax S), P = exp(S - m'), alpha = exp(m - m'),
- *     l = alpha l + rowsum P                                      attn_softmax (in place)
- *     P *= keep (dropout; the 1/(1-p) is folded into the final division)
+ *     mask, online softmax step as above                          attn_softmax (in place)
+ *     P *= keep (the 1/(1-p) is folded into the final division)
  *     acc = diag(alpha) acc + P v_tile                            attn_pv      [br, Dv]
  * then out = acc * (1/(1-p)) / l, lse = m + log(l) (l == 0: out 0, lse -inf). No L x S buffer:
  * the score tile stays in cache; the optional weights are recomputed tile by tile from lse
- * (attn_probs) straight into the caller's weights rows. */
+ * (attn_probs) straight into the caller's weights rows. A tiny problem runs on one thread. */
 #include "attn_common.h"
 #include "kernels/kernels.h"
 
@@ -46,18 +53,45 @@ mha_status mha_attn_forward(mha_ctx *ctx, const mha_attn_params *p, const mha_te
     if (B * H * L == 0) return MHA_OK;
     const mha_kernels *kern = mha__ctx_kernels(ctx);
     const int64_t BR = kern->attn_br, BC = kern->attn_bc;
-    int nt = mha__ctx_threads(ctx);
-    /* per thread: S tile [BR, BC], acc [BR, Dv], m, l, alpha, lse [BR], keep [BC] bytes */
-    size_t per = 0, tot = 0, t1, t2;
-    if (!mha__mul_size((size_t)BR, (size_t)BC + (size_t)Dv + 4, &t1) ||
-        !mha__add_size(t1, (size_t)BC / sizeof(float) + 16, &t2) ||
-        !mha__mul_size(t2 / 16 + 1, 16 * sizeof(float), &per) ||
-        !mha__mul_size(per, (size_t)nt, &tot))
-        return mha__err(ctx, MHA_ERR_NOMEM, "%s: workspace size overflows", FN);
-    unsigned char *ws = mha__malloc(tot);
-    if (!ws) return mha__err(ctx, MHA_ERR_NOMEM, "%s: workspace: out of memory (%zu bytes)", FN, tot);
     const int64_t nqt = (L + BR - 1) / BR, nkt = (S + BC - 1) / BC, ntask = B * H * nqt;
     const int dropout = pr.dropout_p > 0;
+    /* the fused kernel (packed keys) whenever there is no dropout to apply between the
+     * softmax and the product with v */
+    const int fused = !dropout && kern->attn_fwd && kern->attn_kpack && S > 0;
+    int nt = mha__ctx_threads(ctx);
+    /* a tiny problem is not worth waking threads for (as the gemm driver) */
+    if ((double)B * H * L * S * (D + Dv) < (double)(1 << 21)) nt = 1;
+    /* Per-thread workspace, regions in floats rounded to 16 (64 bytes):
+     *   kp    nslot packed key tiles [BC * D] (fused), a cache keyed by (head, key tile):
+     *         every key tile of a head when that fits 16 MiB, else fewer slots (slot kt % nslot)
+     *   St    score / probability tile [BR, BC]
+     *   acc   output accumulator [BR, Dv]
+     *   m, l, alpha, lt  [BR] each;  keep [BC] bytes;  tag [nslot] int64 */
+    size_t nslot = 0;
+    if (fused) {
+        size_t cap = ((size_t)1 << 22) / ((size_t)BC * (size_t)D);
+        nslot = (size_t)nkt < cap ? (size_t)nkt : cap;
+        if (nslot < 1) nslot = 1;
+    }
+    size_t r_kp = 0, r_st = 0, r_acc = 0, r_small = 0, per = 0, tot = 0, t1, t2;
+    int ok = mha__mul_size(nslot, (size_t)BC * (size_t)D, &r_kp) &&
+             mha__mul_size((size_t)BR, (size_t)BC, &r_st) &&
+             mha__mul_size((size_t)BR, (size_t)Dv, &r_acc) &&
+             mha__mul_size(nslot, 2, &t1) &&
+             mha__add_size(4 * (size_t)BR + 2 * (((size_t)BC + 7) / 8), t1, &r_small);
+    size_t regions[4] = {r_kp, r_st, r_acc, r_small}, off[4];
+    for (int i = 0; i < 4 && ok; i++) {
+        off[i] = per;
+        ok = mha__add_size(regions[i], 15, &t2) && mha__add_size(per, t2 / 16 * 16, &per);
+    }
+    if (!ok || !mha__mul_size(per, (size_t)nt * sizeof(float), &tot))
+        return mha__err(ctx, MHA_ERR_NOMEM, "%s: workspace size overflows", FN);
+    float *ws = mha__malloc(tot);
+    if (!ws) return mha__err(ctx, MHA_ERR_NOMEM, "%s: workspace: out of memory (%zu bytes)", FN, tot);
+    for (int t = 0; t < nt; t++) { /* empty key tile caches */
+        int64_t *tag = (int64_t *)(ws + per * (size_t)t + off[3] + 4 * BR + 2 * ((BC + 7) / 8));
+        for (size_t x = 0; x < nslot; x++) tag[x] = -1;
+    }
     mha_attn_params dp = {0, pr.dropout_p, pr.seed, pr.offset};
 #pragma omp parallel for num_threads(nt) schedule(dynamic, 1) if (nt > 1 && ntask > 1)
     for (int64_t task = 0; task < ntask; task++) {
@@ -65,10 +99,11 @@ mha_status mha_attn_forward(mha_ctx *ctx, const mha_attn_params *p, const mha_te
 #ifdef _OPENMP
         tid = omp_get_thread_num();
 #endif
-        float *St = (float *)(ws + per * (size_t)tid);
-        float *acc = St + BR * BC, *m = acc + BR * Dv, *l = m + BR, *alpha = l + BR;
-        float *lt = alpha + BR;
+        float *base = ws + per * (size_t)tid;
+        float *kp = base + off[0], *St = base + off[1], *acc = base + off[2];
+        float *m = base + off[3], *l = m + BR, *alpha = l + BR, *lt = alpha + BR;
         uint8_t *keep = (uint8_t *)(lt + BR);
+        int64_t *tag = (int64_t *)(lt + BR + 2 * ((BC + 7) / 8)); /* 8-byte aligned */
         int64_t bh = task / nqt, i0 = (task % nqt) * BR, b = bh / H, h = bh % H;
         int64_t br = L - i0 < BR ? L - i0 : BR;
         const float *qt = mha__attn_row(q, b, h, i0);
@@ -79,8 +114,19 @@ mha_status mha_attn_forward(mha_ctx *ctx, const mha_attn_params *p, const mha_te
             if (mha__attn_tile_skip(&pr, b, i0, i0 + br, j0, j0 + bc)) continue;
             mha__attn_tile_mask mk;
             mha__attn_tile_mask_make(&pr, b, bh, i0, j0, &mk);
-            kern->attn_scores(br, bc, D, pr.scale, qt, q->stride[2], mha__attn_row(k, b, h, j0),
-                              k->stride[2], St, BC);
+            const float *kr = mha__attn_row(k, b, h, j0), *vr = mha__attn_row(v, b, h, j0);
+            if (fused) {
+                size_t slot = (size_t)kt % nslot;
+                float *kpt = kp + slot * (size_t)(BC * D);
+                if (tag[slot] != bh * nkt + kt) { /* pack once per thread, head and key tile */
+                    kern->attn_kpack(bc, D, kr, k->stride[2], kpt);
+                    tag[slot] = bh * nkt + kt;
+                }
+                kern->attn_fwd(br, bc, D, Dv, pr.scale, qt, q->stride[2], kpt, vr, v->stride[2],
+                               &mk, m, l, acc, Dv, St, BC);
+                continue;
+            }
+            kern->attn_scores(br, bc, D, pr.scale, qt, q->stride[2], kr, k->stride[2], St, BC);
             kern->attn_softmax(br, bc, St, BC, &mk, m, l, alpha);
             if (dropout)
                 for (int64_t r = 0; r < br; r++) {
@@ -88,8 +134,7 @@ mha_status mha_attn_forward(mha_ctx *ctx, const mha_attn_params *p, const mha_te
                     for (int64_t c = 0; c < bc; c++)
                         if (!keep[c]) St[r * BC + c] = 0;
                 }
-            kern->attn_pv(br, bc, Dv, St, BC, mha__attn_row(v, b, h, j0), v->stride[2], alpha,
-                          acc, Dv);
+            kern->attn_pv(br, bc, Dv, St, BC, vr, v->stride[2], alpha, acc, Dv);
         }
         for (int64_t r = 0; r < br; r++) {
             float *o = mha__attn_row(out, b, h, i0 + r);

@@ -71,6 +71,23 @@
  *   attn_dsoftmax(br, bc, P, ldp, dP, lddp, drow, scale): in place over dP,
  *       dP = scale * P * (dP - drow[r])               (softmax backward, drow = rowsum(dO*O))
  *   Kernels may skip products with an exact 0 weight (same result for finite inputs).
+ *
+ *   Fused forward (optional in SIMD tables, always in the generic one; NULL: the driver uses
+ *   the entries above):
+ *   attn_kpack(bc, n, B, ldb, Kp): packs a key tile B[bc, n] (1 <= bc <= attn_bc, n >= 1) into
+ *       Kp, attn_bc * n floats, 64-byte aligned, in a layout private to this table (generic:
+ *       a plain copy [bc, n]). Pure data movement: a driver may pack a tile once and reuse it
+ *       for every query tile of the head.
+ *   attn_fwd(br, bc, n, nv, scale, A, lda, Kp, V, ldv, mk, m, l, O, ldo, P, ldp): one
+ *       forward step of a tile pair without dropout (n >= 1), i.e. in effect
+ *           attn_scores(br, bc, n, scale, A, lda, K, .., P, ldp);
+ *           attn_softmax(br, bc, P, ldp, mk, m, l, alpha);
+ *           attn_pv(br, bc, nv, P, ldp, V, ldv, alpha, O, ldo);
+ *       with K the tile packed in Kp. P [br, ldp >= bc] is scratch (undefined afterwards).
+ *       Same masks, -inf and fully-masked-row rules as attn_softmax (a row without an
+ *       allowed finite score so far keeps m, l and O unchanged). The summation order of a
+ *       score or an output element may differ from the separate kernels but never depends on
+ *       the thread or the tile's position.
  */
 typedef struct {
     int64_t col_end;      /* columns c >= col_end are excluded (key_lengths); may be > bc */
@@ -108,6 +125,13 @@ typedef void (*mha__attn_ptv_fn)(int64_t br, int64_t bc, int64_t n, const float 
 typedef void (*mha__attn_dsoftmax_fn)(int64_t br, int64_t bc, const float *P, int64_t ldp,
                                       float *dP, int64_t lddp, const float *drow, float scale);
 
+typedef void (*mha__attn_kpack_fn)(int64_t bc, int64_t n, const float *B, int64_t ldb,
+                                   float *Kp);
+typedef void (*mha__attn_fwd_fn)(int64_t br, int64_t bc, int64_t n, int64_t nv, float scale,
+                                 const float *A, int64_t lda, const float *Kp, const float *V,
+                                 int64_t ldv, const mha__attn_tile_mask *mk, float *m,
+                                 float *l, float *O, int64_t ldo, float *P, int64_t ldp);
+
 typedef void (*mha__sgemm_fn)(int ta, int tb, int64_t M, int64_t N, int64_t K, float alpha,
                               const float *A, int64_t lda, const float *B, int64_t ldb,
                               float beta, float *C, int64_t ldc);
@@ -135,6 +159,12 @@ typedef struct mha_kernels {
     mha__attn_pv_fn attn_pv;
     mha__attn_ptv_fn attn_ptv;
     mha__attn_dsoftmax_fn attn_dsoftmax;
+    /* Optional (NULL: none): y[i] = exp(x[i]) for i < n by the vectorized exp that this
+     * table's attn_softmax / attn_probs use; for tests (accuracy sweeps). */
+    void (*attn_exp)(const float *x, float *y, int64_t n);
+    /* Optional fused forward (contract above; NULL: not provided, the generic table has it). */
+    mha__attn_kpack_fn attn_kpack;
+    mha__attn_fwd_fn attn_fwd;
 } mha_kernels;
 
 /* The table for isa, or NULL when that path was not compiled in. Never MHA_ISA_AUTO. */
@@ -174,5 +204,41 @@ void mha__attn_ptv_generic(int64_t br, int64_t bc, int64_t n, const float *P, in
                            const float *X, int64_t ldx, float *G, int64_t ldg);
 void mha__attn_dsoftmax_generic(int64_t br, int64_t bc, const float *P, int64_t ldp, float *dP,
                                 int64_t ldd, const float *drow, float scale);
+
+void mha__attn_kpack_generic(int64_t bc, int64_t n, const float *B, int64_t ldb, float *Kp);
+void mha__attn_fwd_generic(int64_t br, int64_t bc, int64_t n, int64_t nv, float scale,
+                           const float *A, int64_t lda, const float *Kp, const float *V,
+                           int64_t ldv, const mha__attn_tile_mask *mk, float *m, float *l,
+                           float *O, int64_t ldo, float *P, int64_t ldp);
+
+/* SIMD attention tile kernels (src/kernels/x86/<isa>/attn.c), same contracts. */
+#define MHA__ATTN_DECLARE(isa)                                                                 \
+    void mha__attn_scores_##isa(int64_t br, int64_t bc, int64_t n, float scale, const float *A, \
+                                int64_t lda, const float *B, int64_t ldb, float *S,             \
+                                int64_t lds);                                                  \
+    void mha__attn_softmax_##isa(int64_t br, int64_t bc, float *S, int64_t lds,                 \
+                                 const mha__attn_tile_mask *mk, float *m, float *l,            \
+                                 float *alpha);                                                \
+    void mha__attn_probs_##isa(int64_t br, int64_t bc, float *S, int64_t lds,                   \
+                               const mha__attn_tile_mask *mk, const float *lse);               \
+    void mha__attn_pv_##isa(int64_t br, int64_t bc, int64_t n, const float *P, int64_t ldp,     \
+                            const float *X, int64_t ldx, const float *alpha, float *O,         \
+                            int64_t ldo);                                                      \
+    void mha__attn_ptv_##isa(int64_t br, int64_t bc, int64_t n, const float *P, int64_t ldp,    \
+                             const float *X, int64_t ldx, float *G, int64_t ldg);              \
+    void mha__attn_dsoftmax_##isa(int64_t br, int64_t bc, const float *P, int64_t ldp,          \
+                                  float *dP, int64_t ldd, const float *drow, float scale);      \
+    void mha__attn_exp_##isa(const float *x, float *y, int64_t n);                           \
+    void mha__attn_kpack_##isa(int64_t bc, int64_t n, const float *B, int64_t ldb, float *Kp);  \
+    void mha__attn_fwd_##isa(int64_t br, int64_t bc, int64_t n, int64_t nv, float scale,        \
+                             const float *A, int64_t lda, const float *Kp, const float *V,     \
+                             int64_t ldv, const mha__attn_tile_mask *mk, float *m, float *l,   \
+                             float *O, int64_t ldo, float *P, int64_t ldp);
+#ifdef MHA_HAVE_AVX2
+MHA__ATTN_DECLARE(avx2)
+#endif
+#ifdef MHA_HAVE_AVX512
+MHA__ATTN_DECLARE(avx512)
+#endif
 
 #endif

@@ -124,3 +124,29 @@ void mha__attn_dsoftmax_generic(int64_t br, int64_t bc, const float *P, int64_t 
         for (int64_t c = 0; c < bc; c++) d[c] = scale * (p[c] * (d[c] - dr));
     }
 }
+
+/* Key tile packing of the generic table: a plain copy, Kp[c*n + d] = B[c*ldb + d]. */
+void mha__attn_kpack_generic(int64_t bc, int64_t n, const float *B, int64_t ldb, float *Kp) {
+    for (int64_t c = 0; c < bc; c++)
+        for (int64_t d = 0; d < n; d++) Kp[c * n + d] = B[c * ldb + d];
+}
+
+/* One forward step of a tile pair without dropout (the reference for the fused SIMD kernels):
+ *   P = scale A K^T;  online softmax step over P (alpha per row);  O = diag(alpha) O + P V
+ * by the three kernels above, 64 rows at a time (rows are independent). */
+void mha__attn_fwd_generic(int64_t br, int64_t bc, int64_t n, int64_t nv, float scale,
+                           const float *A, int64_t lda, const float *Kp, const float *V,
+                           int64_t ldv, const mha__attn_tile_mask *mk, float *m, float *l,
+                           float *O, int64_t ldo, float *P, int64_t ldp) {
+    float alpha[64];
+    for (int64_t r0 = 0; r0 < br; r0 += 64) {
+        int64_t rb = br - r0 < 64 ? br - r0 : 64;
+        mha__attn_tile_mask mr = *mk; /* the masks of rows r0 .. */
+        if (mr.diag != MHA__ATTN_NO_DIAG) mr.diag += r0;
+        if (mr.bmask) mr.bmask += r0 * mr.ld_mask;
+        if (mr.fmask) mr.fmask += r0 * mr.ld_mask;
+        mha__attn_scores_generic(rb, bc, n, scale, A + r0 * lda, lda, Kp, n, P + r0 * ldp, ldp);
+        mha__attn_softmax_generic(rb, bc, P + r0 * ldp, ldp, &mr, m + r0, l + r0, alpha);
+        mha__attn_pv_generic(rb, bc, nv, P + r0 * ldp, ldp, V, ldv, alpha, O + r0 * ldo, ldo);
+    }
+}

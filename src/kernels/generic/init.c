@@ -19,4 +19,6 @@ void mha__kernels_init_generic(mha_kernels *k) {
     k->attn_pv = mha__attn_pv_generic;
     k->attn_ptv = mha__attn_ptv_generic;
     k->attn_dsoftmax = mha__attn_dsoftmax_generic;
+    k->attn_kpack = mha__attn_kpack_generic;
+    k->attn_fwd = mha__attn_fwd_generic;
 }

@@ -12,4 +12,15 @@ void mha__kernels_init_avx2(mha_kernels *k) {
     k->gemm_mr = 6, k->gemm_nr = 16, k->gemm_kc = 256, k->gemm_mc = 144, k->gemm_nc = 4096;
     k->gemm_ukr = mha__gemm_avx2_f32_6x16;
     k->gemm_ukr_name = "mha__gemm_avx2_f32_6x16";
+    /* attention tiles: 64 x 64 (score tile 16 KiB; the 16-key packed panel is 8 KiB) */
+    k->attn_br = 64, k->attn_bc = 64;
+    k->attn_scores = mha__attn_scores_avx2;
+    k->attn_softmax = mha__attn_softmax_avx2;
+    k->attn_probs = mha__attn_probs_avx2;
+    k->attn_pv = mha__attn_pv_avx2;
+    k->attn_ptv = mha__attn_ptv_avx2;
+    k->attn_dsoftmax = mha__attn_dsoftmax_avx2;
+    k->attn_exp = mha__attn_exp_avx2;
+    k->attn_kpack = mha__attn_kpack_avx2; /* attn_bc a multiple of the 16-key panel */
+    k->attn_fwd = mha__attn_fwd_avx2;
 }

@@ -1,0 +1,503 @@
+/* attn.c - AVX-512 attention tile kernels (contracts: ATTENTION TILE KERNELS in kernels.h;
+ * the generic versions in src/kernels/generic/attn.c are the reference).
+ *
+ * Products (register-blocked, broadcast + FMA, accumulators in zmm for the whole reduction):
+ *   attn_scores  S[br,bc] = scale A[br,n] B[bc,n]^T: B is transposed per 128-deep chunk of n
+ *                into a 64-column panel Kt[d][c] on the stack (16 x 16 in-register
+ *                transposes), then blocks of 6 rows x 4 vectors (64 columns) run over d:
+ *                4 panel loads + 6 broadcasts feed 24 FMAs. n > 128 keeps the partial sums
+ *                in S between chunks (float, so the summation over d is the same sequence).
+ *   attn_pv      O[br,n] = diag(alpha) O + P X: 6 rows x 64 columns of O in registers, loop
+ *                over the bc keys (X row loads, P broadcasts).
+ *   attn_ptv     G[bc,n] += P^T X: 6 keys x 64 columns of G in registers, loop over br rows.
+ * Edges: a block with m < 6 rows repeats its last row in the registers of the missing ones
+ * (never stored), the last vector of a panel is masked; so an element's arithmetic (an FMA
+ * chain in index order) never depends on the tile shape or its position.
+ * Softmax, probs, dsoftmax: one row at a time, 16 columns per step, masks as __mmask16,
+ * exp by mha__vexp512 (vexp.h). */
+#include "../../kernels.h"
+#include "vexp.h"
+
+#include <immintrin.h>
+#include <math.h>
+
+#define NVMAX 4            /* vectors per row of a register block */
+#define PW (16 * NVMAX)    /* columns of a product panel */
+#define MR 6               /* rows of a register block */
+#define DC 128             /* depth of one packed B chunk: DC x PW floats = 32 KiB */
+#define INL static inline __attribute__((always_inline))
+
+INL __mmask16 tail_mask(int64_t w) {
+    return w >= 16 ? (__mmask16)0xffff : w <= 0 ? (__mmask16)0 : (__mmask16)((1u << w) - 1);
+}
+
+/* In-place transpose of 16 rows of 16 floats. */
+INL void transpose16(__m512 r[16]) {
+    __m512 t[16], u[16];
+#pragma GCC unroll 8
+    for (int i = 0; i < 8; i++) {
+        t[2 * i] = _mm512_unpacklo_ps(r[2 * i], r[2 * i + 1]);
+        t[2 * i + 1] = _mm512_unpackhi_ps(r[2 * i], r[2 * i + 1]);
+    }
+#pragma GCC unroll 4
+    for (int i = 0; i < 4; i++) { /* u[4i + k] holds columns k, k+4, k+8, k+12 of rows 4i.. */
+        u[4 * i + 0] = _mm512_shuffle_ps(t[4 * i], t[4 * i + 2], 0x44);
+        u[4 * i + 1] = _mm512_shuffle_ps(t[4 * i], t[4 * i + 2], 0xEE);
+        u[4 * i + 2] = _mm512_shuffle_ps(t[4 * i + 1], t[4 * i + 3], 0x44);
+        u[4 * i + 3] = _mm512_shuffle_ps(t[4 * i + 1], t[4 * i + 3], 0xEE);
+    }
+#pragma GCC unroll 2
+    for (int h = 0; h < 2; h++) /* t[8h + k]: columns k, k+8 (k < 4) / k+4, k+12 of 8 rows */
+#pragma GCC unroll 4
+        for (int k = 0; k < 4; k++) {
+            t[8 * h + k] = _mm512_shuffle_f32x4(u[8 * h + k], u[8 * h + 4 + k], 0x88);
+            t[8 * h + 4 + k] = _mm512_shuffle_f32x4(u[8 * h + k], u[8 * h + 4 + k], 0xDD);
+        }
+#pragma GCC unroll 4
+    for (int k = 0; k < 4; k++) {
+        r[k] = _mm512_shuffle_f32x4(t[k], t[8 + k], 0x88);
+        r[k + 8] = _mm512_shuffle_f32x4(t[k], t[8 + k], 0xDD);
+        r[k + 4] = _mm512_shuffle_f32x4(t[4 + k], t[12 + k], 0x88);
+        r[k + 12] = _mm512_shuffle_f32x4(t[4 + k], t[12 + k], 0xDD);
+    }
+}
+
+/* Kt[d*PW + c] = B[c*ldb + d] for d < dc, c < w (w <= PW); columns w .. 16*ceil(w/16) zero. */
+static void pack_bt(const float *B, int64_t ldb, int64_t w, int64_t dc, float *Kt) {
+    for (int64_t cb = 0; cb < w; cb += 16) {
+        int64_t cw = w - cb < 16 ? w - cb : 16;
+        for (int64_t db = 0; db < dc; db += 16) {
+            int64_t dw = dc - db < 16 ? dc - db : 16;
+            __mmask16 km = tail_mask(dw);
+            __m512 r[16];
+#pragma GCC unroll 16
+            for (int i = 0; i < 16; i++)
+                r[i] = i < cw ? _mm512_maskz_loadu_ps(km, B + (cb + i) * ldb + db)
+                              : _mm512_setzero_ps();
+            transpose16(r);
+#pragma GCC unroll 16
+            for (int i = 0; i < 16; i++)
+                if (i < dw) _mm512_store_ps(Kt + (db + i) * PW + cb, r[i]);
+        }
+    }
+}
+
+/* S[m, 16 nv] (last vector masked by kl) = (first ? 0 : S) + A[m, dc] Kt[dc, 16 nv],
+ * times scale when last. */
+INL void scores_blk(const int nv, int64_t m, int64_t dc, const float *A, int64_t lda,
+                    const float *Kt, float *S, int64_t lds, __mmask16 kl, float scale,
+                    int first, int last) {
+    const float *a[MR];
+    __m512 acc[MR][NVMAX];
+#pragma GCC unroll 8
+    for (int i = 0; i < MR; i++) {
+        int64_t ri = i < m ? i : m - 1;
+        a[i] = A + ri * lda;
+#pragma GCC unroll 4
+        for (int j = 0; j < nv; j++)
+            acc[i][j] = first ? _mm512_setzero_ps()
+                              : _mm512_maskz_loadu_ps(j == nv - 1 ? kl : 0xffff,
+                                                      S + ri * lds + 16 * j);
+    }
+    for (int64_t d = 0; d < dc; d++) {
+        __m512 b[NVMAX];
+#pragma GCC unroll 4
+        for (int j = 0; j < nv; j++) b[j] = _mm512_load_ps(Kt + d * PW + 16 * j);
+#pragma GCC unroll 8
+        for (int i = 0; i < MR; i++) {
+            __m512 ai = _mm512_set1_ps(a[i][d]);
+#pragma GCC unroll 4
+            for (int j = 0; j < nv; j++) acc[i][j] = _mm512_fmadd_ps(ai, b[j], acc[i][j]);
+        }
+    }
+    __m512 vs = _mm512_set1_ps(scale);
+#pragma GCC unroll 8
+    for (int i = 0; i < MR; i++)
+        if (i < m)
+#pragma GCC unroll 4
+            for (int j = 0; j < nv; j++)
+                _mm512_mask_storeu_ps(S + i * lds + 16 * j, j == nv - 1 ? kl : 0xffff,
+                                      last ? _mm512_mul_ps(vs, acc[i][j]) : acc[i][j]);
+}
+
+void mha__attn_scores_avx512(int64_t br, int64_t bc, int64_t n, float scale, const float *A,
+                             int64_t lda, const float *B, int64_t ldb, float *S, int64_t lds) {
+    if (n <= 0) {
+        for (int64_t r = 0; r < br; r++)
+            for (int64_t c = 0; c < bc; c++) S[r * lds + c] = 0.0f * scale;
+        return;
+    }
+    float Kt[DC * PW] __attribute__((aligned(64)));
+    for (int64_t c0 = 0; c0 < bc; c0 += PW) {
+        int64_t w = bc - c0 < PW ? bc - c0 : PW;
+        int nv = (int)((w + 15) / 16);
+        __mmask16 kl = tail_mask(w - 16 * (nv - 1));
+        for (int64_t d0 = 0; d0 < n; d0 += DC) {
+            int64_t dc = n - d0 < DC ? n - d0 : DC;
+            int first = d0 == 0, last = d0 + dc == n;
+            pack_bt(B + c0 * ldb + d0, ldb, w, dc, Kt);
+            for (int64_t r0 = 0; r0 < br; r0 += MR) {
+                int64_t m = br - r0 < MR ? br - r0 : MR;
+                const float *a = A + r0 * lda + d0;
+                float *s = S + r0 * lds + c0;
+                switch (nv) {
+                case 1: scores_blk(1, m, dc, a, lda, Kt, s, lds, kl, scale, first, last); break;
+                case 2: scores_blk(2, m, dc, a, lda, Kt, s, lds, kl, scale, first, last); break;
+                case 3: scores_blk(3, m, dc, a, lda, Kt, s, lds, kl, scale, first, last); break;
+                default: scores_blk(4, m, dc, a, lda, Kt, s, lds, kl, scale, first, last); break;
+                }
+            }
+        }
+    }
+}
+
+/* O[m, 16 nv] = diag(alpha) O + P[m, bc] X[bc, 16 nv]   (last vector masked by kl) */
+INL void pv_blk(const int nv, int64_t m, int64_t bc, const float *P, int64_t ldp,
+                const float *X, int64_t ldx, const float *alpha, float *O, int64_t ldo,
+                __mmask16 kl) {
+    const float *p[MR];
+    __m512 acc[MR][NVMAX];
+#pragma GCC unroll 8
+    for (int i = 0; i < MR; i++) {
+        int64_t ri = i < m ? i : m - 1;
+        p[i] = P + ri * ldp;
+        __m512 va = _mm512_set1_ps(alpha ? alpha[ri] : 1.0f);
+#pragma GCC unroll 4
+        for (int j = 0; j < nv; j++)
+            acc[i][j] = _mm512_mul_ps(
+                va, _mm512_maskz_loadu_ps(j == nv - 1 ? kl : 0xffff, O + ri * ldo + 16 * j));
+    }
+    for (int64_t c = 0; c < bc; c++) {
+        __m512 x[NVMAX];
+#pragma GCC unroll 4
+        for (int j = 0; j < nv; j++)
+            x[j] = _mm512_maskz_loadu_ps(j == nv - 1 ? kl : 0xffff, X + c * ldx + 16 * j);
+#pragma GCC unroll 8
+        for (int i = 0; i < MR; i++) {
+            __m512 pi = _mm512_set1_ps(p[i][c]);
+#pragma GCC unroll 4
+            for (int j = 0; j < nv; j++) acc[i][j] = _mm512_fmadd_ps(pi, x[j], acc[i][j]);
+        }
+    }
+#pragma GCC unroll 8
+    for (int i = 0; i < MR; i++)
+        if (i < m)
+#pragma GCC unroll 4
+            for (int j = 0; j < nv; j++)
+                _mm512_mask_storeu_ps(O + i * ldo + 16 * j, j == nv - 1 ? kl : 0xffff,
+                                      acc[i][j]);
+}
+
+void mha__attn_pv_avx512(int64_t br, int64_t bc, int64_t n, const float *P, int64_t ldp,
+                         const float *X, int64_t ldx, const float *alpha, float *O,
+                         int64_t ldo) {
+    for (int64_t x0 = 0; x0 < n; x0 += PW) {
+        int64_t w = n - x0 < PW ? n - x0 : PW;
+        int nv = (int)((w + 15) / 16);
+        __mmask16 kl = tail_mask(w - 16 * (nv - 1));
+        for (int64_t r0 = 0; r0 < br; r0 += MR) {
+            int64_t m = br - r0 < MR ? br - r0 : MR;
+            const float *p = P + r0 * ldp, *x = X + x0;
+            const float *al = alpha ? alpha + r0 : NULL;
+            float *o = O + r0 * ldo + x0;
+            switch (nv) {
+            case 1: pv_blk(1, m, bc, p, ldp, x, ldx, al, o, ldo, kl); break;
+            case 2: pv_blk(2, m, bc, p, ldp, x, ldx, al, o, ldo, kl); break;
+            case 3: pv_blk(3, m, bc, p, ldp, x, ldx, al, o, ldo, kl); break;
+            default: pv_blk(4, m, bc, p, ldp, x, ldx, al, o, ldo, kl); break;
+            }
+        }
+    }
+}
+
+/* G[m, 16 nv] += P[br, m]^T X[br, 16 nv]   (m keys from column 0 of P; last vector masked) */
+INL void ptv_blk(const int nv, int64_t m, int64_t br, const float *P, int64_t ldp,
+                 const float *X, int64_t ldx, float *G, int64_t ldg, __mmask16 kl) {
+    int64_t ci[MR];
+    __m512 acc[MR][NVMAX];
+#pragma GCC unroll 8
+    for (int i = 0; i < MR; i++) {
+        ci[i] = i < m ? i : m - 1;
+#pragma GCC unroll 4
+        for (int j = 0; j < nv; j++)
+            acc[i][j] = _mm512_maskz_loadu_ps(j == nv - 1 ? kl : 0xffff, G + ci[i] * ldg + 16 * j);
+    }
+    for (int64_t r = 0; r < br; r++) {
+        __m512 x[NVMAX];
+        const float *pr = P + r * ldp;
+#pragma GCC unroll 4
+        for (int j = 0; j < nv; j++)
+            x[j] = _mm512_maskz_loadu_ps(j == nv - 1 ? kl : 0xffff, X + r * ldx + 16 * j);
+#pragma GCC unroll 8
+        for (int i = 0; i < MR; i++) {
+            __m512 pi = _mm512_set1_ps(pr[ci[i]]);
+#pragma GCC unroll 4
+            for (int j = 0; j < nv; j++) acc[i][j] = _mm512_fmadd_ps(pi, x[j], acc[i][j]);
+        }
+    }
+#pragma GCC unroll 8
+    for (int i = 0; i < MR; i++)
+        if (i < m)
+#pragma GCC unroll 4
+            for (int j = 0; j < nv; j++)
+                _mm512_mask_storeu_ps(G + i * ldg + 16 * j, j == nv - 1 ? kl : 0xffff,
+                                      acc[i][j]);
+}
+
+void mha__attn_ptv_avx512(int64_t br, int64_t bc, int64_t n, const float *P, int64_t ldp,
+                          const float *X, int64_t ldx, float *G, int64_t ldg) {
+    for (int64_t x0 = 0; x0 < n; x0 += PW) {
+        int64_t w = n - x0 < PW ? n - x0 : PW;
+        int nv = (int)((w + 15) / 16);
+        __mmask16 kl = tail_mask(w - 16 * (nv - 1));
+        for (int64_t c0 = 0; c0 < bc; c0 += MR) {
+            int64_t m = bc - c0 < MR ? bc - c0 : MR;
+            const float *p = P + c0, *x = X + x0;
+            float *g = G + c0 * ldg + x0;
+            switch (nv) {
+            case 1: ptv_blk(1, m, br, p, ldp, x, ldx, g, ldg, kl); break;
+            case 2: ptv_blk(2, m, br, p, ldp, x, ldx, g, ldg, kl); break;
+            case 3: ptv_blk(3, m, br, p, ldp, x, ldx, g, ldg, kl); break;
+            default: ptv_blk(4, m, br, p, ldp, x, ldx, g, ldg, kl); break;
+            }
+        }
+    }
+}
+
+/* The allowed keys among columns c .. c+15 of a row: inside [0, end) and the tile (end <=
+ * bc), not key-padded, not bool-masked. */
+INL __mmask16 allowed16(const mha__attn_tile_mask *mk, const uint8_t *bm, int64_t c,
+                        int64_t end) {
+    __mmask16 k = tail_mask(end - c);
+    if (mk->pad) {
+        __m128i v = _mm_maskz_loadu_epi8(k, mk->pad + c);
+        k &= (__mmask16)~_mm_test_epi8_mask(v, v);
+    }
+    if (bm) {
+        __m128i v = _mm_maskz_loadu_epi8(k, bm + c);
+        k &= (__mmask16)~_mm_test_epi8_mask(v, v);
+    }
+    return k;
+}
+
+void mha__attn_softmax_avx512(int64_t br, int64_t bc, float *S, int64_t lds,
+                              const mha__attn_tile_mask *mk, float *m, float *l, float *alpha) {
+    const __m512 ninf = _mm512_set1_ps(-INFINITY);
+    for (int64_t r = 0; r < br; r++) {
+        float *s = S + r * lds;
+        int64_t end = mha__attn_tile_row_end(mk, r, bc);
+        const uint8_t *bm = mk->bmask ? mk->bmask + r * mk->ld_mask : NULL;
+        const float *fm = mk->fmask ? mk->fmask + r * mk->ld_mask : NULL;
+        /* pass 1: s = S + fmask, excluded -> -inf (written back); the row max */
+        __m512 vmx = ninf;
+        for (int64_t c = 0; c < bc; c += 16) {
+            __mmask16 kw = tail_mask(bc - c), ka = allowed16(mk, bm, c, end);
+            __m512 x = _mm512_maskz_loadu_ps(ka, s + c);
+            if (fm) x = _mm512_add_ps(x, _mm512_maskz_loadu_ps(ka, fm + c));
+            x = _mm512_mask_mov_ps(ninf, ka, x);
+            _mm512_mask_storeu_ps(s + c, kw, x);
+            vmx = _mm512_max_ps(x, vmx); /* NaN x: keeps vmx, as the scalar x > mx */
+        }
+        float mx = _mm512_reduce_max_ps(vmx);
+        if (!(mx > m[r])) mx = m[r];
+        if (mx == -INFINITY) {
+            for (int64_t c = 0; c < bc; c += 16)
+                _mm512_mask_storeu_ps(s + c, tail_mask(bc - c), _mm512_setzero_ps());
+            alpha[r] = 1;
+            continue;
+        }
+        /* pass 2: S = exp(s - m') (exp(-inf) = 0 exactly), the row sum */
+        __m512 vm = _mm512_set1_ps(mx), vsum = _mm512_setzero_ps();
+        for (int64_t c = 0; c < bc; c += 16) {
+            __mmask16 kw = tail_mask(bc - c);
+            __m512 p = mha__vexp512(_mm512_sub_ps(_mm512_maskz_loadu_ps(kw, s + c), vm));
+            _mm512_mask_storeu_ps(s + c, kw, p);
+            vsum = _mm512_mask_add_ps(vsum, kw, vsum, p);
+        }
+        float a = m[r] == -INFINITY ? 0.0f : expf(m[r] - mx);
+        alpha[r] = a;
+        l[r] = a * l[r] + _mm512_reduce_add_ps(vsum);
+        m[r] = mx;
+    }
+}
+
+void mha__attn_probs_avx512(int64_t br, int64_t bc, float *S, int64_t lds,
+                            const mha__attn_tile_mask *mk, const float *lse) {
+    for (int64_t r = 0; r < br; r++) {
+        float *s = S + r * lds;
+        int64_t end = mha__attn_tile_row_end(mk, r, bc);
+        const uint8_t *bm = mk->bmask ? mk->bmask + r * mk->ld_mask : NULL;
+        const float *fm = mk->fmask ? mk->fmask + r * mk->ld_mask : NULL;
+        if (lse[r] == -INFINITY) end = 0;
+        __m512 vl = _mm512_set1_ps(lse[r]);
+        for (int64_t c = 0; c < bc; c += 16) {
+            __mmask16 kw = tail_mask(bc - c), ka = allowed16(mk, bm, c, end);
+            __m512 x = _mm512_maskz_loadu_ps(ka, s + c);
+            if (fm) x = _mm512_add_ps(x, _mm512_maskz_loadu_ps(ka, fm + c));
+            __m512 p = _mm512_maskz_mov_ps(ka, mha__vexp512(_mm512_sub_ps(x, vl)));
+            _mm512_mask_storeu_ps(s + c, kw, p);
+        }
+    }
+}
+
+void mha__attn_dsoftmax_avx512(int64_t br, int64_t bc, const float *P, int64_t ldp, float *dP,
+                               int64_t ldd, const float *drow, float scale) {
+    const __m512 vs = _mm512_set1_ps(scale);
+    for (int64_t r = 0; r < br; r++) {
+        const float *p = P + r * ldp;
+        float *d = dP + r * ldd;
+        __m512 vd = _mm512_set1_ps(drow[r]);
+        for (int64_t c = 0; c < bc; c += 16) { /* scale * (p * (d - drow)), as the generic */
+            __mmask16 kw = tail_mask(bc - c);
+            __m512 t = _mm512_sub_ps(_mm512_maskz_loadu_ps(kw, d + c), vd);
+            t = _mm512_mul_ps(_mm512_maskz_loadu_ps(kw, p + c), t);
+            _mm512_mask_storeu_ps(d + c, kw, _mm512_mul_ps(vs, t));
+        }
+    }
+}
+
+void mha__attn_exp_avx512(const float *x, float *y, int64_t n) {
+    for (int64_t i = 0; i < n; i += 16) {
+        __mmask16 k = tail_mask(n - i);
+        _mm512_mask_storeu_ps(y + i, k, mha__vexp512(_mm512_maskz_loadu_ps(k, x + i)));
+    }
+}
+
+/* FUSED FORWARD (attn_kpack / attn_fwd, contract in kernels.h)
+ *
+ * Packed key tile: panels of PW keys, panel t at Kp + t*PW*n, Kp[t*PW*n + d*PW + c] =
+ * K[t*PW + c][d]; in the last panel the keys past bc (up to the next 16) are zero.
+ * attn_fwd walks the query rows by blocks of MR: the block's scores go panel by panel
+ * through zmm accumulators (scaled, masked, stored to P) while the row maxima are taken from
+ * the registers; then one pass exp(s - m') with vector row sums, alpha for the whole block by
+ * one vector exp, and O = diag(alpha) O + P V (pv_blk) while the block's P rows are in L1.
+ * Keys past the block's last allowed key (causality, key_lengths) are never computed. */
+void mha__attn_kpack_avx512(int64_t bc, int64_t n, const float *B, int64_t ldb, float *Kp) {
+    for (int64_t c0 = 0; c0 < bc; c0 += PW)
+        pack_bt(B + c0 * ldb, ldb, bc - c0 < PW ? bc - c0 : PW, n, Kp + c0 * n);
+}
+
+/* P[i, c0 .. c0 + 16 nv) (last vector kl) = scale * A[i] Kt (an FMA chain over d in order),
+ * then + fmask, excluded keys -inf; vmx[i] = max(vmx[i], those). Block rows i < m are rows
+ * r0 + i of the tile. */
+INL void fwd_panel(const int nv, int64_t m, int64_t n, const float *A, int64_t lda,
+                   const float *Kt, float scale, float *P, int64_t ldp, __mmask16 kl,
+                   const mha__attn_tile_mask *mk, int masked, int64_t r0, int64_t c0,
+                   int64_t bc, __m512 vmx[MR]) {
+    const float *a[MR];
+    __m512 acc[MR][NVMAX];
+#pragma GCC unroll 8
+    for (int i = 0; i < MR; i++) {
+        a[i] = A + (i < m ? i : m - 1) * lda;
+#pragma GCC unroll 4
+        for (int j = 0; j < nv; j++) acc[i][j] = _mm512_setzero_ps();
+    }
+    for (int64_t d = 0; d < n; d++) {
+        __m512 b[NVMAX];
+#pragma GCC unroll 4
+        for (int j = 0; j < nv; j++) b[j] = _mm512_load_ps(Kt + d * PW + 16 * j);
+#pragma GCC unroll 8
+        for (int i = 0; i < MR; i++) {
+            __m512 ai = _mm512_set1_ps(a[i][d]);
+#pragma GCC unroll 4
+            for (int j = 0; j < nv; j++) acc[i][j] = _mm512_fmadd_ps(ai, b[j], acc[i][j]);
+        }
+    }
+    const __m512 vs = _mm512_set1_ps(scale), ninf = _mm512_set1_ps(-INFINITY);
+#pragma GCC unroll 8
+    for (int i = 0; i < MR; i++) {
+        if (i >= m) continue;
+        int64_t end = bc;
+        const uint8_t *bm = NULL;
+        const float *fm = NULL;
+        if (masked) {
+            end = mha__attn_tile_row_end(mk, r0 + i, bc);
+            if (mk->bmask) bm = mk->bmask + (r0 + i) * mk->ld_mask;
+            if (mk->fmask) fm = mk->fmask + (r0 + i) * mk->ld_mask;
+        }
+#pragma GCC unroll 4
+        for (int j = 0; j < nv; j++) {
+            int64_t c = c0 + 16 * j;
+            __m512 x = _mm512_mul_ps(vs, acc[i][j]);
+            __mmask16 ka = j == nv - 1 ? kl : (__mmask16)0xffff;
+            if (masked) {
+                ka &= allowed16(mk, bm, c, end);
+                if (fm) x = _mm512_add_ps(x, _mm512_maskz_loadu_ps(ka, fm + c));
+            }
+            x = _mm512_mask_mov_ps(ninf, ka, x);
+            _mm512_mask_storeu_ps(P + i * ldp + c, j == nv - 1 ? kl : (__mmask16)0xffff, x);
+            vmx[i] = _mm512_max_ps(x, vmx[i]); /* NaN x: keeps vmx, as the scalar x > mx */
+        }
+    }
+}
+
+void mha__attn_fwd_avx512(int64_t br, int64_t bc, int64_t n, int64_t nv, float scale,
+                          const float *A, int64_t lda, const float *Kp, const float *V,
+                          int64_t ldv, const mha__attn_tile_mask *mk, float *m, float *l,
+                          float *O, int64_t ldo, float *P, int64_t ldp) {
+    const int any_mask = mk->pad || mk->bmask || mk->fmask;
+    const __m512 ninf = _mm512_set1_ps(-INFINITY);
+    for (int64_t r0 = 0; r0 < br; r0 += MR) {
+        int64_t rows = br - r0 < MR ? br - r0 : MR;
+        /* the row end is non-decreasing in r: keys >= bce are excluded for every row here */
+        int64_t bce = mha__attn_tile_row_end(mk, r0 + rows - 1, bc);
+        if (bce == 0) continue; /* nothing allowed: m, l, O unchanged */
+        int masked = any_mask || mha__attn_tile_row_end(mk, r0, bc) < bce;
+        float *p = P + r0 * ldp;
+        const float *a = A + r0 * lda;
+        __m512 vmx[MR];
+        for (int i = 0; i < MR; i++) vmx[i] = ninf;
+        for (int64_t c0 = 0; c0 < bce; c0 += PW) {
+            int64_t w = bce - c0 < PW ? bce - c0 : PW;
+            int nvk = (int)((w + 15) / 16);
+            __mmask16 kl = tail_mask(w - 16 * (nvk - 1));
+            const float *kt = Kp + c0 * n;
+            switch (nvk) {
+            case 1: fwd_panel(1, rows, n, a, lda, kt, scale, p, ldp, kl, mk, masked, r0, c0, bc, vmx); break;
+            case 2: fwd_panel(2, rows, n, a, lda, kt, scale, p, ldp, kl, mk, masked, r0, c0, bc, vmx); break;
+            case 3: fwd_panel(3, rows, n, a, lda, kt, scale, p, ldp, kl, mk, masked, r0, c0, bc, vmx); break;
+            default: fwd_panel(4, rows, n, a, lda, kt, scale, p, ldp, kl, mk, masked, r0, c0, bc, vmx); break;
+            }
+        }
+        /* m' per row from the registers; alpha = exp(m - m') for the block by one vector exp */
+        float mo[16] __attribute__((aligned(64))) = {0}, mn[16] __attribute__((aligned(64))) = {0};
+        float al[16] __attribute__((aligned(64)));
+        for (int64_t i = 0; i < rows; i++) {
+            float mx = _mm512_reduce_max_ps(vmx[i]);
+            mo[i] = m[r0 + i];
+            mn[i] = mx > mo[i] ? mx : mo[i];
+        }
+        _mm512_store_ps(al, mha__vexp512(_mm512_sub_ps(_mm512_load_ps(mo), _mm512_load_ps(mn))));
+        for (int64_t i = 0; i < rows; i++) {
+            float *pr = p + i * ldp;
+            if (mn[i] == -INFINITY) { /* no allowed finite score yet: P = 0, alpha = 1 */
+                for (int64_t c = 0; c < bce; c += 16)
+                    _mm512_mask_storeu_ps(pr + c, tail_mask(bce - c), _mm512_setzero_ps());
+                al[i] = 1;
+                continue;
+            }
+            __m512 vm = _mm512_set1_ps(mn[i]), vsum = _mm512_setzero_ps();
+            for (int64_t c = 0; c < bce; c += 16) {
+                __mmask16 kw = tail_mask(bce - c);
+                __m512 e = mha__vexp512(_mm512_sub_ps(_mm512_maskz_loadu_ps(kw, pr + c), vm));
+                _mm512_mask_storeu_ps(pr + c, kw, e);
+                vsum = _mm512_mask_add_ps(vsum, kw, vsum, e);
+            }
+            l[r0 + i] = al[i] * l[r0 + i] + _mm512_reduce_add_ps(vsum);
+            m[r0 + i] = mn[i];
+        }
+        /* O = diag(alpha) O + P[rows, bce] V[bce, nv] */
+        for (int64_t x0 = 0; x0 < nv; x0 += PW) {
+            int64_t w = nv - x0 < PW ? nv - x0 : PW;
+            int nvo = (int)((w + 15) / 16);
+            __mmask16 kl = tail_mask(w - 16 * (nvo - 1));
+            float *o = O + r0 * ldo + x0;
+            switch (nvo) {
+            case 1: pv_blk(1, rows, bce, p, ldp, V + x0, ldv, al, o, ldo, kl); break;
+            case 2: pv_blk(2, rows, bce, p, ldp, V + x0, ldv, al, o, ldo, kl); break;
+            case 3: pv_blk(3, rows, bce, p, ldp, V + x0, ldv, al, o, ldo, kl); break;
+            default: pv_blk(4, rows, bce, p, ldp, V + x0, ldv, al, o, ldo, kl); break;
+            }
+        }
+    }
+}

@@ -1,0 +1,560 @@
+/* test_attn_kernels.c - the attention tile kernels (kernels.h, ATTENTION TILE KERNELS) of every
+ * ISA this machine runs, against a float64 reference and against the generic kernels.
+ *
+ * Products (scores, pv, ptv): every br in 1..attn_br, key counts at the vector and tile edges,
+ * head dims {1, 7, 16, 64, 80, 128} plus 200 (past the 128-deep packing chunk), leading
+ * dimensions wider than the rows (pads must stay untouched). Tolerance: the worst-case bound
+ * of a float sum of n + 2 terms, gamma = (n + 2) * 2^-24 times the sum of |terms|.
+ * Softmax / probs: every combination of pad, bmask and fmask, col_end and diag cutting the
+ * tile, -inf float masks, fully masked rows, rows whose running max is still -inf; excluded
+ * keys must be exactly 0. Position independence: a row block computed alone is bitwise equal
+ * to the same rows inside a taller tile. exp: the table's vectorized exp over a dense sweep
+ * of [-88, 1] (max relative error <= 1e-6) and at special values. Fused forward (attn_kpack +
+ * attn_fwd): the (m, l, O) state update against float64 and the generic table for every mask
+ * kind at tile edges, unchanged rows without allowed keys, and row-block independence. */
+#include "harness.h"
+#include "kernels/kernels.h"
+
+static uint64_t rng = 88172645463325252ull;
+static double urand(void) { /* [0, 1) */
+    rng ^= rng << 13, rng ^= rng >> 7, rng ^= rng << 17;
+    return (double)(rng >> 11) * (1.0 / 9007199254740992.0);
+}
+static float frand(void) { return (float)(2 * urand() - 1); }
+
+#define EPS (1.0 / 16777216.0) /* 2^-24 */
+#define LD_PAD 5               /* leading dimensions this much wider than the rows */
+#define SENTINEL 777.0f
+
+static int nisa;
+static const mha_kernels *isas[3];
+
+/* |got - want| <= tol[i] for each i; prints the worst. */
+static int near_each(const char *what, const char *isa, const float *got, const double *want,
+                     const double *tol, int64_t n, int64_t br, int64_t bc, int64_t d) {
+    int64_t worst = -1;
+    double wx = 0;
+    for (int64_t i = 0; i < n; i++) {
+        double e = fabs(got[i] - want[i]) - tol[i];
+        if (isnan(got[i]) != isnan(want[i]) || e > wx || (e > 0 && worst < 0)) worst = i, wx = e;
+        if (isnan(got[i]) != isnan(want[i])) break;
+    }
+    if (worst >= 0 && !(wx <= 0)) {
+        FAILF("%s %s (br %lld, bc %lld, n %lld): [%lld] got %.9g, expected %.9g (tol %.3g)",
+              isa, what, (long long)br, (long long)bc, (long long)d, (long long)worst,
+              got[worst], want[worst], tol[worst]);
+        return 0;
+    }
+    return 1;
+}
+
+static float *fbuf(int64_t n) { return malloc(sizeof(float) * (size_t)(n > 0 ? n : 1)); }
+static double *dbuf(int64_t n) { return malloc(sizeof(double) * (size_t)(n > 0 ? n : 1)); }
+
+/* One product case for all three kernels. A [R, lda] rows of q/dout, B [C, ldb] keys. */
+static int check_products(const mha_kernels *kk, const mha_kernels *gen, int64_t br, int64_t bc,
+                          int64_t n) {
+    int ok = 1;
+    int64_t lda = n + LD_PAD, lds = bc + LD_PAD, ldo = n + LD_PAD + 3;
+    int64_t R = br > bc ? br : bc;
+    float *A = fbuf(R * lda), *Bm = fbuf(R * lda), *S = fbuf(br * lds), *Sg = fbuf(br * lds);
+    float *P = fbuf(br * lds), *O = fbuf(R * ldo), *Og = fbuf(R * ldo), *O0 = fbuf(R * ldo);
+    float alpha[256];
+    int64_t NB = R * (ldo > lds ? ldo : lds); /* any reference array below */
+    double *want = dbuf(NB), *tol = dbuf(NB), *wg = dbuf(NB);
+    float *got = fbuf(NB);
+    for (int64_t t = 0; t < R * lda; t++) A[t] = frand(), Bm[t] = frand();
+    for (int64_t t = 0; t < br * lds; t++) P[t] = urand() < 0.2 ? 0.0f : frand();
+    for (int64_t t = 0; t < R * ldo; t++) O0[t] = frand();
+    for (int64_t r = 0; r < br; r++) alpha[r] = (float)urand();
+    const float scale = 0.37f;
+    /* scores: S = scale A B^T */
+    for (int64_t t = 0; t < br * lds; t++) S[t] = Sg[t] = SENTINEL;
+    kk->attn_scores(br, bc, n, scale, A, lda, Bm, lda, S, lds);
+    gen->attn_scores(br, bc, n, scale, A, lda, Bm, lda, Sg, lds);
+    for (int64_t r = 0; r < br; r++)
+        for (int64_t c = 0; c < lds; c++) {
+            int64_t t = r * lds + c;
+            double s = 0, mag = 0;
+            for (int64_t d = 0; d < n; d++) {
+                double x = (double)A[r * lda + d] * Bm[c * lda + d];
+                s += x, mag += fabs(x);
+            }
+            want[t] = c < bc ? s * scale : SENTINEL;
+            tol[t] = c < bc ? (n + 2) * EPS * mag * scale + 1e-30 : 0;
+            wg[t] = Sg[t];
+        }
+    ok &= near_each("scores vs float64", kk->name, S, want, tol, br * lds, br, bc, n);
+    for (int64_t t = 0; t < br * lds; t++) tol[t] *= 2;
+    ok &= near_each("scores vs generic", kk->name, S, wg, tol, br * lds, br, bc, n);
+    /* pv: O = diag(alpha) O + P X, with and without alpha */
+    for (int with_alpha = 0; with_alpha < 2 && ok; with_alpha++) {
+        const float *al = with_alpha ? alpha : NULL;
+        memcpy(O, O0, sizeof(float) * (size_t)(R * ldo));
+        memcpy(Og, O0, sizeof(float) * (size_t)(R * ldo));
+        for (int64_t x = 0; x < ldo * (R - br); x++) O[br * ldo + x] = Og[br * ldo + x] = SENTINEL;
+        for (int64_t r = 0; r < br; r++) O[r * ldo + n] = Og[r * ldo + n] = SENTINEL;
+        kk->attn_pv(br, bc, n, P, lds, Bm, lda, al, O, ldo);
+        gen->attn_pv(br, bc, n, P, lds, Bm, lda, al, Og, ldo);
+        for (int64_t r = 0; r < br; r++)
+            for (int64_t x = 0; x <= n; x++) {
+                int64_t t = r * (n + 1) + x;
+                double a = al ? al[r] : 1.0, o = O0[r * ldo + x];
+                double s = a * o, mag = fabs(s);
+                for (int64_t c = 0; c < bc; c++) {
+                    double y = (double)P[r * lds + c] * Bm[c * lda + x];
+                    s += y, mag += fabs(y);
+                }
+                want[t] = x < n ? s : SENTINEL, tol[t] = x < n ? (bc + 3) * EPS * mag : 0;
+                wg[t] = Og[r * ldo + x], got[t] = O[r * ldo + x];
+            }
+        ok &= near_each(al ? "pv (alpha) vs float64" : "pv vs float64", kk->name, got, want,
+                        tol, br * (n + 1), br, bc, n);
+        for (int64_t t = 0; t < br * (n + 1); t++) tol[t] *= 2;
+        ok &= near_each("pv vs generic", kk->name, got, wg, tol, br * (n + 1), br, bc, n);
+    }
+    /* ptv: G[bc, n] += P^T X (X = A rows) */
+    memcpy(O, O0, sizeof(float) * (size_t)(R * ldo));
+    memcpy(Og, O0, sizeof(float) * (size_t)(R * ldo));
+    for (int64_t c = 0; c < bc; c++) O[c * ldo + n] = Og[c * ldo + n] = SENTINEL;
+    kk->attn_ptv(br, bc, n, P, lds, A, lda, O, ldo);
+    gen->attn_ptv(br, bc, n, P, lds, A, lda, Og, ldo);
+    for (int64_t c = 0; c < bc; c++)
+        for (int64_t x = 0; x <= n; x++) {
+            int64_t t = c * (n + 1) + x;
+            double s = O0[c * ldo + x], mag = fabs(s);
+            for (int64_t r = 0; r < br; r++) {
+                double y = (double)P[r * lds + c] * A[r * lda + x];
+                s += y, mag += fabs(y);
+            }
+            want[t] = x < n ? s : SENTINEL, tol[t] = x < n ? (br + 3) * EPS * mag : 0;
+            wg[t] = Og[c * ldo + x], got[t] = O[c * ldo + x];
+        }
+    ok &= near_each("ptv vs float64", kk->name, got, want, tol, bc * (n + 1), br, bc, n);
+    for (int64_t t = 0; t < bc * (n + 1); t++) tol[t] *= 2;
+    ok &= near_each("ptv vs generic", kk->name, got, wg, tol, bc * (n + 1), br, bc, n);
+    free(A), free(Bm), free(S), free(Sg), free(P), free(O), free(Og), free(O0);
+    free(want), free(tol), free(wg), free(got);
+    return ok;
+}
+
+TEST(products_every_edge) {
+    const mha_kernels *gen = mha__kernels_for(MHA_ISA_GENERIC);
+    const int64_t ns[7] = {1, 7, 16, 64, 80, 128, 200};
+    for (int i = 0; i < nisa; i++) {
+        const mha_kernels *kk = isas[i];
+        int64_t BR = kk->attn_br, BC = kk->attn_bc;
+        int64_t bcs[8] = {1, 7, 15, 16, 17, BC - 1, BC, 33};
+        /* every br with two (bc, n) pairs */
+        for (int64_t br = 1; br <= BR; br++) {
+            if (!check_products(kk, gen, br, BC, 64)) return;
+            if (!check_products(kk, gen, br, 17, 80)) return;
+        }
+        /* every bc edge and head dim for a few br */
+        int64_t brs[4] = {1, 5, BR - 1, BR};
+        for (int a = 0; a < 4; a++)
+            for (int c = 0; c < 8; c++)
+                for (int e = 0; e < 7; e++) {
+                    if (bcs[c] < 1 || bcs[c] > BC || brs[a] < 1) continue;
+                    if (!check_products(kk, gen, brs[a], bcs[c], ns[e])) return;
+                }
+    }
+}
+
+/* Rows r0 .. r0+k of a tall tile computed as their own tile give bitwise the same scores, pv
+ * and ptv partial sums: the arithmetic of an element never depends on the tile shape. */
+TEST(products_position_independent) {
+    for (int i = 0; i < nisa; i++) {
+        const mha_kernels *kk = isas[i];
+        int64_t BR = kk->attn_br, BC = kk->attn_bc, n = 80, ld = 96;
+        float *A = fbuf(BR * ld), *Bm = fbuf(BC * ld), *S1 = fbuf(BR * BC), *S2 = fbuf(BR * BC);
+        int64_t R = BR > BC ? BR : BC; /* O: [BR, ld] for pv, [BC, ld] for ptv */
+        float *O1 = fbuf(R * ld), *O2 = fbuf(R * ld), al[256];
+        for (int64_t t = 0; t < BR * ld; t++) A[t] = frand();
+        for (int64_t t = 0; t < BC * ld; t++) Bm[t] = frand();
+        for (int64_t r = 0; r < BR; r++) al[r] = (float)urand();
+        kk->attn_scores(BR, BC, n, 0.5f, A, ld, Bm, ld, S1, BC);
+        for (int64_t t = 0; t < BR * ld; t++) O1[t] = O2[t] = frand();
+        kk->attn_pv(BR, BC, n, S1, BC, Bm, ld, al, O1, ld);
+        int bad = 0;
+        for (int64_t r0 = 0; r0 < BR && !bad; r0 += 3) {
+            int64_t k = BR - r0 < 5 ? BR - r0 : 5;
+            kk->attn_scores(k, BC - 3, n, 0.5f, A + r0 * ld, ld, Bm + 3 * ld, ld, S2, BC);
+            for (int64_t r = 0; r < k; r++)
+                bad |= memcmp(S2 + r * BC, S1 + (r0 + r) * BC + 3, sizeof(float) * (size_t)(BC - 3)) != 0;
+        }
+        for (int64_t r0 = 0; r0 < BR; r0 += 5) { /* pv by blocks of 5 rows */
+            int64_t k = BR - r0 < 5 ? BR - r0 : 5;
+            kk->attn_pv(k, BC, n, S1 + r0 * BC, BC, Bm, ld, al + r0, O2 + r0 * ld, ld);
+        }
+        bad |= memcmp(O1, O2, sizeof(float) * (size_t)(BR * ld)) != 0;
+        /* ptv: keys 2.. of the tile alone vs the whole tile */
+        for (int64_t t = 0; t < R * ld; t++) O1[t] = O2[t] = frand();
+        kk->attn_ptv(BR, BC, n, S1, BC, A, ld, O1, ld);
+        kk->attn_ptv(BR, 2, n, S1, BC, A, ld, O2, ld);
+        kk->attn_ptv(BR, BC - 2, n, S1 + 2, BC, A, ld, O2 + 2 * ld, ld);
+        bad |= memcmp(O1, O2, sizeof(float) * (size_t)(BC * ld)) != 0;
+        free(A), free(Bm), free(S1), free(S2), free(O1), free(O2);
+        if (bad) FAILF("%s: a sub-tile is not bitwise equal to the same rows of a tall tile", kk->name);
+    }
+}
+
+/* Is key c of row r excluded? (kernels.h mask rules) */
+static int excluded(const mha__attn_tile_mask *mk, int64_t r, int64_t c, int64_t bc) {
+    return c >= mha__attn_tile_row_end(mk, r, bc) || (mk->pad && mk->pad[c]) ||
+           (mk->bmask && mk->bmask[r * mk->ld_mask + c]);
+}
+
+TEST(softmax_probs_masks) {
+    const mha_kernels *gen = mha__kernels_for(MHA_ISA_GENERIC);
+    for (int i = 0; i < nisa; i++) {
+        const mha_kernels *kk = isas[i];
+        int64_t BR = kk->attn_br, BC = kk->attn_bc, ldm = BC + 9, lds = BC + LD_PAD;
+        uint8_t *pad = malloc((size_t)ldm), *bm = malloc((size_t)(BR * ldm));
+        float *fm = fbuf(BR * ldm), *S0 = fbuf(BR * lds), *S = fbuf(BR * lds), *Sg = fbuf(BR * lds);
+        double *want = dbuf(BR * lds), *tol = dbuf(BR * lds);
+        float m[256], l[256], a[256], mg[256], lg[256], ag[256], m0[256], lse[256];
+        for (int64_t t = 0; t < ldm; t++) pad[t] = urand() < 0.15;
+        for (int64_t t = 0; t < BR * ldm; t++) {
+            bm[t] = urand() < 0.15;
+            fm[t] = urand() < 0.1 ? -INFINITY : 3 * frand();
+        }
+        for (int64_t c = 0; c < ldm; c++) bm[3 * ldm + c] = 1;  /* row 3: fully bool-masked */
+        for (int64_t c = 0; c < ldm; c++) fm[4 * ldm + c] = -INFINITY; /* row 4: all -inf */
+        int64_t bcs[5] = {1, 13, 16, BC - 1, BC};
+        int64_t col_ends[4] = {BC + 10, BC / 2, 0, 5};
+        int64_t diags[4] = {MHA__ATTN_NO_DIAG, 0, -3, 20};
+        int bad = 0;
+        for (int f = 0; f < 8 && !bad; f++)
+            for (int ce = 0; ce < 4 && !bad; ce++)
+                for (int dg = 0; dg < 4 && !bad; dg++)
+                    for (int bi = 0; bi < 5 && !bad; bi++) {
+                        int64_t bc = bcs[bi], br = (f + ce + dg + bi) % 2 ? BR : BR - 3;
+                        mha__attn_tile_mask mk = {col_ends[ce], diags[dg], f & 1 ? pad : NULL,
+                                                  f & 2 ? bm : NULL, f & 4 ? fm : NULL, ldm};
+                        for (int64_t t = 0; t < br * lds; t++)
+                            S0[t] = t % lds < bc ? 4 * frand() : SENTINEL;
+                        for (int64_t r = 0; r < br; r++) {
+                            m0[r] = r % 5 == 1 ? -INFINITY : (float)frand();
+                            lse[r] = r % 7 == 2 ? -INFINITY : 1.5f + frand();
+                        }
+                        /* softmax */
+                        memcpy(S, S0, sizeof(float) * (size_t)(br * lds));
+                        memcpy(Sg, S0, sizeof(float) * (size_t)(br * lds));
+                        for (int64_t r = 0; r < br; r++)
+                            m[r] = mg[r] = m0[r], l[r] = lg[r] = 2.0f, a[r] = ag[r] = NAN;
+                        kk->attn_softmax(br, bc, S, lds, &mk, m, l, a);
+                        gen->attn_softmax(br, bc, Sg, lds, &mk, mg, lg, ag);
+                        for (int64_t r = 0; r < br && !bad; r++) {
+                            /* reference from the same float sums s = S + fmask */
+                            float mx = m0[r];
+                            for (int64_t c = 0; c < bc; c++) {
+                                float x = S0[r * lds + c] + (mk.fmask ? fm[r * ldm + c] : 0.0f);
+                                if (!excluded(&mk, r, c, bc) && x > mx) mx = x;
+                            }
+                            double sum = 0;
+                            for (int64_t c = 0; c < lds; c++) {
+                                int64_t t = r * lds + c;
+                                float x = c < bc ? S0[t] + (mk.fmask ? fm[r * ldm + c] : 0.0f) : 0;
+                                double p = c >= bc ? SENTINEL
+                                           : mx == -INFINITY || excluded(&mk, r, c, bc) ? 0.0
+                                                                                       : exp((double)(x - mx));
+                                if (c < bc) sum += p;
+                                want[t] = p, tol[t] = 2e-6 * p;
+                            }
+                            if (mx == -INFINITY) {
+                                if (a[r] != 1.0f || m[r] != m0[r] || l[r] != 2.0f) {
+                                    FAILF("%s softmax row %lld without allowed keys: alpha %g m "
+                                          "%g l %g, expected 1, %g, 2", kk->name, (long long)r,
+                                          a[r], m[r], l[r], m0[r]);
+                                    bad = 1;
+                                }
+                                continue;
+                            }
+                            double al = m0[r] == -INFINITY ? 0 : exp((double)(m0[r] - mx));
+                            double lw = al * 2.0 + sum;
+                            if (m[r] != mx || m[r] != mg[r] || fabs(a[r] - al) > 2e-6 * al ||
+                                fabs(l[r] - lw) > 1e-5 * lw || fabs(l[r] - lg[r]) > 2e-5 * lw) {
+                                FAILF("%s softmax row %lld (bc %lld): m %.9g/%.9g/%.9g alpha "
+                                      "%.9g/%.9g l %.9g/%.9g/%.9g (kernel/ref/generic)", kk->name,
+                                      (long long)r, (long long)bc, m[r], mx, mg[r], a[r], al,
+                                      l[r], lw, lg[r]);
+                                bad = 1;
+                            }
+                        }
+                        if (bad) break;
+                        if (!near_each("softmax P vs float64", kk->name, S, want, tol,
+                                       br * lds, br, bc, 0)) {
+                            bad = 1;
+                            break;
+                        }
+                        for (int64_t t = 0; t < br * lds; t++)
+                            if (want[t] == 0.0 && (S[t] != 0.0f || Sg[t] != 0.0f)) {
+                                FAILF("%s softmax: excluded key [%lld] gave %g (generic %g)",
+                                      kk->name, (long long)t, S[t], Sg[t]);
+                                bad = 1;
+                                break;
+                            }
+                        /* probs */
+                        memcpy(S, S0, sizeof(float) * (size_t)(br * lds));
+                        memcpy(Sg, S0, sizeof(float) * (size_t)(br * lds));
+                        kk->attn_probs(br, bc, S, lds, &mk, lse);
+                        gen->attn_probs(br, bc, Sg, lds, &mk, lse);
+                        for (int64_t r = 0; r < br; r++)
+                            for (int64_t c = 0; c < lds; c++) {
+                                int64_t t = r * lds + c;
+                                float x = c < bc ? S0[t] + (mk.fmask ? fm[r * ldm + c] : 0.0f) : 0;
+                                double p = c >= bc ? SENTINEL
+                                           : lse[r] == -INFINITY || excluded(&mk, r, c, bc)
+                                               ? 0.0
+                                               : exp((double)(x - lse[r]));
+                                want[t] = p, tol[t] = 2e-6 * p;
+                                if (p == 0.0 && (S[t] != 0.0f || Sg[t] != 0.0f)) {
+                                    FAILF("%s probs: excluded key [%lld] gave %g (generic %g)",
+                                          kk->name, (long long)t, S[t], Sg[t]);
+                                    bad = 1;
+                                }
+                            }
+                        if (bad || !near_each("probs vs float64", kk->name, S, want, tol,
+                                              br * lds, br, bc, 0))
+                            bad = 1;
+                    }
+        free(pad), free(bm), free(fm), free(S0), free(S), free(Sg), free(want), free(tol);
+        if (bad) return;
+    }
+}
+
+/* FUSED FORWARD (attn_kpack + attn_fwd): one online-softmax step of a tile pair, against a
+ * float64 reference of the state update (m, l, O) and against the generic table. Rows enter
+ * with a running state (some with m = -inf, l = 0, O = 0: nothing seen yet); masks of every
+ * kind cut the tile; rows without an allowed finite key must leave m, l, O bitwise unchanged. */
+typedef struct {
+    int64_t br, bc, n, nv, lda, ldk, ldv, ldo, ldp;
+    float *A, *K, *V, *O0, *m0, *l0, *P, *Kp;
+} fwd_case;
+
+/* Runs kk's fused step on a copy of the state: O [br, ldo], m, l [br]. */
+static void fwd_run(const mha_kernels *kk, const fwd_case *f, const mha__attn_tile_mask *mk,
+                    float *O, float *m, float *l) {
+    memcpy(O, f->O0, sizeof(float) * (size_t)(f->br * f->ldo));
+    memcpy(m, f->m0, sizeof(float) * (size_t)f->br);
+    memcpy(l, f->l0, sizeof(float) * (size_t)f->br);
+    for (int64_t t = 0; t < kk->attn_bc * f->n; t++) f->Kp[t] = NAN; /* pads must be ignored */
+    kk->attn_kpack(f->bc, f->n, f->K, f->ldk, f->Kp);
+    kk->attn_fwd(f->br, f->bc, f->n, f->nv, 0.37f, f->A, f->lda, f->Kp, f->V, f->ldv, mk, m, l,
+                 O, f->ldo, f->P, f->ldp);
+}
+
+static int check_fwd(const mha_kernels *kk, const mha_kernels *gen, fwd_case *f,
+                     const mha__attn_tile_mask *mk, const char *mname) {
+    int64_t br = f->br, bc = f->bc, n = f->n, nv = f->nv, ldo = f->ldo;
+    float *O = fbuf(br * ldo), *Og = fbuf(br * ldo), m[256], l[256], mg[256], lg[256];
+    double *s = dbuf(bc), *want = dbuf(br * ldo), *tol = dbuf(br * ldo), *wg = dbuf(br * ldo);
+    fwd_run(kk, f, mk, O, m, l);
+    fwd_run(gen, f, mk, Og, mg, lg);
+    int ok = 1;
+    for (int64_t r = 0; r < br && ok; r++) {
+        const float *fm = mk->fmask ? mk->fmask + r * mk->ld_mask : NULL;
+        double mx = f->m0[r];
+        for (int64_t c = 0; c < bc; c++) {
+            double x = 0;
+            for (int64_t d = 0; d < n; d++) x += (double)f->A[r * f->lda + d] * f->K[c * f->ldk + d];
+            x = x * 0.37f + (fm ? fm[c] : 0.0f);
+            s[c] = excluded(mk, r, c, bc) ? -INFINITY : x;
+            if (s[c] > mx) mx = s[c];
+        }
+        for (int64_t x = 0; x < ldo; x++) {
+            int64_t t = r * ldo + x;
+            want[t] = f->O0[t], tol[t] = 0, wg[t] = Og[t];
+        }
+        if (mx == -INFINITY) { /* nothing allowed yet: state bitwise unchanged */
+            if (memcmp(&m[r], &f->m0[r], sizeof(float)) || l[r] != f->l0[r] ||
+                memcmp(O + r * ldo, f->O0 + r * ldo, sizeof(float) * (size_t)ldo)) {
+                FAILF("%s fwd (%s, br %lld, bc %lld, n %lld): row %lld without allowed keys "
+                      "changed: m %g l %g", kk->name, mname, (long long)br, (long long)bc,
+                      (long long)n, (long long)r, m[r], l[r]);
+                ok = 0;
+            }
+            continue;
+        }
+        double al = f->m0[r] == -INFINITY ? 0 : exp(f->m0[r] - mx), sum = 0;
+        for (int64_t x = 0; x < nv; x++) want[r * ldo + x] = al * f->O0[r * ldo + x], tol[r * ldo + x] = fabs(want[r * ldo + x]);
+        for (int64_t c = 0; c < bc; c++) {
+            if (s[c] == -INFINITY) continue;
+            double p = exp(s[c] - mx);
+            sum += p;
+            for (int64_t x = 0; x < nv; x++) {
+                double y = p * f->V[c * f->ldv + x];
+                want[r * ldo + x] += y, tol[r * ldo + x] += fabs(y);
+            }
+        }
+        for (int64_t x = 0; x < nv; x++) tol[r * ldo + x] = 2e-5 * tol[r * ldo + x] + 1e-6;
+        double lw = al * f->l0[r] + sum;
+        if (fabs(m[r] - mx) > 1e-5 * (fabs(mx) + 1) || fabs(l[r] - lw) > 2e-5 * lw ||
+            fabs(m[r] - mg[r]) > 1e-5 * (fabs(mx) + 1) || fabs(l[r] - lg[r]) > 2e-5 * lw) {
+            FAILF("%s fwd (%s, br %lld, bc %lld, n %lld) row %lld: m %.9g/%.9g/%.9g l "
+                  "%.9g/%.9g/%.9g (kernel/ref/generic)", kk->name, mname, (long long)br,
+                  (long long)bc, (long long)n, (long long)r, m[r], mx, mg[r], l[r], lw, lg[r]);
+            ok = 0;
+        }
+    }
+    ok = ok && near_each("fwd O vs float64", kk->name, O, want, tol, br * ldo, br, bc, n);
+    ok = ok && near_each("fwd O vs generic", kk->name, O, wg, tol, br * ldo, br, bc, n);
+    free(O), free(Og), free(s), free(want), free(tol), free(wg);
+    return ok;
+}
+
+TEST(fused_forward_masks_edges) {
+    const mha_kernels *gen = mha__kernels_for(MHA_ISA_GENERIC);
+    for (int i = 0; i < nisa; i++) {
+        const mha_kernels *kk = isas[i];
+        if (!kk->attn_fwd || !kk->attn_kpack) {
+            FAILF("%s: no fused forward (the generic table must have one)", kk->name);
+            continue;
+        }
+        int64_t BR = kk->attn_br, BC = kk->attn_bc, ldm = BC + 9;
+        int64_t brs[6] = {1, 5, 6, 7, BR - 1, BR}, bcs[6] = {1, 7, 16, 17, BC - 1, BC};
+        int64_t ns[4][2] = {{64, 64}, {1, 7}, {80, 17}, {128, 0}}; /* (n, nv) */
+        uint8_t *pad = malloc((size_t)ldm), *bm = malloc((size_t)(BR * ldm));
+        float *fm = fbuf(BR * ldm);
+        for (int64_t t = 0; t < ldm; t++) pad[t] = urand() < 0.15;
+        for (int64_t t = 0; t < BR * ldm; t++) {
+            bm[t] = urand() < 0.15;
+            fm[t] = urand() < 0.1 ? -INFINITY : 3 * frand();
+        }
+        for (int64_t c = 0; c < ldm && BR > 4; c++) bm[2 * ldm + c] = 1, fm[4 * ldm + c] = -INFINITY;
+        fwd_case f;
+        int64_t NMAX = 128 + LD_PAD;
+        f.A = fbuf(BR * NMAX), f.K = fbuf(BC * NMAX), f.V = fbuf(BC * NMAX);
+        f.O0 = fbuf(BR * NMAX), f.P = fbuf(BR * (BC + LD_PAD)), f.m0 = fbuf(BR), f.l0 = fbuf(BR);
+        f.Kp = aligned_alloc(64, sizeof(float) * (size_t)(BC * 128));
+        int cnt = 0, ok = 1;
+        for (int a = 0; a < 6 && ok; a++)
+            for (int b = 0; b < 6 && ok; b++)
+                for (int e = 0; e < 4 && ok; e++) {
+                    f.br = brs[a], f.bc = bcs[b], f.n = ns[e][0], f.nv = ns[e][1];
+                    f.lda = f.n + LD_PAD, f.ldk = f.n + 3, f.ldv = f.nv + 2, f.ldo = f.nv + 1;
+                    f.ldp = BC + LD_PAD;
+                    for (int64_t t = 0; t < f.br * f.lda; t++) f.A[t] = 2 * frand();
+                    for (int64_t t = 0; t < f.bc * f.ldk; t++) f.K[t] = 2 * frand();
+                    for (int64_t t = 0; t < f.bc * f.ldv; t++) f.V[t] = frand();
+                    for (int64_t r = 0; r < f.br; r++) {
+                        int fresh = r % 4 == 1;
+                        f.m0[r] = fresh ? -INFINITY : 2 * frand();
+                        f.l0[r] = fresh ? 0.0f : 1.0f + (float)urand();
+                        for (int64_t x = 0; x < f.ldo; x++)
+                            f.O0[r * f.ldo + x] = fresh ? 0.0f : (x < f.nv ? frand() : SENTINEL);
+                    }
+                    /* 8 mask kinds, rotating with the case */
+                    for (int kind = 0; kind < 8 && ok; kind++, cnt++) {
+                        mha__attn_tile_mask mk = {f.bc + 10, MHA__ATTN_NO_DIAG, NULL, NULL, NULL, ldm};
+                        const char *name = "none";
+                        switch (kind) {
+                        case 1: mk.diag = 0, name = "causal"; break;
+                        case 2: mk.diag = -3, name = "causal -3"; break;
+                        case 3: mk.diag = 20, mk.col_end = f.bc / 2, name = "causal 20, col_end"; break;
+                        case 4: mk.pad = pad, name = "pad"; break;
+                        case 5: mk.bmask = bm, name = "bool"; break;
+                        case 6: mk.fmask = fm, name = "float"; break;
+                        case 7: mk.pad = pad, mk.bmask = bm, mk.fmask = fm, mk.diag = 2, name = "all"; break;
+                        }
+                        ok = check_fwd(kk, gen, &f, &mk, name);
+                    }
+                }
+        /* position independence: blocks of 5 rows alone == the same rows of the whole tile */
+        if (ok) {
+            f.br = BR, f.bc = BC, f.n = 80, f.nv = 80, f.lda = f.ldk = f.ldv = f.ldo = 80 + 3;
+            f.ldp = BC;
+            for (int64_t t = 0; t < BR * f.lda; t++) f.A[t] = frand(), f.O0[t] = frand();
+            for (int64_t t = 0; t < BC * f.ldk; t++) f.K[t] = frand(), f.V[t] = frand();
+            for (int64_t r = 0; r < BR; r++) f.m0[r] = frand(), f.l0[r] = 1;
+            mha__attn_tile_mask mk = {BC, 7, pad, NULL, fm, ldm};
+            float *O1 = fbuf(BR * f.ldo), *O2 = fbuf(BR * f.ldo), m1[256], l1[256], m2[256], l2[256];
+            fwd_run(kk, &f, &mk, O1, m1, l1);
+            memcpy(O2, f.O0, sizeof(float) * (size_t)(BR * f.ldo));
+            memcpy(m2, f.m0, sizeof(float) * (size_t)BR), memcpy(l2, f.l0, sizeof(float) * (size_t)BR);
+            for (int64_t r0 = 0; r0 < BR; r0 += 5) {
+                int64_t k = BR - r0 < 5 ? BR - r0 : 5;
+                mha__attn_tile_mask mr = mk;
+                mr.diag += r0, mr.fmask += r0 * ldm;
+                kk->attn_fwd(k, BC, f.n, f.nv, 0.37f, f.A + r0 * f.lda, f.lda, f.Kp, f.V, f.ldv,
+                             &mr, m2 + r0, l2 + r0, O2 + r0 * f.ldo, f.ldo, f.P, f.ldp);
+            }
+            if (memcmp(O1, O2, sizeof(float) * (size_t)(BR * f.ldo)) ||
+                memcmp(m1, m2, sizeof(float) * (size_t)BR) || memcmp(l1, l2, sizeof(float) * (size_t)BR))
+                FAILF("%s fwd: blocks of 5 rows differ from the same rows of the whole tile", kk->name);
+            free(O1), free(O2);
+        }
+        free(pad), free(bm), free(fm), free(f.A), free(f.K), free(f.V), free(f.O0), free(f.P);
+        free(f.m0), free(f.l0), free(f.Kp);
+        if (!ok) return;
+        printf("  %s fused forward: %d cases\n", kk->name, cnt);
+    }
+}
+
+TEST(dsoftmax_matches_generic) {
+    const mha_kernels *gen = mha__kernels_for(MHA_ISA_GENERIC);
+    for (int i = 0; i < nisa; i++) {
+        const mha_kernels *kk = isas[i];
+        int64_t BR = kk->attn_br, BC = kk->attn_bc, ld = BC + LD_PAD;
+        float *P = fbuf(BR * ld), *d1 = fbuf(BR * ld), *d2 = fbuf(BR * ld), dr[256];
+        for (int64_t t = 0; t < BR * ld; t++) P[t] = (float)urand(), d1[t] = d2[t] = frand();
+        for (int64_t r = 0; r < BR; r++) dr[r] = frand();
+        int64_t bcs[4] = {1, 17, BC - 1, BC};
+        for (int b = 0; b < 4; b++) {
+            kk->attn_dsoftmax(BR - b, bcs[b], P, ld, d1, ld, dr, 0.3f);
+            gen->attn_dsoftmax(BR - b, bcs[b], P, ld, d2, ld, dr, 0.3f);
+        }
+        /* the same three roundings as the generic: bitwise equal, pads untouched */
+        if (memcmp(d1, d2, sizeof(float) * (size_t)(BR * ld)))
+            FAILF("%s dsoftmax differs from the generic kernel", kk->name);
+        free(P), free(d1), free(d2);
+    }
+}
+
+TEST(vexp_accuracy) {
+    int tested = 0;
+    for (int i = 0; i < nisa; i++) {
+        const mha_kernels *kk = isas[i];
+        if (!kk->attn_exp) continue;
+        tested++;
+        enum { N = 1 << 16 };
+        static float x[N], y[N];
+        double worst = 0, wx = 0;
+        /* dense sweep of [-88, 1]: 2^23 points, step ~1.05e-5 */
+        const int64_t total = (int64_t)1 << 23;
+        for (int64_t base = 0; base < total; base += N) {
+            for (int j = 0; j < N; j++) x[j] = (float)(-88.0 + 89.0 * (double)(base + j) / total);
+            x[0] = base ? x[0] : -88.0f;
+            kk->attn_exp(x, y, N - (int)(base % 3)); /* odd counts: masked tails */
+            for (int j = 0; j < N - (int)(base % 3); j++) {
+                double w = exp((double)x[j]), e = fabs(y[j] - w) / w;
+                if (!(e <= worst)) worst = e, wx = x[j];
+            }
+        }
+        if (!(worst <= 1e-6)) FAILF("%s exp: max rel err %.3g at x = %.9g", kk->name, worst, wx);
+        printf("  %s exp: max rel err %.3g over [-88, 1] (at x = %.9g)\n", kk->name, worst, wx);
+        float sx[9] = {-INFINITY, -1e30f, -1000.0f, -110.0f, -104.0f, 0.0f, NAN, -0.0f, 1.0f}, sy[9];
+        kk->attn_exp(sx, sy, 9);
+        ASSERT_TRUE(sy[0] == 0.0f && !signbit(sy[0]));
+        ASSERT_TRUE(sy[1] == 0.0f && sy[2] == 0.0f && sy[3] == 0.0f);
+        ASSERT_TRUE(sy[4] >= 0.0f && sy[4] < 1e-44f);
+        ASSERT_TRUE(sy[5] == 1.0f && sy[7] == 1.0f);
+        ASSERT_TRUE(isnan(sy[6]));
+        ASSERT_TRUE(fabs(sy[8] - exp(1.0)) <= 1e-6 * exp(1.0));
+    }
+    if (!tested) printf("  (no table with a vectorized exp on this machine)\n");
+}
+
+int main(void) {
+    for (int isa = MHA_ISA_GENERIC; isa <= MHA_ISA_AVX512; isa++)
+        if (mha_isa_supported((mha_isa)isa) && mha__kernels_for((mha_isa)isa))
+            isas[nisa++] = mha__kernels_for((mha_isa)isa);
+    RUN(products_every_edge);
+    RUN(products_position_independent);
+    RUN(softmax_probs_masks);
+    RUN(fused_forward_masks_edges);
+    RUN(dsoftmax_matches_generic);
+    RUN(vexp_accuracy);
+    return harness_report();
+}

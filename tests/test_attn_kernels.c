@@ -11,7 +11,8 @@
  * to the same rows inside a taller tile. exp: the table's vectorized exp over a dense sweep
  * of [-88, 1] (max relative error <= 1e-6) and at special values. Fused forward (attn_kpack +
  * attn_fwd): the (m, l, O) state update against float64 and the generic table for every mask
- * kind at tile edges, unchanged rows without allowed keys, and row-block independence. */
+ * kind at tile edges, unchanged rows without allowed keys, and row-block independence; the
+ * forward driver on that path against float64 and bitwise equal for 1, 2 and 3 threads. */
 #include "harness.h"
 #include "kernels/kernels.h"
 
@@ -339,7 +340,8 @@ static void fwd_run(const mha_kernels *kk, const fwd_case *f, const mha__attn_ti
     memcpy(O, f->O0, sizeof(float) * (size_t)(f->br * f->ldo));
     memcpy(m, f->m0, sizeof(float) * (size_t)f->br);
     memcpy(l, f->l0, sizeof(float) * (size_t)f->br);
-    for (int64_t t = 0; t < kk->attn_bc * f->n; t++) f->Kp[t] = NAN; /* pads must be ignored */
+    int64_t fbc = kk->attn_fwd_bc ? kk->attn_fwd_bc : kk->attn_bc;
+    for (int64_t t = 0; t < fbc * f->n; t++) f->Kp[t] = NAN; /* pads must be ignored */
     kk->attn_kpack(f->bc, f->n, f->K, f->ldk, f->Kp);
     kk->attn_fwd(f->br, f->bc, f->n, f->nv, 0.37f, f->A, f->lda, f->Kp, f->V, f->ldv, mk, m, l,
                  O, f->ldo, f->P, f->ldp);
@@ -412,7 +414,9 @@ TEST(fused_forward_masks_edges) {
             FAILF("%s: no fused forward (the generic table must have one)", kk->name);
             continue;
         }
-        int64_t BR = kk->attn_br, BC = kk->attn_bc, ldm = BC + 9;
+        /* the fused kernels' own tile bounds (kernels.h: FBR, FBC) */
+        int64_t BR = kk->attn_fwd_br ? kk->attn_fwd_br : kk->attn_br;
+        int64_t BC = kk->attn_fwd_bc ? kk->attn_fwd_bc : kk->attn_bc, ldm = BC + 9;
         int64_t brs[6] = {1, 5, 6, 7, BR - 1, BR}, bcs[6] = {1, 7, 16, 17, BC - 1, BC};
         int64_t ns[4][2] = {{64, 64}, {1, 7}, {80, 17}, {128, 0}}; /* (n, nv) */
         uint8_t *pad = malloc((size_t)ldm), *bm = malloc((size_t)(BR * ldm));
@@ -492,6 +496,87 @@ TEST(fused_forward_masks_edges) {
     }
 }
 
+/* The forward driver on the fused path (no dropout; a problem big enough to use threads and
+ * several query tiles per head, so packed key tiles are reused across query tiles): out and
+ * lse against a float64 reference, and bitwise identical for 1, 2 and 3 threads. */
+TEST(fused_forward_driver_threads) {
+    enum { B = 2, H = 2, L = 150, S = 333, D = 48, DV = 40 };
+    size_t nq = (size_t)B * H * L * D, nk = (size_t)B * H * S * D, nv = (size_t)B * H * S * DV;
+    size_t no = (size_t)B * H * L * DV, nl = (size_t)B * H * L;
+    float *q = fbuf((int64_t)nq), *k = fbuf((int64_t)nk), *v = fbuf((int64_t)nv);
+    float *fmask = fbuf(L * S), *out[3], *lse[3];
+    uint8_t pad[B * S];
+    for (size_t t = 0; t < nq; t++) q[t] = 2 * frand();
+    for (size_t t = 0; t < nk; t++) k[t] = 2 * frand();
+    for (size_t t = 0; t < nv; t++) v[t] = frand();
+    for (int64_t t = 0; t < L * S; t++) fmask[t] = urand() < 0.05 ? -INFINITY : frand();
+    for (int64_t t = 0; t < B * S; t++) pad[t] = urand() < 0.1;
+    for (int64_t j = 0; j < 4; j++) fmask[7 * S + j] = -INFINITY; /* row 7: every key excluded */
+    mha_ctx *ctx;
+    ASSERT_OK(ctx, mha_ctx_create(&ctx));
+    int64_t sq[4] = {B, H, L, D}, sk[4] = {B, H, S, D}, sv[4] = {B, H, S, DV};
+    int64_t so[4] = {B, H, L, DV}, sl[3] = {B, H, L};
+    mha_tensor tq = mha_tensor_make(q, 4, sq), tk = mha_tensor_make(k, 4, sk);
+    mha_tensor tv = mha_tensor_make(v, 4, sv);
+    double *p = dbuf(S);
+    for (int variant = 0; variant < 2; variant++) {
+        mha_mask mk = mha_mask_default();
+        if (variant) mk.causal = MHA_CAUSAL_TOP_LEFT, mk.key_padding = pad, mk.attn_float = fmask;
+        FOR_EACH_ISA(ctx) {
+            for (int t = 0; t < 3; t++) {
+                out[t] = fbuf((int64_t)no), lse[t] = fbuf((int64_t)nl);
+                mha_tensor to = mha_tensor_make(out[t], 4, so), tl = mha_tensor_make(lse[t], 3, sl);
+                mha_ctx_set_threads(ctx, t + 1);
+                ASSERT_OK(ctx, mha_attn_forward(ctx, NULL, &tq, &tk, &tv, &mk, &to, &tl, NULL));
+            }
+            int same = !memcmp(out[0], out[1], sizeof(float) * no) &&
+                       !memcmp(out[0], out[2], sizeof(float) * no) &&
+                       !memcmp(lse[0], lse[1], sizeof(float) * nl) &&
+                       !memcmp(lse[0], lse[2], sizeof(float) * nl);
+            if (!same) FAILF("%s (mask %d): 2 or 3 threads differ from 1 thread",
+                             mha_isa_name((mha_isa)isa_i_), variant);
+            /* float64 reference */
+            int64_t worst = -1;
+            double werr = 0;
+            for (int64_t bh = 0; bh < B * H && same; bh++)
+                for (int64_t i = 0; i < L; i++) {
+                    const float *qi = q + (bh * L + i) * D;
+                    double mx = -INFINITY, sum = 0;
+                    for (int64_t j = 0; j < S; j++) {
+                        double x = 0;
+                        for (int64_t d = 0; d < D; d++) x += (double)qi[d] * k[(bh * S + j) * D + d];
+                        x *= 1.0f / sqrtf((float)D);
+                        if (variant) {
+                            if (j > i || pad[(bh / H) * S + j]) x = -INFINITY;
+                            else x += fmask[i * S + j];
+                        }
+                        p[j] = x;
+                        if (x > mx) mx = x;
+                    }
+                    for (int64_t j = 0; j < S; j++)
+                        sum += p[j] = mx == -INFINITY || p[j] == -INFINITY ? 0 : exp(p[j] - mx);
+                    double lw = sum > 0 ? mx + log(sum) : -INFINITY, lg = lse[0][bh * L + i];
+                    if (!(lw == lg || fabs(lg - lw) <= 1e-5 * (1 + fabs(lw)))) worst = (bh * L + i) * DV, werr = lg - lw;
+                    for (int64_t x = 0; x < DV; x++) {
+                        double o = 0, mag = 0;
+                        for (int64_t j = 0; j < S; j++)
+                            o += p[j] * v[(bh * S + j) * DV + x], mag += fabs(p[j] * v[(bh * S + j) * DV + x]);
+                        o = sum > 0 ? o / sum : 0, mag = sum > 0 ? mag / sum : 0;
+                        double e = fabs(out[0][(bh * L + i) * DV + x] - o);
+                        if (!(e <= 1e-5 * mag + 1e-6) && e > werr) worst = (bh * L + i) * DV + x, werr = e;
+                    }
+                }
+            if (worst >= 0)
+                FAILF("%s (mask %d): out/lse at [%lld] off the float64 reference by %.3g",
+                      mha_isa_name((mha_isa)isa_i_), variant, (long long)worst, werr);
+            for (int t = 0; t < 3; t++) free(out[t]), free(lse[t]);
+        }
+    }
+    mha_ctx_set_threads(ctx, 0);
+    mha_ctx_free(ctx);
+    free(q), free(k), free(v), free(fmask), free(p);
+}
+
 TEST(dsoftmax_matches_generic) {
     const mha_kernels *gen = mha__kernels_for(MHA_ISA_GENERIC);
     for (int i = 0; i < nisa; i++) {
@@ -554,6 +639,7 @@ int main(void) {
     RUN(products_position_independent);
     RUN(softmax_probs_masks);
     RUN(fused_forward_masks_edges);
+    RUN(fused_forward_driver_threads);
     RUN(dsoftmax_matches_generic);
     RUN(vexp_accuracy);
     return harness_report();

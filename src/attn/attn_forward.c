@@ -52,12 +52,15 @@ mha_status mha_attn_forward(mha_ctx *ctx, const mha_attn_params *p, const mha_te
     int64_t B = pr.B, H = pr.H, L = pr.L, S = pr.S, D = pr.D, Dv = pr.Dv;
     if (B * H * L == 0) return MHA_OK;
     const mha_kernels *kern = mha__ctx_kernels(ctx);
-    const int64_t BR = kern->attn_br, BC = kern->attn_bc;
-    const int64_t nqt = (L + BR - 1) / BR, nkt = (S + BC - 1) / BC, ntask = B * H * nqt;
     const int dropout = pr.dropout_p > 0;
     /* the fused kernel (packed keys) whenever there is no dropout to apply between the
-     * softmax and the product with v */
+     * softmax and the product with v; it has its own tile sizes */
     const int fused = !dropout && kern->attn_fwd && kern->attn_kpack && S > 0;
+    const int64_t WR = kern->attn_br, WC = kern->attn_bc; /* the separate kernels' tiles */
+    const int64_t BR = fused && kern->attn_fwd_br ? kern->attn_fwd_br : WR;
+    const int64_t BC = fused && kern->attn_fwd_bc ? kern->attn_fwd_bc : WC;
+    const int64_t KB = BC > WC ? BC : WC; /* keep bytes */
+    const int64_t nqt = (L + BR - 1) / BR, nkt = (S + BC - 1) / BC, ntask = B * H * nqt;
     int nt = mha__ctx_threads(ctx);
     /* a tiny problem is not worth waking threads for (as the gemm driver) */
     if ((double)B * H * L * S * (D + Dv) < (double)(1 << 21)) nt = 1;
@@ -66,7 +69,7 @@ mha_status mha_attn_forward(mha_ctx *ctx, const mha_attn_params *p, const mha_te
      *         every key tile of a head when that fits 16 MiB, else fewer slots (slot kt % nslot)
      *   St    score / probability tile [BR, BC]
      *   acc   output accumulator [BR, Dv]
-     *   m, l, alpha, lt  [BR] each;  keep [BC] bytes;  tag [nslot] int64 */
+     *   m, l, alpha, lt  [BR] each;  keep [max(BC, WC)] bytes;  tag [nslot] int64 */
     size_t nslot = 0;
     if (fused) {
         size_t cap = ((size_t)1 << 22) / ((size_t)BC * (size_t)D);
@@ -78,7 +81,7 @@ mha_status mha_attn_forward(mha_ctx *ctx, const mha_attn_params *p, const mha_te
              mha__mul_size((size_t)BR, (size_t)BC, &r_st) &&
              mha__mul_size((size_t)BR, (size_t)Dv, &r_acc) &&
              mha__mul_size(nslot, 2, &t1) &&
-             mha__add_size(4 * (size_t)BR + 2 * (((size_t)BC + 7) / 8), t1, &r_small);
+             mha__add_size(4 * (size_t)BR + 2 * (((size_t)KB + 7) / 8), t1, &r_small);
     size_t regions[4] = {r_kp, r_st, r_acc, r_small}, off[4];
     for (int i = 0; i < 4 && ok; i++) {
         off[i] = per;
@@ -89,7 +92,7 @@ mha_status mha_attn_forward(mha_ctx *ctx, const mha_attn_params *p, const mha_te
     float *ws = mha__malloc(tot);
     if (!ws) return mha__err(ctx, MHA_ERR_NOMEM, "%s: workspace: out of memory (%zu bytes)", FN, tot);
     for (int t = 0; t < nt; t++) { /* empty key tile caches */
-        int64_t *tag = (int64_t *)(ws + per * (size_t)t + off[3] + 4 * BR + 2 * ((BC + 7) / 8));
+        int64_t *tag = (int64_t *)(ws + per * (size_t)t + off[3] + 4 * BR + 2 * ((KB + 7) / 8));
         for (size_t x = 0; x < nslot; x++) tag[x] = -1;
     }
     mha_attn_params dp = {0, pr.dropout_p, pr.seed, pr.offset};
@@ -103,7 +106,7 @@ mha_status mha_attn_forward(mha_ctx *ctx, const mha_attn_params *p, const mha_te
         float *kp = base + off[0], *St = base + off[1], *acc = base + off[2];
         float *m = base + off[3], *l = m + BR, *alpha = l + BR, *lt = alpha + BR;
         uint8_t *keep = (uint8_t *)(lt + BR);
-        int64_t *tag = (int64_t *)(lt + BR + 2 * ((BC + 7) / 8)); /* 8-byte aligned */
+        int64_t *tag = (int64_t *)(lt + BR + 2 * ((KB + 7) / 8)); /* 8-byte aligned */
         int64_t bh = task / nqt, i0 = (task % nqt) * BR, b = bh / H, h = bh % H;
         int64_t br = L - i0 < BR ? L - i0 : BR;
         const float *qt = mha__attn_row(q, b, h, i0);
@@ -149,27 +152,31 @@ mha_status mha_attn_forward(mha_ctx *ctx, const mha_attn_params *p, const mha_te
             if (lse) lse->data[b * lse->stride[0] + h * lse->stride[1] + (i0 + r) * lse->stride[2]] = lt[r];
         }
         if (!weights) continue;
-        /* weights = dropout(exp(s - lse)), recomputed per key tile into the caller's rows */
-        float *wt = mha__attn_row(weights, b, h, i0);
+        /* weights = dropout(exp(s - lse)), recomputed into the caller's rows by the separate
+         * kernels, in their WR x WC tiles (an element's value does not depend on the tiling) */
         const int64_t ldw = weights->stride[2];
-        for (int64_t kt = 0; kt < nkt; kt++) {
-            int64_t j0 = kt * BC, bc = S - j0 < BC ? S - j0 : BC;
-            if (mha__attn_tile_skip(&pr, b, i0, i0 + br, j0, j0 + bc)) {
-                for (int64_t r = 0; r < br; r++)
-                    for (int64_t c = 0; c < bc; c++) wt[r * ldw + j0 + c] = 0;
-                continue;
-            }
-            mha__attn_tile_mask mk;
-            mha__attn_tile_mask_make(&pr, b, bh, i0, j0, &mk);
-            kern->attn_scores(br, bc, D, pr.scale, qt, q->stride[2], mha__attn_row(k, b, h, j0),
-                              k->stride[2], wt + j0, ldw);
-            kern->attn_probs(br, bc, wt + j0, ldw, &mk, lt);
-            if (dropout)
-                for (int64_t r = 0; r < br; r++) {
-                    mha__dropout_row(&dp, bh, i0 + r, j0, bc, keep);
-                    float *w = wt + r * ldw + j0;
-                    for (int64_t c = 0; c < bc; c++) w[c] = keep[c] ? w[c] * pr.keep_scale : 0.0f;
+        for (int64_t r0 = 0; r0 < br; r0 += WR) {
+            int64_t wr = br - r0 < WR ? br - r0 : WR, ir = i0 + r0;
+            float *wt = mha__attn_row(weights, b, h, ir);
+            for (int64_t j0 = 0; j0 < S; j0 += WC) {
+                int64_t bc = S - j0 < WC ? S - j0 : WC;
+                if (mha__attn_tile_skip(&pr, b, ir, ir + wr, j0, j0 + bc)) {
+                    for (int64_t r = 0; r < wr; r++)
+                        for (int64_t c = 0; c < bc; c++) wt[r * ldw + j0 + c] = 0;
+                    continue;
                 }
+                mha__attn_tile_mask mk;
+                mha__attn_tile_mask_make(&pr, b, bh, ir, j0, &mk);
+                kern->attn_scores(wr, bc, D, pr.scale, qt + r0 * q->stride[2], q->stride[2],
+                                  mha__attn_row(k, b, h, j0), k->stride[2], wt + j0, ldw);
+                kern->attn_probs(wr, bc, wt + j0, ldw, &mk, lt + r0);
+                if (dropout)
+                    for (int64_t r = 0; r < wr; r++) {
+                        mha__dropout_row(&dp, bh, ir + r, j0, bc, keep);
+                        float *w = wt + r * ldw + j0;
+                        for (int64_t c = 0; c < bc; c++) w[c] = keep[c] ? w[c] * pr.keep_scale : 0.0f;
+                    }
+            }
         }
     }
     mha__free(ws);

@@ -74,8 +74,10 @@
  *
  *   Fused forward (optional in SIMD tables, always in the generic one; NULL: the driver uses
  *   the entries above):
- *   attn_kpack(bc, n, B, ldb, Kp): packs a key tile B[bc, n] (1 <= bc <= attn_bc, n >= 1) into
- *       Kp, attn_bc * n floats, 64-byte aligned, in a layout private to this table (generic:
+ *   Their tiles: br <= FBR and bc <= FBC, where FBR, FBC = attn_fwd_br, attn_fwd_bc (0: the
+ *   attn_br, attn_bc above), so the forward can use other tile sizes than the backward.
+ *   attn_kpack(bc, n, B, ldb, Kp): packs a key tile B[bc, n] (1 <= bc <= FBC, n >= 1) into
+ *       Kp, FBC * n floats, 64-byte aligned, in a layout private to this table (generic:
  *       a plain copy [bc, n]). Pure data movement: a driver may pack a tile once and reuse it
  *       for every query tile of the head.
  *   attn_fwd(br, bc, n, nv, scale, A, lda, Kp, V, ldv, mk, m, l, O, ldo, P, ldp): one
@@ -165,6 +167,7 @@ typedef struct mha_kernels {
     /* Optional fused forward (contract above; NULL: not provided, the generic table has it). */
     mha__attn_kpack_fn attn_kpack;
     mha__attn_fwd_fn attn_fwd;
+    int64_t attn_fwd_br, attn_fwd_bc; /* the fused forward's tile sizes (0: attn_br, attn_bc) */
 } mha_kernels;
 
 /* The table for isa, or NULL when that path was not compiled in. Never MHA_ISA_AUTO. */

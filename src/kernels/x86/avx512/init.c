@@ -25,7 +25,12 @@ void mha__kernels_init_avx512(mha_kernels *k) {
     k->attn_ptv = mha__attn_ptv_avx512;
     k->attn_dsoftmax = mha__attn_dsoftmax_avx512;
     k->attn_exp = mha__attn_exp_avx512;
-    k->attn_kpack = mha__attn_kpack_avx512; /* attn_bc a multiple of the 64-key panel */
+    /* fused forward: 96 x 256 tiles (the kernel touches 6 rows of the tile at a time, so the
+     * tile may outgrow L1; fewer accumulator reloads and per-tile steps: measured 97 vs 93
+     * GFLOP/s for 64 x 128 on the core forward, D = 64, 1 thread); attn_fwd_bc a multiple of
+     * the 64-key panel */
+    k->attn_fwd_br = 96, k->attn_fwd_bc = 256;
+    k->attn_kpack = mha__attn_kpack_avx512;
     k->attn_fwd = mha__attn_fwd_avx512;
     k->gemm_pack = mha__gemm_pack_avx512_f32;
     k->gemm_pack_name = "mha__gemm_pack_avx512_f32";

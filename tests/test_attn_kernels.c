@@ -77,7 +77,7 @@ static int check_products(const mha_kernels *kk, const mha_kernels *gen, int64_t
         for (int64_t c = 0; c < lds; c++) {
             int64_t t = r * lds + c;
             double s = 0, mag = 0;
-            for (int64_t d = 0; d < n; d++) {
+            for (int64_t d = 0; c < bc && d < n; d++) { /* keys past bc do not exist */
                 double x = (double)A[r * lda + d] * Bm[c * lda + d];
                 s += x, mag += fabs(x);
             }

@@ -43,8 +43,11 @@
  *   (OpenMP); results are bitwise identical for any thread count.
  *
  * MEMORY (workspace; no call ever allocates an L x S matrix unless the caller asks for weights)
- *   mha_attn_forward    a few score tiles per thread: threads * BR * (BC + Dv + 8) floats
- *                       (BR x BC is the kernel path's tile, at most 64 x 128: ~50 KiB/thread).
+ *   mha_attn_forward    per thread a score tile, an output accumulator and a few rows:
+ *                       BR * (BC + Dv + 8) floats (BR x BC is the kernel path's tile, at most
+ *                       96 x 256: ~125 KiB at Dv = 64), and without dropout a cache of packed
+ *                       key tiles: one head's keys (S * D floats, S rounded up to BC), capped
+ *                       at 16 MiB (src/attn/attn_forward.c).
  *   mha_attn_backward   the same per thread, plus rowsum(dO * O) [B, H, L] and the fixed-order
  *                       dq partial sums: at most a small multiple of dq's size (see
  *                       src/attn/attn_backward.c); linear in L and S.

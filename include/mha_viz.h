@@ -64,7 +64,7 @@ typedef enum {
 /* How mha_viz_term draws cells. */
 typedef enum {
     MHA_VIZ_TERM_UNICODE = 0, /* shades " ░▒▓█", two columns per cell */
-    MHA_VIZ_TERM_ASCII = 1,   /* shades " .:-=+*#%@", plain 7-bit text */
+    MHA_VIZ_TERM_ASCII = 1,   /* shades " .:-=+*#@", plain 7-bit text */
     MHA_VIZ_TERM_COLOR = 2    /* 24-bit ANSI colour cells; half blocks ("▀", two query rows
                                  per line) when two columns per key do not fit */
 } mha_viz_term_mode;

@@ -696,6 +696,29 @@ TEST(fully_masked_rows) {
     mha_ctx_free(ctx);
 }
 
+/* A NaN score (here a NaN in one key) must reach out and lse as NaN, as in PyTorch: before
+ * the fix the NaN row sum looked like a fully masked row and every output became 0. */
+TEST(nan_key_propagates) {
+    mha_ctx *ctx;
+    ASSERT_OK(ctx, mha_ctx_create(&ctx));
+    enum { L = 3, S = 5, D = 2 };
+    float q[L * D], k[S * D], v[S * D], o[L * D], l[L];
+    rng_state = 5;
+    for (int i = 0; i < L * D; i++) q[i] = frand();
+    for (int i = 0; i < S * D; i++) k[i] = frand(), v[i] = frand();
+    k[1 * D] = NAN; /* key 1 */
+    int64_t sq[4] = {1, 1, L, D}, sk[4] = {1, 1, S, D}, sl[3] = {1, 1, L};
+    mha_tensor tq = mha_tensor_make(q, 4, sq), tk = mha_tensor_make(k, 4, sk);
+    mha_tensor tv = mha_tensor_make(v, 4, sk), to = mha_tensor_make(o, 4, sq);
+    mha_tensor tl = mha_tensor_make(l, 3, sl);
+    FOR_EACH_ISA(ctx) {
+        ASSERT_OK(ctx, mha_attn_forward(ctx, NULL, &tq, &tk, &tv, NULL, &to, &tl, NULL));
+        for (int i = 0; i < L * D; i++) ASSERT_TRUE(isnan(o[i]));
+        for (int i = 0; i < L; i++) ASSERT_TRUE(isnan(l[i]));
+    }
+    mha_ctx_free(ctx);
+}
+
 TEST(validation_errors) {
     mha_ctx *ctx;
     ASSERT_OK(ctx, mha_ctx_create(&ctx));
@@ -1095,6 +1118,7 @@ int main(void) {
     RUN(shapes_no_mask);
     RUN(masks_each_and_combined);
     RUN(fully_masked_rows);
+    RUN(nan_key_propagates);
     RUN(backward_finite_differences);
     RUN(packed_qkv_views);
     RUN(dropout_statistics);

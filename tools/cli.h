@@ -162,6 +162,11 @@ int cli_term_width(long long requested);
  * $TERM not "dumb". */
 int cli_term_color(void);
 
+/* A monotonic clock in seconds (for progress and timings). */
+double cli_now_s(void);
+/* An mha_write_fn that writes to the FILE * user (e.g. stdout); nonzero on a short write. */
+int cli_write_file(void *user, const void *data, size_t size);
+
 /* A float32 array viewed as a contiguous tensor. */
 mha_tensor cli_array_tensor(mha_array *a);
 /* Copies a (possibly strided) tensor view into a newly allocated float32 array. */

@@ -9,6 +9,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/ioctl.h>
+#include <time.h>
 #include <unistd.h>
 
 /* ---------------------------------------------------------------------------------------------
@@ -174,8 +175,8 @@ int cli_ctx_create(const long long *threads, const char *isa, mha_ctx **out) {
     if (threads) {
         if (*threads < 0 || *threads > 1 << 20) {
             mha_ctx_free(ctx);
-            return cli_fail("--threads: got %lld, expected 0 (all cores) or a positive count",
-                            *threads);
+            return cli_fail("--threads: got %lld, expected 0 (all cores) or a count up to %d",
+                            *threads, 1 << 20);
         }
         if (mha_ctx_set_threads(ctx, (int)*threads) != MHA_OK) {
             int rc = cli_fail_lib(ctx, "--threads");
@@ -465,6 +466,16 @@ int cli_layer_forward(cli_layer *l, mha_forward_opts fo, mha_array *out, mha_arr
                            l->cross ? &tv : NULL, &l->mask, &ty, weights ? &tw : NULL) != MHA_OK)
         return cli_fail_lib(l->ctx, NULL);
     return 0;
+}
+
+double cli_now_s(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+int cli_write_file(void *user, const void *data, size_t size) {
+    return fwrite(data, 1, size, (FILE *)user) == size ? 0 : 1;
 }
 
 mha_tensor cli_array_tensor(mha_array *a) {

@@ -19,7 +19,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 
 static void print_help(FILE *f) {
     fputs("usage: mha bench --batch B --seq N --embed E --heads H [options]\n"
@@ -29,7 +28,7 @@ static void print_help(FILE *f) {
           "the rate in GFLOP/s.\n\n"
           "options:\n"
           "  --batch B, --seq N, --embed E, --heads H   the shape (E divisible by H)\n"
-          "  --causal      causal mask (top-left); the FLOP count is halved for the core\n"
+          "  --causal      causal mask (top-left); the attention's FLOP count is halved\n"
           "  --backward    time forward + backward\n"
           "  --core        time only mha_attn_forward (and mha_attn_backward) on projected\n"
           "                q, k, v [B, H, N, E/H]\n"
@@ -40,14 +39,9 @@ static void print_help(FILE *f) {
           "  --runs R      timed runs after the warm-up (default 10)\n"
           "  --warmup W    untimed runs first (default: 1, more up to 0.2 s)\n"
           "  --budget S    stop the timed runs once they took S seconds (at least one run)\n"
-          "  --json        print one line holding a JSON object\n",
+          "  --json        print one line holding a JSON object\n"
+          "  --help        this text\n",
           f);
-}
-
-static double now_s(void) {
-    struct timespec t;
-    clock_gettime(CLOCK_MONOTONIC, &t);
-    return (double)t.tv_sec + (double)t.tv_nsec * 1e-9;
 }
 
 static int cmp_double(const void *a, const void *b) {
@@ -268,8 +262,8 @@ int mha_cmd_bench(int argc, char **argv) {
     }
     /* Warm-up (--warmup runs, or one run and more for short ones: up to 0.2 s), then the
      * timed runs. */
-    double warm_until = now_s() + 0.2;
-    for (int w = 0; a.warmup >= 0 ? w < a.warmup : (w < 1 || (w < 20 && now_s() < warm_until));
+    double warm_until = cli_now_s() + 0.2;
+    for (int w = 0; a.warmup >= 0 ? w < a.warmup : (w < 1 || (w < 20 && cli_now_s() < warm_until));
          w++) {
         if (run_fwd(&s) != MHA_OK) {
             ret = cli_fail_lib(ctx, "forward");
@@ -280,16 +274,16 @@ int mha_cmd_bench(int argc, char **argv) {
             goto out;
         }
     }
-    double timed_from = now_s();
+    double timed_from = cli_now_s();
     int runs = 0;
     for (int r = 0; r < a.runs; r++) {
-        if (r > 0 && a.budget > 0 && now_s() - timed_from > a.budget) break;
+        if (r > 0 && a.budget > 0 && cli_now_s() - timed_from > a.budget) break;
         runs++;
-        double t0 = now_s();
+        double t0 = cli_now_s();
         mha_status st = run_fwd(&s);
-        double t1 = now_s();
+        double t1 = cli_now_s();
         if (st == MHA_OK && a.backward) st = run_bwd(&s);
-        double t2 = now_s();
+        double t2 = cli_now_s();
         if (st != MHA_OK) {
             ret = cli_fail_lib(ctx, "bench");
             goto out;

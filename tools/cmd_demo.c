@@ -22,7 +22,6 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
-#include <time.h>
 #include <unistd.h>
 
 #define DEMO_LEN 8   /* sequence length (the arrays below are sized by it) */
@@ -62,16 +61,6 @@ static void print_help(FILE *f) {
             "example:\n"
             "  mha demo --seed 3 --out-dir /tmp/demo && xdg-open /tmp/demo/attention.html\n",
             DEMO_DEFAULT_SEED, DEMO_DEFAULT_STEPS, DEMO_MIN_STEPS, 100.0 * DEMO_STOP_ACC);
-}
-
-static double now_s(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
-
-static int write_stdout(void *user, const void *data, size_t size) {
-    return fwrite(data, 1, size, (FILE *)user) == size ? 0 : -1;
 }
 
 /* A library or model failure: the context's message when there is one. */
@@ -138,7 +127,7 @@ static mha_status evaluate(mha_ctx *ctx, demo_model *m, uint64_t seed, int strea
  * training may stop early); done: the bar is full and the line says how long it took. */
 static void progress(int64_t step, int64_t steps, double loss, double acc, double t0, int done) {
     const int width = 24;
-    const double el = now_s() - t0, left = el / (double)step * (double)(steps - step);
+    const double el = cli_now_s() - t0, left = el / (double)step * (double)(steps - step);
     int fill = done ? width : (int)((double)width * (double)step / (double)steps);
     char bar[32], accs[16], times[32];
     for (int i = 0; i < width; i++) bar[i] = i < fill ? '#' : '.';
@@ -263,7 +252,7 @@ static int run_demo(mha_ctx *ctx, uint64_t seed, int64_t steps, const char *out_
 
     int32_t tok[DEMO_BATCH * DEMO_LEN], tgt[DEMO_BATCH * DEMO_LEN];
     const int bar = isatty(STDERR_FILENO);
-    const double t0 = now_s();
+    const double t0 = cli_now_s();
     double loss = 0.0, val = -1.0, last_bar = 0.0;
     int64_t step = 0;
     int rc = 0;
@@ -290,13 +279,13 @@ static int run_demo(mha_ctx *ctx, uint64_t seed, int64_t steps, const char *out_
                 break;
             }
         }
-        if (bar && (now_s() - last_bar >= 0.05 || step == steps)) {
+        if (bar && (cli_now_s() - last_bar >= 0.05 || step == steps)) {
             progress(step, steps, loss, val, t0, 0);
-            last_bar = now_s();
+            last_bar = cli_now_s();
         }
         if (step % DEMO_EVAL_EVERY == 0 && step >= DEMO_MIN_STEPS && val >= DEMO_STOP_ACC) break;
     }
-    const double train_s = now_s() - t0;
+    const double train_s = cli_now_s() - t0;
     if (bar) {
         if (step > 0) progress(step, steps, loss, val, t0, 1); /* where training stopped */
         fprintf(stderr, "\n");
@@ -373,7 +362,7 @@ static int run_demo(mha_ctx *ctx, uint64_t seed, int64_t steps, const char *out_
     printf("each row is a query position, each column a key; query i should look at key %d - i\n\n",
            L - 1);
     fflush(stdout);
-    st = mha_viz_term(ctx, w, H, L, L, &vo, write_stdout, stdout);
+    st = mha_viz_term(ctx, w, H, L, L, &vo, cli_write_file, stdout);
     if (st != MHA_OK) return fail_status(ctx, st, "demo: terminal heatmap");
     mha_viz_stats stats[DEMO_HEADS];
     if (mha_viz_head_stats(ctx, w, H, L, L, stats) == MHA_OK) {

@@ -138,10 +138,6 @@ static int ends_with(const char *s, const char *suf) {
     return n >= k && strcmp(s + n - k, suf) == 0;
 }
 
-static int write_stdout(void *user, const void *data, size_t size) {
-    return fwrite(data, 1, size, (FILE *)user) == size ? 0 : 1;
-}
-
 /* What one run holds besides the layer; released by run_free whatever happened. */
 typedef struct {
     cli_layer l;
@@ -280,7 +276,7 @@ int mha_cmd_viz(int argc, char **argv) {
         if (out) {
             st = mha_viz_term_file(ctx, w, H, L, S, &vo, out);
         } else {
-            st = mha_viz_term(ctx, w, H, L, S, &vo, write_stdout, stdout);
+            st = mha_viz_term(ctx, w, H, L, S, &vo, cli_write_file, stdout);
             if (st == MHA_OK && fflush(stdout) != 0) {
                 rc = cli_fail("writing to stdout failed");
                 goto done;

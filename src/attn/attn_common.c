@@ -39,6 +39,28 @@ void mha__dropout_row(const mha_attn_params *p, int64_t bh, int64_t i, int64_t j
     }
 }
 
+mha_status mha__attn_check_mask(mha_ctx *ctx, const char *fn, const mha_mask *m, int64_t B,
+                                int64_t S) {
+    if (!m) return MHA_OK;
+    if (m->causal != MHA_CAUSAL_NONE && m->causal != MHA_CAUSAL_TOP_LEFT &&
+        m->causal != MHA_CAUSAL_BOTTOM_RIGHT)
+        return mha__err(ctx, MHA_ERR_INVALID_ARG,
+                        "%s: mask->causal: got %d, expected MHA_CAUSAL_NONE, _TOP_LEFT or "
+                        "_BOTTOM_RIGHT", fn, (int)m->causal);
+    if (m->attn_batched != 0 && m->attn_batched != 1)
+        return mha__err(ctx, MHA_ERR_INVALID_ARG,
+                        "%s: mask->attn_batched: got %d, expected 0 ([L, S]) or 1 ([B*H, L, S])",
+                        fn, m->attn_batched);
+    if (m->key_lengths)
+        for (int64_t b = 0; b < B; b++)
+            if (m->key_lengths[b] < 0 || m->key_lengths[b] > S)
+                return mha__err(ctx, MHA_ERR_INVALID_ARG,
+                                "%s: mask->key_lengths[%lld]: got %d, expected a value in "
+                                "[0, %lld] (key length S)", fn, (long long)b,
+                                (int)m->key_lengths[b], (long long)S);
+    return MHA_OK;
+}
+
 mha_status mha__attn_check_inputs(mha_ctx *ctx, const char *fn, const mha_attn_params *p,
                                   const mha_tensor *q, const mha_tensor *k, const mha_tensor *v,
                                   const mha_mask *mask, mha__attn_problem *pr) {
@@ -83,23 +105,7 @@ mha_status mha__attn_check_inputs(mha_ctx *ctx, const char *fn, const mha_attn_p
     pr->offset = p->offset;
 
     pr->mask = mask ? *mask : mha_mask_default();
-    const mha_mask *m = &pr->mask;
-    if (m->causal != MHA_CAUSAL_NONE && m->causal != MHA_CAUSAL_TOP_LEFT &&
-        m->causal != MHA_CAUSAL_BOTTOM_RIGHT)
-        return mha__err(ctx, MHA_ERR_INVALID_ARG,
-                        "%s: mask->causal: got %d, expected MHA_CAUSAL_NONE, _TOP_LEFT or "
-                        "_BOTTOM_RIGHT", fn, (int)m->causal);
-    if (m->attn_batched != 0 && m->attn_batched != 1)
-        return mha__err(ctx, MHA_ERR_INVALID_ARG,
-                        "%s: mask->attn_batched: got %d, expected 0 ([L, S]) or 1 ([B*H, L, S])",
-                        fn, m->attn_batched);
-    if (m->key_lengths)
-        for (int64_t b = 0; b < B; b++)
-            if (m->key_lengths[b] < 0 || m->key_lengths[b] > S)
-                return mha__err(ctx, MHA_ERR_INVALID_ARG,
-                                "%s: mask->key_lengths[%lld]: got %d, expected a value in "
-                                "[0, %lld] (k length)", fn, (long long)b,
-                                (int)m->key_lengths[b], (long long)S);
-    pr->causal_shift = m->causal == MHA_CAUSAL_BOTTOM_RIGHT ? S - L : 0;
+    if ((st = mha__attn_check_mask(ctx, fn, &pr->mask, B, S))) return st;
+    pr->causal_shift = pr->mask.causal == MHA_CAUSAL_BOTTOM_RIGHT ? S - L : 0;
     return MHA_OK;
 }

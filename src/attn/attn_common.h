@@ -34,6 +34,11 @@ typedef struct {
     int64_t causal_shift; /* causal: key j allowed iff j <= i + causal_shift */
 } mha__attn_problem;
 
+/* Validates the fields of a mask (NULL: no mask) that need no tensor: causal, attn_batched,
+ * and key_lengths[b] in [0, S] for b < B. fn names the public function in messages. */
+mha_status mha__attn_check_mask(mha_ctx *ctx, const char *fn, const mha_mask *m, int64_t B,
+                                int64_t S);
+
 /* Validates p (NULL: defaults), q, k, v and mask (NULL: no mask), and fills *pr.
  * fn names the public function in messages. */
 mha_status mha__attn_check_inputs(mha_ctx *ctx, const char *fn, const mha_attn_params *p,

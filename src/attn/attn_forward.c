@@ -3,7 +3,8 @@
  *
  * One task = one (batch, head, query tile of br rows); tasks are independent, so OpenMP hands
  * them to threads in any order and the result is the same for every thread count (the tile
- * grid is fixed by the table's attn_br x attn_bc, never by the thread count).
+ * grid is fixed by the table's tile sizes, attn_fwd_br x attn_fwd_bc on the fused path and
+ * attn_br x attn_bc otherwise, never by the thread count).
  * Per task, for each key tile of bc columns (tiles fully excluded by causality, key_lengths or
  * key_padding are skipped):
  *   without dropout (the table's fused kernel):
@@ -17,7 +18,8 @@
  *     mask, online softmax step as above                          attn_softmax (in place)
  *     P *= keep (the 1/(1-p) is folded into the final division)
  *     acc = diag(alpha) acc + P v_tile                            attn_pv      [br, Dv]
- * then out = acc * (1/(1-p)) / l, lse = m + log(l) (l == 0: out 0, lse -inf). No L x S buffer:
+ * then out = acc * (1/(1-p)) / l, lse = m + log(l) (l == 0: out 0, lse -inf; a NaN score makes
+ * l NaN, and out and lse NaN as in PyTorch, never a silent 0). No L x S buffer:
  * the score tile stays in cache; the optional weights are recomputed tile by tile from lse
  * (attn_probs) straight into the caller's weights rows. A tiny problem runs on one thread. */
 #include "attn_common.h"
@@ -141,7 +143,7 @@ mha_status mha_attn_forward(mha_ctx *ctx, const mha_attn_params *p, const mha_te
         }
         for (int64_t r = 0; r < br; r++) {
             float *o = mha__attn_row(out, b, h, i0 + r);
-            if (l[r] > 0) {
+            if (l[r] != 0) { /* 0: every key masked; NaN (a NaN score) propagates */
                 float inv = pr.keep_scale / l[r];
                 for (int64_t x = 0; x < Dv; x++) o[x] = acc[r * Dv + x] * inv;
                 lt[r] = m[r] + logf(l[r]);

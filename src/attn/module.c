@@ -13,6 +13,7 @@
  *   self-attention dquery = [dq dk dv] in_proj_weight, the sum of the three paths)
  * Every product goes through mha__gemm; everything else is O(rows * E) glue. */
 #include "module_internal.h"
+#include "attn/attn_common.h"
 #include "attn/gemm.h"
 
 #include <math.h>
@@ -333,25 +334,6 @@ void mha_module_zero_grad(mha_module *m) {
  * Forward
  * ------------------------------------------------------------------------------------------- */
 
-/* Validates what the core would reject, with the module's function name in the message. */
-static mha_status check_mask(mha_ctx *ctx, const mha_mask *mk, int64_t B, int64_t S) {
-    if (!mk) return MHA_OK;
-    if (mk->causal != MHA_CAUSAL_NONE && mk->causal != MHA_CAUSAL_TOP_LEFT &&
-        mk->causal != MHA_CAUSAL_BOTTOM_RIGHT)
-        return mha__err(ctx, MHA_ERR_INVALID_ARG, "%s: mask->causal: got %d, expected "
-                        "MHA_CAUSAL_NONE, _TOP_LEFT or _BOTTOM_RIGHT", FN_FWD, (int)mk->causal);
-    if (mk->attn_batched != 0 && mk->attn_batched != 1)
-        return mha__err(ctx, MHA_ERR_INVALID_ARG, "%s: mask->attn_batched: got %d, expected 0 "
-                        "([L, S]) or 1 ([B*H, L, S])", FN_FWD, mk->attn_batched);
-    if (mk->key_lengths)
-        for (int64_t b = 0; b < B; b++)
-            if (mk->key_lengths[b] < 0 || mk->key_lengths[b] > S)
-                return mha__err(ctx, MHA_ERR_INVALID_ARG, "%s: mask->key_lengths[%lld]: got %d, "
-                                "expected a value in [0, %lld] (key length S)", FN_FWD,
-                                (long long)b, (int)mk->key_lengths[b], (long long)S);
-    return MHA_OK;
-}
-
 /* Copies the caller's masks into s (the backward must see the same ones). */
 static mha_status save_mask(mha_ctx *ctx, mha__saved *s, const mha_mask *mk, int64_t H) {
     mha_status st;
@@ -460,7 +442,7 @@ mha_status mha_module_forward(mha_ctx *ctx, mha_module *m, const mha_forward_opt
                 return st;
         }
     }
-    if ((st = check_mask(ctx, mask, B, S))) return st;
+    if ((st = mha__attn_check_mask(ctx, FN_FWD, mask, B, S))) return st;
 
     /* Everything the forward and backward need, allocated before any work. */
     mha__saved *s = mha__calloc(1, sizeof *s);

@@ -292,11 +292,7 @@ mha_status mha_viz_html(mha_ctx *ctx, const float *w, int64_t H, int64_t L, int6
         viz__view_free(&v);
         return mha__err(ctx, MHA_ERR_NOMEM, "%s: out of memory", F);
     }
-    for (size_t e = 0; e < LS; e++) {
-        double s = 0;
-        for (int64_t h = 0; h < H; h++) s += v.m[(size_t)h * LS + e];
-        avg[e] = (float)(s / (double)H);
-    }
+    viz__average(v.m, H, LS, avg);
     st = mha_viz_head_stats(ctx, v.m, H, L, S, stats);
     if (!st) st = mha_viz_head_stats(ctx, avg, 1, L, S, stats + H);
     if (st) {

@@ -244,11 +244,7 @@ mha_status viz__view_make(mha_ctx *ctx, const char *fn, const float *w, int64_t 
     } else if (opts->view == MHA_VIZ_HEAD) {
         memcpy(v->m, w + (size_t)opts->head * LS, LS * sizeof(float));
     } else {
-        for (size_t e = 0; e < LS; e++) {
-            double s = 0;
-            for (int64_t h = 0; h < H; h++) s += w[(size_t)h * LS + e];
-            v->m[e] = (float)(s / (double)H);
-        }
+        viz__average(w, H, LS, v->m);
     }
     for (int p = 0; p < v->n; p++) {
         int64_t h = opts->view == MHA_VIZ_HEAD && !all_heads ? opts->head : p;
@@ -289,6 +285,14 @@ nomem:
 fail:
     viz__view_free(v);
     return st;
+}
+
+void viz__average(const float *w, int64_t H, size_t LS, float *out) {
+    for (size_t e = 0; e < LS; e++) {
+        double s = 0;
+        for (int64_t h = 0; h < H; h++) s += w[(size_t)h * LS + e];
+        out[e] = (float)(s / (double)H);
+    }
 }
 
 float viz__norm(const viz_view *v, float x) {

@@ -50,6 +50,9 @@ mha_status viz__view_make(mha_ctx *ctx, const char *fn, const float *w, int64_t 
                           viz_view *v);
 void viz__view_free(viz_view *v);
 
+/* out[e] = the mean over h < H of w[h * LS + e], e < LS (summed in double, in head order). */
+void viz__average(const float *w, int64_t H, size_t LS, float *out);
+
 /* Position of x on the scale, in [0, 1]. */
 float viz__norm(const viz_view *v, float x);
 

@@ -75,6 +75,8 @@
  *   | every key of a row masked      | output 0, weights 0      | NaN                   | NaN                            |
  *
  *   All masks given combine: a key takes part only if no mask excludes it; float masks add.
+ *   NaN in q, k, v or a float mask propagates to the rows it reaches, as in PyTorch; the one
+ *   exception is a row whose every allowed score is NaN, which is treated as fully masked (0).
  */
 #ifndef MHA_H
 #define MHA_H

@@ -43,6 +43,7 @@ import torch
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))
+OUT = HERE  # where the fixtures go: this folder, or the folder given as the first argument
 from mha_py import save_safetensors  # noqa: E402
 
 TOL = 1e-10  # reference vs nn.MultiheadAttention, both float64
@@ -350,7 +351,7 @@ def make_case(name, seed, E=8, H=2, B=2, L=5, S=None, kdim=None, vdim=None, bias
     meta = {"case": name, "seed": seed, "torch": torch.__version__,
             "generator": "tests/golden/gen_golden.py",
             "fully_masked_rows": int(dead.any(1).sum().item()) if dead.any() else 0}
-    path = os.path.join(HERE, name + ".safetensors")
+    path = os.path.join(OUT, name + ".safetensors")
     save_safetensors(path, T, meta)
     gtxt = "%.1e%s" % (d_g, " (dead rows: zero dout)" if dead.any() else "")
     print("%-24s vs torch: out %.1e  weights %.1e  grads %s  (%d bytes)"
@@ -411,15 +412,18 @@ CASES = [
 
 
 def main():
+    global OUT
+    if len(sys.argv) > 1:
+        OUT = sys.argv[1]
     torch.set_num_threads(1)
     written = set()
     for case in CASES:
         written.add(os.path.basename(make_case(**case)))
-    for f in os.listdir(HERE):
+    for f in os.listdir(OUT):
         if f.endswith(".safetensors") and f not in written:
-            os.remove(os.path.join(HERE, f))
+            os.remove(os.path.join(OUT, f))
             print("removed stale", f)
-    total = sum(os.path.getsize(os.path.join(HERE, f)) for f in written)
+    total = sum(os.path.getsize(os.path.join(OUT, f)) for f in written)
     print("%d cases, %d bytes" % (len(written), total))
     assert total < 2 * 1024 * 1024
 

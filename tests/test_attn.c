@@ -1113,6 +1113,88 @@ TEST(tile_tolerance_catches_wrong_kernels) {
     free(A), free(Bm), free(S), free(R), free(O), free(O0), free(want), free(mag);
 }
 
+/* Dropout on the fused forward's tiles (SIMD: 96 x 256, so several query and key tiles with
+ * partial edges; key_lengths and causality cut tiles so that the keep decisions are computed
+ * only up to the last row's end): the weights are exactly 0 where mha__dropout_keep drops or a
+ * mask excludes, positive elsewhere; a batch with key length 0 has out 0 and lse -inf; out
+ * equals weights v (float64) within rounding; lse is the undropped one (weights / keep_scale
+ * sum to 1 over the kept and dropped keys alike, i.e. lse does not depend on the seed). */
+TEST(dropout_fused_tiles) {
+    enum { B = 2, H = 2, L = 200, S = 300, D = 16, DV = 12 };
+    mha_ctx *ctx;
+    ASSERT_OK(ctx, mha_ctx_create(&ctx));
+    size_t nq = (size_t)B * H * L * D, nk = (size_t)B * H * S * D, nv = (size_t)B * H * S * DV;
+    size_t no = (size_t)B * H * L * DV, nw = (size_t)B * H * L * S, nl = (size_t)B * H * L;
+    float *q = malloc(sizeof(float) * nq), *k = malloc(sizeof(float) * nk);
+    float *v = malloc(sizeof(float) * nv), *o = malloc(sizeof(float) * no);
+    float *w = malloc(sizeof(float) * nw), *lse = malloc(sizeof(float) * nl);
+    float *lse2 = malloc(sizeof(float) * nl);
+    rng_state = 31;
+    for (size_t t = 0; t < nq; t++) q[t] = frand();
+    for (size_t t = 0; t < nk; t++) k[t] = frand();
+    for (size_t t = 0; t < nv; t++) v[t] = frand();
+    int64_t sq[4] = {B, H, L, D}, sk[4] = {B, H, S, D}, sv[4] = {B, H, S, DV};
+    int64_t so[4] = {B, H, L, DV}, sw[4] = {B, H, L, S}, sl[3] = {B, H, L};
+    mha_tensor tq = mha_tensor_make(q, 4, sq), tk = mha_tensor_make(k, 4, sk);
+    mha_tensor tv = mha_tensor_make(v, 4, sv), to = mha_tensor_make(o, 4, so);
+    mha_tensor tw = mha_tensor_make(w, 4, sw), tl = mha_tensor_make(lse, 3, sl);
+    mha_tensor tl2 = mha_tensor_make(lse2, 3, sl);
+    const int32_t lens[B] = {270, 0};
+    mha_mask m = mha_mask_default();
+    m.causal = MHA_CAUSAL_BOTTOM_RIGHT, m.key_lengths = lens; /* row i sees j <= i + 100 */
+    mha_attn_params p = mha_attn_params_default();
+    p.dropout_p = 0.15f, p.seed = 123, p.offset = (1ull << 33) + 5;
+    FOR_EACH_ISA(ctx) {
+        const char *isa = mha_isa_name(mha_ctx_isa(ctx));
+        ASSERT_OK(ctx, mha_attn_forward(ctx, &p, &tq, &tk, &tv, &m, &to, &tl, &tw));
+        mha_attn_params p2 = p;
+        p2.seed = 999;
+        ASSERT_OK(ctx, mha_attn_forward(ctx, &p2, &tq, &tk, &tv, &m, &to, &tl2, NULL));
+        ASSERT_OK(ctx, mha_attn_forward(ctx, &p, &tq, &tk, &tv, &m, &to, &tl, NULL));
+        int64_t bad = 0, dropped = 0, kept = 0;
+        for (int64_t bh = 0; bh < B * H && !bad; bh++)
+            for (int64_t i = 0; i < L && !bad; i++) {
+                int64_t end = i + 100 + 1 < lens[bh / H] ? i + 100 + 1 : lens[bh / H];
+                const float *wr = w + (bh * L + i) * S;
+                for (int64_t j = 0; j < S; j++) {
+                    int keep = mha__dropout_keep(&p, bh, i, j);
+                    if (j < end && keep ? !(wr[j] > 0) : wr[j] != 0.0f) {
+                        FAILF("%s: weights[%lld, %lld, %lld] = %g (allowed %d, kept %d)", isa,
+                              (long long)bh, (long long)i, (long long)j, wr[j], j < end, keep);
+                        bad = 1;
+                        break;
+                    }
+                    if (j < end) dropped += !keep, kept += keep;
+                }
+                float l1 = lse[bh * L + i], l2 = lse2[bh * L + i];
+                if (end == 0 ? !(l1 == -INFINITY && l2 == -INFINITY) : l1 != l2) {
+                    FAILF("%s: lse[%lld, %lld] %g / %g with another seed (end %lld)", isa,
+                          (long long)bh, (long long)i, l1, l2, (long long)end);
+                    bad = 1;
+                }
+                for (int64_t x = 0; x < DV && !bad; x++) { /* out = weights v */
+                    double ref = 0, mag = 0;
+                    for (int64_t j = 0; j < end; j++) {
+                        double y = (double)wr[j] * v[(bh * S + j) * DV + x];
+                        ref += y, mag += fabs(y);
+                    }
+                    float got = o[(bh * L + i) * DV + x];
+                    if (end == 0 ? got != 0.0f : !(fabs(got - ref) <= 1e-5 * mag + 1e-7)) {
+                        FAILF("%s: out[%lld, %lld, %lld] = %.9g, weights v = %.9g", isa,
+                              (long long)bh, (long long)i, (long long)x, got, ref);
+                        bad = 1;
+                    }
+                }
+            }
+        /* the dropped fraction is p (about 60000 allowed keys: 0.15 +- 0.005) */
+        double frac = (double)dropped / (double)(dropped + kept);
+        if (!bad && fabs(frac - p.dropout_p) > 0.01) FAILF("%s: dropped fraction %g", isa, frac);
+        if (bad) break;
+    }
+    mha_ctx_free(ctx);
+    free(q), free(k), free(v), free(o), free(w), free(lse), free(lse2);
+}
+
 int main(void) {
     RUN(validation_errors);
     RUN(shapes_no_mask);
@@ -1124,6 +1206,7 @@ int main(void) {
     RUN(dropout_statistics);
     RUN(threads_bitwise_identical);
     RUN(backward_key_chunks);
+    RUN(dropout_fused_tiles);
     RUN(tile_kernels_match_generic);
     RUN(tile_tolerance_catches_wrong_kernels);
     return harness_report();

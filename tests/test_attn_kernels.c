@@ -12,8 +12,15 @@
  * of [-88, 1] (max relative error <= 1e-6) and at special values. Fused forward (attn_kpack +
  * attn_fwd): the (m, l, O) state update against float64 and the generic table for every mask
  * kind at tile edges, unchanged rows without allowed keys, and row-block independence; the
- * forward driver on that path against float64 and bitwise equal for 1, 2 and 3 threads. */
+ * forward driver on that path against float64 and bitwise equal for 1, 2 and 3 threads.
+ * Dropout: attn_dropout (SIMD Philox) bitwise equal to the generic kernel on random tiles
+ * (any br, bc, i0, j0 mod 4, thresholds 0 .. 2^32 - 1, counters past 2^32), the generic one
+ * equal to the scheme's scalar definition mha__dropout_keep; attn_dropout_apply bitwise equal
+ * to the generic (NaN inputs dropped to exactly 0); attn_fwd_drop as attn_fwd above, with
+ * l over every probability and O over the kept ones only; the driver with dropout against
+ * float64 and bitwise equal for 1, 2 and 3 threads. */
 #include "harness.h"
+#include "attn/attn_common.h" /* mha__dropout_keep, mha__attn_dropout_make: the scheme */
 #include "kernels/kernels.h"
 
 static uint64_t rng = 88172645463325252ull;
@@ -332,6 +339,8 @@ TEST(softmax_probs_masks) {
 typedef struct {
     int64_t br, bc, n, nv, lda, ldk, ldv, ldo, ldp;
     float *A, *K, *V, *O0, *m0, *l0, *P, *Kp;
+    const uint8_t *keep; /* NULL: attn_fwd; else attn_fwd_drop with keep [br, ldkeep] */
+    int64_t ldkeep;
 } fwd_case;
 
 /* Runs kk's fused step on a copy of the state: O [br, ldo], m, l [br]. */
@@ -343,8 +352,12 @@ static void fwd_run(const mha_kernels *kk, const fwd_case *f, const mha__attn_ti
     int64_t fbc = kk->attn_fwd_bc ? kk->attn_fwd_bc : kk->attn_bc;
     for (int64_t t = 0; t < fbc * f->n; t++) f->Kp[t] = NAN; /* pads must be ignored */
     kk->attn_kpack(f->bc, f->n, f->K, f->ldk, f->Kp);
-    kk->attn_fwd(f->br, f->bc, f->n, f->nv, 0.37f, f->A, f->lda, f->Kp, f->V, f->ldv, mk, m, l,
-                 O, f->ldo, f->P, f->ldp);
+    if (f->keep)
+        kk->attn_fwd_drop(f->br, f->bc, f->n, f->nv, 0.37f, f->A, f->lda, f->Kp, f->V, f->ldv,
+                          mk, m, l, O, f->ldo, f->P, f->ldp, f->keep, f->ldkeep);
+    else
+        kk->attn_fwd(f->br, f->bc, f->n, f->nv, 0.37f, f->A, f->lda, f->Kp, f->V, f->ldv, mk,
+                     m, l, O, f->ldo, f->P, f->ldp);
 }
 
 static int check_fwd(const mha_kernels *kk, const mha_kernels *gen, fwd_case *f,
@@ -384,7 +397,8 @@ static int check_fwd(const mha_kernels *kk, const mha_kernels *gen, fwd_case *f,
         for (int64_t c = 0; c < bc; c++) {
             if (s[c] == -INFINITY) continue;
             double p = exp(s[c] - mx);
-            sum += p;
+            sum += p; /* l: every probability; O: the kept ones */
+            if (f->keep && !f->keep[r * f->ldkeep + c]) continue;
             for (int64_t x = 0; x < nv; x++) {
                 double y = p * f->V[c * f->ldv + x];
                 want[r * ldo + x] += y, tol[r * ldo + x] += fabs(y);
@@ -400,8 +414,10 @@ static int check_fwd(const mha_kernels *kk, const mha_kernels *gen, fwd_case *f,
             ok = 0;
         }
     }
-    ok = ok && near_each("fwd O vs float64", kk->name, O, want, tol, br * ldo, br, bc, n);
-    ok = ok && near_each("fwd O vs generic", kk->name, O, wg, tol, br * ldo, br, bc, n);
+    const char *w64 = f->keep ? "fwd_drop O vs float64" : "fwd O vs float64";
+    ok = ok && near_each(w64, kk->name, O, want, tol, br * ldo, br, bc, n);
+    ok = ok && near_each(f->keep ? "fwd_drop O vs generic" : "fwd O vs generic", kk->name, O,
+                         wg, tol, br * ldo, br, bc, n);
     free(O), free(Og), free(s), free(want), free(tol), free(wg);
     return ok;
 }
@@ -410,7 +426,7 @@ TEST(fused_forward_masks_edges) {
     const mha_kernels *gen = mha__kernels_for(MHA_ISA_GENERIC);
     for (int i = 0; i < nisa; i++) {
         const mha_kernels *kk = isas[i];
-        if (!kk->attn_fwd || !kk->attn_kpack) {
+        if (!kk->attn_fwd || !kk->attn_kpack || !kk->attn_fwd_drop) {
             FAILF("%s: no fused forward (the generic table must have one)", kk->name);
             continue;
         }
@@ -428,7 +444,11 @@ TEST(fused_forward_masks_edges) {
         }
         for (int64_t c = 0; c < ldm && BR > 4; c++) bm[2 * ldm + c] = 1, fm[4 * ldm + c] = -INFINITY;
         fwd_case f;
-        int64_t NMAX = 128 + LD_PAD;
+        int64_t NMAX = 128 + LD_PAD, ldkeep = BC + 3;
+        uint8_t *keep = malloc((size_t)(BR * ldkeep));
+        for (int64_t t = 0; t < BR * ldkeep; t++) keep[t] = urand() < 0.7;
+        for (int64_t c = 0; c < ldkeep && BR > 3; c++) keep[3 * ldkeep + c] = 0; /* all dropped */
+        f.keep = NULL, f.ldkeep = ldkeep;
         f.A = fbuf(BR * NMAX), f.K = fbuf(BC * NMAX), f.V = fbuf(BC * NMAX);
         f.O0 = fbuf(BR * NMAX), f.P = fbuf(BR * (BC + LD_PAD)), f.m0 = fbuf(BR), f.l0 = fbuf(BR);
         f.Kp = aligned_alloc(64, sizeof(float) * (size_t)(BC * 128));
@@ -462,7 +482,11 @@ TEST(fused_forward_masks_edges) {
                         case 6: mk.fmask = fm, name = "float"; break;
                         case 7: mk.pad = pad, mk.bmask = bm, mk.fmask = fm, mk.diag = 2, name = "all"; break;
                         }
+                        f.keep = NULL;
                         ok = check_fwd(kk, gen, &f, &mk, name);
+                        f.keep = keep; /* the same step with dropout */
+                        ok = ok && check_fwd(kk, gen, &f, &mk, name);
+                        f.keep = NULL;
                     }
                 }
         /* position independence: blocks of 5 rows alone == the same rows of the whole tile */
@@ -490,15 +514,16 @@ TEST(fused_forward_masks_edges) {
             free(O1), free(O2);
         }
         free(pad), free(bm), free(fm), free(f.A), free(f.K), free(f.V), free(f.O0), free(f.P);
-        free(f.m0), free(f.l0), free(f.Kp);
+        free(f.m0), free(f.l0), free(f.Kp), free(keep);
         if (!ok) return;
         printf("  %s fused forward: %d cases\n", kk->name, cnt);
     }
 }
 
-/* The forward driver on the fused path (no dropout; a problem big enough to use threads and
- * several query tiles per head, so packed key tiles are reused across query tiles): out and
- * lse against a float64 reference, and bitwise identical for 1, 2 and 3 threads. */
+/* The forward driver on the fused path (a problem big enough to use threads and several query
+ * tiles per head, so packed key tiles are reused across query tiles), without masks, with
+ * masks, with masks and dropout (attn_dropout + attn_fwd_drop): out and lse against a float64
+ * reference (dropout: mha__dropout_keep), and bitwise identical for 1, 2 and 3 threads. */
 TEST(fused_forward_driver_threads) {
     enum { B = 2, H = 2, L = 150, S = 333, D = 48, DV = 40 };
     size_t nq = (size_t)B * H * L * D, nk = (size_t)B * H * S * D, nv = (size_t)B * H * S * DV;
@@ -519,15 +544,18 @@ TEST(fused_forward_driver_threads) {
     mha_tensor tq = mha_tensor_make(q, 4, sq), tk = mha_tensor_make(k, 4, sk);
     mha_tensor tv = mha_tensor_make(v, 4, sv);
     double *p = dbuf(S);
-    for (int variant = 0; variant < 2; variant++) {
+    mha_attn_params prm = mha_attn_params_default();
+    for (int variant = 0; variant < 3; variant++) {
         mha_mask mk = mha_mask_default();
+        prm.dropout_p = variant == 2 ? 0.2f : 0.0f, prm.seed = 9, prm.offset = 4;
+        const double ks = 1.0 / (1.0 - prm.dropout_p);
         if (variant) mk.causal = MHA_CAUSAL_TOP_LEFT, mk.key_padding = pad, mk.attn_float = fmask;
         FOR_EACH_ISA(ctx) {
             for (int t = 0; t < 3; t++) {
                 out[t] = fbuf((int64_t)no), lse[t] = fbuf((int64_t)nl);
                 mha_tensor to = mha_tensor_make(out[t], 4, so), tl = mha_tensor_make(lse[t], 3, sl);
                 mha_ctx_set_threads(ctx, t + 1);
-                ASSERT_OK(ctx, mha_attn_forward(ctx, NULL, &tq, &tk, &tv, &mk, &to, &tl, NULL));
+                ASSERT_OK(ctx, mha_attn_forward(ctx, &prm, &tq, &tk, &tv, &mk, &to, &tl, NULL));
             }
             int same = !memcmp(out[0], out[1], sizeof(float) * no) &&
                        !memcmp(out[0], out[2], sizeof(float) * no) &&
@@ -557,6 +585,8 @@ TEST(fused_forward_driver_threads) {
                         sum += p[j] = mx == -INFINITY || p[j] == -INFINITY ? 0 : exp(p[j] - mx);
                     double lw = sum > 0 ? mx + log(sum) : -INFINITY, lg = lse[0][bh * L + i];
                     if (!(lw == lg || fabs(lg - lw) <= 1e-5 * (1 + fabs(lw)))) worst = (bh * L + i) * DV, werr = lg - lw;
+                    for (int64_t j = 0; j < S && variant == 2; j++) /* lse: before dropout */
+                        p[j] = mha__dropout_keep(&prm, bh, i, j) ? p[j] * ks : 0;
                     for (int64_t x = 0; x < DV; x++) {
                         double o = 0, mag = 0;
                         for (int64_t j = 0; j < S; j++)
@@ -575,6 +605,148 @@ TEST(fused_forward_driver_threads) {
     mha_ctx_set_threads(ctx, 0);
     mha_ctx_free(ctx);
     free(q), free(k), free(v), free(fmask), free(p);
+}
+
+/* DROPOUT KEEP DECISIONS. The generic attn_dropout against the scheme's scalar definition
+ * (mha__dropout_keep, with the same seed, offset and p), then every SIMD attn_dropout against
+ * the generic one, bitwise, on random tiles: any br, bc (across the 64/128-key steps), i0 and
+ * j0 (every j0 mod 4; counters whose low 32 bits wrap), bh past 2^32, thresholds 0, 1,
+ * 2^32 - 1 and random; bytes outside the tile (sentinels) untouched. */
+static uint64_t urand64(void) {
+    uint64_t a = (uint64_t)(urand() * 4294967296.0), b = (uint64_t)(urand() * 4294967296.0);
+    return a << 32 ^ b;
+}
+
+TEST(dropout_keep_every_isa) {
+    const mha_kernels *gen = mha__kernels_for(MHA_ISA_GENERIC);
+    enum { MAXR = 70, MAXC = 520, LDK = MAXC + 7 };
+    uint8_t *k1 = malloc((size_t)(MAXR * LDK)), *k2 = malloc((size_t)(MAXR * LDK));
+    /* 1. generic == mha__dropout_keep */
+    const float ps[5] = {0.1f, 0.5f, 0.9f, 1e-7f, 0.999f};
+    int64_t checked = 0;
+    for (int t = 0; t < 40; t++) {
+        mha_attn_params p = mha_attn_params_default();
+        p.dropout_p = ps[t % 5];
+        p.seed = urand64();
+        p.offset = t % 2 ? urand64() : (uint64_t)(urand() * 100);
+        mha__attn_problem pr;
+        memset(&pr, 0, sizeof pr);
+        pr.dropout_p = p.dropout_p, pr.seed = p.seed, pr.offset = p.offset;
+        pr.drop_thr = (uint64_t)ceil((double)p.dropout_p * 4294967296.0);
+        int64_t bh = t % 3 ? (int64_t)(urand() * 64) : (int64_t)(urand64() >> 20);
+        int64_t br = 1 + (int64_t)(urand() * 6), bc = 1 + (int64_t)(urand() * 300);
+        int64_t i0 = t % 4 == 3 ? 4294967296ll - 2 : (int64_t)(urand() * 5000);
+        int64_t j0 = (int64_t)(urand() * 5000);
+        mha__attn_dropout dr = mha__attn_dropout_make(&pr, bh);
+        memset(k1, 0xA5, (size_t)(MAXR * LDK));
+        gen->attn_dropout(br, bc, &dr, i0, j0, k1, LDK);
+        for (int64_t r = 0; r < br; r++)
+            for (int64_t c = 0; c < LDK; c++) {
+                int want = c < bc ? mha__dropout_keep(&p, bh, i0 + r, j0 + c) : 0xA5;
+                if (k1[r * LDK + c] != want) {
+                    FAILF("generic attn_dropout (p %g, bh %lld, i %lld, j %lld): got %d, "
+                          "expected %d", (double)p.dropout_p, (long long)bh,
+                          (long long)(i0 + r), (long long)(j0 + c), k1[r * LDK + c], want);
+                    free(k1), free(k2);
+                    return;
+                }
+                checked += c < bc;
+            }
+    }
+    printf("  generic: %lld keep decisions equal to mha__dropout_keep\n", (long long)checked);
+    /* 2. every SIMD table == generic, bitwise */
+    for (int i = 0; i < nisa; i++) {
+        const mha_kernels *kk = isas[i];
+        if (!kk->attn_dropout || !kk->attn_dropout_apply) {
+            FAILF("%s: no attn_dropout / attn_dropout_apply (every table has them)", kk->name);
+            continue;
+        }
+        if (kk == gen) continue;
+        int64_t kept = 0, total = 0;
+        for (int t = 0; t < 400; t++) {
+            mha__attn_dropout dr;
+            dr.key = urand64(), dr.bh = (uint32_t)urand64(), dr.ctr3 = (uint32_t)urand64();
+            switch (t % 8) {
+            case 0: dr.thr = 0; break;
+            case 1: dr.thr = 1; break;
+            case 2: dr.thr = 0xFFFFFFFFu; break;
+            default: dr.thr = (uint32_t)urand64(); break;
+            }
+            int64_t br = 1 + (int64_t)(urand() * (t % 5 ? 4 : MAXR));
+            int64_t bc = 1 + (int64_t)(urand() * (t % 3 ? MAXC : 70));
+            int64_t i0 = t % 7 == 0 ? 4294967296ll - 1 - (int64_t)(urand() * 3)
+                                    : (int64_t)(urand() * 1e6);
+            /* j0: any residue mod 4; group counters j0 / 4 near and past 2^32 */
+            int64_t j0 = t % 6 == 0 ? (4294967296ll - 40) * 4 + (int64_t)(urand() * 400)
+                                    : (int64_t)(urand() * 1e6);
+            memset(k1, 0xA5, (size_t)(MAXR * LDK));
+            memset(k2, 0xA5, (size_t)(MAXR * LDK));
+            kk->attn_dropout(br, bc, &dr, i0, j0, k1, LDK);
+            gen->attn_dropout(br, bc, &dr, i0, j0, k2, LDK);
+            if (memcmp(k1, k2, (size_t)(MAXR * LDK))) {
+                int64_t x = 0;
+                while (k1[x] == k2[x]) x++;
+                FAILF("%s attn_dropout (br %lld, bc %lld, i0 %lld, j0 %lld, thr %u): byte "
+                      "[%lld][%lld] got %d, generic %d", kk->name, (long long)br, (long long)bc,
+                      (long long)i0, (long long)j0, dr.thr, (long long)(x / LDK),
+                      (long long)(x % LDK), k1[x], k2[x]);
+                break;
+            }
+            for (int64_t r = 0; r < br; r++)
+                for (int64_t c = 0; c < bc; c++) kept += k1[r * LDK + c], total++;
+        }
+        printf("  %s attn_dropout: %lld decisions equal to the generic (%.3f kept)\n",
+               kk->name, (long long)total, (double)kept / (double)total);
+    }
+    free(k1), free(k2);
+}
+
+/* attn_dropout_apply of every table bitwise equal to the generic one, in place and not, at
+ * vector edges; dropped elements exactly 0 even when X is NaN or inf; pads untouched. */
+TEST(dropout_apply_every_isa) {
+    const mha_kernels *gen = mha__kernels_for(MHA_ISA_GENERIC);
+    enum { R = 9, C = 150, LD = C + 5 };
+    float *X = fbuf(R * LD), *Y1 = fbuf(R * LD), *Y2 = fbuf(R * LD);
+    uint8_t keep[R * LD];
+    for (int64_t t = 0; t < R * LD; t++) {
+        double u = urand();
+        X[t] = u < 0.05 ? NAN : u < 0.1 ? INFINITY : frand();
+        keep[t] = urand() < 0.6;
+    }
+    /* the generic one: the definition */
+    for (int64_t t = 0; t < R * LD; t++) Y2[t] = SENTINEL;
+    gen->attn_dropout_apply(R, C, keep, LD, 1.25f, X, LD, Y2, LD);
+    for (int64_t r = 0; r < R; r++)
+        for (int64_t c = 0; c < LD; c++) {
+            float x = X[r * LD + c], y = Y2[r * LD + c];
+            int good = c >= C ? y == SENTINEL
+                              : keep[r * LD + c] ? (isnan(x) ? isnan(y) : y == x * 1.25f)
+                                                 : (y == 0.0f && !signbit(y));
+            if (!good) {
+                FAILF("generic attn_dropout_apply [%lld][%lld]: x %g keep %d gave %g",
+                      (long long)r, (long long)c, x, keep[r * LD + c], y);
+                goto out;
+            }
+        }
+    for (int i = 0; i < nisa; i++) {
+        const mha_kernels *kk = isas[i];
+        if (!kk->attn_dropout_apply) continue;
+        const int64_t bcs[6] = {1, 7, 8, 17, 64, C};
+        for (int b = 0; b < 6; b++)
+            for (int inplace = 0; inplace < 2; inplace++) {
+                for (int64_t t = 0; t < R * LD; t++) Y1[t] = Y2[t] = inplace ? X[t] : SENTINEL;
+                const float *x1 = inplace ? Y1 : X, *x2 = inplace ? Y2 : X;
+                kk->attn_dropout_apply(R - b, bcs[b], keep, LD, 1.25f, x1, LD, Y1, LD);
+                gen->attn_dropout_apply(R - b, bcs[b], keep, LD, 1.25f, x2, LD, Y2, LD);
+                if (memcmp(Y1, Y2, sizeof(float) * (size_t)(R * LD))) {
+                    FAILF("%s attn_dropout_apply (bc %lld, in place %d) differs from the generic",
+                          kk->name, (long long)bcs[b], inplace);
+                    goto out;
+                }
+            }
+    }
+out:
+    free(X), free(Y1), free(Y2);
 }
 
 TEST(dsoftmax_matches_generic) {
@@ -640,6 +812,8 @@ int main(void) {
     RUN(softmax_probs_masks);
     RUN(fused_forward_masks_edges);
     RUN(fused_forward_driver_threads);
+    RUN(dropout_keep_every_isa);
+    RUN(dropout_apply_every_isa);
     RUN(dsoftmax_matches_generic);
     RUN(vexp_accuracy);
     return harness_report();

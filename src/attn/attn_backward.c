@@ -135,7 +135,6 @@ mha_status mha_attn_backward(mha_ctx *ctx, const mha_attn_params *p, const mha_t
     float *part = (float *)(ws + per * (size_t)nt + nrow);
     const int dropout = pr.dropout_p > 0;
     const float ks = pr.keep_scale;
-    mha_attn_params dp = {0, pr.dropout_p, pr.seed, pr.offset};
     const int64_t ldq = q->stride[2], ldk = k->stride[2], ldv = v->stride[2];
     const int64_t ldg = dout->stride[2], lddq = dq->stride[2];
     const int64_t lddk = dk->stride[2], lddv = dv->stride[2];
@@ -179,6 +178,7 @@ mha_status mha_attn_backward(mha_ctx *ctx, const mha_attn_params *p, const mha_t
                     memset(dqc + i * lddqc, 0, sizeof(float) * (size_t)D);
                 const float *lrow = lse->data + b * lse->stride[0] + h * lse->stride[1];
                 const float *drow = Drow + bh * L;
+                const mha__attn_dropout dr = mha__attn_dropout_make(&pr, bh);
                 for (int64_t kt = cstart[c]; kt < cstart[c + 1]; kt++) {
                     int64_t j0 = kt * BC, bc = S - j0 < BC ? S - j0 : BC;
                     float *dkt = mha__attn_row(dk, b, h, j0), *dvt = mha__attn_row(dv, b, h, j0);
@@ -200,14 +200,15 @@ mha_status mha_attn_backward(mha_ctx *ctx, const mha_attn_params *p, const mha_t
                         kern->attn_scores(br, bc, Dv, 1.0f, gtile, ldg, vt, ldv, dP, BC);
                         const float *W = P; /* dv += W^T dout */
                         if (dropout) {
-                            for (int64_t r = 0; r < br; r++) {
-                                uint8_t *kr = keep + r * BC;
-                                mha__dropout_row(&dp, bh, i0 + r, j0, bc, kr);
-                                for (int64_t x = 0; x < bc; x++) {
-                                    Wt[r * BC + x] = kr[x] ? P[r * BC + x] * ks : 0.0f;
-                                    dP[r * BC + x] = kr[x] ? dP[r * BC + x] * ks : 0.0f;
-                                }
-                            }
+                            /* keys past the last row's end are excluded for every row: P = 0
+                             * there, so W = 0 and dS = 0 whatever their keep decision */
+                            int64_t bcw = mha__attn_tile_row_end(&mk, br - 1, bc);
+                            kern->attn_dropout(br, bcw, &dr, i0, j0, keep, BC);
+                            kern->attn_dropout_apply(br, bcw, keep, BC, ks, P, BC, Wt, BC);
+                            kern->attn_dropout_apply(br, bcw, keep, BC, ks, dP, BC, dP, BC);
+                            for (int64_t r = 0; r < br && bcw < bc; r++)
+                                for (int64_t x = bcw; x < bc; x++)
+                                    Wt[r * BC + x] = 0.0f, dP[r * BC + x] = 0.0f;
                             W = Wt;
                         }
                         kern->attn_ptv(br, bc, Dv, W, BC, gtile, ldg, dvt, lddv);

@@ -1,6 +1,7 @@
 /* attn_common.c - validation and dropout for the attention core (see attn_common.h). */
 #include "attn_common.h"
 
+#include <assert.h>
 #include <math.h>
 #include <string.h>
 
@@ -10,10 +11,25 @@ static uint64_t drop_threshold(float p) {
     return (uint64_t)ceil((double)p * 4294967296.0);
 }
 
+static uint64_t philox_key(uint64_t seed, uint64_t offset) {
+    return seed ^ ((offset >> 32) * 0x9E3779B97F4A7C15ull);
+}
+
 static void philox_group(const mha_attn_params *p, int64_t bh, int64_t i, int64_t g,
                          uint32_t w[4]) {
-    uint64_t key = p->seed ^ ((p->offset >> 32) * 0x9E3779B97F4A7C15ull);
-    mha__philox4x32(key, (uint32_t)g, (uint32_t)i, (uint32_t)bh, (uint32_t)p->offset, w);
+    mha__philox4x32(philox_key(p->seed, p->offset), (uint32_t)g, (uint32_t)i, (uint32_t)bh,
+                    (uint32_t)p->offset, w);
+}
+
+mha__attn_dropout mha__attn_dropout_make(const mha__attn_problem *pr, int64_t bh) {
+    mha__attn_dropout d;
+    d.key = philox_key(pr->seed, pr->offset);
+    d.bh = (uint32_t)bh;
+    d.ctr3 = (uint32_t)pr->offset;
+    /* drop_thr = ceil(p 2^32) <= 2^32 - 256 for a float p < 1 (validated) */
+    assert(pr->drop_thr <= UINT32_MAX);
+    d.thr = (uint32_t)pr->drop_thr;
+    return d;
 }
 
 int mha__dropout_keep(const mha_attn_params *p, int64_t bh, int64_t i, int64_t j) {

@@ -6,22 +6,22 @@
  * grid is fixed by the table's tile sizes, attn_fwd_br x attn_fwd_bc on the fused path and
  * attn_br x attn_bc otherwise, never by the thread count).
  * Per task, for each key tile of bc columns (tiles fully excluded by causality, key_lengths or
- * key_padding are skipped):
- *   without dropout (the table's fused kernel):
+ * key_padding are skipped), on the table's fused kernel:
  *     Kp = the key tile packed by attn_kpack, cached per thread: a thread packs a (head, key
  *          tile) once and reuses it for all the query tiles of that head it runs
  *     attn_fwd: S = q_tile Kp^T * scale, mask, m' = max(m, rowmax S), P = exp(S - m'),
  *          alpha = exp(m - m'), l = alpha l + rowsum P, acc = diag(alpha) acc + P v_tile
  *          (row block by row block, the scores' row maxima taken while in registers)
- *   with dropout (the separate kernels, so the keep mask applies between softmax and pv):
- *     S = q_tile k_tile^T * scale                                 attn_scores  [br, bc]
- *     mask, online softmax step as above                          attn_softmax (in place)
- *     P *= keep (the 1/(1-p) is folded into the final division)
- *     acc = diag(alpha) acc + P v_tile                            attn_pv      [br, Dv]
+ *   with dropout, first keep[br, bc'] = the tile's keep decisions (attn_dropout: SIMD
+ *     Philox, bc' = the keys the tile's last row may use), then attn_fwd_drop: the same step
+ *     with l summing every P but acc += (P * keep) v_tile (the 1/(1-p) is folded into the
+ *     final division)
+ * (a table without the fused kernels: attn_scores, attn_softmax, P *= keep, attn_pv)
  * then out = acc * (1/(1-p)) / l, lse = m + log(l) (l == 0: out 0, lse -inf; a NaN score makes
  * l NaN, and out and lse NaN as in PyTorch, never a silent 0). No L x S buffer:
  * the score tile stays in cache; the optional weights are recomputed tile by tile from lse
- * (attn_probs) straight into the caller's weights rows. A tiny problem runs on one thread. */
+ * (attn_probs, then * keep / (1-p)) straight into the caller's weights rows. A tiny problem
+ * runs on one thread. */
 #include "attn_common.h"
 #include "kernels/kernels.h"
 
@@ -55,13 +55,15 @@ mha_status mha_attn_forward(mha_ctx *ctx, const mha_attn_params *p, const mha_te
     if (B * H * L == 0) return MHA_OK;
     const mha_kernels *kern = mha__ctx_kernels(ctx);
     const int dropout = pr.dropout_p > 0;
-    /* the fused kernel (packed keys) whenever there is no dropout to apply between the
-     * softmax and the product with v; it has its own tile sizes */
-    const int fused = !dropout && kern->attn_fwd && kern->attn_kpack && S > 0;
+    /* the fused kernel (packed keys; attn_fwd_drop with dropout) whenever the table has it;
+     * it has its own tile sizes */
+    const int fused = kern->attn_kpack && S > 0 &&
+                      (dropout ? kern->attn_fwd_drop != NULL : kern->attn_fwd != NULL);
     const int64_t WR = kern->attn_br, WC = kern->attn_bc; /* the separate kernels' tiles */
     const int64_t BR = fused && kern->attn_fwd_br ? kern->attn_fwd_br : WR;
     const int64_t BC = fused && kern->attn_fwd_bc ? kern->attn_fwd_bc : WC;
-    const int64_t KB = BC > WC ? BC : WC; /* keep bytes */
+    /* keep bytes: a [BR, BC] tile (the weights recompute uses [WR, WC] of it) */
+    const int64_t KB = dropout ? (BR * BC > WR * WC ? BR * BC : WR * WC) : 0;
     const int64_t nqt = (L + BR - 1) / BR, nkt = (S + BC - 1) / BC, ntask = B * H * nqt;
     int nt = mha__ctx_threads(ctx);
     /* a tiny problem is not worth waking threads for (as the gemm driver) */
@@ -71,7 +73,7 @@ mha_status mha_attn_forward(mha_ctx *ctx, const mha_attn_params *p, const mha_te
      *         every key tile of a head when that fits 16 MiB, else fewer slots (slot kt % nslot)
      *   St    score / probability tile [BR, BC]
      *   acc   output accumulator [BR, Dv]
-     *   m, l, alpha, lt  [BR] each;  keep [max(BC, WC)] bytes;  tag [nslot] int64 */
+     *   m, l, alpha, lt  [BR] each;  keep [BR, BC] (or [WR, WC]) bytes;  tag [nslot] int64 */
     size_t nslot = 0;
     if (fused) {
         size_t cap = ((size_t)1 << 22) / ((size_t)BC * (size_t)D);
@@ -97,7 +99,6 @@ mha_status mha_attn_forward(mha_ctx *ctx, const mha_attn_params *p, const mha_te
         int64_t *tag = (int64_t *)(ws + per * (size_t)t + off[3] + 4 * BR + 2 * ((KB + 7) / 8));
         for (size_t x = 0; x < nslot; x++) tag[x] = -1;
     }
-    mha_attn_params dp = {0, pr.dropout_p, pr.seed, pr.offset};
 #pragma omp parallel for num_threads(nt) schedule(dynamic, 1) if (nt > 1 && ntask > 1)
     for (int64_t task = 0; task < ntask; task++) {
         int tid = 0;
@@ -111,6 +112,7 @@ mha_status mha_attn_forward(mha_ctx *ctx, const mha_attn_params *p, const mha_te
         int64_t *tag = (int64_t *)(lt + BR + 2 * ((KB + 7) / 8)); /* 8-byte aligned */
         int64_t bh = task / nqt, i0 = (task % nqt) * BR, b = bh / H, h = bh % H;
         int64_t br = L - i0 < BR ? L - i0 : BR;
+        const mha__attn_dropout dr = mha__attn_dropout_make(&pr, bh);
         const float *qt = mha__attn_row(q, b, h, i0);
         for (int64_t r = 0; r < br; r++) m[r] = -INFINITY, l[r] = 0;
         for (int64_t x = 0; x < br * Dv; x++) acc[x] = 0;
@@ -127,18 +129,24 @@ mha_status mha_attn_forward(mha_ctx *ctx, const mha_attn_params *p, const mha_te
                     kern->attn_kpack(bc, D, kr, k->stride[2], kpt);
                     tag[slot] = bh * nkt + kt;
                 }
-                kern->attn_fwd(br, bc, D, Dv, pr.scale, qt, q->stride[2], kpt, vr, v->stride[2],
-                               &mk, m, l, acc, Dv, St, BC);
+                if (!dropout) {
+                    kern->attn_fwd(br, bc, D, Dv, pr.scale, qt, q->stride[2], kpt, vr,
+                                   v->stride[2], &mk, m, l, acc, Dv, St, BC);
+                    continue;
+                }
+                /* keep decisions of the keys some row of the tile may use */
+                int64_t bcw = mha__attn_tile_row_end(&mk, br - 1, bc);
+                kern->attn_dropout(br, bcw, &dr, i0, j0, keep, BC);
+                kern->attn_fwd_drop(br, bc, D, Dv, pr.scale, qt, q->stride[2], kpt, vr,
+                                    v->stride[2], &mk, m, l, acc, Dv, St, BC, keep, BC);
                 continue;
             }
             kern->attn_scores(br, bc, D, pr.scale, qt, q->stride[2], kr, k->stride[2], St, BC);
             kern->attn_softmax(br, bc, St, BC, &mk, m, l, alpha);
-            if (dropout)
-                for (int64_t r = 0; r < br; r++) {
-                    mha__dropout_row(&dp, bh, i0 + r, j0, bc, keep);
-                    for (int64_t c = 0; c < bc; c++)
-                        if (!keep[c]) St[r * BC + c] = 0;
-                }
+            if (dropout) {
+                kern->attn_dropout(br, bc, &dr, i0, j0, keep, BC); /* P *= keep */
+                kern->attn_dropout_apply(br, bc, keep, BC, 1.0f, St, BC, St, BC);
+            }
             kern->attn_pv(br, bc, Dv, St, BC, vr, v->stride[2], alpha, acc, Dv);
         }
         for (int64_t r = 0; r < br; r++) {
@@ -172,12 +180,11 @@ mha_status mha_attn_forward(mha_ctx *ctx, const mha_attn_params *p, const mha_te
                 kern->attn_scores(wr, bc, D, pr.scale, qt + r0 * q->stride[2], q->stride[2],
                                   mha__attn_row(k, b, h, j0), k->stride[2], wt + j0, ldw);
                 kern->attn_probs(wr, bc, wt + j0, ldw, &mk, lt + r0);
-                if (dropout)
-                    for (int64_t r = 0; r < wr; r++) {
-                        mha__dropout_row(&dp, bh, ir + r, j0, bc, keep);
-                        float *w = wt + r * ldw + j0;
-                        for (int64_t c = 0; c < bc; c++) w[c] = keep[c] ? w[c] * pr.keep_scale : 0.0f;
-                    }
+                if (dropout) {
+                    kern->attn_dropout(wr, bc, &dr, ir, j0, keep, WC);
+                    kern->attn_dropout_apply(wr, bc, keep, WC, pr.keep_scale, wt + j0, ldw,
+                                             wt + j0, ldw);
+                }
             }
         }
     }

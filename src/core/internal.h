@@ -50,9 +50,7 @@ mha_status mha__check_tensor(mha_ctx *ctx, const char *fn, const char *name,
                              const mha_tensor *t, int ndim, const int64_t *want,
                              const char *why);
 
-/* Counter-based random numbers (Philox-4x32-10): four 32-bit words from a 128-bit counter
- * and a 64-bit key. Stateless, so any thread can regenerate any element. */
-void mha__philox4x32(uint64_t key, uint32_t c0, uint32_t c1, uint32_t c2, uint32_t c3,
-                     uint32_t out[4]);
+/* Counter-based random numbers: mha__philox4x32 (Philox-4x32-10). */
+#include "kernels/philox.h"
 
 #endif

@@ -1,4 +1,4 @@
-/* tensor.c - tensor views, mask and option defaults, validation helpers, Philox. */
+/* tensor.c - tensor views, mask and option defaults, validation helpers. */
 #include "internal.h"
 
 #include <math.h>
@@ -77,26 +77,4 @@ mha_status mha__check_tensor(mha_ctx *ctx, const char *fn, const char *name,
         return mha__err(ctx, MHA_ERR_INVALID_ARG, "%s: %s.data: got NULL, expected %lld floats",
                         fn, name, (long long)numel);
     return MHA_OK;
-}
-
-/* Philox-4x32-10 (Salmon et al., "Parallel random numbers: as easy as 1, 2, 3", SC'11). */
-void mha__philox4x32(uint64_t key, uint32_t c0, uint32_t c1, uint32_t c2, uint32_t c3,
-                     uint32_t out[4]) {
-    uint32_t k0 = (uint32_t)key, k1 = (uint32_t)(key >> 32);
-    for (int r = 0; r < 10; r++) {
-        uint64_t p0 = (uint64_t)0xD2511F53u * c0;
-        uint64_t p1 = (uint64_t)0xCD9E8D57u * c2;
-        uint32_t n0 = (uint32_t)(p1 >> 32) ^ c1 ^ k0;
-        uint32_t n2 = (uint32_t)(p0 >> 32) ^ c3 ^ k1;
-        c0 = n0;
-        c1 = (uint32_t)p1;
-        c2 = n2;
-        c3 = (uint32_t)p0;
-        k0 += 0x9E3779B9u;
-        k1 += 0xBB67AE85u;
-    }
-    out[0] = c0;
-    out[1] = c1;
-    out[2] = c2;
-    out[3] = c3;
 }

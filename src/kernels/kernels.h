@@ -90,7 +90,36 @@
  *       allowed finite score so far keeps m, l and O unchanged). The summation order of a
  *       score or an output element may differ from the separate kernels but never depends on
  *       the thread or the tile's position.
+ *   attn_fwd_drop(br, bc, n, nv, scale, A, lda, Kp, V, ldv, mk, m, l, O, ldo, P, ldp, keep,
+ *       ldk): attn_fwd with attention dropout (optional in SIMD tables, always in the generic
+ *       one; NULL: the driver uses the separate entries). keep [br, ldk >= bc] bytes, nonzero
+ *       = kept: the running max m and the row sum l use the probabilities BEFORE dropout
+ *       (as attn_softmax), the product with V uses them with the dropped keys set to exactly
+ *       0, i.e. in effect attn_scores; attn_softmax; P[r][c] = keep[r*ldk + c] ? P : 0;
+ *       attn_pv. The 1/(1-p) scale is the driver's (applied with the final 1/l). Same
+ *       tiles, masks and rules as attn_fwd; keep is read only for c < mha__attn_tile_row_end(mk,
+ *       br - 1, bc) (the keys that some row of the tile may use).
+ *
+ *   Dropout keep decisions (attention dropout, the scheme of src/attn/attn_common.h):
+ *   attn_dropout(br, bc, dr, i0, j0, keep, ldk): for r < br, c < bc (any br, bc >= 0; any
+ *       i0, j0 >= 0, j0 need not be a multiple of 4), with i = i0 + r, j = j0 + c,
+ *           w = Philox4x32-10(key = dr->key, counter = (j / 4, i, dr->bh, dr->ctr3))[j % 4]
+ *           keep[r*ldk + c] = w >= dr->thr ? 1 : 0
+ *       (counter words: the low 32 bits of j / 4 and i). Bytes outside [br, bc] of the
+ *       ldk-wide rows are never written. SIMD versions run one Philox per lane and must be
+ *       bitwise identical to the generic one (a pure function: no rounding involved).
+ *   attn_dropout_apply(br, bc, keep, ldk, ks, X, ldx, Y, ldy): for r < br, c < bc,
+ *           Y[r*ldy + c] = keep[r*ldk + c] ? X[r*ldx + c] * ks : 0   (exactly 0, even for a
+ *       NaN X); Y == X (same ld) works in place. Every table has one; SIMD versions are bitwise
+ *       identical to the generic one (one rounding per element).
  */
+typedef struct {
+    uint64_t key;  /* Philox key */
+    uint32_t bh;   /* counter word 2 */
+    uint32_t ctr3; /* counter word 3 */
+    uint32_t thr;  /* keep iff the word >= thr (0: keep all) */
+} mha__attn_dropout;
+
 typedef struct {
     int64_t col_end;      /* columns c >= col_end are excluded (key_lengths); may be > bc */
     int64_t diag;         /* causal: c excluded iff c > r + diag; MHA__ATTN_NO_DIAG: none */
@@ -134,6 +163,19 @@ typedef void (*mha__attn_fwd_fn)(int64_t br, int64_t bc, int64_t n, int64_t nv, 
                                  int64_t ldv, const mha__attn_tile_mask *mk, float *m,
                                  float *l, float *O, int64_t ldo, float *P, int64_t ldp);
 
+typedef void (*mha__attn_fwd_drop_fn)(int64_t br, int64_t bc, int64_t n, int64_t nv,
+                                      float scale, const float *A, int64_t lda,
+                                      const float *Kp, const float *V, int64_t ldv,
+                                      const mha__attn_tile_mask *mk, float *m, float *l,
+                                      float *O, int64_t ldo, float *P, int64_t ldp,
+                                      const uint8_t *keep, int64_t ldk);
+typedef void (*mha__attn_dropout_fn)(int64_t br, int64_t bc, const mha__attn_dropout *dr,
+                                     int64_t i0, int64_t j0, uint8_t *keep, int64_t ldk);
+
+typedef void (*mha__attn_dropout_apply_fn)(int64_t br, int64_t bc, const uint8_t *keep,
+                                           int64_t ldk, float ks, const float *X, int64_t ldx,
+                                           float *Y, int64_t ldy);
+
 typedef void (*mha__sgemm_fn)(int ta, int tb, int64_t M, int64_t N, int64_t K, float alpha,
                               const float *A, int64_t lda, const float *B, int64_t ldb,
                               float beta, float *C, int64_t ldc);
@@ -168,6 +210,11 @@ typedef struct mha_kernels {
     mha__attn_kpack_fn attn_kpack;
     mha__attn_fwd_fn attn_fwd;
     int64_t attn_fwd_br, attn_fwd_bc; /* the fused forward's tile sizes (0: attn_br, attn_bc) */
+    /* Optional fused forward with dropout (contract above; NULL: not provided). */
+    mha__attn_fwd_drop_fn attn_fwd_drop;
+    /* Dropout keep decisions of a tile (contract above; every table has one). */
+    mha__attn_dropout_fn attn_dropout;
+    mha__attn_dropout_apply_fn attn_dropout_apply; /* (contract above; every table has one) */
 } mha_kernels;
 
 /* The table for isa, or NULL when that path was not compiled in. Never MHA_ISA_AUTO. */
@@ -213,6 +260,16 @@ void mha__attn_fwd_generic(int64_t br, int64_t bc, int64_t n, int64_t nv, float 
                            const float *A, int64_t lda, const float *Kp, const float *V,
                            int64_t ldv, const mha__attn_tile_mask *mk, float *m, float *l,
                            float *O, int64_t ldo, float *P, int64_t ldp);
+void mha__attn_fwd_drop_generic(int64_t br, int64_t bc, int64_t n, int64_t nv, float scale,
+                                const float *A, int64_t lda, const float *Kp, const float *V,
+                                int64_t ldv, const mha__attn_tile_mask *mk, float *m, float *l,
+                                float *O, int64_t ldo, float *P, int64_t ldp,
+                                const uint8_t *keep, int64_t ldk);
+void mha__attn_dropout_generic(int64_t br, int64_t bc, const mha__attn_dropout *dr, int64_t i0,
+                               int64_t j0, uint8_t *keep, int64_t ldk);
+void mha__attn_dropout_apply_generic(int64_t br, int64_t bc, const uint8_t *keep, int64_t ldk,
+                                     float ks, const float *X, int64_t ldx, float *Y,
+                                     int64_t ldy);
 
 /* SIMD attention tile kernels (src/kernels/x86/<isa>/attn.c), same contracts. */
 #define MHA__ATTN_DECLARE(isa)                                                                 \
@@ -236,7 +293,17 @@ void mha__attn_fwd_generic(int64_t br, int64_t bc, int64_t n, int64_t nv, float 
     void mha__attn_fwd_##isa(int64_t br, int64_t bc, int64_t n, int64_t nv, float scale,        \
                              const float *A, int64_t lda, const float *Kp, const float *V,     \
                              int64_t ldv, const mha__attn_tile_mask *mk, float *m, float *l,   \
-                             float *O, int64_t ldo, float *P, int64_t ldp);
+                             float *O, int64_t ldo, float *P, int64_t ldp);              \
+    void mha__attn_fwd_drop_##isa(int64_t br, int64_t bc, int64_t n, int64_t nv, float scale,   \
+                                  const float *A, int64_t lda, const float *Kp,                \
+                                  const float *V, int64_t ldv, const mha__attn_tile_mask *mk,  \
+                                  float *m, float *l, float *O, int64_t ldo, float *P,         \
+                                  int64_t ldp, const uint8_t *keep, int64_t ldk);              \
+    void mha__attn_dropout_##isa(int64_t br, int64_t bc, const mha__attn_dropout *dr,          \
+                                 int64_t i0, int64_t j0, uint8_t *keep, int64_t ldk);      \
+    void mha__attn_dropout_apply_##isa(int64_t br, int64_t bc, const uint8_t *keep,            \
+                                       int64_t ldk, float ks, const float *X, int64_t ldx,     \
+                                       float *Y, int64_t ldy);
 #ifdef MHA_HAVE_AVX2
 MHA__ATTN_DECLARE(avx2)
 #endif

@@ -4,6 +4,7 @@
  * Shapes (tile-local): a query tile has br rows, a key tile bc columns; every matrix is
  * row-major with its own leading dimension (ld >= its row length). */
 #include "../kernels.h"
+#include "../philox.h"
 
 #include <math.h>
 
@@ -149,4 +150,55 @@ void mha__attn_fwd_generic(int64_t br, int64_t bc, int64_t n, int64_t nv, float 
         mha__attn_softmax_generic(rb, bc, P + r0 * ldp, ldp, &mr, m + r0, l + r0, alpha);
         mha__attn_pv_generic(rb, bc, nv, P + r0 * ldp, ldp, V, ldv, alpha, O + r0 * ldo, ldo);
     }
+}
+
+/* attn_fwd with dropout (the reference for the SIMD versions): the online softmax step sees
+ * every allowed probability (m, l as without dropout), the product with V only the kept ones. */
+void mha__attn_fwd_drop_generic(int64_t br, int64_t bc, int64_t n, int64_t nv, float scale,
+                                const float *A, int64_t lda, const float *Kp, const float *V,
+                                int64_t ldv, const mha__attn_tile_mask *mk, float *m, float *l,
+                                float *O, int64_t ldo, float *P, int64_t ldp,
+                                const uint8_t *keep, int64_t ldk) {
+    float alpha[64];
+    for (int64_t r0 = 0; r0 < br; r0 += 64) {
+        int64_t rb = br - r0 < 64 ? br - r0 : 64;
+        mha__attn_tile_mask mr = *mk; /* the masks of rows r0 .. */
+        if (mr.diag != MHA__ATTN_NO_DIAG) mr.diag += r0;
+        if (mr.bmask) mr.bmask += r0 * mr.ld_mask;
+        if (mr.fmask) mr.fmask += r0 * mr.ld_mask;
+        float *pt = P + r0 * ldp;
+        mha__attn_scores_generic(rb, bc, n, scale, A + r0 * lda, lda, Kp, n, pt, ldp);
+        mha__attn_softmax_generic(rb, bc, pt, ldp, &mr, m + r0, l + r0, alpha);
+        for (int64_t r = 0; r < rb; r++) { /* keys past the row end are already 0 */
+            int64_t end = mha__attn_tile_row_end(&mr, r, bc);
+            const uint8_t *kr = keep + (r0 + r) * ldk;
+            for (int64_t c = 0; c < end; c++)
+                if (!kr[c]) pt[r * ldp + c] = 0;
+        }
+        mha__attn_pv_generic(rb, bc, nv, pt, ldp, V, ldv, alpha, O + r0 * ldo, ldo);
+    }
+}
+
+/* Dropout keep decisions of a tile: one Philox-4x32-10 call per group of four keys
+ * (kernels/philox.h: mha__philox4x32, the generator of src/attn/attn_common.c). */
+void mha__attn_dropout_generic(int64_t br, int64_t bc, const mha__attn_dropout *dr, int64_t i0,
+                               int64_t j0, uint8_t *keep, int64_t ldk) {
+    for (int64_t r = 0; r < br; r++) {
+        uint8_t *kr = keep + r * ldk;
+        for (int64_t c = 0; c < bc;) {
+            int64_t j = j0 + c;
+            uint32_t w[4];
+            mha__philox4x32(dr->key, (uint32_t)(j >> 2), (uint32_t)(i0 + r), dr->bh, dr->ctr3, w);
+            for (int64_t t = j & 3; t < 4 && c < bc; t++, c++) kr[c] = w[t] >= dr->thr;
+        }
+    }
+}
+
+/* Y = keep ? X * ks : 0 over a tile (in place when Y == X). */
+void mha__attn_dropout_apply_generic(int64_t br, int64_t bc, const uint8_t *keep, int64_t ldk,
+                                     float ks, const float *X, int64_t ldx, float *Y,
+                                     int64_t ldy) {
+    for (int64_t r = 0; r < br; r++)
+        for (int64_t c = 0; c < bc; c++)
+            Y[r * ldy + c] = keep[r * ldk + c] ? X[r * ldx + c] * ks : 0.0f;
 }

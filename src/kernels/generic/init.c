@@ -21,4 +21,7 @@ void mha__kernels_init_generic(mha_kernels *k) {
     k->attn_dsoftmax = mha__attn_dsoftmax_generic;
     k->attn_kpack = mha__attn_kpack_generic;
     k->attn_fwd = mha__attn_fwd_generic;
+    k->attn_fwd_drop = mha__attn_fwd_drop_generic;
+    k->attn_dropout = mha__attn_dropout_generic;
+    k->attn_dropout_apply = mha__attn_dropout_apply_generic;
 }

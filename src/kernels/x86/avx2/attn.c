@@ -16,6 +16,7 @@
 
 #include <immintrin.h>
 #include <math.h>
+#include <string.h>
 
 #define NVMAX 2            /* vectors per row of a register block */
 #define PW (8 * NVMAX)     /* columns of a product panel */
@@ -426,10 +427,12 @@ INL void fwd_panel(const int nv, int64_t m, int64_t n, const float *A, int64_t l
     }
 }
 
-void mha__attn_fwd_avx2(int64_t br, int64_t bc, int64_t n, int64_t nv, float scale,
-                        const float *A, int64_t lda, const float *Kp, const float *V,
-                        int64_t ldv, const mha__attn_tile_mask *mk, float *m, float *l,
-                        float *O, int64_t ldo, float *P, int64_t ldp) {
+/* attn_fwd (keep NULL) and attn_fwd_drop: the exp pass sums every probability into l and
+ * stores the dropped ones as 0 for the product with V. */
+INL void fwd_tile(int64_t br, int64_t bc, int64_t n, int64_t nv, float scale, const float *A,
+                  int64_t lda, const float *Kp, const float *V, int64_t ldv,
+                  const mha__attn_tile_mask *mk, float *m, float *l, float *O, int64_t ldo,
+                  float *P, int64_t ldp, const uint8_t *keep, int64_t ldk) {
     const int any_mask = mk->pad || mk->bmask || mk->fmask;
     const __m256 ninf = _mm256_set1_ps(-INFINITY);
     for (int64_t r0 = 0; r0 < br; r0 += MR) {
@@ -473,8 +476,11 @@ void mha__attn_fwd_avx2(int64_t br, int64_t bc, int64_t n, int64_t nv, float sca
                 int last = bce - c < 8;
                 __m256 e = mha__vexp256(_mm256_sub_ps(load_v(pr + c, last, kw), vm));
                 if (last) e = _mm256_and_ps(e, _mm256_castsi256_ps(kw));
-                store_v(pr + c, last, kw, e);
                 vsum = _mm256_add_ps(vsum, e);
+                if (keep) /* dropped keys: exactly 0 in the product with V */
+                    e = _mm256_andnot_ps(
+                        _mm256_castsi256_ps(zero_bytes8(keep + (r0 + i) * ldk, c, bce)), e);
+                store_v(pr + c, last, kw, e);
             }
             l[r0 + i] = al[i] * l[r0 + i] + hsum8(vsum);
             m[r0 + i] = mn[i];
@@ -487,6 +493,130 @@ void mha__attn_fwd_avx2(int64_t br, int64_t bc, int64_t n, int64_t nv, float sca
             float *o = O + r0 * ldo + x0;
             if (nvo == 1) pv_blk(1, rows, bce, p, ldp, V + x0, ldv, al, o, ldo, kl);
             else pv_blk(2, rows, bce, p, ldp, V + x0, ldv, al, o, ldo, kl);
+        }
+    }
+}
+
+void mha__attn_fwd_avx2(int64_t br, int64_t bc, int64_t n, int64_t nv, float scale,
+                        const float *A, int64_t lda, const float *Kp, const float *V,
+                        int64_t ldv, const mha__attn_tile_mask *mk, float *m, float *l,
+                        float *O, int64_t ldo, float *P, int64_t ldp) {
+    fwd_tile(br, bc, n, nv, scale, A, lda, Kp, V, ldv, mk, m, l, O, ldo, P, ldp, NULL, 0);
+}
+
+void mha__attn_fwd_drop_avx2(int64_t br, int64_t bc, int64_t n, int64_t nv, float scale,
+                             const float *A, int64_t lda, const float *Kp, const float *V,
+                             int64_t ldv, const mha__attn_tile_mask *mk, float *m, float *l,
+                             float *O, int64_t ldo, float *P, int64_t ldp,
+                             const uint8_t *keep, int64_t ldk) {
+    fwd_tile(br, bc, n, nv, scale, A, lda, Kp, V, ldv, mk, m, l, O, ldo, P, ldp, keep, ldk);
+}
+
+/* DROPOUT KEEP DECISIONS (attn_dropout, contract in kernels.h), as ../avx512/attn.c: one
+ * Philox-4x32-10 per 64-bit lane (words in the low halves; _mm256_mul_epu32 gives the full
+ * product of the low halves), 4 groups per ymm, 4 ymm (16 groups, 64 keys) per step. Lane q of
+ * vector v holds group 4v + (q/2) + 2(q%2): after interleaving (w0 | w1 << 32) and
+ * (w2 | w3 << 32) by 64-bit unpacks, the low unpack holds keys 16v .. 16v+7 in order and the
+ * high one 16v+8 .. 16v+15. Unsigned w >= thr is the signed compare of both sides xor 2^31. */
+#define PH_M0 0xD2511F53u
+#define PH_M1 0xCD9E8D57u
+#define PH_W0 0x9E3779B9u
+#define PH_W1 0xBB67AE85u
+#define DROP_STEP 64 /* keys per step */
+
+/* The keep bytes (0 / 1) of keys 4 g0 .. 4 g0 + 63 of row i, as 2 32-byte vectors. thr1 =
+ * (thr - 1) ^ 2^31 (thr >= 1). */
+INL void dropout_step(uint32_t g0, __m256i vi, __m256i vbh, __m256i vc3, const __m256i *rk,
+                      __m256i thr1, __m256i out[2]) {
+    const __m256i m0 = _mm256_set1_epi64x(PH_M0), m1 = _mm256_set1_epi64x(PH_M1);
+    const __m256i lane = _mm256_setr_epi64x(0, 2, 1, 3);
+    __m256i c0[4], c1[4], c2[4], c3[4];
+#pragma GCC unroll 4
+    for (int v = 0; v < 4; v++) {
+        c0[v] = _mm256_add_epi64(_mm256_set1_epi64x(g0 + 4u * (uint32_t)v), lane);
+        c1[v] = vi, c2[v] = vbh, c3[v] = vc3;
+    }
+#pragma GCC unroll 10
+    for (int r = 0; r < 10; r++) {
+#pragma GCC unroll 4
+        for (int v = 0; v < 4; v++) {
+            __m256i p0 = _mm256_mul_epu32(c0[v], m0), p1 = _mm256_mul_epu32(c2[v], m1);
+            c0[v] = _mm256_xor_si256(_mm256_xor_si256(_mm256_srli_epi64(p1, 32), c1[v]),
+                                     rk[2 * r]);
+            c2[v] = _mm256_xor_si256(_mm256_xor_si256(_mm256_srli_epi64(p0, 32), c3[v]),
+                                     rk[2 * r + 1]);
+            c1[v] = p1, c3[v] = p0;
+        }
+    }
+    const __m256i sign = _mm256_set1_epi32((int)0x80000000u);
+    __m256i k[8]; /* -1 / 0 per key, keys 8t .. 8t+7 in k[t] */
+#pragma GCC unroll 4
+    for (int v = 0; v < 4; v++) {
+        __m256i x01 = _mm256_blend_epi32(c0[v], _mm256_slli_epi64(c1[v], 32), 0xAA);
+        __m256i x23 = _mm256_blend_epi32(c2[v], _mm256_slli_epi64(c3[v], 32), 0xAA);
+        __m256i lo = _mm256_unpacklo_epi64(x01, x23), hi = _mm256_unpackhi_epi64(x01, x23);
+        k[2 * v] = _mm256_cmpgt_epi32(_mm256_xor_si256(lo, sign), thr1);
+        k[2 * v + 1] = _mm256_cmpgt_epi32(_mm256_xor_si256(hi, sign), thr1);
+    }
+    /* 32-bit -1/0 lanes to bytes: packs keep the 128-bit halves apart, so 4 vectors of 8 keys
+     * pack to dwords (4 keys each) in the order 0 2 4 6 | 1 3 5 7; one permute sorts them */
+    const __m256i idx = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7), one = _mm256_set1_epi8(1);
+#pragma GCC unroll 2
+    for (int h = 0; h < 2; h++) {
+        __m256i a = _mm256_packs_epi32(k[4 * h], k[4 * h + 1]);
+        __m256i b = _mm256_packs_epi32(k[4 * h + 2], k[4 * h + 3]);
+        out[h] = _mm256_and_si256(_mm256_permutevar8x32_epi32(_mm256_packs_epi16(a, b), idx), one);
+    }
+}
+
+void mha__attn_dropout_avx2(int64_t br, int64_t bc, const mha__attn_dropout *dr, int64_t i0,
+                            int64_t j0, uint8_t *keep, int64_t ldk) {
+    if (br <= 0 || bc <= 0) return;
+    if (dr->thr == 0) { /* every word >= 0 */
+        for (int64_t r = 0; r < br; r++) memset(keep + r * ldk, 1, (size_t)bc);
+        return;
+    }
+    __m256i rk[20]; /* round keys, broadcast */
+    uint32_t k0 = (uint32_t)dr->key, k1 = (uint32_t)(dr->key >> 32);
+    for (int r = 0; r < 10; r++, k0 += PH_W0, k1 += PH_W1)
+        rk[2 * r] = _mm256_set1_epi64x(k0), rk[2 * r + 1] = _mm256_set1_epi64x(k1);
+    const __m256i thr1 = _mm256_set1_epi32((int)((dr->thr - 1) ^ 0x80000000u));
+    const __m256i vbh = _mm256_set1_epi64x(dr->bh), vc3 = _mm256_set1_epi64x(dr->ctr3);
+    const int64_t head = j0 & 3, total = head + bc; /* keys from the group-aligned j0 - head */
+    for (int64_t r = 0; r < br; r++) {
+        uint8_t *kr = keep + r * ldk;
+        const __m256i vi = _mm256_set1_epi64x((uint32_t)(i0 + r));
+        for (int64_t s = 0; s < total; s += DROP_STEP) {
+            __m256i out[2];
+            dropout_step((uint32_t)((j0 >> 2) + s / 4), vi, vbh, vc3, rk, thr1, out);
+            if (head == 0 && total - s >= DROP_STEP) {
+                _mm256_storeu_si256((__m256i *)(kr + s), out[0]);
+                _mm256_storeu_si256((__m256i *)(kr + s + 32), out[1]);
+            } else { /* a partial step: only bytes of keys in [j0, j0 + bc) */
+                uint8_t buf[DROP_STEP] __attribute__((aligned(32)));
+                _mm256_store_si256((__m256i *)buf, out[0]);
+                _mm256_store_si256((__m256i *)(buf + 32), out[1]);
+                int64_t a = s < head ? head : s, e = s + DROP_STEP < total ? s + DROP_STEP : total;
+                for (int64_t t = a; t < e; t++) kr[t - head] = buf[t - s];
+            }
+        }
+    }
+}
+
+void mha__attn_dropout_apply_avx2(int64_t br, int64_t bc, const uint8_t *keep, int64_t ldk,
+                                  float ks, const float *X, int64_t ldx, float *Y,
+                                  int64_t ldy) {
+    const __m256 vk = _mm256_set1_ps(ks);
+    for (int64_t r = 0; r < br; r++) {
+        const uint8_t *kr = keep + r * ldk;
+        const float *x = X + r * ldx;
+        float *y = Y + r * ldy;
+        for (int64_t c = 0; c < bc; c += 8) {
+            __m256i kw = tail_mask(bc - c);
+            int last = bc - c < 8;
+            __m256 drop = _mm256_castsi256_ps(zero_bytes8(kr, c, bc));
+            __m256 xv = _mm256_mul_ps(load_v(x + c, last, kw), vk);
+            store_v(y + c, last, kw, _mm256_andnot_ps(drop, xv));
         }
     }
 }

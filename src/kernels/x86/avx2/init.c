@@ -27,4 +27,7 @@ void mha__kernels_init_avx2(mha_kernels *k) {
     k->attn_fwd_br = 96, k->attn_fwd_bc = 256;
     k->attn_kpack = mha__attn_kpack_avx2;
     k->attn_fwd = mha__attn_fwd_avx2;
+    k->attn_fwd_drop = mha__attn_fwd_drop_avx2;
+    k->attn_dropout = mha__attn_dropout_avx2;
+    k->attn_dropout_apply = mha__attn_dropout_apply_avx2;
 }

@@ -431,10 +431,12 @@ INL void fwd_panel(const int nv, int64_t m, int64_t n, const float *A, int64_t l
     }
 }
 
-void mha__attn_fwd_avx512(int64_t br, int64_t bc, int64_t n, int64_t nv, float scale,
-                          const float *A, int64_t lda, const float *Kp, const float *V,
-                          int64_t ldv, const mha__attn_tile_mask *mk, float *m, float *l,
-                          float *O, int64_t ldo, float *P, int64_t ldp) {
+/* attn_fwd (keep NULL) and attn_fwd_drop: the exp pass sums every probability into l and
+ * stores the dropped ones as 0 for the product with V. */
+INL void fwd_tile(int64_t br, int64_t bc, int64_t n, int64_t nv, float scale, const float *A,
+                  int64_t lda, const float *Kp, const float *V, int64_t ldv,
+                  const mha__attn_tile_mask *mk, float *m, float *l, float *O, int64_t ldo,
+                  float *P, int64_t ldp, const uint8_t *keep, int64_t ldk) {
     const int any_mask = mk->pad || mk->bmask || mk->fmask;
     const __m512 ninf = _mm512_set1_ps(-INFINITY);
     for (int64_t r0 = 0; r0 < br; r0 += MR) {
@@ -480,8 +482,12 @@ void mha__attn_fwd_avx512(int64_t br, int64_t bc, int64_t n, int64_t nv, float s
             for (int64_t c = 0; c < bce; c += 16) {
                 __mmask16 kw = tail_mask(bce - c);
                 __m512 e = mha__vexp512(_mm512_sub_ps(_mm512_maskz_loadu_ps(kw, pr + c), vm));
-                _mm512_mask_storeu_ps(pr + c, kw, e);
                 vsum = _mm512_mask_add_ps(vsum, kw, vsum, e);
+                if (keep) { /* dropped keys: exactly 0 in the product with V */
+                    __m128i kb = _mm_maskz_loadu_epi8(kw, keep + (r0 + i) * ldk + c);
+                    e = _mm512_maskz_mov_ps(_mm_test_epi8_mask(kb, kb), e);
+                }
+                _mm512_mask_storeu_ps(pr + c, kw, e);
             }
             l[r0 + i] = al[i] * l[r0 + i] + _mm512_reduce_add_ps(vsum);
             m[r0 + i] = mn[i];
@@ -498,6 +504,147 @@ void mha__attn_fwd_avx512(int64_t br, int64_t bc, int64_t n, int64_t nv, float s
             case 3: pv_blk(3, rows, bce, p, ldp, V + x0, ldv, al, o, ldo, kl); break;
             default: pv_blk(4, rows, bce, p, ldp, V + x0, ldv, al, o, ldo, kl); break;
             }
+        }
+    }
+}
+
+void mha__attn_fwd_avx512(int64_t br, int64_t bc, int64_t n, int64_t nv, float scale,
+                          const float *A, int64_t lda, const float *Kp, const float *V,
+                          int64_t ldv, const mha__attn_tile_mask *mk, float *m, float *l,
+                          float *O, int64_t ldo, float *P, int64_t ldp) {
+    fwd_tile(br, bc, n, nv, scale, A, lda, Kp, V, ldv, mk, m, l, O, ldo, P, ldp, NULL, 0);
+}
+
+void mha__attn_fwd_drop_avx512(int64_t br, int64_t bc, int64_t n, int64_t nv, float scale,
+                               const float *A, int64_t lda, const float *Kp, const float *V,
+                               int64_t ldv, const mha__attn_tile_mask *mk, float *m, float *l,
+                               float *O, int64_t ldo, float *P, int64_t ldp,
+                               const uint8_t *keep, int64_t ldk) {
+    fwd_tile(br, bc, n, nv, scale, A, lda, Kp, V, ldv, mk, m, l, O, ldo, P, ldp, keep, ldk);
+}
+
+/* DROPOUT KEEP DECISIONS (attn_dropout, contract in kernels.h): one Philox-4x32-10 per 64-bit
+ * lane, 8 groups of 4 keys per zmm, 4 zmm (32 groups, 128 keys) per step. A lane keeps its
+ * 32-bit words in the low half (the high half is don't-care): _mm512_mul_epu32 reads only the
+ * low halves and gives the full 64-bit product, so a round is 2 multiplies, 2 shifts (the
+ * high words) and 2 three-way xors (ternary logic); the low product words are the products
+ * themselves. Lane q of vector v holds group 8v + (q/2) + 4(q%2), so that after interleaving
+ * (w0 | w1 << 32) and (w2 | w3 << 32) by 64-bit unpacks, one compare gives the 16 keep bits of
+ * groups 8v..8v+3 in key order, and the next those of 8v+4..8v+7. */
+#define PH_M0 0xD2511F53u
+#define PH_M1 0xCD9E8D57u
+#define PH_W0 0x9E3779B9u
+#define PH_W1 0xBB67AE85u
+#define DROP_STEP 128 /* keys per step */
+
+/* The parts of Philox rounds 1 and 2 that depend only on the row (counter words 1 to 3, the
+ * key), not on the group counter: rs[0] = ctr3 ^ k1 (round 1), rs[1] = lo(M1 bh) ^ k0' and
+ * rs[2] = hi(M0 n0) ^ k1' (round 2), rs[3] = lo(M0 n0) with n0 = hi(M1 bh) ^ i ^ k0. */
+static void philox_row(const mha__attn_dropout *dr, uint32_t i, uint32_t rs[4]) {
+    uint32_t k0 = (uint32_t)dr->key, k1 = (uint32_t)(dr->key >> 32);
+    uint64_t p1 = (uint64_t)PH_M1 * dr->bh;
+    uint32_t n0 = (uint32_t)(p1 >> 32) ^ i ^ k0;
+    uint64_t p0 = (uint64_t)PH_M0 * n0;
+    rs[0] = dr->ctr3 ^ k1;
+    rs[1] = (uint32_t)p1 ^ (k0 + PH_W0);
+    rs[2] = (uint32_t)(p0 >> 32) ^ (k1 + PH_W1);
+    rs[3] = (uint32_t)p0;
+}
+
+/* out[0 .. 128) = keep bytes of keys 4 g0 .. 4 g0 + 127 of a row (rs: philox_row), as 2
+ * 64-byte vectors. */
+INL void dropout_step(uint32_t g0, const uint32_t rs[4], const __m512i *rk, __m512i thr,
+                      __m512i out[2]) {
+    const __m512i m0 = _mm512_set1_epi64(PH_M0), m1 = _mm512_set1_epi64(PH_M1);
+    const __m512i lane = _mm512_setr_epi64(0, 4, 1, 5, 2, 6, 3, 7);
+    const __m512i r0 = _mm512_set1_epi64(rs[0]), r1 = _mm512_set1_epi64(rs[1]);
+    const __m512i r2 = _mm512_set1_epi64(rs[2]), r3 = _mm512_set1_epi64(rs[3]);
+    __m512i c0[4], c1[4], c2[4], c3[4];
+#pragma GCC unroll 4
+    for (int v = 0; v < 4; v++) {
+        /* rounds 1 and 2: only the group counter's products are per lane */
+        __m512i g = _mm512_add_epi64(_mm512_set1_epi64(g0 + 8u * (uint32_t)v), lane);
+        __m512i p0 = _mm512_mul_epu32(g, m0); /* round 1 */
+        __m512i t2 = _mm512_xor_si512(_mm512_srli_epi64(p0, 32), r0);
+        __m512i p1 = _mm512_mul_epu32(t2, m1); /* round 2 */
+        c0[v] = _mm512_xor_si512(_mm512_srli_epi64(p1, 32), r1);
+        c1[v] = p1;
+        c2[v] = _mm512_xor_si512(p0, r2);
+        c3[v] = r3;
+    }
+#pragma GCC unroll 8
+    for (int r = 2; r < 10; r++) {
+#pragma GCC unroll 4
+        for (int v = 0; v < 4; v++) {
+            __m512i p0 = _mm512_mul_epu32(c0[v], m0), p1 = _mm512_mul_epu32(c2[v], m1);
+            c0[v] = _mm512_ternarylogic_epi64(_mm512_srli_epi64(p1, 32), c1[v], rk[2 * r], 0x96);
+            c2[v] = _mm512_ternarylogic_epi64(_mm512_srli_epi64(p0, 32), c3[v], rk[2 * r + 1],
+                                              0x96);
+            c1[v] = p1, c3[v] = p0;
+        }
+    }
+    uint64_t bits[2] = {0, 0};
+#pragma GCC unroll 4
+    for (int v = 0; v < 4; v++) {
+        __m512i x01 = _mm512_mask_blend_epi32(0xAAAA, c0[v], _mm512_slli_epi64(c1[v], 32));
+        __m512i x23 = _mm512_mask_blend_epi32(0xAAAA, c2[v], _mm512_slli_epi64(c3[v], 32));
+        uint64_t lo = _mm512_cmpge_epu32_mask(_mm512_unpacklo_epi64(x01, x23), thr);
+        uint64_t hi = _mm512_cmpge_epu32_mask(_mm512_unpackhi_epi64(x01, x23), thr);
+        bits[v / 2] |= (lo | hi << 16) << (32 * (v % 2));
+    }
+    const __m512i one = _mm512_set1_epi8(1);
+    out[0] = _mm512_maskz_mov_epi8((__mmask64)bits[0], one);
+    out[1] = _mm512_maskz_mov_epi8((__mmask64)bits[1], one);
+}
+
+INL __mmask64 bytes_mask(int64_t w) {
+    return w >= 64 ? ~(__mmask64)0 : w <= 0 ? (__mmask64)0 : (((__mmask64)1 << w) - 1);
+}
+
+void mha__attn_dropout_avx512(int64_t br, int64_t bc, const mha__attn_dropout *dr, int64_t i0,
+                              int64_t j0, uint8_t *keep, int64_t ldk) {
+    if (br <= 0 || bc <= 0) return;
+    __m512i rk[20]; /* round keys, broadcast */
+    uint32_t k0 = (uint32_t)dr->key, k1 = (uint32_t)(dr->key >> 32);
+    for (int r = 0; r < 10; r++, k0 += PH_W0, k1 += PH_W1)
+        rk[2 * r] = _mm512_set1_epi64(k0), rk[2 * r + 1] = _mm512_set1_epi64(k1);
+    const __m512i thr = _mm512_set1_epi32((int)dr->thr);
+    const int64_t head = j0 & 3, total = head + bc; /* keys from the group-aligned j0 - head */
+    for (int64_t r = 0; r < br; r++) {
+        uint8_t *kr = keep + r * ldk;
+        uint32_t rs[4];
+        philox_row(dr, (uint32_t)(i0 + r), rs);
+        for (int64_t s = 0; s < total; s += DROP_STEP) {
+            __m512i out[2];
+            dropout_step((uint32_t)((j0 >> 2) + s / 4), rs, rk, thr, out);
+            if (head == 0) { /* keys s .. s+127 of the tile */
+                _mm512_mask_storeu_epi8(kr + s, bytes_mask(total - s), out[0]);
+                _mm512_mask_storeu_epi8(kr + s + 64, bytes_mask(total - s - 64), out[1]);
+            } else { /* the first `head` bytes of the row belong to keys before j0 */
+                uint8_t buf[DROP_STEP] __attribute__((aligned(64)));
+                _mm512_store_si512(buf, out[0]);
+                _mm512_store_si512(buf + 64, out[1]);
+                int64_t a = s < head ? head : s, e = s + DROP_STEP < total ? s + DROP_STEP : total;
+                for (int64_t t = a; t < e; t++) kr[t - head] = buf[t - s];
+            }
+        }
+    }
+}
+
+void mha__attn_dropout_apply_avx512(int64_t br, int64_t bc, const uint8_t *keep, int64_t ldk,
+                                    float ks, const float *X, int64_t ldx, float *Y,
+                                    int64_t ldy) {
+    const __m512 vk = _mm512_set1_ps(ks);
+    for (int64_t r = 0; r < br; r++) {
+        const uint8_t *kr = keep + r * ldk;
+        const float *x = X + r * ldx;
+        float *y = Y + r * ldy;
+        for (int64_t c = 0; c < bc; c += 16) {
+            __mmask16 kw = tail_mask(bc - c);
+            __m128i kb = _mm_maskz_loadu_epi8(kw, kr + c);
+            __mmask16 kk = _mm_test_epi8_mask(kb, kb);
+            __m512 xv = _mm512_maskz_loadu_ps(kk, x + c); /* dropped: never read, 0 */
+            _mm512_mask_storeu_ps(y + c, kw, _mm512_maskz_mul_ps(kk, xv, vk));
         }
     }
 }

@@ -32,6 +32,9 @@ void mha__kernels_init_avx512(mha_kernels *k) {
     k->attn_fwd_br = 96, k->attn_fwd_bc = 256;
     k->attn_kpack = mha__attn_kpack_avx512;
     k->attn_fwd = mha__attn_fwd_avx512;
+    k->attn_fwd_drop = mha__attn_fwd_drop_avx512;
+    k->attn_dropout = mha__attn_dropout_avx512;
+    k->attn_dropout_apply = mha__attn_dropout_apply_avx512;
     k->gemm_pack = mha__gemm_pack_avx512_f32;
     k->gemm_pack_name = "mha__gemm_pack_avx512_f32";
 }

@@ -70,6 +70,11 @@ done
 [ "${NONCAUSAL_4096:-1}" = 1 ] && run mha "$MHA" bench --batch 1 --seq 4096 --embed 1024 --heads 16 --threads "$T" --runs 1 \
     --warmup 0 --core --json
 
+# What attention dropout costs: the core forward + backward with p = 0.1 (the p = 0 run is in
+# the table above)
+[ "${DROPOUT:-1}" = 1 ] && run mha "$MHA" bench --batch 1 --seq 2048 --embed 512 --heads 8 \
+    --threads "$T" --runs 7 --budget 4 --warmup 0 --core --backward --dropout 0.1 --json
+
 # The projections' matrix products: forward x W^T (ta 0, tb 1) for in_proj (N = 3E) and
 # out_proj (N = E); backward dX = dY W (ta 0, tb 0) and dW = dY^T X (ta 1, tb 0).
 for s in ${GEMM_SIZES:-512,512 2048,512 1024,768 4096,1024}; do

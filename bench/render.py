@@ -156,6 +156,16 @@ def main():
       f"{ratio(cc and cc['median_ms'], cn and cn['median_ms'], '{:.2f}')} of the non-causal "
       "time (ideal with skipped masked tiles: about 0.5).\n")
 
+    dr = next((r for r in res if r["label"] == "mha" and r.get("what") == "core_fwd_bwd"
+               and r.get("dropout")), None)
+    d0 = find("mha", "core_fwd_bwd", (1, 2048, 512, 8, False), dropout=0)
+    if dr and d0:
+        w("## Dropout (core, B=1 N=2048 E=512 H=8, p = 0.1)\n")
+        w(f"- forward {ms(dr, 'fwd_median_ms')} ms vs {ms(d0, 'fwd_median_ms')} ms without "
+          f"dropout ({dr['fwd_median_ms'] / d0['fwd_median_ms']:.2f}x); backward "
+          f"{ms(dr, 'bwd_median_ms')} ms vs {ms(d0, 'bwd_median_ms')} ms "
+          f"({dr['bwd_median_ms'] / d0['bwd_median_ms']:.2f}x).\n")
+
     mem = find("mha", "memory")
     if mem:
         w("## Memory\n")

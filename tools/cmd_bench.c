@@ -39,6 +39,7 @@ static void print_help(FILE *f) {
           "  --runs R      timed runs after the warm-up (default 10)\n"
           "  --warmup W    untimed runs first (default: 1, more up to 0.2 s)\n"
           "  --budget S    stop the timed runs once they took S seconds (at least one run)\n"
+          "  --dropout P   attention dropout probability (module: training mode), default 0\n"
           "  --json        print one line holding a JSON object\n"
           "  --help        this text\n",
           f);
@@ -68,7 +69,7 @@ static float *rand_buf(int64_t n, uint32_t seed) {
 typedef struct {
     long long batch, seq, embed, heads, threads, runs, warmup, m, n, k, ta, tb;
     int causal, backward, core, json, gemm;
-    double budget;
+    double budget, dropout;
     const char *isa;
 } bench_args;
 
@@ -93,17 +94,20 @@ static mha_status run_fwd(bench_state *s) {
                          a->ta ? a->m : a->k, s->gb, a->tb ? a->k : a->n, 0.0f, s->gc, a->n);
     if (a->core) {
         mha_attn_params p = mha_attn_params_default();
+        p.dropout_p = (float)a->dropout;
         return mha_attn_forward(s->ctx, &p, &s->q, &s->k, &s->v, &s->mask, &s->o,
                                 a->backward ? &s->lse : NULL, NULL);
     }
     mha_forward_opts fo = mha_forward_opts_default();
     fo.save_for_backward = a->backward;
+    fo.training = a->dropout > 0;
     return mha_module_forward(s->ctx, s->mod, &fo, &s->x, NULL, NULL, &s->mask, &s->y, NULL);
 }
 
 static mha_status run_bwd(bench_state *s) {
     if (s->a->core) {
         mha_attn_params p = mha_attn_params_default();
+        p.dropout_p = (float)s->a->dropout;
         return mha_attn_backward(s->ctx, &p, &s->q, &s->k, &s->v, &s->mask, &s->o, &s->lse,
                                  &s->dout, &s->dq, &s->dk, &s->dv);
     }
@@ -156,7 +160,7 @@ int mha_cmd_bench(int argc, char **argv) {
         {"--json", CLI_OPT_FLAG, &a.json, 0},     {"--isa", CLI_OPT_STRING, &a.isa, 0},
         {"--runs", CLI_OPT_INT, &a.runs, 0},      {"--ta", CLI_OPT_INT, &a.ta, 0},
         {"--tb", CLI_OPT_INT, &a.tb, 0},         {"--warmup", CLI_OPT_INT, &a.warmup, 0},
-        {"--budget", CLI_OPT_FLOAT, &a.budget, 0},
+        {"--budget", CLI_OPT_FLOAT, &a.budget, 0}, {"--dropout", CLI_OPT_FLOAT, &a.dropout, 0},
     };
     int nopts = (int)(sizeof opts / sizeof opts[0]);
     int rc = cli_parse(nrest, rest, opts, nopts);
@@ -171,6 +175,9 @@ int mha_cmd_bench(int argc, char **argv) {
     if (a.budget < 0)
         return cli_usage_error("mha bench --help lists the options",
                                "--budget: got %g, expected seconds >= 0 (0: no limit)", a.budget);
+    if (!(a.dropout >= 0 && a.dropout < 1))
+        return cli_usage_error("mha bench --help lists the options",
+                               "--dropout: got %g, expected a probability in [0, 1)", a.dropout);
     if (cli_find(opts, nopts, "--warmup")->seen && (a.warmup < 0 || a.warmup > 10000))
         return cli_usage_error("mha bench --help lists the options",
                                "--warmup: got %lld, expected 0..10000", a.warmup);
@@ -181,9 +188,10 @@ int mha_cmd_bench(int argc, char **argv) {
         if ((a.ta != 0 && a.ta != 1) || (a.tb != 0 && a.tb != 1))
             return cli_usage_error("mha bench --help lists the options",
                                    "--ta/--tb: got %lld/%lld, expected 0 or 1", a.ta, a.tb);
-        if (a.core || a.backward || a.causal)
+        if (a.core || a.backward || a.causal || a.dropout > 0)
             return cli_usage_error("mha bench --help lists the options",
-                                   "--gemm: cannot be combined with --core, --backward, --causal");
+                                   "--gemm: cannot be combined with --core, --backward, --causal, "
+                                   "--dropout");
     } else {
         if ((rc = positive("--batch", a.batch, big)) || (rc = positive("--seq", a.seq, big)) ||
             (rc = positive("--embed", a.embed, big)) || (rc = positive("--heads", a.heads, big)))
@@ -255,6 +263,7 @@ int mha_cmd_bench(int argc, char **argv) {
     }
     if (!a.gemm && !a.core) {
         mha_config cfg = mha_config_default(E, H);
+        cfg.dropout = (float)a.dropout;
         if (mha_module_create(ctx, &cfg, &s.mod) != MHA_OK) {
             ret = cli_fail_lib(ctx, "mha_module_create");
             goto out;
@@ -303,9 +312,9 @@ int mha_cmd_bench(int argc, char **argv) {
                    a.m, a.n, a.k, a.ta, a.tb);
         else
             printf("{\"what\":\"%s\",\"batch\":%lld,\"seq\":%lld,\"embed\":%lld,\"heads\":%lld,"
-                   "\"causal\":%s,\"backward\":%s,\"core\":%s,", what, a.batch, a.seq, a.embed,
-                   a.heads, a.causal ? "true" : "false", a.backward ? "true" : "false",
-                   a.core ? "true" : "false");
+                   "\"causal\":%s,\"backward\":%s,\"core\":%s,\"dropout\":%g,", what, a.batch,
+                   a.seq, a.embed, a.heads, a.causal ? "true" : "false",
+                   a.backward ? "true" : "false", a.core ? "true" : "false", a.dropout);
         printf("\"isa\":\"%s\",\"threads\":%d,\"runs\":%d,\"median_ms\":%.4f,\"gflops\":%.3f,"
                "\"fwd_median_ms\":%.4f,\"fwd_gflops\":%.3f", isa, mha_ctx_threads(ctx), runs,
                med * 1e3, gflops, med_f * 1e3, flops_fwd / med_f * 1e-9);

@@ -267,7 +267,8 @@ mha_config mha_config_default(int64_t embed_dim, int64_t num_heads);
  * +-1/sqrt(E), zero biases. Gradients start at zero. */
 mha_status mha_module_create(mha_ctx *ctx, const mha_config *cfg, mha_module **out);
 /* Creates a module whose configuration is read from a safetensors file holding a state_dict
- * (E, kdim, vdim and bias are inferred from the tensors' shapes), and loads it. */
+ * (E, kdim, vdim and bias are inferred from the tensors' shapes; bias from in_proj_bias or
+ * out_proj.bias, and then both must be there), and loads it as mha_module_load does. */
 mha_status mha_module_create_from_file(mha_ctx *ctx, const char *path, int64_t num_heads,
                                        mha_module **out);
 void mha_module_free(mha_module *m);
@@ -290,7 +291,8 @@ void mha_module_zero_grad(mha_module *m);
 
 /* Loads parameters from a safetensors file (F32) as written by
  * safetensors.torch.save_file(module.state_dict()). Every parameter must be present with its
- * shape; other tensors are ignored. On error the module is unchanged. */
+ * shape; other tensors are ignored, except bias_k / bias_v (add_bias_kv=True, not supported:
+ * MHA_ERR_UNSUPPORTED). On error the module is unchanged. */
 mha_status mha_module_load(mha_ctx *ctx, mha_module *m, const char *path);
 /* Saves parameters under their names (atomically: a temporary file, then rename). */
 mha_status mha_module_save(mha_ctx *ctx, const mha_module *m, const char *path);

@@ -321,14 +321,33 @@ def test_viz_refuses_layer_inputs_like_forward(fx, name, build, code):
 
 
 def test_failed_write_keeps_earlier_outputs_whole(fx):
-    """--out succeeds, --attn-out cannot be written: the run fails (2) with one line, the
-    --attn-out target is untouched, and --out is either untouched or a complete result."""
+    """--out could be written, --attn-out cannot: the run fails (2) with one line and no
+    output changes at all (outputs are staged, then renamed together), no temporary left."""
     rc, _, err = run(*fwd(fx, "--attn-out", fx / "missing-dir" / "a.npy"))
     assert rc == 2 and len(err.splitlines()) == 1 and "--attn-out" in err, err
-    y = (fx / "y.npy").read_bytes()
-    if y != OLD:
-        assert np.load(fx / "y.npy").shape == (B, L, E)
+    assert (fx / "y.npy").read_bytes() == OLD
     assert not [p for p in fx.iterdir() if ".tmp-" in p.name]
+    # the last output's destination is a directory: refused before any rename
+    (fx / "gdir").mkdir()
+    rc, _, err = run(*_with(bwd(fx), "--grads-out", fx / "gdir"), "--out", fx / "y.npy")
+    assert rc == 2 and len(err.splitlines()) == 1 and "--grads-out" in err, err
+    assert (fx / "y.npy").read_bytes() == OLD
+    assert not [p for p in fx.iterdir() if ".tmp-" in p.name]
+
+
+def test_outputs_sharing_a_file_are_refused(fx):
+    """--out, --attn-out and --grads-out naming one file: a usage error before anything runs
+    (otherwise the second write silently replaces the first); the file is left as it was."""
+    same = fx / "same.npy"
+    same.write_bytes(OLD)
+    for args in (fwd(fx, "--attn-out", fx / "y.npy"),
+                 _with(bwd(fx), "--grads-out", same) + ["--out", same]):
+        rc, out, err = run(*args)
+        lines = err.splitlines()
+        assert rc == 1 and out == "" and len(lines) == 2, (rc, err)
+        assert "name the same file" in lines[0] and lines[1].startswith("hint: "), err
+    assert same.read_bytes() == OLD
+    assert (fx / "y.npy").read_bytes() == OLD
 
 
 def test_success_writes_outputs(fx):
@@ -399,6 +418,15 @@ def test_main_help():
     for c in ("forward", "backward"):
         assert c in out
     assert "example" in out
+
+
+def test_main_without_command_is_a_one_line_usage_error():
+    """`mha` alone is a usage error like any other: exit 1, one error line and one hint."""
+    rc, out, err = run()
+    lines = err.splitlines()
+    assert rc == 1 and out == "", (rc, out, err)
+    assert len(lines) == 2 and lines[0].startswith("mha: error: "), err
+    assert "forward" in lines[0] and lines[1].startswith("hint: "), err
 
 
 # ------------------------------------------------------------------------------------------

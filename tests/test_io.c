@@ -346,6 +346,13 @@ TEST(npy_malformed) {
     EXPECT_NPY(buf, n, MHA_ERR_FORMAT, "header:");
     n = make_npy(buf, 1, "garbage", d, 0);
     EXPECT_NPY(buf, n, MHA_ERR_FORMAT, "expected '{'");
+    /* A NUL byte inside a string must not cut it short ('<f4\0x' is not '<f4'). */
+    n = make_npy(buf, 1, "{'descr': '<f4@x', 'fortran_order': False, 'shape': (3,), }", d, 12);
+    *(unsigned char *)memchr(buf, '@', n) = 0;
+    EXPECT_NPY(buf, n, MHA_ERR_FORMAT, "descr: expected a string");
+    n = make_npy(buf, 1, "{'descr@x': '<f4', 'fortran_order': False, 'shape': (3,), }", d, 12);
+    *(unsigned char *)memchr(buf, '@', n) = 0;
+    EXPECT_NPY(buf, n, MHA_ERR_FORMAT, "header:");
 
     /* Every truncation of a valid file fails cleanly. */
     mha_array a;

@@ -1031,6 +1031,69 @@ TEST(load_errors_leave_module_unchanged) {
     mha_ctx_free(ctx);
 }
 
+/* add_bias_kv=True layers (bias_k, bias_v in the state_dict) are refused, not loaded without
+ * them; a file with only one of the two biases is incomplete, not "bias=False". */
+TEST(load_refuses_bias_kv_and_half_biases) {
+    mha_ctx *ctx;
+    ASSERT_OK(ctx, mha_ctx_create(&ctx));
+    mha_config cfg = mha_config_default(16, 4);
+    cfg.seed = 3;
+    mha_module *src, *dst, *snap, *c = NULL;
+    ASSERT_OK(ctx, mha_module_create(ctx, &cfg, &src));
+    cfg.seed = 4;
+    ASSERT_OK(ctx, mha_module_create(ctx, &cfg, &dst));
+    ASSERT_OK(ctx, mha_module_create(ctx, &cfg, &snap));
+    const char *path = tmpfile_path("biaskv");
+    float kv[16] = {0};
+    mha_array extra;
+    memset(&extra, 0, sizeof extra);
+    extra.dtype = MHA_DTYPE_F32;
+    extra.ndim = 3;
+    extra.shape[0] = 1;
+    extra.shape[1] = 1;
+    extra.shape[2] = 16;
+    extra.data = kv;
+    const char *names[] = {"bias_k", "bias_v"};
+    for (int n = 0; n < 2; n++) {
+        ASSERT_OK(ctx, mha_module_save(ctx, src, path));
+        mha_st *st;
+        ASSERT_OK(ctx, mha_st_load(ctx, path, &st));
+        ASSERT_OK(ctx, mha_st_set(ctx, st, names[n], &extra));
+        ASSERT_OK(ctx, mha_st_save(ctx, st, path));
+        mha_st_free(st);
+        ASSERT_EQ(mha_module_load(ctx, dst, path), MHA_ERR_UNSUPPORTED);
+        ASSERT_STR_CONTAINS(mha_ctx_errmsg(ctx), names[n]);
+        ASSERT_STR_CONTAINS(mha_ctx_errmsg(ctx), "add_bias_kv=True");
+        ASSERT_TRUE(same_params(dst, snap));
+        ASSERT_EQ(mha_module_create_from_file(ctx, path, 4, &c), MHA_ERR_UNSUPPORTED);
+        ASSERT_STR_CONTAINS(mha_ctx_errmsg(ctx), "add_bias_kv=True");
+        ASSERT_TRUE(c == NULL);
+    }
+    /* out_proj.bias without in_proj_bias (and the reverse): "missing", never bias=False. */
+    const char *biases[] = {"in_proj_bias", "out_proj.bias"};
+    for (int n = 0; n < 2; n++) {
+        mha_st *full, *st;
+        ASSERT_OK(ctx, mha_module_save(ctx, src, path));
+        ASSERT_OK(ctx, mha_st_load(ctx, path, &full));
+        ASSERT_OK(ctx, mha_st_create(ctx, &st));
+        for (int i = 0; i < mha_st_count(full); i++)
+            if (strcmp(mha_st_name(full, i), biases[n]))
+                ASSERT_OK(ctx, mha_st_set(ctx, st, mha_st_name(full, i),
+                                          mha_st_find(full, mha_st_name(full, i))));
+        ASSERT_OK(ctx, mha_st_save(ctx, st, path));
+        mha_st_free(st);
+        mha_st_free(full);
+        ASSERT_EQ(mha_module_create_from_file(ctx, path, 4, &c), MHA_ERR_NOT_FOUND);
+        ASSERT_STR_CONTAINS(mha_ctx_errmsg(ctx), biases[n]);
+        ASSERT_TRUE(c == NULL);
+    }
+    unlink(path);
+    mha_module_free(src);
+    mha_module_free(dst);
+    mha_module_free(snap);
+    mha_ctx_free(ctx);
+}
+
 #define EXPECT_ERR(expr, status, text)                                                       \
     do {                                                                                     \
         mha_status st__ = (expr);                                                            \
@@ -1392,6 +1455,7 @@ int main(void) {
     RUN(gradients_accumulate_and_zero_grad);
     RUN(save_load_round_trip_and_create_from_file);
     RUN(load_errors_leave_module_unchanged);
+    RUN(load_refuses_bias_kv_and_half_biases);
     RUN(create_validation);
     RUN(forward_backward_validation);
     RUN(backward_uses_saved_copies);

@@ -90,10 +90,25 @@ int cli_load_f32(mha_ctx *ctx, const char *opt, const char *path, mha_array *out
 int cli_load_mask(mha_ctx *ctx, const char *opt, const char *path, int allow_float,
                   mha_array *out);
 
-/* Writes an array / a safetensors collection atomically (the library's temporary file and
- * rename); errors name opt. Prints and returns 2 on failure. */
-int cli_save_npy(mha_ctx *ctx, const char *opt, const char *path, const mha_array *a);
-int cli_save_st(mha_ctx *ctx, const char *opt, const char *path, const mha_st *st);
+/* Outputs written all or nothing. Each output is first staged, complete and synced, in a
+ * temporary file "<path>.tmp-XXXXXX" beside its destination; only when every output of the
+ * run is staged are they renamed into place. A run that fails at any point before the commit
+ * leaves every destination as it was and removes its temporaries. Errors name opt; each
+ * function prints and returns 2 on failure (after which only cli_outputs_discard is due). */
+#define CLI_MAX_OUTPUTS 4
+typedef struct {
+    int n;
+    struct {
+        const char *opt, *path;
+        char *tmp; /* owned; NULL once renamed */
+    } o[CLI_MAX_OUTPUTS];
+} cli_outputs;
+int cli_stage_npy(mha_ctx *ctx, cli_outputs *s, const char *opt, const char *path,
+                  const mha_array *a);
+int cli_stage_st(mha_ctx *ctx, cli_outputs *s, const char *opt, const char *path,
+                 const mha_st *st);
+int cli_outputs_commit(cli_outputs *s);
+void cli_outputs_discard(cli_outputs *s); /* removes what is still staged; idempotent */
 
 /* --- one layer call: the inputs mha forward, backward and viz share ------------------------ */
 /* The values of the options every command that runs a layer takes: --weights, --heads,

@@ -6,9 +6,11 @@
 #include <errno.h>
 #include <math.h>
 #include <stdarg.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/ioctl.h>
+#include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -246,14 +248,86 @@ int cli_load_mask(mha_ctx *ctx, const char *opt, const char *path, int allow_flo
     return rc;
 }
 
-int cli_save_npy(mha_ctx *ctx, const char *opt, const char *path, const mha_array *a) {
-    if (mha_npy_save(ctx, path, a) != MHA_OK) return cli_fail_lib(ctx, opt);
+static int write_file(void *user, const void *data, size_t size) {
+    return fwrite(data, 1, size, (FILE *)user) == size ? 0 : -1;
+}
+
+/* Creates the temporary beside path and writes it through write(ctx, obj, fn, user). */
+static int stage(mha_ctx *ctx, cli_outputs *s, const char *opt, const char *path,
+                 mha_status (*write)(mha_ctx *, const void *, mha_write_fn, void *),
+                 const void *obj) {
+    if (s->n >= CLI_MAX_OUTPUTS) return cli_fail("internal error: more than %d outputs", s->n);
+    size_t len = strlen(path) + sizeof ".tmp-XXXXXX";
+    char *tmp = malloc(len);
+    if (!tmp) return cli_fail("%s: out of memory", opt);
+    snprintf(tmp, len, "%s.tmp-XXXXXX", path);
+    int fd = mkstemp(tmp);
+    if (fd < 0) {
+        int e = errno;
+        free(tmp);
+        return cli_fail("%s: %s: cannot create a file there: %s", opt, path, strerror(e));
+    }
+    /* the mode the destination has (or 0644), not mkstemp's 0600 */
+    struct stat st;
+    fchmod(fd, stat(path, &st) == 0 ? (st.st_mode & 07777) : 0644);
+    FILE *f = fdopen(fd, "wb");
+    mha_status ws = f ? write(ctx, obj, write_file, f) : MHA_ERR_IO;
+    int e = errno;
+    int bad = ws != MHA_OK || !f || fflush(f) != 0 || fsync(fileno(f)) != 0;
+    if (f ? fclose(f) != 0 : close(fd) != 0) bad = 1;
+    if (bad) {
+        unlink(tmp);
+        free(tmp);
+        if (ws != MHA_OK && ws != MHA_ERR_IO) return cli_fail_lib(ctx, opt);
+        return cli_fail("%s: %s: write failed: %s", opt, path, strerror(e ? e : EIO));
+    }
+    s->o[s->n].opt = opt, s->o[s->n].path = path, s->o[s->n].tmp = tmp;
+    s->n++;
     return 0;
 }
 
-int cli_save_st(mha_ctx *ctx, const char *opt, const char *path, const mha_st *st) {
-    if (mha_st_save(ctx, st, path) != MHA_OK) return cli_fail_lib(ctx, opt);
+static mha_status write_npy(mha_ctx *ctx, const void *a, mha_write_fn fn, void *user) {
+    return mha_npy_write(ctx, (const mha_array *)a, fn, user);
+}
+static mha_status write_st(mha_ctx *ctx, const void *st, mha_write_fn fn, void *user) {
+    return mha_st_write(ctx, (const mha_st *)st, fn, user);
+}
+
+int cli_stage_npy(mha_ctx *ctx, cli_outputs *s, const char *opt, const char *path,
+                  const mha_array *a) {
+    return stage(ctx, s, opt, path, write_npy, a);
+}
+
+int cli_stage_st(mha_ctx *ctx, cli_outputs *s, const char *opt, const char *path,
+                 const mha_st *st) {
+    return stage(ctx, s, opt, path, write_st, st);
+}
+
+int cli_outputs_commit(cli_outputs *s) {
+    /* A destination that is a directory would fail its rename half way through the commit:
+     * refuse before renaming anything. */
+    for (int i = 0; i < s->n; i++) {
+        struct stat st;
+        if (stat(s->o[i].path, &st) == 0 && S_ISDIR(st.st_mode))
+            return cli_fail("%s: %s: is a directory", s->o[i].opt, s->o[i].path);
+    }
+    for (int i = 0; i < s->n; i++) {
+        if (rename(s->o[i].tmp, s->o[i].path) != 0)
+            return cli_fail("%s: %s: cannot replace it: %s", s->o[i].opt, s->o[i].path,
+                            strerror(errno));
+        free(s->o[i].tmp);
+        s->o[i].tmp = NULL;
+    }
     return 0;
+}
+
+void cli_outputs_discard(cli_outputs *s) {
+    for (int i = 0; i < s->n; i++) {
+        if (s->o[i].tmp) unlink(s->o[i].tmp);
+        free(s->o[i].tmp);
+        s->o[i].tmp = NULL;
+    }
+    s->n = 0;
 }
 
 /* ---------------------------------------------------------------------------------------------

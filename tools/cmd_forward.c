@@ -163,10 +163,20 @@ static int run(int argc, char **argv, int backward) {
     if (per_head && !attn_out)
         return cli_usage_error("--per-head chooses the layout of the --attn-out file",
                                "--per-head needs --attn-out");
+    /* Two outputs named alike: the second would silently replace the first. */
+    const char *outs[3] = {out, attn_out, grads_out}, *onames[3] = {"--out", "--attn-out",
+                                                                    "--grads-out"};
+    for (int i = 0; i < 3; i++)
+        for (int j = i + 1; j < 3; j++)
+            if (outs[i] && outs[j] && !strcmp(outs[i], outs[j]))
+                return cli_usage_error("give each output its own file",
+                                       "%s and %s name the same file \"%s\"", onames[i],
+                                       onames[j], outs[i]);
 
     /* --- load and check every input before computing anything (exit 2 from here on) --- */
     run_state r;
     memset(&r, 0, sizeof r);
+    cli_outputs staged = {0};
     if ((rc = cli_layer_load(&la, &r.l))) return rc;
     cli_layer *l = &r.l;
     mha_ctx *ctx = l->ctx;
@@ -195,12 +205,15 @@ static int run(int argc, char **argv, int backward) {
     if ((rc = cli_layer_forward(l, fo, &r.out, attn_out ? &r.weights : NULL))) goto done;
     if (backward && (rc = run_backward(&r))) goto done;
 
-    /* --- write: only now that everything is computed --- */
-    if (out && (rc = cli_save_npy(ctx, "--out", out, &r.out))) goto done;
-    if (attn_out && (rc = cli_save_npy(ctx, "--attn-out", attn_out, &r.weights))) goto done;
-    if (backward && (rc = cli_save_st(ctx, "--grads-out", grads_out, r.grads))) goto done;
+    /* --- write: only now that everything is computed, and all or nothing --- */
+    if ((out && (rc = cli_stage_npy(ctx, &staged, "--out", out, &r.out))) ||
+        (attn_out && (rc = cli_stage_npy(ctx, &staged, "--attn-out", attn_out, &r.weights))) ||
+        (backward && (rc = cli_stage_st(ctx, &staged, "--grads-out", grads_out, r.grads))) ||
+        (rc = cli_outputs_commit(&staged)))
+        goto done;
     rc = CLI_EXIT_OK;
 done:
+    cli_outputs_discard(&staged);
     run_free(&r);
     return rc;
 }

@@ -28,8 +28,9 @@ static void usage(FILE *f) {
 }
 
 int main(int argc, char **argv) {
-    if (argc < 2) {
-        usage(stderr);
+    if (argc < 2) { /* an error like any other: one line, and a hint */
+        fputs("mha: error: no command given (forward, backward, viz, demo, bench or info)\n"
+              "hint: mha --help lists the commands\n", stderr);
         return 1;
     }
     if (!strcmp(argv[1], "--help") || !strcmp(argv[1], "-h") || !strcmp(argv[1], "help")) {

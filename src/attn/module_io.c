@@ -2,7 +2,8 @@
  *
  * Loading validates every parameter (present, F32, exact shape) before copying any, so an
  * error leaves the module unchanged. Other tensors in the file (e.g. a bigger model's) are
- * ignored. */
+ * ignored, except bias_k and bias_v: they mean add_bias_kv=True, which changes the result and
+ * is not supported, so they are refused rather than silently dropped. */
 #include "module_internal.h"
 
 #include <string.h>
@@ -14,6 +15,12 @@ static const char *const FN_FROM = "mha_module_create_from_file";
 /* Checks every parameter of m against st, then copies them all. */
 static mha_status load_from_st(mha_ctx *ctx, const char *fn, mha_module *m, const mha_st *st,
                                const char *path) {
+    static const char *const kv_biases[] = {"bias_k", "bias_v"};
+    for (size_t i = 0; i < sizeof kv_biases / sizeof kv_biases[0]; i++)
+        if (mha_st_find(st, kv_biases[i]))
+            return mha__err(ctx, MHA_ERR_UNSUPPORTED, "%s: %s: found in %s, expected no %s "
+                            "(a layer made with add_bias_kv=True, which mha does not support)",
+                            fn, kv_biases[i], path, kv_biases[i]);
     for (int i = 0; i < m->nparams; i++) {
         const mha__param *p = &m->p[i];
         const mha_array *a = mha_st_find(st, p->name);
@@ -164,7 +171,10 @@ mha_status mha_module_create_from_file(mha_ctx *ctx, const char *path, int64_t n
     mha_config cfg = mha_config_default(E, num_heads);
     cfg.kdim = kd;
     cfg.vdim = vd;
-    cfg.bias = mha_st_find(st, "in_proj_bias") != NULL;
+    /* Either bias means bias=True: a file with only one of them then fails as "missing"
+     * instead of silently dropping the other. */
+    cfg.bias = mha_st_find(st, "in_proj_bias") != NULL ||
+               mha_st_find(st, "out_proj.bias") != NULL;
     mha_module *m = NULL;
     if ((s = mha_module_create(ctx, &cfg, &m))) goto done;
     if ((s = load_from_st(ctx, FN_FROM, m, st, path))) {

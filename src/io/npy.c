@@ -41,7 +41,8 @@ static void printable(char *buf, size_t cap, const char *s, size_t n) {
 }
 
 /* Parses a Python string literal ('...' or "...") into out (cap bytes, NUL-terminated, cut
- * when longer: *trunc set). Backslash escapes keep the escaped character. */
+ * when longer: *trunc set). Backslash escapes keep the escaped character. A NUL byte fails
+ * (numpy refuses it too): it would cut the C string, so '<f4\0junk' would read as '<f4'. */
 static int parse_pystr(cursor *c, char *out, size_t cap, int *trunc) {
     *trunc = 0;
     if (c->p >= c->end || (*c->p != '\'' && *c->p != '"')) return 0;
@@ -49,10 +50,11 @@ static int parse_pystr(cursor *c, char *out, size_t cap, int *trunc) {
     size_t o = 0;
     while (c->p < c->end && *c->p != q) {
         char ch = *c->p++;
-        if (ch == '\n') return 0;
+        if (ch == '\n' || ch == '\0') return 0;
         if (ch == '\\') {
             if (c->p >= c->end) return 0;
             ch = *c->p++;
+            if (ch == '\0') return 0;
         }
         if (o + 1 < cap) out[o++] = ch;
         else *trunc = 1;

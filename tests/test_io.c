@@ -584,6 +584,9 @@ TEST(st_malformed) {
               MHA_ERR_UNSUPPORTED, "tensor 'w': dtype: got F16, expected F32, F64, BOOL or I32");
     EXPECT_ST("{\"w\": {\"dtype\": \"BF16\", \"shape\": [2], \"data_offsets\": [0, 4]}}", d, 4,
               MHA_ERR_UNSUPPORTED, "dtype: got BF16");
+    /* an escaped NUL inside the dtype string is shown, not cut off */
+    EXPECT_ST("{\"w\": {\"dtype\": \"F32\\u0000x\", \"shape\": [1], \"data_offsets\": [0, 4]}}",
+              d, 4, MHA_ERR_UNSUPPORTED, "dtype: got F32\\x00x, expected");
     EXPECT_ST("{\"w\": {\"dtype\": \"I64\", \"shape\": [2], \"data_offsets\": [0, 16]}}", d, 16,
               MHA_ERR_UNSUPPORTED, "dtype: got I64");
     EXPECT_ST("{\"a\": {\"dtype\": \"F32\", \"shape\": [-2], \"data_offsets\": [0, 8]}}", d, 8,

@@ -337,10 +337,11 @@ typedef struct {
     size_t bytes;
 } st_entry;
 
-/* Name for messages: at most 80 bytes, non-printables escaped. */
-static void shown_name(char *buf, size_t cap, const char *name) {
+/* The first len bytes of name for messages: at most 80 bytes, non-printables (NUL included)
+ * escaped. */
+static void shown_bytes(char *buf, size_t cap, const char *name, size_t len) {
     size_t o = 0;
-    for (size_t i = 0; name[i] && o + 8 < cap; i++) {
+    for (size_t i = 0; i < len && o + 8 < cap; i++) {
         unsigned char ch = (unsigned char)name[i];
         if (i >= 80) {
             memcpy(buf + o, "...", 3);
@@ -351,6 +352,10 @@ static void shown_name(char *buf, size_t cap, const char *name) {
         else o += (size_t)snprintf(buf + o, cap - o, "\\x%02x", ch);
     }
     buf[o] = 0;
+}
+
+static void shown_name(char *buf, size_t cap, const char *name) {
+    shown_bytes(buf, cap, name, strlen(name));
 }
 
 static mha_status parse_dtype(json *j, const char *tname, mha_dtype *dt) {
@@ -368,7 +373,7 @@ static mha_status parse_dtype(json *j, const char *tname, mha_dtype *dt) {
                 return MHA_OK;
             }
     char shown[64];
-    shown_name(shown, sizeof shown, s);
+    shown_bytes(shown, sizeof shown, s, n < sizeof s ? n : sizeof s - 1);
     return mha__err(j->ctx, MHA_ERR_UNSUPPORTED,
                     "%s: tensor '%s': dtype: got %s%s, expected F32, F64, BOOL or I32", j->who,
                     tname, shown, n >= sizeof s ? "..." : "");

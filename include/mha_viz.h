@@ -43,7 +43,14 @@
  *   NULL. Nothing is printed. Every call is thread safe for distinct contexts; the inputs are
  *   only read. Output is a pure function of the inputs (byte-identical on every run).
  *   Text (tokens, titles) is UTF-8; invalid bytes and control characters are drawn as "?".
- *   Widths count one column per code point (wide CJK characters are not special-cased).
+ *   Terminal widths are columns, from a fixed table (no locale: the same on every machine):
+ *   2 for the East Asian Wide and Fullwidth ranges (CJK, kana, Hangul, fullwidth forms) and
+ *   the common emoji blocks (U+1F300-1F64F, U+1F900-1F9FF), 0 for combining marks, zero-width
+ *   spaces and joiners (U+200B-200F) and U+FE0F, 1 for everything else. Text is cut only at
+ *   character boundaries; where a wide character would straddle a cut, a space pads instead.
+ *   Key labels drawn vertically in one-column cells stop with a marker at their first wide
+ *   character (it cannot fit its key's column). An emoji ZWJ sequence counts as the sum of
+ *   its parts: a terminal that draws it as one glyph shows that line narrower, never wider.
  */
 #ifndef MHA_VIZ_H
 #define MHA_VIZ_H

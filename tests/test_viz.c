@@ -1,5 +1,7 @@
 /* test_viz.c - the renderers of mha_viz.h: byte-exact golden terminal renderings (ASCII,
- * Unicode, colour), width limits, SVG cells, PNG geometry and colours (decoded with libpng),
+ * Unicode, colour), width limits (also with wide CJK/emoji and zero-width characters, measured
+ * by an independent copy of the width rule), key labels aligned with their cells, SVG cells,
+ * PNG geometry and colours (decoded with libpng),
  * the HTML page's self-containment, file wrappers, statistics and every error path.
  *
  * MHA_UPDATE_GOLDEN=1 rewrites tests/golden/viz/ (then read the files before committing).
@@ -228,6 +230,297 @@ TEST(terminal_fits_width) {
                 }
         free(w);
     }
+}
+
+/* ---- wide characters: an independent display-width rule ---------------------------------
+ * The terminal columns a code point takes, written out here from the rule in mha_viz.h (not
+ * shared with the library): 2 for the East Asian Wide and Fullwidth ranges and the emoji
+ * blocks, 0 for combining marks and zero-width joiners, 1 for the rest. */
+static int tw_cp(unsigned long cp) {
+    if ((cp >= 0x300 && cp <= 0x36F) || (cp >= 0x1AB0 && cp <= 0x1AFF) ||
+        (cp >= 0x1DC0 && cp <= 0x1DFF) || (cp >= 0x20D0 && cp <= 0x20FF) ||
+        (cp >= 0xFE20 && cp <= 0xFE2F) || (cp >= 0x200B && cp <= 0x200F) || cp == 0xFE0F)
+        return 0;
+    if ((cp >= 0x1100 && cp <= 0x115F) || (cp >= 0x2E80 && cp <= 0x303E) ||
+        (cp >= 0x3041 && cp <= 0x33FF) || (cp >= 0x3400 && cp <= 0x4DBF) ||
+        (cp >= 0x4E00 && cp <= 0x9FFF) || (cp >= 0xA000 && cp <= 0xA4CF) ||
+        (cp >= 0xAC00 && cp <= 0xD7A3) || (cp >= 0xF900 && cp <= 0xFAFF) ||
+        (cp >= 0xFE30 && cp <= 0xFE4F) || (cp >= 0xFF00 && cp <= 0xFF60) ||
+        (cp >= 0xFFE0 && cp <= 0xFFE6) || (cp >= 0x1F300 && cp <= 0x1F64F) ||
+        (cp >= 0x1F900 && cp <= 0x1F9FF) || (cp >= 0x20000 && cp <= 0x2FFFD) ||
+        (cp >= 0x30000 && cp <= 0x3FFFD))
+        return 2;
+    return 1;
+}
+
+/* Decodes one code point of s[0 .. n) into *cp; returns its length, or 0 for a broken
+ * sequence (a character split by a cut shows up here). */
+static size_t tw_decode(const unsigned char *s, size_t n, unsigned long *cp) {
+    size_t len = s[0] < 0x80 ? 1 : s[0] >= 0xF0 ? 4 : s[0] >= 0xE0 ? 3 : s[0] >= 0xC0 ? 2 : 0;
+    if (!len || len > n) return 0;
+    unsigned long c = len == 1 ? s[0] : s[0] & (0x7F >> len);
+    for (size_t i = 1; i < len; i++) {
+        if ((s[i] & 0xC0) != 0x80) return 0;
+        c = c << 6 | (s[i] & 0x3F);
+    }
+    *cp = c;
+    return len;
+}
+
+/* Display width of the line s[0 .. n), skipping ESC [ ... m sequences; -1 for broken UTF-8. */
+static int text_width(const char *s, size_t n) {
+    int cols = 0;
+    for (size_t i = 0; i < n;) {
+        if (s[i] == '\x1b') {
+            while (i < n && s[i] != 'm') i++;
+            i++;
+            continue;
+        }
+        unsigned long cp;
+        size_t len = tw_decode((const unsigned char *)s + i, n - i, &cp);
+        if (!len) return -1;
+        cols += tw_cp(cp);
+        i += len;
+    }
+    return cols;
+}
+
+/* Labels mixing ASCII, CJK, Hangul, fullwidth forms, combining marks, zero-width joiners and
+ * emoji, some longer than any gutter. */
+static const char *const wide_toks[] = {
+    "the",
+    "\xe7\x8c\xab",                                                     /* 猫 */
+    "\xf0\x9f\x90\xb1" "cat",                                           /* 🐱cat */
+    "cafe\xcc\x81",                                                     /* café, combining */
+    "\xe6\x9d\xb1\xe4\xba\xac\xe3\x82\xbf\xe3\x83\xaf\xe3\x83\xbc\xe3\x81\xae\xe5\xa4\x9c"
+    "\xe6\x99\xaf\xe3\x81\x8c\xe3\x81\x8d\xe3\x82\x8c\xe3\x81\x84",     /* 東京タワーの夜景がきれい */
+    "\xed\x95\x9c\xea\xb5\xad\xec\x96\xb4",                             /* 한국어 */
+    "\xef\xbd\x86\xef\xbd\x95\xef\xbd\x8c\xef\xbd\x8c",                 /* ｆｕｌｌ */
+    "a\xe2\x80\x8b" "b",                                                /* a ZWSP b */
+    "\xe2\x9d\xa4\xef\xb8\x8f",                                         /* ❤ + VS16 */
+    "\xf0\x9f\x91\xa8\xe2\x80\x8d\xf0\x9f\x91\xa9\xe2\x80\x8d\xf0\x9f\x91\xa7", /* 👨‍👩‍👧 */
+    "\xcc\x81x",                                                        /* leading mark */
+    "e\xcc\x81\xcc\x82\xe4\xb8\xad",                                    /* é̂中 */
+    "\xf0\xa0\x80\x80\xf0\xa0\x80\x81",                                 /* U+20000 U+20001 */
+    "x\xe4\xb8\xad\xe6\x96\x87\xe5\xad\x97\xe7\xac\xa6\xe6\xb5\x8b\xe8\xaf\x95\xe6\xa0\x87"
+    "\xe7\xad\xbe\xe5\xbe\x88\xe9\x95\xbf",                             /* x中文字符测试标签很长 */
+    "\xf0\x9f\xa4\x96 bot",                                             /* 🤖 bot */
+};
+#define N_WIDE (sizeof wide_toks / sizeof wide_toks[0])
+
+/* n labels cycling through wide_toks, starting at `first`. */
+static const char **wide_labels(int n, int first) {
+    const char **t = malloc(sizeof *t * (size_t)n);
+    for (int i = 0; i < n; i++) t[i] = wide_toks[(size_t)(i + first) % N_WIDE];
+    return t;
+}
+
+/* Checks every line of out: well-formed UTF-8 and at most width columns. */
+static int lines_fit(const char *out, int width, const char *what) {
+    for (const char *p = out; *p;) {
+        const char *nl = strchr(p, '\n');
+        size_t n = nl ? (size_t)(nl - p) : strlen(p);
+        int cols = text_width(p, n);
+        if (cols < 0 || cols > width) {
+            FAILF("%s: a line of %d columns (-1: broken UTF-8) in width %d: %.*s\nall:\n%s", what,
+                  cols, width, (int)n, p, out);
+            return 0;
+        }
+        p += n + (nl ? 1 : 0);
+    }
+    return 1;
+}
+
+TEST(terminal_fits_width_wide_chars) {
+    /* self-attention, the long-label case of the CLI report, cross-attention whose keys fall
+     * back to one column per key at small widths, and a downsampled one */
+    static const int sizes[][4] = {{2, 6, 6, 0}, {3, 30, 30, 0}, {2, 7, 45, 1}, {1, 40, 200, 1}};
+    static const char *const htitles[3] = {
+        "\xe6\xb3\xa8\xe6\x84\x8f\xe5\x8a\x9b\xe3\x83\x98\xe3\x83\x83\xe3\x83\x89 0 "
+        "\xe3\x81\xa8\xe3\x81\xa6\xe3\x82\x82\xe9\x95\xb7\xe3\x81\x84\xe3\x82\xbf\xe3\x82\xa4"
+        "\xe3\x83\x88\xe3\x83\xab\xe3\x81\xa7\xe3\x81\x99\xe3\x82\x88\xe3\x81\xad", /* 注意力ヘッド 0 とても長いタイトルですよね */
+        "h\xcc\x81" "1 \xf0\x9f\x98\x80",
+        "\xed\x97\xa4\xeb\x93\x9c 2"};
+    char title[512] = "";
+    for (int i = 0; i < 12; i++) /* a long title without spaces: wrapped by width alone */
+        strcat(title, "\xe6\xa0\x87\xe9\xa2\x98\xe5\xbe\x88\xe9\x95\xbf\xf0\x9f\x8e\x89");
+    for (size_t s = 0; s < sizeof sizes / sizeof sizes[0]; s++) {
+        int H = sizes[s][0], L = sizes[s][1], S = sizes[s][2], cross = sizes[s][3];
+        float *w = malloc(sizeof(float) * (size_t)(H * L * S));
+        for (int e = 0; e < H * L * S; e++) w[e] = (float)((e * 7919) % 101) / 100.0f;
+        const char **qt = wide_labels(L, 0), **kt = wide_labels(S, 5);
+        for (int mode = 0; mode < 3; mode++)
+            for (int width = 40; width <= 160; width++)
+                for (int view = 0; view < 3; view++) {
+                    mha_viz_opts o = mha_viz_opts_default();
+                    o.view = (mha_viz_view)view, o.head = H - 1;
+                    o.term_mode = (mha_viz_term_mode)mode, o.width = width;
+                    o.query_tokens = qt;
+                    if (cross) o.key_tokens = kt;
+                    o.head_titles = htitles;
+                    if (width % 3 == 0) o.title = title;
+                    buf b = buf_new();
+                    mha_status st = mha_viz_term(NULL, w, H, L, S, &o, buf_write, &b);
+                    char what[128];
+                    snprintf(what, sizeof what, "H=%d L=%d S=%d mode %d view %d", H, L, S, mode,
+                             view);
+                    int ok = st == MHA_OK;
+                    if (!ok) FAILF("%s width %d: %s", what, width, mha_last_errmsg());
+                    else ok = lines_fit(b.p, width, what);
+                    if (ok && mode == MHA_VIZ_TERM_ASCII)
+                        for (const char *p = b.p; *p && ok; p++)
+                            if ((unsigned char)*p >= 0x80) {
+                                FAILF("%s: non-ASCII byte in ASCII mode:\n%s", what, b.p);
+                                ok = 0;
+                            }
+                    free(b.p);
+                    if (!ok) {
+                        free(w), free(qt), free(kt);
+                        return;
+                    }
+                }
+        free(w), free(qt), free(kt);
+    }
+}
+
+/* Byte length of the character cell at s: one code point of width >= 1 and the zero-width
+ * ones after it (leading zero-width ones join the first). */
+static size_t tw_cell(const char *s, int *wd) {
+    size_t i = 0;
+    int base = 0;
+    *wd = 0;
+    while (s[i]) {
+        unsigned long cp;
+        size_t len = tw_decode((const unsigned char *)s + i, strlen(s + i), &cp);
+        int x = tw_cp(cp);
+        if (x && base) break;
+        if (x) base = 1, *wd = x;
+        i += len;
+    }
+    return i;
+}
+
+/* The key labels below the axis stay in their cells: with one view and f = 1, line r under
+ * the axis holds, at column G + 3 + cw * j, the r-th cell of key label j (a wide cell in a
+ * one-column key: the label stops with "…"), and nothing straddles a key's columns. */
+TEST(vertical_wide_key_labels_align) {
+    static const int sizes[][2] = {{7, 7}, {5, 30}, {4, 45}};
+    for (size_t s = 0; s < sizeof sizes / sizeof sizes[0]; s++) {
+        int L = sizes[s][0], S = sizes[s][1];
+        float *w = malloc(sizeof(float) * (size_t)(L * S));
+        for (int e = 0; e < L * S; e++) w[e] = (float)((e * 31) % 17) / 16.0f;
+        const char **qt = wide_labels(L, 3), **kt = wide_labels(S, 0);
+        int seen_cw[3] = {0, 0, 0};
+        for (int mode = 0; mode < 3; mode += 2) /* Unicode and colour (ASCII has no wide) */
+            for (int width = 40; width <= 160; width++) {
+                mha_viz_opts o = mha_viz_opts_default();
+                o.term_mode = (mha_viz_term_mode)mode, o.width = width;
+                o.query_tokens = qt, o.key_tokens = kt;
+                buf b = buf_new();
+                ASSERT_OK(NULL, mha_viz_term(NULL, w, 1, L, S, &o, buf_write, &b));
+                if (strstr(b.p, "downsampled")) { /* no key labels then */
+                    free(b.p);
+                    continue;
+                }
+                /* the axis line: G + 1 spaces, "└", then cw * S + 1 "─" */
+                char *ax = strstr(b.p, "\xe2\x94\x94");
+                ASSERT_TRUE(ax != NULL);
+                const char *bol = ax;
+                while (bol > b.p && bol[-1] != '\n') bol--;
+                int G = (int)(ax - bol) - 1; /* the axis line starts with G + 1 spaces */
+                int dashes = 0;
+                for (const char *p = ax + 3; !strncmp(p, "\xe2\x94\x80", 3); p += 3) dashes++;
+                ASSERT_TRUE((dashes - 1) % S == 0);
+                int cw = (dashes - 1) / S;
+                ASSERT_TRUE(cw == 1 || cw == 2);
+                seen_cw[cw] = 1;
+                const char *p = strchr(ax, '\n') + 1;
+                for (int r = 0;; r++) {
+                    const char *nl = strchr(p, '\n');
+                    size_t n = (size_t)(nl - p);
+                    char row[2048];
+                    ASSERT_TRUE(n < sizeof row);
+                    memcpy(row, p, n), row[n] = 0;
+                    /* the "Key" title line ends the labels */
+                    const char *q = row;
+                    while (*q == ' ') q++;
+                    if (!strcmp(q, "Key")) {
+                        ASSERT_TRUE(r > 0);
+                        break;
+                    }
+                    ASSERT_TRUE(r < 8);
+                    for (int c = 0; c < G + 3; c++) ASSERT_TRUE(row[c] == ' ');
+                    q = row + G + 3;
+                    for (int j = 0; j < S; j++) {
+                        /* expected: the r-th cell of label j, "…" or blank */
+                        const char *t = kt[j];
+                        int wd = 0, k = 0, stop = 0;
+                        size_t len = 0;
+                        for (; *t; k++) {
+                            len = tw_cell(t, &wd);
+                            if (wd > cw) stop = 1;
+                            if (k == r || stop) break;
+                            t += len;
+                        }
+                        char want[64];
+                        int want_w;
+                        if (stop && k == r) strcpy(want, "\xe2\x80\xa6"), want_w = 1;
+                        else if (k == r && *t && !stop) memcpy(want, t, len), want[len] = 0, want_w = wd;
+                        else want[0] = 0, want_w = 0;
+                        for (int x = want_w; x < cw; x++) strcat(want, " ");
+                        size_t wl = strlen(want), have = strlen(q);
+                        /* trailing blanks of the row were trimmed */
+                        int match = have >= wl ? !strncmp(q, want, wl) : !strncmp(q, want, have);
+                        for (size_t x = have; match && x < wl; x++) match = want[x] == ' ';
+                        if (!match) {
+                            FAILF("width %d cw %d: label row %d, key %d: expected \"%s\" at "
+                                  "\"%s\"\n%s", width, cw, r, j, want, q, b.p);
+                            free(b.p), free(w), free(qt), free(kt);
+                            return;
+                        }
+                        q += have >= wl ? wl : have;
+                    }
+                    ASSERT_TRUE(*q == 0);
+                    p = nl + 1;
+                }
+                free(b.p);
+            }
+        if (S >= 30) ASSERT_TRUE(seen_cw[1] && seen_cw[2]); /* both cell widths were tested */
+        free(w), free(qt), free(kt);
+    }
+}
+
+/* A small CJK case, byte-exact (reviewed in a terminal): self-attention, every head. */
+TEST(golden_wide_chars) {
+    float w2[2 * TL * TL];
+    fixture_two_heads(w2);
+    const char *cjk[TL] = {
+        "\xe6\x88\x91",                                                 /* 我 */
+        "\xe5\x96\x9c\xe6\xac\xa2",                                     /* 喜欢 */
+        "\xe5\x90\x83",                                                 /* 吃 */
+        "\xe5\xaf\xbf\xe5\x8f\xb8\xf0\x9f\x8d\xa3",                     /* 寿司🍣 */
+        "cafe\xcc\x81",                                                 /* café */
+        "\xe3\x81\x97\xe3\x82\x87\xe3\x81\x86\xe3\x82\x86\xe3\x83\xa9\xe3\x83\xbc\xe3\x83\xa1"
+        "\xe3\x83\xb3\xe3\x81\xa8\xe9\xa4\x83\xe5\xad\x90"};            /* しょうゆラーメンと餃子 */
+    const char *ht[2] = {"\xe5\xa4\xb4 0", "\xe5\xa4\xb4 1"};            /* 头 0, 头 1 */
+    mha_viz_opts o = mha_viz_opts_default();
+    o.view = MHA_VIZ_ALL, o.query_tokens = cjk, o.head_titles = ht, o.width = 60;
+    o.title = "\xe6\xb3\xa8\xe6\x84\x8f\xe5\x8a\x9b (attention)";        /* 注意力 */
+    buf b = buf_new();
+    ASSERT_OK(NULL, mha_viz_term(NULL, w2, 2, TL, TL, &o, buf_write, &b));
+    int ok = lines_fit(b.p, 60, "golden") && golden("unicode_all_cjk_w60.txt", &b);
+    free(b.p);
+    if (!ok) return;
+    /* one column per key: the wide key labels stop with a marker */
+    float *band = malloc(sizeof(float) * 30 * 30);
+    fixture_band(band, 30);
+    const char **kt = wide_labels(30, 0);
+    o = mha_viz_opts_default();
+    o.query_tokens = kt, o.width = 60;
+    b = buf_new();
+    ASSERT_OK(NULL, mha_viz_term(NULL, band, 1, 30, 30, &o, buf_write, &b));
+    ok = lines_fit(b.p, 60, "golden") && golden("unicode_band30_wide_w60.txt", &b);
+    free(b.p), free(band), free(kt);
 }
 
 TEST(labels_are_cleaned) {
@@ -556,6 +849,9 @@ int main(int argc, char **argv) {
     if (argc == 3) return write_sample(argv[1], argv[2]);
     RUN(golden_terminal);
     RUN(terminal_fits_width);
+    RUN(terminal_fits_width_wide_chars);
+    RUN(vertical_wide_key_labels_align);
+    RUN(golden_wide_chars);
     RUN(labels_are_cleaned);
     RUN(svg_cells_and_escaping);
     RUN(colormap);

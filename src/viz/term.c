@@ -1,7 +1,9 @@
 /* term.c - attention weights as text: ASCII or Unicode shades, or 24-bit colour cells.
  *
  * A panel (one matrix) is built as lines of text with their display widths, so that a grid
- * can put panels side by side and pad them; nothing is wider than opts->width. */
+ * can put panels side by side and pad them; nothing is wider than opts->width. Every width is
+ * measured in terminal columns by viz__width (wide CJK and emoji: 2, combining marks: 0), and
+ * text is cut only at character boundaries. */
 #include "viz_internal.h"
 
 #include <math.h>
@@ -39,7 +41,7 @@ static void add(arena *a, line *l, const char *s, size_t bytes, int cols) {
     l->cols += cols;
 }
 
-static void add_text(arena *a, line *l, const char *s) { add(a, l, s, strlen(s), (int)viz__cols(s)); }
+static void add_text(arena *a, line *l, const char *s) { add(a, l, s, strlen(s), (int)viz__width(s)); }
 static void add_esc(arena *a, line *l, const char *s) { add(a, l, s, strlen(s), 0); }
 static void add_spaces(arena *a, line *l, int n) {
     for (int i = 0; i < n; i++) add(a, l, " ", 1, 1);
@@ -47,24 +49,65 @@ static void add_spaces(arena *a, line *l, int n) {
 static void add_rep(arena *a, line *l, const char *s, int n) {
     for (int i = 0; i < n; i++) add_text(a, l, s);
 }
-/* Text cut to at most max columns. */
+/* Text cut to at most max columns (a wide character at the limit is left out). */
 static void add_cut(arena *a, line *l, const char *s, int max) {
     if (max <= 0) return;
-    size_t b = viz__prefix(s, (size_t)max);
-    add(a, l, s, b, (int)viz__cols(s) < max ? (int)viz__cols(s) : max);
+    size_t cols, b = viz__width_prefix(s, (size_t)max, &cols);
+    add(a, l, s, b, (int)cols);
 }
 
-/* A label cut to max columns with a marker ("…" or "~") when it is longer. */
+/* A label in exactly max columns: padded, or cut with a marker ("…" or "~") when it is wider.
+ * When a wide character would straddle the cut, a space pads (on the outer side). */
 static void add_label(arena *a, line *l, const char *s, int max, int ascii, int right) {
-    int c = (int)viz__cols(s);
+    int c = (int)viz__width(s);
     if (c <= max) {
         if (right) add_spaces(a, l, max - c);
         add_text(a, l, s);
         if (!right) add_spaces(a, l, max - c);
         return;
     }
-    add_cut(a, l, s, max - 1);
+    size_t cols, b = viz__width_prefix(s, (size_t)(max - 1), &cols);
+    int pad = max - 1 - (int)cols;
+    if (right) add_spaces(a, l, pad);
+    add(a, l, s, b, (int)cols);
     add_text(a, l, ascii ? "~" : "\xe2\x80\xa6");
+    if (!right) add_spaces(a, l, pad);
+}
+
+/* Key labels below the axis are drawn vertically, one character cell per line, in the cw
+ * columns of their key. A cell wider than cw (a wide character in one-column cells) cannot
+ * be drawn there: the label stops with a one-column marker instead. On line r, the label's
+ * r-th cell; *bytes 0 when the label has ended (or stopped). Returns its width, or -1 when
+ * line r is the marker. */
+static int vcell(const char *t, int r, int cw, size_t *off, size_t *bytes) {
+    size_t at = 0, n = 0, w = 0;
+    for (int k = 0; k <= r; k++) {
+        at += n;
+        if (!t[at]) {
+            *off = at, *bytes = 0;
+            return 0;
+        }
+        n = viz__cluster(t + at, &w);
+        if ((int)w > cw) {
+            *off = at, *bytes = 0;
+            return k == r ? -1 : 0;
+        }
+    }
+    *off = at, *bytes = n;
+    return (int)w;
+}
+
+/* Number of lines of a vertical key label (its cells, up to and including a marker), at most
+ * max (labels may be long: this stays O(max^2)). */
+static int vlen(const char *t, int cw, int max) {
+    int r = 0;
+    for (; r < max; r++) {
+        size_t off, bytes;
+        int w = vcell(t, r, cw, &off, &bytes);
+        if (w < 0) return r + 1;
+        if (!bytes) return r;
+    }
+    return max;
 }
 
 typedef struct {
@@ -124,7 +167,7 @@ static void plan(const viz_view *v, int mode, int W, layout *ly) {
     int lab = 0;
     if (tokens)
         for (int64_t i = 0; i < v->L; i++) {
-            int c = (int)viz__cols(v->qtok[i]);
+            int c = (int)viz__width(v->qtok[i]);
             if (c > lab) lab = c;
         }
     int num = digits(v->L - 1);
@@ -143,11 +186,10 @@ static void plan(const viz_view *v, int mode, int W, layout *ly) {
     ly->pw = ly->G + 3 + area;
     if (v->ktok && ly->f == 1) {
         ly->vertical = 1;
-        for (int64_t j = 0; j < v->S; j++) {
-            int c = (int)viz__cols(v->ktok[j]);
+        for (int64_t j = 0; j < v->S && ly->vlines < 8; j++) {
+            int c = vlen(v->ktok[j], ly->cw, 8);
             if (c > ly->vlines) ly->vlines = c;
         }
-        if (ly->vlines > 8) ly->vlines = 8;
     }
 }
 
@@ -217,11 +259,11 @@ static int panel(arena *A, const viz_view *v, int p, const layout *ly, line *L0)
             line *l = &L0[k++];
             add_spaces(A, l, ly->G + 3);
             for (int64_t j = 0; j < v->S; j++) {
-                const char *t = v->ktok[j];
-                size_t b0 = viz__prefix(t, (size_t)r), b1 = viz__prefix(t, (size_t)r + 1);
-                if (b1 > b0) add(A, l, t + b0, b1 - b0, 1);
-                else add_spaces(A, l, 1);
-                add_spaces(A, l, ly->cw - 1);
+                size_t off, bytes;
+                int c = vcell(v->ktok[j], r, ly->cw, &off, &bytes);
+                if (c < 0) add_text(A, l, ascii ? "~" : "\xe2\x80\xa6"), c = 1;
+                else if (bytes) add(A, l, v->ktok[j] + off, bytes, c);
+                add_spaces(A, l, ly->cw - c);
             }
         }
     } else {
@@ -255,16 +297,14 @@ static int panel(arena *A, const viz_view *v, int p, const layout *ly, line *L0)
 /* Writes text word-wrapped to W columns. */
 static void wrap(viz_out *o, const char *s, int W) {
     while (*s) {
-        size_t n = strlen(s);
-        if ((int)viz__cols(s) <= W) {
+        if ((int)viz__width(s) <= W) {
             viz__puts(o, s);
             viz__puts(o, "\n");
             return;
         }
-        size_t cut = viz__prefix(s, (size_t)W), brk = cut;
+        size_t cut = viz__width_prefix(s, (size_t)W, NULL), brk = cut;
         while (brk > 0 && s[brk] != ' ') brk--;
         if (brk == 0) brk = cut;
-        (void)n;
         viz__put(o, s, brk);
         viz__puts(o, "\n");
         s += brk;

@@ -167,6 +167,83 @@ size_t viz__prefix(const char *s, size_t max_cols) {
     return i;
 }
 
+/* ---- display widths -------------------------------------------------------------------- */
+
+int viz__cp_width(uint32_t cp) {
+    /* [first, last] code point ranges, sorted. Wide: the East Asian Wide and Fullwidth blocks
+     * and the common emoji blocks; zero: combining marks, zero-width space/joiners, bidi marks
+     * and the emoji presentation selector. A fixed table, not the C locale: the output must
+     * be the same on every machine. */
+    static const uint32_t zero[][2] = {
+        {0x0300, 0x036F}, {0x1AB0, 0x1AFF}, {0x1DC0, 0x1DFF}, {0x200B, 0x200F},
+        {0x20D0, 0x20FF}, {0xFE0F, 0xFE0F}, {0xFE20, 0xFE2F}};
+    static const uint32_t wide[][2] = {
+        {0x1100, 0x115F},   {0x2E80, 0x303E},   {0x3041, 0x33FF},   {0x3400, 0x4DBF},
+        {0x4E00, 0x9FFF},   {0xA000, 0xA4CF},   {0xAC00, 0xD7A3},   {0xF900, 0xFAFF},
+        {0xFE30, 0xFE4F},   {0xFF00, 0xFF60},   {0xFFE0, 0xFFE6},   {0x1F300, 0x1F64F},
+        {0x1F900, 0x1F9FF}, {0x20000, 0x2FFFD}, {0x30000, 0x3FFFD}};
+    if (cp < 0x300) return 1; /* ASCII and Latin-1: the common case */
+    for (size_t i = 0; i < sizeof zero / sizeof zero[0]; i++)
+        if (cp >= zero[i][0] && cp <= zero[i][1]) return 0;
+    for (size_t i = 0; i < sizeof wide / sizeof wide[0]; i++)
+        if (cp >= wide[i][0] && cp <= wide[i][1]) return 2;
+    return 1;
+}
+
+size_t viz__utf8_next(const char *s, uint32_t *cp) {
+    const unsigned char *p = (const unsigned char *)s;
+    int n = utf8_len(p);
+    if (n < 0) n = -n;
+    if (n <= 1) { /* ASCII, or an invalid byte (cleaned text has none): one column */
+        *cp = n == 1 ? p[0] : '?';
+        return 1;
+    }
+    uint32_t c = p[0] & (n == 2 ? 0x1F : n == 3 ? 0x0F : 0x07);
+    for (int i = 1; i < n; i++) c = (c << 6) | (p[i] & 0x3F);
+    *cp = c;
+    return (size_t)n;
+}
+
+size_t viz__width(const char *s) {
+    size_t cols = 0;
+    while (*s) {
+        uint32_t cp;
+        s += viz__utf8_next(s, &cp);
+        cols += (size_t)viz__cp_width(cp);
+    }
+    return cols;
+}
+
+size_t viz__width_prefix(const char *s, size_t max_cols, size_t *cols_out) {
+    size_t cols = 0, i = 0;
+    while (s[i]) {
+        uint32_t cp;
+        size_t n = viz__utf8_next(s + i, &cp);
+        size_t w = (size_t)viz__cp_width(cp);
+        if (cols + w > max_cols) break; /* zero-width marks after a kept character stay */
+        cols += w, i += n;
+    }
+    if (cols_out) *cols_out = cols;
+    return i;
+}
+
+size_t viz__cluster(const char *s, size_t *cols_out) {
+    size_t i = 0, cols = 0;
+    uint32_t cp;
+    int base = 0;
+    while (s[i]) {
+        size_t n = viz__utf8_next(s + i, &cp);
+        int w = viz__cp_width(cp);
+        if (w > 0) {
+            if (base) break;
+            base = 1, cols = (size_t)w;
+        }
+        i += n;
+    }
+    if (cols_out) *cols_out = cols;
+    return i;
+}
+
 /* ---- views ----------------------------------------------------------------------------- */
 
 static void free_strs(char **a, int64_t n) {

@@ -64,6 +64,26 @@ size_t viz__cols(const char *s);
 /* Byte length of the first max_cols code points of s. */
 size_t viz__prefix(const char *s, size_t max_cols);
 
+/* Terminal display widths, by a fixed table (no locale, the same on every machine):
+ * 2 columns for the East Asian Wide and Fullwidth ranges and the common emoji blocks, 0 for
+ * combining marks, zero-width spaces/joiners, bidi marks and U+FE0F, 1 for the rest. */
+int viz__cp_width(uint32_t cp);
+/* Decodes the code point at s (non-empty UTF-8) into *cp; returns its byte length. An invalid
+ * byte (cleaned text has none) decodes as '?', one byte. */
+size_t viz__utf8_next(const char *s, uint32_t *cp);
+/* Display width of s in columns. */
+size_t viz__width(const char *s);
+/* Byte length of the longest prefix of s at most max_cols columns wide, never splitting a
+ * character (a wide character that would straddle the limit is left out) and keeping the
+ * zero-width code points that follow the last character kept; its width in *cols (may be
+ * NULL), which is max_cols - 1 when a wide character was left out at the limit. */
+size_t viz__width_prefix(const char *s, size_t max_cols, size_t *cols);
+/* Byte length of the first character cell of s (non-empty): any leading zero-width code
+ * points, one code point of width >= 1, and the zero-width code points after it (combining
+ * marks, joiners); its width (the base's: 1 or 2; 0 when s holds only zero-width code
+ * points) in *cols (may be NULL). */
+size_t viz__cluster(const char *s, size_t *cols);
+
 /* Writes XML-escaped text (&, <, >, ", '). */
 void viz__xml(viz_out *o, const char *s);
 

@@ -55,10 +55,13 @@
  *                       and lse: 5 * B * L * E floats for self-attention (B * (3 * L * E +
  *                       2 * S * E + S * kdim + S * vdim) for cross-attention), plus
  *                       B * H * L * S floats only when averaged weights are requested. With
- *                       save_for_backward (the default) they are kept, with the masks, until
- *                       the next forward or mha_module_free; without it they are freed at once.
+ *                       save_for_backward (the default) the inputs and masks are copied;
+ *                       without it contiguous inputs are read in place, uncopied.
  *   mha_module_backward about as much again as the forward's activations, plus one copy of the
- *                       parameters and the core backward's workspace, freed before it returns.
+ *                       parameters and the core backward's workspace.
+ *   Both keep their buffers (not the weights or the core's workspace) in the module and reuse
+ *   them on the next call of the same sizes; mha_module_free releases them (a forward that
+ *   fails with MHA_ERR_NOMEM releases them all, a backward its own).
  *   Example: the causal forward at B=1, L=S=32768, E=512, H=8 peaks under 0.5 GiB resident,
  *   inputs and outputs included (BENCHMARKS.md).
  *

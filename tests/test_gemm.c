@@ -360,6 +360,105 @@ TEST(nomem_leaves_c_unchanged) {
     mha_ctx_free(ctx);
 }
 
+/* mha__gemm_ex: a kept workspace gives the same bits and is reused (the second product
+ * allocates nothing), grows for a bigger product, and on NOMEM keeps C and the workspace as
+ * they were; a bias gives exactly a bias fill followed by a beta = 1 product, for every
+ * ISA, thread count, edge shape and K (0, < KC, > KC). */
+TEST(workspace_reuse_and_fused_bias) {
+    static const struct { int64_t M, N, K; int ta, tb; } shapes[] = {
+        {257, 300, 600, 0, 1}, {300, 257, 513, 1, 0}, {13, 1000, 300, 0, 0}, {7, 5, 3, 0, 1},
+        {100, 96, 0, 0, 1}};
+    mha_ctx *ctx;
+    ASSERT_OK(ctx, mha_ctx_create(&ctx));
+    for (size_t s = 0; s < sizeof shapes / sizeof shapes[0]; s++) {
+        gcase g;
+        ASSERT_TRUE(case_make(&g, shapes[s].ta, shapes[s].tb, shapes[s].M, shapes[s].N,
+                              shapes[s].K, 2, 1.0f, 0.0f));
+        size_t n = (size_t)(g.M * g.ldc);
+        float *want = malloc(sizeof(float) * n), *got = malloc(sizeof(float) * n);
+        float *bias = malloc(sizeof(float) * (size_t)g.N);
+        for (int64_t j = 0; j < g.N; j++) bias[j] = frand();
+        int ok = 1;
+        FOR_EACH_ISA(ctx) {
+            for (int nt = 1; nt <= 3 && ok; nt++) {
+                ASSERT_OK(ctx, mha_ctx_set_threads(ctx, nt));
+                /* The bias fill and a beta = 1 product, as the module did before. */
+                memcpy(want, g.C, sizeof(float) * n);
+                for (int64_t i = 0; i < g.M; i++)
+                    memcpy(want + i * g.ldc, bias, sizeof(float) * (size_t)g.N);
+                ASSERT_OK(ctx, mha__gemm(ctx, g.ta, g.tb, g.M, g.N, g.K, 0.75f, g.A, g.lda, g.B,
+                                         g.ldb, 1.0f, want, g.ldc));
+                mha__gemm_ws ws = {0};
+                for (int rep = 0; rep < 2 && ok; rep++) {
+                    memcpy(got, g.C, sizeof(float) * n); /* NaN: the old C is never read */
+                    long before = mha__alloc_count();
+                    if (rep == 1) mha__fault_after(0); /* the kept workspace suffices */
+                    mha_status st = mha__gemm_ex(ctx, &ws, g.ta, g.tb, g.M, g.N, g.K, 0.75f, g.A,
+                                                 g.lda, g.B, g.ldb, 0.0f, bias, got, g.ldc);
+                    mha__fault_after(-1);
+                    ASSERT_OK(ctx, st);
+                    if (rep == 1) ASSERT_EQ(mha__alloc_count(), before);
+                    if (memcmp(want, got, sizeof(float) * n) != 0) {
+                        FAILF("isa %s, %d threads, %lld x %lld x %lld, call %d: fused bias "
+                              "differs from fill + beta = 1", mha_isa_name(mha_ctx_isa(ctx)),
+                              nt, (long long)g.M, (long long)g.N, (long long)g.K, rep + 1);
+                        ok = 0;
+                    }
+                }
+                /* Without a bias, through the kept workspace: as mha__gemm. */
+                memcpy(want, g.C, sizeof(float) * n);
+                memcpy(got, g.C, sizeof(float) * n);
+                ASSERT_OK(ctx, mha__gemm(ctx, g.ta, g.tb, g.M, g.N, g.K, 1.0f, g.A, g.lda, g.B,
+                                         g.ldb, 0.0f, want, g.ldc));
+                ASSERT_OK(ctx, mha__gemm_ex(ctx, &ws, g.ta, g.tb, g.M, g.N, g.K, 1.0f, g.A,
+                                            g.lda, g.B, g.ldb, 0.0f, NULL, got, g.ldc));
+                if (memcmp(want, got, sizeof(float) * n) != 0) {
+                    FAILF("isa %s, %d threads: gemm_ex differs from gemm",
+                          mha_isa_name(mha_ctx_isa(ctx)), nt);
+                    ok = 0;
+                }
+                mha__gemm_ws_free(&ws);
+                ASSERT_TRUE(ws.p == NULL && ws.cap == 0);
+            }
+        }
+        free(want), free(got), free(bias);
+        case_free(&g);
+        if (!ok) break;
+    }
+    /* Growth, and NOMEM while growing: C and the workspace unchanged. */
+    mha_ctx_set_threads(ctx, 2);
+    gcase a, b;
+    ASSERT_TRUE(case_make(&a, 0, 1, 20, 30, 10, 0, 1.0f, 0.0f));
+    ASSERT_TRUE(case_make(&b, 0, 1, 200, 300, 400, 0, 1.0f, 1.0f));
+    mha__gemm_ws ws = {0};
+    float *ca = malloc(sizeof(float) * (size_t)(a.M * a.ldc));
+    float *cb = malloc(sizeof(float) * (size_t)(b.M * b.ldc));
+    ASSERT_OK(ctx, mha__gemm_ex(ctx, &ws, 0, 1, a.M, a.N, a.K, 1.0f, a.A, a.lda, a.B, a.ldb,
+                                0.0f, NULL, ca, a.ldc));
+    float *p0 = ws.p;
+    size_t cap0 = ws.cap;
+    ASSERT_TRUE(p0 != NULL && cap0 > 0);
+    memcpy(cb, b.C, sizeof(float) * (size_t)(b.M * b.ldc));
+    mha__fault_after(0);
+    mha_status st = mha__gemm_ex(ctx, &ws, 0, 1, b.M, b.N, b.K, 1.0f, b.A, b.lda, b.B, b.ldb,
+                                 1.0f, NULL, cb, b.ldc);
+    mha__fault_after(-1);
+    ASSERT_EQ(st, MHA_ERR_NOMEM);
+    ASSERT_STR_CONTAINS(mha_ctx_errmsg(ctx), "mha__gemm: workspace");
+    ASSERT_TRUE(memcmp(cb, b.C, sizeof(float) * (size_t)(b.M * b.ldc)) == 0);
+    ASSERT_TRUE(ws.p == p0 && ws.cap == cap0);
+    ASSERT_TRUE(case_check(ctx, &b, 1.0f, 1.0f, cb)); /* via mha__gemm: the oracle */
+    ASSERT_OK(ctx, mha__gemm_ex(ctx, &ws, 0, 1, b.M, b.N, b.K, 1.0f, b.A, b.lda, b.B, b.ldb,
+                                0.0f, NULL, cb, b.ldc));
+    ASSERT_TRUE(ws.cap > cap0);
+    mha__gemm_ws_free(&ws);
+    mha__gemm_ws_free(&ws); /* twice: a no-op */
+    mha__gemm_ws_free(NULL);
+    free(ca), free(cb);
+    case_free(&a), case_free(&b);
+    mha_ctx_free(ctx);
+}
+
 int main(void) {
     RUN(pack_layouts);
     RUN(micro_kernel_edge_tiles_vs_generic);
@@ -368,5 +467,6 @@ int main(void) {
     RUN(every_transpose_alpha_beta_and_padding);
     RUN(bitwise_identical_for_any_thread_count);
     RUN(nomem_leaves_c_unchanged);
+    RUN(workspace_reuse_and_fused_bias);
     return harness_report();
 }

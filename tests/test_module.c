@@ -1442,6 +1442,142 @@ TEST(allocation_failures_are_clean) {
     mha_ctx_free(ctx);
 }
 
+/* Fixed inputs for run_fb. */
+static void fill_fixed(float *a, int64_t n, double f, double ph) {
+    for (int64_t i = 0; i < n; i++) a[i] = (float)cos((double)i * f + ph);
+}
+
+/* Forward (and, when dq, backward) of a module on fixed data of shape B, L, S; self: key =
+ * value = NULL. y [B*L*E], dq [B*L*E], dk [B*S*kdim], dv [B*S*vdim] (dk, dv cross only);
+ * alias: dout lives in dq's memory (the backward overwrites it with dquery). */
+static mha_status run_fb(mha_ctx *ctx, mha_module *m, int self, int64_t B, int64_t L, int64_t S,
+                         int save, float *y, float *dq, float *dk, float *dv, int alias) {
+    const mha_config *c = mha_module_config(m);
+    int64_t E = c->embed_dim, kd = c->kdim ? c->kdim : E, vd = c->vdim ? c->vdim : E;
+    float *x = malloc(sizeof(float) * (size_t)(B * L * E + 1));
+    float *k = malloc(sizeof(float) * (size_t)(B * S * kd + 1));
+    float *v = malloc(sizeof(float) * (size_t)(B * S * vd + 1));
+    float *dy = alias ? dq : malloc(sizeof(float) * (size_t)(B * L * E + 1));
+    fill_fixed(x, B * L * E, 0.37, 0.0);
+    fill_fixed(k, B * S * kd, 0.21, 0.5);
+    fill_fixed(v, B * S * vd, 0.13, 1.0);
+    fill_fixed(dy, B * L * E, 0.29, 2.0);
+    int64_t sq[3] = {B, L, E}, sk[3] = {B, S, kd}, sv[3] = {B, S, vd};
+    mha_tensor tx = mha_tensor_make(x, 3, sq), tk = mha_tensor_make(k, 3, sk),
+               tv = mha_tensor_make(v, 3, sv), ty = mha_tensor_make(y, 3, sq),
+               tdy = mha_tensor_make(dy, 3, sq), tdq = mha_tensor_make(dq, 3, sq),
+               tdk = mha_tensor_make(dk, 3, sk), tdv = mha_tensor_make(dv, 3, sv);
+    uint8_t *pad = calloc((size_t)(B * S + 1), 1);
+    for (int64_t i = 0; i < B * S; i += 3) pad[i] = 1; /* key 0 of batch 0 ignored, ... */
+    mha_mask mk = mha_mask_default();
+    mk.key_padding = pad;
+    mha_forward_opts fo = mha_forward_opts_default();
+    fo.save_for_backward = save;
+    mha_status st = mha_module_forward(ctx, m, &fo, &tx, self ? NULL : &tk, self ? NULL : &tv,
+                                       &mk, &ty, NULL);
+    /* The copies are what the backward uses: spoil the inputs first. */
+    memset(x, 0, sizeof(float) * (size_t)(B * L * E));
+    memset(pad, 1, (size_t)(B * S));
+    if (st == MHA_OK && dq)
+        st = mha_module_backward(ctx, m, &tdy, &tdq, self ? NULL : &tdk, self ? NULL : &tdv);
+    free(x), free(k), free(v), free(pad);
+    if (!alias) free(dy);
+    return st;
+}
+
+/* Every parameter gradient of a and b bitwise equal. */
+static int same_grads(mha_ctx *ctx, mha_module *a, mha_module *b) {
+    for (int i = 0; i < mha_module_param_count(a); i++) {
+        mha_tensor ga, gb;
+        const char *name = mha_module_param_name(a, i);
+        if (mha_module_param(ctx, a, name, NULL, &ga) || mha_module_param(ctx, b, name, NULL, &gb))
+            return 0;
+        if (memcmp(ga.data, gb.data, sizeof(float) * (size_t)mha_tensor_numel(&ga)) != 0)
+            return 0;
+    }
+    return 1;
+}
+
+/* The module keeps its activations, temporaries and packing workspace between calls: a
+ * module that has run other shapes before gives the same bits as a fresh one, allocates less
+ * on a repeated shape, and its saved state is usable only after a complete forward with
+ * save_for_backward (not after an inference forward, nor after a failed one). */
+TEST(kept_buffers_reused_across_calls_and_shapes) {
+    mha_ctx *ctx;
+    ASSERT_OK(ctx, mha_ctx_create(&ctx));
+    ASSERT_OK(ctx, mha_ctx_set_threads(ctx, 2));
+    enum { CAP = 3 * 40 * 16 };
+    static float y1[CAP], y2[CAP], q1[CAP], q2[CAP], k1[CAP], k2[CAP], v1[CAP], v2[CAP];
+    static const int64_t shapes[][3] = {{2, 5, 7}, {2, 5, 7}, {3, 40, 33}, {1, 2, 3}, {2, 5, 7}};
+    for (int self = 0; self < 2; self++) {
+        mha_config cfg = mha_config_default(16, 4);
+        if (!self) cfg.kdim = 12, cfg.vdim = 8;
+        mha_module *m;
+        ASSERT_OK(ctx, mha_module_create(ctx, &cfg, &m));
+        for (size_t t = 0; t < sizeof shapes / sizeof shapes[0]; t++) {
+            int64_t B = shapes[t][0], L = shapes[t][1], S = self ? L : shapes[t][2];
+            size_t ny = sizeof(float) * (size_t)(B * L * 16);
+            mha_module *f;
+            ASSERT_OK(ctx, mha_module_create(ctx, &cfg, &f));
+            mha_module_zero_grad(m);
+            long a0 = mha__alloc_count();
+            ASSERT_OK(ctx, run_fb(ctx, m, self, B, L, S, 1, y1, q1, k1, v1, 0));
+            long a1 = mha__alloc_count();
+            ASSERT_OK(ctx, run_fb(ctx, f, self, B, L, S, 1, y2, q2, k2, v2, 0));
+            long a2 = mha__alloc_count();
+            ASSERT_TRUE(memcmp(y1, y2, ny) == 0);
+            ASSERT_TRUE(memcmp(q1, q2, ny) == 0);
+            if (!self) {
+                ASSERT_TRUE(memcmp(k1, k2, sizeof(float) * (size_t)(B * S * 12)) == 0);
+                ASSERT_TRUE(memcmp(v1, v2, sizeof(float) * (size_t)(B * S * 8)) == 0);
+            }
+            ASSERT_TRUE(same_grads(ctx, m, f));
+            /* A repeated shape: the module's own buffers are all reused (>= 8 of them). */
+            if (t == 1) ASSERT_TRUE(a1 - a0 + 8 <= a2 - a1);
+            mha_module_free(f);
+        }
+        /* dout in dquery's memory: the same result. */
+        int64_t B = 2, L = 5, S = self ? 5 : 7;
+        size_t ny = sizeof(float) * (size_t)(B * L * 16);
+        mha_module *f;
+        ASSERT_OK(ctx, mha_module_create(ctx, &cfg, &f));
+        ASSERT_OK(ctx, run_fb(ctx, f, self, B, L, S, 1, y1, q1, k1, v1, 0));
+        mha_module_zero_grad(m);
+        ASSERT_OK(ctx, run_fb(ctx, m, self, B, L, S, 1, y2, q2, k2, v2, 1));
+        ASSERT_TRUE(memcmp(q1, q2, ny) == 0);
+        ASSERT_TRUE(same_grads(ctx, m, f));
+        mha_module_free(f);
+        /* An inference forward: the same output, and nothing to differentiate. */
+        ASSERT_OK(ctx, run_fb(ctx, m, self, B, L, S, 0, y2, NULL, NULL, NULL, 0));
+        ASSERT_TRUE(memcmp(y1, y2, ny) == 0);
+        ASSERT_TRUE(m->saved == NULL);
+        int64_t sq[3] = {B, L, 16};
+        mha_tensor tdy = mha_tensor_make(y2, 3, sq);
+        EXPECT_ERR(mha_module_backward(ctx, m, &tdy, NULL, NULL, NULL), MHA_ERR_STATE,
+                   "no saved forward");
+        /* After a good forward, one that fails at each allocation in turn (here a new shape,
+         * so the kept buffers are reallocated): never a saved state left to use. */
+        mha_status st = MHA_ERR_NOMEM;
+        long n;
+        for (n = 0; n < 1000; n++) {
+            ASSERT_OK(ctx, run_fb(ctx, m, self, B, L, S, 1, y2, NULL, NULL, NULL, 0));
+            ASSERT_TRUE(m->saved != NULL);
+            mha__fault_after(n);
+            st = run_fb(ctx, m, self, 3, 40, self ? 40 : 33, 1, y2, NULL, NULL, NULL, 0);
+            mha__fault_after(-1);
+            if (st == MHA_OK) break;
+            ASSERT_EQ(st, MHA_ERR_NOMEM);
+            ASSERT_TRUE(m->saved == NULL);
+            EXPECT_ERR(mha_module_backward(ctx, m, &tdy, NULL, NULL, NULL), MHA_ERR_STATE,
+                       "no saved forward");
+        }
+        ASSERT_EQ(st, MHA_OK);
+        ASSERT_TRUE(n > 5);
+        mha_module_free(m);
+    }
+    mha_ctx_free(ctx);
+}
+
 int main(void) {
     RUN(reference_matches_finite_differences);
     RUN(self_attention_matches_reference);
@@ -1460,5 +1596,6 @@ int main(void) {
     RUN(forward_backward_validation);
     RUN(backward_uses_saved_copies);
     RUN(allocation_failures_are_clean);
+    RUN(kept_buffers_reused_across_calls_and_shapes);
     return harness_report();
 }

@@ -15,4 +15,21 @@ mha_status mha__gemm(mha_ctx *ctx, int ta, int tb, int64_t M, int64_t N, int64_t
                      float alpha, const float *A, int64_t lda, const float *B, int64_t ldb,
                      float beta, float *C, int64_t ldc);
 
+/* A packing workspace kept between products (start from {0}): a caller that makes the same
+ * products again and again (the module) saves an allocation and its page faults per call.
+ * It grows when a product needs more; mha__gemm_ws_free releases it (and zeroes it). */
+typedef struct {
+    float *p;
+    size_t cap; /* bytes */
+} mha__gemm_ws;
+void mha__gemm_ws_free(mha__gemm_ws *ws);
+
+/* mha__gemm with a reusable workspace (ws may be NULL: allocated per call) and an optional
+ * bias [N] (NULL: none). With a bias, C = alpha * op(A) op(B) + bias (broadcast over the rows;
+ * beta and the old C are ignored), computed exactly as a fill of C with the bias followed by
+ * a beta = 1 product, tile by tile while the tile is in L1. On NOMEM, C and ws are unchanged. */
+mha_status mha__gemm_ex(mha_ctx *ctx, mha__gemm_ws *ws, int ta, int tb, int64_t M, int64_t N,
+                        int64_t K, float alpha, const float *A, int64_t lda, const float *B,
+                        int64_t ldb, float beta, const float *bias, float *C, int64_t ldc);
+
 #endif

@@ -8,10 +8,12 @@
  *   a = attention core (q, k, v) as [B, H, L, D] views of [B, L, H, D] memory   [B*L, E]
  *   y = a Wo^T + bo          [B*L, E]
  * BACKWARD (dy given)
- *   dWo += dy^T a,  dbo += sum_rows dy,  da = dy Wo,  (dq, dk, dv) = core backward (da)
+ *   da = dy Wo,  dWo += dy^T a,  dbo += sum_rows dy,  (dq, dk, dv) = core backward (da)
  *   dWq += dq^T query, dbq += sum_rows dq, dquery = dq Wq   (same for k and v; for
  *   self-attention dquery = [dq dk dv] in_proj_weight, the sum of the three paths)
- * Every product goes through mha__gemm; everything else is O(rows * E) glue. */
+ * Every product goes through mha__gemm_ex (biases added inside the product, one packing
+ * workspace kept by the module); everything else is O(rows * E) glue. The buffers live in
+ * the module and are reused by the next call of the same sizes (module_internal.h). */
 #include "module_internal.h"
 #include "attn/attn_common.h"
 #include "attn/gemm.h"
@@ -68,6 +70,42 @@ static mha_status alloc_f(mha_ctx *ctx, const char *fn, const char *what, float 
     return st;
 }
 
+/* *out = a buffer of a * b elements of size es, from the kept buffer kb (reused when it fits,
+ * see mha__buf in module_internal.h); NOMEM with a message, kb then empty. */
+static mha_status buf_get(mha_ctx *ctx, const char *fn, const char *what, mha__buf *kb,
+                          void **out, int64_t a, int64_t b, size_t es) {
+    size_t n, bytes;
+    *out = NULL;
+    if (a < 0 || b < 0 || !mha__mul_size((size_t)a, (size_t)b, &n) ||
+        !mha__mul_size(n, es, &bytes))
+        return mha__err(ctx, MHA_ERR_NOMEM, "%s: %s: size overflows (%lld x %lld elements)", fn,
+                        what, (long long)a, (long long)b);
+    if (!kb->p || bytes > kb->cap || bytes < kb->cap / 4) {
+        mha__free(kb->p);
+        kb->cap = 0;
+        if (!(kb->p = mha__malloc(bytes)))
+            return mha__err(ctx, MHA_ERR_NOMEM, "%s: %s: out of memory (%zu bytes)", fn, what,
+                            bytes);
+        kb->cap = bytes;
+    }
+    *out = kb->p;
+    return MHA_OK;
+}
+
+static mha_status buf_f(mha_ctx *ctx, const char *fn, const char *what, mha__buf *kb,
+                        float **out, int64_t a, int64_t b) {
+    void *p;
+    mha_status st = buf_get(ctx, fn, what, kb, &p, a, b, sizeof(float));
+    *out = p;
+    return st;
+}
+
+static void buf_free(mha__buf *b) {
+    mha__free(b->p);
+    b->p = NULL;
+    b->cap = 0;
+}
+
 /* A [B, R, X] view (or [R, X] when ndim == 2) as B*R rows of X floats: the row stride, or -1
  * when the strides do not allow it (then the caller goes through a contiguous copy). Rows
  * must not overlap (the view is written). */
@@ -98,11 +136,6 @@ static void copy_view(const mha_tensor *t, float *buf, int to_view) {
             if (to_view) memcpy(v, c, sizeof(float) * (size_t)X);
             else memcpy(c, v, sizeof(float) * (size_t)X);
         }
-}
-
-/* C[rows, n] = bias (broadcast over rows), the starting value of a beta = 1 product. */
-static void fill_bias(float *C, int64_t ldc, int64_t rows, int64_t n, const float *bias) {
-    for (int64_t r = 0; r < rows; r++) memcpy(C + r * ldc, bias, sizeof(float) * (size_t)n);
 }
 
 /* g[j] = sum_r A[r, j] over rows of A [rows, n] (row stride lda), summed in double in row
@@ -268,19 +301,18 @@ mha_status mha_module_create(mha_ctx *ctx, const mha_config *cfg, mha_module **o
     return MHA_OK;
 }
 
-static void saved_free(mha__saved *s) {
-    if (!s) return;
-    mha__free(s->x);
-    mha__free(s->xk);
-    mha__free(s->xv);
-    mha__free(s->qkv);
-    mha__free(s->attn);
-    mha__free(s->lse);
-    mha__free(s->pad);
-    mha__free(s->abool);
-    mha__free(s->klen);
-    mha__free(s->afloat);
-    mha__free(s);
+/* Frees the forward's kept buffers (m->saved must be NULL first). */
+static void saved_release(mha__saved *s) {
+    mha__buf *b[] = {&s->bx, &s->bxk, &s->bxv, &s->bqkv, &s->battn, &s->blse, &s->bpad,
+                     &s->babool, &s->bklen, &s->bafloat};
+    for (size_t i = 0; i < sizeof b / sizeof b[0]; i++) buf_free(b[i]);
+}
+
+/* Frees the backward's kept temporaries and the packing workspace. */
+static void bwd_release(mha_module *m) {
+    mha__buf *b[] = {&m->bdy, &m->bda, &m->bdqkv, &m->bacc, &m->bgw, &m->btmp};
+    for (size_t i = 0; i < sizeof b / sizeof b[0]; i++) buf_free(b[i]);
+    mha__gemm_ws_free(&m->gws);
 }
 
 void mha_module_free(mha_module *m) {
@@ -289,7 +321,9 @@ void mha_module_free(mha_module *m) {
         mha__free(m->p[i].value);
         mha__free(m->p[i].grad);
     }
-    saved_free(m->saved);
+    m->saved = NULL;
+    saved_release(&m->st);
+    bwd_release(m);
     mha__free(m);
 }
 
@@ -334,43 +368,63 @@ void mha_module_zero_grad(mha_module *m) {
  * Forward
  * ------------------------------------------------------------------------------------------- */
 
-/* Copies the caller's masks into s (the backward must see the same ones). */
-static mha_status save_mask(mha_ctx *ctx, mha__saved *s, const mha_mask *mk, int64_t H) {
+/* Copies the caller's masks into s's buffers (the backward must see the same ones); without
+ * save, s->mask just points at the caller's. */
+static mha_status save_mask(mha_ctx *ctx, mha__saved *s, const mha_mask *mk, int64_t H,
+                            int save) {
     mha_status st;
     s->mask = mk ? *mk : mha_mask_default();
-    if (!mk) return MHA_OK;
+    if (!mk || !save) return MHA_OK;
     int64_t B = s->B, L = s->L, S = s->S, nm = (mk->attn_batched ? B * H : 1);
     void *p;
     if (mk->key_padding) {
-        if ((st = alloc_n(ctx, FN_FWD, "mask->key_padding copy", &p, B, S, 1))) return st;
-        s->pad = p;
+        if ((st = buf_get(ctx, FN_FWD, "mask->key_padding copy", &s->bpad, &p, B, S, 1)))
+            return st;
         memcpy(p, mk->key_padding, (size_t)(B * S));
-        s->mask.key_padding = s->pad;
+        s->mask.key_padding = p;
     }
     if (mk->key_lengths) {
-        if ((st = alloc_n(ctx, FN_FWD, "mask->key_lengths copy", &p, B, 1, sizeof(int32_t))))
+        if ((st = buf_get(ctx, FN_FWD, "mask->key_lengths copy", &s->bklen, &p, B, 1,
+                          sizeof(int32_t))))
             return st;
-        s->klen = p;
         memcpy(p, mk->key_lengths, sizeof(int32_t) * (size_t)B);
-        s->mask.key_lengths = s->klen;
+        s->mask.key_lengths = p;
     }
     size_t n;
     if ((mk->attn_bool || mk->attn_float) &&
         (!mha__mul_size((size_t)nm, (size_t)L, &n) || !mha__mul_size(n, (size_t)S, &n)))
         return mha__err(ctx, MHA_ERR_NOMEM, "%s: attn mask size overflows", FN_FWD);
     if (mk->attn_bool) {
-        if ((st = alloc_n(ctx, FN_FWD, "mask->attn_bool copy", &p, nm * L, S, 1))) return st;
-        s->abool = p;
+        if ((st = buf_get(ctx, FN_FWD, "mask->attn_bool copy", &s->babool, &p, nm * L, S, 1)))
+            return st;
         memcpy(p, mk->attn_bool, n);
-        s->mask.attn_bool = s->abool;
+        s->mask.attn_bool = p;
     }
     if (mk->attn_float) {
-        if ((st = alloc_n(ctx, FN_FWD, "mask->attn_float copy", &p, nm * L, S, sizeof(float))))
+        if ((st = buf_get(ctx, FN_FWD, "mask->attn_float copy", &s->bafloat, &p, nm * L, S,
+                          sizeof(float))))
             return st;
-        s->afloat = p;
         memcpy(p, mk->attn_float, sizeof(float) * n);
-        s->mask.attn_float = s->afloat;
+        s->mask.attn_float = p;
     }
+    return MHA_OK;
+}
+
+/* The rows of the [B, R, X] input t as s's x (or xk, xv): the caller's own memory when
+ * nothing is saved and its strides allow (*ld its row stride), else a copy into kb. */
+static mha_status input_rows(mha_ctx *ctx, const char *what, const mha_tensor *t, int save,
+                             mha__buf *kb, int64_t rows, int64_t X, const float **x,
+                             int64_t *ld) {
+    int64_t tld = rows_ld(t);
+    if (!save && tld >= 0) {
+        *x = t->data, *ld = tld;
+        return MHA_OK;
+    }
+    float *c;
+    mha_status st = buf_f(ctx, FN_FWD, what, kb, &c, rows, X);
+    if (st) return st;
+    copy_view(t, c, 0);
+    *x = c, *ld = X;
     return MHA_OK;
 }
 
@@ -444,18 +498,22 @@ mha_status mha_module_forward(mha_ctx *ctx, mha_module *m, const mha_forward_opt
     }
     if ((st = mha__attn_check_mask(ctx, FN_FWD, mask, B, S))) return st;
 
-    /* Everything the forward and backward need, allocated before any work. */
-    mha__saved *s = mha__calloc(1, sizeof *s);
-    if (!s) return mha__err(ctx, MHA_ERR_NOMEM, "%s: saved state: out of memory", FN_FWD);
+    /* Everything the forward and backward need, in the module's kept buffers. From here on
+     * they are overwritten: no saved forward until this one completes. */
+    const int save = opts->save_for_backward != 0;
+    mha__saved *s = &m->st;
+    m->saved = NULL;
     s->B = B, s->L = L, s->S = S, s->unbatched = unb, s->self_attn = self;
     float *wtmp = NULL, *ytmp = NULL;
     const int64_t BL = B * L, BS = B * S;
     int64_t ldy = rows_ld(out);
-    if ((st = alloc_f(ctx, FN_FWD, "query copy", &s->x, BL, E))) goto fail;
+    if ((st = input_rows(ctx, "query copy", query, save, &s->bx, BL, E, &s->x, &s->ldx)))
+        goto fail;
     if (self) {
-        if ((st = alloc_f(ctx, FN_FWD, "qkv", &s->qkv, BL, 3 * E))) goto fail;
+        if ((st = buf_f(ctx, FN_FWD, "qkv", &s->bqkv, &s->qkv, BL, 3 * E))) goto fail;
         s->q = s->qkv, s->k = s->qkv + E, s->v = s->qkv + 2 * E;
         s->ldq = s->ldk = s->ldv = 3 * E;
+        s->xk = s->xv = NULL;
     } else {
         size_t rows;
         if (!mha__add_size((size_t)BL, (size_t)BS, &rows) ||
@@ -463,41 +521,36 @@ mha_status mha_module_forward(mha_ctx *ctx, mha_module *m, const mha_forward_opt
             st = mha__err(ctx, MHA_ERR_NOMEM, "%s: q, k, v: size overflows", FN_FWD);
             goto fail;
         }
-        if ((st = alloc_f(ctx, FN_FWD, "key copy", &s->xk, BS, kd)) ||
-            (st = alloc_f(ctx, FN_FWD, "value copy", &s->xv, BS, vd)) ||
-            (st = alloc_f(ctx, FN_FWD, "q, k, v", &s->qkv, (int64_t)rows, E)))
+        if ((st = input_rows(ctx, "key copy", key, save, &s->bxk, BS, kd, &s->xk, &s->ldxk)) ||
+            (st = input_rows(ctx, "value copy", value, save, &s->bxv, BS, vd, &s->xv,
+                             &s->ldxv)) ||
+            (st = buf_f(ctx, FN_FWD, "q, k, v", &s->bqkv, &s->qkv, (int64_t)rows, E)))
             goto fail;
         s->q = s->qkv, s->k = s->q + BL * E, s->v = s->k + BS * E;
         s->ldq = s->ldk = s->ldv = E;
     }
-    if ((st = alloc_f(ctx, FN_FWD, "attention output", &s->attn, BL, E)) ||
-        (st = alloc_f(ctx, FN_FWD, "lse", &s->lse, B * H, L)))
+    if ((st = buf_f(ctx, FN_FWD, "attention output", &s->battn, &s->attn, BL, E)) ||
+        (st = buf_f(ctx, FN_FWD, "lse", &s->blse, &s->lse, B * H, L)))
         goto fail;
     if (weights && opts->average_weights &&
         (st = alloc_f(ctx, FN_FWD, "per-head weights", &wtmp, B * H * L, S)))
         goto fail;
     if (ldy < 0 && (st = alloc_f(ctx, FN_FWD, "output", &ytmp, BL, E))) goto fail;
-    if ((st = save_mask(ctx, s, mask, H))) goto fail;
+    if ((st = save_mask(ctx, s, mask, H, save))) goto fail;
 
-    /* Input projections: q = query Wq^T + bq, ... */
-    copy_view(query, s->x, 0);
+    /* Input projections: q = query Wq^T + bq, ... (the bias added by the product). */
     if (self) {
-        if (m->bin) fill_bias(s->qkv, 3 * E, BL, 3 * E, m->bin);
-        if ((st = mha__gemm(ctx, 0, 1, BL, 3 * E, E, 1.0f, s->x, E, m->wq, E, m->bin ? 1.0f : 0.0f,
-                            s->qkv, 3 * E)))
+        if ((st = mha__gemm_ex(ctx, &m->gws, 0, 1, BL, 3 * E, E, 1.0f, s->x, s->ldx, m->wq, E,
+                               0.0f, m->bin, s->qkv, 3 * E)))
             goto fail;
     } else {
-        copy_view(key, s->xk, 0);
-        copy_view(value, s->xv, 0);
-        if (m->bin) {
-            fill_bias(s->q, E, BL, E, m->bin);
-            fill_bias(s->k, E, BS, E, m->bin + E);
-            fill_bias(s->v, E, BS, E, m->bin + 2 * E);
-        }
-        float beta = m->bin ? 1.0f : 0.0f;
-        if ((st = mha__gemm(ctx, 0, 1, BL, E, E, 1.0f, s->x, E, m->wq, E, beta, s->q, E)) ||
-            (st = mha__gemm(ctx, 0, 1, BS, E, kd, 1.0f, s->xk, kd, m->wk, kd, beta, s->k, E)) ||
-            (st = mha__gemm(ctx, 0, 1, BS, E, vd, 1.0f, s->xv, vd, m->wv, vd, beta, s->v, E)))
+        const float *bq = m->bin, *bk = bq ? bq + E : NULL, *bv = bq ? bq + 2 * E : NULL;
+        if ((st = mha__gemm_ex(ctx, &m->gws, 0, 1, BL, E, E, 1.0f, s->x, s->ldx, m->wq, E, 0.0f,
+                               bq, s->q, E)) ||
+            (st = mha__gemm_ex(ctx, &m->gws, 0, 1, BS, E, kd, 1.0f, s->xk, s->ldxk, m->wk, kd,
+                               0.0f, bk, s->k, E)) ||
+            (st = mha__gemm_ex(ctx, &m->gws, 0, 1, BS, E, vd, 1.0f, s->xv, s->ldxv, m->wv, vd,
+                               0.0f, bv, s->v, E)))
             goto fail;
     }
 
@@ -533,9 +586,8 @@ mha_status mha_module_forward(mha_ctx *ctx, mha_module *m, const mha_forward_opt
     /* y = a Wo^T + bo. */
     float *y = ldy >= 0 ? out->data : ytmp;
     if (ldy < 0) ldy = E;
-    if (m->bo) fill_bias(y, ldy, BL, E, m->bo);
-    if ((st = mha__gemm(ctx, 0, 1, BL, E, E, 1.0f, s->attn, E, m->wo, E, m->bo ? 1.0f : 0.0f, y,
-                        ldy)))
+    if ((st = mha__gemm_ex(ctx, &m->gws, 0, 1, BL, E, E, 1.0f, s->attn, E, m->wo, E, 0.0f, m->bo,
+                           y, ldy)))
         goto fail;
     if (ytmp) copy_view(out, ytmp, 1);
 
@@ -556,20 +608,16 @@ mha_status mha_module_forward(mha_ctx *ctx, mha_module *m, const mha_forward_opt
     mha__free(wtmp);
     mha__free(ytmp);
     if (s->ap.dropout_p > 0) m->dropout_offset++;
-    if (opts->save_for_backward) {
-        saved_free(m->saved);
-        m->saved = s;
-    } else {
-        /* The backward differentiates the most recent forward: there is none to use now. */
-        saved_free(s);
-        saved_free(m->saved);
-        m->saved = NULL;
-    }
+    /* The backward differentiates the most recent forward: without save, there is none. */
+    if (save) m->saved = s;
     return MHA_OK;
 fail:
     mha__free(wtmp);
     mha__free(ytmp);
-    saved_free(s);
+    if (st == MHA_ERR_NOMEM) { /* give the memory back; the next call starts afresh */
+        saved_release(s);
+        bwd_release(m);
+    }
     return st;
 }
 
@@ -579,12 +627,13 @@ fail:
 
 /* d = dY W for dY [rows, E] (row stride ldd) and W [E, X]: into the view t (overwritten),
  * directly when its strides allow, else through tmp. */
-static mha_status input_grad(mha_ctx *ctx, mha_tensor *t, const float *dy, int64_t ldd,
-                             int64_t rows, int64_t E, int64_t X, const float *W, float *tmp) {
+static mha_status input_grad(mha_ctx *ctx, mha__gemm_ws *ws, mha_tensor *t, const float *dy,
+                             int64_t ldd, int64_t rows, int64_t E, int64_t X, const float *W,
+                             float *tmp) {
     int64_t ld = rows_ld(t);
     float *dst = ld >= 0 ? t->data : tmp;
-    mha_status st = mha__gemm(ctx, 0, 0, rows, X, E, 1.0f, dy, ldd, W, X, 0.0f, dst,
-                              ld >= 0 ? ld : X);
+    mha_status st = mha__gemm_ex(ctx, ws, 0, 0, rows, X, E, 1.0f, dy, ldd, W, X, 0.0f, NULL, dst,
+                                 ld >= 0 ? ld : X);
     if (st) return st;
     if (ld < 0) copy_view(t, tmp, 1);
     return MHA_OK;
@@ -644,30 +693,49 @@ mha_status mha_module_backward(mha_ctx *ctx, mha_module *m, const mha_tensor *do
     if (dvalue && (st = check_bx(ctx, FN_BWD, "dvalue", dvalue, unb, B, S, vd, "as value")))
         return st;
 
-    /* Workspace: dy, da, d(q|k|v), column sums, a staging buffer for strided input grads. */
-    float *dy = NULL, *da = NULL, *dqkv = NULL, *tmp = NULL, *gw = NULL;
+    /* Workspace (the module's kept buffers): dy (a copy only when dout's strides need it),
+     * da, d(q|k|v), parameter gradients, column sums, a staging buffer for strided input
+     * gradients. */
+    float *dyc = NULL, *da = NULL, *dqkv = NULL, *tmp = NULL, *gw = NULL;
     double *acc = NULL;
     int64_t tmp_n = 0;
     if (dquery && rows_ld(dquery) < 0) tmp_n = BL * E;
     if (dkey && rows_ld(dkey) < 0 && BS * kd > tmp_n) tmp_n = BS * kd;
     if (dvalue && rows_ld(dvalue) < 0 && BS * vd > tmp_n) tmp_n = BS * vd;
+    int64_t ldy = rows_ld(dout);
     void *accp = NULL;
     size_t grows;
     if (!mha__add_size((size_t)BL, (size_t)BS, &grows) ||
         !mha__add_size(grows, (size_t)BS, &grows) || grows > INT64_MAX)
         return mha__err(ctx, MHA_ERR_NOMEM, "%s: d q, k, v: size overflows", FN_BWD);
-    if ((st = alloc_f(ctx, FN_BWD, "dout copy", &dy, BL, E)) ||
-        (st = alloc_f(ctx, FN_BWD, "d attention", &da, BL, E)) ||
-        (st = alloc_f(ctx, FN_BWD, "d q, k, v", &dqkv, (int64_t)grows, E)) ||
-        (st = alloc_n(ctx, FN_BWD, "column sums", &accp, 3, E, sizeof(double))) ||
-        (st = alloc_f(ctx, FN_BWD, "parameter gradients", &gw, param_total(m), 1)) ||
-        (tmp_n && (st = alloc_f(ctx, FN_BWD, "input gradient", &tmp, tmp_n, 1))))
+    if ((ldy < 0 && (st = buf_f(ctx, FN_BWD, "dout copy", &m->bdy, &dyc, BL, E))) ||
+        (st = buf_f(ctx, FN_BWD, "d attention", &m->bda, &da, BL, E)) ||
+        (st = buf_f(ctx, FN_BWD, "d q, k, v", &m->bdqkv, &dqkv, (int64_t)grows, E)) ||
+        (st = buf_get(ctx, FN_BWD, "column sums", &m->bacc, &accp, 3, E, sizeof(double))) ||
+        (st = buf_f(ctx, FN_BWD, "parameter gradients", &m->bgw, &gw, param_total(m), 1)) ||
+        (tmp_n && (st = buf_f(ctx, FN_BWD, "input gradient", &m->btmp, &tmp, tmp_n, 1))))
         goto done;
     acc = accp;
-    copy_view(dout, dy, 0);
+    const float *dy = dout->data;
+    if (ldy < 0) {
+        copy_view(dout, dyc, 0);
+        dy = dyc, ldy = E;
+    }
+    /* Parameter gradients go to gw (a mirror of the parameters) and are added at the end, so
+     * a failure leaves the module's gradients as they were; grad = grad + new, as autograd. */
+    float *gwq = mirror(m, gw, m->gwq), *gwk = mirror(m, gw, m->gwk);
+    float *gwv = mirror(m, gw, m->gwv), *gwo = mirror(m, gw, m->gwo);
+    float *gbin = m->gbin ? mirror(m, gw, m->gbin) : NULL;
+    float *gbo = m->gbo ? mirror(m, gw, m->gbo) : NULL;
 
-    /* da = dy Wo   [B*L, E] = [B, L, H, D] */
-    if ((st = mha__gemm(ctx, 0, 0, BL, E, E, 1.0f, dy, E, m->wo, E, 0.0f, da, E))) goto done;
+    /* da = dy Wo   [B*L, E] = [B, L, H, D];  dWo = dy^T a,  dbo = sum_rows dy: every use of
+     * dy first, as dout may be the memory of an input gradient written below. */
+    if ((st = mha__gemm_ex(ctx, &m->gws, 0, 0, BL, E, E, 1.0f, dy, ldy, m->wo, E, 0.0f, NULL, da,
+                           E)) ||
+        (st = mha__gemm_ex(ctx, &m->gws, 1, 0, E, E, BL, 1.0f, dy, ldy, s->attn, E, 0.0f, NULL,
+                           gwo, E)))
+        goto done;
+    if (gbo) col_sums(gbo, dy, ldy, BL, E, acc);
 
     /* Core backward into packed (self) or separate (cross) d(q|k|v) buffers. */
     float *dq, *dk, *dv;
@@ -696,31 +764,29 @@ mha_status mha_module_backward(mha_ctx *ctx, mha_module *m, const mha_tensor *do
     /* Input gradients (overwritten). */
     if (s->self_attn) {
         /* dquery = [dq dk dv] [Wq; Wk; Wv]: the three paths summed by one product. */
-        if (dquery && (st = input_grad(ctx, dquery, dqkv, 3 * E, BL, 3 * E, E, m->wq, tmp)))
+        if (dquery &&
+            (st = input_grad(ctx, &m->gws, dquery, dqkv, 3 * E, BL, 3 * E, E, m->wq, tmp)))
             goto done;
     } else {
-        if ((dquery && (st = input_grad(ctx, dquery, dq, E, BL, E, E, m->wq, tmp))) ||
-            (dkey && (st = input_grad(ctx, dkey, dk, E, BS, E, kd, m->wk, tmp))) ||
-            (dvalue && (st = input_grad(ctx, dvalue, dv, E, BS, E, vd, m->wv, tmp))))
+        if ((dquery && (st = input_grad(ctx, &m->gws, dquery, dq, E, BL, E, E, m->wq, tmp))) ||
+            (dkey && (st = input_grad(ctx, &m->gws, dkey, dk, E, BS, E, kd, m->wk, tmp))) ||
+            (dvalue && (st = input_grad(ctx, &m->gws, dvalue, dv, E, BS, E, vd, m->wv, tmp))))
             goto done;
     }
 
-    /* Parameter gradients: computed into gw (a mirror of the parameters), then added, so a
-     * failure leaves the module's gradients as they were; grad = grad + new, as autograd. */
-    float *gwq = mirror(m, gw, m->gwq), *gwk = mirror(m, gw, m->gwk);
-    float *gwv = mirror(m, gw, m->gwv), *gwo = mirror(m, gw, m->gwo);
-    float *gbin = m->gbin ? mirror(m, gw, m->gbin) : NULL;
-    float *gbo = m->gbo ? mirror(m, gw, m->gbo) : NULL;
-    if ((st = mha__gemm(ctx, 1, 0, E, E, BL, 1.0f, dy, E, s->attn, E, 0.0f, gwo, E))) goto done;
-    if (gbo) col_sums(gbo, dy, E, BL, E, acc);
+    /* dWq = dq^T query, dbq = sum_rows dq (and so on for k and v). */
     if (s->self_attn) {
-        if ((st = mha__gemm(ctx, 1, 0, 3 * E, E, BL, 1.0f, dqkv, 3 * E, s->x, E, 0.0f, gwq, E)))
+        if ((st = mha__gemm_ex(ctx, &m->gws, 1, 0, 3 * E, E, BL, 1.0f, dqkv, 3 * E, s->x, s->ldx,
+                               0.0f, NULL, gwq, E)))
             goto done;
         if (gbin) col_sums(gbin, dqkv, 3 * E, BL, 3 * E, acc);
     } else {
-        if ((st = mha__gemm(ctx, 1, 0, E, E, BL, 1.0f, dq, E, s->x, E, 0.0f, gwq, E)) ||
-            (st = mha__gemm(ctx, 1, 0, E, kd, BS, 1.0f, dk, E, s->xk, kd, 0.0f, gwk, kd)) ||
-            (st = mha__gemm(ctx, 1, 0, E, vd, BS, 1.0f, dv, E, s->xv, vd, 0.0f, gwv, vd)))
+        if ((st = mha__gemm_ex(ctx, &m->gws, 1, 0, E, E, BL, 1.0f, dq, E, s->x, s->ldx, 0.0f,
+                               NULL, gwq, E)) ||
+            (st = mha__gemm_ex(ctx, &m->gws, 1, 0, E, kd, BS, 1.0f, dk, E, s->xk, s->ldxk, 0.0f,
+                               NULL, gwk, kd)) ||
+            (st = mha__gemm_ex(ctx, &m->gws, 1, 0, E, vd, BS, 1.0f, dv, E, s->xv, s->ldxv, 0.0f,
+                               NULL, gwv, vd)))
             goto done;
         if (gbin) {
             col_sums(gbin, dq, E, BL, E, acc);
@@ -733,11 +799,6 @@ mha_status mha_module_backward(mha_ctx *ctx, mha_module *m, const mha_tensor *do
         for (int64_t e = 0; e < m->p[i].numel; e++) m->p[i].grad[e] += src[e];
     st = MHA_OK;
 done:
-    mha__free(dy);
-    mha__free(da);
-    mha__free(dqkv);
-    mha__free(accp);
-    mha__free(tmp);
-    mha__free(gw);
+    if (st == MHA_ERR_NOMEM) bwd_release(m); /* the saved forward stays: a retry can work */
     return st;
 }

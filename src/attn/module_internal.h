@@ -13,6 +13,7 @@
 #define MHA_MODULE_INTERNAL_H
 
 #include "core/internal.h"
+#include "attn/gemm.h"
 
 #define MHA__MOD_MAX_PARAMS 6
 
@@ -24,26 +25,43 @@ typedef struct {
     float *value, *grad;
 } mha__param;
 
-/* What the backward needs from the most recent forward (copies: the caller may free its
- * inputs). All buffers are contiguous and owned. */
+/* An owned buffer kept between calls: a call that needs n bytes reuses it when
+ * cap / 4 <= n <= cap, else frees it and allocates n (so repeated calls of one shape allocate
+ * nothing and touch no fresh pages). */
+typedef struct {
+    void *p;
+    size_t cap; /* bytes */
+} mha__buf;
+
+/* What the backward needs from the most recent forward. The buffers (b*) belong to the
+ * module and are reused by the next forward; the pointers are views set by each forward. */
 typedef struct {
     int64_t B, L, S;
     int unbatched, self_attn;
-    float *x;        /* [B*L, E]    query */
-    float *xk, *xv;  /* [B*S, kdim], [B*S, vdim]  key, value (cross-attention only) */
+    const float *x;  /* [B*L, E] query, row stride ldx: a copy (bx), or, in a forward without
+                        save_for_backward, the caller's query itself when its rows allow */
+    const float *xk, *xv; /* [B*S, kdim], [B*S, vdim] key, value (cross-attention only), the
+                             same way (bxk, bxv; ldxk, ldxv) */
+    int64_t ldx, ldxk, ldxv;
     float *qkv;      /* self: [B*L, 3E] packed q|k|v (= [B, L, 3, H, D]);
                         cross: q [B*L, E] followed by k, v [B*S, E] each */
     float *q, *k, *v;         /* into qkv */
     int64_t ldq, ldk, ldv;    /* row strides of q, k, v (3E for self-attention, else E) */
     float *attn;     /* [B*L, E] = [B, L, H, D], the core's output */
     float *lse;      /* [B, H, L] */
-    mha_mask mask;   /* pointers into the copies below */
-    uint8_t *pad, *abool;
-    int32_t *klen;
-    float *afloat;
+    mha_mask mask;   /* pointers into the copies (bpad, ...), or, without save_for_backward,
+                        into the caller's masks */
     mha_attn_params ap;
+    mha__buf bx, bxk, bxv, bqkv, battn, blse, bpad, babool, bklen, bafloat;
 } mha__saved;
 
+/* BUFFER REUSE. A forward fills m->st and, with save_for_backward, sets m->saved = &m->st;
+ * any other outcome (no save_for_backward, or an error once the buffers are touched) leaves
+ * m->saved = NULL, so a backward can only ever see a complete forward. A forward that fails
+ * with MHA_ERR_NOMEM releases every kept buffer (the next call starts from nothing, and the
+ * memory goes back); a backward that fails with it releases its own temporaries and the
+ * packing workspace, never the saved state (the backward can be retried). mha_module_free
+ * releases everything. */
 struct mha_module {
     mha_config cfg; /* kdim, vdim resolved (never 0) */
     int packed;     /* 1: in_proj_weight; 0: q/k/v_proj_weight */
@@ -52,7 +70,10 @@ struct mha_module {
     float *wq, *wk, *wv, *bin, *wo, *bo;     /* values (bin, bo NULL without bias) */
     float *gwq, *gwk, *gwv, *gbin, *gwo, *gbo; /* gradients */
     uint64_t dropout_offset; /* advances on every training forward with dropout */
-    mha__saved *saved;       /* NULL: no forward to differentiate */
+    mha__saved *saved;       /* &st: a forward to differentiate; NULL: none */
+    mha__saved st;           /* the forward's buffers, kept between calls */
+    mha__buf bdy, bda, bdqkv, bacc, bgw, btmp; /* the backward's temporaries, kept */
+    mha__gemm_ws gws;        /* the products' packing workspace, kept */
 };
 
 /* The parameter named name, or NULL. */

@@ -9,7 +9,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-pkgs=(cmake gcc make pkg-config python3-torch python3-numpy python3-pytest libpng-dev zlib1g-dev chromium)
+pkgs=(cmake gcc make pkg-config valgrind python3-torch python3-numpy python3-pytest libpng-dev zlib1g-dev chromium)
 command -v npm >/dev/null 2>&1 || pkgs+=(npm)
 
 missing=()

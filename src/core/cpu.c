@@ -55,15 +55,22 @@ static void detect(void) {
     if (!features[0]) append("(no x86 simd)");
 }
 
-int mha_isa_supported(mha_isa isa) {
+int mha__cpu_supports(mha_isa isa) {
     pthread_once(&once, detect);
     switch (isa) {
     case MHA_ISA_AUTO:
     case MHA_ISA_GENERIC: return 1;
-    case MHA_ISA_AVX2: return has_avx2 && mha__kernels_for(MHA_ISA_AVX2) != NULL;
-    case MHA_ISA_AVX512: return has_avx512 && mha__kernels_for(MHA_ISA_AVX512) != NULL;
+    case MHA_ISA_AVX2: return has_avx2;
+    case MHA_ISA_AVX512: return has_avx512;
     }
     return 0;
+}
+
+/* Built into this library and runnable here: the table exists only then (kernels.c). */
+int mha_isa_supported(mha_isa isa) {
+    if (isa == MHA_ISA_AUTO) return 1;
+    return (isa == MHA_ISA_GENERIC || isa == MHA_ISA_AVX2 || isa == MHA_ISA_AVX512) &&
+           mha__kernels_for(isa) != NULL;
 }
 
 const char *mha_cpu_features(void) {

@@ -12,13 +12,18 @@ static mha_kernels avx2_table;
 static mha_kernels avx512_table;
 #endif
 
+static int avx2_ok, avx512_ok;
+
+/* A table is built only when the CPU and OS can run its ISA: even its init function is
+ * compiled with the ISA's flags, and the compiler may use those instructions there (a SIGILL
+ * at the first context on an older CPU otherwise). */
 static void init_tables(void) {
     mha__kernels_init_generic(&generic_table);
 #ifdef MHA_HAVE_AVX2
-    mha__kernels_init_avx2(&avx2_table);
+    if ((avx2_ok = mha__cpu_supports(MHA_ISA_AVX2))) mha__kernels_init_avx2(&avx2_table);
 #endif
 #ifdef MHA_HAVE_AVX512
-    mha__kernels_init_avx512(&avx512_table);
+    if ((avx512_ok = mha__cpu_supports(MHA_ISA_AVX512))) mha__kernels_init_avx512(&avx512_table);
 #endif
 }
 
@@ -27,10 +32,10 @@ const mha_kernels *mha__kernels_for(mha_isa isa) {
     switch (isa) {
     case MHA_ISA_GENERIC: return &generic_table;
 #ifdef MHA_HAVE_AVX2
-    case MHA_ISA_AVX2: return &avx2_table;
+    case MHA_ISA_AVX2: return avx2_ok ? &avx2_table : NULL;
 #endif
 #ifdef MHA_HAVE_AVX512
-    case MHA_ISA_AVX512: return &avx512_table;
+    case MHA_ISA_AVX512: return avx512_ok ? &avx512_table : NULL;
 #endif
     default: return NULL;
     }

@@ -217,8 +217,11 @@ typedef struct mha_kernels {
     mha__attn_dropout_apply_fn attn_dropout_apply; /* (contract above; every table has one) */
 } mha_kernels;
 
-/* The table for isa, or NULL when that path was not compiled in. Never MHA_ISA_AUTO. */
+/* The table for isa, or NULL when that path was not compiled in or this CPU/OS cannot run
+ * it (such a table is never even initialized). Never MHA_ISA_AUTO. */
 const mha_kernels *mha__kernels_for(mha_isa isa);
+/* 1 if the CPU (CPUID bits) and the OS (XGETBV state) can run isa, whatever was built. */
+int mha__cpu_supports(mha_isa isa);
 /* The best path that both this build and this machine support. */
 mha_isa mha__best_isa(void);
 

@@ -45,7 +45,7 @@
  * MEMORY (workspace; no call ever allocates an L x S matrix unless the caller asks for weights)
  *   mha_attn_forward    per thread a score tile, an output accumulator and a few rows:
  *                       BR * (BC + Dv + 8) floats (BR x BC is the kernel path's tile, at most
- *                       96 x 256: ~125 KiB at Dv = 64), and without dropout a cache of packed
+ *                       96 x 256: ~125 KiB at Dv = 64), and on the fused path a cache of packed
  *                       key tiles: one head's keys (S * D floats, S rounded up to BC), capped
  *                       at 16 MiB (src/attn/attn_forward.c).
  *   mha_attn_backward   the same per thread, plus rowsum(dO * O) [B, H, L] and the fixed-order

@@ -593,9 +593,16 @@ TEST(dropout_statistics) {
     int64_t kept = 0, n = 0, differ_seed = 0, differ_off = 0;
     mha_attn_params p2 = p, p3 = p;
     p2.seed = 43, p3.offset = 8;
+    /* rows from the generic tile generator the drivers use (kernels.h attn_dropout) */
+    const mha_kernels *gen = mha__kernels_for(MHA_ISA_GENERIC);
+    mha__attn_problem pr;
+    memset(&pr, 0, sizeof pr);
+    pr.dropout_p = p.dropout_p, pr.seed = p.seed, pr.offset = p.offset;
+    pr.drop_thr = (uint64_t)ceil((double)p.dropout_p * 4294967296.0);
     for (int64_t bh = 0; bh < BH; bh++)
         for (int64_t i = 0; i < L; i++) {
-            mha__dropout_row(&p, bh, i, 0, S, row);
+            mha__attn_dropout dr = mha__attn_dropout_make(&pr, bh);
+            gen->attn_dropout(1, S, &dr, i, 0, row, S);
             for (int64_t j = 0; j < S; j++) {
                 int kk = mha__dropout_keep(&p, bh, i, j);
                 ASSERT_EQ(kk, row[j]);
@@ -604,7 +611,7 @@ TEST(dropout_statistics) {
                 differ_off += kk != mha__dropout_keep(&p3, bh, i, j);
             }
             /* an unaligned start gives the same decisions */
-            mha__dropout_row(&p, bh, i, 3, S - 5, row);
+            gen->attn_dropout(1, S - 5, &dr, i, 3, row, S - 5);
             for (int64_t j = 3; j < S - 2; j++) ASSERT_EQ(row[j - 3], mha__dropout_keep(&p, bh, i, j));
         }
     double frac = (double)kept / (double)n; /* 24576 draws: sd 0.003 */

@@ -39,22 +39,6 @@ int mha__dropout_keep(const mha_attn_params *p, int64_t bh, int64_t i, int64_t j
     return (uint64_t)w[j & 3] >= drop_threshold(p->dropout_p);
 }
 
-void mha__dropout_row(const mha_attn_params *p, int64_t bh, int64_t i, int64_t j0, int64_t n,
-                      uint8_t *keep) {
-    if (!p || !(p->dropout_p > 0)) {
-        memset(keep, 1, (size_t)(n > 0 ? n : 0));
-        return;
-    }
-    uint64_t thr = drop_threshold(p->dropout_p);
-    int64_t t = 0;
-    while (t < n) {
-        int64_t j = j0 + t, g = j >> 2;
-        uint32_t w[4];
-        philox_group(p, bh, i, g, w);
-        for (int64_t r = j & 3; r < 4 && t < n; r++, t++) keep[t] = (uint64_t)w[r] >= thr;
-    }
-}
-
 mha_status mha__attn_check_mask(mha_ctx *ctx, const char *fn, const mha_mask *m, int64_t B,
                                 int64_t S) {
     if (!m) return MHA_OK;

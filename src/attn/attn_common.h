@@ -109,9 +109,6 @@ static inline int mha__attn_tile_skip(const mha__attn_problem *pr, int64_t b, in
 
 /* Dropout (see the DROPOUT block above). p == NULL or p->dropout_p == 0: always kept. */
 int mha__dropout_keep(const mha_attn_params *p, int64_t bh, int64_t i, int64_t j);
-/* keep[t] = mha__dropout_keep(p, bh, i, j0 + t) for t in [0, n), four keys per Philox call. */
-void mha__dropout_row(const mha_attn_params *p, int64_t bh, int64_t i, int64_t j0, int64_t n,
-                      uint8_t *keep);
 /* The same scheme in the kernel table's form (kernels.h: attn_dropout) for head bh:
  * kern->attn_dropout(br, bc, &d, i0, j0, keep, ldk) gives keep[r*ldk + c] =
  * mha__dropout_keep(p, bh, i0 + r, j0 + c) for the problem's p (dropout_p > 0). */

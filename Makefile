@@ -12,11 +12,14 @@ all: configure
 configure:
 	@test -f $(BUILD)/CMakeCache.txt || cmake -S . -B $(BUILD) -DCMAKE_INSTALL_PREFIX=$(PREFIX) $(CMAKE_FLAGS)
 
-# Installs missing test dependencies (as root, with apt-get and npm); see scripts/deps.sh.
+# Test dependencies: Debian packages (apt-get, as root) and the pinned Python venv $(BUILD)/venv
+# (tests/requirements.txt: PyTorch 2.13, the reference); see scripts/deps.sh.
 deps:
-	scripts/deps.sh
+	scripts/deps.sh $(BUILD)
 
-test: deps all
+# deps first (it may install libpng-dev, which the configure step looks for), then build and test.
+test: deps
+	$(MAKE) all
 	cd $(BUILD) && ctest --output-on-failure -j $(JOBS)
 
 demo: all
@@ -25,8 +28,10 @@ demo: all
 install: all
 	cmake --install $(BUILD) --prefix $(PREFIX)
 
-bench: all
-	bench/compare.sh
+bench:
+	scripts/deps.sh $(BUILD) --bench
+	$(MAKE) all
+	BUILD=$(BUILD) bench/compare.sh
 
 clean:
 	rm -rf $(BUILD)

@@ -1,17 +1,17 @@
 # tests/cli.cmake - the command-line contract of `mha forward` / `mha backward` (tests/test_cli.py),
-# run with Debian's python3 against the mha binary built here.
+# run with the test venv's Python (PyTorch 2.13) against the mha binary built here.
 add_test(NAME test_cli
-  COMMAND /usr/bin/python3 -m pytest -q -p no:cacheprovider ${CMAKE_CURRENT_SOURCE_DIR}/test_cli.py
+  COMMAND ${MHA_PYTHON} -m pytest -q -p no:cacheprovider ${CMAKE_CURRENT_SOURCE_DIR}/test_cli.py
   WORKING_DIRECTORY ${CMAKE_CURRENT_BINARY_DIR})
 set_tests_properties(test_cli PROPERTIES
   ENVIRONMENT "MHA_BIN=$<TARGET_FILE:mha_cli>;PYTHONDONTWRITEBYTECODE=1"
   TIMEOUT 300)
 
 # The round trips against torch once more on each forced kernel path (the default run above uses
-# the best one); a path this machine cannot run is skipped.
+# the best one); a path this machine's CPU cannot run is skipped (the only skip: no hardware).
 foreach(isa generic avx2)
   add_test(NAME test_cli_roundtrip_${isa}
-    COMMAND /usr/bin/python3 -m pytest -q -p no:cacheprovider -k "round_trip or scale"
+    COMMAND ${MHA_PYTHON} -m pytest -q -p no:cacheprovider -k "round_trip or scale"
             ${CMAKE_CURRENT_SOURCE_DIR}/test_cli.py
     WORKING_DIRECTORY ${CMAKE_CURRENT_BINARY_DIR})
   set_tests_properties(test_cli_roundtrip_${isa} PROPERTIES

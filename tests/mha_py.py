@@ -1,8 +1,9 @@
 """mha_py - small Python helpers shared by the test scripts and the golden generator.
 
-safetensors reading and writing without the safetensors package (Debian 12 does not ship it):
-an 8-byte little-endian header length, a JSON header {name: {dtype, shape, data_offsets}},
-then the raw little-endian bytes. Run everything with /usr/bin/python3 (Debian's numpy/torch).
+safetensors reading and writing of our own (the golden files are what this writes, byte for byte,
+whatever safetensors package is installed): an 8-byte little-endian header length, a JSON header
+{name: {dtype, shape, data_offsets}}, then the raw little-endian bytes. Run everything with the
+test venv's Python (build/venv/bin/python: PyTorch 2.13, numpy), as `make test` does.
 """
 import json
 import struct

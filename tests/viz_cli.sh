@@ -1,13 +1,14 @@
 #!/bin/sh
-# viz_cli.sh MHA DIR - `mha viz` end to end: exit codes and messages, terminal output (ASCII,
+# viz_cli.sh MHA DIR PYTHON - `mha viz` end to end: exit codes and messages, terminal output (ASCII,
 # Unicode, colour only on request), and the svg/png/html files. Fixtures: a random layer and
 # input written with numpy (tests/mha_py.py's safetensors writer). Registered in viz.cmake.
 mha=$1
 dir=$2
+py=$3 # the test venv's python (numpy)
 here=$(cd "$(dirname "$0")" && pwd)
 fails=0
 mkdir -p "$dir" && cd "$dir" || exit 1
-/usr/bin/python3 - "$here" <<'PY' || exit 1
+"$py" - "$here" <<'PY' || exit 1
 import sys
 sys.path.insert(0, sys.argv[1])
 import numpy as np
@@ -61,7 +62,7 @@ grep -q "$(printf '\033')" out.txt && { echo "FAIL: colour escapes when stdout i
 expect 0 "ccc" env NO_COLOR=1 "$mha" viz $base --tokens tok.txt --color auto
 expect 0 "$(printf '\033')\\[48;2;" "$mha" viz $base --color always --batch 1
 expect 0 "" "$mha" viz $base --tokens tok.txt --all --out a.svg
-/usr/bin/python3 "$here/viz_svg_check.py" a.svg 50 || fails=$((fails + 1))
+"$py" "$here/viz_svg_check.py" a.svg 50 || fails=$((fails + 1))
 expect 0 "" "$mha" viz $base --tokens tok.txt --format html --out a.html
 grep -q '"H":2,"L":5,"S":5' a.html || { echo "FAIL: a.html lacks its data"; fails=$((fails + 1)); }
 expect 0 "" "$mha" viz $base --out term.txt --head 0

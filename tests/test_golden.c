@@ -409,7 +409,7 @@ int main(void) {
     int n = list_fixtures(dir, files, GOLDEN_MAX_FILES);
     harness_cur = "golden";
     if (n <= 0) {
-        FAILF("no fixtures (*.safetensors) in %s: run /usr/bin/python3 tests/golden/gen_golden.py",
+        FAILF("no fixtures (*.safetensors) in %s: run build/venv/bin/python tests/golden/gen_golden.py",
               dir);
         harness_failed++;
         return harness_report();

@@ -1,6 +1,7 @@
 """gen_golden.py - golden vectors for the mha module, from PyTorch.
 
-Run from anywhere:   /usr/bin/python3 tests/golden/gen_golden.py
+Run from anywhere, with PyTorch 2.13 (the test venv that `make test` sets up):
+    build/venv/bin/python tests/golden/gen_golden.py [OUT_DIR]
 It rewrites every tests/golden/<case>.safetensors (and removes stale ones). Deterministic: each
 case has its own seed, so the files are byte-identical from run to run on the same torch.
 
@@ -10,8 +11,10 @@ masked gives attention output 0 and weights 0 (PyTorch: NaN), there is a bottom-
 mask and a key_lengths mask, and a custom softmax scale. So the expected values come from
 `reference()` below, a float64 implementation of the layer with mha's semantics written with
 plain torch ops (autograd gives the gradients). Before a case is written, `check_with_torch()`
-asserts that the reference agrees with nn.MultiheadAttention in float64 (~1e-10) on every value
-PyTorch does not make NaN, and on every gradient when no row is fully masked.
+asserts that the reference agrees with PyTorch 2.13's nn.MultiheadAttention in float64 (~1e-10):
+with need_weights=False (scaled_dot_product_attention, which like mha gives 0 on a fully masked
+row) the output and every gradient on every row; with need_weights=True the weights, and NaN
+output rows exactly where mha sees a fully masked row.
 
 The expected values are computed from the float32 inputs and parameters stored in the file
 (upcast to float64), so the C library sees exactly the inputs the reference saw.
@@ -145,6 +148,8 @@ def torch_masks(c, B, H, L, S, unbatched):
         kl = torch.arange(S).view(1, S) >= lens
         kpm = kl if kpm is None else (kpm | kl)
     # Causal and attn_mask become one float mask [B*H, L, S] (PyTorch has no bottom-right).
+    # key_padding_mask stays separate (float too), so that PyTorch's merging of the two is
+    # part of what is checked.
     am = torch.zeros(B * H, L, S, dtype=torch.float64)
     i = torch.arange(L).view(L, 1)
     j = torch.arange(S).view(1, S)
@@ -160,19 +165,25 @@ def torch_masks(c, B, H, L, S, unbatched):
             am = am.masked_fill(t, -math.inf)
         else:
             am = am + t.double()
-    if unbatched:
-        if kpm is not None:
+    if kpm is not None:
+        # the same type as attn_mask: 2.13 deprecates mixing a bool and a float mask
+        kpm = torch.zeros(kpm.shape, dtype=torch.float64).masked_fill(kpm, -math.inf)
+        if unbatched:
             kpm = kpm[0]
     return kpm, am
 
 
-def check_with_torch(c, P32, x32, dout32, out_ref, w_ref, grads_ref, dead, ref_grads):
+def check_with_torch(c, P32, x32, dout32, out_ref, w_ref, grads_ref, dead):
+    """The reference against nn.MultiheadAttention(...).double() of PyTorch 2.13, twice:
+    need_weights=True (the explicit softmax: NaN on a fully masked row) for the weights, and
+    need_weights=False (scaled_dot_product_attention, whose softmax gives 0 on such a row, as
+    mha does) for the output and every gradient, on every row."""
     E, H = c["E"], c["H"]
     D = E // H
     unbatched = x32["query"].ndim == 2
     mod = torch.nn.MultiheadAttention(E, H, bias=c["bias"], kdim=c["kdim"], vdim=c["vdim"],
                                       batch_first=True).double()
-    mod.eval()
+    mod.train()  # dropout 0; grads on, so never the inference fast path
     names = [n for n, _ in mod.named_parameters()]
     assert sorted(names) == sorted(P32), (names, list(P32))
     # A custom scale is the default scale with the q projection multiplied by f.
@@ -194,42 +205,29 @@ def check_with_torch(c, P32, x32, dout32, out_ref, w_ref, grads_ref, dead, ref_g
     L = q.shape[-2]
     S = k.shape[-2]
     kpm, am = torch_masks(c, Bq, H, L, S, unbatched)
+
+    # need_weights=True: weights; NaN rows exactly where mha calls a row fully masked
     out, w = mod(q, k, v, key_padding_mask=kpm, need_weights=True, attn_mask=am,
                  average_attn_weights=bool(c["average_weights"]))
-    ok_o = ~torch.isnan(out)
     ok_w = ~torch.isnan(w)
-    # Every NaN of PyTorch must be on a row mha calls fully masked (and nowhere else).
-    d_o = (out - out_ref).abs()[ok_o].max().item() if ok_o.any() else 0.0
     d_w = (w - w_ref).abs()[ok_w].max().item() if ok_w.any() else 0.0
-    assert d_o < TOL and d_w < TOL, (c["name"], d_o, d_w)
     nan_rows = torch.isnan(out).any(-1)  # [B, L] or [L]
     dead_rows = dead.any(1)  # [B, L]
     if unbatched:
         dead_rows = dead_rows[0]
     assert torch.equal(nan_rows, dead_rows), (c["name"], nan_rows, dead_rows)
-    dout = torch.as_tensor(dout32).double()
-    if dead.any():
-        # PyTorch's gradients are all NaN here. Check the rest instead: un-mask the dead rows
-        # (every mask folded into one float mask, then those rows set to 0) and give every row
-        # with a dead head zero upstream gradient. Rows are independent, so the gradients must
-        # equal the reference's for the same zeroed dout.
-        am = am.clone()
-        if kpm is not None:
-            am = am.masked_fill(kpm.reshape(Bq, 1, 1, S).expand(Bq, H, 1, S).reshape(Bq * H, 1, S),
-                                -math.inf)
-            kpm = None
-        am[dead.reshape(Bq * H, L)] = 0.0
-        zero_rows = dead.any(1)  # [B, L]
-        if unbatched:
-            zero_rows = zero_rows[0]
-        dout = dout.masked_fill(zero_rows[..., None], 0.0)
-        grads_ref = ref_grads(dout)
-        for t in xs.values():
-            t.grad = None
-        out, w = mod(q, k, v, key_padding_mask=kpm, need_weights=True, attn_mask=am,
-                     average_attn_weights=bool(c["average_weights"]))
-        assert torch.isfinite(out).all()
-    (out * dout).sum().backward()
+
+    # need_weights=False: output and gradients everywhere. A top-left causal mask alone goes as
+    # 2.13's is_causal hint (with the mask it requires), so SDPA's own causal path is checked.
+    is_causal = (c["causal"] == 1 and kpm is None and c.get("attn_mask") is None)
+    if is_causal:
+        am = torch.triu(torch.ones(L, S, dtype=torch.bool), diagonal=1)
+    out, _ = mod(q, k, v, key_padding_mask=kpm, need_weights=False, attn_mask=am,
+                 is_causal=is_causal)
+    assert torch.isfinite(out).all(), c["name"]
+    d_o = (out - out_ref).abs().max().item()
+    assert d_o < TOL and d_w < TOL, (c["name"], d_o, d_w)
+    (out * torch.as_tensor(dout32).double()).sum().backward()
     d_g = 0.0
     for n, p in mod.named_parameters():
         g = p.grad.clone()
@@ -331,7 +329,7 @@ def make_case(name, seed, E=8, H=2, B=2, L=5, S=None, kdim=None, vdim=None, bias
             dead_rows = dead_rows[0]
         bo = P["out_proj.bias"].detach() if bias else torch.zeros(E, dtype=torch.float64)
         assert torch.equal(out[dead_rows], bo.expand_as(out[dead_rows])), name
-    d_o, d_w, d_g = check_with_torch(c, P32, x32, dout32, out, w, grads, dead, ref_grads)
+    d_o, d_w, d_g = check_with_torch(c, P32, x32, dout32, out, w, grads, dead)
 
     T = dict(P32)
     T.update(x32)
@@ -353,9 +351,8 @@ def make_case(name, seed, E=8, H=2, B=2, L=5, S=None, kdim=None, vdim=None, bias
             "fully_masked_rows": int(dead.any(1).sum().item()) if dead.any() else 0}
     path = os.path.join(OUT, name + ".safetensors")
     save_safetensors(path, T, meta)
-    gtxt = "%.1e%s" % (d_g, " (dead rows: zero dout)" if dead.any() else "")
-    print("%-24s vs torch: out %.1e  weights %.1e  grads %s  (%d bytes)"
-          % (name, d_o, d_w, gtxt, os.path.getsize(path)))
+    print("%-24s vs torch: out %.1e  weights %.1e  grads %.1e  (%d bytes)"
+          % (name, d_o, d_w, d_g, os.path.getsize(path)))
     return path
 
 
@@ -413,6 +410,9 @@ CASES = [
 
 def main():
     global OUT
+    if not torch.__version__.startswith("2.13."):
+        sys.exit(f"gen_golden.py: the reference is PyTorch 2.13, this is {torch.__version__} "
+                 "(use the test venv: build/venv/bin/python)")
     if len(sys.argv) > 1:
         OUT = sys.argv[1]
     torch.set_num_threads(1)

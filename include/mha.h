@@ -75,9 +75,23 @@
  *   | causal                         | top-left: key j <= i     | is_causal: top-left   | is_causal: top-left            |
  *   | causal bottom-right            | key j <= i + (S - L)     | -                     | - (FlashAttention's choice)    |
  *   | key_lengths[b]                 | keys j >= len ignored    | -                     | -                              |
- *   | every key of a row masked      | output 0, weights 0      | NaN                   | NaN                            |
+ *   | every key of a row masked      | output 0, weights 0      | see below             | output 0 (2.13)                |
  *
  *   All masks given combine: a key takes part only if no mask excludes it; float masks add.
+ *
+ *   The reference is PyTorch 2.13 (where it differs from 1.13, mha follows 2.13; tested in
+ *   tests/test_cli.py and by the golden generator):
+ *   - A fully masked row: nn.MultiheadAttention with need_weights=False (training mode) runs
+ *     F.scaled_dot_product_attention, which gives 0 there: the layer output is out_proj.bias
+ *     and no gradient flows through the row, exactly as mha. With need_weights=True, and in
+ *     its eval-mode fast path (_native_multi_head_attention), the row is NaN. 1.13: NaN always.
+ *   - is_causal=True is only a hint in nn.MultiheadAttention: it requires attn_mask to be the
+ *     causal mask (it raises without one). mha's MHA_CAUSAL_TOP_LEFT needs no mask.
+ *   - Mask dtypes: bool or float only. 2.13 refuses uint8 masks (1.13 accepted them, deprecated),
+ *     and so does mha; a bool key_padding_mask with a float attn_mask is deprecated in 2.13 (a
+ *     warning) but combined as here.
+ *   - The eval-mode fast path gives the same numbers as the training-mode path (within float
+ *     rounding), and so mha's.
  *   NaN in q, k, v or a float mask propagates to the rows it reaches, as in PyTorch; the one
  *   exception is a row whose every allowed score is NaN, which is treated as fully masked (0).
  */

@@ -420,6 +420,28 @@ def test_main_help():
     assert "example" in out
 
 
+@pytest.mark.parametrize("extra", [[], ["--need-weights"], ["--need-weights", "--backward"],
+                                   ["--core", "--backward", "--causal"]])
+def test_bench_json(extra):
+    """`mha bench --json` (what bench/compare.sh reads) on a tiny shape: one JSON line with the
+    shape, the options and positive times."""
+    import json
+    rc, out, err = run("bench", "--batch", 1, "--seq", 16, "--embed", 16, "--heads", 2,
+                       "--runs", 1, "--warmup", 0, "--threads", 1, "--json", *extra)
+    assert rc == 0, err
+    r = json.loads(out.strip().splitlines()[-1])
+    assert (r["batch"], r["seq"], r["embed"], r["heads"]) == (1, 16, 16, 2), r
+    assert r["need_weights"] == ("--need-weights" in extra), r
+    assert r["backward"] == ("--backward" in extra) and r["core"] == ("--core" in extra), r
+    assert r["median_ms"] > 0 and r["runs"] == 1, r
+
+
+def test_bench_need_weights_is_for_the_module():
+    rc, out, err = run("bench", "--batch", 1, "--seq", 16, "--embed", 16, "--heads", 2,
+                       "--core", "--need-weights")
+    assert rc == 1 and out == "" and err.startswith("mha: error: --need-weights"), (rc, err)
+
+
 def test_main_without_command_is_a_one_line_usage_error():
     """`mha` alone is a usage error like any other: exit 1, one error line and one hint."""
     rc, out, err = run()

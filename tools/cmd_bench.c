@@ -1,7 +1,7 @@
 /* cmd_bench.c - `mha bench`: times the module, the attention core, or the gemm on random data.
  *
  *   mha bench --batch B --seq N --embed E --heads H [--causal] [--backward] [--core]
- *             [--threads T] [--isa NAME] [--runs R] [--json]
+ *             [--need-weights] [--threads T] [--isa NAME] [--runs R] [--json]
  *   mha bench --gemm M N K [--ta 0|1] [--tb 0|1] [--threads T] [--isa NAME] [--runs R] [--json]
  *
  * Each measurement: warm-up runs, then R timed runs; the median is reported. FLOP counts
@@ -12,7 +12,9 @@
  *   module forward F + P;  module backward 2 * P + 2.5 * F
  *   gemm           2 * M * N * K
  * --backward times forward + backward (and reports both phases). The module's forward runs
- * in inference mode without --backward, with save_for_backward on with it. */
+ * in inference mode without --backward, with save_for_backward on with it. --need-weights
+ * also asks the module for the attention weights averaged over heads, [B, N, N], as
+ * nn.MultiheadAttention(need_weights=True) returns them (the FLOP count stays nominal). */
 #include "cli.h"
 
 #include <math.h>
@@ -30,6 +32,9 @@ static void print_help(FILE *f) {
           "  --batch B, --seq N, --embed E, --heads H   the shape (E divisible by H)\n"
           "  --causal      causal mask (top-left); the attention's FLOP count is halved\n"
           "  --backward    time forward + backward\n"
+          "  --need-weights  module: also return the attention weights averaged over heads,\n"
+          "                [B, N, N] (as nn.MultiheadAttention's need_weights=True,\n"
+          "                average_attn_weights=True); the FLOP count is unchanged\n"
           "  --core        time only mha_attn_forward (and mha_attn_backward) on projected\n"
           "                q, k, v [B, H, N, E/H]\n"
           "  --gemm M N K  time C[M,N] = op(A)[M,K] op(B)[K,N]; --ta/--tb transpose A/B\n"
@@ -68,7 +73,7 @@ static float *rand_buf(int64_t n, uint32_t seed) {
 
 typedef struct {
     long long batch, seq, embed, heads, threads, runs, warmup, m, n, k, ta, tb;
-    int causal, backward, core, json, gemm;
+    int causal, backward, core, json, gemm, need_weights;
     double budget, dropout;
     const char *isa;
 } bench_args;
@@ -79,7 +84,7 @@ typedef struct {
     const bench_args *a;
     /* module */
     mha_module *mod;
-    mha_tensor x, y, dy, dx;
+    mha_tensor x, y, dy, dx, w; /* w: averaged weights [B, N, N] (--need-weights) */
     /* core */
     mha_tensor q, k, v, o, lse, dout, dq, dk, dv;
     mha_mask mask;
@@ -101,7 +106,8 @@ static mha_status run_fwd(bench_state *s) {
     mha_forward_opts fo = mha_forward_opts_default();
     fo.save_for_backward = a->backward;
     fo.training = a->dropout > 0;
-    return mha_module_forward(s->ctx, s->mod, &fo, &s->x, NULL, NULL, &s->mask, &s->y, NULL);
+    return mha_module_forward(s->ctx, s->mod, &fo, &s->x, NULL, NULL, &s->mask, &s->y,
+                              a->need_weights ? &s->w : NULL);
 }
 
 static mha_status run_bwd(bench_state *s) {
@@ -161,6 +167,7 @@ int mha_cmd_bench(int argc, char **argv) {
         {"--runs", CLI_OPT_INT, &a.runs, 0},      {"--ta", CLI_OPT_INT, &a.ta, 0},
         {"--tb", CLI_OPT_INT, &a.tb, 0},         {"--warmup", CLI_OPT_INT, &a.warmup, 0},
         {"--budget", CLI_OPT_FLOAT, &a.budget, 0}, {"--dropout", CLI_OPT_FLOAT, &a.dropout, 0},
+        {"--need-weights", CLI_OPT_FLAG, &a.need_weights, 0},
     };
     int nopts = (int)(sizeof opts / sizeof opts[0]);
     int rc = cli_parse(nrest, rest, opts, nopts);
@@ -188,10 +195,10 @@ int mha_cmd_bench(int argc, char **argv) {
         if ((a.ta != 0 && a.ta != 1) || (a.tb != 0 && a.tb != 1))
             return cli_usage_error("mha bench --help lists the options",
                                    "--ta/--tb: got %lld/%lld, expected 0 or 1", a.ta, a.tb);
-        if (a.core || a.backward || a.causal || a.dropout > 0)
+        if (a.core || a.backward || a.causal || a.dropout > 0 || a.need_weights)
             return cli_usage_error("mha bench --help lists the options",
                                    "--gemm: cannot be combined with --core, --backward, --causal, "
-                                   "--dropout");
+                                   "--dropout, --need-weights");
     } else {
         if ((rc = positive("--batch", a.batch, big)) || (rc = positive("--seq", a.seq, big)) ||
             (rc = positive("--embed", a.embed, big)) || (rc = positive("--heads", a.heads, big)))
@@ -200,6 +207,9 @@ int mha_cmd_bench(int argc, char **argv) {
             return cli_usage_error("mha bench --help lists the options",
                                    "--embed: got %lld, expected a multiple of --heads %lld",
                                    a.embed, a.heads);
+        if (a.core && a.need_weights)
+            return cli_usage_error("mha bench --help lists the options",
+                                   "--need-weights: applies to the module, not to --core");
     }
 
     mha_ctx *ctx;
@@ -245,6 +255,10 @@ int mha_cmd_bench(int argc, char **argv) {
             int64_t sh[3] = {B, N, E};
             s.x = mha_tensor_make(ALLOC(B * N * E, 1), 3, sh);
             s.y = mha_tensor_make(ALLOC(B * N * E, 2), 3, sh);
+            if (a.need_weights) {
+                int64_t shw[3] = {B, N, N};
+                s.w = mha_tensor_make(ALLOC(B * N * N, 10), 3, shw);
+            }
             if (a.backward) {
                 s.dy = mha_tensor_make(ALLOC(B * N * E, 3), 3, sh);
                 s.dx = mha_tensor_make(ALLOC(B * N * E, 4), 3, sh);
@@ -312,9 +326,10 @@ int mha_cmd_bench(int argc, char **argv) {
                    a.m, a.n, a.k, a.ta, a.tb);
         else
             printf("{\"what\":\"%s\",\"batch\":%lld,\"seq\":%lld,\"embed\":%lld,\"heads\":%lld,"
-                   "\"causal\":%s,\"backward\":%s,\"core\":%s,\"dropout\":%g,", what, a.batch,
-                   a.seq, a.embed, a.heads, a.causal ? "true" : "false",
-                   a.backward ? "true" : "false", a.core ? "true" : "false", a.dropout);
+                   "\"causal\":%s,\"backward\":%s,\"core\":%s,\"need_weights\":%s,"
+                   "\"dropout\":%g,", what, a.batch, a.seq, a.embed, a.heads,
+                   a.causal ? "true" : "false", a.backward ? "true" : "false",
+                   a.core ? "true" : "false", a.need_weights ? "true" : "false", a.dropout);
         printf("\"isa\":\"%s\",\"threads\":%d,\"runs\":%d,\"median_ms\":%.4f,\"gflops\":%.3f,"
                "\"fwd_median_ms\":%.4f,\"fwd_gflops\":%.3f", isa, mha_ctx_threads(ctx), runs,
                med * 1e3, gflops, med_f * 1e3, flops_fwd / med_f * 1e-9);
@@ -326,8 +341,8 @@ int mha_cmd_bench(int argc, char **argv) {
         if (a.gemm)
             printf("gemm M %lld N %lld K %lld (ta %lld, tb %lld)", a.m, a.n, a.k, a.ta, a.tb);
         else
-            printf("%s B %lld N %lld E %lld H %lld%s", what, a.batch, a.seq, a.embed, a.heads,
-                   a.causal ? " causal" : "");
+            printf("%s B %lld N %lld E %lld H %lld%s%s", what, a.batch, a.seq, a.embed, a.heads,
+                   a.causal ? " causal" : "", a.need_weights ? " need_weights" : "");
         printf(", isa %s, %d threads: median %.3f ms of %d runs, %.1f GFLOP/s\n", isa,
                mha_ctx_threads(ctx), med * 1e3, runs, gflops);
         if (a.backward)

@@ -92,6 +92,7 @@
  *     warning) but combined as here.
  *   - The eval-mode fast path gives the same numbers as the training-mode path (within float
  *     rounding), and so mha's.
+ *
  *   NaN in q, k, v or a float mask propagates to the rows it reaches, as in PyTorch; the one
  *   exception is a row whose every allowed score is NaN, which is treated as fully masked (0).
  */

@@ -2,6 +2,7 @@
 #include "harness.h"
 #include "core/internal.h"
 #include "kernels/kernels.h"
+#include "core/plan.h"
 
 TEST(status_strings) {
     for (int s = 0; s >= MHA_ERR_STATE; s--) {
@@ -163,6 +164,39 @@ TEST(public_sgemm_validates_and_computes) {
     mha_ctx_free(ctx);
 }
 
+TEST(workspace_plan) {
+    typedef struct { float *a; uint8_t *b; double *c; } views;
+    mha__plan pl;
+    mha__plan_init(&pl);
+    MHA__PLAN_ADD(&pl, views, a, sizeof(float), 3, 5);
+    MHA__PLAN_ADD(&pl, views, b, 1, 0, 7);
+    MHA__PLAN_ADD(&pl, views, c, sizeof(double), 2, 1);
+    ASSERT_EQ((long long)pl.per_copy, 64 + 0 + 64);
+    void *ws;
+    ASSERT_EQ(mha__plan_alloc(&pl, NULL, "t", 3, &ws), MHA_OK);
+    views v0, v2;
+    mha__plan_point(&pl, ws, 0, &v0);
+    mha__plan_point(&pl, ws, 2, &v2);
+    ASSERT_TRUE((void *)v0.a == ws && (uintptr_t)v0.c % 64 == 0);
+    ASSERT_TRUE((char *)v2.a == (char *)ws + 2 * pl.per_copy);
+    ASSERT_TRUE((char *)v2.c == (char *)v2.a + 64);
+    mha__free(ws);
+    /* a size that overflows is named, and nothing is allocated */
+    MHA__PLAN_ADD(&pl, views, b, sizeof(float), INT64_MAX / 2, 4);
+    ASSERT_EQ(mha__plan_alloc(&pl, NULL, "fn", 1, &ws), MHA_ERR_NOMEM);
+    ASSERT_TRUE(ws == NULL);
+    ASSERT_STR_CONTAINS(mha_last_errmsg(), "fn: workspace: the size of 'b' overflows");
+    mha__plan_init(&pl);
+    MHA__PLAN_ADD(&pl, views, a, sizeof(float), -1, 1);
+    ASSERT_EQ(mha__plan_alloc(&pl, NULL, "fn", 1, &ws), MHA_ERR_NOMEM);
+    /* allocation failure is reported */
+    mha__plan_init(&pl);
+    MHA__PLAN_ADD(&pl, views, a, sizeof(float), 4, 4);
+    mha__fault_after(0);
+    ASSERT_EQ(mha__plan_alloc(&pl, NULL, "fn", 2, &ws), MHA_ERR_NOMEM);
+    ASSERT_STR_CONTAINS(mha_last_errmsg(), "fn: workspace: out of memory (128 bytes)");
+}
+
 int main(void) {
     RUN(status_strings);
     RUN(ctx_threads_and_errors);
@@ -173,5 +207,6 @@ int main(void) {
     RUN(philox_is_deterministic_and_uniform);
     RUN(generic_sgemm_matches_reference);
     RUN(public_sgemm_validates_and_computes);
+    RUN(workspace_plan);
     return harness_report();
 }

@@ -197,6 +197,36 @@ TEST(workspace_plan) {
     ASSERT_STR_CONTAINS(mha_last_errmsg(), "fn: workspace: out of memory (128 bytes)");
 }
 
+TEST(tensor_overlap) {
+    static float buf[2 * 5 * 3 * 4 * 8];
+    /* a packed [B=2, T=5, 3, H=4, D=8] buffer: q, k, v as [B, H, T, D] views */
+    int64_t sh[4] = {2, 4, 5, 8}, st[4] = {5 * 3 * 4 * 8, 8, 3 * 4 * 8, 1};
+    mha_tensor q = mha_tensor_strided(buf, 4, sh, st), k = mha_tensor_strided(buf + 32, 4, sh, st),
+               v = mha_tensor_strided(buf + 64, 4, sh, st);
+    ASSERT_EQ(mha__tensors_overlap(&q, &k), 0);
+    ASSERT_EQ(mha__tensors_overlap(&k, &v), 0);
+    ASSERT_EQ(mha__tensors_overlap(&v, &q), 0);
+    ASSERT_EQ(mha__tensors_overlap(&q, &q), 1);
+    mha_tensor k1 = mha_tensor_strided(buf + 33, 4, sh, st); /* shifted by one float */
+    ASSERT_EQ(mha__tensors_overlap(&k, &k1), 1);
+    ASSERT_EQ(mha__tensors_overlap(&q, &k1), 0); /* q's last column is 7, k1 starts at 33 */
+    mha_tensor q2 = mha_tensor_strided(buf + 120 * 5, 4, sh, st); /* the next batch's row */
+    ASSERT_EQ(mha__tensors_overlap(&q, &q2), 1);
+    /* contiguous neighbours and disjoint halves */
+    int64_t s2[2] = {4, 10};
+    mha_tensor x = mha_tensor_make(buf, 2, s2), y = mha_tensor_make(buf + 40, 2, s2),
+               z = mha_tensor_make(buf + 39, 2, s2);
+    ASSERT_EQ(mha__tensors_overlap(&x, &y), 0);
+    ASSERT_EQ(mha__tensors_overlap(&x, &z), 1);
+    /* different strides with intersecting ranges: assumed to overlap */
+    int64_t s3[2] = {10, 4};
+    mha_tensor w = mha_tensor_make(buf + 20, 2, s3);
+    ASSERT_EQ(mha__tensors_overlap(&x, &w), 1);
+    int64_t s0[2] = {0, 4};
+    mha_tensor e = mha_tensor_make(buf, 2, s0);
+    ASSERT_EQ(mha__tensors_overlap(&x, &e), 0);
+}
+
 int main(void) {
     RUN(status_strings);
     RUN(ctx_threads_and_errors);
@@ -208,5 +238,6 @@ int main(void) {
     RUN(generic_sgemm_matches_reference);
     RUN(public_sgemm_validates_and_computes);
     RUN(workspace_plan);
+    RUN(tensor_overlap);
     return harness_report();
 }

@@ -50,6 +50,11 @@ mha_status mha__check_tensor(mha_ctx *ctx, const char *fn, const char *name,
                              const mha_tensor *t, int ndim, const int64_t *want,
                              const char *why);
 
+/* 1 if two validated views may share an element (exact for views with the same strides
+ * into one row-major buffer, such as interleaved q/k/v of a packed array; otherwise 1 as
+ * soon as their address ranges intersect), 0 if they cannot. Empty views never overlap. */
+int mha__tensors_overlap(const mha_tensor *a, const mha_tensor *b);
+
 /* Counter-based random numbers: mha__philox4x32 (Philox-4x32-10). */
 #include "kernels/philox.h"
 

@@ -33,6 +33,68 @@ int64_t mha_tensor_numel(const mha_tensor *t) {
     return n;
 }
 
+/* The last element of a validated view, in elements from data (0 for an empty view). */
+static __int128 view_span(const mha_tensor *t) {
+    __int128 s = 0;
+    for (int i = 0; i < t->ndim; i++)
+        if (t->shape[i] > 0) s += (__int128)(t->shape[i] - 1) * t->stride[i];
+    return s;
+}
+
+/* Whether delta = sum over dims[x..nd) of k_d * stride_d for some k_d in
+ * [-(b.shape_d - 1), a.shape_d - 1] (dims sorted by stride, largest first). Each level tries
+ * the few k_d that leave a remainder the smaller strides can still reach; -1: too many to try. */
+static int reach(const mha_tensor *a, const mha_tensor *b, const int *dims, int nd, int x,
+                 __int128 delta) {
+    if (x == nd) return delta == 0;
+    __int128 up = 0, down = 0; /* reach of the smaller strides: [-down, up] */
+    for (int y = x + 1; y < nd; y++) {
+        up += (__int128)(a->shape[dims[y]] - 1) * a->stride[dims[y]];
+        down += (__int128)(b->shape[dims[y]] - 1) * a->stride[dims[y]];
+    }
+    const __int128 s = a->stride[dims[x]];
+    __int128 lo = delta - up, hi = delta + down; /* k s must fall in [lo, hi] */
+    __int128 k0 = lo / s, k1 = hi / s;
+    if (k0 * s < lo) k0++;
+    if (k1 * s > hi) k1--;
+    if (k0 < -(b->shape[dims[x]] - 1)) k0 = -(b->shape[dims[x]] - 1);
+    if (k1 > a->shape[dims[x]] - 1) k1 = a->shape[dims[x]] - 1;
+    if (k1 - k0 > 3) return -1;
+    for (__int128 k = k0; k <= k1; k++) {
+        int r = reach(a, b, dims, nd, x + 1, delta - k * s);
+        if (r) return r;
+    }
+    return 0;
+}
+
+int mha__tensors_overlap(const mha_tensor *a, const mha_tensor *b) {
+    if (!a || !b || !a->data || !b->data || mha_tensor_numel(a) <= 0 ||
+        mha_tensor_numel(b) <= 0)
+        return 0;
+    const __int128 a0 = (__int128)(uintptr_t)a->data, b0 = (__int128)(uintptr_t)b->data;
+    const __int128 a1 = a0 + (view_span(a) + 1) * (__int128)sizeof(float);
+    const __int128 b1 = b0 + (view_span(b) + 1) * (__int128)sizeof(float);
+    if (a1 <= b0 || b1 <= a0) return 0; /* disjoint address ranges */
+    if ((b0 - a0) % (__int128)sizeof(float) || a->ndim != b->ndim) return 1;
+    /* Interleaved views of one buffer (q, k and v of a packed [B, T, 3, H, D] array): with
+     * the same strides, a shared element means (i - j) . stride = b.data - a.data for some
+     * index differences k_d = i_d - j_d in [-(b.shape_d - 1), a.shape_d - 1]: a search over
+     * the dimensions, largest stride first, that for views of a row-major array tries one
+     * or two k_d per dimension. Different strides, or too many candidates: assume overlap. */
+    int dims[MHA_MAX_DIMS], nd = 0;
+    for (int i = 0; i < a->ndim; i++) {
+        if (a->stride[i] != b->stride[i]) return 1;
+        if (a->stride[i] > 0 && (a->shape[i] > 1 || b->shape[i] > 1)) dims[nd++] = i;
+    }
+    for (int i = 1; i < nd; i++) /* by stride, largest first */
+        for (int j = i; j > 0 && a->stride[dims[j]] > a->stride[dims[j - 1]]; j--) {
+            int t = dims[j];
+            dims[j] = dims[j - 1];
+            dims[j - 1] = t;
+        }
+    return reach(a, b, dims, nd, 0, (b0 - a0) / (__int128)sizeof(float)) != 0;
+}
+
 mha_mask mha_mask_default(void) {
     mha_mask m;
     memset(&m, 0, sizeof m);

@@ -194,11 +194,17 @@ typedef struct {
     int64_t stride[MHA_MAX_DIMS]; /* in elements; stride[ndim-1] must be 1 */
 } mha_tensor;
 
-/* A contiguous (row-major) view of data with the given shape. */
+/* A contiguous (row-major) view of data with the given shape (ndim values; shape may be NULL
+ * only when ndim == 0). Never fails: an ndim outside [0, MHA_MAX_DIMS], a NULL shape, or
+ * contiguous strides that do not fit in int64 give a view marked invalid (ndim = -1), which
+ * every validating call rejects with MHA_ERR_SHAPE. */
 mha_tensor mha_tensor_make(float *data, int ndim, const int64_t *shape);
-/* A strided view; stride == NULL means contiguous. */
-mha_tensor mha_tensor_strided(float *data, int ndim, const int64_t *shape, const int64_t *stride);
-/* Number of elements (product of the shape). */
+/* A strided view; stride == NULL means contiguous. Invalid arguments as for mha_tensor_make. */
+mha_tensor mha_tensor_strided(float *data, int ndim, const int64_t *shape,
+                              const int64_t *stride);
+/* Number of elements: the product of the shape (0 if any dimension is 0). -1 when there is no
+ * such number: t == NULL, ndim outside [0, MHA_MAX_DIMS], a negative dimension, or a product
+ * beyond INT64_MAX. Defined for every input (no overflow). */
 int64_t mha_tensor_numel(const mha_tensor *t);
 
 /* ---------------------------------------------------------------------------------------------

@@ -144,7 +144,8 @@ typedef enum {
 
 /* Creates a context. *out is set even when the status is an error other than MHA_ERR_NOMEM
  * (e.g. $MHA_ISA names a path this CPU cannot run), so that mha_ctx_errmsg() explains it.
- * Default: all available cores (omp_get_max_threads()), ISA from $MHA_ISA or auto. */
+ * Default: all available cores (omp_get_max_threads(), at most MHA_MAX_THREADS), ISA from
+ * $MHA_ISA or auto. */
 mha_status mha_ctx_create(mha_ctx **out);
 void mha_ctx_free(mha_ctx *ctx);
 
@@ -154,7 +155,13 @@ const char *mha_ctx_errmsg(const mha_ctx *ctx);
 /* The message of the last failed call made with a NULL context on this thread. */
 const char *mha_last_errmsg(void);
 
-/* Number of threads for calls on this context; n >= 1, or 0 for all available cores. */
+/* The most threads a context uses: more would only oversubscribe any current machine, and
+ * OpenMP runtimes crash or exit when asked for tens of thousands. */
+#define MHA_MAX_THREADS 1024
+
+/* Number of threads for calls on this context: 1 <= n <= MHA_MAX_THREADS, or 0 for the
+ * default, all available cores (omp_get_max_threads(), which follows $OMP_NUM_THREADS), capped
+ * at MHA_MAX_THREADS. A larger n is MHA_ERR_INVALID_ARG, naming the limit (threads unchanged). */
 mha_status mha_ctx_set_threads(mha_ctx *ctx, int n);
 int mha_ctx_threads(const mha_ctx *ctx);
 

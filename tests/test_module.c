@@ -1394,7 +1394,9 @@ TEST(allocation_failures_are_clean) {
             ASSERT_EQ(m->dropout_offset, 0);
         }
         ASSERT_EQ(st, MHA_OK);
-        ASSERT_TRUE(n > 5);
+        /* Each failed once: the kept workspace, the scratch (averaged weights), the packing
+         * workspace, the core's workspace. */
+        ASSERT_TRUE(n >= 4);
         ASSERT_EQ(m->dropout_offset, variant ? 1 : 0);
         /* The gradients of a failed backward are left as they were (here: zero). */
         for (n = 0; n < 1000; n++) {
@@ -1520,6 +1522,7 @@ TEST(kept_buffers_reused_across_calls_and_shapes) {
             mha_module *f;
             ASSERT_OK(ctx, mha_module_create(ctx, &cfg, &f));
             mha_module_zero_grad(m);
+            void *kept[3] = {m->st.ws.p, m->bws.p, m->gws.p};
             long a0 = mha__alloc_count();
             ASSERT_OK(ctx, run_fb(ctx, m, self, B, L, S, 1, y1, q1, k1, v1, 0));
             long a1 = mha__alloc_count();
@@ -1532,8 +1535,13 @@ TEST(kept_buffers_reused_across_calls_and_shapes) {
                 ASSERT_TRUE(memcmp(v1, v2, sizeof(float) * (size_t)(B * S * 8)) == 0);
             }
             ASSERT_TRUE(same_grads(ctx, m, f));
-            /* A repeated shape: the module's own buffers are all reused (>= 8 of them). */
-            if (t == 1) ASSERT_TRUE(a1 - a0 + 8 <= a2 - a1);
+            /* A repeated shape: the module's three kept workspaces (forward, backward,
+             * packing) are reused where a fresh module allocates them. */
+            if (t == 1) {
+                ASSERT_TRUE(a1 - a0 + 3 <= a2 - a1);
+                ASSERT_TRUE(kept[0] == m->st.ws.p && kept[1] == m->bws.p);
+                ASSERT_TRUE(kept[2] == m->gws.p);
+            }
             mha_module_free(f);
         }
         /* dout in dquery's memory: the same result. */
@@ -1572,7 +1580,7 @@ TEST(kept_buffers_reused_across_calls_and_shapes) {
                        "no saved forward");
         }
         ASSERT_EQ(st, MHA_OK);
-        ASSERT_TRUE(n > 5);
+        ASSERT_TRUE(n >= 3); /* the kept workspace (a new shape), packing (grown), the core's */
         mha_module_free(m);
     }
     mha_ctx_free(ctx);

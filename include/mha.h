@@ -36,6 +36,11 @@
  *     and the message goes to a thread-local buffer read by mha_last_errmsg().
  *   - The library never prints, exits or aborts on bad input.
  *   - Every *_create has a *_free; *_free(NULL) is a no-op.
+ *   - Outputs must not share memory with inputs or with other outputs (nothing is computed
+ *     in place): the module's calls check every pair and return MHA_ERR_INVALID_ARG naming
+ *     both ("mha_module_forward: out overlaps query (...)"). Views that interleave in one
+ *     buffer without sharing an element (q, k, v of a packed [B, T, 3, H, D] array, or an
+ *     input and an output side by side) are not an overlap.
  *
  * THREAD SAFETY
  *   A context, a module or a safetensors collection is used by one thread at a time. Distinct
@@ -357,7 +362,8 @@ MHA_API mha_forward_opts mha_forward_opts_default(void);
  *   weights: optional (NULL), overwritten: averaged [B, L, S] / [L, S], or per head
  *          [B, H, L, S] / [H, L, S] (opts->average_weights == 0)
  * With opts->save_for_backward the module keeps copies of the activations the backward needs;
- * the inputs may be freed after the call. Each training forward advances the dropout stream. */
+ * the inputs may be freed after the call. Each training forward advances the dropout stream.
+ * out and weights must not overlap query, key, value or each other (MHA_ERR_INVALID_ARG). */
 MHA_API mha_status mha_module_forward(mha_ctx *ctx, mha_module *m, const mha_forward_opts *opts,
                                       const mha_tensor *query, const mha_tensor *key,
                                       const mha_tensor *value, const mha_mask *mask,
@@ -367,7 +373,8 @@ MHA_API mha_status mha_module_forward(mha_ctx *ctx, mha_module *m, const mha_for
  *   dout: [B, L, E] (as out)
  *   dquery, dkey, dvalue: overwritten, each optional (NULL = not wanted). For self-attention
  *   (key == value == NULL in the forward) dquery receives the whole input gradient and dkey,
- *   dvalue must be NULL.
+ *   dvalue must be NULL. dquery, dkey and dvalue must not overlap dout or each other
+ *   (MHA_ERR_INVALID_ARG).
  * Parameter gradients are ACCUMULATED (+=) into the module's gradients, as in PyTorch; call
  * mha_module_zero_grad between steps. */
 MHA_API mha_status mha_module_backward(mha_ctx *ctx, mha_module *m, const mha_tensor *dout,

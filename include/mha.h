@@ -36,6 +36,11 @@
  *     and the message goes to a thread-local buffer read by mha_last_errmsg().
  *   - The library never prints, exits or aborts on bad input.
  *   - Every *_create has a *_free; *_free(NULL) is a no-op.
+ *   - Outputs must not share memory with inputs or with other outputs (nothing is computed
+ *     in place): the module's calls check every pair and return MHA_ERR_INVALID_ARG naming
+ *     both ("mha_module_forward: out overlaps query (...)"). Views that interleave in one
+ *     buffer without sharing an element (q, k, v of a packed [B, T, 3, H, D] array, or an
+ *     input and an output side by side) are not an overlap.
  *
  * THREAD SAFETY
  *   A context, a module or a safetensors collection is used by one thread at a time. Distinct
@@ -111,6 +116,16 @@ extern "C" {
 #define MHA_VERSION_PATCH 0
 #define MHA_VERSION_STRING "0.1.0"
 
+/* MHA_API marks the public API: the library is built with hidden visibility, so the functions
+ * declared with it are the only symbols libmha.so exports (tests/symbols_test.sh checks). */
+#ifndef MHA_API
+#if defined(__GNUC__) && __GNUC__ >= 4
+#define MHA_API __attribute__((visibility("default")))
+#else
+#define MHA_API
+#endif
+#endif
+
 /* ---------------------------------------------------------------------------------------------
  * Status codes
  * ------------------------------------------------------------------------------------------- */
@@ -127,7 +142,7 @@ typedef enum {
 } mha_status;
 
 /* A static, human-readable name for a status ("invalid argument", ...). Never NULL. */
-const char *mha_status_str(mha_status s);
+MHA_API const char *mha_status_str(mha_status s);
 
 /* ---------------------------------------------------------------------------------------------
  * Context: error message, thread count, kernel choice
@@ -144,43 +159,50 @@ typedef enum {
 
 /* Creates a context. *out is set even when the status is an error other than MHA_ERR_NOMEM
  * (e.g. $MHA_ISA names a path this CPU cannot run), so that mha_ctx_errmsg() explains it.
- * Default: all available cores (omp_get_max_threads()), ISA from $MHA_ISA or auto. */
-mha_status mha_ctx_create(mha_ctx **out);
-void mha_ctx_free(mha_ctx *ctx);
+ * Default: all available cores (omp_get_max_threads(), at most MHA_MAX_THREADS), ISA from
+ * $MHA_ISA or auto. */
+MHA_API mha_status mha_ctx_create(mha_ctx **out);
+MHA_API void mha_ctx_free(mha_ctx *ctx);
 
 /* The message of the last failed call on this context ("" if it succeeded). Valid until the
  * next call that uses ctx. ctx == NULL gives mha_last_errmsg(). */
-const char *mha_ctx_errmsg(const mha_ctx *ctx);
+MHA_API const char *mha_ctx_errmsg(const mha_ctx *ctx);
 /* The message of the last failed call made with a NULL context on this thread. */
-const char *mha_last_errmsg(void);
+MHA_API const char *mha_last_errmsg(void);
 
-/* Number of threads for calls on this context; n >= 1, or 0 for all available cores. */
-mha_status mha_ctx_set_threads(mha_ctx *ctx, int n);
-int mha_ctx_threads(const mha_ctx *ctx);
+/* The most threads a context uses: more would only oversubscribe any current machine, and
+ * OpenMP runtimes crash or exit when asked for tens of thousands. */
+#define MHA_MAX_THREADS 1024
+
+/* Number of threads for calls on this context: 1 <= n <= MHA_MAX_THREADS, or 0 for the
+ * default, all available cores (omp_get_max_threads(), which follows $OMP_NUM_THREADS), capped
+ * at MHA_MAX_THREADS. A larger n is MHA_ERR_INVALID_ARG, naming the limit (threads unchanged). */
+MHA_API mha_status mha_ctx_set_threads(mha_ctx *ctx, int n);
+MHA_API int mha_ctx_threads(const mha_ctx *ctx);
 
 /* Forces a kernel path. MHA_ERR_UNSUPPORTED if the CPU or OS cannot run it (never a silent
  * fallback). MHA_ISA_AUTO picks the best available. */
-mha_status mha_ctx_set_isa(mha_ctx *ctx, mha_isa isa);
-mha_isa mha_ctx_isa(const mha_ctx *ctx);
-const char *mha_isa_name(mha_isa isa); /* "generic", "avx2", "avx512", "auto" */
+MHA_API mha_status mha_ctx_set_isa(mha_ctx *ctx, mha_isa isa);
+MHA_API mha_isa mha_ctx_isa(const mha_ctx *ctx);
+MHA_API const char *mha_isa_name(mha_isa isa); /* "generic", "avx2", "avx512", "auto" */
 /* 1 if this machine (CPU bits and OS-enabled register state) can run the path. */
-int mha_isa_supported(mha_isa isa);
+MHA_API int mha_isa_supported(mha_isa isa);
 /* A one-line description of the CPU features detected, e.g. "avx2 fma avx512f ...". */
-const char *mha_cpu_features(void);
+MHA_API const char *mha_cpu_features(void);
 
 /* Writes a multi-line, human-readable description of the kernels ctx uses (path, gemm
  * micro-kernel and blocking, attention tile size and which tile kernels are SIMD) into buf
  * (always NUL-terminated, truncated to n bytes). For diagnostics such as `mha info`. */
-mha_status mha_ctx_describe(const mha_ctx *ctx, char *buf, size_t n);
+MHA_API mha_status mha_ctx_describe(const mha_ctx *ctx, char *buf, size_t n);
 
 /* Single-precision matrix product on the context's packed SIMD micro-kernels and threads:
  *   C[M,N] = alpha * op(A)[M,K] * op(B)[K,N] + beta * C      (row-major)
  * op(A) = A [M,K] (lda >= K), or A^T when ta != 0 (A is [K,M], lda >= M); likewise B, tb.
  * beta == 0: C is not read. Bitwise identical results for any thread count. The projections
  * of the module run on it. Returns MHA_ERR_INVALID_ARG / MHA_ERR_NOMEM (C unchanged). */
-mha_status mha_sgemm(mha_ctx *ctx, int ta, int tb, int64_t M, int64_t N, int64_t K, float alpha,
-                     const float *A, int64_t lda, const float *B, int64_t ldb, float beta,
-                     float *C, int64_t ldc);
+MHA_API mha_status mha_sgemm(mha_ctx *ctx, int ta, int tb, int64_t M, int64_t N, int64_t K,
+                             float alpha, const float *A, int64_t lda, const float *B,
+                             int64_t ldb, float beta, float *C, int64_t ldc);
 
 /* ---------------------------------------------------------------------------------------------
  * Tensor views
@@ -194,12 +216,18 @@ typedef struct {
     int64_t stride[MHA_MAX_DIMS]; /* in elements; stride[ndim-1] must be 1 */
 } mha_tensor;
 
-/* A contiguous (row-major) view of data with the given shape. */
-mha_tensor mha_tensor_make(float *data, int ndim, const int64_t *shape);
-/* A strided view; stride == NULL means contiguous. */
-mha_tensor mha_tensor_strided(float *data, int ndim, const int64_t *shape, const int64_t *stride);
-/* Number of elements (product of the shape). */
-int64_t mha_tensor_numel(const mha_tensor *t);
+/* A contiguous (row-major) view of data with the given shape (ndim values; shape may be NULL
+ * only when ndim == 0). Never fails: an ndim outside [0, MHA_MAX_DIMS], a NULL shape, or
+ * contiguous strides that do not fit in int64 give a view marked invalid (ndim = -1), which
+ * every validating call rejects with MHA_ERR_SHAPE. */
+MHA_API mha_tensor mha_tensor_make(float *data, int ndim, const int64_t *shape);
+/* A strided view; stride == NULL means contiguous. Invalid arguments as for mha_tensor_make. */
+MHA_API mha_tensor mha_tensor_strided(float *data, int ndim, const int64_t *shape,
+                                      const int64_t *stride);
+/* Number of elements: the product of the shape (0 if any dimension is 0). -1 when there is no
+ * such number: t == NULL, ndim outside [0, MHA_MAX_DIMS], a negative dimension, or a product
+ * beyond INT64_MAX. Defined for every input (no overflow). */
+MHA_API int64_t mha_tensor_numel(const mha_tensor *t);
 
 /* ---------------------------------------------------------------------------------------------
  * Masks (shared by the module and the core; see the table at the top)
@@ -226,7 +254,7 @@ typedef struct {
     int attn_batched;
 } mha_mask;
 
-mha_mask mha_mask_default(void); /* no mask at all */
+MHA_API mha_mask mha_mask_default(void); /* no mask at all */
 
 /* ---------------------------------------------------------------------------------------------
  * The attention core:  out = dropout(softmax(q k^T * scale + mask)) v, per batch and head
@@ -238,7 +266,7 @@ typedef struct {
     uint64_t offset;  /* dropout stream offset, e.g. a call counter */
 } mha_attn_params;
 
-mha_attn_params mha_attn_params_default(void);
+MHA_API mha_attn_params mha_attn_params_default(void);
 
 /* Forward of the attention core, equivalent to F.scaled_dot_product_attention (with mha's
  * mask conventions, and 0 instead of NaN on fully masked rows).
@@ -250,18 +278,18 @@ mha_attn_params mha_attn_params_default(void);
  *        dropout (as PyTorch returns them)
  * Dropout uses a counter-based generator keyed by (seed, offset, b, h, i, j): the backward
  * regenerates the same mask. Returns MHA_ERR_SHAPE / MHA_ERR_INVALID_ARG with a message. */
-mha_status mha_attn_forward(mha_ctx *ctx, const mha_attn_params *p, const mha_tensor *q,
-                            const mha_tensor *k, const mha_tensor *v, const mha_mask *mask,
-                            mha_tensor *out, mha_tensor *lse, mha_tensor *weights);
+MHA_API mha_status mha_attn_forward(mha_ctx *ctx, const mha_attn_params *p, const mha_tensor *q,
+                                    const mha_tensor *k, const mha_tensor *v, const mha_mask *mask,
+                                    mha_tensor *out, mha_tensor *lse, mha_tensor *weights);
 
 /* Backward of mha_attn_forward (its forward quoted above), with the same p and mask.
  *   out, lse: what the forward produced; dout: [B, H, L, Dv]
  *   dq: [B, H, L, D], dk: [B, H, S, D], dv: [B, H, S, Dv]: overwritten (not accumulated). */
-mha_status mha_attn_backward(mha_ctx *ctx, const mha_attn_params *p, const mha_tensor *q,
-                             const mha_tensor *k, const mha_tensor *v, const mha_mask *mask,
-                             const mha_tensor *out, const mha_tensor *lse,
-                             const mha_tensor *dout, mha_tensor *dq, mha_tensor *dk,
-                             mha_tensor *dv);
+MHA_API mha_status mha_attn_backward(mha_ctx *ctx, const mha_attn_params *p, const mha_tensor *q,
+                                     const mha_tensor *k, const mha_tensor *v, const mha_mask *mask,
+                                     const mha_tensor *out, const mha_tensor *lse,
+                                     const mha_tensor *dout, mha_tensor *dq, mha_tensor *dk,
+                                     mha_tensor *dv);
 
 /* ---------------------------------------------------------------------------------------------
  * The module: torch.nn.MultiheadAttention(E, H, dropout, bias, kdim=, vdim=, batch_first=True)
@@ -278,19 +306,19 @@ typedef struct {
     uint64_t seed;     /* seeds the initialization and the dropout stream */
 } mha_config;
 
-mha_config mha_config_default(int64_t embed_dim, int64_t num_heads);
+MHA_API mha_config mha_config_default(int64_t embed_dim, int64_t num_heads);
 
 /* Creates a module with PyTorch's initialization, reproducible from cfg->seed:
  * xavier-uniform in_proj_weight (or q/k/v_proj_weight), out_proj.weight uniform in
  * +-1/sqrt(E), zero biases. Gradients start at zero. */
-mha_status mha_module_create(mha_ctx *ctx, const mha_config *cfg, mha_module **out);
+MHA_API mha_status mha_module_create(mha_ctx *ctx, const mha_config *cfg, mha_module **out);
 /* Creates a module whose configuration is read from a safetensors file holding a state_dict
  * (E, kdim, vdim and bias are inferred from the tensors' shapes; bias from in_proj_bias or
  * out_proj.bias, and then both must be there), and loads it as mha_module_load does. */
-mha_status mha_module_create_from_file(mha_ctx *ctx, const char *path, int64_t num_heads,
-                                       mha_module **out);
-void mha_module_free(mha_module *m);
-const mha_config *mha_module_config(const mha_module *m);
+MHA_API mha_status mha_module_create_from_file(mha_ctx *ctx, const char *path, int64_t num_heads,
+                                               mha_module **out);
+MHA_API void mha_module_free(mha_module *m);
+MHA_API const mha_config *mha_module_config(const mha_module *m);
 
 /* Parameters, under PyTorch's names and layouts:
  *   kdim == vdim == E:  "in_proj_weight" [3E, E] (rows: q, k, v), "in_proj_bias" [3E]
@@ -298,22 +326,22 @@ const mha_config *mha_module_config(const mha_module *m);
  *                       "v_proj_weight" [E, vdim], "in_proj_bias" [3E]
  *   always:             "out_proj.weight" [E, E], "out_proj.bias" [E]
  * (biases only with cfg.bias). Index i in [0, mha_module_param_count). */
-int mha_module_param_count(const mha_module *m);
-const char *mha_module_param_name(const mha_module *m, int i);
+MHA_API int mha_module_param_count(const mha_module *m);
+MHA_API const char *mha_module_param_name(const mha_module *m, int i);
 /* Views of a parameter's values and of its gradient (either may be NULL), owned by the module
  * and valid until mha_module_free. Writing through value changes the parameter. */
-mha_status mha_module_param(mha_ctx *ctx, mha_module *m, const char *name, mha_tensor *value,
-                            mha_tensor *grad);
+MHA_API mha_status mha_module_param(mha_ctx *ctx, mha_module *m, const char *name,
+                                    mha_tensor *value, mha_tensor *grad);
 /* Sets every parameter gradient to zero. */
-void mha_module_zero_grad(mha_module *m);
+MHA_API void mha_module_zero_grad(mha_module *m);
 
 /* Loads parameters from a safetensors file (F32) as written by
  * safetensors.torch.save_file(module.state_dict()). Every parameter must be present with its
  * shape; other tensors are ignored, except bias_k / bias_v (add_bias_kv=True, not supported:
  * MHA_ERR_UNSUPPORTED). On error the module is unchanged. */
-mha_status mha_module_load(mha_ctx *ctx, mha_module *m, const char *path);
+MHA_API mha_status mha_module_load(mha_ctx *ctx, mha_module *m, const char *path);
 /* Saves parameters under their names (atomically: a temporary file, then rename). */
-mha_status mha_module_save(mha_ctx *ctx, const mha_module *m, const char *path);
+MHA_API mha_status mha_module_save(mha_ctx *ctx, const mha_module *m, const char *path);
 
 typedef struct {
     float scale;         /* 0: 1/sqrt(E/H) */
@@ -322,7 +350,7 @@ typedef struct {
     int save_for_backward; /* 1 (default): keep what mha_module_backward needs */
 } mha_forward_opts;
 
-mha_forward_opts mha_forward_opts_default(void);
+MHA_API mha_forward_opts mha_forward_opts_default(void);
 
 /* Forward: y = out_proj(attention(q_proj(query), k_proj(key), v_proj(value))).
  *   query: [B, L, E] (batch first) or unbatched [L, E]
@@ -334,21 +362,23 @@ mha_forward_opts mha_forward_opts_default(void);
  *   weights: optional (NULL), overwritten: averaged [B, L, S] / [L, S], or per head
  *          [B, H, L, S] / [H, L, S] (opts->average_weights == 0)
  * With opts->save_for_backward the module keeps copies of the activations the backward needs;
- * the inputs may be freed after the call. Each training forward advances the dropout stream. */
-mha_status mha_module_forward(mha_ctx *ctx, mha_module *m, const mha_forward_opts *opts,
-                              const mha_tensor *query, const mha_tensor *key,
-                              const mha_tensor *value, const mha_mask *mask, mha_tensor *out,
-                              mha_tensor *weights);
+ * the inputs may be freed after the call. Each training forward advances the dropout stream.
+ * out and weights must not overlap query, key, value or each other (MHA_ERR_INVALID_ARG). */
+MHA_API mha_status mha_module_forward(mha_ctx *ctx, mha_module *m, const mha_forward_opts *opts,
+                                      const mha_tensor *query, const mha_tensor *key,
+                                      const mha_tensor *value, const mha_mask *mask,
+                                      mha_tensor *out, mha_tensor *weights);
 
 /* Backward of the most recent forward (which must have had save_for_backward).
  *   dout: [B, L, E] (as out)
  *   dquery, dkey, dvalue: overwritten, each optional (NULL = not wanted). For self-attention
  *   (key == value == NULL in the forward) dquery receives the whole input gradient and dkey,
- *   dvalue must be NULL.
+ *   dvalue must be NULL. dquery, dkey and dvalue must not overlap dout or each other
+ *   (MHA_ERR_INVALID_ARG).
  * Parameter gradients are ACCUMULATED (+=) into the module's gradients, as in PyTorch; call
  * mha_module_zero_grad between steps. */
-mha_status mha_module_backward(mha_ctx *ctx, mha_module *m, const mha_tensor *dout,
-                               mha_tensor *dquery, mha_tensor *dkey, mha_tensor *dvalue);
+MHA_API mha_status mha_module_backward(mha_ctx *ctx, mha_module *m, const mha_tensor *dout,
+                                       mha_tensor *dquery, mha_tensor *dkey, mha_tensor *dvalue);
 
 /* ---------------------------------------------------------------------------------------------
  * Arrays and files: .npy and safetensors (untrusted input: every field is validated)
@@ -368,39 +398,39 @@ typedef struct {
     void *data; /* numel * element size bytes, C order, little-endian */
 } mha_array;
 
-int64_t mha_array_numel(const mha_array *a);
-size_t mha_dtype_size(mha_dtype dt);
-const char *mha_dtype_name(mha_dtype dt); /* "float32", "bool", "int32", "float64" */
+MHA_API int64_t mha_array_numel(const mha_array *a);
+MHA_API size_t mha_dtype_size(mha_dtype dt);
+MHA_API const char *mha_dtype_name(mha_dtype dt); /* "float32", "bool", "int32", "float64" */
 /* Allocates a zeroed array. */
-mha_status mha_array_alloc(mha_ctx *ctx, mha_dtype dt, int ndim, const int64_t *shape,
-                           mha_array *out);
-void mha_array_free(mha_array *a); /* frees data and zeroes the struct; NULL-safe */
+MHA_API mha_status mha_array_alloc(mha_ctx *ctx, mha_dtype dt, int ndim, const int64_t *shape,
+                                   mha_array *out);
+MHA_API void mha_array_free(mha_array *a); /* frees data and zeroes the struct; NULL-safe */
 
 /* The writer callback: called with consecutive chunks; returns 0 on success. */
 typedef int (*mha_write_fn)(void *user, const void *data, size_t size);
 
 /* .npy (format versions 1.0-3.0; dtypes <f4, |b1, <i4, <f8; C order only). */
-mha_status mha_npy_load(mha_ctx *ctx, const char *path, mha_array *out);
-mha_status mha_npy_parse(mha_ctx *ctx, const void *buf, size_t len, mha_array *out);
-mha_status mha_npy_write(mha_ctx *ctx, const mha_array *a, mha_write_fn fn, void *user);
+MHA_API mha_status mha_npy_load(mha_ctx *ctx, const char *path, mha_array *out);
+MHA_API mha_status mha_npy_parse(mha_ctx *ctx, const void *buf, size_t len, mha_array *out);
+MHA_API mha_status mha_npy_write(mha_ctx *ctx, const mha_array *a, mha_write_fn fn, void *user);
 /* Writes to path.tmp-XXXXXX and renames: an error never leaves a partial file. */
-mha_status mha_npy_save(mha_ctx *ctx, const char *path, const mha_array *a);
+MHA_API mha_status mha_npy_save(mha_ctx *ctx, const char *path, const mha_array *a);
 
 /* safetensors: a collection of named arrays. */
 typedef struct mha_st mha_st;
-mha_status mha_st_create(mha_ctx *ctx, mha_st **out);
-mha_status mha_st_load(mha_ctx *ctx, const char *path, mha_st **out);
-mha_status mha_st_parse(mha_ctx *ctx, const void *buf, size_t len, mha_st **out);
-void mha_st_free(mha_st *st);
-int mha_st_count(const mha_st *st);
+MHA_API mha_status mha_st_create(mha_ctx *ctx, mha_st **out);
+MHA_API mha_status mha_st_load(mha_ctx *ctx, const char *path, mha_st **out);
+MHA_API mha_status mha_st_parse(mha_ctx *ctx, const void *buf, size_t len, mha_st **out);
+MHA_API void mha_st_free(mha_st *st);
+MHA_API int mha_st_count(const mha_st *st);
 /* The i-th name, i in [0, mha_st_count), in strcmp order; NULL out of range. Owned by st. */
-const char *mha_st_name(const mha_st *st, int i);
+MHA_API const char *mha_st_name(const mha_st *st, int i);
 /* The array named name, or NULL. Owned by st. */
-const mha_array *mha_st_find(const mha_st *st, const char *name);
+MHA_API const mha_array *mha_st_find(const mha_st *st, const char *name);
 /* Adds (or replaces) name with a copy of a. */
-mha_status mha_st_set(mha_ctx *ctx, mha_st *st, const char *name, const mha_array *a);
-mha_status mha_st_write(mha_ctx *ctx, const mha_st *st, mha_write_fn fn, void *user);
-mha_status mha_st_save(mha_ctx *ctx, const mha_st *st, const char *path);
+MHA_API mha_status mha_st_set(mha_ctx *ctx, mha_st *st, const char *name, const mha_array *a);
+MHA_API mha_status mha_st_write(mha_ctx *ctx, const mha_st *st, mha_write_fn fn, void *user);
+MHA_API mha_status mha_st_save(mha_ctx *ctx, const mha_st *st, const char *path);
 
 #ifdef __cplusplus
 }

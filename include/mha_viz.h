@@ -95,7 +95,7 @@ typedef struct {
     int cell_px;   /* SVG/PNG cell size in pixels, 1..64; 0 = automatic */
 } mha_viz_opts;
 
-mha_viz_opts mha_viz_opts_default(void);
+MHA_API mha_viz_opts mha_viz_opts_default(void);
 /* Every renderer below accepts opts == NULL for the defaults. Shades in the terminal: blank
  * below 5% of the scale, then equal steps (Unicode " ░▒▓█": quarters; ASCII ".:-=+*#@":
  * eighths); the legend line gives the values. */
@@ -112,8 +112,8 @@ typedef struct {
 /* Statistics of each of the H heads of w [H, L, S] into stats[H] (caller-owned).
  * Rows that sum to 0 (fully masked) count as entropy 0. MHA_ERR_INVALID_ARG for NULL
  * pointers, sizes < 1, or a non-finite weight. */
-mha_status mha_viz_head_stats(mha_ctx *ctx, const float *w, int64_t H, int64_t L, int64_t S,
-                              mha_viz_stats *stats);
+MHA_API mha_status mha_viz_head_stats(mha_ctx *ctx, const float *w, int64_t H, int64_t L, int64_t S,
+                                      mha_viz_stats *stats);
 
 /* Text rendering of w [H, L, S] (contiguous, read only) for a terminal, through fn(user, ...).
  * Layout (Unicode mode, one head, no tokens):
@@ -132,16 +132,16 @@ mha_status mha_viz_head_stats(mha_ctx *ctx, const float *w, int64_t H, int64_t L
  * of each line; the caller decides whether the terminal wants it (isatty, $NO_COLOR).
  * Returns MHA_ERR_INVALID_ARG (NULL pointers, sizes < 1, head out of range, width < 40,
  * non-finite weights, a NULL token), MHA_ERR_NOMEM, or MHA_ERR_IO when fn returns nonzero. */
-mha_status mha_viz_term(mha_ctx *ctx, const float *w, int64_t H, int64_t L, int64_t S,
-                        const mha_viz_opts *opts, mha_write_fn fn, void *user);
+MHA_API mha_status mha_viz_term(mha_ctx *ctx, const float *w, int64_t H, int64_t L, int64_t S,
+                                const mha_viz_opts *opts, mha_write_fn fn, void *user);
 
 /* SVG image of the chosen view: each panel has a title, query labels on the left, key labels
  * below (rotated), one <rect class="cell"> per drawn weight with a <title> tooltip
  * ("query 2 'cat' -> key 1 'the': 0.4123"), and a colour bar. A grid has ceil(sqrt(H))
  * columns. Colours: a perceptual dark-blue → green → yellow map (mha_viz_color). Errors as
  * mha_viz_term. */
-mha_status mha_viz_svg(mha_ctx *ctx, const float *w, int64_t H, int64_t L, int64_t S,
-                       const mha_viz_opts *opts, mha_write_fn fn, void *user);
+MHA_API mha_status mha_viz_svg(mha_ctx *ctx, const float *w, int64_t H, int64_t L, int64_t S,
+                               const mha_viz_opts *opts, mha_write_fn fn, void *user);
 
 /* PNG image (8-bit RGB) of the chosen view, without text. Exact geometry, c = cell size:
  *   panels: n = 1 (HEAD, AVERAGE) or H (ALL), cols = ceil(sqrt(n)) (1 for n == 1),
@@ -153,8 +153,8 @@ mha_status mha_viz_svg(mha_ctx *ctx, const float *w, int64_t H, int64_t L, int64
  * c = opts->cell_px, or automatically about 512 / max(L, S) clamped to [2, 32].
  * MHA_ERR_UNSUPPORTED "png support not built (libpng not found)" without libpng; MHA_ERR_NOMEM
  * when the image would exceed 16384 pixels on a side. Other errors as mha_viz_term. */
-mha_status mha_viz_png(mha_ctx *ctx, const float *w, int64_t H, int64_t L, int64_t S,
-                       const mha_viz_opts *opts, mha_write_fn fn, void *user);
+MHA_API mha_status mha_viz_png(mha_ctx *ctx, const float *w, int64_t H, int64_t L, int64_t S,
+                               const mha_viz_opts *opts, mha_write_fn fn, void *user);
 
 /* A self-contained HTML page (inline CSS, JS and data; no network requests) showing ALL heads
  * and their average, whatever opts->view (which only picks the head selected at first):
@@ -162,23 +162,23 @@ mha_status mha_viz_png(mha_ctx *ctx, const float *w, int64_t H, int64_t L, int64
  * opacity = weight; hovering a token keeps only its lines and highlights its row or column in
  * the heatmap); a heatmap of the selected head; small heatmaps of every head; a table of
  * mha_viz_head_stats. Errors as mha_viz_term. */
-mha_status mha_viz_html(mha_ctx *ctx, const float *w, int64_t H, int64_t L, int64_t S,
-                        const mha_viz_opts *opts, mha_write_fn fn, void *user);
+MHA_API mha_status mha_viz_html(mha_ctx *ctx, const float *w, int64_t H, int64_t L, int64_t S,
+                                const mha_viz_opts *opts, mha_write_fn fn, void *user);
 
 /* File wrappers: write path.tmp-XXXXXX, then rename over path (MHA_ERR_IO with the path and
  * strerror on failure; the temporary file is removed). */
-mha_status mha_viz_term_file(mha_ctx *ctx, const float *w, int64_t H, int64_t L, int64_t S,
-                             const mha_viz_opts *opts, const char *path);
-mha_status mha_viz_svg_file(mha_ctx *ctx, const float *w, int64_t H, int64_t L, int64_t S,
-                            const mha_viz_opts *opts, const char *path);
-mha_status mha_viz_png_file(mha_ctx *ctx, const float *w, int64_t H, int64_t L, int64_t S,
-                            const mha_viz_opts *opts, const char *path);
-mha_status mha_viz_html_file(mha_ctx *ctx, const float *w, int64_t H, int64_t L, int64_t S,
-                             const mha_viz_opts *opts, const char *path);
+MHA_API mha_status mha_viz_term_file(mha_ctx *ctx, const float *w, int64_t H, int64_t L, int64_t S,
+                                     const mha_viz_opts *opts, const char *path);
+MHA_API mha_status mha_viz_svg_file(mha_ctx *ctx, const float *w, int64_t H, int64_t L, int64_t S,
+                                    const mha_viz_opts *opts, const char *path);
+MHA_API mha_status mha_viz_png_file(mha_ctx *ctx, const float *w, int64_t H, int64_t L, int64_t S,
+                                    const mha_viz_opts *opts, const char *path);
+MHA_API mha_status mha_viz_html_file(mha_ctx *ctx, const float *w, int64_t H, int64_t L, int64_t S,
+                                     const mha_viz_opts *opts, const char *path);
 
 /* The colour map shared by every renderer: t in [0, 1] (clamped; NaN as 0) to 8-bit RGB,
  * piecewise linear through five anchors from dark blue (t = 0) to yellow (t = 1). */
-void mha_viz_color(float t, uint8_t rgb[3]);
+MHA_API void mha_viz_color(float t, uint8_t rgb[3]);
 
 #ifdef __cplusplus
 }

@@ -80,6 +80,47 @@ TEST(tensor_views) {
     mha_ctx_free(ctx);
 }
 
+/* Fault 9: a NULL shape gives an invalid view (no crash) that validation rejects; element
+ * counts beyond int64 are -1, never a wrapped product (signed overflow). */
+TEST(tensor_views_invalid_and_overflowing) {
+    float buf[4];
+    mha_ctx *ctx;
+    ASSERT_OK(ctx, mha_ctx_create(&ctx));
+    mha_tensor t = mha_tensor_make(buf, 3, NULL);
+    ASSERT_EQ(t.ndim, -1);
+    ASSERT_EQ(mha_tensor_numel(&t), -1);
+    ASSERT_EQ(mha__check_tensor(ctx, "f", "x", &t, 3, NULL, NULL), MHA_ERR_SHAPE);
+    int64_t one[1] = {4};
+    mha_tensor a = mha_tensor_make(buf, 1, one);
+    mha_attn_params p = mha_attn_params_default();
+    ASSERT_EQ(mha_attn_forward(ctx, &p, &t, &t, &t, NULL, &a, NULL, NULL), MHA_ERR_SHAPE);
+    t = mha_tensor_strided(buf, 2, NULL, NULL);
+    ASSERT_EQ(t.ndim, -1);
+    t = mha_tensor_make(buf, 0, NULL); /* a scalar needs no shape */
+    ASSERT_EQ(t.ndim, 0);
+    ASSERT_EQ(mha_tensor_numel(&t), 1);
+    t = mha_tensor_make(buf, MHA_MAX_DIMS + 1, one);
+    ASSERT_EQ(t.ndim, -1);
+    ASSERT_EQ(mha_tensor_numel(NULL), -1);
+    /* Contiguous strides beyond int64 (the inner sizes alone overflow): invalid. */
+    int64_t big[3] = {0, INT64_MAX / 2, 3};
+    ASSERT_EQ(mha_tensor_make(buf, 3, big).ndim, -1);
+    /* Element counts: exact up to INT64_MAX, -1 beyond, 0 with any empty dimension. */
+    int64_t lim[2] = {INT64_MAX / 7, 7}, over[2] = {INT64_MAX / 7 + 1, 7};
+    int64_t st[2] = {0, 1}, neg[2] = {-2, 3}, empty[3] = {INT64_MAX, INT64_MAX, 0};
+    t = mha_tensor_strided(buf, 2, lim, st);
+    ASSERT_EQ(mha_tensor_numel(&t), INT64_MAX / 7 * 7);
+    t = mha_tensor_strided(buf, 2, over, st);
+    ASSERT_EQ(mha_tensor_numel(&t), -1);
+    ASSERT_EQ(mha__check_tensor(ctx, "f", "x", &t, 2, NULL, NULL), MHA_ERR_SHAPE);
+    t = mha_tensor_strided(buf, 2, neg, st);
+    ASSERT_EQ(mha_tensor_numel(&t), -1);
+    int64_t est[3] = {0, 0, 1};
+    t = mha_tensor_strided(buf, 3, empty, est);
+    ASSERT_EQ(mha_tensor_numel(&t), 0);
+    mha_ctx_free(ctx);
+}
+
 TEST(alloc_fault_injection_and_overflow) {
     size_t out;
     ASSERT_TRUE(!mha__mul_size(SIZE_MAX / 2, 3, &out));
@@ -233,6 +274,7 @@ int main(void) {
     RUN(isa_selection);
     RUN(env_isa_is_validated);
     RUN(tensor_views);
+    RUN(tensor_views_invalid_and_overflowing);
     RUN(alloc_fault_injection_and_overflow);
     RUN(philox_is_deterministic_and_uniform);
     RUN(generic_sgemm_matches_reference);

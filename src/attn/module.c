@@ -12,11 +12,14 @@
  *   dWq += dq^T query, dbq += sum_rows dq, dquery = dq Wq   (same for k and v; for
  *   self-attention dquery = [dq dk dv] in_proj_weight, the sum of the three paths)
  * Every product goes through mha__gemm_ex (biases added inside the product, one packing
- * workspace kept by the module); everything else is O(rows * E) glue. The buffers live in
- * the module and are reused by the next call of the same sizes (module_internal.h). */
+ * workspace kept by the module); everything else is O(rows * E) glue. Each workspace is
+ * planned once (src/core/plan.h: fwd_plan, bwd_plan): its regions declared in one place, one
+ * allocation, kept in the module and reused by the next call of the same sizes
+ * (module_internal.h). */
 #include "module_internal.h"
 #include "attn/attn_common.h"
 #include "attn/gemm.h"
+#include "core/plan.h"
 
 #include <math.h>
 #include <stdio.h>
@@ -62,48 +65,26 @@ static mha_status alloc_n(mha_ctx *ctx, const char *fn, const char *what, void *
     return MHA_OK;
 }
 
-static mha_status alloc_f(mha_ctx *ctx, const char *fn, const char *what, float **out,
-                          int64_t a, int64_t b) {
-    void *p;
-    mha_status st = alloc_n(ctx, fn, what, &p, a, b, sizeof(float));
-    *out = p;
-    return st;
-}
-
-/* *out = a buffer of a * b elements of size es, from the kept buffer kb (reused when it fits,
- * see mha__buf in module_internal.h); NOMEM with a message, kb then empty. */
-static mha_status buf_get(mha_ctx *ctx, const char *fn, const char *what, mha__buf *kb,
-                          void **out, int64_t a, int64_t b, size_t es) {
-    size_t n, bytes;
-    *out = NULL;
-    if (a < 0 || b < 0 || !mha__mul_size((size_t)a, (size_t)b, &n) ||
-        !mha__mul_size(n, es, &bytes))
-        return mha__err(ctx, MHA_ERR_NOMEM, "%s: %s: size overflows (%lld x %lld elements)", fn,
-                        what, (long long)a, (long long)b);
-    if (!kb->p || bytes > kb->cap || bytes < kb->cap / 4) {
-        mha__free(kb->p);
-        kb->cap = 0;
-        if (!(kb->p = mha__malloc(bytes)))
-            return mha__err(ctx, MHA_ERR_NOMEM, "%s: %s: out of memory (%zu bytes)", fn, what,
-                            bytes);
-        kb->cap = bytes;
-    }
-    *out = kb->p;
-    return MHA_OK;
-}
-
-static mha_status buf_f(mha_ctx *ctx, const char *fn, const char *what, mha__buf *kb,
-                        float **out, int64_t a, int64_t b) {
-    void *p;
-    mha_status st = buf_get(ctx, fn, what, kb, &p, a, b, sizeof(float));
-    *out = p;
-    return st;
-}
-
 static void buf_free(mha__buf *b) {
     mha__free(b->p);
     b->p = NULL;
     b->cap = 0;
+}
+
+/* Points views (the struct pl's regions were declared with) into the kept buffer kb: reused
+ * when the plan fits it (see mha__buf in module_internal.h), else allocated anew. NOMEM with a
+ * message naming the region whose size overflowed, or the bytes; kb then empty. */
+static mha_status kept_point(mha_ctx *ctx, const char *fn, const mha__plan *pl, mha__buf *kb,
+                             void *views) {
+    size_t bytes;
+    if (!mha__plan_bytes(pl, 1, &bytes) || !kb->p || bytes > kb->cap || bytes < kb->cap / 4) {
+        buf_free(kb);
+        mha_status st = mha__plan_alloc(pl, ctx, fn, 1, &kb->p);
+        if (st) return st;
+        kb->cap = pl->per_copy;
+    }
+    mha__plan_point(pl, kb->p, 0, views);
+    return MHA_OK;
 }
 
 /* A [B, R, X] view (or [R, X] when ndim == 2) as B*R rows of X floats: the row stride, or -1
@@ -154,6 +135,29 @@ static mha_tensor heads_view(float *base, int64_t B, int64_t H, int64_t R, int64
                              int64_t ld) {
     int64_t shape[4] = {B, H, R, D}, stride[4] = {R * ld, D, ld, 1};
     return mha_tensor_strided(base, 4, shape, stride);
+}
+
+/* Whether the [B, R, X] input t is read in place (no copy): only when nothing is saved and its
+ * strides allow rows. */
+static int in_place(const mha_tensor *t, int save) { return !save && rows_ld(t) >= 0; }
+
+/* A tensor argument and its name, for the aliasing rule. */
+typedef struct {
+    const char *name;
+    const mha_tensor *t; /* NULL: not given */
+} named_view;
+
+/* The aliasing rule of mha.h: v[nin..n) are outputs, each must share no memory with the inputs
+ * v[0..nin) or with an earlier output. MHA_ERR_INVALID_ARG naming both. */
+static mha_status check_disjoint(mha_ctx *ctx, const char *fn, const named_view *v, int nin,
+                                 int n) {
+    for (int i = nin; i < n; i++)
+        for (int j = 0; j < i; j++)
+            if (v[i].t && v[j].t && mha__tensors_overlap(v[i].t, v[j].t))
+                return mha__err(ctx, MHA_ERR_INVALID_ARG, "%s: %s overlaps %s (outputs must not "
+                                "share memory with inputs or other outputs)", fn, v[i].name,
+                                v[j].name);
+    return MHA_OK;
 }
 
 /* ---------------------------------------------------------------------------------------------
@@ -215,60 +219,23 @@ static void init_uniform(float *w, int64_t n, uint64_t seed, uint32_t stream, do
     }
 }
 
-mha_status mha_module_create(mha_ctx *ctx, const mha_config *cfg, mha_module **out) {
-    mha__clear(ctx);
-    mha_status st;
-    if (!out) return mha__err(ctx, MHA_ERR_INVALID_ARG, "%s: out: got NULL, expected a pointer",
-                              FN_CREATE);
-    *out = NULL;
-    if ((st = check_config(ctx, FN_CREATE, cfg))) return st;
-    {
-        /* Every parameter's element count must fit (3E x E, E x kdim, E x vdim). */
-        int64_t E = cfg->embed_dim, kd = cfg->kdim ? cfg->kdim : E, vd = cfg->vdim ? cfg->vdim : E;
-        size_t n;
-        int64_t mx = kd > vd ? kd : vd;
-        if (E > (int64_t)(SIZE_MAX / sizeof(float)) / 3 || !mha__mul_size((size_t)E, 3, &n) ||
-            !mha__mul_size(n, (size_t)(mx > E ? mx : E), &n) ||
-            !mha__mul_size(n, sizeof(float), &n) || n > (size_t)INT64_MAX)
-            return mha__err(ctx, MHA_ERR_NOMEM, "%s: parameter size overflows (embed_dim = %lld, "
-                            "kdim = %lld, vdim = %lld)", FN_CREATE, (long long)E, (long long)kd,
-                            (long long)vd);
-    }
-    mha_module *m = mha__calloc(1, sizeof *m);
-    if (!m) return mha__err(ctx, MHA_ERR_NOMEM, "%s: module: out of memory", FN_CREATE);
-    m->cfg = *cfg;
-    int64_t E = cfg->embed_dim;
-    m->cfg.kdim = cfg->kdim ? cfg->kdim : E;
-    m->cfg.vdim = cfg->vdim ? cfg->vdim : E;
-    m->cfg.bias = cfg->bias != 0;
-    int64_t kd = m->cfg.kdim, vd = m->cfg.vdim;
-    m->packed = kd == E && vd == E;
-    /* PyTorch's named_parameters() order. */
-    if (m->packed) {
-        add_param(m, "in_proj_weight", 3 * E, E);
-    } else {
-        add_param(m, "q_proj_weight", E, E);
-        add_param(m, "k_proj_weight", E, kd);
-        add_param(m, "v_proj_weight", E, vd);
-    }
-    if (m->cfg.bias) add_param(m, "in_proj_bias", 3 * E, 0);
-    add_param(m, "out_proj.weight", E, E);
-    if (m->cfg.bias) add_param(m, "out_proj.bias", E, 0);
-    for (int i = 0; i < m->nparams; i++) {
-        mha__param *p = &m->p[i];
-        void *v, *g;
-        int64_t rows = p->shape[0], cols = p->ndim == 2 ? p->shape[1] : 1;
-        if ((st = alloc_n(ctx, FN_CREATE, p->name, &v, rows, cols, sizeof(float))) ||
-            (st = alloc_n(ctx, FN_CREATE, p->name, &g, rows, cols, sizeof(float)))) {
-            if (v) mha__free(v);
-            mha_module_free(m);
-            return st;
-        }
-        p->value = v;
-        p->grad = g;
-        memset(v, 0, sizeof(float) * (size_t)p->numel);
-        memset(g, 0, sizeof(float) * (size_t)p->numel);
-    }
+/* Every parameter's size must fit (3E x E, E x kdim, E x vdim floats). */
+static mha_status check_param_sizes(mha_ctx *ctx, const mha_config *cfg) {
+    int64_t E = cfg->embed_dim, kd = cfg->kdim ? cfg->kdim : E, vd = cfg->vdim ? cfg->vdim : E;
+    size_t n;
+    int64_t mx = kd > vd ? kd : vd;
+    if (E > (int64_t)(SIZE_MAX / sizeof(float)) / 3 || !mha__mul_size((size_t)E, 3, &n) ||
+        !mha__mul_size(n, (size_t)(mx > E ? mx : E), &n) ||
+        !mha__mul_size(n, sizeof(float), &n) || n > (size_t)INT64_MAX)
+        return mha__err(ctx, MHA_ERR_NOMEM, "%s: parameter size overflows (embed_dim = %lld, "
+                        "kdim = %lld, vdim = %lld)", FN_CREATE, (long long)E, (long long)kd,
+                        (long long)vd);
+    return MHA_OK;
+}
+
+/* wq ... bo (and their gradients) into the parameters' buffers. */
+static void point_params(mha_module *m) {
+    const int64_t E = m->cfg.embed_dim;
     int k = 0;
     if (m->packed) {
         m->wq = m->p[0].value, m->gwq = m->p[0].grad;
@@ -284,11 +251,47 @@ mha_status mha_module_create(mha_ctx *ctx, const mha_config *cfg, mha_module **o
     if (m->cfg.bias) m->bin = m->p[k].value, m->gbin = m->p[k].grad, k++;
     m->wo = m->p[k].value, m->gwo = m->p[k].grad, k++;
     if (m->cfg.bias) m->bo = m->p[k].value, m->gbo = m->p[k].grad;
+}
 
-    /* _reset_parameters: xavier_uniform_ (gain 1, bound sqrt(6 / (fan_in + fan_out))) on the
-     * whole in_proj_weight [3E, E], or on each of q/k/v_proj_weight; out_proj.weight keeps
-     * Linear's kaiming_uniform_(a = sqrt(5)): bound = 1 / sqrt(fan_in = E); biases zero. */
-    uint64_t seed = cfg->seed;
+/* Declares the parameters in PyTorch's named_parameters() order and allocates each one's value
+ * and gradient buffer, zeroed. On NOMEM the caller frees m. */
+static mha_status alloc_params(mha_ctx *ctx, mha_module *m) {
+    const int64_t E = m->cfg.embed_dim, kd = m->cfg.kdim, vd = m->cfg.vdim;
+    if (m->packed) {
+        add_param(m, "in_proj_weight", 3 * E, E);
+    } else {
+        add_param(m, "q_proj_weight", E, E);
+        add_param(m, "k_proj_weight", E, kd);
+        add_param(m, "v_proj_weight", E, vd);
+    }
+    if (m->cfg.bias) add_param(m, "in_proj_bias", 3 * E, 0);
+    add_param(m, "out_proj.weight", E, E);
+    if (m->cfg.bias) add_param(m, "out_proj.bias", E, 0);
+    for (int i = 0; i < m->nparams; i++) {
+        mha__param *p = &m->p[i];
+        void *v, *g;
+        int64_t rows = p->shape[0], cols = p->ndim == 2 ? p->shape[1] : 1;
+        mha_status st;
+        if ((st = alloc_n(ctx, FN_CREATE, p->name, &v, rows, cols, sizeof(float))) ||
+            (st = alloc_n(ctx, FN_CREATE, p->name, &g, rows, cols, sizeof(float)))) {
+            if (v) mha__free(v);
+            return st;
+        }
+        p->value = v;
+        p->grad = g;
+        memset(v, 0, sizeof(float) * (size_t)p->numel);
+        memset(g, 0, sizeof(float) * (size_t)p->numel);
+    }
+    point_params(m);
+    return MHA_OK;
+}
+
+/* _reset_parameters: xavier_uniform_ (gain 1, bound sqrt(6 / (fan_in + fan_out))) on the whole
+ * in_proj_weight [3E, E], or on each of q/k/v_proj_weight; out_proj.weight keeps Linear's
+ * kaiming_uniform_(a = sqrt(5)): bound = 1 / sqrt(fan_in = E); biases zero. */
+static void init_params(mha_module *m) {
+    const int64_t E = m->cfg.embed_dim, kd = m->cfg.kdim, vd = m->cfg.vdim;
+    const uint64_t seed = m->cfg.seed;
     if (m->packed) {
         init_uniform(m->wq, 3 * E * E, seed, 1, sqrt(6.0 / (double)(E + 3 * E)));
     } else {
@@ -297,21 +300,36 @@ mha_status mha_module_create(mha_ctx *ctx, const mha_config *cfg, mha_module **o
         init_uniform(m->wv, E * vd, seed, 4, sqrt(6.0 / (double)(vd + E)));
     }
     init_uniform(m->wo, E * E, seed, 5, 1.0 / sqrt((double)E));
+}
+
+mha_status mha_module_create(mha_ctx *ctx, const mha_config *cfg, mha_module **out) {
+    mha__clear(ctx);
+    mha_status st;
+    if (!out) return mha__err(ctx, MHA_ERR_INVALID_ARG, "%s: out: got NULL, expected a pointer",
+                              FN_CREATE);
+    *out = NULL;
+    if ((st = check_config(ctx, FN_CREATE, cfg)) || (st = check_param_sizes(ctx, cfg)))
+        return st;
+    mha_module *m = mha__calloc(1, sizeof *m);
+    if (!m) return mha__err(ctx, MHA_ERR_NOMEM, "%s: module: out of memory", FN_CREATE);
+    m->cfg = *cfg;
+    int64_t E = cfg->embed_dim;
+    m->cfg.kdim = cfg->kdim ? cfg->kdim : E;
+    m->cfg.vdim = cfg->vdim ? cfg->vdim : E;
+    m->cfg.bias = cfg->bias != 0;
+    m->packed = m->cfg.kdim == E && m->cfg.vdim == E;
+    if ((st = alloc_params(ctx, m))) {
+        mha_module_free(m);
+        return st;
+    }
+    init_params(m);
     *out = m;
     return MHA_OK;
 }
 
-/* Frees the forward's kept buffers (m->saved must be NULL first). */
-static void saved_release(mha__saved *s) {
-    mha__buf *b[] = {&s->bx, &s->bxk, &s->bxv, &s->bqkv, &s->battn, &s->blse, &s->bpad,
-                     &s->babool, &s->bklen, &s->bafloat};
-    for (size_t i = 0; i < sizeof b / sizeof b[0]; i++) buf_free(b[i]);
-}
-
-/* Frees the backward's kept temporaries and the packing workspace. */
+/* Frees the backward's kept workspace and the packing workspace. */
 static void bwd_release(mha_module *m) {
-    mha__buf *b[] = {&m->bdy, &m->bda, &m->bdqkv, &m->bacc, &m->bgw, &m->btmp};
-    for (size_t i = 0; i < sizeof b / sizeof b[0]; i++) buf_free(b[i]);
+    buf_free(&m->bws);
     mha__gemm_ws_free(&m->gws);
 }
 
@@ -322,7 +340,7 @@ void mha_module_free(mha_module *m) {
         mha__free(m->p[i].grad);
     }
     m->saved = NULL;
-    saved_release(&m->st);
+    buf_free(&m->st.ws);
     bwd_release(m);
     mha__free(m);
 }
@@ -365,68 +383,33 @@ void mha_module_zero_grad(mha_module *m) {
 }
 
 /* ---------------------------------------------------------------------------------------------
- * Forward
+ * Forward: validate (fwd_check_*), plan (fwd_plan), compute (fwd_inputs ... fwd_output)
  * ------------------------------------------------------------------------------------------- */
 
-/* Copies the caller's masks into s's buffers (the backward must see the same ones); without
- * save, s->mask just points at the caller's. */
-static mha_status save_mask(mha_ctx *ctx, mha__saved *s, const mha_mask *mk, int64_t H,
-                            int save) {
-    mha_status st;
-    s->mask = mk ? *mk : mha_mask_default();
-    if (!mk || !save) return MHA_OK;
-    int64_t B = s->B, L = s->L, S = s->S, nm = (mk->attn_batched ? B * H : 1);
-    void *p;
-    if (mk->key_padding) {
-        if ((st = buf_get(ctx, FN_FWD, "mask->key_padding copy", &s->bpad, &p, B, S, 1)))
-            return st;
-        memcpy(p, mk->key_padding, (size_t)(B * S));
-        s->mask.key_padding = p;
-    }
-    if (mk->key_lengths) {
-        if ((st = buf_get(ctx, FN_FWD, "mask->key_lengths copy", &s->bklen, &p, B, 1,
-                          sizeof(int32_t))))
-            return st;
-        memcpy(p, mk->key_lengths, sizeof(int32_t) * (size_t)B);
-        s->mask.key_lengths = p;
-    }
-    size_t n;
-    if ((mk->attn_bool || mk->attn_float) &&
-        (!mha__mul_size((size_t)nm, (size_t)L, &n) || !mha__mul_size(n, (size_t)S, &n)))
-        return mha__err(ctx, MHA_ERR_NOMEM, "%s: attn mask size overflows", FN_FWD);
-    if (mk->attn_bool) {
-        if ((st = buf_get(ctx, FN_FWD, "mask->attn_bool copy", &s->babool, &p, nm * L, S, 1)))
-            return st;
-        memcpy(p, mk->attn_bool, n);
-        s->mask.attn_bool = p;
-    }
-    if (mk->attn_float) {
-        if ((st = buf_get(ctx, FN_FWD, "mask->attn_float copy", &s->bafloat, &p, nm * L, S,
-                          sizeof(float))))
-            return st;
-        memcpy(p, mk->attn_float, sizeof(float) * n);
-        s->mask.attn_float = p;
-    }
-    return MHA_OK;
-}
+/* One forward call: its arguments, and the sizes validation derives from them. */
+typedef struct {
+    const mha_forward_opts *opts;
+    const mha_tensor *query, *key, *value; /* key == value == NULL: self-attention */
+    const mha_mask *mask;
+    mha_tensor *out, *weights;
+    int64_t B, L, S;
+    int unb, self, save;
+} fwd_call;
 
-/* The rows of the [B, R, X] input t as s's x (or xk, xv): the caller's own memory when
- * nothing is saved and its strides allow (*ld its row stride), else a copy into kb. */
-static mha_status input_rows(mha_ctx *ctx, const char *what, const mha_tensor *t, int save,
-                             mha__buf *kb, int64_t rows, int64_t X, const float **x,
-                             int64_t *ld) {
-    int64_t tld = rows_ld(t);
-    if (!save && tld >= 0) {
-        *x = t->data, *ld = tld;
-        return MHA_OK;
-    }
-    float *c;
-    mha_status st = buf_f(ctx, FN_FWD, what, kb, &c, rows, X);
-    if (st) return st;
-    copy_view(t, c, 0);
-    *x = c, *ld = X;
-    return MHA_OK;
-}
+/* The forward's kept workspace (m->st.ws): the regions the backward reads. */
+typedef struct {
+    float *x, *xk, *xv;   /* copies of the query, key, value rows (in_place: 0 bytes) */
+    float *q, *k, *v;     /* projections; self-attention: q holds [B*L, 3E], k and v nothing */
+    float *attn, *lse;    /* the core's output [B*L, E] and lse [B*H, L] */
+    uint8_t *pad, *abool; /* copies of the masks, with save_for_backward */
+    int32_t *klen;
+    float *afloat;
+} fwd_views;
+
+/* The forward's per-call scratch: per-head weights to average, a staging output. */
+typedef struct {
+    float *wheads, *y;
+} fwd_scratch;
 
 /* The expected shape of a [B, R, X] tensor, or [R, X] when unbatched. */
 static mha_status check_bx(mha_ctx *ctx, const char *fn, const char *name, const mha_tensor *t,
@@ -435,194 +418,261 @@ static mha_status check_bx(mha_ctx *ctx, const char *fn, const char *name, const
     return mha__check_tensor(ctx, fn, name, t, unbatched ? 2 : 3, w + unbatched, why);
 }
 
-mha_status mha_module_forward(mha_ctx *ctx, mha_module *m, const mha_forward_opts *opts,
-                              const mha_tensor *query, const mha_tensor *key,
-                              const mha_tensor *value, const mha_mask *mask, mha_tensor *out,
-                              mha_tensor *weights) {
-    mha__clear(ctx);
+/* opts, query, key, value; sets c's sizes. */
+static mha_status fwd_check_inputs(mha_ctx *ctx, const mha_module *m, fwd_call *c) {
+    const int64_t E = m->cfg.embed_dim, kd = m->cfg.kdim, vd = m->cfg.vdim;
+    const mha_tensor *query = c->query, *key = c->key, *value = c->value;
     mha_status st;
-    if (!m) return mha__err(ctx, MHA_ERR_INVALID_ARG, "%s: m: got NULL, expected a module", FN_FWD);
-    mha_forward_opts od = mha_forward_opts_default();
-    if (!opts) opts = &od;
-    if (!isfinite(opts->scale))
+    if (!isfinite(c->opts->scale))
         return mha__err(ctx, MHA_ERR_INVALID_ARG, "%s: opts->scale: got %g, expected a finite "
-                        "value (0: 1/sqrt(E/H))", FN_FWD, (double)opts->scale);
-    const int64_t E = m->cfg.embed_dim, H = m->cfg.num_heads, D = E / H;
-    const int64_t kd = m->cfg.kdim, vd = m->cfg.vdim;
-
-    /* Shapes. */
+                        "value (0: 1/sqrt(E/H))", FN_FWD, (double)c->opts->scale);
     if (!query) return mha__err(ctx, MHA_ERR_INVALID_ARG, "%s: query: got NULL, expected a "
                                 "[B, L, E] tensor", FN_FWD);
     if (query->ndim != 2 && query->ndim != 3)
         return mha__err(ctx, MHA_ERR_SHAPE, "%s: query.ndim: got %d, expected 3 ([B, L, E]) or 2 "
                         "([L, E], unbatched)", FN_FWD, query->ndim);
-    const int unb = query->ndim == 2;
-    const int64_t B = unb ? 1 : query->shape[0], L = query->shape[unb ? 0 : 1];
+    const int unb = c->unb = query->ndim == 2;
+    c->B = unb ? 1 : query->shape[0], c->L = c->S = query->shape[unb ? 0 : 1];
     if ((st = check_bx(ctx, FN_FWD, "query", query, unb, -1, -1, E, "embed_dim"))) return st;
-    const int self = !key && !value;
+    c->self = !key && !value;
     if (!key != !value)
         return mha__err(ctx, MHA_ERR_INVALID_ARG, "%s: %s: got NULL while %s is given, expected "
                         "both or neither (NULL, NULL: self-attention)", FN_FWD,
                         key ? "value" : "key", key ? "key" : "value");
-    if (self && !m->packed)
+    if (c->self && !m->packed)
         return mha__err(ctx, MHA_ERR_INVALID_ARG, "%s: key: got NULL (self-attention), expected a "
                         "tensor (kdim = %lld, vdim = %lld differ from embed_dim = %lld)", FN_FWD,
                         (long long)kd, (long long)vd, (long long)E);
-    int64_t S = L;
-    if (!self) {
-        if (key->ndim != query->ndim)
-            return mha__err(ctx, MHA_ERR_SHAPE, "%s: key.ndim: got %d, expected %d (as query)",
-                            FN_FWD, key->ndim, query->ndim);
-        if ((st = check_bx(ctx, FN_FWD, "key", key, unb, B, -1, kd, "[B, S, kdim]"))) return st;
-        S = key->shape[unb ? 0 : 1];
-        if (value->ndim != query->ndim)
-            return mha__err(ctx, MHA_ERR_SHAPE, "%s: value.ndim: got %d, expected %d (as query)",
-                            FN_FWD, value->ndim, query->ndim);
-        if ((st = check_bx(ctx, FN_FWD, "value", value, unb, B, S, vd, "[B, S, vdim]")))
+    if (c->self) return MHA_OK;
+    if (key->ndim != query->ndim)
+        return mha__err(ctx, MHA_ERR_SHAPE, "%s: key.ndim: got %d, expected %d (as query)",
+                        FN_FWD, key->ndim, query->ndim);
+    if ((st = check_bx(ctx, FN_FWD, "key", key, unb, c->B, -1, kd, "[B, S, kdim]"))) return st;
+    c->S = key->shape[unb ? 0 : 1];
+    if (value->ndim != query->ndim)
+        return mha__err(ctx, MHA_ERR_SHAPE, "%s: value.ndim: got %d, expected %d (as query)",
+                        FN_FWD, value->ndim, query->ndim);
+    return check_bx(ctx, FN_FWD, "value", value, unb, c->B, c->S, vd, "[B, S, vdim]");
+}
+
+/* out, weights, mask, and the aliasing rule. */
+static mha_status fwd_check_outputs(mha_ctx *ctx, const mha_module *m, const fwd_call *c) {
+    const int64_t E = m->cfg.embed_dim, H = m->cfg.num_heads, B = c->B, L = c->L, S = c->S;
+    mha_status st;
+    if (!c->out) return mha__err(ctx, MHA_ERR_INVALID_ARG, "%s: out: got NULL, expected a "
+                                 "[B, L, E] tensor", FN_FWD);
+    if ((st = check_bx(ctx, FN_FWD, "out", c->out, c->unb, B, L, E, "as query"))) return st;
+    if (c->weights && c->opts->average_weights &&
+        (st = check_bx(ctx, FN_FWD, "weights", c->weights, c->unb, B, L, S,
+                       "[B, L, S], averaged over heads")))
+        return st;
+    if (c->weights && !c->opts->average_weights) {
+        int64_t w[4] = {B, H, L, S};
+        if ((st = mha__check_tensor(ctx, FN_FWD, "weights", c->weights, c->unb ? 3 : 4,
+                                    w + c->unb, "[B, H, L, S], per head")))
             return st;
     }
-    if (!out) return mha__err(ctx, MHA_ERR_INVALID_ARG, "%s: out: got NULL, expected a [B, L, E] "
-                              "tensor", FN_FWD);
-    if ((st = check_bx(ctx, FN_FWD, "out", out, unb, B, L, E, "as query"))) return st;
-    if (weights) {
-        if (opts->average_weights) {
-            if ((st = check_bx(ctx, FN_FWD, "weights", weights, unb, B, L, S,
-                               "[B, L, S], averaged over heads")))
-                return st;
-        } else {
-            int64_t w[4] = {B, H, L, S};
-            if ((st = mha__check_tensor(ctx, FN_FWD, "weights", weights, unb ? 3 : 4, w + unb,
-                                        "[B, H, L, S], per head")))
-                return st;
-        }
-    }
-    if ((st = mha__attn_check_mask(ctx, FN_FWD, mask, B, S))) return st;
+    if ((st = mha__attn_check_mask(ctx, FN_FWD, c->mask, B, S))) return st;
+    const named_view v[5] = {{"query", c->query}, {"key", c->key}, {"value", c->value},
+                             {"out", c->out}, {"weights", c->weights}};
+    return check_disjoint(ctx, FN_FWD, v, 3, 5);
+}
 
-    /* Everything the forward and backward need, in the module's kept buffers. From here on
-     * they are overwritten: no saved forward until this one completes. */
-    const int save = opts->save_for_backward != 0;
+/* Declares the kept workspace (into m->st.ws, views in v) and the scratch (one allocation
+ * *scratch, views in sc): input copies only where the backward needs them or the strides force
+ * one, mask copies only with save_for_backward. */
+static mha_status fwd_plan(mha_ctx *ctx, mha_module *m, const fwd_call *c, fwd_views *v,
+                           void **scratch, fwd_scratch *sc) {
+    const int64_t E = m->cfg.embed_dim, H = m->cfg.num_heads, B = c->B, L = c->L, S = c->S;
+    const int64_t BL = B * L, BS = c->self ? 0 : B * S;
+    const mha_mask *mk = c->save ? c->mask : NULL;
+    const int64_t nml = mk && mk->attn_batched ? B * H * L : L; /* attn mask rows */
+    mha__plan pl;
+    mha__plan_init(&pl);
+    MHA__PLAN_ADD(&pl, fwd_views, x, sizeof(float), in_place(c->query, c->save) ? 0 : BL, E);
+    MHA__PLAN_ADD(&pl, fwd_views, xk, sizeof(float),
+                  c->self || in_place(c->key, c->save) ? 0 : BS, m->cfg.kdim);
+    MHA__PLAN_ADD(&pl, fwd_views, xv, sizeof(float),
+                  c->self || in_place(c->value, c->save) ? 0 : BS, m->cfg.vdim);
+    MHA__PLAN_ADD(&pl, fwd_views, q, sizeof(float), BL, c->self ? 3 * E : E);
+    MHA__PLAN_ADD(&pl, fwd_views, k, sizeof(float), BS, E);
+    MHA__PLAN_ADD(&pl, fwd_views, v, sizeof(float), BS, E);
+    MHA__PLAN_ADD(&pl, fwd_views, attn, sizeof(float), BL, E);
+    MHA__PLAN_ADD(&pl, fwd_views, lse, sizeof(float), B * H, L);
+    MHA__PLAN_ADD(&pl, fwd_views, pad, 1, mk && mk->key_padding ? B : 0, S);
+    MHA__PLAN_ADD(&pl, fwd_views, klen, sizeof(int32_t), mk && mk->key_lengths ? B : 0, 1);
+    MHA__PLAN_ADD(&pl, fwd_views, abool, 1, mk && mk->attn_bool ? nml : 0, S);
+    MHA__PLAN_ADD(&pl, fwd_views, afloat, sizeof(float), mk && mk->attn_float ? nml : 0, S);
+    mha_status st = kept_point(ctx, FN_FWD, &pl, &m->st.ws, v);
+    if (st) return st;
+    mha__plan_init(&pl);
+    MHA__PLAN_ADD(&pl, fwd_scratch, wheads, sizeof(float),
+                  c->weights && c->opts->average_weights ? B * H * L : 0, S);
+    MHA__PLAN_ADD(&pl, fwd_scratch, y, sizeof(float), rows_ld(c->out) < 0 ? BL : 0, E);
+    *scratch = NULL;
+    memset(sc, 0, sizeof *sc);
+    if (!pl.bad && pl.per_copy == 0) return MHA_OK; /* no scratch this call */
+    if ((st = mha__plan_alloc(&pl, ctx, FN_FWD, 1, scratch))) return st;
+    mha__plan_point(&pl, *scratch, 0, sc);
+    return MHA_OK;
+}
+
+/* The rows of the [B, R, X] input t: its own memory when in place (*ld its row stride), else
+ * copied into copy. */
+static const float *input_rows(const mha_tensor *t, int save, float *copy, int64_t *ld) {
+    if (in_place(t, save)) {
+        *ld = rows_ld(t);
+        return t->data;
+    }
+    copy_view(t, copy, 0);
+    *ld = t->shape[t->ndim - 1];
+    return copy;
+}
+
+/* Fills the saved state m->st: sizes, inputs (in place or copied), views of the projections,
+ * and the masks (copied with save_for_backward: the backward must see the same ones). */
+static void fwd_inputs(mha_module *m, const fwd_call *c, const fwd_views *v) {
+    const int64_t E = m->cfg.embed_dim, H = m->cfg.num_heads;
     mha__saved *s = &m->st;
-    m->saved = NULL;
-    s->B = B, s->L = L, s->S = S, s->unbatched = unb, s->self_attn = self;
-    float *wtmp = NULL, *ytmp = NULL;
-    const int64_t BL = B * L, BS = B * S;
-    int64_t ldy = rows_ld(out);
-    if ((st = input_rows(ctx, "query copy", query, save, &s->bx, BL, E, &s->x, &s->ldx)))
-        goto fail;
-    if (self) {
-        if ((st = buf_f(ctx, FN_FWD, "qkv", &s->bqkv, &s->qkv, BL, 3 * E))) goto fail;
-        s->q = s->qkv, s->k = s->qkv + E, s->v = s->qkv + 2 * E;
+    s->B = c->B, s->L = c->L, s->S = c->S, s->unbatched = c->unb, s->self_attn = c->self;
+    s->x = input_rows(c->query, c->save, v->x, &s->ldx);
+    s->xk = c->self ? NULL : input_rows(c->key, c->save, v->xk, &s->ldxk);
+    s->xv = c->self ? NULL : input_rows(c->value, c->save, v->xv, &s->ldxv);
+    if (c->self) {
+        s->q = v->q, s->k = v->q + E, s->v = v->q + 2 * E;
         s->ldq = s->ldk = s->ldv = 3 * E;
-        s->xk = s->xv = NULL;
     } else {
-        size_t rows;
-        if (!mha__add_size((size_t)BL, (size_t)BS, &rows) ||
-            !mha__add_size(rows, (size_t)BS, &rows) || rows > INT64_MAX) {
-            st = mha__err(ctx, MHA_ERR_NOMEM, "%s: q, k, v: size overflows", FN_FWD);
-            goto fail;
-        }
-        if ((st = input_rows(ctx, "key copy", key, save, &s->bxk, BS, kd, &s->xk, &s->ldxk)) ||
-            (st = input_rows(ctx, "value copy", value, save, &s->bxv, BS, vd, &s->xv,
-                             &s->ldxv)) ||
-            (st = buf_f(ctx, FN_FWD, "q, k, v", &s->bqkv, &s->qkv, (int64_t)rows, E)))
-            goto fail;
-        s->q = s->qkv, s->k = s->q + BL * E, s->v = s->k + BS * E;
+        s->q = v->q, s->k = v->k, s->v = v->v;
         s->ldq = s->ldk = s->ldv = E;
     }
-    if ((st = buf_f(ctx, FN_FWD, "attention output", &s->battn, &s->attn, BL, E)) ||
-        (st = buf_f(ctx, FN_FWD, "lse", &s->blse, &s->lse, B * H, L)))
-        goto fail;
-    if (weights && opts->average_weights &&
-        (st = alloc_f(ctx, FN_FWD, "per-head weights", &wtmp, B * H * L, S)))
-        goto fail;
-    if (ldy < 0 && (st = alloc_f(ctx, FN_FWD, "output", &ytmp, BL, E))) goto fail;
-    if ((st = save_mask(ctx, s, mask, H, save))) goto fail;
+    s->attn = v->attn, s->lse = v->lse;
+    const mha_mask *mk = c->mask;
+    s->mask = mk ? *mk : mha_mask_default();
+    if (!mk || !c->save) return;
+    /* The sizes fwd_plan declared (and checked). */
+    const size_t BS = (size_t)(c->B * c->S);
+    const size_t nls = (size_t)(mk->attn_batched ? c->B * H * c->L : c->L) * (size_t)c->S;
+    if (mk->key_padding) s->mask.key_padding = memcpy(v->pad, mk->key_padding, BS);
+    if (mk->key_lengths)
+        s->mask.key_lengths = memcpy(v->klen, mk->key_lengths, sizeof(int32_t) * (size_t)c->B);
+    if (mk->attn_bool) s->mask.attn_bool = memcpy(v->abool, mk->attn_bool, nls);
+    if (mk->attn_float) s->mask.attn_float = memcpy(v->afloat, mk->attn_float, sizeof(float) * nls);
+}
 
-    /* Input projections: q = query Wq^T + bq, ... (the bias added by the product). */
-    if (self) {
-        if ((st = mha__gemm_ex(ctx, &m->gws, 0, 1, BL, 3 * E, E, 1.0f, s->x, s->ldx, m->wq, E,
-                               0.0f, m->bin, s->qkv, 3 * E)))
-            goto fail;
-    } else {
-        const float *bq = m->bin, *bk = bq ? bq + E : NULL, *bv = bq ? bq + 2 * E : NULL;
-        if ((st = mha__gemm_ex(ctx, &m->gws, 0, 1, BL, E, E, 1.0f, s->x, s->ldx, m->wq, E, 0.0f,
-                               bq, s->q, E)) ||
-            (st = mha__gemm_ex(ctx, &m->gws, 0, 1, BS, E, kd, 1.0f, s->xk, s->ldxk, m->wk, kd,
-                               0.0f, bk, s->k, E)) ||
-            (st = mha__gemm_ex(ctx, &m->gws, 0, 1, BS, E, vd, 1.0f, s->xv, s->ldxv, m->wv, vd,
-                               0.0f, bv, s->v, E)))
-            goto fail;
-    }
+/* q = query Wq^T + bq, ... (the bias added by the product); self-attention: one product into
+ * the packed [B*L, 3E] rows. */
+static mha_status fwd_project(mha_ctx *ctx, mha_module *m) {
+    const mha__saved *s = &m->st;
+    const int64_t E = m->cfg.embed_dim, kd = m->cfg.kdim, vd = m->cfg.vdim;
+    const int64_t BL = s->B * s->L, BS = s->B * s->S;
+    if (s->self_attn)
+        return mha__gemm_ex(ctx, &m->gws, 0, 1, BL, 3 * E, E, 1.0f, s->x, s->ldx, m->wq, E, 0.0f,
+                            m->bin, s->q, 3 * E);
+    const float *bq = m->bin, *bk = bq ? bq + E : NULL, *bv = bq ? bq + 2 * E : NULL;
+    mha_status st;
+    if ((st = mha__gemm_ex(ctx, &m->gws, 0, 1, BL, E, E, 1.0f, s->x, s->ldx, m->wq, E, 0.0f, bq,
+                           s->q, E)) ||
+        (st = mha__gemm_ex(ctx, &m->gws, 0, 1, BS, E, kd, 1.0f, s->xk, s->ldxk, m->wk, kd, 0.0f,
+                           bk, s->k, E)))
+        return st;
+    return mha__gemm_ex(ctx, &m->gws, 0, 1, BS, E, vd, 1.0f, s->xv, s->ldxv, m->wv, vd, 0.0f, bv,
+                        s->v, E);
+}
 
-    /* The core on [B, H, *, D] views: no copies. */
+/* The core on [B, H, *, D] views of the projections (no copies); the weights per head go to
+ * the caller's tensor, or to wheads to be averaged. */
+static mha_status fwd_attend(mha_ctx *ctx, mha_module *m, const fwd_call *c, float *wheads) {
+    mha__saved *s = &m->st;
+    const int64_t E = m->cfg.embed_dim, H = m->cfg.num_heads, D = E / H;
+    const int64_t B = c->B, L = c->L, S = c->S;
     s->ap = mha_attn_params_default();
-    s->ap.scale = opts->scale != 0 ? opts->scale : (float)(1.0 / sqrt((double)D));
-    s->ap.dropout_p = opts->training && m->cfg.dropout > 0 ? m->cfg.dropout : 0.0f;
+    s->ap.scale = c->opts->scale != 0 ? c->opts->scale : (float)(1.0 / sqrt((double)D));
+    s->ap.dropout_p = c->opts->training && m->cfg.dropout > 0 ? m->cfg.dropout : 0.0f;
     s->ap.seed = m->cfg.seed;
     s->ap.offset = m->dropout_offset;
     mha_tensor qv = heads_view(s->q, B, H, L, D, s->ldq);
     mha_tensor kv = heads_view(s->k, B, H, S, D, s->ldk);
     mha_tensor vv = heads_view(s->v, B, H, S, D, s->ldv);
     mha_tensor av = heads_view(s->attn, B, H, L, D, E);
-    int64_t lshape[3] = {B, H, L};
-    mha_tensor lv = mha_tensor_make(s->lse, 3, lshape);
-    mha_tensor wv, *wp = NULL;
-    if (weights) {
-        if (opts->average_weights) {
-            int64_t ws[4] = {B, H, L, S};
-            wv = mha_tensor_make(wtmp, 4, ws);
-        } else if (unb) {
-            int64_t ws[4] = {1, H, L, S};
-            int64_t wst[4] = {H * weights->stride[0], weights->stride[0], weights->stride[1],
-                              weights->stride[2]};
-            wv = mha_tensor_strided(weights->data, 4, ws, wst);
-        } else {
-            wv = *weights;
-        }
-        wp = &wv;
+    int64_t lshape[3] = {B, H, L}, ws[4] = {B, H, L, S};
+    mha_tensor lv = mha_tensor_make(s->lse, 3, lshape), wv, *wp = NULL;
+    const mha_tensor *w = c->weights;
+    if (w && c->opts->average_weights) {
+        wv = mha_tensor_make(wheads, 4, ws);
+    } else if (w && c->unb) { /* [H, L, S] as [1, H, L, S] */
+        int64_t wst[4] = {H * w->stride[0], w->stride[0], w->stride[1], w->stride[2]};
+        wv = mha_tensor_strided(w->data, 4, ws, wst);
+    } else if (w) {
+        wv = *w;
     }
-    if ((st = mha_attn_forward(ctx, &s->ap, &qv, &kv, &vv, &s->mask, &av, &lv, wp))) goto fail;
+    if (w) wp = &wv;
+    return mha_attn_forward(ctx, &s->ap, &qv, &kv, &vv, &s->mask, &av, &lv, wp);
+}
 
-    /* y = a Wo^T + bo. */
-    float *y = ldy >= 0 ? out->data : ytmp;
-    if (ldy < 0) ldy = E;
-    if ((st = mha__gemm_ex(ctx, &m->gws, 0, 1, BL, E, E, 1.0f, s->attn, E, m->wo, E, 0.0f, m->bo,
-                           y, ldy)))
-        goto fail;
-    if (ytmp) copy_view(out, ytmp, 1);
-
-    /* Weights averaged over heads (mean over dim 1, as PyTorch's average_attn_weights). */
-    if (weights && opts->average_weights) {
-        int64_t sb = unb ? 0 : weights->stride[0], si = weights->stride[unb ? 0 : 1];
-        for (int64_t b = 0; b < B; b++)
-            for (int64_t i = 0; i < L; i++) {
-                float *dst = weights->data + b * sb + i * si;
-                for (int64_t j = 0; j < S; j++) {
-                    float acc = 0;
-                    for (int64_t h = 0; h < H; h++) acc += wtmp[((b * H + h) * L + i) * S + j];
-                    dst[j] = acc / (float)H;
-                }
+/* y = a Wo^T + bo into out (through the staging rows y when out's strides need it); weights
+ * averaged over heads (mean over dim 1, as PyTorch's average_attn_weights). */
+static mha_status fwd_output(mha_ctx *ctx, mha_module *m, const fwd_call *c,
+                             const fwd_scratch *sc) {
+    const mha__saved *s = &m->st;
+    const int64_t E = m->cfg.embed_dim, H = m->cfg.num_heads, B = c->B, L = c->L, S = c->S;
+    const int64_t ldy = rows_ld(c->out);
+    mha_status st = mha__gemm_ex(ctx, &m->gws, 0, 1, B * L, E, E, 1.0f, s->attn, E, m->wo, E,
+                                 0.0f, m->bo, ldy >= 0 ? c->out->data : sc->y,
+                                 ldy >= 0 ? ldy : E);
+    if (st) return st;
+    if (ldy < 0) copy_view(c->out, sc->y, 1);
+    if (!c->weights || !c->opts->average_weights) return MHA_OK;
+    const mha_tensor *w = c->weights;
+    int64_t sb = c->unb ? 0 : w->stride[0], si = w->stride[c->unb ? 0 : 1];
+    for (int64_t b = 0; b < B; b++)
+        for (int64_t i = 0; i < L; i++) {
+            float *dst = w->data + b * sb + i * si;
+            for (int64_t j = 0; j < S; j++) {
+                float acc = 0;
+                for (int64_t h = 0; h < H; h++) acc += sc->wheads[((b * H + h) * L + i) * S + j];
+                dst[j] = acc / (float)H;
             }
-    }
-
-    mha__free(wtmp);
-    mha__free(ytmp);
-    if (s->ap.dropout_p > 0) m->dropout_offset++;
-    /* The backward differentiates the most recent forward: without save, there is none. */
-    if (save) m->saved = s;
+        }
     return MHA_OK;
-fail:
-    mha__free(wtmp);
-    mha__free(ytmp);
+}
+
+mha_status mha_module_forward(mha_ctx *ctx, mha_module *m, const mha_forward_opts *opts,
+                              const mha_tensor *query, const mha_tensor *key,
+                              const mha_tensor *value, const mha_mask *mask, mha_tensor *out,
+                              mha_tensor *weights) {
+    mha__clear(ctx);
+    if (!m) return mha__err(ctx, MHA_ERR_INVALID_ARG, "%s: m: got NULL, expected a module", FN_FWD);
+    const mha_forward_opts od = mha_forward_opts_default();
+    fwd_call c = {opts ? opts : &od, query, key, value, mask, out, weights, 0, 0, 0, 0, 0, 0};
+    c.save = c.opts->save_for_backward != 0;
+    mha_status st;
+    if ((st = fwd_check_inputs(ctx, m, &c)) || (st = fwd_check_outputs(ctx, m, &c))) return st;
+
+    /* From here on the kept buffers are overwritten: no saved forward until this one
+     * completes. */
+    m->saved = NULL;
+    fwd_views v;
+    fwd_scratch sc;
+    void *scratch = NULL;
+    if (!(st = fwd_plan(ctx, m, &c, &v, &scratch, &sc))) {
+        fwd_inputs(m, &c, &v);
+        if (!(st = fwd_project(ctx, m)) && !(st = fwd_attend(ctx, m, &c, sc.wheads)))
+            st = fwd_output(ctx, m, &c, &sc);
+    }
+    mha__free(scratch);
     if (st == MHA_ERR_NOMEM) { /* give the memory back; the next call starts afresh */
-        saved_release(s);
+        buf_free(&m->st.ws);
         bwd_release(m);
     }
-    return st;
+    if (st) return st;
+    if (m->st.ap.dropout_p > 0) m->dropout_offset++;
+    /* The backward differentiates the most recent forward: without save, there is none. */
+    if (c.save) m->saved = &m->st;
+    return MHA_OK;
 }
 
 /* ---------------------------------------------------------------------------------------------
- * Backward
+ * Backward: validate (bwd_check), plan (bwd_plan), compute (bwd_out_proj ... bwd_in_proj)
  * ------------------------------------------------------------------------------------------- */
 
 /* d = dY W for dY [rows, E] (row stride ldd) and W [E, X]: into the view t (overwritten),
@@ -647,158 +697,204 @@ static int64_t param_total(const mha_module *m) {
 }
 
 /* The place in gw (all gradients back to back, in parameter order) that mirrors g, a pointer
- * into one of the module's gradient buffers. */
+ * into one of the module's gradient buffers (NULL for NULL: no such parameter). */
 static float *mirror(const mha_module *m, float *gw, const float *g) {
     int64_t o = 0;
-    for (int i = 0; i < m->nparams; o += m->p[i].numel, i++)
-        if (g >= m->p[i].grad && g < m->p[i].grad + m->p[i].numel) return gw + o + (g - m->p[i].grad);
-    return NULL; /* not reached: g always points into a gradient */
+    for (int i = 0; g && i < m->nparams; o += m->p[i].numel, i++)
+        if (g >= m->p[i].grad && g < m->p[i].grad + m->p[i].numel)
+            return gw + o + (g - m->p[i].grad);
+    return NULL;
+}
+
+/* One backward call: its arguments, and the workspace bwd_plan points into m->bws. */
+typedef struct {
+    const mha_tensor *dout;
+    mha_tensor *dquery, *dkey, *dvalue; /* each optional */
+    /* The workspace's regions. */
+    float *dyc;          /* dout's rows, copied only when its strides need it */
+    float *da;           /* d attention [B*L, E] = [B, L, H, D] */
+    float *dq, *dk, *dv; /* the core's gradients; self-attention: dq holds packed [B*L, 3E] */
+    float *gw;           /* new parameter gradients, mirroring the parameters back to back */
+    float *tmp;          /* staging for an input gradient whose strides need it */
+    double *acc;         /* column sums [3E] */
+    /* Set by bwd_plan. */
+    const float *dy;     /* dout's rows (row stride ldy) */
+    int64_t ldy, ldg;    /* ldg: row stride of dq, dk, dv (3E self, else E) */
+} bwd_call;
+
+/* dout against the saved forward, the input gradients' shapes, the aliasing rule. */
+static mha_status bwd_check(mha_ctx *ctx, const mha_module *m, const bwd_call *c) {
+    const mha__saved *s = m->saved;
+    const int64_t E = m->cfg.embed_dim, B = s->B, L = s->L, S = s->S;
+    const int unb = s->unbatched, nd = unb ? 2 : 3;
+    const int64_t w[3] = {B, L, E};
+    mha_status st;
+    if (!c->dout) return mha__err(ctx, MHA_ERR_INVALID_ARG, "%s: dout: got NULL, expected a "
+                                  "[B, L, E] tensor", FN_BWD);
+    if (c->dout->ndim != nd)
+        return mha__err(ctx, MHA_ERR_STATE, "%s: dout.ndim: got %d, expected %d (the saved "
+                        "forward's out)", FN_BWD, c->dout->ndim, nd);
+    for (int d = 0; d < nd; d++)
+        if (c->dout->shape[d] != w[d + unb])
+            return mha__err(ctx, MHA_ERR_STATE, "%s: dout.shape[%d]: got %lld, expected %lld "
+                            "(the saved forward's out)", FN_BWD, d,
+                            (long long)c->dout->shape[d], (long long)w[d + unb]);
+    if ((st = check_bx(ctx, FN_BWD, "dout", c->dout, unb, B, L, E, "as out"))) return st;
+    if (s->self_attn && (c->dkey || c->dvalue))
+        return mha__err(ctx, MHA_ERR_INVALID_ARG, "%s: %s: got a tensor, expected NULL "
+                        "(self-attention: dquery receives the whole input gradient)", FN_BWD,
+                        c->dkey ? "dkey" : "dvalue");
+    if ((c->dquery &&
+         (st = check_bx(ctx, FN_BWD, "dquery", c->dquery, unb, B, L, E, "as query"))) ||
+        (c->dkey && (st = check_bx(ctx, FN_BWD, "dkey", c->dkey, unb, B, S, m->cfg.kdim,
+                                   "as key"))) ||
+        (c->dvalue && (st = check_bx(ctx, FN_BWD, "dvalue", c->dvalue, unb, B, S, m->cfg.vdim,
+                                     "as value"))))
+        return st;
+    const named_view v[4] = {{"dout", c->dout}, {"dquery", c->dquery}, {"dkey", c->dkey},
+                             {"dvalue", c->dvalue}};
+    return check_disjoint(ctx, FN_BWD, v, 1, 4);
+}
+
+/* The larger of a and, when t is given with strides that need staging, b. */
+static int64_t staging(int64_t a, const mha_tensor *t, int64_t b) {
+    return t && rows_ld(t) < 0 && b > a ? b : a;
+}
+
+/* Declares the backward's workspace (kept in m->bws) and points c's regions into it. */
+static mha_status bwd_plan(mha_ctx *ctx, mha_module *m, bwd_call *c) {
+    const mha__saved *s = m->saved;
+    const int64_t E = m->cfg.embed_dim, BL = s->B * s->L, BS = s->self_attn ? 0 : s->B * s->S;
+    int64_t tmp_n = staging(staging(staging(0, c->dquery, BL * E), c->dkey, BS * m->cfg.kdim),
+                            c->dvalue, BS * m->cfg.vdim);
+    c->ldy = rows_ld(c->dout);
+    mha__plan pl;
+    mha__plan_init(&pl);
+    MHA__PLAN_ADD(&pl, bwd_call, dyc, sizeof(float), c->ldy < 0 ? BL : 0, E);
+    MHA__PLAN_ADD(&pl, bwd_call, da, sizeof(float), BL, E);
+    MHA__PLAN_ADD(&pl, bwd_call, dq, sizeof(float), BL, s->self_attn ? 3 * E : E);
+    MHA__PLAN_ADD(&pl, bwd_call, dk, sizeof(float), BS, E);
+    MHA__PLAN_ADD(&pl, bwd_call, dv, sizeof(float), BS, E);
+    MHA__PLAN_ADD(&pl, bwd_call, gw, sizeof(float), param_total(m), 1);
+    MHA__PLAN_ADD(&pl, bwd_call, tmp, sizeof(float), tmp_n, 1);
+    MHA__PLAN_ADD(&pl, bwd_call, acc, sizeof(double), 3, E);
+    mha_status st = kept_point(ctx, FN_BWD, &pl, &m->bws, c);
+    if (st) return st;
+    if (s->self_attn) c->dk = c->dq + E, c->dv = c->dq + 2 * E;
+    c->ldg = s->self_attn ? 3 * E : E;
+    c->dy = c->dout->data;
+    if (c->ldy < 0) {
+        copy_view(c->dout, c->dyc, 0);
+        c->dy = c->dyc, c->ldy = E;
+    }
+    return MHA_OK;
+}
+
+/* da = dy Wo   [B*L, E] = [B, L, H, D];  dWo = dy^T a,  dbo = sum_rows dy. */
+static mha_status bwd_out_proj(mha_ctx *ctx, mha_module *m, const bwd_call *c) {
+    const mha__saved *s = m->saved;
+    const int64_t E = m->cfg.embed_dim, BL = s->B * s->L;
+    mha_status st;
+    if ((st = mha__gemm_ex(ctx, &m->gws, 0, 0, BL, E, E, 1.0f, c->dy, c->ldy, m->wo, E, 0.0f,
+                           NULL, c->da, E)) ||
+        (st = mha__gemm_ex(ctx, &m->gws, 1, 0, E, E, BL, 1.0f, c->dy, c->ldy, s->attn, E, 0.0f,
+                           NULL, mirror(m, c->gw, m->gwo), E)))
+        return st;
+    if (m->gbo) col_sums(mirror(m, c->gw, m->gbo), c->dy, c->ldy, BL, E, c->acc);
+    return MHA_OK;
+}
+
+/* The core backward into dq, dk, dv, on [B, H, *, D] views (its forward: fwd_attend). */
+static mha_status bwd_core(mha_ctx *ctx, const mha_module *m, const bwd_call *c) {
+    const mha__saved *s = m->saved;
+    const int64_t E = m->cfg.embed_dim, H = m->cfg.num_heads, D = E / H;
+    const int64_t B = s->B, L = s->L, S = s->S;
+    mha_tensor qv = heads_view(s->q, B, H, L, D, s->ldq);
+    mha_tensor kv = heads_view(s->k, B, H, S, D, s->ldk);
+    mha_tensor vv = heads_view(s->v, B, H, S, D, s->ldv);
+    mha_tensor ov = heads_view(s->attn, B, H, L, D, E);
+    mha_tensor dov = heads_view(c->da, B, H, L, D, E);
+    mha_tensor dqv = heads_view(c->dq, B, H, L, D, c->ldg);
+    mha_tensor dkv = heads_view(c->dk, B, H, S, D, c->ldg);
+    mha_tensor dvv = heads_view(c->dv, B, H, S, D, c->ldg);
+    int64_t lshape[3] = {B, H, L};
+    mha_tensor lv = mha_tensor_make(s->lse, 3, lshape);
+    return mha_attn_backward(ctx, &s->ap, &qv, &kv, &vv, &s->mask, &ov, &lv, &dov, &dqv, &dkv,
+                             &dvv);
+}
+
+/* Input gradients (overwritten): dquery = dq Wq, ...; self-attention: dquery = [dq dk dv]
+ * [Wq; Wk; Wv], the three paths summed by one product. */
+static mha_status bwd_inputs(mha_ctx *ctx, mha_module *m, const bwd_call *c) {
+    const mha__saved *s = m->saved;
+    const int64_t E = m->cfg.embed_dim, BL = s->B * s->L, BS = s->B * s->S;
+    mha_status st = MHA_OK;
+    if (s->self_attn)
+        return c->dquery ? input_grad(ctx, &m->gws, c->dquery, c->dq, 3 * E, BL, 3 * E, E, m->wq,
+                                      c->tmp)
+                         : MHA_OK;
+    if ((c->dquery &&
+         (st = input_grad(ctx, &m->gws, c->dquery, c->dq, E, BL, E, E, m->wq, c->tmp))) ||
+        (c->dkey && (st = input_grad(ctx, &m->gws, c->dkey, c->dk, E, BS, E, m->cfg.kdim, m->wk,
+                                     c->tmp))) ||
+        (c->dvalue && (st = input_grad(ctx, &m->gws, c->dvalue, c->dv, E, BS, E, m->cfg.vdim,
+                                       m->wv, c->tmp))))
+        return st;
+    return MHA_OK;
+}
+
+/* dWq = dq^T query, dbq = sum_rows dq (and so on for k and v; self-attention: one product of
+ * the packed rows). */
+static mha_status bwd_in_proj(mha_ctx *ctx, mha_module *m, const bwd_call *c) {
+    const mha__saved *s = m->saved;
+    const int64_t E = m->cfg.embed_dim, kd = m->cfg.kdim, vd = m->cfg.vdim;
+    const int64_t BL = s->B * s->L, BS = s->B * s->S;
+    float *gbin = mirror(m, c->gw, m->gbin);
+    mha_status st;
+    if (s->self_attn) {
+        if ((st = mha__gemm_ex(ctx, &m->gws, 1, 0, 3 * E, E, BL, 1.0f, c->dq, 3 * E, s->x, s->ldx,
+                               0.0f, NULL, mirror(m, c->gw, m->gwq), E)))
+            return st;
+        if (gbin) col_sums(gbin, c->dq, 3 * E, BL, 3 * E, c->acc);
+        return MHA_OK;
+    }
+    if ((st = mha__gemm_ex(ctx, &m->gws, 1, 0, E, E, BL, 1.0f, c->dq, E, s->x, s->ldx, 0.0f, NULL,
+                           mirror(m, c->gw, m->gwq), E)) ||
+        (st = mha__gemm_ex(ctx, &m->gws, 1, 0, E, kd, BS, 1.0f, c->dk, E, s->xk, s->ldxk, 0.0f,
+                           NULL, mirror(m, c->gw, m->gwk), kd)) ||
+        (st = mha__gemm_ex(ctx, &m->gws, 1, 0, E, vd, BS, 1.0f, c->dv, E, s->xv, s->ldxv, 0.0f,
+                           NULL, mirror(m, c->gw, m->gwv), vd)))
+        return st;
+    if (gbin) {
+        col_sums(gbin, c->dq, E, BL, E, c->acc);
+        col_sums(gbin + E, c->dk, E, BS, E, c->acc);
+        col_sums(gbin + 2 * E, c->dv, E, BS, E, c->acc);
+    }
+    return MHA_OK;
 }
 
 mha_status mha_module_backward(mha_ctx *ctx, mha_module *m, const mha_tensor *dout,
                                mha_tensor *dquery, mha_tensor *dkey, mha_tensor *dvalue) {
     mha__clear(ctx);
-    mha_status st;
     if (!m) return mha__err(ctx, MHA_ERR_INVALID_ARG, "%s: m: got NULL, expected a module", FN_BWD);
-    const mha__saved *s = m->saved;
-    if (!s)
+    if (!m->saved)
         return mha__err(ctx, MHA_ERR_STATE, "%s: no saved forward (call mha_module_forward with "
                         "opts->save_for_backward = 1 first)", FN_BWD);
-    const int64_t E = m->cfg.embed_dim, H = m->cfg.num_heads, D = E / H;
-    const int64_t kd = m->cfg.kdim, vd = m->cfg.vdim;
-    const int64_t B = s->B, L = s->L, S = s->S, BL = B * L, BS = B * S;
-    const int unb = s->unbatched;
-    if (!dout) return mha__err(ctx, MHA_ERR_INVALID_ARG, "%s: dout: got NULL, expected a "
-                               "[B, L, E] tensor", FN_BWD);
-    {
-        int64_t w[3] = {B, L, E};
-        int nd = unb ? 2 : 3;
-        if (dout->ndim != nd)
-            return mha__err(ctx, MHA_ERR_STATE, "%s: dout.ndim: got %d, expected %d (the saved "
-                            "forward's out)", FN_BWD, dout->ndim, nd);
-        for (int d = 0; d < nd; d++)
-            if (dout->shape[d] != w[d + unb])
-                return mha__err(ctx, MHA_ERR_STATE, "%s: dout.shape[%d]: got %lld, expected %lld "
-                                "(the saved forward's out)", FN_BWD, d,
-                                (long long)dout->shape[d], (long long)w[d + unb]);
-        if ((st = check_bx(ctx, FN_BWD, "dout", dout, unb, B, L, E, "as out"))) return st;
-    }
-    if (s->self_attn && (dkey || dvalue))
-        return mha__err(ctx, MHA_ERR_INVALID_ARG, "%s: %s: got a tensor, expected NULL "
-                        "(self-attention: dquery receives the whole input gradient)", FN_BWD,
-                        dkey ? "dkey" : "dvalue");
-    if (dquery && (st = check_bx(ctx, FN_BWD, "dquery", dquery, unb, B, L, E, "as query")))
-        return st;
-    if (dkey && (st = check_bx(ctx, FN_BWD, "dkey", dkey, unb, B, S, kd, "as key"))) return st;
-    if (dvalue && (st = check_bx(ctx, FN_BWD, "dvalue", dvalue, unb, B, S, vd, "as value")))
-        return st;
-
-    /* Workspace (the module's kept buffers): dy (a copy only when dout's strides need it),
-     * da, d(q|k|v), parameter gradients, column sums, a staging buffer for strided input
-     * gradients. */
-    float *dyc = NULL, *da = NULL, *dqkv = NULL, *tmp = NULL, *gw = NULL;
-    double *acc = NULL;
-    int64_t tmp_n = 0;
-    if (dquery && rows_ld(dquery) < 0) tmp_n = BL * E;
-    if (dkey && rows_ld(dkey) < 0 && BS * kd > tmp_n) tmp_n = BS * kd;
-    if (dvalue && rows_ld(dvalue) < 0 && BS * vd > tmp_n) tmp_n = BS * vd;
-    int64_t ldy = rows_ld(dout);
-    void *accp = NULL;
-    size_t grows;
-    if (!mha__add_size((size_t)BL, (size_t)BS, &grows) ||
-        !mha__add_size(grows, (size_t)BS, &grows) || grows > INT64_MAX)
-        return mha__err(ctx, MHA_ERR_NOMEM, "%s: d q, k, v: size overflows", FN_BWD);
-    if ((ldy < 0 && (st = buf_f(ctx, FN_BWD, "dout copy", &m->bdy, &dyc, BL, E))) ||
-        (st = buf_f(ctx, FN_BWD, "d attention", &m->bda, &da, BL, E)) ||
-        (st = buf_f(ctx, FN_BWD, "d q, k, v", &m->bdqkv, &dqkv, (int64_t)grows, E)) ||
-        (st = buf_get(ctx, FN_BWD, "column sums", &m->bacc, &accp, 3, E, sizeof(double))) ||
-        (st = buf_f(ctx, FN_BWD, "parameter gradients", &m->bgw, &gw, param_total(m), 1)) ||
-        (tmp_n && (st = buf_f(ctx, FN_BWD, "input gradient", &m->btmp, &tmp, tmp_n, 1))))
-        goto done;
-    acc = accp;
-    const float *dy = dout->data;
-    if (ldy < 0) {
-        copy_view(dout, dyc, 0);
-        dy = dyc, ldy = E;
-    }
-    /* Parameter gradients go to gw (a mirror of the parameters) and are added at the end, so
+    bwd_call c;
+    memset(&c, 0, sizeof c);
+    c.dout = dout, c.dquery = dquery, c.dkey = dkey, c.dvalue = dvalue;
+    mha_status st;
+    if ((st = bwd_check(ctx, m, &c))) return st;
+    /* Parameter gradients go to c.gw (a mirror of the parameters) and are added at the end, so
      * a failure leaves the module's gradients as they were; grad = grad + new, as autograd. */
-    float *gwq = mirror(m, gw, m->gwq), *gwk = mirror(m, gw, m->gwk);
-    float *gwv = mirror(m, gw, m->gwv), *gwo = mirror(m, gw, m->gwo);
-    float *gbin = m->gbin ? mirror(m, gw, m->gbin) : NULL;
-    float *gbo = m->gbo ? mirror(m, gw, m->gbo) : NULL;
-
-    /* da = dy Wo   [B*L, E] = [B, L, H, D];  dWo = dy^T a,  dbo = sum_rows dy: every use of
-     * dy first, as dout may be the memory of an input gradient written below. */
-    if ((st = mha__gemm_ex(ctx, &m->gws, 0, 0, BL, E, E, 1.0f, dy, ldy, m->wo, E, 0.0f, NULL, da,
-                           E)) ||
-        (st = mha__gemm_ex(ctx, &m->gws, 1, 0, E, E, BL, 1.0f, dy, ldy, s->attn, E, 0.0f, NULL,
-                           gwo, E)))
-        goto done;
-    if (gbo) col_sums(gbo, dy, ldy, BL, E, acc);
-
-    /* Core backward into packed (self) or separate (cross) d(q|k|v) buffers. */
-    float *dq, *dk, *dv;
-    int64_t ldg;
-    if (s->self_attn) {
-        dq = dqkv, dk = dqkv + E, dv = dqkv + 2 * E, ldg = 3 * E;
-    } else {
-        dq = dqkv, dk = dq + BL * E, dv = dk + BS * E, ldg = E;
+    if ((st = bwd_plan(ctx, m, &c)) || (st = bwd_out_proj(ctx, m, &c)) ||
+        (st = bwd_core(ctx, m, &c)) || (st = bwd_inputs(ctx, m, &c)) ||
+        (st = bwd_in_proj(ctx, m, &c))) {
+        if (st == MHA_ERR_NOMEM) bwd_release(m); /* the saved forward stays: a retry can work */
+        return st;
     }
-    {
-        mha_tensor qv = heads_view(s->q, B, H, L, D, s->ldq);
-        mha_tensor kv = heads_view(s->k, B, H, S, D, s->ldk);
-        mha_tensor vv = heads_view(s->v, B, H, S, D, s->ldv);
-        mha_tensor ov = heads_view(s->attn, B, H, L, D, E);
-        mha_tensor dov = heads_view(da, B, H, L, D, E);
-        mha_tensor dqv = heads_view(dq, B, H, L, D, ldg);
-        mha_tensor dkv = heads_view(dk, B, H, S, D, ldg);
-        mha_tensor dvv = heads_view(dv, B, H, S, D, ldg);
-        int64_t lshape[3] = {B, H, L};
-        mha_tensor lv = mha_tensor_make(s->lse, 3, lshape);
-        if ((st = mha_attn_backward(ctx, &s->ap, &qv, &kv, &vv, &s->mask, &ov, &lv, &dov, &dqv,
-                                    &dkv, &dvv)))
-            goto done;
-    }
-
-    /* Input gradients (overwritten). */
-    if (s->self_attn) {
-        /* dquery = [dq dk dv] [Wq; Wk; Wv]: the three paths summed by one product. */
-        if (dquery &&
-            (st = input_grad(ctx, &m->gws, dquery, dqkv, 3 * E, BL, 3 * E, E, m->wq, tmp)))
-            goto done;
-    } else {
-        if ((dquery && (st = input_grad(ctx, &m->gws, dquery, dq, E, BL, E, E, m->wq, tmp))) ||
-            (dkey && (st = input_grad(ctx, &m->gws, dkey, dk, E, BS, E, kd, m->wk, tmp))) ||
-            (dvalue && (st = input_grad(ctx, &m->gws, dvalue, dv, E, BS, E, vd, m->wv, tmp))))
-            goto done;
-    }
-
-    /* dWq = dq^T query, dbq = sum_rows dq (and so on for k and v). */
-    if (s->self_attn) {
-        if ((st = mha__gemm_ex(ctx, &m->gws, 1, 0, 3 * E, E, BL, 1.0f, dqkv, 3 * E, s->x, s->ldx,
-                               0.0f, NULL, gwq, E)))
-            goto done;
-        if (gbin) col_sums(gbin, dqkv, 3 * E, BL, 3 * E, acc);
-    } else {
-        if ((st = mha__gemm_ex(ctx, &m->gws, 1, 0, E, E, BL, 1.0f, dq, E, s->x, s->ldx, 0.0f,
-                               NULL, gwq, E)) ||
-            (st = mha__gemm_ex(ctx, &m->gws, 1, 0, E, kd, BS, 1.0f, dk, E, s->xk, s->ldxk, 0.0f,
-                               NULL, gwk, kd)) ||
-            (st = mha__gemm_ex(ctx, &m->gws, 1, 0, E, vd, BS, 1.0f, dv, E, s->xv, s->ldxv, 0.0f,
-                               NULL, gwv, vd)))
-            goto done;
-        if (gbin) {
-            col_sums(gbin, dq, E, BL, E, acc);
-            col_sums(gbin + E, dk, E, BS, E, acc);
-            col_sums(gbin + 2 * E, dv, E, BS, E, acc);
-        }
-    }
-    const float *src = gw;
+    const float *src = c.gw;
     for (int i = 0; i < m->nparams; src += m->p[i].numel, i++)
         for (int64_t e = 0; e < m->p[i].numel; e++) m->p[i].grad[e] += src[e];
-    st = MHA_OK;
-done:
-    if (st == MHA_ERR_NOMEM) bwd_release(m); /* the saved forward stays: a retry can work */
-    return st;
+    return MHA_OK;
 }

@@ -25,41 +25,41 @@ typedef struct {
     float *value, *grad;
 } mha__param;
 
-/* An owned buffer kept between calls: a call that needs n bytes reuses it when
- * cap / 4 <= n <= cap, else frees it and allocates n (so repeated calls of one shape allocate
- * nothing and touch no fresh pages). */
+/* An owned buffer kept between calls, holding one planned workspace (src/core/plan.h): a call
+ * whose plan needs n bytes reuses it when cap / 4 <= n <= cap, else frees it and allocates n
+ * (so repeated calls of one shape allocate nothing and touch no fresh pages). */
 typedef struct {
     void *p;
     size_t cap; /* bytes */
 } mha__buf;
 
-/* What the backward needs from the most recent forward. The buffers (b*) belong to the
- * module and are reused by the next forward; the pointers are views set by each forward. */
+/* What the backward needs from the most recent forward: views into the forward's kept
+ * workspace ws (its regions are declared once, in module.c's fwd_plan), or into the caller's
+ * inputs and masks in a forward without save_for_backward. Set by each forward. */
 typedef struct {
     int64_t B, L, S;
     int unbatched, self_attn;
-    const float *x;  /* [B*L, E] query, row stride ldx: a copy (bx), or, in a forward without
+    const float *x;  /* [B*L, E] query, row stride ldx: a copy, or, in a forward without
                         save_for_backward, the caller's query itself when its rows allow */
     const float *xk, *xv; /* [B*S, kdim], [B*S, vdim] key, value (cross-attention only), the
-                             same way (bxk, bxv; ldxk, ldxv) */
+                             same way (ldxk, ldxv) */
     int64_t ldx, ldxk, ldxv;
-    float *qkv;      /* self: [B*L, 3E] packed q|k|v (= [B, L, 3, H, D]);
-                        cross: q [B*L, E] followed by k, v [B*S, E] each */
-    float *q, *k, *v;         /* into qkv */
+    float *q, *k, *v;         /* self: one [B*L, 3E] region of packed q|k|v rows
+                                 (= [B, L, 3, H, D]); cross: q [B*L, E], k, v [B*S, E] */
     int64_t ldq, ldk, ldv;    /* row strides of q, k, v (3E for self-attention, else E) */
     float *attn;     /* [B*L, E] = [B, L, H, D], the core's output */
     float *lse;      /* [B, H, L] */
-    mha_mask mask;   /* pointers into the copies (bpad, ...), or, without save_for_backward,
-                        into the caller's masks */
+    mha_mask mask;   /* pointers into the copies, or, without save_for_backward, into the
+                        caller's masks */
     mha_attn_params ap;
-    mha__buf bx, bxk, bxv, bqkv, battn, blse, bpad, babool, bklen, bafloat;
+    mha__buf ws;     /* the forward's kept workspace: every region above, one allocation */
 } mha__saved;
 
 /* BUFFER REUSE. A forward fills m->st and, with save_for_backward, sets m->saved = &m->st;
  * any other outcome (no save_for_backward, or an error once the buffers are touched) leaves
  * m->saved = NULL, so a backward can only ever see a complete forward. A forward that fails
  * with MHA_ERR_NOMEM releases every kept buffer (the next call starts from nothing, and the
- * memory goes back); a backward that fails with it releases its own temporaries and the
+ * memory goes back); a backward that fails with it releases its own workspace and the
  * packing workspace, never the saved state (the backward can be retried). mha_module_free
  * releases everything. */
 struct mha_module {
@@ -71,8 +71,8 @@ struct mha_module {
     float *gwq, *gwk, *gwv, *gbin, *gwo, *gbo; /* gradients */
     uint64_t dropout_offset; /* advances on every training forward with dropout */
     mha__saved *saved;       /* &st: a forward to differentiate; NULL: none */
-    mha__saved st;           /* the forward's buffers, kept between calls */
-    mha__buf bdy, bda, bdqkv, bacc, bgw, btmp; /* the backward's temporaries, kept */
+    mha__saved st;           /* the forward's views and workspace, kept between calls */
+    mha__buf bws;            /* the backward's workspace (module.c's bwd_plan), kept */
     mha__gemm_ws gws;        /* the products' packing workspace, kept */
 };
 

@@ -1,23 +1,32 @@
 /* alloc.c - aligned allocation with fault injection, and overflow-checked sizes. */
 #include "internal.h"
 
+#include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
 
-/* Fault injection is process-wide and only used by single-threaded tests. */
-static long fault_countdown = -1;
-static long alloc_count = 0;
+/* Fault injection and the allocation count are process-wide, and distinct contexts may
+ * allocate on distinct threads at once (mha.h): both are C11 atomics. A countdown shared by
+ * threads fails one allocation, whichever thread makes it. */
+static atomic_long fault_countdown = -1;
+static atomic_long alloc_count = 0;
 
-void mha__fault_after(long n) { fault_countdown = n; }
-long mha__alloc_count(void) { return alloc_count; }
+void mha__fault_after(long n) { atomic_store(&fault_countdown, n < 0 ? -1 : n); }
+long mha__alloc_count(void) { return atomic_load(&alloc_count); }
+
+/* 1 if this allocation is the one to fail: counts the countdown down to 0, then disarms it. */
+static int fault_now(void) {
+    long c = atomic_load_explicit(&fault_countdown, memory_order_relaxed);
+    while (c >= 0)
+        if (atomic_compare_exchange_weak_explicit(&fault_countdown, &c, c == 0 ? -1 : c - 1,
+                                                  memory_order_relaxed, memory_order_relaxed))
+            return c == 0;
+    return 0;
+}
 
 void *mha__malloc(size_t size) {
-    if (fault_countdown == 0) {
-        fault_countdown = -1;
-        return NULL;
-    }
-    if (fault_countdown > 0) fault_countdown--;
-    alloc_count++;
+    if (fault_now()) return NULL;
+    atomic_fetch_add_explicit(&alloc_count, 1, memory_order_relaxed);
     if (size == 0) size = 1;
     size_t rounded = (size + 63) & ~(size_t)63;
     if (rounded < size) return NULL;

@@ -43,10 +43,12 @@ mha_status mha__err(mha_ctx *ctx, mha_status st, const char *fmt, ...) {
 const char *mha_ctx_errmsg(const mha_ctx *ctx) { return ctx ? ctx->msg : tls_msg; }
 const char *mha_last_errmsg(void) { return tls_msg; }
 
+/* omp_get_max_threads() (all cores, or $OMP_NUM_THREADS), capped at MHA_MAX_THREADS: a
+ * huge $OMP_NUM_THREADS must not make libgomp try to start that many threads. */
 static int default_threads(void) {
 #ifdef _OPENMP
     int n = omp_get_max_threads();
-    return n > 0 ? n : 1;
+    return n < 1 ? 1 : n > MHA_MAX_THREADS ? MHA_MAX_THREADS : n;
 #else
     return 1;
 #endif
@@ -95,9 +97,10 @@ void mha_ctx_free(mha_ctx *ctx) { free(ctx); }
 mha_status mha_ctx_set_threads(mha_ctx *ctx, int n) {
     if (!ctx) return mha__err(NULL, MHA_ERR_INVALID_ARG, "mha_ctx_set_threads: ctx: got NULL, expected a context");
     mha__clear(ctx);
-    if (n < 0)
+    if (n < 0 || n > MHA_MAX_THREADS)
         return mha__err(ctx, MHA_ERR_INVALID_ARG,
-                        "mha_ctx_set_threads: n: got %d, expected >= 1, or 0 for all cores", n);
+                        "mha_ctx_set_threads: n: got %d, expected 1 to %d (MHA_MAX_THREADS), or "
+                        "0 for all cores", n, MHA_MAX_THREADS);
     ctx->threads = n == 0 ? default_threads() : n;
     return MHA_OK;
 }

@@ -4,20 +4,25 @@
 #include <math.h>
 #include <string.h>
 
-mha_tensor mha_tensor_strided(float *data, int ndim, const int64_t *shape, const int64_t *stride) {
+/* A view every validating call rejects (ndim = -1); data is kept for the caller's messages. */
+static mha_tensor invalid_view(float *data) {
     mha_tensor t;
     memset(&t, 0, sizeof t);
     t.data = data;
-    if (ndim < 0 || ndim > MHA_MAX_DIMS) {
-        t.ndim = -1; /* rejected by every validating call */
-        return t;
-    }
+    t.ndim = -1;
+    return t;
+}
+
+mha_tensor mha_tensor_strided(float *data, int ndim, const int64_t *shape, const int64_t *stride) {
+    if (ndim < 0 || ndim > MHA_MAX_DIMS || (ndim > 0 && !shape)) return invalid_view(data);
+    mha_tensor t = invalid_view(data);
     t.ndim = ndim;
-    int64_t s = 1;
+    int64_t s = 1; /* the contiguous stride of dimension i: the product of the inner sizes */
     for (int i = ndim - 1; i >= 0; i--) {
         t.shape[i] = shape[i];
         t.stride[i] = stride ? stride[i] : s;
-        s *= shape[i];
+        if (!stride && i > 0 && __builtin_mul_overflow(s, shape[i], &s))
+            return invalid_view(data); /* contiguous strides beyond int64: no such buffer */
     }
     return t;
 }
@@ -27,9 +32,14 @@ mha_tensor mha_tensor_make(float *data, int ndim, const int64_t *shape) {
 }
 
 int64_t mha_tensor_numel(const mha_tensor *t) {
-    if (!t || t->ndim < 0) return 0;
+    if (!t || t->ndim < 0 || t->ndim > MHA_MAX_DIMS) return -1;
     int64_t n = 1;
-    for (int i = 0; i < t->ndim; i++) n *= t->shape[i];
+    for (int i = 0; i < t->ndim; i++) {
+        if (t->shape[i] < 0) return -1;
+        if (t->shape[i] == 0) n = 0;
+    }
+    for (int i = 0; i < t->ndim && n != 0; i++)
+        if (__builtin_mul_overflow(n, t->shape[i], &n)) return -1;
     return n;
 }
 

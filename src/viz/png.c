@@ -15,7 +15,7 @@ typedef struct {
 
 static void png_write_cb(png_structp png, png_bytep data, png_size_t n) {
     png_sink *s = png_get_io_ptr(png);
-    viz__put(s->o, data, n);
+    mha__viz_put(s->o, data, n);
 }
 static void png_flush_cb(png_structp png) { (void)png; }
 
@@ -58,7 +58,7 @@ mha_status mha_viz_png(mha_ctx *ctx, const float *w, int64_t H, int64_t L, int64
     return mha__err(ctx, MHA_ERR_UNSUPPORTED, "%s: png support not built (libpng not found)", F);
 #else
     viz_view v;
-    mha_status st = viz__view_make(ctx, F, w, H, L, S, opts, 0, 1, &v);
+    mha_status st = mha__viz_view_make(ctx, F, w, H, L, S, opts, 0, 1, &v);
     if (st) return st;
     int64_t mx = L > S ? L : S;
     int64_t c = opts && opts->cell_px ? opts->cell_px : 512 / mx;
@@ -69,14 +69,14 @@ mha_status mha_viz_png(mha_ctx *ctx, const float *w, int64_t H, int64_t L, int64
     int64_t iw = 16 + cols * S * c + (cols - 1) * 8;
     int64_t ih = 16 + rows * L * c + (rows - 1) * 8 + 8 + 12;
     if (iw > 16384 || ih > 16384) {
-        viz__view_free(&v);
+        mha__viz_view_free(&v);
         return mha__err(ctx, MHA_ERR_NOMEM,
                         "%s: image: got %lld x %lld pixels, expected at most 16384 on a side "
                         "(use a smaller opts.cell_px)", F, (long long)iw, (long long)ih);
     }
     uint8_t *img = mha__malloc((size_t)iw * (size_t)ih * 3);
     if (!img) {
-        viz__view_free(&v);
+        mha__viz_view_free(&v);
         return mha__err(ctx, MHA_ERR_NOMEM, "%s: out of memory (%lld x %lld image)", F,
                         (long long)iw, (long long)ih);
     }
@@ -87,7 +87,7 @@ mha_status mha_viz_png(mha_ctx *ctx, const float *w, int64_t H, int64_t L, int64
         for (int64_t i = 0; i < L; i++)
             for (int64_t j = 0; j < S; j++) {
                 uint8_t rgb[3];
-                mha_viz_color(viz__norm(&v, m[(size_t)i * (size_t)S + (size_t)j]), rgb);
+                mha_viz_color(mha__viz_norm(&v, m[(size_t)i * (size_t)S + (size_t)j]), rgb);
                 for (int64_t y = y0 + i * c; y < y0 + (i + 1) * c; y++) {
                     uint8_t *px = img + ((size_t)y * (size_t)iw + (size_t)(x0 + j * c)) * 3;
                     for (int64_t x = 0; x < c; x++, px += 3) memcpy(px, rgb, 3);
@@ -102,17 +102,17 @@ mha_status mha_viz_png(mha_ctx *ctx, const float *w, int64_t H, int64_t L, int64
         for (int64_t y = by; y < by + 12; y++)
             memcpy(img + ((size_t)y * (size_t)iw + (size_t)x) * 3, rgb, 3);
     }
-    viz__view_free(&v);
+    mha__viz_view_free(&v);
     viz_out o;
-    viz__out_init(&o, fn, user);
+    mha__viz_out_init(&o, fn, user);
     int rc = encode(&o, img, (int)iw, (int)ih);
     mha__free(img);
     if (rc != 0) return mha__err(ctx, MHA_ERR_NOMEM, "%s: libpng failed to encode the image", F);
-    return viz__out_finish(ctx, F, &o);
+    return mha__viz_out_finish(ctx, F, &o);
 #endif
 }
 
 mha_status mha_viz_png_file(mha_ctx *ctx, const float *w, int64_t H, int64_t L, int64_t S,
                             const mha_viz_opts *opts, const char *path) {
-    return viz__to_file(ctx, "mha_viz_png_file", mha_viz_png, w, H, L, S, opts, path);
+    return mha__viz_to_file(ctx, "mha_viz_png_file", mha_viz_png, w, H, L, S, opts, path);
 }

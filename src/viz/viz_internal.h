@@ -84,6 +84,25 @@ size_t mha__viz_width_prefix(const char *s, size_t max_cols, size_t *cols);
  * points) in *cols (may be NULL). */
 size_t mha__viz_cluster(const char *s, size_t *cols);
 
+/* The bitmap font of the PNG renderer (font.c): printable ASCII in glyphs of 5 x 9 pixels
+ * (rows 0-6 above the baseline, 7-8 descenders), advancing 6 pixels per character. */
+#define MHA__VIZ_GLYPH_W 5
+#define MHA__VIZ_GLYPH_H 9
+#define MHA__VIZ_GLYPH_ADV 6
+#define MHA__VIZ_CAP_H 7
+#define MHA__VIZ_CUT '\x7f' /* the glyph that marks a cut label: three dots on the baseline */
+/* 1 when pixel (x, y) of character ch's glyph is ink; bytes outside 32..127 draw as '?'. */
+int mha__viz_glyph_ink(int ch, int x, int y);
+/* Draws s with the font into img [ih, iw, 3] (pixels outside are clipped), each font pixel a
+ * scale x scale square. (x, y) is the top-left corner of the text's box: 6 * scale * n wide
+ * and 9 * scale high; upward: 9 * scale wide and 6 * scale * n high, read from the bottom
+ * (turned a quarter to the left, as a rotated axis label). */
+void mha__viz_text(uint8_t *img, int64_t iw, int64_t ih, int64_t x, int64_t y, const char *s,
+                   int scale, int upward, const uint8_t rgb[3]);
+/* Copies s into dst (max + 1 bytes): whole when it has at most max bytes, else its first
+ * max - 1 and MHA__VIZ_CUT. Returns the length written. */
+size_t mha__viz_cut(char *dst, const char *s, size_t max);
+
 /* Writes XML-escaped text (&, <, >, ", '). */
 void mha__viz_xml(viz_out *o, const char *s);
 

@@ -26,3 +26,14 @@ if(TARGET mha_cli)
   add_test(NAME viz_cli COMMAND /bin/sh ${CMAKE_CURRENT_SOURCE_DIR}/viz_cli.sh
     $<TARGET_FILE:mha_cli> ${CMAKE_CURRENT_BINARY_DIR}/viz_cli ${MHA_PYTHON})
 endif()
+
+# `mha viz` output names, token files that are not regular files, head numbering, the PNG's
+# text (tests/test_cli_viz.py, pytest with the test venv's Python, numpy only).
+if(TARGET mha_cli)
+  add_test(NAME test_cli_viz
+    COMMAND ${MHA_PYTHON} -m pytest -q -p no:cacheprovider
+            ${CMAKE_CURRENT_SOURCE_DIR}/test_cli_viz.py
+    WORKING_DIRECTORY ${CMAKE_CURRENT_BINARY_DIR})
+  set_tests_properties(test_cli_viz PROPERTIES
+    ENVIRONMENT "MHA_BIN=$<TARGET_FILE:mha_cli>;PYTHONDONTWRITEBYTECODE=1" TIMEOUT 300)
+endif()

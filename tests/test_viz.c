@@ -1098,6 +1098,25 @@ TEST(errors) {
     mha_ctx_free(ctx);
 }
 
+/* Heads are numbered from 0 in every renderer's default names ("head 0" .. "head H-1"). The
+ * PNG's names are read back in png_labels_are_drawn. */
+TEST(heads_numbered_from_zero) {
+    float w2[2 * TL * TL];
+    fixture_two_heads(w2);
+    mha_viz_opts o = mha_viz_opts_default();
+    o.view = MHA_VIZ_ALL;
+    for (int r = 0; r < 3; r++) {
+        buf b = buf_new();
+        ASSERT_OK(NULL, r == 0   ? mha_viz_term(NULL, w2, 2, TL, TL, &o, buf_write, &b)
+                        : r == 1 ? mha_viz_svg(NULL, w2, 2, TL, TL, &o, buf_write, &b)
+                                 : mha_viz_html(NULL, w2, 2, TL, TL, &o, buf_write, &b));
+        int ok = strstr(b.p, "head 0") && strstr(b.p, "head 1") && !strstr(b.p, "head 2");
+        if (!ok) FAILF("renderer %d does not name the heads head 0, head 1:\n%s", r, b.p);
+        free(b.p);
+        if (!ok) return;
+    }
+}
+
 /* Allocation failure at every point: a clean MHA_ERR_NOMEM, never a crash. */
 TEST(allocation_failures) {
     float w2[2 * TL * TL];
@@ -1171,6 +1190,7 @@ int main(int argc, char **argv) {
     RUN(stats);
     RUN(file_wrappers);
     RUN(errors);
+    RUN(heads_numbered_from_zero);
     RUN(allocation_failures);
     return harness_report();
 }

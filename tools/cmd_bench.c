@@ -14,7 +14,11 @@
  * --backward times forward + backward (and reports both phases). The module's forward runs
  * in inference mode without --backward, with save_for_backward on with it. --need-weights
  * also asks the module for the attention weights averaged over heads, [B, N, N], as
- * nn.MultiheadAttention(need_weights=True) returns them (the FLOP count stays nominal). */
+ * nn.MultiheadAttention(need_weights=True) returns them (the FLOP count stays nominal).
+ * When stderr is a terminal, one line there says which run is going (erased at the end).
+ *
+ * Steps: validate (parse_args, check_args), plan (plan_bench: buffers, module, FLOPs), measure
+ * (warm-up and timed runs), report. */
 #include "cli.h"
 
 #include <math.h>
@@ -29,7 +33,7 @@ static void print_help(FILE *f) {
           "       mha bench --gemm M N K [--ta 0|1] [--tb 0|1] [options]\n\n"
           "Times nn.MultiheadAttention's forward (self-attention, batch first) on random data,\n"
           "or the attention core, or the library's matrix product; prints the median time and\n"
-          "the rate in GFLOP/s.\n\n"
+          "the rate in GFLOP/s. On a terminal, stderr shows which run is going.\n\n"
           "options:\n"
           "  --batch B, --seq N, --embed E, --heads H   the shape (E divisible by H)\n"
           "  --causal      causal mask (top-left); the attention's FLOP count is halved\n"

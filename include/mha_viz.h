@@ -13,13 +13,15 @@
  *     mha_viz_term   text for a terminal: ASCII, Unicode shading, or 24-bit colour cells;
  *                    fits opts.width columns, downsampling long sequences (and saying so);
  *     mha_viz_svg    an SVG image (no dependency), a <title> tooltip on every cell;
- *     mha_viz_png    a PNG image (libpng; MHA_ERR_UNSUPPORTED when built without it);
+ *     mha_viz_png    a PNG image with its labels in a built-in bitmap font (libpng;
+ *                    MHA_ERR_UNSUPPORTED when built without it);
  *     mha_viz_html   one HTML file with inline CSS, JS and data, no network access: a head
  *                    selector, token columns joined by lines whose opacity is the weight
  *                    (hover a token to see its row or column), a heatmap per head, and
  *                    per-head statistics.
  *   Every writer outputs through an mha_write_fn callback (mha.h); the *_file wrappers write
- *   path.tmp-XXXXXX and rename it, so an error never leaves a partial file.
+ *   a temporary file beside path and rename it over path when it is complete, so an error
+ *   never leaves a partial file nor changes an earlier one.
  *
  * USAGE
  *     float w[4 * 6 * 6];                                    // [H=4, L=6, S=6]
@@ -117,7 +119,7 @@ MHA_API mha_status mha_viz_head_stats(mha_ctx *ctx, const float *w, int64_t H, i
 
 /* Text rendering of w [H, L, S] (contiguous, read only) for a terminal, through fn(user, ...).
  * Layout (Unicode mode, one head, no tokens):
- *       head 0 of 2
+ *       head 0
  *       Query Position │
  *                    0 │ ████░░
  *                    1 │ ░░████
@@ -143,14 +145,27 @@ MHA_API mha_status mha_viz_term(mha_ctx *ctx, const float *w, int64_t H, int64_t
 MHA_API mha_status mha_viz_svg(mha_ctx *ctx, const float *w, int64_t H, int64_t L, int64_t S,
                                const mha_viz_opts *opts, mha_write_fn fn, void *user);
 
-/* PNG image (8-bit RGB) of the chosen view, without text. Exact geometry, c = cell size:
+/* PNG image (8-bit RGB) of the chosen view, labelled: the title, each panel's name, the query
+ * labels left of its cells, the key labels written upwards below them, and a colour bar with
+ * its values (vmin, the middle, vmax). Text uses a built-in bitmap font: printable ASCII in
+ * 6 x 9 pixel cells (others drawn as '?'); labels longer than 16 characters, panel names
+ * longer than 32 and titles longer than 64 are cut with a mark (three dots on the baseline).
+ * Rows (columns) less than 12 px apart are labelled every 1, 2, 5, 10, 20, 50, ... cells.
+ * Exact geometry, c = cell size, q and k = the characters of the longest query and key label
+ * drawn, t = of the longest panel name:
  *   panels: n = 1 (HEAD, AVERAGE) or H (ALL), cols = ceil(sqrt(n)) (1 for n == 1),
- *           rows = ceil(n / cols); margin 8, gap 8 between panels;
- *   width  = 16 + cols * S * c + (cols - 1) * 8
- *   height = 16 + rows * L * c + (rows - 1) * 8 + 8 + 12  (then a colour bar 12 px high);
- *   weight (i, j) of panel p fills the c x c square at x = 8 + (p % cols) * (S*c + 8) + j*c,
- *   y = 8 + (p / cols) * (L*c + 8) + i*c with mha_viz_color(value); background white.
- * c = opts->cell_px, or automatically about 512 / max(L, S) clamped to [2, 32].
+ *           rows = ceil(n / cols); a panel is pw = 6q + 4 + max(S*c, 6t) wide and
+ *           ph = 13 + L*c + 4 + 6k high, with 12 px between panels;
+ *   top    = 8, plus 26 with a title (drawn twice as large: 18 px high, at (8, 8));
+ *   width  = 16 + max(cols * pw + (cols - 1) * 12, 12 * title characters,
+ *                     6 * characters of the three values + 24)
+ *   height = top + rows * ph + (rows - 1) * 12 + 8 + 12 + 3 + 9 + 8;
+ *   weight (i, j) of panel p fills the c x c square at
+ *   x = 8 + (p % cols) * (pw + 12) + 6q + 4 + j*c, y = top + (p / cols) * (ph + 12) + 13 + i*c
+ *   with mha_viz_color(value); the panel's name is 13 px above its cells; the colour bar
+ *   spans width - 16 px at y = height - 32, 12 px high; background white, text dark grey.
+ * c = opts->cell_px, or automatically about 512 / max(L, S) clamped to [2, 32]. The bytes are
+ * a pure function of the inputs (one fixed PNG filter and compression level).
  * MHA_ERR_UNSUPPORTED "png support not built (libpng not found)" without libpng; MHA_ERR_NOMEM
  * when the image would exceed 16384 pixels on a side. Other errors as mha_viz_term. */
 MHA_API mha_status mha_viz_png(mha_ctx *ctx, const float *w, int64_t H, int64_t L, int64_t S,
@@ -165,7 +180,7 @@ MHA_API mha_status mha_viz_png(mha_ctx *ctx, const float *w, int64_t H, int64_t 
 MHA_API mha_status mha_viz_html(mha_ctx *ctx, const float *w, int64_t H, int64_t L, int64_t S,
                                 const mha_viz_opts *opts, mha_write_fn fn, void *user);
 
-/* File wrappers: write path.tmp-XXXXXX, then rename over path (MHA_ERR_IO with the path and
+/* File wrappers: a temporary file beside path, then renamed over it (MHA_ERR_IO with the path and
  * strerror on failure; the temporary file is removed). */
 MHA_API mha_status mha_viz_term_file(mha_ctx *ctx, const float *w, int64_t H, int64_t L, int64_t S,
                                      const mha_viz_opts *opts, const char *path);

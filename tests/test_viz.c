@@ -1,15 +1,18 @@
 /* test_viz.c - the renderers of mha_viz.h: byte-exact golden terminal renderings (ASCII,
  * Unicode, colour), width limits (also with wide CJK/emoji and zero-width characters, measured
  * by an independent copy of the width rule), key labels aligned with their cells, SVG cells,
- * PNG geometry and colours (decoded with libpng),
+ * PNG geometry and colours (decoded with libpng), the PNG's text (each label kind where
+ * mha_viz.h puts it, read back glyph by glyph), byte-exact golden PNGs, the bitmap font,
  * the HTML page's self-containment, file wrappers, statistics and every error path.
  *
- * MHA_UPDATE_GOLDEN=1 rewrites tests/golden/viz/ (then read the files before committing).
+ * MHA_UPDATE_GOLDEN=1 rewrites tests/golden/viz/ (then look at the files before committing;
+ * tests/golden/viz/README.md).
  * "test_viz --write-html F" / "--write-svg F" write the sample page / image for the browser
  * and XML checks registered in tests/viz.cmake. */
 #include "harness.h"
 #include "core/internal.h"
 #include "mha_viz.h"
+#include "viz/viz_internal.h"
 
 #if defined(MHA_TEST_PNG)
 #include <png.h>
@@ -88,6 +91,8 @@ static char *read_all(const char *path, size_t *len) {
     return p;
 }
 
+static int png_same_pixels(const char *png, size_t n, const buf *b);
+
 /* Compares with tests/golden/viz/<name>, or rewrites it with MHA_UPDATE_GOLDEN=1. */
 static int golden(const char *name, const buf *b) {
     char path[1024];
@@ -110,7 +115,11 @@ static int golden(const char *name, const buf *b) {
         return 0;
     }
     int ok = n == b->n && memcmp(want, b->p, n) == 0;
-    if (!ok) {
+    if (!ok && strstr(name, ".png")) {
+        FAILF("%s differs from the rendering (%zu bytes, expected %zu): %s", name, b->n, n,
+              png_same_pixels(want, n, b) ? "the same pixels, encoded differently (another "
+                                            "libpng or zlib?)" : "the pixels differ");
+    } else if (!ok) {
         size_t i = 0, line = 1;
         while (i < n && i < b->n && want[i] == b->p[i]) line += want[i++] == '\n';
         FAILF("%s differs from the rendering at byte %zu (line %zu); got:\n%s", name, i, line,
@@ -623,6 +632,113 @@ static int png_decode(const buf *b, int *w, int *h, unsigned char **rgb) {
 }
 #endif
 
+#if defined(MHA_TEST_PNG)
+/* The PNG layout of mha_viz.h, written out again here: the grid origin of panel p and the
+ * image size, from the characters of the longest query label q, key label k, panel name t and
+ * title (0: none), and of the three colour-bar values. */
+typedef struct {
+    int c, cols, rows, q, k, t, pw, ph, top, iw, ih;
+} png_geom;
+static png_geom png_geom_make(int n, int L, int S, int c, int q, int k, int t, int title,
+                              int vals) {
+    png_geom g = {c, 1, 0, q, k, t, 0, 0, 0, 0, 0};
+    while (g.cols * g.cols < n) g.cols++;
+    g.rows = (n + g.cols - 1) / g.cols;
+    g.pw = 6 * q + 4 + (S * c > 6 * t ? S * c : 6 * t);
+    g.ph = 13 + L * c + 4 + 6 * k;
+    g.top = 8 + (title ? 26 : 0);
+    int content = g.cols * g.pw + (g.cols - 1) * 12, inner = content;
+    if (12 * title > inner) inner = 12 * title;
+    if (6 * vals + 24 > inner) inner = 6 * vals + 24;
+    g.iw = 16 + inner;
+    g.ih = g.top + g.rows * g.ph + (g.rows - 1) * 12 + 8 + 12 + 3 + 9 + 8;
+    return g;
+}
+static int png_gx(const png_geom *g, int p) {
+    return 8 + (p % g->cols) * (g->pw + 12) + 6 * g->q + 4;
+}
+static int png_gy(const png_geom *g, int p) { return g->top + (p / g->cols) * (g->ph + 12) + 13; }
+
+/* A decoded image and the bounding box of the pixels where two images differ. */
+typedef struct {
+    int w, h;
+    unsigned char *rgb;
+} image;
+typedef struct {
+    int x0, y0, x1, y1; /* [x0, x1) x [y0, y1); empty when x0 >= x1 */
+} box;
+static box diff_box(const image *a, const image *b) {
+    box d = {a->w, a->h, 0, 0};
+    for (int y = 0; y < a->h; y++)
+        for (int x = 0; x < a->w; x++)
+            if (memcmp(a->rgb + ((size_t)y * a->w + x) * 3, b->rgb + ((size_t)y * b->w + x) * 3,
+                       3)) {
+                if (x < d.x0) d.x0 = x;
+                if (y < d.y0) d.y0 = y;
+                if (x + 1 > d.x1) d.x1 = x + 1;
+                if (y + 1 > d.y1) d.y1 = y + 1;
+            }
+    return d;
+}
+static int box_inside(box d, box r) {
+    return d.x0 < d.x1 && d.x0 >= r.x0 && d.y0 >= r.y0 && d.x1 <= r.x1 && d.y1 <= r.y1;
+}
+
+/* Whether the image shows s in the font at (x, y) (the top-left corner of its text box, as
+ * mha__viz_text places it): every glyph pixel dark, every other pixel of the box white. */
+static int reads(const image *im, int x, int y, const char *s, int scale, int upward) {
+    int n = (int)strlen(s);
+    for (int k = 0; k < n; k++)
+        for (int gy = 0; gy < MHA__VIZ_GLYPH_H * scale; gy++)
+            for (int gx = 0; gx < MHA__VIZ_GLYPH_ADV * scale; gx++) {
+                int on = gx / scale < MHA__VIZ_GLYPH_W &&
+                         mha__viz_glyph_ink((unsigned char)s[k], gx / scale, gy / scale);
+                int px = upward ? x + gy : x + k * MHA__VIZ_GLYPH_ADV * scale + gx;
+                int py = upward ? y + n * MHA__VIZ_GLYPH_ADV - 1 - k * MHA__VIZ_GLYPH_ADV - gx
+                                : y + gy;
+                if (px < 0 || py < 0 || px >= im->w || py >= im->h) return 0;
+                const unsigned char *c = im->rgb + ((size_t)py * im->w + px) * 3;
+                if (on ? c[0] >= 128 : (c[0] != 255 || c[1] != 255 || c[2] != 255)) return 0;
+            }
+    return 1;
+}
+
+/* Renders w with o as a PNG and decodes it; 0 on success (else the test has failed). */
+static int png_render(const float *w, int H, int L, int S, const mha_viz_opts *o, image *im) {
+    buf b = buf_new();
+    mha_status st = mha_viz_png(NULL, w, H, L, S, o, buf_write, &b);
+    if (st != MHA_OK) {
+        FAILF("mha_viz_png: %s", mha_last_errmsg());
+        free(b.p);
+        return -1;
+    }
+    int rc = png_decode(&b, &im->w, &im->h, &im->rgb);
+    if (rc) FAILF("the PNG does not decode");
+    free(b.p);
+    return rc;
+}
+#endif
+
+#if defined(MHA_TEST_PNG)
+static int png_same_pixels(const char *png, size_t n, const buf *b) {
+    buf a = {(char *)png, n, n, -1, 0};
+    image x, y;
+    if (png_decode(&a, &x.w, &x.h, &x.rgb)) return 0;
+    if (png_decode(b, &y.w, &y.h, &y.rgb)) {
+        free(x.rgb);
+        return 0;
+    }
+    int same = x.w == y.w && x.h == y.h && !memcmp(x.rgb, y.rgb, (size_t)x.w * x.h * 3);
+    free(x.rgb), free(y.rgb);
+    return same;
+}
+#else
+static int png_same_pixels(const char *png, size_t n, const buf *b) {
+    (void)png, (void)n, (void)b;
+    return 0;
+}
+#endif
+
 TEST(png_geometry_and_colours) {
     float w2[2 * TL * TL];
     fixture_two_heads(w2);
@@ -637,33 +753,41 @@ TEST(png_geometry_and_colours) {
     free(b.p);
 #else
     ASSERT_OK(NULL, st);
-    int iw, ih;
-    unsigned char *img;
-    ASSERT_TRUE(png_decode(&b, &iw, &ih, &img) == 0);
     free(b.p);
-    /* 2 panels: cols = 2, rows = 1 */
-    ASSERT_EQ(iw, 16 + 2 * TL * 5 + 8);
-    ASSERT_EQ(ih, 16 + TL * 5 + 8 + 12);
+    image im;
+    if (png_render(w2, 2, TL, TL, &o, &im)) return;
+    /* 2 panels: cols = 2, rows = 1; rows labelled every 5 cells of 5 px ("0", "5"); names
+     * "head 0", "head 1" (6 characters: wider than the 30 px of cells); values "0 0.5 1" */
+    png_geom g = png_geom_make(2, TL, TL, 5, 1, 1, 6, 0, 5);
+    ASSERT_EQ(im.w, g.iw);
+    ASSERT_EQ(im.h, g.ih);
     /* auto scale 0 .. 1 (head 1 row 0 is one-hot) */
     static const struct { int p, i, j; float t; } probes[] = {
         {0, 0, 0, 0.75f}, {0, 2, 3, 0.05f}, {1, 0, 0, 1.0f}, {1, 0, 5, 0.0f}, {1, 3, 1, 0.25f}};
     for (size_t k = 0; k < sizeof probes / sizeof probes[0]; k++) {
-        int x = 8 + probes[k].p * (TL * 5 + 8) + probes[k].j * 5 + 2;
-        int y = 8 + probes[k].i * 5 + 4;
-        uint8_t want[3];
-        mha_viz_color(probes[k].t, want);
-        const unsigned char *px = img + ((size_t)y * (size_t)iw + (size_t)x) * 3;
-        if (memcmp(px, want, 3) != 0) {
-            FAILF("panel %d cell (%d, %d): got #%02x%02x%02x, expected #%02x%02x%02x",
-                  probes[k].p, probes[k].i, probes[k].j, px[0], px[1], px[2], want[0], want[1],
-                  want[2]);
-            free(img);
-            return;
-        }
+        for (int dy = 0; dy < 5; dy++)
+            for (int dx = 0; dx < 5; dx++) {
+                int x = png_gx(&g, probes[k].p) + probes[k].j * 5 + dx;
+                int y = png_gy(&g, probes[k].p) + probes[k].i * 5 + dy;
+                uint8_t want[3];
+                mha_viz_color(probes[k].t, want);
+                const unsigned char *px = im.rgb + ((size_t)y * (size_t)im.w + (size_t)x) * 3;
+                if (memcmp(px, want, 3) != 0) {
+                    FAILF("panel %d cell (%d, %d) pixel (%d, %d): got #%02x%02x%02x, expected "
+                          "#%02x%02x%02x", probes[k].p, probes[k].i, probes[k].j, x, y, px[0],
+                          px[1], px[2], want[0], want[1], want[2]);
+                    free(im.rgb);
+                    return;
+                }
+            }
     }
-    /* the margin is white */
-    ASSERT_TRUE(img[0] == 255 && img[1] == 255 && img[2] == 255);
-    free(img);
+    /* the margin is white; the colour bar runs from the bottom colour to the top one */
+    ASSERT_TRUE(im.rgb[0] == 255 && im.rgb[1] == 255 && im.rgb[2] == 255);
+    uint8_t lo[3], hi[3];
+    mha_viz_color(0, lo), mha_viz_color(1, hi);
+    const unsigned char *bar = im.rgb + ((size_t)(g.ih - 32) * (size_t)im.w + 8) * 3;
+    ASSERT_TRUE(memcmp(bar, lo, 3) == 0 && memcmp(bar + (size_t)(g.iw - 17) * 3, hi, 3) == 0);
+    free(im.rgb);
     /* too large */
     o.cell_px = 64;
     float *big = calloc(300 * 300, sizeof(float));
@@ -671,6 +795,182 @@ TEST(png_geometry_and_colours) {
     ASSERT_EQ(mha_viz_png(NULL, big, 1, 300, 300, &o, buf_write, &b), MHA_ERR_NOMEM);
     ASSERT_STR_CONTAINS(mha_last_errmsg(), "at most 16384");
     free(big), free(b.p);
+#endif
+}
+
+/* The font: every printable character but the space has ink, in its 5 x 9 box, and no two
+ * characters look the same. */
+TEST(font_is_complete) {
+    static unsigned char bits[96][MHA__VIZ_GLYPH_H];
+    for (int ch = 32; ch < 128; ch++) {
+        int ink = 0;
+        for (int y = 0; y < MHA__VIZ_GLYPH_H; y++) {
+            bits[ch - 32][y] = 0;
+            for (int x = 0; x < MHA__VIZ_GLYPH_W; x++)
+                if (mha__viz_glyph_ink(ch, x, y))
+                    bits[ch - 32][y] |= (unsigned char)(1 << x), ink++;
+        }
+        if ((ink == 0) != (ch == ' ')) {
+            FAILF("glyph %d ('%c'): %d ink pixels", ch, ch, ink);
+            return;
+        }
+        for (int o = 32; o < ch; o++)
+            if (!memcmp(bits[o - 32], bits[ch - 32], MHA__VIZ_GLYPH_H)) {
+                FAILF("'%c' and '%c' have the same glyph", o, ch);
+                return;
+            }
+    }
+    /* bytes outside the font draw as '?' */
+    for (int y = 0; y < MHA__VIZ_GLYPH_H; y++)
+        for (int x = 0; x < MHA__VIZ_GLYPH_W; x++)
+            ASSERT_EQ(mha__viz_glyph_ink(200, x, y), mha__viz_glyph_ink('?', x, y));
+    char cut[8];
+    ASSERT_EQ(mha__viz_cut(cut, "abcdefgh", 5), 5);
+    ASSERT_TRUE(!strcmp(cut, "abcd" "\x7f"));
+    ASSERT_EQ(mha__viz_cut(cut, "abcde", 5), 5);
+    ASSERT_TRUE(!strcmp(cut, "abcde"));
+}
+
+/* Each kind of text is drawn where mha_viz.h says, and reads as it should: two renderings that
+ * differ only in one text differ only inside that text's box, and the box shows the text. */
+TEST(png_labels_are_drawn) {
+#if !defined(MHA_TEST_PNG)
+    ASSERT_TRUE(1); /* without libpng: png_geometry_and_colours checks MHA_ERR_UNSUPPORTED */
+#else
+    float w2[2 * TL * TL];
+    fixture_two_heads(w2);
+    image a, b;
+    /* the title, twice as large, at (8, 8) */
+    mha_viz_opts o = mha_viz_opts_default();
+    o.view = MHA_VIZ_ALL, o.cell_px = 12, o.query_tokens = toks;
+    o.title = "attention AAAA";
+    if (png_render(w2, 2, TL, TL, &o, &a)) return;
+    o.title = "attention BBBB";
+    if (png_render(w2, 2, TL, TL, &o, &b)) return;
+    png_geom g = png_geom_make(2, TL, TL, 12, 3, 3, 6, 14, 5);
+    ASSERT_EQ(a.w, g.iw);
+    ASSERT_EQ(a.h, g.ih);
+    ASSERT_TRUE(box_inside(diff_box(&a, &b), (box){8 + 12 * 10, 8, 8 + 12 * 14, 8 + 18}));
+    ASSERT_TRUE(reads(&a, 8, 8, "attention AAAA", 2, 0) && reads(&b, 8, 8, "attention BBBB", 2, 0));
+    /* panel names: "head 0", "head 1" by default (as in every renderer), above the cells */
+    for (int p = 0; p < 2; p++) {
+        char name[16];
+        snprintf(name, sizeof name, "head %d", p);
+        ASSERT_TRUE(reads(&a, png_gx(&g, p), png_gy(&g, p) - 13, name, 1, 0));
+    }
+    free(a.rgb);
+    a = b; /* titled "attention BBBB" */
+    const char *names[2] = {"head 0", "head X"};
+    o.head_titles = names;
+    if (png_render(w2, 2, TL, TL, &o, &b)) return;
+    int nx = png_gx(&g, 1), ny = png_gy(&g, 1) - 13;
+    ASSERT_TRUE(box_inside(diff_box(&a, &b), (box){nx + 30, ny, nx + 36, ny + 9}));
+    free(b.rgb);
+    o.head_titles = NULL;
+    /* query labels, right-aligned 4 px left of the cells and centred on their rows; key
+     * labels written upwards from 4 px under the cells (self-attention: the same tokens) */
+    for (int p = 0; p < 2; p++)
+        for (int i = 0; i < TL; i++) {
+            int n = (int)strlen(toks[i]);
+            ASSERT_TRUE(reads(&a, png_gx(&g, p) - 4 - 6 * n, png_gy(&g, p) + i * 12 + 2, toks[i],
+                              1, 0));
+            ASSERT_TRUE(reads(&a, png_gx(&g, p) + i * 12 + 2, png_gy(&g, p) + TL * 12 + 4,
+                              toks[i], 1, 1));
+        }
+    const char *qt[TL] = {"the", "cat", "sit", "on", "the", "mat"};
+    const char *kt[TL] = {"the", "cat", "sat", "on", "the", "mat"};
+    o.view = MHA_VIZ_HEAD, o.title = NULL, o.query_tokens = toks, o.key_tokens = kt;
+    free(a.rgb);
+    if (png_render(w2, 2, TL, TL, &o, &a)) return;
+    o.query_tokens = qt;
+    if (png_render(w2, 2, TL, TL, &o, &b)) return;
+    g = png_geom_make(1, TL, TL, 12, 3, 3, 6, 0, 5);
+    int gx = png_gx(&g, 0), gy = png_gy(&g, 0);
+    ASSERT_TRUE(box_inside(diff_box(&a, &b), (box){8, gy + 2 * 12 + 2, gx - 4, gy + 3 * 12 + 2}));
+    ASSERT_TRUE(reads(&b, gx - 4 - 18, gy + 2 * 12 + 2, "sit", 1, 0));
+    free(b.rgb);
+    o.query_tokens = toks, o.key_tokens = qt;
+    if (png_render(w2, 2, TL, TL, &o, &b)) return;
+    int ky = gy + TL * 12 + 4;
+    ASSERT_TRUE(
+        box_inside(diff_box(&a, &b), (box){gx + 2 * 12 + 2, ky, gx + 2 * 12 + 11, ky + 18}));
+    ASSERT_TRUE(reads(&b, gx + 2 * 12 + 2, ky, "sit", 1, 1));
+    free(a.rgb), free(b.rgb);
+    /* the colour bar's values: weights above vmax all draw the top colour, so only the values
+     * change from 0, 0.5, 1 to 0, 1, 2 */
+    float big[2 * TL * TL];
+    for (int e = 0; e < 2 * TL * TL; e++) big[e] = 5;
+    o = mha_viz_opts_default();
+    o.cell_px = 12, o.vmin = 0, o.vmax = 1;
+    if (png_render(big, 2, TL, TL, &o, &a)) return;
+    o.vmax = 2;
+    if (png_render(big, 2, TL, TL, &o, &b)) return;
+    g = png_geom_make(1, TL, TL, 12, 1, 1, 6, 0, 5);
+    int vy = g.ih - 32 + 15;
+    ASSERT_TRUE(box_inside(diff_box(&a, &b), (box){8, vy, g.iw - 8, vy + 9}));
+    int mid = 8 + (g.iw - 16 - 18) / 2;
+    ASSERT_TRUE(reads(&a, 8, vy, "0", 1, 0) && reads(&a, mid, vy, "0.5", 1, 0) &&
+                reads(&a, g.iw - 8 - 6, vy, "1", 1, 0));
+    ASSERT_TRUE(reads(&b, g.iw - 8 - 6, vy, "2", 1, 0));
+    free(a.rgb), free(b.rgb);
+#endif
+}
+
+/* PNG renderings, byte for byte, against tests/golden/viz/png_*.png (made by this test with
+ * MHA_UPDATE_GOLDEN=1; tests/golden/viz/README.md): every label kind, both label steps, long
+ * and non-ASCII labels, cross-attention and an explicit scale. */
+TEST(golden_png) {
+#if !defined(MHA_TEST_PNG)
+    ASSERT_TRUE(1); /* without libpng: png_geometry_and_colours checks MHA_ERR_UNSUPPORTED */
+#else
+    float w2[2 * TL * TL], band[100 * 100], cross[2 * 4 * 9];
+    fixture_two_heads(w2);
+    fixture_band(band, 100);
+    for (int e = 0; e < 2 * 4 * 9; e++) cross[e] = (float)((e * 37) % 23) / 11.0f - 0.5f;
+    const char *q4[4] = {"Wo", "ist", "die", "Katze?"};
+    const char *k9[9] = {"where", "is", "the", "cat", "(hiding)", "under_the_kitchen_table",
+                         "\xe7\x8c\xab", "now", "?"};
+    mha_viz_opts o[3];
+    for (int c = 0; c < 3; c++) o[c] = mha_viz_opts_default();
+    o[0].view = MHA_VIZ_ALL, o[0].query_tokens = toks, o[0].title = "two heads on six tokens";
+    o[2].view = MHA_VIZ_AVERAGE, o[2].query_tokens = q4, o[2].key_tokens = k9;
+    o[2].vmin = -0.5f, o[2].vmax = 1.5f, o[2].cell_px = 14, o[2].title = "cross-attention";
+    static const char *const names[3] = {"png_all_tokens_title.png", "png_band100_positions.png",
+                                         "png_cross_average_long_labels.png"};
+    for (int c = 0; c < 3; c++) {
+        buf b = buf_new();
+        mha_status st = c == 0 ? mha_viz_png(NULL, w2, 2, TL, TL, &o[c], buf_write, &b)
+                        : c == 1 ? mha_viz_png(NULL, band, 1, 100, 100, &o[c], buf_write, &b)
+                                 : mha_viz_png(NULL, cross, 2, 4, 9, &o[c], buf_write, &b);
+        ASSERT_OK(NULL, st);
+        int ok = golden(names[c], &b);
+        free(b.p);
+        if (!ok) return;
+    }
+#endif
+}
+
+/* Long labels are cut with the mark and the margins grow with the labels; non-ASCII text is
+ * drawn as '?'. */
+TEST(png_long_labels) {
+#if !defined(MHA_TEST_PNG)
+    ASSERT_TRUE(1);
+#else
+    float w2[2 * TL * TL];
+    fixture_two_heads(w2);
+    const char *t[TL] = {"a", "bb", "a_label_of_twenty_chars", "caf\xc3\xa9", "e", "f"};
+    mha_viz_opts o = mha_viz_opts_default();
+    o.cell_px = 12, o.query_tokens = t;
+    image im;
+    if (png_render(w2, 2, TL, TL, &o, &im)) return;
+    png_geom g = png_geom_make(1, TL, TL, 12, 16, 16, 6, 0, 5);
+    ASSERT_EQ(im.w, g.iw);
+    ASSERT_EQ(im.h, g.ih);
+    int gx = png_gx(&g, 0), gy = png_gy(&g, 0);
+    ASSERT_TRUE(reads(&im, gx - 4 - 96, gy + 2 * 12 + 2, "a_label_of_twen\x7f", 1, 0));
+    ASSERT_TRUE(reads(&im, gx - 4 - 24, gy + 3 * 12 + 2, "caf?", 1, 0));
+    ASSERT_TRUE(reads(&im, gx + 2 * 12 + 2, gy + TL * 12 + 4, "a_label_of_twen\x7f", 1, 1));
+    free(im.rgb);
 #endif
 }
 
@@ -798,6 +1098,25 @@ TEST(errors) {
     mha_ctx_free(ctx);
 }
 
+/* Heads are numbered from 0 in every renderer's default names ("head 0" .. "head H-1"). The
+ * PNG's names are read back in png_labels_are_drawn. */
+TEST(heads_numbered_from_zero) {
+    float w2[2 * TL * TL];
+    fixture_two_heads(w2);
+    mha_viz_opts o = mha_viz_opts_default();
+    o.view = MHA_VIZ_ALL;
+    for (int r = 0; r < 3; r++) {
+        buf b = buf_new();
+        ASSERT_OK(NULL, r == 0   ? mha_viz_term(NULL, w2, 2, TL, TL, &o, buf_write, &b)
+                        : r == 1 ? mha_viz_svg(NULL, w2, 2, TL, TL, &o, buf_write, &b)
+                                 : mha_viz_html(NULL, w2, 2, TL, TL, &o, buf_write, &b));
+        int ok = strstr(b.p, "head 0") && strstr(b.p, "head 1") && !strstr(b.p, "head 2");
+        if (!ok) FAILF("renderer %d does not name the heads head 0, head 1:\n%s", r, b.p);
+        free(b.p);
+        if (!ok) return;
+    }
+}
+
 /* Allocation failure at every point: a clean MHA_ERR_NOMEM, never a crash. */
 TEST(allocation_failures) {
     float w2[2 * TL * TL];
@@ -805,7 +1124,13 @@ TEST(allocation_failures) {
     mha_viz_opts o = mha_viz_opts_default();
     o.view = MHA_VIZ_ALL;
     o.query_tokens = toks;
-    for (int r = 0; r < 4; r++) {
+    o.title = "allocated too";
+#if defined(MHA_TEST_PNG)
+    const int renderers = 5;
+#else
+    const int renderers = 4;
+#endif
+    for (int r = 0; r < renderers; r++) {
         int ok = 0;
         for (long n = 0; n < 400 && !ok; n++) {
             buf b = buf_new();
@@ -813,8 +1138,9 @@ TEST(allocation_failures) {
             mha_status st = r == 0   ? mha_viz_term(NULL, w2, 2, TL, TL, &o, buf_write, &b)
                             : r == 1 ? mha_viz_svg(NULL, w2, 2, TL, TL, &o, buf_write, &b)
                             : r == 2 ? mha_viz_html(NULL, w2, 2, TL, TL, &o, buf_write, &b)
-                                     : mha_viz_head_stats(NULL, w2, 2, TL, TL,
-                                                          (mha_viz_stats[2]){{0}});
+                            : r == 3 ? mha_viz_head_stats(NULL, w2, 2, TL, TL,
+                                                          (mha_viz_stats[2]){{0}})
+                                     : mha_viz_png(NULL, w2, 2, TL, TL, &o, buf_write, &b);
             mha__fault_after(-1);
             free(b.p);
             if (st == MHA_OK) ok = 1;
@@ -856,10 +1182,15 @@ int main(int argc, char **argv) {
     RUN(svg_cells_and_escaping);
     RUN(colormap);
     RUN(png_geometry_and_colours);
+    RUN(font_is_complete);
+    RUN(png_labels_are_drawn);
+    RUN(png_long_labels);
+    RUN(golden_png);
     RUN(html_is_self_contained);
     RUN(stats);
     RUN(file_wrappers);
     RUN(errors);
+    RUN(heads_numbered_from_zero);
     RUN(allocation_failures);
     return harness_report();
 }

@@ -26,3 +26,17 @@ if(TARGET mha_cli)
   add_test(NAME viz_cli COMMAND /bin/sh ${CMAKE_CURRENT_SOURCE_DIR}/viz_cli.sh
     $<TARGET_FILE:mha_cli> ${CMAKE_CURRENT_BINARY_DIR}/viz_cli ${MHA_PYTHON})
 endif()
+
+# pytest files run with the test venv's Python (numpy only) against the mha binary built here:
+# test_cli_viz.py  `mha viz` output names, token files that are not regular files, head
+#                  numbering, the PNG's text;
+# test_cli_bench.py `mha bench` progress on stderr when it is a terminal (a pty), else nothing.
+if(TARGET mha_cli)
+  foreach(t test_cli_viz test_cli_bench)
+    add_test(NAME ${t}
+      COMMAND ${MHA_PYTHON} -m pytest -q -p no:cacheprovider ${CMAKE_CURRENT_SOURCE_DIR}/${t}.py
+      WORKING_DIRECTORY ${CMAKE_CURRENT_BINARY_DIR})
+    set_tests_properties(${t} PROPERTIES
+      ENVIRONMENT "MHA_BIN=$<TARGET_FILE:mha_cli>;PYTHONDONTWRITEBYTECODE=1" TIMEOUT 300)
+  endforeach()
+endif()

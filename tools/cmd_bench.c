@@ -14,20 +14,26 @@
  * --backward times forward + backward (and reports both phases). The module's forward runs
  * in inference mode without --backward, with save_for_backward on with it. --need-weights
  * also asks the module for the attention weights averaged over heads, [B, N, N], as
- * nn.MultiheadAttention(need_weights=True) returns them (the FLOP count stays nominal). */
+ * nn.MultiheadAttention(need_weights=True) returns them (the FLOP count stays nominal).
+ * When stderr is a terminal, one line there says which run is going (erased at the end).
+ *
+ * Steps: validate (parse_args, check_args), plan (plan_bench: buffers, module, FLOPs), measure
+ * (warm-up and timed runs), report. */
 #include "cli.h"
 
 #include <math.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 static void print_help(FILE *f) {
     fputs("usage: mha bench --batch B --seq N --embed E --heads H [options]\n"
           "       mha bench --gemm M N K [--ta 0|1] [--tb 0|1] [options]\n\n"
           "Times nn.MultiheadAttention's forward (self-attention, batch first) on random data,\n"
           "or the attention core, or the library's matrix product; prints the median time and\n"
-          "the rate in GFLOP/s.\n\n"
+          "the rate in GFLOP/s. On a terminal, stderr shows which run is going.\n\n"
           "options:\n"
           "  --batch B, --seq N, --embed E, --heads H   the shape (E divisible by H)\n"
           "  --causal      causal mask (top-left); the attention's FLOP count is halved\n"
@@ -73,7 +79,7 @@ static float *rand_buf(int64_t n, uint32_t seed) {
 
 typedef struct {
     long long batch, seq, embed, heads, threads, runs, warmup, m, n, k, ta, tb;
-    int causal, backward, core, json, gemm, need_weights;
+    int causal, backward, core, json, gemm, need_weights, threads_given;
     double budget, dropout;
     const char *isa;
 } bench_args;
@@ -126,233 +132,310 @@ static int positive(const char *opt, long long v, long long max) {
                            opt, v, max);
 }
 
-int mha_cmd_bench(int argc, char **argv) {
-    bench_args a = {.batch = 1, .seq = 512, .embed = 512, .heads = 8, .runs = 10, .tb = 1,
-                    .warmup = -1};
-    /* "--gemm M N K" takes three values: pulled out before the common parser. */
-    char **rest = malloc(sizeof(char *) * (size_t)(argc + 1));
-    if (!rest) return cli_fail("out of memory");
-    int nrest = 0;
+/* ---- validate: the command line into bench_args (exit 1 on a usage error) ------------------ */
+
+/* "--gemm M N K" takes three values: pulled out of argv (into a) before the common parser,
+ * which sees the rest (rest[0 .. *nrest), argv[0] first). */
+static int take_gemm(int argc, char **argv, bench_args *a, char **rest, int *nrest) {
+    *nrest = 0;
     for (int i = 0; i < argc; i++) {
         if (i > 0 && !strcmp(argv[i], "--gemm")) {
             char *end[3];
-            if (i + 3 >= argc) {
-                free(rest);
+            if (i + 3 >= argc)
                 return cli_usage_error("mha bench --help lists the options",
                                        "--gemm: expected three sizes M N K");
-            }
-            a.m = strtoll(argv[i + 1], &end[0], 10);
-            a.n = strtoll(argv[i + 2], &end[1], 10);
-            a.k = strtoll(argv[i + 3], &end[2], 10);
+            a->m = strtoll(argv[i + 1], &end[0], 10);
+            a->n = strtoll(argv[i + 2], &end[1], 10);
+            a->k = strtoll(argv[i + 3], &end[2], 10);
             if (*end[0] || *end[1] || *end[2] || end[0] == argv[i + 1] ||
-                end[1] == argv[i + 2] || end[2] == argv[i + 3]) {
-                free(rest);
+                end[1] == argv[i + 2] || end[2] == argv[i + 3])
                 return cli_usage_error("mha bench --help lists the options",
                                        "--gemm: got \"%s %s %s\", expected three whole numbers "
                                        "M N K", argv[i + 1], argv[i + 2], argv[i + 3]);
-            }
-            a.gemm = 1;
+            a->gemm = 1;
             i += 3;
             continue;
         }
-        rest[nrest++] = argv[i];
+        rest[(*nrest)++] = argv[i];
     }
-    rest[nrest] = NULL;
-    cli_opt opts[] = {
-        {"--batch", CLI_OPT_INT, &a.batch, 0},   {"--seq", CLI_OPT_INT, &a.seq, 0},
-        {"--embed", CLI_OPT_INT, &a.embed, 0},   {"--heads", CLI_OPT_INT, &a.heads, 0},
-        {"--causal", CLI_OPT_FLAG, &a.causal, 0}, {"--backward", CLI_OPT_FLAG, &a.backward, 0},
-        {"--core", CLI_OPT_FLAG, &a.core, 0},     {"--threads", CLI_OPT_INT, &a.threads, 0},
-        {"--json", CLI_OPT_FLAG, &a.json, 0},     {"--isa", CLI_OPT_STRING, &a.isa, 0},
-        {"--runs", CLI_OPT_INT, &a.runs, 0},      {"--ta", CLI_OPT_INT, &a.ta, 0},
-        {"--tb", CLI_OPT_INT, &a.tb, 0},         {"--warmup", CLI_OPT_INT, &a.warmup, 0},
-        {"--budget", CLI_OPT_FLOAT, &a.budget, 0}, {"--dropout", CLI_OPT_FLOAT, &a.dropout, 0},
-        {"--need-weights", CLI_OPT_FLAG, &a.need_weights, 0},
-    };
-    int nopts = (int)(sizeof opts / sizeof opts[0]);
-    int rc = cli_parse(nrest, rest, opts, nopts);
-    free(rest);
-    if (rc == CLI_HELP) {
-        print_help(stdout);
-        return CLI_EXIT_OK;
-    }
-    if (rc) return rc;
+    rest[*nrest] = NULL;
+    return 0;
+}
+
+/* The values of the options against each other and their ranges. */
+static int check_args(const bench_args *a, int warmup_given) {
     const long long big = 1LL << 20;
-    if ((rc = positive("--runs", a.runs, 10000))) return rc;
-    if (a.budget < 0)
+    int rc;
+    if ((rc = positive("--runs", a->runs, 10000))) return rc;
+    if (a->budget < 0)
         return cli_usage_error("mha bench --help lists the options",
-                               "--budget: got %g, expected seconds >= 0 (0: no limit)", a.budget);
-    if (!(a.dropout >= 0 && a.dropout < 1))
+                               "--budget: got %g, expected seconds >= 0 (0: no limit)", a->budget);
+    if (!(a->dropout >= 0 && a->dropout < 1))
         return cli_usage_error("mha bench --help lists the options",
-                               "--dropout: got %g, expected a probability in [0, 1)", a.dropout);
-    if (cli_find(opts, nopts, "--warmup")->seen && (a.warmup < 0 || a.warmup > 10000))
+                               "--dropout: got %g, expected a probability in [0, 1)", a->dropout);
+    if (warmup_given && (a->warmup < 0 || a->warmup > 10000))
         return cli_usage_error("mha bench --help lists the options",
-                               "--warmup: got %lld, expected 0..10000", a.warmup);
-    if (a.gemm) {
-        if ((rc = positive("--gemm M", a.m, big)) || (rc = positive("--gemm N", a.n, big)) ||
-            (rc = positive("--gemm K", a.k, big)))
+                               "--warmup: got %lld, expected 0..10000", a->warmup);
+    if (a->gemm) {
+        if ((rc = positive("--gemm M", a->m, big)) || (rc = positive("--gemm N", a->n, big)) ||
+            (rc = positive("--gemm K", a->k, big)))
             return rc;
-        if ((a.ta != 0 && a.ta != 1) || (a.tb != 0 && a.tb != 1))
+        if ((a->ta != 0 && a->ta != 1) || (a->tb != 0 && a->tb != 1))
             return cli_usage_error("mha bench --help lists the options",
-                                   "--ta/--tb: got %lld/%lld, expected 0 or 1", a.ta, a.tb);
-        if (a.core || a.backward || a.causal || a.dropout > 0 || a.need_weights)
+                                   "--ta/--tb: got %lld/%lld, expected 0 or 1", a->ta, a->tb);
+        if (a->core || a->backward || a->causal || a->dropout > 0 || a->need_weights)
             return cli_usage_error("mha bench --help lists the options",
                                    "--gemm: cannot be combined with --core, --backward, --causal, "
                                    "--dropout, --need-weights");
-    } else {
-        if ((rc = positive("--batch", a.batch, big)) || (rc = positive("--seq", a.seq, big)) ||
-            (rc = positive("--embed", a.embed, big)) || (rc = positive("--heads", a.heads, big)))
-            return rc;
-        if (a.embed % a.heads)
-            return cli_usage_error("mha bench --help lists the options",
-                                   "--embed: got %lld, expected a multiple of --heads %lld",
-                                   a.embed, a.heads);
-        if (a.core && a.need_weights)
-            return cli_usage_error("mha bench --help lists the options",
-                                   "--need-weights: applies to the module, not to --core");
+        return 0;
     }
+    if ((rc = positive("--batch", a->batch, big)) || (rc = positive("--seq", a->seq, big)) ||
+        (rc = positive("--embed", a->embed, big)) || (rc = positive("--heads", a->heads, big)))
+        return rc;
+    if (a->embed % a->heads)
+        return cli_usage_error("mha bench --help lists the options",
+                               "--embed: got %lld, expected a multiple of --heads %lld", a->embed,
+                               a->heads);
+    if (a->core && a->need_weights)
+        return cli_usage_error("mha bench --help lists the options",
+                               "--need-weights: applies to the module, not to --core");
+    return 0;
+}
 
-    mha_ctx *ctx;
-    rc = cli_ctx_create(cli_find(opts, nopts, "--threads")->seen ? &a.threads : NULL, a.isa,
-                        &ctx);
+/* Parses and checks the command line. Returns 0, CLI_HELP (help printed) or a usage error. */
+static int parse_args(int argc, char **argv, bench_args *a) {
+    *a = (bench_args){.batch = 1, .seq = 512, .embed = 512, .heads = 8, .runs = 10, .tb = 1,
+                      .warmup = -1};
+    char **rest = malloc(sizeof(char *) * (size_t)(argc + 1));
+    if (!rest) return cli_fail("out of memory");
+    int nrest, rc = take_gemm(argc, argv, a, rest, &nrest);
+    cli_opt opts[] = {
+        {"--batch", CLI_OPT_INT, &a->batch, 0},   {"--seq", CLI_OPT_INT, &a->seq, 0},
+        {"--embed", CLI_OPT_INT, &a->embed, 0},   {"--heads", CLI_OPT_INT, &a->heads, 0},
+        {"--causal", CLI_OPT_FLAG, &a->causal, 0}, {"--backward", CLI_OPT_FLAG, &a->backward, 0},
+        {"--core", CLI_OPT_FLAG, &a->core, 0},     {"--threads", CLI_OPT_INT, &a->threads, 0},
+        {"--json", CLI_OPT_FLAG, &a->json, 0},     {"--isa", CLI_OPT_STRING, &a->isa, 0},
+        {"--runs", CLI_OPT_INT, &a->runs, 0},      {"--ta", CLI_OPT_INT, &a->ta, 0},
+        {"--tb", CLI_OPT_INT, &a->tb, 0},         {"--warmup", CLI_OPT_INT, &a->warmup, 0},
+        {"--budget", CLI_OPT_FLOAT, &a->budget, 0}, {"--dropout", CLI_OPT_FLOAT, &a->dropout, 0},
+        {"--need-weights", CLI_OPT_FLAG, &a->need_weights, 0},
+    };
+    int nopts = (int)(sizeof opts / sizeof opts[0]);
+    if (!rc) rc = cli_parse(nrest, rest, opts, nopts);
+    free(rest);
+    if (rc == CLI_HELP) {
+        print_help(stdout);
+        return CLI_HELP;
+    }
     if (rc) return rc;
+    a->threads_given = cli_find(opts, nopts, "--threads")->seen > 0;
+    return check_args(a, cli_find(opts, nopts, "--warmup")->seen > 0);
+}
 
-    bench_state s;
-    memset(&s, 0, sizeof s);
-    s.ctx = ctx;
-    s.a = &a;
-    s.mask = mha_mask_default();
-    if (a.causal) s.mask.causal = MHA_CAUSAL_TOP_LEFT;
-    const int64_t B = a.batch, N = a.seq, E = a.embed, H = a.heads, D = a.embed / a.heads;
-    double flops_fwd, flops_bwd = 0;
-    float *bufs[16] = {0};
-    int nb = 0, oom = 0;
-#define ALLOC(n, seed) (bufs[nb] = rand_buf((n), (seed)), oom |= !bufs[nb], bufs[nb++])
-    if (a.gemm) {
-        s.ga = ALLOC(a.m * a.k, 1);
-        s.gb = ALLOC(a.k * a.n, 2);
-        s.gc = ALLOC(a.m * a.n, 3);
-        flops_fwd = 2.0 * (double)a.m * (double)a.n * (double)a.k;
+/* ---- plan: buffers, tensors, the module and the FLOP counts --------------------------------- */
+
+typedef struct {
+    double flops_fwd, flops_bwd;
+    float *bufs[16]; /* owned */
+    int nb, oom;
+} bench_plan;
+
+/* A random buffer of n floats, owned by the plan. */
+static float *plan_buf(bench_plan *p, int64_t n, uint32_t seed) {
+    float *b = rand_buf(n, seed);
+    p->oom |= !b;
+    return p->bufs[p->nb++] = b;
+}
+
+static void plan_core(bench_state *s, bench_plan *p, int64_t B, int64_t H, int64_t N, int64_t D) {
+    int64_t sh[4] = {B, H, N, D}, sl[3] = {B, H, N}, n = B * H * N * D;
+    s->q = mha_tensor_make(plan_buf(p, n, 1), 4, sh);
+    s->k = mha_tensor_make(plan_buf(p, n, 2), 4, sh);
+    s->v = mha_tensor_make(plan_buf(p, n, 3), 4, sh);
+    s->o = mha_tensor_make(plan_buf(p, n, 4), 4, sh);
+    s->lse = mha_tensor_make(plan_buf(p, B * H * N, 5), 3, sl);
+    if (s->a->backward) {
+        s->dout = mha_tensor_make(plan_buf(p, n, 6), 4, sh);
+        s->dq = mha_tensor_make(plan_buf(p, n, 7), 4, sh);
+        s->dk = mha_tensor_make(plan_buf(p, n, 8), 4, sh);
+        s->dv = mha_tensor_make(plan_buf(p, n, 9), 4, sh);
+    }
+}
+
+static void plan_module(bench_state *s, bench_plan *p, int64_t B, int64_t N, int64_t E) {
+    int64_t sh[3] = {B, N, E}, shw[3] = {B, N, N};
+    s->x = mha_tensor_make(plan_buf(p, B * N * E, 1), 3, sh);
+    s->y = mha_tensor_make(plan_buf(p, B * N * E, 2), 3, sh);
+    if (s->a->need_weights) s->w = mha_tensor_make(plan_buf(p, B * N * N, 10), 3, shw);
+    if (s->a->backward) {
+        s->dy = mha_tensor_make(plan_buf(p, B * N * E, 3), 3, sh);
+        s->dx = mha_tensor_make(plan_buf(p, B * N * E, 4), 3, sh);
+    }
+}
+
+/* Allocates what the measured step touches and counts its FLOPs (see the top of this file).
+ * Returns 0, or 2 after printing. */
+static int plan_bench(bench_state *s, bench_plan *p) {
+    const bench_args *a = s->a;
+    const int64_t B = a->batch, N = a->seq, E = a->embed, H = a->heads, D = a->embed / a->heads;
+    s->mask = mha_mask_default();
+    if (a->causal) s->mask.causal = MHA_CAUSAL_TOP_LEFT;
+    if (a->gemm) {
+        s->ga = plan_buf(p, a->m * a->k, 1);
+        s->gb = plan_buf(p, a->k * a->n, 2);
+        s->gc = plan_buf(p, a->m * a->n, 3);
+        p->flops_fwd = 2.0 * (double)a->m * (double)a->n * (double)a->k;
     } else {
-        double F = 4.0 * B * H * (double)N * N * D * (a.causal ? 0.5 : 1.0);
+        double F = 4.0 * B * H * (double)N * N * D * (a->causal ? 0.5 : 1.0);
         double P = 2.0 * B * N * E * 3.0 * E + 2.0 * B * N * E * E;
-        if (a.core) {
-            int64_t sh[4] = {B, H, N, D}, sl[3] = {B, H, N};
-            s.q = mha_tensor_make(ALLOC(B * H * N * D, 1), 4, sh);
-            s.k = mha_tensor_make(ALLOC(B * H * N * D, 2), 4, sh);
-            s.v = mha_tensor_make(ALLOC(B * H * N * D, 3), 4, sh);
-            s.o = mha_tensor_make(ALLOC(B * H * N * D, 4), 4, sh);
-            s.lse = mha_tensor_make(ALLOC(B * H * N, 5), 3, sl);
-            if (a.backward) {
-                s.dout = mha_tensor_make(ALLOC(B * H * N * D, 6), 4, sh);
-                s.dq = mha_tensor_make(ALLOC(B * H * N * D, 7), 4, sh);
-                s.dk = mha_tensor_make(ALLOC(B * H * N * D, 8), 4, sh);
-                s.dv = mha_tensor_make(ALLOC(B * H * N * D, 9), 4, sh);
-            }
-            flops_fwd = F;
-            flops_bwd = 2.5 * F;
-        } else {
-            int64_t sh[3] = {B, N, E};
-            s.x = mha_tensor_make(ALLOC(B * N * E, 1), 3, sh);
-            s.y = mha_tensor_make(ALLOC(B * N * E, 2), 3, sh);
-            if (a.need_weights) {
-                int64_t shw[3] = {B, N, N};
-                s.w = mha_tensor_make(ALLOC(B * N * N, 10), 3, shw);
-            }
-            if (a.backward) {
-                s.dy = mha_tensor_make(ALLOC(B * N * E, 3), 3, sh);
-                s.dx = mha_tensor_make(ALLOC(B * N * E, 4), 3, sh);
-            }
-            flops_fwd = F + P;
-            flops_bwd = 2.0 * P + 2.5 * F;
-        }
+        if (a->core) plan_core(s, p, B, H, N, D);
+        else plan_module(s, p, B, N, E);
+        p->flops_fwd = a->core ? F : F + P;
+        p->flops_bwd = a->core ? 2.5 * F : 2.0 * P + 2.5 * F;
     }
-#undef ALLOC
-    double *tf = malloc(sizeof(double) * (size_t)a.runs), *tb = malloc(sizeof(double) * (size_t)a.runs);
-    double *tt = malloc(sizeof(double) * (size_t)a.runs);
-    int ret = CLI_EXIT_OK;
-    if (oom || !tf || !tb || !tt) {
-        ret = cli_fail("out of memory for the benchmark's buffers");
-        goto out;
-    }
-    if (!a.gemm && !a.core) {
+    if (p->oom) return cli_fail("out of memory for the benchmark's buffers");
+    if (!a->gemm && !a->core) {
         mha_config cfg = mha_config_default(E, H);
-        cfg.dropout = (float)a.dropout;
-        if (mha_module_create(ctx, &cfg, &s.mod) != MHA_OK) {
-            ret = cli_fail_lib(ctx, "mha_module_create");
-            goto out;
-        }
+        cfg.dropout = (float)a->dropout;
+        if (mha_module_create(s->ctx, &cfg, &s->mod) != MHA_OK)
+            return cli_fail_lib(s->ctx, "mha_module_create");
     }
-    /* Warm-up (--warmup runs, or one run and more for short ones: up to 0.2 s), then the
-     * timed runs. */
+    return 0;
+}
+
+/* ---- measure: warm-up, then the timed runs, with progress on a terminal ------------------- */
+
+/* A benchmark at a large size runs for a minute: on a terminal, stderr shows what it is doing
+ * (one line, rewritten in place and erased at the end); elsewhere nothing, so that logs and
+ * pipes stay clean. Printed between runs, never inside a timed interval. */
+typedef struct {
+    int on;
+} progress;
+
+static void progress_say(const progress *pr, const char *fmt, ...) CLI_PRINTF(2, 3);
+static void progress_say(const progress *pr, const char *fmt, ...) {
+    if (!pr->on) return;
+    va_list ap;
+    va_start(ap, fmt);
+    fputs("\r\033[Kmha bench: ", stderr);
+    vfprintf(stderr, fmt, ap);
+    va_end(ap);
+    fflush(stderr);
+}
+
+static void progress_end(const progress *pr) {
+    if (!pr->on) return;
+    fputs("\r\033[K", stderr);
+    fflush(stderr);
+}
+
+/* A library failure while the progress line may be showing: the line goes first. */
+static int lib_failed(const progress *pr, const mha_ctx *ctx, const char *what) {
+    progress_end(pr);
+    return cli_fail_lib(ctx, what);
+}
+
+typedef struct {
+    double *tf, *tb, *tt; /* forward, backward and total seconds of each timed run */
+    int runs;
+} bench_times;
+
+/* Warm-up (--warmup runs, or one run and more for short ones: up to 0.2 s), then up to
+ * --runs timed runs (fewer once --budget seconds are spent). Returns 0, or 2 after printing. */
+static int measure(bench_state *s, const progress *pr, bench_times *t) {
+    const bench_args *a = s->a;
     double warm_until = cli_now_s() + 0.2;
-    for (int w = 0; a.warmup >= 0 ? w < a.warmup : (w < 1 || (w < 20 && cli_now_s() < warm_until));
+    for (int w = 0; a->warmup >= 0 ? w < a->warmup
+                                   : (w < 1 || (w < 20 && cli_now_s() < warm_until));
          w++) {
-        if (run_fwd(&s) != MHA_OK) {
-            ret = cli_fail_lib(ctx, "forward");
-            goto out;
-        }
-        if (a.backward && run_bwd(&s) != MHA_OK) {
-            ret = cli_fail_lib(ctx, "backward");
-            goto out;
-        }
+        progress_say(pr, "warm-up run %d", w + 1);
+        if (run_fwd(s) != MHA_OK) return lib_failed(pr, s->ctx, "forward");
+        if (a->backward && run_bwd(s) != MHA_OK) return lib_failed(pr, s->ctx, "backward");
     }
     double timed_from = cli_now_s();
-    int runs = 0;
-    for (int r = 0; r < a.runs; r++) {
-        if (r > 0 && a.budget > 0 && cli_now_s() - timed_from > a.budget) break;
-        runs++;
+    t->runs = 0;
+    for (int r = 0; r < a->runs; r++) {
+        if (r > 0 && a->budget > 0 && cli_now_s() - timed_from > a->budget) break;
+        if (r == 0) progress_say(pr, "timed run 1 of %lld", a->runs);
+        else progress_say(pr, "timed run %d of %lld (the last took %.3f ms)", r + 1, a->runs,
+                          t->tt[r - 1] * 1e3);
+        t->runs++;
         double t0 = cli_now_s();
-        mha_status st = run_fwd(&s);
+        mha_status st = run_fwd(s);
         double t1 = cli_now_s();
-        if (st == MHA_OK && a.backward) st = run_bwd(&s);
+        if (st == MHA_OK && a->backward) st = run_bwd(s);
         double t2 = cli_now_s();
-        if (st != MHA_OK) {
-            ret = cli_fail_lib(ctx, "bench");
-            goto out;
-        }
-        tf[r] = t1 - t0, tb[r] = t2 - t1, tt[r] = t2 - t0;
+        if (st != MHA_OK) return lib_failed(pr, s->ctx, "bench");
+        t->tf[r] = t1 - t0, t->tb[r] = t2 - t1, t->tt[r] = t2 - t0;
     }
-    double med = median(tt, runs), med_f = median(tf, runs);
-    double med_b = a.backward ? median(tb, runs) : 0;
-    double flops = flops_fwd + (a.backward ? flops_bwd : 0);
+    return 0;
+}
+
+/* ---- report: medians and rates, as text or one JSON line ---------------------------------- */
+
+static void report(const bench_state *s, const bench_plan *p, bench_times *t) {
+    const bench_args *a = s->a;
+    double med = median(t->tt, t->runs), med_f = median(t->tf, t->runs);
+    double med_b = a->backward ? median(t->tb, t->runs) : 0;
+    double flops = p->flops_fwd + (a->backward ? p->flops_bwd : 0);
     double gflops = flops / med * 1e-9;
-    const char *what = a.gemm ? "gemm" : a.core ? (a.backward ? "core_fwd_bwd" : "core_fwd")
-                                                : (a.backward ? "module_fwd_bwd" : "module_fwd");
-    const char *isa = mha_isa_name(mha_ctx_isa(ctx));
-    if (a.json) {
-        if (a.gemm)
+    const char *what = a->gemm ? "gemm" : a->core ? (a->backward ? "core_fwd_bwd" : "core_fwd")
+                                                  : (a->backward ? "module_fwd_bwd" : "module_fwd");
+    const char *isa = mha_isa_name(mha_ctx_isa(s->ctx));
+    int threads = mha_ctx_threads(s->ctx);
+    if (a->json) {
+        if (a->gemm)
             printf("{\"what\":\"gemm\",\"M\":%lld,\"N\":%lld,\"K\":%lld,\"ta\":%lld,\"tb\":%lld,",
-                   a.m, a.n, a.k, a.ta, a.tb);
+                   a->m, a->n, a->k, a->ta, a->tb);
         else
             printf("{\"what\":\"%s\",\"batch\":%lld,\"seq\":%lld,\"embed\":%lld,\"heads\":%lld,"
                    "\"causal\":%s,\"backward\":%s,\"core\":%s,\"need_weights\":%s,"
-                   "\"dropout\":%g,", what, a.batch, a.seq, a.embed, a.heads,
-                   a.causal ? "true" : "false", a.backward ? "true" : "false",
-                   a.core ? "true" : "false", a.need_weights ? "true" : "false", a.dropout);
+                   "\"dropout\":%g,", what, a->batch, a->seq, a->embed, a->heads,
+                   a->causal ? "true" : "false", a->backward ? "true" : "false",
+                   a->core ? "true" : "false", a->need_weights ? "true" : "false", a->dropout);
         printf("\"isa\":\"%s\",\"threads\":%d,\"runs\":%d,\"median_ms\":%.4f,\"gflops\":%.3f,"
-               "\"fwd_median_ms\":%.4f,\"fwd_gflops\":%.3f", isa, mha_ctx_threads(ctx), runs,
-               med * 1e3, gflops, med_f * 1e3, flops_fwd / med_f * 1e-9);
-        if (a.backward)
+               "\"fwd_median_ms\":%.4f,\"fwd_gflops\":%.3f", isa, threads, t->runs, med * 1e3,
+               gflops, med_f * 1e3, p->flops_fwd / med_f * 1e-9);
+        if (a->backward)
             printf(",\"bwd_median_ms\":%.4f,\"bwd_gflops\":%.3f", med_b * 1e3,
-                   flops_bwd / med_b * 1e-9);
+                   p->flops_bwd / med_b * 1e-9);
         printf(",\"flops\":%.6g}\n", flops);
-    } else {
-        if (a.gemm)
-            printf("gemm M %lld N %lld K %lld (ta %lld, tb %lld)", a.m, a.n, a.k, a.ta, a.tb);
-        else
-            printf("%s B %lld N %lld E %lld H %lld%s%s", what, a.batch, a.seq, a.embed, a.heads,
-                   a.causal ? " causal" : "", a.need_weights ? " need_weights" : "");
-        printf(", isa %s, %d threads: median %.3f ms of %d runs, %.1f GFLOP/s\n", isa,
-               mha_ctx_threads(ctx), med * 1e3, runs, gflops);
-        if (a.backward)
-            printf("  forward %.3f ms (%.1f GFLOP/s), backward %.3f ms (%.1f GFLOP/s)\n",
-                   med_f * 1e3, flops_fwd / med_f * 1e-9, med_b * 1e3, flops_bwd / med_b * 1e-9);
+        return;
     }
-out:
+    if (a->gemm)
+        printf("gemm M %lld N %lld K %lld (ta %lld, tb %lld)", a->m, a->n, a->k, a->ta, a->tb);
+    else
+        printf("%s B %lld N %lld E %lld H %lld%s%s", what, a->batch, a->seq, a->embed, a->heads,
+               a->causal ? " causal" : "", a->need_weights ? " need_weights" : "");
+    printf(", isa %s, %d threads: median %.3f ms of %d runs, %.1f GFLOP/s\n", isa, threads,
+           med * 1e3, t->runs, gflops);
+    if (a->backward)
+        printf("  forward %.3f ms (%.1f GFLOP/s), backward %.3f ms (%.1f GFLOP/s)\n",
+               med_f * 1e3, p->flops_fwd / med_f * 1e-9, med_b * 1e3,
+               p->flops_bwd / med_b * 1e-9);
+}
+
+int mha_cmd_bench(int argc, char **argv) {
+    bench_args a;
+    int rc = parse_args(argc, argv, &a);
+    if (rc == CLI_HELP) return CLI_EXIT_OK;
+    if (rc) return rc;
+    mha_ctx *ctx;
+    if ((rc = cli_ctx_create(a.threads_given ? &a.threads : NULL, a.isa, &ctx))) return rc;
+    progress pr = {isatty(STDERR_FILENO)};
+    bench_state s = {.ctx = ctx, .a = &a};
+    bench_plan p = {0};
+    size_t n = (size_t)a.runs;
+    bench_times t = {malloc(n * sizeof(double)), malloc(n * sizeof(double)),
+                     malloc(n * sizeof(double)), 0};
+    if (!t.tf || !t.tb || !t.tt) rc = cli_fail("out of memory for the benchmark's timings");
+    if (!rc) rc = plan_bench(&s, &p);
+    if (!rc) rc = measure(&s, &pr, &t);
+    progress_end(&pr);
+    if (!rc) report(&s, &p, &t);
     mha_module_free(s.mod);
-    for (int i = 0; i < nb; i++) free(bufs[i]);
-    free(tf), free(tb), free(tt);
+    for (int i = 0; i < p.nb; i++) free(p.bufs[i]);
+    free(t.tf), free(t.tb), free(t.tt);
     mha_ctx_free(ctx);
-    return ret;
+    return rc;
 }

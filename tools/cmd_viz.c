@@ -6,9 +6,14 @@
 #include "cli.h"
 #include "mha_viz.h"
 
+#include <errno.h>
+#include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 static void print_help(FILE *f) {
     fputs("usage: mha viz --weights W.safetensors --heads H --query Q.npy [options]\n\n"
@@ -36,9 +41,10 @@ static void print_help(FILE *f) {
           "  --title TEXT             a title line\n"
           "\noutput:\n"
           "  --format F               term (default), svg, png or html; without it, taken\n"
-          "                           from the --out extension (.svg, .png, .html)\n"
-          "  --out FILE               write to FILE (written whole, then renamed); term\n"
-          "                           output goes to stdout without it\n"
+          "                           from the --out extension\n"
+          "  --out FILE               write to FILE (written whole, then renamed), named\n"
+          "                           .txt (term), .svg, .png, .html or .htm; term output\n"
+          "                           goes to stdout without it\n"
           "  --color WHEN             term: auto (default: when stdout is a terminal and\n"
           "                           $NO_COLOR is unset), always or never\n"
           "  --ascii                  term: plain 7-bit ASCII instead of Unicode shading\n"
@@ -65,42 +71,66 @@ typedef struct {
     int64_t n;
 } tokens;
 
+/* A token file larger than this is refused before reading it: far more than any sequence that
+ * can be drawn, and small enough that reading it is harmless. */
+#define TOKENS_MAX_BYTES ((size_t)64 << 20)
+
 static void tokens_free(tokens *t) {
     free(t->text);
     free(t->tok);
     memset(t, 0, sizeof *t);
 }
 
+static const char *file_kind(mode_t m) {
+    return S_ISDIR(m) ? "directory" : S_ISFIFO(m) ? "FIFO" : S_ISCHR(m) ? "character device"
+         : S_ISBLK(m) ? "block device" : S_ISSOCK(m) ? "socket" : "special file";
+}
+
+/* Reads the whole of path (a regular file of at most TOKENS_MAX_BYTES) into *text, NUL
+ * terminated. Opened non-blocking and checked with fstat before any read, so that a FIFO, a
+ * device (/dev/zero) or a huge file is refused instead of hanging or filling memory. */
+static int tokens_read(const char *opt, const char *path, char **text, size_t *len) {
+    *text = NULL, *len = 0;
+    int fd;
+    do fd = open(path, O_RDONLY | O_NONBLOCK | O_CLOEXEC);
+    while (fd < 0 && errno == EINTR);
+    if (fd < 0) return cli_fail("%s: cannot open %s: %s", opt, path, strerror(errno));
+    struct stat sb;
+    int rc = 0;
+    if (fstat(fd, &sb) != 0)
+        rc = cli_fail("%s: cannot stat %s: %s", opt, path, strerror(errno));
+    else if (!S_ISREG(sb.st_mode))
+        rc = cli_fail("%s: %s: got a %s, expected a regular file (one token per line)", opt,
+                      path, file_kind(sb.st_mode));
+    else if ((uint64_t)sb.st_size > TOKENS_MAX_BYTES)
+        rc = cli_fail("%s: %s: got %lld bytes, expected at most %zu MiB (one token per line)",
+                      opt, path, (long long)sb.st_size, TOKENS_MAX_BYTES >> 20);
+    size_t size = rc ? 0 : (size_t)sb.st_size, n = 0;
+    char *p = rc ? NULL : malloc(size + 1);
+    if (!rc && !p) rc = cli_fail("%s: out of memory reading %s", opt, path);
+    while (!rc && n < size) { /* a file that grew meanwhile is read up to its size at fstat */
+        ssize_t k = read(fd, p + n, size - n);
+        if (k < 0 && errno == EINTR) continue;
+        if (k < 0) rc = cli_fail("%s: cannot read %s: %s", opt, path, strerror(errno));
+        if (k <= 0) break;
+        n += (size_t)k;
+    }
+    close(fd);
+    if (rc) {
+        free(p);
+        return rc;
+    }
+    p[n] = 0;
+    *text = p, *len = n;
+    return 0;
+}
+
 static int tokens_load(const char *opt, const char *path, int64_t want, const char *what,
                        tokens *t) {
     memset(t, 0, sizeof *t);
-    FILE *f = fopen(path, "rb");
-    if (!f) return cli_fail("%s: cannot open %s", opt, path);
-    size_t cap = 4096, n = 0;
-    t->text = malloc(cap);
-    for (;;) {
-        if (!t->text) break;
-        if (n + 1 >= cap) {
-            char *q = realloc(t->text, cap *= 2);
-            if (!q) {
-                free(t->text);
-                t->text = NULL;
-                break;
-            }
-            t->text = q;
-        }
-        size_t k = fread(t->text + n, 1, cap - n - 1, f);
-        if (k == 0) break;
-        n += k;
-    }
-    int err = ferror(f);
-    fclose(f);
-    if (!t->text) return cli_fail("%s: out of memory reading %s", opt, path);
-    if (err) {
-        tokens_free(t);
-        return cli_fail("%s: cannot read %s", opt, path);
-    }
-    t->text[n] = 0;
+    size_t n;
+    int rc = tokens_read(opt, path, &t->text, &n);
+    if (rc) return rc;
     if (memchr(t->text, 0, n)) {
         tokens_free(t);
         return cli_fail("%s: %s contains a NUL byte, expected text (one token per line)", opt,
@@ -133,9 +163,52 @@ static int tokens_load(const char *opt, const char *path, int64_t want, const ch
     return 0;
 }
 
-static int ends_with(const char *s, const char *suf) {
-    size_t n = strlen(s), k = strlen(suf);
-    return n >= k && strcmp(s + n - k, suf) == 0;
+/* The output formats, and the file extensions that name them (compared ignoring case). */
+typedef enum { F_TERM, F_SVG, F_PNG, F_HTML, F_COUNT } viz_format;
+static const struct {
+    const char *name, *ext[2];
+} formats[F_COUNT] = {
+    {"term", {".txt", NULL}}, {"svg", {".svg", NULL}}, {"png", {".png", NULL}},
+    {"html", {".html", ".htm"}}};
+
+/* The format whose extension path ends with, or F_COUNT. */
+static viz_format format_of_path(const char *path) {
+    size_t n = strlen(path);
+    for (int f = 0; f < F_COUNT; f++)
+        for (int e = 0; e < 2 && formats[f].ext[e]; e++) {
+            size_t k = strlen(formats[f].ext[e]);
+            if (n > k && !strcasecmp(path + n - k, formats[f].ext[e])) return (viz_format)f;
+        }
+    return F_COUNT;
+}
+
+/* The format from --format and --out: --out's extension must name one, and agree with
+ * --format when both are given; --format other than term needs --out. Returns 0 with *fmt
+ * set, or a usage error (1). */
+static int choose_format(const char *format, const char *out, viz_format *fmt) {
+    *fmt = F_TERM;
+    if (format) {
+        for (*fmt = F_TERM; *fmt < F_COUNT && strcmp(format, formats[*fmt].name); (*fmt)++) {}
+        if (*fmt == F_COUNT)
+            return cli_usage_error("--format takes term, svg, png or html",
+                                   "--format: unknown format \"%s\"", format);
+    }
+    if (!out) {
+        if (*fmt == F_TERM) return 0;
+        char hint[64];
+        snprintf(hint, sizeof hint, "e.g. --out attention%s", formats[*fmt].ext[0]);
+        return cli_usage_error(hint, "--format %s needs --out FILE", format);
+    }
+    viz_format by_ext = format_of_path(out);
+    if (by_ext == F_COUNT)
+        return cli_usage_error("the extension names the format, e.g. --out attention.png",
+                               "--out: got \"%s\", expected a name ending in .txt (term), .svg, "
+                               ".png, .html or .htm", out);
+    if (format && by_ext != *fmt)
+        return cli_usage_error(NULL, "--out: got \"%s\", expected a name ending in %s "
+                               "(--format %s)", out, formats[*fmt].ext[0], format);
+    *fmt = by_ext;
+    return 0;
 }
 
 /* What one run holds besides the layer; released by run_free whatever happened. */
@@ -197,23 +270,8 @@ int mha_cmd_viz(int argc, char **argv) {
     if (ktok && !la.key)
         return cli_usage_error("for self-attention --tokens labels both axes",
                                "--key-tokens needs --key and --value (cross-attention)");
-    enum { F_TERM, F_SVG, F_PNG, F_HTML } fmt = F_TERM;
-    if (format) {
-        if (!strcmp(format, "term")) fmt = F_TERM;
-        else if (!strcmp(format, "svg")) fmt = F_SVG;
-        else if (!strcmp(format, "png")) fmt = F_PNG;
-        else if (!strcmp(format, "html")) fmt = F_HTML;
-        else
-            return cli_usage_error("--format takes term, svg, png or html",
-                                   "--format: unknown format \"%s\"", format);
-    } else if (out) {
-        if (ends_with(out, ".svg")) fmt = F_SVG;
-        else if (ends_with(out, ".png")) fmt = F_PNG;
-        else if (ends_with(out, ".html") || ends_with(out, ".htm")) fmt = F_HTML;
-    }
-    if (fmt != F_TERM && !out)
-        return cli_usage_error("e.g. --out attention.html", "--format %s needs --out FILE",
-                               format);
+    viz_format fmt;
+    if ((rc = choose_format(format, out, &fmt))) return rc;
     int use_color = 0;
     if (color && strcmp(color, "auto") && strcmp(color, "always") && strcmp(color, "never"))
         return cli_usage_error("--color takes auto, always or never",

@@ -244,31 +244,31 @@ static const char page_js[] =
 /* A JSON string: quotes, backslashes and control characters escaped, and <, >, & as \u003c
  * etc. so that the text can never end the <script> element. */
 static void json_str(viz_out *o, const char *s) {
-    viz__puts(o, "\"");
+    mha__viz_puts(o, "\"");
     for (; *s; s++) {
         unsigned char c = (unsigned char)*s;
-        if (c == '"' || c == '\\') viz__printf(o, "\\%c", c);
-        else if (c < 0x20 || c == '<' || c == '>' || c == '&') viz__printf(o, "\\u%04x", c);
-        else viz__put(o, s, 1);
+        if (c == '"' || c == '\\') mha__viz_printf(o, "\\%c", c);
+        else if (c < 0x20 || c == '<' || c == '>' || c == '&') mha__viz_printf(o, "\\u%04x", c);
+        else mha__viz_put(o, s, 1);
     }
-    viz__puts(o, "\"");
+    mha__viz_puts(o, "\"");
 }
 
 static void json_strs(viz_out *o, char *const *a, int64_t n) {
     if (!a) {
-        viz__puts(o, "null");
+        mha__viz_puts(o, "null");
         return;
     }
-    viz__puts(o, "[");
+    mha__viz_puts(o, "[");
     for (int64_t i = 0; i < n; i++) {
-        if (i) viz__puts(o, ",");
+        if (i) mha__viz_puts(o, ",");
         json_str(o, a[i]);
     }
-    viz__puts(o, "]");
+    mha__viz_puts(o, "]");
 }
 
 static void json_stats(viz_out *o, const mha_viz_stats *s) {
-    viz__printf(o, "{\"entropy\":%.6g,\"maxEntropy\":%.6g,\"top\":%lld,\"topMean\":%.6g,"
+    mha__viz_printf(o, "{\"entropy\":%.6g,\"maxEntropy\":%.6g,\"top\":%lld,\"topMean\":%.6g,"
                    "\"max\":%.6g}", s->entropy, s->max_entropy, (long long)s->top_key,
                 s->top_key_mean, s->max_weight);
 }
@@ -279,44 +279,45 @@ mha_status mha_viz_html(mha_ctx *ctx, const float *w, int64_t H, int64_t L, int6
     mha__clear(ctx);
     if (!fn) return mha__err(ctx, MHA_ERR_INVALID_ARG, "%s: fn: got NULL, expected a writer", F);
     viz_view v;
-    mha_status st = viz__view_make(ctx, F, w, H, L, S, opts, 1, 0, &v);
+    mha_status st = mha__viz_view_make(ctx, F, w, H, L, S, opts, 1, 0, &v);
     if (st) return st;
     int64_t initial = !opts || opts->view == MHA_VIZ_HEAD ? (opts ? opts->head : 0) : H;
     if (opts && opts->view == MHA_VIZ_ALL) initial = 0;
     size_t LS = (size_t)L * (size_t)S;
     mha_viz_stats *stats = mha__calloc((size_t)H + 1, sizeof *stats);
     float *avg = mha__malloc(LS * sizeof *avg);
-    char *title = viz__clean(v.title ? v.title : "attention weights", 0);
+    char *title = mha__viz_clean(v.title ? v.title : "attention weights", 0);
     if (!stats || !avg || !title) {
         mha__free(stats), mha__free(avg), mha__free(title);
-        viz__view_free(&v);
+        mha__viz_view_free(&v);
         return mha__err(ctx, MHA_ERR_NOMEM, "%s: out of memory", F);
     }
-    viz__average(v.m, H, LS, avg);
+    mha__viz_average(v.m, H, LS, avg);
     st = mha_viz_head_stats(ctx, v.m, H, L, S, stats);
     if (!st) st = mha_viz_head_stats(ctx, avg, 1, L, S, stats + H);
     if (st) {
         mha__free(stats), mha__free(avg), mha__free(title);
-        viz__view_free(&v);
+        mha__viz_view_free(&v);
         return st;
     }
     mha__clear(ctx);
 
     viz_out o;
-    viz__out_init(&o, fn, user);
-    viz__puts(&o, "<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n"
+    mha__viz_out_init(&o, fn, user);
+    mha__viz_puts(&o, "<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n"
                   "<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\n"
                   "<title>");
-    viz__xml(&o, title);
-    viz__puts(&o, "</title>\n<style>\n");
-    viz__puts(&o, page_css);
-    viz__puts(&o, "</style>\n</head>\n<body>\n<h1>");
-    viz__xml(&o, title);
-    viz__printf(&o, "</h1>\n<p class=\"sub\">%lld heads, %lld queries \xc3\x97 %lld keys. Hover "
+    mha__viz_xml(&o, title);
+    mha__viz_puts(&o, "</title>\n<style>\n");
+    mha__viz_puts(&o, page_css);
+    mha__viz_puts(&o, "</style>\n</head>\n<body>\n<h1>");
+    mha__viz_xml(&o, title);
+    mha__viz_printf(&o,
+                    "</h1>\n<p class=\"sub\">%lld heads, %lld queries \xc3\x97 %lld keys. Hover "
                     "a token to see where it attends (query, left) or what attends to it (key, "
                     "right); arrow keys switch heads.</p>\n",
                 (long long)H, (long long)L, (long long)S);
-    viz__puts(&o,
+    mha__viz_puts(&o,
               "<nav id=\"heads\"></nav>\n<div class=\"row\">\n"
               "<div class=\"card\"><h2>token view</h2><svg id=\"lines\"></svg>"
               "<p class=\"hint\" id=\"tokhint\">line opacity = attention weight</p></div>\n"
@@ -330,39 +331,39 @@ mha_status mha_viz_html(mha_ctx *ctx, const float *w, int64_t H, int64_t L, int6
               "</thead><tbody></tbody></table>"
               "<p class=\"hint\">entropy 0: every query looks at one key; uniform: spread "
               "evenly</p></div>\n");
-    viz__puts(&o, "<script type=\"application/json\" id=\"mha-data\">");
-    viz__printf(&o, "{\"H\":%lld,\"L\":%lld,\"S\":%lld,\"vmin\":%.6g,\"vmax\":%.6g,"
+    mha__viz_puts(&o, "<script type=\"application/json\" id=\"mha-data\">");
+    mha__viz_printf(&o, "{\"H\":%lld,\"L\":%lld,\"S\":%lld,\"vmin\":%.6g,\"vmax\":%.6g,"
                     "\"initial\":%lld,\"q\":",
                 (long long)H, (long long)L, (long long)S, (double)v.vmin, (double)v.vmax,
                 (long long)initial);
     json_strs(&o, v.qtok, L);
-    viz__puts(&o, ",\"k\":");
+    mha__viz_puts(&o, ",\"k\":");
     json_strs(&o, v.ktok, S);
-    viz__puts(&o, ",\"heads\":");
+    mha__viz_puts(&o, ",\"heads\":");
     json_strs(&o, v.titles, H);
-    viz__puts(&o, ",\"stats\":[");
+    mha__viz_puts(&o, ",\"stats\":[");
     for (int64_t h = 0; h < H; h++) {
-        if (h) viz__puts(&o, ",");
+        if (h) mha__viz_puts(&o, ",");
         json_stats(&o, &stats[h]);
     }
-    viz__puts(&o, "],\"avgStats\":");
+    mha__viz_puts(&o, "],\"avgStats\":");
     json_stats(&o, &stats[H]);
-    viz__puts(&o, ",\"w\":[");
+    mha__viz_puts(&o, ",\"w\":[");
     for (int64_t h = 0; h < H && !o.failed; h++) {
-        viz__puts(&o, h ? ",[" : "[");
+        mha__viz_puts(&o, h ? ",[" : "[");
         for (size_t e = 0; e < LS; e++)
-            viz__printf(&o, e ? ",%.5g" : "%.5g", (double)v.m[(size_t)h * LS + e]);
-        viz__puts(&o, "]");
+            mha__viz_printf(&o, e ? ",%.5g" : "%.5g", (double)v.m[(size_t)h * LS + e]);
+        mha__viz_puts(&o, "]");
     }
-    viz__puts(&o, "]}</script>\n<script>\n");
-    viz__puts(&o, page_js);
-    viz__puts(&o, "</script>\n</body>\n</html>\n");
+    mha__viz_puts(&o, "]}</script>\n<script>\n");
+    mha__viz_puts(&o, page_js);
+    mha__viz_puts(&o, "</script>\n</body>\n</html>\n");
     mha__free(stats), mha__free(avg), mha__free(title);
-    viz__view_free(&v);
-    return viz__out_finish(ctx, F, &o);
+    mha__viz_view_free(&v);
+    return mha__viz_out_finish(ctx, F, &o);
 }
 
 mha_status mha_viz_html_file(mha_ctx *ctx, const float *w, int64_t H, int64_t L, int64_t S,
                              const mha_viz_opts *opts, const char *path) {
-    return viz__to_file(ctx, "mha_viz_html_file", mha_viz_html, w, H, L, S, opts, path);
+    return mha__viz_to_file(ctx, "mha_viz_html_file", mha_viz_html, w, H, L, S, opts, path);
 }

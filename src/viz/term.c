@@ -2,7 +2,7 @@
  *
  * A panel (one matrix) is built as lines of text with their display widths, so that a grid
  * can put panels side by side and pad them; nothing is wider than opts->width. Every width is
- * measured in terminal columns by viz__width (wide CJK and emoji: 2, combining marks: 0), and
+ * measured in terminal columns by mha__viz_width (wide CJK and emoji: 2, combining marks: 0), and
  * text is cut only at character boundaries. */
 #include "viz_internal.h"
 
@@ -41,7 +41,9 @@ static void add(arena *a, line *l, const char *s, size_t bytes, int cols) {
     l->cols += cols;
 }
 
-static void add_text(arena *a, line *l, const char *s) { add(a, l, s, strlen(s), (int)viz__width(s)); }
+static void add_text(arena *a, line *l, const char *s) {
+    add(a, l, s, strlen(s), (int)mha__viz_width(s));
+}
 static void add_esc(arena *a, line *l, const char *s) { add(a, l, s, strlen(s), 0); }
 static void add_spaces(arena *a, line *l, int n) {
     for (int i = 0; i < n; i++) add(a, l, " ", 1, 1);
@@ -52,21 +54,21 @@ static void add_rep(arena *a, line *l, const char *s, int n) {
 /* Text cut to at most max columns (a wide character at the limit is left out). */
 static void add_cut(arena *a, line *l, const char *s, int max) {
     if (max <= 0) return;
-    size_t cols, b = viz__width_prefix(s, (size_t)max, &cols);
+    size_t cols, b = mha__viz_width_prefix(s, (size_t)max, &cols);
     add(a, l, s, b, (int)cols);
 }
 
 /* A label in exactly max columns: padded, or cut with a marker ("…" or "~") when it is wider.
  * When a wide character would straddle the cut, a space pads (on the outer side). */
 static void add_label(arena *a, line *l, const char *s, int max, int ascii, int right) {
-    int c = (int)viz__width(s);
+    int c = (int)mha__viz_width(s);
     if (c <= max) {
         if (right) add_spaces(a, l, max - c);
         add_text(a, l, s);
         if (!right) add_spaces(a, l, max - c);
         return;
     }
-    size_t cols, b = viz__width_prefix(s, (size_t)(max - 1), &cols);
+    size_t cols, b = mha__viz_width_prefix(s, (size_t)(max - 1), &cols);
     int pad = max - 1 - (int)cols;
     if (right) add_spaces(a, l, pad);
     add(a, l, s, b, (int)cols);
@@ -87,7 +89,7 @@ static int vcell(const char *t, int r, int cw, size_t *off, size_t *bytes) {
             *off = at, *bytes = 0;
             return 0;
         }
-        n = viz__cluster(t + at, &w);
+        n = mha__viz_cluster(t + at, &w);
         if ((int)w > cw) {
             *off = at, *bytes = 0;
             return k == r ? -1 : 0;
@@ -167,7 +169,7 @@ static void plan(const viz_view *v, int mode, int W, layout *ly) {
     int lab = 0;
     if (tokens)
         for (int64_t i = 0; i < v->L; i++) {
-            int c = (int)viz__width(v->qtok[i]);
+            int c = (int)mha__viz_width(v->qtok[i]);
             if (c > lab) lab = c;
         }
     int num = digits(v->L - 1);
@@ -197,11 +199,11 @@ static void plan(const viz_view *v, int mode, int W, layout *ly) {
 static void color_esc(char *buf, size_t n, const viz_view *v, float up, float lo, int half,
                       int has_lo) {
     uint8_t a[3], b[3];
-    mha_viz_color(viz__norm(v, up), a);
+    mha_viz_color(mha__viz_norm(v, up), a);
     if (!half) {
         snprintf(buf, n, "\x1b[48;2;%d;%d;%dm", a[0], a[1], a[2]);
     } else if (has_lo) {
-        mha_viz_color(viz__norm(v, lo), b);
+        mha_viz_color(mha__viz_norm(v, lo), b);
         snprintf(buf, n, "\x1b[38;2;%d;%d;%d;48;2;%d;%d;%dm", a[0], a[1], a[2], b[0], b[1], b[2]);
     } else {
         snprintf(buf, n, "\x1b[49;38;2;%d;%d;%dm", a[0], a[1], a[2]);
@@ -233,9 +235,9 @@ static int panel(arena *A, const viz_view *v, int p, const layout *ly, line *L0)
         for (int64_t cj = 0; cj < ly->nc; cj++) {
             float t = cell(v, p, ly, ci, cj);
             if (ly->mode == MHA_VIZ_TERM_UNICODE) {
-                add_rep(A, l, uni_shades[shade(viz__norm(v, t), 4)], ly->cw);
+                add_rep(A, l, uni_shades[shade(mha__viz_norm(v, t), 4)], ly->cw);
             } else if (ascii) {
-                char c = ascii_shades[shade(viz__norm(v, t), 8)];
+                char c = ascii_shades[shade(mha__viz_norm(v, t), 8)];
                 for (int x = 0; x < ly->cw; x++) add(A, l, &c, 1, 1);
             } else {
                 int has_lo = ly->half && ci + 1 < ly->nr;
@@ -297,16 +299,16 @@ static int panel(arena *A, const viz_view *v, int p, const layout *ly, line *L0)
 /* Writes text word-wrapped to W columns. */
 static void wrap(viz_out *o, const char *s, int W) {
     while (*s) {
-        if ((int)viz__width(s) <= W) {
-            viz__puts(o, s);
-            viz__puts(o, "\n");
+        if ((int)mha__viz_width(s) <= W) {
+            mha__viz_puts(o, s);
+            mha__viz_puts(o, "\n");
             return;
         }
-        size_t cut = viz__width_prefix(s, (size_t)W, NULL), brk = cut;
+        size_t cut = mha__viz_width_prefix(s, (size_t)W, NULL), brk = cut;
         while (brk > 0 && s[brk] != ' ') brk--;
         if (brk == 0) brk = cut;
-        viz__put(o, s, brk);
-        viz__puts(o, "\n");
+        mha__viz_put(o, s, brk);
+        mha__viz_puts(o, "\n");
         s += brk;
         while (*s == ' ') s++;
     }
@@ -315,8 +317,8 @@ static void wrap(viz_out *o, const char *s, int W) {
 static void rtrim_put(viz_out *o, const line *l) {
     size_t n = l->n;
     while (n && l->p[n - 1] == ' ') n--;
-    viz__put(o, l->p, n);
-    viz__puts(o, "\n");
+    mha__viz_put(o, l->p, n);
+    mha__viz_puts(o, "\n");
 }
 
 mha_status mha_viz_term(mha_ctx *ctx, const float *w, int64_t H, int64_t L, int64_t S,
@@ -337,7 +339,7 @@ mha_status mha_viz_term(mha_ctx *ctx, const float *w, int64_t H, int64_t L, int6
                         opts->width);
     int mode = (int)opts->term_mode, ascii = mode == MHA_VIZ_TERM_ASCII;
     viz_view v;
-    mha_status st = viz__view_make(ctx, F, w, H, L, S, opts, 0, ascii, &v);
+    mha_status st = mha__viz_view_make(ctx, F, w, H, L, S, opts, 0, ascii, &v);
     if (st) return st;
     layout ly;
     plan(&v, mode, W, &ly);
@@ -359,13 +361,13 @@ mha_status mha_viz_term(mha_ctx *ctx, const float *w, int64_t H, int64_t L, int6
     arena A = {0};
     line *lines = mha__calloc((size_t)per * (size_t)across, sizeof *lines);
     if (!lines) {
-        viz__view_free(&v);
+        mha__viz_view_free(&v);
         return mha__err(ctx, MHA_ERR_NOMEM, "%s: out of memory", F);
     }
     viz_out o;
-    viz__out_init(&o, fn, user);
+    mha__viz_out_init(&o, fn, user);
     if (v.title) {
-        char *t = viz__clean(v.title, ascii);
+        char *t = mha__viz_clean(v.title, ascii);
         if (!t) A.err = 1;
         else wrap(&o, t, W);
         mha__free(t);
@@ -373,7 +375,7 @@ mha_status mha_viz_term(mha_ctx *ctx, const float *w, int64_t H, int64_t L, int6
     for (int p0 = 0; p0 < v.n && !A.err; p0 += across) {
         int cnt = v.n - p0 < across ? v.n - p0 : across;
         for (int q = 0; q < cnt; q++) panel(&A, &v, p0 + q, &ly, lines + (size_t)q * per);
-        if (p0) viz__puts(&o, "\n");
+        if (p0) mha__viz_puts(&o, "\n");
         for (int r = 0; r < per && !A.err; r++) {
             line out = {0};
             for (int q = 0; q < cnt; q++) {
@@ -404,13 +406,13 @@ mha_status mha_viz_term(mha_ctx *ctx, const float *w, int64_t H, int64_t L, int6
         }
         if (ly.half) wrap(&o, "each line shows two query rows: upper and lower half", W);
         if (mode == MHA_VIZ_TERM_COLOR) {
-            viz__printf(&o, "scale %s ", lo);
+            mha__viz_printf(&o, "scale %s ", lo);
             for (int i = 0; i < 16; i++) {
                 uint8_t c[3];
                 mha_viz_color((float)i / 15.0f, c);
-                viz__printf(&o, "\x1b[48;2;%d;%d;%dm ", c[0], c[1], c[2]);
+                mha__viz_printf(&o, "\x1b[48;2;%d;%d;%dm ", c[0], c[1], c[2]);
             }
-            viz__printf(&o, "\x1b[0m %s\n", hi);
+            mha__viz_printf(&o, "\x1b[0m %s\n", hi);
         } else {
             /* Unicode: "blank <0.05, ░ <0.25, ▒ <0.50, ▓ <0.75, █ to 1.00" in the scale's
              * units; ASCII (8 levels): the first threshold and the step */
@@ -434,12 +436,12 @@ mha_status mha_viz_term(mha_ctx *ctx, const float *w, int64_t H, int64_t L, int6
             wrap(&o, buf, W);
         }
     }
-    viz__view_free(&v);
+    mha__viz_view_free(&v);
     if (A.err) return mha__err(ctx, MHA_ERR_NOMEM, "%s: out of memory", F);
-    return viz__out_finish(ctx, F, &o);
+    return mha__viz_out_finish(ctx, F, &o);
 }
 
 mha_status mha_viz_term_file(mha_ctx *ctx, const float *w, int64_t H, int64_t L, int64_t S,
                              const mha_viz_opts *opts, const char *path) {
-    return viz__to_file(ctx, "mha_viz_term_file", mha_viz_term, w, H, L, S, opts, path);
+    return mha__viz_to_file(ctx, "mha_viz_term_file", mha_viz_term, w, H, L, S, opts, path);
 }

@@ -125,7 +125,7 @@ static int utf8_len(const unsigned char *s) {
     return n;
 }
 
-char *viz__clean(const char *s, int ascii_only) {
+char *mha__viz_clean(const char *s, int ascii_only) {
     size_t len = strlen(s);
     char *r = mha__malloc(len + 1);
     if (!r) return NULL;
@@ -149,14 +149,14 @@ char *viz__clean(const char *s, int ascii_only) {
     return r;
 }
 
-size_t viz__cols(const char *s) {
+size_t mha__viz_cols(const char *s) {
     size_t n = 0;
     for (; *s; s++)
         if (((unsigned char)*s & 0xC0) != 0x80) n++;
     return n;
 }
 
-size_t viz__prefix(const char *s, size_t max_cols) {
+size_t mha__viz_prefix(const char *s, size_t max_cols) {
     size_t cols = 0, i = 0;
     for (; s[i]; i++) {
         if (((unsigned char)s[i] & 0xC0) != 0x80) {
@@ -169,7 +169,7 @@ size_t viz__prefix(const char *s, size_t max_cols) {
 
 /* ---- display widths -------------------------------------------------------------------- */
 
-int viz__cp_width(uint32_t cp) {
+int mha__viz_cp_width(uint32_t cp) {
     /* [first, last] code point ranges, sorted. Wide: the East Asian Wide and Fullwidth blocks
      * and the common emoji blocks; zero: combining marks, zero-width space/joiners, bidi marks
      * and the emoji presentation selector. A fixed table, not the C locale: the output must
@@ -190,7 +190,7 @@ int viz__cp_width(uint32_t cp) {
     return 1;
 }
 
-size_t viz__utf8_next(const char *s, uint32_t *cp) {
+size_t mha__viz_utf8_next(const char *s, uint32_t *cp) {
     const unsigned char *p = (const unsigned char *)s;
     int n = utf8_len(p);
     if (n < 0) n = -n;
@@ -204,22 +204,22 @@ size_t viz__utf8_next(const char *s, uint32_t *cp) {
     return (size_t)n;
 }
 
-size_t viz__width(const char *s) {
+size_t mha__viz_width(const char *s) {
     size_t cols = 0;
     while (*s) {
         uint32_t cp;
-        s += viz__utf8_next(s, &cp);
-        cols += (size_t)viz__cp_width(cp);
+        s += mha__viz_utf8_next(s, &cp);
+        cols += (size_t)mha__viz_cp_width(cp);
     }
     return cols;
 }
 
-size_t viz__width_prefix(const char *s, size_t max_cols, size_t *cols_out) {
+size_t mha__viz_width_prefix(const char *s, size_t max_cols, size_t *cols_out) {
     size_t cols = 0, i = 0;
     while (s[i]) {
         uint32_t cp;
-        size_t n = viz__utf8_next(s + i, &cp);
-        size_t w = (size_t)viz__cp_width(cp);
+        size_t n = mha__viz_utf8_next(s + i, &cp);
+        size_t w = (size_t)mha__viz_cp_width(cp);
         if (cols + w > max_cols) break; /* zero-width marks after a kept character stay */
         cols += w, i += n;
     }
@@ -227,13 +227,13 @@ size_t viz__width_prefix(const char *s, size_t max_cols, size_t *cols_out) {
     return i;
 }
 
-size_t viz__cluster(const char *s, size_t *cols_out) {
+size_t mha__viz_cluster(const char *s, size_t *cols_out) {
     size_t i = 0, cols = 0;
     uint32_t cp;
     int base = 0;
     while (s[i]) {
-        size_t n = viz__utf8_next(s + i, &cp);
-        int w = viz__cp_width(cp);
+        size_t n = mha__viz_utf8_next(s + i, &cp);
+        int w = mha__viz_cp_width(cp);
         if (w > 0) {
             if (base) break;
             base = 1, cols = (size_t)w;
@@ -252,7 +252,7 @@ static void free_strs(char **a, int64_t n) {
     mha__free(a);
 }
 
-void viz__view_free(viz_view *v) {
+void mha__viz_view_free(viz_view *v) {
     if (!v) return;
     mha__free(v->m);
     free_strs(v->titles, v->n);
@@ -271,7 +271,7 @@ static mha_status copy_tokens(mha_ctx *ctx, const char *fn, const char *what,
     char **a = mha__calloc((size_t)n, sizeof *a);
     if (!a) return mha__err(ctx, MHA_ERR_NOMEM, "%s: out of memory (labels)", fn);
     for (int64_t i = 0; i < n; i++) {
-        a[i] = viz__clean(src[i], ascii_only);
+        a[i] = mha__viz_clean(src[i], ascii_only);
         if (!a[i]) {
             free_strs(a, n);
             return mha__err(ctx, MHA_ERR_NOMEM, "%s: out of memory (labels)", fn);
@@ -281,7 +281,7 @@ static mha_status copy_tokens(mha_ctx *ctx, const char *fn, const char *what,
     return MHA_OK;
 }
 
-mha_status viz__view_make(mha_ctx *ctx, const char *fn, const float *w, int64_t H, int64_t L,
+mha_status mha__viz_view_make(mha_ctx *ctx, const char *fn, const float *w, int64_t H, int64_t L,
                           int64_t S, const mha_viz_opts *opts, int all_heads, int ascii_only,
                           viz_view *v) {
     memset(v, 0, sizeof *v);
@@ -321,7 +321,7 @@ mha_status viz__view_make(mha_ctx *ctx, const char *fn, const float *w, int64_t 
     } else if (opts->view == MHA_VIZ_HEAD) {
         memcpy(v->m, w + (size_t)opts->head * LS, LS * sizeof(float));
     } else {
-        viz__average(w, H, LS, v->m);
+        mha__viz_average(w, H, LS, v->m);
     }
     for (int p = 0; p < v->n; p++) {
         int64_t h = opts->view == MHA_VIZ_HEAD && !all_heads ? opts->head : p;
@@ -333,7 +333,7 @@ mha_status viz__view_make(mha_ctx *ctx, const char *fn, const float *w, int64_t 
             src = opts->head_titles[h];
         else
             snprintf(buf, sizeof buf, "head %lld", (long long)h);
-        v->titles[p] = viz__clean(src, ascii_only);
+        v->titles[p] = mha__viz_clean(src, ascii_only);
         if (!v->titles[p]) goto nomem;
     }
     if (opts->query_tokens &&
@@ -360,11 +360,11 @@ nomem:
     st = mha__err(ctx, MHA_ERR_NOMEM, "%s: out of memory (%lld x %lld x %lld weights)", fn,
                   (long long)H, (long long)L, (long long)S);
 fail:
-    viz__view_free(v);
+    mha__viz_view_free(v);
     return st;
 }
 
-void viz__average(const float *w, int64_t H, size_t LS, float *out) {
+void mha__viz_average(const float *w, int64_t H, size_t LS, float *out) {
     for (size_t e = 0; e < LS; e++) {
         double s = 0;
         for (int64_t h = 0; h < H; h++) s += w[(size_t)h * LS + e];
@@ -372,14 +372,14 @@ void viz__average(const float *w, int64_t H, size_t LS, float *out) {
     }
 }
 
-float viz__norm(const viz_view *v, float x) {
+float mha__viz_norm(const viz_view *v, float x) {
     float t = (x - v->vmin) / (v->vmax - v->vmin);
     return t < 0 ? 0 : t > 1 ? 1 : t;
 }
 
 /* ---- output ---------------------------------------------------------------------------- */
 
-void viz__out_init(viz_out *o, mha_write_fn fn, void *user) {
+void mha__viz_out_init(viz_out *o, mha_write_fn fn, void *user) {
     o->fn = fn, o->user = user, o->failed = 0, o->n = 0;
 }
 
@@ -388,7 +388,7 @@ static void flush(viz_out *o) {
     o->n = 0;
 }
 
-void viz__put(viz_out *o, const void *data, size_t n) {
+void mha__viz_put(viz_out *o, const void *data, size_t n) {
     const char *p = data;
     while (n && !o->failed) {
         if (o->n == sizeof o->buf) flush(o);
@@ -399,34 +399,34 @@ void viz__put(viz_out *o, const void *data, size_t n) {
     }
 }
 
-void viz__puts(viz_out *o, const char *s) { viz__put(o, s, strlen(s)); }
+void mha__viz_puts(viz_out *o, const char *s) { mha__viz_put(o, s, strlen(s)); }
 
-void viz__printf(viz_out *o, const char *fmt, ...) {
+void mha__viz_printf(viz_out *o, const char *fmt, ...) {
     char tmp[512];
     va_list ap;
     va_start(ap, fmt);
     int n = vsnprintf(tmp, sizeof tmp, fmt, ap);
     va_end(ap);
     if (n < 0) return;
-    viz__put(o, tmp, (size_t)n < sizeof tmp ? (size_t)n : sizeof tmp - 1);
+    mha__viz_put(o, tmp, (size_t)n < sizeof tmp ? (size_t)n : sizeof tmp - 1);
 }
 
-mha_status viz__out_finish(mha_ctx *ctx, const char *fn, viz_out *o) {
+mha_status mha__viz_out_finish(mha_ctx *ctx, const char *fn, viz_out *o) {
     flush(o);
     if (o->failed)
         return mha__err(ctx, MHA_ERR_IO, "%s: the write callback failed (returned nonzero)", fn);
     return MHA_OK;
 }
 
-void viz__xml(viz_out *o, const char *s) {
+void mha__viz_xml(viz_out *o, const char *s) {
     for (; *s; s++) {
         switch (*s) {
-        case '&': viz__puts(o, "&amp;"); break;
-        case '<': viz__puts(o, "&lt;"); break;
-        case '>': viz__puts(o, "&gt;"); break;
-        case '"': viz__puts(o, "&quot;"); break;
-        case '\'': viz__puts(o, "&#39;"); break;
-        default: viz__put(o, s, 1);
+        case '&': mha__viz_puts(o, "&amp;"); break;
+        case '<': mha__viz_puts(o, "&lt;"); break;
+        case '>': mha__viz_puts(o, "&gt;"); break;
+        case '"': mha__viz_puts(o, "&quot;"); break;
+        case '\'': mha__viz_puts(o, "&#39;"); break;
+        default: mha__viz_put(o, s, 1);
         }
     }
 }
@@ -448,7 +448,7 @@ static mha_status emit_job(mha_ctx *ctx, const char *who, const void *obj, mha_w
     return j->render(ctx, j->w, j->H, j->L, j->S, j->opts, fn, user);
 }
 
-mha_status viz__to_file(mha_ctx *ctx, const char *fn, viz_render_fn render, const float *w,
+mha_status mha__viz_to_file(mha_ctx *ctx, const char *fn, viz_render_fn render, const float *w,
                         int64_t H, int64_t L, int64_t S, const mha_viz_opts *opts,
                         const char *path) {
     mha__clear(ctx);

@@ -77,7 +77,7 @@ static int count_tmp_files(const char *dir) {
     int n = 0;
     struct dirent *e;
     while ((e = readdir(d)))
-        if (strstr(e->d_name, ".tmp-")) n++;
+        if (!strncmp(e->d_name, ".mha-", 5)) n++;
     closedir(d);
     return n;
 }
@@ -854,8 +854,8 @@ TEST(save_into_missing_directory) {
     int64_t s[1] = {3};
     ASSERT_OK(ctx, mha_array_alloc(ctx, MHA_DTYPE_F32, 1, s, &a));
     ASSERT_EQ(mha_npy_save(ctx, path, &a), MHA_ERR_IO);
-    ASSERT_STR_CONTAINS(mha_ctx_errmsg(ctx), "no-such-dir/x.npy: create temporary file: No such "
-                                             "file or directory");
+    ASSERT_STR_CONTAINS(mha_ctx_errmsg(ctx), "no-such-dir/x.npy: its directory: No such file or "
+                                             "directory");
     mha_st *st;
     ASSERT_OK(ctx, mha_st_create(ctx, &st));
     ASSERT_OK(ctx, mha_st_set(ctx, st, "a", &a));
@@ -864,9 +864,9 @@ TEST(save_into_missing_directory) {
     struct stat sb;
     ASSERT_TRUE(stat(dir, &sb) != 0 && errno == ENOENT);
     ASSERT_EQ(count_tmp_files(tmpdir), 0);
-    /* A directory as the target: the rename fails, the temporary goes. */
+    /* A directory as the target: refused before anything is written. */
     ASSERT_EQ(mha_npy_save(ctx, tmpdir, &a), MHA_ERR_IO);
-    ASSERT_STR_CONTAINS(mha_ctx_errmsg(ctx), "rename:");
+    ASSERT_STR_CONTAINS(mha_ctx_errmsg(ctx), "got a directory, expected a regular file");
     ASSERT_EQ(mha_st_save(ctx, st, tmpdir), MHA_ERR_IO);
     ASSERT_EQ(count_tmp_files(tmpdir), 0);
     char parent[300];
@@ -902,14 +902,14 @@ TEST(failed_save_keeps_earlier_file) {
     /* Writes failing after k bytes (EIO from the test hook). */
     long long cuts[] = {0, 1, 100, 65535, 65536, 70000, 120000};
     for (size_t i = 0; i < sizeof cuts / sizeof cuts[0]; i++) {
-        mha__io_fail_write_after(cuts[i]);
+        mha__io_fail_write_after(cuts[i], EIO);
         mha_status st = mha_npy_save(ctx, npath, &b);
-        mha__io_fail_write_after(-1);
+        mha__io_fail_write_after(-1, 0);
         ASSERT_EQ(st, MHA_ERR_IO);
         ASSERT_STR_CONTAINS(mha_ctx_errmsg(ctx), "keep.npy: write: Input/output error");
-        mha__io_fail_write_after(cuts[i]);
+        mha__io_fail_write_after(cuts[i], EIO);
         st = mha_st_save(ctx, sb, spath);
-        mha__io_fail_write_after(-1);
+        mha__io_fail_write_after(-1, 0);
         ASSERT_EQ(st, MHA_ERR_IO);
         ASSERT_STR_CONTAINS(mha_ctx_errmsg(ctx), "keep.safetensors: write:");
     }

@@ -247,12 +247,13 @@ static mha_status parse_header(mha_ctx *ctx, const char *who, const char *h, siz
     return MHA_OK;
 }
 
-static mha_status npy_parse(mha_ctx *ctx, const char *who, const unsigned char *b, size_t len,
-                            mha_array *out) {
-    memset(out, 0, sizeof *out);
-    if (len < 10)
-        return mha__err(ctx, MHA_ERR_FORMAT, "%s: got %zu bytes, expected at least 10 (too short "
-                        "for a .npy file)", who, len);
+/* The fixed prefix of a file of total bytes, n of them at b: magic, version and header
+ * length (*hstart, *hlen). Checked by the loader before the rest of the file is read. */
+static mha_status npy_prefix(mha_ctx *ctx, const char *who, const unsigned char *b, size_t n,
+                             uint64_t total, size_t *hstart, size_t *hlen) {
+    if (total < 10 || n < 10)
+        return mha__err(ctx, MHA_ERR_FORMAT, "%s: got %llu bytes, expected at least 10 (too "
+                        "short for a .npy file)", who, (unsigned long long)total);
     if (memcmp(b, npy_magic, 6) != 0) {
         char shown[48];
         printable(shown, sizeof shown, (const char *)b, 6);
@@ -263,23 +264,38 @@ static mha_status npy_parse(mha_ctx *ctx, const char *who, const unsigned char *
     if (major < 1 || major > 3 || minor != 0)
         return mha__err(ctx, MHA_ERR_UNSUPPORTED, "%s: version: got %u.%u, expected 1.0, 2.0 or "
                         "3.0", who, major, minor);
-    size_t hstart, hlen;
     if (major == 1) {
-        hstart = 10;
-        hlen = (size_t)b[8] | (size_t)b[9] << 8;
+        *hstart = 10;
+        *hlen = (size_t)b[8] | (size_t)b[9] << 8;
     } else {
-        if (len < 12)
-            return mha__err(ctx, MHA_ERR_FORMAT, "%s: got %zu bytes, expected at least 12", who,
-                            len);
-        hstart = 12;
-        hlen = (size_t)b[8] | (size_t)b[9] << 8 | (size_t)b[10] << 16 | (size_t)b[11] << 24;
+        if (total < 12 || n < 12)
+            return mha__err(ctx, MHA_ERR_FORMAT, "%s: got %llu bytes, expected at least 12", who,
+                            (unsigned long long)total);
+        *hstart = 12;
+        *hlen = (size_t)b[8] | (size_t)b[9] << 8 | (size_t)b[10] << 16 | (size_t)b[11] << 24;
     }
-    if (hlen > len - hstart)
-        return mha__err(ctx, MHA_ERR_FORMAT, "%s: header length: got %zu, expected at most %zu "
-                        "(the file ends first)", who, hlen, len - hstart);
+    if (*hlen > total - *hstart)
+        return mha__err(ctx, MHA_ERR_FORMAT, "%s: header length: got %zu, expected at most %llu "
+                        "(the file ends first)", who, *hlen,
+                        (unsigned long long)(total - *hstart));
+    return MHA_OK;
+}
+
+static mha_status npy_head(mha_ctx *ctx, const char *who, const unsigned char *head, size_t n,
+                           uint64_t size) {
+    size_t hstart, hlen;
+    return npy_prefix(ctx, who, head, n, size, &hstart, &hlen);
+}
+
+static mha_status npy_parse(mha_ctx *ctx, const char *who, const unsigned char *b, size_t len,
+                            mha_array *out) {
+    memset(out, 0, sizeof *out);
+    size_t hstart, hlen;
+    mha_status st = npy_prefix(ctx, who, b, len, len, &hstart, &hlen);
+    if (st != MHA_OK) return st;
     npy_header h;
     memset(&h, 0, sizeof h);
-    mha_status st = parse_header(ctx, who, (const char *)b + hstart, hlen, &h);
+    st = parse_header(ctx, who, (const char *)b + hstart, hlen, &h);
     if (st != MHA_OK) return st;
     int64_t numel;
     size_t bytes;
@@ -329,7 +345,7 @@ mha_status mha_npy_load(mha_ctx *ctx, const char *path, mha_array *out) {
     mha__io_who(who, "mha_npy_load", path);
     unsigned char *buf;
     size_t len;
-    mha_status st = mha__read_file(ctx, who, path, &buf, &len);
+    mha_status st = mha__read_file(ctx, who, path, 12, npy_head, &buf, &len);
     if (st != MHA_OK) return st;
     st = npy_parse(ctx, who, buf, len, out);
     mha__free(buf);

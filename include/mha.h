@@ -267,6 +267,7 @@ mha_status mha_attn_backward(mha_ctx *ctx, const mha_attn_params *p, const mha_t
  * The module: torch.nn.MultiheadAttention(E, H, dropout, bias, kdim=, vdim=, batch_first=True)
  * ------------------------------------------------------------------------------------------- */
 typedef struct mha_module mha_module;
+typedef struct mha_st mha_st; /* a safetensors collection (see "Arrays and files") */
 
 typedef struct {
     int64_t embed_dim; /* E */
@@ -286,9 +287,19 @@ mha_config mha_config_default(int64_t embed_dim, int64_t num_heads);
 mha_status mha_module_create(mha_ctx *ctx, const mha_config *cfg, mha_module **out);
 /* Creates a module whose configuration is read from a safetensors file holding a state_dict
  * (E, kdim, vdim and bias are inferred from the tensors' shapes; bias from in_proj_bias or
- * out_proj.bias, and then both must be there), and loads it as mha_module_load does. */
+ * out_proj.bias, and then both must be there), and loads it as mha_module_load does.
+ * num_heads: 0 takes the number the file records in its metadata ({"num_heads": "8"}, as
+ * mha_module_save writes it; MHA_ERR_INVALID_ARG when the file has none); a positive number
+ * must agree with the file's (MHA_ERR_INVALID_ARG otherwise: a layer run with the wrong number
+ * of heads gives wrong results without any other sign) and divide E. */
 mha_status mha_module_create_from_file(mha_ctx *ctx, const char *path, int64_t num_heads,
                                        mha_module **out);
+/* The same from a loaded collection. */
+mha_status mha_module_create_from_st(mha_ctx *ctx, const mha_st *st, int64_t num_heads,
+                                     mha_module **out);
+/* The configuration a state_dict implies, without creating a module: embed_dim, kdim, vdim and
+ * bias from the tensors, num_heads from the metadata (0 when not recorded), the rest default. */
+mha_status mha_module_config_from_st(mha_ctx *ctx, const mha_st *st, mha_config *cfg);
 void mha_module_free(mha_module *m);
 const mha_config *mha_module_config(const mha_module *m);
 
@@ -310,9 +321,13 @@ void mha_module_zero_grad(mha_module *m);
 /* Loads parameters from a safetensors file (F32) as written by
  * safetensors.torch.save_file(module.state_dict()). Every parameter must be present with its
  * shape; other tensors are ignored, except bias_k / bias_v (add_bias_kv=True, not supported:
- * MHA_ERR_UNSUPPORTED). On error the module is unchanged. */
+ * MHA_ERR_UNSUPPORTED). A file that records num_heads must record the module's
+ * (MHA_ERR_INVALID_ARG). On error the module is unchanged. */
 mha_status mha_module_load(mha_ctx *ctx, mha_module *m, const char *path);
-/* Saves parameters under their names (atomically: a temporary file, then rename). */
+/* The parameters as a new collection (copies, under their names, as state_dict()), with the
+ * metadata {"num_heads": "<H>"}. Free with mha_st_free. */
+mha_status mha_module_state_dict(mha_ctx *ctx, const mha_module *m, mha_st **out);
+/* Saves mha_module_state_dict (through mha_outputs: never a partial file). */
 mha_status mha_module_save(mha_ctx *ctx, const mha_module *m, const char *path);
 
 typedef struct {

@@ -454,14 +454,18 @@ mha_status mha_st_save(mha_ctx *ctx, const mha_st *st, const char *path);
  *     takes the replaced file's permission bits (0777 part; owner, ACLs and set-id bits are
  *     not carried over). Data is written, fsync'd and closed; a failure reports the errno of
  *     the call that failed ("write: No space left on device").
- *   - The commit first checks every destination again (all written, each still absent or the
- *     same regular file), keeps a hard link to each file it replaces (renames it aside where
- *     hard links are not supported), then renames the temporaries into place one by one. If a
- *     rename fails, the files already replaced are put back, new ones removed, and the message
- *     ends with "nothing was replaced". Then each directory is fsync'd.
+ *   - Every check that can fail is made before anything is renamed, when an output is added
+ *     and again at the commit: all written, each destination still absent or the same regular
+ *     file, its directory writable, and in a sticky directory (/tmp) the file or the directory
+ *     this process's own (else MHA_ERR_IO, EPERM). The commit keeps a hard link to each file it
+ *     replaces (renames it aside where hard links are not supported), then renames the
+ *     temporaries into place one by one. If a rename still fails (EBUSY, EIO, ...), the files
+ *     already replaced are put back, new ones removed, and the message ends with "nothing was
+ *     replaced". Then each directory is fsync'd.
  *   - Not covered: a crash or power loss during the commit (some outputs may be replaced, and
  *     .mha-tmp-* / .mha-old-* files may remain); a failure to put an old file back (reported:
- *     its content is in the .mha-old-* file beside it); other programs writing the same files.
+ *     its content is in the .mha-old-* file beside it, which is also left when it cannot be
+ *     removed); other programs writing the same files meanwhile.
  * After a commit, failed or not, the collection is empty again and may be reused. One thread
  * at a time per collection.
  * ------------------------------------------------------------------------------------------- */

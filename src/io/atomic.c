@@ -139,6 +139,29 @@ static mha_status resolve(mha_ctx *ctx, const char *who, const char *path, out_e
     return MHA_OK;
 }
 
+/* Whether this process may replace the file at e->path (sb): its directory writable (not on a
+ * read-only file system), and in a sticky directory (/tmp) the file or the directory its own,
+ * which rename(2) requires too. Checked before anything is renamed, so that a commit does not
+ * fail half way for these reasons. */
+static mha_status check_replaceable(mha_ctx *ctx, const char *who, const out_entry *e,
+                                    const struct stat *sb) {
+    char *dir = mha__malloc(e->dir_len + 1);
+    if (!dir) return mha__err(ctx, MHA_ERR_NOMEM, "%s: out of memory", who);
+    memcpy(dir, e->path, e->dir_len);
+    dir[e->dir_len] = 0;
+    struct stat db;
+    int err = 0;
+    if (faccessat(AT_FDCWD, dir, W_OK | X_OK, AT_EACCESS) != 0 || stat(dir, &db) != 0)
+        err = errno;
+    mha__free(dir);
+    if (err) return mha__err(ctx, MHA_ERR_IO, "%s: cannot replace it: %s", who, strerror(err));
+    uid_t me = geteuid();
+    if ((db.st_mode & S_ISVTX) && me != 0 && me != sb->st_uid && me != db.st_uid)
+        return mha__err(ctx, MHA_ERR_IO, "%s: cannot replace it: %s (a sticky directory, and "
+                        "the file belongs to another user)", who, strerror(EPERM));
+    return MHA_OK;
+}
+
 /* Where e->path stands now: *exists and the file's identity; refuses what is not a regular
  * file (a device, a FIFO, a directory, a socket): outputs never replace those. */
 static mha_status check_dest(mha_ctx *ctx, const char *who, out_entry *e) {
@@ -156,7 +179,7 @@ static mha_status check_dest(mha_ctx *ctx, const char *who, out_entry *e) {
     e->dev = sb.st_dev;
     e->ino = sb.st_ino;
     e->mode = sb.st_mode & 0777;
-    return MHA_OK;
+    return check_replaceable(ctx, who, e, &sb);
 }
 
 static int same_file(const out_entry *a, const out_entry *b) {

@@ -229,3 +229,24 @@ def test_usage_errors_name_no_internal_function(fx):
         rc, _, err = run(*fwd(fx, "--out", fx / "y.npy", "--heads", heads))
         assert rc == 1 and err.splitlines()[0] == f"mha: error: {want}", err
         assert "mha_" not in err, err
+
+
+def test_saved_layer_metadata_reads_in_the_reference_library(tmp_path):
+    """The layer `mha demo` saves (mha_module_save's format) opens in the safetensors package
+    with {"num_heads": "2"} as its metadata, and a file that package writes with it needs no
+    --heads either."""
+    import safetensors.numpy as st  # in the test venv (tests/requirements.txt)
+    from safetensors import safe_open
+    rc, _, err = run("demo", "--steps", 1, "--out-dir", tmp_path)
+    assert rc == 0, err
+    with safe_open(str(tmp_path / "layer.safetensors"), "np") as f:
+        assert f.metadata() == {"num_heads": "2"}
+        sd = {k: f.get_tensor(k) for k in f.keys()}
+    assert set(sd) == {"in_proj_weight", "in_proj_bias", "out_proj.weight", "out_proj.bias"}
+    st.save_file(sd, str(tmp_path / "again.safetensors"), metadata={"num_heads": "2"})
+    for w in ("layer.safetensors", "again.safetensors"):
+        rc, _, err = run("forward", "--weights", tmp_path / w, "--query",
+                         tmp_path / "example.npy", "--out", tmp_path / f"{w}.npy")
+        assert rc == 0, err
+    assert (tmp_path / "layer.safetensors.npy").read_bytes() == \
+        (tmp_path / "again.safetensors.npy").read_bytes()

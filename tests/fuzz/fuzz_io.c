@@ -64,6 +64,11 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
             const mha_array *x = mha_st_find(t, name);
             if (!x || !same_array(mha_st_find(s, name), x)) abort();
         }
+        if (mha_st_meta_count(s) != mha_st_meta_count(t)) abort();
+        for (int i = 0; i < mha_st_meta_count(s); i++) {
+            const char *key = mha_st_meta_key(s, i), *v = mha_st_meta_get(t, key);
+            if (!v || strcmp(v, mha_st_meta_get(s, key)) != 0) abort();
+        }
         mha_st_free(s);
         mha_st_free(t);
     }

@@ -6,8 +6,9 @@
 #include "harness.h"
 #include "core/internal.h"
 #include "io/io_internal.h"
+#define MHA_IO_TEST_DIRS
+#include "io_test_util.h"
 
-#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <sys/stat.h>
@@ -37,18 +38,6 @@ static const char *peek(const char *path) {
     buf[n] = 0;
     fclose(f);
     return buf;
-}
-
-/* Entries of dir whose name starts with ".mha-" (temporaries and backups). */
-static int leftovers(const char *dir) {
-    DIR *d = opendir(dir);
-    if (!d) return -1;
-    int n = 0;
-    struct dirent *e;
-    while ((e = readdir(d)))
-        if (!strncmp(e->d_name, ".mha-", 5)) n++;
-    closedir(d);
-    return n;
 }
 
 /* An output function writing the string arg. */
@@ -91,7 +80,7 @@ TEST(commit_is_all_or_nothing) {
         mha_outputs *o;
         ASSERT_OK(ctx, mha_outputs_create(ctx, &o));
         ASSERT_OK(ctx, stage_all(ctx, o, p, 3));
-        ASSERT_EQ(leftovers(tmpdir), 3);
+        ASSERT_EQ(count_leftovers(tmpdir), 3);
         mha__io_fail_rename_at(k, EBUSY);
         mha_status st = mha_outputs_commit(ctx, o);
         mha__io_fail_rename_at(-1, 0);
@@ -101,7 +90,7 @@ TEST(commit_is_all_or_nothing) {
         ASSERT_STR_CONTAINS(mha_ctx_errmsg(ctx), p[k] + strlen(tmpdir));
         ASSERT_TRUE(!strcmp(peek(p[0]), "old a") && !strcmp(peek(p[1]), "old b"));
         ASSERT_TRUE(access(p[2], F_OK) != 0);
-        ASSERT_EQ(leftovers(tmpdir), 0);
+        ASSERT_EQ(count_leftovers(tmpdir), 0);
         ASSERT_EQ(mha_outputs_count(o), 0);
         mha_outputs_free(o);
     }
@@ -117,7 +106,7 @@ TEST(commit_is_all_or_nothing) {
     }
     struct stat sb;
     ASSERT_TRUE(stat(p[0], &sb) == 0 && (sb.st_mode & 0777) == 0600); /* the mode is kept */
-    ASSERT_EQ(leftovers(tmpdir), 0);
+    ASSERT_EQ(count_leftovers(tmpdir), 0);
     for (int i = 0; i < 3; i++) unlink(p[i]);
     mha_ctx_free(ctx);
 }
@@ -138,7 +127,7 @@ TEST(commit_checks_every_destination_first) {
     ASSERT_EQ(mha_outputs_commit(ctx, o), MHA_ERR_IO);
     ASSERT_STR_CONTAINS(mha_ctx_errmsg(ctx), "second.npy: got a directory");
     ASSERT_TRUE(!strcmp(peek(p[0]), "old first"));
-    ASSERT_EQ(leftovers(tmpdir), 0);
+    ASSERT_EQ(count_leftovers(tmpdir), 0);
     rmdir(p[1]);
     int idx;
     ASSERT_OK(ctx, mha_outputs_add(ctx, o, p[0], &idx));
@@ -147,18 +136,18 @@ TEST(commit_checks_every_destination_first) {
     ASSERT_EQ(mha_outputs_commit(ctx, o), MHA_ERR_STATE);
     ASSERT_STR_CONTAINS(mha_ctx_errmsg(ctx), "output 1 was declared but not written");
     ASSERT_TRUE(!strcmp(peek(p[0]), "old first"));
-    ASSERT_EQ(leftovers(tmpdir), 0);
+    ASSERT_EQ(count_leftovers(tmpdir), 0);
     /* Written and never committed: freeing discards it. */
     ASSERT_OK(ctx, mha_outputs_add(ctx, o, p[0], &idx));
     ASSERT_OK(ctx, mha_outputs_write(ctx, o, idx, put_text, "y"));
     ASSERT_OK(ctx, mha_outputs_write(ctx, o, idx, put_text, "z")); /* again: replaces */
-    ASSERT_EQ(leftovers(tmpdir), 1);
+    ASSERT_EQ(count_leftovers(tmpdir), 1);
     ASSERT_EQ(mha_outputs_write(ctx, o, 5, put_text, "z"), MHA_ERR_INVALID_ARG);
     ASSERT_EQ(mha_outputs_write(ctx, o, idx, fail_with_message, NULL), MHA_ERR_SHAPE);
     ASSERT_STR_CONTAINS(mha_ctx_errmsg(ctx), "renderer: weights: got nothing");
     mha_outputs_free(o);
     mha_outputs_free(NULL);
-    ASSERT_EQ(leftovers(tmpdir), 0);
+    ASSERT_EQ(count_leftovers(tmpdir), 0);
     ASSERT_TRUE(!strcmp(peek(p[0]), "old first"));
     unlink(p[0]);
     mha_ctx_free(ctx);
@@ -194,7 +183,7 @@ TEST(special_destinations_are_refused) {
     ASSERT_EQ(mha_outputs_add(ctx, o, link_path, NULL), MHA_ERR_IO);
     ASSERT_EQ(mha_outputs_count(o), 0);
     mha_outputs_free(o);
-    ASSERT_EQ(leftovers(tmpdir), 0);
+    ASSERT_EQ(count_leftovers(tmpdir), 0);
     unlink(link_path);
     unlink(fifo);
     if (have_dev) unlink(dev);
@@ -246,7 +235,7 @@ TEST(same_file_through_any_path) {
     ASSERT_TRUE(lstat(sym, &sb) == 0 && S_ISLNK(sb.st_mode));
     ASSERT_TRUE(!strcmp(peek(y), "via link") && !strcmp(peek(other), "other"));
     ASSERT_TRUE(!strcmp(peek(hard), "y")); /* the hard link keeps the old file */
-    ASSERT_EQ(leftovers(tmpdir), 0);
+    ASSERT_EQ(count_leftovers(tmpdir), 0);
     unlink(y), unlink(sym), unlink(hard), unlink(other), rmdir(sub);
     mha_ctx_free(ctx);
 }
@@ -289,7 +278,7 @@ TEST(modes_and_long_names) {
         mha_array_free(&b);
         unlink(path);
     }
-    ASSERT_EQ(leftovers(tmpdir), 0);
+    ASSERT_EQ(count_leftovers(tmpdir), 0);
     mha_array_free(&a);
     mha_ctx_free(ctx);
 }
@@ -312,7 +301,7 @@ TEST(write_errors_keep_their_errno) {
         ASSERT_EQ(st, MHA_ERR_IO);
         ASSERT_STR_CONTAINS(mha_ctx_errmsg(ctx), "full.npy: write: No space left on device");
         ASSERT_TRUE(!strcmp(peek(p), "old"));
-        ASSERT_EQ(leftovers(tmpdir), 0);
+        ASSERT_EQ(count_leftovers(tmpdir), 0);
     }
     unlink(p);
     mha_array_free(&a);
@@ -337,7 +326,7 @@ TEST(allocation_failures_leave_nothing) {
         if (st == MHA_OK) st = mha_outputs_commit(ctx, o);
         mha__fault_after(-1);
         mha_outputs_free(o);
-        ASSERT_EQ(leftovers(tmpdir), 0);
+        ASSERT_EQ(count_leftovers(tmpdir), 0);
         if (st == MHA_OK) {
             done = 1;
         } else {

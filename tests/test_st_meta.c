@@ -4,28 +4,9 @@
 #define _GNU_SOURCE /* memmem */
 #include "harness.h"
 #include "core/internal.h"
+#include "io_test_util.h"
 
 #include <unistd.h>
-
-typedef struct {
-    unsigned char *p;
-    size_t n, cap;
-} membuf;
-
-static int mem_write(void *user, const void *data, size_t size) {
-    membuf *m = user;
-    if (m->n + size > m->cap) {
-        size_t cap = m->cap ? m->cap : 256;
-        while (cap < m->n + size) cap *= 2;
-        unsigned char *p = realloc(m->p, cap);
-        if (!p) return -1;
-        m->p = p;
-        m->cap = cap;
-    }
-    memcpy(m->p + m->n, data, size);
-    m->n += size;
-    return 0;
-}
 
 /* A safetensors file of one empty F32 tensor "t" with the given header text ({...}). */
 static mha_status parse_header(mha_ctx *ctx, const char *json, mha_st **out) {
@@ -58,7 +39,7 @@ TEST(metadata_get_set_round_trip) {
     mha_array a;
     ASSERT_OK(ctx, mha_array_alloc(ctx, MHA_DTYPE_F32, 1, s1, &a));
     ASSERT_OK(ctx, mha_st_set(ctx, st, "t", &a));
-    membuf m = {NULL, 0, 0};
+    membuf m = membuf_new();
     ASSERT_OK(ctx, mha_st_write(ctx, st, mem_write, &m));
     const char *head = "\"__metadata__\":{\"format\":\"pt\"";
     ASSERT_TRUE(memmem(m.p, m.n, head, strlen(head)) != NULL);
@@ -69,7 +50,7 @@ TEST(metadata_get_set_round_trip) {
     ASSERT_TRUE(!strcmp(mha_st_meta_get(back, "note"), "a \"quoted\"\nline"));
     ASSERT_TRUE(mha_st_find(back, "t") != NULL && mha_st_count(back) == 1);
     /* Metadata alone, and written again byte for byte. */
-    membuf m2 = {NULL, 0, 0};
+    membuf m2 = membuf_new();
     ASSERT_OK(ctx, mha_st_write(ctx, back, mem_write, &m2));
     ASSERT_TRUE(m2.n == m.n && !memcmp(m.p, m2.p, m.n));
     mha_st *only;

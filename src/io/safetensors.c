@@ -71,17 +71,22 @@ const char *mha_st_name(const mha_st *st, int i) {
     return st->names[i];
 }
 
-/* Index of name, or -(insertion point) - 1. */
-static int st_search(const mha_st *st, const char *name) {
-    int lo = 0, hi = st->count;
+/* Index of key in base[0 .. n) (elements of stride bytes, each starting with its char * key,
+ * sorted by strcmp), or -(insertion point) - 1. Serves the names and the metadata. */
+static int sorted_find(const void *base, int n, size_t stride, const char *key) {
+    int lo = 0, hi = n;
     while (lo < hi) {
         int mid = lo + (hi - lo) / 2;
-        int c = strcmp(st->names[mid], name);
+        int c = strcmp(*(char *const *)((const char *)base + (size_t)mid * stride), key);
         if (c == 0) return mid;
         if (c < 0) lo = mid + 1;
         else hi = mid;
     }
     return -lo - 1;
+}
+
+static int st_search(const mha_st *st, const char *name) {
+    return sorted_find(st->names, st->count, sizeof *st->names, name);
 }
 
 const mha_array *mha_st_find(const mha_st *st, const char *name) {
@@ -178,17 +183,8 @@ static int grow(void **arr, int n, int *cap, size_t sz) {
 
 /* ---- metadata ---------------------------------------------------------------------------- */
 
-/* Index of key in st->meta, or -(insertion point) - 1. */
 static int meta_search(const mha_st *st, const char *key) {
-    int lo = 0, hi = st->nmeta;
-    while (lo < hi) {
-        int mid = lo + (hi - lo) / 2;
-        int c = strcmp(st->meta[mid].key, key);
-        if (c == 0) return mid;
-        if (c < 0) lo = mid + 1;
-        else hi = mid;
-    }
-    return -lo - 1;
+    return sorted_find(st->meta, st->nmeta, sizeof *st->meta, key);
 }
 
 const char *mha_st_meta_get(const mha_st *st, const char *key) {

@@ -12,25 +12,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-typedef struct {
-    unsigned char *p;
-    size_t n, cap;
-} membuf;
-
-static int mem_write(void *user, const void *data, size_t size) {
-    membuf *m = user;
-    if (m->n + size > m->cap) {
-        size_t cap = m->cap ? m->cap : 256;
-        while (cap < m->n + size) cap *= 2;
-        unsigned char *p = realloc(m->p, cap);
-        if (!p) return -1;
-        m->p = p;
-        m->cap = cap;
-    }
-    memcpy(m->p + m->n, data, size);
-    m->n += size;
-    return 0;
-}
+#include "../io_test_util.h"
 
 static int same_array(const mha_array *a, const mha_array *b) {
     if (a->dtype != b->dtype || a->ndim != b->ndim) return 0;
@@ -45,7 +27,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     int which = data[0] & 1;
     data++;
     size--;
-    membuf m = {NULL, 0, 0};
+    membuf m = membuf_new();
     if (which == 0) {
         mha_array a, b;
         if (mha_npy_parse(NULL, data, size, &a) != MHA_OK) return 0;

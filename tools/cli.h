@@ -19,9 +19,11 @@ int mha_cmd_viz(int argc, char **argv);
 /* ---------------------------------------------------------------------------------------------
  * Shared helpers (tools/cli_common.c)
  *
- * Exit codes: CLI_EXIT_USAGE (1) for a command line that cannot be understood (unknown option,
- * missing option or value, a number that does not parse), CLI_EXIT_RUNTIME (2) for everything
- * that fails while running (files, shapes, dtypes, values the library refuses).
+ * Exit codes: CLI_EXIT_USAGE (1) for a command line that cannot be understood or contradicts
+ * itself (unknown option, missing option or value, a number that does not parse, a --heads that
+ * is not positive or does not fit the weights, two outputs naming one file), CLI_EXIT_RUNTIME
+ * (2) for everything that fails while running (files, shapes, dtypes, values the library
+ * refuses).
  * ------------------------------------------------------------------------------------------- */
 #define CLI_EXIT_OK 0
 #define CLI_EXIT_USAGE 1

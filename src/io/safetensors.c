@@ -472,73 +472,46 @@ static mha_status parse_dtype(json *j, const char *tname, mha_dtype *dt) {
                     tname, shown, n >= sizeof s ? "..." : "");
 }
 
-/* {"dtype": ..., "shape": [...], "data_offsets": [b, e]} for the tensor named e->name. */
-static mha_status parse_entry(json *j, st_entry *e, int64_t data_size) {
-    char tname[128], what[200];
-    shown_name(tname, sizeof tname, e->name);
-    int have_dtype = 0, have_shape = 0, have_offsets = 0;
-    mha_status st;
-    if (!j_lit(j, '{')) {
-        snprintf(what, sizeof what, "tensor '%s': expected an object", tname);
+/* "shape": [d0, d1, ...] of tensor tname. */
+static mha_status parse_shape(json *j, st_entry *e, const char *tname) {
+    char what[200];
+    if (!j_lit(j, '[')) {
+        snprintf(what, sizeof what, "tensor '%s': shape: expected '['", tname);
         return j_err(j, what);
     }
-    if (!j_lit(j, '}')) {
-        for (;;) {
-            char key[16];
-            size_t n;
-            st = j_string(j, key, sizeof key, &n);
-            if (st != MHA_OK) return st;
-            if (!j_lit(j, ':')) return j_err(j, "expected ':'");
-            if (n < sizeof key && strlen(key) == n && strcmp(key, "dtype") == 0) {
-                if (have_dtype++) goto dup;
-                st = parse_dtype(j, tname, &e->dtype);
-                if (st != MHA_OK) return st;
-            } else if (n < sizeof key && strlen(key) == n && strcmp(key, "shape") == 0) {
-                if (have_shape++) goto dup;
-                if (!j_lit(j, '[')) {
-                    snprintf(what, sizeof what, "tensor '%s': shape: expected '['", tname);
-                    return j_err(j, what);
-                }
-                e->ndim = 0;
-                if (!j_lit(j, ']')) {
-                    for (;;) {
-                        if (e->ndim >= MHA_MAX_DIMS)
-                            return mha__err(j->ctx, MHA_ERR_UNSUPPORTED,
-                                            "%s: tensor '%s': shape: got more than %d dims, "
-                                            "expected at most %d", j->who, tname, MHA_MAX_DIMS,
-                                            MHA_MAX_DIMS);
-                        snprintf(what, sizeof what, "tensor '%s': shape[%d]", tname, e->ndim);
-                        st = j_uint(j, what, &e->shape[e->ndim]);
-                        if (st != MHA_OK) return st;
-                        e->ndim++;
-                        if (j_lit(j, ']')) break;
-                        if (!j_lit(j, ',')) return j_err(j, "shape: expected ',' or ']'");
-                    }
-                }
-            } else if (n < sizeof key && strlen(key) == n && strcmp(key, "data_offsets") == 0) {
-                if (have_offsets++) goto dup;
-                snprintf(what, sizeof what, "tensor '%s': data_offsets", tname);
-                if (!j_lit(j, '[')) return j_err(j, "data_offsets: expected '['");
-                st = j_uint(j, what, &e->begin);
-                if (st != MHA_OK) return st;
-                if (!j_lit(j, ',')) return j_err(j, "data_offsets: expected ','");
-                st = j_uint(j, what, &e->end);
-                if (st != MHA_OK) return st;
-                if (!j_lit(j, ']')) return j_err(j, "data_offsets: expected 2 integers and ']'");
-            } else {
-                char k[64];
-                shown_name(k, sizeof k, n < sizeof key ? key : "(long key)");
-                return mha__err(j->ctx, MHA_ERR_FORMAT,
-                                "%s: tensor '%s': got key '%s', expected only dtype, shape, "
-                                "data_offsets", j->who, tname, k);
-            }
-            if (j_lit(j, '}')) break;
-            if (!j_lit(j, ',')) return j_err(j, "expected ',' or '}'");
-        }
+    e->ndim = 0;
+    if (j_lit(j, ']')) return MHA_OK;
+    for (;;) {
+        if (e->ndim >= MHA_MAX_DIMS)
+            return mha__err(j->ctx, MHA_ERR_UNSUPPORTED, "%s: tensor '%s': shape: got more than "
+                            "%d dims, expected at most %d", j->who, tname, MHA_MAX_DIMS,
+                            MHA_MAX_DIMS);
+        snprintf(what, sizeof what, "tensor '%s': shape[%d]", tname, e->ndim);
+        mha_status st = j_uint(j, what, &e->shape[e->ndim]);
+        if (st != MHA_OK) return st;
+        e->ndim++;
+        if (j_lit(j, ']')) return MHA_OK;
+        if (!j_lit(j, ',')) return j_err(j, "shape: expected ',' or ']'");
     }
-    if (!have_dtype || !have_shape || !have_offsets)
-        return mha__err(j->ctx, MHA_ERR_FORMAT, "%s: tensor '%s': missing key %s", j->who,
-                        tname, !have_dtype ? "dtype" : !have_shape ? "shape" : "data_offsets");
+}
+
+/* "data_offsets": [begin, end] of tensor tname. */
+static mha_status parse_offsets(json *j, st_entry *e, const char *tname) {
+    char what[200];
+    snprintf(what, sizeof what, "tensor '%s': data_offsets", tname);
+    if (!j_lit(j, '[')) return j_err(j, "data_offsets: expected '['");
+    mha_status st = j_uint(j, what, &e->begin);
+    if (st != MHA_OK) return st;
+    if (!j_lit(j, ',')) return j_err(j, "data_offsets: expected ','");
+    st = j_uint(j, what, &e->end);
+    if (st != MHA_OK) return st;
+    if (!j_lit(j, ']')) return j_err(j, "data_offsets: expected 2 integers and ']'");
+    return MHA_OK;
+}
+
+/* The entry's fields agree: its size fits, its offsets lie in the data area and span exactly
+ * its bytes. */
+static mha_status check_entry(json *j, st_entry *e, int64_t data_size, const char *tname) {
     char shape[160];
     mha__shape_str(shape, sizeof shape, e->ndim, e->shape);
     int64_t numel;
@@ -561,8 +534,48 @@ static mha_status parse_entry(json *j, st_entry *e, int64_t data_size) {
                         "%s)", j->who, tname, e->end - e->begin, e->bytes, shape,
                         mha_dtype_name(e->dtype));
     return MHA_OK;
-dup:
-    return mha__err(j->ctx, MHA_ERR_FORMAT, "%s: tensor '%s': duplicate key", j->who, tname);
+}
+
+/* {"dtype": ..., "shape": [...], "data_offsets": [b, e]} for the tensor named e->name. */
+static mha_status parse_entry(json *j, st_entry *e, int64_t data_size) {
+    static const char *const keys[3] = {"dtype", "shape", "data_offsets"};
+    char tname[128];
+    shown_name(tname, sizeof tname, e->name);
+    int have[3] = {0, 0, 0};
+    if (!j_lit(j, '{')) {
+        char what[200];
+        snprintf(what, sizeof what, "tensor '%s': expected an object", tname);
+        return j_err(j, what);
+    }
+    while (!j_lit(j, '}')) {
+        if ((have[0] || have[1] || have[2]) && !j_lit(j, ','))
+            return j_err(j, "expected ',' or '}'");
+        char key[16];
+        size_t n;
+        mha_status st = j_string(j, key, sizeof key, &n);
+        if (st != MHA_OK) return st;
+        if (!j_lit(j, ':')) return j_err(j, "expected ':'");
+        int k = 0;
+        while (k < 3 && !(n < sizeof key && strlen(key) == n && !strcmp(key, keys[k]))) k++;
+        if (k == 3) {
+            char shown[64];
+            shown_name(shown, sizeof shown, n < sizeof key ? key : "(long key)");
+            return mha__err(j->ctx, MHA_ERR_FORMAT, "%s: tensor '%s': got key '%s', expected "
+                            "only dtype, shape, data_offsets", j->who, tname, shown);
+        }
+        if (have[k]++)
+            return mha__err(j->ctx, MHA_ERR_FORMAT, "%s: tensor '%s': duplicate key", j->who,
+                            tname);
+        st = k == 0 ? parse_dtype(j, tname, &e->dtype)
+             : k == 1 ? parse_shape(j, e, tname)
+                      : parse_offsets(j, e, tname);
+        if (st != MHA_OK) return st;
+    }
+    for (int k = 0; k < 3; k++)
+        if (!have[k])
+            return mha__err(j->ctx, MHA_ERR_FORMAT, "%s: tensor '%s': missing key %s", j->who,
+                            tname, keys[k]);
+    return check_entry(j, e, data_size, tname);
 }
 
 static int cmp_offsets(const void *a, const void *b) {

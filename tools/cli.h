@@ -135,9 +135,10 @@ typedef struct {
 /* Parses argv (argv[0] is the command name) against the layer options (into *a, zeroed first)
  * plus the command's own, extra[0 .. nextra-1] (nextra <= CLI_LAYER_MAX_EXTRA; their ->seen
  * is set), then checks what the command line alone tells about the layer: --weights and
- * --query given, --heads (optional) positive, --key and --value together or neither, at most one causal mask, a known
- * --isa name. Returns 0; CLI_HELP when --help or -h was given (nothing checked or printed); or
- * CLI_EXIT_USAGE after printing. The command checks its own options afterwards. */
+ * --query given, --heads (optional) positive, --key and --value together or neither, at most
+ * one causal mask, a known --isa name. Returns 0; CLI_HELP when --help or -h was given
+ * (nothing checked or printed); or CLI_EXIT_USAGE after printing. The command checks its own
+ * options afterwards. */
 int cli_layer_parse(int argc, char **argv, cli_layer_args *a, cli_opt *extra, int nextra);
 
 /* A layer call loaded and checked: the context (--threads and --isa applied), the module, the

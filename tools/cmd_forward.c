@@ -9,7 +9,8 @@
  *
  * Every output is declared first, everything is loaded and checked, then computed, and only
  * then written, all outputs or none (the library's mha_outputs): a failed run leaves no output
- * behind and never changes an earlier one. Usage errors exit 1, runtime failures exit 2, each with one "mha: error:" line. */
+ * behind and never changes an earlier one. Usage errors exit 1, runtime failures exit 2, each
+ * with one "mha: error:" line. */
 #include "cli.h"
 
 #include <stdio.h>

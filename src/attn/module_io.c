@@ -85,7 +85,8 @@ mha_status mha_module_state_dict(mha_ctx *ctx, const mha_module *m, mha_st **out
     if (!out) return mha__err(ctx, MHA_ERR_INVALID_ARG, "%s: out: got NULL, expected a pointer",
                               FN_DICT);
     *out = NULL;
-    if (!m) return mha__err(ctx, MHA_ERR_INVALID_ARG, "%s: m: got NULL, expected a module", FN_DICT);
+    if (!m)
+        return mha__err(ctx, MHA_ERR_INVALID_ARG, "%s: m: got NULL, expected a module", FN_DICT);
     mha_st *st = NULL;
     mha_status s = mha_st_create(ctx, &st);
     for (int i = 0; i < m->nparams && !s; i++) {
@@ -111,7 +112,8 @@ mha_status mha_module_state_dict(mha_ctx *ctx, const mha_module *m, mha_st **out
 
 mha_status mha_module_save(mha_ctx *ctx, const mha_module *m, const char *path) {
     mha__clear(ctx);
-    if (!m) return mha__err(ctx, MHA_ERR_INVALID_ARG, "%s: m: got NULL, expected a module", FN_SAVE);
+    if (!m)
+        return mha__err(ctx, MHA_ERR_INVALID_ARG, "%s: m: got NULL, expected a module", FN_SAVE);
     if (!path)
         return mha__err(ctx, MHA_ERR_INVALID_ARG, "%s: path: got NULL, expected a file name",
                         FN_SAVE);

@@ -426,7 +426,9 @@ static mha_status write_public(mha_ctx *ctx, const char *fn, mha_outputs *o, int
     mha__clear(ctx);
     char who[MHA__WHO_CAP];
     mha__io_who(who, fn, o && index >= 0 && index < o->n ? o->e[index].path : NULL);
-    if (!o) return mha__err(ctx, MHA_ERR_INVALID_ARG, "%s: o: got NULL, expected an mha_outputs", who);
+    if (!o)
+        return mha__err(ctx, MHA_ERR_INVALID_ARG, "%s: o: got NULL, expected an mha_outputs",
+                        who);
     return mha__outputs_write(ctx, who, o, index, emit, obj);
 }
 

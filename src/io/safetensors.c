@@ -209,8 +209,10 @@ static char *dup_str(const char *s) {
 mha_status mha_st_meta_set(mha_ctx *ctx, mha_st *st, const char *key, const char *value) {
     mha__clear(ctx);
     static const char *who = "mha_st_meta_set";
-    if (!st) return mha__err(ctx, MHA_ERR_INVALID_ARG, "%s: st: got NULL, expected a collection", who);
-    if (!key) return mha__err(ctx, MHA_ERR_INVALID_ARG, "%s: key: got NULL, expected a string", who);
+    if (!st)
+        return mha__err(ctx, MHA_ERR_INVALID_ARG, "%s: st: got NULL, expected a collection", who);
+    if (!key)
+        return mha__err(ctx, MHA_ERR_INVALID_ARG, "%s: key: got NULL, expected a string", who);
     int i = meta_search(st, key);
     if (!value) { /* removal */
         if (i < 0) return MHA_OK;

@@ -251,3 +251,21 @@ def test_saved_layer_metadata_reads_in_the_reference_library(tmp_path):
         assert rc == 0, err
     assert (tmp_path / "layer.safetensors.npy").read_bytes() == \
         (tmp_path / "again.safetensors.npy").read_bytes()
+
+
+def test_read_only_destination_fails_first(fx):
+    """A destination on a read-only file system is refused when the output is declared, before
+    anything is loaded or computed (the message names the option and says why)."""
+    _unshare_or_skip()
+    ro = fx / "ro"
+    ro.mkdir()
+    script = (f'mount -t tmpfs -o ro tmpfs "{ro}" && "{mha_bin()}" forward --weights '
+              f'"{fx}/w.safetensors" --heads 2 --query "{fx}/missing.npy" --out "{fx}/y.npy" '
+              f'--attn-out "{ro}/a.npy"; echo "rc=$?"')
+    p = subprocess.run(["unshare", "-rm", "sh", "-c", script], capture_output=True, text=True,
+                       timeout=60)
+    assert "rc=2" in p.stdout, (p.stdout, p.stderr)
+    # --query names a missing file: the output check came first.
+    assert p.stderr.startswith("mha: error: --attn-out: ") and "Read-only file system" in \
+        p.stderr, p.stderr
+    assert (fx / "y.npy").read_bytes() == OLD

@@ -139,10 +139,10 @@ static mha_status resolve(mha_ctx *ctx, const char *who, const char *path, out_e
     return MHA_OK;
 }
 
-/* Whether this process may replace the file at e->path (sb): its directory writable (not on a
- * read-only file system), and in a sticky directory (/tmp) the file or the directory its own,
- * which rename(2) requires too. Checked before anything is renamed, so that a commit does not
- * fail half way for these reasons. */
+/* Whether this process may create or replace the file at e->path (sb: the file, NULL when new):
+ * its directory writable (not on a read-only file system), and in a sticky directory (/tmp)
+ * the file or the directory its own, which rename(2) requires too. Checked before anything is
+ * written or renamed, so that a commit does not fail half way for these reasons. */
 static mha_status check_replaceable(mha_ctx *ctx, const char *who, const out_entry *e,
                                     const struct stat *sb) {
     char *dir = mha__malloc(e->dir_len + 1);
@@ -156,7 +156,7 @@ static mha_status check_replaceable(mha_ctx *ctx, const char *who, const out_ent
     mha__free(dir);
     if (err) return mha__err(ctx, MHA_ERR_IO, "%s: cannot replace it: %s", who, strerror(err));
     uid_t me = geteuid();
-    if ((db.st_mode & S_ISVTX) && me != 0 && me != sb->st_uid && me != db.st_uid)
+    if (sb && (db.st_mode & S_ISVTX) && me != 0 && me != sb->st_uid && me != db.st_uid)
         return mha__err(ctx, MHA_ERR_IO, "%s: cannot replace it: %s (a sticky directory, and "
                         "the file belongs to another user)", who, strerror(EPERM));
     return MHA_OK;
@@ -169,7 +169,7 @@ static mha_status check_dest(mha_ctx *ctx, const char *who, out_entry *e) {
     if (stat(e->path, &sb) != 0) {
         if (errno != ENOENT) return mha__err(ctx, MHA_ERR_IO, "%s: stat: %s", who, strerror(errno));
         e->exists = 0;
-        return MHA_OK;
+        return check_replaceable(ctx, who, e, NULL);
     }
     if (!S_ISREG(sb.st_mode))
         return mha__err(ctx, MHA_ERR_IO, "%s: got a %s, expected a regular file or a new name "

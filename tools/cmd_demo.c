@@ -257,7 +257,8 @@ static int demo_setup(demo_run *r, const char *out_dir) {
     r->cfg.seed = r->seed;
     r->cfg.len = DEMO_LEN;
     r->cfg.heads = DEMO_HEADS;
-    if (demo_model_create(r->ctx, &r->cfg, &r->m) != MHA_OK) return cli_fail_lib(r->ctx, "demo");
+    if (demo_model_create(r->ctx, &r->cfg, &r->m) != MHA_OK)
+        return cli_fail_lib(r->ctx, "demo: model");
     if (make_dirs(out_dir) != 0)
         return cli_fail("--out-dir: cannot create \"%s\": %s", out_dir, strerror(errno));
     size_t n = strlen(out_dir);

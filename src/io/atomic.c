@@ -239,8 +239,9 @@ int mha_outputs_find(const mha_outputs *o, const char *path) {
     return found;
 }
 
-mha_status mha__outputs_add(mha_ctx *ctx, const char *who, mha_outputs *o, const char *path,
-                            int *index) {
+/* mha_outputs_add with the caller's message prefix. */
+static mha_status outputs_add(mha_ctx *ctx, const char *who, mha_outputs *o, const char *path,
+                              int *index) {
     out_entry e;
     mha_status st = declare(ctx, who, path, &e);
     if (st != MHA_OK) return st;
@@ -275,7 +276,7 @@ mha_status mha_outputs_add(mha_ctx *ctx, mha_outputs *o, const char *path, int *
                         "mha_outputs");
     char who[MHA__WHO_CAP];
     mha__io_who(who, "mha_outputs_add", path);
-    return mha__outputs_add(ctx, who, o, path, index);
+    return outputs_add(ctx, who, o, path, index);
 }
 
 /* ---- writing a temporary ---------------------------------------------------------------- */
@@ -386,8 +387,8 @@ static mha_status write_entry(mha_ctx *ctx, const char *who, out_entry *e, mha__
     return st;
 }
 
-mha_status mha__outputs_write(mha_ctx *ctx, const char *who, mha_outputs *o, int index,
-                              mha__emit_fn emit, const void *obj) {
+static mha_status outputs_write(mha_ctx *ctx, const char *who, mha_outputs *o, int index,
+                                mha__emit_fn emit, const void *obj) {
     if (!o || index < 0 || index >= o->n)
         return mha__err(ctx, MHA_ERR_INVALID_ARG, "%s: index: got %d, expected 0 .. %d (an "
                         "output declared with mha_outputs_add)", who, index, o ? o->n - 1 : -1);
@@ -429,7 +430,7 @@ static mha_status write_public(mha_ctx *ctx, const char *fn, mha_outputs *o, int
     if (!o)
         return mha__err(ctx, MHA_ERR_INVALID_ARG, "%s: o: got NULL, expected an mha_outputs",
                         who);
-    return mha__outputs_write(ctx, who, o, index, emit, obj);
+    return outputs_write(ctx, who, o, index, emit, obj);
 }
 
 mha_status mha_outputs_write_npy(mha_ctx *ctx, mha_outputs *o, int index, const mha_array *a) {

@@ -53,13 +53,6 @@ mha_status mha__read_file(mha_ctx *ctx, const char *who, const char *path, size_
 typedef mha_status (*mha__emit_fn)(mha_ctx *ctx, const char *who, const void *obj,
                                    mha_write_fn fn, void *user);
 
-/* mha_outputs_add and the write step of mha_outputs_write_* with the caller's message prefix
- * (who: "mha_npy_save: <path>"). */
-mha_status mha__outputs_add(mha_ctx *ctx, const char *who, mha_outputs *o, const char *path,
-                            int *index);
-mha_status mha__outputs_write(mha_ctx *ctx, const char *who, mha_outputs *o, int index,
-                              mha__emit_fn emit, const void *obj);
-
 /* One output through the mha_outputs mechanism (declare, write, commit): the savers
  * mha_npy_save, mha_st_save, mha_module_save and the viz file writers. On any failure an
  * earlier file at path is untouched and no temporary is left. */

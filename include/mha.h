@@ -295,6 +295,7 @@ MHA_API mha_status mha_attn_backward(mha_ctx *ctx, const mha_attn_params *p, con
  * The module: torch.nn.MultiheadAttention(E, H, dropout, bias, kdim=, vdim=, batch_first=True)
  * ------------------------------------------------------------------------------------------- */
 typedef struct mha_module mha_module;
+typedef struct mha_st mha_st; /* a safetensors collection (see "Arrays and files") */
 
 typedef struct {
     int64_t embed_dim; /* E */
@@ -314,9 +315,19 @@ MHA_API mha_config mha_config_default(int64_t embed_dim, int64_t num_heads);
 MHA_API mha_status mha_module_create(mha_ctx *ctx, const mha_config *cfg, mha_module **out);
 /* Creates a module whose configuration is read from a safetensors file holding a state_dict
  * (E, kdim, vdim and bias are inferred from the tensors' shapes; bias from in_proj_bias or
- * out_proj.bias, and then both must be there), and loads it as mha_module_load does. */
+ * out_proj.bias, and then both must be there), and loads it as mha_module_load does.
+ * num_heads: 0 takes the number the file records in its metadata ({"num_heads": "8"}, as
+ * mha_module_save writes it; MHA_ERR_INVALID_ARG when the file has none); a positive number
+ * must agree with the file's (MHA_ERR_INVALID_ARG otherwise: a layer run with the wrong number
+ * of heads gives wrong results without any other sign) and divide E. */
 MHA_API mha_status mha_module_create_from_file(mha_ctx *ctx, const char *path, int64_t num_heads,
-                                               mha_module **out);
+                                       mha_module **out);
+/* The same from a loaded collection. */
+MHA_API mha_status mha_module_create_from_st(mha_ctx *ctx, const mha_st *st, int64_t num_heads,
+                                     mha_module **out);
+/* The configuration a state_dict implies, without creating a module: embed_dim, kdim, vdim and
+ * bias from the tensors, num_heads from the metadata (0 when not recorded), the rest default. */
+MHA_API mha_status mha_module_config_from_st(mha_ctx *ctx, const mha_st *st, mha_config *cfg);
 MHA_API void mha_module_free(mha_module *m);
 MHA_API const mha_config *mha_module_config(const mha_module *m);
 
@@ -338,9 +349,13 @@ MHA_API void mha_module_zero_grad(mha_module *m);
 /* Loads parameters from a safetensors file (F32) as written by
  * safetensors.torch.save_file(module.state_dict()). Every parameter must be present with its
  * shape; other tensors are ignored, except bias_k / bias_v (add_bias_kv=True, not supported:
- * MHA_ERR_UNSUPPORTED). On error the module is unchanged. */
+ * MHA_ERR_UNSUPPORTED). A file that records num_heads must record the module's
+ * (MHA_ERR_INVALID_ARG). On error the module is unchanged. */
 MHA_API mha_status mha_module_load(mha_ctx *ctx, mha_module *m, const char *path);
-/* Saves parameters under their names (atomically: a temporary file, then rename). */
+/* The parameters as a new collection (copies, under their names, as state_dict()), with the
+ * metadata {"num_heads": "<H>"}. Free with mha_st_free. */
+MHA_API mha_status mha_module_state_dict(mha_ctx *ctx, const mha_module *m, mha_st **out);
+/* Saves mha_module_state_dict (through mha_outputs: never a partial file). */
 MHA_API mha_status mha_module_save(mha_ctx *ctx, const mha_module *m, const char *path);
 
 typedef struct {
@@ -409,14 +424,17 @@ MHA_API void mha_array_free(mha_array *a); /* frees data and zeroes the struct; 
 /* The writer callback: called with consecutive chunks; returns 0 on success. */
 typedef int (*mha_write_fn)(void *user, const void *data, size_t size);
 
-/* .npy (format versions 1.0-3.0; dtypes <f4, |b1, <i4, <f8; C order only). */
+/* .npy (format versions 1.0-3.0; dtypes <f4, |b1, <i4, <f8; C order only). Loading checks
+ * the magic and the header size before reading the rest of the file. */
 MHA_API mha_status mha_npy_load(mha_ctx *ctx, const char *path, mha_array *out);
 MHA_API mha_status mha_npy_parse(mha_ctx *ctx, const void *buf, size_t len, mha_array *out);
 MHA_API mha_status mha_npy_write(mha_ctx *ctx, const mha_array *a, mha_write_fn fn, void *user);
-/* Writes to path.tmp-XXXXXX and renames: an error never leaves a partial file. */
+/* Saves one file through mha_outputs (below): an error never leaves a partial file nor
+ * changes an earlier one. */
 MHA_API mha_status mha_npy_save(mha_ctx *ctx, const char *path, const mha_array *a);
 
-/* safetensors: a collection of named arrays. */
+/* safetensors: a collection of named arrays, and the file's string metadata
+ * ("__metadata__", e.g. {"num_heads": "8"}). Loading checks the header size first. */
 typedef struct mha_st mha_st;
 MHA_API mha_status mha_st_create(mha_ctx *ctx, mha_st **out);
 MHA_API mha_status mha_st_load(mha_ctx *ctx, const char *path, mha_st **out);
@@ -429,8 +447,81 @@ MHA_API const char *mha_st_name(const mha_st *st, int i);
 MHA_API const mha_array *mha_st_find(const mha_st *st, const char *name);
 /* Adds (or replaces) name with a copy of a. */
 MHA_API mha_status mha_st_set(mha_ctx *ctx, mha_st *st, const char *name, const mha_array *a);
+/* The metadata value of key, or NULL. Owned by st. */
+MHA_API const char *mha_st_meta_get(const mha_st *st, const char *key);
+/* Adds (or replaces) a metadata entry; value NULL removes key. Keys and values are strings
+ * (the format's rule); written in strcmp order of the keys. */
+MHA_API mha_status mha_st_meta_set(mha_ctx *ctx, mha_st *st, const char *key, const char *value);
+/* Number of metadata entries, and the i-th key in strcmp order (NULL out of range). */
+MHA_API int mha_st_meta_count(const mha_st *st);
+MHA_API const char *mha_st_meta_key(const mha_st *st, int i);
 MHA_API mha_status mha_st_write(mha_ctx *ctx, const mha_st *st, mha_write_fn fn, void *user);
+/* Saves one file through mha_outputs, as mha_npy_save. */
 MHA_API mha_status mha_st_save(mha_ctx *ctx, const mha_st *st, const char *path);
+
+/* ---------------------------------------------------------------------------------------------
+ * Outputs written all or nothing (what the savers above and the mha tool use)
+ *
+ *     mha_outputs *o;  int y, g;
+ *     mha_outputs_create(ctx, &o);
+ *     mha_outputs_add(ctx, o, "y.npy", &y);             // checks the destination now
+ *     mha_outputs_add(ctx, o, "grads.safetensors", &g);
+ *     ... compute ...
+ *     mha_outputs_write_npy(ctx, o, y, &ya);            // a synced temporary beside y.npy
+ *     mha_outputs_write_st(ctx, o, g, grads);
+ *     mha_outputs_commit(ctx, o);                       // every file replaced, or none
+ *     mha_outputs_free(o);                              // removes what was not committed
+ *
+ * What is guaranteed:
+ *   - Destinations are new names in existing directories, or existing regular files (through a
+ *     symbolic link: the file it names is replaced, the link stays). A directory, device, FIFO
+ *     or socket is refused (MHA_ERR_IO), never replaced nor written through: `--out /dev/null`
+ *     fails even as root.
+ *   - Two outputs are never the same file: paths are compared resolved (".", "..", symbolic
+ *     links) and, for existing files, by device and inode (hard links): MHA_ERR_INVALID_ARG.
+ *   - Each output is written to "<its directory>/.mha-tmp-XXXXXX" (a short name: any valid
+ *     file name works), created with mode 0666 less the umask. A file that replaces another
+ *     takes the replaced file's permission bits (0777 part; owner, ACLs and set-id bits are
+ *     not carried over). Data is written, fsync'd and closed; a failure reports the errno of
+ *     the call that failed ("write: No space left on device").
+ *   - Every check that can fail is made before anything is renamed, when an output is added
+ *     and again at the commit: all written, each destination still absent or the same regular
+ *     file, its directory writable, and in a sticky directory (/tmp) the file or the directory
+ *     this process's own (else MHA_ERR_IO, EPERM). The commit keeps a hard link to each file it
+ *     replaces (renames it aside where hard links are not supported), then renames the
+ *     temporaries into place one by one. If a rename still fails (EBUSY, EIO, ...), the files
+ *     already replaced are put back, new ones removed, and the message ends with "nothing was
+ *     replaced". Then each directory is fsync'd.
+ *   - Not covered: a crash or power loss during the commit (some outputs may be replaced, and
+ *     .mha-tmp-* / .mha-old-* files may remain); a failure to put an old file back (reported:
+ *     its content is in the .mha-old-* file beside it, which is also left when it cannot be
+ *     removed); other programs writing the same files meanwhile.
+ * After a commit, failed or not, the collection is empty again and may be reused. One thread
+ * at a time per collection.
+ * ------------------------------------------------------------------------------------------- */
+typedef struct mha_outputs mha_outputs;
+MHA_API mha_status mha_outputs_create(mha_ctx *ctx, mha_outputs **out);
+/* Removes every temporary not committed; NULL-safe. */
+MHA_API void mha_outputs_free(mha_outputs *o);
+/* Declares an output file (copies path) and checks its destination as described above;
+ * *index (may be NULL) receives its number, 0, 1, ... in order of declaration. */
+MHA_API mha_status mha_outputs_add(mha_ctx *ctx, mha_outputs *o, const char *path, int *index);
+/* The index of the declared output that is the same file as path, or -1 (none, or path cannot
+ * be an output). Sets no message. */
+MHA_API int mha_outputs_find(const mha_outputs *o, const char *path);
+MHA_API int mha_outputs_count(const mha_outputs *o);
+/* Writes output index into its temporary (again: replaces the earlier temporary). On failure
+ * that output's temporary is removed and the destination untouched. */
+MHA_API mha_status mha_outputs_write_npy(mha_ctx *ctx, mha_outputs *o, int index, const mha_array *a);
+MHA_API mha_status mha_outputs_write_st(mha_ctx *ctx, mha_outputs *o, int index, const mha_st *st);
+/* Any other content: fn writes through (write, user), e.g. with mha_npy_write or a renderer,
+ * and returns MHA_OK, or an error (with a message in ctx when it has one). */
+typedef mha_status (*mha_output_fn)(mha_ctx *ctx, void *arg, mha_write_fn write, void *user);
+MHA_API mha_status mha_outputs_write(mha_ctx *ctx, mha_outputs *o, int index, mha_output_fn fn,
+                             void *arg);
+/* Replaces every declared destination by its temporary, or none (see above). MHA_ERR_STATE
+ * when an output was declared but not written. */
+MHA_API mha_status mha_outputs_commit(mha_ctx *ctx, mha_outputs *o);
 
 #ifdef __cplusplus
 }

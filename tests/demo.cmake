@@ -3,6 +3,8 @@
 #   test_demo_run        a fixed seed reaches >= 0.99 held-out accuracy, the last line is
 #                        "accuracy: X", the three pictures exist and are non-empty, and a second
 #                        run with the same seed on another thread count prints the same bytes;
+#                        heads are numbered from 0; the saved layer records its heads (forward
+#                        without --heads works, a wrong --heads exits 1);
 #   test_demo_gradcheck  the whole model's gradient (embeddings, readout, softmax cross-entropy
 #                        and mha's attention backward) against central finite differences;
 #   test_demo_errors     usage errors exit 1, runtime failures exit 2, each with one

@@ -34,6 +34,21 @@ run)
     fi
     grep -q '<svg' "$work/a/pics/attention.svg" || fail "attention.svg has no <svg>"
     grep -qi '<html' "$work/a/pics/attention.html" || fail "attention.html has no <html>"
+    # Heads are numbered from 0, as in `mha viz`.
+    grep -q '^  head 0: ' "$work/out1" && grep -q '^  head 1: ' "$work/out1" &&
+        ! grep -q '^  head 2: ' "$work/out1" || fail "heads are not numbered 0 and 1"
+    # The trained layer records its number of heads: `mha forward` on it needs no --heads and
+    # refuses a wrong one (usage error); example.npy is the example's input.
+    pics=$work/a/pics
+    for f in layer.safetensors example.npy; do
+        grep -q "wrote $pics/$f" "$work/out1" || fail "the path of $f is not printed"
+    done
+    "$mha" forward --weights "$pics/layer.safetensors" --query "$pics/example.npy" \
+        --out "$work/y.npy" 2>"$work/errf" || fail "forward without --heads: $(cat "$work/errf")"
+    "$mha" forward --weights "$pics/layer.safetensors" --query "$pics/example.npy" --heads 1 \
+        --out "$work/y1.npy" 2>"$work/errh"
+    [ $? -eq 1 ] || fail "--heads 1 on a 2-head layer did not exit 1"
+    grep -q -- '--heads: got 1, expected 2' "$work/errh" || fail "--heads 1: $(cat "$work/errh")"
     # The heatmap is labelled with the digits of the held-out example (query rows).
     grep -q 'held-out input' "$work/out1" || fail "no heatmap header"
     # Same seed, another thread count, same directory: the same bytes on stdout and in the SVG.

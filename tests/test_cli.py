@@ -136,7 +136,7 @@ def check_failure(d, args, code, *needles):
         assert n in lines[0], f"{n!r} not in {lines[0]!r}"
     for name in ("y.npy", "a.npy", "g.safetensors"):
         assert (d / name).read_bytes() == OLD, f"{name} was changed by a failed run"
-    left = [p.name for p in d.iterdir() if ".tmp-" in p.name]
+    left = [p.name for p in d.iterdir() if p.name.startswith(".mha-")]
     assert not left, f"temporary files left behind: {left}"
     return lines[0]
 
@@ -157,6 +157,10 @@ USAGE_CASES = [
                                                d / "w.safetensors"], ["--heads", "value"]),
     ("heads not a number", lambda d: fwd(d, "--heads", "two"), ["--heads", "two"]),
     ("heads fractional", lambda d: fwd(d, "--heads", "2.5"), ["--heads", "2.5"]),
+    ("heads zero", lambda d: _with(fwd(d), "--heads", "0"), ["--heads: got 0, expected"]),
+    ("heads negative", lambda d: _with(fwd(d), "--heads", "-1"), ["--heads: got -1, expected"]),
+    ("heads do not divide E", lambda d: _with(fwd(d), "--heads", "3"),
+     ["--heads: got 3, expected a divisor of the embedding size 8"]),
     ("threads not a number", lambda d: fwd(d, "--threads", "x"), ["--threads"]),
     ("scale not a number", lambda d: fwd(d, "--scale", "abc"), ["--scale"]),
     ("scale nan", lambda d: fwd(d, "--scale", "nan"), ["--scale"]),
@@ -215,9 +219,6 @@ RUNTIME_CASES = [
     ("weights missing tensor", lambda d: _with(fwd(d), "--weights",
                                                _sd_without(d, "out_proj.weight")),
      ["--weights", "out_proj.weight"]),
-    ("heads zero", lambda d: _with(fwd(d), "--heads", "0"), ["--heads"]),
-    ("heads negative", lambda d: _with(fwd(d), "--heads", "-1"), ["--heads"]),
-    ("heads do not divide E", lambda d: _with(fwd(d), "--heads", "3"), ["heads", "3"]),
     ("weights float64", lambda d: _with(fwd(d), "--weights", _sd_f64(d)), ["--weights"]),
     ("query bool", lambda d: _with(fwd(d), "--query", _npy(d, "qb.npy", np.zeros(
         (B, L, E), bool))), ["--query", "bool", "float32"]),
@@ -326,13 +327,13 @@ def test_failed_write_keeps_earlier_outputs_whole(fx):
     rc, _, err = run(*fwd(fx, "--attn-out", fx / "missing-dir" / "a.npy"))
     assert rc == 2 and len(err.splitlines()) == 1 and "--attn-out" in err, err
     assert (fx / "y.npy").read_bytes() == OLD
-    assert not [p for p in fx.iterdir() if ".tmp-" in p.name]
+    assert not [p for p in fx.iterdir() if p.name.startswith(".mha-")]
     # the last output's destination is a directory: refused before any rename
     (fx / "gdir").mkdir()
     rc, _, err = run(*_with(bwd(fx), "--grads-out", fx / "gdir"), "--out", fx / "y.npy")
     assert rc == 2 and len(err.splitlines()) == 1 and "--grads-out" in err, err
     assert (fx / "y.npy").read_bytes() == OLD
-    assert not [p for p in fx.iterdir() if ".tmp-" in p.name]
+    assert not [p for p in fx.iterdir() if p.name.startswith(".mha-")]
 
 
 def test_outputs_sharing_a_file_are_refused(fx):
@@ -363,7 +364,7 @@ def test_success_writes_outputs(fx):
     g = mha_py.load_safetensors(fx / "g.safetensors")
     assert set(g) == {"query", "key", "value", "in_proj_weight", "in_proj_bias",
                       "out_proj.weight", "out_proj.bias"}
-    assert not [p for p in fx.iterdir() if ".tmp-" in p.name]
+    assert not [p for p in fx.iterdir() if p.name.startswith(".mha-")]
 
 
 def test_threads_do_not_change_results(fx):

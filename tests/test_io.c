@@ -3,6 +3,8 @@
 #include "harness.h"
 #include "core/internal.h"
 #include "io/io_internal.h"
+#define MHA_IO_TEST_DIRS
+#include "io_test_util.h"
 
 #include <dirent.h>
 #include <errno.h>
@@ -10,33 +12,6 @@
 #include <unistd.h>
 
 /* ---- helpers ------------------------------------------------------------------------------- */
-
-typedef struct {
-    unsigned char *p;
-    size_t n, cap;
-    long calls, fail_at; /* the fail_at-th call (0-based) returns -1; < 0: never */
-} membuf;
-
-static int mem_write(void *user, const void *data, size_t size) {
-    membuf *m = user;
-    if (m->fail_at >= 0 && m->calls++ == m->fail_at) return -1;
-    if (m->n + size > m->cap) {
-        size_t cap = m->cap ? m->cap : 256;
-        while (cap < m->n + size) cap *= 2;
-        unsigned char *p = realloc(m->p, cap);
-        if (!p) return -2;
-        m->p = p;
-        m->cap = cap;
-    }
-    memcpy(m->p + m->n, data, size);
-    m->n += size;
-    return 0;
-}
-
-static membuf membuf_new(void) {
-    membuf m = {NULL, 0, 0, 0, -1};
-    return m;
-}
 
 static char tmpdir[256];
 
@@ -68,18 +43,6 @@ static unsigned char *read_whole(const char *path, size_t *n) {
     }
     fclose(f);
     return p;
-}
-
-/* Number of directory entries containing ".tmp-". */
-static int count_tmp_files(const char *dir) {
-    DIR *d = opendir(dir);
-    if (!d) return -1;
-    int n = 0;
-    struct dirent *e;
-    while ((e = readdir(d)))
-        if (strstr(e->d_name, ".tmp-")) n++;
-    closedir(d);
-    return n;
 }
 
 /* Fills an array with deterministic values of its dtype (bools: 0/1). */
@@ -219,7 +182,7 @@ TEST(npy_roundtrip_every_dtype_and_ndim) {
     mha_array_free(&a);
     mha_array_free(&b);
     free(m.p);
-    ASSERT_EQ(count_tmp_files(tmpdir), 0);
+    ASSERT_EQ(count_leftovers(tmpdir), 0);
     mha_ctx_free(ctx);
 }
 
@@ -854,8 +817,8 @@ TEST(save_into_missing_directory) {
     int64_t s[1] = {3};
     ASSERT_OK(ctx, mha_array_alloc(ctx, MHA_DTYPE_F32, 1, s, &a));
     ASSERT_EQ(mha_npy_save(ctx, path, &a), MHA_ERR_IO);
-    ASSERT_STR_CONTAINS(mha_ctx_errmsg(ctx), "no-such-dir/x.npy: create temporary file: No such "
-                                             "file or directory");
+    ASSERT_STR_CONTAINS(mha_ctx_errmsg(ctx), "no-such-dir/x.npy: its directory: No such file or "
+                                             "directory");
     mha_st *st;
     ASSERT_OK(ctx, mha_st_create(ctx, &st));
     ASSERT_OK(ctx, mha_st_set(ctx, st, "a", &a));
@@ -863,15 +826,15 @@ TEST(save_into_missing_directory) {
     ASSERT_STR_CONTAINS(mha_ctx_errmsg(ctx), "mha_st_save: ");
     struct stat sb;
     ASSERT_TRUE(stat(dir, &sb) != 0 && errno == ENOENT);
-    ASSERT_EQ(count_tmp_files(tmpdir), 0);
-    /* A directory as the target: the rename fails, the temporary goes. */
+    ASSERT_EQ(count_leftovers(tmpdir), 0);
+    /* A directory as the target: refused before anything is written. */
     ASSERT_EQ(mha_npy_save(ctx, tmpdir, &a), MHA_ERR_IO);
-    ASSERT_STR_CONTAINS(mha_ctx_errmsg(ctx), "rename:");
+    ASSERT_STR_CONTAINS(mha_ctx_errmsg(ctx), "got a directory, expected a regular file");
     ASSERT_EQ(mha_st_save(ctx, st, tmpdir), MHA_ERR_IO);
-    ASSERT_EQ(count_tmp_files(tmpdir), 0);
+    ASSERT_EQ(count_leftovers(tmpdir), 0);
     char parent[300];
     snprintf(parent, sizeof parent, "%s/..", tmpdir);
-    ASSERT_EQ(count_tmp_files(parent), 0);
+    ASSERT_EQ(count_leftovers(parent), 0);
     ASSERT_EQ(mha_npy_save(ctx, "", &a), MHA_ERR_INVALID_ARG);
     mha_st_free(st);
     mha_array_free(&a);
@@ -902,14 +865,14 @@ TEST(failed_save_keeps_earlier_file) {
     /* Writes failing after k bytes (EIO from the test hook). */
     long long cuts[] = {0, 1, 100, 65535, 65536, 70000, 120000};
     for (size_t i = 0; i < sizeof cuts / sizeof cuts[0]; i++) {
-        mha__io_fail_write_after(cuts[i]);
+        mha__io_fail_write_after(cuts[i], EIO);
         mha_status st = mha_npy_save(ctx, npath, &b);
-        mha__io_fail_write_after(-1);
+        mha__io_fail_write_after(-1, 0);
         ASSERT_EQ(st, MHA_ERR_IO);
         ASSERT_STR_CONTAINS(mha_ctx_errmsg(ctx), "keep.npy: write: Input/output error");
-        mha__io_fail_write_after(cuts[i]);
+        mha__io_fail_write_after(cuts[i], EIO);
         st = mha_st_save(ctx, sb, spath);
-        mha__io_fail_write_after(-1);
+        mha__io_fail_write_after(-1, 0);
         ASSERT_EQ(st, MHA_ERR_IO);
         ASSERT_STR_CONTAINS(mha_ctx_errmsg(ctx), "keep.safetensors: write:");
     }
@@ -937,7 +900,7 @@ TEST(failed_save_keeps_earlier_file) {
     unsigned char *after_n = read_whole(npath, &n1), *after_s = read_whole(spath, &s1);
     ASSERT_TRUE(after_n && n1 == n0 && memcmp(after_n, before_n, n0) == 0);
     ASSERT_TRUE(after_s && s1 == s0 && memcmp(after_s, before_s, s0) == 0);
-    ASSERT_EQ(count_tmp_files(tmpdir), 0);
+    ASSERT_EQ(count_leftovers(tmpdir), 0);
     /* A failing writer callback. */
     membuf m = membuf_new();
     m.fail_at = 1;

@@ -19,9 +19,11 @@ int mha_cmd_viz(int argc, char **argv);
 /* ---------------------------------------------------------------------------------------------
  * Shared helpers (tools/cli_common.c)
  *
- * Exit codes: CLI_EXIT_USAGE (1) for a command line that cannot be understood (unknown option,
- * missing option or value, a number that does not parse), CLI_EXIT_RUNTIME (2) for everything
- * that fails while running (files, shapes, dtypes, values the library refuses).
+ * Exit codes: CLI_EXIT_USAGE (1) for a command line that cannot be understood or contradicts
+ * itself (unknown option, missing option or value, a number that does not parse, a --heads that
+ * is not positive or does not fit the weights, two outputs naming one file), CLI_EXIT_RUNTIME
+ * (2) for everything that fails while running (files, shapes, dtypes, values the library
+ * refuses).
  * ------------------------------------------------------------------------------------------- */
 #define CLI_EXIT_OK 0
 #define CLI_EXIT_USAGE 1
@@ -79,8 +81,9 @@ int cli_ctx_create(const long long *threads, const char *isa, mha_ctx **out);
 /* 1 and *out set if name is an ISA name ("auto", "generic", "avx2", "avx512"), else 0. */
 int cli_isa_parse(const char *name, mha_isa *out);
 
-/* Loads an nn.MultiheadAttention state_dict with heads heads (errors name --weights / --heads).
- * Prints and returns 2 on failure. */
+/* Loads an nn.MultiheadAttention state_dict with heads heads (0: the number the file records).
+ * A --heads the file contradicts, that does not divide E, or missing where the file does not
+ * record it is a usage error (1); a file that cannot be loaded returns 2 (naming --weights). */
 int cli_load_module(mha_ctx *ctx, const char *path, long long heads, mha_module **out);
 
 /* Loads an .npy that must be float32 with 1 <= ndim; errors name opt ("--query: ...").
@@ -90,25 +93,28 @@ int cli_load_f32(mha_ctx *ctx, const char *opt, const char *path, mha_array *out
 int cli_load_mask(mha_ctx *ctx, const char *opt, const char *path, int allow_float,
                   mha_array *out);
 
-/* Outputs written all or nothing. Each output is first staged, complete and synced, in a
- * temporary file "<path>.tmp-XXXXXX" beside its destination; only when every output of the
- * run is staged are they renamed into place. A run that fails at any point before the commit
- * leaves every destination as it was and removes its temporaries. Errors name opt; each
- * function prints and returns 2 on failure (after which only cli_outputs_discard is due). */
-#define CLI_MAX_OUTPUTS 4
+/* Outputs written all or nothing, through the library's mha_outputs (see mha.h for what is
+ * guaranteed), with messages that name the option of each output. Declare every output with
+ * cli_outputs_add before loading or computing anything, then write each, then commit. */
+#define CLI_MAX_OUTPUTS 8
 typedef struct {
-    int n;
-    struct {
-        const char *opt, *path;
-        char *tmp; /* owned; NULL once renamed */
-    } o[CLI_MAX_OUTPUTS];
+    mha_outputs *o;
+    const char *opt[CLI_MAX_OUTPUTS]; /* the option of each declared output */
 } cli_outputs;
-int cli_stage_npy(mha_ctx *ctx, cli_outputs *s, const char *opt, const char *path,
-                  const mha_array *a);
-int cli_stage_st(mha_ctx *ctx, cli_outputs *s, const char *opt, const char *path,
-                 const mha_st *st);
-int cli_outputs_commit(cli_outputs *s);
-void cli_outputs_discard(cli_outputs *s); /* removes what is still staged; idempotent */
+/* Declares path, given as opt (*index receives its number). A usage error (1) when it is the
+ * same file as an earlier output; 2 when it cannot be an output (a directory, a device, a
+ * missing directory). Creates s->o on first use. */
+int cli_outputs_add(cli_outputs *s, const char *opt, const char *path, int *index);
+/* Writes output index (an .npy array, a safetensors collection); prints and returns 2 on
+ * failure. */
+int cli_outputs_write_npy(mha_ctx *ctx, cli_outputs *s, int index, const mha_array *a);
+int cli_outputs_write_st(mha_ctx *ctx, cli_outputs *s, int index, const mha_st *st);
+/* Any other content: fn writes through the writer it is given (mha_outputs_write). */
+int cli_outputs_write(mha_ctx *ctx, cli_outputs *s, int index, mha_output_fn fn, void *arg);
+/* Replaces every destination, or none; prints and returns 2 on failure. */
+int cli_outputs_commit(mha_ctx *ctx, cli_outputs *s);
+/* Removes what was not committed and zeroes *s; a zeroed cli_outputs is fine. */
+void cli_outputs_free(cli_outputs *s);
 
 /* --- one layer call: the inputs mha forward, backward and viz share ------------------------ */
 /* The values of the options every command that runs a layer takes: --weights, --heads,
@@ -128,10 +134,11 @@ typedef struct {
 
 /* Parses argv (argv[0] is the command name) against the layer options (into *a, zeroed first)
  * plus the command's own, extra[0 .. nextra-1] (nextra <= CLI_LAYER_MAX_EXTRA; their ->seen
- * is set), then checks what the command line alone tells about the layer: --weights, --heads
- * and --query given, --key and --value together or neither, at most one causal mask, a known
- * --isa name. Returns 0; CLI_HELP when --help or -h was given (nothing checked or printed); or
- * CLI_EXIT_USAGE after printing. The command checks its own options afterwards. */
+ * is set), then checks what the command line alone tells about the layer: --weights and
+ * --query given, --heads (optional) positive, --key and --value together or neither, at most
+ * one causal mask, a known --isa name. Returns 0; CLI_HELP when --help or -h was given
+ * (nothing checked or printed); or CLI_EXIT_USAGE after printing. The command checks its own
+ * options afterwards. */
 int cli_layer_parse(int argc, char **argv, cli_layer_args *a, cli_opt *extra, int nextra);
 
 /* A layer call loaded and checked: the context (--threads and --isa applied), the module, the
@@ -152,8 +159,9 @@ typedef struct {
 
 /* Loads and checks everything a (as cli_layer_parse left it) names, in this order: --scale,
  * the context, --weights and --heads, --query, --key, --value, --key-padding-mask, --attn-mask.
- * Nothing is computed. Returns 0, or CLI_EXIT_RUNTIME after printing one line that names the
- * option at fault (*l is released and zeroed then). */
+ * Nothing is computed. Returns 0, or the exit code after printing one line that names the
+ * option at fault (*l is released and zeroed then): 2, or 1 for a --heads that does not fit the
+ * weights (cli_load_module). */
 int cli_layer_load(const cli_layer_args *a, cli_layer *l);
 /* Frees what cli_layer_load loaded and zeroes *l; a zeroed cli_layer is fine. */
 void cli_layer_free(cli_layer *l);

@@ -10,7 +10,6 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/ioctl.h>
-#include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -204,15 +203,30 @@ int cli_ctx_create(const long long *threads, const char *isa, mha_ctx **out) {
 
 int cli_load_module(mha_ctx *ctx, const char *path, long long heads, mha_module **out) {
     *out = NULL;
-    if (heads <= 0)
-        return cli_fail("--heads: got %lld, expected a positive number of heads", heads);
-    if (heads > INT32_MAX)
-        return cli_fail("--heads: got %lld, expected at most %d", heads, (int)INT32_MAX);
-    if (mha_module_create_from_file(ctx, path, (int64_t)heads, out) != MHA_OK) {
+    mha_st *st = NULL;
+    if (mha_st_load(ctx, path, &st) != MHA_OK) return cli_fail_lib(ctx, "--weights");
+    mha_config cfg;
+    int rc = 0;
+    if (mha_module_config_from_st(ctx, st, &cfg) != MHA_OK)
+        rc = cli_fail_lib(ctx, "--weights");
+    else if (!heads && !cfg.num_heads)
+        rc = cli_usage_error("files written by mha record it; others need --heads",
+                             "--heads is required: %s does not record the number of heads", path);
+    else if (heads && cfg.num_heads && heads != cfg.num_heads)
+        rc = cli_usage_error("leave --heads out to use the file's number",
+                             "--heads: got %lld, expected %lld (the number of heads the layer in "
+                             "%s was saved with)", heads, (long long)cfg.num_heads, path);
+    else if (heads && cfg.embed_dim % heads != 0)
+        rc = cli_usage_error(NULL, "--heads: got %lld, expected a divisor of the embedding size "
+                             "%lld", heads, (long long)cfg.embed_dim);
+    else if (mha_module_create_from_st(ctx, st, heads, out) != MHA_OK)
+        rc = cli_fail_lib(ctx, "--weights");
+    mha_st_free(st);
+    if (rc) {
+        mha_module_free(*out);
         *out = NULL;
-        return cli_fail_lib(ctx, "--weights");
     }
-    return 0;
+    return rc;
 }
 
 static int load_npy(mha_ctx *ctx, const char *opt, const char *path, mha_array *out) {
@@ -248,86 +262,50 @@ int cli_load_mask(mha_ctx *ctx, const char *opt, const char *path, int allow_flo
     return rc;
 }
 
-static int write_file(void *user, const void *data, size_t size) {
-    return fwrite(data, 1, size, (FILE *)user) == size ? 0 : -1;
-}
-
-/* Creates the temporary beside path and writes it through write(ctx, obj, fn, user). */
-static int stage(mha_ctx *ctx, cli_outputs *s, const char *opt, const char *path,
-                 mha_status (*write)(mha_ctx *, const void *, mha_write_fn, void *),
-                 const void *obj) {
-    if (s->n >= CLI_MAX_OUTPUTS) return cli_fail("internal error: more than %d outputs", s->n);
-    size_t len = strlen(path) + sizeof ".tmp-XXXXXX";
-    char *tmp = malloc(len);
-    if (!tmp) return cli_fail("%s: out of memory", opt);
-    snprintf(tmp, len, "%s.tmp-XXXXXX", path);
-    int fd = mkstemp(tmp);
-    if (fd < 0) {
-        int e = errno;
-        free(tmp);
-        return cli_fail("%s: %s: cannot create a file there: %s", opt, path, strerror(e));
-    }
-    /* the mode the destination has (or 0644), not mkstemp's 0600 */
-    struct stat st;
-    fchmod(fd, stat(path, &st) == 0 ? (st.st_mode & 07777) : 0644);
-    FILE *f = fdopen(fd, "wb");
-    mha_status ws = f ? write(ctx, obj, write_file, f) : MHA_ERR_IO;
-    int e = errno;
-    int bad = ws != MHA_OK || !f || fflush(f) != 0 || fsync(fileno(f)) != 0;
-    if (f ? fclose(f) != 0 : close(fd) != 0) bad = 1;
-    if (bad) {
-        unlink(tmp);
-        free(tmp);
-        if (ws != MHA_OK && ws != MHA_ERR_IO) return cli_fail_lib(ctx, opt);
-        return cli_fail("%s: %s: write failed: %s", opt, path, strerror(e ? e : EIO));
-    }
-    s->o[s->n].opt = opt, s->o[s->n].path = path, s->o[s->n].tmp = tmp;
-    s->n++;
+int cli_outputs_add(cli_outputs *s, const char *opt, const char *path, int *index) {
+    if (!s->o && mha_outputs_create(NULL, &s->o) != MHA_OK) return cli_fail_lib(NULL, opt);
+    int n = mha_outputs_count(s->o), same = mha_outputs_find(s->o, path);
+    if (same >= 0)
+        return cli_usage_error("give each output its own file", "%s and %s name the same file "
+                               "(\"%s\")", s->opt[same], opt, path);
+    if (n >= CLI_MAX_OUTPUTS) /* a bug in the command, not the user's */
+        return cli_fail("internal error: more than %d outputs", CLI_MAX_OUTPUTS);
+    if (mha_outputs_add(NULL, s->o, path, index) != MHA_OK) return cli_fail_lib(NULL, opt);
+    s->opt[n] = opt;
     return 0;
 }
 
-static mha_status write_npy(mha_ctx *ctx, const void *a, mha_write_fn fn, void *user) {
-    return mha_npy_write(ctx, (const mha_array *)a, fn, user);
-}
-static mha_status write_st(mha_ctx *ctx, const void *st, mha_write_fn fn, void *user) {
-    return mha_st_write(ctx, (const mha_st *)st, fn, user);
+/* The option of output index, for messages. */
+static const char *output_opt(const cli_outputs *s, int index) {
+    return index >= 0 && index < CLI_MAX_OUTPUTS && s->opt[index] ? s->opt[index] : "output";
 }
 
-int cli_stage_npy(mha_ctx *ctx, cli_outputs *s, const char *opt, const char *path,
-                  const mha_array *a) {
-    return stage(ctx, s, opt, path, write_npy, a);
-}
-
-int cli_stage_st(mha_ctx *ctx, cli_outputs *s, const char *opt, const char *path,
-                 const mha_st *st) {
-    return stage(ctx, s, opt, path, write_st, st);
-}
-
-int cli_outputs_commit(cli_outputs *s) {
-    /* A destination that is a directory would fail its rename half way through the commit:
-     * refuse before renaming anything. */
-    for (int i = 0; i < s->n; i++) {
-        struct stat st;
-        if (stat(s->o[i].path, &st) == 0 && S_ISDIR(st.st_mode))
-            return cli_fail("%s: %s: is a directory", s->o[i].opt, s->o[i].path);
-    }
-    for (int i = 0; i < s->n; i++) {
-        if (rename(s->o[i].tmp, s->o[i].path) != 0)
-            return cli_fail("%s: %s: cannot replace it: %s", s->o[i].opt, s->o[i].path,
-                            strerror(errno));
-        free(s->o[i].tmp);
-        s->o[i].tmp = NULL;
-    }
+int cli_outputs_write_npy(mha_ctx *ctx, cli_outputs *s, int index, const mha_array *a) {
+    if (mha_outputs_write_npy(ctx, s->o, index, a) != MHA_OK)
+        return cli_fail_lib(ctx, output_opt(s, index));
     return 0;
 }
 
-void cli_outputs_discard(cli_outputs *s) {
-    for (int i = 0; i < s->n; i++) {
-        if (s->o[i].tmp) unlink(s->o[i].tmp);
-        free(s->o[i].tmp);
-        s->o[i].tmp = NULL;
-    }
-    s->n = 0;
+int cli_outputs_write_st(mha_ctx *ctx, cli_outputs *s, int index, const mha_st *st) {
+    if (mha_outputs_write_st(ctx, s->o, index, st) != MHA_OK)
+        return cli_fail_lib(ctx, output_opt(s, index));
+    return 0;
+}
+
+int cli_outputs_write(mha_ctx *ctx, cli_outputs *s, int index, mha_output_fn fn, void *arg) {
+    if (mha_outputs_write(ctx, s->o, index, fn, arg) != MHA_OK)
+        return cli_fail_lib(ctx, output_opt(s, index));
+    return 0;
+}
+
+int cli_outputs_commit(mha_ctx *ctx, cli_outputs *s) {
+    if (s->o && mha_outputs_commit(ctx, s->o) != MHA_OK) return cli_fail_lib(ctx, NULL);
+    return 0;
+}
+
+void cli_outputs_free(cli_outputs *s) {
+    mha_outputs_free(s->o);
+    memset(s, 0, sizeof *s);
 }
 
 /* ---------------------------------------------------------------------------------------------
@@ -365,7 +343,10 @@ int cli_layer_parse(int argc, char **argv, cli_layer_args *a, cli_opt *extra, in
 
     const char *cmd = argv[0];
     if (!a->weights) return cli_missing(cmd, "--weights");
-    if (!a->heads_given) return cli_missing(cmd, "--heads");
+    if (a->heads_given && (a->heads < 1 || a->heads > INT32_MAX))
+        return cli_usage_error("or leave --heads out when the weights file records it",
+                               "--heads: got %lld, expected a positive number of heads",
+                               a->heads);
     if (!a->query) return cli_missing(cmd, "--query");
     if (!a->key != !a->value)
         return cli_usage_error("give both --key and --value for cross-attention, or neither "

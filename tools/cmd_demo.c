@@ -63,13 +63,6 @@ static void print_help(FILE *f) {
             DEMO_DEFAULT_SEED, DEMO_DEFAULT_STEPS, DEMO_MIN_STEPS, 100.0 * DEMO_STOP_ACC);
 }
 
-/* A library or model failure: the context's message when there is one. */
-static int fail_status(mha_ctx *ctx, mha_status st, const char *what) {
-    const char *msg = mha_ctx_errmsg(ctx);
-    if (msg && *msg) return cli_fail("%s: %s", what, msg);
-    return cli_fail("%s: %s", what, mha_status_str(st));
-}
-
 /* mkdir -p: creates dir and its missing parents. */
 static int make_dirs(const char *dir) {
     char buf[4096];
@@ -149,7 +142,7 @@ static int grad_check_once(mha_ctx *ctx, demo_model *m, const int32_t *tok, cons
     demo_model_zero_grad(m);
     double loss0;
     mha_status st = demo_model_loss(ctx, m, B, tok, tgt, 1, &loss0, NULL);
-    if (st != MHA_OK) return fail_status(ctx, st, "demo: gradient check");
+    if (st != MHA_OK) return cli_fail_lib(ctx, "demo: gradient check");
     int bad = 0;
     for (int i = 0; i < demo_model_param_count(m); i++) {
         demo_param p = demo_model_param(m, i);
@@ -166,7 +159,7 @@ static int grad_check_once(mha_ctx *ctx, demo_model *m, const int32_t *tok, cons
             p.value[k] = keep - h;
             if (st == MHA_OK) st = demo_model_loss(ctx, m, B, tok, tgt, 0, &lm, NULL);
             p.value[k] = keep;
-            if (st != MHA_OK) return fail_status(ctx, st, "demo: gradient check");
+            if (st != MHA_OK) return cli_fail_lib(ctx, "demo: gradient check");
             const double fd = (lp - lm) / (2.0 * ((double)(keep + h) - (double)keep));
             const double err = fabs(fd - (double)p.grad[k]);
             /* Float32 forward passes and an O(h^2) truncation: a tolerance relative to the
@@ -197,7 +190,7 @@ static int self_check(mha_ctx *ctx, uint64_t seed) {
     cfg.dropout = 0.0f; /* a training forward must be a deterministic function of the weights */
     demo_model *m = NULL;
     mha_status st = demo_model_create(ctx, &cfg, &m);
-    if (st != MHA_OK) return fail_status(ctx, st, "demo: model");
+    if (st != MHA_OK) return cli_fail_lib(ctx, "demo: model");
     enum { B = 4 };
     int32_t tok[B * DEMO_LEN], tgt[B * DEMO_LEN];
     int32_t btok[DEMO_BATCH * DEMO_LEN], btgt[DEMO_BATCH * DEMO_LEN];
@@ -214,7 +207,7 @@ static int self_check(mha_ctx *ctx, uint64_t seed) {
                           cfg.vocab, cfg.len, btok + b * DEMO_LEN, btgt + b * DEMO_LEN);
         demo_model_zero_grad(m);
         st = demo_model_loss(ctx, m, DEMO_BATCH, btok, btgt, 1, NULL, NULL);
-        if (st != MHA_OK) rc = fail_status(ctx, st, "demo: training");
+        if (st != MHA_OK) rc = cli_fail_lib(ctx, "demo: training");
         demo_model_adam_step(m, step);
     }
     if (rc == 0) rc = grad_check_once(ctx, m, tok, tgt, B, "trained", &checked);
@@ -224,178 +217,262 @@ static int self_check(mha_ctx *ctx, uint64_t seed) {
 }
 
 /* ---------------------------------------------------------------------------------------------
- * The demo
+ * The demo: set up (model, directory, outputs declared), train, evaluate, show the heads, write
+ * the files (all or none)
  * ------------------------------------------------------------------------------------------- */
-static int run_demo(mha_ctx *ctx, uint64_t seed, int64_t steps, const char *out_dir) {
-    demo_config cfg = demo_config_default();
-    cfg.seed = seed;
-    cfg.len = DEMO_LEN;
-    cfg.heads = DEMO_HEADS;
-    const int L = cfg.len, H = cfg.heads;
-    demo_model *m = NULL;
-    mha_status st = demo_model_create(ctx, &cfg, &m);
-    if (st != MHA_OK) return fail_status(ctx, st, "demo: model");
-    /* Create the output directory first: a bad --out-dir fails before the training. */
-    if (make_dirs(out_dir) != 0) {
-        int e = errno;
-        demo_model_free(m);
-        return cli_fail("--out-dir: cannot create \"%s\": %s", out_dir, strerror(e));
+enum { OUT_SVG, OUT_PNG, OUT_HTML, OUT_LAYER, OUT_EXAMPLE, OUT_N };
+static const char *const out_names[OUT_N] = {"attention.svg", "attention.png", "attention.html",
+                                             "layer.safetensors", "example.npy"};
+
+typedef struct {
+    mha_ctx *ctx;
+    uint64_t seed;
+    demo_config cfg;
+    demo_model *m;
+    cli_outputs outs;
+    int out_index[OUT_N]; /* -1: not written (no PNG support) */
+    char out_path[OUT_N][4200];
+    int64_t steps, step; /* the budget, the steps taken */
+    double loss, val, acc;
+    int32_t ex[DEMO_LEN], ext[DEMO_LEN];   /* the held-out example and its target */
+    float w[DEMO_HEADS * DEMO_LEN * DEMO_LEN]; /* its attention, [H, L, L] */
+} demo_run;
+
+static int discard(void *user, const void *data, size_t size) {
+    (void)user, (void)data, (void)size;
+    return 0;
+}
+
+/* Whether this build writes PNGs (libpng found): one tiny image into nowhere. */
+static int png_supported(mha_ctx *ctx) {
+    const float w1 = 1.0f;
+    mha_viz_opts vo = mha_viz_opts_default();
+    return mha_viz_png(ctx, &w1, 1, 1, 1, &vo, discard, NULL) != MHA_ERR_UNSUPPORTED;
+}
+
+/* The model, the output directory (created first: a bad --out-dir fails before the training)
+ * and every output declared. */
+static int demo_setup(demo_run *r, const char *out_dir) {
+    r->cfg = demo_config_default();
+    r->cfg.seed = r->seed;
+    r->cfg.len = DEMO_LEN;
+    r->cfg.heads = DEMO_HEADS;
+    if (demo_model_create(r->ctx, &r->cfg, &r->m) != MHA_OK)
+        return cli_fail_lib(r->ctx, "demo: model");
+    if (make_dirs(out_dir) != 0)
+        return cli_fail("--out-dir: cannot create \"%s\": %s", out_dir, strerror(errno));
+    size_t n = strlen(out_dir);
+    const char *sep = n && out_dir[n - 1] == '/' ? "" : "/";
+    const int png = png_supported(r->ctx);
+    for (int f = 0; f < OUT_N; f++) {
+        snprintf(r->out_path[f], sizeof r->out_path[f], "%s%s%s", out_dir, sep, out_names[f]);
+        r->out_index[f] = -1;
+        int rc = f == OUT_PNG && !png ? 0
+                                      : cli_outputs_add(&r->outs, "--out-dir", r->out_path[f],
+                                                        &r->out_index[f]);
+        if (rc) return rc;
     }
+    return 0;
+}
 
-    printf("mha demo: one attention layer (%d heads, E = %d) learns to reverse %d digits\n", H,
-           cfg.embed, L);
-    printf("  model: token + position embeddings -> multi-head attention -> linear readout\n");
-    printf("  training: from random initialization (seed %llu), Adam lr %g, batch %d, attention "
-           "dropout %g\n", (unsigned long long)seed, (double)cfg.lr, DEMO_BATCH,
-           (double)cfg.dropout);
-    fflush(stdout);
-
+/* Training with Adam until the step budget or a validation accuracy of DEMO_STOP_ACC (after
+ * DEMO_MIN_STEPS); a progress bar on stderr when it is a terminal. */
+static int demo_train(demo_run *r) {
+    const int L = r->cfg.len, bar = isatty(STDERR_FILENO);
     int32_t tok[DEMO_BATCH * DEMO_LEN], tgt[DEMO_BATCH * DEMO_LEN];
-    const int bar = isatty(STDERR_FILENO);
     const double t0 = cli_now_s();
-    double loss = 0.0, val = -1.0, last_bar = 0.0;
-    int64_t step = 0;
+    double last_bar = 0.0;
     int rc = 0;
-    while (step < steps) {
-        step++;
+    r->val = -1.0;
+    while (r->step < r->steps) {
+        const int64_t step = ++r->step;
         for (int b = 0; b < DEMO_BATCH; b++)
-            demo_sequence(seed, STREAM_TRAIN, (uint64_t)((step - 1) * DEMO_BATCH + b), 0,
-                          cfg.vocab, L, tok + b * L, tgt + b * L);
-        demo_model_zero_grad(m);
-        st = demo_model_loss(ctx, m, DEMO_BATCH, tok, tgt, 1, &loss, NULL);
-        if (st != MHA_OK) {
-            rc = fail_status(ctx, st, "demo: training");
+            demo_sequence(r->seed, STREAM_TRAIN, (uint64_t)((step - 1) * DEMO_BATCH + b), 0,
+                          r->cfg.vocab, L, tok + b * L, tgt + b * L);
+        demo_model_zero_grad(r->m);
+        if (demo_model_loss(r->ctx, r->m, DEMO_BATCH, tok, tgt, 1, &r->loss, NULL) != MHA_OK) {
+            rc = cli_fail_lib(r->ctx, "demo: training");
             break;
         }
-        demo_model_adam_step(m, step);
-        if (!isfinite(loss)) {
-            rc = cli_fail("demo: training diverged at step %lld (loss %g)", (long long)step, loss);
+        demo_model_adam_step(r->m, step);
+        if (!isfinite(r->loss)) {
+            rc = cli_fail("demo: training diverged at step %lld (loss %g)", (long long)step,
+                          r->loss);
             break;
         }
-        if (step % DEMO_EVAL_EVERY == 0 || step == steps) {
-            st = evaluate(ctx, m, seed, STREAM_VAL, DEMO_VAL_SEQS, &val);
-            if (st != MHA_OK) {
-                rc = fail_status(ctx, st, "demo: evaluation");
-                break;
-            }
+        const int eval = step % DEMO_EVAL_EVERY == 0 || step == r->steps;
+        if (eval && evaluate(r->ctx, r->m, r->seed, STREAM_VAL, DEMO_VAL_SEQS, &r->val)) {
+            rc = cli_fail_lib(r->ctx, "demo: evaluation");
+            break;
         }
-        if (bar && (cli_now_s() - last_bar >= 0.05 || step == steps)) {
-            progress(step, steps, loss, val, t0, 0);
+        if (bar && (cli_now_s() - last_bar >= 0.05 || step == r->steps)) {
+            progress(step, r->steps, r->loss, r->val, t0, 0);
             last_bar = cli_now_s();
         }
-        if (step % DEMO_EVAL_EVERY == 0 && step >= DEMO_MIN_STEPS && val >= DEMO_STOP_ACC) break;
+        if (step % DEMO_EVAL_EVERY == 0 && step >= DEMO_MIN_STEPS && r->val >= DEMO_STOP_ACC)
+            break;
     }
-    const double train_s = cli_now_s() - t0;
     if (bar) {
-        if (step > 0) progress(step, steps, loss, val, t0, 1); /* where training stopped */
+        if (r->step > 0) progress(r->step, r->steps, r->loss, r->val, t0, 1);
         fprintf(stderr, "\n");
+    } else if (!rc) {
+        fprintf(stderr, "  trained in %.2f s\n", cli_now_s() - t0);
     }
-    if (rc) {
-        demo_model_free(m);
-        return rc;
-    }
-    if (!bar) fprintf(stderr, "  trained in %.2f s\n", train_s);
+    return rc;
+}
 
-    double acc;
-    st = evaluate(ctx, m, seed, STREAM_TEST, DEMO_TEST_SEQS, &acc);
-    if (st != MHA_OK) {
-        demo_model_free(m);
-        return fail_status(ctx, st, "demo: evaluation");
-    }
+/* The held-out accuracy, and a held-out example whose digits all differ (every label of the
+ * pictures is then unambiguous) with its attention. */
+static int demo_evaluate(demo_run *r) {
+    const int L = r->cfg.len;
+    if (evaluate(r->ctx, r->m, r->seed, STREAM_TEST, DEMO_TEST_SEQS, &r->acc) != MHA_OK)
+        return cli_fail_lib(r->ctx, "demo: evaluation");
     printf("  stopped after %lld steps: training loss %.4f, validation accuracy %.3f\n",
-           (long long)step, loss, val);
+           (long long)r->step, r->loss, r->val);
     printf("  held out: %d sequences with an odd digit sum (training only sees even sums)\n",
            DEMO_TEST_SEQS);
-    if (acc < 0.99)
-        printf("  note: not fully trained yet (held-out accuracy %.3f); try more --steps\n", acc);
-
-    /* Show a held-out example whose digits are all different, so every label is unambiguous. */
-    int32_t ex[DEMO_LEN], ext[DEMO_LEN];
+    if (r->acc < 0.99)
+        printf("  note: not fully trained yet (held-out accuracy %.3f); try more --steps\n",
+               r->acc);
     for (uint64_t idx = 0; idx < 100000; idx++) {
-        demo_sequence(seed, STREAM_TEST, idx, 1, cfg.vocab, L, ex, ext);
+        demo_sequence(r->seed, STREAM_TEST, idx, 1, r->cfg.vocab, L, r->ex, r->ext);
         int distinct = 1;
         for (int i = 0; i < L && distinct; i++)
             for (int j = 0; j < i; j++)
-                if (ex[i] == ex[j]) distinct = 0;
+                if (r->ex[i] == r->ex[j]) distinct = 0;
         if (distinct) break;
     }
-    float w[DEMO_HEADS * DEMO_LEN * DEMO_LEN];
-    st = demo_model_attention(ctx, m, ex, w);
-    if (st != MHA_OK) {
-        demo_model_free(m);
-        return fail_status(ctx, st, "demo: attention");
-    }
-    demo_model_free(m);
+    if (demo_model_attention(r->ctx, r->m, r->ex, r->w) != MHA_OK)
+        return cli_fail_lib(r->ctx, "demo: attention");
+    return 0;
+}
 
-    char labels[DEMO_LEN][4], titles[DEMO_HEADS][32];
-    const char *lab[DEMO_LEN], *tit[DEMO_HEADS];
-    for (int i = 0; i < L; i++) {
-        snprintf(labels[i], sizeof labels[i], "%d", (int)ex[i]);
-        lab[i] = labels[i];
-    }
-    for (int h = 0; h < H; h++) {
-        snprintf(titles[h], sizeof titles[h], "head %d of %d", h + 1, H);
-        tit[h] = titles[h];
-    }
-    char input[2 * DEMO_LEN], output[2 * DEMO_LEN];
-    for (int i = 0; i < L; i++) {
-        input[2 * i] = (char)('0' + ex[i]);
-        output[2 * i] = (char)('0' + ext[i]);
-        input[2 * i + 1] = output[2 * i + 1] = ' ';
-    }
-    input[2 * L - 1] = output[2 * L - 1] = '\0';
-    char title[128];
-    snprintf(title, sizeof title, "mha demo: attention of each head, input %s -> %s", input,
-             output);
-
-    mha_viz_opts vo = mha_viz_opts_default();
-    vo.view = MHA_VIZ_ALL;
-    vo.query_tokens = lab;
-    vo.key_tokens = lab;
-    vo.head_titles = tit;
-    vo.vmin = 0.0f;
-    vo.vmax = 1.0f;
+/* The terminal heatmaps of every head (numbered from 0, as `mha viz`) and what share of each
+ * head's attention is on the anti-diagonal. */
+static int demo_show_heads(demo_run *r, mha_viz_opts vo, const char *input, const char *output) {
+    const int L = r->cfg.len, H = r->cfg.heads;
     vo.term_mode = cli_term_color() ? MHA_VIZ_TERM_COLOR : MHA_VIZ_TERM_UNICODE;
     vo.width = cli_term_width(0);
-
     printf("\nwhat the heads learned, on the held-out input %s (target %s):\n", input, output);
     printf("each row is a query position, each column a key; query i should look at key %d - i\n\n",
            L - 1);
     fflush(stdout);
-    st = mha_viz_term(ctx, w, H, L, L, &vo, cli_write_file, stdout);
-    if (st != MHA_OK) return fail_status(ctx, st, "demo: terminal heatmap");
+    if (mha_viz_term(r->ctx, r->w, H, L, L, &vo, cli_write_file, stdout) != MHA_OK)
+        return cli_fail_lib(r->ctx, "demo: terminal heatmap");
     mha_viz_stats stats[DEMO_HEADS];
-    if (mha_viz_head_stats(ctx, w, H, L, L, stats) == MHA_OK) {
+    if (mha_viz_head_stats(r->ctx, r->w, H, L, L, stats) == MHA_OK) {
         for (int h = 0; h < H; h++) {
             double on = 0.0;
-            for (int i = 0; i < L; i++) on += w[((size_t)h * L + i) * L + (L - 1 - i)];
+            for (int i = 0; i < L; i++) on += r->w[((size_t)h * L + i) * L + (L - 1 - i)];
             printf("  head %d: %.1f%% of its attention on the anti-diagonal, row entropy %.2f "
                    "bits (uniform: %.2f)\n",
-                   h + 1, 100.0 * on / L, stats[h].entropy, stats[h].max_entropy);
+                   h, 100.0 * on / L, stats[h].entropy, stats[h].max_entropy);
         }
     }
     printf("\n");
-
-    /* The pictures: every file through the library's temporary file + rename. */
-    vo.title = title;
-    static const char *const names[3] = {"attention.svg", "attention.png", "attention.html"};
-    for (int f = 0; f < 3; f++) {
-        char path[4200];
-        size_t n = strlen(out_dir);
-        const char *sep = n && out_dir[n - 1] == '/' ? "" : "/";
-        snprintf(path, sizeof path, "%s%s%s", out_dir, sep, names[f]);
-        if (f == 0) st = mha_viz_svg_file(ctx, w, H, L, L, &vo, path);
-        if (f == 1) st = mha_viz_png_file(ctx, w, H, L, L, &vo, path);
-        if (f == 2) st = mha_viz_html_file(ctx, w, H, L, L, &vo, path);
-        if (f == 1 && st == MHA_ERR_UNSUPPORTED) {
-            printf("skipped %s: this build has no PNG support (libpng was not found)\n", path);
-            continue;
-        }
-        if (st != MHA_OK) return fail_status(ctx, st, names[f]);
-        printf("wrote %s\n", path);
-    }
-    printf("accuracy: %.3f\n", acc);
     return 0;
+}
+
+/* One picture of the example's attention, for mha_outputs_write. */
+typedef struct {
+    int kind; /* OUT_SVG, OUT_PNG or OUT_HTML */
+    const demo_run *r;
+    const mha_viz_opts *vo;
+} picture;
+
+static mha_status render_picture(mha_ctx *ctx, void *arg, mha_write_fn write, void *user) {
+    const picture *p = arg;
+    const int64_t H = p->r->cfg.heads, L = p->r->cfg.len;
+    if (p->kind == OUT_SVG) return mha_viz_svg(ctx, p->r->w, H, L, L, p->vo, write, user);
+    if (p->kind == OUT_PNG) return mha_viz_png(ctx, p->r->w, H, L, L, p->vo, write, user);
+    return mha_viz_html(ctx, p->r->w, H, L, L, p->vo, write, user);
+}
+
+/* Every output written, then committed together: the pictures, the trained layer (with its
+ * number of heads in the metadata) and the example's embedded input, so that
+ * `mha viz --weights DIR/layer.safetensors --query DIR/example.npy --all` draws the same. */
+static int demo_write(demo_run *r, const mha_viz_opts *vo) {
+    int rc = 0;
+    for (int f = OUT_SVG; f <= OUT_HTML && !rc; f++) {
+        picture p = {f, r, vo};
+        if (r->out_index[f] >= 0)
+            rc = cli_outputs_write(r->ctx, &r->outs, r->out_index[f], render_picture, &p);
+    }
+    mha_st *layer = NULL;
+    if (!rc && mha_module_state_dict(r->ctx, demo_model_attn(r->m), &layer) != MHA_OK)
+        rc = cli_fail_lib(r->ctx, "demo: layer");
+    if (!rc) rc = cli_outputs_write_st(r->ctx, &r->outs, r->out_index[OUT_LAYER], layer);
+    mha_st_free(layer);
+    mha_array x;
+    int64_t xs[2] = {r->cfg.len, r->cfg.embed};
+    memset(&x, 0, sizeof x);
+    if (!rc && (mha_array_alloc(r->ctx, MHA_DTYPE_F32, 2, xs, &x) != MHA_OK ||
+                demo_model_embed(r->m, r->ex, (float *)x.data) != MHA_OK))
+        rc = cli_fail_lib(r->ctx, "demo: example");
+    if (!rc) rc = cli_outputs_write_npy(r->ctx, &r->outs, r->out_index[OUT_EXAMPLE], &x);
+    mha_array_free(&x);
+    if (!rc) rc = cli_outputs_commit(r->ctx, &r->outs);
+    for (int f = 0; f < OUT_N && !rc; f++) {
+        if (r->out_index[f] >= 0) printf("wrote %s\n", r->out_path[f]);
+        else printf("skipped %s: this build has no PNG support (libpng was not found)\n",
+                    r->out_path[f]);
+    }
+    return rc;
+}
+
+static int run_demo(mha_ctx *ctx, uint64_t seed, int64_t steps, const char *out_dir) {
+    demo_run *r = calloc(1, sizeof *r);
+    if (!r) return cli_fail("demo: out of memory");
+    r->ctx = ctx;
+    r->seed = seed;
+    r->steps = steps;
+    int rc = demo_setup(r, out_dir);
+    if (!rc) {
+        printf("mha demo: one attention layer (%d heads, E = %d) learns to reverse %d digits\n",
+               r->cfg.heads, r->cfg.embed, r->cfg.len);
+        printf("  model: token + position embeddings -> multi-head attention -> linear readout\n");
+        printf("  training: from random initialization (seed %llu), Adam lr %g, batch %d, "
+               "attention dropout %g\n", (unsigned long long)seed, (double)r->cfg.lr, DEMO_BATCH,
+               (double)r->cfg.dropout);
+        fflush(stdout);
+        rc = demo_train(r);
+    }
+    if (!rc) rc = demo_evaluate(r);
+    if (!rc) {
+        /* Labels: the example's digits; titles: head 0, head 1, ... */
+        const int L = r->cfg.len, H = r->cfg.heads;
+        char labels[DEMO_LEN][4], titles[DEMO_HEADS][16], input[2 * DEMO_LEN],
+            output[2 * DEMO_LEN], title[128];
+        const char *lab[DEMO_LEN], *tit[DEMO_HEADS];
+        for (int i = 0; i < L; i++) {
+            snprintf(labels[i], sizeof labels[i], "%d", (int)r->ex[i]);
+            lab[i] = labels[i];
+            input[2 * i] = (char)('0' + r->ex[i]);
+            output[2 * i] = (char)('0' + r->ext[i]);
+            input[2 * i + 1] = output[2 * i + 1] = ' ';
+        }
+        input[2 * L - 1] = output[2 * L - 1] = '\0';
+        for (int h = 0; h < H; h++) {
+            snprintf(titles[h], sizeof titles[h], "head %d", h);
+            tit[h] = titles[h];
+        }
+        snprintf(title, sizeof title, "mha demo: attention of each head, input %s -> %s", input,
+                 output);
+        mha_viz_opts vo = mha_viz_opts_default();
+        vo.view = MHA_VIZ_ALL;
+        vo.query_tokens = vo.key_tokens = lab;
+        vo.head_titles = tit;
+        vo.vmin = 0.0f;
+        vo.vmax = 1.0f;
+        rc = demo_show_heads(r, vo, input, output);
+        vo.title = title;
+        if (!rc) rc = demo_write(r, &vo);
+    }
+    if (!rc) printf("accuracy: %.3f\n", r->acc);
+    cli_outputs_free(&r->outs);
+    demo_model_free(r->m);
+    free(r);
+    return rc;
 }
 
 int mha_cmd_demo(int argc, char **argv) {

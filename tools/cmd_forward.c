@@ -1,15 +1,16 @@
 /* cmd_forward.c - `mha forward` and `mha backward`: run an nn.MultiheadAttention layer exported
  * from PyTorch (a safetensors state_dict) on .npy inputs, and its gradients.
  *
- *   mha forward  --weights W.safetensors --heads H --query Q.npy [--key K.npy --value V.npy]
+ *   mha forward  --weights W.safetensors [--heads H] --query Q.npy [--key K.npy --value V.npy]
  *                [--causal | --causal-bottom-right] [--key-padding-mask M.npy]
  *                [--attn-mask A.npy] [--scale X] --out Y.npy [--attn-out A.npy [--per-head]]
  *                [--threads N] [--isa NAME]
  *   mha backward <the same inputs> --grad-out DY.npy --grads-out G.safetensors [--out Y.npy]
  *
- * Everything is loaded and checked, then computed, and only then written (each file through the
- * library's temporary file + rename): a failed run leaves no output behind and never damages
- * an earlier one. Usage errors exit 1, runtime failures exit 2, each with one "mha: error:" line. */
+ * Every output is declared first, everything is loaded and checked, then computed, and only
+ * then written, all outputs or none (the library's mha_outputs): a failed run leaves no output
+ * behind and never changes an earlier one. Usage errors exit 1, runtime failures exit 2, each
+ * with one "mha: error:" line. */
 #include "cli.h"
 
 #include <stdio.h>
@@ -18,13 +19,13 @@
 
 static void print_help(FILE *f, int backward) {
     if (!backward)
-        fputs("usage: mha forward --weights W.safetensors --heads H --query Q.npy --out Y.npy "
+        fputs("usage: mha forward --weights W.safetensors [--heads H] --query Q.npy --out Y.npy "
               "[options]\n\n"
               "Runs torch.nn.MultiheadAttention(batch_first=True) with the parameters of W on\n"
               "the inputs, and writes its output (and, on request, its attention weights).\n",
               f);
     else
-        fputs("usage: mha backward --weights W.safetensors --heads H --query Q.npy "
+        fputs("usage: mha backward --weights W.safetensors [--heads H] --query Q.npy "
               "--grad-out DY.npy\n"
               "                    --grads-out G.safetensors [options]\n\n"
               "Runs the forward of torch.nn.MultiheadAttention(batch_first=True), then its\n"
@@ -34,7 +35,8 @@ static void print_help(FILE *f, int backward) {
           "  --weights W.safetensors  the layer's state_dict (in_proj_weight or q/k/v_proj_weight,\n"
           "                           in_proj_bias, out_proj.weight, out_proj.bias): E, kdim, vdim\n"
           "                           and bias are read from the tensors' shapes\n"
-          "  --heads H                number of heads (H > 0, E divisible by H)\n"
+          "  --heads H                number of heads (E divisible by H); optional when W\n"
+          "                           records it (files saved by mha do), and then it must agree\n"
           "  --query Q.npy            float32 [B, L, E] (batch first), or unbatched [L, E]\n",
           f);
     if (!backward)
@@ -67,7 +69,8 @@ static void print_help(FILE *f, int backward) {
           "  --threads N              threads to use (0 = all cores, the default)\n"
           "  --isa NAME               kernels: auto (default), generic, avx2 or avx512\n"
           "  --help                   this text\n"
-          "\nexit status: 0 success, 1 usage error, 2 runtime failure (files, shapes, dtypes)\n"
+          "\nexit status: 0 success, 1 usage error (options, including a --heads that does not\n"
+          "fit the weights), 2 runtime failure (files, shapes, dtypes)\n"
           "\nexample:\n",
           f);
     if (!backward)
@@ -163,21 +166,22 @@ static int run(int argc, char **argv, int backward) {
     if (per_head && !attn_out)
         return cli_usage_error("--per-head chooses the layout of the --attn-out file",
                                "--per-head needs --attn-out");
-    /* Two outputs named alike: the second would silently replace the first. */
-    const char *outs[3] = {out, attn_out, grads_out}, *onames[3] = {"--out", "--attn-out",
-                                                                    "--grads-out"};
-    for (int i = 0; i < 3; i++)
-        for (int j = i + 1; j < 3; j++)
-            if (outs[i] && outs[j] && !strcmp(outs[i], outs[j]))
-                return cli_usage_error("give each output its own file",
-                                       "%s and %s name the same file \"%s\"", onames[i],
-                                       onames[j], outs[i]);
+    /* Every output declared before anything is loaded: two names for one file (through ".",
+     * a link, ...) are a usage error, a directory or a device fails now, not after computing. */
+    cli_outputs outs;
+    memset(&outs, 0, sizeof outs);
+    int i_out = -1, i_attn = -1, i_grads = -1;
+    if ((out && (rc = cli_outputs_add(&outs, "--out", out, &i_out))) ||
+        (attn_out && (rc = cli_outputs_add(&outs, "--attn-out", attn_out, &i_attn))) ||
+        (backward && (rc = cli_outputs_add(&outs, "--grads-out", grads_out, &i_grads)))) {
+        cli_outputs_free(&outs);
+        return rc;
+    }
 
     /* --- load and check every input before computing anything (exit 2 from here on) --- */
     run_state r;
     memset(&r, 0, sizeof r);
-    cli_outputs staged = {0};
-    if ((rc = cli_layer_load(&la, &r.l))) return rc;
+    if ((rc = cli_layer_load(&la, &r.l))) goto done;
     cli_layer *l = &r.l;
     mha_ctx *ctx = l->ctx;
     if (backward) {
@@ -206,14 +210,14 @@ static int run(int argc, char **argv, int backward) {
     if (backward && (rc = run_backward(&r))) goto done;
 
     /* --- write: only now that everything is computed, and all or nothing --- */
-    if ((out && (rc = cli_stage_npy(ctx, &staged, "--out", out, &r.out))) ||
-        (attn_out && (rc = cli_stage_npy(ctx, &staged, "--attn-out", attn_out, &r.weights))) ||
-        (backward && (rc = cli_stage_st(ctx, &staged, "--grads-out", grads_out, r.grads))) ||
-        (rc = cli_outputs_commit(&staged)))
+    if ((out && (rc = cli_outputs_write_npy(ctx, &outs, i_out, &r.out))) ||
+        (attn_out && (rc = cli_outputs_write_npy(ctx, &outs, i_attn, &r.weights))) ||
+        (backward && (rc = cli_outputs_write_st(ctx, &outs, i_grads, r.grads))) ||
+        (rc = cli_outputs_commit(ctx, &outs)))
         goto done;
     rc = CLI_EXIT_OK;
 done:
-    cli_outputs_discard(&staged);
+    cli_outputs_free(&outs);
     run_free(&r);
     return rc;
 }

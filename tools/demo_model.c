@@ -305,12 +305,22 @@ void demo_model_adam_step(demo_model *m, int64_t step) {
     }
 }
 
-mha_status demo_model_attention(mha_ctx *ctx, demo_model *m, const int32_t *tokens,
-                                float *weights) {
-    const int L = m->cfg.len, E = m->cfg.embed, H = m->cfg.heads;
+const mha_module *demo_model_attn(const demo_model *m) { return m->attn; }
+
+mha_status demo_model_embed(const demo_model *m, const int32_t *tokens, float *x) {
+    const int L = m->cfg.len, E = m->cfg.embed;
     for (int i = 0; i < L; i++)
         if (tokens[i] < 0 || tokens[i] >= m->cfg.vocab) return MHA_ERR_INVALID_ARG;
     embed_forward(m, 1, tokens);
+    if (x) memcpy(x, m->x, (size_t)L * E * sizeof *x);
+    return MHA_OK;
+}
+
+mha_status demo_model_attention(mha_ctx *ctx, demo_model *m, const int32_t *tokens,
+                                float *weights) {
+    const int L = m->cfg.len, E = m->cfg.embed, H = m->cfg.heads;
+    mha_status st = demo_model_embed(m, tokens, NULL);
+    if (st != MHA_OK) return st;
     const int64_t xs[3] = {1, L, E}, ws[4] = {1, H, L, L};
     mha_tensor x = mha_tensor_make(m->x, 3, xs), y = mha_tensor_make(m->y, 3, xs);
     mha_tensor w = mha_tensor_make(weights, 4, ws);

@@ -66,6 +66,12 @@ void demo_model_zero_grad(demo_model *m);
 /* One Adam step over every parameter (step counts from 1, for the bias correction). */
 void demo_model_adam_step(demo_model *m, int64_t step);
 
+/* The attention layer (an nn.MultiheadAttention(E, H, batch_first=True)). */
+const mha_module *demo_model_attn(const demo_model *m);
+/* The embedded input of one sequence, the layer's query: x [L, E] (may be NULL: the check of
+ * the tokens only). */
+mha_status demo_model_embed(const demo_model *m, const int32_t *tokens, float *x);
+
 /* Per-head attention weights of one sequence: weights [H, L, L] (row i: query position i). */
 mha_status demo_model_attention(mha_ctx *ctx, demo_model *m, const int32_t *tokens,
                                 float *weights);

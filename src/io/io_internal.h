@@ -1,5 +1,5 @@
 /* io_internal.h - what the .npy and safetensors code shares: array sizes, whole-file reads,
- * atomic saves. Never installed. */
+ * staged outputs. Never installed. */
 #ifndef MHA_IO_INTERNAL_H
 #define MHA_IO_INTERNAL_H
 
@@ -38,20 +38,32 @@ mha_status mha__emit_data(mha_ctx *ctx, const char *who, mha_dtype dt, const voi
 mha_status mha__emit(mha_ctx *ctx, const char *who, mha_write_fn fn, void *user,
                      const void *data, size_t size);
 
-/* Reads a whole regular file into a buffer from mha__malloc (free with mha__free). */
-mha_status mha__read_file(mha_ctx *ctx, const char *who, const char *path, unsigned char **buf,
-                          size_t *len);
+/* Checks the first n bytes of a file of size bytes (n = min(head_len, size)) before the whole
+ * file is read: a loader's magic and header-size checks. */
+typedef mha_status (*mha__head_fn)(mha_ctx *ctx, const char *who, const unsigned char *head,
+                                   size_t n, uint64_t size);
+#define MHA__HEAD_CAP 64
 
-/* Writes obj through emit into "<path>.tmp-XXXXXX" in the same directory, fsyncs and renames
- * over path. On any failure the temporary is removed and an earlier file at path is untouched.
- * emit's errors keep their message, except that a failing write names path and strerror. */
+/* Reads a whole regular file into a buffer from mha__malloc (free with mha__free), after
+ * check (may be NULL) has accepted its first head_len bytes (at most MHA__HEAD_CAP). */
+mha_status mha__read_file(mha_ctx *ctx, const char *who, const char *path, size_t head_len,
+                          mha__head_fn check, unsigned char **buf, size_t *len);
+
+/* Writes obj through fn/user; errors start with who. */
 typedef mha_status (*mha__emit_fn)(mha_ctx *ctx, const char *who, const void *obj,
                                    mha_write_fn fn, void *user);
+
+/* One output through the mha_outputs mechanism (declare, write, commit): the savers
+ * mha_npy_save, mha_st_save, mha_module_save and the viz file writers. On any failure an
+ * earlier file at path is untouched and no temporary is left. */
 mha_status mha__save_atomic(mha_ctx *ctx, const char *who, const char *path, mha__emit_fn emit,
                             const void *obj);
 
-/* Test hook: the atomic file writer fails with EIO once n more bytes have been written
- * (n < 0 disables). Process-wide, for single-threaded tests only. */
-void mha__io_fail_write_after(long long n);
+/* Test hooks, process-wide, for single-threaded tests only:
+ * mha__io_fail_write_after(n, err): the output writer fails with errno err once n more bytes
+ * have been written (n < 0 disables); mha__io_fail_rename_at(k, err): the k-th rename of the
+ * commits from now (0-based) fails with errno err (k < 0 disables). */
+void mha__io_fail_write_after(long long n, int err);
+void mha__io_fail_rename_at(int k, int err);
 
 #endif

@@ -133,10 +133,82 @@ static mha_status hdr_err(mha_ctx *ctx, const char *who, const cursor *c, const 
                     (long)(c->p - base), near);
 }
 
+/* 'descr': a string naming one of the supported dtypes. */
+static mha_status parse_descr_value(mha_ctx *ctx, const char *who, cursor *c, const char *h,
+                                    mha_dtype *dt) {
+    if (c->p < c->end && *c->p == '[')
+        return mha__err(ctx, MHA_ERR_UNSUPPORTED, "%s: descr: got a structured dtype, expected "
+                        "'<f4', '|b1', '<i4' or '<f8'", who);
+    char d[32], shown[80];
+    int trunc;
+    if (!parse_pystr(c, d, sizeof d, &trunc))
+        return hdr_err(ctx, who, c, h, "descr: expected a string");
+    printable(shown, sizeof shown, d, strlen(d));
+    if (trunc || strlen(d) != strlen(shown) || strchr(d, '\''))
+        return mha__err(ctx, MHA_ERR_UNSUPPORTED, "%s: descr: got '%s%s', expected '<f4', "
+                        "'|b1', '<i4' or '<f8'", who, shown, trunc ? "..." : "");
+    return parse_descr(ctx, who, d, dt);
+}
+
+/* 'fortran_order': True or False. */
+static mha_status parse_fortran_value(mha_ctx *ctx, const char *who, cursor *c, const char *h,
+                                      int *fortran) {
+    if ((size_t)(c->end - c->p) >= 4 && memcmp(c->p, "True", 4) == 0) {
+        *fortran = 1;
+        c->p += 4;
+    } else if ((size_t)(c->end - c->p) >= 5 && memcmp(c->p, "False", 5) == 0) {
+        c->p += 5;
+    } else {
+        return hdr_err(ctx, who, c, h, "fortran_order: expected True or False");
+    }
+    return MHA_OK;
+}
+
+/* 'shape': a tuple of non-negative ints ("(3,)", "(2, 3)", "()"). */
+static mha_status parse_shape_value(mha_ctx *ctx, const char *who, cursor *c, const char *h,
+                                    npy_header *out) {
+    if (c->p >= c->end || *c->p != '(') return hdr_err(ctx, who, c, h, "shape: expected '('");
+    c->p++;
+    int nd = 0, commas = 0;
+    for (;;) {
+        skip_ws(c);
+        if (c->p < c->end && *c->p == ')') {
+            c->p++;
+            break;
+        }
+        if (nd > commas) return hdr_err(ctx, who, c, h, "shape: expected ',' or ')'");
+        int64_t v = 0;
+        int_result r = parse_pyint(c, &v);
+        if (r == PR_SYNTAX) return hdr_err(ctx, who, c, h, "shape: expected an integer");
+        if (r == PR_NEG)
+            return mha__err(ctx, MHA_ERR_FORMAT, "%s: shape[%d]: got a negative size, expected "
+                            ">= 0", who, nd);
+        if (r == PR_BIG)
+            return mha__err(ctx, MHA_ERR_FORMAT, "%s: shape[%d]: got a size that overflows int64",
+                            who, nd);
+        if (nd >= MHA_MAX_DIMS)
+            return mha__err(ctx, MHA_ERR_UNSUPPORTED, "%s: shape: got more than %d dims, "
+                            "expected at most %d", who, MHA_MAX_DIMS, MHA_MAX_DIMS);
+        out->shape[nd++] = v;
+        skip_ws(c);
+        if (c->p < c->end && *c->p == ',') {
+            c->p++;
+            commas++;
+        }
+    }
+    /* "(3)" is the int 3 in Python, not a tuple. */
+    if (nd == 1 && commas == 0)
+        return hdr_err(ctx, who, c, h, "shape: a 1-tuple needs a trailing comma");
+    out->ndim = nd;
+    return MHA_OK;
+}
+
+/* The header dict: exactly the keys 'descr', 'fortran_order' (False) and 'shape'. */
 static mha_status parse_header(mha_ctx *ctx, const char *who, const char *h, size_t n,
                                npy_header *out) {
+    static const char *const keys[3] = {"descr", "fortran_order", "shape"};
     cursor c = {h, h + n};
-    int have_descr = 0, have_fortran = 0, have_shape = 0, fortran = 0;
+    int have[3] = {0, 0, 0}, fortran = 0;
     skip_ws(&c);
     if (c.p >= c.end || *c.p != '{') return hdr_err(ctx, who, &c, h, "expected '{'");
     c.p++;
@@ -147,86 +219,29 @@ static mha_status parse_header(mha_ctx *ctx, const char *who, const char *h, siz
             break;
         }
         char key[32];
-        int trunc;
+        int trunc, k = 0;
         if (!parse_pystr(&c, key, sizeof key, &trunc))
             return hdr_err(ctx, who, &c, h, "expected a quoted key or '}'");
         skip_ws(&c);
         if (c.p >= c.end || *c.p != ':') return hdr_err(ctx, who, &c, h, "expected ':'");
         c.p++;
         skip_ws(&c);
-        if (!trunc && strcmp(key, "descr") == 0) {
-            if (have_descr) return hdr_err(ctx, who, &c, h, "duplicate key 'descr'");
-            have_descr = 1;
-            if (c.p < c.end && *c.p == '[')
-                return mha__err(ctx, MHA_ERR_UNSUPPORTED,
-                                "%s: descr: got a structured dtype, expected '<f4', '|b1', "
-                                "'<i4' or '<f8'", who);
-            char d[32], shown[80];
-            if (!parse_pystr(&c, d, sizeof d, &trunc))
-                return hdr_err(ctx, who, &c, h, "descr: expected a string");
-            printable(shown, sizeof shown, d, strlen(d));
-            if (trunc || strlen(d) != strlen(shown) || strchr(d, '\'')) {
-                return mha__err(ctx, MHA_ERR_UNSUPPORTED,
-                                "%s: descr: got '%s%s', expected '<f4', '|b1', '<i4' or '<f8'",
-                                who, shown, trunc ? "..." : "");
-            }
-            mha_status st = parse_descr(ctx, who, d, &out->dtype);
-            if (st != MHA_OK) return st;
-        } else if (!trunc && strcmp(key, "fortran_order") == 0) {
-            if (have_fortran) return hdr_err(ctx, who, &c, h, "duplicate key 'fortran_order'");
-            have_fortran = 1;
-            if ((size_t)(c.end - c.p) >= 4 && memcmp(c.p, "True", 4) == 0) {
-                fortran = 1;
-                c.p += 4;
-            } else if ((size_t)(c.end - c.p) >= 5 && memcmp(c.p, "False", 5) == 0) {
-                c.p += 5;
-            } else {
-                return hdr_err(ctx, who, &c, h, "fortran_order: expected True or False");
-            }
-        } else if (!trunc && strcmp(key, "shape") == 0) {
-            if (have_shape) return hdr_err(ctx, who, &c, h, "duplicate key 'shape'");
-            have_shape = 1;
-            if (c.p >= c.end || *c.p != '(') return hdr_err(ctx, who, &c, h, "shape: expected '('");
-            c.p++;
-            int nd = 0, commas = 0;
-            for (;;) {
-                skip_ws(&c);
-                if (c.p < c.end && *c.p == ')') {
-                    c.p++;
-                    break;
-                }
-                if (nd > commas) return hdr_err(ctx, who, &c, h, "shape: expected ',' or ')'");
-                int64_t v = 0;
-                int_result r = parse_pyint(&c, &v);
-                if (r == PR_SYNTAX) return hdr_err(ctx, who, &c, h, "shape: expected an integer");
-                if (r == PR_NEG)
-                    return mha__err(ctx, MHA_ERR_FORMAT,
-                                    "%s: shape[%d]: got a negative size, expected >= 0", who, nd);
-                if (r == PR_BIG)
-                    return mha__err(ctx, MHA_ERR_FORMAT,
-                                    "%s: shape[%d]: got a size that overflows int64", who, nd);
-                if (nd >= MHA_MAX_DIMS)
-                    return mha__err(ctx, MHA_ERR_UNSUPPORTED,
-                                    "%s: shape: got more than %d dims, expected at most %d", who,
-                                    MHA_MAX_DIMS, MHA_MAX_DIMS);
-                out->shape[nd++] = v;
-                skip_ws(&c);
-                if (c.p < c.end && *c.p == ',') {
-                    c.p++;
-                    commas++;
-                }
-            }
-            /* "(3)" is the int 3 in Python, not a tuple. */
-            if (nd == 1 && commas == 0)
-                return hdr_err(ctx, who, &c, h, "shape: a 1-tuple needs a trailing comma");
-            out->ndim = nd;
-        } else {
+        while (k < 3 && (trunc || strcmp(key, keys[k]) != 0)) k++;
+        if (k == 3) {
             char shown[48];
             printable(shown, sizeof shown, key, strlen(key));
-            return mha__err(ctx, MHA_ERR_FORMAT,
-                            "%s: header: got key '%s%s', expected only 'descr', "
-                            "'fortran_order', 'shape'", who, shown, trunc ? "..." : "");
+            return mha__err(ctx, MHA_ERR_FORMAT, "%s: header: got key '%s%s', expected only "
+                            "'descr', 'fortran_order', 'shape'", who, shown, trunc ? "..." : "");
         }
+        if (have[k]++) {
+            char what[48];
+            snprintf(what, sizeof what, "duplicate key '%s'", keys[k]);
+            return hdr_err(ctx, who, &c, h, what);
+        }
+        mha_status st = k == 0 ? parse_descr_value(ctx, who, &c, h, &out->dtype)
+                        : k == 1 ? parse_fortran_value(ctx, who, &c, h, &fortran)
+                                 : parse_shape_value(ctx, who, &c, h, out);
+        if (st != MHA_OK) return st;
         skip_ws(&c);
         if (c.p < c.end && *c.p == ',') {
             c.p++;
@@ -237,22 +252,22 @@ static mha_status parse_header(mha_ctx *ctx, const char *who, const char *h, siz
     }
     skip_ws(&c);
     if (c.p != c.end) return hdr_err(ctx, who, &c, h, "unexpected text after '}'");
-    if (!have_descr || !have_fortran || !have_shape)
-        return mha__err(ctx, MHA_ERR_FORMAT, "%s: header: missing key '%s'", who,
-                        !have_descr ? "descr" : !have_fortran ? "fortran_order" : "shape");
+    for (int k = 0; k < 3; k++)
+        if (!have[k]) return mha__err(ctx, MHA_ERR_FORMAT, "%s: header: missing key '%s'", who,
+                                      keys[k]);
     if (fortran)
-        return mha__err(ctx, MHA_ERR_UNSUPPORTED,
-                        "%s: fortran_order: got True, expected False (save a C-ordered array: "
-                        "np.ascontiguousarray)", who);
+        return mha__err(ctx, MHA_ERR_UNSUPPORTED, "%s: fortran_order: got True, expected False "
+                        "(save a C-ordered array: np.ascontiguousarray)", who);
     return MHA_OK;
 }
 
-static mha_status npy_parse(mha_ctx *ctx, const char *who, const unsigned char *b, size_t len,
-                            mha_array *out) {
-    memset(out, 0, sizeof *out);
-    if (len < 10)
-        return mha__err(ctx, MHA_ERR_FORMAT, "%s: got %zu bytes, expected at least 10 (too short "
-                        "for a .npy file)", who, len);
+/* The fixed prefix of a file of total bytes, n of them at b: magic, version and header
+ * length (*hstart, *hlen). Checked by the loader before the rest of the file is read. */
+static mha_status npy_prefix(mha_ctx *ctx, const char *who, const unsigned char *b, size_t n,
+                             uint64_t total, size_t *hstart, size_t *hlen) {
+    if (total < 10 || n < 10)
+        return mha__err(ctx, MHA_ERR_FORMAT, "%s: got %llu bytes, expected at least 10 (too "
+                        "short for a .npy file)", who, (unsigned long long)total);
     if (memcmp(b, npy_magic, 6) != 0) {
         char shown[48];
         printable(shown, sizeof shown, (const char *)b, 6);
@@ -263,23 +278,38 @@ static mha_status npy_parse(mha_ctx *ctx, const char *who, const unsigned char *
     if (major < 1 || major > 3 || minor != 0)
         return mha__err(ctx, MHA_ERR_UNSUPPORTED, "%s: version: got %u.%u, expected 1.0, 2.0 or "
                         "3.0", who, major, minor);
-    size_t hstart, hlen;
     if (major == 1) {
-        hstart = 10;
-        hlen = (size_t)b[8] | (size_t)b[9] << 8;
+        *hstart = 10;
+        *hlen = (size_t)b[8] | (size_t)b[9] << 8;
     } else {
-        if (len < 12)
-            return mha__err(ctx, MHA_ERR_FORMAT, "%s: got %zu bytes, expected at least 12", who,
-                            len);
-        hstart = 12;
-        hlen = (size_t)b[8] | (size_t)b[9] << 8 | (size_t)b[10] << 16 | (size_t)b[11] << 24;
+        if (total < 12 || n < 12)
+            return mha__err(ctx, MHA_ERR_FORMAT, "%s: got %llu bytes, expected at least 12", who,
+                            (unsigned long long)total);
+        *hstart = 12;
+        *hlen = (size_t)b[8] | (size_t)b[9] << 8 | (size_t)b[10] << 16 | (size_t)b[11] << 24;
     }
-    if (hlen > len - hstart)
-        return mha__err(ctx, MHA_ERR_FORMAT, "%s: header length: got %zu, expected at most %zu "
-                        "(the file ends first)", who, hlen, len - hstart);
+    if (*hlen > total - *hstart)
+        return mha__err(ctx, MHA_ERR_FORMAT, "%s: header length: got %zu, expected at most %llu "
+                        "(the file ends first)", who, *hlen,
+                        (unsigned long long)(total - *hstart));
+    return MHA_OK;
+}
+
+static mha_status npy_head(mha_ctx *ctx, const char *who, const unsigned char *head, size_t n,
+                           uint64_t size) {
+    size_t hstart, hlen;
+    return npy_prefix(ctx, who, head, n, size, &hstart, &hlen);
+}
+
+static mha_status npy_parse(mha_ctx *ctx, const char *who, const unsigned char *b, size_t len,
+                            mha_array *out) {
+    memset(out, 0, sizeof *out);
+    size_t hstart, hlen;
+    mha_status st = npy_prefix(ctx, who, b, len, len, &hstart, &hlen);
+    if (st != MHA_OK) return st;
     npy_header h;
     memset(&h, 0, sizeof h);
-    mha_status st = parse_header(ctx, who, (const char *)b + hstart, hlen, &h);
+    st = parse_header(ctx, who, (const char *)b + hstart, hlen, &h);
     if (st != MHA_OK) return st;
     int64_t numel;
     size_t bytes;
@@ -329,7 +359,7 @@ mha_status mha_npy_load(mha_ctx *ctx, const char *path, mha_array *out) {
     mha__io_who(who, "mha_npy_load", path);
     unsigned char *buf;
     size_t len;
-    mha_status st = mha__read_file(ctx, who, path, &buf, &len);
+    mha_status st = mha__read_file(ctx, who, path, 12, npy_head, &buf, &len);
     if (st != MHA_OK) return st;
     st = npy_parse(ctx, who, buf, len, out);
     mha__free(buf);

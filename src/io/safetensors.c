@@ -21,11 +21,25 @@
 /* The reference implementation's limit on the header size. */
 #define ST_MAX_HEADER ((uint64_t)100 * 1000 * 1000)
 
+typedef struct {
+    char *key, *value;
+} st_meta;
+
 struct mha_st {
     int count, cap;
     char **names;       /* sorted by strcmp */
     mha_array *arrays;  /* arrays[i] is named names[i] */
+    int nmeta, meta_cap;
+    st_meta *meta;      /* "__metadata__", sorted by key */
 };
+
+static void meta_free(st_meta *m, int n) {
+    for (int i = 0; i < n; i++) {
+        mha__free(m[i].key);
+        mha__free(m[i].value);
+    }
+    mha__free(m);
+}
 
 /* ---- the collection -------------------------------------------------------------------- */
 
@@ -46,6 +60,7 @@ void mha_st_free(mha_st *st) {
     }
     mha__free(st->names);
     mha__free(st->arrays);
+    meta_free(st->meta, st->nmeta);
     mha__free(st);
 }
 
@@ -56,17 +71,22 @@ const char *mha_st_name(const mha_st *st, int i) {
     return st->names[i];
 }
 
-/* Index of name, or -(insertion point) - 1. */
-static int st_search(const mha_st *st, const char *name) {
-    int lo = 0, hi = st->count;
+/* Index of key in base[0 .. n) (elements of stride bytes, each starting with its char * key,
+ * sorted by strcmp), or -(insertion point) - 1. Serves the names and the metadata. */
+static int sorted_find(const void *base, int n, size_t stride, const char *key) {
+    int lo = 0, hi = n;
     while (lo < hi) {
         int mid = lo + (hi - lo) / 2;
-        int c = strcmp(st->names[mid], name);
+        int c = strcmp(*(char *const *)((const char *)base + (size_t)mid * stride), key);
         if (c == 0) return mid;
         if (c < 0) lo = mid + 1;
         else hi = mid;
     }
     return -lo - 1;
+}
+
+static int st_search(const mha_st *st, const char *name) {
+    return sorted_find(st->names, st->count, sizeof *st->names, name);
 }
 
 const mha_array *mha_st_find(const mha_st *st, const char *name) {
@@ -144,6 +164,81 @@ mha_status mha_st_set(mha_ctx *ctx, mha_st *st, const char *name, const mha_arra
     st->names[i] = nm;
     st->arrays[i] = copy;
     st->count++;
+    return MHA_OK;
+}
+
+
+/* Grows *arr (elements of size sz) to hold at least n + 1. */
+static int grow(void **arr, int n, int *cap, size_t sz) {
+    if (n < *cap) return 1;
+    int ncap = *cap ? *cap * 2 : 16;
+    void *na = *cap < INT32_MAX / 4 ? mha__calloc((size_t)ncap, sz) : NULL;
+    if (!na) return 0;
+    if (n) memcpy(na, *arr, (size_t)n * sz);
+    mha__free(*arr);
+    *arr = na;
+    *cap = ncap;
+    return 1;
+}
+
+/* ---- metadata ---------------------------------------------------------------------------- */
+
+static int meta_search(const mha_st *st, const char *key) {
+    return sorted_find(st->meta, st->nmeta, sizeof *st->meta, key);
+}
+
+const char *mha_st_meta_get(const mha_st *st, const char *key) {
+    if (!st || !key) return NULL;
+    int i = meta_search(st, key);
+    return i >= 0 ? st->meta[i].value : NULL;
+}
+
+int mha_st_meta_count(const mha_st *st) { return st ? st->nmeta : 0; }
+
+const char *mha_st_meta_key(const mha_st *st, int i) {
+    return st && i >= 0 && i < st->nmeta ? st->meta[i].key : NULL;
+}
+
+static char *dup_str(const char *s) {
+    size_t n = strlen(s) + 1;
+    char *d = mha__malloc(n);
+    if (d) memcpy(d, s, n);
+    return d;
+}
+
+mha_status mha_st_meta_set(mha_ctx *ctx, mha_st *st, const char *key, const char *value) {
+    mha__clear(ctx);
+    static const char *who = "mha_st_meta_set";
+    if (!st)
+        return mha__err(ctx, MHA_ERR_INVALID_ARG, "%s: st: got NULL, expected a collection", who);
+    if (!key)
+        return mha__err(ctx, MHA_ERR_INVALID_ARG, "%s: key: got NULL, expected a string", who);
+    int i = meta_search(st, key);
+    if (!value) { /* removal */
+        if (i < 0) return MHA_OK;
+        mha__free(st->meta[i].key);
+        mha__free(st->meta[i].value);
+        memmove(st->meta + i, st->meta + i + 1, (size_t)(st->nmeta - i - 1) * sizeof *st->meta);
+        st->nmeta--;
+        return MHA_OK;
+    }
+    char *v = dup_str(value), *k = i < 0 ? dup_str(key) : NULL;
+    if (!v || (i < 0 && (!k || !grow((void **)&st->meta, st->nmeta, &st->meta_cap,
+                                     sizeof *st->meta)))) {
+        mha__free(v);
+        mha__free(k);
+        return mha__err(ctx, MHA_ERR_NOMEM, "%s: out of memory", who);
+    }
+    if (i >= 0) {
+        mha__free(st->meta[i].value);
+        st->meta[i].value = v;
+        return MHA_OK;
+    }
+    i = -i - 1;
+    memmove(st->meta + i + 1, st->meta + i, (size_t)(st->nmeta - i) * sizeof *st->meta);
+    st->meta[i].key = k;
+    st->meta[i].value = v;
+    st->nmeta++;
     return MHA_OK;
 }
 
@@ -379,73 +474,46 @@ static mha_status parse_dtype(json *j, const char *tname, mha_dtype *dt) {
                     tname, shown, n >= sizeof s ? "..." : "");
 }
 
-/* {"dtype": ..., "shape": [...], "data_offsets": [b, e]} for the tensor named e->name. */
-static mha_status parse_entry(json *j, st_entry *e, int64_t data_size) {
-    char tname[128], what[200];
-    shown_name(tname, sizeof tname, e->name);
-    int have_dtype = 0, have_shape = 0, have_offsets = 0;
-    mha_status st;
-    if (!j_lit(j, '{')) {
-        snprintf(what, sizeof what, "tensor '%s': expected an object", tname);
+/* "shape": [d0, d1, ...] of tensor tname. */
+static mha_status parse_shape(json *j, st_entry *e, const char *tname) {
+    char what[200];
+    if (!j_lit(j, '[')) {
+        snprintf(what, sizeof what, "tensor '%s': shape: expected '['", tname);
         return j_err(j, what);
     }
-    if (!j_lit(j, '}')) {
-        for (;;) {
-            char key[16];
-            size_t n;
-            st = j_string(j, key, sizeof key, &n);
-            if (st != MHA_OK) return st;
-            if (!j_lit(j, ':')) return j_err(j, "expected ':'");
-            if (n < sizeof key && strlen(key) == n && strcmp(key, "dtype") == 0) {
-                if (have_dtype++) goto dup;
-                st = parse_dtype(j, tname, &e->dtype);
-                if (st != MHA_OK) return st;
-            } else if (n < sizeof key && strlen(key) == n && strcmp(key, "shape") == 0) {
-                if (have_shape++) goto dup;
-                if (!j_lit(j, '[')) {
-                    snprintf(what, sizeof what, "tensor '%s': shape: expected '['", tname);
-                    return j_err(j, what);
-                }
-                e->ndim = 0;
-                if (!j_lit(j, ']')) {
-                    for (;;) {
-                        if (e->ndim >= MHA_MAX_DIMS)
-                            return mha__err(j->ctx, MHA_ERR_UNSUPPORTED,
-                                            "%s: tensor '%s': shape: got more than %d dims, "
-                                            "expected at most %d", j->who, tname, MHA_MAX_DIMS,
-                                            MHA_MAX_DIMS);
-                        snprintf(what, sizeof what, "tensor '%s': shape[%d]", tname, e->ndim);
-                        st = j_uint(j, what, &e->shape[e->ndim]);
-                        if (st != MHA_OK) return st;
-                        e->ndim++;
-                        if (j_lit(j, ']')) break;
-                        if (!j_lit(j, ',')) return j_err(j, "shape: expected ',' or ']'");
-                    }
-                }
-            } else if (n < sizeof key && strlen(key) == n && strcmp(key, "data_offsets") == 0) {
-                if (have_offsets++) goto dup;
-                snprintf(what, sizeof what, "tensor '%s': data_offsets", tname);
-                if (!j_lit(j, '[')) return j_err(j, "data_offsets: expected '['");
-                st = j_uint(j, what, &e->begin);
-                if (st != MHA_OK) return st;
-                if (!j_lit(j, ',')) return j_err(j, "data_offsets: expected ','");
-                st = j_uint(j, what, &e->end);
-                if (st != MHA_OK) return st;
-                if (!j_lit(j, ']')) return j_err(j, "data_offsets: expected 2 integers and ']'");
-            } else {
-                char k[64];
-                shown_name(k, sizeof k, n < sizeof key ? key : "(long key)");
-                return mha__err(j->ctx, MHA_ERR_FORMAT,
-                                "%s: tensor '%s': got key '%s', expected only dtype, shape, "
-                                "data_offsets", j->who, tname, k);
-            }
-            if (j_lit(j, '}')) break;
-            if (!j_lit(j, ',')) return j_err(j, "expected ',' or '}'");
-        }
+    e->ndim = 0;
+    if (j_lit(j, ']')) return MHA_OK;
+    for (;;) {
+        if (e->ndim >= MHA_MAX_DIMS)
+            return mha__err(j->ctx, MHA_ERR_UNSUPPORTED, "%s: tensor '%s': shape: got more than "
+                            "%d dims, expected at most %d", j->who, tname, MHA_MAX_DIMS,
+                            MHA_MAX_DIMS);
+        snprintf(what, sizeof what, "tensor '%s': shape[%d]", tname, e->ndim);
+        mha_status st = j_uint(j, what, &e->shape[e->ndim]);
+        if (st != MHA_OK) return st;
+        e->ndim++;
+        if (j_lit(j, ']')) return MHA_OK;
+        if (!j_lit(j, ',')) return j_err(j, "shape: expected ',' or ']'");
     }
-    if (!have_dtype || !have_shape || !have_offsets)
-        return mha__err(j->ctx, MHA_ERR_FORMAT, "%s: tensor '%s': missing key %s", j->who,
-                        tname, !have_dtype ? "dtype" : !have_shape ? "shape" : "data_offsets");
+}
+
+/* "data_offsets": [begin, end] of tensor tname. */
+static mha_status parse_offsets(json *j, st_entry *e, const char *tname) {
+    char what[200];
+    snprintf(what, sizeof what, "tensor '%s': data_offsets", tname);
+    if (!j_lit(j, '[')) return j_err(j, "data_offsets: expected '['");
+    mha_status st = j_uint(j, what, &e->begin);
+    if (st != MHA_OK) return st;
+    if (!j_lit(j, ',')) return j_err(j, "data_offsets: expected ','");
+    st = j_uint(j, what, &e->end);
+    if (st != MHA_OK) return st;
+    if (!j_lit(j, ']')) return j_err(j, "data_offsets: expected 2 integers and ']'");
+    return MHA_OK;
+}
+
+/* The entry's fields agree: its size fits, its offsets lie in the data area and span exactly
+ * its bytes. */
+static mha_status check_entry(json *j, st_entry *e, int64_t data_size, const char *tname) {
     char shape[160];
     mha__shape_str(shape, sizeof shape, e->ndim, e->shape);
     int64_t numel;
@@ -468,26 +536,48 @@ static mha_status parse_entry(json *j, st_entry *e, int64_t data_size) {
                         "%s)", j->who, tname, e->end - e->begin, e->bytes, shape,
                         mha_dtype_name(e->dtype));
     return MHA_OK;
-dup:
-    return mha__err(j->ctx, MHA_ERR_FORMAT, "%s: tensor '%s': duplicate key", j->who, tname);
 }
 
-/* "__metadata__": an object of string values, skipped. */
-static mha_status parse_metadata(json *j) {
-    size_t n;
-    if (!j_lit(j, '{')) return j_err(j, "__metadata__: expected an object");
-    if (j_lit(j, '}')) return MHA_OK;
-    for (;;) {
-        mha_status st = j_string(j, NULL, 0, &n);
+/* {"dtype": ..., "shape": [...], "data_offsets": [b, e]} for the tensor named e->name. */
+static mha_status parse_entry(json *j, st_entry *e, int64_t data_size) {
+    static const char *const keys[3] = {"dtype", "shape", "data_offsets"};
+    char tname[128];
+    shown_name(tname, sizeof tname, e->name);
+    int have[3] = {0, 0, 0};
+    if (!j_lit(j, '{')) {
+        char what[200];
+        snprintf(what, sizeof what, "tensor '%s': expected an object", tname);
+        return j_err(j, what);
+    }
+    while (!j_lit(j, '}')) {
+        if ((have[0] || have[1] || have[2]) && !j_lit(j, ','))
+            return j_err(j, "expected ',' or '}'");
+        char key[16];
+        size_t n;
+        mha_status st = j_string(j, key, sizeof key, &n);
         if (st != MHA_OK) return st;
         if (!j_lit(j, ':')) return j_err(j, "expected ':'");
-        j_ws(j);
-        if (j->p >= j->end || *j->p != '"') return j_err(j, "__metadata__: expected a string value");
-        st = j_string(j, NULL, 0, &n);
+        int k = 0;
+        while (k < 3 && !(n < sizeof key && strlen(key) == n && !strcmp(key, keys[k]))) k++;
+        if (k == 3) {
+            char shown[64];
+            shown_name(shown, sizeof shown, n < sizeof key ? key : "(long key)");
+            return mha__err(j->ctx, MHA_ERR_FORMAT, "%s: tensor '%s': got key '%s', expected "
+                            "only dtype, shape, data_offsets", j->who, tname, shown);
+        }
+        if (have[k]++)
+            return mha__err(j->ctx, MHA_ERR_FORMAT, "%s: tensor '%s': duplicate key", j->who,
+                            tname);
+        st = k == 0 ? parse_dtype(j, tname, &e->dtype)
+             : k == 1 ? parse_shape(j, e, tname)
+                      : parse_offsets(j, e, tname);
         if (st != MHA_OK) return st;
-        if (j_lit(j, '}')) return MHA_OK;
-        if (!j_lit(j, ',')) return j_err(j, "expected ',' or '}'");
     }
+    for (int k = 0; k < 3; k++)
+        if (!have[k])
+            return mha__err(j->ctx, MHA_ERR_FORMAT, "%s: tensor '%s': missing key %s", j->who,
+                            tname, keys[k]);
+    return check_entry(j, e, data_size, tname);
 }
 
 static int cmp_offsets(const void *a, const void *b) {
@@ -501,164 +591,232 @@ static int cmp_names(const void *a, const void *b) {
     return strcmp(((const st_entry *)a)->name, ((const st_entry *)b)->name);
 }
 
-static void free_entries(st_entry *es, int n) {
-    if (!es) return;
-    for (int i = 0; i < n; i++) mha__free(es[i].name);
-    mha__free(es);
+/* What the header holds: the tensors' entries and the metadata, before anything is built. */
+typedef struct {
+    st_entry *es;
+    int n, cap;
+    st_meta *meta;
+    int nmeta, meta_cap;
+} st_parsed;
+
+static void header_free(st_parsed *h) {
+    for (int i = 0; i < h->n; i++) mha__free(h->es[i].name);
+    mha__free(h->es);
+    meta_free(h->meta, h->nmeta);
+    memset(h, 0, sizeof *h);
+}
+
+/* A JSON string at j->p, decoded into a new allocation (measured first); one containing
+ * \u0000 is refused (what names it in the message). */
+static mha_status j_string_dup(json *j, const char *what, char **out) {
+    *out = NULL;
+    json save = *j;
+    size_t len;
+    mha_status st = j_string(j, NULL, 0, &len);
+    if (st != MHA_OK) return st;
+    char *s = mha__malloc(len + 1);
+    if (!s) return mha__err(j->ctx, MHA_ERR_NOMEM, "%s: out of memory", j->who);
+    json again = save;
+    (void)j_string(&again, s, len + 1, &len); /* succeeded above */
+    if (strlen(s) != len) {
+        mha__free(s);
+        *j = save;
+        char m[96];
+        snprintf(m, sizeof m, "%s contains \\u0000", what);
+        return j_err(j, m);
+    }
+    *out = s;
+    return MHA_OK;
+}
+
+/* "__metadata__": an object of string values, appended to h->meta. */
+static mha_status parse_metadata(json *j, st_parsed *h) {
+    if (!j_lit(j, '{')) return j_err(j, "__metadata__: expected an object");
+    if (j_lit(j, '}')) return MHA_OK;
+    for (;;) {
+        if (!grow((void **)&h->meta, h->nmeta, &h->meta_cap, sizeof *h->meta))
+            return mha__err(j->ctx, MHA_ERR_NOMEM, "%s: out of memory", j->who);
+        st_meta *m = &h->meta[h->nmeta];
+        mha_status st = j_string_dup(j, "__metadata__ key", &m->key);
+        if (st != MHA_OK) return st;
+        h->nmeta++; /* m->key is owned from here, m->value once parsed */
+        if (!j_lit(j, ':')) return j_err(j, "expected ':'");
+        j_ws(j);
+        if (j->p >= j->end || *j->p != '"')
+            return j_err(j, "__metadata__: expected a string value");
+        st = j_string_dup(j, "__metadata__ value", &m->value);
+        if (st != MHA_OK) return st;
+        if (j_lit(j, '}')) return MHA_OK;
+        if (!j_lit(j, ',')) return j_err(j, "expected ',' or '}'");
+    }
+}
+
+/* One "key": value member of the header object: the metadata or a tensor's entry. */
+static mha_status parse_member(json *j, st_parsed *h, int64_t data_size, int *have_meta) {
+    char *name;
+    json at = *j;
+    mha_status st = j_string_dup(j, "tensor name", &name);
+    if (st != MHA_OK) return st;
+    if (!j_lit(j, ':')) {
+        mha__free(name);
+        return j_err(j, "expected ':'");
+    }
+    if (strcmp(name, "__metadata__") == 0) {
+        mha__free(name);
+        if ((*have_meta)++) {
+            *j = at;
+            return j_err(j, "duplicate __metadata__");
+        }
+        return parse_metadata(j, h);
+    }
+    if (!grow((void **)&h->es, h->n, &h->cap, sizeof *h->es)) {
+        mha__free(name);
+        return mha__err(j->ctx, MHA_ERR_NOMEM, "%s: out of memory", j->who);
+    }
+    memset(&h->es[h->n], 0, sizeof h->es[h->n]);
+    h->es[h->n].name = name;
+    h->n++;
+    return parse_entry(j, &h->es[h->n - 1], data_size);
+}
+
+/* The 8-byte header size of a file of total bytes (n of them at b) in *hn, checked against the
+ * file's size: the loader's check before the rest of the file is read. */
+static mha_status st_prefix(mha_ctx *ctx, const char *who, const unsigned char *b, size_t n,
+                            uint64_t total, uint64_t *hn) {
+    if (total < 8 || n < 8)
+        return mha__err(ctx, MHA_ERR_FORMAT, "%s: got %" PRIu64 " bytes, expected at least 8 "
+                        "(too short for a safetensors file)", who, total);
+    *hn = 0;
+    for (int i = 7; i >= 0; i--) *hn = *hn << 8 | b[i];
+    if (*hn > total - 8)
+        return mha__err(ctx, MHA_ERR_FORMAT, "%s: header size: got %" PRIu64 ", expected at most "
+                        "%" PRIu64 " (the file ends first; not a safetensors file?)", who, *hn,
+                        total - 8);
+    if (*hn > ST_MAX_HEADER)
+        return mha__err(ctx, MHA_ERR_FORMAT, "%s: header size: got %" PRIu64 ", expected at most "
+                        "%" PRIu64, who, *hn, ST_MAX_HEADER);
+    if (*hn == 0 || (n > 8 && b[8] != '{')) {
+        json j = {(const char *)b + 8, (const char *)b + n, (const char *)b + 8, ctx, who};
+        return j_err(&j, "expected '{'");
+    }
+    return MHA_OK;
+}
+
+static mha_status st_head(mha_ctx *ctx, const char *who, const unsigned char *head, size_t n,
+                          uint64_t size) {
+    uint64_t hn;
+    return st_prefix(ctx, who, head, n, size, &hn);
+}
+
+/* Validate: the header JSON (hn bytes at hdr, starting with '{') into h. */
+static mha_status st_read_header(mha_ctx *ctx, const char *who, const char *hdr, uint64_t hn,
+                                 int64_t data_size, st_parsed *h) {
+    json j = {hdr + 1, hdr + hn, hdr, ctx, who};
+    int have_meta = 0;
+    if (!j_lit(&j, '}')) {
+        for (;;) {
+            mha_status st = parse_member(&j, h, data_size, &have_meta);
+            if (st != MHA_OK) return st;
+            if (j_lit(&j, '}')) break;
+            if (!j_lit(&j, ',')) return j_err(&j, "expected ',' or '}'");
+        }
+    }
+    j_ws(&j);
+    if (j.p != j.end) return j_err(&j, "unexpected text after the header object");
+    return MHA_OK;
+}
+
+static int cmp_meta(const void *a, const void *b) {
+    return strcmp(((const st_meta *)a)->key, ((const st_meta *)b)->key);
+}
+
+/* Plan: the tensors must tile the data area (sorted by offsets, each starts where the previous
+ * ended), which bounds what st_build allocates by the file size; names and metadata keys are
+ * unique. Leaves h->es sorted by name and h->meta by key. */
+static mha_status st_plan(mha_ctx *ctx, const char *who, st_parsed *h, int64_t data_size) {
+    char a[128], p[128];
+    if (h->n) qsort(h->es, (size_t)h->n, sizeof *h->es, cmp_offsets);
+    int64_t at = 0;
+    for (int i = 0; i < h->n; i++) {
+        const st_entry *e = &h->es[i];
+        if (e->begin != at) {
+            shown_name(a, sizeof a, e->name);
+            if (e->begin > at)
+                return mha__err(ctx, MHA_ERR_FORMAT, "%s: tensor '%s': data_offsets: got [%"
+                                PRId64 ", %" PRId64 "], expected begin %" PRId64 " (no gap "
+                                "between tensors)", who, a, e->begin, e->end, at);
+            shown_name(p, sizeof p, h->es[i - 1].name);
+            return mha__err(ctx, MHA_ERR_FORMAT, "%s: tensor '%s': data_offsets: got [%" PRId64
+                            ", %" PRId64 "], overlaps tensor '%s'", who, a, e->begin, e->end, p);
+        }
+        at = e->end;
+    }
+    if (at != data_size)
+        return mha__err(ctx, MHA_ERR_FORMAT, "%s: data area: got %" PRId64 " bytes, expected %"
+                        PRId64 " (the tensors' total; trailing bytes)", who, data_size, at);
+    if (h->n) qsort(h->es, (size_t)h->n, sizeof *h->es, cmp_names);
+    for (int i = 1; i < h->n; i++)
+        if (strcmp(h->es[i].name, h->es[i - 1].name) == 0) {
+            shown_name(a, sizeof a, h->es[i].name);
+            return mha__err(ctx, MHA_ERR_FORMAT, "%s: tensor '%s': duplicate name", who, a);
+        }
+    if (h->nmeta) qsort(h->meta, (size_t)h->nmeta, sizeof *h->meta, cmp_meta);
+    for (int i = 1; i < h->nmeta; i++)
+        if (strcmp(h->meta[i].key, h->meta[i - 1].key) == 0) {
+            shown_name(a, sizeof a, h->meta[i].key);
+            return mha__err(ctx, MHA_ERR_FORMAT, "%s: __metadata__: duplicate key '%s'", who, a);
+        }
+    return MHA_OK;
+}
+
+/* Build: the collection, moving names and metadata out of h and copying each tensor's bytes
+ * from the data area. */
+static mha_status st_build(mha_ctx *ctx, const char *who, st_parsed *h,
+                           const unsigned char *data, mha_st **out) {
+    mha_st *s = mha__calloc(1, sizeof *s);
+    if (!s || !st_reserve(s, h->n)) {
+        mha__free(s);
+        return mha__err(ctx, MHA_ERR_NOMEM, "%s: out of memory", who);
+    }
+    for (int i = 0; i < h->n; i++) {
+        st_entry *e = &h->es[i];
+        mha_status st = mha__array_make(ctx, who, e->dtype, e->ndim, e->shape, &s->arrays[i]);
+        if (st != MHA_OK) {
+            mha_st_free(s);
+            return st;
+        }
+        s->names[i] = e->name;
+        e->name = NULL;
+        s->count = i + 1;
+        const unsigned char *src = data + e->begin;
+        if (e->dtype == MHA_DTYPE_BOOL) {
+            unsigned char *dst = s->arrays[i].data;
+            for (size_t k = 0; k < e->bytes; k++) dst[k] = src[k] != 0;
+        } else if (e->bytes) {
+            memcpy(s->arrays[i].data, src, e->bytes);
+        }
+    }
+    s->meta = h->meta;
+    s->nmeta = s->meta_cap = h->nmeta;
+    h->meta = NULL;
+    h->nmeta = 0;
+    *out = s;
+    return MHA_OK;
 }
 
 static mha_status st_parse(mha_ctx *ctx, const char *who, const unsigned char *b, size_t len,
                            mha_st **out) {
     *out = NULL;
-    if (len < 8)
-        return mha__err(ctx, MHA_ERR_FORMAT, "%s: got %zu bytes, expected at least 8 (too short "
-                        "for a safetensors file)", who, len);
-    uint64_t hn = 0;
-    for (int i = 7; i >= 0; i--) hn = hn << 8 | b[i];
-    if (hn > len - 8)
-        return mha__err(ctx, MHA_ERR_FORMAT, "%s: header size: got %" PRIu64 ", expected at most "
-                        "%zu (the file ends first; not a safetensors file?)", who, hn, len - 8);
-    if (hn > ST_MAX_HEADER)
-        return mha__err(ctx, MHA_ERR_FORMAT, "%s: header size: got %" PRIu64 ", expected at most "
-                        "%" PRIu64, who, hn, ST_MAX_HEADER);
-    const char *h = (const char *)b + 8;
+    uint64_t hn;
+    mha_status st = st_prefix(ctx, who, b, len, len, &hn);
+    if (st != MHA_OK) return st;
     int64_t data_size = (int64_t)(len - 8 - hn);
-    json j = {h, h + hn, h, ctx, who};
-    st_entry *es = NULL;
-    int n = 0, cap = 0, have_meta = 0;
-    mha_status st = MHA_OK;
-    if (hn == 0 || *h != '{') {
-        st = j_err(&j, "expected '{'");
-        goto fail;
-    }
-    j.p++;
-    if (!j_lit(&j, '}')) {
-        for (;;) {
-            /* The key: measure, then decode into an allocation of the right size. */
-            json save = j;
-            size_t klen;
-            st = j_string(&j, NULL, 0, &klen);
-            if (st != MHA_OK) goto fail;
-            if (!j_lit(&j, ':')) {
-                st = j_err(&j, "expected ':'");
-                goto fail;
-            }
-            if (n == cap) {
-                int ncap = cap ? cap * 2 : 16;
-                st_entry *nes = cap < INT32_MAX / 4 ? mha__calloc((size_t)ncap, sizeof *nes) : NULL;
-                if (!nes) {
-                    st = mha__err(ctx, MHA_ERR_NOMEM, "%s: out of memory", who);
-                    goto fail;
-                }
-                if (n) memcpy(nes, es, (size_t)n * sizeof *es);
-                mha__free(es);
-                es = nes;
-                cap = ncap;
-            }
-            char *name = mha__malloc(klen + 1);
-            if (!name) {
-                st = mha__err(ctx, MHA_ERR_NOMEM, "%s: out of memory", who);
-                goto fail;
-            }
-            json k2 = save;
-            (void)j_string(&k2, name, klen + 1, &klen); /* succeeded above */
-            if (strlen(name) != klen) {
-                mha__free(name);
-                j = save;
-                st = j_err(&j, "tensor name contains \\u0000");
-                goto fail;
-            }
-            if (strcmp(name, "__metadata__") == 0) {
-                mha__free(name);
-                if (have_meta++) {
-                    st = j_err(&j, "duplicate __metadata__");
-                    goto fail;
-                }
-                st = parse_metadata(&j);
-                if (st != MHA_OK) goto fail;
-            } else {
-                memset(&es[n], 0, sizeof es[n]);
-                es[n].name = name;
-                n++;
-                st = parse_entry(&j, &es[n - 1], data_size);
-                if (st != MHA_OK) goto fail;
-            }
-            if (j_lit(&j, '}')) break;
-            if (!j_lit(&j, ',')) {
-                st = j_err(&j, "expected ',' or '}'");
-                goto fail;
-            }
-        }
-    }
-    j_ws(&j);
-    if (j.p != j.end) {
-        st = j_err(&j, "unexpected text after the header object");
-        goto fail;
-    }
-    /* The tensors must tile the data area: sorted by offsets, each starts where the previous
-     * ended. This bounds the memory allocated below by the file size. */
-    if (n) qsort(es, (size_t)n, sizeof *es, cmp_offsets);
-    int64_t at = 0;
-    for (int i = 0; i < n; i++) {
-        char a[128], p[128];
-        if (es[i].begin != at) {
-            shown_name(a, sizeof a, es[i].name);
-            if (es[i].begin < at) {
-                shown_name(p, sizeof p, es[i - 1].name);
-                st = mha__err(ctx, MHA_ERR_FORMAT, "%s: tensor '%s': data_offsets: got [%" PRId64
-                              ", %" PRId64 "], overlaps tensor '%s'", who, a, es[i].begin,
-                              es[i].end, p);
-            } else {
-                st = mha__err(ctx, MHA_ERR_FORMAT, "%s: tensor '%s': data_offsets: got [%" PRId64
-                              ", %" PRId64 "], expected begin %" PRId64 " (no gap between "
-                              "tensors)", who, a, es[i].begin, es[i].end, at);
-            }
-            goto fail;
-        }
-        at = es[i].end;
-    }
-    if (at != data_size) {
-        st = mha__err(ctx, MHA_ERR_FORMAT, "%s: data area: got %" PRId64 " bytes, expected %"
-                      PRId64 " (the tensors' total; trailing bytes)", who, data_size, at);
-        goto fail;
-    }
-    if (n) qsort(es, (size_t)n, sizeof *es, cmp_names);
-    for (int i = 1; i < n; i++)
-        if (strcmp(es[i].name, es[i - 1].name) == 0) {
-            char a[128];
-            shown_name(a, sizeof a, es[i].name);
-            st = mha__err(ctx, MHA_ERR_FORMAT, "%s: tensor '%s': duplicate name", who, a);
-            goto fail;
-        }
-    mha_st *s = mha__calloc(1, sizeof *s);
-    if (!s || !st_reserve(s, n)) {
-        mha__free(s);
-        st = mha__err(ctx, MHA_ERR_NOMEM, "%s: out of memory", who);
-        goto fail;
-    }
-    const unsigned char *data = b + 8 + hn;
-    for (int i = 0; i < n; i++) {
-        st = mha__array_make(ctx, who, es[i].dtype, es[i].ndim, es[i].shape, &s->arrays[i]);
-        if (st != MHA_OK) {
-            mha_st_free(s);
-            goto fail;
-        }
-        s->names[i] = es[i].name;
-        es[i].name = NULL;
-        s->count = i + 1;
-        const unsigned char *src = data + es[i].begin;
-        if (es[i].dtype == MHA_DTYPE_BOOL) {
-            unsigned char *dst = s->arrays[i].data;
-            for (size_t k = 0; k < es[i].bytes; k++) dst[k] = src[k] != 0;
-        } else if (es[i].bytes) {
-            memcpy(s->arrays[i].data, src, es[i].bytes);
-        }
-    }
-    free_entries(es, n);
-    *out = s;
-    return MHA_OK;
-fail:
-    free_entries(es, n);
+    st_parsed h;
+    memset(&h, 0, sizeof h);
+    st = st_read_header(ctx, who, (const char *)b + 8, hn, data_size, &h);
+    if (st == MHA_OK) st = st_plan(ctx, who, &h, data_size);
+    if (st == MHA_OK) st = st_build(ctx, who, &h, b + 8 + hn, out);
+    header_free(&h);
     return st;
 }
 
@@ -684,7 +842,7 @@ mha_status mha_st_load(mha_ctx *ctx, const char *path, mha_st **out) {
     mha__io_who(who, "mha_st_load", path);
     unsigned char *buf;
     size_t len;
-    mha_status st = mha__read_file(ctx, who, path, &buf, &len);
+    mha_status st = mha__read_file(ctx, who, path, 9, st_head, &buf, &len);
     if (st != MHA_OK) return st;
     st = st_parse(ctx, who, buf, len, out);
     mha__free(buf);
@@ -738,6 +896,16 @@ static void st_header(const mha_st *st, const size_t *bytes, sbuf *s) {
     char num[64];
     uint64_t off = 0;
     puts_(s, "{");
+    if (st->nmeta) {
+        puts_(s, "\"__metadata__\":{");
+        for (int i = 0; i < st->nmeta; i++) {
+            if (i) puts_(s, ",");
+            put_json_str(s, st->meta[i].key);
+            puts_(s, ":");
+            put_json_str(s, st->meta[i].value);
+        }
+        puts_(s, st->count ? "}," : "}");
+    }
     for (int i = 0; i < st->count; i++) {
         const mha_array *a = &st->arrays[i];
         if (i) puts_(s, ",");

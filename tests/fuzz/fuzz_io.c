@@ -12,25 +12,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-typedef struct {
-    unsigned char *p;
-    size_t n, cap;
-} membuf;
-
-static int mem_write(void *user, const void *data, size_t size) {
-    membuf *m = user;
-    if (m->n + size > m->cap) {
-        size_t cap = m->cap ? m->cap : 256;
-        while (cap < m->n + size) cap *= 2;
-        unsigned char *p = realloc(m->p, cap);
-        if (!p) return -1;
-        m->p = p;
-        m->cap = cap;
-    }
-    memcpy(m->p + m->n, data, size);
-    m->n += size;
-    return 0;
-}
+#include "../io_test_util.h"
 
 static int same_array(const mha_array *a, const mha_array *b) {
     if (a->dtype != b->dtype || a->ndim != b->ndim) return 0;
@@ -45,7 +27,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     int which = data[0] & 1;
     data++;
     size--;
-    membuf m = {NULL, 0, 0};
+    membuf m = membuf_new();
     if (which == 0) {
         mha_array a, b;
         if (mha_npy_parse(NULL, data, size, &a) != MHA_OK) return 0;
@@ -63,6 +45,11 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
             const char *name = mha_st_name(s, i);
             const mha_array *x = mha_st_find(t, name);
             if (!x || !same_array(mha_st_find(s, name), x)) abort();
+        }
+        if (mha_st_meta_count(s) != mha_st_meta_count(t)) abort();
+        for (int i = 0; i < mha_st_meta_count(s); i++) {
+            const char *key = mha_st_meta_key(s, i), *v = mha_st_meta_get(t, key);
+            if (!v || strcmp(v, mha_st_meta_get(s, key)) != 0) abort();
         }
         mha_st_free(s);
         mha_st_free(t);

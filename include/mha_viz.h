@@ -20,8 +20,8 @@
  *                    (hover a token to see its row or column), a heatmap per head, and
  *                    per-head statistics.
  *   Every writer outputs through an mha_write_fn callback (mha.h); the *_file wrappers write
- *   a temporary file beside path and rename it over path when it is complete, so an error
- *   never leaves a partial file nor changes an earlier one.
+ *   through mha_outputs (mha.h): path is replaced only when the rendering is complete, so an
+ *   error never leaves a partial file nor changes an earlier one.
  *
  * USAGE
  *     float w[4 * 6 * 6];                                    // [H=4, L=6, S=6]
@@ -180,8 +180,8 @@ MHA_API mha_status mha_viz_png(mha_ctx *ctx, const float *w, int64_t H, int64_t 
 MHA_API mha_status mha_viz_html(mha_ctx *ctx, const float *w, int64_t H, int64_t L, int64_t S,
                                 const mha_viz_opts *opts, mha_write_fn fn, void *user);
 
-/* File wrappers: a temporary file beside path, then renamed over it (MHA_ERR_IO with the path and
- * strerror on failure; the temporary file is removed). */
+/* File wrappers: the rendering staged and committed through mha_outputs (MHA_ERR_IO with the
+ * path and the system's reason on failure; no temporary file is left). */
 MHA_API mha_status mha_viz_term_file(mha_ctx *ctx, const float *w, int64_t H, int64_t L, int64_t S,
                                      const mha_viz_opts *opts, const char *path);
 MHA_API mha_status mha_viz_svg_file(mha_ctx *ctx, const float *w, int64_t H, int64_t L, int64_t S,

@@ -75,6 +75,6 @@ if [ $rc = 0 ]; then
 elif ! grep -q "png support not built" err.txt; then
     echo "FAIL: png: exit $rc"; cat err.txt; fails=$((fails + 1))
 fi
-ls ./*.tmp-* >/dev/null 2>&1 && { echo "FAIL: temporary files left behind"; fails=$((fails + 1)); }
+ls ./.mha-tmp-* >/dev/null 2>&1 && { echo "FAIL: temporary files left behind"; fails=$((fails + 1)); }
 [ $fails = 0 ] && echo "all mha viz checks passed" || echo "$fails check(s) failed"
 [ $fails = 0 ]

@@ -16,12 +16,13 @@
 #include <unistd.h>
 
 static void print_help(FILE *f) {
-    fputs("usage: mha viz --weights W.safetensors --heads H --query Q.npy [options]\n\n"
+    fputs("usage: mha viz --weights W.safetensors [--heads H] --query Q.npy [options]\n\n"
           "Runs torch.nn.MultiheadAttention(batch_first=True) with the parameters of W on the\n"
           "inputs and draws its attention weights (per head, or their average).\n"
           "\nrequired:\n"
           "  --weights W.safetensors  the layer's state_dict (as for mha forward)\n"
-          "  --heads H                number of heads\n"
+          "  --heads H                number of heads; optional when W records it (mha's\n"
+          "                           state_dicts do), refused when it disagrees\n"
           "  --query Q.npy            float32 [B, L, E] or unbatched [L, E]\n"
           "\ninputs and masks (optional, as in mha forward):\n"
           "  --key K.npy --value V.npy   cross-attention (without them: self-attention)\n"

@@ -54,7 +54,7 @@ typedef mha_status (*mha__emit_fn)(mha_ctx *ctx, const char *who, const void *ob
                                    mha_write_fn fn, void *user);
 
 /* One output through the mha_outputs mechanism (declare, write, commit): the savers
- * mha_npy_save, mha_st_save, mha_module_save and the viz file writers. On any failure an
+ * mha_npy_save, mha_st_save and mha_module_save. On any failure an
  * earlier file at path is untouched and no temporary is left. */
 mha_status mha__save_atomic(mha_ctx *ctx, const char *who, const char *path, mha__emit_fn emit,
                             const void *obj);

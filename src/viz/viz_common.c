@@ -1,7 +1,6 @@
 /* viz_common.c - shared by the renderers: options, colour map, statistics, argument
  * validation, label clean-up, buffered output and the atomic file wrapper. */
 #include "viz_internal.h"
-#include "../io/io_internal.h"
 
 #include <math.h>
 #include <stdarg.h>
@@ -433,7 +432,7 @@ void mha__viz_xml(viz_out *o, const char *s) {
 
 /* ---- files ----------------------------------------------------------------------------- */
 
-/* The io code's atomic writer (temporary file, fsync, rename) drives a renderer. */
+/* A renderer run into a staged output (mha_outputs, the public all-or-nothing writer). */
 typedef struct {
     viz_render_fn render;
     const float *w;
@@ -441,20 +440,30 @@ typedef struct {
     const mha_viz_opts *opts;
 } render_job;
 
-static mha_status emit_job(mha_ctx *ctx, const char *who, const void *obj, mha_write_fn fn,
-                           void *user) {
-    const render_job *j = obj;
-    (void)who;
-    return j->render(ctx, j->w, j->H, j->L, j->S, j->opts, fn, user);
+static mha_status render_job_write(mha_ctx *ctx, void *arg, mha_write_fn write, void *user) {
+    const render_job *j = arg;
+    return j->render(ctx, j->w, j->H, j->L, j->S, j->opts, write, user);
 }
 
 mha_status mha__viz_to_file(mha_ctx *ctx, const char *fn, viz_render_fn render, const float *w,
-                        int64_t H, int64_t L, int64_t S, const mha_viz_opts *opts,
-                        const char *path) {
+                            int64_t H, int64_t L, int64_t S, const mha_viz_opts *opts,
+                            const char *path) {
     mha__clear(ctx);
     if (!path || !*path)
         return mha__err(ctx, MHA_ERR_INVALID_ARG, "%s: path: got %s, expected a file name", fn,
                         path ? "\"\"" : "NULL");
     render_job j = {render, w, H, L, S, opts};
-    return mha__save_atomic(ctx, fn, path, emit_job, &j);
+    mha_outputs *o = NULL;
+    int index = 0;
+    mha_status st = mha_outputs_create(ctx, &o);
+    if (!st) st = mha_outputs_add(ctx, o, path, &index);
+    if (!st) st = mha_outputs_write(ctx, o, index, render_job_write, &j);
+    if (!st) st = mha_outputs_commit(ctx, o);
+    mha_outputs_free(o);
+    if (st) { /* the wrapper's name first */
+        char msg[MHA__MSG_CAP];
+        snprintf(msg, sizeof msg, "%s", mha_ctx_errmsg(ctx));
+        mha__err(ctx, st, "%s: %s", fn, msg);
+    }
+    return st;
 }

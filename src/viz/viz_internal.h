@@ -106,7 +106,8 @@ size_t mha__viz_cut(char *dst, const char *s, size_t max);
 /* Writes XML-escaped text (&, <, >, ", '). */
 void mha__viz_xml(viz_out *o, const char *s);
 
-/* The file wrapper: runs render into path.tmp-XXXXXX, then renames. */
+/* The file wrapper: runs render into a staged output (mha_outputs): path is replaced only
+ * when the rendering is complete. */
 typedef mha_status (*viz_render_fn)(mha_ctx *ctx, const float *w, int64_t H, int64_t L,
                                     int64_t S, const mha_viz_opts *opts, mha_write_fn fn,
                                     void *user);

@@ -162,6 +162,9 @@ USAGE_CASES = [
     ("heads do not divide E", lambda d: _with(fwd(d), "--heads", "3"),
      ["--heads: got 3, expected a divisor of the embedding size 8"]),
     ("threads not a number", lambda d: fwd(d, "--threads", "x"), ["--threads"]),
+    ("threads negative", lambda d: fwd(d, "--threads", "-3"), ["--threads: got -3"]),
+    ("threads too many", lambda d: fwd(d, "--threads", "99999999999"),
+     ["--threads: got 99999999999", "MHA_MAX_THREADS"]),
     ("scale not a number", lambda d: fwd(d, "--scale", "abc"), ["--scale"]),
     ("scale nan", lambda d: fwd(d, "--scale", "nan"), ["--scale"]),
     ("per-head without attn-out", lambda d: fwd(d, "--per-head"), ["--per-head", "--attn-out"]),
@@ -257,7 +260,6 @@ RUNTIME_CASES = [
         d, "dy2.npy", np.zeros((B, L + 1, E), np.float32))), ["--grad-out", "[2, 6, 8]"]),
     ("grad-out missing file", lambda d: _with(bwd(d), "--grad-out", d / "none.npy"),
      ["--grad-out"]),
-    ("threads negative", lambda d: fwd(d, "--threads", "-3"), ["--threads"]),
     ("scale negative", lambda d: fwd(d, "--scale", "-1"), ["--scale"]),
     ("out directory missing", lambda d: _with(fwd(d), "--out", d / "no" / "dir" / "y.npy"),
      ["--out"]),
@@ -291,7 +293,6 @@ MORE_RUNTIME_CASES = [
         d, "amh.npy", np.zeros((H, L, L), np.float32))), ["--attn-mask", "[2, 5, 5]",
                                                            "[4, 5, 5]"]),
     ("scale zero", lambda d: fwd(d, "--scale", "0"), ["--scale", "got 0"]),
-    ("threads too many", lambda d: fwd(d, "--threads", "99999999999"), ["--threads"]),
 ]
 
 

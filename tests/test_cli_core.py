@@ -1,7 +1,7 @@
-"""test_cli_core.py - the CLI passes the library's thread limit through (fault 1).
+"""test_cli_core.py - the CLI and the thread limit (fault 1).
 
 `--threads 100000` (within the range the CLI parses) or OMP_NUM_THREADS=100000 once crashed
-inside libgomp. Now the first is refused with the library's message naming the limit, and the
+inside libgomp. Now the first is refused as a usage error naming the limit, and the
 second runs on MHA_MAX_THREADS threads. Run as `MHA_BIN=build/mha python -m pytest -q
 tests/test_cli_core.py` (CTest: tests/cli_core.cmake); needs numpy only.
 """
@@ -39,12 +39,12 @@ def fwd(tmp_path):
             "--query", tmp_path / "q.npy", "--out", tmp_path / "y.npy"], tmp_path / "y.npy"
 
 
-def test_threads_beyond_the_limit_refused_with_the_library_message(fwd):
+def test_threads_beyond_the_limit_refused_as_a_usage_error(fwd):
     args, out = fwd
     rc, _, err = run(*args, "--threads", 100000)
-    assert rc in (1, 2), (rc, err)  # an error exit, not a signal or libgomp's exit
+    assert rc == 1, (rc, err)  # a usage error, not a signal or libgomp's exit
     assert "mha: error:" in err and "libgomp" not in err, err
-    assert f"got 100000, expected 1 to {MAX_THREADS} (MHA_MAX_THREADS)" in err, err
+    assert f"--threads: got 100000, expected 0 (all cores) or 1 to {MAX_THREADS}" in err, err
     assert not out.exists()
 
 

@@ -174,10 +174,12 @@ int cli_ctx_create(const long long *threads, const char *isa, mha_ctx **out) {
         return rc;
     }
     if (threads) {
-        if (*threads < 0 || *threads > 1 << 20) {
+        if (*threads < 0 || *threads > MHA_MAX_THREADS) {
             mha_ctx_free(ctx);
-            return cli_fail("--threads: got %lld, expected 0 (all cores) or a count up to %d",
-                            *threads, 1 << 20);
+            return cli_usage_error(NULL,
+                                   "--threads: got %lld, expected 0 (all cores) or 1 to %d "
+                                   "(MHA_MAX_THREADS)",
+                                   *threads, MHA_MAX_THREADS);
         }
         if (mha_ctx_set_threads(ctx, (int)*threads) != MHA_OK) {
             int rc = cli_fail_lib(ctx, "--threads");
@@ -189,7 +191,8 @@ int cli_ctx_create(const long long *threads, const char *isa, mha_ctx **out) {
         mha_isa want;
         if (!cli_isa_parse(isa, &want)) {
             mha_ctx_free(ctx);
-            return cli_fail("--isa: got \"%s\", expected auto, generic, avx2 or avx512", isa);
+            return cli_usage_error(NULL, "--isa: got \"%s\", expected auto, generic, avx2 or avx512",
+                                   isa);
         }
         if (mha_ctx_set_isa(ctx, want) != MHA_OK) {
             int rc = cli_fail_lib(ctx, "--isa");

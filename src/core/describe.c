@@ -1,7 +1,5 @@
-/* describe.c - mha_ctx_describe (the kernels a context uses, for `mha info`) and mha_sgemm,
- * the public face of the threaded gemm driver. */
+/* describe.c - mha_ctx_describe: the kernels a context uses, for `mha info`. */
 #include "internal.h"
-#include "attn/gemm.h"
 #include "kernels/kernels.h"
 
 #include <stdio.h>
@@ -38,30 +36,4 @@ mha_status mha_ctx_describe(const mha_ctx *ctx, char *buf, size_t n) {
     PUT("\n");
 #undef PUT
     return MHA_OK;
-}
-
-mha_status mha_sgemm(mha_ctx *ctx, int ta, int tb, int64_t M, int64_t N, int64_t K, float alpha,
-                     const float *A, int64_t lda, const float *B, int64_t ldb, float beta,
-                     float *C, int64_t ldc) {
-    static const char *const FN = "mha_sgemm";
-    mha__clear(ctx);
-    if (M < 0 || N < 0 || K < 0)
-        return mha__err(ctx, MHA_ERR_INVALID_ARG, "%s: M, N, K: got %lld, %lld, %lld, expected "
-                        ">= 0", FN, (long long)M, (long long)N, (long long)K);
-    int64_t acols = ta ? M : K, bcols = tb ? K : N;
-    if (lda < (acols > 1 ? acols : 1))
-        return mha__err(ctx, MHA_ERR_INVALID_ARG, "%s: lda: got %lld, expected >= %lld (%s)", FN,
-                        (long long)lda, (long long)acols, ta ? "M, A transposed" : "K");
-    if (ldb < (bcols > 1 ? bcols : 1))
-        return mha__err(ctx, MHA_ERR_INVALID_ARG, "%s: ldb: got %lld, expected >= %lld (%s)", FN,
-                        (long long)ldb, (long long)bcols, tb ? "K, B transposed" : "N");
-    if (ldc < (N > 1 ? N : 1))
-        return mha__err(ctx, MHA_ERR_INVALID_ARG, "%s: ldc: got %lld, expected >= %lld (N)", FN,
-                        (long long)ldc, (long long)N);
-    if (M > 0 && N > 0 && !C)
-        return mha__err(ctx, MHA_ERR_INVALID_ARG, "%s: C: got NULL, expected [M, N]", FN);
-    if (M > 0 && N > 0 && K > 0 && (!A || !B))
-        return mha__err(ctx, MHA_ERR_INVALID_ARG, "%s: %s: got NULL, expected a matrix", FN,
-                        !A ? "A" : "B");
-    return mha__gemm(ctx, ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
 }

@@ -218,11 +218,11 @@ typedef struct mha_kernels {
 } mha_kernels;
 
 /* The table for isa, or NULL when that path was not compiled in or this CPU/OS cannot run
- * it (such a table is never even initialized). Never MHA_ISA_AUTO. */
+ * it (such a table is never even initialized). Never MHA_ISA_AUTO. (kernels.c, which also
+ * defines the public mha_isa_supported: built in and runnable here, i.e. a table exists.) */
 const mha_kernels *mha__kernels_for(mha_isa isa);
-/* 1 if the CPU (CPUID bits) and the OS (XGETBV state) can run isa, whatever was built. */
-int mha__cpu_supports(mha_isa isa);
-/* The best path that both this build and this machine support. */
+/* The best path that both this build and this machine support: the first of avx512, avx2,
+ * generic that has a table. */
 mha_isa mha__best_isa(void);
 
 void mha__kernels_init_generic(mha_kernels *k);

@@ -3,8 +3,8 @@
  *
  * One task = one (batch, head, query tile of br rows); tasks are independent, so OpenMP hands
  * them to threads in any order and the result is the same for every thread count (the tile
- * grid is fixed by the table's tile sizes, attn_fwd_br x attn_fwd_bc on the fused path and
- * attn_br x attn_bc otherwise, never by the thread count).
+ * grid is fixed by the table's fused tile sizes attn_fwd_br x attn_fwd_bc, never by the thread
+ * count).
  * Per task, for each key tile of bc columns (tiles fully excluded by causality, key_lengths or
  * key_padding are skipped), on the table's fused kernel:
  *     Kp = the key tile packed by attn_kpack, cached per thread: a thread packs a (head, key
@@ -16,7 +16,6 @@
  *     Philox, bc' = the keys the tile's last row may use), then attn_fwd_drop: the same step
  *     with l summing every P but acc += (P * keep) v_tile (the 1/(1-p) is folded into the
  *     final division)
- * (a table without the fused kernels: attn_scores, attn_softmax, P *= keep, attn_pv)
  * then out = acc * (1/(1-p)) / l, lse = m + log(l) (l == 0: out 0, lse -inf; a NaN score makes
  * l NaN, and out and lse NaN as in PyTorch, never a silent 0). No L x S buffer:
  * the score tile stays in cache; the optional weights are recomputed tile by tile from lse
@@ -55,13 +54,9 @@ mha_status mha_attn_forward(mha_ctx *ctx, const mha_attn_params *p, const mha_te
     if (B * H * L == 0) return MHA_OK;
     const mha_kernels *kern = mha__ctx_kernels(ctx);
     const int dropout = pr.dropout_p > 0;
-    /* the fused kernel (packed keys; attn_fwd_drop with dropout) whenever the table has it;
-     * it has its own tile sizes */
-    const int fused = kern->attn_kpack && S > 0 &&
-                      (dropout ? kern->attn_fwd_drop != NULL : kern->attn_fwd != NULL);
-    const int64_t WR = kern->attn_br, WC = kern->attn_bc; /* the separate kernels' tiles */
-    const int64_t BR = fused && kern->attn_fwd_br ? kern->attn_fwd_br : WR;
-    const int64_t BC = fused && kern->attn_fwd_bc ? kern->attn_fwd_bc : WC;
+    /* the fused kernel (packed keys; attn_fwd_drop with dropout), in its own tile sizes */
+    const int64_t WR = kern->attn_br, WC = kern->attn_bc; /* the weights recompute's tiles */
+    const int64_t BR = kern->attn_fwd_br, BC = kern->attn_fwd_bc;
     /* keep bytes: a [BR, BC] tile (the weights recompute uses [WR, WC] of it) */
     const int64_t KB = dropout ? (BR * BC > WR * WC ? BR * BC : WR * WC) : 0;
     const int64_t nqt = (L + BR - 1) / BR, nkt = (S + BC - 1) / BC, ntask = B * H * nqt;
@@ -74,12 +69,9 @@ mha_status mha_attn_forward(mha_ctx *ctx, const mha_attn_params *p, const mha_te
      *   St    score / probability tile [BR, BC]
      *   acc   output accumulator [BR, Dv]
      *   m, l, alpha, lt  [BR] each;  keep [BR, BC] (or [WR, WC]) bytes;  tag [nslot] int64 */
-    size_t nslot = 0;
-    if (fused) {
-        size_t cap = ((size_t)1 << 22) / ((size_t)BC * (size_t)D);
-        nslot = (size_t)nkt < cap ? (size_t)nkt : cap;
-        if (nslot < 1) nslot = 1;
-    }
+    size_t cap = ((size_t)1 << 22) / ((size_t)BC * (size_t)D);
+    size_t nslot = (size_t)nkt < cap ? (size_t)nkt : cap;
+    if (nslot < 1) nslot = 1;
     size_t r_kp = 0, r_st = 0, r_acc = 0, r_small = 0, per = 0, tot = 0, t1, t2;
     int ok = mha__mul_size(nslot, (size_t)BC * (size_t)D, &r_kp) &&
              mha__mul_size((size_t)BR, (size_t)BC, &r_st) &&
@@ -122,32 +114,22 @@ mha_status mha_attn_forward(mha_ctx *ctx, const mha_attn_params *p, const mha_te
             mha__attn_tile_mask mk;
             mha__attn_tile_mask_make(&pr, b, bh, i0, j0, &mk);
             const float *kr = mha__attn_row(k, b, h, j0), *vr = mha__attn_row(v, b, h, j0);
-            if (fused) {
-                size_t slot = (size_t)kt % nslot;
-                float *kpt = kp + slot * (size_t)(BC * D);
-                if (tag[slot] != bh * nkt + kt) { /* pack once per thread, head and key tile */
-                    kern->attn_kpack(bc, D, kr, k->stride[2], kpt);
-                    tag[slot] = bh * nkt + kt;
-                }
-                if (!dropout) {
-                    kern->attn_fwd(br, bc, D, Dv, pr.scale, qt, q->stride[2], kpt, vr,
-                                   v->stride[2], &mk, m, l, acc, Dv, St, BC);
-                    continue;
-                }
-                /* keep decisions of the keys some row of the tile may use */
-                int64_t bcw = mha__attn_tile_row_end(&mk, br - 1, bc);
-                kern->attn_dropout(br, bcw, &dr, i0, j0, keep, BC);
-                kern->attn_fwd_drop(br, bc, D, Dv, pr.scale, qt, q->stride[2], kpt, vr,
-                                    v->stride[2], &mk, m, l, acc, Dv, St, BC, keep, BC);
+            size_t slot = (size_t)kt % nslot;
+            float *kpt = kp + slot * (size_t)(BC * D);
+            if (tag[slot] != bh * nkt + kt) { /* pack once per thread, head and key tile */
+                kern->attn_kpack(bc, D, kr, k->stride[2], kpt);
+                tag[slot] = bh * nkt + kt;
+            }
+            if (!dropout) {
+                kern->attn_fwd(br, bc, D, Dv, pr.scale, qt, q->stride[2], kpt, vr,
+                               v->stride[2], &mk, m, l, acc, Dv, St, BC);
                 continue;
             }
-            kern->attn_scores(br, bc, D, pr.scale, qt, q->stride[2], kr, k->stride[2], St, BC);
-            kern->attn_softmax(br, bc, St, BC, &mk, m, l, alpha);
-            if (dropout) {
-                kern->attn_dropout(br, bc, &dr, i0, j0, keep, BC); /* P *= keep */
-                kern->attn_dropout_apply(br, bc, keep, BC, 1.0f, St, BC, St, BC);
-            }
-            kern->attn_pv(br, bc, Dv, St, BC, vr, v->stride[2], alpha, acc, Dv);
+            /* keep decisions of the keys some row of the tile may use */
+            int64_t bcw = mha__attn_tile_row_end(&mk, br - 1, bc);
+            kern->attn_dropout(br, bcw, &dr, i0, j0, keep, BC);
+            kern->attn_fwd_drop(br, bc, D, Dv, pr.scale, qt, q->stride[2], kpt, vr,
+                                v->stride[2], &mk, m, l, acc, Dv, St, BC, keep, BC);
         }
         for (int64_t r = 0; r < br; r++) {
             float *o = mha__attn_row(out, b, h, i0 + r);

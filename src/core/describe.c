@@ -17,7 +17,6 @@ mha_status mha_ctx_describe(const mha_ctx *ctx, char *buf, size_t n) {
         if (w_ > 0) used = used + (size_t)w_ < n ? used + (size_t)w_ : n - 1;               \
     } while (0)
     PUT("kernels (%s table):\n", k->name);
-    PUT("  sgemm (oracle)  %s\n", k->sgemm_name);
     PUT("  gemm micro      %s  (MR %d x NR %d; blocks KC %d, MC %d, NC %d)\n", k->gemm_ukr_name,
         k->gemm_mr, k->gemm_nr, k->gemm_kc, k->gemm_mc, k->gemm_nc);
     PUT("  gemm packing    %s\n", k->gemm_pack_name);
@@ -26,7 +25,6 @@ mha_status mha_ctx_describe(const mha_ctx *ctx, char *buf, size_t n) {
         const char *name;
         int generic;
     } at[] = {{"scores", k->attn_scores == g->attn_scores},
-              {"softmax", k->attn_softmax == g->attn_softmax},
               {"probs", k->attn_probs == g->attn_probs},
               {"pv", k->attn_pv == g->attn_pv},
               {"ptv", k->attn_ptv == g->attn_ptv},

@@ -142,6 +142,10 @@ static mha_status bwd_check(mha_ctx *ctx, const mha_attn_params *p, const mha_te
     if ((st = mha__check_tensor(ctx, FN, "dq", dq, 4, wq, "[B, H, L, D]"))) return st;
     if ((st = mha__check_tensor(ctx, FN, "dk", dk, 4, wk, "[B, H, S, D]"))) return st;
     if ((st = mha__check_tensor(ctx, FN, "dv", dv, 4, wv, "[B, H, S, Dv]"))) return st;
+    const mha__attn_arg ins[6] = {{"q", q},     {"k", k},     {"v", v},
+                                  {"out", out}, {"lse", lse}, {"dout", dout}};
+    const mha__attn_arg outs[3] = {{"dq", dq}, {"dk", dk}, {"dv", dv}};
+    if ((st = mha__attn_check_aliases(ctx, FN, outs, 3, ins, 6))) return st;
     c->q = q, c->k = k, c->v = v, c->out = out, c->lse = lse, c->dout = dout;
     c->dq = dq, c->dk = dk, c->dv = dv;
     return MHA_OK;

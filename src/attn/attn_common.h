@@ -45,6 +45,20 @@ mha_status mha__attn_check_inputs(mha_ctx *ctx, const char *fn, const mha_attn_p
                                   const mha_tensor *q, const mha_tensor *k, const mha_tensor *v,
                                   const mha_mask *mask, mha__attn_problem *pr);
 
+/* A tensor argument and its name in messages. */
+typedef struct {
+    const char *name;
+    const mha_tensor *t; /* NULL: not passed (an optional output) */
+} mha__attn_arg;
+
+/* Outputs are written while inputs are still being read (and tile by tile), so an output
+ * that shares memory with an input or another output gives silently wrong results. Returns
+ * MHA_ERR_INVALID_ARG naming the first such pair ("fn: out overlaps v (...)"), checked with
+ * mha__tensors_overlap: interleaved views of one packed buffer do not overlap. Inputs may
+ * share memory with each other. */
+mha_status mha__attn_check_aliases(mha_ctx *ctx, const char *fn, const mha__attn_arg *outs,
+                                   int nout, const mha__attn_arg *ins, int nin);
+
 /* Pointer to row i of head (b, h) of a [B, H, R, X] view. */
 static inline float *mha__attn_row(const mha_tensor *t, int64_t b, int64_t h, int64_t i) {
     return t->data + b * t->stride[0] + h * t->stride[1] + i * t->stride[2];

@@ -81,6 +81,9 @@ static mha_status fwd_check(mha_ctx *ctx, const mha_attn_params *p, const mha_te
     if (weights &&
         (st = mha__check_tensor(ctx, FN, "weights", weights, 4, ww, "[B, H, L, S]")))
         return st;
+    const mha__attn_arg ins[3] = {{"q", q}, {"k", k}, {"v", v}};
+    const mha__attn_arg outs[3] = {{"out", out}, {"lse", lse}, {"weights", weights}};
+    if ((st = mha__attn_check_aliases(ctx, FN, outs, 3, ins, 3))) return st;
     c->q = q, c->k = k, c->v = v, c->out = out, c->lse = lse, c->weights = weights;
     return MHA_OK;
 }

@@ -1,13 +1,14 @@
 /* attn_backward.c - mha_attn_backward as FlashAttention-2 (Dao, 2023) in portable C.
  *
- * Forward:  s = q k^T * scale + mask,  P = softmax(s) = exp(s - lse),  W = P * keep / (1 - p),
+ * Forward:  s = (scale q) k^T + mask,  P = softmax(s) = exp(s - lse),  W = P * keep / (1 - p),
  *           out = W v.
  * Backward: dv = W^T dout;  dW = dout v^T;  dP = dW * keep / (1 - p);
  *           Drow_i = sum_j P_ij dP_ij = dout_i . out_i;  dS = P * (dP - Drow);
  *           dq = scale * dS k;  dk = scale * dS^T q.
  *
- * P is recomputed tile by tile from the saved lse (no L x S buffer), once per tile pair: per
- * (query tile, key tile) five tile products, S = q k^T, dP = dout v^T, dv += W^T dout,
+ * P is recomputed tile by tile from the saved lse (no L x S buffer), once per tile pair, with
+ * the scale applied to q before the product as in the forward: per (query tile, key tile)
+ * five tile products, S = (scale q) k^T, dP = dout v^T, dv += W^T dout,
  * dk += dS^T q, dq += dS k (attn_scores x2, attn_ptv x2, attn_pv).
  *
  * KEY CHUNKS. The S keys of a (b, h) are cut into key tiles of attn_bc and the key tiles into
@@ -27,7 +28,8 @@
  *   stay busy even for B*H = 1, and no partials at all (NC = 1) once B*H >= 16.
  *
  * WORKSPACE (one allocation, linear in L and S, planned once in bwd_plan):
- *   per thread: P, dP, W tiles [attn_br, attn_bc] floats, lse tile [attn_br], keep bytes
+ *   per thread: P, dP, W tiles [attn_br, attn_bc] floats, lse tile [attn_br], keep bytes,
+ *     the scaled query tile [attn_br, D]
  *   Drow [B*H*L] floats
  *   partials [G, NC - 1, L, D] floats for a group of G heads (b, h) processed at once, with
  *     G = clamp(floor(2 * B*H / (NC - 1)), 1, B*H): at most max(2 * dq, (NC - 1) * L * D)
@@ -104,6 +106,7 @@ typedef struct {
     float *P, *dP, *W; /* [nt, BR * BC] each: thread t's tile at t * BR * BC */
     float *lt;         /* [nt, BR] the lse of a query tile */
     uint8_t *keep;     /* [nt, BR * BC] dropout keep bytes */
+    float *qs;         /* [nt, BR * D] a query tile times scale */
     float *drow;       /* [B*H, L] Drow = rowsum(dout * out) */
     float *part;       /* [G * (NC - 1), L * D] dq contributions of chunks c >= 1 */
 } bwd_ws;
@@ -112,6 +115,7 @@ typedef struct {
 typedef struct {
     float *P, *dP, *W, *lt;
     uint8_t *keep;
+    float *qs;
 } bwd_tiles;
 
 /* One pass-1 task: key chunk ch of head (b, h), bh = b*H + h. */
@@ -177,6 +181,7 @@ static void bwd_plan(mha_ctx *ctx, bwd_call *c) {
     MHA__PLAN_ADD(pl, bwd_ws, W, sizeof(float), c->nt, BR * BC);
     MHA__PLAN_ADD(pl, bwd_ws, lt, sizeof(float), c->nt, BR);
     MHA__PLAN_ADD(pl, bwd_ws, keep, 1, c->nt, BR * BC);
+    MHA__PLAN_ADD(pl, bwd_ws, qs, sizeof(float), c->nt, BR * pr->D);
     MHA__PLAN_ADD(pl, bwd_ws, drow, sizeof(float), BH, pr->L);
     MHA__PLAN_ADD(pl, bwd_ws, part, sizeof(float), c->G * (NC - 1), pr->L * pr->D);
 }
@@ -195,7 +200,7 @@ static void bwd_drow(const bwd_call *c, const bwd_ws *ws, int64_t task) {
 }
 
 /* The five products of the tile pair (query tile qt, key tile kt) of a pass-1 task:
- *   P = exp(q k^T * scale + mask - lse)   (attn_scores, attn_probs)
+ *   P = exp((scale q) k^T + mask - lse)   (attn_scores on the scaled tile, attn_probs)
  *   dP = dout v^T;  with dropout W = P * keep / (1-p), dP = dP * keep / (1-p)
  *   dv += W^T dout;  dS = scale * P * (dP - Drow);  dk += dS^T q;  dq_c += dS k */
 static void bwd_pair(const bwd_call *c, const bwd_task *t, const bwd_tiles *w, int64_t kt,
@@ -213,7 +218,8 @@ static void bwd_pair(const bwd_call *c, const bwd_task *t, const bwd_tiles *w, i
     const float *ktile = mha__attn_row(c->k, b, h, j0), *vt = mha__attn_row(c->v, b, h, j0);
     float *P = w->P, *dP = w->dP;
     for (int64_t r = 0; r < br; r++) w->lt[r] = t->lrow[(i0 + r) * c->lse->stride[2]];
-    kern->attn_scores(br, bc, D, pr->scale, qtile, ldq, ktile, ldk, P, BC);
+    mha__attn_scale_tile(br, D, pr->scale, qtile, ldq, w->qs);
+    kern->attn_scores(br, bc, D, 1.0f, w->qs, D, ktile, ldk, P, BC);
     kern->attn_probs(br, bc, P, BC, &mk, w->lt);
     kern->attn_scores(br, bc, Dv, 1.0f, gtile, ldg, vt, c->v->stride[2], dP, BC);
     const float *W = P; /* dv += W^T dout */
@@ -307,8 +313,8 @@ mha_status mha_attn_backward(mha_ctx *ctx, const mha_attn_params *p, const mha_t
 #ifdef _OPENMP
         tid = omp_get_thread_num();
 #endif
-        bwd_tiles w = {ws.P + tid * T, ws.dP + tid * T, ws.W + tid * T, ws.lt + tid * c.BR,
-                       ws.keep + tid * T};
+        bwd_tiles w = {ws.P + tid * T,       ws.dP + tid * T,   ws.W + tid * T,
+                       ws.lt + tid * c.BR,   ws.keep + tid * T, ws.qs + tid * c.BR * c.pr.D};
 #pragma omp for schedule(static)
         for (int64_t task = 0; task < BH * c.nqt; task++) bwd_drow(&c, &ws, task);
         for (int64_t g0 = 0; g0 < BH; g0 += c.G) {

@@ -64,6 +64,16 @@ static inline float *mha__attn_row(const mha_tensor *t, int64_t b, int64_t h, in
     return t->data + b * t->stride[0] + h * t->stride[1] + i * t->stride[2];
 }
 
+/* Y[rows, n] (ld n) = scale * X[rows, n] (ld ldx): a query tile scaled BEFORE its product with
+ * the keys, as PyTorch's nn.MultiheadAttention does (q * scale, then bmm): the scores stay
+ * finite whenever |q.k| * scale does, even where |q.k| itself exceeds FLT_MAX. The forward,
+ * its weights and the backward all compute the scores as (scale q) k^T from this tile. */
+static inline void mha__attn_scale_tile(int64_t rows, int64_t n, float scale, const float *X,
+                                        int64_t ldx, float *Y) {
+    for (int64_t r = 0; r < rows; r++)
+        for (int64_t d = 0; d < n; d++) Y[r * n + d] = scale * X[r * ldx + d];
+}
+
 /* Keys j >= mha__attn_row_end(pr, b, i) are excluded by causality or key_lengths for row i of
  * batch b (the result is in [0, S]). */
 static inline int64_t mha__attn_row_end(const mha__attn_problem *pr, int64_t b, int64_t i) {

@@ -9,13 +9,16 @@
  * key_padding are skipped), on the table's fused kernel:
  *     Kp = the key tile packed by attn_kpack, cached per thread: a thread packs a (head, key
  *          tile) once and reuses it for all the query tiles of that head it runs
- *     attn_fwd: S = q_tile Kp^T * scale, mask, m' = max(m, rowmax S), P = exp(S - m'),
+ *     attn_fwd: S = (scale q_tile) Kp^T, mask, m' = max(m, rowmax S), P = exp(S - m'),
  *          alpha = exp(m - m'), l = alpha l + rowsum P, acc = diag(alpha) acc + P v_tile
  *          (row block by row block, the scores' row maxima taken while in registers)
  *   with dropout, first keep[br, bc'] = the tile's keep decisions (attn_dropout: SIMD
  *     Philox, bc' = the keys the tile's last row may use), then attn_fwd_drop: the same step
  *     with l summing every P but acc += (P * keep) v_tile (the 1/(1-p) is folded into the
  *     final division)
+ * The query tile is scaled once per task into the workspace and the kernels run with scale 1:
+ * the scale is applied where PyTorch's nn.MultiheadAttention applies it (q * scale before the
+ * product), so scores whose |q.k| exceeds FLT_MAX but |q.k| * scale does not stay finite.
  * then out = acc * (1/(1-p)) / l, lse = m + log(l) (l == 0: out 0, lse -inf; a NaN score makes
  * l NaN, and out and lse NaN as in PyTorch, never a silent 0). No L x S buffer:
  * the score tile stays in cache; the optional weights are recomputed tile by tile from lse
@@ -51,6 +54,7 @@ typedef struct {
 
 /* One thread's workspace, declared in fwd_plan. */
 typedef struct {
+    float *qs;     /* [BR, D] the task's query tile times scale */
     float *kp;     /* [nslot, BC * D] packed key tiles: a cache of (head, key tile) -> slot */
     int64_t *tag;  /* [nslot] bh * nkt + kt of the tile in each slot, -1: empty */
     float *st;     /* [BR, BC] score / probability tile (the fused kernel's scratch) */
@@ -109,6 +113,7 @@ static void fwd_plan(mha_ctx *ctx, fwd_call *c) {
                                            : 0;
     mha__plan *pl = &c->plan;
     mha__plan_init(pl);
+    MHA__PLAN_ADD(pl, fwd_ws, qs, sizeof(float), c->BR, pr->D);
     MHA__PLAN_ADD(pl, fwd_ws, kp, sizeof(float), c->nslot, c->BC * pr->D);
     MHA__PLAN_ADD(pl, fwd_ws, tag, sizeof(int64_t), c->nslot, 1);
     MHA__PLAN_ADD(pl, fwd_ws, st, sizeof(float), c->BR, c->BC);
@@ -120,12 +125,14 @@ static void fwd_plan(mha_ctx *ctx, fwd_call *c) {
 }
 
 /* The online softmax of a task over every key tile it may see:
- *   m = -inf, l = 0, acc = 0;  per key tile: acc, m, l updated by attn_fwd (attn_fwd_drop) */
+ *   qs = scale * q tile;  m = -inf, l = 0, acc = 0;
+ *   per key tile: acc, m, l updated by attn_fwd (attn_fwd_drop) on qs with scale 1 */
 static void fwd_rows(const fwd_call *c, const fwd_task *t, fwd_ws *w) {
     const mha__attn_problem *pr = &c->pr;
     const mha_kernels *kern = c->kern;
     const int64_t BC = c->BC, D = pr->D, Dv = pr->Dv, br = t->br, i0 = t->i0;
-    const int64_t ldq = c->q->stride[2], ldv = c->v->stride[2];
+    const int64_t ldv = c->v->stride[2];
+    mha__attn_scale_tile(br, D, pr->scale, t->q, c->q->stride[2], w->qs);
     for (int64_t r = 0; r < br; r++) w->m[r] = -INFINITY, w->l[r] = 0;
     for (int64_t x = 0; x < br * Dv; x++) w->acc[x] = 0;
     for (int64_t kt = 0; kt < c->nkt; kt++) {
@@ -141,14 +148,14 @@ static void fwd_rows(const fwd_call *c, const fwd_task *t, fwd_ws *w) {
             w->tag[slot] = t->bh * c->nkt + kt;
         }
         if (pr->dropout_p == 0) {
-            kern->attn_fwd(br, bc, D, Dv, pr->scale, t->q, ldq, kpt, vr, ldv, &mk, w->m, w->l,
-                           w->acc, Dv, w->st, BC);
+            kern->attn_fwd(br, bc, D, Dv, 1.0f, w->qs, D, kpt, vr, ldv, &mk, w->m, w->l, w->acc,
+                           Dv, w->st, BC);
             continue;
         }
         /* keep decisions of the keys some row of the tile may use */
         int64_t bcw = mha__attn_tile_row_end(&mk, br - 1, bc);
         kern->attn_dropout(br, bcw, &t->dr, i0, j0, w->keep, BC);
-        kern->attn_fwd_drop(br, bc, D, Dv, pr->scale, t->q, ldq, kpt, vr, ldv, &mk, w->m, w->l,
+        kern->attn_fwd_drop(br, bc, D, Dv, 1.0f, w->qs, D, kpt, vr, ldv, &mk, w->m, w->l,
                             w->acc, Dv, w->st, BC, w->keep, BC);
     }
 }
@@ -175,11 +182,12 @@ static void fwd_finish(const fwd_call *c, const fwd_task *t, fwd_ws *w) {
 }
 
 /* weights = dropout(exp(s - lse)) of a task's rows, recomputed into the caller's rows by the
- * separate kernels in their WR x WC tiles (an element's value does not depend on the tiling). */
+ * separate kernels in their WR x WC tiles (an element's value does not depend on the tiling),
+ * from the scaled query tile qs that fwd_rows left. */
 static void fwd_weights(const fwd_call *c, const fwd_task *t, fwd_ws *w) {
     const mha__attn_problem *pr = &c->pr;
     const mha_kernels *kern = c->kern;
-    const int64_t WR = c->WR, WC = c->WC, ldw = c->weights->stride[2], ldq = c->q->stride[2];
+    const int64_t WR = c->WR, WC = c->WC, ldw = c->weights->stride[2], D = pr->D;
     for (int64_t r0 = 0; r0 < t->br; r0 += WR) {
         int64_t wr = t->br - r0 < WR ? t->br - r0 : WR, ir = t->i0 + r0;
         float *wt = mha__attn_row(c->weights, t->b, t->h, ir);
@@ -192,7 +200,7 @@ static void fwd_weights(const fwd_call *c, const fwd_task *t, fwd_ws *w) {
             }
             mha__attn_tile_mask mk;
             mha__attn_tile_mask_make(pr, t->b, t->bh, ir, j0, &mk);
-            kern->attn_scores(wr, bc, pr->D, pr->scale, t->q + r0 * ldq, ldq,
+            kern->attn_scores(wr, bc, D, 1.0f, w->qs + r0 * D, D,
                               mha__attn_row(c->k, t->b, t->h, j0), c->k->stride[2], wt + j0,
                               ldw);
             kern->attn_probs(wr, bc, wt + j0, ldw, &mk, w->lt + r0);

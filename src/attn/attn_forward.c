@@ -1,4 +1,4 @@
-/* attn_forward.c - mha_attn_forward: out = dropout(softmax(q k^T * scale + mask)) v, as
+/* attn_forward.c - mha_attn_forward: out = dropout(softmax((scale q) k^T + mask)) v, as
  * FlashAttention-2 (Dao, 2023) in portable C over the kernel table's tile kernels.
  *
  * One task = one (batch, head, query tile of br rows); tasks are independent, so OpenMP hands
@@ -16,14 +16,16 @@
  *     Philox, bc' = the keys the tile's last row may use), then attn_fwd_drop: the same step
  *     with l summing every P but acc += (P * keep) v_tile (the 1/(1-p) is folded into the
  *     final division)
- * The query tile is scaled once per task into the workspace and the kernels run with scale 1:
- * the scale is applied where PyTorch's nn.MultiheadAttention applies it (q * scale before the
- * product), so scores whose |q.k| exceeds FLT_MAX but |q.k| * scale does not stay finite.
  * then out = acc * (1/(1-p)) / l, lse = m + log(l) (l == 0: out 0, lse -inf; a NaN score makes
  * l NaN, and out and lse NaN as in PyTorch, never a silent 0). No L x S buffer:
  * the score tile stays in cache; the optional weights are recomputed tile by tile from lse
  * (attn_probs, then * keep / (1-p)) straight into the caller's weights rows. A tiny problem
  * runs on one thread.
+ *
+ * The query tile is scaled once per task into the workspace (q_tile * scale) and the kernels
+ * run with scale 1: the scale is applied where PyTorch's nn.MultiheadAttention applies it
+ * (q * scale, then the product), so a score whose |q.k| exceeds FLT_MAX while |q.k| * scale
+ * does not stays finite (fault 7).
  *
  * The steps: fwd_check validates, fwd_plan chooses the tiles, the thread count and declares
  * each thread's workspace (plan.h), fwd_rows / fwd_finish / fwd_weights compute one task. */
@@ -32,7 +34,6 @@
 #include "kernels/kernels.h"
 
 #include <math.h>
-#include <string.h>
 #ifdef _OPENMP
 #include <omp.h>
 #endif

@@ -56,8 +56,8 @@
  *
  *   attn_scores(br, bc, n, scale, A, lda, B, ldb, S, lds):
  *       S[br,bc] = scale * A[br,n] B[bc,n]^T         (q k^T * scale; also dP = dout v^T)
- *   softmax step (no table entry: the step inside attn_fwd; the generic fused kernel runs
- *   mha__attn_softmax_generic), attn_softmax(br, bc, S, lds, mk, m, l, alpha), in place:
+ *   attn_softmax(br, bc, S, lds, mk, m, l, alpha): the online-softmax step inside attn_fwd
+ *       (not a table entry: the generic fused kernel calls mha__attn_softmax_generic), in place:
  *       s = S + fmask, excluded -> -inf;  m' = max(m[r], max_c s);  alpha[r] = exp(m[r] - m');
  *       S = exp(s - m') (excluded: exactly 0);  l[r] = alpha[r] l[r] + sum_c S;  m[r] = m'.
  *       A row with m' = -inf (no allowed finite score yet): S = 0, alpha = 1, m, l unchanged.

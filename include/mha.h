@@ -276,6 +276,11 @@ MHA_API mha_attn_params mha_attn_params_default(void);
  *        scores (-INFINITY for a fully masked row), needed by mha_attn_backward
  *   weights: [B, H, L, S] overwritten, optional (NULL): the attention probabilities after
  *        dropout (as PyTorch returns them)
+ * Aliasing: no output (out, lse, weights) may share memory with an input (q, k, v) or with
+ * another output (outputs are written while inputs are still read): MHA_ERR_INVALID_ARG
+ * naming both, e.g. "mha_attn_forward: out overlaps v (...)". Inputs may share memory, and
+ * views that interleave without sharing an element are fine: q, k, v as views of one packed
+ * [B, T, 3, H, D] buffer.
  * Dropout uses a counter-based generator keyed by (seed, offset, b, h, i, j): the backward
  * regenerates the same mask. Returns MHA_ERR_SHAPE / MHA_ERR_INVALID_ARG with a message. */
 MHA_API mha_status mha_attn_forward(mha_ctx *ctx, const mha_attn_params *p, const mha_tensor *q,
@@ -284,6 +289,9 @@ MHA_API mha_status mha_attn_forward(mha_ctx *ctx, const mha_attn_params *p, cons
 
 /* Backward of mha_attn_forward (its forward quoted above), with the same p and mask.
  *   out, lse: what the forward produced; dout: [B, H, L, Dv]
+ *   Aliasing as in the forward: dq, dk, dv may not share memory with q, k, v, out, lse, dout
+ *   or each other (MHA_ERR_INVALID_ARG); dq, dk, dv may be interleaved views of one packed
+ *   [B, T, 3, H, D] gradient buffer.
  *   dq: [B, H, L, D], dk: [B, H, S, D], dv: [B, H, S, Dv]: overwritten (not accumulated). */
 MHA_API mha_status mha_attn_backward(mha_ctx *ctx, const mha_attn_params *p, const mha_tensor *q,
                                      const mha_tensor *k, const mha_tensor *v, const mha_mask *mask,

@@ -1,5 +1,6 @@
 /* cmd_info.c - `mha info`: the version, the CPU features, the kernel paths this machine can
- * run, the one chosen and why, the kernels of its table, and the thread count.
+ * run, the one chosen and why, the kernels of its table that run (forward, backward, gemm) with
+ * their tile sizes, and the thread count.
  *
  *   mha info [--isa NAME] [--threads T]
  */
@@ -13,7 +14,8 @@ static void print_help(FILE *f) {
     fputs("usage: mha info [--isa NAME] [--threads T]\n\n"
           "Prints the version, the CPU features detected (CPUID and the OS-enabled register\n"
           "state), which kernel paths this machine supports, the path chosen and why, the\n"
-          "kernels of that path and the thread count.\n\n"
+          "kernels of that path that run (forward, backward, gemm) with their tile sizes, and\n"
+          "the thread count.\n\n"
           "options:\n"
           "  --isa NAME    show the path NAME (auto, generic, avx2, avx512) instead of the default\n"
           "  --threads T   show the thread count T would give (0 = all cores)\n"
@@ -52,10 +54,15 @@ int mha_cmd_info(int argc, char **argv) {
     char why[96];
     if (isa && strcmp(isa, "auto") != 0) snprintf(why, sizeof why, "forced by --isa %.40s", isa);
     else if (!isa && env && *env) snprintf(why, sizeof why, "forced by $MHA_ISA=%.40s", env);
-    else snprintf(why, sizeof why, "auto: the best path this build and cpu support");
+    else {
+        size_t w = (size_t)snprintf(why, sizeof why, "auto: the best path this build and cpu/os "
+                                                     "support");
+        for (int i = MHA_ISA_AVX512; i > (int)mha_ctx_isa(ctx) && w < sizeof why; i--)
+            w += (size_t)snprintf(why + w, sizeof why - w, "; %s is not", mha_isa_name(i));
+    }
     printf("path: %s (%s)\n", mha_isa_name(mha_ctx_isa(ctx)), why);
 
-    char desc[1024];
+    char desc[4096];
     mha_ctx_describe(ctx, desc, sizeof desc);
     fputs(desc, stdout);
     printf("threads: %d%s\n", mha_ctx_threads(ctx),

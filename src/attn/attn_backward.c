@@ -1,13 +1,14 @@
 /* attn_backward.c - mha_attn_backward as FlashAttention-2 (Dao, 2023) in portable C.
  *
- * Forward:  s = q k^T * scale + mask,  P = softmax(s) = exp(s - lse),  W = P * keep / (1 - p),
+ * Forward:  s = (scale q) k^T + mask,  P = softmax(s) = exp(s - lse),  W = P * keep / (1 - p),
  *           out = W v.
  * Backward: dv = W^T dout;  dW = dout v^T;  dP = dW * keep / (1 - p);
  *           Drow_i = sum_j P_ij dP_ij = dout_i . out_i;  dS = P * (dP - Drow);
  *           dq = scale * dS k;  dk = scale * dS^T q.
  *
- * P is recomputed tile by tile from the saved lse (no L x S buffer), once per tile pair: per
- * (query tile, key tile) five tile products, S = q k^T, dP = dout v^T, dv += W^T dout,
+ * P is recomputed tile by tile from the saved lse (no L x S buffer), once per tile pair, with
+ * the scale applied to q before the product as in the forward: per (query tile, key tile)
+ * five tile products, S = (scale q) k^T, dP = dout v^T, dv += W^T dout,
  * dk += dS^T q, dq += dS k (attn_scores x2, attn_ptv x2, attn_pv).
  *
  * KEY CHUNKS. The S keys of a (b, h) are cut into key tiles of attn_bc and the key tiles into
@@ -26,14 +27,19 @@
  *   NC = min(8, key tiles, ceil(16 / (B*H))): at least ~16 tasks per call so that 2 threads
  *   stay busy even for B*H = 1, and no partials at all (NC = 1) once B*H >= 16.
  *
- * WORKSPACE (one allocation, linear in L and S):
- *   per thread: P, dP, W tiles [attn_br, attn_bc] floats, lse tile [attn_br], keep bytes
+ * WORKSPACE (one allocation, linear in L and S, planned once in bwd_plan):
+ *   per thread: P, dP, W tiles [attn_br, attn_bc] floats, lse tile [attn_br], keep bytes,
+ *     the scaled query tile [attn_br, D]
  *   Drow [B*H*L] floats
  *   partials [G, NC - 1, L, D] floats for a group of G heads (b, h) processed at once, with
  *     G = clamp(floor(2 * B*H / (NC - 1)), 1, B*H): at most max(2 * dq, (NC - 1) * L * D)
  *     floats, i.e. at most twice dq's size once B*H >= 4 (NC - 1 <= 7 heads' dq below that).
- * Tiles fully excluded by causality, key_lengths or key_padding are skipped. */
+ * Tiles fully excluded by causality, key_lengths or key_padding are skipped.
+ *
+ * The steps: bwd_check validates, bwd_plan chooses tiles, chunks and groups and declares the
+ * workspace, bwd_drow / bwd_chunk (bwd_pair per tile pair) / bwd_sum are the three passes. */
 #include "attn_common.h"
+#include "core/plan.h"
 #include "kernels/kernels.h"
 
 #include <math.h>
@@ -80,16 +86,58 @@ static void chunk_bounds(const mha__attn_problem *pr, int64_t BR, int64_t BC, in
     start[nc] = nkt;
 }
 
-mha_status mha_attn_backward(mha_ctx *ctx, const mha_attn_params *p, const mha_tensor *q,
-                             const mha_tensor *k, const mha_tensor *v, const mha_mask *mask,
-                             const mha_tensor *out, const mha_tensor *lse,
-                             const mha_tensor *dout, mha_tensor *dq, mha_tensor *dk,
-                             mha_tensor *dv) {
-    mha__clear(ctx);
+/* One call: its validated arguments and its plan. */
+typedef struct {
     mha__attn_problem pr;
-    mha_status st = mha__attn_check_inputs(ctx, FN, p, q, k, v, mask, &pr);
+    const mha_kernels *kern;
+    const mha_tensor *q, *k, *v, *out, *lse, *dout;
+    mha_tensor *dq, *dk, *dv;
+    int64_t BR, BC, nqt, nkt;
+    int NC;                                  /* key chunks per head */
+    int64_t cstart[MAX_CHUNKS + 1];          /* chunk c: key tiles [cstart[c], cstart[c + 1]) */
+    int64_t cfirst[MAX_CHUNKS];              /* the first query tile chunk c touches */
+    int64_t G;                               /* heads per group (the partials' size) */
+    int nt;
+    mha__plan plan; /* one bwd_ws */
+} bwd_call;
+
+/* The workspace, declared in bwd_plan. */
+typedef struct {
+    float *P, *dP, *W; /* [nt, BR * BC] each: thread t's tile at t * BR * BC */
+    float *lt;         /* [nt, BR] the lse of a query tile */
+    uint8_t *keep;     /* [nt, BR * BC] dropout keep bytes */
+    float *qs;         /* [nt, BR * D] a query tile times scale */
+    float *drow;       /* [B*H, L] Drow = rowsum(dout * out) */
+    float *part;       /* [G * (NC - 1), L * D] dq contributions of chunks c >= 1 */
+} bwd_ws;
+
+/* One thread's tiles (rows of the [nt, ...] regions). */
+typedef struct {
+    float *P, *dP, *W, *lt;
+    uint8_t *keep;
+    float *qs;
+} bwd_tiles;
+
+/* One pass-1 task: key chunk ch of head (b, h), bh = b*H + h. */
+typedef struct {
+    int64_t b, h, bh;
+    int ch;
+    float *dqc;         /* its dq contribution: dq itself (ch 0) or its partial */
+    int64_t lddqc;
+    const float *lrow;  /* lse of the head, row i at i * lse->stride[2] */
+    const float *drow;  /* Drow of the head [L] */
+    mha__attn_dropout dr;
+} bwd_task;
+
+static mha_status bwd_check(mha_ctx *ctx, const mha_attn_params *p, const mha_tensor *q,
+                            const mha_tensor *k, const mha_tensor *v, const mha_mask *mask,
+                            const mha_tensor *out, const mha_tensor *lse,
+                            const mha_tensor *dout, mha_tensor *dq, mha_tensor *dk,
+                            mha_tensor *dv, bwd_call *c) {
+    mha__attn_problem *pr = &c->pr;
+    mha_status st = mha__attn_check_inputs(ctx, FN, p, q, k, v, mask, pr);
     if (st) return st;
-    int64_t B = pr.B, H = pr.H, L = pr.L, S = pr.S, D = pr.D, Dv = pr.Dv;
+    int64_t B = pr->B, H = pr->H, L = pr->L, S = pr->S, D = pr->D, Dv = pr->Dv;
     int64_t wo[4] = {B, H, L, Dv}, wl[3] = {B, H, L}, wq[4] = {B, H, L, D};
     int64_t wk[4] = {B, H, S, D}, wv[4] = {B, H, S, Dv};
     if ((st = mha__check_tensor(ctx, FN, "out", out, 4, wo, "[B, H, L, Dv]"))) return st;
@@ -98,147 +146,187 @@ mha_status mha_attn_backward(mha_ctx *ctx, const mha_attn_params *p, const mha_t
     if ((st = mha__check_tensor(ctx, FN, "dq", dq, 4, wq, "[B, H, L, D]"))) return st;
     if ((st = mha__check_tensor(ctx, FN, "dk", dk, 4, wk, "[B, H, S, D]"))) return st;
     if ((st = mha__check_tensor(ctx, FN, "dv", dv, 4, wv, "[B, H, S, Dv]"))) return st;
-    const int64_t BH = B * H;
-    if (BH == 0) return MHA_OK;
-    const mha_kernels *kern = mha__ctx_kernels(ctx);
-    const int64_t BR = kern->attn_br, BC = kern->attn_bc;
-    const int64_t nqt = (L + BR - 1) / BR, nkt = (S + BC - 1) / BC;
-    int nt = mha__ctx_threads(ctx);
+    const mha__attn_arg ins[6] = {{"q", q},     {"k", k},     {"v", v},
+                                  {"out", out}, {"lse", lse}, {"dout", dout}};
+    const mha__attn_arg outs[3] = {{"dq", dq}, {"dk", dk}, {"dv", dv}};
+    if ((st = mha__attn_check_aliases(ctx, FN, outs, 3, ins, 6))) return st;
+    c->q = q, c->k = k, c->v = v, c->out = out, c->lse = lse, c->dout = dout;
+    c->dq = dq, c->dk = dk, c->dv = dv;
+    return MHA_OK;
+}
 
+/* Tiles, key chunks, head groups and the workspace of a validated call with B*H > 0. */
+static void bwd_plan(mha_ctx *ctx, bwd_call *c) {
+    const mha__attn_problem *pr = &c->pr;
+    const mha_kernels *kern = c->kern = mha__ctx_kernels(ctx);
+    const int64_t BH = pr->B * pr->H, BR = c->BR = kern->attn_br, BC = c->BC = kern->attn_bc;
+    const int64_t nqt = c->nqt = (pr->L + BR - 1) / BR, nkt = c->nkt = (pr->S + BC - 1) / BC;
+    c->nt = mha__ctx_threads(ctx);
     /* key chunks (see KEY CHUNKS above): a function of the shape and the tile sizes only */
     int64_t want = (16 + BH - 1) / BH;
     int NC = (int)(want < MAX_CHUNKS ? want : MAX_CHUNKS);
     if (NC > nkt) NC = (int)nkt;
     if (NC < 1) NC = 1;
-    int64_t cstart[MAX_CHUNKS + 1], cfirst[MAX_CHUNKS];
-    chunk_bounds(&pr, BR, BC, nqt, nkt, NC, cstart);
-    for (int c = 0; c < NC; c++) /* chunk 0 owns every row of dq: it zeroes them all */
-        cfirst[c] = c == 0 ? 0 : qt_first(&pr, BR, BC, nqt, cstart[c]);
-    int64_t G = NC > 1 ? 2 * BH / (NC - 1) : BH;
-    if (G < 1) G = 1;
-    if (G > BH) G = BH;
+    c->NC = NC;
+    chunk_bounds(pr, BR, BC, nqt, nkt, NC, c->cstart);
+    for (int ch = 0; ch < NC; ch++) /* chunk 0 owns every row of dq: it zeroes them all */
+        c->cfirst[ch] = ch == 0 ? 0 : qt_first(pr, BR, BC, nqt, c->cstart[ch]);
+    c->G = NC > 1 ? 2 * BH / (NC - 1) : BH;
+    if (c->G < 1) c->G = 1;
+    if (c->G > BH) c->G = BH;
+    mha__plan *pl = &c->plan;
+    mha__plan_init(pl);
+    MHA__PLAN_ADD(pl, bwd_ws, P, sizeof(float), c->nt, BR * BC);
+    MHA__PLAN_ADD(pl, bwd_ws, dP, sizeof(float), c->nt, BR * BC);
+    MHA__PLAN_ADD(pl, bwd_ws, W, sizeof(float), c->nt, BR * BC);
+    MHA__PLAN_ADD(pl, bwd_ws, lt, sizeof(float), c->nt, BR);
+    MHA__PLAN_ADD(pl, bwd_ws, keep, 1, c->nt, BR * BC);
+    MHA__PLAN_ADD(pl, bwd_ws, qs, sizeof(float), c->nt, BR * pr->D);
+    MHA__PLAN_ADD(pl, bwd_ws, drow, sizeof(float), BH, pr->L);
+    MHA__PLAN_ADD(pl, bwd_ws, part, sizeof(float), c->G * (NC - 1), pr->L * pr->D);
+}
 
-    /* workspace: per thread P, dP, W [BR, BC], lse tile [BR], keep [BR, BC] bytes (rounded
-     * up to 64 bytes), then Drow [BH, L], then partials [G, NC - 1, L, D] */
-    size_t per = 0, tot = 0, nrow = 0, npart = 0, t1, t2;
-    if (!mha__mul_size((size_t)BR, 3 * (size_t)BC + (size_t)BC / sizeof(float) + 2, &t1) ||
-        !mha__add_size(t1, 16, &t2) || !mha__mul_size(t2 / 16 + 1, 16 * sizeof(float), &per) ||
-        !mha__mul_size(per, (size_t)nt, &tot) || !mha__mul_size((size_t)BH, (size_t)L + 16, &nrow) ||
-        !mha__mul_size(nrow, sizeof(float), &nrow) || !mha__add_size(tot, nrow, &tot) ||
-        !mha__mul_size((size_t)G * (size_t)(NC - 1), (size_t)L, &npart) ||
-        !mha__mul_size(npart, (size_t)D * sizeof(float), &npart) ||
-        !mha__add_size(tot, npart, &tot))
-        return mha__err(ctx, MHA_ERR_NOMEM, "%s: workspace size overflows", FN);
-    unsigned char *ws = mha__malloc(tot);
-    if (!ws) return mha__err(ctx, MHA_ERR_NOMEM, "%s: workspace: out of memory (%zu bytes)", FN, tot);
-    float *Drow = (float *)(ws + per * (size_t)nt);
-    float *part = (float *)(ws + per * (size_t)nt + nrow);
-    const int dropout = pr.dropout_p > 0;
-    const float ks = pr.keep_scale;
-    const int64_t ldq = q->stride[2], ldk = k->stride[2], ldv = v->stride[2];
-    const int64_t ldg = dout->stride[2], lddq = dq->stride[2];
-    const int64_t lddk = dk->stride[2], lddv = dv->stride[2];
-    const int64_t nq_task = BH * nqt;
+/* pass 0, task (b, h, query tile): Drow_i = dout_i . out_i */
+static void bwd_drow(const bwd_call *c, const bwd_ws *ws, int64_t task) {
+    const int64_t L = c->pr.L, BR = c->BR;
+    int64_t bh = task / c->nqt, i0 = (task % c->nqt) * BR, b = bh / c->pr.H, h = bh % c->pr.H;
+    int64_t i1 = L - i0 < BR ? L : i0 + BR;
+    for (int64_t i = i0; i < i1; i++) {
+        const float *o = mha__attn_row(c->out, b, h, i), *g = mha__attn_row(c->dout, b, h, i);
+        float acc = 0;
+        for (int64_t x = 0; x < c->pr.Dv; x++) acc += g[x] * o[x];
+        ws->drow[bh * L + i] = acc;
+    }
+}
 
-#pragma omp parallel num_threads(nt) if (nt > 1)
+/* The five products of the tile pair (query tile qt, key tile kt) of a pass-1 task:
+ *   P = exp((scale q) k^T + mask - lse)   (attn_scores on the scaled tile, attn_probs)
+ *   dP = dout v^T;  with dropout W = P * keep / (1-p), dP = dP * keep / (1-p)
+ *   dv += W^T dout;  dS = scale * P * (dP - Drow);  dk += dS^T q;  dq_c += dS k */
+static void bwd_pair(const bwd_call *c, const bwd_task *t, const bwd_tiles *w, int64_t kt,
+                     int64_t qt) {
+    const mha__attn_problem *pr = &c->pr;
+    const mha_kernels *kern = c->kern;
+    const int64_t BR = c->BR, BC = c->BC, D = pr->D, Dv = pr->Dv, b = t->b, h = t->h;
+    const int64_t j0 = kt * BC, bc = pr->S - j0 < BC ? pr->S - j0 : BC;
+    const int64_t i0 = qt * BR, br = pr->L - i0 < BR ? pr->L - i0 : BR;
+    if (mha__attn_tile_skip(pr, b, i0, i0 + br, j0, j0 + bc)) return;
+    mha__attn_tile_mask mk;
+    mha__attn_tile_mask_make(pr, b, t->bh, i0, j0, &mk);
+    const int64_t ldq = c->q->stride[2], ldk = c->k->stride[2], ldg = c->dout->stride[2];
+    const float *qtile = mha__attn_row(c->q, b, h, i0), *gtile = mha__attn_row(c->dout, b, h, i0);
+    const float *ktile = mha__attn_row(c->k, b, h, j0), *vt = mha__attn_row(c->v, b, h, j0);
+    float *P = w->P, *dP = w->dP;
+    for (int64_t r = 0; r < br; r++) w->lt[r] = t->lrow[(i0 + r) * c->lse->stride[2]];
+    mha__attn_scale_tile(br, D, pr->scale, qtile, ldq, w->qs);
+    kern->attn_scores(br, bc, D, 1.0f, w->qs, D, ktile, ldk, P, BC);
+    kern->attn_probs(br, bc, P, BC, &mk, w->lt);
+    kern->attn_scores(br, bc, Dv, 1.0f, gtile, ldg, vt, c->v->stride[2], dP, BC);
+    const float *W = P; /* dv += W^T dout */
+    if (pr->dropout_p > 0) {
+        /* keys past the last row's end are excluded for every row: P = 0 there, so W = 0 and
+         * dS = 0 whatever their keep decision */
+        const float ks = pr->keep_scale;
+        int64_t bcw = mha__attn_tile_row_end(&mk, br - 1, bc);
+        kern->attn_dropout(br, bcw, &t->dr, i0, j0, w->keep, BC);
+        kern->attn_dropout_apply(br, bcw, w->keep, BC, ks, P, BC, w->W, BC);
+        kern->attn_dropout_apply(br, bcw, w->keep, BC, ks, dP, BC, dP, BC);
+        for (int64_t r = 0; r < br && bcw < bc; r++)
+            for (int64_t x = bcw; x < bc; x++) w->W[r * BC + x] = 0.0f, dP[r * BC + x] = 0.0f;
+        W = w->W;
+    }
+    kern->attn_ptv(br, bc, Dv, W, BC, gtile, ldg, mha__attn_row(c->dv, b, h, j0),
+                   c->dv->stride[2]);
+    /* dS = scale * P * (dP - Drow), in place over dP */
+    kern->attn_dsoftmax(br, bc, P, BC, dP, BC, t->drow + i0, pr->scale);
+    kern->attn_ptv(br, bc, D, dP, BC, qtile, ldq, mha__attn_row(c->dk, b, h, j0),
+                   c->dk->stride[2]);
+    kern->attn_pv(br, bc, D, dP, BC, ktile, ldk, NULL, t->dqc + i0 * t->lddqc, t->lddqc);
+}
+
+/* pass 1, task (head g0 + task / NC, chunk task % NC): dk, dv of the chunk's keys (summed
+ * over the query tiles in order) and its dq contribution (summed over its key tiles). */
+static void bwd_chunk(const bwd_call *c, const bwd_ws *ws, const bwd_tiles *w, int64_t g0,
+                      int64_t task) {
+    const mha__attn_problem *pr = &c->pr;
+    const int64_t L = pr->L, D = pr->D, Dv = pr->Dv, NC = c->NC;
+    bwd_task t;
+    int64_t gi = task / NC;
+    t.bh = g0 + gi, t.b = t.bh / pr->H, t.h = t.bh % pr->H, t.ch = (int)(task % NC);
+    t.dqc = t.ch == 0 ? mha__attn_row(c->dq, t.b, t.h, 0)
+                      : ws->part + (gi * (NC - 1) + t.ch - 1) * L * D;
+    t.lddqc = t.ch == 0 ? c->dq->stride[2] : D;
+    for (int64_t i = c->cfirst[t.ch] * c->BR; i < L; i++)
+        memset(t.dqc + i * t.lddqc, 0, sizeof(float) * (size_t)D);
+    t.lrow = c->lse->data + t.b * c->lse->stride[0] + t.h * c->lse->stride[1];
+    t.drow = ws->drow + t.bh * L;
+    t.dr = mha__attn_dropout_make(pr, t.bh);
+    for (int64_t kt = c->cstart[t.ch]; kt < c->cstart[t.ch + 1]; kt++) {
+        int64_t j0 = kt * c->BC, bc = pr->S - j0 < c->BC ? pr->S - j0 : c->BC;
+        float *dkt = mha__attn_row(c->dk, t.b, t.h, j0), *dvt = mha__attn_row(c->dv, t.b, t.h, j0);
+        for (int64_t r = 0; r < bc; r++) {
+            memset(dkt + r * c->dk->stride[2], 0, sizeof(float) * (size_t)D);
+            if (Dv) memset(dvt + r * c->dv->stride[2], 0, sizeof(float) * (size_t)Dv);
+        }
+        for (int64_t qt = qt_first(pr, c->BR, c->BC, c->nqt, kt); qt < c->nqt; qt++)
+            bwd_pair(c, &t, w, kt, qt);
+    }
+}
+
+/* pass 2, task (head g0 + task / nqt, query tile task % nqt): dq = dq_0 + dq_1 + ... in
+ * chunk order */
+static void bwd_sum(const bwd_call *c, const bwd_ws *ws, int64_t g0, int64_t task) {
+    const int64_t L = c->pr.L, D = c->pr.D, BR = c->BR, lddq = c->dq->stride[2];
+    int64_t gi = task / c->nqt, qt = task % c->nqt, bh = g0 + gi;
+    int64_t i0 = qt * BR, i1 = L - i0 < BR ? L : i0 + BR;
+    float *dqt = mha__attn_row(c->dq, bh / c->pr.H, bh % c->pr.H, 0);
+    for (int ch = 1; ch < c->NC && c->cfirst[ch] <= qt; ch++) {
+        const float *pc = ws->part + (gi * (c->NC - 1) + ch - 1) * L * D;
+        for (int64_t i = i0; i < i1; i++) {
+            float *d = dqt + i * lddq;
+            const float *s = pc + i * D;
+            for (int64_t x = 0; x < D; x++) d[x] += s[x];
+        }
+    }
+}
+
+mha_status mha_attn_backward(mha_ctx *ctx, const mha_attn_params *p, const mha_tensor *q,
+                             const mha_tensor *k, const mha_tensor *v, const mha_mask *mask,
+                             const mha_tensor *out, const mha_tensor *lse,
+                             const mha_tensor *dout, mha_tensor *dq, mha_tensor *dk,
+                             mha_tensor *dv) {
+    mha__clear(ctx);
+    bwd_call c;
+    mha_status st = bwd_check(ctx, p, q, k, v, mask, out, lse, dout, dq, dk, dv, &c);
+    if (st) return st;
+    const int64_t BH = c.pr.B * c.pr.H;
+    if (BH == 0) return MHA_OK;
+    bwd_plan(ctx, &c);
+    void *mem;
+    if ((st = mha__plan_alloc(&c.plan, ctx, FN, 1, &mem))) return st;
+    bwd_ws ws;
+    mha__plan_point(&c.plan, mem, 0, &ws);
+    const int64_t T = c.BR * c.BC;
+#pragma omp parallel num_threads(c.nt) if (c.nt > 1)
     {
         int tid = 0;
 #ifdef _OPENMP
         tid = omp_get_thread_num();
 #endif
-        float *P = (float *)(ws + per * (size_t)tid), *dP = P + BR * BC, *Wt = dP + BR * BC;
-        float *lt = Wt + BR * BC;
-        uint8_t *keep = (uint8_t *)(lt + BR);
-
-        /* pass 0: Drow_i = dout_i . out_i, tasks (b, h, query tile) */
+        bwd_tiles w = {ws.P + tid * T,       ws.dP + tid * T,   ws.W + tid * T,
+                       ws.lt + tid * c.BR,   ws.keep + tid * T, ws.qs + tid * c.BR * c.pr.D};
 #pragma omp for schedule(static)
-        for (int64_t task = 0; task < nq_task; task++) {
-            int64_t bh = task / nqt, i0 = (task % nqt) * BR, b = bh / H, h = bh % H;
-            int64_t i1 = L - i0 < BR ? L : i0 + BR;
-            for (int64_t i = i0; i < i1; i++) {
-                const float *o = mha__attn_row(out, b, h, i), *g = mha__attn_row(dout, b, h, i);
-                float acc = 0;
-                for (int64_t x = 0; x < Dv; x++) acc += g[x] * o[x];
-                Drow[bh * L + i] = acc;
-            }
-        }
-
-        for (int64_t g0 = 0; g0 < BH; g0 += G) {
-            const int64_t gn = BH - g0 < G ? BH - g0 : G;
-            /* pass 1: tasks (b, h, key chunk): dk, dv of the chunk's keys, its dq share */
+        for (int64_t task = 0; task < BH * c.nqt; task++) bwd_drow(&c, &ws, task);
+        for (int64_t g0 = 0; g0 < BH; g0 += c.G) {
+            const int64_t gn = BH - g0 < c.G ? BH - g0 : c.G;
 #pragma omp for schedule(dynamic, 1)
-            for (int64_t task = 0; task < gn * NC; task++) {
-                int64_t gi = task / NC, bh = g0 + gi, b = bh / H, h = bh % H;
-                int c = (int)(task % NC);
-                float *dqc = c == 0 ? mha__attn_row(dq, b, h, 0)
-                                    : part + ((size_t)gi * (size_t)(NC - 1) + (size_t)(c - 1)) *
-                                                 (size_t)L * (size_t)D;
-                const int64_t lddqc = c == 0 ? lddq : D;
-                for (int64_t i = cfirst[c] * BR; i < L; i++)
-                    memset(dqc + i * lddqc, 0, sizeof(float) * (size_t)D);
-                const float *lrow = lse->data + b * lse->stride[0] + h * lse->stride[1];
-                const float *drow = Drow + bh * L;
-                const mha__attn_dropout dr = mha__attn_dropout_make(&pr, bh);
-                for (int64_t kt = cstart[c]; kt < cstart[c + 1]; kt++) {
-                    int64_t j0 = kt * BC, bc = S - j0 < BC ? S - j0 : BC;
-                    float *dkt = mha__attn_row(dk, b, h, j0), *dvt = mha__attn_row(dv, b, h, j0);
-                    const float *ktile = mha__attn_row(k, b, h, j0), *vt = mha__attn_row(v, b, h, j0);
-                    for (int64_t r = 0; r < bc; r++) {
-                        memset(dkt + r * lddk, 0, sizeof(float) * (size_t)D);
-                        if (Dv) memset(dvt + r * lddv, 0, sizeof(float) * (size_t)Dv);
-                    }
-                    for (int64_t qt = qt_first(&pr, BR, BC, nqt, kt); qt < nqt; qt++) {
-                        int64_t i0 = qt * BR, br = L - i0 < BR ? L - i0 : BR;
-                        if (mha__attn_tile_skip(&pr, b, i0, i0 + br, j0, j0 + bc)) continue;
-                        mha__attn_tile_mask mk;
-                        mha__attn_tile_mask_make(&pr, b, bh, i0, j0, &mk);
-                        const float *qtile = mha__attn_row(q, b, h, i0);
-                        const float *gtile = mha__attn_row(dout, b, h, i0);
-                        for (int64_t r = 0; r < br; r++) lt[r] = lrow[(i0 + r) * lse->stride[2]];
-                        kern->attn_scores(br, bc, D, pr.scale, qtile, ldq, ktile, ldk, P, BC);
-                        kern->attn_probs(br, bc, P, BC, &mk, lt);
-                        kern->attn_scores(br, bc, Dv, 1.0f, gtile, ldg, vt, ldv, dP, BC);
-                        const float *W = P; /* dv += W^T dout */
-                        if (dropout) {
-                            /* keys past the last row's end are excluded for every row: P = 0
-                             * there, so W = 0 and dS = 0 whatever their keep decision */
-                            int64_t bcw = mha__attn_tile_row_end(&mk, br - 1, bc);
-                            kern->attn_dropout(br, bcw, &dr, i0, j0, keep, BC);
-                            kern->attn_dropout_apply(br, bcw, keep, BC, ks, P, BC, Wt, BC);
-                            kern->attn_dropout_apply(br, bcw, keep, BC, ks, dP, BC, dP, BC);
-                            for (int64_t r = 0; r < br && bcw < bc; r++)
-                                for (int64_t x = bcw; x < bc; x++)
-                                    Wt[r * BC + x] = 0.0f, dP[r * BC + x] = 0.0f;
-                            W = Wt;
-                        }
-                        kern->attn_ptv(br, bc, Dv, W, BC, gtile, ldg, dvt, lddv);
-                        /* dS = scale * P * (dP - Drow), in place over dP */
-                        kern->attn_dsoftmax(br, bc, P, BC, dP, BC, drow + i0, pr.scale);
-                        kern->attn_ptv(br, bc, D, dP, BC, qtile, ldq, dkt, lddk);
-                        kern->attn_pv(br, bc, D, dP, BC, ktile, ldk, NULL, dqc + i0 * lddqc, lddqc);
-                    }
-                }
-            }
-            /* pass 2: dq = dq_0 + dq_1 + ... in chunk order, tasks (b, h, query tile) */
-            if (NC > 1) {
+            for (int64_t task = 0; task < gn * c.NC; task++) bwd_chunk(&c, &ws, &w, g0, task);
+            if (c.NC > 1) {
 #pragma omp for schedule(static)
-                for (int64_t task = 0; task < gn * nqt; task++) {
-                    int64_t gi = task / nqt, qt = task % nqt, bh = g0 + gi, b = bh / H, h = bh % H;
-                    int64_t i0 = qt * BR, i1 = L - i0 < BR ? L : i0 + BR;
-                    float *dqt = mha__attn_row(dq, b, h, 0);
-                    for (int c = 1; c < NC && cfirst[c] <= qt; c++) {
-                        const float *pc = part + ((size_t)gi * (size_t)(NC - 1) + (size_t)(c - 1)) *
-                                                     (size_t)L * (size_t)D;
-                        for (int64_t i = i0; i < i1; i++) {
-                            float *d = dqt + i * lddq;
-                            const float *s = pc + i * D;
-                            for (int64_t x = 0; x < D; x++) d[x] += s[x];
-                        }
-                    }
-                }
+                for (int64_t task = 0; task < gn * c.nqt; task++) bwd_sum(&c, &ws, g0, task);
             }
         }
     }
-    mha__free(ws);
+    mha__free(mem);
     return MHA_OK;
 }

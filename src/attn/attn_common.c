@@ -61,6 +61,21 @@ mha_status mha__attn_check_mask(mha_ctx *ctx, const char *fn, const mha_mask *m,
     return MHA_OK;
 }
 
+mha_status mha__attn_check_aliases(mha_ctx *ctx, const char *fn, const mha__attn_arg *outs,
+                                   int nout, const mha__attn_arg *ins, int nin) {
+    for (int o = 0; o < nout; o++) {
+        /* against every input, then against the outputs before it */
+        for (int i = 0; i < nin + o; i++) {
+            const mha__attn_arg *x = i < nin ? &ins[i] : &outs[i - nin];
+            if (outs[o].t && x->t && mha__tensors_overlap(outs[o].t, x->t))
+                return mha__err(ctx, MHA_ERR_INVALID_ARG,
+                                "%s: %s overlaps %s (outputs must not share memory with inputs "
+                                "or other outputs)", fn, outs[o].name, x->name);
+        }
+    }
+    return MHA_OK;
+}
+
 mha_status mha__attn_check_inputs(mha_ctx *ctx, const char *fn, const mha_attn_params *p,
                                   const mha_tensor *q, const mha_tensor *k, const mha_tensor *v,
                                   const mha_mask *mask, mha__attn_problem *pr) {

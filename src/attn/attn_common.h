@@ -45,9 +45,37 @@ mha_status mha__attn_check_inputs(mha_ctx *ctx, const char *fn, const mha_attn_p
                                   const mha_tensor *q, const mha_tensor *k, const mha_tensor *v,
                                   const mha_mask *mask, mha__attn_problem *pr);
 
+/* A tensor argument and its name in messages. */
+typedef struct {
+    const char *name;
+    const mha_tensor *t; /* NULL: not passed (an optional output) */
+} mha__attn_arg;
+
+/* Outputs are written while inputs are still being read (and tile by tile), so an output
+ * that shares memory with an input or another output gives silently wrong results. Returns
+ * MHA_ERR_INVALID_ARG naming the first such pair ("fn: out overlaps v (...)"), checked with
+ * mha__tensors_overlap: interleaved views of one packed buffer do not overlap. Inputs may
+ * share memory with each other. */
+mha_status mha__attn_check_aliases(mha_ctx *ctx, const char *fn, const mha__attn_arg *outs,
+                                   int nout, const mha__attn_arg *ins, int nin);
+
 /* Pointer to row i of head (b, h) of a [B, H, R, X] view. */
 static inline float *mha__attn_row(const mha_tensor *t, int64_t b, int64_t h, int64_t i) {
     return t->data + b * t->stride[0] + h * t->stride[1] + i * t->stride[2];
+}
+
+/* Y[rows, n] (ld n) = scale * X[rows, n] (ld ldx): a query tile scaled BEFORE its product with
+ * the keys, as PyTorch's nn.MultiheadAttention does (q * scale, then bmm): the scores stay
+ * finite whenever |q.k| * scale does, even where |q.k| itself exceeds FLT_MAX. The forward,
+ * its weights and the backward all compute the scores as (scale q) k^T from this tile. */
+static inline void mha__attn_scale_tile(int64_t rows, int64_t n, float scale, const float *X,
+                                        int64_t ldx, float *Y) {
+    for (int64_t r = 0; r < rows; r++) {
+        const float *x = X + r * ldx;
+        float *y = Y + r * n;
+#pragma omp simd /* -O2 vectorizes only loops of a known trip count; this one runs per tile */
+        for (int64_t d = 0; d < n; d++) y[d] = scale * x[d];
+    }
 }
 
 /* Keys j >= mha__attn_row_end(pr, b, i) are excluded by causality or key_lengths for row i of

@@ -17,7 +17,8 @@
  * every element of C sees the same sequence of operations whichever thread computes it: the
  * first K block applies beta (or starts from the bias, filled into the tile just before the
  * micro-kernel reads it), later blocks add with beta = 1. So the result is bitwise identical
- * for any thread count. The workspace can be kept by the caller (mha__gemm_ws). */
+ * for any thread count. The workspace can be kept by the caller (mha__gemm_ws).
+ * mha_sgemm, the public face of this driver, validates and calls mha__gemm. */
 #include "gemm.h"
 #include "kernels/kernels.h"
 
@@ -142,4 +143,30 @@ mha_status mha__gemm_ex(mha_ctx *ctx, mha__gemm_ws *ws, int ta, int tb, int64_t 
     }
     if (work != (ws ? ws->p : NULL)) mha__free(work);
     return MHA_OK;
+}
+
+mha_status mha_sgemm(mha_ctx *ctx, int ta, int tb, int64_t M, int64_t N, int64_t K, float alpha,
+                     const float *A, int64_t lda, const float *B, int64_t ldb, float beta,
+                     float *C, int64_t ldc) {
+    static const char *const FN = "mha_sgemm";
+    mha__clear(ctx);
+    if (M < 0 || N < 0 || K < 0)
+        return mha__err(ctx, MHA_ERR_INVALID_ARG, "%s: M, N, K: got %lld, %lld, %lld, expected "
+                        ">= 0", FN, (long long)M, (long long)N, (long long)K);
+    int64_t acols = ta ? M : K, bcols = tb ? K : N;
+    if (lda < (acols > 1 ? acols : 1))
+        return mha__err(ctx, MHA_ERR_INVALID_ARG, "%s: lda: got %lld, expected >= %lld (%s)", FN,
+                        (long long)lda, (long long)acols, ta ? "M, A transposed" : "K");
+    if (ldb < (bcols > 1 ? bcols : 1))
+        return mha__err(ctx, MHA_ERR_INVALID_ARG, "%s: ldb: got %lld, expected >= %lld (%s)", FN,
+                        (long long)ldb, (long long)bcols, tb ? "K, B transposed" : "N");
+    if (ldc < (N > 1 ? N : 1))
+        return mha__err(ctx, MHA_ERR_INVALID_ARG, "%s: ldc: got %lld, expected >= %lld (N)", FN,
+                        (long long)ldc, (long long)N);
+    if (M > 0 && N > 0 && !C)
+        return mha__err(ctx, MHA_ERR_INVALID_ARG, "%s: C: got NULL, expected [M, N]", FN);
+    if (M > 0 && N > 0 && K > 0 && (!A || !B))
+        return mha__err(ctx, MHA_ERR_INVALID_ARG, "%s: %s: got NULL, expected a matrix", FN,
+                        !A ? "A" : "B");
+    return mha__gemm(ctx, ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
 }

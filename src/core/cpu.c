@@ -1,7 +1,7 @@
 /* cpu.c - runtime CPU feature detection: CPUID bits AND the OS-enabled register state
- * (XGETBV), done once. */
+ * (XGETBV), done once. A leaf: it knows nothing of the kernel tables (kernels.c asks it which
+ * tables this machine can run). */
 #include "internal.h"
-#include "../kernels/kernels.h"
 
 #include <pthread.h>
 #include <stdio.h>
@@ -66,20 +66,7 @@ int mha__cpu_supports(mha_isa isa) {
     return 0;
 }
 
-/* Built into this library and runnable here: the table exists only then (kernels.c). */
-int mha_isa_supported(mha_isa isa) {
-    if (isa == MHA_ISA_AUTO) return 1;
-    return (isa == MHA_ISA_GENERIC || isa == MHA_ISA_AVX2 || isa == MHA_ISA_AVX512) &&
-           mha__kernels_for(isa) != NULL;
-}
-
 const char *mha_cpu_features(void) {
     pthread_once(&once, detect);
     return features;
-}
-
-mha_isa mha__best_isa(void) {
-    if (mha_isa_supported(MHA_ISA_AVX512)) return MHA_ISA_AVX512;
-    if (mha_isa_supported(MHA_ISA_AVX2)) return MHA_ISA_AVX2;
-    return MHA_ISA_GENERIC;
 }

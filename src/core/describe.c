@@ -1,10 +1,12 @@
-/* describe.c - mha_ctx_describe (the kernels a context uses, for `mha info`) and mha_sgemm,
- * the public face of the threaded gemm driver. */
+/* describe.c - mha_ctx_describe: the kernels a context runs and their tile sizes, read from its
+ * kernel table (what the drivers call), for `mha info`. */
 #include "internal.h"
-#include "attn/gemm.h"
 #include "kernels/kernels.h"
 
 #include <stdio.h>
+
+/* Which table's implementation a slot holds: the generic one, or the table's own. */
+static const char *by(const mha_kernels *k, int generic) { return generic ? "generic" : k->name; }
 
 mha_status mha_ctx_describe(const mha_ctx *ctx, char *buf, size_t n) {
     if (!buf || n == 0)
@@ -18,50 +20,25 @@ mha_status mha_ctx_describe(const mha_ctx *ctx, char *buf, size_t n) {
         int w_ = snprintf(buf + used, n - used, __VA_ARGS__);                                \
         if (w_ > 0) used = used + (size_t)w_ < n ? used + (size_t)w_ : n - 1;               \
     } while (0)
-    PUT("kernels (%s table):\n", k->name);
-    PUT("  sgemm (oracle)  %s\n", k->sgemm_name);
-    PUT("  gemm micro      %s  (MR %d x NR %d; blocks KC %d, MC %d, NC %d)\n", k->gemm_ukr_name,
+#define BY(slot) by(k, k->slot == g->slot)
+    PUT("kernels of the %s table (the ones that run):\n", k->name);
+    PUT("  gemm micro    %s: MR %d x NR %d; blocks KC %d, MC %d, NC %d\n", k->gemm_ukr_name,
         k->gemm_mr, k->gemm_nr, k->gemm_kc, k->gemm_mc, k->gemm_nc);
-    PUT("  gemm packing    %s\n", k->gemm_pack_name);
-    PUT("  attention tiles BR %lld x BC %lld:", (long long)k->attn_br, (long long)k->attn_bc);
-    const struct {
-        const char *name;
-        int generic;
-    } at[] = {{"scores", k->attn_scores == g->attn_scores},
-              {"softmax", k->attn_softmax == g->attn_softmax},
-              {"probs", k->attn_probs == g->attn_probs},
-              {"pv", k->attn_pv == g->attn_pv},
-              {"ptv", k->attn_ptv == g->attn_ptv},
-              {"dsoftmax", k->attn_dsoftmax == g->attn_dsoftmax}};
-    for (size_t i = 0; i < sizeof at / sizeof at[0]; i++)
-        PUT(" %s (%s)", at[i].name, at[i].generic ? "generic" : k->name);
-    PUT("\n");
+    PUT("  gemm packing  %s\n", k->gemm_pack_name);
+    PUT("  forward       attn_fwd (%s), fused, on %lld x %lld tiles (query rows x keys); keys\n"
+        "                packed by attn_kpack (%s)\n",
+        BY(attn_fwd), (long long)k->attn_fwd_br, (long long)k->attn_fwd_bc, BY(attn_kpack));
+    PUT("  with dropout  attn_fwd_drop (%s), keep decisions by attn_dropout (%s)\n",
+        BY(attn_fwd_drop), BY(attn_dropout));
+    PUT("  weights       attn_scores (%s), attn_probs (%s) on %lld x %lld tiles (when asked for)\n",
+        BY(attn_scores), BY(attn_probs), (long long)k->attn_br, (long long)k->attn_bc);
+    PUT("  backward      %lld x %lld tiles: attn_scores (%s), attn_probs (%s), attn_ptv (%s),\n"
+        "                attn_pv (%s), attn_dsoftmax (%s); with dropout attn_dropout (%s),\n"
+        "                attn_dropout_apply (%s)\n",
+        (long long)k->attn_br, (long long)k->attn_bc, BY(attn_scores), BY(attn_probs),
+        BY(attn_ptv), BY(attn_pv), BY(attn_dsoftmax), BY(attn_dropout),
+        BY(attn_dropout_apply));
+#undef BY
 #undef PUT
     return MHA_OK;
-}
-
-mha_status mha_sgemm(mha_ctx *ctx, int ta, int tb, int64_t M, int64_t N, int64_t K, float alpha,
-                     const float *A, int64_t lda, const float *B, int64_t ldb, float beta,
-                     float *C, int64_t ldc) {
-    static const char *const FN = "mha_sgemm";
-    mha__clear(ctx);
-    if (M < 0 || N < 0 || K < 0)
-        return mha__err(ctx, MHA_ERR_INVALID_ARG, "%s: M, N, K: got %lld, %lld, %lld, expected "
-                        ">= 0", FN, (long long)M, (long long)N, (long long)K);
-    int64_t acols = ta ? M : K, bcols = tb ? K : N;
-    if (lda < (acols > 1 ? acols : 1))
-        return mha__err(ctx, MHA_ERR_INVALID_ARG, "%s: lda: got %lld, expected >= %lld (%s)", FN,
-                        (long long)lda, (long long)acols, ta ? "M, A transposed" : "K");
-    if (ldb < (bcols > 1 ? bcols : 1))
-        return mha__err(ctx, MHA_ERR_INVALID_ARG, "%s: ldb: got %lld, expected >= %lld (%s)", FN,
-                        (long long)ldb, (long long)bcols, tb ? "K, B transposed" : "N");
-    if (ldc < (N > 1 ? N : 1))
-        return mha__err(ctx, MHA_ERR_INVALID_ARG, "%s: ldc: got %lld, expected >= %lld (N)", FN,
-                        (long long)ldc, (long long)N);
-    if (M > 0 && N > 0 && !C)
-        return mha__err(ctx, MHA_ERR_INVALID_ARG, "%s: C: got NULL, expected [M, N]", FN);
-    if (M > 0 && N > 0 && K > 0 && (!A || !B))
-        return mha__err(ctx, MHA_ERR_INVALID_ARG, "%s: %s: got NULL, expected a matrix", FN,
-                        !A ? "A" : "B");
-    return mha__gemm(ctx, ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
 }

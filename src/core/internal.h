@@ -27,6 +27,10 @@ mha_status mha__err(mha_ctx *ctx, mha_status st, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)))
 #endif
     ;
+/* 1 if the CPU (CPUID bits) and the OS (XGETBV state) can run isa, whatever was built
+ * (src/core/cpu.c: a leaf; the kernel tables ask it, it never asks them). */
+int mha__cpu_supports(mha_isa isa);
+
 /* The kernel table and thread count to use for ctx (NULL ctx: defaults). */
 const struct mha_kernels *mha__ctx_kernels(const mha_ctx *ctx);
 int mha__ctx_threads(const mha_ctx *ctx);

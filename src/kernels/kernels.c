@@ -1,5 +1,7 @@
-/* kernels.c - builds the kernel tables once. */
+/* kernels.c - builds the kernel tables once, and answers which paths exist here (a table is
+ * built for a path only when it was compiled in and the CPU and OS can run it). */
 #include "kernels.h"
+#include "core/internal.h"
 
 #include <pthread.h>
 
@@ -39,4 +41,17 @@ const mha_kernels *mha__kernels_for(mha_isa isa) {
 #endif
     default: return NULL;
     }
+}
+
+/* Built into this library and runnable here: the table exists only then. */
+int mha_isa_supported(mha_isa isa) {
+    if (isa == MHA_ISA_AUTO) return 1;
+    return (isa == MHA_ISA_GENERIC || isa == MHA_ISA_AVX2 || isa == MHA_ISA_AVX512) &&
+           mha__kernels_for(isa) != NULL;
+}
+
+mha_isa mha__best_isa(void) {
+    if (mha_isa_supported(MHA_ISA_AVX512)) return MHA_ISA_AVX512;
+    if (mha_isa_supported(MHA_ISA_AVX2)) return MHA_ISA_AVX2;
+    return MHA_ISA_GENERIC;
 }

@@ -56,7 +56,8 @@
  *
  *   attn_scores(br, bc, n, scale, A, lda, B, ldb, S, lds):
  *       S[br,bc] = scale * A[br,n] B[bc,n]^T         (q k^T * scale; also dP = dout v^T)
- *   attn_softmax(br, bc, S, lds, mk, m, l, alpha): one online-softmax step, in place:
+ *   attn_softmax(br, bc, S, lds, mk, m, l, alpha): the online-softmax step inside attn_fwd
+ *       (not a table entry: the generic fused kernel calls mha__attn_softmax_generic), in place:
  *       s = S + fmask, excluded -> -inf;  m' = max(m[r], max_c s);  alpha[r] = exp(m[r] - m');
  *       S = exp(s - m') (excluded: exactly 0);  l[r] = alpha[r] l[r] + sum_c S;  m[r] = m'.
  *       A row with m' = -inf (no allowed finite score yet): S = 0, alpha = 1, m, l unchanged.
@@ -72,10 +73,10 @@
  *       dP = scale * P * (dP - drow[r])               (softmax backward, drow = rowsum(dO*O))
  *   Kernels may skip products with an exact 0 weight (same result for finite inputs).
  *
- *   Fused forward (optional in SIMD tables, always in the generic one; NULL: the driver uses
- *   the entries above):
- *   Their tiles: br <= FBR and bc <= FBC, where FBR, FBC = attn_fwd_br, attn_fwd_bc (0: the
- *   attn_br, attn_bc above), so the forward can use other tile sizes than the backward.
+ *   Fused forward (every table has attn_kpack, attn_fwd and attn_fwd_drop: they are the
+ *   forward's only path; the entries above serve the backward and the optional weights):
+ *   Their tiles: br <= FBR and bc <= FBC, where FBR, FBC = attn_fwd_br, attn_fwd_bc (every
+ *   table sets them), so the forward can use other tile sizes than the backward.
  *   attn_kpack(bc, n, B, ldb, Kp): packs a key tile B[bc, n] (1 <= bc <= FBC, n >= 1) into
  *       Kp, FBC * n floats, 64-byte aligned, in a layout private to this table (generic:
  *       a plain copy [bc, n]). Pure data movement: a driver may pack a tile once and reuse it
@@ -91,8 +92,7 @@
  *       score or an output element may differ from the separate kernels but never depends on
  *       the thread or the tile's position.
  *   attn_fwd_drop(br, bc, n, nv, scale, A, lda, Kp, V, ldv, mk, m, l, O, ldo, P, ldp, keep,
- *       ldk): attn_fwd with attention dropout (optional in SIMD tables, always in the generic
- *       one; NULL: the driver uses the separate entries). keep [br, ldk >= bc] bytes, nonzero
+ *       ldk): attn_fwd with attention dropout. keep [br, ldk >= bc] bytes, nonzero
  *       = kept: the running max m and the row sum l use the probabilities BEFORE dropout
  *       (as attn_softmax), the product with V uses them with the dropped keys set to exactly
  *       0, i.e. in effect attn_scores; attn_softmax; P[r][c] = keep[r*ldk + c] ? P : 0;
@@ -187,30 +187,24 @@ typedef void (*mha__gemm_pack_fn)(const float *X, int64_t rs, int64_t cs, int64_
 
 typedef struct mha_kernels {
     const char *name; /* "generic", "avx2", "avx512" */
-    mha__sgemm_fn sgemm;
-    const char *sgemm_name; /* e.g. "mha__sgemm_generic_f32" */
     /* gemm micro-kernel and packing (contract above). */
     int gemm_mr, gemm_nr, gemm_kc, gemm_mc, gemm_nc;
     mha__gemm_ukr_fn gemm_ukr;
     const char *gemm_ukr_name; /* e.g. "mha__gemm_avx512_f32_14x32" */
     mha__gemm_pack_fn gemm_pack;
     const char *gemm_pack_name;
-    /* attention tile kernels (contract above) and their tile sizes */
+    /* attention tile kernels (contract above) and their tile sizes: the backward's, and the
+     * optional weights' recompute */
     int64_t attn_br, attn_bc;
     mha__attn_scores_fn attn_scores;
-    mha__attn_softmax_fn attn_softmax;
     mha__attn_probs_fn attn_probs;
     mha__attn_pv_fn attn_pv;
     mha__attn_ptv_fn attn_ptv;
     mha__attn_dsoftmax_fn attn_dsoftmax;
-    /* Optional (NULL: none): y[i] = exp(x[i]) for i < n by the vectorized exp that this
-     * table's attn_softmax / attn_probs use; for tests (accuracy sweeps). */
-    void (*attn_exp)(const float *x, float *y, int64_t n);
-    /* Optional fused forward (contract above; NULL: not provided, the generic table has it). */
+    /* the fused forward (contract above; every table has all three) and its tile sizes */
     mha__attn_kpack_fn attn_kpack;
     mha__attn_fwd_fn attn_fwd;
-    int64_t attn_fwd_br, attn_fwd_bc; /* the fused forward's tile sizes (0: attn_br, attn_bc) */
-    /* Optional fused forward with dropout (contract above; NULL: not provided). */
+    int64_t attn_fwd_br, attn_fwd_bc;
     mha__attn_fwd_drop_fn attn_fwd_drop;
     /* Dropout keep decisions of a tile (contract above; every table has one). */
     mha__attn_dropout_fn attn_dropout;
@@ -218,11 +212,11 @@ typedef struct mha_kernels {
 } mha_kernels;
 
 /* The table for isa, or NULL when that path was not compiled in or this CPU/OS cannot run
- * it (such a table is never even initialized). Never MHA_ISA_AUTO. */
+ * it (such a table is never even initialized). Never MHA_ISA_AUTO. (kernels.c, which also
+ * defines the public mha_isa_supported: built in and runnable here, i.e. a table exists.) */
 const mha_kernels *mha__kernels_for(mha_isa isa);
-/* 1 if the CPU (CPUID bits) and the OS (XGETBV state) can run isa, whatever was built. */
-int mha__cpu_supports(mha_isa isa);
-/* The best path that both this build and this machine support. */
+/* The best path that both this build and this machine support: the first of avx512, avx2,
+ * generic that has a table. */
 mha_isa mha__best_isa(void);
 
 void mha__kernels_init_generic(mha_kernels *k);

@@ -3,8 +3,6 @@
 
 void mha__kernels_init_generic(mha_kernels *k) {
     k->name = "generic";
-    k->sgemm = mha__sgemm_generic_f32;
-    k->sgemm_name = "mha__sgemm_generic_f32";
     /* gemm: 4 x 16 register block; KC 256, MC 128 (A block 128 KiB), NC 4096 */
     k->gemm_mr = 4, k->gemm_nr = 16, k->gemm_kc = 256, k->gemm_mc = 128, k->gemm_nc = 4096;
     k->gemm_ukr = mha__gemm_generic_f32_4x16;
@@ -14,11 +12,12 @@ void mha__kernels_init_generic(mha_kernels *k) {
     /* attention tiles: 16 query rows x 32 keys (small, so tests cross many tile edges) */
     k->attn_br = 16, k->attn_bc = 32;
     k->attn_scores = mha__attn_scores_generic;
-    k->attn_softmax = mha__attn_softmax_generic;
     k->attn_probs = mha__attn_probs_generic;
     k->attn_pv = mha__attn_pv_generic;
     k->attn_ptv = mha__attn_ptv_generic;
     k->attn_dsoftmax = mha__attn_dsoftmax_generic;
+    /* fused forward: the same 16 x 32 tiles */
+    k->attn_fwd_br = 16, k->attn_fwd_bc = 32;
     k->attn_kpack = mha__attn_kpack_generic;
     k->attn_fwd = mha__attn_fwd_generic;
     k->attn_fwd_drop = mha__attn_fwd_drop_generic;

@@ -279,9 +279,6 @@ void mha__attn_dropout_apply_generic(int64_t br, int64_t bc, const uint8_t *keep
     void mha__attn_scores_##isa(int64_t br, int64_t bc, int64_t n, float scale, const float *A, \
                                 int64_t lda, const float *B, int64_t ldb, float *S,             \
                                 int64_t lds);                                                  \
-    void mha__attn_softmax_##isa(int64_t br, int64_t bc, float *S, int64_t lds,                 \
-                                 const mha__attn_tile_mask *mk, float *m, float *l,            \
-                                 float *alpha);                                                \
     void mha__attn_probs_##isa(int64_t br, int64_t bc, float *S, int64_t lds,                   \
                                const mha__attn_tile_mask *mk, const float *lse);               \
     void mha__attn_pv_##isa(int64_t br, int64_t bc, int64_t n, const float *P, int64_t ldp,     \
@@ -291,7 +288,6 @@ void mha__attn_dropout_apply_generic(int64_t br, int64_t bc, const uint8_t *keep
                              const float *X, int64_t ldx, float *G, int64_t ldg);              \
     void mha__attn_dsoftmax_##isa(int64_t br, int64_t bc, const float *P, int64_t ldp,          \
                                   float *dP, int64_t ldd, const float *drow, float scale);      \
-    void mha__attn_exp_##isa(const float *x, float *y, int64_t n);                           \
     void mha__attn_kpack_##isa(int64_t bc, int64_t n, const float *B, int64_t ldb, float *Kp);  \
     void mha__attn_fwd_##isa(int64_t br, int64_t bc, int64_t n, int64_t nv, float scale,        \
                              const float *A, int64_t lda, const float *Kp, const float *V,     \

@@ -10,7 +10,7 @@
  * Edges: missing rows of a block repeat the last row (never stored); the last vector of a
  * panel uses vmaskmov loads and stores, so nothing outside the tile is read or written and an
  * element's arithmetic never depends on the tile shape or its position.
- * Softmax, probs, dsoftmax: one row at a time, 8 columns per step, exp by mha__vexp256. */
+ * Probs, dsoftmax: one row at a time, 8 columns per step, exp by mha__vexp256. */
 #include "../../kernels.h"
 #include "vexp.h"
 
@@ -275,49 +275,6 @@ INL float hsum8(__m256 v) {
     return _mm_cvtss_f32(x);
 }
 
-void mha__attn_softmax_avx2(int64_t br, int64_t bc, float *S, int64_t lds,
-                            const mha__attn_tile_mask *mk, float *m, float *l, float *alpha) {
-    const __m256 ninf = _mm256_set1_ps(-INFINITY);
-    for (int64_t r = 0; r < br; r++) {
-        float *s = S + r * lds;
-        int64_t end = mha__attn_tile_row_end(mk, r, bc);
-        const uint8_t *bm = mk->bmask ? mk->bmask + r * mk->ld_mask : NULL;
-        const float *fm = mk->fmask ? mk->fmask + r * mk->ld_mask : NULL;
-        /* pass 1: s = S + fmask, excluded -> -inf (written back); the row max */
-        __m256 vmx = ninf;
-        for (int64_t c = 0; c < bc; c += 8) {
-            __m256i kw = tail_mask(bc - c);
-            __m256 ka = allowed8(mk, bm, c, end, bc);
-            __m256 x = _mm256_maskload_ps(s + c, _mm256_castps_si256(ka));
-            if (fm) x = _mm256_add_ps(x, _mm256_maskload_ps(fm + c, _mm256_castps_si256(ka)));
-            x = _mm256_blendv_ps(ninf, x, ka);
-            _mm256_maskstore_ps(s + c, kw, x);
-            vmx = _mm256_max_ps(x, vmx); /* NaN x: keeps vmx, as the scalar x > mx */
-        }
-        float mx = hmax8(vmx);
-        if (!(mx > m[r])) mx = m[r];
-        if (mx == -INFINITY) {
-            for (int64_t c = 0; c < bc; c += 8)
-                _mm256_maskstore_ps(s + c, tail_mask(bc - c), _mm256_setzero_ps());
-            alpha[r] = 1;
-            continue;
-        }
-        /* pass 2: S = exp(s - m') (exp(-inf) = 0 exactly), the row sum */
-        __m256 vm = _mm256_set1_ps(mx), vsum = _mm256_setzero_ps();
-        for (int64_t c = 0; c < bc; c += 8) {
-            __m256i kw = tail_mask(bc - c);
-            __m256 p = mha__vexp256(_mm256_sub_ps(_mm256_maskload_ps(s + c, kw), vm));
-            p = _mm256_and_ps(p, _mm256_castsi256_ps(kw));
-            _mm256_maskstore_ps(s + c, kw, p);
-            vsum = _mm256_add_ps(vsum, p);
-        }
-        float a = m[r] == -INFINITY ? 0.0f : expf(m[r] - mx);
-        alpha[r] = a;
-        l[r] = a * l[r] + hsum8(vsum);
-        m[r] = mx;
-    }
-}
-
 void mha__attn_probs_avx2(int64_t br, int64_t bc, float *S, int64_t lds,
                           const mha__attn_tile_mask *mk, const float *lse) {
     for (int64_t r = 0; r < br; r++) {
@@ -351,13 +308,6 @@ void mha__attn_dsoftmax_avx2(int64_t br, int64_t bc, const float *P, int64_t ldp
             t = _mm256_mul_ps(_mm256_maskload_ps(p + c, kw), t);
             _mm256_maskstore_ps(d + c, kw, _mm256_mul_ps(vs, t));
         }
-    }
-}
-
-void mha__attn_exp_avx2(const float *x, float *y, int64_t n) {
-    for (int64_t i = 0; i < n; i += 8) {
-        __m256i k = tail_mask(n - i);
-        _mm256_maskstore_ps(y + i, k, mha__vexp256(_mm256_maskload_ps(x + i, k)));
     }
 }
 

@@ -15,12 +15,10 @@ void mha__kernels_init_avx2(mha_kernels *k) {
     /* attention tiles: 64 x 64 (score tile 16 KiB; the 16-key packed panel is 8 KiB) */
     k->attn_br = 64, k->attn_bc = 64;
     k->attn_scores = mha__attn_scores_avx2;
-    k->attn_softmax = mha__attn_softmax_avx2;
     k->attn_probs = mha__attn_probs_avx2;
     k->attn_pv = mha__attn_pv_avx2;
     k->attn_ptv = mha__attn_ptv_avx2;
     k->attn_dsoftmax = mha__attn_dsoftmax_avx2;
-    k->attn_exp = mha__attn_exp_avx2;
     /* fused forward: 96 x 256 tiles (the kernel touches 6 rows of the tile at a time; fewer
      * accumulator reloads and per-tile steps: measured 76 vs 70 GFLOP/s for 64 x 64 on the
      * core forward, D = 64, 1 thread); attn_fwd_bc a multiple of the 16-key panel */

@@ -13,7 +13,7 @@
  * Edges: a block with m < 6 rows repeats its last row in the registers of the missing ones
  * (never stored), the last vector of a panel is masked; so an element's arithmetic (an FMA
  * chain in index order) never depends on the tile shape or its position.
- * Softmax, probs, dsoftmax: one row at a time, 16 columns per step, masks as __mmask16,
+ * Probs, dsoftmax: one row at a time, 16 columns per step, masks as __mmask16,
  * exp by mha__vexp512 (vexp.h). */
 #include "../../kernels.h"
 #include "vexp.h"
@@ -280,47 +280,6 @@ INL __mmask16 allowed16(const mha__attn_tile_mask *mk, const uint8_t *bm, int64_
     return k;
 }
 
-void mha__attn_softmax_avx512(int64_t br, int64_t bc, float *S, int64_t lds,
-                              const mha__attn_tile_mask *mk, float *m, float *l, float *alpha) {
-    const __m512 ninf = _mm512_set1_ps(-INFINITY);
-    for (int64_t r = 0; r < br; r++) {
-        float *s = S + r * lds;
-        int64_t end = mha__attn_tile_row_end(mk, r, bc);
-        const uint8_t *bm = mk->bmask ? mk->bmask + r * mk->ld_mask : NULL;
-        const float *fm = mk->fmask ? mk->fmask + r * mk->ld_mask : NULL;
-        /* pass 1: s = S + fmask, excluded -> -inf (written back); the row max */
-        __m512 vmx = ninf;
-        for (int64_t c = 0; c < bc; c += 16) {
-            __mmask16 kw = tail_mask(bc - c), ka = allowed16(mk, bm, c, end);
-            __m512 x = _mm512_maskz_loadu_ps(ka, s + c);
-            if (fm) x = _mm512_add_ps(x, _mm512_maskz_loadu_ps(ka, fm + c));
-            x = _mm512_mask_mov_ps(ninf, ka, x);
-            _mm512_mask_storeu_ps(s + c, kw, x);
-            vmx = _mm512_max_ps(x, vmx); /* NaN x: keeps vmx, as the scalar x > mx */
-        }
-        float mx = _mm512_reduce_max_ps(vmx);
-        if (!(mx > m[r])) mx = m[r];
-        if (mx == -INFINITY) {
-            for (int64_t c = 0; c < bc; c += 16)
-                _mm512_mask_storeu_ps(s + c, tail_mask(bc - c), _mm512_setzero_ps());
-            alpha[r] = 1;
-            continue;
-        }
-        /* pass 2: S = exp(s - m') (exp(-inf) = 0 exactly), the row sum */
-        __m512 vm = _mm512_set1_ps(mx), vsum = _mm512_setzero_ps();
-        for (int64_t c = 0; c < bc; c += 16) {
-            __mmask16 kw = tail_mask(bc - c);
-            __m512 p = mha__vexp512(_mm512_sub_ps(_mm512_maskz_loadu_ps(kw, s + c), vm));
-            _mm512_mask_storeu_ps(s + c, kw, p);
-            vsum = _mm512_mask_add_ps(vsum, kw, vsum, p);
-        }
-        float a = m[r] == -INFINITY ? 0.0f : expf(m[r] - mx);
-        alpha[r] = a;
-        l[r] = a * l[r] + _mm512_reduce_add_ps(vsum);
-        m[r] = mx;
-    }
-}
-
 void mha__attn_probs_avx512(int64_t br, int64_t bc, float *S, int64_t lds,
                             const mha__attn_tile_mask *mk, const float *lse) {
     for (int64_t r = 0; r < br; r++) {
@@ -353,13 +312,6 @@ void mha__attn_dsoftmax_avx512(int64_t br, int64_t bc, const float *P, int64_t l
             t = _mm512_mul_ps(_mm512_maskz_loadu_ps(kw, p + c), t);
             _mm512_mask_storeu_ps(d + c, kw, _mm512_mul_ps(vs, t));
         }
-    }
-}
-
-void mha__attn_exp_avx512(const float *x, float *y, int64_t n) {
-    for (int64_t i = 0; i < n; i += 16) {
-        __mmask16 k = tail_mask(n - i);
-        _mm512_mask_storeu_ps(y + i, k, mha__vexp512(_mm512_maskz_loadu_ps(k, x + i)));
     }
 }
 

@@ -19,12 +19,10 @@ void mha__kernels_init_avx512(mha_kernels *k) {
      * 64 x 64 on the core forward, D = 64, 2 threads) */
     k->attn_br = 64, k->attn_bc = 128;
     k->attn_scores = mha__attn_scores_avx512;
-    k->attn_softmax = mha__attn_softmax_avx512;
     k->attn_probs = mha__attn_probs_avx512;
     k->attn_pv = mha__attn_pv_avx512;
     k->attn_ptv = mha__attn_ptv_avx512;
     k->attn_dsoftmax = mha__attn_dsoftmax_avx512;
-    k->attn_exp = mha__attn_exp_avx512;
     /* fused forward: 96 x 256 tiles (the kernel touches 6 rows of the tile at a time, so the
      * tile may outgrow L1; fewer accumulator reloads and per-tile steps: measured 97 vs 93
      * GFLOP/s for 64 x 128 on the core forward, D = 64, 1 thread); attn_fwd_bc a multiple of

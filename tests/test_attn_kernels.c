@@ -24,6 +24,7 @@
 #include "harness.h"
 #include "attn/attn_common.h" /* mha__dropout_keep, mha__attn_dropout_make: the scheme */
 #include "kernels/kernels.h"
+#include "kernels/philox.h"
 
 static uint64_t rng = 88172645463325252ull;
 static double urand(void) { /* [0, 1) */
@@ -622,6 +623,34 @@ static uint64_t urand64(void) {
     return a << 32 ^ b;
 }
 
+/* The split that the SIMD dropout kernels vectorize (philox.h): mha__philox4x32_fixed for the
+ * fixed words, rounds 1 and 2 per g as its comment says, rounds 3 to 10 with the round keys of
+ * mha__philox_round_keys, equal to mha__philox4x32 for any key and counter. */
+TEST(philox_fixed_rounds) {
+    for (int t = 0; t < 20000; t++) {
+        uint64_t key = urand64();
+        uint32_t g = (uint32_t)urand64(), c1 = (uint32_t)urand64(), c2 = (uint32_t)urand64();
+        uint32_t c3 = (uint32_t)urand64(), rs[4], k[20], want[4];
+        mha__philox4x32(key, g, c1, c2, c3, want);
+        mha__philox4x32_fixed(key, c1, c2, c3, rs);
+        mha__philox_round_keys(key, k);
+        uint64_t p = (uint64_t)MHA__PHILOX_M0 * g;
+        uint64_t q = (uint64_t)MHA__PHILOX_M1 * ((uint32_t)(p >> 32) ^ rs[0]);
+        uint32_t w[4] = {(uint32_t)(q >> 32) ^ rs[1], (uint32_t)q, (uint32_t)p ^ rs[2], rs[3]};
+        for (int r = 2; r < 10; r++) {
+            uint64_t p0 = (uint64_t)MHA__PHILOX_M0 * w[0], p1 = (uint64_t)MHA__PHILOX_M1 * w[2];
+            w[0] = (uint32_t)(p1 >> 32) ^ w[1] ^ k[2 * r], w[1] = (uint32_t)p1;
+            w[2] = (uint32_t)(p0 >> 32) ^ w[3] ^ k[2 * r + 1], w[3] = (uint32_t)p0;
+        }
+        if (memcmp(w, want, sizeof w)) {
+            FAILF("key %llx counter (%u, %u, %u, %u): got %08x %08x %08x %08x, expected %08x "
+                  "%08x %08x %08x", (unsigned long long)key, g, c1, c2, c3, w[0], w[1], w[2],
+                  w[3], want[0], want[1], want[2], want[3]);
+            return;
+        }
+    }
+}
+
 TEST(dropout_keep_every_isa) {
     const mha_kernels *gen = mha__kernels_for(MHA_ISA_GENERIC);
     enum { MAXR = 70, MAXC = 520, LDK = MAXC + 7 };
@@ -863,6 +892,7 @@ int main(void) {
     RUN(softmax_probs_masks);
     RUN(fused_forward_masks_edges);
     RUN(fused_forward_driver_threads);
+    RUN(philox_fixed_rounds);
     RUN(dropout_keep_every_isa);
     RUN(dropout_apply_every_isa);
     RUN(dsoftmax_matches_generic);

@@ -46,17 +46,19 @@ static inline void mha__philox_round_keys(uint64_t key, uint32_t k[20]) {
 
 /* For counters (g, c1, c2, c3) where only g varies (one SIMD lane per g), the parts of rounds
  * 1 and 2 that do not depend on g. With p = M0 g and q = M1 (hi(p) ^ rs[0]), the counter
- * after round 2 is (hi(q) ^ rs[1], lo(q), lo(p) ^ rs[2], rs[3]); rounds 3 to 10 as usual. */
+ * after round 2 is (hi(q) ^ rs[1], lo(q), lo(p) ^ rs[2], rs[3]); rounds 3 to 10 as usual.
+ * (Round 1 gives (n0, lo(M1 c2), hi(p) ^ c3 ^ k1, lo(p)) with n0 = hi(M1 c2) ^ c1 ^ k0 fixed;
+ * round 2 multiplies n0 and hi(p) ^ rs[0], with the key words k0 + W0, k1 + W1.) */
 static inline void mha__philox4x32_fixed(uint64_t key, uint32_t c1, uint32_t c2, uint32_t c3,
                                          uint32_t rs[4]) {
     uint32_t k0 = (uint32_t)key, k1 = (uint32_t)(key >> 32);
-    uint64_t p1 = (uint64_t)MHA__PHILOX_M1 * c2;       /* round 1 */
-    uint32_t n0 = (uint32_t)(p1 >> 32) ^ c1 ^ k0;       /* its c0 */
-    uint64_t p0 = (uint64_t)MHA__PHILOX_M0 * n0;       /* round 2 */
-    rs[0] = c3 ^ k1;                                    /* round 1: c2 = hi(M0 g) ^ c3 ^ k1 */
-    rs[1] = (uint32_t)p1 ^ (k0 + MHA__PHILOX_W0);       /* round 2: c0 = hi(q) ^ c1 ^ k0' */
-    rs[2] = (uint32_t)(p0 >> 32) ^ (k1 + MHA__PHILOX_W1); /* round 2: c2 = hi(M0 n0) ^ c3 ^ k1' */
-    rs[3] = (uint32_t)p0;                               /* round 2: c3 = lo(M0 n0) */
+    uint64_t p1 = (uint64_t)MHA__PHILOX_M1 * c2;
+    uint32_t n0 = (uint32_t)(p1 >> 32) ^ c1 ^ k0;
+    uint64_t p0 = (uint64_t)MHA__PHILOX_M0 * n0;
+    rs[0] = c3 ^ k1;
+    rs[1] = (uint32_t)p1 ^ (k0 + MHA__PHILOX_W0);
+    rs[2] = (uint32_t)(p0 >> 32) ^ (k1 + MHA__PHILOX_W1);
+    rs[3] = (uint32_t)p0;
 }
 
 #endif

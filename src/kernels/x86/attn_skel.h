@@ -27,7 +27,12 @@
  * tile shape or its position.
  *
  * ROW KERNELS (probs, dsoftmax, dropout_apply): one row at a time, VL columns per step, the
- * last step masked. */
+ * last step masked.
+ *
+ * Speed: every mapping operation and register block is always_inline and the blocks are
+ * compiled once per vector count (PER_NV), so each specialization is one loop of FMAs over
+ * registers, as hand-written per ISA. A new ISA is a new <isa>/simd.h (every name above) and
+ * a two-line attn.c; a new feature of the kernels is written here, once. */
 #ifndef MHA_X86_ATTN_SKEL_H
 #define MHA_X86_ATTN_SKEL_H
 

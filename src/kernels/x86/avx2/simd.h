@@ -131,7 +131,8 @@ INL vf vf_keep(vf e, const uint8_t *kr, int64_t c, int64_t end, vmask kw) {
 /* x[c ..] * ks where the keep byte kr[c + i] is nonzero, else exactly 0 (also for a NaN x). */
 INL vf vf_dropout_scale(const float *x, const uint8_t *kr, int64_t c, int64_t end, int last,
                         vmask kw, vf ks) {
-    return vf_keep(_mm256_mul_ps(vf_load_v(x + c, last, kw), ks), kr, c, end, kw);
+    __m256 drop = _mm256_castsi256_ps(zero_bytes(kr, c, end));
+    return _mm256_andnot_ps(drop, _mm256_mul_ps(vf_load_v(x + c, last, kw), ks));
 }
 
 /* Philox lanes (64 bits, the 32-bit word in the low half): lane q of a vector holds group

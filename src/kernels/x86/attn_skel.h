@@ -94,6 +94,29 @@ static void pack_bt(const float *B, int64_t ldb, int64_t w, int64_t dc, float *K
     }
 }
 
+/* One step of a register block's reduction: acc[i][j] += a[i][k] x[j] (one FMA each) for
+ * the MR rows and the nv vectors of x. */
+INL void blk_fma(const int nv, vf acc[MR][NVMAX], const float *const a[MR], int64_t k,
+                 const vf x[NVMAX]) {
+#pragma GCC unroll 16
+    for (int i = 0; i < MR; i++) {
+        vf ai = vf_bcast(a[i] + k);
+#pragma GCC unroll 16
+        for (int j = 0; j < nv; j++) acc[i][j] = vf_fma(ai, x[j], acc[i][j]);
+    }
+}
+
+/* Rows i < m of a register block to C (ldc; the last vector of a row cut by kl). */
+INL void blk_store(const int nv, int64_t m, vf acc[MR][NVMAX], float *C, int64_t ldc,
+                   vmask kl) {
+#pragma GCC unroll 16
+    for (int i = 0; i < MR; i++)
+        if (i < m)
+#pragma GCC unroll 16
+            for (int j = 0; j < nv; j++)
+                vf_store_v(C + i * ldc + VL * j, j == nv - 1, kl, acc[i][j]);
+}
+
 /* S[m, VL nv] (last vector masked by kl) = (first ? 0 : S) + A[m, dc] Kt[dc, VL nv],
  * times scale when last. */
 INL void scores_blk(const int nv, int64_t m, int64_t dc, const float *A, int64_t lda,
@@ -113,12 +136,7 @@ INL void scores_blk(const int nv, int64_t m, int64_t dc, const float *A, int64_t
         vf b[NVMAX];
 #pragma GCC unroll 16
         for (int j = 0; j < nv; j++) b[j] = vf_load(Kt + d * PW + VL * j);
-#pragma GCC unroll 16
-        for (int i = 0; i < MR; i++) {
-            vf ai = vf_bcast(a[i] + d);
-#pragma GCC unroll 16
-            for (int j = 0; j < nv; j++) acc[i][j] = vf_fma(ai, b[j], acc[i][j]);
-        }
+        blk_fma(nv, acc, a, d, b);
     }
     vf vs = vf_set1(scale);
 #pragma GCC unroll 16
@@ -175,19 +193,9 @@ INL void pv_blk(const int nv, int64_t m, int64_t bc, const float *P, int64_t ldp
         vf x[NVMAX];
 #pragma GCC unroll 16
         for (int j = 0; j < nv; j++) x[j] = vf_load_v(X + c * ldx + VL * j, j == nv - 1, kl);
-#pragma GCC unroll 16
-        for (int i = 0; i < MR; i++) {
-            vf pi = vf_bcast(p[i] + c);
-#pragma GCC unroll 16
-            for (int j = 0; j < nv; j++) acc[i][j] = vf_fma(pi, x[j], acc[i][j]);
-        }
+        blk_fma(nv, acc, p, c, x);
     }
-#pragma GCC unroll 16
-    for (int i = 0; i < MR; i++)
-        if (i < m)
-#pragma GCC unroll 16
-            for (int j = 0; j < nv; j++)
-                vf_store_v(O + i * ldo + VL * j, j == nv - 1, kl, acc[i][j]);
+    blk_store(nv, m, acc, O, ldo, kl);
 }
 
 void KERNEL(pv)(int64_t br, int64_t bc, int64_t n, const float *P, int64_t ldp, const float *X,
@@ -230,12 +238,7 @@ INL void ptv_blk(const int nv, int64_t m, int64_t br, const float *P, int64_t ld
             for (int j = 0; j < nv; j++) acc[i][j] = vf_fma(pi, x[j], acc[i][j]);
         }
     }
-#pragma GCC unroll 16
-    for (int i = 0; i < MR; i++)
-        if (i < m)
-#pragma GCC unroll 16
-            for (int j = 0; j < nv; j++)
-                vf_store_v(G + i * ldg + VL * j, j == nv - 1, kl, acc[i][j]);
+    blk_store(nv, m, acc, G, ldg, kl);
 }
 
 void KERNEL(ptv)(int64_t br, int64_t bc, int64_t n, const float *P, int64_t ldp,
@@ -323,12 +326,7 @@ INL void fwd_panel(const int nv, int64_t m, int64_t n, const float *A, int64_t l
         vf b[NVMAX];
 #pragma GCC unroll 16
         for (int j = 0; j < nv; j++) b[j] = vf_load(Kt + d * PW + VL * j);
-#pragma GCC unroll 16
-        for (int i = 0; i < MR; i++) {
-            vf ai = vf_bcast(a[i] + d);
-#pragma GCC unroll 16
-            for (int j = 0; j < nv; j++) acc[i][j] = vf_fma(ai, b[j], acc[i][j]);
-        }
+        blk_fma(nv, acc, a, d, b);
     }
     const vf vs = vf_set1(scale), ninf = vf_set1(-INFINITY);
 #pragma GCC unroll 16

@@ -5,14 +5,16 @@
  * head dims {1, 7, 16, 64, 80, 128} plus 200 (past the 128-deep packing chunk), leading
  * dimensions wider than the rows (pads must stay untouched). Tolerance: the worst-case bound
  * of a float sum of n + 2 terms, gamma = (n + 2) * 2^-24 times the sum of |terms|.
- * Softmax / probs: every combination of pad, bmask and fmask, col_end and diag cutting the
- * tile, -inf float masks, fully masked rows, rows whose running max is still -inf; excluded
- * keys must be exactly 0. Position independence: a row block computed alone is bitwise equal
- * to the same rows inside a taller tile. exp: the table's vectorized exp over a dense sweep
- * of [-88, 1] (max relative error <= 1e-6) and at special values. Fused forward (attn_kpack +
+ * Probs (and the generic softmax step that the generic fused forward uses): every combination
+ * of pad, bmask and fmask, col_end and diag cutting the tile, -inf float masks, fully masked
+ * rows, rows whose running max is still -inf; excluded keys must be exactly 0. Position
+ * independence: a row block computed alone is bitwise equal to the same rows inside a taller
+ * tile. exp, through attn_probs (the vectorized exp of the SIMD tables): a dense sweep of
+ * [-88, 1] (max relative error <= 1e-6) and special values. Fused forward (attn_kpack +
  * attn_fwd): the (m, l, O) state update against float64 and the generic table for every mask
- * kind at tile edges, unchanged rows without allowed keys, and row-block independence; the
- * forward driver on that path against float64 and bitwise equal for 1, 2 and 3 threads.
+ * kind at tile edges, unchanged rows without allowed keys, and row-block independence; scores
+ * hundreds apart, float masks down to -1e30 and -inf, a NaN row; the forward driver on that
+ * path against float64 and bitwise equal for 1, 2 and 3 threads.
  * Dropout: attn_dropout (SIMD Philox) bitwise equal to the generic kernel on random tiles
  * (any br, bc, i0, j0 mod 4, thresholds 0 .. 2^32 - 1, counters past 2^32), the generic one
  * equal to the scheme's scalar definition mha__dropout_keep; attn_dropout_apply bitwise equal
@@ -22,6 +24,7 @@
 #include "harness.h"
 #include "attn/attn_common.h" /* mha__dropout_keep, mha__attn_dropout_make: the scheme */
 #include "kernels/kernels.h"
+#include "kernels/philox.h"
 
 static uint64_t rng = 88172645463325252ull;
 static double urand(void) { /* [0, 1) */
@@ -213,6 +216,61 @@ static int excluded(const mha__attn_tile_mask *mk, int64_t r, int64_t c, int64_t
            (mk->bmask && mk->bmask[r * mk->ld_mask + c]);
 }
 
+/* The generic online-softmax step (mha__attn_softmax_generic: the middle step of the generic
+ * fused forward, the oracle of the SIMD ones) over the tile S0 [br, bc] against float64: m,
+ * alpha, l and the probabilities; excluded keys exactly 0, rows without an allowed key keep
+ * m and l and get alpha 1. */
+static int check_softmax_generic(int64_t br, int64_t bc, const float *S0, int64_t lds,
+                                 const mha__attn_tile_mask *mk, const float *m0) {
+    float *S = fbuf(br * lds), m[256], l[256], a[256];
+    double *want = dbuf(br * lds), *tol = dbuf(br * lds);
+    const float *fm = mk->fmask;
+    int64_t ldm = mk->ld_mask;
+    int ok = 1;
+    memcpy(S, S0, sizeof(float) * (size_t)(br * lds));
+    for (int64_t r = 0; r < br; r++) m[r] = m0[r], l[r] = 2.0f, a[r] = NAN;
+    mha__attn_softmax_generic(br, bc, S, lds, mk, m, l, a);
+    for (int64_t r = 0; r < br && ok; r++) {
+        float mx = m0[r]; /* the reference from the same float sums s = S + fmask */
+        for (int64_t c = 0; c < bc; c++) {
+            float x = S0[r * lds + c] + (fm ? fm[r * ldm + c] : 0.0f);
+            if (!excluded(mk, r, c, bc) && x > mx) mx = x;
+        }
+        double sum = 0;
+        for (int64_t c = 0; c < lds; c++) {
+            int64_t t = r * lds + c;
+            float x = c < bc ? S0[t] + (fm ? fm[r * ldm + c] : 0.0f) : 0;
+            double p = c >= bc ? SENTINEL
+                       : mx == -INFINITY || excluded(mk, r, c, bc) ? 0.0
+                                                                   : exp((double)(x - mx));
+            if (c < bc) sum += p;
+            want[t] = p, tol[t] = 2e-6 * p;
+        }
+        if (mx == -INFINITY) {
+            if (a[r] != 1.0f || m[r] != m0[r] || l[r] != 2.0f) {
+                FAILF("generic softmax row %lld without allowed keys: alpha %g m %g l %g, "
+                      "expected 1, %g, 2", (long long)r, a[r], m[r], l[r], m0[r]);
+                ok = 0;
+            }
+            continue;
+        }
+        double al = m0[r] == -INFINITY ? 0 : exp((double)(m0[r] - mx)), lw = al * 2.0 + sum;
+        if (m[r] != mx || fabs(a[r] - al) > 2e-6 * al || fabs(l[r] - lw) > 1e-5 * lw) {
+            FAILF("generic softmax row %lld (bc %lld): m %.9g/%.9g alpha %.9g/%.9g l %.9g/%.9g "
+                  "(kernel/ref)", (long long)r, (long long)bc, m[r], mx, a[r], al, l[r], lw);
+            ok = 0;
+        }
+    }
+    ok = ok && near_each("softmax P vs float64", "generic", S, want, tol, br * lds, br, bc, 0);
+    for (int64_t t = 0; t < br * lds && ok; t++)
+        if (want[t] == 0.0 && S[t] != 0.0f) {
+            FAILF("generic softmax: excluded key [%lld] gave %g", (long long)t, S[t]);
+            ok = 0;
+        }
+    free(S), free(want), free(tol);
+    return ok;
+}
+
 TEST(softmax_probs_masks) {
     const mha_kernels *gen = mha__kernels_for(MHA_ISA_GENERIC);
     for (int i = 0; i < nisa; i++) {
@@ -221,7 +279,7 @@ TEST(softmax_probs_masks) {
         uint8_t *pad = malloc((size_t)ldm), *bm = malloc((size_t)(BR * ldm));
         float *fm = fbuf(BR * ldm), *S0 = fbuf(BR * lds), *S = fbuf(BR * lds), *Sg = fbuf(BR * lds);
         double *want = dbuf(BR * lds), *tol = dbuf(BR * lds);
-        float m[256], l[256], a[256], mg[256], lg[256], ag[256], m0[256], lse[256];
+        float m0[256], lse[256];
         for (int64_t t = 0; t < ldm; t++) pad[t] = urand() < 0.15;
         for (int64_t t = 0; t < BR * ldm; t++) {
             bm[t] = urand() < 0.15;
@@ -246,63 +304,11 @@ TEST(softmax_probs_masks) {
                             m0[r] = r % 5 == 1 ? -INFINITY : (float)frand();
                             lse[r] = r % 7 == 2 ? -INFINITY : 1.5f + frand();
                         }
-                        /* softmax */
-                        memcpy(S, S0, sizeof(float) * (size_t)(br * lds));
-                        memcpy(Sg, S0, sizeof(float) * (size_t)(br * lds));
-                        for (int64_t r = 0; r < br; r++)
-                            m[r] = mg[r] = m0[r], l[r] = lg[r] = 2.0f, a[r] = ag[r] = NAN;
-                        kk->attn_softmax(br, bc, S, lds, &mk, m, l, a);
-                        gen->attn_softmax(br, bc, Sg, lds, &mk, mg, lg, ag);
-                        for (int64_t r = 0; r < br && !bad; r++) {
-                            /* reference from the same float sums s = S + fmask */
-                            float mx = m0[r];
-                            for (int64_t c = 0; c < bc; c++) {
-                                float x = S0[r * lds + c] + (mk.fmask ? fm[r * ldm + c] : 0.0f);
-                                if (!excluded(&mk, r, c, bc) && x > mx) mx = x;
-                            }
-                            double sum = 0;
-                            for (int64_t c = 0; c < lds; c++) {
-                                int64_t t = r * lds + c;
-                                float x = c < bc ? S0[t] + (mk.fmask ? fm[r * ldm + c] : 0.0f) : 0;
-                                double p = c >= bc ? SENTINEL
-                                           : mx == -INFINITY || excluded(&mk, r, c, bc) ? 0.0
-                                                                                       : exp((double)(x - mx));
-                                if (c < bc) sum += p;
-                                want[t] = p, tol[t] = 2e-6 * p;
-                            }
-                            if (mx == -INFINITY) {
-                                if (a[r] != 1.0f || m[r] != m0[r] || l[r] != 2.0f) {
-                                    FAILF("%s softmax row %lld without allowed keys: alpha %g m "
-                                          "%g l %g, expected 1, %g, 2", kk->name, (long long)r,
-                                          a[r], m[r], l[r], m0[r]);
-                                    bad = 1;
-                                }
-                                continue;
-                            }
-                            double al = m0[r] == -INFINITY ? 0 : exp((double)(m0[r] - mx));
-                            double lw = al * 2.0 + sum;
-                            if (m[r] != mx || m[r] != mg[r] || fabs(a[r] - al) > 2e-6 * al ||
-                                fabs(l[r] - lw) > 1e-5 * lw || fabs(l[r] - lg[r]) > 2e-5 * lw) {
-                                FAILF("%s softmax row %lld (bc %lld): m %.9g/%.9g/%.9g alpha "
-                                      "%.9g/%.9g l %.9g/%.9g/%.9g (kernel/ref/generic)", kk->name,
-                                      (long long)r, (long long)bc, m[r], mx, mg[r], a[r], al,
-                                      l[r], lw, lg[r]);
-                                bad = 1;
-                            }
-                        }
-                        if (bad) break;
-                        if (!near_each("softmax P vs float64", kk->name, S, want, tol,
-                                       br * lds, br, bc, 0)) {
+                        /* softmax: the generic step (the SIMD tables fuse it into attn_fwd) */
+                        if (kk == gen && !check_softmax_generic(br, bc, S0, lds, &mk, m0)) {
                             bad = 1;
                             break;
                         }
-                        for (int64_t t = 0; t < br * lds; t++)
-                            if (want[t] == 0.0 && (S[t] != 0.0f || Sg[t] != 0.0f)) {
-                                FAILF("%s softmax: excluded key [%lld] gave %g (generic %g)",
-                                      kk->name, (long long)t, S[t], Sg[t]);
-                                bad = 1;
-                                break;
-                            }
                         /* probs */
                         memcpy(S, S0, sizeof(float) * (size_t)(br * lds));
                         memcpy(Sg, S0, sizeof(float) * (size_t)(br * lds));
@@ -617,6 +623,34 @@ static uint64_t urand64(void) {
     return a << 32 ^ b;
 }
 
+/* The split that the SIMD dropout kernels vectorize (philox.h): mha__philox4x32_fixed for the
+ * fixed words, rounds 1 and 2 per g as its comment says, rounds 3 to 10 with the round keys of
+ * mha__philox_round_keys, equal to mha__philox4x32 for any key and counter. */
+TEST(philox_fixed_rounds) {
+    for (int t = 0; t < 20000; t++) {
+        uint64_t key = urand64();
+        uint32_t g = (uint32_t)urand64(), c1 = (uint32_t)urand64(), c2 = (uint32_t)urand64();
+        uint32_t c3 = (uint32_t)urand64(), rs[4], k[20], want[4];
+        mha__philox4x32(key, g, c1, c2, c3, want);
+        mha__philox4x32_fixed(key, c1, c2, c3, rs);
+        mha__philox_round_keys(key, k);
+        uint64_t p = (uint64_t)MHA__PHILOX_M0 * g;
+        uint64_t q = (uint64_t)MHA__PHILOX_M1 * ((uint32_t)(p >> 32) ^ rs[0]);
+        uint32_t w[4] = {(uint32_t)(q >> 32) ^ rs[1], (uint32_t)q, (uint32_t)p ^ rs[2], rs[3]};
+        for (int r = 2; r < 10; r++) {
+            uint64_t p0 = (uint64_t)MHA__PHILOX_M0 * w[0], p1 = (uint64_t)MHA__PHILOX_M1 * w[2];
+            w[0] = (uint32_t)(p1 >> 32) ^ w[1] ^ k[2 * r], w[1] = (uint32_t)p1;
+            w[2] = (uint32_t)(p0 >> 32) ^ w[3] ^ k[2 * r + 1], w[3] = (uint32_t)p0;
+        }
+        if (memcmp(w, want, sizeof w)) {
+            FAILF("key %llx counter (%u, %u, %u, %u): got %08x %08x %08x %08x, expected %08x "
+                  "%08x %08x %08x", (unsigned long long)key, g, c1, c2, c3, w[0], w[1], w[2],
+                  w[3], want[0], want[1], want[2], want[3]);
+            return;
+        }
+    }
+}
+
 TEST(dropout_keep_every_isa) {
     const mha_kernels *gen = mha__kernels_for(MHA_ISA_GENERIC);
     enum { MAXR = 70, MAXC = 520, LDK = MAXC + 7 };
@@ -769,30 +803,32 @@ TEST(dsoftmax_matches_generic) {
     }
 }
 
-TEST(vexp_accuracy) {
-    int tested = 0;
+/* exp as the kernels compute it: attn_probs with lse = 0 and no mask gives exp(S) (x - 0 is
+ * exact), by the vectorized exp that a SIMD table's attn_probs and attn_fwd share. A dense
+ * sweep of [-88, 1] (max relative error <= 1e-6; rows of attn_bc - 1 keys, so masked tails)
+ * and special values: -inf and anything below -110 give exactly +0, NaN stays NaN. */
+TEST(exp_through_probs) {
     for (int i = 0; i < nisa; i++) {
         const mha_kernels *kk = isas[i];
-        if (!kk->attn_exp) continue;
-        tested++;
-        enum { N = 1 << 16 };
-        static float x[N], y[N];
+        int64_t br = kk->attn_br, bc = kk->attn_bc - 1, per = br * bc;
+        float *X = fbuf(per), *Y = fbuf(per), lse[256] = {0};
+        mha__attn_tile_mask mk = {bc, MHA__ATTN_NO_DIAG, NULL, NULL, NULL, 0};
+        const int64_t total = (int64_t)1 << 23; /* 2^23 points, step ~1.05e-5 */
         double worst = 0, wx = 0;
-        /* dense sweep of [-88, 1]: 2^23 points, step ~1.05e-5 */
-        const int64_t total = (int64_t)1 << 23;
-        for (int64_t base = 0; base < total; base += N) {
-            for (int j = 0; j < N; j++) x[j] = (float)(-88.0 + 89.0 * (double)(base + j) / total);
-            x[0] = base ? x[0] : -88.0f;
-            kk->attn_exp(x, y, N - (int)(base % 3)); /* odd counts: masked tails */
-            for (int j = 0; j < N - (int)(base % 3); j++) {
-                double w = exp((double)x[j]), e = fabs(y[j] - w) / w;
-                if (!(e <= worst)) worst = e, wx = x[j];
+        for (int64_t base = 0; base < total; base += per) {
+            for (int64_t j = 0; j < per; j++)
+                X[j] = Y[j] = (float)(-88.0 + 89.0 * (double)(base + j) / (double)total);
+            kk->attn_probs(br, bc, Y, bc, &mk, lse);
+            for (int64_t j = 0; j < per; j++) {
+                double w = exp((double)X[j]), e = fabs(Y[j] - w) / w;
+                if (!(e <= worst)) worst = e, wx = X[j];
             }
         }
         if (!(worst <= 1e-6)) FAILF("%s exp: max rel err %.3g at x = %.9g", kk->name, worst, wx);
         printf("  %s exp: max rel err %.3g over [-88, 1] (at x = %.9g)\n", kk->name, worst, wx);
-        float sx[9] = {-INFINITY, -1e30f, -1000.0f, -110.0f, -104.0f, 0.0f, NAN, -0.0f, 1.0f}, sy[9];
-        kk->attn_exp(sx, sy, 9);
+        float sy[9] = {-INFINITY, -1e30f, -1000.0f, -110.0f, -104.0f, 0.0f, NAN, -0.0f, 1.0f};
+        kk->attn_probs(1, 9, sy, 9, &mk, lse);
+        free(X), free(Y);
         ASSERT_TRUE(sy[0] == 0.0f && !signbit(sy[0]));
         ASSERT_TRUE(sy[1] == 0.0f && sy[2] == 0.0f && sy[3] == 0.0f);
         ASSERT_TRUE(sy[4] >= 0.0f && sy[4] < 1e-44f);
@@ -800,7 +836,51 @@ TEST(vexp_accuracy) {
         ASSERT_TRUE(isnan(sy[6]));
         ASSERT_TRUE(fabs(sy[8] - exp(1.0)) <= 1e-6 * exp(1.0));
     }
-    if (!tested) printf("  (no table with a vectorized exp on this machine)\n");
+}
+
+/* The fused forward (with and without dropout) where its exp meets extremes, against float64
+ * and the generic table: scores hundreds apart (exp underflows to subnormals and exactly 0),
+ * float masks of -1e30, -inf, -100 and -88, running maxima far above the tile's scores, and a
+ * NaN query row (its l and O must be NaN, as the generic's; the other rows unaffected). */
+TEST(fused_forward_extremes) {
+    const mha_kernels *gen = mha__kernels_for(MHA_ISA_GENERIC);
+    enum { BR = 13, BC = 37, N = 16, NV = 24, LDM = BC + 3 };
+    const float fx[6] = {-1e30f, -INFINITY, -100.0f, -88.0f, 0.5f, 0.0f};
+    fwd_case f = {.br = BR, .bc = BC, .n = N, .nv = NV, .lda = N + 1, .ldk = N + 2,
+                  .ldv = NV + 3, .ldo = NV + 1, .ldp = BC + 2};
+    f.A = fbuf(BR * f.lda), f.K = fbuf(BC * f.ldk), f.V = fbuf(BC * f.ldv);
+    f.O0 = fbuf(BR * f.ldo), f.m0 = fbuf(BR), f.l0 = fbuf(BR), f.P = fbuf(BR * f.ldp);
+    f.Kp = aligned_alloc(64, sizeof(float) * 256 * N);
+    float fm[BR * LDM];
+    uint8_t keep[BR * LDM];
+    for (int64_t r = 0; r < BR; r++)
+        for (int64_t d = 0; d < N; d++) f.A[r * f.lda + d] = (r % 3 ? 1.0f : 40.0f) * frand();
+    f.A[7 * f.lda + 3] = NAN; /* row 7 (with a finite running max): every score NaN */
+    for (int64_t t = 0; t < BC * f.ldk; t++) f.K[t] = 2 * frand();
+    for (int64_t t = 0; t < BC * f.ldv; t++) f.V[t] = frand();
+    for (int64_t t = 0; t < BR * LDM; t++) {
+        fm[t] = urand() < 0.4 ? fx[(int)(urand() * 6)] : frand();
+        keep[t] = urand() < 0.7;
+    }
+    for (int64_t r = 0; r < BR; r++) {
+        int fresh = r % 4 == 1;
+        f.m0[r] = fresh ? -INFINITY : r % 4 == 2 ? 300.0f : frand();
+        f.l0[r] = fresh ? 0.0f : 1.0f;
+        for (int64_t x = 0; x < f.ldo; x++) f.O0[r * f.ldo + x] = fresh ? 0.0f : frand();
+    }
+    for (int i = 0; i < nisa; i++)
+        for (int kind = 0; kind < 4; kind++) {
+            mha__attn_tile_mask mk = {BC, kind & 1 ? 2 : MHA__ATTN_NO_DIAG, NULL, NULL,
+                                      kind & 2 ? fm : NULL, LDM};
+            f.keep = NULL;
+            if (!check_fwd(isas[i], gen, &f, &mk, kind & 2 ? "extremes, float mask" : "extremes"))
+                goto out;
+            f.keep = keep, f.ldkeep = LDM;
+            if (!check_fwd(isas[i], gen, &f, &mk, kind & 2 ? "extremes, float mask" : "extremes"))
+                goto out;
+        }
+out:
+    free(f.A), free(f.K), free(f.V), free(f.O0), free(f.m0), free(f.l0), free(f.P), free(f.Kp);
 }
 
 int main(void) {
@@ -812,9 +892,11 @@ int main(void) {
     RUN(softmax_probs_masks);
     RUN(fused_forward_masks_edges);
     RUN(fused_forward_driver_threads);
+    RUN(philox_fixed_rounds);
     RUN(dropout_keep_every_isa);
     RUN(dropout_apply_every_isa);
     RUN(dsoftmax_matches_generic);
-    RUN(vexp_accuracy);
+    RUN(exp_through_probs);
+    RUN(fused_forward_extremes);
     return harness_report();
 }

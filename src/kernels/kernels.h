@@ -139,51 +139,59 @@ static inline int64_t mha__attn_tile_row_end(const mha__attn_tile_mask *mk, int6
     return e < 0 ? 0 : e;
 }
 
-typedef void (*mha__attn_scores_fn)(int64_t br, int64_t bc, int64_t n, float scale,
-                                    const float *A, int64_t lda, const float *B, int64_t ldb,
-                                    float *S, int64_t lds);
-typedef void (*mha__attn_softmax_fn)(int64_t br, int64_t bc, float *S, int64_t lds,
-                                     const mha__attn_tile_mask *mk, float *m, float *l,
-                                     float *alpha);
-typedef void (*mha__attn_probs_fn)(int64_t br, int64_t bc, float *S, int64_t lds,
-                                   const mha__attn_tile_mask *mk, const float *lse);
-typedef void (*mha__attn_pv_fn)(int64_t br, int64_t bc, int64_t n, const float *P,
-                                int64_t ldp, const float *X, int64_t ldx, const float *alpha,
-                                float *O, int64_t ldo);
-typedef void (*mha__attn_ptv_fn)(int64_t br, int64_t bc, int64_t n, const float *P,
-                                 int64_t ldp, const float *X, int64_t ldx, float *G,
-                                 int64_t ldg);
-typedef void (*mha__attn_dsoftmax_fn)(int64_t br, int64_t bc, const float *P, int64_t ldp,
-                                      float *dP, int64_t lddp, const float *drow, float scale);
+/* One prototype per kernel kind (BLIS's GEMM_UKR_PROT): every ISA's instance is declared with
+ * it below (so a definition that drifts from the contract does not compile), and the table
+ * holds pointers to it (the mha__*_fn names). */
+typedef void mha__attn_scores_t(int64_t br, int64_t bc, int64_t n, float scale, const float *A,
+                                int64_t lda, const float *B, int64_t ldb, float *S, int64_t lds);
+typedef void mha__attn_softmax_t(int64_t br, int64_t bc, float *S, int64_t lds,
+                                 const mha__attn_tile_mask *mk, float *m, float *l, float *alpha);
+typedef void mha__attn_probs_t(int64_t br, int64_t bc, float *S, int64_t lds,
+                               const mha__attn_tile_mask *mk, const float *lse);
+typedef void mha__attn_pv_t(int64_t br, int64_t bc, int64_t n, const float *P, int64_t ldp,
+                            const float *X, int64_t ldx, const float *alpha, float *O,
+                            int64_t ldo);
+typedef void mha__attn_ptv_t(int64_t br, int64_t bc, int64_t n, const float *P, int64_t ldp,
+                             const float *X, int64_t ldx, float *G, int64_t ldg);
+typedef void mha__attn_dsoftmax_t(int64_t br, int64_t bc, const float *P, int64_t ldp, float *dP,
+                                  int64_t lddp, const float *drow, float scale);
+typedef void mha__attn_kpack_t(int64_t bc, int64_t n, const float *B, int64_t ldb, float *Kp);
+typedef void mha__attn_fwd_t(int64_t br, int64_t bc, int64_t n, int64_t nv, float scale,
+                             const float *A, int64_t lda, const float *Kp, const float *V,
+                             int64_t ldv, const mha__attn_tile_mask *mk, float *m, float *l,
+                             float *O, int64_t ldo, float *P, int64_t ldp);
+typedef void mha__attn_fwd_drop_t(int64_t br, int64_t bc, int64_t n, int64_t nv, float scale,
+                                  const float *A, int64_t lda, const float *Kp, const float *V,
+                                  int64_t ldv, const mha__attn_tile_mask *mk, float *m, float *l,
+                                  float *O, int64_t ldo, float *P, int64_t ldp,
+                                  const uint8_t *keep, int64_t ldk);
+typedef void mha__attn_dropout_t(int64_t br, int64_t bc, const mha__attn_dropout *dr, int64_t i0,
+                                 int64_t j0, uint8_t *keep, int64_t ldk);
+typedef void mha__attn_dropout_apply_t(int64_t br, int64_t bc, const uint8_t *keep, int64_t ldk,
+                                       float ks, const float *X, int64_t ldx, float *Y,
+                                       int64_t ldy);
+typedef void mha__sgemm_t(int ta, int tb, int64_t M, int64_t N, int64_t K, float alpha,
+                          const float *A, int64_t lda, const float *B, int64_t ldb, float beta,
+                          float *C, int64_t ldc);
+typedef void mha__gemm_ukr_t(int64_t k, const float *a, const float *b, float alpha, float beta,
+                             float *c, int64_t ldc, int m, int n);
+typedef void mha__gemm_pack_t(const float *X, int64_t rs, int64_t cs, int64_t rows, int64_t k,
+                              int r, float *dst);
 
-typedef void (*mha__attn_kpack_fn)(int64_t bc, int64_t n, const float *B, int64_t ldb,
-                                   float *Kp);
-typedef void (*mha__attn_fwd_fn)(int64_t br, int64_t bc, int64_t n, int64_t nv, float scale,
-                                 const float *A, int64_t lda, const float *Kp, const float *V,
-                                 int64_t ldv, const mha__attn_tile_mask *mk, float *m,
-                                 float *l, float *O, int64_t ldo, float *P, int64_t ldp);
-
-typedef void (*mha__attn_fwd_drop_fn)(int64_t br, int64_t bc, int64_t n, int64_t nv,
-                                      float scale, const float *A, int64_t lda,
-                                      const float *Kp, const float *V, int64_t ldv,
-                                      const mha__attn_tile_mask *mk, float *m, float *l,
-                                      float *O, int64_t ldo, float *P, int64_t ldp,
-                                      const uint8_t *keep, int64_t ldk);
-typedef void (*mha__attn_dropout_fn)(int64_t br, int64_t bc, const mha__attn_dropout *dr,
-                                     int64_t i0, int64_t j0, uint8_t *keep, int64_t ldk);
-
-typedef void (*mha__attn_dropout_apply_fn)(int64_t br, int64_t bc, const uint8_t *keep,
-                                           int64_t ldk, float ks, const float *X, int64_t ldx,
-                                           float *Y, int64_t ldy);
-
-typedef void (*mha__sgemm_fn)(int ta, int tb, int64_t M, int64_t N, int64_t K, float alpha,
-                              const float *A, int64_t lda, const float *B, int64_t ldb,
-                              float beta, float *C, int64_t ldc);
-
-typedef void (*mha__gemm_ukr_fn)(int64_t k, const float *a, const float *b, float alpha,
-                                 float beta, float *c, int64_t ldc, int m, int n);
-typedef void (*mha__gemm_pack_fn)(const float *X, int64_t rs, int64_t cs, int64_t rows,
-                                  int64_t k, int r, float *dst);
+typedef mha__attn_scores_t *mha__attn_scores_fn;
+typedef mha__attn_softmax_t *mha__attn_softmax_fn;
+typedef mha__attn_probs_t *mha__attn_probs_fn;
+typedef mha__attn_pv_t *mha__attn_pv_fn;
+typedef mha__attn_ptv_t *mha__attn_ptv_fn;
+typedef mha__attn_dsoftmax_t *mha__attn_dsoftmax_fn;
+typedef mha__attn_kpack_t *mha__attn_kpack_fn;
+typedef mha__attn_fwd_t *mha__attn_fwd_fn;
+typedef mha__attn_fwd_drop_t *mha__attn_fwd_drop_fn;
+typedef mha__attn_dropout_t *mha__attn_dropout_fn;
+typedef mha__attn_dropout_apply_t *mha__attn_dropout_apply_fn;
+typedef mha__sgemm_t *mha__sgemm_fn;
+typedef mha__gemm_ukr_t *mha__gemm_ukr_fn;
+typedef mha__gemm_pack_t *mha__gemm_pack_fn;
 
 typedef struct mha_kernels {
     const char *name; /* "generic", "avx2", "avx512" */
@@ -227,85 +235,35 @@ void mha__kernels_init_avx2(mha_kernels *k);
 void mha__kernels_init_avx512(mha_kernels *k);
 #endif
 
-/* Generic kernels (the oracle for the others). */
-void mha__sgemm_generic_f32(int ta, int tb, int64_t M, int64_t N, int64_t K, float alpha,
-                            const float *A, int64_t lda, const float *B, int64_t ldb, float beta,
-                            float *C, int64_t ldc);
-/* Reference gemm micro-kernel (MR x NR = 4 x 16) and packing (any r). */
-void mha__gemm_generic_f32_4x16(int64_t k, const float *a, const float *b, float alpha,
-                                float beta, float *c, int64_t ldc, int m, int n);
-void mha__gemm_pack_generic_f32(const float *X, int64_t rs, int64_t cs, int64_t rows,
-                                int64_t k, int r, float *dst);
-
-/* Generic attention tile kernels (src/kernels/generic/attn.c). */
-void mha__attn_scores_generic(int64_t br, int64_t bc, int64_t n, float scale, const float *A,
-                              int64_t lda, const float *B, int64_t ldb, float *S, int64_t lds);
-void mha__attn_softmax_generic(int64_t br, int64_t bc, float *S, int64_t lds,
-                               const mha__attn_tile_mask *mk, float *m, float *l, float *alpha);
-void mha__attn_probs_generic(int64_t br, int64_t bc, float *S, int64_t lds,
-                             const mha__attn_tile_mask *mk, const float *lse);
-void mha__attn_pv_generic(int64_t br, int64_t bc, int64_t n, const float *P, int64_t ldp,
-                          const float *X, int64_t ldx, const float *alpha, float *O,
-                          int64_t ldo);
-void mha__attn_ptv_generic(int64_t br, int64_t bc, int64_t n, const float *P, int64_t ldp,
-                           const float *X, int64_t ldx, float *G, int64_t ldg);
-void mha__attn_dsoftmax_generic(int64_t br, int64_t bc, const float *P, int64_t ldp, float *dP,
-                                int64_t ldd, const float *drow, float scale);
-
-void mha__attn_kpack_generic(int64_t bc, int64_t n, const float *B, int64_t ldb, float *Kp);
-void mha__attn_fwd_generic(int64_t br, int64_t bc, int64_t n, int64_t nv, float scale,
-                           const float *A, int64_t lda, const float *Kp, const float *V,
-                           int64_t ldv, const mha__attn_tile_mask *mk, float *m, float *l,
-                           float *O, int64_t ldo, float *P, int64_t ldp);
-void mha__attn_fwd_drop_generic(int64_t br, int64_t bc, int64_t n, int64_t nv, float scale,
-                                const float *A, int64_t lda, const float *Kp, const float *V,
-                                int64_t ldv, const mha__attn_tile_mask *mk, float *m, float *l,
-                                float *O, int64_t ldo, float *P, int64_t ldp,
-                                const uint8_t *keep, int64_t ldk);
-void mha__attn_dropout_generic(int64_t br, int64_t bc, const mha__attn_dropout *dr, int64_t i0,
-                               int64_t j0, uint8_t *keep, int64_t ldk);
-void mha__attn_dropout_apply_generic(int64_t br, int64_t bc, const uint8_t *keep, int64_t ldk,
-                                     float ks, const float *X, int64_t ldx, float *Y,
-                                     int64_t ldy);
-
-/* SIMD attention tile kernels (src/kernels/x86/<isa>/attn.c), same contracts. */
+/* Every ISA's kernels, declared by their kind's prototype. Attention tile kernels:
+ * src/kernels/generic/attn.c (the reference, the oracle in tests) and
+ * src/kernels/x86/<isa>/attn.c (the skeleton src/kernels/x86/attn_skel.h over the ISA's SIMD
+ * mapping). */
 #define MHA__ATTN_DECLARE(isa)                                                                 \
-    void mha__attn_scores_##isa(int64_t br, int64_t bc, int64_t n, float scale, const float *A, \
-                                int64_t lda, const float *B, int64_t ldb, float *S,             \
-                                int64_t lds);                                                  \
-    void mha__attn_softmax_##isa(int64_t br, int64_t bc, float *S, int64_t lds,                 \
-                                 const mha__attn_tile_mask *mk, float *m, float *l,            \
-                                 float *alpha);                                                \
-    void mha__attn_probs_##isa(int64_t br, int64_t bc, float *S, int64_t lds,                   \
-                               const mha__attn_tile_mask *mk, const float *lse);               \
-    void mha__attn_pv_##isa(int64_t br, int64_t bc, int64_t n, const float *P, int64_t ldp,     \
-                            const float *X, int64_t ldx, const float *alpha, float *O,         \
-                            int64_t ldo);                                                      \
-    void mha__attn_ptv_##isa(int64_t br, int64_t bc, int64_t n, const float *P, int64_t ldp,    \
-                             const float *X, int64_t ldx, float *G, int64_t ldg);              \
-    void mha__attn_dsoftmax_##isa(int64_t br, int64_t bc, const float *P, int64_t ldp,          \
-                                  float *dP, int64_t ldd, const float *drow, float scale);      \
-    void mha__attn_exp_##isa(const float *x, float *y, int64_t n);                           \
-    void mha__attn_kpack_##isa(int64_t bc, int64_t n, const float *B, int64_t ldb, float *Kp);  \
-    void mha__attn_fwd_##isa(int64_t br, int64_t bc, int64_t n, int64_t nv, float scale,        \
-                             const float *A, int64_t lda, const float *Kp, const float *V,     \
-                             int64_t ldv, const mha__attn_tile_mask *mk, float *m, float *l,   \
-                             float *O, int64_t ldo, float *P, int64_t ldp);              \
-    void mha__attn_fwd_drop_##isa(int64_t br, int64_t bc, int64_t n, int64_t nv, float scale,   \
-                                  const float *A, int64_t lda, const float *Kp,                \
-                                  const float *V, int64_t ldv, const mha__attn_tile_mask *mk,  \
-                                  float *m, float *l, float *O, int64_t ldo, float *P,         \
-                                  int64_t ldp, const uint8_t *keep, int64_t ldk);              \
-    void mha__attn_dropout_##isa(int64_t br, int64_t bc, const mha__attn_dropout *dr,          \
-                                 int64_t i0, int64_t j0, uint8_t *keep, int64_t ldk);      \
-    void mha__attn_dropout_apply_##isa(int64_t br, int64_t bc, const uint8_t *keep,            \
-                                       int64_t ldk, float ks, const float *X, int64_t ldx,     \
-                                       float *Y, int64_t ldy);
+    mha__attn_scores_t mha__attn_scores_##isa;                                                 \
+    mha__attn_probs_t mha__attn_probs_##isa;                                                   \
+    mha__attn_pv_t mha__attn_pv_##isa;                                                         \
+    mha__attn_ptv_t mha__attn_ptv_##isa;                                                       \
+    mha__attn_dsoftmax_t mha__attn_dsoftmax_##isa;                                             \
+    mha__attn_kpack_t mha__attn_kpack_##isa;                                                   \
+    mha__attn_fwd_t mha__attn_fwd_##isa;                                                       \
+    mha__attn_fwd_drop_t mha__attn_fwd_drop_##isa;                                             \
+    mha__attn_dropout_t mha__attn_dropout_##isa;                                               \
+    mha__attn_dropout_apply_t mha__attn_dropout_apply_##isa;
+
+MHA__ATTN_DECLARE(generic)
+mha__attn_softmax_t mha__attn_softmax_generic; /* the online-softmax step of attn_fwd_generic */
+mha__sgemm_t mha__sgemm_generic_f32;
+mha__gemm_ukr_t mha__gemm_generic_f32_4x16; /* the reference micro-kernel, MR x NR = 4 x 16 */
+mha__gemm_pack_t mha__gemm_pack_generic_f32; /* any r */
 #ifdef MHA_HAVE_AVX2
 MHA__ATTN_DECLARE(avx2)
+mha__gemm_ukr_t mha__gemm_avx2_f32_6x16;
 #endif
 #ifdef MHA_HAVE_AVX512
 MHA__ATTN_DECLARE(avx512)
+mha__gemm_ukr_t mha__gemm_avx512_f32_14x32;
+mha__gemm_pack_t mha__gemm_pack_avx512_f32;
 #endif
 
 #endif

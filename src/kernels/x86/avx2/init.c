@@ -1,9 +1,6 @@
 /* init.c - the AVX2 kernel table: the generic table, then what this folder overrides. */
 #include "../../kernels.h"
 
-void mha__gemm_avx2_f32_6x16(int64_t k, const float *a, const float *b, float alpha,
-                             float beta, float *c, int64_t ldc, int m, int n);
-
 void mha__kernels_init_avx2(mha_kernels *k) {
     mha__kernels_init_generic(k);
     k->name = "avx2";

@@ -1,11 +1,6 @@
 /* init.c - the AVX-512 kernel table: the generic table, then what this folder overrides. */
 #include "../../kernels.h"
 
-void mha__gemm_avx512_f32_14x32(int64_t k, const float *a, const float *b, float alpha,
-                                float beta, float *c, int64_t ldc, int m, int n);
-void mha__gemm_pack_avx512_f32(const float *X, int64_t rs, int64_t cs, int64_t rows,
-                               int64_t k, int r, float *dst);
-
 void mha__kernels_init_avx512(mha_kernels *k) {
     mha__kernels_init_generic(k);
     k->name = "avx512";

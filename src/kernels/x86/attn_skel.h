@@ -1,0 +1,528 @@
+/* attn_skel.h - the x86 attention tile kernels, written once over a SIMD mapping (ggml's
+ * simd-mappings idea). Contracts: ATTENTION TILE KERNELS in ../kernels.h; the generic kernels
+ * (../generic/attn.c) are the reference.
+ *
+ * Included by each ISA's attn.c after its mapping (<isa>/simd.h), which provides: the vector
+ * types vf (VL floats), vmask (VL lanes) and vi (VL/2 64-bit lanes); the block sizes MR and
+ * NVMAX; loads and stores (aligned, masked, "the last vector of a row"); fma, mul, add, sub,
+ * max, exp, select, horizontal max and sum; the tail and allowed-key masks; the in-register
+ * transpose; the keep-byte operations and the Philox lane operations. Here are the tile and
+ * panel loops and the register blocks; every function below becomes mha__attn_<kind>_<isa>.
+ * Where two ISAs compute the same thing in different forms (AVX2 and + add, AVX-512 a masked
+ * add), the mapping keeps its own: results stay bitwise what each ISA gave before.
+ *
+ * PRODUCTS (register-blocked: broadcast + FMA, MR x NV vectors of accumulators in registers
+ * for the whole reduction, NV <= NVMAX a compile-time constant per specialization):
+ *   attn_scores  S[br,bc] = scale A[br,n] B[bc,n]^T. B is transposed per DC-deep chunk of n
+ *                into a PW-column panel Kt[d][c] on the stack (VL x VL in-register
+ *                transposes); blocks of MR rows x NV vectors then run over d: NV panel loads
+ *                and MR broadcasts feed MR NV FMAs. n > DC keeps the partial sums in S
+ *                between chunks (float, so the summation over d is one sequence).
+ *   attn_pv      O[br,n] = diag(alpha) O + P X: MR rows x PW columns of O in registers, a
+ *                loop over the bc keys (X row loads, P broadcasts).
+ *   attn_ptv     G[bc,n] += P^T X: MR keys x PW columns of G in registers, a loop over rows.
+ * Edges: a block with m < MR rows repeats its last row in the registers of the missing ones
+ * (never stored); the last vector of a panel is masked, so nothing outside the tile is read
+ * or written and an element's arithmetic (an FMA chain in index order) never depends on the
+ * tile shape or its position.
+ *
+ * ROW KERNELS (probs, dsoftmax, dropout_apply): one row at a time, VL columns per step, the
+ * last step masked.
+ *
+ * Speed: every mapping operation and register block is always_inline and the blocks are
+ * compiled once per vector count (PER_NV), so each specialization is one loop of FMAs over
+ * registers, as hand-written per ISA. A new ISA is a new <isa>/simd.h (every name above) and
+ * a two-line attn.c; a new feature of the kernels is written here, once. */
+#ifndef MHA_X86_ATTN_SKEL_H
+#define MHA_X86_ATTN_SKEL_H
+
+#include "../kernels.h"
+#include "../philox.h"
+
+#include <math.h>
+#include <string.h>
+
+#define PW (VL * NVMAX) /* columns of a product panel */
+#define DC 128          /* depth of one packed B chunk: DC x PW floats on the stack */
+#define DROP_STEP (8 * VL) /* dropout keys per step: 4 vectors of VL/2 groups of 4 keys */
+
+_Static_assert(MR <= VL, "a register block's row state (m, alpha) fits one vector");
+
+#define SKEL_CAT_(a, b) a##b
+#define SKEL_CAT(a, b) SKEL_CAT_(a, b)
+#define KERNEL(kind) SKEL_CAT(mha__attn_##kind##_, SIMD_ISA) /* mha__attn_<kind>_<isa> */
+
+/* BLOCK(nv, args): the register block specialized for a compile-time nv (1 <= nv <= NVMAX),
+ * so its loops over the vectors of a row unroll fully and its accumulators stay in
+ * registers. */
+#if NVMAX == 2
+#define PER_NV(nv, BLOCK, ...)                                                                 \
+    do {                                                                                       \
+        if ((nv) == 1) BLOCK(1, __VA_ARGS__);                                                  \
+        else BLOCK(2, __VA_ARGS__);                                                            \
+    } while (0)
+#elif NVMAX == 4
+#define PER_NV(nv, BLOCK, ...)                                                                 \
+    do {                                                                                       \
+        switch (nv) {                                                                          \
+        case 1: BLOCK(1, __VA_ARGS__); break;                                                  \
+        case 2: BLOCK(2, __VA_ARGS__); break;                                                  \
+        case 3: BLOCK(3, __VA_ARGS__); break;                                                  \
+        default: BLOCK(4, __VA_ARGS__); break;                                                 \
+        }                                                                                      \
+    } while (0)
+#else
+#error "attn_skel.h: NVMAX must be 2 or 4"
+#endif
+
+/* Kt[d*PW + c] = B[c*ldb + d] for d < dc, c < w (w <= PW); columns w .. VL*ceil(w/VL) zero. */
+static void pack_bt(const float *B, int64_t ldb, int64_t w, int64_t dc, float *Kt) {
+    for (int64_t cb = 0; cb < w; cb += VL) {
+        int64_t cw = w - cb < VL ? w - cb : VL;
+        for (int64_t db = 0; db < dc; db += VL) {
+            int64_t dw = dc - db < VL ? dc - db : VL;
+            vmask km = mask_tail(dw);
+            vf r[VL];
+#pragma GCC unroll 16
+            for (int i = 0; i < VL; i++)
+                r[i] = i < cw ? vf_mload(B + (cb + i) * ldb + db, km) : vf_zero();
+            vf_transpose(r);
+#pragma GCC unroll 16
+            for (int i = 0; i < VL; i++)
+                if (i < dw) vf_store(Kt + (db + i) * PW + cb, r[i]);
+        }
+    }
+}
+
+/* One step of a register block's reduction: acc[i][j] += a[i][k] x[j] (one FMA each) for
+ * the MR rows and the nv vectors of x. */
+INL void blk_fma(const int nv, vf acc[MR][NVMAX], const float *const a[MR], int64_t k,
+                 const vf x[NVMAX]) {
+#pragma GCC unroll 16
+    for (int i = 0; i < MR; i++) {
+        vf ai = vf_bcast(a[i] + k);
+#pragma GCC unroll 16
+        for (int j = 0; j < nv; j++) acc[i][j] = vf_fma(ai, x[j], acc[i][j]);
+    }
+}
+
+/* Rows i < m of a register block to C (ldc; the last vector of a row cut by kl). */
+INL void blk_store(const int nv, int64_t m, vf acc[MR][NVMAX], float *C, int64_t ldc,
+                   vmask kl) {
+#pragma GCC unroll 16
+    for (int i = 0; i < MR; i++)
+        if (i < m)
+#pragma GCC unroll 16
+            for (int j = 0; j < nv; j++)
+                vf_store_v(C + i * ldc + VL * j, j == nv - 1, kl, acc[i][j]);
+}
+
+/* S[m, VL nv] (last vector masked by kl) = (first ? 0 : S) + A[m, dc] Kt[dc, VL nv],
+ * times scale when last. */
+INL void scores_blk(const int nv, int64_t m, int64_t dc, const float *A, int64_t lda,
+                    const float *Kt, float *S, int64_t lds, vmask kl, float scale, int first,
+                    int last) {
+    const float *a[MR];
+    vf acc[MR][NVMAX];
+#pragma GCC unroll 16
+    for (int i = 0; i < MR; i++) {
+        int64_t ri = i < m ? i : m - 1;
+        a[i] = A + ri * lda;
+#pragma GCC unroll 16
+        for (int j = 0; j < nv; j++)
+            acc[i][j] = first ? vf_zero() : vf_load_v(S + ri * lds + VL * j, j == nv - 1, kl);
+    }
+    for (int64_t d = 0; d < dc; d++) {
+        vf b[NVMAX];
+#pragma GCC unroll 16
+        for (int j = 0; j < nv; j++) b[j] = vf_load(Kt + d * PW + VL * j);
+        blk_fma(nv, acc, a, d, b);
+    }
+    vf vs = vf_set1(scale);
+#pragma GCC unroll 16
+    for (int i = 0; i < MR; i++)
+        if (i < m)
+#pragma GCC unroll 16
+            for (int j = 0; j < nv; j++)
+                vf_store_v(S + i * lds + VL * j, j == nv - 1, kl,
+                           last ? vf_mul(vs, acc[i][j]) : acc[i][j]);
+}
+
+void KERNEL(scores)(int64_t br, int64_t bc, int64_t n, float scale, const float *A, int64_t lda,
+                    const float *B, int64_t ldb, float *S, int64_t lds) {
+    if (n <= 0) {
+        for (int64_t r = 0; r < br; r++)
+            for (int64_t c = 0; c < bc; c++) S[r * lds + c] = 0.0f * scale;
+        return;
+    }
+    float Kt[DC * PW] __attribute__((aligned(VALIGN)));
+    for (int64_t c0 = 0; c0 < bc; c0 += PW) {
+        int64_t w = bc - c0 < PW ? bc - c0 : PW;
+        int nv = (int)((w + VL - 1) / VL);
+        vmask kl = mask_tail(w - VL * (nv - 1));
+        for (int64_t d0 = 0; d0 < n; d0 += DC) {
+            int64_t dc = n - d0 < DC ? n - d0 : DC;
+            int first = d0 == 0, last = d0 + dc == n;
+            pack_bt(B + c0 * ldb + d0, ldb, w, dc, Kt);
+            for (int64_t r0 = 0; r0 < br; r0 += MR) {
+                int64_t m = br - r0 < MR ? br - r0 : MR;
+                const float *a = A + r0 * lda + d0;
+                float *s = S + r0 * lds + c0;
+                PER_NV(nv, scores_blk, m, dc, a, lda, Kt, s, lds, kl, scale, first, last);
+            }
+        }
+    }
+}
+
+/* O[m, VL nv] = diag(alpha) O + P[m, bc] X[bc, VL nv]   (last vector masked by kl) */
+INL void pv_blk(const int nv, int64_t m, int64_t bc, const float *P, int64_t ldp,
+                const float *X, int64_t ldx, const float *alpha, float *O, int64_t ldo,
+                vmask kl) {
+    const float *p[MR];
+    vf acc[MR][NVMAX];
+#pragma GCC unroll 16
+    for (int i = 0; i < MR; i++) {
+        int64_t ri = i < m ? i : m - 1;
+        p[i] = P + ri * ldp;
+        vf va = vf_set1(alpha ? alpha[ri] : 1.0f);
+#pragma GCC unroll 16
+        for (int j = 0; j < nv; j++)
+            acc[i][j] = vf_mul(va, vf_load_v(O + ri * ldo + VL * j, j == nv - 1, kl));
+    }
+    for (int64_t c = 0; c < bc; c++) {
+        vf x[NVMAX];
+#pragma GCC unroll 16
+        for (int j = 0; j < nv; j++) x[j] = vf_load_v(X + c * ldx + VL * j, j == nv - 1, kl);
+        blk_fma(nv, acc, p, c, x);
+    }
+    blk_store(nv, m, acc, O, ldo, kl);
+}
+
+void KERNEL(pv)(int64_t br, int64_t bc, int64_t n, const float *P, int64_t ldp, const float *X,
+                int64_t ldx, const float *alpha, float *O, int64_t ldo) {
+    for (int64_t x0 = 0; x0 < n; x0 += PW) {
+        int64_t w = n - x0 < PW ? n - x0 : PW;
+        int nv = (int)((w + VL - 1) / VL);
+        vmask kl = mask_tail(w - VL * (nv - 1));
+        for (int64_t r0 = 0; r0 < br; r0 += MR) {
+            int64_t m = br - r0 < MR ? br - r0 : MR;
+            const float *p = P + r0 * ldp, *x = X + x0;
+            const float *al = alpha ? alpha + r0 : NULL;
+            float *o = O + r0 * ldo + x0;
+            PER_NV(nv, pv_blk, m, bc, p, ldp, x, ldx, al, o, ldo, kl);
+        }
+    }
+}
+
+/* G[m, VL nv] += P[br, m]^T X[br, VL nv]   (m keys from column 0 of P; last vector masked) */
+INL void ptv_blk(const int nv, int64_t m, int64_t br, const float *P, int64_t ldp,
+                 const float *X, int64_t ldx, float *G, int64_t ldg, vmask kl) {
+    int64_t ci[MR];
+    vf acc[MR][NVMAX];
+#pragma GCC unroll 16
+    for (int i = 0; i < MR; i++) {
+        ci[i] = i < m ? i : m - 1;
+#pragma GCC unroll 16
+        for (int j = 0; j < nv; j++)
+            acc[i][j] = vf_load_v(G + ci[i] * ldg + VL * j, j == nv - 1, kl);
+    }
+    for (int64_t r = 0; r < br; r++) {
+        vf x[NVMAX];
+        const float *pr = P + r * ldp;
+#pragma GCC unroll 16
+        for (int j = 0; j < nv; j++) x[j] = vf_load_v(X + r * ldx + VL * j, j == nv - 1, kl);
+#pragma GCC unroll 16
+        for (int i = 0; i < MR; i++) {
+            vf pi = vf_bcast(pr + ci[i]);
+#pragma GCC unroll 16
+            for (int j = 0; j < nv; j++) acc[i][j] = vf_fma(pi, x[j], acc[i][j]);
+        }
+    }
+    blk_store(nv, m, acc, G, ldg, kl);
+}
+
+void KERNEL(ptv)(int64_t br, int64_t bc, int64_t n, const float *P, int64_t ldp,
+                 const float *X, int64_t ldx, float *G, int64_t ldg) {
+    for (int64_t x0 = 0; x0 < n; x0 += PW) {
+        int64_t w = n - x0 < PW ? n - x0 : PW;
+        int nv = (int)((w + VL - 1) / VL);
+        vmask kl = mask_tail(w - VL * (nv - 1));
+        for (int64_t c0 = 0; c0 < bc; c0 += MR) {
+            int64_t m = bc - c0 < MR ? bc - c0 : MR;
+            const float *p = P + c0, *x = X + x0;
+            float *g = G + c0 * ldg + x0;
+            PER_NV(nv, ptv_blk, m, br, p, ldp, x, ldx, g, ldg, kl);
+        }
+    }
+}
+
+/* S = exp(S + fmask - lse[r]) in place; excluded keys and rows with lse = -inf exactly 0
+ * (vf_maskz after the exp: exp(-inf - lse) is never needed). */
+void KERNEL(probs)(int64_t br, int64_t bc, float *S, int64_t lds, const mha__attn_tile_mask *mk,
+                   const float *lse) {
+    for (int64_t r = 0; r < br; r++) {
+        float *s = S + r * lds;
+        int64_t end = mha__attn_tile_row_end(mk, r, bc);
+        const uint8_t *bm = mk->bmask ? mk->bmask + r * mk->ld_mask : NULL;
+        const float *fm = mk->fmask ? mk->fmask + r * mk->ld_mask : NULL;
+        if (lse[r] == -INFINITY) end = 0;
+        vf vl = vf_set1(lse[r]);
+        for (int64_t c = 0; c < bc; c += VL) {
+            vmask kw = mask_tail(bc - c), ka = mask_allowed(mk, bm, c, end, bc);
+            vf x = vf_mload(s + c, ka);
+            if (fm) x = vf_add(x, vf_mload(fm + c, ka));
+            vf_mstore(s + c, kw, vf_maskz(ka, vf_exp(vf_sub(x, vl))));
+        }
+    }
+}
+
+/* dP = scale * (P * (dP - drow[r])) in place: the generic kernel's three roundings. */
+void KERNEL(dsoftmax)(int64_t br, int64_t bc, const float *P, int64_t ldp, float *dP,
+                      int64_t ldd, const float *drow, float scale) {
+    const vf vs = vf_set1(scale);
+    for (int64_t r = 0; r < br; r++) {
+        const float *p = P + r * ldp;
+        float *d = dP + r * ldd;
+        vf vd = vf_set1(drow[r]);
+        for (int64_t c = 0; c < bc; c += VL) {
+            vmask kw = mask_tail(bc - c);
+            vf t = vf_sub(vf_mload(d + c, kw), vd);
+            t = vf_mul(vf_mload(p + c, kw), t);
+            vf_mstore(d + c, kw, vf_mul(vs, t));
+        }
+    }
+}
+
+/* FUSED FORWARD (attn_kpack / attn_fwd / attn_fwd_drop, contract in kernels.h)
+ *
+ * Packed key tile: panels of PW keys, panel t at Kp + t*PW*n, Kp[t*PW*n + d*PW + c] =
+ * K[t*PW + c][d]; in the last panel the keys past bc (up to the next VL) are zero.
+ * attn_fwd walks the query rows by blocks of MR: the block's scores go panel by panel through
+ * register accumulators (scaled, masked, stored to P) while the row maxima are taken from the
+ * registers; then one pass exp(s - m') with vector row sums, alpha for the whole block by one
+ * vector exp, and O = diag(alpha) O + P V (pv_blk) while the block's P rows are in L1. Keys
+ * past the block's last allowed key (causality, key_lengths) are never computed. */
+void KERNEL(kpack)(int64_t bc, int64_t n, const float *B, int64_t ldb, float *Kp) {
+    for (int64_t c0 = 0; c0 < bc; c0 += PW)
+        pack_bt(B + c0 * ldb, ldb, bc - c0 < PW ? bc - c0 : PW, n, Kp + c0 * n);
+}
+
+/* P[i, c0 .. c0 + VL nv) (last vector kl) = scale * A[i] Kt (an FMA chain over d in order),
+ * then + fmask, excluded keys -inf; vmx[i] = max(vmx[i], those). Block rows i < m are rows
+ * r0 + i of the tile. */
+INL void fwd_panel(const int nv, int64_t m, int64_t n, const float *A, int64_t lda,
+                   const float *Kt, float scale, float *P, int64_t ldp, vmask kl,
+                   const mha__attn_tile_mask *mk, int masked, int64_t r0, int64_t c0,
+                   int64_t bc, vf vmx[MR]) {
+    const float *a[MR];
+    vf acc[MR][NVMAX];
+#pragma GCC unroll 16
+    for (int i = 0; i < MR; i++) {
+        a[i] = A + (i < m ? i : m - 1) * lda;
+#pragma GCC unroll 16
+        for (int j = 0; j < nv; j++) acc[i][j] = vf_zero();
+    }
+    for (int64_t d = 0; d < n; d++) {
+        vf b[NVMAX];
+#pragma GCC unroll 16
+        for (int j = 0; j < nv; j++) b[j] = vf_load(Kt + d * PW + VL * j);
+        blk_fma(nv, acc, a, d, b);
+    }
+    const vf vs = vf_set1(scale), ninf = vf_set1(-INFINITY);
+#pragma GCC unroll 16
+    for (int i = 0; i < MR; i++) {
+        if (i >= m) continue;
+        int64_t end = bc;
+        const uint8_t *bm = NULL;
+        const float *fm = NULL;
+        if (masked) {
+            end = mha__attn_tile_row_end(mk, r0 + i, bc);
+            if (mk->bmask) bm = mk->bmask + (r0 + i) * mk->ld_mask;
+            if (mk->fmask) fm = mk->fmask + (r0 + i) * mk->ld_mask;
+        }
+#pragma GCC unroll 16
+        for (int j = 0; j < nv; j++) {
+            int64_t c = c0 + VL * j;
+            vf x = vf_mul(vs, acc[i][j]);
+            vmask ka = j == nv - 1 ? kl : mask_full();
+            if (masked) {
+                ka = mask_and(ka, mask_allowed(mk, bm, c, end, bc));
+                if (fm) x = vf_add(x, vf_mload(fm + c, ka));
+            }
+            x = vf_select(ka, x, ninf);
+            vf_store_v(P + i * ldp + c, j == nv - 1, kl, x);
+            vmx[i] = vf_max(x, vmx[i]); /* NaN x: keeps vmx, as the scalar x > mx */
+        }
+    }
+}
+
+/* attn_fwd (keep NULL) and attn_fwd_drop: the exp pass sums every probability into l and
+ * stores the dropped ones as 0 for the product with V. */
+INL void fwd_tile(int64_t br, int64_t bc, int64_t n, int64_t nv, float scale, const float *A,
+                  int64_t lda, const float *Kp, const float *V, int64_t ldv,
+                  const mha__attn_tile_mask *mk, float *m, float *l, float *O, int64_t ldo,
+                  float *P, int64_t ldp, const uint8_t *keep, int64_t ldk) {
+    const int any_mask = mk->pad || mk->bmask || mk->fmask;
+    const vf ninf = vf_set1(-INFINITY);
+    for (int64_t r0 = 0; r0 < br; r0 += MR) {
+        int64_t rows = br - r0 < MR ? br - r0 : MR;
+        /* the row end is non-decreasing in r: keys >= bce are excluded for every row here */
+        int64_t bce = mha__attn_tile_row_end(mk, r0 + rows - 1, bc);
+        if (bce == 0) continue; /* nothing allowed: m, l, O unchanged */
+        int masked = any_mask || mha__attn_tile_row_end(mk, r0, bc) < bce;
+        float *p = P + r0 * ldp;
+        const float *a = A + r0 * lda;
+        vf vmx[MR];
+        for (int i = 0; i < MR; i++) vmx[i] = ninf;
+        for (int64_t c0 = 0; c0 < bce; c0 += PW) {
+            int64_t w = bce - c0 < PW ? bce - c0 : PW;
+            int nvk = (int)((w + VL - 1) / VL);
+            vmask kl = mask_tail(w - VL * (nvk - 1));
+            const float *kt = Kp + c0 * n;
+            PER_NV(nvk, fwd_panel, rows, n, a, lda, kt, scale, p, ldp, kl, mk, masked, r0, c0,
+                   bc, vmx);
+        }
+        /* m' per row from the registers; alpha = exp(m - m') for the block by one vector exp */
+        float mo[VL] __attribute__((aligned(VALIGN))) = {0};
+        float mn[VL] __attribute__((aligned(VALIGN))) = {0};
+        float al[VL] __attribute__((aligned(VALIGN)));
+        for (int64_t i = 0; i < rows; i++) {
+            float mx = vf_hmax(vmx[i]);
+            mo[i] = m[r0 + i];
+            mn[i] = mx > mo[i] ? mx : mo[i];
+        }
+        vf_store(al, vf_exp(vf_sub(vf_load(mo), vf_load(mn))));
+        for (int64_t i = 0; i < rows; i++) {
+            float *pr = p + i * ldp;
+            if (mn[i] == -INFINITY) { /* no allowed finite score yet: P = 0, alpha = 1 */
+                for (int64_t c = 0; c < bce; c += VL)
+                    vf_mstore(pr + c, mask_tail(bce - c), vf_zero());
+                al[i] = 1;
+                continue;
+            }
+            vf vm = vf_set1(mn[i]), vsum = vf_zero();
+            for (int64_t c = 0; c < bce; c += VL) {
+                vmask kw = mask_tail(bce - c);
+                int last = bce - c < VL;
+                vf e = vf_exp(vf_sub(vf_load_v(pr + c, last, kw), vm));
+                vsum = vf_add_tail(vsum, e, last, kw);
+                if (keep) e = vf_keep(e, keep + (r0 + i) * ldk, c, bce, kw); /* dropped: 0 */
+                vf_store_v(pr + c, last, kw, e);
+            }
+            l[r0 + i] = al[i] * l[r0 + i] + vf_hsum(vsum);
+            m[r0 + i] = mn[i];
+        }
+        /* O = diag(alpha) O + P[rows, bce] V[bce, nv] */
+        for (int64_t x0 = 0; x0 < nv; x0 += PW) {
+            int64_t w = nv - x0 < PW ? nv - x0 : PW;
+            int nvo = (int)((w + VL - 1) / VL);
+            vmask kl = mask_tail(w - VL * (nvo - 1));
+            float *o = O + r0 * ldo + x0;
+            PER_NV(nvo, pv_blk, rows, bce, p, ldp, V + x0, ldv, al, o, ldo, kl);
+        }
+    }
+}
+
+void KERNEL(fwd)(int64_t br, int64_t bc, int64_t n, int64_t nv, float scale, const float *A,
+                 int64_t lda, const float *Kp, const float *V, int64_t ldv,
+                 const mha__attn_tile_mask *mk, float *m, float *l, float *O, int64_t ldo,
+                 float *P, int64_t ldp) {
+    fwd_tile(br, bc, n, nv, scale, A, lda, Kp, V, ldv, mk, m, l, O, ldo, P, ldp, NULL, 0);
+}
+
+void KERNEL(fwd_drop)(int64_t br, int64_t bc, int64_t n, int64_t nv, float scale,
+                      const float *A, int64_t lda, const float *Kp, const float *V, int64_t ldv,
+                      const mha__attn_tile_mask *mk, float *m, float *l, float *O, int64_t ldo,
+                      float *P, int64_t ldp, const uint8_t *keep, int64_t ldk) {
+    fwd_tile(br, bc, n, nv, scale, A, lda, Kp, V, ldv, mk, m, l, O, ldo, P, ldp, keep, ldk);
+}
+
+/* DROPOUT KEEP DECISIONS (attn_dropout, contract in kernels.h): one Philox-4x32-10
+ * (../philox.h) per 64-bit lane, its 32-bit words in the low half (vi_mul32 reads only the
+ * low halves and gives the full 64-bit product), VL/2 groups of 4 keys per vector, 4 vectors
+ * (DROP_STEP keys) per step. Rounds 1 and 2 depend on the group counter only through two
+ * products (mha__philox4x32_fixed holds the rest, once per row); rounds 3 to 10 are 2
+ * multiplies, 2 shifts and 2 three-way xors per lane. vi_keep_bytes turns the words into keep
+ * bytes in key order (the lanes hold groups in the order that makes this cheap). */
+
+/* out[0], out[1] = the keep bytes of keys 4 g0 .. 4 g0 + DROP_STEP - 1 of a row (rs: the
+ * row's mha__philox4x32_fixed; rk: the round keys, broadcast). */
+INL void dropout_step(uint32_t g0, const uint32_t rs[4], const vi *rk, vi thr, vi out[2]) {
+    const vi m0 = vi_set1(MHA__PHILOX_M0), m1 = vi_set1(MHA__PHILOX_M1);
+    const vi lane = vi_group_lanes();
+    const vi r0 = vi_set1(rs[0]), r1 = vi_set1(rs[1]), r2 = vi_set1(rs[2]), r3 = vi_set1(rs[3]);
+    vi c0[4], c1[4], c2[4], c3[4];
+#pragma GCC unroll 4
+    for (int v = 0; v < 4; v++) {
+        vi g = vi_add(vi_set1(g0 + VL / 2 * (uint32_t)v), lane);
+        vi p0 = vi_mul32(g, m0);                     /* round 1 */
+        vi p1 = vi_mul32(vi_xor(vi_hi32(p0), r0), m1); /* round 2 */
+        c0[v] = vi_xor(vi_hi32(p1), r1);
+        c1[v] = p1;
+        c2[v] = vi_xor(p0, r2);
+        c3[v] = r3;
+    }
+#pragma GCC unroll 8
+    for (int r = 2; r < 10; r++) {
+#pragma GCC unroll 4
+        for (int v = 0; v < 4; v++) {
+            vi p0 = vi_mul32(c0[v], m0), p1 = vi_mul32(c2[v], m1);
+            c0[v] = vi_xor3(vi_hi32(p1), c1[v], rk[2 * r]);
+            c2[v] = vi_xor3(vi_hi32(p0), c3[v], rk[2 * r + 1]);
+            c1[v] = p1, c3[v] = p0;
+        }
+    }
+    vi_keep_bytes(c0, c1, c2, c3, thr, out);
+}
+
+void KERNEL(dropout)(int64_t br, int64_t bc, const mha__attn_dropout *dr, int64_t i0,
+                     int64_t j0, uint8_t *keep, int64_t ldk) {
+    if (br <= 0 || bc <= 0) return;
+    if (dr->thr == 0) { /* every word >= 0 */
+        for (int64_t r = 0; r < br; r++) memset(keep + r * ldk, 1, (size_t)bc);
+        return;
+    }
+    uint32_t k[20];
+    vi rk[20]; /* round keys, broadcast */
+    mha__philox_round_keys(dr->key, k);
+    for (int t = 0; t < 20; t++) rk[t] = vi_set1(k[t]);
+    const vi thr = vi_keep_thr(dr->thr);
+    const int64_t head = j0 & 3, total = head + bc; /* keys from the group-aligned j0 - head */
+    for (int64_t r = 0; r < br; r++) {
+        uint8_t *kr = keep + r * ldk;
+        uint32_t rs[4];
+        mha__philox4x32_fixed(dr->key, (uint32_t)(i0 + r), dr->bh, dr->ctr3, rs);
+        for (int64_t s = 0; s < total; s += DROP_STEP) {
+            vi out[2];
+            dropout_step((uint32_t)((j0 >> 2) + s / 4), rs, rk, thr, out);
+            if (head == 0 && total - s >= DROP_STEP) {
+                vi_storeu(kr + s, out[0]);
+                vi_storeu(kr + s + DROP_STEP / 2, out[1]);
+            } else { /* a partial step: only the bytes of keys in [j0, j0 + bc) */
+                uint8_t buf[DROP_STEP] __attribute__((aligned(VALIGN)));
+                vi_store(buf, out[0]);
+                vi_store(buf + DROP_STEP / 2, out[1]);
+                int64_t a = s < head ? head : s, e = s + DROP_STEP < total ? s + DROP_STEP : total;
+                memcpy(kr + a - head, buf + a - s, (size_t)(e - a));
+            }
+        }
+    }
+}
+
+/* Y = keep ? X * ks : 0 (exactly 0, even for a NaN X), in place when Y == X. */
+void KERNEL(dropout_apply)(int64_t br, int64_t bc, const uint8_t *keep, int64_t ldk, float ks,
+                           const float *X, int64_t ldx, float *Y, int64_t ldy) {
+    const vf vk = vf_set1(ks);
+    for (int64_t r = 0; r < br; r++) {
+        const uint8_t *kr = keep + r * ldk;
+        const float *x = X + r * ldx;
+        float *y = Y + r * ldy;
+        for (int64_t c = 0; c < bc; c += VL) {
+            vmask kw = mask_tail(bc - c);
+            int last = bc - c < VL;
+            vf_store_v(y + c, last, kw, vf_dropout_scale(x, kr, c, bc, last, kw, vk));
+        }
+    }
+}
+
+#endif

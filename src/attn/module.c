@@ -141,25 +141,6 @@ static mha_tensor heads_view(float *base, int64_t B, int64_t H, int64_t R, int64
  * strides allow rows. */
 static int in_place(const mha_tensor *t, int save) { return !save && rows_ld(t) >= 0; }
 
-/* A tensor argument and its name, for the aliasing rule. */
-typedef struct {
-    const char *name;
-    const mha_tensor *t; /* NULL: not given */
-} named_view;
-
-/* The aliasing rule of mha.h: v[nin..n) are outputs, each must share no memory with the inputs
- * v[0..nin) or with an earlier output. MHA_ERR_INVALID_ARG naming both. */
-static mha_status check_disjoint(mha_ctx *ctx, const char *fn, const named_view *v, int nin,
-                                 int n) {
-    for (int i = nin; i < n; i++)
-        for (int j = 0; j < i; j++)
-            if (v[i].t && v[j].t && mha__tensors_overlap(v[i].t, v[j].t))
-                return mha__err(ctx, MHA_ERR_INVALID_ARG, "%s: %s overlaps %s (outputs must not "
-                                "share memory with inputs or other outputs)", fn, v[i].name,
-                                v[j].name);
-    return MHA_OK;
-}
-
 /* ---------------------------------------------------------------------------------------------
  * Creation, initialization, parameters
  * ------------------------------------------------------------------------------------------- */
@@ -473,9 +454,9 @@ static mha_status fwd_check_outputs(mha_ctx *ctx, const mha_module *m, const fwd
             return st;
     }
     if ((st = mha__attn_check_mask(ctx, FN_FWD, c->mask, B, S))) return st;
-    const named_view v[5] = {{"query", c->query}, {"key", c->key}, {"value", c->value},
-                             {"out", c->out}, {"weights", c->weights}};
-    return check_disjoint(ctx, FN_FWD, v, 3, 5);
+    const mha__attn_arg in[3] = {{"query", c->query}, {"key", c->key}, {"value", c->value}};
+    const mha__attn_arg out[2] = {{"out", c->out}, {"weights", c->weights}};
+    return mha__attn_check_aliases(ctx, FN_FWD, out, 2, in, 3);
 }
 
 /* Declares the kept workspace (into m->st.ws, views in v) and the scratch (one allocation
@@ -751,9 +732,9 @@ static mha_status bwd_check(mha_ctx *ctx, const mha_module *m, const bwd_call *c
         (c->dvalue && (st = check_bx(ctx, FN_BWD, "dvalue", c->dvalue, unb, B, S, m->cfg.vdim,
                                      "as value"))))
         return st;
-    const named_view v[4] = {{"dout", c->dout}, {"dquery", c->dquery}, {"dkey", c->dkey},
-                             {"dvalue", c->dvalue}};
-    return check_disjoint(ctx, FN_BWD, v, 1, 4);
+    const mha__attn_arg in[1] = {{"dout", c->dout}};
+    const mha__attn_arg out[3] = {{"dquery", c->dquery}, {"dkey", c->dkey}, {"dvalue", c->dvalue}};
+    return mha__attn_check_aliases(ctx, FN_BWD, out, 3, in, 1);
 }
 
 /* The larger of a and, when t is given with strides that need staging, b. */

@@ -37,8 +37,8 @@
  *   - The library never prints, exits or aborts on bad input.
  *   - Every *_create has a *_free; *_free(NULL) is a no-op.
  *   - Outputs must not share memory with inputs or with other outputs (nothing is computed
- *     in place): the module's calls check every pair and return MHA_ERR_INVALID_ARG naming
- *     both ("mha_module_forward: out overlaps query (...)"). Views that interleave in one
+ *     in place): the module's and the core's calls check every pair and return
+ *     MHA_ERR_INVALID_ARG naming both ("mha_attn_forward: out overlaps v (...)"). Views that interleave in one
  *     buffer without sharing an element (q, k, v of a packed [B, T, 3, H, D] array, or an
  *     input and an output side by side) are not an overlap.
  *
@@ -48,13 +48,14 @@
  *   (OpenMP); results are bitwise identical for any thread count.
  *
  * MEMORY (workspace; no call ever allocates an L x S matrix unless the caller asks for weights)
- *   mha_attn_forward    per thread a score tile, an output accumulator and a few rows:
- *                       BR * (BC + Dv + 8) floats (BR x BC is the kernel path's tile, at most
- *                       96 x 256: ~125 KiB at Dv = 64), and on the fused path a cache of packed
- *                       key tiles: one head's keys (S * D floats, S rounded up to BC), capped
- *                       at 16 MiB (src/attn/attn_forward.c).
- *   mha_attn_backward   the same per thread, plus rowsum(dO * O) [B, H, L] and the fixed-order
- *                       dq partial sums: at most a small multiple of dq's size (see
+ *   mha_attn_forward    per thread a score tile, the scaled query tile, an output accumulator
+ *                       and a few rows: BR * (BC + D + Dv + 8) floats (BR x BC is the fused
+ *                       forward's tile, 96 x 256 on SIMD paths: ~190 KiB at D = Dv = 64), and
+ *                       a cache of packed key tiles: one head's keys (S * D floats, S rounded
+ *                       up to BC), capped at 16 MiB (src/attn/attn_forward.c).
+ *   mha_attn_backward   per thread three BR x BC tiles, keep bytes and the scaled query tile
+ *                       (BR x BC = 64 x 128), plus rowsum(dO * O) [B, H, L] and the
+ *                       fixed-order dq partial sums: at most a small multiple of dq's size (see
  *                       src/attn/attn_backward.c); linear in L and S.
  *   mha_module_forward  a copy of the inputs, the projections q, k, v, the attention output
  *                       and lse: 5 * B * L * E floats for self-attention (B * (3 * L * E +
@@ -97,6 +98,10 @@
  *     warning) but combined as here.
  *   - The eval-mode fast path gives the same numbers as the training-mode path (within float
  *     rounding), and so mha's.
+ *   - Where the scale applies: mha scales q before the product, (q * scale) k^T, as
+ *     nn.MultiheadAttention's need_weights=True path and SDPA's math path do, so scores stay
+ *     finite whenever |q.k| * scale does. SDPA's CPU flash path (need_weights=False) multiplies
+ *     after the product and gives NaN once |q.k| alone exceeds FLT_MAX (inputs near 1e19).
  *
  *   NaN in q, k, v or a float mask propagates to the rows it reaches, as in PyTorch; the one
  *   exception is a row whose every allowed score is NaN, which is treated as fully masked (0).
@@ -190,8 +195,9 @@ MHA_API int mha_isa_supported(mha_isa isa);
 /* A one-line description of the CPU features detected, e.g. "avx2 fma avx512f ...". */
 MHA_API const char *mha_cpu_features(void);
 
-/* Writes a multi-line, human-readable description of the kernels ctx uses (path, gemm
- * micro-kernel and blocking, attention tile size and which tile kernels are SIMD) into buf
+/* Writes a multi-line, human-readable description of the kernels ctx uses (the path and why,
+ * the gemm micro-kernel and its blocking, and the attention kernels that run with their tile
+ * sizes: the fused forward, dropout, the weights recompute, the backward) into buf
  * (always NUL-terminated, truncated to n bytes). For diagnostics such as `mha info`. */
 MHA_API mha_status mha_ctx_describe(const mha_ctx *ctx, char *buf, size_t n);
 

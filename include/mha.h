@@ -50,7 +50,7 @@
  * MEMORY (workspace; no call ever allocates an L x S matrix unless the caller asks for weights)
  *   mha_attn_forward    per thread a score tile, the scaled query tile, an output accumulator
  *                       and a few rows: BR * (BC + D + Dv + 8) floats (BR x BC is the fused
- *                       forward's tile, 96 x 256 on SIMD paths: ~190 KiB at D = Dv = 64), and
+ *                       forward's tile, 96 x 256 on SIMD paths: ~147 KiB at D = Dv = 64), and
  *                       a cache of packed key tiles: one head's keys (S * D floats, S rounded
  *                       up to BC), capped at 16 MiB (src/attn/attn_forward.c).
  *   mha_attn_backward   per thread three BR x BC tiles, keep bytes and the scaled query tile

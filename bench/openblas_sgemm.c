@@ -34,7 +34,8 @@ int main(int argc, char **argv) {
         fprintf(stderr, "openblas_sgemm: bad arguments\n");
         return 1;
     }
-    float *A = malloc(sizeof(float) * (size_t)(M * K)), *B = malloc(sizeof(float) * (size_t)(K * N));
+    float *A = malloc(sizeof(float) * (size_t)(M * K)),
+          *B = malloc(sizeof(float) * (size_t)(K * N));
     float *C = malloc(sizeof(float) * (size_t)(M * N));
     double *t = malloc(sizeof(double) * (size_t)runs);
     if (!A || !B || !C || !t) {
@@ -53,8 +54,8 @@ int main(int argc, char **argv) {
     qsort(t, (size_t)runs, sizeof(double), cmp);
     double med = t[runs / 2];
     printf("{\"what\":\"openblas_sgemm\",\"M\":%ld,\"N\":%ld,\"K\":%ld,\"ta\":%d,\"tb\":%d,"
-           "\"threads\":%d,\"median_ms\":%.4f,\"gflops\":%.2f}\n", M, N, K, ta, tb,
-           openblas_get_num_threads(), med * 1e3, 2.0 * M * N * K / med * 1e-9);
+           "\"threads\":%d,\"median_ms\":%.4f,\"gflops\":%.2f}\n",
+           M, N, K, ta, tb, openblas_get_num_threads(), med * 1e3, 2.0 * M * N * K / med * 1e-9);
     free(A), free(B), free(C), free(t);
     return 0;
 }

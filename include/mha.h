@@ -38,9 +38,9 @@
  *   - Every *_create has a *_free; *_free(NULL) is a no-op.
  *   - Outputs must not share memory with inputs or with other outputs (nothing is computed
  *     in place): the module's and the core's calls check every pair and return
- *     MHA_ERR_INVALID_ARG naming both ("mha_attn_forward: out overlaps v (...)"). Views that interleave in one
- *     buffer without sharing an element (q, k, v of a packed [B, T, 3, H, D] array, or an
- *     input and an output side by side) are not an overlap.
+ *     MHA_ERR_INVALID_ARG naming both ("mha_attn_forward: out overlaps v (...)"). Views that
+ *     interleave in one buffer without sharing an element (q, k, v of a packed [B, T, 3, H, D]
+ *     array, or an input and an output side by side) are not an overlap.
  *
  * THREAD SAFETY
  *   A context, a module or a safetensors collection is used by one thread at a time. Distinct
@@ -73,15 +73,17 @@
  *
  * MASKS: WHAT "TRUE" MEANS (read this before porting code)
  *
- *   | mask                           | mha (everywhere)         | nn.MultiheadAttention | F.scaled_dot_product_attention |
- *   |--------------------------------|--------------------------|-----------------------|--------------------------------|
- *   | bool attn_mask, true/nonzero   | NOT allowed (masked out) | NOT allowed           | allowed (take part)            |
- *   | bool key_padding_mask, true    | ignore that key          | ignore that key       | (no such argument)             |
- *   | float attn_mask                | added to scaled scores   | added                 | added                          |
- *   | causal                         | top-left: key j <= i     | is_causal: top-left   | is_causal: top-left            |
- *   | causal bottom-right            | key j <= i + (S - L)     | -                     | - (FlashAttention's choice)    |
- *   | key_lengths[b]                 | keys j >= len ignored    | -                     | -                              |
- *   | every key of a row masked      | output 0, weights 0      | see below             | output 0 (2.13)                |
+ *   | mask                   | mha (everywhere)       | nn.MHA              | F.SDPA              |
+ *   |------------------------|------------------------|---------------------|---------------------|
+ *   | bool attn_mask: true   | NOT allowed (masked)   | NOT allowed         | allowed (take part) |
+ *   | bool key_padding: true | ignore that key        | ignore that key     | (no such argument)  |
+ *   | float attn_mask        | added to scaled scores | added               | added               |
+ *   | causal                 | top-left: key j <= i   | is_causal: top-left | is_causal: top-left |
+ *   | causal bottom-right    | key j <= i + (S - L)   | -                   | -                   |
+ *   | key_lengths[b]         | keys j >= len ignored  | -                   | -                   |
+ *   | row fully masked       | output 0, weights 0    | see below           | output 0 (2.13)     |
+ *   (nn.MHA: nn.MultiheadAttention; F.SDPA: F.scaled_dot_product_attention; bottom-right
+ *   causality is FlashAttention's alignment when L != S.)
  *
  *   All masks given combine: a key takes part only if no mask excludes it; float masks add.
  *
@@ -207,8 +209,8 @@ MHA_API mha_status mha_ctx_describe(const mha_ctx *ctx, char *buf, size_t n);
  * beta == 0: C is not read. Bitwise identical results for any thread count. The projections
  * of the module run on it. Returns MHA_ERR_INVALID_ARG / MHA_ERR_NOMEM (C unchanged). */
 MHA_API mha_status mha_sgemm(mha_ctx *ctx, int ta, int tb, int64_t M, int64_t N, int64_t K,
-                             float alpha, const float *A, int64_t lda, const float *B,
-                             int64_t ldb, float beta, float *C, int64_t ldc);
+                             float alpha, const float *A, int64_t lda, const float *B, int64_t ldb,
+                             float beta, float *C, int64_t ldc);
 
 /* ---------------------------------------------------------------------------------------------
  * Tensor views
@@ -266,10 +268,10 @@ MHA_API mha_mask mha_mask_default(void); /* no mask at all */
  * The attention core:  out = dropout(softmax(q k^T * scale + mask)) v, per batch and head
  * ------------------------------------------------------------------------------------------- */
 typedef struct {
-    float scale;      /* 0: 1/sqrt(D) */
-    float dropout_p;  /* probability of zeroing a weight, in [0, 1); 0 disables dropout */
-    uint64_t seed;    /* dropout key: the same (seed, offset) gives the same dropout mask */
-    uint64_t offset;  /* dropout stream offset, e.g. a call counter */
+    float scale;     /* 0: 1/sqrt(D) */
+    float dropout_p; /* probability of zeroing a weight, in [0, 1); 0 disables dropout */
+    uint64_t seed;   /* dropout key: the same (seed, offset) gives the same dropout mask */
+    uint64_t offset; /* dropout stream offset, e.g. a call counter */
 } mha_attn_params;
 
 MHA_API mha_attn_params mha_attn_params_default(void);
@@ -335,10 +337,10 @@ MHA_API mha_status mha_module_create(mha_ctx *ctx, const mha_config *cfg, mha_mo
  * must agree with the file's (MHA_ERR_INVALID_ARG otherwise: a layer run with the wrong number
  * of heads gives wrong results without any other sign) and divide E. */
 MHA_API mha_status mha_module_create_from_file(mha_ctx *ctx, const char *path, int64_t num_heads,
-                                       mha_module **out);
+                                               mha_module **out);
 /* The same from a loaded collection. */
 MHA_API mha_status mha_module_create_from_st(mha_ctx *ctx, const mha_st *st, int64_t num_heads,
-                                     mha_module **out);
+                                             mha_module **out);
 /* The configuration a state_dict implies, without creating a module: embed_dim, kdim, vdim and
  * bias from the tensors, num_heads from the metadata (0 when not recorded), the rest default. */
 MHA_API mha_status mha_module_config_from_st(mha_ctx *ctx, const mha_st *st, mha_config *cfg);
@@ -373,9 +375,9 @@ MHA_API mha_status mha_module_state_dict(mha_ctx *ctx, const mha_module *m, mha_
 MHA_API mha_status mha_module_save(mha_ctx *ctx, const mha_module *m, const char *path);
 
 typedef struct {
-    float scale;         /* 0: 1/sqrt(E/H) */
-    int training;        /* nonzero: dropout (cfg.dropout) applies */
-    int average_weights; /* weights averaged over heads (1, default) or per head (0) */
+    float scale;           /* 0: 1/sqrt(E/H) */
+    int training;          /* nonzero: dropout (cfg.dropout) applies */
+    int average_weights;   /* weights averaged over heads (1, default) or per head (0) */
     int save_for_backward; /* 1 (default): keep what mha_module_backward needs */
 } mha_forward_opts;
 
@@ -526,13 +528,14 @@ MHA_API int mha_outputs_find(const mha_outputs *o, const char *path);
 MHA_API int mha_outputs_count(const mha_outputs *o);
 /* Writes output index into its temporary (again: replaces the earlier temporary). On failure
  * that output's temporary is removed and the destination untouched. */
-MHA_API mha_status mha_outputs_write_npy(mha_ctx *ctx, mha_outputs *o, int index, const mha_array *a);
+MHA_API mha_status mha_outputs_write_npy(mha_ctx *ctx, mha_outputs *o, int index,
+                                         const mha_array *a);
 MHA_API mha_status mha_outputs_write_st(mha_ctx *ctx, mha_outputs *o, int index, const mha_st *st);
 /* Any other content: fn writes through (write, user), e.g. with mha_npy_write or a renderer,
  * and returns MHA_OK, or an error (with a message in ctx when it has one). */
 typedef mha_status (*mha_output_fn)(mha_ctx *ctx, void *arg, mha_write_fn write, void *user);
 MHA_API mha_status mha_outputs_write(mha_ctx *ctx, mha_outputs *o, int index, mha_output_fn fn,
-                             void *arg);
+                                     void *arg);
 /* Replaces every declared destination by its temporary, or none (see above). MHA_ERR_STATE
  * when an output was declared but not written. */
 MHA_API mha_status mha_outputs_commit(mha_ctx *ctx, mha_outputs *o);

@@ -79,8 +79,8 @@ typedef enum {
 } mha_viz_term_mode;
 
 typedef struct {
-    mha_viz_view view;   /* default MHA_VIZ_HEAD */
-    int64_t head;        /* the head for MHA_VIZ_HEAD, in [0, H); default 0 */
+    mha_viz_view view; /* default MHA_VIZ_HEAD */
+    int64_t head;      /* the head for MHA_VIZ_HEAD, in [0, H); default 0 */
     /* Query labels [L] and key labels [S], UTF-8, borrowed (each non-NULL). NULL: positions.
      * key_tokens == NULL with query_tokens set and L == S uses the query tokens for the keys
      * (self-attention). */
@@ -93,8 +93,8 @@ typedef struct {
      * (over all panels, so a grid is comparable). */
     float vmin, vmax;
     mha_viz_term_mode term_mode; /* default MHA_VIZ_TERM_UNICODE */
-    int width;     /* terminal columns, 40 .. 100000; 0 = 80. No output line is wider. */
-    int cell_px;   /* SVG/PNG cell size in pixels, 1..64; 0 = automatic */
+    int width;   /* terminal columns, 40 .. 100000; 0 = 80. No output line is wider. */
+    int cell_px; /* SVG/PNG cell size in pixels, 1..64; 0 = automatic */
 } mha_viz_opts;
 
 MHA_API mha_viz_opts mha_viz_opts_default(void);
@@ -104,11 +104,11 @@ MHA_API mha_viz_opts mha_viz_opts_default(void);
 
 /* Per-head statistics (also shown by the HTML page). */
 typedef struct {
-    double entropy;       /* mean over queries of the row entropy, in bits (0: one-hot rows) */
-    double max_entropy;   /* log2(S): the entropy of a uniform row */
-    int64_t top_key;      /* the key with the largest mean attention over queries */
-    double top_key_mean;  /* that mean */
-    double max_weight;    /* the largest single weight */
+    double entropy;      /* mean over queries of the row entropy, in bits (0: one-hot rows) */
+    double max_entropy;  /* log2(S): the entropy of a uniform row */
+    int64_t top_key;     /* the key with the largest mean attention over queries */
+    double top_key_mean; /* that mean */
+    double max_weight;   /* the largest single weight */
 } mha_viz_stats;
 
 /* Statistics of each of the H heads of w [H, L, S] into stats[H] (caller-owned).

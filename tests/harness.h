@@ -20,69 +20,69 @@ static int harness_passed, harness_failed, harness_cur_failed;
 static const char *harness_cur = "";
 
 #define TEST(name) static void test_##name(void)
-#define RUN(name)                                                                            \
-    do {                                                                                     \
-        harness_cur = #name;                                                                 \
-        harness_cur_failed = 0;                                                              \
-        test_##name();                                                                       \
-        if (harness_cur_failed) {                                                            \
-            harness_failed++;                                                                \
-            printf("FAIL %s\n", #name);                                                      \
-        } else {                                                                             \
-            harness_passed++;                                                                \
-            printf("ok   %s\n", #name);                                                      \
-        }                                                                                    \
-        fflush(stdout);                                                                      \
+#define RUN(name)                                                                                  \
+    do {                                                                                           \
+        harness_cur = #name;                                                                       \
+        harness_cur_failed = 0;                                                                    \
+        test_##name();                                                                             \
+        if (harness_cur_failed) {                                                                  \
+            harness_failed++;                                                                      \
+            printf("FAIL %s\n", #name);                                                            \
+        } else {                                                                                   \
+            harness_passed++;                                                                      \
+            printf("ok   %s\n", #name);                                                            \
+        }                                                                                          \
+        fflush(stdout);                                                                            \
     } while (0)
 
-#define FAILF(...)                                                                           \
-    do {                                                                                     \
-        printf("  %s:%d: [%s] ", __FILE__, __LINE__, harness_cur);                           \
-        printf(__VA_ARGS__);                                                                 \
-        printf("\n");                                                                        \
-        harness_cur_failed = 1;                                                              \
+#define FAILF(...)                                                                                 \
+    do {                                                                                           \
+        printf("  %s:%d: [%s] ", __FILE__, __LINE__, harness_cur);                                 \
+        printf(__VA_ARGS__);                                                                       \
+        printf("\n");                                                                              \
+        harness_cur_failed = 1;                                                                    \
     } while (0)
 
-#define ASSERT_TRUE(c)                                                                       \
-    do {                                                                                     \
-        if (!(c)) {                                                                          \
-            FAILF("expected true: %s", #c);                                                  \
-            return;                                                                          \
-        }                                                                                    \
+#define ASSERT_TRUE(c)                                                                             \
+    do {                                                                                           \
+        if (!(c)) {                                                                                \
+            FAILF("expected true: %s", #c);                                                        \
+            return;                                                                                \
+        }                                                                                          \
     } while (0)
 
-#define ASSERT_EQ(a, b)                                                                      \
-    do {                                                                                     \
-        long long a_ = (long long)(a), b_ = (long long)(b);                                  \
-        if (a_ != b_) {                                                                      \
-            FAILF("%s == %s: got %lld vs %lld", #a, #b, a_, b_);                             \
-            return;                                                                          \
-        }                                                                                    \
+#define ASSERT_EQ(a, b)                                                                            \
+    do {                                                                                           \
+        long long a_ = (long long)(a), b_ = (long long)(b);                                        \
+        if (a_ != b_) {                                                                            \
+            FAILF("%s == %s: got %lld vs %lld", #a, #b, a_, b_);                                   \
+            return;                                                                                \
+        }                                                                                          \
     } while (0)
 
-#define ASSERT_STR_CONTAINS(hay, needle)                                                     \
-    do {                                                                                     \
-        const char *h_ = (hay), *n_ = (needle);                                              \
-        if (!h_ || !strstr(h_, n_)) {                                                        \
-            FAILF("expected \"%s\" to contain \"%s\"", h_ ? h_ : "(null)", n_);             \
-            return;                                                                          \
-        }                                                                                    \
+#define ASSERT_STR_CONTAINS(hay, needle)                                                           \
+    do {                                                                                           \
+        const char *h_ = (hay), *n_ = (needle);                                                    \
+        if (!h_ || !strstr(h_, n_)) {                                                              \
+            FAILF("expected \"%s\" to contain \"%s\"", h_ ? h_ : "(null)", n_);                    \
+            return;                                                                                \
+        }                                                                                          \
     } while (0)
 
 /* A status check that prints the context's message. */
-#define ASSERT_OK(ctx, expr)                                                                 \
-    do {                                                                                     \
-        mha_status st_ = (expr);                                                             \
-        if (st_ != MHA_OK) {                                                                 \
-            FAILF("%s: %s: %s", #expr, mha_status_str(st_), mha_ctx_errmsg(ctx));            \
-            return;                                                                          \
-        }                                                                                    \
+#define ASSERT_OK(ctx, expr)                                                                       \
+    do {                                                                                           \
+        mha_status st_ = (expr);                                                                   \
+        if (st_ != MHA_OK) {                                                                       \
+            FAILF("%s: %s: %s", #expr, mha_status_str(st_), mha_ctx_errmsg(ctx));                  \
+            return;                                                                                \
+        }                                                                                          \
     } while (0)
 
 /* Compares n floats with a double reference: |got - want| <= atol + rtol * |want|.
  * Prints the worst element. Returns 1 when all are within tolerance. */
 static inline int harness_near(const char *file, int line, const char *what, const float *got,
-                        const double *want, int64_t n, double rtol, double atol) {
+                               const double *want, int64_t n, double rtol, double atol) {
     int64_t worst = -1, bad = 0;
     double worst_excess = 0, max_abs = 0, max_rel = 0;
     for (int64_t i = 0; i < n; i++) {
@@ -109,16 +109,15 @@ static inline int harness_near(const char *file, int line, const char *what, con
     return 1;
 }
 
-#define ASSERT_NEAR_TENSOR(what, got, want, n, rtol, atol)                                   \
-    do {                                                                                     \
-        if (!harness_near(__FILE__, __LINE__, what, got, want, n, rtol, atol)) return;       \
+#define ASSERT_NEAR_TENSOR(what, got, want, n, rtol, atol)                                         \
+    do {                                                                                           \
+        if (!harness_near(__FILE__, __LINE__, what, got, want, n, rtol, atol)) return;             \
     } while (0)
 
 /* Runs the following block once per ISA the machine supports, with ctx set to it. */
-#define FOR_EACH_ISA(ctx)                                                                    \
-    for (int isa_i_ = MHA_ISA_GENERIC; isa_i_ <= MHA_ISA_AVX512; isa_i_++)                   \
-        if (mha_isa_supported((mha_isa)isa_i_) &&                                            \
-            mha_ctx_set_isa(ctx, (mha_isa)isa_i_) == MHA_OK)
+#define FOR_EACH_ISA(ctx)                                                                          \
+    for (int isa_i_ = MHA_ISA_GENERIC; isa_i_ <= MHA_ISA_AVX512; isa_i_++)                         \
+        if (mha_isa_supported((mha_isa)isa_i_) && mha_ctx_set_isa(ctx, (mha_isa)isa_i_) == MHA_OK)
 
 static inline int harness_report(void) {
     printf("%d passed, %d failed\n", harness_passed, harness_failed);

@@ -23,12 +23,12 @@ static float frand(void) { return (float)(2 * urand() - 1); }
  * ---------------------------------------------------------------------------------------- */
 typedef struct {
     int64_t B, H, L, S, D, Dv;
-    int causal;      /* mha_causal */
-    int pad, lens;   /* key_padding, key_lengths */
+    int causal;    /* mha_causal */
+    int pad, lens; /* key_padding, key_lengths */
     int abool, afloat, batched;
-    int fullrow;     /* force fully masked rows through the attn masks */
+    int fullrow; /* force fully masked rows through the attn masks */
     float drop, scale;
-    int layout;      /* 0: contiguous [B,H,R,X]; 1: [B,R,H,X+3] memory (strided views) */
+    int layout; /* 0: contiguous [B,H,R,X]; 1: [B,R,H,X+3] memory (strided views) */
     uint64_t seed;
 } tcase;
 
@@ -152,8 +152,8 @@ static double ref_fbias(const tcase *c, const mha_mask *m, int64_t b, int64_t h,
 /* q [B,H,L,D], k [B,H,S,D], v [B,H,S,Dv] contiguous doubles. Outputs: out [B,H,L,Dv],
  * lse [B,H,L], P [B,H,L,S] (pre-dropout probabilities), W (post-dropout). */
 static void ref_forward(const tcase *c, const mha_mask *m, const mha_attn_params *p,
-                        const double *q, const double *k, const double *v, double *out,
-                        double *lse, double *P, double *W) {
+                        const double *q, const double *k, const double *v, double *out, double *lse,
+                        double *P, double *W) {
     int64_t B = c->B, H = c->H, L = c->L, S = c->S, D = c->D, Dv = c->Dv;
     double scale = p->scale != 0 ? p->scale : 1.0 / sqrt((double)D);
     double ks = 1.0 / (1.0 - p->dropout_p);
@@ -181,16 +181,17 @@ static void ref_forward(const tcase *c, const mha_mask *m, const mha_attn_params
                     double w = mha__dropout_keep(p, bh, i, j) ? pij * ks : 0;
                     if (P) P[row * S + j] = pij;
                     if (W) W[row * S + j] = w;
-                    for (int64_t d = 0; d < Dv; d++) out[row * Dv + d] += w * v[(bh * S + j) * Dv + d];
+                    for (int64_t d = 0; d < Dv; d++)
+                        out[row * Dv + d] += w * v[(bh * S + j) * Dv + d];
                 }
             }
     free(s);
 }
 
 /* Analytic backward of ref_forward for dout (contiguous), from its P and W. */
-static void ref_backward(const tcase *c, const mha_attn_params *p, const double *q,
-                         const double *k, const double *v, const double *P, const double *W,
-                         const double *dout, double *dq, double *dk, double *dv) {
+static void ref_backward(const tcase *c, const mha_attn_params *p, const double *q, const double *k,
+                         const double *v, const double *P, const double *W, const double *dout,
+                         double *dq, double *dk, double *dv) {
     int64_t B = c->B, H = c->H, L = c->L, S = c->S, D = c->D, Dv = c->Dv;
     double scale = p->scale != 0 ? p->scale : 1.0 / sqrt((double)D);
     memset(dq, 0, sizeof(double) * (size_t)(B * H * L * D));
@@ -300,8 +301,7 @@ static int run_case(mha_ctx *ctx, const tcase *c, int fd) {
         FAILF("%s: forward: %s: %s", name, mha_status_str(st), mha_ctx_errmsg(ctx));
         goto done;
     }
-    st = mha_attn_backward(ctx, &p, &q.t, &k.t, &v.t, &tm.m, &o.t, &lt, &go.t, &gq.t, &gk.t,
-                           &gv.t);
+    st = mha_attn_backward(ctx, &p, &q.t, &k.t, &v.t, &tm.m, &o.t, &lt, &go.t, &gq.t, &gk.t, &gv.t);
     if (st != MHA_OK) {
         FAILF("%s: backward: %s: %s", name, mha_status_str(st), mha_ctx_errmsg(ctx));
         goto done;
@@ -337,12 +337,12 @@ static int run_case(mha_ctx *ctx, const tcase *c, int fd) {
                 fdg[a][e] = (lp - lm) / (2 * eps);
             }
         }
-        int fok = harness_near(__FILE__, __LINE__, "dq vs finite differences", gqf, fdg[0],
-                               ns[0], 1e-4, 1e-4) &&
-                  harness_near(__FILE__, __LINE__, "dk vs finite differences", gkf, fdg[1],
-                               ns[1], 1e-4, 1e-4) &&
-                  harness_near(__FILE__, __LINE__, "dv vs finite differences", gvf, fdg[2],
-                               ns[2], 1e-4, 1e-4);
+        int fok = harness_near(__FILE__, __LINE__, "dq vs finite differences", gqf, fdg[0], ns[0],
+                               1e-4, 1e-4) &&
+                  harness_near(__FILE__, __LINE__, "dk vs finite differences", gkf, fdg[1], ns[1],
+                               1e-4, 1e-4) &&
+                  harness_near(__FILE__, __LINE__, "dv vs finite differences", gvf, fdg[2], ns[2],
+                               1e-4, 1e-4);
         /* the analytic reference itself must agree with the differences */
         float *dqr = malloc(sizeof(float) * (size_t)(ns[0] + 1));
         for (int64_t e = 0; e < ns[0]; e++) dqr[e] = (float)dqd[e];
@@ -386,9 +386,9 @@ TEST(shapes_no_mask) {
     mha_ctx *ctx;
     ASSERT_OK(ctx, mha_ctx_create(&ctx));
     static const int64_t shapes[][6] = {
-        {1, 1, 1, 1, 1, 1},   {1, 1, 1, 9, 7, 7},    {2, 3, 17, 33, 7, 5},
-        {1, 2, 40, 1, 64, 64}, {1, 1, 37, 45, 80, 80}, {1, 1, 19, 70, 128, 128},
-        {2, 1, 50, 29, 64, 32}, {1, 2, 65, 66, 1, 3},  {1, 1, 3, 0, 4, 4},
+        {1, 1, 1, 1, 1, 1},     {1, 1, 1, 9, 7, 7},     {2, 3, 17, 33, 7, 5},
+        {1, 2, 40, 1, 64, 64},  {1, 1, 37, 45, 80, 80}, {1, 1, 19, 70, 128, 128},
+        {2, 1, 50, 29, 64, 32}, {1, 2, 65, 66, 1, 3},   {1, 1, 3, 0, 4, 4},
     };
     FOR_EACH_ISA(ctx) {
         for (size_t s = 0; s < sizeof shapes / sizeof shapes[0]; s++) {
@@ -408,13 +408,13 @@ TEST(masks_each_and_combined) {
     mha_ctx *ctx;
     ASSERT_OK(ctx, mha_ctx_create(&ctx));
     /* lengths that straddle the tiles (generic: 16 x 32), causal diagonals crossing tiles */
-    static const int64_t shapes[][6] = {{2, 2, 21, 45, 16, 8}, {1, 3, 45, 21, 8, 16},
-                                        {2, 1, 40, 40, 7, 7}};
+    static const int64_t shapes[][6] = {
+        {2, 2, 21, 45, 16, 8}, {1, 3, 45, 21, 8, 16}, {2, 1, 40, 40, 7, 7}};
     FOR_EACH_ISA(ctx) {
         for (size_t s = 0; s < 3; s++)
             for (int kind = 0; kind < 12; kind++) {
-                tcase c = tc(shapes[s][0], shapes[s][1], shapes[s][2], shapes[s][3],
-                             shapes[s][4], shapes[s][5]);
+                tcase c = tc(shapes[s][0], shapes[s][1], shapes[s][2], shapes[s][3], shapes[s][4],
+                             shapes[s][5]);
                 c.seed = 100 + s * 16 + (uint64_t)kind;
                 switch (kind) {
                 case 0: c.causal = 1; break;
@@ -565,7 +565,8 @@ TEST(threads_bitwise_identical) {
                     size_t at = 0;
                     while (memcmp(&res[0][at], &r[at], sizeof(float)) == 0) at++;
                     FAILF("shape %d: %d threads differ from 1 thread at float %zu of %zu "
-                          "(%.9g vs %.9g)", s, t + 1, at, total, res[0][at], r[at]);
+                          "(%.9g vs %.9g)",
+                          s, t + 1, at, total, res[0][at], r[at]);
                     bad = 1;
                 }
                 if (bad) {
@@ -612,13 +613,16 @@ TEST(dropout_statistics) {
             }
             /* an unaligned start gives the same decisions */
             gen->attn_dropout(1, S - 5, &dr, i, 3, row, S - 5);
-            for (int64_t j = 3; j < S - 2; j++) ASSERT_EQ(row[j - 3], mha__dropout_keep(&p, bh, i, j));
+            for (int64_t j = 3; j < S - 2; j++)
+                ASSERT_EQ(row[j - 3], mha__dropout_keep(&p, bh, i, j));
         }
     double frac = (double)kept / (double)n; /* 24576 draws: sd 0.003 */
     if (fabs(frac - 0.7) > 0.02) FAILF("kept fraction %g, expected ~0.7", frac);
     /* independent masks disagree with probability 2 * 0.3 * 0.7 = 0.42 */
-    if (fabs((double)differ_seed / (double)n - 0.42) > 0.03) FAILF("seed change: %lld", (long long)differ_seed);
-    if (fabs((double)differ_off / (double)n - 0.42) > 0.03) FAILF("offset change: %lld", (long long)differ_off);
+    if (fabs((double)differ_seed / (double)n - 0.42) > 0.03)
+        FAILF("seed change: %lld", (long long)differ_seed);
+    if (fabs((double)differ_off / (double)n - 0.42) > 0.03)
+        FAILF("offset change: %lld", (long long)differ_off);
     free(row);
 
     /* The weights of the forward: dropped exactly where the mask says, scaled mean preserved,
@@ -684,13 +688,14 @@ TEST(fully_masked_rows) {
     mha_tensor dvt = mha_tensor_make(dv, 4, sk);
     int32_t lens[2] = {0, 4};
     mha_mask m = mha_mask_default();
-    m.key_lengths = lens;                 /* batch 0: nothing to attend */
-    m.causal = MHA_CAUSAL_BOTTOM_RIGHT;   /* batch 1: rows 0, 1 see no key (L - S = 2) */
+    m.key_lengths = lens;               /* batch 0: nothing to attend */
+    m.causal = MHA_CAUSAL_BOTTOM_RIGHT; /* batch 1: rows 0, 1 see no key (L - S = 2) */
     FOR_EACH_ISA(ctx) {
         memset(o, 0xff, sizeof o), memset(dq, 0xff, sizeof dq), memset(dk, 0xff, sizeof dk);
         memset(dv, 0xff, sizeof dv), memset(w, 0xff, sizeof w); /* NaN garbage */
         ASSERT_OK(ctx, mha_attn_forward(ctx, NULL, &q, &k, &v, &m, &ot, &lt, &wt));
-        ASSERT_OK(ctx, mha_attn_backward(ctx, NULL, &q, &k, &v, &m, &ot, &lt, &gt, &dqt, &dkt, &dvt));
+        ASSERT_OK(ctx,
+                  mha_attn_backward(ctx, NULL, &q, &k, &v, &m, &ot, &lt, &gt, &dqt, &dkt, &dvt));
         for (int i = 0; i < 6; i++) ASSERT_TRUE(l[i] == -INFINITY);
         for (int i = 6; i < 8; i++) ASSERT_TRUE(l[i] == -INFINITY);
         for (int i = 8; i < 12; i++) ASSERT_TRUE(isfinite(l[i]));
@@ -708,7 +713,11 @@ TEST(fully_masked_rows) {
 TEST(nan_key_propagates) {
     mha_ctx *ctx;
     ASSERT_OK(ctx, mha_ctx_create(&ctx));
-    enum { L = 3, S = 5, D = 2 };
+    enum {
+        L = 3,
+        S = 5,
+        D = 2
+    };
     float q[L * D], k[S * D], v[S * D], o[L * D], l[L];
     rng_state = 5;
     for (int i = 0; i < L * D; i++) q[i] = frand();
@@ -742,84 +751,114 @@ TEST(validation_errors) {
     mha_mask m = mha_mask_default();
     ASSERT_OK(ctx, mha_attn_forward(ctx, &p, &q, &k, &v, &m, &o, &l, &w));
     ASSERT_OK(ctx, mha_attn_backward(ctx, &p, &q, &k, &v, &m, &o, &l, &g, &dq, &dk, &dv));
-#define EXPECT_FWD(status, msg, ...)                                                         \
-    do {                                                                                     \
-        ASSERT_EQ(mha_attn_forward(__VA_ARGS__), status);                                    \
-        ASSERT_STR_CONTAINS(mha_ctx_errmsg(ctx), msg);                                       \
+#define EXPECT_FWD(status, msg, ...)                                                               \
+    do {                                                                                           \
+        ASSERT_EQ(mha_attn_forward(__VA_ARGS__), status);                                          \
+        ASSERT_STR_CONTAINS(mha_ctx_errmsg(ctx), msg);                                             \
     } while (0)
-#define EXPECT_BWD(status, msg, ...)                                                         \
-    do {                                                                                     \
-        ASSERT_EQ(mha_attn_backward(__VA_ARGS__), status);                                   \
-        ASSERT_STR_CONTAINS(mha_ctx_errmsg(ctx), msg);                                       \
+#define EXPECT_BWD(status, msg, ...)                                                               \
+    do {                                                                                           \
+        ASSERT_EQ(mha_attn_backward(__VA_ARGS__), status);                                         \
+        ASSERT_STR_CONTAINS(mha_ctx_errmsg(ctx), msg);                                             \
     } while (0)
     mha_tensor bad;
     /* params */
     p.dropout_p = 1;
-    EXPECT_FWD(MHA_ERR_INVALID_ARG, "mha_attn_forward: p->dropout_p: got 1", ctx, &p, &q, &k, &v, &m, &o, &l, &w);
+    EXPECT_FWD(MHA_ERR_INVALID_ARG, "mha_attn_forward: p->dropout_p: got 1", ctx, &p, &q, &k, &v,
+               &m, &o, &l, &w);
     p.dropout_p = -0.1f;
-    EXPECT_BWD(MHA_ERR_INVALID_ARG, "mha_attn_backward: p->dropout_p", ctx, &p, &q, &k, &v, &m, &o, &l, &g, &dq, &dk, &dv);
+    EXPECT_BWD(MHA_ERR_INVALID_ARG, "mha_attn_backward: p->dropout_p", ctx, &p, &q, &k, &v, &m, &o,
+               &l, &g, &dq, &dk, &dv);
     p.dropout_p = NAN;
     EXPECT_FWD(MHA_ERR_INVALID_ARG, "p->dropout_p: got nan", ctx, &p, &q, &k, &v, &m, &o, &l, &w);
     p = mha_attn_params_default();
     p.scale = INFINITY;
     EXPECT_FWD(MHA_ERR_INVALID_ARG, "p->scale: got inf", ctx, &p, &q, &k, &v, &m, &o, &l, &w);
     p.scale = NAN;
-    EXPECT_BWD(MHA_ERR_INVALID_ARG, "p->scale: got nan", ctx, &p, &q, &k, &v, &m, &o, &l, &g, &dq, &dk, &dv);
+    EXPECT_BWD(MHA_ERR_INVALID_ARG, "p->scale: got nan", ctx, &p, &q, &k, &v, &m, &o, &l, &g, &dq,
+               &dk, &dv);
     p = mha_attn_params_default();
     /* NULL tensors */
-    EXPECT_FWD(MHA_ERR_INVALID_ARG, "mha_attn_forward: q: got NULL", ctx, &p, NULL, &k, &v, &m, &o, &l, &w);
-    EXPECT_FWD(MHA_ERR_INVALID_ARG, "mha_attn_forward: k: got NULL", ctx, &p, &q, NULL, &v, &m, &o, &l, &w);
-    EXPECT_FWD(MHA_ERR_INVALID_ARG, "mha_attn_forward: v: got NULL", ctx, &p, &q, &k, NULL, &m, &o, &l, &w);
-    EXPECT_FWD(MHA_ERR_INVALID_ARG, "mha_attn_forward: out: got NULL", ctx, &p, &q, &k, &v, &m, NULL, &l, &w);
-    EXPECT_BWD(MHA_ERR_INVALID_ARG, "mha_attn_backward: out: got NULL", ctx, &p, &q, &k, &v, &m, NULL, &l, &g, &dq, &dk, &dv);
-    EXPECT_BWD(MHA_ERR_INVALID_ARG, "mha_attn_backward: lse: got NULL", ctx, &p, &q, &k, &v, &m, &o, NULL, &g, &dq, &dk, &dv);
-    EXPECT_BWD(MHA_ERR_INVALID_ARG, "mha_attn_backward: dout: got NULL", ctx, &p, &q, &k, &v, &m, &o, &l, NULL, &dq, &dk, &dv);
-    EXPECT_BWD(MHA_ERR_INVALID_ARG, "mha_attn_backward: dq: got NULL", ctx, &p, &q, &k, &v, &m, &o, &l, &g, NULL, &dk, &dv);
-    EXPECT_BWD(MHA_ERR_INVALID_ARG, "mha_attn_backward: dk: got NULL", ctx, &p, &q, &k, &v, &m, &o, &l, &g, &dq, NULL, &dv);
-    EXPECT_BWD(MHA_ERR_INVALID_ARG, "mha_attn_backward: dv: got NULL", ctx, &p, &q, &k, &v, &m, &o, &l, &g, &dq, &dk, NULL);
+    EXPECT_FWD(MHA_ERR_INVALID_ARG, "mha_attn_forward: q: got NULL", ctx, &p, NULL, &k, &v, &m, &o,
+               &l, &w);
+    EXPECT_FWD(MHA_ERR_INVALID_ARG, "mha_attn_forward: k: got NULL", ctx, &p, &q, NULL, &v, &m, &o,
+               &l, &w);
+    EXPECT_FWD(MHA_ERR_INVALID_ARG, "mha_attn_forward: v: got NULL", ctx, &p, &q, &k, NULL, &m, &o,
+               &l, &w);
+    EXPECT_FWD(MHA_ERR_INVALID_ARG, "mha_attn_forward: out: got NULL", ctx, &p, &q, &k, &v, &m,
+               NULL, &l, &w);
+    EXPECT_BWD(MHA_ERR_INVALID_ARG, "mha_attn_backward: out: got NULL", ctx, &p, &q, &k, &v, &m,
+               NULL, &l, &g, &dq, &dk, &dv);
+    EXPECT_BWD(MHA_ERR_INVALID_ARG, "mha_attn_backward: lse: got NULL", ctx, &p, &q, &k, &v, &m, &o,
+               NULL, &g, &dq, &dk, &dv);
+    EXPECT_BWD(MHA_ERR_INVALID_ARG, "mha_attn_backward: dout: got NULL", ctx, &p, &q, &k, &v, &m,
+               &o, &l, NULL, &dq, &dk, &dv);
+    EXPECT_BWD(MHA_ERR_INVALID_ARG, "mha_attn_backward: dq: got NULL", ctx, &p, &q, &k, &v, &m, &o,
+               &l, &g, NULL, &dk, &dv);
+    EXPECT_BWD(MHA_ERR_INVALID_ARG, "mha_attn_backward: dk: got NULL", ctx, &p, &q, &k, &v, &m, &o,
+               &l, &g, &dq, NULL, &dv);
+    EXPECT_BWD(MHA_ERR_INVALID_ARG, "mha_attn_backward: dv: got NULL", ctx, &p, &q, &k, &v, &m, &o,
+               &l, &g, &dq, &dk, NULL);
     bad = q, bad.data = NULL;
     EXPECT_FWD(MHA_ERR_INVALID_ARG, "q.data: got NULL", ctx, &p, &bad, &k, &v, &m, &o, &l, &w);
     /* shapes */
     int64_t s80[4] = {2, 2, 5, 80};
     bad = mha_tensor_make(buf, 4, s80);
-    EXPECT_FWD(MHA_ERR_SHAPE, "mha_attn_forward: k.shape[3]: got 80, expected 4 (q head dim)", ctx, &p, &q, &bad, &v, &m, &o, &l, &w);
+    EXPECT_FWD(MHA_ERR_SHAPE, "mha_attn_forward: k.shape[3]: got 80, expected 4 (q head dim)", ctx,
+               &p, &q, &bad, &v, &m, &o, &l, &w);
     int64_t sb[4] = {3, 2, 5, 4};
     bad = mha_tensor_make(buf, 4, sb);
-    EXPECT_FWD(MHA_ERR_SHAPE, "k.shape[0]: got 3, expected 2 (q batch)", ctx, &p, &q, &bad, &v, &m, &o, &l, &w);
+    EXPECT_FWD(MHA_ERR_SHAPE, "k.shape[0]: got 3, expected 2 (q batch)", ctx, &p, &q, &bad, &v, &m,
+               &o, &l, &w);
     int64_t sh[4] = {2, 2, 4, 6};
     bad = mha_tensor_make(buf, 4, sh);
-    EXPECT_FWD(MHA_ERR_SHAPE, "v.shape[2]: got 4, expected 5 (k length)", ctx, &p, &q, &k, &bad, &m, &o, &l, &w);
+    EXPECT_FWD(MHA_ERR_SHAPE, "v.shape[2]: got 4, expected 5 (k length)", ctx, &p, &q, &k, &bad, &m,
+               &o, &l, &w);
     bad = mha_tensor_make(buf, 3, sh);
     EXPECT_FWD(MHA_ERR_SHAPE, "q.ndim: got 3, expected 4", ctx, &p, &bad, &k, &v, &m, &o, &l, &w);
     int64_t sd0[4] = {2, 2, 3, 0};
     bad = mha_tensor_make(buf, 4, sd0);
-    EXPECT_FWD(MHA_ERR_SHAPE, "q.shape[3]: got 0, expected >= 1 (head dim)", ctx, &p, &bad, &k, &v, &m, &o, &l, &w);
+    EXPECT_FWD(MHA_ERR_SHAPE, "q.shape[3]: got 0, expected >= 1 (head dim)", ctx, &p, &bad, &k, &v,
+               &m, &o, &l, &w);
     bad = mha_tensor_make(buf + 1024, 4, sq); /* out with Dv = 4 instead of 6 */
-    EXPECT_FWD(MHA_ERR_SHAPE, "out.shape[3]: got 4, expected 6", ctx, &p, &q, &k, &v, &m, &bad, &l, &w);
+    EXPECT_FWD(MHA_ERR_SHAPE, "out.shape[3]: got 4, expected 6", ctx, &p, &q, &k, &v, &m, &bad, &l,
+               &w);
     int64_t sl2[3] = {2, 2, 4};
     bad = mha_tensor_make(buf + 2048, 3, sl2);
-    EXPECT_FWD(MHA_ERR_SHAPE, "lse.shape[2]: got 4, expected 3", ctx, &p, &q, &k, &v, &m, &o, &bad, &w);
-    EXPECT_BWD(MHA_ERR_SHAPE, "mha_attn_backward: lse.shape[2]: got 4, expected 3", ctx, &p, &q, &k, &v, &m, &o, &bad, &g, &dq, &dk, &dv);
+    EXPECT_FWD(MHA_ERR_SHAPE, "lse.shape[2]: got 4, expected 3", ctx, &p, &q, &k, &v, &m, &o, &bad,
+               &w);
+    EXPECT_BWD(MHA_ERR_SHAPE, "mha_attn_backward: lse.shape[2]: got 4, expected 3", ctx, &p, &q, &k,
+               &v, &m, &o, &bad, &g, &dq, &dk, &dv);
     bad = mha_tensor_make(buf + 2100, 4, so);
-    EXPECT_FWD(MHA_ERR_SHAPE, "weights.shape[3]: got 6, expected 5", ctx, &p, &q, &k, &v, &m, &o, &l, &bad);
+    EXPECT_FWD(MHA_ERR_SHAPE, "weights.shape[3]: got 6, expected 5", ctx, &p, &q, &k, &v, &m, &o,
+               &l, &bad);
     bad = mha_tensor_make(buf, 4, sq);
-    EXPECT_BWD(MHA_ERR_SHAPE, "dout.shape[3]: got 4, expected 6", ctx, &p, &q, &k, &v, &m, &o, &l, &bad, &dq, &dk, &dv);
-    EXPECT_BWD(MHA_ERR_SHAPE, "dk.shape[2]: got 3, expected 5", ctx, &p, &q, &k, &v, &m, &o, &l, &g, &dq, &bad, &dv);
-    EXPECT_BWD(MHA_ERR_SHAPE, "dv.shape[2]: got 3, expected 5", ctx, &p, &q, &k, &v, &m, &o, &l, &g, &dq, &dk, &bad);
+    EXPECT_BWD(MHA_ERR_SHAPE, "dout.shape[3]: got 4, expected 6", ctx, &p, &q, &k, &v, &m, &o, &l,
+               &bad, &dq, &dk, &dv);
+    EXPECT_BWD(MHA_ERR_SHAPE, "dk.shape[2]: got 3, expected 5", ctx, &p, &q, &k, &v, &m, &o, &l, &g,
+               &dq, &bad, &dv);
+    EXPECT_BWD(MHA_ERR_SHAPE, "dv.shape[2]: got 3, expected 5", ctx, &p, &q, &k, &v, &m, &o, &l, &g,
+               &dq, &dk, &bad);
     bad = mha_tensor_make(buf, 4, so);
-    EXPECT_BWD(MHA_ERR_SHAPE, "dq.shape[3]: got 6, expected 4", ctx, &p, &q, &k, &v, &m, &o, &l, &g, &bad, &dk, &dv);
+    EXPECT_BWD(MHA_ERR_SHAPE, "dq.shape[3]: got 6, expected 4", ctx, &p, &q, &k, &v, &m, &o, &l, &g,
+               &bad, &dk, &dv);
     bad = q, bad.stride[3] = 2;
-    EXPECT_FWD(MHA_ERR_SHAPE, "q.stride[3]: got 2, expected 1", ctx, &p, &bad, &k, &v, &m, &o, &l, &w);
+    EXPECT_FWD(MHA_ERR_SHAPE, "q.stride[3]: got 2, expected 1", ctx, &p, &bad, &k, &v, &m, &o, &l,
+               &w);
     /* masks */
     m.causal = (mha_causal)3;
-    EXPECT_FWD(MHA_ERR_INVALID_ARG, "mha_attn_forward: mask->causal: got 3", ctx, &p, &q, &k, &v, &m, &o, &l, &w);
+    EXPECT_FWD(MHA_ERR_INVALID_ARG, "mha_attn_forward: mask->causal: got 3", ctx, &p, &q, &k, &v,
+               &m, &o, &l, &w);
     m = mha_mask_default(), m.attn_batched = 2;
-    EXPECT_BWD(MHA_ERR_INVALID_ARG, "mask->attn_batched: got 2", ctx, &p, &q, &k, &v, &m, &o, &l, &g, &dq, &dk, &dv);
+    EXPECT_BWD(MHA_ERR_INVALID_ARG, "mask->attn_batched: got 2", ctx, &p, &q, &k, &v, &m, &o, &l,
+               &g, &dq, &dk, &dv);
     int32_t lens[2] = {5, 6};
     m = mha_mask_default(), m.key_lengths = lens;
-    EXPECT_FWD(MHA_ERR_INVALID_ARG, "mask->key_lengths[1]: got 6, expected a value in [0, 5]", ctx, &p, &q, &k, &v, &m, &o, &l, &w);
+    EXPECT_FWD(MHA_ERR_INVALID_ARG, "mask->key_lengths[1]: got 6, expected a value in [0, 5]", ctx,
+               &p, &q, &k, &v, &m, &o, &l, &w);
     lens[0] = -1;
-    EXPECT_BWD(MHA_ERR_INVALID_ARG, "mask->key_lengths[0]: got -1", ctx, &p, &q, &k, &v, &m, &o, &l, &g, &dq, &dk, &dv);
+    EXPECT_BWD(MHA_ERR_INVALID_ARG, "mask->key_lengths[0]: got -1", ctx, &p, &q, &k, &v, &m, &o, &l,
+               &g, &dq, &dk, &dv);
     /* a successful call clears the message */
     m = mha_mask_default();
     ASSERT_OK(ctx, mha_attn_forward(ctx, &p, &q, &k, &v, &m, &o, NULL, NULL));
@@ -847,20 +886,26 @@ TEST(validation_errors) {
  * (output, output) pair of the forward and the backward, a one-element overlap, and its
  * disjoint neighbour (accepted). */
 TEST(aliasing_rejected) {
-    enum { B = 2, H = 2, L = 5, S = 6, D = 4, N = 256 };
+    enum {
+        B = 2,
+        H = 2,
+        L = 5,
+        S = 6,
+        D = 4,
+        N = 256
+    };
     static float pool[16 * N];
     rng_state = 8;
     for (int i = 0; i < 16 * N; i++) pool[i] = frand();
     int64_t sq[4] = {B, H, L, D}, sk[4] = {B, H, S, D}, sl[3] = {B, H, L}, sw[4] = {B, H, L, S};
     /* forward: q k v | out lse weights;  backward: q k v out lse dout | dq dk dv */
-    mha_tensor t[10] = {
-        mha_tensor_make(pool, 4, sq),         mha_tensor_make(pool + N, 4, sk),
-        mha_tensor_make(pool + 2 * N, 4, sk), mha_tensor_make(pool + 3 * N, 4, sq),
-        mha_tensor_make(pool + 4 * N, 3, sl), mha_tensor_make(pool + 5 * N, 4, sw),
-        mha_tensor_make(pool + 6 * N, 4, sq), mha_tensor_make(pool + 7 * N, 4, sq),
-        mha_tensor_make(pool + 8 * N, 4, sk), mha_tensor_make(pool + 9 * N, 4, sk)};
-    static const char *const name[10] = {"q", "k", "v", "out", "lse", "weights", "dout",
-                                          "dq", "dk", "dv"};
+    mha_tensor t[10] = {mha_tensor_make(pool, 4, sq),         mha_tensor_make(pool + N, 4, sk),
+                        mha_tensor_make(pool + 2 * N, 4, sk), mha_tensor_make(pool + 3 * N, 4, sq),
+                        mha_tensor_make(pool + 4 * N, 3, sl), mha_tensor_make(pool + 5 * N, 4, sw),
+                        mha_tensor_make(pool + 6 * N, 4, sq), mha_tensor_make(pool + 7 * N, 4, sq),
+                        mha_tensor_make(pool + 8 * N, 4, sk), mha_tensor_make(pool + 9 * N, 4, sk)};
+    static const char *const name[10] = {"q",       "k",    "v",  "out", "lse",
+                                         "weights", "dout", "dq", "dk",  "dv"};
     mha_ctx *ctx;
     ASSERT_OK(ctx, mha_ctx_create(&ctx));
     static float saved[16 * N];
@@ -872,10 +917,12 @@ TEST(aliasing_rejected) {
             mha_tensor a[10];
             memcpy(a, t, sizeof a);
             a[o].data = t[x].data;
-            mha_status st = mha_attn_forward(ctx, NULL, &a[0], &a[1], &a[2], NULL, &a[3], &a[4],
-                                             &a[5]);
-            snprintf(want, sizeof want, "mha_attn_forward: %s overlaps %s (outputs must not "
-                     "share memory with inputs or other outputs)", name[o], name[x]);
+            mha_status st =
+                mha_attn_forward(ctx, NULL, &a[0], &a[1], &a[2], NULL, &a[3], &a[4], &a[5]);
+            snprintf(want, sizeof want,
+                     "mha_attn_forward: %s overlaps %s (outputs must not "
+                     "share memory with inputs or other outputs)",
+                     name[o], name[x]);
             ASSERT_EQ(st, MHA_ERR_INVALID_ARG);
             ASSERT_STR_CONTAINS(mha_ctx_errmsg(ctx), want);
             ASSERT_TRUE(memcmp(pool, saved, sizeof pool) == 0); /* nothing written */
@@ -889,8 +936,10 @@ TEST(aliasing_rejected) {
             a[bin[o]].data = t[bin[x]].data;
             mha_status st = mha_attn_backward(ctx, NULL, &a[0], &a[1], &a[2], NULL, &a[3], &a[4],
                                               &a[6], &a[7], &a[8], &a[9]);
-            snprintf(want, sizeof want, "mha_attn_backward: %s overlaps %s (outputs must not "
-                     "share memory with inputs or other outputs)", name[bin[o]], name[bin[x]]);
+            snprintf(want, sizeof want,
+                     "mha_attn_backward: %s overlaps %s (outputs must not "
+                     "share memory with inputs or other outputs)",
+                     name[bin[o]], name[bin[x]]);
             ASSERT_EQ(st, MHA_ERR_INVALID_ARG);
             ASSERT_STR_CONTAINS(mha_ctx_errmsg(ctx), want);
             ASSERT_TRUE(memcmp(pool, saved, sizeof pool) == 0);
@@ -909,7 +958,13 @@ TEST(aliasing_rejected) {
  * separate buffers: out interleaved with q, k, v in one packed [B, T, 4, H, D] buffer, and
  * dq, dk, dv interleaved with q, k, v in one [B, T, 6, H, D] buffer. */
 TEST(aliasing_interleaved_views_accepted) {
-    enum { B = 2, T = 37, H = 3, D = 8, P = 6 };
+    enum {
+        B = 2,
+        T = 37,
+        H = 3,
+        D = 8,
+        P = 6
+    };
     const int64_t n = (int64_t)B * T * H * D;
     float *pk = malloc(sizeof(float) * (size_t)(B * T * P * H * D));
     float *sep = malloc(sizeof(float) * (size_t)(4 * n)), *lse = malloc(sizeof(float) * B * H * T);
@@ -936,8 +991,8 @@ TEST(aliasing_interleaved_views_accepted) {
         free(a), free(b);
         ASSERT_TRUE(same);
         /* dq, dk, dv in slots 3, 4, 5 (out from the separate buffer) */
-        ASSERT_OK(ctx, mha_attn_backward(ctx, NULL, &v6[0], &v6[1], &v6[2], &m, &so, &lt, &gt,
-                                         &sdq, &sdk, &sdv));
+        ASSERT_OK(ctx, mha_attn_backward(ctx, NULL, &v6[0], &v6[1], &v6[2], &m, &so, &lt, &gt, &sdq,
+                                         &sdk, &sdv));
         ASSERT_OK(ctx, mha_attn_backward(ctx, NULL, &v6[0], &v6[1], &v6[2], &m, &so, &lt, &gt,
                                          &v6[3], &v6[4], &v6[5]));
         for (int x = 0; x < 3; x++) {
@@ -986,7 +1041,10 @@ static int bwd_threads_identical(mha_ctx *ctx, const tcase *c) {
             while (at < n && memcmp(&fa[at], &fb[at], sizeof(float)) == 0) at++;
             if (at < n) {
                 FAILF("%s: %s with %d threads differs from 1 thread at %lld (%.9g vs %.9g)", name,
-                      g == 0 ? "dq" : g == 1 ? "dk" : "dv", t + 1, (long long)at, fb[at], fa[at]);
+                      g == 0   ? "dq"
+                      : g == 1 ? "dk"
+                               : "dv",
+                      t + 1, (long long)at, fb[at], fa[at]);
                 ok = 0;
             }
             free(fa), free(fb);
@@ -1008,8 +1066,10 @@ static int bwd_threads_identical(mha_ctx *ctx, const tcase *c) {
 TEST(backward_key_chunks) {
     mha_ctx *ctx;
     ASSERT_OK(ctx, mha_ctx_create(&ctx));
-    static const int64_t shapes[][6] = {{1, 1, 150, 700, 16, 12}, {1, 1, 600, 300, 8, 8},
-                                        {2, 1, 40, 520, 8, 8},    {1, 4, 64, 400, 8, 4}};
+    static const int64_t shapes[][6] = {{1, 1, 150, 700, 16, 12},
+                                        {1, 1, 600, 300, 8, 8},
+                                        {2, 1, 40, 520, 8, 8},
+                                        {1, 4, 64, 400, 8, 4}};
     FOR_EACH_ISA(ctx) {
         for (int kind = 0; kind < 7; kind++) {
             int s = kind < 3 ? 0 : kind == 6 ? 3 : kind - 2;
@@ -1060,19 +1120,20 @@ static int64_t near_sum(const char *file, int line, const char *what, const floa
 }
 
 /* mag for S[br, bc] (ld) = scale * A[br, n] B[bc, n]^T */
-static void mag_scores(int64_t br, int64_t bc, int64_t n, double scale, const float *A,
-                       int64_t lda, const float *Bm, int64_t ldb, double *mag, int64_t ld) {
+static void mag_scores(int64_t br, int64_t bc, int64_t n, double scale, const float *A, int64_t lda,
+                       const float *Bm, int64_t ldb, double *mag, int64_t ld) {
     for (int64_t r = 0; r < br; r++)
         for (int64_t c = 0; c < ld; c++) {
             double s = 0;
-            for (int64_t x = 0; c < bc && x < n; x++) s += fabs((double)A[r * lda + x] * Bm[c * ldb + x]);
+            for (int64_t x = 0; c < bc && x < n; x++)
+                s += fabs((double)A[r * lda + x] * Bm[c * ldb + x]);
             mag[r * ld + c] = fabs(scale) * s;
         }
 }
 /* mag for O[br, n] (ldo, rows up to `rows`) = alpha O + P[br, bc] X[bc, n] (alpha NULL: 1) */
-static void mag_pv(int64_t br, int64_t bc, int64_t n, const float *P, int64_t ldp,
-                   const float *X, int64_t ldx, const float *alpha, const float *O, int64_t ldo,
-                   int64_t rows, double *mag) {
+static void mag_pv(int64_t br, int64_t bc, int64_t n, const float *P, int64_t ldp, const float *X,
+                   int64_t ldx, const float *alpha, const float *O, int64_t ldo, int64_t rows,
+                   double *mag) {
     for (int64_t r = 0; r < rows; r++)
         for (int64_t x = 0; x < ldo; x++) {
             double s = 0;
@@ -1084,9 +1145,8 @@ static void mag_pv(int64_t br, int64_t bc, int64_t n, const float *P, int64_t ld
         }
 }
 /* mag for G[bc, n] (ldg, rows up to `rows`) += P[br, bc]^T X[br, n] */
-static void mag_ptv(int64_t br, int64_t bc, int64_t n, const float *P, int64_t ldp,
-                    const float *X, int64_t ldx, const float *G, int64_t ldg, int64_t rows,
-                    double *mag) {
+static void mag_ptv(int64_t br, int64_t bc, int64_t n, const float *P, int64_t ldp, const float *X,
+                    int64_t ldx, const float *G, int64_t ldg, int64_t rows, double *mag) {
     for (int64_t c = 0; c < rows; c++)
         for (int64_t x = 0; x < ldg; x++) {
             double s = 0;
@@ -1110,11 +1170,15 @@ TEST(tile_kernels_match_generic) {
         const int64_t BR = kk->attn_br, BC = kk->attn_bc, ld = BC + 5, ldx = 133;
         const int64_t brs[3] = {1, BR - 1, BR}, bcs[3] = {1, BC > 7 ? 7 : BC, BC};
         const int64_t ns[4] = {1, 7, 64, 80};
-        float *A = malloc(sizeof(float) * (size_t)(BR * ldx)), *Bm = malloc(sizeof(float) * (size_t)(BC * ldx));
-        float *S1 = malloc(sizeof(float) * (size_t)(BR * ld)), *S2 = malloc(sizeof(float) * (size_t)(BR * ld));
-        float *O1 = malloc(sizeof(float) * (size_t)(BC * ldx)), *O2 = malloc(sizeof(float) * (size_t)(BC * ldx));
+        float *A = malloc(sizeof(float) * (size_t)(BR * ldx)),
+              *Bm = malloc(sizeof(float) * (size_t)(BC * ldx));
+        float *S1 = malloc(sizeof(float) * (size_t)(BR * ld)),
+              *S2 = malloc(sizeof(float) * (size_t)(BR * ld));
+        float *O1 = malloc(sizeof(float) * (size_t)(BC * ldx)),
+              *O2 = malloc(sizeof(float) * (size_t)(BC * ldx));
         double *want = malloc(sizeof(double) * (size_t)(BC * ldx));
-        double *mag = malloc(sizeof(double) * (size_t)((BC > BR ? BC : BR) * (ldx > ld ? ldx : ld)));
+        double *mag =
+            malloc(sizeof(double) * (size_t)((BC > BR ? BC : BR) * (ldx > ld ? ldx : ld)));
         float *fm = malloc(sizeof(float) * (size_t)(BR * ld));
         uint8_t *bm = malloc((size_t)(BR * ld)), *pad = malloc((size_t)ld);
         float *rows = malloc(sizeof(float) * (size_t)(3 * BR));
@@ -1123,7 +1187,8 @@ TEST(tile_kernels_match_generic) {
         rng_state = 5;
         for (int64_t t = 0; t < BR * ldx; t++) A[t] = frand();
         for (int64_t t = 0; t < BC * ldx; t++) Bm[t] = frand();
-        for (int64_t t = 0; t < BR * ld; t++) fm[t] = urand() < 0.1 ? -INFINITY : frand(), bm[t] = urand() < 0.2;
+        for (int64_t t = 0; t < BR * ld; t++)
+            fm[t] = urand() < 0.1 ? -INFINITY : frand(), bm[t] = urand() < 0.2;
         for (int64_t t = 0; t < ld; t++) pad[t] = urand() < 0.2;
         for (int64_t r = 0; r < BR; r++) lse[r] = r == 2 ? -INFINITY : 1 + frand(), dr[r] = frand();
         for (int64_t r = 0; r < BR; r++) a1[r] = r % 3 ? (float)urand() : r % 2 ? 1.0f : 0.0f;
@@ -1131,18 +1196,24 @@ TEST(tile_kernels_match_generic) {
             for (int c = 0; c < 3 && !bad; c++)
                 for (int e = 0; e < 4 && !bad; e++) {
                     int64_t br = brs[a], bc = bcs[c], n = ns[e], nn = br * ld;
-                    mha__attn_tile_mask mk = {bc - 1, 1 - (int64_t)c, c ? pad : NULL,
-                                              e & 1 ? bm : NULL, e & 2 ? fm : NULL, ld};
+                    mha__attn_tile_mask mk = {bc - 1,
+                                              1 - (int64_t)c,
+                                              c ? pad : NULL,
+                                              e & 1 ? bm : NULL,
+                                              e & 2 ? fm : NULL,
+                                              ld};
                     gen->attn_scores(br, bc, n, 0.37f, A, ldx, Bm, ldx, S1, ld);
                     kk->attn_scores(br, bc, n, 0.37f, A, ldx, Bm, ldx, S2, ld);
                     double *w = want;
-                    for (int64_t t = 0; t < nn; t++) w[t] = t % ld < bc ? S1[t] : 0, S2[t] = t % ld < bc ? S2[t] : 0;
+                    for (int64_t t = 0; t < nn; t++)
+                        w[t] = t % ld < bc ? S1[t] : 0, S2[t] = t % ld < bc ? S2[t] : 0;
                     mag_scores(br, bc, n, 0.37, A, ldx, Bm, ldx, mag, ld);
                     bad |= near_sum(__FILE__, __LINE__, kk->name, S2, w, mag, n, nn) != 0;
                     memcpy(S2, S1, sizeof(float) * (size_t)nn);
                     gen->attn_probs(br, bc, S1, ld, &mk, lse);
                     kk->attn_probs(br, bc, S2, ld, &mk, lse);
-                    for (int64_t t = 0; t < nn; t++) w[t] = t % ld < bc ? S1[t] : 0, S2[t] = t % ld < bc ? S2[t] : 0;
+                    for (int64_t t = 0; t < nn; t++)
+                        w[t] = t % ld < bc ? S1[t] : 0, S2[t] = t % ld < bc ? S2[t] : 0;
                     bad |= !harness_near(__FILE__, __LINE__, "probs", S2, w, nn, 1e-5, 1e-6);
                     /* pv: O[br, n] = alpha O + P X;  ptv: G[bc, n] += P^T X */
                     const float *al = e & 1 ? a1 : NULL;
@@ -1175,10 +1246,14 @@ TEST(tile_kernels_match_generic) {
 TEST(tile_tolerance_catches_wrong_kernels) {
     const mha_kernels *gen = mha__kernels_for(MHA_ISA_GENERIC);
     const int64_t br = 16, bc = 32, n = 64, ld = 40, ldx = 70;
-    float *A = malloc(sizeof(float) * (size_t)(br * ldx)), *Bm = malloc(sizeof(float) * (size_t)(bc * ldx));
-    float *S = malloc(sizeof(float) * (size_t)(br * ld)), *R = malloc(sizeof(float) * (size_t)(bc * ldx));
-    float *O = malloc(sizeof(float) * (size_t)(bc * ldx)), *O0 = malloc(sizeof(float) * (size_t)(bc * ldx));
-    double *want = malloc(sizeof(double) * (size_t)(bc * ldx)), *mag = malloc(sizeof(double) * (size_t)(bc * ldx));
+    float *A = malloc(sizeof(float) * (size_t)(br * ldx)),
+          *Bm = malloc(sizeof(float) * (size_t)(bc * ldx));
+    float *S = malloc(sizeof(float) * (size_t)(br * ld)),
+          *R = malloc(sizeof(float) * (size_t)(bc * ldx));
+    float *O = malloc(sizeof(float) * (size_t)(bc * ldx)),
+          *O0 = malloc(sizeof(float) * (size_t)(bc * ldx));
+    double *want = malloc(sizeof(double) * (size_t)(bc * ldx)),
+           *mag = malloc(sizeof(double) * (size_t)(bc * ldx));
     rng_state = 17;
     for (int64_t t = 0; t < br * ldx; t++) A[t] = frand();
     for (int64_t t = 0; t < bc * ldx; t++) Bm[t] = frand(), O0[t] = frand();
@@ -1221,7 +1296,14 @@ TEST(tile_tolerance_catches_wrong_kernels) {
  * equals weights v (float64) within rounding; lse is the undropped one (weights / keep_scale
  * sum to 1 over the kept and dropped keys alike, i.e. lse does not depend on the seed). */
 TEST(dropout_fused_tiles) {
-    enum { B = 2, H = 2, L = 200, S = 300, D = 16, DV = 12 };
+    enum {
+        B = 2,
+        H = 2,
+        L = 200,
+        S = 300,
+        D = 16,
+        DV = 12
+    };
     mha_ctx *ctx;
     ASSERT_OK(ctx, mha_ctx_create(&ctx));
     size_t nq = (size_t)B * H * L * D, nk = (size_t)B * H * S * D, nv = (size_t)B * H * S * DV;

@@ -51,9 +51,9 @@ static int near_each(const char *what, const char *isa, const float *got, const 
         if (isnan(got[i]) != isnan(want[i])) break;
     }
     if (worst >= 0 && !(wx <= 0)) {
-        FAILF("%s %s (br %lld, bc %lld, n %lld): [%lld] got %.9g, expected %.9g (tol %.3g)",
-              isa, what, (long long)br, (long long)bc, (long long)d, (long long)worst,
-              got[worst], want[worst], tol[worst]);
+        FAILF("%s %s (br %lld, bc %lld, n %lld): [%lld] got %.9g, expected %.9g (tol %.3g)", isa,
+              what, (long long)br, (long long)bc, (long long)d, (long long)worst, got[worst],
+              want[worst], tol[worst]);
         return 0;
     }
     return 1;
@@ -119,8 +119,8 @@ static int check_products(const mha_kernels *kk, const mha_kernels *gen, int64_t
                 want[t] = x < n ? s : SENTINEL, tol[t] = x < n ? (bc + 3) * EPS * mag : 0;
                 wg[t] = Og[r * ldo + x], got[t] = O[r * ldo + x];
             }
-        ok &= near_each(al ? "pv (alpha) vs float64" : "pv vs float64", kk->name, got, want,
-                        tol, br * (n + 1), br, bc, n);
+        ok &= near_each(al ? "pv (alpha) vs float64" : "pv vs float64", kk->name, got, want, tol,
+                        br * (n + 1), br, bc, n);
         for (int64_t t = 0; t < br * (n + 1); t++) tol[t] *= 2;
         ok &= near_each("pv vs generic", kk->name, got, wg, tol, br * (n + 1), br, bc, n);
     }
@@ -192,7 +192,8 @@ TEST(products_position_independent) {
             int64_t k = BR - r0 < 5 ? BR - r0 : 5;
             kk->attn_scores(k, BC - 3, n, 0.5f, A + r0 * ld, ld, Bm + 3 * ld, ld, S2, BC);
             for (int64_t r = 0; r < k; r++)
-                bad |= memcmp(S2 + r * BC, S1 + (r0 + r) * BC + 3, sizeof(float) * (size_t)(BC - 3)) != 0;
+                bad |= memcmp(S2 + r * BC, S1 + (r0 + r) * BC + 3,
+                              sizeof(float) * (size_t)(BC - 3)) != 0;
         }
         for (int64_t r0 = 0; r0 < BR; r0 += 5) { /* pv by blocks of 5 rows */
             int64_t k = BR - r0 < 5 ? BR - r0 : 5;
@@ -206,7 +207,8 @@ TEST(products_position_independent) {
         kk->attn_ptv(BR, BC - 2, n, S1 + 2, BC, A, ld, O2 + 2 * ld, ld);
         bad |= memcmp(O1, O2, sizeof(float) * (size_t)(BC * ld)) != 0;
         free(A), free(Bm), free(S1), free(S2), free(O1), free(O2);
-        if (bad) FAILF("%s: a sub-tile is not bitwise equal to the same rows of a tall tile", kk->name);
+        if (bad)
+            FAILF("%s: a sub-tile is not bitwise equal to the same rows of a tall tile", kk->name);
     }
 }
 
@@ -240,7 +242,7 @@ static int check_softmax_generic(int64_t br, int64_t bc, const float *S0, int64_
         for (int64_t c = 0; c < lds; c++) {
             int64_t t = r * lds + c;
             float x = c < bc ? S0[t] + (fm ? fm[r * ldm + c] : 0.0f) : 0;
-            double p = c >= bc ? SENTINEL
+            double p = c >= bc                                     ? SENTINEL
                        : mx == -INFINITY || excluded(mk, r, c, bc) ? 0.0
                                                                    : exp((double)(x - mx));
             if (c < bc) sum += p;
@@ -249,7 +251,8 @@ static int check_softmax_generic(int64_t br, int64_t bc, const float *S0, int64_
         if (mx == -INFINITY) {
             if (a[r] != 1.0f || m[r] != m0[r] || l[r] != 2.0f) {
                 FAILF("generic softmax row %lld without allowed keys: alpha %g m %g l %g, "
-                      "expected 1, %g, 2", (long long)r, a[r], m[r], l[r], m0[r]);
+                      "expected 1, %g, 2",
+                      (long long)r, a[r], m[r], l[r], m0[r]);
                 ok = 0;
             }
             continue;
@@ -257,7 +260,8 @@ static int check_softmax_generic(int64_t br, int64_t bc, const float *S0, int64_
         double al = m0[r] == -INFINITY ? 0 : exp((double)(m0[r] - mx)), lw = al * 2.0 + sum;
         if (m[r] != mx || fabs(a[r] - al) > 2e-6 * al || fabs(l[r] - lw) > 1e-5 * lw) {
             FAILF("generic softmax row %lld (bc %lld): m %.9g/%.9g alpha %.9g/%.9g l %.9g/%.9g "
-                  "(kernel/ref)", (long long)r, (long long)bc, m[r], mx, a[r], al, l[r], lw);
+                  "(kernel/ref)",
+                  (long long)r, (long long)bc, m[r], mx, a[r], al, l[r], lw);
             ok = 0;
         }
     }
@@ -285,7 +289,7 @@ TEST(softmax_probs_masks) {
             bm[t] = urand() < 0.15;
             fm[t] = urand() < 0.1 ? -INFINITY : 3 * frand();
         }
-        for (int64_t c = 0; c < ldm; c++) bm[3 * ldm + c] = 1;  /* row 3: fully bool-masked */
+        for (int64_t c = 0; c < ldm; c++) bm[3 * ldm + c] = 1; /* row 3: fully bool-masked */
         for (int64_t c = 0; c < ldm; c++) fm[4 * ldm + c] = -INFINITY; /* row 4: all -inf */
         int64_t bcs[5] = {1, 13, 16, BC - 1, BC};
         int64_t col_ends[4] = {BC + 10, BC / 2, 0, 5};
@@ -296,8 +300,9 @@ TEST(softmax_probs_masks) {
                 for (int dg = 0; dg < 4 && !bad; dg++)
                     for (int bi = 0; bi < 5 && !bad; bi++) {
                         int64_t bc = bcs[bi], br = (f + ce + dg + bi) % 2 ? BR : BR - 3;
-                        mha__attn_tile_mask mk = {col_ends[ce], diags[dg], f & 1 ? pad : NULL,
-                                                  f & 2 ? bm : NULL, f & 4 ? fm : NULL, ldm};
+                        mha__attn_tile_mask mk = {col_ends[ce],       diags[dg],
+                                                  f & 1 ? pad : NULL, f & 2 ? bm : NULL,
+                                                  f & 4 ? fm : NULL,  ldm};
                         for (int64_t t = 0; t < br * lds; t++)
                             S0[t] = t % lds < bc ? 4 * frand() : SENTINEL;
                         for (int64_t r = 0; r < br; r++) {
@@ -329,8 +334,8 @@ TEST(softmax_probs_masks) {
                                     bad = 1;
                                 }
                             }
-                        if (bad || !near_each("probs vs float64", kk->name, S, want, tol,
-                                              br * lds, br, bc, 0))
+                        if (bad || !near_each("probs vs float64", kk->name, S, want, tol, br * lds,
+                                              br, bc, 0))
                             bad = 1;
                     }
         free(pad), free(bm), free(fm), free(S0), free(S), free(Sg), free(want), free(tol);
@@ -359,11 +364,11 @@ static void fwd_run(const mha_kernels *kk, const fwd_case *f, const mha__attn_ti
     for (int64_t t = 0; t < fbc * f->n; t++) f->Kp[t] = NAN; /* pads must be ignored */
     kk->attn_kpack(f->bc, f->n, f->K, f->ldk, f->Kp);
     if (f->keep)
-        kk->attn_fwd_drop(f->br, f->bc, f->n, f->nv, 0.37f, f->A, f->lda, f->Kp, f->V, f->ldv,
-                          mk, m, l, O, f->ldo, f->P, f->ldp, f->keep, f->ldkeep);
+        kk->attn_fwd_drop(f->br, f->bc, f->n, f->nv, 0.37f, f->A, f->lda, f->Kp, f->V, f->ldv, mk,
+                          m, l, O, f->ldo, f->P, f->ldp, f->keep, f->ldkeep);
     else
-        kk->attn_fwd(f->br, f->bc, f->n, f->nv, 0.37f, f->A, f->lda, f->Kp, f->V, f->ldv, mk,
-                     m, l, O, f->ldo, f->P, f->ldp);
+        kk->attn_fwd(f->br, f->bc, f->n, f->nv, 0.37f, f->A, f->lda, f->Kp, f->V, f->ldv, mk, m, l,
+                     O, f->ldo, f->P, f->ldp);
 }
 
 static int check_fwd(const mha_kernels *kk, const mha_kernels *gen, fwd_case *f,
@@ -379,7 +384,8 @@ static int check_fwd(const mha_kernels *kk, const mha_kernels *gen, fwd_case *f,
         double mx = f->m0[r];
         for (int64_t c = 0; c < bc; c++) {
             double x = 0;
-            for (int64_t d = 0; d < n; d++) x += (double)f->A[r * f->lda + d] * f->K[c * f->ldk + d];
+            for (int64_t d = 0; d < n; d++)
+                x += (double)f->A[r * f->lda + d] * f->K[c * f->ldk + d];
             x = x * 0.37f + (fm ? fm[c] : 0.0f);
             s[c] = excluded(mk, r, c, bc) ? -INFINITY : x;
             if (s[c] > mx) mx = s[c];
@@ -392,14 +398,16 @@ static int check_fwd(const mha_kernels *kk, const mha_kernels *gen, fwd_case *f,
             if (memcmp(&m[r], &f->m0[r], sizeof(float)) || l[r] != f->l0[r] ||
                 memcmp(O + r * ldo, f->O0 + r * ldo, sizeof(float) * (size_t)ldo)) {
                 FAILF("%s fwd (%s, br %lld, bc %lld, n %lld): row %lld without allowed keys "
-                      "changed: m %g l %g", kk->name, mname, (long long)br, (long long)bc,
-                      (long long)n, (long long)r, m[r], l[r]);
+                      "changed: m %g l %g",
+                      kk->name, mname, (long long)br, (long long)bc, (long long)n, (long long)r,
+                      m[r], l[r]);
                 ok = 0;
             }
             continue;
         }
         double al = f->m0[r] == -INFINITY ? 0 : exp(f->m0[r] - mx), sum = 0;
-        for (int64_t x = 0; x < nv; x++) want[r * ldo + x] = al * f->O0[r * ldo + x], tol[r * ldo + x] = fabs(want[r * ldo + x]);
+        for (int64_t x = 0; x < nv; x++)
+            want[r * ldo + x] = al * f->O0[r * ldo + x], tol[r * ldo + x] = fabs(want[r * ldo + x]);
         for (int64_t c = 0; c < bc; c++) {
             if (s[c] == -INFINITY) continue;
             double p = exp(s[c] - mx);
@@ -415,15 +423,16 @@ static int check_fwd(const mha_kernels *kk, const mha_kernels *gen, fwd_case *f,
         if (fabs(m[r] - mx) > 1e-5 * (fabs(mx) + 1) || fabs(l[r] - lw) > 2e-5 * lw ||
             fabs(m[r] - mg[r]) > 1e-5 * (fabs(mx) + 1) || fabs(l[r] - lg[r]) > 2e-5 * lw) {
             FAILF("%s fwd (%s, br %lld, bc %lld, n %lld) row %lld: m %.9g/%.9g/%.9g l "
-                  "%.9g/%.9g/%.9g (kernel/ref/generic)", kk->name, mname, (long long)br,
-                  (long long)bc, (long long)n, (long long)r, m[r], mx, mg[r], l[r], lw, lg[r]);
+                  "%.9g/%.9g/%.9g (kernel/ref/generic)",
+                  kk->name, mname, (long long)br, (long long)bc, (long long)n, (long long)r, m[r],
+                  mx, mg[r], l[r], lw, lg[r]);
             ok = 0;
         }
     }
     const char *w64 = f->keep ? "fwd_drop O vs float64" : "fwd O vs float64";
     ok = ok && near_each(w64, kk->name, O, want, tol, br * ldo, br, bc, n);
-    ok = ok && near_each(f->keep ? "fwd_drop O vs generic" : "fwd O vs generic", kk->name, O,
-                         wg, tol, br * ldo, br, bc, n);
+    ok = ok && near_each(f->keep ? "fwd_drop O vs generic" : "fwd O vs generic", kk->name, O, wg,
+                         tol, br * ldo, br, bc, n);
     free(O), free(Og), free(s), free(want), free(tol), free(wg);
     return ok;
 }
@@ -448,7 +457,8 @@ TEST(fused_forward_masks_edges) {
             bm[t] = urand() < 0.15;
             fm[t] = urand() < 0.1 ? -INFINITY : 3 * frand();
         }
-        for (int64_t c = 0; c < ldm && BR > 4; c++) bm[2 * ldm + c] = 1, fm[4 * ldm + c] = -INFINITY;
+        for (int64_t c = 0; c < ldm && BR > 4; c++)
+            bm[2 * ldm + c] = 1, fm[4 * ldm + c] = -INFINITY;
         fwd_case f;
         int64_t NMAX = 128 + LD_PAD, ldkeep = BC + 3;
         uint8_t *keep = malloc((size_t)(BR * ldkeep));
@@ -477,16 +487,21 @@ TEST(fused_forward_masks_edges) {
                     }
                     /* 8 mask kinds, rotating with the case */
                     for (int kind = 0; kind < 8 && ok; kind++, cnt++) {
-                        mha__attn_tile_mask mk = {f.bc + 10, MHA__ATTN_NO_DIAG, NULL, NULL, NULL, ldm};
+                        mha__attn_tile_mask mk = {f.bc + 10, MHA__ATTN_NO_DIAG, NULL, NULL, NULL,
+                                                  ldm};
                         const char *name = "none";
                         switch (kind) {
                         case 1: mk.diag = 0, name = "causal"; break;
                         case 2: mk.diag = -3, name = "causal -3"; break;
-                        case 3: mk.diag = 20, mk.col_end = f.bc / 2, name = "causal 20, col_end"; break;
+                        case 3:
+                            mk.diag = 20, mk.col_end = f.bc / 2, name = "causal 20, col_end";
+                            break;
                         case 4: mk.pad = pad, name = "pad"; break;
                         case 5: mk.bmask = bm, name = "bool"; break;
                         case 6: mk.fmask = fm, name = "float"; break;
-                        case 7: mk.pad = pad, mk.bmask = bm, mk.fmask = fm, mk.diag = 2, name = "all"; break;
+                        case 7:
+                            mk.pad = pad, mk.bmask = bm, mk.fmask = fm, mk.diag = 2, name = "all";
+                            break;
                         }
                         f.keep = NULL;
                         ok = check_fwd(kk, gen, &f, &mk, name);
@@ -503,10 +518,12 @@ TEST(fused_forward_masks_edges) {
             for (int64_t t = 0; t < BC * f.ldk; t++) f.K[t] = frand(), f.V[t] = frand();
             for (int64_t r = 0; r < BR; r++) f.m0[r] = frand(), f.l0[r] = 1;
             mha__attn_tile_mask mk = {BC, 7, pad, NULL, fm, ldm};
-            float *O1 = fbuf(BR * f.ldo), *O2 = fbuf(BR * f.ldo), m1[256], l1[256], m2[256], l2[256];
+            float *O1 = fbuf(BR * f.ldo), *O2 = fbuf(BR * f.ldo), m1[256], l1[256], m2[256],
+                  l2[256];
             fwd_run(kk, &f, &mk, O1, m1, l1);
             memcpy(O2, f.O0, sizeof(float) * (size_t)(BR * f.ldo));
-            memcpy(m2, f.m0, sizeof(float) * (size_t)BR), memcpy(l2, f.l0, sizeof(float) * (size_t)BR);
+            memcpy(m2, f.m0, sizeof(float) * (size_t)BR),
+                memcpy(l2, f.l0, sizeof(float) * (size_t)BR);
             for (int64_t r0 = 0; r0 < BR; r0 += 5) {
                 int64_t k = BR - r0 < 5 ? BR - r0 : 5;
                 mha__attn_tile_mask mr = mk;
@@ -515,8 +532,10 @@ TEST(fused_forward_masks_edges) {
                              &mr, m2 + r0, l2 + r0, O2 + r0 * f.ldo, f.ldo, f.P, f.ldp);
             }
             if (memcmp(O1, O2, sizeof(float) * (size_t)(BR * f.ldo)) ||
-                memcmp(m1, m2, sizeof(float) * (size_t)BR) || memcmp(l1, l2, sizeof(float) * (size_t)BR))
-                FAILF("%s fwd: blocks of 5 rows differ from the same rows of the whole tile", kk->name);
+                memcmp(m1, m2, sizeof(float) * (size_t)BR) ||
+                memcmp(l1, l2, sizeof(float) * (size_t)BR))
+                FAILF("%s fwd: blocks of 5 rows differ from the same rows of the whole tile",
+                      kk->name);
             free(O1), free(O2);
         }
         free(pad), free(bm), free(fm), free(f.A), free(f.K), free(f.V), free(f.O0), free(f.P);
@@ -531,7 +550,14 @@ TEST(fused_forward_masks_edges) {
  * masks, with masks and dropout (attn_dropout + attn_fwd_drop): out and lse against a float64
  * reference (dropout: mha__dropout_keep), and bitwise identical for 1, 2 and 3 threads. */
 TEST(fused_forward_driver_threads) {
-    enum { B = 2, H = 2, L = 150, S = 333, D = 48, DV = 40 };
+    enum {
+        B = 2,
+        H = 2,
+        L = 150,
+        S = 333,
+        D = 48,
+        DV = 40
+    };
     size_t nq = (size_t)B * H * L * D, nk = (size_t)B * H * S * D, nv = (size_t)B * H * S * DV;
     size_t no = (size_t)B * H * L * DV, nl = (size_t)B * H * L;
     float *q = fbuf((int64_t)nq), *k = fbuf((int64_t)nk), *v = fbuf((int64_t)nv);
@@ -567,8 +593,9 @@ TEST(fused_forward_driver_threads) {
                        !memcmp(out[0], out[2], sizeof(float) * no) &&
                        !memcmp(lse[0], lse[1], sizeof(float) * nl) &&
                        !memcmp(lse[0], lse[2], sizeof(float) * nl);
-            if (!same) FAILF("%s (mask %d): 2 or 3 threads differ from 1 thread",
-                             mha_isa_name((mha_isa)isa_i_), variant);
+            if (!same)
+                FAILF("%s (mask %d): 2 or 3 threads differ from 1 thread",
+                      mha_isa_name((mha_isa)isa_i_), variant);
             /* float64 reference */
             int64_t worst = -1;
             double werr = 0;
@@ -578,7 +605,8 @@ TEST(fused_forward_driver_threads) {
                     double mx = -INFINITY, sum = 0;
                     for (int64_t j = 0; j < S; j++) {
                         double x = 0;
-                        for (int64_t d = 0; d < D; d++) x += (double)qi[d] * k[(bh * S + j) * D + d];
+                        for (int64_t d = 0; d < D; d++)
+                            x += (double)qi[d] * k[(bh * S + j) * D + d];
                         x *= 1.0f / sqrtf((float)D);
                         if (variant) {
                             if (j > i || pad[(bh / H) * S + j]) x = -INFINITY;
@@ -590,16 +618,19 @@ TEST(fused_forward_driver_threads) {
                     for (int64_t j = 0; j < S; j++)
                         sum += p[j] = mx == -INFINITY || p[j] == -INFINITY ? 0 : exp(p[j] - mx);
                     double lw = sum > 0 ? mx + log(sum) : -INFINITY, lg = lse[0][bh * L + i];
-                    if (!(lw == lg || fabs(lg - lw) <= 1e-5 * (1 + fabs(lw)))) worst = (bh * L + i) * DV, werr = lg - lw;
+                    if (!(lw == lg || fabs(lg - lw) <= 1e-5 * (1 + fabs(lw))))
+                        worst = (bh * L + i) * DV, werr = lg - lw;
                     for (int64_t j = 0; j < S && variant == 2; j++) /* lse: before dropout */
                         p[j] = mha__dropout_keep(&prm, bh, i, j) ? p[j] * ks : 0;
                     for (int64_t x = 0; x < DV; x++) {
                         double o = 0, mag = 0;
                         for (int64_t j = 0; j < S; j++)
-                            o += p[j] * v[(bh * S + j) * DV + x], mag += fabs(p[j] * v[(bh * S + j) * DV + x]);
+                            o += p[j] * v[(bh * S + j) * DV + x],
+                                mag += fabs(p[j] * v[(bh * S + j) * DV + x]);
                         o = sum > 0 ? o / sum : 0, mag = sum > 0 ? mag / sum : 0;
                         double e = fabs(out[0][(bh * L + i) * DV + x] - o);
-                        if (!(e <= 1e-5 * mag + 1e-6) && e > werr) worst = (bh * L + i) * DV + x, werr = e;
+                        if (!(e <= 1e-5 * mag + 1e-6) && e > werr)
+                            worst = (bh * L + i) * DV + x, werr = e;
                     }
                 }
             if (worst >= 0)
@@ -644,8 +675,9 @@ TEST(philox_fixed_rounds) {
         }
         if (memcmp(w, want, sizeof w)) {
             FAILF("key %llx counter (%u, %u, %u, %u): got %08x %08x %08x %08x, expected %08x "
-                  "%08x %08x %08x", (unsigned long long)key, g, c1, c2, c3, w[0], w[1], w[2],
-                  w[3], want[0], want[1], want[2], want[3]);
+                  "%08x %08x %08x",
+                  (unsigned long long)key, g, c1, c2, c3, w[0], w[1], w[2], w[3], want[0], want[1],
+                  want[2], want[3]);
             return;
         }
     }
@@ -653,7 +685,11 @@ TEST(philox_fixed_rounds) {
 
 TEST(dropout_keep_every_isa) {
     const mha_kernels *gen = mha__kernels_for(MHA_ISA_GENERIC);
-    enum { MAXR = 70, MAXC = 520, LDK = MAXC + 7 };
+    enum {
+        MAXR = 70,
+        MAXC = 520,
+        LDK = MAXC + 7
+    };
     uint8_t *k1 = malloc((size_t)(MAXR * LDK)), *k2 = malloc((size_t)(MAXR * LDK));
     /* 1. generic == mha__dropout_keep */
     const float ps[5] = {0.1f, 0.5f, 0.9f, 1e-7f, 0.999f};
@@ -679,8 +715,9 @@ TEST(dropout_keep_every_isa) {
                 int want = c < bc ? mha__dropout_keep(&p, bh, i0 + r, j0 + c) : 0xA5;
                 if (k1[r * LDK + c] != want) {
                     FAILF("generic attn_dropout (p %g, bh %lld, i %lld, j %lld): got %d, "
-                          "expected %d", (double)p.dropout_p, (long long)bh,
-                          (long long)(i0 + r), (long long)(j0 + c), k1[r * LDK + c], want);
+                          "expected %d",
+                          (double)p.dropout_p, (long long)bh, (long long)(i0 + r),
+                          (long long)(j0 + c), k1[r * LDK + c], want);
                     free(k1), free(k2);
                     return;
                 }
@@ -708,8 +745,8 @@ TEST(dropout_keep_every_isa) {
             }
             int64_t br = 1 + (int64_t)(urand() * (t % 5 ? 4 : MAXR));
             int64_t bc = 1 + (int64_t)(urand() * (t % 3 ? MAXC : 70));
-            int64_t i0 = t % 7 == 0 ? 4294967296ll - 1 - (int64_t)(urand() * 3)
-                                    : (int64_t)(urand() * 1e6);
+            int64_t i0 =
+                t % 7 == 0 ? 4294967296ll - 1 - (int64_t)(urand() * 3) : (int64_t)(urand() * 1e6);
             /* j0: any residue mod 4; group counters j0 / 4 near and past 2^32 */
             int64_t j0 = t % 6 == 0 ? (4294967296ll - 40) * 4 + (int64_t)(urand() * 400)
                                     : (int64_t)(urand() * 1e6);
@@ -721,16 +758,16 @@ TEST(dropout_keep_every_isa) {
                 int64_t x = 0;
                 while (k1[x] == k2[x]) x++;
                 FAILF("%s attn_dropout (br %lld, bc %lld, i0 %lld, j0 %lld, thr %u): byte "
-                      "[%lld][%lld] got %d, generic %d", kk->name, (long long)br, (long long)bc,
-                      (long long)i0, (long long)j0, dr.thr, (long long)(x / LDK),
-                      (long long)(x % LDK), k1[x], k2[x]);
+                      "[%lld][%lld] got %d, generic %d",
+                      kk->name, (long long)br, (long long)bc, (long long)i0, (long long)j0, dr.thr,
+                      (long long)(x / LDK), (long long)(x % LDK), k1[x], k2[x]);
                 break;
             }
             for (int64_t r = 0; r < br; r++)
                 for (int64_t c = 0; c < bc; c++) kept += k1[r * LDK + c], total++;
         }
-        printf("  %s attn_dropout: %lld decisions equal to the generic (%.3f kept)\n",
-               kk->name, (long long)total, (double)kept / (double)total);
+        printf("  %s attn_dropout: %lld decisions equal to the generic (%.3f kept)\n", kk->name,
+               (long long)total, (double)kept / (double)total);
     }
     free(k1), free(k2);
 }
@@ -739,7 +776,11 @@ TEST(dropout_keep_every_isa) {
  * vector edges; dropped elements exactly 0 even when X is NaN or inf; pads untouched. */
 TEST(dropout_apply_every_isa) {
     const mha_kernels *gen = mha__kernels_for(MHA_ISA_GENERIC);
-    enum { R = 9, C = 150, LD = C + 5 };
+    enum {
+        R = 9,
+        C = 150,
+        LD = C + 5
+    };
     float *X = fbuf(R * LD), *Y1 = fbuf(R * LD), *Y2 = fbuf(R * LD);
     uint8_t keep[R * LD];
     for (int64_t t = 0; t < R * LD; t++) {
@@ -753,12 +794,12 @@ TEST(dropout_apply_every_isa) {
     for (int64_t r = 0; r < R; r++)
         for (int64_t c = 0; c < LD; c++) {
             float x = X[r * LD + c], y = Y2[r * LD + c];
-            int good = c >= C ? y == SENTINEL
-                              : keep[r * LD + c] ? (isnan(x) ? isnan(y) : y == x * 1.25f)
-                                                 : (y == 0.0f && !signbit(y));
+            int good = c >= C             ? y == SENTINEL
+                       : keep[r * LD + c] ? (isnan(x) ? isnan(y) : y == x * 1.25f)
+                                          : (y == 0.0f && !signbit(y));
             if (!good) {
-                FAILF("generic attn_dropout_apply [%lld][%lld]: x %g keep %d gave %g",
-                      (long long)r, (long long)c, x, keep[r * LD + c], y);
+                FAILF("generic attn_dropout_apply [%lld][%lld]: x %g keep %d gave %g", (long long)r,
+                      (long long)c, x, keep[r * LD + c], y);
                 goto out;
             }
         }
@@ -844,10 +885,23 @@ TEST(exp_through_probs) {
  * NaN query row (its l and O must be NaN, as the generic's; the other rows unaffected). */
 TEST(fused_forward_extremes) {
     const mha_kernels *gen = mha__kernels_for(MHA_ISA_GENERIC);
-    enum { BR = 13, BC = 37, N = 16, NV = 24, LDM = BC + 3 };
+    enum {
+        BR = 13,
+        BC = 37,
+        N = 16,
+        NV = 24,
+        LDM = BC + 3
+    };
     const float fx[6] = {-1e30f, -INFINITY, -100.0f, -88.0f, 0.5f, 0.0f};
-    fwd_case f = {.br = BR, .bc = BC, .n = N, .nv = NV, .lda = N + 1, .ldk = N + 2,
-                  .ldv = NV + 3, .ldo = NV + 1, .ldp = BC + 2};
+    fwd_case f = {.br = BR,
+                  .bc = BC,
+                  .n = N,
+                  .nv = NV,
+                  .lda = N + 1,
+                  .ldk = N + 2,
+                  .ldv = NV + 3,
+                  .ldo = NV + 1,
+                  .ldp = BC + 2};
     f.A = fbuf(BR * f.lda), f.K = fbuf(BC * f.ldk), f.V = fbuf(BC * f.ldv);
     f.O0 = fbuf(BR * f.ldo), f.m0 = fbuf(BR), f.l0 = fbuf(BR), f.P = fbuf(BR * f.ldp);
     f.Kp = aligned_alloc(64, sizeof(float) * 256 * N);
@@ -870,8 +924,8 @@ TEST(fused_forward_extremes) {
     }
     for (int i = 0; i < nisa; i++)
         for (int kind = 0; kind < 4; kind++) {
-            mha__attn_tile_mask mk = {BC, kind & 1 ? 2 : MHA__ATTN_NO_DIAG, NULL, NULL,
-                                      kind & 2 ? fm : NULL, LDM};
+            mha__attn_tile_mask mk = {
+                BC, kind & 1 ? 2 : MHA__ATTN_NO_DIAG, NULL, NULL, kind & 2 ? fm : NULL, LDM};
             f.keep = NULL;
             if (!check_fwd(isas[i], gen, &f, &mk, kind & 2 ? "extremes, float mask" : "extremes"))
                 goto out;

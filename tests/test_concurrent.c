@@ -10,7 +10,14 @@
 #include <pthread.h>
 #include <stdatomic.h>
 
-enum { NTHREADS = 4, ROUNDS = 3, E = 16, H = 4, B = 2, L = 9 };
+enum {
+    NTHREADS = 4,
+    ROUNDS = 3,
+    E = 16,
+    H = 4,
+    B = 2,
+    L = 9
+};
 
 typedef struct {
     mha_status st;

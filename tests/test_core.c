@@ -157,7 +157,11 @@ TEST(philox_is_deterministic_and_uniform) {
 }
 
 TEST(generic_sgemm_matches_reference) {
-    enum { M = 7, N = 300, K = 13 };
+    enum {
+        M = 7,
+        N = 300,
+        K = 13
+    };
     static float A[M * K], At[K * M], B[K * N], Bt[N * K], C[M * N];
     static double R[M * N];
     for (int i = 0; i < M * K; i++) A[i] = (float)((i * 37 % 101) - 50) / 50.0f;
@@ -206,7 +210,11 @@ TEST(public_sgemm_validates_and_computes) {
 }
 
 TEST(workspace_plan) {
-    typedef struct { float *a; uint8_t *b; double *c; } views;
+    typedef struct {
+        float *a;
+        uint8_t *b;
+        double *c;
+    } views;
     mha__plan pl;
     mha__plan_init(&pl);
     MHA__PLAN_ADD(&pl, views, a, sizeof(float), 3, 5);

@@ -60,16 +60,16 @@ static void spy_fwd(int64_t br, int64_t bc, int64_t n, int64_t nv, float scale, 
     note(&s_fwd, br, bc);
     real->attn_fwd(br, bc, n, nv, scale, A, lda, Kp, V, ldv, mk, m, l, O, ldo, P, ldp);
 }
-static void spy_drop(int64_t br, int64_t bc, int64_t n, int64_t nv, float scale,
-                     const float *A, int64_t lda, const float *Kp, const float *V, int64_t ldv,
+static void spy_drop(int64_t br, int64_t bc, int64_t n, int64_t nv, float scale, const float *A,
+                     int64_t lda, const float *Kp, const float *V, int64_t ldv,
                      const mha__attn_tile_mask *mk, float *m, float *l, float *O, int64_t ldo,
                      float *P, int64_t ldp, const uint8_t *keep, int64_t ldk) {
     note(&s_drop, br, bc);
     real->attn_fwd_drop(br, bc, n, nv, scale, A, lda, Kp, V, ldv, mk, m, l, O, ldo, P, ldp, keep,
                         ldk);
 }
-static void spy_scores(int64_t br, int64_t bc, int64_t n, float scale, const float *A,
-                       int64_t lda, const float *B, int64_t ldb, float *S, int64_t lds) {
+static void spy_scores(int64_t br, int64_t bc, int64_t n, float scale, const float *A, int64_t lda,
+                       const float *B, int64_t ldb, float *S, int64_t lds) {
     note(&s_scores, br, bc);
     real->attn_scores(br, bc, n, scale, A, lda, B, ldb, S, lds);
 }
@@ -93,7 +93,13 @@ static int tiles_of(const char *buf, const char *label, long long *r, long long 
  * dropout) and nothing else on the printed fused tiles, the backward the separate kernels on
  * the printed tiles, the gemm the printed micro-kernel on MR x NR blocks; per ISA. */
 TEST(describe_reports_what_runs) {
-    enum { B = 1, H = 2, L = 200, S = 300, D = 16 };
+    enum {
+        B = 1,
+        H = 2,
+        L = 200,
+        S = 300,
+        D = 16
+    };
     static float q[B * H * L * D], k[B * H * S * D], v[B * H * S * D], o[B * H * L * D];
     static float lse[B * H * L], dq[B * H * L * D], dk[B * H * S * D], dv[B * H * S * D];
     static float A[100 * 100], C[100 * 100];
@@ -131,8 +137,8 @@ TEST(describe_reports_what_runs) {
         memset(&s_fwd, 0, sizeof s_fwd), memset(&s_drop, 0, sizeof s_drop);
         ASSERT_OK(ctx, mha_attn_forward(ctx, &p, &tq, &tk, &tv, NULL, &to, &tl, NULL));
         ASSERT_TRUE(s_drop.r == fr && s_drop.c == fc && s_fwd.calls == 0);
-        ASSERT_OK(ctx, mha_attn_backward(ctx, &p, &tq, &tk, &tv, NULL, &to, &tl, &to, &tdq, &tdk,
-                                         &tdv));
+        ASSERT_OK(ctx,
+                  mha_attn_backward(ctx, &p, &tq, &tk, &tv, NULL, &to, &tl, &to, &tdq, &tdk, &tdv));
         ASSERT_TRUE(s_scores.r == br && s_scores.c == bc && s_fwd.calls == 0);
         memset(&s_ukr, 0, sizeof s_ukr);
         ASSERT_OK(ctx, mha_sgemm(ctx, 0, 0, 100, 100, 100, 1.0f, A, 100, A, 100, 0.0f, C, 100));

@@ -23,9 +23,7 @@ typedef struct {
     double *R;
 } gcase;
 
-static void case_free(gcase *g) {
-    free(g->A), free(g->B), free(g->C), free(g->R);
-}
+static void case_free(gcase *g) { free(g->A), free(g->B), free(g->C), free(g->R); }
 
 /* Fills A, B with random values, C with c0 (NAN for beta == 0) and R with the reference
  * alpha * A B + beta * C in float64. Pad columns of C hold 777 (checked unchanged). */
@@ -51,7 +49,8 @@ static int case_make(gcase *g, int ta, int tb, int64_t M, int64_t N, int64_t K, 
                 double b = tb ? g->B[j * g->ldb + p] : g->B[p * g->ldb + j];
                 s += a * b;
             }
-            g->R[i * N + j] = alpha * s + (beta == 0.0f ? 0.0 : beta * (double)g->C[i * g->ldc + j]);
+            g->R[i * N + j] =
+                alpha * s + (beta == 0.0f ? 0.0 : beta * (double)g->C[i * g->ldc + j]);
         }
     return 1;
 }
@@ -76,9 +75,11 @@ static int case_check(mha_ctx *ctx, const gcase *g, float alpha, float beta, flo
             }
     }
     char what[160];
-    snprintf(what, sizeof what, "C (isa %s, ta %d, tb %d, M %lld, N %lld, K %lld, alpha %g, "
-             "beta %g)", mha_isa_name(mha_ctx_isa(ctx)), g->ta, g->tb, (long long)g->M,
-             (long long)g->N, (long long)g->K, alpha, beta);
+    snprintf(what, sizeof what,
+             "C (isa %s, ta %d, tb %d, M %lld, N %lld, K %lld, alpha %g, "
+             "beta %g)",
+             mha_isa_name(mha_ctx_isa(ctx)), g->ta, g->tb, (long long)g->M, (long long)g->N,
+             (long long)g->K, alpha, beta);
     /* float accumulation over K terms of size <= 1: error grows ~K * eps */
     double atol = 2e-6 * (double)(g->K + 1) * (fabs(alpha) > 1 ? fabs(alpha) : 1);
     int ok = harness_near(__FILE__, __LINE__, what, packed, g->R, g->M * g->N, 1e-5, atol);
@@ -87,7 +88,9 @@ static int case_check(mha_ctx *ctx, const gcase *g, float alpha, float beta, flo
 }
 
 static const int64_t sizes[] = {1, 2, 7, 13, 31, 64, 100, 257};
-enum { NS = sizeof sizes / sizeof sizes[0] };
+enum {
+    NS = sizeof sizes / sizeof sizes[0]
+};
 
 TEST(odd_shapes_every_layout) {
     mha_ctx *ctx;
@@ -115,8 +118,10 @@ done:
 }
 
 TEST(every_transpose_alpha_beta_and_padding) {
-    static const struct { int64_t M, N, K; } shapes[] = {
-        {13, 31, 7}, {100, 64, 257}, {257, 100, 13}, {31, 257, 600}, {3, 4500, 20}, {70, 33, 1}};
+    static const struct {
+        int64_t M, N, K;
+    } shapes[] = {{13, 31, 7},    {100, 64, 257}, {257, 100, 13},
+                  {31, 257, 600}, {3, 4500, 20},  {70, 33, 1}};
     static const float ab[][2] = {{1, 0}, {0.5f, 0}, {1, 1}, {-2, 0.25f}, {0, 0.5f}};
     mha_ctx *ctx;
     ASSERT_OK(ctx, mha_ctx_create(&ctx));
@@ -127,8 +132,8 @@ TEST(every_transpose_alpha_beta_and_padding) {
                     for (int pad = 0; pad <= 5; pad += 5) {
                         gcase g;
                         float alpha = ab[v][0], beta = ab[v][1];
-                        ASSERT_TRUE(case_make(&g, ta, tb, shapes[s].M, shapes[s].N,
-                                              shapes[s].K, pad, alpha, beta));
+                        ASSERT_TRUE(case_make(&g, ta, tb, shapes[s].M, shapes[s].N, shapes[s].K,
+                                              pad, alpha, beta));
                         float *out = malloc(sizeof(float) * (size_t)(g.M * g.ldc));
                         int ok = 1;
                         FOR_EACH_ISA(ctx) {
@@ -160,15 +165,20 @@ TEST(k_zero_and_empty) {
 /* The same bits for 1, 2 and 3 threads, with rows split (large M) and columns split (small
  * M), K over several KC blocks, N over several NC blocks. */
 TEST(bitwise_identical_for_any_thread_count) {
-    static const struct { int64_t M, N, K; int ta, tb; } shapes[] = {
-        {257, 300, 600, 0, 1}, {300, 257, 513, 1, 0}, {13, 1000, 300, 0, 0},
-        {5, 9000, 40, 1, 1}, {100, 96, 257, 0, 1}};
+    static const struct {
+        int64_t M, N, K;
+        int ta, tb;
+    } shapes[] = {{257, 300, 600, 0, 1},
+                  {300, 257, 513, 1, 0},
+                  {13, 1000, 300, 0, 0},
+                  {5, 9000, 40, 1, 1},
+                  {100, 96, 257, 0, 1}};
     mha_ctx *ctx;
     ASSERT_OK(ctx, mha_ctx_create(&ctx));
     for (size_t s = 0; s < sizeof shapes / sizeof shapes[0]; s++) {
         gcase g;
-        ASSERT_TRUE(case_make(&g, shapes[s].ta, shapes[s].tb, shapes[s].M, shapes[s].N,
-                              shapes[s].K, 1, 1.0f, 0.5f));
+        ASSERT_TRUE(case_make(&g, shapes[s].ta, shapes[s].tb, shapes[s].M, shapes[s].N, shapes[s].K,
+                              1, 1.0f, 0.5f));
         size_t n = (size_t)(g.M * g.ldc);
         float *c1 = malloc(sizeof(float) * n), *cn = malloc(sizeof(float) * n);
         int ok = 1;
@@ -176,8 +186,8 @@ TEST(bitwise_identical_for_any_thread_count) {
             if (!ok) continue;
             ASSERT_OK(ctx, mha_ctx_set_threads(ctx, 1));
             memcpy(c1, g.C, sizeof(float) * n);
-            ASSERT_OK(ctx, mha__gemm(ctx, g.ta, g.tb, g.M, g.N, g.K, 1.0f, g.A, g.lda, g.B,
-                                     g.ldb, 0.5f, c1, g.ldc));
+            ASSERT_OK(ctx, mha__gemm(ctx, g.ta, g.tb, g.M, g.N, g.K, 1.0f, g.A, g.lda, g.B, g.ldb,
+                                     0.5f, c1, g.ldc));
             for (int nt = 2; nt <= 3 && ok; nt++) {
                 ASSERT_OK(ctx, mha_ctx_set_threads(ctx, nt));
                 memcpy(cn, g.C, sizeof(float) * n);
@@ -242,9 +252,11 @@ TEST(micro_kernel_edge_tiles_vs_generic) {
                                 double s = 0;
                                 for (int64_t p = 0; p < k && i < m && j < n; p++)
                                     s += (double)a[i * ldx + p] * bt[j * ldx + p];
-                                want[i * ldc + j] = (i < m && j < n)
-                                    ? alpha * s + (beta == 0 ? 0.0 : beta * (double)c[i * ldc + j])
-                                    : 0.0;
+                                want[i * ldc + j] =
+                                    (i < m && j < n)
+                                        ? alpha * s +
+                                              (beta == 0 ? 0.0 : beta * (double)c[i * ldc + j])
+                                        : 0.0;
                             }
                         float *c0 = malloc(sizeof(float) * (size_t)(mr * ldc));
                         memcpy(c0, c, sizeof(float) * (size_t)(mr * ldc));
@@ -256,8 +268,8 @@ TEST(micro_kernel_edge_tiles_vs_generic) {
                                 int nn = n - j0 < gen->gemm_nr ? n - j0 : gen->gemm_nr;
                                 gen->gemm_pack(a + i0 * ldx, ldx, 1, mm, k, gen->gemm_mr, gap);
                                 gen->gemm_pack(bt + j0 * ldx, ldx, 1, nn, k, gen->gemm_nr, gbp);
-                                gen->gemm_ukr(k, gap, gbp, alpha, beta, cg + i0 * ldc + j0, ldc,
-                                              mm, nn);
+                                gen->gemm_ukr(k, gap, gbp, alpha, beta, cg + i0 * ldc + j0, ldc, mm,
+                                              nn);
                             }
                         /* outside the m x n tile: the same bits as before (NaN stays) */
                         for (int i = 0; i < mr && ok; i++)
@@ -285,8 +297,8 @@ TEST(micro_kernel_edge_tiles_vs_generic) {
                             for (int64_t i = 0; i < mr * ldc; i++) wg[i] = cg[i];
                             snprintf(what, sizeof what, "%s vs generic, m %d n %d k %lld",
                                      kt->gemm_ukr_name, m, n, (long long)k);
-                            ok = harness_near(__FILE__, __LINE__, what, c, wg, mr * ldc, 1e-5,
-                                              atol);
+                            ok =
+                                harness_near(__FILE__, __LINE__, what, c, wg, mr * ldc, 1e-5, atol);
                         }
                         free(want);
                     }
@@ -299,7 +311,11 @@ TEST(micro_kernel_edge_tiles_vs_generic) {
 
 /* Packing: the three layouts (copy, transpose, general), zero padding of the last panel. */
 TEST(pack_layouts) {
-    enum { ROWS = 45, K = 37, LD = 47 }; /* full and partial 16 x 16 blocks, 3 panels of 14 */
+    enum {
+        ROWS = 45,
+        K = 37,
+        LD = 47
+    }; /* full and partial 16 x 16 blocks, 3 panels of 14 */
     float X[ROWS * LD], Xt[K * LD];
     for (int i = 0; i < ROWS * LD; i++) X[i] = (float)(i + 1);
     for (int i = 0; i < ROWS; i++)
@@ -313,23 +329,24 @@ TEST(pack_layouts) {
             float *d = mha__malloc(sizeof(float) * (size_t)(np * r * K));
             ASSERT_TRUE(d != NULL);
             for (int layout = 0; layout < 3; layout++) {
-                memset(d, 0xff, sizeof(float) * (size_t)(np * r * K)); /* NaN garbage */
-                if (layout == 0) kt->gemm_pack(X, LD, 1, ROWS, K, r, d);      /* transpose */
+                memset(d, 0xff, sizeof(float) * (size_t)(np * r * K));         /* NaN garbage */
+                if (layout == 0) kt->gemm_pack(X, LD, 1, ROWS, K, r, d);       /* transpose */
                 else if (layout == 1) kt->gemm_pack(Xt, 1, LD, ROWS, K, r, d); /* copy */
-                else kt->gemm_pack(X, 2 * LD, 2, ROWS / 2, K / 2, r, d);     /* general */
+                else kt->gemm_pack(X, 2 * LD, 2, ROWS / 2, K / 2, r, d);       /* general */
                 int rows = layout == 2 ? ROWS / 2 : ROWS, kk = layout == 2 ? K / 2 : K;
                 int npl = (rows + r - 1) / r;
                 for (int t = 0; t < npl; t++)
                     for (int p = 0; p < kk; p++)
                         for (int i = 0; i < r; i++) {
                             int row = t * r + i;
-                            float want = row >= rows ? 0.0f
-                                : layout == 2 ? X[row * 2 * LD + p * 2] : X[row * LD + p];
+                            float want = row >= rows   ? 0.0f
+                                         : layout == 2 ? X[row * 2 * LD + p * 2]
+                                                       : X[row * LD + p];
                             float got = d[t * r * kk + p * r + i];
                             if (got != want) {
                                 FAILF("%s r %d layout %d: panel %d [p %d][i %d]: got %g, "
-                                      "expected %g", kt->gemm_pack_name, r, layout, t, p, i,
-                                      got, want);
+                                      "expected %g",
+                                      kt->gemm_pack_name, r, layout, t, p, i, got, want);
                                 mha__free(d);
                                 return;
                             }
@@ -348,8 +365,8 @@ TEST(nomem_leaves_c_unchanged) {
     float *out = malloc(sizeof(float) * (size_t)(g.M * g.ldc));
     memcpy(out, g.C, sizeof(float) * (size_t)(g.M * g.ldc));
     mha__fault_after(0);
-    mha_status st = mha__gemm(ctx, 0, 1, g.M, g.N, g.K, 1.0f, g.A, g.lda, g.B, g.ldb, 1.0f, out,
-                              g.ldc);
+    mha_status st =
+        mha__gemm(ctx, 0, 1, g.M, g.N, g.K, 1.0f, g.A, g.lda, g.B, g.ldb, 1.0f, out, g.ldc);
     mha__fault_after(-1);
     int same = memcmp(out, g.C, sizeof(float) * (size_t)(g.M * g.ldc)) == 0;
     free(out);
@@ -365,15 +382,20 @@ TEST(nomem_leaves_c_unchanged) {
  * they were; a bias gives exactly a bias fill followed by a beta = 1 product, for every
  * ISA, thread count, edge shape and K (0, < KC, > KC). */
 TEST(workspace_reuse_and_fused_bias) {
-    static const struct { int64_t M, N, K; int ta, tb; } shapes[] = {
-        {257, 300, 600, 0, 1}, {300, 257, 513, 1, 0}, {13, 1000, 300, 0, 0}, {7, 5, 3, 0, 1},
-        {100, 96, 0, 0, 1}};
+    static const struct {
+        int64_t M, N, K;
+        int ta, tb;
+    } shapes[] = {{257, 300, 600, 0, 1},
+                  {300, 257, 513, 1, 0},
+                  {13, 1000, 300, 0, 0},
+                  {7, 5, 3, 0, 1},
+                  {100, 96, 0, 0, 1}};
     mha_ctx *ctx;
     ASSERT_OK(ctx, mha_ctx_create(&ctx));
     for (size_t s = 0; s < sizeof shapes / sizeof shapes[0]; s++) {
         gcase g;
-        ASSERT_TRUE(case_make(&g, shapes[s].ta, shapes[s].tb, shapes[s].M, shapes[s].N,
-                              shapes[s].K, 2, 1.0f, 0.0f));
+        ASSERT_TRUE(case_make(&g, shapes[s].ta, shapes[s].tb, shapes[s].M, shapes[s].N, shapes[s].K,
+                              2, 1.0f, 0.0f));
         size_t n = (size_t)(g.M * g.ldc);
         float *want = malloc(sizeof(float) * n), *got = malloc(sizeof(float) * n);
         float *bias = malloc(sizeof(float) * (size_t)g.N);
@@ -400,8 +422,9 @@ TEST(workspace_reuse_and_fused_bias) {
                     if (rep == 1) ASSERT_EQ(mha__alloc_count(), before);
                     if (memcmp(want, got, sizeof(float) * n) != 0) {
                         FAILF("isa %s, %d threads, %lld x %lld x %lld, call %d: fused bias "
-                              "differs from fill + beta = 1", mha_isa_name(mha_ctx_isa(ctx)),
-                              nt, (long long)g.M, (long long)g.N, (long long)g.K, rep + 1);
+                              "differs from fill + beta = 1",
+                              mha_isa_name(mha_ctx_isa(ctx)), nt, (long long)g.M, (long long)g.N,
+                              (long long)g.K, rep + 1);
                         ok = 0;
                     }
                 }
@@ -410,8 +433,8 @@ TEST(workspace_reuse_and_fused_bias) {
                 memcpy(got, g.C, sizeof(float) * n);
                 ASSERT_OK(ctx, mha__gemm(ctx, g.ta, g.tb, g.M, g.N, g.K, 1.0f, g.A, g.lda, g.B,
                                          g.ldb, 0.0f, want, g.ldc));
-                ASSERT_OK(ctx, mha__gemm_ex(ctx, &ws, g.ta, g.tb, g.M, g.N, g.K, 1.0f, g.A,
-                                            g.lda, g.B, g.ldb, 0.0f, NULL, got, g.ldc));
+                ASSERT_OK(ctx, mha__gemm_ex(ctx, &ws, g.ta, g.tb, g.M, g.N, g.K, 1.0f, g.A, g.lda,
+                                            g.B, g.ldb, 0.0f, NULL, got, g.ldc));
                 if (memcmp(want, got, sizeof(float) * n) != 0) {
                     FAILF("isa %s, %d threads: gemm_ex differs from gemm",
                           mha_isa_name(mha_ctx_isa(ctx)), nt);
@@ -433,23 +456,23 @@ TEST(workspace_reuse_and_fused_bias) {
     mha__gemm_ws ws = {0};
     float *ca = malloc(sizeof(float) * (size_t)(a.M * a.ldc));
     float *cb = malloc(sizeof(float) * (size_t)(b.M * b.ldc));
-    ASSERT_OK(ctx, mha__gemm_ex(ctx, &ws, 0, 1, a.M, a.N, a.K, 1.0f, a.A, a.lda, a.B, a.ldb,
-                                0.0f, NULL, ca, a.ldc));
+    ASSERT_OK(ctx, mha__gemm_ex(ctx, &ws, 0, 1, a.M, a.N, a.K, 1.0f, a.A, a.lda, a.B, a.ldb, 0.0f,
+                                NULL, ca, a.ldc));
     float *p0 = ws.p;
     size_t cap0 = ws.cap;
     ASSERT_TRUE(p0 != NULL && cap0 > 0);
     memcpy(cb, b.C, sizeof(float) * (size_t)(b.M * b.ldc));
     mha__fault_after(0);
-    mha_status st = mha__gemm_ex(ctx, &ws, 0, 1, b.M, b.N, b.K, 1.0f, b.A, b.lda, b.B, b.ldb,
-                                 1.0f, NULL, cb, b.ldc);
+    mha_status st = mha__gemm_ex(ctx, &ws, 0, 1, b.M, b.N, b.K, 1.0f, b.A, b.lda, b.B, b.ldb, 1.0f,
+                                 NULL, cb, b.ldc);
     mha__fault_after(-1);
     ASSERT_EQ(st, MHA_ERR_NOMEM);
     ASSERT_STR_CONTAINS(mha_ctx_errmsg(ctx), "mha__gemm: workspace");
     ASSERT_TRUE(memcmp(cb, b.C, sizeof(float) * (size_t)(b.M * b.ldc)) == 0);
     ASSERT_TRUE(ws.p == p0 && ws.cap == cap0);
     ASSERT_TRUE(case_check(ctx, &b, 1.0f, 1.0f, cb)); /* via mha__gemm: the oracle */
-    ASSERT_OK(ctx, mha__gemm_ex(ctx, &ws, 0, 1, b.M, b.N, b.K, 1.0f, b.A, b.lda, b.B, b.ldb,
-                                0.0f, NULL, cb, b.ldc));
+    ASSERT_OK(ctx, mha__gemm_ex(ctx, &ws, 0, 1, b.M, b.N, b.K, 1.0f, b.A, b.lda, b.B, b.ldb, 0.0f,
+                                NULL, cb, b.ldc));
     ASSERT_TRUE(ws.cap > cap0);
     mha__gemm_ws_free(&ws);
     mha__gemm_ws_free(&ws); /* twice: a no-op */

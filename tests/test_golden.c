@@ -177,10 +177,8 @@ static int read_case(golden_case *c) {
     if (kpm) c->mask.key_padding = (const uint8_t *)kpm->data;
     if (kl) c->mask.key_lengths = (const int32_t *)kl->data;
     const mha_array *am = mha_st_find(st, "attn_mask");
-    if (am && am->dtype == MHA_DTYPE_BOOL)
-        c->mask.attn_bool = (const uint8_t *)am->data;
-    else if (am && am->dtype == MHA_DTYPE_F32)
-        c->mask.attn_float = (const float *)am->data;
+    if (am && am->dtype == MHA_DTYPE_BOOL) c->mask.attn_bool = (const uint8_t *)am->data;
+    else if (am && am->dtype == MHA_DTYPE_F32) c->mask.attn_float = (const float *)am->data;
     else if (am) {
         FAILF("fixture tensor \"attn_mask\": dtype %s", mha_dtype_name(am->dtype));
         return 0;
@@ -409,7 +407,8 @@ int main(void) {
     int n = list_fixtures(dir, files, GOLDEN_MAX_FILES);
     harness_cur = "golden";
     if (n <= 0) {
-        FAILF("no fixtures (*.safetensors) in %s: run build/venv/bin/python tests/golden/gen_golden.py",
+        FAILF("no fixtures (*.safetensors) in %s: run build/venv/bin/python "
+              "tests/golden/gen_golden.py",
               dir);
         harness_failed++;
         return harness_report();

@@ -52,7 +52,9 @@ static void fill(mha_array *a, unsigned seed) {
         unsigned v = (unsigned)i * 2654435761u + seed * 40503u;
         switch (a->dtype) {
         case MHA_DTYPE_F32: ((float *)a->data)[i] = (float)((int)(v % 2001) - 1000) / 7.0f; break;
-        case MHA_DTYPE_F64: ((double *)a->data)[i] = (double)((int)(v % 20001) - 10000) / 3.0; break;
+        case MHA_DTYPE_F64:
+            ((double *)a->data)[i] = (double)((int)(v % 20001) - 10000) / 3.0;
+            break;
         case MHA_DTYPE_I32: ((int32_t *)a->data)[i] = (int32_t)(v ^ 0x80000000u); break;
         case MHA_DTYPE_BOOL: ((uint8_t *)a->data)[i] = (uint8_t)(v >> 7 & 1); break;
         }
@@ -91,8 +93,7 @@ static size_t make_st(unsigned char *out, const char *header, const void *data, 
     return 8 + hl + dlen;
 }
 
-static const int64_t shapes[6][5] = {
-    {0}, {7}, {2, 3}, {3, 1, 4}, {2, 3, 2, 5}, {1, 2, 3, 2, 2}};
+static const int64_t shapes[6][5] = {{0}, {7}, {2, 3}, {3, 1, 4}, {2, 3, 2, 5}, {1, 2, 3, 2, 2}};
 
 /* ---- arrays ------------------------------------------------------------------------------- */
 
@@ -234,18 +235,18 @@ TEST(npy_header_variants) {
 }
 
 /* Parses buf and expects status want and a message containing needle. */
-#define EXPECT_NPY(buf, n, want, needle)                                                     \
-    do {                                                                                     \
-        mha_array a_;                                                                        \
-        mha_status s_ = mha_npy_parse(ctx, buf, n, &a_);                                     \
-        if (s_ != (want)) {                                                                  \
-            FAILF("npy: got %s (%s), expected %s", mha_status_str(s_), mha_ctx_errmsg(ctx),  \
-                  mha_status_str(want));                                                     \
-            mha_array_free(&a_);                                                             \
-            return;                                                                          \
-        }                                                                                    \
-        ASSERT_TRUE(a_.data == NULL);                                                        \
-        ASSERT_STR_CONTAINS(mha_ctx_errmsg(ctx), needle);                                    \
+#define EXPECT_NPY(buf, n, want, needle)                                                           \
+    do {                                                                                           \
+        mha_array a_;                                                                              \
+        mha_status s_ = mha_npy_parse(ctx, buf, n, &a_);                                           \
+        if (s_ != (want)) {                                                                        \
+            FAILF("npy: got %s (%s), expected %s", mha_status_str(s_), mha_ctx_errmsg(ctx),        \
+                  mha_status_str(want));                                                           \
+            mha_array_free(&a_);                                                                   \
+            return;                                                                                \
+        }                                                                                          \
+        ASSERT_TRUE(a_.data == NULL);                                                              \
+        ASSERT_STR_CONTAINS(mha_ctx_errmsg(ctx), needle);                                          \
     } while (0)
 
 TEST(npy_malformed) {
@@ -267,19 +268,23 @@ TEST(npy_malformed) {
     EXPECT_NPY(buf, n, MHA_ERR_FORMAT, "header length: got");
     EXPECT_NPY(buf, 5, MHA_ERR_FORMAT, "expected at least 10");
     EXPECT_NPY(NULL, 0, MHA_ERR_FORMAT, "got 0 bytes");
-    n = make_npy(buf, 1, "{'descr': '<f4', 'fortran_order': False, 'shape': (10, 10), }", d,
-                 100);
+    n = make_npy(buf, 1, "{'descr': '<f4', 'fortran_order': False, 'shape': (10, 10), }", d, 100);
     EXPECT_NPY(buf, n, MHA_ERR_FORMAT,
                "mha_npy_parse: data: got 100 bytes, expected 400 (shape [10, 10], float32");
     n = make_npy(buf, 1, h3, d, 13);
     EXPECT_NPY(buf, n, MHA_ERR_FORMAT, "data: got 13 bytes, expected 12");
     n = make_npy(buf, 1, "{'descr': '<f4', 'fortran_order': False, 'shape': (-3,), }", d, 12);
     EXPECT_NPY(buf, n, MHA_ERR_FORMAT, "shape[0]: got a negative size");
-    n = make_npy(buf, 1, "{'descr': '<f4', 'fortran_order': False, 'shape': (4611686018427387904, 8), }", d, 12);
+    n = make_npy(buf, 1,
+                 "{'descr': '<f4', 'fortran_order': False, 'shape': (4611686018427387904, 8), }", d,
+                 12);
     EXPECT_NPY(buf, n, MHA_ERR_FORMAT, "shape [4611686018427387904, 8]: size overflows");
-    n = make_npy(buf, 1, "{'descr': '<f4', 'fortran_order': False, 'shape': (99999999999999999999,), }", d, 12);
+    n = make_npy(buf, 1,
+                 "{'descr': '<f4', 'fortran_order': False, 'shape': (99999999999999999999,), }", d,
+                 12);
     EXPECT_NPY(buf, n, MHA_ERR_FORMAT, "overflows int64");
-    n = make_npy(buf, 1, "{'descr': '<f4', 'fortran_order': False, 'shape': (1,1,1,1,1,1), }", d, 4);
+    n = make_npy(buf, 1, "{'descr': '<f4', 'fortran_order': False, 'shape': (1,1,1,1,1,1), }", d,
+                 4);
     EXPECT_NPY(buf, n, MHA_ERR_UNSUPPORTED, "more than 5 dims");
     n = make_npy(buf, 1, "{'descr': '>f4', 'fortran_order': False, 'shape': (3,), }", d, 12);
     EXPECT_NPY(buf, n, MHA_ERR_UNSUPPORTED, "descr: got '>f4' (big-endian)");
@@ -289,7 +294,8 @@ TEST(npy_malformed) {
     EXPECT_NPY(buf, n, MHA_ERR_UNSUPPORTED, "descr: got '<i8'");
     n = make_npy(buf, 1, "{'descr': '|O', 'fortran_order': False, 'shape': (3,), }", d, 24);
     EXPECT_NPY(buf, n, MHA_ERR_UNSUPPORTED, "descr: got '|O'");
-    n = make_npy(buf, 1, "{'descr': [('a', '<f4')], 'fortran_order': False, 'shape': (3,), }", d, 12);
+    n = make_npy(buf, 1, "{'descr': [('a', '<f4')], 'fortran_order': False, 'shape': (3,), }", d,
+                 12);
     EXPECT_NPY(buf, n, MHA_ERR_UNSUPPORTED, "structured dtype");
     n = make_npy(buf, 1, "{'descr': '<f4', 'fortran_order': True, 'shape': (3,), }", d, 12);
     EXPECT_NPY(buf, n, MHA_ERR_UNSUPPORTED, "fortran_order: got True");
@@ -297,7 +303,8 @@ TEST(npy_malformed) {
     EXPECT_NPY(buf, n, MHA_ERR_FORMAT, "missing key 'fortran_order'");
     n = make_npy(buf, 1, "{'descr': '<f4', 'fortran_order': False, 'shape': (3,), 'x': 1}", d, 12);
     EXPECT_NPY(buf, n, MHA_ERR_FORMAT, "got key 'x'");
-    n = make_npy(buf, 1, "{'descr': '<f4', 'descr': '<f4', 'fortran_order': False, 'shape': (3,)}", d, 12);
+    n = make_npy(buf, 1, "{'descr': '<f4', 'descr': '<f4', 'fortran_order': False, 'shape': (3,)}",
+                 d, 12);
     EXPECT_NPY(buf, n, MHA_ERR_FORMAT, "duplicate key 'descr'");
     n = make_npy(buf, 1, "{'descr': '<f4', 'fortran_order': False, 'shape': (3)}", d, 12);
     EXPECT_NPY(buf, n, MHA_ERR_FORMAT, "trailing comma");
@@ -358,8 +365,8 @@ TEST(npy_load_errors_name_the_file) {
     ASSERT_STR_CONTAINS(mha_ctx_errmsg(ctx), "expected a regular file");
     static unsigned char buf[1024];
     static float d[100];
-    size_t n = make_npy(buf, 1, "{'descr': '<f4', 'fortran_order': False, 'shape': (10, 10), }",
-                        d, 100);
+    size_t n =
+        make_npy(buf, 1, "{'descr': '<f4', 'fortran_order': False, 'shape': (10, 10), }", d, 100);
     path_in_tmp(path, sizeof path, "x.npy");
     ASSERT_TRUE(write_file(path, buf, n));
     ASSERT_EQ(mha_npy_load(ctx, path, &a), MHA_ERR_FORMAT);
@@ -477,12 +484,13 @@ TEST(st_reads_other_writers) {
     static unsigned char buf[4096];
     float d[6] = {1, 2, 3, 4, 5, 6};
     /* Metadata, key order, whitespace, escapes, a surrogate pair. */
-    size_t n = make_st(buf,
-                       "{\"__metadata__\": {\"format\": \"pt\", \"x\\u00e9\": \"\"},\n"
-                       "  \"b\\u00e9\\ud83d\\ude00\" : {\"data_offsets\": [8, 24], \"shape\": [2, 2],"
-                       " \"dtype\": \"F32\"}, \"a\": {\"shape\": [2], \"dtype\": \"F32\", "
-                       "\"data_offsets\": [0, 8]}}   ",
-                       d, 24);
+    size_t n =
+        make_st(buf,
+                "{\"__metadata__\": {\"format\": \"pt\", \"x\\u00e9\": \"\"},\n"
+                "  \"b\\u00e9\\ud83d\\ude00\" : {\"data_offsets\": [8, 24], \"shape\": [2, 2],"
+                " \"dtype\": \"F32\"}, \"a\": {\"shape\": [2], \"dtype\": \"F32\", "
+                "\"data_offsets\": [0, 8]}}   ",
+                d, 24);
     mha_st *st;
     ASSERT_OK(ctx, mha_st_parse(ctx, buf, n, &st));
     ASSERT_EQ(mha_st_count(st), 2);
@@ -494,19 +502,19 @@ TEST(st_reads_other_writers) {
     mha_ctx_free(ctx);
 }
 
-#define EXPECT_ST(hdr, data, dlen, want, needle)                                             \
-    do {                                                                                     \
-        size_t n_ = make_st(buf, hdr, data, dlen);                                           \
-        mha_st *s_ = (mha_st *)1;                                                            \
-        mha_status st_ = mha_st_parse(ctx, buf, n_, &s_);                                    \
-        if (st_ != (want)) {                                                                 \
-            FAILF("st %s: got %s (%s), expected %s", hdr, mha_status_str(st_),               \
-                  mha_ctx_errmsg(ctx), mha_status_str(want));                                \
-            mha_st_free(st_ == MHA_OK ? s_ : NULL);                                          \
-            return;                                                                          \
-        }                                                                                    \
-        ASSERT_TRUE(s_ == NULL);                                                             \
-        ASSERT_STR_CONTAINS(mha_ctx_errmsg(ctx), needle);                                    \
+#define EXPECT_ST(hdr, data, dlen, want, needle)                                                   \
+    do {                                                                                           \
+        size_t n_ = make_st(buf, hdr, data, dlen);                                                 \
+        mha_st *s_ = (mha_st *)1;                                                                  \
+        mha_status st_ = mha_st_parse(ctx, buf, n_, &s_);                                          \
+        if (st_ != (want)) {                                                                       \
+            FAILF("st %s: got %s (%s), expected %s", hdr, mha_status_str(st_),                     \
+                  mha_ctx_errmsg(ctx), mha_status_str(want));                                      \
+            mha_st_free(st_ == MHA_OK ? s_ : NULL);                                                \
+            return;                                                                                \
+        }                                                                                          \
+        ASSERT_TRUE(s_ == NULL);                                                                   \
+        ASSERT_STR_CONTAINS(mha_ctx_errmsg(ctx), needle);                                          \
     } while (0)
 
 TEST(st_malformed) {
@@ -530,11 +538,11 @@ TEST(st_malformed) {
     EXPECT_ST("{\"a\": {\"dtype\": \"F32\", \"shape\": [3], \"data_offsets\": [0, 8]}}", d, 8,
               MHA_ERR_FORMAT, "tensor 'a': data: got 8 bytes, expected 12 (shape [3], float32)");
     EXPECT_ST("{\"a\": {\"dtype\": \"F32\", \"shape\": [2], \"data_offsets\": [0, 8]},"
-              " \"a\": {\"dtype\": \"F32\", \"shape\": [2], \"data_offsets\": [8, 16]}}", d, 16,
-              MHA_ERR_FORMAT, "tensor 'a': duplicate name");
+              " \"a\": {\"dtype\": \"F32\", \"shape\": [2], \"data_offsets\": [8, 16]}}",
+              d, 16, MHA_ERR_FORMAT, "tensor 'a': duplicate name");
     EXPECT_ST("{\"a\": {\"dtype\": \"F32\", \"shape\": [2], \"data_offsets\": [0, 8]},"
-              " \"b\": {\"dtype\": \"F32\", \"shape\": [2], \"data_offsets\": [4, 12]}}", d, 12,
-              MHA_ERR_FORMAT, "overlaps tensor 'a'");
+              " \"b\": {\"dtype\": \"F32\", \"shape\": [2], \"data_offsets\": [4, 12]}}",
+              d, 12, MHA_ERR_FORMAT, "overlaps tensor 'a'");
     EXPECT_ST("{\"a\": {\"dtype\": \"F32\", \"shape\": [2], \"data_offsets\": [4, 12]}}", d, 12,
               MHA_ERR_FORMAT, "expected begin 0 (no gap");
     EXPECT_ST("{\"a\": {\"dtype\": \"F32\", \"shape\": [2], \"data_offsets\": [0, 8]}}", d, 12,
@@ -542,31 +550,33 @@ TEST(st_malformed) {
     EXPECT_ST("{\"a\": {\"dtype\": \"F32\", \"shape\": [2], \"data_offsets\": [0, 8], \"x\": 1}}",
               d, 8, MHA_ERR_FORMAT, "tensor 'a': got key 'x'");
     EXPECT_ST("{\"a\": {\"dtype\": \"F32\", \"dtype\": \"F32\", \"shape\": [2], "
-              "\"data_offsets\": [0, 8]}}", d, 8, MHA_ERR_FORMAT, "duplicate key");
+              "\"data_offsets\": [0, 8]}}",
+              d, 8, MHA_ERR_FORMAT, "duplicate key");
     EXPECT_ST("{\"w\": {\"dtype\": \"F16\", \"shape\": [2], \"data_offsets\": [0, 4]}}", d, 4,
               MHA_ERR_UNSUPPORTED, "tensor 'w': dtype: got F16, expected F32, F64, BOOL or I32");
     EXPECT_ST("{\"w\": {\"dtype\": \"BF16\", \"shape\": [2], \"data_offsets\": [0, 4]}}", d, 4,
               MHA_ERR_UNSUPPORTED, "dtype: got BF16");
     /* an escaped NUL inside the dtype string is shown, not cut off */
-    EXPECT_ST("{\"w\": {\"dtype\": \"F32\\u0000x\", \"shape\": [1], \"data_offsets\": [0, 4]}}",
-              d, 4, MHA_ERR_UNSUPPORTED, "dtype: got F32\\x00x, expected");
+    EXPECT_ST("{\"w\": {\"dtype\": \"F32\\u0000x\", \"shape\": [1], \"data_offsets\": [0, 4]}}", d,
+              4, MHA_ERR_UNSUPPORTED, "dtype: got F32\\x00x, expected");
     EXPECT_ST("{\"w\": {\"dtype\": \"I64\", \"shape\": [2], \"data_offsets\": [0, 16]}}", d, 16,
               MHA_ERR_UNSUPPORTED, "dtype: got I64");
     EXPECT_ST("{\"a\": {\"dtype\": \"F32\", \"shape\": [-2], \"data_offsets\": [0, 8]}}", d, 8,
               MHA_ERR_FORMAT, "tensor 'a': shape[0]: got -2, expected >= 0");
     EXPECT_ST("{\"a\": {\"dtype\": \"F32\", \"shape\": [4611686018427387904, 8], "
-              "\"data_offsets\": [0, 8]}}", d, 8, MHA_ERR_FORMAT,
-              "shape [4611686018427387904, 8]: size overflows");
+              "\"data_offsets\": [0, 8]}}",
+              d, 8, MHA_ERR_FORMAT, "shape [4611686018427387904, 8]: size overflows");
     EXPECT_ST("{\"a\": {\"dtype\": \"F32\", \"shape\": [99999999999999999999], "
-              "\"data_offsets\": [0, 8]}}", d, 8, MHA_ERR_FORMAT, "expected < 2^63");
+              "\"data_offsets\": [0, 8]}}",
+              d, 8, MHA_ERR_FORMAT, "expected < 2^63");
     EXPECT_ST("{\"a\": {\"dtype\": \"F32\", \"shape\": [2.5], \"data_offsets\": [0, 8]}}", d, 8,
               MHA_ERR_FORMAT, "got 2.5, expected an integer");
     EXPECT_ST("{\"a\": {\"dtype\": \"F32\", \"shape\": [1,1,1,1,1,1], \"data_offsets\": [0, 4]}}",
               d, 4, MHA_ERR_UNSUPPORTED, "more than 5 dims");
     EXPECT_ST("{\"a\": {\"dtype\": \"F32\", \"shape\": [1], \"data_offsets\": [0, 4, 8]}}", d, 8,
               MHA_ERR_FORMAT, "data_offsets: expected 2 integers");
-    EXPECT_ST("{\"a\\u0000b\": {\"dtype\": \"F32\", \"shape\": [1], \"data_offsets\": [0, 4]}}",
-              d, 4, MHA_ERR_FORMAT, "\\u0000");
+    EXPECT_ST("{\"a\\u0000b\": {\"dtype\": \"F32\", \"shape\": [1], \"data_offsets\": [0, 4]}}", d,
+              4, MHA_ERR_FORMAT, "\\u0000");
     EXPECT_ST("{\"a\\ud800\": {}}", d, 0, MHA_ERR_FORMAT, "unpaired surrogate");
     EXPECT_ST("{\"a\\q\": {}}", d, 0, MHA_ERR_FORMAT, "bad escape");
     EXPECT_ST("{\"a\tb\": {}}", d, 0, MHA_ERR_FORMAT, "control character");
@@ -633,8 +643,8 @@ TEST(st_load_errors_name_the_file) {
     ASSERT_EQ(mha_st_load(ctx, NULL, &s), MHA_ERR_INVALID_ARG);
     static unsigned char buf[256];
     float d[2] = {0};
-    size_t n = make_st(buf, "{\"q\": {\"dtype\": \"F16\", \"shape\": [2], \"data_offsets\": [0, 4]}}",
-                       d, 4);
+    size_t n = make_st(
+        buf, "{\"q\": {\"dtype\": \"F16\", \"shape\": [2], \"data_offsets\": [0, 4]}}", d, 4);
     path_in_tmp(path, sizeof path, "half.safetensors");
     ASSERT_TRUE(write_file(path, buf, n));
     ASSERT_EQ(mha_st_load(ctx, path, &s), MHA_ERR_UNSUPPORTED);
@@ -680,9 +690,9 @@ static uint32_t rnd(void) {
 
 /* Applies 1-4 random mutations to buf (len bytes, room for cap); returns the new length. */
 static size_t mutate(unsigned char *buf, size_t len, size_t cap, size_t hot_end) {
-    static const unsigned char interesting[] = {0, 1, 0xff, 0x7f, 0x80, '0', '9', '-', ',', '"',
-                                                '[', ']', '{', '}', '(', ')', ':', '\\', ' ',
-                                                'e', '.'};
+    static const unsigned char interesting[] = {0,   1,   0xff, 0x7f, 0x80, '0', '9',
+                                                '-', ',', '"',  '[',  ']',  '{', '}',
+                                                '(', ')', ':',  '\\', ' ',  'e', '.'};
     int k = 1 + (int)(rnd() % 4);
     for (int i = 0; i < k && len > 0; i++) {
         /* Half the mutations land in the header, where the parsing is. */

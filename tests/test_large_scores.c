@@ -48,7 +48,13 @@ static int all_finite(const float *x, int64_t n) {
 /* The core, every ISA: out, lse and weights finite and equal to the float64 reference; the
  * backward's recomputed scores stay finite too (dv = weights^T dout against the reference). */
 TEST(core_scores_beyond_float_max) {
-    enum { L = 40, S = 50, D = 64, NQ = L * D, NK = S * D };
+    enum {
+        L = 40,
+        S = 50,
+        D = 64,
+        NQ = L * D,
+        NK = S * D
+    };
     const float a = 2.5e18f;
     static float q[NQ], k[NK], v[NK], o[NQ], lse[L], w[L * S], g[NQ], dq[NQ], dk[NK], dv[NK];
     static double qd[NQ], kd[NK], vd[NK], od[NQ], ld[L], wd[L * S], dvd[NK];
@@ -91,7 +97,12 @@ TEST(core_scores_beyond_float_max) {
 /* The module, E = 64, H = 1, inputs x 1e19 (the reproduction of the fault): y and the weights
  * finite and equal to a float64 forward from the module's own parameters; the backward finite. */
 TEST(module_inputs_1e19) {
-    enum { B = 2, L = 30, E = 64, N = B * L * E };
+    enum {
+        B = 2,
+        L = 30,
+        E = 64,
+        N = B * L * E
+    };
     static float x[N], y[N], w[B * L * L], dy[N], dx[N];
     static double qp[N], kp[N], vp[N], att[N], yd[N], wd[B * L * L], lsed[L];
     mha_ctx *ctx;

@@ -42,8 +42,8 @@ typedef struct {
     double *gwq, *gwk, *gwv, *gwo, *gbq, *gbk, *gbv, *gbo, *dx, *dxk, *dxv;
 } ref_t;
 
-static void ref_init(ref_t *R, int64_t E, int64_t H, int64_t kd, int64_t vd, int64_t B,
-                     int64_t L, int64_t S, int bias) {
+static void ref_init(ref_t *R, int64_t E, int64_t H, int64_t kd, int64_t vd, int64_t B, int64_t L,
+                     int64_t S, int bias) {
     memset(R, 0, sizeof *R);
     R->E = E, R->H = H, R->kd = kd, R->vd = vd, R->B = B, R->L = L, R->S = S;
     R->scale = 1.0 / sqrt((double)(E / H));
@@ -60,8 +60,8 @@ static void ref_init(ref_t *R, int64_t E, int64_t H, int64_t kd, int64_t vd, int
 }
 
 static void ref_free(ref_t *R) {
-    double *all[] = {R->wq, R->wk, R->wv, R->wo, R->bq, R->bk, R->bv, R->bo, R->x, R->xk,
-                     R->xv, R->q, R->k, R->v, R->p, R->pd, R->a, R->y, R->gwq, R->gwk,
+    double *all[] = {R->wq,  R->wk,  R->wv,  R->wo,  R->bq,  R->bk,  R->bv, R->bo,  R->x,   R->xk,
+                     R->xv,  R->q,   R->k,   R->v,   R->p,   R->pd,  R->a,  R->y,   R->gwq, R->gwk,
                      R->gwv, R->gwo, R->gbq, R->gbk, R->gbv, R->gbo, R->dx, R->dxk, R->dxv};
     for (size_t i = 0; i < sizeof all / sizeof all[0]; i++) free(all[i]);
 }
@@ -114,13 +114,15 @@ static void ref_forward(ref_t *R) {
                     double add, dot = 0;
                     ok[j] = ref_allowed(R, b, h, i, j, &add);
                     for (int64_t d = 0; d < D; d++)
-                        dot += R->q[(b * L + i) * E + h * D + d] * R->k[(b * S + j) * E + h * D + d];
+                        dot +=
+                            R->q[(b * L + i) * E + h * D + d] * R->k[(b * S + j) * E + h * D + d];
                     s[j] = dot * R->scale + add;
                     if (ok[j] && s[j] > mx) mx = s[j];
                 }
                 double sum = 0;
                 for (int64_t j = 0; j < S; j++) sum += ok[j] && mx > -INFINITY ? exp(s[j] - mx) : 0;
-                double *p = R->p + ((b * H + h) * L + i) * S, *pd = R->pd + ((b * H + h) * L + i) * S;
+                double *p = R->p + ((b * H + h) * L + i) * S,
+                       *pd = R->pd + ((b * H + h) * L + i) * S;
                 for (int64_t j = 0; j < S; j++) {
                     p[j] = ok[j] && mx > -INFINITY ? exp(s[j] - mx) / sum : 0;
                     pd[j] = p[j] * ref_keep_scale(R, b, h, i, j);
@@ -232,7 +234,8 @@ static double *ref_param_grad(const ref_t *R, const char *name, double mult, int
     const double *parts[3] = {NULL, NULL, NULL};
     int64_t sizes[3] = {0, 0, 0};
     if (!strcmp(name, "in_proj_weight"))
-        parts[0] = R->gwq, parts[1] = R->gwk, parts[2] = R->gwv, sizes[0] = sizes[1] = sizes[2] = E * E;
+        parts[0] = R->gwq, parts[1] = R->gwk, parts[2] = R->gwv,
+        sizes[0] = sizes[1] = sizes[2] = E * E;
     else if (!strcmp(name, "q_proj_weight")) parts[0] = R->gwq, sizes[0] = E * E;
     else if (!strcmp(name, "k_proj_weight")) parts[0] = R->gwk, sizes[0] = E * R->kd;
     else if (!strcmp(name, "v_proj_weight")) parts[0] = R->gwv, sizes[0] = E * R->vd;
@@ -369,20 +372,21 @@ static int run_case(mha_ctx *ctx, const mcase *c, uint64_t seed) {
     mha_tensor tdq = mha_tensor_strided(dq, 3 - ub, os + ub, ost + ub);
     int64_t ks[3] = {B, S, kd}, vs[3] = {B, S, vd};
     mha_tensor tk = mha_tensor_make(xk, 3 - ub, ks + ub), tv = mha_tensor_make(xv, 3 - ub, vs + ub);
-    mha_tensor tdk = mha_tensor_make(dk, 3 - ub, ks + ub), tdv = mha_tensor_make(dv, 3 - ub, vs + ub);
+    mha_tensor tdk = mha_tensor_make(dk, 3 - ub, ks + ub),
+               tdv = mha_tensor_make(dv, 3 - ub, vs + ub);
     mha_tensor tdy = mha_tensor_make(dy, 3 - ub, qs + ub);
     int64_t wn = c->average ? B * L * S : B * H * L * S;
     w = calloc((size_t)wn + 1, sizeof(float));
     int64_t ws4[4] = {B, H, L, S}, ws3[3] = {B, L, S};
-    mha_tensor tw = c->average ? mha_tensor_make(w, 3 - ub, ws3 + ub)
-                               : mha_tensor_make(w, 4 - ub, ws4 + ub);
+    mha_tensor tw =
+        c->average ? mha_tensor_make(w, 3 - ub, ws3 + ub) : mha_tensor_make(w, 4 - ub, ws4 + ub);
 
     mha_forward_opts fo = mha_forward_opts_default();
     fo.training = c->dropout > 0;
     fo.average_weights = c->average;
     fo.scale = c->scale;
-    if (mha_module_forward(ctx, m, &fo, &tq, c->self ? NULL : &tk, c->self ? NULL : &tv, &mask,
-                           &ty, &tw) != MHA_OK) {
+    if (mha_module_forward(ctx, m, &fo, &tq, c->self ? NULL : &tk, c->self ? NULL : &tv, &mask, &ty,
+                           &tw) != MHA_OK) {
         FAILF("forward: %s", mha_ctx_errmsg(ctx));
         goto out;
     }
@@ -464,11 +468,12 @@ out:
     if (!ok)
         printf("  case: E=%lld H=%lld kd=%lld vd=%lld B=%lld L=%lld S=%lld bias=%d unb=%d self=%d "
                "avg=%d strided=%d causal=%d pad=%d klen=%d abool=%d afloat=%d batched=%d full=%d "
-               "dropout=%g scale=%g seed=%llu isa=%s\n", (long long)E, (long long)H,
-               (long long)kd, (long long)vd, (long long)B, (long long)L, (long long)S, c->bias,
-               c->unbatched, c->self, c->average, c->strided, (int)c->causal, c->pad, c->klen,
-               c->abool, c->afloat, c->batched_mask, c->full_mask, (double)c->dropout,
-               (double)c->scale, (unsigned long long)seed, mha_isa_name(mha_ctx_isa(ctx)));
+               "dropout=%g scale=%g seed=%llu isa=%s\n",
+               (long long)E, (long long)H, (long long)kd, (long long)vd, (long long)B, (long long)L,
+               (long long)S, c->bias, c->unbatched, c->self, c->average, c->strided, (int)c->causal,
+               c->pad, c->klen, c->abool, c->afloat, c->batched_mask, c->full_mask,
+               (double)c->dropout, (double)c->scale, (unsigned long long)seed,
+               mha_isa_name(mha_ctx_isa(ctx)));
     mha_module_free(m);
     ref_free(&R);
     free(xq), free(xk), free(xv), free(y), free(w), free(dy), free(dq), free(dk), free(dv);
@@ -496,10 +501,10 @@ TEST(reference_matches_finite_differences) {
         ref_init(&R, E, H, kd, vd, B, L, S, 1);
         rng = 99 + (uint64_t)variant;
         double *all[] = {R.wq, R.wk, R.wv, R.wo, R.bq, R.bk, R.bv, R.bo, R.x, R.xk, R.xv};
-        double *grads[] = {R.gwq, R.gwk, R.gwv, R.gwo, R.gbq, R.gbk, R.gbv, R.gbo, R.dx, R.dxk,
-                           R.dxv};
-        int64_t sizes[] = {E * E, E * kd, E * vd, E * E, E, E, E, E, B * L * E, B * S * kd,
-                           B * S * vd};
+        double *grads[] = {R.gwq, R.gwk, R.gwv, R.gwo, R.gbq, R.gbk,
+                           R.gbv, R.gbo, R.dx,  R.dxk, R.dxv};
+        int64_t sizes[] = {E * E, E * kd, E * vd,    E * E,      E,         E,
+                           E,     E,      B * L * E, B * S * kd, B * S * vd};
         const char *names[] = {"wq", "wk", "wv", "wo", "bq", "bk", "bv", "bo", "x", "xk", "xv"};
         for (int a = 0; a < 11; a++)
             for (int64_t i = 0; i < sizes[a]; i++) all[a][i] = frand();
@@ -534,7 +539,8 @@ TEST(reference_matches_finite_differences) {
                 double fd = (lp - lm) / (2 * h), an = grads[a][i];
                 if (fabs(fd - an) > 1e-6 + 1e-5 * fabs(an)) {
                     FAILF("variant %d: d loss / d %s[%lld]: analytic %.9g, finite difference "
-                          "%.9g", variant, names[a], (long long)i, an, fd);
+                          "%.9g",
+                          variant, names[a], (long long)i, an, fd);
                     bad = 1;
                 }
             }
@@ -685,13 +691,25 @@ TEST(parameter_names_and_shapes) {
         const char *names[6];
         int64_t shapes[6][2];
     } want[] = {
-        {0, 0, 1, 4, {"in_proj_weight", "in_proj_bias", "out_proj.weight", "out_proj.bias"},
+        {0,
+         0,
+         1,
+         4,
+         {"in_proj_weight", "in_proj_bias", "out_proj.weight", "out_proj.bias"},
          {{48, 16}, {48, 0}, {16, 16}, {16, 0}}},
         {16, 16, 0, 2, {"in_proj_weight", "out_proj.weight"}, {{48, 16}, {16, 16}}},
-        {5, 0, 1, 6, {"q_proj_weight", "k_proj_weight", "v_proj_weight", "in_proj_bias",
-                      "out_proj.weight", "out_proj.bias"},
+        {5,
+         0,
+         1,
+         6,
+         {"q_proj_weight", "k_proj_weight", "v_proj_weight", "in_proj_bias", "out_proj.weight",
+          "out_proj.bias"},
          {{16, 16}, {16, 5}, {16, 16}, {48, 0}, {16, 16}, {16, 0}}},
-        {0, 7, 0, 4, {"q_proj_weight", "k_proj_weight", "v_proj_weight", "out_proj.weight"},
+        {0,
+         7,
+         0,
+         4,
+         {"q_proj_weight", "k_proj_weight", "v_proj_weight", "out_proj.weight"},
          {{16, 16}, {16, 16}, {16, 7}, {16, 16}}},
     };
     for (size_t k = 0; k < sizeof want / sizeof want[0]; k++) {
@@ -796,7 +814,8 @@ TEST(initialization_follows_pytorch) {
 
 /* Runs one self-attention forward + backward on fixed data. */
 static mha_status fwd_bwd(mha_ctx *ctx, mha_module *m, int64_t B, int64_t L, int64_t E) {
-    float *x = malloc(sizeof(float) * (size_t)(B * L * E)), *y = malloc(sizeof(float) * (size_t)(B * L * E));
+    float *x = malloc(sizeof(float) * (size_t)(B * L * E)),
+          *y = malloc(sizeof(float) * (size_t)(B * L * E));
     float *dx = malloc(sizeof(float) * (size_t)(B * L * E));
     for (int64_t i = 0; i < B * L * E; i++) x[i] = (float)cos((double)i * 0.37);
     int64_t s[3] = {B, L, E};
@@ -834,8 +853,8 @@ TEST(gradients_accumulate_and_zero_grad) {
         int64_t n = mha_tensor_numel(&g);
         double *want = dalloc(n);
         for (int64_t k = 0; k < n; k++) want[k] = 2.0 * once[i][k];
-        int good = harness_near(__FILE__, __LINE__, mha_module_param_name(m, i), g.data, want,
-                                n, 1e-6, 1e-7);
+        int good = harness_near(__FILE__, __LINE__, mha_module_param_name(m, i), g.data, want, n,
+                                1e-6, 1e-7);
         free(want);
         if (!good) return;
     }
@@ -881,7 +900,10 @@ static int same_params(mha_module *a, mha_module *b) {
 TEST(save_load_round_trip_and_create_from_file) {
     mha_ctx *ctx;
     ASSERT_OK(ctx, mha_ctx_create(&ctx));
-    struct { int64_t kd, vd; int bias; } layouts[] = {{0, 0, 1}, {0, 0, 0}, {5, 9, 1}, {16, 3, 0}};
+    struct {
+        int64_t kd, vd;
+        int bias;
+    } layouts[] = {{0, 0, 1}, {0, 0, 0}, {5, 9, 1}, {16, 3, 0}};
     for (size_t k = 0; k < sizeof layouts / sizeof layouts[0]; k++) {
         mha_config cfg = mha_config_default(16, 4);
         cfg.kdim = layouts[k].kd, cfg.vdim = layouts[k].vd, cfg.bias = layouts[k].bias;
@@ -1002,10 +1024,11 @@ TEST(load_errors_leave_module_unchanged) {
         }
         ASSERT_OK(ctx, write_variant(ctx, src, wname, 1, path));
         ASSERT_EQ(mha_module_load(ctx, dst, path), MHA_ERR_SHAPE);
-        ASSERT_STR_CONTAINS(mha_ctx_errmsg(ctx), layout ? "mha_module_load: k_proj_weight.shape[1]: "
-                                                          "got 4, expected 8"
-                                                        : "mha_module_load: in_proj_weight.shape[1]: "
-                                                          "got 16, expected 32");
+        ASSERT_STR_CONTAINS(mha_ctx_errmsg(ctx), layout
+                                                     ? "mha_module_load: k_proj_weight.shape[1]: "
+                                                       "got 4, expected 8"
+                                                     : "mha_module_load: in_proj_weight.shape[1]: "
+                                                       "got 16, expected 32");
         /* Unknown tensors are ignored. */
         ASSERT_OK(ctx, write_variant(ctx, src, "", 3, path));
         ASSERT_OK(ctx, mha_module_load(ctx, dst, path));
@@ -1094,15 +1117,15 @@ TEST(load_refuses_bias_kv_and_half_biases) {
     mha_ctx_free(ctx);
 }
 
-#define EXPECT_ERR(expr, status, text)                                                       \
-    do {                                                                                     \
-        mha_status st__ = (expr);                                                            \
-        if (st__ != (status)) {                                                              \
-            FAILF("%s: got %s, expected %s (%s)", #expr, mha_status_str(st__),               \
-                  mha_status_str(status), mha_ctx_errmsg(ctx));                              \
-            return;                                                                          \
-        }                                                                                    \
-        ASSERT_STR_CONTAINS(mha_ctx_errmsg(ctx), text);                                      \
+#define EXPECT_ERR(expr, status, text)                                                             \
+    do {                                                                                           \
+        mha_status st__ = (expr);                                                                  \
+        if (st__ != (status)) {                                                                    \
+            FAILF("%s: got %s, expected %s (%s)", #expr, mha_status_str(st__),                     \
+                  mha_status_str(status), mha_ctx_errmsg(ctx));                                    \
+            return;                                                                                \
+        }                                                                                          \
+        ASSERT_STR_CONTAINS(mha_ctx_errmsg(ctx), text);                                            \
     } while (0)
 
 TEST(create_validation) {
@@ -1362,8 +1385,7 @@ TEST(allocation_failures_are_clean) {
         }
         ASSERT_EQ(st, MHA_OK);
         ASSERT_TRUE(n > 2);
-        float q[2 * 3 * 8], k[2 * 5 * 4], v[2 * 5 * 6], y[48], w[2 * 3 * 5], dq[48], dk[40],
-            dv[60];
+        float q[2 * 3 * 8], k[2 * 5 * 4], v[2 * 5 * 6], y[48], w[2 * 3 * 5], dq[48], dk[40], dv[60];
         uint8_t ab[15] = {0};
         float af[15] = {0};
         int32_t lens[2] = {2, 1};
@@ -1475,8 +1497,8 @@ static mha_status run_fb(mha_ctx *ctx, mha_module *m, int self, int64_t B, int64
     mk.key_padding = pad;
     mha_forward_opts fo = mha_forward_opts_default();
     fo.save_for_backward = save;
-    mha_status st = mha_module_forward(ctx, m, &fo, &tx, self ? NULL : &tk, self ? NULL : &tv,
-                                       &mk, &ty, NULL);
+    mha_status st =
+        mha_module_forward(ctx, m, &fo, &tx, self ? NULL : &tk, self ? NULL : &tv, &mk, &ty, NULL);
     /* The copies are what the backward uses: spoil the inputs first. */
     memset(x, 0, sizeof(float) * (size_t)(B * L * E));
     memset(pad, 1, (size_t)(B * S));
@@ -1494,8 +1516,7 @@ static int same_grads(mha_ctx *ctx, mha_module *a, mha_module *b) {
         const char *name = mha_module_param_name(a, i);
         if (mha_module_param(ctx, a, name, NULL, &ga) || mha_module_param(ctx, b, name, NULL, &gb))
             return 0;
-        if (memcmp(ga.data, gb.data, sizeof(float) * (size_t)mha_tensor_numel(&ga)) != 0)
-            return 0;
+        if (memcmp(ga.data, gb.data, sizeof(float) * (size_t)mha_tensor_numel(&ga)) != 0) return 0;
     }
     return 1;
 }
@@ -1508,7 +1529,9 @@ TEST(kept_buffers_reused_across_calls_and_shapes) {
     mha_ctx *ctx;
     ASSERT_OK(ctx, mha_ctx_create(&ctx));
     ASSERT_OK(ctx, mha_ctx_set_threads(ctx, 2));
-    enum { CAP = 3 * 40 * 16 };
+    enum {
+        CAP = 3 * 40 * 16
+    };
     static float y1[CAP], y2[CAP], q1[CAP], q2[CAP], k1[CAP], k2[CAP], v1[CAP], v2[CAP];
     static const int64_t shapes[][3] = {{2, 5, 7}, {2, 5, 7}, {3, 40, 33}, {1, 2, 3}, {2, 5, 7}};
     for (int self = 0; self < 2; self++) {
@@ -1590,7 +1613,15 @@ TEST(kept_buffers_reused_across_calls_and_shapes) {
 /* Fault 11: an output sharing memory with an input or another output is refused, naming
  * both; interleaved views of one buffer that share no element are not. */
 TEST(overlapping_outputs_refused) {
-    enum { E = 8, H = 2, B = 2, L = 3, S = 4, KD = 4, VD = 6 };
+    enum {
+        E = 8,
+        H = 2,
+        B = 2,
+        L = 3,
+        S = 4,
+        KD = 4,
+        VD = 6
+    };
     mha_ctx *ctx;
     ASSERT_OK(ctx, mha_ctx_create(&ctx));
     mha_module *m, *c;
@@ -1614,17 +1645,17 @@ TEST(overlapping_outputs_refused) {
                MHA_ERR_INVALID_ARG, "mha_module_forward: out overlaps query");
     ASSERT_STR_CONTAINS(mha_ctx_errmsg(ctx), rule);
     o = mha_tensor_make(k + B * S * KD - 1, 3, sq);
-    EXPECT_ERR(mha_module_forward(ctx, c, NULL, &tq, &tk, &tv, NULL, &o, NULL),
-               MHA_ERR_INVALID_ARG, "out overlaps key");
+    EXPECT_ERR(mha_module_forward(ctx, c, NULL, &tq, &tk, &tv, NULL, &o, NULL), MHA_ERR_INVALID_ARG,
+               "out overlaps key");
     o = mha_tensor_make(v, 3, sq);
-    EXPECT_ERR(mha_module_forward(ctx, c, NULL, &tq, &tk, &tv, NULL, &o, NULL),
-               MHA_ERR_INVALID_ARG, "out overlaps value");
+    EXPECT_ERR(mha_module_forward(ctx, c, NULL, &tq, &tk, &tv, NULL, &o, NULL), MHA_ERR_INVALID_ARG,
+               "out overlaps value");
     mha_tensor ow = mha_tensor_make(q + 5, 3, sw);
-    EXPECT_ERR(mha_module_forward(ctx, c, NULL, &tq, &tk, &tv, NULL, &ty, &ow),
-               MHA_ERR_INVALID_ARG, "weights overlaps query");
+    EXPECT_ERR(mha_module_forward(ctx, c, NULL, &tq, &tk, &tv, NULL, &ty, &ow), MHA_ERR_INVALID_ARG,
+               "weights overlaps query");
     ow = mha_tensor_make(y + B * L * E - 2, 3, sw);
-    EXPECT_ERR(mha_module_forward(ctx, c, NULL, &tq, &tk, &tv, NULL, &ty, &ow),
-               MHA_ERR_INVALID_ARG, "weights overlaps out");
+    EXPECT_ERR(mha_module_forward(ctx, c, NULL, &tq, &tk, &tv, NULL, &ty, &ow), MHA_ERR_INVALID_ARG,
+               "weights overlaps out");
     /* query and out interleaved in one [B, L, 2, E] buffer share no element: accepted, and
      * the same numbers as separate buffers. */
     float *pk = buf + 2048, y2[B * L * E];

@@ -67,8 +67,8 @@ static int run(const tcase *c, int nt, mha_isa isa, outputs *o) {
     mha_forward_opts fo = mha_forward_opts_default();
     fo.training = c->dropout;
     fo.average_weights = 0;
-    int rc = mha_module_forward(ctx, m, &fo, &tq, c->self ? NULL : &tk, c->self ? NULL : &tv,
-                                &mask, &ty, &tw) != MHA_OK;
+    int rc = mha_module_forward(ctx, m, &fo, &tq, c->self ? NULL : &tk, c->self ? NULL : &tv, &mask,
+                                &ty, &tw) != MHA_OK;
     if (!rc)
         rc = mha_module_backward(ctx, m, &tdy, &tdq, c->self ? NULL : &tdk,
                                  c->self ? NULL : &tdv) != MHA_OK;
@@ -92,13 +92,12 @@ static int run(const tcase *c, int nt, mha_isa isa, outputs *o) {
     return rc;
 }
 
-static int same(const char *what, const float *a, const float *b, int64_t n, int nt,
-                mha_isa isa) {
+static int same(const char *what, const float *a, const float *b, int64_t n, int nt, mha_isa isa) {
     if (n && memcmp(a, b, sizeof(float) * (size_t)n) != 0) {
         int64_t i = 0;
         while (i < n && memcmp(a + i, b + i, sizeof(float)) == 0) i++;
-        printf("  %s differs with %d threads on %s at [%lld]: %.9g vs %.9g (1 thread)\n", what,
-               nt, mha_isa_name(isa), (long long)i, b[i], a[i]);
+        printf("  %s differs with %d threads on %s at [%lld]: %.9g vs %.9g (1 thread)\n", what, nt,
+               mha_isa_name(isa), (long long)i, b[i], a[i]);
         return 0;
     }
     return 1;

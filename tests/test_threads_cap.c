@@ -5,7 +5,12 @@
 
 /* A small module forward and backward on ctx: runs without crashing, gives finite numbers. */
 static mha_status run_layer(mha_ctx *ctx) {
-    enum { E = 16, H = 2, B = 2, L = 33 };
+    enum {
+        E = 16,
+        H = 2,
+        B = 2,
+        L = 33
+    };
     static float x[B * L * E], y[B * L * E], dx[B * L * E];
     for (int i = 0; i < B * L * E; i++) x[i] = (float)sin(0.1 * i);
     int64_t shape[3] = {B, L, E};

@@ -118,7 +118,8 @@ static int golden(const char *name, const buf *b) {
     if (!ok && strstr(name, ".png")) {
         FAILF("%s differs from the rendering (%zu bytes, expected %zu): %s", name, b->n, n,
               png_same_pixels(want, n, b) ? "the same pixels, encoded differently (another "
-                                            "libpng or zlib?)" : "the pixels differ");
+                                            "libpng or zlib?)"
+                                          : "the pixels differ");
     } else if (!ok) {
         size_t i = 0, line = 1;
         while (i < n && i < b->n && want[i] == b->p[i]) line += want[i++] == '\n';
@@ -130,8 +131,8 @@ static int golden(const char *name, const buf *b) {
 }
 
 static mha_status render_term(buf *b, const float *w, int64_t H, int64_t L, int64_t S,
-                              mha_viz_view view, int64_t head, mha_viz_term_mode mode,
-                              int width, int tokens) {
+                              mha_viz_view view, int64_t head, mha_viz_term_mode mode, int width,
+                              int tokens) {
     mha_viz_opts o = mha_viz_opts_default();
     o.view = view, o.head = head, o.term_mode = mode, o.width = width;
     if (tokens) o.query_tokens = toks;
@@ -162,10 +163,10 @@ TEST(golden_terminal) {
     for (size_t c = 0; c < sizeof cases / sizeof cases[0]; c++) {
         buf b = buf_new();
         mha_status st = cases[c].which == 0
-            ? render_term(&b, w2, 2, TL, TL, cases[c].view, cases[c].head, cases[c].mode,
-                          cases[c].width, cases[c].tokens)
-            : render_term(&b, band, 1, 100, 100, cases[c].view, cases[c].head, cases[c].mode,
-                          cases[c].width, 0);
+                            ? render_term(&b, w2, 2, TL, TL, cases[c].view, cases[c].head,
+                                          cases[c].mode, cases[c].width, cases[c].tokens)
+                            : render_term(&b, band, 1, 100, 100, cases[c].view, cases[c].head,
+                                          cases[c].mode, cases[c].width, 0);
         ASSERT_OK(NULL, st);
         int ok = golden(cases[c].name, &b);
         free(b.p);
@@ -187,8 +188,8 @@ static int display_cols(const char *s, size_t n) {
 }
 
 TEST(terminal_fits_width) {
-    static const int sizes[][3] = {{1, 1, 1}, {2, 6, 6}, {3, 7, 33}, {1, 200, 17}, {4, 45, 300},
-                                   {2, 1, 500}};
+    static const int sizes[][3] = {{1, 1, 1},    {2, 6, 6},    {3, 7, 33},
+                                   {1, 200, 17}, {4, 45, 300}, {2, 1, 500}};
     for (size_t s = 0; s < sizeof sizes / sizeof sizes[0]; s++) {
         int H = sizes[s][0], L = sizes[s][1], S = sizes[s][2];
         float *w = malloc(sizeof(float) * (size_t)(H * L * S));
@@ -200,8 +201,8 @@ TEST(terminal_fits_width) {
                     mha_status st = render_term(&b, w, H, L, S, (mha_viz_view)view, H - 1,
                                                 (mha_viz_term_mode)mode, width, 0);
                     if (st != MHA_OK) {
-                        FAILF("H=%d L=%d S=%d mode %d width %d view %d: %s", H, L, S, mode,
-                              width, view, mha_last_errmsg());
+                        FAILF("H=%d L=%d S=%d mode %d width %d view %d: %s", H, L, S, mode, width,
+                              view, mha_last_errmsg());
                         free(b.p), free(w);
                         return;
                     }
@@ -212,11 +213,13 @@ TEST(terminal_fits_width) {
                         int cols = display_cols(p, n);
                         if (cols > width) {
                             FAILF("H=%d L=%d S=%d mode %d view %d: a line of %d columns in "
-                                  "width %d: %.*s", H, L, S, mode, view, cols, width, (int)n, p);
+                                  "width %d: %.*s",
+                                  H, L, S, mode, view, cols, width, (int)n, p);
                             free(b.p), free(w);
                             return;
                         }
-                        if (mode != MHA_VIZ_TERM_COLOR && strchr(p, '\x1b') && strchr(p, '\x1b') < p + n) {
+                        if (mode != MHA_VIZ_TERM_COLOR && strchr(p, '\x1b') &&
+                            strchr(p, '\x1b') < p + n) {
                             FAILF("escape sequence outside colour mode");
                             free(b.p), free(w);
                             return;
@@ -298,22 +301,24 @@ static int text_width(const char *s, size_t n) {
  * emoji, some longer than any gutter. */
 static const char *const wide_toks[] = {
     "the",
-    "\xe7\x8c\xab",                                                     /* 猫 */
-    "\xf0\x9f\x90\xb1" "cat",                                           /* 🐱cat */
-    "cafe\xcc\x81",                                                     /* café, combining */
+    "\xe7\x8c\xab", /* 猫 */
+    "\xf0\x9f\x90\xb1"
+    "cat",          /* 🐱cat */
+    "cafe\xcc\x81", /* café, combining */
     "\xe6\x9d\xb1\xe4\xba\xac\xe3\x82\xbf\xe3\x83\xaf\xe3\x83\xbc\xe3\x81\xae\xe5\xa4\x9c"
-    "\xe6\x99\xaf\xe3\x81\x8c\xe3\x81\x8d\xe3\x82\x8c\xe3\x81\x84",     /* 東京タワーの夜景がきれい */
-    "\xed\x95\x9c\xea\xb5\xad\xec\x96\xb4",                             /* 한국어 */
-    "\xef\xbd\x86\xef\xbd\x95\xef\xbd\x8c\xef\xbd\x8c",                 /* ｆｕｌｌ */
-    "a\xe2\x80\x8b" "b",                                                /* a ZWSP b */
-    "\xe2\x9d\xa4\xef\xb8\x8f",                                         /* ❤ + VS16 */
+    "\xe6\x99\xaf\xe3\x81\x8c\xe3\x81\x8d\xe3\x82\x8c\xe3\x81\x84", /* 東京タワーの夜景がきれい */
+    "\xed\x95\x9c\xea\xb5\xad\xec\x96\xb4",                         /* 한국어 */
+    "\xef\xbd\x86\xef\xbd\x95\xef\xbd\x8c\xef\xbd\x8c",             /* ｆｕｌｌ */
+    "a\xe2\x80\x8b"
+    "b",                                                                        /* a ZWSP b */
+    "\xe2\x9d\xa4\xef\xb8\x8f",                                                 /* ❤ + VS16 */
     "\xf0\x9f\x91\xa8\xe2\x80\x8d\xf0\x9f\x91\xa9\xe2\x80\x8d\xf0\x9f\x91\xa7", /* 👨‍👩‍👧 */
-    "\xcc\x81x",                                                        /* leading mark */
-    "e\xcc\x81\xcc\x82\xe4\xb8\xad",                                    /* é̂中 */
-    "\xf0\xa0\x80\x80\xf0\xa0\x80\x81",                                 /* U+20000 U+20001 */
+    "\xcc\x81x",                                                                /* leading mark */
+    "e\xcc\x81\xcc\x82\xe4\xb8\xad",                                            /* é̂中 */
+    "\xf0\xa0\x80\x80\xf0\xa0\x80\x81", /* U+20000 U+20001 */
     "x\xe4\xb8\xad\xe6\x96\x87\xe5\xad\x97\xe7\xac\xa6\xe6\xb5\x8b\xe8\xaf\x95\xe6\xa0\x87"
-    "\xe7\xad\xbe\xe5\xbe\x88\xe9\x95\xbf",                             /* x中文字符测试标签很长 */
-    "\xf0\x9f\xa4\x96 bot",                                             /* 🤖 bot */
+    "\xe7\xad\xbe\xe5\xbe\x88\xe9\x95\xbf", /* x中文字符测试标签很长 */
+    "\xf0\x9f\xa4\x96 bot",                 /* 🤖 bot */
 };
 #define N_WIDE (sizeof wide_toks / sizeof wide_toks[0])
 
@@ -344,12 +349,16 @@ TEST(terminal_fits_width_wide_chars) {
     /* self-attention, the long-label case of the CLI report, cross-attention whose keys fall
      * back to one column per key at small widths, and a downsampled one */
     static const int sizes[][4] = {{2, 6, 6, 0}, {3, 30, 30, 0}, {2, 7, 45, 1}, {1, 40, 200, 1}};
-    static const char *const htitles[3] = {
-        "\xe6\xb3\xa8\xe6\x84\x8f\xe5\x8a\x9b\xe3\x83\x98\xe3\x83\x83\xe3\x83\x89 0 "
-        "\xe3\x81\xa8\xe3\x81\xa6\xe3\x82\x82\xe9\x95\xb7\xe3\x81\x84\xe3\x82\xbf\xe3\x82\xa4"
-        "\xe3\x83\x88\xe3\x83\xab\xe3\x81\xa7\xe3\x81\x99\xe3\x82\x88\xe3\x81\xad", /* 注意力ヘッド 0 とても長いタイトルですよね */
-        "h\xcc\x81" "1 \xf0\x9f\x98\x80",
-        "\xed\x97\xa4\xeb\x93\x9c 2"};
+    static const char
+        *const htitles[3] = {"\xe6\xb3\xa8\xe6\x84\x8f\xe5\x8a\x9b\xe3\x83\x98\xe3\x83\x83\xe3\x83"
+                             "\x89 0 "
+                             "\xe3\x81\xa8\xe3\x81\xa6\xe3\x82\x82\xe9\x95\xb7\xe3\x81\x84\xe3\x82"
+                             "\xbf\xe3\x82\xa4"
+                             "\xe3\x83\x88\xe3\x83\xab\xe3\x81\xa7\xe3\x81\x99\xe3\x82\x88\xe3\x81"
+                             "\xad", /* 注意力ヘッド 0 とても長いタイトルですよね */
+                             "h\xcc\x81"
+                             "1 \xf0\x9f\x98\x80",
+                             "\xed\x97\xa4\xeb\x93\x9c 2"};
     char title[512] = "";
     for (int i = 0; i < 12; i++) /* a long title without spaces: wrapped by width alone */
         strcat(title, "\xe6\xa0\x87\xe9\xa2\x98\xe5\xbe\x88\xe9\x95\xbf\xf0\x9f\x8e\x89");
@@ -474,7 +483,8 @@ TEST(vertical_wide_key_labels_align) {
                         char want[64];
                         int want_w;
                         if (stop && k == r) strcpy(want, "\xe2\x80\xa6"), want_w = 1;
-                        else if (k == r && *t && !stop) memcpy(want, t, len), want[len] = 0, want_w = wd;
+                        else if (k == r && *t && !stop)
+                            memcpy(want, t, len), want[len] = 0, want_w = wd;
                         else want[0] = 0, want_w = 0;
                         for (int x = want_w; x < cw; x++) strcat(want, " ");
                         size_t wl = strlen(want), have = strlen(q);
@@ -483,7 +493,8 @@ TEST(vertical_wide_key_labels_align) {
                         for (size_t x = have; match && x < wl; x++) match = want[x] == ' ';
                         if (!match) {
                             FAILF("width %d cw %d: label row %d, key %d: expected \"%s\" at "
-                                  "\"%s\"\n%s", width, cw, r, j, want, q, b.p);
+                                  "\"%s\"\n%s",
+                                  width, cw, r, j, want, q, b.p);
                             free(b.p), free(w), free(qt), free(kt);
                             return;
                         }
@@ -504,17 +515,17 @@ TEST(golden_wide_chars) {
     float w2[2 * TL * TL];
     fixture_two_heads(w2);
     const char *cjk[TL] = {
-        "\xe6\x88\x91",                                                 /* 我 */
-        "\xe5\x96\x9c\xe6\xac\xa2",                                     /* 喜欢 */
-        "\xe5\x90\x83",                                                 /* 吃 */
-        "\xe5\xaf\xbf\xe5\x8f\xb8\xf0\x9f\x8d\xa3",                     /* 寿司🍣 */
-        "cafe\xcc\x81",                                                 /* café */
+        "\xe6\x88\x91",                             /* 我 */
+        "\xe5\x96\x9c\xe6\xac\xa2",                 /* 喜欢 */
+        "\xe5\x90\x83",                             /* 吃 */
+        "\xe5\xaf\xbf\xe5\x8f\xb8\xf0\x9f\x8d\xa3", /* 寿司🍣 */
+        "cafe\xcc\x81",                             /* café */
         "\xe3\x81\x97\xe3\x82\x87\xe3\x81\x86\xe3\x82\x86\xe3\x83\xa9\xe3\x83\xbc\xe3\x83\xa1"
-        "\xe3\x83\xb3\xe3\x81\xa8\xe9\xa4\x83\xe5\xad\x90"};            /* しょうゆラーメンと餃子 */
-    const char *ht[2] = {"\xe5\xa4\xb4 0", "\xe5\xa4\xb4 1"};            /* 头 0, 头 1 */
+        "\xe3\x83\xb3\xe3\x81\xa8\xe9\xa4\x83\xe5\xad\x90"}; /* しょうゆラーメンと餃子 */
+    const char *ht[2] = {"\xe5\xa4\xb4 0", "\xe5\xa4\xb4 1"}; /* 头 0, 头 1 */
     mha_viz_opts o = mha_viz_opts_default();
     o.view = MHA_VIZ_ALL, o.query_tokens = cjk, o.head_titles = ht, o.width = 60;
-    o.title = "\xe6\xb3\xa8\xe6\x84\x8f\xe5\x8a\x9b (attention)";        /* 注意力 */
+    o.title = "\xe6\xb3\xa8\xe6\x84\x8f\xe5\x8a\x9b (attention)"; /* 注意力 */
     buf b = buf_new();
     ASSERT_OK(NULL, mha_viz_term(NULL, w2, 2, TL, TL, &o, buf_write, &b));
     int ok = lines_fit(b.p, 60, "golden") && golden("unicode_all_cjk_w60.txt", &b);
@@ -694,8 +705,8 @@ static int reads(const image *im, int x, int y, const char *s, int scale, int up
                 int on = gx / scale < MHA__VIZ_GLYPH_W &&
                          mha__viz_glyph_ink((unsigned char)s[k], gx / scale, gy / scale);
                 int px = upward ? x + gy : x + k * MHA__VIZ_GLYPH_ADV * scale + gx;
-                int py = upward ? y + n * MHA__VIZ_GLYPH_ADV - 1 - k * MHA__VIZ_GLYPH_ADV - gx
-                                : y + gy;
+                int py =
+                    upward ? y + n * MHA__VIZ_GLYPH_ADV - 1 - k * MHA__VIZ_GLYPH_ADV - gx : y + gy;
                 if (px < 0 || py < 0 || px >= im->w || py >= im->h) return 0;
                 const unsigned char *c = im->rgb + ((size_t)py * im->w + px) * 3;
                 if (on ? c[0] >= 128 : (c[0] != 255 || c[1] != 255 || c[2] != 255)) return 0;
@@ -762,7 +773,10 @@ TEST(png_geometry_and_colours) {
     ASSERT_EQ(im.w, g.iw);
     ASSERT_EQ(im.h, g.ih);
     /* auto scale 0 .. 1 (head 1 row 0 is one-hot) */
-    static const struct { int p, i, j; float t; } probes[] = {
+    static const struct {
+        int p, i, j;
+        float t;
+    } probes[] = {
         {0, 0, 0, 0.75f}, {0, 2, 3, 0.05f}, {1, 0, 0, 1.0f}, {1, 0, 5, 0.0f}, {1, 3, 1, 0.25f}};
     for (size_t k = 0; k < sizeof probes / sizeof probes[0]; k++) {
         for (int dy = 0; dy < 5; dy++)
@@ -774,8 +788,9 @@ TEST(png_geometry_and_colours) {
                 const unsigned char *px = im.rgb + ((size_t)y * (size_t)im.w + (size_t)x) * 3;
                 if (memcmp(px, want, 3) != 0) {
                     FAILF("panel %d cell (%d, %d) pixel (%d, %d): got #%02x%02x%02x, expected "
-                          "#%02x%02x%02x", probes[k].p, probes[k].i, probes[k].j, x, y, px[0],
-                          px[1], px[2], want[0], want[1], want[2]);
+                          "#%02x%02x%02x",
+                          probes[k].p, probes[k].i, probes[k].j, x, y, px[0], px[1], px[2], want[0],
+                          want[1], want[2]);
                     free(im.rgb);
                     return;
                 }
@@ -826,7 +841,8 @@ TEST(font_is_complete) {
             ASSERT_EQ(mha__viz_glyph_ink(200, x, y), mha__viz_glyph_ink('?', x, y));
     char cut[8];
     ASSERT_EQ(mha__viz_cut(cut, "abcdefgh", 5), 5);
-    ASSERT_TRUE(!strcmp(cut, "abcd" "\x7f"));
+    ASSERT_TRUE(!strcmp(cut, "abcd"
+                             "\x7f"));
     ASSERT_EQ(mha__viz_cut(cut, "abcde", 5), 5);
     ASSERT_TRUE(!strcmp(cut, "abcde"));
 }
@@ -872,10 +888,10 @@ TEST(png_labels_are_drawn) {
     for (int p = 0; p < 2; p++)
         for (int i = 0; i < TL; i++) {
             int n = (int)strlen(toks[i]);
-            ASSERT_TRUE(reads(&a, png_gx(&g, p) - 4 - 6 * n, png_gy(&g, p) + i * 12 + 2, toks[i],
-                              1, 0));
-            ASSERT_TRUE(reads(&a, png_gx(&g, p) + i * 12 + 2, png_gy(&g, p) + TL * 12 + 4,
-                              toks[i], 1, 1));
+            ASSERT_TRUE(
+                reads(&a, png_gx(&g, p) - 4 - 6 * n, png_gy(&g, p) + i * 12 + 2, toks[i], 1, 0));
+            ASSERT_TRUE(
+                reads(&a, png_gx(&g, p) + i * 12 + 2, png_gy(&g, p) + TL * 12 + 4, toks[i], 1, 1));
         }
     const char *qt[TL] = {"the", "cat", "sit", "on", "the", "mat"};
     const char *kt[TL] = {"the", "cat", "sat", "on", "the", "mat"};
@@ -928,7 +944,7 @@ TEST(golden_png) {
     fixture_band(band, 100);
     for (int e = 0; e < 2 * 4 * 9; e++) cross[e] = (float)((e * 37) % 23) / 11.0f - 0.5f;
     const char *q4[4] = {"Wo", "ist", "die", "Katze?"};
-    const char *k9[9] = {"where", "is", "the", "cat", "(hiding)", "under_the_kitchen_table",
+    const char *k9[9] = {"where",        "is",  "the", "cat", "(hiding)", "under_the_kitchen_table",
                          "\xe7\x8c\xab", "now", "?"};
     mha_viz_opts o[3];
     for (int c = 0; c < 3; c++) o[c] = mha_viz_opts_default();
@@ -939,7 +955,7 @@ TEST(golden_png) {
                                          "png_cross_average_long_labels.png"};
     for (int c = 0; c < 3; c++) {
         buf b = buf_new();
-        mha_status st = c == 0 ? mha_viz_png(NULL, w2, 2, TL, TL, &o[c], buf_write, &b)
+        mha_status st = c == 0   ? mha_viz_png(NULL, w2, 2, TL, TL, &o[c], buf_write, &b)
                         : c == 1 ? mha_viz_png(NULL, band, 1, 100, 100, &o[c], buf_write, &b)
                                  : mha_viz_png(NULL, cross, 2, 4, 9, &o[c], buf_write, &b);
         ASSERT_OK(NULL, st);
@@ -997,7 +1013,7 @@ TEST(html_is_self_contained) {
 TEST(stats) {
     float w[2 * 3 * 4] = {0};
     for (int i = 0; i < 3; i++) {
-        w[i * 4 + 2] = 1;                                   /* head 0: all look at key 2 */
+        w[i * 4 + 2] = 1;                                      /* head 0: all look at key 2 */
         for (int j = 0; j < 4; j++) w[12 + i * 4 + j] = 0.25f; /* head 1: uniform */
     }
     mha_viz_stats s[2];
@@ -1026,8 +1042,7 @@ TEST(file_wrappers) {
     ASSERT_TRUE(got && n == b.n && memcmp(got, b.p, n) == 0);
     free(got), free(b.p);
     remove(path);
-    ASSERT_EQ(mha_viz_html_file(ctx, w2, 2, TL, TL, NULL, "/nonexistent-dir/x.html"),
-              MHA_ERR_IO);
+    ASSERT_EQ(mha_viz_html_file(ctx, w2, 2, TL, TL, NULL, "/nonexistent-dir/x.html"), MHA_ERR_IO);
     ASSERT_STR_CONTAINS(mha_ctx_errmsg(ctx), "mha_viz_html_file");
     ASSERT_EQ(mha_viz_term_file(ctx, w2, 2, TL, TL, NULL, NULL), MHA_ERR_INVALID_ARG);
     /* a failed render leaves no file */
@@ -1138,9 +1153,9 @@ TEST(allocation_failures) {
             mha_status st = r == 0   ? mha_viz_term(NULL, w2, 2, TL, TL, &o, buf_write, &b)
                             : r == 1 ? mha_viz_svg(NULL, w2, 2, TL, TL, &o, buf_write, &b)
                             : r == 2 ? mha_viz_html(NULL, w2, 2, TL, TL, &o, buf_write, &b)
-                            : r == 3 ? mha_viz_head_stats(NULL, w2, 2, TL, TL,
-                                                          (mha_viz_stats[2]){{0}})
-                                     : mha_viz_png(NULL, w2, 2, TL, TL, &o, buf_write, &b);
+                            : r == 3
+                                ? mha_viz_head_stats(NULL, w2, 2, TL, TL, (mha_viz_stats[2]){{0}})
+                                : mha_viz_png(NULL, w2, 2, TL, TL, &o, buf_write, &b);
             mha__fault_after(-1);
             free(b.p);
             if (st == MHA_OK) ok = 1;

@@ -59,7 +59,7 @@ typedef struct {
     const char *name; /* with the dashes: "--heads" */
     cli_opt_kind kind;
     void *dest;
-    int seen;         /* set by cli_parse: how many times the option was given */
+    int seen; /* set by cli_parse: how many times the option was given */
 } cli_opt;
 
 #define CLI_HELP (-1)
@@ -90,8 +90,7 @@ int cli_load_module(mha_ctx *ctx, const char *path, long long heads, mha_module 
  * Prints and returns 2 on failure; *out zeroed then. */
 int cli_load_f32(mha_ctx *ctx, const char *opt, const char *path, mha_array *out);
 /* Loads a mask .npy: bool always; float32 too when allow_float. Prints and returns 2. */
-int cli_load_mask(mha_ctx *ctx, const char *opt, const char *path, int allow_float,
-                  mha_array *out);
+int cli_load_mask(mha_ctx *ctx, const char *opt, const char *path, int allow_float, mha_array *out);
 
 /* Outputs written all or nothing, through the library's mha_outputs (see mha.h for what is
  * guaranteed), with messages that name the option of each output. Declare every output with
@@ -146,15 +145,15 @@ int cli_layer_parse(int argc, char **argv, cli_layer_args *a, cli_opt *extra, in
 typedef struct {
     mha_ctx *ctx;
     mha_module *module;
-    mha_array query;      /* float32 [B, L, E], or [L, E] unbatched */
-    mha_array key, value; /* float32 [B, S, kdim], [B, S, vdim] (no B unbatched); zeroed for
+    mha_array query;       /* float32 [B, L, E], or [L, E] unbatched */
+    mha_array key, value;  /* float32 [B, S, kdim], [B, S, vdim] (no B unbatched); zeroed for
                            * self-attention */
-    mha_array kpm, amask; /* the mask files, zeroed when not given */
-    mha_mask mask;        /* causal choice; points into kpm and amask */
-    int batched;          /* query.ndim == 3 */
-    int cross;            /* --key and --value were given */
+    mha_array kpm, amask;  /* the mask files, zeroed when not given */
+    mha_mask mask;         /* causal choice; points into kpm and amask */
+    int batched;           /* query.ndim == 3 */
+    int cross;             /* --key and --value were given */
     int64_t B, L, S, E, H; /* B = 1 unbatched; S = L for self-attention */
-    float scale;          /* --scale; 0 = 1/sqrt(E/H) */
+    float scale;           /* --scale; 0 = 1/sqrt(E/H) */
 } cli_layer;
 
 /* Loads and checks everything a (as cli_layer_parse left it) names, in this order: --scale,

@@ -191,8 +191,8 @@ int cli_ctx_create(const long long *threads, const char *isa, mha_ctx **out) {
         mha_isa want;
         if (!cli_isa_parse(isa, &want)) {
             mha_ctx_free(ctx);
-            return cli_usage_error(NULL, "--isa: got \"%s\", expected auto, generic, avx2 or avx512",
-                                   isa);
+            return cli_usage_error(
+                NULL, "--isa: got \"%s\", expected auto, generic, avx2 or avx512", isa);
         }
         if (mha_ctx_set_isa(ctx, want) != MHA_OK) {
             int rc = cli_fail_lib(ctx, "--isa");
@@ -210,18 +210,20 @@ int cli_load_module(mha_ctx *ctx, const char *path, long long heads, mha_module 
     if (mha_st_load(ctx, path, &st) != MHA_OK) return cli_fail_lib(ctx, "--weights");
     mha_config cfg;
     int rc = 0;
-    if (mha_module_config_from_st(ctx, st, &cfg) != MHA_OK)
-        rc = cli_fail_lib(ctx, "--weights");
+    if (mha_module_config_from_st(ctx, st, &cfg) != MHA_OK) rc = cli_fail_lib(ctx, "--weights");
     else if (!heads && !cfg.num_heads)
         rc = cli_usage_error("files written by mha record it; others need --heads",
                              "--heads is required: %s does not record the number of heads", path);
     else if (heads && cfg.num_heads && heads != cfg.num_heads)
         rc = cli_usage_error("leave --heads out to use the file's number",
                              "--heads: got %lld, expected %lld (the number of heads the layer in "
-                             "%s was saved with)", heads, (long long)cfg.num_heads, path);
+                             "%s was saved with)",
+                             heads, (long long)cfg.num_heads, path);
     else if (heads && cfg.embed_dim % heads != 0)
-        rc = cli_usage_error(NULL, "--heads: got %lld, expected a divisor of the embedding size "
-                             "%lld", heads, (long long)cfg.embed_dim);
+        rc = cli_usage_error(NULL,
+                             "--heads: got %lld, expected a divisor of the embedding size "
+                             "%lld",
+                             heads, (long long)cfg.embed_dim);
     else if (mha_module_create_from_st(ctx, st, heads, out) != MHA_OK)
         rc = cli_fail_lib(ctx, "--weights");
     mha_st_free(st);
@@ -269,8 +271,10 @@ int cli_outputs_add(cli_outputs *s, const char *opt, const char *path, int *inde
     if (!s->o && mha_outputs_create(NULL, &s->o) != MHA_OK) return cli_fail_lib(NULL, opt);
     int n = mha_outputs_count(s->o), same = mha_outputs_find(s->o, path);
     if (same >= 0)
-        return cli_usage_error("give each output its own file", "%s and %s name the same file "
-                               "(\"%s\")", s->opt[same], opt, path);
+        return cli_usage_error("give each output its own file",
+                               "%s and %s name the same file "
+                               "(\"%s\")",
+                               s->opt[same], opt, path);
     if (n >= CLI_MAX_OUTPUTS) /* a bug in the command, not the user's */
         return cli_fail("internal error: more than %d outputs", CLI_MAX_OUTPUTS);
     if (mha_outputs_add(NULL, s->o, path, index) != MHA_OK) return cli_fail_lib(NULL, opt);
@@ -314,7 +318,9 @@ void cli_outputs_free(cli_outputs *s) {
 /* ---------------------------------------------------------------------------------------------
  * One layer call: the options, loading and checks mha forward, backward and viz share
  * ------------------------------------------------------------------------------------------- */
-enum { LAYER_NOPTS = 12 };
+enum {
+    LAYER_NOPTS = 12
+};
 
 int cli_layer_parse(int argc, char **argv, cli_layer_args *a, cli_opt *extra, int nextra) {
     memset(a, 0, sizeof *a);
@@ -348,8 +354,7 @@ int cli_layer_parse(int argc, char **argv, cli_layer_args *a, cli_opt *extra, in
     if (!a->weights) return cli_missing(cmd, "--weights");
     if (a->heads_given && (a->heads < 1 || a->heads > INT32_MAX))
         return cli_usage_error("or leave --heads out when the weights file records it",
-                               "--heads: got %lld, expected a positive number of heads",
-                               a->heads);
+                               "--heads: got %lld, expected a positive number of heads", a->heads);
     if (!a->query) return cli_missing(cmd, "--query");
     if (!a->key != !a->value)
         return cli_usage_error("give both --key and --value for cross-attention, or neither "
@@ -411,16 +416,14 @@ static int layer_load_inputs(const cli_layer_args *a, cli_layer *l) {
                         (long long)kdim, (long long)vdim, (long long)E);
 
     if ((rc = cli_load_f32(ctx, "--query", a->query, &l->query))) return rc;
-    if ((rc = check_input("--query", &l->query, l->query.ndim == 3, -1, E, "embed_dim")))
-        return rc;
+    if ((rc = check_input("--query", &l->query, l->query.ndim == 3, -1, E, "embed_dim"))) return rc;
     const int batched = l->batched = l->query.ndim == 3;
     const int64_t B = l->B = batched ? l->query.shape[0] : 1;
     const int64_t L = l->L = l->query.shape[batched ? 1 : 0];
     int64_t S = L;
     if (l->cross) {
         if ((rc = cli_load_f32(ctx, "--key", a->key, &l->key))) return rc;
-        if ((rc = check_input("--key", &l->key, batched, batched ? B : 0, kdim, "kdim")))
-            return rc;
+        if ((rc = check_input("--key", &l->key, batched, batched ? B : 0, kdim, "kdim"))) return rc;
         if ((rc = cli_load_f32(ctx, "--value", a->value, &l->value))) return rc;
         if ((rc = check_input("--value", &l->value, batched, batched ? B : 0, vdim, "vdim")))
             return rc;
@@ -463,10 +466,8 @@ static int layer_load_inputs(const cli_layer_args *a, cli_layer *l) {
                             cli_shape_str(want3, sizeof want3, 3, w3),
                             batched ? "batch*heads" : "heads");
         }
-        if (l->amask.dtype == MHA_DTYPE_BOOL)
-            l->mask.attn_bool = (const uint8_t *)l->amask.data;
-        else
-            l->mask.attn_float = (const float *)l->amask.data;
+        if (l->amask.dtype == MHA_DTYPE_BOOL) l->mask.attn_bool = (const uint8_t *)l->amask.data;
+        else l->mask.attn_float = (const float *)l->amask.data;
     }
     return 0;
 }

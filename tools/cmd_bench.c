@@ -147,11 +147,12 @@ static int take_gemm(int argc, char **argv, bench_args *a, char **rest, int *nre
             a->m = strtoll(argv[i + 1], &end[0], 10);
             a->n = strtoll(argv[i + 2], &end[1], 10);
             a->k = strtoll(argv[i + 3], &end[2], 10);
-            if (*end[0] || *end[1] || *end[2] || end[0] == argv[i + 1] ||
-                end[1] == argv[i + 2] || end[2] == argv[i + 3])
+            if (*end[0] || *end[1] || *end[2] || end[0] == argv[i + 1] || end[1] == argv[i + 2] ||
+                end[2] == argv[i + 3])
                 return cli_usage_error("mha bench --help lists the options",
                                        "--gemm: got \"%s %s %s\", expected three whole numbers "
-                                       "M N K", argv[i + 1], argv[i + 2], argv[i + 3]);
+                                       "M N K",
+                                       argv[i + 1], argv[i + 2], argv[i + 3]);
             a->gemm = 1;
             i += 3;
             continue;
@@ -204,20 +205,28 @@ static int check_args(const bench_args *a, int warmup_given) {
 
 /* Parses and checks the command line. Returns 0, CLI_HELP (help printed) or a usage error. */
 static int parse_args(int argc, char **argv, bench_args *a) {
-    *a = (bench_args){.batch = 1, .seq = 512, .embed = 512, .heads = 8, .runs = 10, .tb = 1,
-                      .warmup = -1};
+    *a = (bench_args){
+        .batch = 1, .seq = 512, .embed = 512, .heads = 8, .runs = 10, .tb = 1, .warmup = -1};
     char **rest = malloc(sizeof(char *) * (size_t)(argc + 1));
     if (!rest) return cli_fail("out of memory");
     int nrest, rc = take_gemm(argc, argv, a, rest, &nrest);
     cli_opt opts[] = {
-        {"--batch", CLI_OPT_INT, &a->batch, 0},   {"--seq", CLI_OPT_INT, &a->seq, 0},
-        {"--embed", CLI_OPT_INT, &a->embed, 0},   {"--heads", CLI_OPT_INT, &a->heads, 0},
-        {"--causal", CLI_OPT_FLAG, &a->causal, 0}, {"--backward", CLI_OPT_FLAG, &a->backward, 0},
-        {"--core", CLI_OPT_FLAG, &a->core, 0},     {"--threads", CLI_OPT_INT, &a->threads, 0},
-        {"--json", CLI_OPT_FLAG, &a->json, 0},     {"--isa", CLI_OPT_STRING, &a->isa, 0},
-        {"--runs", CLI_OPT_INT, &a->runs, 0},      {"--ta", CLI_OPT_INT, &a->ta, 0},
-        {"--tb", CLI_OPT_INT, &a->tb, 0},         {"--warmup", CLI_OPT_INT, &a->warmup, 0},
-        {"--budget", CLI_OPT_FLOAT, &a->budget, 0}, {"--dropout", CLI_OPT_FLOAT, &a->dropout, 0},
+        {"--batch", CLI_OPT_INT, &a->batch, 0},
+        {"--seq", CLI_OPT_INT, &a->seq, 0},
+        {"--embed", CLI_OPT_INT, &a->embed, 0},
+        {"--heads", CLI_OPT_INT, &a->heads, 0},
+        {"--causal", CLI_OPT_FLAG, &a->causal, 0},
+        {"--backward", CLI_OPT_FLAG, &a->backward, 0},
+        {"--core", CLI_OPT_FLAG, &a->core, 0},
+        {"--threads", CLI_OPT_INT, &a->threads, 0},
+        {"--json", CLI_OPT_FLAG, &a->json, 0},
+        {"--isa", CLI_OPT_STRING, &a->isa, 0},
+        {"--runs", CLI_OPT_INT, &a->runs, 0},
+        {"--ta", CLI_OPT_INT, &a->ta, 0},
+        {"--tb", CLI_OPT_INT, &a->tb, 0},
+        {"--warmup", CLI_OPT_INT, &a->warmup, 0},
+        {"--budget", CLI_OPT_FLOAT, &a->budget, 0},
+        {"--dropout", CLI_OPT_FLOAT, &a->dropout, 0},
         {"--need-weights", CLI_OPT_FLAG, &a->need_weights, 0},
     };
     int nopts = (int)(sizeof opts / sizeof opts[0]);
@@ -345,9 +354,8 @@ typedef struct {
 static int measure(bench_state *s, const progress *pr, bench_times *t) {
     const bench_args *a = s->a;
     double warm_until = cli_now_s() + 0.2;
-    for (int w = 0; a->warmup >= 0 ? w < a->warmup
-                                   : (w < 1 || (w < 20 && cli_now_s() < warm_until));
-         w++) {
+    for (int w = 0;
+         a->warmup >= 0 ? w < a->warmup : (w < 1 || (w < 20 && cli_now_s() < warm_until)); w++) {
         progress_say(pr, "warm-up run %d", w + 1);
         if (run_fwd(s) != MHA_OK) return lib_failed(pr, s->ctx, "forward");
         if (a->backward && run_bwd(s) != MHA_OK) return lib_failed(pr, s->ctx, "backward");
@@ -357,8 +365,9 @@ static int measure(bench_state *s, const progress *pr, bench_times *t) {
     for (int r = 0; r < a->runs; r++) {
         if (r > 0 && a->budget > 0 && cli_now_s() - timed_from > a->budget) break;
         if (r == 0) progress_say(pr, "timed run 1 of %lld", a->runs);
-        else progress_say(pr, "timed run %d of %lld (the last took %.3f ms)", r + 1, a->runs,
-                          t->tt[r - 1] * 1e3);
+        else
+            progress_say(pr, "timed run %d of %lld (the last took %.3f ms)", r + 1, a->runs,
+                         t->tt[r - 1] * 1e3);
         t->runs++;
         double t0 = cli_now_s();
         mha_status st = run_fwd(s);
@@ -379,8 +388,9 @@ static void report(const bench_state *s, const bench_plan *p, bench_times *t) {
     double med_b = a->backward ? median(t->tb, t->runs) : 0;
     double flops = p->flops_fwd + (a->backward ? p->flops_bwd : 0);
     double gflops = flops / med * 1e-9;
-    const char *what = a->gemm ? "gemm" : a->core ? (a->backward ? "core_fwd_bwd" : "core_fwd")
-                                                  : (a->backward ? "module_fwd_bwd" : "module_fwd");
+    const char *what = a->gemm   ? "gemm"
+                       : a->core ? (a->backward ? "core_fwd_bwd" : "core_fwd")
+                                 : (a->backward ? "module_fwd_bwd" : "module_fwd");
     const char *isa = mha_isa_name(mha_ctx_isa(s->ctx));
     int threads = mha_ctx_threads(s->ctx);
     if (a->json) {
@@ -390,12 +400,13 @@ static void report(const bench_state *s, const bench_plan *p, bench_times *t) {
         else
             printf("{\"what\":\"%s\",\"batch\":%lld,\"seq\":%lld,\"embed\":%lld,\"heads\":%lld,"
                    "\"causal\":%s,\"backward\":%s,\"core\":%s,\"need_weights\":%s,"
-                   "\"dropout\":%g,", what, a->batch, a->seq, a->embed, a->heads,
-                   a->causal ? "true" : "false", a->backward ? "true" : "false",
-                   a->core ? "true" : "false", a->need_weights ? "true" : "false", a->dropout);
+                   "\"dropout\":%g,",
+                   what, a->batch, a->seq, a->embed, a->heads, a->causal ? "true" : "false",
+                   a->backward ? "true" : "false", a->core ? "true" : "false",
+                   a->need_weights ? "true" : "false", a->dropout);
         printf("\"isa\":\"%s\",\"threads\":%d,\"runs\":%d,\"median_ms\":%.4f,\"gflops\":%.3f,"
-               "\"fwd_median_ms\":%.4f,\"fwd_gflops\":%.3f", isa, threads, t->runs, med * 1e3,
-               gflops, med_f * 1e3, p->flops_fwd / med_f * 1e-9);
+               "\"fwd_median_ms\":%.4f,\"fwd_gflops\":%.3f",
+               isa, threads, t->runs, med * 1e3, gflops, med_f * 1e3, p->flops_fwd / med_f * 1e-9);
         if (a->backward)
             printf(",\"bwd_median_ms\":%.4f,\"bwd_gflops\":%.3f", med_b * 1e3,
                    p->flops_bwd / med_b * 1e-9);
@@ -410,9 +421,8 @@ static void report(const bench_state *s, const bench_plan *p, bench_times *t) {
     printf(", isa %s, %d threads: median %.3f ms of %d runs, %.1f GFLOP/s\n", isa, threads,
            med * 1e3, t->runs, gflops);
     if (a->backward)
-        printf("  forward %.3f ms (%.1f GFLOP/s), backward %.3f ms (%.1f GFLOP/s)\n",
-               med_f * 1e3, p->flops_fwd / med_f * 1e-9, med_b * 1e3,
-               p->flops_bwd / med_b * 1e-9);
+        printf("  forward %.3f ms (%.1f GFLOP/s), backward %.3f ms (%.1f GFLOP/s)\n", med_f * 1e3,
+               p->flops_fwd / med_f * 1e-9, med_b * 1e3, p->flops_bwd / med_b * 1e-9);
 }
 
 int mha_cmd_bench(int argc, char **argv) {

@@ -24,7 +24,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#define DEMO_LEN 8   /* sequence length (the arrays below are sized by it) */
+#define DEMO_LEN 8 /* sequence length (the arrays below are sized by it) */
 #define DEMO_HEADS 2
 #define DEMO_BATCH 64
 #define DEMO_EVAL_EVERY 25
@@ -35,7 +35,11 @@
 #define DEMO_DEFAULT_SEED 1
 #define DEMO_DEFAULT_STEPS 3000
 
-enum { STREAM_TRAIN = 0, STREAM_VAL = 1, STREAM_TEST = 2 };
+enum {
+    STREAM_TRAIN = 0,
+    STREAM_VAL = 1,
+    STREAM_TEST = 2
+};
 
 static void print_help(FILE *f) {
     fprintf(f,
@@ -166,8 +170,8 @@ static int grad_check_once(mha_ctx *ctx, demo_model *m, const int32_t *tok, cons
              * tensor's largest gradient, far below what a wrong term would give. */
             if (err > 2e-2 * gmax + 2e-6) {
                 if (bad < 10)
-                    fprintf(stderr, "  %s: %s[%lld]: analytic %.6g, finite difference %.6g\n",
-                            when, p.name, (long long)k, (double)p.grad[k], fd);
+                    fprintf(stderr, "  %s: %s[%lld]: analytic %.6g, finite difference %.6g\n", when,
+                            p.name, (long long)k, (double)p.grad[k], fd);
                 bad++;
             }
             emax = fmax(emax, err);
@@ -191,7 +195,9 @@ static int self_check(mha_ctx *ctx, uint64_t seed) {
     demo_model *m = NULL;
     mha_status st = demo_model_create(ctx, &cfg, &m);
     if (st != MHA_OK) return cli_fail_lib(ctx, "demo: model");
-    enum { B = 4 };
+    enum {
+        B = 4
+    };
     int32_t tok[B * DEMO_LEN], tgt[B * DEMO_LEN];
     int32_t btok[DEMO_BATCH * DEMO_LEN], btgt[DEMO_BATCH * DEMO_LEN];
     for (int b = 0; b < B; b++)
@@ -203,8 +209,8 @@ static int self_check(mha_ctx *ctx, uint64_t seed) {
     /* Again after some training, when the attention is no longer uniform. */
     for (int64_t step = 1; rc == 0 && step <= 8; step++) {
         for (int b = 0; b < DEMO_BATCH; b++)
-            demo_sequence(seed, STREAM_TRAIN, (uint64_t)((step - 1) * DEMO_BATCH + b), 0,
-                          cfg.vocab, cfg.len, btok + b * DEMO_LEN, btgt + b * DEMO_LEN);
+            demo_sequence(seed, STREAM_TRAIN, (uint64_t)((step - 1) * DEMO_BATCH + b), 0, cfg.vocab,
+                          cfg.len, btok + b * DEMO_LEN, btgt + b * DEMO_LEN);
         demo_model_zero_grad(m);
         st = demo_model_loss(ctx, m, DEMO_BATCH, btok, btgt, 1, NULL, NULL);
         if (st != MHA_OK) rc = cli_fail_lib(ctx, "demo: training");
@@ -220,7 +226,14 @@ static int self_check(mha_ctx *ctx, uint64_t seed) {
  * The demo: set up (model, directory, outputs declared), train, evaluate, show the heads, write
  * the files (all or none)
  * ------------------------------------------------------------------------------------------- */
-enum { OUT_SVG, OUT_PNG, OUT_HTML, OUT_LAYER, OUT_EXAMPLE, OUT_N };
+enum {
+    OUT_SVG,
+    OUT_PNG,
+    OUT_HTML,
+    OUT_LAYER,
+    OUT_EXAMPLE,
+    OUT_N
+};
 static const char *const out_names[OUT_N] = {"attention.svg", "attention.png", "attention.html",
                                              "layer.safetensors", "example.npy"};
 
@@ -234,7 +247,7 @@ typedef struct {
     char out_path[OUT_N][4200];
     int64_t steps, step; /* the budget, the steps taken */
     double loss, val, acc;
-    int32_t ex[DEMO_LEN], ext[DEMO_LEN];   /* the held-out example and its target */
+    int32_t ex[DEMO_LEN], ext[DEMO_LEN];       /* the held-out example and its target */
     float w[DEMO_HEADS * DEMO_LEN * DEMO_LEN]; /* its attention, [H, L, L] */
 } demo_run;
 
@@ -267,9 +280,9 @@ static int demo_setup(demo_run *r, const char *out_dir) {
     for (int f = 0; f < OUT_N; f++) {
         snprintf(r->out_path[f], sizeof r->out_path[f], "%s%s%s", out_dir, sep, out_names[f]);
         r->out_index[f] = -1;
-        int rc = f == OUT_PNG && !png ? 0
-                                      : cli_outputs_add(&r->outs, "--out-dir", r->out_path[f],
-                                                        &r->out_index[f]);
+        int rc = f == OUT_PNG && !png
+                     ? 0
+                     : cli_outputs_add(&r->outs, "--out-dir", r->out_path[f], &r->out_index[f]);
         if (rc) return rc;
     }
     return 0;
@@ -309,8 +322,7 @@ static int demo_train(demo_run *r) {
             progress(step, r->steps, r->loss, r->val, t0, 0);
             last_bar = cli_now_s();
         }
-        if (step % DEMO_EVAL_EVERY == 0 && step >= DEMO_MIN_STEPS && r->val >= DEMO_STOP_ACC)
-            break;
+        if (step % DEMO_EVAL_EVERY == 0 && step >= DEMO_MIN_STEPS && r->val >= DEMO_STOP_ACC) break;
     }
     if (bar) {
         if (r->step > 0) progress(r->step, r->steps, r->loss, r->val, t0, 1);
@@ -414,8 +426,9 @@ static int demo_write(demo_run *r, const mha_viz_opts *vo) {
     if (!rc) rc = cli_outputs_commit(r->ctx, &r->outs);
     for (int f = 0; f < OUT_N && !rc; f++) {
         if (r->out_index[f] >= 0) printf("wrote %s\n", r->out_path[f]);
-        else printf("skipped %s: this build has no PNG support (libpng was not found)\n",
-                    r->out_path[f]);
+        else
+            printf("skipped %s: this build has no PNG support (libpng was not found)\n",
+                   r->out_path[f]);
     }
     return rc;
 }
@@ -432,8 +445,8 @@ static int run_demo(mha_ctx *ctx, uint64_t seed, int64_t steps, const char *out_
                r->cfg.heads, r->cfg.embed, r->cfg.len);
         printf("  model: token + position embeddings -> multi-head attention -> linear readout\n");
         printf("  training: from random initialization (seed %llu), Adam lr %g, batch %d, "
-               "attention dropout %g\n", (unsigned long long)seed, (double)r->cfg.lr, DEMO_BATCH,
-               (double)r->cfg.dropout);
+               "attention dropout %g\n",
+               (unsigned long long)seed, (double)r->cfg.lr, DEMO_BATCH, (double)r->cfg.dropout);
         fflush(stdout);
         rc = demo_train(r);
     }
@@ -441,8 +454,8 @@ static int run_demo(mha_ctx *ctx, uint64_t seed, int64_t steps, const char *out_
     if (!rc) {
         /* Labels: the example's digits; titles: head 0, head 1, ... */
         const int L = r->cfg.len, H = r->cfg.heads;
-        char labels[DEMO_LEN][4], titles[DEMO_HEADS][16], input[2 * DEMO_LEN],
-            output[2 * DEMO_LEN], title[128];
+        char labels[DEMO_LEN][4], titles[DEMO_HEADS][16], input[2 * DEMO_LEN], output[2 * DEMO_LEN],
+            title[128];
         const char *lab[DEMO_LEN], *tit[DEMO_HEADS];
         for (int i = 0; i < L; i++) {
             snprintf(labels[i], sizeof labels[i], "%d", (int)r->ex[i]);
@@ -480,7 +493,7 @@ int mha_cmd_demo(int argc, char **argv) {
     const char *out_dir = "mha-demo";
     int check = 0;
     cli_opt opts[] = {
-        {"--seed", CLI_OPT_INT, &seed, 0},       {"--steps", CLI_OPT_INT, &steps, 0},
+        {"--seed", CLI_OPT_INT, &seed, 0},          {"--steps", CLI_OPT_INT, &steps, 0},
         {"--out-dir", CLI_OPT_STRING, &out_dir, 0}, {"--threads", CLI_OPT_INT, &threads, 0},
         {"--self-check", CLI_OPT_FLAG, &check, 0},
     };

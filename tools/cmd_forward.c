@@ -31,23 +31,25 @@ static void print_help(FILE *f, int backward) {
               "Runs the forward of torch.nn.MultiheadAttention(batch_first=True), then its\n"
               "backward with the output gradient DY, and writes every gradient to G.\n",
               f);
-    fputs("\nrequired:\n"
-          "  --weights W.safetensors  the layer's state_dict (in_proj_weight or q/k/v_proj_weight,\n"
-          "                           in_proj_bias, out_proj.weight, out_proj.bias): E, kdim, vdim\n"
-          "                           and bias are read from the tensors' shapes\n"
-          "  --heads H                number of heads (E divisible by H); optional when W\n"
-          "                           records it (files saved by mha do), and then it must agree\n"
-          "  --query Q.npy            float32 [B, L, E] (batch first), or unbatched [L, E]\n",
-          f);
+    fputs(
+        "\nrequired:\n"
+        "  --weights W.safetensors  the layer's state_dict (in_proj_weight or q/k/v_proj_weight,\n"
+        "                           in_proj_bias, out_proj.weight, out_proj.bias): E, kdim, vdim\n"
+        "                           and bias are read from the tensors' shapes\n"
+        "  --heads H                number of heads (E divisible by H); optional when W\n"
+        "                           records it (files saved by mha do), and then it must agree\n"
+        "  --query Q.npy            float32 [B, L, E] (batch first), or unbatched [L, E]\n",
+        f);
     if (!backward)
         fputs("  --out Y.npy              where to write the output, float32 [B, L, E]\n", f);
     else
-        fputs("  --grad-out DY.npy        gradient of the output, float32 [B, L, E] (as the query)\n"
-              "  --grads-out G.safetensors  where to write the gradients: \"query\" (for\n"
-              "                           self-attention the whole input gradient), \"key\" and\n"
-              "                           \"value\" when they were given, and one per parameter\n"
-              "                           under the parameter's own name (in_proj_weight, ...)\n",
-              f);
+        fputs(
+            "  --grad-out DY.npy        gradient of the output, float32 [B, L, E] (as the query)\n"
+            "  --grads-out G.safetensors  where to write the gradients: \"query\" (for\n"
+            "                           self-attention the whole input gradient), \"key\" and\n"
+            "                           \"value\" when they were given, and one per parameter\n"
+            "                           under the parameter's own name (in_proj_weight, ...)\n",
+            f);
     fputs("\ninputs (optional):\n"
           "  --key K.npy              float32 [B, S, kdim] or [S, kdim]; needs --value\n"
           "  --value V.npy            float32 [B, S, vdim] or [S, vdim]; needs --key\n"

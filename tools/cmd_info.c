@@ -11,26 +11,26 @@
 #include <string.h>
 
 static void print_help(FILE *f) {
-    fputs("usage: mha info [--isa NAME] [--threads T]\n\n"
-          "Prints the version, the CPU features detected (CPUID and the OS-enabled register\n"
-          "state), which kernel paths this machine supports, the path chosen and why, the\n"
-          "kernels of that path that run (forward, backward, gemm) with their tile sizes, and\n"
-          "the thread count.\n\n"
-          "options:\n"
-          "  --isa NAME    show the path NAME (auto, generic, avx2, avx512) instead of the default\n"
-          "  --threads T   show the thread count T would give (0 = all cores)\n"
-          "  --help        this text\n\n"
-          "environment:\n"
-          "  MHA_ISA           forces a path for every context (an unsupported one is an error)\n"
-          "  OMP_NUM_THREADS   the default thread count\n",
-          f);
+    fputs(
+        "usage: mha info [--isa NAME] [--threads T]\n\n"
+        "Prints the version, the CPU features detected (CPUID and the OS-enabled register\n"
+        "state), which kernel paths this machine supports, the path chosen and why, the\n"
+        "kernels of that path that run (forward, backward, gemm) with their tile sizes, and\n"
+        "the thread count.\n\n"
+        "options:\n"
+        "  --isa NAME    show the path NAME (auto, generic, avx2, avx512) instead of the default\n"
+        "  --threads T   show the thread count T would give (0 = all cores)\n"
+        "  --help        this text\n\n"
+        "environment:\n"
+        "  MHA_ISA           forces a path for every context (an unsupported one is an error)\n"
+        "  OMP_NUM_THREADS   the default thread count\n",
+        f);
 }
 
 int mha_cmd_info(int argc, char **argv) {
     const char *isa = NULL;
     long long threads = 0;
-    cli_opt opts[] = {{"--isa", CLI_OPT_STRING, &isa, 0},
-                      {"--threads", CLI_OPT_INT, &threads, 0}};
+    cli_opt opts[] = {{"--isa", CLI_OPT_STRING, &isa, 0}, {"--threads", CLI_OPT_INT, &threads, 0}};
     int rc = cli_parse(argc, argv, opts, 2);
     if (rc == CLI_HELP) {
         print_help(stdout);
@@ -55,8 +55,9 @@ int mha_cmd_info(int argc, char **argv) {
     if (isa && strcmp(isa, "auto") != 0) snprintf(why, sizeof why, "forced by --isa %.40s", isa);
     else if (!isa && env && *env) snprintf(why, sizeof why, "forced by $MHA_ISA=%.40s", env);
     else {
-        size_t w = (size_t)snprintf(why, sizeof why, "auto: the best path this build and cpu/os "
-                                                     "support");
+        size_t w = (size_t)snprintf(why, sizeof why,
+                                    "auto: the best path this build and cpu/os "
+                                    "support");
         for (int i = MHA_ISA_AVX512; i > (int)mha_ctx_isa(ctx) && w < sizeof why; i--)
             w += (size_t)snprintf(why + w, sizeof why - w, "; %s is not", mha_isa_name(i));
     }
@@ -66,8 +67,9 @@ int mha_cmd_info(int argc, char **argv) {
     mha_ctx_describe(ctx, desc, sizeof desc);
     fputs(desc, stdout);
     printf("threads: %d%s\n", mha_ctx_threads(ctx),
-           opts[1].seen ? " (--threads)" : getenv("OMP_NUM_THREADS") ? " ($OMP_NUM_THREADS)"
-                                                                     : " (all cores)");
+           opts[1].seen                ? " (--threads)"
+           : getenv("OMP_NUM_THREADS") ? " ($OMP_NUM_THREADS)"
+                                       : " (all cores)");
     mha_ctx_free(ctx);
     return CLI_EXIT_OK;
 }

@@ -83,8 +83,12 @@ static void tokens_free(tokens *t) {
 }
 
 static const char *file_kind(mode_t m) {
-    return S_ISDIR(m) ? "directory" : S_ISFIFO(m) ? "FIFO" : S_ISCHR(m) ? "character device"
-         : S_ISBLK(m) ? "block device" : S_ISSOCK(m) ? "socket" : "special file";
+    return S_ISDIR(m)    ? "directory"
+           : S_ISFIFO(m) ? "FIFO"
+           : S_ISCHR(m)  ? "character device"
+           : S_ISBLK(m)  ? "block device"
+           : S_ISSOCK(m) ? "socket"
+                         : "special file";
 }
 
 /* Reads the whole of path (a regular file of at most TOKENS_MAX_BYTES) into *text, NUL
@@ -98,14 +102,13 @@ static int tokens_read(const char *opt, const char *path, char **text, size_t *l
     if (fd < 0) return cli_fail("%s: cannot open %s: %s", opt, path, strerror(errno));
     struct stat sb;
     int rc = 0;
-    if (fstat(fd, &sb) != 0)
-        rc = cli_fail("%s: cannot stat %s: %s", opt, path, strerror(errno));
+    if (fstat(fd, &sb) != 0) rc = cli_fail("%s: cannot stat %s: %s", opt, path, strerror(errno));
     else if (!S_ISREG(sb.st_mode))
-        rc = cli_fail("%s: %s: got a %s, expected a regular file (one token per line)", opt,
-                      path, file_kind(sb.st_mode));
+        rc = cli_fail("%s: %s: got a %s, expected a regular file (one token per line)", opt, path,
+                      file_kind(sb.st_mode));
     else if ((uint64_t)sb.st_size > TOKENS_MAX_BYTES)
-        rc = cli_fail("%s: %s: got %lld bytes, expected at most %zu MiB (one token per line)",
-                      opt, path, (long long)sb.st_size, TOKENS_MAX_BYTES >> 20);
+        rc = cli_fail("%s: %s: got %lld bytes, expected at most %zu MiB (one token per line)", opt,
+                      path, (long long)sb.st_size, TOKENS_MAX_BYTES >> 20);
     size_t size = rc ? 0 : (size_t)sb.st_size, n = 0;
     char *p = rc ? NULL : malloc(size + 1);
     if (!rc && !p) rc = cli_fail("%s: out of memory reading %s", opt, path);
@@ -165,12 +168,19 @@ static int tokens_load(const char *opt, const char *path, int64_t want, const ch
 }
 
 /* The output formats, and the file extensions that name them (compared ignoring case). */
-typedef enum { F_TERM, F_SVG, F_PNG, F_HTML, F_COUNT } viz_format;
+typedef enum {
+    F_TERM,
+    F_SVG,
+    F_PNG,
+    F_HTML,
+    F_COUNT
+} viz_format;
 static const struct {
     const char *name, *ext[2];
-} formats[F_COUNT] = {
-    {"term", {".txt", NULL}}, {"svg", {".svg", NULL}}, {"png", {".png", NULL}},
-    {"html", {".html", ".htm"}}};
+} formats[F_COUNT] = {{"term", {".txt", NULL}},
+                      {"svg", {".svg", NULL}},
+                      {"png", {".png", NULL}},
+                      {"html", {".html", ".htm"}}};
 
 /* The format whose extension path ends with, or F_COUNT. */
 static viz_format format_of_path(const char *path) {
@@ -204,10 +214,13 @@ static int choose_format(const char *format, const char *out, viz_format *fmt) {
     if (by_ext == F_COUNT)
         return cli_usage_error("the extension names the format, e.g. --out attention.png",
                                "--out: got \"%s\", expected a name ending in .txt (term), .svg, "
-                               ".png, .html or .htm", out);
+                               ".png, .html or .htm",
+                               out);
     if (format && by_ext != *fmt)
-        return cli_usage_error(NULL, "--out: got \"%s\", expected a name ending in %s "
-                               "(--format %s)", out, formats[*fmt].ext[0], format);
+        return cli_usage_error(NULL,
+                               "--out: got \"%s\", expected a name ending in %s "
+                               "(--format %s)",
+                               out, formats[*fmt].ext[0], format);
     *fmt = by_ext;
     return 0;
 }
@@ -228,23 +241,16 @@ static void run_free(run_state *r) {
 }
 
 int mha_cmd_viz(int argc, char **argv) {
-    const char *tok = NULL, *ktok = NULL, *format = NULL, *out = NULL, *color = NULL,
-               *title = NULL;
+    const char *tok = NULL, *ktok = NULL, *format = NULL, *out = NULL, *color = NULL, *title = NULL;
     long long head = 0, batch = 0, width = 0, cell_px = 0;
     int average = 0, all = 0, ascii = 0;
     cli_opt opts[] = {
-        {"--tokens", CLI_OPT_STRING, &tok, 0},
-        {"--key-tokens", CLI_OPT_STRING, &ktok, 0},
-        {"--head", CLI_OPT_INT, &head, 0},
-        {"--average", CLI_OPT_FLAG, &average, 0},
-        {"--all", CLI_OPT_FLAG, &all, 0},
-        {"--batch", CLI_OPT_INT, &batch, 0},
-        {"--format", CLI_OPT_STRING, &format, 0},
-        {"--out", CLI_OPT_STRING, &out, 0},
-        {"--color", CLI_OPT_STRING, &color, 0},
-        {"--ascii", CLI_OPT_FLAG, &ascii, 0},
-        {"--width", CLI_OPT_INT, &width, 0},
-        {"--cell-px", CLI_OPT_INT, &cell_px, 0},
+        {"--tokens", CLI_OPT_STRING, &tok, 0},    {"--key-tokens", CLI_OPT_STRING, &ktok, 0},
+        {"--head", CLI_OPT_INT, &head, 0},        {"--average", CLI_OPT_FLAG, &average, 0},
+        {"--all", CLI_OPT_FLAG, &all, 0},         {"--batch", CLI_OPT_INT, &batch, 0},
+        {"--format", CLI_OPT_STRING, &format, 0}, {"--out", CLI_OPT_STRING, &out, 0},
+        {"--color", CLI_OPT_STRING, &color, 0},   {"--ascii", CLI_OPT_FLAG, &ascii, 0},
+        {"--width", CLI_OPT_INT, &width, 0},      {"--cell-px", CLI_OPT_INT, &cell_px, 0},
         {"--title", CLI_OPT_STRING, &title, 0},
     };
     const int nopts = (int)(sizeof opts / sizeof opts[0]);
@@ -275,8 +281,7 @@ int mha_cmd_viz(int argc, char **argv) {
     if ((rc = choose_format(format, out, &fmt))) return rc;
     int use_color = 0;
     if (color && strcmp(color, "auto") && strcmp(color, "always") && strcmp(color, "never"))
-        return cli_usage_error("--color takes auto, always or never",
-                               "--color: got \"%s\"", color);
+        return cli_usage_error("--color takes auto, always or never", "--color: got \"%s\"", color);
     if (ascii && color && !strcmp(color, "always"))
         return cli_usage_error(NULL, "--ascii and --color always exclude each other");
     if (color && !strcmp(color, "always")) use_color = 1;
@@ -321,8 +326,9 @@ int mha_cmd_viz(int argc, char **argv) {
     if (tok) vo.query_tokens = (const char *const *)r.qt.tok;
     if (ktok) vo.key_tokens = (const char *const *)r.kt.tok;
     vo.title = title;
-    vo.term_mode = ascii ? MHA_VIZ_TERM_ASCII : use_color ? MHA_VIZ_TERM_COLOR
-                                                          : MHA_VIZ_TERM_UNICODE;
+    vo.term_mode = ascii       ? MHA_VIZ_TERM_ASCII
+                   : use_color ? MHA_VIZ_TERM_COLOR
+                               : MHA_VIZ_TERM_UNICODE;
     vo.width = cli_term_width(width);
     vo.cell_px = (int)cell_px;
     const float *w = (const float *)r.weights.data + (size_t)batch * (size_t)(H * L * S);

@@ -8,7 +8,13 @@
 #include <stdlib.h>
 #include <string.h>
 
-enum { P_TOK, P_POS, P_RW, P_RB, P_OWN }; /* our own parameters; the module's follow */
+enum {
+    P_TOK,
+    P_POS,
+    P_RW,
+    P_RB,
+    P_OWN
+}; /* our own parameters; the module's follow */
 #define DEMO_MAX_PARAMS 16
 
 struct demo_model {
@@ -17,7 +23,7 @@ struct demo_model {
     int nparams;
     demo_param p[DEMO_MAX_PARAMS];
     float *adam_m[DEMO_MAX_PARAMS], *adam_v[DEMO_MAX_PARAMS];
-    float *own;         /* values and grads of our own parameters */
+    float *own;                      /* values and grads of our own parameters */
     float *x, *y, *dy, *dx, *logits; /* activations, sized for max_batch */
 };
 

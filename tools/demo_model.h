@@ -21,15 +21,15 @@
 #include <stdint.h>
 
 typedef struct {
-    int vocab;       /* V: digits 0 .. V-1 */
-    int len;         /* L: sequence length */
-    int embed;       /* E */
-    int heads;       /* H, E % H == 0 */
-    int max_batch;   /* the largest B passed to demo_model_loss */
-    float lr;        /* Adam */
+    int vocab;     /* V: digits 0 .. V-1 */
+    int len;       /* L: sequence length */
+    int embed;     /* E */
+    int heads;     /* H, E % H == 0 */
+    int max_batch; /* the largest B passed to demo_model_loss */
+    float lr;      /* Adam */
     float beta1, beta2, eps;
-    float dropout;   /* attention dropout while training (demo_model_loss with backward) */
-    uint64_t seed;   /* initialization (the data streams take the seed separately) */
+    float dropout; /* attention dropout while training (demo_model_loss with backward) */
+    uint64_t seed; /* initialization (the data streams take the seed separately) */
 } demo_config;
 
 demo_config demo_config_default(void);
@@ -73,7 +73,6 @@ const mha_module *demo_model_attn(const demo_model *m);
 mha_status demo_model_embed(const demo_model *m, const int32_t *tokens, float *x);
 
 /* Per-head attention weights of one sequence: weights [H, L, L] (row i: query position i). */
-mha_status demo_model_attention(mha_ctx *ctx, demo_model *m, const int32_t *tokens,
-                                float *weights);
+mha_status demo_model_attention(mha_ctx *ctx, demo_model *m, const int32_t *tokens, float *weights);
 
 #endif

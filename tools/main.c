@@ -18,9 +18,11 @@ static const struct {
 };
 
 static void usage(FILE *f) {
-    fprintf(f, "mha %s - multi-head attention with PyTorch-exact results\n\n"
-               "usage: mha <command> [options]    (mha <command> --help for its options)\n\n"
-               "commands:\n", MHA_VERSION_STRING);
+    fprintf(f,
+            "mha %s - multi-head attention with PyTorch-exact results\n\n"
+            "usage: mha <command> [options]    (mha <command> --help for its options)\n\n"
+            "commands:\n",
+            MHA_VERSION_STRING);
     for (size_t i = 0; i < sizeof commands / sizeof commands[0]; i++)
         fprintf(f, "  %-9s %s\n", commands[i].name, commands[i].help);
     fprintf(f, "\nexample:\n  mha forward --weights layer.safetensors --heads 8 --query x.npy "
@@ -30,7 +32,8 @@ static void usage(FILE *f) {
 int main(int argc, char **argv) {
     if (argc < 2) { /* an error like any other: one line, and a hint */
         fputs("mha: error: no command given (forward, backward, viz, demo, bench or info)\n"
-              "hint: mha --help lists the commands\n", stderr);
+              "hint: mha --help lists the commands\n",
+              stderr);
         return 1;
     }
     if (!strcmp(argv[1], "--help") || !strcmp(argv[1], "-h") || !strcmp(argv[1], "help")) {

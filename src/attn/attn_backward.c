@@ -93,10 +93,10 @@ typedef struct {
     const mha_tensor *q, *k, *v, *out, *lse, *dout;
     mha_tensor *dq, *dk, *dv;
     int64_t BR, BC, nqt, nkt;
-    int NC;                                  /* key chunks per head */
-    int64_t cstart[MAX_CHUNKS + 1];          /* chunk c: key tiles [cstart[c], cstart[c + 1]) */
-    int64_t cfirst[MAX_CHUNKS];              /* the first query tile chunk c touches */
-    int64_t G;                               /* heads per group (the partials' size) */
+    int NC;                         /* key chunks per head */
+    int64_t cstart[MAX_CHUNKS + 1]; /* chunk c: key tiles [cstart[c], cstart[c + 1]) */
+    int64_t cfirst[MAX_CHUNKS];     /* the first query tile chunk c touches */
+    int64_t G;                      /* heads per group (the partials' size) */
     int nt;
     mha__plan plan; /* one bwd_ws */
 } bwd_call;
@@ -122,18 +122,17 @@ typedef struct {
 typedef struct {
     int64_t b, h, bh;
     int ch;
-    float *dqc;         /* its dq contribution: dq itself (ch 0) or its partial */
+    float *dqc; /* its dq contribution: dq itself (ch 0) or its partial */
     int64_t lddqc;
-    const float *lrow;  /* lse of the head, row i at i * lse->stride[2] */
-    const float *drow;  /* Drow of the head [L] */
+    const float *lrow; /* lse of the head, row i at i * lse->stride[2] */
+    const float *drow; /* Drow of the head [L] */
     mha__attn_dropout dr;
 } bwd_task;
 
 static mha_status bwd_check(mha_ctx *ctx, const mha_attn_params *p, const mha_tensor *q,
                             const mha_tensor *k, const mha_tensor *v, const mha_mask *mask,
-                            const mha_tensor *out, const mha_tensor *lse,
-                            const mha_tensor *dout, mha_tensor *dq, mha_tensor *dk,
-                            mha_tensor *dv, bwd_call *c) {
+                            const mha_tensor *out, const mha_tensor *lse, const mha_tensor *dout,
+                            mha_tensor *dq, mha_tensor *dk, mha_tensor *dv, bwd_call *c) {
     mha__attn_problem *pr = &c->pr;
     mha_status st = mha__attn_check_inputs(ctx, FN, p, q, k, v, mask, pr);
     if (st) return st;
@@ -235,12 +234,10 @@ static void bwd_pair(const bwd_call *c, const bwd_task *t, const bwd_tiles *w, i
             for (int64_t x = bcw; x < bc; x++) w->W[r * BC + x] = 0.0f, dP[r * BC + x] = 0.0f;
         W = w->W;
     }
-    kern->attn_ptv(br, bc, Dv, W, BC, gtile, ldg, mha__attn_row(c->dv, b, h, j0),
-                   c->dv->stride[2]);
+    kern->attn_ptv(br, bc, Dv, W, BC, gtile, ldg, mha__attn_row(c->dv, b, h, j0), c->dv->stride[2]);
     /* dS = scale * P * (dP - Drow), in place over dP */
     kern->attn_dsoftmax(br, bc, P, BC, dP, BC, t->drow + i0, pr->scale);
-    kern->attn_ptv(br, bc, D, dP, BC, qtile, ldq, mha__attn_row(c->dk, b, h, j0),
-                   c->dk->stride[2]);
+    kern->attn_ptv(br, bc, D, dP, BC, qtile, ldq, mha__attn_row(c->dk, b, h, j0), c->dk->stride[2]);
     kern->attn_pv(br, bc, D, dP, BC, ktile, ldk, NULL, t->dqc + i0 * t->lddqc, t->lddqc);
 }
 
@@ -292,9 +289,8 @@ static void bwd_sum(const bwd_call *c, const bwd_ws *ws, int64_t g0, int64_t tas
 
 mha_status mha_attn_backward(mha_ctx *ctx, const mha_attn_params *p, const mha_tensor *q,
                              const mha_tensor *k, const mha_tensor *v, const mha_mask *mask,
-                             const mha_tensor *out, const mha_tensor *lse,
-                             const mha_tensor *dout, mha_tensor *dq, mha_tensor *dk,
-                             mha_tensor *dv) {
+                             const mha_tensor *out, const mha_tensor *lse, const mha_tensor *dout,
+                             mha_tensor *dq, mha_tensor *dk, mha_tensor *dv) {
     mha__clear(ctx);
     bwd_call c;
     mha_status st = bwd_check(ctx, p, q, k, v, mask, out, lse, dout, dq, dk, dv, &c);
@@ -313,8 +309,8 @@ mha_status mha_attn_backward(mha_ctx *ctx, const mha_attn_params *p, const mha_t
 #ifdef _OPENMP
         tid = omp_get_thread_num();
 #endif
-        bwd_tiles w = {ws.P + tid * T,       ws.dP + tid * T,   ws.W + tid * T,
-                       ws.lt + tid * c.BR,   ws.keep + tid * T, ws.qs + tid * c.BR * c.pr.D};
+        bwd_tiles w = {ws.P + tid * T,     ws.dP + tid * T,   ws.W + tid * T,
+                       ws.lt + tid * c.BR, ws.keep + tid * T, ws.qs + tid * c.BR * c.pr.D};
 #pragma omp for schedule(static)
         for (int64_t task = 0; task < BH * c.nqt; task++) bwd_drow(&c, &ws, task);
         for (int64_t g0 = 0; g0 < BH; g0 += c.G) {

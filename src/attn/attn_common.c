@@ -46,7 +46,8 @@ mha_status mha__attn_check_mask(mha_ctx *ctx, const char *fn, const mha_mask *m,
         m->causal != MHA_CAUSAL_BOTTOM_RIGHT)
         return mha__err(ctx, MHA_ERR_INVALID_ARG,
                         "%s: mask->causal: got %d, expected MHA_CAUSAL_NONE, _TOP_LEFT or "
-                        "_BOTTOM_RIGHT", fn, (int)m->causal);
+                        "_BOTTOM_RIGHT",
+                        fn, (int)m->causal);
     if (m->attn_batched != 0 && m->attn_batched != 1)
         return mha__err(ctx, MHA_ERR_INVALID_ARG,
                         "%s: mask->attn_batched: got %d, expected 0 ([L, S]) or 1 ([B*H, L, S])",
@@ -56,8 +57,8 @@ mha_status mha__attn_check_mask(mha_ctx *ctx, const char *fn, const mha_mask *m,
             if (m->key_lengths[b] < 0 || m->key_lengths[b] > S)
                 return mha__err(ctx, MHA_ERR_INVALID_ARG,
                                 "%s: mask->key_lengths[%lld]: got %d, expected a value in "
-                                "[0, %lld] (key length S)", fn, (long long)b,
-                                (int)m->key_lengths[b], (long long)S);
+                                "[0, %lld] (key length S)",
+                                fn, (long long)b, (int)m->key_lengths[b], (long long)S);
     return MHA_OK;
 }
 
@@ -70,7 +71,8 @@ mha_status mha__attn_check_aliases(mha_ctx *ctx, const char *fn, const mha__attn
             if (outs[o].t && x->t && mha__tensors_overlap(outs[o].t, x->t))
                 return mha__err(ctx, MHA_ERR_INVALID_ARG,
                                 "%s: %s overlaps %s (outputs must not share memory with inputs "
-                                "or other outputs)", fn, outs[o].name, x->name);
+                                "or other outputs)",
+                                fn, outs[o].name, x->name);
         }
     }
     return MHA_OK;
@@ -101,16 +103,16 @@ mha_status mha__attn_check_inputs(mha_ctx *ctx, const char *fn, const mha_attn_p
     static const char *const kwhy[4] = {"q batch", "q heads", "", "q head dim"};
     for (int d = 0; d < 4; d++)
         if (wk[d] >= 0 && k->shape[d] != wk[d])
-            return mha__err(ctx, MHA_ERR_SHAPE, "%s: k.shape[%d]: got %lld, expected %lld (%s)",
-                            fn, d, (long long)k->shape[d], (long long)wk[d], kwhy[d]);
+            return mha__err(ctx, MHA_ERR_SHAPE, "%s: k.shape[%d]: got %lld, expected %lld (%s)", fn,
+                            d, (long long)k->shape[d], (long long)wk[d], kwhy[d]);
     int64_t S = k->shape[2];
     if ((st = mha__check_tensor(ctx, fn, "v", v, 4, NULL, "[B, H, S, Dv]"))) return st;
     int64_t wv[3] = {B, H, S};
     static const char *const vwhy[3] = {"q batch", "q heads", "k length"};
     for (int d = 0; d < 3; d++)
         if (v->shape[d] != wv[d])
-            return mha__err(ctx, MHA_ERR_SHAPE, "%s: v.shape[%d]: got %lld, expected %lld (%s)",
-                            fn, d, (long long)v->shape[d], (long long)wv[d], vwhy[d]);
+            return mha__err(ctx, MHA_ERR_SHAPE, "%s: v.shape[%d]: got %lld, expected %lld (%s)", fn,
+                            d, (long long)v->shape[d], (long long)wv[d], vwhy[d]);
     pr->B = B, pr->H = H, pr->L = L, pr->S = S, pr->D = D, pr->Dv = v->shape[3];
     pr->scale = p->scale != 0 ? p->scale : (float)(1.0 / sqrt((double)D));
     pr->dropout_p = p->dropout_p;

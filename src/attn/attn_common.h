@@ -25,10 +25,10 @@
 /* A validated problem: sizes, resolved scale and dropout, and the masks (never NULL). */
 typedef struct {
     int64_t B, H, L, S, D, Dv;
-    float scale;          /* p->scale, or 1/sqrt(D) */
-    float dropout_p;      /* 0: no dropout */
-    float keep_scale;     /* 1 / (1 - dropout_p) */
-    uint64_t drop_thr;    /* keep iff philox word >= drop_thr */
+    float scale;       /* p->scale, or 1/sqrt(D) */
+    float dropout_p;   /* 0: no dropout */
+    float keep_scale;  /* 1 / (1 - dropout_p) */
+    uint64_t drop_thr; /* keep iff philox word >= drop_thr */
     uint64_t seed, offset;
     mha_mask mask;        /* a copy; mha_mask_default() when the caller passed NULL */
     int64_t causal_shift; /* causal: key j allowed iff j <= i + causal_shift */
@@ -103,8 +103,7 @@ static inline const uint8_t *mha__attn_bool_row(const mha__attn_problem *pr, int
                                                 int64_t i) {
     return pr->mask.attn_bool ? pr->mask.attn_bool + mha__attn_mask_offset(pr, bh, i) : NULL;
 }
-static inline const float *mha__attn_float_row(const mha__attn_problem *pr, int64_t bh,
-                                               int64_t i) {
+static inline const float *mha__attn_float_row(const mha__attn_problem *pr, int64_t bh, int64_t i) {
     return pr->mask.attn_float ? pr->mask.attn_float + mha__attn_mask_offset(pr, bh, i) : NULL;
 }
 
@@ -113,8 +112,7 @@ static inline const float *mha__attn_float_row(const mha__attn_problem *pr, int6
 static inline void mha__attn_tile_mask_make(const mha__attn_problem *pr, int64_t b, int64_t bh,
                                             int64_t i0, int64_t j0, mha__attn_tile_mask *mk) {
     mk->col_end = (pr->mask.key_lengths ? pr->mask.key_lengths[b] : pr->S) - j0;
-    mk->diag = pr->mask.causal != MHA_CAUSAL_NONE ? i0 + pr->causal_shift - j0
-                                                  : MHA__ATTN_NO_DIAG;
+    mk->diag = pr->mask.causal != MHA_CAUSAL_NONE ? i0 + pr->causal_shift - j0 : MHA__ATTN_NO_DIAG;
     mk->pad = pr->mask.key_padding ? pr->mask.key_padding + b * pr->S + j0 : NULL;
     mk->bmask = pr->mask.attn_bool ? mha__attn_bool_row(pr, bh, i0) + j0 : NULL;
     mk->fmask = pr->mask.attn_float ? mha__attn_float_row(pr, bh, i0) + j0 : NULL;

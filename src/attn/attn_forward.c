@@ -74,8 +74,7 @@ typedef struct {
 
 static mha_status fwd_check(mha_ctx *ctx, const mha_attn_params *p, const mha_tensor *q,
                             const mha_tensor *k, const mha_tensor *v, const mha_mask *mask,
-                            mha_tensor *out, mha_tensor *lse, mha_tensor *weights,
-                            fwd_call *c) {
+                            mha_tensor *out, mha_tensor *lse, mha_tensor *weights, fwd_call *c) {
     mha__attn_problem *pr = &c->pr;
     mha_status st = mha__attn_check_inputs(ctx, FN, p, q, k, v, mask, pr);
     if (st) return st;
@@ -83,8 +82,7 @@ static mha_status fwd_check(mha_ctx *ctx, const mha_attn_params *p, const mha_te
     if ((st = mha__check_tensor(ctx, FN, "out", out, 4, wo, "[B, H, L, Dv]"))) return st;
     int64_t wl[3] = {pr->B, pr->H, pr->L}, ww[4] = {pr->B, pr->H, pr->L, pr->S};
     if (lse && (st = mha__check_tensor(ctx, FN, "lse", lse, 3, wl, "[B, H, L]"))) return st;
-    if (weights &&
-        (st = mha__check_tensor(ctx, FN, "weights", weights, 4, ww, "[B, H, L, S]")))
+    if (weights && (st = mha__check_tensor(ctx, FN, "weights", weights, 4, ww, "[B, H, L, S]")))
         return st;
     const mha__attn_arg ins[3] = {{"q", q}, {"k", k}, {"v", v}};
     const mha__attn_arg outs[3] = {{"out", out}, {"lse", lse}, {"weights", weights}};
@@ -109,9 +107,8 @@ static void fwd_plan(mha_ctx *ctx, fwd_call *c) {
     int64_t cap = ((int64_t)1 << 22) / (c->BC * pr->D);
     c->nslot = c->nkt < cap ? c->nkt : cap;
     if (c->nslot < 1) c->nslot = 1;
-    const int64_t keep = pr->dropout_p > 0 ? (c->BR * c->BC > c->WR * c->WC ? c->BR * c->BC
-                                                                           : c->WR * c->WC)
-                                           : 0;
+    const int64_t keep =
+        pr->dropout_p > 0 ? (c->BR * c->BC > c->WR * c->WC ? c->BR * c->BC : c->WR * c->WC) : 0;
     mha__plan *pl = &c->plan;
     mha__plan_init(pl);
     MHA__PLAN_ADD(pl, fwd_ws, qs, sizeof(float), c->BR, pr->D);
@@ -149,15 +146,15 @@ static void fwd_rows(const fwd_call *c, const fwd_task *t, fwd_ws *w) {
             w->tag[slot] = t->bh * c->nkt + kt;
         }
         if (pr->dropout_p == 0) {
-            kern->attn_fwd(br, bc, D, Dv, 1.0f, w->qs, D, kpt, vr, ldv, &mk, w->m, w->l, w->acc,
-                           Dv, w->st, BC);
+            kern->attn_fwd(br, bc, D, Dv, 1.0f, w->qs, D, kpt, vr, ldv, &mk, w->m, w->l, w->acc, Dv,
+                           w->st, BC);
             continue;
         }
         /* keep decisions of the keys some row of the tile may use */
         int64_t bcw = mha__attn_tile_row_end(&mk, br - 1, bc);
         kern->attn_dropout(br, bcw, &t->dr, i0, j0, w->keep, BC);
-        kern->attn_fwd_drop(br, bc, D, Dv, 1.0f, w->qs, D, kpt, vr, ldv, &mk, w->m, w->l,
-                            w->acc, Dv, w->st, BC, w->keep, BC);
+        kern->attn_fwd_drop(br, bc, D, Dv, 1.0f, w->qs, D, kpt, vr, ldv, &mk, w->m, w->l, w->acc,
+                            Dv, w->st, BC, w->keep, BC);
     }
 }
 
@@ -202,8 +199,7 @@ static void fwd_weights(const fwd_call *c, const fwd_task *t, fwd_ws *w) {
             mha__attn_tile_mask mk;
             mha__attn_tile_mask_make(pr, t->b, t->bh, ir, j0, &mk);
             kern->attn_scores(wr, bc, D, 1.0f, w->qs + r0 * D, D,
-                              mha__attn_row(c->k, t->b, t->h, j0), c->k->stride[2], wt + j0,
-                              ldw);
+                              mha__attn_row(c->k, t->b, t->h, j0), c->k->stride[2], wt + j0, ldw);
             kern->attn_probs(wr, bc, wt + j0, ldw, &mk, w->lt + r0);
             if (pr->dropout_p == 0) continue;
             kern->attn_dropout(wr, bc, &t->dr, ir, j0, w->keep, WC);

@@ -50,9 +50,9 @@ void mha__gemm_ws_free(mha__gemm_ws *ws) {
     ws->cap = 0;
 }
 
-mha_status mha__gemm(mha_ctx *ctx, int ta, int tb, int64_t M, int64_t N, int64_t K,
-                     float alpha, const float *A, int64_t lda, const float *B, int64_t ldb,
-                     float beta, float *C, int64_t ldc) {
+mha_status mha__gemm(mha_ctx *ctx, int ta, int tb, int64_t M, int64_t N, int64_t K, float alpha,
+                     const float *A, int64_t lda, const float *B, int64_t ldb, float beta, float *C,
+                     int64_t ldc) {
     return mha__gemm_ex(ctx, NULL, ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, NULL, C, ldc);
 }
 
@@ -78,16 +78,20 @@ mha_status mha__gemm_ex(mha_ctx *ctx, mha__gemm_ws *ws, int ta, int tb, int64_t 
     size_t total;
     if (!mha__mul_size((size_t)(a_floats + b_floats), (size_t)nt, &total) ||
         !mha__mul_size(total, sizeof(float), &total))
-        return mha__err(ctx, MHA_ERR_NOMEM, "mha__gemm: workspace: size overflows (M %lld, "
-                        "N %lld, K %lld)", (long long)M, (long long)N, (long long)K);
+        return mha__err(ctx, MHA_ERR_NOMEM,
+                        "mha__gemm: workspace: size overflows (M %lld, "
+                        "N %lld, K %lld)",
+                        (long long)M, (long long)N, (long long)K);
     float *work;
     if (ws && ws->p && ws->cap >= total) {
         work = ws->p;
     } else {
         work = mha__malloc(total);
         if (!work)
-            return mha__err(ctx, MHA_ERR_NOMEM, "mha__gemm: workspace: could not allocate %zu "
-                            "bytes for the packed panels", total);
+            return mha__err(ctx, MHA_ERR_NOMEM,
+                            "mha__gemm: workspace: could not allocate %zu "
+                            "bytes for the packed panels",
+                            total);
         if (ws) {
             mha__free(ws->p);
             ws->p = work, ws->cap = total;
@@ -133,8 +137,8 @@ mha_status mha__gemm_ex(mha_ctx *ctx, mha__gemm_ws *ws, int ta, int tb, int64_t 
                                 for (int i = 0; i < m; i++)
                                     memcpy(ct + (ir + i) * ldc, bias + jc + jr,
                                            sizeof(float) * (size_t)n);
-                            kern->gemm_ukr(kb, ap + ir * kb, bt, alpha, bk, ct + ir * ldc, ldc,
-                                           m, n);
+                            kern->gemm_ukr(kb, ap + ir * kb, bt, alpha, bk, ct + ir * ldc, ldc, m,
+                                           n);
                         }
                     }
                 }
@@ -146,13 +150,15 @@ mha_status mha__gemm_ex(mha_ctx *ctx, mha__gemm_ws *ws, int ta, int tb, int64_t 
 }
 
 mha_status mha_sgemm(mha_ctx *ctx, int ta, int tb, int64_t M, int64_t N, int64_t K, float alpha,
-                     const float *A, int64_t lda, const float *B, int64_t ldb, float beta,
-                     float *C, int64_t ldc) {
+                     const float *A, int64_t lda, const float *B, int64_t ldb, float beta, float *C,
+                     int64_t ldc) {
     static const char *const FN = "mha_sgemm";
     mha__clear(ctx);
     if (M < 0 || N < 0 || K < 0)
-        return mha__err(ctx, MHA_ERR_INVALID_ARG, "%s: M, N, K: got %lld, %lld, %lld, expected "
-                        ">= 0", FN, (long long)M, (long long)N, (long long)K);
+        return mha__err(ctx, MHA_ERR_INVALID_ARG,
+                        "%s: M, N, K: got %lld, %lld, %lld, expected "
+                        ">= 0",
+                        FN, (long long)M, (long long)N, (long long)K);
     int64_t acols = ta ? M : K, bcols = tb ? K : N;
     if (lda < (acols > 1 ? acols : 1))
         return mha__err(ctx, MHA_ERR_INVALID_ARG, "%s: lda: got %lld, expected >= %lld (%s)", FN,

@@ -11,9 +11,9 @@
 
 #include "core/internal.h"
 
-mha_status mha__gemm(mha_ctx *ctx, int ta, int tb, int64_t M, int64_t N, int64_t K,
-                     float alpha, const float *A, int64_t lda, const float *B, int64_t ldb,
-                     float beta, float *C, int64_t ldc);
+mha_status mha__gemm(mha_ctx *ctx, int ta, int tb, int64_t M, int64_t N, int64_t K, float alpha,
+                     const float *A, int64_t lda, const float *B, int64_t ldb, float beta, float *C,
+                     int64_t ldc);
 
 /* A packing workspace kept between products (start from {0}): a caller that makes the same
  * products again and again (the module) saves an allocation and its page faults per call.

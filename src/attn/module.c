@@ -55,8 +55,7 @@ static mha_status alloc_n(mha_ctx *ctx, const char *fn, const char *what, void *
                           int64_t b, size_t es) {
     size_t n, bytes;
     *out = NULL;
-    if (a < 0 || b < 0 || !mha__mul_size((size_t)a, (size_t)b, &n) ||
-        !mha__mul_size(n, es, &bytes))
+    if (a < 0 || b < 0 || !mha__mul_size((size_t)a, (size_t)b, &n) || !mha__mul_size(n, es, &bytes))
         return mha__err(ctx, MHA_ERR_NOMEM, "%s: %s: size overflows (%lld x %lld elements)", fn,
                         what, (long long)a, (long long)b);
     *out = mha__malloc(bytes);
@@ -121,8 +120,7 @@ static void copy_view(const mha_tensor *t, float *buf, int to_view) {
 
 /* g[j] = sum_r A[r, j] over rows of A [rows, n] (row stride lda), summed in double in row
  * order: deterministic, independent of threads. acc: n doubles of workspace. */
-static void col_sums(float *g, const float *A, int64_t lda, int64_t rows, int64_t n,
-                     double *acc) {
+static void col_sums(float *g, const float *A, int64_t lda, int64_t rows, int64_t n, double *acc) {
     for (int64_t j = 0; j < n; j++) acc[j] = 0;
     for (int64_t r = 0; r < rows; r++)
         for (int64_t j = 0; j < n; j++) acc[j] += A[r * lda + j];
@@ -131,8 +129,7 @@ static void col_sums(float *g, const float *A, int64_t lda, int64_t rows, int64_
 
 /* A [B, H, R, D] view of head-interleaved rows: element (b, h, r, d) at
  * base[(b * R + r) * ld + h * D + d]. */
-static mha_tensor heads_view(float *base, int64_t B, int64_t H, int64_t R, int64_t D,
-                             int64_t ld) {
+static mha_tensor heads_view(float *base, int64_t B, int64_t H, int64_t R, int64_t D, int64_t ld) {
     int64_t shape[4] = {B, H, R, D}, stride[4] = {R * ld, D, ld, 1};
     return mha_tensor_strided(base, 4, shape, stride);
 }
@@ -156,17 +153,23 @@ static mha_status check_config(mha_ctx *ctx, const char *fn, const mha_config *c
     if (cfg->embed_dim % cfg->num_heads != 0)
         return mha__err(ctx, MHA_ERR_INVALID_ARG,
                         "%s: cfg->embed_dim: got %lld, expected a multiple of num_heads = %lld "
-                        "(embed_dim must be divisible by num_heads)", fn,
-                        (long long)cfg->embed_dim, (long long)cfg->num_heads);
+                        "(embed_dim must be divisible by num_heads)",
+                        fn, (long long)cfg->embed_dim, (long long)cfg->num_heads);
     if (cfg->kdim < 0)
-        return mha__err(ctx, MHA_ERR_INVALID_ARG, "%s: cfg->kdim: got %lld, expected >= 0 "
-                        "(0: embed_dim)", fn, (long long)cfg->kdim);
+        return mha__err(ctx, MHA_ERR_INVALID_ARG,
+                        "%s: cfg->kdim: got %lld, expected >= 0 "
+                        "(0: embed_dim)",
+                        fn, (long long)cfg->kdim);
     if (cfg->vdim < 0)
-        return mha__err(ctx, MHA_ERR_INVALID_ARG, "%s: cfg->vdim: got %lld, expected >= 0 "
-                        "(0: embed_dim)", fn, (long long)cfg->vdim);
+        return mha__err(ctx, MHA_ERR_INVALID_ARG,
+                        "%s: cfg->vdim: got %lld, expected >= 0 "
+                        "(0: embed_dim)",
+                        fn, (long long)cfg->vdim);
     if (!(cfg->dropout >= 0 && cfg->dropout < 1))
-        return mha__err(ctx, MHA_ERR_INVALID_ARG, "%s: cfg->dropout: got %g, expected a value in "
-                        "[0, 1)", fn, (double)cfg->dropout);
+        return mha__err(ctx, MHA_ERR_INVALID_ARG,
+                        "%s: cfg->dropout: got %g, expected a value in "
+                        "[0, 1)",
+                        fn, (double)cfg->dropout);
     return MHA_OK;
 }
 
@@ -206,11 +209,12 @@ static mha_status check_param_sizes(mha_ctx *ctx, const mha_config *cfg) {
     size_t n;
     int64_t mx = kd > vd ? kd : vd;
     if (E > (int64_t)(SIZE_MAX / sizeof(float)) / 3 || !mha__mul_size((size_t)E, 3, &n) ||
-        !mha__mul_size(n, (size_t)(mx > E ? mx : E), &n) ||
-        !mha__mul_size(n, sizeof(float), &n) || n > (size_t)INT64_MAX)
-        return mha__err(ctx, MHA_ERR_NOMEM, "%s: parameter size overflows (embed_dim = %lld, "
-                        "kdim = %lld, vdim = %lld)", FN_CREATE, (long long)E, (long long)kd,
-                        (long long)vd);
+        !mha__mul_size(n, (size_t)(mx > E ? mx : E), &n) || !mha__mul_size(n, sizeof(float), &n) ||
+        n > (size_t)INT64_MAX)
+        return mha__err(ctx, MHA_ERR_NOMEM,
+                        "%s: parameter size overflows (embed_dim = %lld, "
+                        "kdim = %lld, vdim = %lld)",
+                        FN_CREATE, (long long)E, (long long)kd, (long long)vd);
     return MHA_OK;
 }
 
@@ -286,11 +290,11 @@ static void init_params(mha_module *m) {
 mha_status mha_module_create(mha_ctx *ctx, const mha_config *cfg, mha_module **out) {
     mha__clear(ctx);
     mha_status st;
-    if (!out) return mha__err(ctx, MHA_ERR_INVALID_ARG, "%s: out: got NULL, expected a pointer",
-                              FN_CREATE);
+    if (!out)
+        return mha__err(ctx, MHA_ERR_INVALID_ARG, "%s: out: got NULL, expected a pointer",
+                        FN_CREATE);
     *out = NULL;
-    if ((st = check_config(ctx, FN_CREATE, cfg)) || (st = check_param_sizes(ctx, cfg)))
-        return st;
+    if ((st = check_config(ctx, FN_CREATE, cfg)) || (st = check_param_sizes(ctx, cfg))) return st;
     mha_module *m = mha__calloc(1, sizeof *m);
     if (!m) return mha__err(ctx, MHA_ERR_NOMEM, "%s: module: out of memory", FN_CREATE);
     m->cfg = *cfg;
@@ -338,10 +342,14 @@ const char *mha_module_param_name(const mha_module *m, int i) {
 mha_status mha_module_param(mha_ctx *ctx, mha_module *m, const char *name, mha_tensor *value,
                             mha_tensor *grad) {
     mha__clear(ctx);
-    if (!m) return mha__err(ctx, MHA_ERR_INVALID_ARG, "mha_module_param: m: got NULL, expected a "
-                            "module");
-    if (!name) return mha__err(ctx, MHA_ERR_INVALID_ARG, "mha_module_param: name: got NULL, "
-                               "expected a parameter name");
+    if (!m)
+        return mha__err(ctx, MHA_ERR_INVALID_ARG,
+                        "mha_module_param: m: got NULL, expected a "
+                        "module");
+    if (!name)
+        return mha__err(ctx, MHA_ERR_INVALID_ARG,
+                        "mha_module_param: name: got NULL, "
+                        "expected a parameter name");
     mha__param *p = mha__module_find_param(m, name);
     if (!p) {
         char names[256] = "";
@@ -349,8 +357,10 @@ mha_status mha_module_param(mha_ctx *ctx, mha_module *m, const char *name, mha_t
             size_t n = strlen(names);
             snprintf(names + n, sizeof names - n, "%s%s", i ? ", " : "", m->p[i].name);
         }
-        return mha__err(ctx, MHA_ERR_NOT_FOUND, "mha_module_param: name: got \"%s\", expected one "
-                        "of %s", name, names);
+        return mha__err(ctx, MHA_ERR_NOT_FOUND,
+                        "mha_module_param: name: got \"%s\", expected one "
+                        "of %s",
+                        name, names);
     }
     if (value) *value = mha_tensor_make(p->value, p->ndim, p->shape);
     if (grad) *grad = mha_tensor_make(p->grad, p->ndim, p->shape);
@@ -405,29 +415,38 @@ static mha_status fwd_check_inputs(mha_ctx *ctx, const mha_module *m, fwd_call *
     const mha_tensor *query = c->query, *key = c->key, *value = c->value;
     mha_status st;
     if (!isfinite(c->opts->scale))
-        return mha__err(ctx, MHA_ERR_INVALID_ARG, "%s: opts->scale: got %g, expected a finite "
-                        "value (0: 1/sqrt(E/H))", FN_FWD, (double)c->opts->scale);
-    if (!query) return mha__err(ctx, MHA_ERR_INVALID_ARG, "%s: query: got NULL, expected a "
-                                "[B, L, E] tensor", FN_FWD);
+        return mha__err(ctx, MHA_ERR_INVALID_ARG,
+                        "%s: opts->scale: got %g, expected a finite "
+                        "value (0: 1/sqrt(E/H))",
+                        FN_FWD, (double)c->opts->scale);
+    if (!query)
+        return mha__err(ctx, MHA_ERR_INVALID_ARG,
+                        "%s: query: got NULL, expected a "
+                        "[B, L, E] tensor",
+                        FN_FWD);
     if (query->ndim != 2 && query->ndim != 3)
-        return mha__err(ctx, MHA_ERR_SHAPE, "%s: query.ndim: got %d, expected 3 ([B, L, E]) or 2 "
-                        "([L, E], unbatched)", FN_FWD, query->ndim);
+        return mha__err(ctx, MHA_ERR_SHAPE,
+                        "%s: query.ndim: got %d, expected 3 ([B, L, E]) or 2 "
+                        "([L, E], unbatched)",
+                        FN_FWD, query->ndim);
     const int unb = c->unb = query->ndim == 2;
     c->B = unb ? 1 : query->shape[0], c->L = c->S = query->shape[unb ? 0 : 1];
     if ((st = check_bx(ctx, FN_FWD, "query", query, unb, -1, -1, E, "embed_dim"))) return st;
     c->self = !key && !value;
     if (!key != !value)
-        return mha__err(ctx, MHA_ERR_INVALID_ARG, "%s: %s: got NULL while %s is given, expected "
-                        "both or neither (NULL, NULL: self-attention)", FN_FWD,
-                        key ? "value" : "key", key ? "key" : "value");
+        return mha__err(ctx, MHA_ERR_INVALID_ARG,
+                        "%s: %s: got NULL while %s is given, expected "
+                        "both or neither (NULL, NULL: self-attention)",
+                        FN_FWD, key ? "value" : "key", key ? "key" : "value");
     if (c->self && !m->packed)
-        return mha__err(ctx, MHA_ERR_INVALID_ARG, "%s: key: got NULL (self-attention), expected a "
-                        "tensor (kdim = %lld, vdim = %lld differ from embed_dim = %lld)", FN_FWD,
-                        (long long)kd, (long long)vd, (long long)E);
+        return mha__err(ctx, MHA_ERR_INVALID_ARG,
+                        "%s: key: got NULL (self-attention), expected a "
+                        "tensor (kdim = %lld, vdim = %lld differ from embed_dim = %lld)",
+                        FN_FWD, (long long)kd, (long long)vd, (long long)E);
     if (c->self) return MHA_OK;
     if (key->ndim != query->ndim)
-        return mha__err(ctx, MHA_ERR_SHAPE, "%s: key.ndim: got %d, expected %d (as query)",
-                        FN_FWD, key->ndim, query->ndim);
+        return mha__err(ctx, MHA_ERR_SHAPE, "%s: key.ndim: got %d, expected %d (as query)", FN_FWD,
+                        key->ndim, query->ndim);
     if ((st = check_bx(ctx, FN_FWD, "key", key, unb, c->B, -1, kd, "[B, S, kdim]"))) return st;
     c->S = key->shape[unb ? 0 : 1];
     if (value->ndim != query->ndim)
@@ -440,8 +459,11 @@ static mha_status fwd_check_inputs(mha_ctx *ctx, const mha_module *m, fwd_call *
 static mha_status fwd_check_outputs(mha_ctx *ctx, const mha_module *m, const fwd_call *c) {
     const int64_t E = m->cfg.embed_dim, H = m->cfg.num_heads, B = c->B, L = c->L, S = c->S;
     mha_status st;
-    if (!c->out) return mha__err(ctx, MHA_ERR_INVALID_ARG, "%s: out: got NULL, expected a "
-                                 "[B, L, E] tensor", FN_FWD);
+    if (!c->out)
+        return mha__err(ctx, MHA_ERR_INVALID_ARG,
+                        "%s: out: got NULL, expected a "
+                        "[B, L, E] tensor",
+                        FN_FWD);
     if ((st = check_bx(ctx, FN_FWD, "out", c->out, c->unb, B, L, E, "as query"))) return st;
     if (c->weights && c->opts->average_weights &&
         (st = check_bx(ctx, FN_FWD, "weights", c->weights, c->unb, B, L, S,
@@ -449,8 +471,8 @@ static mha_status fwd_check_outputs(mha_ctx *ctx, const mha_module *m, const fwd
         return st;
     if (c->weights && !c->opts->average_weights) {
         int64_t w[4] = {B, H, L, S};
-        if ((st = mha__check_tensor(ctx, FN_FWD, "weights", c->weights, c->unb ? 3 : 4,
-                                    w + c->unb, "[B, H, L, S], per head")))
+        if ((st = mha__check_tensor(ctx, FN_FWD, "weights", c->weights, c->unb ? 3 : 4, w + c->unb,
+                                    "[B, H, L, S], per head")))
             return st;
     }
     if ((st = mha__attn_check_mask(ctx, FN_FWD, c->mask, B, S))) return st;
@@ -471,8 +493,8 @@ static mha_status fwd_plan(mha_ctx *ctx, mha_module *m, const fwd_call *c, fwd_v
     mha__plan pl;
     mha__plan_init(&pl);
     MHA__PLAN_ADD(&pl, fwd_views, x, sizeof(float), in_place(c->query, c->save) ? 0 : BL, E);
-    MHA__PLAN_ADD(&pl, fwd_views, xk, sizeof(float),
-                  c->self || in_place(c->key, c->save) ? 0 : BS, m->cfg.kdim);
+    MHA__PLAN_ADD(&pl, fwd_views, xk, sizeof(float), c->self || in_place(c->key, c->save) ? 0 : BS,
+                  m->cfg.kdim);
     MHA__PLAN_ADD(&pl, fwd_views, xv, sizeof(float),
                   c->self || in_place(c->value, c->save) ? 0 : BS, m->cfg.vdim);
     MHA__PLAN_ADD(&pl, fwd_views, q, sizeof(float), BL, c->self ? 3 * E : E);
@@ -553,8 +575,8 @@ static mha_status fwd_project(mha_ctx *ctx, mha_module *m) {
     mha_status st;
     if ((st = mha__gemm_ex(ctx, &m->gws, 0, 1, BL, E, E, 1.0f, s->x, s->ldx, m->wq, E, 0.0f, bq,
                            s->q, E)) ||
-        (st = mha__gemm_ex(ctx, &m->gws, 0, 1, BS, E, kd, 1.0f, s->xk, s->ldxk, m->wk, kd, 0.0f,
-                           bk, s->k, E)))
+        (st = mha__gemm_ex(ctx, &m->gws, 0, 1, BS, E, kd, 1.0f, s->xk, s->ldxk, m->wk, kd, 0.0f, bk,
+                           s->k, E)))
         return st;
     return mha__gemm_ex(ctx, &m->gws, 0, 1, BS, E, vd, 1.0f, s->xv, s->ldxv, m->wv, vd, 0.0f, bv,
                         s->v, E);
@@ -597,9 +619,8 @@ static mha_status fwd_output(mha_ctx *ctx, mha_module *m, const fwd_call *c,
     const mha__saved *s = &m->st;
     const int64_t E = m->cfg.embed_dim, H = m->cfg.num_heads, B = c->B, L = c->L, S = c->S;
     const int64_t ldy = rows_ld(c->out);
-    mha_status st = mha__gemm_ex(ctx, &m->gws, 0, 1, B * L, E, E, 1.0f, s->attn, E, m->wo, E,
-                                 0.0f, m->bo, ldy >= 0 ? c->out->data : sc->y,
-                                 ldy >= 0 ? ldy : E);
+    mha_status st = mha__gemm_ex(ctx, &m->gws, 0, 1, B * L, E, E, 1.0f, s->attn, E, m->wo, E, 0.0f,
+                                 m->bo, ldy >= 0 ? c->out->data : sc->y, ldy >= 0 ? ldy : E);
     if (st) return st;
     if (ldy < 0) copy_view(c->out, sc->y, 1);
     if (!c->weights || !c->opts->average_weights) return MHA_OK;
@@ -699,8 +720,8 @@ typedef struct {
     float *tmp;          /* staging for an input gradient whose strides need it */
     double *acc;         /* column sums [3E] */
     /* Set by bwd_plan. */
-    const float *dy;     /* dout's rows (row stride ldy) */
-    int64_t ldy, ldg;    /* ldg: row stride of dq, dk, dv (3E self, else E) */
+    const float *dy;  /* dout's rows (row stride ldy) */
+    int64_t ldy, ldg; /* ldg: row stride of dq, dk, dv (3E self, else E) */
 } bwd_call;
 
 /* dout against the saved forward, the input gradients' shapes, the aliasing rule. */
@@ -710,27 +731,34 @@ static mha_status bwd_check(mha_ctx *ctx, const mha_module *m, const bwd_call *c
     const int unb = s->unbatched, nd = unb ? 2 : 3;
     const int64_t w[3] = {B, L, E};
     mha_status st;
-    if (!c->dout) return mha__err(ctx, MHA_ERR_INVALID_ARG, "%s: dout: got NULL, expected a "
-                                  "[B, L, E] tensor", FN_BWD);
+    if (!c->dout)
+        return mha__err(ctx, MHA_ERR_INVALID_ARG,
+                        "%s: dout: got NULL, expected a "
+                        "[B, L, E] tensor",
+                        FN_BWD);
     if (c->dout->ndim != nd)
-        return mha__err(ctx, MHA_ERR_STATE, "%s: dout.ndim: got %d, expected %d (the saved "
-                        "forward's out)", FN_BWD, c->dout->ndim, nd);
+        return mha__err(ctx, MHA_ERR_STATE,
+                        "%s: dout.ndim: got %d, expected %d (the saved "
+                        "forward's out)",
+                        FN_BWD, c->dout->ndim, nd);
     for (int d = 0; d < nd; d++)
         if (c->dout->shape[d] != w[d + unb])
-            return mha__err(ctx, MHA_ERR_STATE, "%s: dout.shape[%d]: got %lld, expected %lld "
-                            "(the saved forward's out)", FN_BWD, d,
-                            (long long)c->dout->shape[d], (long long)w[d + unb]);
+            return mha__err(ctx, MHA_ERR_STATE,
+                            "%s: dout.shape[%d]: got %lld, expected %lld "
+                            "(the saved forward's out)",
+                            FN_BWD, d, (long long)c->dout->shape[d], (long long)w[d + unb]);
     if ((st = check_bx(ctx, FN_BWD, "dout", c->dout, unb, B, L, E, "as out"))) return st;
     if (s->self_attn && (c->dkey || c->dvalue))
-        return mha__err(ctx, MHA_ERR_INVALID_ARG, "%s: %s: got a tensor, expected NULL "
-                        "(self-attention: dquery receives the whole input gradient)", FN_BWD,
-                        c->dkey ? "dkey" : "dvalue");
+        return mha__err(ctx, MHA_ERR_INVALID_ARG,
+                        "%s: %s: got a tensor, expected NULL "
+                        "(self-attention: dquery receives the whole input gradient)",
+                        FN_BWD, c->dkey ? "dkey" : "dvalue");
     if ((c->dquery &&
          (st = check_bx(ctx, FN_BWD, "dquery", c->dquery, unb, B, L, E, "as query"))) ||
-        (c->dkey && (st = check_bx(ctx, FN_BWD, "dkey", c->dkey, unb, B, S, m->cfg.kdim,
-                                   "as key"))) ||
-        (c->dvalue && (st = check_bx(ctx, FN_BWD, "dvalue", c->dvalue, unb, B, S, m->cfg.vdim,
-                                     "as value"))))
+        (c->dkey &&
+         (st = check_bx(ctx, FN_BWD, "dkey", c->dkey, unb, B, S, m->cfg.kdim, "as key"))) ||
+        (c->dvalue &&
+         (st = check_bx(ctx, FN_BWD, "dvalue", c->dvalue, unb, B, S, m->cfg.vdim, "as value"))))
         return st;
     const mha__attn_arg in[1] = {{"dout", c->dout}};
     const mha__attn_arg out[3] = {{"dquery", c->dquery}, {"dkey", c->dkey}, {"dvalue", c->dvalue}};
@@ -776,8 +804,8 @@ static mha_status bwd_out_proj(mha_ctx *ctx, mha_module *m, const bwd_call *c) {
     const mha__saved *s = m->saved;
     const int64_t E = m->cfg.embed_dim, BL = s->B * s->L;
     mha_status st;
-    if ((st = mha__gemm_ex(ctx, &m->gws, 0, 0, BL, E, E, 1.0f, c->dy, c->ldy, m->wo, E, 0.0f,
-                           NULL, c->da, E)) ||
+    if ((st = mha__gemm_ex(ctx, &m->gws, 0, 0, BL, E, E, 1.0f, c->dy, c->ldy, m->wo, E, 0.0f, NULL,
+                           c->da, E)) ||
         (st = mha__gemm_ex(ctx, &m->gws, 1, 0, E, E, BL, 1.0f, c->dy, c->ldy, s->attn, E, 0.0f,
                            NULL, mirror(m, c->gw, m->gwo), E)))
         return st;
@@ -811,15 +839,15 @@ static mha_status bwd_inputs(mha_ctx *ctx, mha_module *m, const bwd_call *c) {
     const int64_t E = m->cfg.embed_dim, BL = s->B * s->L, BS = s->B * s->S;
     mha_status st = MHA_OK;
     if (s->self_attn)
-        return c->dquery ? input_grad(ctx, &m->gws, c->dquery, c->dq, 3 * E, BL, 3 * E, E, m->wq,
-                                      c->tmp)
-                         : MHA_OK;
+        return c->dquery
+                   ? input_grad(ctx, &m->gws, c->dquery, c->dq, 3 * E, BL, 3 * E, E, m->wq, c->tmp)
+                   : MHA_OK;
     if ((c->dquery &&
          (st = input_grad(ctx, &m->gws, c->dquery, c->dq, E, BL, E, E, m->wq, c->tmp))) ||
-        (c->dkey && (st = input_grad(ctx, &m->gws, c->dkey, c->dk, E, BS, E, m->cfg.kdim, m->wk,
-                                     c->tmp))) ||
-        (c->dvalue && (st = input_grad(ctx, &m->gws, c->dvalue, c->dv, E, BS, E, m->cfg.vdim,
-                                       m->wv, c->tmp))))
+        (c->dkey &&
+         (st = input_grad(ctx, &m->gws, c->dkey, c->dk, E, BS, E, m->cfg.kdim, m->wk, c->tmp))) ||
+        (c->dvalue &&
+         (st = input_grad(ctx, &m->gws, c->dvalue, c->dv, E, BS, E, m->cfg.vdim, m->wv, c->tmp))))
         return st;
     return MHA_OK;
 }
@@ -859,8 +887,10 @@ mha_status mha_module_backward(mha_ctx *ctx, mha_module *m, const mha_tensor *do
     mha__clear(ctx);
     if (!m) return mha__err(ctx, MHA_ERR_INVALID_ARG, "%s: m: got NULL, expected a module", FN_BWD);
     if (!m->saved)
-        return mha__err(ctx, MHA_ERR_STATE, "%s: no saved forward (call mha_module_forward with "
-                        "opts->save_for_backward = 1 first)", FN_BWD);
+        return mha__err(ctx, MHA_ERR_STATE,
+                        "%s: no saved forward (call mha_module_forward with "
+                        "opts->save_for_backward = 1 first)",
+                        FN_BWD);
     bwd_call c;
     memset(&c, 0, sizeof c);
     c.dout = dout, c.dquery = dquery, c.dkey = dkey, c.dvalue = dvalue;

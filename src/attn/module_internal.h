@@ -39,20 +39,20 @@ typedef struct {
 typedef struct {
     int64_t B, L, S;
     int unbatched, self_attn;
-    const float *x;  /* [B*L, E] query, row stride ldx: a copy, or, in a forward without
+    const float *x;       /* [B*L, E] query, row stride ldx: a copy, or, in a forward without
                         save_for_backward, the caller's query itself when its rows allow */
     const float *xk, *xv; /* [B*S, kdim], [B*S, vdim] key, value (cross-attention only), the
                              same way (ldxk, ldxv) */
     int64_t ldx, ldxk, ldxv;
-    float *q, *k, *v;         /* self: one [B*L, 3E] region of packed q|k|v rows
+    float *q, *k, *v;      /* self: one [B*L, 3E] region of packed q|k|v rows
                                  (= [B, L, 3, H, D]); cross: q [B*L, E], k, v [B*S, E] */
-    int64_t ldq, ldk, ldv;    /* row strides of q, k, v (3E for self-attention, else E) */
-    float *attn;     /* [B*L, E] = [B, L, H, D], the core's output */
-    float *lse;      /* [B, H, L] */
-    mha_mask mask;   /* pointers into the copies, or, without save_for_backward, into the
+    int64_t ldq, ldk, ldv; /* row strides of q, k, v (3E for self-attention, else E) */
+    float *attn;           /* [B*L, E] = [B, L, H, D], the core's output */
+    float *lse;            /* [B, H, L] */
+    mha_mask mask;         /* pointers into the copies, or, without save_for_backward, into the
                         caller's masks */
     mha_attn_params ap;
-    mha__buf ws;     /* the forward's kept workspace: every region above, one allocation */
+    mha__buf ws; /* the forward's kept workspace: every region above, one allocation */
 } mha__saved;
 
 /* BUFFER REUSE. A forward fills m->st and, with save_for_backward, sets m->saved = &m->st;
@@ -67,13 +67,13 @@ struct mha_module {
     int packed;     /* 1: in_proj_weight; 0: q/k/v_proj_weight */
     int nparams;
     mha__param p[MHA__MOD_MAX_PARAMS];
-    float *wq, *wk, *wv, *bin, *wo, *bo;     /* values (bin, bo NULL without bias) */
+    float *wq, *wk, *wv, *bin, *wo, *bo;       /* values (bin, bo NULL without bias) */
     float *gwq, *gwk, *gwv, *gbin, *gwo, *gbo; /* gradients */
-    uint64_t dropout_offset; /* advances on every training forward with dropout */
-    mha__saved *saved;       /* &st: a forward to differentiate; NULL: none */
-    mha__saved st;           /* the forward's views and workspace, kept between calls */
-    mha__buf bws;            /* the backward's workspace (module.c's bwd_plan), kept */
-    mha__gemm_ws gws;        /* the products' packing workspace, kept */
+    uint64_t dropout_offset;                   /* advances on every training forward with dropout */
+    mha__saved *saved;                         /* &st: a forward to differentiate; NULL: none */
+    mha__saved st;    /* the forward's views and workspace, kept between calls */
+    mha__buf bws;     /* the backward's workspace (module.c's bwd_plan), kept */
+    mha__gemm_ws gws; /* the products' packing workspace, kept */
 };
 
 /* The parameter named name, or NULL. */

@@ -35,8 +35,8 @@ static void detect(void) {
     if (!__get_cpuid(1, &a, &b, &c, &d)) return;
     int fma = (c >> 12) & 1, osxsave = (c >> 27) & 1, avx = (c >> 28) & 1;
     uint64_t xcr0 = osxsave ? xgetbv0() : 0;
-    int os_ymm = (xcr0 & 0x6) == 0x6;            /* SSE and AVX state */
-    int os_zmm = (xcr0 & 0xe6) == 0xe6;          /* + opmask, ZMM_Hi256, Hi16_ZMM */
+    int os_ymm = (xcr0 & 0x6) == 0x6;   /* SSE and AVX state */
+    int os_zmm = (xcr0 & 0xe6) == 0xe6; /* + opmask, ZMM_Hi256, Hi16_ZMM */
     unsigned b7 = 0, c7 = 0, d7 = 0, a7 = 0;
     __get_cpuid_count(7, 0, &a7, &b7, &c7, &d7);
     int avx2 = (b7 >> 5) & 1, f = (b7 >> 16) & 1, dq = (b7 >> 17) & 1, bw = (b7 >> 30) & 1,

@@ -67,18 +67,22 @@ static mha_status isa_from_env(mha_ctx *ctx, mha_isa *out) {
     else
         return mha__err(ctx, MHA_ERR_INVALID_ARG,
                         "mha_ctx_create: $MHA_ISA: got \"%.40s\", expected generic, avx2, "
-                        "avx512 or auto", e);
+                        "avx512 or auto",
+                        e);
     if (!mha_isa_supported(want))
         return mha__err(ctx, MHA_ERR_UNSUPPORTED,
                         "mha_ctx_create: $MHA_ISA: got %s, expected a path this cpu supports "
-                        "(cpu: %s)", e, mha_cpu_features());
+                        "(cpu: %s)",
+                        e, mha_cpu_features());
     *out = want;
     return MHA_OK;
 }
 
 mha_status mha_ctx_create(mha_ctx **out) {
     mha__clear(NULL);
-    if (!out) return mha__err(NULL, MHA_ERR_INVALID_ARG, "mha_ctx_create: out: got NULL, expected a pointer");
+    if (!out)
+        return mha__err(NULL, MHA_ERR_INVALID_ARG,
+                        "mha_ctx_create: out: got NULL, expected a pointer");
     *out = NULL;
     mha_ctx *ctx = calloc(1, sizeof *ctx);
     if (!ctx) return mha__err(NULL, MHA_ERR_NOMEM, "mha_ctx_create: out of memory");
@@ -95,12 +99,15 @@ mha_status mha_ctx_create(mha_ctx **out) {
 void mha_ctx_free(mha_ctx *ctx) { free(ctx); }
 
 mha_status mha_ctx_set_threads(mha_ctx *ctx, int n) {
-    if (!ctx) return mha__err(NULL, MHA_ERR_INVALID_ARG, "mha_ctx_set_threads: ctx: got NULL, expected a context");
+    if (!ctx)
+        return mha__err(NULL, MHA_ERR_INVALID_ARG,
+                        "mha_ctx_set_threads: ctx: got NULL, expected a context");
     mha__clear(ctx);
     if (n < 0 || n > MHA_MAX_THREADS)
         return mha__err(ctx, MHA_ERR_INVALID_ARG,
                         "mha_ctx_set_threads: n: got %d, expected 1 to %d (MHA_MAX_THREADS), or "
-                        "0 for all cores", n, MHA_MAX_THREADS);
+                        "0 for all cores",
+                        n, MHA_MAX_THREADS);
     ctx->threads = n == 0 ? default_threads() : n;
     return MHA_OK;
 }
@@ -108,7 +115,9 @@ mha_status mha_ctx_set_threads(mha_ctx *ctx, int n) {
 int mha_ctx_threads(const mha_ctx *ctx) { return mha__ctx_threads(ctx); }
 
 mha_status mha_ctx_set_isa(mha_ctx *ctx, mha_isa isa) {
-    if (!ctx) return mha__err(NULL, MHA_ERR_INVALID_ARG, "mha_ctx_set_isa: ctx: got NULL, expected a context");
+    if (!ctx)
+        return mha__err(NULL, MHA_ERR_INVALID_ARG,
+                        "mha_ctx_set_isa: ctx: got NULL, expected a context");
     mha__clear(ctx);
     if (isa == MHA_ISA_AUTO) isa = mha__best_isa();
     if (isa != MHA_ISA_GENERIC && isa != MHA_ISA_AVX2 && isa != MHA_ISA_AVX512)
@@ -117,7 +126,8 @@ mha_status mha_ctx_set_isa(mha_ctx *ctx, mha_isa isa) {
     if (!mha_isa_supported(isa))
         return mha__err(ctx, MHA_ERR_UNSUPPORTED,
                         "mha_ctx_set_isa: isa: got %s, expected a path this cpu supports "
-                        "(cpu: %s)", mha_isa_name(isa), mha_cpu_features());
+                        "(cpu: %s)",
+                        mha_isa_name(isa), mha_cpu_features());
     ctx->isa = isa;
     ctx->kern = mha__kernels_for(isa);
     return MHA_OK;

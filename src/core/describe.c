@@ -15,10 +15,10 @@ mha_status mha_ctx_describe(const mha_ctx *ctx, char *buf, size_t n) {
                         buf ? "n = 0" : "NULL");
     const mha_kernels *k = mha__ctx_kernels(ctx), *g = mha__kernels_for(MHA_ISA_GENERIC);
     size_t used = 0;
-#define PUT(...)                                                                             \
-    do {                                                                                     \
-        int w_ = snprintf(buf + used, n - used, __VA_ARGS__);                                \
-        if (w_ > 0) used = used + (size_t)w_ < n ? used + (size_t)w_ : n - 1;               \
+#define PUT(...)                                                                                   \
+    do {                                                                                           \
+        int w_ = snprintf(buf + used, n - used, __VA_ARGS__);                                      \
+        if (w_ > 0) used = used + (size_t)w_ < n ? used + (size_t)w_ : n - 1;                      \
     } while (0)
 #define BY(slot) by(k, k->slot == g->slot)
     PUT("kernels of the %s table (the ones that run):\n", k->name);
@@ -35,9 +35,8 @@ mha_status mha_ctx_describe(const mha_ctx *ctx, char *buf, size_t n) {
     PUT("  backward      %lld x %lld tiles: attn_scores (%s), attn_probs (%s), attn_ptv (%s),\n"
         "                attn_pv (%s), attn_dsoftmax (%s); with dropout attn_dropout (%s),\n"
         "                attn_dropout_apply (%s)\n",
-        (long long)k->attn_br, (long long)k->attn_bc, BY(attn_scores), BY(attn_probs),
-        BY(attn_ptv), BY(attn_pv), BY(attn_dsoftmax), BY(attn_dropout),
-        BY(attn_dropout_apply));
+        (long long)k->attn_br, (long long)k->attn_bc, BY(attn_scores), BY(attn_probs), BY(attn_ptv),
+        BY(attn_pv), BY(attn_dsoftmax), BY(attn_dropout), BY(attn_dropout_apply));
 #undef BY
 #undef PUT
     return MHA_OK;

@@ -14,9 +14,9 @@ struct mha_kernels;
 
 struct mha_ctx {
     char msg[MHA__MSG_CAP];
-    int threads;                     /* >= 1 */
-    mha_isa isa;                     /* resolved: never MHA_ISA_AUTO */
-    const struct mha_kernels *kern;  /* the table for isa */
+    int threads;                    /* >= 1 */
+    mha_isa isa;                    /* resolved: never MHA_ISA_AUTO */
+    const struct mha_kernels *kern; /* the table for isa */
 };
 
 /* Clears the context's message at the start of a public call. */
@@ -50,9 +50,8 @@ int mha__add_size(size_t a, size_t b, size_t *out);
 
 /* Tensor validation, messages in the house style:
  * "fn: name.shape[i]: got X, expected Y (why)". want[i] < 0 means any size. */
-mha_status mha__check_tensor(mha_ctx *ctx, const char *fn, const char *name,
-                             const mha_tensor *t, int ndim, const int64_t *want,
-                             const char *why);
+mha_status mha__check_tensor(mha_ctx *ctx, const char *fn, const char *name, const mha_tensor *t,
+                             int ndim, const int64_t *want, const char *why);
 
 /* 1 if two validated views may share an element (exact for views with the same strides
  * into one row-major buffer, such as interleaved q/k/v of a packed array; otherwise 1 as

@@ -36,11 +36,10 @@ mha_status mha__plan_alloc(const mha__plan *pl, mha_ctx *ctx, const char *fn, in
         return mha__err(ctx, MHA_ERR_NOMEM, "%s: workspace: the size of '%s' overflows", fn,
                         pl->bad_name ? pl->bad_name : "?");
     if (!mha__plan_bytes(pl, copies, &bytes))
-        return mha__err(ctx, MHA_ERR_NOMEM, "%s: workspace: %d copies of %zu bytes overflow",
-                        fn, copies, pl->per_copy);
+        return mha__err(ctx, MHA_ERR_NOMEM, "%s: workspace: %d copies of %zu bytes overflow", fn,
+                        copies, pl->per_copy);
     if (!(*ws = mha__malloc(bytes)))
-        return mha__err(ctx, MHA_ERR_NOMEM, "%s: workspace: out of memory (%zu bytes)", fn,
-                        bytes);
+        return mha__err(ctx, MHA_ERR_NOMEM, "%s: workspace: out of memory (%zu bytes)", fn, bytes);
     return MHA_OK;
 }
 

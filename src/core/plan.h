@@ -26,10 +26,10 @@
 #define MHA__PLAN_MAX 32
 
 typedef struct {
-    int n;           /* regions declared */
-    int bad;         /* a size overflowed, was negative, or too many regions */
+    int n;                /* regions declared */
+    int bad;              /* a size overflowed, was negative, or too many regions */
     const char *bad_name; /* the region that did */
-    size_t per_copy; /* bytes of one copy, a multiple of 64 */
+    size_t per_copy;      /* bytes of one copy, a multiple of 64 */
     struct {
         const char *name;
         size_t field;  /* offsetof the view (a pointer) in the caller's struct */
@@ -43,7 +43,7 @@ void mha__plan_init(mha__plan *pl);
  * at byte offset `field` of the views struct. */
 void mha__plan_add(mha__plan *pl, const char *name, size_t field, size_t elem, int64_t n1,
                    int64_t n2);
-#define MHA__PLAN_ADD(pl, type, view, elem, n1, n2) \
+#define MHA__PLAN_ADD(pl, type, view, elem, n1, n2)                                                \
     mha__plan_add((pl), #view, offsetof(type, view), (elem), (n1), (n2))
 /* Bytes of `copies` copies; 0 (and *bytes untouched) when that overflows. */
 int mha__plan_bytes(const mha__plan *pl, int copies, size_t *bytes);

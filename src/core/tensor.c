@@ -78,8 +78,7 @@ static int reach(const mha_tensor *a, const mha_tensor *b, const int *dims, int 
 }
 
 int mha__tensors_overlap(const mha_tensor *a, const mha_tensor *b) {
-    if (!a || !b || !a->data || !b->data || mha_tensor_numel(a) <= 0 ||
-        mha_tensor_numel(b) <= 0)
+    if (!a || !b || !a->data || !b->data || mha_tensor_numel(a) <= 0 || mha_tensor_numel(b) <= 0)
         return 0;
     const __int128 a0 = (__int128)(uintptr_t)a->data, b0 = (__int128)(uintptr_t)b->data;
     const __int128 a1 = a0 + (view_span(a) + 1) * (__int128)sizeof(float);
@@ -117,10 +116,10 @@ mha_attn_params mha_attn_params_default(void) {
     return p;
 }
 
-mha_status mha__check_tensor(mha_ctx *ctx, const char *fn, const char *name,
-                             const mha_tensor *t, int ndim, const int64_t *want,
-                             const char *why) {
-    if (!t) return mha__err(ctx, MHA_ERR_INVALID_ARG, "%s: %s: got NULL, expected a tensor", fn, name);
+mha_status mha__check_tensor(mha_ctx *ctx, const char *fn, const char *name, const mha_tensor *t,
+                             int ndim, const int64_t *want, const char *why) {
+    if (!t)
+        return mha__err(ctx, MHA_ERR_INVALID_ARG, "%s: %s: got NULL, expected a tensor", fn, name);
     if (t->ndim != ndim)
         return mha__err(ctx, MHA_ERR_SHAPE, "%s: %s.ndim: got %d, expected %d%s%s%s", fn, name,
                         t->ndim, ndim, why ? " (" : "", why ? why : "", why ? ")" : "");
@@ -138,15 +137,16 @@ mha_status mha__check_tensor(mha_ctx *ctx, const char *fn, const char *name,
         numel *= t->shape[i];
     }
     if (ndim > 0 && t->shape[ndim - 1] > 1 && t->stride[ndim - 1] != 1)
-        return mha__err(ctx, MHA_ERR_SHAPE, "%s: %s.stride[%d]: got %lld, expected 1 (innermost "
-                        "dimension must be contiguous)", fn, name, ndim - 1,
-                        (long long)t->stride[ndim - 1]);
+        return mha__err(ctx, MHA_ERR_SHAPE,
+                        "%s: %s.stride[%d]: got %lld, expected 1 (innermost "
+                        "dimension must be contiguous)",
+                        fn, name, ndim - 1, (long long)t->stride[ndim - 1]);
     for (int i = 0; i < ndim; i++)
         if (t->stride[i] < 0)
             return mha__err(ctx, MHA_ERR_SHAPE, "%s: %s.stride[%d]: got %lld, expected >= 0", fn,
                             name, i, (long long)t->stride[i]);
     if (numel > 0 && !t->data)
-        return mha__err(ctx, MHA_ERR_INVALID_ARG, "%s: %s.data: got NULL, expected %lld floats",
-                        fn, name, (long long)numel);
+        return mha__err(ctx, MHA_ERR_INVALID_ARG, "%s: %s.data: got NULL, expected %lld floats", fn,
+                        name, (long long)numel);
     return MHA_OK;
 }

@@ -47,8 +47,8 @@ void mha__io_who(char *who, const char *fn, const char *path) {
 /* Sizes stay below 2^62 bytes so that offsets also fit in int64_t and sums cannot wrap. */
 #define MAX_BYTES ((uint64_t)1 << 62)
 
-int mha__shape_bytes(mha_dtype dt, int ndim, const int64_t *shape, int64_t *numel,
-                     size_t *bytes, int *bad_dim) {
+int mha__shape_bytes(mha_dtype dt, int ndim, const int64_t *shape, int64_t *numel, size_t *bytes,
+                     int *bad_dim) {
     *bad_dim = -1;
     if (ndim < 0 || ndim > MHA_MAX_DIMS || (ndim > 0 && !shape)) return 0;
     /* The product of the nonzero dims must fit, even when another dim is 0 (as NumPy). */
@@ -91,8 +91,8 @@ mha_status mha__array_make(mha_ctx *ctx, const char *who, mha_dtype dt, int ndim
                            const int64_t *shape, mha_array *out) {
     memset(out, 0, sizeof *out);
     if (!mha__dtype_valid(dt))
-        return mha__err(ctx, MHA_ERR_INVALID_ARG,
-                        "%s: dtype: got %d, expected an mha_dtype value", who, (int)dt);
+        return mha__err(ctx, MHA_ERR_INVALID_ARG, "%s: dtype: got %d, expected an mha_dtype value",
+                        who, (int)dt);
     if (ndim < 0 || ndim > MHA_MAX_DIMS)
         return mha__err(ctx, MHA_ERR_INVALID_ARG, "%s: ndim: got %d, expected 0..%d", who, ndim,
                         MHA_MAX_DIMS);
@@ -105,16 +105,14 @@ mha_status mha__array_make(mha_ctx *ctx, const char *who, mha_dtype dt, int ndim
     if (!mha__shape_bytes(dt, ndim, shape, &numel, &bytes, &bad)) {
         if (bad >= 0)
             return mha__err(ctx, MHA_ERR_INVALID_ARG,
-                            "%s: shape[%d]: got %" PRId64 ", expected >= 0", who, bad,
-                            shape[bad]);
+                            "%s: shape[%d]: got %" PRId64 ", expected >= 0", who, bad, shape[bad]);
         char s[160];
         mha__shape_str(s, sizeof s, ndim, shape);
         return mha__err(ctx, MHA_ERR_NOMEM, "%s: shape %s: size overflows (%s)", who, s,
                         mha_dtype_name(dt));
     }
     void *p = mha__calloc(1, bytes);
-    if (!p)
-        return mha__err(ctx, MHA_ERR_NOMEM, "%s: out of memory (%zu bytes)", who, bytes);
+    if (!p) return mha__err(ctx, MHA_ERR_NOMEM, "%s: out of memory (%zu bytes)", who, bytes);
     out->dtype = dt;
     out->ndim = ndim;
     for (int i = 0; i < ndim; i++) out->shape[i] = shape[i];
@@ -126,7 +124,8 @@ mha_status mha_array_alloc(mha_ctx *ctx, mha_dtype dt, int ndim, const int64_t *
                            mha_array *out) {
     mha__clear(ctx);
     if (!out)
-        return mha__err(ctx, MHA_ERR_INVALID_ARG, "mha_array_alloc: out: got NULL, expected a pointer");
+        return mha__err(ctx, MHA_ERR_INVALID_ARG,
+                        "mha_array_alloc: out: got NULL, expected a pointer");
     return mha__array_make(ctx, "mha_array_alloc", dt, ndim, shape, out);
 }
 
@@ -136,18 +135,17 @@ void mha_array_free(mha_array *a) {
     memset(a, 0, sizeof *a);
 }
 
-mha_status mha__array_check(mha_ctx *ctx, const char *who, const char *name,
-                            const mha_array *a, size_t *bytes) {
+mha_status mha__array_check(mha_ctx *ctx, const char *who, const char *name, const mha_array *a,
+                            size_t *bytes) {
     if (!a)
-        return mha__err(ctx, MHA_ERR_INVALID_ARG, "%s: %s: got NULL, expected an array", who,
-                        name);
+        return mha__err(ctx, MHA_ERR_INVALID_ARG, "%s: %s: got NULL, expected an array", who, name);
     if (!mha__dtype_valid(a->dtype))
         return mha__err(ctx, MHA_ERR_INVALID_ARG,
                         "%s: %s.dtype: got %d, expected an mha_dtype value", who, name,
                         (int)a->dtype);
     if (a->ndim < 0 || a->ndim > MHA_MAX_DIMS)
-        return mha__err(ctx, MHA_ERR_INVALID_ARG, "%s: %s.ndim: got %d, expected 0..%d", who,
-                        name, a->ndim, MHA_MAX_DIMS);
+        return mha__err(ctx, MHA_ERR_INVALID_ARG, "%s: %s.ndim: got %d, expected 0..%d", who, name,
+                        a->ndim, MHA_MAX_DIMS);
     int64_t numel;
     int bad;
     if (!mha__shape_bytes(a->dtype, a->ndim, a->shape, &numel, bytes, &bad)) {
@@ -158,13 +156,13 @@ mha_status mha__array_check(mha_ctx *ctx, const char *who, const char *name,
         return mha__err(ctx, MHA_ERR_INVALID_ARG, "%s: %s.shape: size overflows", who, name);
     }
     if (!a->data && *bytes)
-        return mha__err(ctx, MHA_ERR_INVALID_ARG, "%s: %s.data: got NULL, expected %zu bytes",
-                        who, name, *bytes);
+        return mha__err(ctx, MHA_ERR_INVALID_ARG, "%s: %s.data: got NULL, expected %zu bytes", who,
+                        name, *bytes);
     return MHA_OK;
 }
 
-mha_status mha__emit(mha_ctx *ctx, const char *who, mha_write_fn fn, void *user,
-                     const void *data, size_t size) {
+mha_status mha__emit(mha_ctx *ctx, const char *who, mha_write_fn fn, void *user, const void *data,
+                     size_t size) {
     if (size == 0) return MHA_OK;
     int r = fn(user, data, size);
     if (r != 0)

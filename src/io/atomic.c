@@ -20,13 +20,13 @@
 #include <unistd.h>
 
 typedef struct {
-    char *path; /* the destination: its directory resolved (realpath), then its name */
+    char *path;     /* the destination: its directory resolved (realpath), then its name */
     size_t dir_len; /* path[0 .. dir_len) is the directory ("/" is 1) */
-    char *tmp;  /* the staged temporary, NULL until written */
-    char *bak;  /* during the commit: the link to the replaced file */
-    int aside;  /* bak is not a link yet: the old file is to be renamed there */
-    int stranded; /* a failed commit could not put the old file back from bak */
-    int exists; /* path named a regular file when declared */
+    char *tmp;      /* the staged temporary, NULL until written */
+    char *bak;      /* during the commit: the link to the replaced file */
+    int aside;      /* bak is not a link yet: the old file is to be renamed there */
+    int stranded;   /* a failed commit could not put the old file back from bak */
+    int exists;     /* path named a regular file when declared */
     dev_t dev;
     ino_t ino;
     mode_t mode;
@@ -66,14 +66,13 @@ static int do_rename(const char *from, const char *to) {
 
 /* "<dir>/.mha-<tag>-XXXXXX" with six random letters or digits; a new draw each call. */
 static char *sibling_name(const out_entry *e, const char *tag) {
-    static const char digits[] =
-        "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789";
+    static const char digits[] = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789";
     static _Atomic unsigned long long counter;
     struct timespec ts;
     clock_gettime(CLOCK_REALTIME, &ts);
     unsigned long long x = atomic_fetch_add(&counter, 1) * 0x9e3779b97f4a7c15ull ^
-                           (unsigned long long)ts.tv_nsec ^
-                           (unsigned long long)getpid() << 32 ^ (unsigned long long)ts.tv_sec;
+                           (unsigned long long)ts.tv_nsec ^ (unsigned long long)getpid() << 32 ^
+                           (unsigned long long)ts.tv_sec;
     x ^= x >> 31; /* splitmix64's finalizer */
     x *= 0xbf58476d1ce4e5b9ull;
     x ^= x >> 27;
@@ -99,8 +98,10 @@ static mha_status resolve(mha_ctx *ctx, const char *who, const char *path, out_e
     const char *slash = strrchr(path, '/');
     const char *base = slash ? slash + 1 : path;
     if (!*base || !strcmp(base, ".") || !strcmp(base, ".."))
-        return mha__err(ctx, MHA_ERR_INVALID_ARG, "%s: got a directory name, expected a file "
-                        "name", who);
+        return mha__err(ctx, MHA_ERR_INVALID_ARG,
+                        "%s: got a directory name, expected a file "
+                        "name",
+                        who);
     char *dir = mha__malloc(slash ? (size_t)(slash - path) + 2 : 2);
     if (!dir) return mha__err(ctx, MHA_ERR_NOMEM, "%s: out of memory", who);
     if (!slash) strcpy(dir, ".");
@@ -109,8 +110,7 @@ static mha_status resolve(mha_ctx *ctx, const char *who, const char *path, out_e
     char *rdir = realpath(dir, NULL);
     int e_dir = errno;
     mha__free(dir);
-    if (!rdir)
-        return mha__err(ctx, MHA_ERR_IO, "%s: its directory: %s", who, strerror(e_dir));
+    if (!rdir) return mha__err(ctx, MHA_ERR_IO, "%s: its directory: %s", who, strerror(e_dir));
     size_t dl = strlen(rdir), bl = strlen(base), n;
     int root = dl == 1;
     if (!mha__add_size(dl + bl, 2, &n) || !(e->path = mha__malloc(n))) {
@@ -151,14 +151,15 @@ static mha_status check_replaceable(mha_ctx *ctx, const char *who, const out_ent
     dir[e->dir_len] = 0;
     struct stat db;
     int err = 0;
-    if (faccessat(AT_FDCWD, dir, W_OK | X_OK, AT_EACCESS) != 0 || stat(dir, &db) != 0)
-        err = errno;
+    if (faccessat(AT_FDCWD, dir, W_OK | X_OK, AT_EACCESS) != 0 || stat(dir, &db) != 0) err = errno;
     mha__free(dir);
     if (err) return mha__err(ctx, MHA_ERR_IO, "%s: cannot replace it: %s", who, strerror(err));
     uid_t me = geteuid();
     if (sb && (db.st_mode & S_ISVTX) && me != 0 && me != sb->st_uid && me != db.st_uid)
-        return mha__err(ctx, MHA_ERR_IO, "%s: cannot replace it: %s (a sticky directory, and "
-                        "the file belongs to another user)", who, strerror(EPERM));
+        return mha__err(ctx, MHA_ERR_IO,
+                        "%s: cannot replace it: %s (a sticky directory, and "
+                        "the file belongs to another user)",
+                        who, strerror(EPERM));
     return MHA_OK;
 }
 
@@ -172,9 +173,10 @@ static mha_status check_dest(mha_ctx *ctx, const char *who, out_entry *e) {
         return check_replaceable(ctx, who, e, NULL);
     }
     if (!S_ISREG(sb.st_mode))
-        return mha__err(ctx, MHA_ERR_IO, "%s: got a %s, expected a regular file or a new name "
-                        "(outputs replace files, never directories or special files)", who,
-                        S_ISDIR(sb.st_mode) ? "directory" : "device or other special file");
+        return mha__err(ctx, MHA_ERR_IO,
+                        "%s: got a %s, expected a regular file or a new name "
+                        "(outputs replace files, never directories or special files)",
+                        who, S_ISDIR(sb.st_mode) ? "directory" : "device or other special file");
     e->exists = 1;
     e->dev = sb.st_dev;
     e->ino = sb.st_ino;
@@ -210,7 +212,8 @@ static mha_status declare(mha_ctx *ctx, const char *who, const char *path, out_e
 mha_status mha_outputs_create(mha_ctx *ctx, mha_outputs **out) {
     mha__clear(ctx);
     if (!out)
-        return mha__err(ctx, MHA_ERR_INVALID_ARG, "mha_outputs_create: out: got NULL, expected "
+        return mha__err(ctx, MHA_ERR_INVALID_ARG,
+                        "mha_outputs_create: out: got NULL, expected "
                         "a pointer");
     *out = mha__calloc(1, sizeof **out);
     if (!*out) return mha__err(ctx, MHA_ERR_NOMEM, "mha_outputs_create: out of memory");
@@ -248,8 +251,10 @@ static mha_status outputs_add(mha_ctx *ctx, const char *who, mha_outputs *o, con
     for (int i = 0; i < o->n; i++)
         if (same_file(&o->e[i], &e)) {
             entry_free(&e);
-            return mha__err(ctx, MHA_ERR_INVALID_ARG, "%s: the same file as output %d (%.200s), "
-                            "expected a file of its own", who, i, o->e[i].path);
+            return mha__err(ctx, MHA_ERR_INVALID_ARG,
+                            "%s: the same file as output %d (%.200s), "
+                            "expected a file of its own",
+                            who, i, o->e[i].path);
         }
     if (o->n == o->cap) {
         int cap = o->cap ? 2 * o->cap : 4;
@@ -272,7 +277,8 @@ static mha_status outputs_add(mha_ctx *ctx, const char *who, mha_outputs *o, con
 mha_status mha_outputs_add(mha_ctx *ctx, mha_outputs *o, const char *path, int *index) {
     mha__clear(ctx);
     if (!o)
-        return mha__err(ctx, MHA_ERR_INVALID_ARG, "mha_outputs_add: o: got NULL, expected an "
+        return mha__err(ctx, MHA_ERR_INVALID_ARG,
+                        "mha_outputs_add: o: got NULL, expected an "
                         "mha_outputs");
     char who[MHA__WHO_CAP];
     mha__io_who(who, "mha_outputs_add", path);
@@ -390,8 +396,10 @@ static mha_status write_entry(mha_ctx *ctx, const char *who, out_entry *e, mha__
 static mha_status outputs_write(mha_ctx *ctx, const char *who, mha_outputs *o, int index,
                                 mha__emit_fn emit, const void *obj) {
     if (!o || index < 0 || index >= o->n)
-        return mha__err(ctx, MHA_ERR_INVALID_ARG, "%s: index: got %d, expected 0 .. %d (an "
-                        "output declared with mha_outputs_add)", who, index, o ? o->n - 1 : -1);
+        return mha__err(ctx, MHA_ERR_INVALID_ARG,
+                        "%s: index: got %d, expected 0 .. %d (an "
+                        "output declared with mha_outputs_add)",
+                        who, index, o ? o->n - 1 : -1);
     return write_entry(ctx, who, &o->e[index], emit, obj);
 }
 
@@ -428,8 +436,7 @@ static mha_status write_public(mha_ctx *ctx, const char *fn, mha_outputs *o, int
     char who[MHA__WHO_CAP];
     mha__io_who(who, fn, o && index >= 0 && index < o->n ? o->e[index].path : NULL);
     if (!o)
-        return mha__err(ctx, MHA_ERR_INVALID_ARG, "%s: o: got NULL, expected an mha_outputs",
-                        who);
+        return mha__err(ctx, MHA_ERR_INVALID_ARG, "%s: o: got NULL, expected an mha_outputs", who);
     return outputs_write(ctx, who, o, index, emit, obj);
 }
 
@@ -439,15 +446,16 @@ mha_status mha_outputs_write_npy(mha_ctx *ctx, mha_outputs *o, int index, const 
 
 mha_status mha_outputs_write_st(mha_ctx *ctx, mha_outputs *o, int index, const mha_st *st) {
     if (!st)
-        return mha__err(ctx, MHA_ERR_INVALID_ARG, "mha_outputs_write_st: st: got NULL, expected "
+        return mha__err(ctx, MHA_ERR_INVALID_ARG,
+                        "mha_outputs_write_st: st: got NULL, expected "
                         "a collection");
     return write_public(ctx, "mha_outputs_write_st", o, index, emit_st, st);
 }
 
-mha_status mha_outputs_write(mha_ctx *ctx, mha_outputs *o, int index, mha_output_fn fn,
-                             void *arg) {
+mha_status mha_outputs_write(mha_ctx *ctx, mha_outputs *o, int index, mha_output_fn fn, void *arg) {
     if (!fn)
-        return mha__err(ctx, MHA_ERR_INVALID_ARG, "mha_outputs_write: fn: got NULL, expected "
+        return mha__err(ctx, MHA_ERR_INVALID_ARG,
+                        "mha_outputs_write: fn: got NULL, expected "
                         "an output function");
     user_job j = {fn, arg};
     return write_public(ctx, "mha_outputs_write", o, index, emit_user, &j);
@@ -483,16 +491,20 @@ static mha_status commit_prepare(mha_ctx *ctx, const char *who1, mha_outputs *o)
         out_entry *e = &o->e[i];
         commit_who(who, who1, e);
         if (!e->tmp)
-            return mha__err(ctx, MHA_ERR_STATE, "%s: output %d was declared but not written "
-                            "(nothing was replaced)", who, i);
+            return mha__err(ctx, MHA_ERR_STATE,
+                            "%s: output %d was declared but not written "
+                            "(nothing was replaced)",
+                            who, i);
         dev_t dev = e->dev;
         ino_t ino = e->ino;
         int existed = e->exists;
         mha_status st = check_dest(ctx, who, e);
         if (st != MHA_OK) return st;
         if (e->exists != existed || (existed && (e->dev != dev || e->ino != ino)))
-            return mha__err(ctx, MHA_ERR_IO, "%s: changed since it was declared (another "
-                            "program writes it?); nothing was replaced", who);
+            return mha__err(ctx, MHA_ERR_IO,
+                            "%s: changed since it was declared (another "
+                            "program writes it?); nothing was replaced",
+                            who);
     }
     for (int i = 0; i < o->n; i++) {
         out_entry *e = &o->e[i];
@@ -515,11 +527,12 @@ static mha_status commit_prepare(mha_ctx *ctx, const char *who1, mha_outputs *o)
             }
             mha__free(b);
             if (err != EEXIST)
-                return mha__err(ctx, MHA_ERR_IO, "%s: keep the old file (hard link): %s; "
-                                "nothing was replaced", who, strerror(err));
+                return mha__err(ctx, MHA_ERR_IO,
+                                "%s: keep the old file (hard link): %s; "
+                                "nothing was replaced",
+                                who, strerror(err));
         }
-        if (!e->bak)
-            return mha__err(ctx, MHA_ERR_IO, "%s: keep the old file: no free name", who);
+        if (!e->bak) return mha__err(ctx, MHA_ERR_IO, "%s: keep the old file: no free name", who);
     }
     return MHA_OK;
 }
@@ -593,8 +606,7 @@ static mha_status commit(mha_ctx *ctx, const char *who1, mha_outputs *o) {
         if (st == MHA_OK) {
             int seen = 0;
             for (int j = 0; j < i && !seen; j++)
-                seen = o->e[j].dir_len == e->dir_len &&
-                       !memcmp(o->e[j].path, e->path, e->dir_len);
+                seen = o->e[j].dir_len == e->dir_len && !memcmp(o->e[j].path, e->path, e->dir_len);
             if (!seen) sync_dir(e);
         }
     }
@@ -606,7 +618,8 @@ static mha_status commit(mha_ctx *ctx, const char *who1, mha_outputs *o) {
 mha_status mha_outputs_commit(mha_ctx *ctx, mha_outputs *o) {
     mha__clear(ctx);
     if (!o)
-        return mha__err(ctx, MHA_ERR_INVALID_ARG, "mha_outputs_commit: o: got NULL, expected an "
+        return mha__err(ctx, MHA_ERR_INVALID_ARG,
+                        "mha_outputs_commit: o: got NULL, expected an "
                         "mha_outputs");
     return commit(ctx, NULL, o);
 }

@@ -17,8 +17,8 @@ int mha__dtype_valid(mha_dtype dt);
 /* Checks ndim and shape (0 <= ndim <= MHA_MAX_DIMS, every dim >= 0) and computes the number of
  * elements and bytes without overflow. Returns 1 on success; 0 when a dim is negative
  * (*bad_dim set) or the size overflows (*bad_dim = -1). */
-int mha__shape_bytes(mha_dtype dt, int ndim, const int64_t *shape, int64_t *numel,
-                     size_t *bytes, int *bad_dim);
+int mha__shape_bytes(mha_dtype dt, int ndim, const int64_t *shape, int64_t *numel, size_t *bytes,
+                     int *bad_dim);
 
 /* Formats "[2, 3]" into buf (cap bytes). */
 void mha__shape_str(char *buf, size_t cap, int ndim, const int64_t *shape);
@@ -28,15 +28,15 @@ mha_status mha__array_make(mha_ctx *ctx, const char *who, mha_dtype dt, int ndim
                            const int64_t *shape, mha_array *out);
 
 /* Validates a caller's array for writing: dtype, ndim, shape, data != NULL. */
-mha_status mha__array_check(mha_ctx *ctx, const char *who, const char *name,
-                            const mha_array *a, size_t *bytes);
+mha_status mha__array_check(mha_ctx *ctx, const char *who, const char *name, const mha_array *a,
+                            size_t *bytes);
 
 /* Calls fn with the array's bytes; bools are written as 0/1 whatever the stored byte. */
 mha_status mha__emit_data(mha_ctx *ctx, const char *who, mha_dtype dt, const void *data,
                           size_t bytes, mha_write_fn fn, void *user);
 /* Calls fn once, turning a nonzero return into MHA_ERR_IO. */
-mha_status mha__emit(mha_ctx *ctx, const char *who, mha_write_fn fn, void *user,
-                     const void *data, size_t size);
+mha_status mha__emit(mha_ctx *ctx, const char *who, mha_write_fn fn, void *user, const void *data,
+                     size_t size);
 
 /* Checks the first n bytes of a file of size bytes (n = min(head_len, size)) before the whole
  * file is read: a loader's magic and header-size checks. */
@@ -50,8 +50,8 @@ mha_status mha__read_file(mha_ctx *ctx, const char *who, const char *path, size_
                           mha__head_fn check, unsigned char **buf, size_t *len);
 
 /* Writes obj through fn/user; errors start with who. */
-typedef mha_status (*mha__emit_fn)(mha_ctx *ctx, const char *who, const void *obj,
-                                   mha_write_fn fn, void *user);
+typedef mha_status (*mha__emit_fn)(mha_ctx *ctx, const char *who, const void *obj, mha_write_fn fn,
+                                   void *user);
 
 /* One output through the mha_outputs mechanism (declare, write, commit): the savers
  * mha_npy_save, mha_st_save and mha_module_save. On any failure an

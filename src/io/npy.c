@@ -65,7 +65,12 @@ static int parse_pystr(cursor *c, char *out, size_t cap, int *trunc) {
     return 1;
 }
 
-typedef enum { PR_OK, PR_SYNTAX, PR_NEG, PR_BIG } int_result;
+typedef enum {
+    PR_OK,
+    PR_SYNTAX,
+    PR_NEG,
+    PR_BIG
+} int_result;
 
 /* A non-negative Python int literal (an optional "L" suffix from Python 2 is accepted). */
 static int_result parse_pyint(cursor *c, int64_t *v) {
@@ -106,12 +111,13 @@ static mha_status parse_descr(mha_ctx *ctx, const char *who, const char *d, mha_
         *dt = MHA_DTYPE_BOOL;
         return MHA_OK;
     }
-    struct { const char *code; mha_dtype dt; } map[] = {
-        {"f4", MHA_DTYPE_F32}, {"i4", MHA_DTYPE_I32}, {"f8", MHA_DTYPE_F64}};
+    struct {
+        const char *code;
+        mha_dtype dt;
+    } map[] = {{"f4", MHA_DTYPE_F32}, {"i4", MHA_DTYPE_I32}, {"f8", MHA_DTYPE_F64}};
     for (size_t i = 0; i < sizeof map / sizeof map[0]; i++) {
         if (strcmp(t, map[i].code) != 0) continue;
-        if (o == '|')
-            break; /* "|f4" is not meaningful: byte order matters for 4-byte types */
+        if (o == '|') break; /* "|f4" is not meaningful: byte order matters for 4-byte types */
         if (!little)
             return mha__err(ctx, MHA_ERR_UNSUPPORTED,
                             "%s: descr: got '%s' (big-endian), expected '<f4', '|b1', '<i4' or "
@@ -137,16 +143,20 @@ static mha_status hdr_err(mha_ctx *ctx, const char *who, const cursor *c, const 
 static mha_status parse_descr_value(mha_ctx *ctx, const char *who, cursor *c, const char *h,
                                     mha_dtype *dt) {
     if (c->p < c->end && *c->p == '[')
-        return mha__err(ctx, MHA_ERR_UNSUPPORTED, "%s: descr: got a structured dtype, expected "
-                        "'<f4', '|b1', '<i4' or '<f8'", who);
+        return mha__err(ctx, MHA_ERR_UNSUPPORTED,
+                        "%s: descr: got a structured dtype, expected "
+                        "'<f4', '|b1', '<i4' or '<f8'",
+                        who);
     char d[32], shown[80];
     int trunc;
     if (!parse_pystr(c, d, sizeof d, &trunc))
         return hdr_err(ctx, who, c, h, "descr: expected a string");
     printable(shown, sizeof shown, d, strlen(d));
     if (trunc || strlen(d) != strlen(shown) || strchr(d, '\''))
-        return mha__err(ctx, MHA_ERR_UNSUPPORTED, "%s: descr: got '%s%s', expected '<f4', "
-                        "'|b1', '<i4' or '<f8'", who, shown, trunc ? "..." : "");
+        return mha__err(ctx, MHA_ERR_UNSUPPORTED,
+                        "%s: descr: got '%s%s', expected '<f4', "
+                        "'|b1', '<i4' or '<f8'",
+                        who, shown, trunc ? "..." : "");
     return parse_descr(ctx, who, d, dt);
 }
 
@@ -181,14 +191,18 @@ static mha_status parse_shape_value(mha_ctx *ctx, const char *who, cursor *c, co
         int_result r = parse_pyint(c, &v);
         if (r == PR_SYNTAX) return hdr_err(ctx, who, c, h, "shape: expected an integer");
         if (r == PR_NEG)
-            return mha__err(ctx, MHA_ERR_FORMAT, "%s: shape[%d]: got a negative size, expected "
-                            ">= 0", who, nd);
+            return mha__err(ctx, MHA_ERR_FORMAT,
+                            "%s: shape[%d]: got a negative size, expected "
+                            ">= 0",
+                            who, nd);
         if (r == PR_BIG)
             return mha__err(ctx, MHA_ERR_FORMAT, "%s: shape[%d]: got a size that overflows int64",
                             who, nd);
         if (nd >= MHA_MAX_DIMS)
-            return mha__err(ctx, MHA_ERR_UNSUPPORTED, "%s: shape: got more than %d dims, "
-                            "expected at most %d", who, MHA_MAX_DIMS, MHA_MAX_DIMS);
+            return mha__err(ctx, MHA_ERR_UNSUPPORTED,
+                            "%s: shape: got more than %d dims, "
+                            "expected at most %d",
+                            who, MHA_MAX_DIMS, MHA_MAX_DIMS);
         out->shape[nd++] = v;
         skip_ws(c);
         if (c->p < c->end && *c->p == ',') {
@@ -230,15 +244,17 @@ static mha_status parse_header(mha_ctx *ctx, const char *who, const char *h, siz
         if (k == 3) {
             char shown[48];
             printable(shown, sizeof shown, key, strlen(key));
-            return mha__err(ctx, MHA_ERR_FORMAT, "%s: header: got key '%s%s', expected only "
-                            "'descr', 'fortran_order', 'shape'", who, shown, trunc ? "..." : "");
+            return mha__err(ctx, MHA_ERR_FORMAT,
+                            "%s: header: got key '%s%s', expected only "
+                            "'descr', 'fortran_order', 'shape'",
+                            who, shown, trunc ? "..." : "");
         }
         if (have[k]++) {
             char what[48];
             snprintf(what, sizeof what, "duplicate key '%s'", keys[k]);
             return hdr_err(ctx, who, &c, h, what);
         }
-        mha_status st = k == 0 ? parse_descr_value(ctx, who, &c, h, &out->dtype)
+        mha_status st = k == 0   ? parse_descr_value(ctx, who, &c, h, &out->dtype)
                         : k == 1 ? parse_fortran_value(ctx, who, &c, h, &fortran)
                                  : parse_shape_value(ctx, who, &c, h, out);
         if (st != MHA_OK) return st;
@@ -253,11 +269,13 @@ static mha_status parse_header(mha_ctx *ctx, const char *who, const char *h, siz
     skip_ws(&c);
     if (c.p != c.end) return hdr_err(ctx, who, &c, h, "unexpected text after '}'");
     for (int k = 0; k < 3; k++)
-        if (!have[k]) return mha__err(ctx, MHA_ERR_FORMAT, "%s: header: missing key '%s'", who,
-                                      keys[k]);
+        if (!have[k])
+            return mha__err(ctx, MHA_ERR_FORMAT, "%s: header: missing key '%s'", who, keys[k]);
     if (fortran)
-        return mha__err(ctx, MHA_ERR_UNSUPPORTED, "%s: fortran_order: got True, expected False "
-                        "(save a C-ordered array: np.ascontiguousarray)", who);
+        return mha__err(ctx, MHA_ERR_UNSUPPORTED,
+                        "%s: fortran_order: got True, expected False "
+                        "(save a C-ordered array: np.ascontiguousarray)",
+                        who);
     return MHA_OK;
 }
 
@@ -266,18 +284,24 @@ static mha_status parse_header(mha_ctx *ctx, const char *who, const char *h, siz
 static mha_status npy_prefix(mha_ctx *ctx, const char *who, const unsigned char *b, size_t n,
                              uint64_t total, size_t *hstart, size_t *hlen) {
     if (total < 10 || n < 10)
-        return mha__err(ctx, MHA_ERR_FORMAT, "%s: got %llu bytes, expected at least 10 (too "
-                        "short for a .npy file)", who, (unsigned long long)total);
+        return mha__err(ctx, MHA_ERR_FORMAT,
+                        "%s: got %llu bytes, expected at least 10 (too "
+                        "short for a .npy file)",
+                        who, (unsigned long long)total);
     if (memcmp(b, npy_magic, 6) != 0) {
         char shown[48];
         printable(shown, sizeof shown, (const char *)b, 6);
-        return mha__err(ctx, MHA_ERR_FORMAT, "%s: magic: got \"%s\", expected \"\\x93NUMPY\" "
-                        "(not a .npy file)", who, shown);
+        return mha__err(ctx, MHA_ERR_FORMAT,
+                        "%s: magic: got \"%s\", expected \"\\x93NUMPY\" "
+                        "(not a .npy file)",
+                        who, shown);
     }
     unsigned major = b[6], minor = b[7];
     if (major < 1 || major > 3 || minor != 0)
-        return mha__err(ctx, MHA_ERR_UNSUPPORTED, "%s: version: got %u.%u, expected 1.0, 2.0 or "
-                        "3.0", who, major, minor);
+        return mha__err(ctx, MHA_ERR_UNSUPPORTED,
+                        "%s: version: got %u.%u, expected 1.0, 2.0 or "
+                        "3.0",
+                        who, major, minor);
     if (major == 1) {
         *hstart = 10;
         *hlen = (size_t)b[8] | (size_t)b[9] << 8;
@@ -289,9 +313,10 @@ static mha_status npy_prefix(mha_ctx *ctx, const char *who, const unsigned char 
         *hlen = (size_t)b[8] | (size_t)b[9] << 8 | (size_t)b[10] << 16 | (size_t)b[11] << 24;
     }
     if (*hlen > total - *hstart)
-        return mha__err(ctx, MHA_ERR_FORMAT, "%s: header length: got %zu, expected at most %llu "
-                        "(the file ends first)", who, *hlen,
-                        (unsigned long long)(total - *hstart));
+        return mha__err(ctx, MHA_ERR_FORMAT,
+                        "%s: header length: got %zu, expected at most %llu "
+                        "(the file ends first)",
+                        who, *hlen, (unsigned long long)(total - *hstart));
     return MHA_OK;
 }
 
@@ -321,8 +346,10 @@ static mha_status npy_parse(mha_ctx *ctx, const char *who, const unsigned char *
                         mha_dtype_name(h.dtype));
     size_t have = len - hstart - hlen;
     if (have != bytes)
-        return mha__err(ctx, MHA_ERR_FORMAT, "%s: data: got %zu bytes, expected %zu (shape %s, "
-                        "%s%s)", who, have, bytes, shape, mha_dtype_name(h.dtype),
+        return mha__err(ctx, MHA_ERR_FORMAT,
+                        "%s: data: got %zu bytes, expected %zu (shape %s, "
+                        "%s%s)",
+                        who, have, bytes, shape, mha_dtype_name(h.dtype),
                         have < bytes ? "; truncated file" : "; trailing bytes");
     st = mha__array_make(ctx, who, h.dtype, h.ndim, h.shape, out);
     if (st != MHA_OK) return st;
@@ -339,21 +366,26 @@ static mha_status npy_parse(mha_ctx *ctx, const char *who, const unsigned char *
 mha_status mha_npy_parse(mha_ctx *ctx, const void *buf, size_t len, mha_array *out) {
     mha__clear(ctx);
     if (!out)
-        return mha__err(ctx, MHA_ERR_INVALID_ARG, "mha_npy_parse: out: got NULL, expected a pointer");
+        return mha__err(ctx, MHA_ERR_INVALID_ARG,
+                        "mha_npy_parse: out: got NULL, expected a pointer");
     memset(out, 0, sizeof *out);
     if (!buf && len)
-        return mha__err(ctx, MHA_ERR_INVALID_ARG, "mha_npy_parse: buf: got NULL, expected %zu "
-                        "bytes", len);
+        return mha__err(ctx, MHA_ERR_INVALID_ARG,
+                        "mha_npy_parse: buf: got NULL, expected %zu "
+                        "bytes",
+                        len);
     return npy_parse(ctx, "mha_npy_parse", buf, len, out);
 }
 
 mha_status mha_npy_load(mha_ctx *ctx, const char *path, mha_array *out) {
     mha__clear(ctx);
     if (!out)
-        return mha__err(ctx, MHA_ERR_INVALID_ARG, "mha_npy_load: out: got NULL, expected a pointer");
+        return mha__err(ctx, MHA_ERR_INVALID_ARG,
+                        "mha_npy_load: out: got NULL, expected a pointer");
     memset(out, 0, sizeof *out);
     if (!path)
-        return mha__err(ctx, MHA_ERR_INVALID_ARG, "mha_npy_load: path: got NULL, expected a file "
+        return mha__err(ctx, MHA_ERR_INVALID_ARG,
+                        "mha_npy_load: path: got NULL, expected a file "
                         "name");
     char who[MHA__WHO_CAP];
     mha__io_who(who, "mha_npy_load", path);
@@ -392,7 +424,9 @@ static mha_status npy_emit(mha_ctx *ctx, const char *who, const void *obj, mha_w
                      npy_descr(a->dtype));
     for (int i = 0; i < a->ndim; i++)
         n += snprintf(dict + n, sizeof dict - (size_t)n, "%" PRId64 "%s", a->shape[i],
-                      a->ndim == 1 ? "," : i + 1 < a->ndim ? ", " : "");
+                      a->ndim == 1      ? ","
+                      : i + 1 < a->ndim ? ", "
+                                        : "");
     n += snprintf(dict + n, sizeof dict - (size_t)n, "), }");
     unsigned char head[512];
     size_t pre = 10, total = pre + (size_t)n + 1;
@@ -420,7 +454,8 @@ static mha_status npy_emit(mha_ctx *ctx, const char *who, const void *obj, mha_w
 mha_status mha_npy_write(mha_ctx *ctx, const mha_array *a, mha_write_fn fn, void *user) {
     mha__clear(ctx);
     if (!fn)
-        return mha__err(ctx, MHA_ERR_INVALID_ARG, "mha_npy_write: fn: got NULL, expected a "
+        return mha__err(ctx, MHA_ERR_INVALID_ARG,
+                        "mha_npy_write: fn: got NULL, expected a "
                         "writer callback");
     return npy_emit(ctx, "mha_npy_write", a, fn, user);
 }
@@ -428,7 +463,8 @@ mha_status mha_npy_write(mha_ctx *ctx, const mha_array *a, mha_write_fn fn, void
 mha_status mha_npy_save(mha_ctx *ctx, const char *path, const mha_array *a) {
     mha__clear(ctx);
     if (!path)
-        return mha__err(ctx, MHA_ERR_INVALID_ARG, "mha_npy_save: path: got NULL, expected a file "
+        return mha__err(ctx, MHA_ERR_INVALID_ARG,
+                        "mha_npy_save: path: got NULL, expected a file "
                         "name");
     char who[MHA__WHO_CAP];
     mha__io_who(who, "mha_npy_save", path);

@@ -29,8 +29,7 @@ static mha_status open_regular(mha_ctx *ctx, const char *who, const char *path, 
     if (*fd < 0) return mha__err(ctx, MHA_ERR_IO, "%s: open: %s", who, strerror(errno));
     struct stat sb;
     mha_status st = MHA_OK;
-    if (fstat(*fd, &sb) != 0)
-        st = mha__err(ctx, MHA_ERR_IO, "%s: stat: %s", who, strerror(errno));
+    if (fstat(*fd, &sb) != 0) st = mha__err(ctx, MHA_ERR_IO, "%s: stat: %s", who, strerror(errno));
     else if (!S_ISREG(sb.st_mode))
         st = mha__err(ctx, MHA_ERR_IO, "%s: got a %s, expected a regular file", who,
                       S_ISDIR(sb.st_mode) ? "directory" : "special file");

@@ -27,10 +27,10 @@ typedef struct {
 
 struct mha_st {
     int count, cap;
-    char **names;       /* sorted by strcmp */
-    mha_array *arrays;  /* arrays[i] is named names[i] */
+    char **names;      /* sorted by strcmp */
+    mha_array *arrays; /* arrays[i] is named names[i] */
     int nmeta, meta_cap;
-    st_meta *meta;      /* "__metadata__", sorted by key */
+    st_meta *meta; /* "__metadata__", sorted by key */
 };
 
 static void meta_free(st_meta *m, int n) {
@@ -46,7 +46,8 @@ static void meta_free(st_meta *m, int n) {
 mha_status mha_st_create(mha_ctx *ctx, mha_st **out) {
     mha__clear(ctx);
     if (!out)
-        return mha__err(ctx, MHA_ERR_INVALID_ARG, "mha_st_create: out: got NULL, expected a pointer");
+        return mha__err(ctx, MHA_ERR_INVALID_ARG,
+                        "mha_st_create: out: got NULL, expected a pointer");
     *out = mha__calloc(1, sizeof **out);
     if (!*out) return mha__err(ctx, MHA_ERR_NOMEM, "mha_st_create: out of memory");
     return MHA_OK;
@@ -125,12 +126,15 @@ static int st_reserve(mha_st *st, int want) {
 mha_status mha_st_set(mha_ctx *ctx, mha_st *st, const char *name, const mha_array *a) {
     mha__clear(ctx);
     static const char *who = "mha_st_set";
-    if (!st) return mha__err(ctx, MHA_ERR_INVALID_ARG, "%s: st: got NULL, expected a collection", who);
-    if (!name) return mha__err(ctx, MHA_ERR_INVALID_ARG, "%s: name: got NULL, expected a string", who);
+    if (!st)
+        return mha__err(ctx, MHA_ERR_INVALID_ARG, "%s: st: got NULL, expected a collection", who);
+    if (!name)
+        return mha__err(ctx, MHA_ERR_INVALID_ARG, "%s: name: got NULL, expected a string", who);
     if (strcmp(name, "__metadata__") == 0)
         return mha__err(ctx, MHA_ERR_INVALID_ARG,
                         "%s: name: got \"__metadata__\", expected another name (reserved by the "
-                        "format)", who);
+                        "format)",
+                        who);
     size_t bytes;
     mha_status s = mha__array_check(ctx, who, "a", a, &bytes);
     if (s != MHA_OK) return s;
@@ -166,7 +170,6 @@ mha_status mha_st_set(mha_ctx *ctx, mha_st *st, const char *name, const mha_arra
     st->count++;
     return MHA_OK;
 }
-
 
 /* Grows *arr (elements of size sz) to hold at least n + 1. */
 static int grow(void **arr, int n, int *cap, size_t sz) {
@@ -223,8 +226,8 @@ mha_status mha_st_meta_set(mha_ctx *ctx, mha_st *st, const char *key, const char
         return MHA_OK;
     }
     char *v = dup_str(value), *k = i < 0 ? dup_str(key) : NULL;
-    if (!v || (i < 0 && (!k || !grow((void **)&st->meta, st->nmeta, &st->meta_cap,
-                                     sizeof *st->meta)))) {
+    if (!v ||
+        (i < 0 && (!k || !grow((void **)&st->meta, st->nmeta, &st->meta_cap, sizeof *st->meta)))) {
         mha__free(v);
         mha__free(k);
         return mha__err(ctx, MHA_ERR_NOMEM, "%s: out of memory", who);
@@ -415,8 +418,8 @@ static mha_status j_uint(json *j, const char *what, int64_t *v) {
         return mha__err(j->ctx, MHA_ERR_FORMAT, "%s: %s: got %.*s, expected >= 0", j->who, what,
                         len, start);
     if (big)
-        return mha__err(j->ctx, MHA_ERR_FORMAT, "%s: %s: got %.*s, expected < 2^63", j->who,
-                        what, len, start);
+        return mha__err(j->ctx, MHA_ERR_FORMAT, "%s: %s: got %.*s, expected < 2^63", j->who, what,
+                        len, start);
     *v = (int64_t)x;
     return MHA_OK;
 }
@@ -458,9 +461,13 @@ static mha_status parse_dtype(json *j, const char *tname, mha_dtype *dt) {
     size_t n;
     mha_status st = j_string(j, s, sizeof s, &n);
     if (st != MHA_OK) return st;
-    static const struct { const char *name; mha_dtype dt; } map[] = {
-        {"F32", MHA_DTYPE_F32}, {"F64", MHA_DTYPE_F64}, {"BOOL", MHA_DTYPE_BOOL},
-        {"I32", MHA_DTYPE_I32}};
+    static const struct {
+        const char *name;
+        mha_dtype dt;
+    } map[] = {{"F32", MHA_DTYPE_F32},
+               {"F64", MHA_DTYPE_F64},
+               {"BOOL", MHA_DTYPE_BOOL},
+               {"I32", MHA_DTYPE_I32}};
     if (n < sizeof s)
         for (size_t i = 0; i < sizeof map / sizeof map[0]; i++)
             if (strcmp(s, map[i].name) == 0 && strlen(s) == n) {
@@ -485,9 +492,10 @@ static mha_status parse_shape(json *j, st_entry *e, const char *tname) {
     if (j_lit(j, ']')) return MHA_OK;
     for (;;) {
         if (e->ndim >= MHA_MAX_DIMS)
-            return mha__err(j->ctx, MHA_ERR_UNSUPPORTED, "%s: tensor '%s': shape: got more than "
-                            "%d dims, expected at most %d", j->who, tname, MHA_MAX_DIMS,
-                            MHA_MAX_DIMS);
+            return mha__err(j->ctx, MHA_ERR_UNSUPPORTED,
+                            "%s: tensor '%s': shape: got more than "
+                            "%d dims, expected at most %d",
+                            j->who, tname, MHA_MAX_DIMS, MHA_MAX_DIMS);
         snprintf(what, sizeof what, "tensor '%s': shape[%d]", tname, e->ndim);
         mha_status st = j_uint(j, what, &e->shape[e->ndim]);
         if (st != MHA_OK) return st;
@@ -524,7 +532,8 @@ static mha_status check_entry(json *j, st_entry *e, int64_t data_size, const cha
     if (e->begin > e->end)
         return mha__err(j->ctx, MHA_ERR_FORMAT,
                         "%s: tensor '%s': data_offsets: got [%" PRId64 ", %" PRId64 "], expected "
-                        "begin <= end", j->who, tname, e->begin, e->end);
+                        "begin <= end",
+                        j->who, tname, e->begin, e->end);
     if (e->end > data_size)
         return mha__err(j->ctx, MHA_ERR_FORMAT,
                         "%s: tensor '%s': data_offsets: got [%" PRId64 ", %" PRId64 "], expected "
@@ -533,7 +542,8 @@ static mha_status check_entry(json *j, st_entry *e, int64_t data_size, const cha
     if ((uint64_t)(e->end - e->begin) != (uint64_t)e->bytes)
         return mha__err(j->ctx, MHA_ERR_FORMAT,
                         "%s: tensor '%s': data: got %" PRId64 " bytes, expected %zu (shape %s, "
-                        "%s)", j->who, tname, e->end - e->begin, e->bytes, shape,
+                        "%s)",
+                        j->who, tname, e->end - e->begin, e->bytes, shape,
                         mha_dtype_name(e->dtype));
     return MHA_OK;
 }
@@ -562,13 +572,15 @@ static mha_status parse_entry(json *j, st_entry *e, int64_t data_size) {
         if (k == 3) {
             char shown[64];
             shown_name(shown, sizeof shown, n < sizeof key ? key : "(long key)");
-            return mha__err(j->ctx, MHA_ERR_FORMAT, "%s: tensor '%s': got key '%s', expected "
-                            "only dtype, shape, data_offsets", j->who, tname, shown);
+            return mha__err(j->ctx, MHA_ERR_FORMAT,
+                            "%s: tensor '%s': got key '%s', expected "
+                            "only dtype, shape, data_offsets",
+                            j->who, tname, shown);
         }
         if (have[k]++)
             return mha__err(j->ctx, MHA_ERR_FORMAT, "%s: tensor '%s': duplicate key", j->who,
                             tname);
-        st = k == 0 ? parse_dtype(j, tname, &e->dtype)
+        st = k == 0   ? parse_dtype(j, tname, &e->dtype)
              : k == 1 ? parse_shape(j, e, tname)
                       : parse_offsets(j, e, tname);
         if (st != MHA_OK) return st;
@@ -684,17 +696,22 @@ static mha_status parse_member(json *j, st_parsed *h, int64_t data_size, int *ha
 static mha_status st_prefix(mha_ctx *ctx, const char *who, const unsigned char *b, size_t n,
                             uint64_t total, uint64_t *hn) {
     if (total < 8 || n < 8)
-        return mha__err(ctx, MHA_ERR_FORMAT, "%s: got %" PRIu64 " bytes, expected at least 8 "
-                        "(too short for a safetensors file)", who, total);
+        return mha__err(ctx, MHA_ERR_FORMAT,
+                        "%s: got %" PRIu64 " bytes, expected at least 8 "
+                        "(too short for a safetensors file)",
+                        who, total);
     *hn = 0;
     for (int i = 7; i >= 0; i--) *hn = *hn << 8 | b[i];
     if (*hn > total - 8)
-        return mha__err(ctx, MHA_ERR_FORMAT, "%s: header size: got %" PRIu64 ", expected at most "
-                        "%" PRIu64 " (the file ends first; not a safetensors file?)", who, *hn,
-                        total - 8);
+        return mha__err(ctx, MHA_ERR_FORMAT,
+                        "%s: header size: got %" PRIu64 ", expected at most "
+                        "%" PRIu64 " (the file ends first; not a safetensors file?)",
+                        who, *hn, total - 8);
     if (*hn > ST_MAX_HEADER)
-        return mha__err(ctx, MHA_ERR_FORMAT, "%s: header size: got %" PRIu64 ", expected at most "
-                        "%" PRIu64, who, *hn, ST_MAX_HEADER);
+        return mha__err(ctx, MHA_ERR_FORMAT,
+                        "%s: header size: got %" PRIu64 ", expected at most "
+                        "%" PRIu64,
+                        who, *hn, ST_MAX_HEADER);
     if (*hn == 0 || (n > 8 && b[8] != '{')) {
         json j = {(const char *)b + 8, (const char *)b + n, (const char *)b + 8, ctx, who};
         return j_err(&j, "expected '{'");
@@ -742,18 +759,24 @@ static mha_status st_plan(mha_ctx *ctx, const char *who, st_parsed *h, int64_t d
         if (e->begin != at) {
             shown_name(a, sizeof a, e->name);
             if (e->begin > at)
-                return mha__err(ctx, MHA_ERR_FORMAT, "%s: tensor '%s': data_offsets: got [%"
-                                PRId64 ", %" PRId64 "], expected begin %" PRId64 " (no gap "
-                                "between tensors)", who, a, e->begin, e->end, at);
+                return mha__err(ctx, MHA_ERR_FORMAT,
+                                "%s: tensor '%s': data_offsets: got [%" PRId64 ", %" PRId64
+                                "], expected begin %" PRId64 " (no gap "
+                                "between tensors)",
+                                who, a, e->begin, e->end, at);
             shown_name(p, sizeof p, h->es[i - 1].name);
-            return mha__err(ctx, MHA_ERR_FORMAT, "%s: tensor '%s': data_offsets: got [%" PRId64
-                            ", %" PRId64 "], overlaps tensor '%s'", who, a, e->begin, e->end, p);
+            return mha__err(ctx, MHA_ERR_FORMAT,
+                            "%s: tensor '%s': data_offsets: got [%" PRId64 ", %" PRId64
+                            "], overlaps tensor '%s'",
+                            who, a, e->begin, e->end, p);
         }
         at = e->end;
     }
     if (at != data_size)
-        return mha__err(ctx, MHA_ERR_FORMAT, "%s: data area: got %" PRId64 " bytes, expected %"
-                        PRId64 " (the tensors' total; trailing bytes)", who, data_size, at);
+        return mha__err(ctx, MHA_ERR_FORMAT,
+                        "%s: data area: got %" PRId64 " bytes, expected %" PRId64
+                        " (the tensors' total; trailing bytes)",
+                        who, data_size, at);
     if (h->n) qsort(h->es, (size_t)h->n, sizeof *h->es, cmp_names);
     for (int i = 1; i < h->n; i++)
         if (strcmp(h->es[i].name, h->es[i - 1].name) == 0) {
@@ -771,8 +794,8 @@ static mha_status st_plan(mha_ctx *ctx, const char *who, st_parsed *h, int64_t d
 
 /* Build: the collection, moving names and metadata out of h and copying each tensor's bytes
  * from the data area. */
-static mha_status st_build(mha_ctx *ctx, const char *who, st_parsed *h,
-                           const unsigned char *data, mha_st **out) {
+static mha_status st_build(mha_ctx *ctx, const char *who, st_parsed *h, const unsigned char *data,
+                           mha_st **out) {
     mha_st *s = mha__calloc(1, sizeof *s);
     if (!s || !st_reserve(s, h->n)) {
         mha__free(s);
@@ -823,7 +846,8 @@ static mha_status st_parse(mha_ctx *ctx, const char *who, const unsigned char *b
 mha_status mha_st_parse(mha_ctx *ctx, const void *buf, size_t len, mha_st **out) {
     mha__clear(ctx);
     if (!out)
-        return mha__err(ctx, MHA_ERR_INVALID_ARG, "mha_st_parse: out: got NULL, expected a pointer");
+        return mha__err(ctx, MHA_ERR_INVALID_ARG,
+                        "mha_st_parse: out: got NULL, expected a pointer");
     *out = NULL;
     if (!buf && len)
         return mha__err(ctx, MHA_ERR_INVALID_ARG, "mha_st_parse: buf: got NULL, expected %zu bytes",
@@ -837,7 +861,8 @@ mha_status mha_st_load(mha_ctx *ctx, const char *path, mha_st **out) {
         return mha__err(ctx, MHA_ERR_INVALID_ARG, "mha_st_load: out: got NULL, expected a pointer");
     *out = NULL;
     if (!path)
-        return mha__err(ctx, MHA_ERR_INVALID_ARG, "mha_st_load: path: got NULL, expected a file name");
+        return mha__err(ctx, MHA_ERR_INVALID_ARG,
+                        "mha_st_load: path: got NULL, expected a file name");
     char who[MHA__WHO_CAP];
     mha__io_who(who, "mha_st_load", path);
     unsigned char *buf;
@@ -960,9 +985,11 @@ static mha_status st_emit(mha_ctx *ctx, const char *who, const void *obj, mha_wr
 mha_status mha_st_write(mha_ctx *ctx, const mha_st *st, mha_write_fn fn, void *user) {
     mha__clear(ctx);
     if (!st)
-        return mha__err(ctx, MHA_ERR_INVALID_ARG, "mha_st_write: st: got NULL, expected a collection");
+        return mha__err(ctx, MHA_ERR_INVALID_ARG,
+                        "mha_st_write: st: got NULL, expected a collection");
     if (!fn)
-        return mha__err(ctx, MHA_ERR_INVALID_ARG, "mha_st_write: fn: got NULL, expected a writer "
+        return mha__err(ctx, MHA_ERR_INVALID_ARG,
+                        "mha_st_write: fn: got NULL, expected a writer "
                         "callback");
     return st_emit(ctx, "mha_st_write", st, fn, user);
 }
@@ -970,9 +997,11 @@ mha_status mha_st_write(mha_ctx *ctx, const mha_st *st, mha_write_fn fn, void *u
 mha_status mha_st_save(mha_ctx *ctx, const mha_st *st, const char *path) {
     mha__clear(ctx);
     if (!st)
-        return mha__err(ctx, MHA_ERR_INVALID_ARG, "mha_st_save: st: got NULL, expected a collection");
+        return mha__err(ctx, MHA_ERR_INVALID_ARG,
+                        "mha_st_save: st: got NULL, expected a collection");
     if (!path)
-        return mha__err(ctx, MHA_ERR_INVALID_ARG, "mha_st_save: path: got NULL, expected a file name");
+        return mha__err(ctx, MHA_ERR_INVALID_ARG,
+                        "mha_st_save: path: got NULL, expected a file name");
     char who[MHA__WHO_CAP];
     mha__io_who(who, "mha_st_save", path);
     return mha__save_atomic(ctx, who, path, st_emit, st);

@@ -132,8 +132,7 @@ typedef struct {
 #define MHA__ATTN_NO_DIAG (INT64_MAX / 4)
 
 /* Keys c >= the result are excluded for row r by causality or key_lengths (in [0, bc]). */
-static inline int64_t mha__attn_tile_row_end(const mha__attn_tile_mask *mk, int64_t r,
-                                             int64_t bc) {
+static inline int64_t mha__attn_tile_row_end(const mha__attn_tile_mask *mk, int64_t r, int64_t bc) {
     int64_t e = mk->col_end < bc ? mk->col_end : bc;
     if (mk->diag != MHA__ATTN_NO_DIAG && r + mk->diag + 1 < e) e = r + mk->diag + 1;
     return e < 0 ? 0 : e;
@@ -149,8 +148,7 @@ typedef void mha__attn_softmax_t(int64_t br, int64_t bc, float *S, int64_t lds,
 typedef void mha__attn_probs_t(int64_t br, int64_t bc, float *S, int64_t lds,
                                const mha__attn_tile_mask *mk, const float *lse);
 typedef void mha__attn_pv_t(int64_t br, int64_t bc, int64_t n, const float *P, int64_t ldp,
-                            const float *X, int64_t ldx, const float *alpha, float *O,
-                            int64_t ldo);
+                            const float *X, int64_t ldx, const float *alpha, float *O, int64_t ldo);
 typedef void mha__attn_ptv_t(int64_t br, int64_t bc, int64_t n, const float *P, int64_t ldp,
                              const float *X, int64_t ldx, float *G, int64_t ldg);
 typedef void mha__attn_dsoftmax_t(int64_t br, int64_t bc, const float *P, int64_t ldp, float *dP,
@@ -163,8 +161,8 @@ typedef void mha__attn_fwd_t(int64_t br, int64_t bc, int64_t n, int64_t nv, floa
 typedef void mha__attn_fwd_drop_t(int64_t br, int64_t bc, int64_t n, int64_t nv, float scale,
                                   const float *A, int64_t lda, const float *Kp, const float *V,
                                   int64_t ldv, const mha__attn_tile_mask *mk, float *m, float *l,
-                                  float *O, int64_t ldo, float *P, int64_t ldp,
-                                  const uint8_t *keep, int64_t ldk);
+                                  float *O, int64_t ldo, float *P, int64_t ldp, const uint8_t *keep,
+                                  int64_t ldk);
 typedef void mha__attn_dropout_t(int64_t br, int64_t bc, const mha__attn_dropout *dr, int64_t i0,
                                  int64_t j0, uint8_t *keep, int64_t ldk);
 typedef void mha__attn_dropout_apply_t(int64_t br, int64_t bc, const uint8_t *keep, int64_t ldk,
@@ -239,22 +237,22 @@ void mha__kernels_init_avx512(mha_kernels *k);
  * src/kernels/generic/attn.c (the reference, the oracle in tests) and
  * src/kernels/x86/<isa>/attn.c (the skeleton src/kernels/x86/attn_skel.h over the ISA's SIMD
  * mapping). */
-#define MHA__ATTN_DECLARE(isa)                                                                 \
-    mha__attn_scores_t mha__attn_scores_##isa;                                                 \
-    mha__attn_probs_t mha__attn_probs_##isa;                                                   \
-    mha__attn_pv_t mha__attn_pv_##isa;                                                         \
-    mha__attn_ptv_t mha__attn_ptv_##isa;                                                       \
-    mha__attn_dsoftmax_t mha__attn_dsoftmax_##isa;                                             \
-    mha__attn_kpack_t mha__attn_kpack_##isa;                                                   \
-    mha__attn_fwd_t mha__attn_fwd_##isa;                                                       \
-    mha__attn_fwd_drop_t mha__attn_fwd_drop_##isa;                                             \
-    mha__attn_dropout_t mha__attn_dropout_##isa;                                               \
+#define MHA__ATTN_DECLARE(isa)                                                                     \
+    mha__attn_scores_t mha__attn_scores_##isa;                                                     \
+    mha__attn_probs_t mha__attn_probs_##isa;                                                       \
+    mha__attn_pv_t mha__attn_pv_##isa;                                                             \
+    mha__attn_ptv_t mha__attn_ptv_##isa;                                                           \
+    mha__attn_dsoftmax_t mha__attn_dsoftmax_##isa;                                                 \
+    mha__attn_kpack_t mha__attn_kpack_##isa;                                                       \
+    mha__attn_fwd_t mha__attn_fwd_##isa;                                                           \
+    mha__attn_fwd_drop_t mha__attn_fwd_drop_##isa;                                                 \
+    mha__attn_dropout_t mha__attn_dropout_##isa;                                                   \
     mha__attn_dropout_apply_t mha__attn_dropout_apply_##isa;
 
 MHA__ATTN_DECLARE(generic)
 mha__attn_softmax_t mha__attn_softmax_generic; /* the online-softmax step of attn_fwd_generic */
 mha__sgemm_t mha__sgemm_generic_f32;
-mha__gemm_ukr_t mha__gemm_generic_f32_4x16; /* the reference micro-kernel, MR x NR = 4 x 16 */
+mha__gemm_ukr_t mha__gemm_generic_f32_4x16;  /* the reference micro-kernel, MR x NR = 4 x 16 */
 mha__gemm_pack_t mha__gemm_pack_generic_f32; /* any r */
 #ifdef MHA_HAVE_AVX2
 MHA__ATTN_DECLARE(avx2)

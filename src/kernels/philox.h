@@ -16,8 +16,8 @@
 #define MHA__PHILOX_W0 0x9E3779B9u /* the golden ratio */
 #define MHA__PHILOX_W1 0xBB67AE85u /* sqrt(3) - 1 */
 
-static inline void mha__philox4x32(uint64_t key, uint32_t c0, uint32_t c1, uint32_t c2,
-                                   uint32_t c3, uint32_t out[4]) {
+static inline void mha__philox4x32(uint64_t key, uint32_t c0, uint32_t c1, uint32_t c2, uint32_t c3,
+                                   uint32_t out[4]) {
     uint32_t k0 = (uint32_t)key, k1 = (uint32_t)(key >> 32);
     for (int r = 0; r < 10; r++) {
         uint64_t p0 = (uint64_t)MHA__PHILOX_M0 * c0;

@@ -121,8 +121,7 @@ void mha__viz_text(uint8_t *img, int64_t iw, int64_t ih, int64_t x, int64_t y, c
                 /* the glyph pixel's top-left corner in the image: rightwards, or upwards with
                  * the glyph's top facing left (text read from the bottom) */
                 int64_t px = upward ? x + gy * scale : x + (k * adv + gx) * scale;
-                int64_t py = upward ? y + (n * adv - 1 - k * adv - gx) * scale
-                                    : y + gy * scale;
+                int64_t py = upward ? y + (n * adv - 1 - k * adv - gx) * scale : y + gy * scale;
                 for (int64_t v = py; v < py + scale; v++)
                     for (int64_t u = px; u < px + scale; u++)
                         if (u >= 0 && u < iw && v >= 0 && v < ih)

@@ -12,7 +12,8 @@
 #include <string.h>
 
 static const char page_css[] =
-    ":root { --ink: #1d2430; --muted: #667085; --line: #2f6fdb; --panel: #ffffff; --bg: #f4f6fa; }\n"
+    ":root { --ink: #1d2430; --muted: #667085; --line: #2f6fdb; --panel: #ffffff; --bg: #f4f6fa; "
+    "}\n"
     "* { box-sizing: border-box; }\n"
     "body { margin: 0; padding: 20px 28px; background: var(--bg); color: var(--ink);\n"
     "  font: 14px/1.4 system-ui, -apple-system, \"Segoe UI\", Roboto, sans-serif; }\n"
@@ -20,7 +21,8 @@ static const char page_css[] =
     "h2 { font-size: 15px; margin: 0 0 10px; }\n"
     ".sub { color: var(--muted); margin: 0 0 14px; }\n"
     "nav { display: flex; flex-wrap: wrap; gap: 6px; margin-bottom: 16px; }\n"
-    "nav button { border: 1px solid #c9d1de; background: #fff; border-radius: 14px; padding: 4px 12px;\n"
+    "nav button { border: 1px solid #c9d1de; background: #fff; border-radius: 14px; padding: 4px "
+    "12px;\n"
     "  font: inherit; cursor: pointer; color: var(--ink); }\n"
     "nav button:hover { border-color: var(--line); }\n"
     "nav button.sel { background: var(--line); border-color: var(--line); color: #fff; }\n"
@@ -116,7 +118,8 @@ static const char page_js[] =
     "                                x2: colw + gapw - 4, y2: j * rh + rh / 2 + 4 }, pg));\n"
     "    var mk = function (label, x, y, anchor, id, cls) {\n"
     "      var g = el('g', { 'class': 'tok ' + cls, id: id }, lines);\n"
-    "      el('rect', { x: x === colw \? 2 : colw + gapw, y: y + 4, width: colw - 2, height: rh - 2,\n"
+    "      el('rect', { x: x === colw \? 2 : colw + gapw, y: y + 4, width: colw - 2, height: rh - "
+    "2,\n"
     "                   rx: 4 }, g);\n"
     "      var t = el('text', { x: x === colw \? colw - 6 : colw + gapw + 6, y: y + rh / 2 + 5,\n"
     "                           'text-anchor': anchor }, g);\n"
@@ -124,7 +127,8 @@ static const char page_js[] =
     "      return g;\n"
     "    };\n"
     "    for (i = 0; i < L; i++) qEls.push(mk(qt[i], colw, i * rh, 'end', 'q-' + i, 'q'));\n"
-    "    for (j = 0; j < S; j++) kEls.push(mk(kt[j], colw + gapw, j * rh, 'start', 'k-' + j, 'k'));\n"
+    "    for (j = 0; j < S; j++) kEls.push(mk(kt[j], colw + gapw, j * rh, 'start', 'k-' + j, "
+    "'k'));\n"
     "    qEls.forEach(function (e, n) { on(e, 'q', n); });\n"
     "    kEls.forEach(function (e, n) { on(e, 'k', n); });\n"
     "  } else {\n"
@@ -133,7 +137,8 @@ static const char page_js[] =
     "      'too many token pairs for the line view (' + L + ' x ' + S + '): use the heatmap';\n"
     "  }\n"
     "  function on(e, kind, n) {\n"
-    "    e.addEventListener('mouseenter', function () { hover = { kind: kind, n: n }; paint(); });\n"
+    "    e.addEventListener('mouseenter', function () { hover = { kind: kind, n: n }; paint(); "
+    "});\n"
     "    e.addEventListener('mouseleave', function () { hover = null; paint(); });\n"
     "  }\n"
     "\n"
@@ -142,7 +147,8 @@ static const char page_js[] =
     "  var cs = Math.max(3, Math.min(32, Math.floor(440 / Math.max(L, S))));\n"
     "  var labels = cs >= 10, lw = 0, th = 0;\n"
     "  if (labels) {\n"
-    "    var longest = function (a) { return a.reduce(function (m, x) { return Math.max(m, x.length); }, 0); };\n"
+    "    var longest = function (a) { return a.reduce(function (m, x) { return Math.max(m, "
+    "x.length); }, 0); };\n"
     "    lw = Math.min(16, longest(qt)) * 7 + 10;\n"
     "    th = Math.min(16, longest(kt)) * 7 + 10;\n"
     "  }\n"
@@ -167,13 +173,15 @@ static const char page_js[] =
     "  }\n"
     "  var info = document.getElementById('info');\n"
     "  function cellInfo(a, b) {\n"
-    "    info.textContent = 'query ' + a + ' \\u201c' + qt[a] + '\\u201d \\u2192 key ' + b + ' \\u201c' +\n"
+    "    info.textContent = 'query ' + a + ' \\u201c' + qt[a] + '\\u201d \\u2192 key ' + b + ' "
+    "\\u201c' +\n"
     "      kt[b] + '\\u201d: ' + fmt(mat(cur)[a * S + b]);\n"
     "  }\n"
     "  heat.addEventListener('mouseleave', function () { info.textContent = ''; });\n"
     "  var stops = [];\n"
     "  for (i = 0; i <= 8; i++) stops.push(rgb(i / 8));\n"
-    "  document.getElementById('grad').style.background = 'linear-gradient(to right,' + stops.join(',') + ')';\n"
+    "  document.getElementById('grad').style.background = 'linear-gradient(to right,' + "
+    "stops.join(',') + ')';\n"
     "  document.getElementById('vmin').textContent = D.vmin.toFixed(2);\n"
     "  document.getElementById('vmax').textContent = D.vmax.toFixed(2);\n"
     "\n"
@@ -186,7 +194,8 @@ static const char page_js[] =
     "    c.width = S * ts; c.height = L * ts;\n"
     "    var g = c.getContext('2d'), m = mat(x);\n"
     "    for (var a = 0; a < L; a++)\n"
-    "      for (var b = 0; b < S; b++) { g.fillStyle = rgb(norm(m[a * S + b])); g.fillRect(b * ts, a * ts, ts, ts); }\n"
+    "      for (var b = 0; b < S; b++) { g.fillStyle = rgb(norm(m[a * S + b])); g.fillRect(b * ts, "
+    "a * ts, ts, ts); }\n"
     "    d.appendChild(c);\n"
     "    d.appendChild(document.createTextNode(names[x]));\n"
     "    d.addEventListener('click', function () { select(x); });\n"
@@ -222,8 +231,10 @@ static const char page_js[] =
     "        p.classList.toggle('off', !!hover && !inSel);\n"
     "      }\n"
     "    }\n"
-    "    qEls.forEach(function (e, k) { e.classList.toggle('hl', !!hover && hover.kind === 'q' && hover.n === k); });\n"
-    "    kEls.forEach(function (e, k) { e.classList.toggle('hl', !!hover && hover.kind === 'k' && hover.n === k); });\n"
+    "    qEls.forEach(function (e, k) { e.classList.toggle('hl', !!hover && hover.kind === 'q' && "
+    "hover.n === k); });\n"
+    "    kEls.forEach(function (e, k) { e.classList.toggle('hl', !!hover && hover.kind === 'k' && "
+    "hover.n === k); });\n"
     "  }\n"
     "  function select(x) {\n"
     "    cur = x;\n"
@@ -268,9 +279,11 @@ static void json_strs(viz_out *o, char *const *a, int64_t n) {
 }
 
 static void json_stats(viz_out *o, const mha_viz_stats *s) {
-    mha__viz_printf(o, "{\"entropy\":%.6g,\"maxEntropy\":%.6g,\"top\":%lld,\"topMean\":%.6g,"
-                   "\"max\":%.6g}", s->entropy, s->max_entropy, (long long)s->top_key,
-                s->top_key_mean, s->max_weight);
+    mha__viz_printf(o,
+                    "{\"entropy\":%.6g,\"maxEntropy\":%.6g,\"top\":%lld,\"topMean\":%.6g,"
+                    "\"max\":%.6g}",
+                    s->entropy, s->max_entropy, (long long)s->top_key, s->top_key_mean,
+                    s->max_weight);
 }
 
 mha_status mha_viz_html(mha_ctx *ctx, const float *w, int64_t H, int64_t L, int64_t S,
@@ -305,8 +318,8 @@ mha_status mha_viz_html(mha_ctx *ctx, const float *w, int64_t H, int64_t L, int6
     viz_out o;
     mha__viz_out_init(&o, fn, user);
     mha__viz_puts(&o, "<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n"
-                  "<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\n"
-                  "<title>");
+                      "<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\n"
+                      "<title>");
     mha__viz_xml(&o, title);
     mha__viz_puts(&o, "</title>\n<style>\n");
     mha__viz_puts(&o, page_css);
@@ -316,26 +329,26 @@ mha_status mha_viz_html(mha_ctx *ctx, const float *w, int64_t H, int64_t L, int6
                     "</h1>\n<p class=\"sub\">%lld heads, %lld queries \xc3\x97 %lld keys. Hover "
                     "a token to see where it attends (query, left) or what attends to it (key, "
                     "right); arrow keys switch heads.</p>\n",
-                (long long)H, (long long)L, (long long)S);
-    mha__viz_puts(&o,
-              "<nav id=\"heads\"></nav>\n<div class=\"row\">\n"
-              "<div class=\"card\"><h2>token view</h2><svg id=\"lines\"></svg>"
-              "<p class=\"hint\" id=\"tokhint\">line opacity = attention weight</p></div>\n"
-              "<div class=\"card\"><h2 id=\"heat-title\"></h2><svg id=\"heat\"></svg>"
-              "<div id=\"info\"></div><div class=\"bar\"><span id=\"vmin\"></span>"
-              "<div id=\"grad\"></div><span id=\"vmax\"></span></div></div>\n</div>\n"
-              "<div class=\"card\"><h2>all heads</h2><div id=\"thumbs\"></div></div>\n"
-              "<div class=\"card\"><h2>statistics</h2><table id=\"stats\"><thead><tr>"
-              "<th>head</th><th>mean row entropy (bits)</th><th>uniform</th>"
-              "<th>most attended key</th><th>its mean weight</th><th>max weight</th></tr>"
-              "</thead><tbody></tbody></table>"
-              "<p class=\"hint\">entropy 0: every query looks at one key; uniform: spread "
-              "evenly</p></div>\n");
+                    (long long)H, (long long)L, (long long)S);
+    mha__viz_puts(&o, "<nav id=\"heads\"></nav>\n<div class=\"row\">\n"
+                      "<div class=\"card\"><h2>token view</h2><svg id=\"lines\"></svg>"
+                      "<p class=\"hint\" id=\"tokhint\">line opacity = attention weight</p></div>\n"
+                      "<div class=\"card\"><h2 id=\"heat-title\"></h2><svg id=\"heat\"></svg>"
+                      "<div id=\"info\"></div><div class=\"bar\"><span id=\"vmin\"></span>"
+                      "<div id=\"grad\"></div><span id=\"vmax\"></span></div></div>\n</div>\n"
+                      "<div class=\"card\"><h2>all heads</h2><div id=\"thumbs\"></div></div>\n"
+                      "<div class=\"card\"><h2>statistics</h2><table id=\"stats\"><thead><tr>"
+                      "<th>head</th><th>mean row entropy (bits)</th><th>uniform</th>"
+                      "<th>most attended key</th><th>its mean weight</th><th>max weight</th></tr>"
+                      "</thead><tbody></tbody></table>"
+                      "<p class=\"hint\">entropy 0: every query looks at one key; uniform: spread "
+                      "evenly</p></div>\n");
     mha__viz_puts(&o, "<script type=\"application/json\" id=\"mha-data\">");
-    mha__viz_printf(&o, "{\"H\":%lld,\"L\":%lld,\"S\":%lld,\"vmin\":%.6g,\"vmax\":%.6g,"
+    mha__viz_printf(&o,
+                    "{\"H\":%lld,\"L\":%lld,\"S\":%lld,\"vmin\":%.6g,\"vmax\":%.6g,"
                     "\"initial\":%lld,\"q\":",
-                (long long)H, (long long)L, (long long)S, (double)v.vmin, (double)v.vmax,
-                (long long)initial);
+                    (long long)H, (long long)L, (long long)S, (double)v.vmin, (double)v.vmax,
+                    (long long)initial);
     json_strs(&o, v.qtok, L);
     mha__viz_puts(&o, ",\"k\":");
     json_strs(&o, v.ktok, S);

@@ -76,7 +76,7 @@ typedef struct {
     int64_t bar_y;         /* y of the colour bar */
     int64_t iw, ih;        /* the image */
     char title[PNG_TITLE_MAX + 1];
-    char vals[3][32];      /* the colour bar's vmin, middle and vmax */
+    char vals[3][32]; /* the colour bar's vmin, middle and vmax */
 } png_layout;
 
 /* The smallest of 1, 2, 5, 10, 20, 50, ... cells that spans at least 12 pixels: labels (7
@@ -136,8 +136,9 @@ static void plan(const viz_view *v, const char *title, int cell_px, png_layout *
     snprintf(ly->vals[0], sizeof ly->vals[0], "%.3g", (double)lo);
     snprintf(ly->vals[1], sizeof ly->vals[1], "%.3g", (double)(lo + (hi - lo) / 2));
     snprintf(ly->vals[2], sizeof ly->vals[2], "%.3g", (double)hi);
-    int64_t vals = adv * (int64_t)(strlen(ly->vals[0]) + strlen(ly->vals[1]) +
-                                   strlen(ly->vals[2])) + 2 * PNG_GAP;
+    int64_t vals =
+        adv * (int64_t)(strlen(ly->vals[0]) + strlen(ly->vals[1]) + strlen(ly->vals[2])) +
+        2 * PNG_GAP;
     int64_t content = ly->cols * ly->pw + (ly->cols - 1) * PNG_GAP;
     ly->iw = 2 * PNG_MARGIN + max64(max64(content, tw), vals);
     ly->bar_y = ly->top + ly->rows * ly->ph + (ly->rows - 1) * PNG_GAP + 8;
@@ -227,7 +228,8 @@ mha_status mha_viz_png(mha_ctx *ctx, const float *w, int64_t H, int64_t L, int64
         mha__viz_view_free(&v);
         return mha__err(ctx, MHA_ERR_NOMEM,
                         "%s: image: got %lld x %lld pixels, expected at most 16384 on a side "
-                        "(use a smaller opts.cell_px)", F, (long long)ly.iw, (long long)ly.ih);
+                        "(use a smaller opts.cell_px)",
+                        F, (long long)ly.iw, (long long)ly.ih);
     }
     uint8_t *img = mha__malloc((size_t)ly.iw * (size_t)ly.ih * 3);
     if (!img) {
@@ -236,8 +238,7 @@ mha_status mha_viz_png(mha_ctx *ctx, const float *w, int64_t H, int64_t L, int64
                         (long long)ly.iw, (long long)ly.ih);
     }
     memset(img, 255, (size_t)ly.iw * (size_t)ly.ih * 3);
-    if (ly.title[0])
-        mha__viz_text(img, ly.iw, ly.ih, PNG_MARGIN, PNG_MARGIN, ly.title, 2, 0, ink);
+    if (ly.title[0]) mha__viz_text(img, ly.iw, ly.ih, PNG_MARGIN, PNG_MARGIN, ly.title, 2, 0, ink);
     for (int p = 0; p < v.n; p++) paint_panel(img, &v, &ly, p);
     paint_bar(img, &ly);
     mha__viz_view_free(&v);

@@ -4,7 +4,7 @@
 #include <stdio.h>
 #include <string.h>
 
-#define SVG_CHAR_W 7   /* estimated width of a character at font-size 11 */
+#define SVG_CHAR_W 7 /* estimated width of a character at font-size 11 */
 #define SVG_LABEL_MAX 16
 
 static int label_cols(char *const *tok, int64_t n) {
@@ -70,10 +70,11 @@ mha_status mha_viz_svg(mha_ctx *ctx, const float *w, int64_t H, int64_t L, int64
 
     viz_out o;
     mha__viz_out_init(&o, fn, user);
-    mha__viz_printf(&o, "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n"
+    mha__viz_printf(&o,
+                    "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n"
                     "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"%lld\" height=\"%lld\" "
                     "viewBox=\"0 0 %lld %lld\" font-family=\"sans-serif\" font-size=\"11\">\n",
-                (long long)W, (long long)Hh, (long long)W, (long long)Hh);
+                    (long long)W, (long long)Hh, (long long)W, (long long)Hh);
     mha__viz_printf(&o, "<rect width=\"100%%\" height=\"100%%\" fill=\"#ffffff\"/>\n");
     if (v.title) {
         char *t = mha__viz_clean(v.title, 0);
@@ -90,7 +91,7 @@ mha_status mha_viz_svg(mha_ctx *ctx, const float *w, int64_t H, int64_t L, int64
         const float *m = v.m + (size_t)p * (size_t)L * (size_t)S;
         mha__viz_printf(&o, "<g class=\"panel\" id=\"panel-%d\">\n", p);
         mha__viz_printf(&o, "<text x=\"%lld\" y=\"%lld\" font-size=\"13\" font-weight=\"bold\">",
-                    (long long)gx, (long long)(y0 + 16));
+                        (long long)gx, (long long)(y0 + 16));
         mha__viz_xml(&o, v.titles[p]);
         mha__viz_puts(&o, "</text>\n");
         for (int64_t i = 0; i < L; i++) {
@@ -98,31 +99,35 @@ mha_status mha_viz_svg(mha_ctx *ctx, const float *w, int64_t H, int64_t L, int64
                 float x = m[(size_t)i * (size_t)S + (size_t)j];
                 uint8_t rgb[3];
                 mha_viz_color(mha__viz_norm(&v, x), rgb);
-                mha__viz_printf(&o, "<rect class=\"cell\" x=\"%lld\" y=\"%lld\" width=\"%d\" "
+                mha__viz_printf(&o,
+                                "<rect class=\"cell\" x=\"%lld\" y=\"%lld\" width=\"%d\" "
                                 "height=\"%d\" fill=\"#%02x%02x%02x\"><title>query %lld",
-                            (long long)(gx + j * c), (long long)(gy + i * c), c, c, rgb[0],
-                            rgb[1], rgb[2], (long long)i);
+                                (long long)(gx + j * c), (long long)(gy + i * c), c, c, rgb[0],
+                                rgb[1], rgb[2], (long long)i);
                 quoted(&o, v.qtok, i);
                 mha__viz_printf(&o, " \xe2\x86\x92 key %lld", (long long)j);
                 quoted(&o, v.ktok, j);
                 mha__viz_printf(&o, ": %.4f</title></rect>\n", (double)x);
             }
         }
-        mha__viz_printf(&o, "<rect x=\"%lld\" y=\"%lld\" width=\"%lld\" height=\"%lld\" "
+        mha__viz_printf(&o,
+                        "<rect x=\"%lld\" y=\"%lld\" width=\"%lld\" height=\"%lld\" "
                         "fill=\"none\" stroke=\"#888888\" stroke-width=\"1\"/>\n",
-                    (long long)gx, (long long)gy, (long long)(S * c), (long long)(L * c));
+                        (long long)gx, (long long)gy, (long long)(S * c), (long long)(L * c));
         for (int64_t i = 0; i < L; i += step) {
-            mha__viz_printf(&o, "<text x=\"%lld\" y=\"%lld\" text-anchor=\"end\" "
+            mha__viz_printf(&o,
+                            "<text x=\"%lld\" y=\"%lld\" text-anchor=\"end\" "
                             "dominant-baseline=\"middle\">",
-                        (long long)(gx - 4), (long long)(gy + i * c + c / 2));
+                            (long long)(gx - 4), (long long)(gy + i * c + c / 2));
             label(&o, v.qtok, i);
             mha__viz_puts(&o, "</text>\n");
         }
         for (int64_t j = 0; j < S; j += step) {
             int64_t tx = gx + j * c + c / 2, ty = gy + L * c + 4;
-            mha__viz_printf(&o, "<text transform=\"translate(%lld,%lld) rotate(-90)\" "
+            mha__viz_printf(&o,
+                            "<text transform=\"translate(%lld,%lld) rotate(-90)\" "
                             "text-anchor=\"end\" dominant-baseline=\"middle\">",
-                        (long long)tx, (long long)ty);
+                            (long long)tx, (long long)ty);
             label(&o, v.ktok, j);
             mha__viz_puts(&o, "</text>\n");
         }
@@ -136,16 +141,17 @@ mha_status mha_viz_svg(mha_ctx *ctx, const float *w, int64_t H, int64_t L, int64
         uint8_t rgb[3];
         mha_viz_color((float)k / 8.0f, rgb);
         mha__viz_printf(&o, "<stop offset=\"%g\" stop-color=\"#%02x%02x%02x\"/>", k / 8.0, rgb[0],
-                    rgb[1], rgb[2]);
+                        rgb[1], rgb[2]);
     }
     mha__viz_puts(&o, "</linearGradient></defs>\n");
-    mha__viz_printf(&o, "<rect class=\"colorbar\" x=\"%lld\" y=\"%lld\" width=\"14\" "
-                        "height=\"%lld\" fill=\"url(#mha-scale)\" stroke=\"#888888\"/>\n",
-                (long long)bx, (long long)by, (long long)barh);
+    mha__viz_printf(&o,
+                    "<rect class=\"colorbar\" x=\"%lld\" y=\"%lld\" width=\"14\" "
+                    "height=\"%lld\" fill=\"url(#mha-scale)\" stroke=\"#888888\"/>\n",
+                    (long long)bx, (long long)by, (long long)barh);
     mha__viz_printf(&o, "<text x=\"%lld\" y=\"%lld\" dominant-baseline=\"middle\">%.3g</text>\n",
-                (long long)(bx + 18), (long long)by, (double)v.vmax);
+                    (long long)(bx + 18), (long long)by, (double)v.vmax);
     mha__viz_printf(&o, "<text x=\"%lld\" y=\"%lld\" dominant-baseline=\"middle\">%.3g</text>\n",
-                (long long)(bx + 18), (long long)(by + barh), (double)v.vmin);
+                    (long long)(bx + 18), (long long)(by + barh), (double)v.vmin);
     mha__viz_puts(&o, "</svg>\n");
     mha__viz_view_free(&v);
     return mha__viz_out_finish(ctx, F, &o);

@@ -113,13 +113,13 @@ static int vlen(const char *t, int cw, int max) {
 }
 
 typedef struct {
-    int mode;          /* mha_viz_term_mode */
-    int cw, half, f;   /* cell width, two rows per line, block size */
-    int64_t nr, nc;    /* cells */
-    int lab_max, G;    /* label width cap, gutter width */
-    int pw;            /* panel width */
-    int vertical;      /* key tokens drawn vertically below the axis */
-    int vlines;        /* their number of lines */
+    int mode;        /* mha_viz_term_mode */
+    int cw, half, f; /* cell width, two rows per line, block size */
+    int64_t nr, nc;  /* cells */
+    int lab_max, G;  /* label width cap, gutter width */
+    int pw;          /* panel width */
+    int vertical;    /* key tokens drawn vertically below the axis */
+    int vlines;      /* their number of lines */
     const char *ylabel, *xlabel;
 } layout;
 
@@ -274,9 +274,18 @@ static int panel(arena *A, const viz_view *v, int p, const layout *ly, line *L0)
         int need = digits((ly->nc - 1) * ly->f) + 1;
         int64_t step = 1;
         for (int64_t m = 1;; m *= 10) {
-            if (1 * m * ly->cw >= need) { step = m; break; }
-            if (2 * m * ly->cw >= need) { step = 2 * m; break; }
-            if (5 * m * ly->cw >= need) { step = 5 * m; break; }
+            if (1 * m * ly->cw >= need) {
+                step = m;
+                break;
+            }
+            if (2 * m * ly->cw >= need) {
+                step = 2 * m;
+                break;
+            }
+            if (5 * m * ly->cw >= need) {
+                step = 5 * m;
+                break;
+            }
         }
         int col = 0;
         for (int64_t cj = 0; cj < ly->nc; cj += step) {
@@ -331,7 +340,8 @@ mha_status mha_viz_term(mha_ctx *ctx, const float *w, int64_t H, int64_t L, int6
     if ((int)opts->term_mode < MHA_VIZ_TERM_UNICODE || (int)opts->term_mode > MHA_VIZ_TERM_COLOR)
         return mha__err(ctx, MHA_ERR_INVALID_ARG,
                         "%s: opts.term_mode: got %d, expected MHA_VIZ_TERM_UNICODE, _ASCII or "
-                        "_COLOR", F, (int)opts->term_mode);
+                        "_COLOR",
+                        F, (int)opts->term_mode);
     int W = opts->width ? opts->width : 80;
     if (W < 40 || W > 100000)
         return mha__err(ctx, MHA_ERR_INVALID_ARG,
@@ -400,8 +410,8 @@ mha_status mha_viz_term(mha_ctx *ctx, const float *w, int64_t H, int64_t L, int6
         if (ly.f > 1) {
             snprintf(buf, sizeof buf,
                      "downsampled to fit %d columns: each cell is the mean of a %dx%d block "
-                     "(%lld x %lld weights as %lld x %lld cells)", W, ly.f, ly.f, (long long)L,
-                     (long long)S, (long long)ly.nr, (long long)ly.nc);
+                     "(%lld x %lld weights as %lld x %lld cells)",
+                     W, ly.f, ly.f, (long long)L, (long long)S, (long long)ly.nr, (long long)ly.nc);
             wrap(&o, buf, W);
         }
         if (ly.half) wrap(&o, "each line shows two query rows: upper and lower half", W);
@@ -423,12 +433,15 @@ mha_status mha_viz_term(mha_ctx *ctx, const float *w, int64_t H, int64_t L, int6
             size_t n;
             if (ascii) {
                 fmt_val(step, sizeof step, span / (float)levels);
-                n = (size_t)snprintf(buf, sizeof buf, "shades \"%s\": blank <%s, then one per "
-                                     "%s up to %s", ascii_shades + 1, num, step, hi);
+                n = (size_t)snprintf(buf, sizeof buf,
+                                     "shades \"%s\": blank <%s, then one per "
+                                     "%s up to %s",
+                                     ascii_shades + 1, num, step, hi);
             } else {
                 n = (size_t)snprintf(buf, sizeof buf, "shades: blank <%s", num);
                 for (int k = 1; k <= levels && n < sizeof buf; k++) {
-                    if (k < levels) fmt_val(num, sizeof num, v.vmin + (float)k / (float)levels * span);
+                    if (k < levels)
+                        fmt_val(num, sizeof num, v.vmin + (float)k / (float)levels * span);
                     n += (size_t)snprintf(buf + n, sizeof buf - n, ", %s %s%s", uni_shades[k],
                                           k < levels ? "<" : "to ", k < levels ? num : hi);
                 }

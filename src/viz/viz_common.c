@@ -34,13 +34,15 @@ void mha_viz_color(float t, uint8_t rgb[3]) {
 
 /* ---- validation ---------------------------------------------------------------------- */
 
-static mha_status check_sizes(mha_ctx *ctx, const char *fn, const float *w, int64_t H,
-                              int64_t L, int64_t S, size_t *numel) {
-    if (!w) return mha__err(ctx, MHA_ERR_INVALID_ARG, "%s: w: got NULL, expected [H, L, S] weights", fn);
+static mha_status check_sizes(mha_ctx *ctx, const char *fn, const float *w, int64_t H, int64_t L,
+                              int64_t S, size_t *numel) {
+    if (!w)
+        return mha__err(ctx, MHA_ERR_INVALID_ARG, "%s: w: got NULL, expected [H, L, S] weights",
+                        fn);
     if (H < 1 || L < 1 || S < 1)
         return mha__err(ctx, MHA_ERR_INVALID_ARG,
-                        "%s: sizes: got H=%lld L=%lld S=%lld, expected each >= 1", fn,
-                        (long long)H, (long long)L, (long long)S);
+                        "%s: sizes: got H=%lld L=%lld S=%lld, expected each >= 1", fn, (long long)H,
+                        (long long)L, (long long)S);
     size_t n;
     /* 2^31 elements is far beyond anything drawable; it also keeps int arithmetic safe. */
     if (!mha__mul_size((size_t)H, (size_t)L, &n) || !mha__mul_size(n, (size_t)S, &n) ||
@@ -173,14 +175,14 @@ int mha__viz_cp_width(uint32_t cp) {
      * and the common emoji blocks; zero: combining marks, zero-width space/joiners, bidi marks
      * and the emoji presentation selector. A fixed table, not the C locale: the output must
      * be the same on every machine. */
-    static const uint32_t zero[][2] = {
-        {0x0300, 0x036F}, {0x1AB0, 0x1AFF}, {0x1DC0, 0x1DFF}, {0x200B, 0x200F},
-        {0x20D0, 0x20FF}, {0xFE0F, 0xFE0F}, {0xFE20, 0xFE2F}};
-    static const uint32_t wide[][2] = {
-        {0x1100, 0x115F},   {0x2E80, 0x303E},   {0x3041, 0x33FF},   {0x3400, 0x4DBF},
-        {0x4E00, 0x9FFF},   {0xA000, 0xA4CF},   {0xAC00, 0xD7A3},   {0xF900, 0xFAFF},
-        {0xFE30, 0xFE4F},   {0xFF00, 0xFF60},   {0xFFE0, 0xFFE6},   {0x1F300, 0x1F64F},
-        {0x1F900, 0x1F9FF}, {0x20000, 0x2FFFD}, {0x30000, 0x3FFFD}};
+    static const uint32_t zero[][2] = {{0x0300, 0x036F}, {0x1AB0, 0x1AFF}, {0x1DC0, 0x1DFF},
+                                       {0x200B, 0x200F}, {0x20D0, 0x20FF}, {0xFE0F, 0xFE0F},
+                                       {0xFE20, 0xFE2F}};
+    static const uint32_t wide[][2] = {{0x1100, 0x115F},   {0x2E80, 0x303E},   {0x3041, 0x33FF},
+                                       {0x3400, 0x4DBF},   {0x4E00, 0x9FFF},   {0xA000, 0xA4CF},
+                                       {0xAC00, 0xD7A3},   {0xF900, 0xFAFF},   {0xFE30, 0xFE4F},
+                                       {0xFF00, 0xFF60},   {0xFFE0, 0xFFE6},   {0x1F300, 0x1F64F},
+                                       {0x1F900, 0x1F9FF}, {0x20000, 0x2FFFD}, {0x30000, 0x3FFFD}};
     if (cp < 0x300) return 1; /* ASCII and Latin-1: the common case */
     for (size_t i = 0; i < sizeof zero / sizeof zero[0]; i++)
         if (cp >= zero[i][0] && cp <= zero[i][1]) return 0;
@@ -281,8 +283,8 @@ static mha_status copy_tokens(mha_ctx *ctx, const char *fn, const char *what,
 }
 
 mha_status mha__viz_view_make(mha_ctx *ctx, const char *fn, const float *w, int64_t H, int64_t L,
-                          int64_t S, const mha_viz_opts *opts, int all_heads, int ascii_only,
-                          viz_view *v) {
+                              int64_t S, const mha_viz_opts *opts, int all_heads, int ascii_only,
+                              viz_view *v) {
     memset(v, 0, sizeof *v);
     mha_viz_opts def = mha_viz_opts_default();
     if (!opts) opts = &def;
@@ -303,8 +305,7 @@ mha_status mha__viz_view_make(mha_ctx *ctx, const char *fn, const float *w, int6
                         (double)opts->vmin, (double)opts->vmax);
     if (H > 4096 && (all_heads || opts->view == MHA_VIZ_ALL))
         return mha__err(ctx, MHA_ERR_INVALID_ARG,
-                        "%s: H: got %lld, expected at most 4096 heads in a grid", fn,
-                        (long long)H);
+                        "%s: H: got %lld, expected at most 4096 heads in a grid", fn, (long long)H);
     const char *const *kt = opts->key_tokens;
     if (!kt && opts->query_tokens && L == S) kt = opts->query_tokens;
 
@@ -328,10 +329,8 @@ mha_status mha__viz_view_make(mha_ctx *ctx, const char *fn, const float *w, int6
         const char *src = buf;
         if (v->n == 1 && opts->view == MHA_VIZ_AVERAGE && !all_heads)
             snprintf(buf, sizeof buf, "average of %lld heads", (long long)H);
-        else if (opts->head_titles && opts->head_titles[h])
-            src = opts->head_titles[h];
-        else
-            snprintf(buf, sizeof buf, "head %lld", (long long)h);
+        else if (opts->head_titles && opts->head_titles[h]) src = opts->head_titles[h];
+        else snprintf(buf, sizeof buf, "head %lld", (long long)h);
         v->titles[p] = mha__viz_clean(src, ascii_only);
         if (!v->titles[p]) goto nomem;
     }

@@ -34,20 +34,20 @@ mha_status mha__viz_out_finish(mha_ctx *ctx, const char *fn, viz_out *o);
  * titles, cleaned-up labels, and the resolved scale. */
 typedef struct {
     int64_t H, L, S;
-    int n;              /* panels: 1, or H for MHA_VIZ_ALL */
-    float *m;           /* [n, L, S] */
-    char **titles;      /* [n] */
+    int n;               /* panels: 1, or H for MHA_VIZ_ALL */
+    float *m;            /* [n, L, S] */
+    char **titles;       /* [n] */
     char **qtok, **ktok; /* [L], [S] or NULL; sanitized UTF-8 (ascii_only: 7-bit) */
-    float vmin, vmax;   /* vmax > vmin */
-    int auto_scale;     /* the scale came from the data (may be refitted to drawn cells) */
-    const char *title;  /* opts->title or NULL (not sanitized) */
+    float vmin, vmax;    /* vmax > vmin */
+    int auto_scale;      /* the scale came from the data (may be refitted to drawn cells) */
+    const char *title;   /* opts->title or NULL (not sanitized) */
 } viz_view;
 
 /* Validates the common arguments and builds the view. ascii_only replaces every non-ASCII
  * code point of the labels by '?'. On error nothing is allocated. */
 mha_status mha__viz_view_make(mha_ctx *ctx, const char *fn, const float *w, int64_t H, int64_t L,
-                          int64_t S, const mha_viz_opts *opts, int all_heads, int ascii_only,
-                          viz_view *v);
+                              int64_t S, const mha_viz_opts *opts, int all_heads, int ascii_only,
+                              viz_view *v);
 void mha__viz_view_free(viz_view *v);
 
 /* out[e] = the mean over h < H of w[h * LS + e], e < LS (summed in double, in head order). */
@@ -108,11 +108,10 @@ void mha__viz_xml(viz_out *o, const char *s);
 
 /* The file wrapper: runs render into a staged output (mha_outputs): path is replaced only
  * when the rendering is complete. */
-typedef mha_status (*viz_render_fn)(mha_ctx *ctx, const float *w, int64_t H, int64_t L,
-                                    int64_t S, const mha_viz_opts *opts, mha_write_fn fn,
-                                    void *user);
+typedef mha_status (*viz_render_fn)(mha_ctx *ctx, const float *w, int64_t H, int64_t L, int64_t S,
+                                    const mha_viz_opts *opts, mha_write_fn fn, void *user);
 mha_status mha__viz_to_file(mha_ctx *ctx, const char *fn, viz_render_fn render, const float *w,
-                        int64_t H, int64_t L, int64_t S, const mha_viz_opts *opts,
-                        const char *path);
+                            int64_t H, int64_t L, int64_t S, const mha_viz_opts *opts,
+                            const char *path);
 
 #endif

@@ -85,8 +85,7 @@ void mha__attn_probs_generic(int64_t br, int64_t bc, float *S, int64_t lds,
 /* O[br, n] = diag(alpha) O + P[br, bc] X[bc, n]     (alpha NULL: 1)
  * (forward: acc = alpha acc + P v;  backward: dq += dS k) */
 void mha__attn_pv_generic(int64_t br, int64_t bc, int64_t n, const float *P, int64_t ldp,
-                          const float *X, int64_t ldx, const float *alpha, float *O,
-                          int64_t ldo) {
+                          const float *X, int64_t ldx, const float *alpha, float *O, int64_t ldo) {
     for (int64_t r = 0; r < br; r++) {
         float *o = O + r * ldo;
         if (alpha && alpha[r] != 1.0f)
@@ -137,8 +136,8 @@ void mha__attn_kpack_generic(int64_t bc, int64_t n, const float *B, int64_t ldb,
  * by the three kernels above, 64 rows at a time (rows are independent). */
 void mha__attn_fwd_generic(int64_t br, int64_t bc, int64_t n, int64_t nv, float scale,
                            const float *A, int64_t lda, const float *Kp, const float *V,
-                           int64_t ldv, const mha__attn_tile_mask *mk, float *m, float *l,
-                           float *O, int64_t ldo, float *P, int64_t ldp) {
+                           int64_t ldv, const mha__attn_tile_mask *mk, float *m, float *l, float *O,
+                           int64_t ldo, float *P, int64_t ldp) {
     float alpha[64];
     for (int64_t r0 = 0; r0 < br; r0 += 64) {
         int64_t rb = br - r0 < 64 ? br - r0 : 64;
@@ -157,8 +156,8 @@ void mha__attn_fwd_generic(int64_t br, int64_t bc, int64_t n, int64_t nv, float 
 void mha__attn_fwd_drop_generic(int64_t br, int64_t bc, int64_t n, int64_t nv, float scale,
                                 const float *A, int64_t lda, const float *Kp, const float *V,
                                 int64_t ldv, const mha__attn_tile_mask *mk, float *m, float *l,
-                                float *O, int64_t ldo, float *P, int64_t ldp,
-                                const uint8_t *keep, int64_t ldk) {
+                                float *O, int64_t ldo, float *P, int64_t ldp, const uint8_t *keep,
+                                int64_t ldk) {
     float alpha[64];
     for (int64_t r0 = 0; r0 < br; r0 += 64) {
         int64_t rb = br - r0 < 64 ? br - r0 : 64;
@@ -196,8 +195,7 @@ void mha__attn_dropout_generic(int64_t br, int64_t bc, const mha__attn_dropout *
 
 /* Y = keep ? X * ks : 0 over a tile (in place when Y == X). */
 void mha__attn_dropout_apply_generic(int64_t br, int64_t bc, const uint8_t *keep, int64_t ldk,
-                                     float ks, const float *X, int64_t ldx, float *Y,
-                                     int64_t ldy) {
+                                     float ks, const float *X, int64_t ldx, float *Y, int64_t ldy) {
     for (int64_t r = 0; r < br; r++)
         for (int64_t c = 0; c < bc; c++)
             Y[r * ldy + c] = keep[r * ldk + c] ? X[r * ldx + c] * ks : 0.0f;

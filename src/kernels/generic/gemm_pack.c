@@ -8,8 +8,8 @@
 
 #include <string.h>
 
-void mha__gemm_pack_generic_f32(const float *X, int64_t rs, int64_t cs, int64_t rows,
-                                int64_t k, int r, float *dst) {
+void mha__gemm_pack_generic_f32(const float *X, int64_t rs, int64_t cs, int64_t rows, int64_t k,
+                                int r, float *dst) {
     for (int64_t i0 = 0; i0 < rows; i0 += r) {
         int rr = rows - i0 < r ? (int)(rows - i0) : r;
         const float *x = X + i0 * rs;

@@ -10,8 +10,8 @@
 #define MR 4
 #define NR 16
 
-void mha__gemm_generic_f32_4x16(int64_t k, const float *a, const float *b, float alpha,
-                                float beta, float *c, int64_t ldc, int m, int n) {
+void mha__gemm_generic_f32_4x16(int64_t k, const float *a, const float *b, float alpha, float beta,
+                                float *c, int64_t ldc, int m, int n) {
     float acc[MR][NR] = {{0}};
     for (int64_t p = 0; p < k; p++) {
         const float *ap = a + p * MR, *bp = b + p * NR;

@@ -42,8 +42,8 @@
 #include <math.h>
 #include <string.h>
 
-#define PW (VL * NVMAX) /* columns of a product panel */
-#define DC 128          /* depth of one packed B chunk: DC x PW floats on the stack */
+#define PW (VL * NVMAX)    /* columns of a product panel */
+#define DC 128             /* depth of one packed B chunk: DC x PW floats on the stack */
 #define DROP_STEP (8 * VL) /* dropout keys per step: 4 vectors of VL/2 groups of 4 keys */
 
 _Static_assert(MR <= VL, "a register block's row state (m, alpha) fits one vector");
@@ -56,20 +56,20 @@ _Static_assert(MR <= VL, "a register block's row state (m, alpha) fits one vecto
  * so its loops over the vectors of a row unroll fully and its accumulators stay in
  * registers. */
 #if NVMAX == 2
-#define PER_NV(nv, BLOCK, ...)                                                                 \
-    do {                                                                                       \
-        if ((nv) == 1) BLOCK(1, __VA_ARGS__);                                                  \
-        else BLOCK(2, __VA_ARGS__);                                                            \
+#define PER_NV(nv, BLOCK, ...)                                                                     \
+    do {                                                                                           \
+        if ((nv) == 1) BLOCK(1, __VA_ARGS__);                                                      \
+        else BLOCK(2, __VA_ARGS__);                                                                \
     } while (0)
 #elif NVMAX == 4
-#define PER_NV(nv, BLOCK, ...)                                                                 \
-    do {                                                                                       \
-        switch (nv) {                                                                          \
-        case 1: BLOCK(1, __VA_ARGS__); break;                                                  \
-        case 2: BLOCK(2, __VA_ARGS__); break;                                                  \
-        case 3: BLOCK(3, __VA_ARGS__); break;                                                  \
-        default: BLOCK(4, __VA_ARGS__); break;                                                 \
-        }                                                                                      \
+#define PER_NV(nv, BLOCK, ...)                                                                     \
+    do {                                                                                           \
+        switch (nv) {                                                                              \
+        case 1: BLOCK(1, __VA_ARGS__); break;                                                      \
+        case 2: BLOCK(2, __VA_ARGS__); break;                                                      \
+        case 3: BLOCK(3, __VA_ARGS__); break;                                                      \
+        default: BLOCK(4, __VA_ARGS__); break;                                                     \
+        }                                                                                          \
     } while (0)
 #else
 #error "attn_skel.h: NVMAX must be 2 or 4"
@@ -107,8 +107,7 @@ INL void blk_fma(const int nv, vf acc[MR][NVMAX], const float *const a[MR], int6
 }
 
 /* Rows i < m of a register block to C (ldc; the last vector of a row cut by kl). */
-INL void blk_store(const int nv, int64_t m, vf acc[MR][NVMAX], float *C, int64_t ldc,
-                   vmask kl) {
+INL void blk_store(const int nv, int64_t m, vf acc[MR][NVMAX], float *C, int64_t ldc, vmask kl) {
 #pragma GCC unroll 16
     for (int i = 0; i < MR; i++)
         if (i < m)
@@ -175,9 +174,8 @@ void KERNEL(scores)(int64_t br, int64_t bc, int64_t n, float scale, const float 
 }
 
 /* O[m, VL nv] = diag(alpha) O + P[m, bc] X[bc, VL nv]   (last vector masked by kl) */
-INL void pv_blk(const int nv, int64_t m, int64_t bc, const float *P, int64_t ldp,
-                const float *X, int64_t ldx, const float *alpha, float *O, int64_t ldo,
-                vmask kl) {
+INL void pv_blk(const int nv, int64_t m, int64_t bc, const float *P, int64_t ldp, const float *X,
+                int64_t ldx, const float *alpha, float *O, int64_t ldo, vmask kl) {
     const float *p[MR];
     vf acc[MR][NVMAX];
 #pragma GCC unroll 16
@@ -215,8 +213,8 @@ void KERNEL(pv)(int64_t br, int64_t bc, int64_t n, const float *P, int64_t ldp, 
 }
 
 /* G[m, VL nv] += P[br, m]^T X[br, VL nv]   (m keys from column 0 of P; last vector masked) */
-INL void ptv_blk(const int nv, int64_t m, int64_t br, const float *P, int64_t ldp,
-                 const float *X, int64_t ldx, float *G, int64_t ldg, vmask kl) {
+INL void ptv_blk(const int nv, int64_t m, int64_t br, const float *P, int64_t ldp, const float *X,
+                 int64_t ldx, float *G, int64_t ldg, vmask kl) {
     int64_t ci[MR];
     vf acc[MR][NVMAX];
 #pragma GCC unroll 16
@@ -241,8 +239,8 @@ INL void ptv_blk(const int nv, int64_t m, int64_t br, const float *P, int64_t ld
     blk_store(nv, m, acc, G, ldg, kl);
 }
 
-void KERNEL(ptv)(int64_t br, int64_t bc, int64_t n, const float *P, int64_t ldp,
-                 const float *X, int64_t ldx, float *G, int64_t ldg) {
+void KERNEL(ptv)(int64_t br, int64_t bc, int64_t n, const float *P, int64_t ldp, const float *X,
+                 int64_t ldx, float *G, int64_t ldg) {
     for (int64_t x0 = 0; x0 < n; x0 += PW) {
         int64_t w = n - x0 < PW ? n - x0 : PW;
         int nv = (int)((w + VL - 1) / VL);
@@ -277,8 +275,8 @@ void KERNEL(probs)(int64_t br, int64_t bc, float *S, int64_t lds, const mha__att
 }
 
 /* dP = scale * (P * (dP - drow[r])) in place: the generic kernel's three roundings. */
-void KERNEL(dsoftmax)(int64_t br, int64_t bc, const float *P, int64_t ldp, float *dP,
-                      int64_t ldd, const float *drow, float scale) {
+void KERNEL(dsoftmax)(int64_t br, int64_t bc, const float *P, int64_t ldp, float *dP, int64_t ldd,
+                      const float *drow, float scale) {
     const vf vs = vf_set1(scale);
     for (int64_t r = 0; r < br; r++) {
         const float *p = P + r * ldp;
@@ -310,10 +308,9 @@ void KERNEL(kpack)(int64_t bc, int64_t n, const float *B, int64_t ldb, float *Kp
 /* P[i, c0 .. c0 + VL nv) (last vector kl) = scale * A[i] Kt (an FMA chain over d in order),
  * then + fmask, excluded keys -inf; vmx[i] = max(vmx[i], those). Block rows i < m are rows
  * r0 + i of the tile. */
-INL void fwd_panel(const int nv, int64_t m, int64_t n, const float *A, int64_t lda,
-                   const float *Kt, float scale, float *P, int64_t ldp, vmask kl,
-                   const mha__attn_tile_mask *mk, int masked, int64_t r0, int64_t c0,
-                   int64_t bc, vf vmx[MR]) {
+INL void fwd_panel(const int nv, int64_t m, int64_t n, const float *A, int64_t lda, const float *Kt,
+                   float scale, float *P, int64_t ldp, vmask kl, const mha__attn_tile_mask *mk,
+                   int masked, int64_t r0, int64_t c0, int64_t bc, vf vmx[MR]) {
     const float *a[MR];
     vf acc[MR][NVMAX];
 #pragma GCC unroll 16
@@ -379,8 +376,8 @@ INL void fwd_tile(int64_t br, int64_t bc, int64_t n, int64_t nv, float scale, co
             int nvk = (int)((w + VL - 1) / VL);
             vmask kl = mask_tail(w - VL * (nvk - 1));
             const float *kt = Kp + c0 * n;
-            PER_NV(nvk, fwd_panel, rows, n, a, lda, kt, scale, p, ldp, kl, mk, masked, r0, c0,
-                   bc, vmx);
+            PER_NV(nvk, fwd_panel, rows, n, a, lda, kt, scale, p, ldp, kl, mk, masked, r0, c0, bc,
+                   vmx);
         }
         /* m' per row from the registers; alpha = exp(m - m') for the block by one vector exp */
         float mo[VL] __attribute__((aligned(VALIGN))) = {0};
@@ -425,13 +422,13 @@ INL void fwd_tile(int64_t br, int64_t bc, int64_t n, int64_t nv, float scale, co
 
 void KERNEL(fwd)(int64_t br, int64_t bc, int64_t n, int64_t nv, float scale, const float *A,
                  int64_t lda, const float *Kp, const float *V, int64_t ldv,
-                 const mha__attn_tile_mask *mk, float *m, float *l, float *O, int64_t ldo,
-                 float *P, int64_t ldp) {
+                 const mha__attn_tile_mask *mk, float *m, float *l, float *O, int64_t ldo, float *P,
+                 int64_t ldp) {
     fwd_tile(br, bc, n, nv, scale, A, lda, Kp, V, ldv, mk, m, l, O, ldo, P, ldp, NULL, 0);
 }
 
-void KERNEL(fwd_drop)(int64_t br, int64_t bc, int64_t n, int64_t nv, float scale,
-                      const float *A, int64_t lda, const float *Kp, const float *V, int64_t ldv,
+void KERNEL(fwd_drop)(int64_t br, int64_t bc, int64_t n, int64_t nv, float scale, const float *A,
+                      int64_t lda, const float *Kp, const float *V, int64_t ldv,
                       const mha__attn_tile_mask *mk, float *m, float *l, float *O, int64_t ldo,
                       float *P, int64_t ldp, const uint8_t *keep, int64_t ldk) {
     fwd_tile(br, bc, n, nv, scale, A, lda, Kp, V, ldv, mk, m, l, O, ldo, P, ldp, keep, ldk);
@@ -455,7 +452,7 @@ INL void dropout_step(uint32_t g0, const uint32_t rs[4], const vi *rk, vi thr, v
 #pragma GCC unroll 4
     for (int v = 0; v < 4; v++) {
         vi g = vi_add(vi_set1(g0 + VL / 2 * (uint32_t)v), lane);
-        vi p0 = vi_mul32(g, m0);                     /* round 1 */
+        vi p0 = vi_mul32(g, m0);                       /* round 1 */
         vi p1 = vi_mul32(vi_xor(vi_hi32(p0), r0), m1); /* round 2 */
         c0[v] = vi_xor(vi_hi32(p1), r1);
         c1[v] = p1;
@@ -475,8 +472,8 @@ INL void dropout_step(uint32_t g0, const uint32_t rs[4], const vi *rk, vi thr, v
     vi_keep_bytes(c0, c1, c2, c3, thr, out);
 }
 
-void KERNEL(dropout)(int64_t br, int64_t bc, const mha__attn_dropout *dr, int64_t i0,
-                     int64_t j0, uint8_t *keep, int64_t ldk) {
+void KERNEL(dropout)(int64_t br, int64_t bc, const mha__attn_dropout *dr, int64_t i0, int64_t j0,
+                     uint8_t *keep, int64_t ldk) {
     if (br <= 0 || bc <= 0) return;
     if (dr->thr == 0) { /* every word >= 0 */
         for (int64_t r = 0; r < br; r++) memset(keep + r * ldk, 1, (size_t)bc);

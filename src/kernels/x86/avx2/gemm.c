@@ -13,34 +13,32 @@
 #define NR 16
 
 #define DECL(i) __m256 c##i##0 = _mm256_setzero_ps(), c##i##1 = _mm256_setzero_ps();
-#define FMA(i)                                                                               \
-    {                                                                                        \
-        __m256 ai = _mm256_broadcast_ss(a + (i));                                            \
-        c##i##0 = _mm256_fmadd_ps(ai, b0, c##i##0);                                          \
-        c##i##1 = _mm256_fmadd_ps(ai, b1, c##i##1);                                          \
+#define FMA(i)                                                                                     \
+    {                                                                                              \
+        __m256 ai = _mm256_broadcast_ss(a + (i));                                                  \
+        c##i##0 = _mm256_fmadd_ps(ai, b0, c##i##0);                                                \
+        c##i##1 = _mm256_fmadd_ps(ai, b1, c##i##1);                                                \
     }
-#define STORE(i)                                                                             \
-    if (i < m) {                                                                             \
-        float *ci = c + (i) * ldc;                                                           \
-        __m256 r0 = _mm256_mul_ps(va, c##i##0), r1 = _mm256_mul_ps(va, c##i##1);             \
-        if (beta != 0.0f) {                                                                  \
-            r0 = _mm256_fmadd_ps(vb, _mm256_maskload_ps(ci, k0), r0);                        \
-            r1 = _mm256_fmadd_ps(vb, _mm256_maskload_ps(ci + 8, k1), r1);                    \
-        }                                                                                    \
-        _mm256_maskstore_ps(ci, k0, r0);                                                     \
-        _mm256_maskstore_ps(ci + 8, k1, r1);                                                 \
+#define STORE(i)                                                                                   \
+    if (i < m) {                                                                                   \
+        float *ci = c + (i)*ldc;                                                                   \
+        __m256 r0 = _mm256_mul_ps(va, c##i##0), r1 = _mm256_mul_ps(va, c##i##1);                   \
+        if (beta != 0.0f) {                                                                        \
+            r0 = _mm256_fmadd_ps(vb, _mm256_maskload_ps(ci, k0), r0);                              \
+            r1 = _mm256_fmadd_ps(vb, _mm256_maskload_ps(ci + 8, k1), r1);                          \
+        }                                                                                          \
+        _mm256_maskstore_ps(ci, k0, r0);                                                           \
+        _mm256_maskstore_ps(ci + 8, k1, r1);                                                       \
     }
 
 /* loadu(lanes + 8 - n): the first n lanes set. */
 static const int32_t lanes[16] = {-1, -1, -1, -1, -1, -1, -1, -1, 0, 0, 0, 0, 0, 0, 0, 0};
 
-void mha__gemm_avx2_f32_6x16(int64_t k, const float *a, const float *b, float alpha,
-                             float beta, float *c, int64_t ldc, int m, int n) {
-    DECL(0) DECL(1) DECL(2) DECL(3) DECL(4) DECL(5)
-    for (int64_t p = 0; p < k; p++) {
+void mha__gemm_avx2_f32_6x16(int64_t k, const float *a, const float *b, float alpha, float beta,
+                             float *c, int64_t ldc, int m, int n) {
+    DECL(0) DECL(1) DECL(2) DECL(3) DECL(4) DECL(5) for (int64_t p = 0; p < k; p++) {
         __m256 b0 = _mm256_load_ps(b), b1 = _mm256_load_ps(b + 8);
-        FMA(0) FMA(1) FMA(2) FMA(3) FMA(4) FMA(5)
-        a += MR;
+        FMA(0) FMA(1) FMA(2) FMA(3) FMA(4) FMA(5) a += MR;
         b += NR;
     }
     int n0 = n < 8 ? n : 8, n1 = n > 8 ? n - 8 : 0;

@@ -114,8 +114,8 @@ INL vmask zero_bytes(const uint8_t *b, int64_t c, int64_t end) {
 
 /* The allowed keys among columns c .. c+7 of a row: inside [0, end) (end <= bc), not
  * key-padded (mk->pad), not bool-masked (bm: the row of mk->bmask or NULL). */
-INL vmask mask_allowed(const mha__attn_tile_mask *mk, const uint8_t *bm, int64_t c,
-                       int64_t end, int64_t bc) {
+INL vmask mask_allowed(const mha__attn_tile_mask *mk, const uint8_t *bm, int64_t c, int64_t end,
+                       int64_t bc) {
     vmask k = mask_tail(end - c);
     if (end > c && mk->pad) k = _mm256_and_si256(k, zero_bytes(mk->pad, c, bc));
     if (end > c && bm) k = _mm256_and_si256(k, zero_bytes(bm, c, bc));

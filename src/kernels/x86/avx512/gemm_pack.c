@@ -7,8 +7,8 @@
  * Other layouts (and r > 32) fall back to the generic packing. */
 #include "simd.h" /* vf_transpose, mask_tail */
 
-void mha__gemm_pack_avx512_f32(const float *X, int64_t rs, int64_t cs, int64_t rows,
-                               int64_t k, int r, float *dst) {
+void mha__gemm_pack_avx512_f32(const float *X, int64_t rs, int64_t cs, int64_t rows, int64_t k,
+                               int r, float *dst) {
     if (r > 32 || (cs != 1 && rs != 1)) {
         mha__gemm_pack_generic_f32(X, rs, cs, rows, k, r, dst);
         return;

@@ -17,9 +17,9 @@
 #define NVMAX 4         /* vectors per row of a register block: 24 accumulators, 4 loads, 1 bcast */
 #define INL static inline __attribute__((always_inline))
 
-typedef __m512 vf;      /* VL floats */
+typedef __m512 vf;       /* VL floats */
 typedef __mmask16 vmask; /* VL lanes */
-typedef __m512i vi;     /* VL / 2 lanes of 64 bits (Philox) */
+typedef __m512i vi;      /* VL / 2 lanes of 64 bits (Philox) */
 
 /* Lanes i < w set (w clamped to [0, VL]). */
 INL vmask mask_tail(int64_t w) {
@@ -98,8 +98,8 @@ INL vmask nonzero_bytes(const uint8_t *b, int64_t c, vmask k) {
 
 /* The allowed keys among columns c .. c+15 of a row: inside [0, end) (end <= bc), not
  * key-padded (mk->pad), not bool-masked (bm: the row of mk->bmask or NULL). */
-INL vmask mask_allowed(const mha__attn_tile_mask *mk, const uint8_t *bm, int64_t c,
-                       int64_t end, int64_t bc) {
+INL vmask mask_allowed(const mha__attn_tile_mask *mk, const uint8_t *bm, int64_t c, int64_t end,
+                       int64_t bc) {
     (void)bc;
     vmask k = mask_tail(end - c);
     if (mk->pad) k &= (__mmask16)~nonzero_bytes(mk->pad, c, k);

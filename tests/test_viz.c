@@ -349,16 +349,14 @@ TEST(terminal_fits_width_wide_chars) {
     /* self-attention, the long-label case of the CLI report, cross-attention whose keys fall
      * back to one column per key at small widths, and a downsampled one */
     static const int sizes[][4] = {{2, 6, 6, 0}, {3, 30, 30, 0}, {2, 7, 45, 1}, {1, 40, 200, 1}};
-    static const char
-        *const htitles[3] = {"\xe6\xb3\xa8\xe6\x84\x8f\xe5\x8a\x9b\xe3\x83\x98\xe3\x83\x83\xe3\x83"
-                             "\x89 0 "
-                             "\xe3\x81\xa8\xe3\x81\xa6\xe3\x82\x82\xe9\x95\xb7\xe3\x81\x84\xe3\x82"
-                             "\xbf\xe3\x82\xa4"
-                             "\xe3\x83\x88\xe3\x83\xab\xe3\x81\xa7\xe3\x81\x99\xe3\x82\x88\xe3\x81"
-                             "\xad", /* 注意力ヘッド 0 とても長いタイトルですよね */
-                             "h\xcc\x81"
-                             "1 \xf0\x9f\x98\x80",
-                             "\xed\x97\xa4\xeb\x93\x9c 2"};
+    /* 注意力ヘッド 0 とても長いタイトルですよね, h + combining acute + "1 😀", 헤드 2 */
+    static const char *const htitles[3] = {
+        "\xe6\xb3\xa8\xe6\x84\x8f\xe5\x8a\x9b\xe3\x83\x98\xe3\x83\x83\xe3\x83\x89 0 "
+        "\xe3\x81\xa8\xe3\x81\xa6\xe3\x82\x82\xe9\x95\xb7\xe3\x81\x84\xe3\x82\xbf\xe3\x82\xa4"
+        "\xe3\x83\x88\xe3\x83\xab\xe3\x81\xa7\xe3\x81\x99\xe3\x82\x88\xe3\x81\xad",
+        "h\xcc\x81"
+        "1 \xf0\x9f\x98\x80",
+        "\xed\x97\xa4\xeb\x93\x9c 2"};
     char title[512] = "";
     for (int i = 0; i < 12; i++) /* a long title without spaces: wrapped by width alone */
         strcat(title, "\xe6\xa0\x87\xe9\xa2\x98\xe5\xbe\x88\xe9\x95\xbf\xf0\x9f\x8e\x89");

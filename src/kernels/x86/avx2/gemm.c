@@ -36,9 +36,13 @@ static const int32_t lanes[16] = {-1, -1, -1, -1, -1, -1, -1, -1, 0, 0, 0, 0, 0,
 
 void mha__gemm_avx2_f32_6x16(int64_t k, const float *a, const float *b, float alpha, float beta,
                              float *c, int64_t ldc, int m, int n) {
-    DECL(0) DECL(1) DECL(2) DECL(3) DECL(4) DECL(5) for (int64_t p = 0; p < k; p++) {
+    /* one register block: the macro calls laid out as the block's rows */
+    /* clang-format off */
+    DECL(0) DECL(1) DECL(2) DECL(3) DECL(4) DECL(5)
+    for (int64_t p = 0; p < k; p++) {
         __m256 b0 = _mm256_load_ps(b), b1 = _mm256_load_ps(b + 8);
-        FMA(0) FMA(1) FMA(2) FMA(3) FMA(4) FMA(5) a += MR;
+        FMA(0) FMA(1) FMA(2) FMA(3) FMA(4) FMA(5)
+        a += MR;
         b += NR;
     }
     int n0 = n < 8 ? n : 8, n1 = n > 8 ? n - 8 : 0;
@@ -46,4 +50,5 @@ void mha__gemm_avx2_f32_6x16(int64_t k, const float *a, const float *b, float al
     __m256i k1 = _mm256_loadu_si256((const __m256i *)(lanes + 8 - n1));
     __m256 va = _mm256_set1_ps(alpha), vb = _mm256_set1_ps(beta);
     STORE(0) STORE(1) STORE(2) STORE(3) STORE(4) STORE(5)
+    /* clang-format on */
 }

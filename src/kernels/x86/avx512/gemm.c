@@ -37,20 +37,22 @@
 
 void mha__gemm_avx512_f32_14x32(int64_t k, const float *a, const float *b, float alpha, float beta,
                                 float *c, int64_t ldc, int m, int n) {
-    DECL(0)
-    DECL(1) DECL(2) DECL(3) DECL(4) DECL(5) DECL(6) DECL(7) DECL(8) DECL(9) DECL(10) DECL(11)
-        DECL(12) DECL(13) for (int64_t p = 0; p < k; p++) {
+    /* one register block: the macro calls laid out as the block's rows */
+    /* clang-format off */
+    DECL(0) DECL(1) DECL(2) DECL(3) DECL(4) DECL(5) DECL(6)
+    DECL(7) DECL(8) DECL(9) DECL(10) DECL(11) DECL(12) DECL(13)
+    for (int64_t p = 0; p < k; p++) {
         __m512 b0 = _mm512_load_ps(b), b1 = _mm512_load_ps(b + 16);
         _mm_prefetch((const char *)(b + 8 * NR), _MM_HINT_T0);
-        FMA(0)
-        FMA(1) FMA(2) FMA(3) FMA(4) FMA(5) FMA(6) FMA(7) FMA(8) FMA(9) FMA(10) FMA(11) FMA(12)
-            FMA(13) a += MR;
+        FMA(0) FMA(1) FMA(2) FMA(3) FMA(4) FMA(5) FMA(6)
+        FMA(7) FMA(8) FMA(9) FMA(10) FMA(11) FMA(12) FMA(13)
+        a += MR;
         b += NR;
     }
     __mmask16 k0 = n >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << n) - 1);
     __mmask16 k1 = n >= 32 ? (__mmask16)0xffff : n <= 16 ? 0 : (__mmask16)((1u << (n - 16)) - 1);
     __m512 va = _mm512_set1_ps(alpha), vb = _mm512_set1_ps(beta);
-    STORE(0)
-    STORE(1) STORE(2) STORE(3) STORE(4) STORE(5) STORE(6) STORE(7) STORE(8) STORE(9) STORE(10)
-        STORE(11) STORE(12) STORE(13)
+    STORE(0) STORE(1) STORE(2) STORE(3) STORE(4) STORE(5) STORE(6)
+    STORE(7) STORE(8) STORE(9) STORE(10) STORE(11) STORE(12) STORE(13)
+    /* clang-format on */
 }

@@ -176,10 +176,9 @@ int cli_ctx_create(const long long *threads, const char *isa, mha_ctx **out) {
     if (threads) {
         if (*threads < 0 || *threads > MHA_MAX_THREADS) {
             mha_ctx_free(ctx);
-            return cli_usage_error(NULL,
-                                   "--threads: got %lld, expected 0 (all cores) or 1 to %d "
-                                   "(MHA_MAX_THREADS)",
-                                   *threads, MHA_MAX_THREADS);
+            return cli_usage_error(
+                NULL, "--threads: got %lld, expected 0 (all cores) or 1 to %d (MHA_MAX_THREADS)",
+                *threads, MHA_MAX_THREADS);
         }
         if (mha_ctx_set_threads(ctx, (int)*threads) != MHA_OK) {
             int rc = cli_fail_lib(ctx, "--threads");
@@ -215,14 +214,13 @@ int cli_load_module(mha_ctx *ctx, const char *path, long long heads, mha_module 
         rc = cli_usage_error("files written by mha record it; others need --heads",
                              "--heads is required: %s does not record the number of heads", path);
     else if (heads && cfg.num_heads && heads != cfg.num_heads)
-        rc = cli_usage_error("leave --heads out to use the file's number",
-                             "--heads: got %lld, expected %lld (the number of heads the layer in "
-                             "%s was saved with)",
-                             heads, (long long)cfg.num_heads, path);
+        rc = cli_usage_error(
+            "leave --heads out to use the file's number",
+            "--heads: got %lld, expected %lld (the number of heads the layer in %s was saved with)",
+            heads, (long long)cfg.num_heads, path);
     else if (heads && cfg.embed_dim % heads != 0)
         rc = cli_usage_error(NULL,
-                             "--heads: got %lld, expected a divisor of the embedding size "
-                             "%lld",
+                             "--heads: got %lld, expected a divisor of the embedding size %lld",
                              heads, (long long)cfg.embed_dim);
     else if (mha_module_create_from_st(ctx, st, heads, out) != MHA_OK)
         rc = cli_fail_lib(ctx, "--weights");
@@ -386,16 +384,16 @@ static int check_input(const char *opt, const mha_array *a, int batched, int64_t
              (!batched || batch < 0 || a->shape[0] == batch);
     if (ok) return 0;
     if (batch < 0)
-        return cli_fail("%s: shape %s, expected [B, L, %lld] or [L, %lld] (%s %lld from "
-                        "--weights, B and L at least 1)",
+        return cli_fail("%s: shape %s, expected [B, L, %lld] or [L, %lld] (%s %lld from --weights, "
+                        "B and L at least 1)",
                         opt, got, (long long)feat, (long long)feat, feat_name, (long long)feat);
     if (batched)
-        return cli_fail("%s: shape %s, expected [%lld, S, %lld] (batch of --query, %s %lld "
-                        "from --weights)",
-                        opt, got, (long long)batch, (long long)feat, feat_name, (long long)feat);
-    return cli_fail("%s: shape %s, expected [S, %lld] (unbatched like --query, %s %lld from "
-                    "--weights)",
-                    opt, got, (long long)feat, feat_name, (long long)feat);
+        return cli_fail(
+            "%s: shape %s, expected [%lld, S, %lld] (batch of --query, %s %lld from --weights)",
+            opt, got, (long long)batch, (long long)feat, feat_name, (long long)feat);
+    return cli_fail(
+        "%s: shape %s, expected [S, %lld] (unbatched like --query, %s %lld from --weights)", opt,
+        got, (long long)feat, feat_name, (long long)feat);
 }
 
 /* cli_layer_load after the context: the module, the inputs, the masks. */
@@ -459,8 +457,8 @@ static int layer_load_inputs(const cli_layer_args *a, cli_layer *l) {
             l->mask.attn_batched = 1;
         } else {
             char want3[96];
-            return cli_fail("--attn-mask: shape %s, expected %s (query length, key length) or "
-                            "%s (%s, query length, key length)",
+            return cli_fail("--attn-mask: shape %s, expected %s (query length, key length) or %s "
+                            "(%s, query length, key length)",
                             cli_shape_str(got, sizeof got, l->amask.ndim, l->amask.shape),
                             cli_shape_str(want, sizeof want, 2, w2),
                             cli_shape_str(want3, sizeof want3, 3, w3),

@@ -149,10 +149,10 @@ static int take_gemm(int argc, char **argv, bench_args *a, char **rest, int *nre
             a->k = strtoll(argv[i + 3], &end[2], 10);
             if (*end[0] || *end[1] || *end[2] || end[0] == argv[i + 1] || end[1] == argv[i + 2] ||
                 end[2] == argv[i + 3])
-                return cli_usage_error("mha bench --help lists the options",
-                                       "--gemm: got \"%s %s %s\", expected three whole numbers "
-                                       "M N K",
-                                       argv[i + 1], argv[i + 2], argv[i + 3]);
+                return cli_usage_error(
+                    "mha bench --help lists the options",
+                    "--gemm: got \"%s %s %s\", expected three whole numbers M N K", argv[i + 1],
+                    argv[i + 2], argv[i + 3]);
             a->gemm = 1;
             i += 3;
             continue;

@@ -212,15 +212,14 @@ static int choose_format(const char *format, const char *out, viz_format *fmt) {
     }
     viz_format by_ext = format_of_path(out);
     if (by_ext == F_COUNT)
-        return cli_usage_error("the extension names the format, e.g. --out attention.png",
-                               "--out: got \"%s\", expected a name ending in .txt (term), .svg, "
-                               ".png, .html or .htm",
-                               out);
+        return cli_usage_error(
+            "the extension names the format, e.g. --out attention.png",
+            "--out: got \"%s\", expected a name ending in .txt (term), .svg, .png, .html or .htm",
+            out);
     if (format && by_ext != *fmt)
         return cli_usage_error(NULL,
-                               "--out: got \"%s\", expected a name ending in %s "
-                               "(--format %s)",
-                               out, formats[*fmt].ext[0], format);
+                               "--out: got \"%s\", expected a name ending in %s (--format %s)", out,
+                               formats[*fmt].ext[0], format);
     *fmt = by_ext;
     return 0;
 }

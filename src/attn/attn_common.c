@@ -44,10 +44,10 @@ mha_status mha__attn_check_mask(mha_ctx *ctx, const char *fn, const mha_mask *m,
     if (!m) return MHA_OK;
     if (m->causal != MHA_CAUSAL_NONE && m->causal != MHA_CAUSAL_TOP_LEFT &&
         m->causal != MHA_CAUSAL_BOTTOM_RIGHT)
-        return mha__err(ctx, MHA_ERR_INVALID_ARG,
-                        "%s: mask->causal: got %d, expected MHA_CAUSAL_NONE, _TOP_LEFT or "
-                        "_BOTTOM_RIGHT",
-                        fn, (int)m->causal);
+        return mha__err(
+            ctx, MHA_ERR_INVALID_ARG,
+            "%s: mask->causal: got %d, expected MHA_CAUSAL_NONE, _TOP_LEFT or _BOTTOM_RIGHT", fn,
+            (int)m->causal);
     if (m->attn_batched != 0 && m->attn_batched != 1)
         return mha__err(ctx, MHA_ERR_INVALID_ARG,
                         "%s: mask->attn_batched: got %d, expected 0 ([L, S]) or 1 ([B*H, L, S])",
@@ -56,8 +56,8 @@ mha_status mha__attn_check_mask(mha_ctx *ctx, const char *fn, const mha_mask *m,
         for (int64_t b = 0; b < B; b++)
             if (m->key_lengths[b] < 0 || m->key_lengths[b] > S)
                 return mha__err(ctx, MHA_ERR_INVALID_ARG,
-                                "%s: mask->key_lengths[%lld]: got %d, expected a value in "
-                                "[0, %lld] (key length S)",
+                                "%s: mask->key_lengths[%lld]: got %d, expected a value in [0, "
+                                "%lld] (key length S)",
                                 fn, (long long)b, (int)m->key_lengths[b], (long long)S);
     return MHA_OK;
 }

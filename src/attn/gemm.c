@@ -79,8 +79,7 @@ mha_status mha__gemm_ex(mha_ctx *ctx, mha__gemm_ws *ws, int ta, int tb, int64_t 
     if (!mha__mul_size((size_t)(a_floats + b_floats), (size_t)nt, &total) ||
         !mha__mul_size(total, sizeof(float), &total))
         return mha__err(ctx, MHA_ERR_NOMEM,
-                        "mha__gemm: workspace: size overflows (M %lld, "
-                        "N %lld, K %lld)",
+                        "mha__gemm: workspace: size overflows (M %lld, N %lld, K %lld)",
                         (long long)M, (long long)N, (long long)K);
     float *work;
     if (ws && ws->p && ws->cap >= total) {
@@ -88,10 +87,9 @@ mha_status mha__gemm_ex(mha_ctx *ctx, mha__gemm_ws *ws, int ta, int tb, int64_t 
     } else {
         work = mha__malloc(total);
         if (!work)
-            return mha__err(ctx, MHA_ERR_NOMEM,
-                            "mha__gemm: workspace: could not allocate %zu "
-                            "bytes for the packed panels",
-                            total);
+            return mha__err(
+                ctx, MHA_ERR_NOMEM,
+                "mha__gemm: workspace: could not allocate %zu bytes for the packed panels", total);
         if (ws) {
             mha__free(ws->p);
             ws->p = work, ws->cap = total;
@@ -156,9 +154,8 @@ mha_status mha_sgemm(mha_ctx *ctx, int ta, int tb, int64_t M, int64_t N, int64_t
     mha__clear(ctx);
     if (M < 0 || N < 0 || K < 0)
         return mha__err(ctx, MHA_ERR_INVALID_ARG,
-                        "%s: M, N, K: got %lld, %lld, %lld, expected "
-                        ">= 0",
-                        FN, (long long)M, (long long)N, (long long)K);
+                        "%s: M, N, K: got %lld, %lld, %lld, expected >= 0", FN, (long long)M,
+                        (long long)N, (long long)K);
     int64_t acols = ta ? M : K, bcols = tb ? K : N;
     if (lda < (acols > 1 ? acols : 1))
         return mha__err(ctx, MHA_ERR_INVALID_ARG, "%s: lda: got %lld, expected >= %lld (%s)", FN,

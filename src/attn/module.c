@@ -157,19 +157,16 @@ static mha_status check_config(mha_ctx *ctx, const char *fn, const mha_config *c
                         fn, (long long)cfg->embed_dim, (long long)cfg->num_heads);
     if (cfg->kdim < 0)
         return mha__err(ctx, MHA_ERR_INVALID_ARG,
-                        "%s: cfg->kdim: got %lld, expected >= 0 "
-                        "(0: embed_dim)",
-                        fn, (long long)cfg->kdim);
+                        "%s: cfg->kdim: got %lld, expected >= 0 (0: embed_dim)", fn,
+                        (long long)cfg->kdim);
     if (cfg->vdim < 0)
         return mha__err(ctx, MHA_ERR_INVALID_ARG,
-                        "%s: cfg->vdim: got %lld, expected >= 0 "
-                        "(0: embed_dim)",
-                        fn, (long long)cfg->vdim);
+                        "%s: cfg->vdim: got %lld, expected >= 0 (0: embed_dim)", fn,
+                        (long long)cfg->vdim);
     if (!(cfg->dropout >= 0 && cfg->dropout < 1))
         return mha__err(ctx, MHA_ERR_INVALID_ARG,
-                        "%s: cfg->dropout: got %g, expected a value in "
-                        "[0, 1)",
-                        fn, (double)cfg->dropout);
+                        "%s: cfg->dropout: got %g, expected a value in [0, 1)", fn,
+                        (double)cfg->dropout);
     return MHA_OK;
 }
 
@@ -212,8 +209,7 @@ static mha_status check_param_sizes(mha_ctx *ctx, const mha_config *cfg) {
         !mha__mul_size(n, (size_t)(mx > E ? mx : E), &n) || !mha__mul_size(n, sizeof(float), &n) ||
         n > (size_t)INT64_MAX)
         return mha__err(ctx, MHA_ERR_NOMEM,
-                        "%s: parameter size overflows (embed_dim = %lld, "
-                        "kdim = %lld, vdim = %lld)",
+                        "%s: parameter size overflows (embed_dim = %lld, kdim = %lld, vdim = %lld)",
                         FN_CREATE, (long long)E, (long long)kd, (long long)vd);
     return MHA_OK;
 }
@@ -344,12 +340,10 @@ mha_status mha_module_param(mha_ctx *ctx, mha_module *m, const char *name, mha_t
     mha__clear(ctx);
     if (!m)
         return mha__err(ctx, MHA_ERR_INVALID_ARG,
-                        "mha_module_param: m: got NULL, expected a "
-                        "module");
+                        "mha_module_param: m: got NULL, expected a module");
     if (!name)
         return mha__err(ctx, MHA_ERR_INVALID_ARG,
-                        "mha_module_param: name: got NULL, "
-                        "expected a parameter name");
+                        "mha_module_param: name: got NULL, expected a parameter name");
     mha__param *p = mha__module_find_param(m, name);
     if (!p) {
         char names[256] = "";
@@ -358,9 +352,7 @@ mha_status mha_module_param(mha_ctx *ctx, mha_module *m, const char *name, mha_t
             snprintf(names + n, sizeof names - n, "%s%s", i ? ", " : "", m->p[i].name);
         }
         return mha__err(ctx, MHA_ERR_NOT_FOUND,
-                        "mha_module_param: name: got \"%s\", expected one "
-                        "of %s",
-                        name, names);
+                        "mha_module_param: name: got \"%s\", expected one of %s", name, names);
     }
     if (value) *value = mha_tensor_make(p->value, p->ndim, p->shape);
     if (grad) *grad = mha_tensor_make(p->grad, p->ndim, p->shape);
@@ -416,18 +408,14 @@ static mha_status fwd_check_inputs(mha_ctx *ctx, const mha_module *m, fwd_call *
     mha_status st;
     if (!isfinite(c->opts->scale))
         return mha__err(ctx, MHA_ERR_INVALID_ARG,
-                        "%s: opts->scale: got %g, expected a finite "
-                        "value (0: 1/sqrt(E/H))",
-                        FN_FWD, (double)c->opts->scale);
+                        "%s: opts->scale: got %g, expected a finite value (0: 1/sqrt(E/H))", FN_FWD,
+                        (double)c->opts->scale);
     if (!query)
         return mha__err(ctx, MHA_ERR_INVALID_ARG,
-                        "%s: query: got NULL, expected a "
-                        "[B, L, E] tensor",
-                        FN_FWD);
+                        "%s: query: got NULL, expected a [B, L, E] tensor", FN_FWD);
     if (query->ndim != 2 && query->ndim != 3)
         return mha__err(ctx, MHA_ERR_SHAPE,
-                        "%s: query.ndim: got %d, expected 3 ([B, L, E]) or 2 "
-                        "([L, E], unbatched)",
+                        "%s: query.ndim: got %d, expected 3 ([B, L, E]) or 2 ([L, E], unbatched)",
                         FN_FWD, query->ndim);
     const int unb = c->unb = query->ndim == 2;
     c->B = unb ? 1 : query->shape[0], c->L = c->S = query->shape[unb ? 0 : 1];
@@ -435,13 +423,13 @@ static mha_status fwd_check_inputs(mha_ctx *ctx, const mha_module *m, fwd_call *
     c->self = !key && !value;
     if (!key != !value)
         return mha__err(ctx, MHA_ERR_INVALID_ARG,
-                        "%s: %s: got NULL while %s is given, expected "
-                        "both or neither (NULL, NULL: self-attention)",
+                        "%s: %s: got NULL while %s is given, expected both or neither (NULL, NULL: "
+                        "self-attention)",
                         FN_FWD, key ? "value" : "key", key ? "key" : "value");
     if (c->self && !m->packed)
         return mha__err(ctx, MHA_ERR_INVALID_ARG,
-                        "%s: key: got NULL (self-attention), expected a "
-                        "tensor (kdim = %lld, vdim = %lld differ from embed_dim = %lld)",
+                        "%s: key: got NULL (self-attention), expected a tensor (kdim = %lld, vdim "
+                        "= %lld differ from embed_dim = %lld)",
                         FN_FWD, (long long)kd, (long long)vd, (long long)E);
     if (c->self) return MHA_OK;
     if (key->ndim != query->ndim)
@@ -460,9 +448,7 @@ static mha_status fwd_check_outputs(mha_ctx *ctx, const mha_module *m, const fwd
     const int64_t E = m->cfg.embed_dim, H = m->cfg.num_heads, B = c->B, L = c->L, S = c->S;
     mha_status st;
     if (!c->out)
-        return mha__err(ctx, MHA_ERR_INVALID_ARG,
-                        "%s: out: got NULL, expected a "
-                        "[B, L, E] tensor",
+        return mha__err(ctx, MHA_ERR_INVALID_ARG, "%s: out: got NULL, expected a [B, L, E] tensor",
                         FN_FWD);
     if ((st = check_bx(ctx, FN_FWD, "out", c->out, c->unb, B, L, E, "as query"))) return st;
     if (c->weights && c->opts->average_weights &&
@@ -732,26 +718,22 @@ static mha_status bwd_check(mha_ctx *ctx, const mha_module *m, const bwd_call *c
     const int64_t w[3] = {B, L, E};
     mha_status st;
     if (!c->dout)
-        return mha__err(ctx, MHA_ERR_INVALID_ARG,
-                        "%s: dout: got NULL, expected a "
-                        "[B, L, E] tensor",
+        return mha__err(ctx, MHA_ERR_INVALID_ARG, "%s: dout: got NULL, expected a [B, L, E] tensor",
                         FN_BWD);
     if (c->dout->ndim != nd)
         return mha__err(ctx, MHA_ERR_STATE,
-                        "%s: dout.ndim: got %d, expected %d (the saved "
-                        "forward's out)",
-                        FN_BWD, c->dout->ndim, nd);
+                        "%s: dout.ndim: got %d, expected %d (the saved forward's out)", FN_BWD,
+                        c->dout->ndim, nd);
     for (int d = 0; d < nd; d++)
         if (c->dout->shape[d] != w[d + unb])
             return mha__err(ctx, MHA_ERR_STATE,
-                            "%s: dout.shape[%d]: got %lld, expected %lld "
-                            "(the saved forward's out)",
+                            "%s: dout.shape[%d]: got %lld, expected %lld (the saved forward's out)",
                             FN_BWD, d, (long long)c->dout->shape[d], (long long)w[d + unb]);
     if ((st = check_bx(ctx, FN_BWD, "dout", c->dout, unb, B, L, E, "as out"))) return st;
     if (s->self_attn && (c->dkey || c->dvalue))
         return mha__err(ctx, MHA_ERR_INVALID_ARG,
-                        "%s: %s: got a tensor, expected NULL "
-                        "(self-attention: dquery receives the whole input gradient)",
+                        "%s: %s: got a tensor, expected NULL (self-attention: dquery receives the "
+                        "whole input gradient)",
                         FN_BWD, c->dkey ? "dkey" : "dvalue");
     if ((c->dquery &&
          (st = check_bx(ctx, FN_BWD, "dquery", c->dquery, unb, B, L, E, "as query"))) ||

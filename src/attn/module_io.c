@@ -31,17 +31,16 @@ static mha_status load_from_st(mha_ctx *ctx, const char *fn, mha_module *m, cons
     for (size_t i = 0; i < sizeof kv_biases / sizeof kv_biases[0]; i++)
         if (mha_st_find(st, kv_biases[i]))
             return mha__err(ctx, MHA_ERR_UNSUPPORTED,
-                            "%s: %s: found in %s, expected no %s "
-                            "(a layer made with add_bias_kv=True, which mha does not support)",
+                            "%s: %s: found in %s, expected no %s (a layer made with "
+                            "add_bias_kv=True, which mha does not support)",
                             fn, kv_biases[i], path, kv_biases[i]);
     for (int i = 0; i < m->nparams; i++) {
         const mha__param *p = &m->p[i];
         const mha_array *a = mha_st_find(st, p->name);
         if (!a)
             return mha__err(ctx, MHA_ERR_NOT_FOUND,
-                            "%s: %s: missing from %s (expected a float32 "
-                            "tensor of %d dims)",
-                            fn, p->name, path, p->ndim);
+                            "%s: %s: missing from %s (expected a float32 tensor of %d dims)", fn,
+                            p->name, path, p->ndim);
         if (a->dtype != MHA_DTYPE_F32)
             return mha__err(ctx, MHA_ERR_UNSUPPORTED, "%s: %s.dtype: got %s, expected float32", fn,
                             p->name, mha_dtype_name(a->dtype));
@@ -77,8 +76,8 @@ mha_status mha_module_load(mha_ctx *ctx, mha_module *m, const char *path) {
     s = heads_from_st(ctx, FN_LOAD, st, m->cfg.embed_dim, &heads);
     if (!s && heads && heads != m->cfg.num_heads)
         s = mha__err(ctx, MHA_ERR_INVALID_ARG,
-                     "%s: num_heads: got a module of %lld heads, "
-                     "expected %lld (the number of heads %s was saved with)",
+                     "%s: num_heads: got a module of %lld heads, expected %lld (the number of "
+                     "heads %s was saved with)",
                      FN_LOAD, (long long)m->cfg.num_heads, (long long)heads, path);
     if (!s) s = load_from_st(ctx, FN_LOAD, m, st, path);
     mha_st_free(st);
@@ -151,10 +150,10 @@ static mha_status dims_from_st(mha_ctx *ctx, const char *fn, const mha_st *st, c
         *from = "in_proj_weight";
         if ((s = shape2(ctx, fn, st, *from, path, &r, &c))) return s;
         if (c <= 0 || r != 3 * c)
-            return mha__err(ctx, MHA_ERR_SHAPE,
-                            "%s: in_proj_weight.shape: got [%lld, %lld], "
-                            "expected [3E, E] with E > 0",
-                            fn, (long long)r, (long long)c);
+            return mha__err(
+                ctx, MHA_ERR_SHAPE,
+                "%s: in_proj_weight.shape: got [%lld, %lld], expected [3E, E] with E > 0", fn,
+                (long long)r, (long long)c);
         cfg->embed_dim = cfg->kdim = cfg->vdim = c;
         return MHA_OK;
     }
@@ -168,26 +167,24 @@ static mha_status dims_from_st(mha_ctx *ctx, const char *fn, const mha_st *st, c
     const int64_t E = c;
     if (E <= 0 || r != E)
         return mha__err(ctx, MHA_ERR_SHAPE,
-                        "%s: q_proj_weight.shape: got [%lld, %lld], expected "
-                        "[E, E] with E > 0",
-                        fn, (long long)r, (long long)c);
+                        "%s: q_proj_weight.shape: got [%lld, %lld], expected [E, E] with E > 0", fn,
+                        (long long)r, (long long)c);
     if ((s = shape2(ctx, fn, st, "k_proj_weight", path, &r, &kd))) return s;
     if (r != E || kd <= 0)
-        return mha__err(ctx, MHA_ERR_SHAPE,
-                        "%s: k_proj_weight.shape: got [%lld, %lld], expected "
-                        "[%lld, kdim] with kdim > 0",
-                        fn, (long long)r, (long long)kd, (long long)E);
+        return mha__err(
+            ctx, MHA_ERR_SHAPE,
+            "%s: k_proj_weight.shape: got [%lld, %lld], expected [%lld, kdim] with kdim > 0", fn,
+            (long long)r, (long long)kd, (long long)E);
     if ((s = shape2(ctx, fn, st, "v_proj_weight", path, &r, &vd))) return s;
     if (r != E || vd <= 0)
-        return mha__err(ctx, MHA_ERR_SHAPE,
-                        "%s: v_proj_weight.shape: got [%lld, %lld], expected "
-                        "[%lld, vdim] with vdim > 0",
-                        fn, (long long)r, (long long)vd, (long long)E);
+        return mha__err(
+            ctx, MHA_ERR_SHAPE,
+            "%s: v_proj_weight.shape: got [%lld, %lld], expected [%lld, vdim] with vdim > 0", fn,
+            (long long)r, (long long)vd, (long long)E);
     if (kd == E && vd == E)
         return mha__err(ctx, MHA_ERR_FORMAT,
-                        "%s: q/k/v_proj_weight: got kdim = vdim = embed_dim "
-                        "= %lld, expected in_proj_weight (PyTorch packs q, k, v when kdim == vdim "
-                        "== embed_dim)",
+                        "%s: q/k/v_proj_weight: got kdim = vdim = embed_dim = %lld, expected "
+                        "in_proj_weight (PyTorch packs q, k, v when kdim == vdim == embed_dim)",
                         fn, (long long)E);
     cfg->embed_dim = E;
     cfg->kdim = kd;
@@ -206,10 +203,10 @@ static mha_status heads_from_st(mha_ctx *ctx, const char *fn, const mha_st *st, 
     const char *p = v;
     for (; *p >= '0' && *p <= '9' && h <= INT32_MAX; p++) h = h * 10 + (*p - '0');
     if (p == v || *p || h <= 0 || h > INT32_MAX || E % h != 0)
-        return mha__err(ctx, MHA_ERR_FORMAT,
-                        "%s: __metadata__ num_heads: got \"%.40s\", expected "
-                        "a divisor of embed_dim = %lld",
-                        fn, v, (long long)E);
+        return mha__err(
+            ctx, MHA_ERR_FORMAT,
+            "%s: __metadata__ num_heads: got \"%.40s\", expected a divisor of embed_dim = %lld", fn,
+            v, (long long)E);
     *heads = h;
     return MHA_OK;
 }
@@ -239,8 +236,7 @@ static mha_status create_from_st(mha_ctx *ctx, const char *fn, const mha_st *st,
                                  int64_t num_heads, mha_module **out) {
     if (num_heads < 0)
         return mha__err(ctx, MHA_ERR_INVALID_ARG,
-                        "%s: num_heads: got %lld, expected > 0 (or 0: "
-                        "the number the file records)",
+                        "%s: num_heads: got %lld, expected > 0 (or 0: the number the file records)",
                         fn, (long long)num_heads);
     mha_config cfg;
     const char *from;
@@ -248,19 +244,18 @@ static mha_status create_from_st(mha_ctx *ctx, const char *fn, const mha_st *st,
     if (s) return s;
     if (num_heads && cfg.embed_dim % num_heads != 0)
         return mha__err(ctx, MHA_ERR_INVALID_ARG,
-                        "%s: num_heads: got %lld, expected a divisor of "
-                        "embed_dim = %lld (from %s)",
+                        "%s: num_heads: got %lld, expected a divisor of embed_dim = %lld (from %s)",
                         fn, (long long)num_heads, (long long)cfg.embed_dim, from);
     if (num_heads == 0 && cfg.num_heads == 0)
         return mha__err(ctx, MHA_ERR_INVALID_ARG,
-                        "%s: num_heads: got 0, expected the layer's "
-                        "number of heads (%s does not record it in __metadata__)",
+                        "%s: num_heads: got 0, expected the layer's number of heads (%s does not "
+                        "record it in __metadata__)",
                         fn, path);
     if (num_heads && cfg.num_heads && num_heads != cfg.num_heads)
-        return mha__err(ctx, MHA_ERR_INVALID_ARG,
-                        "%s: num_heads: got %lld, expected %lld (the "
-                        "number of heads %s was saved with)",
-                        fn, (long long)num_heads, (long long)cfg.num_heads, path);
+        return mha__err(
+            ctx, MHA_ERR_INVALID_ARG,
+            "%s: num_heads: got %lld, expected %lld (the number of heads %s was saved with)", fn,
+            (long long)num_heads, (long long)cfg.num_heads, path);
     if (num_heads) cfg.num_heads = num_heads;
     mha_module *m = NULL;
     if ((s = mha_module_create(ctx, &cfg, &m))) return s;
@@ -295,8 +290,7 @@ mha_status mha_module_create_from_file(mha_ctx *ctx, const char *path, int64_t n
                         FN_FROM);
     if (num_heads < 0)
         return mha__err(ctx, MHA_ERR_INVALID_ARG,
-                        "%s: num_heads: got %lld, expected > 0 (or 0: "
-                        "the number the file records)",
+                        "%s: num_heads: got %lld, expected > 0 (or 0: the number the file records)",
                         FN_FROM, (long long)num_heads);
     mha_st *st = NULL;
     mha_status s = mha_st_load(ctx, path, &st);

@@ -65,15 +65,14 @@ static mha_status isa_from_env(mha_ctx *ctx, mha_isa *out) {
     else if (strcmp(e, "avx2") == 0) want = MHA_ISA_AVX2;
     else if (strcmp(e, "avx512") == 0) want = MHA_ISA_AVX512;
     else
-        return mha__err(ctx, MHA_ERR_INVALID_ARG,
-                        "mha_ctx_create: $MHA_ISA: got \"%.40s\", expected generic, avx2, "
-                        "avx512 or auto",
-                        e);
+        return mha__err(
+            ctx, MHA_ERR_INVALID_ARG,
+            "mha_ctx_create: $MHA_ISA: got \"%.40s\", expected generic, avx2, avx512 or auto", e);
     if (!mha_isa_supported(want))
-        return mha__err(ctx, MHA_ERR_UNSUPPORTED,
-                        "mha_ctx_create: $MHA_ISA: got %s, expected a path this cpu supports "
-                        "(cpu: %s)",
-                        e, mha_cpu_features());
+        return mha__err(
+            ctx, MHA_ERR_UNSUPPORTED,
+            "mha_ctx_create: $MHA_ISA: got %s, expected a path this cpu supports (cpu: %s)", e,
+            mha_cpu_features());
     *out = want;
     return MHA_OK;
 }
@@ -105,8 +104,8 @@ mha_status mha_ctx_set_threads(mha_ctx *ctx, int n) {
     mha__clear(ctx);
     if (n < 0 || n > MHA_MAX_THREADS)
         return mha__err(ctx, MHA_ERR_INVALID_ARG,
-                        "mha_ctx_set_threads: n: got %d, expected 1 to %d (MHA_MAX_THREADS), or "
-                        "0 for all cores",
+                        "mha_ctx_set_threads: n: got %d, expected 1 to %d (MHA_MAX_THREADS), or 0 "
+                        "for all cores",
                         n, MHA_MAX_THREADS);
     ctx->threads = n == 0 ? default_threads() : n;
     return MHA_OK;
@@ -125,8 +124,7 @@ mha_status mha_ctx_set_isa(mha_ctx *ctx, mha_isa isa) {
                         "mha_ctx_set_isa: isa: got %d, expected an mha_isa value", (int)isa);
     if (!mha_isa_supported(isa))
         return mha__err(ctx, MHA_ERR_UNSUPPORTED,
-                        "mha_ctx_set_isa: isa: got %s, expected a path this cpu supports "
-                        "(cpu: %s)",
+                        "mha_ctx_set_isa: isa: got %s, expected a path this cpu supports (cpu: %s)",
                         mha_isa_name(isa), mha_cpu_features());
     ctx->isa = isa;
     ctx->kern = mha__kernels_for(isa);

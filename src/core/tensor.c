@@ -137,10 +137,10 @@ mha_status mha__check_tensor(mha_ctx *ctx, const char *fn, const char *name, con
         numel *= t->shape[i];
     }
     if (ndim > 0 && t->shape[ndim - 1] > 1 && t->stride[ndim - 1] != 1)
-        return mha__err(ctx, MHA_ERR_SHAPE,
-                        "%s: %s.stride[%d]: got %lld, expected 1 (innermost "
-                        "dimension must be contiguous)",
-                        fn, name, ndim - 1, (long long)t->stride[ndim - 1]);
+        return mha__err(
+            ctx, MHA_ERR_SHAPE,
+            "%s: %s.stride[%d]: got %lld, expected 1 (innermost dimension must be contiguous)", fn,
+            name, ndim - 1, (long long)t->stride[ndim - 1]);
     for (int i = 0; i < ndim; i++)
         if (t->stride[i] < 0)
             return mha__err(ctx, MHA_ERR_SHAPE, "%s: %s.stride[%d]: got %lld, expected >= 0", fn,

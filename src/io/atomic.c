@@ -98,9 +98,7 @@ static mha_status resolve(mha_ctx *ctx, const char *who, const char *path, out_e
     const char *slash = strrchr(path, '/');
     const char *base = slash ? slash + 1 : path;
     if (!*base || !strcmp(base, ".") || !strcmp(base, ".."))
-        return mha__err(ctx, MHA_ERR_INVALID_ARG,
-                        "%s: got a directory name, expected a file "
-                        "name",
+        return mha__err(ctx, MHA_ERR_INVALID_ARG, "%s: got a directory name, expected a file name",
                         who);
     char *dir = mha__malloc(slash ? (size_t)(slash - path) + 2 : 2);
     if (!dir) return mha__err(ctx, MHA_ERR_NOMEM, "%s: out of memory", who);
@@ -174,8 +172,8 @@ static mha_status check_dest(mha_ctx *ctx, const char *who, out_entry *e) {
     }
     if (!S_ISREG(sb.st_mode))
         return mha__err(ctx, MHA_ERR_IO,
-                        "%s: got a %s, expected a regular file or a new name "
-                        "(outputs replace files, never directories or special files)",
+                        "%s: got a %s, expected a regular file or a new name (outputs replace "
+                        "files, never directories or special files)",
                         who, S_ISDIR(sb.st_mode) ? "directory" : "device or other special file");
     e->exists = 1;
     e->dev = sb.st_dev;
@@ -213,8 +211,7 @@ mha_status mha_outputs_create(mha_ctx *ctx, mha_outputs **out) {
     mha__clear(ctx);
     if (!out)
         return mha__err(ctx, MHA_ERR_INVALID_ARG,
-                        "mha_outputs_create: out: got NULL, expected "
-                        "a pointer");
+                        "mha_outputs_create: out: got NULL, expected a pointer");
     *out = mha__calloc(1, sizeof **out);
     if (!*out) return mha__err(ctx, MHA_ERR_NOMEM, "mha_outputs_create: out of memory");
     return MHA_OK;
@@ -252,8 +249,7 @@ static mha_status outputs_add(mha_ctx *ctx, const char *who, mha_outputs *o, con
         if (same_file(&o->e[i], &e)) {
             entry_free(&e);
             return mha__err(ctx, MHA_ERR_INVALID_ARG,
-                            "%s: the same file as output %d (%.200s), "
-                            "expected a file of its own",
+                            "%s: the same file as output %d (%.200s), expected a file of its own",
                             who, i, o->e[i].path);
         }
     if (o->n == o->cap) {
@@ -278,8 +274,7 @@ mha_status mha_outputs_add(mha_ctx *ctx, mha_outputs *o, const char *path, int *
     mha__clear(ctx);
     if (!o)
         return mha__err(ctx, MHA_ERR_INVALID_ARG,
-                        "mha_outputs_add: o: got NULL, expected an "
-                        "mha_outputs");
+                        "mha_outputs_add: o: got NULL, expected an mha_outputs");
     char who[MHA__WHO_CAP];
     mha__io_who(who, "mha_outputs_add", path);
     return outputs_add(ctx, who, o, path, index);
@@ -396,10 +391,10 @@ static mha_status write_entry(mha_ctx *ctx, const char *who, out_entry *e, mha__
 static mha_status outputs_write(mha_ctx *ctx, const char *who, mha_outputs *o, int index,
                                 mha__emit_fn emit, const void *obj) {
     if (!o || index < 0 || index >= o->n)
-        return mha__err(ctx, MHA_ERR_INVALID_ARG,
-                        "%s: index: got %d, expected 0 .. %d (an "
-                        "output declared with mha_outputs_add)",
-                        who, index, o ? o->n - 1 : -1);
+        return mha__err(
+            ctx, MHA_ERR_INVALID_ARG,
+            "%s: index: got %d, expected 0 .. %d (an output declared with mha_outputs_add)", who,
+            index, o ? o->n - 1 : -1);
     return write_entry(ctx, who, &o->e[index], emit, obj);
 }
 
@@ -447,16 +442,14 @@ mha_status mha_outputs_write_npy(mha_ctx *ctx, mha_outputs *o, int index, const 
 mha_status mha_outputs_write_st(mha_ctx *ctx, mha_outputs *o, int index, const mha_st *st) {
     if (!st)
         return mha__err(ctx, MHA_ERR_INVALID_ARG,
-                        "mha_outputs_write_st: st: got NULL, expected "
-                        "a collection");
+                        "mha_outputs_write_st: st: got NULL, expected a collection");
     return write_public(ctx, "mha_outputs_write_st", o, index, emit_st, st);
 }
 
 mha_status mha_outputs_write(mha_ctx *ctx, mha_outputs *o, int index, mha_output_fn fn, void *arg) {
     if (!fn)
         return mha__err(ctx, MHA_ERR_INVALID_ARG,
-                        "mha_outputs_write: fn: got NULL, expected "
-                        "an output function");
+                        "mha_outputs_write: fn: got NULL, expected an output function");
     user_job j = {fn, arg};
     return write_public(ctx, "mha_outputs_write", o, index, emit_user, &j);
 }
@@ -619,8 +612,7 @@ mha_status mha_outputs_commit(mha_ctx *ctx, mha_outputs *o) {
     mha__clear(ctx);
     if (!o)
         return mha__err(ctx, MHA_ERR_INVALID_ARG,
-                        "mha_outputs_commit: o: got NULL, expected an "
-                        "mha_outputs");
+                        "mha_outputs_commit: o: got NULL, expected an mha_outputs");
     return commit(ctx, NULL, o);
 }
 

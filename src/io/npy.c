@@ -144,8 +144,7 @@ static mha_status parse_descr_value(mha_ctx *ctx, const char *who, cursor *c, co
                                     mha_dtype *dt) {
     if (c->p < c->end && *c->p == '[')
         return mha__err(ctx, MHA_ERR_UNSUPPORTED,
-                        "%s: descr: got a structured dtype, expected "
-                        "'<f4', '|b1', '<i4' or '<f8'",
+                        "%s: descr: got a structured dtype, expected '<f4', '|b1', '<i4' or '<f8'",
                         who);
     char d[32], shown[80];
     int trunc;
@@ -154,9 +153,8 @@ static mha_status parse_descr_value(mha_ctx *ctx, const char *who, cursor *c, co
     printable(shown, sizeof shown, d, strlen(d));
     if (trunc || strlen(d) != strlen(shown) || strchr(d, '\''))
         return mha__err(ctx, MHA_ERR_UNSUPPORTED,
-                        "%s: descr: got '%s%s', expected '<f4', "
-                        "'|b1', '<i4' or '<f8'",
-                        who, shown, trunc ? "..." : "");
+                        "%s: descr: got '%s%s', expected '<f4', '|b1', '<i4' or '<f8'", who, shown,
+                        trunc ? "..." : "");
     return parse_descr(ctx, who, d, dt);
 }
 
@@ -192,17 +190,14 @@ static mha_status parse_shape_value(mha_ctx *ctx, const char *who, cursor *c, co
         if (r == PR_SYNTAX) return hdr_err(ctx, who, c, h, "shape: expected an integer");
         if (r == PR_NEG)
             return mha__err(ctx, MHA_ERR_FORMAT,
-                            "%s: shape[%d]: got a negative size, expected "
-                            ">= 0",
-                            who, nd);
+                            "%s: shape[%d]: got a negative size, expected >= 0", who, nd);
         if (r == PR_BIG)
             return mha__err(ctx, MHA_ERR_FORMAT, "%s: shape[%d]: got a size that overflows int64",
                             who, nd);
         if (nd >= MHA_MAX_DIMS)
             return mha__err(ctx, MHA_ERR_UNSUPPORTED,
-                            "%s: shape: got more than %d dims, "
-                            "expected at most %d",
-                            who, MHA_MAX_DIMS, MHA_MAX_DIMS);
+                            "%s: shape: got more than %d dims, expected at most %d", who,
+                            MHA_MAX_DIMS, MHA_MAX_DIMS);
         out->shape[nd++] = v;
         skip_ws(c);
         if (c->p < c->end && *c->p == ',') {
@@ -244,10 +239,10 @@ static mha_status parse_header(mha_ctx *ctx, const char *who, const char *h, siz
         if (k == 3) {
             char shown[48];
             printable(shown, sizeof shown, key, strlen(key));
-            return mha__err(ctx, MHA_ERR_FORMAT,
-                            "%s: header: got key '%s%s', expected only "
-                            "'descr', 'fortran_order', 'shape'",
-                            who, shown, trunc ? "..." : "");
+            return mha__err(
+                ctx, MHA_ERR_FORMAT,
+                "%s: header: got key '%s%s', expected only 'descr', 'fortran_order', 'shape'", who,
+                shown, trunc ? "..." : "");
         }
         if (have[k]++) {
             char what[48];
@@ -273,8 +268,8 @@ static mha_status parse_header(mha_ctx *ctx, const char *who, const char *h, siz
             return mha__err(ctx, MHA_ERR_FORMAT, "%s: header: missing key '%s'", who, keys[k]);
     if (fortran)
         return mha__err(ctx, MHA_ERR_UNSUPPORTED,
-                        "%s: fortran_order: got True, expected False "
-                        "(save a C-ordered array: np.ascontiguousarray)",
+                        "%s: fortran_order: got True, expected False (save a C-ordered array: "
+                        "np.ascontiguousarray)",
                         who);
     return MHA_OK;
 }
@@ -285,23 +280,19 @@ static mha_status npy_prefix(mha_ctx *ctx, const char *who, const unsigned char 
                              uint64_t total, size_t *hstart, size_t *hlen) {
     if (total < 10 || n < 10)
         return mha__err(ctx, MHA_ERR_FORMAT,
-                        "%s: got %llu bytes, expected at least 10 (too "
-                        "short for a .npy file)",
-                        who, (unsigned long long)total);
+                        "%s: got %llu bytes, expected at least 10 (too short for a .npy file)", who,
+                        (unsigned long long)total);
     if (memcmp(b, npy_magic, 6) != 0) {
         char shown[48];
         printable(shown, sizeof shown, (const char *)b, 6);
         return mha__err(ctx, MHA_ERR_FORMAT,
-                        "%s: magic: got \"%s\", expected \"\\x93NUMPY\" "
-                        "(not a .npy file)",
-                        who, shown);
+                        "%s: magic: got \"%s\", expected \"\\x93NUMPY\" (not a .npy file)", who,
+                        shown);
     }
     unsigned major = b[6], minor = b[7];
     if (major < 1 || major > 3 || minor != 0)
         return mha__err(ctx, MHA_ERR_UNSUPPORTED,
-                        "%s: version: got %u.%u, expected 1.0, 2.0 or "
-                        "3.0",
-                        who, major, minor);
+                        "%s: version: got %u.%u, expected 1.0, 2.0 or 3.0", who, major, minor);
     if (major == 1) {
         *hstart = 10;
         *hlen = (size_t)b[8] | (size_t)b[9] << 8;
@@ -314,8 +305,7 @@ static mha_status npy_prefix(mha_ctx *ctx, const char *who, const unsigned char 
     }
     if (*hlen > total - *hstart)
         return mha__err(ctx, MHA_ERR_FORMAT,
-                        "%s: header length: got %zu, expected at most %llu "
-                        "(the file ends first)",
+                        "%s: header length: got %zu, expected at most %llu (the file ends first)",
                         who, *hlen, (unsigned long long)(total - *hstart));
     return MHA_OK;
 }
@@ -347,9 +337,8 @@ static mha_status npy_parse(mha_ctx *ctx, const char *who, const unsigned char *
     size_t have = len - hstart - hlen;
     if (have != bytes)
         return mha__err(ctx, MHA_ERR_FORMAT,
-                        "%s: data: got %zu bytes, expected %zu (shape %s, "
-                        "%s%s)",
-                        who, have, bytes, shape, mha_dtype_name(h.dtype),
+                        "%s: data: got %zu bytes, expected %zu (shape %s, %s%s)", who, have, bytes,
+                        shape, mha_dtype_name(h.dtype),
                         have < bytes ? "; truncated file" : "; trailing bytes");
     st = mha__array_make(ctx, who, h.dtype, h.ndim, h.shape, out);
     if (st != MHA_OK) return st;
@@ -371,9 +360,7 @@ mha_status mha_npy_parse(mha_ctx *ctx, const void *buf, size_t len, mha_array *o
     memset(out, 0, sizeof *out);
     if (!buf && len)
         return mha__err(ctx, MHA_ERR_INVALID_ARG,
-                        "mha_npy_parse: buf: got NULL, expected %zu "
-                        "bytes",
-                        len);
+                        "mha_npy_parse: buf: got NULL, expected %zu bytes", len);
     return npy_parse(ctx, "mha_npy_parse", buf, len, out);
 }
 
@@ -385,8 +372,7 @@ mha_status mha_npy_load(mha_ctx *ctx, const char *path, mha_array *out) {
     memset(out, 0, sizeof *out);
     if (!path)
         return mha__err(ctx, MHA_ERR_INVALID_ARG,
-                        "mha_npy_load: path: got NULL, expected a file "
-                        "name");
+                        "mha_npy_load: path: got NULL, expected a file name");
     char who[MHA__WHO_CAP];
     mha__io_who(who, "mha_npy_load", path);
     unsigned char *buf;
@@ -455,8 +441,7 @@ mha_status mha_npy_write(mha_ctx *ctx, const mha_array *a, mha_write_fn fn, void
     mha__clear(ctx);
     if (!fn)
         return mha__err(ctx, MHA_ERR_INVALID_ARG,
-                        "mha_npy_write: fn: got NULL, expected a "
-                        "writer callback");
+                        "mha_npy_write: fn: got NULL, expected a writer callback");
     return npy_emit(ctx, "mha_npy_write", a, fn, user);
 }
 
@@ -464,8 +449,7 @@ mha_status mha_npy_save(mha_ctx *ctx, const char *path, const mha_array *a) {
     mha__clear(ctx);
     if (!path)
         return mha__err(ctx, MHA_ERR_INVALID_ARG,
-                        "mha_npy_save: path: got NULL, expected a file "
-                        "name");
+                        "mha_npy_save: path: got NULL, expected a file name");
     char who[MHA__WHO_CAP];
     mha__io_who(who, "mha_npy_save", path);
     size_t bytes;

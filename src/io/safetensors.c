@@ -131,10 +131,9 @@ mha_status mha_st_set(mha_ctx *ctx, mha_st *st, const char *name, const mha_arra
     if (!name)
         return mha__err(ctx, MHA_ERR_INVALID_ARG, "%s: name: got NULL, expected a string", who);
     if (strcmp(name, "__metadata__") == 0)
-        return mha__err(ctx, MHA_ERR_INVALID_ARG,
-                        "%s: name: got \"__metadata__\", expected another name (reserved by the "
-                        "format)",
-                        who);
+        return mha__err(
+            ctx, MHA_ERR_INVALID_ARG,
+            "%s: name: got \"__metadata__\", expected another name (reserved by the format)", who);
     size_t bytes;
     mha_status s = mha__array_check(ctx, who, "a", a, &bytes);
     if (s != MHA_OK) return s;
@@ -493,8 +492,7 @@ static mha_status parse_shape(json *j, st_entry *e, const char *tname) {
     for (;;) {
         if (e->ndim >= MHA_MAX_DIMS)
             return mha__err(j->ctx, MHA_ERR_UNSUPPORTED,
-                            "%s: tensor '%s': shape: got more than "
-                            "%d dims, expected at most %d",
+                            "%s: tensor '%s': shape: got more than %d dims, expected at most %d",
                             j->who, tname, MHA_MAX_DIMS, MHA_MAX_DIMS);
         snprintf(what, sizeof what, "tensor '%s': shape[%d]", tname, e->ndim);
         mha_status st = j_uint(j, what, &e->shape[e->ndim]);
@@ -531,18 +529,18 @@ static mha_status check_entry(json *j, st_entry *e, int64_t data_size, const cha
                         j->who, tname, shape, mha_dtype_name(e->dtype));
     if (e->begin > e->end)
         return mha__err(j->ctx, MHA_ERR_FORMAT,
-                        "%s: tensor '%s': data_offsets: got [%" PRId64 ", %" PRId64 "], expected "
-                        "begin <= end",
+                        "%s: tensor '%s': data_offsets: got [%" PRId64 ", %" PRId64
+                        "], expected begin <= end",
                         j->who, tname, e->begin, e->end);
     if (e->end > data_size)
         return mha__err(j->ctx, MHA_ERR_FORMAT,
-                        "%s: tensor '%s': data_offsets: got [%" PRId64 ", %" PRId64 "], expected "
-                        "end <= %" PRId64 " (the size of the data area; truncated file?)",
+                        "%s: tensor '%s': data_offsets: got [%" PRId64 ", %" PRId64
+                        "], expected end <= %" PRId64
+                        " (the size of the data area; truncated file?)",
                         j->who, tname, e->begin, e->end, data_size);
     if ((uint64_t)(e->end - e->begin) != (uint64_t)e->bytes)
         return mha__err(j->ctx, MHA_ERR_FORMAT,
-                        "%s: tensor '%s': data: got %" PRId64 " bytes, expected %zu (shape %s, "
-                        "%s)",
+                        "%s: tensor '%s': data: got %" PRId64 " bytes, expected %zu (shape %s, %s)",
                         j->who, tname, e->end - e->begin, e->bytes, shape,
                         mha_dtype_name(e->dtype));
     return MHA_OK;
@@ -572,10 +570,10 @@ static mha_status parse_entry(json *j, st_entry *e, int64_t data_size) {
         if (k == 3) {
             char shown[64];
             shown_name(shown, sizeof shown, n < sizeof key ? key : "(long key)");
-            return mha__err(j->ctx, MHA_ERR_FORMAT,
-                            "%s: tensor '%s': got key '%s', expected "
-                            "only dtype, shape, data_offsets",
-                            j->who, tname, shown);
+            return mha__err(
+                j->ctx, MHA_ERR_FORMAT,
+                "%s: tensor '%s': got key '%s', expected only dtype, shape, data_offsets", j->who,
+                tname, shown);
         }
         if (have[k]++)
             return mha__err(j->ctx, MHA_ERR_FORMAT, "%s: tensor '%s': duplicate key", j->who,
@@ -697,21 +695,20 @@ static mha_status st_prefix(mha_ctx *ctx, const char *who, const unsigned char *
                             uint64_t total, uint64_t *hn) {
     if (total < 8 || n < 8)
         return mha__err(ctx, MHA_ERR_FORMAT,
-                        "%s: got %" PRIu64 " bytes, expected at least 8 "
-                        "(too short for a safetensors file)",
+                        "%s: got %" PRIu64
+                        " bytes, expected at least 8 (too short for a safetensors file)",
                         who, total);
     *hn = 0;
     for (int i = 7; i >= 0; i--) *hn = *hn << 8 | b[i];
     if (*hn > total - 8)
         return mha__err(ctx, MHA_ERR_FORMAT,
-                        "%s: header size: got %" PRIu64 ", expected at most "
-                        "%" PRIu64 " (the file ends first; not a safetensors file?)",
+                        "%s: header size: got %" PRIu64 ", expected at most %" PRIu64
+                        " (the file ends first; not a safetensors file?)",
                         who, *hn, total - 8);
     if (*hn > ST_MAX_HEADER)
         return mha__err(ctx, MHA_ERR_FORMAT,
-                        "%s: header size: got %" PRIu64 ", expected at most "
-                        "%" PRIu64,
-                        who, *hn, ST_MAX_HEADER);
+                        "%s: header size: got %" PRIu64 ", expected at most %" PRIu64, who, *hn,
+                        ST_MAX_HEADER);
     if (*hn == 0 || (n > 8 && b[8] != '{')) {
         json j = {(const char *)b + 8, (const char *)b + n, (const char *)b + 8, ctx, who};
         return j_err(&j, "expected '{'");
@@ -989,8 +986,7 @@ mha_status mha_st_write(mha_ctx *ctx, const mha_st *st, mha_write_fn fn, void *u
                         "mha_st_write: st: got NULL, expected a collection");
     if (!fn)
         return mha__err(ctx, MHA_ERR_INVALID_ARG,
-                        "mha_st_write: fn: got NULL, expected a writer "
-                        "callback");
+                        "mha_st_write: fn: got NULL, expected a writer callback");
     return st_emit(ctx, "mha_st_write", st, fn, user);
 }
 

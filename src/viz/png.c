@@ -227,8 +227,8 @@ mha_status mha_viz_png(mha_ctx *ctx, const float *w, int64_t H, int64_t L, int64
     if (ly.iw > PNG_MAX_SIDE || ly.ih > PNG_MAX_SIDE) {
         mha__viz_view_free(&v);
         return mha__err(ctx, MHA_ERR_NOMEM,
-                        "%s: image: got %lld x %lld pixels, expected at most 16384 on a side "
-                        "(use a smaller opts.cell_px)",
+                        "%s: image: got %lld x %lld pixels, expected at most 16384 on a side (use "
+                        "a smaller opts.cell_px)",
                         F, (long long)ly.iw, (long long)ly.ih);
     }
     uint8_t *img = mha__malloc((size_t)ly.iw * (size_t)ly.ih * 3);

@@ -338,10 +338,10 @@ mha_status mha_viz_term(mha_ctx *ctx, const float *w, int64_t H, int64_t L, int6
     if (!opts) opts = &def;
     if (!fn) return mha__err(ctx, MHA_ERR_INVALID_ARG, "%s: fn: got NULL, expected a writer", F);
     if ((int)opts->term_mode < MHA_VIZ_TERM_UNICODE || (int)opts->term_mode > MHA_VIZ_TERM_COLOR)
-        return mha__err(ctx, MHA_ERR_INVALID_ARG,
-                        "%s: opts.term_mode: got %d, expected MHA_VIZ_TERM_UNICODE, _ASCII or "
-                        "_COLOR",
-                        F, (int)opts->term_mode);
+        return mha__err(
+            ctx, MHA_ERR_INVALID_ARG,
+            "%s: opts.term_mode: got %d, expected MHA_VIZ_TERM_UNICODE, _ASCII or _COLOR", F,
+            (int)opts->term_mode);
     int W = opts->width ? opts->width : 80;
     if (W < 40 || W > 100000)
         return mha__err(ctx, MHA_ERR_INVALID_ARG,

@@ -238,6 +238,35 @@ TEST(workspace_plan) {
     mha__plan_init(&pl);
     MHA__PLAN_ADD(&pl, views, a, sizeof(float), -1, 1);
     ASSERT_EQ(mha__plan_alloc(&pl, NULL, "fn", 1, &ws), MHA_ERR_NOMEM);
+    /* nested: per-thread copies of an inner plan, each copy's regions together */
+    typedef struct {
+        float *x;
+        uint8_t *y;
+    } tiles;
+    typedef struct {
+        double *shared;
+        void *threads;
+    } outer;
+    mha__plan in, out;
+    mha__plan_init(&in);
+    MHA__PLAN_ADD(&in, tiles, x, sizeof(float), 20, 1); /* 80 -> 128 bytes */
+    MHA__PLAN_ADD(&in, tiles, y, 1, 3, 1);              /* 3 -> 64 */
+    mha__plan_init(&out);
+    MHA__PLAN_ADD(&out, outer, shared, sizeof(double), 1, 1);
+    MHA__PLAN_ADD_COPIES(&out, outer, threads, &in, 3);
+    ASSERT_EQ((long long)out.per_copy, 64 + 3 * 192);
+    ASSERT_EQ(mha__plan_alloc(&out, NULL, "t", 1, &ws), MHA_OK);
+    outer o;
+    tiles t1;
+    mha__plan_point(&out, ws, 0, &o);
+    mha__plan_point(&in, o.threads, 1, &t1);
+    ASSERT_TRUE((char *)t1.x == (char *)ws + 64 + 192 && (char *)t1.y == (char *)t1.x + 128);
+    mha__free(ws);
+    MHA__PLAN_ADD(&in, tiles, x, sizeof(float), INT64_MAX, 2);
+    mha__plan_init(&out);
+    MHA__PLAN_ADD_COPIES(&out, outer, threads, &in, 2);
+    ASSERT_EQ(mha__plan_alloc(&out, NULL, "fn", 1, &ws), MHA_ERR_NOMEM);
+    ASSERT_STR_CONTAINS(mha_last_errmsg(), "the size of 'threads' overflows");
     /* allocation failure is reported */
     mha__plan_init(&pl);
     MHA__PLAN_ADD(&pl, views, a, sizeof(float), 4, 4);

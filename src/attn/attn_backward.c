@@ -28,8 +28,8 @@
  *   stay busy even for B*H = 1, and no partials at all (NC = 1) once B*H >= 16.
  *
  * WORKSPACE (one allocation, linear in L and S, planned once in bwd_plan):
- *   per thread: P, dP, W tiles [attn_br, attn_bc] floats, lse tile [attn_br], keep bytes,
- *     the scaled query tile [attn_br, D]
+ *   per thread, together: P, dP, W tiles [attn_br, attn_bc] floats, lse tile [attn_br], keep
+ *     bytes, the scaled query tile [attn_br, D]
  *   Drow [B*H*L] floats
  *   partials [G, NC - 1, L, D] floats for a group of G heads (b, h) processed at once, with
  *     G = clamp(floor(2 * B*H / (NC - 1)), 1, B*H): at most max(2 * dq, (NC - 1) * L * D)
@@ -98,24 +98,25 @@ typedef struct {
     int64_t cfirst[MAX_CHUNKS];     /* the first query tile chunk c touches */
     int64_t G;                      /* heads per group (the partials' size) */
     int nt;
-    mha__plan plan; /* one bwd_ws */
+    mha__plan tiles; /* one bwd_tiles, nt copies */
+    mha__plan plan;  /* one bwd_ws */
 } bwd_call;
 
-/* The workspace, declared in bwd_plan. */
+/* The workspace, declared in bwd_plan: the shared regions and one copy of bwd_tiles per
+ * thread. */
 typedef struct {
-    float *P, *dP, *W; /* [nt, BR * BC] each: thread t's tile at t * BR * BC */
-    float *lt;         /* [nt, BR] the lse of a query tile */
-    uint8_t *keep;     /* [nt, BR * BC] dropout keep bytes */
-    float *qs;         /* [nt, BR * D] a query tile times scale */
-    float *drow;       /* [B*H, L] Drow = rowsum(dout * out) */
-    float *part;       /* [G * (NC - 1), L * D] dq contributions of chunks c >= 1 */
+    float *drow;   /* [B*H, L] Drow = rowsum(dout * out) */
+    float *part;   /* [G * (NC - 1), L * D] dq contributions of chunks c >= 1 */
+    void *threads; /* nt copies of bwd_tiles's regions (plan c->tiles), one after the other */
 } bwd_ws;
 
-/* One thread's tiles (rows of the [nt, ...] regions). */
+/* One thread's tiles: a copy of its own, so that each thread's tiles lie together (as the
+ * threads of one core share its caches, their tiles must not all start at the same offset). */
 typedef struct {
-    float *P, *dP, *W, *lt;
-    uint8_t *keep;
-    float *qs;
+    float *P, *dP, *W; /* [BR, BC] each */
+    float *lt;         /* [BR] the lse of a query tile */
+    uint8_t *keep;     /* [BR, BC] dropout keep bytes */
+    float *qs;         /* [BR, D] a query tile times scale */
 } bwd_tiles;
 
 /* One pass-1 task: key chunk ch of head (b, h), bh = b*H + h. */
@@ -173,16 +174,18 @@ static void bwd_plan(mha_ctx *ctx, bwd_call *c) {
     c->G = NC > 1 ? 2 * BH / (NC - 1) : BH;
     if (c->G < 1) c->G = 1;
     if (c->G > BH) c->G = BH;
-    mha__plan *pl = &c->plan;
+    mha__plan *tl = &c->tiles, *pl = &c->plan;
+    mha__plan_init(tl);
+    MHA__PLAN_ADD(tl, bwd_tiles, P, sizeof(float), BR, BC);
+    MHA__PLAN_ADD(tl, bwd_tiles, dP, sizeof(float), BR, BC);
+    MHA__PLAN_ADD(tl, bwd_tiles, W, sizeof(float), BR, BC);
+    MHA__PLAN_ADD(tl, bwd_tiles, lt, sizeof(float), BR, 1);
+    MHA__PLAN_ADD(tl, bwd_tiles, keep, 1, BR, BC);
+    MHA__PLAN_ADD(tl, bwd_tiles, qs, sizeof(float), BR, pr->D);
     mha__plan_init(pl);
-    MHA__PLAN_ADD(pl, bwd_ws, P, sizeof(float), c->nt, BR * BC);
-    MHA__PLAN_ADD(pl, bwd_ws, dP, sizeof(float), c->nt, BR * BC);
-    MHA__PLAN_ADD(pl, bwd_ws, W, sizeof(float), c->nt, BR * BC);
-    MHA__PLAN_ADD(pl, bwd_ws, lt, sizeof(float), c->nt, BR);
-    MHA__PLAN_ADD(pl, bwd_ws, keep, 1, c->nt, BR * BC);
-    MHA__PLAN_ADD(pl, bwd_ws, qs, sizeof(float), c->nt, BR * pr->D);
     MHA__PLAN_ADD(pl, bwd_ws, drow, sizeof(float), BH, pr->L);
     MHA__PLAN_ADD(pl, bwd_ws, part, sizeof(float), c->G * (NC - 1), pr->L * pr->D);
+    MHA__PLAN_ADD_COPIES(pl, bwd_ws, threads, tl, c->nt);
 }
 
 /* pass 0, task (b, h, query tile): Drow_i = dout_i . out_i */
@@ -302,15 +305,14 @@ mha_status mha_attn_backward(mha_ctx *ctx, const mha_attn_params *p, const mha_t
     if ((st = mha__plan_alloc(&c.plan, ctx, FN, 1, &mem))) return st;
     bwd_ws ws;
     mha__plan_point(&c.plan, mem, 0, &ws);
-    const int64_t T = c.BR * c.BC;
 #pragma omp parallel num_threads(c.nt) if (c.nt > 1)
     {
         int tid = 0;
 #ifdef _OPENMP
         tid = omp_get_thread_num();
 #endif
-        bwd_tiles w = {ws.P + tid * T,     ws.dP + tid * T,   ws.W + tid * T,
-                       ws.lt + tid * c.BR, ws.keep + tid * T, ws.qs + tid * c.BR * c.pr.D};
+        bwd_tiles w;
+        mha__plan_point(&c.tiles, ws.threads, tid, &w);
 #pragma omp for schedule(static)
         for (int64_t task = 0; task < BH * c.nqt; task++) bwd_drow(&c, &ws, task);
         for (int64_t g0 = 0; g0 < BH; g0 += c.G) {

@@ -24,6 +24,15 @@ void mha__plan_add(mha__plan *pl, const char *name, size_t field, size_t elem, i
     pl->per_copy = end;
 }
 
+void mha__plan_add_copies(mha__plan *pl, const char *name, size_t field, const mha__plan *inner,
+                          int64_t copies) {
+    if (inner->bad) {
+        if (!pl->bad) pl->bad = 1, pl->bad_name = name;
+        return;
+    }
+    mha__plan_add(pl, name, field, inner->per_copy, copies, 1);
+}
+
 int mha__plan_bytes(const mha__plan *pl, int copies, size_t *bytes) {
     return !pl->bad && copies >= 1 && mha__mul_size(pl->per_copy, (size_t)copies, bytes);
 }

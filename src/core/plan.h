@@ -45,6 +45,13 @@ void mha__plan_add(mha__plan *pl, const char *name, size_t field, size_t elem, i
                    int64_t n2);
 #define MHA__PLAN_ADD(pl, type, view, elem, n1, n2)                                                \
     mha__plan_add((pl), #view, offsetof(type, view), (elem), (n1), (n2))
+/* Declares a region holding `copies` copies of the plan inner (one per thread, say), each
+ * copy's regions together: point a copy's views with mha__plan_point(inner, region, t, ...).
+ * An overflow in inner makes this plan's allocation fail, naming `name`. */
+void mha__plan_add_copies(mha__plan *pl, const char *name, size_t field, const mha__plan *inner,
+                          int64_t copies);
+#define MHA__PLAN_ADD_COPIES(pl, type, view, inner, copies)                                        \
+    mha__plan_add_copies((pl), #view, offsetof(type, view), (inner), (copies))
 /* Bytes of `copies` copies; 0 (and *bytes untouched) when that overflows. */
 int mha__plan_bytes(const mha__plan *pl, int copies, size_t *bytes);
 /* One allocation of `copies` copies into *ws (free it with mha__free). MHA_ERR_NOMEM with

@@ -611,16 +611,24 @@ static mha_status fwd_output(mha_ctx *ctx, mha_module *m, const fwd_call *c,
     if (ldy < 0) copy_view(c->out, sc->y, 1);
     if (!c->weights || !c->opts->average_weights) return MHA_OK;
     const mha_tensor *w = c->weights;
-    int64_t sb = c->unb ? 0 : w->stride[0], si = w->stride[c->unb ? 0 : 1];
-    for (int64_t b = 0; b < B; b++)
-        for (int64_t i = 0; i < L; i++) {
-            float *dst = w->data + b * sb + i * si;
-            for (int64_t j = 0; j < S; j++) {
-                float acc = 0;
-                for (int64_t h = 0; h < H; h++) acc += sc->wheads[((b * H + h) * L + i) * S + j];
-                dst[j] = acc / (float)H;
-            }
+    const int64_t sb = c->unb ? 0 : w->stride[0], si = w->stride[c->unb ? 0 : 1];
+    const float *wh = sc->wheads;
+    /* Rows (b, i) in parallel, each summed head after head along the row (contiguous reads):
+     * every element is ((w_0 + w_1) + ...) + w_{H-1}, then / H, whatever the thread count. */
+    const int nt = (double)B * L * S * H < (double)(1 << 20) ? 1 : mha__ctx_threads(ctx);
+#pragma omp parallel for num_threads(nt) schedule(static) if (nt > 1)
+    for (int64_t r = 0; r < B * L; r++) {
+        const int64_t b = r / L, i = r % L;
+        float *dst = w->data + b * sb + i * si;
+        const float *w0 = wh + ((b * H) * L + i) * S;
+        for (int64_t j = 0; j < S; j++) dst[j] = w0[j];
+        for (int64_t h = 1; h < H; h++) {
+            const float *wr = wh + ((b * H + h) * L + i) * S;
+            for (int64_t j = 0; j < S; j++) dst[j] += wr[j];
         }
+        for (int64_t j = 0; j < S; j++) dst[j] /= (float)H;
+    }
+    (void)nt; /* unused without OpenMP */
     return MHA_OK;
 }
 

@@ -19,11 +19,13 @@ foreach(isa generic avx2)
     TIMEOUT 300)
 endforeach()
 
-# Output files all or nothing (special files, aliases, umask, long names, a full disk, a failed
-# rename) and the number of heads a weights file records: tests/test_cli_outputs.py.
-add_test(NAME test_cli_outputs
-  COMMAND ${MHA_PYTHON} -m pytest -q -p no:cacheprovider
-          ${CMAKE_CURRENT_SOURCE_DIR}/test_cli_outputs.py
-  WORKING_DIRECTORY ${CMAKE_CURRENT_BINARY_DIR})
-set_tests_properties(test_cli_outputs PROPERTIES
-  ENVIRONMENT "MHA_BIN=$<TARGET_FILE:mha_cli>;PYTHONDONTWRITEBYTECODE=1" TIMEOUT 300)
+# tests/test_cli_outputs.py: output files all or nothing (special files, aliases, umask, long
+# names, a full disk, a failed rename) and the number of heads a weights file records;
+# tests/test_cli_core.py: the library's thread limit through `mha forward` and `mha info`.
+foreach(t test_cli_outputs test_cli_core)
+  add_test(NAME ${t}
+    COMMAND ${MHA_PYTHON} -m pytest -q -p no:cacheprovider ${CMAKE_CURRENT_SOURCE_DIR}/${t}.py
+    WORKING_DIRECTORY ${CMAKE_CURRENT_BINARY_DIR})
+  set_tests_properties(${t} PROPERTIES
+    ENVIRONMENT "MHA_BIN=$<TARGET_FILE:mha_cli>;PYTHONDONTWRITEBYTECODE=1" TIMEOUT 300)
+endforeach()

@@ -3,7 +3,7 @@
 `--threads 100000` (within the range the CLI parses) or OMP_NUM_THREADS=100000 once crashed
 inside libgomp. Now the first is refused as a usage error naming the limit, and the
 second runs on MHA_MAX_THREADS threads. Run as `MHA_BIN=build/mha python -m pytest -q
-tests/test_cli_core.py` (CTest: tests/cli_core.cmake); needs numpy only.
+tests/test_cli_core.py` (CTest: tests/cli.cmake); needs numpy only.
 """
 import os
 import subprocess

@@ -1,11 +1,6 @@
 # tests/cli.cmake - the command-line contract of `mha forward` / `mha backward` (tests/test_cli.py),
 # run with the test venv's Python (PyTorch 2.13) against the mha binary built here.
-add_test(NAME test_cli
-  COMMAND ${MHA_PYTHON} -m pytest -q -p no:cacheprovider ${CMAKE_CURRENT_SOURCE_DIR}/test_cli.py
-  WORKING_DIRECTORY ${CMAKE_CURRENT_BINARY_DIR})
-set_tests_properties(test_cli PROPERTIES
-  ENVIRONMENT "MHA_BIN=$<TARGET_FILE:mha_cli>;PYTHONDONTWRITEBYTECODE=1"
-  TIMEOUT 300)
+mha_add_pytest(test_cli)
 
 # The round trips against torch once more on each forced kernel path (the default run above uses
 # the best one); a path this machine's CPU cannot run is skipped (the only skip: no hardware).
@@ -22,10 +17,5 @@ endforeach()
 # tests/test_cli_outputs.py: output files all or nothing (special files, aliases, umask, long
 # names, a full disk, a failed rename) and the number of heads a weights file records;
 # tests/test_cli_core.py: the library's thread limit through `mha forward` and `mha info`.
-foreach(t test_cli_outputs test_cli_core)
-  add_test(NAME ${t}
-    COMMAND ${MHA_PYTHON} -m pytest -q -p no:cacheprovider ${CMAKE_CURRENT_SOURCE_DIR}/${t}.py
-    WORKING_DIRECTORY ${CMAKE_CURRENT_BINARY_DIR})
-  set_tests_properties(${t} PROPERTIES
-    ENVIRONMENT "MHA_BIN=$<TARGET_FILE:mha_cli>;PYTHONDONTWRITEBYTECODE=1" TIMEOUT 300)
-endforeach()
+mha_add_pytest(test_cli_outputs)
+mha_add_pytest(test_cli_core)

@@ -32,11 +32,6 @@ endif()
 #                  numbering, the PNG's text;
 # test_cli_bench.py `mha bench` progress on stderr when it is a terminal (a pty), else nothing.
 if(TARGET mha_cli)
-  foreach(t test_cli_viz test_cli_bench)
-    add_test(NAME ${t}
-      COMMAND ${MHA_PYTHON} -m pytest -q -p no:cacheprovider ${CMAKE_CURRENT_SOURCE_DIR}/${t}.py
-      WORKING_DIRECTORY ${CMAKE_CURRENT_BINARY_DIR})
-    set_tests_properties(${t} PROPERTIES
-      ENVIRONMENT "MHA_BIN=$<TARGET_FILE:mha_cli>;PYTHONDONTWRITEBYTECODE=1" TIMEOUT 300)
-  endforeach()
+  mha_add_pytest(test_cli_viz)
+  mha_add_pytest(test_cli_bench)
 endif()

@@ -361,6 +361,22 @@ MHA_API mha_status mha_module_param(mha_ctx *ctx, mha_module *m, const char *nam
                                     mha_tensor *value, mha_tensor *grad);
 /* Sets every parameter gradient to zero. */
 MHA_API void mha_module_zero_grad(mha_module *m);
+/* Makes the parameter name use caller-owned memory for its value and/or its gradient (NULL:
+ * that one stays as it is), each the parameter's elements, contiguous in PyTorch's layout: a
+ * framework's tensor storage, say, so that neither is ever copied. Forward and backward read
+ * the bound value, the backward accumulates into the bound gradient, mha_module_param returns
+ * views of them. The memory is used as it is (nothing is copied into it), must stay valid as
+ * long as the module may use it (until bound again, or mha_module_free, which never frees it),
+ * and must not be changed between a forward and its backward. MHA_ERR_NOT_FOUND for an unknown
+ * name (the message lists the names). */
+MHA_API mha_status mha_module_param_bind(mha_ctx *ctx, mha_module *m, const char *name,
+                                         float *value, float *grad);
+/* Positions the dropout stream: the next training forward with dropout draws its mask with
+ * (seed, offset) (mha_attn_params' seed and offset), the one after with (seed, offset + 1), and
+ * so on. A module starts at (cfg.seed, 0). For frameworks that seed every call from their own
+ * generator (the Python package draws seed from torch's). */
+MHA_API mha_status mha_module_set_dropout_rng(mha_ctx *ctx, mha_module *m, uint64_t seed,
+                                              uint64_t offset);
 
 /* Loads parameters from a safetensors file (F32) as written by
  * safetensors.torch.save_file(module.state_dict()). Every parameter must be present with its
@@ -410,6 +426,21 @@ MHA_API mha_status mha_module_forward(mha_ctx *ctx, mha_module *m, const mha_for
  * mha_module_zero_grad between steps. */
 MHA_API mha_status mha_module_backward(mha_ctx *ctx, mha_module *m, const mha_tensor *dout,
                                        mha_tensor *dquery, mha_tensor *dkey, mha_tensor *dvalue);
+
+/* A forward's saved state, moved out of its module, so that later forwards do not overwrite it
+ * and its backward can run after theirs (autograd calls a layer several times, then runs the
+ * backwards in any order). */
+typedef struct mha_module_saved mha_module_saved;
+/* Moves the most recent forward's saved state (opts->save_for_backward) out of m into *out; m
+ * then has no saved forward, and its next forward allocates buffers of its own. MHA_ERR_STATE
+ * when there is none. Free with mha_module_saved_free, or give back with ..._restore. */
+MHA_API mha_status mha_module_saved_take(mha_ctx *ctx, mha_module *m, mha_module_saved **out);
+/* Makes s m's saved forward again, for mha_module_backward (which keeps its buffers for reuse,
+ * as after a forward). Takes ownership of s on success (do not free it then); m's own saved
+ * forward, if any, is released. s must have been taken from m (MHA_ERR_INVALID_ARG, s
+ * untouched). The parameters must be the same values as at that forward (not checked). */
+MHA_API mha_status mha_module_saved_restore(mha_ctx *ctx, mha_module *m, mha_module_saved *s);
+MHA_API void mha_module_saved_free(mha_module_saved *s); /* NULL-safe */
 
 /* ---------------------------------------------------------------------------------------------
  * Arrays and files: .npy and safetensors (untrusted input: every field is validated)

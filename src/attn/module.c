@@ -258,8 +258,8 @@ static mha_status alloc_params(mha_ctx *ctx, mha_module *m) {
             if (v) mha__free(v);
             return st;
         }
-        p->value = v;
-        p->grad = g;
+        p->value = p->own_value = v;
+        p->grad = p->own_grad = g;
         memset(v, 0, sizeof(float) * (size_t)p->numel);
         memset(g, 0, sizeof(float) * (size_t)p->numel);
     }
@@ -304,6 +304,7 @@ mha_status mha_module_create(mha_ctx *ctx, const mha_config *cfg, mha_module **o
         return st;
     }
     init_params(m);
+    m->dropout_seed = cfg->seed;
     *out = m;
     return MHA_OK;
 }
@@ -317,8 +318,8 @@ static void bwd_release(mha_module *m) {
 void mha_module_free(mha_module *m) {
     if (!m) return;
     for (int i = 0; i < m->nparams; i++) {
-        mha__free(m->p[i].value);
-        mha__free(m->p[i].grad);
+        mha__free(m->p[i].own_value);
+        mha__free(m->p[i].own_grad);
     }
     m->saved = NULL;
     buf_free(&m->st.ws);
@@ -335,27 +336,53 @@ const char *mha_module_param_name(const mha_module *m, int i) {
     return m->p[i].name;
 }
 
+/* The parameter name of m for function fn, or an error naming the parameters there are. */
+static mha_status lookup_param(mha_ctx *ctx, const char *fn, const mha_module *m, const char *name,
+                               mha__param **out) {
+    if (!m) return mha__err(ctx, MHA_ERR_INVALID_ARG, "%s: m: got NULL, expected a module", fn);
+    if (!name)
+        return mha__err(ctx, MHA_ERR_INVALID_ARG, "%s: name: got NULL, expected a parameter name",
+                        fn);
+    if ((*out = mha__module_find_param(m, name))) return MHA_OK;
+    char names[256] = "";
+    for (int i = 0; i < m->nparams; i++) {
+        size_t n = strlen(names);
+        snprintf(names + n, sizeof names - n, "%s%s", i ? ", " : "", m->p[i].name);
+    }
+    return mha__err(ctx, MHA_ERR_NOT_FOUND, "%s: name: got \"%s\", expected one of %s", fn, name,
+                    names);
+}
+
 mha_status mha_module_param(mha_ctx *ctx, mha_module *m, const char *name, mha_tensor *value,
                             mha_tensor *grad) {
     mha__clear(ctx);
-    if (!m)
-        return mha__err(ctx, MHA_ERR_INVALID_ARG,
-                        "mha_module_param: m: got NULL, expected a module");
-    if (!name)
-        return mha__err(ctx, MHA_ERR_INVALID_ARG,
-                        "mha_module_param: name: got NULL, expected a parameter name");
-    mha__param *p = mha__module_find_param(m, name);
-    if (!p) {
-        char names[256] = "";
-        for (int i = 0; i < m->nparams; i++) {
-            size_t n = strlen(names);
-            snprintf(names + n, sizeof names - n, "%s%s", i ? ", " : "", m->p[i].name);
-        }
-        return mha__err(ctx, MHA_ERR_NOT_FOUND,
-                        "mha_module_param: name: got \"%s\", expected one of %s", name, names);
-    }
+    mha__param *p;
+    mha_status st = lookup_param(ctx, "mha_module_param", m, name, &p);
+    if (st) return st;
     if (value) *value = mha_tensor_make(p->value, p->ndim, p->shape);
     if (grad) *grad = mha_tensor_make(p->grad, p->ndim, p->shape);
+    return MHA_OK;
+}
+
+mha_status mha_module_param_bind(mha_ctx *ctx, mha_module *m, const char *name, float *value,
+                                 float *grad) {
+    mha__clear(ctx);
+    mha__param *p;
+    mha_status st = lookup_param(ctx, "mha_module_param_bind", m, name, &p);
+    if (st) return st;
+    if (value) p->value = value;
+    if (grad) p->grad = grad;
+    point_params(m);
+    return MHA_OK;
+}
+
+mha_status mha_module_set_dropout_rng(mha_ctx *ctx, mha_module *m, uint64_t seed, uint64_t offset) {
+    mha__clear(ctx);
+    if (!m)
+        return mha__err(ctx, MHA_ERR_INVALID_ARG,
+                        "mha_module_set_dropout_rng: m: got NULL, expected a module");
+    m->dropout_seed = seed;
+    m->dropout_offset = offset;
     return MHA_OK;
 }
 
@@ -577,7 +604,7 @@ static mha_status fwd_attend(mha_ctx *ctx, mha_module *m, const fwd_call *c, flo
     s->ap = mha_attn_params_default();
     s->ap.scale = c->opts->scale != 0 ? c->opts->scale : (float)(1.0 / sqrt((double)D));
     s->ap.dropout_p = c->opts->training && m->cfg.dropout > 0 ? m->cfg.dropout : 0.0f;
-    s->ap.seed = m->cfg.seed;
+    s->ap.seed = m->dropout_seed;
     s->ap.offset = m->dropout_offset;
     mha_tensor qv = heads_view(s->q, B, H, L, D, s->ldq);
     mha_tensor kv = heads_view(s->k, B, H, S, D, s->ldk);
@@ -665,6 +692,56 @@ mha_status mha_module_forward(mha_ctx *ctx, mha_module *m, const mha_forward_opt
     /* The backward differentiates the most recent forward: without save, there is none. */
     if (c.save) m->saved = &m->st;
     return MHA_OK;
+}
+
+/* ---------------------------------------------------------------------------------------------
+ * A saved forward moved out of the module and back (autograd: several forwards, then their
+ * backwards in any order)
+ * ------------------------------------------------------------------------------------------- */
+
+mha_status mha_module_saved_take(mha_ctx *ctx, mha_module *m, mha_module_saved **out) {
+    static const char *const fn = "mha_module_saved_take";
+    mha__clear(ctx);
+    if (!out)
+        return mha__err(ctx, MHA_ERR_INVALID_ARG, "%s: out: got NULL, expected a pointer", fn);
+    *out = NULL;
+    if (!m) return mha__err(ctx, MHA_ERR_INVALID_ARG, "%s: m: got NULL, expected a module", fn);
+    if (!m->saved)
+        return mha__err(ctx, MHA_ERR_STATE,
+                        "%s: no saved forward (call mha_module_forward with "
+                        "opts->save_for_backward = 1 first)",
+                        fn);
+    mha_module_saved *s = mha__malloc(sizeof *s);
+    if (!s) return mha__err(ctx, MHA_ERR_NOMEM, "%s: out of memory", fn);
+    s->owner = m;
+    s->st = m->st; /* its views point into st.ws, which moves with it */
+    memset(&m->st, 0, sizeof m->st);
+    m->saved = NULL;
+    *out = s;
+    return MHA_OK;
+}
+
+mha_status mha_module_saved_restore(mha_ctx *ctx, mha_module *m, mha_module_saved *s) {
+    static const char *const fn = "mha_module_saved_restore";
+    mha__clear(ctx);
+    if (!m) return mha__err(ctx, MHA_ERR_INVALID_ARG, "%s: m: got NULL, expected a module", fn);
+    if (!s)
+        return mha__err(ctx, MHA_ERR_INVALID_ARG, "%s: s: got NULL, expected a saved forward", fn);
+    if (s->owner != m)
+        return mha__err(ctx, MHA_ERR_INVALID_ARG,
+                        "%s: s: got the saved forward of another module, expected one of m's", fn);
+    m->saved = NULL;
+    buf_free(&m->st.ws);
+    m->st = s->st;
+    m->saved = &m->st;
+    mha__free(s);
+    return MHA_OK;
+}
+
+void mha_module_saved_free(mha_module_saved *s) {
+    if (!s) return;
+    buf_free(&s->st.ws);
+    mha__free(s);
 }
 
 /* ---------------------------------------------------------------------------------------------

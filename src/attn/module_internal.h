@@ -22,7 +22,8 @@ typedef struct {
     int ndim;         /* 1 or 2 */
     int64_t shape[2];
     int64_t numel;
-    float *value, *grad;
+    float *value, *grad;         /* what the module uses: its own buffers, or bound memory */
+    float *own_value, *own_grad; /* the buffers the module allocated (and frees) */
 } mha__param;
 
 /* An owned buffer kept between calls, holding one planned workspace (src/core/plan.h): a call
@@ -69,11 +70,18 @@ struct mha_module {
     mha__param p[MHA__MOD_MAX_PARAMS];
     float *wq, *wk, *wv, *bin, *wo, *bo;       /* values (bin, bo NULL without bias) */
     float *gwq, *gwk, *gwv, *gbin, *gwo, *gbo; /* gradients */
+    uint64_t dropout_seed;                     /* cfg.seed, or mha_module_set_dropout_rng's */
     uint64_t dropout_offset;                   /* advances on every training forward with dropout */
     mha__saved *saved;                         /* &st: a forward to differentiate; NULL: none */
     mha__saved st;    /* the forward's views and workspace, kept between calls */
     mha__buf bws;     /* the backward's workspace (module.c's bwd_plan), kept */
     mha__gemm_ws gws; /* the products' packing workspace, kept */
+};
+
+/* A forward's saved state moved out of its module (mha_module_saved_take). */
+struct mha_module_saved {
+    const mha_module *owner;
+    mha__saved st;
 };
 
 /* The parameter named name, or NULL. */

@@ -1,0 +1,190 @@
+/* test_module_bind.c - what a framework binding needs from the module (the Python package uses
+ * all three): parameters in caller-owned memory (mha_module_param_bind), saved forwards moved
+ * out and back so that several forwards can precede their backwards (mha_module_saved_take /
+ * _restore), and a dropout stream positioned per call (mha_module_set_dropout_rng). Each is
+ * checked bitwise against a plain module doing the same computation the ordinary way. */
+#include "harness.h"
+
+#include <string.h>
+
+enum {
+    E = 16,
+    H = 4,
+    B = 2,
+    L = 5,
+    N = B * L * E
+};
+
+static void fill(float *a, int64_t n, double f, double ph) {
+    for (int64_t i = 0; i < n; i++) a[i] = (float)cos((double)i * f + ph);
+}
+
+/* A training forward of x (self-attention, saved for the backward) into y. */
+static mha_status fwd(mha_ctx *ctx, mha_module *m, float *x, float *y) {
+    int64_t s[3] = {B, L, E};
+    mha_tensor tx = mha_tensor_make(x, 3, s), ty = mha_tensor_make(y, 3, s);
+    mha_forward_opts fo = mha_forward_opts_default();
+    fo.training = 1;
+    return mha_module_forward(ctx, m, &fo, &tx, NULL, NULL, NULL, &ty, NULL);
+}
+
+/* The backward of the module's saved forward for dy into dx. */
+static mha_status bwd(mha_ctx *ctx, mha_module *m, float *dy, float *dx) {
+    int64_t s[3] = {B, L, E};
+    mha_tensor tdy = mha_tensor_make(dy, 3, s), tdx = mha_tensor_make(dx, 3, s);
+    return mha_module_backward(ctx, m, &tdy, &tdx, NULL, NULL);
+}
+
+/* Every parameter value and gradient of a and b bitwise equal. */
+static int same_params_and_grads(mha_ctx *ctx, mha_module *a, mha_module *b) {
+    for (int i = 0; i < mha_module_param_count(a); i++) {
+        mha_tensor va, ga, vb, gb;
+        const char *name = mha_module_param_name(a, i);
+        if (mha_module_param(ctx, a, name, &va, &ga) || mha_module_param(ctx, b, name, &vb, &gb))
+            return 0;
+        size_t n = sizeof(float) * (size_t)mha_tensor_numel(&va);
+        if (memcmp(va.data, vb.data, n) || memcmp(ga.data, gb.data, n)) return 0;
+    }
+    return 1;
+}
+
+static mha_module *make(mha_ctx *ctx, uint64_t seed, float dropout) {
+    mha_config cfg = mha_config_default(E, H);
+    cfg.seed = seed;
+    cfg.dropout = dropout;
+    mha_module *m = NULL;
+    if (mha_module_create(ctx, &cfg, &m) != MHA_OK) return NULL;
+    return m;
+}
+
+/* Two forwards, then their backwards in the other order, through take / restore: the same
+ * outputs, input gradients and parameter gradients as forward-backward twice (dropout on, so
+ * each saved forward also carries its own dropout position). */
+TEST(saved_forwards_taken_and_restored) {
+    mha_ctx *ctx;
+    ASSERT_OK(ctx, mha_ctx_create(&ctx));
+    mha_module *a = make(ctx, 3, 0.25f), *b = make(ctx, 3, 0.25f);
+    ASSERT_TRUE(a && b);
+    static float x1[N], x2[N], dy1[N], dy2[N], ya1[N], ya2[N], yb1[N], yb2[N];
+    static float dxa1[N], dxa2[N], dxb1[N], dxb2[N];
+    fill(x1, N, 0.37, 0.0), fill(x2, N, 0.23, 1.0), fill(dy1, N, 0.29, 2.0);
+    fill(dy2, N, 0.11, 3.0);
+    /* b: the ordinary way. */
+    ASSERT_OK(ctx, fwd(ctx, b, x1, yb1));
+    ASSERT_OK(ctx, bwd(ctx, b, dy1, dxb1));
+    ASSERT_OK(ctx, fwd(ctx, b, x2, yb2));
+    ASSERT_OK(ctx, bwd(ctx, b, dy2, dxb2));
+    /* a: forward, forward, then backward 2, backward 1. */
+    mha_module_saved *s1, *s2;
+    ASSERT_OK(ctx, fwd(ctx, a, x1, ya1));
+    ASSERT_OK(ctx, mha_module_saved_take(ctx, a, &s1));
+    ASSERT_EQ(bwd(ctx, a, dy1, dxa1), MHA_ERR_STATE); /* taken: nothing saved now */
+    ASSERT_OK(ctx, fwd(ctx, a, x2, ya2));
+    ASSERT_OK(ctx, mha_module_saved_take(ctx, a, &s2));
+    memset(x1, 0, sizeof x1), memset(x2, 0, sizeof x2); /* the saved copies are what counts */
+    ASSERT_OK(ctx, mha_module_saved_restore(ctx, a, s2));
+    ASSERT_OK(ctx, bwd(ctx, a, dy2, dxa2));
+    ASSERT_OK(ctx, mha_module_saved_restore(ctx, a, s1));
+    ASSERT_OK(ctx, bwd(ctx, a, dy1, dxa1));
+    ASSERT_TRUE(memcmp(ya1, yb1, sizeof ya1) == 0 && memcmp(ya2, yb2, sizeof ya2) == 0);
+    ASSERT_TRUE(memcmp(dxa1, dxb1, sizeof dxa1) == 0 && memcmp(dxa2, dxb2, sizeof dxa2) == 0);
+    ASSERT_TRUE(same_params_and_grads(ctx, a, b)); /* the sums of both backwards */
+    /* Errors: nothing to take; a handle of another module; NULLs. */
+    mha_module_saved *s = NULL;
+    ASSERT_OK(ctx, fwd(ctx, b, x1, yb1));
+    ASSERT_OK(ctx, mha_module_saved_take(ctx, b, &s));
+    ASSERT_EQ(mha_module_saved_take(ctx, b, &s1), MHA_ERR_STATE);
+    ASSERT_STR_CONTAINS(mha_ctx_errmsg(ctx), "mha_module_saved_take: no saved forward");
+    ASSERT_EQ(mha_module_saved_restore(ctx, a, s), MHA_ERR_INVALID_ARG);
+    ASSERT_STR_CONTAINS(mha_ctx_errmsg(ctx), "s: got the saved forward of another module");
+    ASSERT_EQ(mha_module_saved_restore(ctx, a, NULL), MHA_ERR_INVALID_ARG);
+    ASSERT_EQ(mha_module_saved_take(ctx, NULL, &s1), MHA_ERR_INVALID_ARG);
+    ASSERT_EQ(mha_module_saved_take(ctx, a, NULL), MHA_ERR_INVALID_ARG);
+    mha_module_saved_free(s); /* never restored: freed on its own */
+    mha_module_saved_free(NULL);
+    mha_module_free(a);
+    mha_module_free(b);
+    mha_ctx_free(ctx);
+}
+
+/* Parameters bound to caller memory: the same results as the module's own copies, gradients
+ * accumulated into the caller's buffers, changes to the caller's values seen by the next
+ * forward, and the caller's memory left alone by mha_module_free. */
+TEST(parameters_bound_to_caller_memory) {
+    mha_ctx *ctx;
+    ASSERT_OK(ctx, mha_ctx_create(&ctx));
+    mha_module *a = make(ctx, 5, 0.0f), *b = make(ctx, 5, 0.0f);
+    ASSERT_TRUE(a && b);
+    float *vals[8], *grads[8];
+    int np = mha_module_param_count(a);
+    for (int i = 0; i < np; i++) {
+        mha_tensor v;
+        ASSERT_OK(ctx, mha_module_param(ctx, a, mha_module_param_name(a, i), &v, NULL));
+        size_t n = (size_t)mha_tensor_numel(&v);
+        vals[i] = malloc(sizeof(float) * n), grads[i] = calloc(n, sizeof(float));
+        memcpy(vals[i], v.data, sizeof(float) * n);
+        memset(v.data, 0, sizeof(float) * n); /* a's own copy no longer matters */
+        ASSERT_OK(ctx, mha_module_param_bind(ctx, a, mha_module_param_name(a, i), vals[i], NULL));
+        ASSERT_OK(ctx, mha_module_param_bind(ctx, a, mha_module_param_name(a, i), NULL, grads[i]));
+        mha_tensor got, gg;
+        ASSERT_OK(ctx, mha_module_param(ctx, a, mha_module_param_name(a, i), &got, &gg));
+        ASSERT_TRUE(got.data == vals[i] && gg.data == grads[i]);
+    }
+    static float x[N], dy[N], ya[N], yb[N], dxa[N], dxb[N];
+    fill(x, N, 0.31, 0.5), fill(dy, N, 0.17, 1.5);
+    for (int round = 0; round < 2; round++) {
+        ASSERT_OK(ctx, fwd(ctx, a, x, ya));
+        ASSERT_OK(ctx, bwd(ctx, a, dy, dxa));
+        ASSERT_OK(ctx, fwd(ctx, b, x, yb));
+        ASSERT_OK(ctx, bwd(ctx, b, dy, dxb));
+        ASSERT_TRUE(memcmp(ya, yb, sizeof ya) == 0 && memcmp(dxa, dxb, sizeof dxa) == 0);
+        ASSERT_TRUE(same_params_and_grads(ctx, a, b));
+        /* Change out_proj.weight in both places: the next round must see it. */
+        mha_tensor wb;
+        ASSERT_OK(ctx, mha_module_param(ctx, b, "out_proj.weight", &wb, NULL));
+        for (int64_t k = 0; k < E * E; k++) wb.data[k] *= 2.0f, vals[np - 2][k] *= 2.0f;
+    }
+    ASSERT_EQ(mha_module_param_bind(ctx, a, "no_such", vals[0], NULL), MHA_ERR_NOT_FOUND);
+    ASSERT_STR_CONTAINS(mha_ctx_errmsg(ctx), "expected one of in_proj_weight, in_proj_bias");
+    ASSERT_EQ(mha_module_param_bind(ctx, NULL, "in_proj_weight", vals[0], NULL),
+              MHA_ERR_INVALID_ARG);
+    mha_module_free(a); /* must not free vals / grads */
+    for (int i = 0; i < np; i++) free(vals[i]), free(grads[i]);
+    mha_module_free(b);
+    mha_ctx_free(ctx);
+}
+
+/* mha_module_set_dropout_rng: a module positioned at (seed, offset) draws the dropout masks a
+ * module created with that seed draws at that offset. */
+TEST(dropout_stream_positioned) {
+    mha_ctx *ctx;
+    ASSERT_OK(ctx, mha_ctx_create(&ctx));
+    mha_module *a = make(ctx, 11, 0.5f), *b = make(ctx, 11, 0.5f), *c = make(ctx, 11, 0.5f);
+    ASSERT_TRUE(a && b && c);
+    static float x[N], y0[N], y1[N], yb[N];
+    fill(x, N, 0.41, 0.25);
+    ASSERT_OK(ctx, fwd(ctx, a, x, y0)); /* (11, 0) */
+    ASSERT_OK(ctx, fwd(ctx, a, x, y1)); /* (11, 1) */
+    ASSERT_TRUE(memcmp(y0, y1, sizeof y0) != 0);
+    /* b: its seed replaced by another, then back to (11, 1): a's second forward. */
+    ASSERT_OK(ctx, mha_module_set_dropout_rng(ctx, b, 12345, 0));
+    ASSERT_OK(ctx, fwd(ctx, b, x, yb));
+    ASSERT_TRUE(memcmp(yb, y0, sizeof yb) != 0 && memcmp(yb, y1, sizeof yb) != 0);
+    ASSERT_OK(ctx, mha_module_set_dropout_rng(ctx, b, 11, 1));
+    ASSERT_OK(ctx, fwd(ctx, b, x, yb));
+    ASSERT_TRUE(memcmp(yb, y1, sizeof yb) == 0);
+    ASSERT_OK(ctx, fwd(ctx, c, x, yb)); /* untouched: (11, 0) */
+    ASSERT_TRUE(memcmp(yb, y0, sizeof yb) == 0);
+    ASSERT_EQ(mha_module_set_dropout_rng(ctx, NULL, 1, 0), MHA_ERR_INVALID_ARG);
+    mha_module_free(a);
+    mha_module_free(b);
+    mha_module_free(c);
+    mha_ctx_free(ctx);
+}
+
+int main(void) {
+    RUN(saved_forwards_taken_and_restored);
+    RUN(parameters_bound_to_caller_memory);
+    RUN(dropout_stream_positioned);
+    return harness_report();
+}

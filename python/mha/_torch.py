@@ -1,0 +1,331 @@
+"""mha._torch - PyTorch tensors into the C library and back: views without copies, masks, the
+C module behind the nn modules, and the autograd Functions that run mha's own backward.
+
+Conventions shared by the PyTorch front end (mha.nn, mha.functional):
+  - Tensors must be float32 on the CPU (ValueError otherwise: mha computes in float32 on the
+    CPU; call .float() / .cpu()). Any strides are passed as they are (no copy) as long as the
+    innermost dimension has stride 1; a tensor whose innermost stride is not 1 is copied with
+    .contiguous() (the documented conversion).
+  - Library errors become ValueError / MemoryError / RuntimeError with the library's message.
+"""
+import threading
+from ctypes import byref, c_void_p
+
+import torch
+
+from . import _lib
+from ._lib import lib
+
+_F32 = torch.float32
+
+
+# ------------------------------------------------------------------------------------------
+# Tensors
+# ------------------------------------------------------------------------------------------
+def as_input(t, name, fn):
+    """t checked for the library: a float32 CPU tensor whose innermost stride is 1 (copied
+    when it is not). Returns the tensor to pass (keep it alive during the call)."""
+    if not isinstance(t, torch.Tensor):
+        raise ValueError(f"{fn}: {name}: got {type(t).__name__}, expected a torch.Tensor")
+    if t.device.type != "cpu":
+        raise ValueError(f"{fn}: {name}: got a tensor on {t.device}, expected a CPU tensor "
+                         "(mha computes on the CPU: .cpu())")
+    if t.dtype != _F32:
+        raise ValueError(f"{fn}: {name}.dtype: got {t.dtype}, expected torch.float32 "
+                         "(mha computes in float32: .float())")
+    if t.dim() and t.stride(-1) != 1 and t.shape[-1] > 1:
+        t = t.contiguous()
+    return t
+
+
+def view(t):
+    """The mha_tensor view of a tensor already checked by as_input (or made here)."""
+    return _lib.Tensor(t.data_ptr(), t.dim(), _lib._Dims(*t.shape), _lib._Dims(*t.stride()))
+
+
+def ptr(t):
+    return t.data_ptr() if t is not None else None
+
+
+def new_like(shape, stride):
+    return torch.empty_strided(shape, stride, dtype=_F32)
+
+
+def check_dtype_device(p, name, fn):
+    if p.device.type != "cpu":
+        raise ValueError(f"{fn}: {name}: got a parameter on {p.device}, expected the CPU "
+                         "(mha computes on the CPU)")
+    if p.dtype != _F32:
+        raise ValueError(f"{fn}: {name}.dtype: got {p.dtype}, expected torch.float32 (mha "
+                         "computes in float32; the module was converted with .to() / .double()?)")
+
+
+def dropout_seed():
+    """A 63-bit seed for mha's Philox dropout drawn from torch's default generator, so that
+    torch.manual_seed makes mha's dropout reproducible."""
+    return int(torch.randint(0, 2**62, (), dtype=torch.int64))
+
+
+# ------------------------------------------------------------------------------------------
+# Masks
+# ------------------------------------------------------------------------------------------
+class MaskArg:
+    """An mha_mask and the tensors its pointers point into (kept alive with it)."""
+    __slots__ = ("c", "keep")
+
+    def __init__(self, causal=0, key_padding=None, attn_bool=None, attn_float=None,
+                 batched=False):
+        self.keep = (key_padding, attn_bool, attn_float)
+        self.c = _lib.Mask(causal, ptr(key_padding), None, ptr(attn_bool), ptr(attn_float),
+                           1 if batched else 0)
+
+
+NO_MASK = MaskArg()
+
+
+def bool_bytes(m):
+    """A bool tensor as contiguous bytes the library reads as uint8 (nonzero = excluded)."""
+    return m.contiguous()
+
+
+def float_mask(m):
+    return m.to(_F32).contiguous()
+
+
+# ------------------------------------------------------------------------------------------
+# The C module behind an nn module
+# ------------------------------------------------------------------------------------------
+class CModule:
+    """Owns one mha_module, created on first use for a configuration, and the pointers bound
+    to it. Not copied by copy.deepcopy or pickled: a copy creates its own on first use."""
+
+    def __init__(self):
+        self.ptr = None
+        self.cfg = None
+        self.bound = {}
+        self.lock = threading.Lock()
+
+    def __deepcopy__(self, memo):
+        return CModule()
+
+    def __reduce__(self):
+        return (CModule, ())
+
+    def __del__(self, _free=lib.mha_module_free):
+        if self.ptr:
+            _free(self.ptr)
+            self.ptr = None
+
+    def get(self, E, H, kdim, vdim, bias):
+        """The module for this configuration (re-created when it changed)."""
+        key = (E, H, kdim, vdim, bias)
+        if self.ptr is None or self.cfg != key:
+            if self.ptr:
+                lib.mha_module_free(self.ptr)
+                self.ptr = None
+            cfg = lib.mha_config_default(E, H)
+            cfg.kdim, cfg.vdim, cfg.bias = kdim, vdim, 1 if bias else 0
+            p = c_void_p()
+            _lib.check(lib.mha_module_create(_lib.ctx(), byref(cfg), byref(p)))
+            self.ptr, self.cfg, self.bound = p, key, {}
+        return self.ptr
+
+    def bind_values(self, names, values):
+        """Points the module's parameters at the tensors values (contiguous float32)."""
+        b = self.bound
+        for name, t in zip(names, values):
+            p = t.data_ptr()
+            if b.get(name) != p:
+                _lib.check(lib.mha_module_param_bind(_lib.ctx(), self.ptr, name, p, None))
+                b[name] = p
+
+    def bind_grads(self, names, grads):
+        for name, g in zip(names, grads):
+            _lib.check(lib.mha_module_param_bind(_lib.ctx(), self.ptr, name, None,
+                                                 g.data_ptr()))
+
+
+class Saved:
+    """A forward's saved state taken out of its C module (freed unless given back)."""
+    __slots__ = ("ptr",)
+
+    def __init__(self, p):
+        self.ptr = p
+
+    def release(self):
+        p, self.ptr = self.ptr, None
+        return p
+
+    def __del__(self, _free=lib.mha_module_saved_free):
+        if self.ptr:
+            _free(self.ptr)
+            self.ptr = None
+
+
+class LayerCall:
+    """One call of a layer: its C module, parameter names and tensors (contiguous float32,
+    in the C module's order), masks and options. self_attn: key = value = query."""
+
+    def __init__(self, cmod, names, values, mask, training, dropout, average, need_weights,
+                 heads):
+        self.cmod, self.names, self.values = cmod, names, values
+        self.mask, self.training, self.dropout = mask, training, dropout
+        self.average, self.need_weights, self.heads = average, need_weights, heads
+
+    def run_forward(self, q, k, v, save):
+        """q [N, L, E] (or [L, E]), k/v [N, S, kdim/vdim] or None (self-attention): any
+        strides with innermost 1. Returns (out like q, weights or None, Saved or None)."""
+        cm = self.cmod
+        out = torch.empty_like(q)
+        if self.need_weights:
+            S = (k if k is not None else q).shape[-2]
+            lead = q.shape[:-1]
+            shape = lead + (S,) if self.average else \
+                lead[:-1] + (self.heads,) + lead[-1:] + (S,)
+            weights = torch.empty(shape, dtype=_F32)
+        else:
+            weights = None
+        opts = _lib.ForwardOpts(0.0, 1 if self.training else 0, 1 if self.average else 0,
+                                1 if save else 0)
+        c = _lib.ctx()
+        with cm.lock:
+            cm.bind_values(self.names, self.values)
+            if self.training and self.dropout > 0:
+                _lib.check(lib.mha_module_set_dropout_rng(c, cm.ptr, dropout_seed(), 0), c)
+            tq, to = view(q), view(out)
+            tk = view(k) if k is not None else None
+            tv = view(v) if v is not None else None
+            tw = view(weights) if weights is not None else None
+            st = lib.mha_module_forward(c, cm.ptr, byref(opts), byref(tq),
+                                        byref(tk) if tk is not None else None,
+                                        byref(tv) if tv is not None else None,
+                                        byref(self.mask.c), byref(to),
+                                        byref(tw) if tw is not None else None)
+            _lib.check(st, c)
+            saved = None
+            if save:
+                sp = c_void_p()
+                _lib.check(lib.mha_module_saved_take(c, cm.ptr, byref(sp)), c)
+                saved = Saved(sp)
+        return out, weights, saved
+
+    def run_backward(self, saved, dout, values, qmeta, kmeta, vmeta):
+        """Input gradients (like the forward's q, k, v) and the parameter gradients."""
+        cm = self.cmod
+        grads = [torch.zeros_like(t) for t in values]
+        dq = new_like(*qmeta)
+        dk = new_like(*kmeta) if kmeta is not None else None
+        dv = new_like(*vmeta) if vmeta is not None else None
+        dout = as_input(dout, "grad of out", "backward")
+        c = _lib.ctx()
+        with cm.lock:
+            cm.bind_values(self.names, values)
+            cm.bind_grads(self.names, grads)
+            _lib.check(lib.mha_module_saved_restore(c, cm.ptr, saved.ptr), c)
+            saved.release()
+            tdo, tdq = view(dout), view(dq)
+            tdk = view(dk) if dk is not None else None
+            tdv = view(dv) if dv is not None else None
+            st = lib.mha_module_backward(c, cm.ptr, byref(tdo), byref(tdq),
+                                         byref(tdk) if tdk is not None else None,
+                                         byref(tdv) if tdv is not None else None)
+            _lib.check(st, c)
+        return dq, dk, dv, grads
+
+
+def _meta(t):
+    return (tuple(t.shape), tuple(t.stride())) if t is not None else None
+
+
+class LayerFunction(torch.autograd.Function):
+    """out, weights = layer(q, k, v) with mha's fused forward and backward. Parameters are
+    inputs (their gradients are returned, autograd accumulates them); the C module's saved
+    forward travels with the graph node, so several calls of one layer before one backward
+    are differentiated right."""
+
+    @staticmethod
+    def forward(ctx, call, q, k, v, *params):
+        out, weights, saved = call.run_forward(q, k, v, save=True)
+        ctx.call, ctx.saved_c = call, saved
+        ctx.metas = (_meta(q), _meta(k), _meta(v))
+        ctx.save_for_backward(*params)  # autograd's check that they are unchanged at backward
+        ctx.set_materialize_grads(False)
+        if weights is None:
+            return out, None
+        return out, weights
+
+    @staticmethod
+    def backward(ctx, dout, dweights):
+        if dweights is not None:
+            raise NotImplementedError(
+                "mha: the gradient through the returned attention weights is not supported "
+                "(mha's backward differentiates the output; detach the weights, or use them "
+                "without backpropagating through them)")
+        nparams = len(ctx.call.names)
+        if dout is None:
+            return (None,) * (4 + nparams)
+        if ctx.saved_c is None or ctx.saved_c.ptr is None:
+            raise RuntimeError("mha: backward through this layer call a second time is not "
+                               "supported (its saved state is released by the first backward; "
+                               "retain_graph=True does not keep it)")
+        values = ctx.saved_tensors
+        qm, km, vm = ctx.metas
+        dq, dk, dv, grads = ctx.call.run_backward(ctx.saved_c, dout, values, qm, km, vm)
+        return (None, dq, dk, dv) + tuple(grads)
+
+
+def run_layer(call, q, k, v, params_need_grad):
+    """The forward through autograd when a gradient may be needed, else directly."""
+    if torch.is_grad_enabled() and (params_need_grad or q.requires_grad or
+                                    (k is not None and (k.requires_grad or v.requires_grad))):
+        return LayerFunction.apply(call, q, k, v, *call.values)
+    out, weights, _ = call.run_forward(q, k, v, save=False)
+    return out, weights
+
+
+# ------------------------------------------------------------------------------------------
+# The attention core (mha.functional)
+# ------------------------------------------------------------------------------------------
+class CoreCall:
+    """One call of the core on [B, H, L, E] views: params and mask."""
+
+    def __init__(self, params, mask):
+        self.params, self.mask = params, mask
+
+    def forward(self, q, k, v):
+        B, H, L = q.shape[0], q.shape[1], q.shape[2]
+        out = torch.empty(q.shape[:-1] + (v.shape[-1],), dtype=_F32)
+        lse = torch.empty((B, H, L), dtype=_F32)
+        tq, tk, tv, to, tl = view(q), view(k), view(v), view(out), view(lse)
+        c = _lib.ctx()
+        _lib.check(lib.mha_attn_forward(c, byref(self.params), byref(tq), byref(tk), byref(tv),
+                                        byref(self.mask.c), byref(to), byref(tl), None), c)
+        return out, lse
+
+    def backward(self, q, k, v, out, lse, dout):
+        dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
+        dout = as_input(dout, "grad of out", "backward")
+        views = [view(t) for t in (q, k, v, out, lse, dout, dq, dk, dv)]
+        c = _lib.ctx()
+        _lib.check(lib.mha_attn_backward(c, byref(self.params), byref(views[0]), byref(views[1]),
+                                         byref(views[2]), byref(self.mask.c), byref(views[3]),
+                                         byref(views[4]), byref(views[5]), byref(views[6]),
+                                         byref(views[7]), byref(views[8])), c)
+        return dq, dk, dv
+
+
+class CoreFunction(torch.autograd.Function):
+    """out = softmax(q k^T * scale + mask) v (dropout inside) with mha's fused backward."""
+
+    @staticmethod
+    def forward(ctx, call, q, k, v):
+        out, lse = call.forward(q, k, v)
+        ctx.call = call
+        ctx.save_for_backward(q, k, v, out, lse)
+        return out
+
+    @staticmethod
+    def backward(ctx, dout):
+        q, k, v, out, lse = ctx.saved_tensors
+        dq, dk, dv = ctx.call.backward(q, k, v, out, lse, dout)
+        return None, dq, dk, dv

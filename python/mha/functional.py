@@ -1,0 +1,139 @@
+"""mha.functional - torch.nn.functional's attention, computed by mha.
+
+``scaled_dot_product_attention`` takes PyTorch 2.13's arguments and layout and runs mha's fused
+forward and backward (FlashAttention-2 tiles: no L x S matrix is stored).
+"""
+import math
+
+import torch
+
+from . import _lib
+from . import _torch as T
+
+__all__ = ["scaled_dot_product_attention"]
+
+
+def _shape(t):
+    return "[" + ", ".join(str(d) for d in t.shape) + "]"
+
+
+def scaled_dot_product_attention(query, key, value, attn_mask=None, dropout_p=0.0,
+                                 is_causal=False, scale=None, enable_gqa=False):
+    """softmax(query key^T * scale + mask) value, as torch.nn.functional's.
+
+    Parameters
+    ----------
+    query : Tensor [..., L, E]          e.g. [batch, heads, L, E]
+    key : Tensor [..., S, E]            the same leading dimensions as query
+    value : Tensor [..., S, Ev]
+    attn_mask : Tensor, optional
+        Broadcastable to [..., L, S]. bool: True marks the positions that TAKE PART
+        (SDPA's convention, the opposite of nn.MultiheadAttention's); float: added to the
+        scaled scores.
+    dropout_p : float
+        Probability of zeroing a weight (mha's Philox dropout, seeded from torch's generator:
+        torch.manual_seed makes it reproducible). Applied whenever it is > 0, as in PyTorch.
+    is_causal : bool
+        Key j takes part in row i only if j <= i (top-left alignment); not with attn_mask.
+    scale : float, optional
+        Default 1/sqrt(E). Must be nonzero.
+    enable_gqa : bool
+        Grouped-query attention: not supported yet (NotImplementedError).
+
+    Returns
+    -------
+    Tensor [..., L, Ev], float32. Differentiable with respect to query, key and value through
+    mha's own backward. A fully masked row gives 0 (as PyTorch 2.13's CPU kernels).
+
+    Example
+    -------
+    >>> import torch
+    >>> from mha.functional import scaled_dot_product_attention
+    >>> q = k = v = torch.randn(2, 4, 16, 32)
+    >>> scaled_dot_product_attention(q, k, v, is_causal=True).shape
+    torch.Size([2, 4, 16, 32])
+    """
+    fn = "mha.functional.scaled_dot_product_attention"
+    if enable_gqa:
+        raise NotImplementedError(f"{fn}: enable_gqa=True is not supported yet (grouped-query "
+                                  "attention: key/value with fewer heads than query)")
+    q = T.as_input(query, "query", fn)
+    k = T.as_input(key, "key", fn)
+    v = T.as_input(value, "value", fn)
+    if q.dim() < 2 or k.dim() != q.dim() or v.dim() != q.dim():
+        raise ValueError(f"{fn}: query, key, value: got shapes {_shape(q)}, {_shape(k)}, "
+                         f"{_shape(v)}, expected [..., L, E], [..., S, E], [..., S, Ev] with the "
+                         "same number of dimensions (at least 2)")
+    lead = tuple(q.shape[:-2])
+    if tuple(k.shape[:-2]) != lead or tuple(v.shape[:-2]) != lead:
+        raise ValueError(f"{fn}: key, value: got shapes {_shape(k)}, {_shape(v)}, expected the "
+                         f"leading dimensions of query {_shape(q)} (broadcasting them is not "
+                         "supported)")
+    L, E, S, Ev = q.shape[-2], q.shape[-1], k.shape[-2], v.shape[-1]
+    if k.shape[-1] != E or v.shape[-2] != S:
+        raise ValueError(f"{fn}: key, value: got shapes {_shape(k)}, {_shape(v)}, expected "
+                         f"[..., S, {E}] and [..., S, Ev] with S the same")
+    if attn_mask is not None and is_causal:
+        raise RuntimeError(f"{fn}: attn_mask and is_causal=True: an explicit attn_mask should "
+                           "not be set when is_causal=True (as PyTorch)")
+    if scale is not None and (scale == 0 or not math.isfinite(scale)):
+        raise ValueError(f"{fn}: scale: got {scale}, expected a finite nonzero number")
+    if not 0.0 <= dropout_p < 1.0:
+        raise ValueError(f"{fn}: dropout_p: got {dropout_p}, expected a value in [0, 1)")
+    # The core's [B, H, L, E] views: up to 4 dimensions without a copy.
+    nd = q.dim()
+    if nd == 2:
+        q4, k4, v4 = q[None, None], k[None, None], v[None, None]
+    elif nd == 3:
+        q4, k4, v4 = q[None], k[None], v[None]
+    elif nd == 4:
+        q4, k4, v4 = q, k, v
+    else:
+        q4, k4, v4 = (t.reshape((-1,) + tuple(t.shape[-3:])) for t in (q, k, v))
+    B, H = q4.shape[0], q4.shape[1]
+    params = _lib.AttnParams(float(scale) if scale is not None else 0.0, float(dropout_p),
+                             T.dropout_seed() if dropout_p > 0 else 0, 0)
+    mask = _mask(attn_mask, lead, B, H, L, S, 1 if is_causal else 0, fn)
+    call = T.CoreCall(params, mask)
+    if torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad):
+        out = T.CoreFunction.apply(call, q4, k4, v4)
+    else:
+        out, _ = call.forward(q4, k4, v4)
+    return out.reshape(lead + (L, Ev)) if nd != 4 else out
+
+
+def _mask(m, lead, B, H, L, S, causal, fn):
+    """SDPA's attn_mask as an mha_mask: bool True = take part (inverted for mha: nonzero =
+    excluded), float added; [L, S] shared, [B, 1, 1, S] as key padding, else [B*H, L, S]."""
+    if m is None:
+        return T.MaskArg(causal=causal) if causal else T.NO_MASK
+    if not isinstance(m, torch.Tensor):
+        raise ValueError(f"{fn}: attn_mask: got {type(m).__name__}, expected a torch.Tensor")
+    if m.device.type != "cpu":
+        raise ValueError(f"{fn}: attn_mask: got a tensor on {m.device}, expected a CPU tensor")
+    if m.dtype != torch.bool and not m.is_floating_point():
+        raise ValueError(f"{fn}: attn_mask.dtype: got {m.dtype}, expected torch.bool or a float "
+                         "type")
+    if m.is_floating_point() and m.requires_grad and torch.is_grad_enabled():
+        raise NotImplementedError(f"{fn}: attn_mask: the gradient with respect to a float mask "
+                                  "is not supported (pass attn_mask.detach())")
+    full = lead + (L, S)
+    try:
+        if torch.broadcast_shapes(m.shape, full) != torch.Size(full):
+            raise RuntimeError
+    except RuntimeError:
+        raise ValueError(f"{fn}: attn_mask: got shape {_shape(m)}, expected a shape "
+                         f"broadcastable to [{', '.join(map(str, full))}]") from None
+    is_bool = m.dtype == torch.bool
+    x = ~m if is_bool else m.to(torch.float32)
+    x4 = x.reshape((1,) * max(0, 4 - x.dim()) + tuple(x.shape)) if x.dim() <= 4 else \
+        x.expand(full).reshape((B, H, L, S))
+    x4 = x4.reshape((1,) * (4 - x4.dim()) + tuple(x4.shape))
+    if x4.shape[0] == 1 and x4.shape[1] == 1:
+        shared = x4[0, 0].expand(L, S).contiguous()
+        return T.MaskArg(attn_bool=shared) if is_bool else T.MaskArg(attn_float=shared)
+    if is_bool and len(lead) == 2 and x4.shape[1] == 1 and x4.shape[2] == 1:
+        return T.MaskArg(key_padding=x4[:, 0, 0].expand(B, S).contiguous())
+    per = x4.expand(full if len(full) == 4 else (B, H, L, S)).reshape(B * H, L, S).contiguous()
+    return T.MaskArg(attn_bool=per, batched=True) if is_bool else \
+        T.MaskArg(attn_float=per, batched=True)

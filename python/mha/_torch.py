@@ -51,13 +51,18 @@ def new_like(shape, stride):
     return torch.empty_strided(shape, stride, dtype=_F32)
 
 
-def check_dtype_device(p, name, fn):
+def check_param(p, name, fn):
+    """A parameter must be float32 on the CPU; a non-contiguous one is not bound (the C module
+    reads parameters as contiguous memory): ValueError saying so."""
     if p.device.type != "cpu":
         raise ValueError(f"{fn}: {name}: got a parameter on {p.device}, expected the CPU "
                          "(mha computes on the CPU)")
     if p.dtype != _F32:
         raise ValueError(f"{fn}: {name}.dtype: got {p.dtype}, expected torch.float32 (mha "
                          "computes in float32; the module was converted with .to() / .double()?)")
+    if not p.is_contiguous():
+        raise ValueError(f"{fn}: {name}: got a non-contiguous parameter (strides "
+                         f"{tuple(p.stride())}), expected a contiguous one")
 
 
 def dropout_seed():

@@ -23,6 +23,14 @@ from . import _torch as T
 
 __all__ = ["MultiheadAttention", "MultiHeadAttention"]
 
+_F32 = torch.float32
+# The C module's parameter names, in its order (mha_module_param_name).
+_NAMES_PACKED = (b"in_proj_weight", b"in_proj_bias", b"out_proj.weight", b"out_proj.bias")
+_NAMES_PACKED_NB = (b"in_proj_weight", b"out_proj.weight")
+_NAMES_SEP = (b"q_proj_weight", b"k_proj_weight", b"v_proj_weight", b"in_proj_bias",
+              b"out_proj.weight", b"out_proj.bias")
+_NAMES_SEP_NB = (b"q_proj_weight", b"k_proj_weight", b"v_proj_weight", b"out_proj.weight")
+
 
 def _check_mask_dtype(m, name, fn):
     if m is None:
@@ -115,27 +123,28 @@ class MultiheadAttention(nn.MultiheadAttention):
         return layer
 
     def _params(self):
-        """The C module's parameter names and the tensors (contiguous float32) for them."""
-        fn = "mha.MultiheadAttention"
+        """The C module's parameter names and the tensors (contiguous float32) for them (read
+        straight from the parameter dicts: this runs on every call)."""
+        P, op = self._parameters, self._modules["out_proj"]._parameters
+        b, ob = P["in_proj_bias"], op["bias"]
         if self._qkv_same_embed_dim:
-            names = [b"in_proj_weight"]
-            ps = [self.in_proj_weight]
+            names = _NAMES_PACKED if b is not None else _NAMES_PACKED_NB
+            ps = [P["in_proj_weight"]]
         else:
-            names = [b"q_proj_weight", b"k_proj_weight", b"v_proj_weight"]
-            ps = [self.q_proj_weight, self.k_proj_weight, self.v_proj_weight]
-        if self.in_proj_bias is not None:
-            names.append(b"in_proj_bias")
-            ps.append(self.in_proj_bias)
-        names.append(b"out_proj.weight")
-        ps.append(self.out_proj.weight)
-        if self.in_proj_bias is not None:
-            if self.out_proj.bias is None:
-                raise ValueError(f"{fn}: out_proj.bias: got None, expected a tensor (in_proj_bias "
-                                 "is there: mha's layer has both biases or neither)")
-            names.append(b"out_proj.bias")
-            ps.append(self.out_proj.bias)
-        for n, p in zip(names, ps):
-            T.check_dtype_device(p, n.decode(), fn)
+            names = _NAMES_SEP if b is not None else _NAMES_SEP_NB
+            ps = [P["q_proj_weight"], P["k_proj_weight"], P["v_proj_weight"]]
+        if b is not None:
+            if ob is None:
+                raise ValueError("mha.MultiheadAttention: out_proj.bias: got None, expected a "
+                                 "tensor (in_proj_bias is there: mha's layer has both biases or "
+                                 "neither)")
+            ps += (b, op["weight"], ob)
+        else:
+            ps.append(op["weight"])
+        for p in ps:
+            if p.dtype != _F32 or not p.is_cpu or not p.is_contiguous():
+                for n, p in zip(names, ps):
+                    T.check_param(p, n.decode(), "mha.MultiheadAttention")
         return names, ps
 
     def forward(self, query, key, value, key_padding_mask=None, need_weights=True,
@@ -304,7 +313,7 @@ class MultiHeadAttention(nn.Module):
         """The [3E, ...] tensor whose row blocks are ts (W_q, W_k, W_v's weights or biases):
         their own storage when adjacent (as __init__ lays them out), else a packed copy."""
         for i, t in enumerate(ts):
-            T.check_dtype_device(t, ("W_q", "W_k", "W_v")[i], fn)
+            T.check_param(t, ("W_q", "W_k", "W_v")[i], fn)
         a, b, c = ts
         n = a.numel() * 4
         if (a.is_contiguous() and b.is_contiguous() and c.is_contiguous() and
@@ -321,8 +330,8 @@ class MultiHeadAttention(nn.Module):
             raise ValueError(f"{fn}: x: got shape {_shape(x)}, expected [batch, seq, "
                              f"{self.d_model}]")
         B, L, E, H = x.shape[0], x.shape[1], self.d_model, self.num_heads
-        T.check_dtype_device(self.W_o.weight, "W_o.weight", fn)
-        T.check_dtype_device(self.W_o.bias, "W_o.bias", fn)
+        T.check_param(self.W_o.weight, "W_o.weight", fn)
+        T.check_param(self.W_o.bias, "W_o.bias", fn)
         w = self._packed((self.W_q.weight, self.W_k.weight, self.W_v.weight), fn)
         b = self._packed((self.W_q.bias, self.W_k.bias, self.W_v.bias), fn)
         names = [b"in_proj_weight", b"in_proj_bias", b"out_proj.weight", b"out_proj.bias"]

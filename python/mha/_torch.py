@@ -121,15 +121,21 @@ class CModule:
             _free(self.ptr)
             self.ptr = None
 
-    def get(self, E, H, kdim, vdim, bias):
-        """The module for this configuration (re-created when it changed)."""
-        key = (E, H, kdim, vdim, bias)
+    def get(self, E, H, kdim, vdim, bias, dropout):
+        """The module for this configuration (re-created when it changed: a layer's dropout
+        attribute may be set between calls). A forward saved by the one it replaces can still
+        be differentiated: the saved state carries its own dropout and is given back to the
+        module of the same address only (mha_module_saved_restore checks the owner)."""
+        key = (E, H, kdim, vdim, bias, dropout)
         if self.ptr is None or self.cfg != key:
             if self.ptr:
                 lib.mha_module_free(self.ptr)
                 self.ptr = None
+            if not 0.0 <= dropout < 1.0:
+                raise ValueError(f"mha: dropout: got {dropout}, expected a value in [0, 1)")
             cfg = lib.mha_config_default(E, H)
             cfg.kdim, cfg.vdim, cfg.bias = kdim, vdim, 1 if bias else 0
+            cfg.dropout = dropout
             p = c_void_p()
             _lib.check(lib.mha_module_create(_lib.ctx(), byref(cfg), byref(p)))
             self.ptr, self.cfg, self.bound = p, key, {}
@@ -151,20 +157,30 @@ class CModule:
 
 
 class Saved:
-    """A forward's saved state taken out of its C module (freed unless given back)."""
-    __slots__ = ("ptr",)
+    """A forward's saved state taken out of its C module. Its backward gives it to the module,
+    runs, and takes it back, so that a second backward (retain_graph=True) finds it again.
+    When the graph goes away, the state's buffers go back to the module for its next forward
+    to reuse (two buffers then alternate in a training loop instead of fresh pages for every
+    step), or are freed when the module is busy or gone."""
+    __slots__ = ("ptr", "cmod")
 
-    def __init__(self, p):
-        self.ptr = p
+    def __init__(self, p, cmod):
+        self.ptr, self.cmod = p, cmod
 
-    def release(self):
+    def __del__(self, _free=lib.mha_module_saved_free, _restore=lib.mha_module_saved_restore):
         p, self.ptr = self.ptr, None
-        return p
-
-    def __del__(self, _free=lib.mha_module_saved_free):
-        if self.ptr:
-            _free(self.ptr)
-            self.ptr = None
+        if not p:
+            return
+        cm = self.cmod
+        # Never wait, never re-enter: the garbage collector may run this inside a call that
+        # holds the lock (then the module's state must not change under it).
+        if cm.ptr and cm.lock.acquire(False):
+            try:
+                if _restore(_lib.ctx(), cm.ptr, p) == _lib.OK:
+                    return
+            finally:
+                cm.lock.release()
+        _free(p)
 
 
 class LayerCall:
@@ -211,7 +227,7 @@ class LayerCall:
             if save:
                 sp = c_void_p()
                 _lib.check(lib.mha_module_saved_take(c, cm.ptr, byref(sp)), c)
-                saved = Saved(sp)
+                saved = Saved(sp, cm)
         return out, weights, saved
 
     def run_backward(self, saved, dout, values, qmeta, kmeta, vmeta):
@@ -227,14 +243,18 @@ class LayerCall:
             cm.bind_values(self.names, values)
             cm.bind_grads(self.names, grads)
             _lib.check(lib.mha_module_saved_restore(c, cm.ptr, saved.ptr), c)
-            saved.release()
+            saved.ptr = None  # the module owns it now; taken back below
             tdo, tdq = view(dout), view(dq)
             tdk = view(dk) if dk is not None else None
             tdv = view(dv) if dv is not None else None
             st = lib.mha_module_backward(c, cm.ptr, byref(tdo), byref(tdq),
                                          byref(tdk) if tdk is not None else None,
                                          byref(tdv) if tdv is not None else None)
+            sp = c_void_p()
+            took = lib.mha_module_saved_take(c, cm.ptr, byref(sp))
+            saved.ptr = sp if took == _lib.OK else None
             _lib.check(st, c)
+            _lib.check(took, c)
         return dq, dk, dv, grads
 
 
@@ -269,10 +289,9 @@ class LayerFunction(torch.autograd.Function):
         nparams = len(ctx.call.names)
         if dout is None:
             return (None,) * (4 + nparams)
-        if ctx.saved_c is None or ctx.saved_c.ptr is None:
-            raise RuntimeError("mha: backward through this layer call a second time is not "
-                               "supported (its saved state is released by the first backward; "
-                               "retain_graph=True does not keep it)")
+        if ctx.saved_c.ptr is None:
+            raise RuntimeError("mha: the saved state of this layer call is gone (an earlier "
+                               "backward through it failed)")
         values = ctx.saved_tensors
         qm, km, vm = ctx.metas
         dq, dk, dv, grads = ctx.call.run_backward(ctx.saved_c, dout, values, qm, km, vm)

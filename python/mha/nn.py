@@ -188,7 +188,8 @@ class MultiheadAttention(nn.MultiheadAttention):
         names, ps = self._params()
         call = T.LayerCall(self._mha, names, ps, mask, self.training, self.dropout,
                            average_attn_weights, need_weights, H)
-        self._mha.get(self.embed_dim, H, self.kdim, self.vdim, self.in_proj_bias is not None)
+        self._mha.get(self.embed_dim, H, self.kdim, self.vdim, self.in_proj_bias is not None,
+                      float(self.dropout))
         out, weights = T.run_layer(call, q, k, v, any(p.requires_grad for p in ps))
         if seq_first:
             out = out.transpose(0, 1)
@@ -338,7 +339,7 @@ class MultiHeadAttention(nn.Module):
         ps = [w, b, self.W_o.weight, self.W_o.bias]
         call = T.LayerCall(self._mha, names, ps, self._mask(mask, B, H, L, fn), self.training,
                            self.dropout.p, False, True, H)
-        self._mha.get(E, H, E, E, True)
+        self._mha.get(E, H, E, E, True, float(self.dropout.p))
         seeds = (self.W_q, self.W_k, self.W_v)
         need = any(lin.weight.requires_grad or lin.bias.requires_grad for lin in seeds) or \
             self.W_o.weight.requires_grad or self.W_o.bias.requires_grad
@@ -397,9 +398,9 @@ class _SeedFunction(torch.autograd.Function):
                 "(detach them, or use them without backpropagating through them)")
         if dout is None:
             return (None,) * 10
-        if ctx.saved_c is None or ctx.saved_c.ptr is None:
-            raise RuntimeError("mha: backward through this module call a second time is not "
-                               "supported")
+        if ctx.saved_c.ptr is None:
+            raise RuntimeError("mha: the saved state of this module call is gone (an earlier "
+                               "backward through it failed)")
         saved = ctx.saved_tensors
         values = saved[:4]
         dx, _, _, g = ctx.call.run_backward(ctx.saved_c, dout, values, ctx.xmeta, None, None)

@@ -178,6 +178,8 @@ class Saved:
             try:
                 if _restore(_lib.ctx(), cm.ptr, p) == _lib.OK:
                     return
+            except Exception:  # e.g. at interpreter exit, when no context can be made
+                pass
             finally:
                 cm.lock.release()
         _free(p)

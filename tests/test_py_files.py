@@ -269,9 +269,13 @@ def test_exported_layer_runs_in_the_cli_without_heads(tmp_path):
     mha.export(layer, w)
     x = torch.randn(B, L, E)
     np.save(tmp_path / "x.npy", x.numpy())
-    r = subprocess.run([mha_bin, "forward", "--weights", str(w), "--query",
-                        str(tmp_path / "x.npy"), "--out", str(tmp_path / "y.npy")],
-                       capture_output=True, text=True, timeout=60)
+
+    def forward():
+        return subprocess.run([mha_bin, "forward", "--weights", str(w), "--query",
+                               str(tmp_path / "x.npy"), "--out", str(tmp_path / "y.npy")],
+                              capture_output=True, text=True, timeout=60)
+
+    r = forward()
     assert r.returncode == 0, r.stderr
     with torch.no_grad():
         want = layer(x, x, x, need_weights=False)[0].numpy()
@@ -279,9 +283,7 @@ def test_exported_layer_runs_in_the_cli_without_heads(tmp_path):
 
     # the same file without the metadata: the CLI needs --heads (what export adds)
     mha.save_file(mha.load_file(w), w)
-    r = subprocess.run([mha_bin, "forward", "--weights", str(w), "--query",
-                        str(tmp_path / "x.npy"), "--out", str(tmp_path / "y.npy")],
-                       capture_output=True, text=True, timeout=60)
+    r = forward()
     assert r.returncode != 0 and "heads" in r.stderr
 
 

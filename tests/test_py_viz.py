@@ -20,7 +20,6 @@ import torch
 
 import mha
 import mha.viz
-from mha import _lib
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 PYTHON_DIR = os.path.join(os.path.dirname(HERE), "python")
@@ -149,7 +148,9 @@ def png_decode(data):
 
 
 def viz_color(t):
-    f = _lib.lib.mha_viz_color
+    """mha_viz_color(t): the colour map of every renderer (a handle of our own, so that the
+    package's prototypes stay as they are)."""
+    f = ctypes.CDLL(mha.LIBRARY_PATH).mha_viz_color
     f.argtypes, f.restype = [ctypes.c_float, ctypes.POINTER(ctypes.c_uint8 * 3)], None
     rgb = (ctypes.c_uint8 * 3)()
     f(t, ctypes.byref(rgb))

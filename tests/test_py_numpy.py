@@ -245,8 +245,12 @@ def test_bad_dtypes_are_not_converted():
         with pytest.raises(ValueError, match=rf"attention: {name}\.dtype: got float64, "
                                              "expected float32"):
             mha.attention(*args)
-    with pytest.raises(ValueError, match=r"attention: k: got list, expected a numpy.ndarray"):
+    with pytest.raises(ValueError, match=r"attention: k: got list, expected a numpy.ndarray$"):
         mha.attention(q, [[1.0]], q)
+    torch_like = type("Tensor", (), {"__module__": "torch"})()  # torch itself not needed
+    with pytest.raises(ValueError, match=r"attention: v: got Tensor, expected a numpy.ndarray "
+                                         r"\(for torch tensors: mha.functional.scaled_dot"):
+        mha.attention(q, q, torch_like)
     out, lse = mha.attention(q, q, q, return_lse=True)
     with pytest.raises(ValueError, match=r"attention_backward: dout\.dtype: got float16"):
         mha.attention_backward(q, q, q, out, lse, out.astype(np.float16))

@@ -27,7 +27,9 @@ def view(fn, name, a, ndim):
     of dimensions, or strides the library cannot read (an innermost stride other than 1
     element, negative strides, strides that are not whole elements)."""
     if not isinstance(a, np.ndarray):
-        raise ValueError(f"{fn}: {name}: got {type(a).__name__}, expected a numpy.ndarray")
+        hint = (" (for torch tensors: mha.functional.scaled_dot_product_attention)"
+                if type(a).__module__.startswith("torch") else "")
+        raise ValueError(f"{fn}: {name}: got {type(a).__name__}, expected a numpy.ndarray{hint}")
     if a.dtype != _F32:
         raise ValueError(f"{fn}: {name}.dtype: got {a.dtype}, expected float32 (convert it "
                          f"with {name}.astype(np.float32): mha computes in float32)")

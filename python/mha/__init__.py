@@ -30,6 +30,13 @@ _LAZY = {
     "MultiHeadAttention": ("mha.nn", "MultiHeadAttention"),
     "functional": ("mha.functional", None),
     "nn": ("mha.nn", None),
+    "attention": ("mha._numpy", "attention"),
+    "attention_backward": ("mha._numpy", "attention_backward"),
+    "save_file": ("mha._files", "save_file"),
+    "load_file": ("mha._files", "load_file"),
+    "load_metadata": ("mha._files", "load_metadata"),
+    "export": ("mha._files", "export"),
+    "viz": ("mha.viz", None),
 }
 
 __all__ = ["set_num_threads", "get_num_threads", "describe"] + sorted(_LAZY)

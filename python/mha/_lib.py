@@ -137,7 +137,7 @@ _PROTOTYPES = {
 def _candidates():
     env = os.environ.get("MHA_LIBRARY")
     if env:
-        return [env]
+        return [os.path.abspath(env)]  # a bare name would make dlopen search the system
     here = os.path.dirname(os.path.abspath(__file__))
     return [os.path.join(here, "libmha.so"),
             os.path.join(os.path.dirname(os.path.dirname(here)), "build", "libmha.so")]

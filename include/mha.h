@@ -414,11 +414,27 @@ MHA_API mha_status mha_module_backward(mha_ctx *ctx, mha_module *m, const mha_te
 /* ---------------------------------------------------------------------------------------------
  * Arrays and files: .npy and safetensors (untrusted input: every field is validated)
  * ------------------------------------------------------------------------------------------- */
+/* Every dtype safetensors defines is a storage type: a whole model's file (int64 position_ids,
+ * bf16 or fp8 weights) loads, and mha_st_layer converts bf16, f16 and f64 parameters to
+ * float32. The computing calls take float32 only. The .npy code reads and writes the dtypes
+ * NumPy has; bfloat16 and the fp8 types (no NumPy dtype) are MHA_ERR_UNSUPPORTED there.
+ *                       (.npy / safetensors) */
 typedef enum {
-    MHA_DTYPE_F32 = 0,  /* "<f4" / "F32" */
-    MHA_DTYPE_BOOL = 1, /* "|b1" / "BOOL", one byte each, 0 or 1 */
-    MHA_DTYPE_I32 = 2,  /* "<i4" / "I32" */
-    MHA_DTYPE_F64 = 3   /* "<f8" / "F64" (test fixtures, references) */
+    MHA_DTYPE_F32 = 0,      /* "<f4" / "F32" */
+    MHA_DTYPE_BOOL = 1,     /* "|b1" / "BOOL", one byte each, 0 or 1 */
+    MHA_DTYPE_I32 = 2,      /* "<i4" / "I32" */
+    MHA_DTYPE_F64 = 3,      /* "<f8" / "F64" (test fixtures, references) */
+    MHA_DTYPE_F16 = 4,      /* "<f2" / "F16", IEEE half */
+    MHA_DTYPE_BF16 = 5,     /* - / "BF16", the top 16 bits of a float32 */
+    MHA_DTYPE_I64 = 6,      /* "<i8" / "I64" */
+    MHA_DTYPE_U8 = 7,       /* "|u1" / "U8" */
+    MHA_DTYPE_I8 = 8,       /* "|i1" / "I8" */
+    MHA_DTYPE_I16 = 9,      /* "<i2" / "I16" */
+    MHA_DTYPE_U16 = 10,     /* "<u2" / "U16" */
+    MHA_DTYPE_U32 = 11,     /* "<u4" / "U32" */
+    MHA_DTYPE_U64 = 12,     /* "<u8" / "U64" */
+    MHA_DTYPE_F8_E4M3 = 13, /* - / "F8_E4M3" (PyTorch's float8_e4m3fn) */
+    MHA_DTYPE_F8_E5M2 = 14  /* - / "F8_E5M2" */
 } mha_dtype;
 
 /* An owned n-dimensional array; free with mha_array_free. */
@@ -431,7 +447,10 @@ typedef struct {
 
 MHA_API int64_t mha_array_numel(const mha_array *a);
 MHA_API size_t mha_dtype_size(mha_dtype dt);
-MHA_API const char *mha_dtype_name(mha_dtype dt); /* "float32", "bool", "int32", "float64" */
+/* "float32", "bool", "int32", "float64", "float16", "bfloat16", "int64", "uint8", "int8",
+ * "int16", "uint16", "uint32", "uint64", "float8_e4m3fn", "float8_e5m2" (PyTorch's names);
+ * "unknown" for another value (and mha_dtype_size 0). */
+MHA_API const char *mha_dtype_name(mha_dtype dt);
 /* Allocates a zeroed array. */
 MHA_API mha_status mha_array_alloc(mha_ctx *ctx, mha_dtype dt, int ndim, const int64_t *shape,
                                    mha_array *out);
@@ -440,7 +459,9 @@ MHA_API void mha_array_free(mha_array *a); /* frees data and zeroes the struct; 
 /* The writer callback: called with consecutive chunks; returns 0 on success. */
 typedef int (*mha_write_fn)(void *user, const void *data, size_t size);
 
-/* .npy (format versions 1.0-3.0; dtypes <f4, |b1, <i4, <f8; C order only). Loading checks
+/* .npy (format versions 1.0-3.0; C order only; the dtypes above that NumPy has: <f4, |b1,
+ * <i4, <f8, <f2, <i8, |u1, |i1, <i2, <u2, <u4, <u8; writing bfloat16 or fp8 is
+ * MHA_ERR_UNSUPPORTED). Loading checks
  * the magic and the header size before reading the rest of the file. */
 MHA_API mha_status mha_npy_load(mha_ctx *ctx, const char *path, mha_array *out);
 MHA_API mha_status mha_npy_parse(mha_ctx *ctx, const void *buf, size_t len, mha_array *out);

@@ -11,6 +11,18 @@
 /* Fills who with "fn: path" (or just "fn" when path is NULL). */
 void mha__io_who(char *who, const char *fn, const char *path);
 
+/* What the formats call a dtype: its size, PyTorch's name ("bfloat16"), safetensors' ("BF16")
+ * and NumPy's type code without the byte order ("f2"; NULL when NumPy has none). */
+typedef struct {
+    mha_dtype dt;
+    size_t size;
+    const char *name, *st, *npy;
+} mha__dtype_info;
+
+/* The i-th dtype (i = its mha_dtype value), or NULL when i is not one: iterate from 0 until
+ * NULL to visit them all. */
+const mha__dtype_info *mha__dtype_at(int i);
+
 /* 1 if dt is one of the mha_dtype values. */
 int mha__dtype_valid(mha_dtype dt);
 

@@ -17,7 +17,7 @@
  *     mha_ctx_create(&ctx);
  *     mha_config cfg = mha_config_default(512, 8);          // E = 512, H = 8
  *     if (mha_module_create(ctx, &cfg, &m) != MHA_OK) { puts(mha_ctx_errmsg(ctx)); ... }
- *     mha_module_load(ctx, m, "layer.safetensors");         // a PyTorch state_dict()
+ *     mha_module_load(ctx, m, "layer.safetensors", NULL);   // a PyTorch state_dict()
  *     int64_t xs[3] = {B, L, 512};
  *     mha_tensor x = mha_tensor_make(xbuf, 3, xs), y = mha_tensor_make(ybuf, 3, xs);
  *     mha_mask mask = mha_mask_default();
@@ -329,21 +329,57 @@ MHA_API mha_config mha_config_default(int64_t embed_dim, int64_t num_heads);
  * xavier-uniform in_proj_weight (or q/k/v_proj_weight), out_proj.weight uniform in
  * +-1/sqrt(E), zero biases. Gradients start at zero. */
 MHA_API mha_status mha_module_create(mha_ctx *ctx, const mha_config *cfg, mha_module **out);
-/* Creates a module whose configuration is read from a safetensors file holding a state_dict
- * (E, kdim, vdim and bias are inferred from the tensors' shapes; bias from in_proj_bias or
- * out_proj.bias, and then both must be there), and loads it as mha_module_load does.
- * num_heads: 0 takes the number the file records in its metadata ({"num_heads": "8"}, as
- * mha_module_save writes it; MHA_ERR_INVALID_ARG when the file has none); a positive number
- * must agree with the file's (MHA_ERR_INVALID_ARG otherwise: a layer run with the wrong number
- * of heads gives wrong results without any other sign) and divide E. */
-MHA_API mha_status mha_module_create_from_file(mha_ctx *ctx, const char *path, int64_t num_heads,
-                                               mha_module **out);
+/* Finds one attention layer in a collection (a layer's or a whole model's state_dict) and
+ * returns it as a NEW collection (*out; free with mha_st_free) in nn.MultiheadAttention's names
+ * and layout, float32:
+ *   kdim == vdim == E:  "in_proj_weight" [3E, E], else "q_proj_weight" [E, E],
+ *                       "k_proj_weight" [E, kdim], "v_proj_weight" [E, vdim];
+ *   always:             "out_proj.weight" [E, E];
+ *   with biases:        "in_proj_bias" [3E], "out_proj.bias" [E]
+ * and the metadata "layout" (below), "prefix" (the one resolved) and "num_heads" when st records
+ * it. The layouts, detected from the names under a layer prefix:
+ *   "nn.MultiheadAttention"  in_proj_weight (or q_proj_weight, k_proj_weight, v_proj_weight),
+ *                            in_proj_bias, out_proj.weight, out_proj.bias
+ *   "seed"                   W_q, W_k, W_v, W_o (.weight, .bias): the MultiHeadAttention
+ *                            module this project started from
+ *   "huggingface"            q_proj, k_proj, v_proj, and out_proj or o_proj (.weight, .bias)
+ *   "bert"                   self.query, self.key, self.value, output.dense (.weight, .bias):
+ *                            HF BERT's prefix is "bert.encoder.layer.0.attention."; query, key,
+ *                            value and output.dense directly under the prefix work too
+ *   "gpt2"                   c_attn [E, 3E] and c_proj [E, E] (.weight: Conv1D's [in, out],
+ *                            transposed here; .bias [3E], [E]); attn.bias and attn.masked_bias
+ *                            (buffers) are ignored
+ * Biases: those present are copied; when only some of the q, k, v and output biases exist, the
+ * others are zeros (numerically the same layer); with none, the result has none (bias = 0).
+ * Parameters in bfloat16, float16 or float64 are converted to float32 (exactly for the first
+ * two); another dtype is MHA_ERR_UNSUPPORTED naming the tensor. Shapes are checked, naming the
+ * tensor (MHA_ERR_SHAPE; a k or v projection with fewer rows than q, grouped-query attention,
+ * is MHA_ERR_UNSUPPORTED). bias_k or bias_v under the prefix (add_bias_kv=True): unsupported.
+ * prefix: NULL or "": st must hold exactly one layer, or one at the top level (no prefix: a
+ * layer saved with other things beside it, e.g. its gradients); several: MHA_ERR_INVALID_ARG
+ * listing them. Otherwise the layer whose prefix is prefix, or prefix + "."; failing that the one
+ * layer whose prefix starts with prefix (several: MHA_ERR_INVALID_ARG listing them; none:
+ * MHA_ERR_INVALID_ARG listing the file's layers). No layer at all: MHA_ERR_NOT_FOUND saying
+ * what was looked for, or which tensor an incomplete layer lacks. st is not changed. */
+MHA_API mha_status mha_st_layer(mha_ctx *ctx, const mha_st *st, const char *prefix, mha_st **out);
+
+/* Creates a module from the attention layer prefix picks in a safetensors file (mha_st_layer:
+ * any layout above, any float dtype), and loads its parameters as mha_module_load does: E,
+ * kdim, vdim and bias come from the tensors' shapes. num_heads: 0 takes the number the file
+ * records in its metadata ({"num_heads": "8"}, as mha_module_save writes it;
+ * MHA_ERR_INVALID_ARG when the file has none: other checkpoints rarely record it); a positive
+ * number must agree with the file's (MHA_ERR_INVALID_ARG otherwise: a layer run with the wrong
+ * number of heads gives wrong results without any other sign) and divide E. */
+MHA_API mha_status mha_module_create_from_file(mha_ctx *ctx, const char *path, const char *prefix,
+                                               int64_t num_heads, mha_module **out);
 /* The same from a loaded collection. */
-MHA_API mha_status mha_module_create_from_st(mha_ctx *ctx, const mha_st *st, int64_t num_heads,
-                                             mha_module **out);
-/* The configuration a state_dict implies, without creating a module: embed_dim, kdim, vdim and
- * bias from the tensors, num_heads from the metadata (0 when not recorded), the rest default. */
-MHA_API mha_status mha_module_config_from_st(mha_ctx *ctx, const mha_st *st, mha_config *cfg);
+MHA_API mha_status mha_module_create_from_st(mha_ctx *ctx, const mha_st *st, const char *prefix,
+                                             int64_t num_heads, mha_module **out);
+/* The configuration of the layer prefix picks (mha_st_layer), without creating a module:
+ * embed_dim, kdim, vdim and bias from the tensors, num_heads from the metadata (0 when not
+ * recorded), the rest default. */
+MHA_API mha_status mha_module_config_from_st(mha_ctx *ctx, const mha_st *st, const char *prefix,
+                                             mha_config *cfg);
 MHA_API void mha_module_free(mha_module *m);
 MHA_API const mha_config *mha_module_config(const mha_module *m);
 
@@ -362,12 +398,13 @@ MHA_API mha_status mha_module_param(mha_ctx *ctx, mha_module *m, const char *nam
 /* Sets every parameter gradient to zero. */
 MHA_API void mha_module_zero_grad(mha_module *m);
 
-/* Loads parameters from a safetensors file (F32) as written by
- * safetensors.torch.save_file(module.state_dict()). Every parameter must be present with its
- * shape; other tensors are ignored, except bias_k / bias_v (add_bias_kv=True, not supported:
- * MHA_ERR_UNSUPPORTED). A file that records num_heads must record the module's
- * (MHA_ERR_INVALID_ARG). On error the module is unchanged. */
-MHA_API mha_status mha_module_load(mha_ctx *ctx, mha_module *m, const char *path);
+/* Loads parameters from the attention layer prefix picks (mha_st_layer: NULL for a file of one
+ * layer) in a safetensors file, e.g. safetensors.torch.save_file(model.state_dict()). Every
+ * parameter of m must be there with its shape (biases: see mha_st_layer); other tensors are
+ * ignored. A file that records num_heads must record the module's (MHA_ERR_INVALID_ARG). On
+ * error the module is unchanged. */
+MHA_API mha_status mha_module_load(mha_ctx *ctx, mha_module *m, const char *path,
+                                   const char *prefix);
 /* The parameters as a new collection (copies, under their names, as state_dict()), with the
  * metadata {"num_heads": "<H>"}. Free with mha_st_free. */
 MHA_API mha_status mha_module_state_dict(mha_ctx *ctx, const mha_module *m, mha_st **out);

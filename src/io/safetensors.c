@@ -123,6 +123,33 @@ static int st_reserve(mha_st *st, int want) {
     return 1;
 }
 
+mha_status mha__st_adopt(mha_ctx *ctx, const char *who, mha_st *st, const char *name,
+                         mha_array *a) {
+    int i = st_search(st, name);
+    if (i >= 0) {
+        mha_array_free(&st->arrays[i]);
+        st->arrays[i] = *a;
+        memset(a, 0, sizeof *a);
+        return MHA_OK;
+    }
+    i = -i - 1;
+    size_t nlen = strlen(name);
+    char *nm = mha__malloc(nlen + 1);
+    if (!nm || st->count == INT32_MAX || !st_reserve(st, st->count + 1)) {
+        mha__free(nm);
+        mha_array_free(a);
+        return mha__err(ctx, MHA_ERR_NOMEM, "%s: out of memory", who);
+    }
+    memcpy(nm, name, nlen + 1);
+    memmove(st->names + i + 1, st->names + i, (size_t)(st->count - i) * sizeof *st->names);
+    memmove(st->arrays + i + 1, st->arrays + i, (size_t)(st->count - i) * sizeof *st->arrays);
+    st->names[i] = nm;
+    st->arrays[i] = *a;
+    memset(a, 0, sizeof *a);
+    st->count++;
+    return MHA_OK;
+}
+
 mha_status mha_st_set(mha_ctx *ctx, mha_st *st, const char *name, const mha_array *a) {
     mha__clear(ctx);
     static const char *who = "mha_st_set";
@@ -147,27 +174,7 @@ mha_status mha_st_set(mha_ctx *ctx, mha_st *st, const char *name, const mha_arra
     } else if (bytes) {
         memcpy(copy.data, a->data, bytes);
     }
-    int i = st_search(st, name);
-    if (i >= 0) {
-        mha_array_free(&st->arrays[i]);
-        st->arrays[i] = copy;
-        return MHA_OK;
-    }
-    i = -i - 1;
-    size_t nlen = strlen(name);
-    char *nm = mha__malloc(nlen + 1);
-    if (!nm || st->count == INT32_MAX || !st_reserve(st, st->count + 1)) {
-        mha__free(nm);
-        mha_array_free(&copy);
-        return mha__err(ctx, MHA_ERR_NOMEM, "%s: out of memory", who);
-    }
-    memcpy(nm, name, nlen + 1);
-    memmove(st->names + i + 1, st->names + i, (size_t)(st->count - i) * sizeof *st->names);
-    memmove(st->arrays + i + 1, st->arrays + i, (size_t)(st->count - i) * sizeof *st->arrays);
-    st->names[i] = nm;
-    st->arrays[i] = copy;
-    st->count++;
-    return MHA_OK;
+    return mha__st_adopt(ctx, who, st, name, &copy);
 }
 
 /* Grows *arr (elements of size sz) to hold at least n + 1. */

@@ -357,10 +357,11 @@ MHA_API mha_status mha_module_create(mha_ctx *ctx, const mha_config *cfg, mha_mo
  * is MHA_ERR_UNSUPPORTED). bias_k or bias_v under the prefix (add_bias_kv=True): unsupported.
  * prefix: NULL or "": st must hold exactly one layer, or one at the top level (no prefix: a
  * layer saved with other things beside it, e.g. its gradients); several: MHA_ERR_INVALID_ARG
- * listing them. Otherwise the layer whose prefix is prefix, or prefix + "."; failing that the one
- * layer whose prefix starts with prefix (several: MHA_ERR_INVALID_ARG listing them; none:
- * MHA_ERR_INVALID_ARG listing the file's layers). No layer at all: MHA_ERR_NOT_FOUND saying
- * what was looked for, or which tensor an incomplete layer lacks. st is not changed. */
+ * listing them. Otherwise the layer whose prefix is prefix, or prefix + "."; failing that the
+ * one layer whose prefix starts with prefix + "." ("encoder.layers.1": layer 1, not 10), or
+ * else with prefix (several: MHA_ERR_INVALID_ARG listing them; none: MHA_ERR_INVALID_ARG
+ * listing the file's layers). No layer at all: MHA_ERR_NOT_FOUND saying what was looked for,
+ * or which tensor an incomplete layer lacks. st is not changed. Allocates the result only. */
 MHA_API mha_status mha_st_layer(mha_ctx *ctx, const mha_st *st, const char *prefix, mha_st **out);
 
 /* Creates a module from the attention layer prefix picks in a safetensors file (mha_st_layer:

@@ -202,15 +202,17 @@ static int names(const cand *c, const char *want, size_t wl) {
 }
 
 /* "a., b., c. and 9 more" into buf: the complete candidates whose prefix starts with want[0 ..
- * wl), at most 8 and about 200 bytes of names; returns how many there are, *first the first. */
-static int list_prefixes(const search *s, const char *want, size_t wl, char *buf, size_t cap,
-                         const cand **first) {
+ * wl) (and then a '.' when dot), at most 8 and about 200 bytes of names; returns how many there
+ * are, *first the first. */
+static int list_prefixes(const search *s, const char *want, size_t wl, int dot, char *buf,
+                         size_t cap, const cand **first) {
     int n = 0, shown = 0;
     size_t used = 0;
     buf[0] = 0;
     for (int i = 0; i < s->n; i++) {
         const cand *c = &s->c[i];
-        if (c->missing || !starts(c, want, wl)) continue;
+        if (c->missing || !starts(c, want, wl) || (dot && (c->plen <= wl || c->pfx[wl] != '.')))
+            continue;
         if (!n++) *first = c;
         if (shown == 8 || used > 200) continue;
         int w = c->plen ? snprintf(buf + used, cap - used, "%s%.*s", shown ? ", " : "",
@@ -234,8 +236,12 @@ static mha_status pick(search *s, const char *prefix, const cand **out) {
             *out = &s->c[i];
             return MHA_OK;
         }
-    /* No prefix, or one that is the start of a single layer's. */
-    int n = list_prefixes(s, prefix, pl, list, sizeof list, out);
+    /* No prefix, or one that is the start of a single layer's: first as a whole component
+     * ("encoder.layers.1" is layer 1, not 10 or 11), then as any start. */
+    int n =
+        pl && prefix[pl - 1] != '.' ? list_prefixes(s, prefix, pl, 1, list, sizeof list, out) : 0;
+    if (n == 1) return MHA_OK;
+    if (!n) n = list_prefixes(s, prefix, pl, 0, list, sizeof list, out);
     if (n == 1) return MHA_OK;
     /* No prefix and a layer at the top level: it is the file's layer, the nested ones are
      * something saved beside it (golden fixtures keep the expected gradients under
@@ -266,7 +272,7 @@ static mha_status pick(search *s, const char *prefix, const cand **out) {
                         anchor, c->lay->layout);
     }
     const cand *any;
-    n = list_prefixes(s, "", 0, list, sizeof list, &any);
+    n = list_prefixes(s, "", 0, 0, list, sizeof list, &any);
     if (!n)
         return mha__err(s->ctx, MHA_ERR_NOT_FOUND, "%s: no attention layer found in %s (%s)", s->fn,
                         s->where, LOOKED_FOR);
@@ -377,9 +383,10 @@ static mha_status gather(search *s, const cand *c, parts *p) {
         E = w[L->conv1d ? 0 : 1];
         if (w[L->conv1d ? 1 : 0] != 3 * E)
             return mha__err(s->ctx, MHA_ERR_SHAPE,
-                            "%s: %.*s%s.shape: got [%lld, %lld], expected %s (q, k and v stacked)",
-                            s->fn, (int)c->plen, c->pfx, L->qkv_w, (long long)w[0], (long long)w[1],
-                            L->conv1d ? "[E, 3E] (Conv1D: [in, out])" : "[3E, E]");
+                            "%s: %.*s%s.shape: got [%lld, %lld], expected %s", s->fn, (int)c->plen,
+                            c->pfx, L->qkv_w, (long long)w[0], (long long)w[1],
+                            L->conv1d ? "[E, 3E] (Conv1D's [in, out]: q, k, v side by side)"
+                                      : "[3E, E] (q, k and v stacked)");
         for (int i = 0; i < 3; i++) {
             p->dim[i] = E;
             p->w[i] =

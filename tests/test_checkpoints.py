@@ -15,10 +15,13 @@ NumPy and the safetensors package.
 import ctypes
 import math
 import os
-import subprocess
+import sys
 
 import numpy as np
 import pytest
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from test_cli import run  # noqa: E402  (the mha binary of $MHA_BIN)
 
 try:
     import torch
@@ -36,18 +39,6 @@ E, H, B, L, S = 16, 4, 2, 5, 7
 # ------------------------------------------------------------------------------------------
 # helpers
 # ------------------------------------------------------------------------------------------
-def mha_bin():
-    b = os.environ.get("MHA_BIN")
-    if not b or not os.path.isfile(b) or not os.access(b, os.X_OK):
-        pytest.fail(f"MHA_BIN must name the built mha binary (got {b!r})")
-    return b
-
-
-def run(*args):
-    p = subprocess.run([mha_bin(), *map(str, args)], capture_output=True, text=True, timeout=60)
-    return p.returncode, p.stdout, p.stderr
-
-
 @pytest.fixture(autouse=True)
 def need_torch():
     if torch is None:

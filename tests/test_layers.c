@@ -38,39 +38,24 @@ typedef struct {
     int packed, conv1d;
 } layout_names;
 
+/* One layout a row (written out again here, not taken from layers.c). */
+/* clang-format off */
 static const layout_names LAYOUTS[] = {
-    {"nn.MultiheadAttention",
-     {"in_proj_weight", 0, 0, "out_proj.weight"},
-     {"in_proj_bias", 0, 0, "out_proj.bias"},
-     1,
-     0},
-    {"seed",
-     {"W_q.weight", "W_k.weight", "W_v.weight", "W_o.weight"},
-     {"W_q.bias", "W_k.bias", "W_v.bias", "W_o.bias"},
-     0,
-     0},
-    {"huggingface",
-     {"q_proj.weight", "k_proj.weight", "v_proj.weight", "out_proj.weight"},
-     {"q_proj.bias", "k_proj.bias", "v_proj.bias", "out_proj.bias"},
-     0,
-     0},
-    {"huggingface",
-     {"q_proj.weight", "k_proj.weight", "v_proj.weight", "o_proj.weight"},
-     {"q_proj.bias", "k_proj.bias", "v_proj.bias", "o_proj.bias"},
-     0,
-     0},
-    {"bert",
-     {"self.query.weight", "self.key.weight", "self.value.weight", "output.dense.weight"},
-     {"self.query.bias", "self.key.bias", "self.value.bias", "output.dense.bias"},
-     0,
-     0},
-    {"bert",
-     {"query.weight", "key.weight", "value.weight", "output.dense.weight"},
-     {"query.bias", "key.bias", "value.bias", "output.dense.bias"},
-     0,
-     0},
+    {"nn.MultiheadAttention", {"in_proj_weight", 0, 0, "out_proj.weight"},
+     {"in_proj_bias", 0, 0, "out_proj.bias"}, 1, 0},
+    {"seed", {"W_q.weight", "W_k.weight", "W_v.weight", "W_o.weight"},
+     {"W_q.bias", "W_k.bias", "W_v.bias", "W_o.bias"}, 0, 0},
+    {"huggingface", {"q_proj.weight", "k_proj.weight", "v_proj.weight", "out_proj.weight"},
+     {"q_proj.bias", "k_proj.bias", "v_proj.bias", "out_proj.bias"}, 0, 0},
+    {"huggingface", {"q_proj.weight", "k_proj.weight", "v_proj.weight", "o_proj.weight"},
+     {"q_proj.bias", "k_proj.bias", "v_proj.bias", "o_proj.bias"}, 0, 0},
+    {"bert", {"self.query.weight", "self.key.weight", "self.value.weight", "output.dense.weight"},
+     {"self.query.bias", "self.key.bias", "self.value.bias", "output.dense.bias"}, 0, 0},
+    {"bert", {"query.weight", "key.weight", "value.weight", "output.dense.weight"},
+     {"query.bias", "key.bias", "value.bias", "output.dense.bias"}, 0, 0},
     {"gpt2", {"c_attn.weight", 0, 0, "c_proj.weight"}, {"c_attn.bias", 0, 0, "c_proj.bias"}, 1, 1},
 };
+/* clang-format on */
 #define NLAYOUTS ((int)(sizeof LAYOUTS / sizeof LAYOUTS[0]))
 
 /* Layer L under pfx: weights tagged 1..4 (q, k, v, out; packed: 1 and 4), biases 5..8 where

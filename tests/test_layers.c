@@ -387,6 +387,18 @@ TEST(prefix_rules) {
                 "(encoder.layers.5.self_attn.in_proj_weight is there: an incomplete "
                 "nn.MultiheadAttention layer)");
     EXPECT_FAIL(NULL, MHA_ERR_INVALID_ARG, "one of the 13 attention layers");
+    /* ... also when another layer's prefix starts with the same text (not layer 50 instead) */
+    ASSERT_OK(ctx, put(ctx, st, "encoder.layers.50.self_attn.", "in_proj_weight", 5, 3 * E, E));
+    ASSERT_OK(ctx, put(ctx, st, "encoder.layers.50.self_attn.", "out_proj.weight", 5, E, E));
+    EXPECT_FAIL("encoder.layers.5", MHA_ERR_NOT_FOUND,
+                "encoder.layers.5.self_attn.out_proj.weight: missing from the file");
+    EXPECT_PICK("encoder.layers.50", "encoder.layers.50.self_attn.", 5);
+    /* "layers.01." and "layers.1." are two layers, natural order or not */
+    ASSERT_OK(ctx, put(ctx, st, "encoder.layers.01.self_attn.", "in_proj_weight", 6, 3 * E, E));
+    ASSERT_OK(ctx, put(ctx, st, "encoder.layers.01.self_attn.", "out_proj.weight", 6, E, E));
+    EXPECT_PICK("encoder.layers.01", "encoder.layers.01.self_attn.", 6);
+    EXPECT_PICK("encoder.layers.1", "encoder.layers.1.self_attn.", 21);
+    EXPECT_FAIL(NULL, MHA_ERR_INVALID_ARG, "one of the 15 attention layers");
     /* A layer at the top level wins over nested ones when no prefix is given. */
     ASSERT_OK(ctx, put(ctx, st, "", "in_proj_weight", 3, 3 * E, E));
     ASSERT_OK(ctx, put(ctx, st, "", "out_proj.weight", 4, E, E));

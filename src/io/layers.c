@@ -107,10 +107,20 @@ static int cmp_natural(const char *a, size_t na, const char *b, size_t nb) {
     return (i < na) - (j < nb);
 }
 
-/* By prefix; at one prefix the complete layer first, then the first layout. */
+/* 1 if a and b have the same prefix. */
+static int same_prefix(const cand *a, const cand *b) {
+    return a->plen == b->plen && memcmp(a->pfx, b->pfx, a->plen) == 0;
+}
+
+/* By prefix (naturally, then bytewise: "01" and "1" differ); at one prefix the complete layer
+ * first, then the first layout. */
 static int cmp_cand(const void *x, const void *y) {
     const cand *a = x, *b = y;
     int c = cmp_natural(a->pfx, a->plen, b->pfx, b->plen);
+    if (!c && !same_prefix(a, b)) {
+        c = memcmp(a->pfx, b->pfx, a->plen < b->plen ? a->plen : b->plen);
+        if (!c) c = a->plen < b->plen ? -1 : 1;
+    }
     if (c) return c;
     if (!a->missing != !b->missing) return a->missing ? 1 : -1;
     return a->lay < b->lay ? -1 : a->lay > b->lay;
@@ -147,9 +157,7 @@ static mha_status find_candidates(search *s) {
     if (s->n) qsort(s->c, (size_t)s->n, sizeof *s->c, cmp_cand);
     int kept = 0; /* one per prefix: the first, complete if any */
     for (int i = 0; i < s->n; i++)
-        if (!kept ||
-            cmp_natural(s->c[i].pfx, s->c[i].plen, s->c[kept - 1].pfx, s->c[kept - 1].plen) != 0)
-            s->c[kept++] = s->c[i];
+        if (!kept || !same_prefix(&s->c[i], &s->c[kept - 1])) s->c[kept++] = s->c[i];
     s->n = kept;
     return MHA_OK;
 }
@@ -189,7 +197,20 @@ static int list_prefixes(const search *s, const char *want, size_t wl, int dot, 
     return n;
 }
 
-/* The candidate the prefix picks (NULL or "": the only complete one), or an error. */
+/* The error for an incomplete layer: the first weight it lacks. */
+static mha_status incomplete(const search *s, const cand *c) {
+    const char *anchor = c->lay->qkv_w ? c->lay->qkv_w : c->lay->w[0];
+    return mha__err(s->ctx, MHA_ERR_NOT_FOUND,
+                    "%s: %.*s%s: missing from %s (%.*s%s is there: an incomplete %s layer)", s->fn,
+                    (int)c->plen, c->pfx, c->missing, s->where, (int)c->plen, c->pfx, anchor,
+                    c->lay->layout);
+}
+
+/* The candidate the prefix picks, or an error. In order: the layer the prefix names; the one
+ * layer under it as a whole component ("encoder.layers.1" is layer 1, not 10 or 11); an
+ * incomplete layer the prefix names that way (an error saying what it lacks, rather than
+ * another layer taken); the one layer whose prefix starts with it. NULL or "": the only
+ * layer, else the one at the top level. */
 static mha_status pick(search *s, const char *prefix, const cand **out) {
     char list[320];
     if (!prefix) prefix = "";
@@ -199,11 +220,15 @@ static mha_status pick(search *s, const char *prefix, const cand **out) {
             *out = &s->c[i];
             return MHA_OK;
         }
-    /* No prefix, or one that is the start of a single layer's: first as a whole component
-     * ("encoder.layers.1" is layer 1, not 10 or 11), then as any start. */
-    int n =
-        pl && prefix[pl - 1] != '.' ? list_prefixes(s, prefix, pl, 1, list, sizeof list, out) : 0;
+    const int component = pl && prefix[pl - 1] != '.';
+    int n = component ? list_prefixes(s, prefix, pl, 1, list, sizeof list, out) : 0;
     if (n == 1) return MHA_OK;
+    for (int i = 0; pl && !n && i < s->n; i++) {
+        const cand *c = &s->c[i];
+        if (c->missing && (names(c, prefix, pl) || (component && starts(c, prefix, pl) &&
+                                                    c->plen > pl && c->pfx[pl] == '.')))
+            return incomplete(s, c);
+    }
     if (!n) n = list_prefixes(s, prefix, pl, 0, list, sizeof list, out);
     if (n == 1) return MHA_OK;
     /* No prefix and a layer at the top level: it is the file's layer, the nested ones are
@@ -225,15 +250,8 @@ static mha_status pick(search *s, const char *prefix, const cand **out) {
                         "(pick one with --prefix / prefix=)",
                         s->fn, n, s->where, list);
     /* Nothing complete matches: an incomplete layer there says what it lacks. */
-    for (int i = 0; i < s->n; i++) {
-        const cand *c = &s->c[i];
-        if (!c->missing || !starts(c, prefix, pl)) continue;
-        const char *anchor = c->lay->qkv_w ? c->lay->qkv_w : c->lay->w[0];
-        return mha__err(s->ctx, MHA_ERR_NOT_FOUND,
-                        "%s: %.*s%s: missing from %s (%.*s%s is there: an incomplete %s layer)",
-                        s->fn, (int)c->plen, c->pfx, c->missing, s->where, (int)c->plen, c->pfx,
-                        anchor, c->lay->layout);
-    }
+    for (int i = 0; i < s->n; i++)
+        if (s->c[i].missing && starts(&s->c[i], prefix, pl)) return incomplete(s, &s->c[i]);
     const cand *any;
     n = list_prefixes(s, "", 0, 0, list, sizeof list, &any);
     if (!n)

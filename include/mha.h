@@ -509,7 +509,10 @@ MHA_API mha_status mha_npy_write(mha_ctx *ctx, const mha_array *a, mha_write_fn 
 MHA_API mha_status mha_npy_save(mha_ctx *ctx, const char *path, const mha_array *a);
 
 /* safetensors: a collection of named arrays, and the file's string metadata
- * ("__metadata__", e.g. {"num_heads": "8"}). Loading checks the header size first. */
+ * ("__metadata__", e.g. {"num_heads": "8"}). Loading checks the header size first. A file
+ * torch.save wrote (a zip archive or a pickle) is MHA_ERR_FORMAT with the python command that
+ * converts it. mha_st_layer (in the module section) picks one attention layer out of a model's
+ * collection. */
 typedef struct mha_st mha_st;
 MHA_API mha_status mha_st_create(mha_ctx *ctx, mha_st **out);
 MHA_API mha_status mha_st_load(mha_ctx *ctx, const char *path, mha_st **out);

@@ -177,7 +177,7 @@ static int names(const cand *c, const char *want, size_t wl) {
  * are, *first the first. */
 static int list_prefixes(const search *s, const char *want, size_t wl, int dot, char *buf,
                          size_t cap, const cand **first) {
-    int n = 0, shown = 0;
+    int n = 0, shown = 0, full = 0;
     size_t used = 0;
     buf[0] = 0;
     for (int i = 0; i < s->n; i++) {
@@ -185,11 +185,15 @@ static int list_prefixes(const search *s, const char *want, size_t wl, int dot, 
         if (c->missing || !starts(c, want, wl) || (dot && (c->plen <= wl || c->pfx[wl] != '.')))
             continue;
         if (!n++) *first = c;
-        if (shown == 8 || used > 200) continue;
+        if (full || shown == 8 || used > 200) continue;
         int w = c->plen ? snprintf(buf + used, cap - used, "%s%.*s", shown ? ", " : "",
                                    (int)c->plen, c->pfx)
                         : snprintf(buf + used, cap - used, "%s\"\" (no prefix)", shown ? ", " : "");
-        if (w < 0 || (size_t)w >= cap - used) break;
+        if (w < 0 || (size_t)w >= cap - used) { /* a name too long for the rest: show no more */
+            buf[used] = 0;
+            full = 1;
+            continue;
+        }
         used += (size_t)w;
         shown++;
     }
@@ -201,8 +205,8 @@ static int list_prefixes(const search *s, const char *want, size_t wl, int dot, 
 static mha_status incomplete(const search *s, const cand *c) {
     const char *anchor = c->lay->qkv_w ? c->lay->qkv_w : c->lay->w[0];
     return mha__err(s->ctx, MHA_ERR_NOT_FOUND,
-                    "%s: %.*s%s: missing from %s (%.*s%s is there: an incomplete %s layer)", s->fn,
-                    (int)c->plen, c->pfx, c->missing, s->where, (int)c->plen, c->pfx, anchor,
+                    "%s: %.*s%s: missing from %.200s (%.*s%s is there: an incomplete %s layer)",
+                    s->fn, (int)c->plen, c->pfx, c->missing, s->where, (int)c->plen, c->pfx, anchor,
                     c->lay->layout);
 }
 
@@ -241,25 +245,27 @@ static mha_status pick(search *s, const char *prefix, const cand **out) {
         }
     if (n > 1 && pl)
         return mha__err(s->ctx, MHA_ERR_INVALID_ARG,
-                        "%s: prefix: got \"%s\", expected one of the %d attention layers that "
+                        "%s: prefix: got \"%.120s\", expected one of the %d attention layers that "
                         "start with it: %s (give the whole prefix)",
                         s->fn, prefix, n, list);
     if (n > 1)
-        return mha__err(s->ctx, MHA_ERR_INVALID_ARG,
-                        "%s: prefix: got none, expected one of the %d attention layers in %s: %s "
-                        "(pick one with --prefix / prefix=)",
-                        s->fn, n, s->where, list);
+        return mha__err(
+            s->ctx, MHA_ERR_INVALID_ARG,
+            "%s: prefix: got none, expected one of the %d attention layers in %.200s: %s "
+            "(pick one with --prefix / prefix=)",
+            s->fn, n, s->where, list);
     /* Nothing complete matches: an incomplete layer there says what it lacks. */
     for (int i = 0; i < s->n; i++)
         if (s->c[i].missing && starts(&s->c[i], prefix, pl)) return incomplete(s, &s->c[i]);
     const cand *any;
     n = list_prefixes(s, "", 0, 0, list, sizeof list, &any);
     if (!n)
-        return mha__err(s->ctx, MHA_ERR_NOT_FOUND, "%s: no attention layer found in %s (%s)", s->fn,
-                        s->where, LOOKED_FOR);
-    return mha__err(s->ctx, MHA_ERR_INVALID_ARG,
-                    "%s: prefix: got \"%s\", expected one of the %d attention layers in %s: %s",
-                    s->fn, prefix, n, s->where, list);
+        return mha__err(s->ctx, MHA_ERR_NOT_FOUND, "%s: no attention layer found in %.200s (%s)",
+                        s->fn, s->where, LOOKED_FOR);
+    return mha__err(
+        s->ctx, MHA_ERR_INVALID_ARG,
+        "%s: prefix: got \"%.120s\", expected one of the %d attention layers in %.200s: %s", s->fn,
+        prefix, n, s->where, list);
 }
 
 /* ---- validating and converting the picked layer --------------------------------------------- */
@@ -354,7 +360,7 @@ static mha_status gather(search *s, const cand *c, parts *p) {
     for (int k = 0; k < 2; k++)
         if (find(s, c->pfx, c->plen, kv[k]))
             return mha__err(s->ctx, MHA_ERR_UNSUPPORTED,
-                            "%s: %.*s%s: found in %s, expected no %s (a layer made with "
+                            "%s: %.*s%s: found in %.200s, expected no %s (a layer made with "
                             "add_bias_kv=True, which mha does not support)",
                             s->fn, (int)c->plen, c->pfx, kv[k], s->where, kv[k]);
     int64_t E;

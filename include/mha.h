@@ -17,7 +17,7 @@
  *     mha_ctx_create(&ctx);
  *     mha_config cfg = mha_config_default(512, 8);          // E = 512, H = 8
  *     if (mha_module_create(ctx, &cfg, &m) != MHA_OK) { puts(mha_ctx_errmsg(ctx)); ... }
- *     mha_module_load(ctx, m, "layer.safetensors");         // a PyTorch state_dict()
+ *     mha_module_load(ctx, m, "layer.safetensors", NULL);   // a PyTorch state_dict()
  *     int64_t xs[3] = {B, L, 512};
  *     mha_tensor x = mha_tensor_make(xbuf, 3, xs), y = mha_tensor_make(ybuf, 3, xs);
  *     mha_mask mask = mha_mask_default();
@@ -329,21 +329,58 @@ MHA_API mha_config mha_config_default(int64_t embed_dim, int64_t num_heads);
  * xavier-uniform in_proj_weight (or q/k/v_proj_weight), out_proj.weight uniform in
  * +-1/sqrt(E), zero biases. Gradients start at zero. */
 MHA_API mha_status mha_module_create(mha_ctx *ctx, const mha_config *cfg, mha_module **out);
-/* Creates a module whose configuration is read from a safetensors file holding a state_dict
- * (E, kdim, vdim and bias are inferred from the tensors' shapes; bias from in_proj_bias or
- * out_proj.bias, and then both must be there), and loads it as mha_module_load does.
- * num_heads: 0 takes the number the file records in its metadata ({"num_heads": "8"}, as
- * mha_module_save writes it; MHA_ERR_INVALID_ARG when the file has none); a positive number
- * must agree with the file's (MHA_ERR_INVALID_ARG otherwise: a layer run with the wrong number
- * of heads gives wrong results without any other sign) and divide E. */
-MHA_API mha_status mha_module_create_from_file(mha_ctx *ctx, const char *path, int64_t num_heads,
-                                               mha_module **out);
+/* Finds one attention layer in a collection (a layer's or a whole model's state_dict) and
+ * returns it as a NEW collection (*out; free with mha_st_free) in nn.MultiheadAttention's names
+ * and layout, float32:
+ *   kdim == vdim == E:  "in_proj_weight" [3E, E], else "q_proj_weight" [E, E],
+ *                       "k_proj_weight" [E, kdim], "v_proj_weight" [E, vdim];
+ *   always:             "out_proj.weight" [E, E];
+ *   with biases:        "in_proj_bias" [3E], "out_proj.bias" [E]
+ * and the metadata "layout" (below), "prefix" (the one resolved) and "num_heads" when st records
+ * it. The layouts, detected from the names under a layer prefix:
+ *   "nn.MultiheadAttention"  in_proj_weight (or q_proj_weight, k_proj_weight, v_proj_weight),
+ *                            in_proj_bias, out_proj.weight, out_proj.bias
+ *   "seed"                   W_q, W_k, W_v, W_o (.weight, .bias): the MultiHeadAttention
+ *                            module this project started from
+ *   "huggingface"            q_proj, k_proj, v_proj, and out_proj or o_proj (.weight, .bias)
+ *   "bert"                   self.query, self.key, self.value, output.dense (.weight, .bias):
+ *                            HF BERT's prefix is "bert.encoder.layer.0.attention."; query, key,
+ *                            value and output.dense directly under the prefix work too
+ *   "gpt2"                   c_attn [E, 3E] and c_proj [E, E] (.weight: Conv1D's [in, out],
+ *                            transposed here; .bias [3E], [E]); attn.bias and attn.masked_bias
+ *                            (buffers) are ignored
+ * Biases: those present are copied; when only some of the q, k, v and output biases exist, the
+ * others are zeros (numerically the same layer); with none, the result has none (bias = 0).
+ * Parameters in bfloat16, float16 or float64 are converted to float32 (exactly for the first
+ * two); another dtype is MHA_ERR_UNSUPPORTED naming the tensor. Shapes are checked, naming the
+ * tensor (MHA_ERR_SHAPE; a k or v projection with fewer rows than q, grouped-query attention,
+ * is MHA_ERR_UNSUPPORTED). bias_k or bias_v under the prefix (add_bias_kv=True): unsupported.
+ * prefix: NULL or "": st must hold exactly one layer, or one at the top level (no prefix: a
+ * layer saved with other things beside it, e.g. its gradients); several: MHA_ERR_INVALID_ARG
+ * listing them. Otherwise the layer whose prefix is prefix, or prefix + "."; failing that the
+ * one layer whose prefix starts with prefix + "." ("encoder.layers.1": layer 1, not 10), or
+ * else with prefix (several: MHA_ERR_INVALID_ARG listing them; none: MHA_ERR_INVALID_ARG
+ * listing the file's layers). No layer at all: MHA_ERR_NOT_FOUND saying what was looked for,
+ * or which tensor an incomplete layer lacks. st is not changed. Allocates the result only. */
+MHA_API mha_status mha_st_layer(mha_ctx *ctx, const mha_st *st, const char *prefix, mha_st **out);
+
+/* Creates a module from the attention layer prefix picks in a safetensors file (mha_st_layer:
+ * any layout above, any float dtype), and loads its parameters as mha_module_load does: E,
+ * kdim, vdim and bias come from the tensors' shapes. num_heads: 0 takes the number the file
+ * records in its metadata ({"num_heads": "8"}, as mha_module_save writes it;
+ * MHA_ERR_INVALID_ARG when the file has none: other checkpoints rarely record it); a positive
+ * number must agree with the file's (MHA_ERR_INVALID_ARG otherwise: a layer run with the wrong
+ * number of heads gives wrong results without any other sign) and divide E. */
+MHA_API mha_status mha_module_create_from_file(mha_ctx *ctx, const char *path, const char *prefix,
+                                               int64_t num_heads, mha_module **out);
 /* The same from a loaded collection. */
-MHA_API mha_status mha_module_create_from_st(mha_ctx *ctx, const mha_st *st, int64_t num_heads,
-                                             mha_module **out);
-/* The configuration a state_dict implies, without creating a module: embed_dim, kdim, vdim and
- * bias from the tensors, num_heads from the metadata (0 when not recorded), the rest default. */
-MHA_API mha_status mha_module_config_from_st(mha_ctx *ctx, const mha_st *st, mha_config *cfg);
+MHA_API mha_status mha_module_create_from_st(mha_ctx *ctx, const mha_st *st, const char *prefix,
+                                             int64_t num_heads, mha_module **out);
+/* The configuration of the layer prefix picks (mha_st_layer), without creating a module:
+ * embed_dim, kdim, vdim and bias from the tensors, num_heads from the metadata (0 when not
+ * recorded), the rest default. */
+MHA_API mha_status mha_module_config_from_st(mha_ctx *ctx, const mha_st *st, const char *prefix,
+                                             mha_config *cfg);
 MHA_API void mha_module_free(mha_module *m);
 MHA_API const mha_config *mha_module_config(const mha_module *m);
 
@@ -378,12 +415,13 @@ MHA_API mha_status mha_module_param_bind(mha_ctx *ctx, mha_module *m, const char
 MHA_API mha_status mha_module_set_dropout_rng(mha_ctx *ctx, mha_module *m, uint64_t seed,
                                               uint64_t offset);
 
-/* Loads parameters from a safetensors file (F32) as written by
- * safetensors.torch.save_file(module.state_dict()). Every parameter must be present with its
- * shape; other tensors are ignored, except bias_k / bias_v (add_bias_kv=True, not supported:
- * MHA_ERR_UNSUPPORTED). A file that records num_heads must record the module's
- * (MHA_ERR_INVALID_ARG). On error the module is unchanged. */
-MHA_API mha_status mha_module_load(mha_ctx *ctx, mha_module *m, const char *path);
+/* Loads parameters from the attention layer prefix picks (mha_st_layer: NULL for a file of one
+ * layer) in a safetensors file, e.g. safetensors.torch.save_file(model.state_dict()). Every
+ * parameter of m must be there with its shape (biases: see mha_st_layer); other tensors are
+ * ignored. A file that records num_heads must record the module's (MHA_ERR_INVALID_ARG). On
+ * error the module is unchanged. */
+MHA_API mha_status mha_module_load(mha_ctx *ctx, mha_module *m, const char *path,
+                                   const char *prefix);
 /* The parameters as a new collection (copies, under their names, as state_dict()), with the
  * metadata {"num_heads": "<H>"}. Free with mha_st_free. */
 MHA_API mha_status mha_module_state_dict(mha_ctx *ctx, const mha_module *m, mha_st **out);
@@ -445,11 +483,27 @@ MHA_API void mha_module_saved_free(mha_module_saved *s); /* NULL-safe */
 /* ---------------------------------------------------------------------------------------------
  * Arrays and files: .npy and safetensors (untrusted input: every field is validated)
  * ------------------------------------------------------------------------------------------- */
+/* Every dtype safetensors defines is a storage type: a whole model's file (int64 position_ids,
+ * bf16 or fp8 weights) loads, and mha_st_layer converts bf16, f16 and f64 parameters to
+ * float32. The computing calls take float32 only. The .npy code reads and writes the dtypes
+ * NumPy has; bfloat16 and the fp8 types (no NumPy dtype) are MHA_ERR_UNSUPPORTED there.
+ *                       (.npy / safetensors) */
 typedef enum {
-    MHA_DTYPE_F32 = 0,  /* "<f4" / "F32" */
-    MHA_DTYPE_BOOL = 1, /* "|b1" / "BOOL", one byte each, 0 or 1 */
-    MHA_DTYPE_I32 = 2,  /* "<i4" / "I32" */
-    MHA_DTYPE_F64 = 3   /* "<f8" / "F64" (test fixtures, references) */
+    MHA_DTYPE_F32 = 0,      /* "<f4" / "F32" */
+    MHA_DTYPE_BOOL = 1,     /* "|b1" / "BOOL", one byte each, 0 or 1 */
+    MHA_DTYPE_I32 = 2,      /* "<i4" / "I32" */
+    MHA_DTYPE_F64 = 3,      /* "<f8" / "F64" (test fixtures, references) */
+    MHA_DTYPE_F16 = 4,      /* "<f2" / "F16", IEEE half */
+    MHA_DTYPE_BF16 = 5,     /* - / "BF16", the top 16 bits of a float32 */
+    MHA_DTYPE_I64 = 6,      /* "<i8" / "I64" */
+    MHA_DTYPE_U8 = 7,       /* "|u1" / "U8" */
+    MHA_DTYPE_I8 = 8,       /* "|i1" / "I8" */
+    MHA_DTYPE_I16 = 9,      /* "<i2" / "I16" */
+    MHA_DTYPE_U16 = 10,     /* "<u2" / "U16" */
+    MHA_DTYPE_U32 = 11,     /* "<u4" / "U32" */
+    MHA_DTYPE_U64 = 12,     /* "<u8" / "U64" */
+    MHA_DTYPE_F8_E4M3 = 13, /* - / "F8_E4M3" (PyTorch's float8_e4m3fn) */
+    MHA_DTYPE_F8_E5M2 = 14  /* - / "F8_E5M2" */
 } mha_dtype;
 
 /* An owned n-dimensional array; free with mha_array_free. */
@@ -462,7 +516,10 @@ typedef struct {
 
 MHA_API int64_t mha_array_numel(const mha_array *a);
 MHA_API size_t mha_dtype_size(mha_dtype dt);
-MHA_API const char *mha_dtype_name(mha_dtype dt); /* "float32", "bool", "int32", "float64" */
+/* "float32", "bool", "int32", "float64", "float16", "bfloat16", "int64", "uint8", "int8",
+ * "int16", "uint16", "uint32", "uint64", "float8_e4m3fn", "float8_e5m2" (PyTorch's names);
+ * "unknown" for another value (and mha_dtype_size 0). */
+MHA_API const char *mha_dtype_name(mha_dtype dt);
 /* Allocates a zeroed array. */
 MHA_API mha_status mha_array_alloc(mha_ctx *ctx, mha_dtype dt, int ndim, const int64_t *shape,
                                    mha_array *out);
@@ -471,7 +528,9 @@ MHA_API void mha_array_free(mha_array *a); /* frees data and zeroes the struct; 
 /* The writer callback: called with consecutive chunks; returns 0 on success. */
 typedef int (*mha_write_fn)(void *user, const void *data, size_t size);
 
-/* .npy (format versions 1.0-3.0; dtypes <f4, |b1, <i4, <f8; C order only). Loading checks
+/* .npy (format versions 1.0-3.0; C order only; the dtypes above that NumPy has: <f4, |b1,
+ * <i4, <f8, <f2, <i8, |u1, |i1, <i2, <u2, <u4, <u8; writing bfloat16 or fp8 is
+ * MHA_ERR_UNSUPPORTED). Loading checks
  * the magic and the header size before reading the rest of the file. */
 MHA_API mha_status mha_npy_load(mha_ctx *ctx, const char *path, mha_array *out);
 MHA_API mha_status mha_npy_parse(mha_ctx *ctx, const void *buf, size_t len, mha_array *out);
@@ -481,7 +540,10 @@ MHA_API mha_status mha_npy_write(mha_ctx *ctx, const mha_array *a, mha_write_fn 
 MHA_API mha_status mha_npy_save(mha_ctx *ctx, const char *path, const mha_array *a);
 
 /* safetensors: a collection of named arrays, and the file's string metadata
- * ("__metadata__", e.g. {"num_heads": "8"}). Loading checks the header size first. */
+ * ("__metadata__", e.g. {"num_heads": "8"}). Loading checks the header size first. A file
+ * torch.save wrote (a zip archive or a pickle) is MHA_ERR_FORMAT with the python command that
+ * converts it. mha_st_layer (in the module section) picks one attention layer out of a model's
+ * collection. */
 typedef struct mha_st mha_st;
 MHA_API mha_status mha_st_create(mha_ctx *ctx, mha_st **out);
 MHA_API mha_status mha_st_load(mha_ctx *ctx, const char *path, mha_st **out);

@@ -214,7 +214,7 @@ static void run_isa(mha_ctx *ctx, const golden_case *c) {
     mha_module *m = NULL;
     float *out = NULL, *w = NULL, *dq = NULL, *dk = NULL, *dv = NULL, *tmp = NULL;
     mha_tensor t_out, t_w, t_dq, t_dk, t_dv;
-    mha_status s = mha_module_create_from_file(ctx, c->path, c->num_heads, &m);
+    mha_status s = mha_module_create_from_file(ctx, c->path, NULL, c->num_heads, &m);
     if (s != MHA_OK) {
         FAILF("%s [%s] mha_module_create_from_file: %s: %s", c->name, isa, mha_status_str(s),
               mha_ctx_errmsg(ctx));
@@ -378,7 +378,7 @@ TEST(golden_detects_a_perturbed_parameter) {
     c.path = path;
     c.st = st;
     ASSERT_TRUE(read_case(&c));
-    ASSERT_OK(ctx, mha_module_create_from_file(ctx, path, c.num_heads, &m));
+    ASSERT_OK(ctx, mha_module_create_from_file(ctx, path, NULL, c.num_heads, &m));
     mha_tensor wv;
     ASSERT_OK(ctx, mha_module_param(ctx, m, "out_proj.bias", &wv, NULL));
     wv.data[0] += 3e-4f;

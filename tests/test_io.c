@@ -1,5 +1,6 @@
 /* test_io.c - arrays, .npy and safetensors: round trips, every malformed-file error, mutation
  * fuzzing of valid files, atomic saves and allocation-failure injection. */
+#define _GNU_SOURCE /* memmem */
 #include "harness.h"
 #include "core/internal.h"
 #include "io/io_internal.h"
@@ -57,6 +58,10 @@ static void fill(mha_array *a, unsigned seed) {
             break;
         case MHA_DTYPE_I32: ((int32_t *)a->data)[i] = (int32_t)(v ^ 0x80000000u); break;
         case MHA_DTYPE_BOOL: ((uint8_t *)a->data)[i] = (uint8_t)(v >> 7 & 1); break;
+        default: /* the other dtypes are stored as bytes: any pattern round-trips */
+            for (size_t b = 0; b < mha_dtype_size(a->dtype); b++)
+                ((uint8_t *)a->data)[(size_t)i * mha_dtype_size(a->dtype) + b] =
+                    (uint8_t)(v >> (3 * b));
         }
     }
 }
@@ -104,12 +109,34 @@ TEST(array_basics) {
     ASSERT_EQ(mha_dtype_size(MHA_DTYPE_BOOL), 1);
     ASSERT_EQ(mha_dtype_size(MHA_DTYPE_I32), 4);
     ASSERT_EQ(mha_dtype_size(MHA_DTYPE_F64), 8);
-    ASSERT_EQ(mha_dtype_size((mha_dtype)9), 0);
+    /* Every dtype safetensors has, under PyTorch's names. */
+    static const struct {
+        mha_dtype dt;
+        size_t size;
+        const char *name;
+    } all[] = {{MHA_DTYPE_F16, 2, "float16"},
+               {MHA_DTYPE_BF16, 2, "bfloat16"},
+               {MHA_DTYPE_I64, 8, "int64"},
+               {MHA_DTYPE_U8, 1, "uint8"},
+               {MHA_DTYPE_I8, 1, "int8"},
+               {MHA_DTYPE_I16, 2, "int16"},
+               {MHA_DTYPE_U16, 2, "uint16"},
+               {MHA_DTYPE_U32, 4, "uint32"},
+               {MHA_DTYPE_U64, 8, "uint64"},
+               {MHA_DTYPE_F8_E4M3, 1, "float8_e4m3fn"},
+               {MHA_DTYPE_F8_E5M2, 1, "float8_e5m2"}};
+    for (size_t i = 0; i < sizeof all / sizeof all[0]; i++) {
+        ASSERT_EQ(mha_dtype_size(all[i].dt), all[i].size);
+        ASSERT_TRUE(strcmp(mha_dtype_name(all[i].dt), all[i].name) == 0);
+    }
+    ASSERT_EQ((int)MHA_DTYPE_F8_E5M2, 14);
+    ASSERT_EQ(mha_dtype_size((mha_dtype)15), 0);
+    ASSERT_EQ(mha_dtype_size((mha_dtype)-1), 0);
     ASSERT_TRUE(strcmp(mha_dtype_name(MHA_DTYPE_F32), "float32") == 0);
     ASSERT_TRUE(strcmp(mha_dtype_name(MHA_DTYPE_BOOL), "bool") == 0);
     ASSERT_TRUE(strcmp(mha_dtype_name(MHA_DTYPE_I32), "int32") == 0);
     ASSERT_TRUE(strcmp(mha_dtype_name(MHA_DTYPE_F64), "float64") == 0);
-    ASSERT_TRUE(strcmp(mha_dtype_name((mha_dtype)9), "unknown") == 0);
+    ASSERT_TRUE(strcmp(mha_dtype_name((mha_dtype)15), "unknown") == 0);
     mha_array a;
     int64_t s[3] = {2, 3, 4};
     ASSERT_OK(ctx, mha_array_alloc(ctx, MHA_DTYPE_F64, 3, s, &a));
@@ -130,7 +157,7 @@ TEST(array_basics) {
     ASSERT_STR_CONTAINS(mha_ctx_errmsg(ctx), "size overflows");
     ASSERT_TRUE(a.data == NULL);
     ASSERT_EQ(mha_array_alloc(ctx, MHA_DTYPE_F32, 6, s, &a), MHA_ERR_INVALID_ARG);
-    ASSERT_EQ(mha_array_alloc(ctx, (mha_dtype)7, 1, s, &a), MHA_ERR_INVALID_ARG);
+    ASSERT_EQ(mha_array_alloc(ctx, (mha_dtype)15, 1, s, &a), MHA_ERR_INVALID_ARG);
     ASSERT_EQ(mha_array_alloc(ctx, MHA_DTYPE_F32, 1, s, NULL), MHA_ERR_INVALID_ARG);
     ASSERT_EQ(mha_array_alloc(NULL, MHA_DTYPE_F32, 2, NULL, &a), MHA_ERR_INVALID_ARG);
     ASSERT_STR_CONTAINS(mha_last_errmsg(), "mha_array_alloc: shape: got NULL");
@@ -141,14 +168,35 @@ TEST(array_basics) {
 
 /* ---- .npy ---------------------------------------------------------------------------------- */
 
+/* 1 for the dtypes NumPy has (all but bfloat16 and the fp8 types). */
+static int npy_has(int dt) {
+    return dt != MHA_DTYPE_BF16 && dt != MHA_DTYPE_F8_E4M3 && dt != MHA_DTYPE_F8_E5M2;
+}
+
 TEST(npy_roundtrip_every_dtype_and_ndim) {
     mha_ctx *ctx;
     ASSERT_OK(ctx, mha_ctx_create(&ctx));
-    for (int dt = 0; dt <= MHA_DTYPE_F64; dt++)
+    static const char *const descr[] = {"'<f4'", "'|b1'", "'<i4'", "'<f8'", "'<f2'",
+                                        NULL,    "'<i8'", "'|u1'", "'|i1'", "'<i2'",
+                                        "'<u2'", "'<u4'", "'<u8'", NULL,    NULL};
+    for (int dt = 0; dt <= MHA_DTYPE_F8_E5M2; dt++)
         for (int nd = 0; nd <= MHA_MAX_DIMS; nd++) {
             mha_array a, b;
             ASSERT_OK(ctx, mha_array_alloc(ctx, (mha_dtype)dt, nd, shapes[nd], &a));
             fill(&a, (unsigned)(dt * 10 + nd));
+            if (!npy_has(dt)) { /* no .npy code: refused, naming the dtype, no file left */
+                membuf m = membuf_new();
+                ASSERT_EQ(mha_npy_write(ctx, &a, mem_write, &m), MHA_ERR_UNSUPPORTED);
+                ASSERT_STR_CONTAINS(mha_ctx_errmsg(ctx), mha_dtype_name((mha_dtype)dt));
+                ASSERT_STR_CONTAINS(mha_ctx_errmsg(ctx), "expected a dtype NumPy has");
+                ASSERT_EQ(m.n, 0);
+                char path[300];
+                path_in_tmp(path, sizeof path, "nonpy.npy");
+                ASSERT_EQ(mha_npy_save(ctx, path, &a), MHA_ERR_UNSUPPORTED);
+                ASSERT_TRUE(access(path, F_OK) != 0);
+                mha_array_free(&a);
+                continue;
+            }
             membuf m = membuf_new();
             ASSERT_OK(ctx, mha_npy_write(ctx, &a, mem_write, &m));
             /* numpy's layout: the data starts at a multiple of 64, the header ends in '\n'. */
@@ -156,6 +204,7 @@ TEST(npy_roundtrip_every_dtype_and_ndim) {
             ASSERT_EQ(m.p[6], 1);
             ASSERT_EQ((10 + hl) % 64, 0);
             ASSERT_EQ(m.p[10 + hl - 1], '\n');
+            ASSERT_TRUE(memmem(m.p, m.n, descr[dt], strlen(descr[dt])) != NULL);
             ASSERT_OK(ctx, mha_npy_parse(ctx, m.p, m.n, &b));
             if (!same_array(&a, &b)) FAILF("dtype %d ndim %d: memory round trip differs", dt, nd);
             mha_array_free(&b);
@@ -288,10 +337,14 @@ TEST(npy_malformed) {
     EXPECT_NPY(buf, n, MHA_ERR_UNSUPPORTED, "more than 5 dims");
     n = make_npy(buf, 1, "{'descr': '>f4', 'fortran_order': False, 'shape': (3,), }", d, 12);
     EXPECT_NPY(buf, n, MHA_ERR_UNSUPPORTED, "descr: got '>f4' (big-endian)");
-    n = make_npy(buf, 1, "{'descr': '<f2', 'fortran_order': False, 'shape': (3,), }", d, 6);
-    EXPECT_NPY(buf, n, MHA_ERR_UNSUPPORTED, "descr: got '<f2'");
-    n = make_npy(buf, 1, "{'descr': '<i8', 'fortran_order': False, 'shape': (3,), }", d, 24);
-    EXPECT_NPY(buf, n, MHA_ERR_UNSUPPORTED, "descr: got '<i8'");
+    n = make_npy(buf, 1, "{'descr': '>i8', 'fortran_order': False, 'shape': (3,), }", d, 24);
+    EXPECT_NPY(buf, n, MHA_ERR_UNSUPPORTED, "descr: got '>i8' (big-endian)");
+    n = make_npy(buf, 1, "{'descr': '|f2', 'fortran_order': False, 'shape': (3,), }", d, 6);
+    EXPECT_NPY(buf, n, MHA_ERR_UNSUPPORTED, "descr: got '|f2', expected '<f4', '<f8', '<f2'");
+    n = make_npy(buf, 1, "{'descr': '<c8', 'fortran_order': False, 'shape': (3,), }", d, 24);
+    EXPECT_NPY(buf, n, MHA_ERR_UNSUPPORTED, "descr: got '<c8'");
+    n = make_npy(buf, 1, "{'descr': '<V2', 'fortran_order': False, 'shape': (3,), }", d, 6);
+    EXPECT_NPY(buf, n, MHA_ERR_UNSUPPORTED, "descr: got '<V2'");
     n = make_npy(buf, 1, "{'descr': '|O', 'fortran_order': False, 'shape': (3,), }", d, 24);
     EXPECT_NPY(buf, n, MHA_ERR_UNSUPPORTED, "descr: got '|O'");
     n = make_npy(buf, 1, "{'descr': [('a', '<f4')], 'fortran_order': False, 'shape': (3,), }", d,
@@ -383,7 +436,7 @@ static mha_st *sample_st(mha_ctx *ctx) {
     mha_st *st;
     if (mha_st_create(ctx, &st) != MHA_OK) return NULL;
     char name[64];
-    for (int dt = 0; dt <= MHA_DTYPE_F64; dt++)
+    for (int dt = 0; dt <= MHA_DTYPE_F8_E5M2; dt++)
         for (int nd = 0; nd <= MHA_MAX_DIMS; nd++) {
             mha_array a;
             if (mha_array_alloc(ctx, (mha_dtype)dt, nd, shapes[nd], &a) != MHA_OK) break;
@@ -414,10 +467,10 @@ TEST(st_roundtrip) {
     ASSERT_OK(ctx, mha_ctx_create(&ctx));
     mha_st *st = sample_st(ctx), *back = NULL;
     ASSERT_TRUE(st != NULL);
-    ASSERT_EQ(mha_st_count(st), 24);
+    ASSERT_EQ(mha_st_count(st), 90); /* 15 dtypes x 6 ranks */
     for (int i = 1; i < mha_st_count(st); i++)
         ASSERT_TRUE(strcmp(mha_st_name(st, i - 1), mha_st_name(st, i)) < 0);
-    ASSERT_TRUE(mha_st_name(st, 24) == NULL && mha_st_name(st, -1) == NULL);
+    ASSERT_TRUE(mha_st_name(st, 90) == NULL && mha_st_name(st, -1) == NULL);
     ASSERT_TRUE(mha_st_find(st, "nope") == NULL && mha_st_find(st, NULL) == NULL);
     membuf m = membuf_new();
     ASSERT_OK(ctx, mha_st_write(ctx, st, mem_write, &m));
@@ -442,7 +495,7 @@ TEST(st_roundtrip) {
     ((uint8_t *)a.data)[0] = 5;
     ASSERT_OK(ctx, mha_st_set(ctx, st, "t9.float32", &a));
     ((uint8_t *)a.data)[1] = 1;
-    ASSERT_EQ(mha_st_count(st), 24);
+    ASSERT_EQ(mha_st_count(st), 90); /* 15 dtypes x 6 ranks */
     const mha_array *f = mha_st_find(st, "t9.float32");
     ASSERT_TRUE(f && f->dtype == MHA_DTYPE_BOOL && ((uint8_t *)f->data)[0] == 1 &&
                 ((uint8_t *)f->data)[1] == 0);
@@ -552,15 +605,21 @@ TEST(st_malformed) {
     EXPECT_ST("{\"a\": {\"dtype\": \"F32\", \"dtype\": \"F32\", \"shape\": [2], "
               "\"data_offsets\": [0, 8]}}",
               d, 8, MHA_ERR_FORMAT, "duplicate key");
-    EXPECT_ST("{\"w\": {\"dtype\": \"F16\", \"shape\": [2], \"data_offsets\": [0, 4]}}", d, 4,
-              MHA_ERR_UNSUPPORTED, "tensor 'w': dtype: got F16, expected F32, F64, BOOL or I32");
-    EXPECT_ST("{\"w\": {\"dtype\": \"BF16\", \"shape\": [2], \"data_offsets\": [0, 4]}}", d, 4,
-              MHA_ERR_UNSUPPORTED, "dtype: got BF16");
+    EXPECT_ST("{\"w\": {\"dtype\": \"F4\", \"shape\": [2], \"data_offsets\": [0, 1]}}", d, 1,
+              MHA_ERR_UNSUPPORTED,
+              "tensor 'w': dtype: got F4, expected one of F32, F64, F16, BF16, BOOL, U8, I8, I16, "
+              "U16, I32, U32, I64, U64, F8_E4M3, F8_E5M2");
+    EXPECT_ST("{\"w\": {\"dtype\": \"f16\", \"shape\": [2], \"data_offsets\": [0, 4]}}", d, 4,
+              MHA_ERR_UNSUPPORTED, "dtype: got f16");
+    EXPECT_ST("{\"w\": {\"dtype\": \"BF16\", \"shape\": [3], \"data_offsets\": [0, 4]}}", d, 4,
+              MHA_ERR_FORMAT, "tensor 'w': data: got 4 bytes, expected 6 (shape [3], bfloat16)");
     /* an escaped NUL inside the dtype string is shown, not cut off */
     EXPECT_ST("{\"w\": {\"dtype\": \"F32\\u0000x\", \"shape\": [1], \"data_offsets\": [0, 4]}}", d,
               4, MHA_ERR_UNSUPPORTED, "dtype: got F32\\x00x, expected");
-    EXPECT_ST("{\"w\": {\"dtype\": \"I64\", \"shape\": [2], \"data_offsets\": [0, 16]}}", d, 16,
-              MHA_ERR_UNSUPPORTED, "dtype: got I64");
+    EXPECT_ST("{\"w\": {\"dtype\": \"I64\", \"shape\": [2], \"data_offsets\": [0, 8]}}", d, 8,
+              MHA_ERR_FORMAT, "data: got 8 bytes, expected 16 (shape [2], int64)");
+    EXPECT_ST("{\"w\": {\"dtype\": \"C64\", \"shape\": [2], \"data_offsets\": [0, 16]}}", d, 16,
+              MHA_ERR_UNSUPPORTED, "dtype: got C64");
     EXPECT_ST("{\"a\": {\"dtype\": \"F32\", \"shape\": [-2], \"data_offsets\": [0, 8]}}", d, 8,
               MHA_ERR_FORMAT, "tensor 'a': shape[0]: got -2, expected >= 0");
     EXPECT_ST("{\"a\": {\"dtype\": \"F32\", \"shape\": [4611686018427387904, 8], "
@@ -644,12 +703,99 @@ TEST(st_load_errors_name_the_file) {
     static unsigned char buf[256];
     float d[2] = {0};
     size_t n = make_st(
-        buf, "{\"q\": {\"dtype\": \"F16\", \"shape\": [2], \"data_offsets\": [0, 4]}}", d, 4);
-    path_in_tmp(path, sizeof path, "half.safetensors");
+        buf, "{\"q\": {\"dtype\": \"F6_E2M3\", \"shape\": [2], \"data_offsets\": [0, 2]}}", d, 2);
+    path_in_tmp(path, sizeof path, "fp6.safetensors");
     ASSERT_TRUE(write_file(path, buf, n));
     ASSERT_EQ(mha_st_load(ctx, path, &s), MHA_ERR_UNSUPPORTED);
-    ASSERT_STR_CONTAINS(mha_ctx_errmsg(ctx), "half.safetensors: tensor 'q': dtype: got F16");
+    ASSERT_STR_CONTAINS(mha_ctx_errmsg(ctx), "fp6.safetensors: tensor 'q': dtype: got F6_E2M3");
     unlink(path);
+    mha_ctx_free(ctx);
+}
+
+/* Each safetensors dtype name reads as its mha_dtype with its element size, and is written
+ * back under the same name (a whole model's file: int64 position_ids, bf16 or fp8 weights). */
+TEST(st_every_dtype_by_name) {
+    mha_ctx *ctx;
+    ASSERT_OK(ctx, mha_ctx_create(&ctx));
+    static const char *const names[] = {"F32",  "BOOL", "I32", "F64",     "F16",
+                                        "BF16", "I64",  "U8",  "I8",      "I16",
+                                        "U16",  "U32",  "U64", "F8_E4M3", "F8_E5M2"};
+    static unsigned char buf[512], data[24];
+    for (int dt = 0; dt <= MHA_DTYPE_F8_E5M2; dt++) {
+        size_t es = mha_dtype_size((mha_dtype)dt), bytes = 3 * es;
+        for (size_t i = 0; i < bytes; i++)
+            data[i] = (unsigned char)(dt == MHA_DTYPE_BOOL ? i % 2 : 7 * i + 1);
+        char hdr[160];
+        snprintf(hdr, sizeof hdr,
+                 "{\"t\":{\"dtype\":\"%s\",\"shape\":[3],\"data_offsets\":[0,%zu]}}", names[dt],
+                 bytes);
+        size_t n = make_st(buf, hdr, data, bytes);
+        mha_st *st;
+        ASSERT_OK(ctx, mha_st_parse(ctx, buf, n, &st));
+        const mha_array *a = mha_st_find(st, "t");
+        ASSERT_TRUE(a && a->dtype == (mha_dtype)dt && a->ndim == 1 && a->shape[0] == 3);
+        ASSERT_TRUE(memcmp(a->data, data, bytes) == 0);
+        membuf m = membuf_new();
+        ASSERT_OK(ctx, mha_st_write(ctx, st, mem_write, &m));
+        char want[32];
+        snprintf(want, sizeof want, "\"dtype\":\"%s\"", names[dt]);
+        ASSERT_TRUE(memmem(m.p, m.n, want, strlen(want)) != NULL);
+        ASSERT_TRUE(m.n >= bytes && memcmp(m.p + m.n - bytes, data, bytes) == 0);
+        free(m.p);
+        mha_st_free(st);
+    }
+    mha_ctx_free(ctx);
+}
+
+/* torch.save files (zip since PyTorch 1.6, a bare pickle before) are refused with the command
+ * that converts them; a safetensors file whose header size starts with the same bytes is not. */
+TEST(st_torch_save_files_say_how_to_convert) {
+    mha_ctx *ctx;
+    ASSERT_OK(ctx, mha_ctx_create(&ctx));
+    static const unsigned char zip[] = "PK\x03\x04\x00\x00\x08\x00\x00\x00archive/data.pkl";
+    static const unsigned char pickle[] = "\x80\x02\x8a\x0a\x6c\xfc\x9c\x46\xf9\x20\x6a\xa8";
+    const struct {
+        const unsigned char *p;
+        size_t n;
+        const char *file, *converted;
+    } cases[] = {{zip, sizeof zip - 1, "model.pt", "'model.safetensors'"},
+                 {pickle, sizeof pickle - 1, "old.pth", "'old.safetensors'"},
+                 {zip, sizeof zip - 1, "pytorch_model.bin", "'pytorch_model.safetensors'"},
+                 {zip, 5, "weights", "'weights.safetensors'"},
+                 {pickle, 2, "p.pt", "'p.safetensors'"}};
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        mha_st *st = (mha_st *)1;
+        ASSERT_EQ(mha_st_parse(ctx, cases[i].p, cases[i].n, &st), MHA_ERR_FORMAT);
+        ASSERT_TRUE(st == NULL);
+        ASSERT_STR_CONTAINS(mha_ctx_errmsg(ctx),
+                            "mha_st_parse: a PyTorch file (torch.save), not safetensors; convert "
+                            "it: python -c \"import torch, mha; mha.save_file(torch.load("
+                            "'model.pt'), 'model.safetensors')\"");
+        char path[300], want[600];
+        path_in_tmp(path, sizeof path, cases[i].file);
+        ASSERT_TRUE(write_file(path, cases[i].p, cases[i].n));
+        ASSERT_EQ(mha_st_load(ctx, path, &st), MHA_ERR_FORMAT);
+        snprintf(want, sizeof want, "mha_st_load: %s: a PyTorch file (torch.save)", path);
+        ASSERT_STR_CONTAINS(mha_ctx_errmsg(ctx), want);
+        snprintf(want, sizeof want, "mha.save_file(torch.load('%s'), '%s/%s)\"", path, tmpdir,
+                 cases[i].converted + 1);
+        ASSERT_STR_CONTAINS(mha_ctx_errmsg(ctx), want);
+        unlink(path);
+    }
+    /* Header sizes 640 (0x80 0x02 ...) and 0x04034b50 ("PK\x03\x04"): the JSON decides. */
+    static unsigned char buf[1024];
+    char hdr[700];
+    int k = snprintf(hdr, sizeof hdr, "{\"__metadata__\":{\"pad\":\"");
+    while (k < 640 - 3) hdr[k++] = 'x';
+    memcpy(hdr + k, "\"}}", 4);
+    size_t n = make_st(buf, hdr, NULL, 0);
+    ASSERT_TRUE(buf[0] == 0x80 && buf[1] == 0x02);
+    mha_st *st;
+    ASSERT_OK(ctx, mha_st_parse(ctx, buf, n, &st));
+    mha_st_free(st);
+    memcpy(buf, "PK\x03\x04\x00\x00\x00\x00", 8);
+    ASSERT_EQ(mha_st_parse(ctx, buf, n, &st), MHA_ERR_FORMAT);
+    ASSERT_STR_CONTAINS(mha_ctx_errmsg(ctx), "header size: got 67324752");
     mha_ctx_free(ctx);
 }
 
@@ -1031,6 +1177,8 @@ int main(void) {
     RUN(st_reads_other_writers);
     RUN(st_malformed);
     RUN(st_load_errors_name_the_file);
+    RUN(st_every_dtype_by_name);
+    RUN(st_torch_save_files_say_how_to_convert);
     RUN(st_loads_golden_fixtures);
     RUN(mutation_fuzz_never_crashes);
     RUN(save_into_missing_directory);

@@ -113,39 +113,39 @@ TEST(module_records_num_heads) {
     ASSERT_OK(ctx, mha_st_load(ctx, path, &st));
     ASSERT_TRUE(!strcmp(mha_st_meta_get(st, "num_heads"), "4"));
     mha_config got;
-    ASSERT_OK(ctx, mha_module_config_from_st(ctx, st, &got));
+    ASSERT_OK(ctx, mha_module_config_from_st(ctx, st, NULL, &got));
     ASSERT_TRUE(got.embed_dim == 16 && got.num_heads == 4 && got.bias == 1);
-    ASSERT_OK(ctx, mha_module_create_from_file(ctx, path, 0, &b)); /* 0: the file's */
+    ASSERT_OK(ctx, mha_module_create_from_file(ctx, path, NULL, 0, &b)); /* 0: the file's */
     ASSERT_EQ(mha_module_config(b)->num_heads, 4);
-    ASSERT_OK(ctx, mha_module_create_from_st(ctx, st, 4, &c)); /* agreeing */
+    ASSERT_OK(ctx, mha_module_create_from_st(ctx, st, NULL, 4, &c)); /* agreeing */
     mha_module_free(c);
     c = NULL;
-    ASSERT_EQ(mha_module_create_from_file(ctx, path, 2, &c), MHA_ERR_INVALID_ARG);
+    ASSERT_EQ(mha_module_create_from_file(ctx, path, NULL, 2, &c), MHA_ERR_INVALID_ARG);
     ASSERT_STR_CONTAINS(mha_ctx_errmsg(ctx), "num_heads: got 2, expected 4 (the number of heads");
     ASSERT_TRUE(c == NULL);
-    ASSERT_EQ(mha_module_create_from_file(ctx, path, 3, &c), MHA_ERR_INVALID_ARG);
+    ASSERT_EQ(mha_module_create_from_file(ctx, path, NULL, 3, &c), MHA_ERR_INVALID_ARG);
     ASSERT_STR_CONTAINS(mha_ctx_errmsg(ctx), "expected a divisor of embed_dim = 16");
-    ASSERT_EQ(mha_module_create_from_file(ctx, path, -1, &c), MHA_ERR_INVALID_ARG);
+    ASSERT_EQ(mha_module_create_from_file(ctx, path, NULL, -1, &c), MHA_ERR_INVALID_ARG);
     /* mha_module_load into a module of another head count. */
     mha_config cfg2 = mha_config_default(16, 2);
     mha_module *two;
     ASSERT_OK(ctx, mha_module_create(ctx, &cfg2, &two));
-    ASSERT_EQ(mha_module_load(ctx, two, path), MHA_ERR_INVALID_ARG);
+    ASSERT_EQ(mha_module_load(ctx, two, path, NULL), MHA_ERR_INVALID_ARG);
     ASSERT_STR_CONTAINS(mha_ctx_errmsg(ctx), "got a module of 2 heads, expected 4");
     /* Without the metadata (a PyTorch export): num_heads is needed, and any divisor works. */
     ASSERT_OK(ctx, mha_st_meta_set(ctx, st, "num_heads", NULL));
     ASSERT_OK(ctx, mha_st_save(ctx, st, path));
-    ASSERT_EQ(mha_module_create_from_file(ctx, path, 0, &c), MHA_ERR_INVALID_ARG);
+    ASSERT_EQ(mha_module_create_from_file(ctx, path, NULL, 0, &c), MHA_ERR_INVALID_ARG);
     ASSERT_STR_CONTAINS(mha_ctx_errmsg(ctx), "does not record it in __metadata__");
-    ASSERT_OK(ctx, mha_module_create_from_file(ctx, path, 2, &c));
-    ASSERT_OK(ctx, mha_module_load(ctx, two, path));
+    ASSERT_OK(ctx, mha_module_create_from_file(ctx, path, NULL, 2, &c));
+    ASSERT_OK(ctx, mha_module_load(ctx, two, path, NULL));
     mha_module_free(c);
     c = NULL;
     /* A malformed record is a format error. */
     const char *bad[] = {"x", "0", "3", "", "99999999999"};
     for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
         ASSERT_OK(ctx, mha_st_meta_set(ctx, st, "num_heads", bad[i]));
-        ASSERT_EQ(mha_module_create_from_st(ctx, st, 0, &c), MHA_ERR_FORMAT);
+        ASSERT_EQ(mha_module_create_from_st(ctx, st, NULL, 0, &c), MHA_ERR_FORMAT);
         ASSERT_STR_CONTAINS(mha_ctx_errmsg(ctx), "__metadata__ num_heads: got");
     }
     mha_st_free(st);

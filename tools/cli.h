@@ -21,7 +21,8 @@ int mha_cmd_viz(int argc, char **argv);
  *
  * Exit codes: CLI_EXIT_USAGE (1) for a command line that cannot be understood or contradicts
  * itself (unknown option, missing option or value, a number that does not parse, a --heads that
- * is not positive or does not fit the weights, two outputs naming one file), CLI_EXIT_RUNTIME
+ * is not positive or does not fit the weights, a --prefix that picks no single layer of them,
+ * two outputs naming one file), CLI_EXIT_RUNTIME
  * (2) for everything that fails while running (files, shapes, dtypes, values the library
  * refuses).
  * ------------------------------------------------------------------------------------------- */
@@ -81,10 +82,14 @@ int cli_ctx_create(const long long *threads, const char *isa, mha_ctx **out);
 /* 1 and *out set if name is an ISA name ("auto", "generic", "avx2", "avx512"), else 0. */
 int cli_isa_parse(const char *name, mha_isa *out);
 
-/* Loads an nn.MultiheadAttention state_dict with heads heads (0: the number the file records).
- * A --heads the file contradicts, that does not divide E, or missing where the file does not
- * record it is a usage error (1); a file that cannot be loaded returns 2 (naming --weights). */
-int cli_load_module(mha_ctx *ctx, const char *path, long long heads, mha_module **out);
+/* Loads the attention layer prefix picks in a safetensors file (mha_st_layer: any layout; NULL
+ * for a file of one layer) with heads heads (0: the number the file records). A --prefix that
+ * picks no single layer (several layers and no --prefix: the message lists them), a --heads the
+ * file contradicts, that does not divide E, or missing where the file does not record it is a
+ * usage error (1); a file that cannot be loaded or holds no attention layer returns 2 (naming
+ * --weights). */
+int cli_load_module(mha_ctx *ctx, const char *path, const char *prefix, long long heads,
+                    mha_module **out);
 
 /* Loads an .npy that must be float32 with 1 <= ndim; errors name opt ("--query: ...").
  * Prints and returns 2 on failure; *out zeroed then. */
@@ -116,12 +121,13 @@ int cli_outputs_commit(mha_ctx *ctx, cli_outputs *s);
 void cli_outputs_free(cli_outputs *s);
 
 /* --- one layer call: the inputs mha forward, backward and viz share ------------------------ */
-/* The values of the options every command that runs a layer takes: --weights, --heads,
- * --query, --key, --value, --causal, --causal-bottom-right, --key-padding-mask, --attn-mask,
- * --scale, --threads and --isa. Strings are NULL and numbers 0 when not given; the *_given
- * fields tell an explicit 0 from an absent option. */
+/* The values of the options every command that runs a layer takes: --weights, --prefix,
+ * --heads, --query, --key, --value, --causal, --causal-bottom-right, --key-padding-mask,
+ * --attn-mask, --scale, --threads and --isa. Strings are NULL and numbers 0 when not given;
+ * the *_given fields tell an explicit 0 from an absent option. */
 typedef struct {
     const char *weights, *query, *key, *value, *key_padding_mask, *attn_mask, *isa;
+    const char *prefix; /* --prefix: the layer in --weights (NULL: its one layer) */
     long long heads, threads;
     double scale;
     int causal, causal_bottom_right;
@@ -157,10 +163,10 @@ typedef struct {
 } cli_layer;
 
 /* Loads and checks everything a (as cli_layer_parse left it) names, in this order: --scale,
- * the context, --weights and --heads, --query, --key, --value, --key-padding-mask, --attn-mask.
- * Nothing is computed. Returns 0, or the exit code after printing one line that names the
- * option at fault (*l is released and zeroed then): 2, or 1 for a --heads that does not fit the
- * weights (cli_load_module). */
+ * the context, --weights with --prefix and --heads, --query, --key, --value,
+ * --key-padding-mask, --attn-mask. Nothing is computed. Returns 0, or the exit code after
+ * printing one line that names the option at fault (*l is released and zeroed then): 2, or 1
+ * for a --prefix or --heads that does not fit the weights (cli_load_module). */
 int cli_layer_load(const cli_layer_args *a, cli_layer *l);
 /* Frees what cli_layer_load loaded and zeroes *l; a zeroed cli_layer is fine. */
 void cli_layer_free(cli_layer *l);

@@ -203,13 +203,20 @@ int cli_ctx_create(const long long *threads, const char *isa, mha_ctx **out) {
     return 0;
 }
 
-int cli_load_module(mha_ctx *ctx, const char *path, long long heads, mha_module **out) {
+int cli_load_module(mha_ctx *ctx, const char *path, const char *prefix, long long heads,
+                    mha_module **out) {
     *out = NULL;
-    mha_st *st = NULL;
+    mha_st *st = NULL, *layer = NULL;
     if (mha_st_load(ctx, path, &st) != MHA_OK) return cli_fail_lib(ctx, "--weights");
+    /* The layer first (converted once): which one is a choice of the command line. */
+    mha_status s = mha_st_layer(ctx, st, prefix, &layer);
+    mha_st_free(st);
+    if (s == MHA_ERR_INVALID_ARG) return cli_usage_error(NULL, "--prefix: %s", mha_ctx_errmsg(ctx));
+    if (s != MHA_OK) return cli_fail_lib(ctx, "--weights");
     mha_config cfg;
     int rc = 0;
-    if (mha_module_config_from_st(ctx, st, &cfg) != MHA_OK) rc = cli_fail_lib(ctx, "--weights");
+    if (mha_module_config_from_st(ctx, layer, NULL, &cfg) != MHA_OK)
+        rc = cli_fail_lib(ctx, "--weights");
     else if (!heads && !cfg.num_heads)
         rc = cli_usage_error("files written by mha record it; others need --heads",
                              "--heads is required: %s does not record the number of heads", path);
@@ -222,9 +229,9 @@ int cli_load_module(mha_ctx *ctx, const char *path, long long heads, mha_module 
         rc = cli_usage_error(NULL,
                              "--heads: got %lld, expected a divisor of the embedding size %lld",
                              heads, (long long)cfg.embed_dim);
-    else if (mha_module_create_from_st(ctx, st, heads, out) != MHA_OK)
+    else if (mha_module_create_from_st(ctx, layer, NULL, heads, out) != MHA_OK)
         rc = cli_fail_lib(ctx, "--weights");
-    mha_st_free(st);
+    mha_st_free(layer);
     if (rc) {
         mha_module_free(*out);
         *out = NULL;
@@ -241,12 +248,20 @@ static int load_npy(mha_ctx *ctx, const char *opt, const char *path, mha_array *
     return 0;
 }
 
+/* The .npy code of a dtype the .npy reader returns, for messages ("'|u1'"). */
+static const char *npy_code(mha_dtype dt) {
+    static const char *const codes[] = {"'<f4'", "'|b1'", "'<i4'", "'<f8'", "'<f2'",
+                                        "",      "'<i8'", "'|u1'", "'|i1'", "'<i2'",
+                                        "'<u2'", "'<u4'", "'<u8'"};
+    return (unsigned)dt < sizeof codes / sizeof codes[0] ? codes[dt] : "";
+}
+
 int cli_load_f32(mha_ctx *ctx, const char *opt, const char *path, mha_array *out) {
     int rc = load_npy(ctx, opt, path, out);
     if (rc) return rc;
     if (out->dtype != MHA_DTYPE_F32) {
-        rc = cli_fail("%s: %s: dtype %s, expected float32 ('<f4')", opt, path,
-                      mha_dtype_name(out->dtype));
+        rc = cli_fail("%s: %s: dtype: got %s %s, expected float32 '<f4'", opt, path,
+                      npy_code(out->dtype), mha_dtype_name(out->dtype));
         mha_array_free(out);
         return rc;
     }
@@ -258,9 +273,11 @@ int cli_load_mask(mha_ctx *ctx, const char *opt, const char *path, int allow_flo
     int rc = load_npy(ctx, opt, path, out);
     if (rc) return rc;
     if (out->dtype == MHA_DTYPE_BOOL || (allow_float && out->dtype == MHA_DTYPE_F32)) return 0;
-    rc = cli_fail("%s: %s: dtype %s, expected %s", opt, path, mha_dtype_name(out->dtype),
-                  allow_float ? "bool (true = not allowed) or float32 (added to the scores)"
-                              : "bool (true = ignore that key)");
+    rc = cli_fail("%s: %s: dtype: got %s %s, expected %s", opt, path, npy_code(out->dtype),
+                  mha_dtype_name(out->dtype),
+                  allow_float
+                      ? "bool '|b1' (true = not allowed) or float32 '<f4' (added to the scores)"
+                      : "bool '|b1' (true = ignore that key)");
     mha_array_free(out);
     return rc;
 }
@@ -317,7 +334,7 @@ void cli_outputs_free(cli_outputs *s) {
  * One layer call: the options, loading and checks mha forward, backward and viz share
  * ------------------------------------------------------------------------------------------- */
 enum {
-    LAYER_NOPTS = 12
+    LAYER_NOPTS = 13
 };
 
 int cli_layer_parse(int argc, char **argv, cli_layer_args *a, cli_opt *extra, int nextra) {
@@ -327,6 +344,7 @@ int cli_layer_parse(int argc, char **argv, cli_layer_args *a, cli_opt *extra, in
                         CLI_LAYER_MAX_EXTRA);
     cli_opt opts[LAYER_NOPTS + CLI_LAYER_MAX_EXTRA] = {
         {"--weights", CLI_OPT_STRING, &a->weights, 0},
+        {"--prefix", CLI_OPT_STRING, &a->prefix, 0},
         {"--heads", CLI_OPT_INT, &a->heads, 0},
         {"--query", CLI_OPT_STRING, &a->query, 0},
         {"--key", CLI_OPT_STRING, &a->key, 0},
@@ -401,7 +419,7 @@ static int layer_load_inputs(const cli_layer_args *a, cli_layer *l) {
     mha_ctx *ctx = l->ctx;
     char got[96], want[96];
     int rc;
-    if ((rc = cli_load_module(ctx, a->weights, a->heads, &l->module))) return rc;
+    if ((rc = cli_load_module(ctx, a->weights, a->prefix, a->heads, &l->module))) return rc;
     const mha_config *cfg = mha_module_config(l->module);
     const int64_t E = cfg->embed_dim, H = cfg->num_heads;
     const int64_t kdim = cfg->kdim ? cfg->kdim : E, vdim = cfg->vdim ? cfg->vdim : E;

@@ -1,7 +1,9 @@
-/* cmd_forward.c - `mha forward` and `mha backward`: run an nn.MultiheadAttention layer exported
- * from PyTorch (a safetensors state_dict) on .npy inputs, and its gradients.
+/* cmd_forward.c - `mha forward` and `mha backward`: run an attention layer exported from PyTorch
+ * (a safetensors state_dict of the layer or of a whole model: --prefix picks the layer) on .npy
+ * inputs, and its gradients.
  *
- *   mha forward  --weights W.safetensors [--heads H] --query Q.npy [--key K.npy --value V.npy]
+ *   mha forward  --weights W.safetensors [--prefix P] [--heads H] --query Q.npy
+ *                [--key K.npy --value V.npy]
  *                [--causal | --causal-bottom-right] [--key-padding-mask M.npy]
  *                [--attn-mask A.npy] [--scale X] --out Y.npy [--attn-out A.npy [--per-head]]
  *                [--threads N] [--isa NAME]
@@ -19,27 +21,31 @@
 
 static void print_help(FILE *f, int backward) {
     if (!backward)
-        fputs("usage: mha forward --weights W.safetensors [--heads H] --query Q.npy --out Y.npy "
-              "[options]\n\n"
+        fputs("usage: mha forward --weights W.safetensors [--prefix P] [--heads H] --query Q.npy\n"
+              "                   --out Y.npy [options]\n\n"
               "Runs torch.nn.MultiheadAttention(batch_first=True) with the parameters of W on\n"
               "the inputs, and writes its output (and, on request, its attention weights).\n",
               f);
     else
-        fputs("usage: mha backward --weights W.safetensors [--heads H] --query Q.npy "
-              "--grad-out DY.npy\n"
-              "                    --grads-out G.safetensors [options]\n\n"
+        fputs("usage: mha backward --weights W.safetensors [--prefix P] [--heads H] --query Q.npy\n"
+              "                    --grad-out DY.npy --grads-out G.safetensors [options]\n\n"
               "Runs the forward of torch.nn.MultiheadAttention(batch_first=True), then its\n"
               "backward with the output gradient DY, and writes every gradient to G.\n",
               f);
-    fputs(
-        "\nrequired:\n"
-        "  --weights W.safetensors  the layer's state_dict (in_proj_weight or q/k/v_proj_weight,\n"
-        "                           in_proj_bias, out_proj.weight, out_proj.bias): E, kdim, vdim\n"
-        "                           and bias are read from the tensors' shapes\n"
-        "  --heads H                number of heads (E divisible by H); optional when W\n"
-        "                           records it (files saved by mha do), and then it must agree\n"
-        "  --query Q.npy            float32 [B, L, E] (batch first), or unbatched [L, E]\n",
-        f);
+    fputs("\nrequired:\n"
+          "  --weights W.safetensors  the layer's or a whole model's state_dict, any float dtype;\n"
+          "                           layouts: nn.MultiheadAttention (in_proj_weight or\n"
+          "                           q/k/v_proj_weight, out_proj), the seed's W_q/W_k/W_v/W_o,\n"
+          "                           Hugging Face q_proj/k_proj/v_proj + out_proj or o_proj,\n"
+          "                           BERT (self.query/key/value, output.dense), GPT-2 (c_attn,\n"
+          "                           c_proj); E, kdim, vdim and bias are read from the shapes\n"
+          "  --prefix P               which layer of W: the start of its names, e.g.\n"
+          "                           encoder.layers.0.self_attn. (needed when W holds several\n"
+          "                           layers: the error lists them)\n"
+          "  --heads H                number of heads (E divisible by H); optional when W\n"
+          "                           records it (files saved by mha do), and then it must agree\n"
+          "  --query Q.npy            float32 [B, L, E] (batch first), or unbatched [L, E]\n",
+          f);
     if (!backward)
         fputs("  --out Y.npy              where to write the output, float32 [B, L, E]\n", f);
     else
@@ -71,16 +77,19 @@ static void print_help(FILE *f, int backward) {
           "  --threads N              threads to use (0 = all cores, the default)\n"
           "  --isa NAME               kernels: auto (default), generic, avx2 or avx512\n"
           "  --help                   this text\n"
-          "\nexit status: 0 success, 1 usage error (options, including a --heads that does not\n"
-          "fit the weights), 2 runtime failure (files, shapes, dtypes)\n"
+          "\nexit status: 0 success, 1 usage error (options, including a --prefix or --heads that\n"
+          "does not fit the weights), 2 runtime failure (files, shapes, dtypes)\n"
           "\nexample:\n",
           f);
     if (!backward)
-        fputs("  mha forward --weights layer.safetensors --heads 8 --query x.npy --causal \\\n"
-              "      --out y.npy --attn-out w.npy --per-head\n"
-              "  mha forward --weights cross.safetensors --heads 4 --query q.npy --key k.npy \\\n"
-              "      --value v.npy --key-padding-mask pad.npy --out y.npy\n",
-              f);
+        fputs(
+            "  mha forward --weights layer.safetensors --heads 8 --query x.npy --causal \\\n"
+            "      --out y.npy --attn-out w.npy --per-head\n"
+            "  mha forward --weights cross.safetensors --heads 4 --query q.npy --key k.npy \\\n"
+            "      --value v.npy --key-padding-mask pad.npy --out y.npy\n"
+            "  mha forward --weights bert.safetensors --prefix bert.encoder.layer.0.attention. \\\n"
+            "      --heads 12 --query x.npy --out y.npy\n",
+            f);
     else
         fputs("  mha backward --weights layer.safetensors --heads 8 --query x.npy --causal \\\n"
               "      --grad-out dy.npy --grads-out grads.safetensors\n",

@@ -16,11 +16,15 @@
 #include <unistd.h>
 
 static void print_help(FILE *f) {
-    fputs("usage: mha viz --weights W.safetensors [--heads H] --query Q.npy [options]\n\n"
+    fputs("usage: mha viz --weights W.safetensors [--prefix P] [--heads H] --query Q.npy "
+          "[options]\n\n"
           "Runs torch.nn.MultiheadAttention(batch_first=True) with the parameters of W on the\n"
           "inputs and draws its attention weights (per head, or their average).\n"
           "\nrequired:\n"
-          "  --weights W.safetensors  the layer's state_dict (as for mha forward)\n"
+          "  --weights W.safetensors  the layer's or a whole model's state_dict (any layout\n"
+          "                           mha forward reads)\n"
+          "  --prefix P               which layer of W, e.g. encoder.layers.0.self_attn.\n"
+          "                           (needed when W holds several: the error lists them)\n"
           "  --heads H                number of heads; optional when W records it (mha's\n"
           "                           state_dicts do), refused when it disagrees\n"
           "  --query Q.npy            float32 [B, L, E] or unbatched [L, E]\n"

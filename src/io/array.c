@@ -5,29 +5,40 @@
 #include <stdio.h>
 #include <string.h>
 
-int mha__dtype_valid(mha_dtype dt) {
-    return dt == MHA_DTYPE_F32 || dt == MHA_DTYPE_BOOL || dt == MHA_DTYPE_I32 ||
-           dt == MHA_DTYPE_F64;
+/* One row per mha_dtype, in enum order: element size, PyTorch's name, safetensors' name, and
+ * NumPy's type code without the byte order (NULL: NumPy has no such dtype). */
+static const mha__dtype_info dtypes[] = {
+    {MHA_DTYPE_F32, 4, "float32", "F32", "f4"},
+    {MHA_DTYPE_BOOL, 1, "bool", "BOOL", "b1"},
+    {MHA_DTYPE_I32, 4, "int32", "I32", "i4"},
+    {MHA_DTYPE_F64, 8, "float64", "F64", "f8"},
+    {MHA_DTYPE_F16, 2, "float16", "F16", "f2"},
+    {MHA_DTYPE_BF16, 2, "bfloat16", "BF16", NULL},
+    {MHA_DTYPE_I64, 8, "int64", "I64", "i8"},
+    {MHA_DTYPE_U8, 1, "uint8", "U8", "u1"},
+    {MHA_DTYPE_I8, 1, "int8", "I8", "i1"},
+    {MHA_DTYPE_I16, 2, "int16", "I16", "i2"},
+    {MHA_DTYPE_U16, 2, "uint16", "U16", "u2"},
+    {MHA_DTYPE_U32, 4, "uint32", "U32", "u4"},
+    {MHA_DTYPE_U64, 8, "uint64", "U64", "u8"},
+    {MHA_DTYPE_F8_E4M3, 1, "float8_e4m3fn", "F8_E4M3", NULL},
+    {MHA_DTYPE_F8_E5M2, 1, "float8_e5m2", "F8_E5M2", NULL},
+};
+
+const mha__dtype_info *mha__dtype_at(int i) {
+    return i >= 0 && (size_t)i < sizeof dtypes / sizeof dtypes[0] ? &dtypes[i] : NULL;
 }
 
+int mha__dtype_valid(mha_dtype dt) { return mha__dtype_at((int)dt) != NULL; }
+
 size_t mha_dtype_size(mha_dtype dt) {
-    switch (dt) {
-    case MHA_DTYPE_F32: return 4;
-    case MHA_DTYPE_BOOL: return 1;
-    case MHA_DTYPE_I32: return 4;
-    case MHA_DTYPE_F64: return 8;
-    }
-    return 0;
+    const mha__dtype_info *d = mha__dtype_at((int)dt);
+    return d ? d->size : 0;
 }
 
 const char *mha_dtype_name(mha_dtype dt) {
-    switch (dt) {
-    case MHA_DTYPE_F32: return "float32";
-    case MHA_DTYPE_BOOL: return "bool";
-    case MHA_DTYPE_I32: return "int32";
-    case MHA_DTYPE_F64: return "float64";
-    }
-    return "unknown";
+    const mha__dtype_info *d = mha__dtype_at((int)dt);
+    return d ? d->name : "unknown";
 }
 
 int64_t mha_array_numel(const mha_array *a) {

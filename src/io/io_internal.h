@@ -11,6 +11,18 @@
 /* Fills who with "fn: path" (or just "fn" when path is NULL). */
 void mha__io_who(char *who, const char *fn, const char *path);
 
+/* What the formats call a dtype: its size, PyTorch's name ("bfloat16"), safetensors' ("BF16")
+ * and NumPy's type code without the byte order ("f2"; NULL when NumPy has none). */
+typedef struct {
+    mha_dtype dt;
+    size_t size;
+    const char *name, *st, *npy;
+} mha__dtype_info;
+
+/* The i-th dtype (i = its mha_dtype value), or NULL when i is not one: iterate from 0 until
+ * NULL to visit them all. */
+const mha__dtype_info *mha__dtype_at(int i);
+
 /* 1 if dt is one of the mha_dtype values. */
 int mha__dtype_valid(mha_dtype dt);
 
@@ -30,6 +42,22 @@ mha_status mha__array_make(mha_ctx *ctx, const char *who, mha_dtype dt, int ndim
 /* Validates a caller's array for writing: dtype, ndim, shape, data != NULL. */
 mha_status mha__array_check(mha_ctx *ctx, const char *who, const char *name, const mha_array *a,
                             size_t *bytes);
+
+/* Adds (or replaces) name in st with *a itself, not a copy: st owns its data from then on and
+ * *a is zeroed, also on failure (MHA_ERR_NOMEM; the data is freed then). a must be valid (as
+ * mha__array_make makes it) and name not "__metadata__". */
+mha_status mha__st_adopt(mha_ctx *ctx, const char *who, mha_st *st, const char *name, mha_array *a);
+
+/* The sizes of the layer mha__st_layer returns (nn.MultiheadAttention's kdim, vdim, bias). */
+typedef struct {
+    int64_t embed_dim, kdim, vdim;
+    int bias;
+} mha__layer_dims;
+
+/* mha_st_layer (src/io/layers.c) for the module loaders: messages start with fn and name the
+ * file where (NULL: "the file"); dims (may be NULL) receives the layer's sizes. */
+mha_status mha__st_layer(mha_ctx *ctx, const char *fn, const mha_st *st, const char *prefix,
+                         const char *where, mha_st **out, mha__layer_dims *dims);
 
 /* Calls fn with the array's bytes; bools are written as 0/1 whatever the stored byte. */
 mha_status mha__emit_data(mha_ctx *ctx, const char *who, mha_dtype dt, const void *data,

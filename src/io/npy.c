@@ -1,4 +1,5 @@
-/* npy.c - the NumPy .npy format, versions 1.0-3.0, for C-order <f4, |b1, <i4 and <f8 arrays.
+/* npy.c - the NumPy .npy format, versions 1.0-3.0, for C-order little-endian arrays of the
+ * mha_dtype values NumPy has (bool, int and uint of 8-64 bits, float16/32/64).
  *
  * Layout: "\x93NUMPY", major, minor, header length (uint16 LE for 1.0, uint32 LE for 2.0/3.0),
  * then the header, a Python dict literal such as
@@ -98,6 +99,10 @@ typedef struct {
     int64_t shape[MHA_MAX_DIMS];
 } npy_header;
 
+/* What the messages say mha reads. */
+#define NPY_EXPECTED                                                                               \
+    "'<f4', '<f8', '<f2', '|b1', '|u1', '|i1', '<i2', '<u2', '<i4', '<u4', '<i8' or '<u8'"
+
 /* The dtype of a descr string, or an error naming what was found. */
 static mha_status parse_descr(mha_ctx *ctx, const char *who, const char *d, mha_dtype *dt) {
     char o = d[0];
@@ -107,27 +112,27 @@ static mha_status parse_descr(mha_ctx *ctx, const char *who, const char *d, mha_
         t = d; /* "f4" without a byte order: native */
     }
     int little = o == '<' || o == '=' || o == '|';
-    if (strcmp(t, "b1") == 0 || strcmp(t, "?") == 0) {
-        *dt = MHA_DTYPE_BOOL;
-        return MHA_OK;
-    }
-    struct {
-        const char *code;
-        mha_dtype dt;
-    } map[] = {{"f4", MHA_DTYPE_F32}, {"i4", MHA_DTYPE_I32}, {"f8", MHA_DTYPE_F64}};
-    for (size_t i = 0; i < sizeof map / sizeof map[0]; i++) {
-        if (strcmp(t, map[i].code) != 0) continue;
-        if (o == '|') break; /* "|f4" is not meaningful: byte order matters for 4-byte types */
+    if (strcmp(t, "?") == 0) t = "b1";
+    const mha__dtype_info *info;
+    for (int i = 0; (info = mha__dtype_at(i)); i++) {
+        if (!info->npy || strcmp(t, info->npy) != 0) continue;
+        /* One byte has no byte order; "|f4" is not meaningful: the order matters there. */
+        if (info->size == 1) break;
+        if (o == '|')
+            return mha__err(ctx, MHA_ERR_UNSUPPORTED, "%s: descr: got '%s', expected " NPY_EXPECTED,
+                            who, d);
         if (!little)
             return mha__err(ctx, MHA_ERR_UNSUPPORTED,
-                            "%s: descr: got '%s' (big-endian), expected '<f4', '|b1', '<i4' or "
-                            "'<f8' (convert with a.astype(a.dtype.newbyteorder('<')))",
+                            "%s: descr: got '%s' (big-endian), expected " NPY_EXPECTED
+                            " (convert with a.astype(a.dtype.newbyteorder('<')))",
                             who, d);
-        *dt = map[i].dt;
-        return MHA_OK;
+        break;
     }
-    return mha__err(ctx, MHA_ERR_UNSUPPORTED,
-                    "%s: descr: got '%s', expected '<f4', '|b1', '<i4' or '<f8'", who, d);
+    if (!info)
+        return mha__err(ctx, MHA_ERR_UNSUPPORTED, "%s: descr: got '%s', expected " NPY_EXPECTED,
+                        who, d);
+    *dt = info->dt;
+    return MHA_OK;
 }
 
 static mha_status hdr_err(mha_ctx *ctx, const char *who, const cursor *c, const char *base,
@@ -144,17 +149,15 @@ static mha_status parse_descr_value(mha_ctx *ctx, const char *who, cursor *c, co
                                     mha_dtype *dt) {
     if (c->p < c->end && *c->p == '[')
         return mha__err(ctx, MHA_ERR_UNSUPPORTED,
-                        "%s: descr: got a structured dtype, expected '<f4', '|b1', '<i4' or '<f8'",
-                        who);
+                        "%s: descr: got a structured dtype, expected " NPY_EXPECTED, who);
     char d[32], shown[80];
     int trunc;
     if (!parse_pystr(c, d, sizeof d, &trunc))
         return hdr_err(ctx, who, c, h, "descr: expected a string");
     printable(shown, sizeof shown, d, strlen(d));
     if (trunc || strlen(d) != strlen(shown) || strchr(d, '\''))
-        return mha__err(ctx, MHA_ERR_UNSUPPORTED,
-                        "%s: descr: got '%s%s', expected '<f4', '|b1', '<i4' or '<f8'", who, shown,
-                        trunc ? "..." : "");
+        return mha__err(ctx, MHA_ERR_UNSUPPORTED, "%s: descr: got '%s%s', expected " NPY_EXPECTED,
+                        who, shown, trunc ? "..." : "");
     return parse_descr(ctx, who, d, dt);
 }
 
@@ -386,28 +389,30 @@ mha_status mha_npy_load(mha_ctx *ctx, const char *path, mha_array *out) {
 
 /* ---- writing ------------------------------------------------------------------------- */
 
-static const char *npy_descr(mha_dtype dt) {
-    switch (dt) {
-    case MHA_DTYPE_F32: return "<f4";
-    case MHA_DTYPE_BOOL: return "|b1";
-    case MHA_DTYPE_I32: return "<i4";
-    case MHA_DTYPE_F64: return "<f8";
-    }
-    return "?";
+/* Checks an array to write: valid (mha__array_check) and of a dtype NumPy has. */
+static mha_status npy_check(mha_ctx *ctx, const char *who, const mha_array *a, size_t *bytes) {
+    mha_status st = mha__array_check(ctx, who, "a", a, bytes);
+    if (st == MHA_OK && !mha__dtype_at((int)a->dtype)->npy)
+        return mha__err(ctx, MHA_ERR_UNSUPPORTED,
+                        "%s: a.dtype: got %s, expected a dtype NumPy has (no .npy code for it; "
+                        "convert to float32, or save it in safetensors)",
+                        who, mha_dtype_name(a->dtype));
+    return st;
 }
 
 static mha_status npy_emit(mha_ctx *ctx, const char *who, const void *obj, mha_write_fn fn,
                            void *user) {
     const mha_array *a = obj;
     size_t bytes;
-    mha_status st = mha__array_check(ctx, who, "a", a, &bytes);
+    mha_status st = npy_check(ctx, who, a, &bytes);
     if (st != MHA_OK) return st;
+    const mha__dtype_info *info = mha__dtype_at((int)a->dtype);
     /* The dict, then spaces and '\n' so that the data starts at a multiple of 64 (numpy's
      * own alignment). 5 dims of at most 19 digits keep it far below 1.0's 65535 limit, but
      * version 2.0 is used if it ever is not. */
     char dict[256];
-    int n = snprintf(dict, sizeof dict, "{'descr': '%s', 'fortran_order': False, 'shape': (",
-                     npy_descr(a->dtype));
+    int n = snprintf(dict, sizeof dict, "{'descr': '%c%s', 'fortran_order': False, 'shape': (",
+                     info->size == 1 ? '|' : '<', info->npy);
     for (int i = 0; i < a->ndim; i++)
         n += snprintf(dict + n, sizeof dict - (size_t)n, "%" PRId64 "%s", a->shape[i],
                       a->ndim == 1      ? ","
@@ -453,7 +458,7 @@ mha_status mha_npy_save(mha_ctx *ctx, const char *path, const mha_array *a) {
     char who[MHA__WHO_CAP];
     mha__io_who(who, "mha_npy_save", path);
     size_t bytes;
-    mha_status st = mha__array_check(ctx, who, "a", a, &bytes);
+    mha_status st = npy_check(ctx, who, a, &bytes);
     if (st != MHA_OK) return st;
     return mha__save_atomic(ctx, who, path, npy_emit, a);
 }

@@ -123,6 +123,33 @@ static int st_reserve(mha_st *st, int want) {
     return 1;
 }
 
+mha_status mha__st_adopt(mha_ctx *ctx, const char *who, mha_st *st, const char *name,
+                         mha_array *a) {
+    int i = st_search(st, name);
+    if (i >= 0) {
+        mha_array_free(&st->arrays[i]);
+        st->arrays[i] = *a;
+        memset(a, 0, sizeof *a);
+        return MHA_OK;
+    }
+    i = -i - 1;
+    size_t nlen = strlen(name);
+    char *nm = mha__malloc(nlen + 1);
+    if (!nm || st->count == INT32_MAX || !st_reserve(st, st->count + 1)) {
+        mha__free(nm);
+        mha_array_free(a);
+        return mha__err(ctx, MHA_ERR_NOMEM, "%s: out of memory", who);
+    }
+    memcpy(nm, name, nlen + 1);
+    memmove(st->names + i + 1, st->names + i, (size_t)(st->count - i) * sizeof *st->names);
+    memmove(st->arrays + i + 1, st->arrays + i, (size_t)(st->count - i) * sizeof *st->arrays);
+    st->names[i] = nm;
+    st->arrays[i] = *a;
+    memset(a, 0, sizeof *a);
+    st->count++;
+    return MHA_OK;
+}
+
 mha_status mha_st_set(mha_ctx *ctx, mha_st *st, const char *name, const mha_array *a) {
     mha__clear(ctx);
     static const char *who = "mha_st_set";
@@ -147,27 +174,7 @@ mha_status mha_st_set(mha_ctx *ctx, mha_st *st, const char *name, const mha_arra
     } else if (bytes) {
         memcpy(copy.data, a->data, bytes);
     }
-    int i = st_search(st, name);
-    if (i >= 0) {
-        mha_array_free(&st->arrays[i]);
-        st->arrays[i] = copy;
-        return MHA_OK;
-    }
-    i = -i - 1;
-    size_t nlen = strlen(name);
-    char *nm = mha__malloc(nlen + 1);
-    if (!nm || st->count == INT32_MAX || !st_reserve(st, st->count + 1)) {
-        mha__free(nm);
-        mha_array_free(&copy);
-        return mha__err(ctx, MHA_ERR_NOMEM, "%s: out of memory", who);
-    }
-    memcpy(nm, name, nlen + 1);
-    memmove(st->names + i + 1, st->names + i, (size_t)(st->count - i) * sizeof *st->names);
-    memmove(st->arrays + i + 1, st->arrays + i, (size_t)(st->count - i) * sizeof *st->arrays);
-    st->names[i] = nm;
-    st->arrays[i] = copy;
-    st->count++;
-    return MHA_OK;
+    return mha__st_adopt(ctx, who, st, name, &copy);
 }
 
 /* Grows *arr (elements of size sz) to hold at least n + 1. */
@@ -460,24 +467,19 @@ static mha_status parse_dtype(json *j, const char *tname, mha_dtype *dt) {
     size_t n;
     mha_status st = j_string(j, s, sizeof s, &n);
     if (st != MHA_OK) return st;
-    static const struct {
-        const char *name;
-        mha_dtype dt;
-    } map[] = {{"F32", MHA_DTYPE_F32},
-               {"F64", MHA_DTYPE_F64},
-               {"BOOL", MHA_DTYPE_BOOL},
-               {"I32", MHA_DTYPE_I32}};
-    if (n < sizeof s)
-        for (size_t i = 0; i < sizeof map / sizeof map[0]; i++)
-            if (strcmp(s, map[i].name) == 0 && strlen(s) == n) {
-                *dt = map[i].dt;
+    const mha__dtype_info *d;
+    if (n < sizeof s && strlen(s) == n)
+        for (int i = 0; (d = mha__dtype_at(i)); i++)
+            if (strcmp(s, d->st) == 0) {
+                *dt = d->dt;
                 return MHA_OK;
             }
     char shown[64];
     shown_bytes(shown, sizeof shown, s, n < sizeof s ? n : sizeof s - 1);
     return mha__err(j->ctx, MHA_ERR_UNSUPPORTED,
-                    "%s: tensor '%s': dtype: got %s%s, expected F32, F64, BOOL or I32", j->who,
-                    tname, shown, n >= sizeof s ? "..." : "");
+                    "%s: tensor '%s': dtype: got %s%s, expected one of F32, F64, F16, BF16, BOOL, "
+                    "U8, I8, I16, U16, I32, U32, I64, U64, F8_E4M3, F8_E5M2",
+                    j->who, tname, shown, n >= sizeof s ? "..." : "");
 }
 
 /* "shape": [d0, d1, ...] of tensor tname. */
@@ -689,10 +691,36 @@ static mha_status parse_member(json *j, st_parsed *h, int64_t data_size, int *ha
     return parse_entry(j, &h->es[h->n - 1], data_size);
 }
 
+/* A file torch.save wrote: a zip archive ("PK\x03\x04", the format since PyTorch 1.6) or a
+ * bare pickle (0x80, then protocol 2..5: the legacy format). Such a file is refused with the
+ * command that converts it (path NULL: mha_st_parse, which has no file name). */
+static mha_status torch_file(mha_ctx *ctx, const char *who, const char *path,
+                             const unsigned char *b, size_t n) {
+    int zip = n >= 4 && memcmp(b, "PK\x03\x04", 4) == 0;
+    int pickle = n >= 2 && b[0] == 0x80 && b[1] >= 2 && b[1] <= 5;
+    /* A safetensors header of 640 bytes also starts 0x80 0x02: its JSON follows at byte 8. */
+    if ((!zip && !pickle) || (n > 8 && b[8] == '{')) return MHA_OK;
+    if (!path) path = "model.pt";
+    /* The converted file's name: path with .pt, .pth or .bin replaced, else appended to. */
+    size_t len = strlen(path), stem = len;
+    static const char *const exts[] = {".pt", ".pth", ".bin"};
+    for (size_t i = 0; i < sizeof exts / sizeof exts[0]; i++) {
+        size_t el = strlen(exts[i]);
+        if (len > el && strcmp(path + len - el, exts[i]) == 0) stem = len - el;
+    }
+    return mha__err(ctx, MHA_ERR_FORMAT,
+                    "%s: a PyTorch file (torch.save), not safetensors; convert it: python -c "
+                    "\"import torch, mha; mha.save_file(torch.load('%s'), '%.*s.safetensors')\"",
+                    who, path, (int)stem, path);
+}
+
 /* The 8-byte header size of a file of total bytes (n of them at b) in *hn, checked against the
- * file's size: the loader's check before the rest of the file is read. */
-static mha_status st_prefix(mha_ctx *ctx, const char *who, const unsigned char *b, size_t n,
-                            uint64_t total, uint64_t *hn) {
+ * file's size: the loader's check before the rest of the file is read (n >= 9 there). path
+ * (may be NULL) names the file in the conversion command a torch.save file gets. */
+static mha_status st_prefix(mha_ctx *ctx, const char *who, const char *path, const unsigned char *b,
+                            size_t n, uint64_t total, uint64_t *hn) {
+    mha_status st = torch_file(ctx, who, path, b, n);
+    if (st != MHA_OK) return st;
     if (total < 8 || n < 8)
         return mha__err(ctx, MHA_ERR_FORMAT,
                         "%s: got %" PRIu64
@@ -716,10 +744,15 @@ static mha_status st_prefix(mha_ctx *ctx, const char *who, const unsigned char *
     return MHA_OK;
 }
 
+static const char ST_LOAD[] = "mha_st_load";
+
+/* The loader's check of the file's first bytes; who is "mha_st_load: <path>" (mha__io_who). */
 static mha_status st_head(mha_ctx *ctx, const char *who, const unsigned char *head, size_t n,
                           uint64_t size) {
     uint64_t hn;
-    return st_prefix(ctx, who, head, n, size, &hn);
+    size_t k = sizeof ST_LOAD - 1;
+    const char *path = strncmp(who, ST_LOAD, k) == 0 && who[k] == ':' ? who + k + 2 : NULL;
+    return st_prefix(ctx, who, path, head, n, size, &hn);
 }
 
 /* Validate: the header JSON (hn bytes at hdr, starting with '{') into h. */
@@ -828,7 +861,7 @@ static mha_status st_parse(mha_ctx *ctx, const char *who, const unsigned char *b
                            mha_st **out) {
     *out = NULL;
     uint64_t hn;
-    mha_status st = st_prefix(ctx, who, b, len, len, &hn);
+    mha_status st = st_prefix(ctx, who, NULL, b, len, len, &hn);
     if (st != MHA_OK) return st;
     int64_t data_size = (int64_t)(len - 8 - hn);
     st_parsed h;
@@ -861,7 +894,7 @@ mha_status mha_st_load(mha_ctx *ctx, const char *path, mha_st **out) {
         return mha__err(ctx, MHA_ERR_INVALID_ARG,
                         "mha_st_load: path: got NULL, expected a file name");
     char who[MHA__WHO_CAP];
-    mha__io_who(who, "mha_st_load", path);
+    mha__io_who(who, ST_LOAD, path);
     unsigned char *buf;
     size_t len;
     mha_status st = mha__read_file(ctx, who, path, 9, st_head, &buf, &len);
@@ -903,16 +936,6 @@ static void put_json_str(sbuf *s, const char *str) {
     put(s, "\"", 1);
 }
 
-static const char *st_dtype(mha_dtype dt) {
-    switch (dt) {
-    case MHA_DTYPE_F32: return "F32";
-    case MHA_DTYPE_BOOL: return "BOOL";
-    case MHA_DTYPE_I32: return "I32";
-    case MHA_DTYPE_F64: return "F64";
-    }
-    return "?";
-}
-
 /* The header JSON, padded with spaces to a multiple of 8. */
 static void st_header(const mha_st *st, const size_t *bytes, sbuf *s) {
     char num[64];
@@ -933,7 +956,7 @@ static void st_header(const mha_st *st, const size_t *bytes, sbuf *s) {
         if (i) puts_(s, ",");
         put_json_str(s, st->names[i]);
         puts_(s, ":{\"dtype\":\"");
-        puts_(s, st_dtype(a->dtype));
+        puts_(s, mha__dtype_at((int)a->dtype)->st); /* checked by st_emit */
         puts_(s, "\",\"shape\":[");
         for (int d = 0; d < a->ndim; d++) {
             snprintf(num, sizeof num, "%s%" PRId64, d ? "," : "", a->shape[d]);

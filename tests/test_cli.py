@@ -200,8 +200,9 @@ def _sd_without(d, key):
     return d / "w_missing.safetensors"
 
 
-def _sd_f64(d):
-    sd = {k: v.astype(np.float64) for k, v in np_state_dict(E).items()}
+def _sd_i64(d):
+    """Parameters as int64: no float dtype (float64, float16, bfloat16 are converted)."""
+    sd = {k: (v * 100).astype(np.int64) for k, v in np_state_dict(E).items()}
     mha_py.save_safetensors(d / "w64.safetensors", sd)
     return d / "w64.safetensors"
 
@@ -222,7 +223,8 @@ RUNTIME_CASES = [
     ("weights missing tensor", lambda d: _with(fwd(d), "--weights",
                                                _sd_without(d, "out_proj.weight")),
      ["--weights", "out_proj.weight"]),
-    ("weights float64", lambda d: _with(fwd(d), "--weights", _sd_f64(d)), ["--weights"]),
+    ("weights int64", lambda d: _with(fwd(d), "--weights", _sd_i64(d)),
+     ["--weights", "dtype: got int64"]),
     ("query bool", lambda d: _with(fwd(d), "--query", _npy(d, "qb.npy", np.zeros(
         (B, L, E), bool))), ["--query", "bool", "float32"]),
     ("query missing file", lambda d: _with(fwd(d), "--query", d / "nope.npy"),

@@ -27,6 +27,11 @@ def sname(r):
     return f"B={B} N={N} E={E} H={H}{' causal' if r.get('causal') else ''}"
 
 
+def t(v):
+    """A time in ms, as µs below 1 ms (the small calls)."""
+    return f"{v:.2f}" if v >= 1 else f"{v * 1e3:.1f} µs"
+
+
 def ratio(v):
     return f"{v:.2f}x" if v >= 1 else f"**{v:.2f}x**"
 
@@ -60,8 +65,9 @@ def render(recs, reproduce=None):
          else ""))
     w(f"- Each comparison: one checked call per side first (outputs, weights and every gradient "
       f"agree within {run.get('tol', '?')} of PyTorch's largest magnitude, else the run stops), "
-      f"then mha and PyTorch timed alternately (a b, b a, ...), up to {run.get('runs', '?')} "
-      f"runs each (at least 3) or {run.get('budget', '?')} s per comparison; medians. Small "
+      f"then mha and PyTorch timed alternately (a b, b a, ...), {run.get('runs', '?')} runs "
+      f"each at most, stopping after {run.get('budget', '?')} s per comparison but not before "
+      "3 runs; medians. Small "
       f"calls: rounds of {run.get('small_iters', '?')} calls, median of "
       f"{run.get('small_rounds', '?')} rounds per side.")
     w(f"- Load average before / after: {run.get('load_before', '?')} / "
@@ -158,12 +164,13 @@ def render(recs, reproduce=None):
           "per round (C / Python ms) |")
         w("|---|---|---|---:|---:|---:|---|")
         for r in ovh:
-            rounds = ", ".join(f"{c:.2f} / {p:.2f}" for c, p in zip(r["c_ms_rounds"],
-                                                                    r["py_ms_rounds"]))
-            w(f"| {sname(r)} | {MODES[r['mode']]} | {r['need_weights']} | {r['c_ms']:.2f} | "
-              f"{r['py_ms']:.2f} | {r['overhead']:+.1%} | {rounds} |")
+            rounds = ", ".join(f"{t(c)} / {t(p)}" for c, p in zip(r["c_ms_rounds"],
+                                                                  r["py_ms_rounds"]))
+            w(f"| {sname(r)} | {MODES[r['mode']]} | {r['need_weights']} | {t(r['c_ms'])} | "
+              f"{t(r['py_ms'])} | {r['overhead']:+.1%} | {rounds} |")
         w("\nOverhead = Python time / C time - 1, each the best of its rounds' medians (C and "
-          "Python alternate round by round). C: `mha bench` (a subprocess; the module forward "
+          "Python alternate round by round; a small call's medians are of --small-iters "
+          "single calls). C: `mha bench` (a subprocess; the module forward "
           "without saving, with --backward forward with saving + backward); Python: "
           "mha.MultiheadAttention in this process doing the same: eval() under inference_mode "
           "for the forward, train() + y.backward(dy) for forward + backward. Causal shapes have "

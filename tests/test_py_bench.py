@@ -21,7 +21,7 @@ import py_bench  # noqa: E402
 import py_render  # noqa: E402
 
 SHAPES = [(1, 16, 16, 2, 1), (2, 8, 16, 4, 0)]
-OVERHEAD = [(1, 16, 16, 2, 0), (1, 16, 16, 2, 1)]
+OVERHEAD = [(1, 16, 16, 2, 0), (1, 80, 64, 2, 1)]  # a small call (B*N*E <= 4096), a larger one
 SMALL = [(1, 2, 16, 2)]
 
 
@@ -96,6 +96,9 @@ def test_records_hold_their_times_and_ratios(tiny_run):
             assert ("--backward" in c) == (r["mode"] == "fwd_bwd")
             assert ("--need-weights" in c) == r["need_weights"]
             assert ("--causal" in c) == r["causal"]
+            # a small call is timed --small-iters times (3 here), others --runs times (1)
+            runs = 3 if B * N * E <= py_bench.SMALL_CALL else 1
+            assert c[c.index("--runs") + 1] == str(runs) and r["c_runs"] == r["py_runs"] == runs
 
 
 def test_markdown_reports_every_ratio(tiny_run):

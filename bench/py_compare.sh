@@ -33,7 +33,7 @@ PYTHONPATH=python MHA_LIBRARY=$BUILD/libmha.so "$PY" "${cmd[@]}" > "$TMP/results
 [ -n "${RESULTS:-}" ] && cp "$TMP/results.jsonl" "$RESULTS"
 # the command line that reproduces this run, for the top of the report
 repro="BUILD=$BUILD THREADS=$T${QUICK:+ QUICK=$QUICK}${PYTHON:+ PYTHON=$PYTHON}"
-repro="$repro bench/py_compare.sh${*:+$(printf ' %q' "$@")}"
+repro="$repro bench/py_compare.sh${*:+ ${*@Q}}"
 "$PY" bench/py_render.py "$TMP/results.jsonl" "$repro" > "$TMP/out.md"
 mv "$TMP/out.md" "$OUT"
 echo "py_compare.sh: wrote $OUT" >&2

@@ -7,6 +7,12 @@
 #    NONCAUSAL_4096=0 MEMORY=0 DROPOUT=0 OUT=/tmp/b.md; CORE_SHAPES="" drops the core-only rows;
 #    RESULTS=/tmp/r.jsonl keeps the raw JSON lines; ROUNDS=1 for one round instead of two)
 #
+# The Python package has its own comparison, bench/py_compare.sh (bench/py_bench.py): mha's
+# Python modules (mha.MultiheadAttention, the seed mha.MultiHeadAttention, mha.functional)
+# against PyTorch in ONE process on the same SHAPES, the small calls of decoding (1,8,64,4),
+# and the Python overhead over `mha bench`; it writes markdown to OUT=/tmp/py_bench.md
+# (QUICK=1 for a one-minute try). This script measures the C library through the CLI only.
+#
 # What runs (each: warm-up, then the median of several runs), on the module shapes SHAPES
 # (B, N, E, H, causal):
 #   mha bench     the module forward and forward + backward, each without and with

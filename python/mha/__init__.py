@@ -35,6 +35,7 @@ _LAZY = {
     "save_file": ("mha._files", "save_file"),
     "load_file": ("mha._files", "load_file"),
     "load_metadata": ("mha._files", "load_metadata"),
+    "load_layer": ("mha._files", "load_layer"),
     "export": ("mha._files", "export"),
     "viz": ("mha.viz", None),
 }

@@ -222,6 +222,79 @@ def load_metadata(path):
         _lib.lib.mha_st_free(st)
 
 
+def load_layer(path, prefix=None, num_heads=None):
+    """One attention layer of a safetensors checkpoint, in nn.MultiheadAttention's names and
+    layout, whatever layout the file has.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        A layer's or a whole model's state_dict saved as safetensors. Layouts, detected from the
+        names: nn.MultiheadAttention (in_proj_* or q/k/v_proj_weight), the W_q/W_k/W_v/W_o
+        module, Hugging Face q_proj/k_proj/v_proj + out_proj or o_proj, BERT's
+        query/key/value + output.dense, GPT-2's c_attn/c_proj (Conv1D, transposed here).
+        bfloat16, float16 and float64 parameters are converted to float32.
+    prefix : str, optional
+        Picks the layer in a model's file, e.g. "encoder.layers.0.self_attn." or
+        "bert.encoder.layer.3.attention." (a prefix naming a component, "encoder.layers.1",
+        works too). Without one the file must hold one layer; with several, the error lists
+        them.
+    num_heads : int, optional
+        Needed when the file does not record it ({"num_heads": "8"} in its metadata, as
+        mha.export writes); must agree with it when it does.
+
+    Returns
+    -------
+    (state_dict, num_heads): dict of str -> float32 numpy.ndarray with the names
+    ``in_proj_weight`` (or ``q_proj_weight``, ``k_proj_weight``, ``v_proj_weight``),
+    ``in_proj_bias``, ``out_proj.weight``, ``out_proj.bias`` (no biases when the layer has
+    none; a layer with only some biases gets zeros for the others), and the number of heads.
+
+    Example
+    -------
+    >>> import mha
+    >>> sd, heads = mha.load_layer("bert.safetensors", "bert.encoder.layer.0.attention.", 12)
+    >>> sd["in_proj_weight"].shape
+    (2304, 768)
+    """
+    fn = "load_layer"
+    if prefix is not None and not isinstance(prefix, str):
+        raise ValueError(f"{fn}: prefix: got {type(prefix).__name__}, expected a str or None")
+    if num_heads is not None and (isinstance(num_heads, bool) or not isinstance(num_heads, int)
+                                  or num_heads < 1):
+        raise ValueError(f"{fn}: num_heads: got {num_heads!r}, expected a positive int or None")
+    st = _st_load(path)
+    layer = ctypes.c_void_p()
+    try:
+        c = _lib.ctx()
+        pre = prefix.encode() if prefix is not None else None
+        _lib.check(_lib.lib.mha_st_layer(c, st, pre, ctypes.byref(layer)), c)
+    finally:
+        _lib.lib.mha_st_free(st)
+    try:
+        lib = _lib.lib
+        names = [lib.mha_st_name(layer, i) for i in range(lib.mha_st_count(layer))]
+        sd = {n.decode(): _array(fn, n.decode(), lib.mha_st_find(layer, n).contents, "numpy")
+              for n in names}
+        rec = lib.mha_st_meta_get(layer, b"num_heads")
+        where = lib.mha_st_meta_get(layer, b"prefix").decode() or "(top level)"
+    finally:
+        _lib.lib.mha_st_free(layer)
+    recorded = int(rec.decode()) if rec else None
+    if num_heads is None and recorded is None:
+        raise ValueError(f"{fn}: num_heads: got None, expected the number of heads: {path} does "
+                         "not record it (files mha.export writes do)")
+    if num_heads is not None and recorded is not None and num_heads != recorded:
+        raise ValueError(f"{fn}: num_heads: got {num_heads}, expected {recorded} (the number "
+                         f"the layer in {path} was saved with)")
+    heads = num_heads if num_heads is not None else recorded
+    E = sd["out_proj.weight"].shape[0]
+    if E % heads != 0:
+        raise ValueError(f"{fn}: num_heads: got {heads}, expected a divisor of the embedding "
+                         f"size {E} (layer {where} of {path})")
+    return sd, heads
+
+
 def export(module, path):
     """Writes an attention module's parameters to a safetensors file that the ``mha`` CLI and
     the C library load without being told the number of heads.

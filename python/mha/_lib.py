@@ -120,6 +120,7 @@ _PROTOTYPES = {
     "mha_st_meta_count": (c_int, [_P]),
     "mha_st_meta_key": (c_char_p, [_P, c_int]),
     "mha_st_save": (c_int, [_P, _P, c_char_p]),
+    "mha_st_layer": (c_int, [_P, _P, c_char_p, POINTER(_P)]),
     "mha_viz_opts_default": (VizOpts, []),
     "mha_viz_term": (c_int, [_P, c_void_p, c_int64, c_int64, c_int64, POINTER(VizOpts),
                              WRITE_FN, c_void_p]),

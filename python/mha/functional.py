@@ -34,7 +34,8 @@ def scaled_dot_product_attention(query, key, value, attn_mask=None, dropout_p=0.
         Probability of zeroing a weight (mha's Philox dropout, seeded from torch's generator:
         torch.manual_seed makes it reproducible). Applied whenever it is > 0, as in PyTorch.
     is_causal : bool
-        Key j takes part in row i only if j <= i (top-left alignment); not with attn_mask.
+        Key j takes part in row i only if j <= i (top-left alignment); with an attn_mask too,
+        both apply (as PyTorch 2.13 does on the CPU, whatever its docstring says).
     scale : float, optional
         Default 1/sqrt(E). Must be nonzero.
     enable_gqa : bool
@@ -73,9 +74,6 @@ def scaled_dot_product_attention(query, key, value, attn_mask=None, dropout_p=0.
     if k.shape[-1] != E or v.shape[-2] != S:
         raise ValueError(f"{fn}: key, value: got shapes {_shape(k)}, {_shape(v)}, expected "
                          f"[..., S, {E}] and [..., S, Ev] with S the same")
-    if attn_mask is not None and is_causal:
-        raise RuntimeError(f"{fn}: attn_mask and is_causal=True: an explicit attn_mask should "
-                           "not be set when is_causal=True (as PyTorch)")
     if scale is not None and (scale == 0 or not math.isfinite(scale)):
         raise ValueError(f"{fn}: scale: got {scale}, expected a finite nonzero number")
     if not 0.0 <= dropout_p < 1.0:
@@ -126,14 +124,13 @@ def _mask(m, lead, B, H, L, S, causal, fn):
                          f"broadcastable to [{', '.join(map(str, full))}]") from None
     is_bool = m.dtype == torch.bool
     x = ~m if is_bool else m.to(torch.float32)
-    x4 = x.reshape((1,) * max(0, 4 - x.dim()) + tuple(x.shape)) if x.dim() <= 4 else \
-        x.expand(full).reshape((B, H, L, S))
-    x4 = x4.reshape((1,) * (4 - x4.dim()) + tuple(x4.shape))
-    if x4.shape[0] == 1 and x4.shape[1] == 1:
-        shared = x4[0, 0].expand(L, S).contiguous()
-        return T.MaskArg(attn_bool=shared) if is_bool else T.MaskArg(attn_float=shared)
-    if is_bool and len(lead) == 2 and x4.shape[1] == 1 and x4.shape[2] == 1:
-        return T.MaskArg(key_padding=x4[:, 0, 0].expand(B, S).contiguous())
-    per = x4.expand(full if len(full) == 4 else (B, H, L, S)).reshape(B * H, L, S).contiguous()
-    return T.MaskArg(attn_bool=per, batched=True) if is_bool else \
-        T.MaskArg(attn_float=per, batched=True)
+    xf = x.reshape((1,) * (len(full) - x.dim()) + tuple(x.shape))  # right-aligned to full
+    if all(d == 1 for d in xf.shape[:-2]):
+        shared = xf.reshape(xf.shape[-2:]).expand(L, S).contiguous()
+        return T.MaskArg(causal, attn_bool=shared) if is_bool else \
+            T.MaskArg(causal, attn_float=shared)
+    if is_bool and len(full) == 4 and xf.shape[1] == 1 and xf.shape[2] == 1:
+        return T.MaskArg(causal, key_padding=xf[:, 0, 0].expand(B, S).contiguous())
+    per = xf.expand(full).reshape(B * H, L, S).contiguous()
+    return T.MaskArg(causal, attn_bool=per, batched=True) if is_bool else \
+        T.MaskArg(causal, attn_float=per, batched=True)

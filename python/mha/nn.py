@@ -17,6 +17,7 @@ reproducible). Where mha differs from PyTorch, on purpose:
 - Tensors must be float32 on the CPU (ValueError otherwise).
 """
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from . import _torch as T
@@ -166,6 +167,7 @@ class MultiheadAttention(nn.MultiheadAttention):
                 if t.dim() != query.dim():
                     raise ValueError(f"{fn}: {name}: got a {t.dim()}-D tensor {_shape(t)}, "
                                      f"expected {query.dim()}-D as query")
+        self._check_shapes(query, key, value, self_attn, batched, fn)
         _check_mask_dtype(key_padding_mask, "key_padding_mask", fn)
         _check_mask_dtype(attn_mask, "attn_mask", fn)
         if is_causal and attn_mask is None:
@@ -186,6 +188,13 @@ class MultiheadAttention(nn.MultiheadAttention):
         mask = self._mask(key_padding_mask, attn_mask, is_causal and key_padding_mask is None
                           and not need_weights, batched, N, H, L, S, fn)
         names, ps = self._params()
+        if N == 0 or L == 0:  # nothing to attend from: an empty output, as PyTorch's
+            out = F.linear(q, ps[-2], ps[-1] if self.in_proj_bias is not None else None)
+            w = None if not need_weights else torch.zeros(
+                (N, L, S) if average_attn_weights else (N, H, L, S))
+            if not batched and w is not None:
+                w = w[0]
+            return (out.transpose(0, 1) if seq_first else out), w
         call = T.LayerCall(self._mha, names, ps, mask, self.training, self.dropout,
                            average_attn_weights, need_weights, H)
         self._mha.get(self.embed_dim, H, self.kdim, self.vdim, self.in_proj_bias is not None,
@@ -194,6 +203,32 @@ class MultiheadAttention(nn.MultiheadAttention):
         if seq_first:
             out = out.transpose(0, 1)
         return out, weights
+
+    def _check_shapes(self, query, key, value, self_attn, batched, fn):
+        """Sizes that must agree, named in the caller's layout (the library sees the [N, L, E]
+        views and would name their dimensions)."""
+        E = self.embed_dim
+        if query.shape[-1] != E:
+            raise ValueError(f"{fn}: query.shape[{query.dim() - 1}]: got {query.shape[-1]}, "
+                             f"expected {E} (embed_dim)")
+        if self_attn:
+            return
+        for name, t, want, what in (("key", key, self.kdim, "kdim"),
+                                    ("value", value, self.vdim, "vdim")):
+            if t.shape[-1] != want:
+                raise ValueError(f"{fn}: {name}.shape[{t.dim() - 1}]: got {t.shape[-1]}, "
+                                 f"expected {want} ({what})")
+        if batched:
+            bd, sd = (0, 1) if self.batch_first else (1, 0)
+            for name, t in (("key", key), ("value", value)):
+                if t.shape[bd] != query.shape[bd]:
+                    raise ValueError(f"{fn}: {name}.shape[{bd}]: got {t.shape[bd]}, expected "
+                                     f"{query.shape[bd]} (the batch size of query)")
+        else:
+            sd = 0
+        if value.shape[sd] != key.shape[sd]:
+            raise ValueError(f"{fn}: value.shape[{sd}]: got {value.shape[sd]}, expected "
+                             f"{key.shape[sd]} (the sequence length of key)")
 
     def _mask(self, kpm, attn_mask, causal, batched, N, H, L, S, fn):
         """The layer's masks as an mha_mask, as PyTorch 2.13 reads them."""

@@ -61,7 +61,7 @@ typedef struct {
     float *st;     /* [BR, BC] score / probability tile (the fused kernel's scratch) */
     float *acc;    /* [BR, Dv] output accumulator */
     float *m, *l;  /* [BR] running max and row sum */
-    float *lt;     /* [BR] the tile's lse */
+    float *lt;     /* [BR] the tile's lse, then the weights' shift (fwd_weights) */
     uint8_t *keep; /* dropout keep bytes: a [BR, BC] tile, or the weights' [WR, WC] */
 } fwd_ws;
 
@@ -179,13 +179,16 @@ static void fwd_finish(const fwd_call *c, const fwd_task *t, fwd_ws *w) {
     for (int64_t r = 0; r < t->br; r++) lr[(t->i0 + r) * lse->stride[2]] = w->lt[r];
 }
 
-/* weights = dropout(exp(s - lse)) of a task's rows, recomputed into the caller's rows by the
- * separate kernels in their WR x WC tiles (an element's value does not depend on the tiling),
- * from the scaled query tile qs that fwd_rows left. */
+/* weights = dropout(exp(s - m) / l) of a task's rows (the softmax as written, with the rows'
+ * final max m and sum l), recomputed into the caller's rows by the separate kernels in their
+ * WR x WC tiles (an element's value does not depend on the tiling), from the scaled query tile
+ * qs that fwd_rows left. Not exp(s - lse): lse = m + log(l) in float32 loses log(l) when |m|
+ * is huge (a row whose every key has -1e9 added would get weights 1 instead of 1/S). */
 static void fwd_weights(const fwd_call *c, const fwd_task *t, fwd_ws *w) {
     const mha__attn_problem *pr = &c->pr;
     const mha_kernels *kern = c->kern;
     const int64_t WR = c->WR, WC = c->WC, ldw = c->weights->stride[2], D = pr->D;
+    for (int64_t r = 0; r < t->br; r++) w->lt[r] = w->l[r] != 0 ? w->m[r] : -INFINITY;
     for (int64_t r0 = 0; r0 < t->br; r0 += WR) {
         int64_t wr = t->br - r0 < WR ? t->br - r0 : WR, ir = t->i0 + r0;
         float *wt = mha__attn_row(c->weights, t->b, t->h, ir);
@@ -201,6 +204,11 @@ static void fwd_weights(const fwd_call *c, const fwd_task *t, fwd_ws *w) {
             kern->attn_scores(wr, bc, D, 1.0f, w->qs + r0 * D, D,
                               mha__attn_row(c->k, t->b, t->h, j0), c->k->stride[2], wt + j0, ldw);
             kern->attn_probs(wr, bc, wt + j0, ldw, &mk, w->lt + r0);
+            for (int64_t r = 0; r < wr; r++) {
+                if (w->l[r0 + r] == 0) continue; /* fully masked: 0 already */
+                const float inv = 1.0f / w->l[r0 + r];
+                for (int64_t x = 0; x < bc; x++) wt[r * ldw + j0 + x] *= inv;
+            }
             if (pr->dropout_p == 0) continue;
             kern->attn_dropout(wr, bc, &t->dr, ir, j0, w->keep, WC);
             kern->attn_dropout_apply(wr, bc, w->keep, WC, pr->keep_scale, wt + j0, ldw, wt + j0,

@@ -287,8 +287,8 @@ def test_views_with_strided_outer_and_inner_dimensions():
     q = base.transpose(0, 1)[:, :, ::2]          # [3, 6, 16], no dimension contiguous
     k = torch.randn(3, 20, 16)[:, ::2]           # [3, 10, 16], strided rows
     v = torch.randn(3, 10, 32)[..., 16:]         # [3, 10, 16], offset rows
-    kpm = random_mask((3, 20), "bool", torch.Generator().manual_seed(1))[:, ::2]
-    kpm[:, 0] = False
+    kpm = random_mask((3, 20), "float", torch.Generator().manual_seed(1))[:, ::2]
+    kpm[:, 0] = 0.0
     attn = random_mask((10, 6), "float", torch.Generator().manual_seed(2)).t()  # [6, 10]
     attn[:, 1] = 0.0
     assert not q.is_contiguous() and not k.is_contiguous() and not attn.is_contiguous()
@@ -548,6 +548,8 @@ def test_two_forwards_then_one_backward(need_weights):
             q, k, v = leaf(conv(q)), leaf(conv(k)), leaf(conv(v))
             ins += [q, k, v]
             loss = loss + (m(q, k, v, need_weights=need_weights)[0] * conv(g)).sum()
+            with torch.no_grad():  # a call outside the graph in between changes nothing
+                m(torch.ones(3, 2, 12, dtype=q.dtype), k, v)
         return torch.autograd.grad(loss, ins + list(m.parameters()))
 
     names = [f"call{i}.{n}" for i in range(2) for n in ("query", "key", "value")]
@@ -597,6 +599,51 @@ def test_inside_transformer_encoder_layer():
     with torch.no_grad():
         assert_close(block(x, src_key_padding_mask=kpm)[:1],
                      ref(x.double(), src_key_padding_mask=kpm)[:1], "eval, no grad")
+
+
+def test_deep_copies_inside_transformer_encoder_and_pickling(tmp_path):
+    # nn.TransformerEncoder deep-copies its layer; torch.save pickles the whole model: each
+    # copy computes with its own parameters
+    torch.manual_seed(20)
+    block = nn.TransformerEncoderLayer(8, 2, dim_feedforward=16, dropout=0.0, batch_first=True)
+    sd = block.self_attn.state_dict()
+    block.self_attn = mha.MultiheadAttention(8, 2, batch_first=True)
+    block.self_attn.load_state_dict(sd)
+    enc = nn.TransformerEncoder(block, 2, enable_nested_tensor=False)
+    with torch.no_grad():
+        enc.layers[1].self_attn.in_proj_weight.mul_(-0.5)  # the copies now differ
+    ref = nn.TransformerEncoder(nn.TransformerEncoderLayer(8, 2, dim_feedforward=16,
+                                                           dropout=0.0, batch_first=True), 2,
+                                enable_nested_tensor=False).double()
+    ref.load_state_dict(enc.state_dict(), strict=True)
+    x = torch.randn(2, 5, 8)
+    assert_close(enc(x), ref(x.double()), "two deep-copied layers")
+    path = tmp_path / "model.pt"
+    torch.save(enc, path)
+    loaded = torch.load(path, weights_only=False)
+    assert isinstance(loaded.layers[0].self_attn, mha.MultiheadAttention)
+    assert_close(loaded(x), ref(x.double()), "after torch.save / torch.load")
+
+
+def test_threads_calling_one_layer():
+    # two threads forward and backward through one layer at once: each result as alone
+    import concurrent.futures
+    torch.manual_seed(21)
+    layer = mha.MultiheadAttention(16, 4, batch_first=True)
+    xs = [torch.randn(2, 3 + i, 16) for i in range(8)]
+
+    def step(x):
+        xl = leaf(x)
+        out, _ = layer(xl, xl, xl)
+        (gx,) = torch.autograd.grad(out.square().sum(), [xl])
+        return out.detach(), gx
+
+    alone = [step(x) for x in xs]
+    with concurrent.futures.ThreadPoolExecutor(2) as pool:
+        together = list(pool.map(step, xs))
+    for i, ((o1, g1), (o2, g2)) in enumerate(zip(alone, together)):
+        assert torch.equal(o1, o2), f"call {i}: output differs when run in threads"
+        assert torch.equal(g1, g2), f"call {i}: gradient differs when run in threads"
 
 
 # -- from_file -------------------------------------------------------------------------------

@@ -201,6 +201,23 @@ def test_bad_shapes(case):
         BAD_SHAPES[case](layer())
 
 
+def test_non_contiguous_parameter():
+    # a parameter made of a transposed tensor: a clear refusal or the right result, never a
+    # result computed from the wrong layout
+    m = layer()
+    ref = torch.nn.MultiheadAttention(8, 2)
+    w = torch.randn(8, 24).t()
+    m.in_proj_weight = torch.nn.Parameter(w)
+    ref.in_proj_weight = torch.nn.Parameter(w.contiguous())
+    ref.load_state_dict(m.state_dict())
+    try:
+        out = m(X, X, X)[0]
+    except ValueError as e:
+        assert "contiguous" in str(e), str(e)
+    else:
+        torch.testing.assert_close(out, ref(X, X, X)[0], atol=1e-5, rtol=1e-5)
+
+
 def test_shape_message_names_the_callers_dimension():
     # batch_first=False: the caller's key is [S, N, kdim]; a batch size that differs from the
     # query's is key.shape[1] (not the library's internal [N, S, kdim] view's shape[0])

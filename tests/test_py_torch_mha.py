@@ -327,6 +327,70 @@ def test_inputs_without_grad_still_give_parameter_gradients():
         assert_close(p.grad, pr.grad, f"grad {n}", GRAD_TOL)
 
 
+@pytest.mark.parametrize("need_weights", [True, False])
+@pytest.mark.parametrize("value", [-1e9, torch.finfo(torch.float32).min], ids=["-1e9", "min"])
+def test_row_of_huge_negative_float_mask(value, need_weights):
+    # Additive masks use -1e9 or finfo.min (Hugging Face's padding): a query row whose every
+    # key has it (a padding row) rounds, in float32, to equal scores: uniform weights in
+    # PyTorch, not a masked row. The oracle is PyTorch in float32 here, as float64 would keep
+    # the scores that float32 inputs cannot. Weights and gradients as PyTorch's.
+    torch.manual_seed(22)
+    layer = mha.MultiheadAttention(8, 2, batch_first=True)
+    ref = nn.MultiheadAttention(8, 2, batch_first=True)
+    ref.load_state_dict(layer.state_dict())
+    x = torch.randn(2, 4, 8)
+    mask = torch.zeros(4, 4)
+    mask[1] = value
+    mask[2, :2] = value
+    out, w, g_m = run(layer, x, x, x, dict(key_padding_mask=None, attn_mask=mask,
+                                          need_weights=need_weights,
+                                          average_attn_weights=False, is_causal=False),
+                      torch.ones(2, 4, 8), False)
+    out_r, w_r, g_r = run(ref, x, x, x, dict(key_padding_mask=None, attn_mask=mask,
+                                            need_weights=need_weights,
+                                            average_attn_weights=False, is_causal=False),
+                          torch.ones(2, 4, 8), False)
+    assert_close(out, out_r, "output")
+    if need_weights:
+        assert_close(w[:, :, 1], torch.full((2, 2, 4), 0.25), "weights of the -1e9 row")
+        assert_close(w, w_r, "weights")
+    assert_grads_close(g_m, g_r, "huge negative mask row")
+
+
+def test_results_are_not_overwritten_by_later_calls():
+    # returned tensors are the caller's: later calls (with or without a graph, after the
+    # graph was freed) never write into them
+    torch.manual_seed(23)
+    layer = mha.MultiheadAttention(8, 2)
+    x = torch.randn(4, 2, 8, requires_grad=True)
+    out1, w1 = layer(x, x, x)
+    keep = out1.detach().clone(), w1.detach().clone()
+    out1.sum().backward()
+    with torch.no_grad():
+        out2, w2 = layer(x * 2, x, x)
+    keep2 = out2.clone(), w2.clone()
+    for _ in range(2):
+        y = torch.randn(4, 2, 8, requires_grad=True)
+        layer(y, y, y)[0].sum().backward()
+        layer(y.detach(), y.detach(), y.detach(), average_attn_weights=False)
+    assert torch.equal(out1.detach(), keep[0]) and torch.equal(w1.detach(), keep[1])
+    assert torch.equal(out2, keep2[0]) and torch.equal(w2, keep2[1])
+
+
+@pytest.mark.parametrize("shape", [(4, 0, 8), (0, 2, 8)], ids=["batch 0", "L 0"])
+def test_empty_batch_or_query(shape):
+    torch.manual_seed(24)
+    layer = mha.MultiheadAttention(8, 2)
+    ref = nn.MultiheadAttention(8, 2)
+    ref.load_state_dict(layer.state_dict())
+    x = torch.randn(shape, requires_grad=True)
+    out, w = layer(x, x, x)
+    out_r, w_r = ref(x, x, x)
+    assert out.shape == out_r.shape and w.shape == w_r.shape
+    out.sum().backward()
+    assert x.grad.shape == x.shape
+
+
 # -- documented difference: a fully masked row ---------------------------------------------
 
 @pytest.mark.parametrize("how", ["key_padding_mask", "attn_mask"])

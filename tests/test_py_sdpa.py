@@ -91,6 +91,18 @@ def test_random_configuration_matches_torch(c):
     compare(q, k, v, g, attn_mask=mask, is_causal=c["is_causal"], scale=c["scale"])
 
 
+@pytest.mark.parametrize("E,Ev", [(64, 64), (80, 80), (128, 128), (128, 32)])
+@pytest.mark.parametrize("is_causal", [False, True])
+def test_wide_heads_and_lengths_past_the_tiles(E, Ev, is_causal):
+    gen = torch.Generator().manual_seed(E + Ev)
+    q = torch.randn(1, 2, 150, E, generator=gen)
+    k = torch.randn(1, 2, 133, E, generator=gen)
+    v = torch.randn(1, 2, 133, Ev, generator=gen)
+    g = torch.randn(1, 2, 150, Ev, generator=gen)
+    mask = None if is_causal else sdpa_mask((1, 1, 150, 133), "float", gen, False)
+    compare(q, k, v, g, attn_mask=mask, is_causal=is_causal)
+
+
 def test_default_scale_is_one_over_sqrt_e():
     gen = torch.Generator().manual_seed(1)
     q, k, v = (torch.randn(2, 3, 7, 20, generator=gen) for _ in range(3))

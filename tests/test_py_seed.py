@@ -175,6 +175,25 @@ def test_random_configuration_matches_the_reference(c):
     assert_grads_close(g_m, g_r, "seed module")
 
 
+def test_two_forwards_then_one_backward():
+    # two calls of one module in one graph (an encoder applied twice, say)
+    torch.manual_seed(11)
+    layer = mha.MultiHeadAttention(12, 3).eval()
+    ref = float64_copy(SeedReference, layer, 12, 3).eval()
+    gen = torch.Generator().manual_seed(11)
+    x1, x2 = torch.randn(2, 5, 12, generator=gen), torch.randn(3, 8, 12, generator=gen)
+    mask = torch.ones(8, 8).tril()
+
+    def total(m, conv):
+        a, b = leaf(conv(x1)), leaf(conv(x2))
+        loss = m(a)[0].square().sum() + m(m(b, mask)[0], mask)[0].sum()
+        return torch.autograd.grad(loss, [a, b] + list(m.parameters()))
+
+    names = ["x1", "x2"] + [n for n, _ in layer.named_parameters()]
+    for name, got, want in zip(names, total(layer, lambda t: t), total(ref, lambda t: t.double())):
+        assert_close(got, want, f"two forwards: grad {name}", GRAD_TOL)
+
+
 def test_fully_masked_row_is_the_documented_difference():
     # mha: weights 0 and output W_o.bias on a row that masks every key (the reference's -1e9
     # gives uniform weights there); the other rows as the reference

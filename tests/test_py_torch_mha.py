@@ -9,6 +9,7 @@ Written from issue 9's contract, not from the implementation. Tolerances: see py
 """
 import math
 import random
+import warnings
 
 import pytest
 import torch
@@ -105,6 +106,10 @@ def run(layer, q, k, v, kwargs, g, as_ref):
         x = leaf(conv(q))
         inputs = {"x": x}
         q_, k_, v_ = x, x, x
+    elif k is v:
+        q_, m_ = leaf(conv(q)), leaf(conv(k))
+        inputs = {"query": q_, "memory": m_}
+        k_ = v_ = m_
     else:
         q_, k_, v_ = leaf(conv(q)), leaf(conv(k)), leaf(conv(v))
         inputs = {"query": q_, "key": k_, "value": v_}
@@ -270,6 +275,42 @@ def test_is_causal_hint_with_its_mask(need_weights, kind):
     out_y, _ = layer(y, y, y, attn_mask=causal_mask(6, 6, kind), is_causal=True,
                      need_weights=need_weights)
     assert_close(out_y[:, 0], out[:, 0].double(), "causal: first row independent of the rest")
+
+
+@pytest.mark.parametrize("hd", [32, 64, 80, 128])
+def test_wide_heads_and_lengths_past_the_tiles(hd):
+    # the kernels' head sizes and lengths that cross several tiles (and leave a partial one)
+    torch.manual_seed(25)
+    H = 2
+    gen = torch.Generator().manual_seed(hd)
+    q = torch.randn(2, 131, H * hd, generator=gen) * 0.5
+    kv = torch.randn(2, 97, H * hd, generator=gen) * 0.5
+    kpm = random_mask((2, 97), "bool", gen, p=0.2)
+    compare_call(dict(embed_dim=H * hd, num_heads=H, batch_first=True), q, kv, kv,
+                 key_padding_mask=kpm, average_attn_weights=False)
+
+
+@pytest.mark.parametrize("kinds", [("bool", "float"), ("float", "bool")],
+                         ids=["kpm bool, attn float", "kpm float, attn bool"])
+def test_mixed_mask_types(kinds):
+    # deprecated by PyTorch (a warning) but computed: both masks apply
+    gen = torch.Generator().manual_seed(26)
+    q, kv = torch.randn(5, 2, 12, generator=gen), torch.randn(7, 2, 12, generator=gen)
+    kpm = random_mask((2, 7), kinds[0], gen)
+    attn = random_mask((5, 7), kinds[1], gen)
+    kpm[:, 3] = False if kinds[0] == "bool" else 0.0
+    attn[:, 3] = False if kinds[1] == "bool" else 0.0
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", "Support for mismatched", UserWarning)
+        compare_call(dict(embed_dim=12, num_heads=3), q, kv, kv, key_padding_mask=kpm,
+                     attn_mask=attn)
+
+
+def test_key_is_value_memory():
+    # cross-attention to one memory tensor passed as key and value: its gradient is the sum
+    torch.manual_seed(27)
+    q, mem = torch.randn(2, 6, 16), torch.randn(2, 9, 16)
+    compare_call(dict(embed_dim=16, num_heads=4, batch_first=True), q, mem, mem)
 
 
 def test_self_attention_gradient_accumulates_over_query_key_value():
@@ -478,6 +519,10 @@ def test_dropout_reproducible_under_manual_seed_and_differs_across_seeds():
     wa = layer(q, kv, kv, average_attn_weights=False)[1]
     wb = layer(q, kv, kv, average_attn_weights=False)[1]
     assert not torch.equal(wa != 0, wb != 0), "two calls in a row dropped the same weights"
+    # averaged weights: the mean over heads of the same dropped weights
+    torch.manual_seed(1)
+    w_avg = layer(q, kv, kv)[1]
+    assert_close(w_avg, w1.double().mean(1), "averaged weights after dropout")
     # need_weights=False (the training path) is reproducible too, and is not the eval output
     outs = []
     for _ in range(2):

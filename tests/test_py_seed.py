@@ -108,6 +108,31 @@ def test_loaded_and_updated_parameters_are_used():
     assert_close(layer(x)[0], ref64(x.double())[0], "forward after the steps")
 
 
+@pytest.mark.parametrize("how", ["load_state_dict(assign=True)", "functional_call"])
+def test_parameters_replaced_from_outside(how):
+    # the module's parameters replaced by other tensors (assign=True, torch.func): computed
+    # with those, gradients to those
+    torch.manual_seed(6)
+    layer = mha.MultiHeadAttention(12, 3).eval()
+    new = {n: leaf(torch.randn(p.shape) * 0.3) for n, p in layer.named_parameters()}
+    ref = SeedReference(12, 3).double().eval()
+    ref_params = {n: leaf(p.double()) for n, p in new.items()}
+    x = torch.randn(2, 6, 12)
+    if how == "functional_call":
+        out = torch.func.functional_call(layer, new, (x,))[0]
+        targets = new
+    else:
+        layer.load_state_dict(new, assign=True)
+        out = layer(x)[0]
+        targets = dict(layer.named_parameters())
+    out_r = torch.func.functional_call(ref, ref_params, (x.double(),))[0]
+    assert_close(out, out_r, f"{how}: output")
+    out.square().sum().backward()
+    out_r.square().sum().backward()
+    for n in new:
+        assert_close(targets[n].grad, ref_params[n].grad, f"{how}: grad {n}", GRAD_TOL)
+
+
 # Masks: (shape as a function of B, H, T, dtype); every one leaves each query row a key.
 MASK_SHAPES = {
     "none": None,

@@ -701,6 +701,25 @@ def test_inside_transformer_encoder_layer():
                      ref(x.double(), src_key_padding_mask=kpm)[:1], "eval, no grad")
 
 
+def test_functional_call_substitutes_the_parameters():
+    # torch.func.functional_call (ensembles, meta-learning) swaps the parameters for a call:
+    # mha must compute with the swapped ones and give them their gradients
+    torch.manual_seed(28)
+    layer = mha.MultiheadAttention(8, 2, kdim=5, vdim=6)
+    ref = float64_copy(nn.MultiheadAttention, layer, 8, 2, kdim=5, vdim=6)
+    swapped = {n: leaf(p * 1.5 + 0.1) for n, p in layer.named_parameters()}
+    swapped_r = {n: leaf(p.double()) for n, p in swapped.items()}
+    q, k, v = torch.randn(4, 2, 8), torch.randn(3, 2, 5), torch.randn(3, 2, 6)
+    out = torch.func.functional_call(layer, swapped, (q, k, v))[0]
+    out_r = torch.func.functional_call(ref, swapped_r, (q.double(), k.double(), v.double()))[0]
+    assert_close(out, out_r, "functional_call: output")
+    out.square().sum().backward()
+    out_r.square().sum().backward()
+    for n in swapped:
+        assert_close(swapped[n].grad, swapped_r[n].grad, f"functional_call: grad {n}", GRAD_TOL)
+    assert all(p.grad is None for p in layer.parameters()), "the module's own got gradients"
+
+
 def test_deep_copies_inside_transformer_encoder_and_pickling(tmp_path):
     # nn.TransformerEncoder deep-copies its layer; torch.save pickles the whole model: each
     # copy computes with its own parameters

@@ -111,6 +111,13 @@ def test_default_scale_is_one_over_sqrt_e():
         q.double(), k.double(), v.double(), scale=0.5), "scale=0.5")
 
 
+@pytest.mark.parametrize("scale", [-0.6, 1e-6, 40.0])
+def test_two_dimensional_inputs_and_unusual_scales(scale):
+    gen = torch.Generator().manual_seed(9)
+    q, k, v = (torch.randn(n, 6, generator=gen) for n in (5, 7, 7))
+    compare(q, k, v, torch.randn(5, 6, generator=gen), scale=scale)
+
+
 @pytest.mark.parametrize("L,S", [(5, 5), (3, 8), (8, 3)])
 def test_is_causal_is_top_left(L, S):
     # PyTorch's is_causal: key j takes part in query row i iff j <= i, whatever L and S

@@ -106,3 +106,26 @@ def zero_fraction_bounds(n, p, sigmas=5.0):
     except with probability ~1e-6 (normal approximation of the binomial)."""
     sd = math.sqrt(p * (1.0 - p) / n)
     return p - sigmas * sd, p + sigmas * sd
+
+
+# Autograd nodes of PyTorch's own attention math: none may appear in the graph of an mha
+# result, whose gradient must come from mha's fused backward.
+TORCH_ATTENTION_NODES = ("Softmax", "ScaledDotProduct", "Bmm", "Baddbmm", "Addmm", "MmBackward",
+                         "Matmul", "Linear", "Einsum")
+
+
+def assert_mha_backward(t, what):
+    """Walks t's autograd graph: a custom autograd.Function's node (mha's) is there, and none
+    of PyTorch's attention math."""
+    seen, stack, names, custom = set(), [t.grad_fn], [], 0
+    while stack:
+        node = stack.pop()
+        if node is None or node in seen:
+            continue
+        seen.add(node)
+        names.append(type(node).__name__)
+        custom += isinstance(node, torch.autograd.function.BackwardCFunction)
+        stack.extend(f for f, _ in node.next_functions)
+    torch_math = [n for n in names if any(k in n for k in TORCH_ATTENTION_NODES)]
+    assert not torch_math, f"{what}: PyTorch computes the gradient: {torch_math} in {names}"
+    assert custom, f"{what}: no autograd.Function of mha's in the graph: {names}"

@@ -12,8 +12,8 @@ import torch
 import torch.nn.functional as F
 
 from mha.functional import scaled_dot_product_attention as sdpa
-from py_util import (GRAD_TOL, assert_close, keep_one, leaf, softmax_dropout_reference,
-                     zero_fraction_bounds)
+from py_util import (GRAD_TOL, assert_close, assert_mha_backward, keep_one, leaf,
+                     softmax_dropout_reference, zero_fraction_bounds)
 
 LAYOUTS = {"HLE": (3,), "BHLE": (2, 3), "ABHLE": (2, 2, 3), "BHLE-1": (1, 1)}
 
@@ -101,6 +101,12 @@ def test_wide_heads_and_lengths_past_the_tiles(E, Ev, is_causal):
     g = torch.randn(1, 2, 150, Ev, generator=gen)
     mask = None if is_causal else sdpa_mask((1, 1, 150, 133), "float", gen, False)
     compare(q, k, v, g, attn_mask=mask, is_causal=is_causal)
+
+
+def test_gradients_come_from_mhas_backward():
+    for shape in ((2, 3, 4, 8), (3, 4, 8), (2, 2, 3, 4, 8)):
+        q = torch.randn(shape, requires_grad=True)
+        assert_mha_backward(sdpa(q, q, q, is_causal=True, dropout_p=0.1), str(shape))
 
 
 def test_default_scale_is_one_over_sqrt_e():

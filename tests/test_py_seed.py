@@ -14,8 +14,8 @@ import torch
 import torch.nn as nn
 
 import mha
-from py_util import (GRAD_TOL, assert_close, assert_grads_close, float64_copy, grads, keep_one,
-                     leaf, zero_fraction_bounds)
+from py_util import (GRAD_TOL, assert_close, assert_grads_close, assert_mha_backward,
+                     float64_copy, grads, keep_one, leaf, zero_fraction_bounds)
 
 
 class SeedReference(nn.Module):
@@ -57,6 +57,12 @@ def test_state_dict_is_the_seed_modules():
         assert isinstance(lin, nn.Linear) and lin.in_features == lin.out_features == 16
         assert lin.bias is not None
     assert all(t.dtype == torch.float32 for t in layer.state_dict().values())
+
+
+def test_gradients_come_from_mhas_backward():
+    layer = mha.MultiHeadAttention(8, 2)
+    x = torch.randn(2, 3, 8, requires_grad=True)
+    assert_mha_backward(layer(x, torch.ones(3, 3).tril())[0], "seed module")
 
 
 def test_same_initial_values_as_the_reference_under_manual_seed():

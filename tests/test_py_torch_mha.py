@@ -17,9 +17,9 @@ import torch.nn as nn
 from safetensors.torch import save_file
 
 import mha
-from py_util import (GRAD_TOL, assert_close, assert_grads_close, causal_mask, float64_copy,
-                     grads, leaf, random_mask, softmax_dropout_reference, to_ref,
-                     zero_fraction_bounds)
+from py_util import (GRAD_TOL, assert_close, assert_grads_close, assert_mha_backward,
+                     causal_mask, float64_copy, grads, leaf, random_mask,
+                     softmax_dropout_reference, to_ref, zero_fraction_bounds)
 
 MASK_KINDS = ["none", "kpm_bool", "kpm_float", "attn2_bool", "attn2_float", "attn3_bool",
               "attn3_float", "both_bool", "both_float", "causal_bool", "causal_float"]
@@ -187,6 +187,20 @@ def test_state_dict_of_another_shape_is_refused():
         layer.load_state_dict(nn.MultiheadAttention(8, 4).state_dict(), strict=True)
     with pytest.raises(RuntimeError, match="Missing key"):
         layer.load_state_dict(nn.MultiheadAttention(16, 4, kdim=5).state_dict(), strict=True)
+
+
+@pytest.mark.parametrize("kw", [dict(), dict(batch_first=True), dict(kdim=5, vdim=7)], ids=str)
+def test_gradients_come_from_mhas_backward(kw):
+    torch.manual_seed(29)
+    layer = mha.MultiheadAttention(8, 2, **kw)
+    lead = (lambda n: (2, n)) if kw.get("batch_first") else (lambda n: (n, 2))
+    q = torch.randn(lead(3) + (8,), requires_grad=True)
+    k = torch.randn(lead(4) + (kw.get("kdim", 8),), requires_grad=True)
+    v = torch.randn(lead(4) + (kw.get("vdim", 8),), requires_grad=True)
+    for need_weights in (True, False):
+        assert_mha_backward(layer(q, k, v, need_weights=need_weights)[0], str(kw))
+    x = torch.randn(3, 8, requires_grad=True)  # unbatched self-attention, parameters only
+    assert_mha_backward(mha.MultiheadAttention(8, 2)(x, x, x)[0], "unbatched")
 
 
 def test_parameter_updates_are_seen_by_the_next_forward():

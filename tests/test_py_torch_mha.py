@@ -327,6 +327,27 @@ def test_key_is_value_memory():
     compare_call(dict(embed_dim=16, num_heads=4, batch_first=True), q, mem, mem)
 
 
+@pytest.mark.parametrize("E,H", [(8, 2), (1, 1)])
+def test_upstream_gradient_with_zero_strides(E, H):
+    # out.sum().backward() hands the backward an expanded tensor (every stride 0), and a
+    # broadcast upstream gradient has stride 0 in an outer dimension: read as the values
+    torch.manual_seed(30)
+    layer = mha.MultiheadAttention(E, H)
+    ref = float64_copy(nn.MultiheadAttention, layer, E, H)
+    x = torch.randn(4, 3, E)
+    for g in (None, torch.randn(4, 1, E).expand(4, 3, E)):
+        xl, xr = leaf(x), leaf(x.double())
+        out, out_r = layer(xl, xl, xl)[0], ref(xr, xr, xr)[0]
+        if g is None:
+            out.sum().backward()
+            out_r.sum().backward()
+        else:
+            out.backward(g)
+            out_r.backward(g.double())
+        assert_close(xl.grad, xr.grad, f"grad x (upstream {'sum' if g is None else 'expanded'})",
+                     GRAD_TOL)
+
+
 def test_self_attention_gradient_accumulates_over_query_key_value():
     # one tensor passed three times: its gradient is the sum of the three (autograd's rule)
     torch.manual_seed(6)

@@ -126,7 +126,10 @@ def _mask(m, lead, B, H, L, S, causal, fn):
     x = ~m if is_bool else m.to(torch.float32)
     xf = x.reshape((1,) * (len(full) - x.dim()) + tuple(x.shape))  # right-aligned to full
     if all(d == 1 for d in xf.shape[:-2]):
-        shared = xf.reshape(xf.shape[-2:]).expand(L, S).contiguous()
+        shared = xf.reshape(xf.shape[-2:]).expand(L, S)
+        if T.is_causal_mask(shared, True if is_bool else float("-inf")):
+            return T.MaskArg(causal=1)  # the same numbers without the mask, half the work
+        shared = shared.contiguous()
         return T.MaskArg(causal, attn_bool=shared) if is_bool else \
             T.MaskArg(causal, attn_float=shared)
     if is_bool and len(full) == 4 and xf.shape[1] == 1 and xf.shape[2] == 1:

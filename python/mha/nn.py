@@ -262,6 +262,9 @@ class MultiheadAttention(nn.MultiheadAttention):
                              batched=True)
         kp = T.bool_bytes(kpm) if kpm is not None else None
         ab = af = None
+        if attn_mask is not None and attn_mask.dim() == 2 and T.is_causal_mask(
+                attn_mask, True if attn_mask.dtype == torch.bool else float("-inf")):
+            return T.MaskArg(causal=1, key_padding=kp)  # the same numbers, half the work
         if attn_mask is not None:
             if attn_mask.dtype == torch.bool:
                 ab = T.bool_bytes(attn_mask)
@@ -406,7 +409,10 @@ class MultiHeadAttention(nn.Module):
             raise ValueError(f"{fn}: mask: got shape {_shape(mask)}, expected a shape "
                              f"broadcastable to [{B}, {H}, {L}, {L}]") from None
         if m4.shape[0] == 1 and m4.shape[1] == 1:
-            return T.MaskArg(attn_bool=T.bool_bytes(m4[0, 0].expand(L, L)))
+            shared = m4[0, 0].expand(L, L)
+            if T.is_causal_mask(shared, True):  # torch.tril(ones): the causal flag
+                return T.MaskArg(causal=1)
+            return T.MaskArg(attn_bool=T.bool_bytes(shared))
         if m4.shape[1] == 1 and m4.shape[2] == 1:
             return T.MaskArg(key_padding=T.bool_bytes(m4[:, 0, 0].expand(B, L)))
         full = m4.expand(B, H, L, L).reshape(B * H, L, L)

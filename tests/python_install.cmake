@@ -7,7 +7,7 @@
 #                  the layout `make` uses and the package looks for.
 add_test(NAME python_wheel COMMAND ${MHA_PYTHON} ${CMAKE_CURRENT_SOURCE_DIR}/python_install.py
   wheel ${CMAKE_SOURCE_DIR} ${CMAKE_BINARY_DIR})
-set_tests_properties(python_wheel PROPERTIES TIMEOUT 600)
+set_tests_properties(python_wheel PROPERTIES TIMEOUT 300)
 if(CMAKE_BINARY_DIR STREQUAL "${CMAKE_SOURCE_DIR}/build")
   add_test(NAME python_checkout
     COMMAND ${MHA_PYTHON} ${CMAKE_CURRENT_SOURCE_DIR}/python_install.py

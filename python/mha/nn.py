@@ -189,7 +189,7 @@ class MultiheadAttention(nn.MultiheadAttention):
                           and not need_weights, batched, N, H, L, S, fn)
         names, ps = self._params()
         if N == 0 or L == 0:  # nothing to attend from: an empty output, as PyTorch's
-            out = F.linear(q, ps[-2], ps[-1] if self.in_proj_bias is not None else None)
+            out = F.linear(q, self.out_proj.weight, self.out_proj.bias)
             w = None if not need_weights else torch.zeros(
                 (N, L, S) if average_attn_weights else (N, H, L, S))
             if not batched and w is not None:

@@ -65,8 +65,9 @@
  *                       without it contiguous inputs are read in place, uncopied.
  *   mha_module_backward about as much again as the forward's activations, plus one copy of the
  *                       parameters and the core backward's workspace.
- *   Both keep their buffers (not the weights or the core's workspace) in the module and reuse
- *   them on the next call of the same sizes; mha_module_free releases them (a forward that
+ *   Both keep their buffers (not the core's workspace; the per-head weights' scratch only while
+ *   calls ask for averaged weights) in the module and reuse them on the next call of the same
+ *   sizes; mha_module_free releases them (a forward that
  *   fails with MHA_ERR_NOMEM releases them all, a backward its own).
  *   Example: the causal forward at B=1, L=S=32768, E=512, H=8 peaks under 0.5 GiB resident,
  *   inputs and outputs included (BENCHMARKS.md).

@@ -2,8 +2,11 @@
  * all three): parameters in caller-owned memory (mha_module_param_bind), saved forwards moved
  * out and back so that several forwards can precede their backwards (mha_module_saved_take /
  * _restore), and a dropout stream positioned per call (mha_module_set_dropout_rng). Each is
- * checked bitwise against a plain module doing the same computation the ordinary way. */
+ * checked bitwise against a plain module doing the same computation the ordinary way. Also the
+ * forward's scratch (the per-head weights averaged for need_weights) kept between calls. */
 #include "harness.h"
+#include "core/internal.h"        /* mha__alloc_count */
+#include "attn/module_internal.h" /* the kept scratch m->fws */
 
 #include <string.h>
 
@@ -182,9 +185,45 @@ TEST(dropout_stream_positioned) {
     mha_ctx_free(ctx);
 }
 
+/* Averaged weights go through a per-head scratch [B, H, L, S] (128 MiB at B*H*L*S = 2^25):
+ * kept by the module for the next call (no allocation, no fresh pages), released by a call
+ * that needs none, the same bits either way. */
+TEST(forward_scratch_kept_between_calls) {
+    mha_ctx *ctx;
+    ASSERT_OK(ctx, mha_ctx_create(&ctx));
+    mha_module *m = make(ctx, 9, 0.0f), *f = make(ctx, 9, 0.0f);
+    ASSERT_TRUE(m && f);
+    static float x[N], y[N], yf[N], w[B * L * L], wf[B * L * L];
+    fill(x, N, 0.19, 0.75);
+    int64_t s[3] = {B, L, E}, ws[3] = {B, L, L};
+    mha_tensor tx = mha_tensor_make(x, 3, s), ty = mha_tensor_make(y, 3, s);
+    mha_tensor tw = mha_tensor_make(w, 3, ws);
+    mha_forward_opts fo = mha_forward_opts_default();
+    fo.save_for_backward = 0;
+    ASSERT_OK(ctx, mha_module_forward(ctx, m, &fo, &tx, NULL, NULL, NULL, &ty, &tw));
+    void *kept = m->fws.p;
+    ASSERT_TRUE(kept != NULL);
+    long a0 = mha__alloc_count();
+    ASSERT_OK(ctx, mha_module_forward(ctx, m, &fo, &tx, NULL, NULL, NULL, &ty, &tw));
+    long a1 = mha__alloc_count();
+    ASSERT_TRUE(m->fws.p == kept);
+    mha_tensor tyf = mha_tensor_make(yf, 3, s), twf = mha_tensor_make(wf, 3, ws);
+    ASSERT_OK(ctx, mha_module_forward(ctx, f, &fo, &tx, NULL, NULL, NULL, &tyf, &twf));
+    /* A fresh module allocates its kept workspace, the packing workspace and the scratch; the
+     * call of the same shape none of them (the core's own per-call workspace in both). */
+    ASSERT_TRUE(a1 - a0 + 3 <= mha__alloc_count() - a1);
+    ASSERT_TRUE(memcmp(y, yf, sizeof y) == 0 && memcmp(w, wf, sizeof w) == 0);
+    ASSERT_OK(ctx, mha_module_forward(ctx, m, &fo, &tx, NULL, NULL, NULL, &ty, NULL));
+    ASSERT_TRUE(m->fws.p == NULL); /* no weights: nothing kept for them */
+    mha_module_free(m);
+    mha_module_free(f);
+    mha_ctx_free(ctx);
+}
+
 int main(void) {
     RUN(saved_forwards_taken_and_restored);
     RUN(parameters_bound_to_caller_memory);
     RUN(dropout_stream_positioned);
+    RUN(forward_scratch_kept_between_calls);
     return harness_report();
 }

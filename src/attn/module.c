@@ -323,6 +323,7 @@ void mha_module_free(mha_module *m) {
     }
     m->saved = NULL;
     buf_free(&m->st.ws);
+    buf_free(&m->fws);
     bwd_release(m);
     mha__free(m);
 }
@@ -494,11 +495,11 @@ static mha_status fwd_check_outputs(mha_ctx *ctx, const mha_module *m, const fwd
     return mha__attn_check_aliases(ctx, FN_FWD, out, 2, in, 3);
 }
 
-/* Declares the kept workspace (into m->st.ws, views in v) and the scratch (one allocation
- * *scratch, views in sc): input copies only where the backward needs them or the strides force
- * one, mask copies only with save_for_backward. */
+/* Declares the kept workspace (into m->st.ws, views in v) and the scratch (into m->fws, views
+ * in sc; released when a call needs none): input copies only where the backward needs them or
+ * the strides force one, mask copies only with save_for_backward. */
 static mha_status fwd_plan(mha_ctx *ctx, mha_module *m, const fwd_call *c, fwd_views *v,
-                           void **scratch, fwd_scratch *sc) {
+                           fwd_scratch *sc) {
     const int64_t E = m->cfg.embed_dim, H = m->cfg.num_heads, B = c->B, L = c->L, S = c->S;
     const int64_t BL = B * L, BS = c->self ? 0 : B * S;
     const mha_mask *mk = c->save ? c->mask : NULL;
@@ -525,12 +526,12 @@ static mha_status fwd_plan(mha_ctx *ctx, mha_module *m, const fwd_call *c, fwd_v
     MHA__PLAN_ADD(&pl, fwd_scratch, wheads, sizeof(float),
                   c->weights && c->opts->average_weights ? B * H * L : 0, S);
     MHA__PLAN_ADD(&pl, fwd_scratch, y, sizeof(float), rows_ld(c->out) < 0 ? BL : 0, E);
-    *scratch = NULL;
     memset(sc, 0, sizeof *sc);
-    if (!pl.bad && pl.per_copy == 0) return MHA_OK; /* no scratch this call */
-    if ((st = mha__plan_alloc(&pl, ctx, FN_FWD, 1, scratch))) return st;
-    mha__plan_point(&pl, *scratch, 0, sc);
-    return MHA_OK;
+    if (!pl.bad && pl.per_copy == 0) { /* no scratch this call */
+        buf_free(&m->fws);
+        return MHA_OK;
+    }
+    return kept_point(ctx, FN_FWD, &pl, &m->fws, sc);
 }
 
 /* The rows of the [B, R, X] input t: its own memory when in place (*ld its row stride), else
@@ -676,15 +677,14 @@ mha_status mha_module_forward(mha_ctx *ctx, mha_module *m, const mha_forward_opt
     m->saved = NULL;
     fwd_views v;
     fwd_scratch sc;
-    void *scratch = NULL;
-    if (!(st = fwd_plan(ctx, m, &c, &v, &scratch, &sc))) {
+    if (!(st = fwd_plan(ctx, m, &c, &v, &sc))) {
         fwd_inputs(m, &c, &v);
         if (!(st = fwd_project(ctx, m)) && !(st = fwd_attend(ctx, m, &c, sc.wheads)))
             st = fwd_output(ctx, m, &c, &sc);
     }
-    mha__free(scratch);
     if (st == MHA_ERR_NOMEM) { /* give the memory back; the next call starts afresh */
         buf_free(&m->st.ws);
+        buf_free(&m->fws);
         bwd_release(m);
     }
     if (st) return st;

@@ -861,3 +861,27 @@ def test_from_file_with_prefix_batch_first_and_dropout(tmp_path):
     _, w = layer(x, x, x, average_attn_weights=False)
     lo, hi = zero_fraction_bounds(w.numel(), 0.5)
     assert lo < (w == 0).double().mean().item() < hi, "from_file(dropout=0.5) in training"
+
+
+def test_expanded_inputs_get_dense_gradients():
+    # An input broadcast with expand() has stride 0: its gradient cannot have that layout (the
+    # rows would share memory), so mha gives it dense strides; autograd sums it back
+    torch.manual_seed(25)
+    layer = mha.MultiheadAttention(8, 2, batch_first=True)
+    ref = nn.MultiheadAttention(8, 2, batch_first=True)
+    ref.load_state_dict(layer.state_dict())
+    x, m = leaf(torch.randn(1, 5, 8)), leaf(torch.randn(1, 1, 8))
+    x2, m2 = leaf(x.detach()), leaf(m.detach())
+    g = torch.randn(3, 5, 8)  # a different gradient per batch element: per-batch grads differ
+    for lay, xx, mm in ((layer, x, m), (ref, x2, m2)):
+        xe, me = xx.expand(3, 5, 8), mm.expand(3, 4, 8)
+        ((lay(xe, xe, xe)[0] * g).sum() + (lay(xe, me, me)[0] * g).sum()).backward()
+    assert_close(x.grad, x2.grad, "expanded query")
+    assert_close(m.grad, m2.grad, "expanded memory")
+    # the seed module: its input broadcast the same way
+    seed = mha.MultiHeadAttention(8, 2, dropout=0.0)
+    z = leaf(torch.randn(1, 5, 8))
+    (seed(z.expand(3, 5, 8))[0] * g).sum().backward()
+    z2 = leaf(z.detach())
+    (seed(z2.expand(3, 5, 8).contiguous())[0] * g).sum().backward()
+    assert_close(z.grad, z2.grad, "expanded seed input")

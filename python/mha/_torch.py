@@ -288,8 +288,19 @@ class LayerCall:
         return dq, dk, dv, grads
 
 
-def _meta(t):
-    return (tuple(t.shape), tuple(t.stride())) if t is not None else None
+def grad_layout(t):
+    """The shape and strides a gradient of t gets: t's own (a transposed view's gradient is
+    laid out as the view, then transposed back for free), or contiguous strides when t's
+    elements share memory (an expanded tensor: stride 0), which a gradient cannot."""
+    if t is None:
+        return None
+    if any(st == 0 and n > 1 for n, st in zip(t.shape, t.stride())):
+        stride, acc = [], 1
+        for n in reversed(t.shape):
+            stride.append(acc)
+            acc *= max(n, 1)
+        return tuple(t.shape), tuple(reversed(stride))
+    return tuple(t.shape), tuple(t.stride())
 
 
 class LayerFunction(torch.autograd.Function):
@@ -302,7 +313,7 @@ class LayerFunction(torch.autograd.Function):
     def forward(ctx, call, q, k, v, *params):
         out, weights, saved = call.run_forward(q, k, v, save=True)
         ctx.call, ctx.saved_c = call, saved
-        ctx.metas = (_meta(q), _meta(k), _meta(v))
+        ctx.metas = (grad_layout(q), grad_layout(k), grad_layout(v))
         ctx.save_for_backward(*params)  # autograd's check that they are unchanged at backward
         ctx.set_materialize_grads(False)
         if weights is None:

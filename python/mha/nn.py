@@ -426,7 +426,7 @@ class _SeedFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, call, x, wq, bq, wk, bk, wv, bv, wo, bo):
         out, weights, saved = call.run_forward(x, None, None, save=True)
-        ctx.call, ctx.saved_c, ctx.xmeta = call, saved, (tuple(x.shape), tuple(x.stride()))
+        ctx.call, ctx.saved_c, ctx.xmeta = call, saved, T.grad_layout(x)
         ctx.save_for_backward(*call.values, wq, wk, wv, bq, bk, bv, wo, bo)
         ctx.set_materialize_grads(False)
         return out, weights

@@ -116,6 +116,23 @@ def is_causal_mask(m, excluded):
     return torch.equal(m, pat)
 
 
+def check_mask(m, name, fn):
+    """A mask must be a bool or floating tensor on the CPU (PyTorch 2.13 refuses other types);
+    a float mask that requires grad is refused (no gradient flows into masks)."""
+    if m is None:
+        return
+    if not isinstance(m, torch.Tensor):
+        raise ValueError(f"{fn}: {name}: got {type(m).__name__}, expected a torch.Tensor")
+    if m.device.type != "cpu":
+        raise ValueError(f"{fn}: {name}: got a tensor on {m.device}, expected a CPU tensor")
+    if m.dtype != torch.bool and not m.is_floating_point():
+        raise ValueError(f"{fn}: {name}.dtype: got {m.dtype}, expected torch.bool or a float "
+                         "type (as PyTorch 2.13, which refuses other mask types)")
+    if m.is_floating_point() and m.requires_grad and torch.is_grad_enabled():
+        raise NotImplementedError(f"{fn}: {name}: the gradient with respect to a float mask is "
+                                  f"not supported (pass {name}.detach())")
+
+
 def bool_bytes(m):
     """A bool tensor as contiguous bytes the library reads as uint8 (nonzero = excluded)."""
     return m.contiguous()
@@ -303,6 +320,34 @@ def grad_layout(t):
     return tuple(t.shape), tuple(t.stride())
 
 
+def layer_forward(ctx, call, q, k, v, keep):
+    """The forward both layer Functions share: runs the call saving its state into ctx, and
+    saves the tensors keep (the parameters: autograd checks at backward time that they were
+    not changed in place)."""
+    out, weights, saved = call.run_forward(q, k, v, save=True)
+    ctx.call, ctx.saved_c = call, saved
+    ctx.metas = (grad_layout(q), grad_layout(k), grad_layout(v))
+    ctx.save_for_backward(*keep)
+    ctx.set_materialize_grads(False)
+    return out, weights
+
+
+def layer_backward(ctx, dout, dweights, values):
+    """The backward both layer Functions share: (dq, dk, dv, parameter grads), or None when
+    the output has no gradient. values: the parameters the forward ran with."""
+    if dweights is not None:
+        raise NotImplementedError(
+            "mha: the gradient through the returned attention weights is not supported (mha's "
+            "backward differentiates the output; detach the weights, or use them without "
+            "backpropagating through them)")
+    if dout is None:
+        return None
+    if ctx.saved_c.ptr is None:
+        raise RuntimeError("mha: the saved state of this layer call is gone (an earlier "
+                           "backward through it failed)")
+    return ctx.call.run_backward(ctx.saved_c, dout, values, *ctx.metas)
+
+
 class LayerFunction(torch.autograd.Function):
     """out, weights = layer(q, k, v) with mha's fused forward and backward. Parameters are
     inputs (their gradients are returned, autograd accumulates them); the C module's saved
@@ -311,31 +356,14 @@ class LayerFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, call, q, k, v, *params):
-        out, weights, saved = call.run_forward(q, k, v, save=True)
-        ctx.call, ctx.saved_c = call, saved
-        ctx.metas = (grad_layout(q), grad_layout(k), grad_layout(v))
-        ctx.save_for_backward(*params)  # autograd's check that they are unchanged at backward
-        ctx.set_materialize_grads(False)
-        if weights is None:
-            return out, None
-        return out, weights
+        return layer_forward(ctx, call, q, k, v, params)
 
     @staticmethod
     def backward(ctx, dout, dweights):
-        if dweights is not None:
-            raise NotImplementedError(
-                "mha: the gradient through the returned attention weights is not supported "
-                "(mha's backward differentiates the output; detach the weights, or use them "
-                "without backpropagating through them)")
-        nparams = len(ctx.call.names)
-        if dout is None:
-            return (None,) * (4 + nparams)
-        if ctx.saved_c.ptr is None:
-            raise RuntimeError("mha: the saved state of this layer call is gone (an earlier "
-                               "backward through it failed)")
-        values = ctx.saved_tensors
-        qm, km, vm = ctx.metas
-        dq, dk, dv, grads = ctx.call.run_backward(ctx.saved_c, dout, values, qm, km, vm)
+        r = layer_backward(ctx, dout, dweights, ctx.saved_tensors)
+        if r is None:
+            return (None,) * (4 + len(ctx.call.names))
+        dq, dk, dv, grads = r
         return (None, dq, dk, dv) + tuple(grads)
 
 

@@ -105,16 +105,7 @@ def _mask(m, lead, B, H, L, S, causal, fn):
     excluded), float added; [L, S] shared, [B, 1, 1, S] as key padding, else [B*H, L, S]."""
     if m is None:
         return T.MaskArg(causal=causal) if causal else T.NO_MASK
-    if not isinstance(m, torch.Tensor):
-        raise ValueError(f"{fn}: attn_mask: got {type(m).__name__}, expected a torch.Tensor")
-    if m.device.type != "cpu":
-        raise ValueError(f"{fn}: attn_mask: got a tensor on {m.device}, expected a CPU tensor")
-    if m.dtype != torch.bool and not m.is_floating_point():
-        raise ValueError(f"{fn}: attn_mask.dtype: got {m.dtype}, expected torch.bool or a float "
-                         "type")
-    if m.is_floating_point() and m.requires_grad and torch.is_grad_enabled():
-        raise NotImplementedError(f"{fn}: attn_mask: the gradient with respect to a float mask "
-                                  "is not supported (pass attn_mask.detach())")
+    T.check_mask(m, "attn_mask", fn)
     full = lead + (L, S)
     try:
         if torch.broadcast_shapes(m.shape, full) != torch.Size(full):

@@ -33,21 +33,6 @@ _NAMES_SEP = (b"q_proj_weight", b"k_proj_weight", b"v_proj_weight", b"in_proj_bi
 _NAMES_SEP_NB = (b"q_proj_weight", b"k_proj_weight", b"v_proj_weight", b"out_proj.weight")
 
 
-def _check_mask_dtype(m, name, fn):
-    if m is None:
-        return
-    if not isinstance(m, torch.Tensor):
-        raise ValueError(f"{fn}: {name}: got {type(m).__name__}, expected a torch.Tensor")
-    if m.device.type != "cpu":
-        raise ValueError(f"{fn}: {name}: got a tensor on {m.device}, expected a CPU tensor")
-    if m.dtype != torch.bool and not m.is_floating_point():
-        raise ValueError(f"{fn}: {name}.dtype: got {m.dtype}, expected torch.bool or a float "
-                         "type (as PyTorch 2.13, which refuses other mask types)")
-    if m.is_floating_point() and m.requires_grad and torch.is_grad_enabled():
-        raise NotImplementedError(f"{fn}: {name}: the gradient with respect to a float mask is "
-                                  "not supported (pass mask.detach())")
-
-
 def _shape(t):
     return "[" + ", ".join(str(d) for d in t.shape) + "]"
 
@@ -168,8 +153,8 @@ class MultiheadAttention(nn.MultiheadAttention):
                     raise ValueError(f"{fn}: {name}: got a {t.dim()}-D tensor {_shape(t)}, "
                                      f"expected {query.dim()}-D as query")
         self._check_shapes(query, key, value, self_attn, batched, fn)
-        _check_mask_dtype(key_padding_mask, "key_padding_mask", fn)
-        _check_mask_dtype(attn_mask, "attn_mask", fn)
+        T.check_mask(key_padding_mask, "key_padding_mask", fn)
+        T.check_mask(attn_mask, "attn_mask", fn)
         if is_causal and attn_mask is None:
             raise RuntimeError("Need attn_mask if specifying the is_causal hint. You may use the "
                                "Transformer module method `generate_square_subsequent_mask` to "
@@ -425,26 +410,16 @@ class _SeedFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, call, x, wq, bq, wk, bk, wv, bv, wo, bo):
-        out, weights, saved = call.run_forward(x, None, None, save=True)
-        ctx.call, ctx.saved_c, ctx.xmeta = call, saved, T.grad_layout(x)
-        ctx.save_for_backward(*call.values, wq, wk, wv, bq, bk, bv, wo, bo)
-        ctx.set_materialize_grads(False)
-        return out, weights
+        # call.values (the packed views the C layer reads) first: the backward's values
+        return T.layer_forward(ctx, call, x, None, None,
+                               (*call.values, wq, wk, wv, bq, bk, bv, wo, bo))
 
     @staticmethod
     def backward(ctx, dout, dweights):
-        if dweights is not None:
-            raise NotImplementedError(
-                "mha: the gradient through the returned attention weights is not supported "
-                "(detach them, or use them without backpropagating through them)")
-        if dout is None:
+        r = T.layer_backward(ctx, dout, dweights, ctx.saved_tensors[:4])
+        if r is None:
             return (None,) * 10
-        if ctx.saved_c.ptr is None:
-            raise RuntimeError("mha: the saved state of this module call is gone (an earlier "
-                               "backward through it failed)")
-        saved = ctx.saved_tensors
-        values = saved[:4]
-        dx, _, _, g = ctx.call.run_backward(ctx.saved_c, dout, values, ctx.xmeta, None, None)
+        dx, _, _, g = r
         gw, gb, gwo, gbo = g
         E = gwo.shape[0]
         return (None, dx, gw[:E], gb[:E], gw[E:2 * E], gb[E:2 * E], gw[2 * E:], gb[2 * E:],

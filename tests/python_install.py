@@ -123,9 +123,10 @@ def wheel(src, build):
           for d, dirs, files in os.walk(pkg) if "__pycache__" not in d
           for f in files if f.endswith(".py")}
     files = {n for n in names if ".dist-info/" not in n}
-    check(files == py | {"mha/libmha.so"},
+    want = py | {"mha/libmha.so"}
+    check(files == want,
           f"wheel holds python/mha's {len(py)} .py files and mha/libmha.so, nothing else: "
-          f"missing {sorted((py | {'mha/libmha.so'}) - files)}, extra {sorted(files - py - {'mha/libmha.so'})}")
+          f"missing {sorted(want - files)}, extra {sorted(files - want)}")
     if check(meta is not None, f"wheel has {meta_name}"):
         reqs = meta.get_all("Requires-Dist") or []
         check(meta["Name"] == "mha" and meta["Version"] == version,

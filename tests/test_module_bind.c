@@ -3,7 +3,7 @@
  * out and back so that several forwards can precede their backwards (mha_module_saved_take /
  * _restore), and a dropout stream positioned per call (mha_module_set_dropout_rng). Each is
  * checked bitwise against a plain module doing the same computation the ordinary way. Also the
- * forward's scratch (the per-head weights averaged for need_weights) kept between calls. */
+ * forward's scratch (staging rows for a strided output) kept between calls. */
 #include "harness.h"
 #include "core/internal.h"        /* mha__alloc_count */
 #include "attn/module_internal.h" /* the kept scratch m->fws */
@@ -185,9 +185,10 @@ TEST(dropout_stream_positioned) {
     mha_ctx_free(ctx);
 }
 
-/* Averaged weights go through a per-head scratch [B, H, L, S] (128 MiB at B*H*L*S = 2^25):
- * kept by the module for the next call (no allocation, no fresh pages), released by a call
- * that needs none, the same bits either way. */
+/* An output whose strides rule out writing rows in place (a [B, L, E] view of [L, B, E]
+ * memory, as a sequence-first caller has) goes through staging rows, kept by the module for
+ * the next call (no allocation), released by a call that needs none, the same bits either
+ * way; averaged weights need no scratch (the core averages them itself). */
 TEST(forward_scratch_kept_between_calls) {
     mha_ctx *ctx;
     ASSERT_OK(ctx, mha_ctx_create(&ctx));
@@ -195,8 +196,8 @@ TEST(forward_scratch_kept_between_calls) {
     ASSERT_TRUE(m && f);
     static float x[N], y[N], yf[N], w[B * L * L], wf[B * L * L];
     fill(x, N, 0.19, 0.75);
-    int64_t s[3] = {B, L, E}, ws[3] = {B, L, L};
-    mha_tensor tx = mha_tensor_make(x, 3, s), ty = mha_tensor_make(y, 3, s);
+    int64_t s[3] = {B, L, E}, st[3] = {E, B * E, 1}, ws[3] = {B, L, L};
+    mha_tensor tx = mha_tensor_make(x, 3, s), ty = mha_tensor_strided(y, 3, s, st);
     mha_tensor tw = mha_tensor_make(w, 3, ws);
     mha_forward_opts fo = mha_forward_opts_default();
     fo.save_for_backward = 0;
@@ -207,14 +208,15 @@ TEST(forward_scratch_kept_between_calls) {
     ASSERT_OK(ctx, mha_module_forward(ctx, m, &fo, &tx, NULL, NULL, NULL, &ty, &tw));
     long a1 = mha__alloc_count();
     ASSERT_TRUE(m->fws.p == kept);
-    mha_tensor tyf = mha_tensor_make(yf, 3, s), twf = mha_tensor_make(wf, 3, ws);
+    mha_tensor tyf = mha_tensor_strided(yf, 3, s, st), twf = mha_tensor_make(wf, 3, ws);
     ASSERT_OK(ctx, mha_module_forward(ctx, f, &fo, &tx, NULL, NULL, NULL, &tyf, &twf));
     /* A fresh module allocates its kept workspace, the packing workspace and the scratch; the
-     * call of the same shape none of them (the core's own per-call workspace in both). */
+     * call of the same shape none of them (the core's own per-call workspaces in both). */
     ASSERT_TRUE(a1 - a0 + 3 <= mha__alloc_count() - a1);
     ASSERT_TRUE(memcmp(y, yf, sizeof y) == 0 && memcmp(w, wf, sizeof w) == 0);
-    ASSERT_OK(ctx, mha_module_forward(ctx, m, &fo, &tx, NULL, NULL, NULL, &ty, NULL));
-    ASSERT_TRUE(m->fws.p == NULL); /* no weights: nothing kept for them */
+    mha_tensor tyc = mha_tensor_make(y, 3, s);
+    ASSERT_OK(ctx, mha_module_forward(ctx, m, &fo, &tx, NULL, NULL, NULL, &tyc, &tw));
+    ASSERT_TRUE(m->fws.p == NULL); /* contiguous rows, averaged weights: no scratch kept */
     mha_module_free(m);
     mha_module_free(f);
     mha_ctx_free(ctx);

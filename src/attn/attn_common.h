@@ -140,4 +140,11 @@ int mha__dropout_keep(const mha_attn_params *p, int64_t bh, int64_t i, int64_t j
  * mha__dropout_keep(p, bh, i0 + r, j0 + c) for the problem's p (dropout_p > 0). */
 mha__attn_dropout mha__attn_dropout_make(const mha__attn_problem *pr, int64_t bh);
 
+/* mha_attn_forward with the weights averaged over heads, wavg [B, L, S] (overwritten), instead
+ * of per head: ((w_0 + w_1) + ...) / H per element, bitwise what averaging the per-head weights
+ * gives, without their [B, H, L, S] buffer (the module's need_weights). */
+mha_status mha__attn_forward_avg(mha_ctx *ctx, const mha_attn_params *p, const mha_tensor *q,
+                                 const mha_tensor *k, const mha_tensor *v, const mha_mask *mask,
+                                 mha_tensor *out, mha_tensor *lse, mha_tensor *wavg);
+
 #endif

@@ -46,6 +46,8 @@ typedef struct {
     const mha_kernels *kern;
     const mha_tensor *q, *k, *v;
     mha_tensor *out, *lse, *weights; /* lse, weights: NULL when not wanted */
+    mha_tensor *wavg;                /* [B, L, S] weights averaged over heads, or NULL */
+    float *ml;                       /* [B*H*L, 2] each row's final max and sum, for wavg */
     int64_t BR, BC;                  /* the fused kernel's tiles */
     int64_t WR, WC;                  /* the weights recompute's tiles (the separate kernels') */
     int64_t nqt, nkt, ntask, nslot;
@@ -63,6 +65,9 @@ typedef struct {
     float *m, *l;  /* [BR] running max and row sum */
     float *lt;     /* [BR] the tile's lse, then the weights' shift (fwd_weights) */
     uint8_t *keep; /* dropout keep bytes: a [BR, BC] tile, or the weights' [WR, WC] */
+    /* fwd_avg only: every head's scaled query rows [H * WR, D], their shift (the row max) and
+     * sum [H * WR], and one head's weights tile [WR, WC] */
+    float *qh, *sh, *sl, *wt;
 } fwd_ws;
 
 /* One task: query rows [i0, i0 + br) of head (b, h), bh = b*H + h. */
@@ -72,9 +77,11 @@ typedef struct {
     mha__attn_dropout dr;
 } fwd_task;
 
+/* Validates a call (weights per head, or wavg averaged over heads: not both) into c. */
 static mha_status fwd_check(mha_ctx *ctx, const mha_attn_params *p, const mha_tensor *q,
                             const mha_tensor *k, const mha_tensor *v, const mha_mask *mask,
-                            mha_tensor *out, mha_tensor *lse, mha_tensor *weights, fwd_call *c) {
+                            mha_tensor *out, mha_tensor *lse, mha_tensor *weights, mha_tensor *wavg,
+                            fwd_call *c) {
     mha__attn_problem *pr = &c->pr;
     mha_status st = mha__attn_check_inputs(ctx, FN, p, q, k, v, mask, pr);
     if (st) return st;
@@ -84,10 +91,15 @@ static mha_status fwd_check(mha_ctx *ctx, const mha_attn_params *p, const mha_te
     if (lse && (st = mha__check_tensor(ctx, FN, "lse", lse, 3, wl, "[B, H, L]"))) return st;
     if (weights && (st = mha__check_tensor(ctx, FN, "weights", weights, 4, ww, "[B, H, L, S]")))
         return st;
+    int64_t wa[3] = {pr->B, pr->L, pr->S};
+    if (wavg && (st = mha__check_tensor(ctx, FN, "weights", wavg, 3, wa, "[B, L, S], averaged")))
+        return st;
     const mha__attn_arg ins[3] = {{"q", q}, {"k", k}, {"v", v}};
-    const mha__attn_arg outs[3] = {{"out", out}, {"lse", lse}, {"weights", weights}};
-    if ((st = mha__attn_check_aliases(ctx, FN, outs, 3, ins, 3))) return st;
+    const mha__attn_arg outs[4] = {
+        {"out", out}, {"lse", lse}, {"weights", weights}, {"weights", wavg}};
+    if ((st = mha__attn_check_aliases(ctx, FN, outs, 4, ins, 3))) return st;
     c->q = q, c->k = k, c->v = v, c->out = out, c->lse = lse, c->weights = weights;
+    c->wavg = wavg, c->ml = NULL;
     return MHA_OK;
 }
 
@@ -120,6 +132,11 @@ static void fwd_plan(mha_ctx *ctx, fwd_call *c) {
     MHA__PLAN_ADD(pl, fwd_ws, l, sizeof(float), c->BR, 1);
     MHA__PLAN_ADD(pl, fwd_ws, lt, sizeof(float), c->BR, 1);
     MHA__PLAN_ADD(pl, fwd_ws, keep, 1, keep, 1);
+    const int64_t hw = c->wavg ? pr->H * c->WR : 0;
+    MHA__PLAN_ADD(pl, fwd_ws, qh, sizeof(float), hw, pr->D);
+    MHA__PLAN_ADD(pl, fwd_ws, sh, sizeof(float), hw, 1);
+    MHA__PLAN_ADD(pl, fwd_ws, sl, sizeof(float), hw, 1);
+    MHA__PLAN_ADD(pl, fwd_ws, wt, sizeof(float), c->wavg ? c->WR : 0, c->WC);
 }
 
 /* The online softmax of a task over every key tile it may see:
@@ -173,47 +190,97 @@ static void fwd_finish(const fwd_call *c, const fwd_task *t, fwd_ws *w) {
             w->lt[r] = -INFINITY;
         }
     }
+    if (c->ml) { /* for fwd_avg */
+        float *ml = c->ml + (t->bh * c->pr.L + t->i0) * 2;
+        for (int64_t r = 0; r < t->br; r++) ml[2 * r] = w->m[r], ml[2 * r + 1] = w->l[r];
+    }
     if (!c->lse) return;
     const mha_tensor *lse = c->lse;
     float *lr = lse->data + t->b * lse->stride[0] + t->h * lse->stride[1];
     for (int64_t r = 0; r < t->br; r++) lr[(t->i0 + r) * lse->stride[2]] = w->lt[r];
 }
 
-/* weights = dropout(exp(s - m) / l) of a task's rows (the softmax as written, with the rows'
- * final max m and sum l), recomputed into the caller's rows by the separate kernels in their
- * WR x WC tiles (an element's value does not depend on the tiling), from the scaled query tile
- * qs that fwd_rows left. Not exp(s - lse): lse = m + log(l) in float32 loses log(l) when |m|
- * is huge (a row whose every key has -1e9 added would get weights 1 instead of 1/S). */
-static void fwd_weights(const fwd_call *c, const fwd_task *t, fwd_ws *w) {
+/* One tile of head (b, h)'s weights, rows [ir, ir + wr) x keys [j0, j0 + bc), into dst (row
+ * stride ldd): dropout(exp(s - m) / l) from the scaled query rows qs [wr, D], each row's final
+ * max m (shift: m, or -inf for a fully masked row, l == 0) and sum l: the softmax as written,
+ * by the separate kernels (an element's value does not depend on the tiling). Not
+ * exp(s - lse): lse = m + log(l) in float32 loses log(l) when |m| is huge (a row whose every
+ * key has -1e9 added would get weights 1 instead of 1/S). */
+static void weights_tile(const fwd_call *c, fwd_ws *w, int64_t b, int64_t h, int64_t ir, int64_t wr,
+                         int64_t j0, int64_t bc, const float *qs, const float *shift,
+                         const float *l, float *dst, int64_t ldd) {
     const mha__attn_problem *pr = &c->pr;
     const mha_kernels *kern = c->kern;
-    const int64_t WR = c->WR, WC = c->WC, ldw = c->weights->stride[2], D = pr->D;
+    const int64_t bh = b * pr->H + h;
+    if (mha__attn_tile_skip(pr, b, ir, ir + wr, j0, j0 + bc)) {
+        for (int64_t r = 0; r < wr; r++)
+            for (int64_t x = 0; x < bc; x++) dst[r * ldd + x] = 0;
+        return;
+    }
+    mha__attn_tile_mask mk;
+    mha__attn_tile_mask_make(pr, b, bh, ir, j0, &mk);
+    kern->attn_scores(wr, bc, pr->D, 1.0f, qs, pr->D, mha__attn_row(c->k, b, h, j0),
+                      c->k->stride[2], dst, ldd);
+    kern->attn_probs(wr, bc, dst, ldd, &mk, shift);
+    for (int64_t r = 0; r < wr; r++) {
+        if (l[r] == 0) continue; /* fully masked: 0 already */
+        const float inv = 1.0f / l[r];
+        for (int64_t x = 0; x < bc; x++) dst[r * ldd + x] *= inv;
+    }
+    if (pr->dropout_p == 0) return;
+    mha__attn_dropout dr = mha__attn_dropout_make(pr, bh);
+    kern->attn_dropout(wr, bc, &dr, ir, j0, w->keep, c->WC);
+    kern->attn_dropout_apply(wr, bc, w->keep, c->WC, pr->keep_scale, dst, ldd, dst, ldd);
+}
+
+/* The weights of a task's rows into the caller's [B, H, L, S] rows, in WR x WC tiles, from the
+ * scaled query tile qs that fwd_rows left. */
+static void fwd_weights(const fwd_call *c, const fwd_task *t, fwd_ws *w) {
+    const int64_t WR = c->WR, WC = c->WC, S = c->pr.S, ldw = c->weights->stride[2];
     for (int64_t r = 0; r < t->br; r++) w->lt[r] = w->l[r] != 0 ? w->m[r] : -INFINITY;
     for (int64_t r0 = 0; r0 < t->br; r0 += WR) {
         int64_t wr = t->br - r0 < WR ? t->br - r0 : WR, ir = t->i0 + r0;
         float *wt = mha__attn_row(c->weights, t->b, t->h, ir);
-        for (int64_t j0 = 0; j0 < pr->S; j0 += WC) {
-            int64_t bc = pr->S - j0 < WC ? pr->S - j0 : WC;
-            if (mha__attn_tile_skip(pr, t->b, ir, ir + wr, j0, j0 + bc)) {
-                for (int64_t r = 0; r < wr; r++)
-                    for (int64_t x = 0; x < bc; x++) wt[r * ldw + j0 + x] = 0;
-                continue;
-            }
-            mha__attn_tile_mask mk;
-            mha__attn_tile_mask_make(pr, t->b, t->bh, ir, j0, &mk);
-            kern->attn_scores(wr, bc, D, 1.0f, w->qs + r0 * D, D,
-                              mha__attn_row(c->k, t->b, t->h, j0), c->k->stride[2], wt + j0, ldw);
-            kern->attn_probs(wr, bc, wt + j0, ldw, &mk, w->lt + r0);
-            for (int64_t r = 0; r < wr; r++) {
-                if (w->l[r0 + r] == 0) continue; /* fully masked: 0 already */
-                const float inv = 1.0f / w->l[r0 + r];
-                for (int64_t x = 0; x < bc; x++) wt[r * ldw + j0 + x] *= inv;
-            }
-            if (pr->dropout_p == 0) continue;
-            kern->attn_dropout(wr, bc, &t->dr, ir, j0, w->keep, WC);
-            kern->attn_dropout_apply(wr, bc, w->keep, WC, pr->keep_scale, wt + j0, ldw, wt + j0,
-                                     ldw);
+        for (int64_t j0 = 0; j0 < S; j0 += WC)
+            weights_tile(c, w, t->b, t->h, ir, wr, j0, S - j0 < WC ? S - j0 : WC,
+                         w->qs + c->pr.D * r0, w->lt + r0, w->l + r0, wt + j0, ldw);
+    }
+}
+
+/* The weights averaged over heads, rows [i0, i0 + wr) of batch b (task = b * row tiles + the
+ * row tile): per key tile, every head's weights tile summed in head order into the caller's
+ * rows, then / H: ((w_0 + w_1) + ...) / H, exactly what averaging the per-head weights gives,
+ * without a [B, H, L, S] buffer. Runs after every task of the forward (it needs each row's
+ * final m and l, c->ml). */
+static void fwd_avg(const fwd_call *c, fwd_ws *w, int64_t task) {
+    const mha__attn_problem *pr = &c->pr;
+    const int64_t WR = c->WR, WC = c->WC, D = pr->D, H = pr->H, L = pr->L, S = pr->S;
+    const int64_t nrt = (L + WR - 1) / WR, b = task / nrt, i0 = (task % nrt) * WR;
+    const int64_t wr = L - i0 < WR ? L - i0 : WR, ldd = c->wavg->stride[1];
+    float *dst = c->wavg->data + b * c->wavg->stride[0] + i0 * ldd;
+    for (int64_t h = 0; h < H; h++) {
+        mha__attn_scale_tile(wr, D, pr->scale, mha__attn_row(c->q, b, h, i0), c->q->stride[2],
+                             w->qh + h * WR * D);
+        const float *ml = c->ml + ((b * H + h) * L + i0) * 2;
+        for (int64_t r = 0; r < wr; r++) {
+            w->sl[h * WR + r] = ml[2 * r + 1];
+            w->sh[h * WR + r] = ml[2 * r + 1] != 0 ? ml[2 * r] : -INFINITY;
         }
+    }
+    for (int64_t j0 = 0; j0 < S; j0 += WC) {
+        const int64_t bc = S - j0 < WC ? S - j0 : WC;
+        float *d = dst + j0;
+        for (int64_t h = 0; h < H; h++) {
+            float *t = h == 0 ? d : w->wt;
+            int64_t ldt = h == 0 ? ldd : WC;
+            weights_tile(c, w, b, h, i0, wr, j0, bc, w->qh + h * WR * D, w->sh + h * WR,
+                         w->sl + h * WR, t, ldt);
+            if (h == 0) continue;
+            for (int64_t r = 0; r < wr; r++)
+                for (int64_t x = 0; x < bc; x++) d[r * ldd + x] += t[r * WC + x];
+        }
+        for (int64_t r = 0; r < wr; r++)
+            for (int64_t x = 0; x < bc; x++) d[r * ldd + x] /= (float)H;
     }
 }
 
@@ -229,33 +296,71 @@ static void fwd_run(const fwd_call *c, fwd_ws *w, int64_t task) {
     if (c->weights) fwd_weights(c, &t, w);
 }
 
-mha_status mha_attn_forward(mha_ctx *ctx, const mha_attn_params *p, const mha_tensor *q,
-                            const mha_tensor *k, const mha_tensor *v, const mha_mask *mask,
-                            mha_tensor *out, mha_tensor *lse, mha_tensor *weights) {
-    mha__clear(ctx);
-    fwd_call c;
-    mha_status st = fwd_check(ctx, p, q, k, v, mask, out, lse, weights, &c);
-    if (st) return st;
-    if (c.pr.B * c.pr.H * c.pr.L == 0) return MHA_OK;
-    fwd_plan(ctx, &c);
-    void *ws;
-    if ((st = mha__plan_alloc(&c.plan, ctx, FN, c.nt, &ws))) return st;
-    for (int t = 0; t < c.nt; t++) { /* empty key tile caches */
-        fwd_ws w;
-        mha__plan_point(&c.plan, ws, t, &w);
-        for (int64_t x = 0; x < c.nslot; x++) w.tag[x] = -1;
-    }
-#pragma omp parallel num_threads(c.nt) if (c.nt > 1 && c.ntask > 1)
+/* Runs body(c, w, task) for every task in [0, n) on c->nt threads, each with its workspace. */
+static void fwd_parallel(const fwd_call *c, void *ws, int64_t n,
+                         void (*body)(const fwd_call *, fwd_ws *, int64_t)) {
+#pragma omp parallel num_threads(c->nt) if (c->nt > 1 && n > 1)
     {
         int tid = 0;
 #ifdef _OPENMP
         tid = omp_get_thread_num();
 #endif
         fwd_ws w;
-        mha__plan_point(&c.plan, ws, tid, &w);
+        mha__plan_point(&c->plan, ws, tid, &w);
 #pragma omp for schedule(dynamic, 1)
-        for (int64_t task = 0; task < c.ntask; task++) fwd_run(&c, &w, task);
+        for (int64_t task = 0; task < n; task++) body(c, &w, task);
     }
+}
+
+static mha_status attn_forward(mha_ctx *ctx, const mha_attn_params *p, const mha_tensor *q,
+                               const mha_tensor *k, const mha_tensor *v, const mha_mask *mask,
+                               mha_tensor *out, mha_tensor *lse, mha_tensor *weights,
+                               mha_tensor *wavg) {
+    mha__clear(ctx);
+    fwd_call c;
+    mha_status st = fwd_check(ctx, p, q, k, v, mask, out, lse, weights, wavg, &c);
+    if (st) return st;
+    if (c.pr.B * c.pr.H * c.pr.L == 0) {
+        if (wavg) /* H == 0: no head to average, weights 0 */
+            for (int64_t b = 0; b < c.pr.B; b++)
+                for (int64_t i = 0; i < c.pr.L; i++)
+                    for (int64_t j = 0; j < c.pr.S; j++)
+                        wavg->data[b * wavg->stride[0] + i * wavg->stride[1] + j] = 0;
+        return MHA_OK;
+    }
+    fwd_plan(ctx, &c);
+    void *ws, *mlb = NULL;
+    if ((st = mha__plan_alloc(&c.plan, ctx, FN, c.nt, &ws))) return st;
+    if (wavg) { /* each row's final max and sum, for fwd_avg */
+        mha__plan pl;
+        mha__plan_init(&pl);
+        MHA__PLAN_ADD(&pl, fwd_call, ml, sizeof(float), c.pr.B * c.pr.H * c.pr.L, 2);
+        if ((st = mha__plan_alloc(&pl, ctx, FN, 1, &mlb))) {
+            mha__free(ws);
+            return st;
+        }
+        mha__plan_point(&pl, mlb, 0, &c);
+    }
+    for (int t = 0; t < c.nt; t++) { /* empty key tile caches */
+        fwd_ws w;
+        mha__plan_point(&c.plan, ws, t, &w);
+        for (int64_t x = 0; x < c.nslot; x++) w.tag[x] = -1;
+    }
+    fwd_parallel(&c, ws, c.ntask, fwd_run);
+    if (wavg) fwd_parallel(&c, ws, c.pr.B * ((c.pr.L + c.WR - 1) / c.WR), fwd_avg);
+    mha__free(mlb);
     mha__free(ws);
     return MHA_OK;
+}
+
+mha_status mha_attn_forward(mha_ctx *ctx, const mha_attn_params *p, const mha_tensor *q,
+                            const mha_tensor *k, const mha_tensor *v, const mha_mask *mask,
+                            mha_tensor *out, mha_tensor *lse, mha_tensor *weights) {
+    return attn_forward(ctx, p, q, k, v, mask, out, lse, weights, NULL);
+}
+
+mha_status mha__attn_forward_avg(mha_ctx *ctx, const mha_attn_params *p, const mha_tensor *q,
+                                 const mha_tensor *k, const mha_tensor *v, const mha_mask *mask,
+                                 mha_tensor *out, mha_tensor *lse, mha_tensor *wavg) {
+    return attn_forward(ctx, p, q, k, v, mask, out, lse, NULL, wavg);
 }

@@ -417,9 +417,9 @@ typedef struct {
     float *afloat;
 } fwd_views;
 
-/* The forward's per-call scratch: per-head weights to average, a staging output. */
+/* The forward's scratch (kept in m->fws): staging rows for an output whose strides need them. */
 typedef struct {
-    float *wheads, *y;
+    float *y;
 } fwd_scratch;
 
 /* The expected shape of a [B, R, X] tensor, or [R, X] when unbatched. */
@@ -523,8 +523,6 @@ static mha_status fwd_plan(mha_ctx *ctx, mha_module *m, const fwd_call *c, fwd_v
     mha_status st = kept_point(ctx, FN_FWD, &pl, &m->st.ws, v);
     if (st) return st;
     mha__plan_init(&pl);
-    MHA__PLAN_ADD(&pl, fwd_scratch, wheads, sizeof(float),
-                  c->weights && c->opts->average_weights ? B * H * L : 0, S);
     MHA__PLAN_ADD(&pl, fwd_scratch, y, sizeof(float), rows_ld(c->out) < 0 ? BL : 0, E);
     memset(sc, 0, sizeof *sc);
     if (!pl.bad && pl.per_copy == 0) { /* no scratch this call */
@@ -596,9 +594,10 @@ static mha_status fwd_project(mha_ctx *ctx, mha_module *m) {
                         s->v, E);
 }
 
-/* The core on [B, H, *, D] views of the projections (no copies); the weights per head go to
- * the caller's tensor, or to wheads to be averaged. */
-static mha_status fwd_attend(mha_ctx *ctx, mha_module *m, const fwd_call *c, float *wheads) {
+/* The core on [B, H, *, D] views of the projections (no copies); the weights go to the
+ * caller's tensor, per head, or averaged over heads by the core itself (mean over dim 1, as
+ * PyTorch's average_attn_weights: ((w_0 + w_1) + ...) / H, without a [B, H, L, S] buffer). */
+static mha_status fwd_attend(mha_ctx *ctx, mha_module *m, const fwd_call *c) {
     mha__saved *s = &m->st;
     const int64_t E = m->cfg.embed_dim, H = m->cfg.num_heads, D = E / H;
     const int64_t B = c->B, L = c->L, S = c->S;
@@ -611,52 +610,33 @@ static mha_status fwd_attend(mha_ctx *ctx, mha_module *m, const fwd_call *c, flo
     mha_tensor kv = heads_view(s->k, B, H, S, D, s->ldk);
     mha_tensor vv = heads_view(s->v, B, H, S, D, s->ldv);
     mha_tensor av = heads_view(s->attn, B, H, L, D, E);
-    int64_t lshape[3] = {B, H, L}, ws[4] = {B, H, L, S};
-    mha_tensor lv = mha_tensor_make(s->lse, 3, lshape), wv, *wp = NULL;
+    int64_t lshape[3] = {B, H, L}, ws[4] = {B, H, L, S}, was[3] = {B, L, S};
+    mha_tensor lv = mha_tensor_make(s->lse, 3, lshape), wv;
     const mha_tensor *w = c->weights;
-    if (w && c->opts->average_weights) {
-        wv = mha_tensor_make(wheads, 4, ws);
-    } else if (w && c->unb) { /* [H, L, S] as [1, H, L, S] */
+    if (w && c->opts->average_weights) { /* [B, L, S] ([L, S] as [1, L, S]) */
+        int64_t wst[3] = {c->unb ? L * w->stride[0] : w->stride[0], w->stride[c->unb ? 0 : 1], 1};
+        wv = mha_tensor_strided(w->data, 3, was, wst);
+        return mha__attn_forward_avg(ctx, &s->ap, &qv, &kv, &vv, &s->mask, &av, &lv, &wv);
+    }
+    if (w && c->unb) { /* [H, L, S] as [1, H, L, S] */
         int64_t wst[4] = {H * w->stride[0], w->stride[0], w->stride[1], w->stride[2]};
         wv = mha_tensor_strided(w->data, 4, ws, wst);
     } else if (w) {
         wv = *w;
     }
-    if (w) wp = &wv;
-    return mha_attn_forward(ctx, &s->ap, &qv, &kv, &vv, &s->mask, &av, &lv, wp);
+    return mha_attn_forward(ctx, &s->ap, &qv, &kv, &vv, &s->mask, &av, &lv, w ? &wv : NULL);
 }
 
-/* y = a Wo^T + bo into out (through the staging rows y when out's strides need it); weights
- * averaged over heads (mean over dim 1, as PyTorch's average_attn_weights). */
+/* y = a Wo^T + bo into out (through the staging rows y when out's strides need it). */
 static mha_status fwd_output(mha_ctx *ctx, mha_module *m, const fwd_call *c,
                              const fwd_scratch *sc) {
     const mha__saved *s = &m->st;
-    const int64_t E = m->cfg.embed_dim, H = m->cfg.num_heads, B = c->B, L = c->L, S = c->S;
+    const int64_t E = m->cfg.embed_dim, B = c->B, L = c->L;
     const int64_t ldy = rows_ld(c->out);
     mha_status st = mha__gemm_ex(ctx, &m->gws, 0, 1, B * L, E, E, 1.0f, s->attn, E, m->wo, E, 0.0f,
                                  m->bo, ldy >= 0 ? c->out->data : sc->y, ldy >= 0 ? ldy : E);
     if (st) return st;
     if (ldy < 0) copy_view(c->out, sc->y, 1);
-    if (!c->weights || !c->opts->average_weights) return MHA_OK;
-    const mha_tensor *w = c->weights;
-    const int64_t sb = c->unb ? 0 : w->stride[0], si = w->stride[c->unb ? 0 : 1];
-    const float *wh = sc->wheads;
-    /* Rows (b, i) in parallel, each summed head after head along the row (contiguous reads):
-     * every element is ((w_0 + w_1) + ...) + w_{H-1}, then / H, whatever the thread count. */
-    const int nt = (double)B * L * S * H < (double)(1 << 20) ? 1 : mha__ctx_threads(ctx);
-#pragma omp parallel for num_threads(nt) schedule(static) if (nt > 1)
-    for (int64_t r = 0; r < B * L; r++) {
-        const int64_t b = r / L, i = r % L;
-        float *dst = w->data + b * sb + i * si;
-        const float *w0 = wh + ((b * H) * L + i) * S;
-        for (int64_t j = 0; j < S; j++) dst[j] = w0[j];
-        for (int64_t h = 1; h < H; h++) {
-            const float *wr = wh + ((b * H + h) * L + i) * S;
-            for (int64_t j = 0; j < S; j++) dst[j] += wr[j];
-        }
-        for (int64_t j = 0; j < S; j++) dst[j] /= (float)H;
-    }
-    (void)nt; /* unused without OpenMP */
     return MHA_OK;
 }
 
@@ -679,7 +659,7 @@ mha_status mha_module_forward(mha_ctx *ctx, mha_module *m, const mha_forward_opt
     fwd_scratch sc;
     if (!(st = fwd_plan(ctx, m, &c, &v, &sc))) {
         fwd_inputs(m, &c, &v);
-        if (!(st = fwd_project(ctx, m)) && !(st = fwd_attend(ctx, m, &c, sc.wheads)))
+        if (!(st = fwd_project(ctx, m)) && !(st = fwd_attend(ctx, m, &c)))
             st = fwd_output(ctx, m, &c, &sc);
     }
     if (st == MHA_ERR_NOMEM) { /* give the memory back; the next call starts afresh */

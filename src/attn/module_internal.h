@@ -74,9 +74,8 @@ struct mha_module {
     uint64_t dropout_offset;                   /* advances on every training forward with dropout */
     mha__saved *saved;                         /* &st: a forward to differentiate; NULL: none */
     mha__saved st;    /* the forward's views and workspace, kept between calls */
-    mha__buf fws;     /* the forward's scratch (per-head weights to average, staging rows),
-                         kept while calls need it (128 MiB of weights at B*H*L*S = 2^25 are
-                         not paged in again on every call) */
+    mha__buf fws;     /* the forward's scratch (staging rows for a strided out), kept while
+                         calls need it */
     mha__buf bws;     /* the backward's workspace (module.c's bwd_plan), kept */
     mha__gemm_ws gws; /* the products' packing workspace, kept */
 };

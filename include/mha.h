@@ -59,14 +59,15 @@
  *                       src/attn/attn_backward.c); linear in L and S.
  *   mha_module_forward  a copy of the inputs, the projections q, k, v, the attention output
  *                       and lse: 5 * B * L * E floats for self-attention (B * (3 * L * E +
- *                       2 * S * E + S * kdim + S * vdim) for cross-attention), plus
- *                       B * H * L * S floats only when averaged weights are requested. With
+ *                       2 * S * E + S * kdim + S * vdim) for cross-attention); averaged
+ *                       weights need no [B, H, L, S] buffer (the core averages the heads'
+ *                       tiles as it computes them), only the caller's [B, L, S]. With
  *                       save_for_backward (the default) the inputs and masks are copied;
  *                       without it contiguous inputs are read in place, uncopied.
  *   mha_module_backward about as much again as the forward's activations, plus one copy of the
  *                       parameters and the core backward's workspace.
- *   Both keep their buffers (not the core's workspace; the per-head weights' scratch only while
- *   calls ask for averaged weights) in the module and reuse them on the next call of the same
+ *   Both keep their buffers (not the core's workspace; staging rows for an out whose strides
+ *   need them only while calls do) in the module and reuse them on the next call of the same
  *   sizes; mha_module_free releases them (a forward that
  *   fails with MHA_ERR_NOMEM releases them all, a backward its own).
  *   Example: the causal forward at B=1, L=S=32768, E=512, H=8 peaks under 0.5 GiB resident,

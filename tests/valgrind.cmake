@@ -1,9 +1,10 @@
-# Memcheck runs of a few test executables and of `mha info`. Valgrind's virtual CPU has no
+# Memcheck runs of a few test executables (the module, its framework hooks, checkpoint layouts and
+# the untrusted-input readers among them) and of `mha info`. Valgrind's virtual CPU has no
 # AVX-512, so these also prove that the library starts and picks the AVX2 path on a CPU
 # without it (the AVX-512 table must never even be initialized there).
 find_program(MHA_VALGRIND valgrind)
 if(MHA_VALGRIND)
-  foreach(t test_core test_golden test_module)
+  foreach(t test_core test_golden test_module test_module_bind test_layers test_io)
     add_test(NAME valgrind_${t}
       COMMAND ${MHA_VALGRIND} -q --error-exitcode=9 --leak-check=full
               --errors-for-leak-kinds=definite $<TARGET_FILE:${t}>

@@ -23,6 +23,7 @@ static float frand(void) { return (float)(2 * urand() - 1); }
  * ---------------------------------------------------------------------------------------- */
 typedef struct {
     int64_t B, H, L, S, D, Dv;
+    int64_t Hkv;   /* key/value heads (grouped-query attention); 0: H */
     int causal;    /* mha_causal */
     int pad, lens; /* key_padding, key_lengths */
     int abool, afloat, batched;
@@ -31,6 +32,12 @@ typedef struct {
     int layout; /* 0: contiguous [B,H,R,X]; 1: [B,R,H,X+3] memory (strided views) */
     uint64_t seed;
 } tcase;
+
+/* The key/value heads of a case, and the one query head h of batch b reads (as [B*Hkv] rows). */
+static int64_t kv_heads(const tcase *c) { return c->Hkv ? c->Hkv : c->H; }
+static int64_t kv_of(const tcase *c, int64_t b, int64_t h) {
+    return b * kv_heads(c) + h / (c->H / kv_heads(c));
+}
 
 typedef struct {
     float *buf;
@@ -149,7 +156,7 @@ static double ref_fbias(const tcase *c, const mha_mask *m, int64_t b, int64_t h,
     return m->attn_float[((m->attn_batched ? b * c->H + h : 0) * c->L + i) * c->S + j];
 }
 
-/* q [B,H,L,D], k [B,H,S,D], v [B,H,S,Dv] contiguous doubles. Outputs: out [B,H,L,Dv],
+/* q [B,H,L,D], k [B,Hkv,S,D], v [B,Hkv,S,Dv] contiguous doubles. Outputs: out [B,H,L,Dv],
  * lse [B,H,L], P [B,H,L,S] (pre-dropout probabilities), W (post-dropout). */
 static void ref_forward(const tcase *c, const mha_mask *m, const mha_attn_params *p,
                         const double *q, const double *k, const double *v, double *out, double *lse,
@@ -168,7 +175,8 @@ static void ref_forward(const tcase *c, const mha_mask *m, const mha_attn_params
                     s[j] = -INFINITY;
                     if (!ref_allowed(c, m, b, h, i, j)) continue;
                     double a = 0;
-                    for (int64_t d = 0; d < D; d++) a += qi[d] * k[(bh * S + j) * D + d];
+                    for (int64_t d = 0; d < D; d++)
+                        a += qi[d] * k[(kv_of(c, b, h) * S + j) * D + d];
                     s[j] = a * scale + ref_fbias(c, m, b, h, i, j);
                     if (s[j] > mx) mx = s[j];
                 }
@@ -182,7 +190,7 @@ static void ref_forward(const tcase *c, const mha_mask *m, const mha_attn_params
                     if (P) P[row * S + j] = pij;
                     if (W) W[row * S + j] = w;
                     for (int64_t d = 0; d < Dv; d++)
-                        out[row * Dv + d] += w * v[(bh * S + j) * Dv + d];
+                        out[row * Dv + d] += w * v[(kv_of(c, b, h) * S + j) * Dv + d];
                 }
             }
     free(s);
@@ -195,19 +203,19 @@ static void ref_backward(const tcase *c, const mha_attn_params *p, const double 
     int64_t B = c->B, H = c->H, L = c->L, S = c->S, D = c->D, Dv = c->Dv;
     double scale = p->scale != 0 ? p->scale : 1.0 / sqrt((double)D);
     memset(dq, 0, sizeof(double) * (size_t)(B * H * L * D));
-    memset(dk, 0, sizeof(double) * (size_t)(B * H * S * D));
-    memset(dv, 0, sizeof(double) * (size_t)(B * H * S * Dv));
+    memset(dk, 0, sizeof(double) * (size_t)(B * kv_heads(c) * S * D));
+    memset(dv, 0, sizeof(double) * (size_t)(B * kv_heads(c) * S * Dv));
     double *dP = malloc(sizeof(double) * (size_t)(S + 1));
     for (int64_t bh = 0; bh < B * H; bh++)
         for (int64_t i = 0; i < L; i++) {
-            int64_t row = bh * L + i;
+            int64_t row = bh * L + i, kh = kv_of(c, bh / H, bh % H); /* dk, dv: group sums */
             double dot = 0;
             for (int64_t j = 0; j < S; j++) {
                 double pij = P[row * S + j], wij = W[row * S + j];
                 double dw = 0;
                 for (int64_t d = 0; d < Dv; d++) {
-                    dw += dout[row * Dv + d] * v[(bh * S + j) * Dv + d];
-                    dv[(bh * S + j) * Dv + d] += wij * dout[row * Dv + d];
+                    dw += dout[row * Dv + d] * v[(kh * S + j) * Dv + d];
+                    dv[(kh * S + j) * Dv + d] += wij * dout[row * Dv + d];
                 }
                 /* W = P * keep * ks, so dP = dW * (W / P) for P > 0 */
                 dP[j] = pij > 0 ? dw * (wij / pij) : 0;
@@ -216,8 +224,8 @@ static void ref_backward(const tcase *c, const mha_attn_params *p, const double 
             for (int64_t j = 0; j < S; j++) {
                 double ds = P[row * S + j] * (dP[j] - dot) * scale;
                 for (int64_t d = 0; d < D; d++) {
-                    dq[row * D + d] += ds * k[(bh * S + j) * D + d];
-                    dk[(bh * S + j) * D + d] += ds * q[row * D + d];
+                    dq[row * D + d] += ds * k[(kh * S + j) * D + d];
+                    dk[(kh * S + j) * D + d] += ds * q[row * D + d];
                 }
             }
         }
@@ -251,11 +259,12 @@ static int near_lse(const char *file, int line, const float *got, const double *
 
 static void case_name(const tcase *c, char *buf, size_t n) {
     snprintf(buf, n,
-             "B%lld H%lld L%lld S%lld D%lld Dv%lld causal%d pad%d lens%d bool%d float%d "
+             "B%lld H%lld Hkv%lld L%lld S%lld D%lld Dv%lld causal%d pad%d lens%d bool%d float%d "
              "batched%d full%d drop%g layout%d seed%llu",
-             (long long)c->B, (long long)c->H, (long long)c->L, (long long)c->S, (long long)c->D,
-             (long long)c->Dv, c->causal, c->pad, c->lens, c->abool, c->afloat, c->batched,
-             c->fullrow, (double)c->drop, c->layout, (unsigned long long)c->seed);
+             (long long)c->B, (long long)c->H, (long long)kv_heads(c), (long long)c->L,
+             (long long)c->S, (long long)c->D, (long long)c->Dv, c->causal, c->pad, c->lens,
+             c->abool, c->afloat, c->batched, c->fullrow, (double)c->drop, c->layout,
+             (unsigned long long)c->seed);
 }
 
 /* Runs forward and backward for c on ctx and compares with the reference; with fd, also
@@ -265,11 +274,11 @@ static int run_case(mha_ctx *ctx, const tcase *c, int fd) {
     char name[256];
     case_name(c, name, sizeof name);
     rng_state = c->seed * 0x9E3779B97F4A7C15ull + 1;
-    int64_t B = c->B, H = c->H, L = c->L, S = c->S, D = c->D, Dv = c->Dv;
-    tview q = view_alloc(B, H, L, D, c->layout), k = view_alloc(B, H, S, D, c->layout);
-    tview v = view_alloc(B, H, S, Dv, c->layout), o = view_alloc(B, H, L, Dv, c->layout);
+    int64_t B = c->B, H = c->H, L = c->L, S = c->S, D = c->D, Dv = c->Dv, Hk = kv_heads(c);
+    tview q = view_alloc(B, H, L, D, c->layout), k = view_alloc(B, Hk, S, D, c->layout);
+    tview v = view_alloc(B, Hk, S, Dv, c->layout), o = view_alloc(B, H, L, Dv, c->layout);
     tview go = view_alloc(B, H, L, Dv, c->layout), gq = view_alloc(B, H, L, D, c->layout);
-    tview gk = view_alloc(B, H, S, D, c->layout), gv = view_alloc(B, H, S, Dv, c->layout);
+    tview gk = view_alloc(B, Hk, S, D, c->layout), gv = view_alloc(B, Hk, S, Dv, c->layout);
     tview wt = view_alloc(B, H, L, S, c->layout);
     view_fill(&q), view_fill(&k), view_fill(&v), view_fill(&go);
     /* garbage in the outputs: they must be overwritten */
@@ -293,8 +302,8 @@ static int run_case(mha_ctx *ctx, const tcase *c, int fd) {
     double *Pd = malloc(sizeof(double) * (size_t)(B * H * L * S + 1));
     double *Wd = malloc(sizeof(double) * (size_t)(B * H * L * S + 1));
     double *dqd = malloc(sizeof(double) * (size_t)(B * H * L * D + 1));
-    double *dkd = malloc(sizeof(double) * (size_t)(B * H * S * D + 1));
-    double *dvd = malloc(sizeof(double) * (size_t)(B * H * S * Dv + 1));
+    double *dkd = malloc(sizeof(double) * (size_t)(B * Hk * S * D + 1));
+    double *dvd = malloc(sizeof(double) * (size_t)(B * Hk * S * Dv + 1));
     float *of = NULL, *wf = NULL, *gqf = NULL, *gkf = NULL, *gvf = NULL;
     mha_status st = mha_attn_forward(ctx, &p, &q.t, &k.t, &v.t, &tm.m, &o.t, &lt, &wt.t);
     if (st != MHA_OK) {
@@ -314,14 +323,14 @@ static int run_case(mha_ctx *ctx, const tcase *c, int fd) {
     if (!near_lse(__FILE__, __LINE__, lse, lsed, B * H * L)) goto done;
     if (!harness_near(__FILE__, __LINE__, name, wf, Wd, B * H * L * S, 1e-5, 1e-6)) goto done;
     if (!harness_near(__FILE__, __LINE__, name, gqf, dqd, B * H * L * D, 1e-4, 2e-5)) goto done;
-    if (!harness_near(__FILE__, __LINE__, name, gkf, dkd, B * H * S * D, 1e-4, 2e-5)) goto done;
-    if (!harness_near(__FILE__, __LINE__, name, gvf, dvd, B * H * S * Dv, 1e-4, 2e-5)) goto done;
+    if (!harness_near(__FILE__, __LINE__, name, gkf, dkd, B * Hk * S * D, 1e-4, 2e-5)) goto done;
+    if (!harness_near(__FILE__, __LINE__, name, gvf, dvd, B * Hk * S * Dv, 1e-4, 2e-5)) goto done;
     if (fd) {
         /* loss = sum(out * dout); central differences in double on the reference forward */
         double *ob = malloc(sizeof(double) * (size_t)(B * H * L * Dv + 1));
         double *fdg[3];
         double *xs[3] = {qd, kd, vd};
-        int64_t ns[3] = {B * H * L * D, B * H * S * D, B * H * S * Dv};
+        int64_t ns[3] = {B * H * L * D, B * Hk * S * D, B * Hk * S * Dv};
         const double eps = 1e-6;
         for (int a = 0; a < 3; a++) {
             fdg[a] = malloc(sizeof(double) * (size_t)(ns[a] + 1));
@@ -1011,9 +1020,9 @@ static int bwd_threads_identical(mha_ctx *ctx, const tcase *c) {
     char name[256];
     case_name(c, name, sizeof name);
     rng_state = c->seed * 0x9E3779B97F4A7C15ull + 5;
-    int64_t B = c->B, H = c->H, L = c->L, S = c->S, D = c->D, Dv = c->Dv;
-    tview q = view_alloc(B, H, L, D, c->layout), k = view_alloc(B, H, S, D, c->layout);
-    tview v = view_alloc(B, H, S, Dv, c->layout), o = view_alloc(B, H, L, Dv, c->layout);
+    int64_t B = c->B, H = c->H, L = c->L, S = c->S, D = c->D, Dv = c->Dv, Hk = kv_heads(c);
+    tview q = view_alloc(B, H, L, D, c->layout), k = view_alloc(B, Hk, S, D, c->layout);
+    tview v = view_alloc(B, Hk, S, Dv, c->layout), o = view_alloc(B, H, L, Dv, c->layout);
     tview go = view_alloc(B, H, L, Dv, c->layout);
     tview gq[3], gk[3], gv[3];
     view_fill(&q), view_fill(&k), view_fill(&v), view_fill(&go);
@@ -1026,8 +1035,8 @@ static int bwd_threads_identical(mha_ctx *ctx, const tcase *c) {
     p.dropout_p = c->drop, p.seed = c->seed + 3;
     int ok = mha_attn_forward(ctx, &p, &q.t, &k.t, &v.t, &tm.m, &o.t, &lt, NULL) == MHA_OK;
     for (int t = 0; t < 3; t++) {
-        gq[t] = view_alloc(B, H, L, D, c->layout), gk[t] = view_alloc(B, H, S, D, c->layout);
-        gv[t] = view_alloc(B, H, S, Dv, c->layout);
+        gq[t] = view_alloc(B, H, L, D, c->layout), gk[t] = view_alloc(B, Hk, S, D, c->layout);
+        gv[t] = view_alloc(B, Hk, S, Dv, c->layout);
         mha_ctx_set_threads(ctx, t + 1);
         if (ok && mha_attn_backward(ctx, &p, &q.t, &k.t, &v.t, &tm.m, &o.t, &lt, &go.t, &gq[t].t,
                                     &gk[t].t, &gv[t].t) != MHA_OK) {
@@ -1055,6 +1064,57 @@ static int bwd_threads_identical(mha_ctx *ctx, const tcase *c) {
     free(q.buf), free(k.buf), free(v.buf), free(o.buf), free(go.buf), free(lse);
     mask_free(&tm);
     return ok;
+}
+
+/* Grouped-query attention (Hkv key/value heads shared by groups of H / Hkv query heads; MQA
+ * at Hkv = 1): forward, weights and every gradient against the reference (dk, dv summed over
+ * each group), alone and with every mask, dropout and strided views, on every ISA; gradients
+ * against finite differences once; the backward bitwise equal for 1, 2 and 3 threads. */
+TEST(grouped_query_attention) {
+    mha_ctx *ctx;
+    ASSERT_OK(ctx, mha_ctx_create(&ctx));
+    static const int64_t shapes[][7] = {
+        /* B, H, Hkv, L, S, D, Dv */
+        {1, 4, 2, 9, 13, 8, 8},   {2, 6, 1, 17, 33, 16, 12},   {1, 8, 4, 70, 150, 64, 64},
+        {2, 4, 1, 1, 40, 32, 32}, {1, 2, 1, 130, 130, 80, 80},
+    };
+    FOR_EACH_ISA(ctx) {
+        for (size_t s = 0; s < sizeof shapes / sizeof shapes[0]; s++)
+            for (int variant = 0; variant < 4; variant++) {
+                tcase c = tc(shapes[s][0], shapes[s][1], shapes[s][3], shapes[s][4], shapes[s][5],
+                             shapes[s][6]);
+                c.Hkv = shapes[s][2];
+                c.seed = 100 + s * 4 + variant;
+                c.layout = variant & 1;
+                if (variant == 1) c.causal = MHA_CAUSAL_TOP_LEFT, c.pad = 1;
+                if (variant == 2) c.causal = MHA_CAUSAL_BOTTOM_RIGHT, c.abool = 1, c.batched = 1;
+                if (variant == 3) c.afloat = 1, c.batched = 1, c.lens = 1, c.drop = 0.2f;
+                if (!run_case(ctx, &c, 0)) goto out;
+            }
+        tcase f = tc(1, 4, 3, 5, 3, 2);
+        f.Hkv = 2, f.causal = MHA_CAUSAL_BOTTOM_RIGHT;
+        if (!run_case(ctx, &f, 1)) goto out;
+        tcase t = tc(2, 6, 200, 300, 32, 32);
+        t.Hkv = 2, t.causal = MHA_CAUSAL_TOP_LEFT, t.drop = 0.1f;
+        if (!bwd_threads_identical(ctx, &t)) goto out;
+    }
+    /* k and v heads must divide q's and agree */
+    {
+        int64_t qs[4] = {1, 6, 4, 8}, ks[4] = {1, 4, 4, 8}, vs[4] = {1, 2, 4, 8};
+        static float qb[1 * 6 * 4 * 8], kb[1 * 4 * 4 * 8], vb[1 * 4 * 4 * 8], ob[1 * 6 * 4 * 8];
+        mha_tensor q = mha_tensor_make(qb, 4, qs), k = mha_tensor_make(kb, 4, ks);
+        mha_tensor v = mha_tensor_make(vb, 4, ks), o = mha_tensor_make(ob, 4, qs);
+        ASSERT_EQ(mha_attn_forward(ctx, NULL, &q, &k, &v, NULL, &o, NULL, NULL), MHA_ERR_SHAPE);
+        ASSERT_STR_CONTAINS(mha_ctx_errmsg(ctx), "k.shape[1]: got 4, expected a divisor of q's 6");
+        ks[1] = 2;
+        k = mha_tensor_make(kb, 4, ks), v = mha_tensor_make(vb, 4, (int64_t[4]){1, 3, 4, 8});
+        ASSERT_EQ(mha_attn_forward(ctx, NULL, &q, &k, &v, NULL, &o, NULL, NULL), MHA_ERR_SHAPE);
+        ASSERT_STR_CONTAINS(mha_ctx_errmsg(ctx), "v.shape[1]: got 3, expected 2 (k heads)");
+        v = mha_tensor_make(vb, 4, vs);
+        ASSERT_OK(ctx, mha_attn_forward(ctx, NULL, &q, &k, &v, NULL, &o, NULL, NULL));
+    }
+out:
+    mha_ctx_free(ctx);
 }
 
 /* The backward's key chunks (attn_backward.c: NC <= 8 chunks of key tiles per head, dq summed
@@ -1391,6 +1451,7 @@ int main(void) {
     RUN(dropout_statistics);
     RUN(threads_bitwise_identical);
     RUN(backward_key_chunks);
+    RUN(grouped_query_attention);
     RUN(dropout_fused_tiles);
     RUN(tile_kernels_match_generic);
     RUN(tile_tolerance_catches_wrong_kernels);

@@ -91,7 +91,9 @@ typedef struct {
     mha__attn_problem pr;
     const mha_kernels *kern;
     const mha_tensor *q, *k, *v, *out, *lse, *dout;
-    mha_tensor *dq, *dk, *dv;
+    mha_tensor *dq, *dk, *dv;  /* dk, dv: the caller's, or per query head (grouped, below) */
+    mha_tensor *dk_kv, *dv_kv; /* the caller's [B, Hkv, S, *] */
+    mha_tensor dk_h, dv_h;     /* grouped-query: per query head [B, H, S, *], summed at the end */
     int64_t BR, BC, nqt, nkt;
     int NC;                         /* key chunks per head */
     int64_t cstart[MAX_CHUNKS + 1]; /* chunk c: key tiles [cstart[c], cstart[c + 1]) */
@@ -107,6 +109,8 @@ typedef struct {
 typedef struct {
     float *drow;   /* [B*H, L] Drow = rowsum(dout * out) */
     float *part;   /* [G * (NC - 1), L * D] dq contributions of chunks c >= 1 */
+    float *dkh;    /* grouped-query only: dk and dv per query head, [B*H*S, D] and */
+    float *dvh;    /* [B*H*S, Dv], summed over each group into the caller's dk, dv (pass 3) */
     void *threads; /* nt copies of bwd_tiles's regions (plan c->tiles), one after the other */
 } bwd_ws;
 
@@ -139,19 +143,19 @@ static mha_status bwd_check(mha_ctx *ctx, const mha_attn_params *p, const mha_te
     if (st) return st;
     int64_t B = pr->B, H = pr->H, L = pr->L, S = pr->S, D = pr->D, Dv = pr->Dv;
     int64_t wo[4] = {B, H, L, Dv}, wl[3] = {B, H, L}, wq[4] = {B, H, L, D};
-    int64_t wk[4] = {B, H, S, D}, wv[4] = {B, H, S, Dv};
+    int64_t wk[4] = {B, pr->Hkv, S, D}, wv[4] = {B, pr->Hkv, S, Dv};
     if ((st = mha__check_tensor(ctx, FN, "out", out, 4, wo, "[B, H, L, Dv]"))) return st;
     if ((st = mha__check_tensor(ctx, FN, "lse", lse, 3, wl, "[B, H, L]"))) return st;
     if ((st = mha__check_tensor(ctx, FN, "dout", dout, 4, wo, "[B, H, L, Dv]"))) return st;
     if ((st = mha__check_tensor(ctx, FN, "dq", dq, 4, wq, "[B, H, L, D]"))) return st;
-    if ((st = mha__check_tensor(ctx, FN, "dk", dk, 4, wk, "[B, H, S, D]"))) return st;
-    if ((st = mha__check_tensor(ctx, FN, "dv", dv, 4, wv, "[B, H, S, Dv]"))) return st;
+    if ((st = mha__check_tensor(ctx, FN, "dk", dk, 4, wk, "[B, Hkv, S, D] as k"))) return st;
+    if ((st = mha__check_tensor(ctx, FN, "dv", dv, 4, wv, "[B, Hkv, S, Dv] as v"))) return st;
     const mha__attn_arg ins[6] = {{"q", q},     {"k", k},     {"v", v},
                                   {"out", out}, {"lse", lse}, {"dout", dout}};
     const mha__attn_arg outs[3] = {{"dq", dq}, {"dk", dk}, {"dv", dv}};
     if ((st = mha__attn_check_aliases(ctx, FN, outs, 3, ins, 6))) return st;
     c->q = q, c->k = k, c->v = v, c->out = out, c->lse = lse, c->dout = dout;
-    c->dq = dq, c->dk = dk, c->dv = dv;
+    c->dq = dq, c->dk = c->dk_kv = dk, c->dv = c->dv_kv = dv;
     return MHA_OK;
 }
 
@@ -185,6 +189,9 @@ static void bwd_plan(mha_ctx *ctx, bwd_call *c) {
     mha__plan_init(pl);
     MHA__PLAN_ADD(pl, bwd_ws, drow, sizeof(float), BH, pr->L);
     MHA__PLAN_ADD(pl, bwd_ws, part, sizeof(float), c->G * (NC - 1), pr->L * pr->D);
+    const int64_t nh = pr->kv_group > 1 ? BH * pr->S : 0;
+    MHA__PLAN_ADD(pl, bwd_ws, dkh, sizeof(float), nh, pr->D);
+    MHA__PLAN_ADD(pl, bwd_ws, dvh, sizeof(float), nh, pr->Dv);
     MHA__PLAN_ADD_COPIES(pl, bwd_ws, threads, tl, c->nt);
 }
 
@@ -217,7 +224,8 @@ static void bwd_pair(const bwd_call *c, const bwd_task *t, const bwd_tiles *w, i
     mha__attn_tile_mask_make(pr, b, t->bh, i0, j0, &mk);
     const int64_t ldq = c->q->stride[2], ldk = c->k->stride[2], ldg = c->dout->stride[2];
     const float *qtile = mha__attn_row(c->q, b, h, i0), *gtile = mha__attn_row(c->dout, b, h, i0);
-    const float *ktile = mha__attn_row(c->k, b, h, j0), *vt = mha__attn_row(c->v, b, h, j0);
+    const float *ktile = mha__attn_kv_row(pr, c->k, b, h, j0);
+    const float *vt = mha__attn_kv_row(pr, c->v, b, h, j0);
     float *P = w->P, *dP = w->dP;
     for (int64_t r = 0; r < br; r++) w->lt[r] = t->lrow[(i0 + r) * c->lse->stride[2]];
     mha__attn_scale_tile(br, D, pr->scale, qtile, ldq, w->qs);
@@ -290,6 +298,23 @@ static void bwd_sum(const bwd_call *c, const bwd_ws *ws, int64_t g0, int64_t tas
     }
 }
 
+/* pass 3 (grouped-query only), task = row (b, g, j) of the caller's dk, dv: the sum of the
+ * group's query heads' rows, in head order (fixed: the same bits for any thread count). */
+static void bwd_group_sum(const bwd_call *c, int64_t task) {
+    const mha__attn_problem *pr = &c->pr;
+    const int64_t S = pr->S, n = pr->kv_group, bg = task / S, j = task % S;
+    const int64_t b = bg / pr->Hkv, g = bg % pr->Hkv;
+    float *dk = mha__attn_row(c->dk_kv, b, g, j), *dv = mha__attn_row(c->dv_kv, b, g, j);
+    for (int64_t x = 0; x < pr->D; x++) dk[x] = mha__attn_row(c->dk, b, g * n, j)[x];
+    for (int64_t x = 0; x < pr->Dv; x++) dv[x] = mha__attn_row(c->dv, b, g * n, j)[x];
+    for (int64_t i = 1; i < n; i++) {
+        const float *sk = mha__attn_row(c->dk, b, g * n + i, j);
+        const float *sv = mha__attn_row(c->dv, b, g * n + i, j);
+        for (int64_t x = 0; x < pr->D; x++) dk[x] += sk[x];
+        for (int64_t x = 0; x < pr->Dv; x++) dv[x] += sv[x];
+    }
+}
+
 mha_status mha_attn_backward(mha_ctx *ctx, const mha_attn_params *p, const mha_tensor *q,
                              const mha_tensor *k, const mha_tensor *v, const mha_mask *mask,
                              const mha_tensor *out, const mha_tensor *lse, const mha_tensor *dout,
@@ -305,6 +330,11 @@ mha_status mha_attn_backward(mha_ctx *ctx, const mha_attn_params *p, const mha_t
     if ((st = mha__plan_alloc(&c.plan, ctx, FN, 1, &mem))) return st;
     bwd_ws ws;
     mha__plan_point(&c.plan, mem, 0, &ws);
+    if (c.pr.kv_group > 1) { /* passes 1-2 write each query head's dk, dv; pass 3 sums them */
+        int64_t sk[4] = {c.pr.B, c.pr.H, c.pr.S, c.pr.D}, sv[4] = {c.pr.B, c.pr.H, c.pr.S, c.pr.Dv};
+        c.dk_h = mha_tensor_make(ws.dkh, 4, sk), c.dv_h = mha_tensor_make(ws.dvh, 4, sv);
+        c.dk = &c.dk_h, c.dv = &c.dv_h;
+    }
 #pragma omp parallel num_threads(c.nt) if (c.nt > 1)
     {
         int tid = 0;
@@ -323,6 +353,11 @@ mha_status mha_attn_backward(mha_ctx *ctx, const mha_attn_params *p, const mha_t
 #pragma omp for schedule(static)
                 for (int64_t task = 0; task < gn * c.nqt; task++) bwd_sum(&c, &ws, g0, task);
             }
+        }
+        if (c.pr.kv_group > 1) {
+#pragma omp for schedule(static)
+            for (int64_t task = 0; task < c.pr.B * c.pr.Hkv * c.pr.S; task++)
+                bwd_group_sum(&c, task);
         }
     }
     mha__free(mem);

@@ -98,22 +98,29 @@ mha_status mha__attn_check_inputs(mha_ctx *ctx, const char *fn, const mha_attn_p
     if (D < 1)
         return mha__err(ctx, MHA_ERR_SHAPE, "%s: q.shape[3]: got %lld, expected >= 1 (head dim)",
                         fn, (long long)D);
-    int64_t wk[4] = {B, H, -1, D};
-    if ((st = mha__check_tensor(ctx, fn, "k", k, 4, NULL, "[B, H, S, D]"))) return st;
-    static const char *const kwhy[4] = {"q batch", "q heads", "", "q head dim"};
+    int64_t wk[4] = {B, -1, -1, D};
+    if ((st = mha__check_tensor(ctx, fn, "k", k, 4, NULL, "[B, Hkv, S, D]"))) return st;
+    static const char *const kwhy[4] = {"q batch", "", "", "q head dim"};
     for (int d = 0; d < 4; d++)
         if (wk[d] >= 0 && k->shape[d] != wk[d])
             return mha__err(ctx, MHA_ERR_SHAPE, "%s: k.shape[%d]: got %lld, expected %lld (%s)", fn,
                             d, (long long)k->shape[d], (long long)wk[d], kwhy[d]);
+    const int64_t Hkv = k->shape[1];
+    if (Hkv < 1 || H % Hkv != 0)
+        return mha__err(ctx, MHA_ERR_SHAPE,
+                        "%s: k.shape[1]: got %lld, expected a divisor of q's %lld heads "
+                        "(grouped-query attention: query head h uses key/value head h / (H / Hkv))",
+                        fn, (long long)Hkv, (long long)H);
     int64_t S = k->shape[2];
-    if ((st = mha__check_tensor(ctx, fn, "v", v, 4, NULL, "[B, H, S, Dv]"))) return st;
-    int64_t wv[3] = {B, H, S};
-    static const char *const vwhy[3] = {"q batch", "q heads", "k length"};
+    if ((st = mha__check_tensor(ctx, fn, "v", v, 4, NULL, "[B, Hkv, S, Dv]"))) return st;
+    int64_t wv[3] = {B, Hkv, S};
+    static const char *const vwhy[3] = {"q batch", "k heads", "k length"};
     for (int d = 0; d < 3; d++)
         if (v->shape[d] != wv[d])
             return mha__err(ctx, MHA_ERR_SHAPE, "%s: v.shape[%d]: got %lld, expected %lld (%s)", fn,
                             d, (long long)v->shape[d], (long long)wv[d], vwhy[d]);
     pr->B = B, pr->H = H, pr->L = L, pr->S = S, pr->D = D, pr->Dv = v->shape[3];
+    pr->Hkv = Hkv, pr->kv_group = H / Hkv;
     pr->scale = p->scale != 0 ? p->scale : (float)(1.0 / sqrt((double)D));
     pr->dropout_p = p->dropout_p;
     pr->keep_scale = p->dropout_p > 0 ? (float)(1.0 / (1.0 - (double)p->dropout_p)) : 1.0f;

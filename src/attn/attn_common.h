@@ -25,10 +25,11 @@
 /* A validated problem: sizes, resolved scale and dropout, and the masks (never NULL). */
 typedef struct {
     int64_t B, H, L, S, D, Dv;
-    float scale;       /* p->scale, or 1/sqrt(D) */
-    float dropout_p;   /* 0: no dropout */
-    float keep_scale;  /* 1 / (1 - dropout_p) */
-    uint64_t drop_thr; /* keep iff philox word >= drop_thr */
+    int64_t Hkv, kv_group; /* key/value heads (k.shape[1]); query heads per key/value head */
+    float scale;           /* p->scale, or 1/sqrt(D) */
+    float dropout_p;       /* 0: no dropout */
+    float keep_scale;      /* 1 / (1 - dropout_p) */
+    uint64_t drop_thr;     /* keep iff philox word >= drop_thr */
     uint64_t seed, offset;
     mha_mask mask;        /* a copy; mha_mask_default() when the caller passed NULL */
     int64_t causal_shift; /* causal: key j allowed iff j <= i + causal_shift */
@@ -62,6 +63,13 @@ mha_status mha__attn_check_aliases(mha_ctx *ctx, const char *fn, const mha__attn
 /* Pointer to row i of head (b, h) of a [B, H, R, X] view. */
 static inline float *mha__attn_row(const mha_tensor *t, int64_t b, int64_t h, int64_t i) {
     return t->data + b * t->stride[0] + h * t->stride[1] + i * t->stride[2];
+}
+
+/* Pointer to row i of the key/value head that query head h of batch b reads in a
+ * [B, Hkv, S, X] view: head h / kv_group (grouped-query attention; 1: head h itself). */
+static inline float *mha__attn_kv_row(const mha__attn_problem *pr, const mha_tensor *t, int64_t b,
+                                      int64_t h, int64_t i) {
+    return mha__attn_row(t, b, h / pr->kv_group, i);
 }
 
 /* Y[rows, n] (ld n) = scale * X[rows, n] (ld ldx): a query tile scaled BEFORE its product with

@@ -155,12 +155,13 @@ static void fwd_rows(const fwd_call *c, const fwd_task *t, fwd_ws *w) {
         if (mha__attn_tile_skip(pr, t->b, i0, i0 + br, j0, j0 + bc)) continue;
         mha__attn_tile_mask mk;
         mha__attn_tile_mask_make(pr, t->b, t->bh, i0, j0, &mk);
-        const float *vr = mha__attn_row(c->v, t->b, t->h, j0);
-        int64_t slot = kt % c->nslot;
+        const float *vr = mha__attn_kv_row(pr, c->v, t->b, t->h, j0);
+        int64_t slot = kt % c->nslot, tag = (t->b * pr->Hkv + t->h / pr->kv_group) * c->nkt + kt;
         float *kpt = w->kp + slot * BC * D;
-        if (w->tag[slot] != t->bh * c->nkt + kt) { /* pack once per thread, head and key tile */
-            kern->attn_kpack(bc, D, mha__attn_row(c->k, t->b, t->h, j0), c->k->stride[2], kpt);
-            w->tag[slot] = t->bh * c->nkt + kt;
+        if (w->tag[slot] != tag) { /* pack once per thread, key/value head and key tile */
+            kern->attn_kpack(bc, D, mha__attn_kv_row(pr, c->k, t->b, t->h, j0), c->k->stride[2],
+                             kpt);
+            w->tag[slot] = tag;
         }
         if (pr->dropout_p == 0) {
             kern->attn_fwd(br, bc, D, Dv, 1.0f, w->qs, D, kpt, vr, ldv, &mk, w->m, w->l, w->acc, Dv,
@@ -219,7 +220,7 @@ static void weights_tile(const fwd_call *c, fwd_ws *w, int64_t b, int64_t h, int
     }
     mha__attn_tile_mask mk;
     mha__attn_tile_mask_make(pr, b, bh, ir, j0, &mk);
-    kern->attn_scores(wr, bc, pr->D, 1.0f, qs, pr->D, mha__attn_row(c->k, b, h, j0),
+    kern->attn_scores(wr, bc, pr->D, 1.0f, qs, pr->D, mha__attn_kv_row(pr, c->k, b, h, j0),
                       c->k->stride[2], dst, ldd);
     kern->attn_probs(wr, bc, dst, ldd, &mk, shift);
     for (int64_t r = 0; r < wr; r++) {

@@ -280,7 +280,9 @@ MHA_API mha_attn_params mha_attn_params_default(void);
 
 /* Forward of the attention core, equivalent to F.scaled_dot_product_attention (with mha's
  * mask conventions, and 0 instead of NaN on fully masked rows).
- *   q: [B, H, L, D]   k: [B, H, S, D]   v: [B, H, S, Dv]      (strided views, read only)
+ *   q: [B, H, L, D]   k: [B, Hkv, S, D]   v: [B, Hkv, S, Dv]  (strided views, read only)
+ *        Hkv = H, or a divisor of H: grouped-query attention (Hkv = 1: multi-query), query
+ *        head h using key/value head h / (H / Hkv), without a copy of k and v
  *   out: [B, H, L, Dv] overwritten (a strided view: [B, L, H, Dv] memory works without copy)
  *   lse: [B, H, L] overwritten, optional (NULL): per-row log-sum-exp of the scaled, masked
  *        scores (-INFINITY for a fully masked row), needed by mha_attn_backward
@@ -302,7 +304,9 @@ MHA_API mha_status mha_attn_forward(mha_ctx *ctx, const mha_attn_params *p, cons
  *   Aliasing as in the forward: dq, dk, dv may not share memory with q, k, v, out, lse, dout
  *   or each other (MHA_ERR_INVALID_ARG); dq, dk, dv may be interleaved views of one packed
  *   [B, T, 3, H, D] gradient buffer.
- *   dq: [B, H, L, D], dk: [B, H, S, D], dv: [B, H, S, Dv]: overwritten (not accumulated). */
+ *   dq: [B, H, L, D], dk: [B, Hkv, S, D], dv: [B, Hkv, S, Dv] (as k, v): overwritten (not
+ *   accumulated); with grouped-query attention each group's query heads' contributions to dk,
+ *   dv summed in head order (a [B, H, S, D + Dv] workspace). */
 MHA_API mha_status mha_attn_backward(mha_ctx *ctx, const mha_attn_params *p, const mha_tensor *q,
                                      const mha_tensor *k, const mha_tensor *v, const mha_mask *mask,
                                      const mha_tensor *out, const mha_tensor *lse,

@@ -234,3 +234,26 @@ def test_dropout_gradients_use_the_forward_mask():
     want = torch.autograd.grad((out_r * g.double()).sum(), [qr, kr, vr])
     for name, a, b in zip("qkv", got, want):
         assert_close(a, b, f"dropout: grad {name}", GRAD_TOL)
+
+
+@pytest.mark.parametrize("shape", [((2, 8), (2, 2)), ((1, 6), (1, 1)), ((4,), (2,)),
+                                   ((2, 2, 4), (2, 2, 1))],
+                         ids=["B2 H8 Hkv2", "MQA H6", "3-D H4 Hkv2", "5-D H4 Hkv1"])
+@pytest.mark.parametrize("mask", [None, "causal", "bool", "float"])
+def test_grouped_query_attention_as_pytorch(shape, mask):
+    # enable_gqa=True: key/value with fewer heads; outputs and the gradients of q, k, v (the
+    # key/value gradients summed over each group) against PyTorch's enable_gqa in float64
+    gen = torch.Generator().manual_seed(31)
+    (qlead, kvlead), L, S, E = shape, 7, 11, 16
+    q = torch.randn(qlead + (L, E), generator=gen)
+    k = torch.randn(kvlead + (S, E), generator=gen)
+    v = torch.randn(kvlead + (S, 12), generator=gen)
+    g = torch.randn(qlead + (L, 12), generator=gen)
+    kw = dict(enable_gqa=True)
+    if mask == "causal":
+        kw["is_causal"] = True
+    elif mask == "bool":
+        kw["attn_mask"] = torch.rand(qlead + (L, S), generator=gen) < 0.8
+    elif mask == "float":
+        kw["attn_mask"] = torch.randn((L, S), generator=gen)
+    compare(q, k, v, g, **kw)

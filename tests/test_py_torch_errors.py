@@ -70,11 +70,13 @@ def test_sdpa_float_mask_requiring_grad_is_not_implemented():
         sdpa(q, q, q, attn_mask=mask).sum().backward()
 
 
-def test_sdpa_enable_gqa_is_not_implemented():
+def test_sdpa_key_heads_must_divide_or_match():
+    # fewer key/value heads: only with enable_gqa=True, and a divisor of the query's
     q = torch.randn(1, 4, 3, 8)
-    kv = torch.randn(1, 2, 3, 8)
-    with pytest.raises(NotImplementedError, match="enable_gqa"):
-        sdpa(q, kv, kv, enable_gqa=True)
+    with pytest.raises(ValueError, match=GOT_EXPECTED):
+        sdpa(q, torch.randn(1, 2, 3, 8), torch.randn(1, 2, 3, 8))
+    with pytest.raises(ValueError, match="enable_gqa"):
+        sdpa(q, torch.randn(1, 3, 3, 8), torch.randn(1, 3, 3, 8), enable_gqa=True)
 
 
 # -- as PyTorch raises -----------------------------------------------------------------------

@@ -39,7 +39,9 @@ def scaled_dot_product_attention(query, key, value, attn_mask=None, dropout_p=0.
     scale : float, optional
         Default 1/sqrt(E). Must be nonzero.
     enable_gqa : bool
-        Grouped-query attention: not supported yet (NotImplementedError).
+        Grouped-query attention: key and value may have Hkv heads (dim -3), a divisor of the
+        query's H; query head h uses key/value head h // (H / Hkv), as PyTorch (no copy of key
+        and value is made; their gradients are summed over each group).
 
     Returns
     -------
@@ -55,9 +57,6 @@ def scaled_dot_product_attention(query, key, value, attn_mask=None, dropout_p=0.
     torch.Size([2, 4, 16, 32])
     """
     fn = "mha.functional.scaled_dot_product_attention"
-    if enable_gqa:
-        raise NotImplementedError(f"{fn}: enable_gqa=True is not supported yet (grouped-query "
-                                  "attention: key/value with fewer heads than query)")
     q = T.as_input(query, "query", fn)
     k = T.as_input(key, "key", fn)
     v = T.as_input(value, "value", fn)
@@ -66,10 +65,14 @@ def scaled_dot_product_attention(query, key, value, attn_mask=None, dropout_p=0.
                          f"{_shape(v)}, expected [..., L, E], [..., S, E], [..., S, Ev] with the "
                          "same number of dimensions (at least 2)")
     lead = tuple(q.shape[:-2])
-    if tuple(k.shape[:-2]) != lead or tuple(v.shape[:-2]) != lead:
+    # enable_gqa: key/value may have fewer heads (dim -3) than query, a divisor of its number
+    klead = lead if not enable_gqa or q.dim() < 3 else lead[:-1] + tuple(k.shape[-3:-2])
+    if tuple(k.shape[:-2]) != klead or tuple(v.shape[:-2]) != klead or (
+            enable_gqa and q.dim() >= 3 and lead[-1] % klead[-1] != 0):
         raise ValueError(f"{fn}: key, value: got shapes {_shape(k)}, {_shape(v)}, expected the "
                          f"leading dimensions of query {_shape(q)} (broadcasting them is not "
-                         "supported)")
+                         "supported" + ("; with enable_gqa=True, key/value heads (dim -3) "
+                                        "dividing the query's" if enable_gqa else "") + ")")
     L, E, S, Ev = q.shape[-2], q.shape[-1], k.shape[-2], v.shape[-1]
     if k.shape[-1] != E or v.shape[-2] != S:
         raise ValueError(f"{fn}: key, value: got shapes {_shape(k)}, {_shape(v)}, expected "

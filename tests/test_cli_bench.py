@@ -72,3 +72,21 @@ def test_no_progress_when_stderr_is_not_a_terminal(args):
     p = subprocess.run([mha_bin(), *args], capture_output=True, text=True, timeout=60)
     assert p.returncode == 0 and p.stderr == "", p.stderr
     assert p.stdout.count("\n") == 1
+
+
+def test_kv_heads_for_grouped_query_attention():
+    # --core --kv-heads G: k and v with G heads (a divisor of --heads), reported in the JSON;
+    # refused without --core and for a G that does not divide H (usage errors, exit 1)
+    run = lambda *extra: subprocess.run([mha_bin(), *TINY, *extra], capture_output=True,
+                                        text=True, timeout=60)
+    for g in ("1", "2"):
+        p = run("--core", "--backward", "--kv-heads", g, "--json")
+        assert p.returncode == 0, p.stderr
+        r = json.loads(p.stdout)
+        assert r["kv_heads"] == int(g) and r["heads"] == 2 and r["what"] == "core_fwd_bwd"
+    assert json.loads(run("--core", "--json").stdout)["kv_heads"] == 2  # default: H
+    for extra, text in ((["--kv-heads", "1"], "applies to --core"),
+                        (["--core", "--kv-heads", "3"], "expected a divisor of --heads 2"),
+                        (["--core", "--kv-heads", "0"], "expected a divisor")):
+        p = run(*extra)
+        assert p.returncode == 1 and text in p.stderr, p.stderr

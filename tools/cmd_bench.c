@@ -1,7 +1,7 @@
 /* cmd_bench.c - `mha bench`: times the module, the attention core, or the gemm on random data.
  *
  *   mha bench --batch B --seq N --embed E --heads H [--causal] [--backward] [--core]
- *             [--need-weights] [--threads T] [--isa NAME] [--runs R] [--json]
+ *             [--kv-heads G] [--need-weights] [--threads T] [--isa NAME] [--runs R] [--json]
  *   mha bench --gemm M N K [--ta 0|1] [--tb 0|1] [--threads T] [--isa NAME] [--runs R] [--json]
  *
  * Each measurement: warm-up runs, then R timed runs; the median is reported. FLOP counts
@@ -43,6 +43,8 @@ static void print_help(FILE *f) {
           "                average_attn_weights=True); the FLOP count is unchanged\n"
           "  --core        time only mha_attn_forward (and mha_attn_backward) on projected\n"
           "                q, k, v [B, H, N, E/H]\n"
+          "  --kv-heads G  --core: k and v with G heads, a divisor of H (grouped-query\n"
+          "                attention; 1: multi-query); default H\n"
           "  --gemm M N K  time C[M,N] = op(A)[M,K] op(B)[K,N]; --ta/--tb transpose A/B\n"
           "                (default: ta 0, tb 1, as the projections x W^T)\n"
           "  --threads T   threads (default: all cores)\n"
@@ -78,7 +80,7 @@ static float *rand_buf(int64_t n, uint32_t seed) {
 }
 
 typedef struct {
-    long long batch, seq, embed, heads, threads, runs, warmup, m, n, k, ta, tb;
+    long long batch, seq, embed, heads, kv_heads, threads, runs, warmup, m, n, k, ta, tb;
     int causal, backward, core, json, gemm, need_weights, threads_given;
     double budget, dropout;
     const char *isa;
@@ -200,6 +202,13 @@ static int check_args(const bench_args *a, int warmup_given) {
     if (a->core && a->need_weights)
         return cli_usage_error("mha bench --help lists the options",
                                "--need-weights: applies to the module, not to --core");
+    if (a->kv_heads != a->heads && !a->core)
+        return cli_usage_error("mha bench --help lists the options",
+                               "--kv-heads: applies to --core (the module has H key/value heads)");
+    if (a->kv_heads < 1 || a->heads % a->kv_heads)
+        return cli_usage_error("mha bench --help lists the options",
+                               "--kv-heads: got %lld, expected a divisor of --heads %lld",
+                               a->kv_heads, a->heads);
     return 0;
 }
 
@@ -215,6 +224,7 @@ static int parse_args(int argc, char **argv, bench_args *a) {
         {"--seq", CLI_OPT_INT, &a->seq, 0},
         {"--embed", CLI_OPT_INT, &a->embed, 0},
         {"--heads", CLI_OPT_INT, &a->heads, 0},
+        {"--kv-heads", CLI_OPT_INT, &a->kv_heads, 0},
         {"--causal", CLI_OPT_FLAG, &a->causal, 0},
         {"--backward", CLI_OPT_FLAG, &a->backward, 0},
         {"--core", CLI_OPT_FLAG, &a->core, 0},
@@ -238,6 +248,7 @@ static int parse_args(int argc, char **argv, bench_args *a) {
     }
     if (rc) return rc;
     a->threads_given = cli_find(opts, nopts, "--threads")->seen > 0;
+    if (!cli_find(opts, nopts, "--kv-heads")->seen) a->kv_heads = a->heads;
     return check_args(a, cli_find(opts, nopts, "--warmup")->seen > 0);
 }
 
@@ -257,17 +268,18 @@ static float *plan_buf(bench_plan *p, int64_t n, uint32_t seed) {
 }
 
 static void plan_core(bench_state *s, bench_plan *p, int64_t B, int64_t H, int64_t N, int64_t D) {
-    int64_t sh[4] = {B, H, N, D}, sl[3] = {B, H, N}, n = B * H * N * D;
+    const int64_t G = s->a->kv_heads, nk = B * G * N * D;
+    int64_t sh[4] = {B, H, N, D}, sk[4] = {B, G, N, D}, sl[3] = {B, H, N}, n = B * H * N * D;
     s->q = mha_tensor_make(plan_buf(p, n, 1), 4, sh);
-    s->k = mha_tensor_make(plan_buf(p, n, 2), 4, sh);
-    s->v = mha_tensor_make(plan_buf(p, n, 3), 4, sh);
+    s->k = mha_tensor_make(plan_buf(p, nk, 2), 4, sk);
+    s->v = mha_tensor_make(plan_buf(p, nk, 3), 4, sk);
     s->o = mha_tensor_make(plan_buf(p, n, 4), 4, sh);
     s->lse = mha_tensor_make(plan_buf(p, B * H * N, 5), 3, sl);
     if (s->a->backward) {
         s->dout = mha_tensor_make(plan_buf(p, n, 6), 4, sh);
         s->dq = mha_tensor_make(plan_buf(p, n, 7), 4, sh);
-        s->dk = mha_tensor_make(plan_buf(p, n, 8), 4, sh);
-        s->dv = mha_tensor_make(plan_buf(p, n, 9), 4, sh);
+        s->dk = mha_tensor_make(plan_buf(p, nk, 8), 4, sk);
+        s->dv = mha_tensor_make(plan_buf(p, nk, 9), 4, sk);
     }
 }
 
@@ -399,11 +411,11 @@ static void report(const bench_state *s, const bench_plan *p, bench_times *t) {
                    a->m, a->n, a->k, a->ta, a->tb);
         else
             printf("{\"what\":\"%s\",\"batch\":%lld,\"seq\":%lld,\"embed\":%lld,\"heads\":%lld,"
-                   "\"causal\":%s,\"backward\":%s,\"core\":%s,\"need_weights\":%s,"
-                   "\"dropout\":%g,",
-                   what, a->batch, a->seq, a->embed, a->heads, a->causal ? "true" : "false",
-                   a->backward ? "true" : "false", a->core ? "true" : "false",
-                   a->need_weights ? "true" : "false", a->dropout);
+                   "\"kv_heads\":%lld,\"causal\":%s,\"backward\":%s,\"core\":%s,"
+                   "\"need_weights\":%s,\"dropout\":%g,",
+                   what, a->batch, a->seq, a->embed, a->heads, a->kv_heads,
+                   a->causal ? "true" : "false", a->backward ? "true" : "false",
+                   a->core ? "true" : "false", a->need_weights ? "true" : "false", a->dropout);
         printf("\"isa\":\"%s\",\"threads\":%d,\"runs\":%d,\"median_ms\":%.4f,\"gflops\":%.3f,"
                "\"fwd_median_ms\":%.4f,\"fwd_gflops\":%.3f",
                isa, threads, t->runs, med * 1e3, gflops, med_f * 1e3, p->flops_fwd / med_f * 1e-9);
@@ -416,8 +428,9 @@ static void report(const bench_state *s, const bench_plan *p, bench_times *t) {
     if (a->gemm)
         printf("gemm M %lld N %lld K %lld (ta %lld, tb %lld)", a->m, a->n, a->k, a->ta, a->tb);
     else
-        printf("%s B %lld N %lld E %lld H %lld%s%s", what, a->batch, a->seq, a->embed, a->heads,
-               a->causal ? " causal" : "", a->need_weights ? " need_weights" : "");
+        printf("%s B %lld N %lld E %lld H %lld%s%s%s", what, a->batch, a->seq, a->embed, a->heads,
+               a->kv_heads != a->heads ? " (GQA)" : "", a->causal ? " causal" : "",
+               a->need_weights ? " need_weights" : "");
     printf(", isa %s, %d threads: median %.3f ms of %d runs, %.1f GFLOP/s\n", isa, threads,
            med * 1e3, t->runs, gflops);
     if (a->backward)

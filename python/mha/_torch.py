@@ -22,17 +22,27 @@ _F32 = torch.float32
 # ------------------------------------------------------------------------------------------
 # Tensors
 # ------------------------------------------------------------------------------------------
+def shape_str(t):
+    """A tensor's shape as messages write it: [2, 10, 64]."""
+    return "[" + ", ".join(str(d) for d in t.shape) + "]"
+
+
+def _require_cpu_f32(t, name, fn, what):
+    """ValueError unless t (a tensor, or what: "parameter") is float32 on the CPU."""
+    if t.device.type != "cpu":
+        raise ValueError(f"{fn}: {name}: got a {what} on {t.device}, expected a CPU tensor "
+                         "(mha computes on the CPU: .cpu())")
+    if t.dtype != _F32:
+        raise ValueError(f"{fn}: {name}.dtype: got {t.dtype}, expected torch.float32 "
+                         "(mha computes in float32: .float())")
+
+
 def as_input(t, name, fn):
     """t checked for the library: a float32 CPU tensor whose innermost stride is 1 (copied
     when it is not). Returns the tensor to pass (keep it alive during the call)."""
     if not isinstance(t, torch.Tensor):
         raise ValueError(f"{fn}: {name}: got {type(t).__name__}, expected a torch.Tensor")
-    if t.device.type != "cpu":
-        raise ValueError(f"{fn}: {name}: got a tensor on {t.device}, expected a CPU tensor "
-                         "(mha computes on the CPU: .cpu())")
-    if t.dtype != _F32:
-        raise ValueError(f"{fn}: {name}.dtype: got {t.dtype}, expected torch.float32 "
-                         "(mha computes in float32: .float())")
+    _require_cpu_f32(t, name, fn, "tensor")
     if t.dim() and t.stride(-1) != 1 and t.shape[-1] > 1:
         t = t.contiguous()
     return t
@@ -52,14 +62,9 @@ def new_like(shape, stride):
 
 
 def check_param(p, name, fn):
-    """A parameter must be float32 on the CPU; a non-contiguous one is not bound (the C module
-    reads parameters as contiguous memory): ValueError saying so."""
-    if p.device.type != "cpu":
-        raise ValueError(f"{fn}: {name}: got a parameter on {p.device}, expected the CPU "
-                         "(mha computes on the CPU)")
-    if p.dtype != _F32:
-        raise ValueError(f"{fn}: {name}.dtype: got {p.dtype}, expected torch.float32 (mha "
-                         "computes in float32; the module was converted with .to() / .double()?)")
+    """A parameter must be float32 on the CPU, and contiguous (the C module reads parameters as
+    contiguous memory): ValueError saying which."""
+    _require_cpu_f32(p, name, fn, "parameter")
     if not p.is_contiguous():
         raise ValueError(f"{fn}: {name}: got a non-contiguous parameter (strides "
                          f"{tuple(p.stride())}), expected a contiguous one")

@@ -9,12 +9,10 @@ import torch
 
 from . import _lib
 from . import _torch as T
+from ._torch import shape_str as _shape
 
 __all__ = ["scaled_dot_product_attention"]
 
-
-def _shape(t):
-    return "[" + ", ".join(str(d) for d in t.shape) + "]"
 
 
 def scaled_dot_product_attention(query, key, value, attn_mask=None, dropout_p=0.0,

@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import _torch as T
+from ._torch import shape_str as _shape
 
 __all__ = ["MultiheadAttention", "MultiHeadAttention"]
 
@@ -32,9 +33,6 @@ _NAMES_SEP = (b"q_proj_weight", b"k_proj_weight", b"v_proj_weight", b"in_proj_bi
               b"out_proj.weight", b"out_proj.bias")
 _NAMES_SEP_NB = (b"q_proj_weight", b"k_proj_weight", b"v_proj_weight", b"out_proj.weight")
 
-
-def _shape(t):
-    return "[" + ", ".join(str(d) for d in t.shape) + "]"
 
 
 class MultiheadAttention(nn.MultiheadAttention):

@@ -201,6 +201,10 @@ static void fwd_finish(const fwd_call *c, const fwd_task *t, fwd_ws *w) {
     for (int64_t r = 0; r < t->br; r++) lr[(t->i0 + r) * lse->stride[2]] = w->lt[r];
 }
 
+/* The shift of a row's weights, exp(s - shift) / l: its final max, or -inf for a fully masked
+ * row (l == 0: every weight 0). */
+static inline float weights_shift(float m, float l) { return l != 0 ? m : -INFINITY; }
+
 /* One tile of head (b, h)'s weights, rows [ir, ir + wr) x keys [j0, j0 + bc), into dst (row
  * stride ldd): dropout(exp(s - m) / l) from the scaled query rows qs [wr, D], each row's final
  * max m (shift: m, or -inf for a fully masked row, l == 0) and sum l: the softmax as written,
@@ -238,7 +242,7 @@ static void weights_tile(const fwd_call *c, fwd_ws *w, int64_t b, int64_t h, int
  * scaled query tile qs that fwd_rows left. */
 static void fwd_weights(const fwd_call *c, const fwd_task *t, fwd_ws *w) {
     const int64_t WR = c->WR, WC = c->WC, S = c->pr.S, ldw = c->weights->stride[2];
-    for (int64_t r = 0; r < t->br; r++) w->lt[r] = w->l[r] != 0 ? w->m[r] : -INFINITY;
+    for (int64_t r = 0; r < t->br; r++) w->lt[r] = weights_shift(w->m[r], w->l[r]);
     for (int64_t r0 = 0; r0 < t->br; r0 += WR) {
         int64_t wr = t->br - r0 < WR ? t->br - r0 : WR, ir = t->i0 + r0;
         float *wt = mha__attn_row(c->weights, t->b, t->h, ir);
@@ -265,7 +269,7 @@ static void fwd_avg(const fwd_call *c, fwd_ws *w, int64_t task) {
         const float *ml = c->ml + ((b * H + h) * L + i0) * 2;
         for (int64_t r = 0; r < wr; r++) {
             w->sl[h * WR + r] = ml[2 * r + 1];
-            w->sh[h * WR + r] = ml[2 * r + 1] != 0 ? ml[2 * r] : -INFINITY;
+            w->sh[h * WR + r] = weights_shift(ml[2 * r], ml[2 * r + 1]);
         }
     }
     for (int64_t j0 = 0; j0 < S; j0 += WC) {

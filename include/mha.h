@@ -262,6 +262,19 @@ typedef struct {
     /* 0: attn masks are [L, S], shared by every batch and head; 1: [B*H, L, S]
      * (index b*H + h, as PyTorch). For unbatched module input, 1 means [H, L, S]. */
     int attn_batched;
+    /* Sliding window (FlashAttention's window_size = (window_left, window_right)), off unless
+     * `window` is nonzero: key j of query row i is allowed only if
+     *     i + (S - L) - window_left <= j <= i + (S - L) + window_right,
+     * a negative bound meaning unbounded on that side (FlashAttention's -1). Aligned bottom-right
+     * as FlashAttention's window (for L == S: around the diagonal j = i), whatever `causal` is;
+     * combines with causal and every other mask (a key must pass all). */
+    int window;
+    int64_t window_left, window_right;
+    /* ALiBi (Press et al., 2022): slopes [H] (alibi_batched 0) or [B, H] (1); NULL: none.
+     * -slope[h] * |i + (S - L) - j| is added to every score of head h (FlashAttention's
+     * convention): after the scale and the softcap, with the float mask. */
+    const float *alibi_slopes;
+    int alibi_batched;
 } mha_mask;
 
 MHA_API mha_mask mha_mask_default(void); /* no mask at all */
@@ -274,9 +287,23 @@ typedef struct {
     float dropout_p; /* probability of zeroing a weight, in [0, 1); 0 disables dropout */
     uint64_t seed;   /* dropout key: the same (seed, offset) gives the same dropout mask */
     uint64_t offset; /* dropout stream offset, e.g. a call counter */
+    /* Logit soft-capping (Gemma 2): > 0 maps every scaled score s to softcap * tanh(s /
+     * softcap) before ALiBi and the masks (the backward multiplies by its derivative);
+     * 0: off. */
+    float softcap;
 } mha_attn_params;
 
 MHA_API mha_attn_params mha_attn_params_default(void);
+
+/* The score of query row i and key j of head (b, h), every option applied (the definition the
+ * kernels compute, tiled):
+ *     s = scale * (q_i . k_j)                           (q scaled first: (scale q_i) . k_j)
+ *     s = softcap * tanh(s / softcap)                   (p->softcap > 0)
+ *     s = s - slope[b, h] * |i + (S - L) - j|           (mask->alibi_slopes)
+ *     s = s + attn_float[.., i, j]                      (mask->attn_float)
+ *     s = -inf if any mask excludes key j for row i     (causal, window, key_padding,
+ *                                                        key_lengths, attn_bool)
+ *     P_i = softmax_j(s),  out_i = sum_j dropout(P_ij) v_j   (a row with no finite s: out 0) */
 
 /* Forward of the attention core, equivalent to F.scaled_dot_product_attention (with mha's
  * mask conventions, and 0 instead of NaN on fully masked rows).

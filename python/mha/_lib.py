@@ -37,13 +37,15 @@ class Tensor(Structure):
 class Mask(Structure):
     """mha_mask (pointers to caller-owned, contiguous mask memory)."""
     _fields_ = [("causal", c_int), ("key_padding", c_void_p), ("key_lengths", c_void_p),
-                ("attn_bool", c_void_p), ("attn_float", c_void_p), ("attn_batched", c_int)]
+                ("attn_bool", c_void_p), ("attn_float", c_void_p), ("attn_batched", c_int),
+                ("window", c_int), ("window_left", c_int64), ("window_right", c_int64),
+                ("alibi_slopes", c_void_p), ("alibi_batched", c_int)]
 
 
 class AttnParams(Structure):
     """mha_attn_params."""
     _fields_ = [("scale", c_float), ("dropout_p", c_float), ("seed", c_uint64),
-                ("offset", c_uint64)]
+                ("offset", c_uint64), ("softcap", c_float)]
 
 
 class Config(Structure):

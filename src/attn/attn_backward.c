@@ -48,8 +48,6 @@
 #include <omp.h>
 #endif
 
-static const char *const FN = "mha_attn_backward";
-
 #define MAX_CHUNKS 8
 
 /* The first query tile that causality lets see key tile kt (nqt: none; 0 without causality).
@@ -134,26 +132,27 @@ typedef struct {
     mha__attn_dropout dr;
 } bwd_task;
 
-static mha_status bwd_check(mha_ctx *ctx, const mha_attn_params *p, const mha_tensor *q,
-                            const mha_tensor *k, const mha_tensor *v, const mha_mask *mask,
-                            const mha_tensor *out, const mha_tensor *lse, const mha_tensor *dout,
-                            mha_tensor *dq, mha_tensor *dk, mha_tensor *dv, bwd_call *c) {
+static mha_status bwd_check(mha_ctx *ctx, const char *fn, const mha_attn_params *p,
+                            const mha_tensor *q, const mha_tensor *k, const mha_tensor *v,
+                            const mha_mask *mask, const mha_tensor *out, const mha_tensor *lse,
+                            const mha_tensor *dout, mha_tensor *dq, mha_tensor *dk, mha_tensor *dv,
+                            bwd_call *c) {
     mha__attn_problem *pr = &c->pr;
-    mha_status st = mha__attn_check_inputs(ctx, FN, p, q, k, v, mask, pr);
+    mha_status st = mha__attn_check_inputs(ctx, fn, p, q, k, v, mask, pr);
     if (st) return st;
     int64_t B = pr->B, H = pr->H, L = pr->L, S = pr->S, D = pr->D, Dv = pr->Dv;
     int64_t wo[4] = {B, H, L, Dv}, wl[3] = {B, H, L}, wq[4] = {B, H, L, D};
     int64_t wk[4] = {B, pr->Hkv, S, D}, wv[4] = {B, pr->Hkv, S, Dv};
-    if ((st = mha__check_tensor(ctx, FN, "out", out, 4, wo, "[B, H, L, Dv]"))) return st;
-    if ((st = mha__check_tensor(ctx, FN, "lse", lse, 3, wl, "[B, H, L]"))) return st;
-    if ((st = mha__check_tensor(ctx, FN, "dout", dout, 4, wo, "[B, H, L, Dv]"))) return st;
-    if ((st = mha__check_tensor(ctx, FN, "dq", dq, 4, wq, "[B, H, L, D]"))) return st;
-    if ((st = mha__check_tensor(ctx, FN, "dk", dk, 4, wk, "[B, Hkv, S, D] as k"))) return st;
-    if ((st = mha__check_tensor(ctx, FN, "dv", dv, 4, wv, "[B, Hkv, S, Dv] as v"))) return st;
+    if ((st = mha__check_tensor(ctx, fn, "out", out, 4, wo, "[B, H, L, Dv]"))) return st;
+    if ((st = mha__check_tensor(ctx, fn, "lse", lse, 3, wl, "[B, H, L]"))) return st;
+    if ((st = mha__check_tensor(ctx, fn, "dout", dout, 4, wo, "[B, H, L, Dv]"))) return st;
+    if ((st = mha__check_tensor(ctx, fn, "dq", dq, 4, wq, "[B, H, L, D]"))) return st;
+    if ((st = mha__check_tensor(ctx, fn, "dk", dk, 4, wk, "[B, Hkv, S, D] as k"))) return st;
+    if ((st = mha__check_tensor(ctx, fn, "dv", dv, 4, wv, "[B, Hkv, S, Dv] as v"))) return st;
     const mha__attn_arg ins[6] = {{"q", q},     {"k", k},     {"v", v},
                                   {"out", out}, {"lse", lse}, {"dout", dout}};
     const mha__attn_arg outs[3] = {{"dq", dq}, {"dk", dk}, {"dv", dv}};
-    if ((st = mha__attn_check_aliases(ctx, FN, outs, 3, ins, 6))) return st;
+    if ((st = mha__attn_check_aliases(ctx, fn, outs, 3, ins, 6))) return st;
     c->q = q, c->k = k, c->v = v, c->out = out, c->lse = lse, c->dout = dout;
     c->dq = dq, c->dk = c->dk_kv = dk, c->dv = c->dv_kv = dv;
     return MHA_OK;
@@ -315,19 +314,21 @@ static void bwd_group_sum(const bwd_call *c, int64_t task) {
     }
 }
 
-mha_status mha_attn_backward(mha_ctx *ctx, const mha_attn_params *p, const mha_tensor *q,
-                             const mha_tensor *k, const mha_tensor *v, const mha_mask *mask,
-                             const mha_tensor *out, const mha_tensor *lse, const mha_tensor *dout,
-                             mha_tensor *dq, mha_tensor *dk, mha_tensor *dv) {
+mha_status mha__attn_backward_seq(mha_ctx *ctx, const char *fn, const mha_attn_params *p,
+                                  const mha_tensor *q, const mha_tensor *k, const mha_tensor *v,
+                                  const mha_mask *mask, const mha_tensor *out,
+                                  const mha_tensor *lse, const mha_tensor *dout, mha_tensor *dq,
+                                  mha_tensor *dk, mha_tensor *dv, int64_t bh0) {
     mha__clear(ctx);
     bwd_call c;
-    mha_status st = bwd_check(ctx, p, q, k, v, mask, out, lse, dout, dq, dk, dv, &c);
+    mha_status st = bwd_check(ctx, fn, p, q, k, v, mask, out, lse, dout, dq, dk, dv, &c);
     if (st) return st;
+    c.pr.bh0 = bh0;
     const int64_t BH = c.pr.B * c.pr.H;
     if (BH == 0) return MHA_OK;
     bwd_plan(ctx, &c);
     void *mem;
-    if ((st = mha__plan_alloc(&c.plan, ctx, FN, 1, &mem))) return st;
+    if ((st = mha__plan_alloc(&c.plan, ctx, fn, 1, &mem))) return st;
     bwd_ws ws;
     mha__plan_point(&c.plan, mem, 0, &ws);
     if (c.pr.kv_group > 1) { /* passes 1-2 write each query head's dk, dv; pass 3 sums them */
@@ -362,4 +363,12 @@ mha_status mha_attn_backward(mha_ctx *ctx, const mha_attn_params *p, const mha_t
     }
     mha__free(mem);
     return MHA_OK;
+}
+
+mha_status mha_attn_backward(mha_ctx *ctx, const mha_attn_params *p, const mha_tensor *q,
+                             const mha_tensor *k, const mha_tensor *v, const mha_mask *mask,
+                             const mha_tensor *out, const mha_tensor *lse, const mha_tensor *dout,
+                             mha_tensor *dq, mha_tensor *dk, mha_tensor *dv) {
+    return mha__attn_backward_seq(ctx, "mha_attn_backward", p, q, k, v, mask, out, lse, dout, dq,
+                                  dk, dv, 0);
 }

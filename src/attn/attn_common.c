@@ -24,7 +24,7 @@ static void philox_group(const mha_attn_params *p, int64_t bh, int64_t i, int64_
 mha__attn_dropout mha__attn_dropout_make(const mha__attn_problem *pr, int64_t bh) {
     mha__attn_dropout d;
     d.key = philox_key(pr->seed, pr->offset);
-    d.bh = (uint32_t)bh;
+    d.bh = (uint32_t)(pr->bh0 + bh);
     d.ctr3 = (uint32_t)pr->offset;
     /* drop_thr = ceil(p 2^32) <= 2^32 - 256 for a float p < 1 (validated) */
     assert(pr->drop_thr <= UINT32_MAX);
@@ -52,6 +52,11 @@ mha_status mha__attn_check_mask(mha_ctx *ctx, const char *fn, const mha_mask *m,
         return mha__err(ctx, MHA_ERR_INVALID_ARG,
                         "%s: mask->attn_batched: got %d, expected 0 ([L, S]) or 1 ([B*H, L, S])",
                         fn, m->attn_batched);
+    if (m->window && (m->window_left < -1 || m->window_right < -1))
+        return mha__err(ctx, MHA_ERR_INVALID_ARG,
+                        "%s: mask->window_%s: got %lld, expected >= -1 (-1: unbounded)", fn,
+                        m->window_left < -1 ? "left" : "right",
+                        (long long)(m->window_left < -1 ? m->window_left : m->window_right));
     if (m->key_lengths)
         for (int64_t b = 0; b < B; b++)
             if (m->key_lengths[b] < 0 || m->key_lengths[b] > S)
@@ -59,6 +64,22 @@ mha_status mha__attn_check_mask(mha_ctx *ctx, const char *fn, const mha_mask *m,
                                 "%s: mask->key_lengths[%lld]: got %d, expected a value in [0, "
                                 "%lld] (key length S)",
                                 fn, (long long)b, (int)m->key_lengths[b], (long long)S);
+    return MHA_OK;
+}
+
+mha_status mha__attn_check_alibi(mha_ctx *ctx, const char *fn, const mha_mask *m, int64_t B,
+                                 int64_t H) {
+    if (!m || !m->alibi_slopes) return MHA_OK;
+    if (m->alibi_batched != 0 && m->alibi_batched != 1)
+        return mha__err(ctx, MHA_ERR_INVALID_ARG,
+                        "%s: mask->alibi_batched: got %d, expected 0 (slopes [H]) or 1 ([B, H])",
+                        fn, m->alibi_batched);
+    const int64_t n = (m->alibi_batched ? B : 1) * H;
+    for (int64_t x = 0; x < n; x++)
+        if (!isfinite(m->alibi_slopes[x]))
+            return mha__err(ctx, MHA_ERR_INVALID_ARG,
+                            "%s: mask->alibi_slopes[%lld]: got %g, expected a finite slope", fn,
+                            (long long)x, (double)m->alibi_slopes[x]);
     return MHA_OK;
 }
 
@@ -128,8 +149,28 @@ mha_status mha__attn_check_inputs(mha_ctx *ctx, const char *fn, const mha_attn_p
     pr->seed = p->seed;
     pr->offset = p->offset;
 
+    if (!(p->softcap >= 0) || !isfinite(p->softcap))
+        return mha__err(ctx, MHA_ERR_INVALID_ARG,
+                        "%s: p->softcap: got %g, expected a finite value >= 0 (0: off)", fn,
+                        (double)p->softcap);
+    pr->softcap = p->softcap;
+    if (p->softcap > 0 || (mask && (mask->window || mask->alibi_slopes))) /* TEMPORARY */
+        return mha__err(ctx, MHA_ERR_UNSUPPORTED, "%s: softcap, window and alibi: not yet", fn);
+
     pr->mask = mask ? *mask : mha_mask_default();
     if ((st = mha__attn_check_mask(ctx, fn, &pr->mask, B, S))) return st;
+    if ((st = mha__attn_check_alibi(ctx, fn, &pr->mask, B, H))) return st;
     pr->causal_shift = pr->mask.causal == MHA_CAUSAL_BOTTOM_RIGHT ? S - L : 0;
+    pr->hi_shift = pr->mask.causal != MHA_CAUSAL_NONE ? pr->causal_shift : MHA__ATTN_NO_DIAG;
+    pr->lo_shift = -MHA__ATTN_NO_DIAG;
+    if (pr->mask.window) { /* bounds beyond +-(L + S) exclude nothing: clamp them there */
+        const int64_t far = L + S + 1;
+        if (pr->mask.window_right >= 0) {
+            int64_t r = pr->mask.window_right < far ? pr->mask.window_right : far;
+            if (S - L + r < pr->hi_shift) pr->hi_shift = S - L + r;
+        }
+        if (pr->mask.window_left >= 0)
+            pr->lo_shift = S - L - (pr->mask.window_left < far ? pr->mask.window_left : far);
+    }
     return MHA_OK;
 }

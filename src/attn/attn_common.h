@@ -33,12 +33,23 @@ typedef struct {
     uint64_t seed, offset;
     mha_mask mask;        /* a copy; mha_mask_default() when the caller passed NULL */
     int64_t causal_shift; /* causal: key j allowed iff j <= i + causal_shift */
+    float softcap;        /* > 0: s -> softcap * tanh(s / softcap); 0: off */
+    /* The key range of row i: j <= i + hi_shift (causality and the window's right bound;
+     * MHA__ATTN_NO_DIAG: unbounded) and j >= i + lo_shift (the window's left bound;
+     * -MHA__ATTN_NO_DIAG: unbounded). */
+    int64_t hi_shift, lo_shift;
+    int64_t bh0; /* the dropout counter's head index is bh0 + b*H + h (0; varlen: per sequence) */
 } mha__attn_problem;
 
 /* Validates the fields of a mask (NULL: no mask) that need no tensor: causal, attn_batched,
  * and key_lengths[b] in [0, S] for b < B. fn names the public function in messages. */
 mha_status mha__attn_check_mask(mha_ctx *ctx, const char *fn, const mha_mask *m, int64_t B,
                                 int64_t S);
+
+/* Validates the ALiBi slopes of a mask (NULL mask or slopes: none): alibi_batched 0 or 1, every
+ * slope of [H] or [B, H] finite. */
+mha_status mha__attn_check_alibi(mha_ctx *ctx, const char *fn, const mha_mask *m, int64_t B,
+                                 int64_t H);
 
 /* Validates p (NULL: defaults), q, k, v and mask (NULL: no mask), and fills *pr.
  * fn names the public function in messages. */
@@ -147,6 +158,20 @@ int mha__dropout_keep(const mha_attn_params *p, int64_t bh, int64_t i, int64_t j
  * kern->attn_dropout(br, bc, &d, i0, j0, keep, ldk) gives keep[r*ldk + c] =
  * mha__dropout_keep(p, bh, i0 + r, j0 + c) for the problem's p (dropout_p > 0). */
 mha__attn_dropout mha__attn_dropout_make(const mha__attn_problem *pr, int64_t bh);
+
+/* mha_attn_forward and mha_attn_backward for one sequence of a packed batch (varlen): as the
+ * public calls, with messages naming fn, and the dropout counter's head index bh0 + b*H + h
+ * (so that sequence s of a packed batch, called with B = 1 and bh0 = s*H, draws the mask the
+ * dense call would draw for batch s). */
+mha_status mha__attn_forward_seq(mha_ctx *ctx, const char *fn, const mha_attn_params *p,
+                                 const mha_tensor *q, const mha_tensor *k, const mha_tensor *v,
+                                 const mha_mask *mask, mha_tensor *out, mha_tensor *lse,
+                                 int64_t bh0);
+mha_status mha__attn_backward_seq(mha_ctx *ctx, const char *fn, const mha_attn_params *p,
+                                  const mha_tensor *q, const mha_tensor *k, const mha_tensor *v,
+                                  const mha_mask *mask, const mha_tensor *out,
+                                  const mha_tensor *lse, const mha_tensor *dout, mha_tensor *dq,
+                                  mha_tensor *dk, mha_tensor *dv, int64_t bh0);
 
 /* mha_attn_forward with the weights averaged over heads, wavg [B, L, S] (overwritten), instead
  * of per head: ((w_0 + w_1) + ...) / H per element, bitwise what averaging the per-head weights

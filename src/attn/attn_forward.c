@@ -38,8 +38,6 @@
 #include <omp.h>
 #endif
 
-static const char *const FN = "mha_attn_forward";
-
 /* One call: its validated arguments and its plan. */
 typedef struct {
     mha__attn_problem pr;
@@ -78,26 +76,26 @@ typedef struct {
 } fwd_task;
 
 /* Validates a call (weights per head, or wavg averaged over heads: not both) into c. */
-static mha_status fwd_check(mha_ctx *ctx, const mha_attn_params *p, const mha_tensor *q,
-                            const mha_tensor *k, const mha_tensor *v, const mha_mask *mask,
-                            mha_tensor *out, mha_tensor *lse, mha_tensor *weights, mha_tensor *wavg,
-                            fwd_call *c) {
+static mha_status fwd_check(mha_ctx *ctx, const char *fn, const mha_attn_params *p,
+                            const mha_tensor *q, const mha_tensor *k, const mha_tensor *v,
+                            const mha_mask *mask, mha_tensor *out, mha_tensor *lse,
+                            mha_tensor *weights, mha_tensor *wavg, fwd_call *c) {
     mha__attn_problem *pr = &c->pr;
-    mha_status st = mha__attn_check_inputs(ctx, FN, p, q, k, v, mask, pr);
+    mha_status st = mha__attn_check_inputs(ctx, fn, p, q, k, v, mask, pr);
     if (st) return st;
     int64_t wo[4] = {pr->B, pr->H, pr->L, pr->Dv};
-    if ((st = mha__check_tensor(ctx, FN, "out", out, 4, wo, "[B, H, L, Dv]"))) return st;
+    if ((st = mha__check_tensor(ctx, fn, "out", out, 4, wo, "[B, H, L, Dv]"))) return st;
     int64_t wl[3] = {pr->B, pr->H, pr->L}, ww[4] = {pr->B, pr->H, pr->L, pr->S};
-    if (lse && (st = mha__check_tensor(ctx, FN, "lse", lse, 3, wl, "[B, H, L]"))) return st;
-    if (weights && (st = mha__check_tensor(ctx, FN, "weights", weights, 4, ww, "[B, H, L, S]")))
+    if (lse && (st = mha__check_tensor(ctx, fn, "lse", lse, 3, wl, "[B, H, L]"))) return st;
+    if (weights && (st = mha__check_tensor(ctx, fn, "weights", weights, 4, ww, "[B, H, L, S]")))
         return st;
     int64_t wa[3] = {pr->B, pr->L, pr->S};
-    if (wavg && (st = mha__check_tensor(ctx, FN, "weights", wavg, 3, wa, "[B, L, S], averaged")))
+    if (wavg && (st = mha__check_tensor(ctx, fn, "weights", wavg, 3, wa, "[B, L, S], averaged")))
         return st;
     const mha__attn_arg ins[3] = {{"q", q}, {"k", k}, {"v", v}};
     const mha__attn_arg outs[4] = {
         {"out", out}, {"lse", lse}, {"weights", weights}, {"weights", wavg}};
-    if ((st = mha__attn_check_aliases(ctx, FN, outs, 4, ins, 3))) return st;
+    if ((st = mha__attn_check_aliases(ctx, fn, outs, 4, ins, 3))) return st;
     c->q = q, c->k = k, c->v = v, c->out = out, c->lse = lse, c->weights = weights;
     c->wavg = wavg, c->ml = NULL;
     return MHA_OK;
@@ -317,14 +315,15 @@ static void fwd_parallel(const fwd_call *c, void *ws, int64_t n,
     }
 }
 
-static mha_status attn_forward(mha_ctx *ctx, const mha_attn_params *p, const mha_tensor *q,
-                               const mha_tensor *k, const mha_tensor *v, const mha_mask *mask,
-                               mha_tensor *out, mha_tensor *lse, mha_tensor *weights,
-                               mha_tensor *wavg) {
+static mha_status attn_forward(mha_ctx *ctx, const char *fn, int64_t bh0, const mha_attn_params *p,
+                               const mha_tensor *q, const mha_tensor *k, const mha_tensor *v,
+                               const mha_mask *mask, mha_tensor *out, mha_tensor *lse,
+                               mha_tensor *weights, mha_tensor *wavg) {
     mha__clear(ctx);
     fwd_call c;
-    mha_status st = fwd_check(ctx, p, q, k, v, mask, out, lse, weights, wavg, &c);
+    mha_status st = fwd_check(ctx, fn, p, q, k, v, mask, out, lse, weights, wavg, &c);
     if (st) return st;
+    c.pr.bh0 = bh0;
     if (c.pr.B * c.pr.H * c.pr.L == 0) {
         if (wavg) /* H == 0: no head to average, weights 0 */
             for (int64_t b = 0; b < c.pr.B; b++)
@@ -335,12 +334,12 @@ static mha_status attn_forward(mha_ctx *ctx, const mha_attn_params *p, const mha
     }
     fwd_plan(ctx, &c);
     void *ws, *mlb = NULL;
-    if ((st = mha__plan_alloc(&c.plan, ctx, FN, c.nt, &ws))) return st;
+    if ((st = mha__plan_alloc(&c.plan, ctx, fn, c.nt, &ws))) return st;
     if (wavg) { /* each row's final max and sum, for fwd_avg */
         mha__plan pl;
         mha__plan_init(&pl);
         MHA__PLAN_ADD(&pl, fwd_call, ml, sizeof(float), c.pr.B * c.pr.H * c.pr.L, 2);
-        if ((st = mha__plan_alloc(&pl, ctx, FN, 1, &mlb))) {
+        if ((st = mha__plan_alloc(&pl, ctx, fn, 1, &mlb))) {
             mha__free(ws);
             return st;
         }
@@ -361,11 +360,18 @@ static mha_status attn_forward(mha_ctx *ctx, const mha_attn_params *p, const mha
 mha_status mha_attn_forward(mha_ctx *ctx, const mha_attn_params *p, const mha_tensor *q,
                             const mha_tensor *k, const mha_tensor *v, const mha_mask *mask,
                             mha_tensor *out, mha_tensor *lse, mha_tensor *weights) {
-    return attn_forward(ctx, p, q, k, v, mask, out, lse, weights, NULL);
+    return attn_forward(ctx, "mha_attn_forward", 0, p, q, k, v, mask, out, lse, weights, NULL);
+}
+
+mha_status mha__attn_forward_seq(mha_ctx *ctx, const char *fn, const mha_attn_params *p,
+                                 const mha_tensor *q, const mha_tensor *k, const mha_tensor *v,
+                                 const mha_mask *mask, mha_tensor *out, mha_tensor *lse,
+                                 int64_t bh0) {
+    return attn_forward(ctx, fn, bh0, p, q, k, v, mask, out, lse, NULL, NULL);
 }
 
 mha_status mha__attn_forward_avg(mha_ctx *ctx, const mha_attn_params *p, const mha_tensor *q,
                                  const mha_tensor *k, const mha_tensor *v, const mha_mask *mask,
                                  mha_tensor *out, mha_tensor *lse, mha_tensor *wavg) {
-    return attn_forward(ctx, p, q, k, v, mask, out, lse, NULL, wavg);
+    return attn_forward(ctx, "mha_attn_forward", 0, p, q, k, v, mask, out, lse, NULL, wavg);
 }

@@ -340,6 +340,42 @@ MHA_API mha_status mha_attn_backward(mha_ctx *ctx, const mha_attn_params *p, con
                                      const mha_tensor *dout, mha_tensor *dq, mha_tensor *dk,
                                      mha_tensor *dv);
 
+/* Packed variable-length batches (FlashAttention's varlen layout): `batch` sequences of
+ * different lengths stored one after another, no padding stored or computed.
+ *   q: [Tq, H, D]   k: [Tk, Hkv, D]   v: [Tk, Hkv, Dv]   (strided views, read only)
+ *   cu_seqlens_q, cu_seqlens_k: int32 [batch + 1] prefix sums of the sequences' lengths:
+ *        cu[0] = 0, non-decreasing, cu[batch] = Tq (resp. Tk). Sequence s has the query rows
+ *        cu_seqlens_q[s] .. cu_seqlens_q[s+1]-1 and the keys cu_seqlens_k[s] .. [s+1]-1.
+ *   out: [Tq, H, Dv] overwritten   lse: [H, Tq] overwritten, optional (NULL) in the forward
+ *        (FlashAttention's varlen softmax_lse layout)
+ * Each sequence is attended exactly as mha_attn_forward attends one batch entry of its own
+ * lengths L_s, S_s: causal, the window and ALiBi are aligned per sequence (bottom-right:
+ * S_s - L_s), grouped-query heads work as there, ALiBi slopes are [H] (alibi_batched 0) or
+ * [batch, H] (1). Masks that need a dense [B, L, S] layout (key_padding, key_lengths,
+ * attn_bool, attn_float) are refused (MHA_ERR_INVALID_ARG): the lengths say which keys exist.
+ * Dropout draws, for sequence s, the mask mha_attn_forward draws for batch entry s (with the
+ * same p), so a packed batch of equal lengths gives the dense batch's numbers. A sequence
+ * with L_s = 0 writes nothing; one with S_s = 0 gives out 0 and lse -INFINITY on its rows.
+ * Every argument and every cu_seqlens entry is checked before anything is computed; on error
+ * nothing is written. Aliasing as in mha_attn_forward. */
+MHA_API mha_status mha_attn_varlen_forward(mha_ctx *ctx, const mha_attn_params *p,
+                                           const mha_tensor *q, const mha_tensor *k,
+                                           const mha_tensor *v, const int32_t *cu_seqlens_q,
+                                           const int32_t *cu_seqlens_k, int64_t batch,
+                                           const mha_mask *mask, mha_tensor *out, mha_tensor *lse);
+
+/* Backward of mha_attn_varlen_forward, with the same p, cu_seqlens and mask.
+ *   out, lse: what the forward produced (lse required); dout: [Tq, H, Dv]
+ *   dq: [Tq, H, D], dk: [Tk, Hkv, D], dv: [Tk, Hkv, Dv]: overwritten (the keys of a sequence
+ *   with L_s = 0 get 0). Aliasing as in mha_attn_backward. */
+MHA_API mha_status mha_attn_varlen_backward(mha_ctx *ctx, const mha_attn_params *p,
+                                            const mha_tensor *q, const mha_tensor *k,
+                                            const mha_tensor *v, const int32_t *cu_seqlens_q,
+                                            const int32_t *cu_seqlens_k, int64_t batch,
+                                            const mha_mask *mask, const mha_tensor *out,
+                                            const mha_tensor *lse, const mha_tensor *dout,
+                                            mha_tensor *dq, mha_tensor *dk, mha_tensor *dv);
+
 /* ---------------------------------------------------------------------------------------------
  * The module: torch.nn.MultiheadAttention(E, H, dropout, bias, kdim=, vdim=, batch_first=True)
  * ------------------------------------------------------------------------------------------- */

@@ -7,8 +7,9 @@
  *   - with dropout, the packed call equals the dense batch [batch, H, L, D] (equal lengths; or
  *     unequal ones padded with key_lengths where nothing is aligned to the lengths), which
  *     draws the same mask for sequence s as for batch entry s;
- * on every ISA, with causal (both alignments), grouped-query heads, strided packed views, a
- * scale, empty sequences; and bad inputs: each refused with a message naming the argument and
+ * on every ISA, with causal (both alignments), sliding windows, softcap, ALiBi slopes ([H] and
+ * [batch, H]: each sequence its row), grouped-query heads, strided packed views, a scale, empty
+ * sequences; and bad inputs: each refused with a message naming the argument and
  * nothing written. */
 #include "harness.h"
 
@@ -31,6 +32,10 @@ typedef struct {
     float drop, scale;
     int layout; /* 0: contiguous [T, H, X]; 1: [H, T, X + 3] memory (strided views) */
     uint64_t seed;
+    float softcap;
+    int window;     /* window (wl, wr) */
+    int64_t wl, wr; /* -1: unbounded */
+    int alibi;      /* 0: none, 1: slopes [H], 2: [batch, H] */
 } vcase;
 
 /* A packed [T, H, X] tensor and its memory. */
@@ -70,7 +75,8 @@ typedef struct {
     mha_tensor lse; /* [H, Tq] */
     mha_attn_params p;
     mha_mask m;
-    char name[200];
+    float slopes[MAXSEQ * 16];
+    char name[240];
 } vrun;
 
 static void vrun_make(vrun *r, const vcase *c) {
@@ -95,10 +101,16 @@ static void vrun_make(vrun *r, const vcase *c) {
     r->p.seed = c->seed + 11, r->p.offset = c->seed * 5;
     r->m = mha_mask_default();
     r->m.causal = (mha_causal)c->causal;
+    r->p.softcap = c->softcap;
+    r->m.window = c->window, r->m.window_left = c->wl, r->m.window_right = c->wr;
+    for (int64_t i = 0; i < MAXSEQ * 16; i++) r->slopes[i] = 0.5f * (1 + frand());
+    if (c->alibi) r->m.alibi_slopes = r->slopes, r->m.alibi_batched = c->alibi == 2;
     snprintf(r->name, sizeof r->name,
-             "batch%lld H%lld Hkv%lld D%lld Dv%lld causal%d drop%g layout%d seed%llu",
+             "batch%lld H%lld Hkv%lld D%lld Dv%lld causal%d drop%g layout%d seed%llu softcap%g "
+             "window%d(%lld,%lld) alibi%d",
              (long long)c->batch, (long long)H, (long long)c->Hkv, (long long)c->D,
-             (long long)c->Dv, c->causal, (double)c->drop, c->layout, (unsigned long long)c->seed);
+             (long long)c->Dv, c->causal, (double)c->drop, c->layout, (unsigned long long)c->seed,
+             (double)c->softcap, c->window, (long long)c->wl, (long long)c->wr, c->alibi);
 }
 
 static void vrun_free(vrun *r) {
@@ -213,9 +225,11 @@ static int check_dense(mha_ctx *ctx, vrun *r, int64_t s0, int64_t B, const mha_m
         copy_rows(&r->k.t, j0, S, &k, b, 1), copy_rows(&r->v.t, j0, S, &v, b, 1);
     }
     int ok = 0;
-    mha_status st = mha_attn_forward(ctx, &r->p, &q.t, &k.t, &v.t, m, &o.t, &lt, NULL);
+    mha_mask mm = *m; /* batched slopes: from sequence s0's row */
+    if (mm.alibi_slopes && mm.alibi_batched) mm.alibi_slopes += s0 * H;
+    mha_status st = mha_attn_forward(ctx, &r->p, &q.t, &k.t, &v.t, &mm, &o.t, &lt, NULL);
     if (st == MHA_OK)
-        st = mha_attn_backward(ctx, &r->p, &q.t, &k.t, &v.t, m, &o.t, &lt, &go.t, &gq.t, &gk.t,
+        st = mha_attn_backward(ctx, &r->p, &q.t, &k.t, &v.t, &mm, &o.t, &lt, &go.t, &gq.t, &gk.t,
                                &gv.t);
     if (st != MHA_OK) {
         FAILF("%s: dense: %s: %s", r->name, mha_status_str(st), mha_ctx_errmsg(ctx));
@@ -256,11 +270,79 @@ static int check_dense_batch(mha_ctx *ctx, vrun *r) {
 
 static const vcase CASES[] = {
     /* batch, H, Hkv, D, Dv, lq, lk, causal, drop, scale, layout, seed */
-    {3, 4, 4, 16, 16, {5, 1, 9}, {7, 3, 9}, MHA_CAUSAL_NONE, 0, 0, 0, 1},
-    {4, 6, 2, 32, 24, {100, 0, 37, 130}, {150, 20, 0, 130}, MHA_CAUSAL_BOTTOM_RIGHT, 0, 0, 1, 2},
-    {2, 4, 1, 64, 64, {97, 300}, {97, 260}, MHA_CAUSAL_TOP_LEFT, 0, 0.3f, 0, 3},
-    {5, 2, 2, 7, 5, {1, 1, 1, 1, 1}, {33, 1, 0, 64, 5}, MHA_CAUSAL_BOTTOM_RIGHT, 0, 0, 1, 4},
-    {3, 4, 2, 80, 80, {20, 45, 3}, {64, 45, 130}, MHA_CAUSAL_BOTTOM_RIGHT, 0, 0, 0, 5},
+    {3, 4, 4, 16, 16, {5, 1, 9}, {7, 3, 9}, MHA_CAUSAL_NONE, 0, 0, 0, 1, 0, 0, 0, 0, 0},
+    {4,
+     6,
+     2,
+     32,
+     24,
+     {100, 0, 37, 130},
+     {150, 20, 0, 130},
+     MHA_CAUSAL_BOTTOM_RIGHT,
+     0,
+     0,
+     1,
+     2,
+     0,
+     0,
+     0,
+     0,
+     0},
+    {2, 4, 1, 64, 64, {97, 300}, {97, 260}, MHA_CAUSAL_TOP_LEFT, 0, 0.3f, 0, 3, 0, 0, 0, 0, 0},
+    {5,
+     2,
+     2,
+     7,
+     5,
+     {1, 1, 1, 1, 1},
+     {33, 1, 0, 64, 5},
+     MHA_CAUSAL_BOTTOM_RIGHT,
+     0,
+     0,
+     1,
+     4,
+     0,
+     0,
+     0,
+     0,
+     0},
+    {3,
+     4,
+     2,
+     80,
+     80,
+     {20, 45, 3},
+     {64, 45, 130},
+     MHA_CAUSAL_BOTTOM_RIGHT,
+     0,
+     0,
+     0,
+     5,
+     0,
+     0,
+     0,
+     0,
+     0},
+    /* windows, softcap and ALiBi (batched: each sequence its own slopes), aligned per sequence */
+    {4,
+     4,
+     2,
+     16,
+     16,
+     {30, 0, 70, 9},
+     {50, 10, 70, 1},
+     MHA_CAUSAL_BOTTOM_RIGHT,
+     0,
+     0,
+     1,
+     6,
+     5.0f,
+     1,
+     8,
+     0,
+     2},
+    {3, 2, 1, 32, 32, {140, 5, 64}, {100, 40, 64}, MHA_CAUSAL_NONE, 0, 0, 0, 7, 0, 1, 20, 10, 1},
+    {2, 3, 3, 8, 8, {33, 17}, {17, 33}, MHA_CAUSAL_TOP_LEFT, 0, 0.5f, 1, 8, 2.0f, 1, -1, 4, 0},
 };
 
 /* Runs every case on every ISA through the packed calls, then check. */
@@ -290,10 +372,75 @@ TEST(varlen_equals_dense_per_sequence) {
 TEST(varlen_dropout_equals_dense_batch) {
     static const vcase cases[] = {
         /* equal lengths: causal and grouped-query heads too */
-        {3, 4, 2, 16, 16, {40, 40, 40}, {70, 70, 70}, MHA_CAUSAL_BOTTOM_RIGHT, 0.3f, 0, 1, 21},
-        {2, 2, 2, 32, 8, {130, 130}, {130, 130}, MHA_CAUSAL_TOP_LEFT, 0.1f, 0, 0, 22},
+        {3,
+         4,
+         2,
+         16,
+         16,
+         {40, 40, 40},
+         {70, 70, 70},
+         MHA_CAUSAL_BOTTOM_RIGHT,
+         0.3f,
+         0,
+         1,
+         21,
+         0,
+         0,
+         0,
+         0,
+         0},
+        {2,
+         2,
+         2,
+         32,
+         8,
+         {130, 130},
+         {130, 130},
+         MHA_CAUSAL_TOP_LEFT,
+         0.1f,
+         0,
+         0,
+         22,
+         0,
+         0,
+         0,
+         0,
+         0},
+        {3,
+         4,
+         2,
+         16,
+         16,
+         {40, 40, 40},
+         {70, 70, 70},
+         MHA_CAUSAL_BOTTOM_RIGHT,
+         0.3f,
+         0,
+         0,
+         24,
+         3.0f,
+         1,
+         16,
+         4,
+         2},
         /* unequal lengths: padded with key_lengths (nothing aligned to the lengths) */
-        {4, 2, 1, 8, 8, {10, 33, 0, 5}, {50, 3, 12, 0}, MHA_CAUSAL_NONE, 0.2f, 0, 1, 23},
+        {4,
+         2,
+         1,
+         8,
+         8,
+         {10, 33, 0, 5},
+         {50, 3, 12, 0},
+         MHA_CAUSAL_NONE,
+         0.2f,
+         0,
+         1,
+         23,
+         0,
+         0,
+         0,
+         0,
+         0},
     };
     run_cases(cases, sizeof cases / sizeof cases[0], check_dense_batch);
 }
@@ -301,8 +448,8 @@ TEST(varlen_dropout_equals_dense_batch) {
 /* Sequences with no query (nothing to compute; their keys get zero gradients), with no key
  * (out 0, lse -inf, dq 0), both, and an empty batch. */
 TEST(varlen_empty_sequences) {
-    static const vcase c = {4, 2, 2, 8, 4, {0, 4, 0, 3}, {5, 0, 0, 6}, MHA_CAUSAL_NONE,
-                            0, 0, 0, 31};
+    static const vcase c = {4, 2, 2, 8, 4, {0, 4, 0, 3}, {5, 0, 0, 6}, MHA_CAUSAL_NONE, 0, 0, 0, 31,
+                            0, 0, 0, 0, 0};
     mha_ctx *ctx;
     ASSERT_OK(ctx, mha_ctx_create(&ctx));
     FOR_EACH_ISA(ctx) {
@@ -387,7 +534,8 @@ static int refused(mha_ctx *ctx, vrun *r, mha_status want, const char *msg) {
 }
 
 TEST(varlen_bad_inputs) {
-    static const vcase c = {3, 4, 2, 8, 8, {3, 2, 3}, {4, 4, 4}, MHA_CAUSAL_NONE, 0, 0, 0, 41};
+    static const vcase c = {3, 4,  2, 8, 8, {3, 2, 3}, {4, 4, 4}, MHA_CAUSAL_NONE, 0, 0,
+                            0, 41, 0, 0, 0, 0,         0};
     mha_ctx *ctx;
     ASSERT_OK(ctx, mha_ctx_create(&ctx));
     vrun r;
@@ -449,6 +597,12 @@ TEST(varlen_bad_inputs) {
     r.m.causal = (mha_causal)7;
     BAD(MHA_ERR_INVALID_ARG, "mask->causal: got 7");
     r.m.causal = MHA_CAUSAL_NONE;
+    r.m.window = 1, r.m.window_left = -2;
+    BAD(MHA_ERR_INVALID_ARG, "mask->window_left: got -2, expected >= -1 (-1: unbounded)");
+    r.m.window = 0, r.m.window_left = 0;
+    r.p.softcap = -1;
+    BAD(MHA_ERR_INVALID_ARG, "p->softcap: got -1, expected a finite value >= 0");
+    r.p.softcap = 0;
     r.p.dropout_p = 1;
     BAD(MHA_ERR_INVALID_ARG, "p->dropout_p: got 1, expected a value in [0, 1)");
     r.p.dropout_p = 0;

@@ -38,6 +38,9 @@ _LAZY = {
     "load_layer": ("mha._files", "load_layer"),
     "export": ("mha._files", "export"),
     "viz": ("mha.viz", None),
+    "flash_attn_func": ("mha.flash", "flash_attn_func"),
+    "flash_attn_varlen_func": ("mha.flash", "flash_attn_varlen_func"),
+    "flash_attn_with_kvcache": ("mha.flash", "flash_attn_with_kvcache"),
 }
 
 __all__ = ["set_num_threads", "get_num_threads", "describe"] + sorted(_LAZY)

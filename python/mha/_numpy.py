@@ -120,10 +120,12 @@ def attention(q, k, v, *, mask=None, causal=False, scale=None, return_lse=False)
     Parameters
     ----------
     q : float32 ndarray [batch, heads, L, E]
-    k : float32 ndarray [batch, heads, S, E]
-    v : float32 ndarray [batch, heads, S, Ev]
-        Any strides whose innermost one is 1 element: views such as ``qkv[:, :, :, 0]`` of a
-        packed array are read in place, not copied. No conversion is made: other dtypes, and
+    k : float32 ndarray [batch, heads_kv, S, E]
+    v : float32 ndarray [batch, heads_kv, S, Ev]
+        heads_kv = heads, or a divisor of it (grouped-query attention: query head h uses
+        key/value head h // (heads / heads_kv), without a copy). Any strides whose innermost
+        one is 1 element: views such as ``qkv[:, :, :, 0]`` of a packed array are read in
+        place, not copied. No conversion is made: other dtypes, and
         other strides, raise ValueError (use ``np.ascontiguousarray(x, np.float32)``).
     mask : bool or float32 ndarray broadcastable to [batch, heads, L, S], optional
         bool: True = masked (excluded). float32: added to the scaled scores (-inf masks).
@@ -177,8 +179,8 @@ def attention_backward(q, k, v, out, lse, dout, *, mask=None, causal=False, scal
 
     Parameters
     ----------
-    q, k, v : float32 ndarrays [batch, heads, L, E], [batch, heads, S, E], [batch, heads, S, Ev]
-        The forward's inputs.
+    q, k, v : float32 ndarrays [batch, heads, L, E], [batch, heads_kv, S, E],
+        [batch, heads_kv, S, Ev]: the forward's inputs.
     out : float32 ndarray [batch, heads, L, Ev]
     lse : float32 ndarray [batch, heads, L]
         What ``attention(q, k, v, ..., return_lse=True)`` returned.
@@ -189,7 +191,8 @@ def attention_backward(q, k, v, out, lse, dout, *, mask=None, causal=False, scal
 
     Returns
     -------
-    dq, dk, dv : float32 ndarrays shaped as q, k, v (new arrays).
+    dq, dk, dv : float32 ndarrays shaped as q, k, v (new arrays); with grouped-query
+        attention dk, dv sum the contributions of each group's query heads.
 
     Example
     -------

@@ -84,10 +84,16 @@ class MaskArg:
     __slots__ = ("c", "keep")
 
     def __init__(self, causal=0, key_padding=None, attn_bool=None, attn_float=None,
-                 batched=False):
-        self.keep = (key_padding, attn_bool, attn_float)
+                 batched=False, window=None, alibi=None):
+        """window: (left, right), FlashAttention's window_size (-1: unbounded), or None;
+        alibi: contiguous float32 slopes [H] or [B, H], or None."""
+        self.keep = (key_padding, attn_bool, attn_float, alibi)
         self.c = _lib.Mask(causal, ptr(key_padding), None, ptr(attn_bool), ptr(attn_float),
                            1 if batched else 0)
+        if window is not None:
+            self.c.window, (self.c.window_left, self.c.window_right) = 1, window
+        if alibi is not None:
+            self.c.alibi_slopes, self.c.alibi_batched = alibi.data_ptr(), alibi.dim() - 1
 
 
 NO_MASK = MaskArg()
@@ -385,19 +391,42 @@ def run_layer(call, q, k, v, params_need_grad):
 # The attention core (mha.functional)
 # ------------------------------------------------------------------------------------------
 class CoreCall:
-    """One call of the core on [B, H, L, E] views: params and mask."""
+    """One call of the core on [B, H, L, E] views: params and mask. weights=True: the forward
+    also computes the attention probabilities after dropout, kept in self.weights [B, H, L, S]
+    (as self.lse); out_order: the memory order of out's dimensions, outermost first, as
+    torch.empty_permuted takes it ((0, 2, 1, 3): [B, L, H, Ev] memory), None: contiguous.
+    Subclasses (mha.flash's packed batches) replace new_outputs and the two library calls."""
 
-    def __init__(self, params, mask):
+    def __init__(self, params, mask, weights=False, out_order=None):
         self.params, self.mask = params, mask
+        self.want_weights, self.out_order = weights, out_order
+        self.lse = self.weights = None
+
+    def new_outputs(self, q, v):
+        """Empty out and lse for the forward of q, v."""
+        shape = q.shape[:-1] + (v.shape[-1],)
+        out = torch.empty(shape, dtype=_F32) if self.out_order is None else \
+            torch.empty_permuted(shape, self.out_order, dtype=_F32)
+        return out, torch.empty(q.shape[:-1], dtype=_F32)
+
+    def run_forward(self, c, tq, tk, tv, to, tl, tw):
+        return lib.mha_attn_forward(c, byref(self.params), byref(tq), byref(tk), byref(tv),
+                                    byref(self.mask.c), byref(to), byref(tl),
+                                    byref(tw) if tw is not None else None)
+
+    def run_backward(self, c, tq, tk, tv, to, tl, tdo, tdq, tdk, tdv):
+        return lib.mha_attn_backward(c, byref(self.params), byref(tq), byref(tk), byref(tv),
+                                     byref(self.mask.c), byref(to), byref(tl), byref(tdo),
+                                     byref(tdq), byref(tdk), byref(tdv))
 
     def forward(self, q, k, v):
-        B, H, L = q.shape[0], q.shape[1], q.shape[2]
-        out = torch.empty(q.shape[:-1] + (v.shape[-1],), dtype=_F32)
-        lse = torch.empty((B, H, L), dtype=_F32)
-        tq, tk, tv, to, tl = view(q), view(k), view(v), view(out), view(lse)
+        out, lse = self.new_outputs(q, v)
+        w = torch.empty(q.shape[:-1] + (k.shape[-2],), dtype=_F32) if self.want_weights \
+            else None
         c = _lib.ctx()
-        _lib.check(lib.mha_attn_forward(c, byref(self.params), byref(tq), byref(tk), byref(tv),
-                                        byref(self.mask.c), byref(to), byref(tl), None), c)
+        _lib.check(self.run_forward(c, view(q), view(k), view(v), view(out), view(lse),
+                                    view(w) if w is not None else None), c)
+        self.lse, self.weights = lse, w
         return out, lse
 
     def backward(self, q, k, v, out, lse, dout):
@@ -405,10 +434,7 @@ class CoreCall:
         dout = as_input(dout, "grad of out", "backward")
         views = [view(t) for t in (q, k, v, out, lse, dout, dq, dk, dv)]
         c = _lib.ctx()
-        _lib.check(lib.mha_attn_backward(c, byref(self.params), byref(views[0]), byref(views[1]),
-                                         byref(views[2]), byref(self.mask.c), byref(views[3]),
-                                         byref(views[4]), byref(views[5]), byref(views[6]),
-                                         byref(views[7]), byref(views[8])), c)
+        _lib.check(self.run_backward(c, *views), c)
         return dq, dk, dv
 
 

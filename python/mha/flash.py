@@ -1,0 +1,410 @@
+"""mha.flash - FlashAttention 2's Python interface, computed on the CPU by mha.
+
+``flash_attn_func``, ``flash_attn_varlen_func`` and ``flash_attn_with_kvcache`` take the
+arguments and the layouts of the flash_attn package (``[batch, seqlen, nheads, headdim]``;
+packed ``[total_tokens, nheads, headdim]`` with ``cu_seqlens``), so code written for it runs on
+the CPU with ``from mha import flash_attn_func``. The tensors reach the library as strided
+views (``[batch, nheads, seqlen, headdim]`` for the core): nothing is copied, and the outputs
+are allocated in FlashAttention's layout. As in FlashAttention, causal masks and windows are
+aligned bottom-right (query row i sits at key position i + seqlen_k - seqlen_q), ALiBi adds
+``-slope * |i + seqlen_k - seqlen_q - j|``, and k/v with fewer heads than q (a divisor) are
+grouped-query attention.
+
+Where mha differs:
+  - float32 CPU tensors only (FlashAttention: fp16/bf16 on CUDA): other dtypes and devices
+    raise ValueError;
+  - always deterministic (``deterministic`` is accepted and changes nothing);
+  - dropout draws mha's own mask (Philox, seeded from torch's default generator:
+    torch.manual_seed makes it reproducible), not FlashAttention's;
+  - a query row that sees no key gives out 0 as FlashAttention, and softmax_lse -inf
+    (FlashAttention: +inf);
+  - return_attn_probs returns the probabilities after dropout (survivors scaled by
+    1 / (1 - dropout_p), 0 where dropped or masked), not FlashAttention's encoded S_dmask.
+"""
+import ctypes
+import numbers
+
+import torch
+
+from . import _lib
+from . import _torch as T
+from ._lib import lib
+from ._torch import shape_str as _shape
+
+__all__ = ["flash_attn_func", "flash_attn_varlen_func", "flash_attn_with_kvcache"]
+
+_I32 = torch.int32
+_HEADS_SECOND = (0, 2, 1, 3)  # [B, H, L, D] views of [B, L, H, D] memory
+
+
+# ------------------------------------------------------------------------------------------
+# Arguments
+# ------------------------------------------------------------------------------------------
+def _params(fn, dropout_p, softmax_scale, softcap):
+    """mha_attn_params (the library checks the values: dropout_p in [0, 1), softcap >= 0)."""
+    for name, x in (("dropout_p", dropout_p), ("softcap", softcap)):
+        if isinstance(x, bool) or not isinstance(x, numbers.Real):
+            raise ValueError(f"{fn}: {name}: got {x!r}, expected a number")
+    scale = 0.0  # the library's default, 1/sqrt(headdim)
+    if softmax_scale is not None:
+        if isinstance(softmax_scale, bool) or not isinstance(softmax_scale, numbers.Real) or \
+                softmax_scale == 0:  # 0 would silently mean the default
+            raise ValueError(f"{fn}: softmax_scale: got {softmax_scale!r}, expected a nonzero "
+                             "number (or None: 1/sqrt(headdim))")
+        scale = float(softmax_scale)
+    seed = T.dropout_seed() if dropout_p > 0 else 0
+    return _lib.AttnParams(scale, float(dropout_p), seed, 0, float(softcap))
+
+
+def _window(fn, window_size):
+    """FlashAttention's window_size (left, right) for MaskArg: None when (-1, -1)."""
+    try:
+        left, right = window_size
+        ok = all(isinstance(x, numbers.Integral) and not isinstance(x, bool)
+                 for x in (left, right))
+    except (TypeError, ValueError):
+        ok = False
+    if not ok:
+        raise ValueError(f"{fn}: window_size: got {window_size!r}, expected (left, right), two "
+                         "ints (-1: unbounded)")
+    return None if (left, right) == (-1, -1) else (int(left), int(right))
+
+
+def _alibi(fn, slopes, batch, H):
+    """ALiBi slopes as FlashAttention takes them: float32 [nheads] or [batch, nheads]."""
+    if slopes is None:
+        return None
+    if not isinstance(slopes, torch.Tensor):
+        raise ValueError(f"{fn}: alibi_slopes: got {type(slopes).__name__}, expected a "
+                         "torch.Tensor")
+    T._require_cpu_f32(slopes, "alibi_slopes", fn, "tensor")
+    if tuple(slopes.shape) not in ((H,), (batch, H)):
+        raise ValueError(f"{fn}: alibi_slopes: got shape {_shape(slopes)}, expected [{H}] or "
+                         f"[{batch}, {H}] ([nheads] or [batch, nheads])")
+    return slopes.detach().contiguous()
+
+
+class _Options:
+    """The mask options of a call, checked: causal, window, ALiBi slopes (None: off)."""
+
+    def __init__(self, fn, causal, window_size, alibi_slopes, batch, H):
+        self.causal = _lib.CAUSAL_BOTTOM_RIGHT if causal else _lib.CAUSAL_NONE
+        self.window = _window(fn, window_size)
+        self.alibi = _alibi(fn, alibi_slopes, batch, H)
+
+    def mask(self, seq=None):
+        """The MaskArg of the whole call, or of sequence seq alone (its row of batched
+        slopes)."""
+        a = self.alibi
+        if seq is not None and a is not None and a.dim() == 2:
+            a = a[seq]
+        return T.MaskArg(causal=self.causal, window=self.window, alibi=a)
+
+
+def _as_inputs(fn, names, tensors, ndim, layout):
+    """Each tensor checked (float32, CPU, innermost stride 1) with ndim dimensions."""
+    out = [T.as_input(t, n, fn) for n, t in zip(names, tensors)]
+    for n, t in zip(names, out):
+        if t.dim() != ndim:
+            raise ValueError(f"{fn}: {n}: got shape {_shape(t)}, expected {layout}")
+    return out
+
+
+def _check_kv(fn, q, k, v, kn="k", vn="v"):
+    """k [B, S, Hkv, D] and v [B, S, Hkv, Dv] against q [B, L, H, D], in FlashAttention's
+    names (the core's own messages would number the dimensions of its [B, H, L, D] views)."""
+    B, _, H, D = q.shape
+    for name, t, want in ((kn, k, (B, None, None, D)), (vn, v, (B,) + tuple(k.shape[1:3]) +
+                                                        (None,))):
+        if any(w is not None and n != w for n, w in zip(t.shape, want)):
+            expect = ", ".join("?" if w is None else str(w) for w in want)
+            raise ValueError(f"{fn}: {name}: got shape {_shape(t)}, expected [{expect}] "
+                             "([batch, seqlen_k, nheads_k, headdim] as q, v as k)")
+    if H % k.shape[2]:
+        raise ValueError(f"{fn}: {kn}.shape[2]: got {k.shape[2]}, expected a divisor of q's {H} "
+                         "heads (grouped-query attention)")
+
+
+def _run(call, q, k, v):
+    """out of the core call, through autograd when a gradient may be needed."""
+    if torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad):
+        return T.CoreFunction.apply(call, q, k, v)
+    return call.forward(q, k, v)[0]
+
+
+def _heads_second(*ts):
+    return [t.transpose(1, 2) if t is not None else None for t in ts]
+
+
+# ------------------------------------------------------------------------------------------
+# flash_attn_func
+# ------------------------------------------------------------------------------------------
+def flash_attn_func(q, k, v, dropout_p=0.0, softmax_scale=None, causal=False,
+                    window_size=(-1, -1), softcap=0.0, alibi_slopes=None, deterministic=False,
+                    return_attn_probs=False):
+    """FlashAttention 2's ``flash_attn_func`` on the CPU:
+    ``softmax(softcap(q k^T * softmax_scale) + alibi + mask) v`` per batch and head.
+
+    Parameters
+    ----------
+    q : Tensor [batch, seqlen_q, nheads, headdim], float32
+    k : Tensor [batch, seqlen_k, nheads_k, headdim]
+    v : Tensor [batch, seqlen_k, nheads_k, headdim_v]
+        nheads_k divides nheads (grouped-query attention: query head h uses key/value head
+        h // (nheads / nheads_k)). Any strides with the innermost one 1 are read in place.
+    dropout_p : float
+        Probability of dropping an attention weight (mha's Philox dropout, seeded from torch's
+        generator).
+    softmax_scale : float, optional
+        Default 1/sqrt(headdim).
+    causal : bool
+        Key j takes part in query row i only if j <= i + seqlen_k - seqlen_q (bottom-right).
+    window_size : (int, int)
+        (left, right): keys i + seqlen_k - seqlen_q - left <= j <= ... + right; -1: unbounded.
+    softcap : float
+        > 0: scores -> softcap * tanh(scores / softcap) (after the scale).
+    alibi_slopes : Tensor [nheads] or [batch, nheads], float32, optional
+        Adds -slope * |i + seqlen_k - seqlen_q - j| to the scores.
+    deterministic : bool
+        Accepted; mha is always deterministic.
+    return_attn_probs : bool
+        Also return softmax_lse and the attention probabilities.
+
+    Returns
+    -------
+    out : Tensor [batch, seqlen_q, nheads, headdim_v] (contiguous), differentiable with respect
+        to q, k and v through mha's fused backward.
+    With return_attn_probs: (out, softmax_lse [batch, nheads, seqlen_q] (log-sum-exp of the
+    scaled scores; -inf for a row with no key), attn_probs [batch, nheads, seqlen_q, seqlen_k]
+    (after dropout, 0 where masked)).
+
+    Example
+    -------
+    >>> import torch, mha
+    >>> q = torch.randn(2, 16, 8, 64); kv = torch.randn(2, 16, 2, 64)
+    >>> mha.flash_attn_func(q, kv, kv, causal=True).shape
+    torch.Size([2, 16, 8, 64])
+    """
+    fn = "flash_attn_func"
+    layout = "[batch, seqlen, nheads, headdim]"
+    q, k, v = _as_inputs(fn, "qkv", (q, k, v), 4, layout)
+    _check_kv(fn, q, k, v)
+    opts = _Options(fn, causal, window_size, alibi_slopes, q.shape[0], q.shape[2])
+    call = T.CoreCall(_params(fn, dropout_p, softmax_scale, softcap), opts.mask(),
+                      weights=return_attn_probs, out_order=_HEADS_SECOND)
+    out = _run(call, *_heads_second(q, k, v)).transpose(1, 2)
+    return (out, call.lse, call.weights) if return_attn_probs else out
+
+
+# ------------------------------------------------------------------------------------------
+# flash_attn_varlen_func
+# ------------------------------------------------------------------------------------------
+class VarlenCall(T.CoreCall):
+    """One call of the packed-batch core (mha_attn_varlen_forward / _backward): q [Tq, H, D],
+    k, v [Tk, Hkv, D], out [Tq, H, Dv], lse [H, Tq]; cu_q, cu_k contiguous int32 [batch + 1]."""
+
+    def __init__(self, params, mask, cu_q, cu_k):
+        super().__init__(params, mask)
+        self.cu_q, self.cu_k, self.batch = cu_q, cu_k, cu_q.numel() - 1
+
+    def new_outputs(self, q, v):
+        Tq, H = q.shape[0], q.shape[1]
+        return torch.empty((Tq, H, v.shape[2]), dtype=T._F32), torch.empty((H, Tq),
+                                                                          dtype=T._F32)
+
+    def run_forward(self, c, tq, tk, tv, to, tl, tw):
+        return lib.mha_attn_varlen_forward(
+            c, ctypes.byref(self.params), ctypes.byref(tq), ctypes.byref(tk), ctypes.byref(tv),
+            self.cu_q.data_ptr(), self.cu_k.data_ptr(), self.batch, ctypes.byref(self.mask.c),
+            ctypes.byref(to), ctypes.byref(tl))
+
+    def run_backward(self, c, tq, tk, tv, to, tl, tdo, tdq, tdk, tdv):
+        return lib.mha_attn_varlen_backward(
+            c, ctypes.byref(self.params), ctypes.byref(tq), ctypes.byref(tk), ctypes.byref(tv),
+            self.cu_q.data_ptr(), self.cu_k.data_ptr(), self.batch, ctypes.byref(self.mask.c),
+            ctypes.byref(to), ctypes.byref(tl), ctypes.byref(tdo), ctypes.byref(tdq),
+            ctypes.byref(tdk), ctypes.byref(tdv))
+
+
+def _int32_vector(fn, name, t, what):
+    """t: an int32 CPU tensor with one dimension (FlashAttention's cu_seqlens, cache_seqlens),
+    contiguous."""
+    if not isinstance(t, torch.Tensor):
+        raise ValueError(f"{fn}: {name}: got {type(t).__name__}, expected an int32 tensor {what}")
+    if t.device.type != "cpu":
+        raise ValueError(f"{fn}: {name}: got a tensor on {t.device}, expected a CPU tensor")
+    if t.dtype != _I32:
+        raise ValueError(f"{fn}: {name}.dtype: got {t.dtype}, expected torch.int32 (as "
+                         "FlashAttention)")
+    if t.dim() != 1:
+        raise ValueError(f"{fn}: {name}: got shape {_shape(t)}, expected {what}")
+    return t.contiguous()
+
+
+def _check_max_seqlen(fn, name, m, cu):
+    if isinstance(m, bool) or not isinstance(m, numbers.Integral) or m < 0:
+        raise ValueError(f"{fn}: {name}: got {m!r}, expected an int >= 0")
+    lens = cu[1:] - cu[:-1]
+    if lens.numel() and bool((lens >= 0).all()) and int(lens.max()) > m:  # else the library
+        raise ValueError(f"{fn}: {name}: got {m}, expected >= {int(lens.max())} (the longest "
+                         f"sequence of cu_seqlens_{name[-1]})")
+
+
+def flash_attn_varlen_func(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k,
+                           dropout_p=0.0, softmax_scale=None, causal=False, window_size=(-1, -1),
+                           softcap=0.0, alibi_slopes=None, deterministic=False,
+                           return_attn_probs=False):
+    """FlashAttention 2's ``flash_attn_varlen_func`` on the CPU: a batch of sequences of
+    different lengths, packed one after another (no padding stored or computed).
+
+    Parameters
+    ----------
+    q : Tensor [total_q, nheads, headdim], float32
+    k : Tensor [total_k, nheads_k, headdim]
+    v : Tensor [total_k, nheads_k, headdim_v]
+    cu_seqlens_q, cu_seqlens_k : int32 Tensor [batch + 1]
+        Prefix sums of the sequences' lengths: sequence s has the query rows
+        cu_seqlens_q[s] .. cu_seqlens_q[s + 1] - 1 and the keys cu_seqlens_k[s] .. [s + 1] - 1
+        (0 first, non-decreasing, total last: checked by the library).
+    max_seqlen_q, max_seqlen_k : int
+        At least the longest sequence (checked); the size of attn_probs.
+    dropout_p, softmax_scale, causal, window_size, softcap, alibi_slopes, deterministic
+        As in ``flash_attn_func``, applied to every sequence alone (causal and windows aligned
+        bottom-right to its own lengths); alibi_slopes [nheads] or [batch, nheads]. Dropout
+        draws for sequence s the mask flash_attn_func draws for batch entry s.
+    return_attn_probs : bool
+        Also return softmax_lse and the probabilities (dropout_p must then be 0: they are
+        recomputed sequence by sequence).
+
+    Returns
+    -------
+    out : Tensor [total_q, nheads, headdim_v], differentiable with respect to q, k and v.
+    With return_attn_probs: (out, softmax_lse [nheads, total_q], attn_probs [batch, nheads,
+    max_seqlen_q, max_seqlen_k], 0 past each sequence's lengths).
+
+    Example
+    -------
+    >>> import torch, mha
+    >>> cu = torch.tensor([0, 3, 10], dtype=torch.int32)        # lengths 3 and 7
+    >>> q = torch.randn(10, 4, 32)
+    >>> mha.flash_attn_varlen_func(q, q, q, cu, cu, 7, 7, causal=True).shape
+    torch.Size([10, 4, 32])
+    """
+    fn = "flash_attn_varlen_func"
+    layout = "[total_tokens, nheads, headdim]"
+    q, k, v = _as_inputs(fn, "qkv", (q, k, v), 3, layout)
+    cq = _int32_vector(fn, "cu_seqlens_q", cu_seqlens_q, "[batch + 1]")
+    ck = _int32_vector(fn, "cu_seqlens_k", cu_seqlens_k, "[batch + 1]")
+    if cq.numel() < 1 or ck.numel() != cq.numel():
+        raise ValueError(f"{fn}: cu_seqlens_q, cu_seqlens_k: got shapes {_shape(cq)}, "
+                         f"{_shape(ck)}, expected [batch + 1] both")
+    _check_max_seqlen(fn, "max_seqlen_q", max_seqlen_q, cq)
+    _check_max_seqlen(fn, "max_seqlen_k", max_seqlen_k, ck)
+    if return_attn_probs and dropout_p:
+        raise ValueError(f"{fn}: return_attn_probs with dropout_p {dropout_p}: not supported "
+                         "(the probabilities are recomputed per sequence, which would draw "
+                         "another dropout mask; flash_attn_func returns them with dropout)")
+    batch = cq.numel() - 1
+    opts = _Options(fn, causal, window_size, alibi_slopes, batch, q.shape[1])
+    params = _params(fn, dropout_p, softmax_scale, softcap)
+    call = VarlenCall(params, opts.mask(), cq, ck)
+    out = _run(call, q, k, v)
+    if not return_attn_probs:
+        return out
+    probs = torch.zeros((batch, q.shape[1], max_seqlen_q, max_seqlen_k), dtype=T._F32)
+    with torch.no_grad():
+        for s in range(batch):
+            i0, i1, j0, j1 = int(cq[s]), int(cq[s + 1]), int(ck[s]), int(ck[s + 1])
+            one = T.CoreCall(params, opts.mask(s), weights=True)
+            one.forward(*(t[a:b].transpose(0, 1)[None] for t, a, b in
+                          ((q, i0, i1), (k, j0, j1), (v, j0, j1))))
+            probs[s, :, :i1 - i0, :j1 - j0] = one.weights[0]
+    return out, call.lse, probs
+
+
+# ------------------------------------------------------------------------------------------
+# flash_attn_with_kvcache
+# ------------------------------------------------------------------------------------------
+def _no_copy(fn, name, t):
+    """A cache is updated in place: ValueError for strides that as_input would copy."""
+    if isinstance(t, torch.Tensor) and t.dim() and t.stride(-1) != 1 and t.shape[-1] > 1:
+        raise ValueError(f"{fn}: {name}.stride(): got {tuple(t.stride())}, expected the "
+                         "innermost dimension contiguous (the cache is updated in place, so it "
+                         "cannot be copied)")
+
+
+def flash_attn_with_kvcache(q, k_cache, v_cache, k=None, v=None, cache_seqlens=None,
+                            softmax_scale=None, causal=False, window_size=(-1, -1), softcap=0.0,
+                            alibi_slopes=None):
+    """FlashAttention 2's ``flash_attn_with_kvcache`` on the CPU (inference: no gradient):
+    appends k, v to the caches in place at cache_seqlens, then attends q to each sequence's
+    first cache_seqlens[b] + seqlen_new keys.
+
+    Parameters
+    ----------
+    q : Tensor [batch, seqlen_q, nheads, headdim], float32
+    k_cache : Tensor [batch, seqlen_cache, nheads_k, headdim]
+    v_cache : Tensor [batch, seqlen_cache, nheads_k, headdim_v]
+        Updated in place (rows cache_seqlens[b] .. cache_seqlens[b] + seqlen_new - 1 of batch
+        b); any strides with the innermost one 1 (never copied).
+    k, v : Tensor [batch, seqlen_new, nheads_k, headdim(_v)], optional
+        The new tokens' keys and values (both or neither).
+    cache_seqlens : int or int32 Tensor [batch], optional
+        The tokens already in each cache (None: 0). Not modified (as FlashAttention: advance it
+        yourself).
+    softmax_scale, causal, window_size, softcap, alibi_slopes
+        As in ``flash_attn_func``, aligned bottom-right to each sequence's
+        cache_seqlens[b] + seqlen_new keys (query row i at key position i + that - seqlen_q).
+
+    Returns
+    -------
+    out : Tensor [batch, seqlen_q, nheads, headdim_v] (contiguous).
+
+    Example
+    -------
+    >>> import torch, mha
+    >>> k_cache = torch.zeros(1, 64, 2, 32); v_cache = torch.zeros(1, 64, 2, 32)
+    >>> q, k, v = torch.randn(1, 1, 8, 32), torch.randn(1, 1, 2, 32), torch.randn(1, 1, 2, 32)
+    >>> mha.flash_attn_with_kvcache(q, k_cache, v_cache, k, v, cache_seqlens=5).shape
+    torch.Size([1, 1, 8, 32])
+    """
+    fn = "flash_attn_with_kvcache"
+    layout = "[batch, seqlen, nheads, headdim]"
+    for name, t in (("k_cache", k_cache), ("v_cache", v_cache)):
+        _no_copy(fn, name, t)
+    q, k_cache, v_cache = _as_inputs(fn, ["q", "k_cache", "v_cache"], [q, k_cache, v_cache], 4,
+                                     layout)
+    _check_kv(fn, q, k_cache, v_cache, "k_cache", "v_cache")
+    if (k is None) != (v is None):
+        raise ValueError(f"{fn}: k, v: got only {'k' if v is None else 'v'}, expected both "
+                         "(new tokens) or neither")
+    if k is not None:
+        k, v = _as_inputs(fn, "kv", (k, v), 4, layout)
+        _check_kv(fn, q, k, v)
+        hk = (k_cache.shape[2], k_cache.shape[3], v_cache.shape[3])
+        if (k.shape[2], k.shape[3], v.shape[3]) != hk:
+            raise ValueError(f"{fn}: k, v: got shapes {_shape(k)}, {_shape(v)}, expected "
+                             f"nheads_k {hk[0]} and headdims {hk[1]}, {hk[2]} as the caches")
+    B, L, H = q.shape[0], q.shape[1], q.shape[2]
+    if cache_seqlens is None:
+        lens = None
+    elif isinstance(cache_seqlens, numbers.Integral) and not isinstance(cache_seqlens, bool):
+        lens = torch.full((B,), int(cache_seqlens), dtype=_I32)
+    else:
+        lens = _int32_vector(fn, "cache_seqlens", cache_seqlens, f"[{B}] (batch) or an int")
+        if lens.numel() != B:
+            raise ValueError(f"{fn}: cache_seqlens: got shape {_shape(lens)}, expected [{B}] "
+                             "(batch) or an int")
+    opts = _Options(fn, causal, window_size, alibi_slopes, B, H)
+    params, mask = _params(fn, 0.0, softmax_scale, softcap), opts.mask()
+    out = torch.empty_permuted((B, H, L, v_cache.shape[3]), _HEADS_SECOND, dtype=T._F32)
+    tq, tkc, tvc, tk, tv = (T.view(t) if t is not None else None
+                            for t in _heads_second(q, k_cache, v_cache, k, v))
+    to = T.view(out)
+    c = _lib.ctx()
+    _lib.check(lib.mha_attn_kvcache(
+        c, ctypes.byref(params), ctypes.byref(tq), ctypes.byref(tkc), ctypes.byref(tvc),
+        ctypes.byref(tk) if tk is not None else None, ctypes.byref(tv) if tv is not None else None,
+        lens.data_ptr() if lens is not None else None, ctypes.byref(mask.c), ctypes.byref(to),
+        None), c)
+    return out.transpose(1, 2)

@@ -1,0 +1,121 @@
+"""test_py_kvcache - mha.flash_attn_with_kvcache (FlashAttention 2's decoding call, over the C
+library's mha_attn_kvcache): the caches updated in place at cache_seqlens (checked bitwise,
+nothing else of them touched), and the output against FlashAttention's attention_ref in float64
+(flash_ref.py) over each sequence's filled prefix of the updated cache, aligned bottom-right to
+it: decode (one query token) and prefill (many), new tokens or none, cache_seqlens as an int,
+an int32 tensor or None, causal, windows, softcap, ALiBi, grouped-query heads, caches that are
+views of a larger buffer; a cache overflow and other bad inputs raise ValueError and leave the
+caches untouched.
+"""
+import pytest
+import torch
+
+import mha
+from flash_ref import attention_ref
+from py_util import assert_close
+
+
+def setup(B, Smax, H, Hkv, D, Dv, Lq, Lnew, seed):
+    gen = torch.Generator().manual_seed(seed)
+    k_cache = torch.randn(B, Smax, Hkv, D, generator=gen)
+    v_cache = torch.randn(B, Smax, Hkv, Dv, generator=gen)
+    q = torch.randn(B, Lq, H, D, generator=gen)
+    k = torch.randn(B, Lnew, Hkv, D, generator=gen) if Lnew else None
+    v = torch.randn(B, Lnew, Hkv, Dv, generator=gen) if Lnew else None
+    return gen, q, k_cache, v_cache, k, v
+
+
+def updated(cache, new, lens):
+    """What the cache must hold after the call: new at rows lens[b] .. of batch b."""
+    want = cache.clone()
+    if new is not None:
+        for b, n in enumerate(lens):
+            want[b, n:n + new.shape[1]] = new[b]
+    return want
+
+
+CASES = [  # B, Smax, H, Hkv, D, Dv, Lq, Lnew, lens, options
+    (2, 40, 4, 2, 16, 16, 1, 1, [5, 17], dict(causal=True)),
+    (3, 64, 8, 2, 32, 8, 1, 1, [0, 63, 30], dict()),
+    (2, 40, 4, 4, 16, 16, 3, 3, [5, 20], dict(causal=True, window_size=(6, 0))),
+    (1, 600, 8, 1, 64, 64, 1, 0, [550], dict(softcap=5.0, alibi="H")),
+    (2, 50, 6, 3, 8, 8, 20, 20, [0, 30], dict(causal=True, alibi="BH", softmax_scale=0.4)),
+    (2, 32, 2, 1, 16, 16, 4, 4, None, dict(causal=True)),
+    (2, 32, 4, 2, 16, 16, 2, 2, 7, dict(window_size=(3, 1))),
+]
+
+
+def case_id(c):
+    return f"B{c[0]}-Smax{c[1]}-H{c[2]}/{c[3]}-D{c[4]}/{c[5]}-L{c[6]}-new{c[7]}-lens{c[8]}-{c[9]}"
+
+
+@pytest.mark.parametrize("case", CASES, ids=case_id)
+def test_kvcache_updates_in_place_and_matches_attention_ref(case):
+    B, Smax, H, Hkv, D, Dv, Lq, Lnew, lens, opts = case
+    gen, q, k_cache, v_cache, k, v = setup(B, Smax, H, Hkv, D, Dv, Lq, Lnew, sum(case[:8]))
+    opts = dict(opts)
+    alibi = opts.pop("alibi", None)
+    slopes = None if alibi is None else torch.rand((H,) if alibi == "H" else (B, H),
+                                                   generator=gen)
+    lens_list = [0] * B if lens is None else [lens] * B if isinstance(lens, int) else lens
+    arg = lens if not isinstance(lens, list) else torch.tensor(lens, dtype=torch.int32)
+    want_k, want_v = updated(k_cache, k, lens_list), updated(v_cache, v, lens_list)
+    kc_ptr = k_cache.data_ptr()
+    out = mha.flash_attn_with_kvcache(q, k_cache, v_cache, k, v, cache_seqlens=arg,
+                                      alibi_slopes=slopes, **opts)
+    assert k_cache.data_ptr() == kc_ptr
+    assert torch.equal(k_cache, want_k) and torch.equal(v_cache, want_v), "cache update"
+    assert out.shape == (B, Lq, H, Dv) and out.is_contiguous()
+    key_lengths = torch.tensor(lens_list) + Lnew
+    ref = attention_ref(q, want_k, want_v, alibi_slopes=slopes, key_lengths=key_lengths, **opts)
+    assert_close(out, ref[0], "out")
+
+
+def test_caches_as_views_of_one_buffer_and_decode_steps():
+    # FlashAttention's usual cache: one [B, Smax, 2, Hkv, D] buffer; three decode steps, the
+    # caller advancing cache_seqlens, equal attention over the whole sequence so far
+    gen = torch.Generator().manual_seed(2)
+    B, Smax, H, Hkv, D = 2, 16, 4, 2, 8
+    kv = torch.zeros(B, Smax, 2, Hkv, D)
+    k_cache, v_cache = kv[:, :, 0], kv[:, :, 1]
+    ks, vs = torch.randn(B, 3, Hkv, D, generator=gen), torch.randn(B, 3, Hkv, D, generator=gen)
+    qs = torch.randn(B, 3, H, D, generator=gen)
+    lens = torch.zeros(B, dtype=torch.int32)
+    for t in range(3):
+        out = mha.flash_attn_with_kvcache(qs[:, t:t + 1], k_cache, v_cache, ks[:, t:t + 1],
+                                          vs[:, t:t + 1], cache_seqlens=lens, causal=True)
+        lens += 1
+        ref = attention_ref(qs[:, t:t + 1], ks[:, :t + 1], vs[:, :t + 1], causal=True)
+        assert_close(out, ref[0], f"step {t}")
+    assert torch.equal(kv[:, :3, 0], ks) and torch.equal(kv[:, :3, 1], vs)
+    assert torch.count_nonzero(kv[:, 3:]) == 0
+
+
+def test_overflow_and_bad_inputs_leave_the_caches_untouched():
+    _, q, k_cache, v_cache, k, v = setup(2, 10, 4, 2, 8, 8, 1, 3, 5)
+    before = k_cache.clone(), v_cache.clone()
+    lens = torch.tensor([8, 0], dtype=torch.int32)  # 8 + 3 new > 10 rows
+    with pytest.raises(ValueError, match=r"mha_attn_kvcache: cache_seqlens\[0\]: got 8"):
+        mha.flash_attn_with_kvcache(q, k_cache, v_cache, k, v, cache_seqlens=lens)
+    bad = [
+        (dict(k=k, v=None), "flash_attn_with_kvcache: k, v: got only k, expected both"),
+        (dict(k=k, v=v, cache_seqlens=torch.tensor([1, 2])),
+         "flash_attn_with_kvcache: cache_seqlens.dtype: got torch.int64, expected torch.int32"),
+        (dict(cache_seqlens=torch.tensor([1, 2, 3], dtype=torch.int32)),
+         "flash_attn_with_kvcache: cache_seqlens: got shape [3], expected [2] (batch) or an int"),
+        (dict(cache_seqlens=1.5), "flash_attn_with_kvcache: cache_seqlens: got float"),
+        (dict(k=torch.randn(2, 3, 2, 4), v=torch.randn(2, 3, 2, 8)),
+         "flash_attn_with_kvcache: k: got shape [2, 3, 2, 4], expected [2, ?, ?, 8]"),
+        (dict(alibi_slopes=torch.rand(3)),
+         "flash_attn_with_kvcache: alibi_slopes: got shape [3], expected [4] or [2, 4]"),
+    ]
+    for kw, msg in bad:
+        with pytest.raises(ValueError) as e:
+            mha.flash_attn_with_kvcache(q, k_cache, v_cache, **kw)
+        assert msg in str(e.value), str(e.value)
+    with pytest.raises(ValueError, match=r"k_cache.stride\(\): got .*the cache is updated in "
+                                         r"place"):
+        mha.flash_attn_with_kvcache(q, torch.randn(2, 10, 2, 16)[..., ::2], v_cache)
+    with pytest.raises(ValueError, match=r"q.dtype: got torch.float64"):
+        mha.flash_attn_with_kvcache(q.double(), k_cache, v_cache)
+    assert torch.equal(k_cache, before[0]) and torch.equal(v_cache, before[1])

@@ -361,8 +361,11 @@ MHA_API mha_status mha_attn_backward(mha_ctx *ctx, const mha_attn_params *p, con
  * Dropout draws, for sequence s, the mask mha_attn_forward draws for batch entry s (with the
  * same p), so a packed batch of equal lengths gives the dense batch's numbers. A sequence
  * with L_s = 0 writes nothing; one with S_s = 0 gives out 0 and lse -INFINITY on its rows.
- * Every argument and every cu_seqlens entry is checked before anything is computed; on error
- * nothing is written. Aliasing as in mha_attn_forward. */
+ * Every argument and every cu_seqlens entry is checked before anything is computed: after an
+ * argument error (MHA_ERR_INVALID_ARG / MHA_ERR_SHAPE naming it, e.g. "cu_seqlens_q[3]: got 10,
+ * expected <= 8 (total tokens q.shape[0])") nothing is written. Aliasing as in
+ * mha_attn_forward. Sequences run one after another, each on every thread, with the dense
+ * core's workspace for one sequence at a time. */
 MHA_API mha_status mha_attn_varlen_forward(mha_ctx *ctx, const mha_attn_params *p,
                                            const mha_tensor *q, const mha_tensor *k,
                                            const mha_tensor *v, const int32_t *cu_seqlens_q,

@@ -445,6 +445,40 @@ TEST(varlen_dropout_equals_dense_batch) {
     run_cases(cases, sizeof cases / sizeof cases[0], check_dense_batch);
 }
 
+/* Results are bitwise the same for 1, 2 and 3 threads (each sequence runs on every thread). */
+TEST(varlen_threads_bitwise) {
+    static const vcase c = {
+        3,    4, 2,  32, 16, {70, 0, 200}, {90, 33, 150}, MHA_CAUSAL_BOTTOM_RIGHT, 0.2f, 0, 1, 51,
+        4.0f, 1, 40, 8,  2};
+    mha_ctx *ctx;
+    ASSERT_OK(ctx, mha_ctx_create(&ctx));
+    vrun r[3];
+    int ok = 1;
+    for (int t = 0; t < 3; t++) {
+        vrun_make(&r[t], &c);
+        ASSERT_OK(ctx, mha_ctx_set_threads(ctx, t + 1));
+        ok = ok && vrun_go(ctx, &r[t]);
+    }
+    for (int t = 1; t < 3 && ok; t++) {
+        pview *a[4] = {&r[0].out, &r[0].dq, &r[0].dk, &r[0].dv};
+        pview *b[4] = {&r[t].out, &r[t].dq, &r[t].dk, &r[t].dv};
+        for (int i = 0; i < 4 && ok; i++) {
+            size_t n = (size_t)(a[i]->t.shape[0] * a[i]->t.shape[1] * (a[i]->t.shape[2] + 3));
+            if (memcmp(a[i]->buf, b[i]->buf, n * sizeof(float)) != 0) {
+                FAILF("%s: output %d differs between 1 and %d threads", r[0].name, i, t + 1);
+                ok = 0;
+            }
+        }
+        size_t nl = (size_t)(c.H * (r[0].Tq + 5));
+        if (ok && memcmp(r[0].lbuf, r[t].lbuf, nl * sizeof(float)) != 0) {
+            FAILF("%s: lse differs between 1 and %d threads", r[0].name, t + 1);
+            ok = 0;
+        }
+    }
+    for (int t = 0; t < 3; t++) vrun_free(&r[t]);
+    mha_ctx_free(ctx);
+}
+
 /* Sequences with no query (nothing to compute; their keys get zero gradients), with no key
  * (out 0, lse -inf, dq 0), both, and an empty batch. */
 TEST(varlen_empty_sequences) {
@@ -615,6 +649,10 @@ TEST(varlen_bad_inputs) {
     if (vrun_backward(ctx, &r) != MHA_ERR_INVALID_ARG) FAILF("dk aliasing k accepted");
     ASSERT_STR_CONTAINS(mha_ctx_errmsg(ctx), "mha_attn_varlen_backward: dk overlaps k");
     r.dk.t.data = r.dk.buf;
+    if (mha_attn_varlen_backward(ctx, NULL, &r.q.t, &r.k.t, &r.v.t, r.cq, r.ck, 3, NULL, &r.out.t,
+                                 NULL, &r.dout.t, &r.dq.t, &r.dk.t, &r.dv.t) != MHA_ERR_INVALID_ARG)
+        FAILF("backward without lse accepted");
+    ASSERT_STR_CONTAINS(mha_ctx_errmsg(ctx), "mha_attn_varlen_backward: lse: got NULL");
     /* and the same arguments, fixed, work */
     ASSERT_OK(ctx, vrun_forward(ctx, &r));
     ASSERT_OK(ctx, vrun_backward(ctx, &r));
@@ -627,6 +665,7 @@ out:
 int main(void) {
     RUN(varlen_equals_dense_per_sequence);
     RUN(varlen_dropout_equals_dense_batch);
+    RUN(varlen_threads_bitwise);
     RUN(varlen_empty_sequences);
     RUN(varlen_bad_inputs);
     return harness_report();

@@ -405,6 +405,6 @@ def flash_attn_with_kvcache(q, k_cache, v_cache, k=None, v=None, cache_seqlens=N
     _lib.check(lib.mha_attn_kvcache(
         c, ctypes.byref(params), ctypes.byref(tq), ctypes.byref(tkc), ctypes.byref(tvc),
         ctypes.byref(tk) if tk is not None else None, ctypes.byref(tv) if tv is not None else None,
-        lens.data_ptr() if lens is not None else None, ctypes.byref(mask.c), ctypes.byref(to),
-        None), c)
+        ctypes.c_void_p(lens.data_ptr()) if lens is not None else None, ctypes.byref(mask.c),
+        ctypes.byref(to), None), c)
     return out.transpose(1, 2)

@@ -72,6 +72,7 @@ typedef struct {
     int64_t Tq, Tk;
     pview q, k, v, out, dout, dq, dk, dv;
     float *lbuf;
+    size_t nl;      /* floats in lbuf */
     mha_tensor lse; /* [H, Tq] */
     mha_attn_params p;
     mha_mask m;
@@ -93,7 +94,8 @@ static void vrun_make(vrun *r, const vcase *c) {
     r->dout = packed(Tq, H, c->Dv, L), r->dq = packed(Tq, H, c->D, L);
     r->dk = packed(Tk, c->Hkv, c->D, L), r->dv = packed(Tk, c->Hkv, c->Dv, L);
     int64_t ld = Tq + (L ? 5 : 0), ls[2] = {H, Tq}, lst[2] = {ld, 1};
-    r->lbuf = malloc(sizeof(float) * (size_t)(H * ld + 1));
+    r->nl = (size_t)(H * ld);
+    r->lbuf = malloc(sizeof(float) * (r->nl + 1));
     for (int64_t i = 0; i < H * ld; i++) r->lbuf[i] = frand();
     r->lse = mha_tensor_strided(r->lbuf, 2, ls, lst);
     r->p = mha_attn_params_default();
@@ -469,8 +471,7 @@ TEST(varlen_threads_bitwise) {
                 ok = 0;
             }
         }
-        size_t nl = (size_t)(c.H * (r[0].Tq + 5));
-        if (ok && memcmp(r[0].lbuf, r[t].lbuf, nl * sizeof(float)) != 0) {
+        if (ok && memcmp(r[0].lbuf, r[t].lbuf, r[0].nl * sizeof(float)) != 0) {
             FAILF("%s: lse differs between 1 and %d threads", r[0].name, t + 1);
             ok = 0;
         }
@@ -541,7 +542,7 @@ static int refused(mha_ctx *ctx, vrun *r, mha_status want, const char *msg) {
     size_t nb[5] = {(size_t)(r->Tq * r->c.H * (r->c.Dv + 3)),
                     (size_t)(r->Tq * r->c.H * (r->c.D + 3)),
                     (size_t)(r->Tk * r->c.Hkv * (r->c.D + 3)),
-                    (size_t)(r->Tk * r->c.Hkv * (r->c.Dv + 3)), (size_t)(r->c.H * (r->Tq + 5))};
+                    (size_t)(r->Tk * r->c.Hkv * (r->c.Dv + 3)), r->nl};
     float *bufs[5] = {r->out.buf, r->dq.buf, r->dk.buf, r->dv.buf, r->lbuf}, *copy[5];
     for (int i = 0; i < 5; i++) {
         copy[i] = malloc(sizeof(float) * (nb[i] + 1));

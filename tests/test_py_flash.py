@@ -288,6 +288,8 @@ BAD = [
      "flash_attn_func: q: got shape [5, 4, 8], expected [batch, seqlen, nheads, headdim]"),
     ("heads", lambda: F(*_qkv(Hkv=3)),
      "flash_attn_func: k.shape[2]: got 3, expected a divisor of q's 4 heads"),
+    ("no kv heads", lambda: F(*_qkv(Hkv=0)),
+     "flash_attn_func: k.shape[2]: got 0, expected a divisor of q's 4 heads"),
     ("headdim", lambda: F(_qkv()[0], torch.randn(2, 6, 2, 7), torch.randn(2, 6, 2, 7)),
      "flash_attn_func: k: got shape [2, 6, 2, 7], expected [2, ?, ?, 8]"),
     ("v length", lambda: F(*_qkv()[:2], torch.randn(2, 5, 2, 8)),

@@ -120,7 +120,7 @@ def _check_kv(fn, q, k, v, kn="k", vn="v"):
             expect = ", ".join("?" if w is None else str(w) for w in want)
             raise ValueError(f"{fn}: {name}: got shape {_shape(t)}, expected [{expect}] "
                              "([batch, seqlen_k, nheads_k, headdim] as q, v as k)")
-    if H % k.shape[2]:
+    if k.shape[2] == 0 or H % k.shape[2]:
         raise ValueError(f"{fn}: {kn}.shape[2]: got {k.shape[2]}, expected a divisor of q's {H} "
                          "heads (grouped-query attention)")
 

@@ -122,6 +122,23 @@ def test_core_seq_k_and_head_dim():
     assert p.returncode == 0 and " S 24 D 8," in p.stdout, p.stdout
 
 
+def test_core_window_softcap_alibi():
+    # --window L,R, --softcap C and --alibi reach the core and the JSON (window as [L, R]);
+    # with a window the FLOP count is that of the allowed pairs: N = 16, causal, window (4, 0):
+    # row i sees min(i, 4) + 1 keys, 10 + 12 * 5 = 70 pairs; (-1, 2) without causal: row i
+    # sees keys 0 .. min(i + 2, 15), all 256 pairs but the 13 * 14 / 2 above that band
+    for extra, window, pairs in ((["--causal", "--window", "4,0"], [4, 0], 70),
+                                 (["--window", "-1,2", "--softcap", "20", "--alibi"], [-1, 2],
+                                  16 * 16 - (13 * 14) // 2)):
+        p = bench("--core", "--kv-heads", "1", "--json", *extra)
+        assert p.returncode == 0, p.stderr
+        r = json.loads(p.stdout)
+        assert r["window"] == window and r["flops"] == 4 * 2 * 8 * pairs, r
+    assert (r["softcap"], r["alibi"]) == (20, True), r
+    p = bench("--core", "--causal", "--window", "4,0", "--softcap", "20", "--alibi")
+    assert p.returncode == 0 and " causal window (4, 0) softcap 20 alibi," in p.stdout, p.stdout
+
+
 @pytest.mark.parametrize("extra, text", [
     (["--core", "--seq-k", "0"], "--seq-k: got 0, expected 1.."),
     (["--core", "--head-dim", "0"], "--head-dim: got 0, expected 1.."),

@@ -8,7 +8,13 @@ report of RATIOS of measurements taken side by side in this run (progress on std
                         [--rounds 3] [--only gqa,window,mods] [--quick] [--out FILE.md]
                         [--results FILE.jsonl]
 
---quick: the same comparisons on small shapes (seconds: a check of the script, not a result).
+The shapes (groups() below): GQA B=1 H=32 Hkv=8 vs 32, N=4096, D=128 and 64; the causal
+window (256, 0) against full causal at B=1 H=8 N=S=16384 D=128; softcap 50, ALiBi, and
+softcap with GQA (Hkv=2) and a window (256, 0), against plain causal at B=1 H=8 N=2048 D=128,
+all causal. A full run takes about 12-15
+minutes on 2 quiet cores (3 rounds of about 4 minutes; the PyTorch window at N=16384, which
+computes every tile, is a quarter of it). --quick: the same comparisons on small shapes (a
+check of the script, not a result: about a minute a round, mostly starting PyTorch).
 Stdlib only; it imports neither torch nor mha: every measurement is a process of its own,
 `mha bench --core --backward --json` (tools/cmd_bench.c) or bench/torch_modern.py (PyTorch's
 side, the call as PyTorch users write it: see its top), each printing one JSON line with the

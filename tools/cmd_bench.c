@@ -41,6 +41,7 @@ static void print_help(FILE *f) {
           "options:\n"
           "  --batch B, --seq N, --embed E, --heads H   the shape (E divisible by H)\n"
           "  --causal      causal mask (top-left); the attention's FLOP count is halved\n"
+          "                (the allowed pairs counted with --window or --seq-k)\n"
           "  --backward    time forward + backward\n"
           "  --need-weights  module: also return the attention weights averaged over heads,\n"
           "                [B, N, N] (as nn.MultiheadAttention's need_weights=True,\n"

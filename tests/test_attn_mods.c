@@ -527,42 +527,11 @@ static void results_free(results *x) {
     free(x->out), free(x->lse), free(x->W), free(x->dq), free(x->dk), free(x->dv);
 }
 
-/* Runs the case on every ISA against the reference. Returns 1 when all agree. */
-static int run_case(mha_ctx *ctx, const mcase *cs) {
-    prob pb;
-    ref r;
-    results x;
-    char name[512];
-    prob_make(&pb, cs);
-    ref_make(&pb, &r);
-    ref_run(&pb, MUT_NONE, &r);
-    results_alloc(&pb, &x);
-    int ok = 1;
-    FOR_EACH_ISA(ctx) {
-        case_str(&pb.c, mha_isa_name(mha_ctx_isa(ctx)), name, sizeof name);
-        for (int t = T_O; t < T_N; t++) memset(pb.mem[t], 0xff, sizeof(float) * pb.nmem[t]);
-        mha_status st = lib_forward(ctx, &pb);
-        if (st == MHA_OK) st = lib_backward(ctx, &pb);
-        if (st != MHA_OK) {
-            FAILF("%s: %s: %s", name, mha_status_str(st), mha_ctx_errmsg(ctx));
-            ok = 0;
-            break;
-        }
-        to_double(&pb.t[T_O], x.out), to_double(&pb.t[T_LSE], x.lse), to_double(&pb.t[T_W], x.W);
-        to_double(&pb.t[T_DQ], x.dq), to_double(&pb.t[T_DK], x.dk), to_double(&pb.t[T_DV], x.dv);
-        if (compare(name, &pb, &x, &r) || !exact_zeros(name, &pb, &x, &r)) {
-            ok = 0;
-            break;
-        }
-    }
-    results_free(&x);
-    ref_free(&r);
-    prob_free(&pb);
-    return ok;
-}
+/* One check of a case on the context's ISA, with the case's reference; 1 when it passes. */
+typedef int (*case_check)(mha_ctx *ctx, prob *pb, const ref *r, const char *name);
 
-#define NCASES(a) (sizeof(a) / sizeof((a)[0]))
-static int run_table(const mcase *cases, size_t n) {
+/* Runs check on every case of a table on every ISA (the reference computed once per case). */
+static int run_table(const mcase *cases, size_t n, case_check check) {
     mha_ctx *ctx;
     if (mha_ctx_create(&ctx) != MHA_OK) {
         FAILF("mha_ctx_create: %s", mha_ctx_errmsg(ctx));
@@ -570,8 +539,41 @@ static int run_table(const mcase *cases, size_t n) {
         return 0;
     }
     int ok = 1;
-    for (size_t e = 0; e < n && ok; e++) ok = run_case(ctx, &cases[e]);
+    for (size_t e = 0; e < n && ok; e++) {
+        prob pb;
+        ref r;
+        char name[512];
+        prob_make(&pb, &cases[e]);
+        ref_make(&pb, &r);
+        ref_run(&pb, MUT_NONE, &r);
+        FOR_EACH_ISA(ctx) {
+            case_str(&pb.c, mha_isa_name(mha_ctx_isa(ctx)), name, sizeof name);
+            if (!(ok = check(ctx, &pb, &r, name))) break;
+        }
+        ref_free(&r);
+        prob_free(&pb);
+    }
     mha_ctx_free(ctx);
+    return ok;
+}
+#define NCASES(a) (sizeof(a) / sizeof((a)[0]))
+#define RUN_TABLE(cases, check) ASSERT_TRUE(run_table(cases, NCASES(cases), check))
+
+/* Forward and backward (outputs filled with NaN first) against the reference. */
+static int check_reference(mha_ctx *ctx, prob *pb, const ref *r, const char *name) {
+    for (int t = T_O; t < T_N; t++) memset(pb->mem[t], 0xff, sizeof(float) * pb->nmem[t]);
+    mha_status st = lib_forward(ctx, pb);
+    if (st == MHA_OK) st = lib_backward(ctx, pb);
+    if (st != MHA_OK) {
+        FAILF("%s: %s: %s", name, mha_status_str(st), mha_ctx_errmsg(ctx));
+        return 0;
+    }
+    results x;
+    results_alloc(pb, &x);
+    to_double(&pb->t[T_O], x.out), to_double(&pb->t[T_LSE], x.lse), to_double(&pb->t[T_W], x.W);
+    to_double(&pb->t[T_DQ], x.dq), to_double(&pb->t[T_DK], x.dk), to_double(&pb->t[T_DV], x.dv);
+    int ok = compare(name, pb, &x, r) == 0 && exact_zeros(name, pb, &x, r);
+    results_free(&x);
     return ok;
 }
 
@@ -762,19 +764,15 @@ TEST(reference_catches_mutants) {
 /* ------------------------------------------------------------------------------------------
  * The library against the reference, every ISA
  * ---------------------------------------------------------------------------------------- */
-TEST(window_alone) { ASSERT_TRUE(run_table(window_cases, NCASES(window_cases))); }
-TEST(window_with_causal) {
-    ASSERT_TRUE(run_table(window_causal_cases, NCASES(window_causal_cases)));
-}
-TEST(alibi) { ASSERT_TRUE(run_table(alibi_cases, NCASES(alibi_cases))); }
-TEST(softcap) { ASSERT_TRUE(run_table(softcap_cases, NCASES(softcap_cases))); }
-TEST(gqa_window_causal_softcap_padding) { ASSERT_TRUE(run_table(gqa_cases, NCASES(gqa_cases))); }
-TEST(dropout_with_options) { ASSERT_TRUE(run_table(dropout_cases, NCASES(dropout_cases))); }
-TEST(edge_tiles_and_head_dims) { ASSERT_TRUE(run_table(edge_cases, NCASES(edge_cases))); }
-TEST(long_sequences_skipped_tiles) { ASSERT_TRUE(run_table(long_cases, NCASES(long_cases))); }
-TEST(window_fully_masked_rows) {
-    ASSERT_TRUE(run_table(masked_row_cases, NCASES(masked_row_cases)));
-}
+TEST(window_alone) { RUN_TABLE(window_cases, check_reference); }
+TEST(window_with_causal) { RUN_TABLE(window_causal_cases, check_reference); }
+TEST(alibi) { RUN_TABLE(alibi_cases, check_reference); }
+TEST(softcap) { RUN_TABLE(softcap_cases, check_reference); }
+TEST(gqa_window_causal_softcap_padding) { RUN_TABLE(gqa_cases, check_reference); }
+TEST(dropout_with_options) { RUN_TABLE(dropout_cases, check_reference); }
+TEST(edge_tiles_and_head_dims) { RUN_TABLE(edge_cases, check_reference); }
+TEST(long_sequences_skipped_tiles) { RUN_TABLE(long_cases, check_reference); }
+TEST(window_fully_masked_rows) { RUN_TABLE(masked_row_cases, check_reference); }
 
 /* Central differences in float64 of loss = sum(out * dout), out from mha's (float32) forward,
  * against mha's backward, for softcap and ALiBi: at the 3 largest gradient elements of q, k
@@ -795,67 +793,60 @@ static double lib_loss(mha_ctx *ctx, prob *pb) {
     return loss;
 }
 
-TEST(finite_differences_through_mha) {
-    mha_ctx *ctx;
-    ASSERT_OK(ctx, mha_ctx_create(&ctx));
-    FOR_EACH_ISA(ctx) {
-        for (size_t e = 0; e < NCASES(fd_lib_cases); e++) {
-            prob pb;
-            char name[512];
-            prob_make(&pb, &fd_lib_cases[e]);
-            case_str(&pb.c, mha_isa_name(mha_ctx_isa(ctx)), name, sizeof name);
-            int ok = lib_forward(ctx, &pb) == MHA_OK && lib_backward(ctx, &pb) == MHA_OK;
-            if (!ok) FAILF("%s: %s", name, mha_ctx_errmsg(ctx));
-            ref nod; /* the reference gradient without tanh's derivative */
-            ref_make(&pb, &nod);
-            ref_run(&pb, MUT_SOFTCAP_NO_DERIVATIVE, &nod);
-            int differs = 0;
-            for (int t = T_Q; t <= T_V && ok; t++) {
-                mha_tensor *gt = &pb.t[T_DQ + t], *xt = &pb.t[t];
-                int64_t n = tnumel(&pb, t), pick[6];
-                double *g = new_doubles(n), gmax = 1;
-                to_double(gt, g);
-                for (int64_t x = 0; x < n; x++) gmax = fabs(g[x]) > gmax ? fabs(g[x]) : gmax;
-                for (int a = 0; a < 6; a++) { /* 3 largest |g|, then 3 random */
-                    pick[a] = a < 3 ? -1 : (int64_t)(rnd_unit() * (double)n);
-                    for (int64_t x = 0; x < n && a < 3; x++) {
-                        int used = 0;
-                        for (int u = 0; u < a; u++) used |= pick[u] == x;
-                        if (!used && (pick[a] < 0 || fabs(g[x]) > fabs(g[pick[a]]))) pick[a] = x;
-                    }
-                }
-                const double *nodg = t == T_Q ? nod.dq : t == T_K ? nod.dk : nod.dv;
-                for (int a = 0; a < 6 && ok; a++) {
-                    float *xp = xt->data + elem_off(xt, pick[a]), x0 = *xp;
-                    const double eps = 0x1p-8;
-                    float hi = (float)(x0 + eps), lo = (float)(x0 - eps);
-                    *xp = hi;
-                    double lp = lib_loss(ctx, &pb);
-                    *xp = lo;
-                    double lm = lib_loss(ctx, &pb);
-                    *xp = x0;
-                    double fd = (lp - lm) / ((double)hi - (double)lo), want = g[pick[a]];
-                    double tol = 3e-3 * gmax + 2e-2 * fabs(want);
-                    if (!(fabs(fd - want) <= tol)) {
-                        FAILF("%s: d loss / d %s[%lld]: mha's backward %.7g, differences %.7g "
-                              "(tolerance %.3g)",
-                              name, tname[t], (long long)pick[a], want, fd, tol);
-                        ok = 0;
-                    }
-                    differs |= fabs(fd - nodg[pick[a]]) > 3e-3 * gmax + 2e-2 * fabs(nodg[pick[a]]);
-                }
-                free(g);
-            }
-            if (ok && pb.c.softcap > 0 && !differs)
-                FAILF("%s: the differences do not tell the softcap's derivative apart", name);
-            ref_free(&nod);
-            prob_free(&pb);
-            if (!ok) goto out;
-        }
+static int check_differences(mha_ctx *ctx, prob *pb, const ref *r, const char *name) {
+    (void)r;
+    if (lib_forward(ctx, pb) != MHA_OK || lib_backward(ctx, pb) != MHA_OK) {
+        FAILF("%s: %s", name, mha_ctx_errmsg(ctx));
+        return 0;
     }
-out:
-    mha_ctx_free(ctx);
+    ref nod; /* the reference gradient without tanh's derivative */
+    ref_make(pb, &nod);
+    ref_run(pb, MUT_SOFTCAP_NO_DERIVATIVE, &nod);
+    int ok = 1, differs = 0;
+    for (int t = T_Q; t <= T_V && ok; t++) {
+        mha_tensor *xt = &pb->t[t];
+        int64_t n = tnumel(pb, t), pick[6];
+        double *g = new_doubles(n), gmax = 1;
+        to_double(&pb->t[T_DQ + t], g);
+        for (int64_t x = 0; x < n; x++) gmax = fabs(g[x]) > gmax ? fabs(g[x]) : gmax;
+        for (int a = 0; a < 6; a++) { /* 3 largest |g|, then 3 random */
+            pick[a] = a < 3 ? -1 : (int64_t)(rnd_unit() * (double)n);
+            for (int64_t x = 0; x < n && a < 3; x++) {
+                int used = 0;
+                for (int u = 0; u < a; u++) used |= pick[u] == x;
+                if (!used && (pick[a] < 0 || fabs(g[x]) > fabs(g[pick[a]]))) pick[a] = x;
+            }
+        }
+        const double *nodg = t == T_Q ? nod.dq : t == T_K ? nod.dk : nod.dv;
+        for (int a = 0; a < 6 && ok; a++) {
+            float *xp = xt->data + elem_off(xt, pick[a]), x0 = *xp;
+            const double eps = 0x1p-8;
+            float hi = (float)(x0 + eps), lo = (float)(x0 - eps);
+            *xp = hi;
+            double lp = lib_loss(ctx, pb);
+            *xp = lo;
+            double lm = lib_loss(ctx, pb);
+            *xp = x0;
+            double fd = (lp - lm) / ((double)hi - (double)lo), want = g[pick[a]];
+            double tol = 3e-3 * gmax + 2e-2 * fabs(want);
+            if (!(fabs(fd - want) <= tol)) {
+                FAILF("%s: d loss / d %s[%lld]: mha's backward %.7g, differences %.7g "
+                      "(tolerance %.3g)",
+                      name, tname[t], (long long)pick[a], want, fd, tol);
+                ok = 0;
+            }
+            differs |= fabs(fd - nodg[pick[a]]) > 3e-3 * gmax + 2e-2 * fabs(nodg[pick[a]]);
+        }
+        free(g);
+    }
+    if (ok && pb->c.softcap > 0 && !differs) {
+        FAILF("%s: the differences do not tell the softcap's derivative apart", name);
+        ok = 0;
+    }
+    ref_free(&nod);
+    return ok;
 }
+TEST(finite_differences_through_mha) { RUN_TABLE(fd_lib_cases, check_differences); }
 
 /* Every output and gradient bitwise identical for 1, 2 and 3 threads with every option on. */
 static const mcase thread_cases[] = {
@@ -868,52 +859,39 @@ static const mcase thread_cases[] = {
      .afloat = 1},
 };
 
-TEST(threads_bitwise_identical_all_options) {
-    mha_ctx *ctx;
-    ASSERT_OK(ctx, mha_ctx_create(&ctx));
-    FOR_EACH_ISA(ctx) {
-        for (size_t e = 0; e < NCASES(thread_cases); e++) {
-            prob pb;
-            char name[512];
-            float *first[T_N] = {0};
-            int ok = 1;
-            prob_make(&pb, &thread_cases[e]);
-            case_str(&pb.c, mha_isa_name(mha_ctx_isa(ctx)), name, sizeof name);
-            for (int th = 1; th <= 3 && ok; th++) {
-                mha_ctx_set_threads(ctx, th);
-                for (int t = T_O; t < T_N; t++) memset(pb.mem[t], 0xff, sizeof(float) * pb.nmem[t]);
-                if (lib_forward(ctx, &pb) != MHA_OK || lib_backward(ctx, &pb) != MHA_OK) {
-                    FAILF("%s: %d threads: %s", name, th, mha_ctx_errmsg(ctx));
-                    ok = 0;
-                }
-                for (int t = T_O; t < T_N && ok; t++) {
-                    int64_t n = tnumel(&pb, t);
-                    float *v = malloc(sizeof(float) * (size_t)(n + 1));
-                    for (int64_t x = 0; x < n; x++) v[x] = pb.t[t].data[elem_off(&pb.t[t], x)];
-                    if (th == 1) {
-                        first[t] = v;
-                        continue;
-                    }
-                    int64_t at = 0;
-                    while (at < n && memcmp(&v[at], &first[t][at], sizeof(float)) == 0) at++;
-                    if (at < n) {
-                        FAILF("%s: %s with %d threads differs from 1 thread at %lld (%.9g vs "
-                              "%.9g)",
-                              name, tname[t], th, (long long)at, v[at], first[t][at]);
-                        ok = 0;
-                    }
-                    free(v);
-                }
+static int check_threads(mha_ctx *ctx, prob *pb, const ref *r, const char *name) {
+    (void)r;
+    float *first[T_N] = {0};
+    int ok = 1;
+    for (int th = 1; th <= 3 && ok; th++) {
+        mha_ctx_set_threads(ctx, th);
+        for (int t = T_O; t < T_N; t++) memset(pb->mem[t], 0xff, sizeof(float) * pb->nmem[t]);
+        if (lib_forward(ctx, pb) != MHA_OK || lib_backward(ctx, pb) != MHA_OK) {
+            FAILF("%s: %d threads: %s", name, th, mha_ctx_errmsg(ctx));
+            ok = 0;
+        }
+        for (int t = T_O; t < T_N && ok; t++) {
+            int64_t n = tnumel(pb, t), at = 0;
+            float *v = malloc(sizeof(float) * (size_t)(n + 1));
+            for (int64_t x = 0; x < n; x++) v[x] = pb->t[t].data[elem_off(&pb->t[t], x)];
+            if (th == 1) {
+                first[t] = v;
+                continue;
             }
-            mha_ctx_set_threads(ctx, 0);
-            for (int t = 0; t < T_N; t++) free(first[t]);
-            prob_free(&pb);
-            if (!ok) goto out;
+            while (at < n && memcmp(&v[at], &first[t][at], sizeof(float)) == 0) at++;
+            if (at < n) {
+                FAILF("%s: %s with %d threads differs from 1 thread at %lld (%.9g vs %.9g)", name,
+                      tname[t], th, (long long)at, v[at], first[t][at]);
+                ok = 0;
+            }
+            free(v);
         }
     }
-out:
-    mha_ctx_free(ctx);
+    mha_ctx_set_threads(ctx, 0);
+    for (int t = 0; t < T_N; t++) free(first[t]);
+    return ok;
 }
+TEST(threads_bitwise_identical_all_options) { RUN_TABLE(thread_cases, check_threads); }
 
 /* ------------------------------------------------------------------------------------------
  * Bad input: MHA_ERR_INVALID_ARG naming the field, outputs untouched (forward and backward)

@@ -596,6 +596,8 @@ static const mcase window_cases[] = {
     {SHAPE(1, 1, 1, 19, 19, 8, 8), WIN(0, 7)},                 /* left 0 */
     {SHAPE(1, 2, 2, 40, 70, 8, 8), WIN(-1, 0)},                /* bottom-right causality */
     {SHAPE(1, 1, 1, 100, 100, 16, 16), WIN(17, 33)},           /* across the generic tiles */
+    {SHAPE(1, 1, 1, 50, 20, 8, 8), WIN(0, INT64_MAX)},         /* S - L < 0, huge right */
+    {SHAPE(1, 1, 1, 20, 50, 8, 8), WIN(INT64_MAX - 1, 0)},     /* huge left */
 };
 static const mcase window_causal_cases[] = {
     {SHAPE(2, 2, 2, 50, 50, 8, 8), .causal = 1, WIN(6, -1)},
@@ -659,6 +661,8 @@ static const mcase edge_cases[] = {
     {SHAPE(2, 2, 2, 257, 97, 128, 128), WIN(16, 16), .softcap = 4, .alibi = ALIBI_BATCHED},
     {SHAPE(1, 1, 1, 95, 255, 7, 7), WIN(3, 300), .softcap = 1, .qmul = 2},
     {SHAPE(1, 2, 2, 17, 63, 3, 1), WIN(2, 1), .alibi = ALIBI_HEADS, .softcap = 2, .bl = 1},
+    {SHAPE(1, 2, 2, 5, 0, 4, 4), WIN(1, 1), .alibi = ALIBI_HEADS, .softcap = 1},   /* no key */
+    {SHAPE(2, 2, 1, 0, 7, 4, 4), WIN(1, 1), .alibi = ALIBI_BATCHED, .softcap = 1}, /* no row */
 };
 /* Whole tiles outside the window: the kernels skip them, the results stay exact. */
 static const mcase long_cases[] = {

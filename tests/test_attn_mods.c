@@ -40,17 +40,19 @@ static float rnd_sym(void) { return (float)(2 * rnd_unit() - 1); }           /* 
 /* ------------------------------------------------------------------------------------------
  * A case: sizes, options, masks, layout
  * ---------------------------------------------------------------------------------------- */
+/* key_padding: none, 25% of the keys at random, every key j with j % 3 == 1 */
 enum {
     PAD_NONE,
     PAD_RANDOM,
     PAD_DIAG
-}; /* key_padding: none, 25% of the keys, j % 3 == 1 */
+};
+/* ALiBi slopes: none, [H], [B, H], [H] with zeros and negative slopes */
 enum {
     ALIBI_NONE,
     ALIBI_HEADS,
     ALIBI_BATCHED,
     ALIBI_SIGNS
-}; /* [H], [B, H], [H] with 0 and < 0 */
+};
 
 typedef struct {
     int64_t B, H, Hkv, L, S, D, Dv; /* Hkv 0: H */

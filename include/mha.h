@@ -83,6 +83,11 @@
  *   | causal                 | top-left: key j <= i   | is_causal: top-left | is_causal: top-left |
  *   | causal bottom-right    | key j <= i + (S - L)   | -                   | -                   |
  *   | key_lengths[b]         | keys j >= len ignored  | -                   | -                   |
+ *   | window (left, right)   | FlashAttention's       | -                   | -                   |
+ *   |                        | window_size (bottom-   |                     |                     |
+ *   |                        | right aligned)         |                     |                     |
+ *   | alibi_slopes           | -slope |i + S - L - j| | -                   | -                   |
+ *   |                        | added (FlashAttention) |                     |                     |
  *   | row fully masked       | output 0, weights 0    | see below           | output 0 (2.13)     |
  *   (nn.MHA: nn.MultiheadAttention; F.SDPA: F.scaled_dot_product_attention; bottom-right
  *   causality is FlashAttention's alignment when L != S.)

@@ -623,9 +623,10 @@ static const mcase alibi_cases[] = {
     {SHAPE(1, 2, 2, 37, 37, 8, 8), .alibi = ALIBI_HEADS, .afloat = 1, .abool = 1, .batched = 1},
 };
 static const mcase softcap_cases[] = {
-    {SHAPE(2, 2, 2, 33, 40, 16, 16), .softcap = 30},           /* large cap */
-    {SHAPE(2, 2, 2, 33, 40, 16, 16), .softcap = 1, .qmul = 3}, /* scores ~ the cap */
-    {SHAPE(1, 2, 2, 40, 33, 4, 8), .softcap = 1, .qmul = 40},  /* tanh saturates */
+    {SHAPE(2, 2, 2, 33, 40, 16, 16), .softcap = 30},              /* large cap */
+    {SHAPE(1, 2, 2, 30, 35, 16, 16), .softcap = 1000, .qmul = 4}, /* tanh(x) at small x */
+    {SHAPE(2, 2, 2, 33, 40, 16, 16), .softcap = 1, .qmul = 3},    /* scores ~ the cap */
+    {SHAPE(1, 2, 2, 40, 33, 4, 8), .softcap = 1, .qmul = 40},     /* tanh saturates */
     {SHAPE(1, 2, 2, 45, 45, 8, 8), .softcap = 0.5f, .qmul = 10, .causal = 1},
     {SHAPE(2, 2, 2, 31, 53, 8, 8), .softcap = 2, .qmul = 3, .alibi = ALIBI_BATCHED},
     {SHAPE(1, 3, 3, 29, 29, 16, 16), .softcap = 5, .scale = 0.9f, .alibi = ALIBI_HEADS,

@@ -519,7 +519,8 @@ MHA_API mha_forward_opts mha_forward_opts_default(void);
  *   key:   [B, S, kdim] or [S, kdim]; value: [B, S, vdim] or [S, vdim]
  *          key == value == NULL means self-attention (key = value = query)
  *   mask:  optional (NULL); key_padding [B, S] ([S] unbatched); attn masks [L, S] or
- *          [B*H, L, S] ([H, L, S] unbatched)
+ *          [B*H, L, S] ([H, L, S] unbatched); window and ALiBi slopes ([H] or [B, H]) as in
+ *          the core (all copied with save_for_backward)
  *   out:   [B, L, E] or [L, E], overwritten
  *   weights: optional (NULL), overwritten: averaged [B, L, S] / [L, S], or per head
  *          [B, H, L, S] / [H, L, S] (opts->average_weights == 0)

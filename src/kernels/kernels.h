@@ -138,6 +138,44 @@ static inline int64_t mha__attn_tile_row_end(const mha__attn_tile_mask *mk, int6
     return e < 0 ? 0 : e;
 }
 
+/* DECODE KERNEL (flash-decoding: a few query rows against a long key/value cache; driver:
+ * src/attn/attn_decode.c)
+ *
+ *   The driver cuts the keys of one (batch, key/value head) into fixed chunks and calls
+ *   attn_decode once per chunk for ALL the query rows that read that head (the group's heads x
+ *   the new tokens, rows <= MHA__ATTN_DECODE_ROWS), so each key and value row is read once:
+ *   attn_decode(rows, bc, n, nv, A, lda, K, ldk, V, ldv, md, m, l, O, ldo):
+ *       for r < rows and keys c < bc, with A the scaled query rows [rows, n] (scale applied
+ *       before, as the fused forward), K [bc, n] and V [bc, nv] rows read in place from the
+ *       cache (any row strides ldk, ldv: no packing), in effect
+ *           s = A_r . K_c
+ *           s = softcap * tanh(s / softcap)             (md->softcap > 0)
+ *           s = s - slope[r] * |pos[r] - c|              (md->slope != NULL)
+ *           s = -inf unless lo[r] <= c < hi[r]           (causality, window, the length)
+ *           m[r] = max_c s,  l[r] = sum_c exp(s - m[r]),  O[r] = sum_c exp(s - m[r]) V_c
+ *       m, l and O [rows, nv] (ldo) are OVERWRITTEN: the chunk's partial softmax, merged by
+ *       the driver across chunks by log-sum-exp. A row with no allowed finite score gets
+ *       m = -inf, l = 0, O = 0. 1 <= rows <= MHA__ATTN_DECODE_ROWS, bc >= 1, n >= 1, nv >= 0;
+ *       0 <= lo[r] and hi[r] <= bc. The arithmetic never depends on the thread, and the
+ *       order of the keys' contributions only on bc and the row ranges, so the driver's fixed
+ *       chunking makes results bitwise reproducible for any thread count. Every table has one
+ *       (generic: the reference, tanhf; SIMD: one skeleton, src/kernels/x86/decode_skel.h). */
+#define MHA__ATTN_DECODE_ROWS 16
+
+typedef struct {
+    float softcap;      /* > 0: s -> softcap * tanh(s / softcap); 0: off */
+    const int64_t *lo;  /* [rows] first allowed key of each row (chunk-local) */
+    const int64_t *hi;  /* [rows] one past the last allowed key */
+    const float *slope; /* [rows] ALiBi slope of each row's head, or NULL: no ALiBi */
+    const int64_t *pos; /* [rows] with slope: the (chunk-local) key of distance 0 */
+} mha__attn_decode_mask;
+
+typedef void mha__attn_decode_t(int64_t rows, int64_t bc, int64_t n, int64_t nv, const float *A,
+                                int64_t lda, const float *K, int64_t ldk, const float *V,
+                                int64_t ldv, const mha__attn_decode_mask *md, float *m, float *l,
+                                float *O, int64_t ldo);
+typedef mha__attn_decode_t *mha__attn_decode_fn;
+
 /* One prototype per kernel kind (BLIS's GEMM_UKR_PROT): every ISA's instance is declared with
  * it below (so a definition that drifts from the contract does not compile), and the table
  * holds pointers to it (the mha__*_fn names). */
@@ -215,6 +253,8 @@ typedef struct mha_kernels {
     /* Dropout keep decisions of a tile (contract above; every table has one). */
     mha__attn_dropout_fn attn_dropout;
     mha__attn_dropout_apply_fn attn_dropout_apply; /* (contract above; every table has one) */
+    /* The flash-decoding chunk kernel (DECODE KERNEL above; every table has one). */
+    mha__attn_decode_fn attn_decode;
 } mha_kernels;
 
 /* The table for isa, or NULL when that path was not compiled in or this CPU/OS cannot run
@@ -249,17 +289,23 @@ void mha__kernels_init_avx512(mha_kernels *k);
     mha__attn_dropout_t mha__attn_dropout_##isa;                                                   \
     mha__attn_dropout_apply_t mha__attn_dropout_apply_##isa;
 
+/* The decode kernel of each ISA (generic/decode.c, x86/<isa>/attn.c via decode_skel.h). */
+#define MHA__ATTN_DECODE_DECLARE(isa) mha__attn_decode_t mha__attn_decode_##isa;
+
 MHA__ATTN_DECLARE(generic)
+MHA__ATTN_DECODE_DECLARE(generic)
 mha__attn_softmax_t mha__attn_softmax_generic; /* the online-softmax step of attn_fwd_generic */
 mha__sgemm_t mha__sgemm_generic_f32;
 mha__gemm_ukr_t mha__gemm_generic_f32_4x16;  /* the reference micro-kernel, MR x NR = 4 x 16 */
 mha__gemm_pack_t mha__gemm_pack_generic_f32; /* any r */
 #ifdef MHA_HAVE_AVX2
 MHA__ATTN_DECLARE(avx2)
+MHA__ATTN_DECODE_DECLARE(avx2)
 mha__gemm_ukr_t mha__gemm_avx2_f32_6x16;
 #endif
 #ifdef MHA_HAVE_AVX512
 MHA__ATTN_DECLARE(avx512)
+MHA__ATTN_DECODE_DECLARE(avx512)
 mha__gemm_ukr_t mha__gemm_avx512_f32_14x32;
 mha__gemm_pack_t mha__gemm_pack_avx512_f32;
 #endif

@@ -176,4 +176,15 @@ INL void vi_keep_bytes(const vi c0[4], const vi c1[4], const vi c2[4], const vi 
     }
 }
 
+/* ---- decode (../decode_skel.h): what its softcap needs, kept together for merges ---------- */
+INL vf vf_div(vf a, vf b) { return _mm256_div_ps(a, b); }
+INL vf vf_abs(vf a) { return _mm256_andnot_ps(_mm256_set1_ps(-0.0f), a); }
+/* |mag| with the sign of sgn. */
+INL vf vf_copysign(vf mag, vf sgn) {
+    const __m256 sign = _mm256_set1_ps(-0.0f);
+    return _mm256_or_ps(_mm256_andnot_ps(sign, mag), _mm256_and_ps(sign, sgn));
+}
+/* Lanes where a < b (false for NaN). */
+INL vmask mask_lt(vf a, vf b) { return _mm256_castps_si256(_mm256_cmp_ps(a, b, _CMP_LT_OQ)); }
+
 #endif

@@ -154,4 +154,17 @@ INL void vi_keep_bytes(const vi c0[4], const vi c1[4], const vi c2[4], const vi 
     out[1] = _mm512_maskz_mov_epi8((__mmask64)bits[1], one);
 }
 
+/* ---- decode (../decode_skel.h): what its softcap needs, kept together for merges ---------- */
+INL vf vf_div(vf a, vf b) { return _mm512_div_ps(a, b); }
+INL vf vf_abs(vf a) { return _mm512_abs_ps(a); }
+/* |mag| with the sign of sgn. */
+INL vf vf_copysign(vf mag, vf sgn) {
+    const __m512i sign = _mm512_set1_epi32((int)0x80000000u);
+    /* 0xCA: sign ? sgn : mag, bit by bit */
+    return _mm512_castsi512_ps(
+        _mm512_ternarylogic_epi32(sign, _mm512_castps_si512(sgn), _mm512_castps_si512(mag), 0xCA));
+}
+/* Lanes where a < b (false for NaN). */
+INL vmask mask_lt(vf a, vf b) { return _mm512_cmp_ps_mask(a, b, _CMP_LT_OQ); }
+
 #endif

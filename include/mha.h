@@ -553,7 +553,9 @@ MHA_API mha_status mha_module_kv_cache_create(mha_ctx *ctx, const mha_module *m,
  * applies the output projection into out [B, L, E] (overwritten). Feeding a sequence one token
  * (or one chunk) at a time gives what mha_module_forward with a top-left causal mask gives
  * on the whole sequence, up to float rounding. Inference: no dropout, nothing saved for a
- * backward (m's saved forward is kept). On error the cache and out are unchanged. */
+ * backward (m's saved forward is kept). On a bad argument (shapes, a cache of other sizes,
+ * an overflow: mha_attn_kvcache's checks) the cache and out are unchanged; after MHA_ERR_NOMEM
+ * the cache may hold the new tokens. */
 MHA_API mha_status mha_module_forward_cached(mha_ctx *ctx, mha_module *m, mha_kv_cache *cache,
                                              const mha_tensor *query, const mha_mask *mask,
                                              mha_tensor *out);

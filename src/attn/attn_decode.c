@@ -5,7 +5,7 @@
  * DECODING (a few query rows per key/value head: rows = L * H / Hkv <= MHA__ATTN_DECODE_ROWS):
  * flash-decoding (Dao et al., 2023). The keys [0, len_b) of each (b, key/value head) are cut
  * into chunks of DEC_CHUNK keys, a constant (never a function of the thread count):
- *   task (b, kv head, chunk), in parallel: the group's rows (query heads h of that key/value
+ *   task (b, chunk, kv head), in parallel: the group's rows (query heads h of that key/value
  *       head x the L tokens, row r = (h % group) * L + i) scaled by p->scale, then the table's
  *       attn_decode over the chunk's K and V rows read in place from the cache (each read
  *       once for all the rows): the chunk's partial m[r], l[r], O[r] = sum exp(s - m) v
@@ -262,12 +262,15 @@ static void dec_row_range(const kv_call *c, int64_t i, int64_t len, int64_t j0, 
     *pos = qp - j0;
 }
 
-/* Task (b, kv head, chunk): the chunk's partial softmax of the group's rows. */
+/* Task (b, chunk, kv head), numbered in that order: the key/value heads of a chunk run one
+ * after the other (and side by side on the threads), so that with the [B, S, Hkv, D] layout,
+ * where the heads of a key share its pages, those pages are walked together. The chunk's
+ * partial softmax of the group's rows goes to partial (b, kv head, chunk), the merge's order. */
 static void dec_chunk(const kv_call *c, dec_ws *w, int64_t task) {
-    const int64_t ch = task % c->nch, bk = task / c->nch, b = bk / c->Hkv, kh = bk % c->Hkv;
+    const int64_t kh = task % c->Hkv, ch = task / c->Hkv % c->nch, b = task / c->Hkv / c->nch;
     const int64_t rows = c->rows, len = kv_len(c, b), j0 = ch * DEC_CHUNK;
     const int64_t bc = len - j0 < DEC_CHUNK ? len - j0 : DEC_CHUNK;
-    float *m = c->part + task * c->psz, *l = m + rows, *O = l + rows;
+    float *m = c->part + ((b * c->Hkv + kh) * c->nch + ch) * c->psz, *l = m + rows, *O = l + rows;
     int64_t lo[MHA__ATTN_DECODE_ROWS], hi[MHA__ATTN_DECODE_ROWS], pos[MHA__ATTN_DECODE_ROWS];
     float slope[MHA__ATTN_DECODE_ROWS];
     int any = 0;

@@ -521,7 +521,8 @@ TEST(strided_bshd) {
 }
 
 /* Flash-decoding splits a single query token (B = 1, H = 1) over every thread, one 512-key
- * chunk per task; the merge runs in chunk order: 1, 2 and 3 threads give the same bits. */
+ * chunk per task, and groups key/value heads per task by the thread count; the merge runs in
+ * chunk order: 1, 2 and 3 threads give the same bits. */
 TEST(threads_bitwise) {
     const dcase cases[] = {
         {.B = 1,
@@ -545,10 +546,24 @@ TEST(threads_bitwise) {
          .causal = 1,
          .softcap = 3.0f,
          .alibi = 1},
+        /* 2 chunks, 4 heads: grouped 2 per task on 1 thread, 1 per task on 2 and 3 */
+        {.B = 1,
+         .H = 8,
+         .Hkv = 4,
+         .L = 1,
+         .D = 64,
+         .Dv = 48,
+         .Smax = 1000,
+         .Lnew = 1,
+         .lens = {990},
+         .alibi = 1,
+         .window = 1,
+         .wl = 700,
+         .wr = -1},
     };
     mha_ctx *ctx = new_ctx();
     FOR_EACH_ISA(ctx) {
-        for (size_t k = 0; k < 2; k++) {
+        for (size_t k = 0; k < sizeof cases / sizeof cases[0]; k++) {
             const dcase *c = &cases[k];
             const int64_t n = c->B * c->H * c->L * c->Dv, nl = c->B * c->H * c->L;
             float *o1 = malloc(sizeof(float) * (size_t)n), *l1 = malloc(sizeof(float) * (size_t)nl);

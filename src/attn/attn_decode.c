@@ -5,10 +5,13 @@
  * DECODING (a few query rows per key/value head: rows = L * H / Hkv <= MHA__ATTN_DECODE_ROWS):
  * flash-decoding (Dao et al., 2023). The keys [0, len_b) of each (b, key/value head) are cut
  * into chunks of DEC_CHUNK keys, a constant (never a function of the thread count):
- *   task (b, chunk, kv head), in parallel: the group's rows (query heads h of that key/value
- *       head x the L tokens, row r = (h % group) * L + i) scaled by p->scale, then the table's
- *       attn_decode over the chunk's K and V rows read in place from the cache (each read
- *       once for all the rows): the chunk's partial m[r], l[r], O[r] = sum exp(s - m) v
+ *   task (b, chunk, group of key/value heads), in parallel: each head's rows (the query heads
+ *       h that read it x the L tokens, row r = (h % group) * L + i) scaled by p->scale, then
+ *       the table's attn_decode over the chunk's K and V rows read in place from the cache
+ *       (each read once for all the rows; the heads interleaved block by block, so that the
+ *       [B, S, Hkv, D] layout is read a key at a time): the chunk's partial m[r], l[r],
+ *       O[r] = sum exp(s - m) v per head. All the heads of a chunk make one task unless that
+ *       leaves fewer than 4 tasks per thread (a head's bits never depend on its group)
  *   merge (b, kv head), in parallel: the chunks of each row combined IN CHUNK ORDER by
  *       log-sum-exp, M = max_c m_c, l = sum_c exp(m_c - M) l_c, O = sum_c exp(m_c - M) O_c,
  *       out = O / l, lse = M + log(l) (l = 0: out 0, lse -inf)
@@ -46,14 +49,16 @@ typedef struct {
     mha_tensor *kc, *vc, *out, *lse;
     /* decode */
     const mha_kernels *kern;
-    int64_t rows, nch, psz; /* rows per task, chunks per head, floats per task's partial */
-    float *part;            /* [B * Hkv * nch, psz]: m [rows], l [rows], O [rows, Dv] */
+    int64_t rows, nch, psz; /* rows per head, chunks per sequence, floats per partial */
+    int64_t hg, nhg;        /* key/value heads per task, and groups of them */
+    float *part; /* [B, nch, Hkv] partials of psz floats: m [rows], l [rows], O [rows, Dv] */
     int nt;
     mha__plan plan; /* per thread: dec_ws */
 } kv_call;
 
 typedef struct {
-    float *qs; /* [rows, D] the group's query rows times scale */
+    float *qs;    /* [hg, rows, D] the query rows of the task's heads, times scale */
+    float *slope; /* [hg, rows] their ALiBi slopes */
 } dec_ws;
 
 static int64_t kv_len(const kv_call *c, int64_t b) { return (c->lens ? c->lens[b] : 0) + c->Lnew; }
@@ -239,8 +244,17 @@ static void dec_plan(mha_ctx *ctx, kv_call *c) {
     c->nt = mha__ctx_threads(ctx);
     /* a tiny problem is not worth waking threads for (as the dense forward) */
     if ((double)c->B * c->Hkv * maxlen * (c->D + c->Dv) * c->rows < (double)(1 << 18)) c->nt = 1;
+    /* every key/value head of a chunk in one task (their rows interleave in memory with the
+     * [B, S, Hkv, D] layout), unless that leaves fewer than 4 tasks per thread: then the heads
+     * split into groups (a head's results do not depend on its group) */
+    const int64_t base = c->B * c->nch;
+    int64_t ng = base >= 4 * c->nt ? 1 : (4 * c->nt + base - 1) / base;
+    if (ng > c->Hkv) ng = c->Hkv;
+    c->hg = (c->Hkv + ng - 1) / ng;
+    c->nhg = (c->Hkv + c->hg - 1) / c->hg;
     mha__plan_init(&c->plan);
-    MHA__PLAN_ADD(&c->plan, dec_ws, qs, sizeof(float), c->rows, c->D);
+    MHA__PLAN_ADD(&c->plan, dec_ws, qs, sizeof(float), c->hg * c->rows, c->D);
+    MHA__PLAN_ADD(&c->plan, dec_ws, slope, sizeof(float), c->hg, c->rows);
 }
 
 /* The key range [lo, hi) of row r (query token i of length len's sequence) within chunk
@@ -262,49 +276,52 @@ static void dec_row_range(const kv_call *c, int64_t i, int64_t len, int64_t j0, 
     *pos = qp - j0;
 }
 
-/* Task (b, chunk, kv head), numbered in that order: the key/value heads of a chunk run one
- * after the other (and side by side on the threads), so that with the [B, S, Hkv, D] layout,
- * where the heads of a key share its pages, those pages are walked together. The chunk's
- * partial softmax of the group's rows goes to partial (b, kv head, chunk), the merge's order. */
+/* Task (b, chunk, group of key/value heads): the chunk's partial softmax of each head's rows,
+ * every head's key block after key block in one kernel call (with the [B, S, Hkv, D] layout the
+ * heads of a key share its memory, so it is read in one pass). */
 static void dec_chunk(const kv_call *c, dec_ws *w, int64_t task) {
-    const int64_t kh = task % c->Hkv, ch = task / c->Hkv % c->nch, b = task / c->Hkv / c->nch;
+    const int64_t hgi = task % c->nhg, ch = task / c->nhg % c->nch, b = task / c->nhg / c->nch;
+    const int64_t kh0 = hgi * c->hg, nh = c->Hkv - kh0 < c->hg ? c->Hkv - kh0 : c->hg;
     const int64_t rows = c->rows, len = kv_len(c, b), j0 = ch * DEC_CHUNK;
     const int64_t bc = len - j0 < DEC_CHUNK ? len - j0 : DEC_CHUNK;
-    float *m = c->part + ((b * c->Hkv + kh) * c->nch + ch) * c->psz, *l = m + rows, *O = l + rows;
+    float *part = c->part + ((b * c->nch + ch) * c->Hkv + kh0) * c->psz;
     int64_t lo[MHA__ATTN_DECODE_ROWS], hi[MHA__ATTN_DECODE_ROWS], pos[MHA__ATTN_DECODE_ROWS];
-    float slope[MHA__ATTN_DECODE_ROWS];
     int any = 0;
     for (int64_t r = 0; r < rows; r++) {
-        const int64_t h = kh * c->group + r / c->L, i = r % c->L;
-        dec_row_range(c, i, len, j0, bc > 0 ? bc : 0, &lo[r], &hi[r], &pos[r]);
+        dec_row_range(c, r % c->L, len, j0, bc > 0 ? bc : 0, &lo[r], &hi[r], &pos[r]);
         any |= lo[r] < hi[r];
-        slope[r] = c->mask.alibi_slopes
-                       ? c->mask.alibi_slopes[(c->mask.alibi_batched ? b * c->H : 0) + h]
-                       : 0.0f;
     }
     if (!any) { /* the chunk is past the sequence, or outside every row's range */
-        for (int64_t r = 0; r < rows; r++) m[r] = -INFINITY, l[r] = 0;
+        for (int64_t t = 0; t < nh; t++)
+            for (int64_t r = 0; r < rows; r++)
+                part[t * c->psz + r] = -INFINITY, part[t * c->psz + rows + r] = 0;
         return;
     }
-    for (int64_t r = 0; r < rows; r++) /* (scale q) k, as the dense forward */
-        mha__attn_scale_tile(1, c->D, c->scale,
-                             mha__attn_row(c->q, b, kh * c->group + r / c->L, r % c->L), c->D,
-                             w->qs + r * c->D);
-    const mha__attn_decode_mask md = {c->softcap, lo, hi, c->mask.alibi_slopes ? slope : NULL, pos};
-    c->kern->attn_decode(rows, bc, c->D, c->Dv, w->qs, c->D, mha__attn_row(c->kc, b, kh, j0),
-                         c->kc->stride[2], mha__attn_row(c->vc, b, kh, j0), c->vc->stride[2], &md,
-                         m, l, O, c->Dv);
+    const float *sl = c->mask.alibi_slopes;
+    for (int64_t t = 0; t < nh; t++)
+        for (int64_t r = 0; r < rows; r++) { /* (scale q) k, as the dense forward */
+            const int64_t h = (kh0 + t) * c->group + r / c->L;
+            mha__attn_scale_tile(1, c->D, c->scale, mha__attn_row(c->q, b, h, r % c->L), c->D,
+                                 w->qs + (t * rows + r) * c->D);
+            if (sl) w->slope[t * rows + r] = sl[(c->mask.alibi_batched ? b * c->H : 0) + h];
+        }
+    const mha__attn_decode_mask md = {c->softcap, lo, hi, sl ? w->slope : NULL, pos};
+    c->kern->attn_decode(nh, rows, bc, c->D, c->Dv, w->qs, c->D, rows * c->D,
+                         mha__attn_row(c->kc, b, kh0, j0), c->kc->stride[2], c->kc->stride[1],
+                         mha__attn_row(c->vc, b, kh0, j0), c->vc->stride[2], c->vc->stride[1], &md,
+                         part, c->psz);
 }
 
 /* Merge (b, kv head): each row's chunks in chunk order by log-sum-exp, into out and lse. */
 static void dec_merge(const kv_call *c, int64_t bk) {
     const int64_t b = bk / c->Hkv, kh = bk % c->Hkv, rows = c->rows, Dv = c->Dv;
-    const float *part = c->part + bk * c->nch * c->psz;
+    const float *part = c->part + (b * c->nch * c->Hkv + kh) * c->psz; /* chunk 0 */
+    const int64_t pst = c->Hkv * c->psz;                               /* chunk to chunk */
     for (int64_t r = 0; r < rows; r++) {
         const int64_t h = kh * c->group + r / c->L, i = r % c->L;
         float *o = mha__attn_row(c->out, b, h, i), M = -INFINITY, sum = 0;
         for (int64_t ch = 0; ch < c->nch; ch++) {
-            const float mc = part[ch * c->psz + r];
+            const float mc = part[ch * pst + r];
             if (mc > M || isnan(mc)) M = mc;
         }
         for (int64_t x = 0; x < Dv; x++) o[x] = 0;
@@ -316,7 +333,7 @@ static void dec_merge(const kv_call *c, int64_t bk) {
             continue;
         }
         for (int64_t ch = 0; ch < c->nch; ch++) {
-            const float *pc = part + ch * c->psz, mc = pc[r];
+            const float *pc = part + ch * pst, mc = pc[r];
             if (mc == -INFINITY) continue; /* nothing from this chunk (its O unset) */
             const float a = expf(mc - M), *oc = pc + 2 * rows + r * Dv;
             sum += a * pc[rows + r];
@@ -336,7 +353,7 @@ static mha_status dec_alloc(mha_ctx *ctx, kv_call *c, void **ws, void **pb) {
     dec_plan(ctx, c);
     mha__plan pp;
     mha__plan_init(&pp);
-    MHA__PLAN_ADD(&pp, kv_call, part, sizeof(float), c->B * c->Hkv * c->nch, c->psz);
+    MHA__PLAN_ADD(&pp, kv_call, part, sizeof(float), c->B * c->nch * c->Hkv, c->psz);
     mha_status st = mha__plan_alloc(&c->plan, ctx, c->fn, c->nt, ws);
     if (st) return st;
     if ((st = mha__plan_alloc(&pp, ctx, c->fn, 1, pb))) {
@@ -349,7 +366,7 @@ static mha_status dec_alloc(mha_ctx *ctx, kv_call *c, void **ws, void **pb) {
 
 /* Every chunk task, then every merge. */
 static void dec_run(const kv_call *c, void *ws) {
-    const int64_t ntask = c->B * c->Hkv * c->nch, nmerge = c->B * c->Hkv;
+    const int64_t ntask = c->B * c->nch * c->nhg, nmerge = c->B * c->Hkv;
 #pragma omp parallel num_threads(c->nt) if (c->nt > 1)
     {
         int tid = 0;

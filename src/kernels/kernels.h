@@ -141,39 +141,45 @@ static inline int64_t mha__attn_tile_row_end(const mha__attn_tile_mask *mk, int6
 /* DECODE KERNEL (flash-decoding: a few query rows against a long key/value cache; driver:
  * src/attn/attn_decode.c)
  *
- *   The driver cuts the keys of one (batch, key/value head) into fixed chunks and calls
- *   attn_decode once per chunk for ALL the query rows that read that head (the group's heads x
- *   the new tokens, rows <= MHA__ATTN_DECODE_ROWS), so each key and value row is read once:
- *   attn_decode(rows, bc, n, nv, A, lda, K, ldk, V, ldv, md, m, l, O, ldo):
- *       for r < rows and keys c < bc, with A the scaled query rows [rows, n] (scale applied
- *       before, as the fused forward), K [bc, n] and V [bc, nv] rows read in place from the
- *       cache (any row strides ldk, ldv: no packing), in effect
+ *   The driver cuts the keys of each sequence into fixed chunks and calls attn_decode once per
+ *   chunk for one or more key/value heads and, per head, ALL the query rows that read it (the
+ *   group's query heads x the new tokens, rows <= MHA__ATTN_DECODE_ROWS), so each key and value
+ *   row is read once; the heads of a call are interleaved block by block, so that with the
+ *   [B, S, Hkv, D] cache layout the rows of all heads of a key (one stretch of memory) are
+ *   read together.
+ *   attn_decode(nh, rows, bc, n, nv, A, lda, sa, K, ldk, sk, V, ldv, sv, md, P, sp):
+ *       for heads t < nh, rows r < rows and keys c < bc, with A + t sa the head's scaled query
+ *       rows [rows, n] (row stride lda; scale applied before, as the fused forward), K + t sk
+ *       its keys [bc, n] and V + t sv its values [bc, nv] read in place from the cache (any
+ *       row strides ldk, ldv: no packing), in effect
  *           s = A_r . K_c
  *           s = softcap * tanh(s / softcap)             (md->softcap > 0)
- *           s = s - slope[r] * |pos[r] - c|              (md->slope != NULL)
+ *           s = s - slope[t rows + r] * |pos[r] - c|     (md->slope != NULL)
  *           s = -inf unless lo[r] <= c < hi[r]           (causality, window, the length)
- *           m[r] = max_c s,  l[r] = sum_c exp(s - m[r]),  O[r] = sum_c exp(s - m[r]) V_c
- *       m, l and O [rows, nv] (ldo) are OVERWRITTEN: the chunk's partial softmax, merged by
- *       the driver across chunks by log-sum-exp. A row with no allowed finite score gets
- *       m = -inf, l = 0, O = 0. 1 <= rows <= MHA__ATTN_DECODE_ROWS, bc >= 1, n >= 1, nv >= 0;
- *       0 <= lo[r] and hi[r] <= bc. The arithmetic never depends on the thread, and the
- *       order of the keys' contributions only on bc and the row ranges, so the driver's fixed
- *       chunking makes results bitwise reproducible for any thread count. Every table has one
- *       (generic: the reference, tanhf; SIMD: one skeleton, src/kernels/x86/decode_skel.h). */
+ *           m_r = max_c s,  l_r = sum_c exp(s - m_r),  O_r = sum_c exp(s - m_r) V_c
+ *       into P + t sp: m [rows], l [rows], then O [rows, nv] (OVERWRITTEN: the chunk's partial
+ *       softmax, merged by the driver across chunks by log-sum-exp). A row with no allowed
+ *       finite score gets m = -inf, l = 0, O = 0. nh >= 1, 1 <= rows <= MHA__ATTN_DECODE_ROWS,
+ *       bc >= 1, n >= 1, nv >= 0; 0 <= lo[r] and hi[r] <= bc. A head's arithmetic never
+ *       depends on nh, the other heads or the thread, and the order of its keys'
+ *       contributions only on bc and the row ranges, so the driver's fixed chunking makes
+ *       results bitwise reproducible for any thread count and any grouping of heads into
+ *       calls. Every table has one (generic: the reference, tanhf; SIMD: one skeleton,
+ *       src/kernels/x86/decode_skel.h). */
 #define MHA__ATTN_DECODE_ROWS 16
 
 typedef struct {
     float softcap;      /* > 0: s -> softcap * tanh(s / softcap); 0: off */
-    const int64_t *lo;  /* [rows] first allowed key of each row (chunk-local) */
+    const int64_t *lo;  /* [rows] first allowed key of each row (chunk-local; every head) */
     const int64_t *hi;  /* [rows] one past the last allowed key */
-    const float *slope; /* [rows] ALiBi slope of each row's head, or NULL: no ALiBi */
+    const float *slope; /* [nh * rows] ALiBi slope of each head's rows, or NULL: no ALiBi */
     const int64_t *pos; /* [rows] with slope: the (chunk-local) key of distance 0 */
 } mha__attn_decode_mask;
 
-typedef void mha__attn_decode_t(int64_t rows, int64_t bc, int64_t n, int64_t nv, const float *A,
-                                int64_t lda, const float *K, int64_t ldk, const float *V,
-                                int64_t ldv, const mha__attn_decode_mask *md, float *m, float *l,
-                                float *O, int64_t ldo);
+typedef void mha__attn_decode_t(int64_t nh, int64_t rows, int64_t bc, int64_t n, int64_t nv,
+                                const float *A, int64_t lda, int64_t sa, const float *K,
+                                int64_t ldk, int64_t sk, const float *V, int64_t ldv, int64_t sv,
+                                const mha__attn_decode_mask *md, float *P, int64_t sp);
 typedef mha__attn_decode_t *mha__attn_decode_fn;
 
 /* One prototype per kernel kind (BLIS's GEMM_UKR_PROT): every ISA's instance is declared with

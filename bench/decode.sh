@@ -32,8 +32,8 @@ torch() { # label, then torch_decode.py arguments
     | tee -a "$RESULTS"
 }
 
-BIG=(--batch 1 --seq "$SEQ" --heads 32 --kv-heads 8 --embed 4096)   # D = 4096 / 32 = 128
-ONE=(--batch 1 --seq "$SEQ" --heads 1 --kv-heads 1 --embed 128)
+BIG=(--batch 1 --seq-k "$SEQ" --heads 32 --kv-heads 8 --head-dim 128)
+ONE=(--batch 1 --seq-k "$SEQ" --heads 1 --kv-heads 1 --head-dim 128)
 bench big_bhsd "${BIG[@]}" --threads "$THREADS" --layout bhsd
 bench big_bshd "${BIG[@]}" --threads "$THREADS" --layout bshd
 bench one_t1 "${ONE[@]}" --threads 1

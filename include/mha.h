@@ -83,6 +83,11 @@
  *   | causal                 | top-left: key j <= i   | is_causal: top-left | is_causal: top-left |
  *   | causal bottom-right    | key j <= i + (S - L)   | -                   | -                   |
  *   | key_lengths[b]         | keys j >= len ignored  | -                   | -                   |
+ *   | window (left, right)   | FlashAttention's       | -                   | -                   |
+ *   |                        | window_size (bottom-   |                     |                     |
+ *   |                        | right aligned)         |                     |                     |
+ *   | alibi_slopes           | -slope |i + S - L - j| | -                   | -                   |
+ *   |                        | added (FlashAttention) |                     |                     |
  *   | row fully masked       | output 0, weights 0    | see below           | output 0 (2.13)     |
  *   (nn.MHA: nn.MultiheadAttention; F.SDPA: F.scaled_dot_product_attention; bottom-right
  *   causality is FlashAttention's alignment when L != S.)
@@ -517,7 +522,8 @@ MHA_API mha_forward_opts mha_forward_opts_default(void);
  *   key:   [B, S, kdim] or [S, kdim]; value: [B, S, vdim] or [S, vdim]
  *          key == value == NULL means self-attention (key = value = query)
  *   mask:  optional (NULL); key_padding [B, S] ([S] unbatched); attn masks [L, S] or
- *          [B*H, L, S] ([H, L, S] unbatched)
+ *          [B*H, L, S] ([H, L, S] unbatched); window and ALiBi slopes ([H] or [B, H]) as in
+ *          the core (all copied with save_for_backward)
  *   out:   [B, L, E] or [L, E], overwritten
  *   weights: optional (NULL), overwritten: averaged [B, L, S] / [L, S], or per head
  *          [B, H, L, S] / [H, L, S] (opts->average_weights == 0)

@@ -1256,12 +1256,12 @@ TEST(tile_kernels_match_generic) {
             for (int c = 0; c < 3 && !bad; c++)
                 for (int e = 0; e < 4 && !bad; e++) {
                     int64_t br = brs[a], bc = bcs[c], n = ns[e], nn = br * ld;
-                    mha__attn_tile_mask mk = {bc - 1,
-                                              1 - (int64_t)c,
-                                              c ? pad : NULL,
-                                              e & 1 ? bm : NULL,
-                                              e & 2 ? fm : NULL,
-                                              ld};
+                    mha__attn_tile_mask mk = {.col_end = bc - 1,
+                                              .diag = 1 - (int64_t)c,
+                                              .pad = c ? pad : NULL,
+                                              .bmask = e & 1 ? bm : NULL,
+                                              .fmask = e & 2 ? fm : NULL,
+                                              .ld_mask = ld};
                     gen->attn_scores(br, bc, n, 0.37f, A, ldx, Bm, ldx, S1, ld);
                     kk->attn_scores(br, bc, n, 0.37f, A, ldx, Bm, ldx, S2, ld);
                     double *w = want;
@@ -1270,8 +1270,8 @@ TEST(tile_kernels_match_generic) {
                     mag_scores(br, bc, n, 0.37, A, ldx, Bm, ldx, mag, ld);
                     bad |= near_sum(__FILE__, __LINE__, kk->name, S2, w, mag, n, nn) != 0;
                     memcpy(S2, S1, sizeof(float) * (size_t)nn);
-                    gen->attn_probs(br, bc, S1, ld, &mk, lse);
-                    kk->attn_probs(br, bc, S2, ld, &mk, lse);
+                    gen->attn_probs(br, bc, S1, ld, &mk, lse, NULL);
+                    kk->attn_probs(br, bc, S2, ld, &mk, lse, NULL);
                     for (int64_t t = 0; t < nn; t++)
                         w[t] = t % ld < bc ? S1[t] : 0, S2[t] = t % ld < bc ? S2[t] : 0;
                     bad |= !harness_near(__FILE__, __LINE__, "probs", S2, w, nn, 1e-5, 1e-6);
@@ -1290,8 +1290,8 @@ TEST(tile_kernels_match_generic) {
                     for (int64_t t = 0; t < BC * ldx; t++) w[t] = O1[t];
                     bad |= near_sum(__FILE__, __LINE__, "ptv", O2, w, mag, br + 1, BC * ldx) != 0;
                     for (int64_t t = 0; t < nn; t++) O1[t] = O2[t] = frand();
-                    gen->attn_dsoftmax(br, bc, S1, ld, O1, ld, dr, 0.37f);
-                    kk->attn_dsoftmax(br, bc, S1, ld, O2, ld, dr, 0.37f);
+                    gen->attn_dsoftmax(br, bc, S1, ld, O1, ld, dr, 0.37f, NULL);
+                    kk->attn_dsoftmax(br, bc, S1, ld, O2, ld, dr, 0.37f, NULL);
                     for (int64_t t = 0; t < nn; t++) w[t] = O1[t];
                     bad |= !harness_near(__FILE__, __LINE__, "dsoftmax", O2, w, nn, 1e-5, 1e-6);
                 }

@@ -214,8 +214,25 @@ TEST(products_position_independent) {
 
 /* Is key c of row r excluded? (kernels.h mask rules) */
 static int excluded(const mha__attn_tile_mask *mk, int64_t r, int64_t c, int64_t bc) {
-    return c >= mha__attn_tile_row_end(mk, r, bc) || (mk->pad && mk->pad[c]) ||
-           (mk->bmask && mk->bmask[r * mk->ld_mask + c]);
+    return c >= mha__attn_tile_row_end(mk, r, bc) || c < mha__attn_tile_row_start(mk, r, bc) ||
+           (mk->pad && mk->pad[c]) || (mk->bmask && mk->bmask[r * mk->ld_mask + c]);
+}
+
+/* The score transforms (softcap, then ALiBi) of a scaled score x of row r, key c in float64. */
+static double mod64(const mha__attn_tile_mask *mk, double x, int64_t r, int64_t c) {
+    if (mk->softcap > 0) x = mk->softcap * tanh(x / mk->softcap);
+    if (mk->slope != 0) x -= mk->slope * fabs((double)(r + mk->adiag - c));
+    return x;
+}
+
+/* The transforms a mask kind k >= 4 adds to mk (k & 1: softcap 2.5, k & 2: ALiBi, k & 4: a
+ * window's left bound), named into name. */
+static void add_mods(mha__attn_tile_mask *mk, int k, char *name, size_t cap) {
+    if (k & 1) mk->softcap = 2.5f;
+    if (k & 2) mk->slope = 0.3f, mk->adiag = 5;
+    if (k & 4) mk->has_lo = 1, mk->lo = -9;
+    snprintf(name, cap, "%s%s%s", k & 1 ? "softcap " : "", k & 2 ? "alibi " : "",
+             k & 4 ? "window" : "");
 }
 
 /* The generic online-softmax step (mha__attn_softmax_generic: the middle step of the generic
@@ -233,15 +250,17 @@ static int check_softmax_generic(int64_t br, int64_t bc, const float *S0, int64_
     for (int64_t r = 0; r < br; r++) m[r] = m0[r], l[r] = 2.0f, a[r] = NAN;
     mha__attn_softmax_generic(br, bc, S, lds, mk, m, l, a);
     for (int64_t r = 0; r < br && ok; r++) {
-        float mx = m0[r]; /* the reference from the same float sums s = S + fmask */
+        float mx = m0[r]; /* the reference from the same float sums s = mod(S) + fmask */
         for (int64_t c = 0; c < bc; c++) {
-            float x = S0[r * lds + c] + (fm ? fm[r * ldm + c] : 0.0f);
+            float x =
+                mha__attn_score_mod(mk, S0[r * lds + c], r, c) + (fm ? fm[r * ldm + c] : 0.0f);
             if (!excluded(mk, r, c, bc) && x > mx) mx = x;
         }
         double sum = 0;
         for (int64_t c = 0; c < lds; c++) {
             int64_t t = r * lds + c;
-            float x = c < bc ? S0[t] + (fm ? fm[r * ldm + c] : 0.0f) : 0;
+            float x =
+                c < bc ? mha__attn_score_mod(mk, S0[t], r, c) + (fm ? fm[r * ldm + c] : 0.0f) : 0;
             double p = c >= bc                                     ? SENTINEL
                        : mx == -INFINITY || excluded(mk, r, c, bc) ? 0.0
                                                                    : exp((double)(x - mx));
@@ -282,6 +301,7 @@ TEST(softmax_probs_masks) {
         int64_t BR = kk->attn_br, BC = kk->attn_bc, ldm = BC + 9, lds = BC + LD_PAD;
         uint8_t *pad = malloc((size_t)ldm), *bm = malloc((size_t)(BR * ldm));
         float *fm = fbuf(BR * ldm), *S0 = fbuf(BR * lds), *S = fbuf(BR * lds), *Sg = fbuf(BR * lds);
+        float *dcap = fbuf(BR * lds);
         double *want = dbuf(BR * lds), *tol = dbuf(BR * lds);
         float m0[256], lse[256];
         for (int64_t t = 0; t < ldm; t++) pad[t] = urand() < 0.15;
@@ -295,14 +315,19 @@ TEST(softmax_probs_masks) {
         int64_t col_ends[4] = {BC + 10, BC / 2, 0, 5};
         int64_t diags[4] = {MHA__ATTN_NO_DIAG, 0, -3, 20};
         int bad = 0;
-        for (int f = 0; f < 8 && !bad; f++)
+        for (int f = 0; f < 16 && !bad; f++)
             for (int ce = 0; ce < 4 && !bad; ce++)
                 for (int dg = 0; dg < 4 && !bad; dg++)
                     for (int bi = 0; bi < 5 && !bad; bi++) {
                         int64_t bc = bcs[bi], br = (f + ce + dg + bi) % 2 ? BR : BR - 3;
-                        mha__attn_tile_mask mk = {col_ends[ce],       diags[dg],
-                                                  f & 1 ? pad : NULL, f & 2 ? bm : NULL,
-                                                  f & 4 ? fm : NULL,  ldm};
+                        mha__attn_tile_mask mk = {.col_end = col_ends[ce],
+                                                  .diag = diags[dg],
+                                                  .pad = f & 1 ? pad : NULL,
+                                                  .bmask = f & 2 ? bm : NULL,
+                                                  .fmask = f & 4 ? fm : NULL,
+                                                  .ld_mask = ldm};
+                        char mname[64];
+                        if (f >= 8) add_mods(&mk, (f & 7) | ((ce + dg + bi) % 7 + 1), mname, 64);
                         for (int64_t t = 0; t < br * lds; t++)
                             S0[t] = t % lds < bc ? 4 * frand() : SENTINEL;
                         for (int64_t r = 0; r < br; r++) {
@@ -317,17 +342,30 @@ TEST(softmax_probs_masks) {
                         /* probs */
                         memcpy(S, S0, sizeof(float) * (size_t)(br * lds));
                         memcpy(Sg, S0, sizeof(float) * (size_t)(br * lds));
-                        kk->attn_probs(br, bc, S, lds, &mk, lse);
-                        gen->attn_probs(br, bc, Sg, lds, &mk, lse);
+                        kk->attn_probs(br, bc, S, lds, &mk, lse, dcap);
+                        gen->attn_probs(br, bc, Sg, lds, &mk, lse, NULL);
                         for (int64_t r = 0; r < br; r++)
                             for (int64_t c = 0; c < lds; c++) {
                                 int64_t t = r * lds + c;
-                                float x = c < bc ? S0[t] + (mk.fmask ? fm[r * ldm + c] : 0.0f) : 0;
+                                double x = c < bc ? mod64(&mk, S0[t], r, c) +
+                                                        (mk.fmask ? fm[r * ldm + c] : 0.0f)
+                                                  : 0;
                                 double p = c >= bc ? SENTINEL
                                            : lse[r] == -INFINITY || excluded(&mk, r, c, bc)
                                                ? 0.0
-                                               : exp((double)(x - lse[r]));
-                                want[t] = p, tol[t] = 2e-6 * p;
+                                               : exp(x - lse[r]);
+                                /* a transformed score has more roundings (tanh: a few ulp;
+                                 * ALiBi: the float score's own rounding, relative to |x|) */
+                                double rel = mk.softcap > 0 ? 2e-5 : 2e-6;
+                                if (mk.slope != 0) rel += 1.2e-7 * (fabs(x) + fabs(lse[r]));
+                                want[t] = p, tol[t] = rel * p + 1e-30;
+                                double th = c < bc && mk.softcap > 0 ? tanh(S0[t] / 2.5) : 0;
+                                if (c < bc && mk.softcap > 0 &&
+                                    fabs(dcap[t] - (1 - th * th)) > 1e-6) {
+                                    FAILF("%s probs (%s): dcap[%lld] %.9g, expected %.9g", kk->name,
+                                          mname, (long long)t, dcap[t], 1 - th * th);
+                                    bad = 1;
+                                }
                                 if (p == 0.0 && (S[t] != 0.0f || Sg[t] != 0.0f)) {
                                     FAILF("%s probs: excluded key [%lld] gave %g (generic %g)",
                                           kk->name, (long long)t, S[t], Sg[t]);
@@ -339,6 +377,7 @@ TEST(softmax_probs_masks) {
                             bad = 1;
                     }
         free(pad), free(bm), free(fm), free(S0), free(S), free(Sg), free(want), free(tol);
+        free(dcap);
         if (bad) return;
     }
 }
@@ -386,7 +425,7 @@ static int check_fwd(const mha_kernels *kk, const mha_kernels *gen, fwd_case *f,
             double x = 0;
             for (int64_t d = 0; d < n; d++)
                 x += (double)f->A[r * f->lda + d] * f->K[c * f->ldk + d];
-            x = x * 0.37f + (fm ? fm[c] : 0.0f);
+            x = mod64(mk, x * 0.37f, r, c) + (fm ? fm[c] : 0.0f);
             s[c] = excluded(mk, r, c, bc) ? -INFINITY : x;
             if (s[c] > mx) mx = s[c];
         }
@@ -486,11 +525,18 @@ TEST(fused_forward_masks_edges) {
                             f.O0[r * f.ldo + x] = fresh ? 0.0f : (x < f.nv ? frand() : SENTINEL);
                     }
                     /* 8 mask kinds, rotating with the case */
-                    for (int kind = 0; kind < 8 && ok; kind++, cnt++) {
-                        mha__attn_tile_mask mk = {f.bc + 10, MHA__ATTN_NO_DIAG, NULL, NULL, NULL,
-                                                  ldm};
+                    for (int kind = 0; kind < 16 && ok; kind++, cnt++) {
+                        mha__attn_tile_mask mk = {.col_end = f.bc + 10,
+                                                  .diag = MHA__ATTN_NO_DIAG,
+                                                  .pad = NULL,
+                                                  .bmask = NULL,
+                                                  .fmask = NULL,
+                                                  .ld_mask = ldm};
+                        char mods[64], full[128];
                         const char *name = "none";
-                        switch (kind) {
+                        if (kind >= 8) /* masks 0-7 again, each with a mix of the transforms */
+                            add_mods(&mk, kind - 7, mods, 64);
+                        switch (kind & 7) {
                         case 1: mk.diag = 0, name = "causal"; break;
                         case 2: mk.diag = -3, name = "causal -3"; break;
                         case 3:
@@ -503,6 +549,8 @@ TEST(fused_forward_masks_edges) {
                             mk.pad = pad, mk.bmask = bm, mk.fmask = fm, mk.diag = 2, name = "all";
                             break;
                         }
+                        if (kind >= 8)
+                            snprintf(full, sizeof full, "%s, %s", name, mods), name = full;
                         f.keep = NULL;
                         ok = check_fwd(kk, gen, &f, &mk, name);
                         f.keep = keep; /* the same step with dropout */
@@ -517,7 +565,8 @@ TEST(fused_forward_masks_edges) {
             for (int64_t t = 0; t < BR * f.lda; t++) f.A[t] = frand(), f.O0[t] = frand();
             for (int64_t t = 0; t < BC * f.ldk; t++) f.K[t] = frand(), f.V[t] = frand();
             for (int64_t r = 0; r < BR; r++) f.m0[r] = frand(), f.l0[r] = 1;
-            mha__attn_tile_mask mk = {BC, 7, pad, NULL, fm, ldm};
+            mha__attn_tile_mask mk = {
+                .col_end = BC, .diag = 7, .pad = pad, .bmask = NULL, .fmask = fm, .ld_mask = ldm};
             float *O1 = fbuf(BR * f.ldo), *O2 = fbuf(BR * f.ldo), m1[256], l1[256], m2[256],
                   l2[256];
             fwd_run(kk, &f, &mk, O1, m1, l1);
@@ -829,18 +878,20 @@ TEST(dsoftmax_matches_generic) {
     for (int i = 0; i < nisa; i++) {
         const mha_kernels *kk = isas[i];
         int64_t BR = kk->attn_br, BC = kk->attn_bc, ld = BC + LD_PAD;
-        float *P = fbuf(BR * ld), *d1 = fbuf(BR * ld), *d2 = fbuf(BR * ld), dr[256];
-        for (int64_t t = 0; t < BR * ld; t++) P[t] = (float)urand(), d1[t] = d2[t] = frand();
+        float *P = fbuf(BR * ld), *d1 = fbuf(BR * ld), *d2 = fbuf(BR * ld), *G = fbuf(BR * ld);
+        float dr[256];
+        for (int64_t t = 0; t < BR * ld; t++)
+            P[t] = (float)urand(), d1[t] = d2[t] = frand(), G[t] = (float)urand();
         for (int64_t r = 0; r < BR; r++) dr[r] = frand();
         int64_t bcs[4] = {1, 17, BC - 1, BC};
-        for (int b = 0; b < 4; b++) {
-            kk->attn_dsoftmax(BR - b, bcs[b], P, ld, d1, ld, dr, 0.3f);
-            gen->attn_dsoftmax(BR - b, bcs[b], P, ld, d2, ld, dr, 0.3f);
+        for (int b = 0; b < 8; b++) { /* b >= 4: times the softcap's derivative G */
+            kk->attn_dsoftmax(BR - b % 4, bcs[b % 4], P, ld, d1, ld, dr, 0.3f, b < 4 ? NULL : G);
+            gen->attn_dsoftmax(BR - b % 4, bcs[b % 4], P, ld, d2, ld, dr, 0.3f, b < 4 ? NULL : G);
         }
-        /* the same three roundings as the generic: bitwise equal, pads untouched */
+        /* the same roundings as the generic: bitwise equal, pads untouched */
         if (memcmp(d1, d2, sizeof(float) * (size_t)(BR * ld)))
             FAILF("%s dsoftmax differs from the generic kernel", kk->name);
-        free(P), free(d1), free(d2);
+        free(P), free(d1), free(d2), free(G);
     }
 }
 
@@ -853,13 +904,18 @@ TEST(exp_through_probs) {
         const mha_kernels *kk = isas[i];
         int64_t br = kk->attn_br, bc = kk->attn_bc - 1, per = br * bc;
         float *X = fbuf(per), *Y = fbuf(per), lse[256] = {0};
-        mha__attn_tile_mask mk = {bc, MHA__ATTN_NO_DIAG, NULL, NULL, NULL, 0};
+        mha__attn_tile_mask mk = {.col_end = bc,
+                                  .diag = MHA__ATTN_NO_DIAG,
+                                  .pad = NULL,
+                                  .bmask = NULL,
+                                  .fmask = NULL,
+                                  .ld_mask = 0};
         const int64_t total = (int64_t)1 << 23; /* 2^23 points, step ~1.05e-5 */
         double worst = 0, wx = 0;
         for (int64_t base = 0; base < total; base += per) {
             for (int64_t j = 0; j < per; j++)
                 X[j] = Y[j] = (float)(-88.0 + 89.0 * (double)(base + j) / (double)total);
-            kk->attn_probs(br, bc, Y, bc, &mk, lse);
+            kk->attn_probs(br, bc, Y, bc, &mk, lse, NULL);
             for (int64_t j = 0; j < per; j++) {
                 double w = exp((double)X[j]), e = fabs(Y[j] - w) / w;
                 if (!(e <= worst)) worst = e, wx = X[j];
@@ -868,7 +924,7 @@ TEST(exp_through_probs) {
         if (!(worst <= 1e-6)) FAILF("%s exp: max rel err %.3g at x = %.9g", kk->name, worst, wx);
         printf("  %s exp: max rel err %.3g over [-88, 1] (at x = %.9g)\n", kk->name, worst, wx);
         float sy[9] = {-INFINITY, -1e30f, -1000.0f, -110.0f, -104.0f, 0.0f, NAN, -0.0f, 1.0f};
-        kk->attn_probs(1, 9, sy, 9, &mk, lse);
+        kk->attn_probs(1, 9, sy, 9, &mk, lse, NULL);
         free(X), free(Y);
         ASSERT_TRUE(sy[0] == 0.0f && !signbit(sy[0]));
         ASSERT_TRUE(sy[1] == 0.0f && sy[2] == 0.0f && sy[3] == 0.0f);
@@ -924,8 +980,12 @@ TEST(fused_forward_extremes) {
     }
     for (int i = 0; i < nisa; i++)
         for (int kind = 0; kind < 4; kind++) {
-            mha__attn_tile_mask mk = {
-                BC, kind & 1 ? 2 : MHA__ATTN_NO_DIAG, NULL, NULL, kind & 2 ? fm : NULL, LDM};
+            mha__attn_tile_mask mk = {.col_end = BC,
+                                      .diag = kind & 1 ? 2 : MHA__ATTN_NO_DIAG,
+                                      .pad = NULL,
+                                      .bmask = NULL,
+                                      .fmask = kind & 2 ? fm : NULL,
+                                      .ld_mask = LDM};
             f.keep = NULL;
             if (!check_fwd(isas[i], gen, &f, &mk, kind & 2 ? "extremes, float mask" : "extremes"))
                 goto out;

@@ -1,6 +1,7 @@
 """test_cli_bench.py - `mha bench` shows its progress on stderr when stderr is a terminal, and
-prints nothing there otherwise. The terminal is a pseudo-terminal (Python's pty module); the
-sizes are tiny, nothing is timed.
+prints nothing there otherwise; the core's options (--kv-heads, --seq-k, --head-dim, --window,
+--softcap, --alibi) reach the JSON, and bad values are usage errors naming the flag. The
+terminal is a pseudo-terminal (Python's pty module); the sizes are tiny, nothing is timed.
 
 Run as `MHA_BIN=build/mha build/venv/bin/python -m pytest -q tests/test_cli_bench.py` (CTest
 does it via tests/viz.cmake).
@@ -90,3 +91,73 @@ def test_kv_heads_for_grouped_query_attention():
                         (["--core", "--kv-heads", "0"], "expected a divisor")):
         p = run(*extra)
         assert p.returncode == 1 and text in p.stderr, p.stderr
+
+
+def bench(*extra):
+    return subprocess.run([mha_bin(), *TINY, *extra], capture_output=True, text=True, timeout=60)
+
+
+def test_core_seq_k_and_head_dim():
+    # --seq-k S: k and v of S keys (cross-attention); --head-dim D: the core's head dim, not
+    # E / H (--embed becomes H * D). Causal with S != N is aligned bottom-right: row i sees
+    # keys j <= i + S - N, so the FLOP count is that of the exact pairs:
+    # sum over i < 16 of (i + 9) = 264 pairs, 4 * B * H * D * 264 forward, 2.5x that backward.
+    p = bench("--core", "--seq-k", "24", "--head-dim", "8", "--kv-heads", "1", "--causal",
+              "--backward", "--json")
+    assert p.returncode == 0, p.stderr
+    r = json.loads(p.stdout)
+    assert (r["seq"], r["seq_k"], r["head_dim"], r["embed"], r["kv_heads"]) == (16, 24, 8, 16, 1)
+    assert r["window"] is None and r["softcap"] == 0 and r["alibi"] is False
+    assert r["flops"] == 3.5 * 4 * 1 * 2 * 8 * 264
+    # without them: S = N, D = E / H, and the causal count stays the nominal N * N / 2
+    r = json.loads(bench("--core", "--causal", "--json").stdout)
+    assert (r["seq_k"], r["head_dim"], r["flops"]) == (16, 8, 4 * 2 * 8 * 16 * 16 / 2)
+    # without --embed, --head-dim frees --heads from dividing the default --embed (512 / 3)
+    p = subprocess.run([mha_bin(), "bench", "--core", "--seq", "8", "--heads", "3",
+                        "--head-dim", "4", "--runs", "1", "--json"], capture_output=True,
+                       text=True, timeout=60)
+    assert p.returncode == 0 and json.loads(p.stdout)["embed"] == 12, p.stderr
+    # the text line names them
+    p = bench("--core", "--seq-k", "24", "--head-dim", "8")
+    assert p.returncode == 0 and " S 24 D 8," in p.stdout, p.stdout
+
+
+def test_core_window_softcap_alibi():
+    # --window L,R, --softcap C and --alibi reach the core and the JSON (window as [L, R]);
+    # with a window the FLOP count is that of the allowed pairs: N = 16, causal, window (4, 0):
+    # row i sees min(i, 4) + 1 keys, 10 + 12 * 5 = 70 pairs; (-1, 2) without causal: row i
+    # sees keys 0 .. min(i + 2, 15), all 256 pairs but the 13 * 14 / 2 above that band
+    for extra, window, pairs in ((["--causal", "--window", "4,0"], [4, 0], 70),
+                                 (["--window", "-1,2", "--softcap", "20", "--alibi"], [-1, 2],
+                                  16 * 16 - (13 * 14) // 2)):
+        p = bench("--core", "--kv-heads", "1", "--json", *extra)
+        assert p.returncode == 0, p.stderr
+        r = json.loads(p.stdout)
+        assert r["window"] == window and r["flops"] == 4 * 2 * 8 * pairs, r
+    assert (r["softcap"], r["alibi"]) == (20, True), r
+    p = bench("--core", "--causal", "--window", "4,0", "--softcap", "20", "--alibi")
+    assert p.returncode == 0 and " causal window (4, 0) softcap 20 alibi," in p.stdout, p.stdout
+
+
+@pytest.mark.parametrize("extra, text", [
+    (["--core", "--seq-k", "0"], "--seq-k: got 0, expected 1.."),
+    (["--core", "--head-dim", "0"], "--head-dim: got 0, expected 1.."),
+    (["--core", "--head-dim", "6"], "--head-dim: got 6, expected --embed / --heads = 16 / 2"),
+    (["--core", "--window", "4"], '--window: got "4", expected L,R'),
+    (["--core", "--window", "4,-2"], '--window: got "4,-2", expected L,R'),
+    (["--core", "--window", "a,0"], '--window: got "a,0", expected L,R'),
+    (["--core", "--window", "1,2,3"], '--window: got "1,2,3", expected L,R'),
+    (["--core", "--window", "1,"], '--window: got "1,", expected L,R'),
+    (["--core", "--softcap", "0"], "--softcap: got 0, expected a number > 0"),
+    (["--core", "--softcap", "-5"], "--softcap: got -5, expected a number > 0"),
+    (["--seq-k", "8"], "--seq-k: applies to --core"),
+    (["--head-dim", "8"], "--head-dim: applies to --core"),
+    (["--window", "1,1"], "--window: applies to --core"),
+    (["--softcap", "30"], "--softcap: applies to --core"),
+    (["--alibi"], "--alibi: applies to --core"),
+])
+def test_core_option_errors(extra, text):
+    # bad values are usage errors (exit 1) whose error line names the flag
+    p = bench(*extra)
+    assert p.returncode == 1 and p.stdout == "", (p.stdout, p.stderr)
+    assert p.stderr.startswith("mha: error: " + text), p.stderr

@@ -42,6 +42,18 @@ def test_json_report(layout):
     assert j["isa"] in ("generic", "avx2", "avx512")
 
 
+def test_seq_k_head_dim_and_score_options():
+    """--seq-k and --head-dim give the cache's length and head dim (--seq, --embed unused);
+    the window, softcap and ALiBi apply to the decoding step too."""
+    r = mha("bench", "--core", "--decode", "--seq-k", "600", "--head-dim", "24", "--heads", "6",
+            "--kv-heads", "3", "--runs", "2", "--warmup", "1", "--bw-mib", "2", "--threads", "1",
+            "--window", "100,0", "--softcap", "30", "--alibi", "--causal", "--json")
+    assert r.returncode == 0, r.stderr
+    j = json.loads(r.stdout)
+    assert (j["seq_k"], j["head_dim"], j["heads"], j["kv_heads"]) == (600, 24, 6, 3)
+    assert j["kv_bytes"] == 1 * 3 * 600 * 2 * 24 * 4
+
+
 def test_text_report():
     r = mha(*SMALL, "--layout", "bshd", "--isa", "generic")
     assert r.returncode == 0, r.stderr

@@ -396,8 +396,8 @@ TEST(decode_masked_rows) {
 }
 
 /* More rows than decoding takes (L * H / Hkv > 16): the prefill through the dense core, per
- * sequence, causal aligned bottom-right to each length; and the largest decode shape (16 rows)
- * beside it. */
+ * sequence, causal, window and ALiBi aligned bottom-right to each length, softcap; and the
+ * largest decode shape (16 rows) beside it. */
 TEST(prefill_reference) {
     const dcase cases[] = {
         {.B = 2,
@@ -441,6 +441,47 @@ TEST(prefill_reference) {
          .lens = {5, 64},
          .causal = 1},
         {.B = 1, .H = 1, .Hkv = 1, .L = 20, .D = 8, .Dv = 8, .Smax = 64, .Lnew = 20, .lens = {30}},
+        /* the score options through the dense core (per sequence, aligned to its length) */
+        {.B = 2,
+         .H = 6,
+         .Hkv = 2,
+         .L = 6,
+         .D = 16,
+         .Dv = 12,
+         .Smax = 400,
+         .Lnew = 6,
+         .lens = {300, 9},
+         .causal = 1,
+         .softcap = 1.5f,
+         .alibi = 1,
+         .alibi_batched = 1},
+        {.B = 2,
+         .H = 4,
+         .Hkv = 4,
+         .L = 17,
+         .D = 32,
+         .Dv = 32,
+         .Smax = 300,
+         .Lnew = 17,
+         .lens = {250, 0},
+         .causal = 1,
+         .window = 1,
+         .wl = 40,
+         .wr = 0},
+        {.B = 1,
+         .H = 8,
+         .Hkv = 1,
+         .L = 3,
+         .D = 8,
+         .Dv = 8,
+         .Smax = 200,
+         .Lnew = 0,
+         .lens = {150},
+         .window = 1,
+         .wl = 20,
+         .wr = 2,
+         .softcap = 4.0f,
+         .alibi = 1},
     };
     mha_ctx *ctx = new_ctx();
     FOR_EACH_ISA(ctx) {

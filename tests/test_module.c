@@ -1382,8 +1382,11 @@ TEST(backward_uses_saved_copies) {
                tv = mha_tensor_make(v, 3, sv), ty = mha_tensor_make(y, 3, sq),
                tdq1 = mha_tensor_make(dq1, 3, sq), tdq2 = mha_tensor_make(dq2, 3, sq),
                tdk1 = mha_tensor_make(dk1, 3, sk), tdk2 = mha_tensor_make(dk2, 3, sk);
+    float slopes[4] = {0.5f, 0.25f, 0.125f, 0.0625f}; /* [B, H] ALiBi slopes */
     mha_mask mk = mha_mask_default();
     mk.key_padding = pad;
+    mk.alibi_slopes = slopes, mk.alibi_batched = 1;
+    mk.window = 1, mk.window_left = 2, mk.window_right = 1;
     float dy[48];
     for (int i = 0; i < 48; i++) dy[i] = (float)cos(3 * i);
     mha_tensor tdy = mha_tensor_make(dy, 3, sq);
@@ -1392,6 +1395,8 @@ TEST(backward_uses_saved_copies) {
     ASSERT_OK(ctx, mha_module_forward(ctx, b, NULL, &tq, &tk, &tv, &mk, &ty, NULL));
     memset(q, 0, sizeof q), memset(k, 0, sizeof k), memset(v, 0, sizeof v);
     memset(pad, 1, sizeof pad);
+    memset(slopes, 0, sizeof slopes);
+    mk.window_left = 0; /* the window is a value: the module keeps its own copy of mk */
     ASSERT_OK(ctx, mha_module_backward(ctx, b, &tdy, &tdq2, &tdk2, NULL));
     ASSERT_TRUE(memcmp(dq1, dq2, sizeof dq1) == 0);
     ASSERT_TRUE(memcmp(dk1, dk2, sizeof dk1) == 0);

@@ -2,13 +2,17 @@
  *
  *   mha bench --batch B --seq N --embed E --heads H [--causal] [--backward] [--core]
  *             [--kv-heads G] [--need-weights] [--threads T] [--isa NAME] [--runs R] [--json]
+ *   mha bench --core ... [--seq-k S] [--head-dim D] [--window L,R] [--softcap C] [--alibi]
  *   mha bench --gemm M N K [--ta 0|1] [--tb 0|1] [--threads T] [--isa NAME] [--runs R] [--json]
- *   mha bench --core --decode --batch B --seq S --embed E --heads H [--kv-heads G]
+ *   mha bench --core --decode --batch B --seq-k S --heads H --head-dim D [--kv-heads G]
  *             [--layout bhsd|bshd] [--bw-mib M] [--threads T] [--isa NAME] [--runs R] [--json]
  *
  * Each measurement: warm-up runs, then R timed runs; the median is reported. FLOP counts
- * (nominal, the same for every implementation compared in BENCHMARKS.md), with D = E / H:
+ * (nominal, the same for every implementation compared in BENCHMARKS.md), with D = E / H
+ * (--head-dim D for the core):
  *   core forward   F = 4 * B * H * N * N * D           (F / 2 with --causal)
+ *                  with --window or --seq-k S != N: F = 4 * B * H * D * (the number of
+ *                  (query, key) pairs the causal mask and the window allow; N * S without)
  *   core backward  2.5 * F
  *   projections    P = 2 * B * N * E * 3E + 2 * B * N * E * E
  *   module forward F + P;  module backward 2 * P + 2.5 * F
@@ -44,6 +48,7 @@ static void print_help(FILE *f) {
         "options:\n"
         "  --batch B, --seq N, --embed E, --heads H   the shape (E divisible by H)\n"
         "  --causal      causal mask (top-left); the attention's FLOP count is halved\n"
+        "                (the allowed pairs counted with --window or --seq-k)\n"
         "  --backward    time forward + backward\n"
         "  --need-weights  module: also return the attention weights averaged over heads,\n"
         "                [B, N, N] (as nn.MultiheadAttention's need_weights=True,\n"
@@ -52,8 +57,16 @@ static void print_help(FILE *f) {
         "                q, k, v [B, H, N, E/H]\n"
         "  --kv-heads G  --core: k and v with G heads, a divisor of H (grouped-query\n"
         "                attention; 1: multi-query); default H\n"
+        "  --seq-k S     --core: k and v of S keys (cross-attention; --causal is then\n"
+        "                aligned bottom-right: key j <= i + S - N); default N\n"
+        "  --head-dim D  --core: the head dim of q, k, v (default E / H; --embed is then H * D)\n"
+        "  --window L,R  --core: sliding window, key j of row i allowed iff\n"
+        "                i + S - N - L <= j <= i + S - N + R (-1: unbounded); with --causal too\n"
+        "  --softcap C   --core: scores capped as C * tanh(s / C) (C > 0)\n"
+        "  --alibi       --core: ALiBi, slope 2^(-8 h / H) for head h = 1..H\n"
         "  --decode      --core: one decoding step, mha_attn_kvcache of one query token per\n"
-        "                sequence against a cache of --seq S tokens (head dim E/H, --kv-heads G);\n"
+        "                sequence against a cache of --seq-k S tokens (default --seq N), head\n"
+        "                dim --head-dim D, --kv-heads G (and --window, --softcap, --alibi);\n"
         "                reports GB/s of K/V read and the memory read bandwidth measured in the\n"
         "                same run (a streaming read of --bw-mib MiB, default 1024, same threads)\n"
         "  --layout L    --decode: the cache's memory, bhsd ([B, G, S, D], default) or bshd\n"
@@ -97,6 +110,11 @@ typedef struct {
     int causal, backward, core, json, gemm, need_weights, threads_given;
     double budget, dropout;
     const char *isa;
+    /* --core options of issue 10 (check_core_opts): S, D, the window and score modifiers */
+    long long seq_k, head_dim, window_left, window_right;
+    const char *window_arg; /* "L,R" as given */
+    double softcap;
+    int window, alibi, head_dim_given;
     /* --decode (the DECODE block) */
     int decode, bshd;
     const char *layout;
@@ -112,6 +130,7 @@ typedef struct {
     mha_tensor x, y, dy, dx, w; /* w: averaged weights [B, N, N] (--need-weights) */
     /* core */
     mha_tensor q, k, v, o, lse, dout, dq, dk, dv;
+    mha_attn_params params; /* dropout, softcap */
     mha_mask mask;
     /* gemm */
     float *ga, *gb, *gc;
@@ -133,12 +152,9 @@ static mha_status run_fwd(bench_state *s) {
     if (a->gemm)
         return mha_sgemm(s->ctx, (int)a->ta, (int)a->tb, a->m, a->n, a->k, 1.0f, s->ga,
                          a->ta ? a->m : a->k, s->gb, a->tb ? a->k : a->n, 0.0f, s->gc, a->n);
-    if (a->core) {
-        mha_attn_params p = mha_attn_params_default();
-        p.dropout_p = (float)a->dropout;
-        return mha_attn_forward(s->ctx, &p, &s->q, &s->k, &s->v, &s->mask, &s->o,
+    if (a->core)
+        return mha_attn_forward(s->ctx, &s->params, &s->q, &s->k, &s->v, &s->mask, &s->o,
                                 a->backward ? &s->lse : NULL, NULL);
-    }
     mha_forward_opts fo = mha_forward_opts_default();
     fo.save_for_backward = a->backward;
     fo.training = a->dropout > 0;
@@ -147,12 +163,9 @@ static mha_status run_fwd(bench_state *s) {
 }
 
 static mha_status run_bwd(bench_state *s) {
-    if (s->a->core) {
-        mha_attn_params p = mha_attn_params_default();
-        p.dropout_p = (float)s->a->dropout;
-        return mha_attn_backward(s->ctx, &p, &s->q, &s->k, &s->v, &s->mask, &s->o, &s->lse,
+    if (s->a->core)
+        return mha_attn_backward(s->ctx, &s->params, &s->q, &s->k, &s->v, &s->mask, &s->o, &s->lse,
                                  &s->dout, &s->dq, &s->dk, &s->dv);
-    }
     return mha_module_backward(s->ctx, s->mod, &s->dy, &s->dx, NULL, NULL);
 }
 
@@ -223,7 +236,7 @@ static int check_args(const bench_args *a, int warmup_given) {
     if ((rc = positive("--batch", a->batch, big)) || (rc = positive("--seq", a->seq, big)) ||
         (rc = positive("--embed", a->embed, big)) || (rc = positive("--heads", a->heads, big)))
         return rc;
-    if (a->embed % a->heads)
+    if (a->embed % a->heads && !a->head_dim_given)
         return cli_usage_error("mha bench --help lists the options",
                                "--embed: got %lld, expected a multiple of --heads %lld", a->embed,
                                a->heads);
@@ -237,6 +250,55 @@ static int check_args(const bench_args *a, int warmup_given) {
         return cli_usage_error("mha bench --help lists the options",
                                "--kv-heads: got %lld, expected a divisor of --heads %lld",
                                a->kv_heads, a->heads);
+    return 0;
+}
+
+/* --window "L,R" into a->window_left, a->window_right: two whole numbers >= -1. */
+static int parse_window(bench_args *a) {
+    const char *w = a->window_arg;
+    char *end1, *end2 = NULL;
+    a->window_left = strtoll(w, &end1, 10);
+    if (end1 != w && *end1 == ',') a->window_right = strtoll(end1 + 1, &end2, 10);
+    if (!end2 || end2 == end1 + 1 || *end2 || a->window_left < -1 || a->window_right < -1)
+        return cli_usage_error("mha bench --help lists the options",
+                               "--window: got \"%s\", expected L,R: two whole numbers >= -1 "
+                               "(-1: unbounded on that side)",
+                               w);
+    a->window = 1;
+    return 0;
+}
+
+/* The core's options of issue 10 (--seq-k, --head-dim, --window, --softcap, --alibi): only
+ * with --core; fills the defaults S = N and D = E / H (with --head-dim: E = H * D). Runs after
+ * check_args (H >= 1, E a multiple of H unless --head-dim is given). */
+static int check_core_opts(bench_args *a, const cli_opt *opts, int nopts) {
+    static const char *const names[] = {"--seq-k", "--head-dim", "--window", "--softcap",
+                                        "--alibi"};
+    const long long big = 1LL << 20;
+    int rc;
+    for (int i = 0; i < (int)(sizeof names / sizeof names[0]); i++)
+        if (cli_find(opts, nopts, names[i])->seen && !a->core)
+            return cli_usage_error("mha bench --help lists the options", "%s: applies to --core",
+                                   names[i]);
+    if (a->gemm) return 0;
+    if (!cli_find(opts, nopts, "--seq-k")->seen) a->seq_k = a->seq;
+    else if ((rc = positive("--seq-k", a->seq_k, big))) return rc;
+    if (a->head_dim_given) {
+        if ((rc = positive("--head-dim", a->head_dim, 1LL << 16))) return rc;
+        if (cli_find(opts, nopts, "--embed")->seen && a->embed != a->heads * a->head_dim)
+            return cli_usage_error("mha bench --help lists the options",
+                                   "--head-dim: got %lld, expected --embed / --heads = %lld / %lld "
+                                   "(or leave --embed out)",
+                                   a->head_dim, a->embed, a->heads);
+        a->embed = a->heads * a->head_dim;
+    } else {
+        a->head_dim = a->embed / a->heads;
+    }
+    if (a->window_arg && (rc = parse_window(a))) return rc;
+    if (cli_find(opts, nopts, "--softcap")->seen && !(a->softcap > 0))
+        return cli_usage_error("mha bench --help lists the options",
+                               "--softcap: got %g, expected a number > 0 (the scores' cap)",
+                               a->softcap);
     return 0;
 }
 
@@ -272,6 +334,11 @@ static int parse_args(int argc, char **argv, bench_args *a) {
         {"--budget", CLI_OPT_FLOAT, &a->budget, 0},
         {"--dropout", CLI_OPT_FLOAT, &a->dropout, 0},
         {"--need-weights", CLI_OPT_FLAG, &a->need_weights, 0},
+        {"--seq-k", CLI_OPT_INT, &a->seq_k, 0},
+        {"--head-dim", CLI_OPT_INT, &a->head_dim, 0},
+        {"--window", CLI_OPT_STRING, &a->window_arg, 0},
+        {"--softcap", CLI_OPT_FLOAT, &a->softcap, 0},
+        {"--alibi", CLI_OPT_FLAG, &a->alibi, 0},
         {"--decode", CLI_OPT_FLAG, &a->decode, 0},
         {"--layout", CLI_OPT_STRING, &a->layout, 0},
         {"--bw-mib", CLI_OPT_INT, &a->bw_mib, 0},
@@ -286,7 +353,9 @@ static int parse_args(int argc, char **argv, bench_args *a) {
     if (rc) return rc;
     a->threads_given = cli_find(opts, nopts, "--threads")->seen > 0;
     if (!cli_find(opts, nopts, "--kv-heads")->seen) a->kv_heads = a->heads;
+    a->head_dim_given = cli_find(opts, nopts, "--head-dim")->seen > 0;
     if ((rc = check_args(a, cli_find(opts, nopts, "--warmup")->seen > 0))) return rc;
+    if ((rc = check_core_opts(a, opts, nopts))) return rc;
     if ((rc = decode_check_args(a))) return rc;
     return decode_parse_layout(a);
 }
@@ -306,9 +375,10 @@ static float *plan_buf(bench_plan *p, int64_t n, uint32_t seed) {
     return p->bufs[p->nb++] = b;
 }
 
+/* q [B, H, N, D], k and v [B, G, S, D] (G = --kv-heads, S = --seq-k, D = --head-dim). */
 static void plan_core(bench_state *s, bench_plan *p, int64_t B, int64_t H, int64_t N, int64_t D) {
-    const int64_t G = s->a->kv_heads, nk = B * G * N * D;
-    int64_t sh[4] = {B, H, N, D}, sk[4] = {B, G, N, D}, sl[3] = {B, H, N}, n = B * H * N * D;
+    const int64_t G = s->a->kv_heads, S = s->a->seq_k, nk = B * G * S * D;
+    int64_t sh[4] = {B, H, N, D}, sk[4] = {B, G, S, D}, sl[3] = {B, H, N}, n = B * H * N * D;
     s->q = mha_tensor_make(plan_buf(p, n, 1), 4, sh);
     s->k = mha_tensor_make(plan_buf(p, nk, 2), 4, sk);
     s->v = mha_tensor_make(plan_buf(p, nk, 3), 4, sk);
@@ -333,12 +403,49 @@ static void plan_module(bench_state *s, bench_plan *p, int64_t B, int64_t N, int
     }
 }
 
+/* The core's mask and parameters beyond the causal flag: causal aligned bottom-right when
+ * S != N, the window, the softcap, and ALiBi's slopes 2^(-8 h / H), h = 1..H (Press et al.'s
+ * geometric sequence; a buffer of the plan). */
+static void plan_core_mask(bench_state *s, bench_plan *p) {
+    const bench_args *a = s->a;
+    if (a->causal && a->seq_k != a->seq) s->mask.causal = MHA_CAUSAL_BOTTOM_RIGHT;
+    s->mask.window = a->window;
+    s->mask.window_left = a->window_left;
+    s->mask.window_right = a->window_right;
+    s->params.softcap = (float)a->softcap;
+    if (a->alibi) {
+        float *slopes = plan_buf(p, a->heads, 11);
+        for (long long h = 0; slopes && h < a->heads; h++)
+            slopes[h] = (float)exp2(-8.0 * (double)(h + 1) / (double)a->heads);
+        s->mask.alibi_slopes = slopes;
+    }
+}
+
+/* The (query, key) pairs the attention computes, for the FLOP count: N * N, halved with
+ * --causal (the nominal count BENCHMARKS.md uses); with --window or --seq-k S != N, the exact
+ * number of pairs (i, j) the causal mask and the window allow. */
+static double attn_pairs(const bench_args *a) {
+    const long long L = a->seq, S = a->seq_k;
+    if (!a->window && S == L) return (double)L * (double)L * (a->causal ? 0.5 : 1.0);
+    double n = 0;
+    for (long long i = 0; i < L; i++) {
+        long long d = i + S - L, lo = 0, hi = S - 1; /* d: row i's diagonal key */
+        if (a->causal && d < hi) hi = d;
+        if (a->window && a->window_left >= 0 && d - a->window_left > lo) lo = d - a->window_left;
+        if (a->window && a->window_right >= 0 && d + a->window_right < hi) hi = d + a->window_right;
+        if (hi >= lo) n += (double)(hi - lo + 1);
+    }
+    return n;
+}
+
 /* Allocates what the measured step touches and counts its FLOPs (see the top of this file).
  * Returns 0, or 2 after printing. */
 static int plan_bench(bench_state *s, bench_plan *p) {
     const bench_args *a = s->a;
-    const int64_t B = a->batch, N = a->seq, E = a->embed, H = a->heads, D = a->embed / a->heads;
+    const int64_t B = a->batch, N = a->seq, E = a->embed, H = a->heads, D = a->head_dim;
     s->mask = mha_mask_default();
+    s->params = mha_attn_params_default();
+    s->params.dropout_p = (float)a->dropout;
     if (a->causal) s->mask.causal = MHA_CAUSAL_TOP_LEFT;
     if (a->gemm) {
         s->ga = plan_buf(p, a->m * a->k, 1);
@@ -346,10 +453,10 @@ static int plan_bench(bench_state *s, bench_plan *p) {
         s->gc = plan_buf(p, a->m * a->n, 3);
         p->flops_fwd = 2.0 * (double)a->m * (double)a->n * (double)a->k;
     } else {
-        double F = 4.0 * B * H * (double)N * N * D * (a->causal ? 0.5 : 1.0);
+        double F = 4.0 * B * H * D * attn_pairs(a);
         double P = 2.0 * B * N * E * 3.0 * E + 2.0 * B * N * E * E;
-        if (a->decode) plan_decode(s, p);
-        else if (a->core) plan_core(s, p, B, H, N, D);
+        if (a->decode) plan_decode(s, p), plan_core_mask(s, p);
+        else if (a->core) plan_core(s, p, B, H, N, D), plan_core_mask(s, p);
         else plan_module(s, p, B, N, E);
         p->flops_fwd = a->core ? F : F + P;
         p->flops_bwd = a->core ? 2.5 * F : 2.0 * P + 2.5 * F;
@@ -434,6 +541,23 @@ static int measure(bench_state *s, const progress *pr, bench_times *t) {
 
 /* ---- report: medians and rates, as text or one JSON line ---------------------------------- */
 
+/* The core's shape and options of issue 10: JSON fields (",\"seq_k\":..." inside the object)
+ * or, for the text line, the ones that differ from the defaults. */
+static void report_core_opts(const bench_args *a) {
+    if (a->json) {
+        printf(",\"seq_k\":%lld,\"head_dim\":%lld,\"window\":", a->seq_k, a->head_dim);
+        if (a->window) printf("[%lld,%lld]", a->window_left, a->window_right);
+        else printf("null");
+        printf(",\"softcap\":%g,\"alibi\":%s", a->softcap, a->alibi ? "true" : "false");
+        return;
+    }
+    if (a->seq_k != a->seq) printf(" S %lld", a->seq_k);
+    if (a->head_dim_given) printf(" D %lld", a->head_dim);
+    if (a->window) printf(" window (%lld, %lld)", a->window_left, a->window_right);
+    if (a->softcap > 0) printf(" softcap %g", a->softcap);
+    if (a->alibi) printf(" alibi");
+}
+
 static void report(const bench_state *s, const bench_plan *p, bench_times *t) {
     const bench_args *a = s->a;
     double med = median(t->tt, t->runs), med_f = median(t->tf, t->runs);
@@ -449,13 +573,16 @@ static void report(const bench_state *s, const bench_plan *p, bench_times *t) {
         if (a->gemm)
             printf("{\"what\":\"gemm\",\"M\":%lld,\"N\":%lld,\"K\":%lld,\"ta\":%lld,\"tb\":%lld,",
                    a->m, a->n, a->k, a->ta, a->tb);
-        else
+        else {
             printf("{\"what\":\"%s\",\"batch\":%lld,\"seq\":%lld,\"embed\":%lld,\"heads\":%lld,"
                    "\"kv_heads\":%lld,\"causal\":%s,\"backward\":%s,\"core\":%s,"
-                   "\"need_weights\":%s,\"dropout\":%g,",
+                   "\"need_weights\":%s,\"dropout\":%g",
                    what, a->batch, a->seq, a->embed, a->heads, a->kv_heads,
                    a->causal ? "true" : "false", a->backward ? "true" : "false",
                    a->core ? "true" : "false", a->need_weights ? "true" : "false", a->dropout);
+            report_core_opts(a);
+            printf(",");
+        }
         printf("\"isa\":\"%s\",\"threads\":%d,\"runs\":%d,\"median_ms\":%.4f,\"gflops\":%.3f,"
                "\"fwd_median_ms\":%.4f,\"fwd_gflops\":%.3f",
                isa, threads, t->runs, med * 1e3, gflops, med_f * 1e3, p->flops_fwd / med_f * 1e-9);
@@ -467,10 +594,12 @@ static void report(const bench_state *s, const bench_plan *p, bench_times *t) {
     }
     if (a->gemm)
         printf("gemm M %lld N %lld K %lld (ta %lld, tb %lld)", a->m, a->n, a->k, a->ta, a->tb);
-    else
+    else {
         printf("%s B %lld N %lld E %lld H %lld%s%s%s", what, a->batch, a->seq, a->embed, a->heads,
                a->kv_heads != a->heads ? " (GQA)" : "", a->causal ? " causal" : "",
                a->need_weights ? " need_weights" : "");
+        report_core_opts(a);
+    }
     printf(", isa %s, %d threads: median %.3f ms of %d runs, %.1f GFLOP/s\n", isa, threads,
            med * 1e3, t->runs, gflops);
     if (a->backward)
@@ -480,10 +609,10 @@ static void report(const bench_state *s, const bench_plan *p, bench_times *t) {
 
 /* ---- DECODE: one decoding step against a cache, and the memory read bandwidth -------------- */
 
-/* The decode step's sizes: S cached keys, head dim D. */
+/* The decode step's sizes: S cached keys (--seq-k, default --seq), head dim D. */
 static void decode_dims(const bench_args *a, int64_t *S, int64_t *D) {
-    *S = a->seq;
-    *D = a->embed / a->heads;
+    *S = a->seq_k;
+    *D = a->head_dim;
 }
 
 /* Bytes of K and V rows one step reads: every cached key and value of every sequence. */
@@ -539,12 +668,11 @@ static void plan_decode(bench_state *s, bench_plan *p) {
     s->vn = decode_view(plan_buf(p, B * G * D, 6), B, G, 1, D, a->bshd);
     s->lens = (int32_t *)plan_buf(p, B, 0); /* B int32 in a plan buffer of B floats */
     for (int64_t b = 0; s->lens && b < B; b++) s->lens[b] = (int32_t)(S - 1);
-    p->flops_fwd = 4.0 * B * H * (double)S * D;
 }
 
 static mha_status run_decode(bench_state *s) {
-    return mha_attn_kvcache(s->ctx, NULL, &s->q, &s->kc, &s->vc, &s->kn, &s->vn, s->lens, &s->mask,
-                            &s->o, NULL);
+    return mha_attn_kvcache(s->ctx, &s->params, &s->q, &s->kc, &s->vc, &s->kn, &s->vn, s->lens,
+                            &s->mask, &s->o, NULL);
 }
 
 /* One streaming read of n words on nt threads (each a contiguous part). */

@@ -34,7 +34,8 @@
  *   partials [G, NC - 1, L, D] floats for a group of G heads (b, h) processed at once, with
  *     G = clamp(floor(2 * B*H / (NC - 1)), 1, B*H): at most max(2 * dq, (NC - 1) * L * D)
  *     floats, i.e. at most twice dq's size once B*H >= 4 (NC - 1 <= 7 heads' dq below that).
- * Tiles fully excluded by causality, key_lengths or key_padding are skipped.
+ * Tiles fully excluded by causality, the window, key_lengths or key_padding are skipped (and
+ * a key tile's query tiles run from qt_first to qt_end only).
  *
  * The steps: bwd_check validates, bwd_plan chooses tiles, chunks and groups and declares the
  * workspace, bwd_drow / bwd_chunk (bwd_pair per tile pair) / bwd_sum are the three passes. */
@@ -50,31 +51,51 @@
 
 #define MAX_CHUNKS 8
 
-/* The first query tile that causality lets see key tile kt (nqt: none; 0 without causality).
- * Query tile qt (rows [qt*BR, min(L, (qt+1)*BR))) is needed iff its last row allows key
- * j0 = kt*BC, i.e. last_row + causal_shift >= j0 (as mha__attn_tile_skip decides). */
+/* The first query tile that causality (and the window's right bound) lets see key tile kt
+ * (nqt: none; 0 without them). Query tile qt (rows [qt*BR, min(L, (qt+1)*BR))) is needed only
+ * if its last row allows key j0 = kt*BC, i.e. last_row + hi_shift >= j0 (as
+ * mha__attn_tile_skip decides). */
 static int64_t qt_first(const mha__attn_problem *pr, int64_t BR, int64_t BC, int64_t nqt,
                         int64_t kt) {
-    if (pr->mask.causal == MHA_CAUSAL_NONE) return 0;
-    int64_t t = kt * BC - pr->causal_shift; /* the first row that allows key j0 */
+    if (pr->hi_shift == MHA__ATTN_NO_DIAG) return 0;
+    int64_t t = kt * BC - pr->hi_shift; /* the first row that allows key j0 */
     if (t <= 0) return 0;
     if (t > pr->L - 1) return nqt;
     return t / BR; /* tiles qt < t / BR end before row t; tile t / BR holds row t */
 }
 
+/* One past the last query tile that the window's left bound lets see key tile kt (nqt without
+ * a left bound): query tile qt is needed only if its first row allows the tile's last key j1 - 1,
+ * i.e. first_row + lo_shift <= j1 - 1. */
+static int64_t qt_end(const mha__attn_problem *pr, int64_t BR, int64_t BC, int64_t nqt,
+                      int64_t kt) {
+    if (pr->lo_shift == -MHA__ATTN_NO_DIAG) return nqt;
+    int64_t j1 = (kt + 1) * BC < pr->S ? (kt + 1) * BC : pr->S;
+    int64_t t = j1 - 1 - pr->lo_shift; /* the last row that allows key j1 - 1 */
+    if (t < 0) return 0;
+    return t / BR + 1 < nqt ? t / BR + 1 : nqt;
+}
+
+/* The number of query tiles that may see key tile kt (the unmasked tile pairs of its column). */
+static int64_t qt_count(const mha__attn_problem *pr, int64_t BR, int64_t BC, int64_t nqt,
+                        int64_t kt) {
+    int64_t n = qt_end(pr, BR, BC, nqt, kt) - qt_first(pr, BR, BC, nqt, kt);
+    return n > 0 ? n : 0;
+}
+
 /* Cuts the nkt key tiles into nc chunks [start[c], start[c + 1]) with about equal numbers of
- * unmasked tile pairs (weight of key tile kt: nqt - qt_first(kt)); every chunk non-empty when
+ * unmasked tile pairs (weight of key tile kt: qt_count(kt)); every chunk non-empty when
  * nkt >= nc. */
 static void chunk_bounds(const mha__attn_problem *pr, int64_t BR, int64_t BC, int64_t nqt,
                          int64_t nkt, int nc, int64_t *start) {
     int64_t total = 0;
-    for (int64_t kt = 0; kt < nkt; kt++) total += nqt - qt_first(pr, BR, BC, nqt, kt);
+    for (int64_t kt = 0; kt < nkt; kt++) total += qt_count(pr, BR, BC, nqt, kt);
     start[0] = 0;
     int64_t kt = 0, cum = 0;
     for (int c = 1; c < nc; c++) {
         /* the smallest kt with cum(kt) >= c * total / nc, cum(kt) = weight of tiles < kt */
         while (kt < nkt && cum * nc < (int64_t)c * total)
-            cum += nqt - qt_first(pr, BR, BC, nqt, kt), kt++;
+            cum += qt_count(pr, BR, BC, nqt, kt), kt++;
         int64_t s = kt;
         if (total == 0) s = (int64_t)c * nkt / nc;
         if (s < start[c - 1] + 1) s = start[c - 1] + 1;
@@ -118,6 +139,7 @@ typedef struct {
     float *P, *dP, *W; /* [BR, BC] each */
     float *lt;         /* [BR] the lse of a query tile */
     uint8_t *keep;     /* [BR, BC] dropout keep bytes */
+    float *G;          /* [BR, BC] the softcap's derivative (softcap only: else 0 bytes) */
     float *qs;         /* [BR, D] a query tile times scale */
 } bwd_tiles;
 
@@ -184,6 +206,7 @@ static void bwd_plan(mha_ctx *ctx, bwd_call *c) {
     MHA__PLAN_ADD(tl, bwd_tiles, W, sizeof(float), BR, BC);
     MHA__PLAN_ADD(tl, bwd_tiles, lt, sizeof(float), BR, 1);
     MHA__PLAN_ADD(tl, bwd_tiles, keep, 1, BR, BC);
+    MHA__PLAN_ADD(tl, bwd_tiles, G, sizeof(float), pr->softcap > 0 ? BR : 0, BC);
     MHA__PLAN_ADD(tl, bwd_tiles, qs, sizeof(float), BR, pr->D);
     mha__plan_init(pl);
     MHA__PLAN_ADD(pl, bwd_ws, drow, sizeof(float), BH, pr->L);
@@ -210,7 +233,8 @@ static void bwd_drow(const bwd_call *c, const bwd_ws *ws, int64_t task) {
 /* The five products of the tile pair (query tile qt, key tile kt) of a pass-1 task:
  *   P = exp((scale q) k^T + mask - lse)   (attn_scores on the scaled tile, attn_probs)
  *   dP = dout v^T;  with dropout W = P * keep / (1-p), dP = dP * keep / (1-p)
- *   dv += W^T dout;  dS = scale * P * (dP - Drow);  dk += dS^T q;  dq_c += dS k */
+ *   dv += W^T dout;  dS = scale * P * (dP - Drow) (* the softcap's derivative);
+ *   dk += dS^T q;  dq_c += dS k */
 static void bwd_pair(const bwd_call *c, const bwd_task *t, const bwd_tiles *w, int64_t kt,
                      int64_t qt) {
     const mha__attn_problem *pr = &c->pr;
@@ -229,7 +253,8 @@ static void bwd_pair(const bwd_call *c, const bwd_task *t, const bwd_tiles *w, i
     for (int64_t r = 0; r < br; r++) w->lt[r] = t->lrow[(i0 + r) * c->lse->stride[2]];
     mha__attn_scale_tile(br, D, pr->scale, qtile, ldq, w->qs);
     kern->attn_scores(br, bc, D, 1.0f, w->qs, D, ktile, ldk, P, BC);
-    kern->attn_probs(br, bc, P, BC, &mk, w->lt);
+    float *G = pr->softcap > 0 ? w->G : NULL; /* the softcap's derivative */
+    kern->attn_probs(br, bc, P, BC, &mk, w->lt, G);
     kern->attn_scores(br, bc, Dv, 1.0f, gtile, ldg, vt, c->v->stride[2], dP, BC);
     const float *W = P; /* dv += W^T dout */
     if (pr->dropout_p > 0) {
@@ -246,7 +271,7 @@ static void bwd_pair(const bwd_call *c, const bwd_task *t, const bwd_tiles *w, i
     }
     kern->attn_ptv(br, bc, Dv, W, BC, gtile, ldg, mha__attn_row(c->dv, b, h, j0), c->dv->stride[2]);
     /* dS = scale * P * (dP - Drow), in place over dP */
-    kern->attn_dsoftmax(br, bc, P, BC, dP, BC, t->drow + i0, pr->scale);
+    kern->attn_dsoftmax(br, bc, P, BC, dP, BC, t->drow + i0, pr->scale, G);
     kern->attn_ptv(br, bc, D, dP, BC, qtile, ldq, mha__attn_row(c->dk, b, h, j0), c->dk->stride[2]);
     kern->attn_pv(br, bc, D, dP, BC, ktile, ldk, NULL, t->dqc + i0 * t->lddqc, t->lddqc);
 }
@@ -275,7 +300,8 @@ static void bwd_chunk(const bwd_call *c, const bwd_ws *ws, const bwd_tiles *w, i
             memset(dkt + r * c->dk->stride[2], 0, sizeof(float) * (size_t)D);
             if (Dv) memset(dvt + r * c->dv->stride[2], 0, sizeof(float) * (size_t)Dv);
         }
-        for (int64_t qt = qt_first(pr, c->BR, c->BC, c->nqt, kt); qt < c->nqt; qt++)
+        const int64_t qe = qt_end(pr, c->BR, c->BC, c->nqt, kt);
+        for (int64_t qt = qt_first(pr, c->BR, c->BC, c->nqt, kt); qt < qe; qt++)
             bwd_pair(c, &t, w, kt, qt);
     }
 }

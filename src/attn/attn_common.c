@@ -154,8 +154,6 @@ mha_status mha__attn_check_inputs(mha_ctx *ctx, const char *fn, const mha_attn_p
                         "%s: p->softcap: got %g, expected a finite value >= 0 (0: off)", fn,
                         (double)p->softcap);
     pr->softcap = p->softcap;
-    if (p->softcap > 0 || (mask && (mask->window || mask->alibi_slopes))) /* TEMPORARY */
-        return mha__err(ctx, MHA_ERR_UNSUPPORTED, "%s: softcap, window and alibi: not yet", fn);
 
     pr->mask = mask ? *mask : mha_mask_default();
     if ((st = mha__attn_check_mask(ctx, fn, &pr->mask, B, S))) return st;

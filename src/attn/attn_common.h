@@ -102,12 +102,26 @@ static inline void mha__attn_scale_tile(int64_t rows, int64_t n, float scale, co
 static inline int64_t mha__attn_row_end(const mha__attn_problem *pr, int64_t b, int64_t i) {
     int64_t end = pr->S;
     if (pr->mask.key_lengths && pr->mask.key_lengths[b] < end) end = pr->mask.key_lengths[b];
-    if (pr->mask.causal != MHA_CAUSAL_NONE) {
-        int64_t c = i + pr->causal_shift + 1;
+    if (pr->hi_shift != MHA__ATTN_NO_DIAG) {
+        int64_t c = i + pr->hi_shift + 1;
         if (c < 0) c = 0;
         if (c < end) end = c;
     }
     return end;
+}
+
+/* Keys j < mha__attn_row_start(pr, i) are excluded by the window's left bound for row i (the
+ * result is in [0, S]; non-decreasing in i). */
+static inline int64_t mha__attn_row_start(const mha__attn_problem *pr, int64_t i) {
+    if (pr->lo_shift == -MHA__ATTN_NO_DIAG) return 0;
+    int64_t s = i + pr->lo_shift;
+    return s < 0 ? 0 : s > pr->S ? pr->S : s;
+}
+
+/* The ALiBi slope of head (b, h) (0: no ALiBi). */
+static inline float mha__attn_slope(const mha__attn_problem *pr, int64_t b, int64_t h) {
+    if (!pr->mask.alibi_slopes) return 0;
+    return pr->mask.alibi_slopes[(pr->mask.alibi_batched ? b * pr->H : 0) + h];
 }
 
 /* Element masks of head bh = b*H + h: key_padding row [S] (or NULL), attn_bool / attn_float
@@ -131,20 +145,26 @@ static inline const float *mha__attn_float_row(const mha__attn_problem *pr, int6
 static inline void mha__attn_tile_mask_make(const mha__attn_problem *pr, int64_t b, int64_t bh,
                                             int64_t i0, int64_t j0, mha__attn_tile_mask *mk) {
     mk->col_end = (pr->mask.key_lengths ? pr->mask.key_lengths[b] : pr->S) - j0;
-    mk->diag = pr->mask.causal != MHA_CAUSAL_NONE ? i0 + pr->causal_shift - j0 : MHA__ATTN_NO_DIAG;
+    mk->diag = pr->hi_shift != MHA__ATTN_NO_DIAG ? i0 + pr->hi_shift - j0 : MHA__ATTN_NO_DIAG;
+    mk->has_lo = pr->lo_shift != -MHA__ATTN_NO_DIAG;
+    mk->lo = mk->has_lo ? i0 + pr->lo_shift - j0 : 0;
+    mk->softcap = pr->softcap;
+    mk->slope = mha__attn_slope(pr, b, bh % pr->H);
+    mk->adiag = i0 + pr->S - pr->L - j0;
     mk->pad = pr->mask.key_padding ? pr->mask.key_padding + b * pr->S + j0 : NULL;
     mk->bmask = pr->mask.attn_bool ? mha__attn_bool_row(pr, bh, i0) + j0 : NULL;
     mk->fmask = pr->mask.attn_float ? mha__attn_float_row(pr, bh, i0) + j0 : NULL;
     mk->ld_mask = pr->S;
 }
 
-/* 1 when causality, key_lengths or key_padding exclude every key of [j0, j1) for every query
- * row of [i0, i1) of batch b: the tile contributes nothing and is skipped. */
+/* 1 when causality, the window, key_lengths or key_padding exclude every key of [j0, j1) for
+ * every query row of [i0, i1) of batch b: the tile contributes nothing and is skipped. */
 static inline int mha__attn_tile_skip(const mha__attn_problem *pr, int64_t b, int64_t i0,
                                       int64_t i1, int64_t j0, int64_t j1) {
-    (void)i0;
-    /* the row end is non-decreasing in i: the last row allows the most keys */
+    /* the row end and start are non-decreasing in i: the last row allows the latest keys, the
+     * first row the earliest */
     if (mha__attn_row_end(pr, b, i1 - 1) <= j0) return 1;
+    if (mha__attn_row_start(pr, i0) >= j1) return 1;
     const uint8_t *pad = mha__attn_pad_row(pr, b);
     if (!pad) return 0;
     for (int64_t j = j0; j < j1; j++)

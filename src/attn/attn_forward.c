@@ -224,7 +224,7 @@ static void weights_tile(const fwd_call *c, fwd_ws *w, int64_t b, int64_t h, int
     mha__attn_tile_mask_make(pr, b, bh, ir, j0, &mk);
     kern->attn_scores(wr, bc, pr->D, 1.0f, qs, pr->D, mha__attn_kv_row(pr, c->k, b, h, j0),
                       c->k->stride[2], dst, ldd);
-    kern->attn_probs(wr, bc, dst, ldd, &mk, shift);
+    kern->attn_probs(wr, bc, dst, ldd, &mk, shift, NULL);
     for (int64_t r = 0; r < wr; r++) {
         if (l[r] == 0) continue; /* fully masked: 0 already */
         const float inv = 1.0f / l[r];

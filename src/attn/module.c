@@ -416,6 +416,7 @@ typedef struct {
     uint8_t *pad, *abool; /* copies of the masks, with save_for_backward */
     int32_t *klen;
     float *afloat;
+    float *slopes; /* a copy of the ALiBi slopes, with save_for_backward */
 } fwd_views;
 
 /* The forward's scratch (kept in m->fws): staging rows for an output whose strides need them. */
@@ -521,6 +522,8 @@ static mha_status fwd_plan(mha_ctx *ctx, mha_module *m, const fwd_call *c, fwd_v
     MHA__PLAN_ADD(&pl, fwd_views, klen, sizeof(int32_t), mk && mk->key_lengths ? B : 0, 1);
     MHA__PLAN_ADD(&pl, fwd_views, abool, 1, mk && mk->attn_bool ? nml : 0, S);
     MHA__PLAN_ADD(&pl, fwd_views, afloat, sizeof(float), mk && mk->attn_float ? nml : 0, S);
+    MHA__PLAN_ADD(&pl, fwd_views, slopes, sizeof(float),
+                  mk && mk->alibi_slopes ? (mk->alibi_batched ? B : 1) : 0, H);
     mha_status st = kept_point(ctx, FN_FWD, &pl, &m->st.ws, v);
     if (st) return st;
     mha__plan_init(&pl);
@@ -573,6 +576,10 @@ static void fwd_inputs(mha_module *m, const fwd_call *c, const fwd_views *v) {
         s->mask.key_lengths = memcpy(v->klen, mk->key_lengths, sizeof(int32_t) * (size_t)c->B);
     if (mk->attn_bool) s->mask.attn_bool = memcpy(v->abool, mk->attn_bool, nls);
     if (mk->attn_float) s->mask.attn_float = memcpy(v->afloat, mk->attn_float, sizeof(float) * nls);
+    if (mk->alibi_slopes) {
+        const size_t ns = (size_t)((mk->alibi_batched ? c->B : 1) * H);
+        s->mask.alibi_slopes = memcpy(v->slopes, mk->alibi_slopes, sizeof(float) * ns);
+    }
 }
 
 /* q = query Wq^T + bq, ... (the bias added by the product); self-attention: one product into

@@ -35,6 +35,7 @@
 #define MHA_KERNELS_H
 
 #include "mha.h"
+#include <math.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -50,9 +51,12 @@
  *   driver that visits tiles in a fixed order is bitwise reproducible for any thread count.
  *
  *   Masks of a tile (mha__attn_tile_mask, tile-local coordinates r < br, c < bc): a key
- *   c of row r is excluded iff c >= mha__attn_tile_row_end(mk, r, bc) (causality and
- *   key_lengths), or pad[c] != 0, or bmask[r*ld_mask + c] != 0; otherwise
- *   fmask[r*ld_mask + c] (may be -inf) is added to its scaled score. NULL pointers: no mask.
+ *   c of row r is excluded iff c >= mha__attn_tile_row_end(mk, r, bc) (causality, the
+ *   window's right bound and key_lengths), or c < mha__attn_tile_row_start(mk, r, bc) (the
+ *   window's left bound), or pad[c] != 0, or bmask[r*ld_mask + c] != 0; otherwise its scaled
+ *   score s becomes mha__attn_score_mod(mk, s, r, c) (softcap, then ALiBi) plus
+ *   fmask[r*ld_mask + c] (may be -inf). NULL pointers: no mask. Where this contract says
+ *   "scaled score" below, read it with these transforms.
  *
  *   attn_scores(br, bc, n, scale, A, lda, B, ldb, S, lds):
  *       S[br,bc] = scale * A[br,n] B[bc,n]^T         (q k^T * scale; also dP = dout v^T)
@@ -62,15 +66,18 @@
  *       S = exp(s - m') (excluded: exactly 0);  l[r] = alpha[r] l[r] + sum_c S;  m[r] = m'.
  *       A row with m' = -inf (no allowed finite score yet): S = 0, alpha = 1, m, l unchanged.
  *       m starts at -inf and l at 0; after the last tile lse = m + log(l) (l = 0: -inf).
- *   attn_probs(br, bc, S, lds, mk, lse): in place, S = exp(S + fmask - lse[r]);
- *       excluded keys and rows with lse[r] = -inf: exactly 0.
+ *   attn_probs(br, bc, S, lds, mk, lse, dcap): in place, S = exp(mod(S) + fmask - lse[r]);
+ *       excluded keys and rows with lse[r] = -inf: exactly 0. With mk->softcap > 0 and dcap
+ *       non-NULL, also dcap[r*lds + c] = 1 - t^2, t = tanh(S / softcap) of the score before
+ *       (the softcap's derivative, for the backward); dcap NULL: not written.
  *   attn_pv(br, bc, n, P, ldp, X, ldx, alpha, O, ldo):
  *       O[br,n] = diag(alpha) O + P[br,bc] X[bc,n]   (alpha NULL: 1; O always read, finite)
  *       (forward accumulator update; backward dq += dS k)
  *   attn_ptv(br, bc, n, P, ldp, X, ldx, G, ldg):
  *       G[bc,n] += P[br,bc]^T X[br,n]                (backward dv += W^T dout, dk += dS^T q)
- *   attn_dsoftmax(br, bc, P, ldp, dP, lddp, drow, scale): in place over dP,
+ *   attn_dsoftmax(br, bc, P, ldp, dP, lddp, drow, scale, G): in place over dP,
  *       dP = scale * P * (dP - drow[r])               (softmax backward, drow = rowsum(dO*O))
+ *       then, G non-NULL, dP *= G[r*ldp + c]           (the softcap's derivative, from probs)
  *   Kernels may skip products with an exact 0 weight (same result for finite inputs).
  *
  *   Fused forward (every table has attn_kpack, attn_fwd and attn_fwd_drop: they are the
@@ -127,15 +134,54 @@ typedef struct {
     const uint8_t *bmask; /* [br, ld_mask] or NULL */
     const float *fmask;   /* [br, ld_mask] or NULL */
     int64_t ld_mask;
+    /* the fields below are all 0 (as a zero or partial initializer leaves them) when unused */
+    int has_lo;    /* the window's left bound: c excluded iff c < r + lo */
+    int64_t lo;    /* (meaningful only with has_lo) */
+    float softcap; /* > 0: a scaled score s becomes softcap * tanh(s / softcap) first */
+    float slope;   /* ALiBi: then s - slope * |r + adiag - c| (slope 0: no bias) */
+    int64_t adiag;
 } mha__attn_tile_mask;
 
 #define MHA__ATTN_NO_DIAG (INT64_MAX / 4)
 
-/* Keys c >= the result are excluded for row r by causality or key_lengths (in [0, bc]). */
+/* Keys c >= the result are excluded for row r by causality, the window's right bound or
+ * key_lengths (in [0, bc]). */
 static inline int64_t mha__attn_tile_row_end(const mha__attn_tile_mask *mk, int64_t r, int64_t bc) {
     int64_t e = mk->col_end < bc ? mk->col_end : bc;
     if (mk->diag != MHA__ATTN_NO_DIAG && r + mk->diag + 1 < e) e = r + mk->diag + 1;
     return e < 0 ? 0 : e;
+}
+
+/* Keys c < the result are excluded for row r by the window's left bound (in [0, bc]). */
+static inline int64_t mha__attn_tile_row_start(const mha__attn_tile_mask *mk, int64_t r,
+                                               int64_t bc) {
+    if (!mk->has_lo) return 0;
+    int64_t s = r + mk->lo;
+    return s < 0 ? 0 : s > bc ? bc : s;
+}
+
+/* The masks of rows r0 .. of a tile, as a tile of their own (row r0 becomes row 0). */
+static inline mha__attn_tile_mask mha__attn_tile_mask_rows(const mha__attn_tile_mask *mk,
+                                                           int64_t r0) {
+    mha__attn_tile_mask m = *mk;
+    if (m.diag != MHA__ATTN_NO_DIAG) m.diag += r0;
+    m.lo += r0;
+    m.adiag += r0;
+    if (m.bmask) m.bmask += r0 * m.ld_mask;
+    if (m.fmask) m.fmask += r0 * m.ld_mask;
+    return m;
+}
+
+/* The score transforms of a tile (kernels.h contract: softcap, then ALiBi) on the scaled score
+ * s of row r, key c; the scalar definition every kernel follows (SIMD ones within rounding). */
+static inline float mha__attn_score_mod(const mha__attn_tile_mask *mk, float s, int64_t r,
+                                        int64_t c) {
+    if (mk->softcap > 0) s = mk->softcap * tanhf(s / mk->softcap);
+    if (mk->slope != 0) {
+        int64_t d = r + mk->adiag - c;
+        s -= mk->slope * (float)(d < 0 ? -d : d);
+    }
+    return s;
 }
 
 /* DECODE KERNEL (flash-decoding: a few query rows against a long key/value cache; driver:
@@ -190,13 +236,13 @@ typedef void mha__attn_scores_t(int64_t br, int64_t bc, int64_t n, float scale, 
 typedef void mha__attn_softmax_t(int64_t br, int64_t bc, float *S, int64_t lds,
                                  const mha__attn_tile_mask *mk, float *m, float *l, float *alpha);
 typedef void mha__attn_probs_t(int64_t br, int64_t bc, float *S, int64_t lds,
-                               const mha__attn_tile_mask *mk, const float *lse);
+                               const mha__attn_tile_mask *mk, const float *lse, float *dcap);
 typedef void mha__attn_pv_t(int64_t br, int64_t bc, int64_t n, const float *P, int64_t ldp,
                             const float *X, int64_t ldx, const float *alpha, float *O, int64_t ldo);
 typedef void mha__attn_ptv_t(int64_t br, int64_t bc, int64_t n, const float *P, int64_t ldp,
                              const float *X, int64_t ldx, float *G, int64_t ldg);
 typedef void mha__attn_dsoftmax_t(int64_t br, int64_t bc, const float *P, int64_t ldp, float *dP,
-                                  int64_t lddp, const float *drow, float scale);
+                                  int64_t lddp, const float *drow, float scale, const float *G);
 typedef void mha__attn_kpack_t(int64_t bc, int64_t n, const float *B, int64_t ldb, float *Kp);
 typedef void mha__attn_fwd_t(int64_t br, int64_t bc, int64_t n, int64_t nv, float scale,
                              const float *A, int64_t lda, const float *Kp, const float *V,

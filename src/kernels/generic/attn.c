@@ -34,10 +34,11 @@ void mha__attn_softmax_generic(int64_t br, int64_t bc, float *S, int64_t lds,
         int64_t end = mha__attn_tile_row_end(mk, r, bc);
         const uint8_t *bm = mk->bmask ? mk->bmask + r * mk->ld_mask : NULL;
         const float *fm = mk->fmask ? mk->fmask + r * mk->ld_mask : NULL;
+        const int64_t start = mha__attn_tile_row_start(mk, r, bc);
         float mx = m[r];
         for (int64_t c = 0; c < bc; c++) {
-            float x = s[c];
-            if (c >= end || (mk->pad && mk->pad[c]) || (bm && bm[c])) x = -INFINITY;
+            float x = mha__attn_score_mod(mk, s[c], r, c);
+            if (c >= end || c < start || (mk->pad && mk->pad[c]) || (bm && bm[c])) x = -INFINITY;
             else if (fm) x += fm[c];
             s[c] = x;
             if (x > mx) mx = x;
@@ -63,19 +64,25 @@ void mha__attn_softmax_generic(int64_t br, int64_t bc, float *S, int64_t lds,
 /* Probabilities recomputed from the log-sum-exp, in place over a scaled score tile:
  *   S = exp(S + fmask - lse[r]), excluded keys and rows with lse = -inf: 0 */
 void mha__attn_probs_generic(int64_t br, int64_t bc, float *S, int64_t lds,
-                             const mha__attn_tile_mask *mk, const float *lse) {
+                             const mha__attn_tile_mask *mk, const float *lse, float *dcap) {
     for (int64_t r = 0; r < br; r++) {
         float *s = S + r * lds;
-        int64_t end = mha__attn_tile_row_end(mk, r, bc);
+        int64_t end = mha__attn_tile_row_end(mk, r, bc),
+                start = mha__attn_tile_row_start(mk, r, bc);
         const uint8_t *bm = mk->bmask ? mk->bmask + r * mk->ld_mask : NULL;
         const float *fm = mk->fmask ? mk->fmask + r * mk->ld_mask : NULL;
         float ls = lse[r];
         for (int64_t c = 0; c < bc; c++) {
-            if (ls == -INFINITY || c >= end || (mk->pad && mk->pad[c]) || (bm && bm[c])) {
+            if (dcap && mk->softcap > 0) {
+                float t = tanhf(s[c] / mk->softcap);
+                dcap[r * lds + c] = 1 - t * t;
+            }
+            if (ls == -INFINITY || c >= end || c < start || (mk->pad && mk->pad[c]) ||
+                (bm && bm[c])) {
                 s[c] = 0;
                 continue;
             }
-            float x = s[c];
+            float x = mha__attn_score_mod(mk, s[c], r, c);
             if (fm) x += fm[c];
             s[c] = x == -INFINITY ? 0.0f : expf(x - ls);
         }
@@ -116,12 +123,14 @@ void mha__attn_ptv_generic(int64_t br, int64_t bc, int64_t n, const float *P, in
 
 /* Softmax backward, in place over dP:  dS = scale * P * (dP - drow[r]) */
 void mha__attn_dsoftmax_generic(int64_t br, int64_t bc, const float *P, int64_t ldp, float *dP,
-                                int64_t ldd, const float *drow, float scale) {
+                                int64_t ldd, const float *drow, float scale, const float *G) {
     for (int64_t r = 0; r < br; r++) {
         const float *p = P + r * ldp;
         float *d = dP + r * ldd;
         float dr = drow[r];
         for (int64_t c = 0; c < bc; c++) d[c] = scale * (p[c] * (d[c] - dr));
+        if (G)
+            for (int64_t c = 0; c < bc; c++) d[c] *= G[r * ldp + c];
     }
 }
 
@@ -141,10 +150,7 @@ void mha__attn_fwd_generic(int64_t br, int64_t bc, int64_t n, int64_t nv, float 
     float alpha[64];
     for (int64_t r0 = 0; r0 < br; r0 += 64) {
         int64_t rb = br - r0 < 64 ? br - r0 : 64;
-        mha__attn_tile_mask mr = *mk; /* the masks of rows r0 .. */
-        if (mr.diag != MHA__ATTN_NO_DIAG) mr.diag += r0;
-        if (mr.bmask) mr.bmask += r0 * mr.ld_mask;
-        if (mr.fmask) mr.fmask += r0 * mr.ld_mask;
+        mha__attn_tile_mask mr = mha__attn_tile_mask_rows(mk, r0);
         mha__attn_scores_generic(rb, bc, n, scale, A + r0 * lda, lda, Kp, n, P + r0 * ldp, ldp);
         mha__attn_softmax_generic(rb, bc, P + r0 * ldp, ldp, &mr, m + r0, l + r0, alpha);
         mha__attn_pv_generic(rb, bc, nv, P + r0 * ldp, ldp, V, ldv, alpha, O + r0 * ldo, ldo);
@@ -161,10 +167,7 @@ void mha__attn_fwd_drop_generic(int64_t br, int64_t bc, int64_t n, int64_t nv, f
     float alpha[64];
     for (int64_t r0 = 0; r0 < br; r0 += 64) {
         int64_t rb = br - r0 < 64 ? br - r0 : 64;
-        mha__attn_tile_mask mr = *mk; /* the masks of rows r0 .. */
-        if (mr.diag != MHA__ATTN_NO_DIAG) mr.diag += r0;
-        if (mr.bmask) mr.bmask += r0 * mr.ld_mask;
-        if (mr.fmask) mr.fmask += r0 * mr.ld_mask;
+        mha__attn_tile_mask mr = mha__attn_tile_mask_rows(mk, r0);
         float *pt = P + r0 * ldp;
         mha__attn_scores_generic(rb, bc, n, scale, A + r0 * lda, lda, Kp, n, pt, ldp);
         mha__attn_softmax_generic(rb, bc, pt, ldp, &mr, m + r0, l + r0, alpha);

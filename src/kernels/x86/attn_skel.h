@@ -94,6 +94,48 @@ static void pack_bt(const float *B, int64_t ldb, int64_t w, int64_t dc, float *K
     }
 }
 
+/* SCORE TRANSFORMS (kernels.h: mha__attn_score_mod; the generic kernels use tanhf). */
+static const float IOTA[16]
+    __attribute__((aligned(64))) = {0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15};
+
+/* tanh(x): for |x| < 0.625 the odd polynomial x + x^3 P(x^2) (P of degree 4 fitted to tanh in
+ * float64 on Chebyshev nodes of [0, 0.625]: relative error < 5e-9 before float rounding), else
+ * sign(x) (1 - 2 / (exp(2|x|) + 1)) (no cancellation there: tanh >= 0.55; exp's clamp makes
+ * large |x| exactly +-1). NaN propagates. */
+INL vf vf_tanh(vf x) {
+    const vf one = vf_set1(1.0f), zero = vf_zero();
+    vf a = vf_abs(x), x2 = vf_mul(x, x);
+    vf p = vf_set1(-0.005691985663198097f);
+    p = vf_fma(p, x2, vf_set1(0.02062629182327361f));
+    p = vf_fma(p, x2, vf_set1(-0.0537353188494469f));
+    p = vf_fma(p, x2, vf_set1(0.13331381354360172f));
+    p = vf_fma(p, x2, vf_set1(-0.3333327920837057f));
+    vf small = vf_fma(vf_mul(x, x2), p, x);
+    vf big = vf_sub(one, vf_div(vf_set1(2.0f), vf_add(vf_exp(vf_add(a, a)), one)));
+    big = vf_select(vf_lt(x, zero), vf_sub(zero, big), big);
+    return vf_select(vf_lt(a, vf_set1(0.625f)), small, big);
+}
+
+/* ALiBi on the scores of row r, keys c .. c + VL - 1: x - slope * |r + adiag - c'| (the
+ * distance exact in float below 2^24; a product then a difference, as the scalar form). */
+INL vf alibi_v(const mha__attn_tile_mask *mk, vf x, int64_t r, int64_t c) {
+    vf d = vf_abs(vf_sub(vf_set1((float)(r + mk->adiag - c)), vf_load(IOTA)));
+    return vf_sub(x, vf_mul(vf_set1(mk->slope), d));
+}
+
+/* The tile's transforms (softcap, then ALiBi) on the scaled scores x of row r, keys c ... */
+INL vf score_mod(const mha__attn_tile_mask *mk, vf x, int64_t r, int64_t c) {
+    if (mk->softcap > 0)
+        x = vf_mul(vf_set1(mk->softcap), vf_tanh(vf_mul(x, vf_set1(1.0f / mk->softcap))));
+    if (mk->slope != 0) x = alibi_v(mk, x, r, c);
+    return x;
+}
+
+/* Keys c .. c + VL - 1 of a row allowed by the window's left bound (start: the row's). */
+INL vmask window_lo(vmask k, const mha__attn_tile_mask *mk, int64_t c, int64_t start) {
+    return mk->has_lo ? mask_andnot(k, mask_tail(start - c)) : k;
+}
+
 /* One step of a register block's reduction: acc[i][j] += a[i][k] x[j] (one FMA each) for
  * the MR rows and the nv vectors of x. */
 INL void blk_fma(const int nv, vf acc[MR][NVMAX], const float *const a[MR], int64_t k,
@@ -254,29 +296,40 @@ void KERNEL(ptv)(int64_t br, int64_t bc, int64_t n, const float *P, int64_t ldp,
     }
 }
 
-/* S = exp(S + fmask - lse[r]) in place; excluded keys and rows with lse = -inf exactly 0
- * (vf_maskz after the exp: exp(-inf - lse) is never needed). */
+/* S = exp(mod(S) + fmask - lse[r]) in place; excluded keys and rows with lse = -inf exactly 0
+ * (vf_maskz after the exp: exp(-inf - lse) is never needed); dcap: the softcap's derivative. */
 void KERNEL(probs)(int64_t br, int64_t bc, float *S, int64_t lds, const mha__attn_tile_mask *mk,
-                   const float *lse) {
+                   const float *lse, float *dcap) {
+    const vf one = vf_set1(1.0f), vcap = vf_set1(mk->softcap);
+    const vf vinv = vf_set1(mk->softcap > 0 ? 1.0f / mk->softcap : 0.0f);
     for (int64_t r = 0; r < br; r++) {
         float *s = S + r * lds;
-        int64_t end = mha__attn_tile_row_end(mk, r, bc);
+        int64_t end = mha__attn_tile_row_end(mk, r, bc),
+                start = mha__attn_tile_row_start(mk, r, bc);
         const uint8_t *bm = mk->bmask ? mk->bmask + r * mk->ld_mask : NULL;
         const float *fm = mk->fmask ? mk->fmask + r * mk->ld_mask : NULL;
         if (lse[r] == -INFINITY) end = 0;
         vf vl = vf_set1(lse[r]);
         for (int64_t c = 0; c < bc; c += VL) {
-            vmask kw = mask_tail(bc - c), ka = mask_allowed(mk, bm, c, end, bc);
-            vf x = vf_mload(s + c, ka);
+            vmask kw = mask_tail(bc - c);
+            vmask ka = window_lo(mask_allowed(mk, bm, c, end, bc), mk, c, start);
+            vf x = vf_mload(s + c, kw);
+            if (mk->softcap > 0) {
+                vf t = vf_tanh(vf_mul(x, vinv));
+                if (dcap) vf_mstore(dcap + r * lds + c, kw, vf_sub(one, vf_mul(t, t)));
+                x = vf_mul(vcap, t);
+            }
+            if (mk->slope != 0) x = alibi_v(mk, x, r, c);
             if (fm) x = vf_add(x, vf_mload(fm + c, ka));
             vf_mstore(s + c, kw, vf_maskz(ka, vf_exp(vf_sub(x, vl))));
         }
     }
 }
 
-/* dP = scale * (P * (dP - drow[r])) in place: the generic kernel's three roundings. */
+/* dP = scale * (P * (dP - drow[r])) in place: the generic kernel's three roundings (then
+ * * G, G non-NULL). */
 void KERNEL(dsoftmax)(int64_t br, int64_t bc, const float *P, int64_t ldp, float *dP, int64_t ldd,
-                      const float *drow, float scale) {
+                      const float *drow, float scale, const float *G) {
     const vf vs = vf_set1(scale);
     for (int64_t r = 0; r < br; r++) {
         const float *p = P + r * ldp;
@@ -285,8 +338,9 @@ void KERNEL(dsoftmax)(int64_t br, int64_t bc, const float *P, int64_t ldp, float
         for (int64_t c = 0; c < bc; c += VL) {
             vmask kw = mask_tail(bc - c);
             vf t = vf_sub(vf_mload(d + c, kw), vd);
-            t = vf_mul(vf_mload(p + c, kw), t);
-            vf_mstore(d + c, kw, vf_mul(vs, t));
+            t = vf_mul(vs, vf_mul(vf_mload(p + c, kw), t));
+            if (G) t = vf_mul(t, vf_mload(G + r * ldp + c, kw));
+            vf_mstore(d + c, kw, t);
         }
     }
 }
@@ -310,7 +364,7 @@ void KERNEL(kpack)(int64_t bc, int64_t n, const float *B, int64_t ldb, float *Kp
  * r0 + i of the tile. */
 INL void fwd_panel(const int nv, int64_t m, int64_t n, const float *A, int64_t lda, const float *Kt,
                    float scale, float *P, int64_t ldp, vmask kl, const mha__attn_tile_mask *mk,
-                   int masked, int64_t r0, int64_t c0, int64_t bc, vf vmx[MR]) {
+                   int masked, int mods, int64_t r0, int64_t c0, int64_t bc, vf vmx[MR]) {
     const float *a[MR];
     vf acc[MR][NVMAX];
 #pragma GCC unroll 16
@@ -329,11 +383,12 @@ INL void fwd_panel(const int nv, int64_t m, int64_t n, const float *A, int64_t l
 #pragma GCC unroll 16
     for (int i = 0; i < MR; i++) {
         if (i >= m) continue;
-        int64_t end = bc;
+        int64_t end = bc, start = 0;
         const uint8_t *bm = NULL;
         const float *fm = NULL;
         if (masked) {
             end = mha__attn_tile_row_end(mk, r0 + i, bc);
+            start = mha__attn_tile_row_start(mk, r0 + i, bc);
             if (mk->bmask) bm = mk->bmask + (r0 + i) * mk->ld_mask;
             if (mk->fmask) fm = mk->fmask + (r0 + i) * mk->ld_mask;
         }
@@ -341,9 +396,10 @@ INL void fwd_panel(const int nv, int64_t m, int64_t n, const float *A, int64_t l
         for (int j = 0; j < nv; j++) {
             int64_t c = c0 + VL * j;
             vf x = vf_mul(vs, acc[i][j]);
+            if (mods) x = score_mod(mk, x, r0 + i, c);
             vmask ka = j == nv - 1 ? kl : mask_full();
             if (masked) {
-                ka = mask_and(ka, mask_allowed(mk, bm, c, end, bc));
+                ka = window_lo(mask_and(ka, mask_allowed(mk, bm, c, end, bc)), mk, c, start);
                 if (fm) x = vf_add(x, vf_mload(fm + c, ka));
             }
             x = vf_select(ka, x, ninf);
@@ -360,24 +416,28 @@ INL void fwd_tile(int64_t br, int64_t bc, int64_t n, int64_t nv, float scale, co
                   const mha__attn_tile_mask *mk, float *m, float *l, float *O, int64_t ldo,
                   float *P, int64_t ldp, const uint8_t *keep, int64_t ldk) {
     const int any_mask = mk->pad || mk->bmask || mk->fmask;
+    const int mods = mk->softcap > 0 || mk->slope != 0;
     const vf ninf = vf_set1(-INFINITY);
     for (int64_t r0 = 0; r0 < br; r0 += MR) {
         int64_t rows = br - r0 < MR ? br - r0 : MR;
-        /* the row end is non-decreasing in r: keys >= bce are excluded for every row here */
+        /* the row end and start are non-decreasing in r: keys >= bce are excluded for every row
+         * here, and so are keys before the panel cps of the first row's start */
         int64_t bce = mha__attn_tile_row_end(mk, r0 + rows - 1, bc);
-        if (bce == 0) continue; /* nothing allowed: m, l, O unchanged */
-        int masked = any_mask || mha__attn_tile_row_end(mk, r0, bc) < bce;
+        int64_t cps = mha__attn_tile_row_start(mk, r0, bc) / PW * PW;
+        if (bce <= cps) continue; /* nothing allowed: m, l, O unchanged */
+        int masked = any_mask || mha__attn_tile_row_end(mk, r0, bc) < bce ||
+                     mha__attn_tile_row_start(mk, r0 + rows - 1, bc) > cps;
         float *p = P + r0 * ldp;
         const float *a = A + r0 * lda;
         vf vmx[MR];
         for (int i = 0; i < MR; i++) vmx[i] = ninf;
-        for (int64_t c0 = 0; c0 < bce; c0 += PW) {
+        for (int64_t c0 = cps; c0 < bce; c0 += PW) {
             int64_t w = bce - c0 < PW ? bce - c0 : PW;
             int nvk = (int)((w + VL - 1) / VL);
             vmask kl = mask_tail(w - VL * (nvk - 1));
             const float *kt = Kp + c0 * n;
-            PER_NV(nvk, fwd_panel, rows, n, a, lda, kt, scale, p, ldp, kl, mk, masked, r0, c0, bc,
-                   vmx);
+            PER_NV(nvk, fwd_panel, rows, n, a, lda, kt, scale, p, ldp, kl, mk, masked, mods, r0, c0,
+                   bc, vmx);
         }
         /* m' per row from the registers; alpha = exp(m - m') for the block by one vector exp */
         float mo[VL] __attribute__((aligned(VALIGN))) = {0};
@@ -392,13 +452,13 @@ INL void fwd_tile(int64_t br, int64_t bc, int64_t n, int64_t nv, float scale, co
         for (int64_t i = 0; i < rows; i++) {
             float *pr = p + i * ldp;
             if (mn[i] == -INFINITY) { /* no allowed finite score yet: P = 0, alpha = 1 */
-                for (int64_t c = 0; c < bce; c += VL)
+                for (int64_t c = cps; c < bce; c += VL)
                     vf_mstore(pr + c, mask_tail(bce - c), vf_zero());
                 al[i] = 1;
                 continue;
             }
             vf vm = vf_set1(mn[i]), vsum = vf_zero();
-            for (int64_t c = 0; c < bce; c += VL) {
+            for (int64_t c = cps; c < bce; c += VL) {
                 vmask kw = mask_tail(bce - c);
                 int last = bce - c < VL;
                 vf e = vf_exp(vf_sub(vf_load_v(pr + c, last, kw), vm));
@@ -409,13 +469,14 @@ INL void fwd_tile(int64_t br, int64_t bc, int64_t n, int64_t nv, float scale, co
             l[r0 + i] = al[i] * l[r0 + i] + vf_hsum(vsum);
             m[r0 + i] = mn[i];
         }
-        /* O = diag(alpha) O + P[rows, bce] V[bce, nv] */
+        /* O = diag(alpha) O + P[rows, cps .. bce) V[cps .. bce, nv] */
         for (int64_t x0 = 0; x0 < nv; x0 += PW) {
             int64_t w = nv - x0 < PW ? nv - x0 : PW;
             int nvo = (int)((w + VL - 1) / VL);
             vmask kl = mask_tail(w - VL * (nvo - 1));
             float *o = O + r0 * ldo + x0;
-            PER_NV(nvo, pv_blk, rows, bce, p, ldp, V + x0, ldv, al, o, ldo, kl);
+            PER_NV(nvo, pv_blk, rows, bce - cps, p + cps, ldp, V + cps * ldv + x0, ldv, al, o, ldo,
+                   kl);
         }
     }
 }

@@ -2,9 +2,8 @@
  * over a SIMD mapping. Contract: DECODE KERNEL in ../kernels.h; the generic kernel
  * (../generic/decode.c) is the reference.
  *
- * Included by each ISA's attn.c after attn_skel.h (it uses that skeleton's PW and PER_NV).
- * Besides the mapping attn_skel.h uses, it needs vf_div, vf_abs, vf_copysign and mask_lt (the
- * decode block at the end of <isa>/simd.h).
+ * Included by each ISA's attn.c after attn_skel.h: it uses that skeleton's PW, PER_NV, IOTA
+ * and vf_tanh (the softcap computed as the dense kernels compute it) over the same mapping.
  *
  * A chunk's keys in blocks of DEC_KB (only the range some row may use), for all the rows at
  * once, so that every K and V row is read from memory once, in place (a single query never
@@ -41,23 +40,6 @@
 #define DEC_KS NVMAX
 
 _Static_assert(DEC_KB % VL == 0, "a block is whole vectors");
-_Static_assert(VL <= 16, "dec_iota covers a vector");
-
-static const float dec_iota[16] = {0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15};
-
-/* softcap * tanh(s / softcap), tanh(x) = sign(x) (1 - 2 / (exp(2|x|) + 1)), and for |x| < 0.625
- * (where that form cancels) the odd polynomial x + x^3 (c0 + c1 x^2 + ... + c4 x^8). */
-INL vf dec_softcap(vf s, vf cap) {
-    const vf x = vf_div(s, cap), ax = vf_abs(x), one = vf_set1(1.0f), x2 = vf_mul(x, x);
-    vf big = vf_sub(one, vf_div(vf_set1(2.0f), vf_add(vf_exp(vf_add(ax, ax)), one)));
-    vf p = vf_set1(-0.005691985663198097f);
-    p = vf_fma(p, x2, vf_set1(0.02062629182327361f));
-    p = vf_fma(p, x2, vf_set1(-0.0537353188494469f));
-    p = vf_fma(p, x2, vf_set1(0.13331381354360172f));
-    p = vf_fma(p, x2, vf_set1(-0.3333327920837057f));
-    vf small = vf_fma(vf_mul(x, x2), p, x);
-    return vf_mul(cap, vf_select(mask_lt(ax, vf_set1(0.625f)), small, vf_copysign(big, x)));
-}
 
 /* BLOCK(nr, args) for a compile-time row count nr in 1..DEC_RB (the rows of a block, exact:
  * one query row (multi-head decoding) runs one FMA chain, not DEC_RB copies of it). */
@@ -191,12 +173,13 @@ static void dec_pv(int64_t rows, int64_t kb, int64_t nv, const float *P, const f
 static void dec_row(int64_t r, int64_t c0, int64_t kb, const mha__attn_decode_mask *md, float *s,
                     float *m, float *l, float *alpha) {
     const int64_t kw = (kb + VL - 1) / VL * VL;
-    if (md->softcap > 0) {
-        const vf cap = vf_set1(md->softcap);
-        for (int64_t c = 0; c < kw; c += VL) vf_store(s + c, dec_softcap(vf_load(s + c), cap));
+    if (md->softcap > 0) { /* as attn_skel.h's score_mod */
+        const vf cap = vf_set1(md->softcap), inv = vf_set1(1.0f / md->softcap);
+        for (int64_t c = 0; c < kw; c += VL)
+            vf_store(s + c, vf_mul(cap, vf_tanh(vf_mul(vf_load(s + c), inv))));
     }
     if (md->slope) { /* s - slope * |pos - key| */
-        const vf slope = vf_set1(md->slope[r]), iota = vf_load_v(dec_iota, 0, mask_full());
+        const vf slope = vf_set1(md->slope[r]), iota = vf_load(IOTA);
         for (int64_t c = 0; c < kw; c += VL) {
             vf d = vf_abs(vf_sub(vf_set1((float)(md->pos[r] - c0 - c)), iota));
             vf_store(s + c, vf_sub(vf_load(s + c), vf_mul(slope, d)));

@@ -30,6 +30,9 @@ INL vmask mask_full(void) { return _mm256_set1_epi32(-1); }
 INL vmask mask_and(vmask a, vmask b) { /* in the float domain, where the masks are used */
     return _mm256_castps_si256(_mm256_and_ps(_mm256_castsi256_ps(a), _mm256_castsi256_ps(b)));
 }
+INL vmask mask_andnot(vmask a, vmask b) { /* a and not b */
+    return _mm256_castps_si256(_mm256_andnot_ps(_mm256_castsi256_ps(b), _mm256_castsi256_ps(a)));
+}
 
 INL vf vf_zero(void) { return _mm256_setzero_ps(); }
 INL vf vf_set1(float x) { return _mm256_set1_ps(x); }
@@ -54,6 +57,9 @@ INL vf vf_mul(vf a, vf b) { return _mm256_mul_ps(a, b); }
 INL vf vf_add(vf a, vf b) { return _mm256_add_ps(a, b); }
 INL vf vf_sub(vf a, vf b) { return _mm256_sub_ps(a, b); }
 INL vf vf_max(vf a, vf b) { return _mm256_max_ps(a, b); } /* a or b NaN: b */
+INL vf vf_div(vf a, vf b) { return _mm256_div_ps(a, b); }
+INL vf vf_abs(vf a) { return _mm256_andnot_ps(_mm256_set1_ps(-0.0f), a); }
+INL vmask vf_lt(vf a, vf b) { return _mm256_castps_si256(_mm256_cmp_ps(a, b, _CMP_LT_OQ)); }
 INL vf vf_exp(vf x) { return mha__vexp256(x); }
 INL vf vf_select(vmask k, vf a, vf b) { return _mm256_blendv_ps(b, a, _mm256_castsi256_ps(k)); }
 INL vf vf_maskz(vmask k, vf a) { return _mm256_and_ps(_mm256_castsi256_ps(k), a); }
@@ -175,16 +181,5 @@ INL void vi_keep_bytes(const vi c0[4], const vi c1[4], const vi c2[4], const vi 
         out[h] = _mm256_and_si256(_mm256_permutevar8x32_epi32(_mm256_packs_epi16(a, b), idx), one);
     }
 }
-
-/* ---- decode (../decode_skel.h): what its softcap needs, kept together for merges ---------- */
-INL vf vf_div(vf a, vf b) { return _mm256_div_ps(a, b); }
-INL vf vf_abs(vf a) { return _mm256_andnot_ps(_mm256_set1_ps(-0.0f), a); }
-/* |mag| with the sign of sgn. */
-INL vf vf_copysign(vf mag, vf sgn) {
-    const __m256 sign = _mm256_set1_ps(-0.0f);
-    return _mm256_or_ps(_mm256_andnot_ps(sign, mag), _mm256_and_ps(sign, sgn));
-}
-/* Lanes where a < b (false for NaN). */
-INL vmask mask_lt(vf a, vf b) { return _mm256_castps_si256(_mm256_cmp_ps(a, b, _CMP_LT_OQ)); }
 
 #endif

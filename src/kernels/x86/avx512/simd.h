@@ -27,6 +27,7 @@ INL vmask mask_tail(int64_t w) {
 }
 INL vmask mask_full(void) { return (__mmask16)0xffff; }
 INL vmask mask_and(vmask a, vmask b) { return a & b; }
+INL vmask mask_andnot(vmask a, vmask b) { return a & (vmask)~b; } /* a and not b */
 
 INL vf vf_zero(void) { return _mm512_setzero_ps(); }
 INL vf vf_set1(float x) { return _mm512_set1_ps(x); }
@@ -48,6 +49,9 @@ INL vf vf_mul(vf a, vf b) { return _mm512_mul_ps(a, b); }
 INL vf vf_add(vf a, vf b) { return _mm512_add_ps(a, b); }
 INL vf vf_sub(vf a, vf b) { return _mm512_sub_ps(a, b); }
 INL vf vf_max(vf a, vf b) { return _mm512_max_ps(a, b); } /* a or b NaN: b */
+INL vf vf_div(vf a, vf b) { return _mm512_div_ps(a, b); }
+INL vf vf_abs(vf a) { return _mm512_abs_ps(a); }
+INL vmask vf_lt(vf a, vf b) { return _mm512_cmp_ps_mask(a, b, _CMP_LT_OQ); }
 INL vf vf_exp(vf x) { return mha__vexp512(x); }
 INL vf vf_select(vmask k, vf a, vf b) { return _mm512_mask_mov_ps(b, k, a); }
 INL vf vf_maskz(vmask k, vf a) { return _mm512_maskz_mov_ps(k, a); }
@@ -153,18 +157,5 @@ INL void vi_keep_bytes(const vi c0[4], const vi c1[4], const vi c2[4], const vi 
     out[0] = _mm512_maskz_mov_epi8((__mmask64)bits[0], one);
     out[1] = _mm512_maskz_mov_epi8((__mmask64)bits[1], one);
 }
-
-/* ---- decode (../decode_skel.h): what its softcap needs, kept together for merges ---------- */
-INL vf vf_div(vf a, vf b) { return _mm512_div_ps(a, b); }
-INL vf vf_abs(vf a) { return _mm512_abs_ps(a); }
-/* |mag| with the sign of sgn. */
-INL vf vf_copysign(vf mag, vf sgn) {
-    const __m512i sign = _mm512_set1_epi32((int)0x80000000u);
-    /* 0xCA: sign ? sgn : mag, bit by bit */
-    return _mm512_castsi512_ps(
-        _mm512_ternarylogic_epi32(sign, _mm512_castps_si512(sgn), _mm512_castps_si512(mag), 0xCA));
-}
-/* Lanes where a < b (false for NaN). */
-INL vmask mask_lt(vf a, vf b) { return _mm512_cmp_ps_mask(a, b, _CMP_LT_OQ); }
 
 #endif

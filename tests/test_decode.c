@@ -383,6 +383,8 @@ TEST(decode_masked_rows) {
          .window = 1,
          .wl = 0,
          .wr = 0},
+        /* no key at all: every sequence empty, nothing appended */
+        {.B = 2, .H = 2, .Hkv = 1, .L = 1, .D = 8, .Dv = 8, .Smax = 8, .Lnew = 0, .lens = {0, 0}},
     };
     mha_ctx *ctx = new_ctx();
     FOR_EACH_ISA(ctx) {
@@ -1047,10 +1049,85 @@ TEST(module_cached_projects_new_tokens_only) {
     mha_ctx_free(ctx);
 }
 
+/* ------------------------------------------------------------------------------------------
+ * The decode kernel itself: every ISA's against the generic one
+ * ---------------------------------------------------------------------------------------- */
+
+/* attn_decode of each table against the generic kernel on edge shapes: 1..16 rows (partial
+ * register blocks), 1..3 heads per call with strides, chunks of 1 key to several 64-key
+ * blocks, head dims 1, 7, 64, 80, 128 and nv 0, rows with empty, partial and full key ranges,
+ * softcap and ALiBi; m and l within rounding, O within rounding of its scale. */
+TEST(decode_kernel_vs_generic) {
+    const mha_kernels *gen = mha__kernels_for(MHA_ISA_GENERIC);
+    const int64_t shapes[][5] = {/* nh, rows, bc, n, nv */
+                                 {1, 1, 1, 1, 1},      {1, 4, 64, 64, 64},  {2, 3, 65, 7, 5},
+                                 {3, 16, 200, 80, 80}, {1, 5, 130, 128, 0}, {2, 8, 512, 16, 33}};
+    for (int isa = MHA_ISA_AVX2; isa <= MHA_ISA_AVX512; isa++) {
+        const mha_kernels *kk = mha__kernels_for((mha_isa)isa);
+        if (!kk) continue;
+        for (size_t k = 0; k < sizeof shapes / sizeof shapes[0]; k++)
+            for (int mods = 0; mods < 4; mods++) {
+                const int64_t nh = shapes[k][0], rows = shapes[k][1], bc = shapes[k][2];
+                const int64_t n = shapes[k][3], nv = shapes[k][4], ldk = n + 5, ldv = nv + 3;
+                const int64_t sa = rows * n, sk = bc * ldk, sv = bc * ldv, sp = rows * (2 + nv);
+                float *A = malloc(sizeof(float) * (size_t)(nh * sa));
+                float *K = malloc(sizeof(float) * (size_t)(nh * sk));
+                float *V = malloc(sizeof(float) * (size_t)(nh * sv + 1));
+                float *P1 = malloc(sizeof(float) * (size_t)(nh * sp));
+                float *P2 = malloc(sizeof(float) * (size_t)(nh * sp));
+                float slope[48];
+                int64_t lo[16], hi[16], pos[16];
+                for (int64_t i = 0; i < nh * sa; i++) A[i] = 2 * frand();
+                for (int64_t i = 0; i < nh * sk; i++) K[i] = frand();
+                for (int64_t i = 0; i < nh * sv + 1; i++) V[i] = frand();
+                for (int i = 0; i < 48; i++) slope[i] = (float)(0.3 * urand());
+                for (int64_t r = 0; r < rows; r++) { /* row 1 empty, others partial or full */
+                    lo[r] = r % 3 == 2 ? (int64_t)(urand() * (double)bc) : 0;
+                    hi[r] = r == 1  ? lo[r]
+                            : r % 2 ? bc
+                                    : lo[r] + (int64_t)(urand() * (double)(bc - lo[r])) + 1;
+                    if (hi[r] > bc) hi[r] = bc;
+                    pos[r] = (int64_t)(urand() * (double)bc);
+                }
+                const mha__attn_decode_mask md = {mods & 1 ? 0.8f : 0.0f, lo, hi,
+                                                  mods & 2 ? slope : NULL, pos};
+                gen->attn_decode(nh, rows, bc, n, nv, A, n, sa, K, ldk, sk, V, ldv, sv, &md, P1,
+                                 sp);
+                kk->attn_decode(nh, rows, bc, n, nv, A, n, sa, K, ldk, sk, V, ldv, sv, &md, P2, sp);
+                int bad = 0;
+                for (int64_t t = 0; t < nh && !bad; t++)
+                    for (int64_t r = 0; r < rows && !bad; r++) {
+                        const float *p1 = P1 + t * sp, *p2 = P2 + t * sp;
+                        const float m1 = p1[r], m2 = p2[r], l1 = p1[rows + r], l2 = p2[rows + r];
+                        if (lo[r] >= hi[r]) {
+                            bad = !(m2 == -INFINITY && l2 == 0);
+                            for (int64_t x = 0; x < nv; x++) bad |= p2[2 * rows + r * nv + x] != 0;
+                            continue;
+                        }
+                        /* compare the normalized rows: O / l (m may differ within rounding) */
+                        bad = fabsf(m1 - m2) > 1e-5f * (1 + fabsf(m1)) ||
+                              fabsf(l1 - l2 * expf(m2 - m1)) > 1e-4f * l1;
+                        for (int64_t x = 0; x < nv; x++) {
+                            float o1 = p1[2 * rows + r * nv + x] / l1;
+                            float o2 = p2[2 * rows + r * nv + x] / l2;
+                            bad |= fabsf(o1 - o2) > 1e-5f;
+                        }
+                        if (bad)
+                            FAILF("%s: shape %zu mods %d head %lld row %lld: m %g / %g, l %g / %g",
+                                  kk->name, k, mods, (long long)t, (long long)r, (double)m1,
+                                  (double)m2, (double)l1, (double)l2);
+                    }
+                free(A), free(K), free(V), free(P1), free(P2);
+                ASSERT_TRUE(!bad);
+            }
+    }
+}
+
 int main(void) {
     RUN(decode_reference);
     RUN(decode_score_options);
     RUN(decode_masked_rows);
+    RUN(decode_kernel_vs_generic);
     RUN(prefill_reference);
     RUN(strided_bshd);
     RUN(threads_bitwise);

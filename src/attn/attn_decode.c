@@ -248,7 +248,7 @@ static void dec_plan(mha_ctx *ctx, kv_call *c) {
      * [B, S, Hkv, D] layout), unless that leaves fewer than 4 tasks per thread: then the heads
      * split into groups (a head's results do not depend on its group) */
     const int64_t base = c->B * c->nch;
-    int64_t ng = base >= 4 * c->nt ? 1 : (4 * c->nt + base - 1) / base;
+    int64_t ng = base == 0 || base >= 4 * c->nt ? 1 : (4 * c->nt + base - 1) / base;
     if (ng > c->Hkv) ng = c->Hkv;
     c->hg = (c->Hkv + ng - 1) / ng;
     c->nhg = (c->Hkv + c->hg - 1) / c->hg;

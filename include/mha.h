@@ -375,9 +375,11 @@ MHA_API mha_status mha_attn_backward(mha_ctx *ctx, const mha_attn_params *p, con
  * lse are untouched): MHA_ERR_SHAPE / MHA_ERR_INVALID_ARG naming the argument, e.g.
  * "mha_attn_kvcache: cache_seqlens[1]: got 30, expected at most 28 (cache overflow: 30 + 4 new
  * tokens exceed the cache's 32 rows)"; the caches and out, lse must not overlap each other, q,
- * k_new or v_new (MHA_ERR_INVALID_ARG). Memory: the chunks' partial results, B * Hkv *
- * ceil(max len / 512) * L * H / Hkv * (Dv + 2) floats, for decoding; mha_attn_forward's
- * workspace for a prefill. */
+ * k_new or v_new (MHA_ERR_INVALID_ARG); MHA_ERR_UNSUPPORTED for the masks above. A decoding
+ * call allocates before writing (MHA_ERR_NOMEM: nothing written); a prefill may fail with
+ * MHA_ERR_NOMEM after the new rows are in the cache. Memory: the chunks' partial results,
+ * B * Hkv * ceil(max len / 512) * L * H / Hkv * (Dv + 2) floats, for decoding;
+ * mha_attn_forward's workspace for a prefill. Thread safety: as mha_attn_forward. */
 MHA_API mha_status mha_attn_kvcache(mha_ctx *ctx, const mha_attn_params *p, const mha_tensor *q,
                                     mha_tensor *k_cache, mha_tensor *v_cache,
                                     const mha_tensor *k_new, const mha_tensor *v_new,

@@ -913,7 +913,8 @@ TEST(decode_nomem_nothing_written) {
  * ---------------------------------------------------------------------------------------- */
 
 /* Feeding a sequence one token at a time, or in chunks, through mha_module_forward_cached
- * gives the module's causal forward on the whole sequence (within 1e-5), on every ISA. */
+ * gives the module's causal forward on the whole sequence (within 1e-5), also with a window
+ * and ALiBi, on every ISA (one token: the decode path; chunks: the prefill). */
 TEST(module_cached_matches_full_forward) {
     const int64_t B = 2, T = 37, E = 32, H = 4;
     mha_ctx *ctx = new_ctx();
@@ -931,30 +932,38 @@ TEST(module_cached_matches_full_forward) {
     for (int64_t i = 0; i < B * T * E; i++) x[i] = frand();
     int64_t sx[3] = {B, T, E};
     mha_tensor tx = mha_tensor_make(x, 3, sx), ty = mha_tensor_make(yf, 3, sx);
-    mha_mask causal = mha_mask_default();
-    causal.causal = MHA_CAUSAL_TOP_LEFT;
+    /* causal; causal with a window (6, 0) and ALiBi (the cached call ignores mask->causal) */
+    const float slopes[4] = {0.5f, 0.25f, 0.125f, 0.0625f};
+    mha_mask masks[2] = {mha_mask_default(), mha_mask_default()};
+    masks[0].causal = masks[1].causal = MHA_CAUSAL_TOP_LEFT;
+    masks[1].window = 1, masks[1].window_left = 6, masks[1].window_right = 0;
+    masks[1].alibi_slopes = slopes;
     mha_forward_opts fo = mha_forward_opts_default();
     fo.save_for_backward = 0;
     FOR_EACH_ISA(ctx) {
-        ASSERT_OK(ctx, mha_module_forward(ctx, m, &fo, &tx, NULL, NULL, &causal, &ty, NULL));
-        for (int64_t i = 0; i < B * T * E; i++) want[i] = yf[i];
-        const int64_t chunks[3] = {1, 5, T}; /* token by token, chunks of 5, all at once */
-        for (int k = 0; k < 3; k++) {
-            mha_kv_cache *c;
-            ASSERT_OK(ctx, mha_module_kv_cache_create(ctx, m, B, T, &c));
-            for (int64_t t0 = 0; t0 < T; t0 += chunks[k]) {
-                const int64_t L = T - t0 < chunks[k] ? T - t0 : chunks[k];
-                int64_t sl[3] = {B, L, E}, st[3] = {T * E, E, 1};
-                mha_tensor q = mha_tensor_strided(x + t0 * E, 3, sl, st);
-                mha_tensor o = mha_tensor_strided(yc + t0 * E, 3, sl, st);
-                ASSERT_OK(ctx, mha_module_forward_cached(ctx, m, c, &q, NULL, &o));
-                ASSERT_EQ(mha_kv_cache_length(c, 1), t0 + L);
+        for (int mi = 0; mi < 2; mi++) {
+            ASSERT_OK(ctx, mha_module_forward(ctx, m, &fo, &tx, NULL, NULL, &masks[mi], &ty, NULL));
+            for (int64_t i = 0; i < B * T * E; i++) want[i] = yf[i];
+            mha_mask mc = masks[mi];
+            mc.causal = MHA_CAUSAL_NONE;
+            const int64_t chunks[3] = {1, 5, T}; /* token by token, chunks of 5, all at once */
+            for (int k = 0; k < 3; k++) {
+                mha_kv_cache *c;
+                ASSERT_OK(ctx, mha_module_kv_cache_create(ctx, m, B, T, &c));
+                for (int64_t t0 = 0; t0 < T; t0 += chunks[k]) {
+                    const int64_t L = T - t0 < chunks[k] ? T - t0 : chunks[k];
+                    int64_t sl[3] = {B, L, E}, st[3] = {T * E, E, 1};
+                    mha_tensor q = mha_tensor_strided(x + t0 * E, 3, sl, st);
+                    mha_tensor o = mha_tensor_strided(yc + t0 * E, 3, sl, st);
+                    ASSERT_OK(ctx, mha_module_forward_cached(ctx, m, c, &q, &mc, &o));
+                    ASSERT_EQ(mha_kv_cache_length(c, 1), t0 + L);
+                }
+                mha_kv_cache_free(c);
+                char what[64];
+                snprintf(what, sizeof what, "[%s] mask %d, chunks of %lld",
+                         mha_isa_name(mha_ctx_isa(ctx)), mi, (long long)chunks[k]);
+                ASSERT_NEAR_TENSOR(what, yc, want, B * T * E, 1e-5, 1e-5);
             }
-            mha_kv_cache_free(c);
-            char what[64];
-            snprintf(what, sizeof what, "[%s] chunks of %lld", mha_isa_name(mha_ctx_isa(ctx)),
-                     (long long)chunks[k]);
-            ASSERT_NEAR_TENSOR(what, yc, want, B * T * E, 1e-5, 1e-5);
         }
     }
     free(x), free(yf), free(yc), free(want);

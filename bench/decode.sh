@@ -23,8 +23,8 @@ RESULTS=${RESULTS:-$(mktemp)}
 
 bench() { # label, then mha bench arguments
   local label=$1; shift
-  "$MHA" bench --core --decode --runs "$RUNS" --bw-mib "$BW_MIB" --json "$@" | sed "s/^{/{\"label\":\"$label\",/" \
-    | tee -a "$RESULTS"
+  "$MHA" bench --core --decode --runs "$RUNS" --bw-mib "$BW_MIB" --json "$@" \
+    | sed "s/^{/{\"label\":\"$label\",/" | tee -a "$RESULTS"
 }
 torch() { # label, then torch_decode.py arguments
   local label=$1; shift
@@ -55,8 +55,10 @@ print(f"  mha bshd {s['kv_gbps']:.2f} GB/s ({s['kv_vs_mem']:.2f} of its run's ba
 for lay in ("bhsd", "bshd"):
     t = r["torch_" + lay]
     m = b if lay == "bhsd" else s
-    print(f"  PyTorch {t['torch']} {lay} {t['kv_gbps']:.2f} GB/s: mha {t['median_ms'] / m['median_ms']:.2f}x faster")
+    print(f"  PyTorch {t['torch']} {lay} {t['kv_gbps']:.2f} GB/s: "
+          f"mha {t['median_ms'] / m['median_ms']:.2f}x faster")
 o1, o2 = r["one_t1"], r["one_t2"]
-print(f"B=1 H=1 D=128 S={o1['seq_k']}: 1 thread {o1['median_ms']:.3f} ms, 2 threads {o2['median_ms']:.3f} ms: "
+print(f"B=1 H=1 D=128 S={o1['seq_k']}: 1 thread {o1['median_ms']:.3f} ms, "
+      f"2 threads {o2['median_ms']:.3f} ms: "
       f"{o1['median_ms'] / o2['median_ms']:.2f}x (target >= 1.7)")
 PYEOF

@@ -39,49 +39,48 @@
 #include <unistd.h>
 
 static void print_help(FILE *f) {
-    fputs(
-        "usage: mha bench --batch B --seq N --embed E --heads H [options]\n"
-        "       mha bench --gemm M N K [--ta 0|1] [--tb 0|1] [options]\n\n"
-        "Times nn.MultiheadAttention's forward (self-attention, batch first) on random data,\n"
-        "or the attention core, or the library's matrix product; prints the median time and\n"
-        "the rate in GFLOP/s. On a terminal, stderr shows which run is going.\n\n"
-        "options:\n"
-        "  --batch B, --seq N, --embed E, --heads H   the shape (E divisible by H)\n"
-        "  --causal      causal mask (top-left); the attention's FLOP count is halved\n"
-        "                (the allowed pairs counted with --window or --seq-k)\n"
-        "  --backward    time forward + backward\n"
-        "  --need-weights  module: also return the attention weights averaged over heads,\n"
-        "                [B, N, N] (as nn.MultiheadAttention's need_weights=True,\n"
-        "                average_attn_weights=True); the FLOP count is unchanged\n"
-        "  --core        time only mha_attn_forward (and mha_attn_backward) on projected\n"
-        "                q, k, v [B, H, N, E/H]\n"
-        "  --kv-heads G  --core: k and v with G heads, a divisor of H (grouped-query\n"
-        "                attention; 1: multi-query); default H\n"
-        "  --seq-k S     --core: k and v of S keys (cross-attention; --causal is then\n"
-        "                aligned bottom-right: key j <= i + S - N); default N\n"
-        "  --head-dim D  --core: the head dim of q, k, v (default E / H; --embed is then H * D)\n"
-        "  --window L,R  --core: sliding window, key j of row i allowed iff\n"
-        "                i + S - N - L <= j <= i + S - N + R (-1: unbounded); with --causal too\n"
-        "  --softcap C   --core: scores capped as C * tanh(s / C) (C > 0)\n"
-        "  --alibi       --core: ALiBi, slope 2^(-8 h / H) for head h = 1..H\n"
-        "  --decode      --core: one decoding step, mha_attn_kvcache of one query token per\n"
-        "                sequence against a cache of --seq-k S tokens (default --seq N), head\n"
-        "                dim --head-dim D, --kv-heads G (and --window, --softcap, --alibi);\n"
-        "                reports GB/s of K/V read and the memory read bandwidth measured in the\n"
-        "                same run (a streaming read of --bw-mib MiB, default 1024, same threads)\n"
-        "  --layout L    --decode: the cache's memory, bhsd ([B, G, S, D], default) or bshd\n"
-        "                ([B, S, G, D], FlashAttention's: strided views)\n"
-        "  --gemm M N K  time C[M,N] = op(A)[M,K] op(B)[K,N]; --ta/--tb transpose A/B\n"
-        "                (default: ta 0, tb 1, as the projections x W^T)\n"
-        "  --threads T   threads (default: all cores)\n"
-        "  --isa NAME    kernel path: auto, generic, avx2, avx512\n"
-        "  --runs R      timed runs after the warm-up (default 10)\n"
-        "  --warmup W    untimed runs first (default: 1, more up to 0.2 s)\n"
-        "  --budget S    stop the timed runs once they took S seconds (at least one run)\n"
-        "  --dropout P   attention dropout probability (module: training mode), default 0\n"
-        "  --json        print one line holding a JSON object\n"
-        "  --help        this text\n",
-        f);
+    fputs("usage: mha bench --batch B --seq N --embed E --heads H [options]\n"
+          "       mha bench --gemm M N K [--ta 0|1] [--tb 0|1] [options]\n\n"
+          "Times nn.MultiheadAttention's forward (self-attention, batch first) on random data,\n"
+          "or the attention core, or the library's matrix product; prints the median time and\n"
+          "the rate in GFLOP/s. On a terminal, stderr shows which run is going.\n\n"
+          "options:\n"
+          "  --batch B, --seq N, --embed E, --heads H   the shape (E divisible by H)\n"
+          "  --causal      causal mask (top-left); the attention's FLOP count is halved\n"
+          "                (the allowed pairs counted with --window or --seq-k)\n"
+          "  --backward    time forward + backward\n"
+          "  --need-weights  module: also return the attention weights averaged over heads,\n"
+          "                [B, N, N] (as nn.MultiheadAttention's need_weights=True,\n"
+          "                average_attn_weights=True); the FLOP count is unchanged\n"
+          "  --core        time only mha_attn_forward (and mha_attn_backward) on projected\n"
+          "                q, k, v [B, H, N, E/H]\n"
+          "  --kv-heads G  --core: k and v with G heads, a divisor of H (grouped-query\n"
+          "                attention; 1: multi-query); default H\n"
+          "  --seq-k S     --core: k and v of S keys (cross-attention; --causal is then\n"
+          "                aligned bottom-right: key j <= i + S - N); default N\n"
+          "  --head-dim D  --core: the head dim of q, k, v (default E / H; --embed is then H * D)\n"
+          "  --window L,R  --core: sliding window, key j of row i allowed iff\n"
+          "                i + S - N - L <= j <= i + S - N + R (-1: unbounded); with --causal too\n"
+          "  --softcap C   --core: scores capped as C * tanh(s / C) (C > 0)\n"
+          "  --alibi       --core: ALiBi, slope 2^(-8 h / H) for head h = 1..H\n"
+          "  --decode      --core: one decoding step: mha_attn_kvcache, one query token per\n"
+          "                sequence, a cache of --seq-k S tokens (default --seq N), head dim\n"
+          "                --head-dim D, --kv-heads G (and --window, --softcap, --alibi); GB/s\n"
+          "                of K/V read, and the memory read bandwidth measured in the same run\n"
+          "                (a streaming read of --bw-mib MiB, default 1024, same threads)\n"
+          "  --layout L    --decode: the cache's memory, bhsd ([B, G, S, D], default) or\n"
+          "                bshd ([B, S, G, D], FlashAttention's: strided views)\n"
+          "  --gemm M N K  time C[M,N] = op(A)[M,K] op(B)[K,N]; --ta/--tb transpose A/B\n"
+          "                (default: ta 0, tb 1, as the projections x W^T)\n"
+          "  --threads T   threads (default: all cores)\n"
+          "  --isa NAME    kernel path: auto, generic, avx2, avx512\n"
+          "  --runs R      timed runs after the warm-up (default 10)\n"
+          "  --warmup W    untimed runs first (default: 1, more up to 0.2 s)\n"
+          "  --budget S    stop the timed runs once they took S seconds (at least one run)\n"
+          "  --dropout P   attention dropout probability (module: training mode), default 0\n"
+          "  --json        print one line holding a JSON object\n"
+          "  --help        this text\n",
+          f);
 }
 
 static int cmp_double(const void *a, const void *b) {
@@ -304,14 +303,9 @@ static int check_core_opts(bench_args *a, const cli_opt *opts, int nopts) {
 
 /* Parses and checks the command line. Returns 0, CLI_HELP (help printed) or a usage error. */
 static int parse_args(int argc, char **argv, bench_args *a) {
-    *a = (bench_args){.batch = 1,
-                      .seq = 512,
-                      .embed = 512,
-                      .heads = 8,
-                      .runs = 10,
-                      .tb = 1,
-                      .warmup = -1,
-                      .bw_mib = 1024};
+    *a = (bench_args){
+        .batch = 1, .seq = 512, .embed = 512, .heads = 8, .runs = 10, .tb = 1, .warmup = -1};
+    a->bw_mib = 1024; /* --decode */
     char **rest = malloc(sizeof(char *) * (size_t)(argc + 1));
     if (!rest) return cli_fail("out of memory");
     int nrest, rc = take_gemm(argc, argv, a, rest, &nrest);

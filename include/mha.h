@@ -385,6 +385,50 @@ MHA_API mha_status mha_attn_varlen_backward(mha_ctx *ctx, const mha_attn_params 
                                             mha_tensor *dq, mha_tensor *dk, mha_tensor *dv);
 
 /* ---------------------------------------------------------------------------------------------
+ * Decoding with a key/value cache (FlashAttention's flash_attn_with_kvcache)
+ * ------------------------------------------------------------------------------------------- */
+/* Appends new keys and values to a cache, then attends new queries to the whole cache:
+ *   q:       [B, H, L, D]            the new tokens' queries
+ *   k_cache: [B, Hkv, Smax, D], v_cache: [B, Hkv, Smax, Dv]   written (rows below), then read;
+ *            strided views: FlashAttention's [B, Smax, Hkv, D] memory works without a copy;
+ *            Hkv divides H (grouped-query attention, as mha_attn_forward)
+ *   k_new:   [B, Hkv, Lnew, D], v_new: [B, Hkv, Lnew, Dv], or both NULL (Lnew = 0)
+ *   cache_seqlens: int32 [B], the tokens already in each sequence's cache (NULL: all 0); not
+ *            modified (as FlashAttention: the caller advances it)
+ *   out:     [B, H, L, Dv] overwritten; lse: [B, H, L] overwritten, optional (NULL)
+ * For each batch b, with len = cache_seqlens[b] + Lnew: k_new[b] and v_new[b] are copied into
+ * cache rows cache_seqlens[b] .. len - 1, then q[b] attends to the keys [0, len) with the score
+ * definition above (p's scale and softcap), every position aligned bottom-right to len: query
+ * row i sits at key position i + len - L, so
+ *   mask->causal (either value) allows key j iff j <= i + len - L,
+ *   mask->window allows i + len - L - window_left <= j <= i + len - L + window_right,
+ *   ALiBi adds -slope * |i + len - L - j|.
+ * p->dropout_p must be 0; mask->key_padding, key_lengths, attn_bool and attn_float are refused
+ * (MHA_ERR_UNSUPPORTED: cache_seqlens gives each sequence its length). A row with no allowed
+ * key gets out 0 and lse -INFINITY.
+ * Two paths, the same results up to float rounding: a few query rows per key/value head
+ * (L * H / Hkv <= 16: decoding) run flash-decoding, the cache cut into fixed chunks of 512 keys
+ * computed in parallel and merged by log-sum-exp (bitwise the same for any thread count);
+ * more (a prompt's prefill) run mha_attn_forward's tiles per sequence.
+ * Errors (every argument is checked before anything is written: on error the caches, out and
+ * lse are untouched): MHA_ERR_SHAPE / MHA_ERR_INVALID_ARG naming the argument, e.g.
+ * "mha_attn_kvcache: cache_seqlens[1]: got 30, expected at most 28 (cache overflow: 30 + 4 new
+ * tokens exceed the cache's 32 rows)"; the caches and out, lse must not overlap each other, q,
+ * k_new or v_new (MHA_ERR_INVALID_ARG); MHA_ERR_UNSUPPORTED for the masks above. A decoding
+ * call allocates before writing (MHA_ERR_NOMEM: nothing written); a prefill may fail with
+ * MHA_ERR_NOMEM after the new rows are in the cache. Memory: the chunks' partial results,
+ * B * Hkv * ceil(max len / 512) * L * H / Hkv * (Dv + 2) floats, for decoding;
+ * mha_attn_forward's workspace for a prefill. Thread safety: as mha_attn_forward. */
+MHA_API mha_status mha_attn_kvcache(mha_ctx *ctx, const mha_attn_params *p, const mha_tensor *q,
+                                    mha_tensor *k_cache, mha_tensor *v_cache,
+                                    const mha_tensor *k_new, const mha_tensor *v_new,
+                                    const int32_t *cache_seqlens, const mha_mask *mask,
+                                    mha_tensor *out, mha_tensor *lse);
+
+/* A key/value cache owned by the library (mha_kv_cache_create, below the dtypes). */
+typedef struct mha_kv_cache mha_kv_cache;
+
+/* ---------------------------------------------------------------------------------------------
  * The module: torch.nn.MultiheadAttention(E, H, dropout, bias, kdim=, vdim=, batch_first=True)
  * ------------------------------------------------------------------------------------------- */
 typedef struct mha_module mha_module;
@@ -543,6 +587,26 @@ MHA_API mha_status mha_module_forward(mha_ctx *ctx, mha_module *m, const mha_for
 MHA_API mha_status mha_module_backward(mha_ctx *ctx, mha_module *m, const mha_tensor *dout,
                                        mha_tensor *dquery, mha_tensor *dkey, mha_tensor *dvalue);
 
+/* Incremental decoding (self-attention, kdim == vdim == E): a cache of H key/value heads of
+ * D = E / H features for `batch` sequences of at most `capacity` tokens, for
+ * mha_module_forward_cached. Free with mha_kv_cache_free. */
+MHA_API mha_status mha_module_kv_cache_create(mha_ctx *ctx, const mha_module *m, int64_t batch,
+                                              int64_t capacity, mha_kv_cache **out);
+/* The causal self-attention forward of the next L tokens of every sequence, query [B, L, E]
+ * (batch first; the sequences advance together), against all the tokens before them in cache:
+ * projects ONLY these tokens (q, k, v: B * L rows), appends their k, v to the cache, attends
+ * causally (bottom-right: token i sees the cache and the new tokens up to itself; mask NULL,
+ * or a mask whose window and ALiBi apply; its causal field is ignored, other masks refused) and
+ * applies the output projection into out [B, L, E] (overwritten). Feeding a sequence one token
+ * (or one chunk) at a time gives what mha_module_forward with a top-left causal mask gives
+ * on the whole sequence, up to float rounding. Inference: no dropout, nothing saved for a
+ * backward (m's saved forward is kept). On a bad argument (shapes, a cache of other sizes,
+ * an overflow: mha_attn_kvcache's checks) the cache and out are unchanged; after MHA_ERR_NOMEM
+ * the cache may hold the new tokens. */
+MHA_API mha_status mha_module_forward_cached(mha_ctx *ctx, mha_module *m, mha_kv_cache *cache,
+                                             const mha_tensor *query, const mha_mask *mask,
+                                             mha_tensor *out);
+
 /* A forward's saved state, moved out of its module, so that later forwards do not overwrite it
  * and its backward can run after theirs (autograd calls a layer several times, then runs the
  * backwards in any order). */
@@ -645,6 +709,38 @@ MHA_API const char *mha_st_meta_key(const mha_st *st, int i);
 MHA_API mha_status mha_st_write(mha_ctx *ctx, const mha_st *st, mha_write_fn fn, void *user);
 /* Saves one file through mha_outputs, as mha_npy_save. */
 MHA_API mha_status mha_st_save(mha_ctx *ctx, const mha_st *st, const char *path);
+
+/* ---------------------------------------------------------------------------------------------
+ * A key/value cache object (for mha_attn_kvcache; declared with the core)
+ * ------------------------------------------------------------------------------------------- */
+/* A key/value cache owned by the library: contiguous k [B, Hkv, capacity, D] and
+ * v [B, Hkv, capacity, Dv], and each sequence's length (starting at 0).
+ *     mha_kv_cache *c;
+ *     mha_kv_cache_create(ctx, 1, 4096, 8, 128, 128, MHA_DTYPE_F32, &c);
+ *     for each step: mha_kv_cache_attend(ctx, NULL, c, &q, &k_new, &v_new, &mask, &out, NULL);
+ *     mha_kv_cache_free(c);
+ * One thread at a time per cache. */
+/* batch, capacity >= 1 tokens per sequence, kv_heads >= 1, head_dim >= 1, head_dim_v >= 0.
+ * dtype: MHA_DTYPE_F32 (bfloat16 and float16 caches are issue 11's: MHA_ERR_UNSUPPORTED). The
+ * memory is allocated now (MHA_ERR_NOMEM on failure or overflow), zeroed. */
+MHA_API mha_status mha_kv_cache_create(mha_ctx *ctx, int64_t batch, int64_t capacity,
+                                       int64_t kv_heads, int64_t head_dim, int64_t head_dim_v,
+                                       mha_dtype dtype, mha_kv_cache **out);
+MHA_API void mha_kv_cache_free(mha_kv_cache *c); /* NULL-safe */
+/* Every sequence's length back to 0 (the memory is kept, not cleared). NULL-safe. */
+MHA_API void mha_kv_cache_reset(mha_kv_cache *c);
+/* The tokens cached for sequence b; -1 for a NULL cache or b outside [0, batch). */
+MHA_API int64_t mha_kv_cache_length(const mha_kv_cache *c, int64_t b);
+/* Views of the cache's memory: k [B, Hkv, capacity, D], v [B, Hkv, capacity, Dv] (either may be
+ * NULL), valid until mha_kv_cache_free; rows at and past a sequence's length are unspecified. */
+MHA_API mha_status mha_kv_cache_views(mha_ctx *ctx, mha_kv_cache *c, mha_tensor *k, mha_tensor *v);
+/* Appends k_new, v_new ([B, Hkv, Lnew, D / Dv], or both NULL) to every sequence and attends q
+ * [B, H, L, D] to the whole cache: mha_attn_kvcache on the cache's buffers and lengths. The
+ * lengths advance by Lnew only on success; on error nothing is written. */
+MHA_API mha_status mha_kv_cache_attend(mha_ctx *ctx, const mha_attn_params *p, mha_kv_cache *c,
+                                       const mha_tensor *q, const mha_tensor *k_new,
+                                       const mha_tensor *v_new, const mha_mask *mask,
+                                       mha_tensor *out, mha_tensor *lse);
 
 /* ---------------------------------------------------------------------------------------------
  * Outputs written all or nothing (what the savers above and the mha tool use)

@@ -4,6 +4,8 @@
  *             [--kv-heads G] [--need-weights] [--threads T] [--isa NAME] [--runs R] [--json]
  *   mha bench --core ... [--seq-k S] [--head-dim D] [--window L,R] [--softcap C] [--alibi]
  *   mha bench --gemm M N K [--ta 0|1] [--tb 0|1] [--threads T] [--isa NAME] [--runs R] [--json]
+ *   mha bench --core --decode --batch B --seq-k S --heads H --head-dim D [--kv-heads G]
+ *             [--layout bhsd|bshd] [--bw-mib M] [--threads T] [--isa NAME] [--runs R] [--json]
  *
  * Each measurement: warm-up runs, then R timed runs; the median is reported. FLOP counts
  * (nominal, the same for every implementation compared in BENCHMARKS.md), with D = E / H
@@ -20,6 +22,10 @@
  * also asks the module for the attention weights averaged over heads, [B, N, N], as
  * nn.MultiheadAttention(need_weights=True) returns them (the FLOP count stays nominal).
  * When stderr is a terminal, one line there says which run is going (erased at the end).
+ * --decode (the DECODE block below) times one decoding step instead: mha_attn_kvcache of one
+ * query token per sequence against a cache of S tokens (the new token appended at S - 1), and
+ * reports the rate at which it reads K and V (B * G * S * 2D floats per step) beside the
+ * machine's memory read bandwidth measured in the same run.
  *
  * Steps: validate (parse_args, check_args), plan (plan_bench: buffers, module, FLOPs), measure
  * (warm-up and timed runs), report. */
@@ -57,6 +63,13 @@ static void print_help(FILE *f) {
           "                i + S - N - L <= j <= i + S - N + R (-1: unbounded); with --causal too\n"
           "  --softcap C   --core: scores capped as C * tanh(s / C) (C > 0)\n"
           "  --alibi       --core: ALiBi, slope 2^(-8 h / H) for head h = 1..H\n"
+          "  --decode      --core: one decoding step: mha_attn_kvcache, one query token per\n"
+          "                sequence, a cache of --seq-k S tokens (default --seq N), head dim\n"
+          "                --head-dim D, --kv-heads G (and --window, --softcap, --alibi); GB/s\n"
+          "                of K/V read, and the memory read bandwidth measured in the same run\n"
+          "                (a streaming read of --bw-mib MiB, default 1024, same threads)\n"
+          "  --layout L    --decode: the cache's memory, bhsd ([B, G, S, D], default) or\n"
+          "                bshd ([B, S, G, D], FlashAttention's: strided views)\n"
           "  --gemm M N K  time C[M,N] = op(A)[M,K] op(B)[K,N]; --ta/--tb transpose A/B\n"
           "                (default: ta 0, tb 1, as the projections x W^T)\n"
           "  --threads T   threads (default: all cores)\n"
@@ -101,6 +114,10 @@ typedef struct {
     const char *window_arg; /* "L,R" as given */
     double softcap;
     int window, alibi, head_dim_given;
+    /* --decode (the DECODE block) */
+    int decode, bshd;
+    const char *layout;
+    long long bw_mib;
 } bench_args;
 
 /* One timed step: forward (and backward); returns nonzero status on failure. */
@@ -116,10 +133,21 @@ typedef struct {
     mha_mask mask;
     /* gemm */
     float *ga, *gb, *gc;
+    /* --decode: the caches, the new token's k and v, each sequence's cached length */
+    mha_tensor kc, vc, kn, vn;
+    int32_t *lens;
 } bench_state;
+
+/* --decode (the DECODE block at the end of the file) */
+static mha_status run_decode(bench_state *s);
+static int decode_check_args(const bench_args *a);
+static int decode_parse_layout(bench_args *a);
+typedef struct bench_plan bench_plan;
+static void plan_decode(bench_state *s, bench_plan *p);
 
 static mha_status run_fwd(bench_state *s) {
     const bench_args *a = s->a;
+    if (a->decode) return run_decode(s);
     if (a->gemm)
         return mha_sgemm(s->ctx, (int)a->ta, (int)a->tb, a->m, a->n, a->k, 1.0f, s->ga,
                          a->ta ? a->m : a->k, s->gb, a->tb ? a->k : a->n, 0.0f, s->gc, a->n);
@@ -277,6 +305,7 @@ static int check_core_opts(bench_args *a, const cli_opt *opts, int nopts) {
 static int parse_args(int argc, char **argv, bench_args *a) {
     *a = (bench_args){
         .batch = 1, .seq = 512, .embed = 512, .heads = 8, .runs = 10, .tb = 1, .warmup = -1};
+    a->bw_mib = 1024; /* --decode */
     char **rest = malloc(sizeof(char *) * (size_t)(argc + 1));
     if (!rest) return cli_fail("out of memory");
     int nrest, rc = take_gemm(argc, argv, a, rest, &nrest);
@@ -304,6 +333,9 @@ static int parse_args(int argc, char **argv, bench_args *a) {
         {"--window", CLI_OPT_STRING, &a->window_arg, 0},
         {"--softcap", CLI_OPT_FLOAT, &a->softcap, 0},
         {"--alibi", CLI_OPT_FLAG, &a->alibi, 0},
+        {"--decode", CLI_OPT_FLAG, &a->decode, 0},
+        {"--layout", CLI_OPT_STRING, &a->layout, 0},
+        {"--bw-mib", CLI_OPT_INT, &a->bw_mib, 0},
     };
     int nopts = (int)(sizeof opts / sizeof opts[0]);
     if (!rc) rc = cli_parse(nrest, rest, opts, nopts);
@@ -317,16 +349,18 @@ static int parse_args(int argc, char **argv, bench_args *a) {
     if (!cli_find(opts, nopts, "--kv-heads")->seen) a->kv_heads = a->heads;
     a->head_dim_given = cli_find(opts, nopts, "--head-dim")->seen > 0;
     if ((rc = check_args(a, cli_find(opts, nopts, "--warmup")->seen > 0))) return rc;
-    return check_core_opts(a, opts, nopts);
+    if ((rc = check_core_opts(a, opts, nopts))) return rc;
+    if ((rc = decode_check_args(a))) return rc;
+    return decode_parse_layout(a);
 }
 
 /* ---- plan: buffers, tensors, the module and the FLOP counts --------------------------------- */
 
-typedef struct {
+struct bench_plan {
     double flops_fwd, flops_bwd;
     float *bufs[16]; /* owned */
     int nb, oom;
-} bench_plan;
+};
 
 /* A random buffer of n floats, owned by the plan. */
 static float *plan_buf(bench_plan *p, int64_t n, uint32_t seed) {
@@ -415,7 +449,8 @@ static int plan_bench(bench_state *s, bench_plan *p) {
     } else {
         double F = 4.0 * B * H * D * attn_pairs(a);
         double P = 2.0 * B * N * E * 3.0 * E + 2.0 * B * N * E * E;
-        if (a->core) plan_core(s, p, B, H, N, D), plan_core_mask(s, p);
+        if (a->decode) plan_decode(s, p), plan_core_mask(s, p);
+        else if (a->core) plan_core(s, p, B, H, N, D), plan_core_mask(s, p);
         else plan_module(s, p, B, N, E);
         p->flops_fwd = a->core ? F : F + P;
         p->flops_bwd = a->core ? 2.5 * F : 2.0 * P + 2.5 * F;
@@ -566,6 +601,135 @@ static void report(const bench_state *s, const bench_plan *p, bench_times *t) {
                p->flops_fwd / med_f * 1e-9, med_b * 1e3, p->flops_bwd / med_b * 1e-9);
 }
 
+/* ---- DECODE: one decoding step against a cache, and the memory read bandwidth -------------- */
+
+/* The decode step's sizes: S cached keys (--seq-k, default --seq), head dim D. */
+static void decode_dims(const bench_args *a, int64_t *S, int64_t *D) {
+    *S = a->seq_k;
+    *D = a->head_dim;
+}
+
+/* Bytes of K and V rows one step reads: every cached key and value of every sequence. */
+static double decode_bytes(const bench_args *a) {
+    int64_t S, D;
+    decode_dims(a, &S, &D);
+    return (double)a->batch * (double)a->kv_heads * (double)S * 2.0 * (double)D * sizeof(float);
+}
+
+static int decode_check_args(const bench_args *a) {
+    if (a->layout && !a->decode)
+        return cli_usage_error("mha bench --help lists the options",
+                               "--layout: applies to --decode");
+    if (!a->decode) return 0;
+    if (!a->core || a->gemm)
+        return cli_usage_error("mha bench --help lists the options",
+                               "--decode: applies to --core (mha bench --core --decode ...)");
+    if (a->backward || a->dropout > 0 || a->need_weights)
+        return cli_usage_error("mha bench --help lists the options",
+                               "--decode: cannot be combined with --backward, --dropout, "
+                               "--need-weights (a decoding step is a forward without dropout)");
+    if (a->bw_mib < 1 || a->bw_mib > (1LL << 20))
+        return cli_usage_error("mha bench --help lists the options",
+                               "--bw-mib: got %lld, expected 1..%lld", a->bw_mib, 1LL << 20);
+    return 0;
+}
+
+/* "bhsd" or "bshd" into a->bshd. */
+static int decode_parse_layout(bench_args *a) {
+    if (!a->layout || !strcmp(a->layout, "bhsd")) return 0;
+    if (!strcmp(a->layout, "bshd")) return a->bshd = 1, 0;
+    return cli_usage_error("mha bench --help lists the options",
+                           "--layout: got \"%s\", expected bhsd or bshd", a->layout);
+}
+
+/* A [B, G, R, D] view of the buffer: contiguous, or of [B, R, G, D] memory (bshd). */
+static mha_tensor decode_view(float *buf, int64_t B, int64_t G, int64_t R, int64_t D, int bshd) {
+    int64_t sh[4] = {B, G, R, D}, st[4] = {R * G * D, D, G * D, 1};
+    return mha_tensor_strided(buf, 4, sh, bshd ? st : NULL);
+}
+
+static void plan_decode(bench_state *s, bench_plan *p) {
+    const bench_args *a = s->a;
+    int64_t S, D;
+    decode_dims(a, &S, &D);
+    const int64_t B = a->batch, H = a->heads, G = a->kv_heads;
+    int64_t sq[4] = {B, H, 1, D};
+    s->q = mha_tensor_make(plan_buf(p, B * H * D, 1), 4, sq);
+    s->o = mha_tensor_make(plan_buf(p, B * H * D, 4), 4, sq);
+    s->kc = decode_view(plan_buf(p, B * G * S * D, 2), B, G, S, D, a->bshd);
+    s->vc = decode_view(plan_buf(p, B * G * S * D, 3), B, G, S, D, a->bshd);
+    s->kn = decode_view(plan_buf(p, B * G * D, 5), B, G, 1, D, a->bshd);
+    s->vn = decode_view(plan_buf(p, B * G * D, 6), B, G, 1, D, a->bshd);
+    s->lens = (int32_t *)plan_buf(p, B, 0); /* B int32 in a plan buffer of B floats */
+    for (int64_t b = 0; s->lens && b < B; b++) s->lens[b] = (int32_t)(S - 1);
+}
+
+static mha_status run_decode(bench_state *s) {
+    return mha_attn_kvcache(s->ctx, &s->params, &s->q, &s->kc, &s->vc, &s->kn, &s->vn, s->lens,
+                            &s->mask, &s->o, NULL);
+}
+
+/* One streaming read of n words on nt threads (each a contiguous part). */
+static uint64_t stream_read(const uint64_t *w, size_t n, int nt) {
+    uint64_t acc = 0;
+    (void)nt;
+#pragma omp parallel for num_threads(nt) schedule(static) reduction(^ : acc)
+    for (size_t i = 0; i < n; i += 4) acc ^= w[i] ^ w[i + 1] ^ w[i + 2] ^ w[i + 3];
+    return acc;
+}
+
+/* The machine's memory read bandwidth in GB/s: the median of runs streaming reads of a buffer
+ * of mib MiB (much larger than the caches) on nt threads, written first (so the pages exist).
+ * 0 when the buffer cannot be allocated. */
+static double measure_bandwidth(long long mib, int nt, int runs) {
+    const size_t n = (size_t)mib << 17; /* 8-byte words */
+    uint64_t *w = malloc(n * sizeof(uint64_t));
+    double *t = malloc(sizeof(double) * (size_t)(runs + 1));
+    if (!w || !t) {
+        free(w), free(t);
+        return 0;
+    }
+#pragma omp parallel for num_threads(nt) schedule(static)
+    for (size_t i = 0; i < n; i++) w[i] = i;
+    volatile uint64_t sink = stream_read(w, n, nt); /* warm-up */
+    for (int r = 0; r < runs; r++) {
+        double t0 = cli_now_s();
+        sink ^= stream_read(w, n, nt);
+        t[r] = cli_now_s() - t0;
+    }
+    (void)sink;
+    double gbps = (double)n * sizeof(uint64_t) / median(t, runs) * 1e-9;
+    free(w), free(t);
+    return gbps;
+}
+
+static void report_decode(const bench_state *s, bench_times *t) {
+    const bench_args *a = s->a;
+    int64_t S, D;
+    decode_dims(a, &S, &D);
+    const double med = median(t->tt, t->runs), kv = decode_bytes(a) / med * 1e-9;
+    const int threads = mha_ctx_threads(s->ctx);
+    const double mem = measure_bandwidth(a->bw_mib, threads, t->runs < 5 ? 5 : t->runs);
+    const char *isa = mha_isa_name(mha_ctx_isa(s->ctx)), *layout = a->bshd ? "bshd" : "bhsd";
+    if (a->json) {
+        printf("{\"what\":\"core_decode\",\"batch\":%lld,\"seq_k\":%lld,\"heads\":%lld,"
+               "\"kv_heads\":%lld,\"head_dim\":%lld,\"layout\":\"%s\",\"isa\":\"%s\","
+               "\"threads\":%d,\"runs\":%d,\"median_ms\":%.4f,\"kv_bytes\":%.6g,"
+               "\"kv_gbps\":%.3f,\"mem_read_gbps\":%.3f,\"mem_read_mib\":%lld,"
+               "\"kv_vs_mem\":%.4f}\n",
+               a->batch, (long long)S, a->heads, a->kv_heads, (long long)D, layout, isa, threads,
+               t->runs, med * 1e3, decode_bytes(a), kv, mem, a->bw_mib, mem > 0 ? kv / mem : 0);
+        return;
+    }
+    printf("core_decode B %lld S %lld H %lld G %lld D %lld, layout %s, isa %s, %d threads: median "
+           "%.4f ms of %d runs, K/V read %.2f GB/s\n",
+           a->batch, (long long)S, a->heads, a->kv_heads, (long long)D, layout, isa, threads,
+           med * 1e3, t->runs, kv);
+    printf("  memory read bandwidth %.2f GB/s (%lld MiB streamed, %d threads): K/V read at "
+           "%.1f%% of it\n",
+           mem, a->bw_mib, threads, mem > 0 ? 100.0 * kv / mem : 0.0);
+}
+
 int mha_cmd_bench(int argc, char **argv) {
     bench_args a;
     int rc = parse_args(argc, argv, &a);
@@ -583,7 +747,8 @@ int mha_cmd_bench(int argc, char **argv) {
     if (!rc) rc = plan_bench(&s, &p);
     if (!rc) rc = measure(&s, &pr, &t);
     progress_end(&pr);
-    if (!rc) report(&s, &p, &t);
+    if (!rc && a.decode) report_decode(&s, &t);
+    else if (!rc) report(&s, &p, &t);
     mha_module_free(s.mod);
     for (int i = 0; i < p.nb; i++) free(p.bufs[i]);
     free(t.tf), free(t.tb), free(t.tt);

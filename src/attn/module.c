@@ -18,6 +18,7 @@
  * (module_internal.h). */
 #include "module_internal.h"
 #include "attn/attn_common.h"
+#include "attn/decode.h"
 #include "attn/gemm.h"
 #include "core/plan.h"
 
@@ -678,6 +679,102 @@ mha_status mha_module_forward(mha_ctx *ctx, mha_module *m, const mha_forward_opt
     if (m->st.ap.dropout_p > 0) m->dropout_offset++;
     /* The backward differentiates the most recent forward: without save, there is none. */
     if (c.save) m->saved = &m->st;
+    return MHA_OK;
+}
+
+/* ---------------------------------------------------------------------------------------------
+ * Incremental decoding: the next tokens' projections only, their k, v appended to a cache
+ *   qkv = query_new [B*L, E] in_proj_weight^T + in_proj_bias     [B*L, 3E] = [B, L, 3, H, D]
+ *   a   = mha_kv_cache_attend(q, k_new = k, v_new = v), causal bottom-right   [B*L, E]
+ *   y   = a Wo^T + bo
+ * ------------------------------------------------------------------------------------------- */
+
+static const char *const FN_CACHED = "mha_module_forward_cached";
+
+mha_status mha_module_kv_cache_create(mha_ctx *ctx, const mha_module *m, int64_t batch,
+                                      int64_t capacity, mha_kv_cache **out) {
+    mha__clear(ctx);
+    if (!m)
+        return mha__err(ctx, MHA_ERR_INVALID_ARG,
+                        "mha_module_kv_cache_create: m: got NULL, expected a module");
+    const int64_t H = m->cfg.num_heads, D = m->cfg.embed_dim / H;
+    return mha_kv_cache_create(ctx, batch, capacity, H, D, D, MHA_DTYPE_F32, out);
+}
+
+/* The scratch of an incremental call (kept in m->fws). */
+typedef struct {
+    float *x;    /* [B*L, E] the query rows, when its strides need a copy */
+    float *qkv;  /* [B*L, 3E] the new tokens' projections */
+    float *attn; /* [B*L, E] the attention output, [B, L, H, D] */
+    float *y;    /* [B*L, E] staging rows for an out whose strides need them */
+} cached_views;
+
+/* query, out and the cache against the module: [B, L, E], a cache of H heads of E/H. */
+static mha_status cached_check(mha_ctx *ctx, const mha_module *m, mha_kv_cache *cache,
+                               const mha_tensor *query, const mha_tensor *out) {
+    const int64_t E = m->cfg.embed_dim, H = m->cfg.num_heads;
+    mha_status st;
+    if (!m->packed)
+        return mha__err(ctx, MHA_ERR_UNSUPPORTED,
+                        "%s: m: got kdim = %lld, vdim = %lld, expected both = embed_dim = %lld "
+                        "(incremental self-attention)",
+                        FN_CACHED, (long long)m->cfg.kdim, (long long)m->cfg.vdim, (long long)E);
+    if ((st = check_bx(ctx, FN_CACHED, "query", query, 0, -1, -1, E, "[B, L, E]"))) return st;
+    const int64_t B = query->shape[0], L = query->shape[1];
+    if ((st = check_bx(ctx, FN_CACHED, "out", out, 0, B, L, E, "as query"))) return st;
+    mha_tensor kc, vc;
+    if ((st = mha_kv_cache_views(ctx, cache, &kc, &vc))) return st;
+    mha__clear(ctx);
+    int64_t want[4] = {B, H, -1, E / H};
+    if ((st = mha__check_tensor(ctx, FN_CACHED, "cache (keys)", &kc, 4, want,
+                                "[B, H, capacity, E / H]: mha_module_kv_cache_create")) ||
+        (st = mha__check_tensor(ctx, FN_CACHED, "cache (values)", &vc, 4, want,
+                                "[B, H, capacity, E / H]: mha_module_kv_cache_create")))
+        return st;
+    const mha__attn_arg in[1] = {{"query", query}}, outs[1] = {{"out", out}};
+    return mha__attn_check_aliases(ctx, FN_CACHED, outs, 1, in, 1);
+}
+
+mha_status mha_module_forward_cached(mha_ctx *ctx, mha_module *m, mha_kv_cache *cache,
+                                     const mha_tensor *query, const mha_mask *mask,
+                                     mha_tensor *out) {
+    mha__clear(ctx);
+    if (!m)
+        return mha__err(ctx, MHA_ERR_INVALID_ARG, "%s: m: got NULL, expected a module", FN_CACHED);
+    if (!cache)
+        return mha__err(ctx, MHA_ERR_INVALID_ARG, "%s: cache: got NULL, expected a cache",
+                        FN_CACHED);
+    mha_status st = cached_check(ctx, m, cache, query, out);
+    if (st) return st;
+    const int64_t E = m->cfg.embed_dim, H = m->cfg.num_heads, D = E / H;
+    const int64_t B = query->shape[0], L = query->shape[1], BL = B * L;
+    const int64_t ldq = rows_ld(query), ldy = rows_ld(out);
+    mha__plan pl;
+    mha__plan_init(&pl);
+    MHA__PLAN_ADD(&pl, cached_views, x, sizeof(float), ldq < 0 ? BL : 0, E);
+    MHA__PLAN_ADD(&pl, cached_views, qkv, sizeof(float), BL, 3 * E);
+    MHA__PLAN_ADD(&pl, cached_views, attn, sizeof(float), BL, E);
+    MHA__PLAN_ADD(&pl, cached_views, y, sizeof(float), ldy < 0 ? BL : 0, E);
+    cached_views v;
+    if ((st = kept_point(ctx, FN_CACHED, &pl, &m->fws, &v))) return st;
+    if (BL == 0) return MHA_OK;
+    int64_t ldx;
+    const float *x = input_rows(query, 0, v.x, &ldx);
+    if ((st = mha__gemm_ex(ctx, &m->gws, 0, 1, BL, 3 * E, E, 1.0f, x, ldx, m->wq, E, 0.0f, m->bin,
+                           v.qkv, 3 * E)))
+        return st;
+    mha_tensor q = heads_view(v.qkv, B, H, L, D, 3 * E),
+               kn = heads_view(v.qkv + E, B, H, L, D, 3 * E);
+    mha_tensor vn = heads_view(v.qkv + 2 * E, B, H, L, D, 3 * E),
+               a = heads_view(v.attn, B, H, L, D, E);
+    mha_mask mk = mask ? *mask : mha_mask_default();
+    mk.causal = MHA_CAUSAL_BOTTOM_RIGHT;
+    if ((st = mha__kv_cache_attend(ctx, FN_CACHED, NULL, cache, &q, &kn, &vn, &mk, &a, NULL)))
+        return st;
+    if ((st = mha__gemm_ex(ctx, &m->gws, 0, 1, BL, E, E, 1.0f, v.attn, E, m->wo, E, 0.0f, m->bo,
+                           ldy >= 0 ? out->data : v.y, ldy >= 0 ? ldy : E)))
+        return st;
+    if (ldy < 0) copy_view(out, v.y, 1);
     return MHA_OK;
 }
 

@@ -184,6 +184,50 @@ static inline float mha__attn_score_mod(const mha__attn_tile_mask *mk, float s, 
     return s;
 }
 
+/* DECODE KERNEL (flash-decoding: a few query rows against a long key/value cache; driver:
+ * src/attn/attn_decode.c)
+ *
+ *   The driver cuts the keys of each sequence into fixed chunks and calls attn_decode once per
+ *   chunk for one or more key/value heads and, per head, ALL the query rows that read it (the
+ *   group's query heads x the new tokens, rows <= MHA__ATTN_DECODE_ROWS), so each key and value
+ *   row is read once; the heads of a call are interleaved block by block, so that with the
+ *   [B, S, Hkv, D] cache layout the rows of all heads of a key (one stretch of memory) are
+ *   read together.
+ *   attn_decode(nh, rows, bc, n, nv, A, lda, sa, K, ldk, sk, V, ldv, sv, md, P, sp):
+ *       for heads t < nh, rows r < rows and keys c < bc, with A + t sa the head's scaled query
+ *       rows [rows, n] (row stride lda; scale applied before, as the fused forward), K + t sk
+ *       its keys [bc, n] and V + t sv its values [bc, nv] read in place from the cache (any
+ *       row strides ldk, ldv: no packing), in effect
+ *           s = A_r . K_c
+ *           s = softcap * tanh(s / softcap)             (md->softcap > 0)
+ *           s = s - slope[t rows + r] * |pos[r] - c|     (md->slope != NULL)
+ *           s = -inf unless lo[r] <= c < hi[r]           (causality, window, the length)
+ *           m_r = max_c s,  l_r = sum_c exp(s - m_r),  O_r = sum_c exp(s - m_r) V_c
+ *       into P + t sp: m [rows], l [rows], then O [rows, nv] (OVERWRITTEN: the chunk's partial
+ *       softmax, merged by the driver across chunks by log-sum-exp). A row with no allowed
+ *       finite score gets m = -inf, l = 0, O = 0. nh >= 1, 1 <= rows <= MHA__ATTN_DECODE_ROWS,
+ *       bc >= 1, n >= 1, nv >= 0; 0 <= lo[r] and hi[r] <= bc. A head's arithmetic never
+ *       depends on nh, the other heads or the thread, and the order of its keys'
+ *       contributions only on bc and the row ranges, so the driver's fixed chunking makes
+ *       results bitwise reproducible for any thread count and any grouping of heads into
+ *       calls. Every table has one (generic: the reference, tanhf; SIMD: one skeleton,
+ *       src/kernels/x86/decode_skel.h). */
+#define MHA__ATTN_DECODE_ROWS 16
+
+typedef struct {
+    float softcap;      /* > 0: s -> softcap * tanh(s / softcap); 0: off */
+    const int64_t *lo;  /* [rows] first allowed key of each row (chunk-local; every head) */
+    const int64_t *hi;  /* [rows] one past the last allowed key */
+    const float *slope; /* [nh * rows] ALiBi slope of each head's rows, or NULL: no ALiBi */
+    const int64_t *pos; /* [rows] with slope: the (chunk-local) key of distance 0 */
+} mha__attn_decode_mask;
+
+typedef void mha__attn_decode_t(int64_t nh, int64_t rows, int64_t bc, int64_t n, int64_t nv,
+                                const float *A, int64_t lda, int64_t sa, const float *K,
+                                int64_t ldk, int64_t sk, const float *V, int64_t ldv, int64_t sv,
+                                const mha__attn_decode_mask *md, float *P, int64_t sp);
+typedef mha__attn_decode_t *mha__attn_decode_fn;
+
 /* One prototype per kernel kind (BLIS's GEMM_UKR_PROT): every ISA's instance is declared with
  * it below (so a definition that drifts from the contract does not compile), and the table
  * holds pointers to it (the mha__*_fn names). */
@@ -261,6 +305,8 @@ typedef struct mha_kernels {
     /* Dropout keep decisions of a tile (contract above; every table has one). */
     mha__attn_dropout_fn attn_dropout;
     mha__attn_dropout_apply_fn attn_dropout_apply; /* (contract above; every table has one) */
+    /* The flash-decoding chunk kernel (DECODE KERNEL above; every table has one). */
+    mha__attn_decode_fn attn_decode;
 } mha_kernels;
 
 /* The table for isa, or NULL when that path was not compiled in or this CPU/OS cannot run
@@ -295,17 +341,23 @@ void mha__kernels_init_avx512(mha_kernels *k);
     mha__attn_dropout_t mha__attn_dropout_##isa;                                                   \
     mha__attn_dropout_apply_t mha__attn_dropout_apply_##isa;
 
+/* The decode kernel of each ISA (generic/decode.c, x86/<isa>/attn.c via decode_skel.h). */
+#define MHA__ATTN_DECODE_DECLARE(isa) mha__attn_decode_t mha__attn_decode_##isa;
+
 MHA__ATTN_DECLARE(generic)
+MHA__ATTN_DECODE_DECLARE(generic)
 mha__attn_softmax_t mha__attn_softmax_generic; /* the online-softmax step of attn_fwd_generic */
 mha__sgemm_t mha__sgemm_generic_f32;
 mha__gemm_ukr_t mha__gemm_generic_f32_4x16;  /* the reference micro-kernel, MR x NR = 4 x 16 */
 mha__gemm_pack_t mha__gemm_pack_generic_f32; /* any r */
 #ifdef MHA_HAVE_AVX2
 MHA__ATTN_DECLARE(avx2)
+MHA__ATTN_DECODE_DECLARE(avx2)
 mha__gemm_ukr_t mha__gemm_avx2_f32_6x16;
 #endif
 #ifdef MHA_HAVE_AVX512
 MHA__ATTN_DECLARE(avx512)
+MHA__ATTN_DECODE_DECLARE(avx512)
 mha__gemm_ukr_t mha__gemm_avx512_f32_14x32;
 mha__gemm_pack_t mha__gemm_pack_avx512_f32;
 #endif

@@ -23,4 +23,5 @@ void mha__kernels_init_generic(mha_kernels *k) {
     k->attn_fwd_drop = mha__attn_fwd_drop_generic;
     k->attn_dropout = mha__attn_dropout_generic;
     k->attn_dropout_apply = mha__attn_dropout_apply_generic;
+    k->attn_decode = mha__attn_decode_generic;
 }

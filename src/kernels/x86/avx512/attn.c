@@ -4,3 +4,4 @@
 #include "simd.h"
 
 #include "../attn_skel.h"
+#include "../decode_skel.h"

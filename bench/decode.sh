@@ -1,0 +1,64 @@
+#!/usr/bin/env bash
+# decode.sh - the decode targets of issue 10 (BENCHMARKS.md's decode rows), on a quiet machine:
+#   1. B=1, H=32, Hkv=8, D=128, S=32768, fp32 cache: mha's K/V read rate against the memory
+#      read bandwidth measured in the same run (target >= 0.80), and PyTorch 2.13's decode
+#      step as users write it (bench/torch_decode.py) beside it;
+#   2. B=1, H=1, D=128, S=32768: 2 threads against 1 (target >= 1.7x);
+#   3. the strided [B, S, Hkv, D] cache (bshd) against the contiguous one (bhsd): not slower.
+#
+#   bench/decode.sh     BUILD=build THREADS=2 RUNS=20 PYTHON=$BUILD/venv/bin/python
+#   (RESULTS=/tmp/d.jsonl keeps the raw JSON lines; a quick try of the script itself, not of
+#    the targets: SEQ=2048 BW_MIB=64 RUNS=3)
+# Prints one line per measurement and the ratios. Takes about a minute.
+set -euo pipefail
+BUILD=${BUILD:-build}
+THREADS=${THREADS:-2}
+RUNS=${RUNS:-20}
+SEQ=${SEQ:-32768}
+BW_MIB=${BW_MIB:-1024}
+PY=${PYTHON:-$BUILD/venv/bin/python}
+MHA=$BUILD/mha
+RESULTS=${RESULTS:-$(mktemp)}
+: > "$RESULTS"
+
+bench() { # label, then mha bench arguments
+  local label=$1; shift
+  "$MHA" bench --core --decode --runs "$RUNS" --bw-mib "$BW_MIB" --json "$@" \
+    | sed "s/^{/{\"label\":\"$label\",/" | tee -a "$RESULTS"
+}
+torch() { # label, then torch_decode.py arguments
+  local label=$1; shift
+  "$PY" bench/torch_decode.py --runs "$RUNS" "$@" | sed "s/^{/{\"label\":\"$label\",/" \
+    | tee -a "$RESULTS"
+}
+
+BIG=(--batch 1 --seq-k "$SEQ" --heads 32 --kv-heads 8 --head-dim 128)
+ONE=(--batch 1 --seq-k "$SEQ" --heads 1 --kv-heads 1 --head-dim 128)
+bench big_bhsd "${BIG[@]}" --threads "$THREADS" --layout bhsd
+bench big_bshd "${BIG[@]}" --threads "$THREADS" --layout bshd
+bench one_t1 "${ONE[@]}" --threads 1
+bench one_t2 "${ONE[@]}" --threads 2
+torch torch_bhsd --batch 1 --seq "$SEQ" --heads 32 --kv-heads 8 --head-dim 128 \
+  --threads "$THREADS" --layout bhsd
+torch torch_bshd --batch 1 --seq "$SEQ" --heads 32 --kv-heads 8 --head-dim 128 \
+  --threads "$THREADS" --layout bshd
+
+"$PY" - "$RESULTS" <<'PYEOF'
+import json, sys
+r = {j["label"]: j for j in map(json.loads, open(sys.argv[1]))}
+b, s = r["big_bhsd"], r["big_bshd"]
+print(f"decode B=1 H=32 Hkv=8 D=128 S={b['seq_k']}, {b['threads']} threads ({b['isa']}):")
+print(f"  mha bhsd {b['kv_gbps']:.2f} GB/s of K/V, memory read {b['mem_read_gbps']:.2f} GB/s: "
+      f"{b['kv_vs_mem']:.2f} of it (target >= 0.80)")
+print(f"  mha bshd {s['kv_gbps']:.2f} GB/s ({s['kv_vs_mem']:.2f} of its run's bandwidth); "
+      f"bshd / bhsd time {s['median_ms'] / b['median_ms']:.3f} (target <= 1)")
+for lay in ("bhsd", "bshd"):
+    t = r["torch_" + lay]
+    m = b if lay == "bhsd" else s
+    print(f"  PyTorch {t['torch']} {lay} {t['kv_gbps']:.2f} GB/s: "
+          f"mha {t['median_ms'] / m['median_ms']:.2f}x faster")
+o1, o2 = r["one_t1"], r["one_t2"]
+print(f"B=1 H=1 D=128 S={o1['seq_k']}: 1 thread {o1['median_ms']:.3f} ms, "
+      f"2 threads {o2['median_ms']:.3f} ms: "
+      f"{o1['median_ms'] / o2['median_ms']:.2f}x (target >= 1.7)")
+PYEOF

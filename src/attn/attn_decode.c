@@ -1,0 +1,433 @@
+/* attn_decode.c - mha_attn_kvcache: append new keys and values to a cache, then attend new
+ * queries to it (FlashAttention's flash_attn_with_kvcache), positions aligned bottom-right to
+ * each sequence's length len_b = cache_seqlens[b] + Lnew.
+ *
+ * DECODING (a few query rows per key/value head: rows = L * H / Hkv <= MHA__ATTN_DECODE_ROWS):
+ * flash-decoding (Dao et al., 2023). The keys [0, len_b) of each (b, key/value head) are cut
+ * into chunks of DEC_CHUNK keys, a constant (never a function of the thread count):
+ *   task (b, chunk, group of key/value heads), in parallel: each head's rows (the query heads
+ *       h that read it x the L tokens, row r = (h % group) * L + i) scaled by p->scale, then
+ *       the table's attn_decode over the chunk's K and V rows read in place from the cache
+ *       (each read once for all the rows; the heads interleaved block by block, so that the
+ *       [B, S, Hkv, D] layout is read a key at a time): the chunk's partial m[r], l[r],
+ *       O[r] = sum exp(s - m) v per head. All the heads of a chunk make one task unless that
+ *       leaves fewer than 4 tasks per thread (a head's bits never depend on its group)
+ *   merge (b, kv head), in parallel: the chunks of each row combined IN CHUNK ORDER by
+ *       log-sum-exp, M = max_c m_c, l = sum_c exp(m_c - M) l_c, O = sum_c exp(m_c - M) O_c,
+ *       out = O / l, lse = M + log(l) (l = 0: out 0, lse -inf)
+ * Every task's arithmetic and the merge order are fixed by the chunking, so the result is
+ * bitwise the same for any thread count; one query token (B = 1, H = 1) still splits over all
+ * threads, one chunk each.
+ * PREFILL (more rows): mha_attn_forward's fused tiles on views of each sequence's cache rows
+ * [0, len_b), causal aligned bottom-right (MHA_CAUSAL_BOTTOM_RIGHT), window and ALiBi passed
+ * through; the same score definition, so the two paths agree up to float rounding.
+ *
+ * The steps: kv_check validates every argument (nothing is written before it succeeds),
+ * kv_append copies the new rows into the caches, then dec_plan / dec_chunk / dec_merge or
+ * prefill compute. */
+#include "decode.h"
+#include "attn_common.h"
+#include "core/plan.h"
+#include "kernels/kernels.h"
+
+#include <math.h>
+#include <string.h>
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
+#define DEC_CHUNK 512 /* keys per decode task: 512 x (D + Dv) floats, 512 KiB at D = Dv = 128 */
+
+/* One call: validated arguments, and the decode plan. */
+typedef struct {
+    const char *fn;
+    int64_t B, H, Hkv, group, L, D, Dv, Smax, Lnew;
+    float scale, softcap;
+    mha_mask mask; /* a copy (mha_mask_default() for NULL) */
+    const int32_t *lens;
+    const mha_tensor *q, *k_new, *v_new;
+    mha_tensor *kc, *vc, *out, *lse;
+    /* decode */
+    const mha_kernels *kern;
+    int64_t rows, nch, psz; /* rows per head, chunks per sequence, floats per partial */
+    int64_t hg, nhg;        /* key/value heads per task, and groups of them */
+    float *part; /* [B, nch, Hkv] partials of psz floats: m [rows], l [rows], O [rows, Dv] */
+    int nt;
+    mha__plan plan; /* per thread: dec_ws */
+} kv_call;
+
+typedef struct {
+    float *qs;    /* [hg, rows, D] the query rows of the task's heads, times scale */
+    float *slope; /* [hg, rows] their ALiBi slopes */
+} dec_ws;
+
+static int64_t kv_len(const kv_call *c, int64_t b) { return (c->lens ? c->lens[b] : 0) + c->Lnew; }
+
+/* p: scale, softcap finite (softcap >= 0), no dropout. */
+static mha_status kv_check_params(mha_ctx *ctx, const char *fn, const mha_attn_params *p) {
+    if (p->dropout_p != 0)
+        return mha__err(ctx, MHA_ERR_INVALID_ARG,
+                        "%s: p->dropout_p: got %g, expected 0 (no dropout with a kv cache)", fn,
+                        (double)p->dropout_p);
+    if (!isfinite(p->scale))
+        return mha__err(ctx, MHA_ERR_INVALID_ARG,
+                        "%s: p->scale: got %g, expected a finite value (0: 1/sqrt(D))", fn,
+                        (double)p->scale);
+    if (!(p->softcap >= 0) || !isfinite(p->softcap))
+        return mha__err(ctx, MHA_ERR_INVALID_ARG,
+                        "%s: p->softcap: got %g, expected a finite value >= 0 (0: off)", fn,
+                        (double)p->softcap);
+    return MHA_OK;
+}
+
+/* The mask: causal, window and ALiBi only (the lengths come from cache_seqlens). */
+static mha_status kv_check_mask(mha_ctx *ctx, const char *fn, const mha_mask *m, int64_t B,
+                                int64_t H) {
+    if (!m) return MHA_OK;
+    const char *bad = m->key_padding   ? "key_padding"
+                      : m->key_lengths ? "key_lengths"
+                      : m->attn_bool   ? "attn_bool"
+                      : m->attn_float  ? "attn_float"
+                                       : NULL;
+    if (bad)
+        return mha__err(ctx, MHA_ERR_UNSUPPORTED,
+                        "%s: mask->%s: got a mask, expected NULL (with a kv cache only causal, "
+                        "window and ALiBi apply; each sequence's length is cache_seqlens[b] + "
+                        "Lnew)",
+                        fn, bad);
+    mha_status st = mha__attn_check_mask(ctx, fn, m, B, 0);
+    return st ? st : mha__attn_check_alibi(ctx, fn, m, B, H);
+}
+
+/* q, the caches, the new rows: shapes against each other. */
+static mha_status kv_check_tensors(mha_ctx *ctx, const char *fn, kv_call *c) {
+    mha_status st;
+    if ((st = mha__check_tensor(ctx, fn, "q", c->q, 4, NULL, "[B, H, L, D]"))) return st;
+    const int64_t B = c->B = c->q->shape[0], H = c->H = c->q->shape[1], D = c->D = c->q->shape[3];
+    c->L = c->q->shape[2];
+    if (D < 1)
+        return mha__err(ctx, MHA_ERR_SHAPE, "%s: q.shape[3]: got %lld, expected >= 1 (head dim)",
+                        fn, (long long)D);
+    int64_t wk[4] = {B, -1, -1, D};
+    if ((st = mha__check_tensor(ctx, fn, "k_cache", c->kc, 4, wk, "[B, Hkv, Smax, D]"))) return st;
+    const int64_t Hkv = c->Hkv = c->kc->shape[1], Smax = c->Smax = c->kc->shape[2];
+    if (Hkv < 1 || H % Hkv != 0)
+        return mha__err(ctx, MHA_ERR_SHAPE,
+                        "%s: k_cache.shape[1]: got %lld, expected a divisor of q's %lld heads "
+                        "(grouped-query attention: query head h uses key/value head h / (H / Hkv))",
+                        fn, (long long)Hkv, (long long)H);
+    c->group = H / Hkv;
+    int64_t wv[4] = {B, Hkv, Smax, -1};
+    if ((st = mha__check_tensor(ctx, fn, "v_cache", c->vc, 4, wv, "[B, Hkv, Smax, Dv] as k_cache")))
+        return st;
+    const int64_t Dv = c->Dv = c->vc->shape[3];
+    c->Lnew = 0;
+    if (!c->k_new != !c->v_new)
+        return mha__err(ctx, MHA_ERR_INVALID_ARG,
+                        "%s: %s: got NULL while %s is given, expected both or neither", fn,
+                        c->k_new ? "v_new" : "k_new", c->k_new ? "k_new" : "v_new");
+    if (c->k_new) {
+        if ((st = mha__check_tensor(ctx, fn, "k_new", c->k_new, 4, wk, "[B, Hkv, Lnew, D]")))
+            return st;
+        if (c->k_new->shape[1] != Hkv)
+            return mha__err(ctx, MHA_ERR_SHAPE,
+                            "%s: k_new.shape[1]: got %lld, expected %lld (k_cache heads)", fn,
+                            (long long)c->k_new->shape[1], (long long)Hkv);
+        c->Lnew = c->k_new->shape[2];
+        int64_t wn[4] = {B, Hkv, c->Lnew, Dv};
+        if ((st = mha__check_tensor(ctx, fn, "v_new", c->v_new, 4, wn,
+                                    "[B, Hkv, Lnew, Dv] as k_new and v_cache")))
+            return st;
+    }
+    int64_t wo[4] = {B, H, c->L, Dv}, wl[3] = {B, H, c->L};
+    if ((st = mha__check_tensor(ctx, fn, "out", c->out, 4, wo, "[B, H, L, Dv]"))) return st;
+    if (c->lse && (st = mha__check_tensor(ctx, fn, "lse", c->lse, 3, wl, "[B, H, L]"))) return st;
+    return MHA_OK;
+}
+
+/* Every cache_seqlens[b] >= 0 and its sequence (+ Lnew) within the cache. */
+static mha_status kv_check_lens(mha_ctx *ctx, const char *fn, const kv_call *c) {
+    if (!c->lens) {
+        if (c->Lnew > c->Smax)
+            return mha__err(ctx, MHA_ERR_SHAPE,
+                            "%s: k_new.shape[2]: got %lld, expected at most %lld (cache overflow: "
+                            "the cache has %lld rows)",
+                            fn, (long long)c->Lnew, (long long)c->Smax, (long long)c->Smax);
+        return MHA_OK;
+    }
+    for (int64_t b = 0; b < c->B; b++) {
+        const int64_t n = c->lens[b];
+        if (n < 0)
+            return mha__err(
+                ctx, MHA_ERR_INVALID_ARG,
+                "%s: cache_seqlens[%lld]: got %lld, expected >= 0 (tokens in the cache)", fn,
+                (long long)b, (long long)n);
+        if (n + c->Lnew > c->Smax)
+            return mha__err(ctx, MHA_ERR_INVALID_ARG,
+                            "%s: cache_seqlens[%lld]: got %lld, expected at most %lld (cache "
+                            "overflow: %lld + %lld new tokens exceed the cache's %lld rows)",
+                            fn, (long long)b, (long long)n, (long long)(c->Smax - c->Lnew),
+                            (long long)n, (long long)c->Lnew, (long long)c->Smax);
+    }
+    return MHA_OK;
+}
+
+/* A [1, X, R, Y] view of batch b of t, rows [0, R). */
+static mha_tensor batch_view(const mha_tensor *t, int64_t b, int64_t R) {
+    mha_tensor v = *t;
+    v.data = t->data + b * t->stride[0];
+    v.shape[0] = 1;
+    if (t->ndim == 4) v.shape[2] = R;
+    return v;
+}
+
+/* The mask the dense core applies to batch b (prefill): causal bottom-right, the window and the
+ * slopes of b. */
+static mha_mask prefill_mask(const kv_call *c, int64_t b) {
+    mha_mask mk = c->mask;
+    if (mk.causal != MHA_CAUSAL_NONE) mk.causal = MHA_CAUSAL_BOTTOM_RIGHT;
+    if (mk.alibi_slopes && mk.alibi_batched) mk.alibi_slopes += b * c->H;
+    return mk;
+}
+
+static int is_decode(const kv_call *c) { return c->L * c->group <= MHA__ATTN_DECODE_ROWS; }
+
+/* Validates everything into c (the caches are written only after this succeeds). */
+static mha_status kv_check(mha_ctx *ctx, const mha_attn_params *p, kv_call *c) {
+    const char *fn = c->fn;
+    const mha_attn_params dp = mha_attn_params_default();
+    if (!p) p = &dp;
+    mha_status st;
+    if ((st = kv_check_params(ctx, fn, p)) || (st = kv_check_tensors(ctx, fn, c)) ||
+        (st = kv_check_mask(ctx, fn, &c->mask, c->B, c->H)) || (st = kv_check_lens(ctx, fn, c)))
+        return st;
+    c->scale = p->scale != 0 ? p->scale : (float)(1.0 / sqrt((double)c->D));
+    c->softcap = p->softcap;
+    const mha__attn_arg ins[3] = {{"q", c->q}, {"k_new", c->k_new}, {"v_new", c->v_new}};
+    const mha__attn_arg outs[4] = {
+        {"k_cache", c->kc}, {"v_cache", c->vc}, {"out", c->out}, {"lse", c->lse}};
+    if ((st = mha__attn_check_aliases(ctx, fn, outs, 4, ins, 3))) return st;
+    if (c->B * c->H * c->L == 0 || is_decode(c)) return MHA_OK;
+    /* prefill: what the dense core would refuse, refused now (batch 0 stands for all) */
+    mha__attn_problem pr;
+    mha_tensor qb = batch_view(c->q, 0, c->L), kb = batch_view(c->kc, 0, kv_len(c, 0));
+    mha_tensor vb = batch_view(c->vc, 0, kv_len(c, 0));
+    mha_mask mk = prefill_mask(c, 0);
+    return mha__attn_check_inputs(ctx, fn, p, &qb, &kb, &vb, &mk, &pr);
+}
+
+/* Cache rows cache_seqlens[b] .. + Lnew - 1 of every (b, kv head) = k_new, v_new. */
+static void kv_append(const kv_call *c) {
+    for (int64_t b = 0; b < c->B; b++)
+        for (int64_t h = 0; h < c->Hkv; h++)
+            for (int64_t t = 0; t < c->Lnew; t++) {
+                const int64_t j = (c->lens ? c->lens[b] : 0) + t;
+                memcpy(mha__attn_row(c->kc, b, h, j), mha__attn_row(c->k_new, b, h, t),
+                       sizeof(float) * (size_t)c->D);
+                if (c->Dv > 0)
+                    memcpy(mha__attn_row(c->vc, b, h, j), mha__attn_row(c->v_new, b, h, t),
+                           sizeof(float) * (size_t)c->Dv);
+            }
+}
+
+/* ---- decode ---------------------------------------------------------------------------- */
+
+/* Chunks, threads, the partials and each thread's workspace. */
+static void dec_plan(mha_ctx *ctx, kv_call *c) {
+    int64_t maxlen = 0;
+    for (int64_t b = 0; b < c->B; b++)
+        if (kv_len(c, b) > maxlen) maxlen = kv_len(c, b);
+    c->kern = mha__ctx_kernels(ctx);
+    c->rows = c->L * c->group;
+    c->nch = (maxlen + DEC_CHUNK - 1) / DEC_CHUNK;
+    c->psz = c->rows * (2 + c->Dv);
+    c->nt = mha__ctx_threads(ctx);
+    /* a tiny problem is not worth waking threads for (as the dense forward) */
+    if ((double)c->B * c->Hkv * maxlen * (c->D + c->Dv) * c->rows < (double)(1 << 18)) c->nt = 1;
+    /* every key/value head of a chunk in one task (their rows interleave in memory with the
+     * [B, S, Hkv, D] layout), unless that leaves fewer than 4 tasks per thread: then the heads
+     * split into groups (a head's results do not depend on its group) */
+    const int64_t base = c->B * c->nch;
+    int64_t ng = base == 0 || base >= 4 * c->nt ? 1 : (4 * c->nt + base - 1) / base;
+    if (ng > c->Hkv) ng = c->Hkv;
+    c->hg = (c->Hkv + ng - 1) / ng;
+    c->nhg = (c->Hkv + c->hg - 1) / c->hg;
+    mha__plan_init(&c->plan);
+    MHA__PLAN_ADD(&c->plan, dec_ws, qs, sizeof(float), c->hg * c->rows, c->D);
+    MHA__PLAN_ADD(&c->plan, dec_ws, slope, sizeof(float), c->hg, c->rows);
+}
+
+/* The key range [lo, hi) of row r (query token i of length len's sequence) within chunk
+ * [j0, j0 + bc), and its ALiBi position: causality and the window aligned bottom-right. */
+static void dec_row_range(const kv_call *c, int64_t i, int64_t len, int64_t j0, int64_t bc,
+                          int64_t *lo, int64_t *hi, int64_t *pos) {
+    const int64_t qp = i + len - c->L, far = len + c->L + 1; /* bounds beyond far: unbounded */
+    int64_t a = 0, e = len;
+    if (c->mask.causal != MHA_CAUSAL_NONE && qp + 1 < e) e = qp + 1;
+    if (c->mask.window && c->mask.window_right >= 0 && c->mask.window_right < far &&
+        qp + c->mask.window_right + 1 < e)
+        e = qp + c->mask.window_right + 1;
+    if (c->mask.window && c->mask.window_left >= 0 && c->mask.window_left < far &&
+        qp - c->mask.window_left > a)
+        a = qp - c->mask.window_left;
+    a -= j0, e -= j0;
+    *lo = a < 0 ? 0 : a > bc ? bc : a;
+    *hi = e < *lo ? *lo : e > bc ? bc : e;
+    *pos = qp - j0;
+}
+
+/* Task (b, chunk, group of key/value heads): the chunk's partial softmax of each head's rows,
+ * every head's key block after key block in one kernel call (with the [B, S, Hkv, D] layout the
+ * heads of a key share its memory, so it is read in one pass). */
+static void dec_chunk(const kv_call *c, dec_ws *w, int64_t task) {
+    const int64_t hgi = task % c->nhg, ch = task / c->nhg % c->nch, b = task / c->nhg / c->nch;
+    const int64_t kh0 = hgi * c->hg, nh = c->Hkv - kh0 < c->hg ? c->Hkv - kh0 : c->hg;
+    const int64_t rows = c->rows, len = kv_len(c, b), j0 = ch * DEC_CHUNK;
+    const int64_t bc = len - j0 < DEC_CHUNK ? len - j0 : DEC_CHUNK;
+    float *part = c->part + ((b * c->nch + ch) * c->Hkv + kh0) * c->psz;
+    int64_t lo[MHA__ATTN_DECODE_ROWS], hi[MHA__ATTN_DECODE_ROWS], pos[MHA__ATTN_DECODE_ROWS];
+    int any = 0;
+    for (int64_t r = 0; r < rows; r++) {
+        dec_row_range(c, r % c->L, len, j0, bc > 0 ? bc : 0, &lo[r], &hi[r], &pos[r]);
+        any |= lo[r] < hi[r];
+    }
+    if (!any) { /* the chunk is past the sequence, or outside every row's range */
+        for (int64_t t = 0; t < nh; t++)
+            for (int64_t r = 0; r < rows; r++)
+                part[t * c->psz + r] = -INFINITY, part[t * c->psz + rows + r] = 0;
+        return;
+    }
+    const float *sl = c->mask.alibi_slopes;
+    for (int64_t t = 0; t < nh; t++)
+        for (int64_t r = 0; r < rows; r++) { /* (scale q) k, as the dense forward */
+            const int64_t h = (kh0 + t) * c->group + r / c->L;
+            mha__attn_scale_tile(1, c->D, c->scale, mha__attn_row(c->q, b, h, r % c->L), c->D,
+                                 w->qs + (t * rows + r) * c->D);
+            if (sl) w->slope[t * rows + r] = sl[(c->mask.alibi_batched ? b * c->H : 0) + h];
+        }
+    const mha__attn_decode_mask md = {c->softcap, lo, hi, sl ? w->slope : NULL, pos};
+    c->kern->attn_decode(nh, rows, bc, c->D, c->Dv, w->qs, c->D, rows * c->D,
+                         mha__attn_row(c->kc, b, kh0, j0), c->kc->stride[2], c->kc->stride[1],
+                         mha__attn_row(c->vc, b, kh0, j0), c->vc->stride[2], c->vc->stride[1], &md,
+                         part, c->psz);
+}
+
+/* Merge (b, kv head): each row's chunks in chunk order by log-sum-exp, into out and lse. */
+static void dec_merge(const kv_call *c, int64_t bk) {
+    const int64_t b = bk / c->Hkv, kh = bk % c->Hkv, rows = c->rows, Dv = c->Dv;
+    const float *part = c->part + (b * c->nch * c->Hkv + kh) * c->psz; /* chunk 0 */
+    const int64_t pst = c->Hkv * c->psz;                               /* chunk to chunk */
+    for (int64_t r = 0; r < rows; r++) {
+        const int64_t h = kh * c->group + r / c->L, i = r % c->L;
+        float *o = mha__attn_row(c->out, b, h, i), M = -INFINITY, sum = 0;
+        for (int64_t ch = 0; ch < c->nch; ch++) {
+            const float mc = part[ch * pst + r];
+            if (mc > M || isnan(mc)) M = mc;
+        }
+        for (int64_t x = 0; x < Dv; x++) o[x] = 0;
+        if (M == -INFINITY) { /* no allowed key: out 0, lse -inf */
+            if (c->lse)
+                c->lse
+                    ->data[b * c->lse->stride[0] + h * c->lse->stride[1] + i * c->lse->stride[2]] =
+                    -INFINITY;
+            continue;
+        }
+        for (int64_t ch = 0; ch < c->nch; ch++) {
+            const float *pc = part + ch * pst, mc = pc[r];
+            if (mc == -INFINITY) continue; /* nothing from this chunk (its O unset) */
+            const float a = expf(mc - M), *oc = pc + 2 * rows + r * Dv;
+            sum += a * pc[rows + r];
+            for (int64_t x = 0; x < Dv; x++) o[x] += a * oc[x];
+        }
+        const float inv = 1.0f / sum;
+        for (int64_t x = 0; x < Dv; x++) o[x] *= inv;
+        if (c->lse)
+            c->lse->data[b * c->lse->stride[0] + h * c->lse->stride[1] + i * c->lse->stride[2]] =
+                M + logf(sum);
+    }
+}
+
+/* Plans and allocates a decode call (before anything is written: a failure leaves the caches as
+ * they were): each thread's workspace into *ws, the partials into c->part (*pb). */
+static mha_status dec_alloc(mha_ctx *ctx, kv_call *c, void **ws, void **pb) {
+    dec_plan(ctx, c);
+    mha__plan pp;
+    mha__plan_init(&pp);
+    MHA__PLAN_ADD(&pp, kv_call, part, sizeof(float), c->B * c->nch * c->Hkv, c->psz);
+    mha_status st = mha__plan_alloc(&c->plan, ctx, c->fn, c->nt, ws);
+    if (st) return st;
+    if ((st = mha__plan_alloc(&pp, ctx, c->fn, 1, pb))) {
+        mha__free(*ws);
+        return st;
+    }
+    mha__plan_point(&pp, *pb, 0, c);
+    return MHA_OK;
+}
+
+/* Every chunk task, then every merge. */
+static void dec_run(const kv_call *c, void *ws) {
+    const int64_t ntask = c->B * c->nch * c->nhg, nmerge = c->B * c->Hkv;
+#pragma omp parallel num_threads(c->nt) if (c->nt > 1)
+    {
+        int tid = 0;
+#ifdef _OPENMP
+        tid = omp_get_thread_num();
+#endif
+        dec_ws w;
+        mha__plan_point(&c->plan, ws, tid, &w);
+#pragma omp for schedule(dynamic, 1)
+        for (int64_t t = 0; t < ntask; t++) dec_chunk(c, &w, t);
+#pragma omp for schedule(dynamic, 1)
+        for (int64_t t = 0; t < nmerge; t++) dec_merge(c, t);
+    }
+}
+
+/* ---- prefill --------------------------------------------------------------------------- */
+
+static mha_status prefill(mha_ctx *ctx, const mha_attn_params *p, const kv_call *c) {
+    for (int64_t b = 0; b < c->B; b++) {
+        const int64_t len = kv_len(c, b);
+        mha_tensor qb = batch_view(c->q, b, c->L), kb = batch_view(c->kc, b, len);
+        mha_tensor vb = batch_view(c->vc, b, len), ob = batch_view(c->out, b, c->L), lb;
+        if (c->lse) lb = batch_view(c->lse, b, 0);
+        mha_mask mk = prefill_mask(c, b);
+        mha_status st =
+            mha__attn_forward_seq(ctx, c->fn, p, &qb, &kb, &vb, &mk, &ob, c->lse ? &lb : NULL, 0);
+        if (st) return st;
+    }
+    return MHA_OK;
+}
+
+mha_status mha__attn_kvcache(mha_ctx *ctx, const char *fn, const mha_attn_params *p,
+                             const mha_tensor *q, mha_tensor *k_cache, mha_tensor *v_cache,
+                             const mha_tensor *k_new, const mha_tensor *v_new,
+                             const int32_t *cache_seqlens, const mha_mask *mask, mha_tensor *out,
+                             mha_tensor *lse) {
+    mha__clear(ctx);
+    kv_call c;
+    memset(&c, 0, sizeof c);
+    c.fn = fn, c.q = q, c.kc = k_cache, c.vc = v_cache, c.k_new = k_new, c.v_new = v_new;
+    c.lens = cache_seqlens, c.out = out, c.lse = lse;
+    c.mask = mask ? *mask : mha_mask_default();
+    mha_status st = kv_check(ctx, p, &c);
+    if (st) return st;
+    if (c.B * c.H * c.L == 0 || !is_decode(&c)) {
+        kv_append(&c);
+        return c.B * c.H * c.L == 0 ? MHA_OK : prefill(ctx, p, &c);
+    }
+    void *ws, *pb;
+    if ((st = dec_alloc(ctx, &c, &ws, &pb))) return st;
+    kv_append(&c);
+    dec_run(&c, ws);
+    mha__free(pb);
+    mha__free(ws);
+    return MHA_OK;
+}
+
+mha_status mha_attn_kvcache(mha_ctx *ctx, const mha_attn_params *p, const mha_tensor *q,
+                            mha_tensor *k_cache, mha_tensor *v_cache, const mha_tensor *k_new,
+                            const mha_tensor *v_new, const int32_t *cache_seqlens,
+                            const mha_mask *mask, mha_tensor *out, mha_tensor *lse) {
+    return mha__attn_kvcache(ctx, "mha_attn_kvcache", p, q, k_cache, v_cache, k_new, v_new,
+                             cache_seqlens, mask, out, lse);
+}

@@ -1,0 +1,139 @@
+/* kv_cache.c - mha_kv_cache: a key/value cache the library owns (contiguous
+ * k [B, Hkv, capacity, D], v [B, Hkv, capacity, Dv], int32 lengths), and its append-then-attend
+ * call over mha_attn_kvcache (src/attn/attn_decode.c). */
+#include "decode.h"
+
+#include <string.h>
+
+struct mha_kv_cache {
+    int64_t B, cap, Hkv, D, Dv;
+    mha_dtype dtype;
+    float *k, *v;
+    int32_t *len; /* [B] */
+};
+
+static const char *const FN_CREATE = "mha_kv_cache_create";
+
+/* n = a * b * c * d elements, checked for overflow. */
+static int count4(int64_t a, int64_t b, int64_t c, int64_t d, size_t *n) {
+    size_t x;
+    return mha__mul_size((size_t)a, (size_t)b, &x) && mha__mul_size(x, (size_t)c, &x) &&
+           mha__mul_size(x, (size_t)d, &x) && mha__mul_size(x, sizeof(float), n);
+}
+
+static mha_status check_dims(mha_ctx *ctx, int64_t batch, int64_t capacity, int64_t kv_heads,
+                             int64_t head_dim, int64_t head_dim_v, mha_dtype dtype) {
+    const struct {
+        const char *name;
+        int64_t v, min;
+    } d[5] = {{"batch", batch, 1},
+              {"capacity", capacity, 1},
+              {"kv_heads", kv_heads, 1},
+              {"head_dim", head_dim, 1},
+              {"head_dim_v", head_dim_v, 0}};
+    for (int i = 0; i < 5; i++)
+        if (d[i].v < d[i].min)
+            return mha__err(ctx, MHA_ERR_INVALID_ARG, "%s: %s: got %lld, expected >= %lld",
+                            FN_CREATE, d[i].name, (long long)d[i].v, (long long)d[i].min);
+    /* cache_seqlens are int32: a sequence holds at most INT32_MAX tokens */
+    if (capacity > INT32_MAX)
+        return mha__err(ctx, MHA_ERR_INVALID_ARG,
+                        "%s: capacity: got %lld, expected at most %d (int32 lengths)", FN_CREATE,
+                        (long long)capacity, INT32_MAX);
+    if (dtype == MHA_DTYPE_BF16 || dtype == MHA_DTYPE_F16)
+        return mha__err(ctx, MHA_ERR_UNSUPPORTED,
+                        "%s: dtype: got %s, expected float32 (bfloat16 and float16 caches are "
+                        "issue 11's)",
+                        FN_CREATE, mha_dtype_name(dtype));
+    if (dtype != MHA_DTYPE_F32)
+        return mha__err(ctx, MHA_ERR_UNSUPPORTED, "%s: dtype: got %s, expected float32", FN_CREATE,
+                        mha_dtype_name(dtype));
+    return MHA_OK;
+}
+
+mha_status mha_kv_cache_create(mha_ctx *ctx, int64_t batch, int64_t capacity, int64_t kv_heads,
+                               int64_t head_dim, int64_t head_dim_v, mha_dtype dtype,
+                               mha_kv_cache **out) {
+    mha__clear(ctx);
+    if (!out)
+        return mha__err(ctx, MHA_ERR_INVALID_ARG, "%s: out: got NULL, expected a pointer",
+                        FN_CREATE);
+    *out = NULL;
+    mha_status st = check_dims(ctx, batch, capacity, kv_heads, head_dim, head_dim_v, dtype);
+    if (st) return st;
+    size_t nk, nv;
+    if (!count4(batch, kv_heads, capacity, head_dim, &nk) ||
+        !count4(batch, kv_heads, capacity, head_dim_v, &nv))
+        return mha__err(ctx, MHA_ERR_NOMEM, "%s: size overflows (%lld x %lld x %lld x %lld floats)",
+                        FN_CREATE, (long long)batch, (long long)kv_heads, (long long)capacity,
+                        (long long)head_dim);
+    mha_kv_cache *c = mha__calloc(1, sizeof *c);
+    if (c) {
+        c->k = mha__calloc(1, nk);
+        c->v = mha__calloc(1, nv > 0 ? nv : 1);
+        c->len = mha__calloc((size_t)batch, sizeof(int32_t));
+    }
+    if (!c || !c->k || !c->v || !c->len) {
+        mha_kv_cache_free(c);
+        return mha__err(ctx, MHA_ERR_NOMEM, "%s: out of memory (%zu + %zu bytes)", FN_CREATE, nk,
+                        nv);
+    }
+    c->B = batch, c->cap = capacity, c->Hkv = kv_heads, c->D = head_dim, c->Dv = head_dim_v;
+    c->dtype = dtype;
+    *out = c;
+    return MHA_OK;
+}
+
+void mha_kv_cache_free(mha_kv_cache *c) {
+    if (!c) return;
+    mha__free(c->k);
+    mha__free(c->v);
+    mha__free(c->len);
+    mha__free(c);
+}
+
+void mha_kv_cache_reset(mha_kv_cache *c) {
+    if (c) memset(c->len, 0, sizeof(int32_t) * (size_t)c->B);
+}
+
+int64_t mha_kv_cache_length(const mha_kv_cache *c, int64_t b) {
+    return c && b >= 0 && b < c->B ? c->len[b] : -1;
+}
+
+/* The [B, Hkv, capacity, X] view of buffer x. */
+static mha_tensor cache_view(const mha_kv_cache *c, float *x, int64_t X) {
+    int64_t shape[4] = {c->B, c->Hkv, c->cap, X};
+    return mha_tensor_make(x, 4, shape);
+}
+
+mha_status mha_kv_cache_views(mha_ctx *ctx, mha_kv_cache *c, mha_tensor *k, mha_tensor *v) {
+    mha__clear(ctx);
+    if (!c)
+        return mha__err(ctx, MHA_ERR_INVALID_ARG,
+                        "mha_kv_cache_views: c: got NULL, expected a "
+                        "cache");
+    if (k) *k = cache_view(c, c->k, c->D);
+    if (v) *v = cache_view(c, c->v, c->Dv);
+    return MHA_OK;
+}
+
+mha_status mha__kv_cache_attend(mha_ctx *ctx, const char *fn, const mha_attn_params *p,
+                                mha_kv_cache *c, const mha_tensor *q, const mha_tensor *k_new,
+                                const mha_tensor *v_new, const mha_mask *mask, mha_tensor *out,
+                                mha_tensor *lse) {
+    mha__clear(ctx);
+    if (!c) return mha__err(ctx, MHA_ERR_INVALID_ARG, "%s: c: got NULL, expected a cache", fn);
+    mha_tensor kc = cache_view(c, c->k, c->D), vc = cache_view(c, c->v, c->Dv);
+    mha_status st =
+        mha__attn_kvcache(ctx, fn, p, q, &kc, &vc, k_new, v_new, c->len, mask, out, lse);
+    if (st || !k_new) return st;
+    for (int64_t b = 0; b < c->B; b++) c->len[b] += (int32_t)k_new->shape[2];
+    return MHA_OK;
+}
+
+mha_status mha_kv_cache_attend(mha_ctx *ctx, const mha_attn_params *p, mha_kv_cache *c,
+                               const mha_tensor *q, const mha_tensor *k_new,
+                               const mha_tensor *v_new, const mha_mask *mask, mha_tensor *out,
+                               mha_tensor *lse) {
+    return mha__kv_cache_attend(ctx, "mha_kv_cache_attend", p, c, q, k_new, v_new, mask, out, lse);
+}

@@ -1,0 +1,258 @@
+/* decode_skel.h - the x86 flash-decoding chunk kernel (mha__attn_decode_<isa>), written once
+ * over a SIMD mapping. Contract: DECODE KERNEL in ../kernels.h; the generic kernel
+ * (../generic/decode.c) is the reference.
+ *
+ * Included by each ISA's attn.c after attn_skel.h: it uses that skeleton's PW, PER_NV, IOTA
+ * and vf_tanh (the softcap computed as the dense kernels compute it) over the same mapping.
+ *
+ * A chunk's keys in blocks of DEC_KB (only the range some row may use), for all the rows at
+ * once, so that every K and V row is read from memory once, in place (a single query never
+ * needs packed key tiles; no copy of the cache is made):
+ *   1. scores S[rows, kb]: DEC_RB rows x DEC_KS keys at a time, A_r . K_c as FMA chains over
+ *      the head dim (each K vector loaded once for the rows, each query vector once for the
+ *      keys), reduced by one VL x VL transpose (DEC_RB x DEC_KS = VL sums) or horizontal sums
+ *   2. per row, vectors of VL keys: softcap, ALiBi, the row's key range (-inf outside), the
+ *      block max m', alpha = exp(m - m'), P = exp(s - m'), l = alpha l + sum P
+ *   3. O = diag(alpha) O + P V_block: DEC_RB rows x PW columns of O in registers over the
+ *      block's keys (V rows read in place)
+ * Both products run on the exact number of rows (compile-time blocks of 1 to DEC_RB rows): a
+ * query head per key/value head (H = Hkv) costs one FMA chain per key, not a padded block's.
+ * The next block's K and V rows are prefetched (into L2) while one is computed: needed with
+ * strided rows (the [B, S, Hkv, D] cache layout: consecutive keys of a head Hkv * D floats
+ * apart, a page apart at Hkv * D = 1024, beyond what the hardware's stream prefetchers
+ * follow), and about 10% faster with contiguous ones too (measured: CPU time per decode step,
+ * B=1, H=32, Hkv=8, D=128, S=8192, 1 thread, on a busy machine). The heads of a call take
+ * each block of keys in turn, so the rows of all the heads of a key, which the
+ * [B, S, Hkv, D] layout stores together, are read close in time. */
+#ifndef MHA_X86_DECODE_SKEL_H
+#define MHA_X86_DECODE_SKEL_H
+
+#include "../kernels.h"
+
+#include <math.h>
+#include <string.h>
+
+#define DEC_KB 64 /* keys per block: S is MHA__ATTN_DECODE_ROWS x 64 floats (4 KiB) */
+#define DEC_RB 4  /* query rows per block: DEC_RB FMA chains share each K and V vector */
+#define DEC_PF 1  /* prefetch the block that many blocks ahead */
+/* keys per score step: DEC_RB x DEC_KS accumulators (16 of 32 zmm, 8 of 16 ymm) share each
+ * query vector */
+#define DEC_KS NVMAX
+
+_Static_assert(DEC_KB % VL == 0, "a block is whole vectors");
+
+/* BLOCK(nr, args) for a compile-time row count nr in 1..DEC_RB (the rows of a block, exact:
+ * one query row (multi-head decoding) runs one FMA chain, not DEC_RB copies of it). */
+#define PER_RB(nr, BLOCK, ...)                                                                     \
+    do {                                                                                           \
+        switch (nr) {                                                                              \
+        case 1: BLOCK(1, __VA_ARGS__); break;                                                      \
+        case 2: BLOCK(2, __VA_ARGS__); break;                                                      \
+        case 3: BLOCK(3, __VA_ARGS__); break;                                                      \
+        default: BLOCK(4, __VA_ARGS__); break;                                                     \
+        }                                                                                          \
+    } while (0)
+_Static_assert(DEC_RB == 4, "PER_RB covers 1..4 rows");
+_Static_assert(DEC_RB *DEC_KS == VL, "a full score step's sums are one transposed vector");
+
+/* S[r * DEC_KB + c] = A_r . K_c for the nr rows A_r (lda apart) and the nk keys K_c (ldk apart)
+ * from c0: nr x nk FMA chains over the head dim, each query vector loaded once for the nk keys
+ * and each key vector once for the nr rows, then one horizontal sum each. */
+INL void dec_dots(const int nr, const int nk, int64_t c0, int64_t n, const float *A, int64_t lda,
+                  const float *K, int64_t ldk, float *S) {
+    const int64_t nvec = (n + VL - 1) / VL;
+    const vmask kl = mask_tail(n - (nvec - 1) * VL);
+    vf acc[DEC_RB][DEC_KS];
+#pragma GCC unroll 4
+    for (int i = 0; i < nr; i++)
+#pragma GCC unroll 4
+        for (int j = 0; j < nk; j++) acc[i][j] = vf_zero();
+    for (int64_t v = 0; v < nvec; v++) {
+        const int last = v == nvec - 1;
+        vf kv[DEC_KS];
+#pragma GCC unroll 4
+        for (int j = 0; j < nk; j++) kv[j] = vf_load_v(K + (c0 + j) * ldk + VL * v, last, kl);
+#pragma GCC unroll 4
+        for (int i = 0; i < nr; i++) {
+            const vf a = vf_load_v(A + i * lda + VL * v, last, kl);
+#pragma GCC unroll 4
+            for (int j = 0; j < nk; j++) acc[i][j] = vf_fma(a, kv[j], acc[i][j]);
+        }
+    }
+    if (nr * nk == VL) { /* the VL sums at once: transpose, then add the rows */
+        vf t[VL];
+#pragma GCC unroll 4
+        for (int i = 0; i < nr; i++)
+#pragma GCC unroll 4
+            for (int j = 0; j < nk; j++) t[i * nk + j] = acc[i][j];
+        vf_transpose(t);
+        vf sum = t[0];
+#pragma GCC unroll 16
+        for (int x = 1; x < VL; x++) sum = vf_add(sum, t[x]);
+        float out[VL] __attribute__((aligned(VALIGN)));
+        vf_store(out, sum);
+#pragma GCC unroll 4
+        for (int i = 0; i < nr; i++)
+#pragma GCC unroll 4
+            for (int j = 0; j < nk; j++) S[i * DEC_KB + c0 + j] = out[i * nk + j];
+        return;
+    }
+#pragma GCC unroll 4
+    for (int i = 0; i < nr; i++)
+#pragma GCC unroll 4
+        for (int j = 0; j < nk; j++) S[i * DEC_KB + c0 + j] = vf_hsum(acc[i][j]);
+}
+
+/* The scores of nr rows against the block's kb keys: DEC_KS keys at a time, then one by one. */
+INL void dec_scores_blk(const int nr, int64_t kb, int64_t n, const float *A, int64_t lda,
+                        const float *K, int64_t ldk, float *S) {
+    int64_t c = 0;
+    for (; c + DEC_KS <= kb; c += DEC_KS) dec_dots(nr, DEC_KS, c, n, A, lda, K, ldk, S);
+    for (; c < kb; c++) dec_dots(nr, 1, c, n, A, lda, K, ldk, S);
+}
+#define DEC_SCORES_BLK(nr, ...) dec_scores_blk(nr, __VA_ARGS__)
+
+/* The scores of every row, DEC_RB rows at a time. */
+static void dec_scores(int64_t rows, int64_t kb, int64_t n, const float *A, int64_t lda,
+                       const float *K, int64_t ldk, float *S) {
+    for (int64_t r0 = 0; r0 < rows; r0 += DEC_RB) {
+        const int64_t nr = rows - r0 < DEC_RB ? rows - r0 : DEC_RB;
+        PER_RB(nr, DEC_SCORES_BLK, kb, n, A + r0 * lda, lda, K, ldk, S + r0 * DEC_KB);
+    }
+}
+
+/* O[nr, VL nv] (the last vector cut by kl) = diag(alpha) O + P[nr, kb] V[kb, VL nv]: nr x nv
+ * accumulators in registers over the block's keys (one V row load per key and vector, one
+ * broadcast per row); the exact rows, unlike attn_skel.h's MR-row pv blocks. */
+INL void dec_pv_blk(const int nr, const int nv, int64_t kb, const float *P, const float *V,
+                    int64_t ldv, const float *alpha, float *O, int64_t ldo, vmask kl) {
+    vf acc[DEC_RB][NVMAX];
+#pragma GCC unroll 4
+    for (int i = 0; i < nr; i++) {
+        const vf a = vf_set1(alpha[i]);
+#pragma GCC unroll 4
+        for (int j = 0; j < nv; j++)
+            acc[i][j] = vf_mul(a, vf_load_v(O + i * ldo + VL * j, j == nv - 1, kl));
+    }
+    for (int64_t c = 0; c < kb; c++) {
+        vf x[NVMAX];
+#pragma GCC unroll 4
+        for (int j = 0; j < nv; j++) x[j] = vf_load_v(V + c * ldv + VL * j, j == nv - 1, kl);
+#pragma GCC unroll 4
+        for (int i = 0; i < nr; i++) {
+            const vf p = vf_bcast(P + i * DEC_KB + c);
+#pragma GCC unroll 4
+            for (int j = 0; j < nv; j++) acc[i][j] = vf_fma(p, x[j], acc[i][j]);
+        }
+    }
+#pragma GCC unroll 4
+    for (int i = 0; i < nr; i++)
+#pragma GCC unroll 4
+        for (int j = 0; j < nv; j++) vf_store_v(O + i * ldo + VL * j, j == nv - 1, kl, acc[i][j]);
+}
+#define DEC_PV_NV(nv, nr, ...) dec_pv_blk(nr, nv, __VA_ARGS__)
+#define DEC_PV_NR(nr, nv, ...) PER_NV(nv, DEC_PV_NV, nr, __VA_ARGS__)
+
+/* O[rows, nv] = diag(alpha) O + P[rows, kb] V[kb, nv], in panels of PW columns. */
+static void dec_pv(int64_t rows, int64_t kb, int64_t nv, const float *P, const float *V,
+                   int64_t ldv, const float *alpha, float *O, int64_t ldo) {
+    for (int64_t x0 = 0; x0 < nv; x0 += PW) {
+        const int64_t w = nv - x0 < PW ? nv - x0 : PW, nvec = (w + VL - 1) / VL;
+        const vmask kl = mask_tail(w - (nvec - 1) * VL);
+        for (int64_t r0 = 0; r0 < rows; r0 += DEC_RB) {
+            const int64_t nr = rows - r0 < DEC_RB ? rows - r0 : DEC_RB;
+            PER_RB(nr, DEC_PV_NR, nvec, kb, P + r0 * DEC_KB, V + x0, ldv, alpha + r0,
+                   O + r0 * ldo + x0, ldo, kl);
+        }
+    }
+}
+
+/* Row r of a block of kb keys from chunk key c0 (s: its DEC_KB scores, the first kb valid):
+ * the score definition's softcap, ALiBi and key range, then the online-softmax step (m, l
+ * updated, alpha = the factor of the row's earlier O, s = P with exactly 0 where excluded). */
+static void dec_row(int64_t r, int64_t c0, int64_t kb, const mha__attn_decode_mask *md, float *s,
+                    float *m, float *l, float *alpha) {
+    const int64_t kw = (kb + VL - 1) / VL * VL;
+    if (md->softcap > 0) { /* as attn_skel.h's score_mod */
+        const vf cap = vf_set1(md->softcap), inv = vf_set1(1.0f / md->softcap);
+        for (int64_t c = 0; c < kw; c += VL)
+            vf_store(s + c, vf_mul(cap, vf_tanh(vf_mul(vf_load(s + c), inv))));
+    }
+    if (md->slope) { /* s - slope * |pos - key| */
+        const vf slope = vf_set1(md->slope[r]), iota = vf_load(IOTA);
+        for (int64_t c = 0; c < kw; c += VL) {
+            vf d = vf_abs(vf_sub(vf_set1((float)(md->pos[r] - c0 - c)), iota));
+            vf_store(s + c, vf_sub(vf_load(s + c), vf_mul(slope, d)));
+        }
+    }
+    int64_t a0 = md->lo[r] - c0, a1 = md->hi[r] - c0;
+    a0 = a0 < 0 ? 0 : a0 > kw ? kw : a0;
+    a1 = a1 < a0 ? a0 : a1 > kb ? kb : a1;
+    for (int64_t c = 0; c < a0; c++) s[c] = -INFINITY;
+    for (int64_t c = a1; c < kw; c++) s[c] = -INFINITY;
+    vf vm = vf_set1(-INFINITY);
+    for (int64_t c = 0; c < kw; c += VL) vm = vf_max(vf_load(s + c), vm);
+    const float mx = vf_hmax(vm), mn = mx > m[r] ? mx : m[r];
+    if (mn == -INFINITY) { /* nothing allowed (or every score -inf) so far */
+        for (int64_t c = 0; c < kw; c++) s[c] = 0;
+        alpha[r] = 1;
+        return;
+    }
+    const vf vmn = vf_set1(mn);
+    vf sum = vf_zero();
+    for (int64_t c = 0; c < kw; c += VL) {
+        vf p = vf_exp(vf_sub(vf_load(s + c), vmn));
+        vf_store(s + c, p);
+        sum = vf_add(sum, p);
+    }
+    alpha[r] = m[r] == -INFINITY ? 0.0f : expf(m[r] - mn);
+    l[r] = alpha[r] * l[r] + vf_hsum(sum);
+    m[r] = mn;
+}
+
+/* Prefetches rows [0, nr) of X (ld apart, n floats each) into L2, one cache line at a time: not
+ * into L1, where rows a page apart (the [B, S, Hkv, D] layout at Hkv * D = 1024) all map to
+ * the same few sets and would evict the block being computed (measured: CPU time per step,
+ * B=1, H=32, Hkv=8, D=128, S=8192, 1 thread: bshd 9.3 ms with L1 prefetches, 7.9 ms with L2
+ * ones, bhsd 7.7-7.9 ms either way). */
+INL void dec_prefetch(const float *X, int64_t ld, int64_t nr, int64_t n) {
+    for (int64_t c = 0; c < nr; c++)
+        for (int64_t x = 0; x < n; x += 16) __builtin_prefetch(X + c * ld + x, 0, 2);
+}
+
+void KERNEL(decode)(int64_t nh, int64_t rows, int64_t bc, int64_t n, int64_t nv, const float *A,
+                    int64_t lda, int64_t sa, const float *K, int64_t ldk, int64_t sk,
+                    const float *V, int64_t ldv, int64_t sv, const mha__attn_decode_mask *md,
+                    float *P, int64_t sp) {
+    float S[MHA__ATTN_DECODE_ROWS * DEC_KB] __attribute__((aligned(64)));
+    float alpha[MHA__ATTN_DECODE_ROWS];
+    memset(S, 0, sizeof S);
+    int64_t cmin = bc, cmax = 0; /* the keys some row may use (the same for every head) */
+    for (int64_t r = 0; r < rows; r++) {
+        if (md->lo[r] >= md->hi[r]) continue;
+        if (md->lo[r] < cmin) cmin = md->lo[r];
+        if (md->hi[r] > cmax) cmax = md->hi[r];
+    }
+    for (int64_t t = 0; t < nh; t++) {
+        float *m = P + t * sp;
+        for (int64_t r = 0; r < rows; r++) m[r] = -INFINITY, m[rows + r] = 0;
+        memset(m + 2 * rows, 0, sizeof(float) * (size_t)(rows * nv));
+    }
+    for (int64_t c0 = cmin; c0 < cmax; c0 += DEC_KB) {
+        const int64_t kb = cmax - c0 < DEC_KB ? cmax - c0 : DEC_KB;
+        const int64_t p0 = c0 + DEC_PF * DEC_KB, np = cmax - p0 < DEC_KB ? cmax - p0 : DEC_KB;
+        for (int64_t t = 0; t < nh; t++) { /* every head of this block of keys, in turn */
+            const float *Kt = K + t * sk, *Vt = V + t * sv;
+            float *m = P + t * sp, *l = m + rows, *O = l + rows;
+            mha__attn_decode_mask mh = *md;
+            if (md->slope) mh.slope = md->slope + t * rows;
+            dec_prefetch(Kt + p0 * ldk, ldk, np, n); /* the block DEC_PF ahead */
+            dec_prefetch(Vt + p0 * ldv, ldv, np, nv);
+            dec_scores(rows, kb, n, A + t * sa, lda, Kt + c0 * ldk, ldk, S);
+            for (int64_t r = 0; r < rows; r++) dec_row(r, c0, kb, &mh, S + r * DEC_KB, m, l, alpha);
+            dec_pv(rows, kb, nv, S, Vt + c0 * ldv, ldv, alpha, O, nv);
+        }
+    }
+}
+
+#endif

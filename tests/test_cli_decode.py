@@ -1,0 +1,90 @@
+"""test_cli_decode.py - `mha bench --core --decode`: one decoding step (mha_attn_kvcache, one
+query token per sequence against a cache of --seq S tokens) with the memory read bandwidth
+measured in the same run; both cache layouts, text and JSON, and the flags' usage errors.
+Tiny sizes, nothing timed: only the report's fields and their consistency are checked.
+
+Run as `MHA_BIN=build/mha build/venv/bin/python -m pytest -q tests/test_cli_decode.py` (CTest
+does it via tests/decode.cmake).
+"""
+import json
+import os
+import subprocess
+
+import pytest
+
+SMALL = ["bench", "--core", "--decode", "--batch", "2", "--seq", "700", "--embed", "64",
+         "--heads", "4", "--kv-heads", "2", "--runs", "2", "--warmup", "1", "--bw-mib", "4",
+         "--threads", "2"]
+
+
+def mha(*args):
+    b = os.environ.get("MHA_BIN")
+    if not b or not os.path.isfile(b) or not os.access(b, os.X_OK):
+        pytest.fail(f"MHA_BIN must name the built mha binary (got {b!r})")
+    return subprocess.run([b, *args], capture_output=True, text=True, timeout=120)
+
+
+@pytest.mark.parametrize("layout", [None, "bhsd", "bshd"])
+def test_json_report(layout):
+    args = SMALL + ["--json"] + (["--layout", layout] if layout else [])
+    r = mha(*args)
+    assert r.returncode == 0, r.stderr
+    assert r.stderr == ""
+    j = json.loads(r.stdout)
+    assert j["what"] == "core_decode"
+    assert (j["batch"], j["seq_k"], j["heads"], j["kv_heads"], j["head_dim"]) == (2, 700, 4, 2, 16)
+    assert j["layout"] == (layout or "bhsd")
+    assert j["threads"] == 2 and j["runs"] == 2 and j["mem_read_mib"] == 4
+    # K and V rows of every sequence and key/value head: B * G * S * 2D floats
+    assert j["kv_bytes"] == 2 * 2 * 700 * 2 * 16 * 4
+    assert j["median_ms"] > 0 and j["kv_gbps"] > 0 and j["mem_read_gbps"] > 0
+    assert j["kv_vs_mem"] == pytest.approx(j["kv_gbps"] / j["mem_read_gbps"], rel=1e-2)
+    assert j["isa"] in ("generic", "avx2", "avx512")
+
+
+def test_seq_k_head_dim_and_score_options():
+    """--seq-k and --head-dim give the cache's length and head dim (--seq, --embed unused);
+    the window, softcap and ALiBi apply to the decoding step too."""
+    r = mha("bench", "--core", "--decode", "--seq-k", "600", "--head-dim", "24", "--heads", "6",
+            "--kv-heads", "3", "--runs", "2", "--warmup", "1", "--bw-mib", "2", "--threads", "1",
+            "--window", "100,0", "--softcap", "30", "--alibi", "--causal", "--json")
+    assert r.returncode == 0, r.stderr
+    j = json.loads(r.stdout)
+    assert (j["seq_k"], j["head_dim"], j["heads"], j["kv_heads"]) == (600, 24, 6, 3)
+    assert j["kv_bytes"] == 1 * 3 * 600 * 2 * 24 * 4
+
+
+def test_text_report():
+    r = mha(*SMALL, "--layout", "bshd", "--isa", "generic")
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.splitlines()
+    assert lines[0].startswith("core_decode B 2 S 700 H 4 G 2 D 16, layout bshd, isa generic, "
+                               "2 threads: median ")
+    assert "K/V read" in lines[0] and "GB/s" in lines[0]
+    assert lines[1].startswith("  memory read bandwidth ")
+    assert "4 MiB streamed, 2 threads" in lines[1]
+
+
+@pytest.mark.parametrize("args,msg", [
+    (["bench", "--decode"], "--decode: applies to --core"),
+    (["bench", "--core", "--layout", "bshd"], "--layout: applies to --decode"),
+    (["bench", "--core", "--decode", "--layout", "sbhd"],
+     '--layout: got "sbhd", expected bhsd or bshd'),
+    (["bench", "--core", "--decode", "--backward"], "--decode: cannot be combined with --backward"),
+    (["bench", "--core", "--decode", "--bw-mib", "0"], "--bw-mib: got 0, expected 1.."),
+    (["bench", "--core", "--decode", "--heads", "4", "--kv-heads", "3"],
+     "--kv-heads: got 3, expected a divisor of --heads 4"),
+])
+def test_usage_errors(args, msg):
+    r = mha(*args)
+    assert r.returncode == 1
+    assert r.stdout == ""
+    assert r.stderr.startswith("mha: error: " + msg), r.stderr
+    assert "hint: mha bench --help" in r.stderr
+
+
+def test_help_lists_the_flags():
+    r = mha("bench", "--help")
+    assert r.returncode == 0
+    for flag in ("--decode", "--layout L", "bshd", "--bw-mib"):
+        assert flag in r.stdout

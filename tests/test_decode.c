@@ -1,0 +1,1150 @@
+/* test_decode.c - decoding with a key/value cache: mha_attn_kvcache (both paths: flash-decoding
+ * and the prefill through the dense core), the mha_kv_cache object and the module's
+ * incremental call, against a plain float64 reference of the score definition (mha.h) on
+ * every ISA; thread counts bitwise; strided [B, S, H, D] caches; every bad input with nothing
+ * written. */
+#include "harness.h"
+#include "core/internal.h"
+#include "kernels/kernels.h"
+
+/* ------------------------------------------------------------------------------------------
+ * Random numbers and views
+ * ---------------------------------------------------------------------------------------- */
+static uint64_t rng_state = 0x9E3779B97F4A7C15ull;
+static double urand(void) { /* [0, 1) */
+    rng_state ^= rng_state >> 12;
+    rng_state ^= rng_state << 25;
+    rng_state ^= rng_state >> 27;
+    return (double)((rng_state * 2685821657736338717ull) >> 11) * (1.0 / 9007199254740992.0);
+}
+static float frand(void) { return (float)(2 * urand() - 1); }
+
+typedef struct {
+    float *buf;
+    size_t n; /* floats in buf */
+    mha_tensor t;
+} tview;
+
+/* A [B, H, R, X] view: contiguous (layout 0), or of [B, R, H, X + 3] memory (layout 1: the
+ * [batch, seqlen, heads, headdim] layout FlashAttention's users have, rows padded). */
+static tview view_alloc(int64_t B, int64_t H, int64_t R, int64_t X, int layout) {
+    tview v;
+    int64_t shape[4] = {B, H, R, X};
+    if (layout == 0) {
+        v.n = (size_t)(B * H * R * X) + 1;
+        v.buf = calloc(v.n, sizeof(float));
+        v.t = mha_tensor_make(v.buf, 4, shape);
+    } else {
+        int64_t xs = X + 3;
+        v.n = (size_t)(B * R * H * xs) + 1;
+        v.buf = calloc(v.n, sizeof(float));
+        int64_t stride[4] = {R * H * xs, xs, H * xs, 1};
+        v.t = mha_tensor_strided(v.buf, 4, shape, stride);
+    }
+    return v;
+}
+static float *vat(const mha_tensor *t, int64_t b, int64_t h, int64_t r, int64_t x) {
+    return t->data + b * t->stride[0] + h * t->stride[1] + r * t->stride[2] + x * t->stride[3];
+}
+static void view_fill(tview *v) {
+    for (size_t i = 0; i < v->n; i++) v->buf[i] = frand();
+}
+static void view_free(tview *v) { free(v->buf); }
+/* The view's elements in [B, H, R, X] order. */
+static void view_get(const mha_tensor *t, float *dst) {
+    int64_t at = 0;
+    for (int64_t b = 0; b < t->shape[0]; b++)
+        for (int64_t h = 0; h < t->shape[1]; h++)
+            for (int64_t r = 0; r < t->shape[2]; r++)
+                for (int64_t x = 0; x < t->shape[3]; x++) dst[at++] = *vat(t, b, h, r, x);
+}
+
+/* ------------------------------------------------------------------------------------------
+ * A case and its float64 reference
+ * ---------------------------------------------------------------------------------------- */
+typedef struct {
+    int64_t B, H, Hkv, L, D, Dv, Smax, Lnew;
+    int32_t lens[4]; /* cache_seqlens (B <= 4) */
+    int no_lens;     /* pass cache_seqlens = NULL (all 0) */
+    int causal, window;
+    int64_t wl, wr;
+    int alibi, alibi_batched;
+    float softcap, scale;
+    int layout; /* 0: [B, H, S, D] caches; 1: [B, S, H, D] caches, q, out */
+} dcase;
+
+static int32_t case_len(const dcase *c, int64_t b) { return c->no_lens ? 0 : c->lens[b]; }
+
+typedef struct {
+    tview q, kc, vc, kn, vn, out;
+    float *lse, *slopes;
+    mha_tensor lse_t;
+    mha_mask mask;
+    mha_attn_params p;
+} dbufs;
+
+static void bufs_make(const dcase *c, dbufs *d) {
+    d->q = view_alloc(c->B, c->H, c->L, c->D, c->layout);
+    d->kc = view_alloc(c->B, c->Hkv, c->Smax, c->D, c->layout);
+    d->vc = view_alloc(c->B, c->Hkv, c->Smax, c->Dv, c->layout);
+    d->kn = view_alloc(c->B, c->Hkv, c->Lnew, c->D, c->layout);
+    d->vn = view_alloc(c->B, c->Hkv, c->Lnew, c->Dv, c->layout);
+    d->out = view_alloc(c->B, c->H, c->L, c->Dv, c->layout);
+    view_fill(&d->q), view_fill(&d->kc), view_fill(&d->vc), view_fill(&d->kn), view_fill(&d->vn);
+    int64_t ls[3] = {c->B, c->H, c->L};
+    d->lse = calloc((size_t)(c->B * c->H * c->L) + 1, sizeof(float));
+    d->lse_t = mha_tensor_make(d->lse, 3, ls);
+    d->slopes = calloc((size_t)(c->B * c->H), sizeof(float));
+    for (int64_t x = 0; x < c->B * c->H; x++) d->slopes[x] = (float)(0.05 + 0.5 * urand());
+    d->mask = mha_mask_default();
+    d->mask.causal = c->causal ? MHA_CAUSAL_BOTTOM_RIGHT : MHA_CAUSAL_NONE;
+    d->mask.window = c->window, d->mask.window_left = c->wl, d->mask.window_right = c->wr;
+    d->mask.alibi_slopes = c->alibi ? d->slopes : NULL;
+    d->mask.alibi_batched = c->alibi_batched;
+    d->p = mha_attn_params_default();
+    d->p.scale = c->scale, d->p.softcap = c->softcap;
+}
+
+static void bufs_free(dbufs *d) {
+    view_free(&d->q), view_free(&d->kc), view_free(&d->vc), view_free(&d->kn);
+    view_free(&d->vn), view_free(&d->out);
+    free(d->lse), free(d->slopes);
+}
+
+static mha_status run_kvcache(mha_ctx *ctx, const dcase *c, dbufs *d) {
+    return mha_attn_kvcache(ctx, &d->p, &d->q.t, &d->kc.t, &d->vc.t, c->Lnew ? &d->kn.t : NULL,
+                            c->Lnew ? &d->vn.t : NULL, c->no_lens ? NULL : c->lens, &d->mask,
+                            &d->out.t, &d->lse_t);
+}
+
+/* Key j of (b, kv head kh) as the call sees it after the append: the cache's row, or the new
+ * row j - cache_seqlens[b]; from the inputs' values BEFORE the call (kc0: a copy of the
+ * cache's views in [B, Hkv, Smax, X] order). */
+static double kv_val(const dcase *c, const float *c0, const mha_tensor *nw, int64_t X, int64_t b,
+                     int64_t kh, int64_t j, int64_t x) {
+    const int64_t n = case_len(c, b);
+    if (j < n) return c0[((b * c->Hkv + kh) * c->Smax + j) * X + x];
+    return *vat(nw, b, kh, j - n, x);
+}
+
+/* out [B, H, L, Dv] and lse [B, H, L] of the score definition (mha.h), in double. */
+static void reference(const dcase *c, const dbufs *d, const float *k0, const float *v0, double *out,
+                      double *lse) {
+    const int64_t g = c->H / c->Hkv;
+    const double scale = c->scale != 0 ? c->scale : 1.0 / sqrt((double)c->D);
+    double *s = malloc(sizeof(double) * (size_t)(c->Smax + 1));
+    for (int64_t b = 0; b < c->B; b++)
+        for (int64_t h = 0; h < c->H; h++)
+            for (int64_t i = 0; i < c->L; i++) {
+                const int64_t kh = h / g, len = case_len(c, b) + c->Lnew, qp = i + len - c->L;
+                const double slope =
+                    c->alibi ? d->slopes[(c->alibi_batched ? b * c->H : 0) + h] : 0;
+                double mx = -INFINITY;
+                for (int64_t j = 0; j < len; j++) {
+                    int ok = (!c->causal || j <= qp) &&
+                             (!c->window || c->wl < 0 || j >= qp - c->wl) &&
+                             (!c->window || c->wr < 0 || j <= qp + c->wr);
+                    double x = 0;
+                    for (int64_t e = 0; e < c->D; e++)
+                        x += (double)(float)(scale * *vat(&d->q.t, b, h, i, e)) *
+                             kv_val(c, k0, &d->kn.t, c->D, b, kh, j, e);
+                    if (c->softcap > 0) x = c->softcap * tanh(x / c->softcap);
+                    x -= slope * fabs((double)(qp - j));
+                    s[j] = ok ? x : -INFINITY;
+                    if (s[j] > mx) mx = s[j];
+                }
+                double *o = out + ((b * c->H + h) * c->L + i) * c->Dv, sum = 0;
+                for (int64_t x = 0; x < c->Dv; x++) o[x] = 0;
+                if (mx == -INFINITY) {
+                    lse[(b * c->H + h) * c->L + i] = -INFINITY;
+                    continue;
+                }
+                for (int64_t j = 0; j < len; j++) {
+                    if (s[j] == -INFINITY) continue;
+                    double p = exp(s[j] - mx);
+                    sum += p;
+                    for (int64_t x = 0; x < c->Dv; x++)
+                        o[x] += p * kv_val(c, v0, &d->vn.t, c->Dv, b, kh, j, x);
+                }
+                for (int64_t x = 0; x < c->Dv; x++) o[x] /= sum;
+                lse[(b * c->H + h) * c->L + i] = mx + log(sum);
+            }
+    free(s);
+}
+
+/* Runs case c on ctx's ISA and compares out, lse and the appended cache rows with the
+ * reference; returns 1 when all agree. */
+static int check_case(mha_ctx *ctx, const dcase *c, const char *what) {
+    dbufs d;
+    bufs_make(c, &d);
+    const size_t nk = (size_t)(c->B * c->Hkv * c->Smax);
+    float *k0 = malloc(sizeof(float) * (nk * (size_t)c->D + 1));
+    float *v0 = malloc(sizeof(float) * (nk * (size_t)c->Dv + 1));
+    view_get(&d.kc.t, k0), view_get(&d.vc.t, v0);
+    const int64_t no = c->B * c->H * c->L * c->Dv, nl = c->B * c->H * c->L;
+    double *ro = malloc(sizeof(double) * (size_t)(no + 1));
+    double *rl = malloc(sizeof(double) * (size_t)(nl + 1));
+    float *go = malloc(sizeof(float) * (size_t)(no + 1));
+    reference(c, &d, k0, v0, ro, rl);
+    int ok = 1;
+    mha_status st = run_kvcache(ctx, c, &d);
+    if (st != MHA_OK) {
+        FAILF("%s [%s]: %s: %s", what, mha_isa_name(mha_ctx_isa(ctx)), mha_status_str(st),
+              mha_ctx_errmsg(ctx));
+        ok = 0;
+    }
+    char msg[160];
+    snprintf(msg, sizeof msg, "%s [%s] out", what, mha_isa_name(mha_ctx_isa(ctx)));
+    view_get(&d.out.t, go);
+    if (ok) ok = harness_near(__FILE__, __LINE__, msg, go, ro, no, 2e-4, 2e-5);
+    snprintf(msg, sizeof msg, "%s [%s] lse", what, mha_isa_name(mha_ctx_isa(ctx)));
+    for (int64_t x = 0; ok && x < nl; x++) {
+        if ((rl[x] == -INFINITY) != (d.lse[x] == -INFINITY)) {
+            FAILF("%s: [%lld] got %g, expected %g", msg, (long long)x, (double)d.lse[x], rl[x]);
+            ok = 0;
+        }
+        if (rl[x] == -INFINITY) rl[x] = 0, d.lse[x] = 0; /* (harness_near: inf - inf is NaN) */
+    }
+    if (ok) ok = harness_near(__FILE__, __LINE__, msg, d.lse, rl, nl, 1e-5, 1e-5);
+    /* the new rows are in the cache, the others untouched */
+    for (int64_t b = 0; ok && b < c->B; b++)
+        for (int64_t kh = 0; ok && kh < c->Hkv; kh++)
+            for (int64_t j = 0; ok && j < c->Smax; j++)
+                for (int64_t x = 0; ok && x < c->D; x++) {
+                    int64_t n = case_len(c, b);
+                    float want = j >= n && j < n + c->Lnew
+                                     ? *vat(&d.kn.t, b, kh, j - n, x)
+                                     : k0[((b * c->Hkv + kh) * c->Smax + j) * c->D + x];
+                    if (*vat(&d.kc.t, b, kh, j, x) != want) {
+                        FAILF("%s: k_cache[%lld, %lld, %lld, %lld] = %g, expected %g", what,
+                              (long long)b, (long long)kh, (long long)j, (long long)x,
+                              (double)*vat(&d.kc.t, b, kh, j, x), (double)want);
+                        ok = 0;
+                    }
+                }
+    free(k0), free(v0), free(ro), free(rl), free(go);
+    bufs_free(&d);
+    return ok;
+}
+
+static mha_ctx *new_ctx(void) {
+    mha_ctx *ctx = NULL;
+    mha_ctx_create(&ctx);
+    return ctx;
+}
+
+/* ------------------------------------------------------------------------------------------
+ * mha_attn_kvcache against the reference
+ * ---------------------------------------------------------------------------------------- */
+
+/* Decode shapes: MHA, GQA, MQA; L = 1 and L > 1; head dims 1, 7, 64, 80, 128; lengths across
+ * several 512-key chunks and different per sequence; with and without new rows. */
+TEST(decode_reference) {
+    const dcase cases[] = {
+        {.B = 2,
+         .H = 2,
+         .Hkv = 2,
+         .L = 1,
+         .D = 64,
+         .Dv = 64,
+         .Smax = 40,
+         .Lnew = 1,
+         .lens = {5, 30}},
+        {.B = 1,
+         .H = 8,
+         .Hkv = 2,
+         .L = 1,
+         .D = 128,
+         .Dv = 128,
+         .Smax = 1300,
+         .Lnew = 1,
+         .lens = {1290}},
+        {.B = 2,
+         .H = 4,
+         .Hkv = 1,
+         .L = 4,
+         .D = 7,
+         .Dv = 5,
+         .Smax = 1100,
+         .Lnew = 4,
+         .lens = {0, 1096},
+         .causal = 1},
+        {.B = 3,
+         .H = 8,
+         .Hkv = 4,
+         .L = 2,
+         .D = 80,
+         .Dv = 80,
+         .Smax = 600,
+         .Lnew = 2,
+         .lens = {511, 512, 3},
+         .causal = 1},
+        {.B = 1, .H = 16, .Hkv = 1, .L = 1, .D = 1, .Dv = 3, .Smax = 70, .Lnew = 0, .lens = {70}},
+        {.B = 2,
+         .H = 3,
+         .Hkv = 3,
+         .L = 3,
+         .D = 16,
+         .Dv = 0,
+         .Smax = 20,
+         .Lnew = 3,
+         .lens = {2, 17},
+         .causal = 1},
+        {.B = 2,
+         .H = 2,
+         .Hkv = 1,
+         .L = 2,
+         .D = 32,
+         .Dv = 24,
+         .Smax = 9,
+         .Lnew = 2,
+         .no_lens = 1,
+         .causal = 1,
+         .scale = 0.3f},
+        {.B = 1,
+         .H = 1,
+         .Hkv = 1,
+         .L = 1,
+         .D = 64,
+         .Dv = 64,
+         .Smax = 3000,
+         .Lnew = 1,
+         .lens = {2999}},
+    };
+    mha_ctx *ctx = new_ctx();
+    FOR_EACH_ISA(ctx) {
+        for (size_t k = 0; k < sizeof cases / sizeof cases[0]; k++) {
+            char what[32];
+            snprintf(what, sizeof what, "case %zu", k);
+            if (!check_case(ctx, &cases[k], what)) break;
+        }
+    }
+    mha_ctx_free(ctx);
+}
+
+/* The decode path's score options, alone and combined: softcap, ALiBi ([H] and [B, H]),
+ * windows (left, right, both, with causal), on every ISA. */
+TEST(decode_score_options) {
+    const dcase base = {.B = 2,
+                        .H = 4,
+                        .Hkv = 2,
+                        .L = 2,
+                        .D = 32,
+                        .Dv = 16,
+                        .Smax = 1100,
+                        .Lnew = 2,
+                        .lens = {1040, 37}};
+    dcase cases[8];
+    for (int k = 0; k < 8; k++) cases[k] = base;
+    cases[0].softcap = 0.7f;                          /* scores well past the cap */
+    cases[1].softcap = 30.0f, cases[1].scale = 40.0f; /* both tanh branches */
+    cases[2].alibi = 1;                               /* slopes [H] */
+    cases[3].alibi = 1, cases[3].alibi_batched = 1;   /* [B, H] */
+    cases[4].window = 1, cases[4].wl = 600, cases[4].wr = -1;
+    cases[5].window = 1, cases[5].wl = 3, cases[5].wr = 0, cases[5].causal = 1;
+    cases[6].window = 1, cases[6].wl = -1, cases[6].wr = 1, cases[6].causal = 0;
+    cases[7].causal = 1, cases[7].softcap = 2.0f, cases[7].alibi = 1, cases[7].window = 1;
+    cases[7].wl = 700, cases[7].wr = 5;
+    mha_ctx *ctx = new_ctx();
+    FOR_EACH_ISA(ctx) {
+        for (int k = 0; k < 8; k++) {
+            char what[32];
+            snprintf(what, sizeof what, "options %d", k);
+            if (!check_case(ctx, &cases[k], what)) break;
+        }
+    }
+    mha_ctx_free(ctx);
+}
+
+/* Rows without an allowed key (causal with L > len, an empty cache, a window before the
+ * keys): out 0 and lse -inf, never NaN. */
+TEST(decode_masked_rows) {
+    const dcase cases[] = {
+        {.B = 1,
+         .H = 2,
+         .Hkv = 1,
+         .L = 4,
+         .D = 8,
+         .Dv = 8,
+         .Smax = 8,
+         .Lnew = 0,
+         .lens = {2},
+         .causal = 1},
+        {.B = 2, .H = 2, .Hkv = 2, .L = 1, .D = 8, .Dv = 8, .Smax = 8, .Lnew = 0, .lens = {0, 3}},
+        {.B = 1,
+         .H = 1,
+         .Hkv = 1,
+         .L = 3,
+         .D = 8,
+         .Dv = 4,
+         .Smax = 900,
+         .Lnew = 0,
+         .lens = {1},
+         .window = 1,
+         .wl = 0,
+         .wr = 0},
+        /* no key at all: every sequence empty, nothing appended */
+        {.B = 2, .H = 2, .Hkv = 1, .L = 1, .D = 8, .Dv = 8, .Smax = 8, .Lnew = 0, .lens = {0, 0}},
+    };
+    mha_ctx *ctx = new_ctx();
+    FOR_EACH_ISA(ctx) {
+        for (size_t k = 0; k < sizeof cases / sizeof cases[0]; k++) {
+            char what[32];
+            snprintf(what, sizeof what, "masked %zu", k);
+            if (!check_case(ctx, &cases[k], what)) break;
+        }
+    }
+    mha_ctx_free(ctx);
+}
+
+/* More rows than decoding takes (L * H / Hkv > 16): the prefill through the dense core, per
+ * sequence, causal, window and ALiBi aligned bottom-right to each length, softcap; and the
+ * largest decode shape (16 rows) beside it. */
+TEST(prefill_reference) {
+    const dcase cases[] = {
+        {.B = 2,
+         .H = 4,
+         .Hkv = 1,
+         .L = 5,
+         .D = 16,
+         .Dv = 16,
+         .Smax = 300,
+         .Lnew = 5,
+         .lens = {0, 270},
+         .causal = 1},
+        {.B = 2,
+         .H = 4,
+         .Hkv = 1,
+         .L = 4,
+         .D = 16,
+         .Dv = 16,
+         .Smax = 300,
+         .Lnew = 4,
+         .lens = {0, 270},
+         .causal = 1},
+        {.B = 1,
+         .H = 2,
+         .Hkv = 2,
+         .L = 40,
+         .D = 64,
+         .Dv = 32,
+         .Smax = 700,
+         .Lnew = 40,
+         .lens = {600},
+         .causal = 1},
+        {.B = 2,
+         .H = 6,
+         .Hkv = 2,
+         .L = 7,
+         .D = 8,
+         .Dv = 8,
+         .Smax = 64,
+         .Lnew = 0,
+         .lens = {5, 64},
+         .causal = 1},
+        {.B = 1, .H = 1, .Hkv = 1, .L = 20, .D = 8, .Dv = 8, .Smax = 64, .Lnew = 20, .lens = {30}},
+        /* the score options through the dense core (per sequence, aligned to its length) */
+        {.B = 2,
+         .H = 6,
+         .Hkv = 2,
+         .L = 6,
+         .D = 16,
+         .Dv = 12,
+         .Smax = 400,
+         .Lnew = 6,
+         .lens = {300, 9},
+         .causal = 1,
+         .softcap = 1.5f,
+         .alibi = 1,
+         .alibi_batched = 1},
+        {.B = 2,
+         .H = 4,
+         .Hkv = 4,
+         .L = 17,
+         .D = 32,
+         .Dv = 32,
+         .Smax = 300,
+         .Lnew = 17,
+         .lens = {250, 0},
+         .causal = 1,
+         .window = 1,
+         .wl = 40,
+         .wr = 0},
+        {.B = 1,
+         .H = 8,
+         .Hkv = 1,
+         .L = 3,
+         .D = 8,
+         .Dv = 8,
+         .Smax = 200,
+         .Lnew = 0,
+         .lens = {150},
+         .window = 1,
+         .wl = 20,
+         .wr = 2,
+         .softcap = 4.0f,
+         .alibi = 1},
+    };
+    mha_ctx *ctx = new_ctx();
+    FOR_EACH_ISA(ctx) {
+        for (size_t k = 0; k < sizeof cases / sizeof cases[0]; k++) {
+            char what[32];
+            snprintf(what, sizeof what, "prefill %zu", k);
+            if (!check_case(ctx, &cases[k], what)) break;
+        }
+    }
+    mha_ctx_free(ctx);
+}
+
+/* FlashAttention's memory layout: caches [B, Smax, Hkv, D], q and out [B, L, H, D] (padded
+ * rows), as strided views: the same numbers as the contiguous layout, bitwise (both paths). */
+TEST(strided_bshd) {
+    const dcase cases[] = {
+        {.B = 2,
+         .H = 8,
+         .Hkv = 2,
+         .L = 1,
+         .D = 64,
+         .Dv = 64,
+         .Smax = 1200,
+         .Lnew = 1,
+         .lens = {1100, 17},
+         .softcap = 5.0f,
+         .alibi = 1},
+        {.B = 2,
+         .H = 4,
+         .Hkv = 2,
+         .L = 9,
+         .D = 32,
+         .Dv = 32,
+         .Smax = 200,
+         .Lnew = 9,
+         .lens = {100, 0},
+         .causal = 1},
+    };
+    mha_ctx *ctx = new_ctx();
+    FOR_EACH_ISA(ctx) {
+        for (size_t k = 0; k < 2; k++) {
+            dcase c = cases[k];
+            if (!check_case(ctx, &c, "bshd reference")) return;
+            dbufs a, b;
+            rng_state = 77, c.layout = 0, bufs_make(&c, &a);
+            rng_state = 77, c.layout = 1, bufs_make(&c, &b);
+            /* the same values in both layouts */
+            memcpy(b.slopes, a.slopes, sizeof(float) * (size_t)(c.B * c.H));
+            float *tmp = malloc(sizeof(float) * (size_t)(c.B * c.Hkv * c.Smax * c.D + 1));
+            tview *va[5] = {&a.q, &a.kc, &a.vc, &a.kn, &a.vn},
+                  *vb[5] = {&b.q, &b.kc, &b.vc, &b.kn, &b.vn};
+            for (int t = 0; t < 5; t++) {
+                const mha_tensor *x = &vb[t]->t;
+                for (int64_t i = 0; i < x->shape[0]; i++)
+                    for (int64_t h = 0; h < x->shape[1]; h++)
+                        for (int64_t r = 0; r < x->shape[2]; r++)
+                            for (int64_t e = 0; e < x->shape[3]; e++)
+                                *vat(x, i, h, r, e) = *vat(&va[t]->t, i, h, r, e);
+            }
+            ASSERT_OK(ctx, run_kvcache(ctx, &c, &b));
+            c.layout = 0;
+            ASSERT_OK(ctx, run_kvcache(ctx, &c, &a));
+            int64_t n = c.B * c.H * c.L * c.Dv;
+            float *oa = malloc(sizeof(float) * (size_t)(n + 1)),
+                  *ob = malloc(sizeof(float) * (size_t)(n + 1));
+            view_get(&a.out.t, oa), view_get(&b.out.t, ob);
+            int same = !memcmp(oa, ob, sizeof(float) * (size_t)n) &&
+                       !memcmp(a.lse, b.lse, sizeof(float) * (size_t)(c.B * c.H * c.L));
+            free(oa), free(ob), free(tmp);
+            bufs_free(&a), bufs_free(&b);
+            if (!same)
+                FAILF("[%s] case %zu: bshd and bhsd results differ", mha_isa_name(mha_ctx_isa(ctx)),
+                      k);
+            ASSERT_TRUE(same);
+        }
+    }
+    mha_ctx_free(ctx);
+}
+
+/* Flash-decoding splits a single query token (B = 1, H = 1) over every thread, one 512-key
+ * chunk per task, and groups key/value heads per task by the thread count; the merge runs in
+ * chunk order: 1, 2 and 3 threads give the same bits. */
+TEST(threads_bitwise) {
+    const dcase cases[] = {
+        {.B = 1,
+         .H = 1,
+         .Hkv = 1,
+         .L = 1,
+         .D = 128,
+         .Dv = 128,
+         .Smax = 4000,
+         .Lnew = 1,
+         .lens = {3990}},
+        {.B = 2,
+         .H = 8,
+         .Hkv = 2,
+         .L = 2,
+         .D = 64,
+         .Dv = 64,
+         .Smax = 3000,
+         .Lnew = 2,
+         .lens = {2900, 1300},
+         .causal = 1,
+         .softcap = 3.0f,
+         .alibi = 1},
+        /* 2 chunks, 4 heads: grouped 2 per task on 1 thread, 1 per task on 2 and 3 */
+        {.B = 1,
+         .H = 8,
+         .Hkv = 4,
+         .L = 1,
+         .D = 64,
+         .Dv = 48,
+         .Smax = 1000,
+         .Lnew = 1,
+         .lens = {990},
+         .alibi = 1,
+         .window = 1,
+         .wl = 700,
+         .wr = -1},
+    };
+    mha_ctx *ctx = new_ctx();
+    FOR_EACH_ISA(ctx) {
+        for (size_t k = 0; k < sizeof cases / sizeof cases[0]; k++) {
+            const dcase *c = &cases[k];
+            const int64_t n = c->B * c->H * c->L * c->Dv, nl = c->B * c->H * c->L;
+            float *o1 = malloc(sizeof(float) * (size_t)n), *l1 = malloc(sizeof(float) * (size_t)nl);
+            int same = 1;
+            for (int nt = 1; nt <= 3; nt++) {
+                dbufs d;
+                rng_state = 99;
+                bufs_make(c, &d);
+                ASSERT_OK(ctx, mha_ctx_set_threads(ctx, nt));
+                ASSERT_OK(ctx, run_kvcache(ctx, c, &d));
+                if (nt == 1) {
+                    memcpy(o1, d.out.buf, sizeof(float) * (size_t)n);
+                    memcpy(l1, d.lse, sizeof(float) * (size_t)nl);
+                } else if (memcmp(o1, d.out.buf, sizeof(float) * (size_t)n) ||
+                           memcmp(l1, d.lse, sizeof(float) * (size_t)nl)) {
+                    FAILF("[%s] case %zu: %d threads differ from 1", mha_isa_name(mha_ctx_isa(ctx)),
+                          k, nt);
+                    same = 0;
+                }
+                bufs_free(&d);
+            }
+            free(o1), free(l1);
+            ASSERT_TRUE(same);
+        }
+        ASSERT_OK(ctx, mha_ctx_set_threads(ctx, 0));
+    }
+    mha_ctx_free(ctx);
+}
+
+/* ------------------------------------------------------------------------------------------
+ * Bad input: an error naming the argument, and nothing written
+ * ---------------------------------------------------------------------------------------- */
+
+typedef struct {
+    const char *name, *msg;
+    mha_status st;
+} bad_case;
+
+/* Every bad argument of a valid decode call (and a prefill one): the status, a message naming
+ * it, and the caches, out and lse untouched. */
+TEST(bad_inputs_nothing_written) {
+    const dcase c = {
+        .B = 2, .H = 4, .Hkv = 2, .L = 1, .D = 8, .Dv = 8, .Smax = 16, .Lnew = 2, .lens = {3, 14}};
+    mha_ctx *ctx = new_ctx();
+    dbufs d;
+    bufs_make(&c, &d);
+    const size_t nkc = d.kc.n, nvc = d.vc.n, no = d.out.n, nl = (size_t)(c.B * c.H * c.L);
+    float *kc0 = malloc(sizeof(float) * nkc), *vc0 = malloc(sizeof(float) * nvc);
+    float *o0 = malloc(sizeof(float) * no), *l0 = malloc(sizeof(float) * nl);
+    for (size_t i = 0; i < no; i++) d.out.buf[i] = 7.0f;
+    for (size_t i = 0; i < nl; i++) d.lse[i] = 7.0f;
+    memcpy(kc0, d.kc.buf, sizeof(float) * nkc), memcpy(vc0, d.vc.buf, sizeof(float) * nvc);
+    memcpy(o0, d.out.buf, sizeof(float) * no), memcpy(l0, d.lse, sizeof(float) * nl);
+    for (int k = 0;; k++) {
+        /* fresh arguments, then one made bad */
+        mha_tensor q = d.q.t, kc = d.kc.t, vc = d.vc.t, kn = d.kn.t, vn = d.vn.t, out = d.out.t;
+        mha_tensor lse = d.lse_t, *pkn = &kn, *pvn = &vn, *pq = &q, *plse = &lse;
+        int32_t lens[2] = {3, 14};
+        mha_mask mask = mha_mask_default();
+        mha_attn_params p = mha_attn_params_default();
+        uint8_t pad[32] = {0};
+        float fm[32] = {0}, nan_slopes[8] = {0, 0, NAN, 0, 0, 0, 0, 0};
+        int32_t kl[2] = {1, 1};
+        const char *want;
+        mha_status wst = MHA_ERR_SHAPE;
+        switch (k) {
+        case 0: pq = NULL, want = "q: got NULL", wst = MHA_ERR_INVALID_ARG; break;
+        case 1: q.ndim = 3, want = "q.ndim: got 3"; break;
+        case 2: kc.shape[0] = 1, want = "k_cache.shape[0]: got 1, expected 2"; break;
+        case 3: kc.shape[3] = 4, want = "k_cache.shape[3]: got 4, expected 8"; break;
+        case 4: /* 3 key/value heads do not divide 4 */
+            kc.shape[1] = 3, want = "k_cache.shape[1]: got 3, expected a divisor";
+            break;
+        case 5: vc.shape[2] = 15, want = "v_cache.shape[2]: got 15, expected 16"; break;
+        case 6:
+            pvn = NULL, want = "v_new: got NULL while k_new is given", wst = MHA_ERR_INVALID_ARG;
+            break;
+        case 7: kn.shape[1] = 1, want = "k_new.shape[1]: got 1, expected 2"; break;
+        case 8: vn.shape[2] = 1, want = "v_new.shape[2]: got 1, expected 2"; break;
+        case 9: out.shape[3] = 4, want = "out.shape[3]: got 4, expected 8"; break;
+        case 10: lse.shape[1] = 2, want = "lse.shape[1]: got 2, expected 4"; break;
+        case 11:
+            lens[1] = 15, wst = MHA_ERR_INVALID_ARG;
+            want = "cache_seqlens[1]: got 15, expected at most 14 (cache overflow: 15 + 2 new";
+            break;
+        case 12:
+            lens[0] = -1, want = "cache_seqlens[0]: got -1, expected >= 0",
+            wst = MHA_ERR_INVALID_ARG;
+            break;
+        case 13:
+            p.dropout_p = 0.1f, want = "p->dropout_p: got 0.1, expected 0",
+            wst = MHA_ERR_INVALID_ARG;
+            break;
+        case 14: p.softcap = -1, want = "p->softcap: got -1", wst = MHA_ERR_INVALID_ARG; break;
+        case 15: p.scale = INFINITY, want = "p->scale: got inf", wst = MHA_ERR_INVALID_ARG; break;
+        case 16:
+            mask.key_padding = pad, want = "mask->key_padding: got a mask",
+            wst = MHA_ERR_UNSUPPORTED;
+            break;
+        case 17:
+            mask.key_lengths = kl, want = "mask->key_lengths: got a mask",
+            wst = MHA_ERR_UNSUPPORTED;
+            break;
+        case 18:
+            mask.attn_bool = pad, want = "mask->attn_bool: got a mask", wst = MHA_ERR_UNSUPPORTED;
+            break;
+        case 19:
+            mask.attn_float = fm, want = "mask->attn_float: got a mask", wst = MHA_ERR_UNSUPPORTED;
+            break;
+        case 20:
+            mask.window = 1, mask.window_left = -2, want = "mask->window_left: got -2",
+            wst = MHA_ERR_INVALID_ARG;
+            break;
+        case 21:
+            mask.alibi_slopes = nan_slopes, want = "mask->alibi_slopes[2]: got nan",
+            wst = MHA_ERR_INVALID_ARG;
+            break;
+        case 22:
+            mask.causal = (mha_causal)7, want = "mask->causal: got 7", wst = MHA_ERR_INVALID_ARG;
+            break;
+        case 23: /* out over the key cache */
+            out.data = d.kc.buf, want = "out overlaps k_cache", wst = MHA_ERR_INVALID_ARG;
+            break;
+        case 24: /* the new keys inside the cache they are appended to */
+            kn.data = d.kc.buf, want = "k_cache overlaps k_new", wst = MHA_ERR_INVALID_ARG;
+            break;
+        case 25:
+            vc.data = d.kc.buf, vc.shape[3] = 8, want = "v_cache overlaps k_cache",
+            wst = MHA_ERR_INVALID_ARG;
+            break;
+        case 26:
+            plse = NULL, lse.data = NULL, out.data = d.q.buf, want = "out overlaps q",
+            wst = MHA_ERR_INVALID_ARG;
+            break;
+        case 27: /* a prefill (L * H / Hkv > 16) checks as much before writing */
+            q.shape[2] = 9, out.shape[2] = 9, plse = NULL, lens[1] = 13,
+            want = "cache_seqlens[1]: got 13, expected at most 12", wst = MHA_ERR_INVALID_ARG;
+            kn.shape[2] = vn.shape[2] = 4;
+            break;
+        case 28: kc.stride[3] = 2, want = "k_cache.stride[3]: got 2, expected 1"; break;
+        default: want = NULL; break;
+        }
+        if (!want) break;
+        mha_status st = mha_attn_kvcache(ctx, &p, pq, &kc, &vc, pkn, pvn, lens, &mask, &out, plse);
+        if (st != wst) {
+            FAILF("case %d: got %s (%s), expected %s", k, mha_status_str(st), mha_ctx_errmsg(ctx),
+                  mha_status_str(wst));
+            break;
+        }
+        ASSERT_STR_CONTAINS(mha_ctx_errmsg(ctx), "mha_attn_kvcache: ");
+        ASSERT_STR_CONTAINS(mha_ctx_errmsg(ctx), want);
+        if (memcmp(kc0, d.kc.buf, sizeof(float) * nkc) ||
+            memcmp(vc0, d.vc.buf, sizeof(float) * nvc) ||
+            memcmp(o0, d.out.buf, sizeof(float) * no) || memcmp(l0, d.lse, sizeof(float) * nl)) {
+            FAILF("case %d (%s): something was written", k, want);
+            break;
+        }
+    }
+    /* and the valid call writes */
+    ASSERT_OK(ctx, run_kvcache(ctx, &c, &d));
+    ASSERT_TRUE(memcmp(kc0, d.kc.buf, sizeof(float) * nkc) != 0);
+    ASSERT_TRUE(memcmp(o0, d.out.buf, sizeof(float) * no) != 0);
+    free(kc0), free(vc0), free(o0), free(l0);
+    bufs_free(&d);
+    mha_ctx_free(ctx);
+}
+
+/* ------------------------------------------------------------------------------------------
+ * The cache object
+ * ---------------------------------------------------------------------------------------- */
+
+/* Step by step through mha_kv_cache_attend: the same bits as mha_attn_kvcache on the same
+ * memory with the lengths passed by hand; lengths advance only on success. */
+TEST(kv_cache_object) {
+    const int64_t B = 2, H = 4, G = 2, D = 16, Dv = 8, cap = 600;
+    mha_ctx *ctx = new_ctx();
+    mha_kv_cache *c;
+    ASSERT_OK(ctx, mha_kv_cache_create(ctx, B, cap, G, D, Dv, MHA_DTYPE_F32, &c));
+    mha_tensor kv, vv;
+    ASSERT_OK(ctx, mha_kv_cache_views(ctx, c, &kv, &vv));
+    ASSERT_EQ(kv.shape[2], cap);
+    ASSERT_EQ(vv.shape[3], Dv);
+    float *mk = calloc((size_t)(B * G * cap * D), sizeof(float));
+    float *mv = calloc((size_t)(B * G * cap * Dv), sizeof(float));
+    int64_t sk[4] = {B, G, cap, D}, sv[4] = {B, G, cap, Dv};
+    mha_tensor tk = mha_tensor_make(mk, 4, sk), tv = mha_tensor_make(mv, 4, sv);
+    int32_t lens[2] = {0, 0};
+    int64_t steps[4] = {5, 1, 300, 2}; /* a prompt, then tokens and a chunk */
+    for (int s = 0; s < 4; s++) {
+        const int64_t L = steps[s];
+        int64_t sq[4] = {B, H, L, D}, sn[4] = {B, G, L, D}, snv[4] = {B, G, L, Dv};
+        int64_t so[4] = {B, H, L, Dv};
+        float *q = malloc(sizeof(float) * (size_t)(B * H * L * D));
+        float *kn = malloc(sizeof(float) * (size_t)(B * G * L * D));
+        float *vn = malloc(sizeof(float) * (size_t)(B * G * L * Dv));
+        float *o1 = malloc(sizeof(float) * (size_t)(B * H * L * Dv));
+        float *o2 = malloc(sizeof(float) * (size_t)(B * H * L * Dv));
+        for (int64_t i = 0; i < B * H * L * D; i++) q[i] = frand();
+        for (int64_t i = 0; i < B * G * L * D; i++) kn[i] = frand();
+        for (int64_t i = 0; i < B * G * L * Dv; i++) vn[i] = frand();
+        mha_tensor tq = mha_tensor_make(q, 4, sq), tkn = mha_tensor_make(kn, 4, sn);
+        mha_tensor tvn = mha_tensor_make(vn, 4, snv), to1 = mha_tensor_make(o1, 4, so);
+        mha_tensor to2 = mha_tensor_make(o2, 4, so);
+        mha_mask mask = mha_mask_default();
+        mask.causal = MHA_CAUSAL_BOTTOM_RIGHT;
+        ASSERT_OK(ctx, mha_kv_cache_attend(ctx, NULL, c, &tq, &tkn, &tvn, &mask, &to1, NULL));
+        ASSERT_OK(ctx,
+                  mha_attn_kvcache(ctx, NULL, &tq, &tk, &tv, &tkn, &tvn, lens, &mask, &to2, NULL));
+        for (int b = 0; b < 2; b++) lens[b] += (int32_t)L;
+        ASSERT_EQ(mha_kv_cache_length(c, 0), lens[0]);
+        ASSERT_EQ(mha_kv_cache_length(c, 1), lens[1]);
+        ASSERT_TRUE(!memcmp(o1, o2, sizeof(float) * (size_t)(B * H * L * Dv)));
+        ASSERT_TRUE(!memcmp(kv.data, mk, sizeof(float) * (size_t)(B * G * cap * D)));
+        free(q), free(kn), free(vn), free(o1), free(o2);
+    }
+    /* an overflow: an error naming the call, the lengths unchanged */
+    {
+        const int64_t L = 300;
+        int64_t sq[4] = {B, H, L, D}, sn[4] = {B, G, L, D}, snv[4] = {B, G, L, Dv};
+        int64_t so[4] = {B, H, L, Dv};
+        float *buf = calloc((size_t)(B * H * L * (2 * D + 2 * Dv)), sizeof(float));
+        mha_tensor tq = mha_tensor_make(buf, 4, sq),
+                   tkn = mha_tensor_make(buf + B * H * L * D, 4, sn);
+        mha_tensor tvn = mha_tensor_make(buf + B * H * L * D + B * G * L * D, 4, snv);
+        mha_tensor to = mha_tensor_make(buf + B * H * L * (2 * D) + B * G * L * Dv, 4, so);
+        ASSERT_EQ(mha_kv_cache_attend(ctx, NULL, c, &tq, &tkn, &tvn, NULL, &to, NULL),
+                  MHA_ERR_INVALID_ARG);
+        ASSERT_STR_CONTAINS(mha_ctx_errmsg(ctx), "mha_kv_cache_attend: cache_seqlens[0]");
+        ASSERT_STR_CONTAINS(mha_ctx_errmsg(ctx), "cache overflow");
+        ASSERT_EQ(mha_kv_cache_length(c, 0), 308);
+        free(buf);
+    }
+    ASSERT_EQ(mha_kv_cache_length(c, 2), -1);
+    ASSERT_EQ(mha_kv_cache_length(NULL, 0), -1);
+    mha_kv_cache_reset(c);
+    ASSERT_EQ(mha_kv_cache_length(c, 1), 0);
+    mha_kv_cache_free(c);
+    mha_kv_cache_free(NULL);
+    mha_kv_cache_reset(NULL);
+    free(mk), free(mv);
+    mha_ctx_free(ctx);
+}
+
+TEST(kv_cache_create_errors) {
+    mha_ctx *ctx = new_ctx();
+    mha_kv_cache *c = (mha_kv_cache *)1;
+    ASSERT_EQ(mha_kv_cache_create(ctx, 1, 8, 2, 4, 4, MHA_DTYPE_BF16, &c), MHA_ERR_UNSUPPORTED);
+    ASSERT_STR_CONTAINS(mha_ctx_errmsg(ctx), "mha_kv_cache_create: dtype: got bfloat16");
+    ASSERT_STR_CONTAINS(mha_ctx_errmsg(ctx), "issue 11");
+    ASSERT_TRUE(c == NULL);
+    ASSERT_EQ(mha_kv_cache_create(ctx, 1, 8, 2, 4, 4, MHA_DTYPE_F16, &c), MHA_ERR_UNSUPPORTED);
+    ASSERT_EQ(mha_kv_cache_create(ctx, 1, 8, 2, 4, 4, MHA_DTYPE_I32, &c), MHA_ERR_UNSUPPORTED);
+    ASSERT_EQ(mha_kv_cache_create(ctx, 1, 0, 2, 4, 4, MHA_DTYPE_F32, &c), MHA_ERR_INVALID_ARG);
+    ASSERT_STR_CONTAINS(mha_ctx_errmsg(ctx), "capacity: got 0, expected >= 1");
+    ASSERT_EQ(mha_kv_cache_create(ctx, 1, 8, 0, 4, 4, MHA_DTYPE_F32, &c), MHA_ERR_INVALID_ARG);
+    ASSERT_STR_CONTAINS(mha_ctx_errmsg(ctx), "kv_heads: got 0");
+    ASSERT_EQ(mha_kv_cache_create(ctx, 1, (int64_t)1 << 40, 2, 4, 4, MHA_DTYPE_F32, &c),
+              MHA_ERR_INVALID_ARG);
+    ASSERT_EQ(
+        mha_kv_cache_create(ctx, (int64_t)1 << 40, 1 << 30, 1 << 20, 1 << 20, 4, MHA_DTYPE_F32, &c),
+        MHA_ERR_NOMEM);
+    ASSERT_EQ(mha_kv_cache_create(ctx, 1, 8, 2, 4, 4, MHA_DTYPE_F32, NULL), MHA_ERR_INVALID_ARG);
+    /* every allocation failing in turn: NOMEM, nothing leaked (valgrind_test_decode) */
+    for (long n = 0; n < 4; n++) {
+        mha__fault_after(n);
+        mha_status st = mha_kv_cache_create(ctx, 2, 8, 2, 4, 4, MHA_DTYPE_F32, &c);
+        mha__fault_after(-1);
+        if (st == MHA_OK) {
+            mha_kv_cache_free(c);
+            break;
+        }
+        ASSERT_EQ(st, MHA_ERR_NOMEM);
+        ASSERT_TRUE(c == NULL);
+    }
+    ASSERT_EQ(mha_kv_cache_views(ctx, NULL, NULL, NULL), MHA_ERR_INVALID_ARG);
+    mha_ctx_free(ctx);
+}
+
+/* A decode call whose workspace cannot be allocated writes nothing either. */
+TEST(decode_nomem_nothing_written) {
+    const dcase c = {
+        .B = 1, .H = 2, .Hkv = 1, .L = 1, .D = 8, .Dv = 8, .Smax = 1200, .Lnew = 1, .lens = {1100}};
+    mha_ctx *ctx = new_ctx();
+    dbufs d;
+    bufs_make(&c, &d);
+    float *kc0 = malloc(sizeof(float) * d.kc.n);
+    memcpy(kc0, d.kc.buf, sizeof(float) * d.kc.n);
+    for (long n = 0; n < 2; n++) {
+        mha__fault_after(n);
+        mha_status st = run_kvcache(ctx, &c, &d);
+        mha__fault_after(-1);
+        ASSERT_EQ(st, MHA_ERR_NOMEM);
+        ASSERT_STR_CONTAINS(mha_ctx_errmsg(ctx), "mha_attn_kvcache: workspace");
+        ASSERT_TRUE(!memcmp(kc0, d.kc.buf, sizeof(float) * d.kc.n));
+    }
+    ASSERT_OK(ctx, run_kvcache(ctx, &c, &d));
+    free(kc0);
+    bufs_free(&d);
+    mha_ctx_free(ctx);
+}
+
+/* ------------------------------------------------------------------------------------------
+ * The module's incremental call
+ * ---------------------------------------------------------------------------------------- */
+
+/* Feeding a sequence one token at a time, or in chunks, through mha_module_forward_cached
+ * gives the module's causal forward on the whole sequence (within 1e-5), also with a window
+ * and ALiBi, on every ISA (one token: the decode path; chunks: the prefill). */
+TEST(module_cached_matches_full_forward) {
+    const int64_t B = 2, T = 37, E = 32, H = 4;
+    mha_ctx *ctx = new_ctx();
+    mha_config cfg = mha_config_default(E, H);
+    cfg.seed = 5;
+    mha_module *m;
+    ASSERT_OK(ctx, mha_module_create(ctx, &cfg, &m));
+    mha_tensor bias;
+    ASSERT_OK(ctx, mha_module_param(ctx, m, "in_proj_bias", &bias, NULL));
+    for (int64_t i = 0; i < 3 * E; i++) bias.data[i] = 0.1f * frand(); /* biases matter too */
+    float *x = malloc(sizeof(float) * (size_t)(B * T * E));
+    float *yf = malloc(sizeof(float) * (size_t)(B * T * E));
+    float *yc = malloc(sizeof(float) * (size_t)(B * T * E));
+    double *want = malloc(sizeof(double) * (size_t)(B * T * E));
+    for (int64_t i = 0; i < B * T * E; i++) x[i] = frand();
+    int64_t sx[3] = {B, T, E};
+    mha_tensor tx = mha_tensor_make(x, 3, sx), ty = mha_tensor_make(yf, 3, sx);
+    /* causal; causal with a window (6, 0) and ALiBi (the cached call ignores mask->causal) */
+    const float slopes[4] = {0.5f, 0.25f, 0.125f, 0.0625f};
+    mha_mask masks[2] = {mha_mask_default(), mha_mask_default()};
+    masks[0].causal = masks[1].causal = MHA_CAUSAL_TOP_LEFT;
+    masks[1].window = 1, masks[1].window_left = 6, masks[1].window_right = 0;
+    masks[1].alibi_slopes = slopes;
+    mha_forward_opts fo = mha_forward_opts_default();
+    fo.save_for_backward = 0;
+    FOR_EACH_ISA(ctx) {
+        for (int mi = 0; mi < 2; mi++) {
+            ASSERT_OK(ctx, mha_module_forward(ctx, m, &fo, &tx, NULL, NULL, &masks[mi], &ty, NULL));
+            for (int64_t i = 0; i < B * T * E; i++) want[i] = yf[i];
+            mha_mask mc = masks[mi];
+            mc.causal = MHA_CAUSAL_NONE;
+            const int64_t chunks[3] = {1, 5, T}; /* token by token, chunks of 5, all at once */
+            for (int k = 0; k < 3; k++) {
+                mha_kv_cache *c;
+                ASSERT_OK(ctx, mha_module_kv_cache_create(ctx, m, B, T, &c));
+                for (int64_t t0 = 0; t0 < T; t0 += chunks[k]) {
+                    const int64_t L = T - t0 < chunks[k] ? T - t0 : chunks[k];
+                    int64_t sl[3] = {B, L, E}, st[3] = {T * E, E, 1};
+                    mha_tensor q = mha_tensor_strided(x + t0 * E, 3, sl, st);
+                    mha_tensor o = mha_tensor_strided(yc + t0 * E, 3, sl, st);
+                    ASSERT_OK(ctx, mha_module_forward_cached(ctx, m, c, &q, &mc, &o));
+                    ASSERT_EQ(mha_kv_cache_length(c, 1), t0 + L);
+                }
+                mha_kv_cache_free(c);
+                char what[64];
+                snprintf(what, sizeof what, "[%s] mask %d, chunks of %lld",
+                         mha_isa_name(mha_ctx_isa(ctx)), mi, (long long)chunks[k]);
+                ASSERT_NEAR_TENSOR(what, yc, want, B * T * E, 1e-5, 1e-5);
+            }
+        }
+    }
+    free(x), free(yf), free(yc), free(want);
+    mha_module_free(m);
+    mha_ctx_free(ctx);
+}
+
+/* One step projects only its own tokens: the cache's new rows are exactly those tokens' k and
+ * v projections (x Wk^T + bk), the earlier rows stay as they were, and the step's output
+ * follows whatever the cache holds for the earlier tokens (it reads them, never re-projects). */
+TEST(module_cached_projects_new_tokens_only) {
+    const int64_t E = 16, H = 2, D = E / H, N = 6;
+    mha_ctx *ctx = new_ctx();
+    mha_config cfg = mha_config_default(E, H);
+    mha_module *m;
+    ASSERT_OK(ctx, mha_module_create(ctx, &cfg, &m));
+    mha_tensor w, bias;
+    ASSERT_OK(ctx, mha_module_param(ctx, m, "in_proj_weight", &w, NULL));
+    ASSERT_OK(ctx, mha_module_param(ctx, m, "in_proj_bias", &bias, NULL));
+    for (int64_t i = 0; i < 3 * E; i++) bias.data[i] = 0.1f * frand();
+    mha_kv_cache *c;
+    ASSERT_OK(ctx, mha_module_kv_cache_create(ctx, m, 1, N + 1, &c));
+    mha_tensor kc, vc;
+    ASSERT_OK(ctx, mha_kv_cache_views(ctx, c, &kc, &vc));
+    float x[(6 + 1) * 16], y[16], y2[16];
+    for (int64_t i = 0; i < (N + 1) * E; i++) x[i] = frand();
+    int64_t s1[3] = {1, 1, E}, sn[3] = {1, N, E};
+    mha_tensor xn = mha_tensor_make(x, 3, sn), yo = mha_tensor_make(y, 3, s1);
+    float *ybig = malloc(sizeof(float) * (size_t)(N * E));
+    mha_tensor yn = mha_tensor_make(ybig, 3, sn);
+    ASSERT_OK(ctx, mha_module_forward_cached(ctx, m, c, &xn, NULL, &yn));
+    float before[6 * 16];
+    for (int64_t h = 0; h < H; h++)
+        for (int64_t j = 0; j < N; j++)
+            for (int64_t d = 0; d < D; d++)
+                before[(h * N + j) * D + d] = kc.data[(h * (N + 1) + j) * D + d];
+    mha_tensor x1 = mha_tensor_make(x + N * E, 3, s1);
+    ASSERT_OK(ctx, mha_module_forward_cached(ctx, m, c, &x1, NULL, &yo));
+    for (int64_t h = 0; h < H; h++) {
+        for (int64_t j = 0; j < N; j++)
+            for (int64_t d = 0; d < D; d++)
+                ASSERT_TRUE(before[(h * N + j) * D + d] == kc.data[(h * (N + 1) + j) * D + d]);
+        for (int64_t d = 0; d < D; d++) { /* row N: the new token's k and v */
+            double k = bias.data[E + h * D + d], v = bias.data[2 * E + h * D + d];
+            for (int64_t e = 0; e < E; e++) {
+                k += (double)w.data[(E + h * D + d) * E + e] * x[N * E + e];
+                v += (double)w.data[(2 * E + h * D + d) * E + e] * x[N * E + e];
+            }
+            ASSERT_TRUE(fabs(kc.data[(h * (N + 1) + N) * D + d] - k) < 1e-5);
+            ASSERT_TRUE(fabs(vc.data[(h * (N + 1) + N) * D + d] - v) < 1e-5);
+        }
+    }
+    /* the same step against a cache whose earlier values were changed: a different output */
+    for (int64_t h = 0; h < H; h++)
+        for (int64_t d = 0; d < D; d++) vc.data[(h * (N + 1) + 0) * D + d] += 3.0f;
+    mha_kv_cache *c2;
+    ASSERT_OK(ctx, mha_module_kv_cache_create(ctx, m, 1, N + 1, &c2));
+    mha_tensor kc2, vc2;
+    ASSERT_OK(ctx, mha_kv_cache_views(ctx, c2, &kc2, &vc2));
+    memcpy(kc2.data, kc.data, sizeof(float) * (size_t)(H * (N + 1) * D));
+    memcpy(vc2.data, vc.data, sizeof(float) * (size_t)(H * (N + 1) * D));
+    /* the cache object's length comes from its own appends: fill it with N tokens first */
+    ASSERT_OK(ctx, mha_module_forward_cached(ctx, m, c2, &xn, NULL, &yn));
+    for (int64_t h = 0; h < H; h++)
+        for (int64_t d = 0; d < D; d++) vc2.data[(h * (N + 1) + 0) * D + d] += 3.0f;
+    mha_tensor yo2 = mha_tensor_make(y2, 3, s1);
+    ASSERT_OK(ctx, mha_module_forward_cached(ctx, m, c2, &x1, NULL, &yo2));
+    int differs = 0;
+    for (int64_t e = 0; e < E; e++) differs |= y[e] != y2[e];
+    ASSERT_TRUE(differs);
+    /* errors: a cache of another shape, a module with kdim != E */
+    mha_kv_cache *bad;
+    ASSERT_OK(ctx, mha_kv_cache_create(ctx, 1, 8, 1, D, D, MHA_DTYPE_F32, &bad));
+    ASSERT_EQ(mha_module_forward_cached(ctx, m, bad, &x1, NULL, &yo), MHA_ERR_SHAPE);
+    ASSERT_STR_CONTAINS(mha_ctx_errmsg(ctx), "mha_module_forward_cached: cache (keys).shape[1]");
+    ASSERT_EQ(mha_module_forward_cached(ctx, m, NULL, &x1, NULL, &yo), MHA_ERR_INVALID_ARG);
+    ASSERT_EQ(mha_module_forward_cached(ctx, m, c, &x1, NULL, &x1), MHA_ERR_INVALID_ARG);
+    ASSERT_STR_CONTAINS(mha_ctx_errmsg(ctx), "out overlaps query");
+    ASSERT_EQ(mha_module_forward_cached(ctx, m, c, &x1, NULL, &yo), MHA_ERR_INVALID_ARG);
+    ASSERT_STR_CONTAINS(mha_ctx_errmsg(ctx), "cache overflow"); /* c is full */
+    mha_config cx = mha_config_default(E, H);
+    cx.kdim = 8;
+    mha_module *mx;
+    ASSERT_OK(ctx, mha_module_create(ctx, &cx, &mx));
+    ASSERT_EQ(mha_module_forward_cached(ctx, mx, c, &x1, NULL, &yo), MHA_ERR_UNSUPPORTED);
+    mha_module_free(mx);
+    mha_kv_cache_free(bad);
+    mha_kv_cache_free(c2);
+    mha_kv_cache_free(c);
+    free(ybig);
+    mha_module_free(m);
+    mha_ctx_free(ctx);
+}
+
+/* ------------------------------------------------------------------------------------------
+ * The decode kernel itself: every ISA's against the generic one
+ * ---------------------------------------------------------------------------------------- */
+
+/* attn_decode of each table against the generic kernel on edge shapes: 1..16 rows (partial
+ * register blocks), 1..3 heads per call with strides, chunks of 1 key to several 64-key
+ * blocks, head dims 1, 7, 64, 80, 128 and nv 0, rows with empty, partial and full key ranges,
+ * softcap and ALiBi; m and l within rounding, O within rounding of its scale. */
+TEST(decode_kernel_vs_generic) {
+    const mha_kernels *gen = mha__kernels_for(MHA_ISA_GENERIC);
+    const int64_t shapes[][5] = {/* nh, rows, bc, n, nv */
+                                 {1, 1, 1, 1, 1},      {1, 4, 64, 64, 64},  {2, 3, 65, 7, 5},
+                                 {3, 16, 200, 80, 80}, {1, 5, 130, 128, 0}, {2, 8, 512, 16, 33}};
+    for (int isa = MHA_ISA_AVX2; isa <= MHA_ISA_AVX512; isa++) {
+        const mha_kernels *kk = mha__kernels_for((mha_isa)isa);
+        if (!kk) continue;
+        for (size_t k = 0; k < sizeof shapes / sizeof shapes[0]; k++)
+            for (int mods = 0; mods < 4; mods++) {
+                const int64_t nh = shapes[k][0], rows = shapes[k][1], bc = shapes[k][2];
+                const int64_t n = shapes[k][3], nv = shapes[k][4], ldk = n + 5, ldv = nv + 3;
+                const int64_t sa = rows * n, sk = bc * ldk, sv = bc * ldv, sp = rows * (2 + nv);
+                float *A = malloc(sizeof(float) * (size_t)(nh * sa));
+                float *K = malloc(sizeof(float) * (size_t)(nh * sk));
+                float *V = malloc(sizeof(float) * (size_t)(nh * sv + 1));
+                float *P1 = malloc(sizeof(float) * (size_t)(nh * sp));
+                float *P2 = malloc(sizeof(float) * (size_t)(nh * sp));
+                float slope[48];
+                int64_t lo[16], hi[16], pos[16];
+                for (int64_t i = 0; i < nh * sa; i++) A[i] = 2 * frand();
+                for (int64_t i = 0; i < nh * sk; i++) K[i] = frand();
+                for (int64_t i = 0; i < nh * sv + 1; i++) V[i] = frand();
+                for (int i = 0; i < 48; i++) slope[i] = (float)(0.3 * urand());
+                for (int64_t r = 0; r < rows; r++) { /* row 1 empty, others partial or full */
+                    lo[r] = r % 3 == 2 ? (int64_t)(urand() * (double)bc) : 0;
+                    hi[r] = r == 1  ? lo[r]
+                            : r % 2 ? bc
+                                    : lo[r] + (int64_t)(urand() * (double)(bc - lo[r])) + 1;
+                    if (hi[r] > bc) hi[r] = bc;
+                    pos[r] = (int64_t)(urand() * (double)bc);
+                }
+                const mha__attn_decode_mask md = {mods & 1 ? 0.8f : 0.0f, lo, hi,
+                                                  mods & 2 ? slope : NULL, pos};
+                gen->attn_decode(nh, rows, bc, n, nv, A, n, sa, K, ldk, sk, V, ldv, sv, &md, P1,
+                                 sp);
+                kk->attn_decode(nh, rows, bc, n, nv, A, n, sa, K, ldk, sk, V, ldv, sv, &md, P2, sp);
+                int bad = 0;
+                for (int64_t t = 0; t < nh && !bad; t++)
+                    for (int64_t r = 0; r < rows && !bad; r++) {
+                        const float *p1 = P1 + t * sp, *p2 = P2 + t * sp;
+                        const float m1 = p1[r], m2 = p2[r], l1 = p1[rows + r], l2 = p2[rows + r];
+                        if (lo[r] >= hi[r]) {
+                            bad = !(m2 == -INFINITY && l2 == 0);
+                            for (int64_t x = 0; x < nv; x++) bad |= p2[2 * rows + r * nv + x] != 0;
+                            continue;
+                        }
+                        /* compare the normalized rows: O / l (m may differ within rounding) */
+                        bad = fabsf(m1 - m2) > 1e-5f * (1 + fabsf(m1)) ||
+                              fabsf(l1 - l2 * expf(m2 - m1)) > 1e-4f * l1;
+                        for (int64_t x = 0; x < nv; x++) {
+                            float o1 = p1[2 * rows + r * nv + x] / l1;
+                            float o2 = p2[2 * rows + r * nv + x] / l2;
+                            bad |= fabsf(o1 - o2) > 1e-5f;
+                        }
+                        if (bad)
+                            FAILF("%s: shape %zu mods %d head %lld row %lld: m %g / %g, l %g / %g",
+                                  kk->name, k, mods, (long long)t, (long long)r, (double)m1,
+                                  (double)m2, (double)l1, (double)l2);
+                    }
+                free(A), free(K), free(V), free(P1), free(P2);
+                ASSERT_TRUE(!bad);
+            }
+    }
+}
+
+int main(void) {
+    RUN(decode_reference);
+    RUN(decode_score_options);
+    RUN(decode_masked_rows);
+    RUN(decode_kernel_vs_generic);
+    RUN(prefill_reference);
+    RUN(strided_bshd);
+    RUN(threads_bitwise);
+    RUN(bad_inputs_nothing_written);
+    RUN(kv_cache_object);
+    RUN(kv_cache_create_errors);
+    RUN(decode_nomem_nothing_written);
+    RUN(module_cached_matches_full_forward);
+    RUN(module_cached_projects_new_tokens_only);
+    return harness_report();
+}

@@ -125,6 +125,9 @@ TEST(describe_reports_what_runs) {
         ASSERT_TRUE(sscanf(strstr(g, "MR "), "MR %d x NR %d; blocks KC %d, MC %d, NC %d", &mr, &nr,
                            &kc, &mc, &nc) == 5);
         ASSERT_TRUE(kc == real->gemm_kc && mc == real->gemm_mc && nc == real->gemm_nc);
+        char dec[64]; /* the decoding kernel, the table's own (every table has one) */
+        snprintf(dec, sizeof dec, "  decoding      attn_decode (%s)", real->name);
+        ASSERT_TRUE(strstr(buf, dec) != NULL);
         mha_kernels spy = *real;
         spy.attn_fwd = spy_fwd, spy.attn_fwd_drop = spy_drop, spy.attn_scores = spy_scores;
         spy.gemm_ukr = spy_ukr;

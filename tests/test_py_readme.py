@@ -50,7 +50,8 @@ API = ["mha.MultiheadAttention(", "mha.MultiHeadAttention(", "backward()",
        "mha.functional.scaled_dot_product_attention(", "mha.attention(",
        "mha.attention_backward(", "mha.save_file(", "mha.load_file(", "mha.export(",
        "mha.MultiheadAttention.from_file(", "prefix=", "mha.set_num_threads(",
-       "mha.viz.heatmap(", "mha.viz.save(", "mha.viz.show("]
+       "mha.viz.heatmap(", "mha.viz.save(", "mha.viz.show(", "mha.flash_attn_func(",
+       "mha.flash_attn_varlen_func(", "mha.flash_attn_with_kvcache("]
 
 
 @pytest.mark.parametrize("call", API)

@@ -99,13 +99,7 @@ mha_status mha__attn_check_aliases(mha_ctx *ctx, const char *fn, const mha__attn
     return MHA_OK;
 }
 
-mha_status mha__attn_check_inputs(mha_ctx *ctx, const char *fn, const mha_attn_params *p,
-                                  const mha_tensor *q, const mha_tensor *k, const mha_tensor *v,
-                                  const mha_mask *mask, mha__attn_problem *pr) {
-    mha_status st;
-    memset(pr, 0, sizeof *pr);
-    mha_attn_params dp = mha_attn_params_default();
-    if (!p) p = &dp;
+mha_status mha__attn_check_params(mha_ctx *ctx, const char *fn, const mha_attn_params *p) {
     if (!(p->dropout_p >= 0 && p->dropout_p < 1))
         return mha__err(ctx, MHA_ERR_INVALID_ARG,
                         "%s: p->dropout_p: got %g, expected a value in [0, 1)", fn,
@@ -114,6 +108,21 @@ mha_status mha__attn_check_inputs(mha_ctx *ctx, const char *fn, const mha_attn_p
         return mha__err(ctx, MHA_ERR_INVALID_ARG,
                         "%s: p->scale: got %g, expected a finite value (0: 1/sqrt(D))", fn,
                         (double)p->scale);
+    if (!(p->softcap >= 0) || !isfinite(p->softcap))
+        return mha__err(ctx, MHA_ERR_INVALID_ARG,
+                        "%s: p->softcap: got %g, expected a finite value >= 0 (0: off)", fn,
+                        (double)p->softcap);
+    return MHA_OK;
+}
+
+mha_status mha__attn_check_inputs(mha_ctx *ctx, const char *fn, const mha_attn_params *p,
+                                  const mha_tensor *q, const mha_tensor *k, const mha_tensor *v,
+                                  const mha_mask *mask, mha__attn_problem *pr) {
+    mha_status st;
+    memset(pr, 0, sizeof *pr);
+    mha_attn_params dp = mha_attn_params_default();
+    if (!p) p = &dp;
+    if ((st = mha__attn_check_params(ctx, fn, p))) return st;
     if ((st = mha__check_tensor(ctx, fn, "q", q, 4, NULL, "[B, H, L, D]"))) return st;
     int64_t B = q->shape[0], H = q->shape[1], L = q->shape[2], D = q->shape[3];
     if (D < 1)
@@ -149,10 +158,6 @@ mha_status mha__attn_check_inputs(mha_ctx *ctx, const char *fn, const mha_attn_p
     pr->seed = p->seed;
     pr->offset = p->offset;
 
-    if (!(p->softcap >= 0) || !isfinite(p->softcap))
-        return mha__err(ctx, MHA_ERR_INVALID_ARG,
-                        "%s: p->softcap: got %g, expected a finite value >= 0 (0: off)", fn,
-                        (double)p->softcap);
     pr->softcap = p->softcap;
 
     pr->mask = mask ? *mask : mha_mask_default();

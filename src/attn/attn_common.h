@@ -46,6 +46,9 @@ typedef struct {
 mha_status mha__attn_check_mask(mha_ctx *ctx, const char *fn, const mha_mask *m, int64_t B,
                                 int64_t S);
 
+/* Validates p (not NULL): dropout_p in [0, 1), a finite scale, a finite softcap >= 0. */
+mha_status mha__attn_check_params(mha_ctx *ctx, const char *fn, const mha_attn_params *p);
+
 /* Validates the ALiBi slopes of a mask (NULL mask or slopes: none): alibi_batched 0 or 1, every
  * slope of [H] or [B, H] finite. */
 mha_status mha__attn_check_alibi(mha_ctx *ctx, const char *fn, const mha_mask *m, int64_t B,

@@ -69,15 +69,7 @@ static mha_status kv_check_params(mha_ctx *ctx, const char *fn, const mha_attn_p
         return mha__err(ctx, MHA_ERR_INVALID_ARG,
                         "%s: p->dropout_p: got %g, expected 0 (no dropout with a kv cache)", fn,
                         (double)p->dropout_p);
-    if (!isfinite(p->scale))
-        return mha__err(ctx, MHA_ERR_INVALID_ARG,
-                        "%s: p->scale: got %g, expected a finite value (0: 1/sqrt(D))", fn,
-                        (double)p->scale);
-    if (!(p->softcap >= 0) || !isfinite(p->softcap))
-        return mha__err(ctx, MHA_ERR_INVALID_ARG,
-                        "%s: p->softcap: got %g, expected a finite value >= 0 (0: off)", fn,
-                        (double)p->softcap);
-    return MHA_OK;
+    return mha__attn_check_params(ctx, fn, p);
 }
 
 /* The mask: causal, window and ALiBi only (the lengths come from cache_seqlens). */

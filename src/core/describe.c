@@ -37,6 +37,9 @@ mha_status mha_ctx_describe(const mha_ctx *ctx, char *buf, size_t n) {
         "                attn_dropout_apply (%s)\n",
         (long long)k->attn_br, (long long)k->attn_bc, BY(attn_scores), BY(attn_probs), BY(attn_ptv),
         BY(attn_pv), BY(attn_dsoftmax), BY(attn_dropout), BY(attn_dropout_apply));
+    PUT("  decoding      attn_decode (%s): a few query rows against a key/value cache in\n"
+        "                fixed chunks of keys read in place (mha_attn_kvcache)\n",
+        BY(attn_decode));
 #undef BY
 #undef PUT
     return MHA_OK;

@@ -17,11 +17,14 @@
  *      block's keys (V rows read in place)
  * Both products run on the exact number of rows (compile-time blocks of 1 to DEC_RB rows): a
  * query head per key/value head (H = Hkv) costs one FMA chain per key, not a padded block's.
- * The next block's K and V rows are prefetched (into L2) while one is computed: needed with
- * strided rows (the [B, S, Hkv, D] cache layout: consecutive keys of a head Hkv * D floats
- * apart, a page apart at Hkv * D = 1024, beyond what the hardware's stream prefetchers
- * follow), and about 10% faster with contiguous ones too (measured: CPU time per decode step,
- * B=1, H=32, Hkv=8, D=128, S=8192, 1 thread, on a busy machine). The heads of a call take
+ * Prefetching (into L2): every load of a K or V vector is paired with a prefetch of the same
+ * vector DEC_PF keys later (DEC_PF_HEADS when the call's heads interleave in memory, the
+ * [B, S, Hkv, D] layout), so that requests to memory go out evenly, a few per computed
+ * vector, instead of in bursts of a whole block (which stalled on full miss queues: a quarter
+ * of the kernel's profile). Measured (B=1, H=32, Hkv=8, D=128, S=32768, 2 threads): a decode
+ * step from about 16 ms to about 11.5 ms with the contiguous cache, 18 to 12.5 ms with the
+ * strided one. Not into L1: rows a page apart (the strided layout at Hkv * D = 1024) map to
+ * the same few L1 sets and would evict the block being computed. The heads of a call take
  * each block of keys in turn, so the rows of all the heads of a key, which the
  * [B, S, Hkv, D] layout stores together, are read close in time. */
 #ifndef MHA_X86_DECODE_SKEL_H
@@ -32,9 +35,10 @@
 #include <math.h>
 #include <string.h>
 
-#define DEC_KB 64 /* keys per block: S is MHA__ATTN_DECODE_ROWS x 64 floats (4 KiB) */
-#define DEC_RB 4  /* query rows per block: DEC_RB FMA chains share each K and V vector */
-#define DEC_PF 1  /* prefetch the block that many blocks ahead */
+#define DEC_KB 64       /* keys per block: S is MHA__ATTN_DECODE_ROWS x 64 floats (4 KiB) */
+#define DEC_RB 4        /* query rows per block: DEC_RB FMA chains share each K and V vector */
+#define DEC_PF 32       /* prefetch distance in keys, a head's keys contiguous ... */
+#define DEC_PF_HEADS 64 /* ... and with the call's heads interleaved, key by key */
 /* keys per score step: DEC_RB x DEC_KS accumulators (16 of 32 zmm, 8 of 16 ymm) share each
  * query vector */
 #define DEC_KS NVMAX
@@ -59,7 +63,7 @@ _Static_assert(DEC_RB *DEC_KS == VL, "a full score step's sums are one transpose
  * from c0: nr x nk FMA chains over the head dim, each query vector loaded once for the nk keys
  * and each key vector once for the nr rows, then one horizontal sum each. */
 INL void dec_dots(const int nr, const int nk, int64_t c0, int64_t n, const float *A, int64_t lda,
-                  const float *K, int64_t ldk, float *S) {
+                  const float *K, int64_t ldk, int64_t kpf, float *S) {
     const int64_t nvec = (n + VL - 1) / VL;
     const vmask kl = mask_tail(n - (nvec - 1) * VL);
     vf acc[DEC_RB][DEC_KS];
@@ -71,7 +75,11 @@ INL void dec_dots(const int nr, const int nk, int64_t c0, int64_t n, const float
         const int last = v == nvec - 1;
         vf kv[DEC_KS];
 #pragma GCC unroll 4
-        for (int j = 0; j < nk; j++) kv[j] = vf_load_v(K + (c0 + j) * ldk + VL * v, last, kl);
+        for (int j = 0; j < nk; j++) {
+            const float *kr = K + (c0 + j) * ldk + VL * v;
+            kv[j] = vf_load_v(kr, last, kl);
+            __builtin_prefetch(kr + kpf, 0, 2); /* the same vector kpf floats on (L2) */
+        }
 #pragma GCC unroll 4
         for (int i = 0; i < nr; i++) {
             const vf a = vf_load_v(A + i * lda + VL * v, last, kl);
@@ -105,19 +113,20 @@ INL void dec_dots(const int nr, const int nk, int64_t c0, int64_t n, const float
 
 /* The scores of nr rows against the block's kb keys: DEC_KS keys at a time, then one by one. */
 INL void dec_scores_blk(const int nr, int64_t kb, int64_t n, const float *A, int64_t lda,
-                        const float *K, int64_t ldk, float *S) {
+                        const float *K, int64_t ldk, int64_t kpf, float *S) {
     int64_t c = 0;
-    for (; c + DEC_KS <= kb; c += DEC_KS) dec_dots(nr, DEC_KS, c, n, A, lda, K, ldk, S);
-    for (; c < kb; c++) dec_dots(nr, 1, c, n, A, lda, K, ldk, S);
+    for (; c + DEC_KS <= kb; c += DEC_KS) dec_dots(nr, DEC_KS, c, n, A, lda, K, ldk, kpf, S);
+    for (; c < kb; c++) dec_dots(nr, 1, c, n, A, lda, K, ldk, kpf, S);
 }
 #define DEC_SCORES_BLK(nr, ...) dec_scores_blk(nr, __VA_ARGS__)
 
 /* The scores of every row, DEC_RB rows at a time. */
 static void dec_scores(int64_t rows, int64_t kb, int64_t n, const float *A, int64_t lda,
-                       const float *K, int64_t ldk, float *S) {
+                       const float *K, int64_t ldk, int64_t kpf, float *S) {
     for (int64_t r0 = 0; r0 < rows; r0 += DEC_RB) {
         const int64_t nr = rows - r0 < DEC_RB ? rows - r0 : DEC_RB;
-        PER_RB(nr, DEC_SCORES_BLK, kb, n, A + r0 * lda, lda, K, ldk, S + r0 * DEC_KB);
+        /* the rows' first block prefetches; the others find the keys in cache */
+        PER_RB(nr, DEC_SCORES_BLK, kb, n, A + r0 * lda, lda, K, ldk, r0 ? 0 : kpf, S + r0 * DEC_KB);
     }
 }
 
@@ -125,7 +134,7 @@ static void dec_scores(int64_t rows, int64_t kb, int64_t n, const float *A, int6
  * accumulators in registers over the block's keys (one V row load per key and vector, one
  * broadcast per row); the exact rows, unlike attn_skel.h's MR-row pv blocks. */
 INL void dec_pv_blk(const int nr, const int nv, int64_t kb, const float *P, const float *V,
-                    int64_t ldv, const float *alpha, float *O, int64_t ldo, vmask kl) {
+                    int64_t ldv, int64_t vpf, const float *alpha, float *O, int64_t ldo, vmask kl) {
     vf acc[DEC_RB][NVMAX];
 #pragma GCC unroll 4
     for (int i = 0; i < nr; i++) {
@@ -137,7 +146,10 @@ INL void dec_pv_blk(const int nr, const int nv, int64_t kb, const float *P, cons
     for (int64_t c = 0; c < kb; c++) {
         vf x[NVMAX];
 #pragma GCC unroll 4
-        for (int j = 0; j < nv; j++) x[j] = vf_load_v(V + c * ldv + VL * j, j == nv - 1, kl);
+        for (int j = 0; j < nv; j++) {
+            x[j] = vf_load_v(V + c * ldv + VL * j, j == nv - 1, kl);
+            __builtin_prefetch(V + c * ldv + VL * j + vpf, 0, 2);
+        }
 #pragma GCC unroll 4
         for (int i = 0; i < nr; i++) {
             const vf p = vf_bcast(P + i * DEC_KB + c);
@@ -155,13 +167,13 @@ INL void dec_pv_blk(const int nr, const int nv, int64_t kb, const float *P, cons
 
 /* O[rows, nv] = diag(alpha) O + P[rows, kb] V[kb, nv], in panels of PW columns. */
 static void dec_pv(int64_t rows, int64_t kb, int64_t nv, const float *P, const float *V,
-                   int64_t ldv, const float *alpha, float *O, int64_t ldo) {
+                   int64_t ldv, int64_t vpf, const float *alpha, float *O, int64_t ldo) {
     for (int64_t x0 = 0; x0 < nv; x0 += PW) {
         const int64_t w = nv - x0 < PW ? nv - x0 : PW, nvec = (w + VL - 1) / VL;
         const vmask kl = mask_tail(w - (nvec - 1) * VL);
         for (int64_t r0 = 0; r0 < rows; r0 += DEC_RB) {
             const int64_t nr = rows - r0 < DEC_RB ? rows - r0 : DEC_RB;
-            PER_RB(nr, DEC_PV_NR, nvec, kb, P + r0 * DEC_KB, V + x0, ldv, alpha + r0,
+            PER_RB(nr, DEC_PV_NR, nvec, kb, P + r0 * DEC_KB, V + x0, ldv, r0 ? 0 : vpf, alpha + r0,
                    O + r0 * ldo + x0, ldo, kl);
         }
     }
@@ -210,16 +222,6 @@ static void dec_row(int64_t r, int64_t c0, int64_t kb, const mha__attn_decode_ma
     m[r] = mn;
 }
 
-/* Prefetches rows [0, nr) of X (ld apart, n floats each) into L2, one cache line at a time: not
- * into L1, where rows a page apart (the [B, S, Hkv, D] layout at Hkv * D = 1024) all map to
- * the same few sets and would evict the block being computed (measured: CPU time per step,
- * B=1, H=32, Hkv=8, D=128, S=8192, 1 thread: bshd 9.3 ms with L1 prefetches, 7.9 ms with L2
- * ones, bhsd 7.7-7.9 ms either way). */
-INL void dec_prefetch(const float *X, int64_t ld, int64_t nr, int64_t n) {
-    for (int64_t c = 0; c < nr; c++)
-        for (int64_t x = 0; x < n; x += 16) __builtin_prefetch(X + c * ld + x, 0, 2);
-}
-
 void KERNEL(decode)(int64_t nh, int64_t rows, int64_t bc, int64_t n, int64_t nv, const float *A,
                     int64_t lda, int64_t sa, const float *K, int64_t ldk, int64_t sk,
                     const float *V, int64_t ldv, int64_t sv, const mha__attn_decode_mask *md,
@@ -238,19 +240,19 @@ void KERNEL(decode)(int64_t nh, int64_t rows, int64_t bc, int64_t n, int64_t nv,
         for (int64_t r = 0; r < rows; r++) m[r] = -INFINITY, m[rows + r] = 0;
         memset(m + 2 * rows, 0, sizeof(float) * (size_t)(rows * nv));
     }
+    /* prefetch distances in floats (prefetches past the chunk fetch the next one's keys, or
+     * nothing: a prefetch never faults) */
+    const int64_t pf = nh > 1 && sk < ldk ? DEC_PF_HEADS : DEC_PF, kpf = pf * ldk, vpf = pf * ldv;
     for (int64_t c0 = cmin; c0 < cmax; c0 += DEC_KB) {
         const int64_t kb = cmax - c0 < DEC_KB ? cmax - c0 : DEC_KB;
-        const int64_t p0 = c0 + DEC_PF * DEC_KB, np = cmax - p0 < DEC_KB ? cmax - p0 : DEC_KB;
         for (int64_t t = 0; t < nh; t++) { /* every head of this block of keys, in turn */
             const float *Kt = K + t * sk, *Vt = V + t * sv;
             float *m = P + t * sp, *l = m + rows, *O = l + rows;
             mha__attn_decode_mask mh = *md;
             if (md->slope) mh.slope = md->slope + t * rows;
-            dec_prefetch(Kt + p0 * ldk, ldk, np, n); /* the block DEC_PF ahead */
-            dec_prefetch(Vt + p0 * ldv, ldv, np, nv);
-            dec_scores(rows, kb, n, A + t * sa, lda, Kt + c0 * ldk, ldk, S);
+            dec_scores(rows, kb, n, A + t * sa, lda, Kt + c0 * ldk, ldk, kpf, S);
             for (int64_t r = 0; r < rows; r++) dec_row(r, c0, kb, &mh, S + r * DEC_KB, m, l, alpha);
-            dec_pv(rows, kb, nv, S, Vt + c0 * ldv, ldv, alpha, O, nv);
+            dec_pv(rows, kb, nv, S, Vt + c0 * ldv, ldv, vpf, alpha, O, nv);
         }
     }
 }

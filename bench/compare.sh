@@ -187,5 +187,12 @@ export BENCH_LOAD_AFTER; BENCH_LOAD_AFTER=$(cut -d' ' -f1-3 /proc/loadavg)
 # RESULTS=path keeps the raw results (render.py can redo the markdown from them)
 [ -n "${RESULTS:-}" ] && cp "$RES" "$RESULTS"
 "$PY" bench/render.py "$RES" "$T" "$elapsed" "$TMP/info.txt" > "$TMP/out.md"
+# the sections other scripts measured (bench/py_compare.sh, bench/modern.py, bench/decode.sh)
+# follow a marker line in the existing file: keep them
+MARK='<!-- compare.sh keeps everything below this line -->'
+if [ -f "$OUT" ] && grep -qxF "$MARK" "$OUT"; then
+    printf '\n' >> "$TMP/out.md"
+    sed -n "/^$MARK\$/,\$p" "$OUT" >> "$TMP/out.md"
+fi
 mv "$TMP/out.md" "$OUT"
 echo "compare.sh: wrote $OUT (${elapsed}s)" >&2

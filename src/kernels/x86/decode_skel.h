@@ -10,7 +10,8 @@
  * needs packed key tiles; no copy of the cache is made):
  *   1. scores S[rows, kb]: DEC_RB rows x DEC_KS keys at a time, A_r . K_c as FMA chains over
  *      the head dim (each K vector loaded once for the rows, each query vector once for the
- *      keys), reduced by one VL x VL transpose (DEC_RB x DEC_KS = VL sums) or horizontal sums
+ *      keys), reduced by the mapping's vf_sums (DEC_RB x DEC_KS = VL sums at once) or
+ *      horizontal sums
  *   2. per row, vectors of VL keys: softcap, ALiBi, the row's key range (-inf outside), the
  *      block max m', alpha = exp(m - m'), P = exp(s - m'), l = alpha l + sum P
  *   3. O = diag(alpha) O + P V_block: DEC_RB rows x PW columns of O in registers over the
@@ -87,18 +88,14 @@ INL void dec_dots(const int nr, const int nk, int64_t c0, int64_t n, const float
             for (int j = 0; j < nk; j++) acc[i][j] = vf_fma(a, kv[j], acc[i][j]);
         }
     }
-    if (nr * nk == VL) { /* the VL sums at once: transpose, then add the rows */
+    if (nr * nk == VL) { /* the VL sums at once */
         vf t[VL];
 #pragma GCC unroll 4
         for (int i = 0; i < nr; i++)
 #pragma GCC unroll 4
             for (int j = 0; j < nk; j++) t[i * nk + j] = acc[i][j];
-        vf_transpose(t);
-        vf sum = t[0];
-#pragma GCC unroll 16
-        for (int x = 1; x < VL; x++) sum = vf_add(sum, t[x]);
         float out[VL] __attribute__((aligned(VALIGN)));
-        vf_store(out, sum);
+        vf_store(out, vf_sums(t));
 #pragma GCC unroll 4
         for (int i = 0; i < nr; i++)
 #pragma GCC unroll 4

@@ -104,6 +104,22 @@ INL void vf_transpose(vf r[8]) {
     }
 }
 
+/* Lane i = the sum of the lanes of v[i], for the 8 vectors at once (a tree: pairs of vectors
+ * add their 128-bit halves, then an in-lane 4 x 4 transpose-add). */
+INL vf vf_sums(const vf v[8]) {
+    __m256 w[4];
+#pragma GCC unroll 4
+    for (int p = 0; p < 4;
+         p++) /* w[p]: the low half holds 4 partial sums of v[2p], the high v[2p + 1] */
+        w[p] = _mm256_add_ps(_mm256_permute2f128_ps(v[2 * p], v[2 * p + 1], 0x20),
+                             _mm256_permute2f128_ps(v[2 * p], v[2 * p + 1], 0x31));
+    __m256 s01 = _mm256_add_ps(_mm256_unpacklo_ps(w[0], w[1]), _mm256_unpackhi_ps(w[0], w[1]));
+    __m256 s23 = _mm256_add_ps(_mm256_unpacklo_ps(w[2], w[3]), _mm256_unpackhi_ps(w[2], w[3]));
+    __m256 r = _mm256_add_ps(_mm256_shuffle_ps(s01, s23, 0x44), _mm256_shuffle_ps(s01, s23, 0xEE));
+    /* lane 4k + m of r holds the sum of v[2m + k] */
+    return _mm256_permutevar8x32_ps(r, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
+}
+
 /* Lanes of the 8 bytes b[c .. c+7] that are 0 (all ones) or not (0); reads only bytes before
  * end. */
 INL vmask zero_bytes(const uint8_t *b, int64_t c, int64_t end) {

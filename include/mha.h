@@ -53,10 +53,10 @@
  *                       forward's tile, 96 x 256 on SIMD paths: ~147 KiB at D = Dv = 64), and
  *                       a cache of packed key tiles: one head's keys (S * D floats, S rounded
  *                       up to BC), capped at 16 MiB (src/attn/attn_forward.c).
- *   mha_attn_backward   per thread three BR x BC tiles, keep bytes and the scaled query tile
- *                       (BR x BC = 64 x 128), plus rowsum(dO * O) [B, H, L] and the
- *                       fixed-order dq partial sums: at most a small multiple of dq's size (see
- *                       src/attn/attn_backward.c); linear in L and S.
+ *   mha_attn_backward   per thread three BR x BC tiles (a fourth with a softcap), keep bytes
+ *                       and the scaled query tile (BR x BC = 64 x 128), plus rowsum(dO * O)
+ *                       [B, H, L] and the fixed-order dq partial sums: at most a small
+ *                       multiple of dq's size (see src/attn/attn_backward.c); linear in L and S.
  *   mha_module_forward  a copy of the inputs, the projections q, k, v, the attention output
  *                       and lse: 5 * B * L * E floats for self-attention (B * (3 * L * E +
  *                       2 * S * E + S * kdim + S * vdim) for cross-attention); averaged

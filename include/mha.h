@@ -364,8 +364,9 @@ MHA_API mha_status mha_attn_backward(mha_ctx *ctx, const mha_attn_params *p, con
  * Every argument and every cu_seqlens entry is checked before anything is computed: after an
  * argument error (MHA_ERR_INVALID_ARG / MHA_ERR_SHAPE naming it, e.g. "cu_seqlens_q[3]: got 10,
  * expected <= 8 (total tokens q.shape[0])") nothing is written. Aliasing as in
- * mha_attn_forward. Sequences run one after another, each on every thread, with the dense
- * core's workspace for one sequence at a time. */
+ * mha_attn_forward. Long sequences run one after another, each on every thread; short ones
+ * (below 2^24 multiply-adds) side by side, one thread each (the same results: the core's do not
+ * depend on its thread count); the dense core's workspace for one sequence per thread. */
 MHA_API mha_status mha_attn_varlen_forward(mha_ctx *ctx, const mha_attn_params *p,
                                            const mha_tensor *q, const mha_tensor *k,
                                            const mha_tensor *v, const int32_t *cu_seqlens_q,

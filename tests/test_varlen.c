@@ -12,6 +12,7 @@
  * sequences; and bad inputs: each refused with a message naming the argument and
  * nothing written. */
 #include "harness.h"
+#include "core/internal.h" /* mha__fault_after: allocation failures */
 
 #include <stdlib.h>
 
@@ -480,6 +481,35 @@ TEST(varlen_threads_bitwise) {
     mha_ctx_free(ctx);
 }
 
+/* Small sequences run side by side, one thread each (src/attn/attn_varlen.c): an allocation
+ * that fails on one of those threads is MHA_ERR_NOMEM with the call's message in the caller's
+ * context, for every allocation in turn, and the call works again afterwards. */
+TEST(varlen_side_by_side_allocation_failures) {
+    static const vcase c = {
+        3, 4, 2, 32, 16, {70, 5, 200}, {90, 33, 150}, MHA_CAUSAL_BOTTOM_RIGHT, 0, 0, 0, 8,
+        0, 0, 0, 0,  0};
+    mha_ctx *ctx;
+    ASSERT_OK(ctx, mha_ctx_create(&ctx));
+    ASSERT_OK(ctx, mha_ctx_set_threads(ctx, 2));
+    vrun r;
+    vrun_make(&r, &c);
+    int failures = 0;
+    for (long n = 0; n < 64; n++) {
+        mha__fault_after(n);
+        mha_status st = vrun_forward(ctx, &r);
+        if (st == MHA_OK) st = vrun_backward(ctx, &r);
+        mha__fault_after(-1);
+        if (st == MHA_OK) break;
+        failures++;
+        ASSERT_EQ(st, MHA_ERR_NOMEM);
+        ASSERT_STR_CONTAINS(mha_ctx_errmsg(ctx), "mha_attn_varlen_");
+    }
+    ASSERT_TRUE(failures >= 3); /* every sequence's forward allocates */
+    ASSERT_TRUE(vrun_go(ctx, &r));
+    vrun_free(&r);
+    mha_ctx_free(ctx);
+}
+
 /* Sequences with no query (nothing to compute; their keys get zero gradients), with no key
  * (out 0, lse -inf, dq 0), both, and an empty batch. */
 TEST(varlen_empty_sequences) {
@@ -667,6 +697,7 @@ int main(void) {
     RUN(varlen_equals_dense_per_sequence);
     RUN(varlen_dropout_equals_dense_batch);
     RUN(varlen_threads_bitwise);
+    RUN(varlen_side_by_side_allocation_failures);
     RUN(varlen_empty_sequences);
     RUN(varlen_bad_inputs);
     return harness_report();

@@ -7,7 +7,8 @@
  * _backward_seq) with its own lengths L_s, S_s, so causality, the window and ALiBi align to it
  * (bottom-right: S_s - L_s), with the dropout head index bh0 = s * H, so that it draws the mask
  * batch entry s of a dense call draws, and with the ALiBi slopes of sequence s when they are
- * batched. Sequences run one after another, each on every thread.
+ * batched. Long sequences run one after another, each on every thread, short ones side by side
+ * (run_seqs).
  *
  * Everything is validated first (varlen_check and the outputs' checks): the packed shapes,
  * every cu_seqlens entry, p and the mask (through the dense core's check on the whole packed
@@ -15,6 +16,8 @@
  * the packed ones, so the per-sequence calls then cannot fail on their arguments: on an
  * argument error nothing has been written. */
 #include "attn_common.h"
+
+#include <string.h>
 
 /* A validated call: the packed tensors (NULL: not passed) and the sequence structure. */
 typedef struct {
@@ -152,6 +155,69 @@ static mha_status varlen_check(mha_ctx *ctx, const char *fn, const mha_attn_para
     return MHA_OK;
 }
 
+/* One sequence's call: the dense core's forward or backward on its views. */
+typedef mha_status (*seq_call)(mha_ctx *ctx, const char *fn, const mha_attn_params *p,
+                               const varlen_call *c, varlen_seq *x, int64_t s);
+
+static mha_status seq_forward(mha_ctx *ctx, const char *fn, const mha_attn_params *p,
+                              const varlen_call *c, varlen_seq *x, int64_t s) {
+    return mha__attn_forward_seq(ctx, fn, p, &x->q, &x->k, &x->v, &x->mask, &x->out,
+                                 c->lse ? &x->lse : NULL, s * c->H);
+}
+
+static mha_status seq_backward(mha_ctx *ctx, const char *fn, const mha_attn_params *p,
+                               const varlen_call *c, varlen_seq *x, int64_t s) {
+    return mha__attn_backward_seq(ctx, fn, p, &x->q, &x->k, &x->v, &x->mask, &x->out, &x->lse,
+                                  &x->dout, &x->dq, &x->dk, &x->dv, s * c->H);
+}
+
+/* Small sequences (below 2^24 multiply-adds: the dense core would not keep the threads busy on
+ * one) run side by side, one thread each; the others one after another, each on every thread.
+ * The dense core's results do not depend on its thread count: the same bits either way. */
+static int seq_small(const varlen_call *c, const varlen_seq *x) {
+    return (double)c->H * (double)x->L * (double)x->S * (double)(c->q->shape[2] + c->v->shape[2]) <
+           (double)(1 << 24);
+}
+
+/* Every sequence of a validated call through `call` (after validation only an allocation can
+ * fail: its message goes to ctx). */
+static mha_status run_seqs(mha_ctx *ctx, const char *fn, const mha_attn_params *p,
+                           const varlen_call *c, seq_call call) {
+    const int nt = mha__ctx_threads(ctx);
+    mha_status st = MHA_OK;
+    int64_t nsmall = 0;
+    for (int64_t s = 0; s < c->batch; s++) {
+        varlen_seq x;
+        seq_make(c, s, &x);
+        if (nt > 1 && seq_small(c, &x)) {
+            nsmall++;
+            continue;
+        }
+        if ((st = call(ctx, fn, p, c, &x, s))) return st;
+    }
+    if (nsmall == 0) return MHA_OK;
+    mha_ctx one; /* the caller's kernels on one thread */
+    memset(&one, 0, sizeof one);
+    one.threads = 1, one.isa = mha_ctx_isa(ctx), one.kern = mha__ctx_kernels(ctx);
+    char msg[MHA__MSG_CAP] = "";
+#pragma omp parallel num_threads(nt)
+    {
+        mha_ctx mine = one; /* each thread its own message */
+#pragma omp for schedule(dynamic, 1)
+        for (int64_t s = 0; s < c->batch; s++) {
+            varlen_seq x;
+            seq_make(c, s, &x);
+            if (!seq_small(c, &x)) continue;
+            mha_status e = call(&mine, fn, p, c, &x, s);
+            if (e) {
+#pragma omp critical
+                if (!st) st = e, memcpy(msg, mine.msg, sizeof msg);
+            }
+        }
+    }
+    return st ? mha__err(ctx, st, "%s", msg) : MHA_OK;
+}
+
 mha_status mha_attn_varlen_forward(mha_ctx *ctx, const mha_attn_params *p, const mha_tensor *q,
                                    const mha_tensor *k, const mha_tensor *v,
                                    const int32_t *cu_seqlens_q, const int32_t *cu_seqlens_k,
@@ -165,14 +231,7 @@ mha_status mha_attn_varlen_forward(mha_ctx *ctx, const mha_attn_params *p, const
     const mha__attn_arg ins[3] = {{"q", q}, {"k", k}, {"v", v}};
     const mha__attn_arg outs[2] = {{"out", out}, {"lse", lse}};
     if ((st = mha__attn_check_aliases(ctx, fn, outs, 2, ins, 3))) return st;
-    for (int64_t s = 0; s < batch; s++) {
-        varlen_seq x;
-        seq_make(&c, s, &x);
-        st = mha__attn_forward_seq(ctx, fn, p, &x.q, &x.k, &x.v, &x.mask, &x.out,
-                                   lse ? &x.lse : NULL, s * c.H);
-        if (st) return st;
-    }
-    return MHA_OK;
+    return run_seqs(ctx, fn, p, &c, seq_forward);
 }
 
 mha_status mha_attn_varlen_backward(mha_ctx *ctx, const mha_attn_params *p, const mha_tensor *q,
@@ -197,12 +256,5 @@ mha_status mha_attn_varlen_backward(mha_ctx *ctx, const mha_attn_params *p, cons
     const mha__attn_arg outs[3] = {{"dq", dq}, {"dk", dk}, {"dv", dv}};
     if ((st = mha__attn_check_aliases(ctx, fn, outs, 3, ins, 6))) return st;
     c.dout = dout, c.dq = dq, c.dk = dk, c.dv = dv;
-    for (int64_t s = 0; s < batch; s++) {
-        varlen_seq x;
-        seq_make(&c, s, &x);
-        st = mha__attn_backward_seq(ctx, fn, p, &x.q, &x.k, &x.v, &x.mask, &x.out, &x.lse, &x.dout,
-                                    &x.dq, &x.dk, &x.dv, s * c.H);
-        if (st) return st;
-    }
-    return MHA_OK;
+    return run_seqs(ctx, fn, p, &c, seq_backward);
 }

@@ -163,8 +163,9 @@ mha_status mha__attn_check_inputs(mha_ctx *ctx, const char *fn, const mha_attn_p
     pr->mask = mask ? *mask : mha_mask_default();
     if ((st = mha__attn_check_mask(ctx, fn, &pr->mask, B, S))) return st;
     if ((st = mha__attn_check_alibi(ctx, fn, &pr->mask, B, H))) return st;
-    pr->causal_shift = pr->mask.causal == MHA_CAUSAL_BOTTOM_RIGHT ? S - L : 0;
-    pr->hi_shift = pr->mask.causal != MHA_CAUSAL_NONE ? pr->causal_shift : MHA__ATTN_NO_DIAG;
+    /* causal: key j allowed iff j <= i + (S - L) (bottom-right) or j <= i (top-left) */
+    const int64_t causal_shift = pr->mask.causal == MHA_CAUSAL_BOTTOM_RIGHT ? S - L : 0;
+    pr->hi_shift = pr->mask.causal != MHA_CAUSAL_NONE ? causal_shift : MHA__ATTN_NO_DIAG;
     pr->lo_shift = -MHA__ATTN_NO_DIAG;
     if (pr->mask.window) { /* bounds beyond +-(L + S) exclude nothing: clamp them there */
         const int64_t far = L + S + 1;

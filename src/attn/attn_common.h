@@ -31,9 +31,8 @@ typedef struct {
     float keep_scale;      /* 1 / (1 - dropout_p) */
     uint64_t drop_thr;     /* keep iff philox word >= drop_thr */
     uint64_t seed, offset;
-    mha_mask mask;        /* a copy; mha_mask_default() when the caller passed NULL */
-    int64_t causal_shift; /* causal: key j allowed iff j <= i + causal_shift */
-    float softcap;        /* > 0: s -> softcap * tanh(s / softcap); 0: off */
+    mha_mask mask; /* a copy; mha_mask_default() when the caller passed NULL */
+    float softcap; /* > 0: s -> softcap * tanh(s / softcap); 0: off */
     /* The key range of row i: j <= i + hi_shift (causality and the window's right bound;
      * MHA__ATTN_NO_DIAG: unbounded) and j >= i + lo_shift (the window's left bound;
      * -MHA__ATTN_NO_DIAG: unbounded). */

@@ -29,6 +29,7 @@
  *
  * Steps: validate (parse_args, check_args), plan (plan_bench: buffers, module, FLOPs), measure
  * (warm-up and timed runs), report. */
+#define _DEFAULT_SOURCE /* madvise, MADV_HUGEPAGE */
 #include "cli.h"
 
 #include <math.h>
@@ -37,6 +38,9 @@
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
+#if defined(__linux__)
+#include <sys/mman.h>
+#endif
 
 static void print_help(FILE *f) {
     fputs("usage: mha bench --batch B --seq N --embed E --heads H [options]\n"
@@ -93,9 +97,23 @@ static double median(double *t, int n) {
     return n % 2 ? t[n / 2] : 0.5 * (t[n / 2 - 1] + t[n / 2]);
 }
 
-/* A buffer of n floats uniform in [-1, 1) (a fixed LCG: every run sees the same data). */
-static float *rand_buf(int64_t n, uint32_t seed) {
-    float *p = malloc(sizeof(float) * (size_t)(n > 0 ? n : 1));
+/* n bytes (at least 1) for a buffer streamed from memory: as mha_kv_cache allocates its
+ * caches (2 MiB aligned, huge pages advised on Linux), so that a decoding step on these
+ * buffers and the bandwidth measured beside it read memory as a library-owned cache is read. */
+static void *stream_alloc(size_t n) {
+    const size_t huge = (size_t)1 << 21, r = (n + huge - 1) & ~(huge - 1);
+    void *p = r >= n && r > 0 ? aligned_alloc(huge, r) : NULL;
+#if defined(__linux__) && defined(MADV_HUGEPAGE)
+    if (p) (void)madvise(p, r, MADV_HUGEPAGE);
+#endif
+    return p;
+}
+
+/* A buffer of n floats uniform in [-1, 1) (a fixed LCG: every run sees the same data);
+ * stream: allocated by stream_alloc. */
+static float *rand_buf(int64_t n, uint32_t seed, int stream) {
+    const size_t bytes = sizeof(float) * (size_t)(n > 0 ? n : 1);
+    float *p = stream ? stream_alloc(bytes) : malloc(bytes);
     if (!p) return NULL;
     for (int64_t i = 0; i < n; i++) {
         seed = seed * 1664525u + 1013904223u;
@@ -363,10 +381,13 @@ struct bench_plan {
 };
 
 /* A random buffer of n floats, owned by the plan. */
-static float *plan_buf(bench_plan *p, int64_t n, uint32_t seed) {
-    float *b = rand_buf(n, seed);
+static float *plan_buf_as(bench_plan *p, int64_t n, uint32_t seed, int stream) {
+    float *b = rand_buf(n, seed, stream);
     p->oom |= !b;
     return p->bufs[p->nb++] = b;
+}
+static float *plan_buf(bench_plan *p, int64_t n, uint32_t seed) {
+    return plan_buf_as(p, n, seed, 0);
 }
 
 /* q [B, H, N, D], k and v [B, G, S, D] (G = --kv-heads, S = --seq-k, D = --head-dim). */
@@ -656,8 +677,8 @@ static void plan_decode(bench_state *s, bench_plan *p) {
     int64_t sq[4] = {B, H, 1, D};
     s->q = mha_tensor_make(plan_buf(p, B * H * D, 1), 4, sq);
     s->o = mha_tensor_make(plan_buf(p, B * H * D, 4), 4, sq);
-    s->kc = decode_view(plan_buf(p, B * G * S * D, 2), B, G, S, D, a->bshd);
-    s->vc = decode_view(plan_buf(p, B * G * S * D, 3), B, G, S, D, a->bshd);
+    s->kc = decode_view(plan_buf_as(p, B * G * S * D, 2, 1), B, G, S, D, a->bshd);
+    s->vc = decode_view(plan_buf_as(p, B * G * S * D, 3, 1), B, G, S, D, a->bshd);
     s->kn = decode_view(plan_buf(p, B * G * D, 5), B, G, 1, D, a->bshd);
     s->vn = decode_view(plan_buf(p, B * G * D, 6), B, G, 1, D, a->bshd);
     s->lens = (int32_t *)plan_buf(p, B, 0); /* B int32 in a plan buffer of B floats */
@@ -679,11 +700,12 @@ static uint64_t stream_read(const uint64_t *w, size_t n, int nt) {
 }
 
 /* The machine's memory read bandwidth in GB/s: the median of runs streaming reads of a buffer
- * of mib MiB (much larger than the caches) on nt threads, written first (so the pages exist).
+ * of mib MiB (much larger than the caches; allocated as the decode caches are) on nt threads,
+ * written first (so the pages exist).
  * 0 when the buffer cannot be allocated. */
 static double measure_bandwidth(long long mib, int nt, int runs) {
     const size_t n = (size_t)mib << 17; /* 8-byte words */
-    uint64_t *w = malloc(n * sizeof(uint64_t));
+    uint64_t *w = stream_alloc(n * sizeof(uint64_t));
     double *t = malloc(sizeof(double) * (size_t)(runs + 1));
     if (!w || !t) {
         free(w), free(t);

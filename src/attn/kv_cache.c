@@ -69,8 +69,8 @@ mha_status mha_kv_cache_create(mha_ctx *ctx, int64_t batch, int64_t capacity, in
                         (long long)head_dim);
     mha_kv_cache *c = mha__calloc(1, sizeof *c);
     if (c) {
-        c->k = mha__calloc(1, nk);
-        c->v = mha__calloc(1, nv > 0 ? nv : 1);
+        c->k = mha__calloc_stream(nk);
+        c->v = mha__calloc_stream(nv > 0 ? nv : 1);
         c->len = mha__calloc((size_t)batch, sizeof(int32_t));
     }
     if (!c || !c->k || !c->v || !c->len) {

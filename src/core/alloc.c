@@ -1,9 +1,13 @@
 /* alloc.c - aligned allocation with fault injection, and overflow-checked sizes. */
+#define _DEFAULT_SOURCE /* madvise, MADV_HUGEPAGE */
 #include "internal.h"
 
 #include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
+#if defined(__linux__)
+#include <sys/mman.h>
+#endif
 
 /* Fault injection and the allocation count are process-wide, and distinct contexts may
  * allocate on distinct threads at once (mha.h): both are C11 atomics. A countdown shared by
@@ -38,6 +42,26 @@ void *mha__calloc(size_t n, size_t size) {
     if (!mha__mul_size(n, size, &total)) return NULL;
     void *p = mha__malloc(total);
     if (p) memset(p, 0, total);
+    return p;
+}
+
+/* Large buffers read as streams (KV caches): 2 MiB aligned and, on Linux, advised into
+ * transparent huge pages (where the system leaves that to madvise). The hardware prefetchers
+ * stop at 4 KiB page boundaries; a decoding step streamed a 256 MiB fp32 cache 5-20% faster
+ * from huge pages (bench/decode.sh, side by side). Zeroed, as mha__calloc. */
+void *mha__calloc_stream(size_t size) {
+    const size_t huge = (size_t)1 << 21;
+    if (size < huge) return mha__calloc(1, size);
+    if (fault_now()) return NULL;
+    size_t rounded = (size + huge - 1) & ~(huge - 1);
+    if (rounded < size) return NULL;
+    void *p = aligned_alloc(huge, rounded);
+    if (!p) return NULL;
+    atomic_fetch_add_explicit(&alloc_count, 1, memory_order_relaxed);
+#if defined(__linux__) && defined(MADV_HUGEPAGE)
+    (void)madvise(p, rounded, MADV_HUGEPAGE); /* advice only: a refusal changes nothing */
+#endif
+    memset(p, 0, rounded);
     return p;
 }
 

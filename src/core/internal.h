@@ -39,6 +39,7 @@ int mha__ctx_threads(const mha_ctx *ctx);
  * allocation from now fail (n < 0 disables). Allocations are 64-byte aligned. */
 void *mha__malloc(size_t size);
 void *mha__calloc(size_t n, size_t size);
+void *mha__calloc_stream(size_t size); /* zeroed; huge pages advised (alloc.c) */
 void mha__free(void *p);
 void mha__fault_after(long n);
 /* Number of allocations made so far (for fault-injection loops in tests). */

@@ -224,11 +224,39 @@ MHA_API mha_status mha_sgemm(mha_ctx *ctx, int ta, int tb, int64_t M, int64_t N,
  * ------------------------------------------------------------------------------------------- */
 #define MHA_MAX_DIMS 5
 
+/* Element types: of tensor views (the computing calls take F32, and BF16 / F16 where a call
+ * says so) and of arrays and files (.npy / safetensors names). */
+typedef enum {
+    MHA_DTYPE_F32 = 0,      /* "<f4" / "F32" */
+    MHA_DTYPE_BOOL = 1,     /* "|b1" / "BOOL", one byte each, 0 or 1 */
+    MHA_DTYPE_I32 = 2,      /* "<i4" / "I32" */
+    MHA_DTYPE_F64 = 3,      /* "<f8" / "F64" (test fixtures, references) */
+    MHA_DTYPE_F16 = 4,      /* "<f2" / "F16", IEEE half */
+    MHA_DTYPE_BF16 = 5,     /* - / "BF16", the top 16 bits of a float32 */
+    MHA_DTYPE_I64 = 6,      /* "<i8" / "I64" */
+    MHA_DTYPE_U8 = 7,       /* "|u1" / "U8" */
+    MHA_DTYPE_I8 = 8,       /* "|i1" / "I8" */
+    MHA_DTYPE_I16 = 9,      /* "<i2" / "I16" */
+    MHA_DTYPE_U16 = 10,     /* "<u2" / "U16" */
+    MHA_DTYPE_U32 = 11,     /* "<u4" / "U32" */
+    MHA_DTYPE_U64 = 12,     /* "<u8" / "U64" */
+    MHA_DTYPE_F8_E4M3 = 13, /* - / "F8_E4M3" (PyTorch's float8_e4m3fn) */
+    MHA_DTYPE_F8_E5M2 = 14  /* - / "F8_E5M2" */
+} mha_dtype;
+
+/* A view of caller-owned memory. dtype says what data points at: float32 (MHA_DTYPE_F32, 0, so
+ * a zero-initialized view and every view made by mha_tensor_make / _strided is float32), or
+ * 2-byte bfloat16 / IEEE half elements (mha_tensor_typed). A call that does not take a dtype
+ * refuses it with MHA_ERR_UNSUPPORTED naming the tensor. Strides count elements, not bytes. */
 typedef struct {
-    float *data;
+    union {
+        float *data; /* the element at index 0 (a float32 view) */
+        void *ptr;   /* the same address, for any dtype */
+    };
     int ndim;
     int64_t shape[MHA_MAX_DIMS];
     int64_t stride[MHA_MAX_DIMS]; /* in elements; stride[ndim-1] must be 1 */
+    mha_dtype dtype;              /* MHA_DTYPE_F32 unless made by mha_tensor_typed */
 } mha_tensor;
 
 /* A contiguous (row-major) view of data with the given shape (ndim values; shape may be NULL
@@ -239,6 +267,10 @@ MHA_API mha_tensor mha_tensor_make(float *data, int ndim, const int64_t *shape);
 /* A strided view; stride == NULL means contiguous. Invalid arguments as for mha_tensor_make. */
 MHA_API mha_tensor mha_tensor_strided(float *data, int ndim, const int64_t *shape,
                                       const int64_t *stride);
+/* A view of elements of the given dtype (F32, BF16 or F16; another dtype gives an invalid
+ * view, ndim = -1); stride == NULL means contiguous. Otherwise as mha_tensor_strided. */
+MHA_API mha_tensor mha_tensor_typed(void *data, mha_dtype dtype, int ndim, const int64_t *shape,
+                                    const int64_t *stride);
 /* Number of elements: the product of the shape (0 if any dimension is 0). -1 when there is no
  * such number: t == NULL, ndim outside [0, MHA_MAX_DIMS], a negative dimension, or a product
  * beyond INT64_MAX. Defined for every input (no overflow). */
@@ -626,28 +658,10 @@ MHA_API void mha_module_saved_free(mha_module_saved *s); /* NULL-safe */
 /* ---------------------------------------------------------------------------------------------
  * Arrays and files: .npy and safetensors (untrusted input: every field is validated)
  * ------------------------------------------------------------------------------------------- */
-/* Every dtype safetensors defines is a storage type: a whole model's file (int64 position_ids,
- * bf16 or fp8 weights) loads, and mha_st_layer converts bf16, f16 and f64 parameters to
- * float32. The computing calls take float32 only. The .npy code reads and writes the dtypes
- * NumPy has; bfloat16 and the fp8 types (no NumPy dtype) are MHA_ERR_UNSUPPORTED there.
- *                       (.npy / safetensors) */
-typedef enum {
-    MHA_DTYPE_F32 = 0,      /* "<f4" / "F32" */
-    MHA_DTYPE_BOOL = 1,     /* "|b1" / "BOOL", one byte each, 0 or 1 */
-    MHA_DTYPE_I32 = 2,      /* "<i4" / "I32" */
-    MHA_DTYPE_F64 = 3,      /* "<f8" / "F64" (test fixtures, references) */
-    MHA_DTYPE_F16 = 4,      /* "<f2" / "F16", IEEE half */
-    MHA_DTYPE_BF16 = 5,     /* - / "BF16", the top 16 bits of a float32 */
-    MHA_DTYPE_I64 = 6,      /* "<i8" / "I64" */
-    MHA_DTYPE_U8 = 7,       /* "|u1" / "U8" */
-    MHA_DTYPE_I8 = 8,       /* "|i1" / "I8" */
-    MHA_DTYPE_I16 = 9,      /* "<i2" / "I16" */
-    MHA_DTYPE_U16 = 10,     /* "<u2" / "U16" */
-    MHA_DTYPE_U32 = 11,     /* "<u4" / "U32" */
-    MHA_DTYPE_U64 = 12,     /* "<u8" / "U64" */
-    MHA_DTYPE_F8_E4M3 = 13, /* - / "F8_E4M3" (PyTorch's float8_e4m3fn) */
-    MHA_DTYPE_F8_E5M2 = 14  /* - / "F8_E5M2" */
-} mha_dtype;
+/* Every dtype safetensors defines (mha_dtype, with the tensor views) is a storage type: a whole
+ * model's file (int64 position_ids, bf16 or fp8 weights) loads, and mha_st_layer converts bf16,
+ * f16 and f64 parameters to float32. The .npy code reads and writes the dtypes NumPy has;
+ * bfloat16 and the fp8 types (no NumPy dtype) are MHA_ERR_UNSUPPORTED there. */
 
 /* An owned n-dimensional array; free with mha_array_free. */
 typedef struct {

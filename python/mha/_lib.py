@@ -30,8 +30,9 @@ _Dims = c_int64 * MAX_DIMS
 
 
 class Tensor(Structure):
-    """mha_tensor: a float32 view, strides in elements, the innermost one 1."""
-    _fields_ = [("data", c_void_p), ("ndim", c_int), ("shape", _Dims), ("stride", _Dims)]
+    """mha_tensor: a view (dtype: mha_dtype, 0 = float32), strides in elements, the innermost 1."""
+    _fields_ = [("data", c_void_p), ("ndim", c_int), ("shape", _Dims), ("stride", _Dims),
+                ("dtype", c_int)]
 
 
 class Mask(Structure):

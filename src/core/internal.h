@@ -53,6 +53,12 @@ int mha__add_size(size_t a, size_t b, size_t *out);
  * "fn: name.shape[i]: got X, expected Y (why)". want[i] < 0 means any size. */
 mha_status mha__check_tensor(mha_ctx *ctx, const char *fn, const char *name, const mha_tensor *t,
                              int ndim, const int64_t *want, const char *why);
+/* The same for a view of the given dtype (mha__check_tensor: float32); another dtype is
+ * MHA_ERR_UNSUPPORTED "fn: name.dtype: got X, expected Y". */
+mha_status mha__check_tensor_as(mha_ctx *ctx, const char *fn, const char *name, const mha_tensor *t,
+                                mha_dtype dtype, int ndim, const int64_t *want, const char *why);
+/* Bytes per element of a view: 4 (F32) or 2 (BF16, F16). */
+size_t mha__tensor_elsize(const mha_tensor *t);
 
 /* 1 if two validated views may share an element (exact for views with the same strides
  * into one row-major buffer, such as interleaved q/k/v of a packed array; otherwise 1 as

@@ -31,6 +31,18 @@ mha_tensor mha_tensor_make(float *data, int ndim, const int64_t *shape) {
     return mha_tensor_strided(data, ndim, shape, NULL);
 }
 
+mha_tensor mha_tensor_typed(void *data, mha_dtype dtype, int ndim, const int64_t *shape,
+                            const int64_t *stride) {
+    mha_tensor t = mha_tensor_strided((float *)data, ndim, shape, stride);
+    if (dtype != MHA_DTYPE_F32 && dtype != MHA_DTYPE_BF16 && dtype != MHA_DTYPE_F16) t.ndim = -1;
+    t.dtype = dtype;
+    return t;
+}
+
+size_t mha__tensor_elsize(const mha_tensor *t) {
+    return t->dtype == MHA_DTYPE_F32 ? sizeof(float) : sizeof(uint16_t);
+}
+
 int64_t mha_tensor_numel(const mha_tensor *t) {
     if (!t || t->ndim < 0 || t->ndim > MHA_MAX_DIMS) return -1;
     int64_t n = 1;
@@ -80,11 +92,11 @@ static int reach(const mha_tensor *a, const mha_tensor *b, const int *dims, int 
 int mha__tensors_overlap(const mha_tensor *a, const mha_tensor *b) {
     if (!a || !b || !a->data || !b->data || mha_tensor_numel(a) <= 0 || mha_tensor_numel(b) <= 0)
         return 0;
+    const __int128 ea = (__int128)mha__tensor_elsize(a), eb = (__int128)mha__tensor_elsize(b);
     const __int128 a0 = (__int128)(uintptr_t)a->data, b0 = (__int128)(uintptr_t)b->data;
-    const __int128 a1 = a0 + (view_span(a) + 1) * (__int128)sizeof(float);
-    const __int128 b1 = b0 + (view_span(b) + 1) * (__int128)sizeof(float);
+    const __int128 a1 = a0 + (view_span(a) + 1) * ea, b1 = b0 + (view_span(b) + 1) * eb;
     if (a1 <= b0 || b1 <= a0) return 0; /* disjoint address ranges */
-    if ((b0 - a0) % (__int128)sizeof(float) || a->ndim != b->ndim) return 1;
+    if (ea != eb || (b0 - a0) % ea || a->ndim != b->ndim) return 1;
     /* Interleaved views of one buffer (q, k and v of a packed [B, T, 3, H, D] array): with
      * the same strides, a shared element means (i - j) . stride = b.data - a.data for some
      * index differences k_d = i_d - j_d in [-(b.shape_d - 1), a.shape_d - 1]: a search over
@@ -101,7 +113,7 @@ int mha__tensors_overlap(const mha_tensor *a, const mha_tensor *b) {
             dims[j] = dims[j - 1];
             dims[j - 1] = t;
         }
-    return reach(a, b, dims, nd, 0, (b0 - a0) / (__int128)sizeof(float)) != 0;
+    return reach(a, b, dims, nd, 0, (b0 - a0) / ea) != 0;
 }
 
 mha_mask mha_mask_default(void) {
@@ -118,8 +130,17 @@ mha_attn_params mha_attn_params_default(void) {
 
 mha_status mha__check_tensor(mha_ctx *ctx, const char *fn, const char *name, const mha_tensor *t,
                              int ndim, const int64_t *want, const char *why) {
+    return mha__check_tensor_as(ctx, fn, name, t, MHA_DTYPE_F32, ndim, want, why);
+}
+
+mha_status mha__check_tensor_as(mha_ctx *ctx, const char *fn, const char *name, const mha_tensor *t,
+                                mha_dtype dtype, int ndim, const int64_t *want, const char *why) {
     if (!t)
         return mha__err(ctx, MHA_ERR_INVALID_ARG, "%s: %s: got NULL, expected a tensor", fn, name);
+    if (t->dtype != dtype)
+        return mha__err(ctx, MHA_ERR_UNSUPPORTED, "%s: %s.dtype: got %s, expected %s%s", fn, name,
+                        mha_dtype_name(t->dtype), mha_dtype_name(dtype),
+                        dtype == MHA_DTYPE_F32 ? "" : " (the dtype of the call's inputs)");
     if (t->ndim != ndim)
         return mha__err(ctx, MHA_ERR_SHAPE, "%s: %s.ndim: got %d, expected %d%s%s%s", fn, name,
                         t->ndim, ndim, why ? " (" : "", why ? why : "", why ? ")" : "");
@@ -146,7 +167,7 @@ mha_status mha__check_tensor(mha_ctx *ctx, const char *fn, const char *name, con
             return mha__err(ctx, MHA_ERR_SHAPE, "%s: %s.stride[%d]: got %lld, expected >= 0", fn,
                             name, i, (long long)t->stride[i]);
     if (numel > 0 && !t->data)
-        return mha__err(ctx, MHA_ERR_INVALID_ARG, "%s: %s.data: got NULL, expected %lld floats", fn,
-                        name, (long long)numel);
+        return mha__err(ctx, MHA_ERR_INVALID_ARG, "%s: %s.data: got NULL, expected %lld %s values",
+                        fn, name, (long long)numel, mha_dtype_name(dtype));
     return MHA_OK;
 }

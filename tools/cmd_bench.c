@@ -3,6 +3,7 @@
  *   mha bench --batch B --seq N --embed E --heads H [--causal] [--backward] [--core]
  *             [--kv-heads G] [--need-weights] [--threads T] [--isa NAME] [--runs R] [--json]
  *   mha bench --core ... [--seq-k S] [--head-dim D] [--window L,R] [--softcap C] [--alibi]
+ *             [--dtype f32|bf16|f16]
  *   mha bench --gemm M N K [--ta 0|1] [--tb 0|1] [--threads T] [--isa NAME] [--runs R] [--json]
  *   mha bench --core --decode --batch B --seq-k S --heads H --head-dim D [--kv-heads G]
  *             [--layout bhsd|bshd] [--bw-mib M] [--threads T] [--isa NAME] [--runs R] [--json]
@@ -72,6 +73,7 @@ static void print_help(FILE *f) {
           "                --head-dim D, --kv-heads G (and --window, --softcap, --alibi); GB/s\n"
           "                of K/V read, and the memory read bandwidth measured in the same run\n"
           "                (a streaming read of --bw-mib MiB, default 1024, same threads)\n"
+          "  --dtype T     --core: q, k, v and the outputs in f32 (default), bf16 or f16\n"
           "  --layout L    --decode: the cache's memory, bhsd ([B, G, S, D], default) or\n"
           "                bshd ([B, S, G, D], FlashAttention's: strided views)\n"
           "  --gemm M N K  time C[M,N] = op(A)[M,K] op(B)[K,N]; --ta/--tb transpose A/B\n"
@@ -136,6 +138,9 @@ typedef struct {
     int decode, bshd;
     const char *layout;
     long long bw_mib;
+    /* --dtype f32|bf16|f16: the element type of the core's tensors */
+    const char *dtype_arg;
+    mha_dtype dtype;
 } bench_args;
 
 /* One timed step: forward (and backward); returns nonzero status on failure. */
@@ -319,6 +324,28 @@ static int check_core_opts(bench_args *a, const cli_opt *opts, int nopts) {
     return 0;
 }
 
+/* --dtype into a->dtype (f32 when absent): bf16 and f16 for the core's forward and backward. */
+static int parse_dtype(bench_args *a) {
+    static const struct {
+        const char *name;
+        mha_dtype dt;
+    } names[] = {{"f32", MHA_DTYPE_F32}, {"bf16", MHA_DTYPE_BF16}, {"f16", MHA_DTYPE_F16}};
+    a->dtype = MHA_DTYPE_F32;
+    if (!a->dtype_arg) return 0;
+    int found = 0;
+    for (int i = 0; i < 3; i++)
+        if (!strcmp(a->dtype_arg, names[i].name)) a->dtype = names[i].dt, found = 1;
+    if (!found)
+        return cli_usage_error("mha bench --help lists the options",
+                               "--dtype: got \"%s\", expected f32, bf16 or f16", a->dtype_arg);
+    if (a->dtype != MHA_DTYPE_F32 && (!a->core || a->decode || a->gemm))
+        return cli_usage_error("mha bench --help lists the options",
+                               "--dtype %s: applies to --core (the attention core's forward and "
+                               "backward)",
+                               a->dtype_arg);
+    return 0;
+}
+
 /* Parses and checks the command line. Returns 0, CLI_HELP (help printed) or a usage error. */
 static int parse_args(int argc, char **argv, bench_args *a) {
     *a = (bench_args){
@@ -354,6 +381,7 @@ static int parse_args(int argc, char **argv, bench_args *a) {
         {"--decode", CLI_OPT_FLAG, &a->decode, 0},
         {"--layout", CLI_OPT_STRING, &a->layout, 0},
         {"--bw-mib", CLI_OPT_INT, &a->bw_mib, 0},
+        {"--dtype", CLI_OPT_STRING, &a->dtype_arg, 0},
     };
     int nopts = (int)(sizeof opts / sizeof opts[0]);
     if (!rc) rc = cli_parse(nrest, rest, opts, nopts);
@@ -369,6 +397,7 @@ static int parse_args(int argc, char **argv, bench_args *a) {
     if ((rc = check_args(a, cli_find(opts, nopts, "--warmup")->seen > 0))) return rc;
     if ((rc = check_core_opts(a, opts, nopts))) return rc;
     if ((rc = decode_check_args(a))) return rc;
+    if ((rc = parse_dtype(a))) return rc;
     return decode_parse_layout(a);
 }
 
@@ -376,7 +405,7 @@ static int parse_args(int argc, char **argv, bench_args *a) {
 
 struct bench_plan {
     double flops_fwd, flops_bwd;
-    float *bufs[16]; /* owned */
+    float *bufs[24]; /* owned */
     int nb, oom;
 };
 
@@ -390,20 +419,34 @@ static float *plan_buf(bench_plan *p, int64_t n, uint32_t seed) {
     return plan_buf_as(p, n, seed, 0);
 }
 
-/* q [B, H, N, D], k and v [B, G, S, D] (G = --kv-heads, S = --seq-k, D = --head-dim). */
+/* A random [d0, d1, d2, d3] tensor of --dtype in a plan buffer (bf16 / f16: converted from a
+ * random float32 one by mha_tensor_convert). */
+static mha_tensor plan_tensor(bench_state *s, bench_plan *p, const int64_t sh[4], uint32_t seed) {
+    const int64_t n = sh[0] * sh[1] * sh[2] * sh[3];
+    float *b = plan_buf(p, n, seed);
+    mha_tensor f = mha_tensor_make(b, 4, sh);
+    if (!b || s->a->dtype == MHA_DTYPE_F32) return f;
+    uint16_t *h = (uint16_t *)plan_buf(p, n / 2 + 1, 0);
+    mha_tensor t = mha_tensor_typed(h, s->a->dtype, 4, sh, NULL);
+    p->oom |= !h || mha_tensor_convert(s->ctx, &f, &t) != MHA_OK;
+    return t;
+}
+
+/* q [B, H, N, D], k and v [B, G, S, D] (G = --kv-heads, S = --seq-k, D = --head-dim), of
+ * --dtype (lse float32). */
 static void plan_core(bench_state *s, bench_plan *p, int64_t B, int64_t H, int64_t N, int64_t D) {
-    const int64_t G = s->a->kv_heads, S = s->a->seq_k, nk = B * G * S * D;
-    int64_t sh[4] = {B, H, N, D}, sk[4] = {B, G, S, D}, sl[3] = {B, H, N}, n = B * H * N * D;
-    s->q = mha_tensor_make(plan_buf(p, n, 1), 4, sh);
-    s->k = mha_tensor_make(plan_buf(p, nk, 2), 4, sk);
-    s->v = mha_tensor_make(plan_buf(p, nk, 3), 4, sk);
-    s->o = mha_tensor_make(plan_buf(p, n, 4), 4, sh);
+    const int64_t G = s->a->kv_heads, S = s->a->seq_k;
+    int64_t sh[4] = {B, H, N, D}, sk[4] = {B, G, S, D}, sl[3] = {B, H, N};
+    s->q = plan_tensor(s, p, sh, 1);
+    s->k = plan_tensor(s, p, sk, 2);
+    s->v = plan_tensor(s, p, sk, 3);
+    s->o = plan_tensor(s, p, sh, 4);
     s->lse = mha_tensor_make(plan_buf(p, B * H * N, 5), 3, sl);
     if (s->a->backward) {
-        s->dout = mha_tensor_make(plan_buf(p, n, 6), 4, sh);
-        s->dq = mha_tensor_make(plan_buf(p, n, 7), 4, sh);
-        s->dk = mha_tensor_make(plan_buf(p, nk, 8), 4, sk);
-        s->dv = mha_tensor_make(plan_buf(p, nk, 9), 4, sk);
+        s->dout = plan_tensor(s, p, sh, 6);
+        s->dq = plan_tensor(s, p, sh, 7);
+        s->dk = plan_tensor(s, p, sk, 8);
+        s->dv = plan_tensor(s, p, sk, 9);
     }
 }
 
@@ -563,9 +606,11 @@ static void report_core_opts(const bench_args *a) {
         printf(",\"seq_k\":%lld,\"head_dim\":%lld,\"window\":", a->seq_k, a->head_dim);
         if (a->window) printf("[%lld,%lld]", a->window_left, a->window_right);
         else printf("null");
-        printf(",\"softcap\":%g,\"alibi\":%s", a->softcap, a->alibi ? "true" : "false");
+        printf(",\"softcap\":%g,\"alibi\":%s,\"dtype\":\"%s\"", a->softcap,
+               a->alibi ? "true" : "false", a->dtype_arg ? a->dtype_arg : "f32");
         return;
     }
+    if (a->dtype != MHA_DTYPE_F32) printf(" %s", a->dtype_arg);
     if (a->seq_k != a->seq) printf(" S %lld", a->seq_k);
     if (a->head_dim_given) printf(" D %lld", a->head_dim);
     if (a->window) printf(" window (%lld, %lld)", a->window_left, a->window_right);

@@ -41,6 +41,7 @@
  * workspace, bwd_drow / bwd_chunk (bwd_pair per tile pair) / bwd_sum are the three passes. */
 #include "attn_common.h"
 #include "core/plan.h"
+#include "kernels/cvt.h"
 #include "kernels/kernels.h"
 
 #include <math.h>
@@ -119,6 +120,8 @@ typedef struct {
     int64_t cfirst[MAX_CHUNKS];     /* the first query tile chunk c touches */
     int64_t G;                      /* heads per group (the partials' size) */
     int nt;
+    int bf;          /* bf16 inputs on the table's bf16 kernels (dq, dk, dv float32 buffers) */
+    int64_t np, nvp; /* bf: D and Dv rounded up to even (the kernels' pairs) */
     mha__plan tiles; /* one bwd_tiles, nt copies */
     mha__plan plan;  /* one bwd_ws */
 } bwd_call;
@@ -141,6 +144,11 @@ typedef struct {
     uint8_t *keep;     /* [BR, BC] dropout keep bytes */
     float *G;          /* [BR, BC] the softcap's derivative (softcap only: else 0 bytes) */
     float *qs;         /* [BR, D] a query tile times scale */
+    /* bf only (else 0 bytes), the BFLOAT16 BACKWARD operands: per key tile, k in panels over
+     * D, v in panels over Dv, k in pairs of keys; per tile pair the pairs of W^T / dS^T; per
+     * task, every query row of the head: q and dout rows (zero past D, Dv) and in row pairs */
+    uint16_t *kp, *vp, *kv, *T;
+    uint16_t *qa, *ga, *q2, *g2;
 } bwd_tiles;
 
 /* One pass-1 task: key chunk ch of head (b, h), bh = b*H + h. */
@@ -209,7 +217,17 @@ static void bwd_plan(mha_ctx *ctx, bwd_call *c) {
     MHA__PLAN_ADD(tl, bwd_tiles, lt, sizeof(float), BR, 1);
     MHA__PLAN_ADD(tl, bwd_tiles, keep, 1, BR, BC);
     MHA__PLAN_ADD(tl, bwd_tiles, G, sizeof(float), pr->softcap > 0 ? BR : 0, BC);
-    MHA__PLAN_ADD(tl, bwd_tiles, qs, sizeof(float), BR, pr->D);
+    MHA__PLAN_ADD(tl, bwd_tiles, qs, sizeof(float), c->bf ? 0 : BR, pr->D);
+    const int64_t bf = c->bf, L2 = (pr->L + 1) / 2 * 2; /* rows in whole pairs */
+    c->np = (pr->D + 1) / 2 * 2, c->nvp = (pr->Dv + 1) / 2 * 2;
+    MHA__PLAN_ADD(tl, bwd_tiles, kp, sizeof(uint16_t), bf * BC, c->np);
+    MHA__PLAN_ADD(tl, bwd_tiles, vp, sizeof(uint16_t), bf * BC, c->nvp);
+    MHA__PLAN_ADD(tl, bwd_tiles, kv, sizeof(uint16_t), bf * (BC + 1) / 2 * 2, pr->D);
+    MHA__PLAN_ADD(tl, bwd_tiles, T, sizeof(uint16_t), bf * (BR + 1) / 2 * 2, BC);
+    MHA__PLAN_ADD(tl, bwd_tiles, qa, sizeof(uint16_t), bf * pr->L, c->np);
+    MHA__PLAN_ADD(tl, bwd_tiles, ga, sizeof(uint16_t), bf * pr->L, c->nvp);
+    MHA__PLAN_ADD(tl, bwd_tiles, q2, sizeof(uint16_t), bf * L2, pr->D);
+    MHA__PLAN_ADD(tl, bwd_tiles, g2, sizeof(uint16_t), bf * L2, pr->Dv);
     mha__plan_init(pl);
     MHA__PLAN_ADD(pl, bwd_ws, drow, sizeof(float), BH, pr->L);
     MHA__PLAN_ADD(pl, bwd_ws, part, sizeof(float), c->G * (NC - 1), pr->L * pr->D);
@@ -225,9 +243,16 @@ static void bwd_drow(const bwd_call *c, const bwd_ws *ws, int64_t task) {
     int64_t bh = task / c->nqt, i0 = (task % c->nqt) * BR, b = bh / c->pr.H, h = bh % c->pr.H;
     int64_t i1 = L - i0 < BR ? L : i0 + BR;
     for (int64_t i = i0; i < i1; i++) {
-        const float *o = mha__attn_row(c->out, b, h, i), *g = mha__attn_row(c->dout, b, h, i);
         float acc = 0;
-        for (int64_t x = 0; x < c->pr.Dv; x++) acc += g[x] * o[x];
+        if (c->bf) { /* bf16 out and dout, exactly in float32 */
+            const uint16_t *o = mha__attn_row_at(c->out, b, h, i);
+            const uint16_t *g = mha__attn_row_at(c->dout, b, h, i);
+            for (int64_t x = 0; x < c->pr.Dv; x++)
+                acc += mha__bf16_to_f32(g[x]) * mha__bf16_to_f32(o[x]);
+        } else {
+            const float *o = mha__attn_row(c->out, b, h, i), *g = mha__attn_row(c->dout, b, h, i);
+            for (int64_t x = 0; x < c->pr.Dv; x++) acc += g[x] * o[x];
+        }
         ws->drow[bh * L + i] = acc;
     }
 }
@@ -278,6 +303,75 @@ static void bwd_pair(const bwd_call *c, const bwd_task *t, const bwd_tiles *w, i
     kern->attn_pv(br, bc, D, dP, BC, ktile, ldk, NULL, t->dqc + i0 * t->lddqc, t->lddqc);
 }
 
+/* bwd_pair with bf16 products (BFLOAT16 BACKWARD in kernels.h): the same five, on the packed
+ * operands of w (bwd_pack_rows, bwd_pack_keys); P, dP and dS in float32, rounded to bf16 pairs
+ * only as operands of the products. */
+static void bwd_pair_bf16(const bwd_call *c, const bwd_task *t, const bwd_tiles *w, int64_t kt,
+                          int64_t qt) {
+    const mha__attn_problem *pr = &c->pr;
+    const mha_kernels *kern = c->kern;
+    const int64_t BR = c->BR, BC = c->BC, D = pr->D, Dv = pr->Dv, b = t->b, h = t->h;
+    const int64_t j0 = kt * BC, bc = pr->S - j0 < BC ? pr->S - j0 : BC;
+    const int64_t i0 = qt * BR, br = pr->L - i0 < BR ? pr->L - i0 : BR;
+    if (mha__attn_tile_skip(pr, b, i0, i0 + br, j0, j0 + bc)) return;
+    mha__attn_tile_mask mk;
+    mha__attn_tile_mask_make(pr, b, t->bh, i0, j0, &mk);
+    float *P = w->P, *dP = w->dP, *G = pr->softcap > 0 ? w->G : NULL;
+    for (int64_t r = 0; r < br; r++) w->lt[r] = t->lrow[(i0 + r) * c->lse->stride[2]];
+    kern->attn_scores_bf16(br, bc, D, pr->scale, w->qa + i0 * c->np, c->np, w->kp, P, BC);
+    kern->attn_probs(br, bc, P, BC, &mk, w->lt, G);
+    kern->attn_scores_bf16(br, bc, Dv, 1.0f, w->ga + i0 * c->nvp, c->nvp, w->vp, dP, BC);
+    const float *W = P;
+    if (pr->dropout_p > 0) { /* as bwd_pair */
+        const float ks = pr->keep_scale;
+        int64_t bcw = mha__attn_tile_row_end(&mk, br - 1, bc);
+        kern->attn_dropout(br, bcw, &t->dr, i0, j0, w->keep, BC);
+        kern->attn_dropout_apply(br, bcw, w->keep, BC, ks, P, BC, w->W, BC);
+        kern->attn_dropout_apply(br, bcw, w->keep, BC, ks, dP, BC, dP, BC);
+        for (int64_t r = 0; r < br && bcw < bc; r++)
+            for (int64_t x = bcw; x < bc; x++) w->W[r * BC + x] = 0.0f, dP[r * BC + x] = 0.0f;
+        W = w->W;
+    }
+    /* dv += W^T dout (pairs of query rows: i0 is even) */
+    kern->attn_tpairs_bf16(br, bc, W, BC, w->T, BC);
+    kern->attn_ptv_bf16(br, bc, Dv, w->T, BC, w->g2 + i0 * Dv, mha__attn_row(c->dv, b, h, j0),
+                        c->dv->stride[2]);
+    kern->attn_dsoftmax(br, bc, P, BC, dP, BC, t->drow + i0, pr->scale, G);
+    /* dk += dS^T q, then dq += dS k (dS in pairs of keys, in place) */
+    kern->attn_tpairs_bf16(br, bc, dP, BC, w->T, BC);
+    kern->attn_ptv_bf16(br, bc, D, w->T, BC, w->q2 + i0 * D, mha__attn_row(c->dk, b, h, j0),
+                        c->dk->stride[2]);
+    kern->attn_pairs_bf16(br, bc, dP, BC);
+    kern->attn_pv_bf16(br, bc, D, dP, BC, w->kv, t->dqc + i0 * t->lddqc, t->lddqc);
+}
+
+/* bf: every query row of head (b, h) for bwd_pair_bf16: q and dout rows zero-padded to np,
+ * nvp, and in pairs of rows (attn_vpack_bf16). */
+static void bwd_pack_rows(const bwd_call *c, const bwd_tiles *w, int64_t b, int64_t h) {
+    const mha__attn_problem *pr = &c->pr;
+    const int64_t L = pr->L, D = pr->D, Dv = pr->Dv;
+    for (int64_t i = 0; i < L; i++) {
+        memcpy(w->qa + i * c->np, mha__attn_row_at(c->q, b, h, i), sizeof(uint16_t) * (size_t)D);
+        if (c->np > D) w->qa[i * c->np + D] = 0;
+        memcpy(w->ga + i * c->nvp, mha__attn_row_at(c->dout, b, h, i),
+               sizeof(uint16_t) * (size_t)Dv);
+        if (c->nvp > Dv) w->ga[i * c->nvp + Dv] = 0;
+    }
+    c->kern->attn_vpack_bf16(L, D, mha__attn_row_at(c->q, b, h, 0), c->q->stride[2], w->q2);
+    c->kern->attn_vpack_bf16(L, Dv, mha__attn_row_at(c->dout, b, h, 0), c->dout->stride[2], w->g2);
+}
+
+/* bf: key tile [j0, j0 + bc) of the key/value head query head h reads, packed for
+ * bwd_pair_bf16: k in panels over D and in pairs of keys, v in panels over Dv. */
+static void bwd_pack_keys(const bwd_call *c, const bwd_tiles *w, int64_t b, int64_t h, int64_t j0,
+                          int64_t bc) {
+    const int64_t g = h / c->pr.kv_group;
+    const uint16_t *k = mha__attn_row_at(c->k, b, g, j0), *v = mha__attn_row_at(c->v, b, g, j0);
+    c->kern->attn_kpack_bf16(bc, c->pr.D, k, c->k->stride[2], w->kp);
+    c->kern->attn_kpack_bf16(bc, c->pr.Dv, v, c->v->stride[2], w->vp);
+    c->kern->attn_vpack_bf16(bc, c->pr.D, k, c->k->stride[2], w->kv);
+}
+
 /* pass 1, task (head g0 + task / NC, chunk task % NC): dk, dv of the chunk's keys (summed
  * over the query tiles in order) and its dq contribution (summed over its key tiles). */
 static void bwd_chunk(const bwd_call *c, const bwd_ws *ws, const bwd_tiles *w, int64_t g0,
@@ -295,6 +389,7 @@ static void bwd_chunk(const bwd_call *c, const bwd_ws *ws, const bwd_tiles *w, i
     t.lrow = c->lse->data + t.b * c->lse->stride[0] + t.h * c->lse->stride[1];
     t.drow = ws->drow + t.bh * L;
     t.dr = mha__attn_dropout_make(pr, t.bh);
+    if (c->bf) bwd_pack_rows(c, w, t.b, t.h);
     for (int64_t kt = c->cstart[t.ch]; kt < c->cstart[t.ch + 1]; kt++) {
         int64_t j0 = kt * c->BC, bc = pr->S - j0 < c->BC ? pr->S - j0 : c->BC;
         float *dkt = mha__attn_row(c->dk, t.b, t.h, j0), *dvt = mha__attn_row(c->dv, t.b, t.h, j0);
@@ -302,9 +397,13 @@ static void bwd_chunk(const bwd_call *c, const bwd_ws *ws, const bwd_tiles *w, i
             memset(dkt + r * c->dk->stride[2], 0, sizeof(float) * (size_t)D);
             if (Dv) memset(dvt + r * c->dv->stride[2], 0, sizeof(float) * (size_t)Dv);
         }
-        const int64_t qe = qt_end(pr, c->BR, c->BC, c->nqt, kt);
-        for (int64_t qt = qt_first(pr, c->BR, c->BC, c->nqt, kt); qt < qe; qt++)
-            bwd_pair(c, &t, w, kt, qt);
+        const int64_t qe = qt_end(pr, c->BR, c->BC, c->nqt, kt),
+                      q0 = qt_first(pr, c->BR, c->BC, c->nqt, kt);
+        if (c->bf && q0 < qe) bwd_pack_keys(c, w, t.b, t.h, j0, bc);
+        for (int64_t qt = q0; qt < qe; qt++) {
+            if (c->bf) bwd_pair_bf16(c, &t, w, kt, qt);
+            else bwd_pair(c, &t, w, kt, qt);
+        }
     }
 }
 
@@ -342,6 +441,24 @@ static void bwd_group_sum(const bwd_call *c, int64_t task) {
     }
 }
 
+static mha_status bwd_run(mha_ctx *ctx, const char *fn, bwd_call *cp);
+
+/* A validated bf16 call on a table with bf16 kernels: q, k, v, out, dout read as they are, dq,
+ * dk and dv accumulated in float32 buffers and rounded once. */
+static mha_status bwd_bf16(mha_ctx *ctx, const char *fn, bwd_call *c) {
+    const mha__lowp_arg args[3] = {{"dq", c->dq, 1}, {"dk", c->dk, 1}, {"dv", c->dv, 1}};
+    mha__lowp lp;
+    mha_status st = mha__lowp_begin(ctx, fn, &lp, 3, args);
+    if (st) return st;
+    c->dq = mha__lowp_view(&lp, 0);
+    c->dk = c->dk_kv = mha__lowp_view(&lp, 1);
+    c->dv = c->dv_kv = mha__lowp_view(&lp, 2);
+    c->bf = 1;
+    st = bwd_run(ctx, fn, c);
+    mha__lowp_end(&lp, st);
+    return st;
+}
+
 /* A validated call on bf16 / f16 views: the float32 backward on exact float32 copies of q, k,
  * v, out and dout, dq, dk and dv rounded once. */
 static mha_status bwd_lowp(mha_ctx *ctx, const char *fn, const mha_attn_params *p,
@@ -371,9 +488,17 @@ mha_status mha__attn_backward_seq(mha_ctx *ctx, const char *fn, const mha_attn_p
     bwd_call c;
     mha_status st = bwd_check(ctx, fn, p, q, k, v, mask, out, lse, dout, dq, dk, dv, &c);
     if (st) return st;
-    if (c.pr.dt != MHA_DTYPE_F32)
-        return bwd_lowp(ctx, fn, p, q, k, v, mask, out, lse, dout, dq, dk, dv, bh0);
-    c.pr.bh0 = bh0;
+    c.pr.bh0 = bh0, c.bf = 0;
+    if (c.pr.dt == MHA_DTYPE_F32) return bwd_run(ctx, fn, &c);
+    if (c.pr.dt == MHA_DTYPE_BF16 && mha__ctx_kernels(ctx)->attn_scores_bf16)
+        return bwd_bf16(ctx, fn, &c);
+    return bwd_lowp(ctx, fn, p, q, k, v, mask, out, lse, dout, dq, dk, dv, bh0);
+}
+
+/* The three passes of a validated call. */
+static mha_status bwd_run(mha_ctx *ctx, const char *fn, bwd_call *cp) {
+    bwd_call c = *cp;
+    mha_status st;
     const int64_t BH = c.pr.B * c.pr.H;
     if (BH == 0) return MHA_OK;
     bwd_plan(ctx, &c);

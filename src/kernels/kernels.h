@@ -207,6 +207,29 @@ static inline float mha__attn_score_mod(const mha__attn_tile_mask *mk, float s, 
  *       float32 scratch. Same tiles (attn_fwd_br, attn_fwd_bc), rules and determinism as
  *       attn_fwd.
  */
+/* BFLOAT16 BACKWARD (optional as the forward's; the driver keeps P, dP and dS in float32 and
+ * rounds them to bf16 pairs only for the products, as the forward rounds P):
+ *   attn_scores_bf16(br, bc, n, scale, A, lda, Kp, S, lds): S[br, bc] = scale * A Kp^T, A bf16
+ *       rows [br, np] (elements n .. np zero), Kp a key tile packed by attn_kpack_bf16
+ *   attn_pairs_bf16(br, bc, P, ldp): in place, row r's P[r][2t], P[r][2t+1] rounded to bf16 as
+ *       one 32-bit pair at byte 4t of the row (t < ceil(bc / 2); an odd bc's last pair gets 0)
+ *   attn_tpairs_bf16(br, bc, P, ldp, T, ldt): T (bf16) pair (s, c) at T + 2 (s ldt + c) =
+ *       (P[2s][c], P[2s+1][c]) rounded (row br: 0), s < ceil(br / 2), c < bc (ldt >= bc)
+ *   attn_pv_bf16(br, bc, n, P2, ldp, V2, O, ldo): O[br, n] += P2 V2, P2 rows of key pairs
+ *       (attn_pairs_bf16), V2 [ceil(bc / 2), n, 2] pairs of rows (attn_vpack_bf16)
+ *   attn_ptv_bf16(br, bc, n, T, ldt, X2, G, ldg): G[bc, n] += T^T X2, T from attn_tpairs_bf16,
+ *       X2 [ceil(br / 2), n, 2] pairs of rows (attn_vpack_bf16 of the br rows)
+ * Every sum in float32, a pair's two products in turn (vdpbf16ps). */
+typedef void mha__attn_scores_bf16_t(int64_t br, int64_t bc, int64_t n, float scale,
+                                     const uint16_t *A, int64_t lda, const uint16_t *Kp, float *S,
+                                     int64_t lds);
+typedef void mha__attn_pairs_bf16_t(int64_t br, int64_t bc, float *P, int64_t ldp);
+typedef void mha__attn_tpairs_bf16_t(int64_t br, int64_t bc, const float *P, int64_t ldp,
+                                     uint16_t *T, int64_t ldt);
+typedef void mha__attn_pv_bf16_t(int64_t br, int64_t bc, int64_t n, const float *P2, int64_t ldp,
+                                 const uint16_t *V2, float *O, int64_t ldo);
+typedef void mha__attn_ptv_bf16_t(int64_t br, int64_t bc, int64_t n, const uint16_t *T, int64_t ldt,
+                                  const uint16_t *X2, float *G, int64_t ldg);
 typedef void mha__attn_kpack_bf16_t(int64_t bc, int64_t n, const uint16_t *B, int64_t ldb,
                                     uint16_t *Kp);
 typedef void mha__attn_vpack_bf16_t(int64_t bc, int64_t nv, const uint16_t *V, int64_t ldv,
@@ -345,6 +368,11 @@ typedef struct mha_kernels {
     mha__attn_vpack_bf16_t *attn_vpack_bf16;
     mha__attn_fwd_bf16_t *attn_fwd_bf16;
     int64_t attn_bf16_pw;
+    mha__attn_scores_bf16_t *attn_scores_bf16; /* the bf16 backward (BFLOAT16 BACKWARD above) */
+    mha__attn_pairs_bf16_t *attn_pairs_bf16;
+    mha__attn_tpairs_bf16_t *attn_tpairs_bf16;
+    mha__attn_pv_bf16_t *attn_pv_bf16;
+    mha__attn_ptv_bf16_t *attn_ptv_bf16;
     const char *attn_bf16_name; /* e.g. "mha__attn_fwd_bf16_avx512bf16" */
 } mha_kernels;
 
@@ -369,6 +397,11 @@ void mha__kernels_init_avx512bf16(mha_kernels *k);
 mha__attn_kpack_bf16_t mha__attn_kpack_bf16_avx512bf16;
 mha__attn_vpack_bf16_t mha__attn_vpack_bf16_avx512bf16;
 mha__attn_fwd_bf16_t mha__attn_fwd_bf16_avx512bf16;
+mha__attn_scores_bf16_t mha__attn_scores_bf16_avx512bf16;
+mha__attn_pairs_bf16_t mha__attn_pairs_bf16_avx512bf16;
+mha__attn_tpairs_bf16_t mha__attn_tpairs_bf16_avx512bf16;
+mha__attn_pv_bf16_t mha__attn_pv_bf16_avx512bf16;
+mha__attn_ptv_bf16_t mha__attn_ptv_bf16_avx512bf16;
 #endif
 
 /* Every ISA's kernels, declared by their kind's prototype. Attention tile kernels:

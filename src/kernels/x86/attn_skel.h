@@ -430,15 +430,11 @@ INL void fwd_panel(const int nv, int64_t m, int64_t n, const float *A, int64_t l
 }
 
 #ifdef SKEL_BF16
-/* The bf16 form (BFLOAT16 FUSED FORWARD in kernels.h): the same panel from bf16 query rows
- * A[i] (np / 2 pairs) and a bf16 panel Kt (pair p of key c at Kt[p*2*PW + 2c]), one vdpbf16ps
- * per pair: the sum over the head dim in pairs. */
-INL void fwd_panel_bf16(const int nv, int64_t m, int64_t np, const uint16_t *A, int64_t lda,
-                        const uint16_t *Kt, float scale, float *P, int64_t ldp, vmask kl,
-                        const mha__attn_tile_mask *mk, int masked, int mods, int64_t r0, int64_t c0,
-                        int64_t bc, vf vmx[MR]) {
+/* acc[i][j] = A[i] Kt over np / 2 pairs of the head dim, from bf16 query rows A[i] and a bf16
+ * panel Kt (pair p of key c at Kt[p*2*PW + 2c]): one vdpbf16ps per pair (kernels.h, BFLOAT16). */
+INL void panel_acc_bf16(const int nv, int64_t m, int64_t np, const uint16_t *A, int64_t lda,
+                        const uint16_t *Kt, vf acc[MR][NVMAX]) {
     const uint16_t *a[MR];
-    vf acc[MR][NVMAX];
 #pragma GCC unroll 16
     for (int i = 0; i < MR; i++) {
         a[i] = A + (i < m ? i : m - 1) * lda;
@@ -456,25 +452,50 @@ INL void fwd_panel_bf16(const int nv, int64_t m, int64_t np, const uint16_t *A, 
             for (int j = 0; j < nv; j++) acc[i][j] = vf_dot2(acc[i][j], ai, b[j]);
         }
     }
+}
+
+/* The fused forward's panel in bf16: the products by panel_acc_bf16, into P by fwd_panel_out. */
+INL void fwd_panel_bf16(const int nv, int64_t m, int64_t np, const uint16_t *A, int64_t lda,
+                        const uint16_t *Kt, float scale, float *P, int64_t ldp, vmask kl,
+                        const mha__attn_tile_mask *mk, int masked, int mods, int64_t r0, int64_t c0,
+                        int64_t bc, vf vmx[MR]) {
+    vf acc[MR][NVMAX];
+    panel_acc_bf16(nv, m, np, A, lda, Kt, acc);
     fwd_panel_out(nv, m, acc, scale, P, ldp, kl, mk, masked, mods, r0, c0, bc, vmx);
 }
 
-/* O[m, VL nv] = diag(alpha) O + P2 V2 over npair pairs of keys: P2 rows (ldp floats apart) hold
- * the block's probabilities as bf16 pairs (uint32 each), V2 pairs of value rows (pair q of
- * column x at V2[q*ldv2 + 2x]); the pv_blk of bf16. */
-INL void pv_blk_bf16(const int nv, int64_t m, int64_t npair, const float *P2, int64_t ldp,
-                     const uint16_t *V2, int64_t ldv2, const float *alpha, float *O, int64_t ldo,
-                     vmask kl) {
+/* S[m, VL nv] = scale * A Kt (attn_scores_bf16's block) */
+INL void scores_blk_bf16(const int nv, int64_t m, int64_t np, const uint16_t *A, int64_t lda,
+                         const uint16_t *Kt, float scale, float *S, int64_t lds, vmask kl) {
+    vf acc[MR][NVMAX];
+    panel_acc_bf16(nv, m, np, A, lda, Kt, acc);
+    const vf vs = vf_set1(scale);
+#pragma GCC unroll 16
+    for (int i = 0; i < MR; i++)
+#pragma GCC unroll 16
+        for (int j = 0; j < nv; j++) acc[i][j] = vf_mul(vs, acc[i][j]);
+    blk_store(nv, m, acc, S, lds, kl);
+}
+
+/* O[m, VL nv] = (alpha ? diag(alpha) O : O) + sum over npair pairs q of P2 pairs times V2 pairs:
+ * block row i's pair q at P2 + i * rstep + q * qstep (bf16 elements; a 32-bit pair), pair q of
+ * column x at V2[q*ldv2 + 2x]. The pv_blk of bf16 (rows: query rows, pairs of keys) and, with
+ * the roles of the strides swapped, its ptv_blk (rows: keys, pairs of query rows). */
+INL void pv_blk_bf16(const int nv, int64_t m, int64_t npair, const uint16_t *P2, int64_t rstep,
+                     int64_t qstep, const uint16_t *V2, int64_t ldv2, const float *alpha, float *O,
+                     int64_t ldo, vmask kl) {
     const uint16_t *p[MR];
     vf acc[MR][NVMAX];
 #pragma GCC unroll 16
     for (int i = 0; i < MR; i++) {
         int64_t ri = i < m ? i : m - 1;
-        p[i] = (const uint16_t *)(P2 + ri * ldp);
-        vf va = vf_set1(alpha[ri]);
+        p[i] = P2 + ri * rstep;
+        vf va = vf_set1(alpha ? alpha[ri] : 1.0f);
 #pragma GCC unroll 16
-        for (int j = 0; j < nv; j++)
-            acc[i][j] = vf_mul(va, vf_load_v(O + ri * ldo + VL * j, j == nv - 1, kl));
+        for (int j = 0; j < nv; j++) {
+            acc[i][j] = vf_load_v(O + ri * ldo + VL * j, j == nv - 1, kl);
+            if (alpha) acc[i][j] = vf_mul(va, acc[i][j]);
+        }
     }
     for (int64_t q = 0; q < npair; q++) {
         vb x[NVMAX];
@@ -483,7 +504,7 @@ INL void pv_blk_bf16(const int nv, int64_t m, int64_t npair, const float *P2, in
             x[j] = vb_mload(V2 + q * ldv2 + 2 * VL * j, j == nv - 1 ? kl : mask_full());
 #pragma GCC unroll 16
         for (int i = 0; i < MR; i++) {
-            vb pi = vb_bcast(p[i] + 2 * q);
+            vb pi = vb_bcast(p[i] + q * qstep);
 #pragma GCC unroll 16
             for (int j = 0; j < nv; j++) acc[i][j] = vf_dot2(acc[i][j], pi, x[j]);
         }
@@ -542,8 +563,8 @@ INL void fwd_pv(const int bf, int64_t rows, int64_t cps, int64_t bce, int64_t nv
 #ifdef SKEL_BF16
         if (bf) {
             const uint16_t *v2 = (const uint16_t *)V + cps / 2 * 2 * nv + 2 * x0;
-            PER_NV(nvo, pv_blk_bf16, rows, (bce - cps + 1) / 2, p + cps, ldp, v2, 2 * nv, al, o,
-                   ldo, kl);
+            PER_NV(nvo, pv_blk_bf16, rows, (bce - cps + 1) / 2, (const uint16_t *)(p + cps),
+                   2 * ldp, 2, v2, 2 * nv, al, o, ldo, kl);
             continue;
         }
 #endif
@@ -663,6 +684,67 @@ void KERNEL(fwd_bf16)(int64_t br, int64_t bc, int64_t n, int64_t nv, float scale
                       const mha__attn_tile_mask *mk, float *m, float *l, float *O, int64_t ldo,
                       float *P, int64_t ldp, const uint8_t *keep, int64_t ldk) {
     fwd_tile(1, br, bc, n, nv, scale, A, lda, Kp, Vp, 0, mk, m, l, O, ldo, P, ldp, keep, ldk);
+}
+
+/* The bf16 backward's products (BFLOAT16 BACKWARD in kernels.h). */
+void KERNEL(scores_bf16)(int64_t br, int64_t bc, int64_t n, float scale, const uint16_t *A,
+                         int64_t lda, const uint16_t *Kp, float *S, int64_t lds) {
+    const int64_t np = (n + 1) / 2 * 2;
+    for (int64_t c0 = 0; c0 < bc; c0 += PW) {
+        int64_t w = bc - c0 < PW ? bc - c0 : PW;
+        int nv = (int)((w + VL - 1) / VL);
+        vmask kl = mask_tail(w - VL * (nv - 1));
+        for (int64_t r0 = 0; r0 < br; r0 += MR) {
+            int64_t m = br - r0 < MR ? br - r0 : MR;
+            PER_NV(nv, scores_blk_bf16, m, np, A + r0 * lda, lda, Kp + c0 * np, scale,
+                   S + r0 * lds + c0, lds, kl);
+        }
+    }
+}
+
+void KERNEL(pairs_bf16)(int64_t br, int64_t bc, float *P, int64_t ldp) {
+    for (int64_t r = 0; r < br; r++) probs_to_pairs(P + r * ldp, 0, bc);
+}
+
+void KERNEL(tpairs_bf16)(int64_t br, int64_t bc, const float *P, int64_t ldp, uint16_t *T,
+                         int64_t ldt) {
+    for (int64_t s = 0; s < (br + 1) / 2; s++) {
+        const float *lo = P + 2 * s * ldp, *hi = lo + ldp;
+        const int two = 2 * s + 1 < br;
+        for (int64_t c = 0; c < bc; c += VL) {
+            vmask k = mask_tail(bc - c);
+            vb v = vb_zip2(vf_mload(lo + c, k), two ? vf_mload(hi + c, k) : vf_zero());
+            vb_mstore(T + 2 * (s * ldt + c), k, v);
+        }
+    }
+}
+
+void KERNEL(pv_bf16)(int64_t br, int64_t bc, int64_t n, const float *P2, int64_t ldp,
+                     const uint16_t *V2, float *O, int64_t ldo) {
+    for (int64_t x0 = 0; x0 < n; x0 += PW) {
+        int64_t w = n - x0 < PW ? n - x0 : PW;
+        int nv = (int)((w + VL - 1) / VL);
+        vmask kl = mask_tail(w - VL * (nv - 1));
+        for (int64_t r0 = 0; r0 < br; r0 += MR) {
+            int64_t m = br - r0 < MR ? br - r0 : MR;
+            PER_NV(nv, pv_blk_bf16, m, (bc + 1) / 2, (const uint16_t *)(P2 + r0 * ldp), 2 * ldp, 2,
+                   V2 + 2 * x0, 2 * n, NULL, O + r0 * ldo + x0, ldo, kl);
+        }
+    }
+}
+
+void KERNEL(ptv_bf16)(int64_t br, int64_t bc, int64_t n, const uint16_t *T, int64_t ldt,
+                      const uint16_t *X2, float *G, int64_t ldg) {
+    for (int64_t x0 = 0; x0 < n; x0 += PW) {
+        int64_t w = n - x0 < PW ? n - x0 : PW;
+        int nv = (int)((w + VL - 1) / VL);
+        vmask kl = mask_tail(w - VL * (nv - 1));
+        for (int64_t c0 = 0; c0 < bc; c0 += MR) {
+            int64_t m = bc - c0 < MR ? bc - c0 : MR;
+            PER_NV(nv, pv_blk_bf16, m, (br + 1) / 2, T + 2 * c0, 2, 2 * ldt, X2 + 2 * x0, 2 * n,
+                   NULL, G + c0 * ldg + x0, ldg, kl);
+        }
+    }
 }
 #endif
 

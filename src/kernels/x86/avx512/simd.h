@@ -200,6 +200,13 @@ INL vf vf_dot2(vf acc, vb a, vb b) { return _mm512_dpbf16_ps(acc, (__m512bh)a, (
  * which flushes float32 subnormals to 0) */
 INL vb vb_round2(vf lo, vf hi) { return (__m512i)_mm512_cvtne2ps_pbh(hi, lo); }
 INL void vb_store(uint16_t *p, vb v) { _mm512_storeu_si512(p, v); }
+/* lane k = the pair (a_k, b_k), each rounded to bf16 as vb_round2 does */
+INL vb vb_zip2(vf a, vf b) {
+    static const uint16_t idx[32] __attribute__((aligned(64))) = {
+        0, 16, 1, 17, 2,  18, 3,  19, 4,  20, 5,  21, 6,  22, 7,  23,
+        8, 24, 9, 25, 10, 26, 11, 27, 12, 28, 13, 29, 14, 30, 15, 31};
+    return _mm512_permutexvar_epi16(_mm512_load_si512(idx), vb_round2(a, b));
+}
 INL void vb_mstore(uint16_t *p, vmask k, vb v) { _mm512_mask_storeu_epi32(p, k, v); }
 #endif
 

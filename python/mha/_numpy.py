@@ -4,7 +4,8 @@
 q, k, v and the gradients are passed to the library as views of the caller's arrays (strides
 in elements, as NumPy's), so a slice of a packed QKV array is read in place, without a copy.
 float32 and float16 are accepted (no silent conversion; NumPy has no bfloat16): q, k, v, out
-and the gradients of one dtype, lse float32; the innermost dimension must be contiguous. Masks are converted to the layouts the library reads (see ``attention``).
+and the gradients of one dtype, lse float32; the innermost dimension must be contiguous. Masks
+are converted to the layouts the library reads (see ``attention``).
 """
 import ctypes
 import math
@@ -144,10 +145,10 @@ def attention(q, k, v, *, mask=None, causal=False, scale=None, return_lse=False)
     k : ndarray [batch, heads_kv, S, E], q's dtype
     v : ndarray [batch, heads_kv, S, Ev], q's dtype
         float16: computed in float32 on the exact values, out rounded to float16 once (to
-        nearest even). heads_kv = heads, or a divisor of it (grouped-query attention: query head h uses
-        key/value head h // (heads / heads_kv), without a copy). Any strides whose innermost
-        one is 1 element: views such as ``qkv[:, :, :, 0]`` of a packed array are read in
-        place, not copied. No conversion is made: other dtypes, and
+        nearest even). heads_kv = heads, or a divisor of it (grouped-query attention: query
+        head h uses key/value head h // (heads / heads_kv), without a copy). Any strides whose
+        innermost one is 1 element: views such as ``qkv[:, :, :, 0]`` of a packed array are
+        read in place, not copied. No conversion is made: other dtypes, and
         other strides, raise ValueError (use ``np.ascontiguousarray(x, np.float32)``).
     mask : bool, float32 or q's dtype ndarray broadcastable to [batch, heads, L, S], optional
         bool: True = masked (excluded). float: added to the scaled scores, in float32 (-inf

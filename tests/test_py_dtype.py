@@ -17,7 +17,8 @@ max-abs; its RMS for rms): rounding a correct result to the dtype once can cost 
 
 Exactness: mha's bfloat16 / float16 output is its float32 output on the rounded inputs,
 rounded (bit for bit), and the gradients are the float32 backward's on the same float32
-values, rounded; the thread count changes no bit. Wiring: dtypes in and out of every function
+values, rounded (also with FlashAttention's windows, softcap, ALiBi and dropout); the thread
+count changes no bit. Wiring: dtypes in and out of every function
 that takes them, masks in the query's dtype, and the errors of the ones that do not.
 """
 import math
@@ -231,6 +232,45 @@ def test_flash_attn_func(dt, causal):
     for what, g32, g in zip(("dq", "dk", "dv"), grads, (t.grad for t in leaves)):
         assert g.dtype == dtype, what
         assert bits_equal(torch.from_numpy(g32).transpose(1, 2).to(dtype), g), f"{dt} {what}"
+
+
+FLASH_OPTIONS = {
+    "window-softcap": dict(causal=True, window_size=(9, 0), softcap=5.0),
+    "alibi": dict(alibi_slopes=torch.tensor([0.5, 0.25, 0.125, 0.0625])),
+    "dropout": dict(dropout_p=0.25, causal=True),
+}
+
+
+@pytest.mark.parametrize("dt", DTYPES)
+@pytest.mark.parametrize("opt", FLASH_OPTIONS)
+def test_options_rounded_once(dt, opt):
+    """Windows, softcap, ALiBi and dropout (the same Philox mask under the same torch seed) in
+    bfloat16 / float16: out and attn_probs the float32 call's, rounded once; gradients in the
+    dtype. scaled_dot_product_attention with dropout likewise."""
+    dtype = DTYPES[dt]
+    gen = torch.Generator().manual_seed(11)
+    q, k, v = (rounded(s, dtype, gen) for s in ((1, 33, 4, 64), (1, 47, 2, 64), (1, 47, 2, 64)))
+    kw = FLASH_OPTIONS[opt]
+    results = []
+    for ts in ((q, k, v), tuple(t.float() for t in (q, k, v))):
+        torch.manual_seed(3)
+        leaves = [t.clone().requires_grad_() for t in ts]
+        out, _, probs = mha.flash_attn_func(*leaves, return_attn_probs=True, **kw)
+        out.sum().backward()
+        results.append((out.detach(), probs) + tuple(t.grad for t in leaves))
+    low, f32 = results
+    for what, a, b in zip(("out", "attn_probs", "dq", "dk", "dv"), low, f32):
+        assert a.dtype == dtype, what
+        if what in ("out", "attn_probs"):
+            assert bits_equal(b.to(dtype), a), f"{dt} {opt} {what}"
+    if "dropout_p" in kw:
+        heads = [t.transpose(1, 2) for t in (q, k, v)]
+        outs = []
+        for ts in (heads, [t.float() for t in heads]):
+            torch.manual_seed(4)
+            outs.append(mha_sdpa(*ts, dropout_p=0.25, enable_gqa=True))
+        assert outs[0].dtype == dtype and bits_equal(outs[1].to(dtype), outs[0])
+        assert not bits_equal(outs[0], mha_sdpa(*heads, enable_gqa=True))
 
 
 def test_numpy_float16():

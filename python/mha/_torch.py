@@ -33,9 +33,12 @@ def shape_str(t):
 # torch dtype -> the mha_dtype the attention core takes it as (MHA_DTYPE_F32, _F16, _BF16)
 CORE_DTYPES = {torch.float32: 0, torch.float16: 4, torch.bfloat16: 5}
 _CORE_NAMES = "torch.float32, torch.bfloat16 or torch.float16"
-# Why a function refuses bfloat16 / float16 (the C layers, varlen and KV cache are float32 only)
-F32_ONLY = ("float32 is needed here: .float(); bfloat16 and float16 go to "
-            "mha.functional.scaled_dot_product_attention and mha.flash_attn_func")
+# Why a function refuses bfloat16 / float16 (the C layers, varlen and KV cache are float32 only):
+# F32_ONLY for a tensor, F32_ONLY_DTYPE for a dtype argument
+_LOWP_GOES_TO = ("bfloat16 and float16 go to mha.functional.scaled_dot_product_attention and "
+                 "mha.flash_attn_func")
+F32_ONLY = "float32 is needed here: .float(); " + _LOWP_GOES_TO
+F32_ONLY_DTYPE = "float32 is needed here; " + _LOWP_GOES_TO
 
 
 def _require_cpu(t, name, fn, what):

@@ -84,7 +84,7 @@ class MultiheadAttention(nn.MultiheadAttention):
                                       "key/value row; use torch.nn.MultiheadAttention)")
         if dtype is not None and dtype != torch.float32:
             raise ValueError(f"{fn}: dtype: got {dtype}, expected torch.float32 or None "
-                             f"({T.F32_ONLY})")
+                             f"({T.F32_ONLY_DTYPE})")
         if device is not None and torch.device(device).type != "cpu":
             raise ValueError(f"{fn}: device: got {device}, expected the CPU (mha computes on "
                              "the CPU)")

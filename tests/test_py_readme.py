@@ -51,7 +51,7 @@ API = ["mha.MultiheadAttention(", "mha.MultiHeadAttention(", "backward()",
        "mha.attention_backward(", "mha.save_file(", "mha.load_file(", "mha.export(",
        "mha.MultiheadAttention.from_file(", "prefix=", "mha.set_num_threads(",
        "mha.viz.heatmap(", "mha.viz.save(", "mha.viz.show(", "mha.flash_attn_func(",
-       "mha.flash_attn_varlen_func(", "mha.flash_attn_with_kvcache("]
+       "mha.flash_attn_varlen_func(", "mha.flash_attn_with_kvcache(", "torch.bfloat16"]
 
 
 @pytest.mark.parametrize("call", API)

@@ -273,10 +273,11 @@ def get_num_threads():
 # ------------------------------------------------------------------------------------------
 # Tensor views
 # ------------------------------------------------------------------------------------------
-def tensor(ptr, shape, strides):
-    """An mha_tensor of float32 memory at ptr (an int) with shape and strides (in elements)."""
+def tensor(ptr, shape, strides, dtype=0):
+    """An mha_tensor of memory at ptr (an int) with shape and strides (in elements); dtype: an
+    mha_dtype (0: float32)."""
     n = len(shape)
-    return Tensor(ptr, n, _Dims(*shape), _Dims(*strides))
+    return Tensor(ptr, n, _Dims(*shape), _Dims(*strides), dtype)
 
 
 def describe():

@@ -3,8 +3,9 @@
 
 q, k, v and the gradients are passed to the library as views of the caller's arrays (strides
 in elements, as NumPy's), so a slice of a packed QKV array is read in place, without a copy.
-Only float32 is accepted (no silent conversion), and the innermost dimension must be
-contiguous. Masks are converted to the layouts the library reads (see ``attention``).
+float32 and float16 are accepted (no silent conversion; NumPy has no bfloat16): q, k, v, out
+and the gradients of one dtype, lse float32; the innermost dimension must be contiguous. Masks
+are converted to the layouts the library reads (see ``attention``).
 """
 import ctypes
 import math
@@ -15,37 +16,54 @@ import numpy as np
 from . import _lib
 
 _F32 = np.dtype(np.float32)
+_F16 = np.dtype(np.float16)
+_MHA_DTYPE = {_F32: 0, _F16: 4}  # NumPy dtype -> mha_dtype (MHA_DTYPE_F32, MHA_DTYPE_F16)
 
 _CAUSAL = {False: _lib.CAUSAL_NONE, None: _lib.CAUSAL_NONE, True: _lib.CAUSAL_TOP_LEFT,
            "top_left": _lib.CAUSAL_TOP_LEFT, "bottom_right": _lib.CAUSAL_BOTTOM_RIGHT}
 
 
-def view(fn, name, a, ndim):
-    """The mha_tensor view of a float32 ndarray with ndim dimensions, without copying it.
+def view(fn, name, a, ndim, dtype=_F32, why="the log-sum-exp is float32"):
+    """The mha_tensor view of an ndarray of dtype with ndim dimensions, without copying it.
 
-    Raises ValueError naming fn and the argument: not an ndarray, not float32, another number
-    of dimensions, or strides the library cannot read (an innermost stride other than 1
-    element, negative strides, strides that are not whole elements)."""
+    Raises ValueError naming fn and the argument: not an ndarray, another dtype (why: the
+    reason dtype is expected), another number of dimensions, or strides the library cannot
+    read (an innermost stride other than 1 element, negative strides, strides that are not
+    whole elements)."""
     if not isinstance(a, np.ndarray):
         hint = (" (for torch tensors: mha.functional.scaled_dot_product_attention)"
                 if type(a).__module__.startswith("torch") else "")
         raise ValueError(f"{fn}: {name}: got {type(a).__name__}, expected a numpy.ndarray{hint}")
-    if a.dtype != _F32:
-        raise ValueError(f"{fn}: {name}.dtype: got {a.dtype}, expected float32 (convert it "
-                         f"with {name}.astype(np.float32): mha computes in float32)")
+    if a.dtype != dtype:
+        raise ValueError(f"{fn}: {name}.dtype: got {a.dtype}, expected {dtype} ({why})")
     if a.ndim != ndim:
         raise ValueError(f"{fn}: {name}.ndim: got {a.ndim}, expected {ndim}")
+    size = dtype.itemsize
     strides = []
     for d, (n, s) in enumerate(zip(a.shape, a.strides)):
         if n <= 1:  # one position: its stride is never used (NumPy leaves any value there)
-            s = 4 if d == ndim - 1 else 0
-        if s < 0 or s % 4 or (d == ndim - 1 and s != 4):
+            s = size if d == ndim - 1 else 0
+        if s < 0 or s % size or (d == ndim - 1 and s != size):
             raise ValueError(
                 f"{fn}: {name}.strides: got {a.strides} bytes, expected non-negative whole "
-                "float32 elements with the innermost dimension contiguous (pass "
+                f"{dtype} elements with the innermost dimension contiguous (pass "
                 f"np.ascontiguousarray({name}))")
-        strides.append(s // 4)
-    return _lib.tensor(a.ctypes.data, a.shape, strides)
+        strides.append(s // size)
+    return _lib.tensor(a.ctypes.data, a.shape, strides, _MHA_DTYPE[dtype])
+
+
+def _dtype(fn, q):
+    """q's dtype, the one of q, k, v, out and the gradients: float32 or float16."""
+    if isinstance(q, np.ndarray) and q.dtype not in _MHA_DTYPE:
+        raise ValueError(f"{fn}: q.dtype: got {q.dtype}, expected float32 or float16 (convert "
+                         "it with q.astype(np.float32))")
+    return q.dtype if isinstance(q, np.ndarray) else _F32
+
+
+def _views(fn, dtype, names, arrays, ndim=4):
+    """The views of arrays of dtype (q's: the message says so)."""
+    return [view(fn, n, a, ndim, dtype, f"q's dtype: q, k, v, out, dout and the gradients "
+                 "have one") for n, a in zip(names, arrays)]
 
 
 def _causal(fn, causal):
@@ -56,9 +74,10 @@ def _causal(fn, causal):
                          "\"bottom_right\"") from None
 
 
-def _mask(fn, mask, causal, B, H, L, S):
-    """The mha_mask for mask (broadcastable to [B, H, L, S]) and causal, and the arrays it
-    points to (kept alive by the caller for the duration of the call)."""
+def _mask(fn, mask, causal, B, H, L, S, dtype=_F32):
+    """The mha_mask for mask (broadcastable to [B, H, L, S]; bool, float32 or q's dtype, read
+    as float32) and causal, and the arrays it points to (kept alive by the caller for the
+    duration of the call)."""
     m = _lib.Mask()
     m.causal = _causal(fn, causal)
     if mask is None:
@@ -66,9 +85,12 @@ def _mask(fn, mask, causal, B, H, L, S):
     if not isinstance(mask, np.ndarray):
         raise ValueError(f"{fn}: mask: got {type(mask).__name__}, expected a numpy.ndarray")
     is_bool = mask.dtype == np.bool_
-    if not is_bool and mask.dtype != _F32:
+    if not is_bool and mask.dtype not in (_F32, dtype):
         raise ValueError(f"{fn}: mask.dtype: got {mask.dtype}, expected bool (True = masked) "
-                         "or float32 (added to the scaled scores)")
+                         f"or float32{' or ' + str(dtype) if dtype != _F32 else ''} (added to "
+                         "the scaled scores)")
+    if not is_bool:
+        mask = mask.astype(_F32, copy=False)  # the library reads float masks as float32
     full = (B, H, L, S)
     try:
         fits = np.broadcast_shapes(mask.shape, full) == full
@@ -108,7 +130,7 @@ def _params(fn, scale, E):
 
 
 def attention(q, k, v, *, mask=None, causal=False, scale=None, return_lse=False):
-    """Scaled dot-product attention on float32 NumPy arrays (mha's fused forward).
+    """Scaled dot-product attention on float32 or float16 NumPy arrays (mha's fused forward).
 
     ``out = softmax(q @ k^T * scale + mask) @ v`` per batch and head.
 
@@ -119,16 +141,18 @@ def attention(q, k, v, *, mask=None, causal=False, scale=None, return_lse=False)
 
     Parameters
     ----------
-    q : float32 ndarray [batch, heads, L, E]
-    k : float32 ndarray [batch, heads_kv, S, E]
-    v : float32 ndarray [batch, heads_kv, S, Ev]
-        heads_kv = heads, or a divisor of it (grouped-query attention: query head h uses
-        key/value head h // (heads / heads_kv), without a copy). Any strides whose innermost
-        one is 1 element: views such as ``qkv[:, :, :, 0]`` of a packed array are read in
-        place, not copied. No conversion is made: other dtypes, and
+    q : float32 or float16 ndarray [batch, heads, L, E]
+    k : ndarray [batch, heads_kv, S, E], q's dtype
+    v : ndarray [batch, heads_kv, S, Ev], q's dtype
+        float16: computed in float32 on the exact values, out rounded to float16 once (to
+        nearest even). heads_kv = heads, or a divisor of it (grouped-query attention: query
+        head h uses key/value head h // (heads / heads_kv), without a copy). Any strides whose
+        innermost one is 1 element: views such as ``qkv[:, :, :, 0]`` of a packed array are
+        read in place, not copied. No conversion is made: other dtypes, and
         other strides, raise ValueError (use ``np.ascontiguousarray(x, np.float32)``).
-    mask : bool or float32 ndarray broadcastable to [batch, heads, L, S], optional
-        bool: True = masked (excluded). float32: added to the scaled scores (-inf masks).
+    mask : bool, float32 or q's dtype ndarray broadcastable to [batch, heads, L, S], optional
+        bool: True = masked (excluded). float: added to the scaled scores, in float32 (-inf
+        masks).
         An [L, S] mask (or one whose leading dimensions are all 1) is shared by every batch
         and head; a bool [batch, 1, 1, S] mask is a key padding mask; any other shape is
         expanded to one [L, S] mask per batch and head.
@@ -143,8 +167,9 @@ def attention(q, k, v, *, mask=None, causal=False, scale=None, return_lse=False)
 
     Returns
     -------
-    out : float32 ndarray [batch, heads, L, Ev]
-    lse : float32 ndarray [batch, heads, L] (only with return_lse=True)
+    out : ndarray [batch, heads, L, Ev], q's dtype
+    lse : float32 ndarray [batch, heads, L] (only with return_lse=True; float32 for float16
+        q too)
 
     Raises ValueError for wrong dtypes, shapes or strides (with the library's message for
     shapes), MemoryError when out of memory.
@@ -156,16 +181,19 @@ def attention(q, k, v, *, mask=None, causal=False, scale=None, return_lse=False)
     >>> out, lse = mha.attention(q, q, q, causal=True, return_lse=True)
     >>> out.shape, lse.shape
     ((2, 4, 16, 32), (2, 4, 16))
+    >>> mha.attention(q.astype(np.float16), q.astype(np.float16), q.astype(np.float16)).dtype
+    dtype('float16')
     """
     fn = "attention"
-    tq, tk, tv = view(fn, "q", q, 4), view(fn, "k", k, 4), view(fn, "v", v, 4)
+    dtype = _dtype(fn, q)
+    tq, tk, tv = _views(fn, dtype, "qkv", (q, k, v))
     B, H, L, E = q.shape
     S, Ev = k.shape[2], v.shape[3]
-    m, keep = _mask(fn, mask, causal, B, H, L, S)
+    m, keep = _mask(fn, mask, causal, B, H, L, S, dtype)
     p = _params(fn, scale, E)
-    out = np.empty((B, H, L, Ev), np.float32)
+    out = np.empty((B, H, L, Ev), dtype)
     lse = np.empty((B, H, L), np.float32) if return_lse else None
-    to = view(fn, "out", out, 4)
+    to = view(fn, "out", out, 4, dtype)
     tl = view(fn, "lse", lse, 3) if return_lse else None
     c = _lib.ctx()
     _lib.check(_lib.lib.mha_attn_forward(c, ctypes.byref(p), tq, tk, tv, ctypes.byref(m), to,
@@ -179,20 +207,21 @@ def attention_backward(q, k, v, out, lse, dout, *, mask=None, causal=False, scal
 
     Parameters
     ----------
-    q, k, v : float32 ndarrays [batch, heads, L, E], [batch, heads_kv, S, E],
-        [batch, heads_kv, S, Ev]: the forward's inputs.
-    out : float32 ndarray [batch, heads, L, Ev]
+    q, k, v : float32 or float16 ndarrays [batch, heads, L, E], [batch, heads_kv, S, E],
+        [batch, heads_kv, S, Ev]: the forward's inputs (one dtype).
+    out : ndarray [batch, heads, L, Ev], q's dtype
     lse : float32 ndarray [batch, heads, L]
         What ``attention(q, k, v, ..., return_lse=True)`` returned.
-    dout : float32 ndarray [batch, heads, L, Ev]
+    dout : ndarray [batch, heads, L, Ev], q's dtype
         The gradient of the loss with respect to out.
     mask, causal, scale
         Exactly as given to the forward (bool masks: True = masked, see ``attention``).
 
     Returns
     -------
-    dq, dk, dv : float32 ndarrays shaped as q, k, v (new arrays); with grouped-query
-        attention dk, dv sum the contributions of each group's query heads.
+    dq, dk, dv : ndarrays shaped as q, k, v in q's dtype (new arrays; float16: accumulated
+        in float32, rounded once); with grouped-query attention dk, dv sum the contributions
+        of each group's query heads.
 
     Example
     -------
@@ -202,13 +231,15 @@ def attention_backward(q, k, v, out, lse, dout, *, mask=None, causal=False, scal
     >>> dq, dk, dv = mha.attention_backward(q, q, q, out, lse, np.ones_like(out))
     """
     fn = "attention_backward"
-    tq, tk, tv = view(fn, "q", q, 4), view(fn, "k", k, 4), view(fn, "v", v, 4)
-    to, tl, td = view(fn, "out", out, 4), view(fn, "lse", lse, 3), view(fn, "dout", dout, 4)
+    dtype = _dtype(fn, q)
+    tq, tk, tv, to = _views(fn, dtype, ("q", "k", "v", "out"), (q, k, v, out))
+    tl = view(fn, "lse", lse, 3)
+    td, = _views(fn, dtype, ("dout",), (dout,))
     B, H, L, E = q.shape
-    m, keep = _mask(fn, mask, causal, B, H, L, k.shape[2])
+    m, keep = _mask(fn, mask, causal, B, H, L, k.shape[2], dtype)
     p = _params(fn, scale, E)
-    dq, dk, dv = (np.empty(x.shape, np.float32) for x in (q, k, v))
-    tdq, tdk, tdv = view(fn, "dq", dq, 4), view(fn, "dk", dk, 4), view(fn, "dv", dv, 4)
+    dq, dk, dv = (np.empty(x.shape, dtype) for x in (q, k, v))
+    tdq, tdk, tdv = _views(fn, dtype, ("dq", "dk", "dv"), (dq, dk, dv))
     c = _lib.ctx()
     _lib.check(_lib.lib.mha_attn_backward(c, ctypes.byref(p), tq, tk, tv, ctypes.byref(m), to,
                                           tl, td, tdq, tdk, tdv), c)

@@ -1,11 +1,14 @@
 """mha._torch - PyTorch tensors into the C library and back: views without copies, masks, the
 C module behind the nn modules, and the autograd Functions that run mha's own backward.
 
-Conventions shared by the PyTorch front end (mha.nn, mha.functional):
-  - Tensors must be float32 on the CPU (ValueError otherwise: mha computes in float32 on the
-    CPU; call .float() / .cpu()). Any strides are passed as they are (no copy) as long as the
-    innermost dimension has stride 1; a tensor whose innermost stride is not 1 is copied with
-    .contiguous() (the documented conversion).
+Conventions shared by the PyTorch front end (mha.nn, mha.functional, mha.flash):
+  - Tensors must be on the CPU. The attention core (mha.functional, flash_attn_func) takes
+    float32, bfloat16 or float16 q, k, v of one dtype, computes in float32 and rounds its
+    outputs to that dtype once; everything else (the layers, varlen, the KV cache, parameters,
+    ALiBi slopes) is float32 only. A wrong dtype raises ValueError naming the argument; q, k, v
+    of different supported dtypes raise RuntimeError, as PyTorch's attention does. Any strides
+    are passed as they are (no copy) as long as the innermost dimension has stride 1; a tensor
+    whose innermost stride is not 1 is copied with .contiguous() (the documented conversion).
   - Library errors become ValueError / MemoryError / RuntimeError with the library's message.
 """
 import threading
@@ -27,30 +30,80 @@ def shape_str(t):
     return "[" + ", ".join(str(d) for d in t.shape) + "]"
 
 
-def _require_cpu_f32(t, name, fn, what):
-    """ValueError unless t (a tensor, or what: "parameter") is float32 on the CPU."""
+# torch dtype -> the mha_dtype the attention core takes it as (MHA_DTYPE_F32, _F16, _BF16)
+CORE_DTYPES = {torch.float32: 0, torch.float16: 4, torch.bfloat16: 5}
+_CORE_NAMES = "torch.float32, torch.bfloat16 or torch.float16"
+# Why a function refuses bfloat16 / float16 (the C layers, varlen and KV cache are float32 only):
+# F32_ONLY for a tensor, F32_ONLY_DTYPE for a dtype argument
+_LOWP_GOES_TO = ("bfloat16 and float16 go to mha.functional.scaled_dot_product_attention and "
+                 "mha.flash_attn_func")
+F32_ONLY = "float32 is needed here: .float(); " + _LOWP_GOES_TO
+F32_ONLY_DTYPE = "float32 is needed here; " + _LOWP_GOES_TO
+
+
+def _require_cpu(t, name, fn, what):
     if t.device.type != "cpu":
         raise ValueError(f"{fn}: {name}: got a {what} on {t.device}, expected a CPU tensor "
                          "(mha computes on the CPU: .cpu())")
+
+
+def _require_cpu_f32(t, name, fn, what, why=F32_ONLY):
+    """ValueError unless t (a tensor, or what: "parameter") is float32 on the CPU; why: the
+    reason float32 is needed, for the message."""
+    _require_cpu(t, name, fn, what)
     if t.dtype != _F32:
-        raise ValueError(f"{fn}: {name}.dtype: got {t.dtype}, expected torch.float32 "
-                         "(mha computes in float32: .float())")
+        raise ValueError(f"{fn}: {name}.dtype: got {t.dtype}, expected torch.float32 ({why})")
 
 
-def as_input(t, name, fn):
-    """t checked for the library: a float32 CPU tensor whose innermost stride is 1 (copied
-    when it is not). Returns the tensor to pass (keep it alive during the call)."""
+def _innermost_contiguous(t):
+    if t.dim() and t.stride(-1) != 1 and t.shape[-1] > 1:
+        return t.contiguous()
+    return t
+
+
+def _require_tensor(t, name, fn):
     if not isinstance(t, torch.Tensor):
         raise ValueError(f"{fn}: {name}: got {type(t).__name__}, expected a torch.Tensor")
-    _require_cpu_f32(t, name, fn, "tensor")
-    if t.dim() and t.stride(-1) != 1 and t.shape[-1] > 1:
-        t = t.contiguous()
-    return t
+
+
+def as_input(t, name, fn, dtype=None):
+    """t checked for the library: a CPU tensor of dtype (None: float32, with the message of
+    the float32-only functions) whose innermost stride is 1 (copied when it is not). Returns
+    the tensor to pass (keep it alive during the call)."""
+    _require_tensor(t, name, fn)
+    if dtype is None:
+        _require_cpu_f32(t, name, fn, "tensor")
+    else:
+        _require_cpu(t, name, fn, "tensor")
+        if t.dtype != dtype:
+            raise ValueError(f"{fn}: {name}.dtype: got {t.dtype}, expected {dtype}")
+    return _innermost_contiguous(t)
+
+
+def as_core_inputs(fn, names, tensors):
+    """q, k, v for the attention core, checked as as_input does: CPU tensors of one dtype,
+    float32, bfloat16 or float16. Another dtype: ValueError naming the first such argument;
+    supported dtypes that differ: RuntimeError naming the argument that differs from the
+    first, as PyTorch's scaled_dot_product_attention raises."""
+    for n, t in zip(names, tensors):
+        _require_tensor(t, n, fn)
+        _require_cpu(t, n, fn, "tensor")
+        if t.dtype not in CORE_DTYPES:
+            raise ValueError(f"{fn}: {n}.dtype: got {t.dtype}, expected {_CORE_NAMES} "
+                             "(convert it: .float())")
+    first = tensors[0].dtype
+    for n, t in zip(names, tensors):
+        if t.dtype != first:
+            raise RuntimeError(f"{fn}: {n}.dtype: got {t.dtype}, expected {first} ({names[0]}'s "
+                               f"dtype: {', '.join(names)} must have the same dtype, as in "
+                               "PyTorch)")
+    return [_innermost_contiguous(t) for t in tensors]
 
 
 def view(t):
     """The mha_tensor view of a tensor already checked by as_input (or made here)."""
-    return _lib.Tensor(t.data_ptr(), t.dim(), _lib._Dims(*t.shape), _lib._Dims(*t.stride()))
+    return _lib.Tensor(t.data_ptr(), t.dim(), _lib._Dims(*t.shape), _lib._Dims(*t.stride()),
+                       CORE_DTYPES[t.dtype])
 
 
 def ptr(t):
@@ -391,9 +444,10 @@ def run_layer(call, q, k, v, params_need_grad):
 # The attention core (mha.functional)
 # ------------------------------------------------------------------------------------------
 class CoreCall:
-    """One call of the core on [B, H, L, E] views: params and mask. weights=True: the forward
+    """One call of the core on [B, H, L, E] views of one dtype (float32, bfloat16 or float16:
+    out and the gradients in it, lse float32): params and mask. weights=True: the forward
     also computes the attention probabilities after dropout, kept in self.weights [B, H, L, S]
-    (as self.lse); out_order: the memory order of out's dimensions, outermost first, as
+    (float32, as self.lse); out_order: the memory order of out's dimensions, outermost first, as
     torch.empty_permuted takes it ((0, 2, 1, 3): [B, L, H, Ev] memory), None: contiguous.
     Subclasses (mha.flash's packed batches) replace new_outputs and the two library calls."""
 
@@ -403,10 +457,10 @@ class CoreCall:
         self.lse = self.weights = None
 
     def new_outputs(self, q, v):
-        """Empty out and lse for the forward of q, v."""
+        """Empty out (q's dtype) and lse (float32) for the forward of q, v."""
         shape = q.shape[:-1] + (v.shape[-1],)
-        out = torch.empty(shape, dtype=_F32) if self.out_order is None else \
-            torch.empty_permuted(shape, self.out_order, dtype=_F32)
+        out = torch.empty(shape, dtype=q.dtype) if self.out_order is None else \
+            torch.empty_permuted(shape, self.out_order, dtype=q.dtype)
         return out, torch.empty(q.shape[:-1], dtype=_F32)
 
     def run_forward(self, c, tq, tk, tv, to, tl, tw):
@@ -431,7 +485,7 @@ class CoreCall:
 
     def backward(self, q, k, v, out, lse, dout):
         dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
-        dout = as_input(dout, "grad of out", "backward")
+        dout = as_input(dout, "grad of out", "backward", out.dtype)
         views = [view(t) for t in (q, k, v, out, lse, dout, dq, dk, dv)]
         c = _lib.ctx()
         _lib.check(self.run_backward(c, *views), c)

@@ -11,8 +11,9 @@ aligned bottom-right (query row i sits at key position i + seqlen_k - seqlen_q),
 grouped-query attention.
 
 Where mha differs:
-  - float32 CPU tensors only (FlashAttention: fp16/bf16 on CUDA): other dtypes and devices
-    raise ValueError;
+  - CPU tensors only; flash_attn_func takes float32, bfloat16 or float16 q, k, v (computed in
+    float32, outputs rounded once), flash_attn_varlen_func and flash_attn_with_kvcache float32
+    only (FlashAttention: fp16/bf16 on CUDA): other dtypes and devices raise ValueError;
   - always deterministic (``deterministic`` is accepted and changes nothing);
   - dropout draws mha's own mask (Philox, seeded from torch's default generator:
     torch.manual_seed makes it reproducible), not FlashAttention's;
@@ -77,7 +78,7 @@ def _alibi(fn, slopes, batch, H):
     if not isinstance(slopes, torch.Tensor):
         raise ValueError(f"{fn}: alibi_slopes: got {type(slopes).__name__}, expected a "
                          "torch.Tensor")
-    T._require_cpu_f32(slopes, "alibi_slopes", fn, "tensor")
+    T._require_cpu_f32(slopes, "alibi_slopes", fn, "tensor", "as FlashAttention's")
     if tuple(slopes.shape) not in ((H,), (batch, H)):
         raise ValueError(f"{fn}: alibi_slopes: got shape {_shape(slopes)}, expected [{H}] or "
                          f"[{batch}, {H}] ([nheads] or [batch, nheads])")
@@ -101,9 +102,11 @@ class _Options:
         return T.MaskArg(causal=self.causal, window=self.window, alibi=a)
 
 
-def _as_inputs(fn, names, tensors, ndim, layout):
-    """Each tensor checked (float32, CPU, innermost stride 1) with ndim dimensions."""
-    out = [T.as_input(t, n, fn) for n, t in zip(names, tensors)]
+def _as_inputs(fn, names, tensors, ndim, layout, core=False):
+    """Each tensor checked (CPU, innermost stride 1) with ndim dimensions: float32 (core=False)
+    or, core=True, one dtype of float32, bfloat16 and float16 (T.as_core_inputs)."""
+    out = T.as_core_inputs(fn, names, tensors) if core else \
+        [T.as_input(t, n, fn) for n, t in zip(names, tensors)]
     for n, t in zip(names, out):
         if t.dim() != ndim:
             raise ValueError(f"{fn}: {n}: got shape {_shape(t)}, expected {layout}")
@@ -147,11 +150,13 @@ def flash_attn_func(q, k, v, dropout_p=0.0, softmax_scale=None, causal=False,
 
     Parameters
     ----------
-    q : Tensor [batch, seqlen_q, nheads, headdim], float32
+    q : Tensor [batch, seqlen_q, nheads, headdim]
     k : Tensor [batch, seqlen_k, nheads_k, headdim]
     v : Tensor [batch, seqlen_k, nheads_k, headdim_v]
-        nheads_k divides nheads (grouped-query attention: query head h uses key/value head
-        h // (nheads / nheads_k)). Any strides with the innermost one 1 are read in place.
+        float32, bfloat16 or float16, the three of one dtype (RuntimeError otherwise);
+        bfloat16 / float16 are computed in float32 and out is rounded once (to nearest
+        even). nheads_k divides nheads (grouped-query attention: query head h uses key/value
+        head h // (nheads / nheads_k)). Any strides with the innermost one 1 are read in place.
     dropout_p : float
         Probability of dropping an attention weight (mha's Philox dropout, seeded from torch's
         generator).
@@ -172,11 +177,13 @@ def flash_attn_func(q, k, v, dropout_p=0.0, softmax_scale=None, causal=False,
 
     Returns
     -------
-    out : Tensor [batch, seqlen_q, nheads, headdim_v] (contiguous), differentiable with respect
-        to q, k and v through mha's fused backward.
-    With return_attn_probs: (out, softmax_lse [batch, nheads, seqlen_q] (log-sum-exp of the
-    scaled scores; -inf for a row with no key), attn_probs [batch, nheads, seqlen_q, seqlen_k]
-    (after dropout, 0 where masked)).
+    out : Tensor [batch, seqlen_q, nheads, headdim_v] (contiguous) in q's dtype,
+        differentiable with respect to q, k and v through mha's fused backward (gradients in
+        that dtype).
+    With return_attn_probs: (out, softmax_lse [batch, nheads, seqlen_q] (float32, as
+    FlashAttention's: log-sum-exp of the scaled scores; -inf for a row with no key),
+    attn_probs [batch, nheads, seqlen_q, seqlen_k] (after dropout, 0 where masked) in q's
+    dtype, as FlashAttention returns S_dmask: computed in float32, rounded once).
 
     Example
     -------
@@ -184,16 +191,20 @@ def flash_attn_func(q, k, v, dropout_p=0.0, softmax_scale=None, causal=False,
     >>> q = torch.randn(2, 16, 8, 64); kv = torch.randn(2, 16, 2, 64)
     >>> mha.flash_attn_func(q, kv, kv, causal=True).shape
     torch.Size([2, 16, 8, 64])
+    >>> mha.flash_attn_func(q.half(), kv.half(), kv.half()).dtype
+    torch.float16
     """
     fn = "flash_attn_func"
     layout = "[batch, seqlen, nheads, headdim]"
-    q, k, v = _as_inputs(fn, "qkv", (q, k, v), 4, layout)
+    q, k, v = _as_inputs(fn, "qkv", (q, k, v), 4, layout, core=True)
     _check_kv(fn, q, k, v)
     opts = _Options(fn, causal, window_size, alibi_slopes, q.shape[0], q.shape[2])
     call = T.CoreCall(_params(fn, dropout_p, softmax_scale, softcap), opts.mask(),
                       weights=return_attn_probs, out_order=_HEADS_SECOND)
     out = _run(call, *_heads_second(q, k, v)).transpose(1, 2)
-    return (out, call.lse, call.weights) if return_attn_probs else out
+    if not return_attn_probs:
+        return out
+    return out, call.lse, call.weights.to(q.dtype)
 
 
 # ------------------------------------------------------------------------------------------
@@ -259,7 +270,7 @@ def flash_attn_varlen_func(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, ma
 
     Parameters
     ----------
-    q : Tensor [total_q, nheads, headdim], float32
+    q : Tensor [total_q, nheads, headdim], float32 (bfloat16 / float16: flash_attn_func)
     k : Tensor [total_k, nheads_k, headdim]
     v : Tensor [total_k, nheads_k, headdim_v]
     cu_seqlens_q, cu_seqlens_k : int32 Tensor [batch + 1]
@@ -342,7 +353,8 @@ def flash_attn_with_kvcache(q, k_cache, v_cache, k=None, v=None, cache_seqlens=N
 
     Parameters
     ----------
-    q : Tensor [batch, seqlen_q, nheads, headdim], float32
+    q : Tensor [batch, seqlen_q, nheads, headdim], float32 (bfloat16 / float16:
+        flash_attn_func)
     k_cache : Tensor [batch, seqlen_cache, nheads_k, headdim]
     v_cache : Tensor [batch, seqlen_cache, nheads_k, headdim_v]
         Updated in place (rows cache_seqlens[b] .. cache_seqlens[b] + seqlen_new - 1 of batch

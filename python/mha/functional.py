@@ -24,10 +24,15 @@ def scaled_dot_product_attention(query, key, value, attn_mask=None, dropout_p=0.
     query : Tensor [..., L, E]          e.g. [batch, heads, L, E]
     key : Tensor [..., S, E]            the same leading dimensions as query
     value : Tensor [..., S, Ev]
+        float32, bfloat16 or float16, all three the same dtype (RuntimeError otherwise, as
+        PyTorch). bfloat16 / float16: the products are accumulated, and softmax computed, in
+        float32 on the exact values; the output is rounded to the dtype once (to nearest
+        even), so it is the float32 result of the same inputs, rounded.
     attn_mask : Tensor, optional
         Broadcastable to [..., L, S]. bool: True marks the positions that TAKE PART
         (SDPA's convention, the opposite of nn.MultiheadAttention's); float: added to the
-        scaled scores.
+        scaled scores (in float32; with a bfloat16 / float16 query, a mask of the query's
+        dtype or float32, as PyTorch).
     dropout_p : float
         Probability of zeroing a weight (mha's Philox dropout, seeded from torch's generator:
         torch.manual_seed makes it reproducible). Applied whenever it is > 0, as in PyTorch.
@@ -43,8 +48,9 @@ def scaled_dot_product_attention(query, key, value, attn_mask=None, dropout_p=0.
 
     Returns
     -------
-    Tensor [..., L, Ev], float32. Differentiable with respect to query, key and value through
-    mha's own backward. A fully masked row gives 0 (as PyTorch 2.13's CPU kernels).
+    Tensor [..., L, Ev] in the query's dtype. Differentiable with respect to query, key and
+    value through mha's own backward (gradients in that dtype, each rounded once from
+    float32). A fully masked row gives 0 (as PyTorch 2.13's CPU kernels).
 
     Example
     -------
@@ -53,11 +59,12 @@ def scaled_dot_product_attention(query, key, value, attn_mask=None, dropout_p=0.
     >>> q = k = v = torch.randn(2, 4, 16, 32)
     >>> scaled_dot_product_attention(q, k, v, is_causal=True).shape
     torch.Size([2, 4, 16, 32])
+    >>> qb = q.bfloat16()
+    >>> scaled_dot_product_attention(qb, qb, qb).dtype
+    torch.bfloat16
     """
     fn = "mha.functional.scaled_dot_product_attention"
-    q = T.as_input(query, "query", fn)
-    k = T.as_input(key, "key", fn)
-    v = T.as_input(value, "value", fn)
+    q, k, v = T.as_core_inputs(fn, ("query", "key", "value"), (query, key, value))
     if q.dim() < 2 or k.dim() != q.dim() or v.dim() != q.dim():
         raise ValueError(f"{fn}: query, key, value: got shapes {_shape(q)}, {_shape(k)}, "
                          f"{_shape(v)}, expected [..., L, E], [..., S, E], [..., S, Ev] with the "
@@ -92,7 +99,7 @@ def scaled_dot_product_attention(query, key, value, attn_mask=None, dropout_p=0.
     B, H = q4.shape[0], q4.shape[1]
     params = _lib.AttnParams(float(scale) if scale is not None else 0.0, float(dropout_p),
                              T.dropout_seed() if dropout_p > 0 else 0, 0)
-    mask = _mask(attn_mask, lead, B, H, L, S, 1 if is_causal else 0, fn)
+    mask = _mask(attn_mask, q.dtype, lead, B, H, L, S, 1 if is_causal else 0, fn)
     call = T.CoreCall(params, mask)
     if torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad):
         out = T.CoreFunction.apply(call, q4, k4, v4)
@@ -101,12 +108,18 @@ def scaled_dot_product_attention(query, key, value, attn_mask=None, dropout_p=0.
     return out.reshape(lead + (L, Ev)) if nd != 4 else out
 
 
-def _mask(m, lead, B, H, L, S, causal, fn):
+def _mask(m, dtype, lead, B, H, L, S, causal, fn):
     """SDPA's attn_mask as an mha_mask: bool True = take part (inverted for mha: nonzero =
-    excluded), float added; [L, S] shared, [B, 1, 1, S] as key padding, else [B*H, L, S]."""
+    excluded), float added (in float32); [L, S] shared, [B, 1, 1, S] as key padding, else
+    [B*H, L, S]. dtype: the query's (a bfloat16 / float16 query takes a float mask of its own
+    dtype or float32, as PyTorch)."""
     if m is None:
         return T.MaskArg(causal=causal) if causal else T.NO_MASK
     T.check_mask(m, "attn_mask", fn)
+    if dtype != torch.float32 and m.is_floating_point() and m.dtype not in (dtype,
+                                                                            torch.float32):
+        raise ValueError(f"{fn}: attn_mask.dtype: got {m.dtype}, expected torch.bool, "
+                         f"torch.float32 or {dtype} (the query's dtype, as PyTorch)")
     full = lead + (L, S)
     try:
         if torch.broadcast_shapes(m.shape, full) != torch.Size(full):

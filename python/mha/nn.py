@@ -14,7 +14,9 @@ reproducible). Where mha differs from PyTorch, on purpose:
 - Gradients flow through the layer's output, not through the returned attention weights (a
   backward that needs them raises NotImplementedError) nor into a float attn_mask (one that
   requires grad raises NotImplementedError).
-- Tensors must be float32 on the CPU (ValueError otherwise).
+- Tensors must be float32 on the CPU (ValueError otherwise: the C layers compute in float32;
+  bfloat16 and float16 attention: mha.functional.scaled_dot_product_attention and
+  mha.flash_attn_func).
 """
 import torch
 import torch.nn.functional as F
@@ -81,7 +83,8 @@ class MultiheadAttention(nn.MultiheadAttention):
             raise NotImplementedError(f"{fn}: add_zero_attn=True is not supported (the zero "
                                       "key/value row; use torch.nn.MultiheadAttention)")
         if dtype is not None and dtype != torch.float32:
-            raise ValueError(f"{fn}: dtype: got {dtype}, expected torch.float32 (or None)")
+            raise ValueError(f"{fn}: dtype: got {dtype}, expected torch.float32 or None "
+                             f"({T.F32_ONLY_DTYPE})")
         if device is not None and torch.device(device).type != "cpu":
             raise ValueError(f"{fn}: device: got {device}, expected the CPU (mha computes on "
                              "the CPU)")

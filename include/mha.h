@@ -368,9 +368,11 @@ MHA_API mha_attn_params mha_attn_params_default(void);
  * Dtypes: q, k, v and out all float32, all bfloat16 or all float16 (mha_tensor_typed); lse and
  * weights are float32 views in every case (so are float masks). bf16 / f16: every product,
  * the softmax and lse are computed in float32 from the exact inputs, and out is rounded once
- * (nearest even), so the error is the output's rounding plus float32 accumulation. Today this
- * runs the float32 kernels on float32 copies (extra memory: q, k, v and out in float32, linear
- * in L and S). Another dtype or a mismatch: MHA_ERR_UNSUPPORTED naming the tensor. */
+ * (nearest even), so the error is the output's rounding plus float32 accumulation; except that
+ * bf16 on a CPU with AVX512_BF16 runs vdpbf16ps kernels (mha info), which also round the
+ * probabilities to bf16 as operands of the product with v (as FlashAttention does). Elsewhere
+ * (and f16) the float32 kernels run on float32 copies (extra memory: q, k, v and out in
+ * float32, linear in L and S). Another dtype or a mismatch: MHA_ERR_UNSUPPORTED naming it. */
 MHA_API mha_status mha_attn_forward(mha_ctx *ctx, const mha_attn_params *p, const mha_tensor *q,
                                     const mha_tensor *k, const mha_tensor *v, const mha_mask *mask,
                                     mha_tensor *out, mha_tensor *lse, mha_tensor *weights);
@@ -385,7 +387,8 @@ MHA_API mha_status mha_attn_forward(mha_ctx *ctx, const mha_attn_params *p, cons
  *   dv summed in head order (a [B, H, S, D + Dv] workspace).
  *   Dtypes: q, k, v, out, dout, dq, dk and dv of one dtype (float32, bfloat16 or float16), lse
  *   float32; bf16 / f16 computed in float32 from the exact inputs (out as given: the
- *   forward's rounded output, as PyTorch's backward receives it), each gradient rounded once. */
+ *   forward's rounded output, as PyTorch's backward receives it), each gradient rounded once;
+ *   with the bf16 kernels (AVX512_BF16) P and dS are rounded to bf16 as product operands. */
 MHA_API mha_status mha_attn_backward(mha_ctx *ctx, const mha_attn_params *p, const mha_tensor *q,
                                      const mha_tensor *k, const mha_tensor *v, const mha_mask *mask,
                                      const mha_tensor *out, const mha_tensor *lse,

@@ -18,7 +18,11 @@ max-abs; its RMS for rms): rounding a correct result to the dtype once can cost 
 Exactness: mha's bfloat16 / float16 output is its float32 output on the rounded inputs,
 rounded (bit for bit), and the gradients are the float32 backward's on the same float32
 values, rounded (also with FlashAttention's windows, softcap, ALiBi and dropout); the thread
-count changes no bit. Wiring: dtypes in and out of every function
+count changes no bit. Except bfloat16 where mha runs its vdpbf16ps kernels (AVX512_BF16, as
+mha.describe() says): they also round P and dS to bfloat16 as operands of their products, so
+there the results are compared with the float32 ones within that rounding (ROUNDED_P below;
+the accuracy test above holds either way, and the test_py_dtype_generic / _avx2 runs check
+the bits). Wiring: dtypes in and out of every function
 that takes them, masks in the query's dtype, and the errors of the ones that do not.
 """
 import math
@@ -150,6 +154,20 @@ def bits_equal(a, b):
         torch.equal(a.contiguous().view(torch.int16), b.contiguous().view(torch.int16))
 
 
+# bfloat16 calls run on the vdpbf16ps kernels (mha info: "attn_*_bf16")
+BF16_KERNELS = "attn_fwd_bf16" in mha.describe()
+
+
+def rounded_once(a32, low, dtype, scale):
+    """low is a32 rounded to dtype, bit for bit; or, for bfloat16 on the vdpbf16ps kernels,
+    within their rounding of P / dS (2^-8 of the values' scale: |v| or the gradient's largest
+    magnitude) plus the output's own rounding."""
+    if not (dtype == torch.bfloat16 and BF16_KERNELS):
+        return bits_equal(a32.to(dtype), low)
+    err = (low.double() - a32.double()).abs()
+    return bool((err <= 2.0 ** -8 * (a32.double().abs() + scale)).all())
+
+
 def numpy_mask(m):
     """An SDPA attn_mask (bool True = take part) in mha.attention's convention (True =
     masked), as a float32 or bool ndarray."""
@@ -171,7 +189,7 @@ def test_float32_rounded_once(case, dt):
     f32 = [t.float() for t in (q, k, v)]
     m32 = m.float() if m is not None and m.is_floating_point() else m
     out32 = mha_sdpa(*f32, attn_mask=m32, is_causal=causal, enable_gqa=True)
-    assert bits_equal(out32.to(dtype), out), f"{dt} {case[0]}: out"
+    assert rounded_once(out32, out, dtype, v.float().abs().max()), f"{dt} {case[0]}: out"
     # the backward: mha's float32 backward on the same float32 values (out and dout as the
     # dtype holds them, the forward's lse), rounded once
     qn, kn, vn = (t.numpy() for t in f32)
@@ -180,7 +198,8 @@ def test_float32_rounded_once(case, dt):
     grads = mha.attention_backward(qn, kn, vn, out.float().numpy(), lse, dout.float().numpy(),
                                    mask=nm, causal=causal)
     for what, g32, g in zip(("dq", "dk", "dv"), grads, (dq, dk, dv)):
-        assert bits_equal(torch.from_numpy(g32).to(dtype), g), f"{dt} {case[0]}: {what}"
+        g32 = torch.from_numpy(g32)
+        assert rounded_once(g32, g, dtype, g32.abs().max()), f"{dt} {case[0]}: {what}"
 
 
 @pytest.mark.parametrize("dt", DTYPES)
@@ -223,15 +242,18 @@ def test_flash_attn_func(dt, causal):
     out.backward(dout)
     out32, lse32, probs32 = mha.flash_attn_func(*(t.float() for t in (q, k, v)), causal=causal,
                                                 return_attn_probs=True)
-    assert lse.dtype == torch.float32 and torch.equal(lse, lse32)
+    kernels = dtype == torch.bfloat16 and BF16_KERNELS  # sums in pairs: lse within rounding
+    assert lse.dtype == torch.float32
+    assert torch.allclose(lse, lse32, rtol=1e-6, atol=1e-6) if kernels else torch.equal(lse, lse32)
     for what, a, b in (("out", out, out32), ("attn_probs", probs, probs32)):
-        assert a.dtype == dtype and bits_equal(b.to(dtype), a), f"{dt} {what}"
+        assert a.dtype == dtype and rounded_once(b, a, dtype, 1.0), f"{dt} {what}"
     heads_second = [t.float().transpose(1, 2).numpy() for t in (q, k, v, out.detach(), dout)]
     grads = mha.attention_backward(*heads_second[:4], lse.numpy(), heads_second[4],
                                    causal="bottom_right" if causal else False)
     for what, g32, g in zip(("dq", "dk", "dv"), grads, (t.grad for t in leaves)):
         assert g.dtype == dtype, what
-        assert bits_equal(torch.from_numpy(g32).transpose(1, 2).to(dtype), g), f"{dt} {what}"
+        g32 = torch.from_numpy(g32).transpose(1, 2)
+        assert rounded_once(g32, g, dtype, g32.abs().max()), f"{dt} {what}"
 
 
 FLASH_OPTIONS = {
@@ -262,14 +284,14 @@ def test_options_rounded_once(dt, opt):
     for what, a, b in zip(("out", "attn_probs", "dq", "dk", "dv"), low, f32):
         assert a.dtype == dtype, what
         if what in ("out", "attn_probs"):
-            assert bits_equal(b.to(dtype), a), f"{dt} {opt} {what}"
+            assert rounded_once(b, a, dtype, 1.0), f"{dt} {opt} {what}"
     if "dropout_p" in kw:
         heads = [t.transpose(1, 2) for t in (q, k, v)]
         outs = []
         for ts in (heads, [t.float() for t in heads]):
             torch.manual_seed(4)
             outs.append(mha_sdpa(*ts, dropout_p=0.25, enable_gqa=True))
-        assert outs[0].dtype == dtype and bits_equal(outs[1].to(dtype), outs[0])
+        assert outs[0].dtype == dtype and rounded_once(outs[1], outs[0], dtype, 1.0)
         assert not bits_equal(outs[0], mha_sdpa(*heads, enable_gqa=True))
 
 

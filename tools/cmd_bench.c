@@ -3,7 +3,8 @@
  *   mha bench --batch B --seq N --embed E --heads H [--causal] [--backward] [--core]
  *             [--kv-heads G] [--need-weights] [--threads T] [--isa NAME] [--runs R] [--json]
  *   mha bench --core ... [--seq-k S] [--head-dim D] [--window L,R] [--softcap C] [--alibi]
- *   mha bench --gemm M N K [--ta 0|1] [--tb 0|1] [--threads T] [--isa NAME] [--runs R] [--json]
+ *   mha bench --gemm M N K [--ta 0|1] [--tb 0|1] [--dtype f32|bf16|f16] [--threads T]
+ *             [--isa NAME] [--runs R] [--json]
  *   mha bench --core --decode --batch B --seq-k S --heads H --head-dim D [--kv-heads G]
  *             [--layout bhsd|bshd] [--bw-mib M] [--threads T] [--isa NAME] [--runs R] [--json]
  *
@@ -16,7 +17,7 @@
  *   core backward  2.5 * F
  *   projections    P = 2 * B * N * E * 3E + 2 * B * N * E * E
  *   module forward F + P;  module backward 2 * P + 2.5 * F
- *   gemm           2 * M * N * K
+ *   gemm           2 * M * N * K   (any --dtype: mha_gemm, A and B of that dtype, C float32)
  * --backward times forward + backward (and reports both phases). The module's forward runs
  * in inference mode without --backward, with save_for_backward on with it. --need-weights
  * also asks the module for the attention weights averaged over heads, [B, N, N], as
@@ -44,7 +45,7 @@
 
 static void print_help(FILE *f) {
     fputs("usage: mha bench --batch B --seq N --embed E --heads H [options]\n"
-          "       mha bench --gemm M N K [--ta 0|1] [--tb 0|1] [options]\n\n"
+          "       mha bench --gemm M N K [--ta 0|1] [--tb 0|1] [--dtype T] [options]\n\n"
           "Times nn.MultiheadAttention's forward (self-attention, batch first) on random data,\n"
           "or the attention core, or the library's matrix product; prints the median time and\n"
           "the rate in GFLOP/s. On a terminal, stderr shows which run is going.\n\n"
@@ -76,6 +77,8 @@ static void print_help(FILE *f) {
           "                bshd ([B, S, G, D], FlashAttention's: strided views)\n"
           "  --gemm M N K  time C[M,N] = op(A)[M,K] op(B)[K,N]; --ta/--tb transpose A/B\n"
           "                (default: ta 0, tb 1, as the projections x W^T)\n"
+          "  --dtype T     --gemm: A and B in f32 (default), bf16 or f16 (mha_gemm: products\n"
+          "                accumulated in float32, C float32)\n"
           "  --threads T   threads (default: all cores)\n"
           "  --isa NAME    kernel path: auto, generic, avx2, avx512\n"
           "  --runs R      timed runs after the warm-up (default 10)\n"
@@ -136,7 +139,16 @@ typedef struct {
     int decode, bshd;
     const char *layout;
     long long bw_mib;
+    const char *dtype; /* --dtype as given (NULL: f32); --gemm only for now */
 } bench_args;
+
+/* --dtype's name as an mha_dtype: f32 (or none), bf16, f16; -1 for another name. */
+static int gemm_dtype(const char *name) {
+    if (!name || !strcmp(name, "f32")) return MHA_DTYPE_F32;
+    if (!strcmp(name, "bf16")) return MHA_DTYPE_BF16;
+    if (!strcmp(name, "f16")) return MHA_DTYPE_F16;
+    return -1;
+}
 
 /* One timed step: forward (and backward); returns nonzero status on failure. */
 typedef struct {
@@ -167,8 +179,9 @@ static mha_status run_fwd(bench_state *s) {
     const bench_args *a = s->a;
     if (a->decode) return run_decode(s);
     if (a->gemm)
-        return mha_sgemm(s->ctx, (int)a->ta, (int)a->tb, a->m, a->n, a->k, 1.0f, s->ga,
-                         a->ta ? a->m : a->k, s->gb, a->tb ? a->k : a->n, 0.0f, s->gc, a->n);
+        return mha_gemm(s->ctx, (int)a->ta, (int)a->tb, a->m, a->n, a->k, 1.0f, s->ga,
+                        a->ta ? a->m : a->k, s->gb, a->tb ? a->k : a->n,
+                        (mha_dtype)gemm_dtype(a->dtype), 0.0f, s->gc, a->n);
     if (a->core)
         return mha_attn_forward(s->ctx, &s->params, &s->q, &s->k, &s->v, &s->mask, &s->o,
                                 a->backward ? &s->lse : NULL, NULL);
@@ -237,7 +250,13 @@ static int check_args(const bench_args *a, int warmup_given) {
     if (warmup_given && (a->warmup < 0 || a->warmup > 10000))
         return cli_usage_error("mha bench --help lists the options",
                                "--warmup: got %lld, expected 0..10000", a->warmup);
+    if (a->dtype && !a->gemm)
+        return cli_usage_error("mha bench --help lists the options",
+                               "--dtype: applies to --gemm (for now)");
     if (a->gemm) {
+        if (gemm_dtype(a->dtype) < 0)
+            return cli_usage_error("mha bench --help lists the options",
+                                   "--dtype: got \"%s\", expected f32, bf16 or f16", a->dtype);
         if ((rc = positive("--gemm M", a->m, big)) || (rc = positive("--gemm N", a->n, big)) ||
             (rc = positive("--gemm K", a->k, big)))
             return rc;
@@ -354,6 +373,7 @@ static int parse_args(int argc, char **argv, bench_args *a) {
         {"--decode", CLI_OPT_FLAG, &a->decode, 0},
         {"--layout", CLI_OPT_STRING, &a->layout, 0},
         {"--bw-mib", CLI_OPT_INT, &a->bw_mib, 0},
+        {"--dtype", CLI_OPT_STRING, &a->dtype, 0},
     };
     int nopts = (int)(sizeof opts / sizeof opts[0]);
     if (!rc) rc = cli_parse(nrest, rest, opts, nopts);
@@ -453,6 +473,20 @@ static double attn_pairs(const bench_args *a) {
     return n;
 }
 
+/* The first n floats of buf (values in [-1, 1)) rewritten in place as n bfloat16 or half
+ * values (its first 2n bytes), rounded toward zero, half's values below 2^-14 to zero: random
+ * timing data (the library's own conversions round to nearest; nothing reads these values). */
+static void to_2byte(float *buf, int64_t n, int dt) {
+    for (int64_t i = 0; i < n; i++) {
+        uint32_t u;
+        memcpy(&u, buf + i, sizeof u); /* read before the 2 bytes at 2i are written */
+        uint16_t h = (uint16_t)(u >> 16), sign = h & 0x8000;
+        int e = (int)((u >> 23) & 0xff) - 127 + 15; /* half's biased exponent */
+        if (dt == MHA_DTYPE_F16) h = e <= 0 ? sign : (uint16_t)(sign | e << 10 | (u >> 13 & 0x3ff));
+        memcpy((char *)buf + 2 * i, &h, sizeof h);
+    }
+}
+
 /* Allocates what the measured step touches and counts its FLOPs (see the top of this file).
  * Returns 0, or 2 after printing. */
 static int plan_bench(bench_state *s, bench_plan *p) {
@@ -466,6 +500,10 @@ static int plan_bench(bench_state *s, bench_plan *p) {
         s->ga = plan_buf(p, a->m * a->k, 1);
         s->gb = plan_buf(p, a->k * a->n, 2);
         s->gc = plan_buf(p, a->m * a->n, 3);
+        if (!p->oom && gemm_dtype(a->dtype) != MHA_DTYPE_F32) {
+            to_2byte(s->ga, a->m * a->k, gemm_dtype(a->dtype));
+            to_2byte(s->gb, a->k * a->n, gemm_dtype(a->dtype));
+        }
         p->flops_fwd = 2.0 * (double)a->m * (double)a->n * (double)a->k;
     } else {
         double F = 4.0 * B * H * D * attn_pairs(a);
@@ -586,8 +624,9 @@ static void report(const bench_state *s, const bench_plan *p, bench_times *t) {
     int threads = mha_ctx_threads(s->ctx);
     if (a->json) {
         if (a->gemm)
-            printf("{\"what\":\"gemm\",\"M\":%lld,\"N\":%lld,\"K\":%lld,\"ta\":%lld,\"tb\":%lld,",
-                   a->m, a->n, a->k, a->ta, a->tb);
+            printf("{\"what\":\"gemm\",\"M\":%lld,\"N\":%lld,\"K\":%lld,\"ta\":%lld,\"tb\":%lld,"
+                   "\"dtype\":\"%s\",",
+                   a->m, a->n, a->k, a->ta, a->tb, a->dtype ? a->dtype : "f32");
         else {
             printf("{\"what\":\"%s\",\"batch\":%lld,\"seq\":%lld,\"embed\":%lld,\"heads\":%lld,"
                    "\"kv_heads\":%lld,\"causal\":%s,\"backward\":%s,\"core\":%s,"
@@ -608,7 +647,8 @@ static void report(const bench_state *s, const bench_plan *p, bench_times *t) {
         return;
     }
     if (a->gemm)
-        printf("gemm M %lld N %lld K %lld (ta %lld, tb %lld)", a->m, a->n, a->k, a->ta, a->tb);
+        printf("gemm M %lld N %lld K %lld (ta %lld, tb %lld, %s)", a->m, a->n, a->k, a->ta, a->tb,
+               a->dtype ? a->dtype : "f32");
     else {
         printf("%s B %lld N %lld E %lld H %lld%s%s%s", what, a->batch, a->seq, a->embed, a->heads,
                a->kv_heads != a->heads ? " (GQA)" : "", a->causal ? " causal" : "",

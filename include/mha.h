@@ -250,13 +250,14 @@ typedef enum {
  * MHA_DTYPE_BF16 or MHA_DTYPE_F16 (2-byte elements, lda / ldb counting elements), C, alpha and
  * beta float32:
  *   C[M,N] = alpha * op(A)[M,K] * op(B)[K,N] + beta * C      (row-major)
- * Every product is accumulated in float32 (bfloat16 and half convert exactly to float32).
+ * Every product is accumulated in float32 (bfloat16 and half convert exactly to float32);
  * MHA_DTYPE_F32 gives mha_sgemm's bits exactly. bf16 on a CPU with AVX512_BF16 runs on
- * vdpbf16ps (two products per lane added together, then to the float32 sum: within float32
- * rounding of the other paths, not their bits; its subnormal inputs count as zero); elsewhere,
- * and for f16, the operands are converted to float32 as they are packed. beta == 0: C is not
- * read. Bitwise identical results for any thread count. Returns MHA_ERR_INVALID_ARG (naming
- * the argument), MHA_ERR_UNSUPPORTED (another dtype), MHA_ERR_NOMEM (C unchanged). */
+ * vdpbf16ps: two products per lane added together, then to the float32 sum (within float32
+ * rounding of the other paths, not their bits; subnormal inputs and sums flush to zero).
+ * Elsewhere, and for f16, the operands are converted to float32 as they are packed.
+ * beta == 0: C is not read. Bitwise identical results for any thread count. Returns
+ * MHA_ERR_INVALID_ARG (naming the argument), MHA_ERR_UNSUPPORTED (another dtype),
+ * MHA_ERR_NOMEM (C unchanged). */
 MHA_API mha_status mha_gemm(mha_ctx *ctx, int ta, int tb, int64_t M, int64_t N, int64_t K,
                             float alpha, const void *A, int64_t lda, const void *B, int64_t ldb,
                             mha_dtype dtype, float beta, float *C, int64_t ldc);

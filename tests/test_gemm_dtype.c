@@ -624,6 +624,53 @@ TEST(allocation_failure_leaves_c_unchanged) {
     mha_ctx_free(ctx);
 }
 
+/* mha__gemm_dt with a kept workspace and a bias (what a bf16 module's projections call): the
+ * bits of a bias fill followed by a beta = 1 product, a second call allocating nothing, for
+ * every ISA and dtype, K below and past the KC blocks. */
+TEST(workspace_and_fused_bias_every_dtype) {
+    static const int64_t Ks[] = {5, 700};
+    mha_ctx *ctx;
+    ASSERT_OK(ctx, mha_ctx_create(&ctx));
+    for (size_t d = 0; d < 3; d++)
+        for (int ki = 0; ki < 2; ki++) {
+            dcase g;
+            ASSERT_TRUE(case_make(&g, dtypes[d], 0, 1, 45, 70, Ks[ki], 2, 0.75f, 0.0f));
+            size_t n = (size_t)(g.M * g.ldc);
+            float *want = malloc(sizeof(float) * n), *got = malloc(sizeof(float) * n);
+            float *bias = malloc(sizeof(float) * (size_t)g.N);
+            for (int64_t j = 0; j < g.N; j++) bias[j] = frand();
+            FOR_EACH_ISA(ctx) {
+                memcpy(want, g.C, sizeof(float) * n);
+                for (int64_t i = 0; i < g.M; i++)
+                    memcpy(want + i * g.ldc, bias, sizeof(float) * (size_t)g.N);
+                ASSERT_OK(ctx, mha__gemm_dt(ctx, NULL, 0, 1, g.M, g.N, g.K, 0.75f, g.A.x, g.lda,
+                                            g.B.x, g.ldb, g.dt, 1.0f, NULL, want, g.ldc));
+                mha__gemm_ws ws = {0};
+                for (int rep = 0; rep < 2; rep++) {
+                    memcpy(got, g.C, sizeof(float) * n); /* NaN: the old C is never read */
+                    long before = mha__alloc_count();
+                    if (rep == 1) mha__fault_after(0); /* the kept workspace suffices */
+                    mha_status st = mha__gemm_dt(ctx, &ws, 0, 1, g.M, g.N, g.K, 0.75f, g.A.x, g.lda,
+                                                 g.B.x, g.ldb, g.dt, 0.0f, bias, got, g.ldc);
+                    mha__fault_after(-1);
+                    ASSERT_OK(ctx, st);
+                    if (rep == 1) ASSERT_EQ(mha__alloc_count(), before);
+                    if (memcmp(want, got, sizeof(float) * n) != 0) {
+                        FAILF("isa %s, dtype %s, K %lld, call %d: fused bias differs from fill + "
+                              "beta = 1",
+                              mha_isa_name(mha_ctx_isa(ctx)), mha_dtype_name(g.dt), (long long)g.K,
+                              rep + 1);
+                        break;
+                    }
+                }
+                mha__gemm_ws_free(&ws);
+            }
+            free(want), free(got), free(bias);
+            case_free(&g);
+        }
+    mha_ctx_free(ctx);
+}
+
 int main(void) {
     RUN(pack_h_converts_exactly);
     RUN(pack_bf16_pairs);
@@ -635,5 +682,6 @@ int main(void) {
     RUN(bitwise_identical_for_any_thread_count);
     RUN(bad_arguments_named_c_unchanged);
     RUN(allocation_failure_leaves_c_unchanged);
+    RUN(workspace_and_fused_bias_every_dtype);
     return harness_report();
 }

@@ -64,8 +64,9 @@ mha_status mha__gemm_ex(mha_ctx *ctx, mha__gemm_ws *ws, int ta, int tb, int64_t 
                         C, ldc);
 }
 
-/* The rows x k block of X at element (i0, p0) packed into r-row micro-panels: float32 as it
- * is, bf16 / f16 converted to float32 (the fp32 micro-kernel), or bf16 as pairs (pairs). */
+/* The rows x k block of X that starts at its element e, packed into r-row micro-panels:
+ * float32 as it is, bf16 / f16 converted to float32 (for the fp32 micro-kernel), or bf16 as
+ * pairs (pairs: for the table's bf16 micro-kernel). */
 static void pack(const mha_kernels *kern, int pairs, mha_dtype dt, const void *X, int64_t e,
                  int64_t rs, int64_t cs, int64_t rows, int64_t k, int r, float *dst) {
     if (dt == MHA_DTYPE_F32) kern->gemm_pack((const float *)X + e, rs, cs, rows, k, r, dst);

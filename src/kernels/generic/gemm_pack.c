@@ -11,15 +11,22 @@
 
 #include <string.h>
 
+/* always inlined: each dtype's caller gets its own loop (no per-element dtype test) */
+#if defined(__GNUC__)
+#define INL static inline __attribute__((always_inline))
+#else
+#define INL static inline
+#endif
+
 /* Element e of X as float32. */
-static inline float elem(const void *X, mha_dtype dt, int64_t e) {
+INL float elem(const void *X, mha_dtype dt, int64_t e) {
     if (dt == MHA_DTYPE_F32) return ((const float *)X)[e];
     uint16_t h = ((const uint16_t *)X)[e];
     return dt == MHA_DTYPE_BF16 ? mha__bf16_to_f32(h) : mha__f16_to_f32(h);
 }
 
-static inline void pack(const void *X, mha_dtype dt, int64_t rs, int64_t cs, int64_t rows,
-                        int64_t k, int r, float *dst) {
+INL void pack(const void *X, mha_dtype dt, int64_t rs, int64_t cs, int64_t rows, int64_t k, int r,
+              float *dst) {
     for (int64_t i0 = 0; i0 < rows; i0 += r) {
         int rr = rows - i0 < r ? (int)(rows - i0) : r;
         int64_t x = i0 * rs;     /* element (i0, 0) */

@@ -11,15 +11,15 @@
 #include "simd.h" /* vf_transpose, mask_tail */
 
 /* The elements e .. e+15 of X (lanes outside m zero, not read) as float32. */
-static inline __m512 load16(const void *X, mha_dtype dt, int64_t e, __mmask16 m) {
+INL __m512 load16(const void *X, mha_dtype dt, int64_t e, __mmask16 m) {
     if (dt == MHA_DTYPE_F32) return _mm512_maskz_loadu_ps(m, (const float *)X + e);
     __m256i h = _mm256_maskz_loadu_epi16(m, (const uint16_t *)X + e);
     if (dt == MHA_DTYPE_F16) return _mm512_cvtph_ps(h);
     return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
 }
 
-static inline void pack(const void *X, mha_dtype dt, int64_t rs, int64_t cs, int64_t rows,
-                        int64_t k, int r, float *dst) {
+INL void pack(const void *X, mha_dtype dt, int64_t rs, int64_t cs, int64_t rows, int64_t k, int r,
+              float *dst) {
     for (int64_t i0 = 0; i0 < rows; i0 += r) {
         int64_t rr = rows - i0 < r ? rows - i0 : r;
         int64_t x = i0 * rs; /* element (i0, 0) */

@@ -48,7 +48,7 @@ static void detect(void) {
     if (dq) append("avx512dq");
     if (bw) append("avx512bw");
     if (vl) append("avx512vl");
-    unsigned a71 = 0, b71 = 0, c71 = 0, d71 = 0; /* leaf 7 subleaf 1 (a7: the last subleaf) */
+    unsigned a71 = 0, b71 = 0, c71 = 0, d71 = 0; /* leaf 7 subleaf 1 (a7: the highest subleaf) */
     if (a7 >= 1) __get_cpuid_count(7, 1, &a71, &b71, &c71, &d71);
     int bf16 = (a71 >> 5) & 1;
     if (bf16) append("avx512bf16");

@@ -33,7 +33,7 @@ static void detect(void) {
 #ifdef MHA_X86
     unsigned a, b, c, d;
     if (!__get_cpuid(1, &a, &b, &c, &d)) return;
-    int fma = (c >> 12) & 1, osxsave = (c >> 27) & 1, avx = (c >> 28) & 1;
+    int fma = (c >> 12) & 1, osxsave = (c >> 27) & 1, avx = (c >> 28) & 1, f16c = (c >> 29) & 1;
     uint64_t xcr0 = osxsave ? xgetbv0() : 0;
     int os_ymm = (xcr0 & 0x6) == 0x6;   /* SSE and AVX state */
     int os_zmm = (xcr0 & 0xe6) == 0xe6; /* + opmask, ZMM_Hi256, Hi16_ZMM */
@@ -44,6 +44,7 @@ static void detect(void) {
     if (avx) append("avx");
     if (avx2) append("avx2");
     if (fma) append("fma");
+    if (f16c) append("f16c");
     if (f) append("avx512f");
     if (dq) append("avx512dq");
     if (bw) append("avx512bw");
@@ -53,7 +54,7 @@ static void detect(void) {
     int bf16 = (a71 >> 5) & 1;
     if (bf16) append("avx512bf16");
     append(os_zmm ? "os:zmm" : os_ymm ? "os:ymm" : "os:xmm");
-    has_avx2 = avx && avx2 && fma && os_ymm;
+    has_avx2 = avx && avx2 && fma && f16c && os_ymm; /* (F16C: every AVX2 CPU has it) */
     has_avx512 = has_avx2 && f && dq && bw && vl && os_zmm;
     has_avx512bf16 = has_avx512 && bf16;
 #endif

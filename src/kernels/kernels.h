@@ -393,6 +393,7 @@ mha__gemm_pack_h_t mha__gemm_pack_generic_h; /* bf16 / f16 -> float32 panels, an
 MHA__ATTN_DECLARE(avx2)
 MHA__ATTN_DECODE_DECLARE(avx2)
 mha__gemm_ukr_t mha__gemm_avx2_f32_6x16;
+mha__gemm_pack_h_t mha__gemm_pack_avx2_h;
 #endif
 #ifdef MHA_HAVE_AVX512
 MHA__ATTN_DECLARE(avx512)

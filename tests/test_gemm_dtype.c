@@ -8,7 +8,8 @@
  * bf16 on tables without a pair kernel) must give the bits of mha_sgemm on the converted
  * inputs; the vdpbf16ps path (its own summation order) must be within float32 accumulation
  * error of float64 and of the generic path. Results are bitwise identical for 1, 2, 3
- * threads; bad arguments are named and leave C unchanged; so does an allocation failure. */
+ * threads; bad arguments are named and leave C unchanged; so does an allocation failure; the
+ * internal mha__gemm_dt with a kept workspace and a fused bias gives a bias fill + beta = 1. */
 #include "harness.h"
 #include "attn/gemm.h"
 #include "core/internal.h"

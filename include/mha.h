@@ -205,16 +205,18 @@ MHA_API int mha_isa_supported(mha_isa isa);
 MHA_API const char *mha_cpu_features(void);
 
 /* Writes a multi-line, human-readable description of the kernels ctx uses (the path and why,
- * the gemm micro-kernel and its blocking, and the attention kernels that run with their tile
- * sizes: the fused forward, dropout, the weights recompute, the backward) into buf
- * (always NUL-terminated, truncated to n bytes). For diagnostics such as `mha info`. */
+ * the gemm micro-kernel and its blocking, those of bf16 / f16 operands (mha_gemm), and the
+ * attention kernels that run with their tile sizes: the fused forward, dropout, the weights
+ * recompute, the backward) into buf (always NUL-terminated, truncated to n bytes). For
+ * diagnostics such as `mha info`. */
 MHA_API mha_status mha_ctx_describe(const mha_ctx *ctx, char *buf, size_t n);
 
 /* Single-precision matrix product on the context's packed SIMD micro-kernels and threads:
  *   C[M,N] = alpha * op(A)[M,K] * op(B)[K,N] + beta * C      (row-major)
  * op(A) = A [M,K] (lda >= K), or A^T when ta != 0 (A is [K,M], lda >= M); likewise B, tb.
  * beta == 0: C is not read. Bitwise identical results for any thread count. The projections
- * of the module run on it. Returns MHA_ERR_INVALID_ARG / MHA_ERR_NOMEM (C unchanged). */
+ * of the module run on it. Returns MHA_ERR_INVALID_ARG / MHA_ERR_NOMEM (C unchanged).
+ * (mha_gemm, below the dtypes: the same with bfloat16 / half A and B.) */
 MHA_API mha_status mha_sgemm(mha_ctx *ctx, int ta, int tb, int64_t M, int64_t N, int64_t K,
                              float alpha, const float *A, int64_t lda, const float *B, int64_t ldb,
                              float beta, float *C, int64_t ldc);
@@ -243,6 +245,22 @@ typedef enum {
     MHA_DTYPE_F8_E4M3 = 13, /* - / "F8_E4M3" (PyTorch's float8_e4m3fn) */
     MHA_DTYPE_F8_E5M2 = 14  /* - / "F8_E5M2" */
 } mha_dtype;
+
+/* Mixed-precision matrix product: mha_sgemm (above) with A and B of dtype MHA_DTYPE_F32,
+ * MHA_DTYPE_BF16 or MHA_DTYPE_F16 (2-byte elements, lda / ldb counting elements), C, alpha and
+ * beta float32:
+ *   C[M,N] = alpha * op(A)[M,K] * op(B)[K,N] + beta * C      (row-major)
+ * Every product is accumulated in float32 (bfloat16 and half convert exactly to float32);
+ * MHA_DTYPE_F32 gives mha_sgemm's bits exactly. bf16 on a CPU with AVX512_BF16 runs on
+ * vdpbf16ps: two products per lane added together, then to the float32 sum (within float32
+ * rounding of the other paths, not their bits; subnormal inputs and sums flush to zero).
+ * Elsewhere, and for f16, the operands are converted to float32 as they are packed.
+ * beta == 0: C is not read. Bitwise identical results for any thread count. Returns
+ * MHA_ERR_INVALID_ARG (naming the argument), MHA_ERR_UNSUPPORTED (another dtype),
+ * MHA_ERR_NOMEM (C unchanged). */
+MHA_API mha_status mha_gemm(mha_ctx *ctx, int ta, int tb, int64_t M, int64_t N, int64_t K,
+                            float alpha, const void *A, int64_t lda, const void *B, int64_t ldb,
+                            mha_dtype dtype, float beta, float *C, int64_t ldc);
 
 /* A view of caller-owned memory. dtype says what data points at: float32 (MHA_DTYPE_F32, 0, so
  * a zero-initialized view and every view made by mha_tensor_make / _strided is float32), or

@@ -4,7 +4,8 @@
  *             [--kv-heads G] [--need-weights] [--threads T] [--isa NAME] [--runs R] [--json]
  *   mha bench --core ... [--seq-k S] [--head-dim D] [--window L,R] [--softcap C] [--alibi]
  *             [--dtype f32|bf16|f16]
- *   mha bench --gemm M N K [--ta 0|1] [--tb 0|1] [--threads T] [--isa NAME] [--runs R] [--json]
+ *   mha bench --gemm M N K [--ta 0|1] [--tb 0|1] [--dtype f32|bf16|f16] [--threads T]
+ *             [--isa NAME] [--runs R] [--json]
  *   mha bench --core --decode --batch B --seq-k S --heads H --head-dim D [--kv-heads G]
  *             [--layout bhsd|bshd] [--bw-mib M] [--threads T] [--isa NAME] [--runs R] [--json]
  *
@@ -17,7 +18,7 @@
  *   core backward  2.5 * F
  *   projections    P = 2 * B * N * E * 3E + 2 * B * N * E * E
  *   module forward F + P;  module backward 2 * P + 2.5 * F
- *   gemm           2 * M * N * K
+ *   gemm           2 * M * N * K   (any --dtype: mha_gemm, A and B of that dtype, C float32)
  * --backward times forward + backward (and reports both phases). The module's forward runs
  * in inference mode without --backward, with save_for_backward on with it. --need-weights
  * also asks the module for the attention weights averaged over heads, [B, N, N], as
@@ -45,7 +46,7 @@
 
 static void print_help(FILE *f) {
     fputs("usage: mha bench --batch B --seq N --embed E --heads H [options]\n"
-          "       mha bench --gemm M N K [--ta 0|1] [--tb 0|1] [options]\n\n"
+          "       mha bench --gemm M N K [--ta 0|1] [--tb 0|1] [--dtype T] [options]\n\n"
           "Times nn.MultiheadAttention's forward (self-attention, batch first) on random data,\n"
           "or the attention core, or the library's matrix product; prints the median time and\n"
           "the rate in GFLOP/s. On a terminal, stderr shows which run is going.\n\n"
@@ -78,6 +79,8 @@ static void print_help(FILE *f) {
           "                bshd ([B, S, G, D], FlashAttention's: strided views)\n"
           "  --gemm M N K  time C[M,N] = op(A)[M,K] op(B)[K,N]; --ta/--tb transpose A/B\n"
           "                (default: ta 0, tb 1, as the projections x W^T)\n"
+          "  --dtype T     --gemm: A and B in f32 (default), bf16 or f16 (mha_gemm: products\n"
+          "                accumulated in float32, C float32)\n"
           "  --threads T   threads (default: all cores)\n"
           "  --isa NAME    kernel path: auto, generic, avx2, avx512\n"
           "  --runs R      timed runs after the warm-up (default 10)\n"
@@ -172,8 +175,9 @@ static mha_status run_fwd(bench_state *s) {
     const bench_args *a = s->a;
     if (a->decode) return run_decode(s);
     if (a->gemm)
-        return mha_sgemm(s->ctx, (int)a->ta, (int)a->tb, a->m, a->n, a->k, 1.0f, s->ga,
-                         a->ta ? a->m : a->k, s->gb, a->tb ? a->k : a->n, 0.0f, s->gc, a->n);
+        return mha_gemm(s->ctx, (int)a->ta, (int)a->tb, a->m, a->n, a->k, 1.0f, s->ga,
+                        a->ta ? a->m : a->k, s->gb, a->tb ? a->k : a->n, a->dtype, 0.0f, s->gc,
+                        a->n);
     if (a->core)
         return mha_attn_forward(s->ctx, &s->params, &s->q, &s->k, &s->v, &s->mask, &s->o,
                                 a->backward ? &s->lse : NULL, NULL);
@@ -338,10 +342,10 @@ static int parse_dtype(bench_args *a) {
     if (!found)
         return cli_usage_error("mha bench --help lists the options",
                                "--dtype: got \"%s\", expected f32, bf16 or f16", a->dtype_arg);
-    if (a->dtype != MHA_DTYPE_F32 && (!a->core || a->decode || a->gemm))
+    if (a->dtype != MHA_DTYPE_F32 && !a->gemm && (!a->core || a->decode))
         return cli_usage_error("mha bench --help lists the options",
                                "--dtype %s: applies to --core (the attention core's forward and "
-                               "backward)",
+                               "backward) and --gemm",
                                a->dtype_arg);
     return 0;
 }
@@ -506,8 +510,9 @@ static int plan_bench(bench_state *s, bench_plan *p) {
     s->params.dropout_p = (float)a->dropout;
     if (a->causal) s->mask.causal = MHA_CAUSAL_TOP_LEFT;
     if (a->gemm) {
-        s->ga = plan_buf(p, a->m * a->k, 1);
-        s->gb = plan_buf(p, a->k * a->n, 2);
+        const int64_t sa[4] = {1, 1, 1, a->m * a->k}, sb[4] = {1, 1, 1, a->k * a->n};
+        s->ga = plan_tensor(s, p, sa, 1).data; /* of --dtype (mha_gemm's A and B) */
+        s->gb = plan_tensor(s, p, sb, 2).data;
         s->gc = plan_buf(p, a->m * a->n, 3);
         p->flops_fwd = 2.0 * (double)a->m * (double)a->n * (double)a->k;
     } else {
@@ -631,8 +636,9 @@ static void report(const bench_state *s, const bench_plan *p, bench_times *t) {
     int threads = mha_ctx_threads(s->ctx);
     if (a->json) {
         if (a->gemm)
-            printf("{\"what\":\"gemm\",\"M\":%lld,\"N\":%lld,\"K\":%lld,\"ta\":%lld,\"tb\":%lld,",
-                   a->m, a->n, a->k, a->ta, a->tb);
+            printf("{\"what\":\"gemm\",\"M\":%lld,\"N\":%lld,\"K\":%lld,\"ta\":%lld,\"tb\":%lld,"
+                   "\"dtype\":\"%s\",",
+                   a->m, a->n, a->k, a->ta, a->tb, a->dtype_arg ? a->dtype_arg : "f32");
         else {
             printf("{\"what\":\"%s\",\"batch\":%lld,\"seq\":%lld,\"embed\":%lld,\"heads\":%lld,"
                    "\"kv_heads\":%lld,\"causal\":%s,\"backward\":%s,\"core\":%s,"
@@ -653,7 +659,8 @@ static void report(const bench_state *s, const bench_plan *p, bench_times *t) {
         return;
     }
     if (a->gemm)
-        printf("gemm M %lld N %lld K %lld (ta %lld, tb %lld)", a->m, a->n, a->k, a->ta, a->tb);
+        printf("gemm M %lld N %lld K %lld (ta %lld, tb %lld, %s)", a->m, a->n, a->k, a->ta, a->tb,
+               a->dtype_arg ? a->dtype_arg : "f32");
     else {
         printf("%s B %lld N %lld E %lld H %lld%s%s%s", what, a->batch, a->seq, a->embed, a->heads,
                a->kv_heads != a->heads ? " (GQA)" : "", a->causal ? " causal" : "",

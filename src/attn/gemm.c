@@ -18,7 +18,8 @@
  * first K block applies beta (or starts from the bias, filled into the tile just before the
  * micro-kernel reads it), later blocks add with beta = 1. So the result is bitwise identical
  * for any thread count. The workspace can be kept by the caller (mha__gemm_ws).
- * mha_sgemm, the public face of this driver, validates and calls mha__gemm. */
+ * mha_sgemm and mha_gemm (bf16 / f16 operands: the dtype enters only at the packing and the
+ * micro-kernel, mha__gemm_dt), the public faces of this driver, validate and call it. */
 #include "gemm.h"
 #include "kernels/kernels.h"
 
@@ -59,20 +60,45 @@ mha_status mha__gemm(mha_ctx *ctx, int ta, int tb, int64_t M, int64_t N, int64_t
 mha_status mha__gemm_ex(mha_ctx *ctx, mha__gemm_ws *ws, int ta, int tb, int64_t M, int64_t N,
                         int64_t K, float alpha, const float *A, int64_t lda, const float *B,
                         int64_t ldb, float beta, const float *bias, float *C, int64_t ldc) {
+    return mha__gemm_dt(ctx, ws, ta, tb, M, N, K, alpha, A, lda, B, ldb, MHA_DTYPE_F32, beta, bias,
+                        C, ldc);
+}
+
+/* The rows x k block of X that starts at its element e, packed into r-row micro-panels:
+ * float32 as it is, bf16 / f16 converted to float32 (for the fp32 micro-kernel), or bf16 as
+ * pairs (pairs: for the table's bf16 micro-kernel). */
+static void pack(const mha_kernels *kern, int pairs, mha_dtype dt, const void *X, int64_t e,
+                 int64_t rs, int64_t cs, int64_t rows, int64_t k, int r, float *dst) {
+    if (dt == MHA_DTYPE_F32) kern->gemm_pack((const float *)X + e, rs, cs, rows, k, r, dst);
+    else if (pairs) kern->gemm_bf16_pack((const uint16_t *)X + e, rs, cs, rows, k, r, (void *)dst);
+    else kern->gemm_pack_h((const uint16_t *)X + e, dt, rs, cs, rows, k, r, dst);
+}
+
+mha_status mha__gemm_dt(mha_ctx *ctx, mha__gemm_ws *ws, int ta, int tb, int64_t M, int64_t N,
+                        int64_t K, float alpha, const void *A, int64_t lda, const void *B,
+                        int64_t ldb, mha_dtype dt, float beta, const float *bias, float *C,
+                        int64_t ldc) {
     if (M <= 0 || N <= 0) return MHA_OK;
     if (K <= 0) {
         scale_c(M, N, beta, bias, C, ldc);
         return MHA_OK;
     }
     const mha_kernels *kern = mha__ctx_kernels(ctx);
-    const int64_t mr = kern->gemm_mr, nr = kern->gemm_nr, KC = kern->gemm_kc;
-    const int64_t MC = kern->gemm_mc, NC = kern->gemm_nc;
+    /* bf16 on a table with a pair micro-kernel: its own register block and blocking, and
+     * panels of ceil(kb / 2) 32-bit pairs; otherwise kb float32 values */
+    const int pairs = dt == MHA_DTYPE_BF16 && kern->gemm_bf16_ukr;
+    const int64_t mr = pairs ? kern->gemm_bf16_mr : kern->gemm_mr;
+    const int64_t nr = pairs ? kern->gemm_bf16_nr : kern->gemm_nr;
+    const int64_t KC = pairs ? kern->gemm_bf16_kc : kern->gemm_kc;
+    const int64_t MC = pairs ? kern->gemm_bf16_mc : kern->gemm_mc;
+    const int64_t NC = pairs ? kern->gemm_bf16_nc : kern->gemm_nc;
     int nt = mha__ctx_threads(ctx);
     /* Below ~2 MFLOP a second thread costs more than it saves. */
     if ((double)M * N * K < 1e6) nt = 1;
 
-    /* Workspace per thread: a B block and an A block (each a multiple of 64 bytes). */
-    int64_t kb_max = min64(KC, K);
+    /* Workspace per thread: a B block and an A block (each a multiple of 64 bytes), in
+     * 4-byte words (a float32 value or a bf16 pair). */
+    int64_t kb_max = pairs ? (min64(KC, K) + 1) / 2 : min64(KC, K);
     int64_t b_floats = round_up(kb_max * round_up(min64(NC, N), nr), 16);
     int64_t a_floats = round_up(kb_max * round_up(min64(MC, M), mr), 16);
     size_t total;
@@ -119,15 +145,16 @@ mha_status mha__gemm_ex(mha_ctx *ctx, mha__gemm_ws *ws, int ta, int tb, int64_t 
         for (int64_t jc = c_lo; jc < c_hi && r_lo < r_hi; jc += NC) {
             int64_t nb = min64(NC, c_hi - jc);
             for (int64_t pc = 0; pc < K; pc += KC) {
-                int64_t kb = min64(KC, K - pc);
-                kern->gemm_pack(B + jc * b_rs + pc * b_cs, b_rs, b_cs, nb, kb, (int)nr, bp);
+                int64_t kb = min64(KC, K - pc), kw = pairs ? (kb + 1) / 2 : kb; /* words */
+                pack(kern, pairs, dt, B, jc * b_rs + pc * b_cs, b_rs, b_cs, nb, kb, (int)nr, bp);
                 float bk = pc == 0 && !bias ? beta : 1.0f;
                 for (int64_t ic = r_lo; ic < r_hi; ic += MC) {
                     int64_t mb = min64(MC, r_hi - ic);
-                    kern->gemm_pack(A + ic * a_rs + pc * a_cs, a_rs, a_cs, mb, kb, (int)mr, ap);
+                    pack(kern, pairs, dt, A, ic * a_rs + pc * a_cs, a_rs, a_cs, mb, kb, (int)mr,
+                         ap);
                     for (int64_t jr = 0; jr < nb; jr += nr) {
                         int n = (int)min64(nr, nb - jr);
-                        const float *bt = bp + jr * kb;
+                        const float *bt = bp + jr * kw;
                         float *ct = C + ic * ldc + jc + jr;
                         for (int64_t ir = 0; ir < mb; ir += mr) {
                             int m = (int)min64(mr, mb - ir);
@@ -135,8 +162,13 @@ mha_status mha__gemm_ex(mha_ctx *ctx, mha__gemm_ws *ws, int ta, int tb, int64_t 
                                 for (int i = 0; i < m; i++)
                                     memcpy(ct + (ir + i) * ldc, bias + jc + jr,
                                            sizeof(float) * (size_t)n);
-                            kern->gemm_ukr(kb, ap + ir * kb, bt, alpha, bk, ct + ir * ldc, ldc, m,
-                                           n);
+                            if (pairs)
+                                kern->gemm_bf16_ukr(kw, (const void *)(ap + ir * kw),
+                                                    (const void *)bt, alpha, bk, ct + ir * ldc, ldc,
+                                                    m, n);
+                            else
+                                kern->gemm_ukr(kb, ap + ir * kb, bt, alpha, bk, ct + ir * ldc, ldc,
+                                               m, n);
                         }
                     }
                 }
@@ -147,29 +179,52 @@ mha_status mha__gemm_ex(mha_ctx *ctx, mha__gemm_ws *ws, int ta, int tb, int64_t 
     return MHA_OK;
 }
 
-mha_status mha_sgemm(mha_ctx *ctx, int ta, int tb, int64_t M, int64_t N, int64_t K, float alpha,
-                     const float *A, int64_t lda, const float *B, int64_t ldb, float beta, float *C,
-                     int64_t ldc) {
-    static const char *const FN = "mha_sgemm";
-    mha__clear(ctx);
+/* The arguments of mha_sgemm / mha_gemm (fn names the caller in messages). */
+static mha_status check_args(mha_ctx *ctx, const char *fn, int ta, int tb, int64_t M, int64_t N,
+                             int64_t K, const void *A, int64_t lda, const void *B, int64_t ldb,
+                             const float *C, int64_t ldc) {
     if (M < 0 || N < 0 || K < 0)
         return mha__err(ctx, MHA_ERR_INVALID_ARG,
-                        "%s: M, N, K: got %lld, %lld, %lld, expected >= 0", FN, (long long)M,
+                        "%s: M, N, K: got %lld, %lld, %lld, expected >= 0", fn, (long long)M,
                         (long long)N, (long long)K);
     int64_t acols = ta ? M : K, bcols = tb ? K : N;
     if (lda < (acols > 1 ? acols : 1))
-        return mha__err(ctx, MHA_ERR_INVALID_ARG, "%s: lda: got %lld, expected >= %lld (%s)", FN,
+        return mha__err(ctx, MHA_ERR_INVALID_ARG, "%s: lda: got %lld, expected >= %lld (%s)", fn,
                         (long long)lda, (long long)acols, ta ? "M, A transposed" : "K");
     if (ldb < (bcols > 1 ? bcols : 1))
-        return mha__err(ctx, MHA_ERR_INVALID_ARG, "%s: ldb: got %lld, expected >= %lld (%s)", FN,
+        return mha__err(ctx, MHA_ERR_INVALID_ARG, "%s: ldb: got %lld, expected >= %lld (%s)", fn,
                         (long long)ldb, (long long)bcols, tb ? "K, B transposed" : "N");
     if (ldc < (N > 1 ? N : 1))
-        return mha__err(ctx, MHA_ERR_INVALID_ARG, "%s: ldc: got %lld, expected >= %lld (N)", FN,
+        return mha__err(ctx, MHA_ERR_INVALID_ARG, "%s: ldc: got %lld, expected >= %lld (N)", fn,
                         (long long)ldc, (long long)N);
     if (M > 0 && N > 0 && !C)
-        return mha__err(ctx, MHA_ERR_INVALID_ARG, "%s: C: got NULL, expected [M, N]", FN);
+        return mha__err(ctx, MHA_ERR_INVALID_ARG, "%s: C: got NULL, expected [M, N]", fn);
     if (M > 0 && N > 0 && K > 0 && (!A || !B))
-        return mha__err(ctx, MHA_ERR_INVALID_ARG, "%s: %s: got NULL, expected a matrix", FN,
+        return mha__err(ctx, MHA_ERR_INVALID_ARG, "%s: %s: got NULL, expected a matrix", fn,
                         !A ? "A" : "B");
+    return MHA_OK;
+}
+
+mha_status mha_sgemm(mha_ctx *ctx, int ta, int tb, int64_t M, int64_t N, int64_t K, float alpha,
+                     const float *A, int64_t lda, const float *B, int64_t ldb, float beta, float *C,
+                     int64_t ldc) {
+    mha__clear(ctx);
+    mha_status st = check_args(ctx, "mha_sgemm", ta, tb, M, N, K, A, lda, B, ldb, C, ldc);
+    if (st != MHA_OK) return st;
     return mha__gemm(ctx, ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
+}
+
+mha_status mha_gemm(mha_ctx *ctx, int ta, int tb, int64_t M, int64_t N, int64_t K, float alpha,
+                    const void *A, int64_t lda, const void *B, int64_t ldb, mha_dtype dtype,
+                    float beta, float *C, int64_t ldc) {
+    static const char *const FN = "mha_gemm";
+    mha__clear(ctx);
+    if (dtype != MHA_DTYPE_F32 && dtype != MHA_DTYPE_BF16 && dtype != MHA_DTYPE_F16)
+        return mha__err(ctx, MHA_ERR_UNSUPPORTED,
+                        "%s: dtype: got %s, expected float32, bfloat16 or float16", FN,
+                        mha_dtype_name(dtype));
+    mha_status st = check_args(ctx, FN, ta, tb, M, N, K, A, lda, B, ldb, C, ldc);
+    if (st != MHA_OK) return st;
+    return mha__gemm_dt(ctx, NULL, ta, tb, M, N, K, alpha, A, lda, B, ldb, dtype, beta, NULL, C,
+                        ldc);
 }

@@ -32,4 +32,14 @@ mha_status mha__gemm_ex(mha_ctx *ctx, mha__gemm_ws *ws, int ta, int tb, int64_t 
                         int64_t K, float alpha, const float *A, int64_t lda, const float *B,
                         int64_t ldb, float beta, const float *bias, float *C, int64_t ldc);
 
+/* mha__gemm_ex on A and B of dtype dt (MHA_DTYPE_F32, BF16 or F16; C, bias, alpha and beta
+ * float32): products accumulated in float32. F32 is mha__gemm_ex itself (the same bits);
+ * bf16 / f16 are packed by the table's gemm_pack_h (converted exactly to float32) for its
+ * fp32 micro-kernel, or, bf16 on a table with gemm_bf16_ukr (AVX512_BF16), packed as pairs
+ * for it. Bitwise identical for any thread count, as mha__gemm_ex. */
+mha_status mha__gemm_dt(mha_ctx *ctx, mha__gemm_ws *ws, int ta, int tb, int64_t M, int64_t N,
+                        int64_t K, float alpha, const void *A, int64_t lda, const void *B,
+                        int64_t ldb, mha_dtype dt, float beta, const float *bias, float *C,
+                        int64_t ldc);
+
 #endif

@@ -33,7 +33,7 @@ static void detect(void) {
 #ifdef MHA_X86
     unsigned a, b, c, d;
     if (!__get_cpuid(1, &a, &b, &c, &d)) return;
-    int fma = (c >> 12) & 1, osxsave = (c >> 27) & 1, avx = (c >> 28) & 1;
+    int fma = (c >> 12) & 1, osxsave = (c >> 27) & 1, avx = (c >> 28) & 1, f16c = (c >> 29) & 1;
     uint64_t xcr0 = osxsave ? xgetbv0() : 0;
     int os_ymm = (xcr0 & 0x6) == 0x6;   /* SSE and AVX state */
     int os_zmm = (xcr0 & 0xe6) == 0xe6; /* + opmask, ZMM_Hi256, Hi16_ZMM */
@@ -44,16 +44,17 @@ static void detect(void) {
     if (avx) append("avx");
     if (avx2) append("avx2");
     if (fma) append("fma");
+    if (f16c) append("f16c");
     if (f) append("avx512f");
     if (dq) append("avx512dq");
     if (bw) append("avx512bw");
     if (vl) append("avx512vl");
-    unsigned a71 = 0, b71 = 0, c71 = 0, d71 = 0; /* leaf 7, subleaf 1: EAX bit 5 AVX512_BF16 */
+    unsigned a71 = 0, b71 = 0, c71 = 0, d71 = 0; /* leaf 7 subleaf 1 (a7: the highest subleaf) */
     if (a7 >= 1) __get_cpuid_count(7, 1, &a71, &b71, &c71, &d71);
-    const int bf16 = (a71 >> 5) & 1;
+    int bf16 = (a71 >> 5) & 1;
     if (bf16) append("avx512bf16");
     append(os_zmm ? "os:zmm" : os_ymm ? "os:ymm" : "os:xmm");
-    has_avx2 = avx && avx2 && fma && os_ymm;
+    has_avx2 = avx && avx2 && fma && f16c && os_ymm; /* (F16C: every AVX2 CPU has it) */
     has_avx512 = has_avx2 && f && dq && bw && vl && os_zmm;
     has_avx512bf16 = has_avx512 && bf16;
 #endif
@@ -71,7 +72,7 @@ int mha__cpu_supports(mha_isa isa) {
     return 0;
 }
 
-int mha__cpu_avx512bf16(void) {
+int mha__cpu_avx512_bf16(void) {
     pthread_once(&once, detect);
     return has_avx512bf16;
 }

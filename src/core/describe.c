@@ -25,6 +25,13 @@ mha_status mha_ctx_describe(const mha_ctx *ctx, char *buf, size_t n) {
     PUT("  gemm micro    %s: MR %d x NR %d; blocks KC %d, MC %d, NC %d\n", k->gemm_ukr_name,
         k->gemm_mr, k->gemm_nr, k->gemm_kc, k->gemm_mc, k->gemm_nc);
     PUT("  gemm packing  %s\n", k->gemm_pack_name);
+    if (k->gemm_bf16_ukr)
+        PUT("  gemm bf16     %s (vdpbf16ps): MR %d x NR %d; blocks KC %d,\n"
+            "                MC %d, NC %d; bf16 pairs packed by %s\n",
+            k->gemm_bf16_ukr_name, k->gemm_bf16_mr, k->gemm_bf16_nr, k->gemm_bf16_kc,
+            k->gemm_bf16_mc, k->gemm_bf16_nc, k->gemm_bf16_pack_name);
+    PUT("  gemm %-8s converted to float32 by %s for the gemm micro-kernel\n",
+        k->gemm_bf16_ukr ? "f16" : "bf16/f16", k->gemm_pack_h_name);
     PUT("  forward       attn_fwd (%s), fused, on %lld x %lld tiles (query rows x keys); keys\n"
         "                packed by attn_kpack (%s)\n",
         BY(attn_fwd), (long long)k->attn_fwd_br, (long long)k->attn_fwd_bc, BY(attn_kpack));

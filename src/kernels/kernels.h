@@ -30,6 +30,22 @@
  *     op(A) and r = NR for op(B)^T.
  *   gemm_kc, gemm_mc, gemm_nc: the driver's cache blocking for this kernel (mc a multiple of
  *     MR, nc of NR). KC is fixed per table so the summation order depends only on K.
+ *
+ *   bf16 / f16 operands (mha_gemm; the driver's loops are the same, the dtype enters here):
+ *   gemm_pack_h(X, dt, rs, cs, rows, k, r, dst): gemm_pack of a matrix of 2-byte elements
+ *     (dt MHA_DTYPE_BF16 or MHA_DTYPE_F16), each converted exactly to float32 (kernels/cvt.h):
+ *     the panels of gemm_pack, for gemm_ukr. Every table has one.
+ *   gemm_bf16_ukr, gemm_bf16_pack: a micro-kernel on bfloat16 pairs along k (AVX512_BF16's
+ *     vdpbf16ps), or NULL (the table then runs bf16 as gemm_pack_h + gemm_ukr). Its MR x NR
+ *     and blocking are gemm_bf16_mr .. gemm_bf16_nc (KC even: a pair never straddles blocks).
+ *   gemm_bf16_pack(X, rs, cs, rows, k, r, dst): X a rows x k bfloat16 matrix, X[i*rs + p*cs];
+ *     ceil(rows / r) panels of r x kp pairs, kp = ceil(k / 2), panel t at dst + t*r*kp,
+ *     dst[q*r + i] = X(t*r + i, 2q) | X(t*r + i, 2q + 1) << 16 (the 32-bit word vdpbf16ps
+ *     reads), the element past an odd k and the rows past `rows` zero.
+ *   gemm_bf16_ukr(kp, a, b, alpha, beta, c, ldc, m, n): as gemm_ukr on pair panels:
+ *     C[m,n] = alpha * sum_q (a_q,lo b_q,lo + a_q,hi b_q,hi) + beta * C, a[q*MR + i] and
+ *     b[q*NR + j] packed pairs (b 64-byte aligned), accumulated in float32 q = 0..kp-1 in
+ *     order, each pair as vdpbf16ps adds it; the same edge and beta rules as gemm_ukr.
  */
 #ifndef MHA_KERNELS_H
 #define MHA_KERNELS_H
@@ -321,6 +337,12 @@ typedef void mha__gemm_ukr_t(int64_t k, const float *a, const float *b, float al
                              float *c, int64_t ldc, int m, int n);
 typedef void mha__gemm_pack_t(const float *X, int64_t rs, int64_t cs, int64_t rows, int64_t k,
                               int r, float *dst);
+typedef void mha__gemm_pack_h_t(const uint16_t *X, mha_dtype dt, int64_t rs, int64_t cs,
+                                int64_t rows, int64_t k, int r, float *dst);
+typedef void mha__gemm_bf16_ukr_t(int64_t kp, const uint32_t *a, const uint32_t *b, float alpha,
+                                  float beta, float *c, int64_t ldc, int m, int n);
+typedef void mha__gemm_bf16_pack_t(const uint16_t *X, int64_t rs, int64_t cs, int64_t rows,
+                                   int64_t k, int r, uint32_t *dst);
 
 typedef mha__attn_scores_t *mha__attn_scores_fn;
 typedef mha__attn_softmax_t *mha__attn_softmax_fn;
@@ -336,6 +358,9 @@ typedef mha__attn_dropout_apply_t *mha__attn_dropout_apply_fn;
 typedef mha__sgemm_t *mha__sgemm_fn;
 typedef mha__gemm_ukr_t *mha__gemm_ukr_fn;
 typedef mha__gemm_pack_t *mha__gemm_pack_fn;
+typedef mha__gemm_pack_h_t *mha__gemm_pack_h_fn;
+typedef mha__gemm_bf16_ukr_t *mha__gemm_bf16_ukr_fn;
+typedef mha__gemm_bf16_pack_t *mha__gemm_bf16_pack_fn;
 
 typedef struct mha_kernels {
     const char *name; /* "generic", "avx2", "avx512" */
@@ -345,6 +370,15 @@ typedef struct mha_kernels {
     const char *gemm_ukr_name; /* e.g. "mha__gemm_avx512_f32_14x32" */
     mha__gemm_pack_fn gemm_pack;
     const char *gemm_pack_name;
+    /* bf16 / f16 operands (contract above): converted to float32 panels, and the optional
+     * bf16 pair micro-kernel (NULL: none) with its own blocking */
+    mha__gemm_pack_h_fn gemm_pack_h;
+    const char *gemm_pack_h_name;
+    int gemm_bf16_mr, gemm_bf16_nr, gemm_bf16_kc, gemm_bf16_mc, gemm_bf16_nc;
+    mha__gemm_bf16_ukr_fn gemm_bf16_ukr;
+    const char *gemm_bf16_ukr_name; /* e.g. "mha__gemm_avx512bf16_bf16_14x32" */
+    mha__gemm_bf16_pack_fn gemm_bf16_pack;
+    const char *gemm_bf16_pack_name;
     /* attention tile kernels (contract above) and their tile sizes: the backward's, and the
      * optional weights' recompute */
     int64_t attn_br, attn_bc;
@@ -392,7 +426,8 @@ void mha__kernels_init_avx2(mha_kernels *k);
 void mha__kernels_init_avx512(mha_kernels *k);
 #endif
 #ifdef MHA_HAVE_AVX512BF16
-/* Adds the AVX512_BF16 kernels to the AVX-512 table (only on CPUs that have them). */
+/* Adds the AVX512_BF16 kernels (the attention's and the gemm's bf16 pair micro-kernel) to an
+ * AVX-512 table (only when the CPU has AVX512_BF16). */
 void mha__kernels_init_avx512bf16(mha_kernels *k);
 mha__attn_kpack_bf16_t mha__attn_kpack_bf16_avx512bf16;
 mha__attn_vpack_bf16_t mha__attn_vpack_bf16_avx512bf16;
@@ -429,16 +464,23 @@ mha__attn_softmax_t mha__attn_softmax_generic; /* the online-softmax step of att
 mha__sgemm_t mha__sgemm_generic_f32;
 mha__gemm_ukr_t mha__gemm_generic_f32_4x16;  /* the reference micro-kernel, MR x NR = 4 x 16 */
 mha__gemm_pack_t mha__gemm_pack_generic_f32; /* any r */
+mha__gemm_pack_h_t mha__gemm_pack_generic_h; /* bf16 / f16 -> float32 panels, any r */
 #ifdef MHA_HAVE_AVX2
 MHA__ATTN_DECLARE(avx2)
 MHA__ATTN_DECODE_DECLARE(avx2)
 mha__gemm_ukr_t mha__gemm_avx2_f32_6x16;
+mha__gemm_pack_h_t mha__gemm_pack_avx2_h;
 #endif
 #ifdef MHA_HAVE_AVX512
 MHA__ATTN_DECLARE(avx512)
 MHA__ATTN_DECODE_DECLARE(avx512)
 mha__gemm_ukr_t mha__gemm_avx512_f32_14x32;
 mha__gemm_pack_t mha__gemm_pack_avx512_f32;
+mha__gemm_pack_h_t mha__gemm_pack_avx512_h;
+#endif
+#ifdef MHA_HAVE_AVX512BF16
+mha__gemm_bf16_ukr_t mha__gemm_avx512bf16_bf16_14x32;
+mha__gemm_bf16_pack_t mha__gemm_pack_avx512bf16_bf16;
 #endif
 
 #endif

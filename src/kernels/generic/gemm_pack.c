@@ -3,20 +3,40 @@
  * X is a rows x k matrix with element (i, p) at X[i*rs + p*cs]; it becomes ceil(rows / r)
  * micro-panels of r x k, panel t at dst + t*r*k holding dst[p*r + i] = X[(t*r + i)*rs + p*cs],
  * zero past `rows`. Two layouts matter: rs == 1 (each p is a contiguous run of r values:
- * a copy) and cs == 1 (each i is a contiguous run of k values: a transpose). */
+ * a copy) and cs == 1 (each i is a contiguous run of k values: a transpose). The elements are
+ * float32, or bfloat16 / half converted exactly to float32 on the way (gemm_pack_h): one loop
+ * for every dtype, specialized per dtype by the compiler. */
+#include "../cvt.h"
 #include "../kernels.h"
 
 #include <string.h>
 
-void mha__gemm_pack_generic_f32(const float *X, int64_t rs, int64_t cs, int64_t rows, int64_t k,
-                                int r, float *dst) {
+/* always inlined: each dtype's caller gets its own loop (no per-element dtype test) */
+#if defined(__GNUC__)
+#define INL static inline __attribute__((always_inline))
+#else
+#define INL static inline
+#endif
+
+/* Element e of X as float32. */
+INL float elem(const void *X, mha_dtype dt, int64_t e) {
+    if (dt == MHA_DTYPE_F32) return ((const float *)X)[e];
+    uint16_t h = ((const uint16_t *)X)[e];
+    return dt == MHA_DTYPE_BF16 ? mha__bf16_to_f32(h) : mha__f16_to_f32(h);
+}
+
+INL void pack(const void *X, mha_dtype dt, int64_t rs, int64_t cs, int64_t rows, int64_t k, int r,
+              float *dst) {
     for (int64_t i0 = 0; i0 < rows; i0 += r) {
         int rr = rows - i0 < r ? (int)(rows - i0) : r;
-        const float *x = X + i0 * rs;
+        int64_t x = i0 * rs;     /* element (i0, 0) */
         float *d = dst + i0 * k; /* (i0 / r) * r * k */
         if (rs == 1) {
             for (int64_t p = 0; p < k; p++) {
-                memcpy(d + p * r, x + p * cs, sizeof(float) * (size_t)rr);
+                if (dt == MHA_DTYPE_F32)
+                    memcpy(d + p * r, (const float *)X + x + p * cs, sizeof(float) * (size_t)rr);
+                else
+                    for (int i = 0; i < rr; i++) d[p * r + i] = elem(X, dt, x + p * cs + i);
                 for (int i = rr; i < r; i++) d[p * r + i] = 0.0f;
             }
         } else if (cs == 1) {
@@ -24,15 +44,27 @@ void mha__gemm_pack_generic_f32(const float *X, int64_t rs, int64_t cs, int64_t 
             for (int64_t p0 = 0; p0 < k; p0 += 8) {
                 int pb = k - p0 < 8 ? (int)(k - p0) : 8;
                 for (int i = 0; i < rr; i++) {
-                    const float *xi = x + i * rs + p0;
-                    for (int p = 0; p < pb; p++) d[(p0 + p) * r + i] = xi[p];
+                    int64_t xi = x + i * rs + p0;
+                    for (int p = 0; p < pb; p++) d[(p0 + p) * r + i] = elem(X, dt, xi + p);
                 }
                 for (int i = rr; i < r; i++)
                     for (int p = 0; p < pb; p++) d[(p0 + p) * r + i] = 0.0f;
             }
         } else {
             for (int64_t p = 0; p < k; p++)
-                for (int i = 0; i < r; i++) d[p * r + i] = i < rr ? x[i * rs + p * cs] : 0.0f;
+                for (int i = 0; i < r; i++)
+                    d[p * r + i] = i < rr ? elem(X, dt, x + i * rs + p * cs) : 0.0f;
         }
     }
+}
+
+void mha__gemm_pack_generic_f32(const float *X, int64_t rs, int64_t cs, int64_t rows, int64_t k,
+                                int r, float *dst) {
+    pack(X, MHA_DTYPE_F32, rs, cs, rows, k, r, dst);
+}
+
+void mha__gemm_pack_generic_h(const uint16_t *X, mha_dtype dt, int64_t rs, int64_t cs, int64_t rows,
+                              int64_t k, int r, float *dst) {
+    if (dt == MHA_DTYPE_BF16) pack(X, MHA_DTYPE_BF16, rs, cs, rows, k, r, dst);
+    else pack(X, MHA_DTYPE_F16, rs, cs, rows, k, r, dst);
 }

@@ -9,6 +9,11 @@ void mha__kernels_init_generic(mha_kernels *k) {
     k->gemm_ukr_name = "mha__gemm_generic_f32_4x16";
     k->gemm_pack = mha__gemm_pack_generic_f32;
     k->gemm_pack_name = "mha__gemm_pack_generic_f32";
+    /* bf16 / f16: converted to float32 panels for the same micro-kernel; no pair kernel */
+    k->gemm_pack_h = mha__gemm_pack_generic_h;
+    k->gemm_pack_h_name = "mha__gemm_pack_generic_h";
+    k->gemm_bf16_ukr = NULL;
+    k->gemm_bf16_pack = NULL;
     /* attention tiles: 16 query rows x 32 keys (small, so tests cross many tile edges) */
     k->attn_br = 16, k->attn_bc = 32;
     k->attn_scores = mha__attn_scores_generic;

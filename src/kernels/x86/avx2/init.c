@@ -9,6 +9,8 @@ void mha__kernels_init_avx2(mha_kernels *k) {
     k->gemm_mr = 6, k->gemm_nr = 16, k->gemm_kc = 256, k->gemm_mc = 144, k->gemm_nc = 4096;
     k->gemm_ukr = mha__gemm_avx2_f32_6x16;
     k->gemm_ukr_name = "mha__gemm_avx2_f32_6x16";
+    k->gemm_pack_h = mha__gemm_pack_avx2_h; /* f16 by F16C's vcvtph2ps, bf16 by a shift */
+    k->gemm_pack_h_name = "mha__gemm_pack_avx2_h";
     /* attention tiles: 64 x 64 (score tile 16 KiB; the 16-key packed panel is 8 KiB) */
     k->attn_br = 64, k->attn_bc = 64;
     k->attn_scores = mha__attn_scores_avx2;

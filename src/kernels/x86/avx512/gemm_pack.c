@@ -1,47 +1,28 @@
-/* gemm_pack.c - AVX-512 packing for the gemm micro-kernels (contract in kernels.h).
- *
- * Same result as mha__gemm_pack_generic_f32, faster for the two layouts the projections use:
- *   cs == 1 (rows of X contiguous along k, e.g. x·W^T's W and a row-major A): 16 x 16 blocks
- *     are loaded as rows, transposed in registers and stored as columns;
- *   rs == 1 (each p a contiguous run of r values): masked vector copies.
- * Other layouts (and r > 32) fall back to the generic packing. */
+/* gemm_pack.c - AVX-512 packing for the gemm micro-kernels (contract in kernels.h): the loop
+ * of ../gemm_pack_skel.h on 16 x 16 blocks. Same result as mha__gemm_pack_generic_f32 / _h;
+ * layouts other than cs == 1 or rs == 1 fall back to them. The elements are float32, or
+ * bfloat16 / half widened exactly to float32 as they are loaded (gemm_pack_h: a shift, or
+ * vcvtph2ps). */
 #include "simd.h" /* vf_transpose, mask_tail */
+
+INL vf pack_load(const void *X, mha_dtype dt, int64_t e, int64_t n) {
+    if (dt == MHA_DTYPE_F32) return _mm512_maskz_loadu_ps(mask_tail(n), (const float *)X + e);
+    __m256i h = _mm256_maskz_loadu_epi16(mask_tail(n), (const uint16_t *)X + e);
+    if (dt == MHA_DTYPE_F16) return _mm512_cvtph_ps(h);
+    return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
+}
+
+#include "../gemm_pack_skel.h"
 
 void mha__gemm_pack_avx512_f32(const float *X, int64_t rs, int64_t cs, int64_t rows, int64_t k,
                                int r, float *dst) {
-    if (r > 32 || (cs != 1 && rs != 1)) {
-        mha__gemm_pack_generic_f32(X, rs, cs, rows, k, r, dst);
-        return;
-    }
-    for (int64_t i0 = 0; i0 < rows; i0 += r) {
-        int64_t rr = rows - i0 < r ? rows - i0 : r;
-        const float *x = X + i0 * rs;
-        float *d = dst + i0 * k;
-        if (cs == 1 && rs != 1) {
-            for (int s0 = 0; s0 < r; s0 += 16) { /* 16 rows of the panel at a time */
-                int64_t nrow = rr - s0;
-                __mmask16 wmask = mask_tail(r - s0);
-                for (int64_t p0 = 0; p0 < k; p0 += 16) {
-                    int64_t pb = k - p0 < 16 ? k - p0 : 16;
-                    __mmask16 pmask = mask_tail(pb);
-                    __m512 v[16];
-                    for (int i = 0; i < 16; i++)
-                        v[i] = i < nrow ? _mm512_maskz_loadu_ps(pmask, x + (s0 + i) * rs + p0)
-                                        : _mm512_setzero_ps();
-                    vf_transpose(v);
-                    for (int p = 0; p < pb; p++)
-                        _mm512_mask_storeu_ps(d + (p0 + p) * r + s0, wmask, v[p]);
-                }
-            }
-        } else { /* rs == 1: a run of rr values per p, zero up to r */
-            __mmask16 l0 = mask_tail(rr), l1 = mask_tail(rr - 16);
-            __mmask16 w0 = mask_tail(r), w1 = mask_tail(r - 16);
-            for (int64_t p = 0; p < k; p++) {
-                const float *xp = x + p * cs;
-                _mm512_mask_storeu_ps(d + p * r, w0, _mm512_maskz_loadu_ps(l0, xp));
-                if (r > 16)
-                    _mm512_mask_storeu_ps(d + p * r + 16, w1, _mm512_maskz_loadu_ps(l1, xp + 16));
-            }
-        }
-    }
+    if (cs != 1 && rs != 1) mha__gemm_pack_generic_f32(X, rs, cs, rows, k, r, dst);
+    else pack_skel(X, MHA_DTYPE_F32, rs, cs, rows, k, r, dst);
+}
+
+void mha__gemm_pack_avx512_h(const uint16_t *X, mha_dtype dt, int64_t rs, int64_t cs, int64_t rows,
+                             int64_t k, int r, float *dst) {
+    if (cs != 1 && rs != 1) mha__gemm_pack_generic_h(X, dt, rs, cs, rows, k, r, dst);
+    else if (dt == MHA_DTYPE_BF16) pack_skel(X, MHA_DTYPE_BF16, rs, cs, rows, k, r, dst);
+    else pack_skel(X, MHA_DTYPE_F16, rs, cs, rows, k, r, dst);
 }

@@ -31,4 +31,6 @@ void mha__kernels_init_avx512(mha_kernels *k) {
     k->attn_decode = mha__attn_decode_avx512; /* chunks of keys read in place, 64-key blocks */
     k->gemm_pack = mha__gemm_pack_avx512_f32;
     k->gemm_pack_name = "mha__gemm_pack_avx512_f32";
+    k->gemm_pack_h = mha__gemm_pack_avx512_h; /* bf16 by a shift, f16 by vcvtph2ps */
+    k->gemm_pack_h_name = "mha__gemm_pack_avx512_h";
 }

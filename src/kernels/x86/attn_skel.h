@@ -657,6 +657,13 @@ void KERNEL(fwd_drop)(int64_t br, int64_t bc, int64_t n, int64_t nv, float scale
 /* kernels.h: attn_kpack_bf16 (panels of PW keys, pairs of the head dim) */
 void KERNEL(kpack_bf16)(int64_t bc, int64_t n, const uint16_t *B, int64_t ldb, uint16_t *Kp) {
     const int64_t np = (n + 1) / 2 * 2, ncols = (bc + VL - 1) / VL * VL;
+    if (n % 2 == 0 && ldb % 2 == 0 && (uintptr_t)B % 4 == 0) {
+        /* the pairs as 32-bit words: the float panels' transpose (pack_bt moves bits only) */
+        for (int64_t c0 = 0; c0 < bc; c0 += PW)
+            pack_bt((const float *)(const void *)(B + c0 * ldb), ldb / 2,
+                    bc - c0 < PW ? bc - c0 : PW, n / 2, (float *)(void *)(Kp + c0 * np));
+        return;
+    }
     for (int64_t c0 = 0; c0 < ncols; c0 += PW) {
         uint16_t *panel = Kp + c0 * np;
         const int64_t w = ncols - c0 < PW ? ncols - c0 : PW;
@@ -671,12 +678,13 @@ void KERNEL(kpack_bf16)(int64_t bc, int64_t n, const uint16_t *B, int64_t ldb, u
 
 /* kernels.h: attn_vpack_bf16 (pairs of keys) */
 void KERNEL(vpack_bf16)(int64_t bc, int64_t nv, const uint16_t *V, int64_t ldv, uint16_t *Vp) {
-    for (int64_t q = 0; q < (bc + 1) / 2; q++)
-        for (int e = 0; e < 2; e++) {
-            const int64_t key = 2 * q + e;
-            for (int64_t x = 0; x < nv; x++)
-                Vp[(q * nv + x) * 2 + e] = key < bc ? V[key * ldv + x] : 0;
+    for (int64_t q = 0; q < (bc + 1) / 2; q++) {
+        const uint16_t *a = V + 2 * q * ldv, *b = 2 * q + 1 < bc ? a + ldv : NULL;
+        for (int64_t x = 0; x < nv; x += VL) {
+            const vmask k = mask_tail(nv - x);
+            vb_mstore(Vp + (q * nv + x) * 2, k, vb_pair_rows(a + x, b ? b + x : NULL, k));
         }
+    }
 }
 
 void KERNEL(fwd_bf16)(int64_t br, int64_t bc, int64_t n, int64_t nv, float scale, const uint16_t *A,

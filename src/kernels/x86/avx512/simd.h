@@ -200,6 +200,14 @@ INL vf vf_dot2(vf acc, vb a, vb b) { return _mm512_dpbf16_ps(acc, (__m512bh)a, (
  * which flushes float32 subnormals to 0) */
 INL vb vb_round2(vf lo, vf hi) { return (__m512i)_mm512_cvtne2ps_pbh(hi, lo); }
 INL void vb_store(uint16_t *p, vb v) { _mm512_storeu_si512(p, v); }
+/* lane k = the pair (a[k], b[k]) of 16-bit elements, for the lanes of k (others 0; b NULL:
+ * 0) */
+INL vb vb_pair_rows(const uint16_t *a, const uint16_t *b, vmask k) {
+    __m512i lo = _mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(k, a));
+    if (!b) return lo;
+    __m512i hi = _mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(k, b));
+    return _mm512_or_si512(lo, _mm512_slli_epi32(hi, 16));
+}
 /* lane k = the pair (a_k, b_k), each rounded to bf16 as vb_round2 does */
 INL vb vb_zip2(vf a, vf b) {
     static const uint16_t idx[32] __attribute__((aligned(64))) = {

@@ -61,7 +61,7 @@ static double from_bits(mha_dtype dt, uint16_t h) {
         return f;
     }
     const int e = (h >> 10) & 31, f = h & 1023;
-    double v = e ? ldexp(1 + f / 1024.0, e - 15) : ldexp(f, -24);
+    double v = e == 31 ? (f ? NAN : INFINITY) : e ? ldexp(1 + f / 1024.0, e - 15) : ldexp(f, -24);
     return h & 0x8000 ? -v : v;
 }
 
@@ -532,6 +532,70 @@ TEST(float32_only_calls_refuse_bf16) {
     mha_ctx_free(ctx);
 }
 
+/* mha_tensor_convert: every pair of dtypes, strided views, exact up and rounded down (checked
+ * against this file's own rounding in double), NaN and infinities, and bad arguments. */
+TEST(tensor_convert) {
+    mha_ctx *ctx;
+    mha_ctx_create(&ctx);
+    const mha_dtype dts[3] = {MHA_DTYPE_F32, MHA_DTYPE_BF16, MHA_DTYPE_F16};
+    float src[3 * 7], back[3 * 7];
+    for (int i = 0; i < 21; i++) src[i] = frand() * (i % 3 == 0 ? 70000.0f : 3.0f);
+    src[4] = NAN, src[5] = INFINITY, src[6] = -0.0f, src[7] = 1e-6f;
+    int64_t sh[2] = {3, 5}, st[2] = {7, 1}; /* 3 rows of 5 in rows of 7 */
+    for (int a = 0; a < 3; a++) {
+        uint16_t mid[3 * 7];
+        memset(mid, 0xab, sizeof mid);
+        mha_tensor s = mha_tensor_strided(src, 2, sh, st);
+        mha_tensor d = mha_tensor_typed(a ? (void *)mid : (void *)back, dts[a], 2, sh, st);
+        ASSERT_OK(ctx, mha_tensor_convert(ctx, &s, &d));
+        for (int r = 0; r < 3; r++)
+            for (int c = 0; c < 7; c++) {
+                const int i = r * 7 + c;
+                if (!a || c >= 5) continue;
+                ASSERT_EQ(mid[i] == 0xabab, c >= 5); /* the gaps untouched */
+                const double x = src[i], got = from_bits(dts[a], mid[i]);
+                const double want = dts[a] == MHA_DTYPE_F16 && fabs(x) >= 65520
+                                        ? copysign(INFINITY, x)
+                                        : round_to(dts[a], x);
+                if (isnan(x) ? !isnan(got) : got != want)
+                    FAILF("%s: %.9g -> %.9g, want %.9g\n", mha_dtype_name(dts[a]), x, got, want);
+            }
+        if (!a) continue;
+        mha_tensor b = mha_tensor_strided(back, 2, sh, st); /* and back up: exact */
+        ASSERT_OK(ctx, mha_tensor_convert(ctx, &d, &b));
+        for (int r = 0; r < 3; r++)
+            for (int c = 0; c < 5; c++) {
+                const double got = back[r * 7 + c], want = from_bits(dts[a], mid[r * 7 + c]);
+                ASSERT_TRUE(isnan(want) ? isnan(got) : got == want);
+            }
+    }
+    /* bad arguments, dst untouched */
+    uint16_t out[15];
+    memset(out, 0x11, sizeof out);
+    int64_t sh2[2] = {3, 4};
+    mha_tensor s = mha_tensor_strided(src, 2, sh, st),
+               d = mha_tensor_typed(out, MHA_DTYPE_BF16, 2, sh2, NULL);
+    ASSERT_EQ(mha_tensor_convert(ctx, &s, &d), MHA_ERR_SHAPE);
+    ASSERT_STR_CONTAINS(mha_ctx_errmsg(ctx), "mha_tensor_convert: dst.shape[1]: got 4, expected 5");
+    d = mha_tensor_typed(out, MHA_DTYPE_BF16, 2, sh, NULL);
+    d.dtype = MHA_DTYPE_I32;
+    ASSERT_EQ(mha_tensor_convert(ctx, &s, &d), MHA_ERR_UNSUPPORTED);
+    ASSERT_STR_CONTAINS(mha_ctx_errmsg(ctx),
+                        "dst.dtype: got int32, expected float32, bfloat16 or float16");
+    ASSERT_EQ(mha_tensor_convert(ctx, NULL, &d), MHA_ERR_INVALID_ARG);
+    ASSERT_STR_CONTAINS(mha_ctx_errmsg(ctx), "src: got NULL");
+    mha_tensor o = mha_tensor_typed((uint16_t *)src + 2, MHA_DTYPE_BF16, 2, sh, st);
+    ASSERT_EQ(mha_tensor_convert(ctx, &s, &o), MHA_ERR_INVALID_ARG);
+    ASSERT_STR_CONTAINS(mha_ctx_errmsg(ctx), "dst overlaps src");
+    d = mha_tensor_typed(out, MHA_DTYPE_BF16, 2, sh, NULL);
+    mha__fault_after(0); /* its row buffer */
+    ASSERT_EQ(mha_tensor_convert(ctx, &s, &d), MHA_ERR_NOMEM);
+    mha__fault_after(-1);
+    ASSERT_STR_CONTAINS(mha_ctx_errmsg(ctx), "mha_tensor_convert: out of memory");
+    for (int i = 0; i < 15; i++) ASSERT_EQ(out[i], 0x1111);
+    mha_ctx_free(ctx);
+}
+
 int main(void) {
     RUN(forward_backward_vs_float64);
     RUN(bf16_options_vs_float32);
@@ -539,5 +603,6 @@ int main(void) {
     RUN(bad_dtypes);
     RUN(allocation_failure_writes_nothing);
     RUN(float32_only_calls_refuse_bf16);
+    RUN(tensor_convert);
     return harness_report();
 }

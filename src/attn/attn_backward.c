@@ -257,6 +257,25 @@ static void bwd_drow(const bwd_call *c, const bwd_ws *ws, int64_t task) {
     }
 }
 
+/* With dropout, the tile's W = P * keep / (1-p) (into w->W) and dP *= keep / (1-p); returns W
+ * (P itself without dropout). Keys past the last row's end are excluded for every row: P = 0
+ * there, so W = 0 and dS = 0 whatever their keep decision. */
+static const float *bwd_dropout(const bwd_call *c, const bwd_task *t, const bwd_tiles *w,
+                                const mha__attn_tile_mask *mk, int64_t i0, int64_t j0, int64_t br,
+                                int64_t bc) {
+    const mha_kernels *kern = c->kern;
+    const int64_t BC = c->BC;
+    if (c->pr.dropout_p == 0) return w->P;
+    const float ks = c->pr.keep_scale;
+    int64_t bcw = mha__attn_tile_row_end(mk, br - 1, bc);
+    kern->attn_dropout(br, bcw, &t->dr, i0, j0, w->keep, BC);
+    kern->attn_dropout_apply(br, bcw, w->keep, BC, ks, w->P, BC, w->W, BC);
+    kern->attn_dropout_apply(br, bcw, w->keep, BC, ks, w->dP, BC, w->dP, BC);
+    for (int64_t r = 0; r < br && bcw < bc; r++)
+        for (int64_t x = bcw; x < bc; x++) w->W[r * BC + x] = 0.0f, w->dP[r * BC + x] = 0.0f;
+    return w->W;
+}
+
 /* The five products of the tile pair (query tile qt, key tile kt) of a pass-1 task:
  *   P = exp((scale q) k^T + mask - lse)   (attn_scores on the scaled tile, attn_probs)
  *   dP = dout v^T;  with dropout W = P * keep / (1-p), dP = dP * keep / (1-p)
@@ -283,19 +302,7 @@ static void bwd_pair(const bwd_call *c, const bwd_task *t, const bwd_tiles *w, i
     float *G = pr->softcap > 0 ? w->G : NULL; /* the softcap's derivative */
     kern->attn_probs(br, bc, P, BC, &mk, w->lt, G);
     kern->attn_scores(br, bc, Dv, 1.0f, gtile, ldg, vt, c->v->stride[2], dP, BC);
-    const float *W = P; /* dv += W^T dout */
-    if (pr->dropout_p > 0) {
-        /* keys past the last row's end are excluded for every row: P = 0 there, so W = 0 and
-         * dS = 0 whatever their keep decision */
-        const float ks = pr->keep_scale;
-        int64_t bcw = mha__attn_tile_row_end(&mk, br - 1, bc);
-        kern->attn_dropout(br, bcw, &t->dr, i0, j0, w->keep, BC);
-        kern->attn_dropout_apply(br, bcw, w->keep, BC, ks, P, BC, w->W, BC);
-        kern->attn_dropout_apply(br, bcw, w->keep, BC, ks, dP, BC, dP, BC);
-        for (int64_t r = 0; r < br && bcw < bc; r++)
-            for (int64_t x = bcw; x < bc; x++) w->W[r * BC + x] = 0.0f, dP[r * BC + x] = 0.0f;
-        W = w->W;
-    }
+    const float *W = bwd_dropout(c, t, w, &mk, i0, j0, br, bc); /* dv += W^T dout */
     kern->attn_ptv(br, bc, Dv, W, BC, gtile, ldg, mha__attn_row(c->dv, b, h, j0), c->dv->stride[2]);
     /* dS = scale * P * (dP - Drow), in place over dP */
     kern->attn_dsoftmax(br, bc, P, BC, dP, BC, t->drow + i0, pr->scale, G);
@@ -321,17 +328,7 @@ static void bwd_pair_bf16(const bwd_call *c, const bwd_task *t, const bwd_tiles 
     kern->attn_scores_bf16(br, bc, D, pr->scale, w->qa + i0 * c->np, c->np, w->kp, P, BC);
     kern->attn_probs(br, bc, P, BC, &mk, w->lt, G);
     kern->attn_scores_bf16(br, bc, Dv, 1.0f, w->ga + i0 * c->nvp, c->nvp, w->vp, dP, BC);
-    const float *W = P;
-    if (pr->dropout_p > 0) { /* as bwd_pair */
-        const float ks = pr->keep_scale;
-        int64_t bcw = mha__attn_tile_row_end(&mk, br - 1, bc);
-        kern->attn_dropout(br, bcw, &t->dr, i0, j0, w->keep, BC);
-        kern->attn_dropout_apply(br, bcw, w->keep, BC, ks, P, BC, w->W, BC);
-        kern->attn_dropout_apply(br, bcw, w->keep, BC, ks, dP, BC, dP, BC);
-        for (int64_t r = 0; r < br && bcw < bc; r++)
-            for (int64_t x = bcw; x < bc; x++) w->W[r * BC + x] = 0.0f, dP[r * BC + x] = 0.0f;
-        W = w->W;
-    }
+    const float *W = bwd_dropout(c, t, w, &mk, i0, j0, br, bc);
     /* dv += W^T dout (pairs of query rows: i0 is even) */
     kern->attn_tpairs_bf16(br, bc, W, BC, w->T, BC);
     kern->attn_ptv_bf16(br, bc, Dv, w->T, BC, w->g2 + i0 * Dv, mha__attn_row(c->dv, b, h, j0),

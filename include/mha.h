@@ -389,8 +389,9 @@ MHA_API mha_attn_params mha_attn_params_default(void);
  * (nearest even), so the error is the output's rounding plus float32 accumulation; except that
  * bf16 on a CPU with AVX512_BF16 runs vdpbf16ps kernels (mha info), which also round the
  * probabilities to bf16 as operands of the product with v (as FlashAttention does). Elsewhere
- * (and f16) the float32 kernels run on float32 copies (extra memory: q, k, v and out in
- * float32, linear in L and S). Another dtype or a mismatch: MHA_ERR_UNSUPPORTED naming it. */
+ * (and f16, and a bf16 call asking for the weights) the float32 kernels run on float32 copies
+ * (extra memory: q, k, v and out in float32, linear in L and S). Another dtype or a mismatch:
+ * MHA_ERR_UNSUPPORTED naming the tensor. */
 MHA_API mha_status mha_attn_forward(mha_ctx *ctx, const mha_attn_params *p, const mha_tensor *q,
                                     const mha_tensor *k, const mha_tensor *v, const mha_mask *mask,
                                     mha_tensor *out, mha_tensor *lse, mha_tensor *weights);
@@ -434,7 +435,9 @@ MHA_API mha_status mha_attn_backward(mha_ctx *ctx, const mha_attn_params *p, con
  * expected <= 8 (total tokens q.shape[0])") nothing is written. Aliasing as in
  * mha_attn_forward. Long sequences run one after another, each on every thread; short ones
  * (below 2^24 multiply-adds) side by side, one thread each (the same results: the core's do not
- * depend on its thread count); the dense core's workspace for one sequence per thread. */
+ * depend on its thread count); the dense core's workspace for one sequence per thread.
+ * Dtypes as mha_attn_forward's: q, k, v, out (dout, dq, dk, dv) all float32, bfloat16 or
+ * float16, lse float32. */
 MHA_API mha_status mha_attn_varlen_forward(mha_ctx *ctx, const mha_attn_params *p,
                                            const mha_tensor *q, const mha_tensor *k,
                                            const mha_tensor *v, const int32_t *cu_seqlens_q,

@@ -693,6 +693,94 @@ out:
     mha_ctx_free(ctx);
 }
 
+/* bfloat16 and float16 packed batches: each sequence's out, lse, dq, dk and dv bitwise those of
+ * the dense core on a [1, H, L_s, D] view of the same packed memory (the dense core's bf16 and
+ * f16 are checked against float64 in test_attn_dtype), on every ISA; a mismatched dtype is
+ * refused naming the tensor. */
+TEST(varlen_bf16_f16_equal_dense_per_sequence) {
+    enum {
+        NS = 3,
+        H = 4,
+        HKV = 2,
+        D = 16
+    };
+    const int32_t cq[NS + 1] = {0, 5, 5, 23}, ck[NS + 1] = {0, 9, 12, 31};
+    const int64_t Tq = cq[NS], Tk = ck[NS];
+    mha_ctx *ctx;
+    mha_ctx_create(&ctx);
+    for (int d = 0; d < 2; d++) {
+        const mha_dtype dt = d ? MHA_DTYPE_F16 : MHA_DTYPE_BF16;
+        uint16_t *buf[8];
+        int64_t T[8] = {Tq, Tk, Tk, Tq, Tq, Tq, Tk, Tk}, Hs[8] = {H, HKV, HKV, H, H, H, HKV, HKV};
+        mha_tensor t[8]; /* q k v out dout dq dk dv, packed [T, heads, D] */
+        for (int i = 0; i < 8; i++) {
+            buf[i] = malloc(sizeof(uint16_t) * (size_t)(2 * T[i] * Hs[i] * D));
+            int64_t sh[3] = {T[i], Hs[i], D};
+            for (int64_t e = 0; e < T[i] * Hs[i] * D; e++) /* small values, exact in both */
+                buf[i][e] = i < 5 ? (dt == MHA_DTYPE_BF16 ? 0x3c00 : 0x2400) +
+                                        (uint16_t)(frand() * 200 + 200)
+                                  : 0;
+            t[i] = mha_tensor_typed(buf[i], dt, 3, sh, NULL);
+        }
+        float lse[H * 23], lse1[H * 23];
+        int64_t ls[2] = {H, Tq};
+        mha_tensor tl = mha_tensor_make(lse, 2, ls);
+        mha_mask m = mha_mask_default();
+        m.causal = MHA_CAUSAL_BOTTOM_RIGHT;
+        FOR_EACH_ISA(ctx) {
+            ASSERT_OK(ctx, mha_attn_varlen_forward(ctx, NULL, &t[0], &t[1], &t[2], cq, ck, NS, &m,
+                                                   &t[3], &tl));
+            ASSERT_OK(ctx, mha_attn_varlen_backward(ctx, NULL, &t[0], &t[1], &t[2], cq, ck, NS, &m,
+                                                    &t[3], &tl, &t[4], &t[5], &t[6], &t[7]));
+            for (int s = 0; s < NS; s++) {
+                const int64_t L = cq[s + 1] - cq[s], S = ck[s + 1] - ck[s];
+                if (L == 0) continue;
+                mha_tensor v[8]; /* the sequence's [1, heads, len, D] views, into copies of the
+                                  * outputs (so the comparison is with fresh results) */
+                uint16_t *o[8] = {0};
+                for (int i = 0; i < 8; i++) {
+                    const int64_t r0 = i == 0 || i == 3 || i == 4 || i == 5 ? cq[s] : ck[s];
+                    const int64_t n = r0 == cq[s] && (i == 0 || i >= 3) && i <= 5 ? L : S;
+                    int64_t sh[4] = {1, Hs[i], n, D}, st[4] = {0, D, Hs[i] * D, 1};
+                    uint16_t *base = buf[i] + r0 * Hs[i] * D;
+                    if (i >= 3 && i != 4) { /* outputs: a copy of the packed rows' layout */
+                        o[i] = calloc((size_t)(T[i] * Hs[i] * D), sizeof(uint16_t));
+                        base = o[i];
+                    }
+                    v[i] = mha_tensor_typed(base, dt, 4, sh, st);
+                }
+                int64_t l1[3] = {1, H, L}, l1s[3] = {0, L, 1};
+                mha_tensor t1 = mha_tensor_strided(lse1, 3, l1, l1s);
+                ASSERT_OK(ctx,
+                          mha_attn_forward(ctx, NULL, &v[0], &v[1], &v[2], &m, &v[3], &t1, NULL));
+                mha_tensor vo = v[3]; /* the backward reads the packed call's out */
+                vo.ptr = buf[3] + cq[s] * H * D;
+                ASSERT_OK(ctx, mha_attn_backward(ctx, NULL, &v[0], &v[1], &v[2], &m, &vo, &t1,
+                                                 &v[4], &v[5], &v[6], &v[7]));
+                for (int i = 3; i < 8; i++) {
+                    if (i == 4) continue;
+                    const int64_t r0 = i <= 5 ? cq[s] : ck[s], n = i <= 5 ? L : S;
+                    ASSERT_EQ(memcmp(o[i], buf[i] + r0 * Hs[i] * D,
+                                     sizeof(uint16_t) * (size_t)(n * Hs[i] * D)),
+                              0);
+                    free(o[i]);
+                }
+                for (int h = 0; h < H; h++)
+                    ASSERT_EQ(memcmp(lse1 + h * L, lse + h * Tq + cq[s], sizeof(float) * (size_t)L),
+                              0);
+            }
+        }
+        mha_tensor bad = t[1];
+        bad.dtype = d ? MHA_DTYPE_BF16 : MHA_DTYPE_F16;
+        ASSERT_EQ(
+            mha_attn_varlen_forward(ctx, NULL, &t[0], &bad, &t[2], cq, ck, NS, &m, &t[3], &tl),
+            MHA_ERR_UNSUPPORTED);
+        ASSERT_STR_CONTAINS(mha_ctx_errmsg(ctx), "mha_attn_varlen_forward: k.dtype: got");
+        for (int i = 0; i < 8; i++) free(buf[i]);
+    }
+    mha_ctx_free(ctx);
+}
+
 int main(void) {
     RUN(varlen_equals_dense_per_sequence);
     RUN(varlen_dropout_equals_dense_batch);
@@ -700,5 +788,6 @@ int main(void) {
     RUN(varlen_side_by_side_allocation_failures);
     RUN(varlen_empty_sequences);
     RUN(varlen_bad_inputs);
+    RUN(varlen_bf16_f16_equal_dense_per_sequence);
     return harness_report();
 }

@@ -220,8 +220,8 @@ class VarlenCall(T.CoreCall):
 
     def new_outputs(self, q, v):
         Tq, H = q.shape[0], q.shape[1]
-        return torch.empty((Tq, H, v.shape[2]), dtype=T._F32), torch.empty((H, Tq),
-                                                                          dtype=T._F32)
+        return torch.empty((Tq, H, v.shape[2]), dtype=q.dtype), torch.empty((H, Tq),
+                                                                           dtype=T._F32)
 
     def run_forward(self, c, tq, tk, tv, to, tl, tw):
         return lib.mha_attn_varlen_forward(
@@ -270,7 +270,7 @@ def flash_attn_varlen_func(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, ma
 
     Parameters
     ----------
-    q : Tensor [total_q, nheads, headdim], float32 (bfloat16 / float16: flash_attn_func)
+    q : Tensor [total_q, nheads, headdim], float32, bfloat16 or float16 (k and v the same)
     k : Tensor [total_k, nheads_k, headdim]
     v : Tensor [total_k, nheads_k, headdim_v]
     cu_seqlens_q, cu_seqlens_k : int32 Tensor [batch + 1]
@@ -289,9 +289,10 @@ def flash_attn_varlen_func(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, ma
 
     Returns
     -------
-    out : Tensor [total_q, nheads, headdim_v], differentiable with respect to q, k and v.
-    With return_attn_probs: (out, softmax_lse [nheads, total_q], attn_probs [batch, nheads,
-    max_seqlen_q, max_seqlen_k], 0 past each sequence's lengths).
+    out : Tensor [total_q, nheads, headdim_v] in q's dtype, differentiable with respect to q,
+    k and v (gradients in that dtype).
+    With return_attn_probs: (out, softmax_lse [nheads, total_q] (float32), attn_probs [batch,
+    nheads, max_seqlen_q, max_seqlen_k] in q's dtype, 0 past each sequence's lengths).
 
     Example
     -------
@@ -303,7 +304,7 @@ def flash_attn_varlen_func(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, ma
     """
     fn = "flash_attn_varlen_func"
     layout = "[total_tokens, nheads, headdim]"
-    q, k, v = _as_inputs(fn, "qkv", (q, k, v), 3, layout)
+    q, k, v = _as_inputs(fn, "qkv", (q, k, v), 3, layout, core=True)
     cq = _int32_vector(fn, "cu_seqlens_q", cu_seqlens_q, "[batch + 1]")
     ck = _int32_vector(fn, "cu_seqlens_k", cu_seqlens_k, "[batch + 1]")
     if cq.numel() < 1 or ck.numel() != cq.numel():
@@ -330,7 +331,7 @@ def flash_attn_varlen_func(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, ma
             one.forward(*(t[a:b].transpose(0, 1)[None] for t, a, b in
                           ((q, i0, i1), (k, j0, j1), (v, j0, j1))))
             probs[s, :, :i1 - i0, :j1 - j0] = one.weights[0]
-    return out, call.lse, probs
+    return out, call.lse, probs.to(q.dtype)
 
 
 # ------------------------------------------------------------------------------------------

@@ -40,7 +40,8 @@ static mha_tensor seq_view(const mha_tensor *t, int64_t r0, int64_t n) {
     if (!t) return mha_tensor_make(NULL, 0, NULL);
     int64_t shape[4] = {1, t->shape[1], n, t->shape[2]};
     int64_t stride[4] = {0, t->stride[1], t->stride[0], t->stride[2]};
-    return mha_tensor_strided(t->data ? t->data + r0 * t->stride[0] : NULL, 4, shape, stride);
+    const int64_t off = r0 * t->stride[0] * (int64_t)mha__tensor_elsize(t);
+    return mha_tensor_typed(t->ptr ? (char *)t->ptr + off : NULL, t->dtype, 4, shape, stride);
 }
 
 /* The [1, H, n] view of columns r0 .. r0 + n - 1 of an lse [H, T]. */
@@ -118,15 +119,22 @@ static mha_status varlen_check(mha_ctx *ctx, const char *fn, const mha_attn_para
                                const mha_mask *mask, varlen_call *c) {
     mha_status st;
     const mha_tensor *q = c->q, *k = c->k, *v = c->v;
-    if ((st = mha__check_tensor(ctx, fn, "q", q, 3, NULL, "[Tq, H, D]"))) return st;
+    const mha_dtype dt = q ? q->dtype : MHA_DTYPE_F32; /* float32, bf16 or f16: the core's */
+    if (dt != MHA_DTYPE_F32 && dt != MHA_DTYPE_BF16 && dt != MHA_DTYPE_F16)
+        return mha__err(ctx, MHA_ERR_UNSUPPORTED,
+                        "%s: q.dtype: got %s, expected float32, bfloat16 or float16", fn,
+                        mha_dtype_name(dt));
+    if ((st = mha__check_tensor_as(ctx, fn, "q", q, dt, 3, NULL, "[Tq, H, D]"))) return st;
     const int64_t Tq = q->shape[0], H = q->shape[1], D = q->shape[2];
     if (D < 1)
         return mha__err(ctx, MHA_ERR_SHAPE, "%s: q.shape[2]: got %lld, expected >= 1 (head dim)",
                         fn, (long long)D);
     int64_t wk[3] = {-1, -1, D};
-    if ((st = mha__check_tensor(ctx, fn, "k", k, 3, wk, "[Tk, Hkv, D], q head dim"))) return st;
+    if ((st = mha__check_tensor_as(ctx, fn, "k", k, dt, 3, wk, "[Tk, Hkv, D], q head dim")))
+        return st;
     int64_t wv[3] = {k->shape[0], -1, -1};
-    if ((st = mha__check_tensor(ctx, fn, "v", v, 3, wv, "[Tk, Hkv, Dv], k tokens"))) return st;
+    if ((st = mha__check_tensor_as(ctx, fn, "v", v, dt, 3, wv, "[Tk, Hkv, Dv], k tokens")))
+        return st;
     if (batch < 0)
         return mha__err(ctx, MHA_ERR_INVALID_ARG, "%s: batch: got %lld, expected >= 0", fn,
                         (long long)batch);
@@ -150,7 +158,7 @@ static mha_status varlen_check(mha_ctx *ctx, const char *fn, const mha_attn_para
     mha__attn_problem pr;
     if ((st = mha__attn_check_inputs(ctx, fn, p, &x.q, &x.k, &x.v, &x.mask, &pr))) return st;
     int64_t wo[3] = {Tq, H, v->shape[2]}, wl[2] = {H, Tq};
-    if ((st = mha__check_tensor(ctx, fn, "out", out, 3, wo, "[Tq, H, Dv]"))) return st;
+    if ((st = mha__check_tensor_as(ctx, fn, "out", out, dt, 3, wo, "[Tq, H, Dv]"))) return st;
     if (lse && (st = mha__check_tensor(ctx, fn, "lse", lse, 2, wl, "[H, Tq]"))) return st;
     return MHA_OK;
 }
@@ -246,10 +254,12 @@ mha_status mha_attn_varlen_backward(mha_ctx *ctx, const mha_attn_params *p, cons
     varlen_call c = {.q = q, .k = k, .v = v, .out = out, .lse = lse};
     mha_status st = varlen_check(ctx, fn, p, cu_seqlens_q, cu_seqlens_k, batch, mask, &c);
     if (st) return st;
-    if ((st = mha__check_tensor(ctx, fn, "dout", dout, 3, out->shape, "[Tq, H, Dv] as out")) ||
-        (st = mha__check_tensor(ctx, fn, "dq", dq, 3, q->shape, "[Tq, H, D] as q")) ||
-        (st = mha__check_tensor(ctx, fn, "dk", dk, 3, k->shape, "[Tk, Hkv, D] as k")) ||
-        (st = mha__check_tensor(ctx, fn, "dv", dv, 3, v->shape, "[Tk, Hkv, Dv] as v")))
+    const mha_dtype dt = q->dtype;
+    if ((st = mha__check_tensor_as(ctx, fn, "dout", dout, dt, 3, out->shape,
+                                   "[Tq, H, Dv] as out")) ||
+        (st = mha__check_tensor_as(ctx, fn, "dq", dq, dt, 3, q->shape, "[Tq, H, D] as q")) ||
+        (st = mha__check_tensor_as(ctx, fn, "dk", dk, dt, 3, k->shape, "[Tk, Hkv, D] as k")) ||
+        (st = mha__check_tensor_as(ctx, fn, "dv", dv, dt, 3, v->shape, "[Tk, Hkv, Dv] as v")))
         return st;
     const mha__attn_arg ins[6] = {{"q", q},     {"k", k},     {"v", v},
                                   {"out", out}, {"lse", lse}, {"dout", dout}};

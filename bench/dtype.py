@@ -163,9 +163,9 @@ def render(runner, g, a, elapsed, info, module_why):
     w("## Issue 11: bf16 and f16\n")
     w(f"Written by `bench/dtype.py` ({datetime.datetime.now():%Y-%m-%d %H:%M}, {elapsed:.0f} s). "
       f"{info}\n")
-    w(f"Each ratio is the median over {a.rounds} round{'s' * (a.rounds != 1)} of the ratio of two measurements made "
-      f"next to each other in the round (each the median of up to 5 runs, {a.budget:g} s at "
-      "most); the rounds' own values follow in brackets. mha's core: `mha bench --core "
+    w(f"Each ratio is the median over {a.rounds} round{'s' * (a.rounds != 1)} of the ratio of "
+      "two measurements made next to each other in the round (each the median of up to 5 "
+      f"runs, {a.budget:g} s at most); the rounds' own values follow in brackets. mha's core: `mha bench --core "
       "--backward --dtype T` (q, k, v, out, dout, dq, dk, dv in T, the log-sum-exp in float32: "
       "mha_attn_forward saving it, then mha_attn_backward); PyTorch: bench/torch_modern.py "
       "--dtype T (F.scaled_dot_product_attention on inputs in T with requires_grad, then "

@@ -165,13 +165,14 @@ def render(runner, g, a, elapsed, info, module_why):
       f"{info}\n")
     w(f"Each ratio is the median over {a.rounds} round{'s' * (a.rounds != 1)} of the ratio of "
       "two measurements made next to each other in the round (each the median of up to 5 "
-      f"runs, {a.budget:g} s at most); the rounds' own values follow in brackets. mha's core: `mha bench --core "
-      "--backward --dtype T` (q, k, v, out, dout, dq, dk, dv in T, the log-sum-exp in float32: "
-      "mha_attn_forward saving it, then mha_attn_backward); PyTorch: bench/torch_modern.py "
-      "--dtype T (F.scaled_dot_product_attention on inputs in T with requires_grad, then "
-      "backward) and bench/torch_module.py (nn.MultiheadAttention(dtype=torch.bfloat16)). fwd "
-      "and bwd are the two phases of the same runs. FLOP counts are the nominal ones of `mha "
-      "bench`, the same for every dtype, so a rate ratio is the inverse time ratio.\n")
+      f"runs, {a.budget:g} s at most); the rounds' own values follow in brackets. mha's core: "
+      "`mha bench --core --backward --dtype T` (q, k, v, out, dout, dq, dk, dv in T, the "
+      "log-sum-exp in float32: mha_attn_forward saving it, then mha_attn_backward); PyTorch: "
+      "bench/torch_modern.py --dtype T (F.scaled_dot_product_attention on inputs in T with "
+      "requires_grad, then backward) and bench/torch_module.py "
+      "(nn.MultiheadAttention(dtype=torch.bfloat16)). fwd and bwd are the two phases of the "
+      "same runs. FLOP counts are the nominal ones of `mha bench`, the same for every dtype, "
+      "so a rate ratio is the inverse time ratio.\n")
 
     w(f"### mha's core in bf16 and f16 vs float32 (rate ratios; target: bf16 >= {TARGET}x "
       f"forward and backward at N >= {TARGET_N})\n")

@@ -200,6 +200,35 @@ def median(xs):
     return xs[n // 2] if n % 2 else 0.5 * (xs[n // 2 - 1] + xs[n // 2])
 
 
+def add_timing_args(ap):
+    """The options of timed(): --threads, --runs, --warmup, --budget."""
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--runs", type=int, default=5)
+    ap.add_argument("--warmup", type=int, default=1, help="untimed runs after the profiled one")
+    ap.add_argument("--budget", type=float, default=math.inf,
+                    help="stop the timed runs once they took this many seconds (>= 1 run)")
+
+
+def timing_fields(a, times):
+    """The JSON's fields from timed()'s (forward, backward) seconds: threads, PyTorch's version,
+    runs, the median total, forward (and with --backward, backward) times in ms."""
+    tf, tb = [t[0] for t in times], [t[1] for t in times]
+    r = {"threads": torch.get_num_threads(), "torch": torch.__version__, "runs": len(times),
+         "median_ms": median([f + b for f, b in times]) * 1e3, "fwd_median_ms": median(tf) * 1e3}
+    if a.backward:
+        r["bwd_median_ms"] = median(tb) * 1e3
+    return r
+
+
+def measure(a, setup, fields):
+    """On --threads: setup(a), timed() runs, then the JSON line: fields, setup's info and the
+    timing fields."""
+    torch.set_num_threads(a.threads)
+    fwd, fwd_bwd, info = setup(a)
+    times = timed(a, fwd, fwd_bwd)
+    print(json.dumps({**fields, **info, **timing_fields(a, times)}))
+
+
 def main():
     ap = argparse.ArgumentParser(description="PyTorch's side of bench/modern.py (see the top "
                                  "of this file)")
@@ -214,11 +243,7 @@ def main():
     ap.add_argument("--backward", action="store_true")
     ap.add_argument("--dtype", choices=tuple(DTYPES), default="f32",
                     help="q, k, v, dout and the results in float32, bfloat16 or float16")
-    ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--runs", type=int, default=5)
-    ap.add_argument("--warmup", type=int, default=1, help="untimed runs after the profiled one")
-    ap.add_argument("--budget", type=float, default=math.inf,
-                    help="stop the timed runs once they took this many seconds (>= 1 run)")
+    add_timing_args(ap)
     ap.add_argument("--max-gib", type=float, default=8.0,
                     help="--softcap: the most memory the eager intermediates may take")
     a = ap.parse_args()
@@ -231,22 +256,12 @@ def main():
     if not a.softcap >= 0:
         ap.error(f"--softcap: got {a.softcap}, expected >= 0")
 
-    torch.set_num_threads(a.threads)
-    fwd, fwd_bwd, info = setup(a)
-    times = timed(a, fwd, fwd_bwd)
-    tf, tb = [t[0] for t in times], [t[1] for t in times]
-    r = {"what": "torch_core_fwd_bwd" if a.backward else "torch_core_fwd", "batch": a.batch,
-         "seq": a.seq, "heads": a.heads, "kv_heads": a.kv_heads, "causal": a.causal,
-         "backward": a.backward, "seq_k": a.seq_k, "head_dim": a.head_dim,
-         "window": list(a.window) if a.window else None, "softcap": a.softcap,
-         "alibi": a.alibi, "dtype": a.dtype}
-    r.update(info)
-    r.update({"threads": torch.get_num_threads(), "torch": torch.__version__, "runs": len(times),
-              "median_ms": median([f + b for f, b in times]) * 1e3,
-              "fwd_median_ms": median(tf) * 1e3})
-    if a.backward:
-        r["bwd_median_ms"] = median(tb) * 1e3
-    print(json.dumps(r))
+    measure(a, setup, {
+        "what": "torch_core_fwd_bwd" if a.backward else "torch_core_fwd", "batch": a.batch,
+        "seq": a.seq, "heads": a.heads, "kv_heads": a.kv_heads, "causal": a.causal,
+        "backward": a.backward, "seq_k": a.seq_k, "head_dim": a.head_dim,
+        "window": list(a.window) if a.window else None, "softcap": a.softcap,
+        "alibi": a.alibi, "dtype": a.dtype})
 
 
 if __name__ == "__main__":

@@ -20,14 +20,12 @@ checked against the same module in float64 (float32 where its [B, H, N, N] score
 times the reference's largest magnitude, else exit 2.
 """
 import argparse
-import json
-import math
 import time
 
 import torch
 
 from torch_bench import FAST_OP, check, kernel_name, profiled_ops
-from torch_modern import DTYPES, median, timed, tolerance
+from torch_modern import DTYPES, add_timing_args, measure, tolerance
 
 
 def call(m, x):
@@ -100,31 +98,17 @@ def main():
                     help="the module's parameters, x, dy and the results (default bf16)")
     ap.add_argument("--backward", action="store_true",
                     help="train(): forward with the graph, then backward")
-    ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--runs", type=int, default=5)
-    ap.add_argument("--warmup", type=int, default=1, help="untimed runs after the profiled one")
-    ap.add_argument("--budget", type=float, default=math.inf,
-                    help="stop the timed runs once they took this many seconds (>= 1 run)")
+    add_timing_args(ap)
     a = ap.parse_args()
     if min(a.batch, a.seq, a.embed, a.heads, a.runs) < 1:
         ap.error("--batch, --seq, --embed, --heads, --runs: >= 1")
     if a.embed % a.heads:
         ap.error(f"--embed {a.embed} is not a multiple of --heads {a.heads}")
 
-    torch.set_num_threads(a.threads)
-    fwd, fwd_bwd, info = setup(a)
-    times = timed(a, fwd, fwd_bwd)
-    tf, tb = [t[0] for t in times], [t[1] for t in times]
-    r = {"what": "torch_module_fwd_bwd" if a.backward else "torch_module_fwd",
-         "batch": a.batch, "seq": a.seq, "embed": a.embed, "heads": a.heads,
-         "backward": a.backward, "mode": "train" if a.backward else "infer", "dtype": a.dtype}
-    r.update(info)
-    r.update({"threads": torch.get_num_threads(), "torch": torch.__version__, "runs": len(times),
-              "median_ms": median([f + b for f, b in times]) * 1e3,
-              "fwd_median_ms": median(tf) * 1e3})
-    if a.backward:
-        r["bwd_median_ms"] = median(tb) * 1e3
-    print(json.dumps(r))
+    measure(a, setup, {"what": "torch_module_fwd_bwd" if a.backward else "torch_module_fwd",
+                       "batch": a.batch, "seq": a.seq, "embed": a.embed, "heads": a.heads,
+                       "backward": a.backward, "mode": "train" if a.backward else "infer",
+                       "dtype": a.dtype})
 
 
 if __name__ == "__main__":

@@ -25,16 +25,10 @@ sys.path.insert(0, str(BENCH))
 import dtype  # noqa: E402
 import torch_modern  # noqa: E402
 import torch_module  # noqa: E402
+from test_bench_modern import mha_bin  # noqa: E402
 
 MS = re.compile(r"^\d+\.\d\d$")
 RATIO = re.compile(r"^\d+\.\d\dx$")  # one round: no per-round values in brackets
-
-
-def mha_bin():
-    b = os.environ.get("MHA_BIN")
-    if not b or not os.access(b, os.X_OK):
-        pytest.fail(f"MHA_BIN must name the built mha binary (got {b!r})")
-    return b
 
 
 def tables(md):
@@ -299,30 +293,25 @@ def wrong_bf16_scale(monkeypatch):
     monkeypatch.setattr(torch_modern.F, "scaled_dot_product_attention", wrong)
 
 
-@pytest.mark.parametrize("causal", [False, True])
-def test_torch_modern_check_bites_in_bf16(causal, monkeypatch):
-    # at bf16's tolerance the check still refuses a result 10% off in the softmax scale, and
-    # ALiBi with its slopes' sign flipped in the reference only
-    a = argparse.Namespace(batch=2, heads=4, kv_heads=2, seq=23, seq_k=23, head_dim=8,
-                           causal=causal, window=None, softcap=0.0, alibi=False, backward=False,
-                           max_gib=1.0, dtype="bf16")
-    torch_modern.setup(a)  # agrees
-    with monkeypatch.context() as m:
-        wrong_bf16_scale(m)
-        with pytest.raises(SystemExit) as e:
-            torch_modern.setup(a)
-        assert e.value.code == 2
-    a.alibi = True
-    torch_modern.setup(a)  # agrees
-    real, calls = torch_modern.alibi_slopes, []
-
-    def flipped(H):
-        calls.append(H)
-        return -real(H) if len(calls) > 1 else real(H)  # the mask right, the reference not
-    monkeypatch.setattr(torch_modern, "alibi_slopes", flipped)
+def check_refuses_a_wrong_bf16_result(setup, a, monkeypatch):
+    """setup(a) passes its reference check, and exits 2 with the wrong scale."""
+    setup(a)
+    wrong_bf16_scale(monkeypatch)
     with pytest.raises(SystemExit) as e:
-        torch_modern.setup(a)
+        setup(a)
     assert e.value.code == 2
+
+
+@pytest.mark.parametrize("extra", [dict(), dict(causal=True),
+                                   dict(causal=True, alibi=True, window=(3, 2))])
+def test_torch_modern_check_bites_in_bf16(extra, monkeypatch):
+    # at bf16's tolerance the check still refuses a result 10% off in the softmax scale
+    # (plain, causal, and with a float ALiBi mask and a window)
+    a = argparse.Namespace(batch=2, heads=4, kv_heads=2, seq=23, seq_k=23, head_dim=8,
+                           causal=False, window=None, softcap=0.0, alibi=False, backward=False,
+                           max_gib=1.0, dtype="bf16")
+    vars(a).update(extra)
+    check_refuses_a_wrong_bf16_result(torch_modern.setup, a, monkeypatch)
 
 
 @pytest.mark.parametrize("dt", ["bf16", "f16"])
@@ -347,8 +336,4 @@ def test_torch_module_in_low_precision(dt, backward, monkeypatch, capsys):
 def test_torch_module_check_bites(monkeypatch):
     # the training path (which calls F.scaled_dot_product_attention) 10% off in bf16: refused
     a = argparse.Namespace(batch=2, seq=12, embed=32, heads=4, backward=True, dtype="bf16")
-    torch_module.setup(a)  # agrees
-    wrong_bf16_scale(monkeypatch)
-    with pytest.raises(SystemExit) as e:
-        torch_module.setup(a)
-    assert e.value.code == 2
+    check_refuses_a_wrong_bf16_result(torch_module.setup, a, monkeypatch)

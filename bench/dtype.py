@@ -87,17 +87,20 @@ def mha_module_dtype(mha):
 
 
 def bf16_kernels(mha):
-    """What `mha info` says runs in bf16 and f16 (its "bf16 ..." entry, on one line)."""
+    """What `mha info` says runs in bf16 and f16: its kernel entries whose label names either
+    (a label in the first 16 columns, continuation lines indented past it), on one line."""
     lines = subprocess.run([mha, "info"], capture_output=True, text=True).stdout.splitlines()
-    i = next((i for i, l in enumerate(lines) if l.strip().startswith("bf16")), None)
-    if i is None:
-        return "`mha info` lists no bf16 kernel"
-    entry = [lines[i]]
-    for l in lines[i + 1:]:
-        if not l.startswith(" " * 16):  # its continuation lines are indented past the name
-            break
-        entry.append(l)
-    return "`mha info`: " + " ".join(" ".join(entry).split())
+    entries = []
+    for line in lines:
+        label = line[:16].strip()
+        if line.startswith("  ") and label:
+            entries.append([label, line[16:]] if "f16" in label else None)
+        elif entries and entries[-1] and line.startswith(" " * 16):
+            entries[-1].append(line)
+        elif not line.startswith(" "):
+            entries.append(None)  # a line of its own ends an entry
+    entries = ["%s: %s" % (e[0], " ".join(" ".join(e[1:]).split())) for e in entries if e]
+    return "`mha info`: " + ("; ".join(entries) if entries else "no bf16 or f16 kernel listed")
 
 
 class Runner(modern.Runner):

@@ -253,6 +253,34 @@ def test_module_rows_follow_what_mha_ran(tmp_path):
         assert rows[1][4:] == ["2.00", "5.00", "2.50x", "4.00", "6.00", "1.50x"], rows[1]
 
 
+INFO = """mha 0.1.0
+path: avx512 (auto)
+kernels of the avx512 table (the ones that run):
+  gemm micro    mha__gemm_avx512_f32_14x32: MR 14 x NR 32; blocks KC 256, MC 336,
+                NC 4096
+  gemm bf16     mha__gemm_bf16: MR 14 x NR 32;
+                bf16 pairs
+  forward       attn_fwd (avx512), fused
+  bf16          mha__attn_fwd_bf16 and the backward's attn_*_bf16: vdpbf16ps
+                products; f16: the float32 kernels on float32 copies
+threads: 2 (all cores)
+                not a continuation
+"""
+
+
+def test_bf16_kernels_from_mha_info(tmp_path):
+    # the entries of `mha info` whose label names bf16 or f16, continuation lines joined
+    fake = tmp_path / "mha"
+    fake.write_text(f"#!/bin/sh\ncat <<'EOF'\n{INFO}EOF\n")
+    fake.chmod(0o755)
+    assert dtype.bf16_kernels(str(fake)) == (
+        "`mha info`: gemm bf16: mha__gemm_bf16: MR 14 x NR 32; bf16 pairs; bf16: "
+        "mha__attn_fwd_bf16 and the backward's attn_*_bf16: vdpbf16ps products; f16: the "
+        "float32 kernels on float32 copies")
+    fake.write_text("#!/bin/sh\necho 'path: generic'\n")
+    assert dtype.bf16_kernels(str(fake)) == "`mha info`: no bf16 or f16 kernel listed"
+
+
 def test_tolerances():
     # 1e-4 in float32 (as before --dtype); two machine epsilons in bf16 (2^-7) and f16 (2^-10)
     torch = torch_modern.torch

@@ -50,8 +50,9 @@ DTYPES = {"f32": torch.float32, "bf16": torch.bfloat16, "f16": torch.float16}
 
 def tolerance(dtype):
     """The reference check's bound, relative to the reference's largest magnitude: 1e-4 for
-    float32; for bf16 and f16 two machine epsilons (the output's own rounding is half of one;
-    PyTorch rounds the probabilities too)."""
+    float32; for bf16 and f16 two machine epsilons (the output's own rounding is up to half of
+    one; PyTorch's intermediate roundings, e.g. of the probabilities for the product with V, add
+    to it: about half an epsilon is what its bf16 and f16 calls show)."""
     return 1e-4 if dtype == torch.float32 else 2 * torch.finfo(dtype).eps
 
 

@@ -6,10 +6,13 @@ PyTorch 2.13 users write them; times forward + backward on random data and print
 
     $BUILD/venv/bin/python bench/torch_modern.py --batch 1 --heads 32 --kv-heads 8 \\
         --seq 4096 --head-dim 128 [--seq-k S] [--causal] [--window L,R] [--softcap C] \\
-        [--alibi] [--backward] [--threads 2] [--runs 5] [--warmup W] [--budget S]
+        [--alibi] [--backward] [--dtype f32|bf16|f16] [--threads 2] [--runs 5] [--warmup W]
+        [--budget S]
 
 q [B, H, N, D], k and v [B, G, S, D] (G = --kv-heads, default H; S = --seq-k, default N),
-contiguous float32 uniform in [-1, 1); the arguments and their meaning are those of
+contiguous, uniform in [-1, 1): float32 (--dtype f32, the default), or those values rounded to
+torch.bfloat16 (bf16) or torch.float16 (f16), dout too, as `mha bench --core --dtype`; the
+float masks below are of that dtype too. The arguments and their meaning are those of
 `mha bench --core` (causal aligned bottom-right when S != N; the window, ALiBi's slopes
 2^(-8 h / H) for h = 1..H, the softcap as in include/mha.h). What runs:
   no softcap   F.scaled_dot_product_attention(q, k, v, enable_gqa=G < H): is_causal=--causal
@@ -25,8 +28,10 @@ Forward only (the default): under torch.inference_mode(); --backward: inputs wit
 requires_grad, the forward then out.backward(dout), each phase timed (the JSON's fwd_ and bwd_
 fields). Before timing, one untimed call runs under torch.profiler (its aten ops name the
 kernel, as bench/torch_bench.py records them), and the output on 64 query rows at each end of
-the first and last head is checked against a float64 reference of mha.h's score definition
-(exit 2 on a mismatch).
+the first and last head is checked against a float64 reference of mha.h's score definition on
+the same (rounded) inputs (exit 2 on a mismatch): max error <= tolerance(dtype) times the
+reference's largest magnitude (1e-4 in float32; 2 machine epsilons in bf16 and f16, whose
+outputs are rounded to 8 and 11 significant bits).
 """
 import argparse
 import json
@@ -38,6 +43,17 @@ import torch
 import torch.nn.functional as F
 
 from torch_bench import check, kernel_name, profiled_ops
+
+# --dtype: the element type of q, k, v, dout (and of the output and gradients)
+DTYPES = {"f32": torch.float32, "bf16": torch.bfloat16, "f16": torch.float16}
+
+
+def tolerance(dtype):
+    """The reference check's bound, relative to the reference's largest magnitude: 1e-4 for
+    float32; for bf16 and f16 two machine epsilons (the output's own rounding is up to half of
+    one; PyTorch's intermediate roundings, e.g. of the probabilities for the product with V, add
+    to it: about half an epsilon is what its bf16 and f16 calls show)."""
+    return 1e-4 if dtype == torch.float32 else 2 * torch.finfo(dtype).eps
 
 
 def parse_window(text):
@@ -93,8 +109,9 @@ def ref_rows(a, q, k, v, b, h, rows):
     return torch.softmax(s, -1) @ v[b, kh].double()
 
 
-def attention(a):
-    """The call as PyTorch users write it (see the top of this file): (fn(q, k, v), what)."""
+def attention(a, dtype=torch.float32):
+    """The call as PyTorch users write it (see the top of this file) on q, k, v of dtype:
+    (fn(q, k, v), what)."""
     plain = not (a.window or a.alibi or (a.causal and a.seq_k != a.seq))
     if not a.softcap:
         gqa = a.kv_heads < a.heads
@@ -102,7 +119,7 @@ def attention(a):
             what = "F.sdpa" + (", is_causal" if a.causal else "")
             return (lambda q, k, v: F.scaled_dot_product_attention(
                 q, k, v, is_causal=a.causal, enable_gqa=gqa)), what + (", enable_gqa" * gqa)
-        mask = float_mask(a, torch.float32) if a.alibi else allowed_keys(a, range(a.seq))
+        mask = float_mask(a, dtype) if a.alibi else allowed_keys(a, range(a.seq))
         what = "F.sdpa, " + ("float ALiBi mask" if a.alibi else "bool mask")
         return (lambda q, k, v: F.scaled_dot_product_attention(
             q, k, v, attn_mask=mask, enable_gqa=gqa)), what + (", enable_gqa" * gqa)
@@ -111,7 +128,7 @@ def attention(a):
         print(f"torch_modern.py: error: --softcap: the eager attention's intermediates need about "
               f"{need:.1f} GiB, expected <= --max-gib {a.max_gib:g}", file=sys.stderr)
         sys.exit(2)
-    mask = None if not (a.causal or a.window or a.alibi) else float_mask(a, torch.float32)
+    mask = None if not (a.causal or a.window or a.alibi) else float_mask(a, dtype)
     rep, scale, cap = a.heads // a.kv_heads, a.head_dim ** -0.5, a.softcap
 
     def eager(q, k, v):  # Gemma 2's eager_attention_forward
@@ -120,7 +137,7 @@ def attention(a):
         s = torch.tanh(s / cap) * cap
         if mask is not None:
             s = s + mask
-        return torch.matmul(torch.softmax(s, dim=-1, dtype=torch.float32), v)
+        return torch.matmul(torch.softmax(s, dim=-1, dtype=torch.float32).to(q.dtype), v)
     return eager, "eager: matmul, tanh softcap, float mask, softmax, matmul"
 
 
@@ -129,9 +146,11 @@ def setup(a):
     B, H, G, N, S, D = a.batch, a.heads, a.kv_heads, a.seq, a.seq_k, a.head_dim
     q, do = (torch.rand(B, H, N, D, generator=g) * 2 - 1 for _ in range(2))
     k, v = (torch.rand(B, G, S, D, generator=g) * 2 - 1 for _ in range(2))
+    dtype = DTYPES[getattr(a, "dtype", "f32")]  # (a namespace made without --dtype: float32)
+    q, k, v, do = (t.to(dtype) for t in (q, k, v, do))
     if a.backward:
         q, k, v = (t.requires_grad_(True) for t in (q, k, v))
-    fn, what = attention(a)
+    fn, what = attention(a, dtype)
 
     def fwd():
         with torch.inference_mode():
@@ -153,7 +172,7 @@ def setup(a):
     err = 0.0
     for b, h in {(0, 0), (B - 1, H - 1)}:
         ref = ref_rows(a, q.detach(), k.detach(), v.detach(), b, h, rows)
-        err = max(err, check("output", o[b, h, rows], ref, 1e-4))
+        err = max(err, check("output", o[b, h, rows], ref, tolerance(dtype)))
     info["max_rel_err"] = err
     return fwd, fwd_bwd, info
 
@@ -182,6 +201,35 @@ def median(xs):
     return xs[n // 2] if n % 2 else 0.5 * (xs[n // 2 - 1] + xs[n // 2])
 
 
+def add_timing_args(ap):
+    """The options of timed(): --threads, --runs, --warmup, --budget."""
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--runs", type=int, default=5)
+    ap.add_argument("--warmup", type=int, default=1, help="untimed runs after the profiled one")
+    ap.add_argument("--budget", type=float, default=math.inf,
+                    help="stop the timed runs once they took this many seconds (>= 1 run)")
+
+
+def timing_fields(a, times):
+    """The JSON's fields from timed()'s (forward, backward) seconds: threads, PyTorch's version,
+    runs, the median total, forward (and with --backward, backward) times in ms."""
+    tf, tb = [t[0] for t in times], [t[1] for t in times]
+    r = {"threads": torch.get_num_threads(), "torch": torch.__version__, "runs": len(times),
+         "median_ms": median([f + b for f, b in times]) * 1e3, "fwd_median_ms": median(tf) * 1e3}
+    if a.backward:
+        r["bwd_median_ms"] = median(tb) * 1e3
+    return r
+
+
+def measure(a, setup, fields):
+    """On --threads: setup(a), timed() runs, then the JSON line: fields, setup's info and the
+    timing fields."""
+    torch.set_num_threads(a.threads)
+    fwd, fwd_bwd, info = setup(a)
+    times = timed(a, fwd, fwd_bwd)
+    print(json.dumps({**fields, **info, **timing_fields(a, times)}))
+
+
 def main():
     ap = argparse.ArgumentParser(description="PyTorch's side of bench/modern.py (see the top "
                                  "of this file)")
@@ -194,11 +242,9 @@ def main():
     ap.add_argument("--softcap", type=float, default=0.0)
     ap.add_argument("--alibi", action="store_true")
     ap.add_argument("--backward", action="store_true")
-    ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--runs", type=int, default=5)
-    ap.add_argument("--warmup", type=int, default=1, help="untimed runs after the profiled one")
-    ap.add_argument("--budget", type=float, default=math.inf,
-                    help="stop the timed runs once they took this many seconds (>= 1 run)")
+    ap.add_argument("--dtype", choices=tuple(DTYPES), default="f32",
+                    help="q, k, v, dout and the results in float32, bfloat16 or float16")
+    add_timing_args(ap)
     ap.add_argument("--max-gib", type=float, default=8.0,
                     help="--softcap: the most memory the eager intermediates may take")
     a = ap.parse_args()
@@ -211,22 +257,12 @@ def main():
     if not a.softcap >= 0:
         ap.error(f"--softcap: got {a.softcap}, expected >= 0")
 
-    torch.set_num_threads(a.threads)
-    fwd, fwd_bwd, info = setup(a)
-    times = timed(a, fwd, fwd_bwd)
-    tf, tb = [t[0] for t in times], [t[1] for t in times]
-    r = {"what": "torch_core_fwd_bwd" if a.backward else "torch_core_fwd", "batch": a.batch,
-         "seq": a.seq, "heads": a.heads, "kv_heads": a.kv_heads, "causal": a.causal,
-         "backward": a.backward, "seq_k": a.seq_k, "head_dim": a.head_dim,
-         "window": list(a.window) if a.window else None, "softcap": a.softcap,
-         "alibi": a.alibi}
-    r.update(info)
-    r.update({"threads": torch.get_num_threads(), "torch": torch.__version__, "runs": len(times),
-              "median_ms": median([f + b for f, b in times]) * 1e3,
-              "fwd_median_ms": median(tf) * 1e3})
-    if a.backward:
-        r["bwd_median_ms"] = median(tb) * 1e3
-    print(json.dumps(r))
+    measure(a, setup, {
+        "what": "torch_core_fwd_bwd" if a.backward else "torch_core_fwd", "batch": a.batch,
+        "seq": a.seq, "heads": a.heads, "kv_heads": a.kv_heads, "causal": a.causal,
+        "backward": a.backward, "seq_k": a.seq_k, "head_dim": a.head_dim,
+        "window": list(a.window) if a.window else None, "softcap": a.softcap,
+        "alibi": a.alibi, "dtype": a.dtype})
 
 
 if __name__ == "__main__":

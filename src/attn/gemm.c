@@ -1,13 +1,14 @@
 /* gemm.c - the threaded matrix product (gemm.h), in the Goto/BLIS structure:
  *
- * Each thread owns a block of C (a range of rows, or of NR panels when M is small) and runs
+ * Each thread owns a block of C (a range of rows, or of NR panels when N > M or M is small)
+ * and runs
  *
  *   for jc over its columns by NC:              B block op(B)[KC, NC] lives in L2/L3
  *     for pc over K by KC:                      (fixed KC: the summation order depends on K only)
  *       pack op(B)[pc:pc+KC, jc:jc+NC] -> Bp
  *       for ic over its rows by MC:             A block [MC, KC] lives in L2
  *         pack op(A)[ic:ic+MC, pc:pc+KC] -> Ap
- *         for jr over NR panels:                B micro-panel [KC, NR] lives in L1
+ *         for jr over NR panels:                B micro-panel [KC, NR] lives in L1/L2
  *           for ir over MR rows:                the micro-kernel: MR x NR accumulators
  *
  * with its own packing buffers: no barrier, so a thread that the OS preempts delays only its
@@ -134,11 +135,14 @@ mha_status mha__gemm_dt(mha_ctx *ctx, mha__gemm_ws *ws, int ta, int tb, int64_t 
         nth = omp_get_num_threads();
 #endif
         float *ap = work + (a_floats + b_floats) * tid, *bp = ap + a_floats;
-        /* This thread's block of C: a range of rows (in MR units) when there are enough,
-         * else a range of columns (in NR panels). Threads never wait for each other. */
+        /* This thread's block of C: a range of rows (in MR units) or of columns (in NR
+         * panels). Threads never wait for each other, so each packs the whole of the other
+         * operand: every thread packs all of op(B) when they split the rows, all of op(A) when
+         * they split the columns. Split the longer side (when it has at least two panels per
+         * thread): the shorter operand is the one packed twice. */
         int64_t mpan = (M + mr - 1) / mr, npan_all = (N + nr - 1) / nr;
         int64_t r_lo = 0, r_hi = mpan, c_lo = 0, c_hi = npan_all;
-        if (mpan >= 2 * nth) split(mpan, nth, tid, &r_lo, &r_hi);
+        if (mpan >= 2 * nth && (M >= N || npan_all < 2 * nth)) split(mpan, nth, tid, &r_lo, &r_hi);
         else split(npan_all, nth, tid, &c_lo, &c_hi);
         r_lo *= mr, r_hi = min64(r_hi * mr, M);
         c_lo *= nr, c_hi = min64(c_hi * nr, N);

@@ -41,6 +41,15 @@ void mha__gemm_avx512_f32_14x32(int64_t k, const float *a, const float *b, float
     /* clang-format off */
     DECL(0) DECL(1) DECL(2) DECL(3) DECL(4) DECL(5) DECL(6)
     DECL(7) DECL(8) DECL(9) DECL(10) DECL(11) DECL(12) DECL(13)
+    /* Fetch the C tile now (every cache line of its m rows), so that its misses overlap the
+     * k loop instead of stalling the stores at the end: for a C larger than the caches, later
+     * K blocks read it back from memory, and the first one's stores miss too. */
+    for (int i = 0; i < m; i++) {
+        const char *ci = (const char *)(c + i * ldc);
+        _mm_prefetch(ci, _MM_HINT_T0);
+        _mm_prefetch(ci + 4 * (n - 1 < 16 ? n - 1 : 16), _MM_HINT_T0);
+        _mm_prefetch(ci + 4 * (n - 1), _MM_HINT_T0);
+    }
     for (int64_t p = 0; p < k; p++) {
         __m512 b0 = _mm512_load_ps(b), b1 = _mm512_load_ps(b + 16);
         _mm_prefetch((const char *)(b + 8 * NR), _MM_HINT_T0);

@@ -853,12 +853,12 @@ TEST(kv_cache_object) {
 TEST(kv_cache_create_errors) {
     mha_ctx *ctx = new_ctx();
     mha_kv_cache *c = (mha_kv_cache *)1;
-    ASSERT_EQ(mha_kv_cache_create(ctx, 1, 8, 2, 4, 4, MHA_DTYPE_BF16, &c), MHA_ERR_UNSUPPORTED);
-    ASSERT_STR_CONTAINS(mha_ctx_errmsg(ctx), "mha_kv_cache_create: dtype: got bfloat16");
-    ASSERT_STR_CONTAINS(mha_ctx_errmsg(ctx), "issue 11");
-    ASSERT_TRUE(c == NULL);
-    ASSERT_EQ(mha_kv_cache_create(ctx, 1, 8, 2, 4, 4, MHA_DTYPE_F16, &c), MHA_ERR_UNSUPPORTED);
     ASSERT_EQ(mha_kv_cache_create(ctx, 1, 8, 2, 4, 4, MHA_DTYPE_I32, &c), MHA_ERR_UNSUPPORTED);
+    ASSERT_STR_CONTAINS(mha_ctx_errmsg(ctx),
+                        "mha_kv_cache_create: dtype: got int32, expected float32, bfloat16 or "
+                        "float16");
+    ASSERT_TRUE(c == NULL);
+    ASSERT_EQ(mha_kv_cache_create(ctx, 1, 8, 2, 4, 4, MHA_DTYPE_F64, &c), MHA_ERR_UNSUPPORTED);
     ASSERT_EQ(mha_kv_cache_create(ctx, 1, 0, 2, 4, 4, MHA_DTYPE_F32, &c), MHA_ERR_INVALID_ARG);
     ASSERT_STR_CONTAINS(mha_ctx_errmsg(ctx), "capacity: got 0, expected >= 1");
     ASSERT_EQ(mha_kv_cache_create(ctx, 1, 8, 0, 4, 4, MHA_DTYPE_F32, &c), MHA_ERR_INVALID_ARG);
@@ -894,7 +894,7 @@ TEST(decode_nomem_nothing_written) {
     bufs_make(&c, &d);
     float *kc0 = malloc(sizeof(float) * d.kc.n);
     memcpy(kc0, d.kc.buf, sizeof(float) * d.kc.n);
-    for (long n = 0; n < 2; n++) {
+    for (long n = 0; n < 1; n++) { /* one allocation */
         mha__fault_after(n);
         mha_status st = run_kvcache(ctx, &c, &d);
         mha__fault_after(-1);
@@ -1100,9 +1100,10 @@ TEST(decode_kernel_vs_generic) {
                 }
                 const mha__attn_decode_mask md = {mods & 1 ? 0.8f : 0.0f, lo, hi,
                                                   mods & 2 ? slope : NULL, pos};
-                gen->attn_decode(nh, rows, bc, n, nv, A, n, sa, K, ldk, sk, V, ldv, sv, &md, P1,
-                                 sp);
-                kk->attn_decode(nh, rows, bc, n, nv, A, n, sa, K, ldk, sk, V, ldv, sv, &md, P2, sp);
+                gen->attn_decode(MHA_DTYPE_F32, nh, rows, bc, n, nv, A, n, sa, K, ldk, sk, V, ldv,
+                                 sv, &md, P1, sp);
+                kk->attn_decode(MHA_DTYPE_F32, nh, rows, bc, n, nv, A, n, sa, K, ldk, sk, V, ldv,
+                                sv, &md, P2, sp);
                 int bad = 0;
                 for (int64_t t = 0; t < nh && !bad; t++)
                     for (int64_t r = 0; r < rows && !bad; r++) {

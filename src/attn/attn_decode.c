@@ -22,12 +22,21 @@
  * [0, len_b), causal aligned bottom-right (MHA_CAUSAL_BOTTOM_RIGHT), window and ALiBi passed
  * through; the same score definition, so the two paths agree up to float rounding.
  *
+ * DTYPES: q, the caches, the new rows and out share one dtype: float32, bfloat16 or half (lse
+ * is float32). The new rows are appended as they are; the decode kernel reads the cache's
+ * elements in their type (converted exactly as they are loaded); the query rows are converted
+ * to float32 and scaled once per call; the merge computes each output row in float32 and
+ * rounds it once (to nearest even, kernels/cvt.h). The prefill of a 2-byte cache runs the
+ * dense core on float32 copies of each sequence's q, keys and values (the dense core reads
+ * float32 only; exact copies), its output rounded once.
+ *
  * The steps: kv_check validates every argument (nothing is written before it succeeds),
  * kv_append copies the new rows into the caches, then dec_plan / dec_chunk / dec_merge or
  * prefill compute. */
 #include "decode.h"
 #include "attn_common.h"
 #include "core/plan.h"
+#include "kernels/cvt.h"
 #include "kernels/kernels.h"
 
 #include <math.h>
@@ -38,9 +47,15 @@
 
 #define DEC_CHUNK 512 /* keys per decode task: 512 x (D + Dv) floats, 512 KiB at D = Dv = 128 */
 
+/* Per thread (decode): the row of out being merged, in float32 (rounded once into out). */
+typedef struct {
+    float *orow; /* [Dv] */
+} dec_ws;
+
 /* One call: validated arguments, and the decode plan. */
 typedef struct {
     const char *fn;
+    mha_dtype dt; /* of q, the caches, the new rows and out */
     int64_t B, H, Hkv, group, L, D, Dv, Smax, Lnew;
     float scale, softcap;
     mha_mask mask; /* a copy (mha_mask_default() for NULL) */
@@ -51,15 +66,43 @@ typedef struct {
     const mha_kernels *kern;
     int64_t rows, nch, psz; /* rows per head, chunks per sequence, floats per partial */
     int64_t hg, nhg;        /* key/value heads per task, and groups of them */
-    float *part; /* [B, nch, Hkv] partials of psz floats: m [rows], l [rows], O [rows, Dv] */
+    /* the call's workspace (one allocation, dec_alloc) */
+    float *part;  /* [B, nch, Hkv] partials of psz floats: m [rows], l [rows], O [rows, Dv] */
+    float *qs;    /* [B, Hkv, rows, D] each key/value head's query rows, float32, times scale */
+    float *slope; /* [B, Hkv, rows] their ALiBi slopes */
+    void *ws;     /* nt copies of plan: dec_ws */
     int nt;
     mha__plan plan; /* per thread: dec_ws */
 } kv_call;
 
-typedef struct {
-    float *qs;    /* [hg, rows, D] the query rows of the task's heads, times scale */
-    float *slope; /* [hg, rows] their ALiBi slopes */
-} dec_ws;
+/* Bytes per element of the call's tensors but lse. */
+static size_t kv_es(const kv_call *c) { return c->dt == MHA_DTYPE_F32 ? 4 : 2; }
+
+/* Row i of head (b, h) of a [B, H, R, X] view of any dtype. */
+static void *kv_row(const mha_tensor *t, int64_t b, int64_t h, int64_t i) {
+    return (char *)t->ptr + (b * t->stride[0] + h * t->stride[1] + i * t->stride[2]) *
+                                (int64_t)mha__tensor_elsize(t);
+}
+
+/* y[0, n) = the n elements of x (type dt) as float32 (exact). */
+static void row_to_f32(mha_dtype dt, const void *x, int64_t n, float *y) {
+    const uint16_t *h = x;
+    if (dt == MHA_DTYPE_BF16)
+        for (int64_t i = 0; i < n; i++) y[i] = mha__bf16_to_f32(h[i]);
+    else if (dt == MHA_DTYPE_F16)
+        for (int64_t i = 0; i < n; i++) y[i] = mha__f16_to_f32(h[i]);
+    else memcpy(y, x, sizeof(float) * (size_t)n);
+}
+
+/* y[0, n) (type dt) = x rounded once (to nearest even). */
+static void row_from_f32(mha_dtype dt, const float *x, int64_t n, void *y) {
+    uint16_t *h = y;
+    if (dt == MHA_DTYPE_BF16)
+        for (int64_t i = 0; i < n; i++) h[i] = mha__f32_to_bf16(x[i]);
+    else if (dt == MHA_DTYPE_F16)
+        for (int64_t i = 0; i < n; i++) h[i] = mha__f32_to_f16(x[i]);
+    else memcpy(y, x, sizeof(float) * (size_t)n);
+}
 
 static int64_t kv_len(const kv_call *c, int64_t b) { return (c->lens ? c->lens[b] : 0) + c->Lnew; }
 
@@ -91,17 +134,21 @@ static mha_status kv_check_mask(mha_ctx *ctx, const char *fn, const mha_mask *m,
     return st ? st : mha__attn_check_alibi(ctx, fn, m, B, H);
 }
 
-/* q, the caches, the new rows: shapes against each other. */
+/* q, the caches, the new rows: shapes against each other, and one dtype (q's: float32, bfloat16
+ * or half; lse float32). */
 static mha_status kv_check_tensors(mha_ctx *ctx, const char *fn, kv_call *c) {
     mha_status st;
-    if ((st = mha__check_tensor(ctx, fn, "q", c->q, 4, NULL, "[B, H, L, D]"))) return st;
+    const mha_dtype qt = c->q ? c->q->dtype : MHA_DTYPE_F32;
+    const mha_dtype dt = c->dt = qt == MHA_DTYPE_BF16 || qt == MHA_DTYPE_F16 ? qt : MHA_DTYPE_F32;
+    if ((st = mha__check_tensor_as(ctx, fn, "q", c->q, dt, 4, NULL, "[B, H, L, D]"))) return st;
     const int64_t B = c->B = c->q->shape[0], H = c->H = c->q->shape[1], D = c->D = c->q->shape[3];
     c->L = c->q->shape[2];
     if (D < 1)
         return mha__err(ctx, MHA_ERR_SHAPE, "%s: q.shape[3]: got %lld, expected >= 1 (head dim)",
                         fn, (long long)D);
     int64_t wk[4] = {B, -1, -1, D};
-    if ((st = mha__check_tensor(ctx, fn, "k_cache", c->kc, 4, wk, "[B, Hkv, Smax, D]"))) return st;
+    if ((st = mha__check_tensor_as(ctx, fn, "k_cache", c->kc, dt, 4, wk, "[B, Hkv, Smax, D]")))
+        return st;
     const int64_t Hkv = c->Hkv = c->kc->shape[1], Smax = c->Smax = c->kc->shape[2];
     if (Hkv < 1 || H % Hkv != 0)
         return mha__err(ctx, MHA_ERR_SHAPE,
@@ -110,7 +157,8 @@ static mha_status kv_check_tensors(mha_ctx *ctx, const char *fn, kv_call *c) {
                         fn, (long long)Hkv, (long long)H);
     c->group = H / Hkv;
     int64_t wv[4] = {B, Hkv, Smax, -1};
-    if ((st = mha__check_tensor(ctx, fn, "v_cache", c->vc, 4, wv, "[B, Hkv, Smax, Dv] as k_cache")))
+    if ((st = mha__check_tensor_as(ctx, fn, "v_cache", c->vc, dt, 4, wv,
+                                   "[B, Hkv, Smax, Dv] as k_cache")))
         return st;
     const int64_t Dv = c->Dv = c->vc->shape[3];
     c->Lnew = 0;
@@ -119,7 +167,7 @@ static mha_status kv_check_tensors(mha_ctx *ctx, const char *fn, kv_call *c) {
                         "%s: %s: got NULL while %s is given, expected both or neither", fn,
                         c->k_new ? "v_new" : "k_new", c->k_new ? "k_new" : "v_new");
     if (c->k_new) {
-        if ((st = mha__check_tensor(ctx, fn, "k_new", c->k_new, 4, wk, "[B, Hkv, Lnew, D]")))
+        if ((st = mha__check_tensor_as(ctx, fn, "k_new", c->k_new, dt, 4, wk, "[B, Hkv, Lnew, D]")))
             return st;
         if (c->k_new->shape[1] != Hkv)
             return mha__err(ctx, MHA_ERR_SHAPE,
@@ -127,12 +175,12 @@ static mha_status kv_check_tensors(mha_ctx *ctx, const char *fn, kv_call *c) {
                             (long long)c->k_new->shape[1], (long long)Hkv);
         c->Lnew = c->k_new->shape[2];
         int64_t wn[4] = {B, Hkv, c->Lnew, Dv};
-        if ((st = mha__check_tensor(ctx, fn, "v_new", c->v_new, 4, wn,
-                                    "[B, Hkv, Lnew, Dv] as k_new and v_cache")))
+        if ((st = mha__check_tensor_as(ctx, fn, "v_new", c->v_new, dt, 4, wn,
+                                       "[B, Hkv, Lnew, Dv] as k_new and v_cache")))
             return st;
     }
     int64_t wo[4] = {B, H, c->L, Dv}, wl[3] = {B, H, c->L};
-    if ((st = mha__check_tensor(ctx, fn, "out", c->out, 4, wo, "[B, H, L, Dv]"))) return st;
+    if ((st = mha__check_tensor_as(ctx, fn, "out", c->out, dt, 4, wo, "[B, H, L, Dv]"))) return st;
     if (c->lse && (st = mha__check_tensor(ctx, fn, "lse", c->lse, 3, wl, "[B, H, L]"))) return st;
     return MHA_OK;
 }
@@ -167,7 +215,7 @@ static mha_status kv_check_lens(mha_ctx *ctx, const char *fn, const kv_call *c) 
 /* A [1, X, R, Y] view of batch b of t, rows [0, R). */
 static mha_tensor batch_view(const mha_tensor *t, int64_t b, int64_t R) {
     mha_tensor v = *t;
-    v.data = t->data + b * t->stride[0];
+    v.ptr = (char *)t->ptr + b * t->stride[0] * (int64_t)mha__tensor_elsize(t);
     v.shape[0] = 1;
     if (t->ndim == 4) v.shape[2] = R;
     return v;
@@ -200,10 +248,12 @@ static mha_status kv_check(mha_ctx *ctx, const mha_attn_params *p, kv_call *c) {
         {"k_cache", c->kc}, {"v_cache", c->vc}, {"out", c->out}, {"lse", c->lse}};
     if ((st = mha__attn_check_aliases(ctx, fn, outs, 4, ins, 3))) return st;
     if (c->B * c->H * c->L == 0 || is_decode(c)) return MHA_OK;
-    /* prefill: what the dense core would refuse, refused now (batch 0 stands for all) */
+    /* prefill: what the dense core would refuse, refused now (batch 0 stands for all; with a
+     * 2-byte dtype it reads float32 copies of these shapes) */
     mha__attn_problem pr;
     mha_tensor qb = batch_view(c->q, 0, c->L), kb = batch_view(c->kc, 0, kv_len(c, 0));
     mha_tensor vb = batch_view(c->vc, 0, kv_len(c, 0));
+    qb.dtype = kb.dtype = vb.dtype = MHA_DTYPE_F32;
     mha_mask mk = prefill_mask(c, 0);
     return mha__attn_check_inputs(ctx, fn, p, &qb, &kb, &vb, &mk, &pr);
 }
@@ -214,18 +264,18 @@ static void kv_append(const kv_call *c) {
         for (int64_t h = 0; h < c->Hkv; h++)
             for (int64_t t = 0; t < c->Lnew; t++) {
                 const int64_t j = (c->lens ? c->lens[b] : 0) + t;
-                memcpy(mha__attn_row(c->kc, b, h, j), mha__attn_row(c->k_new, b, h, t),
-                       sizeof(float) * (size_t)c->D);
+                memcpy(kv_row(c->kc, b, h, j), kv_row(c->k_new, b, h, t), kv_es(c) * (size_t)c->D);
                 if (c->Dv > 0)
-                    memcpy(mha__attn_row(c->vc, b, h, j), mha__attn_row(c->v_new, b, h, t),
-                           sizeof(float) * (size_t)c->Dv);
+                    memcpy(kv_row(c->vc, b, h, j), kv_row(c->v_new, b, h, t),
+                           kv_es(c) * (size_t)c->Dv);
             }
 }
 
 /* ---- decode ---------------------------------------------------------------------------- */
 
-/* Chunks, threads, the partials and each thread's workspace. */
-static void dec_plan(mha_ctx *ctx, kv_call *c) {
+/* Chunks, threads, and the call's workspace: the partials, the query rows and slopes, each
+ * thread's merge row (one allocation). */
+static void dec_plan(mha_ctx *ctx, kv_call *c, mha__plan *call) {
     int64_t maxlen = 0;
     for (int64_t b = 0; b < c->B; b++)
         if (kv_len(c, b) > maxlen) maxlen = kv_len(c, b);
@@ -248,8 +298,32 @@ static void dec_plan(mha_ctx *ctx, kv_call *c) {
     c->hg = (c->Hkv + ng - 1) / ng;
     c->nhg = (c->Hkv + c->hg - 1) / c->hg;
     mha__plan_init(&c->plan);
-    MHA__PLAN_ADD(&c->plan, dec_ws, qs, sizeof(float), c->hg * c->rows, c->D);
-    MHA__PLAN_ADD(&c->plan, dec_ws, slope, sizeof(float), c->hg, c->rows);
+    MHA__PLAN_ADD(&c->plan, dec_ws, orow, sizeof(float), 1, c->Dv);
+    mha__plan_init(call);
+    MHA__PLAN_ADD(call, kv_call, part, sizeof(float), c->B * c->nch * c->Hkv, c->psz);
+    MHA__PLAN_ADD(call, kv_call, qs, sizeof(float), c->B * c->Hkv * c->rows, c->D);
+    MHA__PLAN_ADD(call, kv_call, slope, sizeof(float), c->B * c->Hkv, c->rows);
+    MHA__PLAN_ADD_COPIES(call, kv_call, ws, &c->plan, c->nt);
+}
+
+/* The query rows of (b, key/value head kh) (the heads h that read it x the L tokens, row
+ * r = (h % group) * L + i), float32 times scale (as the dense forward: (scale q) k), and their
+ * ALiBi slopes. */
+static void dec_queries(const kv_call *c, int64_t bk) {
+    const int64_t b = bk / c->Hkv, kh = bk % c->Hkv;
+    const float *sl = c->mask.alibi_slopes;
+    for (int64_t r = 0; r < c->rows; r++) {
+        const int64_t h = kh * c->group + r / c->L;
+        float *qs = c->qs + (bk * c->rows + r) * c->D;
+        const void *qr = kv_row(c->q, b, h, r % c->L);
+        if (c->dt == MHA_DTYPE_F32) {
+            mha__attn_scale_tile(1, c->D, c->scale, qr, c->D, qs);
+        } else {
+            row_to_f32(c->dt, qr, c->D, qs);
+            mha__attn_scale_tile(1, c->D, c->scale, qs, c->D, qs);
+        }
+        if (sl) c->slope[bk * c->rows + r] = sl[(c->mask.alibi_batched ? b * c->H : 0) + h];
+    }
 }
 
 /* The key range [lo, hi) of row r (query token i of length len's sequence) within chunk
@@ -274,7 +348,7 @@ static void dec_row_range(const kv_call *c, int64_t i, int64_t len, int64_t j0, 
 /* Task (b, chunk, group of key/value heads): the chunk's partial softmax of each head's rows,
  * every head's key block after key block in one kernel call (with the [B, S, Hkv, D] layout the
  * heads of a key share its memory, so it is read in one pass). */
-static void dec_chunk(const kv_call *c, dec_ws *w, int64_t task) {
+static void dec_chunk(const kv_call *c, int64_t task) {
     const int64_t hgi = task % c->nhg, ch = task / c->nhg % c->nch, b = task / c->nhg / c->nch;
     const int64_t kh0 = hgi * c->hg, nh = c->Hkv - kh0 < c->hg ? c->Hkv - kh0 : c->hg;
     const int64_t rows = c->rows, len = kv_len(c, b), j0 = ch * DEC_CHUNK;
@@ -292,35 +366,32 @@ static void dec_chunk(const kv_call *c, dec_ws *w, int64_t task) {
                 part[t * c->psz + r] = -INFINITY, part[t * c->psz + rows + r] = 0;
         return;
     }
-    const float *sl = c->mask.alibi_slopes;
-    for (int64_t t = 0; t < nh; t++)
-        for (int64_t r = 0; r < rows; r++) { /* (scale q) k, as the dense forward */
-            const int64_t h = (kh0 + t) * c->group + r / c->L;
-            mha__attn_scale_tile(1, c->D, c->scale, mha__attn_row(c->q, b, h, r % c->L), c->D,
-                                 w->qs + (t * rows + r) * c->D);
-            if (sl) w->slope[t * rows + r] = sl[(c->mask.alibi_batched ? b * c->H : 0) + h];
-        }
-    const mha__attn_decode_mask md = {c->softcap, lo, hi, sl ? w->slope : NULL, pos};
-    c->kern->attn_decode(nh, rows, bc, c->D, c->Dv, w->qs, c->D, rows * c->D,
-                         mha__attn_row(c->kc, b, kh0, j0), c->kc->stride[2], c->kc->stride[1],
-                         mha__attn_row(c->vc, b, kh0, j0), c->vc->stride[2], c->vc->stride[1], &md,
-                         part, c->psz);
+    const int64_t bk0 = b * c->Hkv + kh0; /* the task's first head's query rows and slopes */
+    const mha__attn_decode_mask md = {c->softcap, lo, hi,
+                                      c->mask.alibi_slopes ? c->slope + bk0 * rows : NULL, pos};
+    c->kern->attn_decode(c->dt, nh, rows, bc, c->D, c->Dv, c->qs + bk0 * rows * c->D, c->D,
+                         rows * c->D, kv_row(c->kc, b, kh0, j0), c->kc->stride[2], c->kc->stride[1],
+                         kv_row(c->vc, b, kh0, j0), c->vc->stride[2], c->vc->stride[1], &md, part,
+                         c->psz);
 }
 
-/* Merge (b, kv head): each row's chunks in chunk order by log-sum-exp, into out and lse. */
-static void dec_merge(const kv_call *c, int64_t bk) {
+/* Merge (b, kv head): each row's chunks in chunk order by log-sum-exp, into out (computed in
+ * float32: in place for a float32 out, else in w->orow, then rounded once) and lse. */
+static void dec_merge(const kv_call *c, const dec_ws *w, int64_t bk) {
     const int64_t b = bk / c->Hkv, kh = bk % c->Hkv, rows = c->rows, Dv = c->Dv;
     const float *part = c->part + (b * c->nch * c->Hkv + kh) * c->psz; /* chunk 0 */
     const int64_t pst = c->Hkv * c->psz;                               /* chunk to chunk */
     for (int64_t r = 0; r < rows; r++) {
         const int64_t h = kh * c->group + r / c->L, i = r % c->L;
-        float *o = mha__attn_row(c->out, b, h, i), M = -INFINITY, sum = 0;
+        void *orow = kv_row(c->out, b, h, i);
+        float *o = c->dt == MHA_DTYPE_F32 ? orow : w->orow, M = -INFINITY, sum = 0;
         for (int64_t ch = 0; ch < c->nch; ch++) {
             const float mc = part[ch * pst + r];
             if (mc > M || isnan(mc)) M = mc;
         }
         for (int64_t x = 0; x < Dv; x++) o[x] = 0;
         if (M == -INFINITY) { /* no allowed key: out 0, lse -inf */
+            if (o != orow) row_from_f32(c->dt, o, Dv, orow);
             if (c->lse)
                 c->lse
                     ->data[b * c->lse->stride[0] + h * c->lse->stride[1] + i * c->lse->stride[2]] =
@@ -336,6 +407,7 @@ static void dec_merge(const kv_call *c, int64_t bk) {
         }
         const float inv = 1.0f / sum;
         for (int64_t x = 0; x < Dv; x++) o[x] *= inv;
+        if (o != orow) row_from_f32(c->dt, o, Dv, orow);
         if (c->lse)
             c->lse->data[b * c->lse->stride[0] + h * c->lse->stride[1] + i * c->lse->stride[2]] =
                 M + logf(sum);
@@ -343,24 +415,18 @@ static void dec_merge(const kv_call *c, int64_t bk) {
 }
 
 /* Plans and allocates a decode call (before anything is written: a failure leaves the caches as
- * they were): each thread's workspace into *ws, the partials into c->part (*pb). */
-static mha_status dec_alloc(mha_ctx *ctx, kv_call *c, void **ws, void **pb) {
-    dec_plan(ctx, c);
-    mha__plan pp;
-    mha__plan_init(&pp);
-    MHA__PLAN_ADD(&pp, kv_call, part, sizeof(float), c->B * c->nch * c->Hkv, c->psz);
-    mha_status st = mha__plan_alloc(&c->plan, ctx, c->fn, c->nt, ws);
+ * they were): the workspace into *buf, its views in c. */
+static mha_status dec_alloc(mha_ctx *ctx, kv_call *c, void **buf) {
+    mha__plan call;
+    dec_plan(ctx, c, &call);
+    mha_status st = mha__plan_alloc(&call, ctx, c->fn, 1, buf);
     if (st) return st;
-    if ((st = mha__plan_alloc(&pp, ctx, c->fn, 1, pb))) {
-        mha__free(*ws);
-        return st;
-    }
-    mha__plan_point(&pp, *pb, 0, c);
+    mha__plan_point(&call, *buf, 0, c);
     return MHA_OK;
 }
 
-/* Every chunk task, then every merge. */
-static void dec_run(const kv_call *c, void *ws) {
+/* The query rows, then every chunk task, then every merge. */
+static void dec_run(const kv_call *c) {
     const int64_t ntask = c->B * c->nch * c->nhg, nmerge = c->B * c->Hkv;
 #pragma omp parallel num_threads(c->nt) if (c->nt > 1)
     {
@@ -369,26 +435,73 @@ static void dec_run(const kv_call *c, void *ws) {
         tid = omp_get_thread_num();
 #endif
         dec_ws w;
-        mha__plan_point(&c->plan, ws, tid, &w);
+        mha__plan_point(&c->plan, c->ws, tid, &w);
+#pragma omp for schedule(static)
+        for (int64_t t = 0; t < nmerge; t++) dec_queries(c, t);
 #pragma omp for schedule(dynamic, 1)
-        for (int64_t t = 0; t < ntask; t++) dec_chunk(c, &w, t);
+        for (int64_t t = 0; t < ntask; t++) dec_chunk(c, t);
 #pragma omp for schedule(dynamic, 1)
-        for (int64_t t = 0; t < nmerge; t++) dec_merge(c, t);
+        for (int64_t t = 0; t < nmerge; t++) dec_merge(c, &w, t);
     }
 }
 
 /* ---- prefill --------------------------------------------------------------------------- */
 
-static mha_status prefill(mha_ctx *ctx, const mha_attn_params *p, const kv_call *c) {
+/* A 2-byte dtype's prefill: float32 copies of one sequence's q, keys and values, and its out
+ * (the largest sequence's sizes; one allocation, reused for each sequence). */
+typedef struct {
+    float *q;     /* [H, L, D] */
+    float *k, *v; /* [Hkv, len, D], [Hkv, len, Dv] */
+    float *o;     /* [H, L, Dv] */
+} pf_ws;
+
+/* Plans and allocates a 2-byte prefill's copies (before anything is written). */
+static mha_status pf_alloc(mha_ctx *ctx, const kv_call *c, void **buf, pf_ws *w) {
+    int64_t maxlen = 0;
+    for (int64_t b = 0; b < c->B; b++)
+        if (kv_len(c, b) > maxlen) maxlen = kv_len(c, b);
+    mha__plan pl;
+    mha__plan_init(&pl);
+    MHA__PLAN_ADD(&pl, pf_ws, q, sizeof(float), c->H * c->L, c->D);
+    MHA__PLAN_ADD(&pl, pf_ws, k, sizeof(float), c->Hkv * maxlen, c->D);
+    MHA__PLAN_ADD(&pl, pf_ws, v, sizeof(float), c->Hkv * maxlen, c->Dv);
+    MHA__PLAN_ADD(&pl, pf_ws, o, sizeof(float), c->H * c->L, c->Dv);
+    mha_status st = mha__plan_alloc(&pl, ctx, c->fn, 1, buf);
+    if (!st) mha__plan_point(&pl, *buf, 0, w);
+    return st;
+}
+
+/* dst [1, X, R, Y] float32, contiguous = rows [0, R) of batch b of t, converted (exact). */
+static mha_tensor pf_copy(const kv_call *c, const mha_tensor *t, int64_t b, int64_t R, float *dst) {
+    const int64_t X = t->shape[1], Y = t->shape[3], shape[4] = {1, X, R, Y};
+    for (int64_t h = 0; h < X; h++)
+        for (int64_t i = 0; i < R; i++)
+            row_to_f32(c->dt, kv_row(t, b, h, i), Y, dst + (h * R + i) * Y);
+    return mha_tensor_make(dst, 4, shape);
+}
+
+static mha_status prefill(mha_ctx *ctx, const mha_attn_params *p, const kv_call *c,
+                          const pf_ws *w) {
     for (int64_t b = 0; b < c->B; b++) {
         const int64_t len = kv_len(c, b);
         mha_tensor qb = batch_view(c->q, b, c->L), kb = batch_view(c->kc, b, len);
         mha_tensor vb = batch_view(c->vc, b, len), ob = batch_view(c->out, b, c->L), lb;
         if (c->lse) lb = batch_view(c->lse, b, 0);
+        if (w) { /* a 2-byte dtype: the dense core on float32 copies */
+            qb = pf_copy(c, c->q, b, c->L, w->q), kb = pf_copy(c, c->kc, b, len, w->k);
+            vb = pf_copy(c, c->vc, b, len, w->v);
+            const int64_t so[4] = {1, c->H, c->L, c->Dv};
+            ob = mha_tensor_make(w->o, 4, so);
+        }
         mha_mask mk = prefill_mask(c, b);
         mha_status st =
             mha__attn_forward_seq(ctx, c->fn, p, &qb, &kb, &vb, &mk, &ob, c->lse ? &lb : NULL, 0);
         if (st) return st;
+        if (w) /* out rounded once */
+            for (int64_t h = 0; h < c->H; h++)
+                for (int64_t i = 0; i < c->L; i++)
+                    row_from_f32(c->dt, w->o + (h * c->L + i) * c->Dv, c->Dv,
+                                 kv_row(c->out, b, h, i));
     }
     return MHA_OK;
 }
@@ -406,17 +519,21 @@ mha_status mha__attn_kvcache(mha_ctx *ctx, const char *fn, const mha_attn_params
     c.mask = mask ? *mask : mha_mask_default();
     mha_status st = kv_check(ctx, p, &c);
     if (st) return st;
-    if (c.B * c.H * c.L == 0 || !is_decode(&c)) {
+    void *buf = NULL;
+    if (c.B * c.H * c.L == 0) {
         kv_append(&c);
-        return c.B * c.H * c.L == 0 ? MHA_OK : prefill(ctx, p, &c);
+    } else if (!is_decode(&c)) {
+        pf_ws w;
+        if (c.dt != MHA_DTYPE_F32 && (st = pf_alloc(ctx, &c, &buf, &w))) return st;
+        kv_append(&c);
+        st = prefill(ctx, p, &c, buf ? &w : NULL);
+    } else {
+        if ((st = dec_alloc(ctx, &c, &buf))) return st;
+        kv_append(&c);
+        dec_run(&c);
     }
-    void *ws, *pb;
-    if ((st = dec_alloc(ctx, &c, &ws, &pb))) return st;
-    kv_append(&c);
-    dec_run(&c, ws);
-    mha__free(pb);
-    mha__free(ws);
-    return MHA_OK;
+    mha__free(buf);
+    return st;
 }
 
 mha_status mha_attn_kvcache(mha_ctx *ctx, const mha_attn_params *p, const mha_tensor *q,

@@ -52,6 +52,38 @@ INL void vf_store_v(float *p, int last, vmask kl, vf v) {
     else _mm256_storeu_ps(p, v);
 }
 
+/* The same for VL 2-byte cache elements (bfloat16 / IEEE half) at p, as floats: exact, the
+ * bits of ../../cvt.h's scalar conversions. Lanes outside a cut vector: 0, never read (AVX2
+ * has no 16-bit masked load: the cut vector's elements go through a small copy). */
+INL __m128i vh_load_v(const uint16_t *p, int last, vmask kl) {
+    if (!last) return _mm_loadu_si128((const __m128i *)p);
+    uint16_t t[8] = {0};
+    const int w = __builtin_popcount((unsigned)_mm256_movemask_ps(_mm256_castsi256_ps(kl)));
+    for (int i = 0; i < w; i++) t[i] = p[i];
+    return _mm_loadu_si128((const __m128i *)t);
+}
+/* bfloat16: the 16 bits shifted to the top of a float32. */
+INL vf vf_load_bf16_v(const uint16_t *p, int last, vmask kl) {
+    return _mm256_castsi256_ps(
+        _mm256_slli_epi32(_mm256_cvtepu16_epi32(vh_load_v(p, last, kl)), 16));
+}
+/* Half, in integer operations (this path is built without -mf16c): exponent and fraction moved
+ * to float32's places, then times 2^112 (127 - 15: rebias; exact, and it normalizes half's
+ * subnormals); exponent 31 (inf, NaN) becomes 255 with the fraction kept and NaNs quieted, as
+ * mha__f16_to_f32 and vcvtph2ps do. */
+INL vf vf_load_f16_v(const uint16_t *p, int last, vmask kl) {
+    const __m256i x = _mm256_cvtepu16_epi32(vh_load_v(p, last, kl));
+    const __m256i sign = _mm256_slli_epi32(_mm256_and_si256(x, _mm256_set1_epi32(0x8000)), 16);
+    const __m256i mag = _mm256_slli_epi32(_mm256_and_si256(x, _mm256_set1_epi32(0x7fff)), 13);
+    const __m256 fin = _mm256_mul_ps(_mm256_castsi256_ps(mag), _mm256_set1_ps(0x1p112f));
+    const __m256i inf = _mm256_cmpgt_epi32(mag, _mm256_set1_epi32(0x0f7fffff)); /* e = 31 */
+    const __m256i nan = _mm256_cmpgt_epi32(mag, _mm256_set1_epi32(0x0f800000)); /* and f != 0 */
+    const __m256i big = _mm256_or_si256(_mm256_or_si256(mag, _mm256_set1_epi32(0x70000000)),
+                                        _mm256_and_si256(nan, _mm256_set1_epi32(0x400000)));
+    const __m256 v = _mm256_blendv_ps(fin, _mm256_castsi256_ps(big), _mm256_castsi256_ps(inf));
+    return _mm256_or_ps(v, _mm256_castsi256_ps(sign));
+}
+
 INL vf vf_fma(vf a, vf b, vf c) { return _mm256_fmadd_ps(a, b, c); } /* a b + c, one rounding */
 INL vf vf_mul(vf a, vf b) { return _mm256_mul_ps(a, b); }
 INL vf vf_add(vf a, vf b) { return _mm256_add_ps(a, b); }

@@ -5,7 +5,8 @@
  *   mha bench --core ... [--seq-k S] [--head-dim D] [--window L,R] [--softcap C] [--alibi]
  *   mha bench --gemm M N K [--ta 0|1] [--tb 0|1] [--threads T] [--isa NAME] [--runs R] [--json]
  *   mha bench --core --decode --batch B --seq-k S --heads H --head-dim D [--kv-heads G]
- *             [--layout bhsd|bshd] [--bw-mib M] [--threads T] [--isa NAME] [--runs R] [--json]
+ *             [--layout bhsd|bshd] [--dtype f32|bf16|f16] [--bw-mib M] [--threads T]
+ *             [--isa NAME] [--runs R] [--json]
  *
  * Each measurement: warm-up runs, then R timed runs; the median is reported. FLOP counts
  * (nominal, the same for every implementation compared in BENCHMARKS.md), with D = E / H
@@ -24,7 +25,8 @@
  * When stderr is a terminal, one line there says which run is going (erased at the end).
  * --decode (the DECODE block below) times one decoding step instead: mha_attn_kvcache of one
  * query token per sequence against a cache of S tokens (the new token appended at S - 1), and
- * reports the rate at which it reads K and V (B * G * S * 2D floats per step) beside the
+ * reports the rate at which it reads K and V (B * G * S * 2D elements per step: 4 bytes each,
+ * 2 with --dtype bf16 or f16, q, the caches and out then all of that dtype) beside the
  * machine's memory read bandwidth measured in the same run.
  *
  * Steps: validate (parse_args, check_args), plan (plan_bench: buffers, module, FLOPs), measure
@@ -74,6 +76,8 @@ static void print_help(FILE *f) {
           "                (a streaming read of --bw-mib MiB, default 1024, same threads)\n"
           "  --layout L    --decode: the cache's memory, bhsd ([B, G, S, D], default) or\n"
           "                bshd ([B, S, G, D], FlashAttention's: strided views)\n"
+          "  --dtype T     the computation's dtype: f32 (default), or with --decode bf16 or\n"
+          "                f16 (q, the cache and the output in bfloat16 / float16, fp32 inside)\n"
           "  --gemm M N K  time C[M,N] = op(A)[M,K] op(B)[K,N]; --ta/--tb transpose A/B\n"
           "                (default: ta 0, tb 1, as the projections x W^T)\n"
           "  --threads T   threads (default: all cores)\n"
@@ -136,6 +140,8 @@ typedef struct {
     int decode, bshd;
     const char *layout;
     long long bw_mib;
+    const char *dtype_arg; /* --dtype as given */
+    mha_dtype dtype;       /* f32 unless --decode --dtype bf16 / f16 */
 } bench_args;
 
 /* One timed step: forward (and backward); returns nonzero status on failure. */
@@ -160,6 +166,7 @@ typedef struct {
 static mha_status run_decode(bench_state *s);
 static int decode_check_args(const bench_args *a);
 static int decode_parse_layout(bench_args *a);
+static int parse_dtype(bench_args *a);
 typedef struct bench_plan bench_plan;
 static void plan_decode(bench_state *s, bench_plan *p);
 
@@ -354,6 +361,7 @@ static int parse_args(int argc, char **argv, bench_args *a) {
         {"--decode", CLI_OPT_FLAG, &a->decode, 0},
         {"--layout", CLI_OPT_STRING, &a->layout, 0},
         {"--bw-mib", CLI_OPT_INT, &a->bw_mib, 0},
+        {"--dtype", CLI_OPT_STRING, &a->dtype_arg, 0},
     };
     int nopts = (int)(sizeof opts / sizeof opts[0]);
     if (!rc) rc = cli_parse(nrest, rest, opts, nopts);
@@ -369,6 +377,7 @@ static int parse_args(int argc, char **argv, bench_args *a) {
     if ((rc = check_args(a, cli_find(opts, nopts, "--warmup")->seen > 0))) return rc;
     if ((rc = check_core_opts(a, opts, nopts))) return rc;
     if ((rc = decode_check_args(a))) return rc;
+    if ((rc = parse_dtype(a))) return rc;
     return decode_parse_layout(a);
 }
 
@@ -630,11 +639,57 @@ static void decode_dims(const bench_args *a, int64_t *S, int64_t *D) {
     *D = a->head_dim;
 }
 
-/* Bytes of K and V rows one step reads: every cached key and value of every sequence. */
+/* Bytes of K and V rows one step reads: every cached key and value of every sequence, in the
+ * cache's dtype. */
 static double decode_bytes(const bench_args *a) {
     int64_t S, D;
     decode_dims(a, &S, &D);
-    return (double)a->batch * (double)a->kv_heads * (double)S * 2.0 * (double)D * sizeof(float);
+    return (double)a->batch * (double)a->kv_heads * (double)S * 2.0 * (double)D *
+           (double)mha_dtype_size(a->dtype);
+}
+
+/* --dtype f32|bf16|f16 into a->dtype; bf16 and f16 only with --decode so far (the core's
+ * and the module's 2-byte paths are not there yet). */
+static int parse_dtype(bench_args *a) {
+    static const struct {
+        const char *name;
+        mha_dtype dt;
+    } names[3] = {{"f32", MHA_DTYPE_F32}, {"bf16", MHA_DTYPE_BF16}, {"f16", MHA_DTYPE_F16}};
+    a->dtype = MHA_DTYPE_F32;
+    if (!a->dtype_arg) return 0;
+    int i = 0;
+    while (i < 3 && strcmp(a->dtype_arg, names[i].name)) i++;
+    if (i == 3)
+        return cli_usage_error("mha bench --help lists the options",
+                               "--dtype: got \"%s\", expected f32, bf16 or f16", a->dtype_arg);
+    if (names[i].dt != MHA_DTYPE_F32 && !a->decode)
+        return cli_usage_error("mha bench --help lists the options",
+                               "--dtype: got %s, expected f32 (bf16 and f16 run only with --core "
+                               "--decode so far)",
+                               a->dtype_arg);
+    a->dtype = names[i].dt;
+    return 0;
+}
+
+/* The short name of the bench's dtype, as --dtype takes it. */
+static const char *dtype_short(mha_dtype dt) {
+    return dt == MHA_DTYPE_BF16 ? "bf16" : dt == MHA_DTYPE_F16 ? "f16" : "f32";
+}
+
+/* A plan buffer of n elements of dtype dt: rand_buf's floats, or for a 2-byte dtype values
+ * uniform-ish in (-1, 1) built from the LCG's bits (a random sign, exponent 2^-4 .. 2^-1 and
+ * fraction: finite, no conversion needed). */
+static void *plan_buf_dt(bench_plan *p, int64_t n, uint32_t seed, int stream, mha_dtype dt) {
+    float *b = plan_buf_as(p, n, seed, stream);
+    if (!b || dt == MHA_DTYPE_F32) return b;
+    uint16_t *h = (uint16_t *)b; /* over the first half of the buffer */
+    for (int64_t i = 0; i < n; i++) {
+        seed = seed * 1664525u + 1013904223u;
+        const uint32_t sign = (seed >> 31) << 15, e = (seed >> 20) & 3, f = seed >> 8;
+        h[i] = (uint16_t)(dt == MHA_DTYPE_BF16 ? sign | ((123 + e) << 7) | (f & 0x7f)
+                                               : sign | ((11 + e) << 10) | (f & 0x3ff));
+    }
+    return h;
 }
 
 static int decode_check_args(const bench_args *a) {
@@ -663,10 +718,12 @@ static int decode_parse_layout(bench_args *a) {
                            "--layout: got \"%s\", expected bhsd or bshd", a->layout);
 }
 
-/* A [B, G, R, D] view of the buffer: contiguous, or of [B, R, G, D] memory (bshd). */
-static mha_tensor decode_view(float *buf, int64_t B, int64_t G, int64_t R, int64_t D, int bshd) {
+/* A [B, G, R, D] view of the buffer (elements of dt): contiguous, or of [B, R, G, D] memory
+ * (bshd). */
+static mha_tensor decode_view(void *buf, mha_dtype dt, int64_t B, int64_t G, int64_t R, int64_t D,
+                              int bshd) {
     int64_t sh[4] = {B, G, R, D}, st[4] = {R * G * D, D, G * D, 1};
-    return mha_tensor_strided(buf, 4, sh, bshd ? st : NULL);
+    return mha_tensor_typed(buf, dt, 4, sh, bshd ? st : NULL);
 }
 
 static void plan_decode(bench_state *s, bench_plan *p) {
@@ -674,13 +731,14 @@ static void plan_decode(bench_state *s, bench_plan *p) {
     int64_t S, D;
     decode_dims(a, &S, &D);
     const int64_t B = a->batch, H = a->heads, G = a->kv_heads;
+    const mha_dtype dt = a->dtype; /* of q, the caches, the new rows and out */
     int64_t sq[4] = {B, H, 1, D};
-    s->q = mha_tensor_make(plan_buf(p, B * H * D, 1), 4, sq);
-    s->o = mha_tensor_make(plan_buf(p, B * H * D, 4), 4, sq);
-    s->kc = decode_view(plan_buf_as(p, B * G * S * D, 2, 1), B, G, S, D, a->bshd);
-    s->vc = decode_view(plan_buf_as(p, B * G * S * D, 3, 1), B, G, S, D, a->bshd);
-    s->kn = decode_view(plan_buf(p, B * G * D, 5), B, G, 1, D, a->bshd);
-    s->vn = decode_view(plan_buf(p, B * G * D, 6), B, G, 1, D, a->bshd);
+    s->q = mha_tensor_typed(plan_buf_dt(p, B * H * D, 1, 0, dt), dt, 4, sq, NULL);
+    s->o = mha_tensor_typed(plan_buf_dt(p, B * H * D, 4, 0, dt), dt, 4, sq, NULL);
+    s->kc = decode_view(plan_buf_dt(p, B * G * S * D, 2, 1, dt), dt, B, G, S, D, a->bshd);
+    s->vc = decode_view(plan_buf_dt(p, B * G * S * D, 3, 1, dt), dt, B, G, S, D, a->bshd);
+    s->kn = decode_view(plan_buf_dt(p, B * G * D, 5, 0, dt), dt, B, G, 1, D, a->bshd);
+    s->vn = decode_view(plan_buf_dt(p, B * G * D, 6, 0, dt), dt, B, G, 1, D, a->bshd);
     s->lens = (int32_t *)plan_buf(p, B, 0); /* B int32 in a plan buffer of B floats */
     for (int64_t b = 0; s->lens && b < B; b++) s->lens[b] = (int32_t)(S - 1);
 }
@@ -733,19 +791,21 @@ static void report_decode(const bench_state *s, bench_times *t) {
     const int threads = mha_ctx_threads(s->ctx);
     const double mem = measure_bandwidth(a->bw_mib, threads, t->runs < 5 ? 5 : t->runs);
     const char *isa = mha_isa_name(mha_ctx_isa(s->ctx)), *layout = a->bshd ? "bshd" : "bhsd";
+    const char *dt = dtype_short(a->dtype);
     if (a->json) {
         printf("{\"what\":\"core_decode\",\"batch\":%lld,\"seq_k\":%lld,\"heads\":%lld,"
-               "\"kv_heads\":%lld,\"head_dim\":%lld,\"layout\":\"%s\",\"isa\":\"%s\","
-               "\"threads\":%d,\"runs\":%d,\"median_ms\":%.4f,\"kv_bytes\":%.6g,"
-               "\"kv_gbps\":%.3f,\"mem_read_gbps\":%.3f,\"mem_read_mib\":%lld,"
-               "\"kv_vs_mem\":%.4f}\n",
-               a->batch, (long long)S, a->heads, a->kv_heads, (long long)D, layout, isa, threads,
-               t->runs, med * 1e3, decode_bytes(a), kv, mem, a->bw_mib, mem > 0 ? kv / mem : 0);
+               "\"kv_heads\":%lld,\"head_dim\":%lld,\"layout\":\"%s\",\"dtype\":\"%s\","
+               "\"isa\":\"%s\",\"threads\":%d,\"runs\":%d,\"median_ms\":%.4f,"
+               "\"kv_bytes\":%.6g,\"kv_gbps\":%.3f,\"mem_read_gbps\":%.3f,"
+               "\"mem_read_mib\":%lld,\"kv_vs_mem\":%.4f}\n",
+               a->batch, (long long)S, a->heads, a->kv_heads, (long long)D, layout, dt, isa,
+               threads, t->runs, med * 1e3, decode_bytes(a), kv, mem, a->bw_mib,
+               mem > 0 ? kv / mem : 0);
         return;
     }
-    printf("core_decode B %lld S %lld H %lld G %lld D %lld, layout %s, isa %s, %d threads: median "
-           "%.4f ms of %d runs, K/V read %.2f GB/s\n",
-           a->batch, (long long)S, a->heads, a->kv_heads, (long long)D, layout, isa, threads,
+    printf("core_decode B %lld S %lld H %lld G %lld D %lld, layout %s, dtype %s, isa %s, %d "
+           "threads: median %.4f ms of %d runs, K/V read %.2f GB/s\n",
+           a->batch, (long long)S, a->heads, a->kv_heads, (long long)D, layout, dt, isa, threads,
            med * 1e3, t->runs, kv);
     printf("  memory read bandwidth %.2f GB/s (%lld MiB streamed, %d threads): K/V read at "
            "%.1f%% of it\n",

@@ -289,12 +289,13 @@ INL void dec_kernel(const mha_dtype kt, int64_t nh, int64_t rows, int64_t bc, in
 }
 
 /* One instance per element type (the contract's kv argument), the loops above shared. */
+#define DEC_ARGS nh, rows, bc, n, nv, A, lda, sa, K, ldk, sk, V, ldv, sv, md, P, sp
 #define DEC_INSTANCE(name, kt)                                                                     \
     static void name(int64_t nh, int64_t rows, int64_t bc, int64_t n, int64_t nv, const float *A,  \
                      int64_t lda, int64_t sa, const void *K, int64_t ldk, int64_t sk,              \
                      const void *V, int64_t ldv, int64_t sv, const mha__attn_decode_mask *md,      \
                      float *P, int64_t sp) {                                                       \
-        dec_kernel(kt, nh, rows, bc, n, nv, A, lda, sa, K, ldk, sk, V, ldv, sv, md, P, sp);        \
+        dec_kernel(kt, DEC_ARGS);                                                                  \
     }
 DEC_INSTANCE(dec_f32, MHA_DTYPE_F32)
 DEC_INSTANCE(dec_bf16, MHA_DTYPE_BF16)
@@ -304,12 +305,13 @@ void KERNEL(decode)(mha_dtype kv, int64_t nh, int64_t rows, int64_t bc, int64_t 
                     const float *A, int64_t lda, int64_t sa, const void *K, int64_t ldk, int64_t sk,
                     const void *V, int64_t ldv, int64_t sv, const mha__attn_decode_mask *md,
                     float *P, int64_t sp) {
-    void (*f)(int64_t, int64_t, int64_t, int64_t, int64_t, const float *, int64_t, int64_t,
-              const void *, int64_t, int64_t, const void *, int64_t, int64_t,
-              const mha__attn_decode_mask *, float *, int64_t) = kv == MHA_DTYPE_BF16  ? dec_bf16
-                                                                 : kv == MHA_DTYPE_F16 ? dec_f16
-                                                                                       : dec_f32;
-    f(nh, rows, bc, n, nv, A, lda, sa, K, ldk, sk, V, ldv, sv, md, P, sp);
+    switch (kv) {
+    case MHA_DTYPE_BF16: dec_bf16(DEC_ARGS); break;
+    case MHA_DTYPE_F16: dec_f16(DEC_ARGS); break;
+    default: dec_f32(DEC_ARGS); break;
+    }
 }
+#undef DEC_ARGS
+#undef DEC_INSTANCE
 
 #endif

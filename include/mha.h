@@ -358,7 +358,13 @@ MHA_API mha_attn_params mha_attn_params_default(void);
  * views that interleave without sharing an element are fine: q, k, v as views of one packed
  * [B, T, 3, H, D] buffer.
  * Dropout uses a counter-based generator keyed by (seed, offset, b, h, i, j): the backward
- * regenerates the same mask. Returns MHA_ERR_SHAPE / MHA_ERR_INVALID_ARG with a message. */
+ * regenerates the same mask. Returns MHA_ERR_SHAPE / MHA_ERR_INVALID_ARG with a message.
+ * Dtypes: q, k, v and out all float32, all bfloat16 or all float16 (mha_tensor_typed); lse and
+ * weights are float32 views in every case (so are float masks). bf16 / f16: every product,
+ * the softmax and lse are computed in float32 from the exact inputs, and out is rounded once
+ * (nearest even), so the error is the output's rounding plus float32 accumulation. Today this
+ * runs the float32 kernels on float32 copies (extra memory: q, k, v and out in float32, linear
+ * in L and S). Another dtype or a mismatch: MHA_ERR_UNSUPPORTED naming the tensor. */
 MHA_API mha_status mha_attn_forward(mha_ctx *ctx, const mha_attn_params *p, const mha_tensor *q,
                                     const mha_tensor *k, const mha_tensor *v, const mha_mask *mask,
                                     mha_tensor *out, mha_tensor *lse, mha_tensor *weights);
@@ -370,7 +376,10 @@ MHA_API mha_status mha_attn_forward(mha_ctx *ctx, const mha_attn_params *p, cons
  *   [B, T, 3, H, D] gradient buffer.
  *   dq: [B, H, L, D], dk: [B, Hkv, S, D], dv: [B, Hkv, S, Dv] (as k, v): overwritten (not
  *   accumulated); with grouped-query attention each group's query heads' contributions to dk,
- *   dv summed in head order (a [B, H, S, D + Dv] workspace). */
+ *   dv summed in head order (a [B, H, S, D + Dv] workspace).
+ *   Dtypes: q, k, v, out, dout, dq, dk and dv of one dtype (float32, bfloat16 or float16), lse
+ *   float32; bf16 / f16 computed in float32 from the exact inputs (out as given: the
+ *   forward's rounded output, as PyTorch's backward receives it), each gradient rounded once. */
 MHA_API mha_status mha_attn_backward(mha_ctx *ctx, const mha_attn_params *p, const mha_tensor *q,
                                      const mha_tensor *k, const mha_tensor *v, const mha_mask *mask,
                                      const mha_tensor *out, const mha_tensor *lse,

@@ -165,12 +165,14 @@ static mha_status bwd_check(mha_ctx *ctx, const char *fn, const mha_attn_params 
     int64_t B = pr->B, H = pr->H, L = pr->L, S = pr->S, D = pr->D, Dv = pr->Dv;
     int64_t wo[4] = {B, H, L, Dv}, wl[3] = {B, H, L}, wq[4] = {B, H, L, D};
     int64_t wk[4] = {B, pr->Hkv, S, D}, wv[4] = {B, pr->Hkv, S, Dv};
-    if ((st = mha__check_tensor(ctx, fn, "out", out, 4, wo, "[B, H, L, Dv]"))) return st;
+    const mha_dtype dt = pr->dt;
+    if ((st = mha__check_tensor_as(ctx, fn, "out", out, dt, 4, wo, "[B, H, L, Dv]"))) return st;
     if ((st = mha__check_tensor(ctx, fn, "lse", lse, 3, wl, "[B, H, L]"))) return st;
-    if ((st = mha__check_tensor(ctx, fn, "dout", dout, 4, wo, "[B, H, L, Dv]"))) return st;
-    if ((st = mha__check_tensor(ctx, fn, "dq", dq, 4, wq, "[B, H, L, D]"))) return st;
-    if ((st = mha__check_tensor(ctx, fn, "dk", dk, 4, wk, "[B, Hkv, S, D] as k"))) return st;
-    if ((st = mha__check_tensor(ctx, fn, "dv", dv, 4, wv, "[B, Hkv, S, Dv] as v"))) return st;
+    if ((st = mha__check_tensor_as(ctx, fn, "dout", dout, dt, 4, wo, "[B, H, L, Dv]"))) return st;
+    if ((st = mha__check_tensor_as(ctx, fn, "dq", dq, dt, 4, wq, "[B, H, L, D]"))) return st;
+    if ((st = mha__check_tensor_as(ctx, fn, "dk", dk, dt, 4, wk, "[B, Hkv, S, D] as k"))) return st;
+    if ((st = mha__check_tensor_as(ctx, fn, "dv", dv, dt, 4, wv, "[B, Hkv, S, Dv] as v")))
+        return st;
     const mha__attn_arg ins[6] = {{"q", q},     {"k", k},     {"v", v},
                                   {"out", out}, {"lse", lse}, {"dout", dout}};
     const mha__attn_arg outs[3] = {{"dq", dq}, {"dk", dk}, {"dv", dv}};
@@ -340,6 +342,26 @@ static void bwd_group_sum(const bwd_call *c, int64_t task) {
     }
 }
 
+/* A validated call on bf16 / f16 views: the float32 backward on exact float32 copies of q, k,
+ * v, out and dout, dq, dk and dv rounded once. */
+static mha_status bwd_lowp(mha_ctx *ctx, const char *fn, const mha_attn_params *p,
+                           const mha_tensor *q, const mha_tensor *k, const mha_tensor *v,
+                           const mha_mask *mask, const mha_tensor *out, const mha_tensor *lse,
+                           const mha_tensor *dout, mha_tensor *dq, mha_tensor *dk, mha_tensor *dv,
+                           int64_t bh0) {
+    const mha__lowp_arg args[8] = {{"q", q, 0},       {"k", k, 0},   {"v", v, 0},   {"out", out, 0},
+                                   {"dout", dout, 0}, {"dq", dq, 1}, {"dk", dk, 1}, {"dv", dv, 1}};
+    mha__lowp lp;
+    mha_status st = mha__lowp_begin(ctx, fn, &lp, 8, args);
+    if (st) return st;
+    st = mha__attn_backward_seq(ctx, fn, p, mha__lowp_view(&lp, 0), mha__lowp_view(&lp, 1),
+                                mha__lowp_view(&lp, 2), mask, mha__lowp_view(&lp, 3), lse,
+                                mha__lowp_view(&lp, 4), mha__lowp_view(&lp, 5),
+                                mha__lowp_view(&lp, 6), mha__lowp_view(&lp, 7), bh0);
+    mha__lowp_end(&lp, st);
+    return st;
+}
+
 mha_status mha__attn_backward_seq(mha_ctx *ctx, const char *fn, const mha_attn_params *p,
                                   const mha_tensor *q, const mha_tensor *k, const mha_tensor *v,
                                   const mha_mask *mask, const mha_tensor *out,
@@ -349,6 +371,8 @@ mha_status mha__attn_backward_seq(mha_ctx *ctx, const char *fn, const mha_attn_p
     bwd_call c;
     mha_status st = bwd_check(ctx, fn, p, q, k, v, mask, out, lse, dout, dq, dk, dv, &c);
     if (st) return st;
+    if (c.pr.dt != MHA_DTYPE_F32)
+        return bwd_lowp(ctx, fn, p, q, k, v, mask, out, lse, dout, dq, dk, dv, bh0);
     c.pr.bh0 = bh0;
     const int64_t BH = c.pr.B * c.pr.H;
     if (BH == 0) return MHA_OK;

@@ -123,13 +123,18 @@ mha_status mha__attn_check_inputs(mha_ctx *ctx, const char *fn, const mha_attn_p
     mha_attn_params dp = mha_attn_params_default();
     if (!p) p = &dp;
     if ((st = mha__attn_check_params(ctx, fn, p))) return st;
-    if ((st = mha__check_tensor(ctx, fn, "q", q, 4, NULL, "[B, H, L, D]"))) return st;
+    const mha_dtype dt = q ? q->dtype : MHA_DTYPE_F32;
+    if (dt != MHA_DTYPE_F32 && dt != MHA_DTYPE_BF16 && dt != MHA_DTYPE_F16)
+        return mha__err(ctx, MHA_ERR_UNSUPPORTED,
+                        "%s: q.dtype: got %s, expected float32, bfloat16 or float16", fn,
+                        mha_dtype_name(dt));
+    if ((st = mha__check_tensor_as(ctx, fn, "q", q, dt, 4, NULL, "[B, H, L, D]"))) return st;
     int64_t B = q->shape[0], H = q->shape[1], L = q->shape[2], D = q->shape[3];
     if (D < 1)
         return mha__err(ctx, MHA_ERR_SHAPE, "%s: q.shape[3]: got %lld, expected >= 1 (head dim)",
                         fn, (long long)D);
     int64_t wk[4] = {B, -1, -1, D};
-    if ((st = mha__check_tensor(ctx, fn, "k", k, 4, NULL, "[B, Hkv, S, D]"))) return st;
+    if ((st = mha__check_tensor_as(ctx, fn, "k", k, dt, 4, NULL, "[B, Hkv, S, D]"))) return st;
     static const char *const kwhy[4] = {"q batch", "", "", "q head dim"};
     for (int d = 0; d < 4; d++)
         if (wk[d] >= 0 && k->shape[d] != wk[d])
@@ -142,7 +147,7 @@ mha_status mha__attn_check_inputs(mha_ctx *ctx, const char *fn, const mha_attn_p
                         "(grouped-query attention: query head h uses key/value head h / (H / Hkv))",
                         fn, (long long)Hkv, (long long)H);
     int64_t S = k->shape[2];
-    if ((st = mha__check_tensor(ctx, fn, "v", v, 4, NULL, "[B, Hkv, S, Dv]"))) return st;
+    if ((st = mha__check_tensor_as(ctx, fn, "v", v, dt, 4, NULL, "[B, Hkv, S, Dv]"))) return st;
     int64_t wv[3] = {B, Hkv, S};
     static const char *const vwhy[3] = {"q batch", "k heads", "k length"};
     for (int d = 0; d < 3; d++)
@@ -150,7 +155,7 @@ mha_status mha__attn_check_inputs(mha_ctx *ctx, const char *fn, const mha_attn_p
             return mha__err(ctx, MHA_ERR_SHAPE, "%s: v.shape[%d]: got %lld, expected %lld (%s)", fn,
                             d, (long long)v->shape[d], (long long)wv[d], vwhy[d]);
     pr->B = B, pr->H = H, pr->L = L, pr->S = S, pr->D = D, pr->Dv = v->shape[3];
-    pr->Hkv = Hkv, pr->kv_group = H / Hkv;
+    pr->Hkv = Hkv, pr->kv_group = H / Hkv, pr->dt = dt;
     pr->scale = p->scale != 0 ? p->scale : (float)(1.0 / sqrt((double)D));
     pr->dropout_p = p->dropout_p;
     pr->keep_scale = p->dropout_p > 0 ? (float)(1.0 / (1.0 - (double)p->dropout_p)) : 1.0f;

@@ -37,7 +37,8 @@ typedef struct {
      * MHA__ATTN_NO_DIAG: unbounded) and j >= i + lo_shift (the window's left bound;
      * -MHA__ATTN_NO_DIAG: unbounded). */
     int64_t hi_shift, lo_shift;
-    int64_t bh0; /* the dropout counter's head index is bh0 + b*H + h (0; varlen: per sequence) */
+    int64_t bh0;  /* the dropout counter's head index is bh0 + b*H + h (0; varlen: per sequence) */
+    mha_dtype dt; /* of q, k, v and the outputs that match them: F32, BF16 or F16 */
 } mha__attn_problem;
 
 /* Validates the fields of a mask (NULL: no mask) that need no tensor: causal, attn_batched,
@@ -54,7 +55,8 @@ mha_status mha__attn_check_alibi(mha_ctx *ctx, const char *fn, const mha_mask *m
                                  int64_t H);
 
 /* Validates p (NULL: defaults), q, k, v and mask (NULL: no mask), and fills *pr.
- * fn names the public function in messages. */
+ * fn names the public function in messages. q may be F32, BF16 or F16 (pr->dt); k and v must
+ * have q's dtype. */
 mha_status mha__attn_check_inputs(mha_ctx *ctx, const char *fn, const mha_attn_params *p,
                                   const mha_tensor *q, const mha_tensor *k, const mha_tensor *v,
                                   const mha_mask *mask, mha__attn_problem *pr);

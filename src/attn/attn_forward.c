@@ -84,7 +84,7 @@ static mha_status fwd_check(mha_ctx *ctx, const char *fn, const mha_attn_params 
     mha_status st = mha__attn_check_inputs(ctx, fn, p, q, k, v, mask, pr);
     if (st) return st;
     int64_t wo[4] = {pr->B, pr->H, pr->L, pr->Dv};
-    if ((st = mha__check_tensor(ctx, fn, "out", out, 4, wo, "[B, H, L, Dv]"))) return st;
+    if ((st = mha__check_tensor_as(ctx, fn, "out", out, pr->dt, 4, wo, "[B, H, L, Dv]"))) return st;
     int64_t wl[3] = {pr->B, pr->H, pr->L}, ww[4] = {pr->B, pr->H, pr->L, pr->S};
     if (lse && (st = mha__check_tensor(ctx, fn, "lse", lse, 3, wl, "[B, H, L]"))) return st;
     if (weights && (st = mha__check_tensor(ctx, fn, "weights", weights, 4, ww, "[B, H, L, S]")))
@@ -318,11 +318,34 @@ static void fwd_parallel(const fwd_call *c, void *ws, int64_t n,
 static mha_status attn_forward(mha_ctx *ctx, const char *fn, int64_t bh0, const mha_attn_params *p,
                                const mha_tensor *q, const mha_tensor *k, const mha_tensor *v,
                                const mha_mask *mask, mha_tensor *out, mha_tensor *lse,
+                               mha_tensor *weights, mha_tensor *wavg);
+
+/* A validated call on bf16 / f16 views: the float32 forward on exact float32 copies of q, k
+ * and v, out rounded once (lse and the weights are float32 views, written directly). */
+static mha_status fwd_lowp(mha_ctx *ctx, const char *fn, int64_t bh0, const mha_attn_params *p,
+                           const mha_tensor *q, const mha_tensor *k, const mha_tensor *v,
+                           const mha_mask *mask, mha_tensor *out, mha_tensor *lse,
+                           mha_tensor *weights, mha_tensor *wavg) {
+    const mha__lowp_arg args[4] = {{"q", q, 0}, {"k", k, 0}, {"v", v, 0}, {"out", out, 1}};
+    mha__lowp lp;
+    mha_status st = mha__lowp_begin(ctx, fn, &lp, 4, args);
+    if (st) return st;
+    st = attn_forward(ctx, fn, bh0, p, mha__lowp_view(&lp, 0), mha__lowp_view(&lp, 1),
+                      mha__lowp_view(&lp, 2), mask, mha__lowp_view(&lp, 3), lse, weights, wavg);
+    mha__lowp_end(&lp, st);
+    return st;
+}
+
+static mha_status attn_forward(mha_ctx *ctx, const char *fn, int64_t bh0, const mha_attn_params *p,
+                               const mha_tensor *q, const mha_tensor *k, const mha_tensor *v,
+                               const mha_mask *mask, mha_tensor *out, mha_tensor *lse,
                                mha_tensor *weights, mha_tensor *wavg) {
     mha__clear(ctx);
     fwd_call c;
     mha_status st = fwd_check(ctx, fn, p, q, k, v, mask, out, lse, weights, wavg, &c);
     if (st) return st;
+    if (c.pr.dt != MHA_DTYPE_F32)
+        return fwd_lowp(ctx, fn, bh0, p, q, k, v, mask, out, lse, weights, wavg);
     c.pr.bh0 = bh0;
     if (c.pr.B * c.pr.H * c.pr.L == 0) {
         if (wavg) /* H == 0: no head to average, weights 0 */

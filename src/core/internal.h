@@ -60,6 +60,34 @@ mha_status mha__check_tensor_as(mha_ctx *ctx, const char *fn, const char *name, 
 /* Bytes per element of a view: 4 (F32) or 2 (BF16, F16). */
 size_t mha__tensor_elsize(const mha_tensor *t);
 
+/* Conversions of whole views (convert.c, on nt threads): src (any dtype, strided) into the
+ * contiguous float32 dst of its shape, exactly; and the contiguous float32 src into dst (any
+ * dtype, strided), each element rounded once (nearest even; src/kernels/cvt.h). */
+void mha__tensor_to_f32(const mha_tensor *src, float *dst, int nt);
+void mha__tensor_from_f32(const float *src, const mha_tensor *dst, int nt);
+
+/* A call on bf16 / f16 views run in float32 (convert.c): mha__lowp_begin makes one
+ * allocation holding a contiguous float32 copy of each input (converted now) and a float32
+ * buffer for each output; the call runs on mha__lowp_view(lp, i); mha__lowp_end(lp, st)
+ * rounds the outputs into the caller's views when st is MHA_OK (else leaves them untouched)
+ * and frees. An allocation failure: MHA_ERR_NOMEM naming fn and the tensor. */
+#define MHA__LOWP_MAX 8
+typedef struct {
+    const char *name;
+    const mha_tensor *t; /* validated, or NULL (an absent optional tensor) */
+    int out;             /* 1: an output (written back by mha__lowp_end) */
+} mha__lowp_arg;
+typedef struct {
+    int n, nt;
+    mha__lowp_arg arg[MHA__LOWP_MAX];
+    mha_tensor f32[MHA__LOWP_MAX];
+    void *mem;
+} mha__lowp;
+mha_status mha__lowp_begin(mha_ctx *ctx, const char *fn, mha__lowp *lp, int n,
+                           const mha__lowp_arg *args);
+mha_tensor *mha__lowp_view(mha__lowp *lp, int i);
+void mha__lowp_end(mha__lowp *lp, mha_status st);
+
 /* 1 if two validated views may share an element (exact for views with the same strides
  * into one row-major buffer, such as interleaved q/k/v of a packed array; otherwise 1 as
  * soon as their address ranges intersect), 0 if they cannot. Empty views never overlap. */

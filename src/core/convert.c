@@ -1,0 +1,114 @@
+/* convert.c - float32 copies of bf16 / f16 tensor views and back: how a call that computes in
+ * float32 takes 2-byte inputs (exact conversions up, one round-to-nearest-even down: the
+ * definitions of src/kernels/cvt.h). */
+#include "core/plan.h"
+#include "internal.h"
+#include "kernels/cvt.h"
+
+#include <string.h>
+
+/* Row r (all dimensions but the last, in C order) of a view: its offset in elements. */
+static int64_t row_offset(const mha_tensor *t, int64_t r) {
+    int64_t off = 0;
+    for (int d = t->ndim - 2; d >= 0; d--) {
+        off += (r % t->shape[d]) * t->stride[d];
+        r /= t->shape[d];
+    }
+    return off;
+}
+
+/* dst[n] = the n elements at src of dtype dt, exactly */
+static void row_to_f32(mha_dtype dt, const void *src, float *dst, int64_t n) {
+    if (dt == MHA_DTYPE_F32) {
+        memcpy(dst, src, sizeof(float) * (size_t)n);
+        return;
+    }
+    const uint16_t *s = src;
+    if (dt == MHA_DTYPE_BF16)
+        for (int64_t x = 0; x < n; x++) dst[x] = mha__bf16_to_f32(s[x]);
+    else
+        for (int64_t x = 0; x < n; x++) dst[x] = mha__f16_to_f32(s[x]);
+}
+
+/* dst[n] of dtype dt = src[n], each rounded once */
+static void row_from_f32(mha_dtype dt, const float *src, void *dst, int64_t n) {
+    if (dt == MHA_DTYPE_F32) {
+        memcpy(dst, src, sizeof(float) * (size_t)n);
+        return;
+    }
+    uint16_t *d = dst;
+    if (dt == MHA_DTYPE_BF16)
+        for (int64_t x = 0; x < n; x++) d[x] = mha__f32_to_bf16(src[x]);
+    else
+        for (int64_t x = 0; x < n; x++) d[x] = mha__f32_to_f16(src[x]);
+}
+
+/* The number of rows and the row length of a validated view (ndim >= 1). */
+static void rows_of(const mha_tensor *t, int64_t *rows, int64_t *n) {
+    *rows = 1;
+    for (int d = 0; d < t->ndim - 1; d++) *rows *= t->shape[d];
+    *n = t->ndim ? t->shape[t->ndim - 1] : 1;
+}
+
+void mha__tensor_to_f32(const mha_tensor *src, float *dst, int nt) {
+    int64_t rows, n;
+    rows_of(src, &rows, &n);
+    const size_t es = mha__tensor_elsize(src);
+    (void)nt; /* (without OpenMP) */
+#pragma omp parallel for num_threads(nt) schedule(static) if (nt > 1 && rows * n > (1 << 16))
+    for (int64_t r = 0; r < rows; r++)
+        row_to_f32(src->dtype, (const char *)src->ptr + row_offset(src, r) * (int64_t)es,
+                   dst + r * n, n);
+}
+
+void mha__tensor_from_f32(const float *src, const mha_tensor *dst, int nt) {
+    int64_t rows, n;
+    rows_of(dst, &rows, &n);
+    const size_t es = mha__tensor_elsize(dst);
+    (void)nt;
+#pragma omp parallel for num_threads(nt) schedule(static) if (nt > 1 && rows * n > (1 << 16))
+    for (int64_t r = 0; r < rows; r++)
+        row_from_f32(dst->dtype, src + r * n, (char *)dst->ptr + row_offset(dst, r) * (int64_t)es,
+                     n);
+}
+
+/* The views of a mha__lowp's buffer (one float32 region per tensor). */
+typedef struct {
+    float *t[MHA__LOWP_MAX];
+} lowp_views;
+
+mha_status mha__lowp_begin(mha_ctx *ctx, const char *fn, mha__lowp *lp, int n,
+                           const mha__lowp_arg *args) {
+    memset(lp, 0, sizeof *lp);
+    lp->n = n;
+    lp->nt = mha__ctx_threads(ctx);
+    mha__plan pl;
+    mha__plan_init(&pl);
+    for (int i = 0; i < n; i++) {
+        lp->arg[i] = args[i];
+        const mha_tensor *t = args[i].t;
+        mha__plan_add(&pl, args[i].name, offsetof(lowp_views, t) + (size_t)i * sizeof(float *),
+                      sizeof(float), t ? mha_tensor_numel(t) : 0, 1);
+    }
+    mha_status st = mha__plan_alloc(&pl, ctx, fn, 1, &lp->mem);
+    if (st) return st;
+    lowp_views v;
+    mha__plan_point(&pl, lp->mem, 0, &v);
+    for (int i = 0; i < n; i++) {
+        const mha_tensor *t = args[i].t;
+        if (!t) continue;
+        lp->f32[i] = mha_tensor_make(v.t[i], t->ndim, t->shape);
+        if (!args[i].out) mha__tensor_to_f32(t, v.t[i], lp->nt);
+    }
+    return MHA_OK;
+}
+
+mha_tensor *mha__lowp_view(mha__lowp *lp, int i) { return lp->arg[i].t ? &lp->f32[i] : NULL; }
+
+void mha__lowp_end(mha__lowp *lp, mha_status st) {
+    for (int i = 0; i < lp->n && st == MHA_OK; i++)
+        if (lp->arg[i].out && lp->arg[i].t)
+            mha__tensor_from_f32(lp->f32[i].data, (mha_tensor *)lp->arg[i].t, lp->nt);
+    mha__free(lp->mem);
+    lp->mem = NULL;
+}

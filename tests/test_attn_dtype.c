@@ -1,0 +1,453 @@
+/* test_attn_dtype.c - the attention core on bfloat16 and float16 views (issue 11).
+ *
+ * The contract (mha.h): q, k, v, out (dout, dq, dk, dv) of one dtype; lse float32; computed in
+ * float32 from the exact inputs, each output rounded once to nearest even. Checked here:
+ *   - against a float64 reference on the ROUNDED inputs (written below from the formulas, not
+ *     from the library): the error stays within the output's rounding (half an ulp of the
+ *     dtype) plus float32 accumulation, forward and every gradient;
+ *   - exactly: a bf16 / f16 output equals the float32 call on the converted inputs, rounded
+ *     (src/kernels/cvt.h's conversions are checked against the hardware's elsewhere: here
+ *     against an independent float64 rounding below), and lse equals the float32 call's lse;
+ *   - contiguous and strided ([B, L, H, D] memory) views, grouped-query heads, causal, key
+ *     padding with a fully masked row (0, never NaN), on every ISA; 1 and 2 threads bitwise;
+ *   - bad input: mismatched dtypes, a float32-only tensor given bf16, an unknown dtype, an
+ *     allocation failure: a status naming the tensor, outputs untouched;
+ *   - the calls that take float32 only refuse bf16 views naming the tensor. */
+#include "harness.h"
+#include "core/internal.h" /* mha__fault_after */
+
+static uint64_t rng = 0x1234567ull;
+static float frand(void) { /* [-1, 1) */
+    rng ^= rng >> 12, rng ^= rng << 25, rng ^= rng >> 27;
+    return (float)((double)((rng * 2685821657736338717ull) >> 11) / 4503599627370496.0 - 1);
+}
+
+/* Rounding to the dtype, written independently of the library: the nearest representable
+ * value, ties to the even significand, computed in double. */
+static double round_to(mha_dtype dt, double x) {
+    const int bits = dt == MHA_DTYPE_BF16 ? 8 : 11; /* significand bits, with the implicit 1 */
+    if (x == 0 || !isfinite(x)) return x;
+    int e;
+    frexp(x, &e);                                /* x = f 2^e, 0.5 <= |f| < 1 */
+    if (dt == MHA_DTYPE_F16 && e < -13) e = -13; /* half's subnormals: a fixed step 2^-24 */
+    const double step = ldexp(1.0, e - bits), q = x / step, r = nearbyint(q); /* FE_TONEAREST */
+    return r * step;
+}
+
+static uint16_t to_bits(mha_dtype dt, double x) { /* x representable in dt */
+    float f = (float)x;
+    uint32_t u;
+    memcpy(&u, &f, 4);
+    if (dt == MHA_DTYPE_BF16) return (uint16_t)(u >> 16);
+    /* half from a float32 that is exactly a half value */
+    const uint32_t sign = (u >> 16) & 0x8000;
+    const double a = fabs(x);
+    if (a == 0) return (uint16_t)sign;
+    if (a < ldexp(1, -14)) return (uint16_t)(sign | (uint32_t)(a / ldexp(1, -24)));
+    int e;
+    double f2 = frexp(a, &e); /* a = f2 2^e */
+    return (uint16_t)(sign | (uint32_t)(e - 1 + 15) << 10 | (uint32_t)((f2 * 2 - 1) * 1024));
+}
+
+static double from_bits(mha_dtype dt, uint16_t h) {
+    if (dt == MHA_DTYPE_BF16) {
+        uint32_t u = (uint32_t)h << 16;
+        float f;
+        memcpy(&f, &u, 4);
+        return f;
+    }
+    const int e = (h >> 10) & 31, f = h & 1023;
+    double v = e ? ldexp(1 + f / 1024.0, e - 15) : ldexp(f, -24);
+    return h & 0x8000 ? -v : v;
+}
+
+/* A [B, X, R, C] tensor of dtype dt (contiguous, or [B, R, X, C] memory when strided) with a
+ * double copy of its values (contiguous [B, X, R, C]). */
+typedef struct {
+    uint16_t *mem;
+    double *val;
+    mha_tensor t;
+    int64_t n;
+} lp_tensor;
+
+static lp_tensor lp_make(mha_dtype dt, int64_t B, int64_t X, int64_t R, int64_t C, int strided,
+                         int fill) {
+    lp_tensor a;
+    a.n = B * X * R * C;
+    a.mem = malloc(sizeof(uint16_t) * (size_t)(a.n + 1));
+    a.val = calloc((size_t)a.n + 1, sizeof(double));
+    int64_t sh[4] = {B, X, R, C}, st[4] = {R * X * C, C, X * C, 1};
+    a.t = mha_tensor_typed(a.mem, dt, 4, sh, strided ? st : NULL);
+    for (int64_t b = 0; b < B; b++)
+        for (int64_t x = 0; x < X; x++)
+            for (int64_t r = 0; r < R; r++)
+                for (int64_t c = 0; c < C; c++) {
+                    int64_t i = ((b * X + x) * R + r) * C + c;
+                    int64_t o = b * a.t.stride[0] + x * a.t.stride[1] + r * a.t.stride[2] + c;
+                    double v = fill ? round_to(dt, frand()) : 0;
+                    a.val[i] = v;
+                    a.mem[o] = fill ? to_bits(dt, v) : 0x7fc1; /* outputs: a NaN sentinel */
+                }
+    return a;
+}
+static void lp_free(lp_tensor *a) { free(a->mem), free(a->val); }
+
+/* The element (b, x, r, c) of a view of 2-byte elements, as a double. */
+static double lp_at(const lp_tensor *a, int64_t b, int64_t x, int64_t r, int64_t c) {
+    const mha_tensor *t = &a->t;
+    return from_bits(t->dtype, a->mem[b * t->stride[0] + x * t->stride[1] + r * t->stride[2] + c]);
+}
+
+typedef struct {
+    int64_t B, H, Hkv, L, S, D, Dv;
+    int causal, pad, strided;
+} dcase;
+
+static const dcase cases[] = {
+    {1, 2, 2, 5, 7, 8, 8, 0, 0, 0},         {2, 4, 2, 33, 40, 16, 12, 1, 1, 1},
+    {1, 4, 1, 70, 70, 64, 64, 1, 0, 0},     {2, 2, 1, 17, 130, 32, 32, 0, 1, 1},
+    {1, 8, 2, 129, 129, 128, 128, 1, 1, 0},
+};
+
+typedef struct {
+    dcase c;
+    mha_dtype dt;
+    lp_tensor q, k, v, out, dout, dq, dk, dv;
+    float *lse;
+    mha_tensor lse_t;
+    uint8_t *pad;
+    mha_mask m;
+    char name[160];
+} prob;
+
+static void prob_make(prob *p, const dcase *c, mha_dtype dt, uint64_t seed) {
+    memset(p, 0, sizeof *p);
+    p->c = *c, p->dt = dt;
+    rng = seed * 0x9E3779B97F4A7C15ull + 3;
+    int s = c->strided;
+    p->q = lp_make(dt, c->B, c->H, c->L, c->D, s, 1);
+    p->k = lp_make(dt, c->B, c->Hkv, c->S, c->D, s, 1);
+    p->v = lp_make(dt, c->B, c->Hkv, c->S, c->Dv, s, 1);
+    p->dout = lp_make(dt, c->B, c->H, c->L, c->Dv, s, 1);
+    p->out = lp_make(dt, c->B, c->H, c->L, c->Dv, s, 0);
+    p->dq = lp_make(dt, c->B, c->H, c->L, c->D, s, 0);
+    p->dk = lp_make(dt, c->B, c->Hkv, c->S, c->D, s, 0);
+    p->dv = lp_make(dt, c->B, c->Hkv, c->S, c->Dv, s, 0);
+    p->lse = malloc(sizeof(float) * (size_t)(c->B * c->H * c->L + 1));
+    int64_t ls[3] = {c->B, c->H, c->L};
+    p->lse_t = mha_tensor_make(p->lse, 3, ls);
+    p->m = mha_mask_default();
+    p->m.causal = c->causal ? MHA_CAUSAL_TOP_LEFT : MHA_CAUSAL_NONE;
+    p->pad = calloc((size_t)(c->B * c->S), 1);
+    if (c->pad) { /* batch 0: the last third padded; batch B-1 (if any): every key */
+        for (int64_t j = 2 * c->S / 3; j < c->S; j++) p->pad[j] = 1;
+        if (c->B > 1)
+            for (int64_t j = 0; j < c->S; j++) p->pad[(c->B - 1) * c->S + j] = 1;
+        p->m.key_padding = p->pad;
+    }
+    snprintf(p->name, sizeof p->name, "%s B%lld H%lld Hkv%lld L%lld S%lld D%lld Dv%lld c%d p%d s%d",
+             mha_dtype_name(dt), (long long)c->B, (long long)c->H, (long long)c->Hkv,
+             (long long)c->L, (long long)c->S, (long long)c->D, (long long)c->Dv, c->causal, c->pad,
+             c->strided);
+}
+
+static void prob_free(prob *p) {
+    lp_tensor *all[8] = {&p->q, &p->k, &p->v, &p->out, &p->dout, &p->dq, &p->dk, &p->dv};
+    for (int i = 0; i < 8; i++) lp_free(all[i]);
+    free(p->lse), free(p->pad);
+}
+
+static int allowed(const prob *p, int64_t b, int64_t i, int64_t j) {
+    if (p->c.causal && j > i) return 0;
+    if (p->m.key_padding && p->pad[b * p->c.S + j]) return 0;
+    return 1;
+}
+
+/* The float64 reference on the rounded inputs: out [B, H, L, Dv] and dq, dk, dv (contiguous). */
+static void reference(const prob *p, double *out, double *dq, double *dk, double *dv) {
+    const dcase *c = &p->c;
+    const int64_t G = c->H / c->Hkv;
+    const double scale = 1.0 / sqrt((double)c->D);
+    double *P = malloc(sizeof(double) * (size_t)c->S), *dP = malloc(sizeof(double) * (size_t)c->S);
+    memset(dk, 0, sizeof(double) * (size_t)p->k.n);
+    memset(dv, 0, sizeof(double) * (size_t)p->v.n);
+    for (int64_t b = 0; b < c->B; b++)
+        for (int64_t h = 0; h < c->H; h++)
+            for (int64_t i = 0; i < c->L; i++) {
+                const int64_t g = h / G;
+                const double *q = p->q.val + ((b * c->H + h) * c->L + i) * c->D;
+                const double *go = p->dout.val + ((b * c->H + h) * c->L + i) * c->Dv;
+                double *o = out + ((b * c->H + h) * c->L + i) * c->Dv;
+                double *dqi = dq + ((b * c->H + h) * c->L + i) * c->D;
+                double mx = -INFINITY, sum = 0, drow = 0;
+                for (int64_t j = 0; j < c->S; j++) {
+                    P[j] = -INFINITY;
+                    if (!allowed(p, b, i, j)) continue;
+                    const double *k = p->k.val + ((b * c->Hkv + g) * c->S + j) * c->D;
+                    double s = 0;
+                    for (int64_t x = 0; x < c->D; x++) s += q[x] * k[x];
+                    P[j] = s * scale;
+                    if (P[j] > mx) mx = P[j];
+                }
+                for (int64_t j = 0; j < c->S; j++)
+                    sum += P[j] = mx == -INFINITY ? 0 : exp(P[j] - mx);
+                for (int64_t x = 0; x < c->Dv; x++) o[x] = 0;
+                for (int64_t x = 0; x < c->D; x++) dqi[x] = 0;
+                if (sum == 0) continue; /* fully masked: out 0, no gradient */
+                for (int64_t j = 0; j < c->S; j++) {
+                    P[j] /= sum;
+                    const double *v = p->v.val + ((b * c->Hkv + g) * c->S + j) * c->Dv;
+                    dP[j] = 0;
+                    for (int64_t x = 0; x < c->Dv; x++) o[x] += P[j] * v[x], dP[j] += go[x] * v[x];
+                }
+                /* Drow = dout . out, with out as the backward receives it: rounded (the
+                 * forward's output, an input of the backward, as in PyTorch) */
+                for (int64_t x = 0; x < c->Dv; x++) drow += go[x] * lp_at(&p->out, b, h, i, x);
+                for (int64_t j = 0; j < c->S; j++) {
+                    if (P[j] == 0) continue;
+                    const double ds = P[j] * (dP[j] - drow) * scale;
+                    const int64_t kr = ((b * c->Hkv + g) * c->S + j);
+                    const double *k = p->k.val + kr * c->D;
+                    for (int64_t x = 0; x < c->D; x++)
+                        dqi[x] += ds * k[x], dk[kr * c->D + x] += ds * q[x];
+                    for (int64_t x = 0; x < c->Dv; x++) dv[kr * c->Dv + x] += P[j] * go[x];
+                }
+            }
+    free(P), free(dP);
+}
+
+/* Every element of a within the output's rounding of want (+ float32 accumulation). */
+static int close_to(const char *what, const prob *p, const lp_tensor *a, const double *want) {
+    const double rel = p->dt == MHA_DTYPE_BF16 ? 0x1p-8 : 0x1p-11;
+    double big = 0;
+    for (int64_t i = 0; i < a->n; i++) big = fmax(big, fabs(want[i]));
+    const mha_tensor *t = &a->t;
+    int64_t bad = 0, i = 0;
+    for (int64_t b = 0; b < t->shape[0]; b++)
+        for (int64_t x = 0; x < t->shape[1]; x++)
+            for (int64_t r = 0; r < t->shape[2]; r++)
+                for (int64_t c = 0; c < t->shape[3]; c++, i++) {
+                    const double got = lp_at(a, b, x, r, c);
+                    if (!(fabs(got - want[i]) <= rel * fabs(want[i]) + 2e-5 * big)) {
+                        if (bad++ < 3)
+                            FAILF("%s %s [%lld,%lld,%lld,%lld]: got %.9g, want %.9g\n", p->name,
+                                  what, (long long)b, (long long)x, (long long)r, (long long)c, got,
+                                  want[i]);
+                    }
+                }
+    return bad == 0;
+}
+
+static mha_status run_fwd(mha_ctx *ctx, prob *p) {
+    return mha_attn_forward(ctx, NULL, &p->q.t, &p->k.t, &p->v.t, &p->m, &p->out.t, &p->lse_t,
+                            NULL);
+}
+static mha_status run_bwd(mha_ctx *ctx, prob *p) {
+    return mha_attn_backward(ctx, NULL, &p->q.t, &p->k.t, &p->v.t, &p->m, &p->out.t, &p->lse_t,
+                             &p->dout.t, &p->dq.t, &p->dk.t, &p->dv.t);
+}
+
+/* The float32 call on the converted inputs: out and dq, dk, dv rounded, and lse, compared
+ * bitwise with the low-precision call's. */
+static void check_exact_f32(mha_ctx *ctx, prob *p) {
+    const dcase *c = &p->c;
+    lp_tensor *in[4] = {&p->q, &p->k, &p->v, &p->dout}, *res[4] = {&p->out, &p->dq, &p->dk, &p->dv};
+    float *f[8];
+    mha_tensor t[9];
+    for (int i = 0; i < 4; i++) {
+        f[i] = malloc(sizeof(float) * (size_t)(in[i]->n + 1));
+        for (int64_t e = 0; e < in[i]->n; e++) f[i][e] = (float)in[i]->val[e];
+        t[i] = mha_tensor_make(f[i], 4, in[i]->t.shape);
+        f[4 + i] = malloc(sizeof(float) * (size_t)(res[i]->n + 1));
+        t[4 + i] = mha_tensor_make(f[4 + i], 4, res[i]->t.shape);
+    }
+    float *lse = malloc(sizeof(float) * (size_t)(c->B * c->H * c->L + 1));
+    t[8] = mha_tensor_make(lse, 3, p->lse_t.shape);
+    ASSERT_OK(ctx, mha_attn_forward(ctx, NULL, &t[0], &t[1], &t[2], &p->m, &t[4], &t[8], NULL));
+    /* the backward's out: the low-precision call's (rounded), as that call received it */
+    float *ro = malloc(sizeof(float) * (size_t)(p->out.n + 1));
+    int64_t e0 = 0;
+    for (int64_t b = 0; b < c->B; b++)
+        for (int64_t h = 0; h < c->H; h++)
+            for (int64_t i = 0; i < c->L; i++)
+                for (int64_t x = 0; x < c->Dv; x++) ro[e0++] = (float)lp_at(&p->out, b, h, i, x);
+    mha_tensor rot = mha_tensor_make(ro, 4, p->out.t.shape);
+    ASSERT_OK(ctx, mha_attn_backward(ctx, NULL, &t[0], &t[1], &t[2], &p->m, &rot, &t[8], &t[3],
+                                     &t[5], &t[6], &t[7]));
+    free(ro);
+    int64_t bad = 0;
+    for (int64_t e = 0; e < c->B * c->H * c->L; e++) bad += memcmp(&lse[e], &p->lse[e], 4) != 0;
+    for (int i = 0; i < 4; i++) {
+        const mha_tensor *v = &res[i]->t;
+        int64_t e = 0;
+        for (int64_t b = 0; b < v->shape[0]; b++)
+            for (int64_t x = 0; x < v->shape[1]; x++)
+                for (int64_t r = 0; r < v->shape[2]; r++)
+                    for (int64_t cc = 0; cc < v->shape[3]; cc++, e++) {
+                        uint16_t want = to_bits(p->dt, round_to(p->dt, f[4 + i][e]));
+                        uint16_t got =
+                            res[i]
+                                ->mem[b * v->stride[0] + x * v->stride[1] + r * v->stride[2] + cc];
+                        if (got != want && bad++ < 3)
+                            FAILF("%s: tensor %d elem %lld: got %04x, want %04x\n", p->name, i,
+                                  (long long)e, got, want);
+                    }
+    }
+    ASSERT_EQ(bad, 0);
+    for (int i = 0; i < 8; i++) free(f[i]);
+    free(lse);
+}
+
+TEST(forward_backward_vs_float64) {
+    mha_ctx *ctx;
+    mha_ctx_create(&ctx);
+    mha_ctx_set_threads(ctx, 2);
+    FOR_EACH_ISA(ctx) {
+        for (size_t ci = 0; ci < sizeof cases / sizeof cases[0]; ci++)
+            for (int d = 0; d < 2; d++) {
+                prob p;
+                prob_make(&p, &cases[ci], d ? MHA_DTYPE_F16 : MHA_DTYPE_BF16, ci * 7 + (uint64_t)d);
+                double *out = calloc((size_t)p.out.n + 1, 8), *dq = calloc((size_t)p.dq.n + 1, 8);
+                double *dk = calloc((size_t)p.dk.n + 1, 8), *dv = calloc((size_t)p.dv.n + 1, 8);
+                ASSERT_OK(ctx, run_fwd(ctx, &p));
+                reference(&p, out, dq, dk, dv); /* after the forward: its rounded out */
+                ASSERT_OK(ctx, run_bwd(ctx, &p));
+                int ok = close_to("out", &p, &p.out, out) && close_to("dq", &p, &p.dq, dq) &&
+                         close_to("dk", &p, &p.dk, dk) && close_to("dv", &p, &p.dv, dv);
+                if (!ok) printf("  (isa %s)\n", mha_isa_name(mha_ctx_isa(ctx)));
+                check_exact_f32(ctx, &p);
+                if (p.c.pad && p.c.B > 1) /* the fully masked batch: lse -inf, out exactly 0 */
+                    ASSERT_TRUE(isinf(p.lse[(p.c.B - 1) * p.c.H * p.c.L]) &&
+                                p.out.mem[p.out.t.stride[0] * (p.c.B - 1)] == 0);
+                free(out), free(dq), free(dk), free(dv);
+                prob_free(&p);
+            }
+    }
+    mha_ctx_free(ctx);
+}
+
+TEST(threads_bitwise) {
+    mha_ctx *ctx;
+    mha_ctx_create(&ctx);
+    for (int d = 0; d < 2; d++) {
+        prob a, b;
+        const mha_dtype dt = d ? MHA_DTYPE_F16 : MHA_DTYPE_BF16;
+        prob_make(&a, &cases[4], dt, 99), prob_make(&b, &cases[4], dt, 99);
+        mha_ctx_set_threads(ctx, 1);
+        ASSERT_OK(ctx, run_fwd(ctx, &a));
+        ASSERT_OK(ctx, run_bwd(ctx, &a));
+        mha_ctx_set_threads(ctx, 2);
+        ASSERT_OK(ctx, run_fwd(ctx, &b));
+        ASSERT_OK(ctx, run_bwd(ctx, &b));
+        ASSERT_EQ(memcmp(a.out.mem, b.out.mem, 2 * (size_t)a.out.n), 0);
+        ASSERT_EQ(memcmp(a.dq.mem, b.dq.mem, 2 * (size_t)a.dq.n), 0);
+        ASSERT_EQ(memcmp(a.dk.mem, b.dk.mem, 2 * (size_t)a.dk.n), 0);
+        ASSERT_EQ(memcmp(a.dv.mem, b.dv.mem, 2 * (size_t)a.dv.n), 0);
+        prob_free(&a), prob_free(&b);
+    }
+    mha_ctx_free(ctx);
+}
+
+/* A call refused: the status, a message naming `needle`, and out / dq untouched. */
+static void refused(mha_ctx *ctx, prob *p, int bwd, mha_status want, const char *needle) {
+    mha_status st = bwd ? run_bwd(ctx, p) : run_fwd(ctx, p);
+    ASSERT_EQ(st, want);
+    ASSERT_STR_CONTAINS(mha_ctx_errmsg(ctx), needle);
+    const lp_tensor *o = bwd ? &p->dq : &p->out;
+    for (int64_t e = 0; e < o->n; e++)
+        if (o->mem[e] != 0x7fc1) {
+            FAILF("%s: output written at %lld\n", needle, (long long)e);
+            break;
+        }
+}
+
+TEST(bad_dtypes) {
+    mha_ctx *ctx;
+    mha_ctx_create(&ctx);
+    prob p;
+    prob_make(&p, &cases[1], MHA_DTYPE_BF16, 5);
+    p.k.t.dtype = MHA_DTYPE_F16;
+    refused(ctx, &p, 0, MHA_ERR_UNSUPPORTED,
+            "mha_attn_forward: k.dtype: got float16, expected bfloat16");
+    p.k.t.dtype = MHA_DTYPE_BF16;
+    p.out.t.dtype = MHA_DTYPE_F32;
+    refused(ctx, &p, 0, MHA_ERR_UNSUPPORTED, "out.dtype: got float32, expected bfloat16");
+    p.out.t.dtype = MHA_DTYPE_BF16;
+    p.lse_t.dtype = MHA_DTYPE_BF16;
+    refused(ctx, &p, 0, MHA_ERR_UNSUPPORTED, "lse.dtype: got bfloat16, expected float32");
+    p.lse_t.dtype = MHA_DTYPE_F32;
+    p.dv.t.dtype = MHA_DTYPE_F16;
+    refused(ctx, &p, 1, MHA_ERR_UNSUPPORTED, "mha_attn_backward: dv.dtype: got float16");
+    p.dv.t.dtype = MHA_DTYPE_BF16;
+    p.dout.t.dtype = MHA_DTYPE_F32;
+    refused(ctx, &p, 1, MHA_ERR_UNSUPPORTED, "dout.dtype");
+    p.dout.t.dtype = MHA_DTYPE_BF16;
+    p.q.t.dtype = MHA_DTYPE_F64; /* set by hand: mha_tensor_typed refuses it */
+    refused(ctx, &p, 0, MHA_ERR_UNSUPPORTED,
+            "q.dtype: got float64, expected float32, bfloat16 or float16");
+    int64_t sh[4] = {1, 1, 1, 1};
+    mha_tensor bad = mha_tensor_typed(p.q.mem, MHA_DTYPE_I32, 4, sh, NULL);
+    ASSERT_EQ(bad.ndim, -1);
+    p.q.t = bad;
+    refused(ctx, &p, 0, MHA_ERR_UNSUPPORTED, "q.dtype: got int32");
+    prob_free(&p);
+    mha_ctx_free(ctx);
+}
+
+TEST(allocation_failure_writes_nothing) {
+    mha_ctx *ctx;
+    mha_ctx_create(&ctx);
+    for (int bwd = 0; bwd < 2; bwd++) {
+        prob p;
+        prob_make(&p, &cases[1], MHA_DTYPE_F16, 8);
+        if (bwd) {
+            ASSERT_OK(ctx, run_fwd(ctx, &p));
+            for (int64_t e = 0; e < p.dq.n; e++) p.dq.mem[e] = 0x7fc1;
+        }
+        int failed = 0;
+        for (long n = 0; n < 50; n++) {
+            mha__fault_after(n);
+            mha_status st = bwd ? run_bwd(ctx, &p) : run_fwd(ctx, &p);
+            mha__fault_after(-1);
+            if (st == MHA_OK) break;
+            failed++;
+            ASSERT_EQ(st, MHA_ERR_NOMEM);
+            const lp_tensor *o = bwd ? &p.dq : &p.out;
+            for (int64_t e = 0; e < o->n; e++)
+                if (o->mem[e] != 0x7fc1) {
+                    FAILF("fault %ld: output written at %lld\n", n, (long long)e);
+                    break;
+                }
+        }
+        ASSERT_TRUE(failed >= 2); /* the float32 copies, then the core's workspace */
+        prob_free(&p);
+    }
+    mha_ctx_free(ctx);
+}
+
+TEST(float32_only_calls_refuse_bf16) {
+    mha_ctx *ctx;
+    mha_ctx_create(&ctx);
+    mha_config cfg = mha_config_default(8, 2);
+    mha_module *m;
+    ASSERT_OK(ctx, mha_module_create(ctx, &cfg, &m));
+    uint16_t xb[2 * 3 * 8] = {0};
+    float yb[2 * 3 * 8];
+    int64_t sh[3] = {2, 3, 8};
+    mha_tensor x = mha_tensor_typed(xb, MHA_DTYPE_BF16, 3, sh, NULL),
+               y = mha_tensor_make(yb, 3, sh);
+    mha_forward_opts o = mha_forward_opts_default();
+    ASSERT_EQ(mha_module_forward(ctx, m, &o, &x, &x, &x, NULL, &y, NULL), MHA_ERR_UNSUPPORTED);
+    ASSERT_STR_CONTAINS(mha_ctx_errmsg(ctx), "dtype: got bfloat16, expected float32");
+    mha_module_free(m);
+    mha_ctx_free(ctx);
+}
+
+int main(void) {
+    RUN(forward_backward_vs_float64);
+    RUN(threads_bitwise);
+    RUN(bad_dtypes);
+    RUN(allocation_failure_writes_nothing);
+    RUN(float32_only_calls_refuse_bf16);
+    return harness_report();
+}

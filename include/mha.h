@@ -469,9 +469,9 @@ MHA_API mha_status mha_attn_varlen_backward(mha_ctx *ctx, const mha_attn_params 
  * call allocates before writing (MHA_ERR_NOMEM: nothing written); a prefill may fail with
  * MHA_ERR_NOMEM after the new rows are in the cache. Memory: the chunks' partial results,
  * B * Hkv * ceil(max len / 512) * L * H / Hkv * (Dv + 2) floats, and the scaled queries,
- * B * H * L * D floats, for decoding; mha_attn_forward's workspace for a prefill, and with a
- * 2-byte dtype float32 copies of a sequence's q, keys, values and out (allocated before
- * anything is written). Thread safety: as mha_attn_forward. */
+ * B * H * L * D floats, for decoding; mha_attn_forward's workspace for a prefill (per
+ * sequence; with a 2-byte dtype it includes float32 copies of the sequence's q, keys, values
+ * and out). Thread safety: as mha_attn_forward. */
 MHA_API mha_status mha_attn_kvcache(mha_ctx *ctx, const mha_attn_params *p, const mha_tensor *q,
                                     mha_tensor *k_cache, mha_tensor *v_cache,
                                     const mha_tensor *k_new, const mha_tensor *v_new,

@@ -26,9 +26,8 @@
  * is float32). The new rows are appended as they are; the decode kernel reads the cache's
  * elements in their type (converted exactly as they are loaded); the query rows are converted
  * to float32 and scaled once per call; the merge computes each output row in float32 and
- * rounds it once (to nearest even, kernels/cvt.h). The prefill of a 2-byte cache runs the
- * dense core on float32 copies of each sequence's q, keys and values (the dense core reads
- * float32 only; exact copies), its output rounded once.
+ * rounds it once (to nearest even, kernels/cvt.h). The prefill passes the typed views to the
+ * dense core (which takes every dtype).
  *
  * The steps: kv_check validates every argument (nothing is written before it succeeds),
  * kv_append copies the new rows into the caches, then dec_plan / dec_chunk / dec_merge or
@@ -36,7 +35,6 @@
 #include "decode.h"
 #include "attn_common.h"
 #include "core/plan.h"
-#include "kernels/cvt.h"
 #include "kernels/kernels.h"
 
 #include <math.h>
@@ -82,26 +80,6 @@ static size_t kv_es(const kv_call *c) { return c->dt == MHA_DTYPE_F32 ? 4 : 2; }
 static void *kv_row(const mha_tensor *t, int64_t b, int64_t h, int64_t i) {
     return (char *)t->ptr + (b * t->stride[0] + h * t->stride[1] + i * t->stride[2]) *
                                 (int64_t)mha__tensor_elsize(t);
-}
-
-/* y[0, n) = the n elements of x (type dt) as float32 (exact). */
-static void row_to_f32(mha_dtype dt, const void *x, int64_t n, float *y) {
-    const uint16_t *h = x;
-    if (dt == MHA_DTYPE_BF16)
-        for (int64_t i = 0; i < n; i++) y[i] = mha__bf16_to_f32(h[i]);
-    else if (dt == MHA_DTYPE_F16)
-        for (int64_t i = 0; i < n; i++) y[i] = mha__f16_to_f32(h[i]);
-    else memcpy(y, x, sizeof(float) * (size_t)n);
-}
-
-/* y[0, n) (type dt) = x rounded once (to nearest even). */
-static void row_from_f32(mha_dtype dt, const float *x, int64_t n, void *y) {
-    uint16_t *h = y;
-    if (dt == MHA_DTYPE_BF16)
-        for (int64_t i = 0; i < n; i++) h[i] = mha__f32_to_bf16(x[i]);
-    else if (dt == MHA_DTYPE_F16)
-        for (int64_t i = 0; i < n; i++) h[i] = mha__f32_to_f16(x[i]);
-    else memcpy(y, x, sizeof(float) * (size_t)n);
 }
 
 static int64_t kv_len(const kv_call *c, int64_t b) { return (c->lens ? c->lens[b] : 0) + c->Lnew; }
@@ -248,12 +226,10 @@ static mha_status kv_check(mha_ctx *ctx, const mha_attn_params *p, kv_call *c) {
         {"k_cache", c->kc}, {"v_cache", c->vc}, {"out", c->out}, {"lse", c->lse}};
     if ((st = mha__attn_check_aliases(ctx, fn, outs, 4, ins, 3))) return st;
     if (c->B * c->H * c->L == 0 || is_decode(c)) return MHA_OK;
-    /* prefill: what the dense core would refuse, refused now (batch 0 stands for all; with a
-     * 2-byte dtype it reads float32 copies of these shapes) */
+    /* prefill: what the dense core would refuse, refused now (batch 0 stands for all) */
     mha__attn_problem pr;
     mha_tensor qb = batch_view(c->q, 0, c->L), kb = batch_view(c->kc, 0, kv_len(c, 0));
     mha_tensor vb = batch_view(c->vc, 0, kv_len(c, 0));
-    qb.dtype = kb.dtype = vb.dtype = MHA_DTYPE_F32;
     mha_mask mk = prefill_mask(c, 0);
     return mha__attn_check_inputs(ctx, fn, p, &qb, &kb, &vb, &mk, &pr);
 }
@@ -310,20 +286,22 @@ static void dec_plan(mha_ctx *ctx, kv_call *c, mha__plan *call) {
  * r = (h % group) * L + i), float32 times scale (as the dense forward: (scale q) k), and their
  * ALiBi slopes. */
 static void dec_queries(const kv_call *c, int64_t bk) {
-    const int64_t b = bk / c->Hkv, kh = bk % c->Hkv;
+    const int64_t b = bk / c->Hkv, kh = bk % c->Hkv, h0 = kh * c->group;
+    const int64_t shape[3] = {c->group, c->L, c->D}; /* q[b, h0 .. h0 + group): the rows */
+    const mha_tensor qg =
+        mha_tensor_typed(kv_row(c->q, b, h0, 0), c->dt, 3, shape, c->q->stride + 1);
+    float *qs = c->qs + bk * c->rows * c->D;
+    mha__tensor_to_f32(&qg, qs, 1);
+    mha__attn_scale_tile(c->rows, c->D, c->scale, qs, c->D, qs);
     const float *sl = c->mask.alibi_slopes;
-    for (int64_t r = 0; r < c->rows; r++) {
-        const int64_t h = kh * c->group + r / c->L;
-        float *qs = c->qs + (bk * c->rows + r) * c->D;
-        const void *qr = kv_row(c->q, b, h, r % c->L);
-        if (c->dt == MHA_DTYPE_F32) {
-            mha__attn_scale_tile(1, c->D, c->scale, qr, c->D, qs);
-        } else {
-            row_to_f32(c->dt, qr, c->D, qs);
-            mha__attn_scale_tile(1, c->D, c->scale, qs, c->D, qs);
-        }
-        if (sl) c->slope[bk * c->rows + r] = sl[(c->mask.alibi_batched ? b * c->H : 0) + h];
-    }
+    for (int64_t r = 0; sl && r < c->rows; r++)
+        c->slope[bk * c->rows + r] = sl[(c->mask.alibi_batched ? b * c->H : 0) + h0 + r / c->L];
+}
+
+/* Row [Dv] of out at o = the float32 row x rounded once (a 2-byte out). */
+static void dec_round_row(const kv_call *c, const float *x, void *o) {
+    const mha_tensor ov = mha_tensor_typed(o, c->dt, 1, &c->Dv, NULL);
+    mha__tensor_from_f32(x, &ov, 1);
 }
 
 /* The key range [lo, hi) of row r (query token i of length len's sequence) within chunk
@@ -391,7 +369,7 @@ static void dec_merge(const kv_call *c, const dec_ws *w, int64_t bk) {
         }
         for (int64_t x = 0; x < Dv; x++) o[x] = 0;
         if (M == -INFINITY) { /* no allowed key: out 0, lse -inf */
-            if (o != orow) row_from_f32(c->dt, o, Dv, orow);
+            if (o != orow) dec_round_row(c, o, orow);
             if (c->lse)
                 c->lse
                     ->data[b * c->lse->stride[0] + h * c->lse->stride[1] + i * c->lse->stride[2]] =
@@ -407,7 +385,7 @@ static void dec_merge(const kv_call *c, const dec_ws *w, int64_t bk) {
         }
         const float inv = 1.0f / sum;
         for (int64_t x = 0; x < Dv; x++) o[x] *= inv;
-        if (o != orow) row_from_f32(c->dt, o, Dv, orow);
+        if (o != orow) dec_round_row(c, o, orow);
         if (c->lse)
             c->lse->data[b * c->lse->stride[0] + h * c->lse->stride[1] + i * c->lse->stride[2]] =
                 M + logf(sum);
@@ -447,61 +425,16 @@ static void dec_run(const kv_call *c) {
 
 /* ---- prefill --------------------------------------------------------------------------- */
 
-/* A 2-byte dtype's prefill: float32 copies of one sequence's q, keys and values, and its out
- * (the largest sequence's sizes; one allocation, reused for each sequence). */
-typedef struct {
-    float *q;     /* [H, L, D] */
-    float *k, *v; /* [Hkv, len, D], [Hkv, len, Dv] */
-    float *o;     /* [H, L, Dv] */
-} pf_ws;
-
-/* Plans and allocates a 2-byte prefill's copies (before anything is written). */
-static mha_status pf_alloc(mha_ctx *ctx, const kv_call *c, void **buf, pf_ws *w) {
-    int64_t maxlen = 0;
-    for (int64_t b = 0; b < c->B; b++)
-        if (kv_len(c, b) > maxlen) maxlen = kv_len(c, b);
-    mha__plan pl;
-    mha__plan_init(&pl);
-    MHA__PLAN_ADD(&pl, pf_ws, q, sizeof(float), c->H * c->L, c->D);
-    MHA__PLAN_ADD(&pl, pf_ws, k, sizeof(float), c->Hkv * maxlen, c->D);
-    MHA__PLAN_ADD(&pl, pf_ws, v, sizeof(float), c->Hkv * maxlen, c->Dv);
-    MHA__PLAN_ADD(&pl, pf_ws, o, sizeof(float), c->H * c->L, c->Dv);
-    mha_status st = mha__plan_alloc(&pl, ctx, c->fn, 1, buf);
-    if (!st) mha__plan_point(&pl, *buf, 0, w);
-    return st;
-}
-
-/* dst [1, X, R, Y] float32, contiguous = rows [0, R) of batch b of t, converted (exact). */
-static mha_tensor pf_copy(const kv_call *c, const mha_tensor *t, int64_t b, int64_t R, float *dst) {
-    const int64_t X = t->shape[1], Y = t->shape[3], shape[4] = {1, X, R, Y};
-    for (int64_t h = 0; h < X; h++)
-        for (int64_t i = 0; i < R; i++)
-            row_to_f32(c->dt, kv_row(t, b, h, i), Y, dst + (h * R + i) * Y);
-    return mha_tensor_make(dst, 4, shape);
-}
-
-static mha_status prefill(mha_ctx *ctx, const mha_attn_params *p, const kv_call *c,
-                          const pf_ws *w) {
+static mha_status prefill(mha_ctx *ctx, const mha_attn_params *p, const kv_call *c) {
     for (int64_t b = 0; b < c->B; b++) {
         const int64_t len = kv_len(c, b);
         mha_tensor qb = batch_view(c->q, b, c->L), kb = batch_view(c->kc, b, len);
         mha_tensor vb = batch_view(c->vc, b, len), ob = batch_view(c->out, b, c->L), lb;
         if (c->lse) lb = batch_view(c->lse, b, 0);
-        if (w) { /* a 2-byte dtype: the dense core on float32 copies */
-            qb = pf_copy(c, c->q, b, c->L, w->q), kb = pf_copy(c, c->kc, b, len, w->k);
-            vb = pf_copy(c, c->vc, b, len, w->v);
-            const int64_t so[4] = {1, c->H, c->L, c->Dv};
-            ob = mha_tensor_make(w->o, 4, so);
-        }
         mha_mask mk = prefill_mask(c, b);
         mha_status st =
             mha__attn_forward_seq(ctx, c->fn, p, &qb, &kb, &vb, &mk, &ob, c->lse ? &lb : NULL, 0);
         if (st) return st;
-        if (w) /* out rounded once */
-            for (int64_t h = 0; h < c->H; h++)
-                for (int64_t i = 0; i < c->L; i++)
-                    row_from_f32(c->dt, w->o + (h * c->L + i) * c->Dv, c->Dv,
-                                 kv_row(c->out, b, h, i));
     }
     return MHA_OK;
 }
@@ -519,21 +452,16 @@ mha_status mha__attn_kvcache(mha_ctx *ctx, const char *fn, const mha_attn_params
     c.mask = mask ? *mask : mha_mask_default();
     mha_status st = kv_check(ctx, p, &c);
     if (st) return st;
-    void *buf = NULL;
-    if (c.B * c.H * c.L == 0) {
+    if (c.B * c.H * c.L == 0 || !is_decode(&c)) {
         kv_append(&c);
-    } else if (!is_decode(&c)) {
-        pf_ws w;
-        if (c.dt != MHA_DTYPE_F32 && (st = pf_alloc(ctx, &c, &buf, &w))) return st;
-        kv_append(&c);
-        st = prefill(ctx, p, &c, buf ? &w : NULL);
-    } else {
-        if ((st = dec_alloc(ctx, &c, &buf))) return st;
-        kv_append(&c);
-        dec_run(&c);
+        return c.B * c.H * c.L == 0 ? MHA_OK : prefill(ctx, p, &c);
     }
+    void *buf;
+    if ((st = dec_alloc(ctx, &c, &buf))) return st;
+    kv_append(&c);
+    dec_run(&c);
     mha__free(buf);
-    return st;
+    return MHA_OK;
 }
 
 mha_status mha_attn_kvcache(mha_ctx *ctx, const mha_attn_params *p, const mha_tensor *q,

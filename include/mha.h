@@ -271,6 +271,12 @@ MHA_API mha_tensor mha_tensor_strided(float *data, int ndim, const int64_t *shap
  * view, ndim = -1); stride == NULL means contiguous. Otherwise as mha_tensor_strided. */
 MHA_API mha_tensor mha_tensor_typed(void *data, mha_dtype dtype, int ndim, const int64_t *shape,
                                     const int64_t *stride);
+/* dst = src, element by element, between float32, bfloat16 and float16 views of the same shape
+ * (any strides; the same dtype copies): to float32 exactly, to bf16 / f16 rounded to nearest
+ * even (NaN stays NaN, overflow gives infinity). src and dst may not overlap unless they are
+ * the same view. MHA_ERR_SHAPE / MHA_ERR_INVALID_ARG / MHA_ERR_UNSUPPORTED
+ * naming the argument; dst unchanged on error. */
+MHA_API mha_status mha_tensor_convert(mha_ctx *ctx, const mha_tensor *src, mha_tensor *dst);
 /* Number of elements: the product of the shape (0 if any dimension is 0). -1 when there is no
  * such number: t == NULL, ndim outside [0, MHA_MAX_DIMS], a negative dimension, or a product
  * beyond INT64_MAX. Defined for every input (no overflow). */

@@ -3,6 +3,7 @@
  *   mha bench --batch B --seq N --embed E --heads H [--causal] [--backward] [--core]
  *             [--kv-heads G] [--need-weights] [--threads T] [--isa NAME] [--runs R] [--json]
  *   mha bench --core ... [--seq-k S] [--head-dim D] [--window L,R] [--softcap C] [--alibi]
+ *             [--dtype f32|bf16|f16]
  *   mha bench --gemm M N K [--ta 0|1] [--tb 0|1] [--threads T] [--isa NAME] [--runs R] [--json]
  *   mha bench --core --decode --batch B --seq-k S --heads H --head-dim D [--kv-heads G]
  *             [--layout bhsd|bshd] [--dtype f32|bf16|f16] [--bw-mib M] [--threads T]
@@ -74,10 +75,10 @@ static void print_help(FILE *f) {
           "                --head-dim D, --kv-heads G (and --window, --softcap, --alibi); GB/s\n"
           "                of K/V read, and the memory read bandwidth measured in the same run\n"
           "                (a streaming read of --bw-mib MiB, default 1024, same threads)\n"
+          "  --dtype T     --core: q, k, v and the outputs in f32 (default), bf16 or f16;\n"
+          "                with --decode q, the cache and the output (fp32 inside)\n"
           "  --layout L    --decode: the cache's memory, bhsd ([B, G, S, D], default) or\n"
           "                bshd ([B, S, G, D], FlashAttention's: strided views)\n"
-          "  --dtype T     the computation's dtype: f32 (default), or with --decode bf16 or\n"
-          "                f16 (q, the cache and the output in bfloat16 / float16, fp32 inside)\n"
           "  --gemm M N K  time C[M,N] = op(A)[M,K] op(B)[K,N]; --ta/--tb transpose A/B\n"
           "                (default: ta 0, tb 1, as the projections x W^T)\n"
           "  --threads T   threads (default: all cores)\n"
@@ -140,8 +141,10 @@ typedef struct {
     int decode, bshd;
     const char *layout;
     long long bw_mib;
-    const char *dtype_arg; /* --dtype as given */
-    mha_dtype dtype;       /* f32 unless --decode --dtype bf16 / f16 */
+    /* --dtype f32|bf16|f16: the element type of the core's tensors (--decode: q, the caches,
+     * the new rows and out) */
+    const char *dtype_arg;
+    mha_dtype dtype;
 } bench_args;
 
 /* One timed step: forward (and backward); returns nonzero status on failure. */
@@ -166,7 +169,6 @@ typedef struct {
 static mha_status run_decode(bench_state *s);
 static int decode_check_args(const bench_args *a);
 static int decode_parse_layout(bench_args *a);
-static int parse_dtype(bench_args *a);
 typedef struct bench_plan bench_plan;
 static void plan_decode(bench_state *s, bench_plan *p);
 
@@ -326,6 +328,29 @@ static int check_core_opts(bench_args *a, const cli_opt *opts, int nopts) {
     return 0;
 }
 
+/* --dtype into a->dtype (f32 when absent): bf16 and f16 for the core's forward and backward,
+ * and --decode's step. */
+static int parse_dtype(bench_args *a) {
+    static const struct {
+        const char *name;
+        mha_dtype dt;
+    } names[] = {{"f32", MHA_DTYPE_F32}, {"bf16", MHA_DTYPE_BF16}, {"f16", MHA_DTYPE_F16}};
+    a->dtype = MHA_DTYPE_F32;
+    if (!a->dtype_arg) return 0;
+    int found = 0;
+    for (int i = 0; i < 3; i++)
+        if (!strcmp(a->dtype_arg, names[i].name)) a->dtype = names[i].dt, found = 1;
+    if (!found)
+        return cli_usage_error("mha bench --help lists the options",
+                               "--dtype: got \"%s\", expected f32, bf16 or f16", a->dtype_arg);
+    if (a->dtype != MHA_DTYPE_F32 && (!a->core || a->gemm))
+        return cli_usage_error("mha bench --help lists the options",
+                               "--dtype %s: applies to --core (the attention core's forward and "
+                               "backward, or --decode's step)",
+                               a->dtype_arg);
+    return 0;
+}
+
 /* Parses and checks the command line. Returns 0, CLI_HELP (help printed) or a usage error. */
 static int parse_args(int argc, char **argv, bench_args *a) {
     *a = (bench_args){
@@ -385,7 +410,7 @@ static int parse_args(int argc, char **argv, bench_args *a) {
 
 struct bench_plan {
     double flops_fwd, flops_bwd;
-    float *bufs[16]; /* owned */
+    float *bufs[24]; /* owned */
     int nb, oom;
 };
 
@@ -399,20 +424,39 @@ static float *plan_buf(bench_plan *p, int64_t n, uint32_t seed) {
     return plan_buf_as(p, n, seed, 0);
 }
 
-/* q [B, H, N, D], k and v [B, G, S, D] (G = --kv-heads, S = --seq-k, D = --head-dim). */
+/* n random elements of --dtype in plan buffers (stream: allocated as the decode caches are):
+ * plan_buf's floats, or for bf16 / f16 those converted by mha_tensor_convert. */
+static void *plan_elems(bench_state *s, bench_plan *p, int64_t n, uint32_t seed, int stream) {
+    float *b = plan_buf_as(p, n, seed, stream);
+    if (!b || s->a->dtype == MHA_DTYPE_F32) return b;
+    uint16_t *h = (uint16_t *)plan_buf_as(p, n / 2 + 1, 0, stream);
+    const int64_t sh[1] = {n};
+    mha_tensor f = mha_tensor_make(b, 1, sh), t = mha_tensor_typed(h, s->a->dtype, 1, sh, NULL);
+    p->oom |= !h || mha_tensor_convert(s->ctx, &f, &t) != MHA_OK;
+    return h;
+}
+
+/* A random contiguous [d0, d1, d2, d3] tensor of --dtype in a plan buffer. */
+static mha_tensor plan_tensor(bench_state *s, bench_plan *p, const int64_t sh[4], uint32_t seed) {
+    void *b = plan_elems(s, p, sh[0] * sh[1] * sh[2] * sh[3], seed, 0);
+    return mha_tensor_typed(b, s->a->dtype, 4, sh, NULL);
+}
+
+/* q [B, H, N, D], k and v [B, G, S, D] (G = --kv-heads, S = --seq-k, D = --head-dim), of
+ * --dtype (lse float32). */
 static void plan_core(bench_state *s, bench_plan *p, int64_t B, int64_t H, int64_t N, int64_t D) {
-    const int64_t G = s->a->kv_heads, S = s->a->seq_k, nk = B * G * S * D;
-    int64_t sh[4] = {B, H, N, D}, sk[4] = {B, G, S, D}, sl[3] = {B, H, N}, n = B * H * N * D;
-    s->q = mha_tensor_make(plan_buf(p, n, 1), 4, sh);
-    s->k = mha_tensor_make(plan_buf(p, nk, 2), 4, sk);
-    s->v = mha_tensor_make(plan_buf(p, nk, 3), 4, sk);
-    s->o = mha_tensor_make(plan_buf(p, n, 4), 4, sh);
+    const int64_t G = s->a->kv_heads, S = s->a->seq_k;
+    int64_t sh[4] = {B, H, N, D}, sk[4] = {B, G, S, D}, sl[3] = {B, H, N};
+    s->q = plan_tensor(s, p, sh, 1);
+    s->k = plan_tensor(s, p, sk, 2);
+    s->v = plan_tensor(s, p, sk, 3);
+    s->o = plan_tensor(s, p, sh, 4);
     s->lse = mha_tensor_make(plan_buf(p, B * H * N, 5), 3, sl);
     if (s->a->backward) {
-        s->dout = mha_tensor_make(plan_buf(p, n, 6), 4, sh);
-        s->dq = mha_tensor_make(plan_buf(p, n, 7), 4, sh);
-        s->dk = mha_tensor_make(plan_buf(p, nk, 8), 4, sk);
-        s->dv = mha_tensor_make(plan_buf(p, nk, 9), 4, sk);
+        s->dout = plan_tensor(s, p, sh, 6);
+        s->dq = plan_tensor(s, p, sh, 7);
+        s->dk = plan_tensor(s, p, sk, 8);
+        s->dv = plan_tensor(s, p, sk, 9);
     }
 }
 
@@ -572,9 +616,11 @@ static void report_core_opts(const bench_args *a) {
         printf(",\"seq_k\":%lld,\"head_dim\":%lld,\"window\":", a->seq_k, a->head_dim);
         if (a->window) printf("[%lld,%lld]", a->window_left, a->window_right);
         else printf("null");
-        printf(",\"softcap\":%g,\"alibi\":%s", a->softcap, a->alibi ? "true" : "false");
+        printf(",\"softcap\":%g,\"alibi\":%s,\"dtype\":\"%s\"", a->softcap,
+               a->alibi ? "true" : "false", a->dtype_arg ? a->dtype_arg : "f32");
         return;
     }
+    if (a->dtype != MHA_DTYPE_F32) printf(" %s", a->dtype_arg);
     if (a->seq_k != a->seq) printf(" S %lld", a->seq_k);
     if (a->head_dim_given) printf(" D %lld", a->head_dim);
     if (a->window) printf(" window (%lld, %lld)", a->window_left, a->window_right);
@@ -648,50 +694,6 @@ static double decode_bytes(const bench_args *a) {
            (double)mha_dtype_size(a->dtype);
 }
 
-/* --dtype f32|bf16|f16 into a->dtype; bf16 and f16 only with --decode so far (the core's
- * and the module's 2-byte paths are not there yet). */
-static int parse_dtype(bench_args *a) {
-    static const struct {
-        const char *name;
-        mha_dtype dt;
-    } names[3] = {{"f32", MHA_DTYPE_F32}, {"bf16", MHA_DTYPE_BF16}, {"f16", MHA_DTYPE_F16}};
-    a->dtype = MHA_DTYPE_F32;
-    if (!a->dtype_arg) return 0;
-    int i = 0;
-    while (i < 3 && strcmp(a->dtype_arg, names[i].name)) i++;
-    if (i == 3)
-        return cli_usage_error("mha bench --help lists the options",
-                               "--dtype: got \"%s\", expected f32, bf16 or f16", a->dtype_arg);
-    if (names[i].dt != MHA_DTYPE_F32 && !a->decode)
-        return cli_usage_error("mha bench --help lists the options",
-                               "--dtype: got %s, expected f32 (bf16 and f16 run only with --core "
-                               "--decode so far)",
-                               a->dtype_arg);
-    a->dtype = names[i].dt;
-    return 0;
-}
-
-/* The short name of the bench's dtype, as --dtype takes it. */
-static const char *dtype_short(mha_dtype dt) {
-    return dt == MHA_DTYPE_BF16 ? "bf16" : dt == MHA_DTYPE_F16 ? "f16" : "f32";
-}
-
-/* A plan buffer of n elements of dtype dt: rand_buf's floats, or for a 2-byte dtype values
- * uniform-ish in (-1, 1) built from the LCG's bits (a random sign, exponent 2^-4 .. 2^-1 and
- * fraction: finite, no conversion needed). */
-static void *plan_buf_dt(bench_plan *p, int64_t n, uint32_t seed, int stream, mha_dtype dt) {
-    float *b = plan_buf_as(p, n, seed, stream);
-    if (!b || dt == MHA_DTYPE_F32) return b;
-    uint16_t *h = (uint16_t *)b; /* over the first half of the buffer */
-    for (int64_t i = 0; i < n; i++) {
-        seed = seed * 1664525u + 1013904223u;
-        const uint32_t sign = (seed >> 31) << 15, e = (seed >> 20) & 3, f = seed >> 8;
-        h[i] = (uint16_t)(dt == MHA_DTYPE_BF16 ? sign | ((123 + e) << 7) | (f & 0x7f)
-                                               : sign | ((11 + e) << 10) | (f & 0x3ff));
-    }
-    return h;
-}
-
 static int decode_check_args(const bench_args *a) {
     if (a->layout && !a->decode)
         return cli_usage_error("mha bench --help lists the options",
@@ -733,12 +735,12 @@ static void plan_decode(bench_state *s, bench_plan *p) {
     const int64_t B = a->batch, H = a->heads, G = a->kv_heads;
     const mha_dtype dt = a->dtype; /* of q, the caches, the new rows and out */
     int64_t sq[4] = {B, H, 1, D};
-    s->q = mha_tensor_typed(plan_buf_dt(p, B * H * D, 1, 0, dt), dt, 4, sq, NULL);
-    s->o = mha_tensor_typed(plan_buf_dt(p, B * H * D, 4, 0, dt), dt, 4, sq, NULL);
-    s->kc = decode_view(plan_buf_dt(p, B * G * S * D, 2, 1, dt), dt, B, G, S, D, a->bshd);
-    s->vc = decode_view(plan_buf_dt(p, B * G * S * D, 3, 1, dt), dt, B, G, S, D, a->bshd);
-    s->kn = decode_view(plan_buf_dt(p, B * G * D, 5, 0, dt), dt, B, G, 1, D, a->bshd);
-    s->vn = decode_view(plan_buf_dt(p, B * G * D, 6, 0, dt), dt, B, G, 1, D, a->bshd);
+    s->q = plan_tensor(s, p, sq, 1);
+    s->o = plan_tensor(s, p, sq, 4);
+    s->kc = decode_view(plan_elems(s, p, B * G * S * D, 2, 1), dt, B, G, S, D, a->bshd);
+    s->vc = decode_view(plan_elems(s, p, B * G * S * D, 3, 1), dt, B, G, S, D, a->bshd);
+    s->kn = decode_view(plan_elems(s, p, B * G * D, 5, 0), dt, B, G, 1, D, a->bshd);
+    s->vn = decode_view(plan_elems(s, p, B * G * D, 6, 0), dt, B, G, 1, D, a->bshd);
     s->lens = (int32_t *)plan_buf(p, B, 0); /* B int32 in a plan buffer of B floats */
     for (int64_t b = 0; s->lens && b < B; b++) s->lens[b] = (int32_t)(S - 1);
 }
@@ -791,7 +793,7 @@ static void report_decode(const bench_state *s, bench_times *t) {
     const int threads = mha_ctx_threads(s->ctx);
     const double mem = measure_bandwidth(a->bw_mib, threads, t->runs < 5 ? 5 : t->runs);
     const char *isa = mha_isa_name(mha_ctx_isa(s->ctx)), *layout = a->bshd ? "bshd" : "bhsd";
-    const char *dt = dtype_short(a->dtype);
+    const char *dt = a->dtype_arg ? a->dtype_arg : "f32";
     if (a->json) {
         printf("{\"what\":\"core_decode\",\"batch\":%lld,\"seq_k\":%lld,\"heads\":%lld,"
                "\"kv_heads\":%lld,\"head_dim\":%lld,\"layout\":\"%s\",\"dtype\":\"%s\","

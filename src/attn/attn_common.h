@@ -80,6 +80,12 @@ static inline float *mha__attn_row(const mha_tensor *t, int64_t b, int64_t h, in
     return t->data + b * t->stride[0] + h * t->stride[1] + i * t->stride[2];
 }
 
+/* Address of row i of head (b, h) of a [B, H, R, X] view of any dtype. */
+static inline void *mha__attn_row_at(const mha_tensor *t, int64_t b, int64_t h, int64_t i) {
+    return (char *)t->ptr + (b * t->stride[0] + h * t->stride[1] + i * t->stride[2]) *
+                                (int64_t)mha__tensor_elsize(t);
+}
+
 /* Pointer to row i of the key/value head that query head h of batch b reads in a
  * [B, Hkv, S, X] view: head h / kv_group (grouped-query attention; 1: head h itself). */
 static inline float *mha__attn_kv_row(const mha__attn_problem *pr, const mha_tensor *t, int64_t b,

@@ -31,6 +31,7 @@
  * each thread's workspace (plan.h), fwd_rows / fwd_finish / fwd_weights compute one task. */
 #include "attn_common.h"
 #include "core/plan.h"
+#include "kernels/cvt.h"
 #include "kernels/kernels.h"
 
 #include <math.h>
@@ -50,6 +51,8 @@ typedef struct {
     int64_t WR, WC;                  /* the weights recompute's tiles (the separate kernels') */
     int64_t nqt, nkt, ntask, nslot;
     int nt;
+    int bf;         /* bf16 on the table's bf16 kernels (attn_fwd_bf16): q, k, v, out bf16 */
+    int64_t np;     /* bf: the head dim rounded up to even (the kernels' pairs) */
     mha__plan plan; /* one fwd_ws per thread */
 } fwd_call;
 
@@ -66,6 +69,9 @@ typedef struct {
     /* fwd_avg only: every head's scaled query rows [H * WR, D], their shift (the row max) and
      * sum [H * WR], and one head's weights tile [WR, WC] */
     float *qh, *sh, *sl, *wt;
+    /* bf only: the query tile [BR, np] (zero past D) and the packed key and value tiles of
+     * each slot ([nslot, BC * np], [nslot, BC * Dv]), instead of qs and kp */
+    uint16_t *qb, *kb, *vb;
 } fwd_ws;
 
 /* One task: query rows [i0, i0 + br) of head (b, h), bh = b*H + h. */
@@ -119,10 +125,15 @@ static void fwd_plan(mha_ctx *ctx, fwd_call *c) {
     if (c->nslot < 1) c->nslot = 1;
     const int64_t keep =
         pr->dropout_p > 0 ? (c->BR * c->BC > c->WR * c->WC ? c->BR * c->BC : c->WR * c->WC) : 0;
+    const int bf = c->bf;
+    c->np = (pr->D + 1) / 2 * 2;
     mha__plan *pl = &c->plan;
     mha__plan_init(pl);
-    MHA__PLAN_ADD(pl, fwd_ws, qs, sizeof(float), c->BR, pr->D);
-    MHA__PLAN_ADD(pl, fwd_ws, kp, sizeof(float), c->nslot, c->BC * pr->D);
+    MHA__PLAN_ADD(pl, fwd_ws, qs, sizeof(float), bf ? 0 : c->BR, pr->D);
+    MHA__PLAN_ADD(pl, fwd_ws, kp, sizeof(float), bf ? 0 : c->nslot, c->BC * pr->D);
+    MHA__PLAN_ADD(pl, fwd_ws, qb, sizeof(uint16_t), bf ? c->BR : 0, c->np);
+    MHA__PLAN_ADD(pl, fwd_ws, kb, sizeof(uint16_t), bf ? c->nslot : 0, c->BC * c->np);
+    MHA__PLAN_ADD(pl, fwd_ws, vb, sizeof(uint16_t), bf ? c->nslot : 0, c->BC * pr->Dv);
     MHA__PLAN_ADD(pl, fwd_ws, tag, sizeof(int64_t), c->nslot, 1);
     MHA__PLAN_ADD(pl, fwd_ws, st, sizeof(float), c->BR, c->BC);
     MHA__PLAN_ADD(pl, fwd_ws, acc, sizeof(float), c->BR, pr->Dv);
@@ -140,12 +151,33 @@ static void fwd_plan(mha_ctx *ctx, fwd_call *c) {
 /* The online softmax of a task over every key tile it may see:
  *   qs = scale * q tile;  m = -inf, l = 0, acc = 0;
  *   per key tile: acc, m, l updated by attn_fwd (attn_fwd_drop) on qs with scale 1 */
+/* bf: the (head, key tile) of slot `slot` packed for the bf16 kernels (k pairs of the head
+ * dim, v pairs of keys). */
+static void fwd_pack_bf16(const fwd_call *c, const fwd_task *t, fwd_ws *w, int64_t slot, int64_t j0,
+                          int64_t bc) {
+    const mha__attn_problem *pr = &c->pr;
+    const uint16_t *k = mha__attn_row_at(c->k, t->b, t->h / pr->kv_group, j0);
+    const uint16_t *v = mha__attn_row_at(c->v, t->b, t->h / pr->kv_group, j0);
+    c->kern->attn_kpack_bf16(bc, pr->D, k, c->k->stride[2], w->kb + slot * c->BC * c->np);
+    c->kern->attn_vpack_bf16(bc, pr->Dv, v, c->v->stride[2], w->vb + slot * c->BC * pr->Dv);
+}
+
+/* bf: the task's query rows as they are (bf16), zero past D (the scale goes to the scores) */
+static void fwd_qtile_bf16(const fwd_call *c, const fwd_task *t, fwd_ws *w) {
+    for (int64_t r = 0; r < t->br; r++) {
+        const uint16_t *q = mha__attn_row_at(c->q, t->b, t->h, t->i0 + r);
+        memcpy(w->qb + r * c->np, q, sizeof(uint16_t) * (size_t)c->pr.D);
+        if (c->np > c->pr.D) w->qb[r * c->np + c->pr.D] = 0;
+    }
+}
+
 static void fwd_rows(const fwd_call *c, const fwd_task *t, fwd_ws *w) {
     const mha__attn_problem *pr = &c->pr;
     const mha_kernels *kern = c->kern;
     const int64_t BC = c->BC, D = pr->D, Dv = pr->Dv, br = t->br, i0 = t->i0;
     const int64_t ldv = c->v->stride[2];
-    mha__attn_scale_tile(br, D, pr->scale, t->q, c->q->stride[2], w->qs);
+    if (c->bf) fwd_qtile_bf16(c, t, w);
+    else mha__attn_scale_tile(br, D, pr->scale, t->q, c->q->stride[2], w->qs);
     for (int64_t r = 0; r < br; r++) w->m[r] = -INFINITY, w->l[r] = 0;
     for (int64_t x = 0; x < br * Dv; x++) w->acc[x] = 0;
     for (int64_t kt = 0; kt < c->nkt; kt++) {
@@ -153,24 +185,35 @@ static void fwd_rows(const fwd_call *c, const fwd_task *t, fwd_ws *w) {
         if (mha__attn_tile_skip(pr, t->b, i0, i0 + br, j0, j0 + bc)) continue;
         mha__attn_tile_mask mk;
         mha__attn_tile_mask_make(pr, t->b, t->bh, i0, j0, &mk);
-        const float *vr = mha__attn_kv_row(pr, c->v, t->b, t->h, j0);
+        const float *vr = c->bf ? NULL : mha__attn_kv_row(pr, c->v, t->b, t->h, j0);
         int64_t slot = kt % c->nslot, tag = (t->b * pr->Hkv + t->h / pr->kv_group) * c->nkt + kt;
         float *kpt = w->kp + slot * BC * D;
         if (w->tag[slot] != tag) { /* pack once per thread, key/value head and key tile */
-            kern->attn_kpack(bc, D, mha__attn_kv_row(pr, c->k, t->b, t->h, j0), c->k->stride[2],
-                             kpt);
+            if (c->bf) fwd_pack_bf16(c, t, w, slot, j0, bc);
+            else
+                kern->attn_kpack(bc, D, mha__attn_kv_row(pr, c->k, t->b, t->h, j0), c->k->stride[2],
+                                 kpt);
             w->tag[slot] = tag;
         }
-        if (pr->dropout_p == 0) {
+        const uint8_t *keep = NULL;
+        if (pr->dropout_p > 0) { /* keep decisions of the keys some row of the tile may use */
+            int64_t bcw = mha__attn_tile_row_end(&mk, br - 1, bc);
+            kern->attn_dropout(br, bcw, &t->dr, i0, j0, w->keep, BC);
+            keep = w->keep;
+        }
+        if (c->bf) {
+            kern->attn_fwd_bf16(br, bc, D, Dv, pr->scale, w->qb, c->np, w->kb + slot * BC * c->np,
+                                w->vb + slot * BC * Dv, &mk, w->m, w->l, w->acc, Dv, w->st, BC,
+                                keep, BC);
+            continue;
+        }
+        if (!keep) {
             kern->attn_fwd(br, bc, D, Dv, 1.0f, w->qs, D, kpt, vr, ldv, &mk, w->m, w->l, w->acc, Dv,
                            w->st, BC);
             continue;
         }
-        /* keep decisions of the keys some row of the tile may use */
-        int64_t bcw = mha__attn_tile_row_end(&mk, br - 1, bc);
-        kern->attn_dropout(br, bcw, &t->dr, i0, j0, w->keep, BC);
         kern->attn_fwd_drop(br, bc, D, Dv, 1.0f, w->qs, D, kpt, vr, ldv, &mk, w->m, w->l, w->acc,
-                            Dv, w->st, BC, w->keep, BC);
+                            Dv, w->st, BC, keep, BC);
     }
 }
 
@@ -179,7 +222,7 @@ static void fwd_rows(const fwd_call *c, const fwd_task *t, fwd_ws *w) {
 static void fwd_finish(const fwd_call *c, const fwd_task *t, fwd_ws *w) {
     const int64_t Dv = c->pr.Dv;
     for (int64_t r = 0; r < t->br; r++) {
-        float *o = mha__attn_row(c->out, t->b, t->h, t->i0 + r);
+        float *o = c->bf ? w->acc + r * Dv : mha__attn_row(c->out, t->b, t->h, t->i0 + r);
         if (w->l[r] != 0) {
             float inv = c->pr.keep_scale / w->l[r];
             for (int64_t x = 0; x < Dv; x++) o[x] = w->acc[r * Dv + x] * inv;
@@ -187,6 +230,10 @@ static void fwd_finish(const fwd_call *c, const fwd_task *t, fwd_ws *w) {
         } else {
             for (int64_t x = 0; x < Dv; x++) o[x] = 0;
             w->lt[r] = -INFINITY;
+        }
+        if (c->bf) { /* rounded once */
+            uint16_t *ob = mha__attn_row_at(c->out, t->b, t->h, t->i0 + r);
+            for (int64_t x = 0; x < Dv; x++) ob[x] = mha__f32_to_bf16(o[x]);
         }
     }
     if (c->ml) { /* for fwd_avg */
@@ -292,7 +339,7 @@ static void fwd_run(const fwd_call *c, fwd_ws *w, int64_t task) {
     t.bh = task / c->nqt, t.i0 = (task % c->nqt) * c->BR;
     t.b = t.bh / c->pr.H, t.h = t.bh % c->pr.H;
     t.br = c->pr.L - t.i0 < c->BR ? c->pr.L - t.i0 : c->BR;
-    t.q = mha__attn_row(c->q, t.b, t.h, t.i0);
+    t.q = c->bf ? NULL : mha__attn_row(c->q, t.b, t.h, t.i0); /* bf: fwd_qtile_bf16 */
     t.dr = mha__attn_dropout_make(&c->pr, t.bh);
     fwd_rows(c, &t, w);
     fwd_finish(c, &t, w);
@@ -344,7 +391,11 @@ static mha_status attn_forward(mha_ctx *ctx, const char *fn, int64_t bh0, const 
     fwd_call c;
     mha_status st = fwd_check(ctx, fn, p, q, k, v, mask, out, lse, weights, wavg, &c);
     if (st) return st;
-    if (c.pr.dt != MHA_DTYPE_F32)
+    /* bf16 on the table's bf16 kernels where it has them (the optional weights: recomputed by
+     * the float32 kernels, on float32 copies); else in float32 on float32 copies */
+    const mha_kernels *kern = mha__ctx_kernels(ctx);
+    c.bf = c.pr.dt == MHA_DTYPE_BF16 && kern->attn_fwd_bf16 && !weights && !wavg;
+    if (c.pr.dt != MHA_DTYPE_F32 && !c.bf)
         return fwd_lowp(ctx, fn, bh0, p, q, k, v, mask, out, lse, weights, wavg);
     c.pr.bh0 = bh0;
     if (c.pr.B * c.pr.H * c.pr.L == 0) {

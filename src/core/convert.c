@@ -72,6 +72,50 @@ void mha__tensor_from_f32(const float *src, const mha_tensor *dst, int nt) {
                      n);
 }
 
+mha_status mha_tensor_convert(mha_ctx *ctx, const mha_tensor *src, mha_tensor *dst) {
+    static const char *const fn = "mha_tensor_convert";
+    mha__clear(ctx);
+    mha_status st;
+    for (int i = 0; i < 2; i++) {
+        const mha_tensor *t = i ? dst : src;
+        const char *name = i ? "dst" : "src";
+        if (!t)
+            return mha__err(ctx, MHA_ERR_INVALID_ARG, "%s: %s: got NULL, expected a tensor", fn,
+                            name);
+        if (t->dtype != MHA_DTYPE_F32 && t->dtype != MHA_DTYPE_BF16 && t->dtype != MHA_DTYPE_F16)
+            return mha__err(ctx, MHA_ERR_UNSUPPORTED,
+                            "%s: %s.dtype: got %s, expected float32, bfloat16 or float16", fn, name,
+                            mha_dtype_name(t->dtype));
+        if (t->ndim < 1 || t->ndim > MHA_MAX_DIMS)
+            return mha__err(ctx, MHA_ERR_SHAPE, "%s: %s.ndim: got %d, expected 1..%d", fn, name,
+                            t->ndim, MHA_MAX_DIMS);
+        if ((st = mha__check_tensor_as(ctx, fn, name, t, t->dtype, src->ndim, i ? src->shape : NULL,
+                                       i ? "the shape of src" : NULL)))
+            return st;
+    }
+    if (src->ptr == dst->ptr && src->dtype == dst->dtype &&
+        !memcmp(src->stride, dst->stride, sizeof(int64_t) * (size_t)src->ndim))
+        return MHA_OK; /* the same view */
+    if (mha__tensors_overlap(src, dst))
+        return mha__err(ctx, MHA_ERR_INVALID_ARG, "%s: dst overlaps src (expected separate memory)",
+                        fn);
+    const int64_t n = mha_tensor_numel(src);
+    if (n == 0) return MHA_OK;
+    int64_t rows, len;
+    rows_of(src, &rows, &len);
+    float *row = mha__malloc(sizeof(float) * (size_t)len);
+    if (!row)
+        return mha__err(ctx, MHA_ERR_NOMEM, "%s: out of memory (a row of %lld floats)", fn,
+                        (long long)len);
+    const size_t es = mha__tensor_elsize(src), ed = mha__tensor_elsize(dst);
+    for (int64_t r = 0; r < rows; r++) { /* one row at a time through float32 */
+        row_to_f32(src->dtype, (const char *)src->ptr + row_offset(src, r) * (int64_t)es, row, len);
+        row_from_f32(dst->dtype, row, (char *)dst->ptr + row_offset(dst, r) * (int64_t)ed, len);
+    }
+    mha__free(row);
+    return MHA_OK;
+}
+
 /* The views of a mha__lowp's buffer (one float32 region per tensor). */
 typedef struct {
     float *t[MHA__LOWP_MAX];

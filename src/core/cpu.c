@@ -13,7 +13,7 @@
 #endif
 
 static pthread_once_t once = PTHREAD_ONCE_INIT;
-static int has_avx2, has_avx512;
+static int has_avx2, has_avx512, has_avx512bf16;
 static char features[256];
 
 #ifdef MHA_X86
@@ -48,9 +48,14 @@ static void detect(void) {
     if (dq) append("avx512dq");
     if (bw) append("avx512bw");
     if (vl) append("avx512vl");
+    unsigned a71 = 0, b71 = 0, c71 = 0, d71 = 0; /* leaf 7, subleaf 1: EAX bit 5 AVX512_BF16 */
+    if (a7 >= 1) __get_cpuid_count(7, 1, &a71, &b71, &c71, &d71);
+    const int bf16 = (a71 >> 5) & 1;
+    if (bf16) append("avx512bf16");
     append(os_zmm ? "os:zmm" : os_ymm ? "os:ymm" : "os:xmm");
     has_avx2 = avx && avx2 && fma && os_ymm;
     has_avx512 = has_avx2 && f && dq && bw && vl && os_zmm;
+    has_avx512bf16 = has_avx512 && bf16;
 #endif
     if (!features[0]) append("(no x86 simd)");
 }
@@ -64,6 +69,11 @@ int mha__cpu_supports(mha_isa isa) {
     case MHA_ISA_AVX512: return has_avx512;
     }
     return 0;
+}
+
+int mha__cpu_avx512bf16(void) {
+    pthread_once(&once, detect);
+    return has_avx512bf16;
 }
 
 const char *mha_cpu_features(void) {

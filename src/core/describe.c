@@ -40,6 +40,11 @@ mha_status mha_ctx_describe(const mha_ctx *ctx, char *buf, size_t n) {
     PUT("  decoding      attn_decode (%s): a few query rows against a key/value cache in\n"
         "                fixed chunks of keys read in place (mha_attn_kvcache)\n",
         BY(attn_decode));
+    if (k->attn_fwd_bf16)
+        PUT("  bf16 forward  %s: vdpbf16ps products, the same tiles;\n"
+            "                bf16 backward, f16: the float32 kernels on float32 copies\n",
+            k->attn_bf16_name);
+    else PUT("  bf16, f16     the float32 kernels on float32 copies (no bf16 kernels here)\n");
 #undef BY
 #undef PUT
     return MHA_OK;

@@ -30,6 +30,8 @@ mha_status mha__err(mha_ctx *ctx, mha_status st, const char *fmt, ...)
 /* 1 if the CPU (CPUID bits) and the OS (XGETBV state) can run isa, whatever was built
  * (src/core/cpu.c: a leaf; the kernel tables ask it, it never asks them). */
 int mha__cpu_supports(mha_isa isa);
+/* AVX512_BF16 (vdpbf16ps) usable: the CPU has it and the AVX-512 path runs (cpu.c). */
+int mha__cpu_avx512bf16(void);
 
 /* The kernel table and thread count to use for ctx (NULL ctx: defaults). */
 const struct mha_kernels *mha__ctx_kernels(const mha_ctx *ctx);

@@ -27,6 +27,9 @@ static void init_tables(void) {
 #ifdef MHA_HAVE_AVX512
     if ((avx512_ok = mha__cpu_supports(MHA_ISA_AVX512))) mha__kernels_init_avx512(&avx512_table);
 #endif
+#ifdef MHA_HAVE_AVX512BF16
+    if (avx512_ok && mha__cpu_avx512bf16()) mha__kernels_init_avx512bf16(&avx512_table);
+#endif
 }
 
 const mha_kernels *mha__kernels_for(mha_isa isa) {

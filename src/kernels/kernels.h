@@ -184,6 +184,39 @@ static inline float mha__attn_score_mod(const mha__attn_tile_mask *mk, float s, 
     return s;
 }
 
+/* BFLOAT16 FUSED FORWARD (optional entries: NULL in a table without them; the driver then runs
+ * bf16 calls on float32 copies through the float32 kernels)
+ *
+ *   Inputs are bfloat16 (uint16_t, the top half of a float32); products of two bf16 values
+ *   are exact in float32 and are summed in float32 two at a time (vdpbf16ps: a pair's two
+ *   products added to the accumulator in turn), so the reduction over the head dim runs over
+ *   PAIRS of its elements, and the product with V over pairs of keys.
+ *   attn_kpack_bf16(bc, n, B, ldb, Kp): packs a key tile B[bc, n] (bf16, 1 <= bc <= FBC,
+ *       n >= 1) into Kp: panels of attn_bf16_pw keys, panel t at Kp + t * pw * np (np = n
+ *       rounded up to even), Kp[t*pw*np + p*2*pw + 2c + e] = B[t*pw + c][2p + e]; zero for
+ *       2p + e >= n and for keys past bc (to the end of the panel's last vector).
+ *   attn_vpack_bf16(bc, nv, V, ldv, Vp): a value tile V[bc, nv] (bf16) in pairs of keys:
+ *       Vp[(q*nv + x)*2 + e] = V[2q + e][x], zero for 2q + e >= bc (q < ceil(bc / 2)).
+ *   attn_fwd_bf16(br, bc, n, nv, scale, A, lda, Kp, Vp, mk, m, l, O, ldo, P, ldp, keep, ldk):
+ *       attn_fwd / attn_fwd_drop (keep NULL: no dropout) on bf16 query rows A [br, np] (lda
+ *       >= np, the elements n .. np zero), the packed Kp and Vp, with
+ *           s = scale * (A_r . K_c)   (scale applied to the float32 sum; masks, transforms
+ *                                      and the online softmax as attn_fwd, in float32)
+ *       and the product with V on the probabilities ROUNDED to bf16 (m and l from the float32
+ *       ones): O = diag(alpha) O + bf16(P) V, accumulated in float32. P [br, ldp >= bc]
+ *       float32 scratch. Same tiles (attn_fwd_br, attn_fwd_bc), rules and determinism as
+ *       attn_fwd.
+ */
+typedef void mha__attn_kpack_bf16_t(int64_t bc, int64_t n, const uint16_t *B, int64_t ldb,
+                                    uint16_t *Kp);
+typedef void mha__attn_vpack_bf16_t(int64_t bc, int64_t nv, const uint16_t *V, int64_t ldv,
+                                    uint16_t *Vp);
+typedef void mha__attn_fwd_bf16_t(int64_t br, int64_t bc, int64_t n, int64_t nv, float scale,
+                                  const uint16_t *A, int64_t lda, const uint16_t *Kp,
+                                  const uint16_t *Vp, const mha__attn_tile_mask *mk, float *m,
+                                  float *l, float *O, int64_t ldo, float *P, int64_t ldp,
+                                  const uint8_t *keep, int64_t ldk);
+
 /* DECODE KERNEL (flash-decoding: a few query rows against a long key/value cache; driver:
  * src/attn/attn_decode.c)
  *
@@ -312,6 +345,12 @@ typedef struct mha_kernels {
     mha__attn_dropout_apply_fn attn_dropout_apply; /* (contract above; every table has one) */
     /* The flash-decoding chunk kernel (DECODE KERNEL above; every table has one). */
     mha__attn_decode_fn attn_decode;
+    /* The bf16 fused forward (BFLOAT16 FUSED FORWARD above; NULL: none) and its panel width */
+    mha__attn_kpack_bf16_t *attn_kpack_bf16;
+    mha__attn_vpack_bf16_t *attn_vpack_bf16;
+    mha__attn_fwd_bf16_t *attn_fwd_bf16;
+    int64_t attn_bf16_pw;
+    const char *attn_bf16_name; /* e.g. "mha__attn_fwd_bf16_avx512bf16" */
 } mha_kernels;
 
 /* The table for isa, or NULL when that path was not compiled in or this CPU/OS cannot run
@@ -328,6 +367,13 @@ void mha__kernels_init_avx2(mha_kernels *k);
 #endif
 #ifdef MHA_HAVE_AVX512
 void mha__kernels_init_avx512(mha_kernels *k);
+#endif
+#ifdef MHA_HAVE_AVX512BF16
+/* Adds the AVX512_BF16 kernels to the AVX-512 table (only on CPUs that have them). */
+void mha__kernels_init_avx512bf16(mha_kernels *k);
+mha__attn_kpack_bf16_t mha__attn_kpack_bf16_avx512bf16;
+mha__attn_vpack_bf16_t mha__attn_vpack_bf16_avx512bf16;
+mha__attn_fwd_bf16_t mha__attn_fwd_bf16_avx512bf16;
 #endif
 
 /* Every ISA's kernels, declared by their kind's prototype. Attention tile kernels:

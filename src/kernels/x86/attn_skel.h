@@ -76,7 +76,7 @@ _Static_assert(MR <= VL, "a register block's row state (m, alpha) fits one vecto
 #endif
 
 /* Kt[d*PW + c] = B[c*ldb + d] for d < dc, c < w (w <= PW); columns w .. VL*ceil(w/VL) zero. */
-static void pack_bt(const float *B, int64_t ldb, int64_t w, int64_t dc, float *Kt) {
+static inline void pack_bt(const float *B, int64_t ldb, int64_t w, int64_t dc, float *Kt) {
     for (int64_t cb = 0; cb < w; cb += VL) {
         int64_t cw = w - cb < VL ? w - cb : VL;
         for (int64_t db = 0; db < dc; db += VL) {
@@ -189,6 +189,7 @@ INL void scores_blk(const int nv, int64_t m, int64_t dc, const float *A, int64_t
                            last ? vf_mul(vs, acc[i][j]) : acc[i][j]);
 }
 
+#ifndef SKEL_BF16_ONLY
 void KERNEL(scores)(int64_t br, int64_t bc, int64_t n, float scale, const float *A, int64_t lda,
                     const float *B, int64_t ldb, float *S, int64_t lds) {
     if (n <= 0) {
@@ -214,6 +215,7 @@ void KERNEL(scores)(int64_t br, int64_t bc, int64_t n, float scale, const float 
         }
     }
 }
+#endif
 
 /* O[m, VL nv] = diag(alpha) O + P[m, bc] X[bc, VL nv]   (last vector masked by kl) */
 INL void pv_blk(const int nv, int64_t m, int64_t bc, const float *P, int64_t ldp, const float *X,
@@ -238,6 +240,7 @@ INL void pv_blk(const int nv, int64_t m, int64_t bc, const float *P, int64_t ldp
     blk_store(nv, m, acc, O, ldo, kl);
 }
 
+#ifndef SKEL_BF16_ONLY
 void KERNEL(pv)(int64_t br, int64_t bc, int64_t n, const float *P, int64_t ldp, const float *X,
                 int64_t ldx, const float *alpha, float *O, int64_t ldo) {
     for (int64_t x0 = 0; x0 < n; x0 += PW) {
@@ -253,6 +256,7 @@ void KERNEL(pv)(int64_t br, int64_t bc, int64_t n, const float *P, int64_t ldp, 
         }
     }
 }
+#endif
 
 /* G[m, VL nv] += P[br, m]^T X[br, VL nv]   (m keys from column 0 of P; last vector masked) */
 INL void ptv_blk(const int nv, int64_t m, int64_t br, const float *P, int64_t ldp, const float *X,
@@ -281,6 +285,7 @@ INL void ptv_blk(const int nv, int64_t m, int64_t br, const float *P, int64_t ld
     blk_store(nv, m, acc, G, ldg, kl);
 }
 
+#ifndef SKEL_BF16_ONLY
 void KERNEL(ptv)(int64_t br, int64_t bc, int64_t n, const float *P, int64_t ldp, const float *X,
                  int64_t ldx, float *G, int64_t ldg) {
     for (int64_t x0 = 0; x0 < n; x0 += PW) {
@@ -295,9 +300,11 @@ void KERNEL(ptv)(int64_t br, int64_t bc, int64_t n, const float *P, int64_t ldp,
         }
     }
 }
+#endif
 
 /* S = exp(mod(S) + fmask - lse[r]) in place; excluded keys and rows with lse = -inf exactly 0
  * (vf_maskz after the exp: exp(-inf - lse) is never needed); dcap: the softcap's derivative. */
+#ifndef SKEL_BF16_ONLY
 void KERNEL(probs)(int64_t br, int64_t bc, float *S, int64_t lds, const mha__attn_tile_mask *mk,
                    const float *lse, float *dcap) {
     const vf one = vf_set1(1.0f), vcap = vf_set1(mk->softcap);
@@ -325,9 +332,11 @@ void KERNEL(probs)(int64_t br, int64_t bc, float *S, int64_t lds, const mha__att
         }
     }
 }
+#endif
 
 /* dP = scale * (P * (dP - drow[r])) in place: the generic kernel's three roundings (then
  * * G, G non-NULL). */
+#ifndef SKEL_BF16_ONLY
 void KERNEL(dsoftmax)(int64_t br, int64_t bc, const float *P, int64_t ldp, float *dP, int64_t ldd,
                       const float *drow, float scale, const float *G) {
     const vf vs = vf_set1(scale);
@@ -344,6 +353,7 @@ void KERNEL(dsoftmax)(int64_t br, int64_t bc, const float *P, int64_t ldp, float
         }
     }
 }
+#endif
 
 /* FUSED FORWARD (attn_kpack / attn_fwd / attn_fwd_drop, contract in kernels.h)
  *
@@ -354,31 +364,19 @@ void KERNEL(dsoftmax)(int64_t br, int64_t bc, const float *P, int64_t ldp, float
  * registers; then one pass exp(s - m') with vector row sums, alpha for the whole block by one
  * vector exp, and O = diag(alpha) O + P V (pv_blk) while the block's P rows are in L1. Keys
  * past the block's last allowed key (causality, key_lengths) are never computed. */
+#ifndef SKEL_BF16_ONLY
 void KERNEL(kpack)(int64_t bc, int64_t n, const float *B, int64_t ldb, float *Kp) {
     for (int64_t c0 = 0; c0 < bc; c0 += PW)
         pack_bt(B + c0 * ldb, ldb, bc - c0 < PW ? bc - c0 : PW, n, Kp + c0 * n);
 }
+#endif
 
-/* P[i, c0 .. c0 + VL nv) (last vector kl) = scale * A[i] Kt (an FMA chain over d in order),
- * then + fmask, excluded keys -inf; vmx[i] = max(vmx[i], those). Block rows i < m are rows
- * r0 + i of the tile. */
-INL void fwd_panel(const int nv, int64_t m, int64_t n, const float *A, int64_t lda, const float *Kt,
-                   float scale, float *P, int64_t ldp, vmask kl, const mha__attn_tile_mask *mk,
-                   int masked, int mods, int64_t r0, int64_t c0, int64_t bc, vf vmx[MR]) {
-    const float *a[MR];
-    vf acc[MR][NVMAX];
-#pragma GCC unroll 16
-    for (int i = 0; i < MR; i++) {
-        a[i] = A + (i < m ? i : m - 1) * lda;
-#pragma GCC unroll 16
-        for (int j = 0; j < nv; j++) acc[i][j] = vf_zero();
-    }
-    for (int64_t d = 0; d < n; d++) {
-        vf b[NVMAX];
-#pragma GCC unroll 16
-        for (int j = 0; j < nv; j++) b[j] = vf_load(Kt + d * PW + VL * j);
-        blk_fma(nv, acc, a, d, b);
-    }
+/* P[i, c0 .. c0 + VL nv) (last vector kl) = scale * acc[i] (the sums of a panel's products),
+ * transformed, + fmask, excluded keys -inf; vmx[i] = max(vmx[i], those). Block rows i < m are
+ * rows r0 + i of the tile. */
+INL void fwd_panel_out(const int nv, int64_t m, vf acc[MR][NVMAX], float scale, float *P,
+                       int64_t ldp, vmask kl, const mha__attn_tile_mask *mk, int masked, int mods,
+                       int64_t r0, int64_t c0, int64_t bc, vf vmx[MR]) {
     const vf vs = vf_set1(scale), ninf = vf_set1(-INFINITY);
 #pragma GCC unroll 16
     for (int i = 0; i < MR; i++) {
@@ -409,10 +407,156 @@ INL void fwd_panel(const int nv, int64_t m, int64_t n, const float *A, int64_t l
     }
 }
 
-/* attn_fwd (keep NULL) and attn_fwd_drop: the exp pass sums every probability into l and
- * stores the dropped ones as 0 for the product with V. */
-INL void fwd_tile(int64_t br, int64_t bc, int64_t n, int64_t nv, float scale, const float *A,
-                  int64_t lda, const float *Kp, const float *V, int64_t ldv,
+/* The scores of a block's panel, A[i] Kt as an FMA chain over d in order, into P by
+ * fwd_panel_out. */
+INL void fwd_panel(const int nv, int64_t m, int64_t n, const float *A, int64_t lda, const float *Kt,
+                   float scale, float *P, int64_t ldp, vmask kl, const mha__attn_tile_mask *mk,
+                   int masked, int mods, int64_t r0, int64_t c0, int64_t bc, vf vmx[MR]) {
+    const float *a[MR];
+    vf acc[MR][NVMAX];
+#pragma GCC unroll 16
+    for (int i = 0; i < MR; i++) {
+        a[i] = A + (i < m ? i : m - 1) * lda;
+#pragma GCC unroll 16
+        for (int j = 0; j < nv; j++) acc[i][j] = vf_zero();
+    }
+    for (int64_t d = 0; d < n; d++) {
+        vf b[NVMAX];
+#pragma GCC unroll 16
+        for (int j = 0; j < nv; j++) b[j] = vf_load(Kt + d * PW + VL * j);
+        blk_fma(nv, acc, a, d, b);
+    }
+    fwd_panel_out(nv, m, acc, scale, P, ldp, kl, mk, masked, mods, r0, c0, bc, vmx);
+}
+
+#ifdef SKEL_BF16
+/* The bf16 form (BFLOAT16 FUSED FORWARD in kernels.h): the same panel from bf16 query rows
+ * A[i] (np / 2 pairs) and a bf16 panel Kt (pair p of key c at Kt[p*2*PW + 2c]), one vdpbf16ps
+ * per pair: the sum over the head dim in pairs. */
+INL void fwd_panel_bf16(const int nv, int64_t m, int64_t np, const uint16_t *A, int64_t lda,
+                        const uint16_t *Kt, float scale, float *P, int64_t ldp, vmask kl,
+                        const mha__attn_tile_mask *mk, int masked, int mods, int64_t r0, int64_t c0,
+                        int64_t bc, vf vmx[MR]) {
+    const uint16_t *a[MR];
+    vf acc[MR][NVMAX];
+#pragma GCC unroll 16
+    for (int i = 0; i < MR; i++) {
+        a[i] = A + (i < m ? i : m - 1) * lda;
+#pragma GCC unroll 16
+        for (int j = 0; j < nv; j++) acc[i][j] = vf_zero();
+    }
+    for (int64_t p = 0; p < np / 2; p++) {
+        vb b[NVMAX];
+#pragma GCC unroll 16
+        for (int j = 0; j < nv; j++) b[j] = vb_load(Kt + p * 2 * PW + 2 * VL * j);
+#pragma GCC unroll 16
+        for (int i = 0; i < MR; i++) {
+            vb ai = vb_bcast(a[i] + 2 * p);
+#pragma GCC unroll 16
+            for (int j = 0; j < nv; j++) acc[i][j] = vf_dot2(acc[i][j], ai, b[j]);
+        }
+    }
+    fwd_panel_out(nv, m, acc, scale, P, ldp, kl, mk, masked, mods, r0, c0, bc, vmx);
+}
+
+/* O[m, VL nv] = diag(alpha) O + P2 V2 over npair pairs of keys: P2 rows (ldp floats apart) hold
+ * the block's probabilities as bf16 pairs (uint32 each), V2 pairs of value rows (pair q of
+ * column x at V2[q*ldv2 + 2x]); the pv_blk of bf16. */
+INL void pv_blk_bf16(const int nv, int64_t m, int64_t npair, const float *P2, int64_t ldp,
+                     const uint16_t *V2, int64_t ldv2, const float *alpha, float *O, int64_t ldo,
+                     vmask kl) {
+    const uint16_t *p[MR];
+    vf acc[MR][NVMAX];
+#pragma GCC unroll 16
+    for (int i = 0; i < MR; i++) {
+        int64_t ri = i < m ? i : m - 1;
+        p[i] = (const uint16_t *)(P2 + ri * ldp);
+        vf va = vf_set1(alpha[ri]);
+#pragma GCC unroll 16
+        for (int j = 0; j < nv; j++)
+            acc[i][j] = vf_mul(va, vf_load_v(O + ri * ldo + VL * j, j == nv - 1, kl));
+    }
+    for (int64_t q = 0; q < npair; q++) {
+        vb x[NVMAX];
+#pragma GCC unroll 16
+        for (int j = 0; j < nv; j++)
+            x[j] = vb_mload(V2 + q * ldv2 + 2 * VL * j, j == nv - 1 ? kl : mask_full());
+#pragma GCC unroll 16
+        for (int i = 0; i < MR; i++) {
+            vb pi = vb_bcast(p[i] + 2 * q);
+#pragma GCC unroll 16
+            for (int j = 0; j < nv; j++) acc[i][j] = vf_dot2(acc[i][j], pi, x[j]);
+        }
+    }
+    blk_store(nv, m, acc, O, ldo, kl);
+}
+
+/* Row pr's probabilities of keys [c0, c1) (c0 even) rounded to bf16 pairs, in place: pair t
+ * (keys c0 + 2t, c0 + 2t + 1) to the 32 bits at pr + c0 + t (written before it is read again:
+ * t <= 2t). An odd c1's last pair gets 0 for key c1. */
+INL void probs_to_pairs(float *pr, int64_t c0, int64_t c1) {
+    uint16_t *out = (uint16_t *)(pr + c0);
+    for (int64_t c = c0; c < c1; c += 2 * VL) {
+        vf lo = vf_mload(pr + c, mask_tail(c1 - c)),
+           hi = vf_mload(pr + c + VL, mask_tail(c1 - c - VL));
+        const int64_t np = (c1 - c + 1) / 2; /* pairs of this step */
+        vb_mstore(out + (c - c0), mask_tail(np), vb_round2(lo, hi));
+    }
+}
+#endif
+
+/* The scores of a row block's panel of nvk vectors from key c0: float32 (A, Kp floats) or, bf
+ * (a compile-time constant), bf16 (A, Kp bf16: kernels.h's packed layouts). */
+INL void fwd_scores(const int bf, int nvk, int64_t rows, int64_t n, const void *A, int64_t lda,
+                    const void *Kp, float scale, float *p, int64_t ldp, vmask kl,
+                    const mha__attn_tile_mask *mk, int masked, int mods, int64_t r0, int64_t c0,
+                    int64_t bc, vf vmx[MR]) {
+#ifdef SKEL_BF16
+    if (bf) {
+        const int64_t np = (n + 1) / 2 * 2;
+        PER_NV(nvk, fwd_panel_bf16, rows, np, (const uint16_t *)A + r0 * lda, lda,
+               (const uint16_t *)Kp + c0 * np, scale, p, ldp, kl, mk, masked, mods, r0, c0, bc,
+               vmx);
+        return;
+    }
+#endif
+    (void)bf;
+    PER_NV(nvk, fwd_panel, rows, n, (const float *)A + r0 * lda, lda, (const float *)Kp + c0 * n,
+           scale, p, ldp, kl, mk, masked, mods, r0, c0, bc, vmx);
+}
+
+/* O[rows, nv] = diag(al) O + P[rows, cps .. bce) V[cps .. bce, nv]: float32, or, bf, the
+ * probabilities rounded to bf16 pairs (in place) times the bf16 pairs of V (kernels.h). */
+INL void fwd_pv(const int bf, int64_t rows, int64_t cps, int64_t bce, int64_t nv, float *p,
+                int64_t ldp, const void *V, int64_t ldv, const float *al, float *O, int64_t ldo) {
+    (void)bf;
+#ifdef SKEL_BF16
+    if (bf)
+        for (int64_t i = 0; i < rows; i++) probs_to_pairs(p + i * ldp, cps, bce);
+#endif
+    for (int64_t x0 = 0; x0 < nv; x0 += PW) {
+        int64_t w = nv - x0 < PW ? nv - x0 : PW;
+        int nvo = (int)((w + VL - 1) / VL);
+        vmask kl = mask_tail(w - VL * (nvo - 1));
+        float *o = O + ldo * 0 + x0;
+#ifdef SKEL_BF16
+        if (bf) {
+            const uint16_t *v2 = (const uint16_t *)V + cps / 2 * 2 * nv + 2 * x0;
+            PER_NV(nvo, pv_blk_bf16, rows, (bce - cps + 1) / 2, p + cps, ldp, v2, 2 * nv, al, o,
+                   ldo, kl);
+            continue;
+        }
+#endif
+        PER_NV(nvo, pv_blk, rows, bce - cps, p + cps, ldp, (const float *)V + cps * ldv + x0, ldv,
+               al, o, ldo, kl);
+    }
+}
+
+/* attn_fwd (keep NULL) and attn_fwd_drop, and with bf their bf16 form (attn_fwd_bf16): the exp
+ * pass sums every probability into l and stores the dropped ones as 0 for the product with V.
+ * A, Kp, V: floats, or bf16 with bf (V then the packed pairs, ldv unused). */
+INL void fwd_tile(const int bf, int64_t br, int64_t bc, int64_t n, int64_t nv, float scale,
+                  const void *A, int64_t lda, const void *Kp, const void *V, int64_t ldv,
                   const mha__attn_tile_mask *mk, float *m, float *l, float *O, int64_t ldo,
                   float *P, int64_t ldp, const uint8_t *keep, int64_t ldk) {
     const int any_mask = mk->pad || mk->bmask || mk->fmask;
@@ -428,16 +572,14 @@ INL void fwd_tile(int64_t br, int64_t bc, int64_t n, int64_t nv, float scale, co
         int masked = any_mask || mha__attn_tile_row_end(mk, r0, bc) < bce ||
                      mha__attn_tile_row_start(mk, r0 + rows - 1, bc) > cps;
         float *p = P + r0 * ldp;
-        const float *a = A + r0 * lda;
         vf vmx[MR];
         for (int i = 0; i < MR; i++) vmx[i] = ninf;
         for (int64_t c0 = cps; c0 < bce; c0 += PW) {
             int64_t w = bce - c0 < PW ? bce - c0 : PW;
             int nvk = (int)((w + VL - 1) / VL);
             vmask kl = mask_tail(w - VL * (nvk - 1));
-            const float *kt = Kp + c0 * n;
-            PER_NV(nvk, fwd_panel, rows, n, a, lda, kt, scale, p, ldp, kl, mk, masked, mods, r0, c0,
-                   bc, vmx);
+            fwd_scores(bf, nvk, rows, n, A, lda, Kp, scale, p, ldp, kl, mk, masked, mods, r0, c0,
+                       bc, vmx);
         }
         /* m' per row from the registers; alpha = exp(m - m') for the block by one vector exp */
         float mo[VL] __attribute__((aligned(VALIGN))) = {0};
@@ -470,30 +612,59 @@ INL void fwd_tile(int64_t br, int64_t bc, int64_t n, int64_t nv, float scale, co
             m[r0 + i] = mn[i];
         }
         /* O = diag(alpha) O + P[rows, cps .. bce) V[cps .. bce, nv] */
-        for (int64_t x0 = 0; x0 < nv; x0 += PW) {
-            int64_t w = nv - x0 < PW ? nv - x0 : PW;
-            int nvo = (int)((w + VL - 1) / VL);
-            vmask kl = mask_tail(w - VL * (nvo - 1));
-            float *o = O + r0 * ldo + x0;
-            PER_NV(nvo, pv_blk, rows, bce - cps, p + cps, ldp, V + cps * ldv + x0, ldv, al, o, ldo,
-                   kl);
-        }
+        fwd_pv(bf, rows, cps, bce, nv, p, ldp, V, ldv, al, O + r0 * ldo, ldo);
     }
 }
 
+#ifndef SKEL_BF16_ONLY
 void KERNEL(fwd)(int64_t br, int64_t bc, int64_t n, int64_t nv, float scale, const float *A,
                  int64_t lda, const float *Kp, const float *V, int64_t ldv,
                  const mha__attn_tile_mask *mk, float *m, float *l, float *O, int64_t ldo, float *P,
                  int64_t ldp) {
-    fwd_tile(br, bc, n, nv, scale, A, lda, Kp, V, ldv, mk, m, l, O, ldo, P, ldp, NULL, 0);
+    fwd_tile(0, br, bc, n, nv, scale, A, lda, Kp, V, ldv, mk, m, l, O, ldo, P, ldp, NULL, 0);
 }
 
 void KERNEL(fwd_drop)(int64_t br, int64_t bc, int64_t n, int64_t nv, float scale, const float *A,
                       int64_t lda, const float *Kp, const float *V, int64_t ldv,
                       const mha__attn_tile_mask *mk, float *m, float *l, float *O, int64_t ldo,
                       float *P, int64_t ldp, const uint8_t *keep, int64_t ldk) {
-    fwd_tile(br, bc, n, nv, scale, A, lda, Kp, V, ldv, mk, m, l, O, ldo, P, ldp, keep, ldk);
+    fwd_tile(0, br, bc, n, nv, scale, A, lda, Kp, V, ldv, mk, m, l, O, ldo, P, ldp, keep, ldk);
 }
+#endif
+
+#ifdef SKEL_BF16
+/* kernels.h: attn_kpack_bf16 (panels of PW keys, pairs of the head dim) */
+void KERNEL(kpack_bf16)(int64_t bc, int64_t n, const uint16_t *B, int64_t ldb, uint16_t *Kp) {
+    const int64_t np = (n + 1) / 2 * 2, ncols = (bc + VL - 1) / VL * VL;
+    for (int64_t c0 = 0; c0 < ncols; c0 += PW) {
+        uint16_t *panel = Kp + c0 * np;
+        const int64_t w = ncols - c0 < PW ? ncols - c0 : PW;
+        for (int64_t p = 0; p < np / 2; p++)
+            for (int64_t c = 0; c < w; c++)
+                for (int e = 0; e < 2; e++) {
+                    const int64_t d = 2 * p + e, key = c0 + c;
+                    panel[p * 2 * PW + 2 * c + e] = key < bc && d < n ? B[key * ldb + d] : 0;
+                }
+    }
+}
+
+/* kernels.h: attn_vpack_bf16 (pairs of keys) */
+void KERNEL(vpack_bf16)(int64_t bc, int64_t nv, const uint16_t *V, int64_t ldv, uint16_t *Vp) {
+    for (int64_t q = 0; q < (bc + 1) / 2; q++)
+        for (int e = 0; e < 2; e++) {
+            const int64_t key = 2 * q + e;
+            for (int64_t x = 0; x < nv; x++)
+                Vp[(q * nv + x) * 2 + e] = key < bc ? V[key * ldv + x] : 0;
+        }
+}
+
+void KERNEL(fwd_bf16)(int64_t br, int64_t bc, int64_t n, int64_t nv, float scale, const uint16_t *A,
+                      int64_t lda, const uint16_t *Kp, const uint16_t *Vp,
+                      const mha__attn_tile_mask *mk, float *m, float *l, float *O, int64_t ldo,
+                      float *P, int64_t ldp, const uint8_t *keep, int64_t ldk) {
+    fwd_tile(1, br, bc, n, nv, scale, A, lda, Kp, Vp, 0, mk, m, l, O, ldo, P, ldp, keep, ldk);
+}
+#endif
 
 /* DROPOUT KEEP DECISIONS (attn_dropout, contract in kernels.h): one Philox-4x32-10
  * (../philox.h) per 64-bit lane, its 32-bit words in the low half (vi_mul32 reads only the
@@ -533,6 +704,7 @@ INL void dropout_step(uint32_t g0, const uint32_t rs[4], const vi *rk, vi thr, v
     vi_keep_bytes(c0, c1, c2, c3, thr, out);
 }
 
+#ifndef SKEL_BF16_ONLY
 void KERNEL(dropout)(int64_t br, int64_t bc, const mha__attn_dropout *dr, int64_t i0, int64_t j0,
                      uint8_t *keep, int64_t ldk) {
     if (br <= 0 || bc <= 0) return;
@@ -566,8 +738,10 @@ void KERNEL(dropout)(int64_t br, int64_t bc, const mha__attn_dropout *dr, int64_
         }
     }
 }
+#endif
 
 /* Y = keep ? X * ks : 0 (exactly 0, even for a NaN X), in place when Y == X. */
+#ifndef SKEL_BF16_ONLY
 void KERNEL(dropout_apply)(int64_t br, int64_t bc, const uint8_t *keep, int64_t ldk, float ks,
                            const float *X, int64_t ldx, float *Y, int64_t ldy) {
     const vf vk = vf_set1(ks);
@@ -582,5 +756,6 @@ void KERNEL(dropout_apply)(int64_t br, int64_t bc, const uint8_t *keep, int64_t 
         }
     }
 }
+#endif
 
 #endif

@@ -194,4 +194,28 @@ INL void vi_keep_bytes(const vi c0[4], const vi c1[4], const vi c2[4], const vi 
     out[1] = _mm512_maskz_mov_epi8((__mmask64)bits[1], one);
 }
 
+/* bfloat16 pairs (AVX512_BF16; only in files compiled with -mavx512bf16: ../avx512bf16/):
+ * vb holds VL pairs of bf16 values (2 VL elements, pair k in 32-bit lane k). */
+#ifdef __AVX512BF16__
+#include <string.h>
+typedef __m512i vb;
+/* VL pairs at p (64-byte aligned) */
+INL vb vb_load(const uint16_t *p) { return _mm512_load_si512(p); }
+/* the pairs of lanes k, zero elsewhere (p any alignment; lanes outside k never read) */
+INL vb vb_mload(const uint16_t *p, vmask k) { return _mm512_maskz_loadu_epi32(k, p); }
+/* the pair at p (2 elements) in every lane */
+INL vb vb_bcast(const uint16_t *p) {
+    int32_t u;
+    memcpy(&u, p, sizeof u);
+    return _mm512_set1_epi32(u);
+}
+/* acc + a0 b0 + a1 b1 per lane (products exact, added in turn; vdpbf16ps) */
+INL vf vf_dot2(vf acc, vb a, vb b) { return _mm512_dpbf16_ps(acc, (__m512bh)a, (__m512bh)b); }
+/* lo and hi (2 VL floats, in order) rounded to bf16 pairs (nearest even; vcvtne2ps2bf16,
+ * which flushes float32 subnormals to 0) */
+INL vb vb_round2(vf lo, vf hi) { return (__m512i)_mm512_cvtne2ps_pbh(hi, lo); }
+INL void vb_store(uint16_t *p, vb v) { _mm512_storeu_si512(p, v); }
+INL void vb_mstore(uint16_t *p, vmask k, vb v) { _mm512_mask_storeu_epi32(p, k, v); }
+#endif
+
 #endif

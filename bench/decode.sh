@@ -4,7 +4,9 @@
 #      read bandwidth measured in the same run (target >= 0.80), and PyTorch 2.13's decode
 #      step as users write it (bench/torch_decode.py) beside it;
 #   2. B=1, H=1, D=128, S=32768: 2 threads against 1 (target >= 1.7x);
-#   3. the strided [B, S, Hkv, D] cache (bshd) against the contiguous one (bhsd): not slower.
+#   3. the strided [B, S, Hkv, D] cache (bshd) against the contiguous one (bhsd): not slower;
+#   4. (issue 11) the shape of 1. with a bf16 and an f16 cache (q, cache and out in that dtype:
+#      half the bytes): the fp32 step's time over theirs (target >= 1.8 for bf16).
 #
 #   bench/decode.sh     BUILD=build THREADS=2 RUNS=20 PYTHON=$BUILD/venv/bin/python
 #   (RESULTS=/tmp/d.jsonl keeps the raw JSON lines; a quick try of the script itself, not of
@@ -38,6 +40,8 @@ bench big_bhsd "${BIG[@]}" --threads "$THREADS" --layout bhsd
 bench big_bshd "${BIG[@]}" --threads "$THREADS" --layout bshd
 bench one_t1 "${ONE[@]}" --threads 1
 bench one_t2 "${ONE[@]}" --threads 2
+bench big_bf16 "${BIG[@]}" --threads "$THREADS" --layout bhsd --dtype bf16
+bench big_f16 "${BIG[@]}" --threads "$THREADS" --layout bhsd --dtype f16
 torch torch_bhsd --batch 1 --seq "$SEQ" --heads 32 --kv-heads 8 --head-dim 128 \
   --threads "$THREADS" --layout bhsd
 torch torch_bshd --batch 1 --seq "$SEQ" --heads 32 --kv-heads 8 --head-dim 128 \
@@ -61,4 +65,10 @@ o1, o2 = r["one_t1"], r["one_t2"]
 print(f"B=1 H=1 D=128 S={o1['seq_k']}: 1 thread {o1['median_ms']:.3f} ms, "
       f"2 threads {o2['median_ms']:.3f} ms: "
       f"{o1['median_ms'] / o2['median_ms']:.2f}x (target >= 1.7)")
+for dt in ("bf16", "f16"):
+    h = r["big_" + dt]
+    print(f"{dt} / fp32 decode speedup (B=1 H=32 Hkv=8 D=128 S={h['seq_k']}, bhsd): "
+          f"{b['median_ms'] / h['median_ms']:.2f}x (target >= 1.8); {dt} "
+          f"{h['median_ms']:.3f} ms, {h['kv_gbps']:.2f} GB/s of K/V "
+          f"({h['kv_vs_mem']:.2f} of its run's bandwidth)")
 PYEOF

@@ -460,7 +460,11 @@ MHA_API mha_status mha_attn_varlen_backward(mha_ctx *ctx, const mha_attn_params 
  * Decoding with a key/value cache (FlashAttention's flash_attn_with_kvcache)
  * ------------------------------------------------------------------------------------------- */
 /* Appends new keys and values to a cache, then attends new queries to the whole cache:
- *   q:       [B, H, L, D]            the new tokens' queries
+ *   q:       [B, H, L, D]            the new tokens' queries; its dtype (float32, bfloat16 or
+ *            float16: mha_tensor_typed) is the call's: the caches, k_new, v_new and out must
+ *            have it too (another is MHA_ERR_UNSUPPORTED naming the tensor, e.g.
+ *            "mha_attn_kvcache: v_cache.dtype: got float16, expected bfloat16 (the dtype of
+ *            the call's inputs)"); lse is float32 always
  *   k_cache: [B, Hkv, Smax, D], v_cache: [B, Hkv, Smax, Dv]   written (rows below), then read;
  *            strided views: FlashAttention's [B, Smax, Hkv, D] memory works without a copy;
  *            Hkv divides H (grouped-query attention, as mha_attn_forward)
@@ -478,6 +482,11 @@ MHA_API mha_status mha_attn_varlen_backward(mha_ctx *ctx, const mha_attn_params 
  * p->dropout_p must be 0; mask->key_padding, key_lengths, attn_bool and attn_float are refused
  * (MHA_ERR_UNSUPPORTED: cache_seqlens gives each sequence its length). A row with no allowed
  * key gets out 0 and lse -INFINITY.
+ * bfloat16 / float16: the new rows are appended as they are; keys and values are read from the
+ * cache in their dtype and converted exactly, q converted exactly and scaled in float32, every
+ * product, the softmax and the log-sum-exp computed in float32, and out rounded once to the
+ * dtype (round to nearest even). A 2-byte cache is half the bytes to read: decoding, bound by
+ * memory, is up to twice as fast.
  * Two paths, the same results up to float rounding: a few query rows per key/value head
  * (L * H / Hkv <= 16: decoding) run flash-decoding, the cache cut into fixed chunks of 512 keys
  * computed in parallel and merged by log-sum-exp (bitwise the same for any thread count);
@@ -489,8 +498,10 @@ MHA_API mha_status mha_attn_varlen_backward(mha_ctx *ctx, const mha_attn_params 
  * k_new or v_new (MHA_ERR_INVALID_ARG); MHA_ERR_UNSUPPORTED for the masks above. A decoding
  * call allocates before writing (MHA_ERR_NOMEM: nothing written); a prefill may fail with
  * MHA_ERR_NOMEM after the new rows are in the cache. Memory: the chunks' partial results,
- * B * Hkv * ceil(max len / 512) * L * H / Hkv * (Dv + 2) floats, for decoding;
- * mha_attn_forward's workspace for a prefill. Thread safety: as mha_attn_forward. */
+ * B * Hkv * ceil(max len / 512) * L * H / Hkv * (Dv + 2) floats, and the scaled queries,
+ * B * H * L * D floats, for decoding; mha_attn_forward's workspace for a prefill (per
+ * sequence; with a 2-byte dtype it includes float32 copies of the sequence's q, keys, values
+ * and out). Thread safety: as mha_attn_forward. */
 MHA_API mha_status mha_attn_kvcache(mha_ctx *ctx, const mha_attn_params *p, const mha_tensor *q,
                                     mha_tensor *k_cache, mha_tensor *v_cache,
                                     const mha_tensor *k_new, const mha_tensor *v_new,
@@ -768,14 +779,17 @@ MHA_API mha_status mha_st_save(mha_ctx *ctx, const mha_st *st, const char *path)
  * A key/value cache object (for mha_attn_kvcache; declared with the core)
  * ------------------------------------------------------------------------------------------- */
 /* A key/value cache owned by the library: contiguous k [B, Hkv, capacity, D] and
- * v [B, Hkv, capacity, Dv], and each sequence's length (starting at 0).
+ * v [B, Hkv, capacity, Dv] of float32, bfloat16 or float16 elements, and each sequence's length
+ * (starting at 0).
  *     mha_kv_cache *c;
- *     mha_kv_cache_create(ctx, 1, 4096, 8, 128, 128, MHA_DTYPE_F32, &c);
+ *     mha_kv_cache_create(ctx, 1, 4096, 8, 128, 128, MHA_DTYPE_BF16, &c);
  *     for each step: mha_kv_cache_attend(ctx, NULL, c, &q, &k_new, &v_new, &mask, &out, NULL);
  *     mha_kv_cache_free(c);
  * One thread at a time per cache. */
 /* batch, capacity >= 1 tokens per sequence, kv_heads >= 1, head_dim >= 1, head_dim_v >= 0.
- * dtype: MHA_DTYPE_F32 (bfloat16 and float16 caches are issue 11's: MHA_ERR_UNSUPPORTED). The
+ * dtype: MHA_DTYPE_F32, MHA_DTYPE_BF16 or MHA_DTYPE_F16 (elements of 4 or 2 bytes; another is
+ * MHA_ERR_UNSUPPORTED); q, k_new, v_new and out of mha_kv_cache_attend must then have it too
+ * (mha_attn_kvcache's dtypes). mha_module_forward_cached takes float32 caches only. The
  * memory is allocated now (MHA_ERR_NOMEM on failure or overflow), zeroed. */
 MHA_API mha_status mha_kv_cache_create(mha_ctx *ctx, int64_t batch, int64_t capacity,
                                        int64_t kv_heads, int64_t head_dim, int64_t head_dim_v,
@@ -786,7 +800,8 @@ MHA_API void mha_kv_cache_reset(mha_kv_cache *c);
 /* The tokens cached for sequence b; -1 for a NULL cache or b outside [0, batch). */
 MHA_API int64_t mha_kv_cache_length(const mha_kv_cache *c, int64_t b);
 /* Views of the cache's memory: k [B, Hkv, capacity, D], v [B, Hkv, capacity, Dv] (either may be
- * NULL), valid until mha_kv_cache_free; rows at and past a sequence's length are unspecified. */
+ * NULL), of the cache's dtype (mha_tensor_typed: use .ptr for bfloat16 / float16), valid until
+ * mha_kv_cache_free; rows at and past a sequence's length are unspecified. */
 MHA_API mha_status mha_kv_cache_views(mha_ctx *ctx, mha_kv_cache *c, mha_tensor *k, mha_tensor *v);
 /* Appends k_new, v_new ([B, Hkv, Lnew, D / Dv], or both NULL) to every sequence and attends q
  * [B, H, L, D] to the whole cache: mha_attn_kvcache on the cache's buffers and lengths. The

@@ -1,6 +1,7 @@
 """test_cli_decode.py - `mha bench --core --decode`: one decoding step (mha_attn_kvcache, one
 query token per sequence against a cache of --seq S tokens) with the memory read bandwidth
-measured in the same run; both cache layouts, text and JSON, and the flags' usage errors.
+measured in the same run; both cache layouts, the dtypes (--dtype f32, bf16, f16: 4 or 2
+bytes per K/V element), text and JSON, and the flags' usage errors.
 Tiny sizes, nothing timed: only the report's fields and their consistency are checked.
 
 Run as `MHA_BIN=build/mha build/venv/bin/python -m pytest -q tests/test_cli_decode.py` (CTest
@@ -34,12 +35,37 @@ def test_json_report(layout):
     assert j["what"] == "core_decode"
     assert (j["batch"], j["seq_k"], j["heads"], j["kv_heads"], j["head_dim"]) == (2, 700, 4, 2, 16)
     assert j["layout"] == (layout or "bhsd")
+    assert j["dtype"] == "f32"
     assert j["threads"] == 2 and j["runs"] == 2 and j["mem_read_mib"] == 4
     # K and V rows of every sequence and key/value head: B * G * S * 2D floats
     assert j["kv_bytes"] == 2 * 2 * 700 * 2 * 16 * 4
     assert j["median_ms"] > 0 and j["kv_gbps"] > 0 and j["mem_read_gbps"] > 0
     assert j["kv_vs_mem"] == pytest.approx(j["kv_gbps"] / j["mem_read_gbps"], rel=1e-2)
     assert j["isa"] in ("generic", "avx2", "avx512")
+
+
+@pytest.mark.parametrize("dtype,size", [("f32", 4), ("bf16", 2), ("f16", 2)])
+@pytest.mark.parametrize("layout", ["bhsd", "bshd"])
+def test_dtype(dtype, size, layout):
+    """--dtype: q, the caches and out in that dtype; the K/V bytes read count its elements'
+    size (the rate in GB/s is of the bytes actually read)."""
+    r = mha(*SMALL, "--json", "--dtype", dtype, "--layout", layout)
+    assert r.returncode == 0, r.stderr
+    j = json.loads(r.stdout)
+    assert j["dtype"] == dtype and j["layout"] == layout
+    assert j["kv_bytes"] == 2 * 2 * 700 * 2 * 16 * size
+    assert j["kv_gbps"] == pytest.approx(j["kv_bytes"] / j["median_ms"] * 1e-6, rel=1e-2)
+
+
+def test_dtype_on_every_isa():
+    """The 2-byte decode step runs on every kernel path (the text report names the dtype)."""
+    for isa in ("generic", "avx2", "avx512"):
+        for dtype in ("bf16", "f16"):
+            r = mha(*SMALL, "--dtype", dtype, "--isa", isa)
+            if r.returncode != 0 and "a path this cpu supports" in r.stderr:
+                continue  # an ISA this machine lacks
+            assert r.returncode == 0, r.stderr
+            assert f", dtype {dtype}, isa {isa}, " in r.stdout.splitlines()[0]
 
 
 def test_seq_k_head_dim_and_score_options():
@@ -58,8 +84,8 @@ def test_text_report():
     r = mha(*SMALL, "--layout", "bshd", "--isa", "generic")
     assert r.returncode == 0, r.stderr
     lines = r.stdout.splitlines()
-    assert lines[0].startswith("core_decode B 2 S 700 H 4 G 2 D 16, layout bshd, isa generic, "
-                               "2 threads: median ")
+    assert lines[0].startswith("core_decode B 2 S 700 H 4 G 2 D 16, layout bshd, dtype f32, "
+                               "isa generic, 2 threads: median ")
     assert "K/V read" in lines[0] and "GB/s" in lines[0]
     assert lines[1].startswith("  memory read bandwidth ")
     assert "4 MiB streamed, 2 threads" in lines[1]
@@ -74,6 +100,11 @@ def test_text_report():
     (["bench", "--core", "--decode", "--bw-mib", "0"], "--bw-mib: got 0, expected 1.."),
     (["bench", "--core", "--decode", "--heads", "4", "--kv-heads", "3"],
      "--kv-heads: got 3, expected a divisor of --heads 4"),
+    (["bench", "--core", "--decode", "--dtype", "f64"],
+     '--dtype: got "f64", expected f32, bf16 or f16'),
+    (["bench", "--core", "--decode", "--dtype", "BF16"],
+     '--dtype: got "BF16", expected f32, bf16 or f16'),
+    (["bench", "--dtype", "f16"], "--dtype f16: applies to --core"),
 ])
 def test_usage_errors(args, msg):
     r = mha(*args)
@@ -86,5 +117,5 @@ def test_usage_errors(args, msg):
 def test_help_lists_the_flags():
     r = mha("bench", "--help")
     assert r.returncode == 0
-    for flag in ("--decode", "--layout L", "bshd", "--bw-mib"):
+    for flag in ("--decode", "--layout L", "bshd", "--bw-mib", "--dtype T", "bf16", "f16"):
         assert flag in r.stdout

@@ -46,7 +46,7 @@ def test_gemm_default_dtype_is_f32():
     (GEMM + ["--dtype", "i8"], '--dtype: got "i8", expected f32, bf16 or f16'),
     (GEMM + ["--dtype", "BF16"], '--dtype: got "BF16", expected f32, bf16 or f16'),
     (["bench", "--dtype", "f16"], "--dtype f16: applies to --core (the attention core's forward "
-     "and backward) and --gemm"),
+     "and backward, or --decode's step) and --gemm"),
 ])
 def test_bad_dtype_is_a_usage_error(args, msg):
     r = mha(*args)

@@ -2,10 +2,23 @@
  * and the prefill through the dense core), the mha_kv_cache object and the module's
  * incremental call, against a plain float64 reference of the score definition (mha.h) on
  * every ISA; thread counts bitwise; strided [B, S, H, D] caches; every bad input with nothing
- * written. */
+ * written. Every case runs with float32, bfloat16 and half tensors (the reference computed from
+ * the same rounded inputs; the tolerance grows by the output's rounding). */
 #include "harness.h"
 #include "core/internal.h"
+#include "kernels/cvt.h"
 #include "kernels/kernels.h"
+
+/* The dtypes every case runs with. */
+static const mha_dtype DTYPES[3] = {MHA_DTYPE_F32, MHA_DTYPE_BF16, MHA_DTYPE_F16};
+
+/* x rounded to dt (bits), and back (exact). */
+static uint16_t to_half(mha_dtype dt, float x) {
+    return dt == MHA_DTYPE_BF16 ? mha__f32_to_bf16(x) : mha__f32_to_f16(x);
+}
+static float from_half(mha_dtype dt, uint16_t h) {
+    return dt == MHA_DTYPE_BF16 ? mha__bf16_to_f32(h) : mha__f16_to_f32(h);
+}
 
 /* ------------------------------------------------------------------------------------------
  * Random numbers and views
@@ -23,6 +36,8 @@ typedef struct {
     float *buf;
     size_t n; /* floats in buf */
     mha_tensor t;
+    uint16_t *h;   /* a 2-byte dtype: buf's values in that dtype, the same layout (else NULL) */
+    mha_tensor ht; /* its view */
 } tview;
 
 /* A [B, H, R, X] view: contiguous (layout 0), or of [B, R, H, X + 3] memory (layout 1: the
@@ -49,7 +64,24 @@ static float *vat(const mha_tensor *t, int64_t b, int64_t h, int64_t r, int64_t 
 static void view_fill(tview *v) {
     for (size_t i = 0; i < v->n; i++) v->buf[i] = frand();
 }
-static void view_free(tview *v) { free(v->buf); }
+static void view_free(tview *v) { free(v->buf), free(v->h); }
+/* For a 2-byte dtype: buf rounded to dt, and h (allocated once) = those values in dt. */
+static void view_push(tview *v, mha_dtype dt) {
+    if (dt == MHA_DTYPE_F32) return;
+    if (!v->h) {
+        v->h = calloc(v->n, sizeof(uint16_t));
+        v->ht = mha_tensor_typed(v->h, dt, 4, v->t.shape, v->t.stride);
+    }
+    for (size_t i = 0; i < v->n; i++)
+        v->h[i] = to_half(dt, v->buf[i]), v->buf[i] = from_half(dt, v->h[i]);
+}
+/* buf = h's values (after a call on the 2-byte views). */
+static void view_pull(tview *v, mha_dtype dt) {
+    if (dt == MHA_DTYPE_F32) return;
+    for (size_t i = 0; i < v->n; i++) v->buf[i] = from_half(dt, v->h[i]);
+}
+/* The view a call gets: the float32 one or the 2-byte one. */
+static mha_tensor *view_arg(tview *v) { return v->h ? &v->ht : &v->t; }
 /* The view's elements in [B, H, R, X] order. */
 static void view_get(const mha_tensor *t, float *dst) {
     int64_t at = 0;
@@ -70,7 +102,8 @@ typedef struct {
     int64_t wl, wr;
     int alibi, alibi_batched;
     float softcap, scale;
-    int layout; /* 0: [B, H, S, D] caches; 1: [B, S, H, D] caches, q, out */
+    int layout;   /* 0: [B, H, S, D] caches; 1: [B, S, H, D] caches, q, out */
+    mha_dtype dt; /* of q, the caches, the new rows and out (0: float32) */
 } dcase;
 
 static int32_t case_len(const dcase *c, int64_t b) { return c->no_lens ? 0 : c->lens[b]; }
@@ -91,6 +124,9 @@ static void bufs_make(const dcase *c, dbufs *d) {
     d->vn = view_alloc(c->B, c->Hkv, c->Lnew, c->Dv, c->layout);
     d->out = view_alloc(c->B, c->H, c->L, c->Dv, c->layout);
     view_fill(&d->q), view_fill(&d->kc), view_fill(&d->vc), view_fill(&d->kn), view_fill(&d->vn);
+    d->q.h = d->kc.h = d->vc.h = d->kn.h = d->vn.h = d->out.h = NULL;
+    view_push(&d->q, c->dt), view_push(&d->kc, c->dt), view_push(&d->vc, c->dt);
+    view_push(&d->kn, c->dt), view_push(&d->vn, c->dt), view_push(&d->out, c->dt);
     int64_t ls[3] = {c->B, c->H, c->L};
     d->lse = calloc((size_t)(c->B * c->H * c->L) + 1, sizeof(float));
     d->lse_t = mha_tensor_make(d->lse, 3, ls);
@@ -111,10 +147,22 @@ static void bufs_free(dbufs *d) {
     free(d->lse), free(d->slopes);
 }
 
+/* The call on c's dtype's views; with a 2-byte dtype, the caches' and out's values are then
+ * read back into the float32 buffers (which the checks read). */
 static mha_status run_kvcache(mha_ctx *ctx, const dcase *c, dbufs *d) {
-    return mha_attn_kvcache(ctx, &d->p, &d->q.t, &d->kc.t, &d->vc.t, c->Lnew ? &d->kn.t : NULL,
-                            c->Lnew ? &d->vn.t : NULL, c->no_lens ? NULL : c->lens, &d->mask,
-                            &d->out.t, &d->lse_t);
+    mha_status st =
+        mha_attn_kvcache(ctx, &d->p, view_arg(&d->q), view_arg(&d->kc), view_arg(&d->vc),
+                         c->Lnew ? view_arg(&d->kn) : NULL, c->Lnew ? view_arg(&d->vn) : NULL,
+                         c->no_lens ? NULL : c->lens, &d->mask, view_arg(&d->out), &d->lse_t);
+    view_pull(&d->out, c->dt), view_pull(&d->kc, c->dt), view_pull(&d->vc, c->dt);
+    return st;
+}
+
+/* The relative tolerance of an output of dtype dt: float32 accumulation, plus one rounding to
+ * dt (half an ulp: 2^-9 for bfloat16, 2^-11 for half; a value within float32's error of a
+ * tie may round either way: a whole ulp for bfloat16). */
+static double out_rtol(mha_dtype dt) {
+    return 2e-4 + (dt == MHA_DTYPE_BF16 ? 0x1p-8 : dt == MHA_DTYPE_F16 ? 0x1p-11 : 0);
 }
 
 /* Key j of (b, kv head kh) as the call sees it after the append: the cache's row, or the new
@@ -127,9 +175,10 @@ static double kv_val(const dcase *c, const float *c0, const mha_tensor *nw, int6
     return *vat(nw, b, kh, j - n, x);
 }
 
-/* out [B, H, L, Dv] and lse [B, H, L] of the score definition (mha.h), in double. */
+/* out [B, H, L, Dv] and lse [B, H, L] of the score definition (mha.h), in double; pv [B, H, L,
+ * Dv] = sum_j P_j |v_j| (the scale of an error in the probabilities). */
 static void reference(const dcase *c, const dbufs *d, const float *k0, const float *v0, double *out,
-                      double *lse) {
+                      double *lse, double *pv) {
     const int64_t g = c->H / c->Hkv;
     const double scale = c->scale != 0 ? c->scale : 1.0 / sqrt((double)c->D);
     double *s = malloc(sizeof(double) * (size_t)(c->Smax + 1));
@@ -154,7 +203,8 @@ static void reference(const dcase *c, const dbufs *d, const float *k0, const flo
                     if (s[j] > mx) mx = s[j];
                 }
                 double *o = out + ((b * c->H + h) * c->L + i) * c->Dv, sum = 0;
-                for (int64_t x = 0; x < c->Dv; x++) o[x] = 0;
+                double *pa = pv + ((b * c->H + h) * c->L + i) * c->Dv;
+                for (int64_t x = 0; x < c->Dv; x++) o[x] = 0, pa[x] = 0;
                 if (mx == -INFINITY) {
                     lse[(b * c->H + h) * c->L + i] = -INFINITY;
                     continue;
@@ -164,9 +214,10 @@ static void reference(const dcase *c, const dbufs *d, const float *k0, const flo
                     double p = exp(s[j] - mx);
                     sum += p;
                     for (int64_t x = 0; x < c->Dv; x++)
-                        o[x] += p * kv_val(c, v0, &d->vn.t, c->Dv, b, kh, j, x);
+                        o[x] += p * kv_val(c, v0, &d->vn.t, c->Dv, b, kh, j, x),
+                            pa[x] += p * fabs(kv_val(c, v0, &d->vn.t, c->Dv, b, kh, j, x));
                 }
-                for (int64_t x = 0; x < c->Dv; x++) o[x] /= sum;
+                for (int64_t x = 0; x < c->Dv; x++) o[x] /= sum, pa[x] /= sum;
                 lse[(b * c->H + h) * c->L + i] = mx + log(sum);
             }
     free(s);
@@ -185,19 +236,30 @@ static int check_case(mha_ctx *ctx, const dcase *c, const char *what) {
     double *ro = malloc(sizeof(double) * (size_t)(no + 1));
     double *rl = malloc(sizeof(double) * (size_t)(nl + 1));
     float *go = malloc(sizeof(float) * (size_t)(no + 1));
-    reference(c, &d, k0, v0, ro, rl);
+    double *rp = malloc(sizeof(double) * (size_t)(no + 1));
+    reference(c, &d, k0, v0, ro, rl, rp);
     int ok = 1;
     mha_status st = run_kvcache(ctx, c, &d);
     if (st != MHA_OK) {
-        FAILF("%s [%s]: %s: %s", what, mha_isa_name(mha_ctx_isa(ctx)), mha_status_str(st),
-              mha_ctx_errmsg(ctx));
+        FAILF("%s [%s, %s]: %s: %s", what, mha_isa_name(mha_ctx_isa(ctx)), mha_dtype_name(c->dt),
+              mha_status_str(st), mha_ctx_errmsg(ctx));
         ok = 0;
     }
     char msg[160];
-    snprintf(msg, sizeof msg, "%s [%s] out", what, mha_isa_name(mha_ctx_isa(ctx)));
+    snprintf(msg, sizeof msg, "%s [%s, %s] out", what, mha_isa_name(mha_ctx_isa(ctx)),
+             mha_dtype_name(c->dt));
     view_get(&d.out.t, go);
-    if (ok) ok = harness_near(__FILE__, __LINE__, msg, go, ro, no, 2e-4, 2e-5);
-    snprintf(msg, sizeof msg, "%s [%s] lse", what, mha_isa_name(mha_ctx_isa(ctx)));
+    if (c->dt == MHA_DTYPE_BF16 && c->L * c->H / c->Hkv > MHA__ATTN_DECODE_ROWS)
+        /* a bfloat16 prefill: the dense core's bf16 kernel (AVX512_BF16) rounds the probabilities
+         * to bf16 for the product with V: that rounding's bound, 2^-8 sum_j P_j |v_j| (as
+         * test_attn_dtype), taken off each element's error before the usual tolerance */
+        for (int64_t x = 0; x < no; x++) {
+            const double e = (double)go[x] - ro[x], extra = 0x1p-8 * rp[x];
+            go[x] = (float)(ro[x] + (fabs(e) <= extra ? 0 : e > 0 ? e - extra : e + extra));
+        }
+    if (ok) ok = harness_near(__FILE__, __LINE__, msg, go, ro, no, out_rtol(c->dt), 2e-5);
+    snprintf(msg, sizeof msg, "%s [%s, %s] lse", what, mha_isa_name(mha_ctx_isa(ctx)),
+             mha_dtype_name(c->dt));
     for (int64_t x = 0; ok && x < nl; x++) {
         if ((rl[x] == -INFINITY) != (d.lse[x] == -INFINITY)) {
             FAILF("%s: [%lld] got %g, expected %g", msg, (long long)x, (double)d.lse[x], rl[x]);
@@ -222,9 +284,19 @@ static int check_case(mha_ctx *ctx, const dcase *c, const char *what) {
                         ok = 0;
                     }
                 }
-    free(k0), free(v0), free(ro), free(rl), free(go);
+    free(k0), free(v0), free(ro), free(rl), free(go), free(rp);
     bufs_free(&d);
     return ok;
+}
+
+/* check_case with each of DTYPES. */
+static int check_dtypes(mha_ctx *ctx, const dcase *c, const char *what) {
+    for (int i = 0; i < 3; i++) {
+        dcase cd = *c;
+        cd.dt = DTYPES[i];
+        if (!check_case(ctx, &cd, what)) return 0;
+    }
+    return 1;
 }
 
 static mha_ctx *new_ctx(void) {
@@ -316,7 +388,7 @@ TEST(decode_reference) {
         for (size_t k = 0; k < sizeof cases / sizeof cases[0]; k++) {
             char what[32];
             snprintf(what, sizeof what, "case %zu", k);
-            if (!check_case(ctx, &cases[k], what)) break;
+            if (!check_dtypes(ctx, &cases[k], what)) break;
         }
     }
     mha_ctx_free(ctx);
@@ -350,7 +422,7 @@ TEST(decode_score_options) {
         for (int k = 0; k < 8; k++) {
             char what[32];
             snprintf(what, sizeof what, "options %d", k);
-            if (!check_case(ctx, &cases[k], what)) break;
+            if (!check_dtypes(ctx, &cases[k], what)) break;
         }
     }
     mha_ctx_free(ctx);
@@ -391,7 +463,7 @@ TEST(decode_masked_rows) {
         for (size_t k = 0; k < sizeof cases / sizeof cases[0]; k++) {
             char what[32];
             snprintf(what, sizeof what, "masked %zu", k);
-            if (!check_case(ctx, &cases[k], what)) break;
+            if (!check_dtypes(ctx, &cases[k], what)) break;
         }
     }
     mha_ctx_free(ctx);
@@ -490,7 +562,7 @@ TEST(prefill_reference) {
         for (size_t k = 0; k < sizeof cases / sizeof cases[0]; k++) {
             char what[32];
             snprintf(what, sizeof what, "prefill %zu", k);
-            if (!check_case(ctx, &cases[k], what)) break;
+            if (!check_dtypes(ctx, &cases[k], what)) break;
         }
     }
     mha_ctx_free(ctx);
@@ -524,8 +596,9 @@ TEST(strided_bshd) {
     };
     mha_ctx *ctx = new_ctx();
     FOR_EACH_ISA(ctx) {
-        for (size_t k = 0; k < 2; k++) {
-            dcase c = cases[k];
+        for (size_t k = 0; k < 6; k++) {
+            dcase c = cases[k / 3];
+            c.dt = DTYPES[k % 3];
             if (!check_case(ctx, &c, "bshd reference")) return;
             dbufs a, b;
             rng_state = 77, c.layout = 0, bufs_make(&c, &a);
@@ -542,6 +615,7 @@ TEST(strided_bshd) {
                         for (int64_t r = 0; r < x->shape[2]; r++)
                             for (int64_t e = 0; e < x->shape[3]; e++)
                                 *vat(x, i, h, r, e) = *vat(&va[t]->t, i, h, r, e);
+                view_push(vb[t], c.dt);
             }
             ASSERT_OK(ctx, run_kvcache(ctx, &c, &b));
             c.layout = 0;
@@ -555,8 +629,8 @@ TEST(strided_bshd) {
             free(oa), free(ob), free(tmp);
             bufs_free(&a), bufs_free(&b);
             if (!same)
-                FAILF("[%s] case %zu: bshd and bhsd results differ", mha_isa_name(mha_ctx_isa(ctx)),
-                      k);
+                FAILF("[%s, %s] case %zu: bshd and bhsd results differ",
+                      mha_isa_name(mha_ctx_isa(ctx)), mha_dtype_name(c.dt), k / 3);
             ASSERT_TRUE(same);
         }
     }
@@ -606,8 +680,10 @@ TEST(threads_bitwise) {
     };
     mha_ctx *ctx = new_ctx();
     FOR_EACH_ISA(ctx) {
-        for (size_t k = 0; k < sizeof cases / sizeof cases[0]; k++) {
-            const dcase *c = &cases[k];
+        for (size_t k = 0; k < 3 * sizeof cases / sizeof cases[0]; k++) {
+            dcase cd = cases[k / 3];
+            cd.dt = DTYPES[k % 3];
+            const dcase *c = &cd;
             const int64_t n = c->B * c->H * c->L * c->Dv, nl = c->B * c->H * c->L;
             float *o1 = malloc(sizeof(float) * (size_t)n), *l1 = malloc(sizeof(float) * (size_t)nl);
             int same = 1;
@@ -622,8 +698,8 @@ TEST(threads_bitwise) {
                     memcpy(l1, d.lse, sizeof(float) * (size_t)nl);
                 } else if (memcmp(o1, d.out.buf, sizeof(float) * (size_t)n) ||
                            memcmp(l1, d.lse, sizeof(float) * (size_t)nl)) {
-                    FAILF("[%s] case %zu: %d threads differ from 1", mha_isa_name(mha_ctx_isa(ctx)),
-                          k, nt);
+                    FAILF("[%s, %s] case %zu: %d threads differ from 1",
+                          mha_isa_name(mha_ctx_isa(ctx)), mha_dtype_name(c->dt), k / 3, nt);
                     same = 0;
                 }
                 bufs_free(&d);
@@ -747,6 +823,35 @@ TEST(bad_inputs_nothing_written) {
             kn.shape[2] = vn.shape[2] = 4;
             break;
         case 28: kc.stride[3] = 2, want = "k_cache.stride[3]: got 2, expected 1"; break;
+        /* dtypes: one for q, the caches, the new rows and out (q's); lse float32 */
+        case 29:
+            vc.dtype = MHA_DTYPE_F16, want = "v_cache.dtype: got float16, expected float32",
+            wst = MHA_ERR_UNSUPPORTED;
+            break;
+        case 30:
+            q.dtype = kc.dtype = MHA_DTYPE_BF16, vc.dtype = MHA_DTYPE_F16,
+            want = "v_cache.dtype: got float16, expected bfloat16 (the dtype of the call's inputs)",
+            wst = MHA_ERR_UNSUPPORTED;
+            break;
+        case 31:
+            q.dtype = kc.dtype = vc.dtype = kn.dtype = vn.dtype = MHA_DTYPE_F16;
+            out.dtype = MHA_DTYPE_BF16, want = "out.dtype: got bfloat16, expected float16";
+            wst = MHA_ERR_UNSUPPORTED;
+            break;
+        case 32:
+            q.dtype = kc.dtype = vc.dtype = kn.dtype = vn.dtype = out.dtype = MHA_DTYPE_BF16;
+            lse.dtype = MHA_DTYPE_BF16, want = "lse.dtype: got bfloat16, expected float32";
+            wst = MHA_ERR_UNSUPPORTED;
+            break;
+        case 33:
+            q.dtype = MHA_DTYPE_I32, want = "q.dtype: got int32, expected float32";
+            wst = MHA_ERR_UNSUPPORTED;
+            break;
+        case 34: /* a bfloat16 prefill too */
+            q.dtype = kc.dtype = vc.dtype = kn.dtype = vn.dtype = MHA_DTYPE_BF16;
+            q.shape[2] = 9, out.shape[2] = 9, plse = NULL, kn.shape[2] = vn.shape[2] = 4;
+            want = "out.dtype: got float32, expected bfloat16", wst = MHA_ERR_UNSUPPORTED;
+            break;
         default: want = NULL; break;
         }
         if (!want) break;
@@ -853,12 +958,12 @@ TEST(kv_cache_object) {
 TEST(kv_cache_create_errors) {
     mha_ctx *ctx = new_ctx();
     mha_kv_cache *c = (mha_kv_cache *)1;
-    ASSERT_EQ(mha_kv_cache_create(ctx, 1, 8, 2, 4, 4, MHA_DTYPE_BF16, &c), MHA_ERR_UNSUPPORTED);
-    ASSERT_STR_CONTAINS(mha_ctx_errmsg(ctx), "mha_kv_cache_create: dtype: got bfloat16");
-    ASSERT_STR_CONTAINS(mha_ctx_errmsg(ctx), "issue 11");
-    ASSERT_TRUE(c == NULL);
-    ASSERT_EQ(mha_kv_cache_create(ctx, 1, 8, 2, 4, 4, MHA_DTYPE_F16, &c), MHA_ERR_UNSUPPORTED);
     ASSERT_EQ(mha_kv_cache_create(ctx, 1, 8, 2, 4, 4, MHA_DTYPE_I32, &c), MHA_ERR_UNSUPPORTED);
+    ASSERT_STR_CONTAINS(mha_ctx_errmsg(ctx),
+                        "mha_kv_cache_create: dtype: got int32, expected float32, bfloat16 or "
+                        "float16");
+    ASSERT_TRUE(c == NULL);
+    ASSERT_EQ(mha_kv_cache_create(ctx, 1, 8, 2, 4, 4, MHA_DTYPE_F64, &c), MHA_ERR_UNSUPPORTED);
     ASSERT_EQ(mha_kv_cache_create(ctx, 1, 0, 2, 4, 4, MHA_DTYPE_F32, &c), MHA_ERR_INVALID_ARG);
     ASSERT_STR_CONTAINS(mha_ctx_errmsg(ctx), "capacity: got 0, expected >= 1");
     ASSERT_EQ(mha_kv_cache_create(ctx, 1, 8, 0, 4, 4, MHA_DTYPE_F32, &c), MHA_ERR_INVALID_ARG);
@@ -885,26 +990,114 @@ TEST(kv_cache_create_errors) {
     mha_ctx_free(ctx);
 }
 
-/* A decode call whose workspace cannot be allocated writes nothing either. */
+/* A decode call whose workspace (one allocation) cannot be allocated writes nothing either, in
+ * every dtype. */
 TEST(decode_nomem_nothing_written) {
-    const dcase c = {
+    const dcase dec = {
         .B = 1, .H = 2, .Hkv = 1, .L = 1, .D = 8, .Dv = 8, .Smax = 1200, .Lnew = 1, .lens = {1100}};
     mha_ctx *ctx = new_ctx();
-    dbufs d;
-    bufs_make(&c, &d);
-    float *kc0 = malloc(sizeof(float) * d.kc.n);
-    memcpy(kc0, d.kc.buf, sizeof(float) * d.kc.n);
-    for (long n = 0; n < 2; n++) {
-        mha__fault_after(n);
+    for (int k = 0; k < 3; k++) {
+        dcase c = dec;
+        c.dt = DTYPES[k];
+        dbufs d;
+        bufs_make(&c, &d);
+        float *kc0 = malloc(sizeof(float) * d.kc.n);
+        memcpy(kc0, d.kc.buf, sizeof(float) * d.kc.n);
+        mha__fault_after(0);
         mha_status st = run_kvcache(ctx, &c, &d);
         mha__fault_after(-1);
         ASSERT_EQ(st, MHA_ERR_NOMEM);
         ASSERT_STR_CONTAINS(mha_ctx_errmsg(ctx), "mha_attn_kvcache: workspace");
         ASSERT_TRUE(!memcmp(kc0, d.kc.buf, sizeof(float) * d.kc.n));
+        ASSERT_OK(ctx, run_kvcache(ctx, &c, &d));
+        ASSERT_TRUE(memcmp(kc0, d.kc.buf, sizeof(float) * d.kc.n) != 0);
+        free(kc0);
+        bufs_free(&d);
     }
-    ASSERT_OK(ctx, run_kvcache(ctx, &c, &d));
-    free(kc0);
-    bufs_free(&d);
+    mha_ctx_free(ctx);
+}
+
+/* Caches of bfloat16 and half: typed views of the cache's memory; mha_kv_cache_attend step by
+ * step gives the bits of mha_attn_kvcache on a copy with the lengths passed by hand (decode
+ * and prefill steps); another dtype's inputs are refused, naming the tensor, with the lengths
+ * unchanged; the module (float32) refuses such a cache. */
+TEST(kv_cache_object_2byte) {
+    const int64_t B = 2, H = 4, G = 2, D = 16, Dv = 8, cap = 700;
+    mha_ctx *ctx = new_ctx();
+    for (int di = 1; di < 3; di++) {
+        const mha_dtype dt = DTYPES[di];
+        mha_kv_cache *c;
+        ASSERT_OK(ctx, mha_kv_cache_create(ctx, B, cap, G, D, Dv, dt, &c));
+        mha_tensor kv, vv;
+        ASSERT_OK(ctx, mha_kv_cache_views(ctx, c, &kv, &vv));
+        ASSERT_EQ(kv.dtype, dt);
+        ASSERT_EQ(vv.dtype, dt);
+        ASSERT_EQ(kv.stride[1], cap * D);
+        ASSERT_EQ(vv.stride[2], Dv);
+        const size_t nk = (size_t)(B * G * cap * D), nvv = (size_t)(B * G * cap * Dv);
+        uint16_t *mk = calloc(nk, 2), *mv = calloc(nvv, 2);
+        int64_t sk[4] = {B, G, cap, D}, sv[4] = {B, G, cap, Dv};
+        mha_tensor tk = mha_tensor_typed(mk, dt, 4, sk, NULL);
+        mha_tensor tv = mha_tensor_typed(mv, dt, 4, sv, NULL);
+        int32_t lens[2] = {0, 0};
+        const int64_t steps[4] = {5, 1, 600, 2}; /* decode, decode, prefill, decode */
+        for (int s = 0; s < 4; s++) {
+            const int64_t L = steps[s], nq = B * H * L * D, nn = B * G * L * D;
+            const int64_t nnv = B * G * L * Dv, no = B * H * L * Dv;
+            int64_t sq[4] = {B, H, L, D}, sn[4] = {B, G, L, D}, snv[4] = {B, G, L, Dv};
+            int64_t so[4] = {B, H, L, Dv};
+            uint16_t *q = malloc(2 * (size_t)nq), *kn = malloc(2 * (size_t)nn);
+            uint16_t *vn = malloc(2 * (size_t)nnv), *o1 = malloc(2 * (size_t)no);
+            uint16_t *o2 = malloc(2 * (size_t)no);
+            for (int64_t i = 0; i < nq; i++) q[i] = to_half(dt, frand());
+            for (int64_t i = 0; i < nn; i++) kn[i] = to_half(dt, frand());
+            for (int64_t i = 0; i < nnv; i++) vn[i] = to_half(dt, frand());
+            mha_tensor tq = mha_tensor_typed(q, dt, 4, sq, NULL);
+            mha_tensor tkn = mha_tensor_typed(kn, dt, 4, sn, NULL);
+            mha_tensor tvn = mha_tensor_typed(vn, dt, 4, snv, NULL);
+            mha_tensor to1 = mha_tensor_typed(o1, dt, 4, so, NULL);
+            mha_tensor to2 = mha_tensor_typed(o2, dt, 4, so, NULL);
+            mha_mask mask = mha_mask_default();
+            mask.causal = MHA_CAUSAL_BOTTOM_RIGHT;
+            if (s == 1) { /* a float32 output: refused, nothing appended */
+                float of[64];
+                mha_tensor tof = mha_tensor_make(of, 4, so);
+                ASSERT_EQ(mha_kv_cache_attend(ctx, NULL, c, &tq, &tkn, &tvn, &mask, &tof, NULL),
+                          MHA_ERR_UNSUPPORTED);
+                ASSERT_STR_CONTAINS(mha_ctx_errmsg(ctx), "mha_kv_cache_attend: out.dtype: got "
+                                                         "float32, expected ");
+                ASSERT_EQ(mha_kv_cache_length(c, 0), lens[0]);
+            }
+            ASSERT_OK(ctx, mha_kv_cache_attend(ctx, NULL, c, &tq, &tkn, &tvn, &mask, &to1, NULL));
+            ASSERT_OK(ctx, mha_attn_kvcache(ctx, NULL, &tq, &tk, &tv, &tkn, &tvn, lens, &mask, &to2,
+                                            NULL));
+            for (int b = 0; b < 2; b++) lens[b] += (int32_t)L;
+            ASSERT_EQ(mha_kv_cache_length(c, 1), lens[1]);
+            ASSERT_TRUE(!memcmp(o1, o2, 2 * (size_t)no));
+            ASSERT_TRUE(!memcmp(kv.ptr, mk, 2 * nk));
+            ASSERT_TRUE(!memcmp(vv.ptr, mv, 2 * nvv));
+            int nonzero = 0;
+            for (int64_t i = 0; i < no; i++) nonzero |= o1[i] != 0;
+            ASSERT_TRUE(nonzero);
+            free(q), free(kn), free(vn), free(o1), free(o2);
+        }
+        /* the module's cached call: a float32 module refuses a 2-byte cache */
+        mha_config cfg = mha_config_default(G * D, G);
+        mha_module *m;
+        ASSERT_OK(ctx, mha_module_create(ctx, &cfg, &m));
+        float x[32], y[32];
+        int64_t sx[3] = {1, 1, G * D};
+        mha_tensor tx = mha_tensor_make(x, 3, sx), ty = mha_tensor_make(y, 3, sx);
+        for (int i = 0; i < 32; i++) x[i] = frand();
+        mha_kv_cache *c1;
+        ASSERT_OK(ctx, mha_kv_cache_create(ctx, 1, 8, G, D, D, dt, &c1));
+        ASSERT_EQ(mha_module_forward_cached(ctx, m, c1, &tx, NULL, &ty), MHA_ERR_UNSUPPORTED);
+        ASSERT_STR_CONTAINS(mha_ctx_errmsg(ctx), "dtype: got ");
+        mha_kv_cache_free(c1);
+        mha_module_free(m);
+        mha_kv_cache_free(c);
+        free(mk), free(mv);
+    }
     mha_ctx_free(ctx);
 }
 
@@ -1074,10 +1267,12 @@ TEST(decode_kernel_vs_generic) {
     for (int isa = MHA_ISA_AVX2; isa <= MHA_ISA_AVX512; isa++) {
         const mha_kernels *kk = mha__kernels_for((mha_isa)isa);
         if (!kk) continue;
-        for (size_t k = 0; k < sizeof shapes / sizeof shapes[0]; k++)
+        for (size_t k = 0; k < 3 * sizeof shapes / sizeof shapes[0]; k++)
             for (int mods = 0; mods < 4; mods++) {
-                const int64_t nh = shapes[k][0], rows = shapes[k][1], bc = shapes[k][2];
-                const int64_t n = shapes[k][3], nv = shapes[k][4], ldk = n + 5, ldv = nv + 3;
+                const mha_dtype dt = DTYPES[k % 3]; /* the cache's element type */
+                const int64_t nh = shapes[k / 3][0], rows = shapes[k / 3][1], bc = shapes[k / 3][2];
+                const int64_t n = shapes[k / 3][3], nv = shapes[k / 3][4], ldk = n + 5,
+                              ldv = nv + 3;
                 const int64_t sa = rows * n, sk = bc * ldk, sv = bc * ldv, sp = rows * (2 + nv);
                 float *A = malloc(sizeof(float) * (size_t)(nh * sa));
                 float *K = malloc(sizeof(float) * (size_t)(nh * sk));
@@ -1100,9 +1295,20 @@ TEST(decode_kernel_vs_generic) {
                 }
                 const mha__attn_decode_mask md = {mods & 1 ? 0.8f : 0.0f, lo, hi,
                                                   mods & 2 ? slope : NULL, pos};
-                gen->attn_decode(nh, rows, bc, n, nv, A, n, sa, K, ldk, sk, V, ldv, sv, &md, P1,
-                                 sp);
-                kk->attn_decode(nh, rows, bc, n, nv, A, n, sa, K, ldk, sk, V, ldv, sv, &md, P2, sp);
+                /* a 2-byte cache: K and V in dt, the same layout */
+                uint16_t *Kh = malloc(sizeof(uint16_t) * (size_t)(nh * sk));
+                uint16_t *Vh = malloc(sizeof(uint16_t) * (size_t)(nh * sv + 1));
+                const void *Kx = K, *Vx = V;
+                if (dt != MHA_DTYPE_F32) {
+                    for (int64_t i = 0; i < nh * sk; i++) Kh[i] = to_half(dt, K[i]);
+                    for (int64_t i = 0; i < nh * sv + 1; i++) Vh[i] = to_half(dt, V[i]);
+                    Kx = Kh, Vx = Vh;
+                }
+                gen->attn_decode(dt, nh, rows, bc, n, nv, A, n, sa, Kx, ldk, sk, Vx, ldv, sv, &md,
+                                 P1, sp);
+                kk->attn_decode(dt, nh, rows, bc, n, nv, A, n, sa, Kx, ldk, sk, Vx, ldv, sv, &md,
+                                P2, sp);
+                free(Kh), free(Vh);
                 int bad = 0;
                 for (int64_t t = 0; t < nh && !bad; t++)
                     for (int64_t r = 0; r < rows && !bad; r++) {
@@ -1122,9 +1328,10 @@ TEST(decode_kernel_vs_generic) {
                             bad |= fabsf(o1 - o2) > 1e-5f;
                         }
                         if (bad)
-                            FAILF("%s: shape %zu mods %d head %lld row %lld: m %g / %g, l %g / %g",
-                                  kk->name, k, mods, (long long)t, (long long)r, (double)m1,
-                                  (double)m2, (double)l1, (double)l2);
+                            FAILF("%s, %s: shape %zu mods %d head %lld row %lld: m %g / %g, l %g / "
+                                  "%g",
+                                  kk->name, mha_dtype_name(dt), k / 3, mods, (long long)t,
+                                  (long long)r, (double)m1, (double)m2, (double)l1, (double)l2);
                     }
                 free(A), free(K), free(V), free(P1), free(P2);
                 ASSERT_TRUE(!bad);
@@ -1132,11 +1339,75 @@ TEST(decode_kernel_vs_generic) {
     }
 }
 
+/* The kernels' loads of 2-byte cache elements are exact, the bits of kernels/cvt.h, on every
+ * table: with one key and a unit query, the row max m is the key's first element (every finite
+ * value of the type, one per head, the head dims after it random) and the output O is the
+ * value row (every bit pattern, infinities and NaNs included, in one row of 65539 values: full
+ * vectors and a cut one; NaNs compared quieted, which the product with the weight does). */
+TEST(decode_kernel_loads_exact) {
+    const int64_t n = 19, nv = 65539; /* n: a full vector (two for AVX2) and a cut one */
+    const int64_t lo[1] = {0}, hi[1] = {1}, pos[1] = {0};
+    const mha__attn_decode_mask md = {0, lo, hi, NULL, pos};
+    float *A = calloc((size_t)n, sizeof(float));
+    uint16_t *K = malloc(sizeof(uint16_t) * 65536 * (size_t)n),
+             *V = malloc(sizeof(uint16_t) * 65540);
+    float *P = malloc(sizeof(float) * 65536 * 3), *PO = malloc(sizeof(float) * (size_t)(2 + nv));
+    A[0] = 1;
+    for (int di = 1; di < 3; di++) {
+        const mha_dtype dt = DTYPES[di];
+        const uint16_t expo = dt == MHA_DTYPE_BF16 ? 0x7f80 : 0x7c00; /* all ones: inf, NaN */
+        int64_t nh = 0;
+        for (uint32_t u = 0; u < 65536; u++) {
+            if ((u & expo) == expo) continue;
+            uint16_t *k = K + nh++ * n;
+            k[0] = (uint16_t)u;
+            for (int64_t d = 1; d < n; d++) k[d] = to_half(dt, frand());
+        }
+        for (int64_t x = 0; x < nv; x++) V[x] = (uint16_t)(x * 7919 % 65536);
+        for (int isa = MHA_ISA_GENERIC; isa <= MHA_ISA_AVX512; isa++) {
+            const mha_kernels *kk = mha__kernels_for((mha_isa)isa);
+            if (!kk) continue;
+            /* K: one head per value (sa = 0: every head the same query; nv = 0) */
+            kk->attn_decode(dt, nh, 1, 1, n, 0, A, n, 0, K, n, n, V, 0, 0, &md, P, 2);
+            int64_t bad = 0;
+            for (int64_t t = 0, u = 0; t < nh; t++, u++) {
+                while (((uint16_t)u & expo) == expo) u++;
+                const float want = from_half(dt, (uint16_t)u);
+                if (P[2 * t] != want || P[2 * t + 1] != 1) {
+                    if (!bad)
+                        FAILF("%s, %s: key 0x%04x: m %a, l %g, expected m %a", kk->name,
+                              mha_dtype_name(dt), (unsigned)u, (double)P[2 * t],
+                              (double)P[2 * t + 1], (double)want);
+                    bad++;
+                }
+            }
+            /* V: one row of every bit pattern (zeros compared as values: 0 + -0 is +0) */
+            kk->attn_decode(dt, 1, 1, 1, n, nv, A, n, 0, K, n, 0, V, nv, 0, &md, PO, 2 + nv);
+            for (int64_t x = 0; x < nv; x++) {
+                const float want = from_half(dt, V[x]), got = PO[2 + x];
+                uint32_t gb, wb;
+                memcpy(&gb, &got, 4), memcpy(&wb, &want, 4);
+                if (isnan(want)) /* the product quiets a signaling NaN (bfloat16 keeps them) */
+                    gb |= 0x400000u, wb |= 0x400000u;
+                if (gb != wb && !(got == 0 && want == 0)) {
+                    if (bad < 4)
+                        FAILF("%s, %s: value 0x%04x: got 0x%08x, expected 0x%08x", kk->name,
+                              mha_dtype_name(dt), (unsigned)V[x], (unsigned)gb, (unsigned)wb);
+                    bad++;
+                }
+            }
+            ASSERT_EQ(bad, 0);
+        }
+    }
+    free(A), free(K), free(V), free(P), free(PO);
+}
+
 int main(void) {
     RUN(decode_reference);
     RUN(decode_score_options);
     RUN(decode_masked_rows);
     RUN(decode_kernel_vs_generic);
+    RUN(decode_kernel_loads_exact);
     RUN(prefill_reference);
     RUN(strided_bshd);
     RUN(threads_bitwise);
@@ -1144,6 +1415,7 @@ int main(void) {
     RUN(kv_cache_object);
     RUN(kv_cache_create_errors);
     RUN(decode_nomem_nothing_written);
+    RUN(kv_cache_object_2byte);
     RUN(module_cached_matches_full_forward);
     RUN(module_cached_projects_new_tokens_only);
     return harness_report();

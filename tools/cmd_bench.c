@@ -7,7 +7,8 @@
  *   mha bench --gemm M N K [--ta 0|1] [--tb 0|1] [--dtype f32|bf16|f16] [--threads T]
  *             [--isa NAME] [--runs R] [--json]
  *   mha bench --core --decode --batch B --seq-k S --heads H --head-dim D [--kv-heads G]
- *             [--layout bhsd|bshd] [--bw-mib M] [--threads T] [--isa NAME] [--runs R] [--json]
+ *             [--layout bhsd|bshd] [--dtype f32|bf16|f16] [--bw-mib M] [--threads T]
+ *             [--isa NAME] [--runs R] [--json]
  *
  * Each measurement: warm-up runs, then R timed runs; the median is reported. FLOP counts
  * (nominal, the same for every implementation compared in BENCHMARKS.md), with D = E / H
@@ -26,7 +27,8 @@
  * When stderr is a terminal, one line there says which run is going (erased at the end).
  * --decode (the DECODE block below) times one decoding step instead: mha_attn_kvcache of one
  * query token per sequence against a cache of S tokens (the new token appended at S - 1), and
- * reports the rate at which it reads K and V (B * G * S * 2D floats per step) beside the
+ * reports the rate at which it reads K and V (B * G * S * 2D elements per step: 4 bytes each,
+ * 2 with --dtype bf16 or f16, q, the caches and out then all of that dtype) beside the
  * machine's memory read bandwidth measured in the same run.
  *
  * Steps: validate (parse_args, check_args), plan (plan_bench: buffers, module, FLOPs), measure
@@ -74,7 +76,8 @@ static void print_help(FILE *f) {
           "                --head-dim D, --kv-heads G (and --window, --softcap, --alibi); GB/s\n"
           "                of K/V read, and the memory read bandwidth measured in the same run\n"
           "                (a streaming read of --bw-mib MiB, default 1024, same threads)\n"
-          "  --dtype T     --core: q, k, v and the outputs in f32 (default), bf16 or f16\n"
+          "  --dtype T     --core: q, k, v and the outputs in f32 (default), bf16 or f16;\n"
+          "                with --decode q, the cache and the output (fp32 inside)\n"
           "  --layout L    --decode: the cache's memory, bhsd ([B, G, S, D], default) or\n"
           "                bshd ([B, S, G, D], FlashAttention's: strided views)\n"
           "  --gemm M N K  time C[M,N] = op(A)[M,K] op(B)[K,N]; --ta/--tb transpose A/B\n"
@@ -141,7 +144,8 @@ typedef struct {
     int decode, bshd;
     const char *layout;
     long long bw_mib;
-    /* --dtype f32|bf16|f16: the element type of the core's tensors */
+    /* --dtype f32|bf16|f16: the element type of the core's tensors (--decode: q, the caches,
+     * the new rows and out) */
     const char *dtype_arg;
     mha_dtype dtype;
 } bench_args;
@@ -328,7 +332,8 @@ static int check_core_opts(bench_args *a, const cli_opt *opts, int nopts) {
     return 0;
 }
 
-/* --dtype into a->dtype (f32 when absent): bf16 and f16 for the core's forward and backward. */
+/* --dtype into a->dtype (f32 when absent): bf16 and f16 for the core's forward and backward,
+ * and --decode's step. */
 static int parse_dtype(bench_args *a) {
     static const struct {
         const char *name;
@@ -342,10 +347,10 @@ static int parse_dtype(bench_args *a) {
     if (!found)
         return cli_usage_error("mha bench --help lists the options",
                                "--dtype: got \"%s\", expected f32, bf16 or f16", a->dtype_arg);
-    if (a->dtype != MHA_DTYPE_F32 && !a->gemm && (!a->core || a->decode))
+    if (a->dtype != MHA_DTYPE_F32 && !a->gemm && !a->core)
         return cli_usage_error("mha bench --help lists the options",
                                "--dtype %s: applies to --core (the attention core's forward and "
-                               "backward) and --gemm",
+                               "backward, or --decode's step) and --gemm",
                                a->dtype_arg);
     return 0;
 }
@@ -423,17 +428,22 @@ static float *plan_buf(bench_plan *p, int64_t n, uint32_t seed) {
     return plan_buf_as(p, n, seed, 0);
 }
 
-/* A random [d0, d1, d2, d3] tensor of --dtype in a plan buffer (bf16 / f16: converted from a
- * random float32 one by mha_tensor_convert). */
-static mha_tensor plan_tensor(bench_state *s, bench_plan *p, const int64_t sh[4], uint32_t seed) {
-    const int64_t n = sh[0] * sh[1] * sh[2] * sh[3];
-    float *b = plan_buf(p, n, seed);
-    mha_tensor f = mha_tensor_make(b, 4, sh);
-    if (!b || s->a->dtype == MHA_DTYPE_F32) return f;
-    uint16_t *h = (uint16_t *)plan_buf(p, n / 2 + 1, 0);
-    mha_tensor t = mha_tensor_typed(h, s->a->dtype, 4, sh, NULL);
+/* n random elements of --dtype in plan buffers (stream: allocated as the decode caches are):
+ * plan_buf's floats, or for bf16 / f16 those converted by mha_tensor_convert. */
+static void *plan_elems(bench_state *s, bench_plan *p, int64_t n, uint32_t seed, int stream) {
+    float *b = plan_buf_as(p, n, seed, stream);
+    if (!b || s->a->dtype == MHA_DTYPE_F32) return b;
+    uint16_t *h = (uint16_t *)plan_buf_as(p, n / 2 + 1, 0, stream);
+    const int64_t sh[1] = {n};
+    mha_tensor f = mha_tensor_make(b, 1, sh), t = mha_tensor_typed(h, s->a->dtype, 1, sh, NULL);
     p->oom |= !h || mha_tensor_convert(s->ctx, &f, &t) != MHA_OK;
-    return t;
+    return h;
+}
+
+/* A random contiguous [d0, d1, d2, d3] tensor of --dtype in a plan buffer. */
+static mha_tensor plan_tensor(bench_state *s, bench_plan *p, const int64_t sh[4], uint32_t seed) {
+    void *b = plan_elems(s, p, sh[0] * sh[1] * sh[2] * sh[3], seed, 0);
+    return mha_tensor_typed(b, s->a->dtype, 4, sh, NULL);
 }
 
 /* q [B, H, N, D], k and v [B, G, S, D] (G = --kv-heads, S = --seq-k, D = --head-dim), of
@@ -682,11 +692,13 @@ static void decode_dims(const bench_args *a, int64_t *S, int64_t *D) {
     *D = a->head_dim;
 }
 
-/* Bytes of K and V rows one step reads: every cached key and value of every sequence. */
+/* Bytes of K and V rows one step reads: every cached key and value of every sequence, in the
+ * cache's dtype. */
 static double decode_bytes(const bench_args *a) {
     int64_t S, D;
     decode_dims(a, &S, &D);
-    return (double)a->batch * (double)a->kv_heads * (double)S * 2.0 * (double)D * sizeof(float);
+    return (double)a->batch * (double)a->kv_heads * (double)S * 2.0 * (double)D *
+           (double)mha_dtype_size(a->dtype);
 }
 
 static int decode_check_args(const bench_args *a) {
@@ -715,10 +727,12 @@ static int decode_parse_layout(bench_args *a) {
                            "--layout: got \"%s\", expected bhsd or bshd", a->layout);
 }
 
-/* A [B, G, R, D] view of the buffer: contiguous, or of [B, R, G, D] memory (bshd). */
-static mha_tensor decode_view(float *buf, int64_t B, int64_t G, int64_t R, int64_t D, int bshd) {
+/* A [B, G, R, D] view of the buffer (elements of dt): contiguous, or of [B, R, G, D] memory
+ * (bshd). */
+static mha_tensor decode_view(void *buf, mha_dtype dt, int64_t B, int64_t G, int64_t R, int64_t D,
+                              int bshd) {
     int64_t sh[4] = {B, G, R, D}, st[4] = {R * G * D, D, G * D, 1};
-    return mha_tensor_strided(buf, 4, sh, bshd ? st : NULL);
+    return mha_tensor_typed(buf, dt, 4, sh, bshd ? st : NULL);
 }
 
 static void plan_decode(bench_state *s, bench_plan *p) {
@@ -726,13 +740,14 @@ static void plan_decode(bench_state *s, bench_plan *p) {
     int64_t S, D;
     decode_dims(a, &S, &D);
     const int64_t B = a->batch, H = a->heads, G = a->kv_heads;
+    const mha_dtype dt = a->dtype; /* of q, the caches, the new rows and out */
     int64_t sq[4] = {B, H, 1, D};
-    s->q = mha_tensor_make(plan_buf(p, B * H * D, 1), 4, sq);
-    s->o = mha_tensor_make(plan_buf(p, B * H * D, 4), 4, sq);
-    s->kc = decode_view(plan_buf_as(p, B * G * S * D, 2, 1), B, G, S, D, a->bshd);
-    s->vc = decode_view(plan_buf_as(p, B * G * S * D, 3, 1), B, G, S, D, a->bshd);
-    s->kn = decode_view(plan_buf(p, B * G * D, 5), B, G, 1, D, a->bshd);
-    s->vn = decode_view(plan_buf(p, B * G * D, 6), B, G, 1, D, a->bshd);
+    s->q = plan_tensor(s, p, sq, 1);
+    s->o = plan_tensor(s, p, sq, 4);
+    s->kc = decode_view(plan_elems(s, p, B * G * S * D, 2, 1), dt, B, G, S, D, a->bshd);
+    s->vc = decode_view(plan_elems(s, p, B * G * S * D, 3, 1), dt, B, G, S, D, a->bshd);
+    s->kn = decode_view(plan_elems(s, p, B * G * D, 5, 0), dt, B, G, 1, D, a->bshd);
+    s->vn = decode_view(plan_elems(s, p, B * G * D, 6, 0), dt, B, G, 1, D, a->bshd);
     s->lens = (int32_t *)plan_buf(p, B, 0); /* B int32 in a plan buffer of B floats */
     for (int64_t b = 0; s->lens && b < B; b++) s->lens[b] = (int32_t)(S - 1);
 }
@@ -785,19 +800,21 @@ static void report_decode(const bench_state *s, bench_times *t) {
     const int threads = mha_ctx_threads(s->ctx);
     const double mem = measure_bandwidth(a->bw_mib, threads, t->runs < 5 ? 5 : t->runs);
     const char *isa = mha_isa_name(mha_ctx_isa(s->ctx)), *layout = a->bshd ? "bshd" : "bhsd";
+    const char *dt = a->dtype_arg ? a->dtype_arg : "f32";
     if (a->json) {
         printf("{\"what\":\"core_decode\",\"batch\":%lld,\"seq_k\":%lld,\"heads\":%lld,"
-               "\"kv_heads\":%lld,\"head_dim\":%lld,\"layout\":\"%s\",\"isa\":\"%s\","
-               "\"threads\":%d,\"runs\":%d,\"median_ms\":%.4f,\"kv_bytes\":%.6g,"
-               "\"kv_gbps\":%.3f,\"mem_read_gbps\":%.3f,\"mem_read_mib\":%lld,"
-               "\"kv_vs_mem\":%.4f}\n",
-               a->batch, (long long)S, a->heads, a->kv_heads, (long long)D, layout, isa, threads,
-               t->runs, med * 1e3, decode_bytes(a), kv, mem, a->bw_mib, mem > 0 ? kv / mem : 0);
+               "\"kv_heads\":%lld,\"head_dim\":%lld,\"layout\":\"%s\",\"dtype\":\"%s\","
+               "\"isa\":\"%s\",\"threads\":%d,\"runs\":%d,\"median_ms\":%.4f,"
+               "\"kv_bytes\":%.6g,\"kv_gbps\":%.3f,\"mem_read_gbps\":%.3f,"
+               "\"mem_read_mib\":%lld,\"kv_vs_mem\":%.4f}\n",
+               a->batch, (long long)S, a->heads, a->kv_heads, (long long)D, layout, dt, isa,
+               threads, t->runs, med * 1e3, decode_bytes(a), kv, mem, a->bw_mib,
+               mem > 0 ? kv / mem : 0);
         return;
     }
-    printf("core_decode B %lld S %lld H %lld G %lld D %lld, layout %s, isa %s, %d threads: median "
-           "%.4f ms of %d runs, K/V read %.2f GB/s\n",
-           a->batch, (long long)S, a->heads, a->kv_heads, (long long)D, layout, isa, threads,
+    printf("core_decode B %lld S %lld H %lld G %lld D %lld, layout %s, dtype %s, isa %s, %d "
+           "threads: median %.4f ms of %d runs, K/V read %.2f GB/s\n",
+           a->batch, (long long)S, a->heads, a->kv_heads, (long long)D, layout, dt, isa, threads,
            med * 1e3, t->runs, kv);
     printf("  memory read bandwidth %.2f GB/s (%lld MiB streamed, %d threads): K/V read at "
            "%.1f%% of it\n",

@@ -22,6 +22,13 @@
  * [0, len_b), causal aligned bottom-right (MHA_CAUSAL_BOTTOM_RIGHT), window and ALiBi passed
  * through; the same score definition, so the two paths agree up to float rounding.
  *
+ * DTYPES: q, the caches, the new rows and out share one dtype: float32, bfloat16 or half (lse
+ * is float32). The new rows are appended as they are; the decode kernel reads the cache's
+ * elements in their type (converted exactly as they are loaded); the query rows are converted
+ * to float32 and scaled once per call; the merge computes each output row in float32 and
+ * rounds it once (to nearest even, kernels/cvt.h). The prefill passes the typed views to the
+ * dense core (which takes every dtype).
+ *
  * The steps: kv_check validates every argument (nothing is written before it succeeds),
  * kv_append copies the new rows into the caches, then dec_plan / dec_chunk / dec_merge or
  * prefill compute. */
@@ -38,9 +45,15 @@
 
 #define DEC_CHUNK 512 /* keys per decode task: 512 x (D + Dv) floats, 512 KiB at D = Dv = 128 */
 
+/* Per thread (decode): the row of out being merged, in float32 (rounded once into out). */
+typedef struct {
+    float *orow; /* [Dv] */
+} dec_ws;
+
 /* One call: validated arguments, and the decode plan. */
 typedef struct {
     const char *fn;
+    mha_dtype dt; /* of q, the caches, the new rows and out */
     int64_t B, H, Hkv, group, L, D, Dv, Smax, Lnew;
     float scale, softcap;
     mha_mask mask; /* a copy (mha_mask_default() for NULL) */
@@ -51,15 +64,23 @@ typedef struct {
     const mha_kernels *kern;
     int64_t rows, nch, psz; /* rows per head, chunks per sequence, floats per partial */
     int64_t hg, nhg;        /* key/value heads per task, and groups of them */
-    float *part; /* [B, nch, Hkv] partials of psz floats: m [rows], l [rows], O [rows, Dv] */
+    /* the call's workspace (one allocation, dec_alloc) */
+    float *part;  /* [B, nch, Hkv] partials of psz floats: m [rows], l [rows], O [rows, Dv] */
+    float *qs;    /* [B, Hkv, rows, D] each key/value head's query rows, float32, times scale */
+    float *slope; /* [B, Hkv, rows] their ALiBi slopes */
+    void *ws;     /* nt copies of plan: dec_ws */
     int nt;
     mha__plan plan; /* per thread: dec_ws */
 } kv_call;
 
-typedef struct {
-    float *qs;    /* [hg, rows, D] the query rows of the task's heads, times scale */
-    float *slope; /* [hg, rows] their ALiBi slopes */
-} dec_ws;
+/* Bytes per element of the call's tensors but lse. */
+static size_t kv_es(const kv_call *c) { return c->dt == MHA_DTYPE_F32 ? 4 : 2; }
+
+/* Row i of head (b, h) of a [B, H, R, X] view of any dtype. */
+static void *kv_row(const mha_tensor *t, int64_t b, int64_t h, int64_t i) {
+    return (char *)t->ptr + (b * t->stride[0] + h * t->stride[1] + i * t->stride[2]) *
+                                (int64_t)mha__tensor_elsize(t);
+}
 
 static int64_t kv_len(const kv_call *c, int64_t b) { return (c->lens ? c->lens[b] : 0) + c->Lnew; }
 
@@ -91,17 +112,21 @@ static mha_status kv_check_mask(mha_ctx *ctx, const char *fn, const mha_mask *m,
     return st ? st : mha__attn_check_alibi(ctx, fn, m, B, H);
 }
 
-/* q, the caches, the new rows: shapes against each other. */
+/* q, the caches, the new rows: shapes against each other, and one dtype (q's: float32, bfloat16
+ * or half; lse float32). */
 static mha_status kv_check_tensors(mha_ctx *ctx, const char *fn, kv_call *c) {
     mha_status st;
-    if ((st = mha__check_tensor(ctx, fn, "q", c->q, 4, NULL, "[B, H, L, D]"))) return st;
+    const mha_dtype qt = c->q ? c->q->dtype : MHA_DTYPE_F32;
+    const mha_dtype dt = c->dt = qt == MHA_DTYPE_BF16 || qt == MHA_DTYPE_F16 ? qt : MHA_DTYPE_F32;
+    if ((st = mha__check_tensor_as(ctx, fn, "q", c->q, dt, 4, NULL, "[B, H, L, D]"))) return st;
     const int64_t B = c->B = c->q->shape[0], H = c->H = c->q->shape[1], D = c->D = c->q->shape[3];
     c->L = c->q->shape[2];
     if (D < 1)
         return mha__err(ctx, MHA_ERR_SHAPE, "%s: q.shape[3]: got %lld, expected >= 1 (head dim)",
                         fn, (long long)D);
     int64_t wk[4] = {B, -1, -1, D};
-    if ((st = mha__check_tensor(ctx, fn, "k_cache", c->kc, 4, wk, "[B, Hkv, Smax, D]"))) return st;
+    if ((st = mha__check_tensor_as(ctx, fn, "k_cache", c->kc, dt, 4, wk, "[B, Hkv, Smax, D]")))
+        return st;
     const int64_t Hkv = c->Hkv = c->kc->shape[1], Smax = c->Smax = c->kc->shape[2];
     if (Hkv < 1 || H % Hkv != 0)
         return mha__err(ctx, MHA_ERR_SHAPE,
@@ -110,7 +135,8 @@ static mha_status kv_check_tensors(mha_ctx *ctx, const char *fn, kv_call *c) {
                         fn, (long long)Hkv, (long long)H);
     c->group = H / Hkv;
     int64_t wv[4] = {B, Hkv, Smax, -1};
-    if ((st = mha__check_tensor(ctx, fn, "v_cache", c->vc, 4, wv, "[B, Hkv, Smax, Dv] as k_cache")))
+    if ((st = mha__check_tensor_as(ctx, fn, "v_cache", c->vc, dt, 4, wv,
+                                   "[B, Hkv, Smax, Dv] as k_cache")))
         return st;
     const int64_t Dv = c->Dv = c->vc->shape[3];
     c->Lnew = 0;
@@ -119,7 +145,7 @@ static mha_status kv_check_tensors(mha_ctx *ctx, const char *fn, kv_call *c) {
                         "%s: %s: got NULL while %s is given, expected both or neither", fn,
                         c->k_new ? "v_new" : "k_new", c->k_new ? "k_new" : "v_new");
     if (c->k_new) {
-        if ((st = mha__check_tensor(ctx, fn, "k_new", c->k_new, 4, wk, "[B, Hkv, Lnew, D]")))
+        if ((st = mha__check_tensor_as(ctx, fn, "k_new", c->k_new, dt, 4, wk, "[B, Hkv, Lnew, D]")))
             return st;
         if (c->k_new->shape[1] != Hkv)
             return mha__err(ctx, MHA_ERR_SHAPE,
@@ -127,12 +153,12 @@ static mha_status kv_check_tensors(mha_ctx *ctx, const char *fn, kv_call *c) {
                             (long long)c->k_new->shape[1], (long long)Hkv);
         c->Lnew = c->k_new->shape[2];
         int64_t wn[4] = {B, Hkv, c->Lnew, Dv};
-        if ((st = mha__check_tensor(ctx, fn, "v_new", c->v_new, 4, wn,
-                                    "[B, Hkv, Lnew, Dv] as k_new and v_cache")))
+        if ((st = mha__check_tensor_as(ctx, fn, "v_new", c->v_new, dt, 4, wn,
+                                       "[B, Hkv, Lnew, Dv] as k_new and v_cache")))
             return st;
     }
     int64_t wo[4] = {B, H, c->L, Dv}, wl[3] = {B, H, c->L};
-    if ((st = mha__check_tensor(ctx, fn, "out", c->out, 4, wo, "[B, H, L, Dv]"))) return st;
+    if ((st = mha__check_tensor_as(ctx, fn, "out", c->out, dt, 4, wo, "[B, H, L, Dv]"))) return st;
     if (c->lse && (st = mha__check_tensor(ctx, fn, "lse", c->lse, 3, wl, "[B, H, L]"))) return st;
     return MHA_OK;
 }
@@ -167,7 +193,7 @@ static mha_status kv_check_lens(mha_ctx *ctx, const char *fn, const kv_call *c) 
 /* A [1, X, R, Y] view of batch b of t, rows [0, R). */
 static mha_tensor batch_view(const mha_tensor *t, int64_t b, int64_t R) {
     mha_tensor v = *t;
-    v.data = t->data + b * t->stride[0];
+    v.ptr = (char *)t->ptr + b * t->stride[0] * (int64_t)mha__tensor_elsize(t);
     v.shape[0] = 1;
     if (t->ndim == 4) v.shape[2] = R;
     return v;
@@ -214,18 +240,18 @@ static void kv_append(const kv_call *c) {
         for (int64_t h = 0; h < c->Hkv; h++)
             for (int64_t t = 0; t < c->Lnew; t++) {
                 const int64_t j = (c->lens ? c->lens[b] : 0) + t;
-                memcpy(mha__attn_row(c->kc, b, h, j), mha__attn_row(c->k_new, b, h, t),
-                       sizeof(float) * (size_t)c->D);
+                memcpy(kv_row(c->kc, b, h, j), kv_row(c->k_new, b, h, t), kv_es(c) * (size_t)c->D);
                 if (c->Dv > 0)
-                    memcpy(mha__attn_row(c->vc, b, h, j), mha__attn_row(c->v_new, b, h, t),
-                           sizeof(float) * (size_t)c->Dv);
+                    memcpy(kv_row(c->vc, b, h, j), kv_row(c->v_new, b, h, t),
+                           kv_es(c) * (size_t)c->Dv);
             }
 }
 
 /* ---- decode ---------------------------------------------------------------------------- */
 
-/* Chunks, threads, the partials and each thread's workspace. */
-static void dec_plan(mha_ctx *ctx, kv_call *c) {
+/* Chunks, threads, and the call's workspace: the partials, the query rows and slopes, each
+ * thread's merge row (one allocation). */
+static void dec_plan(mha_ctx *ctx, kv_call *c, mha__plan *call) {
     int64_t maxlen = 0;
     for (int64_t b = 0; b < c->B; b++)
         if (kv_len(c, b) > maxlen) maxlen = kv_len(c, b);
@@ -248,8 +274,34 @@ static void dec_plan(mha_ctx *ctx, kv_call *c) {
     c->hg = (c->Hkv + ng - 1) / ng;
     c->nhg = (c->Hkv + c->hg - 1) / c->hg;
     mha__plan_init(&c->plan);
-    MHA__PLAN_ADD(&c->plan, dec_ws, qs, sizeof(float), c->hg * c->rows, c->D);
-    MHA__PLAN_ADD(&c->plan, dec_ws, slope, sizeof(float), c->hg, c->rows);
+    MHA__PLAN_ADD(&c->plan, dec_ws, orow, sizeof(float), 1, c->Dv);
+    mha__plan_init(call);
+    MHA__PLAN_ADD(call, kv_call, part, sizeof(float), c->B * c->nch * c->Hkv, c->psz);
+    MHA__PLAN_ADD(call, kv_call, qs, sizeof(float), c->B * c->Hkv * c->rows, c->D);
+    MHA__PLAN_ADD(call, kv_call, slope, sizeof(float), c->B * c->Hkv, c->rows);
+    MHA__PLAN_ADD_COPIES(call, kv_call, ws, &c->plan, c->nt);
+}
+
+/* The query rows of (b, key/value head kh) (the heads h that read it x the L tokens, row
+ * r = (h % group) * L + i), float32 times scale (as the dense forward: (scale q) k), and their
+ * ALiBi slopes. */
+static void dec_queries(const kv_call *c, int64_t bk) {
+    const int64_t b = bk / c->Hkv, kh = bk % c->Hkv, h0 = kh * c->group;
+    const int64_t shape[3] = {c->group, c->L, c->D}; /* q[b, h0 .. h0 + group): the rows */
+    const mha_tensor qg =
+        mha_tensor_typed(kv_row(c->q, b, h0, 0), c->dt, 3, shape, c->q->stride + 1);
+    float *qs = c->qs + bk * c->rows * c->D;
+    mha__tensor_to_f32(&qg, qs, 1);
+    mha__attn_scale_tile(c->rows, c->D, c->scale, qs, c->D, qs);
+    const float *sl = c->mask.alibi_slopes;
+    for (int64_t r = 0; sl && r < c->rows; r++)
+        c->slope[bk * c->rows + r] = sl[(c->mask.alibi_batched ? b * c->H : 0) + h0 + r / c->L];
+}
+
+/* Row [Dv] of out at o = the float32 row x rounded once (a 2-byte out). */
+static void dec_round_row(const kv_call *c, const float *x, void *o) {
+    const mha_tensor ov = mha_tensor_typed(o, c->dt, 1, &c->Dv, NULL);
+    mha__tensor_from_f32(x, &ov, 1);
 }
 
 /* The key range [lo, hi) of row r (query token i of length len's sequence) within chunk
@@ -274,7 +326,7 @@ static void dec_row_range(const kv_call *c, int64_t i, int64_t len, int64_t j0, 
 /* Task (b, chunk, group of key/value heads): the chunk's partial softmax of each head's rows,
  * every head's key block after key block in one kernel call (with the [B, S, Hkv, D] layout the
  * heads of a key share its memory, so it is read in one pass). */
-static void dec_chunk(const kv_call *c, dec_ws *w, int64_t task) {
+static void dec_chunk(const kv_call *c, int64_t task) {
     const int64_t hgi = task % c->nhg, ch = task / c->nhg % c->nch, b = task / c->nhg / c->nch;
     const int64_t kh0 = hgi * c->hg, nh = c->Hkv - kh0 < c->hg ? c->Hkv - kh0 : c->hg;
     const int64_t rows = c->rows, len = kv_len(c, b), j0 = ch * DEC_CHUNK;
@@ -292,35 +344,32 @@ static void dec_chunk(const kv_call *c, dec_ws *w, int64_t task) {
                 part[t * c->psz + r] = -INFINITY, part[t * c->psz + rows + r] = 0;
         return;
     }
-    const float *sl = c->mask.alibi_slopes;
-    for (int64_t t = 0; t < nh; t++)
-        for (int64_t r = 0; r < rows; r++) { /* (scale q) k, as the dense forward */
-            const int64_t h = (kh0 + t) * c->group + r / c->L;
-            mha__attn_scale_tile(1, c->D, c->scale, mha__attn_row(c->q, b, h, r % c->L), c->D,
-                                 w->qs + (t * rows + r) * c->D);
-            if (sl) w->slope[t * rows + r] = sl[(c->mask.alibi_batched ? b * c->H : 0) + h];
-        }
-    const mha__attn_decode_mask md = {c->softcap, lo, hi, sl ? w->slope : NULL, pos};
-    c->kern->attn_decode(nh, rows, bc, c->D, c->Dv, w->qs, c->D, rows * c->D,
-                         mha__attn_row(c->kc, b, kh0, j0), c->kc->stride[2], c->kc->stride[1],
-                         mha__attn_row(c->vc, b, kh0, j0), c->vc->stride[2], c->vc->stride[1], &md,
-                         part, c->psz);
+    const int64_t bk0 = b * c->Hkv + kh0; /* the task's first head's query rows and slopes */
+    const mha__attn_decode_mask md = {c->softcap, lo, hi,
+                                      c->mask.alibi_slopes ? c->slope + bk0 * rows : NULL, pos};
+    c->kern->attn_decode(c->dt, nh, rows, bc, c->D, c->Dv, c->qs + bk0 * rows * c->D, c->D,
+                         rows * c->D, kv_row(c->kc, b, kh0, j0), c->kc->stride[2], c->kc->stride[1],
+                         kv_row(c->vc, b, kh0, j0), c->vc->stride[2], c->vc->stride[1], &md, part,
+                         c->psz);
 }
 
-/* Merge (b, kv head): each row's chunks in chunk order by log-sum-exp, into out and lse. */
-static void dec_merge(const kv_call *c, int64_t bk) {
+/* Merge (b, kv head): each row's chunks in chunk order by log-sum-exp, into out (computed in
+ * float32: in place for a float32 out, else in w->orow, then rounded once) and lse. */
+static void dec_merge(const kv_call *c, const dec_ws *w, int64_t bk) {
     const int64_t b = bk / c->Hkv, kh = bk % c->Hkv, rows = c->rows, Dv = c->Dv;
     const float *part = c->part + (b * c->nch * c->Hkv + kh) * c->psz; /* chunk 0 */
     const int64_t pst = c->Hkv * c->psz;                               /* chunk to chunk */
     for (int64_t r = 0; r < rows; r++) {
         const int64_t h = kh * c->group + r / c->L, i = r % c->L;
-        float *o = mha__attn_row(c->out, b, h, i), M = -INFINITY, sum = 0;
+        void *orow = kv_row(c->out, b, h, i);
+        float *o = c->dt == MHA_DTYPE_F32 ? orow : w->orow, M = -INFINITY, sum = 0;
         for (int64_t ch = 0; ch < c->nch; ch++) {
             const float mc = part[ch * pst + r];
             if (mc > M || isnan(mc)) M = mc;
         }
         for (int64_t x = 0; x < Dv; x++) o[x] = 0;
         if (M == -INFINITY) { /* no allowed key: out 0, lse -inf */
+            if (o != orow) dec_round_row(c, o, orow);
             if (c->lse)
                 c->lse
                     ->data[b * c->lse->stride[0] + h * c->lse->stride[1] + i * c->lse->stride[2]] =
@@ -336,6 +385,7 @@ static void dec_merge(const kv_call *c, int64_t bk) {
         }
         const float inv = 1.0f / sum;
         for (int64_t x = 0; x < Dv; x++) o[x] *= inv;
+        if (o != orow) dec_round_row(c, o, orow);
         if (c->lse)
             c->lse->data[b * c->lse->stride[0] + h * c->lse->stride[1] + i * c->lse->stride[2]] =
                 M + logf(sum);
@@ -343,24 +393,18 @@ static void dec_merge(const kv_call *c, int64_t bk) {
 }
 
 /* Plans and allocates a decode call (before anything is written: a failure leaves the caches as
- * they were): each thread's workspace into *ws, the partials into c->part (*pb). */
-static mha_status dec_alloc(mha_ctx *ctx, kv_call *c, void **ws, void **pb) {
-    dec_plan(ctx, c);
-    mha__plan pp;
-    mha__plan_init(&pp);
-    MHA__PLAN_ADD(&pp, kv_call, part, sizeof(float), c->B * c->nch * c->Hkv, c->psz);
-    mha_status st = mha__plan_alloc(&c->plan, ctx, c->fn, c->nt, ws);
+ * they were): the workspace into *buf, its views in c. */
+static mha_status dec_alloc(mha_ctx *ctx, kv_call *c, void **buf) {
+    mha__plan call;
+    dec_plan(ctx, c, &call);
+    mha_status st = mha__plan_alloc(&call, ctx, c->fn, 1, buf);
     if (st) return st;
-    if ((st = mha__plan_alloc(&pp, ctx, c->fn, 1, pb))) {
-        mha__free(*ws);
-        return st;
-    }
-    mha__plan_point(&pp, *pb, 0, c);
+    mha__plan_point(&call, *buf, 0, c);
     return MHA_OK;
 }
 
-/* Every chunk task, then every merge. */
-static void dec_run(const kv_call *c, void *ws) {
+/* The query rows, then every chunk task, then every merge. */
+static void dec_run(const kv_call *c) {
     const int64_t ntask = c->B * c->nch * c->nhg, nmerge = c->B * c->Hkv;
 #pragma omp parallel num_threads(c->nt) if (c->nt > 1)
     {
@@ -369,11 +413,13 @@ static void dec_run(const kv_call *c, void *ws) {
         tid = omp_get_thread_num();
 #endif
         dec_ws w;
-        mha__plan_point(&c->plan, ws, tid, &w);
+        mha__plan_point(&c->plan, c->ws, tid, &w);
+#pragma omp for schedule(static)
+        for (int64_t t = 0; t < nmerge; t++) dec_queries(c, t);
 #pragma omp for schedule(dynamic, 1)
-        for (int64_t t = 0; t < ntask; t++) dec_chunk(c, &w, t);
+        for (int64_t t = 0; t < ntask; t++) dec_chunk(c, t);
 #pragma omp for schedule(dynamic, 1)
-        for (int64_t t = 0; t < nmerge; t++) dec_merge(c, t);
+        for (int64_t t = 0; t < nmerge; t++) dec_merge(c, &w, t);
     }
 }
 
@@ -410,12 +456,11 @@ mha_status mha__attn_kvcache(mha_ctx *ctx, const char *fn, const mha_attn_params
         kv_append(&c);
         return c.B * c.H * c.L == 0 ? MHA_OK : prefill(ctx, p, &c);
     }
-    void *ws, *pb;
-    if ((st = dec_alloc(ctx, &c, &ws, &pb))) return st;
+    void *buf;
+    if ((st = dec_alloc(ctx, &c, &buf))) return st;
     kv_append(&c);
-    dec_run(&c, ws);
-    mha__free(pb);
-    mha__free(ws);
+    dec_run(&c);
+    mha__free(buf);
     return MHA_OK;
 }
 

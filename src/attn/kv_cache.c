@@ -1,6 +1,7 @@
 /* kv_cache.c - mha_kv_cache: a key/value cache the library owns (contiguous
- * k [B, Hkv, capacity, D], v [B, Hkv, capacity, Dv], int32 lengths), and its append-then-attend
- * call over mha_attn_kvcache (src/attn/attn_decode.c). */
+ * k [B, Hkv, capacity, D], v [B, Hkv, capacity, Dv] of float32, bfloat16 or half elements,
+ * int32 lengths), and its append-then-attend call over mha_attn_kvcache
+ * (src/attn/attn_decode.c). */
 #include "decode.h"
 
 #include <string.h>
@@ -8,17 +9,17 @@
 struct mha_kv_cache {
     int64_t B, cap, Hkv, D, Dv;
     mha_dtype dtype;
-    float *k, *v;
+    void *k, *v;  /* elements of dtype */
     int32_t *len; /* [B] */
 };
 
 static const char *const FN_CREATE = "mha_kv_cache_create";
 
-/* n = a * b * c * d elements, checked for overflow. */
-static int count4(int64_t a, int64_t b, int64_t c, int64_t d, size_t *n) {
+/* n = a * b * c * d elements of es bytes, in bytes, checked for overflow. */
+static int count4(int64_t a, int64_t b, int64_t c, int64_t d, size_t es, size_t *n) {
     size_t x;
     return mha__mul_size((size_t)a, (size_t)b, &x) && mha__mul_size(x, (size_t)c, &x) &&
-           mha__mul_size(x, (size_t)d, &x) && mha__mul_size(x, sizeof(float), n);
+           mha__mul_size(x, (size_t)d, &x) && mha__mul_size(x, es, n);
 }
 
 static mha_status check_dims(mha_ctx *ctx, int64_t batch, int64_t capacity, int64_t kv_heads,
@@ -40,13 +41,9 @@ static mha_status check_dims(mha_ctx *ctx, int64_t batch, int64_t capacity, int6
         return mha__err(ctx, MHA_ERR_INVALID_ARG,
                         "%s: capacity: got %lld, expected at most %d (int32 lengths)", FN_CREATE,
                         (long long)capacity, INT32_MAX);
-    if (dtype == MHA_DTYPE_BF16 || dtype == MHA_DTYPE_F16)
+    if (dtype != MHA_DTYPE_F32 && dtype != MHA_DTYPE_BF16 && dtype != MHA_DTYPE_F16)
         return mha__err(ctx, MHA_ERR_UNSUPPORTED,
-                        "%s: dtype: got %s, expected float32 (bfloat16 and float16 caches are "
-                        "issue 11's)",
-                        FN_CREATE, mha_dtype_name(dtype));
-    if (dtype != MHA_DTYPE_F32)
-        return mha__err(ctx, MHA_ERR_UNSUPPORTED, "%s: dtype: got %s, expected float32", FN_CREATE,
+                        "%s: dtype: got %s, expected float32, bfloat16 or float16", FN_CREATE,
                         mha_dtype_name(dtype));
     return MHA_OK;
 }
@@ -61,12 +58,13 @@ mha_status mha_kv_cache_create(mha_ctx *ctx, int64_t batch, int64_t capacity, in
     *out = NULL;
     mha_status st = check_dims(ctx, batch, capacity, kv_heads, head_dim, head_dim_v, dtype);
     if (st) return st;
-    size_t nk, nv;
-    if (!count4(batch, kv_heads, capacity, head_dim, &nk) ||
-        !count4(batch, kv_heads, capacity, head_dim_v, &nv))
-        return mha__err(ctx, MHA_ERR_NOMEM, "%s: size overflows (%lld x %lld x %lld x %lld floats)",
+    size_t nk, nv, es = mha_dtype_size(dtype);
+    if (!count4(batch, kv_heads, capacity, head_dim, es, &nk) ||
+        !count4(batch, kv_heads, capacity, head_dim_v, es, &nv))
+        return mha__err(ctx, MHA_ERR_NOMEM,
+                        "%s: size overflows (%lld x %lld x %lld x %lld elements of %zu bytes)",
                         FN_CREATE, (long long)batch, (long long)kv_heads, (long long)capacity,
-                        (long long)head_dim);
+                        (long long)head_dim, es);
     mha_kv_cache *c = mha__calloc(1, sizeof *c);
     if (c) {
         c->k = mha__calloc_stream(nk);
@@ -100,10 +98,11 @@ int64_t mha_kv_cache_length(const mha_kv_cache *c, int64_t b) {
     return c && b >= 0 && b < c->B ? c->len[b] : -1;
 }
 
-/* The [B, Hkv, capacity, X] view of buffer x. */
-static mha_tensor cache_view(const mha_kv_cache *c, float *x, int64_t X) {
-    int64_t shape[4] = {c->B, c->Hkv, c->cap, X};
-    return mha_tensor_make(x, 4, shape);
+/* The [B, Hkv, capacity, X] view of buffer x (contiguous, the cache's dtype). */
+static mha_tensor cache_view(const mha_kv_cache *c, void *x, int64_t X) {
+    const int64_t shape[4] = {c->B, c->Hkv, c->cap, X};
+    const int64_t stride[4] = {c->Hkv * c->cap * X, c->cap * X, X, 1};
+    return mha_tensor_typed(x, c->dtype, 4, shape, stride);
 }
 
 mha_status mha_kv_cache_views(mha_ctx *ctx, mha_kv_cache *c, mha_tensor *k, mha_tensor *v) {

@@ -265,25 +265,30 @@ typedef void mha__attn_fwd_bf16_t(int64_t br, int64_t bc, int64_t n, int64_t nv,
  *   row is read once; the heads of a call are interleaved block by block, so that with the
  *   [B, S, Hkv, D] cache layout the rows of all heads of a key (one stretch of memory) are
  *   read together.
- *   attn_decode(nh, rows, bc, n, nv, A, lda, sa, K, ldk, sk, V, ldv, sv, md, P, sp):
- *       for heads t < nh, rows r < rows and keys c < bc, with A + t sa the head's scaled query
- *       rows [rows, n] (row stride lda; scale applied before, as the fused forward), K + t sk
- *       its keys [bc, n] and V + t sv its values [bc, nv] read in place from the cache (any
- *       row strides ldk, ldv: no packing), in effect
+ *   attn_decode(kv, nh, rows, bc, n, nv, A, lda, sa, K, ldk, sk, V, ldv, sv, md, P, sp):
+ *       kv is the element type of K and V: MHA_DTYPE_F32, MHA_DTYPE_BF16 or MHA_DTYPE_F16
+ *       (the cache's dtype: one kernel per table, its loops written once, the element type a
+ *       parameter); every K and V element is converted to float32 as it is loaded (exact:
+ *       kernels/cvt.h), everything else is float32. ldk, sk, ldv, sv count elements of kv.
+ *       For heads t < nh, rows r < rows and keys c < bc, with A + t sa the head's scaled query
+ *       rows [rows, n] (float32, row stride lda; scale applied before, as the fused forward),
+ *       K + t sk its keys [bc, n] and V + t sv its values [bc, nv] read in place from the cache
+ *       (any row strides ldk, ldv: no packing), in effect
  *           s = A_r . K_c
  *           s = softcap * tanh(s / softcap)             (md->softcap > 0)
  *           s = s - slope[t rows + r] * |pos[r] - c|     (md->slope != NULL)
  *           s = -inf unless lo[r] <= c < hi[r]           (causality, window, the length)
  *           m_r = max_c s,  l_r = sum_c exp(s - m_r),  O_r = sum_c exp(s - m_r) V_c
  *       into P + t sp: m [rows], l [rows], then O [rows, nv] (OVERWRITTEN: the chunk's partial
- *       softmax, merged by the driver across chunks by log-sum-exp). A row with no allowed
- *       finite score gets m = -inf, l = 0, O = 0. nh >= 1, 1 <= rows <= MHA__ATTN_DECODE_ROWS,
- *       bc >= 1, n >= 1, nv >= 0; 0 <= lo[r] and hi[r] <= bc. A head's arithmetic never
- *       depends on nh, the other heads or the thread, and the order of its keys'
- *       contributions only on bc and the row ranges, so the driver's fixed chunking makes
- *       results bitwise reproducible for any thread count and any grouping of heads into
- *       calls. Every table has one (generic: the reference, tanhf; SIMD: one skeleton,
- *       src/kernels/x86/decode_skel.h). */
+ *       softmax, merged by the driver across chunks by log-sum-exp; float32 whatever kv is).
+ *       A row with no allowed finite score gets m = -inf, l = 0, O = 0. nh >= 1,
+ *       1 <= rows <= MHA__ATTN_DECODE_ROWS, bc >= 1, n >= 1, nv >= 0; 0 <= lo[r] and
+ *       hi[r] <= bc. A head's arithmetic never depends on nh, the other heads or the thread,
+ *       and the order of its keys' contributions only on bc and the row ranges, so the
+ *       driver's fixed chunking makes results bitwise reproducible for any thread count and
+ *       any grouping of heads into calls. Every table has one (generic: the reference, tanhf;
+ *       SIMD: one skeleton, src/kernels/x86/decode_skel.h, loading through the mapping's
+ *       vf_load_v / vf_load_bf16_v / vf_load_f16_v). */
 #define MHA__ATTN_DECODE_ROWS 16
 
 typedef struct {
@@ -294,9 +299,9 @@ typedef struct {
     const int64_t *pos; /* [rows] with slope: the (chunk-local) key of distance 0 */
 } mha__attn_decode_mask;
 
-typedef void mha__attn_decode_t(int64_t nh, int64_t rows, int64_t bc, int64_t n, int64_t nv,
-                                const float *A, int64_t lda, int64_t sa, const float *K,
-                                int64_t ldk, int64_t sk, const float *V, int64_t ldv, int64_t sv,
+typedef void mha__attn_decode_t(mha_dtype kv, int64_t nh, int64_t rows, int64_t bc, int64_t n,
+                                int64_t nv, const float *A, int64_t lda, int64_t sa, const void *K,
+                                int64_t ldk, int64_t sk, const void *V, int64_t ldv, int64_t sv,
                                 const mha__attn_decode_mask *md, float *P, int64_t sp);
 typedef mha__attn_decode_t *mha__attn_decode_fn;
 

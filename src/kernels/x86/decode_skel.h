@@ -27,7 +27,13 @@
  * strided one. Not into L1: rows a page apart (the strided layout at Hkv * D = 1024) map to
  * the same few L1 sets and would evict the block being computed. The heads of a call take
  * each block of keys in turn, so the rows of all the heads of a key, which the
- * [B, S, Hkv, D] layout stores together, are read close in time. */
+ * [B, S, Hkv, D] layout stores together, are read close in time.
+ * Element types: the cache's K and V may hold float32, bfloat16 or half elements. Every
+ * function below takes the type as a compile-time constant kt (the kernels are always
+ * inlined into one instance per type, as PER_RB does for row counts), and K and V vectors go
+ * through dec_load: the mapping's vf_load_v, vf_load_bf16_v or vf_load_f16_v (exact
+ * conversions), so the loops exist once. Prefetch distances are the same in BYTES for every
+ * type (twice the keys for 2-byte elements, which are consumed twice as fast per byte). */
 #ifndef MHA_X86_DECODE_SKEL_H
 #define MHA_X86_DECODE_SKEL_H
 
@@ -46,6 +52,24 @@
 
 _Static_assert(DEC_KB % VL == 0, "a block is whole vectors");
 
+/* Bytes per element of a cache of type kt (MHA_DTYPE_F32, BF16 or F16). */
+INL int64_t dec_esize(const mha_dtype kt) { return kt == MHA_DTYPE_F32 ? 4 : 2; }
+
+/* Element i of the cache matrix X (type kt) and the VL that follow, as floats (the last vector
+ * of a row, last != 0, cut by kl). */
+INL vf dec_load(const mha_dtype kt, const void *X, int64_t i, int last, vmask kl) {
+    switch (kt) {
+    case MHA_DTYPE_BF16: return vf_load_bf16_v((const uint16_t *)X + i, last, kl);
+    case MHA_DTYPE_F16: return vf_load_f16_v((const uint16_t *)X + i, last, kl);
+    default: return vf_load_v((const float *)X + i, last, kl);
+    }
+}
+
+/* Prefetch (into L2) of the element i of X (type kt), kpf bytes on. */
+INL void dec_prefetch(const mha_dtype kt, const void *X, int64_t i, int64_t kpf) {
+    __builtin_prefetch((const char *)X + i * dec_esize(kt) + kpf, 0, 2);
+}
+
 /* BLOCK(nr, args) for a compile-time row count nr in 1..DEC_RB (the rows of a block, exact:
  * one query row (multi-head decoding) runs one FMA chain, not DEC_RB copies of it). */
 #define PER_RB(nr, BLOCK, ...)                                                                     \
@@ -60,11 +84,12 @@ _Static_assert(DEC_KB % VL == 0, "a block is whole vectors");
 _Static_assert(DEC_RB == 4, "PER_RB covers 1..4 rows");
 _Static_assert(DEC_RB *DEC_KS == VL, "a full score step's sums are one transposed vector");
 
-/* S[r * DEC_KB + c] = A_r . K_c for the nr rows A_r (lda apart) and the nk keys K_c (ldk apart)
- * from c0: nr x nk FMA chains over the head dim, each query vector loaded once for the nk keys
- * and each key vector once for the nr rows, then one horizontal sum each. */
-INL void dec_dots(const int nr, const int nk, int64_t c0, int64_t n, const float *A, int64_t lda,
-                  const float *K, int64_t ldk, int64_t kpf, float *S) {
+/* S[r * DEC_KB + c] = A_r . K_c for the nr rows A_r (lda apart) and the nk keys K_c (ldk
+ * elements of type kt apart) from c0: nr x nk FMA chains over the head dim, each query vector
+ * loaded once for the nk keys and each key vector once for the nr rows, then one horizontal sum
+ * each. kpf: the prefetch distance in bytes. */
+INL void dec_dots(const mha_dtype kt, const int nr, const int nk, int64_t c0, int64_t n,
+                  const float *A, int64_t lda, const void *K, int64_t ldk, int64_t kpf, float *S) {
     const int64_t nvec = (n + VL - 1) / VL;
     const vmask kl = mask_tail(n - (nvec - 1) * VL);
     vf acc[DEC_RB][DEC_KS];
@@ -77,9 +102,9 @@ INL void dec_dots(const int nr, const int nk, int64_t c0, int64_t n, const float
         vf kv[DEC_KS];
 #pragma GCC unroll 4
         for (int j = 0; j < nk; j++) {
-            const float *kr = K + (c0 + j) * ldk + VL * v;
-            kv[j] = vf_load_v(kr, last, kl);
-            __builtin_prefetch(kr + kpf, 0, 2); /* the same vector kpf floats on (L2) */
+            const int64_t at = (c0 + j) * ldk + VL * v;
+            kv[j] = dec_load(kt, K, at, last, kl);
+            dec_prefetch(kt, K, at, kpf); /* the same vector kpf bytes on (L2) */
         }
 #pragma GCC unroll 4
         for (int i = 0; i < nr; i++) {
@@ -109,29 +134,31 @@ INL void dec_dots(const int nr, const int nk, int64_t c0, int64_t n, const float
 }
 
 /* The scores of nr rows against the block's kb keys: DEC_KS keys at a time, then one by one. */
-INL void dec_scores_blk(const int nr, int64_t kb, int64_t n, const float *A, int64_t lda,
-                        const float *K, int64_t ldk, int64_t kpf, float *S) {
+INL void dec_scores_blk(const int nr, const mha_dtype kt, int64_t kb, int64_t n, const float *A,
+                        int64_t lda, const void *K, int64_t ldk, int64_t kpf, float *S) {
     int64_t c = 0;
-    for (; c + DEC_KS <= kb; c += DEC_KS) dec_dots(nr, DEC_KS, c, n, A, lda, K, ldk, kpf, S);
-    for (; c < kb; c++) dec_dots(nr, 1, c, n, A, lda, K, ldk, kpf, S);
+    for (; c + DEC_KS <= kb; c += DEC_KS) dec_dots(kt, nr, DEC_KS, c, n, A, lda, K, ldk, kpf, S);
+    for (; c < kb; c++) dec_dots(kt, nr, 1, c, n, A, lda, K, ldk, kpf, S);
 }
 #define DEC_SCORES_BLK(nr, ...) dec_scores_blk(nr, __VA_ARGS__)
 
 /* The scores of every row, DEC_RB rows at a time. */
-static void dec_scores(int64_t rows, int64_t kb, int64_t n, const float *A, int64_t lda,
-                       const float *K, int64_t ldk, int64_t kpf, float *S) {
+INL void dec_scores(const mha_dtype kt, int64_t rows, int64_t kb, int64_t n, const float *A,
+                    int64_t lda, const void *K, int64_t ldk, int64_t kpf, float *S) {
     for (int64_t r0 = 0; r0 < rows; r0 += DEC_RB) {
         const int64_t nr = rows - r0 < DEC_RB ? rows - r0 : DEC_RB;
         /* the rows' first block prefetches; the others find the keys in cache */
-        PER_RB(nr, DEC_SCORES_BLK, kb, n, A + r0 * lda, lda, K, ldk, r0 ? 0 : kpf, S + r0 * DEC_KB);
+        PER_RB(nr, DEC_SCORES_BLK, kt, kb, n, A + r0 * lda, lda, K, ldk, r0 ? 0 : kpf,
+               S + r0 * DEC_KB);
     }
 }
 
 /* O[nr, VL nv] (the last vector cut by kl) = diag(alpha) O + P[nr, kb] V[kb, VL nv]: nr x nv
  * accumulators in registers over the block's keys (one V row load per key and vector, one
  * broadcast per row); the exact rows, unlike attn_skel.h's MR-row pv blocks. */
-INL void dec_pv_blk(const int nr, const int nv, int64_t kb, const float *P, const float *V,
-                    int64_t ldv, int64_t vpf, const float *alpha, float *O, int64_t ldo, vmask kl) {
+INL void dec_pv_blk(const int nr, const int nv, const mha_dtype kt, int64_t kb, const float *P,
+                    const void *V, int64_t ldv, int64_t vpf, const float *alpha, float *O,
+                    int64_t ldo, vmask kl) {
     vf acc[DEC_RB][NVMAX];
 #pragma GCC unroll 4
     for (int i = 0; i < nr; i++) {
@@ -144,8 +171,8 @@ INL void dec_pv_blk(const int nr, const int nv, int64_t kb, const float *P, cons
         vf x[NVMAX];
 #pragma GCC unroll 4
         for (int j = 0; j < nv; j++) {
-            x[j] = vf_load_v(V + c * ldv + VL * j, j == nv - 1, kl);
-            __builtin_prefetch(V + c * ldv + VL * j + vpf, 0, 2);
+            x[j] = dec_load(kt, V, c * ldv + VL * j, j == nv - 1, kl);
+            dec_prefetch(kt, V, c * ldv + VL * j, vpf);
         }
 #pragma GCC unroll 4
         for (int i = 0; i < nr; i++) {
@@ -162,15 +189,18 @@ INL void dec_pv_blk(const int nr, const int nv, int64_t kb, const float *P, cons
 #define DEC_PV_NV(nv, nr, ...) dec_pv_blk(nr, nv, __VA_ARGS__)
 #define DEC_PV_NR(nr, nv, ...) PER_NV(nv, DEC_PV_NV, nr, __VA_ARGS__)
 
-/* O[rows, nv] = diag(alpha) O + P[rows, kb] V[kb, nv], in panels of PW columns. */
-static void dec_pv(int64_t rows, int64_t kb, int64_t nv, const float *P, const float *V,
-                   int64_t ldv, int64_t vpf, const float *alpha, float *O, int64_t ldo) {
+/* O[rows, nv] = diag(alpha) O + P[rows, kb] V[kb, nv] (V of type kt), in panels of PW
+ * columns. */
+INL void dec_pv(const mha_dtype kt, int64_t rows, int64_t kb, int64_t nv, const float *P,
+                const void *V, int64_t ldv, int64_t vpf, const float *alpha, float *O,
+                int64_t ldo) {
     for (int64_t x0 = 0; x0 < nv; x0 += PW) {
         const int64_t w = nv - x0 < PW ? nv - x0 : PW, nvec = (w + VL - 1) / VL;
         const vmask kl = mask_tail(w - (nvec - 1) * VL);
         for (int64_t r0 = 0; r0 < rows; r0 += DEC_RB) {
             const int64_t nr = rows - r0 < DEC_RB ? rows - r0 : DEC_RB;
-            PER_RB(nr, DEC_PV_NR, nvec, kb, P + r0 * DEC_KB, V + x0, ldv, r0 ? 0 : vpf, alpha + r0,
+            PER_RB(nr, DEC_PV_NR, nvec, kt, kb, P + r0 * DEC_KB,
+                   (const char *)V + x0 * dec_esize(kt), ldv, r0 ? 0 : vpf, alpha + r0,
                    O + r0 * ldo + x0, ldo, kl);
         }
     }
@@ -219,9 +249,10 @@ static void dec_row(int64_t r, int64_t c0, int64_t kb, const mha__attn_decode_ma
     m[r] = mn;
 }
 
-void KERNEL(decode)(int64_t nh, int64_t rows, int64_t bc, int64_t n, int64_t nv, const float *A,
-                    int64_t lda, int64_t sa, const float *K, int64_t ldk, int64_t sk,
-                    const float *V, int64_t ldv, int64_t sv, const mha__attn_decode_mask *md,
+/* The kernel for keys and values of type kt (inlined into one instance per type below). */
+INL void dec_kernel(const mha_dtype kt, int64_t nh, int64_t rows, int64_t bc, int64_t n, int64_t nv,
+                    const float *A, int64_t lda, int64_t sa, const void *K, int64_t ldk, int64_t sk,
+                    const void *V, int64_t ldv, int64_t sv, const mha__attn_decode_mask *md,
                     float *P, int64_t sp) {
     float S[MHA__ATTN_DECODE_ROWS * DEC_KB] __attribute__((aligned(64)));
     float alpha[MHA__ATTN_DECODE_ROWS];
@@ -237,21 +268,50 @@ void KERNEL(decode)(int64_t nh, int64_t rows, int64_t bc, int64_t n, int64_t nv,
         for (int64_t r = 0; r < rows; r++) m[r] = -INFINITY, m[rows + r] = 0;
         memset(m + 2 * rows, 0, sizeof(float) * (size_t)(rows * nv));
     }
-    /* prefetch distances in floats (prefetches past the chunk fetch the next one's keys, or
-     * nothing: a prefetch never faults) */
-    const int64_t pf = nh > 1 && sk < ldk ? DEC_PF_HEADS : DEC_PF, kpf = pf * ldk, vpf = pf * ldv;
+    /* prefetch distances in bytes, those of a float32 cache whatever kt is (prefetches past the
+     * chunk fetch the next one's keys, or nothing: a prefetch never faults) */
+    const int64_t pf = nh > 1 && sk < ldk ? DEC_PF_HEADS : DEC_PF;
+    const int64_t kpf = pf * ldk * (int64_t)sizeof(float), vpf = pf * ldv * (int64_t)sizeof(float);
     for (int64_t c0 = cmin; c0 < cmax; c0 += DEC_KB) {
         const int64_t kb = cmax - c0 < DEC_KB ? cmax - c0 : DEC_KB;
         for (int64_t t = 0; t < nh; t++) { /* every head of this block of keys, in turn */
-            const float *Kt = K + t * sk, *Vt = V + t * sv;
+            const char *Kt = (const char *)K + t * sk * dec_esize(kt);
+            const char *Vt = (const char *)V + t * sv * dec_esize(kt);
             float *m = P + t * sp, *l = m + rows, *O = l + rows;
             mha__attn_decode_mask mh = *md;
             if (md->slope) mh.slope = md->slope + t * rows;
-            dec_scores(rows, kb, n, A + t * sa, lda, Kt + c0 * ldk, ldk, kpf, S);
+            dec_scores(kt, rows, kb, n, A + t * sa, lda, Kt + c0 * ldk * dec_esize(kt), ldk, kpf,
+                       S);
             for (int64_t r = 0; r < rows; r++) dec_row(r, c0, kb, &mh, S + r * DEC_KB, m, l, alpha);
-            dec_pv(rows, kb, nv, S, Vt + c0 * ldv, ldv, vpf, alpha, O, nv);
+            dec_pv(kt, rows, kb, nv, S, Vt + c0 * ldv * dec_esize(kt), ldv, vpf, alpha, O, nv);
         }
     }
 }
+
+/* One instance per element type (the contract's kv argument), the loops above shared. */
+#define DEC_ARGS nh, rows, bc, n, nv, A, lda, sa, K, ldk, sk, V, ldv, sv, md, P, sp
+#define DEC_INSTANCE(name, kt)                                                                     \
+    static void name(int64_t nh, int64_t rows, int64_t bc, int64_t n, int64_t nv, const float *A,  \
+                     int64_t lda, int64_t sa, const void *K, int64_t ldk, int64_t sk,              \
+                     const void *V, int64_t ldv, int64_t sv, const mha__attn_decode_mask *md,      \
+                     float *P, int64_t sp) {                                                       \
+        dec_kernel(kt, DEC_ARGS);                                                                  \
+    }
+DEC_INSTANCE(dec_f32, MHA_DTYPE_F32)
+DEC_INSTANCE(dec_bf16, MHA_DTYPE_BF16)
+DEC_INSTANCE(dec_f16, MHA_DTYPE_F16)
+
+void KERNEL(decode)(mha_dtype kv, int64_t nh, int64_t rows, int64_t bc, int64_t n, int64_t nv,
+                    const float *A, int64_t lda, int64_t sa, const void *K, int64_t ldk, int64_t sk,
+                    const void *V, int64_t ldv, int64_t sv, const mha__attn_decode_mask *md,
+                    float *P, int64_t sp) {
+    switch (kv) {
+    case MHA_DTYPE_BF16: dec_bf16(DEC_ARGS); break;
+    case MHA_DTYPE_F16: dec_f16(DEC_ARGS); break;
+    default: dec_f32(DEC_ARGS); break;
+    }
+}
+#undef DEC_ARGS
+#undef DEC_INSTANCE
 
 #endif

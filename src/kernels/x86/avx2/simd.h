@@ -52,6 +52,26 @@ INL void vf_store_v(float *p, int last, vmask kl, vf v) {
     else _mm256_storeu_ps(p, v);
 }
 
+/* The same for VL 2-byte cache elements (bfloat16 / IEEE half) at p, as floats: exact, the
+ * bits of ../../cvt.h's scalar conversions. Lanes outside a cut vector: 0, never read (AVX2
+ * has no 16-bit masked load: the cut vector's elements go through a small copy). */
+INL __m128i vh_load_v(const uint16_t *p, int last, vmask kl) {
+    if (!last) return _mm_loadu_si128((const __m128i *)p);
+    uint16_t t[8] = {0};
+    const int w = __builtin_popcount((unsigned)_mm256_movemask_ps(_mm256_castsi256_ps(kl)));
+    for (int i = 0; i < w; i++) t[i] = p[i];
+    return _mm_loadu_si128((const __m128i *)t);
+}
+/* bfloat16: the 16 bits shifted to the top of a float32. */
+INL vf vf_load_bf16_v(const uint16_t *p, int last, vmask kl) {
+    return _mm256_castsi256_ps(
+        _mm256_slli_epi32(_mm256_cvtepu16_epi32(vh_load_v(p, last, kl)), 16));
+}
+/* Half: F16C's vcvtph2ps (exact; NaNs quieted, as mha__f16_to_f32). */
+INL vf vf_load_f16_v(const uint16_t *p, int last, vmask kl) {
+    return _mm256_cvtph_ps(vh_load_v(p, last, kl));
+}
+
 INL vf vf_fma(vf a, vf b, vf c) { return _mm256_fmadd_ps(a, b, c); } /* a b + c, one rounding */
 INL vf vf_mul(vf a, vf b) { return _mm256_mul_ps(a, b); }
 INL vf vf_add(vf a, vf b) { return _mm256_add_ps(a, b); }

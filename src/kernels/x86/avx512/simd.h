@@ -44,6 +44,21 @@ INL void vf_store_v(float *p, int last, vmask kl, vf v) {
     _mm512_mask_storeu_ps(p, last ? kl : (__mmask16)0xffff, v);
 }
 
+/* The same for VL 2-byte cache elements (bfloat16 / IEEE half) at p, as floats: exact, the
+ * bits of ../../cvt.h's scalar conversions (bf16: the 16 bits shifted to the top; half:
+ * vcvtph2ps, which keeps subnormals and quiets NaNs as mha__f16_to_f32 does). Lanes outside a
+ * cut vector: 0, never read. */
+INL __m256i vh_load_v(const uint16_t *p, int last, vmask kl) {
+    return _mm256_maskz_loadu_epi16(last ? kl : (__mmask16)0xffff, p);
+}
+INL vf vf_load_bf16_v(const uint16_t *p, int last, vmask kl) {
+    return _mm512_castsi512_ps(
+        _mm512_slli_epi32(_mm512_cvtepu16_epi32(vh_load_v(p, last, kl)), 16));
+}
+INL vf vf_load_f16_v(const uint16_t *p, int last, vmask kl) {
+    return _mm512_cvtph_ps(vh_load_v(p, last, kl));
+}
+
 INL vf vf_fma(vf a, vf b, vf c) { return _mm512_fmadd_ps(a, b, c); } /* a b + c, one rounding */
 INL vf vf_mul(vf a, vf b) { return _mm512_mul_ps(a, b); }
 INL vf vf_add(vf a, vf b) { return _mm512_add_ps(a, b); }

@@ -393,6 +393,31 @@ NEED_F32 = "float32 is needed here"
 
 
 @pytest.mark.parametrize("dt", DTYPES)
+def test_kvcache(dt):
+    """flash_attn_with_kvcache with bfloat16 / float16 caches: the caches updated in place with
+    the new rows as they are, out in the dtype and bitwise flash_attn_func's on the cache's
+    first keys (one token: the decode kernel, within its float32 sums and one rounding: 2^-7 of
+    the scale; a prefill of 20 tokens: the dense core, bitwise); a dtype mismatch refused."""
+    dtype = DTYPES[dt]
+    gen = torch.Generator().manual_seed(9)
+    kc, vc = (torch.zeros(2, 64, 2, 32, dtype=dtype) for _ in range(2))
+    for L, pos in ((20, 0), (1, 20)):
+        q = rounded((2, L, 4, 32), dtype, gen)
+        k, v = (rounded((2, L, 2, 32), dtype, gen) for _ in range(2))
+        out = mha.flash_attn_with_kvcache(q, kc, vc, k, v, cache_seqlens=pos, causal=True)
+        assert out.dtype == dtype
+        assert bits_equal(kc[:, pos:pos + L], k) and bits_equal(vc[:, pos:pos + L], v)
+        ref = mha.flash_attn_func(q, kc[:, :pos + L], vc[:, :pos + L], causal=True)
+        if L > 1:
+            assert bits_equal(ref, out)
+        else:
+            err = (out.double() - ref.double()).abs().max()
+            assert err <= 2.0 ** -7 * (ref.double().abs().max() + 1), err
+    with pytest.raises(RuntimeError, match="k.dtype"):
+        mha.flash_attn_with_kvcache(q, kc, vc, k.float(), v.float(), cache_seqlens=21)
+
+
+@pytest.mark.parametrize("dt", DTYPES)
 def test_varlen(dt):
     """flash_attn_varlen_func in bfloat16 / float16: each sequence's out, lse, attn_probs and
     gradients bitwise flash_attn_func's on that sequence alone (the same core on the same
@@ -431,7 +456,7 @@ def test_varlen(dt):
 
 @pytest.mark.parametrize("dt", DTYPES)
 def test_float32_only_functions_say_so(dt):
-    """The layers and the KV cache stay float32: ValueError naming the argument, saying
+    """The layers stay float32: ValueError naming the argument, saying
     float32 is needed there (and where bfloat16 / float16 go), never "mha computes in
     float32"."""
     dtype = DTYPES[dt]
@@ -440,9 +465,6 @@ def test_float32_only_functions_say_so(dt):
         "query": lambda: mha.MultiheadAttention(8, 2, batch_first=True)(x, x, x),
         "x": lambda: mha.MultiHeadAttention(8, 2)(x),
         "dtype": lambda: mha.MultiheadAttention(8, 2, dtype=dtype),
-        "k_cache": lambda: mha.flash_attn_with_kvcache(
-            torch.randn(1, 1, 2, 4), torch.zeros(1, 8, 2, 4, dtype=dtype),
-            torch.zeros(1, 8, 2, 4, dtype=dtype)),
     }
     for name, call in calls.items():
         with pytest.raises(ValueError) as e:

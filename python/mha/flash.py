@@ -354,8 +354,8 @@ def flash_attn_with_kvcache(q, k_cache, v_cache, k=None, v=None, cache_seqlens=N
 
     Parameters
     ----------
-    q : Tensor [batch, seqlen_q, nheads, headdim], float32 (bfloat16 / float16:
-        flash_attn_func)
+    q : Tensor [batch, seqlen_q, nheads, headdim], float32, bfloat16 or float16 (the caches,
+        k and v the same)
     k_cache : Tensor [batch, seqlen_cache, nheads_k, headdim]
     v_cache : Tensor [batch, seqlen_cache, nheads_k, headdim_v]
         Updated in place (rows cache_seqlens[b] .. cache_seqlens[b] + seqlen_new - 1 of batch
@@ -371,7 +371,7 @@ def flash_attn_with_kvcache(q, k_cache, v_cache, k=None, v=None, cache_seqlens=N
 
     Returns
     -------
-    out : Tensor [batch, seqlen_q, nheads, headdim_v] (contiguous).
+    out : Tensor [batch, seqlen_q, nheads, headdim_v] (contiguous) in q's dtype.
 
     Example
     -------
@@ -386,13 +386,16 @@ def flash_attn_with_kvcache(q, k_cache, v_cache, k=None, v=None, cache_seqlens=N
     for name, t in (("k_cache", k_cache), ("v_cache", v_cache)):
         _no_copy(fn, name, t)
     q, k_cache, v_cache = _as_inputs(fn, ["q", "k_cache", "v_cache"], [q, k_cache, v_cache], 4,
-                                     layout)
+                                     layout, core=True)
     _check_kv(fn, q, k_cache, v_cache, "k_cache", "v_cache")
     if (k is None) != (v is None):
         raise ValueError(f"{fn}: k, v: got only {'k' if v is None else 'v'}, expected both "
                          "(new tokens) or neither")
     if k is not None:
-        k, v = _as_inputs(fn, "kv", (k, v), 4, layout)
+        k, v = _as_inputs(fn, "kv", (k, v), 4, layout, core=True)
+        if k.dtype != q.dtype:
+            raise RuntimeError(f"{fn}: k.dtype: got {k.dtype}, expected {q.dtype} (the dtype of "
+                               "q and the caches)")
         _check_kv(fn, q, k, v)
         hk = (k_cache.shape[2], k_cache.shape[3], v_cache.shape[3])
         if (k.shape[2], k.shape[3], v.shape[3]) != hk:
@@ -410,7 +413,7 @@ def flash_attn_with_kvcache(q, k_cache, v_cache, k=None, v=None, cache_seqlens=N
                              "(batch) or an int")
     opts = _Options(fn, causal, window_size, alibi_slopes, B, H)
     params, mask = _params(fn, 0.0, softmax_scale, softcap), opts.mask()
-    out = torch.empty_permuted((B, H, L, v_cache.shape[3]), _HEADS_SECOND, dtype=T._F32)
+    out = torch.empty_permuted((B, H, L, v_cache.shape[3]), _HEADS_SECOND, dtype=q.dtype)
     tq, tkc, tvc, tk, tv = (T.view(t) if t is not None else None
                             for t in _heads_second(q, k_cache, v_cache, k, v))
     to = T.view(out)

@@ -550,11 +550,7 @@ INL void fwd_scores(const int bf, int nvk, int64_t rows, int64_t n, const void *
  * probabilities rounded to bf16 pairs (in place) times the bf16 pairs of V (kernels.h). */
 INL void fwd_pv(const int bf, int64_t rows, int64_t cps, int64_t bce, int64_t nv, float *p,
                 int64_t ldp, const void *V, int64_t ldv, const float *al, float *O, int64_t ldo) {
-    (void)bf;
-#ifdef SKEL_BF16
-    if (bf)
-        for (int64_t i = 0; i < rows; i++) probs_to_pairs(p + i * ldp, cps, bce);
-#endif
+    (void)bf; /* (bf: fwd_tile's exp pass left P as bf16 pairs) */
     for (int64_t x0 = 0; x0 < nv; x0 += PW) {
         int64_t w = nv - x0 < PW ? nv - x0 : PW;
         int nvo = (int)((w + VL - 1) / VL);
@@ -621,6 +617,23 @@ INL void fwd_tile(const int bf, int64_t br, int64_t bc, int64_t n, int64_t nv, f
                 continue;
             }
             vf vm = vf_set1(mn[i]), vsum = vf_zero();
+#ifdef SKEL_BF16
+            if (bf) { /* P straight to bf16 pairs in place, as probs_to_pairs lays them out */
+                uint16_t *pp = (uint16_t *)(pr + cps);
+                const uint8_t *kr = keep ? keep + (r0 + i) * ldk : NULL;
+                for (int64_t c = cps; c < bce; c += 2 * VL) {
+                    const vmask k0 = mask_tail(bce - c), k1 = mask_tail(bce - c - VL);
+                    vf e0 = vf_maskz(k0, vf_exp(vf_sub(vf_mload(pr + c, k0), vm)));
+                    vf e1 = vf_maskz(k1, vf_exp(vf_sub(vf_mload(pr + c + VL, k1), vm)));
+                    vsum = vf_add(vsum, vf_add(e0, e1));
+                    if (kr) e0 = vf_keep(e0, kr, c, bce, k0), e1 = vf_keep(e1, kr, c + VL, bce, k1);
+                    vb_mstore(pp + (c - cps), mask_tail((bce - c + 1) / 2), vb_round2(e0, e1));
+                }
+                l[r0 + i] = al[i] * l[r0 + i] + vf_hsum(vsum);
+                m[r0 + i] = mn[i];
+                continue;
+            }
+#endif
             for (int64_t c = cps; c < bce; c += VL) {
                 vmask kw = mask_tail(bce - c);
                 int last = bce - c < VL;

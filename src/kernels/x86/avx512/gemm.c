@@ -9,47 +9,27 @@
  * arithmetic of an element is the same in every case. */
 #include "../../kernels.h"
 
+#include "gemm_block.h"
+
 #include <immintrin.h>
 
 #define MR 14
 #define NR 32
 
-/* The accumulators of row i: c<i>0 (columns 0..15) and c<i>1 (16..31). */
-#define DECL(i) __m512 c##i##0 = _mm512_setzero_ps(), c##i##1 = _mm512_setzero_ps();
 #define FMA(i)                                                                                     \
     {                                                                                              \
         __m512 ai = _mm512_set1_ps(a[i]);                                                          \
         c##i##0 = _mm512_fmadd_ps(ai, b0, c##i##0);                                                \
         c##i##1 = _mm512_fmadd_ps(ai, b1, c##i##1);                                                \
     }
-/* c = alpha * acc (beta == 0: C not read) or alpha * acc + beta * c. */
-#define STORE(i)                                                                                   \
-    if (i < m) {                                                                                   \
-        float *ci = c + (i)*ldc;                                                                   \
-        __m512 r0 = _mm512_mul_ps(va, c##i##0), r1 = _mm512_mul_ps(va, c##i##1);                   \
-        if (beta != 0.0f) {                                                                        \
-            r0 = _mm512_fmadd_ps(vb, _mm512_maskz_loadu_ps(k0, ci), r0);                           \
-            r1 = _mm512_fmadd_ps(vb, _mm512_maskz_loadu_ps(k1, ci + 16), r1);                      \
-        }                                                                                          \
-        _mm512_mask_storeu_ps(ci, k0, r0);                                                         \
-        _mm512_mask_storeu_ps(ci + 16, k1, r1);                                                    \
-    }
-
 void mha__gemm_avx512_f32_14x32(int64_t k, const float *a, const float *b, float alpha, float beta,
                                 float *c, int64_t ldc, int m, int n) {
     /* one register block: the macro calls laid out as the block's rows */
     /* clang-format off */
-    DECL(0) DECL(1) DECL(2) DECL(3) DECL(4) DECL(5) DECL(6)
-    DECL(7) DECL(8) DECL(9) DECL(10) DECL(11) DECL(12) DECL(13)
-    /* Fetch the C tile now (every cache line of its m rows), so that its misses overlap the
-     * k loop instead of stalling the stores at the end: for a C larger than the caches, later
-     * K blocks read it back from memory, and the first one's stores miss too. */
-    for (int i = 0; i < m; i++) {
-        const char *ci = (const char *)(c + i * ldc);
-        _mm_prefetch(ci, _MM_HINT_T0);
-        _mm_prefetch(ci + 4 * (n - 1 < 16 ? n - 1 : 16), _MM_HINT_T0);
-        _mm_prefetch(ci + 4 * (n - 1), _MM_HINT_T0);
-    }
+    GEMM_DECL(0) GEMM_DECL(1) GEMM_DECL(2) GEMM_DECL(3) GEMM_DECL(4)
+    GEMM_DECL(5) GEMM_DECL(6) GEMM_DECL(7) GEMM_DECL(8) GEMM_DECL(9)
+    GEMM_DECL(10) GEMM_DECL(11) GEMM_DECL(12) GEMM_DECL(13)
+    gemm_prefetch_c(c, ldc, m, n);
     for (int64_t p = 0; p < k; p++) {
         __m512 b0 = _mm512_load_ps(b), b1 = _mm512_load_ps(b + 16);
         _mm_prefetch((const char *)(b + 8 * NR), _MM_HINT_T0);
@@ -58,10 +38,11 @@ void mha__gemm_avx512_f32_14x32(int64_t k, const float *a, const float *b, float
         a += MR;
         b += NR;
     }
-    __mmask16 k0 = n >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << n) - 1);
-    __mmask16 k1 = n >= 32 ? (__mmask16)0xffff : n <= 16 ? 0 : (__mmask16)((1u << (n - 16)) - 1);
+    __mmask16 k0, k1;
+    gemm_col_masks(n, &k0, &k1);
     __m512 va = _mm512_set1_ps(alpha), vb = _mm512_set1_ps(beta);
-    STORE(0) STORE(1) STORE(2) STORE(3) STORE(4) STORE(5) STORE(6)
-    STORE(7) STORE(8) STORE(9) STORE(10) STORE(11) STORE(12) STORE(13)
+    GEMM_STORE(0) GEMM_STORE(1) GEMM_STORE(2) GEMM_STORE(3) GEMM_STORE(4)
+    GEMM_STORE(5) GEMM_STORE(6) GEMM_STORE(7) GEMM_STORE(8) GEMM_STORE(9)
+    GEMM_STORE(10) GEMM_STORE(11) GEMM_STORE(12) GEMM_STORE(13)
     /* clang-format on */
 }

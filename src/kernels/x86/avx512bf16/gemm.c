@@ -11,7 +11,8 @@
  * accumulation is float32, one pair at a time (a different order of roundings than the fp32
  * kernel, which adds one product at a time: the two agree within float32 accumulation
  * error, not bitwise). vdpbf16ps treats subnormal inputs and results as zero (DAZ, FTZ). */
-#include "../avx512/simd.h" /* vf_transpose, mask_tail */
+#include "../avx512/gemm_block.h" /* the 14 x 32 block's accumulators, C prefetch, store */
+#include "../avx512/simd.h"       /* vf_transpose, mask_tail */
 
 #define BMR 14 /* the block: MR x NR (simd.h has its own MR) */
 #define BNR 32
@@ -80,7 +81,6 @@ void mha__gemm_pack_avx512bf16_bf16(const uint16_t *X, int64_t rs, int64_t cs, i
 }
 
 /* The accumulators of row i: c<i>0 (columns 0..15) and c<i>1 (16..31). */
-#define DECL(i) __m512 c##i##0 = _mm512_setzero_ps(), c##i##1 = _mm512_setzero_ps();
 /* c += both products of row i's pair (broadcast) with each column's pair */
 #define DOT(i)                                                                                     \
     {                                                                                              \
@@ -88,25 +88,14 @@ void mha__gemm_pack_avx512bf16_bf16(const uint16_t *X, int64_t rs, int64_t cs, i
         c##i##0 = _mm512_dpbf16_ps(c##i##0, ai, b0);                                               \
         c##i##1 = _mm512_dpbf16_ps(c##i##1, ai, b1);                                               \
     }
-/* c = alpha * acc (beta == 0: C not read) or alpha * acc + beta * c. */
-#define STORE(i)                                                                                   \
-    if (i < m) {                                                                                   \
-        float *ci = c + (i)*ldc;                                                                   \
-        __m512 r0 = _mm512_mul_ps(va, c##i##0), r1 = _mm512_mul_ps(va, c##i##1);                   \
-        if (beta != 0.0f) {                                                                        \
-            r0 = _mm512_fmadd_ps(vb, _mm512_maskz_loadu_ps(k0, ci), r0);                           \
-            r1 = _mm512_fmadd_ps(vb, _mm512_maskz_loadu_ps(k1, ci + 16), r1);                      \
-        }                                                                                          \
-        _mm512_mask_storeu_ps(ci, k0, r0);                                                         \
-        _mm512_mask_storeu_ps(ci + 16, k1, r1);                                                    \
-    }
-
 void mha__gemm_avx512bf16_bf16_14x32(int64_t kp, const uint32_t *a, const uint32_t *b, float alpha,
                                      float beta, float *c, int64_t ldc, int m, int n) {
     /* one register block: the macro calls laid out as the block's rows */
     /* clang-format off */
-    DECL(0) DECL(1) DECL(2) DECL(3) DECL(4) DECL(5) DECL(6)
-    DECL(7) DECL(8) DECL(9) DECL(10) DECL(11) DECL(12) DECL(13)
+    GEMM_DECL(0) GEMM_DECL(1) GEMM_DECL(2) GEMM_DECL(3) GEMM_DECL(4)
+    GEMM_DECL(5) GEMM_DECL(6) GEMM_DECL(7) GEMM_DECL(8) GEMM_DECL(9)
+    GEMM_DECL(10) GEMM_DECL(11) GEMM_DECL(12) GEMM_DECL(13)
+    gemm_prefetch_c(c, ldc, m, n);
     for (int64_t q = 0; q < kp; q++) {
         __m512bh b0 = (__m512bh)_mm512_load_si512(b), b1 = (__m512bh)_mm512_load_si512(b + 16);
         _mm_prefetch((const char *)(b + 8 * BNR), _MM_HINT_T0);
@@ -115,9 +104,11 @@ void mha__gemm_avx512bf16_bf16_14x32(int64_t kp, const uint32_t *a, const uint32
         a += BMR;
         b += BNR;
     }
-    __mmask16 k0 = mask_tail(n), k1 = mask_tail(n - 16);
+    __mmask16 k0, k1;
+    gemm_col_masks(n, &k0, &k1);
     __m512 va = _mm512_set1_ps(alpha), vb = _mm512_set1_ps(beta);
-    STORE(0) STORE(1) STORE(2) STORE(3) STORE(4) STORE(5) STORE(6)
-    STORE(7) STORE(8) STORE(9) STORE(10) STORE(11) STORE(12) STORE(13)
+    GEMM_STORE(0) GEMM_STORE(1) GEMM_STORE(2) GEMM_STORE(3) GEMM_STORE(4)
+    GEMM_STORE(5) GEMM_STORE(6) GEMM_STORE(7) GEMM_STORE(8) GEMM_STORE(9)
+    GEMM_STORE(10) GEMM_STORE(11) GEMM_STORE(12) GEMM_STORE(13)
     /* clang-format on */
 }

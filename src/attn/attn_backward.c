@@ -257,6 +257,25 @@ static void bwd_drow(const bwd_call *c, const bwd_ws *ws, int64_t task) {
     }
 }
 
+/* A tile pair of a pass-1 task: query rows [i0, i0 + br), keys [j0, j0 + bc), its masks. */
+typedef struct {
+    int64_t i0, br, j0, bc;
+    mha__attn_tile_mask mk;
+} bwd_tile;
+
+/* Tile pair (query tile qt, key tile kt) into *x and the lse of its rows into w->lt; 0 when
+ * the masks exclude the whole pair (skipped). */
+static int bwd_tile_begin(const bwd_call *c, const bwd_task *t, const bwd_tiles *w, int64_t kt,
+                          int64_t qt, bwd_tile *x) {
+    const mha__attn_problem *pr = &c->pr;
+    x->j0 = kt * c->BC, x->bc = pr->S - x->j0 < c->BC ? pr->S - x->j0 : c->BC;
+    x->i0 = qt * c->BR, x->br = pr->L - x->i0 < c->BR ? pr->L - x->i0 : c->BR;
+    if (mha__attn_tile_skip(pr, t->b, x->i0, x->i0 + x->br, x->j0, x->j0 + x->bc)) return 0;
+    mha__attn_tile_mask_make(pr, t->b, t->bh, x->i0, x->j0, &x->mk);
+    for (int64_t r = 0; r < x->br; r++) w->lt[r] = t->lrow[(x->i0 + r) * c->lse->stride[2]];
+    return 1;
+}
+
 /* With dropout, the tile's W = P * keep / (1-p) (into w->W) and dP *= keep / (1-p); returns W
  * (P itself without dropout). Keys past the last row's end are excluded for every row: P = 0
  * there, so W = 0 and dS = 0 whatever their keep decision. */
@@ -281,22 +300,17 @@ static const float *bwd_dropout(const bwd_call *c, const bwd_task *t, const bwd_
  *   dP = dout v^T;  with dropout W = P * keep / (1-p), dP = dP * keep / (1-p)
  *   dv += W^T dout;  dS = scale * P * (dP - Drow) (* the softcap's derivative);
  *   dk += dS^T q;  dq_c += dS k */
-static void bwd_pair(const bwd_call *c, const bwd_task *t, const bwd_tiles *w, int64_t kt,
-                     int64_t qt) {
+static void bwd_pair(const bwd_call *c, const bwd_task *t, const bwd_tiles *w, const bwd_tile *x) {
     const mha__attn_problem *pr = &c->pr;
     const mha_kernels *kern = c->kern;
-    const int64_t BR = c->BR, BC = c->BC, D = pr->D, Dv = pr->Dv, b = t->b, h = t->h;
-    const int64_t j0 = kt * BC, bc = pr->S - j0 < BC ? pr->S - j0 : BC;
-    const int64_t i0 = qt * BR, br = pr->L - i0 < BR ? pr->L - i0 : BR;
-    if (mha__attn_tile_skip(pr, b, i0, i0 + br, j0, j0 + bc)) return;
-    mha__attn_tile_mask mk;
-    mha__attn_tile_mask_make(pr, b, t->bh, i0, j0, &mk);
+    const int64_t BC = c->BC, D = pr->D, Dv = pr->Dv, b = t->b, h = t->h;
+    const int64_t i0 = x->i0, br = x->br, j0 = x->j0, bc = x->bc;
+    const mha__attn_tile_mask mk = x->mk;
     const int64_t ldq = c->q->stride[2], ldk = c->k->stride[2], ldg = c->dout->stride[2];
     const float *qtile = mha__attn_row(c->q, b, h, i0), *gtile = mha__attn_row(c->dout, b, h, i0);
     const float *ktile = mha__attn_kv_row(pr, c->k, b, h, j0);
     const float *vt = mha__attn_kv_row(pr, c->v, b, h, j0);
     float *P = w->P, *dP = w->dP;
-    for (int64_t r = 0; r < br; r++) w->lt[r] = t->lrow[(i0 + r) * c->lse->stride[2]];
     mha__attn_scale_tile(br, D, pr->scale, qtile, ldq, w->qs);
     kern->attn_scores(br, bc, D, 1.0f, w->qs, D, ktile, ldk, P, BC);
     float *G = pr->softcap > 0 ? w->G : NULL; /* the softcap's derivative */
@@ -313,18 +327,14 @@ static void bwd_pair(const bwd_call *c, const bwd_task *t, const bwd_tiles *w, i
 /* bwd_pair with bf16 products (BFLOAT16 BACKWARD in kernels.h): the same five, on the packed
  * operands of w (bwd_pack_rows, bwd_pack_keys); P, dP and dS in float32, rounded to bf16 pairs
  * only as operands of the products. */
-static void bwd_pair_bf16(const bwd_call *c, const bwd_task *t, const bwd_tiles *w, int64_t kt,
-                          int64_t qt) {
+static void bwd_pair_bf16(const bwd_call *c, const bwd_task *t, const bwd_tiles *w,
+                          const bwd_tile *x) {
     const mha__attn_problem *pr = &c->pr;
     const mha_kernels *kern = c->kern;
-    const int64_t BR = c->BR, BC = c->BC, D = pr->D, Dv = pr->Dv, b = t->b, h = t->h;
-    const int64_t j0 = kt * BC, bc = pr->S - j0 < BC ? pr->S - j0 : BC;
-    const int64_t i0 = qt * BR, br = pr->L - i0 < BR ? pr->L - i0 : BR;
-    if (mha__attn_tile_skip(pr, b, i0, i0 + br, j0, j0 + bc)) return;
-    mha__attn_tile_mask mk;
-    mha__attn_tile_mask_make(pr, b, t->bh, i0, j0, &mk);
+    const int64_t BC = c->BC, D = pr->D, Dv = pr->Dv, b = t->b, h = t->h;
+    const int64_t i0 = x->i0, br = x->br, j0 = x->j0, bc = x->bc;
+    const mha__attn_tile_mask mk = x->mk;
     float *P = w->P, *dP = w->dP, *G = pr->softcap > 0 ? w->G : NULL;
-    for (int64_t r = 0; r < br; r++) w->lt[r] = t->lrow[(i0 + r) * c->lse->stride[2]];
     kern->attn_scores_bf16(br, bc, D, pr->scale, w->qa + i0 * c->np, c->np, w->kp, P, BC);
     kern->attn_probs(br, bc, P, BC, &mk, w->lt, G);
     kern->attn_scores_bf16(br, bc, Dv, 1.0f, w->ga + i0 * c->nvp, c->nvp, w->vp, dP, BC);
@@ -398,8 +408,10 @@ static void bwd_chunk(const bwd_call *c, const bwd_ws *ws, const bwd_tiles *w, i
                       q0 = qt_first(pr, c->BR, c->BC, c->nqt, kt);
         if (c->bf && q0 < qe) bwd_pack_keys(c, w, t.b, t.h, j0, bc);
         for (int64_t qt = q0; qt < qe; qt++) {
-            if (c->bf) bwd_pair_bf16(c, &t, w, kt, qt);
-            else bwd_pair(c, &t, w, kt, qt);
+            bwd_tile x;
+            if (!bwd_tile_begin(c, &t, w, kt, qt, &x)) continue;
+            if (c->bf) bwd_pair_bf16(c, &t, w, &x);
+            else bwd_pair(c, &t, w, &x);
         }
     }
 }

@@ -7,7 +7,9 @@
  *                    their misses overlap it instead of stalling the stores at the end (for a C
  *                    larger than the caches later K blocks read it back from memory)
  *   GEMM_STORE(i)    row i < m: c = alpha * acc (beta == 0: C not read) or alpha * acc +
- *                    beta * c, columns cut by the masks k0, k1 (with va, vb = alpha, beta) */
+ *                    beta * c, columns cut by the masks k0, k1 (with va, vb = alpha, beta)
+ *   GEMM_DECL_ALL    the 14 rows' accumulators; GEMM_STORE_ALL: every row stored (the
+ *                    kernel's end; its m, n, c, ldc, alpha, beta in scope) */
 #ifndef MHA_AVX512_GEMM_BLOCK_H
 #define MHA_AVX512_GEMM_BLOCK_H
 
@@ -26,6 +28,21 @@
         _mm512_mask_storeu_ps(ci, k0, r0);                                                         \
         _mm512_mask_storeu_ps(ci + 16, k1, r1);                                                    \
     }
+
+/* clang-format off */
+#define GEMM_DECL_ALL                                                                              \
+    GEMM_DECL(0) GEMM_DECL(1) GEMM_DECL(2) GEMM_DECL(3) GEMM_DECL(4) GEMM_DECL(5) GEMM_DECL(6)     \
+    GEMM_DECL(7) GEMM_DECL(8) GEMM_DECL(9) GEMM_DECL(10) GEMM_DECL(11) GEMM_DECL(12) GEMM_DECL(13)
+#define GEMM_STORE_ALL                                                                             \
+    {                                                                                              \
+        __mmask16 k0, k1;                                                                          \
+        gemm_col_masks(n, &k0, &k1);                                                               \
+        __m512 va = _mm512_set1_ps(alpha), vb = _mm512_set1_ps(beta);                              \
+        GEMM_STORE(0) GEMM_STORE(1) GEMM_STORE(2) GEMM_STORE(3) GEMM_STORE(4) GEMM_STORE(5)        \
+        GEMM_STORE(6) GEMM_STORE(7) GEMM_STORE(8) GEMM_STORE(9) GEMM_STORE(10) GEMM_STORE(11)      \
+        GEMM_STORE(12) GEMM_STORE(13)                                                              \
+    }
+/* clang-format on */
 
 static inline __attribute__((always_inline)) void gemm_prefetch_c(const float *c, int64_t ldc,
                                                                   int m, int n) {

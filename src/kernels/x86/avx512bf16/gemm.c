@@ -92,9 +92,7 @@ void mha__gemm_avx512bf16_bf16_14x32(int64_t kp, const uint32_t *a, const uint32
                                      float beta, float *c, int64_t ldc, int m, int n) {
     /* one register block: the macro calls laid out as the block's rows */
     /* clang-format off */
-    GEMM_DECL(0) GEMM_DECL(1) GEMM_DECL(2) GEMM_DECL(3) GEMM_DECL(4)
-    GEMM_DECL(5) GEMM_DECL(6) GEMM_DECL(7) GEMM_DECL(8) GEMM_DECL(9)
-    GEMM_DECL(10) GEMM_DECL(11) GEMM_DECL(12) GEMM_DECL(13)
+    GEMM_DECL_ALL
     gemm_prefetch_c(c, ldc, m, n);
     for (int64_t q = 0; q < kp; q++) {
         __m512bh b0 = (__m512bh)_mm512_load_si512(b), b1 = (__m512bh)_mm512_load_si512(b + 16);
@@ -104,11 +102,6 @@ void mha__gemm_avx512bf16_bf16_14x32(int64_t kp, const uint32_t *a, const uint32
         a += BMR;
         b += BNR;
     }
-    __mmask16 k0, k1;
-    gemm_col_masks(n, &k0, &k1);
-    __m512 va = _mm512_set1_ps(alpha), vb = _mm512_set1_ps(beta);
-    GEMM_STORE(0) GEMM_STORE(1) GEMM_STORE(2) GEMM_STORE(3) GEMM_STORE(4)
-    GEMM_STORE(5) GEMM_STORE(6) GEMM_STORE(7) GEMM_STORE(8) GEMM_STORE(9)
-    GEMM_STORE(10) GEMM_STORE(11) GEMM_STORE(12) GEMM_STORE(13)
+    GEMM_STORE_ALL
     /* clang-format on */
 }

@@ -525,6 +525,14 @@ typedef struct {
     int bias;          /* 1: in_proj_bias and out_proj.bias exist (default) */
     float dropout;     /* dropout on attention weights in training mode, [0, 1) */
     uint64_t seed;     /* seeds the initialization and the dropout stream */
+    /* The element type of the parameters, the inputs and outputs and every activation:
+     * MHA_DTYPE_F32 (0, default), MHA_DTYPE_BF16 or MHA_DTYPE_F16. A bf16 / f16 layer computes
+     * as PyTorch's layer of that dtype: each projection (as the attention core) accumulates in
+     * float32 and rounds its result to the dtype once, biases added before that rounding;
+     * parameters and their gradients are stored in the dtype (a gradient accumulated in
+     * float32 and rounded, as autograd's += on a bf16 tensor). Attention weights and float
+     * masks stay float32. */
+    mha_dtype dtype;
 } mha_config;
 
 MHA_API mha_config mha_config_default(int64_t embed_dim, int64_t num_heads);
@@ -596,22 +604,24 @@ MHA_API const mha_config *mha_module_config(const mha_module *m);
  * (biases only with cfg.bias). Index i in [0, mha_module_param_count). */
 MHA_API int mha_module_param_count(const mha_module *m);
 MHA_API const char *mha_module_param_name(const mha_module *m, int i);
-/* Views of a parameter's values and of its gradient (either may be NULL), owned by the module
- * and valid until mha_module_free. Writing through value changes the parameter. */
+/* Views of a parameter's values and of its gradient (either may be NULL; of the module's
+ * cfg.dtype), owned by the module and valid until mha_module_free. Writing through value
+ * changes the parameter. */
 MHA_API mha_status mha_module_param(mha_ctx *ctx, mha_module *m, const char *name,
                                     mha_tensor *value, mha_tensor *grad);
 /* Sets every parameter gradient to zero. */
 MHA_API void mha_module_zero_grad(mha_module *m);
 /* Makes the parameter name use caller-owned memory for its value and/or its gradient (NULL:
- * that one stays as it is), each the parameter's elements, contiguous in PyTorch's layout: a
+ * that one stays as it is), each the parameter's elements (of the module's cfg.dtype: float,
+ * or uint16_t bits of bf16 / f16), contiguous in PyTorch's layout: a
  * framework's tensor storage, say, so that neither is ever copied. Forward and backward read
  * the bound value, the backward accumulates into the bound gradient, mha_module_param returns
  * views of them. The memory is used as it is (nothing is copied into it), must stay valid as
  * long as the module may use it (until bound again, or mha_module_free, which never frees it),
  * and must not be changed between a forward and its backward. MHA_ERR_NOT_FOUND for an unknown
  * name (the message lists the names). */
-MHA_API mha_status mha_module_param_bind(mha_ctx *ctx, mha_module *m, const char *name,
-                                         float *value, float *grad);
+MHA_API mha_status mha_module_param_bind(mha_ctx *ctx, mha_module *m, const char *name, void *value,
+                                         void *grad);
 /* Positions the dropout stream: the next training forward with dropout draws its mask with
  * (seed, offset) (mha_attn_params' seed and offset), the one after with (seed, offset + 1), and
  * so on. A module starts at (cfg.seed, 0). For frameworks that seed every call from their own
@@ -653,7 +663,10 @@ MHA_API mha_forward_opts mha_forward_opts_default(void);
  *          [B, H, L, S] / [H, L, S] (opts->average_weights == 0)
  * With opts->save_for_backward the module keeps copies of the activations the backward needs;
  * the inputs may be freed after the call. Each training forward advances the dropout stream.
- * out and weights must not overlap query, key, value or each other (MHA_ERR_INVALID_ARG). */
+ * out and weights must not overlap query, key, value or each other (MHA_ERR_INVALID_ARG).
+ * Dtypes: query, key, value and out of the module's cfg.dtype (float32, bf16 or f16; another:
+ * MHA_ERR_UNSUPPORTED naming the tensor), weights float32; the backward's dout, dquery, dkey
+ * and dvalue too; mha_module_kv_cache_create makes a cache of that dtype. */
 MHA_API mha_status mha_module_forward(mha_ctx *ctx, mha_module *m, const mha_forward_opts *opts,
                                       const mha_tensor *query, const mha_tensor *key,
                                       const mha_tensor *value, const mha_mask *mask,

@@ -52,7 +52,8 @@ class AttnParams(Structure):
 class Config(Structure):
     """mha_config."""
     _fields_ = [("embed_dim", c_int64), ("num_heads", c_int64), ("kdim", c_int64),
-                ("vdim", c_int64), ("bias", c_int), ("dropout", c_float), ("seed", c_uint64)]
+                ("vdim", c_int64), ("bias", c_int), ("dropout", c_float), ("seed", c_uint64),
+                ("dtype", c_int)]
 
 
 class ForwardOpts(Structure):

@@ -11,8 +11,14 @@
  *   da = dy Wo,  dWo += dy^T a,  dbo += sum_rows dy,  (dq, dk, dv) = core backward (da)
  *   dWq += dq^T query, dbq += sum_rows dq, dquery = dq Wq   (same for k and v; for
  *   self-attention dquery = [dq dk dv] in_proj_weight, the sum of the three paths)
- * Every product goes through mha__gemm_ex (biases added inside the product, one packing
- * workspace kept by the module); everything else is O(rows * E) glue. Each workspace is
+ * Every product goes through mha__gemm_dt (biases added inside the product, one packing
+ * workspace kept by the module); everything else is O(rows * E) glue.
+ * DTYPES: a module of cfg.dtype bf16 / f16 keeps its parameters, inputs, outputs and
+ * activations (x, q, k, v, attn, and their gradients) in that dtype. Each product accumulates
+ * in float32 (its bias added in float32) and is rounded into its destination once (mod_gemm:
+ * through float32 staging rows); the core runs in the dtype (mha_attn_forward); parameter
+ * gradients are computed in float32 (c->gw) and added to the stored gradients, each sum
+ * rounded once. A float32 module runs exactly the float32 code (the same bits). Each workspace is
  * planned once (src/core/plan.h: fwd_plan, bwd_plan): its regions declared in one place, one
  * allocation, kept in the module and reused by the next call of the same sizes
  * (module_internal.h). */
@@ -21,6 +27,7 @@
 #include "attn/decode.h"
 #include "attn/gemm.h"
 #include "core/plan.h"
+#include "kernels/cvt.h"
 
 #include <math.h>
 #include <stdio.h>
@@ -105,39 +112,83 @@ static int64_t rows_ld(const mha_tensor *t) {
     return ld >= X ? ld : -1;
 }
 
-/* Copies a [B, R, X] / [R, X] view into contiguous [B*R, X] memory, or back. */
-static void copy_view(const mha_tensor *t, float *buf, int to_view) {
-    int batched = t->ndim == 3;
-    int64_t B = batched ? t->shape[0] : 1, R = t->shape[batched], X = t->shape[batched + 1];
-    int64_t sb = batched ? t->stride[0] : 0, sr = t->stride[batched];
+/* Copies a [B, R, X] / [R, X] view (any dtype) into contiguous [B*R, X] memory. */
+static void copy_rows(const mha_tensor *t, void *buf) {
+    const int batched = t->ndim == 3;
+    const int64_t B = batched ? t->shape[0] : 1, R = t->shape[batched], X = t->shape[batched + 1];
+    const int64_t sb = batched ? t->stride[0] : 0, sr = t->stride[batched];
+    const size_t es = mha__tensor_elsize(t);
     if (X == 0) return;
     for (int64_t b = 0; b < B; b++)
-        for (int64_t r = 0; r < R; r++) {
-            float *v = t->data + b * sb + r * sr, *c = buf + (b * R + r) * X;
-            if (to_view) memcpy(v, c, sizeof(float) * (size_t)X);
-            else memcpy(c, v, sizeof(float) * (size_t)X);
-        }
+        for (int64_t r = 0; r < R; r++)
+            memcpy((char *)buf + (size_t)((b * R + r) * X) * es,
+                   (const char *)t->ptr + (size_t)(b * sb + r * sr) * es, es * (size_t)X);
 }
 
-/* g[j] = sum_r A[r, j] over rows of A [rows, n] (row stride lda), summed in double in row
- * order: deterministic, independent of threads. acc: n doubles of workspace. */
-static void col_sums(float *g, const float *A, int64_t lda, int64_t rows, int64_t n, double *acc) {
+/* g[j] = sum_r A[r, j] over rows of A [rows, n] (dtype dt, row stride lda), summed in double
+ * in row order: deterministic, independent of threads. acc: n doubles of workspace. */
+static void col_sums(float *g, mha_dtype dt, const void *A, int64_t lda, int64_t rows, int64_t n,
+                     double *acc) {
     for (int64_t j = 0; j < n; j++) acc[j] = 0;
     for (int64_t r = 0; r < rows; r++)
-        for (int64_t j = 0; j < n; j++) acc[j] += A[r * lda + j];
+        for (int64_t j = 0; j < n; j++) acc[j] += mha__load_f32(dt, A, r * lda + j);
     for (int64_t j = 0; j < n; j++) g[j] = (float)acc[j];
 }
 
-/* A [B, H, R, D] view of head-interleaved rows: element (b, h, r, d) at
+/* The address of element i of an array of the module's dtype. */
+static void *el(const mha_module *m, const void *p, int64_t i) {
+    return (char *)p + i * (int64_t)m->es;
+}
+
+/* A [B, H, R, D] view (the module's dtype) of head-interleaved rows: element (b, h, r, d) at
  * base[(b * R + r) * ld + h * D + d]. */
-static mha_tensor heads_view(float *base, int64_t B, int64_t H, int64_t R, int64_t D, int64_t ld) {
+static mha_tensor heads_view(const mha_module *m, void *base, int64_t B, int64_t H, int64_t R,
+                             int64_t D, int64_t ld) {
     int64_t shape[4] = {B, H, R, D}, stride[4] = {R * ld, D, ld, 1};
-    return mha_tensor_strided(base, 4, shape, stride);
+    return mha_tensor_typed(base, m->cfg.dtype, 4, shape, stride);
+}
+
+/* A [rows, n] view (the module's dtype) of rows with stride ld. */
+static mha_tensor rows_view(const mha_module *m, void *base, int64_t rows, int64_t n, int64_t ld) {
+    int64_t shape[2] = {rows, n}, stride[2] = {ld, 1};
+    return mha_tensor_typed(base, m->cfg.dtype, 2, shape, stride);
 }
 
 /* Whether the [B, R, X] input t is read in place (no copy): only when nothing is saved and its
  * strides allow rows. */
 static int in_place(const mha_tensor *t, int save) { return !save && rows_ld(t) >= 0; }
+
+/* The float32 staging a mod_gemm of [M, N] into dst needs, in floats: none for a float32
+ * module writing rows it can address (dst NULL: the module's own rows), else M * N (plus N
+ * for the bias converted to float32). */
+static int64_t stage_n(const mha_module *m, const mha_tensor *dst, int64_t M, int64_t N) {
+    if (m->cfg.dtype == MHA_DTYPE_F32) return !dst || rows_ld(dst) >= 0 ? 0 : M * N;
+    return M * N + N;
+}
+
+/* dst [M, N] (a view of the module's dtype: an output of any strides, or activation rows) =
+ * op(A) op(B) + bias, with A, B and bias (NULL: none) of the module's dtype, accumulated in
+ * float32. A float32 module's product writes dst directly when its rows allow; otherwise, and
+ * always for bf16 / f16, the product goes to the float32 staging f (stage_n floats: the bias
+ * converted to float32, then [M, N]) and is rounded (copied) into dst once. */
+static mha_status mod_gemm(mha_ctx *ctx, mha_module *m, int ta, int tb, int64_t M, int64_t N,
+                           int64_t K, const void *A, int64_t lda, const void *B, int64_t ldb,
+                           const void *bias, const mha_tensor *dst, float *f) {
+    const mha_dtype dt = m->cfg.dtype;
+    const int64_t ld = rows_ld(dst);
+    if (dt == MHA_DTYPE_F32 && ld >= 0)
+        return mha__gemm_ex(ctx, &m->gws, ta, tb, M, N, K, 1.0f, A, lda, B, ldb, 0.0f, bias,
+                            dst->data, ld);
+    const float *b32 = bias;
+    if (bias && dt != MHA_DTYPE_F32) {
+        for (int64_t j = 0; j < N; j++) f[j] = mha__load_f32(dt, bias, j);
+        b32 = f, f += N;
+    }
+    mha_status st =
+        mha__gemm_dt(ctx, &m->gws, ta, tb, M, N, K, 1.0f, A, lda, B, ldb, dt, 0.0f, b32, f, N);
+    if (!st) mha__tensor_from_f32(f, dst, mha_ctx_threads(ctx));
+    return st;
+}
 
 /* ---------------------------------------------------------------------------------------------
  * Creation, initialization, parameters
@@ -168,6 +219,10 @@ static mha_status check_config(mha_ctx *ctx, const char *fn, const mha_config *c
         return mha__err(ctx, MHA_ERR_INVALID_ARG,
                         "%s: cfg->dropout: got %g, expected a value in [0, 1)", fn,
                         (double)cfg->dropout);
+    if (cfg->dtype != MHA_DTYPE_F32 && cfg->dtype != MHA_DTYPE_BF16 && cfg->dtype != MHA_DTYPE_F16)
+        return mha__err(ctx, MHA_ERR_UNSUPPORTED,
+                        "%s: cfg->dtype: got %s, expected float32, bfloat16 or float16", fn,
+                        mha_dtype_name(cfg->dtype));
     return MHA_OK;
 }
 
@@ -190,13 +245,14 @@ static void add_param(mha_module *m, const char *name, int64_t rows, int64_t col
 /* Fills w[n] with values uniform in [-bound, bound), reproducible from (seed, stream): element
  * i is word i % 4 of Philox4x32-10(key = seed, counter = (i / 4, (i / 4) >> 32, stream,
  * "INIT")), its top 24 bits as u in [0, 1), w = (2u - 1) * bound. */
-static void init_uniform(float *w, int64_t n, uint64_t seed, uint32_t stream, double bound) {
+static void init_uniform(mha_dtype dt, void *w, int64_t n, uint64_t seed, uint32_t stream,
+                         double bound) {
     for (int64_t g = 0; g * 4 < n; g++) {
         uint32_t r[4];
         mha__philox4x32(seed, (uint32_t)g, (uint32_t)((uint64_t)g >> 32), stream, 0x494E4954u, r);
         for (int t = 0; t < 4 && g * 4 + t < n; t++) {
             double u = (double)(r[t] >> 8) * (1.0 / 16777216.0);
-            w[g * 4 + t] = (float)((2.0 * u - 1.0) * bound);
+            mha__store_f32(dt, w, g * 4 + t, (float)((2.0 * u - 1.0) * bound));
         }
     }
 }
@@ -221,8 +277,8 @@ static void point_params(mha_module *m) {
     int k = 0;
     if (m->packed) {
         m->wq = m->p[0].value, m->gwq = m->p[0].grad;
-        m->wk = m->wq + E * E, m->gwk = m->gwq + E * E;
-        m->wv = m->wq + 2 * E * E, m->gwv = m->gwq + 2 * E * E;
+        m->wk = el(m, m->wq, E * E), m->gwk = el(m, m->gwq, E * E);
+        m->wv = el(m, m->wq, 2 * E * E), m->gwv = el(m, m->gwq, 2 * E * E);
         k = 1;
     } else {
         m->wq = m->p[0].value, m->gwq = m->p[0].grad;
@@ -254,15 +310,15 @@ static mha_status alloc_params(mha_ctx *ctx, mha_module *m) {
         void *v, *g;
         int64_t rows = p->shape[0], cols = p->ndim == 2 ? p->shape[1] : 1;
         mha_status st;
-        if ((st = alloc_n(ctx, FN_CREATE, p->name, &v, rows, cols, sizeof(float))) ||
-            (st = alloc_n(ctx, FN_CREATE, p->name, &g, rows, cols, sizeof(float)))) {
+        if ((st = alloc_n(ctx, FN_CREATE, p->name, &v, rows, cols, m->es)) ||
+            (st = alloc_n(ctx, FN_CREATE, p->name, &g, rows, cols, m->es))) {
             if (v) mha__free(v);
             return st;
         }
         p->value = p->own_value = v;
         p->grad = p->own_grad = g;
-        memset(v, 0, sizeof(float) * (size_t)p->numel);
-        memset(g, 0, sizeof(float) * (size_t)p->numel);
+        memset(v, 0, m->es * (size_t)p->numel);
+        memset(g, 0, m->es * (size_t)p->numel);
     }
     point_params(m);
     return MHA_OK;
@@ -274,14 +330,15 @@ static mha_status alloc_params(mha_ctx *ctx, mha_module *m) {
 static void init_params(mha_module *m) {
     const int64_t E = m->cfg.embed_dim, kd = m->cfg.kdim, vd = m->cfg.vdim;
     const uint64_t seed = m->cfg.seed;
+    const mha_dtype dt = m->cfg.dtype;
     if (m->packed) {
-        init_uniform(m->wq, 3 * E * E, seed, 1, sqrt(6.0 / (double)(E + 3 * E)));
+        init_uniform(dt, m->wq, 3 * E * E, seed, 1, sqrt(6.0 / (double)(E + 3 * E)));
     } else {
-        init_uniform(m->wq, E * E, seed, 2, sqrt(6.0 / (double)(E + E)));
-        init_uniform(m->wk, E * kd, seed, 3, sqrt(6.0 / (double)(kd + E)));
-        init_uniform(m->wv, E * vd, seed, 4, sqrt(6.0 / (double)(vd + E)));
+        init_uniform(dt, m->wq, E * E, seed, 2, sqrt(6.0 / (double)(E + E)));
+        init_uniform(dt, m->wk, E * kd, seed, 3, sqrt(6.0 / (double)(kd + E)));
+        init_uniform(dt, m->wv, E * vd, seed, 4, sqrt(6.0 / (double)(vd + E)));
     }
-    init_uniform(m->wo, E * E, seed, 5, 1.0 / sqrt((double)E));
+    init_uniform(dt, m->wo, E * E, seed, 5, 1.0 / sqrt((double)E));
 }
 
 mha_status mha_module_create(mha_ctx *ctx, const mha_config *cfg, mha_module **out) {
@@ -300,6 +357,7 @@ mha_status mha_module_create(mha_ctx *ctx, const mha_config *cfg, mha_module **o
     m->cfg.vdim = cfg->vdim ? cfg->vdim : E;
     m->cfg.bias = cfg->bias != 0;
     m->packed = m->cfg.kdim == E && m->cfg.vdim == E;
+    m->es = cfg->dtype == MHA_DTYPE_F32 ? sizeof(float) : sizeof(uint16_t);
     if ((st = alloc_params(ctx, m))) {
         mha_module_free(m);
         return st;
@@ -361,13 +419,13 @@ mha_status mha_module_param(mha_ctx *ctx, mha_module *m, const char *name, mha_t
     mha__param *p;
     mha_status st = lookup_param(ctx, "mha_module_param", m, name, &p);
     if (st) return st;
-    if (value) *value = mha_tensor_make(p->value, p->ndim, p->shape);
-    if (grad) *grad = mha_tensor_make(p->grad, p->ndim, p->shape);
+    if (value) *value = mha_tensor_typed(p->value, m->cfg.dtype, p->ndim, p->shape, NULL);
+    if (grad) *grad = mha_tensor_typed(p->grad, m->cfg.dtype, p->ndim, p->shape, NULL);
     return MHA_OK;
 }
 
-mha_status mha_module_param_bind(mha_ctx *ctx, mha_module *m, const char *name, float *value,
-                                 float *grad) {
+mha_status mha_module_param_bind(mha_ctx *ctx, mha_module *m, const char *name, void *value,
+                                 void *grad) {
     mha__clear(ctx);
     mha__param *p;
     mha_status st = lookup_param(ctx, "mha_module_param_bind", m, name, &p);
@@ -390,8 +448,7 @@ mha_status mha_module_set_dropout_rng(mha_ctx *ctx, mha_module *m, uint64_t seed
 
 void mha_module_zero_grad(mha_module *m) {
     if (!m) return;
-    for (int i = 0; i < m->nparams; i++)
-        memset(m->p[i].grad, 0, sizeof(float) * (size_t)m->p[i].numel);
+    for (int i = 0; i < m->nparams; i++) memset(m->p[i].grad, 0, m->es * (size_t)m->p[i].numel);
 }
 
 /* ---------------------------------------------------------------------------------------------
@@ -410,25 +467,28 @@ typedef struct {
 
 /* The forward's kept workspace (m->st.ws): the regions the backward reads. */
 typedef struct {
-    float *x, *xk, *xv;   /* copies of the query, key, value rows (in_place: 0 bytes) */
-    float *q, *k, *v;     /* projections; self-attention: q holds [B*L, 3E], k and v nothing */
-    float *attn, *lse;    /* the core's output [B*L, E] and lse [B*H, L] */
+    void *x, *xk, *xv;    /* copies of the query, key, value rows (in_place: 0 bytes) */
+    void *q, *k, *v;      /* projections; self-attention: q holds [B*L, 3E], k and v nothing */
+    void *attn;           /* the core's output [B*L, E] */
+    float *lse;           /* [B*H, L] */
     uint8_t *pad, *abool; /* copies of the masks, with save_for_backward */
     int32_t *klen;
     float *afloat;
     float *slopes; /* a copy of the ALiBi slopes, with save_for_backward */
 } fwd_views;
 
-/* The forward's scratch (kept in m->fws): staging rows for an output whose strides need them. */
+/* The forward's scratch (kept in m->fws): the products' float32 staging (mod_gemm). */
 typedef struct {
-    float *y;
+    float *f;
 } fwd_scratch;
 
-/* The expected shape of a [B, R, X] tensor, or [R, X] when unbatched. */
+/* The expected shape of a [B, R, X] tensor of the module's dtype, or [R, X] when unbatched. */
 static mha_status check_bx(mha_ctx *ctx, const char *fn, const char *name, const mha_tensor *t,
-                           int unbatched, int64_t B, int64_t R, int64_t X, const char *why) {
+                           const mha_module *m, int unbatched, int64_t B, int64_t R, int64_t X,
+                           const char *why) {
     int64_t w[3] = {B, R, X};
-    return mha__check_tensor(ctx, fn, name, t, unbatched ? 2 : 3, w + unbatched, why);
+    return mha__check_tensor_as(ctx, fn, name, t, m->cfg.dtype, unbatched ? 2 : 3, w + unbatched,
+                                why);
 }
 
 /* opts, query, key, value; sets c's sizes. */
@@ -449,7 +509,7 @@ static mha_status fwd_check_inputs(mha_ctx *ctx, const mha_module *m, fwd_call *
                         FN_FWD, query->ndim);
     const int unb = c->unb = query->ndim == 2;
     c->B = unb ? 1 : query->shape[0], c->L = c->S = query->shape[unb ? 0 : 1];
-    if ((st = check_bx(ctx, FN_FWD, "query", query, unb, -1, -1, E, "embed_dim"))) return st;
+    if ((st = check_bx(ctx, FN_FWD, "query", query, m, unb, -1, -1, E, "embed_dim"))) return st;
     c->self = !key && !value;
     if (!key != !value)
         return mha__err(ctx, MHA_ERR_INVALID_ARG,
@@ -465,12 +525,12 @@ static mha_status fwd_check_inputs(mha_ctx *ctx, const mha_module *m, fwd_call *
     if (key->ndim != query->ndim)
         return mha__err(ctx, MHA_ERR_SHAPE, "%s: key.ndim: got %d, expected %d (as query)", FN_FWD,
                         key->ndim, query->ndim);
-    if ((st = check_bx(ctx, FN_FWD, "key", key, unb, c->B, -1, kd, "[B, S, kdim]"))) return st;
+    if ((st = check_bx(ctx, FN_FWD, "key", key, m, unb, c->B, -1, kd, "[B, S, kdim]"))) return st;
     c->S = key->shape[unb ? 0 : 1];
     if (value->ndim != query->ndim)
         return mha__err(ctx, MHA_ERR_SHAPE, "%s: value.ndim: got %d, expected %d (as query)",
                         FN_FWD, value->ndim, query->ndim);
-    return check_bx(ctx, FN_FWD, "value", value, unb, c->B, c->S, vd, "[B, S, vdim]");
+    return check_bx(ctx, FN_FWD, "value", value, m, unb, c->B, c->S, vd, "[B, S, vdim]");
 }
 
 /* out, weights, mask, and the aliasing rule. */
@@ -480,11 +540,13 @@ static mha_status fwd_check_outputs(mha_ctx *ctx, const mha_module *m, const fwd
     if (!c->out)
         return mha__err(ctx, MHA_ERR_INVALID_ARG, "%s: out: got NULL, expected a [B, L, E] tensor",
                         FN_FWD);
-    if ((st = check_bx(ctx, FN_FWD, "out", c->out, c->unb, B, L, E, "as query"))) return st;
-    if (c->weights && c->opts->average_weights &&
-        (st = check_bx(ctx, FN_FWD, "weights", c->weights, c->unb, B, L, S,
-                       "[B, L, S], averaged over heads")))
-        return st;
+    if ((st = check_bx(ctx, FN_FWD, "out", c->out, m, c->unb, B, L, E, "as query"))) return st;
+    if (c->weights && c->opts->average_weights) { /* float32 in every dtype */
+        int64_t w[3] = {B, L, S};
+        if ((st = mha__check_tensor(ctx, FN_FWD, "weights", c->weights, c->unb ? 2 : 3, w + c->unb,
+                                    "[B, L, S], averaged over heads")))
+            return st;
+    }
     if (c->weights && !c->opts->average_weights) {
         int64_t w[4] = {B, H, L, S};
         if ((st = mha__check_tensor(ctx, FN_FWD, "weights", c->weights, c->unb ? 3 : 4, w + c->unb,
@@ -506,17 +568,18 @@ static mha_status fwd_plan(mha_ctx *ctx, mha_module *m, const fwd_call *c, fwd_v
     const int64_t BL = B * L, BS = c->self ? 0 : B * S;
     const mha_mask *mk = c->save ? c->mask : NULL;
     const int64_t nml = mk && mk->attn_batched ? B * H * L : L; /* attn mask rows */
+    const size_t es = m->es;
     mha__plan pl;
     mha__plan_init(&pl);
-    MHA__PLAN_ADD(&pl, fwd_views, x, sizeof(float), in_place(c->query, c->save) ? 0 : BL, E);
-    MHA__PLAN_ADD(&pl, fwd_views, xk, sizeof(float), c->self || in_place(c->key, c->save) ? 0 : BS,
+    MHA__PLAN_ADD(&pl, fwd_views, x, es, in_place(c->query, c->save) ? 0 : BL, E);
+    MHA__PLAN_ADD(&pl, fwd_views, xk, es, c->self || in_place(c->key, c->save) ? 0 : BS,
                   m->cfg.kdim);
-    MHA__PLAN_ADD(&pl, fwd_views, xv, sizeof(float),
-                  c->self || in_place(c->value, c->save) ? 0 : BS, m->cfg.vdim);
-    MHA__PLAN_ADD(&pl, fwd_views, q, sizeof(float), BL, c->self ? 3 * E : E);
-    MHA__PLAN_ADD(&pl, fwd_views, k, sizeof(float), BS, E);
-    MHA__PLAN_ADD(&pl, fwd_views, v, sizeof(float), BS, E);
-    MHA__PLAN_ADD(&pl, fwd_views, attn, sizeof(float), BL, E);
+    MHA__PLAN_ADD(&pl, fwd_views, xv, es, c->self || in_place(c->value, c->save) ? 0 : BS,
+                  m->cfg.vdim);
+    MHA__PLAN_ADD(&pl, fwd_views, q, es, BL, c->self ? 3 * E : E);
+    MHA__PLAN_ADD(&pl, fwd_views, k, es, BS, E);
+    MHA__PLAN_ADD(&pl, fwd_views, v, es, BS, E);
+    MHA__PLAN_ADD(&pl, fwd_views, attn, es, BL, E);
     MHA__PLAN_ADD(&pl, fwd_views, lse, sizeof(float), B * H, L);
     MHA__PLAN_ADD(&pl, fwd_views, pad, 1, mk && mk->key_padding ? B : 0, S);
     MHA__PLAN_ADD(&pl, fwd_views, klen, sizeof(int32_t), mk && mk->key_lengths ? B : 0, 1);
@@ -526,8 +589,12 @@ static mha_status fwd_plan(mha_ctx *ctx, mha_module *m, const fwd_call *c, fwd_v
                   mk && mk->alibi_slopes ? (mk->alibi_batched ? B : 1) : 0, H);
     mha_status st = kept_point(ctx, FN_FWD, &pl, &m->st.ws, v);
     if (st) return st;
+    /* The staging of the largest product: the projections (into rows the module addresses:
+     * stage_n of a contiguous view) and the output projection into out. */
+    int64_t nf = stage_n(m, NULL, BL > BS ? BL : BS, c->self ? 3 * E : E);
+    if (stage_n(m, c->out, BL, E) > nf) nf = stage_n(m, c->out, BL, E);
     mha__plan_init(&pl);
-    MHA__PLAN_ADD(&pl, fwd_scratch, y, sizeof(float), rows_ld(c->out) < 0 ? BL : 0, E);
+    MHA__PLAN_ADD(&pl, fwd_scratch, f, sizeof(float), nf, 1);
     memset(sc, 0, sizeof *sc);
     if (!pl.bad && pl.per_copy == 0) { /* no scratch this call */
         buf_free(&m->fws);
@@ -538,12 +605,12 @@ static mha_status fwd_plan(mha_ctx *ctx, mha_module *m, const fwd_call *c, fwd_v
 
 /* The rows of the [B, R, X] input t: its own memory when in place (*ld its row stride), else
  * copied into copy. */
-static const float *input_rows(const mha_tensor *t, int save, float *copy, int64_t *ld) {
+static const void *input_rows(const mha_tensor *t, int save, void *copy, int64_t *ld) {
     if (in_place(t, save)) {
         *ld = rows_ld(t);
-        return t->data;
+        return t->ptr;
     }
-    copy_view(t, copy, 0);
+    copy_rows(t, copy);
     *ld = t->shape[t->ndim - 1];
     return copy;
 }
@@ -558,7 +625,7 @@ static void fwd_inputs(mha_module *m, const fwd_call *c, const fwd_views *v) {
     s->xk = c->self ? NULL : input_rows(c->key, c->save, v->xk, &s->ldxk);
     s->xv = c->self ? NULL : input_rows(c->value, c->save, v->xv, &s->ldxv);
     if (c->self) {
-        s->q = v->q, s->k = v->q + E, s->v = v->q + 2 * E;
+        s->q = v->q, s->k = el(m, v->q, E), s->v = el(m, v->q, 2 * E);
         s->ldq = s->ldk = s->ldv = 3 * E;
     } else {
         s->q = v->q, s->k = v->k, s->v = v->v;
@@ -583,23 +650,21 @@ static void fwd_inputs(mha_module *m, const fwd_call *c, const fwd_views *v) {
 }
 
 /* q = query Wq^T + bq, ... (the bias added by the product); self-attention: one product into
- * the packed [B*L, 3E] rows. */
-static mha_status fwd_project(mha_ctx *ctx, mha_module *m) {
+ * the packed [B*L, 3E] rows. f: the staging (fwd_scratch). */
+static mha_status fwd_project(mha_ctx *ctx, mha_module *m, float *f) {
     const mha__saved *s = &m->st;
     const int64_t E = m->cfg.embed_dim, kd = m->cfg.kdim, vd = m->cfg.vdim;
     const int64_t BL = s->B * s->L, BS = s->B * s->S;
+    mha_tensor q = rows_view(m, s->q, BL, s->self_attn ? 3 * E : E, s->ldq);
     if (s->self_attn)
-        return mha__gemm_ex(ctx, &m->gws, 0, 1, BL, 3 * E, E, 1.0f, s->x, s->ldx, m->wq, E, 0.0f,
-                            m->bin, s->q, 3 * E);
-    const float *bq = m->bin, *bk = bq ? bq + E : NULL, *bv = bq ? bq + 2 * E : NULL;
+        return mod_gemm(ctx, m, 0, 1, BL, 3 * E, E, s->x, s->ldx, m->wq, E, m->bin, &q, f);
+    const void *bq = m->bin, *bk = bq ? el(m, bq, E) : NULL, *bv = bq ? el(m, bq, 2 * E) : NULL;
+    mha_tensor k = rows_view(m, s->k, BS, E, s->ldk), v = rows_view(m, s->v, BS, E, s->ldv);
     mha_status st;
-    if ((st = mha__gemm_ex(ctx, &m->gws, 0, 1, BL, E, E, 1.0f, s->x, s->ldx, m->wq, E, 0.0f, bq,
-                           s->q, E)) ||
-        (st = mha__gemm_ex(ctx, &m->gws, 0, 1, BS, E, kd, 1.0f, s->xk, s->ldxk, m->wk, kd, 0.0f, bk,
-                           s->k, E)))
+    if ((st = mod_gemm(ctx, m, 0, 1, BL, E, E, s->x, s->ldx, m->wq, E, bq, &q, f)) ||
+        (st = mod_gemm(ctx, m, 0, 1, BS, E, kd, s->xk, s->ldxk, m->wk, kd, bk, &k, f)))
         return st;
-    return mha__gemm_ex(ctx, &m->gws, 0, 1, BS, E, vd, 1.0f, s->xv, s->ldxv, m->wv, vd, 0.0f, bv,
-                        s->v, E);
+    return mod_gemm(ctx, m, 0, 1, BS, E, vd, s->xv, s->ldxv, m->wv, vd, bv, &v, f);
 }
 
 /* The core on [B, H, *, D] views of the projections (no copies); the weights go to the
@@ -614,10 +679,10 @@ static mha_status fwd_attend(mha_ctx *ctx, mha_module *m, const fwd_call *c) {
     s->ap.dropout_p = c->opts->training && m->cfg.dropout > 0 ? m->cfg.dropout : 0.0f;
     s->ap.seed = m->dropout_seed;
     s->ap.offset = m->dropout_offset;
-    mha_tensor qv = heads_view(s->q, B, H, L, D, s->ldq);
-    mha_tensor kv = heads_view(s->k, B, H, S, D, s->ldk);
-    mha_tensor vv = heads_view(s->v, B, H, S, D, s->ldv);
-    mha_tensor av = heads_view(s->attn, B, H, L, D, E);
+    mha_tensor qv = heads_view(m, s->q, B, H, L, D, s->ldq);
+    mha_tensor kv = heads_view(m, s->k, B, H, S, D, s->ldk);
+    mha_tensor vv = heads_view(m, s->v, B, H, S, D, s->ldv);
+    mha_tensor av = heads_view(m, s->attn, B, H, L, D, E);
     int64_t lshape[3] = {B, H, L}, ws[4] = {B, H, L, S}, was[3] = {B, L, S};
     mha_tensor lv = mha_tensor_make(s->lse, 3, lshape), wv;
     const mha_tensor *w = c->weights;
@@ -635,17 +700,11 @@ static mha_status fwd_attend(mha_ctx *ctx, mha_module *m, const fwd_call *c) {
     return mha_attn_forward(ctx, &s->ap, &qv, &kv, &vv, &s->mask, &av, &lv, w ? &wv : NULL);
 }
 
-/* y = a Wo^T + bo into out (through the staging rows y when out's strides need it). */
+/* y = a Wo^T + bo into out. */
 static mha_status fwd_output(mha_ctx *ctx, mha_module *m, const fwd_call *c,
                              const fwd_scratch *sc) {
-    const mha__saved *s = &m->st;
-    const int64_t E = m->cfg.embed_dim, B = c->B, L = c->L;
-    const int64_t ldy = rows_ld(c->out);
-    mha_status st = mha__gemm_ex(ctx, &m->gws, 0, 1, B * L, E, E, 1.0f, s->attn, E, m->wo, E, 0.0f,
-                                 m->bo, ldy >= 0 ? c->out->data : sc->y, ldy >= 0 ? ldy : E);
-    if (st) return st;
-    if (ldy < 0) copy_view(c->out, sc->y, 1);
-    return MHA_OK;
+    const int64_t E = m->cfg.embed_dim;
+    return mod_gemm(ctx, m, 0, 1, c->B * c->L, E, E, m->st.attn, E, m->wo, E, m->bo, c->out, sc->f);
 }
 
 mha_status mha_module_forward(mha_ctx *ctx, mha_module *m, const mha_forward_opts *opts,
@@ -667,7 +726,7 @@ mha_status mha_module_forward(mha_ctx *ctx, mha_module *m, const mha_forward_opt
     fwd_scratch sc;
     if (!(st = fwd_plan(ctx, m, &c, &v, &sc))) {
         fwd_inputs(m, &c, &v);
-        if (!(st = fwd_project(ctx, m)) && !(st = fwd_attend(ctx, m, &c)))
+        if (!(st = fwd_project(ctx, m, sc.f)) && !(st = fwd_attend(ctx, m, &c)))
             st = fwd_output(ctx, m, &c, &sc);
     }
     if (st == MHA_ERR_NOMEM) { /* give the memory back; the next call starts afresh */
@@ -698,15 +757,15 @@ mha_status mha_module_kv_cache_create(mha_ctx *ctx, const mha_module *m, int64_t
         return mha__err(ctx, MHA_ERR_INVALID_ARG,
                         "mha_module_kv_cache_create: m: got NULL, expected a module");
     const int64_t H = m->cfg.num_heads, D = m->cfg.embed_dim / H;
-    return mha_kv_cache_create(ctx, batch, capacity, H, D, D, MHA_DTYPE_F32, out);
+    return mha_kv_cache_create(ctx, batch, capacity, H, D, D, m->cfg.dtype, out);
 }
 
 /* The scratch of an incremental call (kept in m->fws). */
 typedef struct {
-    float *x;    /* [B*L, E] the query rows, when its strides need a copy */
-    float *qkv;  /* [B*L, 3E] the new tokens' projections */
-    float *attn; /* [B*L, E] the attention output, [B, L, H, D] */
-    float *y;    /* [B*L, E] staging rows for an out whose strides need them */
+    void *x;    /* [B*L, E] the query rows, when its strides need a copy */
+    void *qkv;  /* [B*L, 3E] the new tokens' projections */
+    void *attn; /* [B*L, E] the attention output, [B, L, H, D] */
+    float *f;   /* the products' float32 staging (mod_gemm) */
 } cached_views;
 
 /* query, out and the cache against the module: [B, L, E], a cache of H heads of E/H. */
@@ -719,17 +778,17 @@ static mha_status cached_check(mha_ctx *ctx, const mha_module *m, mha_kv_cache *
                         "%s: m: got kdim = %lld, vdim = %lld, expected both = embed_dim = %lld "
                         "(incremental self-attention)",
                         FN_CACHED, (long long)m->cfg.kdim, (long long)m->cfg.vdim, (long long)E);
-    if ((st = check_bx(ctx, FN_CACHED, "query", query, 0, -1, -1, E, "[B, L, E]"))) return st;
+    if ((st = check_bx(ctx, FN_CACHED, "query", query, m, 0, -1, -1, E, "[B, L, E]"))) return st;
     const int64_t B = query->shape[0], L = query->shape[1];
-    if ((st = check_bx(ctx, FN_CACHED, "out", out, 0, B, L, E, "as query"))) return st;
+    if ((st = check_bx(ctx, FN_CACHED, "out", out, m, 0, B, L, E, "as query"))) return st;
     mha_tensor kc, vc;
     if ((st = mha_kv_cache_views(ctx, cache, &kc, &vc))) return st;
     mha__clear(ctx);
     int64_t want[4] = {B, H, -1, E / H};
-    if ((st = mha__check_tensor(ctx, FN_CACHED, "cache (keys)", &kc, 4, want,
-                                "[B, H, capacity, E / H]: mha_module_kv_cache_create")) ||
-        (st = mha__check_tensor(ctx, FN_CACHED, "cache (values)", &vc, 4, want,
-                                "[B, H, capacity, E / H]: mha_module_kv_cache_create")))
+    if ((st = mha__check_tensor_as(ctx, FN_CACHED, "cache (keys)", &kc, m->cfg.dtype, 4, want,
+                                   "[B, H, capacity, E / H]: mha_module_kv_cache_create")) ||
+        (st = mha__check_tensor_as(ctx, FN_CACHED, "cache (values)", &vc, m->cfg.dtype, 4, want,
+                                   "[B, H, capacity, E / H]: mha_module_kv_cache_create")))
         return st;
     const mha__attn_arg in[1] = {{"query", query}}, outs[1] = {{"out", out}};
     return mha__attn_check_aliases(ctx, FN_CACHED, outs, 1, in, 1);
@@ -748,34 +807,31 @@ mha_status mha_module_forward_cached(mha_ctx *ctx, mha_module *m, mha_kv_cache *
     if (st) return st;
     const int64_t E = m->cfg.embed_dim, H = m->cfg.num_heads, D = E / H;
     const int64_t B = query->shape[0], L = query->shape[1], BL = B * L;
-    const int64_t ldq = rows_ld(query), ldy = rows_ld(out);
+    const int64_t ldq = rows_ld(query);
+    int64_t nf = stage_n(m, NULL, BL, 3 * E);
+    if (stage_n(m, out, BL, E) > nf) nf = stage_n(m, out, BL, E);
     mha__plan pl;
     mha__plan_init(&pl);
-    MHA__PLAN_ADD(&pl, cached_views, x, sizeof(float), ldq < 0 ? BL : 0, E);
-    MHA__PLAN_ADD(&pl, cached_views, qkv, sizeof(float), BL, 3 * E);
-    MHA__PLAN_ADD(&pl, cached_views, attn, sizeof(float), BL, E);
-    MHA__PLAN_ADD(&pl, cached_views, y, sizeof(float), ldy < 0 ? BL : 0, E);
+    MHA__PLAN_ADD(&pl, cached_views, x, m->es, ldq < 0 ? BL : 0, E);
+    MHA__PLAN_ADD(&pl, cached_views, qkv, m->es, BL, 3 * E);
+    MHA__PLAN_ADD(&pl, cached_views, attn, m->es, BL, E);
+    MHA__PLAN_ADD(&pl, cached_views, f, sizeof(float), nf, 1);
     cached_views v;
     if ((st = kept_point(ctx, FN_CACHED, &pl, &m->fws, &v))) return st;
     if (BL == 0) return MHA_OK;
     int64_t ldx;
-    const float *x = input_rows(query, 0, v.x, &ldx);
-    if ((st = mha__gemm_ex(ctx, &m->gws, 0, 1, BL, 3 * E, E, 1.0f, x, ldx, m->wq, E, 0.0f, m->bin,
-                           v.qkv, 3 * E)))
-        return st;
-    mha_tensor q = heads_view(v.qkv, B, H, L, D, 3 * E),
-               kn = heads_view(v.qkv + E, B, H, L, D, 3 * E);
-    mha_tensor vn = heads_view(v.qkv + 2 * E, B, H, L, D, 3 * E),
-               a = heads_view(v.attn, B, H, L, D, E);
+    const void *x = input_rows(query, 0, v.x, &ldx);
+    mha_tensor qkv = rows_view(m, v.qkv, BL, 3 * E, 3 * E);
+    if ((st = mod_gemm(ctx, m, 0, 1, BL, 3 * E, E, x, ldx, m->wq, E, m->bin, &qkv, v.f))) return st;
+    mha_tensor q = heads_view(m, v.qkv, B, H, L, D, 3 * E),
+               kn = heads_view(m, el(m, v.qkv, E), B, H, L, D, 3 * E);
+    mha_tensor vn = heads_view(m, el(m, v.qkv, 2 * E), B, H, L, D, 3 * E),
+               a = heads_view(m, v.attn, B, H, L, D, E);
     mha_mask mk = mask ? *mask : mha_mask_default();
     mk.causal = MHA_CAUSAL_BOTTOM_RIGHT;
     if ((st = mha__kv_cache_attend(ctx, FN_CACHED, NULL, cache, &q, &kn, &vn, &mk, &a, NULL)))
         return st;
-    if ((st = mha__gemm_ex(ctx, &m->gws, 0, 1, BL, E, E, 1.0f, v.attn, E, m->wo, E, 0.0f, m->bo,
-                           ldy >= 0 ? out->data : v.y, ldy >= 0 ? ldy : E)))
-        return st;
-    if (ldy < 0) copy_view(out, v.y, 1);
-    return MHA_OK;
+    return mod_gemm(ctx, m, 0, 1, BL, E, E, v.attn, E, m->wo, E, m->bo, out, v.f);
 }
 
 /* ---------------------------------------------------------------------------------------------
@@ -832,18 +888,19 @@ void mha_module_saved_free(mha_module_saved *s) {
  * Backward: validate (bwd_check), plan (bwd_plan), compute (bwd_out_proj ... bwd_in_proj)
  * ------------------------------------------------------------------------------------------- */
 
-/* d = dY W for dY [rows, E] (row stride ldd) and W [E, X]: into the view t (overwritten),
- * directly when its strides allow, else through tmp. */
-static mha_status input_grad(mha_ctx *ctx, mha__gemm_ws *ws, mha_tensor *t, const float *dy,
-                             int64_t ldd, int64_t rows, int64_t E, int64_t X, const float *W,
-                             float *tmp) {
-    int64_t ld = rows_ld(t);
-    float *dst = ld >= 0 ? t->data : tmp;
-    mha_status st = mha__gemm_ex(ctx, ws, 0, 0, rows, X, E, 1.0f, dy, ldd, W, X, 0.0f, NULL, dst,
-                                 ld >= 0 ? ld : X);
-    if (st) return st;
-    if (ld < 0) copy_view(t, tmp, 1);
-    return MHA_OK;
+/* g [N1, N2] (float32, contiguous) = dY^T X for dY [rows, N1] and X [rows, N2] of the module's
+ * dtype (row strides ldd, ldx): a parameter's gradient, accumulated in float32. */
+static mha_status param_grad(mha_ctx *ctx, mha_module *m, int64_t N1, int64_t N2, int64_t rows,
+                             const void *dy, int64_t ldd, const void *x, int64_t ldx, float *g) {
+    return mha__gemm_dt(ctx, &m->gws, 1, 0, N1, N2, rows, 1.0f, dy, ldd, x, ldx, m->cfg.dtype, 0.0f,
+                        NULL, g, N2);
+}
+
+/* d = dY W for dY [rows, E] (row stride ldd) and W [E, X]: into the view t (overwritten). */
+static mha_status input_grad(mha_ctx *ctx, mha_module *m, mha_tensor *t, const void *dy,
+                             int64_t ldd, int64_t rows, int64_t E, int64_t X, const void *W,
+                             float *f) {
+    return mod_gemm(ctx, m, 0, 0, rows, X, E, dy, ldd, W, X, NULL, t, f);
 }
 
 /* Total number of parameter elements. */
@@ -853,13 +910,15 @@ static int64_t param_total(const mha_module *m) {
     return n;
 }
 
-/* The place in gw (all gradients back to back, in parameter order) that mirrors g, a pointer
- * into one of the module's gradient buffers (NULL for NULL: no such parameter). */
-static float *mirror(const mha_module *m, float *gw, const float *g) {
+/* The place in gw (all gradients back to back in float32, in parameter order) that mirrors
+ * g, a pointer into one of the module's gradient buffers (NULL for NULL: no such parameter). */
+static float *mirror(const mha_module *m, float *gw, const void *g) {
     int64_t o = 0;
-    for (int i = 0; g && i < m->nparams; o += m->p[i].numel, i++)
-        if (g >= m->p[i].grad && g < m->p[i].grad + m->p[i].numel)
-            return gw + o + (g - m->p[i].grad);
+    for (int i = 0; g && i < m->nparams; o += m->p[i].numel, i++) {
+        const char *b = m->p[i].grad, *e = el(m, b, m->p[i].numel);
+        if ((const char *)g >= b && (const char *)g < e)
+            return gw + o + ((const char *)g - b) / (int64_t)m->es;
+    }
     return NULL;
 }
 
@@ -867,15 +926,15 @@ static float *mirror(const mha_module *m, float *gw, const float *g) {
 typedef struct {
     const mha_tensor *dout;
     mha_tensor *dquery, *dkey, *dvalue; /* each optional */
-    /* The workspace's regions. */
-    float *dyc;          /* dout's rows, copied only when its strides need it */
-    float *da;           /* d attention [B*L, E] = [B, L, H, D] */
-    float *dq, *dk, *dv; /* the core's gradients; self-attention: dq holds packed [B*L, 3E] */
-    float *gw;           /* new parameter gradients, mirroring the parameters back to back */
-    float *tmp;          /* staging for an input gradient whose strides need it */
-    double *acc;         /* column sums [3E] */
+    /* The workspace's regions (the module's dtype but gw, f and acc). */
+    void *dyc;          /* dout's rows, copied only when its strides need it */
+    void *da;           /* d attention [B*L, E] = [B, L, H, D] */
+    void *dq, *dk, *dv; /* the core's gradients; self-attention: dq holds packed [B*L, 3E] */
+    float *gw;          /* new parameter gradients, mirroring the parameters back to back */
+    float *f;           /* the products' float32 staging (mod_gemm) */
+    double *acc;        /* column sums [3E] */
     /* Set by bwd_plan. */
-    const float *dy;  /* dout's rows (row stride ldy) */
+    const void *dy;   /* dout's rows (row stride ldy) */
     int64_t ldy, ldg; /* ldg: row stride of dq, dk, dv (3E self, else E) */
 } bwd_call;
 
@@ -898,53 +957,56 @@ static mha_status bwd_check(mha_ctx *ctx, const mha_module *m, const bwd_call *c
             return mha__err(ctx, MHA_ERR_STATE,
                             "%s: dout.shape[%d]: got %lld, expected %lld (the saved forward's out)",
                             FN_BWD, d, (long long)c->dout->shape[d], (long long)w[d + unb]);
-    if ((st = check_bx(ctx, FN_BWD, "dout", c->dout, unb, B, L, E, "as out"))) return st;
+    if ((st = check_bx(ctx, FN_BWD, "dout", c->dout, m, unb, B, L, E, "as out"))) return st;
     if (s->self_attn && (c->dkey || c->dvalue))
         return mha__err(ctx, MHA_ERR_INVALID_ARG,
                         "%s: %s: got a tensor, expected NULL (self-attention: dquery receives the "
                         "whole input gradient)",
                         FN_BWD, c->dkey ? "dkey" : "dvalue");
     if ((c->dquery &&
-         (st = check_bx(ctx, FN_BWD, "dquery", c->dquery, unb, B, L, E, "as query"))) ||
+         (st = check_bx(ctx, FN_BWD, "dquery", c->dquery, m, unb, B, L, E, "as query"))) ||
         (c->dkey &&
-         (st = check_bx(ctx, FN_BWD, "dkey", c->dkey, unb, B, S, m->cfg.kdim, "as key"))) ||
+         (st = check_bx(ctx, FN_BWD, "dkey", c->dkey, m, unb, B, S, m->cfg.kdim, "as key"))) ||
         (c->dvalue &&
-         (st = check_bx(ctx, FN_BWD, "dvalue", c->dvalue, unb, B, S, m->cfg.vdim, "as value"))))
+         (st = check_bx(ctx, FN_BWD, "dvalue", c->dvalue, m, unb, B, S, m->cfg.vdim, "as value"))))
         return st;
     const mha__attn_arg in[1] = {{"dout", c->dout}};
     const mha__attn_arg out[3] = {{"dquery", c->dquery}, {"dkey", c->dkey}, {"dvalue", c->dvalue}};
     return mha__attn_check_aliases(ctx, FN_BWD, out, 3, in, 1);
 }
 
-/* The larger of a and, when t is given with strides that need staging, b. */
-static int64_t staging(int64_t a, const mha_tensor *t, int64_t b) {
-    return t && rows_ld(t) < 0 && b > a ? b : a;
+/* The larger of a and the staging of a product of [M, N] into t (when given). */
+static int64_t staging(const mha_module *m, int64_t a, const mha_tensor *t, int64_t M, int64_t N) {
+    const int64_t b = t ? stage_n(m, t, M, N) : 0;
+    return b > a ? b : a;
 }
 
 /* Declares the backward's workspace (kept in m->bws) and points c's regions into it. */
 static mha_status bwd_plan(mha_ctx *ctx, mha_module *m, bwd_call *c) {
     const mha__saved *s = m->saved;
     const int64_t E = m->cfg.embed_dim, BL = s->B * s->L, BS = s->self_attn ? 0 : s->B * s->S;
-    int64_t tmp_n = staging(staging(staging(0, c->dquery, BL * E), c->dkey, BS * m->cfg.kdim),
-                            c->dvalue, BS * m->cfg.vdim);
+    int64_t nf = stage_n(m, NULL, BL, E); /* da */
+    nf = staging(m, staging(m, staging(m, nf, c->dquery, BL, E), c->dkey, BS, m->cfg.kdim),
+                 c->dvalue, BS, m->cfg.vdim);
     c->ldy = rows_ld(c->dout);
+    const size_t es = m->es;
     mha__plan pl;
     mha__plan_init(&pl);
-    MHA__PLAN_ADD(&pl, bwd_call, dyc, sizeof(float), c->ldy < 0 ? BL : 0, E);
-    MHA__PLAN_ADD(&pl, bwd_call, da, sizeof(float), BL, E);
-    MHA__PLAN_ADD(&pl, bwd_call, dq, sizeof(float), BL, s->self_attn ? 3 * E : E);
-    MHA__PLAN_ADD(&pl, bwd_call, dk, sizeof(float), BS, E);
-    MHA__PLAN_ADD(&pl, bwd_call, dv, sizeof(float), BS, E);
+    MHA__PLAN_ADD(&pl, bwd_call, dyc, es, c->ldy < 0 ? BL : 0, E);
+    MHA__PLAN_ADD(&pl, bwd_call, da, es, BL, E);
+    MHA__PLAN_ADD(&pl, bwd_call, dq, es, BL, s->self_attn ? 3 * E : E);
+    MHA__PLAN_ADD(&pl, bwd_call, dk, es, BS, E);
+    MHA__PLAN_ADD(&pl, bwd_call, dv, es, BS, E);
     MHA__PLAN_ADD(&pl, bwd_call, gw, sizeof(float), param_total(m), 1);
-    MHA__PLAN_ADD(&pl, bwd_call, tmp, sizeof(float), tmp_n, 1);
+    MHA__PLAN_ADD(&pl, bwd_call, f, sizeof(float), nf, 1);
     MHA__PLAN_ADD(&pl, bwd_call, acc, sizeof(double), 3, E);
     mha_status st = kept_point(ctx, FN_BWD, &pl, &m->bws, c);
     if (st) return st;
-    if (s->self_attn) c->dk = c->dq + E, c->dv = c->dq + 2 * E;
+    if (s->self_attn) c->dk = el(m, c->dq, E), c->dv = el(m, c->dq, 2 * E);
     c->ldg = s->self_attn ? 3 * E : E;
-    c->dy = c->dout->data;
+    c->dy = c->dout->ptr;
     if (c->ldy < 0) {
-        copy_view(c->dout, c->dyc, 0);
+        copy_rows(c->dout, c->dyc);
         c->dy = c->dyc, c->ldy = E;
     }
     return MHA_OK;
@@ -954,13 +1016,12 @@ static mha_status bwd_plan(mha_ctx *ctx, mha_module *m, bwd_call *c) {
 static mha_status bwd_out_proj(mha_ctx *ctx, mha_module *m, const bwd_call *c) {
     const mha__saved *s = m->saved;
     const int64_t E = m->cfg.embed_dim, BL = s->B * s->L;
+    mha_tensor da = rows_view(m, c->da, BL, E, E);
     mha_status st;
-    if ((st = mha__gemm_ex(ctx, &m->gws, 0, 0, BL, E, E, 1.0f, c->dy, c->ldy, m->wo, E, 0.0f, NULL,
-                           c->da, E)) ||
-        (st = mha__gemm_ex(ctx, &m->gws, 1, 0, E, E, BL, 1.0f, c->dy, c->ldy, s->attn, E, 0.0f,
-                           NULL, mirror(m, c->gw, m->gwo), E)))
+    if ((st = mod_gemm(ctx, m, 0, 0, BL, E, E, c->dy, c->ldy, m->wo, E, NULL, &da, c->f)) ||
+        (st = param_grad(ctx, m, E, E, BL, c->dy, c->ldy, s->attn, E, mirror(m, c->gw, m->gwo))))
         return st;
-    if (m->gbo) col_sums(mirror(m, c->gw, m->gbo), c->dy, c->ldy, BL, E, c->acc);
+    if (m->gbo) col_sums(mirror(m, c->gw, m->gbo), m->cfg.dtype, c->dy, c->ldy, BL, E, c->acc);
     return MHA_OK;
 }
 
@@ -969,14 +1030,14 @@ static mha_status bwd_core(mha_ctx *ctx, const mha_module *m, const bwd_call *c)
     const mha__saved *s = m->saved;
     const int64_t E = m->cfg.embed_dim, H = m->cfg.num_heads, D = E / H;
     const int64_t B = s->B, L = s->L, S = s->S;
-    mha_tensor qv = heads_view(s->q, B, H, L, D, s->ldq);
-    mha_tensor kv = heads_view(s->k, B, H, S, D, s->ldk);
-    mha_tensor vv = heads_view(s->v, B, H, S, D, s->ldv);
-    mha_tensor ov = heads_view(s->attn, B, H, L, D, E);
-    mha_tensor dov = heads_view(c->da, B, H, L, D, E);
-    mha_tensor dqv = heads_view(c->dq, B, H, L, D, c->ldg);
-    mha_tensor dkv = heads_view(c->dk, B, H, S, D, c->ldg);
-    mha_tensor dvv = heads_view(c->dv, B, H, S, D, c->ldg);
+    mha_tensor qv = heads_view(m, s->q, B, H, L, D, s->ldq);
+    mha_tensor kv = heads_view(m, s->k, B, H, S, D, s->ldk);
+    mha_tensor vv = heads_view(m, s->v, B, H, S, D, s->ldv);
+    mha_tensor ov = heads_view(m, s->attn, B, H, L, D, E);
+    mha_tensor dov = heads_view(m, c->da, B, H, L, D, E);
+    mha_tensor dqv = heads_view(m, c->dq, B, H, L, D, c->ldg);
+    mha_tensor dkv = heads_view(m, c->dk, B, H, S, D, c->ldg);
+    mha_tensor dvv = heads_view(m, c->dv, B, H, S, D, c->ldg);
     int64_t lshape[3] = {B, H, L};
     mha_tensor lv = mha_tensor_make(s->lse, 3, lshape);
     return mha_attn_backward(ctx, &s->ap, &qv, &kv, &vv, &s->mask, &ov, &lv, &dov, &dqv, &dkv,
@@ -990,15 +1051,13 @@ static mha_status bwd_inputs(mha_ctx *ctx, mha_module *m, const bwd_call *c) {
     const int64_t E = m->cfg.embed_dim, BL = s->B * s->L, BS = s->B * s->S;
     mha_status st = MHA_OK;
     if (s->self_attn)
-        return c->dquery
-                   ? input_grad(ctx, &m->gws, c->dquery, c->dq, 3 * E, BL, 3 * E, E, m->wq, c->tmp)
-                   : MHA_OK;
-    if ((c->dquery &&
-         (st = input_grad(ctx, &m->gws, c->dquery, c->dq, E, BL, E, E, m->wq, c->tmp))) ||
+        return c->dquery ? input_grad(ctx, m, c->dquery, c->dq, 3 * E, BL, 3 * E, E, m->wq, c->f)
+                         : MHA_OK;
+    if ((c->dquery && (st = input_grad(ctx, m, c->dquery, c->dq, E, BL, E, E, m->wq, c->f))) ||
         (c->dkey &&
-         (st = input_grad(ctx, &m->gws, c->dkey, c->dk, E, BS, E, m->cfg.kdim, m->wk, c->tmp))) ||
+         (st = input_grad(ctx, m, c->dkey, c->dk, E, BS, E, m->cfg.kdim, m->wk, c->f))) ||
         (c->dvalue &&
-         (st = input_grad(ctx, &m->gws, c->dvalue, c->dv, E, BS, E, m->cfg.vdim, m->wv, c->tmp))))
+         (st = input_grad(ctx, m, c->dvalue, c->dv, E, BS, E, m->cfg.vdim, m->wv, c->f))))
         return st;
     return MHA_OK;
 }
@@ -1009,26 +1068,24 @@ static mha_status bwd_in_proj(mha_ctx *ctx, mha_module *m, const bwd_call *c) {
     const mha__saved *s = m->saved;
     const int64_t E = m->cfg.embed_dim, kd = m->cfg.kdim, vd = m->cfg.vdim;
     const int64_t BL = s->B * s->L, BS = s->B * s->S;
+    const mha_dtype dt = m->cfg.dtype;
     float *gbin = mirror(m, c->gw, m->gbin);
     mha_status st;
     if (s->self_attn) {
-        if ((st = mha__gemm_ex(ctx, &m->gws, 1, 0, 3 * E, E, BL, 1.0f, c->dq, 3 * E, s->x, s->ldx,
-                               0.0f, NULL, mirror(m, c->gw, m->gwq), E)))
+        if ((st = param_grad(ctx, m, 3 * E, E, BL, c->dq, 3 * E, s->x, s->ldx,
+                             mirror(m, c->gw, m->gwq))))
             return st;
-        if (gbin) col_sums(gbin, c->dq, 3 * E, BL, 3 * E, c->acc);
+        if (gbin) col_sums(gbin, dt, c->dq, 3 * E, BL, 3 * E, c->acc);
         return MHA_OK;
     }
-    if ((st = mha__gemm_ex(ctx, &m->gws, 1, 0, E, E, BL, 1.0f, c->dq, E, s->x, s->ldx, 0.0f, NULL,
-                           mirror(m, c->gw, m->gwq), E)) ||
-        (st = mha__gemm_ex(ctx, &m->gws, 1, 0, E, kd, BS, 1.0f, c->dk, E, s->xk, s->ldxk, 0.0f,
-                           NULL, mirror(m, c->gw, m->gwk), kd)) ||
-        (st = mha__gemm_ex(ctx, &m->gws, 1, 0, E, vd, BS, 1.0f, c->dv, E, s->xv, s->ldxv, 0.0f,
-                           NULL, mirror(m, c->gw, m->gwv), vd)))
+    if ((st = param_grad(ctx, m, E, E, BL, c->dq, E, s->x, s->ldx, mirror(m, c->gw, m->gwq))) ||
+        (st = param_grad(ctx, m, E, kd, BS, c->dk, E, s->xk, s->ldxk, mirror(m, c->gw, m->gwk))) ||
+        (st = param_grad(ctx, m, E, vd, BS, c->dv, E, s->xv, s->ldxv, mirror(m, c->gw, m->gwv))))
         return st;
     if (gbin) {
-        col_sums(gbin, c->dq, E, BL, E, c->acc);
-        col_sums(gbin + E, c->dk, E, BS, E, c->acc);
-        col_sums(gbin + 2 * E, c->dv, E, BS, E, c->acc);
+        col_sums(gbin, dt, c->dq, E, BL, E, c->acc);
+        col_sums(gbin + E, dt, c->dk, E, BS, E, c->acc);
+        col_sums(gbin + 2 * E, dt, c->dv, E, BS, E, c->acc);
     }
     return MHA_OK;
 }
@@ -1056,7 +1113,11 @@ mha_status mha_module_backward(mha_ctx *ctx, mha_module *m, const mha_tensor *do
         return st;
     }
     const float *src = c.gw;
-    for (int i = 0; i < m->nparams; src += m->p[i].numel, i++)
-        for (int64_t e = 0; e < m->p[i].numel; e++) m->p[i].grad[e] += src[e];
+    const mha_dtype dt = m->cfg.dtype;
+    for (int i = 0; i < m->nparams; src += m->p[i].numel, i++) {
+        void *g = m->p[i].grad;
+        for (int64_t e = 0; e < m->p[i].numel; e++)
+            mha__store_f32(dt, g, e, mha__load_f32(dt, g, e) + src[e]);
+    }
     return MHA_OK;
 }

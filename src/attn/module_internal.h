@@ -22,8 +22,9 @@ typedef struct {
     int ndim;         /* 1 or 2 */
     int64_t shape[2];
     int64_t numel;
-    float *value, *grad;         /* what the module uses: its own buffers, or bound memory */
-    float *own_value, *own_grad; /* the buffers the module allocated (and frees) */
+    void *value, *grad;         /* what the module uses: its own buffers, or bound memory;
+                                   elements of the module's dtype (cfg.dtype) */
+    void *own_value, *own_grad; /* the buffers the module allocated (and frees) */
 } mha__param;
 
 /* An owned buffer kept between calls, holding one planned workspace (src/core/plan.h): a call
@@ -40,15 +41,16 @@ typedef struct {
 typedef struct {
     int64_t B, L, S;
     int unbatched, self_attn;
-    const float *x;       /* [B*L, E] query, row stride ldx: a copy, or, in a forward without
+    /* Activations are elements of the module's dtype (float32, bf16 or f16), lse float32. */
+    const void *x;       /* [B*L, E] query, row stride ldx: a copy, or, in a forward without
                         save_for_backward, the caller's query itself when its rows allow */
-    const float *xk, *xv; /* [B*S, kdim], [B*S, vdim] key, value (cross-attention only), the
+    const void *xk, *xv; /* [B*S, kdim], [B*S, vdim] key, value (cross-attention only), the
                              same way (ldxk, ldxv) */
     int64_t ldx, ldxk, ldxv;
-    float *q, *k, *v;      /* self: one [B*L, 3E] region of packed q|k|v rows
+    void *q, *k, *v;       /* self: one [B*L, 3E] region of packed q|k|v rows
                                  (= [B, L, 3, H, D]); cross: q [B*L, E], k, v [B*S, E] */
     int64_t ldq, ldk, ldv; /* row strides of q, k, v (3E for self-attention, else E) */
-    float *attn;           /* [B*L, E] = [B, L, H, D], the core's output */
+    void *attn;            /* [B*L, E] = [B, L, H, D], the core's output */
     float *lse;            /* [B, H, L] */
     mha_mask mask;         /* pointers into the copies, or, without save_for_backward, into the
                         caller's masks */
@@ -68,11 +70,12 @@ struct mha_module {
     int packed;     /* 1: in_proj_weight; 0: q/k/v_proj_weight */
     int nparams;
     mha__param p[MHA__MOD_MAX_PARAMS];
-    float *wq, *wk, *wv, *bin, *wo, *bo;       /* values (bin, bo NULL without bias) */
-    float *gwq, *gwk, *gwv, *gbin, *gwo, *gbo; /* gradients */
-    uint64_t dropout_seed;                     /* cfg.seed, or mha_module_set_dropout_rng's */
-    uint64_t dropout_offset;                   /* advances on every training forward with dropout */
-    mha__saved *saved;                         /* &st: a forward to differentiate; NULL: none */
+    size_t es;                                /* bytes per element of cfg.dtype */
+    void *wq, *wk, *wv, *bin, *wo, *bo;       /* values (bin, bo NULL without bias) */
+    void *gwq, *gwk, *gwv, *gbin, *gwo, *gbo; /* gradients */
+    uint64_t dropout_seed;                    /* cfg.seed, or mha_module_set_dropout_rng's */
+    uint64_t dropout_offset;                  /* advances on every training forward with dropout */
+    mha__saved *saved;                        /* &st: a forward to differentiate; NULL: none */
     mha__saved st;    /* the forward's views and workspace, kept between calls */
     mha__buf fws;     /* the forward's scratch (staging rows for a strided out), kept while
                          calls need it */

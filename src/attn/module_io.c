@@ -10,6 +10,7 @@
  * ({"num_heads": "8"}) and, reading a file that has it, uses it and refuses another. */
 #include "module_internal.h"
 #include "io/io_internal.h" /* mha__st_layer */
+#include "kernels/cvt.h"
 
 #include <stdio.h>
 #include <string.h>
@@ -47,7 +48,14 @@ static mha_status load_from_st(mha_ctx *ctx, const char *fn, mha_module *m, cons
     for (int i = 0; i < m->nparams; i++) {
         const mha__param *p = &m->p[i];
         const mha_array *a = mha_st_find(layer, p->name);
-        if (p->numel > 0) memcpy(p->value, a->data, sizeof(float) * (size_t)p->numel);
+        if (m->cfg.dtype == MHA_DTYPE_F32) { /* the float32 values as they are */
+            if (p->numel > 0) memcpy(p->value, a->data, sizeof(float) * (size_t)p->numel);
+            continue;
+        }
+        /* rounded once into a bf16 / f16 module: a file's bf16 (f16) values come back with
+         * their own bits (mha__st_layer converted them to float32 exactly) */
+        for (int64_t e = 0; e < p->numel; e++)
+            mha__store_f32(m->cfg.dtype, p->value, e, ((const float *)a->data)[e]);
     }
     return MHA_OK;
 }
@@ -89,7 +97,7 @@ mha_status mha_module_state_dict(mha_ctx *ctx, const mha_module *m, mha_st **out
         const mha__param *p = &m->p[i];
         mha_array a; /* a view: mha_st_set copies it */
         memset(&a, 0, sizeof a);
-        a.dtype = MHA_DTYPE_F32;
+        a.dtype = m->cfg.dtype;
         a.ndim = p->ndim;
         for (int d = 0; d < p->ndim; d++) a.shape[d] = p->shape[d];
         a.data = p->value;

@@ -8,6 +8,8 @@
 #ifndef MHA_KERNELS_CVT_H
 #define MHA_KERNELS_CVT_H
 
+#include "mha.h"
+
 #include <stdint.h>
 #include <string.h>
 
@@ -57,6 +59,20 @@ static inline uint16_t mha__f32_to_f16(float x) {
      * float32 addition of 2^-24 * 2^23 (the rounding a float32 add performs at that scale) */
     const float v = mha__bits_f32(a) + 0.5f; /* 0.5 = 2^-1: keeps 2^-24 steps (ulp 2^-24) */
     return (uint16_t)(sign | (mha__f32_bits(v) - 0x3f000000u));
+}
+
+/* Element i of an array of dtype dt (MHA_DTYPE_F32, BF16 or F16) as float32, exactly; and
+ * element i set to x rounded once. For glue code that works on any element type; kernels
+ * convert whole vectors. */
+static inline float mha__load_f32(mha_dtype dt, const void *p, int64_t i) {
+    if (dt == MHA_DTYPE_F32) return ((const float *)p)[i];
+    const uint16_t h = ((const uint16_t *)p)[i];
+    return dt == MHA_DTYPE_BF16 ? mha__bf16_to_f32(h) : mha__f16_to_f32(h);
+}
+
+static inline void mha__store_f32(mha_dtype dt, void *p, int64_t i, float x) {
+    if (dt == MHA_DTYPE_F32) ((float *)p)[i] = x;
+    else ((uint16_t *)p)[i] = dt == MHA_DTYPE_BF16 ? mha__f32_to_bf16(x) : mha__f32_to_f16(x);
 }
 
 #endif

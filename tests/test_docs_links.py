@@ -202,3 +202,25 @@ def test_readme_links_the_page():
     with open(os.path.join(ROOT, "README.md"), encoding="utf-8") as f:
         targets = [t for _, _, t in links(f.read())]
     assert "docs/attention.md" in targets
+
+
+def table_problems(markdown):
+    """Rows of a Markdown table with another number of cells than its header (GitHub splits
+    cells at every '|', even inside `code`)."""
+    problems, width = [], None
+    for n, line in enumerate(markdown.splitlines(), 1):
+        if not line.startswith("|"):
+            width = None
+            continue
+        cells = line.strip().strip("|").split("|")
+        if width is None:
+            width = len(cells)
+        elif len(cells) != width:
+            problems.append(f"line {n}: {len(cells)} cells, the header has {width}")
+    return problems
+
+
+def test_tables_have_as_many_cells_as_their_header():
+    assert not table_problems(read_page()), "\n".join(table_problems(read_page()))
+    assert table_problems("| a | b |\n|---|---|\n| `x | y` | z |\n") == [
+        "line 3: 3 cells, the header has 2"]

@@ -35,8 +35,11 @@ x="--query $tmp/x.npy --tokens $tmp/tokens.txt"
 {
     draw heads "no mask: head 0 looks one token back, head 1 at the same word" $x
     draw causal "causal (top-left): query i sees keys 0..i" $x --causal
-    draw window "window (2, 0) as its bool mask: keys i-2..i" $x --attn-mask "$tmp/window.npy"
-    draw alibi "ALiBi slopes (1, 0.25) as their float mask" $x --attn-mask "$tmp/alibi.npy"
+    # the scale nearly 0 makes every score 0: what shapes these weights is the mask alone
+    draw window "window (2, 0) as its bool mask, scores all 0: keys i-2..i" $x --scale 1e-12 \
+        --attn-mask "$tmp/window.npy"
+    draw alibi "ALiBi slopes (1, 0.25) as their float mask, scores all 0" $x --scale 1e-12 \
+        --attn-mask "$tmp/alibi.npy"
 }
 kv="--key $tmp/x.npy --value $tmp/x.npy --key-tokens $tmp/tokens.txt"
 # shellcheck disable=SC2086

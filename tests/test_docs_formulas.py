@@ -252,3 +252,24 @@ def test_the_tile_map_skips_what_the_page_says():
     assert (skipped, tiles.shape[0] * tiles.shape[1]) == (int(claim.group(1)),
                                                          int(claim.group(2)))
     assert np.array_equal(m == 1, np.tril(np.ones((32, 32), bool)))  # yellow: j <= i
+
+
+def test_the_window_and_alibi_pictures_show_the_mask_alone():
+    """Drawn with every score 0: the window spreads each row evenly over its keys (1, 1/2,
+    1/3, ...), ALiBi gives key j of row i a weight proportional to e^(-slope |i - j|)."""
+    with open(os.path.join(DOCS, "img", "window.svg"), encoding="utf-8") as f:
+        window = f.read()
+    with open(os.path.join(DOCS, "img", "alibi.svg"), encoding="utf-8") as f:
+        alibi = f.read()
+    assert "(1, then 1/2, then 1/3 per row)" in page()
+    for h in (0, 1):
+        for i in range(8):
+            for j in range(8):
+                allowed = i - 2 <= j <= i
+                want = 1 / min(i + 1, 3) if allowed else 0.0
+                assert tooltip(window, h, i, j) == pytest.approx(want, abs=1e-4), (h, i, j)
+    for h, slope in enumerate([1.0, 0.25]):
+        for i in range(8):
+            e = np.exp(-slope * np.abs(i - np.arange(8)))
+            got = [tooltip(alibi, h, i, j) for j in range(8)]
+            np.testing.assert_allclose(got, e / e.sum(), atol=1e-4)

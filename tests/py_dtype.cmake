@@ -17,3 +17,7 @@ foreach(isa generic avx2)
     ENVIRONMENT "MHA_BIN=$<TARGET_FILE:mha_cli>;PYTHONDONTWRITEBYTECODE=1;PYTHONPATH=${CMAKE_SOURCE_DIR}/python;MHA_LIBRARY=$<TARGET_FILE:mha_shared>;MHA_ISA=${isa}"
     TIMEOUT 300)
 endforeach()
+
+# test_py_module_dtype.py  mha.MultiheadAttention(dtype=torch.bfloat16 / torch.float16) against
+#                          torch's layer of that dtype and a float64 reference.
+mha_add_pytest(test_py_module_dtype)

@@ -456,15 +456,15 @@ def test_varlen(dt):
 
 @pytest.mark.parametrize("dt", DTYPES)
 def test_float32_only_functions_say_so(dt):
-    """The layers stay float32: ValueError naming the argument, saying
-    float32 is needed there (and where bfloat16 / float16 go), never "mha computes in
-    float32"."""
+    """A float32 layer refuses bfloat16 / float16 inputs (a layer of that dtype takes them:
+    test_py_module_dtype), and the seed module stays float32: ValueError naming the
+    argument, saying float32 is needed there (and where bfloat16 / float16 go), never "mha
+    computes in float32"."""
     dtype = DTYPES[dt]
     x = torch.randn(2, 5, 8, dtype=dtype)
     calls = {
         "query": lambda: mha.MultiheadAttention(8, 2, batch_first=True)(x, x, x),
         "x": lambda: mha.MultiHeadAttention(8, 2)(x),
-        "dtype": lambda: mha.MultiheadAttention(8, 2, dtype=dtype),
     }
     for name, call in calls.items():
         with pytest.raises(ValueError) as e:

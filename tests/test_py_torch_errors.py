@@ -106,10 +106,11 @@ def test_input_dtype(dtype, arg):
 
 @pytest.mark.parametrize("dtype", BAD_DTYPES, ids=str)
 def test_module_dtype(dtype):
-    with pytest.raises(ValueError, match=str(dtype).split(".")[-1]):
-        m = mha.MultiheadAttention(8, 2, dtype=dtype)
-        m(X.to(dtype), X.to(dtype), X.to(dtype))
-    m = layer().to(dtype)  # converted after construction: refused at the call
+    if dtype == torch.float64:  # bfloat16 and float16 layers exist: test_py_module_dtype
+        with pytest.raises(ValueError, match=str(dtype).split(".")[-1]):
+            m = mha.MultiheadAttention(8, 2, dtype=dtype)
+            m(X.to(dtype), X.to(dtype), X.to(dtype))
+    m = layer().to(dtype)  # converted after construction: its inputs must follow
     with pytest.raises(ValueError, match=str(dtype).split(".")[-1]):
         m(X, X, X)
     s = mha.MultiHeadAttention(8, 2).to(dtype)

@@ -4,9 +4,11 @@ C module behind the nn modules, and the autograd Functions that run mha's own ba
 Conventions shared by the PyTorch front end (mha.nn, mha.functional, mha.flash):
   - Tensors must be on the CPU. The attention core (mha.functional, flash_attn_func) takes
     float32, bfloat16 or float16 q, k, v of one dtype, computes in float32 and rounds its
-    outputs to that dtype once; everything else (the layers, varlen, the KV cache, parameters,
-    ALiBi slopes) is float32 only. A wrong dtype raises ValueError naming the argument; q, k, v
-    of different supported dtypes raise RuntimeError, as PyTorch's attention does. Any strides
+    outputs to that dtype once; mha.MultiheadAttention computes in its parameters' dtype
+    (float32, bfloat16 or float16: inputs, outputs and gradients in it, products accumulated
+    in float32); the rest (the seed-module layer, ALiBi slopes) is float32 only. A wrong dtype
+    raises ValueError naming the argument; q, k, v of different supported dtypes raise
+    RuntimeError, as PyTorch's attention does. Any strides
     are passed as they are (no copy) as long as the innermost dimension has stride 1; a tensor
     whose innermost stride is not 1 is copied with .contiguous() (the documented conversion).
   - Library errors become ValueError / MemoryError / RuntimeError with the library's message.
@@ -33,10 +35,10 @@ def shape_str(t):
 # torch dtype -> the mha_dtype the attention core takes it as (MHA_DTYPE_F32, _F16, _BF16)
 CORE_DTYPES = {torch.float32: 0, torch.float16: 4, torch.bfloat16: 5}
 _CORE_NAMES = "torch.float32, torch.bfloat16 or torch.float16"
-# Why a function refuses bfloat16 / float16 (the C layers, varlen and KV cache are float32 only):
+# Why a function refuses bfloat16 / float16 (a float32 layer, the seed module, ALiBi slopes):
 # F32_ONLY for a tensor, F32_ONLY_DTYPE for a dtype argument
-_LOWP_GOES_TO = ("bfloat16 and float16 go to mha.functional.scaled_dot_product_attention and "
-                 "mha.flash_attn_func")
+_LOWP_GOES_TO = ("bfloat16 and float16 go to mha.functional.scaled_dot_product_attention, "
+                 "mha.flash_attn_func and mha.MultiheadAttention(..., dtype=torch.bfloat16)")
 F32_ONLY = "float32 is needed here: .float(); " + _LOWP_GOES_TO
 F32_ONLY_DTYPE = "float32 is needed here; " + _LOWP_GOES_TO
 
@@ -110,14 +112,20 @@ def ptr(t):
     return t.data_ptr() if t is not None else None
 
 
-def new_like(shape, stride):
-    return torch.empty_strided(shape, stride, dtype=_F32)
+def new_like(shape, stride, dtype=_F32):
+    return torch.empty_strided(shape, stride, dtype=dtype)
 
 
-def check_param(p, name, fn):
-    """A parameter must be float32 on the CPU, and contiguous (the C module reads parameters as
-    contiguous memory): ValueError saying which."""
-    _require_cpu_f32(p, name, fn, "parameter")
+def check_param(p, name, fn, dtype=_F32):
+    """A parameter must be of dtype (the layer's) on the CPU, and contiguous (the C module reads
+    parameters as contiguous memory): ValueError saying which."""
+    if dtype == _F32:
+        _require_cpu_f32(p, name, fn, "parameter")
+    else:
+        _require_cpu(p, name, fn, "parameter")
+        if p.dtype != dtype:
+            raise ValueError(f"{fn}: {name}.dtype: got {p.dtype}, expected {dtype} (the dtype "
+                             "of the layer's other parameters)")
     if not p.is_contiguous():
         raise ValueError(f"{fn}: {name}: got a non-contiguous parameter (strides "
                          f"{tuple(p.stride())}), expected a contiguous one")
@@ -230,12 +238,12 @@ class CModule:
             _free(self.ptr)
             self.ptr = None
 
-    def get(self, E, H, kdim, vdim, bias, dropout):
+    def get(self, E, H, kdim, vdim, bias, dropout, dtype=_F32):
         """The module for this configuration (re-created when it changed: a layer's dropout
         attribute may be set between calls). A forward saved by the one it replaces can still
         be differentiated: the saved state carries its own dropout and is given back to the
         module of the same address only (mha_module_saved_restore checks the owner)."""
-        key = (E, H, kdim, vdim, bias, dropout)
+        key = (E, H, kdim, vdim, bias, dropout, dtype)
         if self.ptr is None or self.cfg != key:
             if self.ptr:
                 lib.mha_module_free(self.ptr)
@@ -245,13 +253,15 @@ class CModule:
             cfg = lib.mha_config_default(E, H)
             cfg.kdim, cfg.vdim, cfg.bias = kdim, vdim, 1 if bias else 0
             cfg.dropout = dropout
+            cfg.dtype = CORE_DTYPES[dtype]
             p = c_void_p()
             _lib.check(lib.mha_module_create(_lib.ctx(), byref(cfg), byref(p)))
             self.ptr, self.cfg, self.bound = p, key, {}
         return self.ptr
 
     def bind_values(self, names, values):
-        """Points the module's parameters at the tensors values (contiguous float32)."""
+        """Points the module's parameters at the tensors values (contiguous, of the module's
+        dtype)."""
         b = self.bound
         for name, t in zip(names, values):
             p = t.data_ptr()
@@ -295,8 +305,9 @@ class Saved:
 
 
 class LayerCall:
-    """One call of a layer: its C module, parameter names and tensors (contiguous float32,
-    in the C module's order), masks and options. self_attn: key = value = query."""
+    """One call of a layer: its C module, parameter names and tensors (contiguous, of the
+    layer's dtype, in the C module's order), masks and options. self_attn: key = value =
+    query. Attention weights come back in the layer's dtype, as PyTorch's."""
 
     def __init__(self, cmod, names, values, mask, training, dropout, average, need_weights,
                  heads):
@@ -314,7 +325,7 @@ class LayerCall:
             lead = q.shape[:-1]
             shape = lead + (S,) if self.average else \
                 lead[:-1] + (self.heads,) + lead[-1:] + (S,)
-            weights = torch.empty(shape, dtype=_F32)
+            weights = torch.empty(shape, dtype=_F32)  # float32 in the library
         else:
             weights = None
         opts = _lib.ForwardOpts(0.0, 1 if self.training else 0, 1 if self.average else 0,
@@ -339,16 +350,19 @@ class LayerCall:
                 sp = c_void_p()
                 _lib.check(lib.mha_module_saved_take(c, cm.ptr, byref(sp)), c)
                 saved = Saved(sp, cm)
+        if weights is not None and q.dtype != _F32:
+            weights = weights.to(q.dtype)
         return out, weights, saved
 
     def run_backward(self, saved, dout, values, qmeta, kmeta, vmeta):
         """Input gradients (like the forward's q, k, v) and the parameter gradients."""
         cm = self.cmod
         grads = [torch.zeros_like(t) for t in values]
-        dq = new_like(*qmeta)
-        dk = new_like(*kmeta) if kmeta is not None else None
-        dv = new_like(*vmeta) if vmeta is not None else None
-        dout = as_input(dout, "grad of out", "backward")
+        dt = values[0].dtype
+        dq = new_like(*qmeta, dt)
+        dk = new_like(*kmeta, dt) if kmeta is not None else None
+        dv = new_like(*vmeta, dt) if vmeta is not None else None
+        dout = as_input(dout, "grad of out", "backward", None if dt == _F32 else dt)
         c = _lib.ctx()
         with cm.lock:
             cm.bind_values(self.names, values)

@@ -11,9 +11,9 @@ aligned bottom-right (query row i sits at key position i + seqlen_k - seqlen_q),
 grouped-query attention.
 
 Where mha differs:
-  - CPU tensors only; flash_attn_func takes float32, bfloat16 or float16 q, k, v (computed in
-    float32, outputs rounded once), flash_attn_varlen_func and flash_attn_with_kvcache float32
-    only (FlashAttention: fp16/bf16 on CUDA): other dtypes and devices raise ValueError;
+  - CPU tensors only; every function takes float32, bfloat16 or float16 q, k, v (computed in
+    float32, outputs rounded once; FlashAttention: fp16/bf16 on CUDA): other dtypes and
+    devices raise ValueError;
   - always deterministic (``deterministic`` is accepted and changes nothing);
   - dropout draws mha's own mask (Philox, seeded from torch's default generator:
     torch.manual_seed makes it reproducible), not FlashAttention's;

@@ -47,8 +47,10 @@ class MultiheadAttention(nn.MultiheadAttention):
     Parameters
     ----------
     embed_dim, num_heads, dropout, bias, kdim, vdim, batch_first, device, dtype
-        As torch.nn.MultiheadAttention. dtype must be torch.float32 (or None) and device the
-        CPU.
+        As torch.nn.MultiheadAttention. dtype: torch.float32 (None), torch.bfloat16 or
+        torch.float16: the parameters', the inputs' and the outputs' dtype; the layer then
+        computes as PyTorch's of that dtype (each product accumulated in float32 and rounded
+        once, the attention core's softmax in float32). device: the CPU.
     add_bias_kv, add_zero_attn
         Not supported: True raises NotImplementedError.
 
@@ -82,9 +84,9 @@ class MultiheadAttention(nn.MultiheadAttention):
         if add_zero_attn:
             raise NotImplementedError(f"{fn}: add_zero_attn=True is not supported (the zero "
                                       "key/value row; use torch.nn.MultiheadAttention)")
-        if dtype is not None and dtype != torch.float32:
-            raise ValueError(f"{fn}: dtype: got {dtype}, expected torch.float32 or None "
-                             f"({T.F32_ONLY_DTYPE})")
+        if dtype is not None and dtype not in T.CORE_DTYPES:
+            raise ValueError(f"{fn}: dtype: got {dtype}, expected torch.float32 (None), "
+                             "torch.bfloat16 or torch.float16")
         if device is not None and torch.device(device).type != "cpu":
             raise ValueError(f"{fn}: device: got {device}, expected the CPU (mha computes on "
                              "the CPU)")
@@ -129,9 +131,11 @@ class MultiheadAttention(nn.MultiheadAttention):
         else:
             ps.append(op["weight"])
         for p in ps:
-            if p.dtype != _F32 or not p.is_cpu or not p.is_contiguous():
+            if p.dtype != ps[-1].dtype or not p.is_cpu or not p.is_contiguous():
                 for n, p in zip(names, ps):
-                    T.check_param(p, n.decode(), "mha.MultiheadAttention")
+                    T.check_param(p, n.decode(), "mha.MultiheadAttention", ps[-1].dtype)
+        if ps[-1].dtype not in T.CORE_DTYPES:
+            T.check_param(ps[-1], names[-1].decode(), "mha.MultiheadAttention")
         return names, ps
 
     def forward(self, query, key, value, key_padding_mask=None, need_weights=True,
@@ -140,10 +144,12 @@ class MultiheadAttention(nn.MultiheadAttention):
         if getattr(self, "bias_k", None) is not None or self.add_zero_attn:
             raise NotImplementedError(f"{fn}: add_bias_kv / add_zero_attn are not supported")
         self_attn = query is key and key is value and self._qkv_same_embed_dim
-        query = T.as_input(query, "query", fn)
+        dt = self.out_proj.weight.dtype  # the layer's dtype: its inputs' too
+        dt = None if dt == _F32 else dt
+        query = T.as_input(query, "query", fn, dt)
         if not self_attn:
-            key = T.as_input(key, "key", fn)
-            value = T.as_input(value, "value", fn)
+            key = T.as_input(key, "key", fn, dt)
+            value = T.as_input(value, "value", fn, dt)
         batched = query.dim() == 3
         if query.dim() not in (2, 3):
             raise ValueError(f"{fn}: query: got a {query.dim()}-D tensor {_shape(query)}, expected "
@@ -177,14 +183,14 @@ class MultiheadAttention(nn.MultiheadAttention):
         if N == 0 or L == 0:  # nothing to attend from: an empty output, as PyTorch's
             out = F.linear(q, self.out_proj.weight, self.out_proj.bias)
             w = None if not need_weights else torch.zeros(
-                (N, L, S) if average_attn_weights else (N, H, L, S))
+                (N, L, S) if average_attn_weights else (N, H, L, S), dtype=q.dtype)
             if not batched and w is not None:
                 w = w[0]
             return (out.transpose(0, 1) if seq_first else out), w
         call = T.LayerCall(self._mha, names, ps, mask, self.training, self.dropout,
                            average_attn_weights, need_weights, H)
         self._mha.get(self.embed_dim, H, self.kdim, self.vdim, self.in_proj_bias is not None,
-                      float(self.dropout))
+                      float(self.dropout), ps[0].dtype)
         out, weights = T.run_layer(call, q, k, v, any(p.requires_grad for p in ps))
         if seq_first:
             out = out.transpose(0, 1)

@@ -19,3 +19,7 @@ endforeach()
 # tests/test_cli_core.py: the library's thread limit through `mha forward` and `mha info`.
 mha_add_pytest(test_cli_outputs)
 mha_add_pytest(test_cli_core)
+
+# tests/test_cli_dtype.py: --dtype f32|bf16|f16 on mha forward, backward and bench (the module),
+# float16 .npy inputs; accuracy against torch's layer of the dtype and a float64 reference.
+mha_add_pytest(test_cli_dtype)

@@ -104,7 +104,6 @@ def test_text_report():
      '--dtype: got "f64", expected f32, bf16 or f16'),
     (["bench", "--core", "--decode", "--dtype", "BF16"],
      '--dtype: got "BF16", expected f32, bf16 or f16'),
-    (["bench", "--dtype", "f16"], "--dtype f16: applies to --core"),
 ])
 def test_usage_errors(args, msg):
     r = mha(*args)

@@ -87,14 +87,23 @@ int cli_isa_parse(const char *name, mha_isa *out);
  * picks no single layer (several layers and no --prefix: the message lists them), a --heads the
  * file contradicts, that does not divide E, or missing where the file does not record it is a
  * usage error (1); a file that cannot be loaded or holds no attention layer returns 2 (naming
- * --weights). */
+ * --weights). The module computes in dt (f32, bf16 or f16: mha_config.dtype), its
+ * parameters rounded to it once. */
 int cli_load_module(mha_ctx *ctx, const char *path, const char *prefix, long long heads,
-                    mha_module **out);
+                    mha_dtype dt, mha_module **out);
 
-/* Loads an .npy that must be float32 with 1 <= ndim; errors name opt ("--query: ...").
- * Prints and returns 2 on failure; *out zeroed then. */
+/* --dtype's names: "f32", "bf16", "f16" into *out; 0 for another name. */
+int cli_dtype_parse(const char *name, mha_dtype *out);
+/* Replaces the array a by its values in dtype dt (float32, bf16 or f16: exact upwards, rounded
+ * once downwards); nothing when a is already of dt. On failure a is unchanged. */
+mha_status cli_array_to(mha_ctx *ctx, mha_array *a, mha_dtype dt);
+/* Loads an .npy of float32 or float16 values (NumPy has no bfloat16) with 1 <= ndim, as an
+ * array of dtype dt (float32, bf16 or f16); errors name opt ("--query: ..."). Prints and
+ * returns 2 on failure; *out zeroed then. cli_load_f32: as float32. */
+int cli_load_float(mha_ctx *ctx, const char *opt, const char *path, mha_dtype dt, mha_array *out);
 int cli_load_f32(mha_ctx *ctx, const char *opt, const char *path, mha_array *out);
-/* Loads a mask .npy: bool always; float32 too when allow_float. Prints and returns 2. */
+/* Loads a mask .npy: bool always; float32 or float16 (as float32) too when allow_float.
+ * Prints and returns 2. */
 int cli_load_mask(mha_ctx *ctx, const char *opt, const char *path, int allow_float, mha_array *out);
 
 /* Outputs written all or nothing, through the library's mha_outputs (see mha.h for what is
@@ -127,6 +136,8 @@ void cli_outputs_free(cli_outputs *s);
  * the *_given fields tell an explicit 0 from an absent option. */
 typedef struct {
     const char *weights, *query, *key, *value, *key_padding_mask, *attn_mask, *isa;
+    const char *dtype_name; /* --dtype f32|bf16|f16 (NULL: f32), parsed into dtype */
+    mha_dtype dtype;
     const char *prefix; /* --prefix: the layer in --weights (NULL: its one layer) */
     long long heads, threads;
     double scale;
@@ -150,9 +161,11 @@ int cli_layer_parse(int argc, char **argv, cli_layer_args *a, cli_opt *extra, in
  * inputs and the mask, and the sizes they agree on. Released by cli_layer_free. */
 typedef struct {
     mha_ctx *ctx;
-    mha_module *module;
-    mha_array query;       /* float32 [B, L, E], or [L, E] unbatched */
-    mha_array key, value;  /* float32 [B, S, kdim], [B, S, vdim] (no B unbatched); zeroed for
+    mha_module *module;    /* of dtype */
+    mha_dtype dtype;       /* --dtype: the module's, the inputs' and the results' before they
+                              are written (as float32) */
+    mha_array query;       /* dtype [B, L, E], or [L, E] unbatched */
+    mha_array key, value;  /* dtype [B, S, kdim], [B, S, vdim] (no B unbatched); zeroed for
                            * self-attention */
     mha_array kpm, amask;  /* the mask files, zeroed when not given */
     mha_mask mask;         /* causal choice; points into kpm and amask */
@@ -195,9 +208,10 @@ double cli_now_s(void);
 /* An mha_write_fn that writes to the FILE * user (e.g. stdout); nonzero on a short write. */
 int cli_write_file(void *user, const void *data, size_t size);
 
-/* A float32 array viewed as a contiguous tensor. */
+/* An array (float32, bf16 or f16) viewed as a contiguous tensor of its dtype. */
 mha_tensor cli_array_tensor(mha_array *a);
-/* Copies a (possibly strided) tensor view into a newly allocated float32 array. */
+/* Copies a (possibly strided) tensor view of any float dtype into a newly allocated float32
+ * array (exactly). */
 mha_status cli_tensor_to_array(mha_ctx *ctx, const mha_tensor *t, mha_array *out);
 
 #endif

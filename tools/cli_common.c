@@ -203,8 +203,31 @@ int cli_ctx_create(const long long *threads, const char *isa, mha_ctx **out) {
     return 0;
 }
 
+/* The float32 module m as a new module of dtype dt (each parameter rounded once: a bf16 / f16
+ * file's values come back with their own bits), replacing it. */
+static mha_status module_to(mha_ctx *ctx, mha_module **m, mha_dtype dt) {
+    mha_config cfg = *mha_module_config(*m);
+    mha_module *t = NULL;
+    cfg.dtype = dt;
+    mha_status st = mha_module_create(ctx, &cfg, &t);
+    for (int i = 0; st == MHA_OK && i < mha_module_param_count(*m); i++) {
+        const char *name = mha_module_param_name(*m, i);
+        mha_tensor a, b;
+        if ((st = mha_module_param(ctx, *m, name, &a, NULL)) == MHA_OK &&
+            (st = mha_module_param(ctx, t, name, &b, NULL)) == MHA_OK)
+            st = mha_tensor_convert(ctx, &a, &b);
+    }
+    if (st != MHA_OK) {
+        mha_module_free(t);
+        return st;
+    }
+    mha_module_free(*m);
+    *m = t;
+    return MHA_OK;
+}
+
 int cli_load_module(mha_ctx *ctx, const char *path, const char *prefix, long long heads,
-                    mha_module **out) {
+                    mha_dtype dt, mha_module **out) {
     *out = NULL;
     mha_st *st = NULL, *layer = NULL;
     if (mha_st_load(ctx, path, &st) != MHA_OK) return cli_fail_lib(ctx, "--weights");
@@ -229,7 +252,8 @@ int cli_load_module(mha_ctx *ctx, const char *path, const char *prefix, long lon
         rc = cli_usage_error(NULL,
                              "--heads: got %lld, expected a divisor of the embedding size %lld",
                              heads, (long long)cfg.embed_dim);
-    else if (mha_module_create_from_st(ctx, layer, NULL, heads, out) != MHA_OK)
+    else if (mha_module_create_from_st(ctx, layer, NULL, heads, out) != MHA_OK ||
+             (dt != MHA_DTYPE_F32 && module_to(ctx, out, dt) != MHA_OK))
         rc = cli_fail_lib(ctx, "--weights");
     mha_st_free(layer);
     if (rc) {
@@ -256,16 +280,52 @@ static const char *npy_code(mha_dtype dt) {
     return (unsigned)dt < sizeof codes / sizeof codes[0] ? codes[dt] : "";
 }
 
-int cli_load_f32(mha_ctx *ctx, const char *opt, const char *path, mha_array *out) {
+int cli_dtype_parse(const char *name, mha_dtype *out) {
+    static const struct {
+        const char *name;
+        mha_dtype dt;
+    } names[] = {{"f32", MHA_DTYPE_F32}, {"bf16", MHA_DTYPE_BF16}, {"f16", MHA_DTYPE_F16}};
+    for (size_t i = 0; i < sizeof names / sizeof names[0]; i++)
+        if (!strcmp(name, names[i].name)) {
+            *out = names[i].dt;
+            return 1;
+        }
+    return 0;
+}
+
+mha_status cli_array_to(mha_ctx *ctx, mha_array *a, mha_dtype dt) {
+    if (a->dtype == dt) return MHA_OK;
+    mha_array b;
+    mha_status st = mha_array_alloc(ctx, dt, a->ndim, a->shape, &b);
+    if (st != MHA_OK) return st;
+    mha_tensor src = cli_array_tensor(a), dst = cli_array_tensor(&b);
+    if (mha_array_numel(a) > 0 && (st = mha_tensor_convert(ctx, &src, &dst)) != MHA_OK) {
+        mha_array_free(&b);
+        return st;
+    }
+    mha_array_free(a);
+    *a = b;
+    return MHA_OK;
+}
+
+int cli_load_float(mha_ctx *ctx, const char *opt, const char *path, mha_dtype dt, mha_array *out) {
     int rc = load_npy(ctx, opt, path, out);
     if (rc) return rc;
-    if (out->dtype != MHA_DTYPE_F32) {
-        rc = cli_fail("%s: %s: dtype: got %s %s, expected float32 '<f4'", opt, path,
-                      npy_code(out->dtype), mha_dtype_name(out->dtype));
+    if (out->dtype != MHA_DTYPE_F32 && out->dtype != MHA_DTYPE_F16) {
+        rc = cli_fail("%s: %s: dtype: got %s %s, expected float32 '<f4' or float16 '<f2'", opt,
+                      path, npy_code(out->dtype), mha_dtype_name(out->dtype));
         mha_array_free(out);
         return rc;
     }
+    if (cli_array_to(ctx, out, dt) != MHA_OK) {
+        mha_array_free(out);
+        return cli_fail_lib(ctx, opt);
+    }
     return 0;
+}
+
+int cli_load_f32(mha_ctx *ctx, const char *opt, const char *path, mha_array *out) {
+    return cli_load_float(ctx, opt, path, MHA_DTYPE_F32, out);
 }
 
 int cli_load_mask(mha_ctx *ctx, const char *opt, const char *path, int allow_float,
@@ -273,11 +333,16 @@ int cli_load_mask(mha_ctx *ctx, const char *opt, const char *path, int allow_flo
     int rc = load_npy(ctx, opt, path, out);
     if (rc) return rc;
     if (out->dtype == MHA_DTYPE_BOOL || (allow_float && out->dtype == MHA_DTYPE_F32)) return 0;
+    if (allow_float && out->dtype == MHA_DTYPE_F16) { /* float masks are float32 in the library */
+        if (cli_array_to(ctx, out, MHA_DTYPE_F32) == MHA_OK) return 0;
+        mha_array_free(out);
+        return cli_fail_lib(ctx, opt);
+    }
     rc = cli_fail("%s: %s: dtype: got %s %s, expected %s", opt, path, npy_code(out->dtype),
                   mha_dtype_name(out->dtype),
-                  allow_float
-                      ? "bool '|b1' (true = not allowed) or float32 '<f4' (added to the scores)"
-                      : "bool '|b1' (true = ignore that key)");
+                  allow_float ? "bool '|b1' (true = not allowed) or float32 '<f4' / float16 "
+                                "'<f2' (added to the scores)"
+                              : "bool '|b1' (true = ignore that key)");
     mha_array_free(out);
     return rc;
 }
@@ -334,7 +399,7 @@ void cli_outputs_free(cli_outputs *s) {
  * One layer call: the options, loading and checks mha forward, backward and viz share
  * ------------------------------------------------------------------------------------------- */
 enum {
-    LAYER_NOPTS = 13
+    LAYER_NOPTS = 14
 };
 
 int cli_layer_parse(int argc, char **argv, cli_layer_args *a, cli_opt *extra, int nextra) {
@@ -356,6 +421,7 @@ int cli_layer_parse(int argc, char **argv, cli_layer_args *a, cli_opt *extra, in
         {"--scale", CLI_OPT_FLOAT, &a->scale, 0},
         {"--threads", CLI_OPT_INT, &a->threads, 0},
         {"--isa", CLI_OPT_STRING, &a->isa, 0},
+        {"--dtype", CLI_OPT_STRING, &a->dtype_name, 0},
     };
     for (int i = 0; i < nextra; i++) opts[LAYER_NOPTS + i] = extra[i];
     const int nopts = LAYER_NOPTS + nextra;
@@ -383,6 +449,10 @@ int cli_layer_parse(int argc, char **argv, cli_layer_args *a, cli_opt *extra, in
     if (a->isa && !cli_isa_parse(a->isa, &isa))
         return cli_usage_error("--isa takes auto, generic, avx2 or avx512",
                                "--isa: unknown kernel path \"%s\"", a->isa);
+    a->dtype = MHA_DTYPE_F32;
+    if (a->dtype_name && !cli_dtype_parse(a->dtype_name, &a->dtype))
+        return cli_usage_error("--dtype takes f32, bf16 or f16",
+                               "--dtype: got \"%s\", expected f32, bf16 or f16", a->dtype_name);
     return 0;
 }
 
@@ -419,7 +489,9 @@ static int layer_load_inputs(const cli_layer_args *a, cli_layer *l) {
     mha_ctx *ctx = l->ctx;
     char got[96], want[96];
     int rc;
-    if ((rc = cli_load_module(ctx, a->weights, a->prefix, a->heads, &l->module))) return rc;
+    l->dtype = a->dtype;
+    if ((rc = cli_load_module(ctx, a->weights, a->prefix, a->heads, a->dtype, &l->module)))
+        return rc;
     const mha_config *cfg = mha_module_config(l->module);
     const int64_t E = cfg->embed_dim, H = cfg->num_heads;
     const int64_t kdim = cfg->kdim ? cfg->kdim : E, vdim = cfg->vdim ? cfg->vdim : E;
@@ -431,16 +503,16 @@ static int layer_load_inputs(const cli_layer_args *a, cli_layer *l) {
                         "%lld (not E = %lld), so self-attention is not possible",
                         (long long)kdim, (long long)vdim, (long long)E);
 
-    if ((rc = cli_load_f32(ctx, "--query", a->query, &l->query))) return rc;
+    if ((rc = cli_load_float(ctx, "--query", a->query, l->dtype, &l->query))) return rc;
     if ((rc = check_input("--query", &l->query, l->query.ndim == 3, -1, E, "embed_dim"))) return rc;
     const int batched = l->batched = l->query.ndim == 3;
     const int64_t B = l->B = batched ? l->query.shape[0] : 1;
     const int64_t L = l->L = l->query.shape[batched ? 1 : 0];
     int64_t S = L;
     if (l->cross) {
-        if ((rc = cli_load_f32(ctx, "--key", a->key, &l->key))) return rc;
+        if ((rc = cli_load_float(ctx, "--key", a->key, l->dtype, &l->key))) return rc;
         if ((rc = check_input("--key", &l->key, batched, batched ? B : 0, kdim, "kdim"))) return rc;
-        if ((rc = cli_load_f32(ctx, "--value", a->value, &l->value))) return rc;
+        if ((rc = cli_load_float(ctx, "--value", a->value, l->dtype, &l->value))) return rc;
         if ((rc = check_input("--value", &l->value, batched, batched ? B : 0, vdim, "vdim")))
             return rc;
         S = l->key.shape[batched ? 1 : 0];
@@ -528,8 +600,7 @@ mha_status cli_layer_weights_alloc(const cli_layer *l, int per_head, mha_array *
 int cli_layer_forward(cli_layer *l, mha_forward_opts fo, mha_array *out, mha_array *weights) {
     int64_t os[3];
     int on = cli_layer_out_shape(l, os);
-    if (mha_array_alloc(l->ctx, MHA_DTYPE_F32, on, os, out) != MHA_OK)
-        return cli_fail_lib(l->ctx, NULL);
+    if (mha_array_alloc(l->ctx, l->dtype, on, os, out) != MHA_OK) return cli_fail_lib(l->ctx, NULL);
     fo.scale = l->scale;
     mha_tensor tq = cli_array_tensor(&l->query), ty = cli_array_tensor(out), tk, tv, tw;
     if (l->cross) {
@@ -538,7 +609,8 @@ int cli_layer_forward(cli_layer *l, mha_forward_opts fo, mha_array *out, mha_arr
     }
     if (weights) tw = cli_array_tensor(weights);
     if (mha_module_forward(l->ctx, l->module, &fo, &tq, l->cross ? &tk : NULL,
-                           l->cross ? &tv : NULL, &l->mask, &ty, weights ? &tw : NULL) != MHA_OK)
+                           l->cross ? &tv : NULL, &l->mask, &ty, weights ? &tw : NULL) != MHA_OK ||
+        cli_array_to(l->ctx, out, MHA_DTYPE_F32) != MHA_OK) /* outputs are float32 */
         return cli_fail_lib(l->ctx, NULL);
     return 0;
 }
@@ -554,27 +626,15 @@ int cli_write_file(void *user, const void *data, size_t size) {
 }
 
 mha_tensor cli_array_tensor(mha_array *a) {
-    return mha_tensor_make((float *)a->data, a->ndim, a->shape);
+    return mha_tensor_typed(a->data, a->dtype, a->ndim, a->shape, NULL);
 }
 
 mha_status cli_tensor_to_array(mha_ctx *ctx, const mha_tensor *t, mha_array *out) {
     mha_status st = mha_array_alloc(ctx, MHA_DTYPE_F32, t->ndim, t->shape, out);
-    if (st != MHA_OK) return st;
-    int64_t n = mha_array_numel(out);
-    if (n == 0) return MHA_OK;
-    float *dst = (float *)out->data;
-    int64_t idx[MHA_MAX_DIMS] = {0};
-    /* Walk the elements in C order, following the view's strides. */
-    for (int64_t e = 0; e < n; e++) {
-        int64_t off = 0;
-        for (int d = 0; d < t->ndim; d++) off += idx[d] * t->stride[d];
-        dst[e] = t->data[off];
-        for (int d = t->ndim - 1; d >= 0; d--) {
-            if (++idx[d] < t->shape[d]) break;
-            idx[d] = 0;
-        }
-    }
-    return MHA_OK;
+    if (st != MHA_OK || mha_array_numel(out) == 0) return st;
+    mha_tensor dst = cli_array_tensor(out);
+    if ((st = mha_tensor_convert(ctx, t, &dst)) != MHA_OK) mha_array_free(out);
+    return st;
 }
 
 int cli_term_width(long long opt) {

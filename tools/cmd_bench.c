@@ -1,7 +1,8 @@
 /* cmd_bench.c - `mha bench`: times the module, the attention core, or the gemm on random data.
  *
  *   mha bench --batch B --seq N --embed E --heads H [--causal] [--backward] [--core]
- *             [--kv-heads G] [--need-weights] [--threads T] [--isa NAME] [--runs R] [--json]
+ *             [--kv-heads G] [--need-weights] [--dtype f32|bf16|f16] [--threads T]
+ *             [--isa NAME] [--runs R] [--json]
  *   mha bench --core ... [--seq-k S] [--head-dim D] [--window L,R] [--softcap C] [--alibi]
  *             [--dtype f32|bf16|f16]
  *   mha bench --gemm M N K [--ta 0|1] [--tb 0|1] [--dtype f32|bf16|f16] [--threads T]
@@ -76,8 +77,10 @@ static void print_help(FILE *f) {
           "                --head-dim D, --kv-heads G (and --window, --softcap, --alibi); GB/s\n"
           "                of K/V read, and the memory read bandwidth measured in the same run\n"
           "                (a streaming read of --bw-mib MiB, default 1024, same threads)\n"
-          "  --dtype T     --core: q, k, v and the outputs in f32 (default), bf16 or f16;\n"
-          "                with --decode q, the cache and the output (fp32 inside)\n"
+          "  --dtype T     the module (default mode): its parameters, input and output in\n"
+          "                f32 (default), bf16 or f16 (mha_config.dtype); --core: q, k, v\n"
+          "                and the outputs; with --decode q, the cache and the output (fp32\n"
+          "                inside)\n"
           "  --layout L    --decode: the cache's memory, bhsd ([B, G, S, D], default) or\n"
           "                bshd ([B, S, G, D], FlashAttention's: strided views)\n"
           "  --gemm M N K  time C[M,N] = op(A)[M,K] op(B)[K,N]; --ta/--tb transpose A/B\n"
@@ -332,26 +335,13 @@ static int check_core_opts(bench_args *a, const cli_opt *opts, int nopts) {
     return 0;
 }
 
-/* --dtype into a->dtype (f32 when absent): bf16 and f16 for the core's forward and backward,
- * and --decode's step. */
+/* --dtype into a->dtype (f32 when absent): the module's, the core's, --decode's or --gemm's
+ * element type. */
 static int parse_dtype(bench_args *a) {
-    static const struct {
-        const char *name;
-        mha_dtype dt;
-    } names[] = {{"f32", MHA_DTYPE_F32}, {"bf16", MHA_DTYPE_BF16}, {"f16", MHA_DTYPE_F16}};
     a->dtype = MHA_DTYPE_F32;
-    if (!a->dtype_arg) return 0;
-    int found = 0;
-    for (int i = 0; i < 3; i++)
-        if (!strcmp(a->dtype_arg, names[i].name)) a->dtype = names[i].dt, found = 1;
-    if (!found)
+    if (a->dtype_arg && !cli_dtype_parse(a->dtype_arg, &a->dtype))
         return cli_usage_error("mha bench --help lists the options",
                                "--dtype: got \"%s\", expected f32, bf16 or f16", a->dtype_arg);
-    if (a->dtype != MHA_DTYPE_F32 && !a->gemm && !a->core)
-        return cli_usage_error("mha bench --help lists the options",
-                               "--dtype %s: applies to --core (the attention core's forward and "
-                               "backward, or --decode's step) and --gemm",
-                               a->dtype_arg);
     return 0;
 }
 
@@ -440,10 +430,12 @@ static void *plan_elems(bench_state *s, bench_plan *p, int64_t n, uint32_t seed,
     return h;
 }
 
-/* A random contiguous [d0, d1, d2, d3] tensor of --dtype in a plan buffer. */
-static mha_tensor plan_tensor(bench_state *s, bench_plan *p, const int64_t sh[4], uint32_t seed) {
-    void *b = plan_elems(s, p, sh[0] * sh[1] * sh[2] * sh[3], seed, 0);
-    return mha_tensor_typed(b, s->a->dtype, 4, sh, NULL);
+/* A random contiguous tensor of --dtype and shape sh[0 .. nd-1] in a plan buffer. */
+static mha_tensor plan_tensor(bench_state *s, bench_plan *p, int nd, const int64_t *sh,
+                              uint32_t seed) {
+    int64_t n = 1;
+    for (int d = 0; d < nd; d++) n *= sh[d];
+    return mha_tensor_typed(plan_elems(s, p, n, seed, 0), s->a->dtype, nd, sh, NULL);
 }
 
 /* q [B, H, N, D], k and v [B, G, S, D] (G = --kv-heads, S = --seq-k, D = --head-dim), of
@@ -451,27 +443,27 @@ static mha_tensor plan_tensor(bench_state *s, bench_plan *p, const int64_t sh[4]
 static void plan_core(bench_state *s, bench_plan *p, int64_t B, int64_t H, int64_t N, int64_t D) {
     const int64_t G = s->a->kv_heads, S = s->a->seq_k;
     int64_t sh[4] = {B, H, N, D}, sk[4] = {B, G, S, D}, sl[3] = {B, H, N};
-    s->q = plan_tensor(s, p, sh, 1);
-    s->k = plan_tensor(s, p, sk, 2);
-    s->v = plan_tensor(s, p, sk, 3);
-    s->o = plan_tensor(s, p, sh, 4);
+    s->q = plan_tensor(s, p, 4, sh, 1);
+    s->k = plan_tensor(s, p, 4, sk, 2);
+    s->v = plan_tensor(s, p, 4, sk, 3);
+    s->o = plan_tensor(s, p, 4, sh, 4);
     s->lse = mha_tensor_make(plan_buf(p, B * H * N, 5), 3, sl);
     if (s->a->backward) {
-        s->dout = plan_tensor(s, p, sh, 6);
-        s->dq = plan_tensor(s, p, sh, 7);
-        s->dk = plan_tensor(s, p, sk, 8);
-        s->dv = plan_tensor(s, p, sk, 9);
+        s->dout = plan_tensor(s, p, 4, sh, 6);
+        s->dq = plan_tensor(s, p, 4, sh, 7);
+        s->dk = plan_tensor(s, p, 4, sk, 8);
+        s->dv = plan_tensor(s, p, 4, sk, 9);
     }
 }
 
 static void plan_module(bench_state *s, bench_plan *p, int64_t B, int64_t N, int64_t E) {
     int64_t sh[3] = {B, N, E}, shw[3] = {B, N, N};
-    s->x = mha_tensor_make(plan_buf(p, B * N * E, 1), 3, sh);
-    s->y = mha_tensor_make(plan_buf(p, B * N * E, 2), 3, sh);
+    s->x = plan_tensor(s, p, 3, sh, 1);
+    s->y = plan_tensor(s, p, 3, sh, 2);
     if (s->a->need_weights) s->w = mha_tensor_make(plan_buf(p, B * N * N, 10), 3, shw);
     if (s->a->backward) {
-        s->dy = mha_tensor_make(plan_buf(p, B * N * E, 3), 3, sh);
-        s->dx = mha_tensor_make(plan_buf(p, B * N * E, 4), 3, sh);
+        s->dy = plan_tensor(s, p, 3, sh, 3);
+        s->dx = plan_tensor(s, p, 3, sh, 4);
     }
 }
 
@@ -521,8 +513,8 @@ static int plan_bench(bench_state *s, bench_plan *p) {
     if (a->causal) s->mask.causal = MHA_CAUSAL_TOP_LEFT;
     if (a->gemm) {
         const int64_t sa[4] = {1, 1, 1, a->m * a->k}, sb[4] = {1, 1, 1, a->k * a->n};
-        s->ga = plan_tensor(s, p, sa, 1).data; /* of --dtype (mha_gemm's A and B) */
-        s->gb = plan_tensor(s, p, sb, 2).data;
+        s->ga = plan_tensor(s, p, 4, sa, 1).data; /* of --dtype (mha_gemm's A and B) */
+        s->gb = plan_tensor(s, p, 4, sb, 2).data;
         s->gc = plan_buf(p, a->m * a->n, 3);
         p->flops_fwd = 2.0 * (double)a->m * (double)a->n * (double)a->k;
     } else {
@@ -538,6 +530,7 @@ static int plan_bench(bench_state *s, bench_plan *p) {
     if (!a->gemm && !a->core) {
         mha_config cfg = mha_config_default(E, H);
         cfg.dropout = (float)a->dropout;
+        cfg.dtype = a->dtype;
         if (mha_module_create(s->ctx, &cfg, &s->mod) != MHA_OK)
             return cli_fail_lib(s->ctx, "mha_module_create");
     }
@@ -742,8 +735,8 @@ static void plan_decode(bench_state *s, bench_plan *p) {
     const int64_t B = a->batch, H = a->heads, G = a->kv_heads;
     const mha_dtype dt = a->dtype; /* of q, the caches, the new rows and out */
     int64_t sq[4] = {B, H, 1, D};
-    s->q = plan_tensor(s, p, sq, 1);
-    s->o = plan_tensor(s, p, sq, 4);
+    s->q = plan_tensor(s, p, 4, sq, 1);
+    s->o = plan_tensor(s, p, 4, sq, 4);
     s->kc = decode_view(plan_elems(s, p, B * G * S * D, 2, 1), dt, B, G, S, D, a->bshd);
     s->vc = decode_view(plan_elems(s, p, B * G * S * D, 3, 1), dt, B, G, S, D, a->bshd);
     s->kn = decode_view(plan_elems(s, p, B * G * D, 5, 0), dt, B, G, 1, D, a->bshd);

@@ -6,7 +6,7 @@
  *                [--key K.npy --value V.npy]
  *                [--causal | --causal-bottom-right] [--key-padding-mask M.npy]
  *                [--attn-mask A.npy] [--scale X] --out Y.npy [--attn-out A.npy [--per-head]]
- *                [--threads N] [--isa NAME]
+ *                [--dtype f32|bf16|f16] [--threads N] [--isa NAME]
  *   mha backward <the same inputs> --grad-out DY.npy --grads-out G.safetensors [--out Y.npy]
  *
  * Every output is declared first, everything is loaded and checked, then computed, and only
@@ -44,30 +44,34 @@ static void print_help(FILE *f, int backward) {
           "                           layers: the error lists them)\n"
           "  --heads H                number of heads (E divisible by H); optional when W\n"
           "                           records it (files saved by mha do), and then it must agree\n"
-          "  --query Q.npy            float32 [B, L, E] (batch first), or unbatched [L, E]\n",
+          "  --query Q.npy            [B, L, E] (batch first), or unbatched [L, E]; every\n"
+          "                           .npy input is float32 or float16\n",
           f);
     if (!backward)
         fputs("  --out Y.npy              where to write the output, float32 [B, L, E]\n", f);
     else
-        fputs(
-            "  --grad-out DY.npy        gradient of the output, float32 [B, L, E] (as the query)\n"
-            "  --grads-out G.safetensors  where to write the gradients: \"query\" (for\n"
-            "                           self-attention the whole input gradient), \"key\" and\n"
-            "                           \"value\" when they were given, and one per parameter\n"
-            "                           under the parameter's own name (in_proj_weight, ...)\n",
-            f);
+        fputs("  --grad-out DY.npy        gradient of the output, [B, L, E] (as the query)\n"
+              "  --grads-out G.safetensors  where to write the gradients: \"query\" (for\n"
+              "                           self-attention the whole input gradient), \"key\" and\n"
+              "                           \"value\" when they were given, and one per parameter\n"
+              "                           under the parameter's own name (in_proj_weight, ...)\n",
+              f);
     fputs("\ninputs (optional):\n"
-          "  --key K.npy              float32 [B, S, kdim] or [S, kdim]; needs --value\n"
-          "  --value V.npy            float32 [B, S, vdim] or [S, vdim]; needs --key\n"
+          "  --key K.npy              [B, S, kdim] or [S, kdim]; needs --value\n"
+          "  --value V.npy            [B, S, vdim] or [S, vdim]; needs --key\n"
           "                           (without both: self-attention, key = value = query)\n"
           "\nmasks (optional, all of them combine; a row with every key masked gives 0):\n"
           "  --causal                 PyTorch's causal mask, top-left: query i sees keys j <= i\n"
           "  --causal-bottom-right    FlashAttention's causal mask: keys j <= i + (S - L)\n"
           "  --key-padding-mask M.npy bool [B, S] (unbatched [S]); true = ignore that key\n"
-          "  --attn-mask A.npy        bool (true = NOT allowed) or float32 (added to the scaled\n"
+          "  --attn-mask A.npy        bool (true = NOT allowed) or float (added to the scaled\n"
           "                           scores), [L, S] or [B*H, L, S] (unbatched [H, L, S])\n"
           "\nother options:\n"
-          "  --scale X                score scale instead of 1/sqrt(E/H)\n",
+          "  --scale X                score scale instead of 1/sqrt(E/H)\n"
+          "  --dtype T                compute in f32 (default), bf16 or f16: the layer's\n"
+          "                           parameters and inputs are rounded to T once, every\n"
+          "                           product accumulates in float32 (as PyTorch's layer of\n"
+          "                           that dtype); outputs are written as float32\n",
           f);
     if (backward)
         fputs("  --out Y.npy              also write the forward output, float32 [B, L, E]\n", f);
@@ -115,10 +119,9 @@ static void run_free(run_state *r) {
 static int run_backward(run_state *r) {
     cli_layer *l = &r->l;
     mha_ctx *ctx = l->ctx;
-    if (mha_array_alloc(ctx, MHA_DTYPE_F32, l->query.ndim, l->query.shape, &r->dquery) ||
-        (l->cross && mha_array_alloc(ctx, MHA_DTYPE_F32, l->key.ndim, l->key.shape, &r->dkey)) ||
-        (l->cross &&
-         mha_array_alloc(ctx, MHA_DTYPE_F32, l->value.ndim, l->value.shape, &r->dvalue)))
+    if (mha_array_alloc(ctx, l->dtype, l->query.ndim, l->query.shape, &r->dquery) ||
+        (l->cross && mha_array_alloc(ctx, l->dtype, l->key.ndim, l->key.shape, &r->dkey)) ||
+        (l->cross && mha_array_alloc(ctx, l->dtype, l->value.ndim, l->value.shape, &r->dvalue)))
         return cli_fail_lib(ctx, NULL);
     mha_tensor tdy = cli_array_tensor(&r->dout), tdq = cli_array_tensor(&r->dquery), tdk, tdv;
     if (l->cross) {
@@ -127,7 +130,10 @@ static int run_backward(run_state *r) {
     }
     mha_module_zero_grad(l->module);
     if (mha_module_backward(ctx, l->module, &tdy, &tdq, l->cross ? &tdk : NULL,
-                            l->cross ? &tdv : NULL) != MHA_OK)
+                            l->cross ? &tdv : NULL) != MHA_OK ||
+        cli_array_to(ctx, &r->dquery, MHA_DTYPE_F32) != MHA_OK || /* written as float32 */
+        (l->cross && (cli_array_to(ctx, &r->dkey, MHA_DTYPE_F32) != MHA_OK ||
+                      cli_array_to(ctx, &r->dvalue, MHA_DTYPE_F32) != MHA_OK)))
         return cli_fail_lib(ctx, NULL);
     if (mha_st_create(ctx, &r->grads) != MHA_OK ||
         mha_st_set(ctx, r->grads, "query", &r->dquery) != MHA_OK ||
@@ -196,7 +202,7 @@ static int run(int argc, char **argv, int backward) {
     cli_layer *l = &r.l;
     mha_ctx *ctx = l->ctx;
     if (backward) {
-        if ((rc = cli_load_f32(ctx, "--grad-out", grad_out, &r.dout))) goto done;
+        if ((rc = cli_load_float(ctx, "--grad-out", grad_out, l->dtype, &r.dout))) goto done;
         int64_t want[3];
         int wn = cli_layer_out_shape(l, want);
         if (r.dout.ndim != wn || memcmp(r.dout.shape, want, (size_t)wn * sizeof(int64_t))) {

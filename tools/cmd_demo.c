@@ -138,7 +138,7 @@ static mha_status evaluate(mha_ctx *ctx, demo_model *m, const demo_task *t, uint
 
 /* ---------------------------------------------------------------------------------------------
  * The loss as it falls: a progress line on stderr (redrawn with \r on a terminal, plain lines
- * at steps 25, 50, 100, 200, 400, then every 400 otherwise) and a sparkline on stdout at the end
+ * at steps 1, 2, 4, 8, ..., then every 500 otherwise) and a sparkline on stdout at the end
  * ------------------------------------------------------------------------------------------- */
 /* The bar: step, loss, validation accuracy, and the time left (an upper bound: training may stop
  * early); done: the bar is full and the line says how long it took. */
@@ -159,16 +159,17 @@ static void progress_bar(int64_t step, int64_t steps, double loss, double acc, d
     fflush(stderr);
 }
 
-/* Whether a plain progress line is due after an evaluation at step (a multiple of
- * DEMO_EVAL_EVERY): the first ones doubling, then regularly. */
-static int plain_line_due(int64_t step) {
-    const int64_t k = step / DEMO_EVAL_EVERY;
-    return (k & (k - 1)) == 0 || k % 16 == 0;
-}
+/* Whether a plain progress line is due at step: steps 1, 2, 4, 8, ... (the loss falls fastest
+ * at first), then every 500. */
+static int plain_line_due(int64_t step) { return (step & (step - 1)) == 0 || step % 500 == 0; }
 
+/* acc < 0: no evaluation yet. */
 static void progress_line(int64_t step, double loss, double acc) {
-    fprintf(stderr, "  step %5lld  loss %.4f  validation accuracy %.3f\n", (long long)step, loss,
-            acc);
+    char accs[16];
+    if (acc >= 0) snprintf(accs, sizeof accs, "%.3f", acc);
+    else snprintf(accs, sizeof accs, "-");
+    fprintf(stderr, "  step %5lld  loss %.4f  validation accuracy %s\n", (long long)step, loss,
+            accs);
 }
 
 /* The per-step losses loss[0 .. n-1] as one line of eighth blocks, each column the mean of a
@@ -393,7 +394,7 @@ static int demo_train(demo_run *r) {
         if (bar && (cli_now_s() - last_bar >= 0.05 || step == r->steps)) {
             progress_bar(step, r->steps, r->loss, r->val, t0, 0);
             last_bar = cli_now_s();
-        } else if (!bar && eval && (stop || step == r->steps || plain_line_due(step))) {
+        } else if (!bar && (stop || step == r->steps || plain_line_due(step))) {
             progress_line(step, r->loss, r->val);
         }
         if (stop) break;
@@ -408,7 +409,8 @@ static int demo_train(demo_run *r) {
 }
 
 /* The held-out accuracy, the loss curve, and a held-out example whose token labels all differ
- * (every label of the pictures is then unambiguous) with its attention. */
+ * (every label of the pictures is then unambiguous) and that the task finds telling, with its
+ * attention. */
 static int demo_evaluate(demo_run *r) {
     const demo_task *t = r->task;
     const int L = r->cfg.len;
@@ -428,7 +430,7 @@ static int demo_evaluate(demo_run *r) {
         for (int i = 0; i < L && distinct; i++)
             for (int j = 0; j < i; j++)
                 if (r->ex[i] == r->ex[j]) distinct = 0;
-        if (distinct) break;
+        if (distinct && (!t->telling || t->telling(r->ex))) break;
     }
     for (int i = 0; i < L; i++) {
         t->token_label(r->ex[i], r->tok_label[i]);

@@ -57,6 +57,15 @@ static void lookup_where(const int32_t *tok, int role, int i, unsigned char *loo
     for (int j = 0; j < LEN; j++) look[j] = j != i && tok[j] / 10 == tok[i] / 10;
 }
 
+/* No pair mirrored (at i and 7 - i: the reversal's pattern) nor side by side (a diagonal next
+ * to the main one): the picture cannot be read as a positional pattern. */
+static int lookup_telling(const int32_t *tok) {
+    for (int i = 0; i < LEN; i++)
+        for (int j = i + 1; j < LEN; j++)
+            if (tok[i] / 10 == tok[j] / 10 && (j == LEN - 1 - i || j == i + 1)) return 0;
+    return 1;
+}
+
 static void lookup_token_label(int32_t t, char *buf) {
     snprintf(buf, DEMO_LABEL_CAP, "%c%d", 'A' + (int)(t / 10), (int)(t % 10));
 }
@@ -129,6 +138,7 @@ static const demo_task tasks[] = {
         .where = lookup_where,
         .token_label = lookup_token_label,
         .answer_label = digit_label,
+        .telling = lookup_telling,
     },
     {
         /* Attention dropout 0.1 sometimes leaves a head doing a bit of both (and slows the

@@ -48,6 +48,9 @@ typedef struct {
     /* Labels, at most DEMO_LABEL_CAP - 1 bytes: a token ("7", "A3") and an answer ("4,9"). */
     void (*token_label)(int32_t t, char *buf);
     void (*answer_label)(int32_t c, char *buf);
+    /* Optional (NULL: any): whether a sequence makes a telling example for the pictures (e.g.
+     * lookup's, where no answer comes from where reverse's would). */
+    int (*telling)(const int32_t *tok);
 } demo_task;
 
 int demo_task_count(void);

@@ -57,8 +57,8 @@ static void print_help(FILE *f) {
             "tasks:\n");
     for (int i = 0; i < demo_task_count(); i++) {
         const demo_task *t = demo_task_at(i);
-        fprintf(f, "  %-8s %s%s\n  %-8s (%s)\n", t->name, t->goal, i == 0 ? " (the default)" : "",
-                "", t->explain);
+        fprintf(f, "  %-8s %s\n  %-8s %s\n  %-8s (at most %lld steps%s)\n", t->name, t->goal, "",
+                t->explain, "", (long long)t->steps, i == 0 ? "; the default task" : "");
     }
     fprintf(f,
             "\noptions:\n"
@@ -66,9 +66,9 @@ static void print_help(FILE *f) {
             "  --list-tasks   print the task names, one per line, then exit\n"
             "  --seed N       initialization and data (default %d); the same seed gives the same\n"
             "                 output, whatever the thread count\n"
-            "  --steps N      most training steps (default: the task's, e.g. %lld); training\n"
-            "                 stops earlier, after at least %d steps, once a validation set is\n"
-            "                 %.1f%% right\n"
+            "  --steps N      most training steps (default: the task's, above); training stops\n"
+            "                 earlier, after at least %d steps, once two validation sets in a\n"
+            "                 row are %.1f%% right\n"
             "  --out-dir DIR  where the pictures go (default mha-demo/TASK, created if missing)\n"
             "  --threads N    threads to use (default 1: the model is so small that more threads\n"
             "                 only add overhead; 0 = all cores)\n"
@@ -77,8 +77,7 @@ static void print_help(FILE *f) {
             "exit status: 0 success, 1 usage error, 2 runtime failure\n\n"
             "example:\n"
             "  mha demo --task prevmax --out-dir /tmp/demo && xdg-open /tmp/demo/attention.html\n",
-            demo_task_at(0)->name, DEMO_DEFAULT_SEED, (long long)demo_task_at(0)->steps,
-            DEMO_MIN_STEPS, 100.0 * DEMO_STOP_ACC);
+            demo_task_at(0)->name, DEMO_DEFAULT_SEED, DEMO_MIN_STEPS, 100.0 * DEMO_STOP_ACC);
 }
 
 /* mkdir -p: creates dir and its missing parents. */
@@ -620,9 +619,14 @@ int mha_cmd_demo(int argc, char **argv) {
         return 0;
     }
     const demo_task *task = demo_task_find(task_name);
-    if (!task)
-        return cli_usage_error("mha demo --list-tasks lists the tasks",
-                               "--task: got \"%s\", expected one of the tasks", task_name);
+    if (!task) {
+        char names[256] = "";
+        for (int i = 0, n = 0; i < demo_task_count() && n < (int)sizeof names; i++)
+            n += snprintf(names + n, sizeof names - (size_t)n, "%s%s", i ? ", " : "",
+                          demo_task_at(i)->name);
+        return cli_usage_error("mha demo --help describes the tasks",
+                               "--task: got \"%s\", expected one of %s", task_name, names);
+    }
     if (!cli_find(opts, nopts, "--steps")->seen) steps = task->steps;
     if (seed < 0) return cli_usage_error(hint, "--seed: got %lld, expected 0 or more", seed);
     if (steps < 1 || steps > 1000000)

@@ -33,12 +33,12 @@ typedef struct {
 } demo_rng;
 
 typedef struct {
-    const char *name;    /* for --task */
-    const char *goal;    /* "reverse 8 digits": what the model learns, after "learns to" */
-    const char *explain; /* how a head can solve it, one line */
-    int vocab, classes, len, heads, embed;
-    float lr, dropout;
-    int64_t steps; /* the default training budget */
+    const char *name;        /* for --task */
+    const char *goal;        /* "reverse 8 digits": what the model learns, after "learns to" */
+    const char *explain;     /* how a head can solve it, one line */
+    int vocab, classes, len; /* the model's sizes (the rest: demo_config_default's) */
+    float dropout;           /* attention dropout while training */
+    int64_t steps;           /* the default training budget */
     int nroles;
     const char *role[DEMO_MAX_ROLES]; /* where part r of an answer is: "the mirrored key" */
     /* One sequence: tok [len] in 0 .. vocab-1, tgt [len] in 0 .. classes-1 or -1 (no answer). */

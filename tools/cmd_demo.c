@@ -6,7 +6,8 @@
  * minibatches drawn from a seeded counter-based hash. The task (tools/demo_tasks.h) decides
  * the data, hence where the heads must look: the default, reverse, needs the anti-diagonal;
  * lookup a match of contents; prevmax two heads doing two different things. Attention dropout
- * (0.1) while training makes each head reliable on its own, so the pictures are clean.
+ * while training (0.1; 0.05 for prevmax) makes each head reliable on its own, so the pictures
+ * are clean.
  * One training loop, one evaluation and one set of pictures serve every task.
  *
  * stdout is a pure function of the options other than --threads (same seed, same bytes): it
@@ -418,7 +419,8 @@ static int demo_evaluate(demo_run *r) {
     printf("  stopped after %lld steps: training loss %.4f, validation accuracy %.3f\n",
            (long long)r->step, r->loss, r->val);
     print_sparkline(r->losses, r->step);
-    printf("  held out: %d sequences never seen in training (the two sets are disjoint)\n",
+    printf("  held out: %d sequences never seen in training (a hash of its tokens puts each "
+           "sequence in one set)\n",
            DEMO_TEST_SEQS);
     if (r->acc < 0.99)
         printf("  note: not fully trained yet (held-out accuracy %.3f); try more --steps\n",

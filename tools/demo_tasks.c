@@ -2,6 +2,7 @@
  * answers come from, and labels. */
 #include "demo_tasks.h"
 
+#include <assert.h>
 #include <stdio.h>
 #include <string.h>
 
@@ -171,6 +172,8 @@ demo_config demo_task_config(const demo_task *t, uint64_t seed) {
     c.len = t->len;
     c.dropout = t->dropout;
     c.seed = seed;
+    /* The demo's fixed-size arrays (examples, their attention, labels) are sized by these. */
+    assert(c.len <= DEMO_MAX_LEN && c.heads <= DEMO_MAX_HEADS);
     return c;
 }
 

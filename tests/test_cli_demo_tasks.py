@@ -25,7 +25,7 @@ def mha_bin():
     b = os.environ.get("MHA_BIN")
     if not b or not os.path.isfile(b) or not os.access(b, os.X_OK):
         pytest.fail(f"MHA_BIN must name the built mha binary (got {b!r})")
-    return b
+    return os.path.abspath(b)  # some runs change the working directory
 
 
 def run(*args, cwd=None, timeout=120):

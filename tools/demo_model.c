@@ -30,6 +30,7 @@ struct demo_model {
 demo_config demo_config_default(void) {
     demo_config c;
     c.vocab = 10;
+    c.classes = 10;
     c.len = 8;
     c.embed = 32;
     c.heads = 2;
@@ -54,35 +55,17 @@ static uint64_t mix64(uint64_t z) {
     return z ^ (z >> 31);
 }
 
-static uint64_t hash3(uint64_t seed, uint64_t stream, uint64_t idx) {
+uint64_t demo_hash(uint64_t seed, uint64_t stream, uint64_t idx) {
     return mix64(mix64(mix64(seed) ^ stream) ^ idx);
 }
 
-/* Uniform in [0, 1) with 53 random bits. */
-static double unit(uint64_t h) { return (double)(h >> 11) * (1.0 / 9007199254740992.0); }
+double demo_unit(uint64_t h) { return (double)(h >> 11) * (1.0 / 9007199254740992.0); }
 
 /* Standard normal (Box-Muller) from two hashes. */
 static double normal(uint64_t seed, uint64_t stream, uint64_t idx) {
-    double u1 = unit(hash3(seed, stream, 2 * idx)), u2 = unit(hash3(seed, stream, 2 * idx + 1));
+    double u1 = demo_unit(demo_hash(seed, stream, 2 * idx));
+    double u2 = demo_unit(demo_hash(seed, stream, 2 * idx + 1));
     return sqrt(-2.0 * log(1.0 - u1)) * cos(6.283185307179586 * u2);
-}
-
-void demo_sequence(uint64_t seed, uint64_t stream, uint64_t idx, int held_out, int vocab, int len,
-                   int32_t *tokens, int32_t *targets) {
-    int32_t d[256];
-    int sum = 0;
-    for (int j = 0; j < len && j < 256; j++) {
-        const uint64_t h = hash3(seed, 1000 + stream, idx * (uint64_t)len + (uint64_t)j);
-        d[j] = (int32_t)((h >> 32) % (uint64_t)vocab);
-        sum += d[j];
-    }
-    /* Flipping the lowest bit of the last digit (0<->1, 2<->3, ...) changes the parity of the
-     * sum and keeps every digit uniform (vocab is even). */
-    if ((sum & 1) != (held_out ? 1 : 0)) d[len - 1] ^= 1;
-    for (int j = 0; j < len; j++) {
-        if (tokens) tokens[j] = d[j];
-        if (targets) targets[j] = d[len - 1 - j];
-    }
 }
 
 /* ---------------------------------------------------------------------------------------------
@@ -110,13 +93,14 @@ void demo_model_free(demo_model *m) {
 
 mha_status demo_model_create(mha_ctx *ctx, const demo_config *cfg, demo_model **out) {
     *out = NULL;
-    if (cfg->vocab < 2 || cfg->vocab % 2 || cfg->len < 1 || cfg->len > 256 || cfg->embed < 1 ||
+    if (cfg->vocab < 1 || cfg->classes < 2 || cfg->len < 1 || cfg->len > 256 || cfg->embed < 1 ||
         cfg->heads < 1 || cfg->embed % cfg->heads || cfg->max_batch < 1)
         return MHA_ERR_INVALID_ARG;
     demo_model *m = calloc(1, sizeof *m);
     if (!m) return MHA_ERR_NOMEM;
     m->cfg = *cfg;
-    const int64_t V = cfg->vocab, L = cfg->len, E = cfg->embed, B = cfg->max_batch;
+    const int64_t V = cfg->vocab, C = cfg->classes, L = cfg->len, E = cfg->embed;
+    const int64_t B = cfg->max_batch;
 
     mha_config mc = mha_config_default(E, cfg->heads);
     mc.seed = mix64(cfg->seed ^ 0x6d6861ull);
@@ -128,7 +112,7 @@ mha_status demo_model_create(mha_ctx *ctx, const demo_config *cfg, demo_model **
     }
 
     /* Our own parameters, values then grads, in one block. */
-    const int64_t own_n[P_OWN] = {V * E, L * E, V * E, V};
+    const int64_t own_n[P_OWN] = {V * E, L * E, C * E, C};
     static const char *const own_name[P_OWN] = {"tok_emb", "pos_emb", "readout.weight",
                                                 "readout.bias"};
     int64_t total = 0;
@@ -138,7 +122,7 @@ mha_status demo_model_create(mha_ctx *ctx, const demo_config *cfg, demo_model **
     m->y = malloc((size_t)(B * L * E) * sizeof(float));
     m->dy = malloc((size_t)(B * L * E) * sizeof(float));
     m->dx = malloc((size_t)(B * L * E) * sizeof(float));
-    m->logits = malloc((size_t)(B * L * V) * sizeof(float));
+    m->logits = malloc((size_t)(B * L * C) * sizeof(float));
     if (!m->own || !m->x || !m->y || !m->dy || !m->dx || !m->logits) {
         demo_model_free(m);
         return MHA_ERR_NOMEM;
@@ -154,10 +138,12 @@ mha_status demo_model_create(mha_ctx *ctx, const demo_config *cfg, demo_model **
     for (int64_t i = 0; i < V * E; i++) m->p[P_TOK].value[i] = (float)normal(s, 1, (uint64_t)i);
     for (int64_t i = 0; i < L * E; i++) m->p[P_POS].value[i] = (float)normal(s, 2, (uint64_t)i);
     const double bound = 1.0 / sqrt((double)E);
-    for (int64_t i = 0; i < V * E; i++)
-        m->p[P_RW].value[i] = (float)((2.0 * unit(hash3(s, 3, (uint64_t)i)) - 1.0) * bound);
-    for (int64_t i = 0; i < V; i++)
-        m->p[P_RB].value[i] = (float)((2.0 * unit(hash3(s, 4, (uint64_t)i)) - 1.0) * bound);
+    for (int64_t i = 0; i < C * E; i++)
+        m->p[P_RW].value[i] =
+            (float)((2.0 * demo_unit(demo_hash(s, 3, (uint64_t)i)) - 1.0) * bound);
+    for (int64_t i = 0; i < C; i++)
+        m->p[P_RB].value[i] =
+            (float)((2.0 * demo_unit(demo_hash(s, 4, (uint64_t)i)) - 1.0) * bound);
 
     /* The attention layer's parameters, as the module names them (in_proj_weight, ...). */
     m->nparams = P_OWN;
@@ -209,12 +195,16 @@ static void embed_forward(const demo_model *m, int B, const int32_t *tokens) {
 }
 
 mha_status demo_model_loss(mha_ctx *ctx, demo_model *m, int B, const int32_t *tokens,
-                           const int32_t *targets, int backward, double *loss, int64_t *correct) {
-    const int L = m->cfg.len, E = m->cfg.embed, V = m->cfg.vocab, N = B * L;
+                           const int32_t *targets, int backward, double *loss, int64_t *correct,
+                           int64_t *answered) {
+    const int L = m->cfg.len, E = m->cfg.embed, C = m->cfg.classes, N = B * L;
     if (B < 1 || B > m->cfg.max_batch) return MHA_ERR_INVALID_ARG;
-    for (int n = 0; n < N; n++)
-        if (tokens[n] < 0 || tokens[n] >= V || targets[n] < 0 || targets[n] >= V)
+    int64_t A = 0; /* answered positions */
+    for (int n = 0; n < N; n++) {
+        if (tokens[n] < 0 || tokens[n] >= m->cfg.vocab || targets[n] < -1 || targets[n] >= C)
             return MHA_ERR_INVALID_ARG;
+        A += targets[n] >= 0;
+    }
 
     embed_forward(m, B, tokens);
     const int64_t xs[3] = {B, L, E};
@@ -225,50 +215,52 @@ mha_status demo_model_loss(mha_ctx *ctx, demo_model *m, int B, const int32_t *to
     mha_status st = mha_module_forward(ctx, m->attn, &fo, &x, NULL, NULL, NULL, &y, NULL);
     if (st != MHA_OK) return st;
 
-    /* logits[n, c] = rb[c] + sum_e y[n, e] rw[c, e];  loss = mean_n (lse_n - logits[n, t_n]).
-     * Backward: dlogits[n, c] = (softmax[n, c] - [c == t_n]) / N, kept in m->logits. */
+    /* logits[n, c] = rb[c] + sum_e y[n, e] rw[c, e];  loss = mean over the A answered n of
+     * (lse_n - logits[n, t_n]). Backward: dlogits[n, c] = (softmax[n, c] - [c == t_n]) / A,
+     * 0 where there is no answer, kept in m->logits. */
     const float *rw = m->p[P_RW].value, *rb = m->p[P_RB].value;
+    st = mha_sgemm(ctx, 0, 1, N, C, E, 1.0f, m->y, E, rw, E, 0.0f, m->logits, C);
+    if (st != MHA_OK) return st;
     double total = 0.0;
     int64_t good = 0;
     for (int n = 0; n < N; n++) {
-        const float *yn = m->y + (size_t)n * E;
-        float *lg = m->logits + (size_t)n * V;
+        float *lg = m->logits + (size_t)n * C;
         int best = 0;
-        for (int c = 0; c < V; c++) {
-            float acc = rb[c];
-            for (int e = 0; e < E; e++) acc += yn[e] * rw[(size_t)c * E + e];
-            lg[c] = acc;
-            if (acc > lg[best]) best = c;
+        for (int c = 0; c < C; c++) {
+            lg[c] += rb[c];
+            if (lg[c] > lg[best]) best = c;
+        }
+        if (targets[n] < 0) {
+            if (backward) memset(lg, 0, (size_t)C * sizeof *lg);
+            continue;
         }
         good += best == targets[n];
-        double mx = lg[best], sum = 0.0;
-        for (int c = 0; c < V; c++) sum += exp((double)lg[c] - mx);
-        const double lse = mx + log(sum);
-        total += lse - (double)lg[targets[n]];
+        /* One exp per class: e_c = exp(logit_c - max), kept for the backward. */
+        const float mx = lg[best];
+        total -= (double)(lg[targets[n]] - mx);
+        double sum = 0.0;
+        for (int c = 0; c < C; c++) {
+            const float e = expf(lg[c] - mx);
+            sum += e;
+            if (backward) lg[c] = e;
+        }
+        total += log(sum);
         if (backward)
-            for (int c = 0; c < V; c++)
-                lg[c] = (float)((exp((double)lg[c] - lse) - (c == targets[n])) / N);
+            for (int c = 0; c < C; c++)
+                lg[c] = (float)(((double)lg[c] / sum - (c == targets[n])) / (double)A);
     }
-    if (loss) *loss = total / N;
+    if (loss) *loss = A ? total / (double)A : 0.0;
     if (correct) *correct = good;
+    if (answered) *answered = A;
     if (!backward) return MHA_OK;
 
-    /* Readout: drw[c, e] += sum_n dlogits[n, c] y[n, e];  drb[c] += sum_n dlogits[n, c];
-     * dy[n, e] = sum_c dlogits[n, c] rw[c, e]. */
-    float *drw = m->p[P_RW].grad, *drb = m->p[P_RB].grad;
-    for (int n = 0; n < N; n++) {
-        const float *dl = m->logits + (size_t)n * V, *yn = m->y + (size_t)n * E;
-        float *dyn = m->dy + (size_t)n * E;
-        for (int e = 0; e < E; e++) dyn[e] = 0.0f;
-        for (int c = 0; c < V; c++) {
-            const float g = dl[c];
-            drb[c] += g;
-            for (int e = 0; e < E; e++) {
-                drw[(size_t)c * E + e] += g * yn[e];
-                dyn[e] += g * rw[(size_t)c * E + e];
-            }
-        }
-    }
+    /* Readout: drw[C, E] += dlogits^T y;  drb[c] += sum_n dlogits[n, c];  dy[N, E] = dlogits rw. */
+    float *drb = m->p[P_RB].grad;
+    st = mha_sgemm(ctx, 1, 0, C, E, N, 1.0f, m->logits, C, m->y, E, 1.0f, m->p[P_RW].grad, E);
+    if (st == MHA_OK) st = mha_sgemm(ctx, 0, 0, N, E, C, 1.0f, m->logits, C, rw, E, 0.0f, m->dy, E);
+    if (st != MHA_OK) return st;
+    for (int n = 0; n < N; n++)
+        for (int c = 0; c < C; c++) drb[c] += m->logits[(size_t)n * C + c];
 
     /* The attention layer: dx, and its parameter gradients accumulated by the module. */
     mha_tensor dy = mha_tensor_make(m->dy, 3, xs), dx = mha_tensor_make(m->dx, 3, xs);

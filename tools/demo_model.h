@@ -1,18 +1,19 @@
-/* demo_model.h - the tiny model that `mha demo` trains: it learns to reverse a sequence of
- * digits with one mha attention layer, from random initialization, in a second or two.
+/* demo_model.h - the tiny model that `mha demo` trains from random initialization: one mha
+ * attention layer between embeddings and a linear readout. What it learns is up to the task
+ * (tools/demo_tasks.h): the data says where each position has to look.
  *
- *   tokens t: [B, L] digits          targets: [B, L], target[b, i] = t[b, L-1-i]
+ *   tokens t: [B, L] in 0 .. V-1     targets: [B, L] in 0 .. C-1, or -1 (no answer there)
  *   x      = tok_emb[t] + pos_emb[i]                       [B, L, E]
  *   y      = MultiheadAttention(x, x, x)  (mha_module_*)   [B, L, E]  self-attention, no mask
- *   logits = y readout.weight^T + readout.bias             [B, L, V]
- *   loss   = mean over the B*L positions of cross_entropy(logits, target)
+ *   logits = y readout.weight^T + readout.bias             [B, L, C]
+ *   loss   = mean over the answered positions of cross_entropy(logits, target)
  *
- * The only way to predict digit i is to look at position L-1-i, so a trained head's attention
- * is the anti-diagonal. Training and held-out sequences are disjoint by construction: training
- * sequences have an even digit sum, held-out ones an odd digit sum.
+ * There is no residual connection: the readout sees only what the heads fetched, so every
+ * answer has to come through the attention, and the pictures of the weights show how.
  *
- * Everything is deterministic for a given seed: the data comes from a counter-based hash and
- * the library gives bitwise-identical results for any thread count. Nothing here prints. */
+ * Everything is deterministic for a given seed: the weights and the data come from a
+ * counter-based hash and the library gives bitwise-identical results for any thread count.
+ * Nothing here prints. */
 #ifndef MHA_DEMO_MODEL_H
 #define MHA_DEMO_MODEL_H
 
@@ -21,8 +22,9 @@
 #include <stdint.h>
 
 typedef struct {
-    int vocab;     /* V: digits 0 .. V-1 */
-    int len;       /* L: sequence length */
+    int vocab;     /* V: input tokens 0 .. V-1 */
+    int classes;   /* C: answers 0 .. C-1 */
+    int len;       /* L: sequence length, 1 .. 256 */
     int embed;     /* E */
     int heads;     /* H, E % H == 0 */
     int max_batch; /* the largest B passed to demo_model_loss */
@@ -51,16 +53,20 @@ const demo_config *demo_model_config(const demo_model *m);
 int demo_model_param_count(const demo_model *m);
 demo_param demo_model_param(const demo_model *m, int i);
 
-/* Sequence idx of a data stream: L digits into tokens, the reversal into targets (either may be
- * NULL). held_out = 0 gives sequences with an even digit sum, 1 with an odd one. */
-void demo_sequence(uint64_t seed, uint64_t stream, uint64_t idx, int held_out, int vocab, int len,
-                   int32_t *tokens, int32_t *targets);
+/* Random numbers: a hash of (seed, stream, index), so that any weight or sequence can be drawn
+ * on its own, in any order, with the same result (splitmix64's finalizer). */
+uint64_t demo_hash(uint64_t seed, uint64_t stream, uint64_t idx);
+/* Uniform in [0, 1) from the 53 high bits of a hash. */
+double demo_unit(uint64_t h);
 
-/* Forward over B sequences (B <= max_batch): *loss = mean cross-entropy (double), *correct =
- * number of positions whose argmax is the target (either may be NULL). With backward != 0 the
- * gradients of the loss are ADDED to every parameter's grad (call demo_model_zero_grad). */
+/* Forward over B sequences (B <= max_batch): *loss = mean cross-entropy over the answered
+ * positions (targets >= 0; 0 when there are none), *correct = how many of them have the target
+ * as their argmax, *answered = how many there are (each pointer may be NULL). With backward != 0
+ * the gradients of the loss are ADDED to every parameter's grad (call demo_model_zero_grad).
+ * MHA_ERR_INVALID_ARG for a token outside 0 .. V-1 or a target outside -1 .. C-1. */
 mha_status demo_model_loss(mha_ctx *ctx, demo_model *m, int B, const int32_t *tokens,
-                           const int32_t *targets, int backward, double *loss, int64_t *correct);
+                           const int32_t *targets, int backward, double *loss, int64_t *correct,
+                           int64_t *answered);
 
 void demo_model_zero_grad(demo_model *m);
 /* One Adam step over every parameter (step counts from 1, for the bias correction). */

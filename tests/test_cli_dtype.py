@@ -144,3 +144,15 @@ def test_bench_module_dtype(d):
     assert r.returncode == 0, r.stderr
     j = json.loads(r.stdout)
     assert j.get("dtype", "f32") == d, j
+
+
+def test_viz_takes_dtype(tmp_path):
+    m, _ = _layer(torch.float32, E=16, H=2)
+    w = tmp_path / "w.safetensors"
+    save_file(m.state_dict(), str(w))
+    np.save(tmp_path / "x.npy", np.random.default_rng(5).standard_normal((6, 16)).astype("f2"))
+    base = ["viz", "--weights", w, "--heads", 2, "--query", tmp_path / "x.npy", "--width", 60]
+    r = mha(*base, "--dtype", "bf16")
+    assert r.returncode == 0 and "Query" in r.stdout, r.stderr
+    r = mha(*base, "--dtype", "int8")
+    assert r.returncode == 1 and r.stderr.startswith("mha: error: --dtype: got \"int8\"")

@@ -147,3 +147,14 @@ def test_errors_name_the_argument():
     xb = x.bfloat16()
     with pytest.raises(ValueError, match="dtype"):
         layer(xb, xb, xb)
+
+
+def test_from_file_keeps_bf16_values(tmp_path):
+    from safetensors.torch import save_file
+    ref = torch.nn.MultiheadAttention(32, 4, dtype=torch.bfloat16)
+    save_file(ref.state_dict(), str(tmp_path / "w.safetensors"))
+    layer = mha.MultiheadAttention.from_file(tmp_path / "w.safetensors", num_heads=4,
+                                             dtype=torch.bfloat16)
+    for k, v in ref.state_dict().items():
+        got = layer.state_dict()[k]
+        assert got.dtype == torch.bfloat16 and torch.equal(got, v), k

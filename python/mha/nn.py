@@ -95,19 +95,21 @@ class MultiheadAttention(nn.MultiheadAttention):
         self._mha = T.CModule()
 
     @classmethod
-    def from_file(cls, path, *, prefix=None, num_heads=None, batch_first=False, dropout=0.0):
+    def from_file(cls, path, *, prefix=None, num_heads=None, batch_first=False, dropout=0.0,
+                  dtype=None):
         """A layer with the weights of one attention layer of a safetensors checkpoint, in any
         layout mha reads (nn.MultiheadAttention, the W_q/W_k/W_v/W_o module, Hugging Face
         q_proj/k_proj/v_proj/o_proj, BERT, GPT-2; see mha.load_layer). ``prefix`` picks the
         layer in a whole model's file (e.g. ``"encoder.layers.0.self_attn."``);
-        ``num_heads`` is needed when the file does not record it."""
+        ``num_heads`` is needed when the file does not record it. ``dtype``: the layer's
+        (float32 by default; torch.bfloat16 keeps a bf16 checkpoint's values as they are)."""
         from ._files import load_layer
         sd, heads = load_layer(path, prefix=prefix, num_heads=num_heads)
         E = sd["out_proj.weight"].shape[0]
         kdim = sd["k_proj_weight"].shape[1] if "k_proj_weight" in sd else E
         vdim = sd["v_proj_weight"].shape[1] if "v_proj_weight" in sd else E
         layer = cls(E, heads, dropout=dropout, bias="out_proj.bias" in sd, kdim=kdim, vdim=vdim,
-                    batch_first=batch_first)
+                    batch_first=batch_first, dtype=dtype)
         layer.load_state_dict({k: torch.from_numpy(v) for k, v in sd.items()}, strict=True)
         return layer
 

@@ -158,3 +158,28 @@ def test_from_file_keeps_bf16_values(tmp_path):
     for k, v in ref.state_dict().items():
         got = layer.state_dict()[k]
         assert got.dtype == torch.bfloat16 and torch.equal(got, v), k
+
+
+@pytest.mark.parametrize("dname", DTYPES)
+def test_seed_module_in_dtype(dname):
+    """The seed module after .to(dtype): the dtype in and out, close to its float32 twin on the
+    same values, gradients of every Linear in the dtype."""
+    dt = DTYPES[dname]
+    torch.manual_seed(2)
+    m = mha.MultiHeadAttention(32, 4, dropout=0.0).to(dt)
+    twin = mha.MultiHeadAttention(32, 4, dropout=0.0)
+    twin.load_state_dict({k: v.float() for k, v in m.state_dict().items()})
+    x = torch.randn(2, 9, 32).to(dt).requires_grad_()
+    x32 = x.detach().float().requires_grad_()
+    causal = torch.tril(torch.ones(9, 9))
+    out, w = m(x, causal)
+    ref, wref = twin(x32, causal)
+    assert out.dtype == dt and w.dtype == dt
+    tol = 2.0 ** -(MANT[dt] - 3) * ref.abs().max().item()
+    assert (out.float() - ref).abs().max().item() <= tol
+    out.float().sum().backward()
+    ref.sum().backward()
+    assert x.grad.dtype == dt and m.W_q.weight.grad.dtype == dt
+    for a, b in ((x.grad, x32.grad), (m.W_k.weight.grad, twin.W_k.weight.grad),
+                 (m.W_o.bias.grad, twin.W_o.bias.grad)):
+        assert (a.float() - b).abs().max().item() <= 2.0 ** -(MANT[dt] - 4) * b.abs().max()

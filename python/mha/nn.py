@@ -280,7 +280,8 @@ class MultiHeadAttention(nn.Module):
     ``[batch, num_heads, seq, seq]``, positions where ``mask == 0`` are masked (a padding mask
     ``[batch, 1, 1, seq]`` or a causal ``[seq, seq]`` one, say). Returns ``(output [batch, seq,
     d_model], attention_weights [batch, num_heads, seq, seq])``, the weights after dropout as
-    that module returns them.
+    that module returns them. ``.to(torch.bfloat16)`` (or float16) makes it compute in that
+    dtype, as mha.MultiheadAttention(dtype=...) does; x must then be of it.
 
     Difference: a fully masked query row gives weights 0 and output ``W_o.bias`` (the original,
     filling scores with -1e9, gives uniform weights there).
@@ -346,9 +347,9 @@ class MultiHeadAttention(nn.Module):
         """The [3E, ...] tensor whose row blocks are ts (W_q, W_k, W_v's weights or biases):
         their own storage when adjacent (as __init__ lays them out), else a packed copy."""
         for i, t in enumerate(ts):
-            T.check_param(t, ("W_q", "W_k", "W_v")[i], fn)
+            T.check_param(t, ("W_q", "W_k", "W_v")[i], fn, self.W_o.weight.dtype)
         a, b, c = ts
-        n = a.numel() * 4
+        n = a.numel() * a.element_size()
         if (a.is_contiguous() and b.is_contiguous() and c.is_contiguous() and
                 b.data_ptr() == a.data_ptr() + n and c.data_ptr() == a.data_ptr() + 2 * n and
                 a.untyped_storage().data_ptr() == c.untyped_storage().data_ptr()):
@@ -358,20 +359,23 @@ class MultiHeadAttention(nn.Module):
 
     def forward(self, x, mask=None):
         fn = "mha.MultiHeadAttention.forward"
-        x = T.as_input(x, "x", fn)
+        dt = self.W_o.weight.dtype  # the module's dtype (after .to(torch.bfloat16), say)
+        if dt not in T.CORE_DTYPES:
+            T.check_param(self.W_o.weight, "W_o.weight", fn)
+        x = T.as_input(x, "x", fn, None if dt == _F32 else dt)
         if x.dim() != 3 or x.shape[-1] != self.d_model:
             raise ValueError(f"{fn}: x: got shape {_shape(x)}, expected [batch, seq, "
                              f"{self.d_model}]")
         B, L, E, H = x.shape[0], x.shape[1], self.d_model, self.num_heads
-        T.check_param(self.W_o.weight, "W_o.weight", fn)
-        T.check_param(self.W_o.bias, "W_o.bias", fn)
+        T.check_param(self.W_o.weight, "W_o.weight", fn, dt)
+        T.check_param(self.W_o.bias, "W_o.bias", fn, dt)
         w = self._packed((self.W_q.weight, self.W_k.weight, self.W_v.weight), fn)
         b = self._packed((self.W_q.bias, self.W_k.bias, self.W_v.bias), fn)
         names = [b"in_proj_weight", b"in_proj_bias", b"out_proj.weight", b"out_proj.bias"]
         ps = [w, b, self.W_o.weight, self.W_o.bias]
         call = T.LayerCall(self._mha, names, ps, self._mask(mask, B, H, L, fn), self.training,
                            self.dropout.p, False, True, H)
-        self._mha.get(E, H, E, E, True, float(self.dropout.p))
+        self._mha.get(E, H, E, E, True, float(self.dropout.p), dt)
         seeds = (self.W_q, self.W_k, self.W_v)
         need = any(lin.weight.requires_grad or lin.bias.requires_grad for lin in seeds) or \
             self.W_o.weight.requires_grad or self.W_o.bias.requires_grad

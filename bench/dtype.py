@@ -6,8 +6,8 @@ markdown section "Issue 11: bf16 and f16" for BENCHMARKS.md: RATIOS of measureme
 by side in this run (progress on stderr).
 
     bench/dtype.py      [--build build] [--python $BUILD/venv/bin/python] [--threads 2]
-                        [--rounds 3] [--budget 4] [--quick] [--out FILE.md]
-                        [--results FILE.jsonl]
+                        [--rounds 3] [--budget 4] [--quick] [--only core|module]
+                        [--out FILE.md] [--results FILE.jsonl]
 
 The shapes (groups() below): the core at B=1 H=8, D=64 with N = 2048, 4096, 8192 and D=128
 with N = 2048, 4096, causal and not, forward and backward, mha in f32, bf16 and f16, PyTorch's
@@ -19,7 +19,7 @@ module in bf16, else in float32 (the table's caption says which; issue 11's modu
 later step). mha's gemm in bf16 is not measured here. A full run is estimated (from issue 10's
 float32 rates on this machine, not timed) at 12-14 minutes on 2 quiet cores: 3 rounds of about
 4 minutes. --quick: tiny shapes, one round (a check of the script, not a result: seconds,
-mostly starting PyTorch).
+mostly starting PyTorch). --only core / --only module: that part alone (its tables only).
 
 How: as bench/modern.py (whose Runner, Report and helpers this imports): every measurement is
 a process of its own printing one JSON line, `mha bench --core --backward --json --dtype T`
@@ -177,6 +177,25 @@ def render(runner, g, a, elapsed, info, module_why):
       "same runs. FLOP counts are the nominal ones of `mha bench`, the same for every dtype, "
       "so a rate ratio is the inverse time ratio.\n")
 
+    if g["core"]:
+        core_tables(rep, g, w)
+    if g["module"]:
+        module_table(rep, runner, g, a, w, module_why)
+    if runner.failed:
+        w("### Commands that failed (not run again)\n")
+        for cmd, err in runner.failed.items():
+            w(f"- `{cmd}`: {err}")
+        w("")
+    w("### Commands\n")
+    w("```")
+    w(shlex.join(sys.argv))
+    w("\n".join(dict.fromkeys(r["cmd"] for r in runner.res)))
+    w("```")
+    return "\n".join(L) + "\n"
+
+
+def core_tables(rep, g, w):
+    """The core's two tables: bf16 / f16 vs float32, and mha vs PyTorch's SDPA."""
     w(f"### mha's core in bf16 and f16 vs float32 (rate ratios; target: bf16 >= {TARGET}x "
       f"forward and backward at N >= {TARGET_N})\n")
     w("| shape | phase | f32 ms | bf16 ms | f16 ms | bf16 GFLOP/s | bf16 rate / f32 "
@@ -201,6 +220,9 @@ def render(runner, g, a, elapsed, info, module_why):
               + " | ".join(versus_cells(rep, c)) + " |")
     w("")
 
+
+def module_table(rep, runner, g, a, w, module_why):
+    """PyTorch's nn.MultiheadAttention in bf16 against mha's module."""
     if a.module_dtype == "bf16":
         caption = "mha's module in bf16 (`mha bench --dtype bf16`)"
     else:
@@ -221,18 +243,6 @@ def render(runner, g, a, elapsed, info, module_why):
               f"{m['dtype'] if m else '-'} | {path} | " + " | ".join(versus_cells(rep, c)) + " |")
     w("")
 
-    if runner.failed:
-        w("### Commands that failed (not run again)\n")
-        for cmd, err in runner.failed.items():
-            w(f"- `{cmd}`: {err}")
-        w("")
-    w("### Commands\n")
-    w("```")
-    w(shlex.join(sys.argv))
-    w("\n".join(dict.fromkeys(r["cmd"] for r in runner.res)))
-    w("```")
-    return "\n".join(L) + "\n"
-
 
 def main():
     ap = argparse.ArgumentParser(description="issue 11's speed ratios (see the top of this file)")
@@ -243,6 +253,7 @@ def main():
     ap.add_argument("--budget", type=float, default=4.0,
                     help="seconds of timed runs per measurement (at least one run; default 4)")
     ap.add_argument("--quick", action="store_true", help="tiny shapes: checks the script")
+    ap.add_argument("--only", choices=("core", "module"), help="that part alone")
     ap.add_argument("--out", help="write the markdown there too")
     ap.add_argument("--results", help="append every measurement's JSON line there")
     a = ap.parse_args()
@@ -257,6 +268,8 @@ def main():
     a.module_dtype, why = mha_module_dtype(a.mha)
     info = f"{modern.describe(a)} {bf16_kernels(a.mha)}."
     g = groups(a.quick)
+    if a.only:
+        g = {k: (v if k == a.only else []) for k, v in g.items()}
     runner = Runner(a)
     start = time.time()
     for rnd in range(1, a.rounds + 1):

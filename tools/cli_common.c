@@ -337,7 +337,9 @@ enum {
     LAYER_NOPTS = 13
 };
 
-int cli_layer_parse(int argc, char **argv, cli_layer_args *a, cli_opt *extra, int nextra) {
+/* cli_layer_parse, with --weights and --query required (need_layer) or not. */
+static int layer_parse(int argc, char **argv, cli_layer_args *a, cli_opt *extra, int nextra,
+                       int need_layer) {
     memset(a, 0, sizeof *a);
     if (nextra < 0 || nextra > CLI_LAYER_MAX_EXTRA) /* a bug in the command, not the user's */
         return cli_fail("internal error: %d options for %s, at most %d", nextra, argv[0],
@@ -367,11 +369,11 @@ int cli_layer_parse(int argc, char **argv, cli_layer_args *a, cli_opt *extra, in
     a->scale_given = cli_find(opts, nopts, "--scale")->seen > 0;
 
     const char *cmd = argv[0];
-    if (!a->weights) return cli_missing(cmd, "--weights");
+    if (need_layer && !a->weights) return cli_missing(cmd, "--weights");
     if (a->heads_given && (a->heads < 1 || a->heads > INT32_MAX))
         return cli_usage_error("or leave --heads out when the weights file records it",
                                "--heads: got %lld, expected a positive number of heads", a->heads);
-    if (!a->query) return cli_missing(cmd, "--query");
+    if (need_layer && !a->query) return cli_missing(cmd, "--query");
     if (!a->key != !a->value)
         return cli_usage_error("give both --key and --value for cross-attention, or neither "
                                "for self-attention",
@@ -384,6 +386,14 @@ int cli_layer_parse(int argc, char **argv, cli_layer_args *a, cli_opt *extra, in
         return cli_usage_error("--isa takes auto, generic, avx2 or avx512",
                                "--isa: unknown kernel path \"%s\"", a->isa);
     return 0;
+}
+
+int cli_layer_parse(int argc, char **argv, cli_layer_args *a, cli_opt *extra, int nextra) {
+    return layer_parse(argc, argv, a, extra, nextra, 1);
+}
+
+int cli_layer_parse_optional(int argc, char **argv, cli_layer_args *a, cli_opt *extra, int nextra) {
+    return layer_parse(argc, argv, a, extra, nextra, 0);
 }
 
 static int all_positive(const mha_array *a) {

@@ -25,16 +25,20 @@
  * float32 numbers (e = 0), and each operation adds what float32 rounding can add, with
  * Higham's bound for a sum of n products, gamma_n = n u / (1 - n u), u = 2^-24:
  *   C = alpha A B:   e_C = gamma_{K+1} |alpha| |A| |B| + |alpha| (e_A |B| + |A| e_B + e_A e_B)
- * and first-order bounds for the softmax (below). The fused kernel passes when every output
- * element is within its e: a bound derived from the magnitudes and the sizes, not a constant.
+ * and bounds for the softmax (explain_math.c). Each operation may also underflow: results
+ * below FLT_MIN may be flushed to zero, an absolute error of at most EX_TINY each. The fused
+ * kernel passes when every output element is within its e: a bound derived from the
+ * magnitudes and the sizes, not a constant.
  * ------------------------------------------------------------------------------------------- */
 typedef struct {
     double *v, *e; /* element (i, j) at [i * ld + j] */
     int64_t rows, cols, ld;
 } ex_mat;
 
-/* float32's unit roundoff, 2^-24. */
+/* float32's unit roundoff, 2^-24, and its smallest normal number (what a result that
+ * underflows may lose, with flush-to-zero). */
 #define EX_U (1.0 / 16777216.0)
+#define EX_TINY 1.1754943508222875e-38
 
 /* Rows r0 .. r0 + rows - 1, columns c0 .. c0 + cols - 1 of m (no copy). */
 ex_mat ex_view(ex_mat m, int64_t r0, int64_t c0, int64_t rows, int64_t cols);

@@ -18,13 +18,7 @@ import pytest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import mha_py  # noqa: E402
-
-try:
-    import torch
-    TORCH_ERROR = None
-except Exception as e:  # ImportError, or a broken install
-    torch = None
-    TORCH_ERROR = f"{type(e).__name__}: {e}"
+from test_cli import mha_bin, need_torch, torch  # noqa: E402  (torch: None when it cannot load)
 
 FINAL = re.compile(r"^explain: matches the fused kernel, max \|diff\| = (\S+) "
                    r"\(float32 rounding bound up to (\S+)\)$")
@@ -35,13 +29,6 @@ PRINTED = 1.2e-4
 # ------------------------------------------------------------------------------------------
 # helpers
 # ------------------------------------------------------------------------------------------
-def mha_bin():
-    b = os.environ.get("MHA_BIN")
-    if not b or not os.path.isfile(b) or not os.access(b, os.X_OK):
-        pytest.fail(f"MHA_BIN must name the built mha binary (got {b!r})")
-    return b
-
-
 def run(*args, env=None):
     e = dict(os.environ, COLUMNS="100", NO_COLOR="1", **(env or {}))
     p = subprocess.run([mha_bin(), "explain", *map(str, args)], capture_output=True, text=True,
@@ -103,13 +90,6 @@ def table(out, title):
 
 def sections(out):
     return re.findall(r"^== (\d+)\. ", out, re.M)
-
-
-def need_torch():
-    if torch is None:
-        pytest.fail(f"torch cannot be imported: {TORCH_ERROR} (`make test` sets up the test venv)")
-    if not torch.__version__.startswith("2.13."):
-        pytest.fail(f"the reference is PyTorch 2.13, this is {torch.__version__}")
 
 
 # ------------------------------------------------------------------------------------------

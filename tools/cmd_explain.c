@@ -361,8 +361,7 @@ static void write_walkthrough(ex_out *o, const state *s, int with_checks) {
     if (s->tiles) {
         ex_steps_tiles(o, &s->run, &s->show, s->tiles_diff, &s->core);
     } else {
-        ex_steps_forward(o, &s->run, &s->show);
-        if (s->backward) ex_steps_backward(o, &s->run, &s->show);
+        ex_steps(o, &s->run, &s->show, 1, s->backward ? EX_LAST_STEP : EX_FORWARD_STEPS);
     }
     if (with_checks) {
         char lines[3][200];

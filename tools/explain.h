@@ -214,8 +214,8 @@ typedef struct {
     int64_t tile_rows, tile_keys;          /* --tiles: br, bc */
 } ex_show;
 
-void ex_steps_forward(ex_out *o, const ex_run *r, const ex_show *sh);
-void ex_steps_backward(ex_out *o, const ex_run *r, const ex_show *sh);
+/* Steps first .. last (1 .. EX_FORWARD_STEPS the forward, then the backward's). */
+void ex_steps(ex_out *o, const ex_run *r, const ex_show *sh, int first, int last);
 /* The tiles section: head 0 of batch 0 tile by tile, then what every head's tiles gave:
  * tiles_diff, the largest |O_tiles - O_steps| over every head (double against double), and
  * core, the library's attention core (mha_attn_forward) on the same q, k, v against step 8. */

@@ -5,6 +5,7 @@
 #include "explain.h"
 
 #include <math.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -35,7 +36,14 @@ static ex_mat head_scores(const ex_run *r, ex_mat m, int64_t h) {
     return ex_view(m, h * r->L, 0, r->L, m.cols);
 }
 
-/* Tables of one quantity per shown head: "<name>_<h>". */
+/* Says which heads are not shown, if any. */
+static void heads_note(ex_out *o, const ex_run *r) {
+    if (r->H > heads_shown(r))
+        ex_text(o, EX_NOTE, "heads %lld to %lld are computed and checked too, not shown",
+                (long long)heads_shown(r), (long long)r->H - 1);
+}
+
+/* Tables of one quantity per shown head: "<name> (head h)". */
 static void per_head(ex_out *o, const ex_run *r, const char *name, ex_mat m, int scores, int64_t n,
                      const char *const *rl, const char *const *cl, ex_scale sc) {
     char title[64];
@@ -43,9 +51,7 @@ static void per_head(ex_out *o, const ex_run *r, const char *name, ex_mat m, int
         snprintf(title, sizeof title, "%s (head %lld)", name, (long long)h);
         table(o, title, scores ? head_scores(r, m, h) : head(r, m, n, h), rl, cl, sc);
     }
-    if (r->H > heads_shown(r))
-        ex_text(o, EX_NOTE, "heads %lld to %lld are computed and checked too, not shown",
-                (long long)heads_shown(r), (long long)r->H - 1);
+    heads_note(o, r);
 }
 
 /* The names of the projections' parameters in PyTorch's state_dict. */
@@ -58,27 +64,119 @@ static const char *in_proj_names(const ex_run *r) {
 }
 
 /* ---------------------------------------------------------------------------------------------
+ * The words of each step: title, formula (NULL: the step writes its own from the run) and why
+ * ------------------------------------------------------------------------------------------- */
+typedef struct {
+    const char *title, *formula, *why;
+} step_words;
+
+static const step_words words[EX_LAST_STEP + 1] = {
+    [1] = {"Input", "x[i] = the vector of E numbers that stands for token i",
+           "Attention works on vectors: each token enters as one row of features, and everything "
+           "below is arithmetic on these rows."},
+    [2] = {"Q, K, V projections", NULL,
+           "Each token asks with a query, is matched by its key and carries its value: three "
+           "learned linear maps of the input, so the layer learns what to look for, what to be "
+           "found by and what to pass on."},
+    [3] = {"Split into heads", "Q_h = Q[:, h*d : (h+1)*d]   (K_h and V_h likewise)",
+           "Each head attends with its own slice of d features, so H heads can look for H "
+           "different things for the cost of one; it is a reshape, no number changes."},
+    [4] = {"Scores Q K^T",
+           "scores_h[i, j] = Q_h[i] . K_h[j] = sum over c < d of Q_h[i, c] K_h[j, c]",
+           "A dot product is large when query i and key j point the same way: one number per "
+           "(query, key) pair says how well they match."},
+    [5] = {"Scale", NULL,
+           "A sum of d products grows like sqrt(d): dividing by it keeps the scores near 1 "
+           "whatever d is, so the softmax does not saturate into one-hot rows whose gradients "
+           "vanish."},
+    [6] = {"Mask",
+           "scores_h[i, j] = -inf where a mask excludes key j for query i;\n"
+           "a float mask is added instead",
+           "A masked key must get weight exactly 0, and exp(-inf) = 0: a causal mask keeps a "
+           "token from seeing the ones after it, a padding mask hides filler positions."},
+    [7] = {"Softmax",
+           "P_h[i, j] = exp(s_ij - m_i) / sum over j' of exp(s_ij' - m_i)\n"
+           "m_i = max over j of s_ij",
+           "It turns each row of scores into weights that are positive and sum to 1; "
+           "subtracting the row's maximum first changes nothing mathematically and keeps exp "
+           "from overflowing."},
+    [8] = {"Weights x V", "O_h = P_h V_h:  O_h[i] = sum over j of P_h[i, j] V_h[j]",
+           "Each query's output is the average of the values weighted by its attention: a token "
+           "gathers what the tokens it attends to carry."},
+    [9] = {"Concatenate heads", NULL,
+           "The heads' findings sit side by side again, E features per token: the reverse "
+           "reshape of step 3, no arithmetic."},
+    [10] = {"Output projection",
+            "y = O Wo^T + bo   (Wo: out_proj.weight [E, E], bo: out_proj.bias)",
+            "A last learned linear map mixes what the heads found into one vector per token: the "
+            "layer's output, what mha forward writes and torch.nn.MultiheadAttention returns."},
+    [11] = {"Output gradient", "dy = dLoss/dy, the gradient of some loss with respect to y",
+            "Backpropagation starts from how the loss changes with the layer's output and runs "
+            "every step backwards with the chain rule."},
+    [12] = {"Back through the output projection",
+            "dO = dy Wo,  dWo = dy^T O,  dbo = sum over rows of dy",
+            "For y = O Wo^T + bo the gradient reaches O through Wo, and Wo's gradient is what it "
+            "multiplied (summed over every token, and over the batch)."},
+    [13] = {"Split dO into heads", "dO_h = dO[:, h*d : (h+1)*d]",
+            "The concatenation of step 9 only placed the heads side by side, so its gradient "
+            "only takes them apart again."},
+    [14] = {"Back through weights x V", "dV_h = P_h^T dO_h,  dP_h = dO_h V_h^T",
+            "O_h = P_h V_h is a matrix product: each factor's gradient is the output's gradient "
+            "times the other factor, transposed."},
+    [15] = {"Back through the softmax",
+            "D_i = sum over j of P_ij dP_ij = dO_i . O_i\n"
+            "dS_h[i, j] = P_h[i, j] (dP_h[i, j] - D_i)",
+            "The softmax's Jacobian is diag(P) - P P^T, and applied to dP it gives this; "
+            "FlashAttention computes D_i as dO_i . O_i, which needs no row of P, and masked keys "
+            "(P = 0) get no gradient."},
+    [16] = {"Back through the scale and Q K^T", NULL,
+            "The scaled scores are again a product, scale Q_h K_h^T: the same rule as step 14, "
+            "with the scale carried along."},
+    [17] = {"Concatenate the heads' gradients", NULL,
+            "The reverse of step 3's split: each head's gradient goes back to its own d "
+            "columns."},
+    [18] = {"Back through the projections", NULL, NULL},
+};
+
+/* Starts step n: its section, then its shape (printf-style), formula (the table's, or the
+ * given one) and why (likewise). */
+static void begin(ex_out *o, int n, const char *formula, const char *why, const char *shape, ...)
+#if defined(__GNUC__)
+    __attribute__((format(printf, 5, 6)))
+#endif
+    ;
+static void begin(ex_out *o, int n, const char *formula, const char *why, const char *shape, ...) {
+    char id[16], buf[256];
+    snprintf(id, sizeof id, "step-%d", n);
+    ex_section(o, n, id, words[n].title);
+    va_list ap;
+    va_start(ap, shape);
+    vsnprintf(buf, sizeof buf, shape, ap);
+    va_end(ap);
+    ex_text(o, EX_SHAPE, "%s", buf);
+    ex_text(o, EX_FORMULA, "%s", formula ? formula : words[n].formula);
+    ex_text(o, EX_WHY, "%s", why ? why : words[n].why);
+}
+
+/* "[H, L, S] = [2, 6, 6]" and the like. */
+#define LL(x) ((long long)(x))
+
+/* ---------------------------------------------------------------------------------------------
  * Forward: steps 1 - 10
  * ------------------------------------------------------------------------------------------- */
 static void step_input(ex_out *o, const ex_run *r, const ex_show *sh) {
-    ex_section(o, 1, "step-1", "Input");
     if (r->cross)
-        ex_text(o, EX_SHAPE,
-                "query x [L, E] = [%lld, %lld], key [S, kdim] = [%lld, %lld], "
-                "value [S, vdim] = [%lld, %lld]",
-                (long long)r->L, (long long)r->E, (long long)r->S, (long long)r->kdim,
-                (long long)r->S, (long long)r->vdim);
-    else ex_text(o, EX_SHAPE, "x [L, E] = [%lld, %lld]", (long long)r->L, (long long)r->E);
-    ex_text(o, EX_FORMULA, "x[i] = the vector of E numbers that stands for token i");
-    ex_text(o, EX_WHY,
-            "Attention works on vectors: each token enters as one row of features, "
-            "and everything below is arithmetic on these rows.");
+        begin(o, 1, NULL, NULL,
+              "query x [L, E] = [%lld, %lld], key [S, kdim] = [%lld, %lld], value [S, vdim] = "
+              "[%lld, %lld]",
+              LL(r->L), LL(r->E), LL(r->S), LL(r->kdim), LL(r->S), LL(r->vdim));
+    else begin(o, 1, NULL, NULL, "x [L, E] = [%lld, %lld]", LL(r->L), LL(r->E));
     if (sh->input_note) ex_text(o, EX_NOTE, "%s", sh->input_note);
     if (r->B > 1 || r->L > EX_WINDOW || r->S > EX_WINDOW || r->E > EX_WINDOW)
         ex_text(o, EX_NOTE,
-                "showing batch 0 of %lld and at most the first %d tokens, features "
-                "and keys of each matrix; every number of every batch is computed and checked",
-                (long long)r->B, EX_WINDOW);
+                "showing batch 0 of %lld and at most the first %d tokens, features and keys of "
+                "each matrix; every number of every batch is computed and checked",
+                LL(r->B), EX_WINDOW);
     table(o, "x", batch0(r->x, r->L), sh->qtok, NULL, EX_SIGNED);
     if (r->cross) {
         table(o, "key input", batch0(r->xk, r->S), sh->ktok, NULL, EX_SIGNED);
@@ -88,16 +186,11 @@ static void step_input(ex_out *o, const ex_run *r, const ex_show *sh) {
 
 static void step_projections(ex_out *o, const ex_run *r, const ex_show *sh) {
     const char *const *kl = key_labels(r, sh);
-    ex_section(o, 2, "step-2", "Q, K, V projections");
-    ex_text(o, EX_SHAPE, "Q [L, E] = [%lld, %lld], K and V [S, E] = [%lld, %lld]", (long long)r->L,
-            (long long)r->E, (long long)r->S, (long long)r->E);
-    ex_text(o, EX_FORMULA,
-            r->cross ? "Q = x Wq^T + bq,  K = key Wk^T + bk,  V = value Wv^T + bv"
-                     : "Q = x Wq^T + bq,  K = x Wk^T + bk,  V = x Wv^T + bv");
-    ex_text(o, EX_WHY,
-            "Each token asks with a query, is matched by its key and carries its "
-            "value: three learned linear maps of the input, so the layer learns what to look "
-            "for, what to be found by and what to pass on.");
+    begin(o, 2,
+          r->cross ? "Q = x Wq^T + bq,  K = key Wk^T + bk,  V = value Wv^T + bv"
+                   : "Q = x Wq^T + bq,  K = x Wk^T + bk,  V = x Wv^T + bv",
+          NULL, "Q [L, E] = [%lld, %lld], K and V [S, E] = [%lld, %lld]", LL(r->L), LL(r->E),
+          LL(r->S), LL(r->E));
     ex_text(o, EX_NOTE, "%s (PyTorch's layout).", in_proj_names(r));
     table(o, "Q", batch0(r->q, r->L), sh->qtok, NULL, EX_SIGNED);
     table(o, "K", batch0(r->k, r->S), kl, NULL, EX_SIGNED);
@@ -106,89 +199,58 @@ static void step_projections(ex_out *o, const ex_run *r, const ex_show *sh) {
 
 static void step_split(ex_out *o, const ex_run *r, const ex_show *sh) {
     const char *const *kl = key_labels(r, sh);
-    ex_section(o, 3, "step-3", "Split into heads");
-    ex_text(o, EX_SHAPE, "Q_h [H, L, d] = [%lld, %lld, %lld], d = E / H = %lld / %lld = %lld",
-            (long long)r->H, (long long)r->L, (long long)r->D, (long long)r->E, (long long)r->H,
-            (long long)r->D);
-    ex_text(o, EX_FORMULA, "Q_h = Q[:, h*d : (h+1)*d]   (K_h and V_h likewise)");
-    ex_text(o, EX_WHY,
-            "Each head attends with its own slice of d features, so H heads can look "
-            "for H different things for the cost of one; it is a reshape, no number changes.");
+    begin(o, 3, NULL, NULL, "Q_h [H, L, d] = [%lld, %lld, %lld], d = E / H = %lld / %lld = %lld",
+          LL(r->H), LL(r->L), LL(r->D), LL(r->E), LL(r->H), LL(r->D));
     for (int64_t h = 0; h < heads_shown(r); h++) {
         char t[3][32];
-        snprintf(t[0], sizeof t[0], "Q (head %lld)", (long long)h);
-        snprintf(t[1], sizeof t[1], "K (head %lld)", (long long)h);
-        snprintf(t[2], sizeof t[2], "V (head %lld)", (long long)h);
+        snprintf(t[0], sizeof t[0], "Q (head %lld)", LL(h));
+        snprintf(t[1], sizeof t[1], "K (head %lld)", LL(h));
+        snprintf(t[2], sizeof t[2], "V (head %lld)", LL(h));
         table(o, t[0], head(r, r->q, r->L, h), sh->qtok, NULL, EX_SIGNED);
         table(o, t[1], head(r, r->k, r->S, h), kl, NULL, EX_SIGNED);
         table(o, t[2], head(r, r->v, r->S, h), kl, NULL, EX_SIGNED);
     }
-    if (r->H > heads_shown(r))
-        ex_text(o, EX_NOTE, "heads %lld to %lld are computed and checked too, not shown",
-                (long long)heads_shown(r), (long long)r->H - 1);
+    heads_note(o, r);
 }
 
 static void step_scores(ex_out *o, const ex_run *r, const ex_show *sh) {
-    ex_section(o, 4, "step-4", "Scores Q K^T");
-    ex_text(o, EX_SHAPE, "[H, L, S] = [%lld, %lld, %lld]", (long long)r->H, (long long)r->L,
-            (long long)r->S);
-    ex_text(o, EX_FORMULA,
-            "scores_h[i, j] = Q_h[i] . K_h[j] = sum over c < d of "
-            "Q_h[i, c] K_h[j, c]");
-    ex_text(o, EX_WHY,
-            "A dot product is large when query i and key j point the same way: one "
-            "number per (query, key) pair says how well they match.");
+    begin(o, 4, NULL, NULL, "[H, L, S] = [%lld, %lld, %lld]", LL(r->H), LL(r->L), LL(r->S));
     per_head(o, r, "Q K^T", r->raw, 1, 0, sh->qtok, key_labels(r, sh), EX_SIGNED);
 }
 
 static void step_scale(ex_out *o, const ex_run *r, const ex_show *sh) {
-    ex_section(o, 5, "step-5", "Scale");
-    ex_text(o, EX_SHAPE, "[H, L, S] = [%lld, %lld, %lld]", (long long)r->H, (long long)r->L,
-            (long long)r->S);
+    char f[128];
     if (sh->scale_given)
-        ex_text(o, EX_FORMULA, "scores_h * scale,  scale = %.6g (--scale)", r->scale);
+        snprintf(f, sizeof f, "scores_h * scale,  scale = %.6g (--scale)", r->scale);
     else
-        ex_text(o, EX_FORMULA, "scores_h * scale,  scale = 1 / sqrt(d) = 1 / sqrt(%lld) = %.6g",
-                (long long)r->D, r->scale);
-    ex_text(o, EX_WHY,
-            "A sum of d products grows like sqrt(d): dividing by it keeps the scores "
-            "near 1 whatever d is, so the softmax does not saturate into one-hot rows whose "
-            "gradients vanish.");
+        snprintf(f, sizeof f, "scores_h * scale,  scale = 1 / sqrt(d) = 1 / sqrt(%lld) = %.6g",
+                 LL(r->D), r->scale);
+    begin(o, 5, f, NULL, "[H, L, S] = [%lld, %lld, %lld]", LL(r->H), LL(r->L), LL(r->S));
     ex_text(o, EX_NOTE,
-            "mha multiplies q by the scale before the product, (scale q) . k: the "
-            "same number, and finite whenever the scaled product is.");
+            "mha multiplies q by the scale before the product, (scale q) . k: the same number, "
+            "and finite whenever the scaled product is.");
     per_head(o, r, "scaled scores", r->scaled, 1, 0, sh->qtok, key_labels(r, sh), EX_SIGNED);
 }
 
 static void step_mask(ex_out *o, const ex_run *r, const ex_show *sh) {
     const mha_mask *m = &r->mask;
-    ex_section(o, 6, "step-6", "Mask");
-    ex_text(o, EX_SHAPE, "[H, L, S] = [%lld, %lld, %lld]", (long long)r->H, (long long)r->L,
-            (long long)r->S);
-    ex_text(o, EX_FORMULA,
-            "scores_h[i, j] = -inf where a mask excludes key j for query i;\n"
-            "a float mask is added instead");
-    ex_text(o, EX_WHY,
-            "A masked key must get weight exactly 0, and exp(-inf) = 0: a causal mask "
-            "keeps a token from seeing the ones after it, a padding mask hides filler "
-            "positions.");
+    begin(o, 6, NULL, NULL, "[H, L, S] = [%lld, %lld, %lld]", LL(r->H), LL(r->L), LL(r->S));
     if (!ex_has_mask(r)) {
         ex_text(o, EX_NOTE,
-                "no mask here: every query sees every key, and the scores of step 5 "
-                "go on unchanged (try --causal)");
+                "no mask here: every query sees every key, and the scores of step 5 go on "
+                "unchanged (try --causal)");
         return;
     }
     if (m->causal == MHA_CAUSAL_TOP_LEFT)
         ex_text(o, EX_NOTE, "--causal (PyTorch's, top-left): key j is excluded when j > i");
     if (m->causal == MHA_CAUSAL_BOTTOM_RIGHT)
         ex_text(o, EX_NOTE,
-                "--causal-bottom-right (FlashAttention's): key j is excluded when "
-                "j > i + (S - L) = i + %lld",
-                (long long)(r->S - r->L));
+                "--causal-bottom-right (FlashAttention's): key j is excluded when j > i + (S - L) "
+                "= i + %lld",
+                LL(r->S - r->L));
     if (m->key_padding)
         ex_text(o, EX_NOTE,
-                "--key-padding-mask: the keys marked true are excluded for every "
-                "query");
+                "--key-padding-mask: the keys marked true are excluded for every query");
     if (m->attn_bool) ex_text(o, EX_NOTE, "--attn-mask (bool): true = excluded");
     if (m->attn_float) ex_text(o, EX_NOTE, "--attn-mask (float): added to the scaled scores");
     per_head(o, r, "masked scores", r->masked, 1, 0, sh->qtok, key_labels(r, sh), EX_SIGNED);
@@ -206,23 +268,14 @@ static int64_t masked_rows(const ex_run *r) {
 }
 
 static void step_softmax(ex_out *o, const ex_run *r, const ex_show *sh) {
-    ex_section(o, 7, "step-7", "Softmax");
-    ex_text(o, EX_SHAPE, "P [H, L, S] = [%lld, %lld, %lld]", (long long)r->H, (long long)r->L,
-            (long long)r->S);
-    ex_text(o, EX_FORMULA,
-            "P_h[i, j] = exp(s_ij - m_i) / sum over j' of exp(s_ij' - m_i)\n"
-            "m_i = max over j of s_ij");
-    ex_text(o, EX_WHY,
-            "It turns each row of scores into weights that are positive and sum to "
-            "1; subtracting the row's maximum first changes nothing mathematically and keeps "
-            "exp from overflowing.");
+    begin(o, 7, NULL, NULL, "P [H, L, S] = [%lld, %lld, %lld]", LL(r->H), LL(r->L), LL(r->S));
     const int64_t dead = masked_rows(r);
     if (dead)
         ex_text(o, EX_NOTE,
-                "%lld row(s) have every key masked: nothing to weigh, so their "
-                "weights are 0 (mha's rule, as F.scaled_dot_product_attention; "
-                "nn.MultiheadAttention with need_weights gives NaN)",
-                (long long)dead);
+                "%lld row(s) have every key masked: nothing to weigh, so their weights are 0 "
+                "(mha's rule, as F.scaled_dot_product_attention; nn.MultiheadAttention with "
+                "need_weights gives NaN)",
+                LL(dead));
     per_head(o, r, "P", r->p, 1, 0, sh->qtok, key_labels(r, sh), EX_PROB);
     if (r->L <= EX_WINDOW && r->S <= EX_WINDOW && r->H <= EX_HEADS_SHOWN) return;
     float *w = malloc((size_t)(r->H * r->L * r->S) * sizeof(float));
@@ -237,164 +290,97 @@ static void step_softmax(ex_out *o, const ex_run *r, const ex_show *sh) {
 }
 
 static void step_weights_v(ex_out *o, const ex_run *r, const ex_show *sh) {
-    ex_section(o, 8, "step-8", "Weights x V");
-    ex_text(o, EX_SHAPE, "O_h [H, L, d] = [%lld, %lld, %lld]", (long long)r->H, (long long)r->L,
-            (long long)r->D);
-    ex_text(o, EX_FORMULA, "O_h = P_h V_h:  O_h[i] = sum over j of P_h[i, j] V_h[j]");
-    ex_text(o, EX_WHY,
-            "Each query's output is the average of the values weighted by its "
-            "attention: a token gathers what the tokens it attends to carry.");
+    begin(o, 8, NULL, NULL, "O_h [H, L, d] = [%lld, %lld, %lld]", LL(r->H), LL(r->L), LL(r->D));
     per_head(o, r, "O", r->o, 0, r->L, sh->qtok, NULL, EX_SIGNED);
 }
 
+/* "X = [X_0 | X_1]", "X = [X_0 | ... | X_7]": the concatenation of H heads. */
+static void concat_formula(char *buf, size_t cap, const char *x, int64_t H, const char *rest) {
+    snprintf(buf, cap, "%s = [%s_0 | %s%s_%lld]   %s", x, x, H > 2 ? "... | " : "", x, LL(H - 1),
+             rest);
+}
+
 static void step_concat(ex_out *o, const ex_run *r, const ex_show *sh) {
-    ex_section(o, 9, "step-9", "Concatenate heads");
-    ex_text(o, EX_SHAPE, "O [L, E] = [%lld, %lld]", (long long)r->L, (long long)r->E);
-    ex_text(o, EX_FORMULA, "O = [O_0 | %sO_%lld]   (side by side, d columns each)",
-            r->H > 2 ? "... | " : "", (long long)r->H - 1);
-    ex_text(o, EX_WHY,
-            "The heads' findings sit side by side again, E features per token: the "
-            "reverse reshape of step 3, no arithmetic.");
+    char f[128];
+    concat_formula(f, sizeof f, "O", r->H, "(side by side, d columns each)");
+    begin(o, 9, f, NULL, "O [L, E] = [%lld, %lld]", LL(r->L), LL(r->E));
     table(o, "O", batch0(r->o, r->L), sh->qtok, NULL, EX_SIGNED);
 }
 
 static void step_output(ex_out *o, const ex_run *r, const ex_show *sh) {
-    ex_section(o, 10, "step-10", "Output projection");
-    ex_text(o, EX_SHAPE, "y [L, E] = [%lld, %lld]", (long long)r->L, (long long)r->E);
-    ex_text(o, EX_FORMULA, "y = O Wo^T + bo   (Wo: out_proj.weight [E, E], bo: out_proj.bias)");
-    ex_text(o, EX_WHY,
-            "A last learned linear map mixes what the heads found into one vector per "
-            "token: the layer's output, what mha forward writes and "
-            "torch.nn.MultiheadAttention returns.");
+    begin(o, 10, NULL, NULL, "y [L, E] = [%lld, %lld]", LL(r->L), LL(r->E));
     table(o, "y", batch0(r->y, r->L), sh->qtok, NULL, EX_SIGNED);
-}
-
-void ex_steps_forward(ex_out *o, const ex_run *r, const ex_show *sh) {
-    step_input(o, r, sh);
-    step_projections(o, r, sh);
-    step_split(o, r, sh);
-    step_scores(o, r, sh);
-    step_scale(o, r, sh);
-    step_mask(o, r, sh);
-    step_softmax(o, r, sh);
-    step_weights_v(o, r, sh);
-    step_concat(o, r, sh);
-    step_output(o, r, sh);
 }
 
 /* ---------------------------------------------------------------------------------------------
  * Backward: steps 11 - 18
  * ------------------------------------------------------------------------------------------- */
 static void step_dy(ex_out *o, const ex_run *r, const ex_show *sh) {
-    ex_section(o, 11, "step-11", "Output gradient");
-    ex_text(o, EX_SHAPE, "dy [L, E] = [%lld, %lld]", (long long)r->L, (long long)r->E);
-    ex_text(o, EX_FORMULA, "dy = dLoss/dy, the gradient of some loss with respect to y");
-    ex_text(o, EX_WHY,
-            "Backpropagation starts from how the loss changes with the layer's output "
-            "and runs every step backwards with the chain rule.");
+    begin(o, 11, NULL, NULL, "dy [L, E] = [%lld, %lld]", LL(r->L), LL(r->E));
     if (sh->dy_note) ex_text(o, EX_NOTE, "%s", sh->dy_note);
     table(o, "dy", batch0(r->dy, r->L), sh->qtok, NULL, EX_SIGNED);
 }
 
 static void step_dout_proj(ex_out *o, const ex_run *r, const ex_show *sh) {
-    ex_section(o, 12, "step-12", "Back through the output projection");
-    ex_text(o, EX_SHAPE, "dO [L, E], dWo [E, E], dbo [E]");
-    ex_text(o, EX_FORMULA, "dO = dy Wo,  dWo = dy^T O,  dbo = sum over rows of dy");
-    ex_text(o, EX_WHY,
-            "For y = O Wo^T + bo the gradient reaches O through Wo, and Wo's gradient "
-            "is what it multiplied (summed over every token, and over the batch).");
+    begin(o, 12, NULL, NULL, "dO [L, E], dWo [E, E], dbo [E]");
     table(o, "dO", batch0(r->do_, r->L), sh->qtok, NULL, EX_SIGNED);
     table(o, "dWo (out_proj.weight)", r->dwo, NULL, NULL, EX_SIGNED);
     table(o, "dbo (out_proj.bias)", r->dbo, NULL, NULL, EX_SIGNED);
 }
 
 static void step_dsplit(ex_out *o, const ex_run *r, const ex_show *sh) {
-    ex_section(o, 13, "step-13", "Split dO into heads");
-    ex_text(o, EX_SHAPE, "dO_h [H, L, d] = [%lld, %lld, %lld]", (long long)r->H, (long long)r->L,
-            (long long)r->D);
-    ex_text(o, EX_FORMULA, "dO_h = dO[:, h*d : (h+1)*d]");
-    ex_text(o, EX_WHY,
-            "The concatenation of step 9 only placed the heads side by side, so its "
-            "gradient only takes them apart again.");
+    begin(o, 13, NULL, NULL, "dO_h [H, L, d] = [%lld, %lld, %lld]", LL(r->H), LL(r->L), LL(r->D));
     per_head(o, r, "dO", r->do_, 0, r->L, sh->qtok, NULL, EX_SIGNED);
 }
 
 static void step_dpv(ex_out *o, const ex_run *r, const ex_show *sh) {
-    ex_section(o, 14, "step-14", "Back through weights x V");
-    ex_text(o, EX_SHAPE, "dV_h [H, S, d], dP_h [H, L, S]");
-    ex_text(o, EX_FORMULA, "dV_h = P_h^T dO_h,  dP_h = dO_h V_h^T");
-    ex_text(o, EX_WHY,
-            "O_h = P_h V_h is a matrix product: each factor's gradient is the output's "
-            "gradient times the other factor, transposed.");
+    begin(o, 14, NULL, NULL, "dV_h [H, S, d], dP_h [H, L, S]");
     per_head(o, r, "dV", r->dv, 0, r->S, key_labels(r, sh), NULL, EX_SIGNED);
     per_head(o, r, "dP", r->dp, 1, 0, sh->qtok, key_labels(r, sh), EX_SIGNED);
 }
 
 static void step_dsoftmax(ex_out *o, const ex_run *r, const ex_show *sh) {
-    ex_section(o, 15, "step-15", "Back through the softmax");
-    ex_text(o, EX_SHAPE, "D [H, L], dS_h [H, L, S]");
-    ex_text(o, EX_FORMULA,
-            "D_i = sum over j of P_ij dP_ij = dO_i . O_i\n"
-            "dS_h[i, j] = P_h[i, j] (dP_h[i, j] - D_i)");
-    ex_text(o, EX_WHY,
-            "The softmax's Jacobian is diag(P) - P P^T, and applied to dP it gives "
-            "this; FlashAttention computes D_i as dO_i . O_i, which needs no row of P, and "
-            "masked keys (P = 0) get no gradient.");
+    begin(o, 15, NULL, NULL, "D [H, L], dS_h [H, L, S]");
     char title[48];
     for (int64_t h = 0; h < heads_shown(r); h++) {
-        snprintf(title, sizeof title, "D (head %lld)", (long long)h);
-        const ex_mat d = ex_view(r->drow, h * r->L, 0, r->L, 1);
-        table(o, title, d, sh->qtok, NULL, EX_SIGNED);
+        snprintf(title, sizeof title, "D (head %lld)", LL(h));
+        table(o, title, ex_view(r->drow, h * r->L, 0, r->L, 1), sh->qtok, NULL, EX_SIGNED);
     }
     per_head(o, r, "dS", r->ds, 1, 0, sh->qtok, key_labels(r, sh), EX_SIGNED);
 }
 
 static void step_dqk(ex_out *o, const ex_run *r, const ex_show *sh) {
-    ex_section(o, 16, "step-16", "Back through the scale and Q K^T");
-    ex_text(o, EX_SHAPE, "dQ_h [H, L, d], dK_h [H, S, d]");
-    ex_text(o, EX_FORMULA, "dQ_h = scale dS_h K_h,  dK_h = scale dS_h^T Q_h   (scale = %.6g)",
-            r->scale);
-    ex_text(o, EX_WHY,
-            "The scaled scores are again a product, scale Q_h K_h^T: the same rule as "
-            "step 14, with the scale carried along.");
+    char f[128];
+    snprintf(f, sizeof f, "dQ_h = scale dS_h K_h,  dK_h = scale dS_h^T Q_h   (scale = %.6g)",
+             r->scale);
+    begin(o, 16, f, NULL, "dQ_h [H, L, d], dK_h [H, S, d]");
     per_head(o, r, "dQ", r->dq, 0, r->L, sh->qtok, NULL, EX_SIGNED);
     per_head(o, r, "dK", r->dk, 0, r->S, key_labels(r, sh), NULL, EX_SIGNED);
 }
 
 static void step_dconcat(ex_out *o, const ex_run *r, const ex_show *sh) {
     const char *const *kl = key_labels(r, sh);
-    ex_section(o, 17, "step-17", "Concatenate the heads' gradients");
-    ex_text(o, EX_SHAPE, "dQ [L, E], dK and dV [S, E]");
-    ex_text(o, EX_FORMULA, "dQ = [dQ_0 | %sdQ_%lld]   (dK and dV likewise)",
-            r->H > 2 ? "... | " : "", (long long)r->H - 1);
-    ex_text(o, EX_WHY,
-            "The reverse of step 3's split: each head's gradient goes back to its own "
-            "d columns.");
+    char f[128];
+    concat_formula(f, sizeof f, "dQ", r->H, "(dK and dV likewise)");
+    begin(o, 17, f, NULL, "dQ [L, E], dK and dV [S, E]");
     table(o, "dQ", batch0(r->dq, r->L), sh->qtok, NULL, EX_SIGNED);
     table(o, "dK", batch0(r->dk, r->S), kl, NULL, EX_SIGNED);
     table(o, "dV", batch0(r->dv, r->S), kl, NULL, EX_SIGNED);
 }
 
 static void step_dproj(ex_out *o, const ex_run *r, const ex_show *sh) {
-    ex_section(o, 18, "step-18", "Back through the projections");
-    ex_text(o, EX_SHAPE, "dx [L, E]; dWq [E, E], dWk [E, kdim], dWv [E, vdim]; dbq, dbk, dbv [E]");
-    if (r->cross)
-        ex_text(o, EX_FORMULA,
-                "dquery = dQ Wq,  dkey = dK Wk,  dvalue = dV Wv\n"
-                "dWq = dQ^T x,  dWk = dK^T key,  dWv = dV^T value\n"
-                "dbq, dbk, dbv = sums over rows of dQ, dK, dV");
-    else
-        ex_text(o, EX_FORMULA,
-                "dx = dQ Wq + dK Wk + dV Wv\n"
-                "dWq = dQ^T x,  dWk = dK^T x,  dWv = dV^T x\n"
-                "dbq, dbk, dbv = sums over rows of dQ, dK, dV");
-    ex_text(
-        o, EX_WHY,
-        r->cross
-            ? "Each input fed one projection, so its gradient comes back "
-              "through that projection's weights alone."
-            : "In self-attention x fed all three projections, so its gradient is the sum of the "
-              "three paths back.");
+    begin(o, 18,
+          r->cross ? "dquery = dQ Wq,  dkey = dK Wk,  dvalue = dV Wv\n"
+                     "dWq = dQ^T x,  dWk = dK^T key,  dWv = dV^T value\n"
+                     "dbq, dbk, dbv = sums over rows of dQ, dK, dV"
+                   : "dx = dQ Wq + dK Wk + dV Wv\n"
+                     "dWq = dQ^T x,  dWk = dK^T x,  dWv = dV^T x\n"
+                     "dbq, dbk, dbv = sums over rows of dQ, dK, dV",
+          r->cross ? "Each input fed one projection, so its gradient comes back through that "
+                     "projection's weights alone."
+                   : "In self-attention x fed all three projections, so its gradient is the sum "
+                     "of the three paths back.",
+          "dx [L, E]; dWq [E, E], dWk [E, kdim], dWv [E, vdim]; dbq, dbk, dbv [E]");
     ex_text(o, EX_NOTE, "%s; PyTorch accumulates the parameter gradients, as mha does.",
             in_proj_names(r));
     if (r->cross) {
@@ -404,23 +390,26 @@ static void step_dproj(ex_out *o, const ex_run *r, const ex_show *sh) {
     } else {
         table(o, "dx", batch0(r->dx, r->L), sh->qtok, NULL, EX_SIGNED);
     }
-    table(o, "dWq", r->dwq, NULL, NULL, EX_SIGNED);
-    table(o, "dWk", r->dwk, NULL, NULL, EX_SIGNED);
-    table(o, "dWv", r->dwv, NULL, NULL, EX_SIGNED);
-    table(o, "dbq", r->dbq, NULL, NULL, EX_SIGNED);
-    table(o, "dbk", r->dbk, NULL, NULL, EX_SIGNED);
-    table(o, "dbv", r->dbv, NULL, NULL, EX_SIGNED);
+    const struct {
+        const char *title;
+        ex_mat m;
+    } params[] = {{"dWq", r->dwq}, {"dWk", r->dwk}, {"dWv", r->dwv},
+                  {"dbq", r->dbq}, {"dbk", r->dbk}, {"dbv", r->dbv}};
+    for (size_t i = 0; i < sizeof params / sizeof params[0]; i++)
+        table(o, params[i].title, params[i].m, NULL, NULL, EX_SIGNED);
 }
 
-void ex_steps_backward(ex_out *o, const ex_run *r, const ex_show *sh) {
-    step_dy(o, r, sh);
-    step_dout_proj(o, r, sh);
-    step_dsplit(o, r, sh);
-    step_dpv(o, r, sh);
-    step_dsoftmax(o, r, sh);
-    step_dqk(o, r, sh);
-    step_dconcat(o, r, sh);
-    step_dproj(o, r, sh);
+/* Every step's function, by number. */
+typedef void (*step_fn)(ex_out *o, const ex_run *r, const ex_show *sh);
+static const step_fn step_fns[EX_LAST_STEP + 1] = {
+    NULL,          step_input, step_projections, step_split,     step_scores,
+    step_scale,    step_mask,  step_softmax,     step_weights_v, step_concat,
+    step_output,   step_dy,    step_dout_proj,   step_dsplit,    step_dpv,
+    step_dsoftmax, step_dqk,   step_dconcat,     step_dproj,
+};
+
+void ex_steps(ex_out *o, const ex_run *r, const ex_show *sh, int first, int last) {
+    for (int n = first; n <= last; n++) step_fns[n](o, r, sh);
 }
 
 /* ---------------------------------------------------------------------------------------------

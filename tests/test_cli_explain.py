@@ -117,7 +117,7 @@ def test_builtin_numbers_follow_the_formulas():
     o_cat = table(out, "O")
     for h in range(2):
         cols = slice(4 * h, 4 * h + 4)
-        qh, kh, vh = table(out, f"Q (head {h})"), table(out, f"K (head {h})"), table(out, f"V (head {h})")
+        qh, kh, vh = (table(out, f"{m} (head {h})") for m in "QKV")
         np.testing.assert_allclose(qh, q[:, cols], atol=0)  # a reshape: the same numbers
         np.testing.assert_allclose(vh, v[:, cols], atol=0)
         raw = table(out, f"Q K^T (head {h})")
@@ -179,7 +179,8 @@ def make_case(tmp_path, name, seed=0):
     np.save(tmp_path / "x.npy", x.numpy())
     key = value = x
     if cross:
-        key, value = torch.randn(*lead, S, kdim, generator=g), torch.randn(*lead, S, vdim, generator=g)
+        key = torch.randn(*lead, S, kdim, generator=g)
+        value = torch.randn(*lead, S, vdim, generator=g)
         np.save(tmp_path / "k.npy", key.numpy())
         np.save(tmp_path / "v.npy", value.numpy())
         args += ["--key", tmp_path / "k.npy", "--value", tmp_path / "v.npy"]

@@ -211,6 +211,7 @@ static int run_setup(state *s) {
     ex_run *r = &s->run;
     const mha_config *cfg = mha_module_config(l->module);
     r->B = l->B, r->L = l->L, r->S = l->S, r->E = l->E, r->H = l->H, r->cross = l->cross;
+    r->bias = cfg->bias;
     r->kdim = cfg->kdim ? cfg->kdim : l->E;
     r->vdim = cfg->vdim ? cfg->vdim : l->E;
     r->mask = l->mask;

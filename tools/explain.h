@@ -54,6 +54,7 @@ typedef struct {
     int64_t B, L, S, E, H, D, kdim, vdim;
     double scale; /* the score scale: 1 / sqrt(D) unless --scale */
     int cross;    /* key and value inputs of their own */
+    int bias;     /* the layer has biases (else bq .. bo are 0) */
     mha_mask mask;
     /* the parameters, in PyTorch's layout ([out, in]; biases [1, E], zero without bias) */
     ex_mat wq, wk, wv, wo, bq, bk, bv, bo;

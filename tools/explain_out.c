@@ -227,7 +227,8 @@ void ex_text(ex_out *o, ex_text_kind kind, const char *fmt, ...) {
 /* ---------------------------------------------------------------------------------------------
  * Tables
  * ------------------------------------------------------------------------------------------- */
-#define LABEL_MAX 12 /* code points of a row or column label */
+#define LABEL_MAX 12      /* code points of a row or column label */
+#define TABLE_COLS_MAX 64 /* columns a table shows at most */
 
 /* A number as the tables show it: 4 decimals, or 3 significant digits in e-notation for a
  * table whose values are all tiny or large. */
@@ -241,7 +242,9 @@ void ex_table_write(ex_out *o, const ex_table *t) {
     if (o->skip || o->failed) return;
     const int64_t mr = t->max_rows ? t->max_rows : EX_WINDOW;
     const int64_t mc = t->max_cols ? t->max_cols : EX_WINDOW;
-    const int64_t R = t->rows < mr ? t->rows : mr, C = t->cols < mc ? t->cols : mc;
+    const int64_t R = t->rows < mr ? t->rows : mr;
+    int64_t C = t->cols < mc ? t->cols : mc;
+    if (C > TABLE_COLS_MAX) C = TABLE_COLS_MAX;
     double big = 0, lo = INFINITY, hi = -INFINITY;
     for (int64_t i = 0; i < R; i++)
         for (int64_t j = 0; j < C; j++) {
@@ -296,25 +299,25 @@ void ex_table_write(ex_out *o, const ex_table *t) {
         if (*note) print(o, "<p class=\"note\">%s</p>\n", note);
         return;
     }
-    /* terminal: right-aligned columns as wide as the widest entry */
-    size_t w = 0, rw = 0;
+    /* terminal: right-aligned columns, each as wide as its widest entry */
+    size_t w[TABLE_COLS_MAX], rw = 0;
     for (int64_t j = 0; j < C; j++) {
         label(lab, sizeof lab, t->clab, j, LABEL_MAX);
-        if (text_cols(lab, strlen(lab)) > w) w = text_cols(lab, strlen(lab));
+        w[j] = text_cols(lab, strlen(lab));
     }
     for (int64_t i = 0; i < R; i++) {
         label(lab, sizeof lab, t->rlab, i, LABEL_MAX);
         if (text_cols(lab, strlen(lab)) > rw) rw = text_cols(lab, strlen(lab));
         for (int64_t j = 0; j < C; j++) {
             number(num, sizeof num, t->v[i * t->ld + j], sci);
-            if (strlen(num) > w) w = strlen(num);
+            if (strlen(num) > w[j]) w[j] = strlen(num);
         }
     }
     print(o, "\n  %s  [%lld, %lld]\n  %*s", t->title, (long long)t->rows, (long long)t->cols,
           (int)rw, "");
     for (int64_t j = 0; j < C; j++) {
         label(lab, sizeof lab, t->clab, j, LABEL_MAX);
-        print(o, "  %*s%s", (int)(w - text_cols(lab, strlen(lab))), "", lab);
+        print(o, "  %*s%s", (int)(w[j] - text_cols(lab, strlen(lab))), "", lab);
     }
     puts_(o, "\n");
     for (int64_t i = 0; i < R; i++) {
@@ -322,7 +325,7 @@ void ex_table_write(ex_out *o, const ex_table *t) {
         print(o, "  %s%*s", lab, (int)(rw - text_cols(lab, strlen(lab))), "");
         for (int64_t j = 0; j < C; j++) {
             number(num, sizeof num, t->v[i * t->ld + j], sci);
-            print(o, "  %*s", (int)w, num);
+            print(o, "  %*s", (int)w[j], num);
         }
         puts_(o, "\n");
     }

@@ -56,11 +56,16 @@ static void per_head(ex_out *o, const ex_run *r, const char *name, ex_mat m, int
 
 /* The names of the projections' parameters in PyTorch's state_dict. */
 static const char *in_proj_names(const ex_run *r) {
-    return r->kdim == r->E && r->vdim == r->E
-               ? "Wq, Wk, Wv are rows 0..E-1, E..2E-1, 2E..3E-1 of in_proj_weight [3E, E] "
-                 "and bq, bk, bv the same parts of in_proj_bias"
-               : "Wq, Wk, Wv are q_proj_weight [E, E], k_proj_weight [E, kdim], "
-                 "v_proj_weight [E, vdim]; bq, bk, bv the parts of in_proj_bias [3E]";
+    const int in_proj = r->kdim == r->E && r->vdim == r->E;
+    if (!r->bias)
+        return in_proj ? "Wq, Wk, Wv are rows 0..E-1, E..2E-1, 2E..3E-1 of in_proj_weight [3E, E]; "
+                         "the layer has no biases (bq = bk = bv = bo = 0)"
+                       : "Wq, Wk, Wv are q_proj_weight [E, E], k_proj_weight [E, kdim], "
+                         "v_proj_weight [E, vdim]; the layer has no biases (bq = bk = bv = bo = 0)";
+    return in_proj ? "Wq, Wk, Wv are rows 0..E-1, E..2E-1, 2E..3E-1 of in_proj_weight [3E, E] "
+                     "and bq, bk, bv the same parts of in_proj_bias"
+                   : "Wq, Wk, Wv are q_proj_weight [E, E], k_proj_weight [E, kdim], "
+                     "v_proj_weight [E, vdim]; bq, bk, bv the parts of in_proj_bias [3E]";
 }
 
 /* ---------------------------------------------------------------------------------------------

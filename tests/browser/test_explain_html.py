@@ -90,7 +90,8 @@ def check_steps(page):
     th.check(all(vals[i * 6 + j] == 0 for i in range(6) for j in range(i + 1, 6)),
              'causal: P is 0 above the diagonal')
     colours = cell_colours(page, '#step-7 table.m:first-of-type td')
-    th.check(len(set(colours)) >= 6, 'P cells are coloured by value: %d colours' % len(set(colours)))
+    th.check(len(set(colours)) >= 6,
+             'P cells are coloured by value: %d colours' % len(set(colours)))
     masked = page.locator('#step-6 td.ninf')
     th.check(masked.count() == 2 * 15, 'the mask step shows -inf above the diagonal: %d cells'
              % masked.count())

@@ -385,7 +385,8 @@ typedef struct {
 
 static mha_status write_html(mha_ctx *ctx, void *arg, mha_write_fn write, void *user) {
     const html_arg *h = arg;
-    ex_out o = {EX_HTML, write, user, 0, ctx, 0, 100, h->only, 0, 0, MHA_OK};
+    ex_out o = {
+        .fmt = EX_HTML, .write = write, .user = user, .ctx = ctx, .width = 100, .only = h->only};
     write_walkthrough(&o, h->s, 1);
     return o.failed ? MHA_ERR_IO : MHA_OK;
 }
@@ -474,6 +475,83 @@ static void describe(state *s, const cli_layer_args *la) {
                  (long long)r->B, (long long)r->L, r->cross ? ", cross-attention" : "");
 }
 
+/* The layer, its input, the labels and what is shown (exit 2 on failure). */
+static int load(state *s, const cli_layer_args *la, const explain_args *ea) {
+    cli_layer *l = &s->l;
+    int rc;
+    s->backward = ea->backward, s->tiles = ea->tiles;
+    if ((rc = la->weights ? cli_layer_load(la, l) : example_layer(la, l))) return rc;
+    if (ea->tokens &&
+        (rc = cli_tokens_load("--tokens", ea->tokens, l->L, "query position", &s->qt)))
+        return rc;
+    if (ea->key_tokens &&
+        (rc = cli_tokens_load("--key-tokens", ea->key_tokens, l->S, "key position", &s->kt)))
+        return rc;
+    if ((rc = run_setup(s))) return rc;
+    ex_show *sh = &s->show;
+    sh->qtok = !la->weights ? example_tokens : ea->tokens ? (const char *const *)s->qt.tok : NULL;
+    sh->ktok = ea->key_tokens ? (const char *const *)s->kt.tok : NULL;
+    sh->scale_given = la->scale_given;
+    sh->input_note =
+        la->weights ? NULL
+                    : "x[i] = the word's embedding (fixed random numbers in [-2, 2] per word) + a "
+                      "sinusoidal position code (Vaswani et al.): the two \"the\" differ only by "
+                      "their position";
+    sh->dy_note = ea->grad_out ? "dy from --grad-out"
+                               : "here fixed random numbers (--grad-out DY.npy gives your own)";
+    /* tiles small enough for several per row, at most 8 of them */
+    sh->tile_rows = 2;
+    sh->tile_keys = l->S <= 16 ? 2 : (l->S + 7) / 8;
+    describe(s, la);
+    return 0;
+}
+
+/* The walkthrough, the fused kernel and the checks. */
+static int compute(state *s, const explain_args *ea) {
+    cli_layer *l = &s->l;
+    int rc;
+    ex_forward(&s->run);
+    mha_forward_opts fo = mha_forward_opts_default();
+    fo.training = 0;
+    fo.save_for_backward = s->backward;
+    if ((rc = cli_layer_forward(l, fo, &s->y, NULL))) return rc;
+    ex_compare(&s->fwd, (const float *)s->y.data, s->run.E, s->run.y, "y", l->batched ? l->L : 0);
+    if (s->backward && (rc = run_backward(s, ea->grad_out))) return rc;
+    if (s->tiles && (rc = run_tiles(s))) return rc;
+    return 0;
+}
+
+/* The terminal's walkthrough (without --html), then the failed check, or the page (all or
+ * nothing: only when the checks pass), then the check lines. */
+static int write_outputs(state *s, const explain_args *ea, cli_outputs *outs, int i_html) {
+    mha_ctx *ctx = s->l.ctx;
+    int rc;
+    if (!ea->html) {
+        ex_out o = {.fmt = EX_TERM,
+                    .write = cli_write_file,
+                    .user = stdout,
+                    .ctx = ctx,
+                    .color = cli_term_color(),
+                    .width = cli_term_width(0),
+                    .only = (int)ea->step};
+        write_walkthrough(&o, s, 0);
+        if (o.viz_status != MHA_OK) return cli_fail_lib(ctx, "heatmap");
+    }
+    if ((rc = check_failure(s))) return rc;
+    if (ea->html) {
+        html_arg h = {s, (int)ea->step};
+        if ((rc = cli_outputs_write(ctx, outs, i_html, write_html, &h)) ||
+            (rc = cli_outputs_commit(ctx, outs)))
+            return rc;
+        printf("explain: wrote %s\n", ea->html);
+    }
+    char lines[3][200];
+    const int n = check_lines(s, lines);
+    if (!ea->html) printf("\n");
+    for (int i = 0; i < n; i++) printf("%s\n", lines[i]);
+    return fflush(stdout) ? cli_fail("writing to stdout failed") : CLI_EXIT_OK;
+}
+
 int mha_cmd_explain(int argc, char **argv) {
     explain_args ea;
     memset(&ea, 0, sizeof ea);
@@ -488,7 +566,7 @@ int mha_cmd_explain(int argc, char **argv) {
     };
     const int nopts = (int)(sizeof opts / sizeof opts[0]);
 
-    /* --- the command line (exit 1) --- */
+    /* --- the command line (exit 1), and the page declared before anything is computed --- */
     cli_layer_args la;
     int rc = cli_layer_parse_optional(argc, argv, &la, opts, nopts);
     if (rc == CLI_HELP) {
@@ -496,8 +574,7 @@ int mha_cmd_explain(int argc, char **argv) {
         return CLI_EXIT_OK;
     }
     if (rc) return rc;
-    const int step_given = cli_find(opts, nopts, "--step")->seen > 0;
-    if ((rc = check_args(&la, &ea, step_given))) return rc;
+    if ((rc = check_args(&la, &ea, cli_find(opts, nopts, "--step")->seen > 0))) return rc;
     cli_outputs outs;
     memset(&outs, 0, sizeof outs);
     int i_html = -1;
@@ -506,66 +583,11 @@ int mha_cmd_explain(int argc, char **argv) {
         return rc;
     }
 
-    /* --- the layer and its input (exit 2 from here on) --- */
+    /* --- load, compute, write (exit 2 from here on) --- */
     state s;
     memset(&s, 0, sizeof s);
-    s.backward = ea.backward, s.tiles = ea.tiles;
-    cli_layer *l = &s.l;
-    if ((rc = la.weights ? cli_layer_load(&la, l) : example_layer(&la, l))) goto done;
-    if (ea.tokens && (rc = cli_tokens_load("--tokens", ea.tokens, l->L, "query position", &s.qt)))
-        goto done;
-    if (ea.key_tokens &&
-        (rc = cli_tokens_load("--key-tokens", ea.key_tokens, l->S, "key position", &s.kt)))
-        goto done;
-    if ((rc = run_setup(&s))) goto done;
-    s.show.qtok = la.weights ? (ea.tokens ? (const char *const *)s.qt.tok : NULL) : example_tokens;
-    s.show.ktok = ea.key_tokens ? (const char *const *)s.kt.tok : NULL;
-    s.show.scale_given = la.scale_given;
-    s.show.input_note =
-        la.weights ? NULL
-                   : "x[i] = the word's embedding (fixed random numbers in [-2, 2] per word) + a "
-                     "sinusoidal position code (Vaswani et al.): the two \"the\" differ only by "
-                     "their position";
-    s.show.dy_note = ea.grad_out ? "dy from --grad-out"
-                                 : "here fixed random numbers (--grad-out DY.npy gives your own)";
-    s.show.tile_rows = 2;
-    s.show.tile_keys = l->S <= 16 ? 2 : (l->S + 7) / 8;
-    describe(&s, &la);
-
-    /* --- compute: the walkthrough, the fused kernel, the checks --- */
-    ex_forward(&s.run);
-    mha_forward_opts fo = mha_forward_opts_default();
-    fo.training = 0;
-    fo.save_for_backward = s.backward;
-    if ((rc = cli_layer_forward(l, fo, &s.y, NULL))) goto done;
-    ex_compare(&s.fwd, (const float *)s.y.data, s.run.E, s.run.y, "y", l->batched ? l->L : 0);
-    if (s.backward && (rc = run_backward(&s, ea.grad_out))) goto done;
-    if (s.tiles && (rc = run_tiles(&s))) goto done;
-
-    /* --- write: the page (all or nothing, and only when the checks pass) or the terminal --- */
-    if (!ea.html) {
-        ex_out o = {EX_TERM,           cli_write_file, stdout, 0, l->ctx, cli_term_color(),
-                    cli_term_width(0), (int)ea.step,   0,      0, MHA_OK};
-        write_walkthrough(&o, &s, 0);
-        if (o.viz_status != MHA_OK) {
-            rc = cli_fail_lib(l->ctx, "heatmap");
-            goto done;
-        }
-    }
-    if ((rc = check_failure(&s))) goto done;
-    if (ea.html) {
-        html_arg h = {&s, (int)ea.step};
-        if ((rc = cli_outputs_write(l->ctx, &outs, i_html, write_html, &h)) ||
-            (rc = cli_outputs_commit(l->ctx, &outs)))
-            goto done;
-        printf("explain: wrote %s\n", ea.html);
-    }
-    char lines[3][200];
-    const int n = check_lines(&s, lines);
-    if (!ea.html) printf("\n");
-    for (int i = 0; i < n; i++) printf("%s\n", lines[i]);
-    rc = fflush(stdout) ? cli_fail("writing to stdout failed") : CLI_EXIT_OK;
-done:
+    if (!(rc = load(&s, &la, &ea)) && !(rc = compute(&s, &ea)))
+        rc = write_outputs(&s, &ea, &outs, i_html);
     cli_outputs_free(&outs);
     state_free(&s);
     return rc;

@@ -238,98 +238,123 @@ static void number(char *buf, size_t cap, double v, int sci) {
     else snprintf(buf, cap, sci ? "%.3e" : "%.4f", v);
 }
 
-void ex_table_write(ex_out *o, const ex_table *t) {
-    if (o->skip || o->failed) return;
+/* What is shown of a table: the window, the number format and the colour scale. */
+typedef struct {
+    int64_t R, C;   /* rows and columns shown */
+    int sci;        /* e-notation */
+    double lo, hi;  /* the smallest and largest finite value shown */
+    char note[160]; /* what was left out, or "" */
+} table_view;
+
+static void table_view_make(const ex_table *t, table_view *tv) {
     const int64_t mr = t->max_rows ? t->max_rows : EX_WINDOW;
     const int64_t mc = t->max_cols ? t->max_cols : EX_WINDOW;
-    const int64_t R = t->rows < mr ? t->rows : mr;
-    int64_t C = t->cols < mc ? t->cols : mc;
-    if (C > TABLE_COLS_MAX) C = TABLE_COLS_MAX;
-    double big = 0, lo = INFINITY, hi = -INFINITY;
-    for (int64_t i = 0; i < R; i++)
-        for (int64_t j = 0; j < C; j++) {
+    tv->R = t->rows < mr ? t->rows : mr;
+    tv->C = t->cols < mc ? t->cols : mc;
+    if (tv->C > TABLE_COLS_MAX) tv->C = TABLE_COLS_MAX;
+    double big = 0;
+    tv->lo = INFINITY, tv->hi = -INFINITY;
+    for (int64_t i = 0; i < tv->R; i++)
+        for (int64_t j = 0; j < tv->C; j++) {
             const double x = t->v[i * t->ld + j];
             if (!isfinite(x)) continue;
             if (fabs(x) > big) big = fabs(x);
-            if (x < lo) lo = x;
-            if (x > hi) hi = x;
+            if (x < tv->lo) tv->lo = x;
+            if (x > tv->hi) tv->hi = x;
         }
-    const int sci = big >= 1e4 || (big > 0 && big < 1e-3);
-    char num[40], lab[64], note[160] = "";
-    if (R < t->rows || C < t->cols)
-        snprintf(note, sizeof note, "(showing %lld of %lld rows and %lld of %lld columns)",
-                 (long long)R, (long long)t->rows, (long long)C, (long long)t->cols);
-    if (o->fmt == EX_HTML) {
-        print(o, "<table class=\"m\"><caption>");
-        html_text(o, t->title);
-        print(o, " [%lld, %lld]</caption>\n<tr><th></th>", (long long)t->rows, (long long)t->cols);
-        for (int64_t j = 0; j < C; j++) {
-            label(lab, sizeof lab, t->clab, j, LABEL_MAX);
-            puts_(o, "<th>");
-            html_text(o, lab);
-            puts_(o, "</th>");
-        }
-        puts_(o, "</tr>\n");
-        for (int64_t i = 0; i < R; i++) {
-            label(lab, sizeof lab, t->rlab, i, LABEL_MAX);
-            puts_(o, "<tr><th>");
-            html_text(o, lab);
-            puts_(o, "</th>");
-            for (int64_t j = 0; j < C; j++) {
-                const double x = t->v[i * t->ld + j];
-                number(num, sizeof num, x, sci);
-                if (!isfinite(x)) {
-                    print(o, "<td class=\"ninf\">%s</td>", num);
-                    continue;
-                }
-                if (t->scale == EX_PLAIN) {
-                    print(o, "<td>%s</td>", num);
-                    continue;
-                }
-                double tt = t->scale == EX_PROB ? x : hi > lo ? (x - lo) / (hi - lo) : 0.5;
-                uint8_t rgb[3];
-                mha_viz_color((float)tt, rgb);
-                const double luma = (0.299 * rgb[0] + 0.587 * rgb[1] + 0.114 * rgb[2]) / 255;
-                print(o, "<td style=\"background:#%02x%02x%02x;color:%s\">%s</td>", rgb[0], rgb[1],
-                      rgb[2], luma > 0.55 ? "#1d2430" : "#ffffff", num);
-            }
-            puts_(o, "</tr>\n");
-        }
-        puts_(o, "</table>\n");
-        if (*note) print(o, "<p class=\"note\">%s</p>\n", note);
+    tv->sci = big >= 1e4 || (big > 0 && big < 1e-3);
+    tv->note[0] = 0;
+    if (tv->R < t->rows || tv->C < t->cols)
+        snprintf(tv->note, sizeof tv->note, "(showing %lld of %lld rows and %lld of %lld columns)",
+                 (long long)tv->R, (long long)t->rows, (long long)tv->C, (long long)t->cols);
+}
+
+/* One cell of an HTML table: coloured by its place on the table's scale. */
+static void html_cell(ex_out *o, const ex_table *t, const table_view *tv, double x) {
+    char num[40];
+    number(num, sizeof num, x, tv->sci);
+    if (!isfinite(x)) {
+        print(o, "<td class=\"ninf\">%s</td>", num);
         return;
     }
-    /* terminal: right-aligned columns, each as wide as its widest entry */
-    size_t w[TABLE_COLS_MAX], rw = 0;
-    for (int64_t j = 0; j < C; j++) {
-        label(lab, sizeof lab, t->clab, j, LABEL_MAX);
-        w[j] = text_cols(lab, strlen(lab));
+    if (t->scale == EX_PLAIN) {
+        print(o, "<td>%s</td>", num);
+        return;
     }
-    for (int64_t i = 0; i < R; i++) {
+    const double pos = t->scale == EX_PROB ? x
+                       : tv->hi > tv->lo   ? (x - tv->lo) / (tv->hi - tv->lo)
+                                           : 0.5;
+    uint8_t rgb[3];
+    mha_viz_color((float)pos, rgb);
+    const double luma = (0.299 * rgb[0] + 0.587 * rgb[1] + 0.114 * rgb[2]) / 255;
+    print(o, "<td style=\"background:#%02x%02x%02x;color:%s\">%s</td>", rgb[0], rgb[1], rgb[2],
+          luma > 0.55 ? "#1d2430" : "#ffffff", num);
+}
+
+/* A table's label cell: <th>label</th>. */
+static void html_label(ex_out *o, const char *const *labels, int64_t i) {
+    char lab[64];
+    label(lab, sizeof lab, labels, i, LABEL_MAX);
+    puts_(o, "<th>");
+    html_text(o, lab);
+    puts_(o, "</th>");
+}
+
+static void html_table(ex_out *o, const ex_table *t, const table_view *tv) {
+    print(o, "<table class=\"m\"><caption>");
+    html_text(o, t->title);
+    print(o, " [%lld, %lld]</caption>\n<tr><th></th>", (long long)t->rows, (long long)t->cols);
+    for (int64_t j = 0; j < tv->C; j++) html_label(o, t->clab, j);
+    puts_(o, "</tr>\n");
+    for (int64_t i = 0; i < tv->R; i++) {
+        puts_(o, "<tr>");
+        html_label(o, t->rlab, i);
+        for (int64_t j = 0; j < tv->C; j++) html_cell(o, t, tv, t->v[i * t->ld + j]);
+        puts_(o, "</tr>\n");
+    }
+    puts_(o, "</table>\n");
+    if (tv->note[0]) print(o, "<p class=\"note\">%s</p>\n", tv->note);
+}
+
+/* Right-aligned columns as wide as the widest number, or their own label. */
+static void term_table(ex_out *o, const ex_table *t, const table_view *tv) {
+    char num[40], lab[64];
+    size_t w[TABLE_COLS_MAX], nw = 0, rw = 0;
+    for (int64_t i = 0; i < tv->R; i++) {
         label(lab, sizeof lab, t->rlab, i, LABEL_MAX);
         if (text_cols(lab, strlen(lab)) > rw) rw = text_cols(lab, strlen(lab));
-        for (int64_t j = 0; j < C; j++) {
-            number(num, sizeof num, t->v[i * t->ld + j], sci);
-            if (strlen(num) > w[j]) w[j] = strlen(num);
+        for (int64_t j = 0; j < tv->C; j++) {
+            number(num, sizeof num, t->v[i * t->ld + j], tv->sci);
+            if (strlen(num) > nw) nw = strlen(num);
         }
     }
     print(o, "\n  %s  [%lld, %lld]\n  %*s", t->title, (long long)t->rows, (long long)t->cols,
           (int)rw, "");
-    for (int64_t j = 0; j < C; j++) {
+    for (int64_t j = 0; j < tv->C; j++) {
         label(lab, sizeof lab, t->clab, j, LABEL_MAX);
-        print(o, "  %*s%s", (int)(w[j] - text_cols(lab, strlen(lab))), "", lab);
+        const size_t lw = text_cols(lab, strlen(lab));
+        w[j] = lw > nw ? lw : nw;
+        print(o, "  %*s%s", (int)(w[j] - lw), "", lab);
     }
     puts_(o, "\n");
-    for (int64_t i = 0; i < R; i++) {
+    for (int64_t i = 0; i < tv->R; i++) {
         label(lab, sizeof lab, t->rlab, i, LABEL_MAX);
         print(o, "  %s%*s", lab, (int)(rw - text_cols(lab, strlen(lab))), "");
-        for (int64_t j = 0; j < C; j++) {
-            number(num, sizeof num, t->v[i * t->ld + j], sci);
+        for (int64_t j = 0; j < tv->C; j++) {
+            number(num, sizeof num, t->v[i * t->ld + j], tv->sci);
             print(o, "  %*s", (int)w[j], num);
         }
         puts_(o, "\n");
     }
-    if (*note) print(o, "  %s\n", note);
+    if (tv->note[0]) print(o, "  %s\n", tv->note);
+}
+
+void ex_table_write(ex_out *o, const ex_table *t) {
+    if (o->skip || o->failed) return;
+    table_view tv;
+    table_view_make(t, &tv);
+    if (o->fmt == EX_HTML) html_table(o, t, &tv);
+    else term_table(o, t, &tv);
 }
 
 void ex_heatmap(ex_out *o, const float *w, int64_t H, int64_t L, int64_t S, const char *const *qtok,

@@ -388,6 +388,10 @@ static void step_dproj(ex_out *o, const ex_run *r, const ex_show *sh) {
           "dx [L, E]; dWq [E, E], dWk [E, kdim], dWv [E, vdim]; dbq, dbk, dbv [E]");
     ex_text(o, EX_NOTE, "%s; PyTorch accumulates the parameter gradients, as mha does.",
             in_proj_names(r));
+    if (r->bias)
+        ex_text(o, EX_NOTE,
+                "dbk is 0 up to rounding: adding one vector to every key shifts all the scores "
+                "of a row by the same amount, which the softmax ignores.");
     if (r->cross) {
         table(o, "dquery", batch0(r->dx, r->L), sh->qtok, NULL, EX_SIGNED);
         table(o, "dkey", batch0(r->dxk, r->S), sh->ktok, NULL, EX_SIGNED);
@@ -439,67 +443,84 @@ static void span(char *buf, size_t cap, const char *what, int64_t n0, int64_t n,
                       i == n - 1 ? ")" : "");
 }
 
+/* Column labels of a trace table: "s2", "m_old", "acc0", ... */
+typedef struct {
+    char text[TRACE_COLS_MAX][24];
+    const char *ptr[TRACE_COLS_MAX];
+    int n;
+} col_labels;
+
+/* Adds "<name><index>" (index < 0: just name). */
+static void col_add(col_labels *c, const char *name, int64_t index) {
+    if (c->n == TRACE_COLS_MAX) return;
+    if (index < 0) snprintf(c->text[c->n], sizeof c->text[0], "%s", name);
+    else snprintf(c->text[c->n], sizeof c->text[0], "%s%lld", name, (long long)index);
+    c->ptr[c->n] = c->text[c->n];
+    c->n++;
+}
+
+/* A trace table of the block's rows (labelled by their tokens) with the given columns. */
+static void trace_table(const tile_ctx *c, const ex_tile *t, const char *title,
+                        const col_labels *cols) {
+    const char *const *rl = c->sh->qtok ? c->sh->qtok + t->r0 : NULL;
+    const ex_table tab = {title, c->trace,  t->br,    cols->n, cols->n,
+                          rl,    cols->ptr, EX_PLAIN, t->br,   cols->n};
+    ex_table_write(c->o, &tab);
+}
+
+/* One visit as a table: the tile's scores, then m_old, m_new, rescale, l and acc per row. */
+static void tile_table(const tile_ctx *c, const ex_tile *t, const char *keys) {
+    const int64_t D = c->r->D, shown = D < EX_WINDOW ? D : EX_WINDOW;
+    col_labels cols = {.n = 0};
+    for (int64_t j = 0; j < t->bc; j++) col_add(&cols, "s", t->c0 + j);
+    col_add(&cols, "m_old", -1);
+    col_add(&cols, "m_new", -1);
+    col_add(&cols, "rescale", -1);
+    col_add(&cols, "l", -1);
+    for (int64_t d = 0; d < shown; d++) col_add(&cols, "acc", d);
+    for (int64_t i = 0; i < t->br; i++) {
+        double *row = c->trace + i * cols.n;
+        for (int64_t j = 0; j < t->bc; j++) row[j] = t->s[i * t->bc + j];
+        row[t->bc] = t->m_old[i];
+        row[t->bc + 1] = t->m_new[i];
+        row[t->bc + 2] = t->alpha[i];
+        row[t->bc + 3] = t->l[i];
+        for (int64_t d = 0; d < shown; d++) row[t->bc + 4 + d] = t->acc[i * D + d];
+    }
+    char title[128];
+    snprintf(title, sizeof title, "tile %s", keys);
+    trace_table(c, t, title, &cols);
+}
+
+/* The block is done: O = acc / l, and the log-sum-exp the backward keeps. */
+static void block_done(const tile_ctx *c, const ex_tile *t, const char *rows) {
+    const int64_t D = c->r->D, shown = D < EX_WINDOW ? D : EX_WINDOW;
+    col_labels cols = {.n = 0};
+    for (int64_t d = 0; d < shown; d++) col_add(&cols, "O", d);
+    col_add(&cols, "lse", -1);
+    for (int64_t i = 0; i < t->br; i++) {
+        double *row = c->trace + i * cols.n;
+        for (int64_t d = 0; d < shown; d++) row[d] = t->l[i] > 0 ? t->acc[i * D + d] / t->l[i] : 0;
+        row[shown] = t->l[i] > 0 ? t->m_new[i] + log(t->l[i]) : -INFINITY;
+    }
+    char title[160];
+    snprintf(title, sizeof title, "%s done: O = acc / l, lse = m + log(l)", rows);
+    trace_table(c, t, title, &cols);
+}
+
 static void tile_visit(void *arg, const ex_tile *t) {
     const tile_ctx *c = arg;
-    ex_out *o = c->o;
-    const int64_t D = c->r->D, shown = D < EX_WINDOW ? D : EX_WINDOW;
-    const char *const *kl = key_labels(c->r, c->sh);
-    char title[200], rows[96], keys[96];
+    char rows[96], keys[96];
     span(rows, sizeof rows, "rows", t->r0, t->br, c->sh->qtok);
-    span(keys, sizeof keys, "keys", t->c0, t->bc, kl);
-    if (t->c0 == 0) ex_text(o, EX_NOTE, "query block %s: m = -inf, l = 0, acc = 0", rows);
-    if (t->skipped) {
-        ex_text(o, EX_NOTE,
+    span(keys, sizeof keys, "keys", t->c0, t->bc, key_labels(c->r, c->sh));
+    if (t->c0 == 0) ex_text(c->o, EX_NOTE, "query block %s: m = -inf, l = 0, acc = 0", rows);
+    if (t->skipped)
+        ex_text(c->o, EX_NOTE,
                 "tile %s: every key is masked for these rows: skipped, nothing "
                 "computed",
                 keys);
-    } else {
-        /* the visit as one table: the tile's scores, then m, rescale, l and acc per row */
-        char lab[TRACE_COLS_MAX][24];
-        const char *cl[TRACE_COLS_MAX];
-        const int64_t ncol = t->bc + 4 + shown;
-        for (int64_t j = 0; j < t->bc; j++)
-            snprintf(lab[j], sizeof lab[j], "s%lld", (long long)(t->c0 + j));
-        snprintf(lab[t->bc], sizeof lab[0], "m_old");
-        snprintf(lab[t->bc + 1], sizeof lab[0], "m_new");
-        snprintf(lab[t->bc + 2], sizeof lab[0], "rescale");
-        snprintf(lab[t->bc + 3], sizeof lab[0], "l");
-        for (int64_t d = 0; d < shown; d++)
-            snprintf(lab[t->bc + 4 + d], sizeof lab[0], "acc%lld", (long long)d);
-        for (int64_t j = 0; j < ncol; j++) cl[j] = lab[j];
-        for (int64_t i = 0; i < t->br; i++) {
-            double *row = c->trace + i * ncol;
-            for (int64_t j = 0; j < t->bc; j++) row[j] = t->s[i * t->bc + j];
-            row[t->bc] = t->m_old[i];
-            row[t->bc + 1] = t->m_new[i];
-            row[t->bc + 2] = t->alpha[i];
-            row[t->bc + 3] = t->l[i];
-            for (int64_t d = 0; d < shown; d++) row[t->bc + 4 + d] = t->acc[i * D + d];
-        }
-        snprintf(title, sizeof title, "tile %s", keys);
-        const ex_table tab = {
-            title, c->trace, t->br, ncol, ncol, c->sh->qtok + (c->sh->qtok ? t->r0 : 0),
-            cl,    EX_PLAIN, t->br, ncol};
-        ex_table_write(o, &tab);
-    }
-    if (!t->last) return;
-    /* the block is done: O = acc / l, and the log-sum-exp the backward keeps */
-    double *out = c->trace;
-    const char *cl[TRACE_COLS_MAX];
-    char lab[TRACE_COLS_MAX][24];
-    for (int64_t i = 0; i < t->br; i++) {
-        for (int64_t d = 0; d < shown; d++)
-            out[i * (shown + 1) + d] = t->l[i] > 0 ? t->acc[i * D + d] / t->l[i] : 0;
-        out[i * (shown + 1) + shown] = t->l[i] > 0 ? t->m_new[i] + log(t->l[i]) : -INFINITY;
-    }
-    for (int64_t d = 0; d < shown; d++) snprintf(lab[d], sizeof lab[d], "O%lld", (long long)d);
-    snprintf(lab[shown], sizeof lab[0], "lse");
-    for (int64_t j = 0; j <= shown; j++) cl[j] = lab[j];
-    snprintf(title, sizeof title, "%s done: O = acc / l, lse = m + log(l)", rows);
-    const ex_table tab = {
-        title, out,      t->br, shown + 1, shown + 1, c->sh->qtok + (c->sh->qtok ? t->r0 : 0),
-        cl,    EX_PLAIN, t->br, shown + 1};
-    ex_table_write(o, &tab);
+    else tile_table(c, t, keys);
+    if (t->last) block_done(c, t, rows);
 }
 
 void ex_steps_tiles(ex_out *o, const ex_run *r, const ex_show *sh, double tiles_diff,

@@ -203,7 +203,7 @@ static int param_array(cli_layer *l, const char *name, int grad, mha_array *out)
 /* The walkthrough's largest sizes: beyond them plain double loops take too long or too much
  * memory (mha forward runs any size). */
 #define MAX_MULADDS 2e9
-#define MAX_DOUBLES 6.4e7
+#define MAX_DOUBLES 3.2e7 /* 256 MiB */
 
 /* Sizes, parameters and inputs into s->run, checked and allocated. */
 static int run_setup(state *s) {

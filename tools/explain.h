@@ -24,11 +24,12 @@
  * a float32 computation of the same formula may be from it: the inputs and parameters are
  * float32 numbers (e = 0), and each operation adds what float32 rounding can add, with
  * Higham's bound for a sum of n products, gamma_n = n u / (1 - n u), u = 2^-24:
- *   C = alpha A B:   e_C = gamma_{K+1} |alpha| |A| |B| + |alpha| (e_A |B| + |A| e_B + e_A e_B)
- * and bounds for the softmax (explain_math.c). Each operation may also underflow: results
- * below FLT_MIN may be flushed to zero, an absolute error of at most EX_TINY each. The fused
- * kernel passes when every output element is within its e: a bound derived from the
- * magnitudes and the sizes, not a constant.
+ *   C = alpha A B:   e_C = |alpha| (gamma_n |A| |B| + e_A |B| + |A| e_B + e_A e_B)
+ * with n = K, plus 2 when alpha != 1 (alpha's own rounding and the product by it) and 1 when
+ * C is accumulated into, and bounds for the softmax (explain_math.c). Each operation may also
+ * underflow: results below FLT_MIN may be flushed to zero, an absolute error of at most
+ * EX_TINY each. The fused kernel passes when every output element is within its e: a bound
+ * derived from the magnitudes and the sizes, not a constant.
  * ------------------------------------------------------------------------------------------- */
 typedef struct {
     double *v, *e; /* element (i, j) at [i * ld + j] */
@@ -75,8 +76,8 @@ typedef struct {
     double *mem; /* one allocation behind every matrix */
 } ex_run;
 
-/* The sizes a run needs before ex_run_alloc: B, L, S, E, H, kdim, vdim, scale, cross, mask. */
-/* Allocates every matrix of r (the backward's too when backward); 0, or -1 out of memory. */
+/* Allocates every matrix of r (the backward's too when backward), from the sizes set before
+ * (B, L, S, E, H, kdim, vdim, cross); sets D. 0, or -1 out of memory. */
 int ex_run_alloc(ex_run *r, int backward);
 void ex_run_free(ex_run *r);
 

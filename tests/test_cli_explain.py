@@ -431,6 +431,14 @@ def test_usage_errors(args, needle, hint):
         assert hint in err.splitlines()[1]
 
 
+def test_dtype_is_refused(tmp_path):
+    """The walkthrough and its bounds are float32's: a layer run in bf16 or f16 is refused."""
+    need_torch()
+    args, _, _, _ = make_case(tmp_path, "self")
+    code, out, err = run(*args, "--dtype", "bf16")
+    assert code == 1 and out == "" and "--dtype" in one_error(err, 1)
+
+
 def test_runtime_errors(tmp_path):
     need_torch()
     args, _, _, _ = make_case(tmp_path, "self")

@@ -15,6 +15,7 @@ int mha_cmd_info(int argc, char **argv);
 int mha_cmd_bench(int argc, char **argv);
 int mha_cmd_demo(int argc, char **argv);
 int mha_cmd_viz(int argc, char **argv);
+int mha_cmd_explain(int argc, char **argv);
 
 /* ---------------------------------------------------------------------------------------------
  * Shared helpers (tools/cli_common.c)
@@ -156,6 +157,10 @@ typedef struct {
  * (nothing checked or printed); or CLI_EXIT_USAGE after printing. The command checks its own
  * options afterwards. */
 int cli_layer_parse(int argc, char **argv, cli_layer_args *a, cli_opt *extra, int nextra);
+/* cli_layer_parse for a command that has a layer of its own when none is given (mha explain's
+ * built-in example): --weights and --query may be absent (a->weights, a->query NULL); every
+ * other check is the same. */
+int cli_layer_parse_optional(int argc, char **argv, cli_layer_args *a, cli_opt *extra, int nextra);
 
 /* A layer call loaded and checked: the context (--threads and --isa applied), the module, the
  * inputs and the mask, and the sizes they agree on. Released by cli_layer_free. */
@@ -194,6 +199,21 @@ mha_status cli_layer_weights_alloc(const cli_layer *l, int per_head, mha_array *
  * cli_layer_weights_alloc with per_head == !fo.average_weights). Returns 0, or 2 after
  * printing the library's message. */
 int cli_layer_forward(cli_layer *l, mha_forward_opts fo, mha_array *out, mha_array *weights);
+
+/* --- token labels (tools/cli_tokens.c) ---------------------------------------------------- */
+/* Labels read from a text file, one token per line ("\r\n" accepted). */
+typedef struct {
+    char *text; /* the file, NUL-terminated, each line ending replaced by a NUL */
+    char **tok; /* [n] pointers into text */
+    int64_t n;
+} cli_tokens;
+/* Reads path (given as opt) into *t: a regular file of at most 64 MiB with exactly want lines
+ * (one token per what, e.g. "query position"); a FIFO, a device, a directory or a larger file
+ * is refused before anything is read. Prints and returns 2 on failure (*t zeroed). */
+int cli_tokens_load(const char *opt, const char *path, int64_t want, const char *what,
+                    cli_tokens *t);
+/* Frees what cli_tokens_load read and zeroes *t; a zeroed cli_tokens is fine. */
+void cli_tokens_free(cli_tokens *t);
 
 /* --- terminal ------------------------------------------------------------------------------ */
 /* Terminal width for stdout: requested if > 0, else $COLUMNS, else the terminal's, else 80;

@@ -402,7 +402,9 @@ enum {
     LAYER_NOPTS = 14
 };
 
-int cli_layer_parse(int argc, char **argv, cli_layer_args *a, cli_opt *extra, int nextra) {
+/* cli_layer_parse, with --weights and --query required (need_layer) or not. */
+static int layer_parse(int argc, char **argv, cli_layer_args *a, cli_opt *extra, int nextra,
+                       int need_layer) {
     memset(a, 0, sizeof *a);
     if (nextra < 0 || nextra > CLI_LAYER_MAX_EXTRA) /* a bug in the command, not the user's */
         return cli_fail("internal error: %d options for %s, at most %d", nextra, argv[0],
@@ -433,11 +435,11 @@ int cli_layer_parse(int argc, char **argv, cli_layer_args *a, cli_opt *extra, in
     a->scale_given = cli_find(opts, nopts, "--scale")->seen > 0;
 
     const char *cmd = argv[0];
-    if (!a->weights) return cli_missing(cmd, "--weights");
+    if (need_layer && !a->weights) return cli_missing(cmd, "--weights");
     if (a->heads_given && (a->heads < 1 || a->heads > INT32_MAX))
         return cli_usage_error("or leave --heads out when the weights file records it",
                                "--heads: got %lld, expected a positive number of heads", a->heads);
-    if (!a->query) return cli_missing(cmd, "--query");
+    if (need_layer && !a->query) return cli_missing(cmd, "--query");
     if (!a->key != !a->value)
         return cli_usage_error("give both --key and --value for cross-attention, or neither "
                                "for self-attention",
@@ -454,6 +456,14 @@ int cli_layer_parse(int argc, char **argv, cli_layer_args *a, cli_opt *extra, in
         return cli_usage_error("--dtype takes f32, bf16 or f16",
                                "--dtype: got \"%s\", expected f32, bf16 or f16", a->dtype_name);
     return 0;
+}
+
+int cli_layer_parse(int argc, char **argv, cli_layer_args *a, cli_opt *extra, int nextra) {
+    return layer_parse(argc, argv, a, extra, nextra, 1);
+}
+
+int cli_layer_parse_optional(int argc, char **argv, cli_layer_args *a, cli_opt *extra, int nextra) {
+    return layer_parse(argc, argv, a, extra, nextra, 0);
 }
 
 static int all_positive(const mha_array *a) {

@@ -12,6 +12,7 @@ static const struct {
     {"forward", mha_cmd_forward, "run a PyTorch-exported layer on .npy inputs"},
     {"backward", mha_cmd_backward, "gradients of a layer's inputs and parameters"},
     {"viz", mha_cmd_viz, "draw a layer's attention weights (terminal, svg, png, html)"},
+    {"explain", mha_cmd_explain, "walk one attention computation step by step, then check it"},
     {"demo", mha_cmd_demo, "train a tiny model and show what its heads learned"},
     {"bench", mha_cmd_bench, "time the module or the attention core"},
     {"info", mha_cmd_info, "cpu features and the kernels chosen"},
@@ -31,9 +32,10 @@ static void usage(FILE *f) {
 
 int main(int argc, char **argv) {
     if (argc < 2) { /* an error like any other: one line, and a hint */
-        fputs("mha: error: no command given (forward, backward, viz, demo, bench or info)\n"
-              "hint: mha --help lists the commands\n",
-              stderr);
+        fputs(
+            "mha: error: no command given (forward, backward, viz, explain, demo, bench or info)\n"
+            "hint: mha --help lists the commands\n",
+            stderr);
         return 1;
     }
     if (!strcmp(argv[1], "--help") || !strcmp(argv[1], "-h") || !strcmp(argv[1], "help")) {

@@ -437,6 +437,10 @@ def test_dtype_is_refused(tmp_path):
     args, _, _, _ = make_case(tmp_path, "self")
     code, out, err = run(*args, "--dtype", "bf16")
     assert code == 1 and out == "" and "--dtype" in one_error(err, 1)
+    code, out, err = run("--dtype", "f16")  # the built-in example too
+    assert code == 1 and out == "" and "--dtype: got f16, expected f32" in one_error(err, 1)
+    code, out, err = run("--dtype", "f32")
+    assert code == 0 and "explain: matches the fused kernel" in out
 
 
 def test_runtime_errors(tmp_path):

@@ -435,6 +435,11 @@ static int check_args(const cli_layer_args *la, const explain_args *ea, int step
     } else if (!la->query) {
         return cli_missing("explain", "--query");
     }
+    if (la->dtype != MHA_DTYPE_F32)
+        return cli_usage_error("mha forward --dtype runs a layer in bf16 or f16",
+                               "--dtype: got %s, expected f32 (explain walks the float32 "
+                               "computation)",
+                               la->dtype_name);
     if (ea->key_tokens && !la->key)
         return cli_usage_error("for self-attention --tokens labels both axes",
                                "--key-tokens needs --key and --value (cross-attention)");
@@ -481,10 +486,6 @@ static int load(state *s, const cli_layer_args *la, const explain_args *ea) {
     int rc;
     s->backward = ea->backward, s->tiles = ea->tiles;
     if ((rc = la->weights ? cli_layer_load(la, l) : example_layer(la, l))) return rc;
-    if (l->query.dtype != MHA_DTYPE_F32) /* a layer loaded to run in bf16 or f16 (--dtype) */
-        return cli_usage_error("mha forward --dtype runs a layer in bf16 or f16",
-                               "--dtype: explain walks the float32 computation, got %s",
-                               mha_dtype_name(l->query.dtype));
     if (ea->tokens &&
         (rc = cli_tokens_load("--tokens", ea->tokens, l->L, "query position", &s->qt)))
         return rc;

@@ -633,11 +633,14 @@ MHA_API mha_status mha_module_set_dropout_rng(mha_ctx *ctx, mha_module *m, uint6
  * layer) in a safetensors file, e.g. safetensors.torch.save_file(model.state_dict()). Every
  * parameter of m must be there with its shape (biases: see mha_st_layer); other tensors are
  * ignored. A file that records num_heads must record the module's (MHA_ERR_INVALID_ARG). On
- * error the module is unchanged. */
+ * error the module is unchanged. A bf16 / f16 module (cfg.dtype) gets each value rounded once
+ * to its dtype: a BF16 (F16) file's values bit for bit. To keep a bf16 checkpoint in bf16:
+ * mha_module_config_from_st, cfg.dtype = MHA_DTYPE_BF16, mha_module_create, mha_module_load
+ * (mha_module_create_from_file makes a float32 module). */
 MHA_API mha_status mha_module_load(mha_ctx *ctx, mha_module *m, const char *path,
                                    const char *prefix);
-/* The parameters as a new collection (copies, under their names, as state_dict()), with the
- * metadata {"num_heads": "<H>"}. Free with mha_st_free. */
+/* The parameters as a new collection (copies, under their names, as state_dict(), in the
+ * module's dtype), with the metadata {"num_heads": "<H>"}. Free with mha_st_free. */
 MHA_API mha_status mha_module_state_dict(mha_ctx *ctx, const mha_module *m, mha_st **out);
 /* Saves mha_module_state_dict (through mha_outputs: never a partial file). */
 MHA_API mha_status mha_module_save(mha_ctx *ctx, const mha_module *m, const char *path);

@@ -895,6 +895,48 @@ TEST(dsoftmax_matches_generic) {
     }
 }
 
+/* The bf16 forward's exp of probabilities (avx512/vexp.h: mha__vexp512_prob, only for values
+ * rounded to bfloat16 afterwards): a dense sweep of [-87, 0] within 8e-6 relative (1/250 of
+ * bfloat16's half-ulp), below that within 8e-6 relative plus the smallest subnormal, exactly 1
+ * at 0, +0 at -inf, NaN stays NaN. Compiled for AVX-512 here, run where the CPU has it. */
+#pragma GCC push_options
+#pragma GCC target("avx512f")
+#include "kernels/x86/avx512/vexp.h"
+static void exp_prob16(const float *d, float *out) {
+    _mm512_storeu_ps(out, mha__vexp512_prob(_mm512_loadu_ps(d)));
+}
+#pragma GCC pop_options
+
+TEST(exp_prob_bf16) {
+    if (!mha_isa_supported(MHA_ISA_AVX512)) {
+        printf("  (no AVX-512 on this CPU: mha__vexp512_prob never runs here)\n");
+        return;
+    }
+    const int64_t total = (int64_t)1 << 23;
+    double worst = 0, wx = 0;
+    float d[16], y[16];
+    for (int64_t base = 0; base < total; base += 16) {
+        for (int j = 0; j < 16; j++) d[j] = (float)(-150.0 * (double)(base + j) / (double)total);
+        exp_prob16(d, y);
+        for (int j = 0; j < 16; j++) {
+            double w = exp((double)d[j]), e = fabs(y[j] - w);
+            if (d[j] >= -87.0f) e /= w;
+            else if (!(e <= 8e-6 * w + 0x1p-149)) FAILF("exp(%.9g): got %.9g", d[j], y[j]);
+            else e = 0;
+            if (!(e <= worst)) worst = e, wx = d[j];
+        }
+    }
+    printf("  exp_prob: max rel err %.3g over [-87, 0] (at %.9g)\n", worst, wx);
+    ASSERT_TRUE(worst <= 8e-6);
+    float sp[16] = {0.0f,  -0.0f,  -INFINITY, NAN,   -1e30f, -104.0f, -0.5f,  -1.0f,
+                    -2.0f, -0.25f, -1e-7f,    -3.0f, -10.0f, -20.0f,  -40.0f, -80.0f};
+    exp_prob16(sp, y);
+    ASSERT_TRUE(y[0] == 1.0f && y[1] == 1.0f);
+    ASSERT_TRUE(y[2] == 0.0f && !signbit(y[2]) && y[4] == 0.0f);
+    ASSERT_TRUE(isnan(y[3]));
+    ASSERT_TRUE(y[5] >= 0.0f && y[5] < 1e-44f);
+}
+
 /* exp as the kernels compute it: attn_probs with lse = 0 and no mask gives exp(S) (x - 0 is
  * exact), by the vectorized exp that a SIMD table's attn_probs and attn_fwd share. A dense
  * sweep of [-88, 1] (max relative error <= 1e-6; rows of attn_bc - 1 keys, so masked tails)
@@ -1011,6 +1053,7 @@ int main(void) {
     RUN(dropout_apply_every_isa);
     RUN(dsoftmax_matches_generic);
     RUN(exp_through_probs);
+    RUN(exp_prob_bf16);
     RUN(fused_forward_extremes);
     return harness_report();
 }

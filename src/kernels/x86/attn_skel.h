@@ -623,8 +623,8 @@ INL void fwd_tile(const int bf, int64_t br, int64_t bc, int64_t n, int64_t nv, f
                 const uint8_t *kr = keep ? keep + (r0 + i) * ldk : NULL;
                 for (int64_t c = cps; c < bce; c += 2 * VL) {
                     const vmask k0 = mask_tail(bce - c), k1 = mask_tail(bce - c - VL);
-                    vf e0 = vf_maskz(k0, vf_exp(vf_sub(vf_mload(pr + c, k0), vm)));
-                    vf e1 = vf_maskz(k1, vf_exp(vf_sub(vf_mload(pr + c + VL, k1), vm)));
+                    vf e0 = vf_maskz(k0, vf_exp_prob(vf_sub(vf_mload(pr + c, k0), vm)));
+                    vf e1 = vf_maskz(k1, vf_exp_prob(vf_sub(vf_mload(pr + c + VL, k1), vm)));
                     vsum = vf_add(vsum, vf_add(e0, e1));
                     if (kr) e0 = vf_keep(e0, kr, c, bce, k0), e1 = vf_keep(e1, kr, c + VL, bce, k1);
                     vb_mstore(pp + (c - cps), mask_tail((bce - c + 1) / 2), vb_round2(e0, e1));

@@ -68,6 +68,8 @@ INL vf vf_div(vf a, vf b) { return _mm512_div_ps(a, b); }
 INL vf vf_abs(vf a) { return _mm512_abs_ps(a); }
 INL vmask vf_lt(vf a, vf b) { return _mm512_cmp_ps_mask(a, b, _CMP_LT_OQ); }
 INL vf vf_exp(vf x) { return mha__vexp512(x); }
+/* exp of a difference <= 0 whose result is rounded to bf16 (vexp.h: relative error 3e-6) */
+INL vf vf_exp_prob(vf d) { return mha__vexp512_prob(d); }
 INL vf vf_select(vmask k, vf a, vf b) { return _mm512_mask_mov_ps(b, k, a); }
 INL vf vf_maskz(vmask k, vf a) { return _mm512_maskz_mov_ps(k, a); }
 /* acc + x over the lanes of kw (the last vector of a row: kw cuts it), acc elsewhere. */

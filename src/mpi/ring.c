@@ -73,23 +73,6 @@ static double pair_work(const ring *g, int kind) {
  * Validation and agreement
  * ------------------------------------------------------------------------------------------- */
 
-/* Masks that are not split across ranks (yet). */
-static mha_status check_mask(mha_ctx *ctx, const char *fn, const mha_mask *m) {
-    if (!m) return MHA_OK;
-    const char *what = m->key_lengths    ? "key_lengths"
-                       : m->attn_bool    ? "attn_bool"
-                       : m->attn_float   ? "attn_float"
-                       : m->window       ? "window"
-                       : m->alibi_slopes ? "alibi_slopes"
-                                         : NULL;
-    if (what)
-        return mha__err(ctx, MHA_ERR_UNSUPPORTED,
-                        "%s: mask->%s: got a mask, expected none (across ranks: causal and "
-                        "key_padding only, for now)",
-                        fn, what);
-    return MHA_OK;
-}
-
 /* q, k, v, mask and p on this rank: sizes into g. */
 static mha_status check_qkv(ring *g, const mha_attn_params *p, const mha_tensor *q,
                             const mha_tensor *k, const mha_tensor *v, const mha_mask *mask) {
@@ -101,7 +84,7 @@ static mha_status check_qkv(ring *g, const mha_attn_params *p, const mha_tensor 
         return mha__err(c->ctx, MHA_ERR_UNSUPPORTED,
                         "%s: q.dtype: got %s, expected float32 (the MPI calls take float32)", c->fn,
                         mha_dtype_name(pr.dt));
-    if ((st = check_mask(c->ctx, c->fn, mask))) return st;
+    if ((st = mha__mpi_check_mask(c->ctx, c->fn, mask))) return st;
     g->B = pr.B, g->H = pr.H, g->Hkv = pr.Hkv, g->Lr = pr.L, g->Sr = pr.S;
     g->D = pr.D, g->Dv = pr.Dv;
     g->p = p ? *p : mha_attn_params_default();
@@ -211,22 +194,11 @@ static chunk_views block_chunk(const ring *g, void *block, int lk) {
     return x;
 }
 
-/* dst (contiguous [B, X, R, Y]) = the view src, or the other way (to_view). */
-static void copy4(const mha_tensor *t, float *buf, int to_view) {
-    const int64_t B = t->shape[0], X = t->shape[1], R = t->shape[2], Y = t->shape[3];
-    for (int64_t b = 0; b < B; b++)
-        for (int64_t x = 0; x < X; x++)
-            for (int64_t r = 0; r < R; r++) {
-                float *row = t->data + b * t->stride[0] + x * t->stride[1] + r * t->stride[2];
-                float *f = buf + ((b * X + x) * R + r) * Y;
-                memcpy(to_view ? row : f, to_view ? f : row, sizeof(float) * (size_t)Y);
-            }
-}
-
 /* This rank's block: its k and v, and its key padding chunk-major. */
 static void block_pack(const ring *g, const mha_tensor *k, const mha_tensor *v, void *block) {
-    copy4(k, (float *)((char *)block + g->k_off), 0);
-    copy4(v, (float *)((char *)block + g->v_off), 0);
+    const int nt = mha__ctx_threads(g->c->ctx);
+    mha__tensor_to_f32(k, (float *)((char *)block + g->k_off), nt);
+    mha__tensor_to_f32(v, (float *)((char *)block + g->v_off), nt);
     if (!g->pad) return;
     uint8_t *pad = (uint8_t *)block + g->pad_off;
     for (int lk = 0; lk < g->nch; lk++)
@@ -370,12 +342,9 @@ mha_status mha_mpi_attn_forward(mha_ctx *ctx, MPI_Comm comm, const mha_attn_para
     block_pack(&g, k, v, w.blk[0]);
     st = mha__mpi_agree(&c, fwd_ring(&g, q, &w));
     if (!st) {
-        copy4(out, w.acc, 1);
-        if (lse)
-            for (int64_t b = 0; b < g.B; b++)
-                for (int64_t h = 0; h < g.H; h++)
-                    memcpy(lse->data + b * lse->stride[0] + h * lse->stride[1],
-                           w.lacc + (b * g.H + h) * g.Lr, sizeof(float) * (size_t)g.Lr);
+        const int nt = mha__ctx_threads(ctx);
+        mha__tensor_from_f32(w.acc, out, nt);
+        if (lse) mha__tensor_from_f32(w.lacc, lse, nt);
     }
     mha__free(mem);
     return mha__mpi_end(&c, st, stats);
@@ -547,9 +516,10 @@ mha_status mha_mpi_attn_backward(mha_ctx *ctx, MPI_Comm comm, const mha_attn_par
     float *final = NULL;
     st = mha__mpi_agree(&c, bwd_ring(&g, q, out, lse, dout, &w, &final));
     if (!st) {
-        copy4(dq, w.dq, 1);
-        copy4(dk, final, 1);
-        copy4(dv, final + g.B * g.Hkv * g.Sr * g.D, 1);
+        const int nt = mha__ctx_threads(ctx);
+        mha__tensor_from_f32(w.dq, dq, nt);
+        mha__tensor_from_f32(final, dk, nt);
+        mha__tensor_from_f32(final + g.B * g.Hkv * g.Sr * g.D, dv, nt);
     }
     mha__free(mem);
     return mha__mpi_end(&c, st, stats);

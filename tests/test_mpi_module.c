@@ -130,15 +130,7 @@ static const mcase CASES[] = {
     {"long_causal", 2, 32, 2, 0, 0, 70, 70, MHA_CAUSAL_BOTTOM_RIGHT, 0.1f},
 };
 
-TEST(matches_one_process) {
-    for (size_t i = 0; i < sizeof CASES / sizeof CASES[0]; i++) {
-        const int before = harness_cur_failed;
-        harness_cur_failed = 0;
-        run_case(&CASES[i]);
-        if (harness_cur_failed) printf("  (case %s)\n", CASES[i].name);
-        harness_cur_failed |= before;
-    }
-}
+TEST(matches_one_process) { MT_RUN_CASES(CASES, run_case); }
 
 TEST(bad_input_on_every_rank) {
     mha_config cfg = mha_config_default(mt_P > 1 && mt_rank == mt_P - 1 ? 8 : 16, 2);

@@ -7,6 +7,11 @@
 
 double mha__mpi_now(void) { return MPI_Wtime(); }
 
+void mha__mpi_progress(mha__mpi_call *c) {
+    int flag;
+    MPI_Iprobe(MPI_ANY_SOURCE, MPI_ANY_TAG, c->comm, &flag, MPI_STATUS_IGNORE);
+}
+
 mha_status mha__mpi_begin(mha__mpi_call *c, mha_ctx *ctx, const char *fn, MPI_Comm comm) {
     memset(c, 0, sizeof *c);
     c->ctx = ctx, c->fn = fn, c->comm = MPI_COMM_NULL;

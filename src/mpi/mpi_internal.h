@@ -86,6 +86,10 @@ mha_status mha__xfer_recv(mha__mpi_call *c, mha__xfer *x, void *buf, size_t byte
  * naming what on an MPI error. x is empty again after. */
 mha_status mha__xfer_wait(mha__mpi_call *c, mha__xfer *x, const char *what);
 
+/* Lets MPI move the posted transfers on (a rendezvous needs the receiver's attention, which it
+ * gets only inside MPI calls): called between the core's calls of a ring step. */
+void mha__mpi_progress(mha__mpi_call *c);
+
 /* Seconds since an arbitrary origin (MPI_Wtime). */
 double mha__mpi_now(void);
 

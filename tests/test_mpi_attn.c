@@ -145,6 +145,9 @@ static void run_case(const acase *c) {
         MT_CHECK(bad == 0, "%lld elements of batch entry 1 not 0 (-inf for lse)", (long long)bad);
     }
     MT_CHECK(fs.steps == mt_P && bs.steps == mt_P, "steps %d, %d", fs.steps, bs.steps);
+    MT_CHECK(fs.total_s > 0 && fs.total_s >= fs.compute_s + fs.comm_wait_s && bs.total_s > 0,
+             "seconds: forward total %g, compute %g, wait %g; backward total %g", fs.total_s,
+             fs.compute_s, fs.comm_wait_s, bs.total_s);
     MT_CHECK(fs.work > 0 && bs.work == 2 * fs.work, "work %g, %g", fs.work, bs.work);
     MT_CHECK(fs.bytes_sent > 0 || mt_P == 1, "bytes %lld", (long long)fs.bytes_sent);
     /* zigzag: every rank the same work (causal balance max / mean = 1) */

@@ -26,7 +26,8 @@ typedef struct {
     const char *fn;
     MPI_Comm comm; /* the duplicate (MPI_COMM_NULL before mha__mpi_begin succeeds) */
     int rank, P;
-    double t0;
+    double t0; /* the call's start (timed: MPI_Wtime can be called) */
+    int timed;
     mha_mpi_stats st; /* this call's measurements, copied out by mha__mpi_end */
 } mha__mpi_call;
 

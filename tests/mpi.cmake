@@ -36,3 +36,10 @@ if(MPI_C_FOUND)
     $<TARGET_FILE:mha_mpi_shared> ${CMAKE_SOURCE_DIR}/include/mha.h
     ${CMAKE_SOURCE_DIR}/include/mha_viz.h ${CMAKE_SOURCE_DIR}/include/mha_mpi.h)
 endif()
+
+# make install, then a program built with `pkg-config mha_mpi` runs under mpirun (2 ranks).
+if(MPI_C_FOUND)
+  add_test(NAME install_pkgconfig_mpi
+    COMMAND ${CMAKE_CURRENT_SOURCE_DIR}/install_mpi_test.sh ${CMAKE_BINARY_DIR})
+  set_tests_properties(install_pkgconfig_mpi PROPERTIES TIMEOUT 120 PROCESSORS 2)
+endif()

@@ -67,8 +67,9 @@
  *
  * DTYPES: float32 only (another dtype is MHA_ERR_UNSUPPORTED naming the tensor).
  *
- * THREAD SAFETY: as the core's calls, and the MPI library's: calls from several threads at
- *   once need MPI_THREAD_MULTIPLE and distinct communicators.
+ * THREAD SAFETY: as the core's calls, and the MPI library's: only the calling thread makes MPI
+ *   calls (the context's other threads compute), which MPI_THREAD_FUNNELED allows; calls from
+ *   several threads at once need MPI_THREAD_MULTIPLE and distinct communicators.
  *
  * LINKING: libmha_mpi.a holds only these calls (link it with libmha.a and MPI);
  *   libmha_mpi.so is libmha.so plus these calls (link it instead of libmha.so). libmha itself

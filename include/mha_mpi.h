@@ -57,8 +57,10 @@
  *   with its status). A failure during the ring (an allocation in the core) does not stop the
  *   ring's messages; it is agreed on after the ring. An MPI failure (a dead peer) is returned as
  *   MHA_ERR_IO where MPI returns at all (MPI_ERRORS_RETURN is set on a private duplicate of
- *   comm; the caller's comm is not changed). A rank that does not make the call at all, or
- *   passes another communicator, cannot be detected: the others wait.
+ *   comm; the caller's comm is not changed). Ranks that make different calls of this header at
+ *   the same time all return MHA_ERR_INVALID_ARG ("rank 1 called mha_mpi_attn_backward, expected
+ *   mha_mpi_attn_forward as rank 0"); a rank that makes no call at all, or passes another
+ *   communicator, cannot be detected: the others wait.
  *
  * MEMORY per rank: O(N / P), never the whole sequence: two key/value blocks of the ring
  *   ((D + Dv) B Hkv N / P floats each), the float32 running output and lse, one partial result

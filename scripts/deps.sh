@@ -3,7 +3,8 @@
 #
 # The library itself needs only a C11 compiler, CMake, libm and OpenMP. The tests also need:
 #   Debian packages  valgrind (memcheck tests), libpng-dev (the PNG writer), chromium (the HTML
-#                    page test), python3-venv, clang-format (the style test); with --bench also
+#                    page test), python3-venv, clang-format (the style test), libopenmpi-dev
+#                    and openmpi-bin (libmha_mpi and its tests, run with mpirun); with --bench also
 #                    libopenblas-dev and time;
 #   a Python venv    BUILD_DIR/venv with tests/requirements.txt installed: PyTorch 2.13 (the
 #                    reference), numpy, pytest, safetensors, playwright (drives Debian's chromium).
@@ -25,7 +26,7 @@ done
 
 # --- Debian packages ---------------------------------------------------------------------------
 pkgs=(cmake gcc make pkg-config valgrind libpng-dev zlib1g-dev chromium python3 python3-venv
-      clang-format)
+      clang-format libopenmpi-dev openmpi-bin)
 [ "$bench" = 1 ] && pkgs+=(libopenblas-dev time)
 missing=()
 for p in "${pkgs[@]}"; do

@@ -384,6 +384,7 @@ void mha_module_free(mha_module *m) {
     buf_free(&m->st.ws);
     buf_free(&m->fws);
     bwd_release(m);
+    if (m->mpi_free) m->mpi_free(m->mpi_saved); /* an MPI forward's saved state (mha_mpi.h) */
     mha__free(m);
 }
 

@@ -7,7 +7,7 @@ by side in this run (progress on stderr).
 
     bench/dtype.py      [--build build] [--python $BUILD/venv/bin/python] [--threads 2]
                         [--rounds 3] [--budget 4] [--quick] [--only core|module]
-                        [--out FILE.md] [--results FILE.jsonl]
+                        [--out FILE.md] [--results FILE.jsonl] [--from FILE.jsonl]
 
 The shapes (groups() below): the core at B=1 H=8, D=64 with N = 2048, 4096, 8192 and D=128
 with N = 2048, 4096, causal and not, forward and backward, mha in f32, bf16 and f16, PyTorch's
@@ -20,6 +20,7 @@ later step). mha's gemm in bf16 is not measured here. A full run is estimated (f
 float32 rates on this machine, not timed) at 12-14 minutes on 2 quiet cores: 3 rounds of about
 4 minutes. --quick: tiny shapes, one round (a check of the script, not a result: seconds,
 mostly starting PyTorch). --only core / --only module: that part alone (its tables only).
+--from FILE.jsonl: no measurement, the report of a run's --results file (the same options).
 
 How: as bench/modern.py (whose Runner, Report and helpers this imports): every measurement is
 a process of its own printing one JSON line, `mha bench --core --backward --json --dtype T`
@@ -178,7 +179,7 @@ def render(runner, g, a, elapsed, info, module_why):
       "so a rate ratio is the inverse time ratio.\n")
 
     if g["core"]:
-        core_tables(rep, g, w)
+        core_tables(rep, runner, g, w)
     if g["module"]:
         module_table(rep, runner, g, a, w, module_why)
     if runner.failed:
@@ -194,7 +195,7 @@ def render(runner, g, a, elapsed, info, module_why):
     return "\n".join(L) + "\n"
 
 
-def core_tables(rep, g, w):
+def core_tables(rep, runner, g, w):
     """The core's two tables: bf16 / f16 vs float32, and mha vs PyTorch's SDPA."""
     w(f"### mha's core in bf16 and f16 vs float32 (rate ratios; target: bf16 >= {TARGET}x "
       f"forward and backward at N >= {TARGET_N})\n")
@@ -256,6 +257,7 @@ def main():
     ap.add_argument("--only", choices=("core", "module"), help="that part alone")
     ap.add_argument("--out", help="write the markdown there too")
     ap.add_argument("--results", help="append every measurement's JSON line there")
+    ap.add_argument("--from", dest="source", help="render this --results file, measure nothing")
     a = ap.parse_args()
     a.rounds = a.rounds if a.rounds is not None else 1 if a.quick else 3
     a.mha = os.path.join(a.build, "mha")
@@ -272,7 +274,13 @@ def main():
         g = {k: (v if k == a.only else []) for k, v in g.items()}
     runner = Runner(a)
     start = time.time()
-    for rnd in range(1, a.rounds + 1):
+    if a.source:  # a finished run's measurements, rendered again
+        with open(a.source) as f:
+            runner.res = [json.loads(line) for line in f if line.strip()]
+        for r in runner.res:
+            if "error" in r:
+                runner.failed[r["cmd"]] = r["error"]
+    for rnd in range(1, a.rounds + 1 if not a.source else 1):
         print(f"round {rnd} of {a.rounds}", file=sys.stderr)
         for grp in g["core"] + g["module"]:
             order = [(side, c) for side in ("mha", "torch") for c in grp if side in c["sides"]]

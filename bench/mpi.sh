@@ -11,7 +11,7 @@
 #      per step from the ping-pong (checked against the measured P = 2 and 4 points), then
 #      predictions for 8-64 ranks over 100 Gb/s InfiniBand and 25 Gb/s Ethernet.
 #
-#   bench/mpi.sh     BUILD=build SEQ=4096 RUNS=3 BIG_SEQS="32768 65536" PYTHON=$BUILD/venv/bin/python
+#   bench/mpi.sh    BUILD=build SEQ=4096 RUNS=3 BIG_SEQS="32768 65536" PYTHON=$BUILD/venv/bin/python
 #   (RESULTS=/tmp/m.jsonl keeps the raw JSON lines; a quick try of the script itself:
 #    SEQ=512 RUNS=1 BIG_SEQS=2048)
 # Takes about 5 minutes with the defaults on 2 cores (the P = 4 forward of 65536 tokens alone

@@ -287,7 +287,7 @@ static const float *bwd_dropout(const bwd_call *c, const bwd_task *t, const bwd_
     if (c->pr.dropout_p == 0) return w->P;
     const float ks = c->pr.keep_scale;
     int64_t bcw = mha__attn_tile_row_end(mk, br - 1, bc);
-    kern->attn_dropout(br, bcw, &t->dr, i0, j0, w->keep, BC);
+    kern->attn_dropout(br, bcw, &t->dr, c->pr.row0 + i0, c->pr.col0 + j0, w->keep, BC);
     kern->attn_dropout_apply(br, bcw, w->keep, BC, ks, w->P, BC, w->W, BC);
     kern->attn_dropout_apply(br, bcw, w->keep, BC, ks, w->dP, BC, w->dP, BC);
     for (int64_t r = 0; r < br && bcw < bc; r++)
@@ -474,7 +474,7 @@ static mha_status bwd_lowp(mha_ctx *ctx, const char *fn, const mha_attn_params *
                            const mha_tensor *q, const mha_tensor *k, const mha_tensor *v,
                            const mha_mask *mask, const mha_tensor *out, const mha_tensor *lse,
                            const mha_tensor *dout, mha_tensor *dq, mha_tensor *dk, mha_tensor *dv,
-                           int64_t bh0) {
+                           mha__attn_origin at) {
     const mha__lowp_arg args[8] = {{"q", q, 0},       {"k", k, 0},   {"v", v, 0},   {"out", out, 0},
                                    {"dout", dout, 0}, {"dq", dq, 1}, {"dk", dk, 1}, {"dv", dv, 1}};
     mha__lowp lp;
@@ -483,7 +483,7 @@ static mha_status bwd_lowp(mha_ctx *ctx, const char *fn, const mha_attn_params *
     st = mha__attn_backward_seq(ctx, fn, p, mha__lowp_view(&lp, 0), mha__lowp_view(&lp, 1),
                                 mha__lowp_view(&lp, 2), mask, mha__lowp_view(&lp, 3), lse,
                                 mha__lowp_view(&lp, 4), mha__lowp_view(&lp, 5),
-                                mha__lowp_view(&lp, 6), mha__lowp_view(&lp, 7), bh0);
+                                mha__lowp_view(&lp, 6), mha__lowp_view(&lp, 7), at);
     mha__lowp_end(&lp, st);
     return st;
 }
@@ -492,16 +492,16 @@ mha_status mha__attn_backward_seq(mha_ctx *ctx, const char *fn, const mha_attn_p
                                   const mha_tensor *q, const mha_tensor *k, const mha_tensor *v,
                                   const mha_mask *mask, const mha_tensor *out,
                                   const mha_tensor *lse, const mha_tensor *dout, mha_tensor *dq,
-                                  mha_tensor *dk, mha_tensor *dv, int64_t bh0) {
+                                  mha_tensor *dk, mha_tensor *dv, mha__attn_origin at) {
     mha__clear(ctx);
     bwd_call c;
     mha_status st = bwd_check(ctx, fn, p, q, k, v, mask, out, lse, dout, dq, dk, dv, &c);
     if (st) return st;
-    c.pr.bh0 = bh0, c.bf = 0;
+    c.pr.bh0 = at.bh0, c.pr.row0 = at.row0, c.pr.col0 = at.col0, c.bf = 0;
     if (c.pr.dt == MHA_DTYPE_F32) return bwd_run(ctx, fn, &c);
     if (c.pr.dt == MHA_DTYPE_BF16 && mha__ctx_kernels(ctx)->attn_scores_bf16)
         return bwd_bf16(ctx, fn, &c);
-    return bwd_lowp(ctx, fn, p, q, k, v, mask, out, lse, dout, dq, dk, dv, bh0);
+    return bwd_lowp(ctx, fn, p, q, k, v, mask, out, lse, dout, dq, dk, dv, at);
 }
 
 /* The three passes of a validated call. */
@@ -554,5 +554,5 @@ mha_status mha_attn_backward(mha_ctx *ctx, const mha_attn_params *p, const mha_t
                              const mha_tensor *out, const mha_tensor *lse, const mha_tensor *dout,
                              mha_tensor *dq, mha_tensor *dk, mha_tensor *dv) {
     return mha__attn_backward_seq(ctx, "mha_attn_backward", p, q, k, v, mask, out, lse, dout, dq,
-                                  dk, dv, 0);
+                                  dk, dv, (mha__attn_origin){0, 0, 0});
 }

@@ -37,8 +37,10 @@ typedef struct {
      * MHA__ATTN_NO_DIAG: unbounded) and j >= i + lo_shift (the window's left bound;
      * -MHA__ATTN_NO_DIAG: unbounded). */
     int64_t hi_shift, lo_shift;
-    int64_t bh0;  /* the dropout counter's head index is bh0 + b*H + h (0; varlen: per sequence) */
-    mha_dtype dt; /* of q, k, v and the outputs that match them: F32, BF16 or F16 */
+    int64_t bh0; /* the dropout counter's head index is bh0 + b*H + h (0; varlen: per sequence) */
+    int64_t row0, col0; /* ... its row and key are row0 + i, col0 + j (0; src/mpi: the block's
+                           global positions) */
+    mha_dtype dt;       /* of q, k, v and the outputs that match them: F32, BF16 or F16 */
 } mha__attn_problem;
 
 /* Validates the fields of a mask (NULL: no mask) that need no tensor: causal, attn_batched,
@@ -189,19 +191,27 @@ int mha__dropout_keep(const mha_attn_params *p, int64_t bh, int64_t i, int64_t j
  * mha__dropout_keep(p, bh, i0 + r, j0 + c) for the problem's p (dropout_p > 0). */
 mha__attn_dropout mha__attn_dropout_make(const mha__attn_problem *pr, int64_t bh);
 
-/* mha_attn_forward and mha_attn_backward for one sequence of a packed batch (varlen): as the
- * public calls, with messages naming fn, and the dropout counter's head index bh0 + b*H + h
- * (so that sequence s of a packed batch, called with B = 1 and bh0 = s*H, draws the mask the
- * dense call would draw for batch s). */
+/* Where a call's problem sits in a larger one, for the dropout generator: element (b, h, i, j)
+ * draws the keep decision of (bh0 + b*H + h, row0 + i, col0 + j). The public calls: {0, 0, 0}. */
+typedef struct {
+    int64_t bh0, row0, col0;
+} mha__attn_origin;
+
+/* mha_attn_forward and mha_attn_backward for a part of a larger problem: as the public calls,
+ * with messages naming fn, and the dropout mask of the larger problem at the origin at (so that
+ * sequence s of a packed batch (varlen), called with B = 1 and at.bh0 = s*H, draws the mask the
+ * dense call would draw for batch s; and a block of query rows and keys of a sequence split
+ * across processes (src/mpi), with row0 and col0 their global positions, the mask of the whole
+ * sequence). */
 mha_status mha__attn_forward_seq(mha_ctx *ctx, const char *fn, const mha_attn_params *p,
                                  const mha_tensor *q, const mha_tensor *k, const mha_tensor *v,
                                  const mha_mask *mask, mha_tensor *out, mha_tensor *lse,
-                                 int64_t bh0);
+                                 mha__attn_origin at);
 mha_status mha__attn_backward_seq(mha_ctx *ctx, const char *fn, const mha_attn_params *p,
                                   const mha_tensor *q, const mha_tensor *k, const mha_tensor *v,
                                   const mha_mask *mask, const mha_tensor *out,
                                   const mha_tensor *lse, const mha_tensor *dout, mha_tensor *dq,
-                                  mha_tensor *dk, mha_tensor *dv, int64_t bh0);
+                                  mha_tensor *dk, mha_tensor *dv, mha__attn_origin at);
 
 /* mha_attn_forward with the weights averaged over heads, wavg [B, L, S] (overwritten), instead
  * of per head: ((w_0 + w_1) + ...) / H per element, bitwise what averaging the per-head weights

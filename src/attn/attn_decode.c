@@ -432,8 +432,8 @@ static mha_status prefill(mha_ctx *ctx, const mha_attn_params *p, const kv_call 
         mha_tensor vb = batch_view(c->vc, b, len), ob = batch_view(c->out, b, c->L), lb;
         if (c->lse) lb = batch_view(c->lse, b, 0);
         mha_mask mk = prefill_mask(c, b);
-        mha_status st =
-            mha__attn_forward_seq(ctx, c->fn, p, &qb, &kb, &vb, &mk, &ob, c->lse ? &lb : NULL, 0);
+        mha_status st = mha__attn_forward_seq(ctx, c->fn, p, &qb, &kb, &vb, &mk, &ob,
+                                              c->lse ? &lb : NULL, (mha__attn_origin){0, 0, 0});
         if (st) return st;
     }
     return MHA_OK;

@@ -198,7 +198,7 @@ static void fwd_rows(const fwd_call *c, const fwd_task *t, fwd_ws *w) {
         const uint8_t *keep = NULL;
         if (pr->dropout_p > 0) { /* keep decisions of the keys some row of the tile may use */
             int64_t bcw = mha__attn_tile_row_end(&mk, br - 1, bc);
-            kern->attn_dropout(br, bcw, &t->dr, i0, j0, w->keep, BC);
+            kern->attn_dropout(br, bcw, &t->dr, pr->row0 + i0, pr->col0 + j0, w->keep, BC);
             keep = w->keep;
         }
         if (c->bf) {
@@ -279,7 +279,7 @@ static void weights_tile(const fwd_call *c, fwd_ws *w, int64_t b, int64_t h, int
     }
     if (pr->dropout_p == 0) return;
     mha__attn_dropout dr = mha__attn_dropout_make(pr, bh);
-    kern->attn_dropout(wr, bc, &dr, ir, j0, w->keep, c->WC);
+    kern->attn_dropout(wr, bc, &dr, pr->row0 + ir, pr->col0 + j0, w->keep, c->WC);
     kern->attn_dropout_apply(wr, bc, w->keep, c->WC, pr->keep_scale, dst, ldd, dst, ldd);
 }
 
@@ -362,31 +362,31 @@ static void fwd_parallel(const fwd_call *c, void *ws, int64_t n,
     }
 }
 
-static mha_status attn_forward(mha_ctx *ctx, const char *fn, int64_t bh0, const mha_attn_params *p,
-                               const mha_tensor *q, const mha_tensor *k, const mha_tensor *v,
-                               const mha_mask *mask, mha_tensor *out, mha_tensor *lse,
-                               mha_tensor *weights, mha_tensor *wavg);
+static mha_status attn_forward(mha_ctx *ctx, const char *fn, mha__attn_origin at,
+                               const mha_attn_params *p, const mha_tensor *q, const mha_tensor *k,
+                               const mha_tensor *v, const mha_mask *mask, mha_tensor *out,
+                               mha_tensor *lse, mha_tensor *weights, mha_tensor *wavg);
 
 /* A validated call on bf16 / f16 views: the float32 forward on exact float32 copies of q, k
  * and v, out rounded once (lse and the weights are float32 views, written directly). */
-static mha_status fwd_lowp(mha_ctx *ctx, const char *fn, int64_t bh0, const mha_attn_params *p,
-                           const mha_tensor *q, const mha_tensor *k, const mha_tensor *v,
-                           const mha_mask *mask, mha_tensor *out, mha_tensor *lse,
-                           mha_tensor *weights, mha_tensor *wavg) {
+static mha_status fwd_lowp(mha_ctx *ctx, const char *fn, mha__attn_origin at,
+                           const mha_attn_params *p, const mha_tensor *q, const mha_tensor *k,
+                           const mha_tensor *v, const mha_mask *mask, mha_tensor *out,
+                           mha_tensor *lse, mha_tensor *weights, mha_tensor *wavg) {
     const mha__lowp_arg args[4] = {{"q", q, 0}, {"k", k, 0}, {"v", v, 0}, {"out", out, 1}};
     mha__lowp lp;
     mha_status st = mha__lowp_begin(ctx, fn, &lp, 4, args);
     if (st) return st;
-    st = attn_forward(ctx, fn, bh0, p, mha__lowp_view(&lp, 0), mha__lowp_view(&lp, 1),
+    st = attn_forward(ctx, fn, at, p, mha__lowp_view(&lp, 0), mha__lowp_view(&lp, 1),
                       mha__lowp_view(&lp, 2), mask, mha__lowp_view(&lp, 3), lse, weights, wavg);
     mha__lowp_end(&lp, st);
     return st;
 }
 
-static mha_status attn_forward(mha_ctx *ctx, const char *fn, int64_t bh0, const mha_attn_params *p,
-                               const mha_tensor *q, const mha_tensor *k, const mha_tensor *v,
-                               const mha_mask *mask, mha_tensor *out, mha_tensor *lse,
-                               mha_tensor *weights, mha_tensor *wavg) {
+static mha_status attn_forward(mha_ctx *ctx, const char *fn, mha__attn_origin at,
+                               const mha_attn_params *p, const mha_tensor *q, const mha_tensor *k,
+                               const mha_tensor *v, const mha_mask *mask, mha_tensor *out,
+                               mha_tensor *lse, mha_tensor *weights, mha_tensor *wavg) {
     mha__clear(ctx);
     fwd_call c;
     mha_status st = fwd_check(ctx, fn, p, q, k, v, mask, out, lse, weights, wavg, &c);
@@ -396,8 +396,8 @@ static mha_status attn_forward(mha_ctx *ctx, const char *fn, int64_t bh0, const 
     const mha_kernels *kern = mha__ctx_kernels(ctx);
     c.bf = c.pr.dt == MHA_DTYPE_BF16 && kern->attn_fwd_bf16 && !weights && !wavg;
     if (c.pr.dt != MHA_DTYPE_F32 && !c.bf)
-        return fwd_lowp(ctx, fn, bh0, p, q, k, v, mask, out, lse, weights, wavg);
-    c.pr.bh0 = bh0;
+        return fwd_lowp(ctx, fn, at, p, q, k, v, mask, out, lse, weights, wavg);
+    c.pr.bh0 = at.bh0, c.pr.row0 = at.row0, c.pr.col0 = at.col0;
     if (c.pr.B * c.pr.H * c.pr.L == 0) {
         if (wavg) /* H == 0: no head to average, weights 0 */
             for (int64_t b = 0; b < c.pr.B; b++)
@@ -434,18 +434,20 @@ static mha_status attn_forward(mha_ctx *ctx, const char *fn, int64_t bh0, const 
 mha_status mha_attn_forward(mha_ctx *ctx, const mha_attn_params *p, const mha_tensor *q,
                             const mha_tensor *k, const mha_tensor *v, const mha_mask *mask,
                             mha_tensor *out, mha_tensor *lse, mha_tensor *weights) {
-    return attn_forward(ctx, "mha_attn_forward", 0, p, q, k, v, mask, out, lse, weights, NULL);
+    return attn_forward(ctx, "mha_attn_forward", (mha__attn_origin){0, 0, 0}, p, q, k, v, mask, out,
+                        lse, weights, NULL);
 }
 
 mha_status mha__attn_forward_seq(mha_ctx *ctx, const char *fn, const mha_attn_params *p,
                                  const mha_tensor *q, const mha_tensor *k, const mha_tensor *v,
                                  const mha_mask *mask, mha_tensor *out, mha_tensor *lse,
-                                 int64_t bh0) {
-    return attn_forward(ctx, fn, bh0, p, q, k, v, mask, out, lse, NULL, NULL);
+                                 mha__attn_origin at) {
+    return attn_forward(ctx, fn, at, p, q, k, v, mask, out, lse, NULL, NULL);
 }
 
 mha_status mha__attn_forward_avg(mha_ctx *ctx, const mha_attn_params *p, const mha_tensor *q,
                                  const mha_tensor *k, const mha_tensor *v, const mha_mask *mask,
                                  mha_tensor *out, mha_tensor *lse, mha_tensor *wavg) {
-    return attn_forward(ctx, "mha_attn_forward", 0, p, q, k, v, mask, out, lse, NULL, wavg);
+    return attn_forward(ctx, "mha_attn_forward", (mha__attn_origin){0, 0, 0}, p, q, k, v, mask, out,
+                        lse, NULL, wavg);
 }

@@ -170,13 +170,14 @@ typedef mha_status (*seq_call)(mha_ctx *ctx, const char *fn, const mha_attn_para
 static mha_status seq_forward(mha_ctx *ctx, const char *fn, const mha_attn_params *p,
                               const varlen_call *c, varlen_seq *x, int64_t s) {
     return mha__attn_forward_seq(ctx, fn, p, &x->q, &x->k, &x->v, &x->mask, &x->out,
-                                 c->lse ? &x->lse : NULL, s * c->H);
+                                 c->lse ? &x->lse : NULL, (mha__attn_origin){s * c->H, 0, 0});
 }
 
 static mha_status seq_backward(mha_ctx *ctx, const char *fn, const mha_attn_params *p,
                                const varlen_call *c, varlen_seq *x, int64_t s) {
     return mha__attn_backward_seq(ctx, fn, p, &x->q, &x->k, &x->v, &x->mask, &x->out, &x->lse,
-                                  &x->dout, &x->dq, &x->dk, &x->dv, s * c->H);
+                                  &x->dout, &x->dq, &x->dk, &x->dv,
+                                  (mha__attn_origin){s * c->H, 0, 0});
 }
 
 /* Small sequences (below 2^24 multiply-adds: the dense core would not keep the threads busy on

@@ -7,12 +7,14 @@ mpirun, each with its per-rank "mpi" record, and bench/mpi_pingpong.c's lines).
 The model of one ring call on P ranks (each rank holds N/P tokens; Liu et al.'s ring):
   - P steps; at each the rank computes its queries against one key/value block while the next
     block travels (mha_mpi_* post the exchange, compute, then wait);
-  - bytes per step: the K and V blocks, B*Hkv*(N/P)*(D+Dv)*4 (the backward also sends the
-    blocks' dK/dV accumulators: measured below, not assumed);
+  - bytes per step: the K and V blocks, kv = B*Hkv*(N/P)*(D+Dv)*4; the backward also sends the
+    blocks' dK/dV accumulators (as many bytes again), which make one more hop home at the end:
+    a rank sends (P-1)*kv in the forward, (2P-1)*kv in the backward (checked below against
+    mha_mpi_stats.bytes_sent);
   - compute per step: the rank's multiply-adds (mha_mpi_stats.work) / P / the rank's rate;
   - communication per step: latency + bytes / bandwidth;
-  - time = P * compute + (P - 1) * max(0, communication - compute): what compute cannot hide is
-    exposed (the first block is local).
+  - time = P * compute + (P - 1) * max(0, communication - compute), plus the backward's last
+    dK/dV hop: what compute cannot hide is exposed (the first block is local).
 """
 import json
 import sys
@@ -50,15 +52,21 @@ def kv_bytes(n, P):
     return B * HKV * (n / P) * (D + DV) * 4
 
 
-def step_time(work_step, rate, nbytes, lat, bw):
-    """(compute, communication, exposed) seconds of one ring step."""
-    c = work_step / rate
-    m = lat + nbytes / bw
-    return c, m, max(0.0, m - c)
+def sent_bytes(d, n, P):
+    """Bytes a rank sends in one call (see the top)."""
+    if P == 1:
+        return 0.0
+    return (P - 1 if d == "fwd" else 2 * P - 1) * kv_bytes(n, P)
 
 
-def ring_time(P, c, m):
-    return P * c + (P - 1) * max(0.0, m - c)
+def model(d, work_rank, rate, n, P, lat, bw):
+    """(compute per step, communication per step, time, exposed communication) in seconds of
+    one call on a rank doing work_rank multiply-adds at rate."""
+    c = work_rank / P / rate
+    m = lat + (1 if d == "fwd" else 2) * kv_bytes(n, P) / bw
+    tail = lat + kv_bytes(n, P) / bw if d == "bwd" and P > 1 else 0.0  # dK/dV's last hop
+    exposed = (P - 1) * max(0.0, m - c) + tail
+    return c, m, P * c + exposed, exposed
 
 
 def main():
@@ -70,7 +78,7 @@ def main():
 
     # --- the measured ring: time split, balance, bytes per step -------------------------------
     print("| P | mask | dir | wall ms (slowest rank) | compute ms | comm wait ms (mean / max) | "
-          "rest ms | work balance max/mean | bytes per step | B*Hkv*(N/P)*(D+Dv)*4 |")
+          "rest ms | work balance max/mean | MiB sent per rank | (P-1) or (2P-1) x kv |")
     print("|---|---|---|---:|---:|---:|---:|---:|---:|---:|")
     rates = {}
     for causal in (False, True):
@@ -89,14 +97,12 @@ def main():
                 work = per_rank(j, d, "work")
                 sent = per_rank(j, d, "bytes_sent")
                 bal = j["mpi"][f"{d}_work_balance"]
-                steps = max(P - 1, 1)
-                bstep = mean(sent) / steps if P > 1 else 0
                 if P == 1:
                     rates[(causal, d)] = mean(work) / (mean(comp) * 1e-3)
                 print(f"| {P} | {'causal' if causal else 'none'} | {d} | {wall:.1f} | "
                       f"{mean(comp):.1f} | {mean(wait):.2f} / {max(wait):.2f} | "
                       f"{mean(tot) - mean(comp) - mean(wait):.2f} | {bal:.4f} | "
-                      f"{bstep / 2**20:.3f} MiB | {kv_bytes(n, P) / 2**20:.3f} MiB |")
+                      f"{mean(sent) / 2**20:.3f} | {sent_bytes(d, n, P) / 2**20:.3f} |")
     print()
     for (causal, d), r in sorted(rates.items()):
         print(f"rate at P = 1 ({'causal' if causal else 'no mask'}, {d}): "
@@ -122,14 +128,12 @@ def main():
                     continue
                 rate = rates[(causal, d)] * min(1.0, cores / P)
                 work = mean(per_rank(j, d, "work"))
-                sent = mean(per_rank(j, d, "bytes_sent")) / (P - 1)
-                c, m, x = step_time(work / P, rate, sent, lat, bw)
-                pred = ring_time(P, c, m)
+                c, m, pred, x = model(d, work, rate, n, P, lat, bw)
                 meas = mean(per_rank(j, d, "total_ms")) * 1e-3
                 wait = mean(per_rank(j, d, "comm_wait_ms"))
                 print(f"| {P} | {'causal' if causal else 'none'} | {d} | {c * 1e3:.2f} | "
                       f"{m * 1e3:.3f} | {pred * 1e3:.1f} | {meas * 1e3:.1f} | "
-                      f"{meas / pred:.2f} | {(P - 1) * x * 1e3:.2f} / {wait:.2f} |")
+                      f"{meas / pred:.2f} | {x * 1e3:.2f} / {wait:.2f} |")
     print()
 
     # --- memory: the largest causal forwards ----------------------------------------------------
@@ -152,39 +156,28 @@ def main():
     threads = 32
     if (True, "fwd") not in rates:
         return
-    rate = rates[(True, "fwd")] * threads
-    bwd_ratio = 1.0
-    if (True, "bwd") in rates:
-        j4 = rows.get("ring_p4_causal", [None])[0]
-        if j4 and "bwd_bytes_sent" in j4["mpi"]["per_rank"][0]:
-            bwd_ratio = (mean(per_rank(j4, "bwd", "bytes_sent")) /
-                         mean(per_rank(j4, "fwd", "bytes_sent")))
+    rate = {d: rates.get((True, d), rates[(True, "fwd")]) * threads for d in ("fwd", "bwd")}
     print(f"Predictions, causal, B={B} H={H} Hkv={HKV} D={D}: one rank = one node of {threads} "
-          f"threads at the per-thread rate measured here ({rate * 1e-9:.0f} G multiply-adds/s "
-          "forward); backward bytes per step "
-          f"{bwd_ratio:.2f}x the forward's (measured at P = 4):\n")
+          f"threads at the per-thread rates measured here ({rate['fwd'] * 1e-9:.0f} and "
+          f"{rate['bwd'] * 1e-9:.0f} G multiply-adds/s per node, forward and backward); "
+          "efficiency = compute / predicted time:\n")
     print("| N | P | network | fwd compute per step ms | fwd comm per step ms | fwd efficiency | "
           "bwd compute per step ms | bwd comm per step ms | bwd efficiency |")
     print("|---:|---:|---|---:|---:|---:|---:|---:|---:|")
     for n in (131072, 1048576):
-        total = B * H * n * n / 2 * (D + DV)  # causal multiply-adds of the forward
+        fwd_work = B * H * n * n / 2 * (D + DV)  # the causal forward's multiply-adds
         for P in (8, 16, 32, 64):
             for name, l, b in nets:
                 out = []
-                for d, work, r, nbytes in (
-                        ("fwd", total, rate, kv_bytes(n, P)),
-                        ("bwd", 2 * total,
-                         rates.get((True, "bwd"), rates[(True, "fwd")]) * threads,
-                         kv_bytes(n, P) * bwd_ratio)):
-                    c, m, _ = step_time(work / P / P, r, nbytes, l, b)
-                    eff = P * c / ring_time(P, c, m)
-                    out.append(f"{c * 1e3:.1f} | {m * 1e3:.2f} | {eff:.2f}")
+                for d, work in (("fwd", fwd_work), ("bwd", 2 * fwd_work)):
+                    c, m, t, _ = model(d, work / P, rate[d], n, P, l, b)
+                    out.append(f"{c * 1e3:.1f} | {m * 1e3:.2f} | {P * c / t:.2f}")
                 print(f"| {n} | {P} | {name} | {' | '.join(out)} |")
     print()
     # the smallest shard whose compute hides a step's transfer: B H n^2 (D+Dv)/2 / R >=
     # lat + B Hkv n (D+Dv) 4 / bw
     for name, l, b in nets:
-        a2 = B * H * (D + DV) / 2 / rate
+        a2 = B * H * (D + DV) / 2 / rate["fwd"]
         a1 = B * HKV * (D + DV) * 4 / b
         nmin = (a1 + (a1 * a1 + 4 * a2 * l) ** 0.5) / (2 * a2)
         print(f"{name}: the forward hides the transfer once N/P >= {nmin:.0f} tokens per rank")

@@ -4,5 +4,5 @@
 if(MPI_C_FOUND)
   mha_add_pytest(test_cli_mpi)
   set_property(TEST test_cli_mpi APPEND PROPERTY ENVIRONMENT "MHA_MPIEXEC=${MPIEXEC_EXECUTABLE}")
-  set_tests_properties(test_cli_mpi PROPERTIES TIMEOUT 600)
+  set_tests_properties(test_cli_mpi PROPERTIES TIMEOUT 600 PROCESSORS 2)
 endif()

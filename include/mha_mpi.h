@@ -50,11 +50,15 @@
  *   agree on the shapes and options (all must be the same, but for each rank's own shard) and
  *   on each rank's validation and allocations; if any rank finds a problem, EVERY rank returns
  *   an error (never a hang) with a message naming the argument and the ranks, e.g.
- *   "mha_mpi_attn_forward: k.shape[2]: got 64 on rank 1, expected 32 as on rank 0", or
- *   "mha_mpi_attn_forward: rank 2 failed: mha_mpi_attn_forward: q: got NULL, ..." on the
- *   others. An MPI failure after that (a dead peer) is returned as MHA_ERR_IO where MPI
- *   returns at all (MPI_ERRORS_RETURN is set on a duplicate of comm; the caller's comm is not
- *   changed).
+ *   "mha_mpi_attn_forward: k.shape[2]: got 64 on rank 1, expected 32 as on rank 0" on every
+ *   rank; or, when rank 2 passes a NULL q, "mha_mpi_attn_forward: q: got NULL, expected a
+ *   tensor" there and "mha_mpi_attn_forward: rank 2 failed: q: got NULL, expected a tensor" on
+ *   the others (a rank that fails reports its own error; the others the lowest failing rank's,
+ *   with its status). A failure during the ring (an allocation in the core) does not stop the
+ *   ring's messages; it is agreed on after the ring. An MPI failure (a dead peer) is returned as
+ *   MHA_ERR_IO where MPI returns at all (MPI_ERRORS_RETURN is set on a private duplicate of
+ *   comm; the caller's comm is not changed). A rank that does not make the call at all, or
+ *   passes another communicator, cannot be detected: the others wait.
  *
  * MEMORY per rank: O(N / P), never the whole sequence: two key/value blocks of the ring
  *   ((D + Dv) B Hkv N / P floats each), the float32 running output and lse, one partial result

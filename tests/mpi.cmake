@@ -29,3 +29,10 @@ endif()
 add_test(NAME build_without_mpi COMMAND sh ${CMAKE_CURRENT_SOURCE_DIR}/build_without_mpi.sh
   ${CMAKE_SOURCE_DIR})
 set_tests_properties(build_without_mpi PROPERTIES TIMEOUT 600 PROCESSORS 2)
+
+# libmha_mpi.so exports exactly the public API: mha.h's, mha_viz.h's and mha_mpi.h's functions.
+if(MPI_C_FOUND)
+  add_test(NAME shared_symbols_mpi COMMAND ${CMAKE_CURRENT_SOURCE_DIR}/symbols_test.sh
+    $<TARGET_FILE:mha_mpi_shared> ${CMAKE_SOURCE_DIR}/include/mha.h
+    ${CMAKE_SOURCE_DIR}/include/mha_viz.h ${CMAKE_SOURCE_DIR}/include/mha_mpi.h)
+endif()

@@ -113,6 +113,16 @@ static double mt_max_abs(const float *x, int64_t n) {
              "status %s (expected %s), message \"%s\" (expected to contain \"%s\")",               \
              mha_status_str(got), mha_status_str(want_st), mha_ctx_errmsg(ctx), (want_msg))
 
+/* Runs run(&cases[i]) for every case of the array, naming the cases that fail. */
+#define MT_RUN_CASES(cases, run)                                                                   \
+    for (size_t i_ = 0; i_ < sizeof(cases) / sizeof((cases)[0]); i_++) {                           \
+        const int before_ = harness_cur_failed;                                                    \
+        harness_cur_failed = 0;                                                                    \
+        run(&(cases)[i_]);                                                                         \
+        if (harness_cur_failed) printf("  (case %s)\n", (cases)[i_].name);                         \
+        harness_cur_failed |= before_;                                                             \
+    }
+
 static void mt_init(int *argc, char ***argv) {
     MPI_Init(argc, argv);
     MPI_Comm_rank(MPI_COMM_WORLD, &mt_rank);

@@ -167,15 +167,7 @@ static const acase CASES[] = {
     {"long_plain", 1, 2, 2, 32, 32, 150, 150, MHA_CAUSAL_NONE, 0, 0, 0, 0},
 };
 
-TEST(matches_one_process) {
-    for (size_t i = 0; i < sizeof CASES / sizeof CASES[0]; i++) {
-        const int before = harness_cur_failed;
-        harness_cur_failed = 0;
-        run_case(&CASES[i]);
-        if (harness_cur_failed) printf("  (case %s)\n", CASES[i].name);
-        harness_cur_failed |= before;
-    }
-}
+TEST(matches_one_process) { MT_RUN_CASES(CASES, run_case); }
 
 /* ---------------------------------------------------------------------------------------------
  * Bad input: every rank returns an error

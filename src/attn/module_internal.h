@@ -78,6 +78,11 @@ struct mha_module {
                          calls need it */
     mha__buf bws;     /* the backward's workspace (module.c's bwd_plan), kept */
     mha__gemm_ws gws; /* the products' packing workspace, kept */
+    /* The saved forward of mha_mpi_module_forward (src/mpi/module.c, built with MPI; NULL:
+     * none), apart from st: only mha_mpi_module_backward differentiates it. mpi_free releases
+     * it (mha_module_free must call it: a module freed between the two leaks it otherwise). */
+    void *mpi_saved;
+    void (*mpi_free)(void *);
 };
 
 /* A forward's saved state moved out of its module (mha_module_saved_take). */

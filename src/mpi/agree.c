@@ -61,12 +61,28 @@ mha_status mha__mpi_agree(mha__mpi_call *c, mha_status st) {
     }
     if (MPI_Bcast(&m, (int)sizeof m, MPI_BYTE, first, c->comm) != MPI_SUCCESS)
         return mha__err(c->ctx, MHA_ERR_IO, "%s: MPI_Bcast failed (rank %d's error)", c->fn, first);
-    if (c->rank == first) return st;
+    if (st) return st; /* a rank that failed reports its own error */
     m.msg[sizeof m.msg - 1] = 0;
     const char *why = m.msg;
     const size_t nf = strlen(c->fn);
     if (strncmp(why, c->fn, nf) == 0 && strncmp(why + nf, ": ", 2) == 0) why += nf + 2;
     return mha__err(c->ctx, (mha_status)m.st, "%s: rank %d failed: %s", c->fn, first, why);
+}
+
+mha_status mha__mpi_check_mask(mha_ctx *ctx, const char *fn, const mha_mask *m) {
+    if (!m) return MHA_OK;
+    const char *what = m->key_lengths    ? "key_lengths"
+                       : m->attn_bool    ? "attn_bool"
+                       : m->attn_float   ? "attn_float"
+                       : m->window       ? "window"
+                       : m->alibi_slopes ? "alibi_slopes"
+                                         : NULL;
+    if (what)
+        return mha__err(ctx, MHA_ERR_UNSUPPORTED,
+                        "%s: mask->%s: got a mask, expected none (across ranks: causal and "
+                        "key_padding only, for now)",
+                        fn, what);
+    return MHA_OK;
 }
 
 int64_t mha__fp_float(float x) {

@@ -4,8 +4,8 @@
  *
  * A COLLECTIVE CALL, in this order (so that no rank can wait for another that has given up):
  *   mha__mpi_begin       a private duplicate of comm whose errors return;
- *   local checks         then mha__mpi_agree: every rank returns the first failing rank's
- *                        status (its message, prefixed "rank R failed: " on the others);
+ *   local checks         then mha__mpi_agree: every rank returns an error if one failed (its
+ *                        own, or the first failing rank's, "rank R failed: ...");
  *   mha__mpi_agree_fp    the ranks' fingerprints (shapes, options) must be equal: else every
  *                        rank returns the first difference, "got X on rank R, expected Y as on
  *                        rank 0";
@@ -38,9 +38,13 @@ mha_status mha__mpi_begin(mha__mpi_call *c, mha_ctx *ctx, const char *fn, MPI_Co
 mha_status mha__mpi_end(mha__mpi_call *c, mha_status st, mha_mpi_stats *stats);
 
 /* Every rank passes its own status (its message in c->ctx); every rank returns MHA_OK if all
- * passed MHA_OK, else the status of the lowest failing rank, with its message (the others':
- * "fn: rank R failed: <its message without its fn prefix>"). */
+ * passed MHA_OK. Else a rank that failed returns its own status and message, and the others the
+ * lowest failing rank's status, with "fn: rank R failed: <its message without its fn prefix>". */
 mha_status mha__mpi_agree(mha__mpi_call *c, mha_status st);
+
+/* Refuses the masks that are not split across ranks (yet): key_lengths, attn_bool, attn_float,
+ * window, ALiBi (MHA_ERR_UNSUPPORTED naming the field). NULL: no mask. */
+mha_status mha__mpi_check_mask(mha_ctx *ctx, const char *fn, const mha_mask *m);
 
 /* A fingerprint entry: a value every rank must give equally. */
 typedef enum {

@@ -73,27 +73,12 @@ static double pair_work(const ring *g, int kind) {
  * Validation and agreement
  * ------------------------------------------------------------------------------------------- */
 
-/* Masks that are not split across ranks (yet). */
-static mha_status check_mask(mha_ctx *ctx, const char *fn, const mha_mask *m) {
-    if (!m) return MHA_OK;
-    const char *what = m->key_lengths    ? "key_lengths"
-                       : m->attn_bool    ? "attn_bool"
-                       : m->attn_float   ? "attn_float"
-                       : m->window       ? "window"
-                       : m->alibi_slopes ? "alibi_slopes"
-                                         : NULL;
-    if (what)
-        return mha__err(ctx, MHA_ERR_UNSUPPORTED,
-                        "%s: mask->%s: got a mask, expected none (across ranks: causal and "
-                        "key_padding only, for now)",
-                        fn, what);
-    return MHA_OK;
-}
-
-/* q, k, v, mask and p on this rank: sizes into g. */
-static mha_status check_qkv(ring *g, const mha_attn_params *p, const mha_tensor *q,
-                            const mha_tensor *k, const mha_tensor *v, const mha_mask *mask) {
-    mha__mpi_call *c = g->c;
+/* q, k, v, mask and p on this rank (the call c begun): sizes into g. */
+static mha_status check_qkv(ring *g, mha__mpi_call *c, const mha_attn_params *p,
+                            const mha_tensor *q, const mha_tensor *k, const mha_tensor *v,
+                            const mha_mask *mask) {
+    memset(g, 0, sizeof *g);
+    g->c = c;
     mha__attn_problem pr;
     mha_status st;
     if ((st = mha__attn_check_inputs(c->ctx, c->fn, p, q, k, v, mask, &pr))) return st;
@@ -101,7 +86,7 @@ static mha_status check_qkv(ring *g, const mha_attn_params *p, const mha_tensor 
         return mha__err(c->ctx, MHA_ERR_UNSUPPORTED,
                         "%s: q.dtype: got %s, expected float32 (the MPI calls take float32)", c->fn,
                         mha_dtype_name(pr.dt));
-    if ((st = check_mask(c->ctx, c->fn, mask))) return st;
+    if ((st = mha__mpi_check_mask(c->ctx, c->fn, mask))) return st;
     g->B = pr.B, g->H = pr.H, g->Hkv = pr.Hkv, g->Lr = pr.L, g->Sr = pr.S;
     g->D = pr.D, g->Dv = pr.Dv;
     g->p = p ? *p : mha_attn_params_default();
@@ -168,6 +153,32 @@ static mha_status agree_ring(ring *g, int has_lse) {
     return mha__mpi_agree_fp(g->c, fp, (int)(sizeof fp / sizeof fp[0]));
 }
 
+/* After this rank's checks (st): the agreements, and the workspace (alloc) allocated everywhere
+ * or nowhere (*mem NULL then). */
+static mha_status ring_prepare(ring *g, mha_status st, int has_lse,
+                               mha_status (*alloc)(const ring *, void **, void *), void **mem,
+                               void *ws) {
+    *mem = NULL;
+    if ((st = mha__mpi_agree(g->c, st)) || (st = agree_ring(g, has_lse))) return st;
+    if ((st = mha__mpi_agree(g->c, alloc(g, mem, ws)))) {
+        mha__free(*mem);
+        *mem = NULL;
+    }
+    return st;
+}
+
+/* Posts step s's exchange of the blocks (none after the last step): the block at hand to the next
+ * rank, the next step's from the previous one. */
+static mha_status block_post(const ring *g, mha__xfer *x, int s, void *const blk[2]) {
+    mha__mpi_call *c = g->c;
+    const int P = c->P;
+    mha__xfer_init(x);
+    if (s == P - 1) return MHA_OK;
+    mha_status st =
+        mha__xfer_recv(c, x, blk[(s + 1) % 2], g->block_bytes, (c->rank + P - 1) % P, TAG_BLOCK);
+    return st ? st : mha__xfer_send(c, x, blk[s % 2], g->block_bytes, (c->rank + 1) % P, TAG_BLOCK);
+}
+
 /* ---------------------------------------------------------------------------------------------
  * Views
  * ------------------------------------------------------------------------------------------- */
@@ -211,22 +222,11 @@ static chunk_views block_chunk(const ring *g, void *block, int lk) {
     return x;
 }
 
-/* dst (contiguous [B, X, R, Y]) = the view src, or the other way (to_view). */
-static void copy4(const mha_tensor *t, float *buf, int to_view) {
-    const int64_t B = t->shape[0], X = t->shape[1], R = t->shape[2], Y = t->shape[3];
-    for (int64_t b = 0; b < B; b++)
-        for (int64_t x = 0; x < X; x++)
-            for (int64_t r = 0; r < R; r++) {
-                float *row = t->data + b * t->stride[0] + x * t->stride[1] + r * t->stride[2];
-                float *f = buf + ((b * X + x) * R + r) * Y;
-                memcpy(to_view ? row : f, to_view ? f : row, sizeof(float) * (size_t)Y);
-            }
-}
-
 /* This rank's block: its k and v, and its key padding chunk-major. */
 static void block_pack(const ring *g, const mha_tensor *k, const mha_tensor *v, void *block) {
-    copy4(k, (float *)((char *)block + g->k_off), 0);
-    copy4(v, (float *)((char *)block + g->v_off), 0);
+    const int nt = mha__ctx_threads(g->c->ctx);
+    mha__tensor_to_f32(k, (float *)((char *)block + g->k_off), nt);
+    mha__tensor_to_f32(v, (float *)((char *)block + g->v_off), nt);
     if (!g->pad) return;
     uint8_t *pad = (uint8_t *)block + g->pad_off;
     for (int lk = 0; lk < g->nch; lk++)
@@ -240,6 +240,32 @@ static mha_mask pair_mask(const chunk_views *x, int kind) {
     m.causal = kind == 2 ? MHA_CAUSAL_TOP_LEFT : MHA_CAUSAL_NONE;
     m.key_padding = x->pad;
     return m;
+}
+
+/* A computed (query chunk, key chunk) pair of a step: local chunks li, lk, global a, b. */
+typedef struct {
+    int li, lk, kind;
+    int64_t a, b;
+    chunk_views x; /* key chunk lk of the block */
+    mha_mask m;    /* the core's mask for the pair */
+} ring_pair;
+
+/* The pairs this rank computes with the block of rank o (in blk), in a fixed order: their
+ * number (at most 4) into n. */
+static int step_pairs(const ring *g, void *blk, int o, ring_pair pr[4]) {
+    int n = 0;
+    for (int li = 0; li < g->nch; li++)
+        for (int lk = 0; lk < g->nch; lk++) {
+            ring_pair *x = &pr[n];
+            x->li = li, x->lk = lk;
+            x->a = chunk_id(g, g->c->rank, li), x->b = chunk_id(g, o, lk);
+            x->kind = pair_kind(g, x->a, x->b);
+            if (!x->kind) continue;
+            x->x = block_chunk(g, blk, lk);
+            x->m = pair_mask(&x->x, x->kind);
+            n++;
+        }
+    return n;
 }
 
 /* ---------------------------------------------------------------------------------------------
@@ -275,7 +301,7 @@ typedef struct {
     float *po, *plse;  /* a pair's out [B, H, cq, Dv] and lse [B, H, cq] */
 } fwd_ws;
 
-static mha_status fwd_alloc(const ring *g, void **mem, fwd_ws *w) {
+static mha_status fwd_alloc(const ring *g, void **mem, void *w) {
     mha__plan pl;
     mha__plan_init(&pl);
     MHA__PLAN_ADD(&pl, fwd_ws, blk[0], 1, 1, (int64_t)g->block_bytes);
@@ -293,26 +319,21 @@ static mha_status fwd_alloc(const ring *g, void **mem, fwd_ws *w) {
 /* Every computed pair of this rank's query chunks with the block of rank o (in blk). */
 static mha_status fwd_step(const ring *g, const mha_tensor *q, fwd_ws *w, void *blk, int o) {
     mha__mpi_call *c = g->c;
-    for (int li = 0; li < g->nch; li++)
-        for (int lk = 0; lk < g->nch; lk++) {
-            const int64_t a = chunk_id(g, c->rank, li), b = chunk_id(g, o, lk);
-            const int kind = pair_kind(g, a, b);
-            if (!kind) continue;
-            chunk_views x = block_chunk(g, blk, lk);
-            mha_mask m = pair_mask(&x, kind);
-            mha_tensor qa = rows_view(q, li * g->cq, g->cq);
-            mha_tensor po = flat4(w->po, g->B, g->H, g->cq, g->Dv);
-            int64_t ls[3] = {g->B, g->H, g->cq};
-            mha_tensor pl = mha_tensor_make(w->plse, 3, ls);
-            mha_status st = mha__attn_forward_seq(c->ctx, c->fn, &g->p, &qa, &x.k, &x.v, &m, &po,
-                                                  &pl, (mha__attn_origin){0, a * g->cq, b * g->ck});
-            if (st) return st;
-            c->st.work += pair_work(g, kind);
-            for (int64_t bh = 0; bh < g->B * g->H; bh++)
-                merge_rows(g->cq, g->Dv, w->acc + (bh * g->Lr + li * g->cq) * g->Dv,
-                           w->lacc + bh * g->Lr + li * g->cq, w->po + bh * g->cq * g->Dv,
-                           w->plse + bh * g->cq);
-        }
+    ring_pair pr[4];
+    for (int i = 0, n = step_pairs(g, blk, o, pr); i < n; i++) {
+        const ring_pair *x = &pr[i];
+        const int64_t i0 = x->li * g->cq, ls[3] = {g->B, g->H, g->cq};
+        mha_tensor qa = rows_view(q, i0, g->cq), po = flat4(w->po, g->B, g->H, g->cq, g->Dv);
+        mha_tensor pl = mha_tensor_make(w->plse, 3, ls);
+        mha_status st =
+            mha__attn_forward_seq(c->ctx, c->fn, &g->p, &qa, &x->x.k, &x->x.v, &x->m, &po, &pl,
+                                  (mha__attn_origin){0, x->a * g->cq, x->b * g->ck});
+        if (st) return st;
+        c->st.work += pair_work(g, x->kind);
+        for (int64_t bh = 0; bh < g->B * g->H; bh++)
+            merge_rows(g->cq, g->Dv, w->acc + (bh * g->Lr + i0) * g->Dv, w->lacc + bh * g->Lr + i0,
+                       w->po + bh * g->cq * g->Dv, w->plse + bh * g->cq);
+    }
     return MHA_OK;
 }
 
@@ -320,20 +341,15 @@ static mha_status fwd_step(const ring *g, const mha_tensor *q, fwd_ws *w, void *
  * error stops the compute, not the transfers (the others wait for them). */
 static mha_status fwd_ring(const ring *g, const mha_tensor *q, fwd_ws *w) {
     mha__mpi_call *c = g->c;
-    const int P = c->P, next = (c->rank + 1) % P, prev = (c->rank + P - 1) % P;
+    const int P = c->P;
     mha_status err = MHA_OK, st;
     for (int64_t x = 0; x < g->B * g->H * g->Lr; x++) w->lacc[x] = -INFINITY;
     memset(w->acc, 0, sizeof(float) * (size_t)(g->B * g->H * g->Lr * g->Dv));
     for (int s = 0; s < P; s++) {
-        void *cur = w->blk[s % 2];
         mha__xfer x;
-        mha__xfer_init(&x);
-        if (s < P - 1 &&
-            ((st = mha__xfer_recv(c, &x, w->blk[(s + 1) % 2], g->block_bytes, prev, TAG_BLOCK)) ||
-             (st = mha__xfer_send(c, &x, cur, g->block_bytes, next, TAG_BLOCK))))
-            return st;
+        if ((st = block_post(g, &x, s, w->blk))) return st;
         const double t = mha__mpi_now();
-        if (!err) err = fwd_step(g, q, w, cur, (c->rank + P - s) % P);
+        if (!err) err = fwd_step(g, q, w, w->blk[s % 2], (c->rank + P - s) % P);
         c->st.compute_s += mha__mpi_now() - t;
         c->st.steps++;
         if ((st = mha__xfer_wait(c, &x, "the forward's key/value block"))) return st;
@@ -349,9 +365,7 @@ mha_status mha_mpi_attn_forward(mha_ctx *ctx, MPI_Comm comm, const mha_attn_para
     mha_status st = mha__mpi_begin(&c, ctx, FN_FWD, comm);
     if (st) return mha__mpi_end(&c, st, stats);
     ring g;
-    memset(&g, 0, sizeof g);
-    g.c = &c;
-    if (!(st = check_qkv(&g, p, q, k, v, mask))) {
+    if (!(st = check_qkv(&g, &c, p, q, k, v, mask))) {
         int64_t wo[4] = {g.B, g.H, g.Lr, g.Dv}, wl[3] = {g.B, g.H, g.Lr};
         const mha__attn_arg ins[3] = {{"q", q}, {"k", k}, {"v", v}};
         const mha__attn_arg outs[2] = {{"out", out}, {"lse", lse}};
@@ -359,23 +373,16 @@ mha_status mha_mpi_attn_forward(mha_ctx *ctx, MPI_Comm comm, const mha_attn_para
             st = mha__check_tensor(ctx, FN_FWD, "lse", lse, 3, wl, "[B, H, Lr]");
         if (!st) st = mha__attn_check_aliases(ctx, FN_FWD, outs, 2, ins, 3);
     }
-    if ((st = mha__mpi_agree(&c, st)) || (st = agree_ring(&g, lse != NULL)))
-        return mha__mpi_end(&c, st, stats);
-    void *mem = NULL;
+    void *mem;
     fwd_ws w;
-    if ((st = mha__mpi_agree(&c, fwd_alloc(&g, &mem, &w)))) {
-        mha__free(mem);
+    if ((st = ring_prepare(&g, st, lse != NULL, fwd_alloc, &mem, &w)))
         return mha__mpi_end(&c, st, stats);
-    }
     block_pack(&g, k, v, w.blk[0]);
     st = mha__mpi_agree(&c, fwd_ring(&g, q, &w));
     if (!st) {
-        copy4(out, w.acc, 1);
-        if (lse)
-            for (int64_t b = 0; b < g.B; b++)
-                for (int64_t h = 0; h < g.H; h++)
-                    memcpy(lse->data + b * lse->stride[0] + h * lse->stride[1],
-                           w.lacc + (b * g.H + h) * g.Lr, sizeof(float) * (size_t)g.Lr);
+        const int nt = mha__ctx_threads(ctx);
+        mha__tensor_from_f32(w.acc, out, nt);
+        if (lse) mha__tensor_from_f32(w.lacc, lse, nt);
     }
     mha__free(mem);
     return mha__mpi_end(&c, st, stats);
@@ -393,7 +400,7 @@ typedef struct {
     float *pdq, *pdk, *pdv; /* a pair's gradients [B, H, cq, D], [B, Hkv, ck, D / Dv] */
 } bwd_ws;
 
-static mha_status bwd_alloc(const ring *g, void **mem, bwd_ws *w) {
+static mha_status bwd_alloc(const ring *g, void **mem, void *w) {
     const int64_t nk = g->B * g->Hkv * g->Sr, two = g->c->P > 1;
     mha__plan pl;
     mha__plan_init(&pl);
@@ -428,28 +435,24 @@ static mha_status bwd_step(const ring *g, const mha_tensor *q, const mha_tensor 
     const int64_t nkv = g->B * g->Hkv, nk = nkv * g->Sr;
     float *sdk = w->sg, *sdv = w->sg + nk * g->D;
     memset(w->sg, 0, sizeof(float) * (size_t)(nk * (g->D + g->Dv)));
-    for (int li = 0; li < g->nch; li++)
-        for (int lk = 0; lk < g->nch; lk++) {
-            const int64_t a = chunk_id(g, c->rank, li), b = chunk_id(g, o, lk);
-            const int kind = pair_kind(g, a, b);
-            if (!kind) continue;
-            chunk_views x = block_chunk(g, blk, lk);
-            mha_mask m = pair_mask(&x, kind);
-            const int64_t i0 = li * g->cq;
-            mha_tensor qa = rows_view(q, i0, g->cq), oa = rows_view(out, i0, g->cq);
-            mha_tensor doa = rows_view(dout, i0, g->cq), la = lse_rows(lse, i0, g->cq);
-            mha_tensor pdq = flat4(w->pdq, g->B, g->H, g->cq, g->D);
-            mha_tensor pdk = flat4(w->pdk, g->B, g->Hkv, g->ck, g->D);
-            mha_tensor pdv = flat4(w->pdv, g->B, g->Hkv, g->ck, g->Dv);
-            mha_status st = mha__attn_backward_seq(c->ctx, c->fn, &g->p, &qa, &x.k, &x.v, &m, &oa,
-                                                   &la, &doa, &pdq, &pdk, &pdv,
-                                                   (mha__attn_origin){0, a * g->cq, b * g->ck});
-            if (st) return st;
-            c->st.work += 2 * pair_work(g, kind);
-            add_rows(g->B * g->H, g->cq, g->D, w->dq + i0 * g->D, g->Lr * g->D, w->pdq);
-            add_rows(nkv, g->ck, g->D, sdk + lk * g->ck * g->D, g->Sr * g->D, w->pdk);
-            add_rows(nkv, g->ck, g->Dv, sdv + lk * g->ck * g->Dv, g->Sr * g->Dv, w->pdv);
-        }
+    ring_pair pr[4];
+    for (int i = 0, n = step_pairs(g, blk, o, pr); i < n; i++) {
+        const ring_pair *x = &pr[i];
+        const int64_t i0 = x->li * g->cq, j0 = x->lk * g->ck;
+        mha_tensor qa = rows_view(q, i0, g->cq), oa = rows_view(out, i0, g->cq);
+        mha_tensor doa = rows_view(dout, i0, g->cq), la = lse_rows(lse, i0, g->cq);
+        mha_tensor pdq = flat4(w->pdq, g->B, g->H, g->cq, g->D);
+        mha_tensor pdk = flat4(w->pdk, g->B, g->Hkv, g->ck, g->D);
+        mha_tensor pdv = flat4(w->pdv, g->B, g->Hkv, g->ck, g->Dv);
+        mha_status st = mha__attn_backward_seq(c->ctx, c->fn, &g->p, &qa, &x->x.k, &x->x.v, &x->m,
+                                               &oa, &la, &doa, &pdq, &pdk, &pdv,
+                                               (mha__attn_origin){0, x->a * g->cq, x->b * g->ck});
+        if (st) return st;
+        c->st.work += 2 * pair_work(g, x->kind);
+        add_rows(g->B * g->H, g->cq, g->D, w->dq + i0 * g->D, g->Lr * g->D, w->pdq);
+        add_rows(nkv, g->ck, g->D, sdk + j0 * g->D, g->Sr * g->D, w->pdk);
+        add_rows(nkv, g->ck, g->Dv, sdv + j0 * g->Dv, g->Sr * g->Dv, w->pdv);
+    }
     return MHA_OK;
 }
 
@@ -468,21 +471,16 @@ static mha_status bwd_ring(const ring *g, const mha_tensor *q, const mha_tensor 
     mha__xfer_init(&gs[0]), mha__xfer_init(&gs[1]), mha__xfer_init(&gr);
     memset(w->dq, 0, sizeof(float) * (size_t)(g->B * g->H * g->Lr * g->D));
     for (int s = 0; s < P; s++) {
-        void *cur = w->blk[s % 2];
         float *gcur = w->grad[s % 2];
         mha__xfer x;
-        mha__xfer_init(&x);
-        if (s < P - 1 &&
-            ((st = mha__xfer_recv(c, &x, w->blk[(s + 1) % 2], g->block_bytes, prev, TAG_BLOCK)) ||
-             (st = mha__xfer_send(c, &x, cur, g->block_bytes, next, TAG_BLOCK))))
-            return st;
+        if ((st = block_post(g, &x, s, w->blk))) return st;
         /* the block's gradient so far, from the previous rank (into the buffer whose send of
          * two steps ago must be done) */
         if (s > 0 && ((st = mha__xfer_wait(c, &gs[s % 2], "the backward's dk, dv")) ||
                       (st = mha__xfer_recv(c, &gr, gcur, nkv * sizeof(float), prev, TAG_GRAD))))
             return st;
         double t = mha__mpi_now();
-        if (!err) err = bwd_step(g, q, out, lse, dout, w, cur, (c->rank + P - s) % P);
+        if (!err) err = bwd_step(g, q, out, lse, dout, w, w->blk[s % 2], (c->rank + P - s) % P);
         c->st.compute_s += mha__mpi_now() - t;
         c->st.steps++;
         if ((st = mha__xfer_wait(c, &gr, "the backward's dk, dv"))) return st;
@@ -517,9 +515,7 @@ mha_status mha_mpi_attn_backward(mha_ctx *ctx, MPI_Comm comm, const mha_attn_par
     mha_status st = mha__mpi_begin(&c, ctx, FN_BWD, comm);
     if (st) return mha__mpi_end(&c, st, stats);
     ring g;
-    memset(&g, 0, sizeof g);
-    g.c = &c;
-    if (!(st = check_qkv(&g, p, q, k, v, mask))) {
+    if (!(st = check_qkv(&g, &c, p, q, k, v, mask))) {
         int64_t wo[4] = {g.B, g.H, g.Lr, g.Dv}, wl[3] = {g.B, g.H, g.Lr};
         int64_t wq[4] = {g.B, g.H, g.Lr, g.D}, wk[4] = {g.B, g.Hkv, g.Sr, g.D};
         int64_t wv[4] = {g.B, g.Hkv, g.Sr, g.Dv};
@@ -535,21 +531,17 @@ mha_status mha_mpi_attn_backward(mha_ctx *ctx, MPI_Comm comm, const mha_attn_par
             ;
         else st = mha__attn_check_aliases(ctx, FN_BWD, outs, 3, ins, 6);
     }
-    if ((st = mha__mpi_agree(&c, st)) || (st = agree_ring(&g, 1)))
-        return mha__mpi_end(&c, st, stats);
-    void *mem = NULL;
+    void *mem;
     bwd_ws w;
-    if ((st = mha__mpi_agree(&c, bwd_alloc(&g, &mem, &w)))) {
-        mha__free(mem);
-        return mha__mpi_end(&c, st, stats);
-    }
+    if ((st = ring_prepare(&g, st, 1, bwd_alloc, &mem, &w))) return mha__mpi_end(&c, st, stats);
     block_pack(&g, k, v, w.blk[0]);
     float *final = NULL;
     st = mha__mpi_agree(&c, bwd_ring(&g, q, out, lse, dout, &w, &final));
     if (!st) {
-        copy4(dq, w.dq, 1);
-        copy4(dk, final, 1);
-        copy4(dv, final + g.B * g.Hkv * g.Sr * g.D, 1);
+        const int nt = mha__ctx_threads(ctx);
+        mha__tensor_from_f32(w.dq, dq, nt);
+        mha__tensor_from_f32(final, dk, nt);
+        mha__tensor_from_f32(final + g.B * g.Hkv * g.Sr * g.D, dv, nt);
     }
     mha__free(mem);
     return mha__mpi_end(&c, st, stats);

@@ -24,17 +24,11 @@ import pytest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import mha_py  # noqa: E402
+from test_cli_bench import mha_bin  # noqa: E402  (MHA_BIN, checked)
 
 TIMEOUT = 90  # seconds for one mpirun; a hang fails the test here
 E, H, B, L, S, KDIM, VDIM = 16, 2, 3, 24, 36, 12, 20  # L and S split for P = 1..4 (zigzag too)
 OLD = b"previous content, must survive a failed run\n"
-
-
-def mha_bin():
-    b = os.environ.get("MHA_BIN")
-    if not b or not os.path.isfile(b) or not os.access(b, os.X_OK):
-        pytest.fail(f"MHA_BIN must name the built mha binary (got {b!r})")
-    return b
 
 
 def mpiexec():

@@ -4,11 +4,10 @@
 #include "cli_mpi.h"
 #include "mha_mpi.h"
 
-#include <limits.h>
+#include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <fcntl.h>
 #include <sys/resource.h>
 #include <unistd.h>
 

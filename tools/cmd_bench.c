@@ -100,7 +100,8 @@ static void print_help(FILE *f) {
           "of the ring attention (mha_mpi_attn_forward / _backward; --seq N is the whole\n"
           "sequence, split zigzag with --causal) and rank 0 reports the slowest rank's time and\n"
           "each rank's compute and communication wait, work (multiply-adds), bytes sent and\n"
-          "peak memory, and the work balance max/mean (in the JSON: \"mpi\")\n",
+          "peak memory, and the work balance max/mean (in the JSON: \"mpi\"); each rank runs\n"
+          "--threads threads (P ranks on C cores want --threads C/P)\n",
           f);
 }
 

@@ -73,23 +73,26 @@ static void print_help(FILE *f, int backward) {
           f);
     if (backward)
         fputs("  --out Y.npy              also write the forward output, float32 [B, L, E]\n", f);
-    fputs(
-        "  --attn-out A.npy         also write the attention weights, float32 [B, L, S]\n"
-        "                           (averaged over heads)\n"
-        "  --per-head               with --attn-out: one map per head, [B, H, L, S]\n"
-        "  --threads N              threads to use (0 = all cores, the default)\n"
-        "  --isa NAME               kernels: auto (default), generic, avx2 or avx512\n"
-        "  --help                   this text\n"
-        "\nunder mpirun -n P (when built with MPI): every rank reads the inputs and computes its\n"
-        "shard of the sequence (ring attention; with a causal mask the zigzag split, L a\n"
-        "multiple of 2P, else of P); rank 0 writes the outputs, the same as one process's.\n"
-        "--attn-out and --attn-mask are not available there. An error is one line (from rank\n"
-        "0, or \"mha[rank R]: error: ...\" from the one rank that met it) and every rank exits\n"
-        "with its code. Use mpirun -q to keep mpirun's own notes about it quiet.\n"
-        "\nexit status: 0 success, 1 usage error (options, including a --prefix or --heads that\n"
-        "does not fit the weights), 2 runtime failure (files, shapes, dtypes)\n"
-        "\nexample:\n",
-        f);
+    fputs("  --attn-out A.npy         also write the attention weights, float32 [B, L, S]\n"
+          "                           (averaged over heads)\n"
+          "  --per-head               with --attn-out: one map per head, [B, H, L, S]\n"
+          "  --threads N              threads to use (0 = all cores, the default)\n"
+          "  --isa NAME               kernels: auto (default), generic, avx2 or avx512\n"
+          "  --help                   this text\n",
+          f);
+    fputs("\nunder mpirun -n P (when built with MPI): every rank reads the inputs and\n"
+          "computes its shard of the sequence (ring attention; with a causal mask the\n"
+          "zigzag split, L a multiple of 2P, else of P); rank 0 writes the outputs, the same\n"
+          "as one process's. Each rank runs --threads threads (all cores by default: P ranks\n"
+          "on C cores want --threads C/P). --attn-out and --attn-mask are not available\n"
+          "there. An error is one line (from rank 0, or \"mha[rank R]: error: ...\" from the\n"
+          "one rank that met it) and every rank exits with its code; mpirun -q keeps\n"
+          "mpirun's own notes about that quiet.\n",
+          f);
+    fputs("\nexit status: 0 success, 1 usage error (options, including a --prefix or --heads that\n"
+          "does not fit the weights), 2 runtime failure (files, shapes, dtypes)\n"
+          "\nexample:\n",
+          f);
     if (!backward)
         fputs(
             "  mha forward --weights layer.safetensors --heads 8 --query x.npy --causal \\\n"

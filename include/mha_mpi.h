@@ -67,8 +67,9 @@
  *
  * DTYPES: float32 only (another dtype is MHA_ERR_UNSUPPORTED naming the tensor).
  *
- * THREAD SAFETY: as the core's calls, and the MPI library's: calls from several threads at
- *   once need MPI_THREAD_MULTIPLE and distinct communicators.
+ * THREAD SAFETY: as the core's calls, and the MPI library's: only the calling thread makes MPI
+ *   calls (the context's other threads compute), which MPI_THREAD_FUNNELED allows; calls from
+ *   several threads at once need MPI_THREAD_MULTIPLE and distinct communicators.
  *
  * LINKING: libmha_mpi.a holds only these calls (link it with libmha.a and MPI);
  *   libmha_mpi.so is libmha.so plus these calls (link it instead of libmha.so). libmha itself
@@ -154,8 +155,8 @@ MHA_API mha_status mha_mpi_attn_backward(mha_ctx *ctx, MPI_Comm comm, const mha_
                                          mha_tensor *dv, mha_mpi_stats *stats);
 
 /* The module's forward (mha_module_forward) with the sequence sharded: every rank holds the
- * same module (the same parameters: not checked, only the configuration is) and passes its
- * shard:
+ * same float32 module (the same parameters: not checked, only the configuration is) and passes
+ * its shard:
  *   query: [B, Lr, E] (batched only); key [B, Sr, kdim], value [B, Sr, vdim], or both NULL
  *          for self-attention; out: [B, Lr, E] overwritten
  *   mask: as mha_mpi_attn_forward's (key_padding [B, Sr]: this rank's keys)

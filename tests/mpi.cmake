@@ -1,5 +1,5 @@
 # The MPI tests (tests/test_mpi_*.c): each built against libmha_mpi.a and run under mpirun with 1,
-# 2, 3 and 4 ranks (oversubscribed: the machine may have fewer cores; one thread per rank), with a
+# 2, 3 and 4 ranks (oversubscribed: the machine may have fewer cores), with a
 # timeout, since a bug in the ranks' agreement shows as a hang. Without MPI they cannot run, and
 # that is a failing test of its own (as deps_libpng): `make test` installs Open MPI first.
 if(MPI_C_FOUND)
@@ -15,8 +15,14 @@ if(MPI_C_FOUND)
         COMMAND ${MPIEXEC_EXECUTABLE} --allow-run-as-root --oversubscribe ${MPIEXEC_NUMPROC_FLAG}
           ${np} $<TARGET_FILE:${name}>
         WORKING_DIRECTORY ${CMAKE_CURRENT_BINARY_DIR})
+      # two threads per rank up to 2 ranks (the merges and the core on threads), then one
+      if(np LESS_EQUAL 2)
+        set(nt 2)
+      else()
+        set(nt 1)
+      endif()
       set_tests_properties(${name}_np${np} PROPERTIES TIMEOUT 120 PROCESSORS ${np}
-        ENVIRONMENT "OMP_NUM_THREADS=1")
+        ENVIRONMENT "OMP_NUM_THREADS=${nt};OMP_WAIT_POLICY=passive")
     endforeach()
   endforeach()
 else()
@@ -35,4 +41,11 @@ if(MPI_C_FOUND)
   add_test(NAME shared_symbols_mpi COMMAND ${CMAKE_CURRENT_SOURCE_DIR}/symbols_test.sh
     $<TARGET_FILE:mha_mpi_shared> ${CMAKE_SOURCE_DIR}/include/mha.h
     ${CMAKE_SOURCE_DIR}/include/mha_viz.h ${CMAKE_SOURCE_DIR}/include/mha_mpi.h)
+endif()
+
+# make install, then a program built with `pkg-config mha_mpi` runs under mpirun (2 ranks).
+if(MPI_C_FOUND)
+  add_test(NAME install_pkgconfig_mpi
+    COMMAND ${CMAKE_CURRENT_SOURCE_DIR}/install_mpi_test.sh ${CMAKE_BINARY_DIR})
+  set_tests_properties(install_pkgconfig_mpi PROPERTIES TIMEOUT 120 PROCESSORS 2)
 endif()

@@ -137,10 +137,17 @@ static void run_case(const acase *c) {
     int64_t nan = 0;
     for (int64_t i = 0; i < B * H * Lr * Dv; i++) nan += isnan(go[i]);
     MT_CHECK(nan == 0, "%lld NaN in out", (long long)nan);
-    if (c->pad && B > 1) /* batch entry 1: every key padded */
-        for (int64_t i = 0; i < H * Lr; i++)
-            MT_CHECK(ml[H * Lr + i] == -INFINITY, "row %lld", (long long)i);
+    if (c->pad && B > 1) { /* batch entry 1: every key padded: out 0, lse -inf, dq 0 */
+        int64_t bad = 0;
+        for (int64_t i = 0; i < H * Lr; i++) bad += ml[H * Lr + i] != -INFINITY;
+        for (int64_t i = 0; i < H * Lr * Dv; i++) bad += go[H * Lr * Dv + i] != 0;
+        for (int64_t i = 0; i < H * Lr * D; i++) bad += gdq[H * Lr * D + i] != 0;
+        MT_CHECK(bad == 0, "%lld elements of batch entry 1 not 0 (-inf for lse)", (long long)bad);
+    }
     MT_CHECK(fs.steps == mt_P && bs.steps == mt_P, "steps %d, %d", fs.steps, bs.steps);
+    MT_CHECK(fs.total_s > 0 && fs.total_s >= fs.compute_s + fs.comm_wait_s && bs.total_s > 0,
+             "seconds: forward total %g, compute %g, wait %g; backward total %g", fs.total_s,
+             fs.compute_s, fs.comm_wait_s, bs.total_s);
     MT_CHECK(fs.work > 0 && bs.work == 2 * fs.work, "work %g, %g", fs.work, bs.work);
     MT_CHECK(fs.bytes_sent > 0 || mt_P == 1, "bytes %lld", (long long)fs.bytes_sent);
     /* zigzag: every rank the same work (causal balance max / mean = 1) */

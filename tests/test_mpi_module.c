@@ -88,8 +88,15 @@ static void run_case(const mcase *c) {
         mha_mpi_stats fs, bs;
         ASSERT_OK(ctx, mha_mpi_module_forward(ctx, MPI_COMM_WORLD, mm, &fo, &sx, self ? NULL : &sxk,
                                               self ? NULL : &sxv, &rmask, &sy, &fs));
+        /* the MPI forward is not the module's own saved forward */
+        MT_CHECK(mha_module_backward(ctx, mm, &sdo, &sdx, NULL, NULL) == MHA_ERR_STATE, "%s",
+                 mha_ctx_errmsg(ctx));
         ASSERT_OK(ctx, mha_mpi_module_backward(ctx, MPI_COMM_WORLD, mm, &sdo, &sdx,
                                                self ? NULL : &sdk, self ? NULL : &sdv, &bs));
+        /* one backward per forward: the saved activations are released */
+        mha_status st2 = mha_mpi_module_backward(ctx, MPI_COMM_WORLD, mm, &sdo, &sdx,
+                                                 self ? NULL : &sdk, self ? NULL : &sdv, NULL);
+        MT_STATUS(ctx, st2, MHA_ERR_STATE, "mha_mpi_module_backward: no saved forward");
         MT_CHECK(fs.steps == mt_P && bs.steps == mt_P && fs.work > 0, "steps %d %d", fs.steps,
                  bs.steps);
         float *wy = mt_take(y, 4, B, 1, L, E, &shq), *wdx = mt_take(dx, 4, B, 1, L, E, &shq);

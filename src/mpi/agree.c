@@ -7,10 +7,14 @@
 
 double mha__mpi_now(void) { return MPI_Wtime(); }
 
+void mha__mpi_progress(mha__mpi_call *c) {
+    int flag;
+    MPI_Iprobe(MPI_ANY_SOURCE, MPI_ANY_TAG, c->comm, &flag, MPI_STATUS_IGNORE);
+}
+
 mha_status mha__mpi_begin(mha__mpi_call *c, mha_ctx *ctx, const char *fn, MPI_Comm comm) {
     memset(c, 0, sizeof *c);
     c->ctx = ctx, c->fn = fn, c->comm = MPI_COMM_NULL;
-    c->t0 = 0;
     mha__clear(ctx);
     int init = 0, fin = 0;
     MPI_Initialized(&init);
@@ -20,7 +24,7 @@ mha_status mha__mpi_begin(mha__mpi_call *c, mha_ctx *ctx, const char *fn, MPI_Co
                         "%s: MPI is %s, expected a call between MPI_Init and "
                         "MPI_Finalize",
                         fn, fin ? "finalized" : "not initialized");
-    c->t0 = mha__mpi_now();
+    c->t0 = mha__mpi_now(), c->timed = 1;
     if (comm == MPI_COMM_NULL)
         return mha__err(ctx, MHA_ERR_INVALID_ARG,
                         "%s: comm: got MPI_COMM_NULL, expected a communicator", fn);
@@ -38,7 +42,7 @@ mha_status mha__mpi_begin(mha__mpi_call *c, mha_ctx *ctx, const char *fn, MPI_Co
 
 mha_status mha__mpi_end(mha__mpi_call *c, mha_status st, mha_mpi_stats *stats) {
     if (c->comm != MPI_COMM_NULL) MPI_Comm_free(&c->comm);
-    c->st.total_s = c->t0 > 0 ? mha__mpi_now() - c->t0 : 0;
+    c->st.total_s = c->timed ? mha__mpi_now() - c->t0 : 0;
     if (stats) *stats = c->st;
     return st;
 }

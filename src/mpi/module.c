@@ -86,6 +86,13 @@ typedef struct {
 static mha_status fwd_check(mha_ctx *ctx, const mha_module *m, fwd_call *f) {
     mha_status st;
     if (!m) return mha__err(ctx, MHA_ERR_INVALID_ARG, "%s: m: got NULL, expected a module", FN_FWD);
+    mha_tensor w; /* the parameters' dtype, as the public API gives it */
+    if ((st = mha_module_param(ctx, (mha_module *)m, "out_proj.weight", &w, NULL))) return st;
+    if (w.dtype != MHA_DTYPE_F32)
+        return mha__err(ctx, MHA_ERR_UNSUPPORTED,
+                        "%s: m's dtype: got %s, expected float32 (the MPI calls take float32 "
+                        "modules)",
+                        FN_FWD, mha_dtype_name(w.dtype));
     const int64_t E = m->cfg.embed_dim;
     if (!isfinite(f->opts->scale))
         return mha__err(ctx, MHA_ERR_INVALID_ARG,
@@ -292,8 +299,10 @@ static int64_t param_total(const mha_module *m) {
 /* The place in gw of the module's gradient g (a pointer into one of its parameters' gradients),
  * NULL for NULL. */
 static float *gw_of(const mha_module *m, float *gw, const float *g) {
-    for (int i = 0; g && i < m->nparams; gw += m->p[i].numel, i++)
-        if (g >= m->p[i].grad && g < m->p[i].grad + m->p[i].numel) return gw + (g - m->p[i].grad);
+    for (int i = 0; g && i < m->nparams; gw += m->p[i].numel, i++) {
+        const float *p = (const float *)m->p[i].grad; /* float32 modules only (fwd_check) */
+        if (g >= p && g < p + m->p[i].numel) return gw + (g - p);
+    }
     return NULL;
 }
 
@@ -467,7 +476,7 @@ static mha_status bwd_reduce(mha__mpi_call *c, mha_module *m, bwd_call *b) {
     }
     const float *src = b->gw;
     for (int i = 0; i < m->nparams; src += m->p[i].numel, i++)
-        for (int64_t e = 0; e < m->p[i].numel; e++) m->p[i].grad[e] += src[e];
+        for (int64_t e = 0; e < m->p[i].numel; e++) ((float *)m->p[i].grad)[e] += src[e];
     return MHA_OK;
 }
 

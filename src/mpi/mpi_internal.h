@@ -26,7 +26,8 @@ typedef struct {
     const char *fn;
     MPI_Comm comm; /* the duplicate (MPI_COMM_NULL before mha__mpi_begin succeeds) */
     int rank, P;
-    double t0;
+    double t0; /* the call's start (timed: MPI_Wtime can be called) */
+    int timed;
     mha_mpi_stats st; /* this call's measurements, copied out by mha__mpi_end */
 } mha__mpi_call;
 
@@ -85,6 +86,10 @@ mha_status mha__xfer_recv(mha__mpi_call *c, mha__xfer *x, void *buf, size_t byte
 /* Waits for every posted transfer of x (the time goes to c->st.comm_wait_s); MHA_ERR_IO
  * naming what on an MPI error. x is empty again after. */
 mha_status mha__xfer_wait(mha__mpi_call *c, mha__xfer *x, const char *what);
+
+/* Lets MPI move the posted transfers on (a rendezvous needs the receiver's attention, which it
+ * gets only inside MPI calls): called between the core's calls of a ring step. */
+void mha__mpi_progress(mha__mpi_call *c);
 
 /* Seconds since an arbitrary origin (MPI_Wtime). */
 double mha__mpi_now(void);

@@ -330,6 +330,10 @@ static mha_status fwd_step(const ring *g, const mha_tensor *q, fwd_ws *w, void *
                                   (mha__attn_origin){0, x->a * g->cq, x->b * g->ck});
         if (st) return st;
         c->st.work += pair_work(g, x->kind);
+        mha__mpi_progress(c); /* the ring's transfers move on while the next pair computes */
+        const int nt = mha__ctx_threads(c->ctx);
+        (void)nt; /* (without OpenMP) */
+#pragma omp parallel for num_threads(nt) schedule(static) if (nt > 1 && g->B * g->H > 1)
         for (int64_t bh = 0; bh < g->B * g->H; bh++)
             merge_rows(g->cq, g->Dv, w->acc + (bh * g->Lr + i0) * g->Dv, w->lacc + bh * g->Lr + i0,
                        w->po + bh * g->cq * g->Dv, w->plse + bh * g->cq);
@@ -420,8 +424,12 @@ static mha_status bwd_alloc(const ring *g, void **mem, void *w) {
 }
 
 /* rows n of dst (row stride ldd, n rows of X) += src (contiguous rows of X), for every one of
- * nb leading (batch, head) entries: dst entry e at dst + e * lde, src entry e at src + e * n X. */
-static void add_rows(int64_t nb, int64_t n, int64_t X, float *dst, int64_t lde, const float *src) {
+ * nb leading (batch, head) entries: dst entry e at dst + e * lde, src entry e at src + e * n X;
+ * on nt threads (each element's sum is the same for any nt). */
+static void add_rows(int nt, int64_t nb, int64_t n, int64_t X, float *dst, int64_t lde,
+                     const float *src) {
+    (void)nt; /* (without OpenMP) */
+#pragma omp parallel for num_threads(nt) schedule(static) if (nt > 1 && nb > 1)
     for (int64_t e = 0; e < nb; e++)
         for (int64_t x = 0; x < n * X; x++) dst[e * lde + x] += src[e * n * X + x];
 }
@@ -449,9 +457,11 @@ static mha_status bwd_step(const ring *g, const mha_tensor *q, const mha_tensor 
                                                (mha__attn_origin){0, x->a * g->cq, x->b * g->ck});
         if (st) return st;
         c->st.work += 2 * pair_work(g, x->kind);
-        add_rows(g->B * g->H, g->cq, g->D, w->dq + i0 * g->D, g->Lr * g->D, w->pdq);
-        add_rows(nkv, g->ck, g->D, sdk + j0 * g->D, g->Sr * g->D, w->pdk);
-        add_rows(nkv, g->ck, g->Dv, sdv + j0 * g->Dv, g->Sr * g->Dv, w->pdv);
+        mha__mpi_progress(c);
+        const int nt = mha__ctx_threads(c->ctx);
+        add_rows(nt, g->B * g->H, g->cq, g->D, w->dq + i0 * g->D, g->Lr * g->D, w->pdq);
+        add_rows(nt, nkv, g->ck, g->D, sdk + j0 * g->D, g->Sr * g->D, w->pdk);
+        add_rows(nt, nkv, g->ck, g->Dv, sdv + j0 * g->Dv, g->Sr * g->Dv, w->pdv);
     }
     return MHA_OK;
 }

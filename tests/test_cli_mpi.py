@@ -247,6 +247,35 @@ def test_input_unreadable_on_one_rank_only(d, y):
     assert "missing.npy" in err
 
 
+def rank_codes(tmp, parts):
+    """Each rank's own exit code (mpirun reports one, and by default ends the other ranks once
+    one exits with an error: here it lets them finish): every rank's command wrapped in sh,
+    which records it. parts as mpmd's; returns (stderr, the codes in rank order)."""
+    wrap = 'c=0; "$@" || c=$?; echo $c > "%s/code.$OMPI_COMM_WORLD_RANK"; exit $c' % tmp
+    cmd = launcher(parts[0][0]) + ["--mca", "orte_abort_on_non_zero_status", "0"]
+    for i, (P, args) in enumerate(parts):
+        cmd += ([":", "-n", str(P)] if i else []) + ["sh", "-c", wrap, "sh", mha_bin(), *args]
+    _, _, err = run(cmd)
+    n = sum(P for P, _ in parts)
+    return err, [int((tmp / f"code.{r}").read_text()) for r in range(n)]
+
+
+def test_every_rank_exits_with_the_same_code(d, y, tmp_path):
+    a, _ = inputs(d, "causal")
+    bad = [x if x != d / "q.npy" else d / "missing.npy" for x in a]
+    # rank 1 of 3 alone cannot read its input
+    err, codes = rank_codes(tmp_path, [(1, ["forward", *a, "--out", y]),
+                                       (1, ["forward", *bad, "--out", y]),
+                                       (1, ["forward", *a, "--out", y])])
+    assert codes == [2, 2, 2], (codes, err)
+    assert err.startswith("mha[rank 1]: error: --query") and len(error_lines(err)) == 1, err
+    # rank 0 alone cannot write; a usage error; success
+    for args, want in ((["--out", y.parent / "no" / "y.npy"], 2), (["--out", y, "--nope"], 1),
+                       (["--out", y], 0)):
+        err, codes = rank_codes(tmp_path, [(3, ["forward", *a, *args])])
+        assert codes == [want] * 3 and len(error_lines(err)) == (want > 0), (codes, err)
+
+
 def test_output_only_rank_0_can_declare(d, y):
     a, _ = inputs(d, "causal")
     out = y.parent / "no" / "such" / "dir" / "y.npy"

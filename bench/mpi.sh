@@ -23,13 +23,17 @@ RUNS=${RUNS:-3}
 BIG_SEQS=${BIG_SEQS:-32768 65536}
 PY=${PYTHON:-$BUILD/venv/bin/python}
 MHA=$BUILD/mha
-MPIRUN=(mpirun --allow-run-as-root --oversubscribe -q)
+# --bind-to none: Open MPI binds each of up to 2 ranks to one core by default, which would give
+# the one-rank run's two threads a single core
+MPIRUN=(mpirun --allow-run-as-root --oversubscribe --bind-to none -q)
 RESULTS=${RESULTS:-$(mktemp)}
 TMP=$(mktemp -d)
 trap 'rm -rf "$TMP"' EXIT
 : > "$RESULTS"
 
 label() { sed "s/^{/{\"label\":\"$1\",/" | tee -a "$RESULTS"; }
+load0=$(cut -d' ' -f1-3 /proc/loadavg)
+start=$(date +%s)
 
 # 1. the transport
 mpicc -O2 bench/mpi_pingpong.c -o "$TMP/pingpong"
@@ -57,4 +61,6 @@ for n in $BIG_SEQS; do
 done
 
 # 4. the tables and the model
+echo "$(date -u '+%F %H:%M') UTC, $(( $(date +%s) - start )) s; load average before / after:" \
+  "$load0 / $(cut -d' ' -f1-3 /proc/loadavg)"
 "$PY" bench/mpi_model.py "$RESULTS" "$(nproc)"

@@ -6,7 +6,7 @@
  *   shard of the tokens, and the calls below compute, on every rank, that rank's rows of what
  *   mha_attn_forward / mha_attn_backward / mha_module_forward / mha_module_backward (mha.h)
  *   give on the whole sequence in one process (the same numbers up to float rounding: within
- *   1e-5 relative, tested for 1 to 4 ranks).
+ *   1e-5 relative to each element or to the tensor's largest, tested for 1 to 4 ranks).
  *
  *   The algorithm is ring attention (Liu et al., 2023). Each rank keeps its query rows; the
  *   key/value blocks travel around the ring (rank r sends to r + 1 and receives from r - 1,
@@ -57,13 +57,16 @@
  *   with its status). A failure during the ring (an allocation in the core) does not stop the
  *   ring's messages; it is agreed on after the ring. An MPI failure (a dead peer) is returned as
  *   MHA_ERR_IO where MPI returns at all (MPI_ERRORS_RETURN is set on a private duplicate of
- *   comm; the caller's comm is not changed). A rank that does not make the call at all, or
- *   passes another communicator, cannot be detected: the others wait.
+ *   comm; the caller's comm is not changed). Ranks that make different calls of this header at
+ *   the same time all return MHA_ERR_INVALID_ARG ("rank 1 called mha_mpi_attn_backward, expected
+ *   mha_mpi_attn_forward as rank 0"); a rank that makes no call at all, or passes another
+ *   communicator, cannot be detected: the others wait.
  *
  * MEMORY per rank: O(N / P), never the whole sequence: two key/value blocks of the ring
- *   ((D + Dv) B Hkv N / P floats each), the float32 running output and lse, one partial result
- *   per (query chunk, key chunk) pair, and in the backward dk / dv accumulators travelling
- *   with the blocks (as much again) and the core's gradients of one pair.
+ *   ((D + Dv) B Hkv N / P floats each), the float32 running output and lse, the partial result
+ *   of one (query chunk, key chunk) pair at a time, the core's workspace; in the backward also
+ *   two travelling dk / dv accumulators and the step's contribution (a block's size each), dq
+ *   and the core's gradients of one pair.
  *
  * DTYPES: float32 only (another dtype is MHA_ERR_UNSUPPORTED naming the tensor).
  *
@@ -72,8 +75,9 @@
  *   several threads at once need MPI_THREAD_MULTIPLE and distinct communicators.
  *
  * LINKING: libmha_mpi.a holds only these calls (link it with libmha.a and MPI);
- *   libmha_mpi.so is libmha.so plus these calls (link it instead of libmha.so). libmha itself
- *   never depends on MPI. Built when CMake finds MPI (Open MPI: libopenmpi-dev).
+ *   libmha_mpi.so is libmha.so plus these calls (link it instead of libmha.so):
+ *   cc app.c $(pkg-config --cflags --libs mha_mpi). libmha itself never depends on MPI. Built
+ *   when CMake finds MPI (Open MPI: libopenmpi-dev).
  */
 #ifndef MHA_MPI_H
 #define MHA_MPI_H

@@ -246,6 +246,23 @@ TEST(ranks_disagree_on_options) {
                   "rank 0");
 }
 
+/* rank 0 calls the forward, the others the backward */
+TEST(ranks_make_different_calls) {
+    small s;
+    small_make(&s, 4, 4);
+    mha_status st =
+        mt_rank == 0 ? mha_mpi_attn_forward(ctx, MPI_COMM_WORLD, NULL, &s.tq, &s.tk, &s.tv, NULL,
+                                            &s.to, &s.tl, NULL)
+                     : mha_mpi_attn_backward(ctx, MPI_COMM_WORLD, NULL, &s.tq, &s.tk, &s.tv, NULL,
+                                             &s.to, &s.tl, &s.to, &s.tdq, &s.tdk, &s.tdv, NULL);
+    if (mt_P == 1) {
+        MT_CHECK(st == MHA_OK, "%s", mha_ctx_errmsg(ctx));
+        return;
+    }
+    MT_STATUS(ctx, st, MHA_ERR_INVALID_ARG,
+              "rank 1 called mha_mpi_attn_backward, expected mha_mpi_attn_forward as rank 0");
+}
+
 TEST(lengths_that_do_not_split) {
     int64_t start[2], len[2];
     MT_STATUS(ctx, mha_mpi_shard(ctx, MHA_MPI_ZIGZAG, 10, 0, 4, start, len), MHA_ERR_SHAPE,
@@ -354,6 +371,7 @@ int main(int argc, char **argv) {
     RUN(matches_one_process);
     RUN(ranks_disagree_on_shapes);
     RUN(ranks_disagree_on_options);
+    RUN(ranks_make_different_calls);
     RUN(lengths_that_do_not_split);
     RUN(error_on_one_rank);
     RUN(allocation_failure_on_one_rank);

@@ -105,10 +105,19 @@ static void fp_print(char *buf, size_t n, const mha__fp *f, int64_t v) {
     } else snprintf(buf, n, "%lld", (long long)v);
 }
 
+/* What each rank contributes to the comparison: the same size whatever the call, so that
+ * ranks that make different calls still meet in one MPI_Allgather, and learn it. */
+typedef struct {
+    char fn[40];
+    int64_t v[MHA__FP_MAX];
+} fp_msg;
+
 mha_status mha__mpi_agree_fp(mha__mpi_call *c, const mha__fp *fp, int n) {
-    int64_t mine[MHA__FP_MAX];
-    for (int i = 0; i < n; i++) mine[i] = fp[i].value;
-    int64_t *all = mha__malloc(sizeof(int64_t) * MHA__FP_MAX * (size_t)c->P);
+    fp_msg mine;
+    memset(&mine, 0, sizeof mine);
+    snprintf(mine.fn, sizeof mine.fn, "%s", c->fn);
+    for (int i = 0; i < n; i++) mine.v[i] = fp[i].value;
+    fp_msg *all = mha__malloc(sizeof(fp_msg) * (size_t)c->P);
     mha_status st =
         all ? MHA_OK
             : mha__err(c->ctx, MHA_ERR_NOMEM, "%s: out of memory (%d ranks' options)", c->fn, c->P);
@@ -116,16 +125,24 @@ mha_status mha__mpi_agree_fp(mha__mpi_call *c, const mha__fp *fp, int n) {
         mha__free(all);
         return st;
     }
-    if (MPI_Allgather(mine, n, MPI_INT64_T, all, n, MPI_INT64_T, c->comm) != MPI_SUCCESS) {
+    if (MPI_Allgather(&mine, (int)sizeof mine, MPI_BYTE, all, (int)sizeof mine, MPI_BYTE,
+                      c->comm) != MPI_SUCCESS) {
         mha__free(all);
         return mha__err(c->ctx, MHA_ERR_IO, "%s: MPI_Allgather failed (agreeing on the options)",
                         c->fn);
     }
-    /* The first entry that differs, and the first rank that differs from rank 0 there: the
-     * same on every rank, since every rank sees every value. */
+    /* The first rank in another call; else the first entry that differs, and the first rank
+     * that differs from rank 0 there: the same on every rank, since every rank sees every
+     * value. */
+    for (int r = 0; r < c->P && !st; r++)
+        if (strncmp(all[r].fn, all[0].fn, sizeof all[r].fn) != 0)
+            st = mha__err(c->ctx, MHA_ERR_INVALID_ARG,
+                          "%s: rank %d called %.40s, expected %.40s as rank 0 (every rank must "
+                          "make the same call)",
+                          c->fn, r, all[r].fn, all[0].fn);
     for (int i = 0; i < n && !st; i++)
         for (int r = 1; r < c->P; r++) {
-            const int64_t got = all[(size_t)r * n + i], want = all[i];
+            const int64_t got = all[r].v[i], want = all[0].v[i];
             if (got == want) continue;
             char g[32], w[32];
             fp_print(g, sizeof g, &fp[i], got);

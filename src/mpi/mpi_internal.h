@@ -62,9 +62,11 @@ typedef struct {
 #define MHA__FP_MAX 32
 int64_t mha__fp_float(float x); /* the bits of x, as a fingerprint value */
 
-/* The ranks compare their n fingerprint entries (n <= MHA__FP_MAX, the same n and names on
- * every rank): MHA_OK if every entry is equal on every rank, else on every rank the first
- * entry that differs, with the lowest rank whose value differs from rank 0's. */
+/* The ranks compare their calls (c->fn) and n fingerprint entries (n <= MHA__FP_MAX, the same
+ * n and names for one call): MHA_OK if every rank makes the same call with equal entries, else
+ * on every rank the first rank in another call ("rank 1 called mha_mpi_attn_backward, expected
+ * mha_mpi_attn_forward as rank 0"), or the first entry that differs, with the lowest rank whose
+ * value differs from rank 0's. */
 mha_status mha__mpi_agree_fp(mha__mpi_call *c, const mha__fp *fp, int n);
 
 /* Non-blocking transfers of the ring, as pieces of at most 1 GiB (an MPI count is an int). */

@@ -32,10 +32,14 @@
  * 2 with --dtype bf16 or f16, q, the caches and out then all of that dtype) beside the
  * machine's memory read bandwidth measured in the same run.
  *
+ * Under mpirun (tools/cli_mpi.h), --core times the ring attention over the ranks, each on its
+ * shard of the sequence, and reports every rank's measurements (mha_mpi_stats).
+ *
  * Steps: validate (parse_args, check_args), plan (plan_bench: buffers, module, FLOPs), measure
  * (warm-up and timed runs), report. */
 #define _DEFAULT_SOURCE /* madvise, MADV_HUGEPAGE */
 #include "cli.h"
+#include "cli_mpi.h"
 
 #include <math.h>
 #include <stdarg.h>
@@ -94,7 +98,13 @@ static void print_help(FILE *f) {
           "  --budget S    stop the timed runs once they took S seconds (at least one run)\n"
           "  --dropout P   attention dropout probability (module: training mode), default 0\n"
           "  --json        print one line holding a JSON object\n"
-          "  --help        this text\n",
+          "  --help        this text\n"
+          "\nunder mpirun -n P (when built with MPI), with --core: every rank times its shard\n"
+          "of the ring attention (mha_mpi_attn_forward / _backward; --seq N is the whole\n"
+          "sequence, split zigzag with --causal) and rank 0 reports the slowest rank's time and\n"
+          "each rank's compute and communication wait, work (multiply-adds), bytes sent and\n"
+          "peak memory, and the work balance max/mean (in the JSON: \"mpi\"); each rank runs\n"
+          "--threads threads (P ranks on C cores want --threads C/P)\n",
           f);
 }
 
@@ -169,6 +179,9 @@ typedef struct {
     /* --decode: the caches, the new token's k and v, each sequence's cached length */
     mha_tensor kc, vc, kn, vn;
     int32_t *lens;
+    /* under mpirun (--core): this rank's ring measurements of the timed runs, [0] forward and
+     * [1] backward */
+    cli_mpi_tally tally[2];
 } bench_state;
 
 /* --decode (the DECODE block at the end of the file) */
@@ -185,6 +198,11 @@ static mha_status run_fwd(bench_state *s) {
         return mha_gemm(s->ctx, (int)a->ta, (int)a->tb, a->m, a->n, a->k, 1.0f, s->ga,
                         a->ta ? a->m : a->k, s->gb, a->tb ? a->k : a->n, a->dtype, 0.0f, s->gc,
                         a->n);
+#ifdef MHA_HAVE_MPI
+    if (a->core && cli_mpi_active())
+        return cli_mpi_attn_forward(s->ctx, &s->params, &s->q, &s->k, &s->v, &s->mask, &s->o,
+                                    a->backward ? &s->lse : NULL, &s->tally[0]);
+#endif
     if (a->core)
         return mha_attn_forward(s->ctx, &s->params, &s->q, &s->k, &s->v, &s->mask, &s->o,
                                 a->backward ? &s->lse : NULL, NULL);
@@ -196,6 +214,11 @@ static mha_status run_fwd(bench_state *s) {
 }
 
 static mha_status run_bwd(bench_state *s) {
+#ifdef MHA_HAVE_MPI
+    if (s->a->core && cli_mpi_active())
+        return cli_mpi_attn_backward(s->ctx, &s->params, &s->q, &s->k, &s->v, &s->mask, &s->o,
+                                     &s->lse, &s->dout, &s->dq, &s->dk, &s->dv, &s->tally[1]);
+#endif
     if (s->a->core)
         return mha_attn_backward(s->ctx, &s->params, &s->q, &s->k, &s->v, &s->mask, &s->o, &s->lse,
                                  &s->dout, &s->dq, &s->dk, &s->dv);
@@ -345,6 +368,30 @@ static int parse_dtype(bench_args *a) {
     return 0;
 }
 
+/* Under mpirun the bench times the ring attention core (mha_mpi_attn_forward / _backward) on
+ * each rank's shard of the sequence: --core, float32, self-attention-shaped (no --seq-k),
+ * without the options the ring does not split (window, softcap, ALiBi) or a step of its own. */
+static int check_mpi_args(const bench_args *a, const cli_opt *opts, int nopts) {
+    static const char *const not_split[] = {"--seq-k",  "--window", "--softcap",     "--alibi",
+                                            "--decode", "--layout", "--need-weights"};
+    const char *hint = "under mpirun: mha bench --core [--causal] [--backward] [--kv-heads G] "
+                       "[--head-dim D] [--dropout P] ...";
+    if (!cli_mpi_active()) return 0;
+    if (a->gemm || !a->core)
+        return cli_usage_error(hint, "under mpirun mha bench times the ring attention core: "
+                                     "--core is required (not the module, not --gemm)");
+    for (size_t i = 0; i < sizeof not_split / sizeof not_split[0]; i++)
+        if (cli_find(opts, nopts, not_split[i])->seen)
+            return cli_usage_error(hint,
+                                   "%s: not supported under mpirun (the ring attention "
+                                   "core: causal or not, GQA, dropout)",
+                                   not_split[i]);
+    if (a->dtype != MHA_DTYPE_F32)
+        return cli_usage_error(hint, "--dtype %s: not supported under mpirun (float32 only)",
+                               a->dtype_arg);
+    return 0;
+}
+
 /* Parses and checks the command line. Returns 0, CLI_HELP (help printed) or a usage error. */
 static int parse_args(int argc, char **argv, bench_args *a) {
     *a = (bench_args){
@@ -397,7 +444,8 @@ static int parse_args(int argc, char **argv, bench_args *a) {
     if ((rc = check_core_opts(a, opts, nopts))) return rc;
     if ((rc = decode_check_args(a))) return rc;
     if ((rc = parse_dtype(a))) return rc;
-    return decode_parse_layout(a);
+    if ((rc = decode_parse_layout(a))) return rc;
+    return check_mpi_args(a, opts, nopts);
 }
 
 /* ---- plan: buffers, tensors, the module and the FLOP counts --------------------------------- */
@@ -438,10 +486,11 @@ static mha_tensor plan_tensor(bench_state *s, bench_plan *p, int nd, const int64
     return mha_tensor_typed(plan_elems(s, p, n, seed, 0), s->a->dtype, nd, sh, NULL);
 }
 
-/* q [B, H, N, D], k and v [B, G, S, D] (G = --kv-heads, S = --seq-k, D = --head-dim), of
- * --dtype (lse float32). */
-static void plan_core(bench_state *s, bench_plan *p, int64_t B, int64_t H, int64_t N, int64_t D) {
-    const int64_t G = s->a->kv_heads, S = s->a->seq_k;
+/* q [B, H, N, D], k and v [B, G, S, D] (G = --kv-heads, S = --seq-k, D = --head-dim; under
+ * mpirun N and S are this rank's shard), of --dtype (lse float32). */
+static void plan_core(bench_state *s, bench_plan *p, int64_t B, int64_t H, int64_t N, int64_t S,
+                      int64_t D) {
+    const int64_t G = s->a->kv_heads;
     int64_t sh[4] = {B, H, N, D}, sk[4] = {B, G, S, D}, sl[3] = {B, H, N};
     s->q = plan_tensor(s, p, 4, sh, 1);
     s->k = plan_tensor(s, p, 4, sk, 2);
@@ -521,8 +570,15 @@ static int plan_bench(bench_state *s, bench_plan *p) {
         double F = 4.0 * B * H * D * attn_pairs(a);
         double P = 2.0 * B * N * E * 3.0 * E + 2.0 * B * N * E * E;
         if (a->decode) plan_decode(s, p), plan_core_mask(s, p);
-        else if (a->core) plan_core(s, p, B, H, N, D), plan_core_mask(s, p);
-        else plan_module(s, p, B, N, E);
+        else if (a->core) {
+            int64_t Nr = N, Sr = a->seq_k;
+#ifdef MHA_HAVE_MPI
+            if (cli_mpi_active() && cli_mpi_shard_len(s->ctx, &s->mask, N, "--seq", &Nr))
+                return CLI_EXIT_RUNTIME;
+            if (cli_mpi_active()) Sr = Nr;
+#endif
+            plan_core(s, p, B, H, Nr, Sr, D), plan_core_mask(s, p);
+        } else plan_module(s, p, B, N, E);
         p->flops_fwd = a->core ? F : F + P;
         p->flops_bwd = a->core ? 2.5 * F : 2.0 * P + 2.5 * F;
     }
@@ -575,37 +631,54 @@ typedef struct {
 } bench_times;
 
 /* Warm-up (--warmup runs, or one run and more for short ones: up to 0.2 s), then up to
- * --runs timed runs (fewer once --budget seconds are spent). Returns 0, or 2 after printing. */
+ * --runs timed runs (fewer once --budget seconds are spent). Under mpirun every rank makes the
+ * same decisions (the slowest rank's clock) and starts each timed run with the others; a run
+ * takes the slowest rank's time. Returns 0, or 2 after printing. */
 static int measure(bench_state *s, const progress *pr, bench_times *t) {
     const bench_args *a = s->a;
-    double warm_until = cli_now_s() + 0.2;
+    const double warm_from = cli_now_s();
     for (int w = 0;
-         a->warmup >= 0 ? w < a->warmup : (w < 1 || (w < 20 && cli_now_s() < warm_until)); w++) {
+         a->warmup >= 0 ? w < a->warmup
+                        : (w < 1 || (w < 20 && cli_mpi_max(cli_now_s() - warm_from) < 0.2));
+         w++) {
         progress_say(pr, "warm-up run %d", w + 1);
         if (run_fwd(s) != MHA_OK) return lib_failed(pr, s->ctx, "forward");
         if (a->backward && run_bwd(s) != MHA_OK) return lib_failed(pr, s->ctx, "backward");
     }
     double timed_from = cli_now_s();
     t->runs = 0;
+    memset(s->tally, 0, sizeof s->tally); /* the ring's measurements of the timed runs only */
     for (int r = 0; r < a->runs; r++) {
-        if (r > 0 && a->budget > 0 && cli_now_s() - timed_from > a->budget) break;
+        if (r > 0 && a->budget > 0 && cli_mpi_max(cli_now_s() - timed_from) > a->budget) break;
         if (r == 0) progress_say(pr, "timed run 1 of %lld", a->runs);
         else
             progress_say(pr, "timed run %d of %lld (the last took %.3f ms)", r + 1, a->runs,
                          t->tt[r - 1] * 1e3);
         t->runs++;
+        cli_mpi_barrier();
         double t0 = cli_now_s();
         mha_status st = run_fwd(s);
         double t1 = cli_now_s();
         if (st == MHA_OK && a->backward) st = run_bwd(s);
         double t2 = cli_now_s();
         if (st != MHA_OK) return lib_failed(pr, s->ctx, "bench");
-        t->tf[r] = t1 - t0, t->tb[r] = t2 - t1, t->tt[r] = t2 - t0;
+        t->tf[r] = cli_mpi_max(t1 - t0), t->tb[r] = cli_mpi_max(t2 - t1);
+        t->tt[r] = cli_mpi_max(t2 - t0);
     }
     return 0;
 }
 
 /* ---- report: medians and rates, as text or one JSON line ---------------------------------- */
+
+/* Under mpirun: every rank's ring measurements and the work balance (text lines, or a JSON
+ * fragment); nothing otherwise. */
+static int report_mpi(const bench_state *s, int json) {
+#ifdef MHA_HAVE_MPI
+    if (cli_mpi_active()) return cli_mpi_bench_report(s->tally, s->a->backward, s->a->causal, json);
+#endif
+    (void)s, (void)json;
+    return 0;
+}
 
 /* The core's shape and options of issue 10: JSON fields (",\"seq_k\":..." inside the object)
  * or, for the text line, the ones that differ from the defaults. */
@@ -626,7 +699,9 @@ static void report_core_opts(const bench_args *a) {
     if (a->alibi) printf(" alibi");
 }
 
-static void report(const bench_state *s, const bench_plan *p, bench_times *t) {
+/* The report; under mpirun with the ranks' own measurements (cli_mpi_bench_report, collective).
+ * Returns 0, or 2 after printing. */
+static int report(const bench_state *s, const bench_plan *p, bench_times *t) {
     const bench_args *a = s->a;
     double med = median(t->tt, t->runs), med_f = median(t->tf, t->runs);
     double med_b = a->backward ? median(t->tb, t->runs) : 0;
@@ -658,8 +733,10 @@ static void report(const bench_state *s, const bench_plan *p, bench_times *t) {
         if (a->backward)
             printf(",\"bwd_median_ms\":%.4f,\"bwd_gflops\":%.3f", med_b * 1e3,
                    p->flops_bwd / med_b * 1e-9);
-        printf(",\"flops\":%.6g}\n", flops);
-        return;
+        printf(",\"flops\":%.6g", flops);
+        int rc = report_mpi(s, 1);
+        printf("}\n");
+        return rc;
     }
     if (a->gemm)
         printf("gemm M %lld N %lld K %lld (ta %lld, tb %lld, %s)", a->m, a->n, a->k, a->ta, a->tb,
@@ -675,6 +752,7 @@ static void report(const bench_state *s, const bench_plan *p, bench_times *t) {
     if (a->backward)
         printf("  forward %.3f ms (%.1f GFLOP/s), backward %.3f ms (%.1f GFLOP/s)\n", med_f * 1e3,
                p->flops_fwd / med_f * 1e-9, med_b * 1e3, p->flops_bwd / med_b * 1e-9);
+    return report_mpi(s, 0);
 }
 
 /* ---- DECODE: one decoding step against a cache, and the memory read bandwidth -------------- */
@@ -814,13 +892,18 @@ static void report_decode(const bench_state *s, bench_times *t) {
            mem, a->bw_mib, threads, mem > 0 ? 100.0 * kv / mem : 0.0);
 }
 
-int mha_cmd_bench(int argc, char **argv) {
+static int bench(int argc, char **argv) {
     bench_args a;
     int rc = parse_args(argc, argv, &a);
     if (rc == CLI_HELP) return CLI_EXIT_OK;
-    if (rc) return rc;
-    mha_ctx *ctx;
-    if ((rc = cli_ctx_create(a.threads_given ? &a.threads : NULL, a.isa, &ctx))) return rc;
+    /* under mpirun each phase ends with every rank agreeing (cli_mpi.h): one error, one code */
+    if ((rc = cli_mpi_agree(rc))) return rc;
+    mha_ctx *ctx = NULL;
+    rc = cli_ctx_create(a.threads_given ? &a.threads : NULL, a.isa, &ctx);
+    if ((rc = cli_mpi_agree(rc))) {
+        mha_ctx_free(ctx);
+        return rc;
+    }
     progress pr = {isatty(STDERR_FILENO)};
     bench_state s = {.ctx = ctx, .a = &a};
     bench_plan p = {0};
@@ -829,13 +912,19 @@ int mha_cmd_bench(int argc, char **argv) {
                      malloc(n * sizeof(double)), 0};
     if (!t.tf || !t.tb || !t.tt) rc = cli_fail("out of memory for the benchmark's timings");
     if (!rc) rc = plan_bench(&s, &p);
-    if (!rc) rc = measure(&s, &pr, &t);
+    if (!(rc = cli_mpi_agree(rc))) rc = cli_mpi_agree(measure(&s, &pr, &t));
     progress_end(&pr);
     if (!rc && a.decode) report_decode(&s, &t);
-    else if (!rc) report(&s, &p, &t);
+    else if (!rc) rc = report(&s, &p, &t);
     mha_module_free(s.mod);
     for (int i = 0; i < p.nb; i++) free(p.bufs[i]);
     free(t.tf), free(t.tb), free(t.tt);
     mha_ctx_free(ctx);
     return rc;
+}
+
+/* Under mpirun (cli_mpi.h) every rank times its shard of the ring (--core). */
+int mha_cmd_bench(int argc, char **argv) {
+    int rc = cli_mpi_begin();
+    return cli_mpi_end(rc ? rc : bench(argc, argv));
 }

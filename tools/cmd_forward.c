@@ -12,8 +12,10 @@
  * Every output is declared first, everything is loaded and checked, then computed, and only
  * then written, all outputs or none (the library's mha_outputs): a failed run leaves no output
  * behind and never changes an earlier one. Usage errors exit 1, runtime failures exit 2, each
- * with one "mha: error:" line. */
+ * with one "mha: error:" line. Under mpirun every rank computes its shard of the sequence and
+ * rank 0 writes (tools/cli_mpi.h). */
 #include "cli.h"
+#include "cli_mpi.h"
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -80,8 +82,18 @@ static void print_help(FILE *f, int backward) {
           "  --per-head               with --attn-out: one map per head, [B, H, L, S]\n"
           "  --threads N              threads to use (0 = all cores, the default)\n"
           "  --isa NAME               kernels: auto (default), generic, avx2 or avx512\n"
-          "  --help                   this text\n"
-          "\nexit status: 0 success, 1 usage error (options, including a --prefix or --heads that\n"
+          "  --help                   this text\n",
+          f);
+    fputs("\nunder mpirun -n P (when built with MPI): every rank reads the inputs and\n"
+          "computes its shard of the sequence (ring attention; with a causal mask the\n"
+          "zigzag split, L a multiple of 2P, else of P); rank 0 writes the outputs, the same\n"
+          "as one process's. Each rank runs --threads threads (all cores by default: P ranks\n"
+          "on C cores want --threads C/P). --attn-out and --attn-mask are not available\n"
+          "there. An error is one line (from rank 0, or \"mha[rank R]: error: ...\" from the\n"
+          "one rank that met it) and every rank exits with its code; mpirun -q keeps\n"
+          "mpirun's own notes about that quiet.\n",
+          f);
+    fputs("\nexit status: 0 success, 1 usage error (options, including a --prefix or --heads that\n"
           "does not fit the weights), 2 runtime failure (files, shapes, dtypes)\n"
           "\nexample:\n",
           f);
@@ -114,11 +126,24 @@ static void run_free(run_state *r) {
     cli_layer_free(&r->l);
 }
 
-/* The backward pass: input gradients, then every gradient gathered into r->grads (inputs,
- * then parameters under their own names). */
-static int run_backward(run_state *r) {
+/* The forward into r->out (and r->weights when want_weights): one process, or under mpirun
+ * every rank its shard, gathered on rank 0. */
+static int layer_forward(run_state *r, mha_forward_opts fo, int want_weights) {
+#ifdef MHA_HAVE_MPI
+    if (cli_mpi_active()) return cli_mpi_layer_forward(&r->l, fo, &r->out);
+#endif
+    return cli_layer_forward(&r->l, fo, &r->out, want_weights ? &r->weights : NULL);
+}
+
+/* The input gradients: mha_module_backward on the whole sequence, or under mpirun every rank
+ * its shard, gathered on rank 0. */
+static int input_grads(run_state *r) {
     cli_layer *l = &r->l;
     mha_ctx *ctx = l->ctx;
+#ifdef MHA_HAVE_MPI
+    if (cli_mpi_active())
+        return cli_mpi_layer_backward(l, &r->dout, &r->dquery, &r->dkey, &r->dvalue);
+#endif
     if (mha_array_alloc(ctx, l->dtype, l->query.ndim, l->query.shape, &r->dquery) ||
         (l->cross && mha_array_alloc(ctx, l->dtype, l->key.ndim, l->key.shape, &r->dkey)) ||
         (l->cross && mha_array_alloc(ctx, l->dtype, l->value.ndim, l->value.shape, &r->dvalue)))
@@ -128,13 +153,23 @@ static int run_backward(run_state *r) {
         tdk = cli_array_tensor(&r->dkey);
         tdv = cli_array_tensor(&r->dvalue);
     }
-    mha_module_zero_grad(l->module);
     if (mha_module_backward(ctx, l->module, &tdy, &tdq, l->cross ? &tdk : NULL,
                             l->cross ? &tdv : NULL) != MHA_OK ||
         cli_array_to(ctx, &r->dquery, MHA_DTYPE_F32) != MHA_OK || /* written as float32 */
         (l->cross && (cli_array_to(ctx, &r->dkey, MHA_DTYPE_F32) != MHA_OK ||
                       cli_array_to(ctx, &r->dvalue, MHA_DTYPE_F32) != MHA_OK)))
         return cli_fail_lib(ctx, NULL);
+    return 0;
+}
+
+/* The backward pass: input gradients, then (on rank 0, the one that writes) every gradient
+ * gathered into r->grads (inputs, then parameters under their own names). */
+static int run_backward(run_state *r) {
+    cli_layer *l = &r->l;
+    mha_ctx *ctx = l->ctx;
+    mha_module_zero_grad(l->module);
+    int rc = input_grads(r);
+    if (rc || cli_mpi_rank() > 0) return rc;
     if (mha_st_create(ctx, &r->grads) != MHA_OK ||
         mha_st_set(ctx, r->grads, "query", &r->dquery) != MHA_OK ||
         (l->cross && (mha_st_set(ctx, r->grads, "key", &r->dkey) != MHA_OK ||
@@ -154,6 +189,19 @@ static int run_backward(run_state *r) {
         mha_array_free(&ga);
     }
     return 0;
+}
+
+/* --grad-out: float32, shaped as the layer's output. */
+static int load_grad_out(run_state *r, const char *path) {
+    int rc = cli_load_float(r->l.ctx, "--grad-out", path, r->l.dtype, &r->dout);
+    if (rc) return rc;
+    int64_t want[3];
+    int wn = cli_layer_out_shape(&r->l, want);
+    if (r->dout.ndim == wn && !memcmp(r->dout.shape, want, (size_t)wn * sizeof(int64_t))) return 0;
+    char gs[96], ws[96];
+    return cli_fail("--grad-out: shape %s, expected %s (the output's shape)",
+                    cli_shape_str(gs, sizeof gs, r->dout.ndim, r->dout.shape),
+                    cli_shape_str(ws, sizeof ws, wn, want));
 }
 
 static int run(int argc, char **argv, int backward) {
@@ -176,68 +224,67 @@ static int run(int argc, char **argv, int backward) {
         print_help(stdout, backward);
         return CLI_EXIT_OK;
     }
-    if (rc) return rc;
-    if (!backward && !out) return cli_missing(cmd, "--out");
-    if (backward && !grad_out) return cli_missing(cmd, "--grad-out");
-    if (backward && !grads_out) return cli_missing(cmd, "--grads-out");
-    if (per_head && !attn_out)
-        return cli_usage_error("--per-head chooses the layout of the --attn-out file",
-                               "--per-head needs --attn-out");
+    if (!rc && !backward && !out) rc = cli_missing(cmd, "--out");
+    if (!rc && backward && !grad_out) rc = cli_missing(cmd, "--grad-out");
+    if (!rc && backward && !grads_out) rc = cli_missing(cmd, "--grads-out");
+    if (!rc && per_head && !attn_out)
+        rc = cli_usage_error("--per-head chooses the layout of the --attn-out file",
+                             "--per-head needs --attn-out");
+    if (!rc) rc = cli_mpi_layer_check(&la, attn_out != NULL);
+    /* under mpirun each phase ends with every rank agreeing (cli_mpi.h): one error, one code */
+    if ((rc = cli_mpi_agree(rc))) return rc;
     /* Every output declared before anything is loaded: two names for one file (through ".",
-     * a link, ...) are a usage error, a directory or a device fails now, not after computing. */
+     * a link, ...) are a usage error, a directory or a device fails now, not after computing.
+     * Under mpirun rank 0 alone writes. */
     cli_outputs outs;
     memset(&outs, 0, sizeof outs);
     int i_out = -1, i_attn = -1, i_grads = -1;
-    if ((out && (rc = cli_outputs_add(&outs, "--out", out, &i_out))) ||
-        (attn_out && (rc = cli_outputs_add(&outs, "--attn-out", attn_out, &i_attn))) ||
-        (backward && (rc = cli_outputs_add(&outs, "--grads-out", grads_out, &i_grads)))) {
-        cli_outputs_free(&outs);
-        return rc;
+    if (cli_mpi_rank() == 0) {
+        if (out) rc = cli_outputs_add(&outs, "--out", out, &i_out);
+        if (!rc && attn_out) rc = cli_outputs_add(&outs, "--attn-out", attn_out, &i_attn);
+        if (!rc && backward) rc = cli_outputs_add(&outs, "--grads-out", grads_out, &i_grads);
     }
-
-    /* --- load and check every input before computing anything (exit 2 from here on) --- */
     run_state r;
     memset(&r, 0, sizeof r);
-    if ((rc = cli_layer_load(&la, &r.l))) goto done;
+    if ((rc = cli_mpi_agree(rc))) goto done;
+
+    /* --- load and check every input before computing anything (exit 2 from here on) --- */
+    rc = cli_layer_load(&la, &r.l);
+    if (!rc && backward) rc = load_grad_out(&r, grad_out);
+    if ((rc = cli_mpi_agree(rc))) goto done;
     cli_layer *l = &r.l;
     mha_ctx *ctx = l->ctx;
-    if (backward) {
-        if ((rc = cli_load_float(ctx, "--grad-out", grad_out, l->dtype, &r.dout))) goto done;
-        int64_t want[3];
-        int wn = cli_layer_out_shape(l, want);
-        if (r.dout.ndim != wn || memcmp(r.dout.shape, want, (size_t)wn * sizeof(int64_t))) {
-            char gs[96], ws[96];
-            rc = cli_fail("--grad-out: shape %s, expected %s (the output's shape)",
-                          cli_shape_str(gs, sizeof gs, r.dout.ndim, r.dout.shape),
-                          cli_shape_str(ws, sizeof ws, wn, want));
-            goto done;
-        }
-    }
 
     /* --- compute --- */
-    if (attn_out && cli_layer_weights_alloc(l, per_head, &r.weights) != MHA_OK) {
+    if (attn_out && cli_layer_weights_alloc(l, per_head, &r.weights) != MHA_OK)
         rc = cli_fail_lib(ctx, NULL);
-        goto done;
-    }
     mha_forward_opts fo = mha_forward_opts_default();
     fo.training = 0;
     fo.average_weights = !per_head;
     fo.save_for_backward = backward;
-    if ((rc = cli_layer_forward(l, fo, &r.out, attn_out ? &r.weights : NULL))) goto done;
-    if (backward && (rc = run_backward(&r))) goto done;
+    if (!rc) rc = layer_forward(&r, fo, attn_out != NULL);
+    if (!rc && backward) rc = run_backward(&r);
+    if ((rc = cli_mpi_agree(rc))) goto done;
 
     /* --- write: only now that everything is computed, and all or nothing --- */
-    if ((out && (rc = cli_outputs_write_npy(ctx, &outs, i_out, &r.out))) ||
-        (attn_out && (rc = cli_outputs_write_npy(ctx, &outs, i_attn, &r.weights))) ||
-        (backward && (rc = cli_outputs_write_st(ctx, &outs, i_grads, r.grads))) ||
-        (rc = cli_outputs_commit(ctx, &outs)))
-        goto done;
-    rc = CLI_EXIT_OK;
+    if (cli_mpi_rank() == 0) {
+        if (out) rc = cli_outputs_write_npy(ctx, &outs, i_out, &r.out);
+        if (!rc && attn_out) rc = cli_outputs_write_npy(ctx, &outs, i_attn, &r.weights);
+        if (!rc && backward) rc = cli_outputs_write_st(ctx, &outs, i_grads, r.grads);
+        if (!rc) rc = cli_outputs_commit(ctx, &outs);
+    }
+    rc = cli_mpi_agree(rc);
 done:
     cli_outputs_free(&outs);
     run_free(&r);
     return rc;
 }
 
-int mha_cmd_forward(int argc, char **argv) { return run(argc, argv, 0); }
-int mha_cmd_backward(int argc, char **argv) { return run(argc, argv, 1); }
+/* Under mpirun (cli_mpi.h) every rank runs the command on its shard of the sequence. */
+static int run_mpi(int argc, char **argv, int backward) {
+    int rc = cli_mpi_begin();
+    return cli_mpi_end(rc ? rc : run(argc, argv, backward));
+}
+
+int mha_cmd_forward(int argc, char **argv) { return run_mpi(argc, argv, 0); }
+int mha_cmd_backward(int argc, char **argv) { return run_mpi(argc, argv, 1); }

@@ -895,46 +895,47 @@ TEST(dsoftmax_matches_generic) {
     }
 }
 
-/* The bf16 forward's exp of probabilities (avx512/vexp.h: mha__vexp512_prob, only for values
- * rounded to bfloat16 afterwards): a dense sweep of [-87, 0] within 8e-6 relative (1/250 of
- * bfloat16's half-ulp), below that within 8e-6 relative plus the smallest subnormal, exactly 1
- * at 0, +0 at -inf, NaN stays NaN. Compiled for AVX-512 here, run where the CPU has it. */
-#pragma GCC push_options
-#pragma GCC target("avx512f")
-#include "kernels/x86/avx512/vexp.h"
-static void exp_prob16(const float *d, float *out) {
-    _mm512_storeu_ps(out, mha__vexp512_prob(_mm512_loadu_ps(d)));
-}
-#pragma GCC pop_options
-
+/* The exp of the bf16 kernels' probabilities, through attn_probs_bf16 with lse = 0 and no mask
+ * (exp(S), as exp_through_probs below): a dense sweep of [-87, 0] within 8e-6 relative (1/250
+ * of bfloat16's half-ulp: they are rounded to bf16 as product operands), below that within
+ * 8e-6 relative plus the smallest subnormal; exactly 1 at 0, +0 at -inf and below -104, NaN
+ * stays NaN. Every table that has the entry (AVX512_BF16 CPUs). */
 TEST(exp_prob_bf16) {
-    if (!mha_isa_supported(MHA_ISA_AVX512)) {
-        printf("  (no AVX-512 on this CPU: mha__vexp512_prob never runs here)\n");
-        return;
-    }
-    const int64_t total = (int64_t)1 << 23;
-    double worst = 0, wx = 0;
-    float d[16], y[16];
-    for (int64_t base = 0; base < total; base += 16) {
-        for (int j = 0; j < 16; j++) d[j] = (float)(-150.0 * (double)(base + j) / (double)total);
-        exp_prob16(d, y);
-        for (int j = 0; j < 16; j++) {
-            double w = exp((double)d[j]), e = fabs(y[j] - w);
-            if (d[j] >= -87.0f) e /= w;
-            else if (!(e <= 8e-6 * w + 0x1p-149)) FAILF("exp(%.9g): got %.9g", d[j], y[j]);
-            else e = 0;
-            if (!(e <= worst)) worst = e, wx = d[j];
+    for (int i = 0; i < nisa; i++) {
+        const mha_kernels *kk = isas[i];
+        if (!kk->attn_probs_bf16) continue;
+        int64_t br = kk->attn_br, bc = kk->attn_bc - 1, per = br * bc;
+        float *X = fbuf(per), *Y = fbuf(per), lse[256] = {0};
+        mha__attn_tile_mask mk = {.col_end = bc,
+                                  .diag = MHA__ATTN_NO_DIAG,
+                                  .pad = NULL,
+                                  .bmask = NULL,
+                                  .fmask = NULL,
+                                  .ld_mask = 0};
+        const int64_t total = (int64_t)1 << 23;
+        double worst = 0, wx = 0;
+        for (int64_t base = 0; base < total; base += per) {
+            for (int64_t j = 0; j < per; j++)
+                X[j] = Y[j] = (float)(-150.0 * (double)(base + j) / (double)total);
+            kk->attn_probs_bf16(br, bc, Y, bc, &mk, lse, NULL);
+            for (int64_t j = 0; j < per; j++) {
+                double w = exp((double)X[j]), e = fabs(Y[j] - w);
+                if (X[j] >= -87.0f) e /= w;
+                else if (!(e <= 8e-6 * w + 0x1p-149)) FAILF("exp(%.9g): got %.9g", X[j], Y[j]);
+                else e = 0;
+                if (!(e <= worst)) worst = e, wx = X[j];
+            }
         }
+        printf("  %s exp_prob: max rel err %.3g over [-87, 0] (at %.9g)\n", kk->name, worst, wx);
+        free(X), free(Y);
+        ASSERT_TRUE(worst <= 8e-6);
+        float sy[8] = {0.0f, -0.0f, -INFINITY, NAN, -1e30f, -104.0f, -1.0f, -20.0f};
+        kk->attn_probs_bf16(1, 8, sy, 8, &mk, lse, NULL);
+        ASSERT_TRUE(sy[0] == 1.0f && sy[1] == 1.0f);
+        ASSERT_TRUE(sy[2] == 0.0f && !signbit(sy[2]) && sy[4] == 0.0f);
+        ASSERT_TRUE(isnan(sy[3]));
+        ASSERT_TRUE(sy[5] >= 0.0f && sy[5] < 1e-44f);
     }
-    printf("  exp_prob: max rel err %.3g over [-87, 0] (at %.9g)\n", worst, wx);
-    ASSERT_TRUE(worst <= 8e-6);
-    float sp[16] = {0.0f,  -0.0f,  -INFINITY, NAN,   -1e30f, -104.0f, -0.5f,  -1.0f,
-                    -2.0f, -0.25f, -1e-7f,    -3.0f, -10.0f, -20.0f,  -40.0f, -80.0f};
-    exp_prob16(sp, y);
-    ASSERT_TRUE(y[0] == 1.0f && y[1] == 1.0f);
-    ASSERT_TRUE(y[2] == 0.0f && !signbit(y[2]) && y[4] == 0.0f);
-    ASSERT_TRUE(isnan(y[3]));
-    ASSERT_TRUE(y[5] >= 0.0f && y[5] < 1e-44f);
 }
 
 /* exp as the kernels compute it: attn_probs with lse = 0 and no mask gives exp(S) (x - 0 is

@@ -336,7 +336,7 @@ static void bwd_pair_bf16(const bwd_call *c, const bwd_task *t, const bwd_tiles 
     const mha__attn_tile_mask mk = x->mk;
     float *P = w->P, *dP = w->dP, *G = pr->softcap > 0 ? w->G : NULL;
     kern->attn_scores_bf16(br, bc, D, pr->scale, w->qa + i0 * c->np, c->np, w->kp, P, BC);
-    kern->attn_probs(br, bc, P, BC, &mk, w->lt, G);
+    kern->attn_probs_bf16(br, bc, P, BC, &mk, w->lt, G);
     kern->attn_scores_bf16(br, bc, Dv, 1.0f, w->ga + i0 * c->nvp, c->nvp, w->vp, dP, BC);
     const float *W = bwd_dropout(c, t, w, &mk, i0, j0, br, bc);
     /* dv += W^T dout (pairs of query rows: i0 is even) */

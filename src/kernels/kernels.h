@@ -221,12 +221,15 @@ static inline float mha__attn_score_mod(const mha__attn_tile_mask *mk, float s, 
  *       and the product with V on the probabilities ROUNDED to bf16 (m and l from the float32
  *       ones): O = diag(alpha) O + bf16(P) V, accumulated in float32. P [br, ldp >= bc]
  *       float32 scratch. Same tiles (attn_fwd_br, attn_fwd_bc), rules and determinism as
- *       attn_fwd.
+ *       attn_fwd. The probabilities' exp may be coarser than attn_fwd's: relative error
+ *       below 8e-6 (they are rounded to bf16, half-ulp 2^-9, as operands).
  */
 /* BFLOAT16 BACKWARD (optional as the forward's; the driver keeps P, dP and dS in float32 and
  * rounds them to bf16 pairs only for the products, as the forward rounds P):
  *   attn_scores_bf16(br, bc, n, scale, A, lda, Kp, S, lds): S[br, bc] = scale * A Kp^T, A bf16
  *       rows [br, np] (elements n .. np zero), Kp a key tile packed by attn_kpack_bf16
+ *   attn_probs_bf16: attn_probs (same arguments and rules) with the bf16 forward's exp
+ *       (relative error below 8e-6: P is rounded to bf16 for its products)
  *   attn_pairs_bf16(br, bc, P, ldp): in place, row r's P[r][2t], P[r][2t+1] rounded to bf16 as
  *       one 32-bit pair at byte 4t of the row (t < ceil(bc / 2); an odd bc's last pair gets 0)
  *   attn_tpairs_bf16(br, bc, P, ldp, T, ldt): T (bf16) pair (s, c) at T + 2 (s ldt + c) =
@@ -408,6 +411,7 @@ typedef struct mha_kernels {
     mha__attn_fwd_bf16_t *attn_fwd_bf16;
     int64_t attn_bf16_pw;
     mha__attn_scores_bf16_t *attn_scores_bf16; /* the bf16 backward (BFLOAT16 BACKWARD above) */
+    mha__attn_probs_fn attn_probs_bf16;
     mha__attn_pairs_bf16_t *attn_pairs_bf16;
     mha__attn_tpairs_bf16_t *attn_tpairs_bf16;
     mha__attn_pv_bf16_t *attn_pv_bf16;
@@ -438,6 +442,7 @@ mha__attn_kpack_bf16_t mha__attn_kpack_bf16_avx512bf16;
 mha__attn_vpack_bf16_t mha__attn_vpack_bf16_avx512bf16;
 mha__attn_fwd_bf16_t mha__attn_fwd_bf16_avx512bf16;
 mha__attn_scores_bf16_t mha__attn_scores_bf16_avx512bf16;
+mha__attn_probs_t mha__attn_probs_bf16_avx512bf16;
 mha__attn_pairs_bf16_t mha__attn_pairs_bf16_avx512bf16;
 mha__attn_tpairs_bf16_t mha__attn_tpairs_bf16_avx512bf16;
 mha__attn_pv_bf16_t mha__attn_pv_bf16_avx512bf16;

@@ -303,12 +303,14 @@ void KERNEL(ptv)(int64_t br, int64_t bc, int64_t n, const float *P, int64_t ldp,
 #endif
 
 /* S = exp(mod(S) + fmask - lse[r]) in place; excluded keys and rows with lse = -inf exactly 0
- * (vf_maskz after the exp: exp(-inf - lse) is never needed); dcap: the softcap's derivative. */
-#ifndef SKEL_BF16_ONLY
-void KERNEL(probs)(int64_t br, int64_t bc, float *S, int64_t lds, const mha__attn_tile_mask *mk,
-                   const float *lse, float *dcap) {
+ * (vf_maskz after the exp: exp(-inf - lse) is never needed); dcap: the softcap's derivative.
+ * lp (a compile-time constant, only with SKEL_BF16): the exp of probabilities rounded to bf16
+ * afterwards (vf_exp_prob). */
+INL void probs_tile(const int lp, int64_t br, int64_t bc, float *S, int64_t lds,
+                    const mha__attn_tile_mask *mk, const float *lse, float *dcap) {
     const vf one = vf_set1(1.0f), vcap = vf_set1(mk->softcap);
     const vf vinv = vf_set1(mk->softcap > 0 ? 1.0f / mk->softcap : 0.0f);
+    (void)lp;
     for (int64_t r = 0; r < br; r++) {
         float *s = S + r * lds;
         int64_t end = mha__attn_tile_row_end(mk, r, bc),
@@ -328,9 +330,21 @@ void KERNEL(probs)(int64_t br, int64_t bc, float *S, int64_t lds, const mha__att
             }
             if (mk->slope != 0) x = alibi_v(mk, x, r, c);
             if (fm) x = vf_add(x, vf_mload(fm + c, ka));
+#ifdef SKEL_BF16
+            if (lp) {
+                vf_mstore(s + c, kw, vf_maskz(ka, vf_exp_prob(vf_sub(x, vl))));
+                continue;
+            }
+#endif
             vf_mstore(s + c, kw, vf_maskz(ka, vf_exp(vf_sub(x, vl))));
         }
     }
+}
+
+#ifndef SKEL_BF16_ONLY
+void KERNEL(probs)(int64_t br, int64_t bc, float *S, int64_t lds, const mha__attn_tile_mask *mk,
+                   const float *lse, float *dcap) {
+    probs_tile(0, br, bc, S, lds, mk, lse, dcap);
 }
 #endif
 
@@ -705,6 +719,12 @@ void KERNEL(fwd_bf16)(int64_t br, int64_t bc, int64_t n, int64_t nv, float scale
                       const mha__attn_tile_mask *mk, float *m, float *l, float *O, int64_t ldo,
                       float *P, int64_t ldp, const uint8_t *keep, int64_t ldk) {
     fwd_tile(1, br, bc, n, nv, scale, A, lda, Kp, Vp, 0, mk, m, l, O, ldo, P, ldp, keep, ldk);
+}
+
+/* kernels.h: attn_probs_bf16 */
+void KERNEL(probs_bf16)(int64_t br, int64_t bc, float *S, int64_t lds,
+                        const mha__attn_tile_mask *mk, const float *lse, float *dcap) {
+    probs_tile(1, br, bc, S, lds, mk, lse, dcap);
 }
 
 /* The bf16 backward's products (BFLOAT16 BACKWARD in kernels.h). */

@@ -8,6 +8,7 @@ void mha__kernels_init_avx512bf16(mha_kernels *k) {
     k->attn_fwd_bf16 = mha__attn_fwd_bf16_avx512bf16;
     k->attn_bf16_pw = 64; /* the skeleton's PW: VL x NVMAX keys per panel */
     k->attn_scores_bf16 = mha__attn_scores_bf16_avx512bf16;
+    k->attn_probs_bf16 = mha__attn_probs_bf16_avx512bf16;
     k->attn_pairs_bf16 = mha__attn_pairs_bf16_avx512bf16;
     k->attn_tpairs_bf16 = mha__attn_tpairs_bf16_avx512bf16;
     k->attn_pv_bf16 = mha__attn_pv_bf16_avx512bf16;

@@ -895,42 +895,54 @@ TEST(dsoftmax_matches_generic) {
     }
 }
 
-/* The exp of the bf16 kernels' probabilities, through attn_probs_bf16 with lse = 0 and no mask
- * (exp(S), as exp_through_probs below): a dense sweep of [-87, 0] within 8e-6 relative (1/250
- * of bfloat16's half-ulp: they are rounded to bf16 as product operands), below that within
- * 8e-6 relative plus the smallest subnormal; exactly 1 at 0, +0 at -inf and below -104, NaN
- * stays NaN. Every table that has the entry (AVX512_BF16 CPUs). */
+/* exp(x) for x in [lo, hi] through a probs kernel (attn_probs or attn_probs_bf16) with lse = 0
+ * and no mask (x - 0 is exact): 2^23 points in rows of attn_bc - 1 keys (so masked tails).
+ * Returns the largest relative error where x >= rel_from (*wx: that x); below it (results in
+ * the subnormal range) each must lie within tol relative plus the smallest subnormal. */
+static double exp_sweep(const mha_kernels *kk, mha__attn_probs_fn probs, double lo, double hi,
+                        double rel_from, double tol, double *wx) {
+    int64_t br = kk->attn_br, bc = kk->attn_bc - 1, per = br * bc;
+    float *X = fbuf(per), *Y = fbuf(per), lse[256] = {0};
+    mha__attn_tile_mask mk = {.col_end = bc, .diag = MHA__ATTN_NO_DIAG, .ld_mask = 0};
+    const int64_t total = (int64_t)1 << 23;
+    double worst = 0;
+    *wx = 0;
+    for (int64_t base = 0; base < total; base += per) {
+        for (int64_t j = 0; j < per; j++)
+            X[j] = Y[j] = (float)(lo + (hi - lo) * (double)(base + j) / (double)total);
+        probs(br, bc, Y, bc, &mk, lse, NULL);
+        for (int64_t j = 0; j < per; j++) {
+            double w = exp((double)X[j]), e = fabs(Y[j] - w);
+            if (X[j] >= rel_from) e /= w;
+            else if (!(e <= tol * w + 0x1p-149)) FAILF("exp(%.9g): got %.9g", X[j], Y[j]);
+            else e = 0;
+            if (!(e <= worst)) worst = e, *wx = X[j];
+        }
+    }
+    free(X), free(Y);
+    return worst;
+}
+
+/* The special values of exp through probs: sy[n] in place (lse 0, no mask). */
+static void exp_special(mha__attn_probs_fn probs, float *sy, int64_t n) {
+    float lse[1] = {0};
+    mha__attn_tile_mask mk = {.col_end = n, .diag = MHA__ATTN_NO_DIAG, .ld_mask = 0};
+    probs(1, n, sy, n, &mk, lse, NULL);
+}
+
+/* The exp of the bf16 kernels' probabilities, through attn_probs_bf16: [-87, 0] within 8e-6
+ * relative (1/250 of bfloat16's half-ulp: they are rounded to bf16 as product operands), down
+ * to -150 within 8e-6 relative plus the smallest subnormal; exactly 1 at 0, +0 at -inf and
+ * below -104, NaN stays NaN. Every table that has the entry (AVX512_BF16 CPUs). */
 TEST(exp_prob_bf16) {
     for (int i = 0; i < nisa; i++) {
         const mha_kernels *kk = isas[i];
         if (!kk->attn_probs_bf16) continue;
-        int64_t br = kk->attn_br, bc = kk->attn_bc - 1, per = br * bc;
-        float *X = fbuf(per), *Y = fbuf(per), lse[256] = {0};
-        mha__attn_tile_mask mk = {.col_end = bc,
-                                  .diag = MHA__ATTN_NO_DIAG,
-                                  .pad = NULL,
-                                  .bmask = NULL,
-                                  .fmask = NULL,
-                                  .ld_mask = 0};
-        const int64_t total = (int64_t)1 << 23;
-        double worst = 0, wx = 0;
-        for (int64_t base = 0; base < total; base += per) {
-            for (int64_t j = 0; j < per; j++)
-                X[j] = Y[j] = (float)(-150.0 * (double)(base + j) / (double)total);
-            kk->attn_probs_bf16(br, bc, Y, bc, &mk, lse, NULL);
-            for (int64_t j = 0; j < per; j++) {
-                double w = exp((double)X[j]), e = fabs(Y[j] - w);
-                if (X[j] >= -87.0f) e /= w;
-                else if (!(e <= 8e-6 * w + 0x1p-149)) FAILF("exp(%.9g): got %.9g", X[j], Y[j]);
-                else e = 0;
-                if (!(e <= worst)) worst = e, wx = X[j];
-            }
-        }
+        double wx, worst = exp_sweep(kk, kk->attn_probs_bf16, -150.0, 0.0, -87.0, 8e-6, &wx);
         printf("  %s exp_prob: max rel err %.3g over [-87, 0] (at %.9g)\n", kk->name, worst, wx);
-        free(X), free(Y);
         ASSERT_TRUE(worst <= 8e-6);
         float sy[8] = {0.0f, -0.0f, -INFINITY, NAN, -1e30f, -104.0f, -1.0f, -20.0f};
-        kk->attn_probs_bf16(1, 8, sy, 8, &mk, lse, NULL);
+        exp_special(kk->attn_probs_bf16, sy, 8);
         ASSERT_TRUE(sy[0] == 1.0f && sy[1] == 1.0f);
         ASSERT_TRUE(sy[2] == 0.0f && !signbit(sy[2]) && sy[4] == 0.0f);
         ASSERT_TRUE(isnan(sy[3]));
@@ -938,37 +950,18 @@ TEST(exp_prob_bf16) {
     }
 }
 
-/* exp as the kernels compute it: attn_probs with lse = 0 and no mask gives exp(S) (x - 0 is
- * exact), by the vectorized exp that a SIMD table's attn_probs and attn_fwd share. A dense
- * sweep of [-88, 1] (max relative error <= 1e-6; rows of attn_bc - 1 keys, so masked tails)
- * and special values: -inf and anything below -110 give exactly +0, NaN stays NaN. */
+/* exp as the kernels compute it: attn_probs with lse = 0 and no mask gives exp(S), by the
+ * vectorized exp that a SIMD table's attn_probs and attn_fwd share. A dense sweep of [-88, 1]
+ * (max relative error <= 1e-6) and special values: -inf and anything below -110 give exactly
+ * +0, NaN stays NaN. */
 TEST(exp_through_probs) {
     for (int i = 0; i < nisa; i++) {
         const mha_kernels *kk = isas[i];
-        int64_t br = kk->attn_br, bc = kk->attn_bc - 1, per = br * bc;
-        float *X = fbuf(per), *Y = fbuf(per), lse[256] = {0};
-        mha__attn_tile_mask mk = {.col_end = bc,
-                                  .diag = MHA__ATTN_NO_DIAG,
-                                  .pad = NULL,
-                                  .bmask = NULL,
-                                  .fmask = NULL,
-                                  .ld_mask = 0};
-        const int64_t total = (int64_t)1 << 23; /* 2^23 points, step ~1.05e-5 */
-        double worst = 0, wx = 0;
-        for (int64_t base = 0; base < total; base += per) {
-            for (int64_t j = 0; j < per; j++)
-                X[j] = Y[j] = (float)(-88.0 + 89.0 * (double)(base + j) / (double)total);
-            kk->attn_probs(br, bc, Y, bc, &mk, lse, NULL);
-            for (int64_t j = 0; j < per; j++) {
-                double w = exp((double)X[j]), e = fabs(Y[j] - w) / w;
-                if (!(e <= worst)) worst = e, wx = X[j];
-            }
-        }
+        double wx, worst = exp_sweep(kk, kk->attn_probs, -88.0, 1.0, -88.0, 0, &wx);
         if (!(worst <= 1e-6)) FAILF("%s exp: max rel err %.3g at x = %.9g", kk->name, worst, wx);
         printf("  %s exp: max rel err %.3g over [-88, 1] (at x = %.9g)\n", kk->name, worst, wx);
         float sy[9] = {-INFINITY, -1e30f, -1000.0f, -110.0f, -104.0f, 0.0f, NAN, -0.0f, 1.0f};
-        kk->attn_probs(1, 9, sy, 9, &mk, lse, NULL);
-        free(X), free(Y);
+        exp_special(kk->attn_probs, sy, 9);
         ASSERT_TRUE(sy[0] == 0.0f && !signbit(sy[0]));
         ASSERT_TRUE(sy[1] == 0.0f && sy[2] == 0.0f && sy[3] == 0.0f);
         ASSERT_TRUE(sy[4] >= 0.0f && sy[4] < 1e-44f);

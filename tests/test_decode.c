@@ -569,7 +569,9 @@ TEST(prefill_reference) {
 }
 
 /* FlashAttention's memory layout: caches [B, Smax, Hkv, D], q and out [B, L, H, D] (padded
- * rows), as strided views: the same numbers as the contiguous layout, bitwise (both paths). */
+ * rows), as strided views: both layouts agree with the reference; the prefill (case 1) gives
+ * the same bits for both. The decode kernel walks the interleaved heads' keys in shorter blocks
+ * (DEC_KB_HEADS), so decoding differs within rounding. */
 TEST(strided_bshd) {
     const dcase cases[] = {
         {.B = 2,
@@ -593,13 +595,27 @@ TEST(strided_bshd) {
          .Lnew = 9,
          .lens = {100, 0},
          .causal = 1},
+        {.B = 1,
+         .H = 8,
+         .Hkv = 4,
+         .L = 1,
+         .D = 128,
+         .Dv = 128,
+         .Smax = 1200,
+         .Lnew = 1,
+         .lens = {1100},
+         .alibi = 1},
     };
+    const size_t ncase = sizeof cases / sizeof cases[0];
     mha_ctx *ctx = new_ctx();
     FOR_EACH_ISA(ctx) {
-        for (size_t k = 0; k < 6; k++) {
+        for (size_t k = 0; k < 3 * ncase; k++) {
             dcase c = cases[k / 3];
             c.dt = DTYPES[k % 3];
+            c.layout = 1;
             if (!check_case(ctx, &c, "bshd reference")) return;
+            c.layout = 0;
+            if (k / 3 != 1) continue; /* decoding: blocks of different lengths */
             dbufs a, b;
             rng_state = 77, c.layout = 0, bufs_make(&c, &a);
             rng_state = 77, c.layout = 1, bufs_make(&c, &b);
@@ -677,6 +693,18 @@ TEST(threads_bitwise) {
          .window = 1,
          .wl = 700,
          .wr = -1},
+        /* the same with [B, S, H, D] caches: the interleaved heads' blocks whatever the group */
+        {.B = 1,
+         .H = 8,
+         .Hkv = 4,
+         .L = 1,
+         .D = 64,
+         .Dv = 48,
+         .Smax = 1000,
+         .Lnew = 1,
+         .lens = {990},
+         .alibi = 1,
+         .layout = 1},
     };
     mha_ctx *ctx = new_ctx();
     FOR_EACH_ISA(ctx) {
@@ -685,7 +713,8 @@ TEST(threads_bitwise) {
             cd.dt = DTYPES[k % 3];
             const dcase *c = &cd;
             const int64_t n = c->B * c->H * c->L * c->Dv, nl = c->B * c->H * c->L;
-            float *o1 = malloc(sizeof(float) * (size_t)n), *l1 = malloc(sizeof(float) * (size_t)nl);
+            float *o1 = malloc(sizeof(float) * (size_t)n), *on = malloc(sizeof(float) * (size_t)n);
+            float *l1 = malloc(sizeof(float) * (size_t)nl);
             int same = 1;
             for (int nt = 1; nt <= 3; nt++) {
                 dbufs d;
@@ -693,10 +722,10 @@ TEST(threads_bitwise) {
                 bufs_make(c, &d);
                 ASSERT_OK(ctx, mha_ctx_set_threads(ctx, nt));
                 ASSERT_OK(ctx, run_kvcache(ctx, c, &d));
+                view_get(&d.out.t, nt == 1 ? o1 : on);
                 if (nt == 1) {
-                    memcpy(o1, d.out.buf, sizeof(float) * (size_t)n);
                     memcpy(l1, d.lse, sizeof(float) * (size_t)nl);
-                } else if (memcmp(o1, d.out.buf, sizeof(float) * (size_t)n) ||
+                } else if (memcmp(o1, on, sizeof(float) * (size_t)n) ||
                            memcmp(l1, d.lse, sizeof(float) * (size_t)nl)) {
                     FAILF("[%s, %s] case %zu: %d threads differ from 1",
                           mha_isa_name(mha_ctx_isa(ctx)), mha_dtype_name(c->dt), k / 3, nt);
@@ -704,7 +733,7 @@ TEST(threads_bitwise) {
                 }
                 bufs_free(&d);
             }
-            free(o1), free(l1);
+            free(o1), free(on), free(l1);
             ASSERT_TRUE(same);
         }
         ASSERT_OK(ctx, mha_ctx_set_threads(ctx, 0));
@@ -1256,14 +1285,19 @@ TEST(module_cached_projects_new_tokens_only) {
  * ---------------------------------------------------------------------------------------- */
 
 /* attn_decode of each table against the generic kernel on edge shapes: 1..16 rows (partial
- * register blocks), 1..3 heads per call with strides, chunks of 1 key to several 64-key
- * blocks, head dims 1, 7, 64, 80, 128 and nv 0, rows with empty, partial and full key ranges,
- * softcap and ALiBi; m and l within rounding, O within rounding of its scale. */
+ * register blocks), 1..4 heads per call with strides, the heads one after another or
+ * interleaved key by key (the [B, S, H, D] layout: shorter blocks), chunks of 1 key to several
+ * blocks, head dims 1, 7, 64, 80, 128, 200 and nv 0 to 200 (float32 pv panels of a whole row
+ * and a part), rows with empty, partial and full key ranges, softcap and ALiBi; m and l within
+ * rounding, O within rounding of its scale. */
 TEST(decode_kernel_vs_generic) {
     const mha_kernels *gen = mha__kernels_for(MHA_ISA_GENERIC);
-    const int64_t shapes[][5] = {/* nh, rows, bc, n, nv */
-                                 {1, 1, 1, 1, 1},      {1, 4, 64, 64, 64},  {2, 3, 65, 7, 5},
-                                 {3, 16, 200, 80, 80}, {1, 5, 130, 128, 0}, {2, 8, 512, 16, 33}};
+    const int64_t shapes[][6] = {/* nh, rows, bc, n, nv, heads interleaved */
+                                 {1, 1, 1, 1, 1, 0},       {1, 4, 64, 64, 64, 0},
+                                 {2, 3, 65, 7, 5, 0},      {3, 16, 200, 80, 80, 0},
+                                 {1, 5, 130, 128, 0, 0},   {2, 8, 512, 16, 33, 0},
+                                 {3, 4, 150, 128, 200, 1}, {2, 1, 40, 200, 128, 0},
+                                 {4, 5, 70, 64, 64, 1},    {1, 2, 33, 128, 128, 1}};
     for (int isa = MHA_ISA_AVX2; isa <= MHA_ISA_AVX512; isa++) {
         const mha_kernels *kk = mha__kernels_for((mha_isa)isa);
         if (!kk) continue;
@@ -1271,19 +1305,22 @@ TEST(decode_kernel_vs_generic) {
             for (int mods = 0; mods < 4; mods++) {
                 const mha_dtype dt = DTYPES[k % 3]; /* the cache's element type */
                 const int64_t nh = shapes[k / 3][0], rows = shapes[k / 3][1], bc = shapes[k / 3][2];
-                const int64_t n = shapes[k / 3][3], nv = shapes[k / 3][4], ldk = n + 5,
-                              ldv = nv + 3;
-                const int64_t sa = rows * n, sk = bc * ldk, sv = bc * ldv, sp = rows * (2 + nv);
+                const int64_t n = shapes[k / 3][3], nv = shapes[k / 3][4], il = shapes[k / 3][5];
+                /* a head's rows ldk apart, the heads sk apart: one after another, or within a key */
+                const int64_t ldk = il ? nh * (n + 5) : n + 5, ldv = il ? nh * (nv + 3) : nv + 3;
+                const int64_t sk = il ? n + 5 : bc * ldk, sv = il ? nv + 3 : bc * ldv;
+                const int64_t sa = rows * n, sp = rows * (2 + nv);
+                const int64_t nK = nh * bc * (n + 5), nV = nh * bc * (nv + 3); /* elements */
                 float *A = malloc(sizeof(float) * (size_t)(nh * sa));
-                float *K = malloc(sizeof(float) * (size_t)(nh * sk));
-                float *V = malloc(sizeof(float) * (size_t)(nh * sv + 1));
+                float *K = malloc(sizeof(float) * (size_t)nK);
+                float *V = malloc(sizeof(float) * (size_t)(nV + 1));
                 float *P1 = malloc(sizeof(float) * (size_t)(nh * sp));
                 float *P2 = malloc(sizeof(float) * (size_t)(nh * sp));
                 float slope[48];
                 int64_t lo[16], hi[16], pos[16];
                 for (int64_t i = 0; i < nh * sa; i++) A[i] = 2 * frand();
-                for (int64_t i = 0; i < nh * sk; i++) K[i] = frand();
-                for (int64_t i = 0; i < nh * sv + 1; i++) V[i] = frand();
+                for (int64_t i = 0; i < nK; i++) K[i] = frand();
+                for (int64_t i = 0; i < nV + 1; i++) V[i] = frand();
                 for (int i = 0; i < 48; i++) slope[i] = (float)(0.3 * urand());
                 for (int64_t r = 0; r < rows; r++) { /* row 1 empty, others partial or full */
                     lo[r] = r % 3 == 2 ? (int64_t)(urand() * (double)bc) : 0;
@@ -1296,12 +1333,12 @@ TEST(decode_kernel_vs_generic) {
                 const mha__attn_decode_mask md = {mods & 1 ? 0.8f : 0.0f, lo, hi,
                                                   mods & 2 ? slope : NULL, pos};
                 /* a 2-byte cache: K and V in dt, the same layout */
-                uint16_t *Kh = malloc(sizeof(uint16_t) * (size_t)(nh * sk));
-                uint16_t *Vh = malloc(sizeof(uint16_t) * (size_t)(nh * sv + 1));
+                uint16_t *Kh = malloc(sizeof(uint16_t) * (size_t)nK);
+                uint16_t *Vh = malloc(sizeof(uint16_t) * (size_t)(nV + 1));
                 const void *Kx = K, *Vx = V;
                 if (dt != MHA_DTYPE_F32) {
-                    for (int64_t i = 0; i < nh * sk; i++) Kh[i] = to_half(dt, K[i]);
-                    for (int64_t i = 0; i < nh * sv + 1; i++) Vh[i] = to_half(dt, V[i]);
+                    for (int64_t i = 0; i < nK; i++) Kh[i] = to_half(dt, K[i]);
+                    for (int64_t i = 0; i < nV + 1; i++) Vh[i] = to_half(dt, V[i]);
                     Kx = Kh, Vx = Vh;
                 }
                 gen->attn_decode(dt, nh, rows, bc, n, nv, A, n, sa, Kx, ldk, sk, Vx, ldv, sv, &md,

@@ -52,28 +52,45 @@ _Static_assert(MR <= VL, "a register block's row state (m, alpha) fits one vecto
 #define SKEL_CAT(a, b) SKEL_CAT_(a, b)
 #define KERNEL(kind) SKEL_CAT(mha__attn_##kind##_, SIMD_ISA) /* mha__attn_<kind>_<isa> */
 
-/* BLOCK(nv, args): the register block specialized for a compile-time nv (1 <= nv <= NVMAX),
- * so its loops over the vectors of a row unroll fully and its accumulators stay in
- * registers. */
-#if NVMAX == 2
-#define PER_NV(nv, BLOCK, ...)                                                                     \
+/* BLOCK(k, args) for a compile-time k = n, 1 <= n <= 2, 4 or 8 (larger n: the largest), so that
+ * a block's loops over k unroll fully and its accumulators stay in registers. A macro cannot
+ * expand inside its own expansion: a dispatch nested in another needs a macro of its own
+ * (decode_skel.h's PER_RB around PER_NV). */
+#define PER_UPTO2(n, BLOCK, ...)                                                                   \
     do {                                                                                           \
-        if ((nv) == 1) BLOCK(1, __VA_ARGS__);                                                      \
+        if ((n) == 1) BLOCK(1, __VA_ARGS__);                                                       \
         else BLOCK(2, __VA_ARGS__);                                                                \
     } while (0)
-#elif NVMAX == 4
-#define PER_NV(nv, BLOCK, ...)                                                                     \
+#define PER_UPTO4(n, BLOCK, ...)                                                                   \
     do {                                                                                           \
-        switch (nv) {                                                                              \
+        switch (n) {                                                                               \
         case 1: BLOCK(1, __VA_ARGS__); break;                                                      \
         case 2: BLOCK(2, __VA_ARGS__); break;                                                      \
         case 3: BLOCK(3, __VA_ARGS__); break;                                                      \
         default: BLOCK(4, __VA_ARGS__); break;                                                     \
         }                                                                                          \
     } while (0)
-#else
+#define PER_UPTO8(n, BLOCK, ...)                                                                   \
+    do {                                                                                           \
+        switch (n) {                                                                               \
+        case 1: BLOCK(1, __VA_ARGS__); break;                                                      \
+        case 2: BLOCK(2, __VA_ARGS__); break;                                                      \
+        case 3: BLOCK(3, __VA_ARGS__); break;                                                      \
+        case 4: BLOCK(4, __VA_ARGS__); break;                                                      \
+        case 5: BLOCK(5, __VA_ARGS__); break;                                                      \
+        case 6: BLOCK(6, __VA_ARGS__); break;                                                      \
+        case 7: BLOCK(7, __VA_ARGS__); break;                                                      \
+        default: BLOCK(8, __VA_ARGS__); break;                                                     \
+        }                                                                                          \
+    } while (0)
+#define PER_UPTO_(m) PER_UPTO##m
+#define PER_UPTO(m) PER_UPTO_(m)
+
+/* BLOCK(nv, args): the register block specialized for a compile-time nv (1 <= nv <= NVMAX). */
+#if NVMAX != 2 && NVMAX != 4
 #error "attn_skel.h: NVMAX must be 2 or 4"
 #endif
+#define PER_NV PER_UPTO(NVMAX)
 
 /* Kt[d*PW + c] = B[c*ldb + d] for d < dc, c < w (w <= PW); columns w .. VL*ceil(w/VL) zero. */
 static inline void pack_bt(const float *B, int64_t ldb, int64_t w, int64_t dc, float *Kt) {

@@ -9,25 +9,35 @@
  * once, so that every K and V row is read from memory once, in place (a single query never
  * needs packed key tiles; no copy of the cache is made):
  *   1. scores S[rows, kb]: DEC_RB rows x DEC_KS keys at a time, A_r . K_c as FMA chains over
- *      the head dim (each K vector loaded once for the rows, each query vector once for the
- *      keys), reduced by the mapping's vf_sums (DEC_RB x DEC_KS = VL sums at once) or
+ *      the head dim, reduced by the mapping's vf_sums (DEC_RB x DEC_KS = VL sums at once) or
  *      horizontal sums
  *   2. per row, vectors of VL keys: softcap, ALiBi, the row's key range (-inf outside), the
  *      block max m', alpha = exp(m - m'), P = exp(s - m'), l = alpha l + sum P
- *   3. O = diag(alpha) O + P V_block: DEC_RB rows x PW columns of O in registers over the
+ *   3. O = diag(alpha) O + P V_block: DEC_PR rows x DEC_PW columns of O in registers over the
  *      block's keys (V rows read in place)
  * Both products run on the exact number of rows (compile-time blocks of 1 to DEC_RB rows): a
  * query head per key/value head (H = Hkv) costs one FMA chain per key, not a padded block's.
+ * Memory order: a float32 cache is read from memory faster than it is computed on, and its
+ * step is bound by how well the reads overlap the arithmetic. Each K row and each V row is
+ * read whole and in address order (the scores take a float32 key's vectors one after another;
+ * the pv product's first pass reads a whole row, DEC_PW columns, for its first DEC_PR rows,
+ * and its later passes find the block in cache): reading four keys' rows a line each in turn,
+ * or V rows half by half, made the hardware prefetchers give up and cost a fifth to a half of
+ * the streaming rate in a plain read of the same pattern. A 2-byte cache is bound by the
+ * arithmetic instead (half the bytes per product), so its scores keep the order with the
+ * fewest loads: a vector of each of DEC_KS keys, each query vector loaded once for them.
  * Prefetching (into L2): every load of a K or V vector is paired with a prefetch of the same
- * vector DEC_PF keys later (DEC_PF_HEADS when the call's heads interleave in memory, the
- * [B, S, Hkv, D] layout), so that requests to memory go out evenly, a few per computed
- * vector, instead of in bursts of a whole block (which stalled on full miss queues: a quarter
- * of the kernel's profile). Measured (B=1, H=32, Hkv=8, D=128, S=32768, 2 threads): a decode
- * step from about 16 ms to about 11.5 ms with the contiguous cache, 18 to 12.5 ms with the
- * strided one. Not into L1: rows a page apart (the strided layout at Hkv * D = 1024) map to
- * the same few L1 sets and would evict the block being computed. The heads of a call take
- * each block of keys in turn, so the rows of all the heads of a key, which the
- * [B, S, Hkv, D] layout stores together, are read close in time.
+ * vector DEC_PF keys later, so that requests to memory go out evenly, a few per computed
+ * vector, instead of in bursts of a whole block (which stalled on full miss queues). Without
+ * it the step is slower (about 10.4 against 8.2 ms below). Not into L1: rows a page apart (the
+ * strided layout at Hkv * D = 1024) map to the same few L1 sets and would evict the block
+ * being computed. The heads of a call take each block of keys in turn, so the rows of all the
+ * heads of a key, which the [B, S, Hkv, D] layout stores together, are read close in time;
+ * with that layout a block is DEC_KB_HEADS keys and the prefetch runs one block ahead
+ * (DEC_PF_HEADS), so that the heads' passes over a block stay within a few pages.
+ * Measured (B=1, H=32, Hkv=8, D=128, S=32768, 2 threads, bench/decode.sh beside the old
+ * kernel, rounds alternating): a float32 step about 10.5 -> 9.7 ms with the contiguous cache
+ * and 14.6 -> 11 ms with the strided one.
  * Element types: the cache's K and V may hold float32, bfloat16 or half elements. Every
  * function below takes the type as a compile-time constant kt (the kernels are always
  * inlined into one instance per type, as PER_RB does for row counts), and K and V vectors go
@@ -42,15 +52,16 @@
 #include <math.h>
 #include <string.h>
 
-#define DEC_KB 64       /* keys per block: S is MHA__ATTN_DECODE_ROWS x 64 floats (4 KiB) */
-#define DEC_RB 4        /* query rows per block: DEC_RB FMA chains share each K and V vector */
+#define DEC_KB 64       /* keys per block: S is MHA__ATTN_DECODE_ROWS x 64 floats (4 KiB) ... */
+#define DEC_KB_HEADS 16 /* ... and with the call's heads interleaved, key by key */
+#define DEC_RB 4        /* query rows per score block */
 #define DEC_PF 32       /* prefetch distance in keys, a head's keys contiguous ... */
-#define DEC_PF_HEADS 64 /* ... and with the call's heads interleaved, key by key */
+#define DEC_PF_HEADS 16 /* ... and with the heads interleaved (one block on) */
 /* keys per score step: DEC_RB x DEC_KS accumulators (16 of 32 zmm, 8 of 16 ymm) share each
  * query vector */
 #define DEC_KS NVMAX
 
-_Static_assert(DEC_KB % VL == 0, "a block is whole vectors");
+_Static_assert(DEC_KB % VL == 0 && DEC_KB_HEADS <= DEC_KB, "a block is whole vectors");
 
 /* Bytes per element of a cache of type kt (MHA_DTYPE_F32, BF16 or F16). */
 INL int64_t dec_esize(const mha_dtype kt) { return kt == MHA_DTYPE_F32 ? 4 : 2; }
@@ -85,9 +96,11 @@ _Static_assert(DEC_RB == 4, "PER_RB covers 1..4 rows");
 _Static_assert(DEC_RB *DEC_KS == VL, "a full score step's sums are one transposed vector");
 
 /* S[r * DEC_KB + c] = A_r . K_c for the nr rows A_r (lda apart) and the nk keys K_c (ldk
- * elements of type kt apart) from c0: nr x nk FMA chains over the head dim, each query vector
- * loaded once for the nk keys and each key vector once for the nr rows, then one horizontal sum
- * each. kpf: the prefetch distance in bytes. */
+ * elements of type kt apart) from c0: nr x nk FMA chains over the head dim, each key vector
+ * loaded once for the nr rows, then the VL sums at once or one horizontal sum each. Float32
+ * keys one after another, each row in address order (the query vectors loaded for each key);
+ * 2-byte keys a vector of each in turn (each query vector loaded once for the nk keys): see the
+ * top of the file. kpf: the prefetch distance in bytes (0: none). */
 INL void dec_dots(const mha_dtype kt, const int nr, const int nk, int64_t c0, int64_t n,
                   const float *A, int64_t lda, const void *K, int64_t ldk, int64_t kpf, float *S) {
     const int64_t nvec = (n + VL - 1) / VL;
@@ -97,20 +110,34 @@ INL void dec_dots(const mha_dtype kt, const int nr, const int nk, int64_t c0, in
     for (int i = 0; i < nr; i++)
 #pragma GCC unroll 4
         for (int j = 0; j < nk; j++) acc[i][j] = vf_zero();
-    for (int64_t v = 0; v < nvec; v++) {
-        const int last = v == nvec - 1;
-        vf kv[DEC_KS];
+    if (kt == MHA_DTYPE_F32) {
 #pragma GCC unroll 4
-        for (int j = 0; j < nk; j++) {
-            const int64_t at = (c0 + j) * ldk + VL * v;
-            kv[j] = dec_load(kt, K, at, last, kl);
-            dec_prefetch(kt, K, at, kpf); /* the same vector kpf bytes on (L2) */
-        }
+        for (int j = 0; j < nk; j++) /* key by key, each row in address order */
+            for (int64_t v = 0; v < nvec; v++) {
+                const int last = v == nvec - 1;
+                const int64_t at = (c0 + j) * ldk + VL * v;
+                const vf k = dec_load(kt, K, at, last, kl);
+                if (kpf) dec_prefetch(kt, K, at, kpf); /* the same vector kpf bytes on (L2) */
 #pragma GCC unroll 4
-        for (int i = 0; i < nr; i++) {
-            const vf a = vf_load_v(A + i * lda + VL * v, last, kl);
+                for (int i = 0; i < nr; i++)
+                    acc[i][j] = vf_fma(vf_load_v(A + i * lda + VL * v, last, kl), k, acc[i][j]);
+            }
+    } else {
+        for (int64_t v = 0; v < nvec; v++) { /* a vector of each key in turn */
+            const int last = v == nvec - 1;
+            vf kv[DEC_KS];
 #pragma GCC unroll 4
-            for (int j = 0; j < nk; j++) acc[i][j] = vf_fma(a, kv[j], acc[i][j]);
+            for (int j = 0; j < nk; j++) {
+                const int64_t at = (c0 + j) * ldk + VL * v;
+                kv[j] = dec_load(kt, K, at, last, kl);
+                if (kpf) dec_prefetch(kt, K, at, kpf);
+            }
+#pragma GCC unroll 4
+            for (int i = 0; i < nr; i++) {
+                const vf a = vf_load_v(A + i * lda + VL * v, last, kl);
+#pragma GCC unroll 4
+                for (int j = 0; j < nk; j++) acc[i][j] = vf_fma(a, kv[j], acc[i][j]);
+            }
         }
     }
     if (nr * nk == VL) { /* the VL sums at once */
@@ -153,55 +180,76 @@ INL void dec_scores(const mha_dtype kt, int64_t rows, int64_t kb, int64_t n, con
     }
 }
 
+/* The pv product's panels for a float32 cache: DEC_NV vectors (a whole row at head dim 128
+ * with AVX-512, 32 columns with AVX2), DEC_PR rows at a time (DEC_PR x DEC_NV accumulators,
+ * half the registers), so that the first pass over a block reads each V row whole. A 2-byte
+ * cache, bound by the arithmetic, takes PW columns for up to DEC_RB rows at a time (each V
+ * vector converted once for more rows). */
+#define DEC_NV SKEL_CAT(DEC_NV_, NVMAX) /* 2 NVMAX, a literal for PER_UPTO */
+#define DEC_NV_2 4
+#define DEC_NV_4 8
+#define DEC_PR 2
+#define DEC_PW (VL * DEC_NV)
+
+/* BLOCK(nv, args) for a compile-time nv in 1..DEC_NV. */
+#define PER_DNV PER_UPTO(DEC_NV)
+
 /* O[nr, VL nv] (the last vector cut by kl) = diag(alpha) O + P[nr, kb] V[kb, VL nv]: nr x nv
  * accumulators in registers over the block's keys (one V row load per key and vector, one
- * broadcast per row); the exact rows, unlike attn_skel.h's MR-row pv blocks. */
+ * broadcast per row); the exact rows, unlike attn_skel.h's MR-row pv blocks. vpf: the prefetch
+ * distance in bytes (0: none). */
 INL void dec_pv_blk(const int nr, const int nv, const mha_dtype kt, int64_t kb, const float *P,
                     const void *V, int64_t ldv, int64_t vpf, const float *alpha, float *O,
                     int64_t ldo, vmask kl) {
-    vf acc[DEC_RB][NVMAX];
+    vf acc[DEC_RB][DEC_NV];
 #pragma GCC unroll 4
     for (int i = 0; i < nr; i++) {
         const vf a = vf_set1(alpha[i]);
-#pragma GCC unroll 4
+#pragma GCC unroll 8
         for (int j = 0; j < nv; j++)
             acc[i][j] = vf_mul(a, vf_load_v(O + i * ldo + VL * j, j == nv - 1, kl));
     }
     for (int64_t c = 0; c < kb; c++) {
-        vf x[NVMAX];
-#pragma GCC unroll 4
+        vf x[DEC_NV];
+#pragma GCC unroll 8
         for (int j = 0; j < nv; j++) {
             x[j] = dec_load(kt, V, c * ldv + VL * j, j == nv - 1, kl);
-            dec_prefetch(kt, V, c * ldv + VL * j, vpf);
+            if (vpf) dec_prefetch(kt, V, c * ldv + VL * j, vpf);
         }
 #pragma GCC unroll 4
         for (int i = 0; i < nr; i++) {
             const vf p = vf_bcast(P + i * DEC_KB + c);
-#pragma GCC unroll 4
+#pragma GCC unroll 8
             for (int j = 0; j < nv; j++) acc[i][j] = vf_fma(p, x[j], acc[i][j]);
         }
     }
 #pragma GCC unroll 4
     for (int i = 0; i < nr; i++)
-#pragma GCC unroll 4
+#pragma GCC unroll 8
         for (int j = 0; j < nv; j++) vf_store_v(O + i * ldo + VL * j, j == nv - 1, kl, acc[i][j]);
 }
 #define DEC_PV_NV(nv, nr, ...) dec_pv_blk(nr, nv, __VA_ARGS__)
 #define DEC_PV_NR(nr, nv, ...) PER_NV(nv, DEC_PV_NV, nr, __VA_ARGS__)
 
-/* O[rows, nv] = diag(alpha) O + P[rows, kb] V[kb, nv] (V of type kt), in panels of PW
- * columns. */
+/* O[rows, nv] = diag(alpha) O + P[rows, kb] V[kb, nv] (V of type kt), panel by panel (see
+ * DEC_NV), the first pass over a panel prefetching. */
 INL void dec_pv(const mha_dtype kt, int64_t rows, int64_t kb, int64_t nv, const float *P,
                 const void *V, int64_t ldv, int64_t vpf, const float *alpha, float *O,
                 int64_t ldo) {
-    for (int64_t x0 = 0; x0 < nv; x0 += PW) {
-        const int64_t w = nv - x0 < PW ? nv - x0 : PW, nvec = (w + VL - 1) / VL;
+    _Static_assert(DEC_PR == 2 && DEC_NV >= NVMAX, "float32 panels are 1 or 2 rows");
+    const int wide = kt == MHA_DTYPE_F32;
+    const int64_t pw = wide ? DEC_PW : PW, pr = wide ? DEC_PR : DEC_RB;
+    for (int64_t x0 = 0; x0 < nv; x0 += pw) {
+        const int64_t w = nv - x0 < pw ? nv - x0 : pw, nvec = (w + VL - 1) / VL;
         const vmask kl = mask_tail(w - (nvec - 1) * VL);
-        for (int64_t r0 = 0; r0 < rows; r0 += DEC_RB) {
-            const int64_t nr = rows - r0 < DEC_RB ? rows - r0 : DEC_RB;
-            PER_RB(nr, DEC_PV_NR, nvec, kt, kb, P + r0 * DEC_KB,
-                   (const char *)V + x0 * dec_esize(kt), ldv, r0 ? 0 : vpf, alpha + r0,
-                   O + r0 * ldo + x0, ldo, kl);
+        const void *Vx = (const char *)V + x0 * dec_esize(kt);
+        for (int64_t r0 = 0; r0 < rows; r0 += pr) {
+            const int64_t nr = rows - r0 < pr ? rows - r0 : pr, pf = r0 ? 0 : vpf;
+            const float *Pr = P + r0 * DEC_KB, *al = alpha + r0;
+            float *Or = O + r0 * ldo + x0;
+            if (!wide) PER_RB(nr, DEC_PV_NR, nvec, kt, kb, Pr, Vx, ldv, pf, al, Or, ldo, kl);
+            else if (nr == 1) PER_DNV(nvec, DEC_PV_NV, 1, kt, kb, Pr, Vx, ldv, pf, al, Or, ldo, kl);
+            else PER_DNV(nvec, DEC_PV_NV, 2, kt, kb, Pr, Vx, ldv, pf, al, Or, ldo, kl);
         }
     }
 }
@@ -270,10 +318,13 @@ INL void dec_kernel(const mha_dtype kt, int64_t nh, int64_t rows, int64_t bc, in
     }
     /* prefetch distances in bytes, those of a float32 cache whatever kt is (prefetches past the
      * chunk fetch the next one's keys, or nothing: a prefetch never faults) */
-    const int64_t pf = nh > 1 && sk < ldk ? DEC_PF_HEADS : DEC_PF;
+    /* the heads interleave in memory (a property of the layout, never of how many heads a call
+     * takes: the block length changes the rounding, and the bits may not depend on the threads) */
+    const int heads = sk < ldk;
+    const int64_t pf = heads ? DEC_PF_HEADS : DEC_PF, kbs = heads ? DEC_KB_HEADS : DEC_KB;
     const int64_t kpf = pf * ldk * (int64_t)sizeof(float), vpf = pf * ldv * (int64_t)sizeof(float);
-    for (int64_t c0 = cmin; c0 < cmax; c0 += DEC_KB) {
-        const int64_t kb = cmax - c0 < DEC_KB ? cmax - c0 : DEC_KB;
+    for (int64_t c0 = cmin; c0 < cmax; c0 += kbs) {
+        const int64_t kb = cmax - c0 < kbs ? cmax - c0 : kbs;
         for (int64_t t = 0; t < nh; t++) { /* every head of this block of keys, in turn */
             const char *Kt = (const char *)K + t * sk * dec_esize(kt);
             const char *Vt = (const char *)V + t * sv * dec_esize(kt);

@@ -1306,7 +1306,7 @@ TEST(decode_kernel_vs_generic) {
                 const mha_dtype dt = DTYPES[k % 3]; /* the cache's element type */
                 const int64_t nh = shapes[k / 3][0], rows = shapes[k / 3][1], bc = shapes[k / 3][2];
                 const int64_t n = shapes[k / 3][3], nv = shapes[k / 3][4], il = shapes[k / 3][5];
-                /* a head's rows ldk apart, the heads sk apart: one after another, or within a key */
+                /* a head's rows ldk apart, its heads sk apart: in turn, or within a key */
                 const int64_t ldk = il ? nh * (n + 5) : n + 5, ldv = il ? nh * (nv + 3) : nv + 3;
                 const int64_t sk = il ? n + 5 : bc * ldk, sv = il ? nv + 3 : bc * ldv;
                 const int64_t sa = rows * n, sp = rows * (2 + nv);
@@ -1330,8 +1330,22 @@ TEST(decode_kernel_vs_generic) {
                     if (hi[r] > bc) hi[r] = bc;
                     pos[r] = (int64_t)(urand() * (double)bc);
                 }
-                const mha__attn_decode_mask md = {mods & 1 ? 0.8f : 0.0f, lo, hi,
-                                                  mods & 2 ? slope : NULL, pos};
+                /* a bf16 cache: the query rows also in bf16, unscaled (qb: the AVX512_BF16
+                 * table's vdpbf16ps scores), A = scale x them */
+                const float qscale = 0.3f;
+                uint16_t *Qb =
+                    dt == MHA_DTYPE_BF16 ? malloc(sizeof(uint16_t) * (size_t)(nh * sa)) : NULL;
+                for (int64_t i = 0; Qb && i < nh * sa; i++)
+                    Qb[i] = to_half(dt, A[i]), A[i] = qscale * from_half(dt, Qb[i]);
+                const mha__attn_decode_mask md = {.softcap = mods & 1 ? 0.8f : 0.0f,
+                                                  .lo = lo,
+                                                  .hi = hi,
+                                                  .slope = mods & 2 ? slope : NULL,
+                                                  .pos = pos,
+                                                  .qb = Qb,
+                                                  .ldqb = n,
+                                                  .sqb = sa,
+                                                  .scale = qscale};
                 /* a 2-byte cache: K and V in dt, the same layout */
                 uint16_t *Kh = malloc(sizeof(uint16_t) * (size_t)nK);
                 uint16_t *Vh = malloc(sizeof(uint16_t) * (size_t)(nV + 1));
@@ -1345,7 +1359,7 @@ TEST(decode_kernel_vs_generic) {
                                  P1, sp);
                 kk->attn_decode(dt, nh, rows, bc, n, nv, A, n, sa, Kx, ldk, sk, Vx, ldv, sv, &md,
                                 P2, sp);
-                free(Kh), free(Vh);
+                free(Kh), free(Vh), free(Qb);
                 int bad = 0;
                 for (int64_t t = 0; t < nh && !bad; t++)
                     for (int64_t r = 0; r < rows && !bad; r++) {
@@ -1384,7 +1398,7 @@ TEST(decode_kernel_vs_generic) {
 TEST(decode_kernel_loads_exact) {
     const int64_t n = 19, nv = 65539; /* n: a full vector (two for AVX2) and a cut one */
     const int64_t lo[1] = {0}, hi[1] = {1}, pos[1] = {0};
-    const mha__attn_decode_mask md = {0, lo, hi, NULL, pos};
+    const mha__attn_decode_mask md = {.lo = lo, .hi = hi, .pos = pos}; /* A, not qb */
     float *A = calloc((size_t)n, sizeof(float));
     uint16_t *K = malloc(sizeof(uint16_t) * 65536 * (size_t)n),
              *V = malloc(sizeof(uint16_t) * 65540);

@@ -67,6 +67,7 @@ typedef struct {
     /* the call's workspace (one allocation, dec_alloc) */
     float *part;  /* [B, nch, Hkv] partials of psz floats: m [rows], l [rows], O [rows, Dv] */
     float *qs;    /* [B, Hkv, rows, D] each key/value head's query rows, float32, times scale */
+    uint16_t *qb; /* bf16 calls: [B, Hkv, rows, D] the same rows unscaled, as they are in q */
     float *slope; /* [B, Hkv, rows] their ALiBi slopes */
     void *ws;     /* nt copies of plan: dec_ws */
     int nt;
@@ -278,12 +279,15 @@ static void dec_plan(mha_ctx *ctx, kv_call *c, mha__plan *call) {
     mha__plan_init(call);
     MHA__PLAN_ADD(call, kv_call, part, sizeof(float), c->B * c->nch * c->Hkv, c->psz);
     MHA__PLAN_ADD(call, kv_call, qs, sizeof(float), c->B * c->Hkv * c->rows, c->D);
+    MHA__PLAN_ADD(call, kv_call, qb, sizeof(uint16_t),
+                  c->dt == MHA_DTYPE_BF16 ? c->B * c->Hkv * c->rows : 0, c->D);
     MHA__PLAN_ADD(call, kv_call, slope, sizeof(float), c->B * c->Hkv, c->rows);
     MHA__PLAN_ADD_COPIES(call, kv_call, ws, &c->plan, c->nt);
 }
 
 /* The query rows of (b, key/value head kh) (the heads h that read it x the L tokens, row
- * r = (h % group) * L + i), float32 times scale (as the dense forward: (scale q) k), and their
+ * r = (h % group) * L + i), float32 times scale (as the dense forward: (scale q) k), for a bf16
+ * call also as they are (for kernels with bf16 dot products: mha__attn_decode_mask), and their
  * ALiBi slopes. */
 static void dec_queries(const kv_call *c, int64_t bk) {
     const int64_t b = bk / c->Hkv, kh = bk % c->Hkv, h0 = kh * c->group;
@@ -293,6 +297,11 @@ static void dec_queries(const kv_call *c, int64_t bk) {
     float *qs = c->qs + bk * c->rows * c->D;
     mha__tensor_to_f32(&qg, qs, 1);
     mha__attn_scale_tile(c->rows, c->D, c->scale, qs, c->D, qs);
+    uint16_t *qb = c->dt == MHA_DTYPE_BF16 ? c->qb + bk * c->rows * c->D : NULL;
+    for (int64_t r = 0; qb && r < c->rows; r++) {
+        const uint16_t *row = kv_row(c->q, b, h0 + r / c->L, r % c->L);
+        for (int64_t x = 0; x < c->D; x++) qb[r * c->D + x] = row[x * c->q->stride[3]];
+    }
     const float *sl = c->mask.alibi_slopes;
     for (int64_t r = 0; sl && r < c->rows; r++)
         c->slope[bk * c->rows + r] = sl[(c->mask.alibi_batched ? b * c->H : 0) + h0 + r / c->L];
@@ -345,8 +354,16 @@ static void dec_chunk(const kv_call *c, int64_t task) {
         return;
     }
     const int64_t bk0 = b * c->Hkv + kh0; /* the task's first head's query rows and slopes */
-    const mha__attn_decode_mask md = {c->softcap, lo, hi,
-                                      c->mask.alibi_slopes ? c->slope + bk0 * rows : NULL, pos};
+    const mha__attn_decode_mask md = {.softcap = c->softcap,
+                                      .lo = lo,
+                                      .hi = hi,
+                                      .slope = c->mask.alibi_slopes ? c->slope + bk0 * rows : NULL,
+                                      .pos = pos,
+                                      .qb = c->dt == MHA_DTYPE_BF16 ? c->qb + bk0 * rows * c->D
+                                                                    : NULL,
+                                      .ldqb = c->D,
+                                      .sqb = rows * c->D,
+                                      .scale = c->scale};
     c->kern->attn_decode(c->dt, nh, rows, bc, c->D, c->Dv, c->qs + bk0 * rows * c->D, c->D,
                          rows * c->D, kv_row(c->kc, b, kh0, j0), c->kc->stride[2], c->kc->stride[1],
                          kv_row(c->vc, b, kh0, j0), c->vc->stride[2], c->vc->stride[1], &md, part,

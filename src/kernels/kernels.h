@@ -291,7 +291,8 @@ typedef void mha__attn_fwd_bf16_t(int64_t br, int64_t bc, int64_t n, int64_t nv,
  *       driver's fixed chunking makes results bitwise reproducible for any thread count and
  *       any grouping of heads into calls. Every table has one (generic: the reference, tanhf;
  *       SIMD: one skeleton, src/kernels/x86/decode_skel.h, loading through the mapping's
- *       vf_load_v / vf_load_bf16_v / vf_load_f16_v). */
+ *       vf_load_v / vf_load_bf16_v / vf_load_f16_v; with AVX512_BF16, a bf16 cache's scores
+ *       by vdpbf16ps on md->qb: see mha__attn_decode_mask). */
 #define MHA__ATTN_DECODE_ROWS 16
 
 typedef struct {
@@ -300,6 +301,13 @@ typedef struct {
     const int64_t *hi;  /* [rows] one past the last allowed key */
     const float *slope; /* [nh * rows] ALiBi slope of each head's rows, or NULL: no ALiBi */
     const int64_t *pos; /* [rows] with slope: the (chunk-local) key of distance 0 */
+    /* a bfloat16 cache (kv MHA_DTYPE_BF16), or NULL: the query rows unscaled, in bfloat16 (head
+     * t's at qb + t sqb, row stride ldqb; A = scale x these, rounded), so that a table with
+     * bf16 dot products (AVX512_BF16's vdpbf16ps) may compute s = scale (q_r . K_c), each
+     * product exact and summed in float32, instead of A_r . K_c (equal up to rounding) */
+    const uint16_t *qb;
+    int64_t ldqb, sqb;
+    float scale;
 } mha__attn_decode_mask;
 
 typedef void mha__attn_decode_t(mha_dtype kv, int64_t nh, int64_t rows, int64_t bc, int64_t n,
@@ -447,6 +455,7 @@ mha__attn_pairs_bf16_t mha__attn_pairs_bf16_avx512bf16;
 mha__attn_tpairs_bf16_t mha__attn_tpairs_bf16_avx512bf16;
 mha__attn_pv_bf16_t mha__attn_pv_bf16_avx512bf16;
 mha__attn_ptv_bf16_t mha__attn_ptv_bf16_avx512bf16;
+mha__attn_decode_t mha__attn_decode_avx512bf16;
 #endif
 
 /* Every ISA's kernels, declared by their kind's prototype. Attention tile kernels:

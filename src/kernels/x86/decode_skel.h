@@ -25,7 +25,9 @@
  * or V rows half by half, made the hardware prefetchers give up and cost a fifth to a half of
  * the streaming rate in a plain read of the same pattern. A 2-byte cache is bound by the
  * arithmetic instead (half the bytes per product), so its scores keep the order with the
- * fewest loads: a vector of each of DEC_KS keys, each query vector loaded once for them.
+ * fewest loads: a vector of each of DEC_KS keys, each query vector loaded once for them; with
+ * AVX512_BF16 (../avx512bf16/attn.c, DEC_BF16_DOTS) a bf16 cache's scores are instead bf16 dot
+ * products of the query rows as they are in q (dec_dots_bf16), half the work, in memory order.
  * Prefetching (into L2): every load of a K or V vector is paired with a prefetch of the same
  * vector DEC_PF keys later, so that requests to memory go out evenly, a few per computed
  * vector, instead of in bursts of a whole block (which stalled on full miss queues). Without
@@ -95,6 +97,30 @@ INL void dec_prefetch(const mha_dtype kt, const void *X, int64_t i, int64_t kpf)
 _Static_assert(DEC_RB == 4, "PER_RB covers 1..4 rows");
 _Static_assert(DEC_RB *DEC_KS == VL, "a full score step's sums are one transposed vector");
 
+/* S[r * DEC_KB + c0 + j] = scale x the sum of the lanes of acc[r][j] (r < nr, j < nk): the VL
+ * sums at once (nr nk = VL) or one horizontal sum each. */
+INL void dec_sums_store(const int nr, const int nk, vf acc[DEC_RB][DEC_KS], int64_t c0, float scale,
+                        float *S) {
+    if (nr * nk == VL) { /* the VL sums at once */
+        vf t[VL];
+#pragma GCC unroll 4
+        for (int i = 0; i < nr; i++)
+#pragma GCC unroll 4
+            for (int j = 0; j < nk; j++) t[i * nk + j] = acc[i][j];
+        float out[VL] __attribute__((aligned(VALIGN)));
+        vf_store(out, vf_sums(t));
+#pragma GCC unroll 4
+        for (int i = 0; i < nr; i++)
+#pragma GCC unroll 4
+            for (int j = 0; j < nk; j++) S[i * DEC_KB + c0 + j] = scale * out[i * nk + j];
+        return;
+    }
+#pragma GCC unroll 4
+    for (int i = 0; i < nr; i++)
+#pragma GCC unroll 4
+        for (int j = 0; j < nk; j++) S[i * DEC_KB + c0 + j] = scale * vf_hsum(acc[i][j]);
+}
+
 /* S[r * DEC_KB + c] = A_r . K_c for the nr rows A_r (lda apart) and the nk keys K_c (ldk
  * elements of type kt apart) from c0: nr x nk FMA chains over the head dim, each key vector
  * loaded once for the nr rows, then the VL sums at once or one horizontal sum each. Float32
@@ -140,30 +166,51 @@ INL void dec_dots(const mha_dtype kt, const int nr, const int nk, int64_t c0, in
             }
         }
     }
-    if (nr * nk == VL) { /* the VL sums at once */
-        vf t[VL];
-#pragma GCC unroll 4
-        for (int i = 0; i < nr; i++)
-#pragma GCC unroll 4
-            for (int j = 0; j < nk; j++) t[i * nk + j] = acc[i][j];
-        float out[VL] __attribute__((aligned(VALIGN)));
-        vf_store(out, vf_sums(t));
-#pragma GCC unroll 4
-        for (int i = 0; i < nr; i++)
-#pragma GCC unroll 4
-            for (int j = 0; j < nk; j++) S[i * DEC_KB + c0 + j] = out[i * nk + j];
-        return;
-    }
+    dec_sums_store(nr, nk, acc, c0, 1.0f, S);
+}
+
+#ifdef DEC_BF16_DOTS
+/* dec_dots for a bfloat16 cache against the same query rows in bfloat16, unscaled (Q, ldq
+ * apart): pairs of elements by the mapping's vf_dot2 (vdpbf16ps: each product exact, summed
+ * in float32; a subnormal bf16 element counts as 0), then times scale (mha__attn_decode_mask's
+ * qb). Keys one after another, each row in address order, as a float32 cache's: half the
+ * instructions of the converting loop, so the step waits on memory as a float32 one does. */
+INL void dec_dots_bf16(const int nr, const int nk, int64_t c0, int64_t n, const uint16_t *Q,
+                       int64_t ldq, float scale, const uint16_t *K, int64_t ldk, int64_t kpf,
+                       float *S) {
+    vf acc[DEC_RB][DEC_KS];
 #pragma GCC unroll 4
     for (int i = 0; i < nr; i++)
 #pragma GCC unroll 4
-        for (int j = 0; j < nk; j++) S[i * DEC_KB + c0 + j] = vf_hsum(acc[i][j]);
+        for (int j = 0; j < nk; j++) acc[i][j] = vf_zero();
+#pragma GCC unroll 4
+    for (int j = 0; j < nk; j++)
+        for (int64_t x = 0; x < n; x += 2 * VL) {
+            const vb k = vb_load_elems(K + (c0 + j) * ldk + x, n - x);
+            if (kpf) dec_prefetch(MHA_DTYPE_BF16, K, (c0 + j) * ldk + x, kpf);
+#pragma GCC unroll 4
+            for (int i = 0; i < nr; i++)
+                acc[i][j] = vf_dot2(acc[i][j], vb_load_elems(Q + i * ldq + x, n - x), k);
+        }
+    dec_sums_store(nr, nk, acc, c0, scale, S);
 }
+#endif
 
-/* The scores of nr rows against the block's kb keys: DEC_KS keys at a time, then one by one. */
+/* The scores of nr rows against the block's kb keys: DEC_KS keys at a time, then one by one
+ * (Q: the rows in bfloat16 for a bf16 cache, see dec_dots_bf16, or NULL). */
 INL void dec_scores_blk(const int nr, const mha_dtype kt, int64_t kb, int64_t n, const float *A,
-                        int64_t lda, const void *K, int64_t ldk, int64_t kpf, float *S) {
+                        int64_t lda, const uint16_t *Q, int64_t ldq, float scale, const void *K,
+                        int64_t ldk, int64_t kpf, float *S) {
     int64_t c = 0;
+#ifdef DEC_BF16_DOTS
+    if (kt == MHA_DTYPE_BF16 && Q) {
+        for (; c + DEC_KS <= kb; c += DEC_KS)
+            dec_dots_bf16(nr, DEC_KS, c, n, Q, ldq, scale, K, ldk, kpf, S);
+        for (; c < kb; c++) dec_dots_bf16(nr, 1, c, n, Q, ldq, scale, K, ldk, kpf, S);
+        return;
+    }
+#endif
+    (void)Q, (void)ldq, (void)scale;
     for (; c + DEC_KS <= kb; c += DEC_KS) dec_dots(kt, nr, DEC_KS, c, n, A, lda, K, ldk, kpf, S);
     for (; c < kb; c++) dec_dots(kt, nr, 1, c, n, A, lda, K, ldk, kpf, S);
 }
@@ -171,12 +218,13 @@ INL void dec_scores_blk(const int nr, const mha_dtype kt, int64_t kb, int64_t n,
 
 /* The scores of every row, DEC_RB rows at a time. */
 INL void dec_scores(const mha_dtype kt, int64_t rows, int64_t kb, int64_t n, const float *A,
-                    int64_t lda, const void *K, int64_t ldk, int64_t kpf, float *S) {
+                    int64_t lda, const uint16_t *Q, int64_t ldq, float scale, const void *K,
+                    int64_t ldk, int64_t kpf, float *S) {
     for (int64_t r0 = 0; r0 < rows; r0 += DEC_RB) {
         const int64_t nr = rows - r0 < DEC_RB ? rows - r0 : DEC_RB;
         /* the rows' first block prefetches; the others find the keys in cache */
-        PER_RB(nr, DEC_SCORES_BLK, kt, kb, n, A + r0 * lda, lda, K, ldk, r0 ? 0 : kpf,
-               S + r0 * DEC_KB);
+        PER_RB(nr, DEC_SCORES_BLK, kt, kb, n, A + r0 * lda, lda, Q ? Q + r0 * ldq : NULL, ldq,
+               scale, K, ldk, r0 ? 0 : kpf, S + r0 * DEC_KB);
     }
 }
 
@@ -331,8 +379,8 @@ INL void dec_kernel(const mha_dtype kt, int64_t nh, int64_t rows, int64_t bc, in
             float *m = P + t * sp, *l = m + rows, *O = l + rows;
             mha__attn_decode_mask mh = *md;
             if (md->slope) mh.slope = md->slope + t * rows;
-            dec_scores(kt, rows, kb, n, A + t * sa, lda, Kt + c0 * ldk * dec_esize(kt), ldk, kpf,
-                       S);
+            dec_scores(kt, rows, kb, n, A + t * sa, lda, md->qb ? md->qb + t * md->sqb : NULL,
+                       md->ldqb, md->scale, Kt + c0 * ldk * dec_esize(kt), ldk, kpf, S);
             for (int64_t r = 0; r < rows; r++) dec_row(r, c0, kb, &mh, S + r * DEC_KB, m, l, alpha);
             dec_pv(kt, rows, kb, nv, S, Vt + c0 * ldv * dec_esize(kt), ldv, vpf, alpha, O, nv);
         }

@@ -233,6 +233,12 @@ INL vb vb_zip2(vf a, vf b) {
     return _mm512_permutexvar_epi16(_mm512_load_si512(idx), vb_round2(a, b));
 }
 INL void vb_mstore(uint16_t *p, vmask k, vb v) { _mm512_mask_storeu_epi32(p, k, v); }
+/* the first n (n >= 1; at most 2 VL) 16-bit elements at p, 0 in the others (none past them
+ * read): VL pairs, the last one half zero for an odd n */
+INL vb vb_load_elems(const uint16_t *p, int64_t n) {
+    const __mmask32 k = n >= 2 * VL ? (__mmask32)0xFFFFFFFFu : (__mmask32)((1u << n) - 1);
+    return _mm512_maskz_loadu_epi16(k, p);
+}
 #endif
 
 #endif

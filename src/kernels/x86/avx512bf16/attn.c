@@ -9,3 +9,7 @@
 #define SKEL_BF16 1      /* the bf16 kernels ... */
 #define SKEL_BF16_ONLY 1 /* ... and not the float32 ones again (../avx512/attn.c has them) */
 #include "../attn_skel.h"
+/* the decode kernel again, with a bf16 cache's scores by vdpbf16ps (mha__attn_decode_mask's qb):
+ * the table's attn_decode where the CPU has AVX512_BF16 */
+#define DEC_BF16_DOTS 1
+#include "../decode_skel.h"

@@ -14,6 +14,8 @@ void mha__kernels_init_avx512bf16(mha_kernels *k) {
     k->attn_pv_bf16 = mha__attn_pv_bf16_avx512bf16;
     k->attn_ptv_bf16 = mha__attn_ptv_bf16_avx512bf16;
     k->attn_bf16_name = "mha__attn_fwd_bf16_avx512bf16";
+    /* decoding: a bf16 cache's scores by vdpbf16ps, the rest as the AVX-512 kernel */
+    k->attn_decode = mha__attn_decode_avx512bf16;
     /* the gemm's bf16 pair micro-kernel (gemm.c), 14 x 32 as the fp32 kernel (28
      * accumulators); KC 512 elements = 256 pairs: the B
      * micro-panel is 32 KiB in L1 as the fp32 kernel's at KC 256, the A block (MC 336) 336

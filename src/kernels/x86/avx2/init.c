@@ -27,5 +27,5 @@ void mha__kernels_init_avx2(mha_kernels *k) {
     k->attn_fwd_drop = mha__attn_fwd_drop_avx2;
     k->attn_dropout = mha__attn_dropout_avx2;
     k->attn_dropout_apply = mha__attn_dropout_apply_avx2;
-    k->attn_decode = mha__attn_decode_avx2; /* chunks of keys read in place, 64-key blocks */
+    k->attn_decode = mha__attn_decode_avx2; /* keys read in place, in memory order */
 }

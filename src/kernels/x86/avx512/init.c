@@ -30,7 +30,7 @@ void mha__kernels_init_avx512(mha_kernels *k) {
     k->attn_fwd_drop = mha__attn_fwd_drop_avx512;
     k->attn_dropout = mha__attn_dropout_avx512;
     k->attn_dropout_apply = mha__attn_dropout_apply_avx512;
-    k->attn_decode = mha__attn_decode_avx512; /* chunks of keys read in place, 64-key blocks */
+    k->attn_decode = mha__attn_decode_avx512; /* keys read in place, in memory order */
     k->gemm_pack = mha__gemm_pack_avx512_f32;
     k->gemm_pack_name = "mha__gemm_pack_avx512_f32";
     k->gemm_pack_h = mha__gemm_pack_avx512_h; /* bf16 by a shift, f16 by vcvtph2ps */

@@ -28,15 +28,15 @@
  * fewest loads: a vector of each of DEC_KS keys, each query vector loaded once for them; with
  * AVX512_BF16 (../avx512bf16/attn.c, DEC_BF16_DOTS) a bf16 cache's scores are instead bf16 dot
  * products of the query rows as they are in q (dec_dots_bf16), half the work, in memory order.
- * Prefetching (into L2): every load of a K or V vector is paired with a prefetch of the same
- * vector DEC_PF keys later, so that requests to memory go out evenly, a few per computed
- * vector, instead of in bursts of a whole block (which stalled on full miss queues). Without
- * it the step is slower (about 10.4 against 8.2 ms below). Not into L1: rows a page apart (the
- * strided layout at Hkv * D = 1024) map to the same few L1 sets and would evict the block
- * being computed. The heads of a call take each block of keys in turn, so the rows of all the
- * heads of a key, which the [B, S, Hkv, D] layout stores together, are read close in time;
- * with that layout a block is DEC_KB_HEADS keys and the prefetch runs one block ahead
- * (DEC_PF_HEADS), so that the heads' passes over a block stay within a few pages.
+ * Prefetching (into L2): every load of a K or V vector is paired with a prefetch of the same vector
+ * DEC_PF keys later, so that requests to memory go out evenly, a few per computed vector, instead
+ * of in bursts of a whole block (which stalled on full miss queues). Without them the step below
+ * took 11.3-11.6 ms against 9.3-10.4 (K's matter, V's hardly). Not into L1: rows a page apart (the
+ * strided layout at Hkv * D = 1024) map to the same few L1 sets and would evict the block being
+ * computed. The heads of a call take each block of keys in turn, so the rows of all the heads of a
+ * key, which the [B, S, Hkv, D] layout stores together, are read close in time; with that layout a
+ * block is DEC_KB_HEADS keys and the prefetch runs one block ahead (DEC_PF_HEADS), so that the
+ * heads' passes over a block stay within a few pages.
  * Measured (B=1, H=32, Hkv=8, D=128, S=32768, 2 threads, bench/decode.sh beside the old
  * kernel, rounds alternating): a float32 step about 10.5 -> 9.7 ms with the contiguous cache
  * and 14.6 -> 11 ms with the strided one.

@@ -30,7 +30,7 @@ void mha__gemm_avx512_f32_14x32(int64_t k, const float *a, const float *b, float
     gemm_prefetch_c(c, ldc, m, n);
     for (int64_t p = 0; p < k; p++) {
         __m512 b0 = _mm512_load_ps(b), b1 = _mm512_load_ps(b + 16);
-        _mm_prefetch((const char *)(b + 8 * NR), _MM_HINT_T0);
+        gemm_prefetch_b(b, 8);
         FMA(0) FMA(1) FMA(2) FMA(3) FMA(4) FMA(5) FMA(6)
         FMA(7) FMA(8) FMA(9) FMA(10) FMA(11) FMA(12) FMA(13)
         a += MR;

@@ -6,6 +6,10 @@
  *   gemm_prefetch_c  fetches every cache line of the tile's m rows before the k loop, so that
  *                    their misses overlap it instead of stalling the stores at the end (for a C
  *                    larger than the caches later K blocks read it back from memory)
+ *   gemm_prefetch_b  fetches the B micro-panel's row 8 k steps ahead: both of its cache lines
+ *                    (32 4-byte elements; the panel, KC x 32 floats, is read from L2). One line
+ *                    a step left the other to the hardware: M 2048 N 1536 K 512, 2 threads,
+ *                    8 alternating runs: 192 -> 198 GFLOP/s, other shapes within 1%
  *   GEMM_STORE(i)    row i < m: c = alpha * acc (beta == 0: C not read) or alpha * acc +
  *                    beta * c, columns cut by the masks k0, k1 (with va, vb = alpha, beta)
  *   GEMM_DECL_ALL    the 14 rows' accumulators; GEMM_STORE_ALL: every row stored (the
@@ -52,6 +56,12 @@ static inline __attribute__((always_inline)) void gemm_prefetch_c(const float *c
         _mm_prefetch(ci + 4 * (n - 1 < 16 ? n - 1 : 16), _MM_HINT_T0);
         _mm_prefetch(ci + 4 * (n - 1), _MM_HINT_T0);
     }
+}
+
+static inline __attribute__((always_inline)) void gemm_prefetch_b(const void *b, int64_t ahead) {
+    const char *p = (const char *)b + ahead * 32 * 4;
+    _mm_prefetch(p, _MM_HINT_T0);
+    _mm_prefetch(p + 64, _MM_HINT_T0);
 }
 
 /* The column masks of a tile n wide (n <= 32). */

@@ -96,7 +96,7 @@ void mha__gemm_avx512bf16_bf16_14x32(int64_t kp, const uint32_t *a, const uint32
     gemm_prefetch_c(c, ldc, m, n);
     for (int64_t q = 0; q < kp; q++) {
         __m512bh b0 = (__m512bh)_mm512_load_si512(b), b1 = (__m512bh)_mm512_load_si512(b + 16);
-        _mm_prefetch((const char *)(b + 8 * BNR), _MM_HINT_T0);
+        gemm_prefetch_b(b, 8);
         DOT(0) DOT(1) DOT(2) DOT(3) DOT(4) DOT(5) DOT(6)
         DOT(7) DOT(8) DOT(9) DOT(10) DOT(11) DOT(12) DOT(13)
         a += BMR;

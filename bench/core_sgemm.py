@@ -48,6 +48,18 @@ def run_json(cmd, env=None):
     return json.loads(p.stdout.strip().splitlines()[-1])
 
 
+def openblas(build, threads):
+    """bench/openblas_sgemm.c built into BUILD, and the environment to time it in: THREADS
+    threads, OPENBLAS_CORETYPE=SkylakeX, OPENBLAS_L2_SIZE unset (for these commands only)."""
+    ob = os.path.join(build, "openblas_sgemm")
+    if subprocess.run(["cc", "-O2", "-o", ob, os.path.join(HERE, "openblas_sgemm.c"),
+                       "-lopenblas", "-lm"]).returncode:
+        sys.exit("cannot build bench/openblas_sgemm.c (apt-get install libopenblas-dev)")
+    env = dict(os.environ, OPENBLAS_NUM_THREADS=str(threads), OPENBLAS_CORETYPE="SkylakeX")
+    env.pop("OPENBLAS_L2_SIZE", None)
+    return ob, env
+
+
 def main():
     ap = argparse.ArgumentParser(description="the core's float32 rate over sgemm's")
     ap.add_argument("--build", default="build")
@@ -57,13 +69,7 @@ def main():
     ap.add_argument("--out")
     a = ap.parse_args()
     mha = os.path.join(a.build, "mha")
-    ob = os.path.join(a.build, "openblas_sgemm")
-    if subprocess.run(["cc", "-O2", "-o", ob, os.path.join(HERE, "openblas_sgemm.c"),
-                       "-lopenblas", "-lm"]).returncode:
-        sys.exit("core_sgemm: cannot build bench/openblas_sgemm.c (apt-get install "
-                 "libopenblas-dev)")
-    env = dict(os.environ, OPENBLAS_NUM_THREADS=str(a.threads), OPENBLAS_CORETYPE="SkylakeX")
-    env.pop("OPENBLAS_L2_SIZE", None)
+    ob, env = openblas(a.build, a.threads)
     load0 = os.getloadavg()
     start = time.time()
     rows = []

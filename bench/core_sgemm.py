@@ -60,6 +60,15 @@ def openblas(build, threads):
     return ob, env
 
 
+def emit(lines, out):
+    """The section (lines, then the command that wrote it) to stdout and, given, to out."""
+    md = "\n".join(lines + ["", "```", " ".join(sys.argv), "```", ""])
+    sys.stdout.write(md)
+    if out:
+        with open(out, "w") as f:
+            f.write(md)
+
+
 def main():
     ap = argparse.ArgumentParser(description="the core's float32 rate over sgemm's")
     ap.add_argument("--build", default="build")
@@ -106,12 +115,7 @@ def main():
         L.append(f"| {b} | {h} | {n} | {d} | {'yes' if causal else 'no'} | "
                  f"{c['fwd_gflops']:.1f} | {c['bwd_gflops']:.1f} | {g['gflops']:.1f} | "
                  f"{rf:.3f} | {rb:.3f} | {ok} |")
-    L += ["", "```", " ".join(sys.argv), "```", ""]
-    md = "\n".join(L)
-    sys.stdout.write(md)
-    if a.out:
-        with open(a.out, "w") as f:
-            f.write(md)
+    emit(L, a.out)
 
 
 if __name__ == "__main__":

@@ -18,7 +18,7 @@ import statistics
 import sys
 import time
 
-from core_sgemm import openblas, run_json
+from core_sgemm import emit, openblas, run_json
 
 TARGET = 0.95
 LAYERS = [(512, 512), (2048, 512), (1024, 768), (4096, 1024)]  # (B*N, E)
@@ -69,12 +69,7 @@ def main():
         each = ", ".join(f"{x:.2f}" for x in rs)
         L.append(f"| {m} | {n} | {k} | {ta} | {tb} | {mr:.1f} | {orate:.1f} | {r:.3f} ({each}) "
                  f"| {'yes' if r >= TARGET else '**no**'} |")
-    L += ["", "```", " ".join(sys.argv), "```", ""]
-    md = "\n".join(L)
-    sys.stdout.write(md)
-    if a.out:
-        with open(a.out, "w") as f:
-            f.write(md)
+    emit(L, a.out)
 
 
 if __name__ == "__main__":

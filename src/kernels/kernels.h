@@ -287,13 +287,12 @@ typedef void mha__attn_fwd_bf16_t(int64_t br, int64_t bc, int64_t n, int64_t nv,
  *       A row with no allowed finite score gets m = -inf, l = 0, O = 0. nh >= 1,
  *       1 <= rows <= MHA__ATTN_DECODE_ROWS, bc >= 1, n >= 1, nv >= 0; 0 <= lo[r] and
  *       hi[r] <= bc. A head's arithmetic never depends on nh, the other heads or the thread,
- *       and the order of its keys' contributions only on bc, the row ranges and the layout
- *       (x86: shorter key blocks when the heads interleave in memory, sk < ldk), so the
- *       driver's fixed chunking makes results bitwise reproducible for any thread count and
- *       any grouping of heads into calls. Every table has one (generic: the reference, tanhf;
- *       SIMD: one skeleton, src/kernels/x86/decode_skel.h, loading through the mapping's
- *       vf_load_v / vf_load_bf16_v / vf_load_f16_v; with AVX512_BF16, a bf16 cache's scores
- *       by vdpbf16ps on md->qb: see mha__attn_decode_mask). */
+ *       and the order of its keys' contributions only on bc and the row ranges (not on the
+ *       layout), so the driver's fixed chunking makes results bitwise reproducible for any
+ *       thread count and any grouping of heads into calls. Every table has one (generic: the
+ *       reference, tanhf; SIMD: one skeleton, src/kernels/x86/decode_skel.h, loading through the
+ *       mapping's vf_load_v / vf_load_bf16_v / vf_load_f16_v; with AVX512_BF16, a bf16 cache's
+ *       scores by vdpbf16ps on md->qb: see mha__attn_decode_mask). */
 #define MHA__ATTN_DECODE_ROWS 16
 
 typedef struct {

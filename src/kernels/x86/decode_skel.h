@@ -34,12 +34,16 @@
  * took 11.3-11.6 ms against 9.3-10.4 (K's matter, V's hardly). Not into L1: rows a page apart (the
  * strided layout at Hkv * D = 1024) map to the same few L1 sets and would evict the block being
  * computed. The heads of a call take each block of keys in turn, so the rows of all the heads of a
- * key, which the [B, S, Hkv, D] layout stores together, are read close in time; with that layout a
- * block is DEC_KB_HEADS keys and the prefetch runs one block ahead (DEC_PF_HEADS), so that the
- * heads' passes over a block stay within a few pages.
+ * key, which the [B, S, Hkv, D] layout stores together, are read close in time; with that layout
+ * (sk < ldk) the block's keys are walked in pieces of DEC_KB_HEADS across up to DEC_HG heads, for
+ * the scores and again for the product with V, and the prefetch runs one piece ahead
+ * (DEC_PF_HEADS), so that the heads' passes stay within a few pages; the softmax still takes the
+ * whole block, and a piece's products add to O after the previous piece's as one pass would: the
+ * same bits as the contiguous layout.
  * Measured (B=1, H=32, Hkv=8, D=128, S=32768, 2 threads, bench/decode.sh beside the old
  * kernel, rounds alternating): a float32 step about 10.5 -> 9.7 ms with the contiguous cache
- * and 14.6 -> 11 ms with the strided one.
+ * and 14.6 -> 11 ms with the strided one (16-key blocks; in pieces of the 64-key block: 11.2-11.7
+ * -> 10.1-11.3 ms).
  * Element types: the cache's K and V may hold float32, bfloat16 or half elements. Every
  * function below takes the type as a compile-time constant kt (the kernels are always
  * inlined into one instance per type, as PER_RB does for row counts), and K and V vectors go
@@ -55,7 +59,8 @@
 #include <string.h>
 
 #define DEC_KB 64       /* keys per block: S is MHA__ATTN_DECODE_ROWS x 64 floats (4 KiB) ... */
-#define DEC_KB_HEADS 16 /* ... and with the call's heads interleaved, key by key */
+#define DEC_KB_HEADS 16 /* ... walked in pieces of 16 when the heads interleave, key by key */
+#define DEC_HG 8        /* heads whose scores a block keeps at once (a piece walks across them) */
 #define DEC_RB 4        /* query rows per score block */
 #define DEC_PF 32       /* prefetch distance in keys, a head's keys contiguous ... */
 #define DEC_PF_HEADS 16 /* ... and with the heads interleaved (one block on) */
@@ -350,9 +355,12 @@ INL void dec_kernel(const mha_dtype kt, int64_t nh, int64_t rows, int64_t bc, in
                     const float *A, int64_t lda, int64_t sa, const void *K, int64_t ldk, int64_t sk,
                     const void *V, int64_t ldv, int64_t sv, const mha__attn_decode_mask *md,
                     float *P, int64_t sp) {
-    float S[MHA__ATTN_DECODE_ROWS * DEC_KB] __attribute__((aligned(64)));
-    float alpha[MHA__ATTN_DECODE_ROWS];
-    memset(S, 0, sizeof S);
+    /* the scores and factors of up to DEC_HG heads (a block's keys walked across them) */
+    float S[DEC_HG][MHA__ATTN_DECODE_ROWS * DEC_KB] __attribute__((aligned(64)));
+    float alpha[DEC_HG][MHA__ATTN_DECODE_ROWS], one[MHA__ATTN_DECODE_ROWS];
+    const int64_t hgm = nh < DEC_HG ? nh : DEC_HG;
+    memset(S, 0, sizeof S[0] * (size_t)hgm);
+    for (int64_t r = 0; r < rows; r++) one[r] = 1;
     int64_t cmin = bc, cmax = 0; /* the keys some row may use (the same for every head) */
     for (int64_t r = 0; r < rows; r++) {
         if (md->lo[r] >= md->hi[r]) continue;
@@ -364,25 +372,39 @@ INL void dec_kernel(const mha_dtype kt, int64_t nh, int64_t rows, int64_t bc, in
         for (int64_t r = 0; r < rows; r++) m[r] = -INFINITY, m[rows + r] = 0;
         memset(m + 2 * rows, 0, sizeof(float) * (size_t)(rows * nv));
     }
-    /* prefetch distances in bytes, those of a float32 cache whatever kt is (prefetches past the
-     * chunk fetch the next one's keys, or nothing: a prefetch never faults) */
-    /* the heads interleave in memory (a property of the layout, never of how many heads a call
-     * takes: the block length changes the rounding, and the bits may not depend on the threads) */
+    /* the walk of a block's keys (see the top of the file); prefetch distances in bytes, those of
+     * a float32 cache whatever kt is (prefetches past the chunk fetch the next one's keys, or
+     * nothing: a prefetch never faults) */
     const int heads = sk < ldk;
-    const int64_t pf = heads ? DEC_PF_HEADS : DEC_PF, kbs = heads ? DEC_KB_HEADS : DEC_KB;
+    const int64_t pf = heads ? DEC_PF_HEADS : DEC_PF, piece = heads ? DEC_KB_HEADS : DEC_KB;
     const int64_t kpf = pf * ldk * (int64_t)sizeof(float), vpf = pf * ldv * (int64_t)sizeof(float);
-    for (int64_t c0 = cmin; c0 < cmax; c0 += kbs) {
-        const int64_t kb = cmax - c0 < kbs ? cmax - c0 : kbs;
-        for (int64_t t = 0; t < nh; t++) { /* every head of this block of keys, in turn */
-            const char *Kt = (const char *)K + t * sk * dec_esize(kt);
-            const char *Vt = (const char *)V + t * sv * dec_esize(kt);
-            float *m = P + t * sp, *l = m + rows, *O = l + rows;
-            mha__attn_decode_mask mh = *md;
-            if (md->slope) mh.slope = md->slope + t * rows;
-            dec_scores(kt, rows, kb, n, A + t * sa, lda, md->qb ? md->qb + t * md->sqb : NULL,
-                       md->ldqb, md->scale, Kt + c0 * ldk * dec_esize(kt), ldk, kpf, S);
-            for (int64_t r = 0; r < rows; r++) dec_row(r, c0, kb, &mh, S + r * DEC_KB, m, l, alpha);
-            dec_pv(kt, rows, kb, nv, S, Vt + c0 * ldv * dec_esize(kt), ldv, vpf, alpha, O, nv);
+    const int64_t es = dec_esize(kt);
+    for (int64_t c0 = cmin; c0 < cmax; c0 += DEC_KB) {
+        const int64_t kb = cmax - c0 < DEC_KB ? cmax - c0 : DEC_KB;
+        for (int64_t t0 = 0; t0 < nh; t0 += DEC_HG) {
+            const int64_t hg = nh - t0 < DEC_HG ? nh - t0 : DEC_HG;
+            for (int64_t p0 = 0; p0 < kb; p0 += piece) {
+                const int64_t pk = kb - p0 < piece ? kb - p0 : piece;
+                for (int64_t t = t0; t < t0 + hg; t++)
+                    dec_scores(kt, rows, pk, n, A + t * sa, lda,
+                               md->qb ? md->qb + t * md->sqb : NULL, md->ldqb, md->scale,
+                               (const char *)K + (t * sk + (c0 + p0) * ldk) * es, ldk, kpf,
+                               S[t - t0] + p0);
+            }
+            for (int64_t t = t0; t < t0 + hg; t++) {
+                float *m = P + t * sp, *l = m + rows;
+                mha__attn_decode_mask mh = *md;
+                if (md->slope) mh.slope = md->slope + t * rows;
+                for (int64_t r = 0; r < rows; r++)
+                    dec_row(r, c0, kb, &mh, S[t - t0] + r * DEC_KB, m, l, alpha[t - t0]);
+            }
+            for (int64_t p0 = 0; p0 < kb; p0 += piece) {
+                const int64_t pk = kb - p0 < piece ? kb - p0 : piece;
+                for (int64_t t = t0; t < t0 + hg; t++)
+                    dec_pv(kt, rows, pk, nv, S[t - t0] + p0,
+                           (const char *)V + (t * sv + (c0 + p0) * ldv) * es, ldv, vpf,
+                           p0 ? one : alpha[t - t0], P + t * sp + 2 * rows, nv);
+            }
         }
     }
 }

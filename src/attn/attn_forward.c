@@ -35,6 +35,7 @@
 #include "kernels/kernels.h"
 
 #include <math.h>
+#include <string.h>
 #ifdef _OPENMP
 #include <omp.h>
 #endif
@@ -179,7 +180,7 @@ static void fwd_rows(const fwd_call *c, const fwd_task *t, fwd_ws *w) {
     if (c->bf) fwd_qtile_bf16(c, t, w);
     else mha__attn_scale_tile(br, D, pr->scale, t->q, c->q->stride[2], w->qs);
     for (int64_t r = 0; r < br; r++) w->m[r] = -INFINITY, w->l[r] = 0;
-    for (int64_t x = 0; x < br * Dv; x++) w->acc[x] = 0;
+    memset(w->acc, 0, sizeof(float) * (size_t)(br * Dv));
     for (int64_t kt = 0; kt < c->nkt; kt++) {
         int64_t j0 = kt * BC, bc = pr->S - j0 < BC ? pr->S - j0 : BC;
         if (mha__attn_tile_skip(pr, t->b, i0, i0 + br, j0, j0 + bc)) continue;
@@ -224,8 +225,9 @@ static void fwd_finish(const fwd_call *c, const fwd_task *t, fwd_ws *w) {
     for (int64_t r = 0; r < t->br; r++) {
         float *o = c->bf ? w->acc + r * Dv : mha__attn_row(c->out, t->b, t->h, t->i0 + r);
         if (w->l[r] != 0) {
-            float inv = c->pr.keep_scale / w->l[r];
-            for (int64_t x = 0; x < Dv; x++) o[x] = w->acc[r * Dv + x] * inv;
+            const float inv = c->pr.keep_scale / w->l[r], *a = w->acc + r * Dv;
+#pragma omp simd /* (-O2 vectorizes only loops of a known trip count) */
+            for (int64_t x = 0; x < Dv; x++) o[x] = a[x] * inv;
             w->lt[r] = w->m[r] + logf(w->l[r]);
         } else {
             for (int64_t x = 0; x < Dv; x++) o[x] = 0;
@@ -336,7 +338,12 @@ static void fwd_avg(const fwd_call *c, fwd_ws *w, int64_t task) {
 
 static void fwd_run(const fwd_call *c, fwd_ws *w, int64_t task) {
     fwd_task t;
-    t.bh = task / c->nqt, t.i0 = (task % c->nqt) * c->BR;
+    /* causal (no left bound): a head's row tiles in reverse, the longest first, so that the
+     * tasks the threads finish on are the short ones */
+    const mha__attn_problem *pr = &c->pr;
+    const int rev = pr->hi_shift != MHA__ATTN_NO_DIAG && pr->lo_shift == -MHA__ATTN_NO_DIAG;
+    const int64_t qt = task % c->nqt;
+    t.bh = task / c->nqt, t.i0 = (rev ? c->nqt - 1 - qt : qt) * c->BR;
     t.b = t.bh / c->pr.H, t.h = t.bh % c->pr.H;
     t.br = c->pr.L - t.i0 < c->BR ? c->pr.L - t.i0 : c->BR;
     t.q = c->bf ? NULL : mha__attn_row(c->q, t.b, t.h, t.i0); /* bf: fwd_qtile_bf16 */

@@ -35,7 +35,9 @@
  *     G = clamp(floor(2 * B*H / (NC - 1)), 1, B*H): at most max(2 * dq, (NC - 1) * L * D)
  *     floats, i.e. at most twice dq's size once B*H >= 4 (NC - 1 <= 7 heads' dq below that).
  * Tiles fully excluded by causality, the window, key_lengths or key_padding are skipped (and
- * a key tile's query tiles run from qt_first to qt_end only).
+ * a key tile's query tiles run from qt_first to qt_end only); of a tile pair on the causal
+ * diagonal, the products skip the excluded corner in blocks of 16 rows and keys (THE CORNER A
+ * TILE PAIR SKIPS, below).
  *
  * The steps: bwd_check validates, bwd_plan chooses tiles, chunks and groups and declares the
  * workspace, bwd_drow / bwd_chunk (bwd_pair per tile pair) / bwd_sum are the three passes. */
@@ -276,23 +278,74 @@ static int bwd_tile_begin(const bwd_call *c, const bwd_task *t, const bwd_tiles 
     return 1;
 }
 
-/* With dropout, the tile's W = P * keep / (1-p) (into w->W) and dP *= keep / (1-p); returns W
- * (P itself without dropout). Keys past the last row's end are excluded for every row: P = 0
+/* With dropout, rows [r0, r0 + br) of the tile's W = P * keep / (1-p) (into w->W) and
+ * dP *= keep / (1-p), keys [0, bc); returns W (P itself without dropout). mk: the masks of
+ * those rows (row r0 first). Keys past the last row's end are excluded for every row: P = 0
  * there, so W = 0 and dS = 0 whatever their keep decision. */
 static const float *bwd_dropout(const bwd_call *c, const bwd_task *t, const bwd_tiles *w,
-                                const mha__attn_tile_mask *mk, int64_t i0, int64_t j0, int64_t br,
-                                int64_t bc) {
+                                const mha__attn_tile_mask *mk, int64_t i0, int64_t j0, int64_t r0,
+                                int64_t br, int64_t bc) {
     const mha_kernels *kern = c->kern;
     const int64_t BC = c->BC;
     if (c->pr.dropout_p == 0) return w->P;
     const float ks = c->pr.keep_scale;
+    float *W = w->W + r0 * BC, *dP = w->dP + r0 * BC;
+    uint8_t *keep = w->keep + r0 * BC;
     int64_t bcw = mha__attn_tile_row_end(mk, br - 1, bc);
-    kern->attn_dropout(br, bcw, &t->dr, c->pr.row0 + i0, c->pr.col0 + j0, w->keep, BC);
-    kern->attn_dropout_apply(br, bcw, w->keep, BC, ks, w->P, BC, w->W, BC);
-    kern->attn_dropout_apply(br, bcw, w->keep, BC, ks, w->dP, BC, w->dP, BC);
+    kern->attn_dropout(br, bcw, &t->dr, c->pr.row0 + i0 + r0, c->pr.col0 + j0, keep, BC);
+    kern->attn_dropout_apply(br, bcw, keep, BC, ks, w->P + r0 * BC, BC, W, BC);
+    kern->attn_dropout_apply(br, bcw, keep, BC, ks, dP, BC, dP, BC);
     for (int64_t r = 0; r < br && bcw < bc; r++)
-        for (int64_t x = bcw; x < bc; x++) w->W[r * BC + x] = 0.0f, w->dP[r * BC + x] = 0.0f;
+        for (int64_t x = bcw; x < bc; x++) W[r * BC + x] = 0.0f, dP[r * BC + x] = 0.0f;
     return w->W;
+}
+
+/* THE CORNER A TILE PAIR SKIPS. Where causality (or the window's right bound, or key_lengths)
+ * excludes the upper right of a tile pair, its products skip what they can (their weights
+ * there are exactly 0: kernels.h lets kernels skip those; the sums keep their order):
+ *   the products along rows (the scores, dP, dsoftmax, dq += dS k) run in row blocks of TRIM
+ *   rows, each over keys [0, w) with w its last row's end rounded up to TRIM (the keys past it
+ *   are excluded for the whole block);
+ *   the products summed over rows (dv += W^T dout, dk += dS^T q) run in key blocks of TRIM
+ *   keys, each from the first row that allows its first key (the rows before see none of it).
+ * Every element a key block reads was written by its row block: a row that allows key c0
+ * (a multiple of TRIM) has w >= c0 + TRIM. A tile pair nothing excludes, or larger than
+ * BLK_MAX blocks, is one block each way. */
+#define TRIM 16
+#define BLK_MAX 16
+typedef struct {
+    int nr, nk;
+    /* row block j: rows [r0[j], r0[j + 1]), keys [0, w[j]) */
+    int64_t r0[BLK_MAX + 1], w[BLK_MAX];
+    /* key block k: keys [c0[k], c0[k + 1]), rows [rs[k], br) */
+    int64_t c0[BLK_MAX + 1], rs[BLK_MAX];
+} bwd_blocks;
+
+static void bwd_blocks_make(const bwd_tile *x, bwd_blocks *bl) {
+    const int64_t br = x->br, bc = x->bc;
+    int64_t w0 = mha__attn_tile_row_end(&x->mk, br < TRIM ? br - 1 : TRIM - 1, bc);
+    if (w0 >= bc || br > TRIM * BLK_MAX || bc > TRIM * BLK_MAX) {
+        bl->nr = bl->nk = 1;
+        bl->r0[0] = 0, bl->r0[1] = br, bl->w[0] = bc;
+        bl->c0[0] = 0, bl->c0[1] = bc, bl->rs[0] = 0;
+        return;
+    }
+    bl->nr = 0;
+    for (int64_t r = 0; r < br; r += TRIM) {
+        const int64_t r1 = br - r < TRIM ? br : r + TRIM;
+        const int64_t e = mha__attn_tile_row_end(&x->mk, r1 - 1, bc);
+        bl->r0[bl->nr] = r;
+        bl->w[bl->nr++] = (e + TRIM - 1) / TRIM * TRIM < bc ? (e + TRIM - 1) / TRIM * TRIM : bc;
+    }
+    bl->r0[bl->nr] = br;
+    bl->nk = 0;
+    int64_t rs = 0;
+    for (int64_t c = 0; c < bc; c += TRIM) {
+        while (rs < br && mha__attn_tile_row_end(&x->mk, rs, bc) <= c) rs++;
+        bl->c0[bl->nk] = c;
+        bl->rs[bl->nk++] = rs;
+    }
+    bl->c0[bl->nk] = bc;
 }
 
 /* The five products of the tile pair (query tile qt, key tile kt) of a pass-1 task:
@@ -304,52 +357,106 @@ static void bwd_pair(const bwd_call *c, const bwd_task *t, const bwd_tiles *w, c
     const mha__attn_problem *pr = &c->pr;
     const mha_kernels *kern = c->kern;
     const int64_t BC = c->BC, D = pr->D, Dv = pr->Dv, b = t->b, h = t->h;
-    const int64_t i0 = x->i0, br = x->br, j0 = x->j0, bc = x->bc;
-    const mha__attn_tile_mask mk = x->mk;
+    const int64_t i0 = x->i0, br = x->br, j0 = x->j0;
     const int64_t ldq = c->q->stride[2], ldk = c->k->stride[2], ldg = c->dout->stride[2];
+    const int64_t ldv = c->v->stride[2], lddk = c->dk->stride[2], lddv = c->dv->stride[2];
     const float *qtile = mha__attn_row(c->q, b, h, i0), *gtile = mha__attn_row(c->dout, b, h, i0);
     const float *ktile = mha__attn_kv_row(pr, c->k, b, h, j0);
     const float *vt = mha__attn_kv_row(pr, c->v, b, h, j0);
-    float *P = w->P, *dP = w->dP;
+    float *dkt = mha__attn_row(c->dk, b, h, j0), *dvt = mha__attn_row(c->dv, b, h, j0);
+    float *P = w->P, *dP = w->dP, *G = pr->softcap > 0 ? w->G : NULL; /* G: softcap's derivative */
+    const float *W = P;
+    bwd_blocks bl;
+    bwd_blocks_make(x, &bl);
     mha__attn_scale_tile(br, D, pr->scale, qtile, ldq, w->qs);
-    kern->attn_scores(br, bc, D, 1.0f, w->qs, D, ktile, ldk, P, BC);
-    float *G = pr->softcap > 0 ? w->G : NULL; /* the softcap's derivative */
-    kern->attn_probs(br, bc, P, BC, &mk, w->lt, G);
-    kern->attn_scores(br, bc, Dv, 1.0f, gtile, ldg, vt, c->v->stride[2], dP, BC);
-    const float *W = bwd_dropout(c, t, w, &mk, i0, j0, br, bc); /* dv += W^T dout */
-    kern->attn_ptv(br, bc, Dv, W, BC, gtile, ldg, mha__attn_row(c->dv, b, h, j0), c->dv->stride[2]);
-    /* dS = scale * P * (dP - Drow), in place over dP */
-    kern->attn_dsoftmax(br, bc, P, BC, dP, BC, t->drow + i0, pr->scale, G);
-    kern->attn_ptv(br, bc, D, dP, BC, qtile, ldq, mha__attn_row(c->dk, b, h, j0), c->dk->stride[2]);
-    kern->attn_pv(br, bc, D, dP, BC, ktile, ldk, NULL, t->dqc + i0 * t->lddqc, t->lddqc);
+    for (int j = 0; j < bl.nr; j++) { /* P, dP (and with dropout W) of the row blocks */
+        const int64_t r0 = bl.r0[j], n = bl.r0[j + 1] - r0, bc = bl.w[j];
+        if (bc == 0) continue;
+        const mha__attn_tile_mask mk = mha__attn_tile_mask_rows(&x->mk, r0);
+        kern->attn_scores(n, bc, D, 1.0f, w->qs + r0 * D, D, ktile, ldk, P + r0 * BC, BC);
+        kern->attn_probs(n, bc, P + r0 * BC, BC, &mk, w->lt + r0, G ? G + r0 * BC : NULL);
+        kern->attn_scores(n, bc, Dv, 1.0f, gtile + r0 * ldg, ldg, vt, ldv, dP + r0 * BC, BC);
+        W = bwd_dropout(c, t, w, &mk, i0, j0, r0, n, bc);
+    }
+    for (int k = 0; k < bl.nk; k++) { /* dv += W^T dout */
+        const int64_t c0 = bl.c0[k], rs = bl.rs[k];
+        if (rs < br)
+            kern->attn_ptv(br - rs, bl.c0[k + 1] - c0, Dv, W + rs * BC + c0, BC, gtile + rs * ldg,
+                           ldg, dvt + c0 * lddv, lddv);
+    }
+    for (int j = 0; j < bl.nr; j++) { /* dS = scale * P * (dP - Drow), in place over dP */
+        const int64_t r0 = bl.r0[j];
+        if (bl.w[j])
+            kern->attn_dsoftmax(bl.r0[j + 1] - r0, bl.w[j], P + r0 * BC, BC, dP + r0 * BC, BC,
+                                t->drow + i0 + r0, pr->scale, G ? G + r0 * BC : NULL);
+    }
+    for (int k = 0; k < bl.nk; k++) { /* dk += dS^T q */
+        const int64_t c0 = bl.c0[k], rs = bl.rs[k];
+        if (rs < br)
+            kern->attn_ptv(br - rs, bl.c0[k + 1] - c0, D, dP + rs * BC + c0, BC, qtile + rs * ldq,
+                           ldq, dkt + c0 * lddk, lddk);
+    }
+    for (int j = 0; j < bl.nr; j++) { /* dq_c += dS k */
+        const int64_t r0 = bl.r0[j];
+        if (bl.w[j])
+            kern->attn_pv(bl.r0[j + 1] - r0, bl.w[j], D, dP + r0 * BC, BC, ktile, ldk, NULL,
+                          t->dqc + (i0 + r0) * t->lddqc, t->lddqc);
+    }
 }
 
 /* bwd_pair with bf16 products (BFLOAT16 BACKWARD in kernels.h): the same five, on the packed
  * operands of w (bwd_pack_rows, bwd_pack_keys); P, dP and dS in float32, rounded to bf16 pairs
- * only as operands of the products. */
+ * only as operands of the products. The same blocks (TRIM is even: row blocks and the rows a
+ * key block starts from keep the row pairs of q2 and g2, as i0 is even). */
 static void bwd_pair_bf16(const bwd_call *c, const bwd_task *t, const bwd_tiles *w,
                           const bwd_tile *x) {
     const mha__attn_problem *pr = &c->pr;
     const mha_kernels *kern = c->kern;
     const int64_t BC = c->BC, D = pr->D, Dv = pr->Dv, b = t->b, h = t->h;
-    const int64_t i0 = x->i0, br = x->br, j0 = x->j0, bc = x->bc;
-    const mha__attn_tile_mask mk = x->mk;
+    const int64_t i0 = x->i0, br = x->br, j0 = x->j0;
+    const int64_t lddk = c->dk->stride[2], lddv = c->dv->stride[2];
+    float *dkt = mha__attn_row(c->dk, b, h, j0), *dvt = mha__attn_row(c->dv, b, h, j0);
     float *P = w->P, *dP = w->dP, *G = pr->softcap > 0 ? w->G : NULL;
-    kern->attn_scores_bf16(br, bc, D, pr->scale, w->qa + i0 * c->np, c->np, w->kp, P, BC);
-    kern->attn_probs_bf16(br, bc, P, BC, &mk, w->lt, G);
-    kern->attn_scores_bf16(br, bc, Dv, 1.0f, w->ga + i0 * c->nvp, c->nvp, w->vp, dP, BC);
-    const float *W = bwd_dropout(c, t, w, &mk, i0, j0, br, bc);
-    /* dv += W^T dout (pairs of query rows: i0 is even) */
-    kern->attn_tpairs_bf16(br, bc, W, BC, w->T, BC);
-    kern->attn_ptv_bf16(br, bc, Dv, w->T, BC, w->g2 + i0 * Dv, mha__attn_row(c->dv, b, h, j0),
-                        c->dv->stride[2]);
-    kern->attn_dsoftmax(br, bc, P, BC, dP, BC, t->drow + i0, pr->scale, G);
-    /* dk += dS^T q, then dq += dS k (dS in pairs of keys, in place) */
-    kern->attn_tpairs_bf16(br, bc, dP, BC, w->T, BC);
-    kern->attn_ptv_bf16(br, bc, D, w->T, BC, w->q2 + i0 * D, mha__attn_row(c->dk, b, h, j0),
-                        c->dk->stride[2]);
-    kern->attn_pairs_bf16(br, bc, dP, BC);
-    kern->attn_pv_bf16(br, bc, D, dP, BC, w->kv, t->dqc + i0 * t->lddqc, t->lddqc);
+    const float *W = P;
+    bwd_blocks bl;
+    bwd_blocks_make(x, &bl);
+    for (int j = 0; j < bl.nr; j++) {
+        const int64_t r0 = bl.r0[j], n = bl.r0[j + 1] - r0, bc = bl.w[j];
+        if (bc == 0) continue;
+        const mha__attn_tile_mask mk = mha__attn_tile_mask_rows(&x->mk, r0);
+        kern->attn_scores_bf16(n, bc, D, pr->scale, w->qa + (i0 + r0) * c->np, c->np, w->kp,
+                               P + r0 * BC, BC);
+        kern->attn_probs_bf16(n, bc, P + r0 * BC, BC, &mk, w->lt + r0, G ? G + r0 * BC : NULL);
+        kern->attn_scores_bf16(n, bc, Dv, 1.0f, w->ga + (i0 + r0) * c->nvp, c->nvp, w->vp,
+                               dP + r0 * BC, BC);
+        W = bwd_dropout(c, t, w, &mk, i0, j0, r0, n, bc);
+    }
+    for (int k = 0; k < bl.nk; k++) { /* dv += W^T dout (pairs of query rows) */
+        const int64_t c0 = bl.c0[k], rs = bl.rs[k] / 2 * 2, bc = bl.c0[k + 1] - c0;
+        if (rs >= br) continue;
+        kern->attn_tpairs_bf16(br - rs, bc, W + rs * BC + c0, BC, w->T, BC);
+        kern->attn_ptv_bf16(br - rs, bc, Dv, w->T, BC, w->g2 + (i0 + rs) * Dv, dvt + c0 * lddv,
+                            lddv);
+    }
+    for (int j = 0; j < bl.nr; j++) {
+        const int64_t r0 = bl.r0[j];
+        if (bl.w[j])
+            kern->attn_dsoftmax(bl.r0[j + 1] - r0, bl.w[j], P + r0 * BC, BC, dP + r0 * BC, BC,
+                                t->drow + i0 + r0, pr->scale, G ? G + r0 * BC : NULL);
+    }
+    for (int k = 0; k < bl.nk; k++) { /* dk += dS^T q */
+        const int64_t c0 = bl.c0[k], rs = bl.rs[k] / 2 * 2, bc = bl.c0[k + 1] - c0;
+        if (rs >= br) continue;
+        kern->attn_tpairs_bf16(br - rs, bc, dP + rs * BC + c0, BC, w->T, BC);
+        kern->attn_ptv_bf16(br - rs, bc, D, w->T, BC, w->q2 + (i0 + rs) * D, dkt + c0 * lddk, lddk);
+    }
+    for (int j = 0; j < bl.nr; j++) { /* dq_c += dS k (dS in pairs of keys, in place) */
+        const int64_t r0 = bl.r0[j], n = bl.r0[j + 1] - r0;
+        if (!bl.w[j]) continue;
+        kern->attn_pairs_bf16(n, bl.w[j], dP + r0 * BC, BC);
+        kern->attn_pv_bf16(n, bl.w[j], D, dP + r0 * BC, BC, w->kv, t->dqc + (i0 + r0) * t->lddqc,
+                           t->lddqc);
+    }
 }
 
 /* bf: every query row of head (b, h) for bwd_pair_bf16: q and dout rows zero-padded to np,

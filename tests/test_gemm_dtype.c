@@ -315,6 +315,79 @@ TEST(pack_h_converts_exactly) {
     }
 }
 
+/* cvt_to_f32 / cvt_from_f32 of every table: bit for bit kernels/cvt.h, for every 2-byte value
+ * and, back, for every float32 whose low 16 bits sit at a rounding edge of bf16 or half (ties,
+ * one either side) with any high 16 bits, plus a sweep; every length 0 .. 40 at 4 offsets,
+ * nothing written past n. */
+TEST(cvt_every_table_bit_exact) {
+    enum {
+        NH = 65536,
+        NF = 14 * 65536 + 1048576,
+        GUARD = 8
+    };
+    static const uint32_t lo[14] = {0,      1,      0x7fff, 0x8000, 0x8001, 0xffff, 0x0fff,
+                                    0x1000, 0x1001, 0x2fff, 0x3000, 0x3001, 0x1800, 0xf001};
+    uint16_t *h = mha__malloc(sizeof(uint16_t) * (NF + GUARD));
+    float *f = mha__malloc(sizeof(float) * (NF + GUARD));
+    ASSERT_TRUE(h != NULL && f != NULL);
+    for (int isa = MHA_ISA_GENERIC; isa <= MHA_ISA_AVX512; isa++) {
+        if (!mha_isa_supported((mha_isa)isa)) continue;
+        const mha_kernels *kt = mha__kernels_for((mha_isa)isa);
+        ASSERT_TRUE(kt->cvt_to_f32 != NULL && kt->cvt_from_f32 != NULL);
+        for (int d = 1; d < 3; d++) {
+            const mha_dtype dt = dtypes[d];
+            for (uint32_t i = 0; i < NH; i++) h[i] = (uint16_t)i;
+            kt->cvt_to_f32(dt, h, f, NH);
+            for (uint32_t i = 0; i < NH; i++) {
+                const float want = from_h((uint16_t)i, dt);
+                if (memcmp(&f[i], &want, sizeof want) != 0) {
+                    FAILF("%s cvt_to_f32 %s of %04x: got %08x, expected %08x", kt->name,
+                          mha_dtype_name(dt), i, mha__f32_bits(f[i]), mha__f32_bits(want));
+                    goto done;
+                }
+            }
+            uint32_t x = 12345u;
+            for (int64_t i = 0; i < NF; i++) {
+                uint32_t u;
+                if (i < 14 * 65536) u = (uint32_t)(i % 65536) << 16 | lo[i / 65536];
+                else u = x = x * 1664525u + 1013904223u;
+                f[i] = mha__bits_f32(u);
+            }
+            kt->cvt_from_f32(dt, f, h, NF);
+            for (int64_t i = 0; i < NF; i++) {
+                const uint16_t want = to_h(f[i], dt);
+                if (h[i] != want) {
+                    FAILF("%s cvt_from_f32 %s of %08x: got %04x, expected %04x", kt->name,
+                          mha_dtype_name(dt), mha__f32_bits(f[i]), h[i], want);
+                    goto done;
+                }
+            }
+            for (int i = 1000; i < 1100; i++) h[i] = (uint16_t)i;
+            for (int off = 0; off < 4; off++) /* the tails, unaligned, and the guards */
+                for (int64_t n = 0; n <= 40; n++) {
+                    memset(f + off, 0xab, sizeof(float) * (size_t)(n + GUARD));
+                    kt->cvt_to_f32(dt, h + 1000 + off, f + off, n);
+                    memset(h + off, 0xab, sizeof(uint16_t) * (size_t)(n + GUARD));
+                    kt->cvt_from_f32(dt, f + off, h + off, n);
+                    for (int64_t i = 0; i < n + GUARD; i++) {
+                        const float want = from_h((uint16_t)(1000 + off + i), dt);
+                        const int ok =
+                            i < n ? memcmp(&f[off + i], &want, sizeof want) == 0 &&
+                                        h[off + i] == to_h(want, dt)
+                                  : mha__f32_bits(f[off + i]) == 0xabababab && h[off + i] == 0xabab;
+                        if (!ok) {
+                            FAILF("%s %s n %lld offset %d: element %lld wrong", kt->name,
+                                  mha_dtype_name(dt), (long long)n, off, (long long)i);
+                            goto done;
+                        }
+                    }
+                }
+        }
+    }
+done:
+    mha__free(h), mha__free(f);
+}
+
 /* gemm_bf16_pack of every table that has one: pair words X(i, 2q) | X(i, 2q+1) << 16, the
  * element past an odd k and the rows past `rows` zero, in the three layouts, k odd and even. */
 TEST(pack_bf16_pairs) {
@@ -674,6 +747,7 @@ TEST(workspace_and_fused_bias_every_dtype) {
 
 int main(void) {
     RUN(pack_h_converts_exactly);
+    RUN(cvt_every_table_bit_exact);
     RUN(pack_bf16_pairs);
     RUN(bf16_micro_kernel_edge_tiles);
     RUN(bf16_kernel_selected_by_the_cpu_bit);

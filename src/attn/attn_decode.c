@@ -295,7 +295,7 @@ static void dec_queries(const kv_call *c, int64_t bk) {
     const mha_tensor qg =
         mha_tensor_typed(kv_row(c->q, b, h0, 0), c->dt, 3, shape, c->q->stride + 1);
     float *qs = c->qs + bk * c->rows * c->D;
-    mha__tensor_to_f32(&qg, qs, 1);
+    mha__tensor_to_f32(c->kern, &qg, qs, 1);
     mha__attn_scale_tile(c->rows, c->D, c->scale, qs, c->D, qs);
     uint16_t *qb = c->dt == MHA_DTYPE_BF16 ? c->qb + bk * c->rows * c->D : NULL;
     for (int64_t r = 0; qb && r < c->rows; r++) {
@@ -310,7 +310,7 @@ static void dec_queries(const kv_call *c, int64_t bk) {
 /* Row [Dv] of out at o = the float32 row x rounded once (a 2-byte out). */
 static void dec_round_row(const kv_call *c, const float *x, void *o) {
     const mha_tensor ov = mha_tensor_typed(o, c->dt, 1, &c->Dv, NULL);
-    mha__tensor_from_f32(x, &ov, 1);
+    mha__tensor_from_f32(c->kern, x, &ov, 1);
 }
 
 /* The key range [lo, hi) of row r (query token i of length len's sequence) within chunk

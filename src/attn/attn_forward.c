@@ -234,8 +234,8 @@ static void fwd_finish(const fwd_call *c, const fwd_task *t, fwd_ws *w) {
             w->lt[r] = -INFINITY;
         }
         if (c->bf) { /* rounded once */
-            uint16_t *ob = mha__attn_row_at(c->out, t->b, t->h, t->i0 + r);
-            for (int64_t x = 0; x < Dv; x++) ob[x] = mha__f32_to_bf16(o[x]);
+            c->kern->cvt_from_f32(MHA_DTYPE_BF16, o,
+                                  mha__attn_row_at(c->out, t->b, t->h, t->i0 + r), Dv);
         }
     }
     if (c->ml) { /* for fwd_avg */

@@ -186,7 +186,7 @@ static mha_status mod_gemm(mha_ctx *ctx, mha_module *m, int ta, int tb, int64_t 
     }
     mha_status st =
         mha__gemm_dt(ctx, &m->gws, ta, tb, M, N, K, 1.0f, A, lda, B, ldb, dt, 0.0f, b32, f, N);
-    if (!st) mha__tensor_from_f32(f, dst, mha_ctx_threads(ctx));
+    if (!st) mha__tensor_from_f32(mha__ctx_kernels(ctx), f, dst, mha_ctx_threads(ctx));
     return st;
 }
 

@@ -3,7 +3,7 @@
  * definitions of src/kernels/cvt.h). */
 #include "core/plan.h"
 #include "internal.h"
-#include "kernels/cvt.h"
+#include "kernels/kernels.h"
 
 #include <string.h>
 
@@ -18,29 +18,16 @@ static int64_t row_offset(const mha_tensor *t, int64_t r) {
 }
 
 /* dst[n] = the n elements at src of dtype dt, exactly */
-static void row_to_f32(mha_dtype dt, const void *src, float *dst, int64_t n) {
-    if (dt == MHA_DTYPE_F32) {
-        memcpy(dst, src, sizeof(float) * (size_t)n);
-        return;
-    }
-    const uint16_t *s = src;
-    if (dt == MHA_DTYPE_BF16)
-        for (int64_t x = 0; x < n; x++) dst[x] = mha__bf16_to_f32(s[x]);
-    else
-        for (int64_t x = 0; x < n; x++) dst[x] = mha__f16_to_f32(s[x]);
+static void row_to_f32(const mha_kernels *k, mha_dtype dt, const void *src, float *dst, int64_t n) {
+    if (dt == MHA_DTYPE_F32) memcpy(dst, src, sizeof(float) * (size_t)n);
+    else k->cvt_to_f32(dt, src, dst, n);
 }
 
 /* dst[n] of dtype dt = src[n], each rounded once */
-static void row_from_f32(mha_dtype dt, const float *src, void *dst, int64_t n) {
-    if (dt == MHA_DTYPE_F32) {
-        memcpy(dst, src, sizeof(float) * (size_t)n);
-        return;
-    }
-    uint16_t *d = dst;
-    if (dt == MHA_DTYPE_BF16)
-        for (int64_t x = 0; x < n; x++) d[x] = mha__f32_to_bf16(src[x]);
-    else
-        for (int64_t x = 0; x < n; x++) d[x] = mha__f32_to_f16(src[x]);
+static void row_from_f32(const mha_kernels *k, mha_dtype dt, const float *src, void *dst,
+                         int64_t n) {
+    if (dt == MHA_DTYPE_F32) memcpy(dst, src, sizeof(float) * (size_t)n);
+    else k->cvt_from_f32(dt, src, dst, n);
 }
 
 /* The number of rows and the row length of a validated view (ndim >= 1). */
@@ -50,26 +37,26 @@ static void rows_of(const mha_tensor *t, int64_t *rows, int64_t *n) {
     *n = t->ndim ? t->shape[t->ndim - 1] : 1;
 }
 
-void mha__tensor_to_f32(const mha_tensor *src, float *dst, int nt) {
+void mha__tensor_to_f32(const mha_kernels *k, const mha_tensor *src, float *dst, int nt) {
     int64_t rows, n;
     rows_of(src, &rows, &n);
     const size_t es = mha__tensor_elsize(src);
     (void)nt; /* (without OpenMP) */
 #pragma omp parallel for num_threads(nt) schedule(static) if (nt > 1 && rows * n > (1 << 16))
     for (int64_t r = 0; r < rows; r++)
-        row_to_f32(src->dtype, (const char *)src->ptr + row_offset(src, r) * (int64_t)es,
+        row_to_f32(k, src->dtype, (const char *)src->ptr + row_offset(src, r) * (int64_t)es,
                    dst + r * n, n);
 }
 
-void mha__tensor_from_f32(const float *src, const mha_tensor *dst, int nt) {
+void mha__tensor_from_f32(const mha_kernels *k, const float *src, const mha_tensor *dst, int nt) {
     int64_t rows, n;
     rows_of(dst, &rows, &n);
     const size_t es = mha__tensor_elsize(dst);
     (void)nt;
 #pragma omp parallel for num_threads(nt) schedule(static) if (nt > 1 && rows * n > (1 << 16))
     for (int64_t r = 0; r < rows; r++)
-        row_from_f32(dst->dtype, src + r * n, (char *)dst->ptr + row_offset(dst, r) * (int64_t)es,
-                     n);
+        row_from_f32(k, dst->dtype, src + r * n,
+                     (char *)dst->ptr + row_offset(dst, r) * (int64_t)es, n);
 }
 
 mha_status mha_tensor_convert(mha_ctx *ctx, const mha_tensor *src, mha_tensor *dst) {
@@ -108,9 +95,12 @@ mha_status mha_tensor_convert(mha_ctx *ctx, const mha_tensor *src, mha_tensor *d
         return mha__err(ctx, MHA_ERR_NOMEM, "%s: out of memory (a row of %lld floats)", fn,
                         (long long)len);
     const size_t es = mha__tensor_elsize(src), ed = mha__tensor_elsize(dst);
+    const mha_kernels *kern = mha__ctx_kernels(ctx);
     for (int64_t r = 0; r < rows; r++) { /* one row at a time through float32 */
-        row_to_f32(src->dtype, (const char *)src->ptr + row_offset(src, r) * (int64_t)es, row, len);
-        row_from_f32(dst->dtype, row, (char *)dst->ptr + row_offset(dst, r) * (int64_t)ed, len);
+        row_to_f32(kern, src->dtype, (const char *)src->ptr + row_offset(src, r) * (int64_t)es, row,
+                   len);
+        row_from_f32(kern, dst->dtype, row, (char *)dst->ptr + row_offset(dst, r) * (int64_t)ed,
+                     len);
     }
     mha__free(row);
     return MHA_OK;
@@ -126,6 +116,7 @@ mha_status mha__lowp_begin(mha_ctx *ctx, const char *fn, mha__lowp *lp, int n,
     memset(lp, 0, sizeof *lp);
     lp->n = n;
     lp->nt = mha__ctx_threads(ctx);
+    lp->kern = mha__ctx_kernels(ctx);
     mha__plan pl;
     mha__plan_init(&pl);
     for (int i = 0; i < n; i++) {
@@ -142,7 +133,7 @@ mha_status mha__lowp_begin(mha_ctx *ctx, const char *fn, mha__lowp *lp, int n,
         const mha_tensor *t = args[i].t;
         if (!t) continue;
         lp->f32[i] = mha_tensor_make(v.t[i], t->ndim, t->shape);
-        if (!args[i].out) mha__tensor_to_f32(t, v.t[i], lp->nt);
+        if (!args[i].out) mha__tensor_to_f32(lp->kern, t, v.t[i], lp->nt);
     }
     return MHA_OK;
 }
@@ -152,7 +143,7 @@ mha_tensor *mha__lowp_view(mha__lowp *lp, int i) { return lp->arg[i].t ? &lp->f3
 void mha__lowp_end(mha__lowp *lp, mha_status st) {
     for (int i = 0; i < lp->n && st == MHA_OK; i++)
         if (lp->arg[i].out && lp->arg[i].t)
-            mha__tensor_from_f32(lp->f32[i].data, (mha_tensor *)lp->arg[i].t, lp->nt);
+            mha__tensor_from_f32(lp->kern, lp->f32[i].data, (mha_tensor *)lp->arg[i].t, lp->nt);
     mha__free(lp->mem);
     lp->mem = NULL;
 }

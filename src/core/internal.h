@@ -63,11 +63,13 @@ mha_status mha__check_tensor_as(mha_ctx *ctx, const char *fn, const char *name, 
 /* Bytes per element of a view: 4 (F32) or 2 (BF16, F16). */
 size_t mha__tensor_elsize(const mha_tensor *t);
 
-/* Conversions of whole views (convert.c, on nt threads): src (any dtype, strided) into the
- * contiguous float32 dst of its shape, exactly; and the contiguous float32 src into dst (any
- * dtype, strided), each element rounded once (nearest even; src/kernels/cvt.h). */
-void mha__tensor_to_f32(const mha_tensor *src, float *dst, int nt);
-void mha__tensor_from_f32(const float *src, const mha_tensor *dst, int nt);
+/* Conversions of whole views (convert.c, on nt threads, by the table k's cvt kernels): src
+ * (any dtype, strided) into the contiguous float32 dst of its shape, exactly; and the
+ * contiguous float32 src into dst (any dtype, strided), each element rounded once (nearest
+ * even; src/kernels/cvt.h). */
+void mha__tensor_to_f32(const struct mha_kernels *k, const mha_tensor *src, float *dst, int nt);
+void mha__tensor_from_f32(const struct mha_kernels *k, const float *src, const mha_tensor *dst,
+                          int nt);
 
 /* A call on bf16 / f16 views run in float32 (convert.c): mha__lowp_begin makes one
  * allocation holding a contiguous float32 copy of each input (converted now) and a float32
@@ -82,6 +84,7 @@ typedef struct {
 } mha__lowp_arg;
 typedef struct {
     int n, nt;
+    const struct mha_kernels *kern; /* the context's table (its conversions) */
     mha__lowp_arg arg[MHA__LOWP_MAX];
     mha_tensor f32[MHA__LOWP_MAX];
     void *mem;

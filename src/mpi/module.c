@@ -208,12 +208,12 @@ static mha_status fwd_project(mha_ctx *ctx, mha_module *m, const fwd_call *f, sa
     s->ap.scale = f->opts->scale != 0 ? f->opts->scale : (float)(1.0 / sqrt((double)(E / H)));
     s->ap.dropout_p = f->opts->training && m->cfg.dropout > 0 ? m->cfg.dropout : 0.0f;
     s->ap.seed = m->dropout_seed, s->ap.offset = m->dropout_offset;
-    mha__tensor_to_f32(f->query, s->x, nt);
+    mha__tensor_to_f32(mha__ctx_kernels(ctx), f->query, s->x, nt);
     if (s->self)
         return mha__gemm_ex(ctx, &m->gws, 0, 1, BL, 3 * E, E, 1.0f, s->x, E, m->wq, E, 0.0f, m->bin,
                             s->qkv, 3 * E);
-    mha__tensor_to_f32(f->key, s->xk, nt);
-    mha__tensor_to_f32(f->value, s->xv, nt);
+    mha__tensor_to_f32(mha__ctx_kernels(ctx), f->key, s->xk, nt);
+    mha__tensor_to_f32(mha__ctx_kernels(ctx), f->value, s->xv, nt);
     const float *bq = m->bin, *bk = bq ? bq + E : NULL, *bv = bq ? bq + 2 * E : NULL;
     mha_status st;
     if ((st = mha__gemm_ex(ctx, &m->gws, 0, 1, BL, E, E, 1.0f, s->x, E, m->wq, E, 0.0f, bq, s->qkv,
@@ -241,7 +241,7 @@ static mha_status fwd_attend(mha__mpi_call *c, mha_module *m, const fwd_call *f,
     if (st) return st;
     st = mha__gemm_ex(c->ctx, &m->gws, 0, 1, BL, E, E, 1.0f, s->attn, E, m->wo, E, 0.0f, m->bo,
                       s->y, E);
-    if (!st) mha__tensor_from_f32(s->y, f->out, mha__ctx_threads(c->ctx));
+    if (!st) mha__tensor_from_f32(mha__ctx_kernels(c->ctx), s->y, f->out, mha__ctx_threads(c->ctx));
     return mha__mpi_agree(c, st);
 }
 
@@ -389,7 +389,7 @@ static mha_status col_sums(mha_ctx *ctx, mha_module *m, const bwd_call *b, float
 static mha_status bwd_out_proj(mha_ctx *ctx, mha_module *m, bwd_call *b) {
     const saved *s = m->mpi_saved;
     const int64_t E = m->cfg.embed_dim, BL = s->B * s->Lr;
-    mha__tensor_to_f32(b->dout, b->dy, mha__ctx_threads(ctx));
+    mha__tensor_to_f32(mha__ctx_kernels(ctx), b->dout, b->dy, mha__ctx_threads(ctx));
     mha_status st;
     if ((st = mha__gemm_ex(ctx, &m->gws, 0, 0, BL, E, E, 1.0f, b->dy, E, m->wo, E, 0.0f, NULL,
                            b->da, E)) ||
@@ -427,7 +427,7 @@ static mha_status input_grad(mha_ctx *ctx, mha_module *m, const bwd_call *b, mha
     if (!t) return MHA_OK;
     mha_status st =
         mha__gemm_ex(ctx, &m->gws, 0, 0, rows, X, n, 1.0f, dy, ldd, W, X, 0.0f, NULL, b->tmp, X);
-    if (!st) mha__tensor_from_f32(b->tmp, t, mha__ctx_threads(ctx));
+    if (!st) mha__tensor_from_f32(mha__ctx_kernels(ctx), b->tmp, t, mha__ctx_threads(ctx));
     return st;
 }
 

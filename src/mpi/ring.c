@@ -225,8 +225,9 @@ static chunk_views block_chunk(const ring *g, void *block, int lk) {
 /* This rank's block: its k and v, and its key padding chunk-major. */
 static void block_pack(const ring *g, const mha_tensor *k, const mha_tensor *v, void *block) {
     const int nt = mha__ctx_threads(g->c->ctx);
-    mha__tensor_to_f32(k, (float *)((char *)block + g->k_off), nt);
-    mha__tensor_to_f32(v, (float *)((char *)block + g->v_off), nt);
+    const mha_kernels *kern = mha__ctx_kernels(g->c->ctx);
+    mha__tensor_to_f32(kern, k, (float *)((char *)block + g->k_off), nt);
+    mha__tensor_to_f32(kern, v, (float *)((char *)block + g->v_off), nt);
     if (!g->pad) return;
     uint8_t *pad = (uint8_t *)block + g->pad_off;
     for (int lk = 0; lk < g->nch; lk++)
@@ -385,8 +386,9 @@ mha_status mha_mpi_attn_forward(mha_ctx *ctx, MPI_Comm comm, const mha_attn_para
     st = mha__mpi_agree(&c, fwd_ring(&g, q, &w));
     if (!st) {
         const int nt = mha__ctx_threads(ctx);
-        mha__tensor_from_f32(w.acc, out, nt);
-        if (lse) mha__tensor_from_f32(w.lacc, lse, nt);
+        const mha_kernels *kern = mha__ctx_kernels(ctx);
+        mha__tensor_from_f32(kern, w.acc, out, nt);
+        if (lse) mha__tensor_from_f32(kern, w.lacc, lse, nt);
     }
     mha__free(mem);
     return mha__mpi_end(&c, st, stats);
@@ -549,9 +551,10 @@ mha_status mha_mpi_attn_backward(mha_ctx *ctx, MPI_Comm comm, const mha_attn_par
     st = mha__mpi_agree(&c, bwd_ring(&g, q, out, lse, dout, &w, &final));
     if (!st) {
         const int nt = mha__ctx_threads(ctx);
-        mha__tensor_from_f32(w.dq, dq, nt);
-        mha__tensor_from_f32(final, dk, nt);
-        mha__tensor_from_f32(final + g.B * g.Hkv * g.Sr * g.D, dv, nt);
+        const mha_kernels *kern = mha__ctx_kernels(ctx);
+        mha__tensor_from_f32(kern, w.dq, dq, nt);
+        mha__tensor_from_f32(kern, final, dk, nt);
+        mha__tensor_from_f32(kern, final + g.B * g.Hkv * g.Sr * g.D, dv, nt);
     }
     mha__free(mem);
     return mha__mpi_end(&c, st, stats);

@@ -1,4 +1,5 @@
-/* gemm_pack.c - packing for the gemm micro-kernels (contract in kernels.h), plain C.
+/* gemm_pack.c - packing for the gemm micro-kernels (contract in kernels.h), plain C; and the
+ * bulk conversions between 2-byte floats and float32 (cvt_to_f32, cvt_from_f32).
  *
  * X is a rows x k matrix with element (i, p) at X[i*rs + p*cs]; it becomes ceil(rows / r)
  * micro-panels of r x k, panel t at dst + t*r*k holding dst[p*r + i] = X[(t*r + i)*rs + p*cs],
@@ -67,4 +68,19 @@ void mha__gemm_pack_generic_h(const uint16_t *X, mha_dtype dt, int64_t rs, int64
                               int64_t k, int r, float *dst) {
     if (dt == MHA_DTYPE_BF16) pack(X, MHA_DTYPE_BF16, rs, cs, rows, k, r, dst);
     else pack(X, MHA_DTYPE_F16, rs, cs, rows, k, r, dst);
+}
+
+/* kernels.h: cvt_to_f32 / cvt_from_f32, cvt.h's definitions element by element */
+void mha__cvt_to_f32_generic(mha_dtype dt, const uint16_t *src, float *dst, int64_t n) {
+    if (dt == MHA_DTYPE_BF16)
+        for (int64_t i = 0; i < n; i++) dst[i] = mha__bf16_to_f32(src[i]);
+    else
+        for (int64_t i = 0; i < n; i++) dst[i] = mha__f16_to_f32(src[i]);
+}
+
+void mha__cvt_from_f32_generic(mha_dtype dt, const float *src, uint16_t *dst, int64_t n) {
+    if (dt == MHA_DTYPE_BF16)
+        for (int64_t i = 0; i < n; i++) dst[i] = mha__f32_to_bf16(src[i]);
+    else
+        for (int64_t i = 0; i < n; i++) dst[i] = mha__f32_to_f16(src[i]);
 }

@@ -71,6 +71,34 @@ INL vf vf_load_bf16_v(const uint16_t *p, int last, vmask kl) {
 INL vf vf_load_f16_v(const uint16_t *p, int last, vmask kl) {
     return _mm256_cvtph_ps(vh_load_v(p, last, kl));
 }
+/* And back: VL floats rounded once to 2-byte elements as ../../cvt.h does (bf16: round to
+ * nearest even on the bits, NaN quieted, subnormals rounded as numbers; half: F16C's
+ * vcvtps2ph, round to nearest even), stored at p; a cut vector's elements go through a small
+ * copy (no 16-bit masked store either), the others are never written. */
+typedef __m128i vh; /* VL 2-byte elements */
+INL vh vf_to_bf16(vf x) {
+    const __m256i u = _mm256_castps_si256(x), one = _mm256_set1_epi32(1);
+    const __m256i hi = _mm256_srli_epi32(u, 16);
+    __m256i r = _mm256_srli_epi32(
+        _mm256_add_epi32(u, _mm256_add_epi32(_mm256_set1_epi32(0x7fff), _mm256_and_si256(hi, one))),
+        16);
+    const __m256i nan = _mm256_cmpgt_epi32(_mm256_and_si256(u, _mm256_set1_epi32(0x7fffffff)),
+                                           _mm256_set1_epi32(0x7f800000));
+    r = _mm256_blendv_epi8(r, _mm256_or_si256(hi, _mm256_set1_epi32(0x40)), nan);
+    r = _mm256_packus_epi32(r, r); /* (every value <= 0xffff) lanes 0-3 0-3 | 4-7 4-7 */
+    return _mm256_castsi256_si128(_mm256_permute4x64_epi64(r, 0x08));
+}
+INL vh vf_to_f16(vf x) { return _mm256_cvtps_ph(x, _MM_FROUND_TO_NEAREST_INT); }
+INL void vh_store_v(uint16_t *p, int last, vmask kl, vh h) {
+    if (!last) {
+        _mm_storeu_si128((__m128i *)p, h);
+        return;
+    }
+    uint16_t t[8];
+    _mm_storeu_si128((__m128i *)t, h);
+    const int w = __builtin_popcount((unsigned)_mm256_movemask_ps(_mm256_castsi256_ps(kl)));
+    for (int i = 0; i < w; i++) p[i] = t[i];
+}
 
 INL vf vf_fma(vf a, vf b, vf c) { return _mm256_fmadd_ps(a, b, c); } /* a b + c, one rounding */
 INL vf vf_mul(vf a, vf b) { return _mm256_mul_ps(a, b); }

@@ -2,7 +2,7 @@
  * of ../gemm_pack_skel.h on 16 x 16 blocks. Same result as mha__gemm_pack_generic_f32 / _h;
  * layouts other than cs == 1 or rs == 1 fall back to them. The elements are float32, or
  * bfloat16 / half widened exactly to float32 as they are loaded (gemm_pack_h: a shift, or
- * vcvtph2ps). */
+ * vcvtph2ps). Also the bulk conversions cvt_to_f32 / cvt_from_f32 (../cvt_skel.h). */
 #include "simd.h" /* vf_transpose, mask_tail */
 
 INL vf pack_load(const void *X, mha_dtype dt, int64_t e, int64_t n) {
@@ -12,6 +12,7 @@ INL vf pack_load(const void *X, mha_dtype dt, int64_t e, int64_t n) {
     return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
 }
 
+#include "../cvt_skel.h"
 #include "../gemm_pack_skel.h"
 
 void mha__gemm_pack_avx512_f32(const float *X, int64_t rs, int64_t cs, int64_t rows, int64_t k,

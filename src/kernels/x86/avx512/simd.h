@@ -58,6 +58,25 @@ INL vf vf_load_bf16_v(const uint16_t *p, int last, vmask kl) {
 INL vf vf_load_f16_v(const uint16_t *p, int last, vmask kl) {
     return _mm512_cvtph_ps(vh_load_v(p, last, kl));
 }
+/* And back: VL floats rounded once to 2-byte elements as ../../cvt.h does (bf16: round to
+ * nearest even on the bits, NaN quieted, subnormals rounded as numbers; half: vcvtps2ph, round
+ * to nearest even), stored at p; the lanes outside a cut vector are never written. */
+typedef __m256i vh; /* VL 2-byte elements */
+INL vh vf_to_bf16(vf x) {
+    const __m512i u = _mm512_castps_si512(x), one = _mm512_set1_epi32(1);
+    const __m512i hi = _mm512_srli_epi32(u, 16);
+    const __m512i r = _mm512_srli_epi32(
+        _mm512_add_epi32(u, _mm512_add_epi32(_mm512_set1_epi32(0x7fff), _mm512_and_si512(hi, one))),
+        16);
+    const __mmask16 nan = _mm512_cmpgt_epi32_mask(
+        _mm512_and_si512(u, _mm512_set1_epi32(0x7fffffff)), _mm512_set1_epi32(0x7f800000));
+    return _mm512_cvtepi32_epi16(
+        _mm512_mask_mov_epi32(r, nan, _mm512_or_si512(hi, _mm512_set1_epi32(0x40))));
+}
+INL vh vf_to_f16(vf x) { return _mm512_cvtps_ph(x, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC); }
+INL void vh_store_v(uint16_t *p, int last, vmask kl, vh h) {
+    _mm256_mask_storeu_epi16(p, last ? kl : (__mmask16)0xffff, h);
+}
 
 INL vf vf_fma(vf a, vf b, vf c) { return _mm512_fmadd_ps(a, b, c); } /* a b + c, one rounding */
 INL vf vf_mul(vf a, vf b) { return _mm512_mul_ps(a, b); }

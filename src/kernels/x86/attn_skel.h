@@ -626,8 +626,12 @@ INL void fwd_tile(const int bf, int64_t br, int64_t bc, int64_t n, int64_t nv, f
             int64_t w = bce - c0 < PW ? bce - c0 : PW;
             int nvk = (int)((w + VL - 1) / VL);
             vmask kl = mask_tail(w - VL * (nvk - 1));
-            fwd_scores(bf, nvk, rows, n, A, lda, Kp, scale, p, ldp, kl, mk, masked, mods, r0, c0,
-                       bc, vmx);
+            /* a panel every row of the block allows whole (on the causal diagonal, all but the
+             * last) needs no masks */
+            int pm = masked && (any_mask || mha__attn_tile_row_end(mk, r0, bc) < c0 + w ||
+                                mha__attn_tile_row_start(mk, r0 + rows - 1, bc) > c0);
+            fwd_scores(bf, nvk, rows, n, A, lda, Kp, scale, p, ldp, kl, mk, pm, mods, r0, c0, bc,
+                       vmx);
         }
         /* m' per row from the registers; alpha = exp(m - m') for the block by one vector exp */
         float mo[VL] __attribute__((aligned(VALIGN))) = {0};

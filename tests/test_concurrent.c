@@ -8,6 +8,7 @@
 #include "core/internal.h"
 
 #include <pthread.h>
+#include <sched.h>
 #include <stdatomic.h>
 
 enum {
@@ -25,7 +26,7 @@ typedef struct {
     char msg[256];
 } result;
 
-static atomic_int workers_left;
+static atomic_int workers_left, poker_running;
 
 /* One context and one module per call: forward and backward ROUNDS times on fixed data. */
 static void run_layer(result *r) {
@@ -58,6 +59,9 @@ done:
 }
 
 static void *worker(void *arg) {
+    /* start only once the poker pokes: on a loaded machine it could otherwise first run after
+     * every worker had finished, and poke nothing */
+    while (!atomic_load(&poker_running)) sched_yield();
     run_layer(arg);
     atomic_fetch_sub(&workers_left, 1);
     return NULL;
@@ -67,10 +71,11 @@ static void *worker(void *arg) {
  * workers allocate. */
 static void *poker(void *arg) {
     long *seen = arg;
-    while (atomic_load(&workers_left) > 0) {
+    do {
         mha__fault_after(-1);
         *seen = mha__alloc_count();
-    }
+        atomic_store(&poker_running, 1);
+    } while (atomic_load(&workers_left) > 0);
     return NULL;
 }
 
@@ -82,6 +87,7 @@ TEST(contexts_on_threads_give_lone_results) {
     pthread_t t[NTHREADS], p;
     long seen = 0;
     atomic_store(&workers_left, NTHREADS);
+    atomic_store(&poker_running, 0);
     ASSERT_EQ(pthread_create(&p, NULL, poker, &seen), 0);
     for (int i = 0; i < NTHREADS; i++) ASSERT_EQ(pthread_create(&t[i], NULL, worker, &res[i]), 0);
     for (int i = 0; i < NTHREADS; i++) pthread_join(t[i], NULL);

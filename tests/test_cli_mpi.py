@@ -355,6 +355,20 @@ def test_bench_under_mpirun_is_the_core():
     assert rc == 2 and err.startswith("mha: error: --seq: mha_mpi_shard: n: got 64"), err
 
 
+def test_bench_ranks_given_different_timing_options():
+    """The timed runs are collectives: ranks given different --budget, --runs, --warmup or
+    --backward (an MPMD launch) are refused with one usage error, not left waiting for each
+    other (a rank with --budget 0 skipped the clock's all-reduce another rank made)."""
+    base = ["bench", "--core", "--batch", 1, "--seq", 64, "--embed", 32, "--heads", 2, "--threads",
+            1]
+    for mine, other in ((["--budget", 0], ["--budget", 5]), (["--runs", 2], ["--runs", 3]),
+                        (["--warmup", 1], ["--warmup", 0]), ([], ["--backward"])):
+        rc, out, err = mpmd((1, [*base, *mine]), (1, [*base, *other]))
+        assert rc == 1 and out == "" and len(error_lines(err)) == 1, (other, rc, out, err)
+        assert err.startswith("mha: error: --runs, --warmup, --budget, --backward: the ranks "
+                              "were given different values"), err
+
+
 # ------------------------------------------------------------------------------------------
 # plain mha never starts MPI
 # ------------------------------------------------------------------------------------------

@@ -391,6 +391,13 @@ double cli_mpi_max(double x) {
     return m;
 }
 
+int cli_mpi_same(double x) {
+    if (!g.active) return 1;
+    double v[2] = {x, -x}, m[2]; /* the largest x and minus the smallest */
+    MPI_Allreduce(v, m, 2, MPI_DOUBLE, MPI_MAX, MPI_COMM_WORLD);
+    return m[0] == -m[1];
+}
+
 /* What one rank reports: per call of each direction, and its peak memory. */
 enum {
     R_COMPUTE,

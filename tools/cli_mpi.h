@@ -84,6 +84,8 @@ int cli_mpi_bench_report(const cli_mpi_tally t[2], int backward, int causal, int
  * together and takes the slowest rank's time. */
 void cli_mpi_barrier(void);
 double cli_mpi_max(double x);
+/* Collective: 1 on every rank when every rank passed the same x, else 0 on every rank. */
+int cli_mpi_same(double x);
 #else
 /* Without MPI: one process, rank 0 of 1, nothing to agree on or refuse. */
 static inline int cli_mpi_begin(void) { return 0; }
@@ -98,6 +100,10 @@ static inline int cli_mpi_layer_check(const cli_layer_args *a, int want_weights)
 }
 static inline void cli_mpi_barrier(void) {}
 static inline double cli_mpi_max(double x) { return x; }
+static inline int cli_mpi_same(double x) {
+    (void)x;
+    return 1;
+}
 #endif
 
 #endif

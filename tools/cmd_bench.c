@@ -105,7 +105,8 @@ static void print_help(FILE *f) {
           "sequence, split zigzag with --causal) and rank 0 reports the slowest rank's time and\n"
           "each rank's compute and communication wait, work (multiply-adds), bytes sent and\n"
           "peak memory, and the work balance max/mean (in the JSON: \"mpi\"); each rank runs\n"
-          "--threads threads (P ranks on C cores want --threads C/P)\n",
+          "--threads threads (P ranks on C cores want --threads C/P); --runs, --warmup,\n"
+          "--budget and --backward must be the same on every rank\n",
           f);
 }
 
@@ -394,6 +395,21 @@ static int check_mpi_args(const bench_args *a, const cli_opt *opts, int nopts) {
         return cli_usage_error(hint, "--dtype %s: not supported under mpirun (float32 only)",
                                a->dtype_arg);
     return 0;
+}
+
+/* Under mpirun (collective, after every rank parsed its command line): the timed runs are
+ * collectives (measure), so every rank must be given the same --runs, --warmup, --budget and
+ * --backward; an MPMD launch that gives them differently would leave ranks waiting for each
+ * other. A usage error (on every rank) when they differ. */
+static int check_mpi_timing(const bench_args *a) {
+    int same = cli_mpi_same((double)a->runs);
+    same &= cli_mpi_same((double)a->warmup);
+    same &= cli_mpi_same(a->budget);
+    same &= cli_mpi_same(a->backward);
+    if (same) return 0;
+    return cli_usage_error("mpirun -n P mha bench ... gives every rank the same options",
+                           "--runs, --warmup, --budget, --backward: the ranks were given "
+                           "different values (every rank times the same runs)");
 }
 
 /* Parses and checks the command line. Returns 0, CLI_HELP (help printed) or a usage error. */
@@ -900,6 +916,7 @@ static int bench(int argc, char **argv) {
     if (rc == CLI_HELP) return CLI_EXIT_OK;
     /* under mpirun each phase ends with every rank agreeing (cli_mpi.h): one error, one code */
     if ((rc = cli_mpi_agree(rc))) return rc;
+    if ((rc = cli_mpi_agree(check_mpi_timing(&a)))) return rc;
     mha_ctx *ctx = NULL;
     rc = cli_ctx_create(a.threads_given ? &a.threads : NULL, a.isa, &ctx);
     if ((rc = cli_mpi_agree(rc))) {

@@ -123,6 +123,8 @@ typedef struct {
     int64_t G;                      /* heads per group (the partials' size) */
     int nt;
     int bf;          /* bf16 inputs on the table's bf16 kernels (dq, dk, dv float32 buffers) */
+    int dkv_tiles;   /* bf without grouped heads: dk, dv (the caller's bf16 views) summed per key
+                        tile in float32 tiles of each thread and rounded into them tile by tile */
     int64_t np, nvp; /* bf: D and Dv rounded up to even (the kernels' pairs) */
     mha__plan tiles; /* one bwd_tiles, nt copies */
     mha__plan plan;  /* one bwd_ws */
@@ -146,6 +148,7 @@ typedef struct {
     uint8_t *keep;     /* [BR, BC] dropout keep bytes */
     float *G;          /* [BR, BC] the softcap's derivative (softcap only: else 0 bytes) */
     float *qs;         /* [BR, D] a query tile times scale */
+    float *dkt, *dvt;  /* dkv_tiles only: a key tile's dk [BC, D] and dv [BC, Dv] */
     /* bf only (else 0 bytes), the BFLOAT16 BACKWARD operands: per key tile, k in panels over
      * D, v in panels over Dv, k in pairs of keys; per tile pair the pairs of W^T / dS^T; per
      * task, every query row of the head: q and dout rows (zero past D, Dv) and in row pairs */
@@ -220,6 +223,8 @@ static void bwd_plan(mha_ctx *ctx, bwd_call *c) {
     MHA__PLAN_ADD(tl, bwd_tiles, keep, 1, BR, BC);
     MHA__PLAN_ADD(tl, bwd_tiles, G, sizeof(float), pr->softcap > 0 ? BR : 0, BC);
     MHA__PLAN_ADD(tl, bwd_tiles, qs, sizeof(float), c->bf ? 0 : BR, pr->D);
+    MHA__PLAN_ADD(tl, bwd_tiles, dkt, sizeof(float), c->dkv_tiles ? BC : 0, pr->D);
+    MHA__PLAN_ADD(tl, bwd_tiles, dvt, sizeof(float), c->dkv_tiles ? BC : 0, pr->Dv);
     const int64_t bf = c->bf, L2 = (pr->L + 1) / 2 * 2; /* rows in whole pairs */
     c->np = (pr->D + 1) / 2 * 2, c->nvp = (pr->Dv + 1) / 2 * 2;
     MHA__PLAN_ADD(tl, bwd_tiles, kp, sizeof(uint16_t), bf * BC, c->np);
@@ -263,6 +268,8 @@ static void bwd_drow(const bwd_call *c, const bwd_ws *ws, int64_t task) {
 typedef struct {
     int64_t i0, br, j0, bc;
     mha__attn_tile_mask mk;
+    float *dk, *dv; /* rows j0 .. of dk and dv (float32), row strides lddk, lddv */
+    int64_t lddk, lddv;
 } bwd_tile;
 
 /* Tile pair (query tile qt, key tile kt) into *x and the lse of its rows into w->lt; 0 when
@@ -359,11 +366,11 @@ static void bwd_pair(const bwd_call *c, const bwd_task *t, const bwd_tiles *w, c
     const int64_t BC = c->BC, D = pr->D, Dv = pr->Dv, b = t->b, h = t->h;
     const int64_t i0 = x->i0, br = x->br, j0 = x->j0;
     const int64_t ldq = c->q->stride[2], ldk = c->k->stride[2], ldg = c->dout->stride[2];
-    const int64_t ldv = c->v->stride[2], lddk = c->dk->stride[2], lddv = c->dv->stride[2];
+    const int64_t ldv = c->v->stride[2], lddk = x->lddk, lddv = x->lddv;
     const float *qtile = mha__attn_row(c->q, b, h, i0), *gtile = mha__attn_row(c->dout, b, h, i0);
     const float *ktile = mha__attn_kv_row(pr, c->k, b, h, j0);
     const float *vt = mha__attn_kv_row(pr, c->v, b, h, j0);
-    float *dkt = mha__attn_row(c->dk, b, h, j0), *dvt = mha__attn_row(c->dv, b, h, j0);
+    float *dkt = x->dk, *dvt = x->dv;
     float *P = w->P, *dP = w->dP, *G = pr->softcap > 0 ? w->G : NULL; /* G: softcap's derivative */
     const float *W = P;
     bwd_blocks bl;
@@ -412,10 +419,10 @@ static void bwd_pair_bf16(const bwd_call *c, const bwd_task *t, const bwd_tiles 
                           const bwd_tile *x) {
     const mha__attn_problem *pr = &c->pr;
     const mha_kernels *kern = c->kern;
-    const int64_t BC = c->BC, D = pr->D, Dv = pr->Dv, b = t->b, h = t->h;
+    const int64_t BC = c->BC, D = pr->D, Dv = pr->Dv;
     const int64_t i0 = x->i0, br = x->br, j0 = x->j0;
-    const int64_t lddk = c->dk->stride[2], lddv = c->dv->stride[2];
-    float *dkt = mha__attn_row(c->dk, b, h, j0), *dvt = mha__attn_row(c->dv, b, h, j0);
+    const int64_t lddk = x->lddk, lddv = x->lddv;
+    float *dkt = x->dk, *dvt = x->dv;
     float *P = w->P, *dP = w->dP, *G = pr->softcap > 0 ? w->G : NULL;
     const float *W = P;
     bwd_blocks bl;
@@ -506,19 +513,29 @@ static void bwd_chunk(const bwd_call *c, const bwd_ws *ws, const bwd_tiles *w, i
     if (c->bf) bwd_pack_rows(c, w, t.b, t.h);
     for (int64_t kt = c->cstart[t.ch]; kt < c->cstart[t.ch + 1]; kt++) {
         int64_t j0 = kt * c->BC, bc = pr->S - j0 < c->BC ? pr->S - j0 : c->BC;
-        float *dkt = mha__attn_row(c->dk, t.b, t.h, j0), *dvt = mha__attn_row(c->dv, t.b, t.h, j0);
+        bwd_tile x;
+        if (c->dkv_tiles) x.dk = w->dkt, x.dv = w->dvt, x.lddk = D, x.lddv = Dv;
+        else {
+            x.dk = mha__attn_row(c->dk, t.b, t.h, j0), x.dv = mha__attn_row(c->dv, t.b, t.h, j0);
+            x.lddk = c->dk->stride[2], x.lddv = c->dv->stride[2];
+        }
         for (int64_t r = 0; r < bc; r++) {
-            memset(dkt + r * c->dk->stride[2], 0, sizeof(float) * (size_t)D);
-            if (Dv) memset(dvt + r * c->dv->stride[2], 0, sizeof(float) * (size_t)Dv);
+            memset(x.dk + r * x.lddk, 0, sizeof(float) * (size_t)D);
+            if (Dv) memset(x.dv + r * x.lddv, 0, sizeof(float) * (size_t)Dv);
         }
         const int64_t qe = qt_end(pr, c->BR, c->BC, c->nqt, kt),
                       q0 = qt_first(pr, c->BR, c->BC, c->nqt, kt);
         if (c->bf && q0 < qe) bwd_pack_keys(c, w, t.b, t.h, j0, bc);
         for (int64_t qt = q0; qt < qe; qt++) {
-            bwd_tile x;
             if (!bwd_tile_begin(c, &t, w, kt, qt, &x)) continue;
             if (c->bf) bwd_pair_bf16(c, &t, w, &x);
             else bwd_pair(c, &t, w, &x);
+        }
+        for (int64_t r = 0; c->dkv_tiles && r < bc; r++) { /* the key tile's dk, dv: rounded once */
+            c->kern->cvt_from_f32(MHA_DTYPE_BF16, x.dk + r * D,
+                                  mha__attn_row_at(c->dk, t.b, t.h, j0 + r), D);
+            c->kern->cvt_from_f32(MHA_DTYPE_BF16, x.dv + r * Dv,
+                                  mha__attn_row_at(c->dv, t.b, t.h, j0 + r), Dv);
         }
     }
 }
@@ -562,14 +579,21 @@ static mha_status bwd_run(mha_ctx *ctx, const char *fn, bwd_call *cp);
 /* A validated bf16 call on a table with bf16 kernels: q, k, v, out, dout read as they are, dq,
  * dk and dv accumulated in float32 buffers and rounded once. */
 static mha_status bwd_bf16(mha_ctx *ctx, const char *fn, bwd_call *c) {
-    const mha__lowp_arg args[3] = {{"dq", c->dq, 1}, {"dk", c->dk, 1}, {"dv", c->dv, 1}};
+    /* without grouped heads each key tile's dk and dv are complete when its chunk has seen
+     * every query tile: summed in float32 tiles and rounded into the caller's views there (no
+     * float32 buffers of the whole dk and dv); grouped heads sum them over the group first */
+    const int tiles = c->pr.kv_group == 1;
+    const mha__lowp_arg args[3] = {
+        {"dq", c->dq, 1}, {"dk", tiles ? NULL : c->dk, 1}, {"dv", tiles ? NULL : c->dv, 1}};
     mha__lowp lp;
     mha_status st = mha__lowp_begin(ctx, fn, &lp, 3, args);
     if (st) return st;
     c->dq = mha__lowp_view(&lp, 0);
-    c->dk = c->dk_kv = mha__lowp_view(&lp, 1);
-    c->dv = c->dv_kv = mha__lowp_view(&lp, 2);
-    c->bf = 1;
+    if (!tiles) {
+        c->dk = c->dk_kv = mha__lowp_view(&lp, 1);
+        c->dv = c->dv_kv = mha__lowp_view(&lp, 2);
+    }
+    c->bf = 1, c->dkv_tiles = tiles;
     st = bwd_run(ctx, fn, c);
     mha__lowp_end(&lp, st);
     return st;
@@ -604,7 +628,7 @@ mha_status mha__attn_backward_seq(mha_ctx *ctx, const char *fn, const mha_attn_p
     bwd_call c;
     mha_status st = bwd_check(ctx, fn, p, q, k, v, mask, out, lse, dout, dq, dk, dv, &c);
     if (st) return st;
-    c.pr.bh0 = at.bh0, c.pr.row0 = at.row0, c.pr.col0 = at.col0, c.bf = 0;
+    c.pr.bh0 = at.bh0, c.pr.row0 = at.row0, c.pr.col0 = at.col0, c.bf = 0, c.dkv_tiles = 0;
     if (c.pr.dt == MHA_DTYPE_F32) return bwd_run(ctx, fn, &c);
     if (c.pr.dt == MHA_DTYPE_BF16 && mha__ctx_kernels(ctx)->attn_scores_bf16)
         return bwd_bf16(ctx, fn, &c);

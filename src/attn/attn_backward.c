@@ -122,7 +122,7 @@ typedef struct {
     int64_t cfirst[MAX_CHUNKS];     /* the first query tile chunk c touches */
     int64_t G;                      /* heads per group (the partials' size) */
     int nt;
-    int bf;          /* bf16 inputs on the table's bf16 kernels (dq, dk, dv float32 buffers) */
+    int bf;          /* bf16 inputs on the table's bf16 kernels (dq, dk, dv summed in float32) */
     int dkv_tiles;   /* bf without grouped heads: dk, dv (the caller's bf16 views) summed per key
                         tile in float32 tiles of each thread and rounded into them tile by tile */
     int64_t np, nvp; /* bf: D and Dv rounded up to even (the kernels' pairs) */
@@ -576,8 +576,9 @@ static void bwd_group_sum(const bwd_call *c, int64_t task) {
 
 static mha_status bwd_run(mha_ctx *ctx, const char *fn, bwd_call *cp);
 
-/* A validated bf16 call on a table with bf16 kernels: q, k, v, out, dout read as they are, dq,
- * dk and dv accumulated in float32 buffers and rounded once. */
+/* A validated bf16 call on a table with bf16 kernels: q, k, v, out, dout read as they are; dq
+ * accumulated in a float32 buffer, dk and dv in float32 tiles (or buffers, grouped heads), each
+ * element rounded once. */
 static mha_status bwd_bf16(mha_ctx *ctx, const char *fn, bwd_call *c) {
     /* without grouped heads each key tile's dk and dv are complete when its chunk has seen
      * every query tile: summed in float32 tiles and rounded into the caller's views there (no

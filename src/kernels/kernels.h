@@ -296,7 +296,10 @@ typedef void mha__attn_fwd_bf16_t(int64_t br, int64_t bc, int64_t n, int64_t nv,
  *       thread count and any grouping of heads into calls. Every table has one (generic: the
  *       reference, tanhf; SIMD: one skeleton, src/kernels/x86/decode_skel.h, loading through the
  *       mapping's vf_load_v / vf_load_bf16_v / vf_load_f16_v; with AVX512_BF16, a bf16 cache's
- *       scores by vdpbf16ps on md->qb: see mha__attn_decode_mask). */
+ *       scores by vdpbf16ps on md->qb: see mha__attn_decode_mask). A table with the bf16 fused
+ *       forward (attn_fwd_bf16 != NULL: AVX512_BF16) computes a bf16 cache's product with V as
+ *       that kernel does: O = sum_c bf16(P_c) V_c by vdpbf16ps over pairs of keys (m and l from
+ *       the float32 P; V's subnormal elements count as 0). */
 #define MHA__ATTN_DECODE_ROWS 16
 
 typedef struct {

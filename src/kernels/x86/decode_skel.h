@@ -27,7 +27,9 @@
  * arithmetic instead (half the bytes per product), so its scores keep the order with the
  * fewest loads: a vector of each of DEC_KS keys, each query vector loaded once for them; with
  * AVX512_BF16 (../avx512bf16/attn.c, DEC_BF16_DOTS) a bf16 cache's scores are instead bf16 dot
- * products of the query rows as they are in q (dec_dots_bf16), half the work, in memory order.
+ * products of the query rows as they are in q (dec_dots_bf16), half the work, in the same
+ * order, and its product with V runs on bf16 pairs of probabilities and of two keys' V rows
+ * (dec_pv_blk_bf16), as the bf16 fused forward's: half the instructions of converting V.
  * Prefetching (into L2): every load of a K or V vector is paired with a prefetch of the same vector
  * DEC_PF keys later, so that requests to memory go out evenly, a few per computed vector, instead
  * of in bursts of a whole block (which stalled on full miss queues). Without them the step below
@@ -178,8 +180,9 @@ INL void dec_dots(const mha_dtype kt, const int nr, const int nk, int64_t c0, in
 /* dec_dots for a bfloat16 cache against the same query rows in bfloat16, unscaled (Q, ldq
  * apart): pairs of elements by the mapping's vf_dot2 (vdpbf16ps: each product exact, summed
  * in float32; a subnormal bf16 element counts as 0), then times scale (mha__attn_decode_mask's
- * qb). Keys one after another, each row in address order, as a float32 cache's: half the
- * instructions of the converting loop, so the step waits on memory as a float32 one does. */
+ * qb). A vector of each key in turn, each query vector loaded once for the nk keys (key by key,
+ * the query vectors loaded again for each key, a step with the cache in L3 took a fifth longer;
+ * from memory the two orders ran at the same speed). */
 INL void dec_dots_bf16(const int nr, const int nk, int64_t c0, int64_t n, const uint16_t *Q,
                        int64_t ldq, float scale, const uint16_t *K, int64_t ldk, int64_t kpf,
                        float *S) {
@@ -188,15 +191,20 @@ INL void dec_dots_bf16(const int nr, const int nk, int64_t c0, int64_t n, const 
     for (int i = 0; i < nr; i++)
 #pragma GCC unroll 4
         for (int j = 0; j < nk; j++) acc[i][j] = vf_zero();
+    for (int64_t x = 0; x < n; x += 2 * VL) {
+        vb k[DEC_KS];
 #pragma GCC unroll 4
-    for (int j = 0; j < nk; j++)
-        for (int64_t x = 0; x < n; x += 2 * VL) {
-            const vb k = vb_load_elems(K + (c0 + j) * ldk + x, n - x);
+        for (int j = 0; j < nk; j++) {
+            k[j] = vb_load_elems(K + (c0 + j) * ldk + x, n - x);
             if (kpf) dec_prefetch(MHA_DTYPE_BF16, K, (c0 + j) * ldk + x, kpf);
-#pragma GCC unroll 4
-            for (int i = 0; i < nr; i++)
-                acc[i][j] = vf_dot2(acc[i][j], vb_load_elems(Q + i * ldq + x, n - x), k);
         }
+#pragma GCC unroll 4
+        for (int i = 0; i < nr; i++) {
+            const vb q = vb_load_elems(Q + i * ldq + x, n - x);
+#pragma GCC unroll 4
+            for (int j = 0; j < nk; j++) acc[i][j] = vf_dot2(acc[i][j], q, k[j]);
+        }
+    }
     dec_sums_store(nr, nk, acc, c0, scale, S);
 }
 #endif
@@ -247,6 +255,27 @@ INL void dec_scores(const mha_dtype kt, int64_t rows, int64_t kb, int64_t n, con
 /* BLOCK(nv, args) for a compile-time nv in 1..DEC_NV. */
 #define PER_DNV PER_UPTO(DEC_NV)
 
+/* acc = diag(alpha) O[nr, VL nv] (the last vector cut by kl): a pv block's accumulators */
+INL void dec_o_load(const int nr, const int nv, const float *alpha, const float *O, int64_t ldo,
+                    vmask kl, vf acc[DEC_RB][DEC_NV]) {
+#pragma GCC unroll 4
+    for (int i = 0; i < nr; i++) {
+        const vf a = vf_set1(alpha[i]);
+#pragma GCC unroll 8
+        for (int j = 0; j < nv; j++)
+            acc[i][j] = vf_mul(a, vf_load_v(O + i * ldo + VL * j, j == nv - 1, kl));
+    }
+}
+
+/* O[nr, VL nv] = acc (the last vector cut by kl) */
+INL void dec_o_store(const int nr, const int nv, vf acc[DEC_RB][DEC_NV], float *O, int64_t ldo,
+                     vmask kl) {
+#pragma GCC unroll 4
+    for (int i = 0; i < nr; i++)
+#pragma GCC unroll 8
+        for (int j = 0; j < nv; j++) vf_store_v(O + i * ldo + VL * j, j == nv - 1, kl, acc[i][j]);
+}
+
 /* O[nr, VL nv] (the last vector cut by kl) = diag(alpha) O + P[nr, kb] V[kb, VL nv]: nr x nv
  * accumulators in registers over the block's keys (one V row load per key and vector, one
  * broadcast per row); the exact rows, unlike attn_skel.h's MR-row pv blocks. vpf: the prefetch
@@ -255,13 +284,7 @@ INL void dec_pv_blk(const int nr, const int nv, const mha_dtype kt, int64_t kb, 
                     const void *V, int64_t ldv, int64_t vpf, const float *alpha, float *O,
                     int64_t ldo, vmask kl) {
     vf acc[DEC_RB][DEC_NV];
-#pragma GCC unroll 4
-    for (int i = 0; i < nr; i++) {
-        const vf a = vf_set1(alpha[i]);
-#pragma GCC unroll 8
-        for (int j = 0; j < nv; j++)
-            acc[i][j] = vf_mul(a, vf_load_v(O + i * ldo + VL * j, j == nv - 1, kl));
-    }
+    dec_o_load(nr, nv, alpha, O, ldo, kl, acc);
     for (int64_t c = 0; c < kb; c++) {
         vf x[DEC_NV];
 #pragma GCC unroll 8
@@ -276,13 +299,51 @@ INL void dec_pv_blk(const int nr, const int nv, const mha_dtype kt, int64_t kb, 
             for (int j = 0; j < nv; j++) acc[i][j] = vf_fma(p, x[j], acc[i][j]);
         }
     }
-#pragma GCC unroll 4
-    for (int i = 0; i < nr; i++)
-#pragma GCC unroll 8
-        for (int j = 0; j < nv; j++) vf_store_v(O + i * ldo + VL * j, j == nv - 1, kl, acc[i][j]);
+    dec_o_store(nr, nv, acc, O, ldo, kl);
 }
 #define DEC_PV_NV(nv, nr, ...) dec_pv_blk(nr, nv, __VA_ARGS__)
 #define DEC_PV_NR(nr, nv, ...) PER_NV(nv, DEC_PV_NV, nr, __VA_ARGS__)
+
+#ifdef DEC_BF16_DOTS
+/* dec_pv_blk for a bfloat16 cache with bf16 dot products: O = diag(alpha) O + bf16(P) V over
+ * pairs of keys by vf_dot2 (vdpbf16ps), as the bf16 fused forward's product with V. P2 holds
+ * each row's probabilities as bf16 pairs (probs_to_pairs: keys 2q and 2q + 1 in the 32 bits at
+ * P2 + i DEC_KB + q, an odd kb's last pair with 0); a pair of keys' V rows are paired lane by
+ * lane as they are loaded (an odd kb's last row with 0: the row after the block is never read).
+ * Half the instructions of converting V to float32 for FMAs; V's subnormal elements count as 0
+ * (vdpbf16ps). */
+INL void dec_pv_blk_bf16(const int nr, const int nv, int64_t kb, const float *P2, const uint16_t *V,
+                         int64_t ldv, int64_t vpf, const float *alpha, float *O, int64_t ldo,
+                         vmask kl) {
+    vf acc[DEC_RB][DEC_NV];
+    dec_o_load(nr, nv, alpha, O, ldo, kl, acc);
+    for (int64_t c = 0; c < kb; c += 2) {
+        const uint16_t *v0 = V + c * ldv, *v1 = c + 1 < kb ? v0 + ldv : NULL;
+        vb x[NVMAX];
+#pragma GCC unroll 4
+        for (int j = 0; j < nv; j++) {
+            x[j] =
+                vb_pair_rows(v0 + VL * j, v1 ? v1 + VL * j : NULL, j == nv - 1 ? kl : mask_full());
+            if (vpf) {
+                dec_prefetch(MHA_DTYPE_BF16, V, c * ldv + VL * j, vpf);
+                dec_prefetch(MHA_DTYPE_BF16, V, (c + 1) * ldv + VL * j, vpf);
+            }
+        }
+#pragma GCC unroll 4
+        for (int i = 0; i < nr; i++) {
+            const vb p = vb_bcast((const uint16_t *)(P2 + i * DEC_KB + c / 2));
+#pragma GCC unroll 4
+            for (int j = 0; j < nv; j++) acc[i][j] = vf_dot2(acc[i][j], p, x[j]);
+        }
+    }
+    dec_o_store(nr, nv, acc, O, ldo, kl);
+}
+#define DEC_PV2_NV(nv, nr, ...) dec_pv_blk_bf16(nr, nv, __VA_ARGS__)
+#define DEC_PV2_NR(nr, nv, ...) PER_NV(nv, DEC_PV2_NV, nr, __VA_ARGS__)
+#define DEC_PAIRS(kt) ((kt) == MHA_DTYPE_BF16) /* P V on bf16 pairs */
+#else
+#define DEC_PAIRS(kt) 0
+#endif
 
 /* O[rows, nv] = diag(alpha) O + P[rows, kb] V[kb, nv] (V of type kt), panel by panel (see
  * DEC_NV), the first pass over a panel prefetching. */
@@ -300,6 +361,12 @@ INL void dec_pv(const mha_dtype kt, int64_t rows, int64_t kb, int64_t nv, const 
             const int64_t nr = rows - r0 < pr ? rows - r0 : pr, pf = r0 ? 0 : vpf;
             const float *Pr = P + r0 * DEC_KB, *al = alpha + r0;
             float *Or = O + r0 * ldo + x0;
+#ifdef DEC_BF16_DOTS
+            if (DEC_PAIRS(kt)) { /* P: pairs (see dec_pv_blk_bf16) */
+                PER_RB(nr, DEC_PV2_NR, nvec, kb, Pr, Vx, ldv, pf, al, Or, ldo, kl);
+                continue;
+            }
+#endif
             if (!wide) PER_RB(nr, DEC_PV_NR, nvec, kt, kb, Pr, Vx, ldv, pf, al, Or, ldo, kl);
             else if (nr == 1) PER_DNV(nvec, DEC_PV_NV, 1, kt, kb, Pr, Vx, ldv, pf, al, Or, ldo, kl);
             else PER_DNV(nvec, DEC_PV_NV, 2, kt, kb, Pr, Vx, ldv, pf, al, Or, ldo, kl);
@@ -395,13 +462,17 @@ INL void dec_kernel(const mha_dtype kt, int64_t nh, int64_t rows, int64_t bc, in
                 float *m = P + t * sp, *l = m + rows;
                 mha__attn_decode_mask mh = *md;
                 if (md->slope) mh.slope = md->slope + t * rows;
-                for (int64_t r = 0; r < rows; r++)
+                for (int64_t r = 0; r < rows; r++) {
                     dec_row(r, c0, kb, &mh, S[t - t0] + r * DEC_KB, m, l, alpha[t - t0]);
+#ifdef DEC_BF16_DOTS
+                    if (DEC_PAIRS(kt)) probs_to_pairs(S[t - t0] + r * DEC_KB, 0, kb);
+#endif
+                }
             }
             for (int64_t p0 = 0; p0 < kb; p0 += piece) {
                 const int64_t pk = kb - p0 < piece ? kb - p0 : piece;
                 for (int64_t t = t0; t < t0 + hg; t++)
-                    dec_pv(kt, rows, pk, nv, S[t - t0] + p0,
+                    dec_pv(kt, rows, pk, nv, S[t - t0] + (DEC_PAIRS(kt) ? p0 / 2 : p0),
                            (const char *)V + (t * sv + (c0 + p0) * ldv) * es, ldv, vpf,
                            p0 ? one : alpha[t - t0], P + t * sp + 2 * rows, nv);
             }

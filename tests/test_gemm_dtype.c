@@ -388,6 +388,59 @@ done:
     mha__free(h), mha__free(f);
 }
 
+/* scale_f32 of every table: y = a x, one float32 multiply each, the bits of the plain C product
+ * (NaN compared as NaN) for specials (zeros, subnormals, infinities, NaN, the largest finite)
+ * and random bits, scales among them; in place; lengths 0..40 at 4 offsets, the guards intact. */
+TEST(scale_every_table_bit_exact) {
+    enum {
+        N = 4096,
+        GUARD = 8
+    };
+    static const uint32_t special[] = {0,          0x80000000, 1,          0x807fffff, 0x00800000,
+                                       0x7f7fffff, 0xff7fffff, 0x7f800000, 0xff800000, 0x7fc00000,
+                                       0x3f800000, 0x3f800001, 0xbeffffff, 0x3e000000};
+    const int nsp = (int)(sizeof special / sizeof special[0]);
+    float *x = mha__malloc(sizeof(float) * (N + GUARD)),
+          *y = mha__malloc(sizeof(float) * (N + GUARD));
+    ASSERT_TRUE(x != NULL && y != NULL);
+    uint32_t r = 777u;
+    for (int i = 0; i < N; i++) {
+        r = r * 1664525u + 1013904223u;
+        x[i] = mha__bits_f32(i < nsp ? special[i] : r);
+    }
+    for (int isa = MHA_ISA_GENERIC; isa <= MHA_ISA_AVX512; isa++) {
+        if (!mha_isa_supported((mha_isa)isa)) continue;
+        const mha_kernels *kt = mha__kernels_for((mha_isa)isa);
+        ASSERT_TRUE(kt->scale_f32 != NULL);
+        for (int si = 0; si < nsp + 2; si++) {
+            const float a = si < nsp ? mha__bits_f32(special[si]) : si == nsp ? 0.125f : -3.5f;
+            kt->scale_f32(N, a, x, y);
+            for (int i = 0; i < N; i++) {
+                const float want = a * x[i];
+                if (isnan(want) ? !isnan(y[i]) : mha__f32_bits(y[i]) != mha__f32_bits(want)) {
+                    FAILF("%s scale_f32 %08x x %08x: got %08x, expected %08x", kt->name,
+                          mha__f32_bits(a), mha__f32_bits(x[i]), mha__f32_bits(y[i]),
+                          mha__f32_bits(want));
+                    goto done;
+                }
+            }
+        }
+        for (int off = 0; off < 4; off++) /* in place: the tails, unaligned, and the guards */
+            for (int64_t n = 0; n <= 40; n++) {
+                for (int64_t i = 0; i < n + GUARD; i++) y[off + i] = (float)(i + 1);
+                kt->scale_f32(n, -0.5f, y + off, y + off);
+                for (int64_t i = 0; i < n + GUARD; i++)
+                    if (y[off + i] != (i < n ? -0.5f * (float)(i + 1) : (float)(i + 1))) {
+                        FAILF("%s scale_f32 n %lld offset %d: element %lld wrong", kt->name,
+                              (long long)n, off, (long long)i);
+                        goto done;
+                    }
+            }
+    }
+done:
+    mha__free(x), mha__free(y);
+}
+
 /* gemm_bf16_pack of every table that has one: pair words X(i, 2q) | X(i, 2q+1) << 16, the
  * element past an odd k and the rows past `rows` zero, in the three layouts, k odd and even. */
 TEST(pack_bf16_pairs) {
@@ -748,6 +801,7 @@ TEST(workspace_and_fused_bias_every_dtype) {
 int main(void) {
     RUN(pack_h_converts_exactly);
     RUN(cvt_every_table_bit_exact);
+    RUN(scale_every_table_bit_exact);
     RUN(pack_bf16_pairs);
     RUN(bf16_micro_kernel_edge_tiles);
     RUN(bf16_kernel_selected_by_the_cpu_bit);

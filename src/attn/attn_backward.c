@@ -375,7 +375,7 @@ static void bwd_pair(const bwd_call *c, const bwd_task *t, const bwd_tiles *w, c
     const float *W = P;
     bwd_blocks bl;
     bwd_blocks_make(x, &bl);
-    mha__attn_scale_tile(br, D, pr->scale, qtile, ldq, w->qs);
+    mha__attn_scale_tile(c->kern, br, D, pr->scale, qtile, ldq, w->qs);
     for (int j = 0; j < bl.nr; j++) { /* P, dP (and with dropout W) of the row blocks */
         const int64_t r0 = bl.r0[j], n = bl.r0[j + 1] - r0, bc = bl.w[j];
         if (bc == 0) continue;

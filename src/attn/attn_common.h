@@ -98,15 +98,11 @@ static inline float *mha__attn_kv_row(const mha__attn_problem *pr, const mha_ten
 /* Y[rows, n] (ld n) = scale * X[rows, n] (ld ldx): a query tile scaled BEFORE its product with
  * the keys, as PyTorch's nn.MultiheadAttention does (q * scale, then bmm): the scores stay
  * finite whenever |q.k| * scale does, even where |q.k| itself exceeds FLT_MAX. The forward,
- * its weights and the backward all compute the scores as (scale q) k^T from this tile. */
-static inline void mha__attn_scale_tile(int64_t rows, int64_t n, float scale, const float *X,
-                                        int64_t ldx, float *Y) {
-    for (int64_t r = 0; r < rows; r++) {
-        const float *x = X + r * ldx;
-        float *y = Y + r * n;
-#pragma omp simd /* -O2 vectorizes only loops of a known trip count; this one runs per tile */
-        for (int64_t d = 0; d < n; d++) y[d] = scale * x[d];
-    }
+ * its weights and the backward all compute the scores as (scale q) k^T from this tile. The rows
+ * by the table's scale_f32 (this file's code is compiled for no particular ISA). */
+static inline void mha__attn_scale_tile(const mha_kernels *k, int64_t rows, int64_t n, float scale,
+                                        const float *X, int64_t ldx, float *Y) {
+    for (int64_t r = 0; r < rows; r++) k->scale_f32(n, scale, X + r * ldx, Y + r * n);
 }
 
 /* Keys j >= mha__attn_row_end(pr, b, i) are excluded by causality or key_lengths for row i of

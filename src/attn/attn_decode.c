@@ -296,7 +296,7 @@ static void dec_queries(const kv_call *c, int64_t bk) {
         mha_tensor_typed(kv_row(c->q, b, h0, 0), c->dt, 3, shape, c->q->stride + 1);
     float *qs = c->qs + bk * c->rows * c->D;
     mha__tensor_to_f32(c->kern, &qg, qs, 1);
-    mha__attn_scale_tile(c->rows, c->D, c->scale, qs, c->D, qs);
+    mha__attn_scale_tile(c->kern, c->rows, c->D, c->scale, qs, c->D, qs);
     uint16_t *qb = c->dt == MHA_DTYPE_BF16 ? c->qb + bk * c->rows * c->D : NULL;
     for (int64_t r = 0; qb && r < c->rows; r++) {
         const uint16_t *row = kv_row(c->q, b, h0 + r / c->L, r % c->L);

@@ -178,7 +178,7 @@ static void fwd_rows(const fwd_call *c, const fwd_task *t, fwd_ws *w) {
     const int64_t BC = c->BC, D = pr->D, Dv = pr->Dv, br = t->br, i0 = t->i0;
     const int64_t ldv = c->v->stride[2];
     if (c->bf) fwd_qtile_bf16(c, t, w);
-    else mha__attn_scale_tile(br, D, pr->scale, t->q, c->q->stride[2], w->qs);
+    else mha__attn_scale_tile(kern, br, D, pr->scale, t->q, c->q->stride[2], w->qs);
     for (int64_t r = 0; r < br; r++) w->m[r] = -INFINITY, w->l[r] = 0;
     memset(w->acc, 0, sizeof(float) * (size_t)(br * Dv));
     for (int64_t kt = 0; kt < c->nkt; kt++) {
@@ -225,9 +225,7 @@ static void fwd_finish(const fwd_call *c, const fwd_task *t, fwd_ws *w) {
     for (int64_t r = 0; r < t->br; r++) {
         float *o = c->bf ? w->acc + r * Dv : mha__attn_row(c->out, t->b, t->h, t->i0 + r);
         if (w->l[r] != 0) {
-            const float inv = c->pr.keep_scale / w->l[r], *a = w->acc + r * Dv;
-#pragma omp simd /* (-O2 vectorizes only loops of a known trip count) */
-            for (int64_t x = 0; x < Dv; x++) o[x] = a[x] * inv;
+            c->kern->scale_f32(Dv, c->pr.keep_scale / w->l[r], w->acc + r * Dv, o);
             w->lt[r] = w->m[r] + logf(w->l[r]);
         } else {
             for (int64_t x = 0; x < Dv; x++) o[x] = 0;
@@ -311,8 +309,8 @@ static void fwd_avg(const fwd_call *c, fwd_ws *w, int64_t task) {
     const int64_t wr = L - i0 < WR ? L - i0 : WR, ldd = c->wavg->stride[1];
     float *dst = c->wavg->data + b * c->wavg->stride[0] + i0 * ldd;
     for (int64_t h = 0; h < H; h++) {
-        mha__attn_scale_tile(wr, D, pr->scale, mha__attn_row(c->q, b, h, i0), c->q->stride[2],
-                             w->qh + h * WR * D);
+        mha__attn_scale_tile(c->kern, wr, D, pr->scale, mha__attn_row(c->q, b, h, i0),
+                             c->q->stride[2], w->qh + h * WR * D);
         const float *ml = c->ml + ((b * H + h) * L + i0) * 2;
         for (int64_t r = 0; r < wr; r++) {
             w->sl[h * WR + r] = ml[2 * r + 1];

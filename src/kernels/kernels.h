@@ -39,6 +39,10 @@
  *     2-byte type dt (MHA_DTYPE_BF16 or MHA_DTYPE_F16) to float32, exactly, and float32 to
  *     dt, each rounded once: bit for bit kernels/cvt.h's scalar conversions (the generic
  *     table's loops), any alignment, nothing read or written past n. Every table has both.
+ *   scale_f32(n, a, x, y): y[i] = a * x[i] for i < n (n >= 0; one float32 multiply each, so
+ *     the same bits in every table; y == x allowed, any alignment, nothing past n): the
+ *     drivers' row scalings (a query tile times the softmax scale, an output row divided by
+ *     its sum), which their generic code would run 4 floats at a time. Every table has one.
  *   gemm_bf16_ukr, gemm_bf16_pack: a micro-kernel on bfloat16 pairs along k (AVX512_BF16's
  *     vdpbf16ps), or NULL (the table then runs bf16 as gemm_pack_h + gemm_ukr). Its MR x NR
  *     and blocking are gemm_bf16_mr .. gemm_bf16_nc (KC even: a pair never straddles blocks).
@@ -364,6 +368,7 @@ typedef void mha__gemm_pack_h_t(const uint16_t *X, mha_dtype dt, int64_t rs, int
                                 int64_t rows, int64_t k, int r, float *dst);
 typedef void mha__cvt_to_f32_t(mha_dtype dt, const uint16_t *src, float *dst, int64_t n);
 typedef void mha__cvt_from_f32_t(mha_dtype dt, const float *src, uint16_t *dst, int64_t n);
+typedef void mha__scale_f32_t(int64_t n, float a, const float *x, float *y);
 typedef void mha__gemm_bf16_ukr_t(int64_t kp, const uint32_t *a, const uint32_t *b, float alpha,
                                   float beta, float *c, int64_t ldc, int m, int n);
 typedef void mha__gemm_bf16_pack_t(const uint16_t *X, int64_t rs, int64_t cs, int64_t rows,
@@ -401,6 +406,7 @@ typedef struct mha_kernels {
     const char *gemm_pack_h_name;
     mha__cvt_to_f32_t *cvt_to_f32; /* 2-byte floats to float32 and back (contract above) */
     mha__cvt_from_f32_t *cvt_from_f32;
+    mha__scale_f32_t *scale_f32; /* y = a x (contract above) */
     int gemm_bf16_mr, gemm_bf16_nr, gemm_bf16_kc, gemm_bf16_mc, gemm_bf16_nc;
     mha__gemm_bf16_ukr_fn gemm_bf16_ukr;
     const char *gemm_bf16_ukr_name; /* e.g. "mha__gemm_avx512bf16_bf16_14x32" */
@@ -497,6 +503,7 @@ mha__gemm_pack_t mha__gemm_pack_generic_f32; /* any r */
 mha__gemm_pack_h_t mha__gemm_pack_generic_h; /* bf16 / f16 -> float32 panels, any r */
 mha__cvt_to_f32_t mha__cvt_to_f32_generic;
 mha__cvt_from_f32_t mha__cvt_from_f32_generic;
+mha__scale_f32_t mha__scale_f32_generic;
 #ifdef MHA_HAVE_AVX2
 MHA__ATTN_DECLARE(avx2)
 MHA__ATTN_DECODE_DECLARE(avx2)
@@ -504,6 +511,7 @@ mha__gemm_ukr_t mha__gemm_avx2_f32_6x16;
 mha__gemm_pack_h_t mha__gemm_pack_avx2_h;
 mha__cvt_to_f32_t mha__cvt_to_f32_avx2;
 mha__cvt_from_f32_t mha__cvt_from_f32_avx2;
+mha__scale_f32_t mha__scale_f32_avx2;
 #endif
 #ifdef MHA_HAVE_AVX512
 MHA__ATTN_DECLARE(avx512)
@@ -513,6 +521,7 @@ mha__gemm_pack_t mha__gemm_pack_avx512_f32;
 mha__gemm_pack_h_t mha__gemm_pack_avx512_h;
 mha__cvt_to_f32_t mha__cvt_to_f32_avx512;
 mha__cvt_from_f32_t mha__cvt_from_f32_avx512;
+mha__scale_f32_t mha__scale_f32_avx512;
 #endif
 #ifdef MHA_HAVE_AVX512BF16
 mha__gemm_bf16_ukr_t mha__gemm_avx512bf16_bf16_14x32;

@@ -70,6 +70,11 @@ void mha__gemm_pack_generic_h(const uint16_t *X, mha_dtype dt, int64_t rs, int64
     else pack(X, MHA_DTYPE_F16, rs, cs, rows, k, r, dst);
 }
 
+/* kernels.h: scale_f32 */
+void mha__scale_f32_generic(int64_t n, float a, const float *x, float *y) {
+    for (int64_t i = 0; i < n; i++) y[i] = a * x[i];
+}
+
 /* kernels.h: cvt_to_f32 / cvt_from_f32, cvt.h's definitions element by element */
 void mha__cvt_to_f32_generic(mha_dtype dt, const uint16_t *src, float *dst, int64_t n) {
     if (dt == MHA_DTYPE_BF16)

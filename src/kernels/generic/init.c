@@ -14,6 +14,7 @@ void mha__kernels_init_generic(mha_kernels *k) {
     k->gemm_pack_h_name = "mha__gemm_pack_generic_h";
     k->cvt_to_f32 = mha__cvt_to_f32_generic;
     k->cvt_from_f32 = mha__cvt_from_f32_generic;
+    k->scale_f32 = mha__scale_f32_generic;
     k->gemm_bf16_ukr = NULL;
     k->gemm_bf16_pack = NULL;
     /* attention tiles: 16 query rows x 32 keys (small, so tests cross many tile edges) */

@@ -13,6 +13,7 @@ void mha__kernels_init_avx2(mha_kernels *k) {
     k->gemm_pack_h_name = "mha__gemm_pack_avx2_h";
     k->cvt_to_f32 = mha__cvt_to_f32_avx2;
     k->cvt_from_f32 = mha__cvt_from_f32_avx2;
+    k->scale_f32 = mha__scale_f32_avx2;
     /* attention tiles: 64 x 64 (score tile 16 KiB; the 16-key packed panel is 8 KiB) */
     k->attn_br = 64, k->attn_bc = 64;
     k->attn_scores = mha__attn_scores_avx2;

@@ -37,4 +37,5 @@ void mha__kernels_init_avx512(mha_kernels *k) {
     k->gemm_pack_h_name = "mha__gemm_pack_avx512_h";
     k->cvt_to_f32 = mha__cvt_to_f32_avx512;
     k->cvt_from_f32 = mha__cvt_from_f32_avx512;
+    k->scale_f32 = mha__scale_f32_avx512;
 }

@@ -98,6 +98,33 @@ static int check_products(const mha_kernels *kk, const mha_kernels *gen, int64_t
     ok &= near_each("scores vs float64", kk->name, S, want, tol, br * lds, br, bc, n);
     for (int64_t t = 0; t < br * lds; t++) tol[t] *= 2;
     ok &= near_each("scores vs generic", kk->name, S, wg, tol, br * lds, br, bc, n);
+    /* scores_kp: bit for bit scores, on the keys packed by attn_kpack as a tile of bc keys and
+     * of more (the first bc used); n == 0 reads no Kp */
+    const int64_t FBC = kk->attn_fwd_bc, kpn = FBC * n;
+    float *Kp = aligned_alloc(64, (size_t)(kpn * 4 + 63) / 64 * 64);
+    for (int wide = 0; wide < 2 && ok; wide++) {
+        const int64_t bcp = wide ? (bc + 9 < FBC ? bc + 9 : FBC) : bc;
+        float *Bw = fbuf(bcp * lda);
+        memcpy(Bw, Bm, sizeof(float) * (size_t)(R * lda < bcp * lda ? R * lda : bcp * lda));
+        for (int64_t t = R * lda; t < bcp * lda; t++) Bw[t] = frand();
+        kk->attn_kpack(bcp, n, Bw, lda, Kp);
+        for (int64_t t = 0; t < br * lds; t++) Sg[t] = SENTINEL;
+        kk->attn_scores_kp(br, bc, n, scale, A, lda, Kp, Sg, lds);
+        if (memcmp(S, Sg, sizeof(float) * (size_t)(br * lds)) != 0) {
+            FAILF("%s scores_kp (packed tile of %lld keys) != scores: br %lld bc %lld n %lld",
+                  kk->name, (long long)bcp, (long long)br, (long long)bc, (long long)n);
+            ok = 0;
+        }
+        free(Bw);
+    }
+    free(Kp);
+    kk->attn_scores(br, bc, 0, scale, A, lda, Bm, lda, S, lds);
+    kk->attn_scores_kp(br, bc, 0, scale, A, lda, NULL, Sg, lds);
+    if (ok && memcmp(S, Sg, sizeof(float) * (size_t)(br * lds)) != 0) {
+        FAILF("%s scores_kp n 0 != scores: br %lld bc %lld", kk->name, (long long)br,
+              (long long)bc);
+        ok = 0;
+    }
     /* pv: O = diag(alpha) O + P X, with and without alpha */
     for (int with_alpha = 0; with_alpha < 2 && ok; with_alpha++) {
         const float *al = with_alpha ? alpha : NULL;

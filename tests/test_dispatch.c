@@ -47,7 +47,7 @@ typedef struct {
     long calls;
     int64_t r, c; /* the largest rows x columns seen */
 } seen;
-static seen s_fwd, s_drop, s_scores, s_ukr;
+static seen s_fwd, s_drop, s_scores, s_skp, s_ukr;
 static void note(seen *s, int64_t r, int64_t c) {
     s->calls++;
     if (r > s->r) s->r = r;
@@ -73,6 +73,11 @@ static void spy_scores(int64_t br, int64_t bc, int64_t n, float scale, const flo
     note(&s_scores, br, bc);
     real->attn_scores(br, bc, n, scale, A, lda, B, ldb, S, lds);
 }
+static void spy_scores_kp(int64_t br, int64_t bc, int64_t n, float scale, const float *A,
+                          int64_t lda, const float *Kp, float *S, int64_t lds) {
+    note(&s_skp, br, bc);
+    real->attn_scores_kp(br, bc, n, scale, A, lda, Kp, S, lds);
+}
 static void spy_ukr(int64_t k, const float *a, const float *b, float alpha, float beta, float *c,
                     int64_t ldc, int m, int n) {
     note(&s_ukr, m, n);
@@ -90,8 +95,9 @@ static int tiles_of(const char *buf, const char *label, long long *r, long long 
 }
 
 /* What mha_ctx_describe prints is what runs: the forward calls attn_fwd (attn_fwd_drop with
- * dropout) and nothing else on the printed fused tiles, the backward the separate kernels on
- * the printed tiles, the gemm the printed micro-kernel on MR x NR blocks; per ISA. */
+ * dropout) and nothing else on the printed fused tiles, the backward the separate kernels
+ * (attn_scores_kp, not attn_scores) on the printed tiles, the gemm the printed micro-kernel
+ * on MR x NR blocks; per ISA. */
 TEST(describe_reports_what_runs) {
     enum {
         B = 1,
@@ -130,19 +136,22 @@ TEST(describe_reports_what_runs) {
         ASSERT_TRUE(strstr(buf, dec) != NULL);
         mha_kernels spy = *real;
         spy.attn_fwd = spy_fwd, spy.attn_fwd_drop = spy_drop, spy.attn_scores = spy_scores;
+        spy.attn_scores_kp = spy_scores_kp;
         spy.gemm_ukr = spy_ukr;
         ctx->kern = &spy;
         mha_attn_params p = mha_attn_params_default();
         memset(&s_fwd, 0, sizeof s_fwd), memset(&s_scores, 0, sizeof s_scores);
+        memset(&s_skp, 0, sizeof s_skp);
         ASSERT_OK(ctx, mha_attn_forward(ctx, &p, &tq, &tk, &tv, NULL, &to, &tl, NULL));
-        ASSERT_TRUE(s_fwd.r == fr && s_fwd.c == fc && s_scores.calls == 0);
+        ASSERT_TRUE(s_fwd.r == fr && s_fwd.c == fc && s_scores.calls == 0 && s_skp.calls == 0);
         p.dropout_p = 0.25f;
         memset(&s_fwd, 0, sizeof s_fwd), memset(&s_drop, 0, sizeof s_drop);
         ASSERT_OK(ctx, mha_attn_forward(ctx, &p, &tq, &tk, &tv, NULL, &to, &tl, NULL));
         ASSERT_TRUE(s_drop.r == fr && s_drop.c == fc && s_fwd.calls == 0);
         ASSERT_OK(ctx,
                   mha_attn_backward(ctx, &p, &tq, &tk, &tv, NULL, &to, &tl, &to, &tdq, &tdk, &tdv));
-        ASSERT_TRUE(s_scores.r == br && s_scores.c == bc && s_fwd.calls == 0);
+        /* the backward's scores on keys packed once per key tile (attn_scores_kp) */
+        ASSERT_TRUE(s_skp.r == br && s_skp.c == bc && s_scores.calls == 0 && s_fwd.calls == 0);
         memset(&s_ukr, 0, sizeof s_ukr);
         ASSERT_OK(ctx, mha_sgemm(ctx, 0, 0, 100, 100, 100, 1.0f, A, 100, A, 100, 0.0f, C, 100));
         ASSERT_TRUE(s_ukr.r == mr && s_ukr.c == nr && s_ukr.calls > 0);

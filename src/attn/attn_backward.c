@@ -148,6 +148,8 @@ typedef struct {
     uint8_t *keep;     /* [BR, BC] dropout keep bytes */
     float *G;          /* [BR, BC] the softcap's derivative (softcap only: else 0 bytes) */
     float *qs;         /* [BR, D] a query tile times scale */
+    float *kpf, *vpf;  /* float32 only: the key tile's k and v packed by attn_kpack (each FBC x D,
+                        * FBC x Dv), once for all its query tiles (attn_scores_kp) */
     float *dkt, *dvt;  /* dkv_tiles only: a key tile's dk [BC, D] and dv [BC, Dv] */
     /* bf only (else 0 bytes), the BFLOAT16 BACKWARD operands: per key tile, k in panels over
      * D, v in panels over Dv, k in pairs of keys; per tile pair the pairs of W^T / dS^T; per
@@ -223,6 +225,9 @@ static void bwd_plan(mha_ctx *ctx, bwd_call *c) {
     MHA__PLAN_ADD(tl, bwd_tiles, keep, 1, BR, BC);
     MHA__PLAN_ADD(tl, bwd_tiles, G, sizeof(float), pr->softcap > 0 ? BR : 0, BC);
     MHA__PLAN_ADD(tl, bwd_tiles, qs, sizeof(float), c->bf ? 0 : BR, pr->D);
+    const int64_t FBC = c->bf ? 0 : kern->attn_fwd_bc; /* attn_kpack's tile (kernels.h) */
+    MHA__PLAN_ADD(tl, bwd_tiles, kpf, sizeof(float), FBC, pr->D);
+    MHA__PLAN_ADD(tl, bwd_tiles, vpf, sizeof(float), FBC, pr->Dv);
     MHA__PLAN_ADD(tl, bwd_tiles, dkt, sizeof(float), c->dkv_tiles ? BC : 0, pr->D);
     MHA__PLAN_ADD(tl, bwd_tiles, dvt, sizeof(float), c->dkv_tiles ? BC : 0, pr->Dv);
     const int64_t bf = c->bf, L2 = (pr->L + 1) / 2 * 2; /* rows in whole pairs */
@@ -356,8 +361,9 @@ static void bwd_blocks_make(const bwd_tile *x, bwd_blocks *bl) {
 }
 
 /* The five products of the tile pair (query tile qt, key tile kt) of a pass-1 task:
- *   P = exp((scale q) k^T + mask - lse)   (attn_scores on the scaled tile, attn_probs)
- *   dP = dout v^T;  with dropout W = P * keep / (1-p), dP = dP * keep / (1-p)
+ *   P = exp((scale q) k^T + mask - lse)   (attn_scores_kp on the scaled tile, attn_probs)
+ *   dP = dout v^T (attn_scores_kp; k and v packed once per key tile by bwd_run);
+ *   with dropout W = P * keep / (1-p), dP = dP * keep / (1-p)
  *   dv += W^T dout;  dS = scale * P * (dP - Drow) (* the softcap's derivative);
  *   dk += dS^T q;  dq_c += dS k */
 static void bwd_pair(const bwd_call *c, const bwd_task *t, const bwd_tiles *w, const bwd_tile *x) {
@@ -366,10 +372,9 @@ static void bwd_pair(const bwd_call *c, const bwd_task *t, const bwd_tiles *w, c
     const int64_t BC = c->BC, D = pr->D, Dv = pr->Dv, b = t->b, h = t->h;
     const int64_t i0 = x->i0, br = x->br, j0 = x->j0;
     const int64_t ldq = c->q->stride[2], ldk = c->k->stride[2], ldg = c->dout->stride[2];
-    const int64_t ldv = c->v->stride[2], lddk = x->lddk, lddv = x->lddv;
+    const int64_t lddk = x->lddk, lddv = x->lddv;
     const float *qtile = mha__attn_row(c->q, b, h, i0), *gtile = mha__attn_row(c->dout, b, h, i0);
     const float *ktile = mha__attn_kv_row(pr, c->k, b, h, j0);
-    const float *vt = mha__attn_kv_row(pr, c->v, b, h, j0);
     float *dkt = x->dk, *dvt = x->dv;
     float *P = w->P, *dP = w->dP, *G = pr->softcap > 0 ? w->G : NULL; /* G: softcap's derivative */
     const float *W = P;
@@ -380,9 +385,9 @@ static void bwd_pair(const bwd_call *c, const bwd_task *t, const bwd_tiles *w, c
         const int64_t r0 = bl.r0[j], n = bl.r0[j + 1] - r0, bc = bl.w[j];
         if (bc == 0) continue;
         const mha__attn_tile_mask mk = mha__attn_tile_mask_rows(&x->mk, r0);
-        kern->attn_scores(n, bc, D, 1.0f, w->qs + r0 * D, D, ktile, ldk, P + r0 * BC, BC);
+        kern->attn_scores_kp(n, bc, D, 1.0f, w->qs + r0 * D, D, w->kpf, P + r0 * BC, BC);
         kern->attn_probs(n, bc, P + r0 * BC, BC, &mk, w->lt + r0, G ? G + r0 * BC : NULL);
-        kern->attn_scores(n, bc, Dv, 1.0f, gtile + r0 * ldg, ldg, vt, ldv, dP + r0 * BC, BC);
+        kern->attn_scores_kp(n, bc, Dv, 1.0f, gtile + r0 * ldg, ldg, w->vpf, dP + r0 * BC, BC);
         W = bwd_dropout(c, t, w, &mk, i0, j0, r0, n, bc);
     }
     for (int k = 0; k < bl.nk; k++) { /* dv += W^T dout */
@@ -526,6 +531,13 @@ static void bwd_chunk(const bwd_call *c, const bwd_ws *ws, const bwd_tiles *w, i
         const int64_t qe = qt_end(pr, c->BR, c->BC, c->nqt, kt),
                       q0 = qt_first(pr, c->BR, c->BC, c->nqt, kt);
         if (c->bf && q0 < qe) bwd_pack_keys(c, w, t.b, t.h, j0, bc);
+        if (!c->bf && q0 < qe) { /* k and v packed once for the tile's pairs (bwd_pair) */
+            c->kern->attn_kpack(bc, D, mha__attn_kv_row(pr, c->k, t.b, t.h, j0), c->k->stride[2],
+                                w->kpf);
+            if (Dv)
+                c->kern->attn_kpack(bc, Dv, mha__attn_kv_row(pr, c->v, t.b, t.h, j0),
+                                    c->v->stride[2], w->vpf);
+        }
         for (int64_t qt = q0; qt < qe; qt++) {
             if (!bwd_tile_begin(c, &t, w, kt, qt, &x)) continue;
             if (c->bf) bwd_pair_bf16(c, &t, w, &x);

@@ -39,11 +39,12 @@ mha_status mha_ctx_describe(const mha_ctx *ctx, char *buf, size_t n) {
         BY(attn_fwd_drop), BY(attn_dropout));
     PUT("  weights       attn_scores (%s), attn_probs (%s) on %lld x %lld tiles (when asked for)\n",
         BY(attn_scores), BY(attn_probs), (long long)k->attn_br, (long long)k->attn_bc);
-    PUT("  backward      %lld x %lld tiles: attn_scores (%s), attn_probs (%s), attn_ptv (%s),\n"
-        "                attn_pv (%s), attn_dsoftmax (%s); with dropout attn_dropout (%s),\n"
+    PUT("  backward      %lld x %lld tiles: attn_scores_kp (%s), attn_probs (%s),\n"
+        "                attn_ptv (%s), attn_pv (%s), attn_dsoftmax (%s);\n"
+        "                keys packed by attn_kpack; with dropout attn_dropout (%s),\n"
         "                attn_dropout_apply (%s)\n",
-        (long long)k->attn_br, (long long)k->attn_bc, BY(attn_scores), BY(attn_probs), BY(attn_ptv),
-        BY(attn_pv), BY(attn_dsoftmax), BY(attn_dropout), BY(attn_dropout_apply));
+        (long long)k->attn_br, (long long)k->attn_bc, BY(attn_scores_kp), BY(attn_probs),
+        BY(attn_ptv), BY(attn_pv), BY(attn_dsoftmax), BY(attn_dropout), BY(attn_dropout_apply));
     PUT("  decoding      attn_decode (%s): a few query rows against a key/value cache in\n"
         "                fixed chunks of keys read in place (mha_attn_kvcache)\n",
         BY(attn_decode));

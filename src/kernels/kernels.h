@@ -84,6 +84,10 @@
  *
  *   attn_scores(br, bc, n, scale, A, lda, B, ldb, S, lds):
  *       S[br,bc] = scale * A[br,n] B[bc,n]^T         (q k^T * scale; also dP = dout v^T)
+ *   attn_scores_kp(br, bc, n, scale, A, lda, Kp, S, lds): attn_scores with B given packed,
+ *       Kp = attn_kpack(bcp, n, B, ldb, Kp) of a tile of bcp >= bc keys (the first bc used),
+ *       bit for bit the same S: a driver packs a key tile once for all its query tiles
+ *       (attn_bc <= attn_fwd_bc in every table). n == 0: Kp is not read.
  *   attn_softmax(br, bc, S, lds, mk, m, l, alpha): the online-softmax step inside attn_fwd
  *       (not a table entry: the generic fused kernel calls mha__attn_softmax_generic), in place:
  *       s = S + fmask, excluded -> -inf;  m' = max(m[r], max_c s);  alpha[r] = exp(m[r] - m');
@@ -375,6 +379,8 @@ typedef void mha__gemm_bf16_pack_t(const uint16_t *X, int64_t rs, int64_t cs, in
                                    int64_t k, int r, uint32_t *dst);
 
 typedef mha__attn_scores_t *mha__attn_scores_fn;
+typedef void mha__attn_scores_kp_t(int64_t br, int64_t bc, int64_t n, float scale, const float *A,
+                                   int64_t lda, const float *Kp, float *S, int64_t lds);
 typedef mha__attn_softmax_t *mha__attn_softmax_fn;
 typedef mha__attn_probs_t *mha__attn_probs_fn;
 typedef mha__attn_pv_t *mha__attn_pv_fn;
@@ -416,6 +422,7 @@ typedef struct mha_kernels {
      * optional weights' recompute */
     int64_t attn_br, attn_bc;
     mha__attn_scores_fn attn_scores;
+    mha__attn_scores_kp_t *attn_scores_kp;
     mha__attn_probs_fn attn_probs;
     mha__attn_pv_fn attn_pv;
     mha__attn_ptv_fn attn_ptv;
@@ -481,6 +488,7 @@ mha__attn_decode_t mha__attn_decode_avx512bf16;
  * mapping). */
 #define MHA__ATTN_DECLARE(isa)                                                                     \
     mha__attn_scores_t mha__attn_scores_##isa;                                                     \
+    mha__attn_scores_kp_t mha__attn_scores_kp_##isa;                                               \
     mha__attn_probs_t mha__attn_probs_##isa;                                                       \
     mha__attn_pv_t mha__attn_pv_##isa;                                                             \
     mha__attn_ptv_t mha__attn_ptv_##isa;                                                           \

@@ -140,6 +140,12 @@ void mha__attn_kpack_generic(int64_t bc, int64_t n, const float *B, int64_t ldb,
         for (int64_t d = 0; d < n; d++) Kp[c * n + d] = B[c * ldb + d];
 }
 
+/* kernels.h: attn_scores_kp, on this table's packing (a plain copy [bc, n]) */
+void mha__attn_scores_kp_generic(int64_t br, int64_t bc, int64_t n, float scale, const float *A,
+                                 int64_t lda, const float *Kp, float *S, int64_t lds) {
+    mha__attn_scores_generic(br, bc, n, scale, A, lda, Kp, n, S, lds);
+}
+
 /* One forward step of a tile pair without dropout (the reference for the fused SIMD kernels):
  *   P = scale A K^T;  online softmax step over P (alpha per row);  O = diag(alpha) O + P V
  * by the three kernels above, 64 rows at a time (rows are independent). */

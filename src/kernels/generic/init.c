@@ -20,6 +20,7 @@ void mha__kernels_init_generic(mha_kernels *k) {
     /* attention tiles: 16 query rows x 32 keys (small, so tests cross many tile edges) */
     k->attn_br = 16, k->attn_bc = 32;
     k->attn_scores = mha__attn_scores_generic;
+    k->attn_scores_kp = mha__attn_scores_kp_generic;
     k->attn_probs = mha__attn_probs_generic;
     k->attn_pv = mha__attn_pv_generic;
     k->attn_ptv = mha__attn_ptv_generic;

@@ -207,8 +207,10 @@ INL void scores_blk(const int nv, int64_t m, int64_t dc, const float *A, int64_t
 }
 
 #ifndef SKEL_BF16_ONLY
-void KERNEL(scores)(int64_t br, int64_t bc, int64_t n, float scale, const float *A, int64_t lda,
-                    const float *B, int64_t ldb, float *S, int64_t lds) {
+/* attn_scores on B (packed here, a DC x PW panel at a time) or, Kp non-NULL, on the tile as
+ * attn_kpack packed it (the same panels: Kp + c0 n + d0 PW is the one packed for (c0, d0)) */
+INL void scores_run(int64_t br, int64_t bc, int64_t n, float scale, const float *A, int64_t lda,
+                    const float *B, int64_t ldb, const float *Kp, float *S, int64_t lds) {
     if (n <= 0) {
         for (int64_t r = 0; r < br; r++)
             for (int64_t c = 0; c < bc; c++) S[r * lds + c] = 0.0f * scale;
@@ -222,15 +224,26 @@ void KERNEL(scores)(int64_t br, int64_t bc, int64_t n, float scale, const float 
         for (int64_t d0 = 0; d0 < n; d0 += DC) {
             int64_t dc = n - d0 < DC ? n - d0 : DC;
             int first = d0 == 0, last = d0 + dc == n;
-            pack_bt(B + c0 * ldb + d0, ldb, w, dc, Kt);
+            const float *kt = Kp ? Kp + c0 * n + d0 * PW : Kt;
+            if (!Kp) pack_bt(B + c0 * ldb + d0, ldb, w, dc, Kt);
             for (int64_t r0 = 0; r0 < br; r0 += MR) {
                 int64_t m = br - r0 < MR ? br - r0 : MR;
                 const float *a = A + r0 * lda + d0;
                 float *s = S + r0 * lds + c0;
-                PER_NV(nv, scores_blk, m, dc, a, lda, Kt, s, lds, kl, scale, first, last);
+                PER_NV(nv, scores_blk, m, dc, a, lda, kt, s, lds, kl, scale, first, last);
             }
         }
     }
+}
+
+void KERNEL(scores)(int64_t br, int64_t bc, int64_t n, float scale, const float *A, int64_t lda,
+                    const float *B, int64_t ldb, float *S, int64_t lds) {
+    scores_run(br, bc, n, scale, A, lda, B, ldb, NULL, S, lds);
+}
+
+void KERNEL(scores_kp)(int64_t br, int64_t bc, int64_t n, float scale, const float *A, int64_t lda,
+                       const float *Kp, float *S, int64_t lds) {
+    scores_run(br, bc, n, scale, A, lda, NULL, 0, Kp, S, lds);
 }
 #endif
 

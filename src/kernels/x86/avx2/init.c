@@ -17,6 +17,7 @@ void mha__kernels_init_avx2(mha_kernels *k) {
     /* attention tiles: 64 x 64 (score tile 16 KiB; the 16-key packed panel is 8 KiB) */
     k->attn_br = 64, k->attn_bc = 64;
     k->attn_scores = mha__attn_scores_avx2;
+    k->attn_scores_kp = mha__attn_scores_kp_avx2;
     k->attn_probs = mha__attn_probs_avx2;
     k->attn_pv = mha__attn_pv_avx2;
     k->attn_ptv = mha__attn_ptv_avx2;

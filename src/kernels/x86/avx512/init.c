@@ -16,6 +16,7 @@ void mha__kernels_init_avx512(mha_kernels *k) {
      * 64 x 64 on the core forward, D = 64, 2 threads) */
     k->attn_br = 64, k->attn_bc = 128;
     k->attn_scores = mha__attn_scores_avx512;
+    k->attn_scores_kp = mha__attn_scores_kp_avx512;
     k->attn_probs = mha__attn_probs_avx512;
     k->attn_pv = mha__attn_pv_avx512;
     k->attn_ptv = mha__attn_ptv_avx512;

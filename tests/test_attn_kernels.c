@@ -183,6 +183,8 @@ TEST(products_every_edge) {
         const mha_kernels *kk = isas[i];
         int64_t BR = kk->attn_br, BC = kk->attn_bc;
         int64_t bcs[8] = {1, 7, 15, 16, 17, BC - 1, BC, 33};
+        /* the backward packs its key tiles by attn_kpack for attn_scores_kp (kernels.h) */
+        ASSERT_TRUE(kk->attn_scores_kp != NULL && BC <= kk->attn_fwd_bc);
         /* every br with two (bc, n) pairs */
         for (int64_t br = 1; br <= BR; br++) {
             if (!check_products(kk, gen, br, BC, 64)) return;

@@ -249,7 +249,9 @@ static void bwd_plan(mha_ctx *ctx, bwd_call *c) {
     MHA__PLAN_ADD_COPIES(pl, bwd_ws, threads, tl, c->nt);
 }
 
-/* pass 0, task (b, h, query tile): Drow_i = dout_i . out_i */
+/* pass 0, task (b, h, query tile): Drow_i = dout_i . out_i, summed in vector lanes (omp simd:
+ * an order fixed by the build, the same for every thread; a sequential sum was 3% of a causal
+ * N = 256 backward) */
 static void bwd_drow(const bwd_call *c, const bwd_ws *ws, int64_t task) {
     const int64_t L = c->pr.L, BR = c->BR;
     int64_t bh = task / c->nqt, i0 = (task % c->nqt) * BR, b = bh / c->pr.H, h = bh % c->pr.H;
@@ -259,10 +261,12 @@ static void bwd_drow(const bwd_call *c, const bwd_ws *ws, int64_t task) {
         if (c->bf) { /* bf16 out and dout, exactly in float32 */
             const uint16_t *o = mha__attn_row_at(c->out, b, h, i);
             const uint16_t *g = mha__attn_row_at(c->dout, b, h, i);
+#pragma omp simd reduction(+ : acc)
             for (int64_t x = 0; x < c->pr.Dv; x++)
                 acc += mha__bf16_to_f32(g[x]) * mha__bf16_to_f32(o[x]);
         } else {
             const float *o = mha__attn_row(c->out, b, h, i), *g = mha__attn_row(c->dout, b, h, i);
+#pragma omp simd reduction(+ : acc)
             for (int64_t x = 0; x < c->pr.Dv; x++) acc += g[x] * o[x];
         }
         ws->drow[bh * L + i] = acc;

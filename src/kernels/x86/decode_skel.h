@@ -134,6 +134,35 @@ INL void dec_sums_store(const int nr, const int nk, vf acc[DEC_RB][DEC_KS], int6
  * keys one after another, each row in address order (the query vectors loaded for each key);
  * 2-byte keys a vector of each in turn (each query vector loaded once for the nk keys): see the
  * top of the file. kpf: the prefetch distance in bytes (0: none). */
+/* dec_dots' step for 2-byte keys at vector v of the head dim (the row's last when last, cut by
+ * kl): a vector of each of the nk keys in turn, each query vector loaded once for them. */
+INL void dec_vec_step(const mha_dtype kt, const int nr, const int nk, int64_t c0, int64_t v,
+                      int last, vmask kl, const float *A, int64_t lda, const void *K, int64_t ldk,
+                      int64_t kpf, vf acc[DEC_RB][DEC_KS]) {
+    vf kv[DEC_KS];
+#pragma GCC unroll 4
+    for (int j = 0; j < nk; j++) {
+        const int64_t at = (c0 + j) * ldk + VL * v;
+        kv[j] = dec_load(kt, K, at, last, kl);
+        if (kpf) dec_prefetch(kt, K, at, kpf);
+    }
+#pragma GCC unroll 4
+    for (int i = 0; i < nr; i++) {
+        const vf a = vf_load_v(A + i * lda + VL * v, last, kl);
+#pragma GCC unroll 4
+        for (int j = 0; j < nk; j++) acc[i][j] = vf_fma(a, kv[j], acc[i][j]);
+    }
+}
+
+/* S[r * DEC_KB + c] = A_r . K_c for the nr rows A_r (lda apart) and the nk keys K_c (ldk
+ * elements of type kt apart) from c0: nr x nk FMA chains over the head dim, each key vector
+ * loaded once for the nr rows, then the VL sums at once or one horizontal sum each. Float32
+ * keys one after another, each row in address order (the query vectors loaded for each key);
+ * 2-byte keys a vector of each in turn (each query vector loaded once for the nk keys), their
+ * whole vectors without masks and a cut last one with its mask (a mask chosen per step cost a
+ * tenth of a half cache's step; a float32 cache's step, from memory, ran a few percent slower
+ * without them, though faster in cache): see the top of the file. kpf: the prefetch distance
+ * in bytes (0: none). */
 INL void dec_dots(const mha_dtype kt, const int nr, const int nk, int64_t c0, int64_t n,
                   const float *A, int64_t lda, const void *K, int64_t ldk, int64_t kpf, float *S) {
     const int64_t nvec = (n + VL - 1) / VL;
@@ -156,22 +185,10 @@ INL void dec_dots(const mha_dtype kt, const int nr, const int nk, int64_t c0, in
                     acc[i][j] = vf_fma(vf_load_v(A + i * lda + VL * v, last, kl), k, acc[i][j]);
             }
     } else {
-        for (int64_t v = 0; v < nvec; v++) { /* a vector of each key in turn */
-            const int last = v == nvec - 1;
-            vf kv[DEC_KS];
-#pragma GCC unroll 4
-            for (int j = 0; j < nk; j++) {
-                const int64_t at = (c0 + j) * ldk + VL * v;
-                kv[j] = dec_load(kt, K, at, last, kl);
-                if (kpf) dec_prefetch(kt, K, at, kpf);
-            }
-#pragma GCC unroll 4
-            for (int i = 0; i < nr; i++) {
-                const vf a = vf_load_v(A + i * lda + VL * v, last, kl);
-#pragma GCC unroll 4
-                for (int j = 0; j < nk; j++) acc[i][j] = vf_fma(a, kv[j], acc[i][j]);
-            }
-        }
+        const int64_t nfull = n / VL;
+        for (int64_t v = 0; v < nfull; v++)
+            dec_vec_step(kt, nr, nk, c0, v, 0, kl, A, lda, K, ldk, kpf, acc);
+        if (nfull < nvec) dec_vec_step(kt, nr, nk, c0, nfull, 1, kl, A, lda, K, ldk, kpf, acc);
     }
     dec_sums_store(nr, nk, acc, c0, 1.0f, S);
 }
@@ -183,6 +200,24 @@ INL void dec_dots(const mha_dtype kt, const int nr, const int nk, int64_t c0, in
  * qb). A vector of each key in turn, each query vector loaded once for the nk keys (key by key,
  * the query vectors loaded again for each key, a step with the cache in L3 took a fifth longer;
  * from memory the two orders ran at the same speed). */
+/* dec_dots_bf16's step at element x of the head dim: ne (<= 2 VL) elements of each key and row */
+INL void dec_dots_bf16_step(const int nr, const int nk, int64_t c0, int64_t x, int64_t ne,
+                            const uint16_t *Q, int64_t ldq, const uint16_t *K, int64_t ldk,
+                            int64_t kpf, vf acc[DEC_RB][DEC_KS]) {
+    vb k[DEC_KS];
+#pragma GCC unroll 4
+    for (int j = 0; j < nk; j++) {
+        k[j] = vb_load_elems(K + (c0 + j) * ldk + x, ne);
+        if (kpf) dec_prefetch(MHA_DTYPE_BF16, K, (c0 + j) * ldk + x, kpf);
+    }
+#pragma GCC unroll 4
+    for (int i = 0; i < nr; i++) {
+        const vb q = vb_load_elems(Q + i * ldq + x, ne);
+#pragma GCC unroll 4
+        for (int j = 0; j < nk; j++) acc[i][j] = vf_dot2(acc[i][j], q, k[j]);
+    }
+}
+
 INL void dec_dots_bf16(const int nr, const int nk, int64_t c0, int64_t n, const uint16_t *Q,
                        int64_t ldq, float scale, const uint16_t *K, int64_t ldk, int64_t kpf,
                        float *S) {
@@ -191,20 +226,10 @@ INL void dec_dots_bf16(const int nr, const int nk, int64_t c0, int64_t n, const 
     for (int i = 0; i < nr; i++)
 #pragma GCC unroll 4
         for (int j = 0; j < nk; j++) acc[i][j] = vf_zero();
-    for (int64_t x = 0; x < n; x += 2 * VL) {
-        vb k[DEC_KS];
-#pragma GCC unroll 4
-        for (int j = 0; j < nk; j++) {
-            k[j] = vb_load_elems(K + (c0 + j) * ldk + x, n - x);
-            if (kpf) dec_prefetch(MHA_DTYPE_BF16, K, (c0 + j) * ldk + x, kpf);
-        }
-#pragma GCC unroll 4
-        for (int i = 0; i < nr; i++) {
-            const vb q = vb_load_elems(Q + i * ldq + x, n - x);
-#pragma GCC unroll 4
-            for (int j = 0; j < nk; j++) acc[i][j] = vf_dot2(acc[i][j], q, k[j]);
-        }
-    }
+    int64_t x = 0;
+    for (; x + 2 * VL <= n; x += 2 * VL) /* whole vectors: no mask to choose */
+        dec_dots_bf16_step(nr, nk, c0, x, 2 * VL, Q, ldq, K, ldk, kpf, acc);
+    if (x < n) dec_dots_bf16_step(nr, nk, c0, x, n - x, Q, ldq, K, ldk, kpf, acc);
     dec_sums_store(nr, nk, acc, c0, scale, S);
 }
 #endif

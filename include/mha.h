@@ -593,6 +593,18 @@ MHA_API mha_status mha_module_create_from_st(mha_ctx *ctx, const mha_st *st, con
  * recorded), the rest default. */
 MHA_API mha_status mha_module_config_from_st(mha_ctx *ctx, const mha_st *st, const char *prefix,
                                              mha_config *cfg);
+/* A new module holding m's parameters and their gradients in dtype (MHA_DTYPE_F32, BF16 or
+ * F16), as PyTorch's module.to(dtype) converts them: to float32 exactly, to bf16 / f16 each
+ * value rounded once to nearest even (bf16 <-> f16: through float32); the same dtype gives a
+ * copy bit for bit. Everything else of m's configuration, and its dropout stream's position
+ * (mha_module_set_dropout_rng), is kept. The copy owns all its memory (parameters m has bound
+ * with mha_module_param_bind are copied, not bound) and holds no forward to differentiate
+ * (mha_module_backward wants a forward of the copy first). m is not changed. For example,
+ * float32 training, bf16 inference: mha_module_copy(ctx, m, MHA_DTYPE_BF16, &mb).
+ * MHA_ERR_INVALID_ARG (m or out NULL), MHA_ERR_UNSUPPORTED (another dtype), MHA_ERR_NOMEM;
+ * *out is NULL on error. Free the copy with mha_module_free. */
+MHA_API mha_status mha_module_copy(mha_ctx *ctx, const mha_module *m, mha_dtype dtype,
+                                   mha_module **out);
 MHA_API void mha_module_free(mha_module *m);
 MHA_API const mha_config *mha_module_config(const mha_module *m);
 

@@ -8,6 +8,7 @@
  * A structural mistake (a missing bias, a wrong row stride, the wrong weight) is off by the
  * values' own size. Every ISA, self- and cross-attention, masks, both dtypes. */
 #include "harness.h"
+#include "core/internal.h" /* mha__fault_after */
 #include "kernels/cvt.h"
 
 #include <unistd.h>
@@ -435,6 +436,173 @@ TEST(bad_dtypes) {
     mha_ctx_free(ctx);
 }
 
+/* Every parameter value and gradient of m: random values of its dtype. */
+static void fill_params(mha_ctx *ctx, mha_module *m) {
+    const mha_dtype dt = mha_module_config(m)->dtype;
+    for (int i = 0; i < mha_module_param_count(m); i++) {
+        mha_tensor v, g;
+        mha_module_param(ctx, m, mha_module_param_name(m, i), &v, &g);
+        for (int64_t e = 0; e < mha_tensor_numel(&v); e++) {
+            mha__store_f32(dt, v.ptr, e, 3 * frand());
+            mha__store_f32(dt, g.ptr, e, frand() / 64);
+        }
+    }
+}
+
+/* A copy of every parameter value and gradient of m (values, then gradients, in order). */
+static unsigned char *param_bytes(mha_ctx *ctx, mha_module *m, size_t *n) {
+    const size_t es = es_of(mha_module_config(m)->dtype);
+    size_t total = 0;
+    for (int i = 0; i < mha_module_param_count(m); i++) {
+        mha_tensor v;
+        mha_module_param(ctx, m, mha_module_param_name(m, i), &v, NULL);
+        total += 2 * es * (size_t)mha_tensor_numel(&v);
+    }
+    unsigned char *b = malloc(total), *at = b;
+    for (int i = 0; i < mha_module_param_count(m); i++) {
+        mha_tensor v, g;
+        mha_module_param(ctx, m, mha_module_param_name(m, i), &v, &g);
+        const size_t bytes = es * (size_t)mha_tensor_numel(&v);
+        memcpy(at, v.ptr, bytes), memcpy(at + bytes, g.ptr, bytes);
+        at += 2 * bytes;
+    }
+    *n = total;
+    return b;
+}
+
+/* mha_module_copy from every dtype to every dtype, packed and separate projections: each value
+ * and gradient as cvt.h's scalar definitions convert it (bit for bit: exact up, rounded once
+ * down, bf16 <-> f16 through float32), the rest of the configuration kept, m unchanged, and
+ * the copy its own (writing it leaves m alone). */
+TEST(copy_converts_every_parameter) {
+    mha_ctx *ctx;
+    ASSERT_OK(NULL, mha_ctx_create(&ctx));
+    const mha_dtype dts[3] = {MHA_DTYPE_F32, MHA_DTYPE_BF16, MHA_DTYPE_F16};
+    for (int variant = 0; variant < 2; variant++)
+        for (int a = 0; a < 3; a++)
+            for (int b = 0; b < 3; b++) {
+                mha_config cfg = mha_config_default(8, 2);
+                cfg.dtype = dts[a], cfg.dropout = 0.25f, cfg.seed = 7;
+                if (variant) cfg.kdim = 6, cfg.vdim = 10, cfg.bias = 0;
+                mha_module *m = NULL, *c = NULL;
+                ASSERT_OK(ctx, mha_module_create(ctx, &cfg, &m));
+                fill_params(ctx, m);
+                size_t nb, nb2;
+                unsigned char *before = param_bytes(ctx, m, &nb);
+                ASSERT_OK(ctx, mha_module_copy(ctx, m, dts[b], &c));
+                const mha_config *cc = mha_module_config(c), *mc = mha_module_config(m);
+                ASSERT_EQ(cc->dtype, dts[b]);
+                ASSERT_EQ(cc->embed_dim, mc->embed_dim);
+                ASSERT_EQ(cc->num_heads, mc->num_heads);
+                ASSERT_EQ(cc->kdim, mc->kdim);
+                ASSERT_EQ(cc->vdim, mc->vdim);
+                ASSERT_EQ(cc->bias, mc->bias);
+                ASSERT_EQ(cc->seed, mc->seed);
+                ASSERT_TRUE(cc->dropout == mc->dropout);
+                ASSERT_EQ(mha_module_param_count(c), mha_module_param_count(m));
+                for (int i = 0; i < mha_module_param_count(m); i++) {
+                    const char *name = mha_module_param_name(m, i);
+                    ASSERT_TRUE(strcmp(name, mha_module_param_name(c, i)) == 0);
+                    mha_tensor mv, mg, cv, cg;
+                    ASSERT_OK(ctx, mha_module_param(ctx, m, name, &mv, &mg));
+                    ASSERT_OK(ctx, mha_module_param(ctx, c, name, &cv, &cg));
+                    ASSERT_EQ(mha_tensor_numel(&cv), mha_tensor_numel(&mv));
+                    ASSERT_TRUE(cv.ptr != mv.ptr && cg.ptr != mg.ptr);
+                    for (int64_t e = 0; e < mha_tensor_numel(&mv); e++)
+                        for (int gr = 0; gr < 2; gr++) {
+                            const void *src = gr ? mg.ptr : mv.ptr, *got = gr ? cg.ptr : cv.ptr;
+                            uint32_t want = 0, have = 0;
+                            mha__store_f32(dts[b], &want, 0, mha__load_f32(dts[a], src, e));
+                            memcpy(&have, (const char *)got + e * (int64_t)es_of(dts[b]),
+                                   es_of(dts[b]));
+                            if (want != have)
+                                FAILF("%s -> %s, %s%s[%lld]: got bits %08x, expected %08x",
+                                      mha_dtype_name(dts[a]), mha_dtype_name(dts[b]), name,
+                                      gr ? " (grad)" : "", (long long)e, have, want);
+                        }
+                    mha__store_f32(dts[b], cv.ptr, 0, 1234.0f); /* the copy's own memory */
+                }
+                unsigned char *after = param_bytes(ctx, m, &nb2);
+                ASSERT_TRUE(nb == nb2 && memcmp(before, after, nb) == 0);
+                free(before), free(after);
+                mha_module_free(c);
+                mha_module_free(m);
+            }
+    mha_ctx_free(ctx);
+}
+
+/* A copy in the same dtype computes what m computes, bit for bit, dropout included: it starts
+ * at m's position in the dropout stream. Bound parameters are copied into the copy's memory. */
+TEST(copy_keeps_dropout_stream_and_unbinds) {
+    mha_ctx *ctx;
+    ASSERT_OK(NULL, mha_ctx_create(&ctx));
+    mha_config cfg = mha_config_default(8, 2);
+    cfg.dropout = 0.5f;
+    mha_module *m = NULL, *c = NULL;
+    ASSERT_OK(ctx, mha_module_create(ctx, &cfg, &m));
+    float wo[64];
+    for (int i = 0; i < 64; i++) wo[i] = frand() / 4;
+    ASSERT_OK(ctx, mha_module_param_bind(ctx, m, "out_proj.weight", wo, NULL));
+    ASSERT_OK(ctx, mha_module_set_dropout_rng(ctx, m, 99, 3));
+    ASSERT_OK(ctx, mha_module_copy(ctx, m, MHA_DTYPE_F32, &c));
+    mha_tensor cw;
+    ASSERT_OK(ctx, mha_module_param(ctx, c, "out_proj.weight", &cw, NULL));
+    ASSERT_TRUE(cw.data != wo && memcmp(cw.data, wo, sizeof wo) == 0);
+    float x[2 * 5 * 8], y1[80], y2[80];
+    for (int i = 0; i < 80; i++) x[i] = frand();
+    int64_t sh[3] = {2, 5, 8};
+    mha_tensor tx = mha_tensor_make(x, 3, sh), t1 = mha_tensor_make(y1, 3, sh),
+               t2 = mha_tensor_make(y2, 3, sh);
+    mha_forward_opts fo = mha_forward_opts_default();
+    fo.training = 1;
+    for (int call = 0; call < 2; call++) { /* offsets 3, then 4, on both */
+        ASSERT_OK(ctx, mha_module_forward(ctx, m, &fo, &tx, NULL, NULL, NULL, &t1, NULL));
+        ASSERT_OK(ctx, mha_module_forward(ctx, c, &fo, &tx, NULL, NULL, NULL, &t2, NULL));
+        ASSERT_TRUE(memcmp(y1, y2, sizeof y1) == 0);
+    }
+    /* and a different position gives other dropout masks (the check above can fail) */
+    ASSERT_OK(ctx, mha_module_set_dropout_rng(ctx, c, 99, 0));
+    ASSERT_OK(ctx, mha_module_forward(ctx, c, &fo, &tx, NULL, NULL, NULL, &t2, NULL));
+    ASSERT_TRUE(memcmp(y1, y2, sizeof y1) != 0);
+    mha_module_free(c);
+    mha_module_free(m);
+    mha_ctx_free(ctx);
+}
+
+/* Bad arguments and allocation failures: a status naming mha_module_copy, *out NULL. */
+TEST(copy_errors) {
+    mha_ctx *ctx;
+    ASSERT_OK(NULL, mha_ctx_create(&ctx));
+    mha_config cfg = mha_config_default(8, 2);
+    mha_module *m = NULL, *c = (mha_module *)&cfg;
+    ASSERT_OK(ctx, mha_module_create(ctx, &cfg, &m));
+    ASSERT_EQ(mha_module_copy(ctx, m, MHA_DTYPE_BF16, NULL), MHA_ERR_INVALID_ARG);
+    ASSERT_STR_CONTAINS(mha_ctx_errmsg(ctx), "mha_module_copy: out: got NULL");
+    ASSERT_EQ(mha_module_copy(ctx, NULL, MHA_DTYPE_BF16, &c), MHA_ERR_INVALID_ARG);
+    ASSERT_STR_CONTAINS(mha_ctx_errmsg(ctx), "mha_module_copy: m: got NULL");
+    ASSERT_TRUE(c == NULL);
+    c = (mha_module *)&cfg;
+    ASSERT_EQ(mha_module_copy(ctx, m, MHA_DTYPE_I32, &c), MHA_ERR_UNSUPPORTED);
+    ASSERT_STR_CONTAINS(mha_ctx_errmsg(ctx), "mha_module_copy: dtype: got int32, expected");
+    ASSERT_TRUE(c == NULL);
+    long n;
+    mha_status st = MHA_ERR_NOMEM;
+    for (n = 0; n < 100; n++) {
+        mha__fault_after(n);
+        st = mha_module_copy(ctx, m, MHA_DTYPE_F16, &c);
+        mha__fault_after(-1);
+        if (st == MHA_OK) break;
+        ASSERT_EQ(st, MHA_ERR_NOMEM);
+        ASSERT_TRUE(c == NULL);
+        ASSERT_STR_CONTAINS(mha_ctx_errmsg(ctx), "mha_module_copy");
+    }
+    ASSERT_EQ(st, MHA_OK);
+    ASSERT_TRUE(n > 2); /* the module, and each parameter's value and gradient */
+    mha_module_free(c);
+    mha_module_free(m);
+    mha_ctx_free(ctx);
+}
+
 int main(void) {
     RUN(forward_backward_vs_float32_twin);
     RUN(projections_rounded_in_dtype);
@@ -443,5 +611,8 @@ int main(void) {
     RUN(save_load_keeps_dtype);
     RUN(cached_decode_follows_full_forward);
     RUN(bad_dtypes);
+    RUN(copy_converts_every_parameter);
+    RUN(copy_keeps_dropout_stream_and_unbinds);
+    RUN(copy_errors);
     return harness_report();
 }

@@ -203,24 +203,12 @@ int cli_ctx_create(const long long *threads, const char *isa, mha_ctx **out) {
     return 0;
 }
 
-/* The float32 module m as a new module of dtype dt (each parameter rounded once: a bf16 / f16
- * file's values come back with their own bits), replacing it. */
+/* The float32 module m as a new module of dtype dt (mha_module_copy: each parameter rounded
+ * once, so a bf16 / f16 file's values come back with their own bits), replacing it. */
 static mha_status module_to(mha_ctx *ctx, mha_module **m, mha_dtype dt) {
-    mha_config cfg = *mha_module_config(*m);
     mha_module *t = NULL;
-    cfg.dtype = dt;
-    mha_status st = mha_module_create(ctx, &cfg, &t);
-    for (int i = 0; st == MHA_OK && i < mha_module_param_count(*m); i++) {
-        const char *name = mha_module_param_name(*m, i);
-        mha_tensor a, b;
-        if ((st = mha_module_param(ctx, *m, name, &a, NULL)) == MHA_OK &&
-            (st = mha_module_param(ctx, t, name, &b, NULL)) == MHA_OK)
-            st = mha_tensor_convert(ctx, &a, &b);
-    }
-    if (st != MHA_OK) {
-        mha_module_free(t);
-        return st;
-    }
+    mha_status st = mha_module_copy(ctx, *m, dt, &t);
+    if (st != MHA_OK) return st;
     mha_module_free(*m);
     *m = t;
     return MHA_OK;

@@ -34,6 +34,7 @@
 #include <string.h>
 
 static const char *const FN_CREATE = "mha_module_create";
+static const char *const FN_COPY = "mha_module_copy";
 static const char *const FN_FWD = "mha_module_forward";
 static const char *const FN_BWD = "mha_module_backward";
 
@@ -258,7 +259,7 @@ static void init_uniform(mha_dtype dt, void *w, int64_t n, uint64_t seed, uint32
 }
 
 /* Every parameter's size must fit (3E x E, E x kdim, E x vdim floats). */
-static mha_status check_param_sizes(mha_ctx *ctx, const mha_config *cfg) {
+static mha_status check_param_sizes(mha_ctx *ctx, const char *fn, const mha_config *cfg) {
     int64_t E = cfg->embed_dim, kd = cfg->kdim ? cfg->kdim : E, vd = cfg->vdim ? cfg->vdim : E;
     size_t n;
     int64_t mx = kd > vd ? kd : vd;
@@ -267,7 +268,7 @@ static mha_status check_param_sizes(mha_ctx *ctx, const mha_config *cfg) {
         n > (size_t)INT64_MAX)
         return mha__err(ctx, MHA_ERR_NOMEM,
                         "%s: parameter size overflows (embed_dim = %lld, kdim = %lld, vdim = %lld)",
-                        FN_CREATE, (long long)E, (long long)kd, (long long)vd);
+                        fn, (long long)E, (long long)kd, (long long)vd);
     return MHA_OK;
 }
 
@@ -293,7 +294,7 @@ static void point_params(mha_module *m) {
 
 /* Declares the parameters in PyTorch's named_parameters() order and allocates each one's value
  * and gradient buffer, zeroed. On NOMEM the caller frees m. */
-static mha_status alloc_params(mha_ctx *ctx, mha_module *m) {
+static mha_status alloc_params(mha_ctx *ctx, const char *fn, mha_module *m) {
     const int64_t E = m->cfg.embed_dim, kd = m->cfg.kdim, vd = m->cfg.vdim;
     if (m->packed) {
         add_param(m, "in_proj_weight", 3 * E, E);
@@ -310,8 +311,8 @@ static mha_status alloc_params(mha_ctx *ctx, mha_module *m) {
         void *v, *g;
         int64_t rows = p->shape[0], cols = p->ndim == 2 ? p->shape[1] : 1;
         mha_status st;
-        if ((st = alloc_n(ctx, FN_CREATE, p->name, &v, rows, cols, m->es)) ||
-            (st = alloc_n(ctx, FN_CREATE, p->name, &g, rows, cols, m->es))) {
+        if ((st = alloc_n(ctx, fn, p->name, &v, rows, cols, m->es)) ||
+            (st = alloc_n(ctx, fn, p->name, &g, rows, cols, m->es))) {
             if (v) mha__free(v);
             return st;
         }
@@ -341,16 +342,14 @@ static void init_params(mha_module *m) {
     init_uniform(dt, m->wo, E * E, seed, 5, 1.0 / sqrt((double)E));
 }
 
-mha_status mha_module_create(mha_ctx *ctx, const mha_config *cfg, mha_module **out) {
-    mha__clear(ctx);
+/* A module of configuration cfg (validated here; fn names the call in messages), its
+ * parameters initialized as PyTorch's _reset_parameters when init, else zero. */
+static mha_status module_new(mha_ctx *ctx, const char *fn, const mha_config *cfg, int init,
+                             mha_module **out) {
     mha_status st;
-    if (!out)
-        return mha__err(ctx, MHA_ERR_INVALID_ARG, "%s: out: got NULL, expected a pointer",
-                        FN_CREATE);
-    *out = NULL;
-    if ((st = check_config(ctx, FN_CREATE, cfg)) || (st = check_param_sizes(ctx, cfg))) return st;
+    if ((st = check_config(ctx, fn, cfg)) || (st = check_param_sizes(ctx, fn, cfg))) return st;
     mha_module *m = mha__calloc(1, sizeof *m);
-    if (!m) return mha__err(ctx, MHA_ERR_NOMEM, "%s: module: out of memory", FN_CREATE);
+    if (!m) return mha__err(ctx, MHA_ERR_NOMEM, "%s: module: out of memory", fn);
     m->cfg = *cfg;
     int64_t E = cfg->embed_dim;
     m->cfg.kdim = cfg->kdim ? cfg->kdim : E;
@@ -358,13 +357,49 @@ mha_status mha_module_create(mha_ctx *ctx, const mha_config *cfg, mha_module **o
     m->cfg.bias = cfg->bias != 0;
     m->packed = m->cfg.kdim == E && m->cfg.vdim == E;
     m->es = cfg->dtype == MHA_DTYPE_F32 ? sizeof(float) : sizeof(uint16_t);
-    if ((st = alloc_params(ctx, m))) {
+    if ((st = alloc_params(ctx, fn, m))) {
         mha_module_free(m);
         return st;
     }
-    init_params(m);
+    if (init) init_params(m);
     m->dropout_seed = cfg->seed;
     *out = m;
+    return MHA_OK;
+}
+
+mha_status mha_module_create(mha_ctx *ctx, const mha_config *cfg, mha_module **out) {
+    mha__clear(ctx);
+    if (!out)
+        return mha__err(ctx, MHA_ERR_INVALID_ARG, "%s: out: got NULL, expected a pointer",
+                        FN_CREATE);
+    *out = NULL;
+    return module_new(ctx, FN_CREATE, cfg, 1, out);
+}
+
+mha_status mha_module_copy(mha_ctx *ctx, const mha_module *m, mha_dtype dtype, mha_module **out) {
+    mha__clear(ctx);
+    if (!out)
+        return mha__err(ctx, MHA_ERR_INVALID_ARG, "%s: out: got NULL, expected a pointer", FN_COPY);
+    *out = NULL;
+    if (!m)
+        return mha__err(ctx, MHA_ERR_INVALID_ARG, "%s: m: got NULL, expected a module", FN_COPY);
+    if (dtype != MHA_DTYPE_F32 && dtype != MHA_DTYPE_BF16 && dtype != MHA_DTYPE_F16)
+        return mha__err(ctx, MHA_ERR_UNSUPPORTED,
+                        "%s: dtype: got %s, expected float32, bfloat16 or float16", FN_COPY,
+                        mha_dtype_name(dtype));
+    mha_config cfg = m->cfg;
+    cfg.dtype = dtype;
+    mha_module *c = NULL;
+    mha_status st = module_new(ctx, FN_COPY, &cfg, 0, &c);
+    if (st) return st;
+    const mha_kernels *kern = mha__ctx_kernels(ctx);
+    for (int i = 0; i < m->nparams; i++) { /* the same names, shapes and order */
+        const mha__param *a = &m->p[i];
+        mha__convert_elems(kern, m->cfg.dtype, a->value, dtype, c->p[i].value, a->numel);
+        mha__convert_elems(kern, m->cfg.dtype, a->grad, dtype, c->p[i].grad, a->numel);
+    }
+    c->dropout_seed = m->dropout_seed, c->dropout_offset = m->dropout_offset;
+    *out = c;
     return MHA_OK;
 }
 

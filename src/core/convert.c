@@ -30,6 +30,24 @@ static void row_from_f32(const mha_kernels *k, mha_dtype dt, const float *src, v
     else k->cvt_from_f32(dt, src, dst, n);
 }
 
+void mha__convert_elems(const mha_kernels *k, mha_dtype sdt, const void *src, mha_dtype ddt,
+                        void *dst, int64_t n) {
+    if (sdt == ddt) {
+        memcpy(dst, src, (sdt == MHA_DTYPE_F32 ? sizeof(float) : sizeof(uint16_t)) * (size_t)n);
+    } else if (sdt == MHA_DTYPE_F32) {
+        k->cvt_from_f32(ddt, src, dst, n);
+    } else if (ddt == MHA_DTYPE_F32) {
+        k->cvt_to_f32(sdt, src, dst, n);
+    } else { /* bf16 <-> f16: through float32 (exact), a chunk at a time */
+        float buf[1024];
+        for (int64_t i = 0; i < n; i += 1024) {
+            const int64_t c = n - i < 1024 ? n - i : 1024;
+            k->cvt_to_f32(sdt, (const uint16_t *)src + i, buf, c);
+            k->cvt_from_f32(ddt, buf, (uint16_t *)dst + i, c);
+        }
+    }
+}
+
 /* The number of rows and the row length of a validated view (ndim >= 1). */
 static void rows_of(const mha_tensor *t, int64_t *rows, int64_t *n) {
     *rows = 1;

@@ -71,6 +71,12 @@ void mha__tensor_to_f32(const struct mha_kernels *k, const mha_tensor *src, floa
 void mha__tensor_from_f32(const struct mha_kernels *k, const float *src, const mha_tensor *dst,
                           int nt);
 
+/* dst[n] of dtype ddt = the n contiguous elements at src of dtype sdt (float32, bf16 or f16):
+ * exact, or rounded once (convert.c; bf16 <-> f16 through float32, exactly, then rounded once;
+ * the same dtype: copied). */
+void mha__convert_elems(const struct mha_kernels *k, mha_dtype sdt, const void *src, mha_dtype ddt,
+                        void *dst, int64_t n);
+
 /* A call on bf16 / f16 views run in float32 (convert.c): mha__lowp_begin makes one
  * allocation holding a contiguous float32 copy of each input (converted now) and a float32
  * buffer for each output; the call runs on mha__lowp_view(lp, i); mha__lowp_end(lp, st)

@@ -247,20 +247,31 @@ void KERNEL(scores_kp)(int64_t br, int64_t bc, int64_t n, float scale, const flo
 }
 #endif
 
+/* acc = diag(alpha) O, or O when alpha is NULL, for the rows of a register block of m rows (a
+ * missing row repeats the last one, never stored; the last vector of a row cut by kl): the
+ * start of a product that adds to O (pv_blk, pv_blk_bf16, ptv_blk). */
+INL void blk_load_scaled(const int nv, int64_t m, const float *alpha, const float *O, int64_t ldo,
+                         vmask kl, vf acc[MR][NVMAX]) {
+#pragma GCC unroll 16
+    for (int i = 0; i < MR; i++) {
+        const int64_t ri = i < m ? i : m - 1;
+        const vf va = vf_set1(alpha ? alpha[ri] : 1.0f);
+#pragma GCC unroll 16
+        for (int j = 0; j < nv; j++) {
+            acc[i][j] = vf_load_v(O + ri * ldo + VL * j, j == nv - 1, kl);
+            if (alpha) acc[i][j] = vf_mul(va, acc[i][j]);
+        }
+    }
+}
+
 /* O[m, VL nv] = diag(alpha) O + P[m, bc] X[bc, VL nv]   (last vector masked by kl) */
 INL void pv_blk(const int nv, int64_t m, int64_t bc, const float *P, int64_t ldp, const float *X,
                 int64_t ldx, const float *alpha, float *O, int64_t ldo, vmask kl) {
     const float *p[MR];
     vf acc[MR][NVMAX];
 #pragma GCC unroll 16
-    for (int i = 0; i < MR; i++) {
-        int64_t ri = i < m ? i : m - 1;
-        p[i] = P + ri * ldp;
-        vf va = vf_set1(alpha ? alpha[ri] : 1.0f);
-#pragma GCC unroll 16
-        for (int j = 0; j < nv; j++)
-            acc[i][j] = vf_mul(va, vf_load_v(O + ri * ldo + VL * j, j == nv - 1, kl));
-    }
+    for (int i = 0; i < MR; i++) p[i] = P + (i < m ? i : m - 1) * ldp;
+    blk_load_scaled(nv, m, alpha, O, ldo, kl, acc);
     for (int64_t c = 0; c < bc; c++) {
         vf x[NVMAX];
 #pragma GCC unroll 16
@@ -294,12 +305,8 @@ INL void ptv_blk(const int nv, int64_t m, int64_t br, const float *P, int64_t ld
     int64_t ci[MR];
     vf acc[MR][NVMAX];
 #pragma GCC unroll 16
-    for (int i = 0; i < MR; i++) {
-        ci[i] = i < m ? i : m - 1;
-#pragma GCC unroll 16
-        for (int j = 0; j < nv; j++)
-            acc[i][j] = vf_load_v(G + ci[i] * ldg + VL * j, j == nv - 1, kl);
-    }
+    for (int i = 0; i < MR; i++) ci[i] = i < m ? i : m - 1;
+    blk_load_scaled(nv, m, NULL, G, ldg, kl, acc);
     for (int64_t r = 0; r < br; r++) {
         vf x[NVMAX];
         const float *pr = P + r * ldp;
@@ -531,16 +538,8 @@ INL void pv_blk_bf16(const int nv, int64_t m, int64_t npair, const uint16_t *P2,
     const uint16_t *p[MR];
     vf acc[MR][NVMAX];
 #pragma GCC unroll 16
-    for (int i = 0; i < MR; i++) {
-        int64_t ri = i < m ? i : m - 1;
-        p[i] = P2 + ri * rstep;
-        vf va = vf_set1(alpha ? alpha[ri] : 1.0f);
-#pragma GCC unroll 16
-        for (int j = 0; j < nv; j++) {
-            acc[i][j] = vf_load_v(O + ri * ldo + VL * j, j == nv - 1, kl);
-            if (alpha) acc[i][j] = vf_mul(va, acc[i][j]);
-        }
-    }
+    for (int i = 0; i < MR; i++) p[i] = P2 + (i < m ? i : m - 1) * rstep;
+    blk_load_scaled(nv, m, alpha, O, ldo, kl, acc);
     for (int64_t q = 0; q < npair; q++) {
         vb x[NVMAX];
 #pragma GCC unroll 16

@@ -40,7 +40,10 @@
  *     in place): the module's and the core's calls check every pair and return
  *     MHA_ERR_INVALID_ARG naming both ("mha_attn_forward: out overlaps v (...)"). Views that
  *     interleave in one buffer without sharing an element (q, k, v of a packed [B, T, 3, H, D]
- *     array, or an input and an output side by side) are not an overlap.
+ *     array, or an input and an output side by side) are not an overlap. An output may not
+ *     overlap itself either: a view whose elements share memory (a stride-0 dimension, as
+ *     torch's expand() makes, or strides that do not step past each other) is
+ *     MHA_ERR_INVALID_ARG naming it, as the writes of two indices would land on one element.
  *
  * THREAD SAFETY
  *   A context, a module or a safetensors collection is used by one thread at a time. Distinct
@@ -292,8 +295,8 @@ MHA_API mha_tensor mha_tensor_typed(void *data, mha_dtype dtype, int ndim, const
 /* dst = src, element by element, between float32, bfloat16 and float16 views of the same shape
  * (any strides; the same dtype copies): to float32 exactly, to bf16 / f16 rounded to nearest
  * even (NaN stays NaN, overflow gives infinity). src and dst may not overlap unless they are
- * the same view. MHA_ERR_SHAPE / MHA_ERR_INVALID_ARG / MHA_ERR_UNSUPPORTED
- * naming the argument; dst unchanged on error. */
+ * the same view, and dst may not overlap itself (a stride-0 dimension). MHA_ERR_SHAPE /
+ * MHA_ERR_INVALID_ARG / MHA_ERR_UNSUPPORTED naming the argument; dst unchanged on error. */
 MHA_API mha_status mha_tensor_convert(mha_ctx *ctx, const mha_tensor *src, mha_tensor *dst);
 /* Number of elements: the product of the shape (0 if any dimension is 0). -1 when there is no
  * such number: t == NULL, ndim outside [0, MHA_MAX_DIMS], a negative dimension, or a product
@@ -389,8 +392,10 @@ MHA_API mha_attn_params mha_attn_params_default(void);
  * (nearest even), so the error is the output's rounding plus float32 accumulation; except that
  * bf16 on a CPU with AVX512_BF16 runs vdpbf16ps kernels (mha info), which also round the
  * probabilities to bf16 as operands of the product with v (as FlashAttention does). Elsewhere
- * (and f16, and a bf16 call asking for the weights) the float32 kernels run on float32 copies
- * (extra memory: q, k, v and out in float32, linear in L and S). Another dtype or a mismatch:
+ * (and f16) the float32 kernels run on float32 copies (extra memory: q, k, v and out in
+ * float32, linear in L and S). The weights come from the float32 kernels on float32 copies in
+ * every case; out and lse are the same bits whether the weights are asked for or not (a bf16
+ * call on the bf16 kernels asking for them computes twice). Another dtype or a mismatch:
  * MHA_ERR_UNSUPPORTED naming the tensor. */
 MHA_API mha_status mha_attn_forward(mha_ctx *ctx, const mha_attn_params *p, const mha_tensor *q,
                                     const mha_tensor *k, const mha_tensor *v, const mha_mask *mask,

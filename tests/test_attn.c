@@ -960,6 +960,19 @@ TEST(aliasing_rejected) {
     ASSERT_STR_CONTAINS(mha_ctx_errmsg(ctx), "mha_attn_forward: out overlaps v");
     out.data--;
     ASSERT_OK(ctx, mha_attn_forward(ctx, NULL, &t[0], &t[1], &t[2], NULL, &out, NULL, NULL));
+    /* an output that overlaps itself (expand()ed over the batch: stride 0) is refused too */
+    memcpy(saved, pool, sizeof pool);
+    int64_t bst[4] = {0, L * D, D, 1};
+    mha_tensor bout = mha_tensor_strided(pool + 3 * N, 4, sq, bst);
+    ASSERT_EQ(mha_attn_forward(ctx, NULL, &t[0], &t[1], &t[2], NULL, &bout, NULL, NULL),
+              MHA_ERR_INVALID_ARG);
+    ASSERT_STR_CONTAINS(mha_ctx_errmsg(ctx), "mha_attn_forward: out: got a view whose elements "
+                                             "share memory");
+    ASSERT_EQ(mha_attn_backward(ctx, NULL, &t[0], &t[1], &t[2], NULL, &t[3], &t[4], &t[6], &bout,
+                                &t[8], &t[9]),
+              MHA_ERR_INVALID_ARG);
+    ASSERT_STR_CONTAINS(mha_ctx_errmsg(ctx), "mha_attn_backward: dq: got a view whose elements");
+    ASSERT_TRUE(memcmp(pool, saved, sizeof pool) == 0);
     mha_ctx_free(ctx);
 }
 

@@ -305,6 +305,48 @@ TEST(tensor_overlap) {
     ASSERT_EQ(mha__tensors_overlap(&x, &e), 0);
 }
 
+/* A view overlaps itself when two indices may address one element: stride-0 (broadcast)
+ * dimensions and strides that do not step past the smaller ones; contiguous, transposed,
+ * sliced and packed-interleaved views do not. */
+TEST(tensor_self_overlap) {
+    static float buf[1024];
+    int64_t sh[4] = {2, 4, 5, 8}, st[4] = {5 * 3 * 4 * 8, 8, 3 * 4 * 8, 1};
+    mha_tensor q = mha_tensor_strided(buf, 4, sh, st); /* a slice of packed [2, 5, 3, 4, 8] */
+    ASSERT_EQ(mha__tensor_self_overlaps(&q), 0);
+    int64_t s2[2] = {4, 10}, t2[2] = {1, 4}; /* a transposed [10, 4] */
+    mha_tensor c = mha_tensor_make(buf, 2, s2), tr = mha_tensor_strided(buf, 2, s2, t2);
+    ASSERT_EQ(mha__tensor_self_overlaps(&c), 0);
+    t2[0] = 1, t2[1] = 3; /* elements (1, 0) and ... stride 3 <= reach 3 of stride 1: shared */
+    tr = mha_tensor_strided(buf, 2, s2, t2);
+    ASSERT_EQ(mha__tensor_self_overlaps(&tr), 1);
+    int64_t b3[3] = {3, 2, 4}, z3[3] = {0, 4, 1}; /* expand() of a [1, 2, 4] along dim 0 */
+    mha_tensor e = mha_tensor_strided(buf, 3, b3, z3);
+    ASSERT_EQ(mha__tensor_self_overlaps(&e), 1);
+    int64_t o3[3] = {1, 2, 4}; /* the same strides with one row along the stride-0 dim: fine */
+    mha_tensor e1 = mha_tensor_strided(buf, 3, o3, z3);
+    ASSERT_EQ(mha__tensor_self_overlaps(&e1), 0);
+    int64_t r2[2] = {2, 8}, w2[2] = {4, 1}; /* rows 4 apart, 8 long: rows share 4 elements */
+    mha_tensor rw = mha_tensor_strided(buf, 2, r2, w2);
+    ASSERT_EQ(mha__tensor_self_overlaps(&rw), 1);
+    w2[0] = 8;
+    rw = mha_tensor_strided(buf, 2, r2, w2);
+    ASSERT_EQ(mha__tensor_self_overlaps(&rw), 0);
+    int64_t e0[2] = {0, 8}; /* empty */
+    mha_tensor em = mha_tensor_strided(buf, 2, e0, z3 + 1);
+    ASSERT_EQ(mha__tensor_self_overlaps(&em), 0);
+    ASSERT_EQ(mha__tensor_self_overlaps(NULL), 0);
+    /* mha_tensor_convert refuses such a dst and leaves it unchanged */
+    mha_ctx *ctx;
+    ASSERT_OK(NULL, mha_ctx_create(&ctx));
+    static float src[8] = {1, 2, 3, 4, 5, 6, 7, 8}, dst[8];
+    int64_t s8[2] = {2, 4}, d8[2] = {0, 1};
+    mha_tensor ts = mha_tensor_make(src, 2, s8), td = mha_tensor_strided(dst, 2, s8, d8);
+    ASSERT_EQ(mha_tensor_convert(ctx, &ts, &td), MHA_ERR_INVALID_ARG);
+    ASSERT_STR_CONTAINS(mha_ctx_errmsg(ctx), "mha_tensor_convert: dst: got a view whose elements");
+    for (int i = 0; i < 8; i++) ASSERT_TRUE(dst[i] == 0);
+    mha_ctx_free(ctx);
+}
+
 int main(void) {
     RUN(status_strings);
     RUN(ctx_threads_and_errors);
@@ -318,5 +360,6 @@ int main(void) {
     RUN(public_sgemm_validates_and_computes);
     RUN(workspace_plan);
     RUN(tensor_overlap);
+    RUN(tensor_self_overlap);
     return harness_report();
 }

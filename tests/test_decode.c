@@ -882,6 +882,14 @@ TEST(bad_inputs_nothing_written) {
             q.shape[2] = 9, out.shape[2] = 9, plse = NULL, kn.shape[2] = vn.shape[2] = 4;
             want = "out.dtype: got float32, expected bfloat16", wst = MHA_ERR_UNSUPPORTED;
             break;
+        case 35: /* a cache expand()ed over the batch: the new rows of both would share it */
+            kc.stride[0] = 0, wst = MHA_ERR_INVALID_ARG;
+            want = "k_cache: got a view whose elements share memory (a stride-0 dimension";
+            break;
+        case 36: /* v_cache's rows overlap (a row stride smaller than a row) */
+            vc.stride[2] = 4, wst = MHA_ERR_INVALID_ARG;
+            want = "v_cache: got a view whose elements share memory";
+            break;
         default: want = NULL; break;
         }
         if (!want) break;

@@ -119,3 +119,15 @@ def test_overflow_and_bad_inputs_leave_the_caches_untouched():
     with pytest.raises(ValueError, match=r"q.dtype: got torch.float64"):
         mha.flash_attn_with_kvcache(q.double(), k_cache, v_cache)
     assert torch.equal(k_cache, before[0]) and torch.equal(v_cache, before[1])
+
+
+def test_a_cache_expanded_over_the_batch_is_refused():
+    # expand() gives every batch entry the same memory: appending each sequence's new token
+    # there would make them overwrite each other (torch refuses writes into such views too)
+    _, q, k_cache, v_cache, k, v = setup(2, 10, 4, 2, 8, 8, 1, 1, 6)
+    kb, vb = k_cache[:1].clone(), v_cache[:1].clone()
+    ke, ve = kb.expand(2, -1, -1, -1), vb.expand(2, -1, -1, -1)
+    with pytest.raises(ValueError, match=r"mha_attn_kvcache: k_cache: got a view whose elements "
+                                         r"share memory \(a stride-0 dimension"):
+        mha.flash_attn_with_kvcache(q, ke, ve, k, v, cache_seqlens=3)
+    assert torch.equal(kb, k_cache[:1]) and torch.equal(vb, v_cache[:1])

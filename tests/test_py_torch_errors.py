@@ -46,6 +46,37 @@ def test_backward_through_the_weights_is_not_implemented():
     assert x.grad is not None
 
 
+def _double_backward(out, x):
+    g, = torch.autograd.grad(out.sum(), x, create_graph=True)
+    (g * g).sum().backward()
+
+
+@pytest.mark.parametrize("which", ["sdpa", "flash", "varlen", "module", "seed"])
+def test_second_derivatives_raise_instead_of_dropping_terms(which):
+    # the fused backwards are not differentiable themselves: a gradient penalty through them
+    # must fail loudly (torch's own CPU flash kernel raises too), never give the first-order
+    # gradient alone (create_graph=True raises at once)
+    torch.manual_seed(0)
+    x = torch.randn(2, 5, 8, requires_grad=True)
+    if which == "sdpa":
+        out = sdpa(x.view(2, 1, 5, 8), x.view(2, 1, 5, 8), x.view(2, 1, 5, 8))
+    elif which == "flash":
+        out = mha.flash_attn_func(x.view(2, 5, 1, 8), x.view(2, 5, 1, 8), x.view(2, 5, 1, 8))
+    elif which == "varlen":
+        cu = torch.tensor([0, 4, 10], dtype=torch.int32)
+        y = x.view(10, 1, 8)
+        out = mha.flash_attn_varlen_func(y, y, y, cu, cu, 6, 6)
+    elif which == "module":
+        out, _ = layer()(x, x, x)
+    else:
+        out, _ = mha.MultiHeadAttention(8, 2)(x)
+    with pytest.raises(NotImplementedError, match="create_graph=True: second derivatives"):
+        _double_backward(out, x)
+    # and a first-order backward still works
+    x.grad = None
+    torch.autograd.grad(out.sum(), x)
+
+
 def test_seed_module_backward_through_the_weights_is_not_implemented():
     m = mha.MultiHeadAttention(8, 2).eval()
     x = torch.randn(2, 5, 8, requires_grad=True)

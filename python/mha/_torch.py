@@ -16,6 +16,8 @@ Conventions shared by the PyTorch front end (mha.nn, mha.functional, mha.flash):
 import threading
 from ctypes import byref, c_void_p
 
+import functools
+
 import torch
 
 from . import _lib
@@ -426,6 +428,21 @@ def layer_backward(ctx, dout, dweights, values):
     return ctx.call.run_backward(ctx.saved_c, dout, values, *ctx.metas)
 
 
+def first_order_only(backward):
+    """An autograd Function's backward that is not itself differentiable (mha's fused
+    backwards): under create_graph=True (grad mode on inside the backward) it raises
+    NotImplementedError, since the graph of its result would silently leave out the second
+    derivative (a gradient penalty would come out as the first-order gradient alone)."""
+    @functools.wraps(backward)
+    def wrapper(ctx, *grads):
+        if torch.is_grad_enabled():
+            raise NotImplementedError(
+                "mha: backward with create_graph=True: second derivatives of mha's attention "
+                "are not implemented (its fused backward is not itself differentiable)")
+        return backward(ctx, *grads)
+    return wrapper
+
+
 class LayerFunction(torch.autograd.Function):
     """out, weights = layer(q, k, v) with mha's fused forward and backward. Parameters are
     inputs (their gradients are returned, autograd accumulates them); the C module's saved
@@ -437,6 +454,7 @@ class LayerFunction(torch.autograd.Function):
         return layer_forward(ctx, call, q, k, v, params)
 
     @staticmethod
+    @first_order_only
     def backward(ctx, dout, dweights):
         r = layer_backward(ctx, dout, dweights, ctx.saved_tensors)
         if r is None:
@@ -517,6 +535,7 @@ class CoreFunction(torch.autograd.Function):
         return out
 
     @staticmethod
+    @first_order_only
     def backward(ctx, dout):
         q, k, v, out, lse = ctx.saved_tensors
         dq, dk, dv = ctx.call.backward(q, k, v, out, lse, dout)

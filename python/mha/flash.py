@@ -12,8 +12,10 @@ grouped-query attention.
 
 Where mha differs:
   - CPU tensors only; every function takes float32, bfloat16 or float16 q, k, v (computed in
-    float32, outputs rounded once; FlashAttention: fp16/bf16 on CUDA): other dtypes and
-    devices raise ValueError;
+    float32, outputs rounded once; bfloat16 on a CPU with AVX512_BF16 on vdpbf16ps kernels,
+    which round the probabilities to bfloat16 before the product with v as FlashAttention does;
+    FlashAttention: fp16/bf16 on CUDA): other dtypes and devices raise ValueError;
+  - second derivatives (create_graph=True through the backward) raise NotImplementedError;
   - always deterministic (``deterministic`` is accepted and changes nothing);
   - dropout draws mha's own mask (Philox, seeded from torch's default generator:
     torch.manual_seed makes it reproducible), not FlashAttention's;
@@ -155,7 +157,8 @@ def flash_attn_func(q, k, v, dropout_p=0.0, softmax_scale=None, causal=False,
     v : Tensor [batch, seqlen_k, nheads_k, headdim_v]
         float32, bfloat16 or float16, the three of one dtype (RuntimeError otherwise);
         bfloat16 / float16 are computed in float32 and out is rounded once (to nearest
-        even). nheads_k divides nheads (grouped-query attention: query head h uses key/value
+        even); bfloat16 on a CPU with AVX512_BF16 also rounds the probabilities to bfloat16
+        before the product with v (vdpbf16ps kernels), return_attn_probs or not. nheads_k divides nheads (grouped-query attention: query head h uses key/value
         head h // (nheads / nheads_k)). Any strides with the innermost one 1 are read in place.
     dropout_p : float
         Probability of dropping an attention weight (mha's Philox dropout, seeded from torch's

@@ -27,7 +27,9 @@ def scaled_dot_product_attention(query, key, value, attn_mask=None, dropout_p=0.
         float32, bfloat16 or float16, all three the same dtype (RuntimeError otherwise, as
         PyTorch). bfloat16 / float16: the products are accumulated, and softmax computed, in
         float32 on the exact values; the output is rounded to the dtype once (to nearest
-        even), so it is the float32 result of the same inputs, rounded.
+        even), so it is the float32 result of the same inputs, rounded (bfloat16 on a CPU
+        with AVX512_BF16: vdpbf16ps kernels, which also round the probabilities to bfloat16
+        before the product with value, as FlashAttention does).
     attn_mask : Tensor, optional
         Broadcastable to [..., L, S]. bool: True marks the positions that TAKE PART
         (SDPA's convention, the opposite of nn.MultiheadAttention's); float: added to the

@@ -428,6 +428,7 @@ class _SeedFunction(torch.autograd.Function):
                                (*call.values, wq, wk, wv, bq, bk, bv, wo, bo))
 
     @staticmethod
+    @T.first_order_only
     def backward(ctx, dout, dweights):
         r = T.layer_backward(ctx, dout, dweights, ctx.saved_tensors[:4])
         if r is None:

@@ -86,6 +86,12 @@ mha_status mha__attn_check_alibi(mha_ctx *ctx, const char *fn, const mha_mask *m
 mha_status mha__attn_check_aliases(mha_ctx *ctx, const char *fn, const mha__attn_arg *outs,
                                    int nout, const mha__attn_arg *ins, int nin) {
     for (int o = 0; o < nout; o++) {
+        if (mha__tensor_self_overlaps(outs[o].t))
+            return mha__err(ctx, MHA_ERR_INVALID_ARG,
+                            "%s: %s: got a view whose elements share memory (a stride-0 "
+                            "dimension, as from expand()?), expected distinct elements (it is "
+                            "written)",
+                            fn, outs[o].name);
         /* against every input, then against the outputs before it */
         for (int i = 0; i < nin + o; i++) {
             const mha__attn_arg *x = i < nin ? &ins[i] : &outs[i - nin];

@@ -101,6 +101,11 @@ mha_status mha_tensor_convert(mha_ctx *ctx, const mha_tensor *src, mha_tensor *d
     if (src->ptr == dst->ptr && src->dtype == dst->dtype &&
         !memcmp(src->stride, dst->stride, sizeof(int64_t) * (size_t)src->ndim))
         return MHA_OK; /* the same view */
+    if (mha__tensor_self_overlaps(dst))
+        return mha__err(ctx, MHA_ERR_INVALID_ARG,
+                        "%s: dst: got a view whose elements share memory (a stride-0 dimension?), "
+                        "expected distinct elements",
+                        fn);
     if (mha__tensors_overlap(src, dst))
         return mha__err(ctx, MHA_ERR_INVALID_ARG, "%s: dst overlaps src (expected separate memory)",
                         fn);

@@ -104,6 +104,11 @@ void mha__lowp_end(mha__lowp *lp, mha_status st);
  * into one row-major buffer, such as interleaved q/k/v of a packed array; otherwise 1 as
  * soon as their address ranges intersect), 0 if they cannot. Empty views never overlap. */
 int mha__tensors_overlap(const mha_tensor *a, const mha_tensor *b);
+/* 1 if two indices of t may address the same element (a stride-0 broadcast dimension, or
+ * strides that do not step past each other: a dimension's |stride| at most the reach of the
+ * smaller ones), 0 if every element is distinct. Written views must not overlap themselves:
+ * the writes of different indices would land on one element. */
+int mha__tensor_self_overlaps(const mha_tensor *t);
 
 /* Counter-based random numbers: mha__philox4x32 (Philox-4x32-10). */
 #include "kernels/philox.h"

@@ -2,6 +2,7 @@
 #include "internal.h"
 
 #include <math.h>
+#include <stdlib.h>
 #include <string.h>
 
 /* A view every validating call rejects (ndim = -1); data is kept for the caller's messages. */
@@ -85,6 +86,28 @@ static int reach(const mha_tensor *a, const mha_tensor *b, const int *dims, int 
     for (__int128 k = k0; k <= k1; k++) {
         int r = reach(a, b, dims, nd, x + 1, delta - k * s);
         if (r) return r;
+    }
+    return 0;
+}
+
+int mha__tensor_self_overlaps(const mha_tensor *t) {
+    if (!t || mha_tensor_numel(t) <= 0) return 0;
+    /* the dimensions of more than one element, by |stride|, smallest first: each stride must
+     * step past everything the smaller ones reach, or two indices may share an element */
+    int dims[MHA_MAX_DIMS], nd = 0;
+    for (int i = 0; i < t->ndim; i++)
+        if (t->shape[i] > 1) dims[nd++] = i;
+    for (int i = 1; i < nd; i++)
+        for (int j = i; j > 0 && llabs(t->stride[dims[j]]) < llabs(t->stride[dims[j - 1]]); j--) {
+            int x = dims[j];
+            dims[j] = dims[j - 1];
+            dims[j - 1] = x;
+        }
+    __int128 reach = 0; /* of the smaller strides */
+    for (int i = 0; i < nd; i++) {
+        const __int128 s = llabs(t->stride[dims[i]]);
+        if (s <= reach) return 1;
+        reach += s * (t->shape[dims[i]] - 1);
     }
     return 0;
 }

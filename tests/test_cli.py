@@ -167,6 +167,12 @@ USAGE_CASES = [
      ["--threads: got 99999999999", "MHA_MAX_THREADS"]),
     ("scale not a number", lambda d: fwd(d, "--scale", "abc"), ["--scale"]),
     ("scale nan", lambda d: fwd(d, "--scale", "nan"), ["--scale"]),
+    ("scale negative", lambda d: fwd(d, "--scale", "-1"), ["--scale: got -1, expected"]),
+    ("scale zero", lambda d: fwd(d, "--scale", "0"), ["--scale: got 0, expected"]),
+    # a float would make these 0 (the default scale, silently) or infinity
+    ("scale below float", lambda d: fwd(d, "--scale", "1e-50"),
+     ["--scale: got 1e-50, expected a positive number a float holds"]),
+    ("scale above float", lambda d: fwd(d, "--scale", "1e39"), ["--scale: got 1e+39"]),
     ("per-head without attn-out", lambda d: fwd(d, "--per-head"), ["--per-head", "--attn-out"]),
     ("key without value", lambda d: fwd(d, "--key", d / "k.npy"), ["--key", "--value"]),
     ("value without key", lambda d: fwd(d, "--value", d / "v.npy"), ["--value", "--key"]),
@@ -262,7 +268,6 @@ RUNTIME_CASES = [
         d, "dy2.npy", np.zeros((B, L + 1, E), np.float32))), ["--grad-out", "[2, 6, 8]"]),
     ("grad-out missing file", lambda d: _with(bwd(d), "--grad-out", d / "none.npy"),
      ["--grad-out"]),
-    ("scale negative", lambda d: fwd(d, "--scale", "-1"), ["--scale"]),
     ("out directory missing", lambda d: _with(fwd(d), "--out", d / "no" / "dir" / "y.npy"),
      ["--out"]),
     ("grads-out directory missing", lambda d: _with(bwd(d), "--grads-out",
@@ -294,7 +299,6 @@ MORE_RUNTIME_CASES = [
     ("attn mask per head only, batched", lambda d: fwd(d, "--attn-mask", _npy(
         d, "amh.npy", np.zeros((H, L, L), np.float32))), ["--attn-mask", "[2, 5, 5]",
                                                            "[4, 5, 5]"]),
-    ("scale zero", lambda d: fwd(d, "--scale", "0"), ["--scale", "got 0"]),
 ]
 
 
@@ -444,6 +448,49 @@ def test_bench_need_weights_is_for_the_module():
     rc, out, err = run("bench", "--batch", 1, "--seq", 16, "--embed", 16, "--heads", 2,
                        "--core", "--need-weights")
     assert rc == 1 and out == "" and err.startswith("mha: error: --need-weights"), (rc, err)
+
+
+@pytest.mark.parametrize("args", [["info"], ["--help"], ["forward", "--help"],
+                                  ["bench", "--batch", "1", "--seq", "8", "--embed", "8",
+                                   "--heads", "1", "--runs", "1", "--json"]])
+def test_a_failed_write_to_stdout_is_a_runtime_error(args):
+    """stdout on a full device: exit 2 with one line, never a silent success."""
+    with open("/dev/full", "w") as full:
+        p = subprocess.run([mha_bin(), *args], stdout=full, stderr=subprocess.PIPE, text=True,
+                           timeout=60)
+    assert p.returncode == 2, (p.returncode, p.stderr)
+    assert p.stderr == "mha: error: writing to stdout failed\n", p.stderr
+
+
+def test_an_option_value_may_read_like_help(fx):
+    """`-h` as an option's value is that value (here: the output file's name), not --help."""
+    p = subprocess.run([mha_bin(), *map(str, _with(fwd(fx), "--out", "-h"))], cwd=fx,
+                       capture_output=True, text=True, timeout=60)
+    assert p.returncode == 0 and (fx / "-h").is_file(), (p.returncode, p.stderr)
+    rc, stdout, err = run("forward", "--out", "-h", "--weights", fx / "w.safetensors")
+    assert rc == 1 and "usage" not in stdout and err.startswith("mha: error: "), (rc, err)
+
+
+def test_unknown_command_is_one_line_whatever_it_holds():
+    rc, out, err = run("a\nb")
+    lines = err.splitlines()
+    assert rc == 1 and len(lines) == 2, (rc, err)
+    assert lines[0] == 'mha: error: unknown command "a b"' and lines[1].startswith("hint: ")
+
+
+def test_file_size_limit_is_a_write_error_not_a_kill(fx):
+    """A write past `ulimit -f` (SIGXFSZ) ends in exit 2 with one line; the outputs keep their
+    old content and no temporary is left behind."""
+    import resource
+
+    def limit():
+        resource.setrlimit(resource.RLIMIT_FSIZE, (200, 200))
+    p = subprocess.run([mha_bin(), *map(str, fwd(fx, "--attn-out", fx / "a.npy", "--per-head"))],
+                       capture_output=True, text=True, timeout=60, preexec_fn=limit)
+    assert p.returncode == 2 and len(p.stderr.splitlines()) == 1, (p.returncode, p.stderr)
+    assert "File too large" in p.stderr, p.stderr
+    assert (fx / "y.npy").read_bytes() == OLD
+    assert not [q for q in fx.iterdir() if q.name.startswith(".mha-")]
 
 
 def test_main_without_command_is_a_one_line_usage_error():

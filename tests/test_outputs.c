@@ -153,6 +153,42 @@ TEST(commit_checks_every_destination_first) {
     mha_ctx_free(ctx);
 }
 
+/* A destination replaced, created or removed by someone else between the declaration and the
+ * write (the computation in between may take long), or between the write and the commit, is
+ * refused: another program's file is never overwritten, and nothing is replaced. */
+TEST(destination_changed_since_declared) {
+    mha_ctx *ctx;
+    ASSERT_OK(ctx, mha_ctx_create(&ctx));
+    char p[300], other[300];
+    in_tmp(p, sizeof p, "changing.npy");
+    in_tmp(other, sizeof other, "other.tmp");
+    for (int when = 0; when < 2; when++)    /* before the write, before the commit */
+        for (int how = 0; how < 3; how++) { /* replaced, created, removed */
+            unlink(p);
+            if (how != 1) ASSERT_TRUE(put_file(p, "OLD"));
+            mha_outputs *o;
+            int idx;
+            ASSERT_OK(ctx, mha_outputs_create(ctx, &o));
+            ASSERT_OK(ctx, mha_outputs_add(ctx, o, p, &idx));
+            if (when) ASSERT_OK(ctx, mha_outputs_write(ctx, o, idx, put_text, "mine"));
+            if (how == 2) ASSERT_TRUE(unlink(p) == 0);
+            else { /* another program's file, moved into place */
+                ASSERT_TRUE(put_file(other, "NEW"));
+                ASSERT_TRUE(rename(other, p) == 0);
+            }
+            mha_status st = when ? mha_outputs_commit(ctx, o)
+                                 : mha_outputs_write(ctx, o, idx, put_text, "mine");
+            ASSERT_EQ(st, MHA_ERR_IO);
+            ASSERT_STR_CONTAINS(mha_ctx_errmsg(ctx), "changing.npy: changed since it was declared");
+            if (!when) ASSERT_EQ(mha_outputs_commit(ctx, o), MHA_ERR_STATE); /* nothing staged */
+            ASSERT_TRUE(!strcmp(peek(p), how == 2 ? "" : "NEW"));
+            mha_outputs_free(o);
+            ASSERT_EQ(count_leftovers(tmpdir), 0);
+        }
+    unlink(p);
+    mha_ctx_free(ctx);
+}
+
 /* Fault 3: devices, FIFOs and directories are refused and stay what they were. */
 TEST(special_destinations_are_refused) {
     mha_ctx *ctx;
@@ -383,6 +419,7 @@ int main(void) {
     }
     RUN(commit_is_all_or_nothing);
     RUN(commit_checks_every_destination_first);
+    RUN(destination_changed_since_declared);
     RUN(special_destinations_are_refused);
     RUN(same_file_through_any_path);
     RUN(modes_and_long_names);

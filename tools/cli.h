@@ -43,6 +43,10 @@ int cli_fail(const char *fmt, ...) CLI_PRINTF(1, 2);
 /* A usage error: "mha: error: <fmt ...>", then "hint: <hint>" when hint is not NULL; returns
  * CLI_EXIT_USAGE (1). */
 int cli_usage_error(const char *hint, const char *fmt, ...) CLI_PRINTF(2, 3);
+/* 1 if x > 0 stays a positive finite number as a float (what --scale and --softcap become): a
+ * value below the smallest float would turn into 0 (for --scale: "the default"), one above
+ * FLT_MAX into infinity. */
+int cli_positive_float(double x);
 /* A library failure: "mha: error: <what>: <mha_ctx_errmsg(ctx)>" (what may be NULL); returns 2. */
 int cli_fail_lib(const mha_ctx *ctx, const char *what);
 

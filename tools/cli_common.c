@@ -4,6 +4,7 @@
 #include "cli.h"
 
 #include <errno.h>
+#include <float.h>
 #include <math.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -49,6 +50,11 @@ int cli_usage_error(const char *hint, const char *fmt, ...) {
         fputc('\n', stderr);
     }
     return CLI_EXIT_USAGE;
+}
+
+int cli_positive_float(double x) {
+    const float f = (float)x;
+    return x > 0 && f > 0 && isfinite(f);
 }
 
 int cli_fail_lib(const mha_ctx *ctx, const char *what) {
@@ -117,9 +123,14 @@ int cli_parse(int argc, char **argv, cli_opt *opts, int nopts) {
     char hint[128];
     help_hint(hint, sizeof hint, cmd);
     for (int i = 0; i < nopts; i++) opts[i].seen = 0;
-    for (int i = 1; i < argc; i++) {
+    for (int i = 1; i < argc; i++) { /* --help anywhere an option may stand, not as a value */
         const char *a = argv[i];
         if (!strcmp(a, "--help") || !strcmp(a, "-h")) return CLI_HELP;
+        if (strncmp(a, "--", 2) != 0 || strchr(a, '=')) continue;
+        for (int k = 0; k < nopts; k++)
+            if (!strcmp(opts[k].name, a) && opts[k].kind != CLI_OPT_FLAG && i + 1 < argc &&
+                strncmp(argv[i + 1], "--", 2) != 0)
+                i++; /* its value, whatever it reads */
     }
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
@@ -421,6 +432,11 @@ static int layer_parse(int argc, char **argv, cli_layer_args *a, cli_opt *extra,
     a->heads_given = cli_find(opts, nopts, "--heads")->seen > 0;
     a->threads_given = cli_find(opts, nopts, "--threads")->seen > 0;
     a->scale_given = cli_find(opts, nopts, "--scale")->seen > 0;
+    if (a->scale_given && !cli_positive_float(a->scale))
+        return cli_usage_error("leave --scale out for the default 1/sqrt(head dim)",
+                               "--scale: got %g, expected a positive number a float holds "
+                               "(%g to %g)",
+                               a->scale, (double)FLT_TRUE_MIN, (double)FLT_MAX);
 
     const char *cmd = argv[0];
     if (need_layer && !a->weights) return cli_missing(cmd, "--weights");
@@ -561,12 +577,7 @@ static int layer_load_inputs(const cli_layer_args *a, cli_layer *l) {
 int cli_layer_load(const cli_layer_args *a, cli_layer *l) {
     memset(l, 0, sizeof *l);
     l->mask = mha_mask_default();
-    /* Values the command line cannot settle: exit 2 from here on. */
-    if (!isfinite(a->scale) || a->scale < 0)
-        return cli_fail("--scale: got %g, expected a positive number", a->scale);
-    if (a->scale_given && a->scale == 0)
-        return cli_fail("--scale: got 0, expected a positive number");
-    l->scale = (float)a->scale;
+    l->scale = (float)a->scale; /* (cli_layer_parse checked it) */
     int rc = cli_ctx_create(a->threads_given ? &a->threads : NULL, a->isa, &l->ctx);
     if (rc) return rc;
     if ((rc = layer_load_inputs(a, l))) cli_layer_free(l);

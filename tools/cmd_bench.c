@@ -41,6 +41,7 @@
 #include "cli.h"
 #include "cli_mpi.h"
 
+#include <float.h>
 #include <math.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -134,7 +135,16 @@ static void *stream_alloc(size_t n) {
 
 /* A buffer of n floats uniform in [-1, 1) (a fixed LCG: every run sees the same data);
  * stream: allocated by stream_alloc. */
+/* a * b, or -1 when either is negative (an overflow before) or the product overflows: a size
+ * no buffer can have (rand_buf refuses it, as out of memory) */
+static int64_t mul_n(int64_t a, int64_t b) {
+    int64_t r;
+    return a < 0 || b < 0 || __builtin_mul_overflow(a, b, &r) ? -1 : r;
+}
+
+/* n random floats (NULL for n < 0, a size mul_n found overflowing, or one past SIZE_MAX). */
 static float *rand_buf(int64_t n, uint32_t seed, int stream) {
+    if (n < 0 || (uint64_t)n > SIZE_MAX / sizeof(float)) return NULL;
     const size_t bytes = sizeof(float) * (size_t)(n > 0 ? n : 1);
     float *p = stream ? stream_alloc(bytes) : malloc(bytes);
     if (!p) return NULL;
@@ -356,10 +366,11 @@ static int check_core_opts(bench_args *a, const cli_opt *opts, int nopts) {
         a->head_dim = a->embed / a->heads;
     }
     if (a->window_arg && (rc = parse_window(a))) return rc;
-    if (cli_find(opts, nopts, "--softcap")->seen && !(a->softcap > 0))
+    if (cli_find(opts, nopts, "--softcap")->seen && !cli_positive_float(a->softcap))
         return cli_usage_error("mha bench --help lists the options",
-                               "--softcap: got %g, expected a number > 0 (the scores' cap)",
-                               a->softcap);
+                               "--softcap: got %g, expected a number > 0 that a float holds "
+                               "(%g to %g: the scores' cap)",
+                               a->softcap, (double)FLT_TRUE_MIN, (double)FLT_MAX);
     return 0;
 }
 
@@ -502,7 +513,7 @@ static void *plan_elems(bench_state *s, bench_plan *p, int64_t n, uint32_t seed,
 static mha_tensor plan_tensor(bench_state *s, bench_plan *p, int nd, const int64_t *sh,
                               uint32_t seed) {
     int64_t n = 1;
-    for (int d = 0; d < nd; d++) n *= sh[d];
+    for (int d = 0; d < nd; d++) n = mul_n(n, sh[d]);
     return mha_tensor_typed(plan_elems(s, p, n, seed, 0), s->a->dtype, nd, sh, NULL);
 }
 
@@ -516,7 +527,7 @@ static void plan_core(bench_state *s, bench_plan *p, int64_t B, int64_t H, int64
     s->k = plan_tensor(s, p, 4, sk, 2);
     s->v = plan_tensor(s, p, 4, sk, 3);
     s->o = plan_tensor(s, p, 4, sh, 4);
-    s->lse = mha_tensor_make(plan_buf(p, B * H * N, 5), 3, sl);
+    s->lse = mha_tensor_make(plan_buf(p, mul_n(mul_n(B, H), N), 5), 3, sl);
     if (s->a->backward) {
         s->dout = plan_tensor(s, p, 4, sh, 6);
         s->dq = plan_tensor(s, p, 4, sh, 7);
@@ -529,7 +540,7 @@ static void plan_module(bench_state *s, bench_plan *p, int64_t B, int64_t N, int
     int64_t sh[3] = {B, N, E}, shw[3] = {B, N, N};
     s->x = plan_tensor(s, p, 3, sh, 1);
     s->y = plan_tensor(s, p, 3, sh, 2);
-    if (s->a->need_weights) s->w = mha_tensor_make(plan_buf(p, B * N * N, 10), 3, shw);
+    if (s->a->need_weights) s->w = mha_tensor_make(plan_buf(p, mul_n(mul_n(B, N), N), 10), 3, shw);
     if (s->a->backward) {
         s->dy = plan_tensor(s, p, 3, sh, 3);
         s->dx = plan_tensor(s, p, 3, sh, 4);
@@ -581,10 +592,10 @@ static int plan_bench(bench_state *s, bench_plan *p) {
     s->params.dropout_p = (float)a->dropout;
     if (a->causal) s->mask.causal = MHA_CAUSAL_TOP_LEFT;
     if (a->gemm) {
-        const int64_t sa[4] = {1, 1, 1, a->m * a->k}, sb[4] = {1, 1, 1, a->k * a->n};
+        const int64_t sa[4] = {1, 1, 1, mul_n(a->m, a->k)}, sb[4] = {1, 1, 1, mul_n(a->k, a->n)};
         s->ga = plan_tensor(s, p, 4, sa, 1).data; /* of --dtype (mha_gemm's A and B) */
         s->gb = plan_tensor(s, p, 4, sb, 2).data;
-        s->gc = plan_buf(p, a->m * a->n, 3);
+        s->gc = plan_buf(p, mul_n(a->m, a->n), 3);
         p->flops_fwd = 2.0 * (double)a->m * (double)a->n * (double)a->k;
     } else {
         double F = 4.0 * B * H * D * attn_pairs(a);
@@ -826,7 +837,7 @@ static int decode_parse_layout(bench_args *a) {
  * (bshd). */
 static mha_tensor decode_view(void *buf, mha_dtype dt, int64_t B, int64_t G, int64_t R, int64_t D,
                               int bshd) {
-    int64_t sh[4] = {B, G, R, D}, st[4] = {R * G * D, D, G * D, 1};
+    int64_t sh[4] = {B, G, R, D}, st[4] = {mul_n(R, mul_n(G, D)), D, mul_n(G, D), 1};
     return mha_tensor_typed(buf, dt, 4, sh, bshd ? st : NULL);
 }
 
@@ -839,10 +850,12 @@ static void plan_decode(bench_state *s, bench_plan *p) {
     int64_t sq[4] = {B, H, 1, D};
     s->q = plan_tensor(s, p, 4, sq, 1);
     s->o = plan_tensor(s, p, 4, sq, 4);
-    s->kc = decode_view(plan_elems(s, p, B * G * S * D, 2, 1), dt, B, G, S, D, a->bshd);
-    s->vc = decode_view(plan_elems(s, p, B * G * S * D, 3, 1), dt, B, G, S, D, a->bshd);
-    s->kn = decode_view(plan_elems(s, p, B * G * D, 5, 0), dt, B, G, 1, D, a->bshd);
-    s->vn = decode_view(plan_elems(s, p, B * G * D, 6, 0), dt, B, G, 1, D, a->bshd);
+    s->kc = decode_view(plan_elems(s, p, mul_n(mul_n(B, G), mul_n(S, D)), 2, 1), dt, B, G, S, D,
+                        a->bshd);
+    s->vc = decode_view(plan_elems(s, p, mul_n(mul_n(B, G), mul_n(S, D)), 3, 1), dt, B, G, S, D,
+                        a->bshd);
+    s->kn = decode_view(plan_elems(s, p, mul_n(mul_n(B, G), D), 5, 0), dt, B, G, 1, D, a->bshd);
+    s->vn = decode_view(plan_elems(s, p, mul_n(mul_n(B, G), D), 6, 0), dt, B, G, 1, D, a->bshd);
     s->lens = (int32_t *)plan_buf(p, B, 0); /* B int32 in a plan buffer of B floats */
     for (int64_t b = 0; s->lens && b < B; b++) s->lens[b] = (int32_t)(S - 1);
     s->bw_words = (size_t)a->bw_mib << 17;

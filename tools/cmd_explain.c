@@ -111,9 +111,7 @@ static int example_layer(const cli_layer_args *a, cli_layer *l) {
     l->mask.causal = a->causal                ? MHA_CAUSAL_TOP_LEFT
                      : a->causal_bottom_right ? MHA_CAUSAL_BOTTOM_RIGHT
                                               : MHA_CAUSAL_NONE;
-    if (a->scale_given && !(a->scale > 0))
-        return cli_fail("--scale: got %g, expected a positive number", a->scale);
-    l->scale = (float)a->scale;
+    l->scale = (float)a->scale; /* (cli_layer_parse_optional checked it) */
     int rc = cli_ctx_create(a->threads_given ? &a->threads : NULL, a->isa, &l->ctx);
     if (rc) return rc;
     mha_config cfg = mha_config_default(EXAMPLE_E, EXAMPLE_H);

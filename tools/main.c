@@ -1,6 +1,7 @@
 /* main.c - the mha command-line tool: dispatches to one function per command. */
 #include "cli.h"
 
+#include <signal.h>
 #include <stdio.h>
 #include <string.h>
 
@@ -30,7 +31,15 @@ static void usage(FILE *f) {
                "--causal --out y.npy\n");
 }
 
-int main(int argc, char **argv) {
+/* What a command printed to stdout, flushed: a failed write (a full disk, a closed pipe's
+ * EPIPE) is a runtime error, never a silent success. */
+static int finish(int rc) {
+    if (fflush(stdout) != 0 || ferror(stdout))
+        return rc ? rc : cli_fail("writing to stdout failed");
+    return rc;
+}
+
+static int run(int argc, char **argv) {
     if (argc < 2) { /* an error like any other: one line, and a hint */
         fputs(
             "mha: error: no command given (forward, backward, viz, explain, demo, bench or info)\n"
@@ -48,7 +57,12 @@ int main(int argc, char **argv) {
     }
     for (size_t i = 0; i < sizeof commands / sizeof commands[0]; i++)
         if (!strcmp(argv[1], commands[i].name)) return commands[i].fn(argc - 1, argv + 1);
-    fprintf(stderr, "mha: error: unknown command \"%s\"\nhint: mha --help lists the commands\n",
-            argv[1]);
-    return 1;
+    return cli_usage_error("mha --help lists the commands", "unknown command \"%s\"", argv[1]);
+}
+
+int main(int argc, char **argv) {
+    /* a file over the size limit (ulimit -f) is a write error to report, with the temporaries
+     * removed, not a signal that kills the process */
+    signal(SIGXFSZ, SIG_IGN);
+    return finish(run(argc, argv));
 }

@@ -182,6 +182,11 @@ static mha_status check_dest(mha_ctx *ctx, const char *who, out_entry *e) {
     return check_replaceable(ctx, who, e, &sb);
 }
 
+/* The destination of a and b in the same state: absent in both, or the same file in both. */
+static int same_identity(const out_entry *a, const out_entry *b) {
+    return a->exists == b->exists && (!a->exists || (a->dev == b->dev && a->ino == b->ino));
+}
+
 static int same_file(const out_entry *a, const out_entry *b) {
     return !strcmp(a->path, b->path) ||
            (a->exists && b->exists && a->dev == b->dev && a->ino == b->ino);
@@ -368,7 +373,14 @@ static mha_status write_entry(mha_ctx *ctx, const char *who, out_entry *e, mha__
     e->tmp = NULL;
     file_writer w = {-1, mha__malloc(WBUF_CAP), 0, 0};
     if (!w.buf) return mha__err(ctx, MHA_ERR_NOMEM, "%s: out of memory", who);
-    mha_status st = check_dest(ctx, who, e); /* the mode to keep, as of now */
+    out_entry now = *e; /* where the destination stands now: the mode to keep, as of now, */
+    mha_status st = check_dest(ctx, who, &now);
+    if (st == MHA_OK && !same_identity(e, &now)) /* and still the file declared (or absent) */
+        st = mha__err(ctx, MHA_ERR_IO,
+                      "%s: changed since it was declared (another program writes it?); "
+                      "nothing was replaced",
+                      who);
+    if (st == MHA_OK) e->mode = now.mode;
     if (st == MHA_OK) st = create_tmp(ctx, who, e, &w.fd);
     if (st == MHA_OK) {
         st = emit(ctx, who, obj, file_writer_cb, &w);
@@ -488,12 +500,10 @@ static mha_status commit_prepare(mha_ctx *ctx, const char *who1, mha_outputs *o)
                             "%s: output %d was declared but not written "
                             "(nothing was replaced)",
                             who, i);
-        dev_t dev = e->dev;
-        ino_t ino = e->ino;
-        int existed = e->exists;
-        mha_status st = check_dest(ctx, who, e);
+        out_entry now = *e;
+        mha_status st = check_dest(ctx, who, &now);
         if (st != MHA_OK) return st;
-        if (e->exists != existed || (existed && (e->dev != dev || e->ino != ino)))
+        if (!same_identity(e, &now))
             return mha__err(ctx, MHA_ERR_IO,
                             "%s: changed since it was declared (another "
                             "program writes it?); nothing was replaced",

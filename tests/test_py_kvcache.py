@@ -131,3 +131,148 @@ def test_a_cache_expanded_over_the_batch_is_refused():
                                          r"share memory \(a stride-0 dimension"):
         mha.flash_attn_with_kvcache(q, ke, ve, k, v, cache_seqlens=3)
     assert torch.equal(kb, k_cache[:1]) and torch.equal(vb, v_cache[:1])
+
+
+# -- FlashAttention 2's full signature ----------------------------------------------------------
+
+def test_positional_arguments_in_flash_attention_order():
+    # (q, k_cache, v_cache, k, v, rotary_cos, rotary_sin, cache_seqlens, ...): code written for
+    # flash_attn passes cache_seqlens eighth
+    _, q, k_cache, v_cache, k, v = setup(2, 12, 4, 2, 8, 8, 1, 1, 7)
+    kc2, vc2 = k_cache.clone(), v_cache.clone()
+    lens = torch.tensor([3, 5], dtype=torch.int32)
+    a = mha.flash_attn_with_kvcache(q, k_cache, v_cache, k, v, None, None, lens)
+    b = mha.flash_attn_with_kvcache(q, kc2, vc2, k=k, v=v, cache_seqlens=lens)
+    assert torch.equal(a, b) and torch.equal(k_cache, kc2) and torch.equal(v_cache, vc2)
+    assert torch.equal(k_cache[0, 3], k[0, 0]) and torch.equal(k_cache[1, 5], k[1, 0])
+
+
+@pytest.mark.parametrize("causal", [False, True])
+def test_return_softmax_lse(causal):
+    _, q, k_cache, v_cache, k, v = setup(2, 20, 4, 2, 8, 8, 3, 3, 8)
+    lens = torch.tensor([4, 0], dtype=torch.int32)
+    out, lse = mha.flash_attn_with_kvcache(q, k_cache, v_cache, k, v, cache_seqlens=lens,
+                                           causal=causal, num_splits=3,
+                                           return_softmax_lse=True)
+    ref = attention_ref(q, k_cache, v_cache, causal=causal, key_lengths=lens + 3)
+    assert lse.shape == (2, 4, 3) and lse.dtype == torch.float32
+    assert_close(out, ref[0], "out")
+    assert_close(lse, ref[1], "lse")
+    assert torch.equal(mha.flash_attn_with_kvcache(q, k_cache, v_cache, cache_seqlens=lens + 3,
+                                                   causal=causal), out)
+
+
+def test_cache_batch_idx_picks_each_sequences_cache():
+    gen, q, _, _, k, v = setup(3, 16, 4, 2, 8, 8, 2, 2, 9)
+    k_cache, v_cache = torch.randn(5, 16, 2, 8, generator=gen), torch.randn(5, 16, 2, 8,
+                                                                           generator=gen)
+    idx = torch.tensor([4, 0, 2], dtype=torch.int32)
+    lens = torch.tensor([6, 1, 9], dtype=torch.int32)
+    want_k, want_v = k_cache.clone(), v_cache.clone()
+    for b, (r, n) in enumerate(zip(idx.tolist(), lens.tolist())):
+        want_k[r, n:n + 2], want_v[r, n:n + 2] = k[b], v[b]
+    out = mha.flash_attn_with_kvcache(q, k_cache, v_cache, k, v, cache_seqlens=lens,
+                                      cache_batch_idx=idx, causal=True)
+    assert torch.equal(k_cache, want_k) and torch.equal(v_cache, want_v)
+    ref = attention_ref(q, want_k[idx.long()], want_v[idx.long()], causal=True,
+                        key_lengths=lens + 2)
+    assert_close(out, ref[0], "out")
+    with pytest.raises(ValueError, match=r"cache_batch_idx: got 5, expected an index into the "
+                                         r"caches' 5 batches"):
+        mha.flash_attn_with_kvcache(q, k_cache, v_cache, cache_batch_idx=torch.tensor(
+            [0, 5, 1], dtype=torch.int32))
+    with pytest.raises(ValueError, match=r"k_cache: got shape \[5, 16, 2, 8\], expected batch 3"):
+        mha.flash_attn_with_kvcache(q, k_cache, v_cache)
+    assert torch.equal(k_cache, want_k) and torch.equal(v_cache, want_v)
+
+
+@pytest.mark.parametrize("opts", [dict(causal=True), dict(window_size=(2, 0)),
+                                  dict(alibi=True)])
+def test_cache_leftpad_starts_each_sequence_later(opts):
+    gen, q, k_cache, v_cache, k, v = setup(2, 20, 4, 2, 8, 8, 2, 2, 10)
+    opts = dict(opts)
+    slopes = torch.rand(2, 4, generator=gen) if opts.pop("alibi", False) else None
+    lens = torch.tensor([7, 12], dtype=torch.int32)
+    pad = torch.tensor([3, 0], dtype=torch.int32)
+    want_k, want_v = updated(k_cache, k, lens.tolist()), updated(v_cache, v, lens.tolist())
+    out = mha.flash_attn_with_kvcache(q, k_cache, v_cache, k, v, cache_seqlens=lens,
+                                      cache_leftpad=pad, alibi_slopes=slopes, **opts)
+    assert torch.equal(k_cache, want_k) and torch.equal(v_cache, want_v)
+    for b in range(2):  # sequence b: cache rows pad[b] .. lens[b] + 2, positions from there
+        p0, n = int(pad[b]), int(lens[b]) + 2
+        ref = attention_ref(q[b:b + 1], want_k[b:b + 1, p0:n], want_v[b:b + 1, p0:n],
+                            alibi_slopes=None if slopes is None else slopes[b:b + 1], **opts)
+        assert_close(out[b:b + 1], ref[0], f"sequence {b}")
+    with pytest.raises(ValueError, match=r"cache_leftpad\[1\]: got 13, expected 0 .. "
+                                         r"cache_seqlens\[1\] = 12"):
+        mha.flash_attn_with_kvcache(q, k_cache, v_cache, cache_seqlens=lens,
+                                    cache_leftpad=torch.tensor([0, 13], dtype=torch.int32))
+
+
+def rotary_ref(x, cos, sin, pos, interleaved):
+    """FlashAttention's apply_rotary_emb in float64: x [B, T, H, D], positions pos [B, T]."""
+    x = x.double()
+    rd = 2 * cos.shape[1]
+    c, s = cos.double()[pos].unsqueeze(2), sin.double()[pos].unsqueeze(2)
+    y = x.clone()
+    if interleaved:
+        a, b = x[..., 0:rd:2], x[..., 1:rd:2]
+        y[..., 0:rd:2], y[..., 1:rd:2] = a * c - b * s, a * s + b * c
+    else:
+        a, b = x[..., :rd // 2], x[..., rd // 2:rd]
+        y[..., :rd // 2], y[..., rd // 2:rd] = a * c - b * s, a * s + b * c
+    return y
+
+
+@pytest.mark.parametrize("interleaved", [True, False])
+@pytest.mark.parametrize("causal", [True, False])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_rotary_embeddings(interleaved, causal, dtype):
+    gen, q, k_cache, v_cache, k, v = setup(2, 24, 4, 2, 16, 8, 3, 3, 11)
+    q, k_cache, v_cache, k, v = (t.to(dtype) for t in (q, k_cache, v_cache, k, v))
+    rd, seqlen_ro = 12, 30  # rotary_dim 12 of headdim 16: the last 4 dimensions not rotated
+    angle = torch.rand(seqlen_ro, rd // 2, generator=gen) * 6
+    cos, sin = angle.cos(), angle.sin()
+    lens = torch.tensor([5, 0], dtype=torch.int32)
+    q0, k0 = q.clone(), k.clone()
+    out = mha.flash_attn_with_kvcache(q, k_cache, v_cache, k, v, cos, sin, lens, causal=causal,
+                                      rotary_interleaved=interleaved)
+    assert torch.equal(q, q0) and torch.equal(k, k0), "q and k are not modified"
+    base = lens.long().view(2, 1)
+    kpos = base + torch.arange(3)
+    qpos = base + torch.arange(3) if causal else base.expand(2, 3)
+    kr = rotary_ref(k, cos, sin, kpos, interleaved)
+    qr = rotary_ref(q, cos, sin, qpos, interleaved)
+    for b in range(2):  # the rotated keys were appended (rounded once to the cache's dtype)
+        n = int(lens[b])
+        tol = dict(atol=1e-6, rtol=1e-6) if dtype == torch.float32 else dict(atol=1e-2, rtol=1e-2)
+        assert_close(k_cache[b, n:n + 3], kr[b], f"rotated keys of {b}", tol=tol)
+    ref = attention_ref(qr.to(dtype), k_cache, v_cache, causal=causal, key_lengths=lens + 3)
+    tol = dict(atol=1e-5, rtol=1e-5) if dtype == torch.float32 else dict(atol=3e-2, rtol=3e-2)
+    assert_close(out, ref[0], "out", tol=tol)
+
+
+def test_rotary_and_paging_errors():
+    gen, q, k_cache, v_cache, k, v = setup(2, 12, 4, 2, 8, 8, 1, 1, 12)
+    before = k_cache.clone(), v_cache.clone()
+    cos = sin = torch.ones(12, 2)
+    cases = [
+        (dict(rotary_cos=cos, rotary_sin=sin), ValueError, "rotary_cos: got rotary embeddings "
+         "without k, v"),
+        (dict(k=k, v=v, rotary_cos=cos), ValueError, "got only rotary_cos, expected both"),
+        (dict(k=k, v=v, rotary_cos=torch.ones(12, 5), rotary_sin=torch.ones(12, 5)), ValueError,
+         "0 < rotary_dim <= headdim 8"),
+        (dict(k=k, v=v, rotary_cos=cos[:4], rotary_sin=sin[:4], cache_seqlens=5), ValueError,
+         "rotary_cos: got 4 positions, expected at least 6"),
+        (dict(k=k, v=v, rotary_cos=cos, rotary_sin=sin, cache_seqlens=3,
+              cache_leftpad=torch.tensor([1, 1], dtype=torch.int32)), NotImplementedError,
+         "cache_leftpad with rotary embeddings"),
+        (dict(block_table=torch.zeros(2, 1, dtype=torch.int32)), NotImplementedError,
+         "block_table: paged KV caches are not implemented"),
+        (dict(num_splits=-1), ValueError, "num_splits: got -1, expected an int >= 0"),
+    ]
+    for kw, exc, msg in cases:
+        with pytest.raises(exc) as e:
+            mha.flash_attn_with_kvcache(q, k_cache, v_cache, **kw)
+        assert msg in str(e.value), str(e.value)
+    assert torch.equal(k_cache, before[0]) and torch.equal(v_cache, before[1])

@@ -115,10 +115,12 @@ def _as_inputs(fn, names, tensors, ndim, layout, core=False):
     return out
 
 
-def _check_kv(fn, q, k, v, kn="k", vn="v"):
-    """k [B, S, Hkv, D] and v [B, S, Hkv, Dv] against q [B, L, H, D], in FlashAttention's
-    names (the core's own messages would number the dimensions of its [B, H, L, D] views)."""
+def _check_kv(fn, q, k, v, kn="k", vn="v", batch=None):
+    """k [B, S, Hkv, D] and v [B, S, Hkv, Dv] against q [B, L, H, D] (B: batch when given), in
+    FlashAttention's names (the core's own messages would number the dimensions of its
+    [B, H, L, D] views)."""
     B, _, H, D = q.shape
+    B = B if batch is None else batch
     for name, t, want in ((kn, k, (B, None, None, D)), (vn, v, (B,) + tuple(k.shape[1:3]) +
                                                         (None,))):
         if any(w is not None and n != w for n, w in zip(t.shape, want)):
@@ -348,33 +350,109 @@ def _no_copy(fn, name, t):
                          "cannot be copied)")
 
 
-def flash_attn_with_kvcache(q, k_cache, v_cache, k=None, v=None, cache_seqlens=None,
-                            softmax_scale=None, causal=False, window_size=(-1, -1), softcap=0.0,
-                            alibi_slopes=None):
-    """FlashAttention 2's ``flash_attn_with_kvcache`` on the CPU (inference: no gradient):
-    appends k, v to the caches in place at cache_seqlens, then attends q to each sequence's
-    first cache_seqlens[b] + seqlen_new keys.
+def _rotary(x, cos, sin, pos, interleaved):
+    """x [B, T, H, D] with its first rotary_dim = 2 cos.shape[1] dimensions rotated by the
+    angles of row pos[b, t] of cos, sin [seqlen_ro, rotary_dim / 2] (FlashAttention's
+    apply_rotary_emb): pairs (2i, 2i + 1) when interleaved (GPT-J), else (i, i + rotary_dim / 2)
+    (GPT-NeoX); computed in float32, rounded once to x's dtype. A new tensor."""
+    rd = 2 * cos.shape[1]
+    xf = x.float()
+    c, s = cos.float()[pos].unsqueeze(2), sin.float()[pos].unsqueeze(2)  # [B, T, 1, rd / 2]
+    if interleaved:
+        x0, x1 = xf[..., 0:rd:2], xf[..., 1:rd:2]
+        r = torch.stack((x0 * c - x1 * s, x0 * s + x1 * c), dim=-1).flatten(-2)
+    else:
+        x0, x1 = xf[..., :rd // 2], xf[..., rd // 2:rd]
+        r = torch.cat((x0 * c - x1 * s, x0 * s + x1 * c), dim=-1)
+    return torch.cat((r, xf[..., rd:]), dim=-1).to(x.dtype)
+
+
+def _kv_rotary(fn, rotary_cos, rotary_sin, q, k, lens, causal, window, interleaved):
+    """q and k rotated as flash_attn_with_kvcache rotates them (see its docstring)."""
+    if (rotary_cos is None) != (rotary_sin is None):
+        raise ValueError(f"{fn}: rotary_cos, rotary_sin: got only "
+                         f"{'rotary_cos' if rotary_sin is None else 'rotary_sin'}, expected both")
+    if k is None:
+        raise ValueError(f"{fn}: rotary_cos: got rotary embeddings without k, v, expected the "
+                         "new tokens' k and v too (they are rotated at their positions)")
+    for name, t in (("rotary_cos", rotary_cos), ("rotary_sin", rotary_sin)):
+        if not isinstance(t, torch.Tensor) or t.device.type != "cpu" or \
+                not t.is_floating_point() or t.dim() != 2:
+            got = f"{t.dtype} {_shape(t)} on {t.device}" if isinstance(t, torch.Tensor) \
+                else type(t).__name__
+            raise ValueError(f"{fn}: {name}: got {got}, expected a float CPU tensor "
+                             "[seqlen_ro, rotary_dim / 2]")
+    if rotary_cos.shape != rotary_sin.shape or rotary_cos.shape[1] == 0 or \
+            2 * rotary_cos.shape[1] > q.shape[3]:
+        raise ValueError(f"{fn}: rotary_sin: got shapes {_shape(rotary_cos)}, "
+                         f"{_shape(rotary_sin)}, expected two equal [seqlen_ro, rotary_dim / 2] "
+                         f"with 0 < rotary_dim <= headdim {q.shape[3]}")
+    B, L, Lnew = q.shape[0], q.shape[1], k.shape[1]
+    base = lens.long().unsqueeze(1) if lens is not None else torch.zeros(B, 1, dtype=torch.long)
+    kpos = base + torch.arange(Lnew)
+    qpos = base + torch.arange(L) if causal or window != (-1, -1) else base.expand(B, L)
+    need = int(max(kpos.max() if Lnew else 0, qpos.max() if L else 0)) + 1
+    if need > rotary_cos.shape[0]:
+        raise ValueError(f"{fn}: rotary_cos: got {rotary_cos.shape[0]} positions, expected at "
+                         f"least {need} (cache_seqlens + the new tokens)")
+    return (_rotary(q, rotary_cos, rotary_sin, qpos, interleaved),
+            _rotary(k, rotary_cos, rotary_sin, kpos, interleaved))
+
+
+def flash_attn_with_kvcache(q, k_cache, v_cache, k=None, v=None, rotary_cos=None, rotary_sin=None,
+                            cache_seqlens=None, cache_batch_idx=None, cache_leftpad=None,
+                            block_table=None, softmax_scale=None, causal=False,
+                            window_size=(-1, -1), softcap=0.0, rotary_interleaved=True,
+                            alibi_slopes=None, num_splits=0, return_softmax_lse=False):
+    """FlashAttention 2's ``flash_attn_with_kvcache`` on the CPU (inference: no gradient), with
+    its parameters in its order: appends k, v to the caches in place at cache_seqlens, then
+    attends q to each sequence's cache_seqlens[b] + seqlen_new keys.
 
     Parameters
     ----------
     q : Tensor [batch, seqlen_q, nheads, headdim], float32, bfloat16 or float16 (the caches,
         k and v the same)
-    k_cache : Tensor [batch, seqlen_cache, nheads_k, headdim]
-    v_cache : Tensor [batch, seqlen_cache, nheads_k, headdim_v]
-        Updated in place (rows cache_seqlens[b] .. cache_seqlens[b] + seqlen_new - 1 of batch
-        b); any strides with the innermost one 1 (never copied).
+    k_cache : Tensor [batch_cache, seqlen_cache, nheads_k, headdim]
+    v_cache : Tensor [batch_cache, seqlen_cache, nheads_k, headdim_v]
+        Updated in place (rows cache_seqlens[b] .. cache_seqlens[b] + seqlen_new - 1 of the
+        cache of batch b); any strides with the innermost one 1 (never copied), but not a view
+        whose elements share memory (expand()). batch_cache is batch without cache_batch_idx.
     k, v : Tensor [batch, seqlen_new, nheads_k, headdim(_v)], optional
         The new tokens' keys and values (both or neither).
+    rotary_cos, rotary_sin : Tensor [seqlen_ro, rotary_dim / 2], optional
+        Rotary embeddings (needs k and v): the new keys are rotated at positions
+        cache_seqlens[b], cache_seqlens[b] + 1, ... before they are appended; q is rotated at
+        positions cache_seqlens[b] + i (query row i) when causal or with a window, else every
+        row at cache_seqlens[b]; the first rotary_dim dimensions of each head, pairs (0, 1),
+        (2, 3), ... when rotary_interleaved (GPT-J), else (0, rotary_dim / 2), ... (GPT-NeoX).
+        Computed in float32 and rounded once to q's dtype. q itself is not modified.
     cache_seqlens : int or int32 Tensor [batch], optional
         The tokens already in each cache (None: 0). Not modified (as FlashAttention: advance it
         yourself).
+    cache_batch_idx : int32 Tensor [batch], optional
+        The cache of batch b is batch cache_batch_idx[b] of k_cache, v_cache (None: b). With
+        repeated indices and new tokens, the last batch writing an index wins.
+    cache_leftpad : int32 Tensor [batch], optional
+        Where each sequence starts in its cache (None: 0): its keys are rows cache_leftpad[b]
+        .. cache_seqlens[b] + seqlen_new - 1, positions (causal, window, ALiBi) counted from
+        cache_leftpad[b]; 0 <= cache_leftpad[b] <= cache_seqlens[b]. Not with rotary
+        embeddings (NotImplementedError).
+    block_table : None
+        Paged caches are not implemented (NotImplementedError).
     softmax_scale, causal, window_size, softcap, alibi_slopes
-        As in ``flash_attn_func``, aligned bottom-right to each sequence's
-        cache_seqlens[b] + seqlen_new keys (query row i at key position i + that - seqlen_q).
+        As in ``flash_attn_func``, aligned bottom-right to each sequence's keys (query row i
+        at key position i + seqlen_k - seqlen_q).
+    num_splits : int
+        Accepted and ignored: mha splits the cache into fixed chunks, and the result does not
+        depend on any split.
+    return_softmax_lse : bool
+        Also return softmax_lse [batch, nheads, seqlen_q] (float32; -inf for a row that sees no
+        key).
 
     Returns
     -------
-    out : Tensor [batch, seqlen_q, nheads, headdim_v] (contiguous) in q's dtype.
+    out : Tensor [batch, seqlen_q, nheads, headdim_v] (contiguous) in q's dtype, and
+    softmax_lse with return_softmax_lse.
 
     Example
     -------
@@ -386,11 +464,19 @@ def flash_attn_with_kvcache(q, k_cache, v_cache, k=None, v=None, cache_seqlens=N
     """
     fn = "flash_attn_with_kvcache"
     layout = "[batch, seqlen, nheads, headdim]"
+    if block_table is not None:
+        raise NotImplementedError(f"{fn}: block_table: paged KV caches are not implemented "
+                                  "(pass caches [batch, seqlen_cache, nheads_k, headdim])")
+    if isinstance(num_splits, bool) or not isinstance(num_splits, numbers.Integral) or \
+            num_splits < 0:
+        raise ValueError(f"{fn}: num_splits: got {num_splits!r}, expected an int >= 0")
     for name, t in (("k_cache", k_cache), ("v_cache", v_cache)):
         _no_copy(fn, name, t)
     q, k_cache, v_cache = _as_inputs(fn, ["q", "k_cache", "v_cache"], [q, k_cache, v_cache], 4,
                                      layout, core=True)
-    _check_kv(fn, q, k_cache, v_cache, "k_cache", "v_cache")
+    B, L, H = q.shape[0], q.shape[1], q.shape[2]
+    # the caches against q, their batch apart (cache_batch_idx may pick among more or fewer)
+    _check_kv(fn, q, k_cache, v_cache, "k_cache", "v_cache", batch=k_cache.shape[0])
     if (k is None) != (v is None):
         raise ValueError(f"{fn}: k, v: got only {'k' if v is None else 'v'}, expected both "
                          "(new tokens) or neither")
@@ -404,7 +490,6 @@ def flash_attn_with_kvcache(q, k_cache, v_cache, k=None, v=None, cache_seqlens=N
         if (k.shape[2], k.shape[3], v.shape[3]) != hk:
             raise ValueError(f"{fn}: k, v: got shapes {_shape(k)}, {_shape(v)}, expected "
                              f"nheads_k {hk[0]} and headdims {hk[1]}, {hk[2]} as the caches")
-    B, L, H = q.shape[0], q.shape[1], q.shape[2]
     if cache_seqlens is None:
         lens = None
     elif isinstance(cache_seqlens, numbers.Integral) and not isinstance(cache_seqlens, bool):
@@ -414,16 +499,64 @@ def flash_attn_with_kvcache(q, k_cache, v_cache, k=None, v=None, cache_seqlens=N
         if lens.numel() != B:
             raise ValueError(f"{fn}: cache_seqlens: got shape {_shape(lens)}, expected [{B}] "
                              "(batch) or an int")
+    rows = None  # the cache batch of each batch (cache_batch_idx), and where it starts (leftpad)
+    if cache_batch_idx is not None:
+        rows = _int32_vector(fn, "cache_batch_idx", cache_batch_idx, f"[{B}] (batch)")
+        if rows.numel() != B:
+            raise ValueError(f"{fn}: cache_batch_idx: got shape {_shape(rows)}, expected [{B}] "
+                             "(batch)")
+        bad = [int(x) for x in rows if not 0 <= int(x) < k_cache.shape[0]]
+        if bad:
+            raise ValueError(f"{fn}: cache_batch_idx: got {bad[0]}, expected an index into the "
+                             f"caches' {k_cache.shape[0]} batches")
+    elif k_cache.shape[0] != B:
+        raise ValueError(f"{fn}: k_cache: got shape {_shape(k_cache)}, expected batch {B} as q "
+                         "(or pass cache_batch_idx)")
+    starts = None
+    if cache_leftpad is not None:
+        starts = _int32_vector(fn, "cache_leftpad", cache_leftpad, f"[{B}] (batch)")
+        if starts.numel() != B:
+            raise ValueError(f"{fn}: cache_leftpad: got shape {_shape(starts)}, expected [{B}] "
+                             "(batch)")
+        have = lens if lens is not None else torch.zeros(B, dtype=_I32)
+        for b in range(B):
+            if not 0 <= int(starts[b]) <= int(have[b]):
+                raise ValueError(f"{fn}: cache_leftpad[{b}]: got {int(starts[b])}, expected 0 .. "
+                                 f"cache_seqlens[{b}] = {int(have[b])} (where the sequence "
+                                 "starts in its cache)")
+        if rotary_cos is not None or rotary_sin is not None:
+            raise NotImplementedError(f"{fn}: cache_leftpad with rotary embeddings is not "
+                                      "implemented")
     opts = _Options(fn, causal, window_size, alibi_slopes, B, H)
-    params, mask = _params(fn, 0.0, softmax_scale, softcap), opts.mask()
+    params = _params(fn, 0.0, softmax_scale, softcap)
+    if rotary_cos is not None or rotary_sin is not None:
+        q, k = _kv_rotary(fn, rotary_cos, rotary_sin, q, k, lens, causal,
+                          tuple(window_size), rotary_interleaved)
     out = torch.empty_permuted((B, H, L, v_cache.shape[3]), _HEADS_SECOND, dtype=q.dtype)
-    tq, tkc, tvc, tk, tv = (T.view(t) if t is not None else None
-                            for t in _heads_second(q, k_cache, v_cache, k, v))
-    to = T.view(out)
-    c = _lib.ctx()
-    _lib.check(lib.mha_attn_kvcache(
-        c, ctypes.byref(params), ctypes.byref(tq), ctypes.byref(tkc), ctypes.byref(tvc),
-        ctypes.byref(tk) if tk is not None else None, ctypes.byref(tv) if tv is not None else None,
-        ctypes.c_void_p(lens.data_ptr()) if lens is not None else None, ctypes.byref(mask.c),
-        ctypes.byref(to), None), c)
-    return out.transpose(1, 2)
+    lse = torch.empty((B, H, L), dtype=torch.float32) if return_softmax_lse else None
+    tq, tkc, tvc, tk, tv = _heads_second(q, k_cache, v_cache, k, v)
+
+    def call(b0, b1, kc, vc, ln, mask):
+        c = _lib.ctx()
+        tn = [T.view(t[b0:b1]) if t is not None else None for t in (tk, tv)]
+        views = [T.view(t) for t in (tq[b0:b1], kc, vc, out[b0:b1])]
+        tl = T.view(lse[b0:b1]) if lse is not None else None
+        _lib.check(lib.mha_attn_kvcache(
+            c, ctypes.byref(params), ctypes.byref(views[0]), ctypes.byref(views[1]),
+            ctypes.byref(views[2]), ctypes.byref(tn[0]) if tn[0] is not None else None,
+            ctypes.byref(tn[1]) if tn[1] is not None else None,
+            ctypes.c_void_p(ln.data_ptr()) if ln is not None else None, ctypes.byref(mask.c),
+            ctypes.byref(views[3]), ctypes.byref(tl) if tl is not None else None), c)
+
+    if rows is None and starts is None:
+        call(0, B, tkc, tvc, lens, opts.mask())
+    else:  # one sequence at a time, on a view of its cache from where it starts
+        for b in range(B):
+            r = int(rows[b]) if rows is not None else b
+            s0 = int(starts[b]) if starts is not None else 0
+            ln = None
+            if lens is not None or s0:
+                ln = torch.tensor([(int(lens[b]) if lens is not None else 0) - s0], dtype=_I32)
+            call(b, b + 1, tkc[r:r + 1, :, s0:], tvc[r:r + 1, :, s0:], ln, opts.mask(b))
+    out = out.transpose(1, 2)
+    return (out, lse) if return_softmax_lse else out

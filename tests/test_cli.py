@@ -472,10 +472,18 @@ def test_an_option_value_may_read_like_help(fx):
 
 
 def test_unknown_command_is_one_line_whatever_it_holds():
-    rc, out, err = run("a\nb")
+    rc, out, err = run("a\nb\x1b[31m")
     lines = err.splitlines()
     assert rc == 1 and len(lines) == 2, (rc, err)
-    assert lines[0] == 'mha: error: unknown command "a b"' and lines[1].startswith("hint: ")
+    # a line break becomes a space, a terminal escape is shown, not obeyed
+    assert lines[0] == 'mha: error: unknown command "a b\\x1b[31m"', lines[0]
+    assert lines[1].startswith("hint: ")
+
+
+@pytest.mark.parametrize("cmd", ["forward", "backward", "viz", "explain", "demo", "bench",
+                                 "info"])
+def test_help_command_shows_the_commands_help(cmd):
+    assert run("help", cmd) == run(cmd, "--help")
 
 
 def test_file_size_limit_is_a_write_error_not_a_kill(fx):

@@ -18,9 +18,15 @@
  * Errors: always exactly one line ("mha: error: ..."), plus an optional "hint: ..." line
  * ------------------------------------------------------------------------------------------- */
 
-/* Prints s with line breaks turned into spaces, so a message can never span lines. */
+/* Prints s with line breaks turned into spaces, so a message can never span lines, and other
+ * control characters (a file's tensor names may hold terminal escapes) as \xNN. */
 static void put_one_line(FILE *f, const char *s) {
-    for (; *s; s++) fputc((*s == '\n' || *s == '\r') ? ' ' : *s, f);
+    for (; *s; s++) {
+        const unsigned char c = (unsigned char)*s;
+        if (c == '\n' || c == '\r') fputc(' ', f);
+        else if (c < 0x20 || c == 0x7f) fprintf(f, "\\x%02x", c);
+        else fputc(c, f);
+    }
 }
 
 static void vreport(const char *fmt, va_list ap) {

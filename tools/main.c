@@ -47,6 +47,12 @@ static int run(int argc, char **argv) {
             stderr);
         return 1;
     }
+    if (!strcmp(argv[1], "help") && argc > 2) /* mha help forward: mha forward --help */
+        for (size_t i = 0; i < sizeof commands / sizeof commands[0]; i++)
+            if (!strcmp(argv[2], commands[i].name)) {
+                char *args[] = {argv[2], "--help", NULL};
+                return commands[i].fn(2, args);
+            }
     if (!strcmp(argv[1], "--help") || !strcmp(argv[1], "-h") || !strcmp(argv[1], "help")) {
         usage(stdout);
         return 0;

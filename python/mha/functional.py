@@ -37,7 +37,8 @@ def scaled_dot_product_attention(query, key, value, attn_mask=None, dropout_p=0.
         dtype or float32, as PyTorch).
     dropout_p : float
         Probability of zeroing a weight (mha's Philox dropout, seeded from torch's generator:
-        torch.manual_seed makes it reproducible). Applied whenever it is > 0, as in PyTorch.
+        torch.manual_seed makes it reproducible). Applied whenever it is > 0, as in PyTorch;
+        in [0, 1) (1.0, which PyTorch answers with zeros, raises ValueError).
     is_causal : bool
         Key j takes part in row i only if j <= i (top-left alignment); with an attn_mask too,
         both apply (as PyTorch 2.13 does on the CPU, whatever its docstring says).
@@ -46,7 +47,8 @@ def scaled_dot_product_attention(query, key, value, attn_mask=None, dropout_p=0.
     enable_gqa : bool
         Grouped-query attention: key and value may have Hkv heads (dim -3), a divisor of the
         query's H; query head h uses key/value head h // (H / Hkv), as PyTorch (no copy of key
-        and value is made; their gradients are summed over each group).
+        and value is made; their gradients are summed over each group). Key and value have the
+        same number of heads (PyTorch also takes two different divisors: ValueError here).
 
     Returns
     -------

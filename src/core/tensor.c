@@ -2,7 +2,6 @@
 #include "internal.h"
 
 #include <math.h>
-#include <stdlib.h>
 #include <string.h>
 
 /* A view every validating call rejects (ndim = -1); data is kept for the caller's messages. */
@@ -90,6 +89,8 @@ static int reach(const mha_tensor *a, const mha_tensor *b, const int *dims, int 
     return 0;
 }
 
+static __int128 abs128(int64_t x) { return x < 0 ? -(__int128)x : (__int128)x; }
+
 int mha__tensor_self_overlaps(const mha_tensor *t) {
     if (!t || mha_tensor_numel(t) <= 0) return 0;
     /* the dimensions of more than one element, by |stride|, smallest first: each stride must
@@ -98,14 +99,14 @@ int mha__tensor_self_overlaps(const mha_tensor *t) {
     for (int i = 0; i < t->ndim; i++)
         if (t->shape[i] > 1) dims[nd++] = i;
     for (int i = 1; i < nd; i++)
-        for (int j = i; j > 0 && llabs(t->stride[dims[j]]) < llabs(t->stride[dims[j - 1]]); j--) {
+        for (int j = i; j > 0 && abs128(t->stride[dims[j]]) < abs128(t->stride[dims[j - 1]]); j--) {
             int x = dims[j];
             dims[j] = dims[j - 1];
             dims[j - 1] = x;
         }
     __int128 reach = 0; /* of the smaller strides */
     for (int i = 0; i < nd; i++) {
-        const __int128 s = llabs(t->stride[dims[i]]);
+        const __int128 s = abs128(t->stride[dims[i]]);
         if (s <= reach) return 1;
         reach += s * (t->shape[dims[i]] - 1);
     }

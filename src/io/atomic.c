@@ -182,9 +182,19 @@ static mha_status check_dest(mha_ctx *ctx, const char *who, out_entry *e) {
     return check_replaceable(ctx, who, e, &sb);
 }
 
-/* The destination of a and b in the same state: absent in both, or the same file in both. */
-static int same_identity(const out_entry *a, const out_entry *b) {
-    return a->exists == b->exists && (!a->exists || (a->dev == b->dev && a->ino == b->ino));
+/* Whether e->path still stands as declared (absent, or the same regular file), as now (its
+ * current state, filled by check_dest from a copy of e): MHA_ERR_IO when it changed. */
+static mha_status still_declared(mha_ctx *ctx, const char *who, const out_entry *e,
+                                 out_entry *now) {
+    *now = *e;
+    mha_status st = check_dest(ctx, who, now);
+    if (st == MHA_OK &&
+        (now->exists != e->exists || (e->exists && (now->dev != e->dev || now->ino != e->ino))))
+        st = mha__err(ctx, MHA_ERR_IO,
+                      "%s: changed since it was declared (another program writes it?); nothing "
+                      "was replaced",
+                      who);
+    return st;
 }
 
 static int same_file(const out_entry *a, const out_entry *b) {
@@ -373,13 +383,8 @@ static mha_status write_entry(mha_ctx *ctx, const char *who, out_entry *e, mha__
     e->tmp = NULL;
     file_writer w = {-1, mha__malloc(WBUF_CAP), 0, 0};
     if (!w.buf) return mha__err(ctx, MHA_ERR_NOMEM, "%s: out of memory", who);
-    out_entry now = *e; /* where the destination stands now: the mode to keep, as of now, */
-    mha_status st = check_dest(ctx, who, &now);
-    if (st == MHA_OK && !same_identity(e, &now)) /* and still the file declared (or absent) */
-        st = mha__err(ctx, MHA_ERR_IO,
-                      "%s: changed since it was declared (another program writes it?); "
-                      "nothing was replaced",
-                      who);
+    out_entry now; /* still as declared, and the mode to keep as of now */
+    mha_status st = still_declared(ctx, who, e, &now);
     if (st == MHA_OK) e->mode = now.mode;
     if (st == MHA_OK) st = create_tmp(ctx, who, e, &w.fd);
     if (st == MHA_OK) {
@@ -500,14 +505,9 @@ static mha_status commit_prepare(mha_ctx *ctx, const char *who1, mha_outputs *o)
                             "%s: output %d was declared but not written "
                             "(nothing was replaced)",
                             who, i);
-        out_entry now = *e;
-        mha_status st = check_dest(ctx, who, &now);
+        out_entry now;
+        mha_status st = still_declared(ctx, who, e, &now);
         if (st != MHA_OK) return st;
-        if (!same_identity(e, &now))
-            return mha__err(ctx, MHA_ERR_IO,
-                            "%s: changed since it was declared (another "
-                            "program writes it?); nothing was replaced",
-                            who);
     }
     for (int i = 0; i < o->n; i++) {
         out_entry *e = &o->e[i];

@@ -501,6 +501,16 @@ def test_file_size_limit_is_a_write_error_not_a_kill(fx):
     assert not [q for q in fx.iterdir() if q.name.startswith(".mha-")]
 
 
+@pytest.mark.parametrize("cmd", [["demo"], ["bench", "--batch", "1", "--seq", "8", "--embed",
+                                          "8", "--heads", "1", "--runs", "1"]])
+def test_threads_refused_alike_by_every_command(cmd):
+    for bad in ("5000", "-1"):
+        rc, out, err = run(*cmd, "--threads", bad)
+        assert rc == 1 and err.startswith(
+            f"mha: error: --threads: got {bad}, expected 0 (all cores) or 1 to 1024 "
+            "(MHA_MAX_THREADS)"), (rc, err)
+
+
 def test_main_without_command_is_a_one_line_usage_error():
     """`mha` alone is a usage error like any other: exit 1, one error line and one hint."""
     rc, out, err = run()

@@ -511,6 +511,12 @@ def test_threads_refused_alike_by_every_command(cmd):
             "(MHA_MAX_THREADS)"), (rc, err)
 
 
+def test_bench_gemm_refuses_the_layers_shape_options():
+    rc, out, err = run("bench", "--gemm", 4, 4, 4, "--batch", 2, "--runs", 1)
+    assert rc == 1 and out == "" and err.startswith(
+        "mha: error: --batch: applies to the module and the core, not to --gemm M N K"), err
+
+
 def test_main_without_command_is_a_one_line_usage_error():
     """`mha` alone is a usage error like any other: exit 1, one error line and one hint."""
     rc, out, err = run()

@@ -472,6 +472,12 @@ static int parse_args(int argc, char **argv, bench_args *a) {
     if (!cli_find(opts, nopts, "--kv-heads")->seen) a->kv_heads = a->heads;
     a->head_dim_given = cli_find(opts, nopts, "--head-dim")->seen > 0;
     if ((rc = check_args(a, cli_find(opts, nopts, "--warmup")->seen > 0))) return rc;
+    static const char *const shape_opts[] = {"--batch", "--seq", "--embed", "--heads"};
+    for (size_t i = 0; a->gemm && i < sizeof shape_opts / sizeof shape_opts[0]; i++)
+        if (cli_find(opts, nopts, shape_opts[i])->seen) /* never silently ignored */
+            return cli_usage_error("mha bench --help lists the options",
+                                   "%s: applies to the module and the core, not to --gemm M N K",
+                                   shape_opts[i]);
     if ((rc = check_core_opts(a, opts, nopts))) return rc;
     if ((rc = decode_check_args(a))) return rc;
     if ((rc = parse_dtype(a))) return rc;

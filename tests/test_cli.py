@@ -162,6 +162,8 @@ USAGE_CASES = [
     ("heads do not divide E", lambda d: _with(fwd(d), "--heads", "3"),
      ["--heads: got 3, expected a divisor of the embedding size 8"]),
     ("threads not a number", lambda d: fwd(d, "--threads", "x"), ["--threads"]),
+    ("threads with a leading blank", lambda d: fwd(d, "--threads", " 2"),
+     ['--threads: " 2" is not a number']),
     ("threads negative", lambda d: fwd(d, "--threads", "-3"), ["--threads: got -3"]),
     ("threads too many", lambda d: fwd(d, "--threads", "99999999999"),
      ["--threads: got 99999999999", "MHA_MAX_THREADS"]),
@@ -509,6 +511,11 @@ def test_threads_refused_alike_by_every_command(cmd):
         assert rc == 1 and err.startswith(
             f"mha: error: --threads: got {bad}, expected 0 (all cores) or 1 to 1024 "
             "(MHA_MAX_THREADS)"), (rc, err)
+
+
+def test_bench_window_out_of_range():
+    rc, out, err = run("bench", "--core", "--window", "99999999999999999999,1", "--runs", 1)
+    assert rc == 1 and err.startswith('mha: error: --window: got "99999999999999999999,1"'), err
 
 
 def test_bench_gemm_refuses_the_layers_shape_options():

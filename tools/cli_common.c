@@ -3,6 +3,7 @@
  * loading and checks of one layer call (mha forward, backward and viz). */
 #include "cli.h"
 
+#include <ctype.h>
 #include <errno.h>
 #include <float.h>
 #include <math.h>
@@ -110,6 +111,9 @@ static int parse_value(const char *cmd, cli_opt *o, const char *v) {
     }
     char *end = NULL;
     errno = 0;
+    if (isspace((unsigned char)*v)) /* strtoll / strtod would skip it */
+        return cli_usage_error(hint, "%s: \"%s\" is not a number (it starts with a blank)", o->name,
+                               v);
     if (o->kind == CLI_OPT_INT) {
         long long x = strtoll(v, &end, 10);
         if (end == v || *end || errno == ERANGE)

@@ -41,6 +41,7 @@
 #include "cli.h"
 #include "cli_mpi.h"
 
+#include <errno.h>
 #include <float.h>
 #include <math.h>
 #include <stdarg.h>
@@ -328,9 +329,11 @@ static int check_args(const bench_args *a, int warmup_given) {
 static int parse_window(bench_args *a) {
     const char *w = a->window_arg;
     char *end1, *end2 = NULL;
+    errno = 0;
     a->window_left = strtoll(w, &end1, 10);
     if (end1 != w && *end1 == ',') a->window_right = strtoll(end1 + 1, &end2, 10);
-    if (!end2 || end2 == end1 + 1 || *end2 || a->window_left < -1 || a->window_right < -1)
+    if (!end2 || end2 == end1 + 1 || *end2 || errno == ERANGE || a->window_left < -1 ||
+        a->window_right < -1)
         return cli_usage_error("mha bench --help lists the options",
                                "--window: got \"%s\", expected L,R: two whole numbers >= -1 "
                                "(-1: unbounded on that side)",

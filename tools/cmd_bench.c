@@ -54,13 +54,14 @@
 #endif
 
 static void print_help(FILE *f) {
-    fputs("usage: mha bench --batch B --seq N --embed E --heads H [options]\n"
+    fputs("usage: mha bench [--batch B] [--seq N] [--embed E] [--heads H] [options]\n"
           "       mha bench --gemm M N K [--ta 0|1] [--tb 0|1] [--dtype T] [options]\n\n"
           "Times nn.MultiheadAttention's forward (self-attention, batch first) on random data,\n"
           "or the attention core, or the library's matrix product; prints the median time and\n"
           "the rate in GFLOP/s. On a terminal, stderr shows which run is going.\n\n"
           "options:\n"
-          "  --batch B, --seq N, --embed E, --heads H   the shape (E divisible by H)\n"
+          "  --batch B, --seq N, --embed E, --heads H   the shape (E divisible by H;\n"
+          "                default 1, 512, 512, 8)\n"
           "  --causal      causal mask (top-left); the attention's FLOP count is halved\n"
           "                (the allowed pairs counted with --window or --seq-k)\n"
           "  --backward    time forward + backward\n"

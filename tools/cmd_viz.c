@@ -176,6 +176,12 @@ int mha_cmd_viz(int argc, char **argv) {
                                "--key-tokens needs --key and --value (cross-attention)");
     viz_format fmt;
     if ((rc = choose_format(format, out, &fmt))) return rc;
+    if (cli_find(opts, nopts, "--cell-px")->seen && fmt != F_SVG && fmt != F_PNG)
+        return cli_usage_error(NULL, "--cell-px: applies to svg and png output, not to %s",
+                               formats[fmt].name);
+    if (cli_find(opts, nopts, "--width")->seen && fmt != F_TERM)
+        return cli_usage_error(NULL, "--width: applies to terminal output, not to %s",
+                               formats[fmt].name);
     int use_color = 0;
     if (color && strcmp(color, "auto") && strcmp(color, "always") && strcmp(color, "never"))
         return cli_usage_error("--color takes auto, always or never", "--color: got \"%s\"", color);

@@ -580,7 +580,7 @@ TEST(st_malformed) {
     EXPECT_ST("{\"a\": {\"dtype\": \"F32\", \"shape\": [2], }", d, 8, MHA_ERR_FORMAT,
               "header: expected a string");
     EXPECT_ST("[1, 2]", d, 0, MHA_ERR_FORMAT, "expected '{'");
-    EXPECT_ST("", d, 0, MHA_ERR_FORMAT, "expected '{'");
+    EXPECT_ST("", d, 0, MHA_ERR_FORMAT, "header size: got 0, expected the size of a JSON object");
     EXPECT_ST("{\"a\": nul}", d, 0, MHA_ERR_FORMAT, "tensor 'a': expected an object");
     EXPECT_ST("{\"a\": {\"dtype\": \"F32\", \"shape\": [2]}}", d, 8, MHA_ERR_FORMAT,
               "tensor 'a': missing key data_offsets");

@@ -737,8 +737,14 @@ static mha_status st_prefix(mha_ctx *ctx, const char *who, const char *path, con
         return mha__err(ctx, MHA_ERR_FORMAT,
                         "%s: header size: got %" PRIu64 ", expected at most %" PRIu64, who, *hn,
                         ST_MAX_HEADER);
-    if (*hn == 0 || (n > 8 && b[8] != '{')) {
-        json j = {(const char *)b + 8, (const char *)b + n, (const char *)b + 8, ctx, who};
+    if (*hn == 0)
+        return mha__err(ctx, MHA_ERR_FORMAT,
+                        "%s: header size: got 0, expected the size of a JSON object (at least "
+                        "2 bytes: \"{}\")",
+                        who);
+    if (n > 8 && b[8] != '{') { /* quoting the header's bytes only */
+        const uint64_t end = 8 + *hn < n ? 8 + *hn : n;
+        json j = {(const char *)b + 8, (const char *)b + end, (const char *)b + 8, ctx, who};
         return j_err(&j, "expected '{'");
     }
     return MHA_OK;

@@ -29,7 +29,8 @@
  *
  * CONVENTIONS
  *   - Tensors are float32 views (mha_tensor): outermost dimension first, strides in elements,
- *     only the innermost stride must be 1. The caller owns every buffer it passes.
+ *     strides >= 0 and only the innermost one must be 1. The caller owns every buffer it
+ *     passes.
  *   - Every fallible call returns mha_status: MHA_OK (0) or a negative error code. The detailed
  *     message ("function: what: got X, expected Y") is kept in the context until its next
  *     call: mha_ctx_errmsg(). A NULL context is allowed everywhere: default settings are used
@@ -211,8 +212,9 @@ MHA_API const char *mha_cpu_features(void);
  * the gemm micro-kernel and its blocking, those of bf16 / f16 operands (mha_gemm), and the
  * attention kernels that run with their tile sizes: the fused forward, dropout, the weights
  * recompute, the backward) into buf (always NUL-terminated, truncated to n bytes). For
- * diagnostics such as `mha info`. */
-MHA_API mha_status mha_ctx_describe(const mha_ctx *ctx, char *buf, size_t n);
+ * diagnostics such as `mha info`. MHA_ERR_INVALID_ARG for a NULL buf or n = 0 (its message in
+ * ctx, as every call's). */
+MHA_API mha_status mha_ctx_describe(mha_ctx *ctx, char *buf, size_t n);
 
 /* Single-precision matrix product on the context's packed SIMD micro-kernels and threads:
  *   C[M,N] = alpha * op(A)[M,K] * op(B)[K,N] + beta * C      (row-major)
@@ -329,8 +331,9 @@ typedef struct {
     /* Sliding window (FlashAttention's window_size = (window_left, window_right)), off unless
      * `window` is nonzero: key j of query row i is allowed only if
      *     i + (S - L) - window_left <= j <= i + (S - L) + window_right,
-     * a negative bound meaning unbounded on that side (FlashAttention's -1). Aligned bottom-right
-     * as FlashAttention's window (for L == S: around the diagonal j = i), whatever `causal` is;
+     * -1 meaning unbounded on that side (FlashAttention's; below -1 is refused). Aligned
+     * bottom-right as FlashAttention's window (for L == S: around the diagonal j = i), whatever
+     * `causal` is;
      * combines with causal and every other mask (a key must pass all). */
     int window;
     int64_t window_left, window_right;
@@ -704,8 +707,8 @@ MHA_API mha_status mha_module_backward(mha_ctx *ctx, mha_module *m, const mha_te
                                        mha_tensor *dquery, mha_tensor *dkey, mha_tensor *dvalue);
 
 /* Incremental decoding (self-attention, kdim == vdim == E): a cache of H key/value heads of
- * D = E / H features for `batch` sequences of at most `capacity` tokens, for
- * mha_module_forward_cached. Free with mha_kv_cache_free. */
+ * D = E / H features for `batch` sequences of at most `capacity` tokens, of the module's dtype,
+ * for mha_module_forward_cached. Free with mha_kv_cache_free. */
 MHA_API mha_status mha_module_kv_cache_create(mha_ctx *ctx, const mha_module *m, int64_t batch,
                                               int64_t capacity, mha_kv_cache **out);
 /* The causal self-attention forward of the next L tokens of every sequence, query [B, L, E]
@@ -822,7 +825,8 @@ MHA_API mha_status mha_st_save(mha_ctx *ctx, const mha_st *st, const char *path)
 /* batch, capacity >= 1 tokens per sequence, kv_heads >= 1, head_dim >= 1, head_dim_v >= 0.
  * dtype: MHA_DTYPE_F32, MHA_DTYPE_BF16 or MHA_DTYPE_F16 (elements of 4 or 2 bytes; another is
  * MHA_ERR_UNSUPPORTED); q, k_new, v_new and out of mha_kv_cache_attend must then have it too
- * (mha_attn_kvcache's dtypes). mha_module_forward_cached takes float32 caches only. The
+ * (mha_attn_kvcache's dtypes). mha_module_forward_cached takes caches of the module's dtype
+ * (mha_module_kv_cache_create makes one). The
  * memory is allocated now (MHA_ERR_NOMEM on failure or overflow), zeroed. */
 MHA_API mha_status mha_kv_cache_create(mha_ctx *ctx, int64_t batch, int64_t capacity,
                                        int64_t kv_heads, int64_t head_dim, int64_t head_dim_v,

@@ -960,6 +960,15 @@ TEST(aliasing_rejected) {
     ASSERT_STR_CONTAINS(mha_ctx_errmsg(ctx), "mha_attn_forward: out overlaps v");
     out.data--;
     ASSERT_OK(ctx, mha_attn_forward(ctx, NULL, &t[0], &t[1], &t[2], NULL, &out, NULL, NULL));
+    /* strides whose offsets overflow (an element beyond any address): refused, not read */
+    int64_t huge[4] = {0, 0, INT64_MAX / 7, 1}, hsh[4] = {1, 1, 8, D};
+    mha_tensor hk = mha_tensor_strided(pool + N, 4, hsh, huge);
+    mha_tensor hq = mha_tensor_make(pool, 4, (int64_t[4]){1, 1, 2, D});
+    mha_tensor hv = mha_tensor_make(pool + 2 * N, 4, hsh),
+               ho = mha_tensor_make(pool + 3 * N, 4, (int64_t[4]){1, 1, 2, D});
+    ASSERT_EQ(mha_attn_forward(ctx, NULL, &hq, &hk, &hv, NULL, &ho, NULL, NULL), MHA_ERR_SHAPE);
+    ASSERT_STR_CONTAINS(mha_ctx_errmsg(ctx), "mha_attn_forward: k.stride[2]: got ");
+    ASSERT_STR_CONTAINS(mha_ctx_errmsg(ctx), "expected strides whose offsets fit in memory");
     /* an output that overlaps itself (expand()ed over the batch: stride 0) is refused too */
     memcpy(saved, pool, sizeof pool);
     int64_t bst[4] = {0, L * D, D, 1};

@@ -206,6 +206,24 @@ TEST(public_sgemm_validates_and_computes) {
     ASSERT_OK(ctx, mha_ctx_describe(ctx, tiny, sizeof tiny));
     ASSERT_EQ(strlen(tiny), 7);
     ASSERT_EQ(mha_ctx_describe(ctx, NULL, 10), MHA_ERR_INVALID_ARG);
+    ASSERT_STR_CONTAINS(mha_ctx_errmsg(ctx), "mha_ctx_describe: buf: got NULL"); /* in ctx */
+    ASSERT_OK(ctx, mha_ctx_describe(ctx, buf, sizeof buf));
+    ASSERT_TRUE(!strcmp(mha_ctx_errmsg(ctx), "")); /* and cleared by the next success */
+    /* K = 0 (C = beta C): lda >= 1 is asked for, and said so */
+    ASSERT_EQ(mha_sgemm(ctx, 0, 0, 2, 2, 0, 1.0f, A, 0, B, 2, 0.5f, C, 2), MHA_ERR_INVALID_ARG);
+    ASSERT_STR_CONTAINS(mha_ctx_errmsg(ctx),
+                        "mha_sgemm: lda: got 0, expected >= 1 (K, at least 1)");
+    /* sizes whose offsets overflow: refused before anything is formed from them, C unchanged */
+    for (int i = 0; i < 4; i++) C[i] = 7.0f;
+    ASSERT_EQ(mha_sgemm(ctx, 0, 0, INT64_MAX, 2, 2, 1.0f, A, 2, B, 2, 0.0f, C, 2),
+              MHA_ERR_INVALID_ARG);
+    ASSERT_STR_CONTAINS(mha_ctx_errmsg(ctx), "mha_sgemm: A: got 9223372036854775807 rows of 2");
+    ASSERT_EQ(mha_sgemm(ctx, 0, 0, 2, 2, INT64_MAX, 1.0f, A, INT64_MAX, B, 2, 0.0f, C, 2),
+              MHA_ERR_INVALID_ARG);
+    ASSERT_EQ(
+        mha_gemm(ctx, 0, 0, INT64_MAX / 4, 2, 2, 1.0f, A, 2, B, 2, MHA_DTYPE_BF16, 0.0f, C, 2),
+        MHA_ERR_INVALID_ARG);
+    for (int i = 0; i < 4; i++) ASSERT_TRUE(C[i] == 7.0f);
     mha_ctx_free(ctx);
 }
 

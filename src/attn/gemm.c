@@ -24,6 +24,7 @@
 #include "gemm.h"
 #include "kernels/kernels.h"
 
+#include <stddef.h>
 #include <string.h>
 
 #ifdef _OPENMP
@@ -192,15 +193,32 @@ static mha_status check_args(mha_ctx *ctx, const char *fn, int ta, int tb, int64
                         "%s: M, N, K: got %lld, %lld, %lld, expected >= 0", fn, (long long)M,
                         (long long)N, (long long)K);
     int64_t acols = ta ? M : K, bcols = tb ? K : N;
+    const char *one = ", at least 1"; /* (a zero-length row still needs a stride) */
     if (lda < (acols > 1 ? acols : 1))
-        return mha__err(ctx, MHA_ERR_INVALID_ARG, "%s: lda: got %lld, expected >= %lld (%s)", fn,
-                        (long long)lda, (long long)acols, ta ? "M, A transposed" : "K");
+        return mha__err(ctx, MHA_ERR_INVALID_ARG, "%s: lda: got %lld, expected >= %lld (%s%s)", fn,
+                        (long long)lda, (long long)(acols > 1 ? acols : 1),
+                        ta ? "M, A transposed" : "K", acols < 1 ? one : "");
     if (ldb < (bcols > 1 ? bcols : 1))
-        return mha__err(ctx, MHA_ERR_INVALID_ARG, "%s: ldb: got %lld, expected >= %lld (%s)", fn,
-                        (long long)ldb, (long long)bcols, tb ? "K, B transposed" : "N");
+        return mha__err(ctx, MHA_ERR_INVALID_ARG, "%s: ldb: got %lld, expected >= %lld (%s%s)", fn,
+                        (long long)ldb, (long long)(bcols > 1 ? bcols : 1),
+                        tb ? "K, B transposed" : "N", bcols < 1 ? one : "");
     if (ldc < (N > 1 ? N : 1))
-        return mha__err(ctx, MHA_ERR_INVALID_ARG, "%s: ldc: got %lld, expected >= %lld (N)", fn,
-                        (long long)ldc, (long long)N);
+        return mha__err(ctx, MHA_ERR_INVALID_ARG, "%s: ldc: got %lld, expected >= %lld (N%s)", fn,
+                        (long long)ldc, (long long)(N > 1 ? N : 1), N < 1 ? one : "");
+    /* every element's offset an offset at all (the kernels form addresses from them, and round
+     * the sizes up to their blocks): A [rows, lda], B [rows, ldb], C [M, ldc] of 4-byte elements
+     * (2-byte A, B: the same bound, checked in floats) */
+    const struct {
+        const char *name;
+        int64_t rows, ld;
+    } mats[3] = {{"A", ta ? K : M, lda}, {"B", tb ? N : K, ldb}, {"C", M, ldc}};
+    for (int i = 0; i < 3; i++)
+        if ((__int128)mats[i].rows * mats[i].ld * (__int128)sizeof(float) >
+            (__int128)PTRDIFF_MAX / 2)
+            return mha__err(ctx, MHA_ERR_INVALID_ARG,
+                            "%s: %s: got %lld rows of %lld elements, expected a matrix whose "
+                            "offsets fit in memory",
+                            fn, mats[i].name, (long long)mats[i].rows, (long long)mats[i].ld);
     if (M > 0 && N > 0 && !C)
         return mha__err(ctx, MHA_ERR_INVALID_ARG, "%s: C: got NULL, expected [M, N]", fn);
     if (M > 0 && N > 0 && K > 0 && (!A || !B))

@@ -8,9 +8,10 @@
 /* Which table's implementation a slot holds: the generic one, or the table's own. */
 static const char *by(const mha_kernels *k, int generic) { return generic ? "generic" : k->name; }
 
-mha_status mha_ctx_describe(const mha_ctx *ctx, char *buf, size_t n) {
+mha_status mha_ctx_describe(mha_ctx *ctx, char *buf, size_t n) {
+    mha__clear(ctx);
     if (!buf || n == 0)
-        return mha__err(NULL, MHA_ERR_INVALID_ARG,
+        return mha__err(ctx, MHA_ERR_INVALID_ARG,
                         "mha_ctx_describe: buf: got %s, expected a buffer of n >= 1 bytes",
                         buf ? "n = 0" : "NULL");
     const mha_kernels *k = mha__ctx_kernels(ctx), *g = mha__kernels_for(MHA_ISA_GENERIC);

@@ -2,6 +2,8 @@
 #include "internal.h"
 
 #include <math.h>
+#include <stddef.h>
+#include <stdint.h>
 #include <string.h>
 
 /* A view every validating call rejects (ndim = -1); data is kept for the caller's messages. */
@@ -193,5 +195,16 @@ mha_status mha__check_tensor_as(mha_ctx *ctx, const char *fn, const char *name, 
     if (numel > 0 && !t->data)
         return mha__err(ctx, MHA_ERR_INVALID_ARG, "%s: %s.data: got NULL, expected %lld %s values",
                         fn, name, (long long)numel, mha_dtype_name(dtype));
+    /* the last element's byte offset must be an offset at all (the kernels form addresses from
+     * it): a stride the offsets overflow with is refused, naming the largest such stride */
+    if (numel > 0 && (view_span(t) + 1) * (__int128)mha__tensor_elsize(t) > (__int128)PTRDIFF_MAX) {
+        int big = 0;
+        for (int i = 1; i < ndim; i++)
+            if (t->stride[i] > t->stride[big]) big = i;
+        return mha__err(ctx, MHA_ERR_SHAPE,
+                        "%s: %s.stride[%d]: got %lld, expected strides whose offsets fit in "
+                        "memory (the last element is beyond any address)",
+                        fn, name, big, (long long)t->stride[big]);
+    }
     return MHA_OK;
 }

@@ -388,30 +388,6 @@ static mha_status fwd_lowp(mha_ctx *ctx, const char *fn, mha__attn_origin at,
     return st;
 }
 
-/* A validated bf16 call on the bf16 kernels that also wants the weights: out and lse from
- * the bf16 kernels, as without the weights (the same bits whether they are asked for or not),
- * then the weights by the float32 path on float32 copies (fwd_lowp), whose own out goes to a
- * scratch copy (the softmax of the same scores, so they agree with out to float rounding). */
-static mha_status fwd_bf16_weights(mha_ctx *ctx, const char *fn, mha__attn_origin at,
-                                   const mha_attn_params *p, const fwd_call *c,
-                                   const mha_mask *mask, mha_tensor *weights, mha_tensor *wavg) {
-    const mha__attn_problem *pr = &c->pr;
-    size_t n;
-    uint16_t *scratch = NULL;
-    if (mha__mul_size((size_t)(pr->B * pr->H * pr->L), (size_t)(pr->Dv ? pr->Dv : 1), &n) &&
-        mha__mul_size(n, sizeof(uint16_t), &n))
-        scratch = mha__malloc(n);
-    if (!scratch)
-        return mha__err(ctx, MHA_ERR_NOMEM, "%s: out of memory (a scratch output for the weights)",
-                        fn);
-    int64_t so[4] = {pr->B, pr->H, pr->L, pr->Dv};
-    mha_tensor o2 = mha_tensor_typed(scratch, MHA_DTYPE_BF16, 4, so, NULL);
-    mha_status st = fwd_lowp(ctx, fn, at, p, c->q, c->k, c->v, mask, &o2, NULL, weights, wavg);
-    mha__free(scratch);
-    if (!st) st = attn_forward(ctx, fn, at, p, c->q, c->k, c->v, mask, c->out, c->lse, NULL, NULL);
-    return st;
-}
-
 static mha_status attn_forward(mha_ctx *ctx, const char *fn, mha__attn_origin at,
                                const mha_attn_params *p, const mha_tensor *q, const mha_tensor *k,
                                const mha_tensor *v, const mha_mask *mask, mha_tensor *out,
@@ -420,10 +396,12 @@ static mha_status attn_forward(mha_ctx *ctx, const char *fn, mha__attn_origin at
     fwd_call c;
     mha_status st = fwd_check(ctx, fn, p, q, k, v, mask, out, lse, weights, wavg, &c);
     if (st) return st;
-    /* bf16 on the table's bf16 kernels where it has them; else in float32 on float32 copies */
+    /* bf16 on the table's bf16 kernels where it has them (not with the weights: those are
+     * recomputed by the float32 kernels, so the whole call runs on float32 copies, out then
+     * the float32 result rounded once; computing out on the bf16 kernels as well cost a module
+     * forward with the weights 18% more); else in float32 on float32 copies */
     const mha_kernels *kern = mha__ctx_kernels(ctx);
-    c.bf = c.pr.dt == MHA_DTYPE_BF16 && kern->attn_fwd_bf16;
-    if (c.bf && (weights || wavg)) return fwd_bf16_weights(ctx, fn, at, p, &c, mask, weights, wavg);
+    c.bf = c.pr.dt == MHA_DTYPE_BF16 && kern->attn_fwd_bf16 && !weights && !wavg;
     if (c.pr.dt != MHA_DTYPE_F32 && !c.bf)
         return fwd_lowp(ctx, fn, at, p, q, k, v, mask, out, lse, weights, wavg);
     c.pr.bh0 = at.bh0, c.pr.row0 = at.row0, c.pr.col0 = at.col0;

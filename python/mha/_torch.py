@@ -13,10 +13,9 @@ Conventions shared by the PyTorch front end (mha.nn, mha.functional, mha.flash):
     whose innermost stride is not 1 is copied with .contiguous() (the documented conversion).
   - Library errors become ValueError / MemoryError / RuntimeError with the library's message.
 """
+import functools
 import threading
 from ctypes import byref, c_void_p
-
-import functools
 
 import torch
 

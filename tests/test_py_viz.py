@@ -52,6 +52,28 @@ def test_heatmap_text(capsys):
     assert out.count("\n") >= 10
 
 
+def test_extreme_and_tiny_weights(tmp_path, capsys):
+    # a range wider than a float holds (-3e38 .. 3e38) is drawn, not a crash (the shade index
+    # was NaN); the highest cell is the darkest, in the terminal and in the svg
+    w = np.array([[-3e38, 3e38], [0, 1]], np.float32)
+    mha.viz.heatmap(w)
+    assert "█" in capsys.readouterr().out
+    mha.viz.save(w, str(tmp_path / "x.svg"))
+    svg = (tmp_path / "x.svg").read_text()
+    assert svg.count("#440154") < 4, "every cell the lowest colour"
+    # a long sequence's weights, all below 0.01: the legend shows their values, not 0.00
+    small = np.full((1, 300), 1 / 300, np.float32)
+    small[0, 0] = 3 / 300
+    mha.viz.heatmap(small)
+    legend = [x for x in capsys.readouterr().out.splitlines() if x.startswith("shades")][0]
+    assert "<0.00," not in legend and not legend.endswith("to 0.00"), legend  # was so
+
+
+def test_save_takes_bytes_paths(tmp_path):
+    mha.viz.save(np.eye(3, dtype=np.float32), os.fsencode(tmp_path / "b.svg"))
+    assert (tmp_path / "b.svg").read_text().startswith("<")
+
+
 def test_heatmap_heads_and_batches(capsys):
     w = weights(3, 4, 5)
     mha.viz.heatmap(w)
@@ -260,6 +282,8 @@ def test_bad_inputs(tmp_path, capsys):
          r"tokens\[1\] \(keys\): got 1 tokens, expected 4"),
         (lambda: mha.viz.heatmap(w, head=2), r"^mha_viz_term: opts\.head: got 2"),
         (lambda: mha.viz.heatmap(w, head="first"), r"head: got 'first', expected None"),
+        (lambda: mha.viz.heatmap(w, head=2**64 + 1), r"head: got 18446744073709551617, "
+                                                      r"expected 0 \.\. 1"),
         (lambda: mha.viz.heatmap(np.array([["a"]])), r"weights\.dtype: got <U1"),
         (lambda: mha.viz.show(np.zeros((2, 0, 3), np.float32)), r"^mha_viz_html: "),
     ]

@@ -49,6 +49,9 @@ expect 1 "needs --out" "$mha" viz $base --format svg
 expect 1 "exclude each other" "$mha" viz $base --head 0 --all
 expect 1 "--key-tokens needs --key" "$mha" viz $base --key-tokens tok.txt
 expect 1 "--width: got 10" "$mha" viz $base --width 10
+printf '\357\273\277a\nbb\nccc\ndd\ne\n' >bom.txt # a byte order mark: not part of token "a"
+expect 0 "" "$mha" viz $base --tokens bom.txt --ascii --head 0
+if grep -q '?a' out.txt; then echo "FAIL: the byte order mark shows in a token"; fails=$((fails + 1)); fi
 expect 1 "--cell-px: applies to svg and png output, not to term" "$mha" viz $base --cell-px 4
 expect 1 "--width: applies to terminal output, not to svg" "$mha" viz $base --out w.svg --width 80
 expect 2 "^mha: error: --head: got 5, expected 0 .. 1" "$mha" viz $base --head 5

@@ -79,6 +79,9 @@ int cli_tokens_load(const char *opt, const char *path, int64_t want, const char 
         return cli_fail("%s: %s contains a NUL byte, expected text (one token per line)", opt,
                         path);
     }
+    /* a UTF-8 byte order mark (Windows editors write one) is not part of the first token */
+    size_t bom = n >= 3 && !memcmp(t->text, "\xef\xbb\xbf", 3) ? 3 : 0;
+    if (bom) memmove(t->text, t->text + 3, (n -= 3) + 1);
     int64_t lines = 0;
     for (size_t i = 0; i < n; i++) lines += t->text[i] == '\n';
     if (n && t->text[n - 1] != '\n') lines++;

@@ -60,7 +60,7 @@ class _Picture:
         return bytes(out)
 
     def save(self, path):
-        path = os.fspath(path)
+        path = os.fsdecode(os.fspath(path))  # str or bytes (as open() takes)
         writer = _FILE_WRITERS.get(os.path.splitext(path)[1].lower())
         if writer is None:
             raise ValueError(f"{self.fn}: path: got {path!r}, expected a name ending in "
@@ -100,6 +100,9 @@ def _view(fn, head, H):
     if isinstance(head, bool) or not isinstance(head, (int, np.integer)):
         raise ValueError(f"{fn}: head: got {head!r}, expected None (every head), an int or "
                          "\"average\"")
+    if not -2**63 <= int(head) < 2**63:  # ctypes would wrap it to another head
+        raise ValueError(f"{fn}: head: got {int(head)}, expected 0 .. {H - 1} (one of the "
+                         f"{H} heads)")
     return _HEAD, int(head)  # the library checks the range
 
 

@@ -154,7 +154,9 @@ static int digits(int64_t x) {
 }
 
 static void fmt_val(char *buf, size_t n, float x) {
-    if (fabsf(x) < 100) snprintf(buf, n, "%.2f", (double)x);
+    /* two decimals for ordinary weights; significant digits for large ones and for small ones
+     * (a long sequence's weights, all below 0.01, read "<0.00" in every shade otherwise) */
+    if (fabsf(x) < 100 && (x == 0 || fabsf(x) >= 0.01f)) snprintf(buf, n, "%.2f", (double)x);
     else snprintf(buf, n, "%.3g", (double)x);
 }
 

@@ -371,8 +371,10 @@ void mha__viz_average(const float *w, int64_t H, size_t LS, float *out) {
 }
 
 float mha__viz_norm(const viz_view *v, float x) {
-    float t = (x - v->vmin) / (v->vmax - v->vmin);
-    return t < 0 ? 0 : t > 1 ? 1 : t;
+    /* in double: the difference of two floats can overflow float (weights from -3e38 to 3e38
+     * gave inf / inf, and a NaN shade index); a NaN t (a zero range) counts as 0 */
+    const double t = ((double)x - v->vmin) / ((double)v->vmax - v->vmin);
+    return t > 0 ? (t < 1 ? (float)t : 1.0f) : 0.0f;
 }
 
 /* ---- output ---------------------------------------------------------------------------- */

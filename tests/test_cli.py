@@ -513,6 +513,12 @@ def test_threads_refused_alike_by_every_command(cmd):
             "(MHA_MAX_THREADS)"), (rc, err)
 
 
+def test_number_out_of_range_says_so():
+    rc, out, err = run("demo", "--seed", "9223372036854775808")
+    assert rc == 1 and err.startswith(
+        'mha: error: --seed: "9223372036854775808" is out of range'), err
+
+
 def test_bench_window_out_of_range():
     rc, out, err = run("bench", "--core", "--window", "99999999999999999999,1", "--runs", 1)
     assert rc == 1 and err.startswith('mha: error: --window: got "99999999999999999999,1"'), err

@@ -243,7 +243,9 @@ def test_repr_html_runs_its_script_in_a_browser():
     sys.path.insert(0, os.path.join(HERE, "browser"))
     from test_html import CHROMIUM_ARGS
     chromium = os.environ.get("MHA_CHROMIUM") or "/usr/bin/chromium"
-    shown = mha.viz.show(weights(3, 4, 4), TOKENS[:4])
+    # the last token's 16th character is an emoji: a label cut by UTF-16 units split it
+    long = "a" * 14 + "\U0001F600" + "xy"
+    shown = mha.viz.show(weights(3, 4, 4), TOKENS[:3] + [long])
     with sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=chromium, headless=True,
                                      args=CHROMIUM_ARGS)
@@ -257,6 +259,9 @@ def test_repr_html_runs_its_script_in_a_browser():
             frame.locator("#btn-avg").wait_for(timeout=30000)
             assert frame.locator("#btn-2").count() == 1
             assert frame.locator("text=cat").count() >= 1
+            labels = frame.locator("text").all_text_contents()
+            assert "a" * 14 + "\U0001F600\u2026" in labels, labels  # cut after the emoji
+            assert not any(any(0xD800 <= ord(ch) <= 0xDFFF for ch in x) for x in labels)
             assert errors == []
         finally:
             browser.close()

@@ -117,7 +117,8 @@ static int parse_value(const char *cmd, cli_opt *o, const char *v) {
     if (o->kind == CLI_OPT_INT) {
         long long x = strtoll(v, &end, 10);
         if (end == v || *end || errno == ERANGE)
-            return cli_usage_error(hint, "%s: \"%s\" is not a whole number", o->name, v);
+            return cli_usage_error(hint, "%s: \"%s\" is %s", o->name, v,
+                                   errno == ERANGE ? "out of range" : "not a whole number");
         *(long long *)o->dest = x;
         return 0;
     }

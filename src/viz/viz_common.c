@@ -328,7 +328,7 @@ mha_status mha__viz_view_make(mha_ctx *ctx, const char *fn, const float *w, int6
         char buf[64];
         const char *src = buf;
         if (v->n == 1 && opts->view == MHA_VIZ_AVERAGE && !all_heads)
-            snprintf(buf, sizeof buf, "average of %lld heads", (long long)H);
+            snprintf(buf, sizeof buf, "average of %lld head%s", (long long)H, H == 1 ? "" : "s");
         else if (opts->head_titles && opts->head_titles[h]) src = opts->head_titles[h];
         else snprintf(buf, sizeof buf, "head %lld", (long long)h);
         v->titles[p] = mha__viz_clean(src, ascii_only);

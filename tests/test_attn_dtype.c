@@ -268,6 +268,19 @@ static mha_status run_bwd(mha_ctx *ctx, prob *p) {
                              &p->dout.t, &p->dq.t, &p->dk.t, &p->dv.t);
 }
 
+/* Float32 copies of p's q, k, v (their exact values) in f[0..2], t[0..2], and a float32 out
+ * of p's shape in f[3], t[3] (free each f[i]): the float32 call on the same inputs. */
+static void f32_twin(const prob *p, float *f[4], mha_tensor t[4]) {
+    const lp_tensor *in[3] = {&p->q, &p->k, &p->v};
+    for (int i = 0; i < 3; i++) {
+        f[i] = malloc(sizeof(float) * (size_t)(in[i]->n + 1));
+        for (int64_t e = 0; e < in[i]->n; e++) f[i][e] = (float)in[i]->val[e];
+        t[i] = mha_tensor_make(f[i], 4, in[i]->t.shape);
+    }
+    f[3] = malloc(sizeof(float) * (size_t)(p->out.n + 1));
+    t[3] = mha_tensor_make(f[3], 4, p->out.t.shape);
+}
+
 /* The float32 call on the converted inputs: out and dq, dk, dv rounded, and lse, compared
  * bitwise with the low-precision call's (fwd_exact 0: dq, dk and dv only). */
 static void check_exact_f32(mha_ctx *ctx, prob *p, int fwd_exact) {
@@ -384,14 +397,7 @@ TEST(bf16_options_vs_float32) {
                                             &p.lse_t, NULL));
             float *f[4];
             mha_tensor t[4];
-            lp_tensor *in[3] = {&p.q, &p.k, &p.v};
-            for (int i = 0; i < 3; i++) {
-                f[i] = malloc(sizeof(float) * (size_t)(in[i]->n + 1));
-                for (int64_t e = 0; e < in[i]->n; e++) f[i][e] = (float)in[i]->val[e];
-                t[i] = mha_tensor_make(f[i], 4, in[i]->t.shape);
-            }
-            f[3] = malloc(sizeof(float) * (size_t)(p.out.n + 1));
-            t[3] = mha_tensor_make(f[3], 4, p.out.t.shape);
+            f32_twin(&p, f, t);
             ASSERT_OK(ctx,
                       mha_attn_forward(ctx, &ap, &t[0], &t[1], &t[2], &p.m, &t[3], NULL, NULL));
             int64_t e = 0, bad = 0;
@@ -459,14 +465,7 @@ TEST(weights_calls_are_float32_on_copies) {
                                                 &b.lse_t, &tw));
                 float *f[4];
                 mha_tensor t[4];
-                const lp_tensor *in[3] = {&b.q, &b.k, &b.v};
-                for (int i = 0; i < 3; i++) {
-                    f[i] = malloc(sizeof(float) * (size_t)(in[i]->n + 1));
-                    for (int64_t e = 0; e < in[i]->n; e++) f[i][e] = (float)in[i]->val[e];
-                    t[i] = mha_tensor_make(f[i], 4, in[i]->t.shape);
-                }
-                f[3] = malloc(sizeof(float) * (size_t)(b.out.n + 1));
-                t[3] = mha_tensor_make(f[3], 4, b.out.t.shape);
+                f32_twin(&b, f, t);
                 ASSERT_OK(ctx, mha_attn_forward(ctx, NULL, &t[0], &t[1], &t[2], &b.m, &t[3], NULL,
                                                 &tw32));
                 if (memcmp(w, w32, sizeof(float) * (size_t)nw))
@@ -477,9 +476,7 @@ TEST(weights_calls_are_float32_on_copies) {
                     for (int64_t x1 = 0; x1 < c->H; x1++)
                         for (int64_t x2 = 0; x2 < c->L; x2++)
                             for (int64_t x3 = 0; x3 < c->Dv; x3++, e++)
-                                bad += to_bits(dt, round_to(dt, f[3][e])) !=
-                                       b.out.mem[x0 * b.out.t.stride[0] + x1 * b.out.t.stride[1] +
-                                                 x2 * b.out.t.stride[2] + x3];
+                                bad += round_to(dt, f[3][e]) != lp_at(&b.out, x0, x1, x2, x3);
                 if (bad)
                     FAILF("%s (%s): %lld elements of out are not the float32 call's rounded",
                           b.name, mha_isa_name(mha_ctx_isa(ctx)), (long long)bad);

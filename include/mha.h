@@ -394,10 +394,11 @@ MHA_API mha_attn_params mha_attn_params_default(void);
  * the softmax and lse are computed in float32 from the exact inputs, and out is rounded once
  * (nearest even), so the error is the output's rounding plus float32 accumulation; except that
  * bf16 on a CPU with AVX512_BF16 runs vdpbf16ps kernels (mha info), which also round the
- * probabilities to bf16 as operands of the product with v (as FlashAttention does). Elsewhere
- * (and f16, and a bf16 call asking for the weights, whose out is then the float32 result of
- * the same inputs rounded once) the float32 kernels run on float32 copies (extra memory: q, k,
- * v and out in float32, linear in L and S). Another dtype or a mismatch:
+ * probabilities to bf16 as operands of the product with v (as FlashAttention does); the
+ * weights of such a call are the float32 softmax of those kernels' scores (products summed in
+ * pairs: within float32 rounding of the float32 call's), and out is the same with or without
+ * them. Elsewhere (and f16) the float32 kernels run on float32 copies (extra memory: q, k, v
+ * and out in float32, linear in L and S). Another dtype or a mismatch:
  * MHA_ERR_UNSUPPORTED naming the tensor. */
 MHA_API mha_status mha_attn_forward(mha_ctx *ctx, const mha_attn_params *p, const mha_tensor *q,
                                     const mha_tensor *k, const mha_tensor *v, const mha_mask *mask,

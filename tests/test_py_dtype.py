@@ -256,6 +256,31 @@ def test_flash_attn_func(dt, causal):
         assert rounded_once(g32, g, dtype, g32.abs().max()), f"{dt} {what}"
 
 
+@pytest.mark.parametrize("dt", DTYPES)
+def test_probabilities_change_no_output(dt):
+    """Asking for the attention probabilities changes no bit of the output, in every dtype:
+    flash_attn_func with and without return_attn_probs, a MultiheadAttention layer with
+    need_weights True (averaged or per head) and False."""
+    dtype = DTYPES[dt]
+    gen = torch.Generator().manual_seed(21)
+    q, k, v = (rounded(s, dtype, gen) for s in ((2, 37, 4, 32), (2, 45, 2, 32), (2, 45, 2, 32)))
+    for causal in (False, True):
+        plain = mha.flash_attn_func(q, k, v, causal=causal)
+        out, _, probs = mha.flash_attn_func(q, k, v, causal=causal, return_attn_probs=True)
+        assert bits_equal(plain, out), f"{dt} causal={causal}"
+        assert probs.dtype == dtype
+        rows = probs.float().sum(-1)  # every row allowed some key: sums 1 within bf16 rounding
+        assert torch.allclose(rows, torch.ones_like(rows), atol=2.0 ** -6), dt
+    torch.manual_seed(5)
+    layer = mha.MultiheadAttention(64, 4, batch_first=True, dtype=dtype)
+    x = rounded((2, 19, 64), dtype, gen)
+    with torch.no_grad():
+        ref, _ = layer(x, x, x, need_weights=False)
+        for average in (True, False):
+            out, w = layer(x, x, x, need_weights=True, average_attn_weights=average)
+            assert bits_equal(ref, out) and w is not None, f"{dt} average={average}"
+
+
 FLASH_OPTIONS = {
     "window-softcap": dict(causal=True, window_size=(9, 0), softcap=5.0),
     "alibi": dict(alibi_slopes=torch.tensor([0.5, 0.25, 0.125, 0.0625])),

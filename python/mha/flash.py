@@ -160,8 +160,9 @@ def flash_attn_func(q, k, v, dropout_p=0.0, softmax_scale=None, causal=False,
         float32, bfloat16 or float16, the three of one dtype (RuntimeError otherwise);
         bfloat16 / float16 are computed in float32 and out is rounded once (to nearest
         even); bfloat16 on a CPU with AVX512_BF16 also rounds the probabilities to bfloat16
-        before the product with v (vdpbf16ps kernels), except with return_attn_probs (the
-        float32 kernels on the exact values: out is the float32 result rounded). nheads_k divides nheads (grouped-query attention: query head h uses key/value
+        before the product with v (vdpbf16ps kernels; with return_attn_probs, the probabilities
+        are those kernels' scores' float32 softmax, and out is the same as without them).
+        nheads_k divides nheads (grouped-query attention: query head h uses key/value
         head h // (nheads / nheads_k)). Any strides with the innermost one 1 are read in place.
     dropout_p : float
         Probability of dropping an attention weight (mha's Philox dropout, seeded from torch's

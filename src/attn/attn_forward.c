@@ -67,18 +67,20 @@ typedef struct {
     float *m, *l;  /* [BR] running max and row sum */
     float *lt;     /* [BR] the tile's lse, then the weights' shift (fwd_weights) */
     uint8_t *keep; /* dropout keep bytes: a [BR, BC] tile, or the weights' [WR, WC] */
-    /* fwd_avg only: every head's scaled query rows [H * WR, D], their shift (the row max) and
-     * sum [H * WR], and one head's weights tile [WR, WC] */
+    /* fwd_avg only: every head's scaled query rows [H * WR, D] (bf: qhb, its bf16 rows
+     * [H * WR, np]), their shift (the row max) and sum [H * WR], and one head's weights tile
+     * [WR, WC] */
     float *qh, *sh, *sl, *wt;
     /* bf only: the query tile [BR, np] (zero past D) and the packed key and value tiles of
-     * each slot ([nslot, BC * np], [nslot, BC * Dv]), instead of qs and kp */
-    uint16_t *qb, *kb, *vb;
+     * each slot ([nslot, BC * np], [nslot, BC * Dv]), instead of qs and kp; with the weights,
+     * a weights tile's keys packed [BC * np] (wk) */
+    uint16_t *qb, *kb, *vb, *wk, *qhb;
 } fwd_ws;
 
 /* One task: query rows [i0, i0 + br) of head (b, h), bh = b*H + h. */
 typedef struct {
     int64_t b, h, bh, i0, br;
-    const float *q; /* row i0 of head (b, h) */
+    const float *q; /* row i0 of head (b, h) (bf: NULL, fwd_qrows_bf16) */
     mha__attn_dropout dr;
 } fwd_task;
 
@@ -142,8 +144,10 @@ static void fwd_plan(mha_ctx *ctx, fwd_call *c) {
     MHA__PLAN_ADD(pl, fwd_ws, l, sizeof(float), c->BR, 1);
     MHA__PLAN_ADD(pl, fwd_ws, lt, sizeof(float), c->BR, 1);
     MHA__PLAN_ADD(pl, fwd_ws, keep, 1, keep, 1);
-    const int64_t hw = c->wavg ? pr->H * c->WR : 0;
-    MHA__PLAN_ADD(pl, fwd_ws, qh, sizeof(float), hw, pr->D);
+    const int64_t hw = c->wavg ? pr->H * c->WR : 0, wants = c->weights || c->wavg;
+    MHA__PLAN_ADD(pl, fwd_ws, wk, sizeof(uint16_t), bf && wants ? c->BC : 0, c->np);
+    MHA__PLAN_ADD(pl, fwd_ws, qhb, sizeof(uint16_t), bf ? hw : 0, c->np);
+    MHA__PLAN_ADD(pl, fwd_ws, qh, sizeof(float), bf ? 0 : hw, pr->D);
     MHA__PLAN_ADD(pl, fwd_ws, sh, sizeof(float), hw, 1);
     MHA__PLAN_ADD(pl, fwd_ws, sl, sizeof(float), hw, 1);
     MHA__PLAN_ADD(pl, fwd_ws, wt, sizeof(float), c->wavg ? c->WR : 0, c->WC);
@@ -163,12 +167,14 @@ static void fwd_pack_bf16(const fwd_call *c, const fwd_task *t, fwd_ws *w, int64
     c->kern->attn_vpack_bf16(bc, pr->Dv, v, c->v->stride[2], w->vb + slot * c->BC * pr->Dv);
 }
 
-/* bf: the task's query rows as they are (bf16), zero past D (the scale goes to the scores) */
-static void fwd_qtile_bf16(const fwd_call *c, const fwd_task *t, fwd_ws *w) {
-    for (int64_t r = 0; r < t->br; r++) {
-        const uint16_t *q = mha__attn_row_at(c->q, t->b, t->h, t->i0 + r);
-        memcpy(w->qb + r * c->np, q, sizeof(uint16_t) * (size_t)c->pr.D);
-        if (c->np > c->pr.D) w->qb[r * c->np + c->pr.D] = 0;
+/* bf: query rows [i0, i0 + n) of head (b, h) as they are (bf16) into dst [n, np], zero past D
+ * (the scale goes to the scores) */
+static void fwd_qrows_bf16(const fwd_call *c, int64_t b, int64_t h, int64_t i0, int64_t n,
+                           uint16_t *dst) {
+    for (int64_t r = 0; r < n; r++) {
+        const uint16_t *q = mha__attn_row_at(c->q, b, h, i0 + r);
+        memcpy(dst + r * c->np, q, sizeof(uint16_t) * (size_t)c->pr.D);
+        if (c->np > c->pr.D) dst[r * c->np + c->pr.D] = 0;
     }
 }
 
@@ -177,7 +183,7 @@ static void fwd_rows(const fwd_call *c, const fwd_task *t, fwd_ws *w) {
     const mha_kernels *kern = c->kern;
     const int64_t BC = c->BC, D = pr->D, Dv = pr->Dv, br = t->br, i0 = t->i0;
     const int64_t ldv = c->v->stride[2];
-    if (c->bf) fwd_qtile_bf16(c, t, w);
+    if (c->bf) fwd_qrows_bf16(c, t->b, t->h, t->i0, t->br, w->qb);
     else mha__attn_scale_tile(kern, br, D, pr->scale, t->q, c->q->stride[2], w->qs);
     for (int64_t r = 0; r < br; r++) w->m[r] = -INFINITY, w->l[r] = 0;
     memset(w->acc, 0, sizeof(float) * (size_t)(br * Dv));
@@ -251,14 +257,17 @@ static void fwd_finish(const fwd_call *c, const fwd_task *t, fwd_ws *w) {
 static inline float weights_shift(float m, float l) { return l != 0 ? m : -INFINITY; }
 
 /* One tile of head (b, h)'s weights, rows [ir, ir + wr) x keys [j0, j0 + bc), into dst (row
- * stride ldd): dropout(exp(s - m) / l) from the scaled query rows qs [wr, D], each row's final
- * max m (shift: m, or -inf for a fully masked row, l == 0) and sum l: the softmax as written,
- * by the separate kernels (an element's value does not depend on the tiling). Not
- * exp(s - lse): lse = m + log(l) in float32 loses log(l) when |m| is huge (a row whose every
- * key has -1e9 added would get weights 1 instead of 1/S). */
+ * stride ldd): dropout(exp(s - m) / l) from the query rows qr, each row's final max m (shift:
+ * m, or -inf for a fully masked row, l == 0) and sum l: the softmax as written, by the
+ * separate kernels (an element's value does not depend on the tiling). qr: the scaled query
+ * rows [wr, D] (float), or with bf their bf16 rows [wr, np] (uint16_t), the scores then by
+ * the bf16 kernels as the bf16 forward computes them (the key tile packed into w->wk, the
+ * scale on the float32 sums, its exp). Not exp(s - lse): lse = m + log(l) in float32 loses
+ * log(l) when |m| is huge (a row whose every key has -1e9 added would get weights 1 instead
+ * of 1/S). */
 static void weights_tile(const fwd_call *c, fwd_ws *w, int64_t b, int64_t h, int64_t ir, int64_t wr,
-                         int64_t j0, int64_t bc, const float *qs, const float *shift,
-                         const float *l, float *dst, int64_t ldd) {
+                         int64_t j0, int64_t bc, const void *qr, const float *shift, const float *l,
+                         float *dst, int64_t ldd) {
     const mha__attn_problem *pr = &c->pr;
     const mha_kernels *kern = c->kern;
     const int64_t bh = b * pr->H + h;
@@ -269,9 +278,16 @@ static void weights_tile(const fwd_call *c, fwd_ws *w, int64_t b, int64_t h, int
     }
     mha__attn_tile_mask mk;
     mha__attn_tile_mask_make(pr, b, bh, ir, j0, &mk);
-    kern->attn_scores(wr, bc, pr->D, 1.0f, qs, pr->D, mha__attn_kv_row(pr, c->k, b, h, j0),
-                      c->k->stride[2], dst, ldd);
-    kern->attn_probs(wr, bc, dst, ldd, &mk, shift, NULL);
+    if (c->bf) {
+        kern->attn_kpack_bf16(bc, pr->D, mha__attn_row_at(c->k, b, h / pr->kv_group, j0),
+                              c->k->stride[2], w->wk);
+        kern->attn_scores_bf16(wr, bc, pr->D, pr->scale, qr, c->np, w->wk, dst, ldd);
+        kern->attn_probs_bf16(wr, bc, dst, ldd, &mk, shift, NULL);
+    } else {
+        kern->attn_scores(wr, bc, pr->D, 1.0f, qr, pr->D, mha__attn_kv_row(pr, c->k, b, h, j0),
+                          c->k->stride[2], dst, ldd);
+        kern->attn_probs(wr, bc, dst, ldd, &mk, shift, NULL);
+    }
     for (int64_t r = 0; r < wr; r++) {
         if (l[r] == 0) continue; /* fully masked: 0 already */
         const float inv = 1.0f / l[r];
@@ -284,7 +300,7 @@ static void weights_tile(const fwd_call *c, fwd_ws *w, int64_t b, int64_t h, int
 }
 
 /* The weights of a task's rows into the caller's [B, H, L, S] rows, in WR x WC tiles, from the
- * scaled query tile qs that fwd_rows left. */
+ * query tile that fwd_rows left (qs scaled, or bf: qb). */
 static void fwd_weights(const fwd_call *c, const fwd_task *t, fwd_ws *w) {
     const int64_t WR = c->WR, WC = c->WC, S = c->pr.S, ldw = c->weights->stride[2];
     for (int64_t r = 0; r < t->br; r++) w->lt[r] = weights_shift(w->m[r], w->l[r]);
@@ -293,7 +309,8 @@ static void fwd_weights(const fwd_call *c, const fwd_task *t, fwd_ws *w) {
         float *wt = mha__attn_row(c->weights, t->b, t->h, ir);
         for (int64_t j0 = 0; j0 < S; j0 += WC)
             weights_tile(c, w, t->b, t->h, ir, wr, j0, S - j0 < WC ? S - j0 : WC,
-                         w->qs + c->pr.D * r0, w->lt + r0, w->l + r0, wt + j0, ldw);
+                         c->bf ? (const void *)(w->qb + c->np * r0) : w->qs + c->pr.D * r0,
+                         w->lt + r0, w->l + r0, wt + j0, ldw);
     }
 }
 
@@ -309,8 +326,10 @@ static void fwd_avg(const fwd_call *c, fwd_ws *w, int64_t task) {
     const int64_t wr = L - i0 < WR ? L - i0 : WR, ldd = c->wavg->stride[1];
     float *dst = c->wavg->data + b * c->wavg->stride[0] + i0 * ldd;
     for (int64_t h = 0; h < H; h++) {
-        mha__attn_scale_tile(c->kern, wr, D, pr->scale, mha__attn_row(c->q, b, h, i0),
-                             c->q->stride[2], w->qh + h * WR * D);
+        if (c->bf) fwd_qrows_bf16(c, b, h, i0, wr, w->qhb + h * WR * c->np);
+        else
+            mha__attn_scale_tile(c->kern, wr, D, pr->scale, mha__attn_row(c->q, b, h, i0),
+                                 c->q->stride[2], w->qh + h * WR * D);
         const float *ml = c->ml + ((b * H + h) * L + i0) * 2;
         for (int64_t r = 0; r < wr; r++) {
             w->sl[h * WR + r] = ml[2 * r + 1];
@@ -323,8 +342,8 @@ static void fwd_avg(const fwd_call *c, fwd_ws *w, int64_t task) {
         for (int64_t h = 0; h < H; h++) {
             float *t = h == 0 ? d : w->wt;
             int64_t ldt = h == 0 ? ldd : WC;
-            weights_tile(c, w, b, h, i0, wr, j0, bc, w->qh + h * WR * D, w->sh + h * WR,
-                         w->sl + h * WR, t, ldt);
+            const void *qr = c->bf ? (const void *)(w->qhb + h * WR * c->np) : w->qh + h * WR * D;
+            weights_tile(c, w, b, h, i0, wr, j0, bc, qr, w->sh + h * WR, w->sl + h * WR, t, ldt);
             if (h == 0) continue;
             for (int64_t r = 0; r < wr; r++)
                 for (int64_t x = 0; x < bc; x++) d[r * ldd + x] += t[r * WC + x];
@@ -344,7 +363,7 @@ static void fwd_run(const fwd_call *c, fwd_ws *w, int64_t task) {
     t.bh = task / c->nqt, t.i0 = (rev ? c->nqt - 1 - qt : qt) * c->BR;
     t.b = t.bh / c->pr.H, t.h = t.bh % c->pr.H;
     t.br = c->pr.L - t.i0 < c->BR ? c->pr.L - t.i0 : c->BR;
-    t.q = c->bf ? NULL : mha__attn_row(c->q, t.b, t.h, t.i0); /* bf: fwd_qtile_bf16 */
+    t.q = c->bf ? NULL : mha__attn_row(c->q, t.b, t.h, t.i0);
     t.dr = mha__attn_dropout_make(&c->pr, t.bh);
     fwd_rows(c, &t, w);
     fwd_finish(c, &t, w);
@@ -396,12 +415,12 @@ static mha_status attn_forward(mha_ctx *ctx, const char *fn, mha__attn_origin at
     fwd_call c;
     mha_status st = fwd_check(ctx, fn, p, q, k, v, mask, out, lse, weights, wavg, &c);
     if (st) return st;
-    /* bf16 on the table's bf16 kernels where it has them (not with the weights: those are
-     * recomputed by the float32 kernels, so the whole call runs on float32 copies, out then
-     * the float32 result rounded once; computing out on the bf16 kernels as well cost a module
-     * forward with the weights 18% more); else in float32 on float32 copies */
+    /* bf16 on the table's bf16 kernels where it has them (the weights too: their scores and
+     * exp by the bf16 backward's kernels, so out does not depend on whether they are asked
+     * for); else in float32 on float32 copies */
     const mha_kernels *kern = mha__ctx_kernels(ctx);
-    c.bf = c.pr.dt == MHA_DTYPE_BF16 && kern->attn_fwd_bf16 && !weights && !wavg;
+    c.bf = c.pr.dt == MHA_DTYPE_BF16 && kern->attn_fwd_bf16 &&
+           (!(weights || wavg) || (kern->attn_scores_bf16 && kern->attn_probs_bf16));
     if (c.pr.dt != MHA_DTYPE_F32 && !c.bf)
         return fwd_lowp(ctx, fn, at, p, q, k, v, mask, out, lse, weights, wavg);
     c.pr.bh0 = at.bh0, c.pr.row0 = at.row0, c.pr.col0 = at.col0;

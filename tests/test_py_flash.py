@@ -337,6 +337,19 @@ BAD = [
      "flash_attn_varlen_func: alibi_slopes: got shape [2, 4], expected [4] or [3, 4]"),
     ("probs with dropout", lambda: _varlen(*_packed(), dropout_p=0.1, return_attn_probs=True),
      "flash_attn_varlen_func: return_attn_probs with dropout_p 0.1: not supported"),
+    # head dim 0: FlashAttention 2 has none (its default scale 0 ** -0.5 raises
+    # ZeroDivisionError), though torch's scaled_dot_product_attention takes it
+    ("headdim 0", lambda: F(*(t[..., :0] for t in _qkv())),
+     "flash_attn_func: q: got shape [2, 5, 4, 0], expected headdim (the last dimension) >= 1"),
+    ("headdim 0 scaled", lambda: F(*(t[..., :0] for t in _qkv()[:2]), _qkv()[2],
+                                   softmax_scale=0.5),
+     "flash_attn_func: q: got shape [2, 5, 4, 0], expected headdim (the last dimension) >= 1"),
+    ("varlen headdim 0", lambda: _varlen(*(t[..., :0] for t in _packed()[:2]), _packed()[2]),
+     "flash_attn_varlen_func: q: got shape [8, 4, 0], expected headdim (the last dimension) "
+     ">= 1"),
+    ("kvcache headdim 0", lambda: mha.flash_attn_with_kvcache(*(t[..., :0] for t in _qkv())),
+     "flash_attn_with_kvcache: q: got shape [2, 5, 4, 0], expected headdim (the last "
+     "dimension) >= 1"),
 ]
 
 

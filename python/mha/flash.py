@@ -115,6 +115,16 @@ def _as_inputs(fn, names, tensors, ndim, layout, core=False):
     return out
 
 
+def _check_headdim(fn, q):
+    """q's headdim (its last dimension) must be >= 1: FlashAttention 2 has no head dim 0 (its
+    default softmax_scale, headdim ** -0.5, raises ZeroDivisionError; its kernels have no such
+    size), unlike torch's scaled_dot_product_attention (mha.functional takes it)."""
+    if q.shape[-1] == 0:
+        raise ValueError(f"{fn}: q: got shape {_shape(q)}, expected headdim (the last dimension) "
+                         ">= 1, as FlashAttention 2 (mha.functional.scaled_dot_product_attention "
+                         "takes head dim 0, as torch's)")
+
+
 def _check_kv(fn, q, k, v, kn="k", vn="v", batch=None):
     """k [B, S, Hkv, D] and v [B, S, Hkv, Dv] against q [B, L, H, D] (B: batch when given), in
     FlashAttention's names (the core's own messages would number the dimensions of its
@@ -204,6 +214,7 @@ def flash_attn_func(q, k, v, dropout_p=0.0, softmax_scale=None, causal=False,
     fn = "flash_attn_func"
     layout = "[batch, seqlen, nheads, headdim]"
     q, k, v = _as_inputs(fn, "qkv", (q, k, v), 4, layout, core=True)
+    _check_headdim(fn, q)
     _check_kv(fn, q, k, v)
     opts = _Options(fn, causal, window_size, alibi_slopes, q.shape[0], q.shape[2])
     call = T.CoreCall(_params(fn, dropout_p, softmax_scale, softcap), opts.mask(),
@@ -312,6 +323,7 @@ def flash_attn_varlen_func(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, ma
     fn = "flash_attn_varlen_func"
     layout = "[total_tokens, nheads, headdim]"
     q, k, v = _as_inputs(fn, "qkv", (q, k, v), 3, layout, core=True)
+    _check_headdim(fn, q)
     cq = _int32_vector(fn, "cu_seqlens_q", cu_seqlens_q, "[batch + 1]")
     ck = _int32_vector(fn, "cu_seqlens_k", cu_seqlens_k, "[batch + 1]")
     if cq.numel() < 1 or ck.numel() != cq.numel():
@@ -476,6 +488,7 @@ def flash_attn_with_kvcache(q, k_cache, v_cache, k=None, v=None, rotary_cos=None
         _no_copy(fn, name, t)
     q, k_cache, v_cache = _as_inputs(fn, ["q", "k_cache", "v_cache"], [q, k_cache, v_cache], 4,
                                      layout, core=True)
+    _check_headdim(fn, q)
     B, L, H = q.shape[0], q.shape[1], q.shape[2]
     # the caches against q, their batch apart (cache_batch_idx may pick among more or fewer)
     _check_kv(fn, q, k_cache, v_cache, "k_cache", "v_cache", batch=k_cache.shape[0])

@@ -257,3 +257,187 @@ def test_grouped_query_attention_as_pytorch(shape, mask):
     elif mask == "float":
         kw["attn_mask"] = torch.randn((L, S), generator=gen)
     compare(q, k, v, g, **kw)
+
+
+# -- edge cases, against PyTorch 2.13 directly ---------------------------------------------------
+
+def outcome(f, *args, **kw):
+    """("ok", result) or (the exception's type, None)."""
+    try:
+        return "ok", f(*args, **kw)
+    except Exception as e:  # noqa: BLE001 - the type is what is compared
+        return type(e), None
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("shape", [((2, 3), (2, 3), (2, 3)), ((2, 4), (2, 2), (2, 1)),
+                                   ((3,), (3,), (3,))], ids=["BHLE", "gqa k2 v1", "HLE"])
+def test_dropout_p_one_gives_zeros_and_zero_gradients_as_pytorch(dtype, shape):
+    # PyTorch multiplies every weight by 0: out and the gradients of q, k, v are 0
+    gen = torch.Generator().manual_seed(41)
+    (ql, kl, vl), L, S = shape, 5, 7
+    q, k, v = (torch.randn(lead + (n, d), generator=gen).to(dtype)
+               for lead, n, d in ((ql, L, 8), (kl, S, 8), (vl, S, 6)))
+    kw = dict(dropout_p=1.0, enable_gqa=kl != ql, attn_mask=torch.randn(L, S).to(dtype))
+    a, b = [leaf(t) for t in (q, k, v)], [leaf(t) for t in (q, k, v)]
+    out, ref = sdpa(*a, **kw), F.scaled_dot_product_attention(*b, **kw)
+    assert out.dtype == ref.dtype == dtype and out.shape == ref.shape
+    assert torch.equal(out, ref)
+    g = torch.randn(ref.shape, generator=gen).to(dtype)
+    got = torch.autograd.grad((out * g).sum(), a)
+    want = torch.autograd.grad((ref * g).sum(), b)
+    for name, x, y in zip("qkv", got, want):
+        assert x.dtype == y.dtype and torch.equal(x, y), f"grad {name}"
+    with torch.no_grad():
+        assert torch.equal(sdpa(q, k, v, **kw), ref.detach())
+
+
+HEAD_DIM_0 = {
+    "plain": dict(),
+    "causal L<S": dict(is_causal=True),
+    "bool mask, fully masked rows": dict(attn_mask="bool"),
+    "float mask": dict(attn_mask="float"),
+    "scale 0.5": dict(scale=0.5),
+    "scale nan": dict(scale=float("nan")),
+    "scale 0": dict(scale=0.0),
+    "dropout 1": dict(dropout_p=1.0),
+}
+
+
+@pytest.mark.parametrize("layout", [(2, 3), (3,), (), (2, 1, 2)], ids=["BHLE", "HLE", "LE", "5-D"])
+@pytest.mark.parametrize("case", list(HEAD_DIM_0))
+def test_head_dim_zero_as_pytorch(layout, case):
+    # E = 0: every score is 0 (1/sqrt(0) = inf scales an empty q): the mean of v over the keys
+    # a row may see; fully masked rows 0; q and k get empty gradients
+    gen = torch.Generator().manual_seed(43)
+    L, S = 6, 9
+    q, k = torch.randn(layout + (L, 0)), torch.randn(layout + (S, 0))
+    v, g = torch.randn(layout + (S, 5), generator=gen), torch.randn(layout + (L, 5), generator=gen)
+    kw = dict(HEAD_DIM_0[case])
+    if kw.get("attn_mask") == "bool":
+        m = torch.rand((L, S), generator=gen) < 0.5
+        m[1] = False  # a fully masked row
+        kw["attn_mask"] = m
+    elif kw.get("attn_mask") == "float":
+        kw["attn_mask"] = torch.randn(layout + (L, S), generator=gen)
+    compare(q, k, v, g, **kw)
+
+
+def test_head_dim_zero_with_causal_l_past_s_and_bfloat16():
+    gen = torch.Generator().manual_seed(44)
+    q, k = torch.randn(2, 3, 8, 0), torch.randn(2, 3, 5, 0)
+    v, g = torch.randn(2, 3, 5, 4, generator=gen), torch.randn(2, 3, 8, 4, generator=gen)
+    compare(q, k, v, g, is_causal=True)
+    b = [t.bfloat16() for t in (q, k, v)]
+    out, ref = sdpa(*b), F.scaled_dot_product_attention(*b)
+    assert out.dtype == torch.bfloat16
+    torch.testing.assert_close(out, ref, atol=1e-2, rtol=1e-2)
+
+
+@pytest.mark.parametrize("scale", [0.0, -0.0])
+def test_scale_zero_as_pytorch(scale):
+    # every score 0 with E > 0 too; q and k get zero gradients
+    gen = torch.Generator().manual_seed(45)
+    q, k, v, g = (torch.randn(2, 3, n, d, generator=gen)
+                  for n, d in ((4, 8), (6, 8), (6, 5), (4, 5)))
+    compare(q, k, v, g, scale=scale, attn_mask=torch.randn(4, 6, generator=gen))
+
+
+@pytest.mark.parametrize("qdtype", [torch.float32, torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("mdtype", [torch.float64, torch.float32, torch.float16, torch.bfloat16,
+                                    torch.int64, torch.uint8, torch.bool])
+def test_attn_mask_dtypes_as_pytorch(qdtype, mdtype):
+    # bool, float32 or the query's dtype; anything else: RuntimeError naming attn_mask
+    q = torch.randn(1, 2, 3, 8).to(qdtype)
+    m = torch.zeros(3, 3, dtype=mdtype)
+    want, _ = outcome(F.scaled_dot_product_attention, q, q, q, attn_mask=m)
+    got, _ = outcome(sdpa, q, q, q, attn_mask=m)
+    assert got == want, f"mask {mdtype} with a {qdtype} query: mha {got}, torch {want}"
+    if want is RuntimeError:
+        with pytest.raises(RuntimeError, match=r"attn_mask\.dtype: got "):
+            sdpa(q, q, q, attn_mask=m)
+
+
+MASK_RANK_CASES = {  # (q, k, v shapes), sdpa kwargs
+    "4-D": (((2, 2, 3, 4), (2, 2, 5, 4), (2, 2, 5, 4)), {}),
+    "4-D Ev != E": (((2, 2, 3, 4), (2, 2, 5, 4), (2, 2, 5, 6)), {}),
+    "4-D causal": (((2, 2, 3, 4), (2, 2, 5, 4), (2, 2, 5, 4)), dict(is_causal=True)),
+    "4-D dropout": (((2, 2, 3, 4), (2, 2, 5, 4), (2, 2, 5, 4)), dict(dropout_p=0.3)),
+    "4-D gqa": (((2, 4, 3, 4), (2, 2, 5, 4), (2, 2, 5, 4)), dict(enable_gqa=True)),
+    "4-D gqa k2 v1": (((2, 4, 3, 4), (2, 2, 5, 4), (2, 1, 5, 4)), dict(enable_gqa=True)),
+    "4-D L=0": (((2, 2, 0, 4), (2, 2, 5, 4), (2, 2, 5, 4)), {}),
+    "4-D S=0": (((2, 2, 3, 4), (2, 2, 0, 4), (2, 2, 0, 4)), {}),
+    "4-D Ev=0": (((2, 2, 3, 4), (2, 2, 5, 4), (2, 2, 5, 0)), {}),
+    "4-D E=0": (((2, 2, 3, 0), (2, 2, 5, 0), (2, 2, 5, 4)), {}),
+    "3-D": (((2, 3, 4), (2, 5, 4), (2, 5, 4)), {}),
+    "2-D": (((3, 4), (5, 4), (5, 4)), {}),
+    "5-D": (((1, 2, 2, 3, 4), (1, 2, 2, 5, 4), (1, 2, 2, 5, 4)), {}),
+}
+
+
+# (not "4-D causal" with a mask requiring grad: PyTorch then takes its math path, which refuses
+# is_causal with any attn_mask, a difference of its own)
+@pytest.mark.parametrize("case, mask", [
+    (c, m) for c in MASK_RANK_CASES for m in ("1-D bool", "1-D float", "0-D", "1-D requires grad")
+    if (c, m) != ("4-D causal", "1-D requires grad")])
+def test_attn_mask_of_one_or_no_dimension_as_pytorch(case, mask):
+    # PyTorch 2.13 raises IndexError where its CPU backend selection reads attn_mask.size(-2)
+    # (4-D inputs, no dropout, ...), and broadcasts the mask elsewhere
+    shapes, kw = MASK_RANK_CASES[case]
+    gen = torch.Generator().manual_seed(47)
+    q, k, v = (torch.randn(s, generator=gen) for s in shapes)
+    S = k.shape[-2]
+    m = {"1-D bool": lambda: torch.rand(S, generator=gen) < 0.7,
+         "1-D float": lambda: torch.randn(S, generator=gen),
+         "0-D": lambda: torch.tensor(0.5),
+         "1-D requires grad": lambda: torch.randn(S, generator=gen).requires_grad_()}[mask]()
+    with torch.no_grad():  # (mha refuses a mask requiring grad when a gradient is recorded)
+        want, ref = outcome(F.scaled_dot_product_attention, q, k, v, attn_mask=m, **kw)
+        got, out = outcome(sdpa, q, k, v, attn_mask=m, **kw)
+    assert got == want, f"{case}, {mask} mask: mha {got}, torch {want}"
+    if want == "ok" and "dropout_p" not in kw:
+        torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-5)
+    if want is IndexError:
+        with torch.no_grad(), pytest.raises(IndexError, match="attn_mask"):
+            sdpa(q, k, v, attn_mask=m, **kw)
+
+
+@pytest.mark.parametrize("heads", [(8, 4, 2), (8, 2, 4), (12, 4, 6), (6, 1, 3), (4, 4, 1)],
+                         ids=lambda h: "H{} Hk{} Hv{}".format(*h))
+@pytest.mark.parametrize("mask", [None, "causal", "bool", "float"])
+def test_grouped_query_attention_with_different_key_and_value_heads(heads, mask):
+    # PyTorch 2.13 takes key and value with different head counts, each dividing the query's
+    gen = torch.Generator().manual_seed(49)
+    (H, Hk, Hv), L, S = heads, 5, 9
+    q = torch.randn(2, H, L, 8, generator=gen)
+    k = torch.randn(2, Hk, S, 8, generator=gen)
+    v = torch.randn(2, Hv, S, 6, generator=gen)
+    g = torch.randn(2, H, L, 6, generator=gen)
+    kw = dict(enable_gqa=True)
+    if mask == "causal":
+        kw["is_causal"] = True
+    elif mask == "bool":
+        kw["attn_mask"] = ~keep_one(torch.rand(2, H, L, S, generator=gen) < 0.3, generator=gen)
+    elif mask == "float":
+        kw["attn_mask"] = torch.randn(L, S, generator=gen)
+    compare(q, k, v, g, **kw)
+    if mask == "bool":
+        kw["attn_mask"] = kw["attn_mask"][0]
+    compare(q[0], k[0], v[0], g[0], **kw)  # 3-D
+
+
+def test_grouped_query_attention_heads_that_do_not_divide():
+    q = torch.randn(1, 8, 3, 4)
+    for hk, hv in ((3, 2), (2, 3), (16, 8)):
+        k, v = torch.randn(1, hk, 5, 4), torch.randn(1, hv, 5, 4)
+        with pytest.raises(RuntimeError):
+            F.scaled_dot_product_attention(q, k, v, enable_gqa=True)
+        with pytest.raises(ValueError, match="enable_gqa"):
+            sdpa(q, k, v, enable_gqa=True)
+
+
+def test_enable_gqa_needs_three_dimensions_as_pytorch():
+    x = torch.randn(3, 4)
+    for f in (F.scaled_dot_product_attention, sdpa):
+        with pytest.raises(IndexError):
+            f(x, x, x, enable_gqa=True)

@@ -441,3 +441,10 @@ def test_enable_gqa_needs_three_dimensions_as_pytorch():
     for f in (F.scaled_dot_product_attention, sdpa):
         with pytest.raises(IndexError):
             f(x, x, x, enable_gqa=True)
+
+
+def test_zero_heads_give_the_empty_result_as_pytorch():
+    gen = torch.Generator().manual_seed(51)
+    q, k, v, g = (torch.randn(2, 0, n, d, generator=gen)
+                  for n, d in ((3, 4), (5, 4), (5, 6), (3, 6)))
+    assert compare(q, k, v, g).shape == (2, 0, 3, 6)

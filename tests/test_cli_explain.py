@@ -405,6 +405,23 @@ def test_check_fails_when_float32_overflows(tmp_path):
     assert code == 2 and "matches the fused kernel" not in out and "== 10. " in out
 
 
+@pytest.mark.parametrize("scale", ["1e3", "1e10"])
+def test_large_scales_pass_with_a_bound_that_means_something(scale):
+    # one-hot softmax rows: float32 agrees to a few ulps, and the bound must say so (it was
+    # 0.04 at 1e3, and infinite at 1e10 with "values exceed float32's range")
+    code, out, err = run("--scale", scale)
+    assert code == 0 and err == "", err
+    last = out.rstrip("\n").splitlines()[-1]
+    final_diff(out)
+    assert float(FINAL.match(last).group(2)) < 1e-4, last
+
+
+def test_overflowing_scores_name_the_step():
+    code, out, err = run("--scale", "3e38")
+    msg = one_error(err, 2)
+    assert code == 2 and "float32 cannot compute this input: scaled scores reach" in msg, msg
+
+
 # ------------------------------------------------------------------------------------------
 # errors
 # ------------------------------------------------------------------------------------------

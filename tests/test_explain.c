@@ -132,6 +132,62 @@ TEST(compare_fails_just_beyond_the_bound) {
     ASSERT_TRUE(c.failed);
 }
 
+/* Large score scales (--scale 1e3 .. 1e10): the softmax is one-hot and float32's output is
+ * within a few ulps of the exact one. The bound must say so (not exceed float32's range, nor
+ * the values' range), must hold for mha_attn_forward on every path, and a result off by twice
+ * the bound must fail the comparison. */
+TEST(large_scale_bound_is_tight_and_holds) {
+    static const double scales[] = {1e3, 1e10};
+    mha_ctx *ctx;
+    ASSERT_OK(NULL, mha_ctx_create(&ctx));
+    for (size_t t = 0; t < sizeof scales / sizeof scales[0]; t++) {
+        ex_run r;
+        memset(&r, 0, sizeof r);
+        r.B = 1, r.L = 5, r.S = 7, r.E = 8, r.H = 2, r.kdim = 8, r.vdim = 8, r.cross = 1;
+        r.scale = scales[t];
+        r.mask = mha_mask_default();
+        ASSERT_TRUE(ex_run_alloc(&r, 0) == 0);
+        uint64_t seed = 11;
+        ex_mat *in[] = {&r.wq, &r.wk, &r.wv, &r.wo, &r.x, &r.xk, &r.xv};
+        for (size_t k = 0; k < sizeof in / sizeof in[0]; k++)
+            for (int64_t i = 0; i < in[k]->rows * in[k]->cols; i++) in[k]->v[i] = (float)rnd(&seed);
+        ex_forward(&r);
+        double vmax = 0, omax = 0, big = 0;
+        for (int64_t i = 0; i < r.S * r.E; i++) vmax = fmax(vmax, fabs(r.v.v[i]));
+        for (int64_t i = 0; i < r.L * r.E; i++) omax = fmax(omax, r.o.e[i]);
+        /* a bound of a few ulps of the values, where e^(2 delta) - 1 overflowed (1e10) or
+         * exceeded the values themselves (1e3: about 10 times them) */
+        if (!(omax <= 1e-5 * vmax))
+            FAILF("scale %g: O's bound %.3g, values up to %.3g", scales[t], omax, vmax);
+        ASSERT_TRUE(ex_overflow(&r, &big) == NULL);
+        float q[5 * 8], k[7 * 8], v[7 * 8], out[5 * 8];
+        for (int64_t i = 0; i < 5 * 8; i++) q[i] = (float)r.q.v[i];
+        for (int64_t i = 0; i < 7 * 8; i++) k[i] = (float)r.k.v[i], v[i] = (float)r.v.v[i];
+        const int64_t qs[4] = {1, 2, 5, 4}, ks[4] = {1, 2, 7, 4}, qst[4] = {40, 4, 8, 1};
+        const int64_t kst[4] = {56, 4, 8, 1}, ost[4] = {40, 4, 8, 1};
+        mha_tensor tq = mha_tensor_strided(q, 4, qs, qst), tk = mha_tensor_strided(k, 4, ks, kst);
+        mha_tensor tv = mha_tensor_strided(v, 4, ks, kst), to = mha_tensor_strided(out, 4, qs, ost);
+        mha_attn_params p = mha_attn_params_default();
+        p.scale = (float)r.scale;
+        FOR_EACH_ISA(ctx) {
+            ASSERT_OK(ctx, mha_attn_forward(ctx, &p, &tq, &tk, &tv, &r.mask, &to, NULL, NULL));
+            ex_cmp c;
+            memset(&c, 0, sizeof c);
+            ex_compare(&c, out, 8, r.o, "O", 0);
+            if (c.failed)
+                FAILF("scale %g isa %s: %s = %.9g against %.17g, bound %.3g", scales[t],
+                      mha_isa_name(mha_ctx_isa(ctx)), c.where, c.got, c.want, c.bound);
+            out[13] = (float)(r.o.v[13] + 2 * r.o.e[13] + 1e-6 * fabs(r.o.v[13]));
+            memset(&c, 0, sizeof c);
+            ex_compare(&c, out, 8, r.o, "O", 0);
+            ASSERT_TRUE(c.failed);
+            ASSERT_STR_CONTAINS(c.where, "O[1, 5]");
+        }
+        ex_run_free(&r);
+    }
+    mha_ctx_free(ctx);
+}
+
 typedef struct {
     int visits, last, skipped;
 } visit_count;
@@ -207,6 +263,7 @@ int main(void) {
     RUN(mm_bound_holds_for_sgemm_on_every_path);
     RUN(softmax_bound_holds_for_float32);
     RUN(compare_fails_just_beyond_the_bound);
+    RUN(large_scale_bound_is_tight_and_holds);
     RUN(tiles_give_the_steps_output_and_lse);
     return harness_report();
 }

@@ -396,11 +396,20 @@ static int check_failure(const state *s) {
                       : s->core.failed ? &s->core
                                        : NULL;
     if (!c) return 0;
-    if (!(c->bound <= FLT_MAX)) /* the walkthrough's values themselves leave float32's range */
-        return cli_fail("explain: float32 cannot compute this input: at %s the step-by-step "
-                        "values exceed float32's range (about 3.4e38) on the way, so no "
-                        "rounding bound holds; the fused kernel gives %.9g against %.9g",
-                        c->where, c->got, c->want);
+    /* "float32 cannot compute this" only where something overflows: a step-by-step value
+     * beyond float32's range, or an infinity or NaN from the fused kernel where the exact
+     * value is finite; any other failure is a difference beyond the bound */
+    double big = 0;
+    const char *step = ex_overflow(&s->run, &big);
+    if (step)
+        return cli_fail("explain: float32 cannot compute this input: %s reach %.3g, beyond "
+                        "float32's range (about 3.4e38), so no rounding bound holds; at %s the "
+                        "fused kernel gives %.9g against %.9g",
+                        step, big, c->where, c->got, c->want);
+    if (!isfinite(c->got) && isfinite(c->want))
+        return cli_fail("explain: float32 cannot compute this input: the fused kernel "
+                        "overflows, giving %.9g at %s against %.9g",
+                        c->got, c->where, c->want);
     return cli_fail("explain: the fused kernel differs from the step-by-step result beyond "
                     "float32 rounding: %s = %.9g (fused) against %.9g, |diff| = %.3g, bound %.3g",
                     c->where, c->got, c->want, fabs(c->got - c->want), c->bound);

@@ -26,7 +26,10 @@
  * Higham's bound for a sum of n products, gamma_n = n u / (1 - n u), u = 2^-24:
  *   C = alpha A B:   e_C = |alpha| (gamma_n |A| |B| + e_A |B| + |A| e_B + e_A e_B)
  * with n = K, plus 2 when alpha != 1 (alpha's own rounding and the product by it) and 1 when
- * C is accumulated into, and bounds for the softmax (explain_math.c). Each operation may also
+ * C is accumulated into, and bounds for the softmax (explain_math.c: a perturbation bound that
+ * stays small for nearly one-hot rows, at most 1 + rounding since P is in [0, 1]); a head's
+ * output, a convex combination of its value rows, is off by at most their range (plus
+ * rounding), whatever the softmax's bound says. Each operation may also
  * underflow: results below FLT_MIN may be flushed to zero, an absolute error of at most
  * EX_TINY each. The fused kernel passes when every output element is within its e: a bound
  * derived from the magnitudes and the sizes, not a constant.
@@ -115,6 +118,12 @@ typedef void (*ex_tile_fn)(void *arg, const ex_tile *t);
  * (either may be NULL), calling visit (may be NULL) after each tile. 0, or -1 out of memory. */
 int ex_tiles(const ex_run *r, int64_t b, int64_t h, int64_t rows, int64_t br, int64_t bc, double *o,
              int64_t ld, double *lse, ex_tile_fn visit, void *arg);
+
+/* The first step of the walkthrough (forward, then the backward when r has it) with a value
+ * beyond float32's range (|v| > FLT_MAX: float32 would hold infinity there), in step order, and
+ * that value in *value; NULL when every value fits (a masked score's -infinity is no
+ * overflow). */
+const char *ex_overflow(const ex_run *r, double *value);
 
 /* ---------------------------------------------------------------------------------------------
  * Comparing the fused kernel with the walkthrough

@@ -187,30 +187,95 @@ int ex_has_mask(const ex_run *r) {
 }
 
 /* P = softmax of each row of s (masked scores; a row with no finite score gives 0). The error:
- * scores off by at most delta each move P by a factor within exp(+-2 delta), and float32's
- * exp (a few ulps), its sum of S terms, the division and, in the fused kernel, the rescaling
- * of the running sums after each key tile (at most S of them) add the gamma term. */
+ * scores off by at most delta_k each (their own bound, plus the rounding of s_k - max) give
+ *   p~_j = p_j e^(eps_j) / sum_k p_k e^(eps_k),  |eps_k| <= delta_k,
+ * so p~_j - p_j = p_j [(1 - p_j)(e^eps_j - 1) - sum_(k != j) p_k (e^eps_k - 1)] / sum_k p_k e^eps_k
+ * and |p~_j - p_j| <= p_j e^dmax [(1 - p_j)(e^delta_j - 1) + sum_(k != j) p_k (e^delta_k - 1)]:
+ * near 0 for the winner of a nearly one-hot row. Two more bounds hold and the smallest is
+ * kept: p_j (e^(2 dmax) - 1), and, from p~_j <= p~_j / p~_top, for a key j below the top one
+ *   |p~_j - p_j| <= e^(s_j - max + delta_j + delta_top)
+ * and for the top key the sum of those over the others (1 - p~_top is their sum): finite
+ * however large delta is, as long as the gaps between the scores exceed it. float32's exp (a
+ * few ulps), its sum of S terms, the division and, in the fused kernel, the rescaling of the
+ * running sums after each key tile (at most S of them) add a relative g. Both P and P~ lie in
+ * [0, 1 + g]: where every bound exceeds that (scores so close that their error may reorder
+ * them), 1 + g is the bound. */
 static void softmax_rows(ex_mat s, ex_mat p) {
     const double g = gamma_n(11.0 * (double)s.cols + 16);
     for (int64_t i = 0; i < s.rows; i++) {
         const double *sv = s.v + i * s.ld, *se = s.e + i * s.ld;
         double *pv = p.v + i * p.ld, *pe = p.e + i * p.ld;
-        double mx = -INFINITY, sum = 0, delta = 0;
+        double mx = -INFINITY, rest = 0, dmax = 0, t_rest = 0, t_top = 0, d_top, gaps = 0;
+        int64_t top = -1; /* the first key at the maximum: e^(s - max) = 1 */
         for (int64_t j = 0; j < s.cols; j++)
-            if (sv[j] > mx) mx = sv[j];
-        for (int64_t j = 0; j < s.cols; j++) {
-            if (mx == -INFINITY || sv[j] == -INFINITY) continue;
-            sum += exp(sv[j] - mx);
-            const double d = se[j] + EX_U * (fabs(sv[j]) + fabs(mx));
-            if (d > delta) delta = d;
+            if (sv[j] > mx) mx = sv[j], top = j;
+        if (mx == -INFINITY) {
+            for (int64_t j = 0; j < s.cols; j++) pv[j] = 0, pe[j] = 0;
+            continue;
         }
-        const double rel = exp(2 * delta) * (1 + g) - 1;
+        /* rest = sum over k != top of e^(s_k - max): the sum is 1 + rest, and 1 - p_top =
+         * rest / (1 + rest) without cancellation */
         for (int64_t j = 0; j < s.cols; j++) {
-            const int none = mx == -INFINITY || sv[j] == -INFINITY;
-            pv[j] = none ? 0 : exp(sv[j] - mx) / sum;
-            pe[j] = none ? 0 : pv[j] * rel + EX_TINY; /* exp may underflow to 0 */
+            if (sv[j] == -INFINITY) continue;
+            if (j != top) rest += exp(sv[j] - mx);
+            const double d = se[j] + EX_U * (fabs(sv[j]) + fabs(mx));
+            if (d > dmax) dmax = d;
+        }
+        const double sum = 1 + rest;
+        d_top = se[top] + 2 * EX_U * fabs(mx);
+        for (int64_t j = 0; j < s.cols; j++)
+            if (j != top && sv[j] != -INFINITY)
+                gaps += exp(sv[j] - mx + se[j] + EX_U * (fabs(sv[j]) + fabs(mx)) + d_top);
+        for (int64_t j = 0; j < s.cols; j++) {
+            pv[j] = sv[j] == -INFINITY ? 0 : exp(sv[j] - mx) / sum;
+            if (sv[j] == -INFINITY) continue;
+            const double d = se[j] + EX_U * (fabs(sv[j]) + fabs(mx));
+            if (j == top) t_top = pv[j] * expm1(d);
+            else t_rest += pv[j] * expm1(d);
+        }
+        const double wide = exp(2 * dmax) * (1 + g) - 1, e_max = exp(dmax);
+        for (int64_t j = 0; j < s.cols; j++) {
+            if (sv[j] == -INFINITY) {
+                pe[j] = 0;
+                continue;
+            }
+            const double delta = se[j] + EX_U * (fabs(sv[j]) + fabs(mx)), d = expm1(delta);
+            const double not_j = j == top ? rest / sum : (1 + (rest - exp(sv[j] - mx))) / sum;
+            /* sum over k != j of p_k (e^delta_k - 1), with a margin for its cancellation */
+            double others = j == top ? t_rest : t_top + t_rest - pv[j] * d;
+            others = (others > 0 ? others : 0) + 4 * DBL_EPSILON * (t_top + t_rest);
+            const double tight = pv[j] * e_max * (not_j * d + others) * (1 + g) + pv[j] * g;
+            const double gap = j == top ? gaps : exp(sv[j] - mx + delta + d_top);
+            /* fmin: a NaN (0 * inf) loses */
+            double err = fmin(fmin(pv[j] * wide, tight), gap * (1 + g) + pv[j] * g);
+            if (!(err <= 1 + g)) err = 1 + g;
+            pe[j] = err + EX_TINY; /* exp may underflow to 0 */
         }
     }
+}
+
+/* The outputs of a head are convex combinations of its value rows, in exact arithmetic (P) as
+ * in float32 (P~ / its sum, up to the rounding g of the sums, the rescalings and the division):
+ * both lie between the smallest and the largest value any unmasked key can have (v -+ its
+ * bound), so their difference never exceeds that range (plus the rounding). This caps o's
+ * bound where the softmax's is loose (large scores, --scale 1e3 and beyond). */
+static void cap_by_values(ex_mat o, ex_mat mk, ex_mat v) {
+    const double g = gamma_n(11.0 * (double)v.rows + 16);
+    for (int64_t i = 0; i < o.rows; i++)
+        for (int64_t d = 0; d < o.cols; d++) {
+            double lo = INFINITY, hi = -INFINITY;
+            for (int64_t j = 0; j < v.rows; j++) {
+                if (mk.v[i * mk.ld + j] == -INFINITY) continue;
+                const double x = v.v[j * v.ld + d], e = v.e[j * v.ld + d];
+                if (x - e < lo) lo = x - e;
+                if (x + e > hi) hi = x + e;
+            }
+            if (lo > hi) continue; /* a fully masked row: 0 on both sides, its bound stands */
+            const double big = fabs(lo) > fabs(hi) ? fabs(lo) : fabs(hi);
+            const double cap = (hi - lo) + 3 * g * big + (double)(v.rows + 2) * EX_TINY;
+            double *e = &o.e[i * o.ld + d];
+            if (!(*e <= cap)) *e = cap;
+        }
 }
 
 /* dS = P * (dP - D_i) per row: the softmax's backward (its Jacobian diag(P) - P P^T applied
@@ -266,6 +331,7 @@ void ex_forward(ex_run *r) {
                 }
             softmax_rows(mk, p);                                      /* step 7 */
             ex_mm(head_rows(r, r->o, b, r->L, h), 1, p, 0, vh, 0, 0); /* step 8: P_h V_h */
+            cap_by_values(head_rows(r, r->o, b, r->L, h), mk, vh);
         }
     /* Step 9 is the layout of o (heads side by side); step 10: y = O Wo^T + bo */
     ex_mm(r->y, 1, r->o, 0, r->wo, 1, 0);
@@ -373,6 +439,50 @@ int ex_tiles(const ex_run *r, int64_t b, int64_t h, int64_t rows, int64_t br, in
     }
     free(mem);
     return 0;
+}
+
+/* ---------------------------------------------------------------------------------------------
+ * Overflow
+ * ------------------------------------------------------------------------------------------- */
+const char *ex_overflow(const ex_run *r, double *value) {
+    const struct {
+        const ex_mat *m;
+        const char *name;
+        int backward;
+    } steps[] = {
+        {&r->q, "Q", 0},
+        {&r->k, "K", 0},
+        {&r->v, "V", 0},
+        {&r->raw, "scores Q K^T", 0},
+        {&r->scaled, "scaled scores", 0},
+        {&r->masked, "masked scores", 0},
+        {&r->o, "O", 0},
+        {&r->y, "y", 0},
+        {&r->do_, "dO", 1},
+        {&r->dv, "dV", 1},
+        {&r->dp, "dP", 1},
+        {&r->ds, "dS", 1},
+        {&r->dq, "dQ", 1},
+        {&r->dk, "dK", 1},
+        {&r->dx, "dx", 1},
+        {&r->dwq, "the gradients of the weights", 1},
+        {&r->dwk, "the gradients of the weights", 1},
+        {&r->dwv, "the gradients of the weights", 1},
+        {&r->dwo, "the gradients of the weights", 1},
+    };
+    for (size_t s = 0; s < sizeof steps / sizeof steps[0]; s++) {
+        const ex_mat *m = steps[s].m;
+        if (steps[s].backward && !r->has_backward) continue;
+        for (int64_t i = 0; i < m->rows; i++)
+            for (int64_t j = 0; j < m->cols; j++) {
+                const double x = m->v[i * m->ld + j];
+                if (isfinite(x) && fabs(x) > FLT_MAX) {
+                    *value = x;
+                    return steps[s].name;
+                }
+            }
+    }
+    return NULL;
 }
 
 /* ---------------------------------------------------------------------------------------------

@@ -50,8 +50,10 @@
  *   the common emoji blocks (U+1F300-1F64F, U+1F900-1F9FF), 0 for combining marks, zero-width
  *   spaces and joiners (U+200B-200F) and U+FE0F, 1 for everything else. Text is cut only at
  *   character boundaries; where a wide character would straddle a cut, a space pads instead.
- *   Key labels drawn vertically in one-column cells stop with a marker at their first wide
- *   character (it cannot fit its key's column). An emoji ZWJ sequence counts as the sum of
+ *   Cut labels end with a marker ("…", "~" in ASCII mode) within their width. Key labels
+ *   drawn vertically get 8 lines: a longer one shows 7 characters and the marker; in
+ *   one-column cells they also stop with the marker at their first wide character (it cannot
+ *   fit its key's column). An emoji ZWJ sequence counts as the sum of
  *   its parts: a terminal that draws it as one glyph shows that line narrower, never wider.
  */
 #ifndef MHA_VIZ_H

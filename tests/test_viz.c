@@ -418,7 +418,8 @@ static size_t tw_cell(const char *s, int *wd) {
 
 /* The key labels below the axis stay in their cells: with one view and f = 1, line r under
  * the axis holds, at column G + 3 + cw * j, the r-th cell of key label j (a wide cell in a
- * one-column key: the label stops with "…"), and nothing straddles a key's columns. */
+ * one-column key: the label stops with "…"; a label of more than 8 cells: "…" on line 8),
+ * and nothing straddles a key's columns. */
 TEST(vertical_wide_key_labels_align) {
     static const int sizes[][2] = {{7, 7}, {5, 30}, {4, 45}};
     for (size_t s = 0; s < sizeof sizes / sizeof sizes[0]; s++) {
@@ -478,6 +479,8 @@ TEST(vertical_wide_key_labels_align) {
                             if (k == r || stop) break;
                             t += len;
                         }
+                        /* the 8th line of a label with more cells: the cut's mark */
+                        if (r == 7 && k == r && *t && !stop && t[len]) stop = 1;
                         char want[64];
                         int want_w;
                         if (stop && k == r) strcpy(want, "\xe2\x80\xa6"), want_w = 1;
@@ -505,6 +508,48 @@ TEST(vertical_wide_key_labels_align) {
             }
         if (S >= 30) ASSERT_TRUE(seen_cw[1] && seen_cw[2]); /* both cell widths were tested */
         free(w), free(qt), free(kt);
+    }
+}
+
+/* Vertical key labels get 8 lines: a longer label shows 7 of its characters and the cut's
+ * mark (as the row labels: "~" in ASCII, "…" else); one of exactly 8 shows whole. */
+TEST(vertical_key_labels_mark_a_cut) {
+    const char *keys[3] = {"abcdefghij", "ABCDEFGH", "xy"};
+    float w[2 * 3];
+    for (int e = 0; e < 6; e++) w[e] = (float)e / 5;
+    for (int mode = 0; mode < 2; mode++) {
+        const char *mark = mode == MHA_VIZ_TERM_ASCII ? "~" : "\xe2\x80\xa6";
+        mha_viz_opts o = mha_viz_opts_default();
+        o.term_mode = (mha_viz_term_mode)mode, o.width = 80;
+        o.query_tokens = (const char *const[]){"q0", "q1"}, o.key_tokens = keys;
+        buf b = buf_new();
+        ASSERT_OK(NULL, mha_viz_term(NULL, w, 1, 2, 3, &o, buf_write, &b));
+        /* the label lines, read down key 0's and key 1's columns (two columns per key) */
+        const char *ax = strstr(b.p, mode == MHA_VIZ_TERM_ASCII ? "+-" : "\xe2\x94\x94");
+        ASSERT_TRUE(ax != NULL);
+        const char *bol = ax;
+        while (bol > b.p && bol[-1] != '\n') bol--;
+        const size_t at = (size_t)(ax - bol) + 2; /* G + 1 spaces, the corner, a space */
+        char col0[64] = "", col1[64] = "";
+        const char *p = strchr(ax, '\n') + 1;
+        for (int r = 0; r < 8; r++) {
+            const char *nl = strchr(p, '\n');
+            ASSERT_TRUE(nl && (size_t)(nl - p) > at);
+            const char *c = p + at;
+            size_t n0 = 1;
+            while (((unsigned char)c[n0] & 0xC0) == 0x80) n0++; /* the mark is 3 bytes */
+            strncat(col0, c, n0);
+            strncat(col1, c + n0 + 1, 1);
+            p = nl + 1;
+        }
+        char want0[64];
+        snprintf(want0, sizeof want0, "abcdefg%s", mark);
+        if (strcmp(col0, want0) || strcmp(col1, "ABCDEFGH"))
+            FAILF("mode %d: key labels read \"%s\" and \"%s\", expected \"%s\" and "
+                  "\"ABCDEFGH\"\n%s",
+                  mode, col0, col1, want0, b.p);
+        ASSERT_STR_CONTAINS(p, "Key"); /* the line after the 8 label lines */
+        free(b.p);
     }
 }
 
@@ -1190,6 +1235,7 @@ int main(int argc, char **argv) {
     RUN(terminal_fits_width);
     RUN(terminal_fits_width_wide_chars);
     RUN(vertical_wide_key_labels_align);
+    RUN(vertical_key_labels_mark_a_cut);
     RUN(golden_wide_chars);
     RUN(labels_are_cleaned);
     RUN(svg_cells_and_escaping);

@@ -77,11 +77,13 @@ static void add_label(arena *a, line *l, const char *s, int max, int ascii, int 
 }
 
 /* Key labels below the axis are drawn vertically, one character cell per line, in the cw
- * columns of their key. A cell wider than cw (a wide character in one-column cells) cannot
- * be drawn there: the label stops with a one-column marker instead. On line r, the label's
- * r-th cell; *bytes 0 when the label has ended (or stopped). Returns its width, or -1 when
- * line r is the marker. */
-static int vcell(const char *t, int r, int cw, size_t *off, size_t *bytes) {
+ * columns of their key, on at most VLABEL_LINES lines. A cell wider than cw (a wide character
+ * in one-column cells) cannot be drawn there: the label stops with a one-column marker
+ * instead; a label with more cells than the lines is cut the same way, its last line the
+ * marker (as add_label marks a cut). On line r, the label's r-th cell; *bytes 0 when the label
+ * has ended (or stopped). Returns its width, or -1 when line r is the marker. */
+#define VLABEL_LINES 8
+static int vcell_uncut(const char *t, int r, int cw, size_t *off, size_t *bytes) {
     size_t at = 0, n = 0, w = 0;
     for (int k = 0; k <= r; k++) {
         at += n;
@@ -99,17 +101,29 @@ static int vcell(const char *t, int r, int cw, size_t *off, size_t *bytes) {
     return (int)w;
 }
 
+static int vcell(const char *t, int r, int cw, size_t *off, size_t *bytes) {
+    int c = vcell_uncut(t, r, cw, off, bytes);
+    if (r == VLABEL_LINES - 1 && c > 0) { /* the last line: the marker if more follows */
+        size_t off2, bytes2;
+        if (vcell_uncut(t, r + 1, cw, &off2, &bytes2) != 0 || bytes2) {
+            *bytes = 0;
+            return -1;
+        }
+    }
+    return c;
+}
+
 /* Number of lines of a vertical key label (its cells, up to and including a marker), at most
- * max (labels may be long: this stays O(max^2)). */
-static int vlen(const char *t, int cw, int max) {
+ * VLABEL_LINES (labels may be long: this stays O(VLABEL_LINES^2)). */
+static int vlen(const char *t, int cw) {
     int r = 0;
-    for (; r < max; r++) {
+    for (; r < VLABEL_LINES; r++) {
         size_t off, bytes;
         int w = vcell(t, r, cw, &off, &bytes);
         if (w < 0) return r + 1;
         if (!bytes) return r;
     }
-    return max;
+    return VLABEL_LINES;
 }
 
 typedef struct {
@@ -190,8 +204,8 @@ static void plan(const viz_view *v, int mode, int W, layout *ly) {
     ly->pw = ly->G + 3 + area;
     if (v->ktok && ly->f == 1) {
         ly->vertical = 1;
-        for (int64_t j = 0; j < v->S && ly->vlines < 8; j++) {
-            int c = vlen(v->ktok[j], ly->cw, 8);
+        for (int64_t j = 0; j < v->S && ly->vlines < VLABEL_LINES; j++) {
+            int c = vlen(v->ktok[j], ly->cw);
             if (c > ly->vlines) ly->vlines = c;
         }
     }

@@ -199,3 +199,17 @@ def test_png_draws_the_tokens(base, tmp_path):
     code, _, err = run(*base, "--out", "none.png")
     assert code == 0, err
     assert png_pixels(tmp_path / "none.png")[0] != png_pixels(tmp_path / "tok.png")[0]
+
+
+def test_png_too_large_names_the_option(base, tmp_path):
+    # 300 tokens of 64 px: beyond the PNG's 16384 pixels a side. The library's message names
+    # its field (opts.cell_px); the command's names the option typed (--cell-px).
+    np.save(tmp_path / "x300.npy",
+            np.random.default_rng(5).standard_normal((300, E)).astype(np.float32))
+    code, out, err = run(*base[:-1], "x300.npy", "--out", "a.png", "--cell-px", "64")
+    if "png support not built" in err:
+        pytest.skip("built without libpng")
+    msg = one_error(err, 2)
+    assert code == 2 and "16384" in msg and "use a smaller --cell-px" in msg, msg
+    assert "opts." not in msg, msg
+    assert not os.path.exists("a.png") and not [f for f in os.listdir(".") if ".mha-" in f]

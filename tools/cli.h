@@ -49,6 +49,10 @@ int cli_usage_error(const char *hint, const char *fmt, ...) CLI_PRINTF(2, 3);
 int cli_positive_float(double x);
 /* A library failure: "mha: error: <what>: <mha_ctx_errmsg(ctx)>" (what may be NULL); returns 2. */
 int cli_fail_lib(const mha_ctx *ctx, const char *what);
+/* As cli_fail_lib, with the library's names of options replaced by the command line's:
+ * names holds pairs {library name, option}, e.g. {"opts.cell_px", "--cell-px"}, ending with
+ * a NULL library name; the message then names what the user typed. */
+int cli_fail_lib_named(const mha_ctx *ctx, const char *what, const char *const (*names)[2]);
 
 /* Formats a shape as "[2, 6]" into buf (always NUL-terminated); returns buf. */
 char *cli_shape_str(char *buf, size_t cap, int ndim, const int64_t *shape);

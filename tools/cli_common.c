@@ -71,6 +71,30 @@ int cli_fail_lib(const mha_ctx *ctx, const char *what) {
     return cli_fail("%s", msg);
 }
 
+int cli_fail_lib_named(const mha_ctx *ctx, const char *what, const char *const (*names)[2]) {
+    const char *msg = mha_ctx_errmsg(ctx);
+    if (!msg || !*msg) return cli_fail_lib(ctx, what);
+    char out[1024];
+    size_t n = 0;
+    while (*msg && n + 1 < sizeof out) {
+        size_t k = 0;
+        for (; names[k][0]; k++) { /* a whole name: not the start of a longer one */
+            const size_t m = strlen(names[k][0]);
+            if (!strncmp(msg, names[k][0], m) && !isalnum((unsigned char)msg[m]) && msg[m] != '_')
+                break;
+        }
+        const char *put = names[k][0] ? names[k][1] : msg;
+        size_t len = names[k][0] ? strlen(put) : 1;
+        if (n + len >= sizeof out) break;
+        memcpy(out + n, put, len);
+        n += len;
+        msg += names[k][0] ? strlen(names[k][0]) : 1;
+    }
+    out[n] = 0;
+    if (what) return cli_fail("%s: %s", what, out);
+    return cli_fail("%s", out);
+}
+
 char *cli_shape_str(char *buf, size_t cap, int ndim, const int64_t *shape) {
     size_t n = 0;
     if (cap == 0) return buf;

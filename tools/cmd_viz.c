@@ -251,7 +251,10 @@ int mha_cmd_viz(int argc, char **argv) {
             }
         }
     }
-    if (st != MHA_OK) rc = cli_fail_lib(ctx, out ? out : "stdout");
+    /* the library names the field (the PNG's size error: "use a smaller opts.cell_px"), the
+     * user typed the option */
+    static const char *const names[][2] = {{"opts.cell_px", "--cell-px"}, {NULL, NULL}};
+    if (st != MHA_OK) rc = cli_fail_lib_named(ctx, out ? out : "stdout", names);
 done:
     run_free(&r);
     return rc;

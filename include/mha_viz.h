@@ -140,10 +140,11 @@ MHA_API mha_status mha_viz_term(mha_ctx *ctx, const float *w, int64_t H, int64_t
                                 const mha_viz_opts *opts, mha_write_fn fn, void *user);
 
 /* SVG image of the chosen view: each panel has a title, query labels on the left, key labels
- * below (rotated), one <rect class="cell"> per drawn weight with a <title> tooltip
- * ("query 2 'cat' -> key 1 'the': 0.4123"), and a colour bar. A grid has ceil(sqrt(H))
- * columns. Colours: a perceptual dark-blue → green → yellow map (mha_viz_color). Errors as
- * mha_viz_term. */
+ * below (rotated), one <rect class="cell"> per drawn weight with a <title> tooltip, e.g.
+ *     query 2 "cat" → key 1 "the": 0.4123
+ * (the tokens in double quotes, XML-escaped in the file; without tokens: query 2 → key 1:
+ * 0.4123), and a colour bar. A grid has ceil(sqrt(H)) columns. Colours: a perceptual
+ * dark-blue → green → yellow map (mha_viz_color). Errors as mha_viz_term. */
 MHA_API mha_status mha_viz_svg(mha_ctx *ctx, const float *w, int64_t H, int64_t L, int64_t S,
                                const mha_viz_opts *opts, mha_write_fn fn, void *user);
 

@@ -636,6 +636,35 @@ TEST(svg_cells_and_escaping) {
     free(b.p);
 }
 
+/* The tooltips the header quotes (mha_viz.h, mha_viz_svg: "query 2 \"cat\" → key 1 ...") are
+ * what the file holds, quotes included: the documented line is read from the header. */
+TEST(svg_tooltip_as_documented) {
+    char path[1024], doc[640] = "";
+    snprintf(path, sizeof path, "%s/../include/mha_viz.h", MHA_TEST_DIR);
+    FILE *f = fopen(path, "r");
+    ASSERT_TRUE(f != NULL);
+    char line[512];
+    while (fgets(line, sizeof line, f))
+        if (strstr(line, "query 2 ") && strstr(line, "0.4123")) {
+            const char *p = line;
+            while (*p == ' ' || *p == '*') p++;
+            snprintf(doc, sizeof doc, "<title>%s", p);
+            doc[strcspn(doc, "\n")] = 0;
+            break;
+        }
+    fclose(f);
+    ASSERT_TRUE(doc[0] != 0);
+    strcat(doc, "</title>");
+    const char *t[3] = {"a", "the", "cat"};
+    float w[9] = {0.5f, 0.5f, 0, 0.2f, 0.8f, 0, 0.3f, 0.4123f, 0.2877f};
+    mha_viz_opts o = mha_viz_opts_default();
+    o.query_tokens = t;
+    buf b = buf_new();
+    ASSERT_OK(NULL, mha_viz_svg(NULL, w, 1, 3, 3, &o, buf_write, &b));
+    ASSERT_STR_CONTAINS(b.p, doc);
+    free(b.p);
+}
+
 TEST(colormap) {
     uint8_t c[3];
     mha_viz_color(0, c);
@@ -1239,6 +1268,7 @@ int main(int argc, char **argv) {
     RUN(golden_wide_chars);
     RUN(labels_are_cleaned);
     RUN(svg_cells_and_escaping);
+    RUN(svg_tooltip_as_documented);
     RUN(colormap);
     RUN(png_geometry_and_colours);
     RUN(font_is_complete);

@@ -137,15 +137,10 @@ typedef struct {
     const char *ylabel, *xlabel;
 } layout;
 
-static float cell(const viz_view *v, int p, const layout *ly, int64_t ci, int64_t cj) {
-    const float *m = v->m + (size_t)p * (size_t)v->L * (size_t)v->S;
-    if (ly->f == 1) return m[(size_t)ci * (size_t)v->S + (size_t)cj];
-    int64_t i0 = ci * ly->f, j0 = cj * ly->f;
-    int64_t i1 = i0 + ly->f < v->L ? i0 + ly->f : v->L, j1 = j0 + ly->f < v->S ? j0 + ly->f : v->S;
-    double s = 0;
-    for (int64_t i = i0; i < i1; i++)
-        for (int64_t j = j0; j < j1; j++) s += m[(size_t)i * (size_t)v->S + (size_t)j];
-    return (float)(s / (double)((i1 - i0) * (j1 - j0)));
+/* Cell (ci, cj) of panel p: a weight, or the mean of an f x f block once the view is
+ * downsampled (mha__viz_view_downsample: v->m is then [n, nr, nc]). */
+static float cell(const viz_view *v, int p, int64_t ci, int64_t cj) {
+    return v->m[((size_t)p * (size_t)v->R + (size_t)ci) * (size_t)v->C + (size_t)cj];
 }
 
 static const char *const uni_shades[5] = {" ", "\xe2\x96\x91", "\xe2\x96\x92", "\xe2\x96\x93",
@@ -249,7 +244,7 @@ static int panel(arena *A, const viz_view *v, int p, const layout *ly, line *L0)
         add_text(A, l, ascii ? " | " : " \xe2\x94\x82 ");
         char esc[64], prev[64] = "";
         for (int64_t cj = 0; cj < ly->nc; cj++) {
-            float t = cell(v, p, ly, ci, cj);
+            float t = cell(v, p, ci, cj);
             if (ly->mode == MHA_VIZ_TERM_UNICODE) {
                 add_rep(A, l, uni_shades[shade(mha__viz_norm(v, t), 4)], ly->cw);
             } else if (ascii) {
@@ -257,7 +252,7 @@ static int panel(arena *A, const viz_view *v, int p, const layout *ly, line *L0)
                 for (int x = 0; x < ly->cw; x++) add(A, l, &c, 1, 1);
             } else {
                 int has_lo = ly->half && ci + 1 < ly->nr;
-                float lo = has_lo ? cell(v, p, ly, ci + 1, cj) : 0;
+                float lo = has_lo ? cell(v, p, ci + 1, cj) : 0;
                 color_esc(esc, sizeof esc, v, t, lo, ly->half, has_lo);
                 if (strcmp(esc, prev) != 0) add_esc(A, l, esc), strcpy(prev, esc);
                 if (ly->half) add_text(A, l, "\xe2\x96\x80");
@@ -369,16 +364,10 @@ mha_status mha_viz_term(mha_ctx *ctx, const float *w, int64_t H, int64_t L, int6
     if (st) return st;
     layout ly;
     plan(&v, mode, W, &ly);
-    if (ly.f > 1 && v.auto_scale) { /* fit the scale to the block means actually drawn */
-        float hi = -INFINITY, lo = 0;
-        for (int p = 0; p < v.n; p++)
-            for (int64_t i = 0; i < ly.nr; i++)
-                for (int64_t j = 0; j < ly.nc; j++) {
-                    float x = cell(&v, p, &ly, i, j);
-                    if (x > hi) hi = x;
-                    if (x < lo) lo = x;
-                }
-        v.vmin = lo, v.vmax = hi > lo ? hi : lo + 1;
+    /* f x f blocks averaged into cells; the scale refitted to those means */
+    if ((st = mha__viz_view_downsample(ctx, F, &v, ly.f))) {
+        mha__viz_view_free(&v);
+        return st;
     }
     int per = (int)((ly.half ? (ly.nr + 1) / 2 : ly.nr) + 4 + (ly.vertical ? ly.vlines : 1));
     int gap = 3, across = (W + gap) / (ly.pw + gap);

@@ -262,6 +262,45 @@ void mha__viz_view_free(viz_view *v) {
     memset(v, 0, sizeof *v);
 }
 
+/* The automatic scale: vmin = min(0, smallest value), vmax = the largest of v->m. */
+static void fit_scale(viz_view *v) {
+    float lo = 0, hi = -INFINITY;
+    for (size_t e = 0; e < (size_t)v->n * (size_t)v->R * (size_t)v->C; e++) {
+        if (v->m[e] < lo) lo = v->m[e];
+        if (v->m[e] > hi) hi = v->m[e];
+    }
+    v->vmin = lo;
+    v->vmax = hi > lo ? hi : lo + 1;
+}
+
+float mha__viz_block_mean(const float *m, int64_t L, int64_t S, int64_t f, int64_t ci, int64_t cj) {
+    const int64_t i0 = ci * f, j0 = cj * f;
+    const int64_t i1 = i0 + f < L ? i0 + f : L, j1 = j0 + f < S ? j0 + f : S;
+    double s = 0;
+    for (int64_t i = i0; i < i1; i++)
+        for (int64_t j = j0; j < j1; j++) s += m[(size_t)i * (size_t)S + (size_t)j];
+    return (float)(s / (double)((i1 - i0) * (j1 - j0)));
+}
+
+mha_status mha__viz_view_downsample(mha_ctx *ctx, const char *fn, viz_view *v, int64_t f) {
+    if (f <= 1) return MHA_OK;
+    const int64_t R = (v->L + f - 1) / f, C = (v->S + f - 1) / f;
+    float *d = mha__malloc((size_t)v->n * (size_t)R * (size_t)C * sizeof *d);
+    if (!d)
+        return mha__err(ctx, MHA_ERR_NOMEM, "%s: out of memory (%lld x %lld blocks)", fn,
+                        (long long)R, (long long)C);
+    const size_t LS = (size_t)v->L * (size_t)v->S, RC = (size_t)R * (size_t)C;
+    for (int p = 0; p < v->n; p++)
+        for (int64_t i = 0; i < R; i++)
+            for (int64_t j = 0; j < C; j++)
+                d[(size_t)p * RC + (size_t)i * (size_t)C + (size_t)j] =
+                    mha__viz_block_mean(v->m + (size_t)p * LS, v->L, v->S, f, i, j);
+    mha__free(v->m);
+    v->m = d, v->f = f, v->R = R, v->C = C;
+    if (v->auto_scale) fit_scale(v);
+    return MHA_OK;
+}
+
 static mha_status copy_tokens(mha_ctx *ctx, const char *fn, const char *what,
                               const char *const *src, int64_t n, int ascii_only, char ***out) {
     for (int64_t i = 0; i < n; i++)
@@ -341,17 +380,12 @@ mha_status mha__viz_view_make(mha_ctx *ctx, const char *fn, const float *w, int6
                                 ascii_only, &v->ktok)))
         goto fail;
 
+    v->f = 1, v->R = L, v->C = S;
     if (opts->vmax > opts->vmin) {
         v->vmin = opts->vmin, v->vmax = opts->vmax;
     } else {
         v->auto_scale = 1;
-        float lo = 0, hi = -INFINITY;
-        for (size_t e = 0; e < (size_t)v->n * LS; e++) {
-            if (v->m[e] < lo) lo = v->m[e];
-            if (v->m[e] > hi) hi = v->m[e];
-        }
-        v->vmin = lo;
-        v->vmax = hi > lo ? hi : lo + 1;
+        fit_scale(v);
     }
     return MHA_OK;
 nomem:

@@ -41,6 +41,9 @@ typedef struct {
     float vmin, vmax;    /* vmax > vmin */
     int auto_scale;      /* the scale came from the data (may be refitted to drawn cells) */
     const char *title;   /* opts->title or NULL (not sanitized) */
+    /* m holds [n, R, C]: the means of f x f blocks of the weights (cut at the last row and
+     * column), R = ceil(L / f), C = ceil(S / f); f = 1 (R = L, C = S) unless downsampled */
+    int64_t f, R, C;
 } viz_view;
 
 /* Validates the common arguments and builds the view. ascii_only replaces every non-ASCII
@@ -49,6 +52,14 @@ mha_status mha__viz_view_make(mha_ctx *ctx, const char *fn, const float *w, int6
                               int64_t S, const mha_viz_opts *opts, int all_heads, int ascii_only,
                               viz_view *v);
 void mha__viz_view_free(viz_view *v);
+
+/* Replaces v's matrices by the means of their f x f blocks (mha__viz_block_mean; f = 1: no
+ * change), and refits an automatic scale to those means (what is drawn). MHA_ERR_NOMEM leaves
+ * v as it was. */
+mha_status mha__viz_view_downsample(mha_ctx *ctx, const char *fn, viz_view *v, int64_t f);
+/* The mean of block (ci, cj) of m [L, S]: rows ci*f .. ci*f + f - 1 and columns cj*f ..
+ * cj*f + f - 1, cut at the last row and column, summed in double. */
+float mha__viz_block_mean(const float *m, int64_t L, int64_t S, int64_t f, int64_t ci, int64_t cj);
 
 /* out[e] = the mean over h < H of w[h * LS + e], e < LS (summed in double, in head order). */
 void mha__viz_average(const float *w, int64_t H, size_t LS, float *out);

@@ -8,7 +8,8 @@
  * MHA_UPDATE_GOLDEN=1 rewrites tests/golden/viz/ (then look at the files before committing;
  * tests/golden/viz/README.md).
  * "test_viz --write-html F" / "--write-svg F" write the sample page / image for the browser
- * and XML checks registered in tests/viz.cmake. */
+ * and XML checks registered in tests/viz.cmake; "--write-html-large N H F" a large view's page
+ * (write_large). */
 #include "harness.h"
 #include "core/internal.h"
 #include "mha_viz.h"
@@ -1082,6 +1083,50 @@ TEST(html_is_self_contained) {
     free(b.p);
 }
 
+/* The page's size is bounded (mha_viz.h): beyond 256 cells a side or 2^20 values over all
+ * heads it draws the means of f x f blocks, says so, and stores only those; up to there every
+ * weight, with no note. */
+TEST(html_large_views_are_blocks) {
+    static const struct {
+        int H, L, S, f;
+    } cases[] = {{16, 256, 256, 1},  {17, 256, 256, 2}, {2, 257, 100, 2}, {1, 1000, 3, 4},
+                 {4, 1000, 1000, 4}, {64, 256, 256, 2}, {1, 3, 4096, 16}};
+    for (size_t c = 0; c < sizeof cases / sizeof cases[0]; c++) {
+        const int H = cases[c].H, L = cases[c].L, S = cases[c].S, f = cases[c].f;
+        const size_t n = (size_t)H * (size_t)L * (size_t)S;
+        float *w = malloc(n * sizeof *w);
+        ASSERT_TRUE(w != NULL);
+        for (size_t e = 0; e < n; e++) w[e] = (float)(e % 1009) / 1009.0f;
+        buf b = buf_new();
+        ASSERT_OK(NULL, mha_viz_html(NULL, w, H, L, S, NULL, buf_write, &b));
+        const int R = (L + f - 1) / f, C = (S + f - 1) / f;
+        char want[128];
+        snprintf(want, sizeof want, "\"H\":%d,\"L\":%d,\"S\":%d,\"f\":%d,\"R\":%d,\"C\":%d,", H, L,
+                 S, f, R, C);
+        ASSERT_STR_CONTAINS(b.p, want);
+        if (f > 1) {
+            snprintf(want, sizeof want,
+                     "each cell is the mean of a %dx%d block (%d x %d weights as %d x %d cells)", f,
+                     f, L, S, R, C);
+            ASSERT_STR_CONTAINS(b.p, want);
+        } else {
+            ASSERT_TRUE(strstr(b.p, "id=\"downsample\"") == NULL);
+        }
+        /* the stored values: H x R x C of them */
+        const char *d = strstr(b.p, ",\"w\":[[");
+        ASSERT_TRUE(d != NULL);
+        const char *end = strstr(d, "]]}");
+        ASSERT_TRUE(end != NULL);
+        size_t values = 1;
+        for (const char *p = d + 7; p < end; p++) values += *p == ',';
+        ASSERT_EQ(values, (size_t)H * (size_t)R * (size_t)C);
+        /* the bound: 12 bytes a value, 2^20 values, plus this page's labels and the rest */
+        ASSERT_TRUE(b.n <= 12u * ((size_t)1 << 20) + 64 * 1024 + 150 * (size_t)H);
+        free(b.p);
+        free(w);
+    }
+}
+
 TEST(stats) {
     float w[2 * 3 * 4] = {0};
     for (int i = 0; i < 3; i++) {
@@ -1258,8 +1303,40 @@ static int write_sample(const char *kind, const char *path) {
     return 0;
 }
 
+/* "--write-html-large N H F": the page of an N x N view of H heads (the first selected) with
+ * w[h, i, j] = ((7i + 13j + 5h) mod 101) / 100 * (1 + j / N), rounded to float: what
+ * tests/browser/test_html_large.py recomputes to check the page's block means. */
+static int write_large(const char *n_arg, const char *h_arg, const char *path) {
+    const long n = strtol(n_arg, NULL, 10), H = strtol(h_arg, NULL, 10);
+    if (n < 1 || n > 8192 || H < 1 || H > 8) {
+        fprintf(stderr, "test_viz: --write-html-large N H F: N in 1..8192, H in 1..8\n");
+        return 1;
+    }
+    float *w = malloc(sizeof *w * (size_t)(H * n * n));
+    if (!w) {
+        fprintf(stderr, "test_viz: out of memory\n");
+        return 2;
+    }
+    for (long h = 0; h < H; h++)
+        for (long i = 0; i < n; i++)
+            for (long j = 0; j < n; j++)
+                w[(h * n + i) * n + j] = (float)((double)((7 * i + 13 * j + 5 * h) % 101) / 100.0 *
+                                                 (1.0 + (double)j / (double)n));
+    mha_viz_opts o = mha_viz_opts_default();
+    o.title = "large view";
+    mha_status st = mha_viz_html_file(NULL, w, H, n, n, &o, path);
+    free(w);
+    if (st != MHA_OK) {
+        fprintf(stderr, "test_viz: %s\n", mha_last_errmsg());
+        return 2;
+    }
+    return 0;
+}
+
 int main(int argc, char **argv) {
     if (argc == 3) return write_sample(argv[1], argv[2]);
+    if (argc == 5 && !strcmp(argv[1], "--write-html-large"))
+        return write_large(argv[2], argv[3], argv[4]);
     RUN(golden_terminal);
     RUN(terminal_fits_width);
     RUN(terminal_fits_width_wide_chars);
@@ -1276,6 +1353,7 @@ int main(int argc, char **argv) {
     RUN(png_long_labels);
     RUN(golden_png);
     RUN(html_is_self_contained);
+    RUN(html_large_views_are_blocks);
     RUN(stats);
     RUN(file_wrappers);
     RUN(errors);

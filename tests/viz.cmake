@@ -19,6 +19,13 @@ if(TARGET test_viz)
   add_test(NAME viz_browser COMMAND ${MHA_PYTHON} ${CMAKE_CURRENT_SOURCE_DIR}/browser/test_html.py
     $<TARGET_FILE:test_viz> ${CMAKE_CURRENT_BINARY_DIR}/viz_browser)
   set_tests_properties(viz_browser PROPERTIES TIMEOUT 300)
+
+  # The page of a 2000 x 2000 view (two heads) in the same Chromium: small, drawn within 30 s,
+  # downsampled to 8 x 8 blocks and saying so, each block's tooltip as numpy computes it.
+  add_test(NAME viz_browser_large COMMAND ${MHA_PYTHON}
+    ${CMAKE_CURRENT_SOURCE_DIR}/browser/test_html_large.py $<TARGET_FILE:test_viz>
+    ${CMAKE_CURRENT_BINARY_DIR}/viz_browser_large)
+  set_tests_properties(viz_browser_large PROPERTIES TIMEOUT 300)
 endif()
 
 # `mha viz` end to end (exit codes, messages, every format); fixtures made with numpy.

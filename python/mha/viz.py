@@ -222,7 +222,9 @@ class Page:
 
 def show(weights, tokens=None, *, batch=0):
     """The interactive page of the attention weights, for Jupyter: a head selector, token
-    lines whose opacity is the weight, a heatmap per head, per-head statistics.
+    lines whose opacity is the weight, a heatmap per head, per-head statistics. Beyond 256
+    tokens a side the heatmap shows means of blocks (and says so; hovering a cell gives the
+    block's ranges and mean), so that the page stays small (include/mha_viz.h has the bound).
 
     Parameters as for ``heatmap``. Returns a ``Page``: a notebook cell that ends with it
     shows the page inline; ``.html`` is the page's text, ``.save(path)`` writes it.

@@ -5,7 +5,11 @@
  * a token keeps only its lines and highlights its heatmap row or column), a heatmap of the
  * selected head, small heatmaps of all heads, and a statistics table. The data is a JSON
  * block (<script type="application/json">) with '<', '>' and '&' escaped, so no token can
- * close the script element. The CSS and JS below are plain text kept as C literals. */
+ * close the script element. The CSS and JS below are plain text kept as C literals.
+ *
+ * Large views (html_block): the data holds the means of f x f blocks (mha__viz_view_downsample,
+ * the terminal's averaging) instead of every weight, a note under the heatmap says so, and the
+ * tooltip gives a block's ranges and mean; one listener on the heatmap serves every cell. */
 #include "viz_internal.h"
 
 #include <stdio.h>
@@ -62,12 +66,14 @@ static const char page_js[] =
     "  'use strict';\n"
     "  var D = JSON.parse(document.getElementById('mha-data').textContent);\n"
     "  var H = D.H, L = D.L, S = D.S, NS = 'http://www.w3.org/2000/svg';\n"
+    "  /* the matrices are R x C cells: weights (F = 1), or means of F x F blocks */\n"
+    "  var F = D.f, R = D.R, C = D.C;\n"
     "  var span = D.vmax - D.vmin;\n"
     "  var qt = D.q || [], kt = D.k || [], i, j, h;\n"
     "  for (i = 0; i < L; i++) if (qt[i] === undefined) qt[i] = String(i);\n"
     "  for (j = 0; j < S; j++) if (kt[j] === undefined) kt[j] = String(j);\n"
-    "  var avg = new Array(L * S);\n"
-    "  for (i = 0; i < L * S; i++) {\n"
+    "  var avg = new Array(R * C);\n"
+    "  for (i = 0; i < R * C; i++) {\n"
     "    var s = 0;\n"
     "    for (h = 0; h < H; h++) s += D.w[h][i];\n"
     "    avg[i] = s / H;\n"
@@ -109,7 +115,7 @@ static const char page_js[] =
     "  /* token view: query tokens left, key tokens right, one line per pair */\n"
     "  var lines = document.getElementById('lines'), pairs = [], qEls = [], kEls = [];\n"
     "  var rh = 22, colw = 130, gapw = 150;\n"
-    "  var showLines = L * S <= 20000;\n"
+    "  var showLines = F === 1 && L * S <= 20000;\n"
     "  if (showLines) {\n"
     "    lines.setAttribute('width', colw * 2 + gapw);\n"
     "    lines.setAttribute('height', Math.max(L, S) * rh + 8);\n"
@@ -146,24 +152,27 @@ static const char page_js[] =
     "\n"
     "  /* heatmap of the selected head */\n"
     "  var heat = document.getElementById('heat');\n"
-    "  var cs = Math.max(3, Math.min(32, Math.floor(440 / Math.max(L, S))));\n"
-    "  var labels = cs >= 10, lw = 0, th = 0;\n"
+    "  var cs = Math.max(3, Math.min(32, Math.floor(440 / Math.max(R, C))));\n"
+    "  var labels = F === 1 && cs >= 10, lw = 0, th = 0;\n"
     "  if (labels) {\n"
     "    var longest = function (a) { return a.reduce(function (m, x) { return Math.max(m, "
     "x.length); }, 0); };\n"
     "    lw = Math.min(16, longest(qt)) * 7 + 10;\n"
     "    th = Math.min(16, longest(kt)) * 7 + 10;\n"
     "  }\n"
-    "  heat.setAttribute('width', lw + S * cs + 4);\n"
-    "  heat.setAttribute('height', th + L * cs + 4);\n"
+    "  heat.setAttribute('width', lw + C * cs + 4);\n"
+    "  heat.setAttribute('height', th + R * cs + 4);\n"
     "  var cells = [];\n"
-    "  for (i = 0; i < L; i++)\n"
-    "    for (j = 0; j < S; j++) {\n"
-    "      var r = el('rect', { 'class': 'cell', x: lw + j * cs, y: th + i * cs, width: cs,\n"
-    "                           height: cs, 'data-i': i, 'data-j': j }, heat);\n"
-    "      r.addEventListener('mouseenter', cellInfo.bind(null, i, j));\n"
-    "      cells.push(r);\n"
-    "    }\n"
+    "  for (i = 0; i < R; i++)\n"
+    "    for (j = 0; j < C; j++)\n"
+    "      cells.push(el('rect', { 'class': 'cell', x: lw + j * cs, y: th + i * cs, width: cs,\n"
+    "                              height: cs, 'data-i': i, 'data-j': j }, heat));\n"
+    "  /* one listener for every cell: the cell under the mouse says which it is */\n"
+    "  heat.addEventListener('mouseover', function (e) {\n"
+    "    var t = e.target;\n"
+    "    if (t.classList && t.classList.contains('cell'))\n"
+    "      cellInfo(+t.getAttribute('data-i'), +t.getAttribute('data-j'));\n"
+    "  });\n"
     "  function cut(x) { var c = Array.from(x); /* code points: never half an emoji */\n"
     "    return c.length > 16 \? c.slice(0, 15).join('') + '\\u2026' : x; }\n"
     "  if (labels) {\n"
@@ -175,7 +184,15 @@ static const char page_js[] =
     "                   ') rotate(-90)' }, heat).textContent = cut(kt[j]);\n"
     "  }\n"
     "  var info = document.getElementById('info');\n"
+    "  function span2(a, n) { var z = Math.min(n, a * F + F) - 1;\n"
+    "    return a * F === z \? String(z) : a * F + '\\u2013' + z; }\n"
     "  function cellInfo(a, b) {\n"
+    "    if (F > 1) { /* a block: its queries, keys, size and mean */\n"
+    "      var nq = Math.min(L, a * F + F) - a * F, nk = Math.min(S, b * F + F) - b * F;\n"
+    "      info.textContent = 'queries ' + span2(a, L) + ' \\u2192 keys ' + span2(b, S) + ' (' +\n"
+    "        nq + ' \\u00d7 ' + nk + ' weights): mean ' + mat(cur)[a * C + b].toPrecision(4);\n"
+    "      return;\n"
+    "    }\n"
     "    info.textContent = 'query ' + a + ' \\u201c' + qt[a] + '\\u201d \\u2192 key ' + b + ' "
     "\\u201c' +\n"
     "      kt[b] + '\\u201d: ' + fmt(mat(cur)[a * S + b]);\n"
@@ -190,14 +207,14 @@ static const char page_js[] =
     "\n"
     "  /* small heatmaps of every head */\n"
     "  var thumbs = document.getElementById('thumbs'), thumbEls = [];\n"
-    "  var ts = Math.max(1, Math.min(8, Math.floor(120 / Math.max(L, S))));\n"
+    "  var ts = Math.max(1, Math.min(8, Math.floor(120 / Math.max(R, C))));\n"
     "  order.forEach(function (x) {\n"
     "    var d = document.createElement('div'), c = document.createElement('canvas');\n"
     "    d.className = 'thumb';\n"
-    "    c.width = S * ts; c.height = L * ts;\n"
+    "    c.width = C * ts; c.height = R * ts;\n"
     "    var g = c.getContext('2d'), m = mat(x);\n"
-    "    for (var a = 0; a < L; a++)\n"
-    "      for (var b = 0; b < S; b++) { g.fillStyle = rgb(norm(m[a * S + b])); g.fillRect(b * ts, "
+    "    for (var a = 0; a < R; a++)\n"
+    "      for (var b = 0; b < C; b++) { g.fillStyle = rgb(norm(m[a * C + b])); g.fillRect(b * ts, "
     "a * ts, ts, ts); }\n"
     "    d.appendChild(c);\n"
     "    d.appendChild(document.createTextNode(names[x]));\n"
@@ -222,8 +239,8 @@ static const char page_js[] =
     "  function paint() {\n"
     "    var m = mat(cur), n;\n"
     "    document.getElementById('heat-title').textContent = names[cur];\n"
-    "    for (n = 0; n < L * S; n++) {\n"
-    "      var a = Math.floor(n / S), b = n % S, c = cells[n];\n"
+    "    for (n = 0; n < R * C; n++) {\n"
+    "      var a = Math.floor(n / C), b = n % C, c = cells[n];\n"
     "      c.setAttribute('fill', rgb(norm(m[n])));\n"
     "      var inSel = hover && (hover.kind === 'q' \? a === hover.n : b === hover.n);\n"
     "      c.classList.toggle('hl', !!inSel);\n"
@@ -289,6 +306,18 @@ static void json_stats(viz_out *o, const mha_viz_stats *s) {
                     s->max_weight);
 }
 
+/* The page's block size: the smallest f for which the heatmap has at most HTML_MAX_SIDE cells
+ * a side and the page's data at most HTML_MAX_VALUES block means (H heads of R x C), so that
+ * the page stays small and Chromium draws it in a few seconds whatever L and S. */
+#define HTML_MAX_SIDE 256
+#define HTML_MAX_VALUES ((int64_t)1 << 20)
+static int64_t html_block(int64_t H, int64_t L, int64_t S) {
+    const int64_t mx = L > S ? L : S;
+    int64_t f = (mx + HTML_MAX_SIDE - 1) / HTML_MAX_SIDE;
+    while (H * ((L + f - 1) / f) * ((S + f - 1) / f) > HTML_MAX_VALUES) f++;
+    return f;
+}
+
 mha_status mha_viz_html(mha_ctx *ctx, const float *w, int64_t H, int64_t L, int64_t S,
                         const mha_viz_opts *opts, mha_write_fn fn, void *user) {
     static const char *F = "mha_viz_html";
@@ -311,6 +340,8 @@ mha_status mha_viz_html(mha_ctx *ctx, const float *w, int64_t H, int64_t L, int6
     mha__viz_average(v.m, H, LS, avg);
     st = mha_viz_head_stats(ctx, v.m, H, L, S, stats);
     if (!st) st = mha_viz_head_stats(ctx, avg, 1, L, S, stats + H);
+    /* the statistics from every weight; the page draws blocks when the view is large */
+    if (!st) st = mha__viz_view_downsample(ctx, F, &v, html_block(H, L, S));
     if (st) {
         mha__free(stats), mha__free(avg), mha__free(title);
         mha__viz_view_free(&v);
@@ -338,7 +369,15 @@ mha_status mha_viz_html(mha_ctx *ctx, const float *w, int64_t H, int64_t L, int6
                       "<p class=\"hint\" id=\"tokhint\">line opacity = attention weight</p></div>\n"
                       "<div class=\"card\"><h2 id=\"heat-title\"></h2><svg id=\"heat\"></svg>"
                       "<div id=\"info\"></div><div class=\"bar\"><span id=\"vmin\"></span>"
-                      "<div id=\"grad\"></div><span id=\"vmax\"></span></div></div>\n</div>\n"
+                      "<div id=\"grad\"></div><span id=\"vmax\"></span></div>");
+    if (v.f > 1) /* as the terminal says it */
+        mha__viz_printf(&o,
+                        "<p class=\"hint\" id=\"downsample\">downsampled to fit the page: each "
+                        "cell is the mean of a %lldx%lld block (%lld x %lld weights as %lld x %lld "
+                        "cells); hover a cell for its queries, keys and mean</p>",
+                        (long long)v.f, (long long)v.f, (long long)L, (long long)S, (long long)v.R,
+                        (long long)v.C);
+    mha__viz_puts(&o, "</div>\n</div>\n"
                       "<div class=\"card\"><h2>all heads</h2><div id=\"thumbs\"></div></div>\n"
                       "<div class=\"card\"><h2>statistics</h2><table id=\"stats\"><thead><tr>"
                       "<th>head</th><th>mean row entropy (bits)</th><th>uniform</th>"
@@ -348,10 +387,10 @@ mha_status mha_viz_html(mha_ctx *ctx, const float *w, int64_t H, int64_t L, int6
                       "evenly</p></div>\n");
     mha__viz_puts(&o, "<script type=\"application/json\" id=\"mha-data\">");
     mha__viz_printf(&o,
-                    "{\"H\":%lld,\"L\":%lld,\"S\":%lld,\"vmin\":%.6g,\"vmax\":%.6g,"
-                    "\"initial\":%lld,\"q\":",
-                    (long long)H, (long long)L, (long long)S, (double)v.vmin, (double)v.vmax,
-                    (long long)initial);
+                    "{\"H\":%lld,\"L\":%lld,\"S\":%lld,\"f\":%lld,\"R\":%lld,\"C\":%lld,"
+                    "\"vmin\":%.6g,\"vmax\":%.6g,\"initial\":%lld,\"q\":",
+                    (long long)H, (long long)L, (long long)S, (long long)v.f, (long long)v.R,
+                    (long long)v.C, (double)v.vmin, (double)v.vmax, (long long)initial);
     json_strs(&o, v.qtok, L);
     mha__viz_puts(&o, ",\"k\":");
     json_strs(&o, v.ktok, S);
@@ -365,10 +404,11 @@ mha_status mha_viz_html(mha_ctx *ctx, const float *w, int64_t H, int64_t L, int6
     mha__viz_puts(&o, "],\"avgStats\":");
     json_stats(&o, &stats[H]);
     mha__viz_puts(&o, ",\"w\":[");
+    const size_t RC = (size_t)v.R * (size_t)v.C; /* L x S weights, or the block means */
     for (int64_t h = 0; h < H && !o.failed; h++) {
         mha__viz_puts(&o, h ? ",[" : "[");
-        for (size_t e = 0; e < LS; e++)
-            mha__viz_printf(&o, e ? ",%.5g" : "%.5g", (double)v.m[(size_t)h * LS + e]);
+        for (size_t e = 0; e < RC; e++)
+            mha__viz_printf(&o, e ? ",%.5g" : "%.5g", (double)v.m[(size_t)h * RC + e]);
         mha__viz_puts(&o, "]");
     }
     mha__viz_puts(&o, "]}</script>\n<script>\n");

@@ -2,7 +2,8 @@
 OUTDIR/sample.html`, opens it in headless Chromium through Python's playwright and checks: no
 console error or page error, no request but the file:// page itself, hovering a query token
 highlights exactly its heatmap row (and a key token its column), selecting another head changes
-the cells' colours, and the screenshot (OUTDIR/page.png) is not blank.
+the cells' colours, hovering a cell tells its weight, and the screenshot (OUTDIR/page.png) is not
+blank.
 
 Chromium is Debian's (/usr/bin/chromium, or $MHA_CHROMIUM); playwright never downloads one here.
 A missing chromium or playwright is a failure (exit 1), never a skip. Prints one `ok   ` or
@@ -144,6 +145,15 @@ def run_checks(page, url, outdir):
     page.click('#btn-avg')
     check((page.locator('#heat-title').text_content() or '').startswith('average'), 'average view')
     page.click('#btn-0')
+
+    # a small view draws every weight: a cell's tooltip is its exact weight (as stored)
+    check(page.locator('#downsample').count() == 0, 'a small view is not downsampled')
+    page.hover('#heat .cell[data-i="2"][data-j="1"]')
+    info = page.locator('#info').text_content()
+    want = page.evaluate("() => JSON.parse(document.getElementById('mha-data').textContent)"
+                         ".w[0][2 * 6 + 1].toFixed(4)")
+    check(info == 'query 2 \u201csat\u201d \u2192 key 1 \u201ccat\u201d: ' + want,
+          'hovering cell (2, 1) tells its weight: %r' % info)
 
     png = page.screenshot(path=os.path.join(outdir, 'page.png'), full_page=True)
     w, h, ch, px = decode_png(png)

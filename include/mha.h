@@ -377,6 +377,11 @@ MHA_API mha_attn_params mha_attn_params_default(void);
  *   q: [B, H, L, D]   k: [B, Hkv, S, D]   v: [B, Hkv, S, Dv]  (strided views, read only)
  *        Hkv = H, or a divisor of H: grouped-query attention (Hkv = 1: multi-query), query
  *        head h using key/value head h / (H / Hkv), without a copy of k and v
+ *   Empty sizes, as PyTorch's empty tensors: B, H, L or S may be 0. B, H or L = 0 computes
+ *        nothing and writes nothing (out, lse and weights have no element); H = 0 goes with
+ *        any Hkv, 0 included (0 is a multiple of every Hkv; H > 0 needs Hkv >= 1). S = 0
+ *        makes every row fully masked (out 0, lse -INFINITY). The backward then sets what
+ *        no query reads to 0: dk and dv when B, H or L is 0. D >= 1 always; Dv may be 0.
  *   out: [B, H, L, Dv] overwritten (a strided view: [B, L, H, Dv] memory works without copy)
  *   lse: [B, H, L] overwritten, optional (NULL): per-row log-sum-exp of the scaled, masked
  *        scores (-INFINITY for a fully masked row), needed by mha_attn_backward
@@ -475,7 +480,8 @@ MHA_API mha_status mha_attn_varlen_backward(mha_ctx *ctx, const mha_attn_params 
  *            the call's inputs)"); lse is float32 always
  *   k_cache: [B, Hkv, Smax, D], v_cache: [B, Hkv, Smax, Dv]   written (rows below), then read;
  *            strided views: FlashAttention's [B, Smax, Hkv, D] memory works without a copy;
- *            Hkv divides H (grouped-query attention, as mha_attn_forward)
+ *            Hkv divides H (grouped-query attention, as mha_attn_forward; B, H or L = 0:
+ *            nothing attended, out and lse empty, the new rows appended all the same)
  *   k_new:   [B, Hkv, Lnew, D], v_new: [B, Hkv, Lnew, Dv], or both NULL (Lnew = 0)
  *   cache_seqlens: int32 [B], the tokens already in each sequence's cache (NULL: all 0); not
  *            modified (as FlashAttention: the caller advances it)

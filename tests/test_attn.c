@@ -1460,6 +1460,85 @@ TEST(dropout_fused_tiles) {
     free(q), free(k), free(v), free(o), free(w), free(lse), free(lse2);
 }
 
+/* H = 0 query heads is an empty problem, as B, L or S = 0 (F.scaled_dot_product_attention
+ * returns an empty tensor): with Hkv = 0, and with any Hkv > 0 (0 is a multiple of every Hkv),
+ * in float32, bfloat16 and float16. The forward writes nothing; the backward sets dk, dv to 0
+ * (no query head reads k, v). H > 0 with Hkv = 0 stays refused. */
+TEST(zero_heads_empty_problem) {
+    mha_ctx *ctx;
+    ASSERT_OK(ctx, mha_ctx_create(&ctx));
+    enum {
+        B = 2,
+        L = 3,
+        S = 5,
+        D = 4,
+        DV = 6,
+        N = 512
+    };
+    static const mha_dtype dts[3] = {MHA_DTYPE_F32, MHA_DTYPE_BF16, MHA_DTYPE_F16};
+    static float in[N], outb[N], dkb[N], dvb[N];
+    for (int x = 0; x < N; x++) in[x] = frand();
+    for (int di = 0; di < 3; di++)
+        for (int64_t Hkv = 0; Hkv <= 2; Hkv += 2) {
+            const mha_dtype dt = dts[di];
+            int64_t sq[4] = {B, 0, L, D}, sk[4] = {B, Hkv, S, D}, sv[4] = {B, Hkv, S, DV};
+            int64_t so[4] = {B, 0, L, DV}, sl[3] = {B, 0, L}, sw[4] = {B, 0, L, S};
+            for (int x = 0; x < N; x++) outb[x] = 7.0f, dkb[x] = 7.0f, dvb[x] = 7.0f;
+            mha_tensor q = mha_tensor_typed(in, dt, 4, sq, NULL);
+            mha_tensor k = mha_tensor_typed(in, dt, 4, sk, NULL);
+            mha_tensor v = mha_tensor_typed(in, dt, 4, sv, NULL);
+            mha_tensor o = mha_tensor_typed(outb, dt, 4, so, NULL);
+            mha_tensor l = mha_tensor_make(outb + 128, 3, sl);
+            mha_tensor w = mha_tensor_make(outb + 256, 4, sw);
+            mha_tensor g = mha_tensor_typed(in, dt, 4, so, NULL);
+            mha_tensor dq = mha_tensor_typed(outb + 384, dt, 4, sq, NULL);
+            mha_tensor dk = mha_tensor_typed(dkb, dt, 4, sk, NULL);
+            mha_tensor dv = mha_tensor_typed(dvb, dt, 4, sv, NULL);
+            mha_mask m = mha_mask_default();
+            m.causal = MHA_CAUSAL_TOP_LEFT;
+            ASSERT_OK(ctx, mha_attn_forward(ctx, NULL, &q, &k, &v, &m, &o, &l, &w));
+            ASSERT_OK(ctx, mha_attn_forward(ctx, NULL, &q, &k, &v, NULL, &o, NULL, NULL));
+            for (int x = 0; x < N; x++)
+                if (outb[x] != 7.0f) {
+                    FAILF("%s Hkv %lld: forward wrote element %d of an empty output",
+                          mha_dtype_name(dt), (long long)Hkv, x);
+                    return;
+                }
+            ASSERT_OK(ctx, mha_attn_backward(ctx, NULL, &q, &k, &v, &m, &o, &l, &g, &dq, &dk, &dv));
+            const int64_t nk = B * Hkv * S * D, nv = B * Hkv * S * DV;
+            const size_t es = dt == MHA_DTYPE_F32 ? 4 : 2;
+            const unsigned char *kbytes = (const unsigned char *)dkb;
+            const unsigned char *vbytes = (const unsigned char *)dvb;
+            for (int64_t x = 0; x < (int64_t)(N * sizeof(float)); x++) {
+                const int in_k = x < nk * (int64_t)es, in_v = x < nv * (int64_t)es;
+                if ((in_k && kbytes[x] != 0) || (in_v && vbytes[x] != 0)) {
+                    FAILF("%s Hkv %lld: byte %lld of dk / dv not 0", mha_dtype_name(dt),
+                          (long long)Hkv, (long long)x);
+                    return;
+                }
+                if (!in_k && x % 4 == 0 && dkb[x / 4] != 7.0f) {
+                    FAILF("%s Hkv %lld: dk written past its end (float %lld)", mha_dtype_name(dt),
+                          (long long)Hkv, (long long)(x / 4));
+                    return;
+                }
+            }
+            for (int x = 0; x < N; x++)
+                if (outb[x] != 7.0f) {
+                    FAILF("%s Hkv %lld: backward wrote element %d of an empty dq",
+                          mha_dtype_name(dt), (long long)Hkv, x);
+                    return;
+                }
+        }
+    /* H > 0 with Hkv = 0: no head to read, refused */
+    int64_t sq[4] = {1, 2, 3, 4}, sk[4] = {1, 0, 3, 4};
+    mha_tensor q = mha_tensor_make(in, 4, sq), k = mha_tensor_make(in, 4, sk);
+    mha_tensor o = mha_tensor_make(outb, 4, sq);
+    ASSERT_EQ(mha_attn_forward(ctx, NULL, &q, &k, &k, NULL, &o, NULL, NULL), MHA_ERR_SHAPE);
+    ASSERT_STR_CONTAINS(mha_ctx_errmsg(ctx),
+                        "mha_attn_forward: k.shape[1]: got 0, expected a divisor of q's 2 heads");
+    mha_ctx_free(ctx);
+}
+
 int main(void) {
     RUN(validation_errors);
     RUN(shapes_no_mask);
@@ -1474,6 +1553,7 @@ int main(void) {
     RUN(threads_bitwise_identical);
     RUN(backward_key_chunks);
     RUN(grouped_query_attention);
+    RUN(zero_heads_empty_problem);
     RUN(dropout_fused_tiles);
     RUN(tile_kernels_match_generic);
     RUN(tile_tolerance_catches_wrong_kernels);

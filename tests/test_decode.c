@@ -1480,6 +1480,63 @@ TEST(decode_kernel_loads_exact) {
     free(A), free(K), free(V), free(P), free(PO);
 }
 
+/* H = 0 query heads: an empty problem (as mha_attn_forward's), with caches of Hkv = 0 or 2
+ * heads: the new rows are appended all the same (the cache's contract), out and lse are empty
+ * and untouched; mha_kv_cache_attend advances the lengths. */
+TEST(kvcache_zero_heads) {
+    enum {
+        B = 2,
+        L = 3,
+        LNEW = 2,
+        D = 4,
+        DV = 3,
+        SMAX = 6,
+        N = 512
+    };
+    mha_ctx *ctx = new_ctx();
+    static float in[N], kc[N], vc[N], outb[N];
+    for (int x = 0; x < N; x++) in[x] = (float)(x + 1);
+    int32_t lens[B] = {1, 4};
+    for (int64_t G = 0; G <= 2; G += 2) {
+        memset(kc, 0, sizeof kc), memset(vc, 0, sizeof vc);
+        for (int x = 0; x < N; x++) outb[x] = 7.0f;
+        int64_t sq[4] = {B, 0, L, D}, skc[4] = {B, G, SMAX, D}, svc[4] = {B, G, SMAX, DV};
+        int64_t skn[4] = {B, G, LNEW, D}, svn[4] = {B, G, LNEW, DV}, so[4] = {B, 0, L, DV};
+        int64_t sl[3] = {B, 0, L};
+        mha_tensor q = mha_tensor_make(in, 4, sq), kn = mha_tensor_make(in, 4, skn);
+        mha_tensor vn = mha_tensor_make(in + 100, 4, svn), tkc = mha_tensor_make(kc, 4, skc);
+        mha_tensor tvc = mha_tensor_make(vc, 4, svc), o = mha_tensor_make(outb, 4, so);
+        mha_tensor l = mha_tensor_make(outb + 64, 3, sl);
+        mha_mask m = mha_mask_default();
+        m.causal = MHA_CAUSAL_BOTTOM_RIGHT;
+        ASSERT_OK(ctx, mha_attn_kvcache(ctx, NULL, &q, &tkc, &tvc, &kn, &vn, lens, &m, &o, &l));
+        for (int x = 0; x < N; x++)
+            if (outb[x] != 7.0f) {
+                FAILF("G %lld: out or lse element %d written", (long long)G, x);
+                return;
+            }
+        for (int64_t b = 0; b < B; b++)
+            for (int64_t h = 0; h < G; h++)
+                for (int64_t t = 0; t < LNEW; t++) {
+                    const int64_t r = (b * G + h) * SMAX + lens[b] + t, n = (b * G + h) * LNEW + t;
+                    ASSERT_TRUE(kc[r * D] == in[n * D] && kc[r * D + D - 1] == in[n * D + D - 1]);
+                    ASSERT_TRUE(vc[r * DV] == in[100 + n * DV]);
+                }
+    }
+    /* the cache object: kv_heads >= 1 (mha_kv_cache_create), queries of 0 heads */
+    mha_kv_cache *c;
+    ASSERT_OK(ctx, mha_kv_cache_create(ctx, B, SMAX, 1, D, DV, MHA_DTYPE_F32, &c));
+    int64_t sq[4] = {B, 0, L, D}, skn[4] = {B, 1, LNEW, D}, svn[4] = {B, 1, LNEW, DV};
+    int64_t so[4] = {B, 0, L, DV};
+    mha_tensor q = mha_tensor_make(in, 4, sq), kn = mha_tensor_make(in, 4, skn);
+    mha_tensor vn = mha_tensor_make(in + 100, 4, svn), o = mha_tensor_make(outb, 4, so);
+    ASSERT_OK(ctx, mha_kv_cache_attend(ctx, NULL, c, &q, &kn, &vn, NULL, &o, NULL));
+    ASSERT_EQ(mha_kv_cache_length(c, 0), LNEW);
+    ASSERT_EQ(mha_kv_cache_length(c, 1), LNEW);
+    mha_kv_cache_free(c);
+    mha_ctx_free(ctx);
+}
+
 int main(void) {
     RUN(decode_reference);
     RUN(decode_score_options);
@@ -1491,6 +1548,7 @@ int main(void) {
     RUN(threads_bitwise);
     RUN(bad_inputs_nothing_written);
     RUN(kv_cache_object);
+    RUN(kvcache_zero_heads);
     RUN(kv_cache_create_errors);
     RUN(decode_nomem_nothing_written);
     RUN(kv_cache_object_2byte);

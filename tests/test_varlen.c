@@ -781,12 +781,55 @@ TEST(varlen_bf16_f16_equal_dense_per_sequence) {
     mha_ctx_free(ctx);
 }
 
+/* H = 0 query heads: an empty problem (as mha_attn_forward's), with Hkv = 0 or any Hkv > 0:
+ * nothing written in the forward, dk and dv set to 0 in the backward. */
+TEST(varlen_zero_heads) {
+    mha_ctx *ctx;
+    ASSERT_OK(ctx, mha_ctx_create(&ctx));
+    enum {
+        TQ = 5,
+        TK = 7,
+        D = 4,
+        DV = 3,
+        N = 256
+    };
+    int32_t cq[3] = {0, 2, TQ}, ck[3] = {0, 4, TK};
+    static float in[N], outb[N], dkb[N], dvb[N];
+    for (int x = 0; x < N; x++) in[x] = (float)x / N;
+    for (int64_t Hkv = 0; Hkv <= 2; Hkv += 2) {
+        for (int x = 0; x < N; x++) outb[x] = dkb[x] = dvb[x] = 7.0f;
+        int64_t sq[3] = {TQ, 0, D}, sk[3] = {TK, Hkv, D}, sv[3] = {TK, Hkv, DV};
+        int64_t so[3] = {TQ, 0, DV}, sl[2] = {0, TQ};
+        mha_tensor q = mha_tensor_make(in, 3, sq), k = mha_tensor_make(in, 3, sk);
+        mha_tensor v = mha_tensor_make(in, 3, sv), o = mha_tensor_make(outb, 3, so);
+        mha_tensor l = mha_tensor_make(outb + 64, 2, sl), g = mha_tensor_make(in, 3, so);
+        mha_tensor dq = mha_tensor_make(outb + 128, 3, sq), dk = mha_tensor_make(dkb, 3, sk);
+        mha_tensor dv = mha_tensor_make(dvb, 3, sv);
+        mha_mask m = mha_mask_default();
+        m.causal = MHA_CAUSAL_BOTTOM_RIGHT;
+        ASSERT_OK(ctx, mha_attn_varlen_forward(ctx, NULL, &q, &k, &v, cq, ck, 2, &m, &o, &l));
+        ASSERT_OK(ctx, mha_attn_varlen_backward(ctx, NULL, &q, &k, &v, cq, ck, 2, &m, &o, &l, &g,
+                                                &dq, &dk, &dv));
+        for (int x = 0; x < N; x++) {
+            if (outb[x] != 7.0f)
+                FAILF("Hkv %lld: out, lse or dq element %d written", (long long)Hkv, x);
+            if (dkb[x] != (x < TK * Hkv * D ? 0.0f : 7.0f))
+                FAILF("Hkv %lld: dk float %d: got %g", (long long)Hkv, x, dkb[x]);
+            if (dvb[x] != (x < TK * Hkv * DV ? 0.0f : 7.0f))
+                FAILF("Hkv %lld: dv float %d: got %g", (long long)Hkv, x, dvb[x]);
+            if (harness_cur_failed) return;
+        }
+    }
+    mha_ctx_free(ctx);
+}
+
 int main(void) {
     RUN(varlen_equals_dense_per_sequence);
     RUN(varlen_dropout_equals_dense_batch);
     RUN(varlen_threads_bitwise);
     RUN(varlen_side_by_side_allocation_failures);
     RUN(varlen_empty_sequences);
+    RUN(varlen_zero_heads);
     RUN(varlen_bad_inputs);
     RUN(varlen_bf16_f16_equal_dense_per_sequence);
     return harness_report();

@@ -147,7 +147,9 @@ mha_status mha__attn_check_inputs(mha_ctx *ctx, const char *fn, const mha_attn_p
             return mha__err(ctx, MHA_ERR_SHAPE, "%s: k.shape[%d]: got %lld, expected %lld (%s)", fn,
                             d, (long long)k->shape[d], (long long)wk[d], kwhy[d]);
     const int64_t Hkv = k->shape[1];
-    if (Hkv < 1 || H % Hkv != 0)
+    /* Hkv divides H; H = 0 (no query head) is an empty problem as B, L or S = 0 are, and 0
+     * is a multiple of any Hkv, 0 included */
+    if (H > 0 && (Hkv < 1 || H % Hkv != 0))
         return mha__err(ctx, MHA_ERR_SHAPE,
                         "%s: k.shape[1]: got %lld, expected a divisor of q's %lld heads "
                         "(grouped-query attention: query head h uses key/value head h / (H / Hkv))",
@@ -161,7 +163,7 @@ mha_status mha__attn_check_inputs(mha_ctx *ctx, const char *fn, const mha_attn_p
             return mha__err(ctx, MHA_ERR_SHAPE, "%s: v.shape[%d]: got %lld, expected %lld (%s)", fn,
                             d, (long long)v->shape[d], (long long)wv[d], vwhy[d]);
     pr->B = B, pr->H = H, pr->L = L, pr->S = S, pr->D = D, pr->Dv = v->shape[3];
-    pr->Hkv = Hkv, pr->kv_group = H / Hkv, pr->dt = dt;
+    pr->Hkv = Hkv, pr->kv_group = H > 0 ? H / Hkv : 1, pr->dt = dt; /* 1: no head divides */
     pr->scale = p->scale != 0 ? p->scale : (float)(1.0 / sqrt((double)D));
     pr->dropout_p = p->dropout_p;
     pr->keep_scale = p->dropout_p > 0 ? (float)(1.0 / (1.0 - (double)p->dropout_p)) : 1.0f;

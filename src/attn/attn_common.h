@@ -5,8 +5,11 @@
  * functions below to reproduce exactly the mask mha_attn_forward applies.
  *
  * SIZES
- *   B, H, L, S >= 0 are accepted; B*H*L == 0 is a no-op; S == 0 makes every row fully masked
- *   (out 0, lse -INFINITY, weights empty). D (q/k head dim) must be >= 1; Dv >= 0.
+ *   B, H, L, S >= 0 are accepted; B*H*L == 0 is a no-op (but the backward's dk, dv, which no
+ *   query row reads then, are set to 0); S == 0 makes every row fully masked (out 0, lse
+ *   -INFINITY, weights empty). H = 0 goes with any Hkv (0 is a multiple of every Hkv, 0
+ *   included; kv_group is then 1); H > 0 needs 1 <= Hkv dividing H. D (q/k head dim) must be
+ *   >= 1; Dv >= 0.
  *
  * DROPOUT
  *   The keep decision for element (bh = b*H + h, i, j) is a pure function of

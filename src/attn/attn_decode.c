@@ -129,12 +129,12 @@ static mha_status kv_check_tensors(mha_ctx *ctx, const char *fn, kv_call *c) {
     if ((st = mha__check_tensor_as(ctx, fn, "k_cache", c->kc, dt, 4, wk, "[B, Hkv, Smax, D]")))
         return st;
     const int64_t Hkv = c->Hkv = c->kc->shape[1], Smax = c->Smax = c->kc->shape[2];
-    if (Hkv < 1 || H % Hkv != 0)
+    if (H > 0 && (Hkv < 1 || H % Hkv != 0)) /* H = 0: empty, any Hkv (mha__attn_check_inputs) */
         return mha__err(ctx, MHA_ERR_SHAPE,
                         "%s: k_cache.shape[1]: got %lld, expected a divisor of q's %lld heads "
                         "(grouped-query attention: query head h uses key/value head h / (H / Hkv))",
                         fn, (long long)Hkv, (long long)H);
-    c->group = H / Hkv;
+    c->group = H > 0 ? H / Hkv : 1;
     int64_t wv[4] = {B, Hkv, Smax, -1};
     if ((st = mha__check_tensor_as(ctx, fn, "v_cache", c->vc, dt, 4, wv,
                                    "[B, Hkv, Smax, Dv] as k_cache")))

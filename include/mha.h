@@ -38,13 +38,14 @@
  *   - The library never prints, exits or aborts on bad input.
  *   - Every *_create has a *_free; *_free(NULL) is a no-op.
  *   - Outputs must not share memory with inputs or with other outputs (nothing is computed
- *     in place): the module's and the core's calls check every pair and return
- *     MHA_ERR_INVALID_ARG naming both ("mha_attn_forward: out overlaps v (...)"). Views that
- *     interleave in one buffer without sharing an element (q, k, v of a packed [B, T, 3, H, D]
- *     array, or an input and an output side by side) are not an overlap. An output may not
- *     overlap itself either: a view whose elements share memory (a stride-0 dimension, as
- *     torch's expand() makes, or strides that do not step past each other) is
- *     MHA_ERR_INVALID_ARG naming it, as the writes of two indices would land on one element.
+ *     in place): the module's, the core's and the matrix products' calls check every pair
+ *     and return MHA_ERR_INVALID_ARG naming both ("mha_attn_forward: out overlaps v (...)",
+ *     "mha_sgemm: C overlaps A (...)"). Views that interleave in one buffer without sharing
+ *     an element (q, k, v of a packed [B, T, 3, H, D] array, or an input and an output side
+ *     by side) are not an overlap. An output may not overlap itself either: a view whose
+ *     elements share memory (a stride-0 dimension, as torch's expand() makes, or strides that
+ *     do not step past each other) is MHA_ERR_INVALID_ARG naming it, as the writes of two
+ *     indices would land on one element.
  *
  * THREAD SAFETY
  *   A context, a module or a safetensors collection is used by one thread at a time. Distinct
@@ -220,7 +221,11 @@ MHA_API mha_status mha_ctx_describe(mha_ctx *ctx, char *buf, size_t n);
  *   C[M,N] = alpha * op(A)[M,K] * op(B)[K,N] + beta * C      (row-major)
  * op(A) = A [M,K] (lda >= K), or A^T when ta != 0 (A is [K,M], lda >= M); likewise B, tb.
  * beta == 0: C is not read. Bitwise identical results for any thread count. The projections
- * of the module run on it. Returns MHA_ERR_INVALID_ARG / MHA_ERR_NOMEM (C unchanged).
+ * of the module run on it. C (written while A and B are read) may not share an element with A
+ * or B, as far as K > 0 has them read: the elements each touches, rows of its ld, count (C in
+ * the columns A skips, with ldc == lda, is apart; A and B may overlap each other). Returns
+ * MHA_ERR_INVALID_ARG naming the argument ("mha_sgemm: C overlaps A (...)") / MHA_ERR_NOMEM;
+ * C unchanged on error.
  * (mha_gemm, below the dtypes: the same with bfloat16 / half A and B.) */
 MHA_API mha_status mha_sgemm(mha_ctx *ctx, int ta, int tb, int64_t M, int64_t N, int64_t K,
                              float alpha, const float *A, int64_t lda, const float *B, int64_t ldb,
@@ -260,9 +265,10 @@ typedef enum {
  * vdpbf16ps: two products per lane added together, then to the float32 sum (within float32
  * rounding of the other paths, not their bits; subnormal inputs and sums flush to zero).
  * Elsewhere, and for f16, the operands are converted to float32 as they are packed.
- * beta == 0: C is not read. Bitwise identical results for any thread count. Returns
- * MHA_ERR_INVALID_ARG (naming the argument), MHA_ERR_UNSUPPORTED (another dtype),
- * MHA_ERR_NOMEM (C unchanged). */
+ * beta == 0: C is not read. Bitwise identical results for any thread count. C may not
+ * overlap A or B, as in mha_sgemm (a 2-byte A or B whose bytes reach C's is an overlap).
+ * Returns MHA_ERR_INVALID_ARG (naming the argument), MHA_ERR_UNSUPPORTED (another dtype),
+ * MHA_ERR_NOMEM (C unchanged on every error). */
 MHA_API mha_status mha_gemm(mha_ctx *ctx, int ta, int tb, int64_t M, int64_t N, int64_t K,
                             float alpha, const void *A, int64_t lda, const void *B, int64_t ldb,
                             mha_dtype dtype, float beta, float *C, int64_t ldc);

@@ -482,10 +482,79 @@ TEST(workspace_reuse_and_fused_bias) {
     mha_ctx_free(ctx);
 }
 
+/* mha_sgemm / mha_gemm: C may not share an element with A or B (it is written while they are
+ * read): MHA_ERR_INVALID_ARG naming the matrix, memory unchanged. The elements each matrix
+ * touches count (rows of its ld, transposed or not): C exactly A or B, a one-element overlap
+ * at either end, a bf16 A whose bytes reach into C; and accepted: C right after A, C in the
+ * columns A skips in the same rows (interleaved, equal ld), A and B the same memory, K = 0. */
+TEST(public_c_overlap_refused) {
+    mha_ctx *ctx;
+    ASSERT_OK(ctx, mha_ctx_create(&ctx));
+    static float buf[256], before[256], want[256], C2[64];
+    static const struct {
+        int ta;
+        int64_t M, N, K, lda, ldb, ldc;
+        int a, b, c;     /* offsets into buf */
+        const char *msg; /* NULL: accepted */
+    } cases[] = {
+        {0, 4, 4, 4, 4, 4, 4, 0, 100, 0, "mha_sgemm: C overlaps A ("},   /* C == A */
+        {0, 4, 4, 4, 4, 4, 4, 0, 100, 100, "mha_sgemm: C overlaps B ("}, /* C == B */
+        {0, 4, 4, 4, 4, 4, 4, 0, 100, 15, "mha_sgemm: C overlaps A ("},  /* A's last element */
+        {0, 3, 5, 2, 2, 5, 6, 100, 16, 0, "mha_sgemm: C overlaps B ("},  /* C's last = B's first */
+        {0, 3, 5, 2, 2, 5, 6, 100, 17, 0, NULL},                         /* B right after C */
+        {1, 2, 4, 3, 2, 4, 4, 0, 100, 5, "mha_sgemm: C overlaps A ("},   /* A^T [3, 2]: to 5 */
+        {1, 2, 4, 3, 2, 4, 4, 0, 100, 6, NULL},                          /* just after A^T */
+        {0, 4, 4, 4, 4, 4, 4, 0, 100, 16, NULL},                         /* right after A */
+        {0, 4, 4, 4, 8, 4, 8, 0, 100, 4, NULL}, /* interleaved: A columns 0-3, C 4-7 */
+        {0, 4, 4, 4, 8, 4, 8, 0, 100, 3, "mha_sgemm: C overlaps A ("}, /* ... one column */
+        {0, 4, 4, 4, 4, 4, 4, 100, 100, 0, NULL}, /* A and B the same memory: only read */
+        {0, 4, 4, 0, 1, 4, 4, 0, 0, 0, NULL},     /* K = 0: neither read */
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        for (int x = 0; x < 256; x++) buf[x] = before[x] = frand();
+        const float *A = buf + cases[i].a, *B = buf + cases[i].b;
+        float *C = buf + cases[i].c;
+        const int64_t M = cases[i].M, N = cases[i].N, K = cases[i].K, ldc = cases[i].ldc;
+        /* the expected C: from copies of A and B */
+        static float Ac[256], Bc[256];
+        memcpy(Ac, buf, sizeof Ac), memcpy(Bc, buf, sizeof Bc);
+        ASSERT_OK(ctx, mha_sgemm(ctx, cases[i].ta, 0, M, N, K, 1.0f, Ac + cases[i].a, cases[i].lda,
+                                 Bc + cases[i].b, cases[i].ldb, 0.0f, C2, N));
+        mha_status st = mha_sgemm(ctx, cases[i].ta, 0, M, N, K, 1.0f, A, cases[i].lda, B,
+                                  cases[i].ldb, 0.0f, C, ldc);
+        if (cases[i].msg) {
+            if (st != MHA_ERR_INVALID_ARG) FAILF("case %zu: status %d", i, st);
+            ASSERT_EQ(st, MHA_ERR_INVALID_ARG);
+            ASSERT_STR_CONTAINS(mha_ctx_errmsg(ctx), cases[i].msg);
+            ASSERT_TRUE(memcmp(buf, before, sizeof buf) == 0);
+            continue;
+        }
+        if (st != MHA_OK) FAILF("case %zu: %s", i, mha_ctx_errmsg(ctx));
+        ASSERT_OK(ctx, st);
+        memcpy(want, before, sizeof want);
+        for (int64_t r = 0; r < M; r++)
+            memcpy(want + cases[i].c + r * ldc, C2 + r * N, sizeof(float) * (size_t)N);
+        if (memcmp(buf, want, sizeof buf) != 0) FAILF("case %zu: C or its neighbours wrong", i);
+        ASSERT_TRUE(memcmp(buf, want, sizeof buf) == 0);
+    }
+    /* mha_gemm, bf16 A of 2-byte elements: [4, 4] is 8 floats' bytes */
+    static _Alignas(16) uint16_t h[64];
+    float *hc = (float *)(void *)h;
+    for (int x = 0; x < 64; x++) h[x] = 0x3f80; /* 1.0 */
+    ASSERT_EQ(mha_gemm(ctx, 0, 0, 4, 4, 4, 1.0f, h, 4, h, 4, MHA_DTYPE_BF16, 0.0f, hc + 7, 4),
+              MHA_ERR_INVALID_ARG);
+    ASSERT_STR_CONTAINS(mha_ctx_errmsg(ctx), "mha_gemm: C overlaps A (");
+    for (int x = 0; x < 64; x++) ASSERT_EQ(h[x], 0x3f80);
+    ASSERT_OK(ctx, mha_gemm(ctx, 0, 0, 4, 4, 4, 1.0f, h, 4, h, 4, MHA_DTYPE_BF16, 0.0f, hc + 8, 4));
+    ASSERT_TRUE(hc[8] == 4.0f && hc[23] == 4.0f);
+    mha_ctx_free(ctx);
+}
+
 int main(void) {
     RUN(pack_layouts);
     RUN(micro_kernel_edge_tiles_vs_generic);
     RUN(k_zero_and_empty);
+    RUN(public_c_overlap_refused);
     RUN(odd_shapes_every_layout);
     RUN(every_transpose_alpha_beta_and_padding);
     RUN(bitwise_identical_for_any_thread_count);

@@ -184,10 +184,16 @@ mha_status mha__gemm_dt(mha_ctx *ctx, mha__gemm_ws *ws, int ta, int tb, int64_t 
     return MHA_OK;
 }
 
-/* The arguments of mha_sgemm / mha_gemm (fn names the caller in messages). */
+/* The [rows, cols] matrix of row stride ld at x as a view of dtype dt (for the overlap test). */
+static mha_tensor matrix_view(const void *x, mha_dtype dt, int64_t rows, int64_t cols, int64_t ld) {
+    const int64_t shape[2] = {rows, cols}, stride[2] = {ld, 1};
+    return mha_tensor_typed((void *)x, dt, 2, shape, stride);
+}
+
+/* The arguments of mha_sgemm / mha_gemm (fn names the caller in messages; dt: A's and B's). */
 static mha_status check_args(mha_ctx *ctx, const char *fn, int ta, int tb, int64_t M, int64_t N,
                              int64_t K, const void *A, int64_t lda, const void *B, int64_t ldb,
-                             const float *C, int64_t ldc) {
+                             mha_dtype dt, const float *C, int64_t ldc) {
     if (M < 0 || N < 0 || K < 0)
         return mha__err(ctx, MHA_ERR_INVALID_ARG,
                         "%s: M, N, K: got %lld, %lld, %lld, expected >= 0", fn, (long long)M,
@@ -224,6 +230,18 @@ static mha_status check_args(mha_ctx *ctx, const char *fn, int ta, int tb, int64
     if (M > 0 && N > 0 && K > 0 && (!A || !B))
         return mha__err(ctx, MHA_ERR_INVALID_ARG, "%s: %s: got NULL, expected a matrix", fn,
                         !A ? "A" : "B");
+    /* C is written tile by tile while A and B are still read: the elements each one touches
+     * (rows of ld, as views: interleaved columns of one buffer do not overlap) must be apart.
+     * A and B, only read, may share memory. K = 0 reads neither. */
+    const mha_tensor c = matrix_view(C, MHA_DTYPE_F32, M, N, ldc);
+    const mha_tensor ab[2] = {matrix_view(A, dt, mats[0].rows, ta ? M : K, lda),
+                              matrix_view(B, dt, mats[1].rows, tb ? K : N, ldb)};
+    for (int i = 0; i < 2 && K > 0; i++)
+        if (mha__tensors_overlap(&c, &ab[i]))
+            return mha__err(ctx, MHA_ERR_INVALID_ARG,
+                            "%s: C overlaps %s (C is written while A and B are read: it must not "
+                            "share memory with them)",
+                            fn, mats[i].name);
     return MHA_OK;
 }
 
@@ -231,7 +249,8 @@ mha_status mha_sgemm(mha_ctx *ctx, int ta, int tb, int64_t M, int64_t N, int64_t
                      const float *A, int64_t lda, const float *B, int64_t ldb, float beta, float *C,
                      int64_t ldc) {
     mha__clear(ctx);
-    mha_status st = check_args(ctx, "mha_sgemm", ta, tb, M, N, K, A, lda, B, ldb, C, ldc);
+    mha_status st =
+        check_args(ctx, "mha_sgemm", ta, tb, M, N, K, A, lda, B, ldb, MHA_DTYPE_F32, C, ldc);
     if (st != MHA_OK) return st;
     return mha__gemm(ctx, ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
 }
@@ -245,7 +264,7 @@ mha_status mha_gemm(mha_ctx *ctx, int ta, int tb, int64_t M, int64_t N, int64_t 
         return mha__err(ctx, MHA_ERR_UNSUPPORTED,
                         "%s: dtype: got %s, expected float32, bfloat16 or float16", FN,
                         mha_dtype_name(dtype));
-    mha_status st = check_args(ctx, FN, ta, tb, M, N, K, A, lda, B, ldb, C, ldc);
+    mha_status st = check_args(ctx, FN, ta, tb, M, N, K, A, lda, B, ldb, dtype, C, ldc);
     if (st != MHA_OK) return st;
     return mha__gemm_dt(ctx, NULL, ta, tb, M, N, K, alpha, A, lda, B, ldb, dtype, beta, NULL, C,
                         ldc);

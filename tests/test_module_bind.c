@@ -222,9 +222,139 @@ TEST(forward_scratch_kept_between_calls) {
     mha_ctx_free(ctx);
 }
 
+/* Every parameter's value and gradient of m, back to back, into dst (n floats at most);
+ * returns the count. */
+static int64_t snapshot(mha_ctx *ctx, mha_module *m, float *dst, int64_t n) {
+    int64_t at = 0;
+    for (int i = 0; i < mha_module_param_count(m); i++) {
+        mha_tensor v, g;
+        if (mha_module_param(ctx, m, mha_module_param_name(m, i), &v, &g)) return -1;
+        const int64_t k = mha_tensor_numel(&v);
+        if (at + 2 * k > n) return -1;
+        memcpy(dst + at, v.data, sizeof(float) * (size_t)k);
+        memcpy(dst + at + k, g.data, sizeof(float) * (size_t)k);
+        at += 2 * k;
+    }
+    return at;
+}
+
+/* An output of a module call that shares memory with one of the module's parameters (bound or
+ * its own) or their gradients is refused, naming both, with nothing written: writing it would
+ * change the weights the call is still reading, or the gradients. The forward's out and
+ * weights, the backward's input gradients, the incremental forward's out (also against the
+ * cache); a view right after a bound parameter is fine. */
+TEST(outputs_overlapping_the_module_refused) {
+    mha_ctx *ctx;
+    ASSERT_OK(ctx, mha_ctx_create(&ctx));
+    mha_module *m = make(ctx, 7, 0.0f);
+    ASSERT_TRUE(m);
+    /* out_proj.weight bound to wo[0, E*E), a gradient of in_proj_weight bound to gin */
+    static float wo[E * E + N], gin[3 * E * E], x[N], y[N], dy[N], dx[N];
+    static float snap[16 * E * E], snap2[16 * E * E];
+    mha_tensor w;
+    ASSERT_OK(ctx, mha_module_param(ctx, m, "out_proj.weight", &w, NULL));
+    memcpy(wo, w.data, sizeof(float) * E * E);
+    ASSERT_OK(ctx, mha_module_param_bind(ctx, m, "out_proj.weight", wo, NULL));
+    ASSERT_OK(ctx, mha_module_param_bind(ctx, m, "in_proj_weight", NULL, gin));
+    mha_tensor bias, gbias;
+    ASSERT_OK(ctx, mha_module_param(ctx, m, "out_proj.bias", &bias, &gbias)); /* owned */
+    fill(x, N, 0.31, 0.5), fill(dy, N, 0.17, 1.5);
+    int64_t s[3] = {B, L, E};
+    mha_tensor tx = mha_tensor_make(x, 3, s), ty = mha_tensor_make(y, 3, s);
+    mha_forward_opts fo = mha_forward_opts_default();
+    ASSERT_OK(ctx, mha_module_forward(ctx, m, &fo, &tx, NULL, NULL, NULL, &ty, NULL));
+    const int64_t ns = snapshot(ctx, m, snap, 16 * E * E);
+    ASSERT_TRUE(ns > 0);
+    static const struct {
+        float *base;
+        int64_t off;
+        const char *msg;
+    } fwd_cases[] = {
+        {wo, 0, "mha_module_forward: out overlaps the module's parameter out_proj.weight ("},
+        {wo, E * E - 1, "out overlaps the module's parameter out_proj.weight"}, /* one element */
+        {gin, 2 * E * E, "out overlaps the module's gradient of in_proj_weight ("},
+    };
+    for (size_t i = 0; i < sizeof fwd_cases / sizeof fwd_cases[0]; i++) {
+        mha_tensor o = mha_tensor_make(fwd_cases[i].base + fwd_cases[i].off, 3, s);
+        ASSERT_EQ(mha_module_forward(ctx, m, &fo, &tx, NULL, NULL, NULL, &o, NULL),
+                  MHA_ERR_INVALID_ARG);
+        ASSERT_STR_CONTAINS(mha_ctx_errmsg(ctx), fwd_cases[i].msg);
+        ASSERT_EQ(snapshot(ctx, m, snap2, 16 * E * E), ns);
+        ASSERT_TRUE(memcmp(snap, snap2, sizeof(float) * (size_t)ns) == 0);
+    }
+    /* the module's own memory (not bound): out_proj.bias [E] and its gradient, as the out
+     * [1, E] of an unbatched query of one token and the averaged weights [4, 4] of one of 4 */
+    int64_t s1e[2] = {1, E}, s4[2] = {4, E}, sw4[2] = {4, 4};
+    mha_tensor x1 = mha_tensor_make(x, 2, s1e), o = mha_tensor_make(bias.data, 2, s1e);
+    ASSERT_EQ(mha_module_forward(ctx, m, &fo, &x1, NULL, NULL, NULL, &o, NULL),
+              MHA_ERR_INVALID_ARG);
+    ASSERT_STR_CONTAINS(mha_ctx_errmsg(ctx), "out overlaps the module's parameter out_proj.bias");
+    mha_tensor x4 = mha_tensor_make(x, 2, s4), y4 = mha_tensor_make(y, 2, s4);
+    mha_tensor tw = mha_tensor_make(gbias.data, 2, sw4);
+    ASSERT_EQ(mha_module_forward(ctx, m, &fo, &x4, NULL, NULL, NULL, &y4, &tw),
+              MHA_ERR_INVALID_ARG);
+    ASSERT_STR_CONTAINS(mha_ctx_errmsg(ctx),
+                        "weights overlaps the module's gradient of out_proj.bias");
+    ASSERT_EQ(snapshot(ctx, m, snap2, 16 * E * E), ns);
+    ASSERT_TRUE(memcmp(snap, snap2, sizeof(float) * (size_t)ns) == 0);
+    /* right after the bound weight: accepted, the same output */
+    o = mha_tensor_make(wo + E * E, 3, s);
+    ASSERT_OK(ctx, mha_module_forward(ctx, m, &fo, &tx, NULL, NULL, NULL, &o, NULL));
+    ASSERT_TRUE(memcmp(wo + E * E, y, sizeof y) == 0);
+    /* the backward's input gradients */
+    ASSERT_OK(ctx, mha_module_forward(ctx, m, &fo, &tx, NULL, NULL, NULL, &ty, NULL));
+    mha_tensor tdy = mha_tensor_make(dy, 3, s), tdx = mha_tensor_make(gin + E, 3, s);
+    ASSERT_EQ(mha_module_backward(ctx, m, &tdy, &tdx, NULL, NULL), MHA_ERR_INVALID_ARG);
+    ASSERT_STR_CONTAINS(
+        mha_ctx_errmsg(ctx),
+        "mha_module_backward: dquery overlaps the module's gradient of in_proj_weight (");
+    tdx = mha_tensor_make(wo + 3, 3, s);
+    ASSERT_EQ(mha_module_backward(ctx, m, &tdy, &tdx, NULL, NULL), MHA_ERR_INVALID_ARG);
+    ASSERT_STR_CONTAINS(mha_ctx_errmsg(ctx),
+                        "mha_module_backward: dquery overlaps the module's parameter "
+                        "out_proj.weight (");
+    ASSERT_EQ(snapshot(ctx, m, snap2, 16 * E * E), ns);
+    ASSERT_TRUE(memcmp(snap, snap2, sizeof(float) * (size_t)ns) == 0);
+    tdx = mha_tensor_make(dx, 3, s); /* the saved forward is still there */
+    ASSERT_OK(ctx, mha_module_backward(ctx, m, &tdy, &tdx, NULL, NULL));
+    ASSERT_EQ(snapshot(ctx, m, snap, 16 * E * E), ns); /* the gradients it accumulated */
+    /* the incremental forward: against the parameters and the cache */
+    mha_kv_cache *c;
+    ASSERT_OK(ctx, mha_module_kv_cache_create(ctx, m, B, 8, &c));
+    mha_tensor kc, vc;
+    ASSERT_OK(ctx, mha_kv_cache_views(ctx, c, &kc, &vc));
+    int64_t s1[3] = {B, 1, E};
+    mha_tensor q1 = mha_tensor_make(x, 3, s1), o1 = mha_tensor_make(wo + 5, 3, s1);
+    mha_tensor y1 = mha_tensor_make(y, 3, s1);
+    ASSERT_OK(ctx, mha_module_forward_cached(ctx, m, c, &q1, NULL, &y1));
+    ASSERT_EQ(mha_module_forward_cached(ctx, m, c, &q1, NULL, &o1), MHA_ERR_INVALID_ARG);
+    ASSERT_STR_CONTAINS(
+        mha_ctx_errmsg(ctx),
+        "mha_module_forward_cached: out overlaps the module's parameter out_proj.weight (");
+    const mha_tensor *cv[2] = {&kc, &vc};
+    static const char *const cn[2] = {"out overlaps the cache's keys", "the cache's values"};
+    for (int i = 0; i < 2; i++) {
+        size_t nb = sizeof(float) * (size_t)mha_tensor_numel(cv[i]);
+        float *before = malloc(nb);
+        memcpy(before, cv[i]->data, nb);
+        o1 = mha_tensor_make(cv[i]->data + E, 3, s1);
+        ASSERT_EQ(mha_module_forward_cached(ctx, m, c, &q1, NULL, &o1), MHA_ERR_INVALID_ARG);
+        ASSERT_STR_CONTAINS(mha_ctx_errmsg(ctx), cn[i]);
+        ASSERT_TRUE(memcmp(before, cv[i]->data, nb) == 0);
+        free(before);
+    }
+    ASSERT_EQ(mha_kv_cache_length(c, 0), 1); /* the refused calls appended nothing */
+    ASSERT_EQ(snapshot(ctx, m, snap2, 16 * E * E), ns);
+    ASSERT_TRUE(memcmp(snap, snap2, sizeof(float) * (size_t)ns) == 0);
+    mha_kv_cache_free(c);
+    mha_module_free(m);
+    mha_ctx_free(ctx);
+}
+
 int main(void) {
     RUN(saved_forwards_taken_and_restored);
     RUN(parameters_bound_to_caller_memory);
+    RUN(outputs_overlapping_the_module_refused);
     RUN(dropout_stream_positioned);
     RUN(forward_scratch_kept_between_calls);
     return harness_report();

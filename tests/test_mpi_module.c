@@ -176,11 +176,48 @@ TEST(bad_input_on_every_rank) {
     mha_module_free(m);
 }
 
+/* An output in the module's memory on rank 0 (out in out_proj.weight, dquery in the gradient
+ * of in_proj_weight) is refused on every rank, nothing written. */
+TEST(output_in_the_module_refused) {
+    mha_config cfg = mha_config_default(16, 2);
+    mha_module *m = NULL;
+    ASSERT_OK(ctx, mha_module_create(ctx, &cfg, &m));
+    mha_tensor w, g;
+    ASSERT_OK(ctx, mha_module_param(ctx, m, "out_proj.weight", &w, NULL));
+    ASSERT_OK(ctx, mha_module_param(ctx, m, "in_proj_weight", NULL, &g));
+    static float x[2 * 4 * 16], y[2 * 4 * 16], dx[2 * 4 * 16], w0[16 * 16];
+    for (int i = 0; i < 2 * 4 * 16; i++) x[i] = (float)(i % 7) / 7;
+    memcpy(w0, w.data, sizeof w0);
+    mha_tensor tx = t3(x, 2, 4, 16), ty = t3(y, 2, 4, 16), tw = t3(w.data, 2, 4, 16);
+    mha_status st = mha_mpi_module_forward(ctx, MPI_COMM_WORLD, m, NULL, &tx, NULL, NULL, NULL,
+                                           mt_rank == 0 ? &tw : &ty, NULL);
+    MT_STATUS(ctx, st, MHA_ERR_INVALID_ARG,
+              mt_rank == 0 ? "mha_mpi_module_forward: out overlaps the module's parameter "
+                             "out_proj.weight ("
+                           : "mha_mpi_module_forward: rank 0 failed: out overlaps the module's "
+                             "parameter out_proj.weight");
+    MT_CHECK(memcmp(w0, w.data, sizeof w0) == 0, "out_proj.weight written");
+    st = mha_mpi_module_forward(ctx, MPI_COMM_WORLD, m, NULL, &tx, NULL, NULL, NULL, &ty, NULL);
+    MT_CHECK(st == MHA_OK, "%s", mha_ctx_errmsg(ctx));
+    mha_tensor tg = t3(g.data, 2, 4, 16), tdx = t3(dx, 2, 4, 16);
+    st = mha_mpi_module_backward(ctx, MPI_COMM_WORLD, m, &ty, mt_rank == 0 ? &tg : &tdx, NULL, NULL,
+                                 NULL);
+    MT_STATUS(ctx, st, MHA_ERR_INVALID_ARG,
+              mt_rank == 0 ? "mha_mpi_module_backward: dquery overlaps the module's gradient of "
+                             "in_proj_weight ("
+                           : "mha_mpi_module_backward: rank 0 failed: dquery overlaps");
+    int zero = 1;
+    for (int i = 0; i < 16 * 16 * 3; i++) zero = zero && g.data[i] == 0;
+    MT_CHECK(zero, "in_proj_weight's gradient written");
+    mha_module_free(m);
+}
+
 int main(int argc, char **argv) {
     mt_init(&argc, &argv);
     if (mha_ctx_create(&ctx) != MHA_OK) return 1;
     RUN(matches_one_process);
     RUN(bad_input_on_every_rank);
+    RUN(output_in_the_module_refused);
     mha_ctx_free(ctx);
     return mt_finish();
 }

@@ -13,6 +13,7 @@
 #define MHA_MODULE_INTERNAL_H
 
 #include "core/internal.h"
+#include "attn/attn_common.h"
 #include "attn/gemm.h"
 
 #define MHA__MOD_MAX_PARAMS 6
@@ -96,5 +97,14 @@ struct mha_module_saved {
 
 /* The parameter named name, or NULL. */
 mha__param *mha__module_find_param(const mha_module *m, const char *name);
+
+/* The outputs of a module call (NULL views: not passed) against the module's own memory: every
+ * parameter's value (read while outputs are written) and gradient (the backward accumulates
+ * into it), bound or owned. MHA_ERR_INVALID_ARG naming the output and the parameter ("fn: out
+ * overlaps the module's parameter out_proj.weight (...)"), checked with mha__tensors_overlap,
+ * before anything is written; the pairs among the call's own tensors are
+ * mha__attn_check_aliases's. */
+mha_status mha__module_check_outputs(mha_ctx *ctx, const char *fn, const mha_module *m,
+                                     const mha__attn_arg *outs, int nout);
 
 #endif

@@ -39,7 +39,8 @@
  *   - Every *_create has a *_free; *_free(NULL) is a no-op.
  *   - Outputs must not share memory with inputs or with other outputs (nothing is computed
  *     in place): the module's, the core's and the matrix products' calls check every pair
- *     (a module's outputs also against its parameters, their gradients and its cache) and
+ *     (a module's outputs also against its parameters, a backward's against their gradients
+ *     too, an incremental forward's against its cache) and
  *     return MHA_ERR_INVALID_ARG naming both ("mha_attn_forward: out overlaps v (...)",
  *     "mha_sgemm: C overlaps A (...)"). Views that interleave in one buffer without sharing
  *     an element (q, k, v of a packed [B, T, 3, H, D] array, or an input and an output side
@@ -700,9 +701,10 @@ MHA_API mha_forward_opts mha_forward_opts_default(void);
  * With opts->save_for_backward the module keeps copies of the activations the backward needs;
  * the inputs may be freed after the call. Each training forward advances the dropout stream.
  * out and weights must not overlap query, key, value or each other, nor the module's
- * parameters or their gradients, bound or its own (writing them would change the weights the
- * call still reads): MHA_ERR_INVALID_ARG naming both ("mha_module_forward: out overlaps the
- * module's parameter out_proj.weight (...)"), nothing written.
+ * parameters, bound or its own (writing them would change the weights the call still reads;
+ * the gradients, which a forward never touches, are not checked): MHA_ERR_INVALID_ARG naming
+ * both ("mha_module_forward: out overlaps the module's parameter out_proj.weight (...)"),
+ * nothing written.
  * Dtypes: query, key, value and out of the module's cfg.dtype (float32, bf16 or f16; another:
  * MHA_ERR_UNSUPPORTED naming the tensor), weights float32; the backward's dout, dquery, dkey
  * and dvalue too; mha_module_kv_cache_create makes a cache of that dtype. */
@@ -735,8 +737,8 @@ MHA_API mha_status mha_module_kv_cache_create(mha_ctx *ctx, const mha_module *m,
  * or a mask whose window and ALiBi apply; its causal field is ignored, other masks refused) and
  * applies the output projection into out [B, L, E] (overwritten). Feeding a sequence one token
  * (or one chunk) at a time gives what mha_module_forward with a top-left causal mask gives
- * on the whole sequence, up to float rounding. out must not overlap query, the cache, the
- * module's parameters or their gradients (MHA_ERR_INVALID_ARG). Inference: no dropout, nothing
+ * on the whole sequence, up to float rounding. out must not overlap query, the cache or the
+ * module's parameters (MHA_ERR_INVALID_ARG). Inference: no dropout, nothing
  * saved for a backward (m's saved forward is kept). On a bad argument (shapes, a cache of other
  * sizes, an overflow: mha_attn_kvcache's checks) the cache and out are unchanged; after
  * MHA_ERR_NOMEM the cache may hold the new tokens. */

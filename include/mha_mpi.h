@@ -166,10 +166,10 @@ MHA_API mha_status mha_mpi_attn_backward(mha_ctx *ctx, MPI_Comm comm, const mha_
  *   mask: as mha_mpi_attn_forward's (key_padding [B, Sr]: this rank's keys)
  * The projections are local; the attention core is the ring above. opts as in
  * mha_module_forward, but weights (attention probabilities) are not available. Aliasing as in
- * mha_module_forward (out against the inputs and the module's parameters and gradients; the
- * backward's input gradients likewise). A training forward with dropout draws the mask the
- * one-process forward draws, from the module's dropout stream, and advances it (every rank's
- * module the same way). With opts->save_for_backward
+ * mha_module_forward (out against the inputs and the module's parameters; the backward's input
+ * gradients against the parameters and their gradients too). A training forward with dropout
+ * draws the mask the one-process forward draws, from the module's dropout stream, and advances
+ * it (every rank's module the same way). With opts->save_for_backward
  * the activations of this rank's shard are kept for mha_mpi_module_backward (they do not
  * affect mha_module_backward, which still differentiates the most recent mha_module_forward). */
 MHA_API mha_status mha_mpi_module_forward(mha_ctx *ctx, MPI_Comm comm, mha_module *m,

@@ -235,19 +235,20 @@ mha__param *mha__module_find_param(const mha_module *m, const char *name) {
 }
 
 mha_status mha__module_check_outputs(mha_ctx *ctx, const char *fn, const mha_module *m,
-                                     const mha__attn_arg *outs, int nout) {
+                                     const mha__attn_arg *outs, int nout, int grads) {
     for (int i = 0; i < m->nparams; i++) {
         const mha__param *p = &m->p[i];
         const mha_tensor mem[2] = {
             mha_tensor_typed(p->value, m->cfg.dtype, p->ndim, p->shape, NULL),
             mha_tensor_typed(p->grad, m->cfg.dtype, p->ndim, p->shape, NULL)};
         for (int o = 0; o < nout; o++)
-            for (int g = 0; g < 2; g++)
+            for (int g = 0; g < 1 + (grads != 0); g++)
                 if (outs[o].t && mha__tensors_overlap(outs[o].t, &mem[g]))
                     return mha__err(ctx, MHA_ERR_INVALID_ARG,
                                     "%s: %s overlaps the module's %s%s (outputs must not share "
-                                    "memory with the module's parameters or their gradients)",
-                                    fn, outs[o].name, g ? "gradient of " : "parameter ", p->name);
+                                    "memory with the module's parameters%s)",
+                                    fn, outs[o].name, g ? "gradient of " : "parameter ", p->name,
+                                    grads ? " or their gradients" : "");
     }
     return MHA_OK;
 }
@@ -611,7 +612,7 @@ static mha_status fwd_check_outputs(mha_ctx *ctx, const mha_module *m, const fwd
     const mha__attn_arg in[3] = {{"query", c->query}, {"key", c->key}, {"value", c->value}};
     const mha__attn_arg out[2] = {{"out", c->out}, {"weights", c->weights}};
     if ((st = mha__attn_check_aliases(ctx, FN_FWD, out, 2, in, 3))) return st;
-    return mha__module_check_outputs(ctx, FN_FWD, m, out, 2);
+    return mha__module_check_outputs(ctx, FN_FWD, m, out, 2, 0);
 }
 
 /* Declares the kept workspace (into m->st.ws, views in v) and the scratch (into m->fws, views
@@ -850,7 +851,7 @@ static mha_status cached_check(mha_ctx *ctx, const mha_module *m, mha_kv_cache *
         {"query", query}, {"the cache's keys", &kc}, {"the cache's values", &vc}};
     const mha__attn_arg outs[1] = {{"out", out}};
     if ((st = mha__attn_check_aliases(ctx, FN_CACHED, outs, 1, in, 3))) return st;
-    return mha__module_check_outputs(ctx, FN_CACHED, m, outs, 1);
+    return mha__module_check_outputs(ctx, FN_CACHED, m, outs, 1, 0);
 }
 
 mha_status mha_module_forward_cached(mha_ctx *ctx, mha_module *m, mha_kv_cache *cache,
@@ -1032,7 +1033,7 @@ static mha_status bwd_check(mha_ctx *ctx, const mha_module *m, const bwd_call *c
     const mha__attn_arg in[1] = {{"dout", c->dout}};
     const mha__attn_arg out[3] = {{"dquery", c->dquery}, {"dkey", c->dkey}, {"dvalue", c->dvalue}};
     if ((st = mha__attn_check_aliases(ctx, FN_BWD, out, 3, in, 1))) return st;
-    return mha__module_check_outputs(ctx, FN_BWD, m, out, 3);
+    return mha__module_check_outputs(ctx, FN_BWD, m, out, 3, 1);
 }
 
 /* The larger of a and the staging of a product of [M, N] into t (when given). */

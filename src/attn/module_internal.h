@@ -99,12 +99,14 @@ struct mha_module_saved {
 mha__param *mha__module_find_param(const mha_module *m, const char *name);
 
 /* The outputs of a module call (NULL views: not passed) against the module's own memory: every
- * parameter's value (read while outputs are written) and gradient (the backward accumulates
- * into it), bound or owned. MHA_ERR_INVALID_ARG naming the output and the parameter ("fn: out
- * overlaps the module's parameter out_proj.weight (...)"), checked with mha__tensors_overlap,
- * before anything is written; the pairs among the call's own tensors are
- * mha__attn_check_aliases's. */
+ * parameter's value (read while outputs are written), bound or owned, and with grads (a
+ * backward: it accumulates into them) every gradient. A forward never touches the gradients,
+ * which a framework may bind only around its backwards (the Python package does: between
+ * two, the bound memory may be freed and reused for a forward's out). MHA_ERR_INVALID_ARG
+ * naming the output and the parameter ("fn: out overlaps the module's parameter
+ * out_proj.weight (...)"), checked with mha__tensors_overlap, before anything is written; the
+ * pairs among the call's own tensors are mha__attn_check_aliases's. */
 mha_status mha__module_check_outputs(mha_ctx *ctx, const char *fn, const mha_module *m,
-                                     const mha__attn_arg *outs, int nout);
+                                     const mha__attn_arg *outs, int nout, int grads);
 
 #endif

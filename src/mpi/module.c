@@ -138,7 +138,7 @@ static mha_status fwd_check(mha_ctx *ctx, const mha_module *m, fwd_call *f) {
     const mha__attn_arg in[3] = {{"query", f->query}, {"key", f->key}, {"value", f->value}};
     const mha__attn_arg out[1] = {{"out", f->out}};
     if ((st = mha__attn_check_aliases(ctx, FN_FWD, out, 1, in, 3))) return st;
-    return mha__module_check_outputs(ctx, FN_FWD, m, out, 1);
+    return mha__module_check_outputs(ctx, FN_FWD, m, out, 1, 0);
 }
 
 static mha_status fwd_agree(mha__mpi_call *c, const mha_module *m, const fwd_call *f) {
@@ -336,7 +336,7 @@ static mha_status bwd_check(mha_ctx *ctx, const mha_module *m, const bwd_call *b
     const mha__attn_arg in[1] = {{"dout", b->dout}};
     const mha__attn_arg out[3] = {{"dquery", b->dquery}, {"dkey", b->dkey}, {"dvalue", b->dvalue}};
     if ((st = mha__attn_check_aliases(ctx, FN_BWD, out, 3, in, 1))) return st;
-    return mha__module_check_outputs(ctx, FN_BWD, m, out, 3);
+    return mha__module_check_outputs(ctx, FN_BWD, m, out, 3, 1);
 }
 
 static mha_status bwd_agree(mha__mpi_call *c, const mha_module *m) {

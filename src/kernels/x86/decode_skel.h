@@ -304,10 +304,10 @@ INL void dec_o_store(const int nr, const int nv, vf acc[DEC_RB][DEC_NV], float *
 /* O[nr, VL nv] (the last vector cut by kl) = diag(alpha) O + P[nr, kb] V[kb, VL nv]: nr x nv
  * accumulators in registers over the block's keys (one V row load per key and vector, one
  * broadcast per row); the exact rows, unlike attn_skel.h's MR-row pv blocks. vpf: the prefetch
- * distance in bytes (0: none). */
+ * distance in bytes (0: none) of the row's vectors pf0 .. pf1 - 1 (see dec_pv). */
 INL void dec_pv_blk(const int nr, const int nv, const mha_dtype kt, int64_t kb, const float *P,
                     const void *V, int64_t ldv, int64_t vpf, const float *alpha, float *O,
-                    int64_t ldo, vmask kl) {
+                    int64_t ldo, vmask kl, int pf0, int pf1) {
     vf acc[DEC_RB][DEC_NV];
     dec_o_load(nr, nv, alpha, O, ldo, kl, acc);
     for (int64_t c = 0; c < kb; c++) {
@@ -315,7 +315,7 @@ INL void dec_pv_blk(const int nr, const int nv, const mha_dtype kt, int64_t kb, 
 #pragma GCC unroll 8
         for (int j = 0; j < nv; j++) {
             x[j] = dec_load(kt, V, c * ldv + VL * j, j == nv - 1, kl);
-            if (vpf) dec_prefetch(kt, V, c * ldv + VL * j, vpf);
+            if (vpf && j >= pf0 && j < pf1) dec_prefetch(kt, V, c * ldv + VL * j, vpf);
         }
 #pragma GCC unroll 4
         for (int i = 0; i < nr; i++) {
@@ -371,19 +371,30 @@ INL void dec_pv_blk_bf16(const int nr, const int nv, int64_t kb, const float *P2
 #endif
 
 /* O[rows, nv] = diag(alpha) O + P[rows, kb] V[kb, nv] (V of type kt), panel by panel (see
- * DEC_NV), the first pass over a panel prefetching. */
+ * DEC_NV). Prefetching: with share (a head's keys contiguous), a float32 panel's passes
+ * (DEC_PR rows each) share the row's vectors, pass p of np prefetching its p-th share of them,
+ * so that requests to memory go out through every pass instead of a whole row's per key in the
+ * first and none in the others (which, from memory, left the first pass waiting on miss
+ * buffers and the others draining them: B=1 H=32 Hkv=8 D=128 S=32768, about 100 rounds each,
+ * 0.60 -> 0.65 of a quiet memory's bandwidth, 0.80 -> 0.83 of a shared one's; the strided
+ * layout's pieces of 16 keys ran 2-4% slower with it, so they keep the first pass's); else,
+ * and for a 2-byte panel, the first pass prefetches them all. */
 INL void dec_pv(const mha_dtype kt, int64_t rows, int64_t kb, int64_t nv, const float *P,
-                const void *V, int64_t ldv, int64_t vpf, const float *alpha, float *O,
-                int64_t ldo) {
+                const void *V, int64_t ldv, int64_t vpf, const float *alpha, float *O, int64_t ldo,
+                int share) {
     _Static_assert(DEC_PR == 2 && DEC_NV >= NVMAX, "float32 panels are 1 or 2 rows");
-    const int wide = kt == MHA_DTYPE_F32;
+    const int wide = kt == MHA_DTYPE_F32, spread = wide && share;
     const int64_t pw = wide ? DEC_PW : PW, pr = wide ? DEC_PR : DEC_RB;
     for (int64_t x0 = 0; x0 < nv; x0 += pw) {
         const int64_t w = nv - x0 < pw ? nv - x0 : pw, nvec = (w + VL - 1) / VL;
         const vmask kl = mask_tail(w - (nvec - 1) * VL);
         const void *Vx = (const char *)V + x0 * dec_esize(kt);
+        const int64_t np = (rows + pr - 1) / pr;
         for (int64_t r0 = 0; r0 < rows; r0 += pr) {
-            const int64_t nr = rows - r0 < pr ? rows - r0 : pr, pf = r0 ? 0 : vpf;
+            const int64_t nr = rows - r0 < pr ? rows - r0 : pr, p = r0 / pr;
+            const int64_t pf = spread || r0 == 0 ? vpf : 0;
+            const int pf0 = spread ? (int)(nvec * p / np) : 0;
+            const int pf1 = spread ? (int)(nvec * (p + 1) / np) : (int)nvec;
             const float *Pr = P + r0 * DEC_KB, *al = alpha + r0;
             float *Or = O + r0 * ldo + x0;
 #ifdef DEC_BF16_DOTS
@@ -392,9 +403,11 @@ INL void dec_pv(const mha_dtype kt, int64_t rows, int64_t kb, int64_t nv, const 
                 continue;
             }
 #endif
-            if (!wide) PER_RB(nr, DEC_PV_NR, nvec, kt, kb, Pr, Vx, ldv, pf, al, Or, ldo, kl);
-            else if (nr == 1) PER_DNV(nvec, DEC_PV_NV, 1, kt, kb, Pr, Vx, ldv, pf, al, Or, ldo, kl);
-            else PER_DNV(nvec, DEC_PV_NV, 2, kt, kb, Pr, Vx, ldv, pf, al, Or, ldo, kl);
+            if (!wide)
+                PER_RB(nr, DEC_PV_NR, nvec, kt, kb, Pr, Vx, ldv, pf, al, Or, ldo, kl, pf0, pf1);
+            else if (nr == 1)
+                PER_DNV(nvec, DEC_PV_NV, 1, kt, kb, Pr, Vx, ldv, pf, al, Or, ldo, kl, pf0, pf1);
+            else PER_DNV(nvec, DEC_PV_NV, 2, kt, kb, Pr, Vx, ldv, pf, al, Or, ldo, kl, pf0, pf1);
         }
     }
 }
@@ -499,7 +512,7 @@ INL void dec_kernel(const mha_dtype kt, int64_t nh, int64_t rows, int64_t bc, in
                 for (int64_t t = t0; t < t0 + hg; t++)
                     dec_pv(kt, rows, pk, nv, S[t - t0] + (DEC_PAIRS(kt) ? p0 / 2 : p0),
                            (const char *)V + (t * sv + (c0 + p0) * ldv) * es, ldv, vpf,
-                           p0 ? one : alpha[t - t0], P + t * sp + 2 * rows, nv);
+                           p0 ? one : alpha[t - t0], P + t * sp + 2 * rows, nv, !heads);
             }
         }
     }

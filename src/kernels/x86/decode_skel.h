@@ -29,19 +29,21 @@
  * AVX512_BF16 (../avx512bf16/attn.c, DEC_BF16_DOTS) a bf16 cache's scores are instead bf16 dot
  * products of the query rows as they are in q (dec_dots_bf16), half the work, in the same
  * order, and its product with V runs on bf16 pairs of probabilities and of two keys' V rows
- * (dec_pv_blk_bf16), as the bf16 fused forward's: half the instructions of converting V.
+ * (dec_pv_blk_bf16), as the bf16 fused forward's: half the instructions of converting V; its
+ * V rows whole, as float32's (see DEC_NV).
  * Prefetching (into L2): every load of a K or V vector is paired with a prefetch of the same vector
  * DEC_PF keys later, so that requests to memory go out evenly, a few per computed vector, instead
  * of in bursts of a whole block (which stalled on full miss queues). Without them the step below
- * took 11.3-11.6 ms against 9.3-10.4 (K's matter, V's hardly). Not into L1: rows a page apart (the
- * strided layout at Hkv * D = 1024) map to the same few L1 sets and would evict the block being
- * computed. The heads of a call take each block of keys in turn, so the rows of all the heads of a
- * key, which the [B, S, Hkv, D] layout stores together, are read close in time; with that layout
- * (sk < ldk) the block's keys are walked in pieces of DEC_KB_HEADS across up to DEC_HG heads, for
- * the scores and again for the product with V, and the prefetch runs one piece ahead
- * (DEC_PF_HEADS), so that the heads' passes stay within a few pages; the softmax still takes the
- * whole block, and a piece's products add to O after the previous piece's as one pass would: the
- * same bits as the contiguous layout.
+ * took 11.3-11.6 ms against 9.3-10.4 (K's matter, V's hardly); with a head's keys contiguous,
+ * the passes of P V over a block share each V row's prefetches (see dec_pv). Not into L1: rows
+ * a page apart (the strided layout at Hkv * D = 1024) map to the same few L1 sets and would
+ * evict the block being computed. The heads of a call take each block of keys in turn, so the rows
+ * of all the heads of a key, which the [B, S, Hkv, D] layout stores together, are read close in
+ * time; with that layout (sk < ldk) the block's keys are walked in pieces of DEC_KB_HEADS across up
+ * to DEC_HG heads, for the scores and again for the product with V, and the prefetch runs one piece
+ * ahead (DEC_PF_HEADS), so that the heads' passes stay within a few pages; the softmax still takes
+ * the whole block, and a piece's products add to O after the previous piece's as one pass would:
+ * the same bits as the contiguous layout.
  * Measured (B=1, H=32, Hkv=8, D=128, S=32768, 2 threads, bench/decode.sh beside the old
  * kernel, rounds alternating): a float32 step about 10.5 -> 9.7 ms with the contiguous cache
  * and 14.6 -> 11 ms with the strided one (16-key blocks; in pieces of the 64-key block: 11.2-11.7
@@ -266,11 +268,14 @@ INL void dec_scores(const mha_dtype kt, int64_t rows, int64_t kb, int64_t n, con
     }
 }
 
-/* The pv product's panels for a float32 cache: DEC_NV vectors (a whole row at head dim 128
- * with AVX-512, 32 columns with AVX2), DEC_PR rows at a time (DEC_PR x DEC_NV accumulators,
- * half the registers), so that the first pass over a block reads each V row whole. A 2-byte
- * cache, bound by the arithmetic, takes PW columns for up to DEC_RB rows at a time (each V
- * vector converted once for more rows). */
+/* The pv product's panels for a float32 cache and for a bf16 cache's pairs (vdpbf16ps): DEC_NV
+ * vectors (a whole row at head dim 128 with AVX-512, 32 columns with AVX2), DEC_PR rows at a
+ * time (DEC_PR x DEC_NV accumulators, half the registers), so that every pass over a block
+ * reads each V row whole. A half cache, bound by its conversions, takes PW columns for up to
+ * DEC_RB rows at a time (each V vector converted once for more rows). bf16 pairs took those
+ * too, until session 11: whole rows read a bf16 cache from memory 10-13% faster (in-process
+ * A/B, B=1 H=32 Hkv=8 D=128 S=32768, 100-150 rounds: 0.53 -> 0.59 of a quiet memory's
+ * bandwidth, 0.70 -> 0.78 of a shared one's), though a cache in L3 (S = 2048) 10% slower. */
 #define DEC_NV SKEL_CAT(DEC_NV_, NVMAX) /* 2 NVMAX, a literal for PER_UPTO */
 #define DEC_NV_2 4
 #define DEC_NV_4 8
@@ -339,17 +344,17 @@ INL void dec_pv_blk(const int nr, const int nv, const mha_dtype kt, int64_t kb, 
  * (vdpbf16ps). */
 INL void dec_pv_blk_bf16(const int nr, const int nv, int64_t kb, const float *P2, const uint16_t *V,
                          int64_t ldv, int64_t vpf, const float *alpha, float *O, int64_t ldo,
-                         vmask kl) {
+                         vmask kl, int pf0, int pf1) {
     vf acc[DEC_RB][DEC_NV];
     dec_o_load(nr, nv, alpha, O, ldo, kl, acc);
     for (int64_t c = 0; c < kb; c += 2) {
         const uint16_t *v0 = V + c * ldv, *v1 = c + 1 < kb ? v0 + ldv : NULL;
-        vb x[NVMAX];
-#pragma GCC unroll 4
+        vb x[DEC_NV];
+#pragma GCC unroll 8
         for (int j = 0; j < nv; j++) {
             x[j] =
                 vb_pair_rows(v0 + VL * j, v1 ? v1 + VL * j : NULL, j == nv - 1 ? kl : mask_full());
-            if (vpf) {
+            if (vpf && j >= pf0 && j < pf1) {
                 dec_prefetch(MHA_DTYPE_BF16, V, c * ldv + VL * j, vpf);
                 dec_prefetch(MHA_DTYPE_BF16, V, (c + 1) * ldv + VL * j, vpf);
             }
@@ -357,33 +362,34 @@ INL void dec_pv_blk_bf16(const int nr, const int nv, int64_t kb, const float *P2
 #pragma GCC unroll 4
         for (int i = 0; i < nr; i++) {
             const vb p = vb_bcast((const uint16_t *)(P2 + i * DEC_KB + c / 2));
-#pragma GCC unroll 4
+#pragma GCC unroll 8
             for (int j = 0; j < nv; j++) acc[i][j] = vf_dot2(acc[i][j], p, x[j]);
         }
     }
     dec_o_store(nr, nv, acc, O, ldo, kl);
 }
 #define DEC_PV2_NV(nv, nr, ...) dec_pv_blk_bf16(nr, nv, __VA_ARGS__)
-#define DEC_PV2_NR(nr, nv, ...) PER_NV(nv, DEC_PV2_NV, nr, __VA_ARGS__)
 #define DEC_PAIRS(kt) ((kt) == MHA_DTYPE_BF16) /* P V on bf16 pairs */
 #else
 #define DEC_PAIRS(kt) 0
 #endif
 
 /* O[rows, nv] = diag(alpha) O + P[rows, kb] V[kb, nv] (V of type kt), panel by panel (see
- * DEC_NV). Prefetching: with share (a head's keys contiguous), a float32 panel's passes
+ * DEC_NV). Prefetching: with share (a head's keys contiguous), a whole-row panel's passes
  * (DEC_PR rows each) share the row's vectors, pass p of np prefetching its p-th share of them,
  * so that requests to memory go out through every pass instead of a whole row's per key in the
  * first and none in the others (which, from memory, left the first pass waiting on miss
  * buffers and the others draining them: B=1 H=32 Hkv=8 D=128 S=32768, about 100 rounds each,
  * 0.60 -> 0.65 of a quiet memory's bandwidth, 0.80 -> 0.83 of a shared one's; the strided
  * layout's pieces of 16 keys ran 2-4% slower with it, so they keep the first pass's); else,
- * and for a 2-byte panel, the first pass prefetches them all. */
+ * and for a half cache's panel, the first pass prefetches them all. */
 INL void dec_pv(const mha_dtype kt, int64_t rows, int64_t kb, int64_t nv, const float *P,
                 const void *V, int64_t ldv, int64_t vpf, const float *alpha, float *O, int64_t ldo,
                 int share) {
     _Static_assert(DEC_PR == 2 && DEC_NV >= NVMAX, "float32 panels are 1 or 2 rows");
-    const int wide = kt == MHA_DTYPE_F32, spread = wide && share;
+    /* whole rows: float32, and bf16 pairs (whose passes load as many bytes of V per product as
+     * float32's); else (f16, converted) PW columns for up to DEC_RB rows */
+    const int wide = kt == MHA_DTYPE_F32 || DEC_PAIRS(kt), spread = wide && share;
     const int64_t pw = wide ? DEC_PW : PW, pr = wide ? DEC_PR : DEC_RB;
     for (int64_t x0 = 0; x0 < nv; x0 += pw) {
         const int64_t w = nv - x0 < pw ? nv - x0 : pw, nvec = (w + VL - 1) / VL;
@@ -399,7 +405,9 @@ INL void dec_pv(const mha_dtype kt, int64_t rows, int64_t kb, int64_t nv, const 
             float *Or = O + r0 * ldo + x0;
 #ifdef DEC_BF16_DOTS
             if (DEC_PAIRS(kt)) { /* P: pairs (see dec_pv_blk_bf16) */
-                PER_RB(nr, DEC_PV2_NR, nvec, kb, Pr, Vx, ldv, pf, al, Or, ldo, kl);
+                if (nr == 1)
+                    PER_DNV(nvec, DEC_PV2_NV, 1, kb, Pr, Vx, ldv, pf, al, Or, ldo, kl, pf0, pf1);
+                else PER_DNV(nvec, DEC_PV2_NV, 2, kb, Pr, Vx, ldv, pf, al, Or, ldo, kl, pf0, pf1);
                 continue;
             }
 #endif

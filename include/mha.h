@@ -652,8 +652,10 @@ MHA_API void mha_module_zero_grad(mha_module *m);
  * the bound value, the backward accumulates into the bound gradient, mha_module_param returns
  * views of them. The memory is used as it is (nothing is copied into it), must stay valid as
  * long as the module may use it (until bound again, or mha_module_free, which never frees it),
- * and must not be changed between a forward and its backward. MHA_ERR_NOT_FOUND for an unknown
- * name (the message lists the names). */
+ * and must not be changed between a forward and its backward. Nothing is checked here (a
+ * framework binds one gradient at a time, the others possibly stale meanwhile):
+ * mha_module_backward refuses gradients that overlap a value, each other or its dout.
+ * MHA_ERR_NOT_FOUND for an unknown name (the message lists the names). */
 MHA_API mha_status mha_module_param_bind(mha_ctx *ctx, mha_module *m, const char *name, void *value,
                                          void *grad);
 /* Positions the dropout stream: the next training forward with dropout draws its mask with
@@ -721,7 +723,8 @@ MHA_API mha_status mha_module_forward(mha_ctx *ctx, mha_module *m, const mha_for
  *   module's parameters or their gradients (MHA_ERR_INVALID_ARG naming both, nothing
  *   written).
  * Parameter gradients are ACCUMULATED (+=) into the module's gradients, as in PyTorch; call
- * mha_module_zero_grad between steps. */
+ * mha_module_zero_grad between steps. The gradients (bound ones too) must not overlap dout,
+ * any parameter's value or each other (MHA_ERR_INVALID_ARG naming both, nothing written). */
 MHA_API mha_status mha_module_backward(mha_ctx *ctx, mha_module *m, const mha_tensor *dout,
                                        mha_tensor *dquery, mha_tensor *dkey, mha_tensor *dvalue);
 

@@ -362,10 +362,59 @@ TEST(outputs_overlapping_the_module_refused) {
     mha_ctx_free(ctx);
 }
 
+/* The parameters' gradients, accumulated into by a backward, bound (one at a time, checked by
+ * nothing then) to memory that a parameter's value, another gradient or dout holds: the
+ * backward refuses, naming both, with nothing written (it used to add a gradient into the
+ * weight, sum two gradients into one place, or write into dout); rebound apart, the saved
+ * forward's backward runs. */
+TEST(gradients_overlapping_refused) {
+    mha_ctx *ctx;
+    ASSERT_OK(ctx, mha_ctx_create(&ctx));
+    static float g[4 * E * E], gw[3 * E * E], x[N], y[N], dy[N], dy0[N], dx[N];
+    static float snap[16 * E * E], snap2[16 * E * E];
+    static const char *const msg[3] = {
+        "mha_module_backward: the module's gradient of in_proj_weight overlaps the module's "
+        "parameter in_proj_weight (",
+        "mha_module_backward: the module's gradient of in_proj_weight overlaps the module's "
+        "gradient of out_proj.weight (",
+        "mha_module_backward: the module's gradient of out_proj.bias overlaps dout ("};
+    fill(x, N, 0.31, 0.5), fill(dy, N, 0.17, 1.5);
+    memcpy(dy0, dy, sizeof dy);
+    for (int c = 0; c < 3; c++) {
+        mha_module *m = make(ctx, 11, 0.0f);
+        ASSERT_TRUE(m);
+        mha_tensor w;
+        ASSERT_OK(ctx, mha_module_param(ctx, m, "in_proj_weight", &w, NULL));
+        if (c == 0) ASSERT_OK(ctx, mha_module_param_bind(ctx, m, "in_proj_weight", NULL, w.data));
+        if (c == 1) {
+            ASSERT_OK(ctx, mha_module_param_bind(ctx, m, "in_proj_weight", NULL, g));
+            ASSERT_OK(ctx,
+                      mha_module_param_bind(ctx, m, "out_proj.weight", NULL, g + 3 * E * E - 1));
+        }
+        if (c == 2) ASSERT_OK(ctx, mha_module_param_bind(ctx, m, "out_proj.bias", NULL, dy + 3));
+        ASSERT_OK(ctx, fwd(ctx, m, x, y));
+        const int64_t ns = snapshot(ctx, m, snap, 16 * E * E);
+        ASSERT_TRUE(ns > 0);
+        ASSERT_EQ(bwd(ctx, m, dy, dx), MHA_ERR_INVALID_ARG);
+        ASSERT_STR_CONTAINS(mha_ctx_errmsg(ctx), msg[c]);
+        ASSERT_EQ(snapshot(ctx, m, snap2, 16 * E * E), ns);
+        ASSERT_TRUE(memcmp(snap, snap2, sizeof(float) * (size_t)ns) == 0);
+        ASSERT_TRUE(memcmp(dy, dy0, sizeof dy) == 0);
+        /* apart again: the saved forward is still there */
+        const char *name = c == 2 ? "out_proj.bias" : "in_proj_weight";
+        memset(gw, 0, sizeof gw);
+        ASSERT_OK(ctx, mha_module_param_bind(ctx, m, name, NULL, gw));
+        ASSERT_OK(ctx, bwd(ctx, m, dy, dx));
+        mha_module_free(m);
+    }
+    mha_ctx_free(ctx);
+}
+
 int main(void) {
     RUN(saved_forwards_taken_and_restored);
     RUN(parameters_bound_to_caller_memory);
     RUN(outputs_overlapping_the_module_refused);
+    RUN(gradients_overlapping_refused);
     RUN(dropout_stream_positioned);
     RUN(forward_scratch_kept_between_calls);
     return harness_report();

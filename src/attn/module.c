@@ -998,6 +998,38 @@ typedef struct {
     int64_t ldy, ldg; /* ldg: row stride of dq, dk, dv (3E self, else E) */
 } bwd_call;
 
+/* The parameters' gradients, which a backward accumulates into (after reading the values and
+ * dout), against every parameter's value, each other and dout: bound memory may share any of
+ * them (mha_module_param_bind checks nothing: a framework binds one gradient at a time, the
+ * others possibly stale until it binds them too), and a shared element would get a gradient
+ * added to a weight, two gradients summed into one place (gw mirrors them by address) or dout
+ * overwritten. Checked when all are bound, before anything is written. */
+static mha_status bwd_check_grads(mha_ctx *ctx, const mha_module *m, const mha_tensor *dout) {
+    const mha_dtype dt = m->cfg.dtype;
+    for (int i = 0; i < m->nparams; i++) {
+        const mha__param *a = &m->p[i];
+        const mha_tensor g = mha_tensor_typed(a->grad, dt, a->ndim, a->shape, NULL);
+        if (mha__tensors_overlap(&g, dout))
+            return mha__err(ctx, MHA_ERR_INVALID_ARG,
+                            "%s: the module's gradient of %s overlaps dout (a gradient, "
+                            "accumulated into, must not share memory with the inputs)",
+                            FN_BWD, a->name);
+        for (int j = 0; j < m->nparams; j++) {
+            const mha__param *b = &m->p[j];
+            const mha_tensor v = mha_tensor_typed(b->value, dt, b->ndim, b->shape, NULL);
+            const mha_tensor h = mha_tensor_typed(b->grad, dt, b->ndim, b->shape, NULL);
+            const int on_value = mha__tensors_overlap(&g, &v);
+            if (on_value || (j > i && mha__tensors_overlap(&g, &h)))
+                return mha__err(ctx, MHA_ERR_INVALID_ARG,
+                                "%s: the module's gradient of %s overlaps the module's %s%s "
+                                "(mha_module_param_bind: a gradient must not share memory with "
+                                "a parameter or another gradient)",
+                                FN_BWD, a->name, on_value ? "parameter " : "gradient of ", b->name);
+        }
+    }
+    return MHA_OK;
+}
+
 /* dout against the saved forward, the input gradients' shapes, the aliasing rule. */
 static mha_status bwd_check(mha_ctx *ctx, const mha_module *m, const bwd_call *c) {
     const mha__saved *s = m->saved;
@@ -1032,8 +1064,10 @@ static mha_status bwd_check(mha_ctx *ctx, const mha_module *m, const bwd_call *c
         return st;
     const mha__attn_arg in[1] = {{"dout", c->dout}};
     const mha__attn_arg out[3] = {{"dquery", c->dquery}, {"dkey", c->dkey}, {"dvalue", c->dvalue}};
-    if ((st = mha__attn_check_aliases(ctx, FN_BWD, out, 3, in, 1))) return st;
-    return mha__module_check_outputs(ctx, FN_BWD, m, out, 3, 1);
+    if ((st = mha__attn_check_aliases(ctx, FN_BWD, out, 3, in, 1)) ||
+        (st = mha__module_check_outputs(ctx, FN_BWD, m, out, 3, 1)))
+        return st;
+    return bwd_check_grads(ctx, m, c->dout);
 }
 
 /* The larger of a and the staging of a product of [M, N] into t (when given). */

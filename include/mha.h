@@ -865,7 +865,9 @@ MHA_API int64_t mha_kv_cache_length(const mha_kv_cache *c, int64_t b);
 MHA_API mha_status mha_kv_cache_views(mha_ctx *ctx, mha_kv_cache *c, mha_tensor *k, mha_tensor *v);
 /* Appends k_new, v_new ([B, Hkv, Lnew, D / Dv], or both NULL) to every sequence and attends q
  * [B, H, L, D] to the whole cache: mha_attn_kvcache on the cache's buffers and lengths. The
- * lengths advance by Lnew only on success; on error nothing is written. */
+ * lengths advance by Lnew only on success; on an argument error nothing is written; after
+ * MHA_ERR_NOMEM (a prefill's, see mha_attn_kvcache) the rows past the lengths may hold the new
+ * tokens, the lengths and the rows below them unchanged. */
 MHA_API mha_status mha_kv_cache_attend(mha_ctx *ctx, const mha_attn_params *p, mha_kv_cache *c,
                                        const mha_tensor *q, const mha_tensor *k_new,
                                        const mha_tensor *v_new, const mha_mask *mask,

@@ -209,6 +209,18 @@ TEST(output_in_the_module_refused) {
     int zero = 1;
     for (int i = 0; i < 16 * 16 * 3; i++) zero = zero && g.data[i] == 0;
     MT_CHECK(zero, "in_proj_weight's gradient written");
+    /* a gradient bound onto its own value (on rank 0): the backward would add it to the
+     * weights; refused on every rank, the weights unchanged */
+    mha_tensor v;
+    ASSERT_OK(ctx, mha_module_param(ctx, m, "out_proj.weight", &v, NULL));
+    if (mt_rank == 0)
+        ASSERT_OK(ctx, mha_module_param_bind(ctx, m, "out_proj.weight", NULL, v.data));
+    st = mha_mpi_module_backward(ctx, MPI_COMM_WORLD, m, &ty, &tdx, NULL, NULL, NULL);
+    MT_STATUS(ctx, st, MHA_ERR_INVALID_ARG,
+              mt_rank == 0 ? "mha_mpi_module_backward: the module's gradient of out_proj.weight "
+                             "overlaps the module's parameter out_proj.weight ("
+                           : "mha_mpi_module_backward: rank 0 failed: the module's gradient");
+    MT_CHECK(memcmp(w0, v.data, sizeof w0) == 0, "out_proj.weight written");
     mha_module_free(m);
 }
 

@@ -998,13 +998,8 @@ typedef struct {
     int64_t ldy, ldg; /* ldg: row stride of dq, dk, dv (3E self, else E) */
 } bwd_call;
 
-/* The parameters' gradients, which a backward accumulates into (after reading the values and
- * dout), against every parameter's value, each other and dout: bound memory may share any of
- * them (mha_module_param_bind checks nothing: a framework binds one gradient at a time, the
- * others possibly stale until it binds them too), and a shared element would get a gradient
- * added to a weight, two gradients summed into one place (gw mirrors them by address) or dout
- * overwritten. Checked when all are bound, before anything is written. */
-static mha_status bwd_check_grads(mha_ctx *ctx, const mha_module *m, const mha_tensor *dout) {
+mha_status mha__module_check_grads(mha_ctx *ctx, const char *fn, const mha_module *m,
+                                   const mha_tensor *dout) {
     const mha_dtype dt = m->cfg.dtype;
     for (int i = 0; i < m->nparams; i++) {
         const mha__param *a = &m->p[i];
@@ -1013,7 +1008,7 @@ static mha_status bwd_check_grads(mha_ctx *ctx, const mha_module *m, const mha_t
             return mha__err(ctx, MHA_ERR_INVALID_ARG,
                             "%s: the module's gradient of %s overlaps dout (a gradient, "
                             "accumulated into, must not share memory with the inputs)",
-                            FN_BWD, a->name);
+                            fn, a->name);
         for (int j = 0; j < m->nparams; j++) {
             const mha__param *b = &m->p[j];
             const mha_tensor v = mha_tensor_typed(b->value, dt, b->ndim, b->shape, NULL);
@@ -1024,7 +1019,7 @@ static mha_status bwd_check_grads(mha_ctx *ctx, const mha_module *m, const mha_t
                                 "%s: the module's gradient of %s overlaps the module's %s%s "
                                 "(mha_module_param_bind: a gradient must not share memory with "
                                 "a parameter or another gradient)",
-                                FN_BWD, a->name, on_value ? "parameter " : "gradient of ", b->name);
+                                fn, a->name, on_value ? "parameter " : "gradient of ", b->name);
         }
     }
     return MHA_OK;
@@ -1067,7 +1062,7 @@ static mha_status bwd_check(mha_ctx *ctx, const mha_module *m, const bwd_call *c
     if ((st = mha__attn_check_aliases(ctx, FN_BWD, out, 3, in, 1)) ||
         (st = mha__module_check_outputs(ctx, FN_BWD, m, out, 3, 1)))
         return st;
-    return bwd_check_grads(ctx, m, c->dout);
+    return mha__module_check_grads(ctx, FN_BWD, m, c->dout);
 }
 
 /* The larger of a and the staging of a product of [M, N] into t (when given). */

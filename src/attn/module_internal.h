@@ -108,5 +108,13 @@ mha__param *mha__module_find_param(const mha_module *m, const char *name);
  * pairs among the call's own tensors are mha__attn_check_aliases's. */
 mha_status mha__module_check_outputs(mha_ctx *ctx, const char *fn, const mha_module *m,
                                      const mha__attn_arg *outs, int nout, int grads);
+/* The parameters' gradients, which a backward accumulates into (after reading the values and
+ * dout), against every parameter's value, each other and dout: bound memory may share any of
+ * them (mha_module_param_bind checks nothing: a framework binds one gradient at a time, the
+ * others possibly stale until it binds them too), and a shared element would get a gradient
+ * added to a weight, two gradients summed into one place (gw mirrors them by address) or dout
+ * overwritten. Checked when all are bound, before anything is written. */
+mha_status mha__module_check_grads(mha_ctx *ctx, const char *fn, const mha_module *m,
+                                   const mha_tensor *dout);
 
 #endif

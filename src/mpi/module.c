@@ -335,8 +335,10 @@ static mha_status bwd_check(mha_ctx *ctx, const mha_module *m, const bwd_call *b
         return st;
     const mha__attn_arg in[1] = {{"dout", b->dout}};
     const mha__attn_arg out[3] = {{"dquery", b->dquery}, {"dkey", b->dkey}, {"dvalue", b->dvalue}};
-    if ((st = mha__attn_check_aliases(ctx, FN_BWD, out, 3, in, 1))) return st;
-    return mha__module_check_outputs(ctx, FN_BWD, m, out, 3, 1);
+    if ((st = mha__attn_check_aliases(ctx, FN_BWD, out, 3, in, 1)) ||
+        (st = mha__module_check_outputs(ctx, FN_BWD, m, out, 3, 1)))
+        return st;
+    return mha__module_check_grads(ctx, FN_BWD, m, b->dout); /* gw mirrors them by address */
 }
 
 static mha_status bwd_agree(mha__mpi_call *c, const mha_module *m) {

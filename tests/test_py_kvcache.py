@@ -3,7 +3,7 @@ library's mha_attn_kvcache): the caches updated in place at cache_seqlens (check
 nothing else of them touched), and the output against FlashAttention's attention_ref in float64
 (flash_ref.py) over each sequence's filled prefix of the updated cache, aligned bottom-right to
 it: decode (one query token) and prefill (many), new tokens or none, cache_seqlens as an int,
-an int32 tensor or None, causal, windows, softcap, ALiBi, grouped-query heads, caches that are
+an int32 tensor or None (the whole cache, as FlashAttention), causal, windows, softcap, ALiBi, grouped-query heads, caches that are
 views of a larger buffer; a cache overflow and other bad inputs raise ValueError and leave the
 caches untouched.
 """
@@ -40,7 +40,7 @@ CASES = [  # B, Smax, H, Hkv, D, Dv, Lq, Lnew, lens, options
     (2, 40, 4, 4, 16, 16, 3, 3, [5, 20], dict(causal=True, window_size=(6, 0))),
     (1, 600, 8, 1, 64, 64, 1, 0, [550], dict(softcap=5.0, alibi="H")),
     (2, 50, 6, 3, 8, 8, 20, 20, [0, 30], dict(causal=True, alibi="BH", softmax_scale=0.4)),
-    (2, 32, 2, 1, 16, 16, 4, 4, None, dict(causal=True)),
+    (2, 32, 2, 1, 16, 16, 4, 0, None, dict(causal=True)),
     (2, 32, 4, 2, 16, 16, 2, 2, 7, dict(window_size=(3, 1))),
 ]
 
@@ -57,7 +57,7 @@ def test_kvcache_updates_in_place_and_matches_attention_ref(case):
     alibi = opts.pop("alibi", None)
     slopes = None if alibi is None else torch.rand((H,) if alibi == "H" else (B, H),
                                                    generator=gen)
-    lens_list = [0] * B if lens is None else [lens] * B if isinstance(lens, int) else lens
+    lens_list = [Smax] * B if lens is None else [lens] * B if isinstance(lens, int) else lens
     arg = lens if not isinstance(lens, list) else torch.tensor(lens, dtype=torch.int32)
     want_k, want_v = updated(k_cache, k, lens_list), updated(v_cache, v, lens_list)
     kc_ptr = k_cache.data_ptr()
@@ -69,6 +69,29 @@ def test_kvcache_updates_in_place_and_matches_attention_ref(case):
     key_lengths = torch.tensor(lens_list) + Lnew
     ref = attention_ref(q, want_k, want_v, alibi_slopes=slopes, key_lengths=key_lengths, **opts)
     assert_close(out, ref[0], "out")
+
+
+def test_no_cache_seqlens_attends_to_the_whole_cache():
+    # FlashAttention without cache_seqlens (seqlens_k) takes seqlen_k = seqlen_cache: q attends
+    # to every row of the cache, not to an empty one; new tokens need cache_seqlens there
+    gen, q, k_cache, v_cache, k, v = setup(2, 12, 4, 2, 8, 8, 3, 1, 11)
+    slopes = torch.rand(4, generator=gen)
+    before = k_cache.clone(), v_cache.clone()
+    for opts in (dict(), dict(causal=True, alibi_slopes=slopes)):
+        out, lse = mha.flash_attn_with_kvcache(q, k_cache, v_cache, return_softmax_lse=True,
+                                               **opts)
+        ref = attention_ref(q, k_cache, v_cache, **opts)
+        assert_close(out, ref[0], f"out {opts}")
+        assert_close(lse, ref[1], f"lse {opts}")
+    pad = torch.tensor([4, 12], dtype=torch.int32)  # sequence 1 sees no key: out 0
+    out = mha.flash_attn_with_kvcache(q, k_cache, v_cache, cache_leftpad=pad, causal=True)
+    assert_close(out[:1], attention_ref(q[:1], k_cache[:1, 4:], v_cache[:1, 4:],
+                                        causal=True)[0], "leftpad")
+    assert torch.count_nonzero(out[1]) == 0
+    with pytest.raises(ValueError, match=r"flash_attn_with_kvcache: cache_seqlens: got None "
+                                         r"with new tokens k, v"):
+        mha.flash_attn_with_kvcache(q, k_cache, v_cache, k, v)
+    assert torch.equal(k_cache, before[0]) and torch.equal(v_cache, before[1])
 
 
 def test_caches_as_views_of_one_buffer_and_decode_steps():
@@ -259,9 +282,10 @@ def test_rotary_and_paging_errors():
     cases = [
         (dict(rotary_cos=cos, rotary_sin=sin), ValueError, "rotary_cos: got rotary embeddings "
          "without k, v"),
-        (dict(k=k, v=v, rotary_cos=cos), ValueError, "got only rotary_cos, expected both"),
-        (dict(k=k, v=v, rotary_cos=torch.ones(12, 5), rotary_sin=torch.ones(12, 5)), ValueError,
-         "0 < rotary_dim <= headdim 8"),
+        (dict(k=k, v=v, rotary_cos=cos, cache_seqlens=3), ValueError,
+         "got only rotary_cos, expected both"),
+        (dict(k=k, v=v, rotary_cos=torch.ones(12, 5), rotary_sin=torch.ones(12, 5),
+              cache_seqlens=3), ValueError, "0 < rotary_dim <= headdim 8"),
         (dict(k=k, v=v, rotary_cos=cos[:4], rotary_sin=sin[:4], cache_seqlens=5), ValueError,
          "rotary_cos: got 4 positions, expected at least 6"),
         (dict(k=k, v=v, rotary_cos=cos, rotary_sin=sin, cache_seqlens=3,

@@ -402,7 +402,7 @@ def _kv_rotary(fn, rotary_cos, rotary_sin, q, k, lens, causal, window, interleav
                          f"{_shape(rotary_sin)}, expected two equal [seqlen_ro, rotary_dim / 2] "
                          f"with 0 < rotary_dim <= headdim {q.shape[3]}")
     B, L, Lnew = q.shape[0], q.shape[1], k.shape[1]
-    base = lens.long().unsqueeze(1) if lens is not None else torch.zeros(B, 1, dtype=torch.long)
+    base = lens.long().unsqueeze(1)
     kpos = base + torch.arange(Lnew)
     qpos = base + torch.arange(L) if causal or window != (-1, -1) else base.expand(B, L)
     need = int(max(kpos.max() if Lnew else 0, qpos.max() if L else 0)) + 1
@@ -441,15 +441,18 @@ def flash_attn_with_kvcache(q, k_cache, v_cache, k=None, v=None, rotary_cos=None
         (2, 3), ... when rotary_interleaved (GPT-J), else (0, rotary_dim / 2), ... (GPT-NeoX).
         Computed in float32 and rounded once to q's dtype. q itself is not modified.
     cache_seqlens : int or int32 Tensor [batch], optional
-        The tokens already in each cache (None: 0). Not modified (as FlashAttention: advance it
-        yourself).
+        The tokens already in each cache. Not modified (as FlashAttention: advance it
+        yourself). None, as in FlashAttention: every cache is full, q attends to all
+        seqlen_cache rows; then k and v must be None (ValueError, as FlashAttention refuses
+        new tokens without cache_seqlens).
     cache_batch_idx : int32 Tensor [batch], optional
         The cache of batch b is batch cache_batch_idx[b] of k_cache, v_cache (None: b). With
         repeated indices and new tokens, the last batch writing an index wins.
     cache_leftpad : int32 Tensor [batch], optional
         Where each sequence starts in its cache (None: 0): its keys are rows cache_leftpad[b]
         .. cache_seqlens[b] + seqlen_new - 1, positions (causal, window, ALiBi) counted from
-        cache_leftpad[b]; 0 <= cache_leftpad[b] <= cache_seqlens[b]. Not with rotary
+        cache_leftpad[b]; 0 <= cache_leftpad[b] <= cache_seqlens[b] (seqlen_cache when None).
+        Not with rotary
         embeddings (NotImplementedError).
     block_table : None
         Paged caches are not implemented (NotImplementedError).
@@ -506,7 +509,13 @@ def flash_attn_with_kvcache(q, k_cache, v_cache, k=None, v=None, rotary_cos=None
             raise ValueError(f"{fn}: k, v: got shapes {_shape(k)}, {_shape(v)}, expected "
                              f"nheads_k {hk[0]} and headdims {hk[1]}, {hk[2]} as the caches")
     if cache_seqlens is None:
-        lens = None
+        # FlashAttention without seqlens_k attends to the whole cache (seqlen_k is the cache's
+        # size) and refuses new tokens; the library's NULL would mean empty caches
+        if k is not None:
+            raise ValueError(f"{fn}: cache_seqlens: got None with new tokens k, v, expected "
+                             "the tokens already in each cache (an int or an int32 tensor "
+                             "[batch]), as FlashAttention")
+        lens = torch.full((B,), k_cache.shape[1], dtype=_I32)
     elif isinstance(cache_seqlens, numbers.Integral) and not isinstance(cache_seqlens, bool):
         lens = torch.full((B,), int(cache_seqlens), dtype=_I32)
     else:
@@ -533,11 +542,10 @@ def flash_attn_with_kvcache(q, k_cache, v_cache, k=None, v=None, rotary_cos=None
         if starts.numel() != B:
             raise ValueError(f"{fn}: cache_leftpad: got shape {_shape(starts)}, expected [{B}] "
                              "(batch)")
-        have = lens if lens is not None else torch.zeros(B, dtype=_I32)
         for b in range(B):
-            if not 0 <= int(starts[b]) <= int(have[b]):
+            if not 0 <= int(starts[b]) <= int(lens[b]):
                 raise ValueError(f"{fn}: cache_leftpad[{b}]: got {int(starts[b])}, expected 0 .. "
-                                 f"cache_seqlens[{b}] = {int(have[b])} (where the sequence "
+                                 f"cache_seqlens[{b}] = {int(lens[b])} (where the sequence "
                                  "starts in its cache)")
         if rotary_cos is not None or rotary_sin is not None:
             raise NotImplementedError(f"{fn}: cache_leftpad with rotary embeddings is not "
@@ -560,7 +568,7 @@ def flash_attn_with_kvcache(q, k_cache, v_cache, k=None, v=None, rotary_cos=None
             c, ctypes.byref(params), ctypes.byref(views[0]), ctypes.byref(views[1]),
             ctypes.byref(views[2]), ctypes.byref(tn[0]) if tn[0] is not None else None,
             ctypes.byref(tn[1]) if tn[1] is not None else None,
-            ctypes.c_void_p(ln.data_ptr()) if ln is not None else None, ctypes.byref(mask.c),
+            ctypes.c_void_p(ln.data_ptr()), ctypes.byref(mask.c),
             ctypes.byref(views[3]), ctypes.byref(tl) if tl is not None else None), c)
 
     if rows is None and starts is None:
@@ -569,9 +577,7 @@ def flash_attn_with_kvcache(q, k_cache, v_cache, k=None, v=None, rotary_cos=None
         for b in range(B):
             r = int(rows[b]) if rows is not None else b
             s0 = int(starts[b]) if starts is not None else 0
-            ln = None
-            if lens is not None or s0:
-                ln = torch.tensor([(int(lens[b]) if lens is not None else 0) - s0], dtype=_I32)
+            ln = torch.tensor([int(lens[b]) - s0], dtype=_I32)
             call(b, b + 1, tkc[r:r + 1, :, s0:], tvc[r:r + 1, :, s0:], ln, opts.mask(b))
     out = out.transpose(1, 2)
     return (out, lse) if return_softmax_lse else out

@@ -14,9 +14,9 @@ reproducible). Where mha differs from PyTorch, on purpose:
 - Gradients flow through the layer's output, not through the returned attention weights (a
   backward that needs them raises NotImplementedError) nor into a float attn_mask (one that
   requires grad raises NotImplementedError).
-- Tensors must be float32 on the CPU (ValueError otherwise: the C layers compute in float32;
-  bfloat16 and float16 attention: mha.functional.scaled_dot_product_attention and
-  mha.flash_attn_func).
+- Tensors must be CPU tensors of the layer's dtype (float32 by default; bfloat16 or float16 with
+  ``dtype=`` or ``.to()``, computed as PyTorch's layer of that dtype): ValueError otherwise,
+  where PyTorch raises RuntimeError.
 """
 import torch
 import torch.nn.functional as F

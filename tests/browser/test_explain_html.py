@@ -14,10 +14,8 @@ check; exits 0 when every check passed. Registered as the CTest explain_browser 
 tests/explain.cmake."""
 import os
 import re
-import shutil
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -124,15 +122,7 @@ def main():
     if len(sys.argv) != 3:
         th.die('usage: %s MHA_BIN OUTDIR' % sys.argv[0])
     mha, outdir = sys.argv[1], sys.argv[2]
-    chromium = os.environ.get('MHA_CHROMIUM') or '/usr/bin/chromium'
-    if not (os.path.isfile(chromium) and os.access(chromium, os.X_OK)):
-        th.die('no Chromium at %s: `make test` installs it, or `apt-get install chromium` '
-               '(or set MHA_CHROMIUM to a Chromium binary)' % chromium)
-    try:
-        from playwright.sync_api import sync_playwright
-    except ImportError as e:
-        th.die('cannot import playwright in %s (%s): `make test` sets up the test venv with it'
-               % (sys.executable, e))
+    browser = th.require_browser()
 
     os.makedirs(outdir, exist_ok=True)
     pages = {'steps': ['--causal', '--backward'], 'tiles': ['--tiles']}
@@ -149,31 +139,15 @@ def main():
                  name + ': the terminal ends with the check line')
         static_checks(Path(path).read_text(encoding='utf-8'), name)
 
-    user_dir = tempfile.mkdtemp(prefix='mha-explain-chromium-')
-    try:
-        with sync_playwright() as pw:
-            ctx = pw.chromium.launch_persistent_context(
-                user_dir, executable_path=chromium, headless=True, args=th.CHROMIUM_ARGS,
-                viewport={'width': 1200, 'height': 900}, timeout=th.LAUNCH_TIMEOUT_MS)
-            try:
-                ctx.set_default_timeout(th.STEP_TIMEOUT_MS)
-                for name, check in (('steps', check_steps), ('tiles', check_tiles)):
-                    page = ctx.new_page()
-                    url, errors, requests = open_page(page, os.path.join(outdir, name + '.html'))
-                    check(page)
-                    finish_page(page, name, url, errors, requests, outdir)
-                    page.close()
-            finally:
-                ctx.close()
-    except Exception as e:  # a timeout or a dead browser: say so, as test_html.py does
-        print('explain_browser: error: the browser session failed: %s: %s'
-              % (type(e).__name__, e), file=sys.stderr, flush=True)
-        return 1
-    finally:
-        shutil.rmtree(user_dir, ignore_errors=True)
+    def pages_checked(ctx):
+        for name, check in (('steps', check_steps), ('tiles', check_tiles)):
+            page = ctx.new_page()
+            url, errors, requests = open_page(page, os.path.join(outdir, name + '.html'))
+            check(page)
+            finish_page(page, name, url, errors, requests, outdir)
+            page.close()
 
-    print('%d check(s) failed' % th.failures if th.failures else 'all browser checks passed')
-    return 1 if th.failures else 0
+    return th.browser_session('explain_browser', __file__, browser, pages_checked)
 
 
 if __name__ == '__main__':

@@ -170,12 +170,9 @@ def run_checks(page, url, outdir):
           'no request but the page itself' + (': ' + ' '.join(foreign) if foreign else ''))
 
 
-def main():
-    if len(sys.argv) != 3:
-        die('usage: %s TEST_VIZ OUTDIR' % sys.argv[0])
-    test_viz, outdir = sys.argv[1], sys.argv[2]
-
-    # Missing dependencies fail here, before any work, with what to install.
+def require_browser():
+    """Debian's Chromium and playwright's sync_playwright, for every browser test: missing
+    dependencies fail here, before any work, with what to install."""
     chromium = os.environ.get('MHA_CHROMIUM') or '/usr/bin/chromium'
     if not (os.path.isfile(chromium) and os.access(chromium, os.X_OK)):
         die('no Chromium at %s: `make test` installs it, or `apt-get install chromium` '
@@ -186,6 +183,50 @@ def main():
         die('cannot import playwright in %s (%s): `make test` sets up the test venv with it, '
             'or `pip install playwright` into that venv (never `playwright install`: the '
             'browser is Debian\'s chromium)' % (sys.executable, e))
+    return chromium, sync_playwright
+
+
+def browser_session(name, script, browser, body):
+    """Runs body(ctx) in a headless Chromium context of its own (a fresh profile, the timeouts
+    above), browser from require_browser. A timeout or a dead browser fails the test with
+    which line of script it was at; else the test fails if a check did. Returns the exit
+    status."""
+    chromium, sync_playwright = browser
+    user_dir = tempfile.mkdtemp(prefix='mha-%s-chromium-' % name)
+    try:
+        with sync_playwright() as pw:
+            ctx = pw.chromium.launch_persistent_context(
+                user_dir, executable_path=chromium, headless=True, args=CHROMIUM_ARGS,
+                viewport={'width': 1200, 'height': 900}, timeout=LAUNCH_TIMEOUT_MS)
+            try:
+                ctx.set_default_timeout(STEP_TIMEOUT_MS)
+                ctx.set_default_navigation_timeout(STEP_TIMEOUT_MS)
+                body(ctx)
+            finally:
+                ctx.close()
+    except Exception as e:  # a timeout or a dead browser: say at which step of the script
+        ours = [f for f in traceback.extract_tb(e.__traceback__) if f.filename == script]
+        step = ' at line %d (%s)' % (ours[-1].lineno, ours[-1].line) if ours else ''
+        print('%s: error: the browser session failed%s: %s: %s'
+              % (name, step, type(e).__name__, e), file=sys.stderr, flush=True)
+        return 1
+    finally:
+        shutil.rmtree(user_dir, ignore_errors=True)
+    print('%d check(s) failed' % failures if failures else 'all browser checks passed')
+    return 1 if failures else 0
+
+
+def first_page(ctx):
+    """The context's page (a persistent context opens with one), or a new one."""
+    return ctx.pages[0] if ctx.pages else ctx.new_page()
+
+
+def main():
+    if len(sys.argv) != 3:
+        die('usage: %s TEST_VIZ OUTDIR' % sys.argv[0])
+    test_viz, outdir = sys.argv[1], sys.argv[2]
+
+    browser = require_browser()
 
     os.makedirs(outdir, exist_ok=True)
     page_path = os.path.join(outdir, 'sample.html')
@@ -197,30 +238,8 @@ def main():
         die('%s --write-html %s exited with %d' % (test_viz, page_path, rc))
     url = Path(page_path).resolve().as_uri()
 
-    user_dir = tempfile.mkdtemp(prefix='mha-viz-chromium-')
-    try:
-        with sync_playwright() as pw:
-            ctx = pw.chromium.launch_persistent_context(
-                user_dir, executable_path=chromium, headless=True, args=CHROMIUM_ARGS,
-                viewport={'width': 1200, 'height': 900}, timeout=LAUNCH_TIMEOUT_MS)
-            try:
-                ctx.set_default_timeout(STEP_TIMEOUT_MS)
-                ctx.set_default_navigation_timeout(STEP_TIMEOUT_MS)
-                page = ctx.pages[0] if ctx.pages else ctx.new_page()
-                run_checks(page, url, outdir)
-            finally:
-                ctx.close()
-    except Exception as e:  # a timeout or a dead browser: say at which step of this script
-        ours = [f for f in traceback.extract_tb(e.__traceback__) if f.filename == __file__]
-        step = ' at line %d (%s)' % (ours[-1].lineno, ours[-1].line) if ours else ''
-        print('viz_browser: error: the browser session failed%s: %s: %s'
-              % (step, type(e).__name__, e), file=sys.stderr, flush=True)
-        return 1
-    finally:
-        shutil.rmtree(user_dir, ignore_errors=True)
-
-    print('%d check(s) failed' % failures if failures else 'all browser checks passed')
-    return 1 if failures else 0
+    return browser_session('viz_browser', __file__, browser,
+                           lambda ctx: run_checks(first_page(ctx), url, outdir))
 
 
 if __name__ == '__main__':

@@ -10,12 +10,9 @@ Chromium is Debian's (/usr/bin/chromium, or $MHA_CHROMIUM), as in test_html.py, 
 settings and failure rules this script shares. Registered as the CTest viz_browser_large in
 tests/viz.cmake."""
 import os
-import shutil
 import subprocess
 import sys
-import tempfile
 import time
-import traceback
 from pathlib import Path
 
 import numpy as np
@@ -103,15 +100,7 @@ def main():
     if len(sys.argv) != 3:
         die('usage: %s TEST_VIZ OUTDIR' % sys.argv[0])
     test_viz, outdir = sys.argv[1], sys.argv[2]
-    chromium = os.environ.get('MHA_CHROMIUM') or '/usr/bin/chromium'
-    if not (os.path.isfile(chromium) and os.access(chromium, os.X_OK)):
-        die('no Chromium at %s: `apt-get install chromium` (or set MHA_CHROMIUM)' % chromium)
-    try:
-        from playwright.sync_api import sync_playwright
-    except ImportError as e:
-        die('cannot import playwright in %s (%s): `pip install playwright` into the test venv '
-            '(never `playwright install`: the browser is Debian\'s chromium)'
-            % (sys.executable, e))
+    browser = test_html.require_browser()
 
     os.makedirs(outdir, exist_ok=True)
     path = os.path.join(outdir, 'large.html')
@@ -123,31 +112,9 @@ def main():
         die('%s --write-html-large exited with %d' % (test_viz, rc))
     url = Path(path).resolve().as_uri()
 
-    user_dir = tempfile.mkdtemp(prefix='mha-viz-chromium-')
-    try:
-        with sync_playwright() as pw:
-            ctx = pw.chromium.launch_persistent_context(
-                user_dir, executable_path=chromium, headless=True,
-                args=test_html.CHROMIUM_ARGS, viewport={'width': 1200, 'height': 900},
-                timeout=test_html.LAUNCH_TIMEOUT_MS)
-            try:
-                ctx.set_default_timeout(test_html.STEP_TIMEOUT_MS)
-                page = ctx.pages[0] if ctx.pages else ctx.new_page()
-                run_checks(page, url, path)
-            finally:
-                ctx.close()
-    except Exception as e:  # a timeout or a dead browser: say at which step of this script
-        ours = [f for f in traceback.extract_tb(e.__traceback__) if f.filename == __file__]
-        step = ' at line %d (%s)' % (ours[-1].lineno, ours[-1].line) if ours else ''
-        print('viz_browser_large: error: the browser session failed%s: %s: %s'
-              % (step, type(e).__name__, e), file=sys.stderr, flush=True)
-        return 1
-    finally:
-        shutil.rmtree(user_dir, ignore_errors=True)
-
-    print('%d check(s) failed' % test_html.failures if test_html.failures
-          else 'all browser checks passed')
-    return 1 if test_html.failures else 0
+    return test_html.browser_session(
+        'viz_browser_large', __file__, browser,
+        lambda ctx: run_checks(test_html.first_page(ctx), url, path))
 
 
 if __name__ == '__main__':

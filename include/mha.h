@@ -867,7 +867,9 @@ MHA_API mha_status mha_kv_cache_views(mha_ctx *ctx, mha_kv_cache *c, mha_tensor 
  * [B, H, L, D] to the whole cache: mha_attn_kvcache on the cache's buffers and lengths. The
  * lengths advance by Lnew only on success; on an argument error nothing is written; after
  * MHA_ERR_NOMEM (a prefill's, see mha_attn_kvcache) the rows past the lengths may hold the new
- * tokens, the lengths and the rows below them unchanged. */
+ * tokens, the lengths and the rows below them unchanged. Errors name what the caller passed:
+ * "mha_kv_cache_attend: q.shape[0]: got 1, expected 2 (the cache's batch)", "...: the cache is
+ * full: sequence 0 holds 2 of its 2 rows, 1 new tokens do not fit (cache overflow: ...)". */
 MHA_API mha_status mha_kv_cache_attend(mha_ctx *ctx, const mha_attn_params *p, mha_kv_cache *c,
                                        const mha_tensor *q, const mha_tensor *k_new,
                                        const mha_tensor *v_new, const mha_mask *mask,

@@ -977,8 +977,15 @@ TEST(kv_cache_object) {
         mha_tensor to = mha_tensor_make(buf + B * H * L * (2 * D) + B * G * L * Dv, 4, so);
         ASSERT_EQ(mha_kv_cache_attend(ctx, NULL, c, &tq, &tkn, &tvn, NULL, &to, NULL),
                   MHA_ERR_INVALID_ARG);
-        ASSERT_STR_CONTAINS(mha_ctx_errmsg(ctx), "mha_kv_cache_attend: cache_seqlens[0]");
-        ASSERT_STR_CONTAINS(mha_ctx_errmsg(ctx), "cache overflow");
+        ASSERT_STR_CONTAINS(mha_ctx_errmsg(ctx), "mha_kv_cache_attend: the cache is full: "
+                                                 "sequence 0 holds 308 of its");
+        ASSERT_STR_CONTAINS(mha_ctx_errmsg(ctx), "300 new tokens do not fit (cache overflow");
+        /* a batch other than the cache's: named as q's */
+        tq.shape[0] = B - 1;
+        ASSERT_EQ(mha_kv_cache_attend(ctx, NULL, c, &tq, NULL, NULL, NULL, &to, NULL),
+                  MHA_ERR_SHAPE);
+        ASSERT_STR_CONTAINS(mha_ctx_errmsg(ctx), "mha_kv_cache_attend: q.shape[0]: got");
+        ASSERT_STR_CONTAINS(mha_ctx_errmsg(ctx), "(the cache's batch)");
         ASSERT_EQ(mha_kv_cache_length(c, 0), 308);
         free(buf);
     }
@@ -1274,7 +1281,8 @@ TEST(module_cached_projects_new_tokens_only) {
     ASSERT_EQ(mha_module_forward_cached(ctx, m, c, &x1, NULL, &x1), MHA_ERR_INVALID_ARG);
     ASSERT_STR_CONTAINS(mha_ctx_errmsg(ctx), "out overlaps query");
     ASSERT_EQ(mha_module_forward_cached(ctx, m, c, &x1, NULL, &yo), MHA_ERR_INVALID_ARG);
-    ASSERT_STR_CONTAINS(mha_ctx_errmsg(ctx), "cache overflow"); /* c is full */
+    ASSERT_STR_CONTAINS(mha_ctx_errmsg(ctx), /* c is full */
+                        "mha_module_forward_cached: the cache is full: sequence 0 holds");
     mha_config cx = mha_config_default(E, H);
     cx.kdim = 8;
     mha_module *mx;

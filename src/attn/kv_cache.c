@@ -122,6 +122,21 @@ mha_status mha__kv_cache_attend(mha_ctx *ctx, const char *fn, const mha_attn_par
                                 mha_tensor *lse) {
     mha__clear(ctx);
     if (!c) return mha__err(ctx, MHA_ERR_INVALID_ARG, "%s: c: got NULL, expected a cache", fn);
+    /* in the cache's words what mha__attn_kvcache would name k_cache and cache_seqlens, which
+     * this caller never passed (the shapes themselves are checked there) */
+    if (q && q->ndim == 4 && q->shape[0] != c->B)
+        return mha__err(ctx, MHA_ERR_SHAPE,
+                        "%s: q.shape[0]: got %lld, expected %lld (the cache's batch)", fn,
+                        (long long)q->shape[0], (long long)c->B);
+    const int64_t Lnew = k_new && k_new->ndim == 4 ? k_new->shape[2] : 0;
+    for (int64_t b = 0; b < c->B && Lnew > 0; b++)
+        if (c->len[b] + Lnew > c->cap)
+            return mha__err(ctx, MHA_ERR_INVALID_ARG,
+                            "%s: the cache is full: sequence %lld holds %lld of its %lld rows, "
+                            "%lld new tokens do not fit (cache overflow: mha_kv_cache_reset, or "
+                            "a cache of more rows)",
+                            fn, (long long)b, (long long)c->len[b], (long long)c->cap,
+                            (long long)Lnew);
     mha_tensor kc = cache_view(c, c->k, c->D), vc = cache_view(c, c->v, c->Dv);
     mha_status st =
         mha__attn_kvcache(ctx, fn, p, q, &kc, &vc, k_new, v_new, c->len, mask, out, lse);

@@ -144,8 +144,9 @@ MHA_API mha_status mha_viz_term(mha_ctx *ctx, const float *w, int64_t H, int64_t
  * below (rotated), one <rect class="cell"> per drawn weight with a <title> tooltip, e.g.
  *     query 2 "cat" → key 1 "the": 0.4123
  * (the tokens in double quotes, XML-escaped in the file; without tokens: query 2 → key 1:
- * 0.4123), and a colour bar. A grid has ceil(sqrt(H)) columns. Colours: a perceptual
- * dark-blue → green → yellow map (mha_viz_color). Errors as mha_viz_term. */
+ * 0.4123; a weight below 1e-4 in 4 significant digits, 3.217e-06), and a colour bar. A grid
+ * has ceil(sqrt(H)) columns. Colours: a perceptual dark-blue → green → yellow map
+ * (mha_viz_color). Errors as mha_viz_term. */
 MHA_API mha_status mha_viz_svg(mha_ctx *ctx, const float *w, int64_t H, int64_t L, int64_t S,
                                const mha_viz_opts *opts, mha_write_fn fn, void *user);
 
@@ -181,7 +182,7 @@ MHA_API mha_status mha_viz_png(mha_ctx *ctx, const float *w, int64_t H, int64_t 
  * opacity = weight; hovering a token keeps only its lines and highlights its row or column in
  * the heatmap); a heatmap of the selected head; small heatmaps of every head; a table of
  * mha_viz_head_stats. Hovering a heatmap cell shows its weight
- * (query 2 “cat” → key 1 “the”: 0.4123).
+ * (query 2 “cat” → key 1 “the”: 0.4123; below 1e-4 in 4 significant digits: 0.000003217).
  * Large views: with more than 256 queries or keys, or more than 2^20 weights over the H heads,
  * the page draws (and holds) the means of f x f blocks instead, f the smallest size that keeps
  * at most 256 cells a side and 2^20 means in all, and says so under the heatmap ("downsampled

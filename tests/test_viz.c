@@ -666,6 +666,19 @@ TEST(svg_tooltip_as_documented) {
     free(b.p);
 }
 
+/* A weight below 1e-4 reads in 4 significant digits (a long sequence's weights, about 1/S, read
+ * 0.0000 at 4 decimals); 0 and larger ones keep the 4 decimals. */
+TEST(svg_tooltip_small_weights) {
+    float w[4] = {3.217e-6f, 0, 0.25f, 1 - 3.217e-6f - 0.25f};
+    mha_viz_opts o = mha_viz_opts_default();
+    buf b = buf_new();
+    ASSERT_OK(NULL, mha_viz_svg(NULL, w, 1, 2, 2, &o, buf_write, &b));
+    ASSERT_STR_CONTAINS(b.p, "query 0 \xe2\x86\x92 key 0: 3.217e-06</title>");
+    ASSERT_STR_CONTAINS(b.p, "query 0 \xe2\x86\x92 key 1: 0.0000</title>");
+    ASSERT_STR_CONTAINS(b.p, "query 1 \xe2\x86\x92 key 0: 0.2500</title>");
+    free(b.p);
+}
+
 TEST(colormap) {
     uint8_t c[3];
     mha_viz_color(0, c);
@@ -1346,6 +1359,7 @@ int main(int argc, char **argv) {
     RUN(labels_are_cleaned);
     RUN(svg_cells_and_escaping);
     RUN(svg_tooltip_as_documented);
+    RUN(svg_tooltip_small_weights);
     RUN(colormap);
     RUN(png_geometry_and_colours);
     RUN(font_is_complete);

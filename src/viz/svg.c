@@ -1,6 +1,7 @@
 /* svg.c - attention weights as an SVG image: one panel per matrix, labels, a colour bar. */
 #include "viz_internal.h"
 
+#include <math.h>
 #include <stdio.h>
 #include <string.h>
 
@@ -107,7 +108,12 @@ mha_status mha_viz_svg(mha_ctx *ctx, const float *w, int64_t H, int64_t L, int64
                 quoted(&o, v.qtok, i);
                 mha__viz_printf(&o, " \xe2\x86\x92 key %lld", (long long)j);
                 quoted(&o, v.ktok, j);
-                mha__viz_printf(&o, ": %.4f</title></rect>\n", (double)x);
+                /* 4 decimals, or 4 significant digits below 1e-4 (a long sequence's weights
+                 * would all read 0.0000) */
+                const double a = fabs((double)x);
+                mha__viz_printf(
+                    &o, a != 0 && a < 1e-4 ? ": %.4g</title></rect>\n" : ": %.4f</title></rect>\n",
+                    (double)x);
             }
         }
         mha__viz_printf(&o,

@@ -10,6 +10,7 @@ A missing chromium or playwright is a failure (exit 1), never a skip. Prints one
 `FAIL ` line per check and a summary; exits 0 when every check passed. Registered as the CTest
 viz_browser in tests/viz.cmake."""
 import os
+import re
 import shutil
 import struct
 import subprocess
@@ -154,6 +155,13 @@ def run_checks(page, url, outdir):
                          ".w[0][2 * 6 + 1].toFixed(4)")
     check(info == 'query 2 \u201csat\u201d \u2192 key 1 \u201ccat\u201d: ' + want,
           'hovering cell (2, 1) tells its weight: %r' % info)
+    # the tooltips' number format, the page's own function: 4 decimals, or 4 significant digits
+    # below 1e-4 (a long sequence's weights would all read 0.0000)
+    fmt = re.search(r'function fmt\(x\) \{.*?\n.*?\}', page.content())
+    got = page.evaluate('() => { %s; return [fmt(3.217e-6), fmt(0), fmt(0.25)]; }' % fmt.group(0)
+                        ) if fmt else None
+    check(got == ['0.000003217', '0.0000', '0.2500'],
+          'small weights read in significant digits: %r' % (got,))
 
     png = page.screenshot(path=os.path.join(outdir, 'page.png'), full_page=True)
     w, h, ch, px = decode_png(png)

@@ -191,3 +191,15 @@ mha_status mha__attn_check_inputs(mha_ctx *ctx, const char *fn, const mha_attn_p
     }
     return MHA_OK;
 }
+
+void mha__attn_prefetch_rows(const mha_tensor *t, int64_t b, int64_t h, int64_t r0, int64_t r1,
+                             int64_t x, int write) {
+    const int64_t bytes = x * (int64_t)mha__tensor_elsize(t);
+    for (int64_t r = r0; r < r1; r++) {
+        const char *p = mha__attn_row_at(t, b, h, r);
+        for (int64_t o = 0; o < bytes; o += 64) {
+            if (write) __builtin_prefetch(p + o, 1, 2);
+            else __builtin_prefetch(p + o, 0, 2);
+        }
+    }
+}

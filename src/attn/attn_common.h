@@ -98,6 +98,21 @@ static inline float *mha__attn_kv_row(const mha__attn_problem *pr, const mha_ten
     return mha__attn_row(t, b, h / pr->kv_group, i);
 }
 
+/* Rows [r0, r1) of head (b, h) of a [B, H, R, x] view asked of the outer caches (write: the
+ * rows will be written), one request per 64 bytes: a thread fetches the next head it will
+ * likely run while it computes the current one. A hint only: nothing is read or written. */
+void mha__attn_prefetch_rows(const mha_tensor *t, int64_t b, int64_t h, int64_t r0, int64_t r1,
+                             int64_t x, int write);
+
+/* Whether the threads of a call should fetch the next head's rows while they compute one (a
+ * task then a whole head, the next one predicted as this one's + nt, which it is when the
+ * tasks take the same time): heads enough for every thread to the end (B*H >= 16 nt: a task's
+ * length bounds the tail) and a head's rows (head_bytes, of every tensor it reads or writes)
+ * within 512 KiB, so that the next head's stay in a core's L2 beside the current one's. */
+static inline int mha__attn_prefetch_heads(const mha__attn_problem *pr, int nt, double head_bytes) {
+    return pr->B * pr->H >= 16 * (int64_t)nt && head_bytes <= 512 * 1024;
+}
+
 /* Y[rows, n] (ld n) = scale * X[rows, n] (ld ldx): a query tile scaled BEFORE its product with
  * the keys, as PyTorch's nn.MultiheadAttention does (q * scale, then bmm): the scores stay
  * finite whenever |q.k| * scale does, even where |q.k| itself exceeds FLT_MAX. The forward,

@@ -1,10 +1,12 @@
 /* attn_forward.c - mha_attn_forward: out = dropout(softmax((scale q) k^T + mask)) v, as
  * FlashAttention-2 (Dao, 2023) in portable C over the kernel table's tile kernels.
  *
- * One task = one (batch, head, query tile of br rows); tasks are independent, so OpenMP hands
- * them to threads in any order and the result is the same for every thread count (the tile
- * grid is fixed by the table's fused tile sizes attn_fwd_br x attn_fwd_bc, never by the thread
- * count).
+ * One task = one (batch, head, query tile of br rows), or all the query tiles of a head when
+ * the heads are many and short (fwd_plan: each thread then fetches its next head's rows while
+ * it computes one); tasks are independent, so OpenMP hands them to threads in any order and the
+ * result is the same for every thread count (the tile grid is fixed by the table's fused tile
+ * sizes attn_fwd_br x attn_fwd_bc, never by the thread count, and a tile's result does not
+ * depend on the task that runs it).
  * Per task, for each key tile of bc columns (tiles fully excluded by causality, key_lengths or
  * key_padding are skipped), on the table's fused kernel:
  *     Kp = the key tile packed by attn_kpack, cached per thread: a thread packs a (head, key
@@ -50,7 +52,8 @@ typedef struct {
     float *ml;                       /* [B*H*L, 2] each row's final max and sum, for wavg */
     int64_t BR, BC;                  /* the fused kernel's tiles */
     int64_t WR, WC;                  /* the weights recompute's tiles (the separate kernels') */
-    int64_t nqt, nkt, ntask, nslot;
+    int64_t nqt, nkt, nslot;
+    int64_t tpt, ntask; /* query tiles per task (1, or a head's nqt), tasks */
     int nt;
     int bf;         /* bf16 on the table's bf16 kernels (attn_fwd_bf16): q, k, v, out bf16 */
     int64_t np;     /* bf: the head dim rounded up to even (the kernels' pairs) */
@@ -117,10 +120,16 @@ static void fwd_plan(mha_ctx *ctx, fwd_call *c) {
     c->BR = kern->attn_fwd_br, c->BC = kern->attn_fwd_bc;
     c->WR = kern->attn_br, c->WC = kern->attn_bc;
     c->nqt = (pr->L + c->BR - 1) / c->BR, c->nkt = (pr->S + c->BC - 1) / c->BC;
-    c->ntask = pr->B * pr->H * c->nqt;
     c->nt = mha__ctx_threads(ctx);
     /* a tiny problem is not worth waking threads for (as the gemm driver) */
     if ((double)pr->B * pr->H * pr->L * pr->S * (pr->D + pr->Dv) < (double)(1 << 21)) c->nt = 1;
+    /* a head's query tiles in one task when the threads fetch the next head while computing
+     * one (mha__attn_prefetch_heads): the thread also packs the head's key tiles once (not
+     * once per thread running some of its tiles) */
+    const double head_bytes =
+        (double)(pr->L + pr->S) * (double)(pr->D + pr->Dv) * (double)mha_dtype_size(pr->dt);
+    c->tpt = mha__attn_prefetch_heads(pr, c->nt, head_bytes) ? c->nqt : 1;
+    c->ntask = pr->B * pr->H * (c->nqt / c->tpt);
     /* every key tile of a head when their packed copies fit 16 MiB, else fewer slots (tile kt
      * in slot kt % nslot) */
     int64_t cap = ((int64_t)1 << 22) / (c->BC * pr->D);
@@ -353,21 +362,38 @@ static void fwd_avg(const fwd_call *c, fwd_ws *w, int64_t task) {
     }
 }
 
+/* Part u of n of head bh's q, k, v and out rows, asked of the outer caches while the thread
+ * computes another head (fwd_run). */
+static void fwd_prefetch_head(const fwd_call *c, int64_t bh, int64_t u, int64_t n) {
+    const mha__attn_problem *pr = &c->pr;
+    const int64_t b = bh / pr->H, h = bh % pr->H;
+    const int64_t l0 = pr->L * u / n, l1 = pr->L * (u + 1) / n;
+    const int64_t s0 = pr->S * u / n, s1 = pr->S * (u + 1) / n;
+    mha__attn_prefetch_rows(c->q, b, h, l0, l1, pr->D, 0);
+    mha__attn_prefetch_rows(c->out, b, h, l0, l1, pr->Dv, 1);
+    if (h % pr->kv_group) return;
+    mha__attn_prefetch_rows(c->k, b, h / pr->kv_group, s0, s1, pr->D, 0);
+    mha__attn_prefetch_rows(c->v, b, h / pr->kv_group, s0, s1, pr->Dv, 0);
+}
+
 static void fwd_run(const fwd_call *c, fwd_ws *w, int64_t task) {
     fwd_task t;
     /* causal (no left bound): a head's row tiles in reverse, the longest first, so that the
      * tasks the threads finish on are the short ones */
     const mha__attn_problem *pr = &c->pr;
     const int rev = pr->hi_shift != MHA__ATTN_NO_DIAG && pr->lo_shift == -MHA__ATTN_NO_DIAG;
-    const int64_t qt = task % c->nqt;
-    t.bh = task / c->nqt, t.i0 = (rev ? c->nqt - 1 - qt : qt) * c->BR;
-    t.b = t.bh / c->pr.H, t.h = t.bh % c->pr.H;
-    t.br = c->pr.L - t.i0 < c->BR ? c->pr.L - t.i0 : c->BR;
-    t.q = c->bf ? NULL : mha__attn_row(c->q, t.b, t.h, t.i0);
-    t.dr = mha__attn_dropout_make(&c->pr, t.bh);
-    fwd_rows(c, &t, w);
-    fwd_finish(c, &t, w);
-    if (c->weights) fwd_weights(c, &t, w);
+    for (int64_t u = 0; u < c->tpt; u++) {
+        if (c->tpt > 1 && task + c->nt < c->ntask) fwd_prefetch_head(c, task + c->nt, u, c->tpt);
+        const int64_t qt = (task * c->tpt + u) % c->nqt;
+        t.bh = (task * c->tpt + u) / c->nqt, t.i0 = (rev ? c->nqt - 1 - qt : qt) * c->BR;
+        t.b = t.bh / c->pr.H, t.h = t.bh % c->pr.H;
+        t.br = c->pr.L - t.i0 < c->BR ? c->pr.L - t.i0 : c->BR;
+        t.q = c->bf ? NULL : mha__attn_row(c->q, t.b, t.h, t.i0);
+        t.dr = mha__attn_dropout_make(&c->pr, t.bh);
+        fwd_rows(c, &t, w);
+        fwd_finish(c, &t, w);
+        if (c->weights) fwd_weights(c, &t, w);
+    }
 }
 
 /* Runs body(c, w, task) for every task in [0, n) on c->nt threads, each with its workspace. */

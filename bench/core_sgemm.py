@@ -4,7 +4,8 @@ of `mha bench --core` as fractions of OpenBLAS's sgemm rate measured next to eac
 sequence lengths, causal or not, head dims 64 and 128 and batch sizes. Prints a markdown
 section for BENCHMARKS.md (progress on stderr).
 
-    bench/core_sgemm.py [--build build] [--threads 2] [--budget 3] [--quick] [--out FILE.md]
+    bench/core_sgemm.py [--build build] [--threads 2] [--budget 3] [--quick] [--seq N ...]
+                        [--out FILE.md]
 
 The sgemm of a case is the in_proj product of its layer (M = B*N, N = 3E, K = E, E = H*D, B
 transposed as x W^T), the definition of BENCHMARKS.md's "core fwd / OpenBLAS sgemm" column,
@@ -75,6 +76,8 @@ def main():
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--budget", type=float, default=3.0)
     ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--seq", type=int, action="append",
+                    help="only the cases of this sequence length (repeatable)")
     ap.add_argument("--out")
     a = ap.parse_args()
     mha = os.path.join(a.build, "mha")
@@ -83,12 +86,18 @@ def main():
     start = time.time()
     rows = []
     for b, h, n, d, causal in cases(a.quick):
+        if a.seq and n not in a.seq:
+            continue
         e = h * d
+        # short calls (N <= 1024: a millisecond or less at B = 1) run many times, so that a
+        # median is not one wake-up of the threads
+        short = n <= 1024
         core = [mha, "bench", "--core", "--backward", "--json", "--batch", str(b), "--heads",
                 str(h), "--seq", str(n), "--head-dim", str(d), "--threads", str(a.threads),
-                "--runs", "5", "--budget", f"{a.budget:g}", "--warmup", "1" if n <= 4096 else "0"]
+                "--runs", "200" if short else "5", "--budget", f"{a.budget:g}",
+                "--warmup", "1" if n <= 4096 else "0"]
         core += ["--causal"] * causal
-        gemm = [ob, str(b * n), str(3 * e), str(e), "0", "1", "9"]
+        gemm = [ob, str(b * n), str(3 * e), str(e), "0", "1", "100" if short else "9"]
         print(f"B={b} H={h} N={n} D={d}{' causal' if causal else ''}", file=sys.stderr)
         pairs = []
         for order in (0, 1):

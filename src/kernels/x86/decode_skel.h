@@ -180,11 +180,12 @@ INL void dec_dots(const mha_dtype kt, const int nr, const int nk, int64_t c0, in
             for (int64_t v = 0; v < nvec; v++) {
                 const int last = v == nvec - 1;
                 const int64_t at = (c0 + j) * ldk + VL * v;
-                const vf k = dec_load(kt, K, at, last, kl);
+                const vmask kv = last ? kl : mask_full(); /* masked loads, no branch */
+                const vf k = vf_mload((const float *)K + at, kv);
                 if (kpf) dec_prefetch(kt, K, at, kpf); /* the same vector kpf bytes on (L2) */
 #pragma GCC unroll 4
                 for (int i = 0; i < nr; i++)
-                    acc[i][j] = vf_fma(vf_load_v(A + i * lda + VL * v, last, kl), k, acc[i][j]);
+                    acc[i][j] = vf_fma(vf_mload(A + i * lda + VL * v, kv), k, acc[i][j]);
             }
     } else {
         const int64_t nfull = n / VL;

@@ -120,6 +120,10 @@ static inline int mha__attn_prefetch_heads(const mha__attn_problem *pr, int nt, 
  * by the table's scale_f32 (this file's code is compiled for no particular ISA). */
 static inline void mha__attn_scale_tile(const mha_kernels *k, int64_t rows, int64_t n, float scale,
                                         const float *X, int64_t ldx, float *Y) {
+    if (ldx == n) { /* rows one after another: one call */
+        k->scale_f32(rows * n, scale, X, Y);
+        return;
+    }
     for (int64_t r = 0; r < rows; r++) k->scale_f32(n, scale, X + r * ldx, Y + r * n);
 }
 

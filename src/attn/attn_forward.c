@@ -363,17 +363,17 @@ static void fwd_avg(const fwd_call *c, fwd_ws *w, int64_t task) {
 }
 
 /* Part u of n of head bh's q, k, v and out rows, asked of the outer caches while the thread
- * computes another head (fwd_run). */
-static void fwd_prefetch_head(const fwd_call *c, int64_t bh, int64_t u, int64_t n) {
+ * computes head cur (fwd_run); k and v unless cur reads the same ones (grouped heads). */
+static void fwd_prefetch_head(const fwd_call *c, int64_t cur, int64_t bh, int64_t u, int64_t n) {
     const mha__attn_problem *pr = &c->pr;
-    const int64_t b = bh / pr->H, h = bh % pr->H;
+    const int64_t b = bh / pr->H, g = bh % pr->H / pr->kv_group;
     const int64_t l0 = pr->L * u / n, l1 = pr->L * (u + 1) / n;
     const int64_t s0 = pr->S * u / n, s1 = pr->S * (u + 1) / n;
-    mha__attn_prefetch_rows(c->q, b, h, l0, l1, pr->D, 0);
-    mha__attn_prefetch_rows(c->out, b, h, l0, l1, pr->Dv, 1);
-    if (h % pr->kv_group) return;
-    mha__attn_prefetch_rows(c->k, b, h / pr->kv_group, s0, s1, pr->D, 0);
-    mha__attn_prefetch_rows(c->v, b, h / pr->kv_group, s0, s1, pr->Dv, 0);
+    mha__attn_prefetch_rows(c->q, b, bh % pr->H, l0, l1, pr->D, 0);
+    mha__attn_prefetch_rows(c->out, b, bh % pr->H, l0, l1, pr->Dv, 1);
+    if (cur / pr->H == b && cur % pr->H / pr->kv_group == g) return;
+    mha__attn_prefetch_rows(c->k, b, g, s0, s1, pr->D, 0);
+    mha__attn_prefetch_rows(c->v, b, g, s0, s1, pr->Dv, 0);
 }
 
 static void fwd_run(const fwd_call *c, fwd_ws *w, int64_t task) {
@@ -383,7 +383,8 @@ static void fwd_run(const fwd_call *c, fwd_ws *w, int64_t task) {
     const mha__attn_problem *pr = &c->pr;
     const int rev = pr->hi_shift != MHA__ATTN_NO_DIAG && pr->lo_shift == -MHA__ATTN_NO_DIAG;
     for (int64_t u = 0; u < c->tpt; u++) {
-        if (c->tpt > 1 && task + c->nt < c->ntask) fwd_prefetch_head(c, task + c->nt, u, c->tpt);
+        if (c->tpt > 1 && task + c->nt < c->ntask)
+            fwd_prefetch_head(c, task, task + c->nt, u, c->tpt);
         const int64_t qt = (task * c->tpt + u) % c->nqt;
         t.bh = (task * c->tpt + u) / c->nqt, t.i0 = (rev ? c->nqt - 1 - qt : qt) * c->BR;
         t.b = t.bh / c->pr.H, t.h = t.bh % c->pr.H;

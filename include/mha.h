@@ -359,7 +359,8 @@ MHA_API mha_mask mha_mask_default(void); /* no mask at all */
  * ------------------------------------------------------------------------------------------- */
 typedef struct {
     float scale;     /* 0: 1/sqrt(D) */
-    float dropout_p; /* probability of zeroing a weight, in [0, 1); 0 disables dropout */
+    float dropout_p; /* probability of zeroing a weight, in [0, 1]; 0 disables dropout, 1 drops
+                      * every weight (out 0, lse as without dropout; the backward's gradients 0) */
     uint64_t seed;   /* dropout key: the same (seed, offset) gives the same dropout mask */
     uint64_t offset; /* dropout stream offset, e.g. a call counter */
     /* Logit soft-capping (Gemma 2): > 0 maps every scaled score s to softcap * tanh(s /
@@ -545,7 +546,7 @@ typedef struct {
     int64_t kdim;      /* key feature size; 0 = E */
     int64_t vdim;      /* value feature size; 0 = E */
     int bias;          /* 1: in_proj_bias and out_proj.bias exist (default) */
-    float dropout;     /* dropout on attention weights in training mode, [0, 1) */
+    float dropout;     /* dropout on attention weights in training mode, [0, 1] */
     uint64_t seed;     /* seeds the initialization and the dropout stream */
     /* The element type of the parameters, the inputs and outputs and every activation:
      * MHA_DTYPE_F32 (0, default), MHA_DTYPE_BF16 or MHA_DTYPE_F16. A bf16 / f16 layer computes

@@ -776,9 +776,10 @@ TEST(validation_errors) {
     } while (0)
     mha_tensor bad;
     /* params */
-    p.dropout_p = 1;
-    EXPECT_FWD(MHA_ERR_INVALID_ARG, "mha_attn_forward: p->dropout_p: got 1", ctx, &p, &q, &k, &v,
-               &m, &o, &l, &w);
+    p.dropout_p = 1.5f;
+    EXPECT_FWD(MHA_ERR_INVALID_ARG,
+               "mha_attn_forward: p->dropout_p: got 1.5, expected a value in [0, 1]", ctx, &p, &q,
+               &k, &v, &m, &o, &l, &w);
     p.dropout_p = -0.1f;
     EXPECT_BWD(MHA_ERR_INVALID_ARG, "mha_attn_backward: p->dropout_p", ctx, &p, &q, &k, &v, &m, &o,
                &l, &g, &dq, &dk, &dv);
@@ -1468,6 +1469,86 @@ TEST(dropout_fused_tiles) {
  * returns an empty tensor): with Hkv = 0, and with any Hkv > 0 (0 is a multiple of every Hkv),
  * in float32, bfloat16 and float16. The forward writes nothing; the backward sets dk, dv to 0
  * (no query head reads k, v). H > 0 with Hkv = 0 stays refused. */
+/* dropout_p = 1 drops every weight, as PyTorch's dropout(p = 1): out 0 and the weights 0, lse
+ * bit for bit the call's without dropout (FlashAttention's softmax_lse does not depend on
+ * dropout), and the backward's dq, dk, dv 0; in every dtype, on every kernel path, causal,
+ * grouped heads. */
+TEST(dropout_drops_all) {
+    mha_ctx *ctx;
+    ASSERT_OK(ctx, mha_ctx_create(&ctx));
+    enum {
+        B = 2,
+        H = 4,
+        HKV = 2,
+        L = 9,
+        S = 13,
+        D = 8,
+        DV = 6
+    };
+    static const mha_dtype dts[3] = {MHA_DTYPE_F32, MHA_DTYPE_BF16, MHA_DTYPE_F16};
+    static float in[4 * B * H * S * D], o[B * H * L * DV], w[B * H * L * S], l[B * H * L];
+    static float l0[B * H * L], o0[B * H * L * DV], grads[3 * B * H * S * D];
+    for (size_t x = 0; x < sizeof in / sizeof *in; x++) in[x] = frand();
+    FOR_EACH_ISA(ctx) {
+        for (int di = 0; di < 3; di++) {
+            const mha_dtype dt = dts[di];
+            const size_t es = dt == MHA_DTYPE_F32 ? 4 : 2;
+            int64_t sq[4] = {B, H, L, D}, sk[4] = {B, HKV, S, D}, sv[4] = {B, HKV, S, DV};
+            int64_t so[4] = {B, H, L, DV}, sl[3] = {B, H, L}, sw[4] = {B, H, L, S};
+            mha_tensor q = mha_tensor_typed(in, dt, 4, sq, NULL);
+            mha_tensor k = mha_tensor_typed(in + B * H * S * D, dt, 4, sk, NULL);
+            mha_tensor v = mha_tensor_typed(in + 2 * B * H * S * D, dt, 4, sv, NULL);
+            mha_tensor g = mha_tensor_typed(in + 3 * B * H * S * D, dt, 4, so, NULL);
+            mha_tensor to = mha_tensor_typed(o, dt, 4, so, NULL),
+                       to0 = mha_tensor_typed(o0, dt, 4, so, NULL);
+            mha_tensor tw = mha_tensor_make(w, 4, sw), tl = mha_tensor_make(l, 3, sl);
+            mha_tensor tl0 = mha_tensor_make(l0, 3, sl);
+            mha_tensor dq = mha_tensor_typed(grads, dt, 4, sq, NULL);
+            mha_tensor dk = mha_tensor_typed(grads + B * H * S * D, dt, 4, sk, NULL);
+            mha_tensor dv = mha_tensor_typed(grads + 2 * B * H * S * D, dt, 4, sv, NULL);
+            mha_mask m = mha_mask_default();
+            m.causal = MHA_CAUSAL_TOP_LEFT;
+            mha_attn_params p = mha_attn_params_default();
+            ASSERT_OK(ctx, mha_attn_forward(ctx, &p, &q, &k, &v, &m, &to0, &tl0, NULL));
+            p.dropout_p = 1, p.seed = 9;
+            for (size_t x = 0; x < sizeof o / sizeof *o; x++) o[x] = 7.0f;
+            for (size_t x = 0; x < sizeof w / sizeof *w; x++) w[x] = 7.0f;
+            for (size_t x = 0; x < sizeof grads / sizeof *grads; x++) grads[x] = 7.0f;
+            ASSERT_OK(ctx, mha_attn_forward(ctx, &p, &q, &k, &v, &m, &to, &tl, &tw));
+            const unsigned char *ob = (const unsigned char *)o, *gb = (const unsigned char *)grads;
+            for (size_t x = 0; x < B * H * L * DV * es; x++)
+                if (ob[x] != 0) {
+                    FAILF("%s: out byte %zu not 0", mha_dtype_name(dt), x);
+                    goto out;
+                }
+            for (size_t x = 0; x < sizeof w / sizeof *w; x++)
+                if (w[x] != 0) {
+                    FAILF("%s: weight %zu: %g, expected 0", mha_dtype_name(dt), x, (double)w[x]);
+                    goto out;
+                }
+            if (memcmp(l, l0, sizeof l) != 0) {
+                FAILF("%s: lse differs from the call's without dropout", mha_dtype_name(dt));
+                goto out;
+            }
+            ASSERT_OK(ctx, mha_attn_forward(ctx, &p, &q, &k, &v, &m, &to, NULL, NULL));
+            ASSERT_OK(ctx, mha_attn_backward(ctx, &p, &q, &k, &v, &m, &to, &tl, &g, &dq, &dk, &dv));
+            const size_t ng[3] = {B * H * L * D, B * HKV * S * D, B * HKV * S * DV};
+            for (int t = 0; t < 3; t++)
+                for (size_t x = 0; x < ng[t] * es; x++)
+                    if (gb[t * B * H * S * D * sizeof(float) + x] != 0) {
+                        FAILF("%s: %s byte %zu not 0", mha_dtype_name(dt),
+                              t == 0   ? "dq"
+                              : t == 1 ? "dk"
+                                       : "dv",
+                              x);
+                        goto out;
+                    }
+        }
+    }
+out:
+    mha_ctx_free(ctx);
+}
+
 TEST(zero_heads_empty_problem) {
     mha_ctx *ctx;
     ASSERT_OK(ctx, mha_ctx_create(&ctx));
@@ -1558,6 +1639,7 @@ int main(void) {
     RUN(backward_key_chunks);
     RUN(grouped_query_attention);
     RUN(zero_heads_empty_problem);
+    RUN(dropout_drops_all);
     RUN(dropout_fused_tiles);
     RUN(tile_kernels_match_generic);
     RUN(tile_tolerance_catches_wrong_kernels);

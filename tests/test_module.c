@@ -649,6 +649,10 @@ TEST(dropout_matches_reference_and_advances) {
         ASSERT_TRUE(run_case(ctx, &c, 61));
         c.self = 0, c.S = 7, c.vd = 5, c.causal = MHA_CAUSAL_TOP_LEFT;
         ASSERT_TRUE(run_case(ctx, &c, 62));
+        /* dropout 1 (as PyTorch's nn.MultiheadAttention(dropout=1.0)): every weight dropped,
+         * out = out_proj's bias, the in_proj and out_proj weight gradients 0 */
+        c.dropout = 1.0f, c.average = 1;
+        ASSERT_TRUE(run_case(ctx, &c, 63));
     }
     /* The stream advances on each training forward and not in evaluation mode. */
     mha_config cfg = mha_config_default(8, 2);
@@ -1186,8 +1190,9 @@ TEST(create_validation) {
     EXPECT_ERR(mha_module_create(ctx, &c, &m), MHA_ERR_INVALID_ARG, "cfg->kdim: got -1");
     c.kdim = 0, c.vdim = -2;
     EXPECT_ERR(mha_module_create(ctx, &c, &m), MHA_ERR_INVALID_ARG, "cfg->vdim: got -2");
-    c.vdim = 0, c.dropout = 1.0f;
-    EXPECT_ERR(mha_module_create(ctx, &c, &m), MHA_ERR_INVALID_ARG, "cfg->dropout: got 1");
+    c.vdim = 0, c.dropout = 1.5f;
+    EXPECT_ERR(mha_module_create(ctx, &c, &m), MHA_ERR_INVALID_ARG,
+               "cfg->dropout: got 1.5, expected a value in [0, 1]");
     c.dropout = NAN;
     EXPECT_ERR(mha_module_create(ctx, &c, &m), MHA_ERR_INVALID_ARG, "cfg->dropout");
     c.dropout = -0.1f;

@@ -164,6 +164,22 @@ def test_dropout_probs_outputs_and_gradients():
     assert lo < frac < hi, f"dropped fraction: got {frac:.4f}, expected {P}"
 
 
+def test_dropout_one_drops_every_weight():
+    # dropout_p = 1.0: out 0 and every gradient 0, as PyTorch's dropout(p = 1); the varlen
+    # function the same (mha refused 1.0 before)
+    gen = torch.Generator().manual_seed(10)
+    q, k, v = (torch.randn(2, 9, 2, 8, generator=gen).requires_grad_() for _ in range(3))
+    out = mha.flash_attn_func(q, k, v, dropout_p=1.0, causal=True)
+    out.backward(torch.randn(out.shape, generator=gen))
+    assert out.shape == (2, 9, 2, 8) and not out.any()
+    assert not q.grad.any() and not k.grad.any() and not v.grad.any()
+    cu = torch.tensor([0, 4, 9], dtype=torch.int32)
+    flat = [t.detach()[0].clone().requires_grad_() for t in (q, k, v)]
+    out = mha.flash_attn_varlen_func(*flat, cu, cu, 5, 5, dropout_p=1.0)
+    out.sum().backward()
+    assert not out.any() and not any(t.grad.any() for t in flat)
+
+
 def test_dropout_reproducible_under_manual_seed():
     gen = torch.Generator().manual_seed(9)
     q, k, v = (torch.randn(2, 16, 2, 8, generator=gen) for _ in range(3))
@@ -300,8 +316,8 @@ BAD = [
      "mha_attn_forward: mask->window_left: got -2, expected >= -1 (-1: unbounded)"),
     ("softcap", lambda: F(*_qkv(), softcap=-1.0),
      "mha_attn_forward: p->softcap: got -1, expected a finite value >= 0"),
-    ("dropout_p", lambda: F(*_qkv(), dropout_p=1.0),
-     "mha_attn_forward: p->dropout_p: got 1, expected a value in [0, 1)"),
+    ("dropout_p", lambda: F(*_qkv(), dropout_p=1.5),
+     "mha_attn_forward: p->dropout_p: got 1.5, expected a value in [0, 1]"),
     ("softmax_scale", lambda: F(*_qkv(), softmax_scale=0),
      "flash_attn_func: softmax_scale: got 0, expected a nonzero number"),
     ("alibi shape", lambda: F(*_qkv(), alibi_slopes=torch.rand(3)),

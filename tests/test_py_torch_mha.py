@@ -584,6 +584,32 @@ def test_eval_mode_has_no_dropout():
     assert_close(w1, w_r, "eval weights")
 
 
+def test_dropout_one_drops_every_weight_as_pytorch():
+    # nn.MultiheadAttention(dropout=1.0) in training: every weight dropped, out = out_proj's bias,
+    # the weights 0; the gradients of in_proj and out_proj.weight 0, out_proj.bias's the sum
+    # of dout, the inputs' 0 (mha refused dropout 1.0 before)
+    gen = torch.Generator().manual_seed(13)
+    q, kv = torch.randn(2, 5, 16, generator=gen), torch.randn(2, 7, 16, generator=gen)
+    g, bias = torch.randn(2, 5, 16, generator=gen), torch.randn(16, generator=gen)
+    got = []
+    for cls in (nn.MultiheadAttention, mha.MultiheadAttention):
+        torch.manual_seed(3)
+        layer = cls(16, 4, dropout=1.0, batch_first=True).train()
+        with torch.no_grad():
+            layer.out_proj.bias.copy_(bias)
+        qq, kk = q.clone().requires_grad_(), kv.clone().requires_grad_()
+        out, w = layer(qq, kk, kk)
+        out.backward(g)
+        got.append((out, w, qq.grad, kk.grad, {n: t.grad for n, t in layer.named_parameters()}))
+    (out_t, w_t, dq_t, dk_t, gp_t), (out_m, w_m, dq_m, dk_m, gp_m) = got
+    assert torch.equal(out_m, layer.out_proj.bias.detach().expand(2, 5, 16))
+    assert torch.equal(out_m, out_t) and torch.equal(w_m, w_t) and not w_m.any()
+    assert not dq_m.any() and not dk_m.any() and not dq_t.any() and not dk_t.any()
+    for name in gp_t:
+        assert_close(gp_m[name], gp_t[name].double(), f"{name}.grad")
+    assert not gp_m["in_proj_weight"].any() and not gp_m["out_proj.weight"].any()
+
+
 def manual_mha(params, q, k, v, H, keep, p):
     """nn.MultiheadAttention's computation written out (batch_first, in_proj packed), with
     dropout given by the keep mask [B, H, L, S]: out, weights after dropout."""

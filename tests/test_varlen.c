@@ -668,8 +668,8 @@ TEST(varlen_bad_inputs) {
     r.p.softcap = -1;
     BAD(MHA_ERR_INVALID_ARG, "p->softcap: got -1, expected a finite value >= 0");
     r.p.softcap = 0;
-    r.p.dropout_p = 1;
-    BAD(MHA_ERR_INVALID_ARG, "p->dropout_p: got 1, expected a value in [0, 1)");
+    r.p.dropout_p = 1.5f;
+    BAD(MHA_ERR_INVALID_ARG, "p->dropout_p: got 1.5, expected a value in [0, 1]");
     r.p.dropout_p = 0;
     float *o = r.out.t.data;
     r.out.t.data = r.q.t.data;

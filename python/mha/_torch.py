@@ -249,8 +249,8 @@ class CModule:
             if self.ptr:
                 lib.mha_module_free(self.ptr)
                 self.ptr = None
-            if not 0.0 <= dropout < 1.0:
-                raise ValueError(f"mha: dropout: got {dropout}, expected a value in [0, 1)")
+            if not 0.0 <= dropout <= 1.0:
+                raise ValueError(f"mha: dropout: got {dropout}, expected a value in [0, 1]")
             cfg = lib.mha_config_default(E, H)
             cfg.kdim, cfg.vdim, cfg.bias = kdim, vdim, 1 if bias else 0
             cfg.dropout = dropout

@@ -44,7 +44,7 @@ _HEADS_SECOND = (0, 2, 1, 3)  # [B, H, L, D] views of [B, L, H, D] memory
 # Arguments
 # ------------------------------------------------------------------------------------------
 def _params(fn, dropout_p, softmax_scale, softcap):
-    """mha_attn_params (the library checks the values: dropout_p in [0, 1), softcap >= 0)."""
+    """mha_attn_params (the library checks the values: dropout_p in [0, 1], softcap >= 0)."""
     for name, x in (("dropout_p", dropout_p), ("softcap", softcap)):
         if isinstance(x, bool) or not isinstance(x, numbers.Real):
             raise ValueError(f"{fn}: {name}: got {x!r}, expected a number")

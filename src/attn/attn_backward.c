@@ -592,14 +592,6 @@ static void bwd_group_sum(const bwd_call *c, int64_t task) {
 
 static mha_status bwd_run(mha_ctx *ctx, const char *fn, bwd_call *cp);
 
-/* Every element of a validated [B, X, R, Y] view of any dtype = 0 (all-zero bits: +0). */
-static void zero_view(const mha_tensor *t) {
-    const size_t row = mha__tensor_elsize(t) * (size_t)t->shape[3];
-    for (int64_t b = 0; b < t->shape[0] && row > 0; b++)
-        for (int64_t h = 0; h < t->shape[1]; h++)
-            for (int64_t i = 0; i < t->shape[2]; i++) memset(mha__attn_row_at(t, b, h, i), 0, row);
-}
-
 /* A validated bf16 call on a table with bf16 kernels: q, k, v, out, dout read as they are; dq
  * accumulated in a float32 buffer, dk and dv in float32 tiles (or buffers, grouped heads), each
  * element rounded once. */
@@ -653,9 +645,12 @@ mha_status mha__attn_backward_seq(mha_ctx *ctx, const char *fn, const mha_attn_p
     bwd_call c;
     mha_status st = bwd_check(ctx, fn, p, q, k, v, mask, out, lse, dout, dq, dk, dv, &c);
     if (st) return st;
-    if (c.pr.B * c.pr.H == 0) { /* no query head (H = 0; Hkv may be > 0): nothing reads k, v */
-        zero_view(dk);
-        zero_view(dv);
+    /* no query head (H = 0; Hkv may be > 0): nothing reads k, v; dropout_p = 1: every weight
+     * dropped, out did not depend on q, k, v */
+    if (c.pr.B * c.pr.H == 0 || c.pr.dropout_p >= 1) {
+        mha__attn_zero_view(dq);
+        mha__attn_zero_view(dk);
+        mha__attn_zero_view(dv);
         return MHA_OK;
     }
     c.pr.bh0 = at.bh0, c.pr.row0 = at.row0, c.pr.col0 = at.col0, c.bf = 0, c.dkv_tiles = 0;

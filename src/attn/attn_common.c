@@ -6,7 +6,9 @@
 #include <string.h>
 
 static uint64_t drop_threshold(float p) {
-    /* P(word < thr) = thr / 2^32 ~= p; p < 1 so thr <= 2^32 - 1 after ceil for any float p. */
+    /* P(word < thr) = thr / 2^32 ~= p; p < 1 so thr <= 2^32 - 1 after ceil for any float p
+     * (p = 1: 2^32, every word below it; the kernels never see it, attn_forward and
+     * attn_backward answer it before them). */
     if (!(p > 0)) return 0;
     return (uint64_t)ceil((double)p * 4294967296.0);
 }
@@ -106,9 +108,9 @@ mha_status mha__attn_check_aliases(mha_ctx *ctx, const char *fn, const mha__attn
 }
 
 mha_status mha__attn_check_params(mha_ctx *ctx, const char *fn, const mha_attn_params *p) {
-    if (!(p->dropout_p >= 0 && p->dropout_p < 1))
+    if (!(p->dropout_p >= 0 && p->dropout_p <= 1))
         return mha__err(ctx, MHA_ERR_INVALID_ARG,
-                        "%s: p->dropout_p: got %g, expected a value in [0, 1)", fn,
+                        "%s: p->dropout_p: got %g, expected a value in [0, 1]", fn,
                         (double)p->dropout_p);
     if (!isfinite(p->scale))
         return mha__err(ctx, MHA_ERR_INVALID_ARG,
@@ -166,7 +168,11 @@ mha_status mha__attn_check_inputs(mha_ctx *ctx, const char *fn, const mha_attn_p
     pr->Hkv = Hkv, pr->kv_group = H > 0 ? H / Hkv : 1, pr->dt = dt; /* 1: no head divides */
     pr->scale = p->scale != 0 ? p->scale : (float)(1.0 / sqrt((double)D));
     pr->dropout_p = p->dropout_p;
-    pr->keep_scale = p->dropout_p > 0 ? (float)(1.0 / (1.0 - (double)p->dropout_p)) : 1.0f;
+    /* dropout_p = 1 (every weight dropped) never reaches the kernels: keep_scale unused */
+    pr->keep_scale = p->dropout_p > 0 && p->dropout_p < 1
+                         ? (float)(1.0 / (1.0 - (double)p->dropout_p))
+                     : p->dropout_p >= 1 ? 0.0f
+                                         : 1.0f;
     pr->drop_thr = drop_threshold(p->dropout_p);
     pr->seed = p->seed;
     pr->offset = p->offset;
@@ -202,4 +208,11 @@ void mha__attn_prefetch_rows(const mha_tensor *t, int64_t b, int64_t h, int64_t 
             else __builtin_prefetch(p + o, 0, 2);
         }
     }
+}
+
+void mha__attn_zero_view(const mha_tensor *t) {
+    const size_t row = mha__tensor_elsize(t) * (size_t)t->shape[3];
+    for (int64_t b = 0; b < t->shape[0] && row > 0; b++)
+        for (int64_t h = 0; h < t->shape[1]; h++)
+            for (int64_t i = 0; i < t->shape[2]; i++) memset(mha__attn_row_at(t, b, h, i), 0, row);
 }

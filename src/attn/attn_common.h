@@ -51,7 +51,7 @@ typedef struct {
 mha_status mha__attn_check_mask(mha_ctx *ctx, const char *fn, const mha_mask *m, int64_t B,
                                 int64_t S);
 
-/* Validates p (not NULL): dropout_p in [0, 1), a finite scale, a finite softcap >= 0. */
+/* Validates p (not NULL): dropout_p in [0, 1], a finite scale, a finite softcap >= 0. */
 mha_status mha__attn_check_params(mha_ctx *ctx, const char *fn, const mha_attn_params *p);
 
 /* Validates the ALiBi slopes of a mask (NULL mask or slopes: none): alibi_batched 0 or 1, every
@@ -101,6 +101,9 @@ static inline float *mha__attn_kv_row(const mha__attn_problem *pr, const mha_ten
 /* Rows [r0, r1) of head (b, h) of a [B, H, R, x] view asked of the outer caches (write: the
  * rows will be written), one request per 64 bytes: a thread fetches the next head it will
  * likely run while it computes the current one. A hint only: nothing is read or written. */
+/* Every element of a validated [B, X, R, Y] view of any dtype = 0 (all-zero bits: +0). */
+void mha__attn_zero_view(const mha_tensor *t);
+
 void mha__attn_prefetch_rows(const mha_tensor *t, int64_t b, int64_t h, int64_t r0, int64_t r1,
                              int64_t x, int write);
 

@@ -434,6 +434,28 @@ static mha_status fwd_lowp(mha_ctx *ctx, const char *fn, mha__attn_origin at,
     return st;
 }
 
+/* A validated call with dropout_p = 1: every weight dropped (as PyTorch's dropout(p = 1)),
+ * out and the weights 0; lse is the softmax's, as without dropout (FlashAttention's
+ * softmax_lse does not depend on dropout), computed by the call without dropout when wanted. */
+static mha_status fwd_drop_all(mha_ctx *ctx, const char *fn, mha__attn_origin at,
+                               const mha_attn_params *p, const mha_mask *mask, const fwd_call *c) {
+    if (c->lse) {
+        mha_attn_params p0 = *p;
+        p0.dropout_p = 0;
+        mha_status st =
+            attn_forward(ctx, fn, at, &p0, c->q, c->k, c->v, mask, c->out, c->lse, NULL, NULL);
+        if (st) return st;
+    }
+    mha__attn_zero_view(c->out);
+    if (c->weights) mha__attn_zero_view(c->weights);
+    if (c->wavg) /* [B, L, S] */
+        for (int64_t b = 0; b < c->pr.B; b++)
+            for (int64_t i = 0; i < c->pr.L; i++)
+                memset(c->wavg->data + b * c->wavg->stride[0] + i * c->wavg->stride[1], 0,
+                       sizeof(float) * (size_t)c->pr.S);
+    return MHA_OK;
+}
+
 static mha_status attn_forward(mha_ctx *ctx, const char *fn, mha__attn_origin at,
                                const mha_attn_params *p, const mha_tensor *q, const mha_tensor *k,
                                const mha_tensor *v, const mha_mask *mask, mha_tensor *out,
@@ -451,6 +473,8 @@ static mha_status attn_forward(mha_ctx *ctx, const char *fn, mha__attn_origin at
     if (c.pr.dt != MHA_DTYPE_F32 && !c.bf)
         return fwd_lowp(ctx, fn, at, p, q, k, v, mask, out, lse, weights, wavg);
     c.pr.bh0 = at.bh0, c.pr.row0 = at.row0, c.pr.col0 = at.col0;
+    if (c.pr.dropout_p >= 1 && c.pr.B * c.pr.H * c.pr.L > 0)
+        return fwd_drop_all(ctx, fn, at, p, mask, &c);
     if (c.pr.B * c.pr.H * c.pr.L == 0) {
         if (wavg) /* H == 0: no head to average, weights 0 */
             for (int64_t b = 0; b < c.pr.B; b++)

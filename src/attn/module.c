@@ -216,9 +216,9 @@ static mha_status check_config(mha_ctx *ctx, const char *fn, const mha_config *c
         return mha__err(ctx, MHA_ERR_INVALID_ARG,
                         "%s: cfg->vdim: got %lld, expected >= 0 (0: embed_dim)", fn,
                         (long long)cfg->vdim);
-    if (!(cfg->dropout >= 0 && cfg->dropout < 1))
+    if (!(cfg->dropout >= 0 && cfg->dropout <= 1))
         return mha__err(ctx, MHA_ERR_INVALID_ARG,
-                        "%s: cfg->dropout: got %g, expected a value in [0, 1)", fn,
+                        "%s: cfg->dropout: got %g, expected a value in [0, 1]", fn,
                         (double)cfg->dropout);
     if (cfg->dtype != MHA_DTYPE_F32 && cfg->dtype != MHA_DTYPE_BF16 && cfg->dtype != MHA_DTYPE_F16)
         return mha__err(ctx, MHA_ERR_UNSUPPORTED,

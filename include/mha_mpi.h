@@ -60,7 +60,9 @@
  *   comm; the caller's comm is not changed). Ranks that make different calls of this header at
  *   the same time all return MHA_ERR_INVALID_ARG ("rank 1 called mha_mpi_attn_backward, expected
  *   mha_mpi_attn_forward as rank 0"); a rank that makes no call at all, or passes another
- *   communicator, cannot be detected: the others wait.
+ *   communicator, cannot be detected: the others wait. Checked first, without communicating:
+ *   MPI initialized and not finalized (else MHA_ERR_STATE), comm an intracommunicator
+ *   (MPI_COMM_NULL or an intercommunicator: MHA_ERR_INVALID_ARG "comm: got ...").
  *
  * MEMORY per rank: O(N / P), never the whole sequence: two key/value blocks of the ring
  *   ((D + Dv) B Hkv N / P floats each), the float32 running output and lse, the partial result

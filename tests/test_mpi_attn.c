@@ -10,8 +10,9 @@
  * global positions), softcap, cross-attention L != S, chunks not a multiple of the tiles, and
  * strided views. The causal work is balanced exactly (zigzag). Bad input: ranks that disagree
  * on shapes or options, lengths that do not split, an error on one rank only (a NULL tensor, an
- * allocation failure before or during the ring), unsupported masks: every rank returns an error
- * naming the argument and the ranks, and the test ends (no hang: ctest's TIMEOUT). */
+ * allocation failure before or during the ring), unsupported masks, a NULL or an inter-
+ * communicator: every rank returns an error naming the argument and the ranks, and the test ends
+ * (no hang: ctest's TIMEOUT). */
 #include "mpi_test_util.h"
 #include "core/internal.h" /* mha__fault_after: allocation failures */
 
@@ -329,6 +330,33 @@ TEST(error_on_one_rank) {
     MT_CHECK(st == MHA_ERR_UNSUPPORTED, "%s", mha_ctx_errmsg(ctx));
 }
 
+/* A communicator the ring cannot run on, refused on every rank before any message:
+ * MPI_COMM_NULL, and an intercommunicator (rank 0 against the others), whose ranks and
+ * collectives are those of the remote group (its ring paired the groups' shards: wrong results
+ * with groups of one size, MPI errors with groups of two sizes). */
+TEST(communicator_refused) {
+    small s;
+    small_make(&s, 4, 4);
+    mha_status st = mha_mpi_attn_forward(ctx, MPI_COMM_NULL, NULL, &s.tq, &s.tk, &s.tv, NULL, &s.to,
+                                         &s.tl, NULL);
+    MT_STATUS(ctx, st, MHA_ERR_INVALID_ARG,
+              "mha_mpi_attn_forward: comm: got MPI_COMM_NULL, expected a communicator");
+    if (mt_P < 2) return;
+    MPI_Comm group, inter;
+    const int first = mt_rank == 0;
+    MPI_Comm_split(MPI_COMM_WORLD, first, mt_rank, &group);
+    MPI_Intercomm_create(group, 0, MPI_COMM_WORLD, first ? 1 : 0, 5, &inter);
+    st = mha_mpi_attn_forward(ctx, inter, NULL, &s.tq, &s.tk, &s.tv, NULL, &s.to, &s.tl, NULL);
+    MT_STATUS(ctx, st, MHA_ERR_INVALID_ARG,
+              "mha_mpi_attn_forward: comm: got an intercommunicator, expected an "
+              "intracommunicator");
+    st = mha_mpi_attn_backward(ctx, inter, NULL, &s.tq, &s.tk, &s.tv, NULL, &s.to, &s.tl, &s.to,
+                               &s.tdq, &s.tdk, &s.tdv, NULL);
+    MT_STATUS(ctx, st, MHA_ERR_INVALID_ARG, "comm: got an intercommunicator");
+    MPI_Comm_free(&inter);
+    MPI_Comm_free(&group);
+}
+
 /* Allocation failures on one rank: before the ring (agreed at once) and in the core during the
  * ring (the rank keeps exchanging blocks; the error is agreed after the ring). */
 TEST(allocation_failure_on_one_rank) {
@@ -374,6 +402,7 @@ int main(int argc, char **argv) {
     RUN(ranks_make_different_calls);
     RUN(lengths_that_do_not_split);
     RUN(error_on_one_rank);
+    RUN(communicator_refused);
     RUN(allocation_failure_on_one_rank);
     mha_ctx_free(ctx);
     return mt_finish();

@@ -28,6 +28,15 @@ mha_status mha__mpi_begin(mha__mpi_call *c, mha_ctx *ctx, const char *fn, MPI_Co
     if (comm == MPI_COMM_NULL)
         return mha__err(ctx, MHA_ERR_INVALID_ARG,
                         "%s: comm: got MPI_COMM_NULL, expected a communicator", fn);
+    /* An intercommunicator's ranks and collectives are those of the remote group: its ring
+     * would pair shards of two groups (wrong results, or MPI errors when the groups differ in
+     * size). Every rank of both groups passes it, so every one refuses it here. */
+    int inter = 0;
+    if (MPI_Comm_test_inter(comm, &inter) == MPI_SUCCESS && inter)
+        return mha__err(ctx, MHA_ERR_INVALID_ARG,
+                        "%s: comm: got an intercommunicator, expected an intracommunicator (the "
+                        "ranks that share the sequence)",
+                        fn);
     /* A private communicator: the ring's messages never meet the caller's, and MPI errors
      * return to us (the caller's comm keeps its own error handler). */
     if (MPI_Comm_dup(comm, &c->comm) != MPI_SUCCESS) {

@@ -31,9 +31,9 @@ typedef struct {
     mha_mpi_stats st; /* this call's measurements, copied out by mha__mpi_end */
 } mha__mpi_call;
 
-/* Starts a collective call on comm: clears ctx, checks that MPI is initialized and comm valid
- * (MHA_ERR_INVALID_ARG: then no rank can take part, so every rank returns it without
- * communicating), duplicates comm. */
+/* Starts a collective call on comm: clears ctx, checks that MPI is initialized
+ * (MHA_ERR_STATE) and comm an intracommunicator (MHA_ERR_INVALID_ARG): then no rank can take
+ * part, so every rank returns it without communicating; duplicates comm. */
 mha_status mha__mpi_begin(mha__mpi_call *c, mha_ctx *ctx, const char *fn, MPI_Comm comm);
 /* Ends it: frees the duplicate; stats (NULL: none) receives the measurements. Returns st. */
 mha_status mha__mpi_end(mha__mpi_call *c, mha_status st, mha_mpi_stats *stats);

@@ -187,7 +187,9 @@ MHA_API mha_status mha_mpi_module_forward(mha_ctx *ctx, MPI_Comm comm, mha_modul
  * The parameter gradients are summed over the ranks in rank order (deterministic) and
  * ACCUMULATED (+=) into the module's gradients on every rank, so every rank holds the whole
  * sequence's gradient. The saved activations are released after a successful backward (one
- * backward per forward). */
+ * backward per forward). An error on any rank (an allocation during the products, too) leaves
+ * dquery, dkey, dvalue and the module's gradients unchanged on every rank: they are written
+ * once every rank has all of its results (so is the forward's out). */
 MHA_API mha_status mha_mpi_module_backward(mha_ctx *ctx, MPI_Comm comm, mha_module *m,
                                            const mha_tensor *dout, mha_tensor *dquery,
                                            mha_tensor *dkey, mha_tensor *dvalue,

@@ -9,8 +9,10 @@
  * gradients, and the whole parameter gradients (summed over the ranks), within 1e-5 relative:
  * self-attention causal with key padding (a batch entry whose keys are all padded: its output
  * is out_proj.bias) and cross-attention (kdim, vdim != E) with padding. Bad input: a backward
- * without a forward, modules that differ, an error on one rank: every rank returns the error. */
+ * without a forward, modules that differ, an error on one rank: every rank returns the error;
+ * an allocation failure on one rank during a backward: no rank writes anything. */
 #include "mpi_test_util.h"
+#include "core/internal.h" /* mha__fault_after: allocation failures */
 
 static mha_ctx *ctx;
 
@@ -224,12 +226,74 @@ TEST(output_in_the_module_refused) {
     mha_module_free(m);
 }
 
+/* An allocation failure on the last rank at each allocation of a backward (a new module each
+ * time, so that the products' workspace grows during the call: the last failures come after
+ * the input gradients' products): every rank returns MHA_ERR_NOMEM, and no rank has written
+ * dquery, dkey, dvalue or the module's gradients (a rank whose own products succeeded waits
+ * for the others' before it writes). Self- and cross-attention. */
+TEST(allocation_failure_writes_nothing) {
+    const int64_t B = 2, Lr = 64, E = 16;
+    float *x = calloc((size_t)(B * Lr * E), sizeof(float)), *xk = calloc((size_t)(B * Lr * 8), 4);
+    float *xv = calloc((size_t)(B * Lr * 12), 4), *y = calloc((size_t)(B * Lr * E), 4);
+    float *dx = calloc((size_t)(B * Lr * E), 4), *dk = calloc((size_t)(B * Lr * 8), 4);
+    float *dv = calloc((size_t)(B * Lr * 12), 4);
+    mt_seed(3);
+    for (int64_t i = 0; i < B * Lr * E; i++) x[i] = mt_rand();
+    for (int64_t i = 0; i < B * Lr * 8; i++) xk[i] = mt_rand();
+    for (int64_t i = 0; i < B * Lr * 12; i++) xv[i] = mt_rand();
+    mha_tensor tx = t3(x, B, Lr, E), tk = t3(xk, B, Lr, 8), tv = t3(xv, B, Lr, 12);
+    mha_tensor ty = t3(y, B, Lr, E), tdx = t3(dx, B, Lr, E), tdk = t3(dk, B, Lr, 8);
+    mha_tensor tdv = t3(dv, B, Lr, 12);
+    for (int cross = 0; cross < 2; cross++) {
+        int failures = 0;
+        for (long n = 0; n < 40; n++) {
+            mha_config cfg = mha_config_default(E, 2);
+            if (cross) cfg.kdim = 8, cfg.vdim = 12;
+            mha_module *m = NULL;
+            ASSERT_OK(ctx, mha_module_create(ctx, &cfg, &m));
+            ASSERT_OK(ctx,
+                      mha_mpi_module_forward(ctx, MPI_COMM_WORLD, m, NULL, &tx, cross ? &tk : NULL,
+                                             cross ? &tv : NULL, NULL, &ty, NULL));
+            for (int64_t i = 0; i < B * Lr * E; i++) dx[i] = 7;
+            for (int64_t i = 0; i < B * Lr * 8; i++) dk[i] = 7;
+            for (int64_t i = 0; i < B * Lr * 12; i++) dv[i] = 7;
+            if (mt_rank == mt_P - 1) mha__fault_after(n);
+            mha_status st = mha_mpi_module_backward(ctx, MPI_COMM_WORLD, m, &ty, &tdx,
+                                                    cross ? &tdk : NULL, cross ? &tdv : NULL, NULL);
+            mha__fault_after(-1);
+            int nomem = st == MHA_ERR_NOMEM, all = 0, any = 0;
+            MPI_Allreduce(&nomem, &all, 1, MPI_INT, MPI_MIN, MPI_COMM_WORLD);
+            MPI_Allreduce(&nomem, &any, 1, MPI_INT, MPI_MAX, MPI_COMM_WORLD);
+            MT_CHECK(all == any, "fault at allocation %ld: NOMEM on some ranks only (%s)", n,
+                     mha_ctx_errmsg(ctx));
+            if (nomem) {
+                int64_t written = 0;
+                for (int64_t i = 0; i < B * Lr * E; i++) written += dx[i] != 7;
+                for (int64_t i = 0; cross && i < B * Lr * 8; i++) written += dk[i] != 7;
+                for (int64_t i = 0; cross && i < B * Lr * 12; i++) written += dv[i] != 7;
+                mha_tensor g;
+                ASSERT_OK(ctx, mha_module_param(ctx, m, "out_proj.weight", NULL, &g));
+                for (int64_t i = 0; i < E * E; i++) written += g.data[i] != 0;
+                MT_CHECK(written == 0, "%s, fault at allocation %ld: %lld elements written",
+                         cross ? "cross" : "self", n, (long long)written);
+            }
+            mha_module_free(m);
+            failures += any;
+            if (!any) break;
+        }
+        MT_CHECK(failures > 5, "only %d allocations failed", failures);
+    }
+    void *bufs[] = {x, xk, xv, y, dx, dk, dv};
+    for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++) free(bufs[i]);
+}
+
 int main(int argc, char **argv) {
     mt_init(&argc, &argv);
     if (mha_ctx_create(&ctx) != MHA_OK) return 1;
     RUN(matches_one_process);
     RUN(bad_input_on_every_rank);
     RUN(output_in_the_module_refused);
+    RUN(allocation_failure_writes_nothing);
     mha_ctx_free(ctx);
     return mt_finish();
 }

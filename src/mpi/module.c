@@ -240,10 +240,11 @@ static mha_status fwd_attend(mha__mpi_call *c, mha_module *m, const fwd_call *f,
     c->st.compute_s += rs.compute_s, c->st.comm_wait_s += rs.comm_wait_s;
     c->st.work += rs.work, c->st.bytes_sent += rs.bytes_sent, c->st.steps += rs.steps;
     if (st) return st;
-    st = mha__gemm_ex(c->ctx, &m->gws, 0, 1, BL, E, E, 1.0f, s->attn, E, m->wo, E, 0.0f, m->bo,
-                      s->y, E);
+    st = mha__mpi_agree(c, mha__gemm_ex(c->ctx, &m->gws, 0, 1, BL, E, E, 1.0f, s->attn, E, m->wo, E,
+                                        0.0f, m->bo, s->y, E));
+    /* out written once every rank has its rows */
     if (!st) mha__tensor_from_f32(mha__ctx_kernels(c->ctx), s->y, f->out, mha__ctx_threads(c->ctx));
-    return mha__mpi_agree(c, st);
+    return st;
 }
 
 mha_status mha_mpi_module_forward(mha_ctx *ctx, MPI_Comm comm, mha_module *m,
@@ -288,7 +289,9 @@ typedef struct {
     float *gw;             /* this rank's parameter gradients, back to back in parameter order */
     float *all;            /* every rank's gw, rank after rank */
     float *ones;           /* a row of ones: column sums as products */
-    float *tmp;            /* an input gradient's rows before they go to the caller's view */
+    float *gq, *gk, *gv;   /* the input gradients' rows [B*Lr, E], [B*Sr, kdim], [B*Sr, vdim]
+                              (those asked for), copied to the caller's views once every rank
+                              has all of its results: nothing is written on error */
 } bwd_call;
 
 static int64_t param_total(const mha_module *m) {
@@ -360,7 +363,6 @@ static mha_status bwd_alloc(mha__mpi_call *c, const mha_module *m, bwd_call *b, 
     const saved *s = m->mpi_saved;
     const int64_t E = m->cfg.embed_dim, BL = s->B * s->Lr, BS = s->self ? 0 : s->B * s->Sr;
     const int64_t T = param_total(m), rows = BL > s->B * s->Sr ? BL : s->B * s->Sr;
-    const int64_t X = m->cfg.kdim > m->cfg.vdim ? m->cfg.kdim : m->cfg.vdim;
     if (T > INT32_MAX)
         return mha__err(c->ctx, MHA_ERR_UNSUPPORTED,
                         "%s: %lld parameters: too many for one MPI message", FN_BWD, (long long)T);
@@ -374,7 +376,9 @@ static mha_status bwd_alloc(mha__mpi_call *c, const mha_module *m, bwd_call *b, 
     MHA__PLAN_ADD(&pl, bwd_call, gw, sizeof(float), T, 1);
     MHA__PLAN_ADD(&pl, bwd_call, all, sizeof(float), T, c->P);
     MHA__PLAN_ADD(&pl, bwd_call, ones, sizeof(float), rows, 1);
-    MHA__PLAN_ADD(&pl, bwd_call, tmp, sizeof(float), rows, X > E ? X : E);
+    MHA__PLAN_ADD(&pl, bwd_call, gq, sizeof(float), b->dquery ? BL : 0, E);
+    MHA__PLAN_ADD(&pl, bwd_call, gk, sizeof(float), b->dkey ? BS : 0, m->cfg.kdim);
+    MHA__PLAN_ADD(&pl, bwd_call, gv, sizeof(float), b->dvalue ? BS : 0, m->cfg.vdim);
     mha_status st = mha__plan_alloc(&pl, c->ctx, FN_BWD, 1, mem);
     if (st) return st;
     mha__plan_point(&pl, *mem, 0, b);
@@ -424,19 +428,25 @@ static mha_status bwd_core(mha__mpi_call *c, mha_module *m, bwd_call *b) {
     return st;
 }
 
-/* d = dY W (dY [rows, n] row stride ldd, W [n, X]) into the caller's view t, through tmp. */
-static mha_status input_grad(mha_ctx *ctx, mha_module *m, const bwd_call *b, mha_tensor *t,
+/* d [rows, X] = dY W (dY [rows, n] row stride ldd, W [n, X]) when the caller asked for it (t). */
+static mha_status input_grad(mha_ctx *ctx, mha_module *m, const mha_tensor *t, float *d,
                              const float *dy, int64_t ldd, int64_t rows, int64_t n, int64_t X,
                              const float *W) {
     if (!t) return MHA_OK;
-    mha_status st =
-        mha__gemm_ex(ctx, &m->gws, 0, 0, rows, X, n, 1.0f, dy, ldd, W, X, 0.0f, NULL, b->tmp, X);
-    if (!st) mha__tensor_from_f32(mha__ctx_kernels(ctx), b->tmp, t, mha__ctx_threads(ctx));
-    return st;
+    return mha__gemm_ex(ctx, &m->gws, 0, 0, rows, X, n, 1.0f, dy, ldd, W, X, 0.0f, NULL, d, X);
 }
 
-/* Input gradients (this rank's rows) and this rank's share of the in-projection's gradients:
- * module.c's bwd_inputs and bwd_in_proj. */
+/* The input gradients into the caller's views. */
+static void bwd_write_inputs(mha_ctx *ctx, const bwd_call *b) {
+    const mha_kernels *kern = mha__ctx_kernels(ctx);
+    const int nt = mha__ctx_threads(ctx);
+    if (b->dquery) mha__tensor_from_f32(kern, b->gq, b->dquery, nt);
+    if (b->dkey) mha__tensor_from_f32(kern, b->gk, b->dkey, nt);
+    if (b->dvalue) mha__tensor_from_f32(kern, b->gv, b->dvalue, nt);
+}
+
+/* Input gradients (this rank's rows, into gq, gk, gv) and this rank's share of the
+ * in-projection's gradients: module.c's bwd_inputs and bwd_in_proj. */
 static mha_status bwd_in_proj(mha_ctx *ctx, mha_module *m, bwd_call *b) {
     const saved *s = m->mpi_saved;
     const int64_t E = m->cfg.embed_dim, kd = m->cfg.kdim, vd = m->cfg.vdim;
@@ -444,15 +454,15 @@ static mha_status bwd_in_proj(mha_ctx *ctx, mha_module *m, bwd_call *b) {
     float *gbin = gw_of(m, b->gw, m->gbin);
     mha_status st;
     if (s->self) {
-        if ((st = input_grad(ctx, m, b, b->dquery, b->dqkv, 3 * E, BL, 3 * E, E, m->wq)) ||
+        if ((st = input_grad(ctx, m, b->dquery, b->gq, b->dqkv, 3 * E, BL, 3 * E, E, m->wq)) ||
             (st = mha__gemm_ex(ctx, &m->gws, 1, 0, 3 * E, E, BL, 1.0f, b->dqkv, 3 * E, s->x, E,
                                0.0f, NULL, gw_of(m, b->gw, m->gwq), E)))
             return st;
         return gbin ? col_sums(ctx, m, b, gbin, b->dqkv, 3 * E, BL, 3 * E) : MHA_OK;
     }
-    if ((st = input_grad(ctx, m, b, b->dquery, b->dqkv, E, BL, E, E, m->wq)) ||
-        (st = input_grad(ctx, m, b, b->dkey, b->dk, E, BS, E, kd, m->wk)) ||
-        (st = input_grad(ctx, m, b, b->dvalue, b->dv, E, BS, E, vd, m->wv)) ||
+    if ((st = input_grad(ctx, m, b->dquery, b->gq, b->dqkv, E, BL, E, E, m->wq)) ||
+        (st = input_grad(ctx, m, b->dkey, b->gk, b->dk, E, BS, E, kd, m->wk)) ||
+        (st = input_grad(ctx, m, b->dvalue, b->gv, b->dv, E, BS, E, vd, m->wv)) ||
         (st = mha__gemm_ex(ctx, &m->gws, 1, 0, E, E, BL, 1.0f, b->dqkv, E, s->x, E, 0.0f, NULL,
                            gw_of(m, b->gw, m->gwq), E)) ||
         (st = mha__gemm_ex(ctx, &m->gws, 1, 0, E, kd, BS, 1.0f, b->dk, E, s->xk, kd, 0.0f, NULL,
@@ -507,9 +517,10 @@ mha_status mha_mpi_module_backward(mha_ctx *ctx, MPI_Comm comm, mha_module *m,
     t = mha__mpi_now();
     if (!st) st = mha__mpi_agree(&c, bwd_in_proj(ctx, m, &b));
     c.st.compute_s += mha__mpi_now() - t;
-    /* the module's gradients change only once every rank has all of its own */
+    /* the module's gradients and dquery, dkey, dvalue change only once every rank has all of
+     * its own */
     if (!st) st = bwd_reduce(&c, m, &b);
+    if (!st) bwd_write_inputs(ctx, &b), saved_drop(m);
     mha__free(mem);
-    if (!st) saved_drop(m);
     return mha__mpi_end(&c, st, stats);
 }

@@ -7,9 +7,10 @@
  * with what the ring gives it (1e-5 relative), for causal (both alignments, zigzag) and
  * non-causal (contiguous) attention, key padding with a batch entry whose keys are all padded
  * (out 0, lse -inf, gradients 0: never NaN), grouped-query heads, dropout (the mask drawn at
- * global positions), softcap, cross-attention L != S, chunks not a multiple of the tiles, and
- * strided views. The causal work is balanced exactly (zigzag). Bad input: ranks that disagree
- * on shapes or options, lengths that do not split, an error on one rank only (a NULL tensor, an
+ * global positions; 1: every weight dropped), softcap, cross-attention L != S, chunks not a
+ * multiple of the tiles, and strided views. The causal work is balanced exactly (zigzag). Bad
+ * input: ranks that disagree on shapes or options, lengths that do not split, an error on one
+ * rank only (a NULL tensor, an
  * allocation failure before or during the ring), unsupported masks, a NULL or an inter-
  * communicator: every rank returns an error naming the argument and the ranks, and the test ends
  * (no hang: ctest's TIMEOUT). */
@@ -169,6 +170,8 @@ static const acase CASES[] = {
     {"causal_br_dropout", 2, 4, 2, 8, 12, 10, 10, MHA_CAUSAL_BOTTOM_RIGHT, 1, 0.3f, 0, 0},
     {"pad_dropout_mqa", 2, 4, 1, 8, 8, 7, 7, MHA_CAUSAL_NONE, 1, 0.25f, 0, 0},
     {"cross", 2, 2, 2, 8, 4, 3, 9, MHA_CAUSAL_NONE, 1, 0.2f, 0, 0},
+    /* dropout 1: every weight dropped (out and gradients 0, lse the undropped softmax's) */
+    {"causal_pad_dropout_all", 2, 4, 2, 8, 8, 6, 6, MHA_CAUSAL_TOP_LEFT, 1, 1.0f, 0, 0},
     {"strided_softcap", 2, 4, 2, 8, 8, 8, 8, MHA_CAUSAL_TOP_LEFT, 1, 0.1f, 5.0f, 1},
     /* chunks across the kernels' tiles (forward 96 x 256, backward 64 x 128) */
     {"long_causal", 1, 2, 1, 64, 64, 260, 260, MHA_CAUSAL_TOP_LEFT, 1, 0.1f, 0, 0},

@@ -889,12 +889,31 @@ TEST(png_geometry_and_colours) {
     const unsigned char *bar = im.rgb + ((size_t)(g.ih - 32) * (size_t)im.w + 8) * 3;
     ASSERT_TRUE(memcmp(bar, lo, 3) == 0 && memcmp(bar + (size_t)(g.iw - 17) * 3, hi, 3) == 0);
     free(im.rgb);
-    /* too large */
+    /* too large: the message gives the largest cell size that fits */
     o.cell_px = 64;
-    float *big = calloc(300 * 300, sizeof(float));
+    float *big = calloc(300 * 300, sizeof(float)); /* 17000 x 2 too */
     b = buf_new();
     ASSERT_EQ(mha_viz_png(NULL, big, 1, 300, 300, &o, buf_write, &b), MHA_ERR_NOMEM);
-    ASSERT_STR_CONTAINS(mha_last_errmsg(), "at most 16384");
+    ASSERT_STR_CONTAINS(mha_last_errmsg(), "expected at most 16384 on a side (use a smaller "
+                                           "opts.cell_px: 5");
+    int fit = atoi(strstr(mha_last_errmsg(), "cell_px: ") + 9);
+    o.cell_px = fit;
+    ASSERT_OK(NULL, mha_viz_png(NULL, big, 1, 300, 300, &o, buf_write, &b));
+    free(b.p), b = buf_new();
+    o.cell_px = fit + 1;
+    ASSERT_EQ(mha_viz_png(NULL, big, 1, 300, 300, &o, buf_write, &b), MHA_ERR_NOMEM);
+    /* automatic: 9000 queries take 1 pixel each (2, the automatic floor, would not fit) */
+    o.cell_px = 0;
+    free(b.p), b = buf_new();
+    ASSERT_OK(NULL, mha_viz_png(NULL, big, 1, 9000, 2, &o, buf_write, &b));
+    ASSERT_EQ(png_decode(&b, &im.w, &im.h, &im.rgb), 0);
+    ASSERT_TRUE(im.h > 9000 && im.h <= 16384);
+    free(im.rgb);
+    /* nothing fits: 17000 queries */
+    free(b.p), b = buf_new();
+    ASSERT_EQ(mha_viz_png(NULL, big, 1, 17000, 2, &o, buf_write, &b), MHA_ERR_NOMEM);
+    ASSERT_STR_CONTAINS(mha_last_errmsg(), "at 1 pixel per cell, expected at most 16384 on a side "
+                                           "(draw fewer heads or positions)");
     free(big), free(b.p);
 #endif
 }

@@ -145,6 +145,9 @@ static void plan(const viz_view *v, const char *title, int cell_px, png_layout *
     ly->ih = ly->bar_y + PNG_BAR_H + 3 + MHA__VIZ_GLYPH_H + PNG_MARGIN;
 }
 
+/* Whether the planned image is within PNG_MAX_SIDE pixels a side. */
+static int fits(const png_layout *ly) { return ly->iw <= PNG_MAX_SIDE && ly->ih <= PNG_MAX_SIDE; }
+
 /* ---- painting ---------------------------------------------------------------------------- */
 
 static void fill(uint8_t *img, int64_t iw, int64_t x, int64_t y, int64_t w, int64_t h,
@@ -221,14 +224,25 @@ mha_status mha_viz_png(mha_ctx *ctx, const float *w, int64_t H, int64_t L, int64
         mha__viz_view_free(&v);
         return mha__err(ctx, MHA_ERR_NOMEM, "%s: out of memory", F);
     }
+    /* the cell size asked for, or the automatic one, shrunk down to 1 pixel until the image
+     * fits; asked for and too large: the largest that fits, for the message */
+    const int asked = opts ? opts->cell_px : 0;
     png_layout ly;
-    plan(&v, title, opts ? opts->cell_px : 0, &ly);
+    plan(&v, title, asked, &ly);
+    int fit = asked ? asked : ly.c;
+    while (!fits(&ly) && fit > 1) plan(&v, title, --fit, &ly);
+    if (asked && fit != asked) plan(&v, title, asked, &ly);
     mha__free(title);
-    if (ly.iw > PNG_MAX_SIDE || ly.ih > PNG_MAX_SIDE) {
+    if (!fits(&ly)) {
         mha__viz_view_free(&v);
+        if (fit > 1 || (asked > 1 && fit == 1))
+            return mha__err(ctx, MHA_ERR_NOMEM,
+                            "%s: image: got %lld x %lld pixels, expected at most 16384 on a side "
+                            "(use a smaller opts.cell_px: %d fits)",
+                            F, (long long)ly.iw, (long long)ly.ih, fit);
         return mha__err(ctx, MHA_ERR_NOMEM,
-                        "%s: image: got %lld x %lld pixels, expected at most 16384 on a side (use "
-                        "a smaller opts.cell_px)",
+                        "%s: image: got %lld x %lld pixels at 1 pixel per cell, expected at most "
+                        "16384 on a side (draw fewer heads or positions)",
                         F, (long long)ly.iw, (long long)ly.ih);
     }
     uint8_t *img = mha__malloc((size_t)ly.iw * (size_t)ly.ih * 3);

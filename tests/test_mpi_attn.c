@@ -10,10 +10,9 @@
  * global positions; 1: every weight dropped), softcap, cross-attention L != S, chunks not a
  * multiple of the tiles, and strided views. The causal work is balanced exactly (zigzag). Bad
  * input: ranks that disagree on shapes or options, lengths that do not split, an error on one
- * rank only (a NULL tensor, an
- * allocation failure before or during the ring), unsupported masks, a NULL or an inter-
- * communicator: every rank returns an error naming the argument and the ranks, and the test ends
- * (no hang: ctest's TIMEOUT). */
+ * rank only (a NULL tensor, an allocation failure before or during the ring), unsupported
+ * masks, a NULL or an intercommunicator: every rank returns an error naming the argument and
+ * the ranks, and the test ends (no hang: ctest's TIMEOUT). */
 #include "mpi_test_util.h"
 #include "core/internal.h" /* mha__fault_after: allocation failures */
 

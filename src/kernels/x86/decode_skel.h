@@ -47,7 +47,11 @@
  * Measured (B=1, H=32, Hkv=8, D=128, S=32768, 2 threads, bench/decode.sh beside the old
  * kernel, rounds alternating): a float32 step about 10.5 -> 9.7 ms with the contiguous cache
  * and 14.6 -> 11 ms with the strided one (16-key blocks; in pieces of the 64-key block: 11.2-11.7
- * -> 10.1-11.3 ms).
+ * -> 10.1-11.3 ms). Pieces of 8 keys instead of 16 (the heads' passes within 8 pages, the
+ * prefetch 8 keys on), in one process alternating with 16 (session 12): float32 S = 32768 +7%
+ * (0.77 -> 0.83 of the memory's read rate, the contiguous cache 0.86 in the same runs), S =
+ * 8192 +7%, bf16 S = 32768 +7%, S = 2048 -4% to +4%; pieces of 4 the same at S = 32768 but 6%
+ * slower at S = 2048.
  * Element types: the cache's K and V may hold float32, bfloat16 or half elements. Every
  * function below takes the type as a compile-time constant kt (the kernels are always
  * inlined into one instance per type, as PER_RB does for row counts), and K and V vectors go
@@ -62,12 +66,12 @@
 #include <math.h>
 #include <string.h>
 
-#define DEC_KB 64       /* keys per block: S is MHA__ATTN_DECODE_ROWS x 64 floats (4 KiB) ... */
-#define DEC_KB_HEADS 16 /* ... walked in pieces of 16 when the heads interleave, key by key */
-#define DEC_HG 8        /* heads whose scores a block keeps at once (a piece walks across them) */
-#define DEC_RB 4        /* query rows per score block */
-#define DEC_PF 32       /* prefetch distance in keys, a head's keys contiguous ... */
-#define DEC_PF_HEADS 16 /* ... and with the heads interleaved (one block on) */
+#define DEC_KB 64      /* keys per block: S is MHA__ATTN_DECODE_ROWS x 64 floats (4 KiB) ... */
+#define DEC_KB_HEADS 8 /* ... walked in pieces of 8 when the heads interleave, key by key */
+#define DEC_HG 8       /* heads whose scores a block keeps at once (a piece walks across them) */
+#define DEC_RB 4       /* query rows per score block */
+#define DEC_PF 32      /* prefetch distance in keys, a head's keys contiguous ... */
+#define DEC_PF_HEADS 8 /* ... and with the heads interleaved (one piece on) */
 /* keys per score step: DEC_RB x DEC_KS accumulators (16 of 32 zmm, 8 of 16 ymm) share each
  * query vector */
 #define DEC_KS NVMAX

@@ -434,6 +434,14 @@ static mha_status fwd_lowp(mha_ctx *ctx, const char *fn, mha__attn_origin at,
     return st;
 }
 
+/* Every weight of a validated [B, L, S] averaged weights view = 0. */
+static void wavg_zero(const mha_tensor *w) {
+    for (int64_t b = 0; b < w->shape[0]; b++)
+        for (int64_t i = 0; i < w->shape[1]; i++)
+            for (int64_t j = 0; j < w->shape[2]; j++)
+                w->data[b * w->stride[0] + i * w->stride[1] + j * w->stride[2]] = 0;
+}
+
 /* A validated call with dropout_p = 1: every weight dropped (as PyTorch's dropout(p = 1)),
  * out and the weights 0; lse is the softmax's, as without dropout (FlashAttention's
  * softmax_lse does not depend on dropout), computed by the call without dropout when wanted. */
@@ -448,11 +456,7 @@ static mha_status fwd_drop_all(mha_ctx *ctx, const char *fn, mha__attn_origin at
     }
     mha__attn_zero_view(c->out);
     if (c->weights) mha__attn_zero_view(c->weights);
-    if (c->wavg) /* [B, L, S] */
-        for (int64_t b = 0; b < c->pr.B; b++)
-            for (int64_t i = 0; i < c->pr.L; i++)
-                memset(c->wavg->data + b * c->wavg->stride[0] + i * c->wavg->stride[1], 0,
-                       sizeof(float) * (size_t)c->pr.S);
+    if (c->wavg) wavg_zero(c->wavg);
     return MHA_OK;
 }
 
@@ -476,11 +480,7 @@ static mha_status attn_forward(mha_ctx *ctx, const char *fn, mha__attn_origin at
     if (c.pr.dropout_p >= 1 && c.pr.B * c.pr.H * c.pr.L > 0)
         return fwd_drop_all(ctx, fn, at, p, mask, &c);
     if (c.pr.B * c.pr.H * c.pr.L == 0) {
-        if (wavg) /* H == 0: no head to average, weights 0 */
-            for (int64_t b = 0; b < c.pr.B; b++)
-                for (int64_t i = 0; i < c.pr.L; i++)
-                    for (int64_t j = 0; j < c.pr.S; j++)
-                        wavg->data[b * wavg->stride[0] + i * wavg->stride[1] + j] = 0;
+        if (wavg) wavg_zero(wavg); /* H == 0: no head to average, weights 0 */
         return MHA_OK;
     }
     fwd_plan(ctx, &c);

@@ -725,7 +725,9 @@ MHA_API mha_status mha_module_forward(mha_ctx *ctx, mha_module *m, const mha_for
  *   written).
  * Parameter gradients are ACCUMULATED (+=) into the module's gradients, as in PyTorch; call
  * mha_module_zero_grad between steps. The gradients (bound ones too) must not overlap dout,
- * any parameter's value or each other (MHA_ERR_INVALID_ARG naming both, nothing written). */
+ * any parameter's value or each other (MHA_ERR_INVALID_ARG naming both, nothing written).
+ * Any error (an allocation failing too: MHA_ERR_NOMEM, the saved forward kept for a retry)
+ * leaves dquery, dkey, dvalue and the module's gradients unchanged. */
 MHA_API mha_status mha_module_backward(mha_ctx *ctx, mha_module *m, const mha_tensor *dout,
                                        mha_tensor *dquery, mha_tensor *dkey, mha_tensor *dvalue);
 

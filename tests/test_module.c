@@ -1466,14 +1466,24 @@ TEST(allocation_failures_are_clean) {
          * workspace, the core's workspace. */
         ASSERT_TRUE(n >= 4);
         ASSERT_EQ(m->dropout_offset, variant ? 1 : 0);
-        /* The gradients of a failed backward are left as they were (here: zero). */
+        /* The gradients of a failed backward are left as they were (here: zero), and so are
+         * dquery, dkey, dvalue. */
         for (n = 0; n < 1000; n++) {
+            for (int i = 0; i < 48; i++) dq[i] = 7.0f;
+            for (int i = 0; i < 40; i++) dk[i] = 7.0f;
+            for (int i = 0; i < 60; i++) dv[i] = 7.0f;
             mha__fault_after(n);
             st = mha_module_backward(ctx, m, &ty, &tdq, variant ? &tdk : NULL,
                                      variant ? &tdv : NULL);
             mha__fault_after(-1);
             if (st == MHA_OK) break;
             ASSERT_EQ(st, MHA_ERR_NOMEM);
+            for (int i = 0; i < 60; i++)
+                if ((i < 48 && dq[i] != 7.0f) || (i < 40 && dk[i] != 7.0f) || dv[i] != 7.0f) {
+                    FAILF("variant %d, allocation %ld failed: an input gradient written", variant,
+                          n);
+                    return;
+                }
             for (int i = 0; i < mha_module_param_count(m); i++) {
                 mha_tensor g;
                 mha_module_param(ctx, m, mha_module_param_name(m, i), NULL, &g);
@@ -1571,6 +1581,62 @@ static int same_grads(mha_ctx *ctx, mha_module *a, mha_module *b) {
  * module that has run other shapes before gives the same bits as a fresh one, allocates less
  * on a repeated shape, and its saved state is usable only after a complete forward with
  * save_for_backward (not after an inference forward, nor after a failed one). */
+/* A backward whose input-gradient products need more packing workspace than anything before
+ * them (dkey: [B*S, kdim] = dk Wk with kdim 4x E, K = E): an allocation failing at any point
+ * leaves dquery, dkey and dvalue unchanged (the products' workspace is reserved before the
+ * first writes). */
+TEST(backward_allocation_failure_writes_no_input_gradient) {
+    mha_ctx *ctx;
+    ASSERT_OK(ctx, mha_ctx_create(&ctx));
+    enum {
+        E = 256,
+        KD = 1024,
+        VD = 8,
+        L = 3,
+        S = 4
+    };
+    static float q[L * E], k[S * KD], v[S * VD], y[L * E], dq[L * E], dk[S * KD], dv[S * VD];
+    for (int i = 0; i < L * E; i++) q[i] = (float)sin(i * 0.1);
+    for (int i = 0; i < S * KD; i++) k[i] = (float)cos(i * 0.1);
+    for (int i = 0; i < S * VD; i++) v[i] = (float)sin(i * 0.3);
+    int64_t sq[3] = {1, L, E}, sk[3] = {1, S, KD}, sv[3] = {1, S, VD};
+    mha_tensor tq = mha_tensor_make(q, 3, sq), tk = mha_tensor_make(k, 3, sk),
+               tv = mha_tensor_make(v, 3, sv), ty = mha_tensor_make(y, 3, sq),
+               tdq = mha_tensor_make(dq, 3, sq), tdk = mha_tensor_make(dk, 3, sk),
+               tdv = mha_tensor_make(dv, 3, sv);
+    mha_config cfg = mha_config_default(E, 2);
+    cfg.kdim = KD, cfg.vdim = VD;
+    mha_forward_opts fo = mha_forward_opts_default();
+    mha_status st = MHA_ERR_NOMEM;
+    long n;
+    for (n = 0; n < 200 && st != MHA_OK; n++) {
+        mha_module *m; /* a new module each time: its packing workspace as the forward left it */
+        ASSERT_OK(ctx, mha_module_create(ctx, &cfg, &m));
+        ASSERT_OK(ctx, mha_module_forward(ctx, m, &fo, &tq, &tk, &tv, NULL, &ty, NULL));
+        for (int i = 0; i < L * E; i++) dq[i] = 7.0f;
+        for (int i = 0; i < S * KD; i++) dk[i] = 7.0f;
+        for (int i = 0; i < S * VD; i++) dv[i] = 7.0f;
+        mha__fault_after(n);
+        st = mha_module_backward(ctx, m, &ty, &tdq, &tdk, &tdv);
+        mha__fault_after(-1);
+        mha_module_free(m);
+        if (st == MHA_OK) break;
+        ASSERT_EQ(st, MHA_ERR_NOMEM);
+        int64_t written = 0;
+        for (int i = 0; i < L * E; i++) written += dq[i] != 7.0f;
+        for (int i = 0; i < S * KD; i++) written += dk[i] != 7.0f;
+        for (int i = 0; i < S * VD; i++) written += dv[i] != 7.0f;
+        if (written) {
+            FAILF("allocation %ld failed: %lld input gradient elements written", n,
+                  (long long)written);
+            break;
+        }
+    }
+    ASSERT_EQ(st, MHA_OK);
+    ASSERT_TRUE(n >= 3); /* the kept workspace, the core's, the packing workspace's growth */
+    mha_ctx_free(ctx);
+}
+
 TEST(kept_buffers_reused_across_calls_and_shapes) {
     mha_ctx *ctx;
     ASSERT_OK(ctx, mha_ctx_create(&ctx));
@@ -1753,6 +1819,7 @@ int main(void) {
     RUN(forward_backward_validation);
     RUN(backward_uses_saved_copies);
     RUN(allocation_failures_are_clean);
+    RUN(backward_allocation_failure_writes_no_input_gradient);
     RUN(kept_buffers_reused_across_calls_and_shapes);
     RUN(overlapping_outputs_refused);
     return harness_report();

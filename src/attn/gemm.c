@@ -76,6 +76,69 @@ static void pack(const mha_kernels *kern, int pairs, mha_dtype dt, const void *X
     else kern->gemm_pack_h((const uint16_t *)X + e, dt, rs, cs, rows, k, r, dst);
 }
 
+/* A product's blocking: the table's register block and cache blocks for its dtype, its thread
+ * count, and its workspace (per thread an A block and a B block, in 4-byte words: a float32
+ * value or a bf16 pair; total: every thread's, in bytes). */
+typedef struct {
+    int pairs, nt;
+    int64_t mr, nr, KC, MC, NC, a_floats, b_floats;
+    size_t total;
+} gemm_blocking;
+
+static mha_status gemm_blocking_make(mha_ctx *ctx, int64_t M, int64_t N, int64_t K, mha_dtype dt,
+                                     gemm_blocking *g) {
+    const mha_kernels *kern = mha__ctx_kernels(ctx);
+    /* bf16 on a table with a pair micro-kernel: its own register block and blocking, and
+     * panels of ceil(kb / 2) 32-bit pairs; otherwise kb float32 values */
+    const int pairs = g->pairs = dt == MHA_DTYPE_BF16 && kern->gemm_bf16_ukr;
+    g->mr = pairs ? kern->gemm_bf16_mr : kern->gemm_mr;
+    g->nr = pairs ? kern->gemm_bf16_nr : kern->gemm_nr;
+    g->KC = pairs ? kern->gemm_bf16_kc : kern->gemm_kc;
+    g->MC = pairs ? kern->gemm_bf16_mc : kern->gemm_mc;
+    g->NC = pairs ? kern->gemm_bf16_nc : kern->gemm_nc;
+    g->nt = mha__ctx_threads(ctx);
+    /* Below ~2 MFLOP a second thread costs more than it saves. */
+    if ((double)M * N * K < 1e6) g->nt = 1;
+    /* each block a multiple of 64 bytes */
+    const int64_t kb_max = pairs ? (min64(g->KC, K) + 1) / 2 : min64(g->KC, K);
+    g->b_floats = round_up(kb_max * round_up(min64(g->NC, N), g->nr), 16);
+    g->a_floats = round_up(kb_max * round_up(min64(g->MC, M), g->mr), 16);
+    if (!mha__mul_size((size_t)(g->a_floats + g->b_floats), (size_t)g->nt, &g->total) ||
+        !mha__mul_size(g->total, sizeof(float), &g->total))
+        return mha__err(ctx, MHA_ERR_NOMEM,
+                        "mha__gemm: workspace: size overflows (M %lld, N %lld, K %lld)",
+                        (long long)M, (long long)N, (long long)K);
+    return MHA_OK;
+}
+
+/* *work = total bytes for a product: ws's memory when it holds them, else a new allocation
+ * (kept in ws when given, in place of its old one; ws unchanged on NOMEM). */
+static mha_status gemm_work(mha_ctx *ctx, mha__gemm_ws *ws, size_t total, float **work) {
+    if (ws && ws->p && ws->cap >= total) {
+        *work = ws->p;
+        return MHA_OK;
+    }
+    *work = mha__malloc(total);
+    if (!*work)
+        return mha__err(ctx, MHA_ERR_NOMEM,
+                        "mha__gemm: workspace: could not allocate %zu bytes for the packed panels",
+                        total);
+    if (ws) {
+        mha__free(ws->p);
+        ws->p = *work, ws->cap = total;
+    }
+    return MHA_OK;
+}
+
+mha_status mha__gemm_ws_reserve(mha_ctx *ctx, mha__gemm_ws *ws, int64_t M, int64_t N, int64_t K,
+                                mha_dtype dt) {
+    if (M <= 0 || N <= 0 || K <= 0) return MHA_OK; /* such products need no workspace */
+    gemm_blocking g;
+    float *work;
+    mha_status st = gemm_blocking_make(ctx, M, N, K, dt, &g);
+    return st ? st : gemm_work(ctx, ws, g.total, &work);
+}
+
 mha_status mha__gemm_dt(mha_ctx *ctx, mha__gemm_ws *ws, int ta, int tb, int64_t M, int64_t N,
                         int64_t K, float alpha, const void *A, int64_t lda, const void *B,
                         int64_t ldb, mha_dtype dt, float beta, const float *bias, float *C,
@@ -86,49 +149,19 @@ mha_status mha__gemm_dt(mha_ctx *ctx, mha__gemm_ws *ws, int ta, int tb, int64_t 
         return MHA_OK;
     }
     const mha_kernels *kern = mha__ctx_kernels(ctx);
-    /* bf16 on a table with a pair micro-kernel: its own register block and blocking, and
-     * panels of ceil(kb / 2) 32-bit pairs; otherwise kb float32 values */
-    const int pairs = dt == MHA_DTYPE_BF16 && kern->gemm_bf16_ukr;
-    const int64_t mr = pairs ? kern->gemm_bf16_mr : kern->gemm_mr;
-    const int64_t nr = pairs ? kern->gemm_bf16_nr : kern->gemm_nr;
-    const int64_t KC = pairs ? kern->gemm_bf16_kc : kern->gemm_kc;
-    const int64_t MC = pairs ? kern->gemm_bf16_mc : kern->gemm_mc;
-    const int64_t NC = pairs ? kern->gemm_bf16_nc : kern->gemm_nc;
-    int nt = mha__ctx_threads(ctx);
-    /* Below ~2 MFLOP a second thread costs more than it saves. */
-    if ((double)M * N * K < 1e6) nt = 1;
-
-    /* Workspace per thread: a B block and an A block (each a multiple of 64 bytes), in
-     * 4-byte words (a float32 value or a bf16 pair). */
-    int64_t kb_max = pairs ? (min64(KC, K) + 1) / 2 : min64(KC, K);
-    int64_t b_floats = round_up(kb_max * round_up(min64(NC, N), nr), 16);
-    int64_t a_floats = round_up(kb_max * round_up(min64(MC, M), mr), 16);
-    size_t total;
-    if (!mha__mul_size((size_t)(a_floats + b_floats), (size_t)nt, &total) ||
-        !mha__mul_size(total, sizeof(float), &total))
-        return mha__err(ctx, MHA_ERR_NOMEM,
-                        "mha__gemm: workspace: size overflows (M %lld, N %lld, K %lld)",
-                        (long long)M, (long long)N, (long long)K);
+    gemm_blocking g;
     float *work;
-    if (ws && ws->p && ws->cap >= total) {
-        work = ws->p;
-    } else {
-        work = mha__malloc(total);
-        if (!work)
-            return mha__err(
-                ctx, MHA_ERR_NOMEM,
-                "mha__gemm: workspace: could not allocate %zu bytes for the packed panels", total);
-        if (ws) {
-            mha__free(ws->p);
-            ws->p = work, ws->cap = total;
-        }
-    }
+    mha_status st = gemm_blocking_make(ctx, M, N, K, dt, &g);
+    if (st || (st = gemm_work(ctx, ws, g.total, &work))) return st;
+    const int pairs = g.pairs;
+    const int64_t mr = g.mr, nr = g.nr, KC = g.KC, MC = g.MC, NC = g.NC;
+    const int64_t a_floats = g.a_floats, b_floats = g.b_floats;
 
     /* op(A)(i, p) = A[i*a_rs + p*a_cs]; op(B)^T(j, p) = op(B)(p, j) = B[j*b_rs + p*b_cs]. */
     const int64_t a_rs = ta ? 1 : lda, a_cs = ta ? lda : 1;
     const int64_t b_rs = tb ? ldb : 1, b_cs = tb ? 1 : ldb;
 
-#pragma omp parallel num_threads(nt) if (nt > 1)
+#pragma omp parallel num_threads(g.nt) if (g.nt > 1)
     {
         int tid = 0, nth = 1;
 #ifdef _OPENMP

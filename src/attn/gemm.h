@@ -23,6 +23,12 @@ typedef struct {
     size_t cap; /* bytes */
 } mha__gemm_ws;
 void mha__gemm_ws_free(mha__gemm_ws *ws);
+/* Grows ws (not NULL) to what a product of that shape and dtype needs on ctx's threads (if it
+ * holds less), so that products made after it allocate nothing: a caller writing several
+ * outputs reserves for all of them first and then cannot fail between two. On NOMEM ws is
+ * unchanged. */
+mha_status mha__gemm_ws_reserve(mha_ctx *ctx, mha__gemm_ws *ws, int64_t M, int64_t N, int64_t K,
+                                mha_dtype dt);
 
 /* mha__gemm with a reusable workspace (ws may be NULL: allocated per call) and an optional
  * bias [N] (NULL: none). With a bias, C = alpha * op(A) op(B) + bias (broadcast over the rows;

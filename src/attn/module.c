@@ -1143,6 +1143,13 @@ static mha_status bwd_inputs(mha_ctx *ctx, mha_module *m, const bwd_call *c) {
     if (s->self_attn)
         return c->dquery ? input_grad(ctx, m, c->dquery, c->dq, 3 * E, BL, 3 * E, E, m->wq, c->f)
                          : MHA_OK;
+    /* the packing workspace grown for all three products first: none can then fail after
+     * another has written the caller's view */
+    const mha_dtype dt = m->cfg.dtype;
+    if ((c->dquery && (st = mha__gemm_ws_reserve(ctx, &m->gws, BL, E, E, dt))) ||
+        (c->dkey && (st = mha__gemm_ws_reserve(ctx, &m->gws, BS, m->cfg.kdim, E, dt))) ||
+        (c->dvalue && (st = mha__gemm_ws_reserve(ctx, &m->gws, BS, m->cfg.vdim, E, dt))))
+        return st;
     if ((c->dquery && (st = input_grad(ctx, m, c->dquery, c->dq, E, BL, E, E, m->wq, c->f))) ||
         (c->dkey &&
          (st = input_grad(ctx, m, c->dkey, c->dk, E, BS, E, m->cfg.kdim, m->wk, c->f))) ||
@@ -1196,9 +1203,11 @@ mha_status mha_module_backward(mha_ctx *ctx, mha_module *m, const mha_tensor *do
     if ((st = bwd_check(ctx, m, &c))) return st;
     /* Parameter gradients go to c.gw (a mirror of the parameters) and are added at the end, so
      * a failure leaves the module's gradients as they were; grad = grad + new, as autograd. */
+    /* The caller's dquery, dkey, dvalue are written last (bwd_inputs), by products whose
+     * workspace is reserved before the first: an allocation that fails leaves them unchanged. */
     if ((st = bwd_plan(ctx, m, &c)) || (st = bwd_out_proj(ctx, m, &c)) ||
-        (st = bwd_core(ctx, m, &c)) || (st = bwd_inputs(ctx, m, &c)) ||
-        (st = bwd_in_proj(ctx, m, &c))) {
+        (st = bwd_core(ctx, m, &c)) || (st = bwd_in_proj(ctx, m, &c)) ||
+        (st = bwd_inputs(ctx, m, &c))) {
         if (st == MHA_ERR_NOMEM) bwd_release(m); /* the saved forward stays: a retry can work */
         return st;
     }

@@ -1450,6 +1450,8 @@ TEST(allocation_failures_are_clean) {
         mha_forward_opts fo = mha_forward_opts_default();
         fo.training = 1;
         for (n = 0; n < 1000; n++) {
+            for (int i = 0; i < 48; i++) y[i] = 7.0f;
+            for (int i = 0; i < 2 * 3 * 5; i++) w[i] = 7.0f;
             mha__fault_after(n);
             st = mha_module_forward(ctx, m, &fo, &tq, variant ? &tk : NULL, variant ? &tv : NULL,
                                     &mk, &ty, &tw);
@@ -1457,6 +1459,12 @@ TEST(allocation_failures_are_clean) {
             if (st == MHA_OK) break;
             if (st != MHA_ERR_NOMEM) FAILF("n = %ld: %s", n, mha_ctx_errmsg(ctx));
             ASSERT_EQ(st, MHA_ERR_NOMEM);
+            /* ... nor writes out or the weights */
+            for (int i = 0; i < 48; i++)
+                if (y[i] != 7.0f || (i < 2 * 3 * S && w[i] != 7.0f)) {
+                    FAILF("variant %d, allocation %ld failed: out or weights written", variant, n);
+                    return;
+                }
             /* A failed forward neither saves state nor advances the dropout stream. */
             ASSERT_TRUE(m->saved == NULL);
             ASSERT_EQ(m->dropout_offset, 0);

@@ -317,3 +317,25 @@ def test_from_file_errors(tmp_path):
         mha.MultiheadAttention.from_file(path, num_heads=4)
     with pytest.raises(OSError):
         mha.MultiheadAttention.from_file(str(tmp_path / "missing.safetensors"), num_heads=2)
+
+
+# -- the type: a ValueError and a RuntimeError ------------------------------------------------
+
+@pytest.mark.parametrize("case", ["module shape", "sdpa scale", "flash head dim", "library status",
+                                  "numpy dtype"])
+def test_argument_errors_are_value_errors_and_runtime_errors(case):
+    # mha.ArgumentError: a ValueError (mha's documented type) and a RuntimeError (what PyTorch's
+    # and FlashAttention's own checks raise), so that code written for either catches it
+    import numpy as np
+    q = torch.randn(1, 4, 2, 8)
+    calls = {
+        "module shape": lambda: layer()(X, X, torch.randn(4, 2, 7)),
+        "sdpa scale": lambda: sdpa(q, q, q, scale=float("nan")),
+        "flash head dim": lambda: mha.flash_attn_func(q[..., :0], q[..., :0], q[..., :0]),
+        "library status": lambda: mha.flash_attn_func(q, q, q, dropout_p=1.5),
+        "numpy dtype": lambda: mha.attention(*(np.zeros((1, 2, 4, 8), np.float64),) * 3),
+    }
+    with pytest.raises(RuntimeError, match=GOT_EXPECTED) as e:
+        calls[case]()
+    assert isinstance(e.value, ValueError) and isinstance(e.value, mha.ArgumentError)
+    assert isinstance(e.value, mha.Error) and type(e.value) is mha.ArgumentError

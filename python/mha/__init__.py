@@ -14,13 +14,15 @@ NumPy (no PyTorch needed)::
 
     out, lse = mha.attention(q, k, v, causal=True, return_lse=True)   # [batch, heads, L, E]
 
-Threads: ``mha.set_num_threads(n)`` / ``mha.get_num_threads()``. Errors from the library are
-raised as ValueError (arguments, shapes, dtypes), MemoryError, OSError (files) and RuntimeError
-(calls out of order), with the library's message.
+Threads: ``mha.set_num_threads(n)`` / ``mha.get_num_threads()``. Errors are raised as
+``mha.ArgumentError`` (arguments, shapes, dtypes: a ValueError, and a RuntimeError as PyTorch's
+own checks raise), MemoryError, OSError (files) and RuntimeError (calls out of order), with the
+library's message; ``mha.Error`` is the base of mha's own classes.
 """
 import importlib
 
-from ._lib import LIBRARY_PATH, get_num_threads, set_num_threads, describe  # noqa: F401
+from ._lib import (LIBRARY_PATH, ArgumentError, Error, get_num_threads,  # noqa: F401
+                   set_num_threads, describe)
 
 __version__ = "0.1.0"
 
@@ -43,7 +45,8 @@ _LAZY = {
     "flash_attn_with_kvcache": ("mha.flash", "flash_attn_with_kvcache"),
 }
 
-__all__ = ["set_num_threads", "get_num_threads", "describe"] + sorted(_LAZY)
+__all__ = ["set_num_threads", "get_num_threads", "describe", "ArgumentError", "Error"] + \
+    sorted(_LAZY)
 
 
 def __getattr__(name):

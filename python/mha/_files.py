@@ -13,6 +13,7 @@ import os
 import numpy as np
 
 from . import _lib
+from ._lib import ArgumentError
 
 # mha_dtype: code, safetensors name, NumPy dtype (None: NumPy has none), torch dtype, bytes
 _DTYPES = [
@@ -49,23 +50,23 @@ def _raw(fn, name, x):
         t = x.detach().cpu().contiguous()
         d = _BY_TORCH.get(str(t.dtype))
         if d is None:
-            raise ValueError(f"{where}.dtype: got {t.dtype}, expected one of "
+            raise ArgumentError(f"{where}.dtype: got {t.dtype}, expected one of "
                              f"{', '.join('torch.' + d[3] for d in _DTYPES)}")
         shape = tuple(t.shape)
         raw = t.reshape(-1).view(_torch().uint8).numpy()
     elif isinstance(x, np.ndarray):
         d = _BY_NUMPY.get(x.dtype.str[1:])  # either byte order: written little-endian
         if d is None:
-            raise ValueError(f"{where}.dtype: got {x.dtype}, expected one of "
+            raise ArgumentError(f"{where}.dtype: got {x.dtype}, expected one of "
                              f"{', '.join(str(np.dtype(d[2])) for d in _DTYPES if d[2])} "
                              "(or a torch tensor for bfloat16 and float8)")
         shape = x.shape
         raw = np.ascontiguousarray(x, dtype=np.dtype(d[2])).reshape(-1).view(np.uint8)
     else:
-        raise ValueError(f"{where}: got {type(x).__name__}, expected a numpy.ndarray or a "
+        raise ArgumentError(f"{where}: got {type(x).__name__}, expected a numpy.ndarray or a "
                          "torch.Tensor")
     if len(shape) > _lib.MAX_DIMS:
-        raise ValueError(f"{where}.ndim: got {len(shape)}, expected 0 .. {_lib.MAX_DIMS} "
+        raise ArgumentError(f"{where}.ndim: got {len(shape)}, expected 0 .. {_lib.MAX_DIMS} "
                          "(mha's limit)")
     return d, shape, raw
 
@@ -106,20 +107,20 @@ def save_file(tensors, path, metadata=None):
     """
     fn = "save_file"
     if not isinstance(tensors, dict):
-        raise ValueError(f"{fn}: tensors: got {type(tensors).__name__}, expected a dict of str "
+        raise ArgumentError(f"{fn}: tensors: got {type(tensors).__name__}, expected a dict of str "
                          "-> array")
     metadata = {} if metadata is None else metadata
     if not isinstance(metadata, dict):
-        raise ValueError(f"{fn}: metadata: got {type(metadata).__name__}, expected a dict of "
+        raise ArgumentError(f"{fn}: metadata: got {type(metadata).__name__}, expected a dict of "
                          "str -> str")
     for k, v in metadata.items():
         if not isinstance(k, str) or not isinstance(v, str):
-            raise ValueError(f"{fn}: metadata[{k!r}]: got {type(k).__name__} -> "
+            raise ArgumentError(f"{fn}: metadata[{k!r}]: got {type(k).__name__} -> "
                              f"{type(v).__name__}, expected str -> str (the format's rule)")
     items = []
     for name, x in tensors.items():
         if not isinstance(name, str):
-            raise ValueError(f"{fn}: tensors: got a key of type {type(name).__name__}, "
+            raise ArgumentError(f"{fn}: tensors: got a key of type {type(name).__name__}, "
                              "expected str")
         items.append((name, *_raw(fn, name, x)))
     c = _lib.ctx()
@@ -140,7 +141,7 @@ def _array(fn, name, a, framework):
     """An owned copy of the library's array a (mha_array) for framework."""
     d = _BY_CODE.get(a.dtype)
     if d is None:
-        raise ValueError(f"{fn}: tensor {name!r}: dtype code {a.dtype} is unknown to this "
+        raise ArgumentError(f"{fn}: tensor {name!r}: dtype code {a.dtype} is unknown to this "
                          "version of the package")
     shape = tuple(a.shape[:a.ndim])
     if framework == "pt":
@@ -148,7 +149,7 @@ def _array(fn, name, a, framework):
         out = torch.empty(shape, dtype=getattr(torch, d[3]))
         dst = out.data_ptr()
     elif d[2] is None and d[1] != "BF16":
-        raise ValueError(f"{fn}: tensor {name!r}: dtype {d[1]} has no NumPy equivalent "
+        raise ArgumentError(f"{fn}: tensor {name!r}: dtype {d[1]} has no NumPy equivalent "
                          "(load it with framework=\"pt\")")
     else:
         out = np.empty(shape, d[2] or "<u2")
@@ -188,7 +189,7 @@ def load_file(path, framework="numpy"):
     fn = "load_file"
     fw = _FRAMEWORKS.get(framework) if isinstance(framework, str) else None
     if fw is None:
-        raise ValueError(f"{fn}: framework: got {framework!r}, expected \"numpy\" (\"np\") or "
+        raise ArgumentError(f"{fn}: framework: got {framework!r}, expected \"numpy\" (\"np\") or "
                          "\"pt\" (\"torch\")")
     st = _st_load(path)
     try:
@@ -259,10 +260,10 @@ def load_layer(path, prefix=None, num_heads=None):
     """
     fn = "load_layer"
     if prefix is not None and not isinstance(prefix, str):
-        raise ValueError(f"{fn}: prefix: got {type(prefix).__name__}, expected a str or None")
+        raise ArgumentError(f"{fn}: prefix: got {type(prefix).__name__}, expected a str or None")
     if num_heads is not None and (isinstance(num_heads, bool) or not isinstance(num_heads, int)
                                   or num_heads < 1):
-        raise ValueError(f"{fn}: num_heads: got {num_heads!r}, expected a positive int or None")
+        raise ArgumentError(f"{fn}: num_heads: got {num_heads!r}, expected a positive int or None")
     st = _st_load(path)
     layer = ctypes.c_void_p()
     try:
@@ -282,15 +283,15 @@ def load_layer(path, prefix=None, num_heads=None):
         _lib.lib.mha_st_free(layer)
     recorded = int(rec.decode()) if rec else None
     if num_heads is None and recorded is None:
-        raise ValueError(f"{fn}: num_heads: got None, expected the number of heads: {path} does "
+        raise ArgumentError(f"{fn}: num_heads: got None, expected the number of heads: {path} does "
                          "not record it (files mha.export writes do)")
     if num_heads is not None and recorded is not None and num_heads != recorded:
-        raise ValueError(f"{fn}: num_heads: got {num_heads}, expected {recorded} (the number "
+        raise ArgumentError(f"{fn}: num_heads: got {num_heads}, expected {recorded} (the number "
                          f"the layer in {path} was saved with)")
     heads = num_heads if num_heads is not None else recorded
     E = sd["out_proj.weight"].shape[0]
     if E % heads != 0:
-        raise ValueError(f"{fn}: num_heads: got {heads}, expected a divisor of the embedding "
+        raise ArgumentError(f"{fn}: num_heads: got {heads}, expected a divisor of the embedding "
                          f"size {E} (layer {where} of {path})")
     return sd, heads
 
@@ -317,9 +318,9 @@ def export(module, path):
     """
     heads = getattr(module, "num_heads", None)
     if isinstance(heads, bool) or not isinstance(heads, int) or heads < 1:
-        raise ValueError(f"export: module.num_heads: got {heads!r}, expected a positive int "
+        raise ArgumentError(f"export: module.num_heads: got {heads!r}, expected a positive int "
                          "(an attention module such as torch.nn.MultiheadAttention)")
     if not callable(getattr(module, "state_dict", None)):
-        raise ValueError(f"export: module: got {type(module).__name__}, expected a "
+        raise ArgumentError(f"export: module: got {type(module).__name__}, expected a "
                          "torch.nn.Module")
     save_file(dict(module.state_dict()), path, {"num_heads": str(heads)})

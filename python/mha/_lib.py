@@ -191,6 +191,13 @@ class Error(Exception):
     status = 0
 
 
+class ArgumentError(Error, ValueError, RuntimeError):
+    """A bad argument (a value, shape, dtype or device; the library's invalid-argument, shape,
+    format, not-found and unsupported statuses): a ValueError, and a RuntimeError too, the type
+    PyTorch's and FlashAttention's own checks raise, so that code written for them that catches
+    RuntimeError catches mha's (as NumPy's AxisError is both a ValueError and an IndexError)."""
+
+
 def _exc_class(status):
     if status == ERR_NOMEM:
         return MemoryError
@@ -198,12 +205,13 @@ def _exc_class(status):
         return OSError
     if status == ERR_STATE:
         return RuntimeError
-    return ValueError  # invalid argument, shape, format, not found, unsupported
+    return ArgumentError  # invalid argument, shape, format, not found, unsupported
 
 
 def error(status, message):
     """The exception for a failed call: MemoryError (out of memory), OSError (files),
-    RuntimeError (calls out of order), ValueError (everything about the arguments)."""
+    RuntimeError (calls out of order), ArgumentError (everything about the arguments: a
+    ValueError and a RuntimeError)."""
     e = _exc_class(status)(message)
     e.status = status
     return e
@@ -258,7 +266,7 @@ def set_num_threads(n):
     """Threads for mha's calls from now on, in every Python thread: 1 .. 1024, or 0 for the
     default (every core: OpenMP's omp_get_max_threads(), which follows OMP_NUM_THREADS)."""
     if isinstance(n, bool) or not isinstance(n, int):
-        raise ValueError(f"set_num_threads: n: got {n!r}, expected an int")
+        raise ArgumentError(f"set_num_threads: n: got {n!r}, expected an int")
     c = _Ctx(0, -1)  # validates n with the library's own message, before anything changes
     check(lib.mha_ctx_set_threads(c.ptr, n), c.ptr)
     with _settings_lock:

@@ -14,6 +14,7 @@ import numbers
 import numpy as np
 
 from . import _lib
+from ._lib import ArgumentError
 
 _F32 = np.dtype(np.float32)
 _F16 = np.dtype(np.float16)
@@ -33,18 +34,18 @@ def view(fn, name, a, ndim, dtype=_F32, why="the log-sum-exp is float32"):
     if not isinstance(a, np.ndarray):
         hint = (" (for torch tensors: mha.functional.scaled_dot_product_attention)"
                 if type(a).__module__.startswith("torch") else "")
-        raise ValueError(f"{fn}: {name}: got {type(a).__name__}, expected a numpy.ndarray{hint}")
+        raise ArgumentError(f"{fn}: {name}: got {type(a).__name__}, expected a numpy.ndarray{hint}")
     if a.dtype != dtype:
-        raise ValueError(f"{fn}: {name}.dtype: got {a.dtype}, expected {dtype} ({why})")
+        raise ArgumentError(f"{fn}: {name}.dtype: got {a.dtype}, expected {dtype} ({why})")
     if a.ndim != ndim:
-        raise ValueError(f"{fn}: {name}.ndim: got {a.ndim}, expected {ndim}")
+        raise ArgumentError(f"{fn}: {name}.ndim: got {a.ndim}, expected {ndim}")
     size = dtype.itemsize
     strides = []
     for d, (n, s) in enumerate(zip(a.shape, a.strides)):
         if n <= 1:  # one position: its stride is never used (NumPy leaves any value there)
             s = size if d == ndim - 1 else 0
         if s < 0 or s % size or (d == ndim - 1 and s != size):
-            raise ValueError(
+            raise ArgumentError(
                 f"{fn}: {name}.strides: got {a.strides} bytes, expected non-negative whole "
                 f"{dtype} elements with the innermost dimension contiguous (pass "
                 f"np.ascontiguousarray({name}))")
@@ -55,7 +56,7 @@ def view(fn, name, a, ndim, dtype=_F32, why="the log-sum-exp is float32"):
 def _dtype(fn, q):
     """q's dtype, the one of q, k, v, out and the gradients: float32 or float16."""
     if isinstance(q, np.ndarray) and q.dtype not in _MHA_DTYPE:
-        raise ValueError(f"{fn}: q.dtype: got {q.dtype}, expected float32 or float16 (convert "
+        raise ArgumentError(f"{fn}: q.dtype: got {q.dtype}, expected float32 or float16 (convert "
                          "it with q.astype(np.float32))")
     return q.dtype if isinstance(q, np.ndarray) else _F32
 
@@ -70,7 +71,7 @@ def _causal(fn, causal):
     try:
         return _CAUSAL[causal]
     except (KeyError, TypeError):
-        raise ValueError(f"{fn}: causal: got {causal!r}, expected False, True, \"top_left\" or "
+        raise ArgumentError(f"{fn}: causal: got {causal!r}, expected False, True, \"top_left\" or "
                          "\"bottom_right\"") from None
 
 
@@ -83,10 +84,10 @@ def _mask(fn, mask, causal, B, H, L, S, dtype=_F32):
     if mask is None:
         return m, None
     if not isinstance(mask, np.ndarray):
-        raise ValueError(f"{fn}: mask: got {type(mask).__name__}, expected a numpy.ndarray")
+        raise ArgumentError(f"{fn}: mask: got {type(mask).__name__}, expected a numpy.ndarray")
     is_bool = mask.dtype == np.bool_
     if not is_bool and mask.dtype not in (_F32, dtype):
-        raise ValueError(f"{fn}: mask.dtype: got {mask.dtype}, expected bool (True = masked) "
+        raise ArgumentError(f"{fn}: mask.dtype: got {mask.dtype}, expected bool (True = masked) "
                          f"or float32{' or ' + str(dtype) if dtype != _F32 else ''} (added to "
                          "the scaled scores)")
     if not is_bool:
@@ -97,7 +98,7 @@ def _mask(fn, mask, causal, B, H, L, S, dtype=_F32):
     except ValueError:
         fits = False
     if not fits:
-        raise ValueError(f"{fn}: mask.shape: got {mask.shape}, expected a shape broadcastable "
+        raise ArgumentError(f"{fn}: mask.shape: got {mask.shape}, expected a shape broadcastable "
                          f"to [B, H, L, S] = {list(full)}")
     if all(n == 1 for n in mask.shape[:-2]):  # one [L, S] mask for every batch and head
         arr = np.ascontiguousarray(np.broadcast_to(mask.reshape(mask.shape[-2:]), (L, S)))
@@ -121,9 +122,9 @@ def _params(fn, scale, E):
         p.scale = 1.0 / math.sqrt(E) if E > 0 else 0.0
     else:
         if isinstance(scale, bool) or not isinstance(scale, numbers.Real):
-            raise ValueError(f"{fn}: scale: got {scale!r}, expected a number or None")
+            raise ArgumentError(f"{fn}: scale: got {scale!r}, expected a number or None")
         if scale == 0:  # the library reads 0 as "the default", which would be a silent change
-            raise ValueError(f"{fn}: scale: got 0, expected a nonzero number (or None: "
+            raise ArgumentError(f"{fn}: scale: got 0, expected a nonzero number (or None: "
                              "1/sqrt(E))")
         p.scale = float(scale)
     return p

@@ -20,6 +20,7 @@ from ctypes import byref, c_void_p
 import torch
 
 from . import _lib
+from ._lib import ArgumentError
 from ._lib import lib
 
 _F32 = torch.float32
@@ -46,7 +47,7 @@ F32_ONLY_DTYPE = "float32 is needed here; " + _LOWP_GOES_TO
 
 def _require_cpu(t, name, fn, what):
     if t.device.type != "cpu":
-        raise ValueError(f"{fn}: {name}: got a {what} on {t.device}, expected a CPU tensor "
+        raise ArgumentError(f"{fn}: {name}: got a {what} on {t.device}, expected a CPU tensor "
                          "(mha computes on the CPU: .cpu())")
 
 
@@ -55,7 +56,7 @@ def _require_cpu_f32(t, name, fn, what, why=F32_ONLY):
     reason float32 is needed, for the message."""
     _require_cpu(t, name, fn, what)
     if t.dtype != _F32:
-        raise ValueError(f"{fn}: {name}.dtype: got {t.dtype}, expected torch.float32 ({why})")
+        raise ArgumentError(f"{fn}: {name}.dtype: got {t.dtype}, expected torch.float32 ({why})")
 
 
 def _innermost_contiguous(t):
@@ -66,7 +67,7 @@ def _innermost_contiguous(t):
 
 def _require_tensor(t, name, fn):
     if not isinstance(t, torch.Tensor):
-        raise ValueError(f"{fn}: {name}: got {type(t).__name__}, expected a torch.Tensor")
+        raise ArgumentError(f"{fn}: {name}: got {type(t).__name__}, expected a torch.Tensor")
 
 
 def as_input(t, name, fn, dtype=None):
@@ -79,7 +80,7 @@ def as_input(t, name, fn, dtype=None):
     else:
         _require_cpu(t, name, fn, "tensor")
         if t.dtype != dtype:
-            raise ValueError(f"{fn}: {name}.dtype: got {t.dtype}, expected {dtype}")
+            raise ArgumentError(f"{fn}: {name}.dtype: got {t.dtype}, expected {dtype}")
     return _innermost_contiguous(t)
 
 
@@ -92,7 +93,7 @@ def as_core_inputs(fn, names, tensors):
         _require_tensor(t, n, fn)
         _require_cpu(t, n, fn, "tensor")
         if t.dtype not in CORE_DTYPES:
-            raise ValueError(f"{fn}: {n}.dtype: got {t.dtype}, expected {_CORE_NAMES} "
+            raise ArgumentError(f"{fn}: {n}.dtype: got {t.dtype}, expected {_CORE_NAMES} "
                              "(convert it: .float())")
     first = tensors[0].dtype
     for n, t in zip(names, tensors):
@@ -125,10 +126,10 @@ def check_param(p, name, fn, dtype=_F32):
     else:
         _require_cpu(p, name, fn, "parameter")
         if p.dtype != dtype:
-            raise ValueError(f"{fn}: {name}.dtype: got {p.dtype}, expected {dtype} (the dtype "
+            raise ArgumentError(f"{fn}: {name}.dtype: got {p.dtype}, expected {dtype} (the dtype "
                              "of the layer's other parameters)")
     if not p.is_contiguous():
-        raise ValueError(f"{fn}: {name}: got a non-contiguous parameter (strides "
+        raise ArgumentError(f"{fn}: {name}: got a non-contiguous parameter (strides "
                          f"{tuple(p.stride())}), expected a contiguous one")
 
 
@@ -195,11 +196,11 @@ def check_mask(m, name, fn):
     if m is None:
         return
     if not isinstance(m, torch.Tensor):
-        raise ValueError(f"{fn}: {name}: got {type(m).__name__}, expected a torch.Tensor")
+        raise ArgumentError(f"{fn}: {name}: got {type(m).__name__}, expected a torch.Tensor")
     if m.device.type != "cpu":
-        raise ValueError(f"{fn}: {name}: got a tensor on {m.device}, expected a CPU tensor")
+        raise ArgumentError(f"{fn}: {name}: got a tensor on {m.device}, expected a CPU tensor")
     if m.dtype != torch.bool and not m.is_floating_point():
-        raise ValueError(f"{fn}: {name}.dtype: got {m.dtype}, expected torch.bool or a float "
+        raise ArgumentError(f"{fn}: {name}.dtype: got {m.dtype}, expected torch.bool or a float "
                          "type (as PyTorch 2.13, which refuses other mask types)")
     if m.is_floating_point() and m.requires_grad and torch.is_grad_enabled():
         raise NotImplementedError(f"{fn}: {name}: the gradient with respect to a float mask is "
@@ -250,7 +251,7 @@ class CModule:
                 lib.mha_module_free(self.ptr)
                 self.ptr = None
             if not 0.0 <= dropout <= 1.0:
-                raise ValueError(f"mha: dropout: got {dropout}, expected a value in [0, 1]")
+                raise ArgumentError(f"mha: dropout: got {dropout}, expected a value in [0, 1]")
             cfg = lib.mha_config_default(E, H)
             cfg.kdim, cfg.vdim, cfg.bias = kdim, vdim, 1 if bias else 0
             cfg.dropout = dropout

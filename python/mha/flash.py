@@ -30,6 +30,7 @@ import numbers
 import torch
 
 from . import _lib
+from ._lib import ArgumentError
 from . import _torch as T
 from ._lib import lib
 from ._torch import shape_str as _shape
@@ -47,12 +48,12 @@ def _params(fn, dropout_p, softmax_scale, softcap):
     """mha_attn_params (the library checks the values: dropout_p in [0, 1], softcap >= 0)."""
     for name, x in (("dropout_p", dropout_p), ("softcap", softcap)):
         if isinstance(x, bool) or not isinstance(x, numbers.Real):
-            raise ValueError(f"{fn}: {name}: got {x!r}, expected a number")
+            raise ArgumentError(f"{fn}: {name}: got {x!r}, expected a number")
     scale = 0.0  # the library's default, 1/sqrt(headdim)
     if softmax_scale is not None:
         if isinstance(softmax_scale, bool) or not isinstance(softmax_scale, numbers.Real) or \
                 softmax_scale == 0:  # 0 would silently mean the default
-            raise ValueError(f"{fn}: softmax_scale: got {softmax_scale!r}, expected a nonzero "
+            raise ArgumentError(f"{fn}: softmax_scale: got {softmax_scale!r}, expected a nonzero "
                              "number (or None: 1/sqrt(headdim))")
         scale = float(softmax_scale)
     seed = T.dropout_seed() if dropout_p > 0 else 0
@@ -68,7 +69,7 @@ def _window(fn, window_size):
     except (TypeError, ValueError):
         ok = False
     if not ok:
-        raise ValueError(f"{fn}: window_size: got {window_size!r}, expected (left, right), two "
+        raise ArgumentError(f"{fn}: window_size: got {window_size!r}, expected (left, right), two "
                          "ints (-1: unbounded)")
     return None if (left, right) == (-1, -1) else (int(left), int(right))
 
@@ -78,11 +79,11 @@ def _alibi(fn, slopes, batch, H):
     if slopes is None:
         return None
     if not isinstance(slopes, torch.Tensor):
-        raise ValueError(f"{fn}: alibi_slopes: got {type(slopes).__name__}, expected a "
+        raise ArgumentError(f"{fn}: alibi_slopes: got {type(slopes).__name__}, expected a "
                          "torch.Tensor")
     T._require_cpu_f32(slopes, "alibi_slopes", fn, "tensor", "as FlashAttention's")
     if tuple(slopes.shape) not in ((H,), (batch, H)):
-        raise ValueError(f"{fn}: alibi_slopes: got shape {_shape(slopes)}, expected [{H}] or "
+        raise ArgumentError(f"{fn}: alibi_slopes: got shape {_shape(slopes)}, expected [{H}] or "
                          f"[{batch}, {H}] ([nheads] or [batch, nheads])")
     return slopes.detach().contiguous()
 
@@ -111,7 +112,7 @@ def _as_inputs(fn, names, tensors, ndim, layout, core=False):
         [T.as_input(t, n, fn) for n, t in zip(names, tensors)]
     for n, t in zip(names, out):
         if t.dim() != ndim:
-            raise ValueError(f"{fn}: {n}: got shape {_shape(t)}, expected {layout}")
+            raise ArgumentError(f"{fn}: {n}: got shape {_shape(t)}, expected {layout}")
     return out
 
 
@@ -120,7 +121,7 @@ def _check_headdim(fn, q):
     default softmax_scale, headdim ** -0.5, raises ZeroDivisionError; its kernels have no such
     size), unlike torch's scaled_dot_product_attention (mha.functional takes it)."""
     if q.shape[-1] == 0:
-        raise ValueError(f"{fn}: q: got shape {_shape(q)}, expected headdim (the last dimension) "
+        raise ArgumentError(f"{fn}: q: got shape {_shape(q)}, expected headdim (the last dimension) "
                          ">= 1, as FlashAttention 2 (mha.functional.scaled_dot_product_attention "
                          "takes head dim 0, as torch's)")
 
@@ -135,10 +136,10 @@ def _check_kv(fn, q, k, v, kn="k", vn="v", batch=None):
                                                         (None,))):
         if any(w is not None and n != w for n, w in zip(t.shape, want)):
             expect = ", ".join("?" if w is None else str(w) for w in want)
-            raise ValueError(f"{fn}: {name}: got shape {_shape(t)}, expected [{expect}] "
+            raise ArgumentError(f"{fn}: {name}: got shape {_shape(t)}, expected [{expect}] "
                              "([batch, seqlen_k, nheads_k, headdim] as q, v as k)")
     if k.shape[2] == 0 or H % k.shape[2]:
-        raise ValueError(f"{fn}: {kn}.shape[2]: got {k.shape[2]}, expected a divisor of q's {H} "
+        raise ArgumentError(f"{fn}: {kn}.shape[2]: got {k.shape[2]}, expected a divisor of q's {H} "
                          "heads (grouped-query attention)")
 
 
@@ -259,23 +260,23 @@ def _int32_vector(fn, name, t, what):
     """t: an int32 CPU tensor with one dimension (FlashAttention's cu_seqlens, cache_seqlens),
     contiguous."""
     if not isinstance(t, torch.Tensor):
-        raise ValueError(f"{fn}: {name}: got {type(t).__name__}, expected an int32 tensor {what}")
+        raise ArgumentError(f"{fn}: {name}: got {type(t).__name__}, expected an int32 tensor {what}")
     if t.device.type != "cpu":
-        raise ValueError(f"{fn}: {name}: got a tensor on {t.device}, expected a CPU tensor")
+        raise ArgumentError(f"{fn}: {name}: got a tensor on {t.device}, expected a CPU tensor")
     if t.dtype != _I32:
-        raise ValueError(f"{fn}: {name}.dtype: got {t.dtype}, expected torch.int32 (as "
+        raise ArgumentError(f"{fn}: {name}.dtype: got {t.dtype}, expected torch.int32 (as "
                          "FlashAttention)")
     if t.dim() != 1:
-        raise ValueError(f"{fn}: {name}: got shape {_shape(t)}, expected {what}")
+        raise ArgumentError(f"{fn}: {name}: got shape {_shape(t)}, expected {what}")
     return t.contiguous()
 
 
 def _check_max_seqlen(fn, name, m, cu):
     if isinstance(m, bool) or not isinstance(m, numbers.Integral) or m < 0:
-        raise ValueError(f"{fn}: {name}: got {m!r}, expected an int >= 0")
+        raise ArgumentError(f"{fn}: {name}: got {m!r}, expected an int >= 0")
     lens = cu[1:] - cu[:-1]
     if lens.numel() and bool((lens >= 0).all()) and int(lens.max()) > m:  # else the library
-        raise ValueError(f"{fn}: {name}: got {m}, expected >= {int(lens.max())} (the longest "
+        raise ArgumentError(f"{fn}: {name}: got {m}, expected >= {int(lens.max())} (the longest "
                          f"sequence of cu_seqlens_{name[-1]})")
 
 
@@ -327,12 +328,12 @@ def flash_attn_varlen_func(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, ma
     cq = _int32_vector(fn, "cu_seqlens_q", cu_seqlens_q, "[batch + 1]")
     ck = _int32_vector(fn, "cu_seqlens_k", cu_seqlens_k, "[batch + 1]")
     if cq.numel() < 1 or ck.numel() != cq.numel():
-        raise ValueError(f"{fn}: cu_seqlens_q, cu_seqlens_k: got shapes {_shape(cq)}, "
+        raise ArgumentError(f"{fn}: cu_seqlens_q, cu_seqlens_k: got shapes {_shape(cq)}, "
                          f"{_shape(ck)}, expected [batch + 1] both")
     _check_max_seqlen(fn, "max_seqlen_q", max_seqlen_q, cq)
     _check_max_seqlen(fn, "max_seqlen_k", max_seqlen_k, ck)
     if return_attn_probs and dropout_p:
-        raise ValueError(f"{fn}: return_attn_probs with dropout_p {dropout_p}: not supported "
+        raise ArgumentError(f"{fn}: return_attn_probs with dropout_p {dropout_p}: not supported "
                          "(the probabilities are recomputed per sequence, which would draw "
                          "another dropout mask; flash_attn_func returns them with dropout)")
     batch = cq.numel() - 1
@@ -359,7 +360,7 @@ def flash_attn_varlen_func(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, ma
 def _no_copy(fn, name, t):
     """A cache is updated in place: ValueError for strides that as_input would copy."""
     if isinstance(t, torch.Tensor) and t.dim() and t.stride(-1) != 1 and t.shape[-1] > 1:
-        raise ValueError(f"{fn}: {name}.stride(): got {tuple(t.stride())}, expected the "
+        raise ArgumentError(f"{fn}: {name}.stride(): got {tuple(t.stride())}, expected the "
                          "innermost dimension contiguous (the cache is updated in place, so it "
                          "cannot be copied)")
 
@@ -384,21 +385,21 @@ def _rotary(x, cos, sin, pos, interleaved):
 def _kv_rotary(fn, rotary_cos, rotary_sin, q, k, lens, causal, window, interleaved):
     """q and k rotated as flash_attn_with_kvcache rotates them (see its docstring)."""
     if (rotary_cos is None) != (rotary_sin is None):
-        raise ValueError(f"{fn}: rotary_cos, rotary_sin: got only "
+        raise ArgumentError(f"{fn}: rotary_cos, rotary_sin: got only "
                          f"{'rotary_cos' if rotary_sin is None else 'rotary_sin'}, expected both")
     if k is None:
-        raise ValueError(f"{fn}: rotary_cos: got rotary embeddings without k, v, expected the "
+        raise ArgumentError(f"{fn}: rotary_cos: got rotary embeddings without k, v, expected the "
                          "new tokens' k and v too (they are rotated at their positions)")
     for name, t in (("rotary_cos", rotary_cos), ("rotary_sin", rotary_sin)):
         if not isinstance(t, torch.Tensor) or t.device.type != "cpu" or \
                 not t.is_floating_point() or t.dim() != 2:
             got = f"{t.dtype} {_shape(t)} on {t.device}" if isinstance(t, torch.Tensor) \
                 else type(t).__name__
-            raise ValueError(f"{fn}: {name}: got {got}, expected a float CPU tensor "
+            raise ArgumentError(f"{fn}: {name}: got {got}, expected a float CPU tensor "
                              "[seqlen_ro, rotary_dim / 2]")
     if rotary_cos.shape != rotary_sin.shape or rotary_cos.shape[1] == 0 or \
             2 * rotary_cos.shape[1] > q.shape[3]:
-        raise ValueError(f"{fn}: rotary_sin: got shapes {_shape(rotary_cos)}, "
+        raise ArgumentError(f"{fn}: rotary_sin: got shapes {_shape(rotary_cos)}, "
                          f"{_shape(rotary_sin)}, expected two equal [seqlen_ro, rotary_dim / 2] "
                          f"with 0 < rotary_dim <= headdim {q.shape[3]}")
     B, L, Lnew = q.shape[0], q.shape[1], k.shape[1]
@@ -407,7 +408,7 @@ def _kv_rotary(fn, rotary_cos, rotary_sin, q, k, lens, causal, window, interleav
     qpos = base + torch.arange(L) if causal or window != (-1, -1) else base.expand(B, L)
     need = int(max(kpos.max() if Lnew else 0, qpos.max() if L else 0)) + 1
     if need > rotary_cos.shape[0]:
-        raise ValueError(f"{fn}: rotary_cos: got {rotary_cos.shape[0]} positions, expected at "
+        raise ArgumentError(f"{fn}: rotary_cos: got {rotary_cos.shape[0]} positions, expected at "
                          f"least {need} (cache_seqlens + the new tokens)")
     return (_rotary(q, rotary_cos, rotary_sin, qpos, interleaved),
             _rotary(k, rotary_cos, rotary_sin, kpos, interleaved))
@@ -486,7 +487,7 @@ def flash_attn_with_kvcache(q, k_cache, v_cache, k=None, v=None, rotary_cos=None
                                   "(pass caches [batch, seqlen_cache, nheads_k, headdim])")
     if isinstance(num_splits, bool) or not isinstance(num_splits, numbers.Integral) or \
             num_splits < 0:
-        raise ValueError(f"{fn}: num_splits: got {num_splits!r}, expected an int >= 0")
+        raise ArgumentError(f"{fn}: num_splits: got {num_splits!r}, expected an int >= 0")
     for name, t in (("k_cache", k_cache), ("v_cache", v_cache)):
         _no_copy(fn, name, t)
     q, k_cache, v_cache = _as_inputs(fn, ["q", "k_cache", "v_cache"], [q, k_cache, v_cache], 4,
@@ -496,7 +497,7 @@ def flash_attn_with_kvcache(q, k_cache, v_cache, k=None, v=None, rotary_cos=None
     # the caches against q, their batch apart (cache_batch_idx may pick among more or fewer)
     _check_kv(fn, q, k_cache, v_cache, "k_cache", "v_cache", batch=k_cache.shape[0])
     if (k is None) != (v is None):
-        raise ValueError(f"{fn}: k, v: got only {'k' if v is None else 'v'}, expected both "
+        raise ArgumentError(f"{fn}: k, v: got only {'k' if v is None else 'v'}, expected both "
                          "(new tokens) or neither")
     if k is not None:
         k, v = _as_inputs(fn, "kv", (k, v), 4, layout, core=True)
@@ -506,13 +507,13 @@ def flash_attn_with_kvcache(q, k_cache, v_cache, k=None, v=None, rotary_cos=None
         _check_kv(fn, q, k, v)
         hk = (k_cache.shape[2], k_cache.shape[3], v_cache.shape[3])
         if (k.shape[2], k.shape[3], v.shape[3]) != hk:
-            raise ValueError(f"{fn}: k, v: got shapes {_shape(k)}, {_shape(v)}, expected "
+            raise ArgumentError(f"{fn}: k, v: got shapes {_shape(k)}, {_shape(v)}, expected "
                              f"nheads_k {hk[0]} and headdims {hk[1]}, {hk[2]} as the caches")
     if cache_seqlens is None:
         # FlashAttention without seqlens_k attends to the whole cache (seqlen_k is the cache's
         # size) and refuses new tokens; the library's NULL would mean empty caches
         if k is not None:
-            raise ValueError(f"{fn}: cache_seqlens: got None with new tokens k, v, expected "
+            raise ArgumentError(f"{fn}: cache_seqlens: got None with new tokens k, v, expected "
                              "the tokens already in each cache (an int or an int32 tensor "
                              "[batch]), as FlashAttention")
         lens = torch.full((B,), k_cache.shape[1], dtype=_I32)
@@ -521,30 +522,30 @@ def flash_attn_with_kvcache(q, k_cache, v_cache, k=None, v=None, rotary_cos=None
     else:
         lens = _int32_vector(fn, "cache_seqlens", cache_seqlens, f"[{B}] (batch) or an int")
         if lens.numel() != B:
-            raise ValueError(f"{fn}: cache_seqlens: got shape {_shape(lens)}, expected [{B}] "
+            raise ArgumentError(f"{fn}: cache_seqlens: got shape {_shape(lens)}, expected [{B}] "
                              "(batch) or an int")
     rows = None  # the cache batch of each batch (cache_batch_idx), and where it starts (leftpad)
     if cache_batch_idx is not None:
         rows = _int32_vector(fn, "cache_batch_idx", cache_batch_idx, f"[{B}] (batch)")
         if rows.numel() != B:
-            raise ValueError(f"{fn}: cache_batch_idx: got shape {_shape(rows)}, expected [{B}] "
+            raise ArgumentError(f"{fn}: cache_batch_idx: got shape {_shape(rows)}, expected [{B}] "
                              "(batch)")
         bad = [int(x) for x in rows if not 0 <= int(x) < k_cache.shape[0]]
         if bad:
-            raise ValueError(f"{fn}: cache_batch_idx: got {bad[0]}, expected an index into the "
+            raise ArgumentError(f"{fn}: cache_batch_idx: got {bad[0]}, expected an index into the "
                              f"caches' {k_cache.shape[0]} batches")
     elif k_cache.shape[0] != B:
-        raise ValueError(f"{fn}: k_cache: got shape {_shape(k_cache)}, expected batch {B} as q "
+        raise ArgumentError(f"{fn}: k_cache: got shape {_shape(k_cache)}, expected batch {B} as q "
                          "(or pass cache_batch_idx)")
     starts = None
     if cache_leftpad is not None:
         starts = _int32_vector(fn, "cache_leftpad", cache_leftpad, f"[{B}] (batch)")
         if starts.numel() != B:
-            raise ValueError(f"{fn}: cache_leftpad: got shape {_shape(starts)}, expected [{B}] "
+            raise ArgumentError(f"{fn}: cache_leftpad: got shape {_shape(starts)}, expected [{B}] "
                              "(batch)")
         for b in range(B):
             if not 0 <= int(starts[b]) <= int(lens[b]):
-                raise ValueError(f"{fn}: cache_leftpad[{b}]: got {int(starts[b])}, expected 0 .. "
+                raise ArgumentError(f"{fn}: cache_leftpad[{b}]: got {int(starts[b])}, expected 0 .. "
                                  f"cache_seqlens[{b}] = {int(lens[b])} (where the sequence "
                                  "starts in its cache)")
         if rotary_cos is not None or rotary_sin is not None:

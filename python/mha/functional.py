@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from . import _lib
+from ._lib import ArgumentError
 from . import _torch as T
 from ._torch import shape_str as _shape
 
@@ -78,7 +79,7 @@ def scaled_dot_product_attention(query, key, value, attn_mask=None, dropout_p=0.
     q, k, v = T.as_core_inputs(fn, ("query", "key", "value"), (query, key, value))
     _check_mask_dtype(attn_mask, q.dtype, fn)
     if q.dim() < 2 or k.dim() != q.dim() or v.dim() != q.dim():
-        raise ValueError(f"{fn}: query, key, value: got shapes {_shape(q)}, {_shape(k)}, "
+        raise ArgumentError(f"{fn}: query, key, value: got shapes {_shape(q)}, {_shape(k)}, "
                          f"{_shape(v)}, expected [..., L, E], [..., S, E], [..., S, Ev] with the "
                          "same number of dimensions (at least 2)")
     if enable_gqa and q.dim() < 3:
@@ -93,21 +94,21 @@ def scaled_dot_product_attention(query, key, value, attn_mask=None, dropout_p=0.
                     (lead, lead))
     if tuple(k.shape[:-2]) != klead or tuple(v.shape[:-2]) != vlead or gqa and any(
             h[-1] < 1 or lead[-1] % h[-1] != 0 for h in (klead, vlead)):
-        raise ValueError(f"{fn}: key, value: got shapes {_shape(k)}, {_shape(v)}, expected the "
+        raise ArgumentError(f"{fn}: key, value: got shapes {_shape(k)}, {_shape(v)}, expected the "
                          f"leading dimensions of query {_shape(q)} (broadcasting them is not "
                          "supported" + ("; with enable_gqa=True, key and value heads (dim -3) "
                                         "each dividing the query's" if enable_gqa else "") + ")")
     L, E, S, Ev = q.shape[-2], q.shape[-1], k.shape[-2], v.shape[-1]
     if k.shape[-1] != E or v.shape[-2] != S:
-        raise ValueError(f"{fn}: key, value: got shapes {_shape(k)}, {_shape(v)}, expected "
+        raise ArgumentError(f"{fn}: key, value: got shapes {_shape(k)}, {_shape(v)}, expected "
                          f"[..., S, {E}] and [..., S, Ev] with S the same")
     # scores all 0 (E = 0, or scale 0): PyTorch's softmax is uniform over the keys a row may
     # see, whatever the scale (with E = 0, even 1/sqrt(0) = inf: the scaled q is empty)
     zero_scores = E == 0 or scale is not None and scale == 0
     if not zero_scores and scale is not None and not math.isfinite(scale):
-        raise ValueError(f"{fn}: scale: got {scale}, expected a finite number")
+        raise ArgumentError(f"{fn}: scale: got {scale}, expected a finite number")
     if not 0.0 <= dropout_p <= 1.0:
-        raise ValueError(f"{fn}: dropout_p: got {dropout_p}, expected a value in [0, 1]")
+        raise ArgumentError(f"{fn}: dropout_p: got {dropout_p}, expected a value in [0, 1]")
     _check_mask_rank(attn_mask, q, k, v, dropout_p, enable_gqa, fn)
     # The core's [B, H, L, E] views: up to 4 dimensions without a copy.
     nd = q.dim()
@@ -207,7 +208,7 @@ def _mask(m, lead, B, H, L, S, causal, fn):
         if torch.broadcast_shapes(m.shape, full) != torch.Size(full):
             raise RuntimeError
     except RuntimeError:
-        raise ValueError(f"{fn}: attn_mask: got shape {_shape(m)}, expected a shape "
+        raise ArgumentError(f"{fn}: attn_mask: got shape {_shape(m)}, expected a shape "
                          f"broadcastable to [{', '.join(map(str, full))}]") from None
     is_bool = m.dtype == torch.bool
     x = ~m if is_bool else m.to(torch.float32)

@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import _torch as T
+from ._lib import ArgumentError
 from ._torch import shape_str as _shape
 
 __all__ = ["MultiheadAttention", "MultiHeadAttention"]
@@ -85,10 +86,10 @@ class MultiheadAttention(nn.MultiheadAttention):
             raise NotImplementedError(f"{fn}: add_zero_attn=True is not supported (the zero "
                                       "key/value row; use torch.nn.MultiheadAttention)")
         if dtype is not None and dtype not in T.CORE_DTYPES:
-            raise ValueError(f"{fn}: dtype: got {dtype}, expected torch.float32 (None), "
+            raise ArgumentError(f"{fn}: dtype: got {dtype}, expected torch.float32 (None), "
                              "torch.bfloat16 or torch.float16")
         if device is not None and torch.device(device).type != "cpu":
-            raise ValueError(f"{fn}: device: got {device}, expected the CPU (mha computes on "
+            raise ArgumentError(f"{fn}: device: got {device}, expected the CPU (mha computes on "
                              "the CPU)")
         super().__init__(embed_dim, num_heads, dropout, bias, add_bias_kv, add_zero_attn, kdim,
                          vdim, batch_first, device, dtype)
@@ -126,7 +127,7 @@ class MultiheadAttention(nn.MultiheadAttention):
             ps = [P["q_proj_weight"], P["k_proj_weight"], P["v_proj_weight"]]
         if b is not None:
             if ob is None:
-                raise ValueError("mha.MultiheadAttention: out_proj.bias: got None, expected a "
+                raise ArgumentError("mha.MultiheadAttention: out_proj.bias: got None, expected a "
                                  "tensor (in_proj_bias is there: mha's layer has both biases or "
                                  "neither)")
             ps += (b, op["weight"], ob)
@@ -154,12 +155,12 @@ class MultiheadAttention(nn.MultiheadAttention):
             value = T.as_input(value, "value", fn, dt)
         batched = query.dim() == 3
         if query.dim() not in (2, 3):
-            raise ValueError(f"{fn}: query: got a {query.dim()}-D tensor {_shape(query)}, expected "
+            raise ArgumentError(f"{fn}: query: got a {query.dim()}-D tensor {_shape(query)}, expected "
                              "3-D (batched) or 2-D (unbatched)")
         if not self_attn:
             for name, t in (("key", key), ("value", value)):
                 if t.dim() != query.dim():
-                    raise ValueError(f"{fn}: {name}: got a {t.dim()}-D tensor {_shape(t)}, "
+                    raise ArgumentError(f"{fn}: {name}: got a {t.dim()}-D tensor {_shape(t)}, "
                                      f"expected {query.dim()}-D as query")
         self._check_shapes(query, key, value, self_attn, batched, fn)
         T.check_mask(key_padding_mask, "key_padding_mask", fn)
@@ -203,25 +204,25 @@ class MultiheadAttention(nn.MultiheadAttention):
         views and would name their dimensions)."""
         E = self.embed_dim
         if query.shape[-1] != E:
-            raise ValueError(f"{fn}: query.shape[{query.dim() - 1}]: got {query.shape[-1]}, "
+            raise ArgumentError(f"{fn}: query.shape[{query.dim() - 1}]: got {query.shape[-1]}, "
                              f"expected {E} (embed_dim)")
         if self_attn:
             return
         for name, t, want, what in (("key", key, self.kdim, "kdim"),
                                     ("value", value, self.vdim, "vdim")):
             if t.shape[-1] != want:
-                raise ValueError(f"{fn}: {name}.shape[{t.dim() - 1}]: got {t.shape[-1]}, "
+                raise ArgumentError(f"{fn}: {name}.shape[{t.dim() - 1}]: got {t.shape[-1]}, "
                                  f"expected {want} ({what})")
         if batched:
             bd, sd = (0, 1) if self.batch_first else (1, 0)
             for name, t in (("key", key), ("value", value)):
                 if t.shape[bd] != query.shape[bd]:
-                    raise ValueError(f"{fn}: {name}.shape[{bd}]: got {t.shape[bd]}, expected "
+                    raise ArgumentError(f"{fn}: {name}.shape[{bd}]: got {t.shape[bd]}, expected "
                                      f"{query.shape[bd]} (the batch size of query)")
         else:
             sd = 0
         if value.shape[sd] != key.shape[sd]:
-            raise ValueError(f"{fn}: value.shape[{sd}]: got {value.shape[sd]}, expected "
+            raise ArgumentError(f"{fn}: value.shape[{sd}]: got {value.shape[sd]}, expected "
                              f"{key.shape[sd]} (the sequence length of key)")
 
     def _mask(self, kpm, attn_mask, causal, batched, N, H, L, S, fn):
@@ -232,18 +233,18 @@ class MultiheadAttention(nn.MultiheadAttention):
             return T.MaskArg(causal=1) if causal else T.NO_MASK
         want = (N, S) if batched else (S,)
         if kpm is not None and tuple(kpm.shape) != want:
-            raise ValueError(f"{fn}: key_padding_mask: got shape {_shape(kpm)}, expected "
+            raise ArgumentError(f"{fn}: key_padding_mask: got shape {_shape(kpm)}, expected "
                              f"[{', '.join(map(str, want))}]")
         nb = N * H if batched else H
         if attn_mask is not None:
             if attn_mask.dim() == 2 and tuple(attn_mask.shape) != (L, S):
-                raise ValueError(f"{fn}: attn_mask: got shape {_shape(attn_mask)}, expected "
+                raise ArgumentError(f"{fn}: attn_mask: got shape {_shape(attn_mask)}, expected "
                                  f"[{L}, {S}] (2-D) or [{nb}, {L}, {S}] (3-D)")
             if attn_mask.dim() == 3 and tuple(attn_mask.shape) != (nb, L, S):
-                raise ValueError(f"{fn}: attn_mask: got shape {_shape(attn_mask)}, expected "
+                raise ArgumentError(f"{fn}: attn_mask: got shape {_shape(attn_mask)}, expected "
                                  f"[{nb}, {L}, {S}] (3-D: batch * num_heads) or [{L}, {S}]")
             if attn_mask.dim() not in (2, 3):
-                raise ValueError(f"{fn}: attn_mask: got a {attn_mask.dim()}-D tensor, expected "
+                raise ArgumentError(f"{fn}: attn_mask: got a {attn_mask.dim()}-D tensor, expected "
                                  f"[{L}, {S}] or [{nb}, {L}, {S}]")
         if kpm is not None and kpm.is_floating_point():
             # A float key padding mask adds to the scores: merged into one float mask.
@@ -300,7 +301,7 @@ class MultiHeadAttention(nn.Module):
     def __init__(self, d_model, num_heads, dropout=0.1):
         super().__init__()
         if d_model % num_heads != 0:
-            raise ValueError(f"mha.MultiHeadAttention: d_model: got {d_model}, expected a "
+            raise ArgumentError(f"mha.MultiHeadAttention: d_model: got {d_model}, expected a "
                              f"multiple of num_heads = {num_heads}")
         self.d_model = d_model
         self.num_heads = num_heads
@@ -328,7 +329,7 @@ class MultiHeadAttention(nn.Module):
         from ._files import load_layer
         sd, heads = load_layer(path, prefix=prefix, num_heads=num_heads)
         if "in_proj_weight" not in sd:
-            raise ValueError(f"mha.MultiHeadAttention.from_file: {path}: the layer has kdim/vdim "
+            raise ArgumentError(f"mha.MultiHeadAttention.from_file: {path}: the layer has kdim/vdim "
                              "different from d_model; use mha.MultiheadAttention.from_file")
         E = sd["out_proj.weight"].shape[0]
         m = cls(E, heads, dropout=dropout)
@@ -364,7 +365,7 @@ class MultiHeadAttention(nn.Module):
             T.check_param(self.W_o.weight, "W_o.weight", fn)
         x = T.as_input(x, "x", fn, None if dt == _F32 else dt)
         if x.dim() != 3 or x.shape[-1] != self.d_model:
-            raise ValueError(f"{fn}: x: got shape {_shape(x)}, expected [batch, seq, "
+            raise ArgumentError(f"{fn}: x: got shape {_shape(x)}, expected [batch, seq, "
                              f"{self.d_model}]")
         B, L, E, H = x.shape[0], x.shape[1], self.d_model, self.num_heads
         T.check_param(self.W_o.weight, "W_o.weight", fn, dt)
@@ -393,18 +394,18 @@ class MultiHeadAttention(nn.Module):
         if mask is None:
             return T.NO_MASK
         if not isinstance(mask, torch.Tensor):
-            raise ValueError(f"{fn}: mask: got {type(mask).__name__}, expected a torch.Tensor")
+            raise ArgumentError(f"{fn}: mask: got {type(mask).__name__}, expected a torch.Tensor")
         if mask.device.type != "cpu":
-            raise ValueError(f"{fn}: mask: got a tensor on {mask.device}, expected a CPU tensor")
+            raise ArgumentError(f"{fn}: mask: got a tensor on {mask.device}, expected a CPU tensor")
         if mask.dim() > 4:
-            raise ValueError(f"{fn}: mask: got a {mask.dim()}-D tensor, expected at most 4-D "
+            raise ArgumentError(f"{fn}: mask: got a {mask.dim()}-D tensor, expected at most 4-D "
                              f"(broadcastable to [{B}, {H}, {L}, {L}])")
         m = (mask == 0)
         m4 = m.reshape((1,) * (4 - m.dim()) + tuple(m.shape))
         try:
             torch.broadcast_shapes(m4.shape, (B, H, L, L))
         except RuntimeError:
-            raise ValueError(f"{fn}: mask: got shape {_shape(mask)}, expected a shape "
+            raise ArgumentError(f"{fn}: mask: got shape {_shape(mask)}, expected a shape "
                              f"broadcastable to [{B}, {H}, {L}, {L}]") from None
         if m4.shape[0] == 1 and m4.shape[1] == 1:
             shared = m4[0, 0].expand(L, L)

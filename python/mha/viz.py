@@ -20,6 +20,7 @@ import sys
 import numpy as np
 
 from . import _lib
+from ._lib import ArgumentError
 
 _HEAD, _AVERAGE, _ALL = 0, 1, 2  # mha_viz_view
 _TERM_UNICODE, _TERM_COLOR = 0, 2  # mha_viz_term_mode
@@ -63,7 +64,7 @@ class _Picture:
         path = os.fsdecode(os.fspath(path))  # str or bytes (as open() takes)
         writer = _FILE_WRITERS.get(os.path.splitext(path)[1].lower())
         if writer is None:
-            raise ValueError(f"{self.fn}: path: got {path!r}, expected a name ending in "
+            raise ArgumentError(f"{self.fn}: path: got {path!r}, expected a name ending in "
                              f"{', '.join(_FILE_WRITERS)} (the format)")
         args = self._args()
         _lib.check(getattr(_lib.lib, writer)(*args, os.fsencode(path)), args[0])
@@ -74,19 +75,19 @@ def _weights(fn, weights, batch):
         weights = weights.detach().cpu().float().numpy()
     w = np.asarray(weights)
     if w.dtype.kind not in "biuf":
-        raise ValueError(f"{fn}: weights.dtype: got {w.dtype}, expected numbers")
+        raise ArgumentError(f"{fn}: weights.dtype: got {w.dtype}, expected numbers")
     if w.ndim not in (2, 3, 4):
-        raise ValueError(f"{fn}: weights.ndim: got {w.ndim}, expected 2 ([L, S]), 3 "
+        raise ArgumentError(f"{fn}: weights.ndim: got {w.ndim}, expected 2 ([L, S]), 3 "
                          "([H, L, S]) or 4 ([B, H, L, S])")
     if isinstance(batch, bool) or not isinstance(batch, (int, np.integer)):
-        raise ValueError(f"{fn}: batch: got {batch!r}, expected an int")
+        raise ArgumentError(f"{fn}: batch: got {batch!r}, expected an int")
     if w.ndim == 4:
         if not 0 <= batch < w.shape[0]:
-            raise ValueError(f"{fn}: batch: got {batch}, expected 0 <= batch < {w.shape[0]} "
+            raise ArgumentError(f"{fn}: batch: got {batch}, expected 0 <= batch < {w.shape[0]} "
                              "(weights.shape[0])")
         w = w[batch]
     elif batch != 0:
-        raise ValueError(f"{fn}: batch: got {batch}, expected 0 (weights has no batch "
+        raise ArgumentError(f"{fn}: batch: got {batch}, expected 0 (weights has no batch "
                          f"dimension: shape {w.shape})")
     return np.ascontiguousarray(w.reshape((1,) * (3 - w.ndim) + w.shape), np.float32)
 
@@ -98,22 +99,22 @@ def _view(fn, head, H):
     if head == "average":
         return _AVERAGE, 0
     if isinstance(head, bool) or not isinstance(head, (int, np.integer)):
-        raise ValueError(f"{fn}: head: got {head!r}, expected None (every head), an int or "
+        raise ArgumentError(f"{fn}: head: got {head!r}, expected None (every head), an int or "
                          "\"average\"")
     if not -2**63 <= int(head) < 2**63:  # ctypes would wrap it to another head
-        raise ValueError(f"{fn}: head: got {int(head)}, expected 0 .. {H - 1} (one of the "
+        raise ArgumentError(f"{fn}: head: got {int(head)}, expected 0 .. {H - 1} (one of the "
                          f"{H} heads)")
     return _HEAD, int(head)  # the library checks the range
 
 
 def _token_array(fn, what, toks, n):
     if isinstance(toks, str) or not hasattr(toks, "__len__"):
-        raise ValueError(f"{fn}: {what}: got {type(toks).__name__}, expected a list of str")
+        raise ArgumentError(f"{fn}: {what}: got {type(toks).__name__}, expected a list of str")
     if len(toks) != n:
-        raise ValueError(f"{fn}: {what}: got {len(toks)} tokens, expected {n}")
+        raise ArgumentError(f"{fn}: {what}: got {len(toks)} tokens, expected {n}")
     for t in toks:
         if not isinstance(t, str):
-            raise ValueError(f"{fn}: {what}: got a {type(t).__name__} token ({t!r}), expected "
+            raise ArgumentError(f"{fn}: {what}: got a {type(t).__name__} token ({t!r}), expected "
                              "str")
     return (ctypes.c_char_p * n)(*(t.encode("utf-8", "replace") for t in toks))
 

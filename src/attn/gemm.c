@@ -132,7 +132,7 @@ static mha_status gemm_work(mha_ctx *ctx, mha__gemm_ws *ws, size_t total, float 
 
 mha_status mha__gemm_ws_reserve(mha_ctx *ctx, mha__gemm_ws *ws, int64_t M, int64_t N, int64_t K,
                                 mha_dtype dt) {
-    if (M <= 0 || N <= 0 || K <= 0) return MHA_OK; /* such products need no workspace */
+    if (!ws || M <= 0 || N <= 0 || K <= 0) return MHA_OK; /* nothing to keep, or to need */
     gemm_blocking g;
     float *work;
     mha_status st = gemm_blocking_make(ctx, M, N, K, dt, &g);

@@ -106,6 +106,13 @@ int64_t mha__fp_float(float x) {
 
 static void fp_print(char *buf, size_t n, const mha__fp *f, int64_t v) {
     if (f->kind == MHA__FP_GIVEN) snprintf(buf, n, "%s", v ? "given" : "NULL");
+    else if (f->kind == MHA__FP_CAUSAL)
+        snprintf(buf, n, "%s (%lld)",
+                 v == MHA_CAUSAL_NONE           ? "none"
+                 : v == MHA_CAUSAL_TOP_LEFT     ? "top-left"
+                 : v == MHA_CAUSAL_BOTTOM_RIGHT ? "bottom-right"
+                                                : "unknown",
+                 (long long)v);
     else if (f->kind == MHA__FP_FLOAT) {
         uint32_t u = (uint32_t)v;
         float x;
@@ -149,17 +156,25 @@ mha_status mha__mpi_agree_fp(mha__mpi_call *c, const mha__fp *fp, int n) {
                           "%s: rank %d called %.40s, expected %.40s as rank 0 (every rank must "
                           "make the same call)",
                           c->fn, r, all[r].fn, all[0].fn);
-    for (int i = 0; i < n && !st; i++)
-        for (int r = 1; r < c->P; r++) {
-            const int64_t got = all[r].v[i], want = all[0].v[i];
-            if (got == want) continue;
-            char g[32], w[32];
-            fp_print(g, sizeof g, &fp[i], got);
-            fp_print(w, sizeof w, &fp[i], want);
-            st = mha__err(c->ctx, fp[i].st, "%s: %s: got %s on rank %d, expected %s as on rank 0",
-                          c->fn, fp[i].name, g, r, w);
-            break;
+    for (int i = 0; i < n && !st; i++) {
+        /* the value most ranks give (rank 0's on a tie), the first rank that gives it and how
+         * many do; then the first rank that gives another */
+        int maj = 0, votes = 0, bad = -1;
+        for (int r = 0; r < c->P; r++) {
+            int k = 0;
+            for (int s = 0; s < c->P; s++) k += all[s].v[i] == all[r].v[i];
+            if (k > votes) maj = r, votes = k;
         }
+        for (int r = 0; r < c->P && bad < 0; r++)
+            if (all[r].v[i] != all[maj].v[i]) bad = r;
+        if (bad < 0) continue;
+        char g[32], w[32], of[40] = "";
+        fp_print(g, sizeof g, &fp[i], all[bad].v[i]);
+        fp_print(w, sizeof w, &fp[i], all[maj].v[i]);
+        if (votes > 1) snprintf(of, sizeof of, " (%d of %d ranks)", votes, c->P);
+        st = mha__err(c->ctx, fp[i].st, "%s: %s: got %s on rank %d, expected %s as on rank %d%s",
+                      c->fn, fp[i].name, g, bad, w, maj, of);
+    }
     mha__free(all);
     return st;
 }

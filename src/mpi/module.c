@@ -160,7 +160,7 @@ static mha_status fwd_agree(mha__mpi_call *c, const mha_module *m, const fwd_cal
         {"query.shape[0]", MHA__FP_INT, MHA_ERR_SHAPE, f->B},
         {"query.shape[1]", MHA__FP_INT, MHA_ERR_SHAPE, f->Lr},
         {"key.shape[1]", MHA__FP_INT, MHA_ERR_SHAPE, f->Sr},
-        {"mask->causal", MHA__FP_INT, MHA_ERR_INVALID_ARG, f->mask ? f->mask->causal : 0},
+        {"mask->causal", MHA__FP_CAUSAL, MHA_ERR_INVALID_ARG, f->mask ? f->mask->causal : 0},
         {"mask->key_padding", MHA__FP_GIVEN, MHA_ERR_INVALID_ARG, f->mask && f->mask->key_padding},
     };
     return mha__mpi_agree_fp(c, fp, (int)(sizeof fp / sizeof fp[0]));

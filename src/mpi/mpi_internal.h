@@ -51,7 +51,8 @@ mha_status mha__mpi_check_mask(mha_ctx *ctx, const char *fn, const mha_mask *m);
 typedef enum {
     MHA__FP_INT,   /* printed as an integer */
     MHA__FP_FLOAT, /* the bits of a float, printed as %g */
-    MHA__FP_GIVEN  /* 0 / 1: printed "NULL" / "given" */
+    MHA__FP_GIVEN, /* 0 / 1: printed "NULL" / "given" */
+    MHA__FP_CAUSAL /* an mha_causal, printed by name: "top-left (1)" */
 } mha__fp_kind;
 typedef struct {
     const char *name; /* "k.shape[2]", "p->dropout_p" */
@@ -65,8 +66,9 @@ int64_t mha__fp_float(float x); /* the bits of x, as a fingerprint value */
 /* The ranks compare their calls (c->fn) and n fingerprint entries (n <= MHA__FP_MAX, the same
  * n and names for one call): MHA_OK if every rank makes the same call with equal entries, else
  * on every rank the first rank in another call ("rank 1 called mha_mpi_attn_backward, expected
- * mha_mpi_attn_forward as rank 0"), or the first entry that differs, with the lowest rank whose
- * value differs from rank 0's. */
+ * mha_mpi_attn_forward as rank 0"), or the first entry that differs: the value most ranks give
+ * is the expected one (rank 0's on a tie), and the lowest rank that gives another is named
+ * ("p->seed: got 8 on rank 0, expected 7 as on rank 1 (3 of 4 ranks)"). */
 mha_status mha__mpi_agree_fp(mha__mpi_call *c, const mha__fp *fp, int n);
 
 /* Non-blocking transfers of the ring, as pieces of at most 1 GiB (an MPI count is an int). */

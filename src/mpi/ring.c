@@ -141,7 +141,7 @@ static mha_status agree_ring(ring *g, int has_lse) {
         {"k.shape[1]", MHA__FP_INT, MHA_ERR_SHAPE, g->Hkv},
         {"k.shape[2]", MHA__FP_INT, MHA_ERR_SHAPE, g->Sr},
         {"v.shape[3]", MHA__FP_INT, MHA_ERR_SHAPE, g->Dv},
-        {"mask->causal", MHA__FP_INT, MHA_ERR_INVALID_ARG, g->causal},
+        {"mask->causal", MHA__FP_CAUSAL, MHA_ERR_INVALID_ARG, g->causal},
         {"mask->key_padding", MHA__FP_GIVEN, MHA_ERR_INVALID_ARG, g->pad != NULL},
         {"lse", MHA__FP_GIVEN, MHA_ERR_INVALID_ARG, has_lse},
         {"p->scale", MHA__FP_FLOAT, MHA_ERR_INVALID_ARG, mha__fp_float(g->p.scale)},

@@ -50,8 +50,9 @@
  *   agree on the shapes and options (all must be the same, but for each rank's own shard) and
  *   on each rank's validation and allocations; if any rank finds a problem, EVERY rank returns
  *   an error (never a hang) with a message naming the argument and the ranks, e.g.
- *   "mha_mpi_attn_forward: k.shape[2]: got 64 on rank 1, expected 32 as on rank 0" on every
- *   rank; or, when rank 2 passes a NULL q, "mha_mpi_attn_forward: q: got NULL, expected a
+ *   "mha_mpi_attn_forward: k.shape[2]: got 64 on rank 1, expected 32 as on rank 0 (3 of 4
+ *   ranks)" on every rank (the value most ranks give is the expected one, rank 0's on a tie);
+ *   or, when rank 2 passes a NULL q, "mha_mpi_attn_forward: q: got NULL, expected a
  *   tensor" there and "mha_mpi_attn_forward: rank 2 failed: q: got NULL, expected a tensor" on
  *   the others (a rank that fails reports its own error; the others the lowest failing rank's,
  *   with its status). A failure during the ring (an allocation in the core) does not stop the

@@ -518,6 +518,9 @@ static void bwd_chunk(const bwd_call *c, const bwd_ws *ws, const bwd_tiles *w, i
         memset(t.dqc + i * t.lddqc, 0, sizeof(float) * (size_t)D);
     t.lrow = c->lse->data + t.b * c->lse->stride[0] + t.h * c->lse->stride[1];
     t.drow = ws->drow + t.bh * L;
+    /* one chunk a head: the head's Drow here (pass 0 skipped), its dout rows then in cache */
+    if (NC == 1)
+        for (int64_t qt = 0; qt < c->nqt; qt++) bwd_drow(c, ws, t.bh * c->nqt + qt);
     t.dr = mha__attn_dropout_make(pr, t.bh);
     if (c->bf) bwd_pack_rows(c, w, t.b, t.h);
     for (int64_t kt = c->cstart[t.ch]; kt < c->cstart[t.ch + 1]; kt++) {
@@ -683,8 +686,10 @@ static mha_status bwd_run(mha_ctx *ctx, const char *fn, bwd_call *cp) {
 #endif
         bwd_tiles w;
         mha__plan_point(&c.tiles, ws.threads, tid, &w);
+        if (c.NC > 1) { /* else each pass-1 task computes its head's (bwd_chunk) */
 #pragma omp for schedule(static)
-        for (int64_t task = 0; task < BH * c.nqt; task++) bwd_drow(&c, &ws, task);
+            for (int64_t task = 0; task < BH * c.nqt; task++) bwd_drow(&c, &ws, task);
+        }
         for (int64_t g0 = 0; g0 < BH; g0 += c.G) {
             const int64_t gn = BH - g0 < c.G ? BH - g0 : c.G;
 #pragma omp for schedule(dynamic, 1)

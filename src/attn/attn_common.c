@@ -169,10 +169,9 @@ mha_status mha__attn_check_inputs(mha_ctx *ctx, const char *fn, const mha_attn_p
     pr->scale = p->scale != 0 ? p->scale : (float)(1.0 / sqrt((double)D));
     pr->dropout_p = p->dropout_p;
     /* dropout_p = 1 (every weight dropped) never reaches the kernels: keep_scale unused */
-    pr->keep_scale = p->dropout_p > 0 && p->dropout_p < 1
-                         ? (float)(1.0 / (1.0 - (double)p->dropout_p))
-                     : p->dropout_p >= 1 ? 0.0f
-                                         : 1.0f;
+    pr->keep_scale = p->dropout_p >= 1  ? 0.0f
+                     : p->dropout_p > 0 ? (float)(1.0 / (1.0 - (double)p->dropout_p))
+                                        : 1.0f;
     pr->drop_thr = drop_threshold(p->dropout_p);
     pr->seed = p->seed;
     pr->offset = p->offset;

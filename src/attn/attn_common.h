@@ -98,12 +98,12 @@ static inline float *mha__attn_kv_row(const mha__attn_problem *pr, const mha_ten
     return mha__attn_row(t, b, h / pr->kv_group, i);
 }
 
-/* Rows [r0, r1) of head (b, h) of a [B, H, R, x] view asked of the outer caches (write: the
- * rows will be written), one request per 64 bytes: a thread fetches the next head it will
- * likely run while it computes the current one. A hint only: nothing is read or written. */
 /* Every element of a validated [B, X, R, Y] view of any dtype = 0 (all-zero bits: +0). */
 void mha__attn_zero_view(const mha_tensor *t);
 
+/* Rows [r0, r1) of head (b, h) of a [B, H, R, x] view asked of the outer caches (write: the
+ * rows will be written), one request per 64 bytes: a thread fetches the next head it will
+ * likely run while it computes the current one. A hint only: nothing is read or written. */
 void mha__attn_prefetch_rows(const mha_tensor *t, int64_t b, int64_t h, int64_t r0, int64_t r1,
                              int64_t x, int write);
 

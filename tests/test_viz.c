@@ -914,6 +914,9 @@ TEST(png_geometry_and_colours) {
     ASSERT_EQ(mha_viz_png(NULL, big, 1, 17000, 2, &o, buf_write, &b), MHA_ERR_NOMEM);
     ASSERT_STR_CONTAINS(mha_last_errmsg(), "at 1 pixel per cell, expected at most 16384 on a side "
                                            "(draw fewer heads or positions)");
+    o.cell_px = 8; /* asked for: no size fits either (it said "1 fits") */
+    ASSERT_EQ(mha_viz_png(NULL, big, 1, 17000, 2, &o, buf_write, &b), MHA_ERR_NOMEM);
+    ASSERT_STR_CONTAINS(mha_last_errmsg(), "at 1 pixel per cell");
     free(big), free(b.p);
 #endif
 }

@@ -225,25 +225,29 @@ mha_status mha_viz_png(mha_ctx *ctx, const float *w, int64_t H, int64_t L, int64
         return mha__err(ctx, MHA_ERR_NOMEM, "%s: out of memory", F);
     }
     /* the cell size asked for, or the automatic one, shrunk down to 1 pixel until the image
-     * fits; asked for and too large: the largest that fits, for the message */
+     * fits: used when automatic, named in the message when asked for */
     const int asked = opts ? opts->cell_px : 0;
     png_layout ly;
     plan(&v, title, asked, &ly);
     int fit = asked ? asked : ly.c;
     while (!fits(&ly) && fit > 1) plan(&v, title, --fit, &ly);
-    if (asked && fit != asked) plan(&v, title, asked, &ly);
+    mha_status too_big = MHA_OK;
+    if (!fits(&ly))
+        too_big = mha__err(ctx, MHA_ERR_NOMEM,
+                           "%s: image: got %lld x %lld pixels at 1 pixel per cell, expected at "
+                           "most 16384 on a side (draw fewer heads or positions)",
+                           F, (long long)ly.iw, (long long)ly.ih);
+    else if (asked && fit != asked) {
+        plan(&v, title, asked, &ly);
+        too_big = mha__err(ctx, MHA_ERR_NOMEM,
+                           "%s: image: got %lld x %lld pixels, expected at most 16384 on a side "
+                           "(use a smaller opts.cell_px: %d fits)",
+                           F, (long long)ly.iw, (long long)ly.ih, fit);
+    }
     mha__free(title);
-    if (!fits(&ly)) {
+    if (too_big) {
         mha__viz_view_free(&v);
-        if (fit > 1 || (asked > 1 && fit == 1))
-            return mha__err(ctx, MHA_ERR_NOMEM,
-                            "%s: image: got %lld x %lld pixels, expected at most 16384 on a side "
-                            "(use a smaller opts.cell_px: %d fits)",
-                            F, (long long)ly.iw, (long long)ly.ih, fit);
-        return mha__err(ctx, MHA_ERR_NOMEM,
-                        "%s: image: got %lld x %lld pixels at 1 pixel per cell, expected at most "
-                        "16384 on a side (draw fewer heads or positions)",
-                        F, (long long)ly.iw, (long long)ly.ih);
+        return too_big;
     }
     uint8_t *img = mha__malloc((size_t)ly.iw * (size_t)ly.ih * 3);
     if (!img) {

@@ -2,7 +2,11 @@
  * core's forward (or backward) of one shape, the two libraries alternating round by round.
  *
  *     cc -O2 -Iinclude bench/ab_core.c -ldl -o ab_core
- *     ./ab_core LIB_A LIB_B B H N D [--causal] [--backward] [--bf16] [--rounds R]
+ *     ./ab_core LIB_A LIB_B B H N D [--causal] [--backward] [--bf16] [--rounds R] [--check]
+ *
+ * --check first runs each library once and compares their outputs byte for byte (out and lse;
+ * with --backward dq, dk and dv too), printing which differ: a change meant to keep the bits
+ * (a new blocking, a prefetch) is checked in the same command that times it.
  *
  * Each library is dlopen'ed on its own (RTLD_LOCAL: its calls stay within itself), with its own
  * context on 2 threads. A round times a batch of calls of A and a batch of B (the order
@@ -76,21 +80,65 @@ static int cmp_double(const void *a, const void *b) {
     return x < y ? -1 : x > y;
 }
 
+/* One call of the forward (and the backward) of library l on the tensors t (q, k, v, out, dout,
+ * dq, dk, dv) and lse; exits on an error. */
+static void run_once(const lib *l, const char *path, const mha_attn_params *p, const mha_mask *m,
+                     mha_tensor *t, mha_tensor *tl, int backward) {
+    mha_status st = l->fwd(l->ctx, p, &t[0], &t[1], &t[2], m, &t[3], tl, NULL);
+    if (!st && backward)
+        st = l->bwd(l->ctx, p, &t[0], &t[1], &t[2], m, &t[3], tl, &t[4], &t[5], &t[6], &t[7]);
+    if (st) {
+        fprintf(stderr, "ab_core: %s: %s\n", path, l->errmsg(l->ctx));
+        exit(2);
+    }
+}
+
+/* --check: the outputs of one call of each library, byte for byte (bytes: of each of out, dq,
+ * dk, dv). Prints the result; returns nonzero when they differ. */
+static int compare(const lib *L, char **argv, const mha_attn_params *p, const mha_mask *m,
+                   mha_tensor *t, mha_tensor *tl, size_t bytes, int backward) {
+    static const char *names[5] = {"out", "dq", "dk", "dv", "lse"};
+    const size_t lbytes = sizeof(float) * (size_t)(t[0].shape[0] * t[0].shape[1] * t[0].shape[2]);
+    void *ref[5] = {NULL};
+    const void *cur[5] = {t[3].data, t[5].data, t[6].data, t[7].data, tl->data};
+    int differ = 0, nout = backward ? 5 : 2;
+    run_once(&L[0], argv[1], p, m, t, tl, backward);
+    for (int i = 0; i < 5; i++) {
+        const size_t nb = i == 4 ? lbytes : bytes;
+        if (!(ref[i] = malloc(nb))) exit(2);
+        memcpy(ref[i], cur[i], nb);
+    }
+    run_once(&L[1], argv[2], p, m, t, tl, backward);
+    for (int j = 0; j < nout; j++) {
+        const int i = j == 1 && !backward ? 4 : j; /* forward: out and lse */
+        const size_t nb = i == 4 ? lbytes : bytes;
+        if (memcmp(ref[i], cur[i], nb)) {
+            printf("check: %s differs\n", names[i]);
+            differ = 1;
+        }
+    }
+    if (!differ)
+        printf("check: the same bytes (%s)\n", backward ? "out, lse, dq, dk, dv" : "out, lse");
+    for (int i = 0; i < 5; i++) free(ref[i]);
+    return differ;
+}
+
 #define MAX_CALLS 400
 #define MAX_ROUNDS 200
 
 int main(int argc, char **argv) {
     if (argc < 7) {
         fprintf(stderr, "usage: ab_core LIB_A LIB_B B H N D [--causal] [--backward] [--bf16] "
-                        "[--rounds R]\n");
+                        "[--rounds R] [--check]\n");
         return 1;
     }
     const int64_t B = atol(argv[3]), H = atol(argv[4]), N = atol(argv[5]), D = atol(argv[6]);
-    int causal = 0, backward = 0, bf16 = 0, rounds = 20;
+    int causal = 0, backward = 0, bf16 = 0, rounds = 20, check = 0;
     for (int i = 7; i < argc; i++) {
         if (!strcmp(argv[i], "--causal")) causal = 1;
         else if (!strcmp(argv[i], "--backward")) backward = 1;
         else if (!strcmp(argv[i], "--bf16")) bf16 = 1;
+        else if (!strcmp(argv[i], "--check")) check = 1;
         else if (!strcmp(argv[i], "--rounds") && i + 1 < argc) rounds = atoi(argv[++i]);
         else {
             fprintf(stderr, "ab_core: unknown option %s\n", argv[i]);
@@ -134,6 +182,8 @@ int main(int argc, char **argv) {
     const mha_attn_params p = params_default();
     mha_mask m = mask_default();
     if (causal) m.causal = MHA_CAUSAL_TOP_LEFT;
+
+    if (check && compare(L, argv, &p, &m, t, &tl, n * es, backward)) return 3;
 
     /* batches of about 20 ms at 200 GFLOP/s, 3 to MAX_CALLS calls */
     const double flops =

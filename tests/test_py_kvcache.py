@@ -232,6 +232,34 @@ def test_cache_leftpad_starts_each_sequence_later(opts):
                                     cache_leftpad=torch.tensor([0, 13], dtype=torch.int32))
 
 
+BATCH_IDX = torch.tensor([1, 0], dtype=torch.int32)
+PER_SEQUENCE = [  # what only the second sequence gets wrong, with cache_batch_idx or leftpad
+    (dict(cache_seqlens=torch.tensor([2, 8], dtype=torch.int32)),
+     "flash_attn_with_kvcache: cache_seqlens[1]: got 8, expected at most 7 (cache overflow: "
+     "8 + 3 new tokens exceed the cache's 10 rows)"),
+    (dict(cache_seqlens=torch.tensor([2, -1], dtype=torch.int32)),
+     "flash_attn_with_kvcache: cache_seqlens[1]: got -1, expected >= 0"),
+    (dict(cache_seqlens=2, alibi_slopes=torch.tensor([[.5, .5, .5, .5], [.5, .5, float("nan"),
+                                                                         .5]])),
+     "flash_attn_with_kvcache: alibi_slopes[1, 2]: got nan, expected a finite slope"),
+]
+
+
+@pytest.mark.parametrize("extra", [dict(cache_batch_idx=BATCH_IDX),
+                                   dict(cache_leftpad=torch.tensor([0, 0], dtype=torch.int32))],
+                         ids=["cache_batch_idx", "cache_leftpad"])
+@pytest.mark.parametrize("kw,msg", PER_SEQUENCE, ids=["overflow", "negative", "alibi"])
+def test_a_later_sequences_error_leaves_every_cache_untouched(extra, kw, msg):
+    # these options run one library call per sequence: the first sequence's new rows must not
+    # be appended when the second one fails, and the message names the second one
+    _, q, k_cache, v_cache, k, v = setup(2, 10, 4, 2, 8, 8, 1, 3, 11)
+    before = k_cache.clone(), v_cache.clone()
+    with pytest.raises(ValueError) as e:
+        mha.flash_attn_with_kvcache(q, k_cache, v_cache, k, v, **kw, **extra)
+    assert torch.equal(k_cache, before[0]) and torch.equal(v_cache, before[1])
+    assert msg in str(e.value), str(e.value)
+
+
 def rotary_ref(x, cos, sin, pos, interleaved):
     """FlashAttention's apply_rotary_emb in float64: x [B, T, H, D], positions pos [B, T]."""
     x = x.double()

@@ -365,6 +365,18 @@ def _no_copy(fn, name, t):
                          "cannot be copied)")
 
 
+def _check_cache_lengths(fn, lens, new, rows):
+    """0 <= lens[b] and lens[b] + new <= rows for each b, with the library's message."""
+    for b, n in enumerate(lens.tolist()):
+        if n < 0:
+            raise ArgumentError(f"{fn}: cache_seqlens[{b}]: got {n}, expected >= 0 (tokens in the "
+                                "cache)")
+        if n + new > rows:
+            raise ArgumentError(f"{fn}: cache_seqlens[{b}]: got {n}, expected at most {rows - new} "
+                                f"(cache overflow: {n} + {new} new tokens exceed the cache's "
+                                f"{rows} rows)")
+
+
 def _rotary(x, cos, sin, pos, interleaved):
     """x [B, T, H, D] with its first rotary_dim = 2 cos.shape[1] dimensions rotated by the
     angles of row pos[b, t] of cos, sin [seqlen_ro, rotary_dim / 2] (FlashAttention's
@@ -537,6 +549,11 @@ def flash_attn_with_kvcache(q, k_cache, v_cache, k=None, v=None, rotary_cos=None
     elif k_cache.shape[0] != B:
         raise ArgumentError(f"{fn}: k_cache: got shape {_shape(k_cache)}, expected batch {B} as q "
                          "(or pass cache_batch_idx)")
+    if rows is not None or cache_leftpad is not None:
+        # these run one call per sequence (below): what differs between sequences is checked
+        # before the first call appends, so that nothing is written when a later one would
+        # fail, and the message has the sequence's own index (each call sees a batch of one)
+        _check_cache_lengths(fn, lens, 0 if k is None else k.shape[1], k_cache.shape[1])
     starts = None
     if cache_leftpad is not None:
         starts = _int32_vector(fn, "cache_leftpad", cache_leftpad, f"[{B}] (batch)")
@@ -552,6 +569,13 @@ def flash_attn_with_kvcache(q, k_cache, v_cache, k=None, v=None, rotary_cos=None
             raise NotImplementedError(f"{fn}: cache_leftpad with rotary embeddings is not "
                                       "implemented")
     opts = _Options(fn, causal, window_size, alibi_slopes, B, H)
+    if (rows is not None or starts is not None) and opts.alibi is not None and \
+            opts.alibi.dim() == 2:  # each call below sees one row (see cache_seqlens above)
+        bad = (~torch.isfinite(opts.alibi)).nonzero()
+        if bad.numel():
+            b, h = bad[0].tolist()
+            raise ArgumentError(f"{fn}: alibi_slopes[{b}, {h}]: got {float(opts.alibi[b, h])}, "
+                                "expected a finite slope")
     params = _params(fn, 0.0, softmax_scale, softcap)
     if rotary_cos is not None or rotary_sin is not None:
         q, k = _kv_rotary(fn, rotary_cos, rotary_sin, q, k, lens, causal,

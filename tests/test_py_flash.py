@@ -381,3 +381,21 @@ def test_names_are_exported():
             "flash_attn_with_kvcache"} <= set(mha.__all__)
     from mha.flash import flash_attn_func
     assert mha.flash_attn_func is flash_attn_func
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+def test_no_query_rows_backward_of_a_sum(dtype):
+    # out.sum().backward() on an empty out hands the backward an expanded gradient whose
+    # strides are all 0 (contiguous for torch: it is empty): zero gradients for k and v
+    gen = torch.Generator().manual_seed(13)
+    q, k, v = (torch.randn(2, n, h, 8, generator=gen).to(dtype) for n, h in ((0, 4), (6, 2),
+                                                                            (6, 2)))
+    dense = [leaf(t) for t in (q, k, v)]
+    packed = [leaf(t.reshape(-1, t.shape[2], t.shape[3])) for t in (q, k, v)]
+    for name, ts, out in (
+            ("flash_attn_func", dense, lambda: mha.flash_attn_func(*dense, causal=True)),
+            ("flash_attn_varlen_func", packed,
+             lambda: mha.flash_attn_varlen_func(*packed, cu([0, 0]), cu([6, 6]), 0, 6))):
+        grads = torch.autograd.grad(out().sum(), ts)
+        for t, g in zip(ts, grads):
+            assert g.shape == t.shape and g.dtype == dtype and not g.any(), name

@@ -448,3 +448,16 @@ def test_zero_heads_give_the_empty_result_as_pytorch():
     q, k, v, g = (torch.randn(2, 0, n, d, generator=gen)
                   for n, d in ((3, 4), (5, 4), (5, 6), (3, 6)))
     assert compare(q, k, v, g).shape == (2, 0, 3, 6)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_no_query_rows_backward_of_a_sum_as_pytorch(dtype):
+    # out.sum().backward() on an empty out hands the backward an expanded gradient whose
+    # strides are all 0 (contiguous for torch: it is empty): zero gradients, as PyTorch's
+    gen = torch.Generator().manual_seed(52)
+    q, k, v = (torch.randn(2, 3, n, 8, generator=gen).to(dtype) for n in (0, 5, 5))
+    mine, ref = [leaf(t) for t in (q, k, v)], [leaf(t) for t in (q, k, v)]
+    got = torch.autograd.grad(sdpa(*mine).sum(), mine)
+    want = torch.autograd.grad(F.scaled_dot_product_attention(*ref).sum(), ref)
+    for name, a, b in zip("qkv", got, want):
+        assert a.shape == b.shape and a.dtype == dtype and torch.equal(a, b), name

@@ -61,7 +61,9 @@ def _require_cpu_f32(t, name, fn, what, why=F32_ONLY):
 
 def _innermost_contiguous(t):
     if t.dim() and t.stride(-1) != 1 and t.shape[-1] > 1:
-        return t.contiguous()
+        # an empty tensor counts as contiguous whatever its strides (contiguous() returns it
+        # as it is: the 0 strides of an empty loss's expanded gradient), the library does not
+        return t.contiguous() if t.numel() else torch.empty(t.shape, dtype=t.dtype)
     return t
 
 

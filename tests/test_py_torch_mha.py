@@ -455,6 +455,26 @@ def test_empty_batch_or_query(shape):
     assert x.grad.shape == x.shape
 
 
+@pytest.mark.parametrize("kw", [dict(), dict(kdim=5, vdim=7), dict(bias=False)], ids=str)
+@pytest.mark.parametrize("Lq,N", [(0, 2), (3, 0)], ids=["L 0", "batch 0"])
+def test_empty_query_gives_zero_gradients_to_key_value_and_every_parameter(kw, Lq, N):
+    # PyTorch's empty output still comes from key, value and the projections: each gets a zero
+    # gradient (torch.autograd.grad would raise for one not in the graph; .grad stays None)
+    torch.manual_seed(25)
+    layer = mha.MultiheadAttention(8, 2, **kw)
+    ref = nn.MultiheadAttention(8, 2, **kw)
+    ref.load_state_dict(layer.state_dict())
+    q = torch.randn(Lq, N, 8)
+    k, v = torch.randn(4, N, kw.get("kdim", 8)), torch.randn(4, N, kw.get("vdim", 8))
+    for module in (layer, ref):
+        inputs = [leaf(t) for t in (q, k, v)]
+        out, _ = module(*inputs)
+        names = ["query", "key", "value"] + [n for n, _ in module.named_parameters()]
+        got = torch.autograd.grad(out.sum(), inputs + list(module.parameters()))
+        for name, g, t in zip(names, got, inputs + list(module.parameters())):
+            assert g.shape == t.shape and not g.any(), f"{type(module).__module__}: {name}"
+
+
 # -- documented difference: a fully masked row ---------------------------------------------
 
 @pytest.mark.parametrize("how", ["key_padding_mask", "attn_mask"])

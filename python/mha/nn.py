@@ -184,7 +184,7 @@ class MultiheadAttention(nn.MultiheadAttention):
                           and not need_weights, batched, N, H, L, S, fn)
         names, ps = self._params()
         if N == 0 or L == 0:  # nothing to attend from: an empty output, as PyTorch's
-            out = F.linear(q, self.out_proj.weight, self.out_proj.bias)
+            out = self._empty_output(q, k, v)
             w = None if not need_weights else torch.zeros(
                 (N, L, S) if average_attn_weights else (N, H, L, S), dtype=q.dtype)
             if not batched and w is not None:
@@ -198,6 +198,21 @@ class MultiheadAttention(nn.MultiheadAttention):
         if seq_first:
             out = out.transpose(0, 1)
         return out, weights
+
+    def _empty_output(self, q, k, v):
+        """PyTorch's computation on no query rows (or no batch): an empty output that is still
+        a function of query, key, value and every parameter, so that each gets a zero gradient
+        (not None) as in PyTorch. k, v: None for self-attention."""
+        E, b = self.embed_dim, self.in_proj_bias
+        if self._qkv_same_embed_dim:
+            ws = self.in_proj_weight.split(E)
+        else:
+            ws = self.q_proj_weight, self.k_proj_weight, self.v_proj_weight
+        bs = b.split(E) if b is not None else (None,) * 3
+        qp, kp, vp = (F.linear(x, w, bias) for x, w, bias in
+                      zip((q, q if k is None else k, q if v is None else v), ws, bs))
+        heads = torch.matmul(torch.matmul(qp, kp.transpose(-2, -1)), vp)  # [N, L, E]: empty
+        return F.linear(heads, self.out_proj.weight, self.out_proj.bias)
 
     def _check_shapes(self, query, key, value, self_attn, batched, fn):
         """Sizes that must agree, named in the caller's layout (the library sees the [N, L, E]

@@ -518,7 +518,10 @@ MHA_API mha_status mha_attn_varlen_backward(mha_ctx *ctx, const mha_attn_params 
  * lse are untouched): MHA_ERR_SHAPE / MHA_ERR_INVALID_ARG naming the argument, e.g.
  * "mha_attn_kvcache: cache_seqlens[1]: got 30, expected at most 28 (cache overflow: 30 + 4 new
  * tokens exceed the cache's 32 rows)"; the caches and out, lse must not overlap each other, q,
- * k_new or v_new (MHA_ERR_INVALID_ARG); MHA_ERR_UNSUPPORTED for the masks above. A decoding
+ * k_new or v_new (MHA_ERR_INVALID_ARG), except that without new rows (Lnew = 0) the caches are
+ * only read, as q: they may then share memory with each other, with q or within themselves
+ * (k_cache = v_cache, a cache expand()ed over the batch); MHA_ERR_UNSUPPORTED for the masks
+ * above. A decoding
  * call allocates before writing (MHA_ERR_NOMEM: nothing written); a prefill may fail with
  * MHA_ERR_NOMEM after the new rows are in the cache. Memory: the chunks' partial results,
  * B * Hkv * ceil(max len / 512) * L * H / Hkv * (Dv + 2) floats, and the scaled queries,

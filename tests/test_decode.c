@@ -1545,6 +1545,51 @@ TEST(kvcache_zero_heads) {
     mha_ctx_free(ctx);
 }
 
+/* Without new rows the caches are only read, as q: they may share memory, one tensor as both
+ * k_cache and v_cache, a sequence's cache expand()ed over the batch (stride 0), and give the
+ * bits of distinct copies on both paths (decode, prefill); with new rows, still refused. */
+TEST(kvcache_read_only_caches_may_share_memory) {
+    enum {
+        B = 3,
+        H = 4,
+        HKV = 2,
+        D = 8,
+        SMAX = 40,
+        ONE = HKV * SMAX * D,
+        NQ = B * H * 24 * D
+    };
+    mha_ctx *ctx = new_ctx();
+    static float one[ONE], kf[B * ONE], vf[B * ONE], q[NQ], o1[NQ], o2[NQ];
+    for (int x = 0; x < ONE; x++) one[x] = frand();
+    for (int x = 0; x < NQ; x++) q[x] = frand();
+    for (int b = 0; b < B; b++)
+        memcpy(kf + b * ONE, one, sizeof one), memcpy(vf + b * ONE, one, sizeof one);
+    const int32_t lens[B] = {30, 25, 40};
+    int64_t cs[4] = {B, HKV, SMAX, D}, es[4] = {0, SMAX * D, D, 1};
+    mha_tensor tk = mha_tensor_make(kf, 4, cs), tv = mha_tensor_make(vf, 4, cs);
+    mha_tensor te = mha_tensor_strided(one, 4, cs, es); /* one[] over the batch */
+    mha_mask m = mha_mask_default();
+    m.causal = MHA_CAUSAL_BOTTOM_RIGHT;
+    for (int64_t L = 1; L <= 24; L += 23) {
+        int64_t qs[4] = {B, H, L, D};
+        mha_tensor tq = mha_tensor_make(q, 4, qs), t1 = mha_tensor_make(o1, 4, qs);
+        mha_tensor t2 = mha_tensor_make(o2, 4, qs);
+        ASSERT_OK(ctx, mha_attn_kvcache(ctx, NULL, &tq, &tk, &tv, NULL, NULL, lens, &m, &t1, NULL));
+        ASSERT_OK(ctx, mha_attn_kvcache(ctx, NULL, &tq, &te, &te, NULL, NULL, lens, &m, &t2, NULL));
+        ASSERT_TRUE(memcmp(o1, o2, sizeof(float) * (size_t)(B * H * L * D)) == 0);
+        ASSERT_OK(ctx, mha_attn_kvcache(ctx, NULL, &tq, &tk, &tk, NULL, NULL, lens, &m, &t2, NULL));
+        ASSERT_TRUE(memcmp(o1, o2, sizeof(float) * (size_t)(B * H * L * D)) == 0);
+    }
+    int64_t ns[4] = {B, HKV, 1, D}, qs[4] = {B, H, 1, D};
+    mha_tensor tn = mha_tensor_make(q, 4, ns), tq = mha_tensor_make(q, 4, qs);
+    mha_tensor t1 = mha_tensor_make(o1, 4, qs);
+    const int32_t room[B] = {1, 2, 3};
+    ASSERT_TRUE(mha_attn_kvcache(ctx, NULL, &tq, &tk, &tk, &tn, &tn, room, &m, &t1, NULL) ==
+                MHA_ERR_INVALID_ARG);
+    ASSERT_STR_CONTAINS(mha_ctx_errmsg(ctx), "v_cache overlaps k_cache");
+    mha_ctx_free(ctx);
+}
+
 int main(void) {
     RUN(decode_reference);
     RUN(decode_score_options);
@@ -1557,6 +1602,7 @@ int main(void) {
     RUN(bad_inputs_nothing_written);
     RUN(kv_cache_object);
     RUN(kvcache_zero_heads);
+    RUN(kvcache_read_only_caches_may_share_memory);
     RUN(kv_cache_create_errors);
     RUN(decode_nomem_nothing_written);
     RUN(kv_cache_object_2byte);

@@ -156,6 +156,22 @@ def test_a_cache_expanded_over_the_batch_is_refused():
     assert torch.equal(kb, k_cache[:1]) and torch.equal(vb, v_cache[:1])
 
 
+@pytest.mark.parametrize("Lq", [1, 24], ids=["decode", "prefill"])
+def test_without_new_tokens_the_caches_are_only_read(Lq):
+    # as in FlashAttention, caches that are not written may share memory: a prompt's cache
+    # expand()ed over the batch (beams, samples), one tensor as k_cache and v_cache
+    _, q, k_cache, v_cache, _, _ = setup(3, 40, 4, 2, 8, 8, Lq, 0, 12)
+    shared = k_cache[:1].clone()
+    lens = torch.tensor([30, 25, 40], dtype=torch.int32)
+    for kc, vc in ((shared.expand(3, -1, -1, -1), v_cache), (k_cache, k_cache),
+                   (shared.expand(3, -1, -1, -1), shared.expand(3, -1, -1, -1))):
+        before = kc.clone(), vc.clone()
+        out = mha.flash_attn_with_kvcache(q, kc, vc, cache_seqlens=lens, causal=True)
+        ref = attention_ref(q, before[0], before[1], causal=True, key_lengths=lens)
+        assert_close(out, ref[0], "out")
+        assert torch.equal(kc, before[0]) and torch.equal(vc, before[1])
+
+
 # -- FlashAttention 2's full signature ----------------------------------------------------------
 
 def test_positional_arguments_in_flash_attention_order():

@@ -442,8 +442,10 @@ def flash_attn_with_kvcache(q, k_cache, v_cache, k=None, v=None, rotary_cos=None
     k_cache : Tensor [batch_cache, seqlen_cache, nheads_k, headdim]
     v_cache : Tensor [batch_cache, seqlen_cache, nheads_k, headdim_v]
         Updated in place (rows cache_seqlens[b] .. cache_seqlens[b] + seqlen_new - 1 of the
-        cache of batch b); any strides with the innermost one 1 (never copied), but not a view
-        whose elements share memory (expand()). batch_cache is batch without cache_batch_idx.
+        cache of batch b); any strides with the innermost one 1 (never copied), but with new
+        tokens not a view whose elements share memory (expand()); without them the caches
+        are only read and may (k_cache = v_cache, a prompt's cache expand()ed over the batch).
+        batch_cache is batch without cache_batch_idx.
     k, v : Tensor [batch, seqlen_new, nheads_k, headdim(_v)], optional
         The new tokens' keys and values (both or neither).
     rotary_cos, rotary_sin : Tensor [seqlen_ro, rotary_dim / 2], optional

@@ -222,10 +222,19 @@ static mha_status kv_check(mha_ctx *ctx, const mha_attn_params *p, kv_call *c) {
         return st;
     c->scale = p->scale != 0 ? p->scale : (float)(1.0 / sqrt((double)c->D));
     c->softcap = p->softcap;
-    const mha__attn_arg ins[3] = {{"q", c->q}, {"k_new", c->k_new}, {"v_new", c->v_new}};
+    /* the caches are written only when there are new rows; without them they are read, as q:
+     * then they may share memory (k_cache = v_cache, a prefix expand()ed over the batch) */
+    const int written = c->Lnew > 0;
+    const mha__attn_arg ins[5] = {{"q", c->q},
+                                  {"k_new", c->k_new},
+                                  {"v_new", c->v_new},
+                                  {"k_cache", c->kc},
+                                  {"v_cache", c->vc}};
     const mha__attn_arg outs[4] = {
         {"k_cache", c->kc}, {"v_cache", c->vc}, {"out", c->out}, {"lse", c->lse}};
-    if ((st = mha__attn_check_aliases(ctx, fn, outs, 4, ins, 3))) return st;
+    if ((st = mha__attn_check_aliases(ctx, fn, written ? outs : outs + 2, written ? 4 : 2, ins,
+                                      written ? 3 : 5)))
+        return st;
     if (c->B * c->H * c->L == 0 || is_decode(c)) return MHA_OK;
     /* prefill: what the dense core would refuse, refused now (batch 0 stands for all) */
     mha__attn_problem pr;

@@ -107,6 +107,26 @@ def test_each_option_changes_the_result():
         assert not torch.allclose(mha.flash_attn_func(q, k, v, **kw), base), kw
 
 
+def test_softmax_scale_zero_makes_every_score_zero():
+    # FlashAttention's softmax_scale 0: uniform attention over the keys a row may see (ALiBi
+    # still added), q's gradient 0; the library's own scale 0 means its default, so the
+    # package must not pass it on as such
+    gen = torch.Generator().manual_seed(11)
+    q, k, v, g = (torch.randn(2, n, h, 8, generator=gen) for n, h in ((5, 4), (9, 2), (9, 2),
+                                                                       (5, 4)))
+    compare(q, k, v, g, causal=True, softmax_scale=0.0)
+    compare(q, k, v, g, window_size=(3, 1), softmax_scale=0, softcap=2.0,
+            alibi_slopes=torch.rand(4, generator=gen))
+    # varlen, the probabilities recomputed per sequence included
+    cu = torch.tensor([0, 5], dtype=torch.int32), torch.tensor([0, 9], dtype=torch.int32)
+    out, _, probs = mha.flash_attn_varlen_func(q[0], k[0], v[0], *cu, 5, 9, causal=True,
+                                               softmax_scale=0, return_attn_probs=True)
+    ref, _, probs_r = attention_ref(q[:1].double(), k[:1].double(), v[:1].double(), causal=True,
+                                    softmax_scale=0)
+    assert_close(out, ref[0], "varlen out")
+    assert_close(probs, probs_r, "varlen probs")
+
+
 def test_causal_is_bottom_right():
     # L < S: the last query row sees every key; L > S: the first L - S rows see none
     gen = torch.Generator().manual_seed(4)
@@ -318,8 +338,8 @@ BAD = [
      "mha_attn_forward: p->softcap: got -1, expected a finite value >= 0"),
     ("dropout_p", lambda: F(*_qkv(), dropout_p=1.5),
      "mha_attn_forward: p->dropout_p: got 1.5, expected a value in [0, 1]"),
-    ("softmax_scale", lambda: F(*_qkv(), softmax_scale=0),
-     "flash_attn_func: softmax_scale: got 0, expected a nonzero number"),
+    ("softmax_scale", lambda: F(*_qkv(), softmax_scale=float("inf")),
+     "flash_attn_func: softmax_scale: got inf, expected a finite number"),
     ("alibi shape", lambda: F(*_qkv(), alibi_slopes=torch.rand(3)),
      "flash_attn_func: alibi_slopes: got shape [3], expected [4] or [2, 4]"),
     ("alibi dtype", lambda: F(*_qkv(), alibi_slopes=torch.rand(4, dtype=torch.float64)),

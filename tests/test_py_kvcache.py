@@ -42,6 +42,7 @@ CASES = [  # B, Smax, H, Hkv, D, Dv, Lq, Lnew, lens, options
     (2, 50, 6, 3, 8, 8, 20, 20, [0, 30], dict(causal=True, alibi="BH", softmax_scale=0.4)),
     (2, 32, 2, 1, 16, 16, 4, 0, None, dict(causal=True)),
     (2, 32, 4, 2, 16, 16, 2, 2, 7, dict(window_size=(3, 1))),
+    (2, 40, 4, 2, 16, 16, 3, 1, [5, 17], dict(causal=True, alibi="H", softmax_scale=0.0)),
 ]
 
 

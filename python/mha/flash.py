@@ -25,6 +25,7 @@ Where mha differs:
     1 / (1 - dropout_p), 0 where dropped or masked), not FlashAttention's encoded S_dmask.
 """
 import ctypes
+import math
 import numbers
 
 import torch
@@ -45,19 +46,28 @@ _HEADS_SECOND = (0, 2, 1, 3)  # [B, H, L, D] views of [B, L, H, D] memory
 # Arguments
 # ------------------------------------------------------------------------------------------
 def _params(fn, dropout_p, softmax_scale, softcap):
-    """mha_attn_params (the library checks the values: dropout_p in [0, 1], softcap >= 0)."""
+    """mha_attn_params (the library checks the values: dropout_p in [0, 1], softcap >= 0).
+    softmax_scale 0 leaves the library's default (its 0): the caller zeroes q (_scaled_q)."""
     for name, x in (("dropout_p", dropout_p), ("softcap", softcap)):
         if isinstance(x, bool) or not isinstance(x, numbers.Real):
             raise ArgumentError(f"{fn}: {name}: got {x!r}, expected a number")
     scale = 0.0  # the library's default, 1/sqrt(headdim)
     if softmax_scale is not None:
         if isinstance(softmax_scale, bool) or not isinstance(softmax_scale, numbers.Real) or \
-                softmax_scale == 0:  # 0 would silently mean the default
-            raise ArgumentError(f"{fn}: softmax_scale: got {softmax_scale!r}, expected a nonzero "
-                             "number (or None: 1/sqrt(headdim))")
+                not math.isfinite(softmax_scale):
+            raise ArgumentError(f"{fn}: softmax_scale: got {softmax_scale!r}, expected a finite "
+                                "number (or None: 1/sqrt(headdim))")
         scale = float(softmax_scale)
     seed = T.dropout_seed() if dropout_p > 0 else 0
     return _lib.AttnParams(scale, float(dropout_p), seed, 0, float(softcap))
+
+
+def _scaled_q(q, softmax_scale):
+    """q as the library gets it: with softmax_scale 0, FlashAttention's every score is 0 (the
+    softmax uniform over the keys a row may see, before ALiBi), where the library's scale 0
+    means its default: q * 0 under the default gives those scores, and q a zero gradient (as
+    FlashAttention's dq = softmax_scale dS k)."""
+    return q * 0 if softmax_scale is not None and softmax_scale == 0 else q
 
 
 def _window(fn, window_size):
@@ -179,7 +189,8 @@ def flash_attn_func(q, k, v, dropout_p=0.0, softmax_scale=None, causal=False,
         Probability of dropping an attention weight (mha's Philox dropout, seeded from torch's
         generator).
     softmax_scale : float, optional
-        Default 1/sqrt(headdim).
+        Default 1/sqrt(headdim); 0 makes every score 0 (uniform attention before ALiBi), as in
+        FlashAttention.
     causal : bool
         Key j takes part in query row i only if j <= i + seqlen_k - seqlen_q (bottom-right).
     window_size : (int, int)
@@ -220,7 +231,7 @@ def flash_attn_func(q, k, v, dropout_p=0.0, softmax_scale=None, causal=False,
     opts = _Options(fn, causal, window_size, alibi_slopes, q.shape[0], q.shape[2])
     call = T.CoreCall(_params(fn, dropout_p, softmax_scale, softcap), opts.mask(),
                       weights=return_attn_probs, out_order=_HEADS_SECOND)
-    out = _run(call, *_heads_second(q, k, v)).transpose(1, 2)
+    out = _run(call, *_heads_second(_scaled_q(q, softmax_scale), k, v)).transpose(1, 2)
     if not return_attn_probs:
         return out
     return out, call.lse, call.weights.to(q.dtype)
@@ -340,7 +351,8 @@ def flash_attn_varlen_func(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, ma
     opts = _Options(fn, causal, window_size, alibi_slopes, batch, q.shape[1])
     params = _params(fn, dropout_p, softmax_scale, softcap)
     call = VarlenCall(params, opts.mask(), cq, ck)
-    out = _run(call, q, k, v)
+    qs = _scaled_q(q, softmax_scale)
+    out = _run(call, qs, k, v)
     if not return_attn_probs:
         return out
     probs = torch.zeros((batch, q.shape[1], max_seqlen_q, max_seqlen_k), dtype=T._F32)
@@ -349,7 +361,7 @@ def flash_attn_varlen_func(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, ma
             i0, i1, j0, j1 = int(cq[s]), int(cq[s + 1]), int(ck[s]), int(ck[s + 1])
             one = T.CoreCall(params, opts.mask(s), weights=True)
             one.forward(*(t[a:b].transpose(0, 1)[None] for t, a, b in
-                          ((q, i0, i1), (k, j0, j1), (v, j0, j1))))
+                          ((qs, i0, i1), (k, j0, j1), (v, j0, j1))))
             probs[s, :, :i1 - i0, :j1 - j0] = one.weights[0]
     return out, call.lse, probs.to(q.dtype)
 
@@ -584,7 +596,7 @@ def flash_attn_with_kvcache(q, k_cache, v_cache, k=None, v=None, rotary_cos=None
                           tuple(window_size), rotary_interleaved)
     out = torch.empty_permuted((B, H, L, v_cache.shape[3]), _HEADS_SECOND, dtype=q.dtype)
     lse = torch.empty((B, H, L), dtype=torch.float32) if return_softmax_lse else None
-    tq, tkc, tvc, tk, tv = _heads_second(q, k_cache, v_cache, k, v)
+    tq, tkc, tvc, tk, tv = _heads_second(_scaled_q(q, softmax_scale), k_cache, v_cache, k, v)
 
     def call(b0, b1, kc, vc, ln, mask):
         c = _lib.ctx()

@@ -127,6 +127,15 @@ def test_softmax_scale_zero_makes_every_score_zero():
     assert_close(probs, probs_r, "varlen probs")
 
 
+def test_a_negative_window_side_is_unbounded_as_flashattention():
+    # FlashAttention takes any negative side of window_size as unbounded, not only -1
+    gen = torch.Generator().manual_seed(12)
+    q, k, v = (torch.randn(1, 9, 2, 8, generator=gen) for _ in range(3))
+    for w, same in (((-2, 0), (-1, 0)), ((3, -5), (3, -1)), ((-7, -3), (-1, -1))):
+        assert torch.equal(mha.flash_attn_func(q, k, v, window_size=w),
+                           mha.flash_attn_func(q, k, v, window_size=same)), w
+
+
 def test_causal_is_bottom_right():
     # L < S: the last query row sees every key; L > S: the first L - S rows see none
     gen = torch.Generator().manual_seed(4)
@@ -332,12 +341,14 @@ BAD = [
      "flash_attn_func: v: got shape [2, 5, 2, 8], expected [2, 6, 2, ?]"),
     ("window type", lambda: F(*_qkv(), window_size=(1,)),
      "flash_attn_func: window_size: got (1,), expected (left, right), two ints"),
-    ("window bound", lambda: F(*_qkv(), window_size=(-2, 0)),
-     "mha_attn_forward: mask->window_left: got -2, expected >= -1 (-1: unbounded)"),
     ("softcap", lambda: F(*_qkv(), softcap=-1.0),
-     "mha_attn_forward: p->softcap: got -1, expected a finite value >= 0"),
+     "flash_attn_func: softcap: got -1.0, expected a finite number >= 0 (0: none)"),
+    ("softcap inf", lambda: F(*_qkv(), softcap=float("inf")),
+     "flash_attn_func: softcap: got inf, expected a finite number >= 0 (0: none)"),
     ("dropout_p", lambda: F(*_qkv(), dropout_p=1.5),
-     "mha_attn_forward: p->dropout_p: got 1.5, expected a value in [0, 1]"),
+     "flash_attn_func: dropout_p: got 1.5, expected a value in [0, 1]"),
+    ("varlen dropout_p", lambda: _varlen(*_packed(), dropout_p=-0.1),
+     "flash_attn_varlen_func: dropout_p: got -0.1, expected a value in [0, 1]"),
     ("softmax_scale", lambda: F(*_qkv(), softmax_scale=float("inf")),
      "flash_attn_func: softmax_scale: got inf, expected a finite number"),
     ("alibi shape", lambda: F(*_qkv(), alibi_slopes=torch.rand(3)),
@@ -345,7 +356,10 @@ BAD = [
     ("alibi dtype", lambda: F(*_qkv(), alibi_slopes=torch.rand(4, dtype=torch.float64)),
      "flash_attn_func: alibi_slopes.dtype: got torch.float64, expected torch.float32"),
     ("alibi nan", lambda: F(*_qkv(), alibi_slopes=torch.tensor([0.5, float("nan"), 0, 0])),
-     "mha_attn_forward: mask->alibi_slopes[1]: got nan, expected a finite slope"),
+     "flash_attn_func: alibi_slopes[1]: got nan, expected a finite slope"),
+    ("alibi inf batched", lambda: _varlen(*_packed(), alibi_slopes=torch.tensor(
+        [[0.5] * 4, [0.5] * 4, [0, 0, float("-inf"), 0]])),
+     "flash_attn_varlen_func: alibi_slopes[2, 2]: got -inf, expected a finite slope"),
     ("cu dtype", lambda: _varlen(*_packed(), cq=torch.tensor([0, 3, 5, 8])),
      "flash_attn_varlen_func: cu_seqlens_q.dtype: got torch.int64, expected torch.int32"),
     ("cu past total", lambda: _varlen(*_packed(), cq=(0, 3, 5, 10)),

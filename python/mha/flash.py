@@ -51,6 +51,11 @@ def _params(fn, dropout_p, softmax_scale, softcap):
     for name, x in (("dropout_p", dropout_p), ("softcap", softcap)):
         if isinstance(x, bool) or not isinstance(x, numbers.Real):
             raise ArgumentError(f"{fn}: {name}: got {x!r}, expected a number")
+    if not 0 <= dropout_p <= 1:
+        raise ArgumentError(f"{fn}: dropout_p: got {dropout_p!r}, expected a value in [0, 1]")
+    if not (math.isfinite(softcap) and softcap >= 0):
+        raise ArgumentError(f"{fn}: softcap: got {softcap!r}, expected a finite number >= 0 (0: "
+                            "none)")
     scale = 0.0  # the library's default, 1/sqrt(headdim)
     if softmax_scale is not None:
         if isinstance(softmax_scale, bool) or not isinstance(softmax_scale, numbers.Real) or \
@@ -81,7 +86,9 @@ def _window(fn, window_size):
     if not ok:
         raise ArgumentError(f"{fn}: window_size: got {window_size!r}, expected (left, right), two "
                          "ints (-1: unbounded)")
-    return None if (left, right) == (-1, -1) else (int(left), int(right))
+    # any negative side is unbounded, as FlashAttention takes it
+    left, right = max(int(left), -1), max(int(right), -1)
+    return None if (left, right) == (-1, -1) else (left, right)
 
 
 def _alibi(fn, slopes, batch, H):
@@ -95,6 +102,11 @@ def _alibi(fn, slopes, batch, H):
     if tuple(slopes.shape) not in ((H,), (batch, H)):
         raise ArgumentError(f"{fn}: alibi_slopes: got shape {_shape(slopes)}, expected [{H}] or "
                          f"[{batch}, {H}] ([nheads] or [batch, nheads])")
+    bad = (~torch.isfinite(slopes.detach())).nonzero()
+    if bad.numel():
+        at = ", ".join(str(i) for i in bad[0].tolist())
+        raise ArgumentError(f"{fn}: alibi_slopes[{at}]: got {float(slopes[tuple(bad[0])])}, "
+                            "expected a finite slope")
     return slopes.detach().contiguous()
 
 
@@ -194,7 +206,8 @@ def flash_attn_func(q, k, v, dropout_p=0.0, softmax_scale=None, causal=False,
     causal : bool
         Key j takes part in query row i only if j <= i + seqlen_k - seqlen_q (bottom-right).
     window_size : (int, int)
-        (left, right): keys i + seqlen_k - seqlen_q - left <= j <= ... + right; -1: unbounded.
+        (left, right): keys i + seqlen_k - seqlen_q - left <= j <= ... + right; -1 (any
+        negative, as FlashAttention): unbounded.
     softcap : float
         > 0: scores -> softcap * tanh(scores / softcap) (after the scale).
     alibi_slopes : Tensor [nheads] or [batch, nheads], float32, optional
@@ -583,13 +596,6 @@ def flash_attn_with_kvcache(q, k_cache, v_cache, k=None, v=None, rotary_cos=None
             raise NotImplementedError(f"{fn}: cache_leftpad with rotary embeddings is not "
                                       "implemented")
     opts = _Options(fn, causal, window_size, alibi_slopes, B, H)
-    if (rows is not None or starts is not None) and opts.alibi is not None and \
-            opts.alibi.dim() == 2:  # each call below sees one row (see cache_seqlens above)
-        bad = (~torch.isfinite(opts.alibi)).nonzero()
-        if bad.numel():
-            b, h = bad[0].tolist()
-            raise ArgumentError(f"{fn}: alibi_slopes[{b}, {h}]: got {float(opts.alibi[b, h])}, "
-                                "expected a finite slope")
     params = _params(fn, 0.0, softmax_scale, softcap)
     if rotary_cos is not None or rotary_sin is not None:
         q, k = _kv_rotary(fn, rotary_cos, rotary_sin, q, k, lens, causal,

@@ -436,6 +436,32 @@ def test_grouped_query_attention_heads_that_do_not_divide():
             sdpa(q, k, v, enable_gqa=True)
 
 
+@pytest.mark.parametrize("shapes", [
+    ((2, 4, 5, 8), (1, 4, 7, 8), (1, 4, 7, 6), False),   # one key/value batch for every query's
+    ((1, 4, 5, 8), (3, 4, 7, 8), (3, 1, 7, 6), False),   # query batch 1, value heads 1
+    ((3, 8, 5, 8), (1, 2, 7, 8), (1, 2, 7, 8), True),    # with GQA: the batch broadcasts
+    ((4, 5, 8), (2, 1, 4, 7, 8), (2, 1, 4, 7, 8), False),  # different numbers of dimensions
+    ((5, 8), (2, 7, 8), (7, 8), False),
+], ids=lambda s: "-".join("x".join(map(str, t)) for t in s[:3]) + ("-gqa" if s[3] else ""))
+def test_leading_dimensions_broadcast_as_pytorch(shapes):
+    qs, ks, vs, gqa = shapes
+    gen = torch.Generator().manual_seed(61)
+    q, k, v = (torch.randn(s, generator=gen) for s in (qs, ks, vs))
+    out_shape = F.scaled_dot_product_attention(q, k, v, enable_gqa=gqa).shape
+    g = torch.randn(out_shape, generator=gen)
+    assert compare(q, k, v, g, is_causal=True, enable_gqa=gqa).shape == out_shape
+
+
+def test_leading_dimensions_that_do_not_broadcast():
+    q, k = torch.randn(2, 4, 5, 8), torch.randn(3, 4, 7, 8)
+    with pytest.raises(RuntimeError):
+        F.scaled_dot_product_attention(q, k, k)
+    with pytest.raises(ValueError, match=r"query, key, value: got shapes \[2, 4, 5, 8\], "
+                       r"\[3, 4, 7, 8\], \[3, 4, 7, 8\], expected leading dimensions "
+                       r"\(before L, E\) that broadcast"):
+        sdpa(q, k, k)
+
+
 def test_enable_gqa_needs_three_dimensions_as_pytorch():
     x = torch.randn(3, 4)
     for f in (F.scaled_dot_product_attention, sdpa):

@@ -24,8 +24,9 @@ def scaled_dot_product_attention(query, key, value, attn_mask=None, dropout_p=0.
     Parameters
     ----------
     query : Tensor [..., L, E]          e.g. [batch, heads, L, E]
-    key : Tensor [..., S, E]            the same leading dimensions as query
-    value : Tensor [..., S, Ev]
+    key : Tensor [..., S, E]            leading dimensions that broadcast with query's
+    value : Tensor [..., S, Ev]         (e.g. one key/value batch for every query; with
+                                        enable_gqa the heads apart), as PyTorch's
         float32, bfloat16 or float16, all three the same dtype (RuntimeError otherwise, as
         PyTorch). bfloat16 / float16: the products are accumulated, and softmax computed, in
         float32 on the exact values; the output is rounded to the dtype once (to nearest
@@ -78,14 +79,15 @@ def scaled_dot_product_attention(query, key, value, attn_mask=None, dropout_p=0.
     fn = "mha.functional.scaled_dot_product_attention"
     q, k, v = T.as_core_inputs(fn, ("query", "key", "value"), (query, key, value))
     _check_mask_dtype(attn_mask, q.dtype, fn)
-    if q.dim() < 2 or k.dim() != q.dim() or v.dim() != q.dim():
+    if min(q.dim(), k.dim(), v.dim()) < 2:
         raise ArgumentError(f"{fn}: query, key, value: got shapes {_shape(q)}, {_shape(k)}, "
-                         f"{_shape(v)}, expected [..., L, E], [..., S, E], [..., S, Ev] with the "
-                         "same number of dimensions (at least 2)")
-    if enable_gqa and q.dim() < 3:
+                         f"{_shape(v)}, expected [..., L, E], [..., S, E], [..., S, Ev] (at least "
+                         "2 dimensions)")
+    if enable_gqa and min(q.dim(), k.dim(), v.dim()) < 3:
         raise IndexError(f"{fn}: enable_gqa=True: got {q.dim()}-D query, key, value, expected "
                          "at least 3 dimensions [..., heads, L, E] (PyTorch 2.13 reads their "
                          "size(-3) and raises IndexError)")
+    q, k, v = _broadcast(fn, q, k, v, enable_gqa)
     lead = tuple(q.shape[:-2])
     # enable_gqa: key and value may each have fewer heads (dim -3) than query, a divisor of its
     # number (not necessarily the same one, as in PyTorch)
@@ -95,9 +97,9 @@ def scaled_dot_product_attention(query, key, value, attn_mask=None, dropout_p=0.
     if tuple(k.shape[:-2]) != klead or tuple(v.shape[:-2]) != vlead or gqa and any(
             h[-1] < 1 or lead[-1] % h[-1] != 0 for h in (klead, vlead)):
         raise ArgumentError(f"{fn}: key, value: got shapes {_shape(k)}, {_shape(v)}, expected the "
-                         f"leading dimensions of query {_shape(q)} (broadcasting them is not "
-                         "supported" + ("; with enable_gqa=True, key and value heads (dim -3) "
-                                        "each dividing the query's" if enable_gqa else "") + ")")
+                         f"leading dimensions of query {_shape(q)}" +
+                         (" (with enable_gqa=True, key and value heads (dim -3) each dividing the "
+                          "query's)" if enable_gqa else ""))
     L, E, S, Ev = q.shape[-2], q.shape[-1], k.shape[-2], v.shape[-1]
     if k.shape[-1] != E or v.shape[-2] != S:
         raise ArgumentError(f"{fn}: key, value: got shapes {_shape(k)}, {_shape(v)}, expected "
@@ -142,6 +144,22 @@ def scaled_dot_product_attention(query, key, value, attn_mask=None, dropout_p=0.
     else:
         out, _ = call.forward(q4, k4, v4)
     return out.reshape(lead + (L, Ev)) if nd != 4 else out
+
+
+def _broadcast(fn, q, k, v, gqa):
+    """query, key and value with their leading dimensions broadcast against each other, as
+    PyTorch's matmuls broadcast them (a key and value of batch 1 for every query sequence,
+    say): expanded views, whose gradients autograd sums back. With enable_gqa (gqa) the heads
+    (dim -3) stay each tensor's own: the dimensions before them broadcast."""
+    keep = 3 if gqa else 2
+    try:
+        lead = torch.broadcast_shapes(*(tuple(t.shape[:-keep]) for t in (q, k, v)))
+    except RuntimeError:
+        raise ArgumentError(f"{fn}: query, key, value: got shapes {_shape(q)}, {_shape(k)}, "
+                            f"{_shape(v)}, expected leading dimensions (before "
+                            f"{'heads, ' if gqa else ''}L, E) that broadcast") from None
+    return (t if tuple(t.shape[:-keep]) == tuple(lead) else
+            t.expand(tuple(lead) + tuple(t.shape[-keep:])) for t in (q, k, v))
 
 
 def _check_mask_dtype(m, dtype, fn):

@@ -1035,6 +1035,74 @@ TEST(kv_cache_create_errors) {
     mha_ctx_free(ctx);
 }
 
+/* mha_kv_cache_attend's caller passes q, k_new and v_new, not the cache's views: a tensor that
+ * does not fit the cache is named, with what the cache has ("q.dtype: got float32, expected
+ * bfloat16 (the cache's dtype)"), never as a k_cache or v_cache the caller did not pass; nothing
+ * is written (out, the cache's rows and lengths). */
+TEST(kv_cache_errors_name_the_callers_tensor) {
+    const int64_t B = 1, H = 4, G = 2, D = 4, Dv = 6, cap = 8;
+    mha_ctx *ctx = new_ctx();
+    mha_kv_cache *c;
+    ASSERT_OK(ctx, mha_kv_cache_create(ctx, B, cap, G, D, Dv, MHA_DTYPE_BF16, &c));
+    mha_tensor kv, vv;
+    ASSERT_OK(ctx, mha_kv_cache_views(ctx, c, &kv, &vv));
+    uint16_t q[64], kn[64], vn[64], out[64], kc0[B * G * cap * D], vc0[B * G * cap * Dv];
+    for (int i = 0; i < 64; i++) q[i] = kn[i] = vn[i] = to_half(MHA_DTYPE_BF16, frand());
+    memcpy(kc0, kv.ptr, sizeof kc0), memcpy(vc0, vv.ptr, sizeof vc0);
+    for (int k = 0;; k++) {
+        int64_t sq[4] = {B, H, 1, D}, sn[4] = {B, G, 1, D}, snv[4] = {B, G, 1, Dv};
+        int64_t so[4] = {B, H, 1, Dv};
+        mha_dtype dq = MHA_DTYPE_BF16, dn = MHA_DTYPE_BF16, dv = MHA_DTYPE_BF16;
+        const char *want;
+        mha_status wst = MHA_ERR_SHAPE;
+        switch (k) {
+        case 0:
+            dq = dn = dv = MHA_DTYPE_F16, wst = MHA_ERR_UNSUPPORTED;
+            want = "q.dtype: got float16, expected bfloat16 (the cache's dtype)";
+            break;
+        case 1:
+            dn = MHA_DTYPE_F16, wst = MHA_ERR_UNSUPPORTED;
+            want = "k_new.dtype: got float16, expected bfloat16 (the cache's dtype)";
+            break;
+        case 2:
+            sq[3] = 8, sn[3] = 8;
+            want = "q.shape[3]: got 8, expected 4 (the cache's head_dim)";
+            break;
+        case 3:
+            sq[1] = 3, so[1] = 3;
+            want = "q.shape[1]: got 3, expected a multiple of the cache's 2 kv_heads";
+            break;
+        case 4: sn[1] = 1, want = "k_new.shape[1]: got 1, expected 2 (the cache's kv_heads)"; break;
+        case 5: sn[3] = 5, want = "k_new.shape[3]: got 5, expected 4 (the cache's head_dim)"; break;
+        case 6:
+            snv[3] = 4, so[3] = 4;
+            want = "v_new.shape[3]: got 4, expected 6 (the cache's head_dim_v)";
+            break;
+        case 7: sn[0] = 2, want = "k_new.shape[0]: got 2, expected 1 (the cache's batch)"; break;
+        default: want = NULL; break;
+        }
+        if (!want) break;
+        mha_tensor tq = mha_tensor_typed(q, dq, 4, sq, NULL);
+        mha_tensor tkn = mha_tensor_typed(kn, dn, 4, sn, NULL);
+        mha_tensor tvn = mha_tensor_typed(vn, dv, 4, snv, NULL);
+        mha_tensor to = mha_tensor_typed(out, dq, 4, so, NULL);
+        for (int i = 0; i < 64; i++) out[i] = 0x7777;
+        mha_status st = mha_kv_cache_attend(ctx, NULL, c, &tq, &tkn, &tvn, NULL, &to, NULL);
+        if (st != wst) {
+            FAILF("case %d: got %s (%s), expected %s", k, mha_status_str(st), mha_ctx_errmsg(ctx),
+                  mha_status_str(wst));
+            break;
+        }
+        ASSERT_STR_CONTAINS(mha_ctx_errmsg(ctx), "mha_kv_cache_attend: ");
+        ASSERT_STR_CONTAINS(mha_ctx_errmsg(ctx), want);
+        ASSERT_EQ(mha_kv_cache_length(c, 0), 0);
+        ASSERT_TRUE(!memcmp(kc0, kv.ptr, sizeof kc0) && !memcmp(vc0, vv.ptr, sizeof vc0));
+        for (int i = 0; i < 64; i++) ASSERT_EQ(out[i], 0x7777);
+    }
+    mha_kv_cache_free(c);
+    mha_ctx_free(ctx);
+}
+
 /* A decode call whose workspace (one allocation) cannot be allocated writes nothing either, in
  * every dtype. */
 TEST(decode_nomem_nothing_written) {
@@ -1606,6 +1674,7 @@ int main(void) {
     RUN(kv_cache_create_errors);
     RUN(decode_nomem_nothing_written);
     RUN(kv_cache_object_2byte);
+    RUN(kv_cache_errors_name_the_callers_tensor);
     RUN(module_cached_matches_full_forward);
     RUN(module_cached_projects_new_tokens_only);
     return harness_report();

@@ -116,18 +116,52 @@ mha_status mha_kv_cache_views(mha_ctx *ctx, mha_kv_cache *c, mha_tensor *k, mha_
     return MHA_OK;
 }
 
+/* t (q, k_new or v_new: [B, X, R, Y]) against the cache: its dtype, batch, heads (heads_div:
+ * a multiple of the cache's kv_heads, for q's grouped query heads; else equal) and last
+ * dimension Y (the cache's y_name). Only a 4-d view is looked at: NULL, other ranks and bad
+ * strides are mha__attn_kvcache's to report. */
+static mha_status check_fits(mha_ctx *ctx, const char *fn, const mha_kv_cache *c, const char *name,
+                             const mha_tensor *t, int heads_div, int64_t Y, const char *y_name) {
+    if (!t || t->ndim != 4) return MHA_OK;
+    if (t->dtype != c->dtype)
+        return mha__err(ctx, MHA_ERR_UNSUPPORTED,
+                        "%s: %s.dtype: got %s, expected %s (the cache's dtype)", fn, name,
+                        mha_dtype_name(t->dtype), mha_dtype_name(c->dtype));
+    if (t->shape[0] != c->B)
+        return mha__err(ctx, MHA_ERR_SHAPE,
+                        "%s: %s.shape[0]: got %lld, expected %lld (the cache's batch)", fn, name,
+                        (long long)t->shape[0], (long long)c->B);
+    const int64_t h = t->shape[1];
+    if (heads_div && h > 0 && h % c->Hkv != 0) /* no query head (h = 0): an empty call */
+        return mha__err(ctx, MHA_ERR_SHAPE,
+                        "%s: %s.shape[1]: got %lld, expected a multiple of the cache's %lld "
+                        "kv_heads (grouped-query attention: query head h uses key/value head "
+                        "h / (H / Hkv))",
+                        fn, name, (long long)h, (long long)c->Hkv);
+    if (!heads_div && h != c->Hkv)
+        return mha__err(ctx, MHA_ERR_SHAPE,
+                        "%s: %s.shape[1]: got %lld, expected %lld (the cache's kv_heads)", fn, name,
+                        (long long)h, (long long)c->Hkv);
+    if (t->shape[3] != Y)
+        return mha__err(ctx, MHA_ERR_SHAPE, "%s: %s.shape[3]: got %lld, expected %lld (%s)", fn,
+                        name, (long long)t->shape[3], (long long)Y, y_name);
+    return MHA_OK;
+}
+
 mha_status mha__kv_cache_attend(mha_ctx *ctx, const char *fn, const mha_attn_params *p,
                                 mha_kv_cache *c, const mha_tensor *q, const mha_tensor *k_new,
                                 const mha_tensor *v_new, const mha_mask *mask, mha_tensor *out,
                                 mha_tensor *lse) {
     mha__clear(ctx);
     if (!c) return mha__err(ctx, MHA_ERR_INVALID_ARG, "%s: c: got NULL, expected a cache", fn);
-    /* in the cache's words what mha__attn_kvcache would name k_cache and cache_seqlens, which
-     * this caller never passed (the shapes themselves are checked there) */
-    if (q && q->ndim == 4 && q->shape[0] != c->B)
-        return mha__err(ctx, MHA_ERR_SHAPE,
-                        "%s: q.shape[0]: got %lld, expected %lld (the cache's batch)", fn,
-                        (long long)q->shape[0], (long long)c->B);
+    /* what mha__attn_kvcache would report against k_cache, v_cache and cache_seqlens, which
+     * this caller never passed, reported against the caller's tensors in the cache's words
+     * (the rest is checked there) */
+    mha_status st;
+    if ((st = check_fits(ctx, fn, c, "q", q, 1, c->D, "the cache's head_dim")) ||
+        (st = check_fits(ctx, fn, c, "k_new", k_new, 0, c->D, "the cache's head_dim")) ||
+        (st = check_fits(ctx, fn, c, "v_new", v_new, 0, c->Dv, "the cache's head_dim_v")))
+        return st;
     const int64_t Lnew = k_new && k_new->ndim == 4 ? k_new->shape[2] : 0;
     for (int64_t b = 0; b < c->B && Lnew > 0; b++)
         if (c->len[b] + Lnew > c->cap)
@@ -138,8 +172,7 @@ mha_status mha__kv_cache_attend(mha_ctx *ctx, const char *fn, const mha_attn_par
                             fn, (long long)b, (long long)c->len[b], (long long)c->cap,
                             (long long)Lnew);
     mha_tensor kc = cache_view(c, c->k, c->D), vc = cache_view(c, c->v, c->Dv);
-    mha_status st =
-        mha__attn_kvcache(ctx, fn, p, q, &kc, &vc, k_new, v_new, c->len, mask, out, lse);
+    st = mha__attn_kvcache(ctx, fn, p, q, &kc, &vc, k_new, v_new, c->len, mask, out, lse);
     if (st || !k_new) return st;
     for (int64_t b = 0; b < c->B; b++) c->len[b] += (int32_t)k_new->shape[2];
     return MHA_OK;

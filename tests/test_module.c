@@ -1368,6 +1368,49 @@ TEST(forward_backward_validation) {
     mha_ctx_free(ctx);
 }
 
+/* Bad ALiBi slopes (not finite, or alibi_batched neither 0 nor 1) are refused by the forward's
+ * checks, naming mha_module_forward, before anything changes: out is not written and the
+ * previous forward's saved state is kept (its backward gives the same gradients). */
+TEST(bad_alibi_refused_before_anything_changes) {
+    mha_ctx *ctx;
+    ASSERT_OK(ctx, mha_ctx_create(&ctx));
+    mha_config cfg = mha_config_default(8, 2);
+    mha_module *m;
+    ASSERT_OK(ctx, mha_module_create(ctx, &cfg, &m));
+    float x[48], y[48], y2[48], dy[48], dx1[48], dx2[48];
+    for (int i = 0; i < 48; i++) x[i] = (float)sin(i), dy[i] = (float)cos(3 * i);
+    int64_t sx[3] = {2, 3, 8};
+    mha_tensor tx = mha_tensor_make(x, 3, sx), ty = mha_tensor_make(y, 3, sx);
+    mha_tensor ty2 = mha_tensor_make(y2, 3, sx), tdy = mha_tensor_make(dy, 3, sx);
+    mha_tensor tdx1 = mha_tensor_make(dx1, 3, sx), tdx2 = mha_tensor_make(dx2, 3, sx);
+    ASSERT_OK(ctx, mha_module_forward(ctx, m, NULL, &tx, NULL, NULL, NULL, &ty, NULL));
+    ASSERT_OK(ctx, mha_module_backward(ctx, m, &tdy, &tdx1, NULL, NULL));
+    float nan_slopes[2] = {0.5f, NAN}, slopes[4] = {0.5f, 0.25f, 0.5f, 0.25f};
+    for (int k = 0; k < 3; k++) {
+        mha_mask mk = mha_mask_default();
+        const char *want;
+        if (k == 0) {
+            mk.alibi_slopes = nan_slopes;
+            want = "mha_module_forward: mask->alibi_slopes[1]: got nan, expected a finite slope";
+        } else if (k == 1) {
+            mk.alibi_slopes = slopes, mk.alibi_batched = 5;
+            want = "mha_module_forward: mask->alibi_batched: got 5, expected 0";
+        } else {
+            slopes[3] = INFINITY, mk.alibi_slopes = slopes, mk.alibi_batched = 1;
+            want = "mha_module_forward: mask->alibi_slopes[3]: got inf";
+        }
+        for (int i = 0; i < 48; i++) y2[i] = 7.0f;
+        EXPECT_ERR(mha_module_forward(ctx, m, NULL, &tx, NULL, NULL, &mk, &ty2, NULL),
+                   MHA_ERR_INVALID_ARG, want);
+        for (int i = 0; i < 48; i++) ASSERT_TRUE(y2[i] == 7.0f);
+        /* the first forward is still the one to differentiate */
+        ASSERT_OK(ctx, mha_module_backward(ctx, m, &tdy, &tdx2, NULL, NULL));
+        ASSERT_TRUE(memcmp(dx1, dx2, sizeof dx1) == 0);
+    }
+    mha_module_free(m);
+    mha_ctx_free(ctx);
+}
+
 /* The inputs may be freed (here: overwritten) after the forward: the backward uses copies. */
 TEST(backward_uses_saved_copies) {
     mha_ctx *ctx;
@@ -1825,6 +1868,7 @@ int main(void) {
     RUN(load_refuses_bias_kv_and_half_biases);
     RUN(create_validation);
     RUN(forward_backward_validation);
+    RUN(bad_alibi_refused_before_anything_changes);
     RUN(backward_uses_saved_copies);
     RUN(allocation_failures_are_clean);
     RUN(backward_allocation_failure_writes_no_input_gradient);

@@ -608,7 +608,9 @@ static mha_status fwd_check_outputs(mha_ctx *ctx, const mha_module *m, const fwd
                                     "[B, H, L, S], per head")))
             return st;
     }
-    if ((st = mha__attn_check_mask(ctx, FN_FWD, c->mask, B, S))) return st;
+    if ((st = mha__attn_check_mask(ctx, FN_FWD, c->mask, B, S)) ||
+        (st = mha__attn_check_alibi(ctx, FN_FWD, c->mask, B, H)))
+        return st;
     const mha__attn_arg in[3] = {{"query", c->query}, {"key", c->key}, {"value", c->value}};
     const mha__attn_arg out[2] = {{"out", c->out}, {"weights", c->weights}};
     if ((st = mha__attn_check_aliases(ctx, FN_FWD, out, 2, in, 3))) return st;

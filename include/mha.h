@@ -736,7 +736,8 @@ MHA_API mha_status mha_module_backward(mha_ctx *ctx, mha_module *m, const mha_te
 
 /* Incremental decoding (self-attention, kdim == vdim == E): a cache of H key/value heads of
  * D = E / H features for `batch` sequences of at most `capacity` tokens, of the module's dtype,
- * for mha_module_forward_cached. Free with mha_kv_cache_free. */
+ * for mha_module_forward_cached. Free with mha_kv_cache_free. A module with kdim or vdim other
+ * than E is MHA_ERR_UNSUPPORTED; otherwise the errors of mha_kv_cache_create (*out NULL). */
 MHA_API mha_status mha_module_kv_cache_create(mha_ctx *ctx, const mha_module *m, int64_t batch,
                                               int64_t capacity, mha_kv_cache **out);
 /* The causal self-attention forward of the next L tokens of every sequence, query [B, L, E]

@@ -1218,6 +1218,39 @@ TEST(kv_cache_object_2byte) {
  * The module's incremental call
  * ---------------------------------------------------------------------------------------- */
 
+/* mha_module_kv_cache_create's errors name it (not mha_kv_cache_create, which the caller did
+ * not call), and a module that cannot decode incrementally (kdim or vdim != embed_dim) gets no
+ * cache that mha_module_forward_cached would refuse later. */
+TEST(module_kv_cache_create_errors) {
+    mha_ctx *ctx = new_ctx();
+    mha_config cfg = mha_config_default(8, 2);
+    mha_module *m, *mx;
+    ASSERT_OK(ctx, mha_module_create(ctx, &cfg, &m));
+    mha_kv_cache *c = (mha_kv_cache *)1;
+    ASSERT_EQ(mha_module_kv_cache_create(ctx, m, 0, 4, &c), MHA_ERR_INVALID_ARG);
+    ASSERT_STR_CONTAINS(mha_ctx_errmsg(ctx),
+                        "mha_module_kv_cache_create: batch: got 0, expected >= 1");
+    ASSERT_TRUE(c == NULL);
+    ASSERT_EQ(mha_module_kv_cache_create(ctx, m, 1, 0, &c), MHA_ERR_INVALID_ARG);
+    ASSERT_STR_CONTAINS(mha_ctx_errmsg(ctx),
+                        "mha_module_kv_cache_create: capacity: got 0, expected >= 1");
+    ASSERT_EQ(mha_module_kv_cache_create(ctx, m, 1, 4, NULL), MHA_ERR_INVALID_ARG);
+    ASSERT_STR_CONTAINS(mha_ctx_errmsg(ctx), "mha_module_kv_cache_create: out: got NULL");
+    cfg.kdim = 6;
+    ASSERT_OK(ctx, mha_module_create(ctx, &cfg, &mx));
+    c = (mha_kv_cache *)1;
+    ASSERT_EQ(mha_module_kv_cache_create(ctx, mx, 1, 4, &c), MHA_ERR_UNSUPPORTED);
+    ASSERT_STR_CONTAINS(mha_ctx_errmsg(ctx), "mha_module_kv_cache_create: m: got kdim = 6, vdim "
+                                             "= 8, expected both = embed_dim = 8");
+    ASSERT_TRUE(c == NULL);
+    ASSERT_OK(ctx, mha_module_kv_cache_create(ctx, m, 1, 4, &c));
+    ASSERT_EQ(mha_kv_cache_length(c, 0), 0);
+    mha_kv_cache_free(c);
+    mha_module_free(mx);
+    mha_module_free(m);
+    mha_ctx_free(ctx);
+}
+
 /* Feeding a sequence one token at a time, or in chunks, through mha_module_forward_cached
  * gives the module's causal forward on the whole sequence (within 1e-5), also with a window
  * and ALiBi, on every ISA (one token: the decode path; chunks: the prefill). */
@@ -1675,6 +1708,7 @@ int main(void) {
     RUN(decode_nomem_nothing_written);
     RUN(kv_cache_object_2byte);
     RUN(kv_cache_errors_name_the_callers_tensor);
+    RUN(module_kv_cache_create_errors);
     RUN(module_cached_matches_full_forward);
     RUN(module_cached_projects_new_tokens_only);
     return harness_report();

@@ -13,8 +13,6 @@ struct mha_kv_cache {
     int32_t *len; /* [B] */
 };
 
-static const char *const FN_CREATE = "mha_kv_cache_create";
-
 /* n = a * b * c * d elements of es bytes, in bytes, checked for overflow. */
 static int count4(int64_t a, int64_t b, int64_t c, int64_t d, size_t es, size_t *n) {
     size_t x;
@@ -22,8 +20,9 @@ static int count4(int64_t a, int64_t b, int64_t c, int64_t d, size_t es, size_t 
            mha__mul_size(x, (size_t)d, &x) && mha__mul_size(x, es, n);
 }
 
-static mha_status check_dims(mha_ctx *ctx, int64_t batch, int64_t capacity, int64_t kv_heads,
-                             int64_t head_dim, int64_t head_dim_v, mha_dtype dtype) {
+static mha_status check_dims(mha_ctx *ctx, const char *fn, int64_t batch, int64_t capacity,
+                             int64_t kv_heads, int64_t head_dim, int64_t head_dim_v,
+                             mha_dtype dtype) {
     const struct {
         const char *name;
         int64_t v, min;
@@ -34,36 +33,34 @@ static mha_status check_dims(mha_ctx *ctx, int64_t batch, int64_t capacity, int6
               {"head_dim_v", head_dim_v, 0}};
     for (int i = 0; i < 5; i++)
         if (d[i].v < d[i].min)
-            return mha__err(ctx, MHA_ERR_INVALID_ARG, "%s: %s: got %lld, expected >= %lld",
-                            FN_CREATE, d[i].name, (long long)d[i].v, (long long)d[i].min);
+            return mha__err(ctx, MHA_ERR_INVALID_ARG, "%s: %s: got %lld, expected >= %lld", fn,
+                            d[i].name, (long long)d[i].v, (long long)d[i].min);
     /* cache_seqlens are int32: a sequence holds at most INT32_MAX tokens */
     if (capacity > INT32_MAX)
         return mha__err(ctx, MHA_ERR_INVALID_ARG,
-                        "%s: capacity: got %lld, expected at most %d (int32 lengths)", FN_CREATE,
+                        "%s: capacity: got %lld, expected at most %d (int32 lengths)", fn,
                         (long long)capacity, INT32_MAX);
     if (dtype != MHA_DTYPE_F32 && dtype != MHA_DTYPE_BF16 && dtype != MHA_DTYPE_F16)
         return mha__err(ctx, MHA_ERR_UNSUPPORTED,
-                        "%s: dtype: got %s, expected float32, bfloat16 or float16", FN_CREATE,
+                        "%s: dtype: got %s, expected float32, bfloat16 or float16", fn,
                         mha_dtype_name(dtype));
     return MHA_OK;
 }
 
-mha_status mha_kv_cache_create(mha_ctx *ctx, int64_t batch, int64_t capacity, int64_t kv_heads,
-                               int64_t head_dim, int64_t head_dim_v, mha_dtype dtype,
-                               mha_kv_cache **out) {
-    mha__clear(ctx);
+mha_status mha__kv_cache_create(mha_ctx *ctx, const char *fn, int64_t batch, int64_t capacity,
+                                int64_t kv_heads, int64_t head_dim, int64_t head_dim_v,
+                                mha_dtype dtype, mha_kv_cache **out) {
     if (!out)
-        return mha__err(ctx, MHA_ERR_INVALID_ARG, "%s: out: got NULL, expected a pointer",
-                        FN_CREATE);
+        return mha__err(ctx, MHA_ERR_INVALID_ARG, "%s: out: got NULL, expected a pointer", fn);
     *out = NULL;
-    mha_status st = check_dims(ctx, batch, capacity, kv_heads, head_dim, head_dim_v, dtype);
+    mha_status st = check_dims(ctx, fn, batch, capacity, kv_heads, head_dim, head_dim_v, dtype);
     if (st) return st;
     size_t nk, nv, es = mha_dtype_size(dtype);
     if (!count4(batch, kv_heads, capacity, head_dim, es, &nk) ||
         !count4(batch, kv_heads, capacity, head_dim_v, es, &nv))
         return mha__err(ctx, MHA_ERR_NOMEM,
-                        "%s: size overflows (%lld x %lld x %lld x %lld elements of %zu bytes)",
-                        FN_CREATE, (long long)batch, (long long)kv_heads, (long long)capacity,
+                        "%s: size overflows (%lld x %lld x %lld x %lld elements of %zu bytes)", fn,
+                        (long long)batch, (long long)kv_heads, (long long)capacity,
                         (long long)head_dim, es);
     mha_kv_cache *c = mha__calloc(1, sizeof *c);
     if (c) {
@@ -73,13 +70,20 @@ mha_status mha_kv_cache_create(mha_ctx *ctx, int64_t batch, int64_t capacity, in
     }
     if (!c || !c->k || !c->v || !c->len) {
         mha_kv_cache_free(c);
-        return mha__err(ctx, MHA_ERR_NOMEM, "%s: out of memory (%zu + %zu bytes)", FN_CREATE, nk,
-                        nv);
+        return mha__err(ctx, MHA_ERR_NOMEM, "%s: out of memory (%zu + %zu bytes)", fn, nk, nv);
     }
     c->B = batch, c->cap = capacity, c->Hkv = kv_heads, c->D = head_dim, c->Dv = head_dim_v;
     c->dtype = dtype;
     *out = c;
     return MHA_OK;
+}
+
+mha_status mha_kv_cache_create(mha_ctx *ctx, int64_t batch, int64_t capacity, int64_t kv_heads,
+                               int64_t head_dim, int64_t head_dim_v, mha_dtype dtype,
+                               mha_kv_cache **out) {
+    mha__clear(ctx);
+    return mha__kv_cache_create(ctx, "mha_kv_cache_create", batch, capacity, kv_heads, head_dim,
+                                head_dim_v, dtype, out);
 }
 
 void mha_kv_cache_free(mha_kv_cache *c) {

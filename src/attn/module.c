@@ -808,14 +808,26 @@ mha_status mha_module_forward(mha_ctx *ctx, mha_module *m, const mha_forward_opt
 
 static const char *const FN_CACHED = "mha_module_forward_cached";
 
+/* m can decode incrementally: self-attention's packed projections (kdim == vdim == E). */
+static mha_status check_packed(mha_ctx *ctx, const char *fn, const mha_module *m) {
+    if (m->packed) return MHA_OK;
+    return mha__err(ctx, MHA_ERR_UNSUPPORTED,
+                    "%s: m: got kdim = %lld, vdim = %lld, expected both = embed_dim = %lld "
+                    "(incremental self-attention)",
+                    fn, (long long)m->cfg.kdim, (long long)m->cfg.vdim,
+                    (long long)m->cfg.embed_dim);
+}
+
 mha_status mha_module_kv_cache_create(mha_ctx *ctx, const mha_module *m, int64_t batch,
                                       int64_t capacity, mha_kv_cache **out) {
+    static const char *const fn = "mha_module_kv_cache_create";
     mha__clear(ctx);
-    if (!m)
-        return mha__err(ctx, MHA_ERR_INVALID_ARG,
-                        "mha_module_kv_cache_create: m: got NULL, expected a module");
+    if (out) *out = NULL;
+    if (!m) return mha__err(ctx, MHA_ERR_INVALID_ARG, "%s: m: got NULL, expected a module", fn);
+    mha_status st = check_packed(ctx, fn, m);
+    if (st) return st;
     const int64_t H = m->cfg.num_heads, D = m->cfg.embed_dim / H;
-    return mha_kv_cache_create(ctx, batch, capacity, H, D, D, m->cfg.dtype, out);
+    return mha__kv_cache_create(ctx, fn, batch, capacity, H, D, D, m->cfg.dtype, out);
 }
 
 /* The scratch of an incremental call (kept in m->fws). */
@@ -831,11 +843,7 @@ static mha_status cached_check(mha_ctx *ctx, const mha_module *m, mha_kv_cache *
                                const mha_tensor *query, const mha_tensor *out) {
     const int64_t E = m->cfg.embed_dim, H = m->cfg.num_heads;
     mha_status st;
-    if (!m->packed)
-        return mha__err(ctx, MHA_ERR_UNSUPPORTED,
-                        "%s: m: got kdim = %lld, vdim = %lld, expected both = embed_dim = %lld "
-                        "(incremental self-attention)",
-                        FN_CACHED, (long long)m->cfg.kdim, (long long)m->cfg.vdim, (long long)E);
+    if ((st = check_packed(ctx, FN_CACHED, m))) return st;
     if ((st = check_bx(ctx, FN_CACHED, "query", query, m, 0, -1, -1, E, "[B, L, E]"))) return st;
     const int64_t B = query->shape[0], L = query->shape[1];
     if ((st = check_bx(ctx, FN_CACHED, "out", out, m, 0, B, L, E, "as query"))) return st;

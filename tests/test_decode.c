@@ -977,8 +977,10 @@ TEST(kv_cache_object) {
         mha_tensor to = mha_tensor_make(buf + B * H * L * (2 * D) + B * G * L * Dv, 4, so);
         ASSERT_EQ(mha_kv_cache_attend(ctx, NULL, c, &tq, &tkn, &tvn, NULL, &to, NULL),
                   MHA_ERR_INVALID_ARG);
-        ASSERT_STR_CONTAINS(mha_ctx_errmsg(ctx), "mha_kv_cache_attend: the cache is full: "
-                                                 "sequence 0 holds 308 of its");
+        /* not full: says how much room is left ("the cache is full" misled here) */
+        ASSERT_STR_CONTAINS(mha_ctx_errmsg(ctx),
+                            "mha_kv_cache_attend: the cache has room for 292 more tokens: "
+                            "sequence 0 holds 308 of its 600 rows");
         ASSERT_STR_CONTAINS(mha_ctx_errmsg(ctx), "300 new tokens do not fit (cache overflow");
         /* a batch other than the cache's: named as q's */
         tq.shape[0] = B - 1;

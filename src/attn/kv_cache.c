@@ -4,6 +4,7 @@
  * (src/attn/attn_decode.c). */
 #include "decode.h"
 
+#include <stdio.h>
 #include <string.h>
 
 struct mha_kv_cache {
@@ -167,14 +168,18 @@ mha_status mha__kv_cache_attend(mha_ctx *ctx, const char *fn, const mha_attn_par
         (st = check_fits(ctx, fn, c, "v_new", v_new, 0, c->Dv, "the cache's head_dim_v")))
         return st;
     const int64_t Lnew = k_new && k_new->ndim == 4 ? k_new->shape[2] : 0;
-    for (int64_t b = 0; b < c->B && Lnew > 0; b++)
-        if (c->len[b] + Lnew > c->cap)
-            return mha__err(ctx, MHA_ERR_INVALID_ARG,
-                            "%s: the cache is full: sequence %lld holds %lld of its %lld rows, "
-                            "%lld new tokens do not fit (cache overflow: mha_kv_cache_reset, or "
-                            "a cache of more rows)",
-                            fn, (long long)b, (long long)c->len[b], (long long)c->cap,
-                            (long long)Lnew);
+    for (int64_t b = 0; b < c->B && Lnew > 0; b++) {
+        const int64_t room = c->cap - c->len[b]; /* no len + Lnew: it could overflow */
+        if (Lnew <= room) continue;
+        char what[64] = "the cache is full";
+        if (room > 0)
+            snprintf(what, sizeof what, "the cache has room for %lld more tokens", (long long)room);
+        return mha__err(ctx, MHA_ERR_INVALID_ARG,
+                        "%s: %s: sequence %lld holds %lld of its %lld rows, %lld new tokens do "
+                        "not fit (cache overflow: mha_kv_cache_reset, or a cache of more rows)",
+                        fn, what, (long long)b, (long long)c->len[b], (long long)c->cap,
+                        (long long)Lnew);
+    }
     mha_tensor kc = cache_view(c, c->k, c->D), vc = cache_view(c, c->v, c->Dv);
     st = mha__attn_kvcache(ctx, fn, p, q, &kc, &vc, k_new, v_new, c->len, mask, out, lse);
     if (st || !k_new) return st;

@@ -93,6 +93,21 @@ def test_kv_heads_for_grouped_query_attention():
         assert p.returncode == 1 and text in p.stderr, p.stderr
 
 
+def test_heads_not_dividing_the_default_embed():
+    # --heads 3 without --embed: the error names --heads and the default it does not divide,
+    # not an "--embed: got 512" the command line never had; an --embed given is named as such
+    p = subprocess.run([mha_bin(), "bench", "--heads", "3"], capture_output=True, text=True,
+                       timeout=60)
+    assert p.returncode == 1 and p.stdout == "", p.stderr
+    assert p.stderr.startswith("mha: error: --heads: got 3, expected a divisor of 512 (the "
+                               "default --embed; give --embed, or --head-dim with --core)"), \
+        p.stderr
+    p = subprocess.run([mha_bin(), "bench", "--heads", "3", "--embed", "16"],
+                       capture_output=True, text=True, timeout=60)
+    assert p.returncode == 1
+    assert p.stderr.startswith("mha: error: --embed: got 16, expected a multiple of --heads 3")
+
+
 def bench(*extra):
     return subprocess.run([mha_bin(), *TINY, *extra], capture_output=True, text=True, timeout=60)
 

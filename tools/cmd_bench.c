@@ -166,7 +166,7 @@ typedef struct {
     long long seq_k, head_dim, window_left, window_right;
     const char *window_arg; /* "L,R" as given */
     double softcap;
-    int window, alibi, head_dim_given;
+    int window, alibi, head_dim_given, embed_given;
     /* --decode (the DECODE block) */
     int decode, bshd;
     const char *layout;
@@ -309,10 +309,15 @@ static int check_args(const bench_args *a, int warmup_given) {
     if ((rc = positive("--batch", a->batch, big)) || (rc = positive("--seq", a->seq, big)) ||
         (rc = positive("--embed", a->embed, big)) || (rc = positive("--heads", a->heads, big)))
         return rc;
-    if (a->embed % a->heads && !a->head_dim_given)
+    if (a->embed % a->heads && !a->head_dim_given && a->embed_given)
         return cli_usage_error("mha bench --help lists the options",
                                "--embed: got %lld, expected a multiple of --heads %lld", a->embed,
                                a->heads);
+    if (a->embed % a->heads && !a->head_dim_given) /* the user never said 512 */
+        return cli_usage_error("mha bench --help lists the options",
+                               "--heads: got %lld, expected a divisor of %lld (the default "
+                               "--embed; give --embed, or --head-dim with --core)",
+                               a->heads, a->embed);
     if (a->core && a->need_weights)
         return cli_usage_error("mha bench --help lists the options",
                                "--need-weights: applies to the module, not to --core");
@@ -475,6 +480,7 @@ static int parse_args(int argc, char **argv, bench_args *a) {
     a->threads_given = cli_find(opts, nopts, "--threads")->seen > 0;
     if (!cli_find(opts, nopts, "--kv-heads")->seen) a->kv_heads = a->heads;
     a->head_dim_given = cli_find(opts, nopts, "--head-dim")->seen > 0;
+    a->embed_given = cli_find(opts, nopts, "--embed")->seen > 0;
     if ((rc = check_args(a, cli_find(opts, nopts, "--warmup")->seen > 0))) return rc;
     static const char *const shape_opts[] = {"--batch", "--seq", "--embed", "--heads"};
     for (size_t i = 0; a->gemm && i < sizeof shape_opts / sizeof shape_opts[0]; i++)

@@ -154,6 +154,13 @@ def test_core_window_softcap_alibi():
     assert p.returncode == 0 and " causal window (4, 0) softcap 20 alibi," in p.stdout, p.stdout
 
 
+def test_text_report_names_the_dropout():
+    # the text line says what ran, as the JSON does ("dropout": 0.25)
+    for extra in (["--core"], []):
+        p = bench(*extra, "--dropout", "0.25")
+        assert p.returncode == 0 and " dropout 0.25," in p.stdout, p.stdout
+
+
 @pytest.mark.parametrize("extra, text", [
     (["--core", "--seq-k", "0"], "--seq-k: got 0, expected 1.."),
     (["--core", "--head-dim", "0"], "--head-dim: got 0, expected 1.."),

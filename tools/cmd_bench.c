@@ -796,6 +796,7 @@ static int report(const bench_state *s, const bench_plan *p, bench_times *t) {
         printf("%s B %lld N %lld E %lld H %lld%s%s%s", what, a->batch, a->seq, a->embed, a->heads,
                a->kv_heads != a->heads ? " (GQA)" : "", a->causal ? " causal" : "",
                a->need_weights ? " need_weights" : "");
+        if (a->dropout > 0) printf(" dropout %g", a->dropout);
         report_core_opts(a);
     }
     printf(", isa %s, %d threads: median %.3f ms of %d runs, %.1f GFLOP/s\n", isa, threads,

@@ -280,7 +280,6 @@ SDPA_BAD = {
     "head dims": lambda q: sdpa(q, torch.randn(2, 3, 5, 7), torch.randn(2, 3, 5, 8)),
     "key/value lengths": lambda q: sdpa(q, torch.randn(2, 3, 5, 8), torch.randn(2, 3, 6, 8)),
     "leading dims": lambda q: sdpa(q, torch.randn(2, 4, 5, 8), torch.randn(2, 4, 5, 8)),
-    "ranks": lambda q: sdpa(q, torch.randn(3, 5, 8), torch.randn(3, 5, 8)),
     "mask": lambda q: sdpa(q, q, q, attn_mask=torch.ones(3, 3, dtype=torch.bool)),
     "mask rank": lambda q: sdpa(q, q, q, attn_mask=torch.ones(1, 2, 3, 4, 4)),
     "dropout_p < 0": lambda q: sdpa(q, q, q, dropout_p=-0.1),

@@ -46,8 +46,9 @@ _HEADS_SECOND = (0, 2, 1, 3)  # [B, H, L, D] views of [B, L, H, D] memory
 # Arguments
 # ------------------------------------------------------------------------------------------
 def _params(fn, dropout_p, softmax_scale, softcap):
-    """mha_attn_params (the library checks the values: dropout_p in [0, 1], softcap >= 0).
-    softmax_scale 0 leaves the library's default (its 0): the caller zeroes q (_scaled_q)."""
+    """mha_attn_params, the values checked here so that a message names the caller's argument
+    (dropout_p in [0, 1], softcap finite >= 0, softmax_scale finite). softmax_scale 0 leaves the
+    library's default (its 0): the caller zeroes q (_scaled_q)."""
     for name, x in (("dropout_p", dropout_p), ("softcap", softcap)):
         if isinstance(x, bool) or not isinstance(x, numbers.Real):
             raise ArgumentError(f"{fn}: {name}: got {x!r}, expected a number")

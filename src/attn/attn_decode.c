@@ -18,7 +18,7 @@
  *       out = O / l, lse = M + log(l) (l = 0: out 0, lse -inf)
  * Every task's arithmetic and the merge order are fixed by the chunking, so the result is
  * bitwise the same for any thread count; one query token (B = 1, H = 1) still splits over all
- * threads, one chunk each.
+ * threads, a run of chunks at a time.
  * PREFILL (more rows): mha_attn_forward's fused tiles on views of each sequence's cache rows
  * [0, len_b), causal aligned bottom-right (MHA_CAUSAL_BOTTOM_RIGHT), window and ALiBi passed
  * through; the same score definition, so the two paths agree up to float rounding.

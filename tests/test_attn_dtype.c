@@ -421,6 +421,45 @@ TEST(bf16_options_vs_float32) {
     mha_ctx_free(ctx);
 }
 
+/* Found by a randomized sweep: in the bf16 backward (vdpbf16ps kernels), a key block that no
+ * row of an odd-sized query tile sees (key_lengths, bottom-right causality) still ran on row
+ * br - 1 (rs rounded down to a row pair before the test), reading W and dS where that row's
+ * block had not computed them: the keys past key_lengths got dk, dv from whatever the
+ * workspace held (up to 1e30) instead of 0, and differed between thread counts. The first
+ * call leaves probabilities in the workspace; each masked key's dk, dv must then be 0. */
+TEST(masked_key_block_of_odd_rows_bf16) {
+    static const dcase odd[] = {{1, 1, 1, 1, 33, 3, 3, 0, 0, 0}, {1, 1, 1, 21, 35, 3, 3, 0, 0, 0}};
+    mha_ctx *ctx;
+    mha_ctx_create(&ctx);
+    mha_ctx_set_threads(ctx, 1);
+    FOR_EACH_ISA(ctx) {
+        for (size_t ci = 0; ci < sizeof odd / sizeof odd[0]; ci++) {
+            prob p;
+            prob_make(&p, &odd[ci], MHA_DTYPE_BF16, 5 + ci);
+            ASSERT_OK(ctx, run_fwd(ctx, &p));
+            ASSERT_OK(ctx, run_bwd(ctx, &p));
+            const int32_t len = ci ? 20 : 1;
+            p.m.key_lengths = &len;
+            p.m.causal = MHA_CAUSAL_BOTTOM_RIGHT;
+            ASSERT_OK(ctx, run_fwd(ctx, &p));
+            ASSERT_OK(ctx, run_bwd(ctx, &p));
+            for (int64_t j = len; j < p.c.S; j++)
+                for (int64_t x = 0; x < p.c.D; x++)
+                    if (lp_at(&p.dk, 0, 0, j, x) != 0 || lp_at(&p.dv, 0, 0, j, x) != 0) {
+                        FAILF("%s isa %s: key %lld (past key_lengths %d): dk %g dv %g, expected "
+                              "0",
+                              p.name, mha_isa_name(mha_ctx_isa(ctx)), (long long)j, len,
+                              lp_at(&p.dk, 0, 0, j, x), lp_at(&p.dv, 0, 0, j, x));
+                        prob_free(&p);
+                        mha_ctx_free(ctx);
+                        return;
+                    }
+            prob_free(&p);
+        }
+    }
+    mha_ctx_free(ctx);
+}
+
 TEST(threads_bitwise) {
     mha_ctx *ctx;
     mha_ctx_create(&ctx);
@@ -683,6 +722,7 @@ int main(void) {
     RUN(forward_backward_vs_float64);
     RUN(bf16_options_vs_float32);
     RUN(threads_bitwise);
+    RUN(masked_key_block_of_odd_rows_bf16);
     RUN(weights_calls);
     RUN(bad_dtypes);
     RUN(allocation_failure_writes_nothing);

@@ -449,7 +449,9 @@ static void bwd_pair_bf16(const bwd_call *c, const bwd_task *t, const bwd_tiles 
     }
     for (int k = 0; k < bl.nk; k++) { /* dv += W^T dout (pairs of query rows) */
         const int64_t c0 = bl.c0[k], rs = bl.rs[k] / 2 * 2, bc = bl.c0[k + 1] - c0;
-        if (rs >= br) continue;
+        /* no row sees the block (tested before rounding down: an odd br would run row br - 1,
+         * whose row block left these keys of W unwritten) */
+        if (bl.rs[k] >= br) continue;
         kern->attn_tpairs_bf16(br - rs, bc, W + rs * BC + c0, BC, w->T, BC);
         kern->attn_ptv_bf16(br - rs, bc, Dv, w->T, BC, w->g2 + (i0 + rs) * Dv, dvt + c0 * lddv,
                             lddv);
@@ -462,7 +464,7 @@ static void bwd_pair_bf16(const bwd_call *c, const bwd_task *t, const bwd_tiles 
     }
     for (int k = 0; k < bl.nk; k++) { /* dk += dS^T q */
         const int64_t c0 = bl.c0[k], rs = bl.rs[k] / 2 * 2, bc = bl.c0[k + 1] - c0;
-        if (rs >= br) continue;
+        if (bl.rs[k] >= br) continue; /* as above */
         kern->attn_tpairs_bf16(br - rs, bc, dP + rs * BC + c0, BC, w->T, BC);
         kern->attn_ptv_bf16(br - rs, bc, D, w->T, BC, w->q2 + (i0 + rs) * D, dkt + c0 * lddk, lddk);
     }

@@ -487,3 +487,21 @@ def test_no_query_rows_backward_of_a_sum_as_pytorch(dtype):
     want = torch.autograd.grad(F.scaled_dot_product_attention(*ref).sum(), ref)
     for name, a, b in zip("qkv", got, want):
         assert a.shape == b.shape and a.dtype == dtype and torch.equal(a, b), name
+
+
+@pytest.mark.parametrize("L, S", [(0, 5), (4, 0)])
+def test_empty_lengths_with_three_leading_dimensions(L, S):
+    # 5-D inputs were reshaped to [-1, H, L, E], which torch refuses for a tensor of no
+    # elements ("cannot reshape tensor of 0 elements ... ambiguous": a RuntimeError where
+    # PyTorch returns the empty or zero result); found by a randomized sweep
+    gen = torch.Generator().manual_seed(53)
+    q, k, v = (torch.randn(2, 2, 3, n, d, generator=gen) for n, d in ((L, 8), (S, 8), (S, 6)))
+    g = torch.randn(2, 2, 3, L, 6, generator=gen)
+    if L == 0:
+        assert compare(q, k, v, g).shape == (2, 2, 3, 0, 6)
+        return
+    ql, kl, vl = leaf(q), leaf(k), leaf(v)
+    out = sdpa(ql, kl, vl)  # no keys: every row fully masked, 0 (mha's, and PyTorch 2.13's)
+    assert out.shape == (2, 2, 3, L, 6) and torch.equal(out, torch.zeros_like(out))
+    for name, a in zip("qkv", torch.autograd.grad((out * g).sum(), [ql, kl, vl])):
+        assert torch.equal(a, torch.zeros_like(a)), name

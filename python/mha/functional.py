@@ -134,8 +134,8 @@ def scaled_dot_product_attention(query, key, value, attn_mask=None, dropout_p=0.
         q4, k4, v4 = q[None], k[None], v[None]
     elif nd == 4:
         q4, k4, v4 = q, k, v
-    else:
-        q4, k4, v4 = (t.reshape((-1,) + tuple(t.shape[-3:])) for t in (q, k, v))
+    else:  # B, not -1: an empty L or S leaves -1 ambiguous (reshape raises)
+        q4, k4, v4 = (t.reshape((B,) + tuple(t.shape[-3:])) for t in (q, k, v))
     params = _lib.AttnParams(float(scale) if scale is not None else 0.0, float(dropout_p),
                              T.dropout_seed() if dropout_p > 0 else 0, 0)
     call = T.CoreCall(params, mask)

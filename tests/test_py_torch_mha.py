@@ -455,6 +455,23 @@ def test_empty_batch_or_query(shape):
     assert x.grad.shape == x.shape
 
 
+@pytest.mark.parametrize("L,S", [(0, 5), (3, 0)], ids=["L 0", "S 0"])
+def test_empty_query_or_key_with_a_float_key_padding_mask_and_3d_attn_mask(L, S):
+    # the float key padding mask is merged into the attention mask with view(-1, H, L, S),
+    # which torch refuses for a mask of no elements ("cannot reshape tensor of 0 elements");
+    # found by a randomized sweep
+    torch.manual_seed(26)
+    layer = mha.MultiheadAttention(8, 2, batch_first=True)
+    ref = nn.MultiheadAttention(8, 2, batch_first=True)
+    ref.load_state_dict(layer.state_dict())
+    q, k = torch.randn(2, L, 8), torch.randn(2, S, 8)
+    kpm, am = torch.randn(2, S), torch.randn(4, L, S)
+    out, w = layer(q, k, k, key_padding_mask=kpm, attn_mask=am)
+    out_r, w_r = ref(q, k, k, key_padding_mask=kpm, attn_mask=am)
+    assert out.shape == out_r.shape == (2, L, 8) and w.shape == w_r.shape
+    assert_close(out, out_r, "output")
+
+
 @pytest.mark.parametrize("kw", [dict(), dict(kdim=5, vdim=7), dict(bias=False)], ids=str)
 @pytest.mark.parametrize("Lq,N", [(0, 2), (3, 0)], ids=["L 0", "batch 0"])
 def test_empty_query_gives_zero_gradients_to_key_value_and_every_parameter(kw, Lq, N):

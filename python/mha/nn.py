@@ -266,8 +266,9 @@ class MultiheadAttention(nn.MultiheadAttention):
             base = torch.zeros((L, S), dtype=torch.float32) if attn_mask is None else (
                 attn_mask.float() if attn_mask.is_floating_point() else
                 torch.zeros(attn_mask.shape).masked_fill_(attn_mask, float("-inf")))
-            merged = base.view(-1, H, L, S) if base.dim() == 3 else base.view(1, 1, L, S)
-            merged = merged + kpm.float().view(-1, 1, 1, S)
+            # N, not -1: with L or S = 0 there are no elements and -1 is ambiguous
+            merged = base.view(N, H, L, S) if base.dim() == 3 else base.view(1, 1, L, S)
+            merged = merged + kpm.float().view(N, 1, 1, S)
             return T.MaskArg(attn_float=merged.expand(N, H, L, S).reshape(nb, L, S).contiguous(),
                              batched=True)
         kp = T.bool_bytes(kpm) if kpm is not None else None

@@ -320,6 +320,20 @@ def test_rotary_embeddings(interleaved, causal, dtype):
     assert_close(out, ref[0], "out", tol=tol)
 
 
+def test_rotary_positions_with_a_window_that_is_no_window():
+    # any negative side of window_size is unbounded (FlashAttention's), so (-2, -1) is no
+    # window: q is rotated at cache_seqlens as with (-1, -1), not at per-row positions (the
+    # rotary code compared the raw tuple with (-1, -1) and took (-2, -1) for a local window)
+    gen, q, k_cache, v_cache, k, v = setup(1, 16, 2, 2, 8, 8, 3, 2, 11)
+    angle = torch.rand(20, 4, generator=gen) * 6
+    outs = []
+    for window in ((-1, -1), (-2, -1), (-1, -5)):
+        kc, vc = k_cache.clone(), v_cache.clone()
+        outs.append(mha.flash_attn_with_kvcache(q, kc, vc, k, v, angle.cos(), angle.sin(), 4,
+                                                window_size=window))
+    assert torch.equal(outs[0], outs[1]) and torch.equal(outs[0], outs[2])
+
+
 def test_rotary_and_paging_errors():
     gen, q, k_cache, v_cache, k, v = setup(2, 12, 4, 2, 8, 8, 1, 1, 12)
     before = k_cache.clone(), v_cache.clone()

@@ -443,7 +443,9 @@ def _kv_rotary(fn, rotary_cos, rotary_sin, q, k, lens, causal, window, interleav
     B, L, Lnew = q.shape[0], q.shape[1], k.shape[1]
     base = lens.long().unsqueeze(1)
     kpos = base + torch.arange(Lnew)
-    qpos = base + torch.arange(L) if causal or window != (-1, -1) else base.expand(B, L)
+    # window: _window's (None when unbounded: any negative side is, so (-2, -1) is no window
+    # and, as in FlashAttention, not local)
+    qpos = base + torch.arange(L) if causal or window is not None else base.expand(B, L)
     need = int(max(kpos.max() if Lnew else 0, qpos.max() if L else 0)) + 1
     if need > rotary_cos.shape[0]:
         raise ArgumentError(f"{fn}: rotary_cos: got {rotary_cos.shape[0]} positions, expected at "
@@ -599,8 +601,8 @@ def flash_attn_with_kvcache(q, k_cache, v_cache, k=None, v=None, rotary_cos=None
     opts = _Options(fn, causal, window_size, alibi_slopes, B, H)
     params = _params(fn, 0.0, softmax_scale, softcap)
     if rotary_cos is not None or rotary_sin is not None:
-        q, k = _kv_rotary(fn, rotary_cos, rotary_sin, q, k, lens, causal,
-                          tuple(window_size), rotary_interleaved)
+        q, k = _kv_rotary(fn, rotary_cos, rotary_sin, q, k, lens, causal, opts.window,
+                          rotary_interleaved)
     out = torch.empty_permuted((B, H, L, v_cache.shape[3]), _HEADS_SECOND, dtype=q.dtype)
     lse = torch.empty((B, H, L), dtype=torch.float32) if return_softmax_lse else None
     tq, tkc, tvc, tk, tv = _heads_second(_scaled_q(q, softmax_scale), k_cache, v_cache, k, v)

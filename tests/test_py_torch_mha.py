@@ -222,6 +222,37 @@ def test_parameter_updates_are_seen_by_the_next_forward():
     assert_close(layer(x, x, x)[0], ref(x, x, x)[0].double(), "forward after the steps")
 
 
+
+@pytest.mark.parametrize("missing", ["in_proj_bias", "out_proj.bias"])
+@pytest.mark.parametrize("kw", [dict(), dict(kdim=5, vdim=7)], ids=str)
+def test_one_bias_alone_counts_as_in_pytorch(missing, kw):
+    # A layer with an output bias only (bias=False, then an out_proj.bias: how a projection
+    # with qkv_bias=False and a biased output comes over) or input biases only. mha ran the
+    # first without out_proj.bias, silently (and gave it no gradient): out off by the bias.
+    torch.manual_seed(3)
+    layers = []
+    for cls in (mha.MultiheadAttention, nn.MultiheadAttention):
+        m = cls(8, 2, bias=missing == "out_proj.bias", batch_first=True, **kw)
+        if missing == "in_proj_bias":
+            m.out_proj.bias = nn.Parameter(torch.randn(8))
+        else:
+            m.out_proj.bias = None
+        layers.append(m)
+    layer, ref = layers
+    ref.load_state_dict(layer.state_dict(), strict=True)
+    ref.double()
+    gen = torch.Generator().manual_seed(3)
+    q = torch.randn(2, 5, 8, generator=gen)
+    k = torch.randn(2, 6, kw.get("kdim", 8), generator=gen)
+    v = torch.randn(2, 6, kw.get("vdim", 8), generator=gen)
+    g = torch.randn(2, 5, 8, generator=gen)
+    kwargs = dict(key_padding_mask=None, attn_mask=None)
+    out_ref, w_ref, g_ref = run(ref, q, k, v, kwargs, g, True)
+    out, w, g_mha = run(layer, q, k, v, kwargs, g, False)
+    assert_close(out, out_ref, f"output without {missing}")
+    assert_close(w, w_ref, f"weights without {missing}")
+    assert_grads_close(g_mha, g_ref, f"without {missing}")
+
 # -- targeted cases ----------------------------------------------------------------------------
 
 def compare_call(layer_kw, q, k, v, seed=0, **kwargs):

@@ -125,12 +125,18 @@ class MultiheadAttention(nn.MultiheadAttention):
         else:
             names = _NAMES_SEP if b is not None else _NAMES_SEP_NB
             ps = [P["q_proj_weight"], P["k_proj_weight"], P["v_proj_weight"]]
-        if b is not None:
+        if b is not None or ob is not None:
+            # The C module has both biases or neither. One alone (bias=False given an
+            # out_proj.bias afterwards, as a layer with only an output bias is converted, or a
+            # bias set to None) runs with zeros for the other: PyTorch's numbers, and the
+            # bias that is there gets its gradient.
+            wo = op["weight"]
+            if b is None:
+                names = _NAMES_PACKED if self._qkv_same_embed_dim else _NAMES_SEP
+                b = torch.zeros(3 * self.embed_dim, dtype=wo.dtype)
             if ob is None:
-                raise ArgumentError("mha.MultiheadAttention: out_proj.bias: got None, expected a "
-                                 "tensor (in_proj_bias is there: mha's layer has both biases or "
-                                 "neither)")
-            ps += (b, op["weight"], ob)
+                ob = torch.zeros(wo.shape[0], dtype=wo.dtype)
+            ps += (b, wo, ob)
         else:
             ps.append(op["weight"])
         for p in ps:
@@ -192,7 +198,7 @@ class MultiheadAttention(nn.MultiheadAttention):
             return (out.transpose(0, 1) if seq_first else out), w
         call = T.LayerCall(self._mha, names, ps, mask, self.training, self.dropout,
                            average_attn_weights, need_weights, H)
-        self._mha.get(self.embed_dim, H, self.kdim, self.vdim, self.in_proj_bias is not None,
+        self._mha.get(self.embed_dim, H, self.kdim, self.vdim, b"in_proj_bias" in names,
                       float(self.dropout), ps[0].dtype)
         out, weights = T.run_layer(call, q, k, v, any(p.requires_grad for p in ps))
         if seq_first:

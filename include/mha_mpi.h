@@ -6,7 +6,9 @@
  *   shard of the tokens, and the calls below compute, on every rank, that rank's rows of what
  *   mha_attn_forward / mha_attn_backward / mha_module_forward / mha_module_backward (mha.h)
  *   give on the whole sequence in one process (the same numbers up to float rounding: within
- *   1e-5 relative to each element or to the tensor's largest, tested for 1 to 4 ranks).
+ *   1e-5 relative to each element or to the tensor's largest on the tests' inputs, for 1 to 4
+ *   ranks; where a gradient cancels, with large scores or long rows, the two differ by as much
+ *   as the one-process library's own float32 error, which can be more).
  *
  *   The algorithm is ring attention (Liu et al., 2023). Each rank keeps its query rows; the
  *   key/value blocks travel around the ring (rank r sends to r + 1 and receives from r - 1,

@@ -534,6 +534,34 @@ MHA_API mha_status mha_attn_kvcache(mha_ctx *ctx, const mha_attn_params *p, cons
                                     const int32_t *cache_seqlens, const mha_mask *mask,
                                     mha_tensor *out, mha_tensor *lse);
 
+/* mha_attn_kvcache on PAGED caches (vLLM's PagedAttention, FlashAttention's block_table): the
+ * sequences' keys and values live in a pool of fixed-size pages, each sequence's in the pages
+ * its row of block_table names, in order:
+ *   k_pages: [P, Hkv, page, D], v_pages: [P, Hkv, page, Dv]   P pages of `page` rows (strided
+ *            views as the caches above: FlashAttention's [P, page, Hkv, D] memory works)
+ *   block_table: int32 [B, max_blocks], row-major: key j of sequence b is row j % page of page
+ *            block_table[b * max_blocks + j / page]; NULL only with max_blocks 0
+ * Everything else is mha_attn_kvcache's (arguments, semantics, errors, the two paths), each
+ * sequence's cache holding at most max_blocks * page rows. Only the blocks a sequence uses
+ * (its rows [0, cache_seqlens[b] + Lnew)) are read from the table, and each must name a page
+ * in [0, P) (MHA_ERR_INVALID_ARG, e.g. "mha_attn_kvcache_paged: block_table[1][3]: got 9,
+ * expected a page in [0, 8) ..."). Sequences may share the pages they only read (a common
+ * prompt); a page that new rows are written to must be used by no other block (of any
+ * sequence): MHA_ERR_INVALID_ARG naming both blocks, nothing written. Results: a decoding
+ * chunk within one page is computed as on a contiguous cache, so with a page of a multiple of
+ * 512 rows the results are bitwise those of mha_attn_kvcache on the same rows laid out
+ * contiguously; a chunk spanning pages is computed page by page and combined by log-sum-exp
+ * in key order (the same up to float rounding; still bitwise the same for any thread count).
+ * A prefill copies each sequence's rows into one contiguous buffer first (max len * Hkv *
+ * (D + Dv) elements, allocated before anything is written) and is then bitwise the
+ * contiguous prefill. Extra memory for decoding: one chunk partial per thread. */
+MHA_API mha_status mha_attn_kvcache_paged(mha_ctx *ctx, const mha_attn_params *p,
+                                          const mha_tensor *q, mha_tensor *k_pages,
+                                          mha_tensor *v_pages, const int32_t *block_table,
+                                          int64_t max_blocks, const mha_tensor *k_new,
+                                          const mha_tensor *v_new, const int32_t *cache_seqlens,
+                                          const mha_mask *mask, mha_tensor *out, mha_tensor *lse);
+
 /* A key/value cache owned by the library (mha_kv_cache_create, below the dtypes). */
 typedef struct mha_kv_cache mha_kv_cache;
 

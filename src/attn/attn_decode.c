@@ -49,6 +49,7 @@
 /* Per thread (decode): the row of out being merged, in float32 (rounded once into out). */
 typedef struct {
     float *orow; /* [Dv] */
+    float *seg;  /* paged: the partials of a chunk's later pages [hg, psz] (dec_chunk) */
 } dec_ws;
 
 /* One call: validated arguments, and the decode plan. */
@@ -61,6 +62,11 @@ typedef struct {
     const int32_t *lens;
     const mha_tensor *q, *k_new, *v_new;
     mha_tensor *kc, *vc, *out, *lse;
+    /* paged caches (mha_attn_kvcache_paged): kc, vc are pools [P, Hkv, page, D]; key j of
+     * sequence b is row j % page of page bt[b * nbt + j / page]. Unpaged: bt NULL, page =
+     * Smax (sequence b's cache is kc's batch b) */
+    const int32_t *bt;
+    int64_t nbt, page, npages;
     /* decode */
     const mha_kernels *kern;
     int64_t rows, nch, psz; /* rows per head, chunks per sequence, floats per partial */
@@ -71,6 +77,7 @@ typedef struct {
     float *qs;    /* [B, Hkv, rows, D] each key/value head's query rows, float32, times scale */
     uint16_t *qb; /* bf16 calls: [B, Hkv, rows, D] the same rows unscaled, as they are in q */
     float *slope; /* [B, Hkv, rows] their ALiBi slopes */
+    void *gather; /* a paged prefill: one sequence's keys and values, contiguous (prefill) */
     void *ws;     /* nt copies of plan: dec_ws */
     int nt;
     mha__plan plan; /* per thread: dec_ws */
@@ -83,6 +90,12 @@ static size_t kv_es(const kv_call *c) { return c->dt == MHA_DTYPE_F32 ? 4 : 2; }
 static void *kv_row(const mha_tensor *t, int64_t b, int64_t h, int64_t i) {
     return (char *)t->ptr + (b * t->stride[0] + h * t->stride[1] + i * t->stride[2]) *
                                 (int64_t)mha__tensor_elsize(t);
+}
+
+/* Cache row j of key/value head h of sequence b (its page's row when paged). */
+static void *kv_cache_row(const kv_call *c, const mha_tensor *t, int64_t b, int64_t h, int64_t j) {
+    if (!c->bt) return kv_row(t, b, h, j);
+    return kv_row(t, c->bt[b * c->nbt + j / c->page], h, j % c->page);
 }
 
 static int64_t kv_len(const kv_call *c, int64_t b) { return (c->lens ? c->lens[b] : 0) + c->Lnew; }
@@ -115,6 +128,27 @@ static mha_status kv_check_mask(mha_ctx *ctx, const char *fn, const mha_mask *m,
     return st ? st : mha__attn_check_alibi(ctx, fn, m, B, H);
 }
 
+/* The pool's pages and the table's row length (paged), or the cache's rows: c->Smax, each
+ * sequence's capacity. */
+static mha_status kv_check_pages(mha_ctx *ctx, const char *fn, kv_call *c) {
+    if (!c->bt) {
+        c->page = c->Smax = c->kc->shape[2], c->npages = c->kc->shape[0];
+        return MHA_OK;
+    }
+    c->npages = c->kc->shape[0], c->page = c->kc->shape[2];
+    if (c->page < 1)
+        return mha__err(ctx, MHA_ERR_SHAPE,
+                        "%s: k_pages.shape[2]: got %lld, expected >= 1 (rows per page)", fn,
+                        (long long)c->page);
+    if (c->nbt < 0 || c->nbt > INT64_MAX / c->page)
+        return mha__err(ctx, MHA_ERR_INVALID_ARG,
+                        "%s: max_blocks: got %lld, expected 0 .. %lld (blocks per sequence in "
+                        "block_table)",
+                        fn, (long long)c->nbt, (long long)(INT64_MAX / c->page));
+    c->Smax = c->nbt * c->page;
+    return MHA_OK;
+}
+
 /* q, the caches, the new rows: shapes against each other, and one dtype (q's: float32, bfloat16
  * or half; lse float32). */
 static mha_status kv_check_tensors(mha_ctx *ctx, const char *fn, kv_call *c) {
@@ -127,19 +161,24 @@ static mha_status kv_check_tensors(mha_ctx *ctx, const char *fn, kv_call *c) {
     if (D < 1)
         return mha__err(ctx, MHA_ERR_SHAPE, "%s: q.shape[3]: got %lld, expected >= 1 (head dim)",
                         fn, (long long)D);
-    int64_t wk[4] = {B, -1, -1, D};
-    if ((st = mha__check_tensor_as(ctx, fn, "k_cache", c->kc, dt, 4, wk, "[B, Hkv, Smax, D]")))
+    int64_t wk[4] = {B, -1, -1, D}, wp[4] = {-1, -1, -1, D};
+    const char *kname = c->bt ? "k_pages" : "k_cache", *vname = c->bt ? "v_pages" : "v_cache";
+    if ((st = mha__check_tensor_as(ctx, fn, kname, c->kc, dt, 4, c->bt ? wp : wk,
+                                   c->bt ? "[P, Hkv, page, D]" : "[B, Hkv, Smax, D]")))
         return st;
-    const int64_t Hkv = c->Hkv = c->kc->shape[1], Smax = c->Smax = c->kc->shape[2];
+    const int64_t Hkv = c->Hkv = c->kc->shape[1];
+    if ((st = kv_check_pages(ctx, fn, c))) return st;
+    const int64_t Smax = c->Smax;
     if (H > 0 && (Hkv < 1 || H % Hkv != 0)) /* H = 0: empty, any Hkv (mha__attn_check_inputs) */
         return mha__err(ctx, MHA_ERR_SHAPE,
-                        "%s: k_cache.shape[1]: got %lld, expected a divisor of q's %lld heads "
+                        "%s: %s.shape[1]: got %lld, expected a divisor of q's %lld heads "
                         "(grouped-query attention: query head h uses key/value head h / (H / Hkv))",
-                        fn, (long long)Hkv, (long long)H);
+                        fn, kname, (long long)Hkv, (long long)H);
     c->group = H > 0 ? H / Hkv : 1;
-    int64_t wv[4] = {B, Hkv, Smax, -1};
-    if ((st = mha__check_tensor_as(ctx, fn, "v_cache", c->vc, dt, 4, wv,
-                                   "[B, Hkv, Smax, Dv] as k_cache")))
+    int64_t wv[4] = {B, Hkv, Smax, -1}, wvp[4] = {c->npages, Hkv, c->page, -1};
+    if ((st = mha__check_tensor_as(ctx, fn, vname, c->vc, dt, 4, c->bt ? wvp : wv,
+                                   c->bt ? "[P, Hkv, page, Dv] as k_pages"
+                                         : "[B, Hkv, Smax, Dv] as k_cache")))
         return st;
     const int64_t Dv = c->Dv = c->vc->shape[3];
     c->Lnew = 0;
@@ -152,8 +191,8 @@ static mha_status kv_check_tensors(mha_ctx *ctx, const char *fn, kv_call *c) {
             return st;
         if (c->k_new->shape[1] != Hkv)
             return mha__err(ctx, MHA_ERR_SHAPE,
-                            "%s: k_new.shape[1]: got %lld, expected %lld (k_cache heads)", fn,
-                            (long long)c->k_new->shape[1], (long long)Hkv);
+                            "%s: k_new.shape[1]: got %lld, expected %lld (%s heads)", fn,
+                            (long long)c->k_new->shape[1], (long long)Hkv, kname);
         c->Lnew = c->k_new->shape[2];
         int64_t wn[4] = {B, Hkv, c->Lnew, Dv};
         if ((st = mha__check_tensor_as(ctx, fn, "v_new", c->v_new, dt, 4, wn,
@@ -172,8 +211,9 @@ static mha_status kv_check_lens(mha_ctx *ctx, const char *fn, const kv_call *c) 
         if (c->Lnew > c->Smax)
             return mha__err(ctx, MHA_ERR_SHAPE,
                             "%s: k_new.shape[2]: got %lld, expected at most %lld (cache overflow: "
-                            "the cache has %lld rows)",
-                            fn, (long long)c->Lnew, (long long)c->Smax, (long long)c->Smax);
+                            "the cache has %lld rows%s)",
+                            fn, (long long)c->Lnew, (long long)c->Smax, (long long)c->Smax,
+                            c->bt ? ": max_blocks x page" : "");
         return MHA_OK;
     }
     for (int64_t b = 0; b < c->B; b++) {
@@ -186,11 +226,72 @@ static mha_status kv_check_lens(mha_ctx *ctx, const char *fn, const kv_call *c) 
         if (n + c->Lnew > c->Smax)
             return mha__err(ctx, MHA_ERR_INVALID_ARG,
                             "%s: cache_seqlens[%lld]: got %lld, expected at most %lld (cache "
-                            "overflow: %lld + %lld new tokens exceed the cache's %lld rows)",
+                            "overflow: %lld + %lld new tokens exceed the cache's %lld rows%s)",
                             fn, (long long)b, (long long)n, (long long)(c->Smax - c->Lnew),
-                            (long long)n, (long long)c->Lnew, (long long)c->Smax);
+                            (long long)n, (long long)c->Lnew, (long long)c->Smax,
+                            c->bt ? ": max_blocks x page" : "");
     }
     return MHA_OK;
+}
+
+/* The other block (b2, i2) than (b, i) that uses page x, if any (1). */
+static int kv_page_user(const kv_call *c, int64_t b, int64_t i, int64_t x, int64_t *b2,
+                        int64_t *i2) {
+    for (int64_t s = 0; s < c->B; s++) {
+        const int64_t nb = (kv_len(c, s) + c->page - 1) / c->page;
+        for (int64_t j = 0; j < nb; j++)
+            if ((s != b || j != i) && c->bt[s * c->nbt + j] == x) {
+                *b2 = s, *i2 = j;
+                return 1;
+            }
+    }
+    return 0;
+}
+
+/* Paged: every block a sequence uses (its rows [0, cache_seqlens[b] + Lnew)) names a page of the
+ * pool, and a page that new rows are written to is used by no other block (no sequence may read
+ * rows that another's append changes, nor two blocks write one page). */
+static mha_status kv_check_table(mha_ctx *ctx, const char *fn, const kv_call *c) {
+    if (!c->bt) return MHA_OK;
+    for (int64_t b = 0; b < c->B; b++) {
+        const int64_t nb = (kv_len(c, b) + c->page - 1) / c->page;
+        for (int64_t i = 0; i < nb; i++) {
+            const int64_t x = c->bt[b * c->nbt + i];
+            if (x < 0 || x >= c->npages)
+                return mha__err(ctx, MHA_ERR_INVALID_ARG,
+                                "%s: block_table[%lld][%lld]: got %lld, expected a page in [0, "
+                                "%lld) (k_pages.shape[0]; sequence %lld uses %lld blocks)",
+                                fn, (long long)b, (long long)i, (long long)x, (long long)c->npages,
+                                (long long)b, (long long)nb);
+        }
+    }
+    if (c->Lnew == 0) return MHA_OK;
+    uint8_t *uses = mha__calloc((size_t)c->npages, 1); /* 0, 1, 2: more than one block */
+    if (!uses)
+        return mha__err(ctx, MHA_ERR_NOMEM, "%s: block_table: out of memory (%lld pages)", fn,
+                        (long long)c->npages);
+    for (int64_t b = 0; b < c->B; b++)
+        for (int64_t i = 0, nb = (kv_len(c, b) + c->page - 1) / c->page; i < nb; i++) {
+            uint8_t *u = &uses[c->bt[b * c->nbt + i]];
+            *u += *u < 2;
+        }
+    mha_status st = MHA_OK;
+    for (int64_t b = 0; b < c->B && !st; b++) {
+        const int64_t j0 = c->lens ? c->lens[b] : 0, j1 = j0 + c->Lnew;
+        for (int64_t i = j0 / c->page; i < (j1 + c->page - 1) / c->page && !st; i++) {
+            const int64_t x = c->bt[b * c->nbt + i];
+            int64_t b2, i2;
+            if (uses[x] > 1 && kv_page_user(c, b, i, x, &b2, &i2))
+                st = mha__err(ctx, MHA_ERR_INVALID_ARG,
+                              "%s: block_table[%lld][%lld]: got page %lld, which new rows are "
+                              "written to, also used by block_table[%lld][%lld], expected a page "
+                              "of its own (sequences may share only pages they read)",
+                              fn, (long long)b, (long long)i, (long long)x, (long long)b2,
+                              (long long)i2);
+        }
+    }
+    mha__free(uses);
+    return st;
 }
 
 /* A [1, X, R, Y] view of batch b of t, rows [0, R). */
@@ -211,6 +312,29 @@ static mha_mask prefill_mask(const kv_call *c, int64_t b) {
     return mk;
 }
 
+/* The keys and values the prefill of sequence b attends, rows [0, len_b): views of its cache
+ * batch, or, paged, of c->gather ([1, Hkv, len_b, D] keys, then [1, Hkv, len_b, Dv] values,
+ * contiguous), where copy != 0 gathers its pages' rows (copy 0: the views only, for checks). */
+static void prefill_kv(const kv_call *c, int64_t b, int copy, mha_tensor *kb, mha_tensor *vb) {
+    const int64_t len = kv_len(c, b), Hkv = c->Hkv, D = c->D, Dv = c->Dv;
+    if (!c->bt) {
+        *kb = batch_view(c->kc, b, len), *vb = batch_view(c->vc, b, len);
+        return;
+    }
+    char *g = c->gather ? c->gather : c->kc->ptr;
+    const size_t es = kv_es(c);
+    const int64_t shk[4] = {1, Hkv, len, D}, sk[4] = {Hkv * len * D, len * D, D, 1};
+    const int64_t shv[4] = {1, Hkv, len, Dv}, sv[4] = {Hkv * len * Dv, len * Dv, Dv, 1};
+    *kb = mha_tensor_typed(g, c->dt, 4, shk, sk);
+    *vb = mha_tensor_typed(g + es * (size_t)(Hkv * len * D), c->dt, 4, shv, sv);
+    for (int64_t h = 0; copy && h < Hkv; h++)
+        for (int64_t j = 0; j < len; j++) {
+            memcpy(kv_row(kb, 0, h, j), kv_cache_row(c, c->kc, b, h, j), es * (size_t)D);
+            if (Dv > 0)
+                memcpy(kv_row(vb, 0, h, j), kv_cache_row(c, c->vc, b, h, j), es * (size_t)Dv);
+        }
+}
+
 static int is_decode(const kv_call *c) { return c->L * c->group <= MHA__ATTN_DECODE_ROWS; }
 
 /* Validates everything into c (the caches are written only after this succeeds). */
@@ -220,7 +344,8 @@ static mha_status kv_check(mha_ctx *ctx, const mha_attn_params *p, kv_call *c) {
     if (!p) p = &dp;
     mha_status st;
     if ((st = kv_check_params(ctx, fn, p)) || (st = kv_check_tensors(ctx, fn, c)) ||
-        (st = kv_check_mask(ctx, fn, &c->mask, c->B, c->H)) || (st = kv_check_lens(ctx, fn, c)))
+        (st = kv_check_mask(ctx, fn, &c->mask, c->B, c->H)) || (st = kv_check_lens(ctx, fn, c)) ||
+        (st = kv_check_table(ctx, fn, c)))
         return st;
     c->scale = p->scale != 0 ? p->scale : (float)(1.0 / sqrt((double)c->D));
     c->softcap = p->softcap;
@@ -240,8 +365,8 @@ static mha_status kv_check(mha_ctx *ctx, const mha_attn_params *p, kv_call *c) {
     if (c->B * c->H * c->L == 0 || is_decode(c)) return MHA_OK;
     /* prefill: what the dense core would refuse, refused now (batch 0 stands for all) */
     mha__attn_problem pr;
-    mha_tensor qb = batch_view(c->q, 0, c->L), kb = batch_view(c->kc, 0, kv_len(c, 0));
-    mha_tensor vb = batch_view(c->vc, 0, kv_len(c, 0));
+    mha_tensor qb = batch_view(c->q, 0, c->L), kb, vb;
+    prefill_kv(c, 0, 0, &kb, &vb);
     mha_mask mk = prefill_mask(c, 0);
     return mha__attn_check_inputs(ctx, fn, p, &qb, &kb, &vb, &mk, &pr);
 }
@@ -252,9 +377,10 @@ static void kv_append(const kv_call *c) {
         for (int64_t h = 0; h < c->Hkv; h++)
             for (int64_t t = 0; t < c->Lnew; t++) {
                 const int64_t j = (c->lens ? c->lens[b] : 0) + t;
-                memcpy(kv_row(c->kc, b, h, j), kv_row(c->k_new, b, h, t), kv_es(c) * (size_t)c->D);
+                memcpy(kv_cache_row(c, c->kc, b, h, j), kv_row(c->k_new, b, h, t),
+                       kv_es(c) * (size_t)c->D);
                 if (c->Dv > 0)
-                    memcpy(kv_row(c->vc, b, h, j), kv_row(c->v_new, b, h, t),
+                    memcpy(kv_cache_row(c, c->vc, b, h, j), kv_row(c->v_new, b, h, t),
                            kv_es(c) * (size_t)c->Dv);
             }
 }
@@ -294,6 +420,7 @@ static void dec_plan(mha_ctx *ctx, kv_call *c, mha__plan *call) {
     if (c->run < 1) c->run = 1;
     mha__plan_init(&c->plan);
     MHA__PLAN_ADD(&c->plan, dec_ws, orow, sizeof(float), 1, c->Dv);
+    MHA__PLAN_ADD(&c->plan, dec_ws, seg, sizeof(float), c->bt ? c->hg : 0, c->psz);
     mha__plan_init(call);
     MHA__PLAN_ADD(call, kv_call, part, sizeof(float), c->B * c->nch * c->Hkv, c->psz);
     MHA__PLAN_ADD(call, kv_call, qs, sizeof(float), c->B * c->Hkv * c->rows, c->D);
@@ -350,27 +477,19 @@ static void dec_row_range(const kv_call *c, int64_t i, int64_t len, int64_t j0, 
     *pos = qp - j0;
 }
 
-/* Task (b, group of key/value heads, chunk), chunks fastest: the chunk's partial softmax of each
- * head's rows, every head's key block after key block in one kernel call (with the [B, S, Hkv, D]
- * layout the heads of a key share its memory, so it is read in one pass). */
-static void dec_chunk(const kv_call *c, int64_t task) {
-    const int64_t ch = task % c->nch, hgi = task / c->nch % c->nhg, b = task / c->nch / c->nhg;
-    const int64_t kh0 = hgi * c->hg, nh = c->Hkv - kh0 < c->hg ? c->Hkv - kh0 : c->hg;
-    const int64_t rows = c->rows, len = kv_len(c, b), j0 = ch * DEC_CHUNK;
-    const int64_t bc = len - j0 < DEC_CHUNK ? len - j0 : DEC_CHUNK;
-    float *part = c->part + ((b * c->nch + ch) * c->Hkv + kh0) * c->psz;
+/* The partial softmax of the heads' rows into part (psz floats per head): head t's rows r
+ * against keys [s0, s0 + n) of sequence b (within one page), from key/value head kh0 + t. 0 when
+ * no row may see any of them (part untouched). */
+static int dec_keys(const kv_call *c, int64_t b, int64_t kh0, int64_t nh, int64_t s0, int64_t n,
+                    float *part) {
+    const int64_t rows = c->rows, len = kv_len(c, b);
     int64_t lo[MHA__ATTN_DECODE_ROWS], hi[MHA__ATTN_DECODE_ROWS], pos[MHA__ATTN_DECODE_ROWS];
     int any = 0;
     for (int64_t r = 0; r < rows; r++) {
-        dec_row_range(c, r % c->L, len, j0, bc > 0 ? bc : 0, &lo[r], &hi[r], &pos[r]);
+        dec_row_range(c, r % c->L, len, s0, n, &lo[r], &hi[r], &pos[r]);
         any |= lo[r] < hi[r];
     }
-    if (!any) { /* the chunk is past the sequence, or outside every row's range */
-        for (int64_t t = 0; t < nh; t++)
-            for (int64_t r = 0; r < rows; r++)
-                part[t * c->psz + r] = -INFINITY, part[t * c->psz + rows + r] = 0;
-        return;
-    }
+    if (!any) return 0;
     const int64_t bk0 = b * c->Hkv + kh0; /* the task's first head's query rows and slopes */
     const mha__attn_decode_mask md = {.softcap = c->softcap,
                                       .lo = lo,
@@ -382,10 +501,59 @@ static void dec_chunk(const kv_call *c, int64_t task) {
                                       .ldqb = c->D,
                                       .sqb = rows * c->D,
                                       .scale = c->scale};
-    c->kern->attn_decode(c->dt, nh, rows, bc, c->D, c->Dv, c->qs + bk0 * rows * c->D, c->D,
-                         rows * c->D, kv_row(c->kc, b, kh0, j0), c->kc->stride[2], c->kc->stride[1],
-                         kv_row(c->vc, b, kh0, j0), c->vc->stride[2], c->vc->stride[1], &md, part,
-                         c->psz);
+    c->kern->attn_decode(c->dt, nh, rows, n, c->D, c->Dv, c->qs + bk0 * rows * c->D, c->D,
+                         rows * c->D, kv_cache_row(c, c->kc, b, kh0, s0), c->kc->stride[2],
+                         c->kc->stride[1], kv_cache_row(c, c->vc, b, kh0, s0), c->vc->stride[2],
+                         c->vc->stride[1], &md, part, c->psz);
+    return 1;
+}
+
+/* part = the log-sum-exp combination of the partials part and seg (nh heads): per row,
+ * M = max(m, m'), l = e^(m - M) l + e^(m' - M) l', O likewise (a NaN m' propagates). */
+static void dec_combine(const kv_call *c, int64_t nh, float *part, const float *seg) {
+    const int64_t rows = c->rows, Dv = c->Dv;
+    for (int64_t t = 0; t < nh; t++) {
+        float *p = part + t * c->psz;
+        const float *s = seg + t * c->psz;
+        for (int64_t r = 0; r < rows; r++) {
+            const float m1 = p[r], m2 = s[r];
+            if (m2 == -INFINITY) continue; /* nothing from these keys */
+            const float M = isnan(m1) || isnan(m2) ? NAN : m1 > m2 ? m1 : m2;
+            const float a1 = expf(m1 - M), a2 = expf(m2 - M);
+            float *o1 = p + 2 * rows + r * Dv;
+            const float *o2 = s + 2 * rows + r * Dv;
+            p[r] = M, p[rows + r] = a1 * p[rows + r] + a2 * s[rows + r];
+            for (int64_t x = 0; x < Dv; x++) o1[x] = a1 * o1[x] + a2 * o2[x];
+        }
+    }
+}
+
+/* Task (b, group of key/value heads, chunk), chunks fastest: the chunk's partial softmax of each
+ * head's rows, every head's key block after key block in one kernel call (with the [B, S, Hkv, D]
+ * layout the heads of a key share its memory, so it is read in one pass). A chunk spanning pages
+ * (paged caches) is computed page by page, each page's partial combined into the chunk's in key
+ * order (dec_combine); a chunk within one page (always, unpaged) is one call, so paged caches
+ * whose page is a multiple of DEC_CHUNK give the bits of a contiguous cache. */
+static void dec_chunk(const kv_call *c, const dec_ws *w, int64_t task) {
+    const int64_t ch = task % c->nch, hgi = task / c->nch % c->nhg, b = task / c->nch / c->nhg;
+    const int64_t kh0 = hgi * c->hg, nh = c->Hkv - kh0 < c->hg ? c->Hkv - kh0 : c->hg;
+    const int64_t rows = c->rows, len = kv_len(c, b), j0 = ch * DEC_CHUNK;
+    const int64_t j1 = len - j0 < DEC_CHUNK ? len : j0 + DEC_CHUNK;
+    float *part = c->part + ((b * c->nch + ch) * c->Hkv + kh0) * c->psz;
+    int have = 0; /* part holds the partial of the keys before s0 */
+    for (int64_t s0 = j0, s1; s0 < j1; s0 = s1) {
+        s1 = (s0 / c->page + 1) * c->page;
+        if (s1 > j1) s1 = j1;
+        if (dec_keys(c, b, kh0, nh, s0, s1 - s0, have ? w->seg : part)) {
+            if (have) dec_combine(c, nh, part, w->seg);
+            have = 1;
+        }
+    }
+    if (have) return;
+    /* the chunk is past the sequence, or outside every row's range */
+    for (int64_t t = 0; t < nh; t++)
+        for (int64_t r = 0; r < rows; r++)
+            part[t * c->psz + r] = -INFINITY, part[t * c->psz + rows + r] = 0;
 }
 
 /* Merge (b, kv head): each row's chunks in chunk order by log-sum-exp, into out (computed in
@@ -452,7 +620,7 @@ static void dec_run(const kv_call *c) {
 #pragma omp for schedule(static)
         for (int64_t t = 0; t < nmerge; t++) dec_queries(c, t);
 #pragma omp for schedule(dynamic, c->run)
-        for (int64_t t = 0; t < ntask; t++) dec_chunk(c, t);
+        for (int64_t t = 0; t < ntask; t++) dec_chunk(c, &w, t);
 #pragma omp for schedule(dynamic, 1)
         for (int64_t t = 0; t < nmerge; t++) dec_merge(c, &w, t);
     }
@@ -462,15 +630,46 @@ static void dec_run(const kv_call *c) {
 
 static mha_status prefill(mha_ctx *ctx, const mha_attn_params *p, const kv_call *c) {
     for (int64_t b = 0; b < c->B; b++) {
-        const int64_t len = kv_len(c, b);
-        mha_tensor qb = batch_view(c->q, b, c->L), kb = batch_view(c->kc, b, len);
-        mha_tensor vb = batch_view(c->vc, b, len), ob = batch_view(c->out, b, c->L), lb;
+        mha_tensor qb = batch_view(c->q, b, c->L), kb, vb;
+        mha_tensor ob = batch_view(c->out, b, c->L), lb;
+        prefill_kv(c, b, 1, &kb, &vb);
         if (c->lse) lb = batch_view(c->lse, b, 0);
         mha_mask mk = prefill_mask(c, b);
         mha_status st = mha__attn_forward_seq(ctx, c->fn, p, &qb, &kb, &vb, &mk, &ob,
                                               c->lse ? &lb : NULL, (mha__attn_origin){0, 0, 0});
         if (st) return st;
     }
+    return MHA_OK;
+}
+
+/* A validated call: append, then decode or prefill. Memory a decode or a paged prefill needs is
+ * allocated before the caches are written. */
+static mha_status kv_run(mha_ctx *ctx, const mha_attn_params *p, kv_call *c) {
+    mha_status st = kv_check(ctx, p, c);
+    if (st) return st;
+    if (c->B * c->H * c->L == 0 || !is_decode(c)) {
+        if (c->bt && c->B * c->H * c->L > 0) { /* room for the longest sequence's rows */
+            int64_t maxlen = 0;
+            for (int64_t b = 0; b < c->B; b++)
+                if (kv_len(c, b) > maxlen) maxlen = kv_len(c, b);
+            const double bytes = (double)maxlen * c->Hkv * (c->D + c->Dv) * kv_es(c);
+            c->gather = bytes < 9e18 ? mha__malloc((size_t)bytes > 0 ? (size_t)bytes : 1) : NULL;
+            if (!c->gather)
+                return mha__err(ctx, MHA_ERR_NOMEM,
+                                "%s: out of memory (%.0f bytes for a contiguous copy of a "
+                                "sequence's pages)",
+                                c->fn, bytes);
+        }
+        kv_append(c);
+        st = c->B * c->H * c->L == 0 ? MHA_OK : prefill(ctx, p, c);
+        mha__free(c->gather);
+        return st;
+    }
+    void *buf;
+    if ((st = dec_alloc(ctx, c, &buf))) return st;
+    kv_append(c);
+    dec_run(c);
+    mha__free(buf);
     return MHA_OK;
 }
 
@@ -485,18 +684,7 @@ mha_status mha__attn_kvcache(mha_ctx *ctx, const char *fn, const mha_attn_params
     c.fn = fn, c.q = q, c.kc = k_cache, c.vc = v_cache, c.k_new = k_new, c.v_new = v_new;
     c.lens = cache_seqlens, c.out = out, c.lse = lse;
     c.mask = mask ? *mask : mha_mask_default();
-    mha_status st = kv_check(ctx, p, &c);
-    if (st) return st;
-    if (c.B * c.H * c.L == 0 || !is_decode(&c)) {
-        kv_append(&c);
-        return c.B * c.H * c.L == 0 ? MHA_OK : prefill(ctx, p, &c);
-    }
-    void *buf;
-    if ((st = dec_alloc(ctx, &c, &buf))) return st;
-    kv_append(&c);
-    dec_run(&c);
-    mha__free(buf);
-    return MHA_OK;
+    return kv_run(ctx, p, &c);
 }
 
 mha_status mha_attn_kvcache(mha_ctx *ctx, const mha_attn_params *p, const mha_tensor *q,
@@ -505,4 +693,27 @@ mha_status mha_attn_kvcache(mha_ctx *ctx, const mha_attn_params *p, const mha_te
                             const mha_mask *mask, mha_tensor *out, mha_tensor *lse) {
     return mha__attn_kvcache(ctx, "mha_attn_kvcache", p, q, k_cache, v_cache, k_new, v_new,
                              cache_seqlens, mask, out, lse);
+}
+
+mha_status mha_attn_kvcache_paged(mha_ctx *ctx, const mha_attn_params *p, const mha_tensor *q,
+                                  mha_tensor *k_pages, mha_tensor *v_pages,
+                                  const int32_t *block_table, int64_t max_blocks,
+                                  const mha_tensor *k_new, const mha_tensor *v_new,
+                                  const int32_t *cache_seqlens, const mha_mask *mask,
+                                  mha_tensor *out, mha_tensor *lse) {
+    static const char fn[] = "mha_attn_kvcache_paged";
+    mha__clear(ctx);
+    if (!block_table && max_blocks > 0)
+        return mha__err(ctx, MHA_ERR_INVALID_ARG,
+                        "%s: block_table: got NULL with max_blocks %lld, expected the table "
+                        "[B, max_blocks]",
+                        fn, (long long)max_blocks);
+    static const int32_t none[1] = {0}; /* max_blocks 0: a table of no blocks */
+    kv_call c;
+    memset(&c, 0, sizeof c);
+    c.fn = fn, c.q = q, c.kc = k_pages, c.vc = v_pages, c.k_new = k_new, c.v_new = v_new;
+    c.lens = cache_seqlens, c.out = out, c.lse = lse;
+    c.mask = mask ? *mask : mha_mask_default();
+    c.bt = block_table ? block_table : none, c.nbt = max_blocks;
+    return kv_run(ctx, p, &c);
 }

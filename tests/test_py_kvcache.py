@@ -5,7 +5,8 @@ nothing else of them touched), and the output against FlashAttention's attention
 it: decode (one query token) and prefill (many), new tokens or none, cache_seqlens as an int,
 an int32 tensor or None (the whole cache, as FlashAttention), causal, windows, softcap, ALiBi, grouped-query heads, caches that are
 views of a larger buffer; a cache overflow and other bad inputs raise ValueError and leave the
-caches untouched.
+caches untouched. Paged caches (block_table): the same calls on a pool of pages against the
+same rows laid out contiguously, bitwise where mha's contract says so.
 """
 import pytest
 import torch
@@ -350,8 +351,6 @@ def test_rotary_and_paging_errors():
         (dict(k=k, v=v, rotary_cos=cos, rotary_sin=sin, cache_seqlens=3,
               cache_leftpad=torch.tensor([1, 1], dtype=torch.int32)), NotImplementedError,
          "cache_leftpad with rotary embeddings"),
-        (dict(block_table=torch.zeros(2, 1, dtype=torch.int32)), NotImplementedError,
-         "block_table: paged KV caches are not implemented"),
         (dict(num_splits=-1), ValueError, "num_splits: got -1, expected an int >= 0"),
     ]
     for kw, exc, msg in cases:
@@ -359,3 +358,104 @@ def test_rotary_and_paging_errors():
             mha.flash_attn_with_kvcache(q, k_cache, v_cache, **kw)
         assert msg in str(e.value), str(e.value)
     assert torch.equal(k_cache, before[0]) and torch.equal(v_cache, before[1])
+
+
+def paged_setup(B, nb, page, H, Hkv, D, Dv, Lq, Lnew, seed, dtype=torch.float32):
+    """A pool of pages with the blocks of B sequences in a random order (and 3 spare pages
+    holding NaN, never read), and the same rows laid out contiguously [B, nb * page, ...]."""
+    gen = torch.Generator().manual_seed(seed)
+    P = B * nb + 3
+    kp = torch.full((P, page, Hkv, D), float("nan"), dtype=dtype)
+    vp = torch.full((P, page, Hkv, Dv), float("nan"), dtype=dtype)
+    table = torch.randperm(P, generator=gen)[:B * nb].reshape(B, nb).to(torch.int32)
+    idx = table.long()
+    kp[idx] = torch.randn(B, nb, page, Hkv, D, generator=gen).to(dtype)
+    vp[idx] = torch.randn(B, nb, page, Hkv, Dv, generator=gen).to(dtype)
+    kc = kp[idx].reshape(B, nb * page, Hkv, D).clone()
+    vc = vp[idx].reshape(B, nb * page, Hkv, Dv).clone()
+    q = torch.randn(B, Lq, H, D, generator=gen).to(dtype)
+    k = torch.randn(B, Lnew, Hkv, D, generator=gen).to(dtype) if Lnew else None
+    v = torch.randn(B, Lnew, Hkv, Dv, generator=gen).to(dtype) if Lnew else None
+    return gen, table, kp, vp, kc, vc, q, k, v
+
+
+PAGED = [  # B, blocks, page, H, Hkv, D, Dv, Lq, Lnew, lens, options
+    (2, 3, 512, 8, 2, 64, 64, 1, 1, [700, 1535], dict(causal=True)),
+    (2, 6, 16, 8, 2, 32, 32, 1, 1, [37, 80], dict(causal=True)),
+    (3, 20, 7, 4, 4, 16, 8, 3, 3, [0, 60, 137], dict(causal=True, window_size=(20, 0))),
+    (2, 9, 5, 4, 2, 16, 16, 20, 20, [0, 25], dict(causal=True, alibi_slopes=True)),
+    (2, 4, 16, 4, 2, 16, 16, 2, 0, None, dict(softcap=3.0)),
+    (1, 70, 1, 2, 1, 8, 8, 1, 1, 30, dict(causal=True)),
+]
+
+
+@pytest.mark.parametrize("case", PAGED, ids=lambda c: f"B{c[0]}-blocks{c[1]}-page{c[2]}-L{c[7]}-"
+                         f"new{c[8]}-lens{c[9]}-{sorted(c[10])}")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_paged_caches_match_the_contiguous_caches(case, dtype):
+    B, nb, page, H, Hkv, D, Dv, Lq, Lnew, lens, opts = case
+    gen, table, kp, vp, kc, vc, q, k, v = paged_setup(B, nb, page, H, Hkv, D, Dv, Lq, Lnew,
+                                                      sum(case[:9]), dtype)
+    opts = dict(opts)
+    if opts.get("alibi_slopes"):
+        opts["alibi_slopes"] = torch.rand(B, H, generator=gen)
+    arg = torch.tensor(lens, dtype=torch.int32) if isinstance(lens, list) else lens
+    want = mha.flash_attn_with_kvcache(q, kc, vc, k, v, cache_seqlens=arg, **opts)
+    ptr = kp.data_ptr()
+    out = mha.flash_attn_with_kvcache(q, kp, vp, k, v, cache_seqlens=arg, block_table=table,
+                                      **opts)
+    assert kp.data_ptr() == ptr
+    # the pool's pages in table order hold the contiguous caches' rows after their call
+    assert torch.equal(kp[table.long()].reshape(kc.shape), kc)
+    assert torch.equal(vp[table.long()].reshape(vc.shape), vc)
+    assert not kp[[i for i in range(kp.shape[0]) if i not in table.flatten().tolist()]].isfinite().any()
+    if page % 512 == 0 or Lq * H // Hkv > 16:  # one page per decode chunk, or a prefill
+        assert torch.equal(out, want)
+    else:  # chunks spanning pages: combined page by page
+        tol = 2e-6 if dtype == torch.float32 else 2e-2
+        assert (out.float() - want.float()).abs().max() <= tol
+    lens_list = [nb * page] * B if lens is None else [lens] * B if isinstance(lens, int) else lens
+    ref = attention_ref(q, kc, vc, key_lengths=torch.tensor(lens_list) + Lnew, **opts)
+    if dtype == torch.float32:
+        assert_close(out, ref[0], "out")
+
+
+def test_paged_errors_leave_the_pool_untouched():
+    gen, table, kp, vp, kc, vc, q, k, v = paged_setup(2, 4, 8, 4, 2, 8, 8, 1, 1, 5)
+    before = kp.clone(), vp.clone()
+    lens = torch.tensor([3, 9], dtype=torch.int32)
+    shared = table.clone()
+    shared[1, 1] = shared[0, 0]  # sequence 1 writes its new row to sequence 0's first page
+    far = table.clone()
+    far[0, 0] = 100
+    cases = [
+        (dict(block_table=table.long()), ValueError, "block_table.dtype: got torch.int64, "
+         "expected torch.int32"),
+        (dict(block_table=table[:1]), ValueError, "block_table: got shape [1, 4], expected [2, "
+         "max_num_blocks_per_seq]"),
+        (dict(block_table=table, cache_batch_idx=torch.tensor([0, 1], dtype=torch.int32)),
+         ValueError, "paged caches do not support cache_batch_idx"),
+        (dict(block_table=table, cache_leftpad=torch.tensor([0, 1], dtype=torch.int32)),
+         NotImplementedError, "cache_leftpad with block_table"),
+        (dict(block_table=far), ValueError, "block_table[0][0]: got 100, expected a page in "
+         "[0, 11)"),
+        (dict(block_table=shared), ValueError, "which new rows are written to, also used by "
+         "block_table["),
+        (dict(block_table=table, cache_seqlens=torch.tensor([3, 32], dtype=torch.int32)),
+         ValueError, "cache_seqlens[1]: got 32, expected at most 31"),
+    ]
+    for kw, exc, msg in cases:
+        kw.setdefault("cache_seqlens", lens)
+        with pytest.raises(exc) as e:
+            mha.flash_attn_with_kvcache(q, kp, vp, k, v, **kw)
+        assert msg in str(e.value), str(e.value)
+        assert torch.equal(kp.view(torch.int32), before[0].view(torch.int32))  # NaN: bits
+        assert torch.equal(vp.view(torch.int32), before[1].view(torch.int32))
+    # sequences sharing a page they only read (no new tokens): the contiguous result
+    table2 = table.clone()
+    table2[1, 0] = table[0, 0]
+    kc2, vc2 = kc.clone(), vc.clone()
+    kc2[1, :8], vc2[1, :8] = kc[0, :8], vc[0, :8]
+    out = mha.flash_attn_with_kvcache(q, kp, vp, cache_seqlens=lens, block_table=table2)
+    want = mha.flash_attn_with_kvcache(q, kc2, vc2, cache_seqlens=lens)
+    assert (out - want).abs().max() <= 2e-6  # 8-row pages: the chunk combined page by page

@@ -96,6 +96,8 @@ _PROTOTYPES = {
                                   _T, _T, _T, _T]),
     "mha_attn_kvcache": (c_int, [_P, POINTER(AttnParams), _T, _T, _T, _T, _T, c_void_p,
                                  POINTER(Mask), _T, _T]),
+    "mha_attn_kvcache_paged": (c_int, [_P, POINTER(AttnParams), _T, _T, _T, c_void_p, c_int64,
+                                       _T, _T, c_void_p, POINTER(Mask), _T, _T]),
     "mha_attn_varlen_forward": (c_int, [_P, POINTER(AttnParams), _T, _T, _T, c_void_p,
                                         c_void_p, c_int64, POINTER(Mask), _T, _T]),
     "mha_attn_varlen_backward": (c_int, [_P, POINTER(AttnParams), _T, _T, _T, c_void_p,

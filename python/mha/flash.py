@@ -391,6 +391,24 @@ def _no_copy(fn, name, t):
                          "cannot be copied)")
 
 
+def _block_table(fn, t, batch):
+    """FlashAttention's block_table: an int32 CPU tensor [batch, max_num_blocks_per_seq],
+    contiguous (a copy when it is not: it is only read)."""
+    what = f"[{batch}, max_num_blocks_per_seq] (batch, blocks)"
+    if not isinstance(t, torch.Tensor):
+        raise ArgumentError(f"{fn}: block_table: got {type(t).__name__}, expected an int32 "
+                            f"tensor {what}")
+    if t.device.type != "cpu":
+        raise ArgumentError(f"{fn}: block_table: got a tensor on {t.device}, expected a CPU "
+                            "tensor")
+    if t.dtype != _I32:
+        raise ArgumentError(f"{fn}: block_table.dtype: got {t.dtype}, expected torch.int32 (as "
+                            "FlashAttention)")
+    if t.dim() != 2 or t.shape[0] != batch:
+        raise ArgumentError(f"{fn}: block_table: got shape {_shape(t)}, expected {what}")
+    return t.contiguous()
+
+
 def _check_cache_lengths(fn, lens, new, rows):
     """0 <= lens[b] and lens[b] + new <= rows for each b, with the library's message."""
     for b, n in enumerate(lens.tolist()):
@@ -497,8 +515,15 @@ def flash_attn_with_kvcache(q, k_cache, v_cache, k=None, v=None, rotary_cos=None
         cache_leftpad[b]; 0 <= cache_leftpad[b] <= cache_seqlens[b] (seqlen_cache when None).
         Not with rotary
         embeddings (NotImplementedError).
-    block_table : None
-        Paged caches are not implemented (NotImplementedError).
+    block_table : int32 Tensor [batch, max_num_blocks_per_seq], optional
+        Paged caches (vLLM's PagedAttention): k_cache, v_cache are then pools of pages
+        [num_blocks, page_block_size, nheads_k, headdim(_v)], and key j of sequence b is row
+        j % page_block_size of page block_table[b, j // page_block_size] (any page size: mha
+        has no multiple-of-256 rule). Each sequence holds up to max_num_blocks_per_seq *
+        page_block_size tokens; the blocks it uses must name pages of the pool, and a page the
+        new tokens go to must be used by no other block (sequences may share pages they only
+        read, e.g. a common prompt's). Not with cache_batch_idx or cache_leftpad (as
+        FlashAttention).
     softmax_scale, causal, window_size, softcap, alibi_slopes
         As in ``flash_attn_func``, aligned bottom-right to each sequence's keys (query row i
         at key position i + seqlen_k - seqlen_q).
@@ -524,9 +549,13 @@ def flash_attn_with_kvcache(q, k_cache, v_cache, k=None, v=None, rotary_cos=None
     """
     fn = "flash_attn_with_kvcache"
     layout = "[batch, seqlen, nheads, headdim]"
-    if block_table is not None:
-        raise NotImplementedError(f"{fn}: block_table: paged KV caches are not implemented "
-                                  "(pass caches [batch, seqlen_cache, nheads_k, headdim])")
+    paged = block_table is not None
+    if paged and cache_batch_idx is not None:
+        raise ArgumentError(f"{fn}: cache_batch_idx: got a tensor with block_table, expected None "
+                            "(paged caches do not support cache_batch_idx, as FlashAttention)")
+    if paged and cache_leftpad is not None:
+        raise NotImplementedError(f"{fn}: cache_leftpad with block_table (paged caches) is not "
+                                  "implemented (nor in FlashAttention)")
     if isinstance(num_splits, bool) or not isinstance(num_splits, numbers.Integral) or \
             num_splits < 0:
         raise ArgumentError(f"{fn}: num_splits: got {num_splits!r}, expected an int >= 0")
@@ -536,8 +565,12 @@ def flash_attn_with_kvcache(q, k_cache, v_cache, k=None, v=None, rotary_cos=None
                                      layout, core=True)
     _check_headdim(fn, q)
     B, L, H = q.shape[0], q.shape[1], q.shape[2]
-    # the caches against q, their batch apart (cache_batch_idx may pick among more or fewer)
+    # the caches against q, their batch apart (cache_batch_idx may pick among more or fewer;
+    # paged: pages)
     _check_kv(fn, q, k_cache, v_cache, "k_cache", "v_cache", batch=k_cache.shape[0])
+    if paged:
+        block_table = _block_table(fn, block_table, B)
+    seqlen_cache = block_table.shape[1] * k_cache.shape[1] if paged else k_cache.shape[1]
     if (k is None) != (v is None):
         raise ArgumentError(f"{fn}: k, v: got only {'k' if v is None else 'v'}, expected both "
                          "(new tokens) or neither")
@@ -558,7 +591,7 @@ def flash_attn_with_kvcache(q, k_cache, v_cache, k=None, v=None, rotary_cos=None
             raise ArgumentError(f"{fn}: cache_seqlens: got None with new tokens k, v, expected "
                              "the tokens already in each cache (an int or an int32 tensor "
                              "[batch]), as FlashAttention")
-        lens = torch.full((B,), k_cache.shape[1], dtype=_I32)
+        lens = torch.full((B,), seqlen_cache, dtype=_I32)
     elif isinstance(cache_seqlens, numbers.Integral) and not isinstance(cache_seqlens, bool):
         lens = torch.full((B,), int(cache_seqlens), dtype=_I32)
     else:
@@ -576,7 +609,7 @@ def flash_attn_with_kvcache(q, k_cache, v_cache, k=None, v=None, rotary_cos=None
         if bad:
             raise ArgumentError(f"{fn}: cache_batch_idx: got {bad[0]}, expected an index into the "
                              f"caches' {k_cache.shape[0]} batches")
-    elif k_cache.shape[0] != B:
+    elif not paged and k_cache.shape[0] != B:
         raise ArgumentError(f"{fn}: k_cache: got shape {_shape(k_cache)}, expected batch {B} as q "
                          "(or pass cache_batch_idx)")
     if rows is not None or cache_leftpad is not None:
@@ -612,12 +645,18 @@ def flash_attn_with_kvcache(q, k_cache, v_cache, k=None, v=None, rotary_cos=None
         tn = [T.view(t[b0:b1]) if t is not None else None for t in (tk, tv)]
         views = [T.view(t) for t in (tq[b0:b1], kc, vc, out[b0:b1])]
         tl = T.view(lse[b0:b1]) if lse is not None else None
-        _lib.check(lib.mha_attn_kvcache(
-            c, ctypes.byref(params), ctypes.byref(views[0]), ctypes.byref(views[1]),
-            ctypes.byref(views[2]), ctypes.byref(tn[0]) if tn[0] is not None else None,
-            ctypes.byref(tn[1]) if tn[1] is not None else None,
-            ctypes.c_void_p(ln.data_ptr()), ctypes.byref(mask.c),
-            ctypes.byref(views[3]), ctypes.byref(tl) if tl is not None else None), c)
+        new = [ctypes.byref(t) if t is not None else None for t in tn]
+        args = (ctypes.c_void_p(ln.data_ptr()), ctypes.byref(mask.c), ctypes.byref(views[3]),
+                ctypes.byref(tl) if tl is not None else None)
+        if paged:
+            st = lib.mha_attn_kvcache_paged(
+                c, ctypes.byref(params), ctypes.byref(views[0]), ctypes.byref(views[1]),
+                ctypes.byref(views[2]), ctypes.c_void_p(block_table.data_ptr()),
+                block_table.shape[1], *new, *args)
+        else:
+            st = lib.mha_attn_kvcache(c, ctypes.byref(params), ctypes.byref(views[0]),
+                                      ctypes.byref(views[1]), ctypes.byref(views[2]), *new, *args)
+        _lib.check(st, c)
 
     if rows is None and starts is None:
         call(0, B, tkc, tvc, lens, opts.mask())

@@ -550,8 +550,9 @@ MHA_API mha_status mha_attn_kvcache(mha_ctx *ctx, const mha_attn_params *p, cons
  * sequence): MHA_ERR_INVALID_ARG naming both blocks, nothing written. Results: a decoding
  * chunk within one page is computed as on a contiguous cache, so with a page of a multiple of
  * 512 rows the results are bitwise those of mha_attn_kvcache on the same rows laid out
- * contiguously; a chunk spanning pages is computed page by page and combined by log-sum-exp
- * in key order (the same up to float rounding; still bitwise the same for any thread count).
+ * contiguously; a chunk spanning pages is computed page by page, the online softmax carried
+ * from each page to the next (the same up to float rounding; still bitwise the same for any
+ * thread count).
  * A prefill copies each sequence's rows into one contiguous buffer first (max len * Hkv *
  * (D + Dv) elements, allocated before anything is written) and is then bitwise the
  * contiguous prefill. Extra memory for decoding: one chunk partial per thread. */

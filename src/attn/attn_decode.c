@@ -49,7 +49,6 @@
 /* Per thread (decode): the row of out being merged, in float32 (rounded once into out). */
 typedef struct {
     float *orow; /* [Dv] */
-    float *seg;  /* paged: the partials of a chunk's later pages [hg, psz] (dec_chunk) */
 } dec_ws;
 
 /* One call: validated arguments, and the decode plan. */
@@ -420,7 +419,6 @@ static void dec_plan(mha_ctx *ctx, kv_call *c, mha__plan *call) {
     if (c->run < 1) c->run = 1;
     mha__plan_init(&c->plan);
     MHA__PLAN_ADD(&c->plan, dec_ws, orow, sizeof(float), 1, c->Dv);
-    MHA__PLAN_ADD(&c->plan, dec_ws, seg, sizeof(float), c->bt ? c->hg : 0, c->psz);
     mha__plan_init(call);
     MHA__PLAN_ADD(call, kv_call, part, sizeof(float), c->B * c->nch * c->Hkv, c->psz);
     MHA__PLAN_ADD(call, kv_call, qs, sizeof(float), c->B * c->Hkv * c->rows, c->D);
@@ -478,10 +476,11 @@ static void dec_row_range(const kv_call *c, int64_t i, int64_t len, int64_t j0, 
 }
 
 /* The partial softmax of the heads' rows into part (psz floats per head): head t's rows r
- * against keys [s0, s0 + n) of sequence b (within one page), from key/value head kh0 + t. 0 when
- * no row may see any of them (part untouched). */
+ * against keys [s0, s0 + n) of sequence b (within one page), from key/value head kh0 + t;
+ * continuing part's partial of the keys before s0 when acc (the kernel's accumulate). 0 when no
+ * row may see any of them (part untouched). */
 static int dec_keys(const kv_call *c, int64_t b, int64_t kh0, int64_t nh, int64_t s0, int64_t n,
-                    float *part) {
+                    int acc, float *part) {
     const int64_t rows = c->rows, len = kv_len(c, b);
     int64_t lo[MHA__ATTN_DECODE_ROWS], hi[MHA__ATTN_DECODE_ROWS], pos[MHA__ATTN_DECODE_ROWS];
     int any = 0;
@@ -500,7 +499,8 @@ static int dec_keys(const kv_call *c, int64_t b, int64_t kh0, int64_t nh, int64_
                                                                     : NULL,
                                       .ldqb = c->D,
                                       .sqb = rows * c->D,
-                                      .scale = c->scale};
+                                      .scale = c->scale,
+                                      .accumulate = acc};
     c->kern->attn_decode(c->dt, nh, rows, n, c->D, c->Dv, c->qs + bk0 * rows * c->D, c->D,
                          rows * c->D, kv_cache_row(c, c->kc, b, kh0, s0), c->kc->stride[2],
                          c->kc->stride[1], kv_cache_row(c, c->vc, b, kh0, s0), c->vc->stride[2],
@@ -508,33 +508,13 @@ static int dec_keys(const kv_call *c, int64_t b, int64_t kh0, int64_t nh, int64_
     return 1;
 }
 
-/* part = the log-sum-exp combination of the partials part and seg (nh heads): per row,
- * M = max(m, m'), l = e^(m - M) l + e^(m' - M) l', O likewise (a NaN m' propagates). */
-static void dec_combine(const kv_call *c, int64_t nh, float *part, const float *seg) {
-    const int64_t rows = c->rows, Dv = c->Dv;
-    for (int64_t t = 0; t < nh; t++) {
-        float *p = part + t * c->psz;
-        const float *s = seg + t * c->psz;
-        for (int64_t r = 0; r < rows; r++) {
-            const float m1 = p[r], m2 = s[r];
-            if (m2 == -INFINITY) continue; /* nothing from these keys */
-            const float M = isnan(m1) || isnan(m2) ? NAN : m1 > m2 ? m1 : m2;
-            const float a1 = expf(m1 - M), a2 = expf(m2 - M);
-            float *o1 = p + 2 * rows + r * Dv;
-            const float *o2 = s + 2 * rows + r * Dv;
-            p[r] = M, p[rows + r] = a1 * p[rows + r] + a2 * s[rows + r];
-            for (int64_t x = 0; x < Dv; x++) o1[x] = a1 * o1[x] + a2 * o2[x];
-        }
-    }
-}
-
 /* Task (b, group of key/value heads, chunk), chunks fastest: the chunk's partial softmax of each
  * head's rows, every head's key block after key block in one kernel call (with the [B, S, Hkv, D]
  * layout the heads of a key share its memory, so it is read in one pass). A chunk spanning pages
- * (paged caches) is computed page by page, each page's partial combined into the chunk's in key
- * order (dec_combine); a chunk within one page (always, unpaged) is one call, so paged caches
- * whose page is a multiple of DEC_CHUNK give the bits of a contiguous cache. */
-static void dec_chunk(const kv_call *c, const dec_ws *w, int64_t task) {
+ * (paged caches) takes one call per page, each continuing the online softmax of the calls
+ * before it (the kernel's accumulate); a chunk within one page (always, unpaged) is one call,
+ * so paged caches whose page is a multiple of DEC_CHUNK give the bits of a contiguous cache. */
+static void dec_chunk(const kv_call *c, int64_t task) {
     const int64_t ch = task % c->nch, hgi = task / c->nch % c->nhg, b = task / c->nch / c->nhg;
     const int64_t kh0 = hgi * c->hg, nh = c->Hkv - kh0 < c->hg ? c->Hkv - kh0 : c->hg;
     const int64_t rows = c->rows, len = kv_len(c, b), j0 = ch * DEC_CHUNK;
@@ -544,10 +524,7 @@ static void dec_chunk(const kv_call *c, const dec_ws *w, int64_t task) {
     for (int64_t s0 = j0, s1; s0 < j1; s0 = s1) {
         s1 = (s0 / c->page + 1) * c->page;
         if (s1 > j1) s1 = j1;
-        if (dec_keys(c, b, kh0, nh, s0, s1 - s0, have ? w->seg : part)) {
-            if (have) dec_combine(c, nh, part, w->seg);
-            have = 1;
-        }
+        have |= dec_keys(c, b, kh0, nh, s0, s1 - s0, have, part);
     }
     if (have) return;
     /* the chunk is past the sequence, or outside every row's range */
@@ -620,7 +597,7 @@ static void dec_run(const kv_call *c) {
 #pragma omp for schedule(static)
         for (int64_t t = 0; t < nmerge; t++) dec_queries(c, t);
 #pragma omp for schedule(dynamic, c->run)
-        for (int64_t t = 0; t < ntask; t++) dec_chunk(c, &w, t);
+        for (int64_t t = 0; t < ntask; t++) dec_chunk(c, t);
 #pragma omp for schedule(dynamic, 1)
         for (int64_t t = 0; t < nmerge; t++) dec_merge(c, &w, t);
     }

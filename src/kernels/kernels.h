@@ -323,6 +323,11 @@ typedef struct {
     const uint16_t *qb;
     int64_t ldqb, sqb;
     float scale;
+    /* 1: P already holds the partial (m, l, O) of the same rows over keys before these (a call
+     * on the keys before, in a page of their own: paged caches), and the call continues that
+     * online softmax over its keys instead of overwriting it (a row none of these keys may
+     * see keeps its partial); 0: P is overwritten */
+    int accumulate;
 } mha__attn_decode_mask;
 
 typedef void mha__attn_decode_t(mha_dtype kv, int64_t nh, int64_t rows, int64_t bc, int64_t n,

@@ -35,21 +35,30 @@ static float decode_score(mha_dtype kv, const float *a, const void *k, int64_t n
     return s;
 }
 
-/* One head: its rows' partial softmax over the chunk into m, l, O [rows, nv]. */
+/* One head: its rows' partial softmax over the chunk into m, l, O [rows, nv] (with
+ * md->accumulate, continued from theirs: O and l scaled by exp(m - m'), m' the new max). */
 static void decode_head(mha_dtype kv, int64_t rows, int64_t n, int64_t nv, const float *A,
                         int64_t lda, const void *K, int64_t ldk, const void *V, int64_t ldv,
                         const mha__attn_decode_mask *md, float *m, float *l, float *O) {
     for (int64_t r = 0; r < rows; r++) {
         const float *a = A + r * lda;
-        float *o = O + r * nv, mx = -INFINITY, sum = 0;
-        for (int64_t x = 0; x < nv; x++) o[x] = 0;
+        float *o = O + r * nv, mx = -INFINITY, sum = 0, m0 = -INFINITY, l0 = 0;
+        if (md->accumulate) m0 = m[r], l0 = l[r];
+        else
+            for (int64_t x = 0; x < nv; x++) o[x] = 0;
         for (int64_t c = md->lo[r]; c < md->hi[r]; c++) {
             float s = decode_score(kv, a, kv_row(kv, K, c, ldk), n, md, r, c);
             if (s > mx || isnan(s)) mx = s;
         }
+        if (m0 > mx || isnan(m0)) mx = m0;
         if (mx == -INFINITY) { /* nothing allowed, or every allowed score -inf */
             m[r] = -INFINITY, l[r] = 0;
             continue;
+        }
+        if (md->accumulate) { /* the earlier keys' sums, rescaled to the new max */
+            const float alpha = m0 == -INFINITY ? 0.0f : expf(m0 - mx);
+            sum = alpha * l0;
+            for (int64_t x = 0; x < nv; x++) o[x] *= alpha;
         }
         for (int64_t c = md->lo[r]; c < md->hi[r]; c++) {
             float s = decode_score(kv, a, kv_row(kv, K, c, ldk), n, md, r, c);

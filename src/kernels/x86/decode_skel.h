@@ -477,7 +477,7 @@ INL void dec_kernel(const mha_dtype kt, int64_t nh, int64_t rows, int64_t bc, in
     float S[DEC_HG][MHA__ATTN_DECODE_ROWS * DEC_KB] __attribute__((aligned(64)));
     float alpha[DEC_HG][MHA__ATTN_DECODE_ROWS], one[MHA__ATTN_DECODE_ROWS];
     const int64_t hgm = nh < DEC_HG ? nh : DEC_HG;
-    memset(S, 0, sizeof S[0] * (size_t)hgm);
+    for (int64_t t = 0; t < hgm; t++) memset(S[t], 0, sizeof(float) * (size_t)(rows * DEC_KB));
     for (int64_t r = 0; r < rows; r++) one[r] = 1;
     int64_t cmin = bc, cmax = 0; /* the keys some row may use (the same for every head) */
     for (int64_t r = 0; r < rows; r++) {
@@ -485,7 +485,7 @@ INL void dec_kernel(const mha_dtype kt, int64_t nh, int64_t rows, int64_t bc, in
         if (md->lo[r] < cmin) cmin = md->lo[r];
         if (md->hi[r] > cmax) cmax = md->hi[r];
     }
-    for (int64_t t = 0; t < nh; t++) {
+    for (int64_t t = 0; t < nh && !md->accumulate; t++) { /* else: continued (dec_row) */
         float *m = P + t * sp;
         for (int64_t r = 0; r < rows; r++) m[r] = -INFINITY, m[rows + r] = 0;
         memset(m + 2 * rows, 0, sizeof(float) * (size_t)(rows * nv));

@@ -21,3 +21,8 @@ endforeach()
 # test_py_module_dtype.py  mha.MultiheadAttention(dtype=torch.bfloat16 / torch.float16) against
 #                          torch's layer of that dtype and a float64 reference.
 mha_add_pytest(test_py_module_dtype)
+
+# test_py_autocast.py  scaled_dot_product_attention under
+#                      torch.autocast("cpu", dtype=bf16 / f16) against torch's (dtypes,
+#                      accuracy, gradients in float32), autocast off bit for bit as outside.
+mha_add_pytest(test_py_autocast)

@@ -12,6 +12,9 @@ Conventions shared by the PyTorch front end (mha.nn, mha.functional, mha.flash):
     are passed as they are (no copy) as long as the innermost dimension has stride 1; a tensor
     whose innermost stride is not 1 is copied with .contiguous() (the documented conversion).
   - Library errors become ValueError / MemoryError / RuntimeError with the library's message.
+  - Under torch.autocast("cpu", dtype=bfloat16 / float16) (autocast_dtype) mha.functional
+    converts its floating inputs as PyTorch's autocast converts those of its SDPA
+    (autocast_to); mha.flash does not: FlashAttention's functions are not autocast ops.
 """
 import functools
 import threading
@@ -104,6 +107,30 @@ def as_core_inputs(fn, names, tensors):
                                f"dtype: {', '.join(names)} must have the same dtype, as in "
                                "PyTorch)")
     return [_innermost_contiguous(t) for t in tensors]
+
+
+_AUTOCAST_DTYPES = (torch.bfloat16, torch.float16)
+
+
+def autocast_dtype():
+    """The dtype torch.autocast("cpu", ...) casts to here, bfloat16 or float16; None when CPU
+    autocast is off (not entered, entered with enabled=False, or a nested one that disables
+    it), as torch.is_autocast_enabled("cpu") says."""
+    if torch.is_autocast_enabled("cpu"):
+        dt = torch.get_autocast_dtype("cpu")
+        if dt in _AUTOCAST_DTYPES:
+            return dt
+    return None
+
+
+def autocast_to(t, dtype):
+    """t as CPU autocast casts an operand of a lower-precision op to dtype: a floating tensor
+    other than float64 converted with .to() (differentiable: its gradient comes back in t's
+    dtype, as PyTorch's), anything else (None, bool, float64) as it is."""
+    if isinstance(t, torch.Tensor) and t.is_floating_point() and \
+            t.dtype not in (dtype, torch.float64):
+        return t.to(dtype)
+    return t
 
 
 def view(t):

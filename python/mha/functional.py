@@ -61,7 +61,9 @@ def scaled_dot_product_attention(query, key, value, attn_mask=None, dropout_p=0.
 
     Returns
     -------
-    Tensor [..., L, Ev] in the query's dtype. Differentiable with respect to query, key and
+    Tensor [..., L, Ev] in the query's dtype. Under torch.autocast("cpu", dtype=bfloat16 or
+    float16), as PyTorch's: query, key, value and a float attn_mask of another floating dtype
+    than float64 are first converted to that dtype (differentiably), so the result is in it. Differentiable with respect to query, key and
     value through mha's own backward (gradients in that dtype, each rounded once from
     float32). A fully masked row gives 0 (as PyTorch 2.13's CPU kernels).
 
@@ -77,6 +79,10 @@ def scaled_dot_product_attention(query, key, value, attn_mask=None, dropout_p=0.
     torch.bfloat16
     """
     fn = "mha.functional.scaled_dot_product_attention"
+    ac = T.autocast_dtype()
+    if ac is not None:  # torch.autocast("cpu"): torch's SDPA converts q, k, v and a float mask
+        query, key, value, attn_mask = (T.autocast_to(t, ac) for t in
+                                        (query, key, value, attn_mask))
     q, k, v = T.as_core_inputs(fn, ("query", "key", "value"), (query, key, value))
     _check_mask_dtype(attn_mask, q.dtype, fn)
     if min(q.dim(), k.dim(), v.dim()) < 2:

@@ -22,7 +22,7 @@ endforeach()
 #                          torch's layer of that dtype and a float64 reference.
 mha_add_pytest(test_py_module_dtype)
 
-# test_py_autocast.py  scaled_dot_product_attention under
-#                      torch.autocast("cpu", dtype=bf16 / f16) against torch's (dtypes,
+# test_py_autocast.py  mha.MultiheadAttention, the seed module and scaled_dot_product_attention
+#                      under torch.autocast("cpu", dtype=bf16 / f16) against torch's (dtypes,
 #                      accuracy, gradients in float32), autocast off bit for bit as outside.
 mha_add_pytest(test_py_autocast)

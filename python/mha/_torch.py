@@ -12,9 +12,10 @@ Conventions shared by the PyTorch front end (mha.nn, mha.functional, mha.flash):
     are passed as they are (no copy) as long as the innermost dimension has stride 1; a tensor
     whose innermost stride is not 1 is copied with .contiguous() (the documented conversion).
   - Library errors become ValueError / MemoryError / RuntimeError with the library's message.
-  - Under torch.autocast("cpu", dtype=bfloat16 / float16) (autocast_dtype) mha.functional
-    converts its floating inputs as PyTorch's autocast converts those of its SDPA
-    (autocast_to); mha.flash does not: FlashAttention's functions are not autocast ops.
+  - Under torch.autocast("cpu", dtype=bfloat16 / float16) (autocast_dtype) mha.nn and
+    mha.functional convert their floating inputs and parameters as PyTorch's autocast converts
+    those of its layer and SDPA (autocast_to); mha.flash does not: FlashAttention's functions
+    are not autocast ops.
 """
 import functools
 import threading

@@ -17,6 +17,12 @@ reproducible). Where mha differs from PyTorch, on purpose:
 - Tensors must be CPU tensors of the layer's dtype (float32 by default; bfloat16 or float16 with
   ``dtype=`` or ``.to()``, computed as PyTorch's layer of that dtype): ValueError otherwise,
   where PyTorch raises RuntimeError.
+
+Under ``torch.autocast("cpu", dtype=torch.bfloat16)`` (or float16) both follow PyTorch's
+layer: inputs and parameters are converted to that dtype inside the autograd graph, the layer
+computes as the layer of that dtype, the output and weights come back in it, and the gradients
+of float32 parameters and inputs in float32. A float mask is added in float32 there, as in the
+layer of that dtype (PyTorch's rounds it to the dtype first).
 """
 import torch
 import torch.nn.functional as F
@@ -36,6 +42,22 @@ _NAMES_SEP = (b"q_proj_weight", b"k_proj_weight", b"v_proj_weight", b"in_proj_bi
               b"out_proj.weight", b"out_proj.bias")
 _NAMES_SEP_NB = (b"q_proj_weight", b"k_proj_weight", b"v_proj_weight", b"out_proj.weight")
 
+
+
+def _cmodule(module, own, dtype):
+    """The C module of an nn module whose parameters are of dtype own, for parameters of dtype:
+    its own (module._mha), or for those converted under torch.autocast one per dtype, so that
+    going in and out of autocast (or from one autocast dtype to the other) neither re-creates a
+    module nor leaves a saved forward with a module that does not take it back."""
+    if dtype == own:
+        return module._mha
+    mods = module.__dict__.get("_mha_autocast")
+    if mods is None:
+        mods = module._mha_autocast = {}
+    cm = mods.get(dtype)
+    if cm is None:
+        cm = mods[dtype] = T.CModule()
+    return cm
 
 
 class MultiheadAttention(nn.MultiheadAttention):
@@ -114,9 +136,11 @@ class MultiheadAttention(nn.MultiheadAttention):
         layer.load_state_dict({k: torch.from_numpy(v) for k, v in sd.items()}, strict=True)
         return layer
 
-    def _params(self):
-        """The C module's parameter names and the tensors (contiguous float32) for them (read
-        straight from the parameter dicts: this runs on every call)."""
+    def _params(self, autocast=None):
+        """The C module's parameter names and the tensors (contiguous, of the layer's dtype) for
+        them (read straight from the parameter dicts: this runs on every call). autocast: a
+        dtype to convert them to, inside the autograd graph (their gradients come back in the
+        parameters' dtype), as torch.autocast converts the weights of torch's layer."""
         P, op = self._parameters, self._modules["out_proj"]._parameters
         b, ob = P["in_proj_bias"], op["bias"]
         if self._qkv_same_embed_dim:
@@ -145,6 +169,8 @@ class MultiheadAttention(nn.MultiheadAttention):
                     T.check_param(p, n.decode(), "mha.MultiheadAttention", ps[-1].dtype)
         if ps[-1].dtype not in T.CORE_DTYPES:
             T.check_param(ps[-1], names[-1].decode(), "mha.MultiheadAttention")
+        if autocast is not None:
+            ps = [T.autocast_to(p, autocast) for p in ps]
         return names, ps
 
     def forward(self, query, key, value, key_padding_mask=None, need_weights=True,
@@ -154,6 +180,17 @@ class MultiheadAttention(nn.MultiheadAttention):
             raise NotImplementedError(f"{fn}: add_bias_kv / add_zero_attn are not supported")
         self_attn = query is key and key is value and self._qkv_same_embed_dim
         dt = self.out_proj.weight.dtype  # the layer's dtype: its inputs' too
+        ac = T.autocast_dtype()
+        if ac is not None:
+            # Under torch.autocast("cpu", dtype=ac) torch's layer computes in ac: inputs and
+            # parameters converted inside the graph (gradients in their own dtypes), results
+            # in ac. Here as the layer of dtype ac would, on the converted values.
+            dt = ac
+            query = T.autocast_to(query, ac)
+            if self_attn:
+                key = value = query
+            else:
+                key, value = T.autocast_to(key, ac), T.autocast_to(value, ac)
         dt = None if dt == _F32 else dt
         query = T.as_input(query, "query", fn, dt)
         if not self_attn:
@@ -188,7 +225,7 @@ class MultiheadAttention(nn.MultiheadAttention):
         H = self.num_heads
         mask = self._mask(key_padding_mask, attn_mask, is_causal and key_padding_mask is None
                           and not need_weights, batched, N, H, L, S, fn)
-        names, ps = self._params()
+        names, ps = self._params(ac)
         if N == 0 or L == 0:  # nothing to attend from: an empty output, as PyTorch's
             out = self._empty_output(q, k, v)
             w = None if not need_weights else torch.zeros(
@@ -196,10 +233,11 @@ class MultiheadAttention(nn.MultiheadAttention):
             if not batched and w is not None:
                 w = w[0]
             return (out.transpose(0, 1) if seq_first else out), w
-        call = T.LayerCall(self._mha, names, ps, mask, self.training, self.dropout,
+        cmod = _cmodule(self, self.out_proj.weight.dtype, ps[0].dtype)
+        call = T.LayerCall(cmod, names, ps, mask, self.training, self.dropout,
                            average_attn_weights, need_weights, H)
-        self._mha.get(self.embed_dim, H, self.kdim, self.vdim, b"in_proj_bias" in names,
-                      float(self.dropout), ps[0].dtype)
+        cmod.get(self.embed_dim, H, self.kdim, self.vdim, b"in_proj_bias" in names,
+                 float(self.dropout), ps[0].dtype)
         out, weights = T.run_layer(call, q, k, v, any(p.requires_grad for p in ps))
         if seq_first:
             out = out.transpose(0, 1)
@@ -385,7 +423,11 @@ class MultiHeadAttention(nn.Module):
         dt = self.W_o.weight.dtype  # the module's dtype (after .to(torch.bfloat16), say)
         if dt not in T.CORE_DTYPES:
             T.check_param(self.W_o.weight, "W_o.weight", fn)
-        x = T.as_input(x, "x", fn, None if dt == _F32 else dt)
+        ac = T.autocast_dtype()  # torch.autocast: computes in ac, as MultiheadAttention does
+        xdt = dt if ac is None else ac
+        if ac is not None:
+            x = T.autocast_to(x, ac)
+        x = T.as_input(x, "x", fn, None if xdt == _F32 else xdt)
         if x.dim() != 3 or x.shape[-1] != self.d_model:
             raise ArgumentError(f"{fn}: x: got shape {_shape(x)}, expected [batch, seq, "
                              f"{self.d_model}]")
@@ -394,18 +436,21 @@ class MultiHeadAttention(nn.Module):
         T.check_param(self.W_o.bias, "W_o.bias", fn, dt)
         w = self._packed((self.W_q.weight, self.W_k.weight, self.W_v.weight), fn)
         b = self._packed((self.W_q.bias, self.W_k.bias, self.W_v.bias), fn)
+        # W_q.weight, W_q.bias, W_k.weight, ..., W_o.bias: what _SeedFunction differentiates
+        seeds = [p for lin in (self.W_q, self.W_k, self.W_v, self.W_o)
+                 for p in (lin.weight, lin.bias)]
+        if xdt != dt:  # under autocast: converted inside the graph, the C layer reads those
+            seeds = [T.autocast_to(p, xdt) for p in seeds]
+            w, b = torch.cat(seeds[0:6:2]).detach(), torch.cat(seeds[1:6:2]).detach()
         names = [b"in_proj_weight", b"in_proj_bias", b"out_proj.weight", b"out_proj.bias"]
-        ps = [w, b, self.W_o.weight, self.W_o.bias]
-        call = T.LayerCall(self._mha, names, ps, self._mask(mask, B, H, L, fn), self.training,
+        ps = [w, b, seeds[6], seeds[7]]
+        cmod = _cmodule(self, dt, xdt)
+        call = T.LayerCall(cmod, names, ps, self._mask(mask, B, H, L, fn), self.training,
                            self.dropout.p, False, True, H)
-        self._mha.get(E, H, E, E, True, float(self.dropout.p), dt)
-        seeds = (self.W_q, self.W_k, self.W_v)
-        need = any(lin.weight.requires_grad or lin.bias.requires_grad for lin in seeds) or \
-            self.W_o.weight.requires_grad or self.W_o.bias.requires_grad
-        if torch.is_grad_enabled() and (need or x.requires_grad):
-            return _SeedFunction.apply(call, x, *[p for lin in seeds for p in
-                                                  (lin.weight, lin.bias)],
-                                       self.W_o.weight, self.W_o.bias)
+        cmod.get(E, H, E, E, True, float(self.dropout.p), xdt)
+        if torch.is_grad_enabled() and (any(p.requires_grad for p in seeds) or
+                                        x.requires_grad):
+            return _SeedFunction.apply(call, x, *seeds)
         out, weights, _ = call.run_forward(x, None, None, save=False)
         return out, weights
 

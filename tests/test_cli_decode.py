@@ -1,6 +1,6 @@
 """test_cli_decode.py - `mha bench --core --decode`: one decoding step (mha_attn_kvcache, one
 query token per sequence against a cache of --seq S tokens) with the memory read bandwidth
-measured in the same run; both cache layouts, the dtypes (--dtype f32, bf16, f16: 4 or 2
+measured in the same run; both cache layouts, paged caches (--page-size), the dtypes (--dtype f32, bf16, f16: 4 or 2
 bytes per K/V element), text and JSON, and the flags' usage errors.
 Tiny sizes, nothing timed: only the report's fields and their consistency are checked.
 
@@ -35,6 +35,7 @@ def test_json_report(layout):
     assert j["what"] == "core_decode"
     assert (j["batch"], j["seq_k"], j["heads"], j["kv_heads"], j["head_dim"]) == (2, 700, 4, 2, 16)
     assert j["layout"] == (layout or "bhsd")
+    assert j["page_size"] == 0
     assert j["dtype"] == "f32"
     assert j["threads"] == 2 and j["runs"] == 2 and j["mem_read_mib"] == 4
     # K and V rows of every sequence and key/value head: B * G * S * 2D floats
@@ -103,6 +104,21 @@ def test_text_report():
     assert "4 MiB streamed, 2 threads" in lines[1]
 
 
+@pytest.mark.parametrize("page", [16, 7, 512, 1000])
+@pytest.mark.parametrize("layout", ["bhsd", "bshd"])
+def test_paged_caches(page, layout):
+    """--page-size P: mha_attn_kvcache_paged on pools of P-row pages (the same K/V bytes read)."""
+    r = mha(*SMALL, "--json", "--layout", layout, "--page-size", str(page))
+    assert r.returncode == 0, r.stderr
+    j = json.loads(r.stdout)
+    assert j["page_size"] == page and j["layout"] == layout
+    assert j["kv_bytes"] == 2 * 2 * 700 * 2 * 16 * 4
+    assert j["median_ms"] > 0 and j["kv_gbps"] > 0
+    r = mha(*SMALL, "--page-size", str(page))
+    assert r.returncode == 0, r.stderr
+    assert f", pages of {page} rows, dtype f32" in r.stdout.splitlines()[0]
+
+
 @pytest.mark.parametrize("args,msg", [
     (["bench", "--decode"], "--decode: applies to --core"),
     (["bench", "--core", "--layout", "bshd"], "--layout: applies to --decode"),
@@ -110,6 +126,8 @@ def test_text_report():
      '--layout: got "sbhd", expected bhsd or bshd'),
     (["bench", "--core", "--decode", "--backward"], "--decode: cannot be combined with --backward"),
     (["bench", "--core", "--decode", "--bw-mib", "0"], "--bw-mib: got 0, expected 1.."),
+    (["bench", "--core", "--page-size", "16"], "--page-size: applies to --decode"),
+    (["bench", "--core", "--decode", "--page-size", "0"], "--page-size: got 0, expected 1.."),
     (["bench", "--core", "--decode", "--heads", "4", "--kv-heads", "3"],
      "--kv-heads: got 3, expected a divisor of --heads 4"),
     (["bench", "--core", "--decode", "--dtype", "f64"],
@@ -128,5 +146,6 @@ def test_usage_errors(args, msg):
 def test_help_lists_the_flags():
     r = mha("bench", "--help")
     assert r.returncode == 0
-    for flag in ("--decode", "--layout L", "bshd", "--bw-mib", "--dtype T", "bf16", "f16"):
+    for flag in ("--decode", "--layout L", "bshd", "--page-size P", "--bw-mib", "--dtype T",
+                 "bf16", "f16"):
         assert flag in r.stdout

@@ -8,8 +8,8 @@
  *   mha bench --gemm M N K [--ta 0|1] [--tb 0|1] [--dtype f32|bf16|f16] [--threads T]
  *             [--isa NAME] [--runs R] [--json]
  *   mha bench --core --decode --batch B --seq-k S --heads H --head-dim D [--kv-heads G]
- *             [--layout bhsd|bshd] [--dtype f32|bf16|f16] [--bw-mib M] [--threads T]
- *             [--isa NAME] [--runs R] [--json]
+ *             [--layout bhsd|bshd] [--page-size P] [--dtype f32|bf16|f16] [--bw-mib M]
+ *             [--threads T] [--isa NAME] [--runs R] [--json]
  *
  * Each measurement: warm-up runs, then R timed runs; the median is reported. FLOP counts
  * (nominal, the same for every implementation compared in BENCHMARKS.md), with D = E / H
@@ -30,7 +30,9 @@
  * query token per sequence against a cache of S tokens (the new token appended at S - 1), and
  * reports the rate at which it reads K and V (B * G * S * 2D elements per step: 4 bytes each,
  * 2 with --dtype bf16 or f16, q, the caches and out then all of that dtype) beside the
- * machine's memory read bandwidth measured in the same run.
+ * machine's memory read bandwidth measured in the same run. With --page-size P the caches are
+ * paged (mha_attn_kvcache_paged): pools of B * ceil(S / P) pages of P rows, each sequence's
+ * blocks on pages in a shuffled order (as an engine's allocator leaves them).
  *
  * Under mpirun (tools/cli_mpi.h), --core times the ring attention over the ranks, each on its
  * shard of the sequence, and reports every rank's measurements (mha_mpi_stats).
@@ -91,6 +93,8 @@ static void print_help(FILE *f) {
           "                inside)\n"
           "  --layout L    --decode: the cache's memory, bhsd ([B, G, S, D], default) or\n"
           "                bshd ([B, S, G, D], FlashAttention's: strided views)\n"
+          "  --page-size P --decode: paged caches (mha_attn_kvcache_paged): pools of pages of\n"
+          "                P rows in the --layout, each sequence's blocks on shuffled pages\n"
           "  --gemm M N K  time C[M,N] = op(A)[M,K] op(B)[K,N]; --ta/--tb transpose A/B\n"
           "                (default: ta 0, tb 1, as the projections x W^T)\n"
           "  --dtype T     --gemm: A and B in f32 (default), bf16 or f16 (mha_gemm: products\n"
@@ -170,7 +174,7 @@ typedef struct {
     /* --decode (the DECODE block) */
     int decode, bshd;
     const char *layout;
-    long long bw_mib;
+    long long bw_mib, page_size; /* page_size -1: contiguous caches */
     /* --dtype f32|bf16|f16: the element type of the core's tensors (--decode: q, the caches,
      * the new rows and out) */
     const char *dtype_arg;
@@ -193,7 +197,8 @@ typedef struct {
     /* --decode: the caches, the new token's k and v, each sequence's cached length, and the
      * buffer of the memory bandwidth's streaming read (bw_words 8-byte words) */
     mha_tensor kc, vc, kn, vn;
-    int32_t *lens;
+    int32_t *lens, *table; /* table: --page-size, [B, nblocks] */
+    int64_t nblocks;
     uint64_t *bw;
     size_t bw_words;
     /* under mpirun (--core): this rank's ring measurements of the timed runs, [0] forward and
@@ -436,7 +441,8 @@ static int check_mpi_timing(const bench_args *a) {
 static int parse_args(int argc, char **argv, bench_args *a) {
     *a = (bench_args){
         .batch = 1, .seq = 512, .embed = 512, .heads = 8, .runs = 10, .tb = 1, .warmup = -1};
-    a->bw_mib = 1024; /* --decode */
+    a->bw_mib = 1024;  /* --decode */
+    a->page_size = -1; /* --decode: absent (contiguous caches) */
     char **rest = malloc(sizeof(char *) * (size_t)(argc + 1));
     if (!rest) return cli_fail("out of memory");
     int nrest, rc = take_gemm(argc, argv, a, rest, &nrest);
@@ -467,6 +473,7 @@ static int parse_args(int argc, char **argv, bench_args *a) {
         {"--decode", CLI_OPT_FLAG, &a->decode, 0},
         {"--layout", CLI_OPT_STRING, &a->layout, 0},
         {"--bw-mib", CLI_OPT_INT, &a->bw_mib, 0},
+        {"--page-size", CLI_OPT_INT, &a->page_size, 0},
         {"--dtype", CLI_OPT_STRING, &a->dtype_arg, 0},
     };
     int nopts = (int)(sizeof opts / sizeof opts[0]);
@@ -828,6 +835,13 @@ static int decode_check_args(const bench_args *a) {
     if (a->layout && !a->decode)
         return cli_usage_error("mha bench --help lists the options",
                                "--layout: applies to --decode");
+    if (a->page_size != -1 && !a->decode)
+        return cli_usage_error("mha bench --help lists the options",
+                               "--page-size: applies to --decode");
+    if (a->page_size != -1 && (a->page_size < 1 || a->page_size > (1LL << 30)))
+        return cli_usage_error("mha bench --help lists the options",
+                               "--page-size: got %lld, expected 1..%lld (rows per page)",
+                               a->page_size, 1LL << 30);
     if (!a->decode) return 0;
     if (!a->core || a->gemm)
         return cli_usage_error("mha bench --help lists the options",
@@ -867,10 +881,26 @@ static void plan_decode(bench_state *s, bench_plan *p) {
     int64_t sq[4] = {B, H, 1, D};
     s->q = plan_tensor(s, p, 4, sq, 1);
     s->o = plan_tensor(s, p, 4, sq, 4);
-    s->kc = decode_view(plan_elems(s, p, mul_n(mul_n(B, G), mul_n(S, D)), 2, 1), dt, B, G, S, D,
+    /* the caches: [B, G, S, D], or (--page-size P) pools of B * nblocks pages [., G, P, D] */
+    const int64_t P = a->page_size > 0 ? a->page_size : 0, nb = P ? (S + P - 1) / P : 0,
+                  np = P ? mul_n(B, nb) : B;
+    const int64_t R = P ? P : S;
+    s->kc = decode_view(plan_elems(s, p, mul_n(mul_n(np, G), mul_n(R, D)), 2, 1), dt, np, G, R, D,
                         a->bshd);
-    s->vc = decode_view(plan_elems(s, p, mul_n(mul_n(B, G), mul_n(S, D)), 3, 1), dt, B, G, S, D,
+    s->vc = decode_view(plan_elems(s, p, mul_n(mul_n(np, G), mul_n(R, D)), 3, 1), dt, np, G, R, D,
                         a->bshd);
+    if (P) { /* block i of sequence b on a page of a seeded shuffle */
+        s->nblocks = nb;
+        s->table = (int32_t *)plan_buf(p, np, 0); /* np int32 in a plan buffer of np floats */
+        uint64_t x = 0x9E3779B97F4A7C15ull;
+        for (int64_t i = 0; s->table && i < np; i++) s->table[i] = (int32_t)i;
+        for (int64_t i = np - 1; s->table && i > 0; i--) {
+            x = x * 6364136223846793005ull + 1442695040888963407ull;
+            const int64_t j = (int64_t)((x >> 33) % (uint64_t)(i + 1));
+            const int32_t t = s->table[i];
+            s->table[i] = s->table[j], s->table[j] = t;
+        }
+    }
     s->kn = decode_view(plan_elems(s, p, mul_n(mul_n(B, G), D), 5, 0), dt, B, G, 1, D, a->bshd);
     s->vn = decode_view(plan_elems(s, p, mul_n(mul_n(B, G), D), 6, 0), dt, B, G, 1, D, a->bshd);
     s->lens = (int32_t *)plan_buf(p, B, 0); /* B int32 in a plan buffer of B floats */
@@ -886,6 +916,9 @@ static void plan_decode(bench_state *s, bench_plan *p) {
 }
 
 static mha_status run_decode(bench_state *s) {
+    if (s->table)
+        return mha_attn_kvcache_paged(s->ctx, &s->params, &s->q, &s->kc, &s->vc, s->table,
+                                      s->nblocks, &s->kn, &s->vn, s->lens, &s->mask, &s->o, NULL);
     return mha_attn_kvcache(s->ctx, &s->params, &s->q, &s->kc, &s->vc, &s->kn, &s->vn, s->lens,
                             &s->mask, &s->o, NULL);
 }
@@ -923,18 +956,21 @@ static void report_decode(const bench_state *s, bench_times *t) {
     const char *dt = a->dtype_arg ? a->dtype_arg : "f32";
     if (a->json) {
         printf("{\"what\":\"core_decode\",\"batch\":%lld,\"seq_k\":%lld,\"heads\":%lld,"
-               "\"kv_heads\":%lld,\"head_dim\":%lld,\"layout\":\"%s\",\"dtype\":\"%s\","
-               "\"isa\":\"%s\",\"threads\":%d,\"runs\":%d,\"median_ms\":%.4f,"
-               "\"kv_bytes\":%.6g,\"kv_gbps\":%.3f,\"mem_read_gbps\":%.3f,"
+               "\"kv_heads\":%lld,\"head_dim\":%lld,\"layout\":\"%s\",\"page_size\":%lld,"
+               "\"dtype\":\"%s\",\"isa\":\"%s\",\"threads\":%d,\"runs\":%d,"
+               "\"median_ms\":%.4f,\"kv_bytes\":%.6g,\"kv_gbps\":%.3f,\"mem_read_gbps\":%.3f,"
                "\"mem_read_mib\":%lld,\"kv_vs_mem\":%.4f}\n",
-               a->batch, (long long)S, a->heads, a->kv_heads, (long long)D, layout, dt, isa,
-               threads, t->runs, med * 1e3, decode_bytes(a), kv, mem, a->bw_mib, ratio);
+               a->batch, (long long)S, a->heads, a->kv_heads, (long long)D, layout,
+               a->page_size > 0 ? a->page_size : 0, dt, isa, threads, t->runs, med * 1e3,
+               decode_bytes(a), kv, mem, a->bw_mib, ratio);
         return;
     }
-    printf("core_decode B %lld S %lld H %lld G %lld D %lld, layout %s, dtype %s, isa %s, %d "
+    char paged[48] = "";
+    if (a->page_size > 0) snprintf(paged, sizeof paged, ", pages of %lld rows", a->page_size);
+    printf("core_decode B %lld S %lld H %lld G %lld D %lld, layout %s%s, dtype %s, isa %s, %d "
            "threads: median %.4f ms of %d runs, K/V read %.2f GB/s\n",
-           a->batch, (long long)S, a->heads, a->kv_heads, (long long)D, layout, dt, isa, threads,
-           med * 1e3, t->runs, kv);
+           a->batch, (long long)S, a->heads, a->kv_heads, (long long)D, layout, paged, dt, isa,
+           threads, med * 1e3, t->runs, kv);
     printf("  memory read bandwidth %.2f GB/s (%lld MiB streamed, %d threads): K/V read at "
            "%.1f%% of it\n",
            mem, a->bw_mib, threads, 100.0 * ratio);

@@ -489,18 +489,22 @@ static int dec_keys(const kv_call *c, int64_t b, int64_t kh0, int64_t nh, int64_
         any |= lo[r] < hi[r];
     }
     if (!any) return 0;
-    const int64_t bk0 = b * c->Hkv + kh0; /* the task's first head's query rows and slopes */
-    const mha__attn_decode_mask md = {.softcap = c->softcap,
-                                      .lo = lo,
-                                      .hi = hi,
-                                      .slope = c->mask.alibi_slopes ? c->slope + bk0 * rows : NULL,
-                                      .pos = pos,
-                                      .qb = c->dt == MHA_DTYPE_BF16 ? c->qb + bk0 * rows * c->D
-                                                                    : NULL,
-                                      .ldqb = c->D,
-                                      .sqb = rows * c->D,
-                                      .scale = c->scale,
-                                      .accumulate = acc};
+    const int next = c->bt && s0 + n < len; /* the sequence goes on in another page */
+    const int64_t bk0 = b * c->Hkv + kh0;   /* the task's first head's query rows and slopes */
+    const mha__attn_decode_mask md = {
+        .softcap = c->softcap,
+        .lo = lo,
+        .hi = hi,
+        .slope = c->mask.alibi_slopes ? c->slope + bk0 * rows : NULL,
+        .pos = pos,
+        .qb = c->dt == MHA_DTYPE_BF16 ? c->qb + bk0 * rows * c->D : NULL,
+        .ldqb = c->D,
+        .sqb = rows * c->D,
+        .scale = c->scale,
+        .accumulate = acc,
+        /* paged: where the keys after these are (prefetches) */
+        .knext = next ? kv_cache_row(c, c->kc, b, kh0, s0 + n) : NULL,
+        .vnext = next ? kv_cache_row(c, c->vc, b, kh0, s0 + n) : NULL};
     c->kern->attn_decode(c->dt, nh, rows, n, c->D, c->Dv, c->qs + bk0 * rows * c->D, c->D,
                          rows * c->D, kv_cache_row(c, c->kc, b, kh0, s0), c->kc->stride[2],
                          c->kc->stride[1], kv_cache_row(c, c->vc, b, kh0, s0), c->vc->stride[2],

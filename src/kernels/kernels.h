@@ -328,6 +328,10 @@ typedef struct {
      * online softmax over its keys instead of overwriting it (a row none of these keys may
      * see keeps its partial); 0: P is overwritten */
     int accumulate;
+    /* prefetch hints, never read: where the keys and values after this call's bc continue
+     * (the next page of a paged cache: its key bc at knext + t sk, value at vnext + t sv for
+     * head t, elements of kv), or NULL: right after them (a contiguous cache) */
+    const void *knext, *vnext;
 } mha__attn_decode_mask;
 
 typedef void mha__attn_decode_t(mha_dtype kv, int64_t nh, int64_t rows, int64_t bc, int64_t n,

@@ -494,9 +494,20 @@ INL void dec_kernel(const mha_dtype kt, int64_t nh, int64_t rows, int64_t bc, in
      * a float32 cache whatever kt is (prefetches past the chunk fetch the next one's keys, or
      * nothing: a prefetch never faults) */
     const int heads = sk < ldk;
-    const int64_t pf = heads ? DEC_PF_HEADS : DEC_PF, piece = heads ? DEC_KB_HEADS : DEC_KB;
+    const int64_t pf = heads ? DEC_PF_HEADS : DEC_PF;
     const int64_t kpf = pf * ldk * (int64_t)sizeof(float), vpf = pf * ldv * (int64_t)sizeof(float);
     const int64_t es = dec_esize(kt);
+    /* a paged cache's next page (md->knext, vnext): the prefetches of a piece whose keys pfk
+     * on are past bc go to that page's rows instead (pfk on in it, or from its first row when
+     * pfk >= bc), the pointers' distance folded into the byte offset; a block then goes in
+     * pieces of pfk keys, so that a piece's prefetches are all in one page (the same bits:
+     * pieces never change the results, see the top of the file) */
+    const int64_t pfk = pf * (int64_t)sizeof(float) / es, nshift = pfk < bc ? pfk - bc : 0;
+    const int64_t piece = heads ? DEC_KB_HEADS : md->knext && pfk < DEC_KB ? pfk : DEC_KB;
+    const int64_t kpn = md->knext ? ((const char *)md->knext - (const char *)K) + nshift * ldk * es
+                                  : kpf,
+                  vpn = md->vnext ? ((const char *)md->vnext - (const char *)V) + nshift * ldv * es
+                                  : vpf;
     for (int64_t c0 = cmin; c0 < cmax; c0 += DEC_KB) {
         const int64_t kb = cmax - c0 < DEC_KB ? cmax - c0 : DEC_KB;
         for (int64_t t0 = 0; t0 < nh; t0 += DEC_HG) {
@@ -506,8 +517,8 @@ INL void dec_kernel(const mha_dtype kt, int64_t nh, int64_t rows, int64_t bc, in
                 for (int64_t t = t0; t < t0 + hg; t++)
                     dec_scores(kt, rows, pk, n, A + t * sa, lda,
                                md->qb ? md->qb + t * md->sqb : NULL, md->ldqb, md->scale,
-                               (const char *)K + (t * sk + (c0 + p0) * ldk) * es, ldk, kpf,
-                               S[t - t0] + p0);
+                               (const char *)K + (t * sk + (c0 + p0) * ldk) * es, ldk,
+                               c0 + p0 + pfk < bc ? kpf : kpn, S[t - t0] + p0);
             }
             for (int64_t t = t0; t < t0 + hg; t++) {
                 float *m = P + t * sp, *l = m + rows;
@@ -524,8 +535,9 @@ INL void dec_kernel(const mha_dtype kt, int64_t nh, int64_t rows, int64_t bc, in
                 const int64_t pk = kb - p0 < piece ? kb - p0 : piece;
                 for (int64_t t = t0; t < t0 + hg; t++)
                     dec_pv(kt, rows, pk, nv, S[t - t0] + (DEC_PAIRS(kt) ? p0 / 2 : p0),
-                           (const char *)V + (t * sv + (c0 + p0) * ldv) * es, ldv, vpf,
-                           p0 ? one : alpha[t - t0], P + t * sp + 2 * rows, nv, !heads);
+                           (const char *)V + (t * sv + (c0 + p0) * ldv) * es, ldv,
+                           c0 + p0 + pfk < bc ? vpf : vpn, p0 ? one : alpha[t - t0],
+                           P + t * sp + 2 * rows, nv, !heads);
             }
         }
     }

@@ -8,7 +8,9 @@
 #      follows a streaming read of --bw-mib MiB, so no run finds the cache in L3);
 #   3. the strided [B, S, Hkv, D] cache (bshd) against the contiguous one (bhsd): not slower;
 #   4. (issue 11) the shape of 1. with a bf16 and an f16 cache (q, cache and out in that dtype:
-#      half the bytes): the fp32 step's time over theirs (target >= 1.8 for bf16).
+#      half the bytes): the fp32 step's time over theirs (target >= 1.8 for bf16);
+#   5. the shape of 1. on paged caches (mha_attn_kvcache_paged, --page-size: pages of 16, 64
+#      and 256 rows in shuffled order) against the contiguous cache of the same layout.
 #
 #   bench/decode.sh     BUILD=build THREADS=2 RUNS=20 PYTHON=$BUILD/venv/bin/python
 #   (RESULTS=/tmp/d.jsonl keeps the raw JSON lines; a quick try of the script itself, not of
@@ -44,6 +46,9 @@ bench one_t1 "${ONE[@]}" --threads 1
 bench one_t2 "${ONE[@]}" --threads 2
 bench big_bf16 "${BIG[@]}" --threads "$THREADS" --layout bhsd --dtype bf16
 bench big_f16 "${BIG[@]}" --threads "$THREADS" --layout bhsd --dtype f16
+for P in 16 64 256; do bench "page${P}_bshd" "${BIG[@]}" --threads "$THREADS" --layout bshd \
+  --page-size "$P"; done
+bench page16_bhsd "${BIG[@]}" --threads "$THREADS" --layout bhsd --page-size 16
 torch torch_bhsd --batch 1 --seq "$SEQ" --heads 32 --kv-heads 8 --head-dim 128 \
   --threads "$THREADS" --layout bhsd
 torch torch_bshd --batch 1 --seq "$SEQ" --heads 32 --kv-heads 8 --head-dim 128 \
@@ -74,4 +79,10 @@ for dt in ("bf16", "f16"):
           f"{b['median_ms'] / h['median_ms']:.2f}x (target >= 1.8); {dt} "
           f"{h['median_ms']:.3f} ms, {h['kv_gbps']:.2f} GB/s of K/V "
           f"({h['kv_vs_mem']:.2f} of its run's bandwidth)")
+for lay, pages in (("bshd", (16, 64, 256)), ("bhsd", (16,))):
+    c = r["big_" + lay]
+    for P in pages:
+        g = r[f"page{P}_{lay}"]
+        print(f"paged {lay}, pages of {P} rows: {g['median_ms']:.3f} ms, {g['kv_vs_mem']:.2f} of "
+              f"its run's bandwidth; paged / contiguous time {g['median_ms'] / c['median_ms']:.3f}")
 PYEOF

@@ -504,10 +504,8 @@ INL void dec_kernel(const mha_dtype kt, int64_t nh, int64_t rows, int64_t bc, in
      * pieces never change the results, see the top of the file) */
     const int64_t pfk = pf * (int64_t)sizeof(float) / es, nshift = pfk < bc ? pfk - bc : 0;
     const int64_t piece = heads ? DEC_KB_HEADS : md->knext && pfk < DEC_KB ? pfk : DEC_KB;
-    const int64_t kpn = md->knext ? ((const char *)md->knext - (const char *)K) + nshift * ldk * es
-                                  : kpf,
-                  vpn = md->vnext ? ((const char *)md->vnext - (const char *)V) + nshift * ldv * es
-                                  : vpf;
+    const int64_t kpn = md->knext ? ((intptr_t)md->knext - (intptr_t)K) + nshift * ldk * es : kpf,
+                  vpn = md->vnext ? ((intptr_t)md->vnext - (intptr_t)V) + nshift * ldv * es : vpf;
     for (int64_t c0 = cmin; c0 < cmax; c0 += DEC_KB) {
         const int64_t kb = cmax - c0 < DEC_KB ? cmax - c0 : DEC_KB;
         for (int64_t t0 = 0; t0 < nh; t0 += DEC_HG) {

@@ -639,6 +639,16 @@ TEST(st_malformed) {
     EXPECT_ST("{\"a\\ud800\": {}}", d, 0, MHA_ERR_FORMAT, "unpaired surrogate");
     EXPECT_ST("{\"a\\q\": {}}", d, 0, MHA_ERR_FORMAT, "bad escape");
     EXPECT_ST("{\"a\tb\": {}}", d, 0, MHA_ERR_FORMAT, "control character");
+    /* Raw bytes in names and metadata must be UTF-8 (JSON's rule, which the reference reader
+     * checks): a name that is not would reach Python as an undecodable str. */
+    EXPECT_ST("{\"a\xff\": {\"dtype\": \"F32\", \"shape\": [1], \"data_offsets\": [0, 4]}}", d, 4,
+              MHA_ERR_FORMAT, "header: invalid UTF-8 in a string at byte 3 (near \"\\xff");
+    EXPECT_ST("{\"\xc0\xaf\": {}}", d, 0, MHA_ERR_FORMAT, "invalid UTF-8");     /* overlong '/' */
+    EXPECT_ST("{\"\xed\xa0\x80\": {}}", d, 0, MHA_ERR_FORMAT, "invalid UTF-8"); /* surrogate */
+    EXPECT_ST("{\"\xf4\x90\x80\x80\": {}}", d, 0, MHA_ERR_FORMAT, "invalid UTF-8"); /* > 10FFFF */
+    EXPECT_ST("{\"\xe2\x82\": {}}", d, 0, MHA_ERR_FORMAT, "invalid UTF-8");         /* cut short */
+    EXPECT_ST("{\"__metadata__\": {\"num_heads\": \"\x80\"}}", d, 0, MHA_ERR_FORMAT,
+              "invalid UTF-8");
     EXPECT_ST("{\"__metadata__\": {\"a\": 1}}", d, 0, MHA_ERR_FORMAT, "expected a string value");
     EXPECT_ST("{\"__metadata__\": {}, \"__metadata__\": {}}", d, 0, MHA_ERR_FORMAT,
               "duplicate __metadata__");

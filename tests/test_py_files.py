@@ -219,6 +219,16 @@ def test_file_errors(tmp_path):
     bad.write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json at all")
     with pytest.raises(ValueError, match=r"^mha_st_"):
         mha.load_file(bad)
+    # a name or metadata that is not UTF-8: the library's error naming the file, not a
+    # UnicodeDecodeError from decoding the name
+    for header in (b'{"\xff":{"dtype":"F32","shape":[],"data_offsets":[0,4]}}',
+                   b'{"__metadata__":{"k":"\xc3"},"a":{"dtype":"F32","shape":[],'
+                   b'"data_offsets":[0,4]}}'):
+        bad.write_bytes(len(header).to_bytes(8, "little") + header + bytes(4))
+        for load in (mha.load_file, mha.load_metadata):
+            with pytest.raises(ValueError, match=r"^mha_st_load: .*bad\.safetensors: header: "
+                                                 r"invalid UTF-8"):
+                load(bad)
     with pytest.raises(OSError):  # a directory is never replaced
         mha.save_file({"x": np.zeros(1, np.float32)}, tmp_path)
     with pytest.raises(OSError):

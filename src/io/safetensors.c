@@ -306,8 +306,30 @@ static int j_hex4(json *j, unsigned *v) {
     return 1;
 }
 
+/* The length of the well-formed UTF-8 sequence at p (before end), or 0 (RFC 3629: no overlong
+ * forms, no surrogates, nothing past U+10FFFF). */
+static size_t utf8_len(const unsigned char *p, const unsigned char *end) {
+    const unsigned char c = p[0];
+    size_t k;
+    unsigned char lo = 0x80, hi = 0xbf; /* the range of the second byte */
+    if (c < 0x80) return 1;
+    if (c >= 0xc2 && c <= 0xdf) k = 2;
+    else if (c >= 0xe0 && c <= 0xef) k = 3;
+    else if (c >= 0xf0 && c <= 0xf4) k = 4;
+    else return 0;
+    if (c == 0xe0) lo = 0xa0;
+    if (c == 0xed) hi = 0x9f;
+    if (c == 0xf0) lo = 0x90;
+    if (c == 0xf4) hi = 0x8f;
+    if ((size_t)(end - p) < k || p[1] < lo || p[1] > hi) return 0;
+    for (size_t i = 2; i < k; i++)
+        if (p[i] < 0x80 || p[i] > 0xbf) return 0;
+    return k;
+}
+
 /* Decodes a JSON string at j->p (after whitespace). Writes at most cap - 1 bytes and a NUL to
- * out (if out is not NULL); *n receives the full decoded length. */
+ * out (if out is not NULL); *n receives the full decoded length. Raw bytes must be UTF-8, as
+ * JSON requires (and the reference implementation checks): names are Python str. */
 static mha_status j_string(json *j, char *out, size_t cap, size_t *n) {
     j_ws(j);
     if (j->p >= j->end || *j->p != '"') return j_err(j, "expected a string");
@@ -322,9 +344,10 @@ static mha_status j_string(json *j, char *out, size_t cap, size_t *n) {
         }
         if (ch < 0x20) return j_err(j, "control character in a string");
         unsigned char enc[4];
-        size_t k = 1;
-        j->p++;
-        enc[0] = ch;
+        size_t k = utf8_len((const unsigned char *)j->p, (const unsigned char *)j->end);
+        if (k == 0) return j_err(j, "invalid UTF-8 in a string");
+        memcpy(enc, j->p, k);
+        j->p += k;
         if (ch == '\\') {
             if (j->p >= j->end) return j_err(j, "unterminated string");
             char e = *j->p++;

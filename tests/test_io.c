@@ -430,6 +430,43 @@ TEST(npy_load_errors_name_the_file) {
     mha_ctx_free(ctx);
 }
 
+/* A huge file with a wrong header fails on the header, which the loaders read and check (with
+ * the data size it implies) before they allocate for the rest: here 1 TiB, sparse, that would
+ * otherwise fail for memory, or fill it, before the header's error. */
+TEST(huge_file_fails_on_its_header) {
+    mha_ctx *ctx;
+    ASSERT_OK(ctx, mha_ctx_create(&ctx));
+    static unsigned char buf[256];
+    const off_t huge = (off_t)1 << 40;
+    char npy[300], st[300];
+    path_in_tmp(npy, sizeof npy, "huge.npy");
+    path_in_tmp(st, sizeof st, "huge.safetensors");
+    mha_array a;
+    size_t n = make_npy(buf, 1, "{'descr': '<f4', 'fortran_order': False, 'shape': (2,), 'x': 1}",
+                        NULL, 0);
+    ASSERT_TRUE(write_file(npy, buf, n) && truncate(npy, huge) == 0);
+    ASSERT_EQ(mha_npy_load(ctx, npy, &a), MHA_ERR_FORMAT);
+    ASSERT_STR_CONTAINS(mha_ctx_errmsg(ctx), "huge.npy: header: got key 'x'");
+    n = make_npy(buf, 2, "{'descr': '<f4', 'fortran_order': False, 'shape': (2,), }", NULL, 0);
+    ASSERT_TRUE(write_file(npy, buf, n) && truncate(npy, huge) == 0);
+    ASSERT_EQ(mha_npy_load(ctx, npy, &a), MHA_ERR_FORMAT);
+    ASSERT_STR_CONTAINS(mha_ctx_errmsg(ctx), "expected 8 (shape [2], float32; trailing bytes)");
+    mha_st *s = NULL;
+    n = make_st(buf, "{\"a\": nul}", NULL, 0);
+    ASSERT_TRUE(write_file(st, buf, n) && truncate(st, huge) == 0);
+    ASSERT_EQ(mha_st_load(ctx, st, &s), MHA_ERR_FORMAT);
+    ASSERT_STR_CONTAINS(mha_ctx_errmsg(ctx), "huge.safetensors: header: tensor 'a': expected an");
+    n = make_st(buf, "{\"a\": {\"dtype\": \"F32\", \"shape\": [2], \"data_offsets\": [0, 8]}}",
+                NULL, 0);
+    ASSERT_TRUE(write_file(st, buf, n) && truncate(st, huge) == 0);
+    ASSERT_EQ(mha_st_load(ctx, st, &s), MHA_ERR_FORMAT);
+    ASSERT_STR_CONTAINS(mha_ctx_errmsg(ctx), "data area: got 1099511627");
+    ASSERT_TRUE(s == NULL);
+    unlink(npy);
+    unlink(st);
+    mha_ctx_free(ctx);
+}
+
 /* ---- safetensors --------------------------------------------------------------------------- */
 
 static mha_st *sample_st(mha_ctx *ctx) {
@@ -1187,6 +1224,7 @@ int main(void) {
     RUN(npy_header_variants);
     RUN(npy_malformed);
     RUN(npy_load_errors_name_the_file);
+    RUN(huge_file_fails_on_its_header);
     RUN(st_roundtrip);
     RUN(st_reads_other_writers);
     RUN(st_malformed);

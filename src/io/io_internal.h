@@ -66,14 +66,17 @@ mha_status mha__emit_data(mha_ctx *ctx, const char *who, mha_dtype dt, const voi
 mha_status mha__emit(mha_ctx *ctx, const char *who, mha_write_fn fn, void *user, const void *data,
                      size_t size);
 
-/* Checks the first n bytes of a file of size bytes (n = min(head_len, size)) before the whole
- * file is read: a loader's magic and header-size checks. */
+/* Checks the first n bytes of a file of size bytes before the whole file is read. Called first
+ * with n = min(head_len, size): the magic and the header's size; setting *want (> n, at most
+ * size) asks for a second call with the first *want bytes, the whole header, to check it and
+ * the data size it implies. */
 typedef mha_status (*mha__head_fn)(mha_ctx *ctx, const char *who, const unsigned char *head,
-                                   size_t n, uint64_t size);
+                                   size_t n, uint64_t size, size_t *want);
 #define MHA__HEAD_CAP 64
 
 /* Reads a whole regular file into a buffer from mha__malloc (free with mha__free), after
- * check (may be NULL) has accepted its first head_len bytes (at most MHA__HEAD_CAP). */
+ * check (may be NULL) has accepted its first head_len bytes (at most MHA__HEAD_CAP) and then
+ * the bytes it wants: a file whose header is wrong costs its header, not its size. */
 mha_status mha__read_file(mha_ctx *ctx, const char *who, const char *path, size_t head_len,
                           mha__head_fn check, unsigned char **buf, size_t *len);
 

@@ -313,39 +313,56 @@ static mha_status npy_prefix(mha_ctx *ctx, const char *who, const unsigned char 
     return MHA_OK;
 }
 
-static mha_status npy_head(mha_ctx *ctx, const char *who, const unsigned char *head, size_t n,
-                           uint64_t size) {
+/* The header of a file of total bytes, the first len of them at b (at least the header): its
+ * prefix, dict and the data size it implies, which must be what the file holds after it. */
+static mha_status npy_meta(mha_ctx *ctx, const char *who, const unsigned char *b, size_t len,
+                           uint64_t total, npy_header *h, size_t *data_at, size_t *bytes) {
     size_t hstart, hlen;
-    return npy_prefix(ctx, who, head, n, size, &hstart, &hlen);
+    mha_status st = npy_prefix(ctx, who, b, len, total, &hstart, &hlen);
+    if (st != MHA_OK) return st;
+    memset(h, 0, sizeof *h);
+    st = parse_header(ctx, who, (const char *)b + hstart, hlen, h);
+    if (st != MHA_OK) return st;
+    int64_t numel;
+    int bad;
+    char shape[160];
+    mha__shape_str(shape, sizeof shape, h->ndim, h->shape);
+    if (!mha__shape_bytes(h->dtype, h->ndim, h->shape, &numel, bytes, &bad))
+        return mha__err(ctx, MHA_ERR_FORMAT, "%s: shape %s: size overflows (%s)", who, shape,
+                        mha_dtype_name(h->dtype));
+    *data_at = hstart + hlen;
+    const uint64_t have = total - *data_at;
+    if (have != *bytes)
+        return mha__err(ctx, MHA_ERR_FORMAT,
+                        "%s: data: got %llu bytes, expected %zu (shape %s, %s%s)", who,
+                        (unsigned long long)have, *bytes, shape, mha_dtype_name(h->dtype),
+                        have < *bytes ? "; truncated file" : "; trailing bytes");
+    return MHA_OK;
+}
+
+/* The loader's check: the prefix, then (*want: the header's end) the whole header. */
+static mha_status npy_head(mha_ctx *ctx, const char *who, const unsigned char *head, size_t n,
+                           uint64_t size, size_t *want) {
+    size_t hstart, hlen, data_at, bytes;
+    mha_status st = npy_prefix(ctx, who, head, n, size, &hstart, &hlen);
+    if (st != MHA_OK || n < hstart + hlen) {
+        *want = st == MHA_OK ? hstart + hlen : 0;
+        return st;
+    }
+    npy_header h;
+    return npy_meta(ctx, who, head, n, size, &h, &data_at, &bytes);
 }
 
 static mha_status npy_parse(mha_ctx *ctx, const char *who, const unsigned char *b, size_t len,
                             mha_array *out) {
     memset(out, 0, sizeof *out);
-    size_t hstart, hlen;
-    mha_status st = npy_prefix(ctx, who, b, len, len, &hstart, &hlen);
-    if (st != MHA_OK) return st;
     npy_header h;
-    memset(&h, 0, sizeof h);
-    st = parse_header(ctx, who, (const char *)b + hstart, hlen, &h);
+    size_t data_at, bytes;
+    mha_status st = npy_meta(ctx, who, b, len, len, &h, &data_at, &bytes);
     if (st != MHA_OK) return st;
-    int64_t numel;
-    size_t bytes;
-    int bad;
-    char shape[160];
-    mha__shape_str(shape, sizeof shape, h.ndim, h.shape);
-    if (!mha__shape_bytes(h.dtype, h.ndim, h.shape, &numel, &bytes, &bad))
-        return mha__err(ctx, MHA_ERR_FORMAT, "%s: shape %s: size overflows (%s)", who, shape,
-                        mha_dtype_name(h.dtype));
-    size_t have = len - hstart - hlen;
-    if (have != bytes)
-        return mha__err(ctx, MHA_ERR_FORMAT,
-                        "%s: data: got %zu bytes, expected %zu (shape %s, %s%s)", who, have, bytes,
-                        shape, mha_dtype_name(h.dtype),
-                        have < bytes ? "; truncated file" : "; trailing bytes");
     st = mha__array_make(ctx, who, h.dtype, h.ndim, h.shape, out);
     if (st != MHA_OK) return st;
-    const unsigned char *src = b + hstart + hlen;
+    const unsigned char *src = b + data_at;
     if (h.dtype == MHA_DTYPE_BOOL) {
         unsigned char *dst = out->data;
         for (size_t i = 0; i < bytes; i++) dst[i] = src[i] != 0;

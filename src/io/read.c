@@ -60,22 +60,37 @@ mha_status mha__read_file(mha_ctx *ctx, const char *who, const char *path, size_
     if (head_len > sizeof head) head_len = sizeof head;
     ssize_t h = read_full(fd, head, head_len < size ? head_len : size);
     if (h < 0) st = mha__err(ctx, MHA_ERR_IO, "%s: read: %s", who, strerror(errno));
-    if (st == MHA_OK && check) st = check(ctx, who, head, (size_t)h, size64);
-    unsigned char *p = NULL;
-    if (st == MHA_OK && !(p = mha__malloc(size ? size : 1)))
-        st = mha__err(ctx, MHA_ERR_NOMEM, "%s: out of memory (%zu bytes)", who, size);
+    size_t want = 0, got = h < 0 ? 0 : (size_t)h;
+    if (st == MHA_OK && check) st = check(ctx, who, head, got, size64, &want);
+    /* The header the check wants (within the file), checked before the rest is read: a huge
+     * file with a broken header fails having cost its header. */
+    unsigned char *hdr = NULL, *p = NULL;
     ssize_t r = 0;
-    if (st == MHA_OK) {
-        memcpy(p, head, (size_t)h);
-        r = (size_t)h == size ? 0 : read_full(fd, p + h, size - (size_t)h);
-        if (r < 0) st = mha__err(ctx, MHA_ERR_IO, "%s: read: %s", who, strerror(errno));
+    if (st == MHA_OK && want > got && want <= size) {
+        if (!(hdr = mha__malloc(want)))
+            st = mha__err(ctx, MHA_ERR_NOMEM, "%s: out of memory (%zu bytes)", who, want);
+        else if ((r = read_full(fd, hdr + got, want - got)) >= 0) {
+            memcpy(hdr, head, got);
+            got += (size_t)r;
+            size_t again = 0;
+            if (got == want) st = check(ctx, who, hdr, got, size64, &again);
+        }
     }
+    if (st == MHA_OK && r >= 0 && !(p = mha__malloc(size ? size : 1)))
+        st = mha__err(ctx, MHA_ERR_NOMEM, "%s: out of memory (%zu bytes)", who, size);
+    if (st == MHA_OK && r >= 0) {
+        memcpy(p, hdr ? hdr : head, got);
+        r = got == size ? 0 : read_full(fd, p + got, size - got);
+        if (r >= 0) got += (size_t)r;
+    }
+    if (st == MHA_OK && r < 0) st = mha__err(ctx, MHA_ERR_IO, "%s: read: %s", who, strerror(errno));
     close(fd);
+    mha__free(hdr);
     if (st != MHA_OK) {
         mha__free(p);
         return st;
     }
     *buf = p;
-    *len = (size_t)h + (size_t)r;
+    *len = got;
     return MHA_OK;
 }

@@ -775,15 +775,6 @@ static mha_status st_prefix(mha_ctx *ctx, const char *who, const char *path, con
 
 static const char ST_LOAD[] = "mha_st_load";
 
-/* The loader's check of the file's first bytes; who is "mha_st_load: <path>" (mha__io_who). */
-static mha_status st_head(mha_ctx *ctx, const char *who, const unsigned char *head, size_t n,
-                          uint64_t size) {
-    uint64_t hn;
-    size_t k = sizeof ST_LOAD - 1;
-    const char *path = strncmp(who, ST_LOAD, k) == 0 && who[k] == ':' ? who + k + 2 : NULL;
-    return st_prefix(ctx, who, path, head, n, size, &hn);
-}
-
 /* Validate: the header JSON (hn bytes at hdr, starting with '{') into h. */
 static mha_status st_read_header(mha_ctx *ctx, const char *who, const char *hdr, uint64_t hn,
                                  int64_t data_size, st_parsed *h) {
@@ -884,6 +875,27 @@ static mha_status st_build(mha_ctx *ctx, const char *who, st_parsed *h, const un
     h->nmeta = 0;
     *out = s;
     return MHA_OK;
+}
+
+/* The loader's check of the file's first bytes, then (*want: the header's end) of the whole
+ * header and the data area it implies; who is "mha_st_load: <path>" (mha__io_who). */
+static mha_status st_head(mha_ctx *ctx, const char *who, const unsigned char *head, size_t n,
+                          uint64_t size, size_t *want) {
+    uint64_t hn;
+    size_t k = sizeof ST_LOAD - 1;
+    const char *path = strncmp(who, ST_LOAD, k) == 0 && who[k] == ':' ? who + k + 2 : NULL;
+    mha_status st = st_prefix(ctx, who, path, head, n, size, &hn);
+    if (st != MHA_OK || n < 8 + hn) {
+        *want = st == MHA_OK ? (size_t)(8 + hn) : 0;
+        return st;
+    }
+    const int64_t data_size = (int64_t)(size - 8 - hn);
+    st_parsed h;
+    memset(&h, 0, sizeof h);
+    st = st_read_header(ctx, who, (const char *)head + 8, hn, data_size, &h);
+    if (st == MHA_OK) st = st_plan(ctx, who, &h, data_size);
+    header_free(&h);
+    return st;
 }
 
 static mha_status st_parse(mha_ctx *ctx, const char *who, const unsigned char *b, size_t len,

@@ -518,11 +518,35 @@ TEST(bad_tables_nothing_written) {
     mha_ctx_free(ctx);
 }
 
+/* A page of near INT64_MAX rows (a stride-0 view, read only): the blocks a sequence uses were
+ * counted as (len + page - 1) / page, which overflowed, so no entry was checked and a bad page
+ * was read; now the entry is refused as any other. */
+TEST(huge_page_table_checked) {
+    mha_ctx *ctx = new_ctx(1);
+    float pool[8] = {1, 2, 3, 4, 5, 6, 7, 8}, q[1] = {1}, out[1] = {42}, lse[1] = {42};
+    const int64_t pages[3] = {INT64_MAX, INT64_MAX - 3, (int64_t)1 << 62};
+    for (int k = 0; k < 3; k++) {
+        const int64_t sp[4] = {1, 1, pages[k], 1}, st[4] = {1, 0, 0, 1};
+        const int64_t sq[4] = {1, 1, 1, 1}, sl[3] = {1, 1, 1};
+        mha_tensor tk = mha_tensor_strided(pool, 4, sp, st), tq = mha_tensor_make(q, 4, sq);
+        mha_tensor to = mha_tensor_make(out, 4, sq), tl = mha_tensor_make(lse, 3, sl);
+        const int32_t bt[1] = {3}, lens[1] = {5};
+        mha_status s = mha_attn_kvcache_paged(ctx, NULL, &tq, &tk, &tk, bt, 1, NULL, NULL, lens,
+                                              NULL, &to, &tl);
+        ASSERT_EQ(s, MHA_ERR_INVALID_ARG);
+        ASSERT_STR_CONTAINS(mha_ctx_errmsg(ctx),
+                            "block_table[0][0]: got 3, expected a page in [0, 1)");
+        ASSERT_TRUE(out[0] == 42 && lse[0] == 42);
+    }
+    mha_ctx_free(ctx);
+}
+
 int main(void) {
     RUN(decode_matches_contiguous);
     RUN(prefill_matches_contiguous);
     RUN(threads_bitwise);
     RUN(shared_prefix_pages);
     RUN(bad_tables_nothing_written);
+    RUN(huge_page_table_checked);
     return harness_report();
 }

@@ -99,6 +99,10 @@ static void *kv_cache_row(const kv_call *c, const mha_tensor *t, int64_t b, int6
 
 static int64_t kv_len(const kv_call *c, int64_t b) { return (c->lens ? c->lens[b] : 0) + c->Lnew; }
 
+/* The blocks (pages) that rows [0, n) span: ceil(n / page), without n + page - 1, which
+ * overflows for a page of near INT64_MAX rows (a stride-0 view) */
+static int64_t kv_blocks(const kv_call *c, int64_t n) { return n > 0 ? (n - 1) / c->page + 1 : 0; }
+
 /* p: scale, softcap finite (softcap >= 0), no dropout. */
 static mha_status kv_check_params(mha_ctx *ctx, const char *fn, const mha_attn_params *p) {
     if (p->dropout_p != 0)
@@ -237,7 +241,7 @@ static mha_status kv_check_lens(mha_ctx *ctx, const char *fn, const kv_call *c) 
 static int kv_page_user(const kv_call *c, int64_t b, int64_t i, int64_t x, int64_t *b2,
                         int64_t *i2) {
     for (int64_t s = 0; s < c->B; s++) {
-        const int64_t nb = (kv_len(c, s) + c->page - 1) / c->page;
+        const int64_t nb = kv_blocks(c, kv_len(c, s));
         for (int64_t j = 0; j < nb; j++)
             if ((s != b || j != i) && c->bt[s * c->nbt + j] == x) {
                 *b2 = s, *i2 = j;
@@ -253,7 +257,7 @@ static int kv_page_user(const kv_call *c, int64_t b, int64_t i, int64_t x, int64
 static mha_status kv_check_table(mha_ctx *ctx, const char *fn, const kv_call *c) {
     if (!c->bt) return MHA_OK;
     for (int64_t b = 0; b < c->B; b++) {
-        const int64_t nb = (kv_len(c, b) + c->page - 1) / c->page;
+        const int64_t nb = kv_blocks(c, kv_len(c, b));
         for (int64_t i = 0; i < nb; i++) {
             const int64_t x = c->bt[b * c->nbt + i];
             if (x < 0 || x >= c->npages)
@@ -270,14 +274,14 @@ static mha_status kv_check_table(mha_ctx *ctx, const char *fn, const kv_call *c)
         return mha__err(ctx, MHA_ERR_NOMEM, "%s: block_table: out of memory (%lld pages)", fn,
                         (long long)c->npages);
     for (int64_t b = 0; b < c->B; b++)
-        for (int64_t i = 0, nb = (kv_len(c, b) + c->page - 1) / c->page; i < nb; i++) {
+        for (int64_t i = 0, nb = kv_blocks(c, kv_len(c, b)); i < nb; i++) {
             uint8_t *u = &uses[c->bt[b * c->nbt + i]];
             *u += *u < 2;
         }
     mha_status st = MHA_OK;
     for (int64_t b = 0; b < c->B && !st; b++) {
         const int64_t j0 = c->lens ? c->lens[b] : 0, j1 = j0 + c->Lnew;
-        for (int64_t i = j0 / c->page; i < (j1 + c->page - 1) / c->page && !st; i++) {
+        for (int64_t i = j0 / c->page; i < kv_blocks(c, j1) && !st; i++) {
             const int64_t x = c->bt[b * c->nbt + i];
             int64_t b2, i2;
             if (uses[x] > 1 && kv_page_user(c, b, i, x, &b2, &i2))

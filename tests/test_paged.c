@@ -469,7 +469,7 @@ TEST(bad_tables_nothing_written) {
                .Lnew = 1,
                .page = 8,
                .causal = 1};
-    for (int k = 0; k < 8; k++) {
+    for (int k = 0; k < 10; k++) {
         pbufs d;
         bufs_make(&c, &d);
         d.lens[0] = 20, d.lens[1] = 9; /* blocks 0..2 and 0..1 used (with the new row) */
@@ -493,6 +493,11 @@ TEST(bad_tables_nothing_written) {
         case 5: bt = NULL, want = "block_table: got NULL with max_blocks 5"; break;
         case 6: d.tkp.shape[2] = 0, want = "k_pages.shape[2]: got 0"; break;
         case 7: d.tvp.shape[0] = d.P - 1, want = "v_pages.shape[0]: got 12, expected 13"; break;
+        /* the overlap messages named k_cache, v_cache (mha_attn_kvcache's arguments) */
+        case 8: d.tvp = d.tkp, want = "v_pages overlaps k_pages"; break;
+        case 9:
+            d.tkp.stride[2] = 0, want = "k_pages: got a view whose elements share memory";
+            break;
         }
         const size_t ko = d.kp_bytes, vo = d.vp_bytes, no = sizeof(float) * 2 * 4 * 8;
         void *k0 = malloc(ko), *v0 = malloc(vo), *o0 = malloc(no);

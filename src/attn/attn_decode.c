@@ -355,13 +355,11 @@ static mha_status kv_check(mha_ctx *ctx, const mha_attn_params *p, kv_call *c) {
     /* the caches are written only when there are new rows; without them they are read, as q:
      * then they may share memory (k_cache = v_cache, a prefix expand()ed over the batch) */
     const int written = c->Lnew > 0;
-    const mha__attn_arg ins[5] = {{"q", c->q},
-                                  {"k_new", c->k_new},
-                                  {"v_new", c->v_new},
-                                  {"k_cache", c->kc},
-                                  {"v_cache", c->vc}};
+    const char *kname = c->bt ? "k_pages" : "k_cache", *vname = c->bt ? "v_pages" : "v_cache";
+    const mha__attn_arg ins[5] = {
+        {"q", c->q}, {"k_new", c->k_new}, {"v_new", c->v_new}, {kname, c->kc}, {vname, c->vc}};
     const mha__attn_arg outs[4] = {
-        {"k_cache", c->kc}, {"v_cache", c->vc}, {"out", c->out}, {"lse", c->lse}};
+        {kname, c->kc}, {vname, c->vc}, {"out", c->out}, {"lse", c->lse}};
     if ((st = mha__attn_check_aliases(ctx, fn, written ? outs : outs + 2, written ? 4 : 2, ins,
                                       written ? 3 : 5)))
         return st;

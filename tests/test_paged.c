@@ -469,7 +469,7 @@ TEST(bad_tables_nothing_written) {
                .Lnew = 1,
                .page = 8,
                .causal = 1};
-    for (int k = 0; k < 10; k++) {
+    for (int k = 0; k < 11; k++) {
         pbufs d;
         bufs_make(&c, &d);
         d.lens[0] = 20, d.lens[1] = 9; /* blocks 0..2 and 0..1 used (with the new row) */
@@ -497,6 +497,10 @@ TEST(bad_tables_nothing_written) {
         case 8: d.tvp = d.tkp, want = "v_pages overlaps k_pages"; break;
         case 9:
             d.tkp.stride[2] = 0, want = "k_pages: got a view whose elements share memory";
+            break;
+        case 10:
+            d.tvn.shape[3] = 7;
+            want = "v_new.shape[3]: got 7, expected 8 ([B, Hkv, Lnew, Dv] as k_new and v_pages)";
             break;
         }
         const size_t ko = d.kp_bytes, vo = d.vp_bytes, no = sizeof(float) * 2 * 4 * 8;

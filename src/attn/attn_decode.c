@@ -199,7 +199,8 @@ static mha_status kv_check_tensors(mha_ctx *ctx, const char *fn, kv_call *c) {
         c->Lnew = c->k_new->shape[2];
         int64_t wn[4] = {B, Hkv, c->Lnew, Dv};
         if ((st = mha__check_tensor_as(ctx, fn, "v_new", c->v_new, dt, 4, wn,
-                                       "[B, Hkv, Lnew, Dv] as k_new and v_cache")))
+                                       c->bt ? "[B, Hkv, Lnew, Dv] as k_new and v_pages"
+                                             : "[B, Hkv, Lnew, Dv] as k_new and v_cache")))
             return st;
     }
     int64_t wo[4] = {B, H, c->L, Dv}, wl[3] = {B, H, c->L};

@@ -555,7 +555,8 @@ MHA_API mha_status mha_attn_kvcache(mha_ctx *ctx, const mha_attn_params *p, cons
  * thread count).
  * A prefill copies each sequence's rows into one contiguous buffer first (max len * Hkv *
  * (D + Dv) elements, allocated before anything is written) and is then bitwise the
- * contiguous prefill. Extra memory for decoding: one chunk partial per thread. */
+ * contiguous prefill. Decoding needs no memory beyond mha_attn_kvcache's; with new rows
+ * (Lnew > 0) the table check takes P bytes (which pages the blocks use), freed on return. */
 MHA_API mha_status mha_attn_kvcache_paged(mha_ctx *ctx, const mha_attn_params *p,
                                           const mha_tensor *q, mha_tensor *k_pages,
                                           mha_tensor *v_pages, const int32_t *block_table,

@@ -857,12 +857,14 @@ MHA_API int mha_st_count(const mha_st *st);
 MHA_API const char *mha_st_name(const mha_st *st, int i);
 /* The array named name, or NULL. Owned by st. */
 MHA_API const mha_array *mha_st_find(const mha_st *st, const char *name);
-/* Adds (or replaces) name with a copy of a. */
+/* Adds (or replaces) name with a copy of a. name must be UTF-8 (the reader requires it:
+ * MHA_ERR_INVALID_ARG otherwise, st unchanged) and not "__metadata__". */
 MHA_API mha_status mha_st_set(mha_ctx *ctx, mha_st *st, const char *name, const mha_array *a);
 /* The metadata value of key, or NULL. Owned by st. */
 MHA_API const char *mha_st_meta_get(const mha_st *st, const char *key);
-/* Adds (or replaces) a metadata entry; value NULL removes key. Keys and values are strings
- * (the format's rule); written in strcmp order of the keys. */
+/* Adds (or replaces) a metadata entry; value NULL removes key. Keys and values are UTF-8
+ * strings (the format's rule: MHA_ERR_INVALID_ARG otherwise); written in strcmp order of the
+ * keys. */
 MHA_API mha_status mha_st_meta_set(mha_ctx *ctx, mha_st *st, const char *key, const char *value);
 /* Number of metadata entries, and the i-th key in strcmp order (NULL out of range). */
 MHA_API int mha_st_meta_count(const mha_st *st);

@@ -540,6 +540,19 @@ TEST(st_roundtrip) {
     ASSERT_EQ(mha_st_set(ctx, st, NULL, &a), MHA_ERR_INVALID_ARG);
     ASSERT_EQ(mha_st_set(ctx, st, "x", NULL), MHA_ERR_INVALID_ARG);
     ASSERT_EQ(mha_st_set(ctx, NULL, "x", &a), MHA_ERR_INVALID_ARG);
+    /* What the reader refuses is refused when set: a name, key or value not UTF-8 (a raw 0xff,
+     * an overlong '/', a surrogate, a sequence cut short), the collection unchanged. */
+    const char *bad[4] = {"w\xff", "\xc0\xaf", "\xed\xa0\x80", "ok \xe2\x82"};
+    for (int i = 0; i < 4; i++) {
+        ASSERT_EQ(mha_st_set(ctx, st, bad[i], &a), MHA_ERR_INVALID_ARG);
+        ASSERT_STR_CONTAINS(mha_ctx_errmsg(ctx), "mha_st_set: name: got bytes that are not UTF-8");
+        ASSERT_EQ(mha_st_meta_set(ctx, st, bad[i], "v"), MHA_ERR_INVALID_ARG);
+        ASSERT_STR_CONTAINS(mha_ctx_errmsg(ctx), "mha_st_meta_set: key: got bytes");
+        ASSERT_EQ(mha_st_meta_set(ctx, st, "k", bad[i]), MHA_ERR_INVALID_ARG);
+        ASSERT_STR_CONTAINS(mha_ctx_errmsg(ctx), "mha_st_meta_set: value: got bytes");
+    }
+    ASSERT_EQ(mha_st_count(st), 90);
+    ASSERT_TRUE(mha_st_meta_get(st, "k") == NULL);
     /* Names that need escaping survive the JSON. */
     const char *odd = "a \"quoted\"\\ name\n\x01 \xc3\xa9";
     ASSERT_OK(ctx, mha_st_set(ctx, st, odd, &a));

@@ -150,6 +150,20 @@ mha_status mha__st_adopt(mha_ctx *ctx, const char *who, mha_st *st, const char *
     return MHA_OK;
 }
 
+static size_t utf8_len(const unsigned char *p, const unsigned char *end);
+
+/* A name, key or value the header will hold: UTF-8, as the reader requires (JSON strings). */
+static mha_status st_check_utf8(mha_ctx *ctx, const char *who, const char *what, const char *s) {
+    const unsigned char *p = (const unsigned char *)s, *end = p + strlen(s);
+    for (size_t k; p < end; p += k)
+        if (!(k = utf8_len(p, end)))
+            return mha__err(ctx, MHA_ERR_INVALID_ARG,
+                            "%s: %s: got bytes that are not UTF-8 (at byte %zu: 0x%02x), expected "
+                            "a UTF-8 string (safetensors headers are JSON)",
+                            who, what, (size_t)(p - (const unsigned char *)s), *p);
+    return MHA_OK;
+}
+
 mha_status mha_st_set(mha_ctx *ctx, mha_st *st, const char *name, const mha_array *a) {
     mha__clear(ctx);
     static const char *who = "mha_st_set";
@@ -162,8 +176,8 @@ mha_status mha_st_set(mha_ctx *ctx, mha_st *st, const char *name, const mha_arra
             ctx, MHA_ERR_INVALID_ARG,
             "%s: name: got \"__metadata__\", expected another name (reserved by the format)", who);
     size_t bytes;
-    mha_status s = mha__array_check(ctx, who, "a", a, &bytes);
-    if (s != MHA_OK) return s;
+    mha_status s = st_check_utf8(ctx, who, "name", name);
+    if (s != MHA_OK || (s = mha__array_check(ctx, who, "a", a, &bytes)) != MHA_OK) return s;
     mha_array copy;
     s = mha__array_make(ctx, who, a->dtype, a->ndim, a->shape, &copy);
     if (s != MHA_OK) return s;
@@ -222,6 +236,8 @@ mha_status mha_st_meta_set(mha_ctx *ctx, mha_st *st, const char *key, const char
         return mha__err(ctx, MHA_ERR_INVALID_ARG, "%s: st: got NULL, expected a collection", who);
     if (!key)
         return mha__err(ctx, MHA_ERR_INVALID_ARG, "%s: key: got NULL, expected a string", who);
+    mha_status s = st_check_utf8(ctx, who, "key", key);
+    if (s != MHA_OK || (value && (s = st_check_utf8(ctx, who, "value", value)) != MHA_OK)) return s;
     int i = meta_search(st, key);
     if (!value) { /* removal */
         if (i < 0) return MHA_OK;

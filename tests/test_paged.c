@@ -469,7 +469,7 @@ TEST(bad_tables_nothing_written) {
                .Lnew = 1,
                .page = 8,
                .causal = 1};
-    for (int k = 0; k < 11; k++) {
+    for (int k = 0; k < 12; k++) {
         pbufs d;
         bufs_make(&c, &d);
         d.lens[0] = 20, d.lens[1] = 9; /* blocks 0..2 and 0..1 used (with the new row) */
@@ -502,6 +502,10 @@ TEST(bad_tables_nothing_written) {
             d.tvn.shape[3] = 7;
             want = "v_new.shape[3]: got 7, expected 8 ([B, Hkv, Lnew, Dv] as k_new and v_pages)";
             break;
+        case 11: /* max_blocks x page rows past int64 */
+            nbt = INT64_MAX / 2 + 1, want = "max_blocks: got 4611686018427387904, expected 0 .. "
+                                            "1152921504606846975";
+            break;
         }
         const size_t ko = d.kp_bytes, vo = d.vp_bytes, no = sizeof(float) * 2 * 4 * 8;
         void *k0 = malloc(ko), *v0 = malloc(vo), *o0 = malloc(no);
@@ -517,6 +521,16 @@ TEST(bad_tables_nothing_written) {
         d.tkp = keep;
         bufs_free(&d);
     }
+    /* pages of one row, 3 sequences: B x max_blocks table entries past int64 (b * max_blocks
+     * would overflow) are refused before the table is read */
+    pcase c1 = c;
+    c1.B = 3, c1.page = 1;
+    pbufs d1;
+    bufs_make(&c1, &d1);
+    ASSERT_EQ(run_paged(ctx, &c1, &d1, d1.bt, INT64_MAX / 2), MHA_ERR_INVALID_ARG);
+    ASSERT_STR_CONTAINS(mha_ctx_errmsg(ctx), "max_blocks: got 4611686018427387903, expected 0 .. "
+                                             "3074457345618258602");
+    bufs_free(&d1);
     /* a bad entry past the blocks a sequence uses is never read */
     pbufs d;
     bufs_make(&c, &d);

@@ -143,11 +143,14 @@ static mha_status kv_check_pages(mha_ctx *ctx, const char *fn, kv_call *c) {
         return mha__err(ctx, MHA_ERR_SHAPE,
                         "%s: k_pages.shape[2]: got %lld, expected >= 1 (rows per page)", fn,
                         (long long)c->page);
-    if (c->nbt < 0 || c->nbt > INT64_MAX / c->page)
+    /* each sequence's rows and the table's entries [B, max_blocks] must be countable */
+    const int64_t rows = INT64_MAX / c->page, ents = INT64_MAX / (c->B > 1 ? c->B : 1);
+    const int64_t most = rows < ents ? rows : ents;
+    if (c->nbt < 0 || c->nbt > most)
         return mha__err(ctx, MHA_ERR_INVALID_ARG,
                         "%s: max_blocks: got %lld, expected 0 .. %lld (blocks per sequence in "
                         "block_table)",
-                        fn, (long long)c->nbt, (long long)(INT64_MAX / c->page));
+                        fn, (long long)c->nbt, (long long)most);
     c->Smax = c->nbt * c->page;
     return MHA_OK;
 }

@@ -28,8 +28,9 @@
  * When stderr is a terminal, one line there says which run is going (erased at the end).
  * --decode (the DECODE block below) times one decoding step instead: mha_attn_kvcache of one
  * query token per sequence against a cache of S tokens (the new token appended at S - 1), and
- * reports the rate at which it reads K and V (B * G * S * 2D elements per step: 4 bytes each,
- * 2 with --dtype bf16 or f16, q, the caches and out then all of that dtype) beside the
+ * reports the rate at which it reads K and V (B * G * S * 2D elements per step, S the keys the
+ * token may see: min(S, L + 1) with --window L,R: 4 bytes each, 2 with --dtype bf16 or f16, q,
+ * the caches and out then all of that dtype) beside the
  * machine's memory read bandwidth measured in the same run. With --page-size P the caches are
  * paged (mha_attn_kvcache_paged): pools of B * ceil(S / P) pages of P rows, each sequence's
  * blocks on pages in a shuffled order (as an engine's allocator leaves them).
@@ -822,11 +823,13 @@ static void decode_dims(const bench_args *a, int64_t *S, int64_t *D) {
     *D = a->head_dim;
 }
 
-/* Bytes of K and V rows one step reads: every cached key and value of every sequence, in the
- * cache's dtype. */
+/* Bytes of K and V rows one step reads: every key and value of every sequence the new token
+ * (at S - 1) may see, in the cache's dtype: all S, or with --window L,R (L >= 0) the last
+ * L + 1 (the step skips the rest). */
 static double decode_bytes(const bench_args *a) {
     int64_t S, D;
     decode_dims(a, &S, &D);
+    if (a->window && a->window_left >= 0 && a->window_left + 1 < S) S = a->window_left + 1;
     return (double)a->batch * (double)a->kv_heads * (double)S * 2.0 * (double)D *
            (double)mha_dtype_size(a->dtype);
 }

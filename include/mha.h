@@ -28,9 +28,10 @@
  *     mha_ctx_free(ctx);
  *
  * CONVENTIONS
- *   - Tensors are float32 views (mha_tensor): outermost dimension first, strides in elements,
- *     strides >= 0 and only the innermost one must be 1. The caller owns every buffer it
- *     passes.
+ *   - Tensors are views (mha_tensor): float32 (mha_tensor_make), or bfloat16 / float16 where
+ *     a function says it takes them (mha_tensor_typed); outermost dimension first, strides in
+ *     elements, strides >= 0 and only the innermost one must be 1. The caller owns every
+ *     buffer it passes.
  *   - Every fallible call returns mha_status: MHA_OK (0) or a negative error code. The detailed
  *     message ("function: what: got X, expected Y") is kept in the context until its next
  *     call: mha_ctx_errmsg(). A NULL context is allowed everywhere: default settings are used
@@ -881,6 +882,9 @@ MHA_API mha_status mha_st_save(mha_ctx *ctx, const mha_st *st, const char *path)
  * (starting at 0).
  *     mha_kv_cache *c;
  *     mha_kv_cache_create(ctx, 1, 4096, 8, 128, 128, MHA_DTYPE_BF16, &c);
+ *     mha_mask mask = mha_mask_default();
+ *     mask.causal = MHA_CAUSAL_BOTTOM_RIGHT;  (a prompt of several tokens: causal among them;
+ *                                              without it they see each other, as FlashAttention)
  *     for each step: mha_kv_cache_attend(ctx, NULL, c, &q, &k_new, &v_new, &mask, &out, NULL);
  *     mha_kv_cache_free(c);
  * One thread at a time per cache. */

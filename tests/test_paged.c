@@ -469,7 +469,7 @@ TEST(bad_tables_nothing_written) {
                .Lnew = 1,
                .page = 8,
                .causal = 1};
-    for (int k = 0; k < 12; k++) {
+    for (int k = 0; k < 13; k++) {
         pbufs d;
         bufs_make(&c, &d);
         d.lens[0] = 20, d.lens[1] = 9; /* blocks 0..2 and 0..1 used (with the new row) */
@@ -501,6 +501,11 @@ TEST(bad_tables_nothing_written) {
         case 10:
             d.tvn.shape[3] = 7;
             want = "v_new.shape[3]: got 7, expected 8 ([B, Hkv, Lnew, Dv] as k_new and v_pages)";
+            break;
+        case 12: /* no blocks at all: the new row alone overflows (was "cache_seqlens[0]: got
+                  * 20, expected at most -1") */
+            nbt = 0, want = "k_new.shape[2]: got 1, expected at most 0 (cache overflow: the cache "
+                            "has 0 rows: max_blocks x page)";
             break;
         case 11: /* max_blocks x page rows past int64 */
             nbt = INT64_MAX / 2 + 1, want = "max_blocks: got 4611686018427387904, expected 0 .. "

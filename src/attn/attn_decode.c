@@ -124,8 +124,8 @@ static mha_status kv_check_mask(mha_ctx *ctx, const char *fn, const mha_mask *m,
     if (bad)
         return mha__err(ctx, MHA_ERR_UNSUPPORTED,
                         "%s: mask->%s: got a mask, expected NULL (with a kv cache only causal, "
-                        "window and ALiBi apply; each sequence's length is cache_seqlens[b] + "
-                        "Lnew)",
+                        "window and ALiBi apply; each sequence's keys are the tokens its cache "
+                        "holds and the new ones)",
                         fn, bad);
     mha_status st = mha__attn_check_mask(ctx, fn, m, B, 0);
     return st ? st : mha__attn_check_alibi(ctx, fn, m, B, H);
@@ -170,7 +170,8 @@ static mha_status kv_check_tensors(mha_ctx *ctx, const char *fn, kv_call *c) {
     int64_t wk[4] = {B, -1, -1, D}, wp[4] = {-1, -1, -1, D};
     const char *kname = c->bt ? "k_pages" : "k_cache", *vname = c->bt ? "v_pages" : "v_cache";
     if ((st = mha__check_tensor_as(ctx, fn, kname, c->kc, dt, 4, c->bt ? wp : wk,
-                                   c->bt ? "[P, Hkv, page, D]" : "[B, Hkv, Smax, D]")))
+                                   c->bt ? "[P, Hkv, page, D], D as q's"
+                                         : "[B, Hkv, Smax, D], B and D as q's")))
         return st;
     const int64_t Hkv = c->Hkv = c->kc->shape[1];
     if ((st = kv_check_pages(ctx, fn, c))) return st;
@@ -214,7 +215,7 @@ static mha_status kv_check_tensors(mha_ctx *ctx, const char *fn, kv_call *c) {
 
 /* Every cache_seqlens[b] >= 0 and its sequence (+ Lnew) within the cache. */
 static mha_status kv_check_lens(mha_ctx *ctx, const char *fn, const kv_call *c) {
-    if (!c->lens) {
+    if (!c->lens || c->Lnew > c->Smax) { /* the new rows alone overflow (or no lengths) */
         if (c->Lnew > c->Smax)
             return mha__err(ctx, MHA_ERR_SHAPE,
                             "%s: k_new.shape[2]: got %lld, expected at most %lld (cache overflow: "

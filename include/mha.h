@@ -565,6 +565,20 @@ MHA_API mha_status mha_attn_kvcache_paged(mha_ctx *ctx, const mha_attn_params *p
                                           const mha_tensor *v_new, const int32_t *cache_seqlens,
                                           const mha_mask *mask, mha_tensor *out, mha_tensor *lse);
 
+/* Rotary position embeddings (RoFormer; FlashAttention's apply_rotary_emb with its rotary_cos
+ * and rotary_sin tables), in place, for q and k before they are attended or appended to a cache:
+ *   x:   [B, H, L, D] float32, bfloat16 or float16 (any strides, the innermost 1), written
+ *   cos, sin: float32 [S_ro, R / 2], rotary_dim R <= D (cos[p][k] = cos(p * theta_k), ...)
+ *   positions: int32 [B, L], row-major: the position of token i of sequence b (a decoding
+ *            step: cache_seqlens[b] + i), each in [0, S_ro); NULL: token i at position i
+ *   interleaved: 1 rotates the pairs (2k, 2k + 1) (GPT-J), 0 the pairs (k, k + R / 2) (GPT-NeoX,
+ *            Llama): x0' = x0 cos - x1 sin, x1' = x0 sin + x1 cos with the angles of row p
+ * The dimensions from R on are left as they are. Computed in float32, rounded once to x's
+ * dtype. Errors name the argument (an R / 2 of 0 or past D / 2, a position out of range, cos and
+ * sin of other shapes, x overlapping them or itself); x unchanged on error. */
+MHA_API mha_status mha_rotary(mha_ctx *ctx, mha_tensor *x, const mha_tensor *cos,
+                              const mha_tensor *sin, const int32_t *positions, int interleaved);
+
 /* A key/value cache owned by the library (mha_kv_cache_create, below the dtypes). */
 typedef struct mha_kv_cache mha_kv_cache;
 

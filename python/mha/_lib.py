@@ -96,6 +96,7 @@ _PROTOTYPES = {
                                   _T, _T, _T, _T]),
     "mha_attn_kvcache": (c_int, [_P, POINTER(AttnParams), _T, _T, _T, _T, _T, c_void_p,
                                  POINTER(Mask), _T, _T]),
+    "mha_rotary": (c_int, [_P, _T, _T, _T, c_void_p, c_int]),
     "mha_attn_kvcache_paged": (c_int, [_P, POINTER(AttnParams), _T, _T, _T, c_void_p, c_int64,
                                        _T, _T, c_void_p, POINTER(Mask), _T, _T]),
     "mha_attn_varlen_forward": (c_int, [_P, POINTER(AttnParams), _T, _T, _T, c_void_p,

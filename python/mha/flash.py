@@ -425,17 +425,15 @@ def _rotary(x, cos, sin, pos, interleaved):
     """x [B, T, H, D] with its first rotary_dim = 2 cos.shape[1] dimensions rotated by the
     angles of row pos[b, t] of cos, sin [seqlen_ro, rotary_dim / 2] (FlashAttention's
     apply_rotary_emb): pairs (2i, 2i + 1) when interleaved (GPT-J), else (i, i + rotary_dim / 2)
-    (GPT-NeoX); computed in float32, rounded once to x's dtype. A new tensor."""
-    rd = 2 * cos.shape[1]
-    xf = x.float()
-    c, s = cos.float()[pos].unsqueeze(2), sin.float()[pos].unsqueeze(2)  # [B, T, 1, rd / 2]
-    if interleaved:
-        x0, x1 = xf[..., 0:rd:2], xf[..., 1:rd:2]
-        r = torch.stack((x0 * c - x1 * s, x0 * s + x1 * c), dim=-1).flatten(-2)
-    else:
-        x0, x1 = xf[..., :rd // 2], xf[..., rd // 2:rd]
-        r = torch.cat((x0 * c - x1 * s, x0 * s + x1 * c), dim=-1)
-    return torch.cat((r, xf[..., rd:]), dim=-1).to(x.dtype)
+    (GPT-NeoX); the library's mha_rotary (float32, rounded once to x's dtype). A new tensor."""
+    out = x.contiguous().clone()
+    c, s = cos.float().contiguous(), sin.float().contiguous()
+    p = pos.to(_I32).contiguous()
+    tx, tc, ts = T.view(out.transpose(1, 2)), T.view(c), T.view(s)
+    ctx = _lib.ctx()
+    _lib.check(lib.mha_rotary(ctx, ctypes.byref(tx), ctypes.byref(tc), ctypes.byref(ts),
+                              ctypes.c_void_p(p.data_ptr()), 1 if interleaved else 0), ctx)
+    return out
 
 
 def _kv_rotary(fn, rotary_cos, rotary_sin, q, k, lens, causal, window, interleaved):

@@ -20,16 +20,9 @@ static int64_t irand(int64_t n) { return (int64_t)(urand() * (double)n); }
 
 static size_t esize(mha_dtype dt) { return dt == MHA_DTYPE_F32 ? 4 : 2; }
 
-/* Element i of a buffer of dtype dt = x (rounded to dt), or as float. */
-static void put(mha_dtype dt, void *buf, int64_t i, float x) {
-    if (dt == MHA_DTYPE_F32) ((float *)buf)[i] = x;
-    else ((uint16_t *)buf)[i] = dt == MHA_DTYPE_BF16 ? mha__f32_to_bf16(x) : mha__f32_to_f16(x);
-}
-static float get(mha_dtype dt, const void *buf, int64_t i) {
-    if (dt == MHA_DTYPE_F32) return ((const float *)buf)[i];
-    const uint16_t h = ((const uint16_t *)buf)[i];
-    return dt == MHA_DTYPE_BF16 ? mha__bf16_to_f32(h) : mha__f16_to_f32(h);
-}
+/* Element i of a buffer of dtype dt = x (rounded to dt), or as float (kernels/cvt.h). */
+#define put mha__store_f32
+#define get mha__load_f32
 
 typedef struct {
     mha_dtype dt;

@@ -19,16 +19,8 @@ static float frand(void) {
     return (float)((rng >> 11) * (1.0 / 9007199254740992.0)) * 2 - 1;
 }
 
-static float get(mha_dtype dt, const void *p, int64_t i) {
-    if (dt == MHA_DTYPE_BF16) return mha__bf16_to_f32(((const uint16_t *)p)[i]);
-    if (dt == MHA_DTYPE_F16) return mha__f16_to_f32(((const uint16_t *)p)[i]);
-    return ((const float *)p)[i];
-}
-static void put(mha_dtype dt, void *p, int64_t i, float v) {
-    if (dt == MHA_DTYPE_BF16) ((uint16_t *)p)[i] = mha__f32_to_bf16(v);
-    else if (dt == MHA_DTYPE_F16) ((uint16_t *)p)[i] = mha__f32_to_f16(v);
-    else ((float *)p)[i] = v;
-}
+#define get mha__load_f32 /* kernels/cvt.h: element i as float32, and back */
+#define put mha__store_f32
 
 /* x [B, H, L, D] over a buffer: contiguous, or (strided) of [B, L, H, D + 2] memory. */
 static mha_tensor xview(void *buf, mha_dtype dt, int strided) {

@@ -11,18 +11,6 @@
 #include <omp.h>
 #endif
 
-/* Element i of a row of dtype dt, as float32 (exact), and back (rounded to nearest even). */
-static float rot_get(mha_dtype dt, const void *row, int64_t i) {
-    if (dt == MHA_DTYPE_BF16) return mha__bf16_to_f32(((const uint16_t *)row)[i]);
-    if (dt == MHA_DTYPE_F16) return mha__f16_to_f32(((const uint16_t *)row)[i]);
-    return ((const float *)row)[i];
-}
-static void rot_put(mha_dtype dt, void *row, int64_t i, float v) {
-    if (dt == MHA_DTYPE_BF16) ((uint16_t *)row)[i] = mha__f32_to_bf16(v);
-    else if (dt == MHA_DTYPE_F16) ((uint16_t *)row)[i] = mha__f32_to_f16(v);
-    else ((float *)row)[i] = v;
-}
-
 /* x, cos, sin and the positions against each other; nothing is written before this passes. */
 static mha_status rot_check(mha_ctx *ctx, const char *fn, const mha_tensor *x,
                             const mha_tensor *cos, const mha_tensor *sin,
@@ -89,10 +77,10 @@ mha_status mha_rotary(mha_ctx *ctx, mha_tensor *x, const mha_tensor *cos, const 
         const float *c = cos->data + p * cos->stride[0], *s = sin->data + p * sin->stride[0];
         for (int64_t k = 0; k < half; k++) {
             const int64_t i0 = interleaved ? 2 * k : k, i1 = interleaved ? 2 * k + 1 : k + half;
-            const float x0 = rot_get(dt, row, i0), x1 = rot_get(dt, row, i1);
+            const float x0 = mha__load_f32(dt, row, i0), x1 = mha__load_f32(dt, row, i1);
             const float ck = c[k * cos->stride[1]], sk = s[k * sin->stride[1]];
-            rot_put(dt, row, i0, x0 * ck - x1 * sk);
-            rot_put(dt, row, i1, x0 * sk + x1 * ck);
+            mha__store_f32(dt, row, i0, x0 * ck - x1 * sk);
+            mha__store_f32(dt, row, i1, x0 * sk + x1 * ck);
         }
     }
     return MHA_OK;

@@ -15,6 +15,8 @@ import math
 import torch
 
 OUT_TOL = dict(atol=1e-5, rtol=1e-5)
+# significand bits of the 2-byte dtypes: half an ulp is 2^-MANT
+MANT = {torch.bfloat16: 8, torch.float16: 11}
 GRAD_TOL = dict(atol=1e-4, rtol=1e-4)
 
 
@@ -129,3 +131,14 @@ def assert_mha_backward(t, what):
     torch_math = [n for n in names if any(k in n for k in TORCH_ATTENTION_NODES)]
     assert not torch_math, f"{what}: PyTorch computes the gradient: {torch_math} in {names}"
     assert custom, f"{what}: no autograd.Function of mha's in the graph: {names}"
+
+
+def assert_error_within(what, ours, theirs, ref64, limit, dtype):
+    """mha's max-abs error against the float64 reference at most limit x PyTorch's in the same
+    dtype, PyTorch's floored at half an ulp of the reference's scale (so that the bound stays
+    meaningful when PyTorch happens to be exact)."""
+    ea = (ours.double() - ref64).abs().max().item()
+    eb = (theirs.double() - ref64).abs().max().item()
+    floor = ref64.abs().max().item() * 2.0 ** -MANT[dtype]
+    assert ea <= limit * max(eb, floor), (
+        f"{what}: mha's error {ea:.3g} > {limit} x torch's {eb:.3g} (floor {floor:.3g})")

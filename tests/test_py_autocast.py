@@ -25,10 +25,10 @@ import torch
 import torch.nn.functional as F
 
 import mha
+from py_util import MANT, assert_error_within
 from mha.functional import scaled_dot_product_attention as mha_sdpa
 
 DTYPES = {"bf16": torch.bfloat16, "f16": torch.float16}
-MANT = {torch.bfloat16: 8, torch.float16: 11}
 MODES = ("train", "eval_grad", "no_grad", "inference_mode")
 
 
@@ -184,11 +184,7 @@ def test_layer_accuracy_against_torch(dname, case):
     names += [n for n, _ in sorted(ours.named_parameters())]
     pairs += [(n, a, b, c, 3) for n, a, b, c in zip(names, got[2], tor[2], want[2])]
     for what, a, b, ref64, limit in pairs:
-        ea = (a.double() - ref64).abs().max().item()
-        eb = (b.double() - ref64).abs().max().item()
-        floor = ref64.abs().max().item() * 2.0 ** -MANT[dt]
-        assert ea <= limit * max(eb, floor), (
-            f"{what}: mha's error {ea:.3g} > {limit} x torch's {eb:.3g} (floor {floor:.3g})")
+        assert_error_within(what, a, b, ref64, limit, dt)
 
 
 @pytest.mark.parametrize("dname", DTYPES)
@@ -333,10 +329,7 @@ def test_seed_module_as_its_reference(dname, mode):
     assert got[0].dtype == got[1].dtype == tor[0].dtype == tor[1].dtype == dt
     assert all(g.dtype == torch.float32 for g in got[2:] + tor[2:])
     for i, (a, b, r) in enumerate(zip(got, tor, want)):
-        ea = (a.double() - r).abs().max().item()
-        eb = (b.double() - r).abs().max().item()
-        floor = r.abs().max().item() * 2.0 ** -MANT[dt]
-        assert ea <= (2 if i < 2 else 3) * max(eb, floor), (i, ea, eb, floor)
+        assert_error_within(f"result {i}", a, b, r, 2 if i < 2 else 3, dt)
 
 
 # ------------------------------------------------------------------------------------------
@@ -402,11 +395,7 @@ def test_sdpa_accuracy_against_torch(dname, causal):
     assert got[0].dtype == tor[0].dtype == dt
     assert all(t.dtype == torch.float32 for t in got[1:])
     for what, a, b, r, limit in zip(("out", "dq", "dk", "dv"), got, tor, want, (2, 3, 3, 3)):
-        ea = (a.double() - r).abs().max().item()
-        eb = (b.double() - r).abs().max().item()
-        floor = r.abs().max().item() * 2.0 ** -MANT[dt]
-        assert ea <= limit * max(eb, floor), (
-            f"{what}: mha's error {ea:.3g} > {limit} x torch's {eb:.3g} (floor {floor:.3g})")
+        assert_error_within(what, a, b, r, limit, dt)
 
 
 @pytest.mark.parametrize("dname", DTYPES)

@@ -12,9 +12,9 @@ import pytest
 import torch
 
 import mha
+from py_util import MANT, assert_error_within
 
 DTYPES = {"bf16": torch.bfloat16, "f16": torch.float16}
-MANT = {torch.bfloat16: 8, torch.float16: 11}
 
 # name, E, H, kdim, vdim, N, L, S, cross, mask
 CASES = [
@@ -85,11 +85,7 @@ def test_accuracy_against_torch(dname, case):
     names += [n for n, _ in sorted(ours.named_parameters())]
     pairs += [(n, a, b, c, 3) for n, a, b, c in zip(names, got[2], tor[2], want[2])]
     for what, a, b, ref64, limit in pairs:
-        ea = (a.double() - ref64).abs().max().item()
-        eb = (b.double() - ref64).abs().max().item()
-        floor = ref64.abs().max().item() * 2.0 ** -MANT[dt]
-        assert ea <= limit * max(eb, floor), (
-            f"{what}: mha's error {ea:.3g} > {limit} x torch's {eb:.3g} (floor {floor:.3g})")
+        assert_error_within(what, a, b, ref64, limit, dt)
 
 
 def test_structure_follows_torch():

@@ -565,6 +565,39 @@ MHA_API mha_status mha_attn_kvcache_paged(mha_ctx *ctx, const mha_attn_params *p
                                           const mha_tensor *v_new, const int32_t *cache_seqlens,
                                           const mha_mask *mask, mha_tensor *out, mha_tensor *lse);
 
+/* Packed queries of many sequences against their PAGED caches in one call (FlashAttention's
+ * flash_attn_varlen_func with block_table; an inference engine's continuous batching, where
+ * one step mixes sequences decoding one token with chunks of prompts being prefilled):
+ *   q:       [Tq, H, D] the batch's query rows packed one after another (strided view;
+ *            float32, bfloat16 or float16, the call's dtype as in mha_attn_kvcache)
+ *   k_pages, v_pages, block_table, max_blocks: the pools and the table as in
+ *            mha_attn_kvcache_paged (block_table [batch, max_blocks]); only read
+ *   cu_seqlens_q: int32 [batch + 1] prefix sums: sequence s has the query rows
+ *            cu_seqlens_q[s] .. cu_seqlens_q[s + 1] - 1 (0 rows: nothing computed for it)
+ *   seqlens_k: int32 [batch], sequence s's keys: rows [0, seqlens_k[s]) of its pages (its new
+ *            tokens' keys already written there, as FlashAttention expects)
+ *   out:     [Tq, H, Dv] overwritten; lse: [H, Tq] overwritten, optional (NULL)
+ * Sequence s is attended exactly as mha_attn_kvcache_paged attends a sequence of
+ * cache_seqlens = seqlens_k[s] with no new rows: query row i at key position
+ * i + seqlens_k[s] - L_s (bottom-right; mask->causal, window and ALiBi as there, slopes [H] or
+ * [batch, H] with alibi_batched), p->dropout_p 0, the same two paths (a few rows per key/value
+ * head decode, more prefill), and a row with no allowed key gets out 0 and lse -INFINITY.
+ * Consecutive sequences with the same number of query rows run as one batch (the decoding
+ * ones together); a sequence's results do not depend on the others, nor on the thread count.
+ * Errors: every argument, every cu_seqlens_q and seqlens_k entry and every block a sequence
+ * uses is checked before anything is computed (MHA_ERR_SHAPE / MHA_ERR_INVALID_ARG naming it,
+ * e.g. "mha_attn_varlen_paged: seqlens_k[2]: got 70, expected 0 .. 64 (...)"; out and lse must
+ * not overlap q, the pools, cu_seqlens_q, seqlens_k, block_table or each other);
+ * MHA_ERR_UNSUPPORTED for the dense masks and dtypes
+ * as mha_attn_kvcache. A later batch of sequences may fail with MHA_ERR_NOMEM after earlier
+ * ones wrote their rows of out. Memory: mha_attn_kvcache_paged's, for one batch at a time. */
+MHA_API mha_status mha_attn_varlen_paged(mha_ctx *ctx, const mha_attn_params *p,
+                                         const mha_tensor *q, const mha_tensor *k_pages,
+                                         const mha_tensor *v_pages, const int32_t *block_table,
+                                         int64_t max_blocks, const int32_t *cu_seqlens_q,
+                                         const int32_t *seqlens_k, int64_t batch,
+                                         const mha_mask *mask, mha_tensor *out, mha_tensor *lse);
+
 /* Rotary position embeddings (RoFormer; FlashAttention's apply_rotary_emb with its rotary_cos
  * and rotary_sin tables), in place, for q and k before they are attended or appended to a cache:
  *   x:   [B, H, L, D] float32, bfloat16 or float16 (any strides, the innermost 1), written

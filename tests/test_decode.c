@@ -908,6 +908,17 @@ TEST(bad_inputs_nothing_written) {
             break;
         }
     }
+    /* cache_seqlens in out's memory: read while out is written */
+    {
+        const int32_t lens[2] = {3, 14};
+        memcpy(d.out.buf, lens, sizeof lens);
+        mha_status st = mha_attn_kvcache(ctx, NULL, &d.q.t, &d.kc.t, &d.vc.t, &d.kn.t, &d.vn.t,
+                                         (const int32_t *)(void *)d.out.buf, NULL, &d.out.t, NULL);
+        ASSERT_EQ(st, MHA_ERR_INVALID_ARG);
+        ASSERT_STR_CONTAINS(mha_ctx_errmsg(ctx), "mha_attn_kvcache: out overlaps cache_seqlens");
+        ASSERT_TRUE(memcmp(kc0, d.kc.buf, sizeof(float) * nkc) == 0);
+        ASSERT_TRUE(memcmp(lens, d.out.buf, sizeof lens) == 0);
+    }
     /* and the valid call writes */
     ASSERT_OK(ctx, run_kvcache(ctx, &c, &d));
     ASSERT_TRUE(memcmp(kc0, d.kc.buf, sizeof(float) * nkc) != 0);

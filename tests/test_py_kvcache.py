@@ -6,7 +6,9 @@ it: decode (one query token) and prefill (many), new tokens or none, cache_seqle
 an int32 tensor or None (the whole cache, as FlashAttention), causal, windows, softcap, ALiBi, grouped-query heads, caches that are
 views of a larger buffer; a cache overflow and other bad inputs raise ValueError and leave the
 caches untouched. Paged caches (block_table): the same calls on a pool of pages against the
-same rows laid out contiguously, bitwise where mha's contract says so.
+same rows laid out contiguously, bitwise where mha's contract says so; flash_attn_varlen_func
+with block_table (packed queries of sequences decoding and prefilling together) against each
+sequence's own paged call (bitwise), attention_ref and the unpaged varlen call, and its errors.
 """
 import pytest
 import torch
@@ -459,3 +461,127 @@ def test_paged_errors_leave_the_pool_untouched():
     out = mha.flash_attn_with_kvcache(q, kp, vp, cache_seqlens=lens, block_table=table2)
     want = mha.flash_attn_with_kvcache(q, kc2, vc2, cache_seqlens=lens)
     assert (out - want).abs().max() <= 2e-6  # 8-row pages: the chunk combined page by page
+
+
+# ------------------------------------------------------------------------------------------
+# flash_attn_varlen_func with block_table (mha_attn_varlen_paged): packed queries of many
+# sequences, decoding and prefilling in one call, against their paged caches
+# ------------------------------------------------------------------------------------------
+def varlen_paged_setup(Lq, Lk, page, H, Hkv, D, Dv, seed, dtype=torch.float32):
+    """Sequences of Lq[s] queries and Lk[s] keys: the packed q, a pool whose spare rows and
+    pages hold NaN (a stray read shows), its table (pages in a random order), the prefix
+    sums."""
+    gen = torch.Generator().manual_seed(seed)
+    nbs = [(n + page - 1) // page for n in Lk]
+    nb, used = max(nbs + [1]), sum(nbs)
+    P = used + 3
+    kp = torch.full((P, page, Hkv, D), float("nan"), dtype=dtype)
+    vp = torch.full((P, page, Hkv, Dv), float("nan"), dtype=dtype)
+    order = torch.randperm(P, generator=gen).tolist()
+    table = torch.full((len(Lq), nb), 10 ** 6, dtype=torch.int32)  # unused blocks: never read
+    for s, n in enumerate(Lk):
+        for i in range(nbs[s]):
+            x = order.pop()
+            table[s, i] = x
+            rows = min(page, n - i * page)
+            kp[x, :rows] = torch.randn(rows, Hkv, D, generator=gen).to(dtype)
+            vp[x, :rows] = torch.randn(rows, Hkv, Dv, generator=gen).to(dtype)
+    q = torch.randn(sum(Lq), H, D, generator=gen).to(dtype)
+    cu = [torch.tensor([0] + torch.tensor(x).cumsum(0).tolist(), dtype=torch.int32)
+          for x in (Lq, Lk)]
+    return gen, q, kp, vp, table, cu[0], cu[1]
+
+
+def gathered(pool, table, s, n):
+    """Sequence s's first n rows of a pool, contiguous [n, Hkv, X]."""
+    page = pool.shape[1]
+    rows = [pool[int(table[s, j // page]), j % page] for j in range(n)]
+    return torch.stack(rows) if rows else pool.new_zeros((0,) + tuple(pool.shape[2:]))
+
+
+VARLEN_PAGED = [  # Lq, Lk, page, H, Hkv, D, Dv, options
+    ([1, 1, 5, 0, 1, 40, 3], [30, 0, 100, 7, 200, 120, 2], 16, 8, 2, 32, 32, dict(causal=True)),
+    ([1, 1, 1, 1], [600, 1, 513, 1100], 512, 8, 1, 64, 64, dict(causal=True, softcap=4.0)),
+    ([3, 24, 2, 2], [3, 40, 90, 0], 7, 4, 4, 16, 8, dict(causal=True, window_size=(9, 0))),
+    ([6, 1, 17], [6, 45, 50], 1, 4, 2, 16, 16, dict(causal=True, alibi_slopes=True)),
+    ([2, 9, 1], [20, 9, 3], 5, 6, 3, 8, 8, dict(softmax_scale=0.3)),
+]
+
+
+@pytest.mark.parametrize("case", VARLEN_PAGED, ids=lambda c: f"Lq{c[0]}-Lk{c[1]}-page{c[2]}-"
+                         f"H{c[3]}/{c[4]}-{sorted(c[7])}")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_varlen_paged_matches_each_sequences_paged_call_and_attention_ref(case, dtype):
+    Lq, Lk, page, H, Hkv, D, Dv, opts = case
+    gen, q, kp, vp, table, cq, ck = varlen_paged_setup(Lq, Lk, page, H, Hkv, D, Dv,
+                                                       sum(Lq) + sum(Lk), dtype)
+    opts = dict(opts)
+    if opts.get("alibi_slopes"):
+        opts["alibi_slopes"] = torch.rand(len(Lq), H, generator=gen)
+    before = kp.clone(), vp.clone()
+    out = mha.flash_attn_varlen_func(q, kp, vp, cq, ck, max(Lq), max(Lk), block_table=table,
+                                     **opts)
+    assert out.shape == (sum(Lq), H, Dv) and out.dtype == dtype
+    # the pools are only read
+    assert torch.equal(kp.view(torch.int16 if dtype != torch.float32 else torch.int32),
+                       before[0].view(torch.int16 if dtype != torch.float32 else torch.int32))
+    for s, (L, S) in enumerate(zip(Lq, Lk)):
+        if L == 0:
+            continue
+        rows = out[int(cq[s]):int(cq[s + 1])]
+        o = dict(opts)
+        if "alibi_slopes" in o:
+            o["alibi_slopes"] = o["alibi_slopes"][s:s + 1]
+        # bitwise the sequence's own paged decoding call (the C contract)
+        want = mha.flash_attn_with_kvcache(q[None, int(cq[s]):int(cq[s + 1])], kp, vp,
+                                           cache_seqlens=torch.tensor([S], dtype=torch.int32),
+                                           block_table=table[s:s + 1], **o)
+        assert torch.equal(rows, want[0]), f"sequence {s}"
+        if dtype == torch.float32:
+            k, v = gathered(kp, table, s, S), gathered(vp, table, s, S)
+            ref = attention_ref(q[None, int(cq[s]):int(cq[s + 1])], k[None], v[None], **o)
+            assert_close(rows, ref[0][0], f"sequence {s}")
+
+
+def test_varlen_paged_gives_the_unpaged_varlen_result():
+    Lq, Lk = [1, 4, 1, 30], [50, 4, 1, 64]
+    gen, q, kp, vp, table, cq, ck = varlen_paged_setup(Lq, Lk, 8, 8, 2, 32, 32, 11)
+    k = torch.cat([gathered(kp, table, s, n) for s, n in enumerate(Lk)])
+    v = torch.cat([gathered(vp, table, s, n) for s, n in enumerate(Lk)])
+    out = mha.flash_attn_varlen_func(q, kp, vp, cq, ck, 30, 64, causal=True, block_table=table)
+    want = mha.flash_attn_varlen_func(q, k, v, cq, ck, 30, 64, causal=True)
+    assert (out - want).abs().max() <= 2e-6
+
+
+def test_varlen_paged_errors():
+    gen, q, kp, vp, table, cq, ck = varlen_paged_setup([1, 3], [9, 20], 8, 4, 2, 8, 8, 3)
+    call = dict(q=q, k=kp, v=vp, cu_seqlens_q=cq, cu_seqlens_k=ck, max_seqlen_q=3,
+                max_seqlen_k=20, block_table=table)
+    far = table.clone()
+    far[1, 2] = 99
+    i32 = lambda x: torch.tensor(x, dtype=torch.int32)  # noqa: E731
+    cases = [
+        (dict(dropout_p=0.1), ValueError, "dropout_p: got 0.1 with block_table, expected 0"),
+        (dict(return_attn_probs=True), NotImplementedError, "return_attn_probs with "
+         "block_table"),
+        (dict(q=q.clone().requires_grad_()), RuntimeError, "no gradient through paged caches"),
+        (dict(k=kp[:, :, :, :4]), ValueError, "k, v: got shapes"),
+        (dict(k=kp[0]), ValueError, "k: got shape [8, 2, 8], expected [num_blocks, "
+         "page_block_size, nheads_k, headdim]"),
+        (dict(block_table=far), ValueError, "block_table[1][2]: got 99, expected a page in"),
+        (dict(block_table=table[:, :2]), ValueError, "cu_seqlens_k: got 20 keys for sequence 1, "
+         "expected at most 16"),
+        (dict(cu_seqlens_k=i32([0, 9, 5])), ValueError, "cu_seqlens_k[2]: got 5, expected >= 9"),
+        (dict(cu_seqlens_k=i32([1, 9, 29])), ValueError, "cu_seqlens_k[0]: got 1, expected 0"),
+        (dict(cu_seqlens_q=i32([0, 1, 5]), max_seqlen_q=4), ValueError, "cu_seqlens_q[2]: got "
+         "5, expected <= 4 (total tokens q.shape[0])"),
+        (dict(max_seqlen_k=19), ValueError, "max_seqlen_k: got 19, expected >= 20"),
+        (dict(block_table=table.long()), ValueError, "block_table.dtype: got torch.int64"),
+        (dict(v=vp.to(torch.bfloat16)), RuntimeError, "v.dtype: got torch.bfloat16"),
+    ]
+    for kw, exc, msg in cases:
+        with pytest.raises(exc) as e:
+            mha.flash_attn_varlen_func(**dict(call, **kw))
+        assert msg in str(e.value), str(e.value)
+    with torch.no_grad():  # no gradient needed: fine
+        mha.flash_attn_varlen_func(**dict(call, q=q.clone().requires_grad_()))

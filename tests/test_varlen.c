@@ -680,6 +680,19 @@ TEST(varlen_bad_inputs) {
     if (vrun_backward(ctx, &r) != MHA_ERR_INVALID_ARG) FAILF("dk aliasing k accepted");
     ASSERT_STR_CONTAINS(mha_ctx_errmsg(ctx), "mha_attn_varlen_backward: dk overlaps k");
     r.dk.t.data = r.dk.buf;
+    /* the prefix sums in an output's memory: read while it is written */
+    memcpy(r.out.t.data, r.cq, sizeof(int32_t) * 4);
+    if (mha_attn_varlen_forward(ctx, NULL, &r.q.t, &r.k.t, &r.v.t,
+                                (const int32_t *)(void *)r.out.t.data, r.ck, 3, NULL, &r.out.t,
+                                NULL) != MHA_ERR_INVALID_ARG)
+        FAILF("out over cu_seqlens_q accepted");
+    ASSERT_STR_CONTAINS(mha_ctx_errmsg(ctx), "mha_attn_varlen_forward: out overlaps cu_seqlens_q");
+    memcpy(r.dq.t.data, r.ck, sizeof(int32_t) * 4);
+    if (mha_attn_varlen_backward(ctx, NULL, &r.q.t, &r.k.t, &r.v.t, r.cq,
+                                 (const int32_t *)(void *)r.dq.t.data, 3, NULL, &r.out.t, &r.lse,
+                                 &r.dout.t, &r.dq.t, &r.dk.t, &r.dv.t) != MHA_ERR_INVALID_ARG)
+        FAILF("dq over cu_seqlens_k accepted");
+    ASSERT_STR_CONTAINS(mha_ctx_errmsg(ctx), "mha_attn_varlen_backward: dq overlaps cu_seqlens_k");
     if (mha_attn_varlen_backward(ctx, NULL, &r.q.t, &r.k.t, &r.v.t, r.cq, r.ck, 3, NULL, &r.out.t,
                                  NULL, &r.dout.t, &r.dq.t, &r.dk.t, &r.dv.t) != MHA_ERR_INVALID_ARG)
         FAILF("backward without lse accepted");

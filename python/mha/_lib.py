@@ -99,6 +99,8 @@ _PROTOTYPES = {
     "mha_rotary": (c_int, [_P, _T, _T, _T, c_void_p, c_int]),
     "mha_attn_kvcache_paged": (c_int, [_P, POINTER(AttnParams), _T, _T, _T, c_void_p, c_int64,
                                        _T, _T, c_void_p, POINTER(Mask), _T, _T]),
+    "mha_attn_varlen_paged": (c_int, [_P, POINTER(AttnParams), _T, _T, _T, c_void_p, c_int64,
+                                      c_void_p, c_void_p, c_int64, POINTER(Mask), _T, _T]),
     "mha_attn_varlen_forward": (c_int, [_P, POINTER(AttnParams), _T, _T, _T, c_void_p,
                                         c_void_p, c_int64, POINTER(Mask), _T, _T]),
     "mha_attn_varlen_backward": (c_int, [_P, POINTER(AttnParams), _T, _T, _T, c_void_p,

@@ -308,7 +308,7 @@ def _check_max_seqlen(fn, name, m, cu):
 def flash_attn_varlen_func(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k,
                            dropout_p=0.0, softmax_scale=None, causal=False, window_size=(-1, -1),
                            softcap=0.0, alibi_slopes=None, deterministic=False,
-                           return_attn_probs=False):
+                           return_attn_probs=False, block_table=None):
     """FlashAttention 2's ``flash_attn_varlen_func`` on the CPU: a batch of sequences of
     different lengths, packed one after another (no padding stored or computed).
 
@@ -330,11 +330,23 @@ def flash_attn_varlen_func(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, ma
     return_attn_probs : bool
         Also return softmax_lse and the probabilities (dropout_p must then be 0: they are
         recomputed sequence by sequence).
+    block_table : int32 Tensor [batch, max_num_blocks_per_seq], optional
+        Paged caches (vLLM's PagedAttention; an engine's step mixing sequences that decode one
+        token with chunks of prompts): k and v are then pools of pages [num_blocks,
+        page_block_size, nheads_k, headdim(_v)], sequence s's keys are its first
+        cu_seqlens_k[s + 1] - cu_seqlens_k[s] tokens, key j row j % page_block_size of page
+        block_table[s, j // page_block_size] (any page size), and its queries sit at the end
+        of them (bottom-right). The pools are only read: write the new tokens' k, v into
+        their pages first. Inference only, as in FlashAttention: dropout_p must be 0, and no
+        gradient (RuntimeError when one would be needed: call it under torch.no_grad() or
+        torch.inference_mode()); return_attn_probs is not implemented with it. The library's
+        mha_attn_varlen_paged: consecutive sequences with the same number of query rows run
+        as one batch (flash-decoding for the decoding ones).
 
     Returns
     -------
     out : Tensor [total_q, nheads, headdim_v] in q's dtype, differentiable with respect to q,
-    k and v (gradients in that dtype).
+    k and v (gradients in that dtype; not with block_table).
     With return_attn_probs: (out, softmax_lse [nheads, total_q] (float32), attn_probs [batch,
     nheads, max_seqlen_q, max_seqlen_k] in q's dtype, 0 past each sequence's lengths).
 
@@ -347,6 +359,10 @@ def flash_attn_varlen_func(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, ma
     torch.Size([10, 4, 32])
     """
     fn = "flash_attn_varlen_func"
+    if block_table is not None:
+        return _varlen_paged(fn, q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q,
+                             max_seqlen_k, dropout_p, softmax_scale, causal, window_size,
+                             softcap, alibi_slopes, return_attn_probs, block_table)
     layout = "[total_tokens, nheads, headdim]"
     q, k, v = _as_inputs(fn, "qkv", (q, k, v), 3, layout, core=True)
     _check_headdim(fn, q)
@@ -378,6 +394,74 @@ def flash_attn_varlen_func(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, ma
                           ((qs, i0, i1), (k, j0, j1), (v, j0, j1))))
             probs[s, :, :i1 - i0, :j1 - j0] = one.weights[0]
     return out, call.lse, probs.to(q.dtype)
+
+
+def _varlen_paged(fn, q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k,
+                  dropout_p, softmax_scale, causal, window_size, softcap, alibi_slopes,
+                  return_attn_probs, block_table):
+    """flash_attn_varlen_func with block_table (see its docstring): mha_attn_varlen_paged."""
+    if dropout_p:
+        raise ArgumentError(f"{fn}: dropout_p: got {dropout_p!r} with block_table, expected 0 "
+                            "(paged caches are for inference, as in FlashAttention)")
+    if return_attn_probs:
+        raise NotImplementedError(f"{fn}: return_attn_probs with block_table (paged caches) is "
+                                  "not implemented")
+    q, k, v = T.as_core_inputs(fn, "qkv", (q, k, v))
+    for name, t, nd, layout in (("q", q, 3, "[total_q, nheads, headdim]"),
+                                ("k", k, 4, "[num_blocks, page_block_size, nheads_k, headdim] "
+                                 "(a pool of pages: block_table is given)"),
+                                ("v", v, 4, "[num_blocks, page_block_size, nheads_k, headdim_v] "
+                                 "as k")):
+        if t.dim() != nd:
+            raise ArgumentError(f"{fn}: {name}: got shape {_shape(t)}, expected {layout}")
+    _check_headdim(fn, q)
+    H, D = q.shape[1], q.shape[2]
+    if k.shape[3] != D or tuple(v.shape[:3]) != tuple(k.shape[:3]):
+        raise ArgumentError(f"{fn}: k, v: got shapes {_shape(k)}, {_shape(v)}, expected "
+                            f"[num_blocks, page_block_size, nheads_k, {D}] and v the same but "
+                            "its headdim (pools of pages: block_table is given)")
+    if k.shape[2] == 0 or H % k.shape[2]:
+        raise ArgumentError(f"{fn}: k.shape[2]: got {k.shape[2]}, expected a divisor of q's {H} "
+                            "heads (grouped-query attention)")
+    if torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad):
+        raise RuntimeError(f"{fn}: block_table: no gradient through paged caches (inference "
+                           "only, as in FlashAttention): call it under torch.no_grad() or "
+                           "torch.inference_mode(), or detach q, k and v")
+    cq = _int32_vector(fn, "cu_seqlens_q", cu_seqlens_q, "[batch + 1]")
+    ck = _int32_vector(fn, "cu_seqlens_k", cu_seqlens_k, "[batch + 1]")
+    if cq.numel() < 1 or ck.numel() != cq.numel():
+        raise ArgumentError(f"{fn}: cu_seqlens_q, cu_seqlens_k: got shapes {_shape(cq)}, "
+                            f"{_shape(ck)}, expected [batch + 1] both")
+    batch = cq.numel() - 1
+    block_table = _block_table(fn, block_table, batch)
+    rows = block_table.shape[1] * k.shape[1]  # a sequence's capacity
+    ks = ck.tolist()
+    for s, n in enumerate(ks):
+        if (s == 0 and n != 0) or (s > 0 and n < ks[s - 1]):
+            raise ArgumentError(f"{fn}: cu_seqlens_k[{s}]: got {n}, expected "
+                                f"{'0' if s == 0 else f'>= {ks[s - 1]}'} (prefix sums of the "
+                                "sequences' keys, from 0, non-decreasing)")
+        if s > 0 and n - ks[s - 1] > rows:
+            raise ArgumentError(f"{fn}: cu_seqlens_k: got {n - ks[s - 1]} keys for sequence "
+                                f"{s - 1}, expected at most {rows} (block_table's "
+                                f"{block_table.shape[1]} blocks x page_block_size {k.shape[1]})")
+    _check_max_seqlen(fn, "max_seqlen_q", max_seqlen_q, cq)
+    _check_max_seqlen(fn, "max_seqlen_k", max_seqlen_k, ck)
+    seqlens_k = (ck[1:] - ck[:-1]).to(_I32).contiguous()
+    opts = _Options(fn, causal, window_size, alibi_slopes, batch, H)
+    params = _params(fn, 0.0, softmax_scale, softcap)
+    qs = _scaled_q(q, softmax_scale)
+    out = torch.empty((q.shape[0], H, v.shape[3]), dtype=q.dtype)
+    tq, to = T.view(qs), T.view(out)
+    tk, tv = (T.view(t.transpose(1, 2)) for t in (k, v))  # [P, Hkv, page, D] views
+    mask = opts.mask()
+    c = _lib.ctx()
+    _lib.check(lib.mha_attn_varlen_paged(
+        c, ctypes.byref(params), ctypes.byref(tq), ctypes.byref(tk), ctypes.byref(tv),
+        ctypes.c_void_p(block_table.data_ptr()), block_table.shape[1],
+        ctypes.c_void_p(cq.data_ptr()), ctypes.c_void_p(seqlens_k.data_ptr()), batch,
+        ctypes.byref(mask.c), ctypes.byref(to), None), c)
+    return out
 
 
 # ------------------------------------------------------------------------------------------

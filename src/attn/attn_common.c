@@ -215,3 +215,34 @@ void mha__attn_zero_view(const mha_tensor *t) {
         for (int64_t h = 0; h < t->shape[1]; h++)
             for (int64_t i = 0; i < t->shape[2]; i++) memset(mha__attn_row_at(t, b, h, i), 0, row);
 }
+
+/* cu: int32 [batch + 1], 0 = cu[0] <= cu[1] <= ... <= cu[batch] = total (t's token rows). */
+mha_status mha__attn_check_cu(mha_ctx *ctx, const char *fn, const char *name, const int32_t *cu,
+                              int64_t batch, int64_t total, const char *t) {
+    if (!cu)
+        return mha__err(ctx, MHA_ERR_INVALID_ARG,
+                        "%s: %s: got NULL, expected int32 [batch + 1] = [%lld] prefix sums", fn,
+                        name, (long long)(batch + 1));
+    for (int64_t s = 0; s <= batch; s++) {
+        const long long c = cu[s];
+        if (s == 0 && c != 0)
+            return mha__err(ctx, MHA_ERR_INVALID_ARG,
+                            "%s: %s[0]: got %lld, expected 0 (prefix sums start at 0)", fn, name,
+                            c);
+        if (s > 0 && c < cu[s - 1])
+            return mha__err(ctx, MHA_ERR_INVALID_ARG,
+                            "%s: %s[%lld]: got %lld, expected >= %d (%s[%lld]: prefix sums do "
+                            "not decrease)",
+                            fn, name, (long long)s, c, (int)cu[s - 1], name, (long long)(s - 1));
+        if (c > total)
+            return mha__err(ctx, MHA_ERR_INVALID_ARG,
+                            "%s: %s[%lld]: got %lld, expected <= %lld (total tokens %s.shape[0])",
+                            fn, name, (long long)s, c, (long long)total, t);
+        if (s == batch && c != total)
+            return mha__err(ctx, MHA_ERR_INVALID_ARG,
+                            "%s: %s[%lld]: got %lld, expected %lld (the last prefix sum is the "
+                            "total tokens %s.shape[0])",
+                            fn, name, (long long)s, c, (long long)total, t);
+    }
+    return MHA_OK;
+}

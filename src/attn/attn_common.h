@@ -72,6 +72,19 @@ typedef struct {
     const mha_tensor *t; /* NULL: not passed (an optional output) */
 } mha__attn_arg;
 
+/* n int32 values (cu_seqlens, cache_seqlens, block_table) as a view for
+ * mha__attn_check_aliases, which compares bytes only (a float32 view of the same size);
+ * NULL for a NULL p, so that the check skips it. */
+static inline const mha_tensor *mha__attn_int_view(const int32_t *p, int64_t n, mha_tensor *t) {
+    if (!p) return NULL;
+    *t = mha_tensor_strided((float *)(uintptr_t)p, 1, &n, NULL);
+    return t;
+}
+
+/* A packed batch's prefix sums cu, int32 [batch + 1]: 0 = cu[0] <= cu[1] <= ... <= cu[batch] =
+ * total (the token rows of tensor t); errors name cu[s] and t (FlashAttention's varlen). */
+mha_status mha__attn_check_cu(mha_ctx *ctx, const char *fn, const char *name, const int32_t *cu,
+                              int64_t batch, int64_t total, const char *t);
 /* Outputs are written while inputs are still being read (and tile by tile), so an output
  * that shares memory with an input or another output gives silently wrong results. Returns
  * MHA_ERR_INVALID_ARG naming the first such pair ("fn: out overlaps v (...)"), checked with

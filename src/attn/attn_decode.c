@@ -361,12 +361,19 @@ static mha_status kv_check(mha_ctx *ctx, const mha_attn_params *p, kv_call *c) {
      * then they may share memory (k_cache = v_cache, a prefix expand()ed over the batch) */
     const int written = c->Lnew > 0;
     const char *kname = c->bt ? "k_pages" : "k_cache", *vname = c->bt ? "v_pages" : "v_cache";
-    const mha__attn_arg ins[5] = {
-        {"q", c->q}, {"k_new", c->k_new}, {"v_new", c->v_new}, {kname, c->kc}, {vname, c->vc}};
+    mha_tensor tl, tb; /* the lengths and the table are read while the outputs are written */
+    const mha__attn_arg ins[7] = {
+        {"q", c->q},
+        {"k_new", c->k_new},
+        {"v_new", c->v_new},
+        {"cache_seqlens", mha__attn_int_view(c->lens, c->B, &tl)},
+        {"block_table", c->bt && c->nbt > 0 ? mha__attn_int_view(c->bt, c->B * c->nbt, &tb) : NULL},
+        {kname, c->kc},
+        {vname, c->vc}};
     const mha__attn_arg outs[4] = {
         {kname, c->kc}, {vname, c->vc}, {"out", c->out}, {"lse", c->lse}};
     if ((st = mha__attn_check_aliases(ctx, fn, written ? outs : outs + 2, written ? 4 : 2, ins,
-                                      written ? 3 : 5)))
+                                      written ? 5 : 7)))
         return st;
     if (c->B * c->H * c->L == 0 || is_decode(c)) return MHA_OK;
     /* prefill: what the dense core would refuse, refused now (batch 0 stands for all) */
@@ -661,6 +668,20 @@ static mha_status kv_run(mha_ctx *ctx, const mha_attn_params *p, kv_call *c) {
     return MHA_OK;
 }
 
+/* A paged call's table into c (a table of no blocks for max_blocks 0): NULL only with max_blocks
+ * 0 (rows: the name of its first dimension in fn's documentation). */
+static mha_status kv_table_arg(mha_ctx *ctx, const char *fn, const int32_t *block_table,
+                               int64_t max_blocks, const char *rows, kv_call *c) {
+    static const int32_t none[1] = {0};
+    if (!block_table && max_blocks > 0)
+        return mha__err(ctx, MHA_ERR_INVALID_ARG,
+                        "%s: block_table: got NULL with max_blocks %lld, expected the table "
+                        "[%s, max_blocks]",
+                        fn, (long long)max_blocks, rows);
+    c->bt = block_table ? block_table : none, c->nbt = max_blocks;
+    return MHA_OK;
+}
+
 mha_status mha__attn_kvcache(mha_ctx *ctx, const char *fn, const mha_attn_params *p,
                              const mha_tensor *q, mha_tensor *k_cache, mha_tensor *v_cache,
                              const mha_tensor *k_new, const mha_tensor *v_new,
@@ -691,17 +712,130 @@ mha_status mha_attn_kvcache_paged(mha_ctx *ctx, const mha_attn_params *p, const 
                                   mha_tensor *out, mha_tensor *lse) {
     static const char fn[] = "mha_attn_kvcache_paged";
     mha__clear(ctx);
-    if (!block_table && max_blocks > 0)
-        return mha__err(ctx, MHA_ERR_INVALID_ARG,
-                        "%s: block_table: got NULL with max_blocks %lld, expected the table "
-                        "[B, max_blocks]",
-                        fn, (long long)max_blocks);
-    static const int32_t none[1] = {0}; /* max_blocks 0: a table of no blocks */
     kv_call c;
     memset(&c, 0, sizeof c);
+    mha_status st = kv_table_arg(ctx, fn, block_table, max_blocks, "B", &c);
+    if (st) return st;
     c.fn = fn, c.q = q, c.kc = k_pages, c.vc = v_pages, c.k_new = k_new, c.v_new = v_new;
     c.lens = cache_seqlens, c.out = out, c.lse = lse;
     c.mask = mask ? *mask : mha_mask_default();
-    c.bt = block_table ? block_table : none, c.nbt = max_blocks;
     return kv_run(ctx, p, &c);
+}
+
+/* ---- packed queries on paged caches (mha_attn_varlen_paged) ---------------------------- */
+
+/* The [n, H, Lq, X] view of n sequences of Lq query rows each, packed one after another from
+ * token row r0 of a [T, H, X] tensor (no copy). */
+static mha_tensor run_view(const mha_tensor *t, int64_t r0, int64_t n, int64_t Lq) {
+    const int64_t shape[4] = {n, t->shape[1], Lq, t->shape[2]};
+    const int64_t stride[4] = {Lq * t->stride[0], t->stride[1], t->stride[0], t->stride[2]};
+    return mha_tensor_typed((char *)t->ptr + r0 * t->stride[0] * (int64_t)mha__tensor_elsize(t),
+                            t->dtype, 4, shape, stride);
+}
+
+/* The same of an lse [H, T]: [n, H, Lq]. */
+static mha_tensor run_lse(const mha_tensor *t, int64_t r0, int64_t n, int64_t Lq) {
+    const int64_t shape[3] = {n, t->shape[0], Lq};
+    const int64_t stride[3] = {Lq * t->stride[1], t->stride[0], t->stride[1]};
+    return mha_tensor_strided(t->data + r0 * t->stride[1], 3, shape, stride);
+}
+
+/* Everything mha_attn_varlen_paged takes, checked against the packed shapes, with the messages
+ * naming its own arguments. w: the whole batch as one call's pools, table and lengths (for
+ * kv_check_pages and kv_check_table, whose messages then name the caller's sequence indices). */
+static mha_status vp_check(mha_ctx *ctx, const char *fn, const mha_attn_params *p,
+                           const mha_tensor *q, const int32_t *cq, int64_t batch,
+                           const mha_mask *mask, kv_call *w) {
+    mha_status st;
+    const mha_attn_params dp = mha_attn_params_default();
+    if ((st = kv_check_params(ctx, fn, p ? p : &dp))) return st;
+    const mha_dtype qt = q ? q->dtype : MHA_DTYPE_F32;
+    const mha_dtype dt = w->dt = qt == MHA_DTYPE_BF16 || qt == MHA_DTYPE_F16 ? qt : MHA_DTYPE_F32;
+    if ((st = mha__check_tensor_as(ctx, fn, "q", q, dt, 3, NULL, "[Tq, H, D]"))) return st;
+    const int64_t Tq = q->shape[0], H = w->H = q->shape[1], D = w->D = q->shape[2];
+    if (D < 1)
+        return mha__err(ctx, MHA_ERR_SHAPE, "%s: q.shape[2]: got %lld, expected >= 1 (head dim)",
+                        fn, (long long)D);
+    const int64_t wk[4] = {-1, -1, -1, D};
+    if ((st = mha__check_tensor_as(ctx, fn, "k_pages", w->kc, dt, 4, wk,
+                                   "[P, Hkv, page, D], D as q's")))
+        return st;
+    const int64_t Hkv = w->Hkv = w->kc->shape[1];
+    if (batch < 0)
+        return mha__err(ctx, MHA_ERR_INVALID_ARG, "%s: batch: got %lld, expected >= 0", fn,
+                        (long long)batch);
+    w->B = batch;
+    if ((st = kv_check_pages(ctx, fn, w))) return st;
+    if (H > 0 && (Hkv < 1 || H % Hkv != 0))
+        return mha__err(ctx, MHA_ERR_SHAPE,
+                        "%s: k_pages.shape[1]: got %lld, expected a divisor of q's %lld heads "
+                        "(grouped-query attention: query head h uses key/value head h / (H / Hkv))",
+                        fn, (long long)Hkv, (long long)H);
+    const int64_t wv[4] = {w->npages, Hkv, w->page, -1};
+    if ((st = mha__check_tensor_as(ctx, fn, "v_pages", w->vc, dt, 4, wv,
+                                   "[P, Hkv, page, Dv] as k_pages")))
+        return st;
+    const int64_t Dv = w->vc->shape[3], wo[3] = {Tq, H, Dv}, wl[2] = {H, Tq};
+    if ((st = mha__check_tensor_as(ctx, fn, "out", w->out, dt, 3, wo, "[Tq, H, Dv]"))) return st;
+    if (w->lse && (st = mha__check_tensor(ctx, fn, "lse", w->lse, 2, wl, "[H, Tq]"))) return st;
+    if ((st = mha__attn_check_cu(ctx, fn, "cu_seqlens_q", cq, batch, Tq, "q"))) return st;
+    if (batch > 0 && !w->lens)
+        return mha__err(ctx, MHA_ERR_INVALID_ARG,
+                        "%s: seqlens_k: got NULL, expected int32 [batch] = [%lld] (each "
+                        "sequence's keys in its pages)",
+                        fn, (long long)batch);
+    for (int64_t s = 0; s < batch; s++)
+        if (w->lens[s] < 0 || w->lens[s] > w->Smax)
+            return mha__err(ctx, MHA_ERR_INVALID_ARG,
+                            "%s: seqlens_k[%lld]: got %lld, expected 0 .. %lld (the keys a "
+                            "sequence's max_blocks x page rows hold)",
+                            fn, (long long)s, (long long)w->lens[s], (long long)w->Smax);
+    if ((st = kv_check_table(ctx, fn, w))) return st;
+    if ((st = kv_check_mask(ctx, fn, mask, batch, H))) return st;
+    mha_tensor tq, tl, tb; /* the lengths and the table are read while out is written */
+    const mha__attn_arg ins[6] = {
+        {"q", q},
+        {"k_pages", w->kc},
+        {"v_pages", w->vc},
+        {"cu_seqlens_q", mha__attn_int_view(cq, batch + 1, &tq)},
+        {"seqlens_k", mha__attn_int_view(w->lens, batch, &tl)},
+        {"block_table", w->nbt > 0 ? mha__attn_int_view(w->bt, batch * w->nbt, &tb) : NULL}};
+    const mha__attn_arg outs[2] = {{"out", w->out}, {"lse", w->lse}};
+    return mha__attn_check_aliases(ctx, fn, outs, 2, ins, 6);
+}
+
+mha_status mha_attn_varlen_paged(mha_ctx *ctx, const mha_attn_params *p, const mha_tensor *q,
+                                 const mha_tensor *k_pages, const mha_tensor *v_pages,
+                                 const int32_t *block_table, int64_t max_blocks,
+                                 const int32_t *cu_seqlens_q, const int32_t *seqlens_k,
+                                 int64_t batch, const mha_mask *mask, mha_tensor *out,
+                                 mha_tensor *lse) {
+    static const char fn[] = "mha_attn_varlen_paged";
+    mha__clear(ctx);
+    kv_call w; /* the whole batch (checks only: the caches are read, never written) */
+    memset(&w, 0, sizeof w);
+    mha_status st = kv_table_arg(ctx, fn, block_table, max_blocks, "batch", &w);
+    if (st) return st;
+    w.kc = (mha_tensor *)k_pages, w.vc = (mha_tensor *)v_pages, w.out = out, w.lse = lse;
+    w.lens = seqlens_k;
+    if ((st = vp_check(ctx, fn, p, q, cu_seqlens_q, batch, mask, &w))) return st;
+    /* runs of consecutive sequences with the same number of query rows (an engine's decoding
+     * sequences, one row each, usually come together) are one kvcache call each, a batch of
+     * [n, H, Lq, D] views; a sequence's results do not depend on its run (the decode chunks
+     * are fixed key ranges, and a prefill runs per sequence) */
+    for (int64_t s0 = 0, s1; s0 < batch; s0 = s1) {
+        const int64_t r0 = cu_seqlens_q[s0], Lq = cu_seqlens_q[s0 + 1] - r0;
+        for (s1 = s0 + 1; s1 < batch && cu_seqlens_q[s1 + 1] - cu_seqlens_q[s1] == Lq; s1++) {}
+        if (Lq == 0) continue; /* no query rows: nothing to write */
+        mha_tensor qv = run_view(q, r0, s1 - s0, Lq), ov = run_view(out, r0, s1 - s0, Lq), lv;
+        if (lse) lv = run_lse(lse, r0, s1 - s0, Lq);
+        kv_call c;
+        memset(&c, 0, sizeof c);
+        c.fn = fn, c.q = &qv, c.kc = w.kc, c.vc = w.vc, c.out = &ov, c.lse = lse ? &lv : NULL;
+        c.lens = seqlens_k + s0, c.bt = w.bt + s0 * max_blocks, c.nbt = max_blocks;
+        c.mask = mask ? *mask : mha_mask_default();
+        if (c.mask.alibi_slopes && c.mask.alibi_batched) c.mask.alibi_slopes += s0 * w.H;
+        if ((st = kv_run(ctx, p, &c))) return st;
+    }
+    return MHA_OK;
 }

@@ -65,37 +65,6 @@ static void seq_make(const varlen_call *c, int64_t s, varlen_seq *x) {
         x->mask.alibi_slopes += s * c->H, x->mask.alibi_batched = 0;
 }
 
-/* cu: int32 [batch + 1], 0 = cu[0] <= cu[1] <= ... <= cu[batch] = total (t's token rows). */
-static mha_status check_cu(mha_ctx *ctx, const char *fn, const char *name, const int32_t *cu,
-                           int64_t batch, int64_t total, const char *t) {
-    if (!cu)
-        return mha__err(ctx, MHA_ERR_INVALID_ARG,
-                        "%s: %s: got NULL, expected int32 [batch + 1] = [%lld] prefix sums", fn,
-                        name, (long long)(batch + 1));
-    for (int64_t s = 0; s <= batch; s++) {
-        const long long c = cu[s];
-        if (s == 0 && c != 0)
-            return mha__err(ctx, MHA_ERR_INVALID_ARG,
-                            "%s: %s[0]: got %lld, expected 0 (prefix sums start at 0)", fn, name,
-                            c);
-        if (s > 0 && c < cu[s - 1])
-            return mha__err(ctx, MHA_ERR_INVALID_ARG,
-                            "%s: %s[%lld]: got %lld, expected >= %d (%s[%lld]: prefix sums do "
-                            "not decrease)",
-                            fn, name, (long long)s, c, (int)cu[s - 1], name, (long long)(s - 1));
-        if (c > total)
-            return mha__err(ctx, MHA_ERR_INVALID_ARG,
-                            "%s: %s[%lld]: got %lld, expected <= %lld (total tokens %s.shape[0])",
-                            fn, name, (long long)s, c, (long long)total, t);
-        if (s == batch && c != total)
-            return mha__err(ctx, MHA_ERR_INVALID_ARG,
-                            "%s: %s[%lld]: got %lld, expected %lld (the last prefix sum is the "
-                            "total tokens %s.shape[0])",
-                            fn, name, (long long)s, c, (long long)total, t);
-    }
-    return MHA_OK;
-}
-
 /* Masks that need a dense [B, L, S] layout have no meaning for a packed batch. */
 static mha_status check_dense_masks(mha_ctx *ctx, const char *fn, const mha_mask *m) {
     if (!m) return MHA_OK;
@@ -138,8 +107,8 @@ static mha_status varlen_check(mha_ctx *ctx, const char *fn, const mha_attn_para
     if (batch < 0)
         return mha__err(ctx, MHA_ERR_INVALID_ARG, "%s: batch: got %lld, expected >= 0", fn,
                         (long long)batch);
-    if ((st = check_cu(ctx, fn, "cu_seqlens_q", cq, batch, Tq, "q"))) return st;
-    if ((st = check_cu(ctx, fn, "cu_seqlens_k", ck, batch, k->shape[0], "k"))) return st;
+    if ((st = mha__attn_check_cu(ctx, fn, "cu_seqlens_q", cq, batch, Tq, "q"))) return st;
+    if ((st = mha__attn_check_cu(ctx, fn, "cu_seqlens_k", ck, batch, k->shape[0], "k"))) return st;
     if ((st = check_dense_masks(ctx, fn, mask))) return st;
     if ((st = mha__attn_check_alibi(ctx, fn, mask, batch, H))) return st;
     c->cq = cq, c->ck = ck, c->batch = batch, c->H = H;
@@ -237,9 +206,15 @@ mha_status mha_attn_varlen_forward(mha_ctx *ctx, const mha_attn_params *p, const
     varlen_call c = {.q = q, .k = k, .v = v, .out = out, .lse = lse};
     mha_status st = varlen_check(ctx, fn, p, cu_seqlens_q, cu_seqlens_k, batch, mask, &c);
     if (st) return st;
-    const mha__attn_arg ins[3] = {{"q", q}, {"k", k}, {"v", v}};
+    mha_tensor tcq, tck; /* the prefix sums are read while out is written */
+    const mha__attn_arg ins[5] = {
+        {"q", q},
+        {"k", k},
+        {"v", v},
+        {"cu_seqlens_q", mha__attn_int_view(cu_seqlens_q, batch + 1, &tcq)},
+        {"cu_seqlens_k", mha__attn_int_view(cu_seqlens_k, batch + 1, &tck)}};
     const mha__attn_arg outs[2] = {{"out", out}, {"lse", lse}};
-    if ((st = mha__attn_check_aliases(ctx, fn, outs, 2, ins, 3))) return st;
+    if ((st = mha__attn_check_aliases(ctx, fn, outs, 2, ins, 5))) return st;
     return run_seqs(ctx, fn, p, &c, seq_forward);
 }
 
@@ -262,10 +237,18 @@ mha_status mha_attn_varlen_backward(mha_ctx *ctx, const mha_attn_params *p, cons
         (st = mha__check_tensor_as(ctx, fn, "dk", dk, dt, 3, k->shape, "[Tk, Hkv, D] as k")) ||
         (st = mha__check_tensor_as(ctx, fn, "dv", dv, dt, 3, v->shape, "[Tk, Hkv, Dv] as v")))
         return st;
-    const mha__attn_arg ins[6] = {{"q", q},     {"k", k},     {"v", v},
-                                  {"out", out}, {"lse", lse}, {"dout", dout}};
+    mha_tensor tcq, tck;
+    const mha__attn_arg ins[8] = {
+        {"q", q},
+        {"k", k},
+        {"v", v},
+        {"out", out},
+        {"lse", lse},
+        {"dout", dout},
+        {"cu_seqlens_q", mha__attn_int_view(cu_seqlens_q, batch + 1, &tcq)},
+        {"cu_seqlens_k", mha__attn_int_view(cu_seqlens_k, batch + 1, &tck)}};
     const mha__attn_arg outs[3] = {{"dq", dq}, {"dk", dk}, {"dv", dv}};
-    if ((st = mha__attn_check_aliases(ctx, fn, outs, 3, ins, 6))) return st;
+    if ((st = mha__attn_check_aliases(ctx, fn, outs, 3, ins, 8))) return st;
     c.dout = dout, c.dq = dq, c.dk = dk, c.dv = dv;
     return run_seqs(ctx, fn, p, &c, seq_backward);
 }

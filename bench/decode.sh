@@ -10,7 +10,10 @@
 #   4. (issue 11) the shape of 1. with a bf16 and an f16 cache (q, cache and out in that dtype:
 #      half the bytes): the fp32 step's time over theirs (target >= 1.8 for bf16);
 #   5. the shape of 1. on paged caches (mha_attn_kvcache_paged, --page-size: pages of 16, 64
-#      and 256 rows in shuffled order) against the contiguous cache of the same layout.
+#      and 256 rows in shuffled order) against the contiguous cache of the same layout;
+#   6. speculative decoding's check of 4 and 8 drafted tokens (--tokens) with 8 query heads per
+#      key/value head (H=32, Hkv=4: 32 and 64 rows per head, decoded: the same bytes read)
+#      against the one-token step of that shape: the time ratio.
 #
 #   bench/decode.sh     BUILD=build THREADS=2 RUNS=20 PYTHON=$BUILD/venv/bin/python
 #   (RESULTS=/tmp/d.jsonl keeps the raw JSON lines; a quick try of the script itself, not of
@@ -49,6 +52,8 @@ bench big_f16 "${BIG[@]}" --threads "$THREADS" --layout bhsd --dtype f16
 for P in 16 64 256; do bench "page${P}_bshd" "${BIG[@]}" --threads "$THREADS" --layout bshd \
   --page-size "$P"; done
 bench page16_bhsd "${BIG[@]}" --threads "$THREADS" --layout bhsd --page-size 16
+SPEC=(--batch 1 --seq-k "$SEQ" --heads 32 --kv-heads 4 --head-dim 128 --threads "$THREADS" --causal)
+for T in 1 4 8; do bench "spec$T" "${SPEC[@]}" --tokens "$T"; done
 torch torch_bhsd --batch 1 --seq "$SEQ" --heads 32 --kv-heads 8 --head-dim 128 \
   --threads "$THREADS" --layout bhsd
 torch torch_bshd --batch 1 --seq "$SEQ" --heads 32 --kv-heads 8 --head-dim 128 \
@@ -85,4 +90,10 @@ for lay, pages in (("bshd", (16, 64, 256)), ("bhsd", (16,))):
         g = r[f"page{P}_{lay}"]
         print(f"paged {lay}, pages of {P} rows: {g['median_ms']:.3f} ms, {g['kv_vs_mem']:.2f} of "
               f"its run's bandwidth; paged / contiguous time {g['median_ms'] / c['median_ms']:.3f}")
+one = r["spec1"]
+for T in (4, 8):
+    t = r[f"spec{T}"]
+    print(f"speculative decoding, {T} tokens (B=1 H=32 Hkv=4 D=128 S={t['seq_k']}, "
+          f"{T * 8} rows per key/value head): {t['median_ms']:.3f} ms, "
+          f"{t['median_ms'] / one['median_ms']:.2f}x the one-token step's {one['median_ms']:.3f} ms")
 PYEOF

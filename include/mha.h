@@ -512,9 +512,11 @@ MHA_API mha_status mha_attn_varlen_backward(mha_ctx *ctx, const mha_attn_params 
  * dtype (round to nearest even). A 2-byte cache is half the bytes to read: decoding, bound by
  * memory, is up to twice as fast.
  * Two paths, the same results up to float rounding: a few query rows per key/value head
- * (L * H / Hkv <= 16: decoding) run flash-decoding, the cache cut into fixed chunks of 512 keys
- * computed in parallel and merged by log-sum-exp (bitwise the same for any thread count);
- * more (a prompt's prefill) run mha_attn_forward's tiles per sequence.
+ * (L * H / Hkv <= 16, or <= 64 when Hkv < H: decoding, speculative decoding's few tokens with
+ * grouped heads) run flash-decoding, the cache cut into fixed chunks of 512 keys computed in
+ * parallel and merged by log-sum-exp (bitwise the same for any thread count), each key and
+ * value read once per key/value head; more (a prompt's prefill) run mha_attn_forward's tiles
+ * per sequence.
  * Errors (every argument is checked before anything is written: on error the caches, out and
  * lse are untouched): MHA_ERR_SHAPE / MHA_ERR_INVALID_ARG naming the argument, e.g.
  * "mha_attn_kvcache: cache_seqlens[1]: got 30, expected at most 28 (cache overflow: 30 + 4 new

@@ -1,6 +1,7 @@
 """test_cli_decode.py - `mha bench --core --decode`: one decoding step (mha_attn_kvcache, one
 query token per sequence against a cache of --seq S tokens) with the memory read bandwidth
-measured in the same run; both cache layouts, paged caches (--page-size), the dtypes (--dtype f32, bf16, f16: 4 or 2
+measured in the same run; both cache layouts, paged caches (--page-size), several new tokens
+(--tokens), the dtypes (--dtype f32, bf16, f16: 4 or 2
 bytes per K/V element), text and JSON, and the flags' usage errors.
 Tiny sizes, nothing timed: only the report's fields and their consistency are checked.
 
@@ -121,8 +122,29 @@ def test_paged_caches(page, layout):
     assert f", pages of {page} rows, dtype f32" in r.stdout.splitlines()[0]
 
 
+@pytest.mark.parametrize("tokens", [4, 20])
+def test_tokens(tokens):
+    """--tokens T: T new tokens per sequence (speculative decoding's check), the cache holding
+    --seq S keys with them: the same K/V bytes read; 4 tokens x 2 query heads per key/value
+    head decode, 20 (40 rows) too (grouped heads), in the text report too."""
+    r = mha(*SMALL, "--json", "--tokens", str(tokens), "--causal")
+    assert r.returncode == 0, r.stderr
+    j = json.loads(r.stdout)
+    assert j["tokens"] == tokens and j["seq_k"] == 700
+    assert j["kv_bytes"] == 2 * 2 * 700 * 2 * 16 * 4
+    assert j["median_ms"] > 0 and j["kv_gbps"] > 0
+    r = mha(*SMALL, "--tokens", str(tokens))
+    assert r.returncode == 0, r.stderr
+    assert f", {tokens} new tokens, dtype f32" in r.stdout.splitlines()[0]
+    assert json.loads(mha(*SMALL, "--json").stdout)["tokens"] == 1
+
+
 @pytest.mark.parametrize("args,msg", [
     (["bench", "--decode"], "--decode: applies to --core"),
+    (["bench", "--core", "--tokens", "2"], "--tokens: applies to --decode"),
+    (["bench", "--core", "--decode", "--tokens", "0"], "--tokens: got 0, expected 1..512"),
+    (["bench", "--core", "--decode", "--seq-k", "100", "--tokens", "101"],
+     "--tokens: got 101, expected 1..100"),
     (["bench", "--core", "--layout", "bshd"], "--layout: applies to --decode"),
     (["bench", "--core", "--decode", "--layout", "sbhd"],
      '--layout: got "sbhd", expected bhsd or bshd'),
@@ -149,5 +171,5 @@ def test_help_lists_the_flags():
     r = mha("bench", "--help")
     assert r.returncode == 0
     for flag in ("--decode", "--layout L", "bshd", "--page-size P", "--bw-mib", "--dtype T",
-                 "bf16", "f16"):
+                 "bf16", "f16", "--tokens T"):
         assert flag in r.stdout

@@ -471,9 +471,10 @@ TEST(decode_masked_rows) {
     mha_ctx_free(ctx);
 }
 
-/* More rows than decoding takes (L * H / Hkv > 16): the prefill through the dense core, per
- * sequence, causal, window and ALiBi aligned bottom-right to each length, softcap; and the
- * largest decode shape (16 rows) beside it. */
+/* More rows than decoding takes (L * H / Hkv > 16 with a key/value head per query head, > 64
+ * with grouped heads): the prefill through the dense core, per sequence, causal, window and
+ * ALiBi aligned bottom-right to each length, softcap; and beside them the decode shapes of 16
+ * rows and of grouped heads' 17 to 64 rows (the same reference). */
 TEST(prefill_reference) {
     const dcase cases[] = {
         {.B = 2,
@@ -558,6 +559,30 @@ TEST(prefill_reference) {
          .wr = 2,
          .softcap = 4.0f,
          .alibi = 1},
+        /* grouped heads past 64 rows: the dense core */
+        {.B = 2,
+         .H = 4,
+         .Hkv = 1,
+         .L = 20,
+         .D = 16,
+         .Dv = 16,
+         .Smax = 300,
+         .Lnew = 20,
+         .lens = {0, 270},
+         .causal = 1},
+        {.B = 2,
+         .H = 6,
+         .Hkv = 2,
+         .L = 25,
+         .D = 16,
+         .Dv = 12,
+         .Smax = 400,
+         .Lnew = 25,
+         .lens = {300, 9},
+         .causal = 1,
+         .softcap = 1.5f,
+         .alibi = 1,
+         .alibi_batched = 1},
     };
     mha_ctx *ctx = new_ctx();
     FOR_EACH_ISA(ctx) {
@@ -1415,7 +1440,7 @@ TEST(module_cached_projects_new_tokens_only) {
  * The decode kernel itself: every ISA's against the generic one
  * ---------------------------------------------------------------------------------------- */
 
-/* attn_decode of each table against the generic kernel on edge shapes: 1..16 rows (partial
+/* attn_decode of each table against the generic kernel on edge shapes: 1..64 rows (partial
  * register blocks), 1..4 heads per call with strides, the heads one after another or
  * interleaved key by key (the [B, S, H, D] layout: shorter blocks), chunks of 1 key to several
  * blocks, head dims 1, 7, 64, 80, 128, 200 and nv 0 to 200 (float32 pv panels of a whole row
@@ -1424,11 +1449,21 @@ TEST(module_cached_projects_new_tokens_only) {
 TEST(decode_kernel_vs_generic) {
     const mha_kernels *gen = mha__kernels_for(MHA_ISA_GENERIC);
     const int64_t shapes[][6] = {/* nh, rows, bc, n, nv, heads interleaved */
-                                 {1, 1, 1, 1, 1, 0},       {1, 4, 64, 64, 64, 0},
-                                 {2, 3, 65, 7, 5, 0},      {3, 16, 200, 80, 80, 0},
-                                 {1, 5, 130, 128, 0, 0},   {2, 8, 512, 16, 33, 0},
-                                 {3, 4, 150, 128, 200, 1}, {2, 1, 40, 200, 128, 0},
-                                 {4, 5, 70, 64, 64, 1},    {1, 2, 33, 128, 128, 1}};
+                                 {1, 1, 1, 1, 1, 0},
+                                 {1, 4, 64, 64, 64, 0},
+                                 {2, 3, 65, 7, 5, 0},
+                                 {3, 16, 200, 80, 80, 0},
+                                 {1, 5, 130, 128, 0, 0},
+                                 {2, 8, 512, 16, 33, 0},
+                                 {3, 4, 150, 128, 200, 1},
+                                 {2, 1, 40, 200, 128, 0},
+                                 {4, 5, 70, 64, 64, 1},
+                                 {1, 2, 33, 128, 128, 1},
+                                 /* grouped heads' rows past 16: fewer heads per scratch */
+                                 {3, 24, 150, 64, 64, 1},
+                                 {2, 64, 130, 128, 40, 0},
+                                 {4, 40, 70, 16, 16, 1},
+                                 {1, 37, 65, 7, 9, 0}};
     for (int isa = MHA_ISA_AVX2; isa <= MHA_ISA_AVX512; isa++) {
         const mha_kernels *kk = mha__kernels_for((mha_isa)isa);
         if (!kk) continue;
@@ -1447,12 +1482,14 @@ TEST(decode_kernel_vs_generic) {
                 float *V = malloc(sizeof(float) * (size_t)(nV + 1));
                 float *P1 = malloc(sizeof(float) * (size_t)(nh * sp));
                 float *P2 = malloc(sizeof(float) * (size_t)(nh * sp));
-                float slope[48];
-                int64_t lo[16], hi[16], pos[16];
+                float slope[4 * MHA__ATTN_DECODE_ROWS];
+                int64_t lo[MHA__ATTN_DECODE_ROWS], hi[MHA__ATTN_DECODE_ROWS];
+                int64_t pos[MHA__ATTN_DECODE_ROWS];
                 for (int64_t i = 0; i < nh * sa; i++) A[i] = 2 * frand();
                 for (int64_t i = 0; i < nK; i++) K[i] = frand();
                 for (int64_t i = 0; i < nV + 1; i++) V[i] = frand();
-                for (int i = 0; i < 48; i++) slope[i] = (float)(0.3 * urand());
+                for (int i = 0; i < 4 * MHA__ATTN_DECODE_ROWS; i++)
+                    slope[i] = (float)(0.3 * urand());
                 for (int64_t r = 0; r < rows; r++) { /* row 1 empty, others partial or full */
                     lo[r] = r % 3 == 2 ? (int64_t)(urand() * (double)bc) : 0;
                     hi[r] = r == 1  ? lo[r]

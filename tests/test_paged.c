@@ -299,25 +299,29 @@ static mha_ctx *new_ctx(int threads) {
     return ctx;
 }
 
-/* Decoding (L x group <= 16 rows per key/value head): a page of a multiple of 512 gives the
- * contiguous cache's bits; smaller pages (chunks spanning pages, pages not dividing 512) the
- * same up to rounding. */
+/* Decoding (L x group <= 16 rows per key/value head, or up to 64 of grouped heads): a page of a
+ * multiple of 512 gives the contiguous cache's bits; smaller pages (chunks spanning pages, pages
+ * not dividing 512) the same up to rounding. */
 TEST(decode_matches_contiguous) {
     mha_ctx *ctx = new_ctx(2);
     const int64_t pages[] = {512, 1024, 256, 48, 16, 7, 1};
     FOR_EACH_ISA(ctx) {
         for (int di = 0; di < 3; di++)
             for (size_t pi = 0; pi < sizeof pages / sizeof pages[0]; pi++) {
-                for (int v = 0; v < 3; v++) {
+                for (int v = 0; v < 4; v++) { /* v 3: 8 query heads x 5 tokens = 40 rows */
                     pcase c = {.dt = DTYPES[di],
                                .B = 3,
-                               .H = v == 2 ? 8 : 4,
+                               .H = v >= 2 ? 8 : 4,
                                .Hkv = v == 0 ? 4 : 2,
-                               .L = v == 1 ? 3 : 1,
+                               .L = v == 1   ? 3
+                                    : v == 3 ? 5
+                                             : 1,
                                .D = v == 2 ? 40 : 64,
                                .Dv = v == 2 ? 24 : 64,
                                .Smax = pages[pi] >= 256 ? 1500 : 300,
-                               .Lnew = v == 1 ? 3 : 1,
+                               .Lnew = v == 1   ? 3
+                                       : v == 3 ? 5
+                                                : 1,
                                .page = pages[pi],
                                .causal = v != 2,
                                .window = v == 1,
@@ -349,11 +353,11 @@ TEST(prefill_matches_contiguous) {
                            .B = 2,
                            .H = 4,
                            .Hkv = 2,
-                           .L = 20,
+                           .L = 40, /* 80 rows per key/value head: a prefill */
                            .D = 32,
                            .Dv = 48,
-                           .Smax = 200,
-                           .Lnew = 20,
+                           .Smax = 240,
+                           .Lnew = 40,
                            .page = pages[pi],
                            .causal = 1,
                            .window = pi == 1,

@@ -83,11 +83,12 @@ static void print_help(FILE *f) {
           "  --softcap C   --core: scores capped as C * tanh(s / C) (C > 0)\n"
           "  --alibi       --core: ALiBi, slope 2^(-8 h / H) for head h = 1..H\n"
           "  --decode      --core: one decoding step: mha_attn_kvcache, one query token per\n"
-          "                sequence, a cache of --seq-k S tokens (default --seq N), head dim\n"
-          "                --head-dim D, --kv-heads G (and --window, --softcap, --alibi); GB/s\n"
-          "                of K/V read, and the memory read bandwidth measured in the same run\n"
-          "                (a streaming read of --bw-mib MiB after each timed run, default\n"
-          "                1024, same threads; the median of the runs' ratios)\n"
+          "                sequence (--tokens T: T), a cache of --seq-k S tokens (default\n"
+          "                --seq N), head dim --head-dim D, --kv-heads G (and --window,\n"
+          "                --softcap, --alibi); GB/s of K/V read, and the memory read\n"
+          "                bandwidth measured in the same run (a streaming read of --bw-mib\n"
+          "                MiB after each timed run, default 1024, same threads; the median\n"
+          "                of the runs' ratios)\n"
           "  --dtype T     the module (default mode): its parameters, input and output in\n"
           "                f32 (default), bf16 or f16 (mha_config.dtype); --core: q, k, v\n"
           "                and the outputs; with --decode q, the cache and the output (fp32\n"
@@ -96,6 +97,9 @@ static void print_help(FILE *f) {
           "                bshd ([B, S, G, D], FlashAttention's: strided views)\n"
           "  --page-size P --decode: paged caches (mha_attn_kvcache_paged): pools of pages of\n"
           "                P rows in the --layout, each sequence's blocks on shuffled pages\n"
+          "  --tokens T    --decode: T new tokens per sequence (default 1; speculative\n"
+          "                decoding's check of T drafted tokens), causal among themselves\n"
+          "                with --causal; the cache holds --seq-k S keys with them\n"
           "  --gemm M N K  time C[M,N] = op(A)[M,K] op(B)[K,N]; --ta/--tb transpose A/B\n"
           "                (default: ta 0, tb 1, as the projections x W^T)\n"
           "  --dtype T     --gemm: A and B in f32 (default), bf16 or f16 (mha_gemm: products\n"
@@ -176,6 +180,7 @@ typedef struct {
     int decode, bshd;
     const char *layout;
     long long bw_mib, page_size; /* page_size -1: contiguous caches */
+    long long tokens;            /* new tokens per sequence (--tokens; 1) */
     /* --dtype f32|bf16|f16: the element type of the core's tensors (--decode: q, the caches,
      * the new rows and out) */
     const char *dtype_arg;
@@ -444,6 +449,7 @@ static int parse_args(int argc, char **argv, bench_args *a) {
         .batch = 1, .seq = 512, .embed = 512, .heads = 8, .runs = 10, .tb = 1, .warmup = -1};
     a->bw_mib = 1024;  /* --decode */
     a->page_size = -1; /* --decode: absent (contiguous caches) */
+    a->tokens = 1;     /* --decode */
     char **rest = malloc(sizeof(char *) * (size_t)(argc + 1));
     if (!rest) return cli_fail("out of memory");
     int nrest, rc = take_gemm(argc, argv, a, rest, &nrest);
@@ -475,6 +481,7 @@ static int parse_args(int argc, char **argv, bench_args *a) {
         {"--layout", CLI_OPT_STRING, &a->layout, 0},
         {"--bw-mib", CLI_OPT_INT, &a->bw_mib, 0},
         {"--page-size", CLI_OPT_INT, &a->page_size, 0},
+        {"--tokens", CLI_OPT_INT, &a->tokens, 0},
         {"--dtype", CLI_OPT_STRING, &a->dtype_arg, 0},
     };
     int nopts = (int)(sizeof opts / sizeof opts[0]);
@@ -841,6 +848,13 @@ static int decode_check_args(const bench_args *a) {
     if (a->page_size != -1 && !a->decode)
         return cli_usage_error("mha bench --help lists the options",
                                "--page-size: applies to --decode");
+    if (a->tokens != 1 && !a->decode)
+        return cli_usage_error("mha bench --help lists the options",
+                               "--tokens: applies to --decode");
+    if (a->decode && (a->tokens < 1 || a->tokens > (a->seq_k < 1024 ? a->seq_k : 1024)))
+        return cli_usage_error("mha bench --help lists the options",
+                               "--tokens: got %lld, expected 1..%lld (at most --seq-k and 1024)",
+                               a->tokens, a->seq_k < 1024 ? a->seq_k : 1024);
     if (a->page_size != -1 && (a->page_size < 1 || a->page_size > (1LL << 30)))
         return cli_usage_error("mha bench --help lists the options",
                                "--page-size: got %lld, expected 1..%lld (rows per page)",
@@ -879,9 +893,9 @@ static void plan_decode(bench_state *s, bench_plan *p) {
     const bench_args *a = s->a;
     int64_t S, D;
     decode_dims(a, &S, &D);
-    const int64_t B = a->batch, H = a->heads, G = a->kv_heads;
+    const int64_t B = a->batch, H = a->heads, G = a->kv_heads, T = a->tokens;
     const mha_dtype dt = a->dtype; /* of q, the caches, the new rows and out */
-    int64_t sq[4] = {B, H, 1, D};
+    int64_t sq[4] = {B, H, T, D};
     s->q = plan_tensor(s, p, 4, sq, 1);
     s->o = plan_tensor(s, p, 4, sq, 4);
     /* the caches: [B, G, S, D], or (--page-size P) pools of B * nblocks pages [., G, P, D] */
@@ -904,10 +918,12 @@ static void plan_decode(bench_state *s, bench_plan *p) {
             s->table[i] = s->table[j], s->table[j] = t;
         }
     }
-    s->kn = decode_view(plan_elems(s, p, mul_n(mul_n(B, G), D), 5, 0), dt, B, G, 1, D, a->bshd);
-    s->vn = decode_view(plan_elems(s, p, mul_n(mul_n(B, G), D), 6, 0), dt, B, G, 1, D, a->bshd);
+    s->kn = decode_view(plan_elems(s, p, mul_n(mul_n(B, G), mul_n(T, D)), 5, 0), dt, B, G, T, D,
+                        a->bshd);
+    s->vn = decode_view(plan_elems(s, p, mul_n(mul_n(B, G), mul_n(T, D)), 6, 0), dt, B, G, T, D,
+                        a->bshd);
     s->lens = (int32_t *)plan_buf(p, B, 0); /* B int32 in a plan buffer of B floats */
-    for (int64_t b = 0; s->lens && b < B; b++) s->lens[b] = (int32_t)(S - 1);
+    for (int64_t b = 0; s->lens && b < B; b++) s->lens[b] = (int32_t)(S - T);
     s->bw_words = (size_t)a->bw_mib << 17;
     s->bw = stream_alloc(s->bw_words * sizeof(uint64_t));
     p->oom |= !s->bw;
@@ -959,17 +975,21 @@ static void report_decode(const bench_state *s, bench_times *t) {
     const char *dt = a->dtype_arg ? a->dtype_arg : "f32";
     if (a->json) {
         printf("{\"what\":\"core_decode\",\"batch\":%lld,\"seq_k\":%lld,\"heads\":%lld,"
-               "\"kv_heads\":%lld,\"head_dim\":%lld,\"layout\":\"%s\",\"page_size\":%lld,"
+               "\"kv_heads\":%lld,\"head_dim\":%lld,\"tokens\":%lld,\"layout\":\"%s\",\"page_"
+               "size\":%lld,"
                "\"dtype\":\"%s\",\"isa\":\"%s\",\"threads\":%d,\"runs\":%d,"
                "\"median_ms\":%.4f,\"kv_bytes\":%.6g,\"kv_gbps\":%.3f,\"mem_read_gbps\":%.3f,"
                "\"mem_read_mib\":%lld,\"kv_vs_mem\":%.4f}\n",
-               a->batch, (long long)S, a->heads, a->kv_heads, (long long)D, layout,
+               a->batch, (long long)S, a->heads, a->kv_heads, (long long)D, a->tokens, layout,
                a->page_size > 0 ? a->page_size : 0, dt, isa, threads, t->runs, med * 1e3,
                decode_bytes(a), kv, mem, a->bw_mib, ratio);
         return;
     }
-    char paged[48] = "";
+    char paged[96] = "";
     if (a->page_size > 0) snprintf(paged, sizeof paged, ", pages of %lld rows", a->page_size);
+    if (a->tokens > 1)
+        snprintf(paged + strlen(paged), sizeof paged - strlen(paged), ", %lld new tokens",
+                 a->tokens);
     printf("core_decode B %lld S %lld H %lld G %lld D %lld, layout %s%s, dtype %s, isa %s, %d "
            "threads: median %.4f ms of %d runs, K/V read %.2f GB/s\n",
            a->batch, (long long)S, a->heads, a->kv_heads, (long long)D, layout, paged, dt, isa,

@@ -308,7 +308,7 @@ typedef void mha__attn_fwd_bf16_t(int64_t br, int64_t bc, int64_t n, int64_t nv,
  *       forward (attn_fwd_bf16 != NULL: AVX512_BF16) computes a bf16 cache's product with V as
  *       that kernel does: O = sum_c bf16(P_c) V_c by vdpbf16ps over pairs of keys (m and l from
  *       the float32 P; V's subnormal elements count as 0). */
-#define MHA__ATTN_DECODE_ROWS 16
+#define MHA__ATTN_DECODE_ROWS 64
 
 typedef struct {
     float softcap;      /* > 0: s -> softcap * tanh(s / softcap); 0: off */

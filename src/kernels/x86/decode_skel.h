@@ -66,9 +66,10 @@
 #include <math.h>
 #include <string.h>
 
-#define DEC_KB 64      /* keys per block: S is MHA__ATTN_DECODE_ROWS x 64 floats (4 KiB) ... */
+#define DEC_KB 64      /* keys per block: a head's S is rows x 64 floats (4 KiB at 16) ... */
 #define DEC_KB_HEADS 8 /* ... walked in pieces of 8 when the heads interleave, key by key */
-#define DEC_HG 8       /* heads whose scores a block keeps at once (a piece walks across them) */
+#define DEC_HG 8       /* heads whose scores a block keeps at once (a piece walks across them), */
+#define DEC_HG_ROWS 16 /* of up to 16 rows each (heads of more rows: fewer at once) */
 #define DEC_RB 4       /* query rows per score block */
 #define DEC_PF 32      /* prefetch distance in keys, a head's keys contiguous ... */
 #define DEC_PF_HEADS 8 /* ... and with the heads interleaved (one piece on) */
@@ -473,11 +474,13 @@ INL void dec_kernel(const mha_dtype kt, int64_t nh, int64_t rows, int64_t bc, in
                     const float *A, int64_t lda, int64_t sa, const void *K, int64_t ldk, int64_t sk,
                     const void *V, int64_t ldv, int64_t sv, const mha__attn_decode_mask *md,
                     float *P, int64_t sp) {
-    /* the scores and factors of up to DEC_HG heads (a block's keys walked across them) */
-    float S[DEC_HG][MHA__ATTN_DECODE_ROWS * DEC_KB] __attribute__((aligned(64)));
-    float alpha[DEC_HG][MHA__ATTN_DECODE_ROWS], one[MHA__ATTN_DECODE_ROWS];
-    const int64_t hgm = nh < DEC_HG ? nh : DEC_HG;
-    for (int64_t t = 0; t < hgm; t++) memset(S[t], 0, sizeof(float) * (size_t)(rows * DEC_KB));
+    /* the scores and factors of up to hgm heads (a block's keys walked across them): DEC_HG
+     * heads of up to DEC_HG_ROWS rows each, fewer heads of more rows, in one scratch (32 KiB) */
+    float S[DEC_HG * DEC_HG_ROWS * DEC_KB] __attribute__((aligned(64)));
+    float alpha[DEC_HG * DEC_HG_ROWS], one[MHA__ATTN_DECODE_ROWS];
+    const int64_t fit = rows <= DEC_HG_ROWS ? DEC_HG : DEC_HG * DEC_HG_ROWS / rows;
+    const int64_t hgm = nh < fit ? nh : fit;
+    memset(S, 0, sizeof(float) * (size_t)(hgm * rows * DEC_KB));
     for (int64_t r = 0; r < rows; r++) one[r] = 1;
     int64_t cmin = bc, cmax = 0; /* the keys some row may use (the same for every head) */
     for (int64_t r = 0; r < rows; r++) {
@@ -508,33 +511,35 @@ INL void dec_kernel(const mha_dtype kt, int64_t nh, int64_t rows, int64_t bc, in
                   vpn = md->vnext ? ((intptr_t)md->vnext - (intptr_t)V) + nshift * ldv * es : vpf;
     for (int64_t c0 = cmin; c0 < cmax; c0 += DEC_KB) {
         const int64_t kb = cmax - c0 < DEC_KB ? cmax - c0 : DEC_KB;
-        for (int64_t t0 = 0; t0 < nh; t0 += DEC_HG) {
-            const int64_t hg = nh - t0 < DEC_HG ? nh - t0 : DEC_HG;
+        for (int64_t t0 = 0; t0 < nh; t0 += hgm) {
+            const int64_t hg = nh - t0 < hgm ? nh - t0 : hgm;
             for (int64_t p0 = 0; p0 < kb; p0 += piece) {
                 const int64_t pk = kb - p0 < piece ? kb - p0 : piece;
                 for (int64_t t = t0; t < t0 + hg; t++)
                     dec_scores(kt, rows, pk, n, A + t * sa, lda,
                                md->qb ? md->qb + t * md->sqb : NULL, md->ldqb, md->scale,
                                (const char *)K + (t * sk + (c0 + p0) * ldk) * es, ldk,
-                               c0 + p0 + pfk < bc ? kpf : kpn, S[t - t0] + p0);
+                               c0 + p0 + pfk < bc ? kpf : kpn, S + (t - t0) * rows * DEC_KB + p0);
             }
             for (int64_t t = t0; t < t0 + hg; t++) {
                 float *m = P + t * sp, *l = m + rows;
                 mha__attn_decode_mask mh = *md;
                 if (md->slope) mh.slope = md->slope + t * rows;
                 for (int64_t r = 0; r < rows; r++) {
-                    dec_row(r, c0, kb, &mh, S[t - t0] + r * DEC_KB, m, l, alpha[t - t0]);
+                    dec_row(r, c0, kb, &mh, S + ((t - t0) * rows + r) * DEC_KB, m, l,
+                            alpha + (t - t0) * rows);
 #ifdef DEC_BF16_DOTS
-                    if (DEC_PAIRS(kt)) probs_to_pairs(S[t - t0] + r * DEC_KB, 0, kb);
+                    if (DEC_PAIRS(kt)) probs_to_pairs(S + ((t - t0) * rows + r) * DEC_KB, 0, kb);
 #endif
                 }
             }
             for (int64_t p0 = 0; p0 < kb; p0 += piece) {
                 const int64_t pk = kb - p0 < piece ? kb - p0 : piece;
                 for (int64_t t = t0; t < t0 + hg; t++)
-                    dec_pv(kt, rows, pk, nv, S[t - t0] + (DEC_PAIRS(kt) ? p0 / 2 : p0),
+                    dec_pv(kt, rows, pk, nv,
+                           S + (t - t0) * rows * DEC_KB + (DEC_PAIRS(kt) ? p0 / 2 : p0),
                            (const char *)V + (t * sv + (c0 + p0) * ldv) * es, ldv,
-                           c0 + p0 + pfk < bc ? vpf : vpn, p0 ? one : alpha[t - t0],
+                           c0 + p0 + pfk < bc ? vpf : vpn, p0 ? one : alpha + (t - t0) * rows,
                            P + t * sp + 2 * rows, nv, !heads);
             }
         }

@@ -9,14 +9,8 @@
 /* ------------------------------------------------------------------------------------------
  * Random numbers (xorshift64*, reproducible; the seed is printed on failure through `what`)
  * ---------------------------------------------------------------------------------------- */
-static uint64_t rng_state = 0x1234567ull;
-static double urand(void) { /* [0, 1) */
-    rng_state ^= rng_state >> 12;
-    rng_state ^= rng_state << 25;
-    rng_state ^= rng_state >> 27;
-    return (double)((rng_state * 2685821657736338717ull) >> 11) * (1.0 / 9007199254740992.0);
-}
-static float frand(void) { return (float)(2 * urand() - 1); }
+#define TEST_RNG_SEED 0x1234567ull
+#include "rng.h"
 
 /* ------------------------------------------------------------------------------------------
  * A test case: sizes, masks, dropout, memory layout

@@ -23,14 +23,8 @@ static float from_half(mha_dtype dt, uint16_t h) {
 /* ------------------------------------------------------------------------------------------
  * Random numbers and views
  * ---------------------------------------------------------------------------------------- */
-static uint64_t rng_state = 0x9E3779B97F4A7C15ull;
-static double urand(void) { /* [0, 1) */
-    rng_state ^= rng_state >> 12;
-    rng_state ^= rng_state << 25;
-    rng_state ^= rng_state >> 27;
-    return (double)((rng_state * 2685821657736338717ull) >> 11) * (1.0 / 9007199254740992.0);
-}
-static float frand(void) { return (float)(2 * urand() - 1); }
+#define TEST_RNG_SEED 0x9E3779B97F4A7C15ull
+#include "rng.h"
 
 typedef struct {
     float *buf;

@@ -6,11 +6,8 @@
 
 #include <float.h>
 
-static uint64_t rng_state = 0x9e3779b97f4a7c15ull;
-static float frand(void) { /* [-1, 1) */
-    rng_state ^= rng_state >> 12, rng_state ^= rng_state << 25, rng_state ^= rng_state >> 27;
-    return (float)((double)((rng_state * 2685821657736338717ull) >> 11) * 0x1p-52 - 1.0);
-}
+#define TEST_RNG_SEED 0x9e3779b97f4a7c15ull
+#include "rng.h"
 
 /* One head, no mask, contiguous doubles: s = (scale q) k^T, P = softmax(s), out = P v,
  * lse = logsumexp(s); returns max |q.k| (the raw product). P [L, S] may be NULL. */

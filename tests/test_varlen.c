@@ -16,13 +16,8 @@
 
 #include <stdlib.h>
 
-static uint64_t rng_state = 0x5eed1234ull;
-static float frand(void) { /* [-1, 1) */
-    rng_state ^= rng_state >> 12;
-    rng_state ^= rng_state << 25;
-    rng_state ^= rng_state >> 27;
-    return (float)((double)((rng_state * 2685821657736338717ull) >> 11) / 4503599627370496.0 - 1);
-}
+#define TEST_RNG_SEED 0x5eed1234ull
+#include "rng.h"
 
 #define MAXSEQ 8
 

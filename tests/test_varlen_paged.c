@@ -12,14 +12,8 @@
 #include "kernels/cvt.h"
 #include "kernels/kernels.h"
 
-static uint64_t rng_state = 0x9E3779B97F4A7C15ull;
-static double urand(void) { /* [0, 1) */
-    rng_state ^= rng_state >> 12;
-    rng_state ^= rng_state << 25;
-    rng_state ^= rng_state >> 27;
-    return (double)((rng_state * 2685821657736338717ull) >> 11) * (1.0 / 9007199254740992.0);
-}
-static int64_t irand(int64_t n) { return (int64_t)(urand() * (double)n); }
+#define TEST_RNG_SEED 0x9E3779B97F4A7C15ull
+#include "rng.h"
 
 static size_t esize(mha_dtype dt) { return dt == MHA_DTYPE_F32 ? 4 : 2; }
 

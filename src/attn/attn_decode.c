@@ -348,11 +348,11 @@ static void prefill_kv(const kv_call *c, int64_t b, int copy, mha_tensor *kb, mh
  * query heads share them (grouped-query attention: a few tokens of speculative decoding): the
  * decode kernel reads each key and value once per key/value head, where the dense core's tiles
  * read and pack them once per query head. Measured (B=1, D=128, S=32768, float32, 2 threads,
- * dense -> decode): H=32 Hkv=4 L=3 (24 rows) 55 -> 14 ms, L=4 56 -> 17, L=8 61 -> 33; H=64 Hkv=8
- * L=8 115 -> 82 ([B, Hkv, S, D]), 160 -> 68 ([B, S, Hkv, D]). More rows, or more than DEC_ROWS
- * of heads of their own, prefill on the dense core's tiles, whose register blocks compute
- * faster once the keys' cost is shared by enough rows (H = Hkv = 8, L = 40, S = 2048: 2.35 ms
- * dense, 2.69 decode). */
+ * dense -> decode, BENCHMARKS.md): H=32 Hkv=4 L=3 (24 rows) 52 -> 13 ms, L=4 52 -> 17, L=8
+ * 63 -> 34; H=64 Hkv=8 L=8 120 -> 77 ([B, Hkv, S, D]), 173 -> 70 ([B, S, Hkv, D]). More rows, or
+ * more than DEC_ROWS of heads of their own, prefill on the dense core's tiles, whose register
+ * blocks compute faster once the keys' cost is shared by enough rows (H = Hkv = 8, L = 40,
+ * S = 2048: 2.35 ms dense, 2.69 decode). */
 #define DEC_ROWS 16
 static int is_decode(const kv_call *c) {
     const int64_t rows = c->L * c->group;

@@ -582,9 +582,9 @@ MHA_API mha_status mha_attn_kvcache_paged(mha_ctx *ctx, const mha_attn_params *p
  * Sequence s is attended exactly as mha_attn_kvcache_paged attends a sequence of
  * cache_seqlens = seqlens_k[s] with no new rows: query row i at key position
  * i + seqlens_k[s] - L_s (bottom-right; mask->causal, either value, allows keys j <= that
- * position; window and ALiBi as there, slopes [H] or
- * [batch, H] with alibi_batched), p->dropout_p 0, the same two paths (a few rows per key/value
- * head decode, more prefill), and a row with no allowed key gets out 0 and lse -INFINITY.
+ * position; window and ALiBi as there, slopes [H] or [batch, H] with alibi_batched),
+ * p->dropout_p 0, the same two paths (a few rows per key/value head decode, more prefill), and
+ * a row with no allowed key gets out 0 and lse -INFINITY.
  * Consecutive sequences with the same number of query rows run as one batch (the decoding
  * ones together); a sequence's results do not depend on the others, nor on the thread count.
  * Errors: every argument, every cu_seqlens_q and seqlens_k entry and every block a sequence

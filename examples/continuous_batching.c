@@ -2,7 +2,8 @@
  * two sequences decode one token each while a new prompt is prefilled in chunks of 8 tokens, all
  * in ONE call to mha_attn_varlen_paged. The keys and values live in a paged cache: a pool of
  * fixed-size pages, a free-page list, and a block table that says which pages hold each
- * sequence's rows. Every step is checked against a plain float64 reference.
+ * sequence's rows; mha_paged_store writes each step's new keys and values into their pages
+ * first. Every step is checked against a plain float64 reference.
  *
  * The pool is [pages, kv heads, page rows, head dim], contiguous; grouped-query heads (8 query
  * heads share 2 key/value heads). Random numbers stand in for a model's q, k and v projections. */
@@ -60,17 +61,26 @@ static void release(int s) {
     len[s] = 0;
 }
 
-/* Appends one token's keys and values (here random) to sequence s: a plain copy into its rows
- * of the pool, found through the block table. */
-static void append_token(int s) {
-    float k[HKV][D], v[HKV][D];
-    for (int h = 0; h < HKV; h++)
-        for (int x = 0; x < D; x++) k[h][x] = next_value(), v[h][x] = next_value();
-    for (int h = 0; h < HKV; h++) {
-        memcpy(row_of(pool_k, s, h, len[s]), k[h], sizeof k[h]);
-        memcpy(row_of(pool_v, s, h, len[s]), v[h], sizeof v[h]);
-    }
-    len[s]++;
+/* Appends the next n[s] tokens of each sequence s (their keys and values here random: a model's
+ * projections in an engine) in one call: each token's rows go to the slot of its position,
+ * page * PAGE + row, looked up in the block table; mha_paged_store copies them there. */
+static mha_status append_tokens(mha_ctx *ctx, mha_tensor *k_pages, mha_tensor *v_pages,
+                                const int n[BATCH]) {
+    static float k[MAX_ROWS][HKV][D], v[MAX_ROWS][HKV][D];
+    int64_t slot[MAX_ROWS];
+    int64_t rows = 0;
+    for (int s = 0; s < BATCH; s++)
+        for (int i = 0; i < n[s]; i++, rows++) {
+            const int j = len[s]++; /* the token's position in its sequence */
+            slot[rows] = (int64_t)table[s][j / PAGE] * PAGE + j % PAGE;
+            for (int h = 0; h < HKV; h++)
+                for (int x = 0; x < D; x++)
+                    k[rows][h][x] = next_value(), v[rows][h][x] = next_value();
+        }
+    int64_t shape[3] = {rows, HKV, D};
+    mha_tensor tk = mha_tensor_make(&k[0][0][0], 3, shape);
+    mha_tensor tv = mha_tensor_make(&v[0][0][0], 3, shape);
+    return mha_paged_store(ctx, k_pages, v_pages, &tk, &tv, slot);
 }
 
 /* The reference, in float64: sequence s's n query rows (from q row r0 on) against its len[s]
@@ -101,15 +111,6 @@ static double check(int s, int r0, int n) {
 }
 
 int main(void) {
-    /* Setup: every page free, no sequence holds any. Sequences 0 and 1 were prefilled earlier:
-     * their prompts' keys and values are already in their pages. Sequence 2 arrives now. */
-    for (int i = 0; i < PAGES; i++) free_list[n_free++] = PAGES - 1 - i; /* page 0 on top */
-    memset(table, -1, sizeof table);
-    for (int s = 0; s < 2; s++) {
-        if (!reserve(s, prompt[s])) return 1;
-        while (len[s] < prompt[s]) append_token(s);
-    }
-
     mha_ctx *ctx;
     if (mha_ctx_create(&ctx) != MHA_OK) return 1;
     mha_attn_params p = mha_attn_params_default(); /* scale 1/sqrt(D) */
@@ -119,11 +120,32 @@ int main(void) {
     mha_tensor k_pages = mha_tensor_make(&pool_k[0][0][0][0], 4, pool_shape);
     mha_tensor v_pages = mha_tensor_make(&pool_v[0][0][0][0], 4, pool_shape);
 
+    /* Setup: every page free, no sequence holds any. Sequences 0 and 1 were prefilled earlier:
+     * their prompts' keys and values are already in their pages. Sequence 2 arrives now. */
+    for (int i = 0; i < PAGES; i++) free_list[n_free++] = PAGES - 1 - i; /* page 0 on top */
+    memset(table, -1, sizeof table);
+    for (int s = 0; s < 2; s++) {
+        if (!reserve(s, prompt[s])) {
+            mha_ctx_free(ctx);
+            return 1;
+        }
+        while (len[s] < prompt[s]) {
+            int n[BATCH] = {0};
+            n[s] = prompt[s] - len[s] < MAX_ROWS ? prompt[s] - len[s] : MAX_ROWS;
+            if (append_tokens(ctx, &k_pages, &v_pages, n) != MHA_OK) {
+                fprintf(stderr, "setup: %s\n", mha_ctx_errmsg(ctx));
+                mha_ctx_free(ctx);
+                return 1;
+            }
+        }
+    }
+
     int failed = 0;
     for (int t = 0; t < STEPS && !failed; t++) {
         /* 1. How many new tokens each sequence brings: 1 when decoding, the next chunk of its
          * prompt while prefilling. cu_seqlens[s] is where sequence s's query rows start. */
-        int32_t cu_seqlens[BATCH + 1] = {0}, n_new[BATCH];
+        int32_t cu_seqlens[BATCH + 1] = {0};
+        int n_new[BATCH];
         for (int s = 0; s < BATCH; s++) {
             int rest = prompt[s] - len[s];
             n_new[s] = rest <= 0 ? 1 : rest < CHUNK ? rest : CHUNK;
@@ -135,14 +157,17 @@ int main(void) {
             }
         }
         if (failed) break;
-        /* 3. The new tokens' keys and values go into their pages, their queries into q, packed
-         * one sequence after another: q is [Tq, H, D] with Tq = cu_seqlens[BATCH]. */
-        for (int s = 0; s < BATCH; s++)
-            for (int i = 0; i < n_new[s]; i++) {
-                append_token(s);
-                for (int h = 0; h < H; h++)
-                    for (int x = 0; x < D; x++) q[cu_seqlens[s] + i][h][x] = next_value();
-            }
+        /* 3. The new tokens' keys and values go into their pages (one call for all of them),
+         * their queries into q, packed one sequence after another: q is [Tq, H, D] with
+         * Tq = cu_seqlens[BATCH]. */
+        if (append_tokens(ctx, &k_pages, &v_pages, n_new) != MHA_OK) {
+            fprintf(stderr, "step %d: %s\n", t, mha_ctx_errmsg(ctx));
+            failed = 1;
+            break;
+        }
+        for (int r = 0; r < cu_seqlens[BATCH]; r++)
+            for (int h = 0; h < H; h++)
+                for (int x = 0; x < D; x++) q[r][h][x] = next_value();
         /* 4. One call for the whole batch; len[] is each sequence's key count after the append,
          * so its new rows attend to its whole cache, themselves included (causally). */
         int64_t q_shape[3] = {cu_seqlens[BATCH], H, D};

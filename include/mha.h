@@ -601,6 +601,23 @@ MHA_API mha_status mha_attn_varlen_paged(mha_ctx *ctx, const mha_attn_params *p,
                                          const int32_t *seqlens_k, int64_t batch,
                                          const mha_mask *mask, mha_tensor *out, mha_tensor *lse);
 
+/* Writes T new tokens' keys and values into paged caches by slot (vLLM's reshape_and_cache), for
+ * the calls that only read the pools (mha_attn_varlen_paged: write a step's tokens, then attend):
+ *   k_pages: [P, Hkv, page, D], v_pages: [P, Hkv, page, Dv]   as mha_attn_kvcache_paged's
+ *            (float32, bfloat16 or float16; strided views), written
+ *   k: [T, Hkv, D], v: [T, Hkv, Dv]   the tokens' rows, of the pools' dtype (strided views)
+ *   slot_mapping: int64 [T]: token t's rows go to slot slot_mapping[t] = page * rows per page +
+ *            row, for every key/value head; -1 skips the token (a padding token); NULL only
+ *            with T = 0
+ * The bytes are copied as they are. Errors (nothing written): shapes, dtypes, a slot outside
+ * [-1, P x page) and a slot given to two tokens (MHA_ERR_INVALID_ARG naming both entries, e.g.
+ * "mha_paged_store: slot_mapping[3]: got 17, also slot_mapping[1]'s, expected a slot of its
+ * own ..."), the pools overlapping k, v, slot_mapping or each other; MHA_ERR_NOMEM (the
+ * duplicate check sorts a copy of the slots, 16 bytes each). */
+MHA_API mha_status mha_paged_store(mha_ctx *ctx, mha_tensor *k_pages, mha_tensor *v_pages,
+                                   const mha_tensor *k, const mha_tensor *v,
+                                   const int64_t *slot_mapping);
+
 /* Rotary position embeddings (RoFormer; FlashAttention's apply_rotary_emb with its rotary_cos
  * and rotary_sin tables), in place, for q and k before they are attended or appended to a cache:
  *   x:   [B, H, L, D] float32, bfloat16 or float16 (any strides, the innermost 1), written

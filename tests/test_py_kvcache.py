@@ -586,3 +586,24 @@ def test_varlen_paged_errors():
         assert msg in str(e.value), str(e.value)
     with torch.no_grad():  # no gradient needed: fine
         mha.flash_attn_varlen_func(**dict(call, q=q.clone().requires_grad_()))
+
+
+def test_paged_calls_with_no_sequences():
+    """batch 0 with a block_table of shape [0, max_blocks]: nothing to compute (an empty tensor's
+    data_ptr() is 0, which must not reach the library as a missing table)."""
+    kp, vp = torch.zeros(3, 16, 2, 8), torch.zeros(3, 16, 2, 8)
+    table = torch.zeros((0, 2), dtype=torch.int32)
+    cu = torch.zeros(1, dtype=torch.int32)
+    with torch.no_grad():
+        out = mha.flash_attn_varlen_func(torch.zeros(0, 4, 8), kp, vp, cu, cu, 0, 0,
+                                         block_table=table)
+    assert out.shape == (0, 4, 8)
+    out = mha.flash_attn_with_kvcache(torch.zeros(0, 1, 4, 8), kp, vp,
+                                      cache_seqlens=torch.zeros(0, dtype=torch.int32),
+                                      block_table=table)
+    assert out.shape == (0, 1, 4, 8)
+    k = torch.zeros(0, 1, 2, 8)
+    out = mha.flash_attn_with_kvcache(torch.zeros(0, 1, 4, 8), kp, vp, k, k,
+                                      cache_seqlens=torch.zeros(0, dtype=torch.int32),
+                                      block_table=table)
+    assert out.shape == (0, 1, 4, 8)

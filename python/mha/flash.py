@@ -458,7 +458,7 @@ def _varlen_paged(fn, q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seq
     c = _lib.ctx()
     _lib.check(lib.mha_attn_varlen_paged(
         c, ctypes.byref(params), ctypes.byref(tq), ctypes.byref(tk), ctypes.byref(tv),
-        ctypes.c_void_p(block_table.data_ptr()), block_table.shape[1],
+        _table_ptr(block_table), block_table.shape[1],
         ctypes.c_void_p(cq.data_ptr()), ctypes.c_void_p(seqlens_k.data_ptr()), batch,
         ctypes.byref(mask.c), ctypes.byref(to), None), c)
     return out
@@ -473,6 +473,16 @@ def _no_copy(fn, name, t):
         raise ArgumentError(f"{fn}: {name}.stride(): got {tuple(t.stride())}, expected the "
                          "innermost dimension contiguous (the cache is updated in place, so it "
                          "cannot be copied)")
+
+
+_NO_BLOCKS = ctypes.c_int32(0)  # what an empty block_table points the library at (not NULL)
+
+
+def _table_ptr(t):
+    """The address of a block_table for the library: an empty one (batch 0) has no storage
+    (data_ptr() 0), which the library takes for a missing table when max_blocks > 0; it never
+    reads a table of no sequences, so any valid address does."""
+    return ctypes.c_void_p(t.data_ptr() if t.numel() else ctypes.addressof(_NO_BLOCKS))
 
 
 def _block_table(fn, t, batch):
@@ -733,7 +743,7 @@ def flash_attn_with_kvcache(q, k_cache, v_cache, k=None, v=None, rotary_cos=None
         if paged:
             st = lib.mha_attn_kvcache_paged(
                 c, ctypes.byref(params), ctypes.byref(views[0]), ctypes.byref(views[1]),
-                ctypes.byref(views[2]), ctypes.c_void_p(block_table.data_ptr()),
+                ctypes.byref(views[2]), _table_ptr(block_table),
                 block_table.shape[1], *new, *args)
         else:
             st = lib.mha_attn_kvcache(c, ctypes.byref(params), ctypes.byref(views[0]),

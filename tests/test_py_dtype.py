@@ -422,11 +422,12 @@ def test_kvcache(dt):
     """flash_attn_with_kvcache with bfloat16 / float16 caches: the caches updated in place with
     the new rows as they are, out in the dtype and bitwise flash_attn_func's on the cache's
     first keys (one token: the decode kernel, within its float32 sums and one rounding: 2^-7 of
-    the scale; a prefill of 20 tokens: the dense core, bitwise); a dtype mismatch refused."""
+    the scale; a prefill of 40 tokens, 80 rows per key/value head: the dense core, bitwise); a
+    dtype mismatch refused."""
     dtype = DTYPES[dt]
     gen = torch.Generator().manual_seed(9)
     kc, vc = (torch.zeros(2, 64, 2, 32, dtype=dtype) for _ in range(2))
-    for L, pos in ((20, 0), (1, 20)):
+    for L, pos in ((40, 0), (1, 40)):
         q = rounded((2, L, 4, 32), dtype, gen)
         k, v = (rounded((2, L, 2, 32), dtype, gen) for _ in range(2))
         out = mha.flash_attn_with_kvcache(q, kc, vc, k, v, cache_seqlens=pos, causal=True)

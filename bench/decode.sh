@@ -13,12 +13,15 @@
 #      and 256 rows in shuffled order) against the contiguous cache of the same layout;
 #   6. speculative decoding's check of 4 and 8 drafted tokens (--tokens) with 8 query heads per
 #      key/value head (H=32, Hkv=4: 32 and 64 rows per head, decoded: the same bytes read)
-#      against the one-token step of that shape: the time ratio.
+#      against the one-token step of that shape: the time ratio;
+#   7. the ratios of 1.-4. again, each measured in pairs in one process (bench/decode_pairs.c,
+#      built here against $BUILD/libmha.so: the two sides alternate round by round, so that the
+#      memory's state, which switches between commands, is the same for both).
 #
 #   bench/decode.sh     BUILD=build THREADS=2 RUNS=20 PYTHON=$BUILD/venv/bin/python
 #   (RESULTS=/tmp/d.jsonl keeps the raw JSON lines; a quick try of the script itself, not of
 #    the targets: SEQ=2048 BW_MIB=64 RUNS=3)
-# Prints one line per measurement and the ratios. Takes about a minute.
+# Prints one line per measurement and the ratios. Takes about a minute and a half.
 set -euo pipefail
 BUILD=${BUILD:-build}
 THREADS=${THREADS:-2}
@@ -97,3 +100,6 @@ for T in (4, 8):
           f"{T * 8} rows per key/value head): {t['median_ms']:.3f} ms, "
           f"{t['median_ms'] / one['median_ms']:.2f}x the one-token step's {one['median_ms']:.3f} ms")
 PYEOF
+cc -O2 -fopenmp -Iinclude bench/decode_pairs.c "$BUILD/libmha.so" -Wl,-rpath,"$(cd "$BUILD" && pwd)" \
+  -o "$BUILD/decode_pairs"
+"$BUILD/decode_pairs" --seq "$SEQ" --bw-mib "$BW_MIB"

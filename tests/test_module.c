@@ -1502,6 +1502,9 @@ TEST(allocation_failures_are_clean) {
             if (st == MHA_OK) break;
             if (st != MHA_ERR_NOMEM) FAILF("n = %ld: %s", n, mha_ctx_errmsg(ctx));
             ASSERT_EQ(st, MHA_ERR_NOMEM);
+            /* every message names the call (the products' too, not an internal function) */
+            if (strncmp(mha_ctx_errmsg(ctx), "mha_module_forward: ", 20) != 0)
+                FAILF("n = %ld: %s", n, mha_ctx_errmsg(ctx));
             /* ... nor writes out or the weights */
             for (int i = 0; i < 48; i++)
                 if (y[i] != 7.0f || (i < 2 * 3 * S && w[i] != 7.0f)) {
@@ -1529,6 +1532,8 @@ TEST(allocation_failures_are_clean) {
             mha__fault_after(-1);
             if (st == MHA_OK) break;
             ASSERT_EQ(st, MHA_ERR_NOMEM);
+            if (strncmp(mha_ctx_errmsg(ctx), "mha_module_backward: ", 21) != 0)
+                FAILF("n = %ld: %s", n, mha_ctx_errmsg(ctx));
             for (int i = 0; i < 60; i++)
                 if ((i < 48 && dq[i] != 7.0f) || (i < 40 && dk[i] != 7.0f) || dv[i] != 7.0f) {
                     FAILF("variant %d, allocation %ld failed: an input gradient written", variant,

@@ -247,11 +247,13 @@ mha_status mha__attn_backward_seq(mha_ctx *ctx, const char *fn, const mha_attn_p
                                   const mha_tensor *lse, const mha_tensor *dout, mha_tensor *dq,
                                   mha_tensor *dk, mha_tensor *dv, mha__attn_origin at);
 
-/* mha_attn_forward with the weights averaged over heads, wavg [B, L, S] (overwritten), instead
- * of per head: ((w_0 + w_1) + ...) / H per element, bitwise what averaging the per-head weights
- * gives, without their [B, H, L, S] buffer (the module's need_weights). */
-mha_status mha__attn_forward_avg(mha_ctx *ctx, const mha_attn_params *p, const mha_tensor *q,
-                                 const mha_tensor *k, const mha_tensor *v, const mha_mask *mask,
-                                 mha_tensor *out, mha_tensor *lse, mha_tensor *wavg);
+/* mha_attn_forward with messages naming fn (the module's calls), its per-head weights
+ * (weights, or NULL) or the weights averaged over heads, wavg [B, L, S] (overwritten; or NULL):
+ * ((w_0 + w_1) + ...) / H per element, bitwise what averaging the per-head weights gives,
+ * without their [B, H, L, S] buffer (the module's need_weights). Not both. */
+mha_status mha__attn_forward_named(mha_ctx *ctx, const char *fn, const mha_attn_params *p,
+                                   const mha_tensor *q, const mha_tensor *k, const mha_tensor *v,
+                                   const mha_mask *mask, mha_tensor *out, mha_tensor *lse,
+                                   mha_tensor *weights, mha_tensor *wavg);
 
 #endif

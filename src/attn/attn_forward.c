@@ -524,9 +524,10 @@ mha_status mha__attn_forward_seq(mha_ctx *ctx, const char *fn, const mha_attn_pa
     return attn_forward(ctx, fn, at, p, q, k, v, mask, out, lse, NULL, NULL);
 }
 
-mha_status mha__attn_forward_avg(mha_ctx *ctx, const mha_attn_params *p, const mha_tensor *q,
-                                 const mha_tensor *k, const mha_tensor *v, const mha_mask *mask,
-                                 mha_tensor *out, mha_tensor *lse, mha_tensor *wavg) {
-    return attn_forward(ctx, "mha_attn_forward", (mha__attn_origin){0, 0, 0}, p, q, k, v, mask, out,
-                        lse, NULL, wavg);
+mha_status mha__attn_forward_named(mha_ctx *ctx, const char *fn, const mha_attn_params *p,
+                                   const mha_tensor *q, const mha_tensor *k, const mha_tensor *v,
+                                   const mha_mask *mask, mha_tensor *out, mha_tensor *lse,
+                                   mha_tensor *weights, mha_tensor *wavg) {
+    return attn_forward(ctx, fn, (mha__attn_origin){0, 0, 0}, p, q, k, v, mask, out, lse, weights,
+                        wavg);
 }

@@ -85,8 +85,12 @@ typedef struct {
     size_t total;
 } gemm_blocking;
 
-static mha_status gemm_blocking_make(mha_ctx *ctx, int64_t M, int64_t N, int64_t K, mha_dtype dt,
-                                     gemm_blocking *g) {
+/* The public call a product serves, for its messages: ws's, else mha_gemm (a workspace-less
+ * product is mha_gemm's). */
+static const char *gemm_fn(const mha__gemm_ws *ws) { return ws && ws->fn ? ws->fn : "mha_gemm"; }
+
+static mha_status gemm_blocking_make(mha_ctx *ctx, const mha__gemm_ws *ws, int64_t M, int64_t N,
+                                     int64_t K, mha_dtype dt, gemm_blocking *g) {
     const mha_kernels *kern = mha__ctx_kernels(ctx);
     /* bf16 on a table with a pair micro-kernel: its own register block and blocking, and
      * panels of ceil(kb / 2) 32-bit pairs; otherwise kb float32 values */
@@ -106,8 +110,9 @@ static mha_status gemm_blocking_make(mha_ctx *ctx, int64_t M, int64_t N, int64_t
     if (!mha__mul_size((size_t)(g->a_floats + g->b_floats), (size_t)g->nt, &g->total) ||
         !mha__mul_size(g->total, sizeof(float), &g->total))
         return mha__err(ctx, MHA_ERR_NOMEM,
-                        "mha__gemm: workspace: size overflows (M %lld, N %lld, K %lld)",
-                        (long long)M, (long long)N, (long long)K);
+                        "%s: out of memory (a matrix product's packed panels: their size "
+                        "overflows; M %lld, N %lld, K %lld)",
+                        gemm_fn(ws), (long long)M, (long long)N, (long long)K);
     return MHA_OK;
 }
 
@@ -121,8 +126,8 @@ static mha_status gemm_work(mha_ctx *ctx, mha__gemm_ws *ws, size_t total, float 
     *work = mha__malloc(total);
     if (!*work)
         return mha__err(ctx, MHA_ERR_NOMEM,
-                        "mha__gemm: workspace: could not allocate %zu bytes for the packed panels",
-                        total);
+                        "%s: out of memory (%zu bytes for a matrix product's packed panels)",
+                        gemm_fn(ws), total);
     if (ws) {
         mha__free(ws->p);
         ws->p = *work, ws->cap = total;
@@ -135,7 +140,7 @@ mha_status mha__gemm_ws_reserve(mha_ctx *ctx, mha__gemm_ws *ws, int64_t M, int64
     if (!ws || M <= 0 || N <= 0 || K <= 0) return MHA_OK; /* nothing to keep, or to need */
     gemm_blocking g;
     float *work;
-    mha_status st = gemm_blocking_make(ctx, M, N, K, dt, &g);
+    mha_status st = gemm_blocking_make(ctx, ws, M, N, K, dt, &g);
     return st ? st : gemm_work(ctx, ws, g.total, &work);
 }
 
@@ -151,7 +156,7 @@ mha_status mha__gemm_dt(mha_ctx *ctx, mha__gemm_ws *ws, int ta, int tb, int64_t 
     const mha_kernels *kern = mha__ctx_kernels(ctx);
     gemm_blocking g;
     float *work;
-    mha_status st = gemm_blocking_make(ctx, M, N, K, dt, &g);
+    mha_status st = gemm_blocking_make(ctx, ws, M, N, K, dt, &g);
     if (st || (st = gemm_work(ctx, ws, g.total, &work))) return st;
     const int pairs = g.pairs;
     const int64_t mr = g.mr, nr = g.nr, KC = g.KC, MC = g.MC, NC = g.NC;

@@ -20,7 +20,8 @@ mha_status mha__gemm(mha_ctx *ctx, int ta, int tb, int64_t M, int64_t N, int64_t
  * It grows when a product needs more; mha__gemm_ws_free releases it (and zeroes it). */
 typedef struct {
     float *p;
-    size_t cap; /* bytes */
+    size_t cap;     /* bytes */
+    const char *fn; /* the public call its products serve, for their messages (NULL: mha_gemm) */
 } mha__gemm_ws;
 void mha__gemm_ws_free(mha__gemm_ws *ws);
 /* Grows ws (not NULL) to what a product of that shape and dtype needs on ctx's threads (if it

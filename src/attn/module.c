@@ -747,7 +747,8 @@ static mha_status fwd_attend(mha_ctx *ctx, mha_module *m, const fwd_call *c) {
     if (w && c->opts->average_weights) { /* [B, L, S] ([L, S] as [1, L, S]) */
         int64_t wst[3] = {c->unb ? L * w->stride[0] : w->stride[0], w->stride[c->unb ? 0 : 1], 1};
         wv = mha_tensor_strided(w->data, 3, was, wst);
-        return mha__attn_forward_avg(ctx, &s->ap, &qv, &kv, &vv, &s->mask, &av, &lv, &wv);
+        return mha__attn_forward_named(ctx, FN_FWD, &s->ap, &qv, &kv, &vv, &s->mask, &av, &lv, NULL,
+                                       &wv);
     }
     if (w && c->unb) { /* [H, L, S] as [1, H, L, S] */
         int64_t wst[4] = {H * w->stride[0], w->stride[0], w->stride[1], w->stride[2]};
@@ -755,7 +756,8 @@ static mha_status fwd_attend(mha_ctx *ctx, mha_module *m, const fwd_call *c) {
     } else if (w) {
         wv = *w;
     }
-    return mha_attn_forward(ctx, &s->ap, &qv, &kv, &vv, &s->mask, &av, &lv, w ? &wv : NULL);
+    return mha__attn_forward_named(ctx, FN_FWD, &s->ap, &qv, &kv, &vv, &s->mask, &av, &lv,
+                                   w ? &wv : NULL, NULL);
 }
 
 /* y = a Wo^T + bo into out. */
@@ -771,6 +773,7 @@ mha_status mha_module_forward(mha_ctx *ctx, mha_module *m, const mha_forward_opt
                               mha_tensor *weights) {
     mha__clear(ctx);
     if (!m) return mha__err(ctx, MHA_ERR_INVALID_ARG, "%s: m: got NULL, expected a module", FN_FWD);
+    m->gws.fn = FN_FWD; /* its products' messages */
     const mha_forward_opts od = mha_forward_opts_default();
     fwd_call c = {opts ? opts : &od, query, key, value, mask, out, weights, 0, 0, 0, 0, 0, 0};
     c.save = c.opts->save_for_backward != 0;
@@ -870,6 +873,7 @@ mha_status mha_module_forward_cached(mha_ctx *ctx, mha_module *m, mha_kv_cache *
     mha__clear(ctx);
     if (!m)
         return mha__err(ctx, MHA_ERR_INVALID_ARG, "%s: m: got NULL, expected a module", FN_CACHED);
+    m->gws.fn = FN_CACHED;
     if (!cache)
         return mha__err(ctx, MHA_ERR_INVALID_ARG, "%s: cache: got NULL, expected a cache",
                         FN_CACHED);
@@ -1140,8 +1144,8 @@ static mha_status bwd_core(mha_ctx *ctx, const mha_module *m, const bwd_call *c)
     mha_tensor dvv = heads_view(m, c->dv, B, H, S, D, c->ldg);
     int64_t lshape[3] = {B, H, L};
     mha_tensor lv = mha_tensor_make(s->lse, 3, lshape);
-    return mha_attn_backward(ctx, &s->ap, &qv, &kv, &vv, &s->mask, &ov, &lv, &dov, &dqv, &dkv,
-                             &dvv);
+    return mha__attn_backward_seq(ctx, FN_BWD, &s->ap, &qv, &kv, &vv, &s->mask, &ov, &lv, &dov,
+                                  &dqv, &dkv, &dvv, (mha__attn_origin){0, 0, 0});
 }
 
 /* Input gradients (overwritten): dquery = dq Wq, ...; self-attention: dquery = [dq dk dv]
@@ -1201,6 +1205,7 @@ mha_status mha_module_backward(mha_ctx *ctx, mha_module *m, const mha_tensor *do
                                mha_tensor *dquery, mha_tensor *dkey, mha_tensor *dvalue) {
     mha__clear(ctx);
     if (!m) return mha__err(ctx, MHA_ERR_INVALID_ARG, "%s: m: got NULL, expected a module", FN_BWD);
+    m->gws.fn = FN_BWD;
     if (!m->saved)
         return mha__err(ctx, MHA_ERR_STATE,
                         "%s: no saved forward (call mha_module_forward with "

@@ -258,7 +258,8 @@ mha_status mha_mpi_module_forward(mha_ctx *ctx, MPI_Comm comm, mha_module *m,
     fwd_call f = {opts ? opts : &od, query, key, value, mask, out, 0, 0, 0, 0};
     if ((st = mha__mpi_agree(&c, fwd_check(ctx, m, &f))) || (st = fwd_agree(&c, m, &f)))
         return mha__mpi_end(&c, st, stats);
-    saved_drop(m); /* this forward replaces the saved one, even if it fails */
+    m->gws.fn = FN_FWD; /* its products' messages */
+    saved_drop(m);      /* this forward replaces the saved one, even if it fails */
     saved *s = NULL;
     if ((st = mha__mpi_agree(&c, fwd_alloc(ctx, m, &f, &s)))) {
         saved_free(s);
@@ -505,6 +506,7 @@ mha_status mha_mpi_module_backward(mha_ctx *ctx, MPI_Comm comm, mha_module *m,
     b.dout = dout, b.dquery = dquery, b.dkey = dkey, b.dvalue = dvalue;
     if ((st = mha__mpi_agree(&c, bwd_check(ctx, m, &b))) || (st = bwd_agree(&c, m)))
         return mha__mpi_end(&c, st, stats);
+    m->gws.fn = FN_BWD;
     void *mem = NULL;
     if ((st = mha__mpi_agree(&c, bwd_alloc(&c, m, &b, &mem)))) {
         mha__free(mem);

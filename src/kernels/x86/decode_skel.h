@@ -171,7 +171,8 @@ INL void dec_vec_step(const mha_dtype kt, const int nr, const int nk, int64_t c0
  * without them, though faster in cache): see the top of the file. kpf: the prefetch distance
  * in bytes (0: none). */
 INL void dec_dots(const mha_dtype kt, const int nr, const int nk, int64_t c0, int64_t n,
-                  const float *A, int64_t lda, const void *K, int64_t ldk, int64_t kpf, float *S) {
+                  const float *A, int64_t lda, const void *K, int64_t ldk, int64_t kpf, int cached,
+                  float *S) {
     const int64_t nvec = (n + VL - 1) / VL;
     const vmask kl = mask_tail(n - (nvec - 1) * VL);
     vf acc[DEC_RB][DEC_KS];
@@ -179,7 +180,7 @@ INL void dec_dots(const mha_dtype kt, const int nr, const int nk, int64_t c0, in
     for (int i = 0; i < nr; i++)
 #pragma GCC unroll 4
         for (int j = 0; j < nk; j++) acc[i][j] = vf_zero();
-    if (kt == MHA_DTYPE_F32) {
+    if (kt == MHA_DTYPE_F32 && !cached) {
 #pragma GCC unroll 4
         for (int j = 0; j < nk; j++) /* key by key, each row in address order */
             for (int64_t v = 0; v < nvec; v++) {
@@ -246,7 +247,7 @@ INL void dec_dots_bf16(const int nr, const int nk, int64_t c0, int64_t n, const 
  * (Q: the rows in bfloat16 for a bf16 cache, see dec_dots_bf16, or NULL). */
 INL void dec_scores_blk(const int nr, const mha_dtype kt, int64_t kb, int64_t n, const float *A,
                         int64_t lda, const uint16_t *Q, int64_t ldq, float scale, const void *K,
-                        int64_t ldk, int64_t kpf, float *S) {
+                        int64_t ldk, int64_t kpf, int cached, float *S) {
     int64_t c = 0;
 #ifdef DEC_BF16_DOTS
     if (kt == MHA_DTYPE_BF16 && Q) {
@@ -257,8 +258,9 @@ INL void dec_scores_blk(const int nr, const mha_dtype kt, int64_t kb, int64_t n,
     }
 #endif
     (void)Q, (void)ldq, (void)scale;
-    for (; c + DEC_KS <= kb; c += DEC_KS) dec_dots(kt, nr, DEC_KS, c, n, A, lda, K, ldk, kpf, S);
-    for (; c < kb; c++) dec_dots(kt, nr, 1, c, n, A, lda, K, ldk, kpf, S);
+    for (; c + DEC_KS <= kb; c += DEC_KS)
+        dec_dots(kt, nr, DEC_KS, c, n, A, lda, K, ldk, kpf, cached, S);
+    for (; c < kb; c++) dec_dots(kt, nr, 1, c, n, A, lda, K, ldk, kpf, cached, S);
 }
 #define DEC_SCORES_BLK(nr, ...) dec_scores_blk(nr, __VA_ARGS__)
 
@@ -268,9 +270,11 @@ INL void dec_scores(const mha_dtype kt, int64_t rows, int64_t kb, int64_t n, con
                     int64_t ldk, int64_t kpf, float *S) {
     for (int64_t r0 = 0; r0 < rows; r0 += DEC_RB) {
         const int64_t nr = rows - r0 < DEC_RB ? rows - r0 : DEC_RB;
-        /* the rows' first block prefetches; the others find the keys in cache */
+        /* the rows' first block prefetches and reads the keys from memory in address order;
+         * the others find them in cache and take a float32 cache's keys in the order with the
+         * fewest loads, as a 2-byte cache's (the same products in the same order: the bits) */
         PER_RB(nr, DEC_SCORES_BLK, kt, kb, n, A + r0 * lda, lda, Q ? Q + r0 * ldq : NULL, ldq,
-               scale, K, ldk, r0 ? 0 : kpf, S + r0 * DEC_KB);
+               scale, K, ldk, r0 ? 0 : kpf, r0 > 0, S + r0 * DEC_KB);
     }
 }
 

@@ -19,18 +19,19 @@
  * query head per key/value head (H = Hkv) costs one FMA chain per key, not a padded block's.
  * Memory order: a float32 cache is read from memory faster than it is computed on, and its
  * step is bound by how well the reads overlap the arithmetic. Each K row and each V row is
- * read whole and in address order (the scores take a float32 key's vectors one after another;
- * the pv product's first pass reads a whole row, DEC_PW columns, for its first DEC_PR rows,
- * and its later passes find the block in cache): reading four keys' rows a line each in turn,
- * or V rows half by half, made the hardware prefetchers give up and cost a fifth to a half of
- * the streaming rate in a plain read of the same pattern. A 2-byte cache is bound by the
- * arithmetic instead (half the bytes per product), so its scores keep the order with the
- * fewest loads: a vector of each of DEC_KS keys, each query vector loaded once for them; with
- * AVX512_BF16 (../avx512bf16/attn.c, DEC_BF16_DOTS) a bf16 cache's scores are instead bf16 dot
- * products of the query rows as they are in q (dec_dots_bf16), half the work, in the same
- * order, and its product with V runs on bf16 pairs of probabilities and of two keys' V rows
- * (dec_pv_blk_bf16), as the bf16 fused forward's: half the instructions of converting V; its
- * V rows whole, as float32's (see DEC_NV).
+ * read whole and in address order (the scores of the first DEC_RB rows take a float32 key's
+ * vectors one after another, and the later row blocks, finding the keys in cache, the order
+ * with the fewest loads below; the pv product's first pass reads a whole row, DEC_PW columns,
+ * for its first DEC_PR rows, and its later passes find the block in cache): reading four keys'
+ * rows a line each in turn, or V rows half by half, made the hardware prefetchers give up and
+ * cost a fifth to a half of the streaming rate in a plain read of the same pattern. A 2-byte
+ * cache is bound by the arithmetic instead (half the bytes per product), so its scores keep the
+ * order with the fewest loads: a vector of each of DEC_KS keys, each query vector loaded once
+ * for them; with AVX512_BF16 (../avx512bf16/attn.c, DEC_BF16_DOTS) a bf16 cache's scores are
+ * instead bf16 dot products of the query rows as they are in q (dec_dots_bf16), half the work,
+ * in the same order, and its product with V runs on bf16 pairs of probabilities and of two keys'
+ * V rows (dec_pv_blk_bf16), as the bf16 fused forward's: half the instructions of converting V;
+ * its V rows whole, as float32's (see DEC_NV).
  * Prefetching (into L2): every load of a K or V vector is paired with a prefetch of the same vector
  * DEC_PF keys later, so that requests to memory go out evenly, a few per computed vector, instead
  * of in bursts of a whole block (which stalled on full miss queues). Without them the step below

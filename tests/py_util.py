@@ -142,3 +142,15 @@ def assert_error_within(what, ours, theirs, ref64, limit, dtype):
     floor = ref64.abs().max().item() * 2.0 ** -MANT[dtype]
     assert ea <= limit * max(eb, floor), (
         f"{what}: mha's error {ea:.3g} > {limit} x torch's {eb:.3g} (floor {floor:.3g})")
+
+
+def assert_layer_errors_within(got, tor, want, module, cross, dtype):
+    """A layer's forward + backward in a low dtype against PyTorch's and a float64 reference,
+    each a tuple (out, weights, [input gradients, then the parameters' in name order]): out and
+    the weights within 2x PyTorch's error (assert_error_within), every gradient within 3x."""
+    pairs = [("out", got[0], tor[0], want[0], 2), ("weights", got[1], tor[1], want[1], 2)]
+    names = ["dquery"] + (["dkey", "dvalue"] if cross else [])
+    names += [n for n, _ in sorted(module.named_parameters())]
+    pairs += [(n, a, b, c, 3) for n, a, b, c in zip(names, got[2], tor[2], want[2])]
+    for what, a, b, ref64, limit in pairs:
+        assert_error_within(what, a, b, ref64, limit, dtype)

@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 
 import mha
-from py_util import MANT, assert_error_within
+from py_util import MANT, assert_error_within, assert_layer_errors_within
 from mha.functional import scaled_dot_product_attention as mha_sdpa
 
 DTYPES = {"bf16": torch.bfloat16, "f16": torch.float16}
@@ -179,12 +179,7 @@ def test_layer_accuracy_against_torch(dname, case):
     want = _run(r64, q.double(), k.double(), v.double(), dout.double(), kw64, cross, None)
     assert got[0].dtype == got[1].dtype == dt
     assert all(x.dtype == torch.float32 for x in got[2])
-    pairs = [("out", got[0], tor[0], want[0], 2), ("weights", got[1], tor[1], want[1], 2)]
-    names = ["dquery"] + (["dkey", "dvalue"] if cross else [])
-    names += [n for n, _ in sorted(ours.named_parameters())]
-    pairs += [(n, a, b, c, 3) for n, a, b, c in zip(names, got[2], tor[2], want[2])]
-    for what, a, b, ref64, limit in pairs:
-        assert_error_within(what, a, b, ref64, limit, dt)
+    assert_layer_errors_within(got, tor, want, ours, cross, dt)
 
 
 @pytest.mark.parametrize("dname", DTYPES)

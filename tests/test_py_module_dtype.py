@@ -12,7 +12,7 @@ import pytest
 import torch
 
 import mha
-from py_util import MANT, assert_error_within
+from py_util import MANT, assert_layer_errors_within
 
 DTYPES = {"bf16": torch.bfloat16, "f16": torch.float16}
 
@@ -80,12 +80,7 @@ def test_accuracy_against_torch(dname, case):
     want = _run(r64, q.double(), k.double(), v.double(), dout.double(), kw64, cross)
     assert got[0].dtype == dt and got[1].dtype == dt
     assert all(x.dtype == dt for x in got[2])
-    pairs = [("out", got[0], tor[0], want[0], 2), ("weights", got[1], tor[1], want[1], 2)]
-    names = ["dquery"] + (["dkey", "dvalue"] if cross else [])
-    names += [n for n, _ in sorted(ours.named_parameters())]
-    pairs += [(n, a, b, c, 3) for n, a, b, c in zip(names, got[2], tor[2], want[2])]
-    for what, a, b, ref64, limit in pairs:
-        assert_error_within(what, a, b, ref64, limit, dt)
+    assert_layer_errors_within(got, tor, want, ours, cross, dt)
 
 
 def test_structure_follows_torch():

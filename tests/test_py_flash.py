@@ -127,6 +127,27 @@ def test_softmax_scale_zero_makes_every_score_zero():
     assert_close(probs, probs_r, "varlen probs")
 
 
+def test_a_softmax_scale_float32_rounds_to_zero_is_zero_not_the_default():
+    # the library's float32 scale holds 1e-50 as 0, its "default" (1/sqrt(headdim)): the
+    # scores are 0 in float32 (as in FlashAttention, whose softmax_scale is a float), so the
+    # result is scale 0's, uniform attention; a softcap that small would silently be "none"
+    # and is refused; the same for the functional SDPA's scale (PyTorch: uniform too)
+    gen = torch.Generator().manual_seed(12)
+    q, k, v = (torch.randn(1, 6, 2, 16, generator=gen) for _ in range(3))
+    zero = mha.flash_attn_func(q, k, v, softmax_scale=0.0)
+    for tiny in (1e-50, -1e-50, 1e-46):
+        assert torch.equal(mha.flash_attn_func(q, k, v, softmax_scale=tiny), zero), tiny
+    assert_close(zero, v.double().mean(1, keepdim=True).expand_as(zero), "uniform")
+    with pytest.raises(ValueError, match=r"softcap: got 1e-50, expected a finite number >= 0 "
+                                         r"\(0: none\) that float32 can hold"):
+        mha.flash_attn_func(q, k, v, softcap=1e-50)
+    qh, kh, vh = (t.transpose(1, 2) for t in (q, k, v))
+    got = mha.functional.scaled_dot_product_attention(qh, kh, vh, scale=1e-50)
+    want = torch.nn.functional.scaled_dot_product_attention(qh.double(), kh.double(),
+                                                            vh.double(), scale=1e-50)
+    assert_close(got, want, "sdpa scale 1e-50")
+
+
 def test_a_negative_window_side_is_unbounded_as_flashattention():
     # FlashAttention takes any negative side of window_size as unbounded, not only -1
     gen = torch.Generator().manual_seed(12)
@@ -411,8 +432,10 @@ def test_bad_inputs_raise_value_error_naming_the_argument(name, call, msg):
 
 
 def test_names_are_exported():
-    assert {"flash_attn_func", "flash_attn_varlen_func",
-            "flash_attn_with_kvcache"} <= set(mha.__all__)
+    assert {"flash_attn_func", "flash_attn_varlen_func", "flash_attn_with_kvcache",
+            "flash_attn_qkvpacked_func", "flash_attn_kvpacked_func",
+            "flash_attn_varlen_qkvpacked_func",
+            "flash_attn_varlen_kvpacked_func"} <= set(mha.__all__)
     from mha.flash import flash_attn_func
     assert mha.flash_attn_func is flash_attn_func
 
@@ -433,3 +456,95 @@ def test_no_query_rows_backward_of_a_sum(dtype):
         grads = torch.autograd.grad(out().sum(), ts)
         for t, g in zip(ts, grads):
             assert g.shape == t.shape and g.dtype == dtype and not g.any(), name
+
+
+# ------------------------------------------------------------------------------------------
+# the packed variants
+# ------------------------------------------------------------------------------------------
+def _grads(out, g, leaves):
+    return torch.autograd.grad((out * g).sum(), leaves)
+
+
+@pytest.mark.parametrize("kw", [dict(causal=True), dict(window_size=(3, 1), softcap=2.0),
+                                dict(alibi_slopes="H", softmax_scale=0.3)])
+def test_packed_variants_equal_the_unpacked_functions(kw):
+    # FlashAttention's qkv [B, L, 3, H, D] / kv [B, S, 2, Hkv, D] (and [T, 3, H, D] / [T, 2,
+    # Hkv, D] packed sequences) read in place: the same out, lse, probs and gradients as
+    # flash_attn_func / flash_attn_varlen_func on the views, the gradient stacked as the input
+    gen = torch.Generator().manual_seed(21)
+    B, L, S, H, Hkv, D = 2, 7, 9, 4, 2, 16
+    if kw.get("alibi_slopes") == "H":
+        kw = dict(kw, alibi_slopes=torch.rand(H, generator=gen))
+    qkv = torch.randn(B, L, 3, H, D, generator=gen)
+    q = torch.randn(B, L, H, D, generator=gen)
+    kv = torch.randn(B, S, 2, Hkv, D, generator=gen)
+    g = torch.randn(B, L, H, D, generator=gen)
+    # qkvpacked
+    p = leaf(qkv)
+    out, lse, probs = mha.flash_attn_qkvpacked_func(p, return_attn_probs=True, **kw)
+    views = [leaf(t) for t in qkv.unbind(2)]
+    out_r, lse_r, probs_r = F(*views, return_attn_probs=True, **kw)
+    assert torch.equal(out, out_r) and torch.equal(lse, lse_r) and torch.equal(probs, probs_r)
+    (dp,) = _grads(out, g, [p])
+    assert dp.shape == qkv.shape
+    assert torch.equal(dp, torch.stack(_grads(out_r, g, views), 2))
+    # kvpacked, grouped heads
+    ql, p = leaf(q), leaf(kv)
+    out = mha.flash_attn_kvpacked_func(ql, p, **kw)
+    ql_r, views = leaf(q), [leaf(t) for t in kv.unbind(2)]
+    out_r = F(ql_r, *views, **kw)
+    assert torch.equal(out, out_r)
+    dq, dp = _grads(out, g, [ql, p])
+    dq_r, dk_r, dv_r = _grads(out_r, g, [ql_r] + views)
+    assert torch.equal(dq, dq_r) and torch.equal(dp, torch.stack([dk_r, dv_r], 2))
+    # the varlen forms: sequences of 3 and 4 (qkv), 4 and 5 keys (kv)
+    cu = torch.tensor([0, 3, 7], dtype=torch.int32)
+    cuk = torch.tensor([0, 4, 9], dtype=torch.int32)
+    t = leaf(qkv[0])  # [7, 3, H, D]
+    out = mha.flash_attn_varlen_qkvpacked_func(t, cu, 4, **kw)
+    views = [leaf(x) for x in qkv[0].unbind(1)]
+    out_r = mha.flash_attn_varlen_func(*views, cu, cu, 4, 4, **kw)
+    assert torch.equal(out, out_r)
+    (dt,) = _grads(out, g[0], [t])
+    assert torch.equal(dt, torch.stack(_grads(out_r, g[0], views), 1))
+    ql, t = leaf(q[0]), leaf(kv[0])  # [7, H, D], [9, 2, Hkv, D]
+    out = mha.flash_attn_varlen_kvpacked_func(ql, t, cu, cuk, 4, 5, **kw)
+    ql_r, views = leaf(q[0]), [leaf(x) for x in kv[0].unbind(1)]
+    out_r = mha.flash_attn_varlen_func(ql_r, *views, cu, cuk, 4, 5, **kw)
+    assert torch.equal(out, out_r)
+    dq, dt = _grads(out, g[0], [ql, t])
+    dq_r, dk_r, dv_r = _grads(out_r, g[0], [ql_r] + views)
+    assert torch.equal(dq, dq_r) and torch.equal(dt, torch.stack([dk_r, dv_r], 1))
+
+
+def test_packed_variants_check_the_stacking():
+    cases = [
+        (lambda: mha.flash_attn_qkvpacked_func(torch.randn(2, 5, 2, 4, 8)),
+         "flash_attn_qkvpacked_func: qkv: got shape [2, 5, 2, 4, 8], expected [batch, seqlen, "
+         "3, nheads, headdim]"),
+        (lambda: mha.flash_attn_qkvpacked_func(torch.randn(5, 3, 4, 8)),
+         "flash_attn_qkvpacked_func: qkv: got shape [5, 3, 4, 8]"),
+        (lambda: mha.flash_attn_qkvpacked_func([1, 2, 3]),
+         "flash_attn_qkvpacked_func: qkv: got list, expected a torch.Tensor"),
+        (lambda: mha.flash_attn_kvpacked_func(torch.randn(2, 5, 4, 8), torch.randn(2, 6, 3, 2, 8)),
+         "flash_attn_kvpacked_func: kv: got shape [2, 6, 3, 2, 8], expected [batch, seqlen_k, 2, "
+         "nheads_k, headdim]"),
+        (lambda: mha.flash_attn_kvpacked_func(torch.randn(2, 5, 4, 8), torch.randn(2, 6, 2, 3, 8)),
+         "flash_attn_kvpacked_func: k.shape[2]: got 3, expected a divisor of q's 4 heads"),
+        (lambda: mha.flash_attn_varlen_qkvpacked_func(torch.randn(7, 2, 4, 8), torch.tensor(
+            [0, 7], dtype=torch.int32), 7),
+         "flash_attn_varlen_qkvpacked_func: qkv: got shape [7, 2, 4, 8], expected [total_tokens, "
+         "3, nheads, headdim]"),
+        (lambda: mha.flash_attn_varlen_qkvpacked_func(torch.randn(7, 3, 4, 8), torch.tensor(
+            [0, 7], dtype=torch.int32), 6),
+         "flash_attn_varlen_qkvpacked_func: max_seqlen_q: got 6, expected >= 7"),
+        (lambda: mha.flash_attn_varlen_kvpacked_func(
+            torch.randn(7, 4, 8), torch.randn(9, 2, 2, 8), torch.tensor([0, 7], dtype=torch.int32),
+            torch.tensor([0, 8], dtype=torch.int32), 7, 9),
+         "cu_seqlens_k[1]: got 8, expected 9 (the last prefix sum is the total tokens "
+         "k.shape[0])"),
+    ]
+    for call, msg in cases:
+        with pytest.raises(ValueError) as e:
+            call()
+        assert msg in str(e.value), str(e.value)

@@ -337,6 +337,35 @@ def test_rotary_positions_with_a_window_that_is_no_window():
     assert torch.equal(outs[0], outs[1]) and torch.equal(outs[0], outs[2])
 
 
+def test_rotary_positions_with_a_window_wider_than_the_cache():
+    # FlashAttention takes a window side >= the cache's rows (seqlen_cache, 16 here) as
+    # unbounded, so such a window is not local: q is rotated at cache_seqlens as without a
+    # window (the mask is the same too); a side narrower than the cache is local: q's rows at
+    # cache_seqlens + i (the keys are rotated the same way in every case)
+    gen, q, k_cache, v_cache, k, v = setup(1, 16, 2, 2, 8, 8, 3, 2, 11)
+    angle = torch.rand(20, 4, generator=gen) * 6
+
+    def run(window):
+        kc, vc = k_cache.clone(), v_cache.clone()
+        return mha.flash_attn_with_kvcache(q, kc, vc, k, v, angle.cos(), angle.sin(), 4,
+                                           window_size=window), kc
+    none, kc0 = run((-1, -1))
+    for window in ((16, -1), (100, 100), (-1, 16)):
+        out, kc = run(window)
+        assert torch.equal(out, none) and torch.equal(kc, kc0), window
+    # narrower on one side: local, q's rows at their own positions (compared with a window
+    # that excludes no key here but is local: (15, 15) on 16 rows, 4 + 2 = 6 of them used)
+    local, kc = run((15, -1))
+    assert torch.equal(kc, kc0)
+    assert torch.equal(local, run((15, 15))[0]) and torch.equal(local, run((-1, 15))[0])
+    assert not torch.allclose(local, none)
+    qpos = (4 + torch.arange(3)).view(1, 3)
+    qr = rotary_ref(q, angle.cos(), angle.sin(), qpos, True)
+    ref = attention_ref(qr.float(), kc, v_cache.clone().index_copy_(
+        1, torch.arange(4, 6), v), key_lengths=torch.tensor([6], dtype=torch.int32))
+    assert_close(local, ref[0], "local window out", tol=dict(atol=1e-5, rtol=1e-5))
+
+
 def test_rotary_and_paging_errors():
     gen, q, k_cache, v_cache, k, v = setup(2, 12, 4, 2, 8, 8, 1, 1, 12)
     before = k_cache.clone(), v_cache.clone()

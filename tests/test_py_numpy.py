@@ -295,8 +295,12 @@ def test_bad_masks_and_options():
         mha.attention(q, k, k, mask=np.zeros((3, 5)))
     with pytest.raises(ValueError, match=r"causal: got 'top', expected False, True"):
         mha.attention(q, k, k, causal="top")
-    with pytest.raises(ValueError, match=r"scale: got 0, expected a nonzero number"):
+    with pytest.raises(ValueError, match=r"scale: got 0.0, expected a nonzero number"):
         mha.attention(q, k, k, scale=0.0)
+    # nor a nonzero scale that float32 rounds to 0 (the library's float32 0: its default)
+    with pytest.raises(ValueError, match=r"scale: got 1e-50, expected a nonzero number float32 "
+                                         r"can hold"):
+        mha.attention(q, k, k, scale=1e-50)
     with pytest.raises(ValueError, match=r"scale: got 'x'"):
         mha.attention(q, k, k, scale="x")
 

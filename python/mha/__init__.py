@@ -43,6 +43,10 @@ _LAZY = {
     "flash_attn_func": ("mha.flash", "flash_attn_func"),
     "flash_attn_varlen_func": ("mha.flash", "flash_attn_varlen_func"),
     "flash_attn_with_kvcache": ("mha.flash", "flash_attn_with_kvcache"),
+    "flash_attn_qkvpacked_func": ("mha.flash", "flash_attn_qkvpacked_func"),
+    "flash_attn_kvpacked_func": ("mha.flash", "flash_attn_kvpacked_func"),
+    "flash_attn_varlen_qkvpacked_func": ("mha.flash", "flash_attn_varlen_qkvpacked_func"),
+    "flash_attn_varlen_kvpacked_func": ("mha.flash", "flash_attn_varlen_kvpacked_func"),
 }
 
 __all__ = ["set_num_threads", "get_num_threads", "describe", "ArgumentError", "Error"] + \

@@ -259,6 +259,13 @@ def ctx():
     return c.ptr
 
 
+def float32(x):
+    """x as a float32 field of the library's parameters holds it: a nonzero x below float32's
+    smallest subnormal (about 1.4e-45) becomes 0, which the library reads as "the default" (a
+    scale) or "none" (a softcap), so callers test this before passing a small number on."""
+    return c_float(x).value
+
+
 def check(status, c=None):
     """Raises the exception for a failed status, with the message of context c (this
     thread's by default)."""

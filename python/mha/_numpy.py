@@ -123,9 +123,11 @@ def _params(fn, scale, E):
     else:
         if isinstance(scale, bool) or not isinstance(scale, numbers.Real):
             raise ArgumentError(f"{fn}: scale: got {scale!r}, expected a number or None")
-        if scale == 0:  # the library reads 0 as "the default", which would be a silent change
-            raise ArgumentError(f"{fn}: scale: got 0, expected a nonzero number (or None: "
-                             "1/sqrt(E))")
+        # the library reads 0 as "the default", which would be a silent change; so does a
+        # nonzero scale float32 rounds to 0
+        if _lib.float32(scale) == 0:
+            raise ArgumentError(f"{fn}: scale: got {scale!r}, expected a nonzero number float32 "
+                                "can hold, |scale| >= 1.4e-45 (or None: 1/sqrt(E))")
         p.scale = float(scale)
     return p
 

@@ -3,7 +3,9 @@
 ``flash_attn_func``, ``flash_attn_varlen_func`` and ``flash_attn_with_kvcache`` take the
 arguments and the layouts of the flash_attn package (``[batch, seqlen, nheads, headdim]``;
 packed ``[total_tokens, nheads, headdim]`` with ``cu_seqlens``), so code written for it runs on
-the CPU with ``from mha import flash_attn_func``. The tensors reach the library as strided
+the CPU with ``from mha import flash_attn_func``; so do the packed variants
+(``flash_attn_qkvpacked_func``, ``flash_attn_kvpacked_func`` and their ``varlen`` forms: q, k, v
+or k, v stacked in one tensor, read in place). The tensors reach the library as strided
 views (``[batch, nheads, seqlen, headdim]`` for the core): nothing is copied, and the outputs
 are allocated in FlashAttention's layout. As in FlashAttention, causal masks and windows are
 aligned bottom-right (query row i sits at key position i + seqlen_k - seqlen_q), ALiBi adds
@@ -21,6 +23,10 @@ Where mha differs:
     torch.manual_seed makes it reproducible), not FlashAttention's;
   - a query row that sees no key gives out 0 as FlashAttention, and softmax_lse -inf
     (FlashAttention: +inf);
+  - softmax_lse is the log-sum-exp of the scores as defined above; with causal and ALiBi (no
+    window), FlashAttention's kernels add slope * j instead of -slope * (i + seqlen_k -
+    seqlen_q - j) (the same softmax, each row shifted), so its softmax_lse is mha's plus
+    slope * (i + seqlen_k - seqlen_q);
   - return_attn_probs returns the probabilities after dropout (survivors scaled by
     1 / (1 - dropout_p), 0 where dropped or masked), not FlashAttention's encoded S_dmask.
 """
@@ -36,7 +42,9 @@ from . import _torch as T
 from ._lib import lib
 from ._torch import shape_str as _shape
 
-__all__ = ["flash_attn_func", "flash_attn_varlen_func", "flash_attn_with_kvcache"]
+__all__ = ["flash_attn_func", "flash_attn_varlen_func", "flash_attn_with_kvcache",
+           "flash_attn_qkvpacked_func", "flash_attn_kvpacked_func",
+           "flash_attn_varlen_qkvpacked_func", "flash_attn_varlen_kvpacked_func"]
 
 _I32 = torch.int32
 _HEADS_SECOND = (0, 2, 1, 3)  # [B, H, L, D] views of [B, L, H, D] memory
@@ -54,9 +62,10 @@ def _params(fn, dropout_p, softmax_scale, softcap):
             raise ArgumentError(f"{fn}: {name}: got {x!r}, expected a number")
     if not 0 <= dropout_p <= 1:
         raise ArgumentError(f"{fn}: dropout_p: got {dropout_p!r}, expected a value in [0, 1]")
-    if not (math.isfinite(softcap) and softcap >= 0):
+    if not (math.isfinite(softcap) and softcap >= 0) or \
+            softcap > 0 and _lib.float32(softcap) == 0:  # the library's 0 would mean none
         raise ArgumentError(f"{fn}: softcap: got {softcap!r}, expected a finite number >= 0 (0: "
-                            "none)")
+                            "none) that float32 can hold (0 or at least 1.4e-45)")
     scale = 0.0  # the library's default, 1/sqrt(headdim)
     if softmax_scale is not None:
         if isinstance(softmax_scale, bool) or not isinstance(softmax_scale, numbers.Real) or \
@@ -72,8 +81,11 @@ def _scaled_q(q, softmax_scale):
     """q as the library gets it: with softmax_scale 0, FlashAttention's every score is 0 (the
     softmax uniform over the keys a row may see, before ALiBi), where the library's scale 0
     means its default: q * 0 under the default gives those scores, and q a zero gradient (as
-    FlashAttention's dq = softmax_scale dS k)."""
-    return q * 0 if softmax_scale is not None and softmax_scale == 0 else q
+    FlashAttention's dq = softmax_scale dS k). So for a nonzero softmax_scale that float32
+    rounds to 0 (|x| < 1.4e-45), whose scores are 0 in float32 too, as in FlashAttention's
+    float32 softmax_scale."""
+    zero = softmax_scale is not None and _lib.float32(softmax_scale) == 0
+    return q * 0 if zero else q
 
 
 def _window(fn, window_size):
@@ -237,7 +249,13 @@ def flash_attn_func(q, k, v, dropout_p=0.0, softmax_scale=None, causal=False,
     >>> mha.flash_attn_func(q.half(), kv.half(), kv.half()).dtype
     torch.float16
     """
-    fn = "flash_attn_func"
+    return _dense("flash_attn_func", q, k, v, dropout_p, softmax_scale, causal, window_size,
+                  softcap, alibi_slopes, return_attn_probs)
+
+
+def _dense(fn, q, k, v, dropout_p, softmax_scale, causal, window_size, softcap, alibi_slopes,
+           return_attn_probs):
+    """flash_attn_func for the public function fn (see its docstring)."""
     layout = "[batch, seqlen, nheads, headdim]"
     q, k, v = _as_inputs(fn, "qkv", (q, k, v), 4, layout, core=True)
     _check_headdim(fn, q)
@@ -358,7 +376,15 @@ def flash_attn_varlen_func(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, ma
     >>> mha.flash_attn_varlen_func(q, q, q, cu, cu, 7, 7, causal=True).shape
     torch.Size([10, 4, 32])
     """
-    fn = "flash_attn_varlen_func"
+    return _varlen("flash_attn_varlen_func", q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q,
+                   max_seqlen_k, dropout_p, softmax_scale, causal, window_size, softcap,
+                   alibi_slopes, return_attn_probs, block_table)
+
+
+def _varlen(fn, q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, dropout_p,
+            softmax_scale, causal, window_size, softcap, alibi_slopes, return_attn_probs,
+            block_table):
+    """flash_attn_varlen_func for the public function fn (see its docstring)."""
     if block_table is not None:
         return _varlen_paged(fn, q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q,
                              max_seqlen_k, dropout_p, softmax_scale, causal, window_size,
@@ -465,6 +491,107 @@ def _varlen_paged(fn, q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seq
 
 
 # ------------------------------------------------------------------------------------------
+# The packed variants: q, k, v (or k, v) stacked in one tensor, as a fused projection makes them
+# ------------------------------------------------------------------------------------------
+def _unpack(fn, name, t, n, nd, layout):
+    """The n tensors stacked in dimension -3 of t, an nd-dimensional tensor (FlashAttention's
+    qkv: 3, kv: 2), as views (no copy: gradients flow back into t, stacked the same way)."""
+    if not isinstance(t, torch.Tensor):
+        raise ArgumentError(f"{fn}: {name}: got {type(t).__name__}, expected a torch.Tensor "
+                            f"{layout}")
+    if t.dim() != nd or t.shape[-3] != n:
+        raise ArgumentError(f"{fn}: {name}: got shape {_shape(t)}, expected {layout}")
+    return t.unbind(-3)
+
+
+def flash_attn_qkvpacked_func(qkv, dropout_p=0.0, softmax_scale=None, causal=False,
+                              window_size=(-1, -1), softcap=0.0, alibi_slopes=None,
+                              deterministic=False, return_attn_probs=False):
+    """FlashAttention 2's ``flash_attn_qkvpacked_func``: ``flash_attn_func`` of q, k, v stacked
+    in one tensor (the output of a fused qkv projection), read in place.
+
+    qkv : Tensor [batch, seqlen, 3, nheads, headdim]
+        q = qkv[:, :, 0], k = qkv[:, :, 1], v = qkv[:, :, 2] (an error about q, k or v names
+        these); its gradient comes back stacked the same way.
+
+    The other arguments and the returns: ``flash_attn_func``'s.
+
+    >>> import torch, mha
+    >>> qkv = torch.randn(2, 16, 3, 4, 32, requires_grad=True)
+    >>> mha.flash_attn_qkvpacked_func(qkv, causal=True).sum().backward(); qkv.grad.shape
+    torch.Size([2, 16, 3, 4, 32])
+    """
+    fn = "flash_attn_qkvpacked_func"
+    q, k, v = _unpack(fn, "qkv", qkv, 3, 5, "[batch, seqlen, 3, nheads, headdim]")
+    return _dense(fn, q, k, v, dropout_p, softmax_scale, causal, window_size, softcap,
+                  alibi_slopes, return_attn_probs)
+
+
+def flash_attn_kvpacked_func(q, kv, dropout_p=0.0, softmax_scale=None, causal=False,
+                             window_size=(-1, -1), softcap=0.0, alibi_slopes=None,
+                             deterministic=False, return_attn_probs=False):
+    """FlashAttention 2's ``flash_attn_kvpacked_func``: ``flash_attn_func`` with k and v stacked
+    in one tensor, read in place.
+
+    q : Tensor [batch, seqlen_q, nheads, headdim]
+    kv : Tensor [batch, seqlen_k, 2, nheads_k, headdim]
+        k = kv[:, :, 0], v = kv[:, :, 1]; nheads_k a divisor of nheads (grouped-query
+        attention); its gradient comes back stacked the same way.
+
+    The other arguments and the returns: ``flash_attn_func``'s.
+    """
+    fn = "flash_attn_kvpacked_func"
+    k, v = _unpack(fn, "kv", kv, 2, 5, "[batch, seqlen_k, 2, nheads_k, headdim]")
+    return _dense(fn, q, k, v, dropout_p, softmax_scale, causal, window_size, softcap,
+                  alibi_slopes, return_attn_probs)
+
+
+def flash_attn_varlen_qkvpacked_func(qkv, cu_seqlens, max_seqlen, dropout_p=0.0,
+                                     softmax_scale=None, causal=False, window_size=(-1, -1),
+                                     softcap=0.0, alibi_slopes=None, deterministic=False,
+                                     return_attn_probs=False):
+    """FlashAttention 2's ``flash_attn_varlen_qkvpacked_func``: ``flash_attn_varlen_func`` of
+    packed sequences whose q, k, v are stacked in one tensor, read in place.
+
+    qkv : Tensor [total_tokens, 3, nheads, headdim]
+        q = qkv[:, 0], k = qkv[:, 1], v = qkv[:, 2]; its gradient comes back stacked the same
+        way.
+    cu_seqlens : int32 Tensor [batch + 1]
+        The sequences' prefix sums, for the queries and the keys.
+    max_seqlen : int
+        At least the longest sequence.
+
+    The other arguments and the returns: ``flash_attn_varlen_func``'s.
+    """
+    fn = "flash_attn_varlen_qkvpacked_func"
+    q, k, v = _unpack(fn, "qkv", qkv, 3, 4, "[total_tokens, 3, nheads, headdim]")
+    return _varlen(fn, q, k, v, cu_seqlens, cu_seqlens, max_seqlen, max_seqlen, dropout_p,
+                   softmax_scale, causal, window_size, softcap, alibi_slopes, return_attn_probs,
+                   None)
+
+
+def flash_attn_varlen_kvpacked_func(q, kv, cu_seqlens_q, cu_seqlens_k, max_seqlen_q,
+                                    max_seqlen_k, dropout_p=0.0, softmax_scale=None, causal=False,
+                                    window_size=(-1, -1), softcap=0.0, alibi_slopes=None,
+                                    deterministic=False, return_attn_probs=False):
+    """FlashAttention 2's ``flash_attn_varlen_kvpacked_func``: ``flash_attn_varlen_func`` with
+    k and v stacked in one tensor, read in place.
+
+    q : Tensor [total_q, nheads, headdim]
+    kv : Tensor [total_k, 2, nheads_k, headdim]
+        k = kv[:, 0], v = kv[:, 1]; nheads_k a divisor of nheads; its gradient comes back
+        stacked the same way.
+
+    The other arguments and the returns: ``flash_attn_varlen_func``'s.
+    """
+    fn = "flash_attn_varlen_kvpacked_func"
+    k, v = _unpack(fn, "kv", kv, 2, 4, "[total_k, 2, nheads_k, headdim]")
+    return _varlen(fn, q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k,
+                   dropout_p, softmax_scale, causal, window_size, softcap, alibi_slopes,
+                   return_attn_probs, None)
+
+
+# ------------------------------------------------------------------------------------------
 # flash_attn_with_kvcache
 # ------------------------------------------------------------------------------------------
 def _no_copy(fn, name, t):
@@ -530,7 +657,8 @@ def _rotary(x, cos, sin, pos, interleaved):
     return out
 
 
-def _kv_rotary(fn, rotary_cos, rotary_sin, q, k, lens, causal, window, interleaved):
+def _kv_rotary(fn, rotary_cos, rotary_sin, q, k, lens, causal, window, seqlen_cache,
+               interleaved):
     """q and k rotated as flash_attn_with_kvcache rotates them (see its docstring)."""
     if (rotary_cos is None) != (rotary_sin is None):
         raise ArgumentError(f"{fn}: rotary_cos, rotary_sin: got only "
@@ -553,9 +681,12 @@ def _kv_rotary(fn, rotary_cos, rotary_sin, q, k, lens, causal, window, interleav
     B, L, Lnew = q.shape[0], q.shape[1], k.shape[1]
     base = lens.long().unsqueeze(1)
     kpos = base + torch.arange(Lnew)
-    # window: _window's (None when unbounded: any negative side is, so (-2, -1) is no window
-    # and, as in FlashAttention, not local)
-    qpos = base + torch.arange(L) if causal or window is not None else base.expand(B, L)
+    # q's rows at their own positions when causal or local, as FlashAttention's, whose window
+    # is local when a side is bounded (window: _window's, any negative side unbounded) and
+    # narrower than the cache (a side >= seqlen_cache, the cache's rows, counts as unbounded:
+    # it excludes no key)
+    local = window is not None and any(0 <= w < seqlen_cache for w in window)
+    qpos = base + torch.arange(L) if causal or local else base.expand(B, L)
     need = int(max(kpos.max() if Lnew else 0, qpos.max() if L else 0)) + 1
     if need > rotary_cos.shape[0]:
         raise ArgumentError(f"{fn}: rotary_cos: got {rotary_cos.shape[0]} positions, expected at "
@@ -589,8 +720,9 @@ def flash_attn_with_kvcache(q, k_cache, v_cache, k=None, v=None, rotary_cos=None
     rotary_cos, rotary_sin : Tensor [seqlen_ro, rotary_dim / 2], optional
         Rotary embeddings (needs k and v): the new keys are rotated at positions
         cache_seqlens[b], cache_seqlens[b] + 1, ... before they are appended; q is rotated at
-        positions cache_seqlens[b] + i (query row i) when causal or with a window, else every
-        row at cache_seqlens[b]; the first rotary_dim dimensions of each head, pairs (0, 1),
+        positions cache_seqlens[b] + i (query row i) when causal or with a window (one whose
+        bounded side is narrower than the cache's seqlen_cache rows, as FlashAttention
+        decides), else every row at cache_seqlens[b]; the first rotary_dim dimensions of each head, pairs (0, 1),
         (2, 3), ... when rotary_interleaved (GPT-J), else (0, rotary_dim / 2), ... (GPT-NeoX).
         Computed in float32 and rounded once to q's dtype. q itself is not modified.
     cache_seqlens : int or int32 Tensor [batch], optional
@@ -727,7 +859,7 @@ def flash_attn_with_kvcache(q, k_cache, v_cache, k=None, v=None, rotary_cos=None
     params = _params(fn, 0.0, softmax_scale, softcap)
     if rotary_cos is not None or rotary_sin is not None:
         q, k = _kv_rotary(fn, rotary_cos, rotary_sin, q, k, lens, causal, opts.window,
-                          rotary_interleaved)
+                          seqlen_cache, rotary_interleaved)
     out = torch.empty_permuted((B, H, L, v_cache.shape[3]), _HEADS_SECOND, dtype=q.dtype)
     lse = torch.empty((B, H, L), dtype=torch.float32) if return_softmax_lse else None
     tq, tkc, tvc, tk, tv = _heads_second(_scaled_q(q, softmax_scale), k_cache, v_cache, k, v)

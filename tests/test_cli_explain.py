@@ -158,6 +158,7 @@ CASES = {
     "bool-mask-dead-row": (8, 2, 5, 5, 0, None, True, {"bool": True}),
     "float-mask-batched": (8, 2, 4, 4, 2, None, True, {"float": True}),
     "long": (24, 3, 20, 20, 0, None, True, {"causal": True}),
+    "many-keys": (8, 2, 4, 300, 0, (8, 8), True, {}),
 }
 
 
@@ -343,6 +344,25 @@ def test_tiles_end_with_the_steps_output():
     o_tiles = np.vstack([a[:, :4] for k, v in t.items() if "done: O = acc / l" in k for a in v])
     code, steps, err = run("--causal", "--step", 8)
     np.testing.assert_allclose(o_tiles, table(steps, "O (head 0)"), atol=PRINTED)
+    lines = out.rstrip("\n").splitlines()
+    assert lines[-2].startswith("explain: the tiles match the fused attention core, max |diff| = ")
+    final_diff(out)
+
+
+def test_tiles_of_many_keys_show_their_first_scores(tmp_path):
+    # 300 keys: 8 tiles of 38, more scores than a trace table has columns (it failed with
+    # "heatmap: unknown failure"): each table shows the tile's first 32 scores, then m_old,
+    # m_new, rescale, l and acc0..acc3 (head dim 4), and the checks run as for a short input
+    need_torch()
+    args, _, _, _ = make_case(tmp_path, "many-keys")
+    code, out, err = run(*args, "--tiles")
+    assert code == 0, err
+    t = tables(out)
+    visits = [k for k in t if k.startswith("tile keys")]
+    assert visits[0] == "tile keys 0-37 (the scores of its first 32 keys shown)"
+    assert visits[-1] == "tile keys 266-299 (the scores of its first 32 keys shown)"
+    assert len(visits) == 8
+    assert all(a.shape[1] == 32 + 8 for k in visits for a in t[k])
     lines = out.rstrip("\n").splitlines()
     assert lines[-2].startswith("explain: the tiles match the fused attention core, max |diff| = ")
     final_diff(out)

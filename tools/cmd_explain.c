@@ -547,7 +547,8 @@ static int write_outputs(state *s, const explain_args *ea, cli_outputs *outs, in
                     .width = cli_term_width(0),
                     .only = (int)ea->step};
         write_walkthrough(&o, s, 0);
-        if (o.viz_status != MHA_OK) return cli_fail_lib(ctx, "heatmap");
+        if (o.viz_status != MHA_OK)
+            return o.fail_msg ? cli_fail("%s", o.fail_msg) : cli_fail_lib(ctx, "heatmap");
     }
     if ((rc = check_failure(s))) return rc;
     if (ea->html) {

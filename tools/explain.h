@@ -163,7 +163,8 @@ typedef struct {
     int only;              /* --step N: write only section N (0: every section) */
     int skip;              /* inside a section left out by only */
     int open;              /* HTML: a <section> is open */
-    mha_status viz_status; /* the first failure of a heatmap */
+    mha_status viz_status; /* the first failure of a heatmap (or of fail_msg's) */
+    const char *fail_msg;  /* a failure of the writer's own (not the library's): its message */
 } ex_out;
 
 /* Kinds of text in a step. */

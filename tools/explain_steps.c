@@ -286,6 +286,7 @@ static void step_softmax(ex_out *o, const ex_run *r, const ex_show *sh) {
     float *w = malloc((size_t)(r->H * r->L * r->S) * sizeof(float));
     if (!w) {
         o->viz_status = MHA_ERR_NOMEM;
+        o->fail_msg = "the heatmaps' weights: out of memory";
         return;
     }
     for (int64_t i = 0; i < r->H * r->L * r->S; i++) w[i] = (float)r->p.v[i];
@@ -468,11 +469,14 @@ static void trace_table(const tile_ctx *c, const ex_tile *t, const char *title,
     ex_table_write(c->o, &tab);
 }
 
-/* One visit as a table: the tile's scores, then m_old, m_new, rescale, l and acc per row. */
+/* One visit as a table: the tile's scores, then m_old, m_new, rescale, l and acc per row. A tile
+ * of a long input (S > 224: 8 tiles of more than 28 keys) has more scores than a table has
+ * columns: the first ns are shown, and the title says so. */
 static void tile_table(const tile_ctx *c, const ex_tile *t, const char *keys) {
     const int64_t D = c->r->D, shown = D < EX_WINDOW ? D : EX_WINDOW;
+    const int64_t ns = t->bc < TRACE_COLS_MAX - 4 - shown ? t->bc : TRACE_COLS_MAX - 4 - shown;
     col_labels cols = {.n = 0};
-    for (int64_t j = 0; j < t->bc; j++) col_add(&cols, "s", t->c0 + j);
+    for (int64_t j = 0; j < ns; j++) col_add(&cols, "s", t->c0 + j);
     col_add(&cols, "m_old", -1);
     col_add(&cols, "m_new", -1);
     col_add(&cols, "rescale", -1);
@@ -480,15 +484,18 @@ static void tile_table(const tile_ctx *c, const ex_tile *t, const char *keys) {
     for (int64_t d = 0; d < shown; d++) col_add(&cols, "acc", d);
     for (int64_t i = 0; i < t->br; i++) {
         double *row = c->trace + i * cols.n;
-        for (int64_t j = 0; j < t->bc; j++) row[j] = t->s[i * t->bc + j];
-        row[t->bc] = t->m_old[i];
-        row[t->bc + 1] = t->m_new[i];
-        row[t->bc + 2] = t->alpha[i];
-        row[t->bc + 3] = t->l[i];
-        for (int64_t d = 0; d < shown; d++) row[t->bc + 4 + d] = t->acc[i * D + d];
+        for (int64_t j = 0; j < ns; j++) row[j] = t->s[i * t->bc + j];
+        row[ns] = t->m_old[i];
+        row[ns + 1] = t->m_new[i];
+        row[ns + 2] = t->alpha[i];
+        row[ns + 3] = t->l[i];
+        for (int64_t d = 0; d < shown; d++) row[ns + 4 + d] = t->acc[i * D + d];
     }
-    char title[128];
-    snprintf(title, sizeof title, "tile %s", keys);
+    char title[192];
+    if (ns < t->bc)
+        snprintf(title, sizeof title, "tile %s (the scores of its first %lld keys shown)", keys,
+                 (long long)ns);
+    else snprintf(title, sizeof title, "tile %s", keys);
     trace_table(c, t, title, &cols);
 }
 
@@ -553,8 +560,7 @@ void ex_steps_tiles(ex_out *o, const ex_run *r, const ex_show *sh, double tiles_
     tile_ctx c = {o, r, sh, malloc((size_t)(br * (bc + 5 + shown)) * sizeof(double))};
     /* only the blocks of the first rows are written (a long input would fill pages) */
     const int64_t rows = r->L < EX_WINDOW ? r->L : EX_WINDOW;
-    if (c.trace && bc + 4 + shown <= TRACE_COLS_MAX &&
-        ex_tiles(r, 0, 0, rows, br, bc, NULL, 0, NULL, tile_visit, &c) == 0) {
+    if (c.trace && ex_tiles(r, 0, 0, rows, br, bc, NULL, 0, NULL, tile_visit, &c) == 0) {
         if (rows < r->L)
             ex_text(o, EX_NOTE,
                     "the blocks of rows %lld to %lld are computed the same way, not "
@@ -562,6 +568,7 @@ void ex_steps_tiles(ex_out *o, const ex_run *r, const ex_show *sh, double tiles_
                     (long long)rows, (long long)r->L - 1);
     } else {
         o->viz_status = MHA_ERR_NOMEM;
+        o->fail_msg = "the tiles' trace: out of memory";
     }
     free(c.trace);
     ex_text(o, EX_NOTE,

@@ -1000,7 +1000,8 @@ MHA_API mha_status mha_kv_cache_attend(mha_ctx *ctx, const mha_attn_params *p, m
  *
  * What is guaranteed:
  *   - Destinations are new names in existing directories, or existing regular files (through a
- *     symbolic link: the file it names is replaced, the link stays). A directory, device, FIFO
+ *     symbolic link: the file it names is replaced, the link stays; a dangling link's target
+ *     is created, in a directory that exists, as a shell's > would). A directory, device, FIFO
  *     or socket is refused (MHA_ERR_IO), never replaced nor written through: `--out /dev/null`
  *     fails even as root.
  *   - Two outputs are never the same file: paths are compared resolved (".", "..", symbolic

@@ -276,6 +276,41 @@ TEST(same_file_through_any_path) {
     mha_ctx_free(ctx);
 }
 
+/* A dangling symbolic link as a destination: its target is created (a relative one in the
+ * link's directory, through a chain of links) and the link stays; a target in a directory
+ * that does not exist is refused, the link untouched. */
+TEST(dangling_links_create_their_target) {
+    mha_ctx *ctx;
+    ASSERT_OK(ctx, mha_ctx_create(&ctx));
+    char sym[300], sym2[300], target[300], bad[300];
+    in_tmp(sym, sizeof sym, "dangling.npy");
+    in_tmp(sym2, sizeof sym2, "chain.npy");
+    in_tmp(target, sizeof target, "made.npy");
+    in_tmp(bad, sizeof bad, "nowhere.npy");
+    ASSERT_TRUE(symlink("made.npy", sym) == 0 && symlink("dangling.npy", sym2) == 0);
+    ASSERT_TRUE(symlink("no-such-dir/t.npy", bad) == 0);
+    mha_outputs *o;
+    ASSERT_OK(ctx, mha_outputs_create(ctx, &o));
+    int idx = -1;
+    ASSERT_OK(ctx, mha_outputs_add(ctx, o, sym2, &idx));
+    ASSERT_EQ(mha_outputs_find(o, target), 0);
+    ASSERT_EQ(mha_outputs_add(ctx, o, sym, NULL), MHA_ERR_INVALID_ARG); /* the same file */
+    ASSERT_EQ(mha_outputs_add(ctx, o, bad, NULL), MHA_ERR_IO);
+    ASSERT_STR_CONTAINS(mha_ctx_errmsg(ctx), "its directory");
+    ASSERT_OK(ctx, mha_outputs_write(ctx, o, idx, put_text, "made"));
+    ASSERT_OK(ctx, mha_outputs_commit(ctx, o));
+    mha_outputs_free(o);
+    struct stat sb;
+    ASSERT_TRUE(lstat(sym, &sb) == 0 && S_ISLNK(sb.st_mode));
+    ASSERT_TRUE(lstat(sym2, &sb) == 0 && S_ISLNK(sb.st_mode));
+    ASSERT_TRUE(lstat(bad, &sb) == 0 && S_ISLNK(sb.st_mode));
+    ASSERT_TRUE(lstat(target, &sb) == 0 && S_ISREG(sb.st_mode));
+    ASSERT_TRUE(!strcmp(peek(target), "made"));
+    ASSERT_EQ(count_leftovers(tmpdir), 0);
+    unlink(sym), unlink(sym2), unlink(bad), unlink(target);
+    mha_ctx_free(ctx);
+}
+
 /* Fault 10: the umask applies to new files; a replaced file's mode is kept; a 254- and a
  * 255-byte name work. */
 TEST(modes_and_long_names) {
@@ -422,6 +457,7 @@ int main(void) {
     RUN(destination_changed_since_declared);
     RUN(special_destinations_are_refused);
     RUN(same_file_through_any_path);
+    RUN(dangling_links_create_their_target);
     RUN(modes_and_long_names);
     RUN(write_errors_keep_their_errno);
     RUN(allocation_failures_leave_nothing);

@@ -92,9 +92,32 @@ static char *sibling_name(const out_entry *e, const char *tag) {
 
 /* ---- declaring an output ---------------------------------------------------------------- */
 
+/* The name a symbolic link at e->path (resolved: e->dir_len its directory) points to, as a
+ * path (a relative one taken from the link's directory), or NULL (errno set). */
+static char *link_target(const out_entry *e) {
+    char buf[4096];
+    const ssize_t n = readlink(e->path, buf, sizeof buf);
+    if (n < 0) return NULL;
+    if ((size_t)n == sizeof buf) {
+        errno = ENAMETOOLONG;
+        return NULL;
+    }
+    const size_t dl = buf[0] == '/' ? 0 : e->dir_len + 1; /* "dir/" before a relative one */
+    char *t = malloc(dl + (size_t)n + 1);
+    if (!t) return NULL;
+    memcpy(t, e->path, dl);
+    if (dl) t[dl - 1] = '/';
+    memcpy(t + dl, buf, (size_t)n);
+    t[dl + (size_t)n] = 0;
+    return t;
+}
+
 /* e->path = realpath(directory of path) + "/" + its last component; a symlink to a regular
- * file is followed, so that the file it names is replaced and the link kept. */
-static mha_status resolve(mha_ctx *ctx, const char *who, const char *path, out_entry *e) {
+ * file is followed, so that the file it names is replaced and the link kept, and so is a
+ * dangling one (its target is created, as a shell's > would; the link was replaced by the
+ * output before). depth: the links followed so far. */
+static mha_status resolve_at(mha_ctx *ctx, const char *who, const char *path, out_entry *e,
+                             int depth) {
     const char *slash = strrchr(path, '/');
     const char *base = slash ? slash + 1 : path;
     if (!*base || !strcmp(base, ".") || !strcmp(base, ".."))
@@ -121,20 +144,26 @@ static mha_status resolve(mha_ctx *ctx, const char *who, const char *path, out_e
     e->dir_len = dl;
     free(rdir);
     struct stat sb;
-    if (lstat(e->path, &sb) == 0 && S_ISLNK(sb.st_mode) && stat(e->path, &sb) == 0 &&
-        S_ISREG(sb.st_mode)) {
-        char *target = realpath(e->path, NULL);
-        if (!target) return mha__err(ctx, MHA_ERR_IO, "%s: %s", who, strerror(errno));
-        mha__free(e->path);
-        e->path = NULL;
-        out_entry t = {0};
-        mha_status st = resolve(ctx, who, target, &t); /* target has no symlink left */
-        free(target);
-        e->path = t.path;
-        e->dir_len = t.dir_len;
-        return st;
-    }
-    return MHA_OK;
+    if (lstat(e->path, &sb) != 0 || !S_ISLNK(sb.st_mode)) return MHA_OK;
+    const int live = stat(e->path, &sb) == 0;
+    if (live ? !S_ISREG(sb.st_mode) : errno != ENOENT) return MHA_OK; /* check_dest refuses */
+    if (depth >= 40) /* as the kernel's limit on links in a path */
+        return mha__err(ctx, MHA_ERR_IO, "%s: %s", who, strerror(ELOOP));
+    /* live: the file it names, no link left; dangling: the name it holds (maybe a link) */
+    char *target = live ? realpath(e->path, NULL) : link_target(e);
+    if (!target) return mha__err(ctx, MHA_ERR_IO, "%s: %s", who, strerror(errno));
+    mha__free(e->path);
+    e->path = NULL;
+    out_entry t = {0};
+    mha_status st = resolve_at(ctx, who, target, &t, depth + 1);
+    free(target);
+    e->path = t.path;
+    e->dir_len = t.dir_len;
+    return st;
+}
+
+static mha_status resolve(mha_ctx *ctx, const char *who, const char *path, out_entry *e) {
+    return resolve_at(ctx, who, path, e, 0);
 }
 
 /* Whether this process may create or replace the file at e->path (sb: the file, NULL when new):

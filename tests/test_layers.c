@@ -563,6 +563,16 @@ TEST(module_loaders_with_prefix) {
     ASSERT_OK(ctx, mha_module_create(ctx, &cfg, &g));
     ASSERT_EQ(mha_module_load(ctx, g, path, "model.layers.7"), MHA_ERR_INVALID_ARG);
     ASSERT_STR_CONTAINS(mha_ctx_errmsg(ctx), "mha_module_load: prefix: got \"model.layers.7\"");
+    /* a file's own errors name the function called, not the loader or saver it calls */
+    ASSERT_EQ(mha_module_load(ctx, g, "no-such.safetensors", NULL), MHA_ERR_IO);
+    ASSERT_STR_CONTAINS(mha_ctx_errmsg(ctx), "mha_module_load: no-such.safetensors: open: ");
+    mha_module *none = NULL;
+    ASSERT_EQ(mha_module_create_from_file(ctx, "no-such.safetensors", NULL, 2, &none), MHA_ERR_IO);
+    ASSERT_TRUE(none == NULL);
+    ASSERT_STR_CONTAINS(mha_ctx_errmsg(ctx),
+                        "mha_module_create_from_file: no-such.safetensors: open: ");
+    ASSERT_EQ(mha_module_save(ctx, g, "/"), MHA_ERR_INVALID_ARG);
+    ASSERT_STR_CONTAINS(mha_ctx_errmsg(ctx), "mha_module_save: /: got a directory name");
     ASSERT_OK(ctx, mha_module_load(ctx, g, path, "model.layers.1.self_attn"));
     for (int i = 0; i < mha_module_param_count(m); i++) {
         const char *n = mha_module_param_name(m, i);

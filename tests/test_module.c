@@ -1327,9 +1327,9 @@ TEST(forward_backward_validation) {
                "dout: got NULL");
     bad = y;
     bad.shape[1] = 2;
-    EXPECT_ERR(mha_module_backward(ctx, m, &bad, NULL, NULL, NULL), MHA_ERR_STATE,
+    EXPECT_ERR(mha_module_backward(ctx, m, &bad, NULL, NULL, NULL), MHA_ERR_SHAPE,
                "mha_module_backward: dout.shape[1]: got 2, expected 3");
-    EXPECT_ERR(mha_module_backward(ctx, m, &y2, NULL, NULL, NULL), MHA_ERR_STATE,
+    EXPECT_ERR(mha_module_backward(ctx, m, &y2, NULL, NULL, NULL), MHA_ERR_SHAPE,
                "dout.ndim: got 2, expected 3");
     bad = y;
     bad.stride[2] = 3;

@@ -1050,12 +1050,12 @@ static mha_status bwd_check(mha_ctx *ctx, const mha_module *m, const bwd_call *c
         return mha__err(ctx, MHA_ERR_INVALID_ARG, "%s: dout: got NULL, expected a [B, L, E] tensor",
                         FN_BWD);
     if (c->dout->ndim != nd)
-        return mha__err(ctx, MHA_ERR_STATE,
+        return mha__err(ctx, MHA_ERR_SHAPE,
                         "%s: dout.ndim: got %d, expected %d (the saved forward's out)", FN_BWD,
                         c->dout->ndim, nd);
     for (int d = 0; d < nd; d++)
         if (c->dout->shape[d] != w[d + unb])
-            return mha__err(ctx, MHA_ERR_STATE,
+            return mha__err(ctx, MHA_ERR_SHAPE,
                             "%s: dout.shape[%d]: got %lld, expected %lld (the saved forward's out)",
                             FN_BWD, d, (long long)c->dout->shape[d], (long long)w[d + unb]);
     if ((st = check_bx(ctx, FN_BWD, "dout", c->dout, m, unb, B, L, E, "as out"))) return st;

@@ -68,7 +68,7 @@ mha_status mha_module_load(mha_ctx *ctx, mha_module *m, const char *path, const 
         return mha__err(ctx, MHA_ERR_INVALID_ARG, "%s: path: got NULL, expected a file name",
                         FN_LOAD);
     mha_st *st = NULL, *layer = NULL;
-    mha_status s = mha_st_load(ctx, path, &st);
+    mha_status s = mha__st_load_as(ctx, FN_LOAD, path, &st);
     if (!s) s = mha__st_layer(ctx, FN_LOAD, st, prefix, path, &layer, NULL);
     mha_st_free(st);
     if (s) return s;
@@ -123,7 +123,7 @@ mha_status mha_module_save(mha_ctx *ctx, const mha_module *m, const char *path) 
                         FN_SAVE);
     mha_st *st = NULL;
     mha_status s = mha_module_state_dict(ctx, m, &st);
-    if (!s) s = mha_st_save(ctx, st, path);
+    if (!s) s = mha__st_save_as(ctx, FN_SAVE, st, path);
     mha_st_free(st);
     return s;
 }
@@ -238,7 +238,7 @@ mha_status mha_module_create_from_file(mha_ctx *ctx, const char *path, const cha
                         "%s: num_heads: got %lld, expected > 0 (or 0: the number the file records)",
                         FN_FROM, (long long)num_heads);
     mha_st *st = NULL;
-    mha_status s = mha_st_load(ctx, path, &st);
+    mha_status s = mha__st_load_as(ctx, FN_FROM, path, &st);
     if (!s) s = create_from_st(ctx, FN_FROM, st, path, prefix, num_heads, out);
     mha_st_free(st);
     return s;

@@ -90,6 +90,12 @@ typedef mha_status (*mha__emit_fn)(mha_ctx *ctx, const char *who, const void *ob
 mha_status mha__save_atomic(mha_ctx *ctx, const char *who, const char *path, mha__emit_fn emit,
                             const void *obj);
 
+/* mha_st_load and mha_st_save for the public function fn (its name starts their messages: a
+ * module's load names mha_module_load, not the loader it calls); path and out checked by the
+ * caller. */
+mha_status mha__st_load_as(mha_ctx *ctx, const char *fn, const char *path, mha_st **out);
+mha_status mha__st_save_as(mha_ctx *ctx, const char *fn, const mha_st *st, const char *path);
+
 /* Test hooks, process-wide, for single-threaded tests only:
  * mha__io_fail_write_after(n, err): the output writer fails with errno err once n more bytes
  * have been written (n < 0 disables); mha__io_fail_rename_at(k, err): the k-th rename of the

@@ -894,12 +894,12 @@ static mha_status st_build(mha_ctx *ctx, const char *who, st_parsed *h, const un
 }
 
 /* The loader's check of the file's first bytes, then (*want: the header's end) of the whole
- * header and the data area it implies; who is "mha_st_load: <path>" (mha__io_who). */
+ * header and the data area it implies; who is "<fn>: <path>" (mha__io_who). */
 static mha_status st_head(mha_ctx *ctx, const char *who, const unsigned char *head, size_t n,
                           uint64_t size, size_t *want) {
     uint64_t hn;
-    size_t k = sizeof ST_LOAD - 1;
-    const char *path = strncmp(who, ST_LOAD, k) == 0 && who[k] == ':' ? who + k + 2 : NULL;
+    const char *sep = strstr(who, ": ");
+    const char *path = sep ? sep + 2 : NULL;
     mha_status st = st_prefix(ctx, who, path, head, n, size, &hn);
     if (st != MHA_OK || n < 8 + hn) {
         *want = st == MHA_OK ? (size_t)(8 + hn) : 0;
@@ -950,8 +950,13 @@ mha_status mha_st_load(mha_ctx *ctx, const char *path, mha_st **out) {
     if (!path)
         return mha__err(ctx, MHA_ERR_INVALID_ARG,
                         "mha_st_load: path: got NULL, expected a file name");
+    return mha__st_load_as(ctx, ST_LOAD, path, out);
+}
+
+mha_status mha__st_load_as(mha_ctx *ctx, const char *fn, const char *path, mha_st **out) {
+    *out = NULL;
     char who[MHA__WHO_CAP];
-    mha__io_who(who, ST_LOAD, path);
+    mha__io_who(who, fn, path);
     unsigned char *buf;
     size_t len;
     mha_status st = mha__read_file(ctx, who, path, 9, st_head, &buf, &len);
@@ -1078,7 +1083,11 @@ mha_status mha_st_save(mha_ctx *ctx, const mha_st *st, const char *path) {
     if (!path)
         return mha__err(ctx, MHA_ERR_INVALID_ARG,
                         "mha_st_save: path: got NULL, expected a file name");
+    return mha__st_save_as(ctx, "mha_st_save", st, path);
+}
+
+mha_status mha__st_save_as(mha_ctx *ctx, const char *fn, const mha_st *st, const char *path) {
     char who[MHA__WHO_CAP];
-    mha__io_who(who, "mha_st_save", path);
+    mha__io_who(who, fn, path);
     return mha__save_atomic(ctx, who, path, st_emit, st);
 }

@@ -146,6 +146,11 @@ def test_a_softmax_scale_float32_rounds_to_zero_is_zero_not_the_default():
     want = torch.nn.functional.scaled_dot_product_attention(qh.double(), kh.double(),
                                                             vh.double(), scale=1e-50)
     assert_close(got, want, "sdpa scale 1e-50")
+    # a scale that is a 0-dim tensor (a number c_float does not take) still works
+    got = mha.functional.scaled_dot_product_attention(qh, kh, vh, scale=torch.tensor(0.3))
+    want = torch.nn.functional.scaled_dot_product_attention(qh.double(), kh.double(),
+                                                            vh.double(), scale=0.3)
+    assert_close(got, want, "sdpa scale tensor(0.3)")
 
 
 def test_a_negative_window_side_is_unbounded_as_flashattention():

@@ -263,7 +263,12 @@ def float32(x):
     """x as a float32 field of the library's parameters holds it: a nonzero x below float32's
     smallest subnormal (about 1.4e-45) becomes 0, which the library reads as "the default" (a
     scale) or "none" (a softcap), so callers test this before passing a small number on."""
-    return c_float(x).value
+    try:
+        return c_float(x).value
+    except TypeError:  # a number c_float does not take (a 0-dim tensor): its float value
+        if not hasattr(x, "__float__"):
+            raise
+        return c_float(x.__float__()).value
 
 
 def check(status, c=None):

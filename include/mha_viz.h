@@ -86,7 +86,7 @@ typedef struct {
     int64_t head;      /* the head for MHA_VIZ_HEAD, in [0, H); default 0 */
     /* Query labels [L] and key labels [S], UTF-8, borrowed (each non-NULL). NULL: positions.
      * key_tokens == NULL with query_tokens set and L == S uses the query tokens for the keys
-     * (self-attention). */
+     * (self-attention), unless key_positions (below) is set. */
     const char *const *query_tokens;
     const char *const *key_tokens;
     const char *const *head_titles; /* [H] optional; default "head 0", "head 1", ... */
@@ -98,6 +98,9 @@ typedef struct {
     mha_viz_term_mode term_mode; /* default MHA_VIZ_TERM_UNICODE */
     int width;   /* terminal columns, 40 .. 100000; 0 = 80. No output line is wider. */
     int cell_px; /* SVG/PNG cell size in pixels, 1..64; 0 = automatic */
+    /* nonzero: the keys are labelled by position when key_tokens is NULL, even with
+     * query_tokens and L == S (cross-attention whose keys have no labels); default 0 */
+    int key_positions;
 } mha_viz_opts;
 
 MHA_API mha_viz_opts mha_viz_opts_default(void);

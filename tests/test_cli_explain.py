@@ -349,6 +349,28 @@ def test_tiles_end_with_the_steps_output():
     final_diff(out)
 
 
+def test_tile_captions_stay_utf8_and_closed(tmp_path):
+    # labels are cut to 12 characters, not bytes (a cut inside a Cyrillic letter wrote invalid
+    # UTF-8, which run()'s decoding refuses), and a list that does not fit the caption ends
+    # with ", ...)" (it was cut mid-token, its parenthesis left open)
+    need_torch()
+    args, _, _, _ = make_case(tmp_path, "many-keys")  # 4 queries, 300 keys: tiles of 38
+    qt = [f"q{'ключ' * 3}{i}" for i in range(4)]
+    kt = [f"k{'ключ' * 3}{i}" for i in range(300)]
+    for name, toks in (("q.txt", qt), ("k.txt", kt)):
+        (tmp_path / name).write_text("\n".join(toks) + "\n", encoding="utf-8")
+    code, out, err = run(*args, "--tokens", tmp_path / "q.txt", "--key-tokens",
+                         tmp_path / "k.txt", "--tiles")
+    assert code == 0, err
+    captions = re.findall(r"^  tile keys \d+-\d+ \((.*)\) \(the scores", out, re.M)
+    assert len(captions) == 2 * 8, out  # 2 query blocks of 2 rows, 8 tiles each
+    for c in captions:
+        *shown, end = c.split(", ")
+        assert end == "..." and shown and all(t in {x[:12] for x in kt} for t in shown), c
+    rows = re.findall(r"query block rows \d+-\d+ \((.*?)\):", out)
+    assert rows and all(t in {x[:12] for x in qt} for r in rows for t in r.split(", ")), rows
+
+
 def test_tiles_of_many_keys_show_their_first_scores(tmp_path):
     # 300 keys: 8 tiles of 38, more scores than a trace table has columns (it failed with
     # "heatmap: unknown failure"): each table shows the tile's first 32 scores, then m_old,

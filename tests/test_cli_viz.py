@@ -122,6 +122,22 @@ def test_regular_token_file_labels_the_rows(base):
     assert b"cat |" in out
 
 
+def test_cross_attention_keys_are_not_labelled_with_the_query_tokens(base):
+    # L == S: the library's rule "key_tokens NULL, L == S: the query tokens" is for
+    # self-attention; another sequence's keys (--key, --value without --key-tokens) are
+    # positions, also in the HTML page's data
+    code, out, err = run(*base, "--key", "x.npy", "--value", "x.npy", "--tokens", "tok.txt",
+                         "--ascii")
+    assert code == 0, err
+    assert b"cat |" in out and b"Key Position" in out and b"the cat" not in out
+    assert run(*base, "--key", "x.npy", "--value", "x.npy", "--tokens", "tok.txt", "--out",
+               "c.html")[0] == 0
+    page = open("c.html", encoding="utf-8").read()
+    assert '"k":["the"' not in page and '"q":["the","cat","sat","on","mat"]' in page
+    code, out, err = run(*base, "--tokens", "tok.txt", "--ascii")  # self-attention: both
+    assert code == 0 and b"Key Position" not in out, err
+
+
 # ---- heads are numbered from 0 in every output ---------------------------------------------
 def test_heads_numbered_from_zero_everywhere(base, tmp_path):
     code, out, err = run(*base, "--all", "--ascii", "--width", "120")

@@ -94,6 +94,15 @@ def test_heatmap_heads_and_batches(capsys):
     mha.viz.heatmap(w[0], tokens=(["q0", "q1", "q2", "q3"], list("vwxyz")))
     out = capsys.readouterr().out
     assert "q3" in out and all(c in out for c in "vwxyz")
+    # a pair without key tokens, L == S: the keys are positions, not the queries' tokens (a
+    # single list labels both: self-attention)
+    sq = weights(1, 4, 4)[0]
+    mha.viz.heatmap(sq, tokens=(list("abcd"), None))
+    out = capsys.readouterr().out
+    assert "Key Position" in out and "    d " in out
+    mha.viz.heatmap(sq, tokens=list("abcd"))
+    out = capsys.readouterr().out
+    assert "Key Position" not in out and "    d " in out
 
 
 class Tty(io.StringIO):

@@ -606,6 +606,25 @@ TEST(labels_are_cleaned) {
     free(b.p);
 }
 
+/* key_positions: with L == S the keys take the query tokens unless it is set (cross-attention
+ * whose keys have no labels: positions). */
+TEST(key_positions_keep_the_query_tokens_off_the_keys) {
+    float w[4] = {1, 0, 0, 1};
+    const char *q[2] = {"qa", "qb"};
+    mha_viz_opts o = mha_viz_opts_default();
+    o.query_tokens = q;
+    o.term_mode = MHA_VIZ_TERM_ASCII;
+    for (int kp = 0; kp < 2; kp++) {
+        o.key_positions = kp;
+        buf b = buf_new();
+        ASSERT_OK(NULL, mha_viz_term(NULL, w, 1, 2, 2, &o, buf_write, &b));
+        ASSERT_STR_CONTAINS(b.p, "qb |");
+        ASSERT_EQ(strstr(b.p, "Key Position") != NULL, kp);
+        ASSERT_EQ(strstr(b.p, "q q\n") != NULL, !kp); /* key labels run down, a letter a line */
+        free(b.p);
+    }
+}
+
 static int count(const char *hay, const char *needle) {
     int n = 0;
     for (const char *p = hay; (p = strstr(p, needle)); p += strlen(needle)) n++;
@@ -1379,6 +1398,7 @@ int main(int argc, char **argv) {
     RUN(vertical_key_labels_mark_a_cut);
     RUN(golden_wide_chars);
     RUN(labels_are_cleaned);
+    RUN(key_positions_keep_the_query_tokens_off_the_keys);
     RUN(svg_cells_and_escaping);
     RUN(svg_tooltip_as_documented);
     RUN(svg_tooltip_small_weights);

@@ -228,6 +228,7 @@ int mha_cmd_viz(int argc, char **argv) {
     vo.head = has_head ? head : 0;
     if (tok) vo.query_tokens = (const char *const *)r.qt.tok;
     if (ktok) vo.key_tokens = (const char *const *)r.kt.tok;
+    vo.key_positions = la.key != NULL; /* cross-attention: --tokens labels the queries only */
     vo.title = title;
     vo.term_mode = ascii       ? MHA_VIZ_TERM_ASCII
                    : use_color ? MHA_VIZ_TERM_COLOR

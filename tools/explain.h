@@ -204,10 +204,14 @@ void ex_text(ex_out *o, ex_text_kind kind, const char *fmt, ...)
 #endif
     ;
 void ex_table_write(ex_out *o, const ex_table *t);
+/* A row or column label into buf: labels[i] cut to max code points (at a character's start:
+ * the text stays UTF-8), control bytes as '?'; without labels, i. */
+void ex_label(char *buf, size_t cap, const char *const *labels, int64_t i, size_t max);
 /* Attention weights w [H, L, S] as heatmaps (terminal: mha_viz_term, every head side by side;
- * HTML: nothing more, its tables are coloured). Labels as in mha_viz_opts. */
+ * HTML: nothing more, its tables are coloured). Labels as in mha_viz_opts (cross: its
+ * key_positions, the keys never labelled with the query tokens). */
 void ex_heatmap(ex_out *o, const float *w, int64_t H, int64_t L, int64_t S, const char *const *qtok,
-                const char *const *ktok);
+                const char *const *ktok, int cross);
 
 /* ---------------------------------------------------------------------------------------------
  * The steps (explain_steps.c)

@@ -73,9 +73,7 @@ static size_t text_prefix(const char *s, size_t max) {
     return i;
 }
 
-/* A row or column label: the given one (cut to max code points, control bytes as '?'), or
- * its index. */
-static void label(char *buf, size_t cap, const char *const *labels, int64_t i, size_t max) {
+void ex_label(char *buf, size_t cap, const char *const *labels, int64_t i, size_t max) {
     if (!labels) {
         snprintf(buf, cap, "%lld", (long long)i);
         return;
@@ -294,7 +292,7 @@ static void html_cell(ex_out *o, const ex_table *t, const table_view *tv, double
 /* A table's label cell: <th>label</th>. */
 static void html_label(ex_out *o, const char *const *labels, int64_t i) {
     char lab[64];
-    label(lab, sizeof lab, labels, i, LABEL_MAX);
+    ex_label(lab, sizeof lab, labels, i, LABEL_MAX);
     puts_(o, "<th>");
     html_text(o, lab);
     puts_(o, "</th>");
@@ -321,7 +319,7 @@ static void term_table(ex_out *o, const ex_table *t, const table_view *tv) {
     char num[40], lab[64];
     size_t w[TABLE_COLS_MAX], nw = 0, rw = 0;
     for (int64_t i = 0; i < tv->R; i++) {
-        label(lab, sizeof lab, t->rlab, i, LABEL_MAX);
+        ex_label(lab, sizeof lab, t->rlab, i, LABEL_MAX);
         if (text_cols(lab, strlen(lab)) > rw) rw = text_cols(lab, strlen(lab));
         for (int64_t j = 0; j < tv->C; j++) {
             number(num, sizeof num, t->v[i * t->ld + j], tv->sci);
@@ -331,14 +329,14 @@ static void term_table(ex_out *o, const ex_table *t, const table_view *tv) {
     print(o, "\n  %s  [%lld, %lld]\n  %*s", t->title, (long long)t->rows, (long long)t->cols,
           (int)rw, "");
     for (int64_t j = 0; j < tv->C; j++) {
-        label(lab, sizeof lab, t->clab, j, LABEL_MAX);
+        ex_label(lab, sizeof lab, t->clab, j, LABEL_MAX);
         const size_t lw = text_cols(lab, strlen(lab));
         w[j] = lw > nw ? lw : nw;
         print(o, "  %*s%s", (int)(w[j] - lw), "", lab);
     }
     puts_(o, "\n");
     for (int64_t i = 0; i < tv->R; i++) {
-        label(lab, sizeof lab, t->rlab, i, LABEL_MAX);
+        ex_label(lab, sizeof lab, t->rlab, i, LABEL_MAX);
         print(o, "  %s%*s", lab, (int)(rw - text_cols(lab, strlen(lab))), "");
         for (int64_t j = 0; j < tv->C; j++) {
             number(num, sizeof num, t->v[i * t->ld + j], tv->sci);
@@ -358,12 +356,13 @@ void ex_table_write(ex_out *o, const ex_table *t) {
 }
 
 void ex_heatmap(ex_out *o, const float *w, int64_t H, int64_t L, int64_t S, const char *const *qtok,
-                const char *const *ktok) {
+                const char *const *ktok, int cross) {
     if (o->fmt != EX_TERM || o->skip || o->failed) return;
     mha_viz_opts vo = mha_viz_opts_default();
     vo.view = MHA_VIZ_ALL;
     vo.query_tokens = qtok;
     vo.key_tokens = ktok;
+    vo.key_positions = cross;
     vo.term_mode = o->color ? MHA_VIZ_TERM_COLOR : MHA_VIZ_TERM_UNICODE;
     vo.width = o->width;
     vo.vmin = 0, vo.vmax = 1; /* probabilities: one scale for every head */

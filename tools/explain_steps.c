@@ -291,7 +291,7 @@ static void step_softmax(ex_out *o, const ex_run *r, const ex_show *sh) {
     }
     for (int64_t i = 0; i < r->H * r->L * r->S; i++) w[i] = (float)r->p.v[i];
     ex_text(o, EX_NOTE, "every head's weights (batch 0) as heatmaps:");
-    ex_heatmap(o, w, r->H, r->L, r->S, sh->qtok, sh->ktok);
+    ex_heatmap(o, w, r->H, r->L, r->S, sh->qtok, sh->ktok, r->cross);
     free(w);
 }
 
@@ -434,14 +434,27 @@ typedef struct {
     double *trace; /* [br, bc + 5 + D] one visit's table */
 } tile_ctx;
 
-/* The rows (or keys) n0 .. n0 + n - 1 with their labels: "rows 0-1 (the, cat)". */
+/* The rows (or keys) n0 .. n0 + n - 1 with their labels: "rows 0-1 (the, cat)", each label
+ * cut to 12 characters (ex_label); the labels that do not fit in cap end the list with ", ...)"
+ * (the list is always closed). */
 static void span(char *buf, size_t cap, const char *what, int64_t n0, int64_t n,
                  const char *const *lab) {
     int k = snprintf(buf, cap, "%s %lld-%lld", what, (long long)n0, (long long)(n0 + n - 1));
     if (n == 1) k = snprintf(buf, cap, "%s %lld", what, (long long)n0);
-    for (int64_t i = 0; lab && i < n && k > 0 && (size_t)k < cap; i++)
-        k += snprintf(buf + k, cap - (size_t)k, "%s%.12s%s", i ? ", " : " (", lab[n0 + i],
-                      i == n - 1 ? ")" : "");
+    static const char more[] = ", ...)";
+    if (!lab || k < 0 || (size_t)k + sizeof more > cap) return;
+    size_t at = (size_t)k;
+    for (int64_t i = 0; i < n; i++) {
+        char one[64];
+        ex_label(one, sizeof one, lab, n0 + i, 12);
+        const size_t len = strlen(one), last = i == n - 1;
+        /* this label, and room after it for ", ...)" (or its ")" when it is the last) */
+        if (at + 2 + len + (last ? 1 : sizeof more - 1) >= cap) {
+            snprintf(buf + at, cap - at, "%s", i ? more : " (...)");
+            return;
+        }
+        at += (size_t)snprintf(buf + at, cap - at, "%s%s%s", i ? ", " : " (", one, last ? ")" : "");
+    }
 }
 
 /* Column labels of a trace table: "s2", "m_old", "acc0", ... */

@@ -72,7 +72,7 @@ class VizOpts(Structure):
     _fields_ = [("view", c_int), ("head", c_int64), ("query_tokens", c_void_p),
                 ("key_tokens", c_void_p), ("head_titles", c_void_p), ("title", c_char_p),
                 ("vmin", c_float), ("vmax", c_float), ("term_mode", c_int), ("width", c_int),
-                ("cell_px", c_int)]
+                ("cell_px", c_int), ("key_positions", c_int)]
 
 
 WRITE_FN = ctypes.CFUNCTYPE(c_int, c_void_p, c_void_p, c_size_t)

@@ -41,6 +41,8 @@ class _Picture:
         self._tokens = _tokens(fn, tokens, self.L, self.S)
         self.opts.query_tokens, self.opts.key_tokens = (
             ctypes.cast(t, ctypes.c_void_p) if t is not None else None for t in self._tokens)
+        # a pair (query_tokens, None): the keys are unlabelled (positions), not the queries'
+        self.opts.key_positions = int(_is_pair(tokens))
 
     def _args(self):
         return (_lib.ctx(), self.w.ctypes.data, self.H, self.L, self.S, ctypes.byref(self.opts))
@@ -119,14 +121,18 @@ def _token_array(fn, what, toks, n):
     return (ctypes.c_char_p * n)(*(t.encode("utf-8", "replace") for t in toks))
 
 
+def _is_pair(tokens):
+    """Whether tokens is a pair (query_tokens, key_tokens), not one list of labels."""
+    return (isinstance(tokens, (list, tuple)) and len(tokens) == 2 and
+            not any(isinstance(t, str) for t in tokens))
+
+
 def _tokens(fn, tokens, L, S):
     """(query, key) C string arrays or None; a single list names the queries (and the keys
     too when L == S: self-attention), a pair (query_tokens, key_tokens) each side."""
     if tokens is None:
         return None, None
-    pair = (isinstance(tokens, (list, tuple)) and len(tokens) == 2 and
-            not any(isinstance(t, str) for t in tokens))
-    if not pair:
+    if not _is_pair(tokens):
         return _token_array(fn, "tokens", tokens, L), None
     q, k = tokens
     return (None if q is None else _token_array(fn, "tokens[0] (queries)", q, L),

@@ -346,7 +346,7 @@ mha_status mha__viz_view_make(mha_ctx *ctx, const char *fn, const float *w, int6
         return mha__err(ctx, MHA_ERR_INVALID_ARG,
                         "%s: H: got %lld, expected at most 4096 heads in a grid", fn, (long long)H);
     const char *const *kt = opts->key_tokens;
-    if (!kt && opts->query_tokens && L == S) kt = opts->query_tokens;
+    if (!kt && opts->query_tokens && L == S && !opts->key_positions) kt = opts->query_tokens;
 
     v->H = H, v->L = L, v->S = S;
     v->n = (all_heads || opts->view == MHA_VIZ_ALL) ? (int)H : 1;

@@ -94,6 +94,12 @@ def test_seq_k_head_dim_and_score_options():
     # the keys the token may see, which the step reads: the window's last 101 of the 600
     assert j["kv_bytes"] == 1 * 3 * 101 * 2 * 24 * 4
     assert j["kv_gbps"] == pytest.approx(j["kv_bytes"] / j["median_ms"] * 1e-6, rel=1e-2)
+    # 8 new tokens at 592 .. 599: the first sees from 492 on, the last 108 keys are read
+    r = mha("bench", "--core", "--decode", "--seq-k", "600", "--head-dim", "24", "--heads", "6",
+            "--kv-heads", "3", "--runs", "2", "--warmup", "1", "--bw-mib", "2", "--threads", "1",
+            "--window", "100,0", "--causal", "--tokens", "8", "--json")
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["kv_bytes"] == 1 * 3 * 108 * 2 * 24 * 4
 
 
 def test_text_report():

@@ -830,13 +830,16 @@ static void decode_dims(const bench_args *a, int64_t *S, int64_t *D) {
     *D = a->head_dim;
 }
 
-/* Bytes of K and V rows one step reads: every key and value of every sequence the new token
- * (at S - 1) may see, in the cache's dtype: all S, or with --window L,R (L >= 0) the last
- * L + 1 (the step skips the rest). */
+/* Bytes of K and V rows one step reads: every key and value of every sequence the new tokens
+ * (T of them, at S - T .. S - 1) may see, in the cache's dtype: all S, or with --window L,R
+ * (L >= 0) the last L + T (the step skips the rest). */
 static double decode_bytes(const bench_args *a) {
     int64_t S, D;
     decode_dims(a, &S, &D);
-    if (a->window && a->window_left >= 0 && a->window_left + 1 < S) S = a->window_left + 1;
+    /* a window reads the keys some query row may use: the T new tokens at S - T .. S - 1 see
+     * from S - T - left on */
+    if (a->window && a->window_left >= 0 && a->window_left + a->tokens < S)
+        S = a->window_left + a->tokens;
     return (double)a->batch * (double)a->kv_heads * (double)S * 2.0 * (double)D *
            (double)mha_dtype_size(a->dtype);
 }

@@ -91,6 +91,8 @@ def test_seq_k_head_dim_and_score_options():
     assert r.returncode == 0, r.stderr
     j = json.loads(r.stdout)
     assert (j["seq_k"], j["head_dim"], j["heads"], j["kv_heads"]) == (600, 24, 6, 3)
+    # the options that change what the step reads and computes are in the line
+    assert (j["causal"], j["window"], j["softcap"], j["alibi"]) == (True, [100, 0], 30, True)
     # the keys the token may see, which the step reads: the window's last 101 of the 600
     assert j["kv_bytes"] == 1 * 3 * 101 * 2 * 24 * 4
     assert j["kv_gbps"] == pytest.approx(j["kv_bytes"] / j["median_ms"] * 1e-6, rel=1e-2)

@@ -979,12 +979,16 @@ static void report_decode(const bench_state *s, bench_times *t) {
     if (a->json) {
         printf("{\"what\":\"core_decode\",\"batch\":%lld,\"seq_k\":%lld,\"heads\":%lld,"
                "\"kv_heads\":%lld,\"head_dim\":%lld,\"tokens\":%lld,\"layout\":\"%s\",\"page_"
-               "size\":%lld,"
-               "\"dtype\":\"%s\",\"isa\":\"%s\",\"threads\":%d,\"runs\":%d,"
-               "\"median_ms\":%.4f,\"kv_bytes\":%.6g,\"kv_gbps\":%.3f,\"mem_read_gbps\":%.3f,"
-               "\"mem_read_mib\":%lld,\"kv_vs_mem\":%.4f}\n",
+               "size\":%lld,\"causal\":%s,\"window\":",
                a->batch, (long long)S, a->heads, a->kv_heads, (long long)D, a->tokens, layout,
-               a->page_size > 0 ? a->page_size : 0, dt, isa, threads, t->runs, med * 1e3,
+               a->page_size > 0 ? a->page_size : 0, a->causal ? "true" : "false");
+        /* the options that change what a step reads and computes (kv_bytes: the window) */
+        if (a->window) printf("[%lld,%lld]", a->window_left, a->window_right);
+        else printf("null");
+        printf(",\"softcap\":%g,\"alibi\":%s,\"dtype\":\"%s\",\"isa\":\"%s\",\"threads\":%d,"
+               "\"runs\":%d,\"median_ms\":%.4f,\"kv_bytes\":%.6g,\"kv_gbps\":%.3f,"
+               "\"mem_read_gbps\":%.3f,\"mem_read_mib\":%lld,\"kv_vs_mem\":%.4f}\n",
+               a->softcap, a->alibi ? "true" : "false", dt, isa, threads, t->runs, med * 1e3,
                decode_bytes(a), kv, mem, a->bw_mib, ratio);
         return;
     }

@@ -103,6 +103,9 @@ def test_heatmap_heads_and_batches(capsys):
     mha.viz.heatmap(sq, tokens=list("abcd"))
     out = capsys.readouterr().out
     assert "Key Position" not in out and "    d " in out
+    # a NUL inside a token is drawn as "?" (it ended the C string: "a\0b" became "a")
+    mha.viz.heatmap(sq, tokens=["a\0b", "b", "c", "d"])
+    assert "  a?b " in capsys.readouterr().out
 
 
 class Tty(io.StringIO):

@@ -118,7 +118,10 @@ def _token_array(fn, what, toks, n):
         if not isinstance(t, str):
             raise ArgumentError(f"{fn}: {what}: got a {type(t).__name__} token ({t!r}), expected "
                              "str")
-    return (ctypes.c_char_p * n)(*(t.encode("utf-8", "replace") for t in toks))
+    # a NUL would end the C string there: drawn as "?", as the library draws every other
+    # control character
+    return (ctypes.c_char_p * n)(*(t.replace("\0", "?").encode("utf-8", "replace")
+                                   for t in toks))
 
 
 def _is_pair(tokens):

@@ -428,9 +428,12 @@ MHA_API mha_status mha_attn_forward(mha_ctx *ctx, const mha_attn_params *p, cons
  *   accumulated); with grouped-query attention each group's query heads' contributions to dk,
  *   dv summed in head order (a [B, H, S, D + Dv] workspace).
  *   Dtypes: q, k, v, out, dout, dq, dk and dv of one dtype (float32, bfloat16 or float16), lse
- *   float32; bf16 / f16 computed in float32 from the exact inputs (out as given: the
- *   forward's rounded output, as PyTorch's backward receives it), each gradient rounded once;
- *   with the bf16 kernels (AVX512_BF16) P and dS are rounded to bf16 as product operands. */
+ *   float32; bf16 / f16 computed in float32 from the exact inputs, each gradient rounded once:
+ *   float16, and bfloat16 without the bf16 kernels, run the float32 backward with out
+ *   recomputed in float32 from q, k, v (one forward more; the given out is validated, not
+ *   read: the rounded out's error, amplified where dout . out cancels against dout . v_j,
+ *   would cost dq and dk their accuracy); with the bf16 kernels (AVX512_BF16) out is read as
+ *   given and P and dS are rounded to bf16 as product operands. */
 MHA_API mha_status mha_attn_backward(mha_ctx *ctx, const mha_attn_params *p, const mha_tensor *q,
                                      const mha_tensor *k, const mha_tensor *v, const mha_mask *mask,
                                      const mha_tensor *out, const mha_tensor *lse,

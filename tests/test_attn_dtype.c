@@ -6,6 +6,7 @@
  *     from the library): the error stays within the output's rounding (half an ulp of the
  *     dtype) plus float32 accumulation, forward and every gradient;
  *   - exactly: a bf16 / f16 output equals the float32 call on the converted inputs, rounded
+ *     (the backward's with the float32 forward's out: it recomputes out in float32)
  *     (src/kernels/cvt.h's conversions are checked against the hardware's elsewhere: here
  *     against an independent float64 rounding below), and lse equals the float32 call's lse;
  *     except the bf16 forward on a table with bf16 kernels (vdpbf16ps: sums in pairs, the
@@ -170,9 +171,11 @@ static int allowed(const prob *p, int64_t b, int64_t i, int64_t j) {
 /* The float64 reference on the rounded inputs: out [B, H, L, Dv] and dq, dk, dv (contiguous). */
 /* out, dq, dk, dv: the float64 reference; outabs, dqa, dka, dva: the sums of the absolute
  * values of each element's products (sum_j P_ij |v_j|, sum_j |dS_ij| |k_j|, ...): the scale of
- * the error a bf16 rounding of P or dS in those products may add. */
+ * the error a bf16 rounding of P or dS in those products may add. rounded_out: Drow from the
+ * forward's rounded out, as the bf16 kernels read it (else from the exact out, as the float32
+ * backward on converted inputs recomputes it). */
 static void reference(const prob *p, double *out, double *outabs, double *dq, double *dk,
-                      double *dv, double *dqa, double *dka, double *dva) {
+                      double *dv, double *dqa, double *dka, double *dva, int rounded_out) {
     const dcase *c = &p->c;
     const int64_t G = c->H / c->Hkv;
     const double scale = 1.0 / sqrt((double)c->D);
@@ -215,9 +218,10 @@ static void reference(const prob *p, double *out, double *outabs, double *dq, do
                         oa[x] += P[j] * fabs(v[x]);
                     }
                 }
-                /* Drow = dout . out, with out as the backward receives it: rounded (the
-                 * forward's output, an input of the backward, as in PyTorch) */
-                for (int64_t x = 0; x < c->Dv; x++) drow += go[x] * lp_at(&p->out, b, h, i, x);
+                /* Drow = dout . out: the forward's rounded out with the bf16 kernels (read as
+                 * the backward receives it), else out exact (recomputed in float32) */
+                for (int64_t x = 0; x < c->Dv; x++)
+                    drow += go[x] * (rounded_out ? lp_at(&p->out, b, h, i, x) : o[x]);
                 for (int64_t j = 0; j < c->S; j++) {
                     if (P[j] == 0) continue;
                     const double ds = P[j] * (dP[j] - drow) * scale;
@@ -298,18 +302,11 @@ static void check_exact_f32(mha_ctx *ctx, prob *p, int fwd_exact) {
     float *lse = malloc(sizeof(float) * (size_t)(c->B * c->H * c->L + 1));
     t[8] = mha_tensor_make(lse, 3, p->lse_t.shape);
     ASSERT_OK(ctx, mha_attn_forward(ctx, NULL, &t[0], &t[1], &t[2], &p->m, &t[4], &t[8], NULL));
-    /* the backward's out: the low-precision call's (rounded), as that call received it */
-    float *ro = malloc(sizeof(float) * (size_t)(p->out.n + 1));
-    int64_t e0 = 0;
-    for (int64_t b = 0; b < c->B; b++)
-        for (int64_t h = 0; h < c->H; h++)
-            for (int64_t i = 0; i < c->L; i++)
-                for (int64_t x = 0; x < c->Dv; x++) ro[e0++] = (float)lp_at(&p->out, b, h, i, x);
-    mha_tensor rot = mha_tensor_make(ro, 4, p->out.t.shape);
-    /* and its lse (the forward's, which with bf16 kernels is not the float32 forward's) */
-    ASSERT_OK(ctx, mha_attn_backward(ctx, NULL, &t[0], &t[1], &t[2], &p->m, &rot, &p->lse_t, &t[3],
+    /* the backward's out: the float32 forward's, unrounded (the low-precision backward
+     * recomputes it so), and the low-precision forward's lse (with bf16 kernels not the
+     * float32 forward's) */
+    ASSERT_OK(ctx, mha_attn_backward(ctx, NULL, &t[0], &t[1], &t[2], &p->m, &t[4], &p->lse_t, &t[3],
                                      &t[5], &t[6], &t[7]));
-    free(ro);
     int64_t bad = 0;
     for (int64_t e = 0; e < c->B * c->H * c->L && fwd_exact; e++)
         bad += memcmp(&lse[e], &p->lse[e], 4) != 0;
@@ -352,7 +349,7 @@ TEST(forward_backward_vs_float64) {
                 const int bbk = !d && mha__ctx_kernels(ctx)->attn_scores_bf16;
                 ASSERT_OK(ctx, run_fwd(ctx, &p));
                 /* after the forward: its rounded out */
-                reference(&p, out, oa, dq, dk, dv, dqa, dka, dva);
+                reference(&p, out, oa, dq, dk, dv, dqa, dka, dva, bbk);
                 for (int64_t e = 0; e < p.out.n; e++) oa[e] *= bfk ? 0x1p-8 : 0;
                 for (int64_t e = 0; e < p.dq.n; e++) dqa[e] *= bbk ? 0x1p-8 : 0;
                 for (int64_t e = 0; e < p.dk.n; e++) dka[e] *= bbk ? 0x1p-8 : 0;

@@ -190,13 +190,15 @@ def test_float32_rounded_once(case, dt):
     m32 = m.float() if m is not None and m.is_floating_point() else m
     out32 = mha_sdpa(*f32, attn_mask=m32, is_causal=causal, enable_gqa=True)
     assert rounded_once(out32, out, dtype, v.float().abs().max()), f"{dt} {case[0]}: out"
-    # the backward: mha's float32 backward on the same float32 values (out and dout as the
-    # dtype holds them, the forward's lse), rounded once
+    # the backward: mha's float32 backward on the same float32 values (dout as the dtype holds
+    # it, the forward's lse, and out as the backward reads it: recomputed in float32, or with
+    # the bf16 kernels the forward's rounded out), rounded once
     qn, kn, vn = (t.numpy() for t in f32)
     nm = numpy_mask(m)
     _, lse = mha.attention(qn, kn, vn, mask=nm, causal=causal, return_lse=True)
-    grads = mha.attention_backward(qn, kn, vn, out.float().numpy(), lse, dout.float().numpy(),
-                                   mask=nm, causal=causal)
+    o = out.float() if dtype == torch.bfloat16 and BF16_KERNELS else out32
+    grads = mha.attention_backward(qn, kn, vn, o.numpy(), lse, dout.float().numpy(), mask=nm,
+                                   causal=causal)
     for what, g32, g in zip(("dq", "dk", "dv"), grads, (dq, dk, dv)):
         g32 = torch.from_numpy(g32)
         assert rounded_once(g32, g, dtype, g32.abs().max()), f"{dt} {case[0]}: {what}"
@@ -232,7 +234,8 @@ def test_threads_change_no_bit(dt):
 def test_flash_attn_func(dt, causal):
     """bottom-right causal, GQA, L != S; attn_probs in q's dtype (FlashAttention's S_dmask),
     lse float32; out and attn_probs the float32 call's on the rounded values, rounded once,
-    and the gradients the float32 backward's on the float32 values of q, k, v, out, dout."""
+    and the gradients the float32 backward's on the float32 values of q, k, v, dout and out as
+    the backward reads it (recomputed in float32; with the bf16 kernels the rounded out)."""
     dtype = DTYPES[dt]
     gen = torch.Generator().manual_seed(7)
     q, k, v = (rounded(s, dtype, gen) for s in ((2, 40, 6, 64), (2, 56, 3, 64), (2, 56, 3, 64)))
@@ -247,7 +250,8 @@ def test_flash_attn_func(dt, causal):
     assert torch.allclose(lse, lse32, rtol=1e-6, atol=1e-6) if kernels else torch.equal(lse, lse32)
     for what, a, b in (("out", out, out32), ("attn_probs", probs, probs32)):
         assert a.dtype == dtype and rounded_once(b, a, dtype, 1.0), f"{dt} {what}"
-    heads_second = [t.float().transpose(1, 2).numpy() for t in (q, k, v, out.detach(), dout)]
+    o = out.detach() if kernels else out32
+    heads_second = [t.float().transpose(1, 2).numpy() for t in (q, k, v, o, dout)]
     grads = mha.attention_backward(*heads_second[:4], lse.numpy(), heads_second[4],
                                    causal="bottom_right" if causal else False)
     for what, g32, g in zip(("dq", "dk", "dv"), grads, (t.grad for t in leaves)):
@@ -336,8 +340,8 @@ def test_numpy_float16():
         assert bits_equal(out32.astype(np.float16), out) and np.array_equal(lse, lse32)
         grads = mha.attention_backward(q, k, v, out, lse, dout, mask=mask,
                                        causal="bottom_right")
-        grads32 = mha.attention_backward(*f32, out.astype(np.float32), lse,
-                                         dout.astype(np.float32), mask=m32,
+        # (out as the float16 backward reads it: recomputed in float32)
+        grads32 = mha.attention_backward(*f32, out32, lse, dout.astype(np.float32), mask=m32,
                                          causal="bottom_right")
         for g, g32 in zip(grads, grads32):
             assert g.dtype == np.float16 and bits_equal(g32.astype(np.float16), g)

@@ -622,7 +622,12 @@ static mha_status bwd_bf16(mha_ctx *ctx, const char *fn, bwd_call *c) {
 }
 
 /* A validated call on bf16 / f16 views: the float32 backward on exact float32 copies of q, k,
- * v, out and dout, dq, dk and dv rounded once. */
+ * v and dout, dq, dk and dv rounded once. out is recomputed in float32 from those copies (the
+ * forward the caller ran, before its rounding; the same mask, dropout and origin), not copied
+ * from the rounded out: Drow = dout . out cancels against dP where one key takes most of a
+ * row's weight, and out's rounding then made dq, dk 5-15x PyTorch's errors in float16 (L = 1,
+ * large scores). One float32 forward more; the bf16 kernels' path (bwd_bf16) reads out as it
+ * is. */
 static mha_status bwd_lowp(mha_ctx *ctx, const char *fn, const mha_attn_params *p,
                            const mha_tensor *q, const mha_tensor *k, const mha_tensor *v,
                            const mha_mask *mask, const mha_tensor *out, const mha_tensor *lse,
@@ -633,10 +638,13 @@ static mha_status bwd_lowp(mha_ctx *ctx, const char *fn, const mha_attn_params *
     mha__lowp lp;
     mha_status st = mha__lowp_begin(ctx, fn, &lp, 8, args);
     if (st) return st;
-    st = mha__attn_backward_seq(ctx, fn, p, mha__lowp_view(&lp, 0), mha__lowp_view(&lp, 1),
-                                mha__lowp_view(&lp, 2), mask, mha__lowp_view(&lp, 3), lse,
-                                mha__lowp_view(&lp, 4), mha__lowp_view(&lp, 5),
-                                mha__lowp_view(&lp, 6), mha__lowp_view(&lp, 7), at);
+    st = mha__attn_forward_seq(ctx, fn, p, mha__lowp_view(&lp, 0), mha__lowp_view(&lp, 1),
+                               mha__lowp_view(&lp, 2), mask, mha__lowp_view(&lp, 3), NULL, at);
+    if (!st)
+        st = mha__attn_backward_seq(ctx, fn, p, mha__lowp_view(&lp, 0), mha__lowp_view(&lp, 1),
+                                    mha__lowp_view(&lp, 2), mask, mha__lowp_view(&lp, 3), lse,
+                                    mha__lowp_view(&lp, 4), mha__lowp_view(&lp, 5),
+                                    mha__lowp_view(&lp, 6), mha__lowp_view(&lp, 7), at);
     mha__lowp_end(&lp, st);
     return st;
 }

@@ -977,19 +977,15 @@ static void report_decode(const bench_state *s, bench_times *t) {
     const char *isa = mha_isa_name(mha_ctx_isa(s->ctx)), *layout = a->bshd ? "bshd" : "bhsd";
     const char *dt = a->dtype_arg ? a->dtype_arg : "f32";
     if (a->json) {
-        printf("{\"what\":\"core_decode\",\"batch\":%lld,\"seq_k\":%lld,\"heads\":%lld,"
-               "\"kv_heads\":%lld,\"head_dim\":%lld,\"tokens\":%lld,\"layout\":\"%s\",\"page_"
-               "size\":%lld,\"causal\":%s,\"window\":",
-               a->batch, (long long)S, a->heads, a->kv_heads, (long long)D, a->tokens, layout,
+        printf("{\"what\":\"core_decode\",\"batch\":%lld,\"heads\":%lld,\"kv_heads\":%lld,"
+               "\"tokens\":%lld,\"layout\":\"%s\",\"page_size\":%lld,\"causal\":%s",
+               a->batch, a->heads, a->kv_heads, a->tokens, layout,
                a->page_size > 0 ? a->page_size : 0, a->causal ? "true" : "false");
-        /* the options that change what a step reads and computes (kv_bytes: the window) */
-        if (a->window) printf("[%lld,%lld]", a->window_left, a->window_right);
-        else printf("null");
-        printf(",\"softcap\":%g,\"alibi\":%s,\"dtype\":\"%s\",\"isa\":\"%s\",\"threads\":%d,"
-               "\"runs\":%d,\"median_ms\":%.4f,\"kv_bytes\":%.6g,\"kv_gbps\":%.3f,"
-               "\"mem_read_gbps\":%.3f,\"mem_read_mib\":%lld,\"kv_vs_mem\":%.4f}\n",
-               a->softcap, a->alibi ? "true" : "false", dt, isa, threads, t->runs, med * 1e3,
-               decode_bytes(a), kv, mem, a->bw_mib, ratio);
+        report_core_opts(a); /* S, D and what changes what a step reads (the window) */
+        printf(
+            ",\"isa\":\"%s\",\"threads\":%d,\"runs\":%d,\"median_ms\":%.4f,\"kv_bytes\":%.6g,"
+            "\"kv_gbps\":%.3f,\"mem_read_gbps\":%.3f,\"mem_read_mib\":%lld,\"kv_vs_mem\":%.4f}\n",
+            isa, threads, t->runs, med * 1e3, decode_bytes(a), kv, mem, a->bw_mib, ratio);
         return;
     }
     char paged[96] = "";

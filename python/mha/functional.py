@@ -113,7 +113,7 @@ def scaled_dot_product_attention(query, key, value, attn_mask=None, dropout_p=0.
     # scores all 0 (E = 0, or scale 0, or a scale float32 rounds to 0, as PyTorch's float32
     # kernels take it): PyTorch's softmax is uniform over the keys a row may see, whatever the
     # scale (with E = 0, even 1/sqrt(0) = inf: the scaled q is empty)
-    zero_scores = E == 0 or scale is not None and (scale == 0 or _lib.float32(scale) == 0)
+    zero_scores = E == 0 or scale is not None and _lib.float32(scale) == 0
     if not zero_scores and scale is not None and not math.isfinite(scale):
         raise ArgumentError(f"{fn}: scale: got {scale}, expected a finite number")
     if not 0.0 <= dropout_p <= 1.0:

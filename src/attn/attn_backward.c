@@ -633,7 +633,8 @@ static mha_status bwd_lowp(mha_ctx *ctx, const char *fn, const mha_attn_params *
                            const mha_mask *mask, const mha_tensor *out, const mha_tensor *lse,
                            const mha_tensor *dout, mha_tensor *dq, mha_tensor *dk, mha_tensor *dv,
                            mha__attn_origin at) {
-    const mha__lowp_arg args[8] = {{"q", q, 0},       {"k", k, 0},   {"v", v, 0},   {"out", out, 0},
+    /* out: a float32 buffer the forward below fills (the given out is not read) */
+    const mha__lowp_arg args[8] = {{"q", q, 0},       {"k", k, 0},   {"v", v, 0},   {"out", out, 2},
                                    {"dout", dout, 0}, {"dq", dq, 1}, {"dk", dk, 1}, {"dv", dv, 1}};
     mha__lowp lp;
     mha_status st = mha__lowp_begin(ctx, fn, &lp, 8, args);

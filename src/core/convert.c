@@ -156,7 +156,7 @@ mha_status mha__lowp_begin(mha_ctx *ctx, const char *fn, mha__lowp *lp, int n,
         const mha_tensor *t = args[i].t;
         if (!t) continue;
         lp->f32[i] = mha_tensor_make(v.t[i], t->ndim, t->shape);
-        if (!args[i].out) mha__tensor_to_f32(lp->kern, t, v.t[i], lp->nt);
+        if (args[i].out == 0) mha__tensor_to_f32(lp->kern, t, v.t[i], lp->nt);
     }
     return MHA_OK;
 }
@@ -165,7 +165,7 @@ mha_tensor *mha__lowp_view(mha__lowp *lp, int i) { return lp->arg[i].t ? &lp->f3
 
 void mha__lowp_end(mha__lowp *lp, mha_status st) {
     for (int i = 0; i < lp->n && st == MHA_OK; i++)
-        if (lp->arg[i].out && lp->arg[i].t)
+        if (lp->arg[i].out == 1 && lp->arg[i].t)
             mha__tensor_from_f32(lp->kern, lp->f32[i].data, (mha_tensor *)lp->arg[i].t, lp->nt);
     mha__free(lp->mem);
     lp->mem = NULL;

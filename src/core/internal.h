@@ -79,14 +79,15 @@ void mha__convert_elems(const struct mha_kernels *k, mha_dtype sdt, const void *
 
 /* A call on bf16 / f16 views run in float32 (convert.c): mha__lowp_begin makes one
  * allocation holding a contiguous float32 copy of each input (converted now) and a float32
- * buffer for each output; the call runs on mha__lowp_view(lp, i); mha__lowp_end(lp, st)
- * rounds the outputs into the caller's views when st is MHA_OK (else leaves them untouched)
- * and frees. An allocation failure: MHA_ERR_NOMEM naming fn and the tensor. */
+ * buffer for each output or scratch; the call runs on mha__lowp_view(lp, i); mha__lowp_end(lp,
+ * st) rounds the outputs into the caller's views when st is MHA_OK (else leaves them
+ * untouched) and frees. An allocation failure: MHA_ERR_NOMEM naming fn and the tensor. */
 #define MHA__LOWP_MAX 8
 typedef struct {
     const char *name;
     const mha_tensor *t; /* validated, or NULL (an absent optional tensor) */
-    int out;             /* 1: an output (written back by mha__lowp_end) */
+    int out; /* 0: an input (converted); 1: an output (written back by mha__lowp_end); 2: a
+              * float32 buffer of its shape, neither converted nor written back */
 } mha__lowp_arg;
 typedef struct {
     int n, nt;

@@ -627,32 +627,36 @@ TEST(fused_forward_masks_edges) {
  * tiles per head, so packed key tiles are reused across query tiles), without masks, with
  * masks, with masks and dropout (attn_dropout + attn_fwd_drop): out and lse against a float64
  * reference (dropout: mha__dropout_keep), and bitwise identical for 1, 2 and 3 threads. */
-TEST(fused_forward_driver_threads) {
-    enum {
-        B = 2,
-        H = 2,
-        L = 150,
-        S = 333,
-        D = 48,
-        DV = 40
-    };
-    size_t nq = (size_t)B * H * L * D, nk = (size_t)B * H * S * D, nv = (size_t)B * H * S * DV;
-    size_t no = (size_t)B * H * L * DV, nl = (size_t)B * H * L;
+/* The forward driver on B x H heads of L queries, S keys (q, k, v, out [B, H, rows, dim] or,
+ * bshd, strided views of [B, rows, H, dim] memory) against float64, bitwise equal for 1, 2 and
+ * 3 threads: no mask, causal with key padding and a float mask (row 7: every key excluded),
+ * and that with dropout. */
+static void driver_case(int64_t B, int64_t H, int64_t L, int64_t S, int64_t D, int64_t DV,
+                        int bshd) {
+    size_t nq = (size_t)(B * H * L * D), nk = (size_t)(B * H * S * D),
+           nv = (size_t)(B * H * S * DV);
+    size_t no = (size_t)(B * H * L * DV), nl = (size_t)(B * H * L);
     float *q = fbuf((int64_t)nq), *k = fbuf((int64_t)nk), *v = fbuf((int64_t)nv);
     float *fmask = fbuf(L * S), *out[3], *lse[3];
-    uint8_t pad[B * S];
+    uint8_t *pad = malloc((size_t)(B * S));
     for (size_t t = 0; t < nq; t++) q[t] = 2 * frand();
     for (size_t t = 0; t < nk; t++) k[t] = 2 * frand();
     for (size_t t = 0; t < nv; t++) v[t] = frand();
     for (int64_t t = 0; t < L * S; t++) fmask[t] = urand() < 0.05 ? -INFINITY : frand();
     for (int64_t t = 0; t < B * S; t++) pad[t] = urand() < 0.1;
-    for (int64_t j = 0; j < 4; j++) fmask[7 * S + j] = -INFINITY; /* row 7: every key excluded */
+    for (int64_t j = 0; j < 4 && L > 7; j++) fmask[7 * S + j] = -INFINITY; /* row 7: none */
+        /* element (b, h, row, x) of a [B, H, R, X] tensor: its offset in memory */
+#define AT(b, h, r, x, R, X)                                                                       \
+    (bshd ? (((b) * (R) + (r)) * H + (h)) * (X) + (x) : (((b)*H + (h)) * (R) + (r)) * (X) + (x))
     mha_ctx *ctx;
     ASSERT_OK(ctx, mha_ctx_create(&ctx));
     int64_t sq[4] = {B, H, L, D}, sk[4] = {B, H, S, D}, sv[4] = {B, H, S, DV};
     int64_t so[4] = {B, H, L, DV}, sl[3] = {B, H, L};
-    mha_tensor tq = mha_tensor_make(q, 4, sq), tk = mha_tensor_make(k, 4, sk);
-    mha_tensor tv = mha_tensor_make(v, 4, sv);
+    int64_t stq[4] = {L * H * D, D, H * D, 1}, stk[4] = {S * H * D, D, H * D, 1};
+    int64_t stv[4] = {S * H * DV, DV, H * DV, 1}, sto[4] = {L * H * DV, DV, H * DV, 1};
+    mha_tensor tq = mha_tensor_strided(q, 4, sq, bshd ? stq : NULL);
+    mha_tensor tk = mha_tensor_strided(k, 4, sk, bshd ? stk : NULL);
+    mha_tensor tv = mha_tensor_strided(v, 4, sv, bshd ? stv : NULL);
     double *p = dbuf(S);
     mha_attn_params prm = mha_attn_params_default();
     for (int variant = 0; variant < 3; variant++) {
@@ -663,7 +667,8 @@ TEST(fused_forward_driver_threads) {
         FOR_EACH_ISA(ctx) {
             for (int t = 0; t < 3; t++) {
                 out[t] = fbuf((int64_t)no), lse[t] = fbuf((int64_t)nl);
-                mha_tensor to = mha_tensor_make(out[t], 4, so), tl = mha_tensor_make(lse[t], 3, sl);
+                mha_tensor to = mha_tensor_strided(out[t], 4, so, bshd ? sto : NULL);
+                mha_tensor tl = mha_tensor_make(lse[t], 3, sl);
                 mha_ctx_set_threads(ctx, t + 1);
                 ASSERT_OK(ctx, mha_attn_forward(ctx, &prm, &tq, &tk, &tv, &mk, &to, &tl, NULL));
             }
@@ -672,22 +677,22 @@ TEST(fused_forward_driver_threads) {
                        !memcmp(lse[0], lse[1], sizeof(float) * nl) &&
                        !memcmp(lse[0], lse[2], sizeof(float) * nl);
             if (!same)
-                FAILF("%s (mask %d): 2 or 3 threads differ from 1 thread",
-                      mha_isa_name((mha_isa)isa_i_), variant);
+                FAILF("%s (B %lld H %lld, mask %d): 2 or 3 threads differ from 1 thread",
+                      mha_isa_name((mha_isa)isa_i_), (long long)B, (long long)H, variant);
             /* float64 reference */
             int64_t worst = -1;
             double werr = 0;
             for (int64_t bh = 0; bh < B * H && same; bh++)
                 for (int64_t i = 0; i < L; i++) {
-                    const float *qi = q + (bh * L + i) * D;
+                    const int64_t b = bh / H, h = bh % H;
                     double mx = -INFINITY, sum = 0;
                     for (int64_t j = 0; j < S; j++) {
                         double x = 0;
                         for (int64_t d = 0; d < D; d++)
-                            x += (double)qi[d] * k[(bh * S + j) * D + d];
+                            x += (double)q[AT(b, h, i, d, L, D)] * k[AT(b, h, j, d, S, D)];
                         x *= 1.0f / sqrtf((float)D);
                         if (variant) {
-                            if (j > i || pad[(bh / H) * S + j]) x = -INFINITY;
+                            if (j > i || pad[b * S + j]) x = -INFINITY;
                             else x += fmask[i * S + j];
                         }
                         p[j] = x;
@@ -697,29 +702,126 @@ TEST(fused_forward_driver_threads) {
                         sum += p[j] = mx == -INFINITY || p[j] == -INFINITY ? 0 : exp(p[j] - mx);
                     double lw = sum > 0 ? mx + log(sum) : -INFINITY, lg = lse[0][bh * L + i];
                     if (!(lw == lg || fabs(lg - lw) <= 1e-5 * (1 + fabs(lw))))
-                        worst = (bh * L + i) * DV, werr = lg - lw;
+                        worst = AT(b, h, i, 0, L, DV), werr = lg - lw;
                     for (int64_t j = 0; j < S && variant == 2; j++) /* lse: before dropout */
                         p[j] = mha__dropout_keep(&prm, bh, i, j) ? p[j] * ks : 0;
                     for (int64_t x = 0; x < DV; x++) {
                         double o = 0, mag = 0;
                         for (int64_t j = 0; j < S; j++)
-                            o += p[j] * v[(bh * S + j) * DV + x],
-                                mag += fabs(p[j] * v[(bh * S + j) * DV + x]);
+                            o += p[j] * v[AT(b, h, j, x, S, DV)],
+                                mag += fabs(p[j] * v[AT(b, h, j, x, S, DV)]);
                         o = sum > 0 ? o / sum : 0, mag = sum > 0 ? mag / sum : 0;
-                        double e = fabs(out[0][(bh * L + i) * DV + x] - o);
+                        double e = fabs(out[0][AT(b, h, i, x, L, DV)] - o);
                         if (!(e <= 1e-5 * mag + 1e-6) && e > werr)
-                            worst = (bh * L + i) * DV + x, werr = e;
+                            worst = AT(b, h, i, x, L, DV), werr = e;
                     }
                 }
+#undef AT
             if (worst >= 0)
-                FAILF("%s (mask %d): out/lse at [%lld] off the float64 reference by %.3g",
-                      mha_isa_name((mha_isa)isa_i_), variant, (long long)worst, werr);
+                FAILF("%s (B %lld H %lld, mask %d): out/lse at [%lld] off the float64 reference "
+                      "by %.3g",
+                      mha_isa_name((mha_isa)isa_i_), (long long)B, (long long)H, variant,
+                      (long long)worst, werr);
             for (int t = 0; t < 3; t++) free(out[t]), free(lse[t]);
         }
     }
     mha_ctx_set_threads(ctx, 0);
     mha_ctx_free(ctx);
-    free(q), free(k), free(v), free(fmask), free(p);
+    free(q), free(k), free(v), free(fmask), free(p), free(pad);
+}
+
+TEST(fused_forward_driver_threads) { driver_case(2, 2, 150, 333, 48, 40, 0); }
+
+/* Heads many and short enough that a task is a whole head (mha__attn_prefetch_heads: B*H >=
+ * 16 x 3 threads) and the fused kernel fetches the next head's rows and the task's out rows
+ * as it computes (mha__attn_pf): the same results as above, contiguous and strided. */
+TEST(fused_forward_driver_many_heads) {
+    driver_case(3, 16, 40, 70, 24, 20, 0);
+    driver_case(3, 16, 37, 53, 20, 28, 1);
+}
+
+/* A stream of lines (kernels.h, mha__attn_pf) visits every 64-byte line of its spans once, in
+ * order (rows of a strided view one by one, rows one after another as one), a step asks for
+ * MHA__PF_STEP of them, and the fused kernels' results do not depend on a stream. */
+TEST(prefetch_stream) {
+    float buf[2 * 3 * 5 * 40];
+    int64_t sh[4] = {2, 3, 5, 40}, st[4] = {5 * 3 * 40, 40, 3 * 40, 1};
+    mha_tensor c = mha_tensor_make(buf, 4, sh), s = mha_tensor_strided(buf, 4, sh, st);
+    mha__attn_pf pf = {.row = -1};
+    mha__attn_pf_add(&pf, &c, 1, 2, 1, 4, 40); /* 3 rows of 160 bytes in a row: 480 bytes */
+    mha__attn_pf_add(&pf, &s, 1, 1, 2, 4, 20); /* 2 rows of 80 bytes, 480 bytes apart */
+    mha__attn_pf_add(&pf, &c, 0, 0, 3, 3, 40); /* no rows: no span */
+    ASSERT_EQ(pf.nspan, 2);
+    const char *want[16];
+    int nw = 0;
+    const char *c0 = (const char *)(buf + ((1 * 3 + 2) * 5 + 1) * 40);
+    for (int o = 0; o < 480; o += 64) want[nw++] = c0 + o; /* 8 lines */
+    for (int r = 2; r < 4; r++) {
+        const char *r0 = (const char *)(buf + ((1 * 5 + r) * 3 + 1) * 40);
+        want[nw++] = r0, want[nw++] = r0 + 64; /* 80 bytes: 2 lines */
+    }
+    mha__attn_pf walk = pf;
+    int n = 0;
+    while (walk.left > 0 || mha__attn_pf_next(&walk)) {
+        ASSERT_TRUE(n < nw && walk.p == want[n]);
+        walk.p += 64, walk.left--, n++;
+    }
+    ASSERT_EQ(n, nw);
+    int steps = 0;
+    for (mha__attn_pf t = pf;; steps++) { /* until a step asks for no line */
+        const char *before = t.p;
+        mha__attn_pf_step(&t);
+        if (t.p == before) break;
+    }
+    ASSERT_EQ(steps, (nw + MHA__PF_STEP - 1) / MHA__PF_STEP);
+    mha__attn_pf fl = pf;
+    mha__attn_pf_flush(&fl);
+    ASSERT_TRUE(fl.left == 0 && fl.span == fl.nspan && !mha__attn_pf_next(&fl));
+
+    /* the fused forward of every table with and without a stream (over a large buffer, so
+     * that the tile's product with V asks for lines all along): the same bits */
+    enum {
+        BR = 40,
+        BC = 200,
+        N = 64
+    };
+    float *A = fbuf(BR * N), *K = fbuf(BC * N), *V = fbuf(BC * N), *big = fbuf(1 << 20);
+    for (int64_t t = 0; t < BR * N; t++) A[t] = frand();
+    for (int64_t t = 0; t < BC * N; t++) K[t] = frand(), V[t] = frand();
+    int64_t bs[4] = {1, 1, 1 << 14, 64};
+    mha_tensor tb = mha_tensor_make(big, 4, bs);
+    for (int isa = MHA_ISA_GENERIC; isa <= MHA_ISA_AVX512; isa++) {
+        if (!mha_isa_supported((mha_isa)isa)) continue;
+        const mha_kernels *kt = mha__kernels_for((mha_isa)isa);
+        float *Kp = fbuf(kt->attn_fwd_bc * N), *P = fbuf(BR * kt->attn_fwd_bc);
+        float *O[2], m[2][BR], l[2][BR];
+        mha__attn_pf str = {.row = -1};
+        mha__attn_pf_add(&str, &tb, 0, 0, 0, 1 << 14, 64);
+        for (int w = 0; w < 2; w++) {
+            O[w] = fbuf(BR * N);
+            for (int r = 0; r < BR; r++) m[w][r] = -INFINITY, l[w][r] = 0;
+            for (int64_t t = 0; t < BR * N; t++) O[w][t] = 0;
+            for (int64_t c0 = 0; c0 < BC; c0 += kt->attn_fwd_bc) {
+                const int64_t bc = BC - c0 < kt->attn_fwd_bc ? BC - c0 : kt->attn_fwd_bc;
+                mha__attn_tile_mask mk = {.col_end = bc, .diag = 3 - c0, .pf = w ? &str : NULL};
+                for (int64_t r0 = 0; r0 < BR; r0 += kt->attn_fwd_br) {
+                    const int64_t br = BR - r0 < kt->attn_fwd_br ? BR - r0 : kt->attn_fwd_br;
+                    mha__attn_tile_mask mr = mha__attn_tile_mask_rows(&mk, r0);
+                    kt->attn_kpack(bc, N, K + c0 * N, N, Kp);
+                    kt->attn_fwd(br, bc, N, N, 0.125f, A + r0 * N, N, Kp, V + c0 * N, N, &mr,
+                                 m[w] + r0, l[w] + r0, O[w] + r0 * N, N, P, kt->attn_fwd_bc);
+                }
+            }
+        }
+        if (memcmp(O[0], O[1], sizeof(float) * BR * N) || memcmp(m[0], m[1], sizeof m[0]) ||
+            memcmp(l[0], l[1], sizeof l[0]))
+            FAILF("%s: attn_fwd with a stream of lines differs from without",
+                  mha_isa_name((mha_isa)isa));
+        if (isa != MHA_ISA_GENERIC && str.row == -1)
+            FAILF("%s: attn_fwd asked for no line of its stream", mha_isa_name((mha_isa)isa));
+        free(Kp), free(P), free(O[0]), free(O[1]);
+    }
+    free(A), free(K), free(V), free(big);
 }
 
 /* DROPOUT KEEP DECISIONS. The generic attn_dropout against the scheme's scalar definition
@@ -1071,6 +1173,8 @@ int main(void) {
     RUN(softmax_probs_masks);
     RUN(fused_forward_masks_edges);
     RUN(fused_forward_driver_threads);
+    RUN(fused_forward_driver_many_heads);
+    RUN(prefetch_stream);
     RUN(philox_fixed_rounds);
     RUN(dropout_keep_every_isa);
     RUN(dropout_apply_every_isa);

@@ -197,16 +197,21 @@ mha_status mha__attn_check_inputs(mha_ctx *ctx, const char *fn, const mha_attn_p
     return MHA_OK;
 }
 
-void mha__attn_prefetch_rows(const mha_tensor *t, int64_t b, int64_t h, int64_t r0, int64_t r1,
-                             int64_t x, int write) {
-    const int64_t bytes = x * (int64_t)mha__tensor_elsize(t);
-    for (int64_t r = r0; r < r1; r++) {
-        const char *p = mha__attn_row_at(t, b, h, r);
-        for (int64_t o = 0; o < bytes; o += 64) {
-            if (write) __builtin_prefetch(p + o, 1, 2);
-            else __builtin_prefetch(p + o, 0, 2);
-        }
-    }
+void mha__attn_pf_add(mha__attn_pf *pf, const mha_tensor *t, int64_t b, int64_t h, int64_t r0,
+                      int64_t r1, int64_t x) {
+    if (r1 <= r0 || x <= 0 || pf->nspan == MHA__PF_SPANS) return;
+    const int64_t es = (int64_t)mha__tensor_elsize(t), ld = t->stride[2] * es;
+    const char *base = mha__attn_row_at(t, b, h, r0);
+    int64_t rows = r1 - r0, bytes = x * es;
+    if (ld == bytes) bytes *= rows, rows = 1;
+    pf->s[pf->nspan].base = base, pf->s[pf->nspan].rows = rows;
+    pf->s[pf->nspan].ld = ld, pf->s[pf->nspan].bytes = bytes;
+    pf->nspan++;
+}
+
+void mha__attn_pf_flush(mha__attn_pf *pf) {
+    while (pf->left > 0 || mha__attn_pf_next(pf))
+        for (; pf->left > 0; pf->left--, pf->p += 64) __builtin_prefetch(pf->p, 0, 2);
 }
 
 void mha__attn_zero_view(const mha_tensor *t) {

@@ -114,11 +114,14 @@ static inline float *mha__attn_kv_row(const mha__attn_problem *pr, const mha_ten
 /* Every element of a validated [B, X, R, Y] view of any dtype = 0 (all-zero bits: +0). */
 void mha__attn_zero_view(const mha_tensor *t);
 
-/* Rows [r0, r1) of head (b, h) of a [B, H, R, x] view asked of the outer caches (write: the
- * rows will be written), one request per 64 bytes: a thread fetches the next head it will
- * likely run while it computes the current one. A hint only: nothing is read or written. */
-void mha__attn_prefetch_rows(const mha_tensor *t, int64_t b, int64_t h, int64_t r0, int64_t r1,
-                             int64_t x, int write);
+/* Rows [r0, r1) of head (b, h) of a [B, H, R, x] view added to a stream of lines to fetch
+ * while computing (kernels.h: mha__attn_pf; one span, or none when the stream is full or
+ * the rows empty; rows one after another become one row). */
+void mha__attn_pf_add(mha__attn_pf *pf, const mha_tensor *t, int64_t b, int64_t h, int64_t r0,
+                      int64_t r1, int64_t x);
+
+/* The lines of a stream not yet asked for, asked for now. */
+void mha__attn_pf_flush(mha__attn_pf *pf);
 
 /* Whether the threads of a call should fetch the next head's rows while they compute one (a
  * task then a whole head, the next one predicted as this one's + nt, which it is when the
@@ -201,6 +204,7 @@ static inline void mha__attn_tile_mask_make(const mha__attn_problem *pr, int64_t
     mk->bmask = pr->mask.attn_bool ? mha__attn_bool_row(pr, bh, i0) + j0 : NULL;
     mk->fmask = pr->mask.attn_float ? mha__attn_float_row(pr, bh, i0) + j0 : NULL;
     mk->ld_mask = pr->S;
+    mk->pf = NULL;
 }
 
 /* 1 when causality, the window, key_lengths or key_padding exclude every key of [j0, j1) for

@@ -2,11 +2,12 @@
  * FlashAttention-2 (Dao, 2023) in portable C over the kernel table's tile kernels.
  *
  * One task = one (batch, head, query tile of br rows), or all the query tiles of a head when
- * the heads are many and short (fwd_plan: each thread then fetches its next head's rows while
- * it computes one); tasks are independent, so OpenMP hands them to threads in any order and the
- * result is the same for every thread count (the tile grid is fixed by the table's fused tile
- * sizes attn_fwd_br x attn_fwd_bc, never by the thread count, and a tile's result does not
- * depend on the task that runs it).
+ * the heads are many and short (fwd_plan: each thread then fetches its next head's rows and
+ * the task's out rows while it computes, through the fused kernel: fwd_prefetch_head); tasks
+ * are independent, so OpenMP hands them to threads in any order and the result is the same
+ * for every thread count (the tile grid is fixed by the table's fused tile sizes attn_fwd_br
+ * x attn_fwd_bc, never by the thread count, and a tile's result does not depend on the task
+ * that runs it).
  * Per task, for each key tile of bc columns (tiles fully excluded by causality, key_lengths or
  * key_padding are skipped), on the table's fused kernel:
  *     Kp = the key tile packed by attn_kpack, cached per thread: a thread packs a (head, key
@@ -83,7 +84,8 @@ typedef struct {
 /* One task: query rows [i0, i0 + br) of head (b, h), bh = b*H + h. */
 typedef struct {
     int64_t b, h, bh, i0, br;
-    const float *q; /* row i0 of head (b, h) (bf: NULL, fwd_qrows_bf16) */
+    const float *q;   /* row i0 of head (b, h) (bf: NULL, fwd_qrows_bf16) */
+    mha__attn_pf *pf; /* lines to fetch while computing, or NULL */
     mha__attn_dropout dr;
 } fwd_task;
 
@@ -201,6 +203,7 @@ static void fwd_rows(const fwd_call *c, const fwd_task *t, fwd_ws *w) {
         if (mha__attn_tile_skip(pr, t->b, i0, i0 + br, j0, j0 + bc)) continue;
         mha__attn_tile_mask mk;
         mha__attn_tile_mask_make(pr, t->b, t->bh, i0, j0, &mk);
+        mk.pf = t->pf;
         const float *vr = c->bf ? NULL : mha__attn_kv_row(pr, c->v, t->b, t->h, j0);
         int64_t slot = kt % c->nslot, tag = (t->b * pr->Hkv + t->h / pr->kv_group) * c->nkt + kt;
         float *kpt = w->kp + slot * BC * D;
@@ -362,20 +365,22 @@ static void fwd_avg(const fwd_call *c, fwd_ws *w, int64_t task) {
     }
 }
 
-/* Part u of n of head bh's q, k and v rows, asked of the outer caches while the thread computes
- * head cur (fwd_run); k and v unless cur reads the same ones (grouped heads). Not its out rows:
- * prefetching them for writing (prefetchw, into L1: 64 KiB a head at N = 256, D = 64) cost
- * the head being computed more than it saved the next (measured without it: causal N = 256
- * +1.3-4% at B = 8, +2-11% at B = 32 whose heads do not fit L3, non-causal +1%). */
-static void fwd_prefetch_head(const fwd_call *c, int64_t cur, int64_t bh, int64_t u, int64_t n) {
+/* Part u of n of head bh's q, k and v rows added to a task's stream of lines (kernels.h:
+ * mha__attn_pf), which the fused kernel asks of the outer caches a few lines at a time while
+ * the thread computes head cur (fwd_run); k and v unless cur reads the same ones (grouped
+ * heads). The same rows asked for in one burst before the task (the stream's predecessor)
+ * filled the miss buffers and stalled the core for 5-6% of the time; spread, causal N = 256
+ * ran 4-8% faster (B = 8 and 32, D = 64 and 128), non-causal 4%, bf16 3-4%. */
+static void fwd_prefetch_head(const fwd_call *c, int64_t cur, int64_t bh, int64_t u, int64_t n,
+                              mha__attn_pf *pf) {
     const mha__attn_problem *pr = &c->pr;
     const int64_t b = bh / pr->H, g = bh % pr->H / pr->kv_group;
     const int64_t l0 = pr->L * u / n, l1 = pr->L * (u + 1) / n;
     const int64_t s0 = pr->S * u / n, s1 = pr->S * (u + 1) / n;
-    mha__attn_prefetch_rows(c->q, b, bh % pr->H, l0, l1, pr->D, 0);
+    mha__attn_pf_add(pf, c->q, b, bh % pr->H, l0, l1, pr->D);
     if (cur / pr->H == b && cur % pr->H / pr->kv_group == g) return;
-    mha__attn_prefetch_rows(c->k, b, g, s0, s1, pr->D, 0);
-    mha__attn_prefetch_rows(c->v, b, g, s0, s1, pr->Dv, 0);
+    mha__attn_pf_add(pf, c->k, b, g, s0, s1, pr->D);
+    mha__attn_pf_add(pf, c->v, b, g, s0, s1, pr->Dv);
 }
 
 static void fwd_run(const fwd_call *c, fwd_ws *w, int64_t task) {
@@ -385,15 +390,23 @@ static void fwd_run(const fwd_call *c, fwd_ws *w, int64_t task) {
     const mha__attn_problem *pr = &c->pr;
     const int rev = pr->hi_shift != MHA__ATTN_NO_DIAG && pr->lo_shift == -MHA__ATTN_NO_DIAG;
     for (int64_t u = 0; u < c->tpt; u++) {
-        if (c->tpt > 1 && task + c->nt < c->ntask)
-            fwd_prefetch_head(c, task, task + c->nt, u, c->tpt);
         const int64_t qt = (task * c->tpt + u) % c->nqt;
         t.bh = (task * c->tpt + u) / c->nqt, t.i0 = (rev ? c->nqt - 1 - qt : qt) * c->BR;
         t.b = t.bh / c->pr.H, t.h = t.bh % c->pr.H;
         t.br = c->pr.L - t.i0 < c->BR ? c->pr.L - t.i0 : c->BR;
         t.q = c->bf ? NULL : mha__attn_row(c->q, t.b, t.h, t.i0);
         t.dr = mha__attn_dropout_make(&c->pr, t.bh);
+        /* heads grouped: the task's out rows (written at its end: their lines then come
+         * from L3 or memory), then the next head's q, k, v */
+        mha__attn_pf pf = {.row = -1};
+        t.pf = NULL;
+        if (c->tpt > 1) {
+            mha__attn_pf_add(&pf, c->out, t.b, t.h, t.i0, t.i0 + t.br, pr->Dv);
+            if (task + c->nt < c->ntask) fwd_prefetch_head(c, task, task + c->nt, u, c->tpt, &pf);
+            t.pf = &pf;
+        }
         fwd_rows(c, &t, w);
+        if (t.pf) mha__attn_pf_flush(t.pf);
         fwd_finish(c, &t, w);
         if (c->weights) fwd_weights(c, &t, w);
     }

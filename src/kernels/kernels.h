@@ -125,7 +125,8 @@
  *       Same masks, -inf and fully-masked-row rules as attn_softmax (a row without an
  *       allowed finite score so far keeps m, l and O unchanged). The summation order of a
  *       score or an output element may differ from the separate kernels but never depends on
- *       the thread or the tile's position.
+ *       the thread or the tile's position. mk->pf non-NULL: the kernel may ask for lines of
+ *       that stream while it computes (mha__attn_pf_step; the generic one does not).
  *   attn_fwd_drop(br, bc, n, nv, scale, A, lda, Kp, V, ldv, mk, m, l, O, ldo, P, ldp, keep,
  *       ldk): attn_fwd with attention dropout. keep [br, ldk >= bc] bytes, nonzero
  *       = kept: the running max m and the row sum l use the probabilities BEFORE dropout
@@ -155,6 +156,51 @@ typedef struct {
     uint32_t thr;  /* keep iff the word >= thr (0: keep all) */
 } mha__attn_dropout;
 
+/* LINES TO FETCH WHILE COMPUTING: rows a driver wants in the outer caches by the time it
+ * needs them (the next head's q, k and v, the rows a task will write), handed to a fused
+ * kernel in its tile context (mha__attn_tile_mask.pf). The kernel asks for a line or two per
+ * step of its product with V (mha__attn_pf_step), so the requests spread over the
+ * computation instead of going out in one burst that fills the miss buffers and stalls the
+ * core; the driver issues whatever is left afterwards (mha__attn_pf_flush). Hints only: no
+ * result depends on them. Spans of rows: base, rows, row stride and bytes per row. */
+#define MHA__PF_SPANS 4
+typedef struct {
+    const char *p; /* the next line of the current row */
+    int64_t left;  /* lines left in the current row (0: the next row, if any) */
+    int span, nspan;
+    int64_t row; /* the current row of span `span` (-1 before its first) */
+    struct {
+        const char *base;
+        int64_t rows, ld, bytes;
+    } s[MHA__PF_SPANS];
+} mha__attn_pf;
+
+/* The next row (or span) of a stream whose current row is done; 0 when nothing is left. */
+static inline int mha__attn_pf_next(mha__attn_pf *pf) {
+    while (pf->span < pf->nspan) {
+        if (++pf->row < pf->s[pf->span].rows) {
+            pf->p = pf->s[pf->span].base + pf->row * pf->s[pf->span].ld;
+            pf->left = (pf->s[pf->span].bytes + 63) / 64;
+            return 1;
+        }
+        pf->span++, pf->row = -1;
+    }
+    return 0;
+}
+
+/* One step: the stream's next MHA__PF_STEP lines into the outer caches (fewer, or none, at
+ * its end). Two lines per step of the forward's product with V (128 bytes per 6 x 4 FMAs at
+ * D = 64) did better than one, which left a causal tile's stream unfinished, and than four,
+ * whose requests came in bursts again (causal N = 256: +1-3% and +1%). */
+#define MHA__PF_STEP 2
+static inline void mha__attn_pf_step(mha__attn_pf *pf) {
+    for (int i = 0; i < MHA__PF_STEP; i++) {
+        if (pf->left == 0 && !mha__attn_pf_next(pf)) return;
+        __builtin_prefetch(pf->p, 0, 2);
+        pf->p += 64, pf->left--;
+    }
+}
+
 typedef struct {
     int64_t col_end;      /* columns c >= col_end are excluded (key_lengths); may be > bc */
     int64_t diag;         /* causal: c excluded iff c > r + diag; MHA__ATTN_NO_DIAG: none */
@@ -168,6 +214,7 @@ typedef struct {
     float softcap; /* > 0: a scaled score s becomes softcap * tanh(s / softcap) first */
     float slope;   /* ALiBi: then s - slope * |r + adiag - c| (slope 0: no bias) */
     int64_t adiag;
+    mha__attn_pf *pf; /* lines to fetch while computing (fused kernels; NULL: none) */
 } mha__attn_tile_mask;
 
 #define MHA__ATTN_NO_DIAG (INT64_MAX / 4)

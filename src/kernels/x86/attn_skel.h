@@ -264,9 +264,11 @@ INL void blk_load_scaled(const int nv, int64_t m, const float *alpha, const floa
     }
 }
 
-/* O[m, VL nv] = diag(alpha) O + P[m, bc] X[bc, VL nv]   (last vector masked by kl) */
+/* O[m, VL nv] = diag(alpha) O + P[m, bc] X[bc, VL nv]   (last vector masked by kl); a step
+ * of the stream pf (NULL: none) per key */
 INL void pv_blk(const int nv, int64_t m, int64_t bc, const float *P, int64_t ldp, const float *X,
-                int64_t ldx, const float *alpha, float *O, int64_t ldo, vmask kl) {
+                int64_t ldx, const float *alpha, float *O, int64_t ldo, vmask kl,
+                mha__attn_pf *pf) {
     const float *p[MR];
     vf acc[MR][NVMAX];
 #pragma GCC unroll 16
@@ -277,6 +279,7 @@ INL void pv_blk(const int nv, int64_t m, int64_t bc, const float *P, int64_t ldp
 #pragma GCC unroll 16
         for (int j = 0; j < nv; j++) x[j] = vf_load_v(X + c * ldx + VL * j, j == nv - 1, kl);
         blk_fma(nv, acc, p, c, x);
+        if (pf) mha__attn_pf_step(pf);
     }
     blk_store(nv, m, acc, O, ldo, kl);
 }
@@ -293,7 +296,7 @@ void KERNEL(pv)(int64_t br, int64_t bc, int64_t n, const float *P, int64_t ldp, 
             const float *p = P + r0 * ldp, *x = X + x0;
             const float *al = alpha ? alpha + r0 : NULL;
             float *o = O + r0 * ldo + x0;
-            PER_NV(nv, pv_blk, m, bc, p, ldp, x, ldx, al, o, ldo, kl);
+            PER_NV(nv, pv_blk, m, bc, p, ldp, x, ldx, al, o, ldo, kl, NULL);
         }
     }
 }
@@ -534,7 +537,7 @@ INL void scores_blk_bf16(const int nv, int64_t m, int64_t np, const uint16_t *A,
  * the roles of the strides swapped, its ptv_blk (rows: keys, pairs of query rows). */
 INL void pv_blk_bf16(const int nv, int64_t m, int64_t npair, const uint16_t *P2, int64_t rstep,
                      int64_t qstep, const uint16_t *V2, int64_t ldv2, const float *alpha, float *O,
-                     int64_t ldo, vmask kl) {
+                     int64_t ldo, vmask kl, mha__attn_pf *pf) {
     const uint16_t *p[MR];
     vf acc[MR][NVMAX];
 #pragma GCC unroll 16
@@ -551,6 +554,7 @@ INL void pv_blk_bf16(const int nv, int64_t m, int64_t npair, const uint16_t *P2,
 #pragma GCC unroll 16
             for (int j = 0; j < nv; j++) acc[i][j] = vf_dot2(acc[i][j], pi, x[j]);
         }
+        if (pf) mha__attn_pf_step(pf);
     }
     blk_store(nv, m, acc, O, ldo, kl);
 }
@@ -592,7 +596,8 @@ INL void fwd_scores(const int bf, int nvk, int64_t rows, int64_t n, const void *
 /* O[rows, nv] = diag(al) O + P[rows, cps .. bce) V[cps .. bce, nv]: float32, or, bf, the
  * probabilities rounded to bf16 pairs (in place) times the bf16 pairs of V (kernels.h). */
 INL void fwd_pv(const int bf, int64_t rows, int64_t cps, int64_t bce, int64_t nv, float *p,
-                int64_t ldp, const void *V, int64_t ldv, const float *al, float *O, int64_t ldo) {
+                int64_t ldp, const void *V, int64_t ldv, const float *al, float *O, int64_t ldo,
+                mha__attn_pf *pf) {
     (void)bf; /* (bf: fwd_tile's exp pass left P as bf16 pairs) */
     for (int64_t x0 = 0; x0 < nv; x0 += PW) {
         int64_t w = nv - x0 < PW ? nv - x0 : PW;
@@ -603,12 +608,12 @@ INL void fwd_pv(const int bf, int64_t rows, int64_t cps, int64_t bce, int64_t nv
         if (bf) {
             const uint16_t *v2 = (const uint16_t *)V + cps / 2 * 2 * nv + 2 * x0;
             PER_NV(nvo, pv_blk_bf16, rows, (bce - cps + 1) / 2, (const uint16_t *)(p + cps),
-                   2 * ldp, 2, v2, 2 * nv, al, o, ldo, kl);
+                   2 * ldp, 2, v2, 2 * nv, al, o, ldo, kl, pf);
             continue;
         }
 #endif
         PER_NV(nvo, pv_blk, rows, bce - cps, p + cps, ldp, (const float *)V + cps * ldv + x0, ldv,
-               al, o, ldo, kl);
+               al, o, ldo, kl, pf);
     }
 }
 
@@ -693,7 +698,7 @@ INL void fwd_tile(const int bf, int64_t br, int64_t bc, int64_t n, int64_t nv, f
             m[r0 + i] = mn[i];
         }
         /* O = diag(alpha) O + P[rows, cps .. bce) V[cps .. bce, nv] */
-        fwd_pv(bf, rows, cps, bce, nv, p, ldp, V, ldv, al, O + r0 * ldo, ldo);
+        fwd_pv(bf, rows, cps, bce, nv, p, ldp, V, ldv, al, O + r0 * ldo, ldo, mk->pf);
     }
 }
 
@@ -802,7 +807,7 @@ void KERNEL(pv_bf16)(int64_t br, int64_t bc, int64_t n, const float *P2, int64_t
         for (int64_t r0 = 0; r0 < br; r0 += MR) {
             int64_t m = br - r0 < MR ? br - r0 : MR;
             PER_NV(nv, pv_blk_bf16, m, (bc + 1) / 2, (const uint16_t *)(P2 + r0 * ldp), 2 * ldp, 2,
-                   V2 + 2 * x0, 2 * n, NULL, O + r0 * ldo + x0, ldo, kl);
+                   V2 + 2 * x0, 2 * n, NULL, O + r0 * ldo + x0, ldo, kl, NULL);
         }
     }
 }
@@ -816,7 +821,7 @@ void KERNEL(ptv_bf16)(int64_t br, int64_t bc, int64_t n, const uint16_t *T, int6
         for (int64_t c0 = 0; c0 < bc; c0 += MR) {
             int64_t m = bc - c0 < MR ? bc - c0 : MR;
             PER_NV(nv, pv_blk_bf16, m, (br + 1) / 2, T + 2 * c0, 2, 2 * ldt, X2 + 2 * x0, 2 * n,
-                   NULL, G + c0 * ldg + x0, ldg, kl);
+                   NULL, G + c0 * ldg + x0, ldg, kl, NULL);
         }
     }
 }

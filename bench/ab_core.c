@@ -3,10 +3,12 @@
  *
  *     cc -O2 -Iinclude bench/ab_core.c -ldl -o ab_core
  *     ./ab_core LIB_A LIB_B B H N D [--causal] [--backward] [--bf16] [--rounds R] [--check]
+ *     ./ab_core LIB_A LIB_B --gemm M N K TA TB [--rounds R] [--check]
  *
  * --check first runs each library once and compares their outputs byte for byte (out and lse;
- * with --backward dq, dk and dv too), printing which differ: a change meant to keep the bits
- * (a new blocking, a prefetch) is checked in the same command that times it.
+ * with --backward dq, dk and dv too; C for --gemm), printing which differ: a change meant to
+ * keep the bits (a new blocking, a prefetch) is checked in the same command that times it.
+ * --gemm times mha_sgemm (C = op(A) op(B), op transposing when TA / TB is 1) instead of the core.
  *
  * Each library is dlopen'ed on its own (RTLD_LOCAL: its calls stay within itself), with its own
  * context on 2 threads. A round times a batch of calls of A and a batch of B (the order
@@ -39,6 +41,8 @@ typedef struct {
     mha_ctx *ctx;
     fwd_fn fwd;
     bwd_fn bwd;
+    mha_status (*sgemm)(mha_ctx *, int, int, int64_t, int64_t, int64_t, float, const float *,
+                        int64_t, const float *, int64_t, float, float *, int64_t);
     const char *(*errmsg)(const mha_ctx *);
 } lib;
 
@@ -62,6 +66,9 @@ static void lib_open(lib *l, const char *path) {
         (mha_status(*)(mha_ctx *, int))sym(l->h, path, "mha_ctx_set_threads");
     l->fwd = (fwd_fn)sym(l->h, path, "mha_attn_forward");
     l->bwd = (bwd_fn)sym(l->h, path, "mha_attn_backward");
+    l->sgemm = (mha_status(*)(mha_ctx *, int, int, int64_t, int64_t, int64_t, float, const float *,
+                              int64_t, const float *, int64_t, float, float *,
+                              int64_t))sym(l->h, path, "mha_sgemm");
     l->errmsg = (const char *(*)(const mha_ctx *))sym(l->h, path, "mha_ctx_errmsg");
     if (create(&l->ctx) || threads(l->ctx, 2)) {
         fprintf(stderr, "ab_core: %s: cannot make a context\n", path);
@@ -80,11 +87,24 @@ static int cmp_double(const void *a, const void *b) {
     return x < y ? -1 : x > y;
 }
 
+/* --gemm: C[M, N] = op(A) op(B) with op(A) [M, K], op(B) [K, N], row-major, stored as given */
+static struct {
+    int on, ta, tb;
+    int64_t M, N, K;
+    float *A, *B, *C;
+} G;
+
+static mha_status gemm_call(const lib *l) {
+    return l->sgemm(l->ctx, G.ta, G.tb, G.M, G.N, G.K, 1.0f, G.A, G.ta ? G.M : G.K, G.B,
+                    G.tb ? G.K : G.N, 0.0f, G.C, G.N);
+}
+
 /* One call of the forward (and the backward) of library l on the tensors t (q, k, v, out, dout,
- * dq, dk, dv) and lse; exits on an error. */
+ * dq, dk, dv) and lse (with --gemm: one product); exits on an error. */
 static void run_once(const lib *l, const char *path, const mha_attn_params *p, const mha_mask *m,
                      mha_tensor *t, mha_tensor *tl, int backward) {
-    mha_status st = l->fwd(l->ctx, p, &t[0], &t[1], &t[2], m, &t[3], tl, NULL);
+    mha_status st =
+        G.on ? gemm_call(l) : l->fwd(l->ctx, p, &t[0], &t[1], &t[2], m, &t[3], tl, NULL);
     if (!st && backward)
         st = l->bwd(l->ctx, p, &t[0], &t[1], &t[2], m, &t[3], tl, &t[4], &t[5], &t[6], &t[7]);
     if (st) {
@@ -98,6 +118,18 @@ static void run_once(const lib *l, const char *path, const mha_attn_params *p, c
 static int compare(const lib *L, char **argv, const mha_attn_params *p, const mha_mask *m,
                    mha_tensor *t, mha_tensor *tl, size_t bytes, int backward) {
     static const char *names[5] = {"out", "dq", "dk", "dv", "lse"};
+    if (G.on) { /* C */
+        const size_t nb = sizeof(float) * (size_t)(G.M * G.N);
+        float *c0 = malloc(nb);
+        if (!c0) exit(2);
+        run_once(&L[0], argv[1], p, m, t, tl, 0);
+        memcpy(c0, G.C, nb);
+        run_once(&L[1], argv[2], p, m, t, tl, 0);
+        const int differ = memcmp(c0, G.C, nb) != 0;
+        printf(differ ? "check: C differs\n" : "check: the same bytes (C)\n");
+        free(c0);
+        return differ;
+    }
     const size_t lbytes = sizeof(float) * (size_t)(t[0].shape[0] * t[0].shape[1] * t[0].shape[2]);
     void *ref[5] = {NULL};
     const void *cur[5] = {t[3].data, t[5].data, t[6].data, t[7].data, tl->data};
@@ -127,14 +159,22 @@ static int compare(const lib *L, char **argv, const mha_attn_params *p, const mh
 #define MAX_ROUNDS 200
 
 int main(int argc, char **argv) {
-    if (argc < 7) {
+    G.on = argc > 3 && !strcmp(argv[3], "--gemm");
+    if (argc < 7 + 2 * G.on) {
         fprintf(stderr, "usage: ab_core LIB_A LIB_B B H N D [--causal] [--backward] [--bf16] "
-                        "[--rounds R] [--check]\n");
+                        "[--rounds R] [--check]\n"
+                        "       ab_core LIB_A LIB_B --gemm M N K TA TB [--rounds R] [--check]\n");
         return 1;
     }
-    const int64_t B = atol(argv[3]), H = atol(argv[4]), N = atol(argv[5]), D = atol(argv[6]);
+    /* (--gemm: the core's shape a token one, unused) */
+    const int64_t B = G.on ? 1 : atol(argv[3]), H = G.on ? 1 : atol(argv[4]),
+                  N = G.on ? 1 : atol(argv[5]), D = G.on ? 1 : atol(argv[6]);
+    if (G.on) {
+        G.M = atol(argv[4]), G.N = atol(argv[5]), G.K = atol(argv[6]);
+        G.ta = atoi(argv[7]) != 0, G.tb = atoi(argv[8]) != 0;
+    }
     int causal = 0, backward = 0, bf16 = 0, rounds = 20, check = 0;
-    for (int i = 7; i < argc; i++) {
+    for (int i = 7 + 2 * G.on; i < argc; i++) {
         if (!strcmp(argv[i], "--causal")) causal = 1;
         else if (!strcmp(argv[i], "--backward")) backward = 1;
         else if (!strcmp(argv[i], "--bf16")) bf16 = 1;
@@ -145,9 +185,22 @@ int main(int argc, char **argv) {
             return 1;
         }
     }
-    if (B < 1 || H < 1 || N < 1 || D < 1 || rounds < 1 || rounds > MAX_ROUNDS) {
-        fprintf(stderr, "ab_core: B, H, N, D >= 1 and 1 <= rounds <= %d expected\n", MAX_ROUNDS);
+    if (B < 1 || H < 1 || N < 1 || D < 1 || rounds < 1 || rounds > MAX_ROUNDS ||
+        (G.on && (G.M < 1 || G.N < 1 || G.K < 1 || causal || backward || bf16))) {
+        fprintf(stderr,
+                "ab_core: B, H, N, D (or M, N, K) >= 1 and 1 <= rounds <= %d expected "
+                "(--gemm: float32, no core options)\n",
+                MAX_ROUNDS);
         return 1;
+    }
+    if (G.on) { /* deterministic values in [-0.5, 0.5) */
+        float **mats[3] = {&G.A, &G.B, &G.C};
+        const int64_t sizes[3] = {G.M * G.K, G.K * G.N, G.M * G.N};
+        for (int i = 0; i < 3; i++) {
+            if (!(*mats[i] = malloc(sizeof(float) * (size_t)sizes[i]))) return 2;
+            for (int64_t j = 0; j < sizes[i]; j++)
+                (*mats[i])[j] = (float)(((j + 7 * i) * 2654435761u) % 1000u) / 1000.0f - 0.5f;
+        }
     }
     lib L[2];
     lib_open(&L[0], argv[1]);
@@ -186,8 +239,9 @@ int main(int argc, char **argv) {
     if (check && compare(L, argv, &p, &m, t, &tl, n * es, backward)) return 3;
 
     /* batches of about 20 ms at 200 GFLOP/s, 3 to MAX_CALLS calls */
-    const double flops =
-        4.0 * (double)(B * H * N) * (double)(N * D) * (causal ? 0.5 : 1) * (backward ? 2.5 : 1);
+    const double flops = G.on ? 2.0 * (double)G.M * (double)G.N * (double)G.K
+                              : 4.0 * (double)(B * H * N) * (double)(N * D) * (causal ? 0.5 : 1) *
+                                    (backward ? 2.5 : 1);
     int calls = (int)(4e9 / flops) + 3;
     if (calls > MAX_CALLS) calls = MAX_CALLS;
     double ratio[MAX_ROUNDS], best[2] = {0, 0};
@@ -200,7 +254,9 @@ int main(int argc, char **argv) {
             for (int c = 0; c < calls; c++) {
                 mha_status st;
                 double t0 = now();
-                if (!backward) st = l->fwd(l->ctx, &p, &t[0], &t[1], &t[2], &m, &t[3], &tl, NULL);
+                if (G.on) st = gemm_call(l);
+                else if (!backward)
+                    st = l->fwd(l->ctx, &p, &t[0], &t[1], &t[2], &m, &t[3], &tl, NULL);
                 else {
                     st = l->fwd(l->ctx, &p, &t[0], &t[1], &t[2], &m, &t[3], &tl, NULL);
                     t0 = now();
@@ -221,10 +277,17 @@ int main(int argc, char **argv) {
         ratio[r] = rate[1] / rate[0];
     }
     qsort(ratio, (size_t)rounds, sizeof(double), cmp_double);
-    printf("B=%lld H=%lld N=%lld D=%lld%s%s%s: B / A %.3f (quartiles %.3f %.3f), best GFLOP/s A "
-           "%.1f B %.1f, %d rounds of %d calls\n",
-           (long long)B, (long long)H, (long long)N, (long long)D, causal ? " causal" : "",
-           backward ? " backward" : " forward", bf16 ? " bf16" : "", ratio[rounds / 2],
-           ratio[rounds / 4], ratio[3 * rounds / 4], best[0], best[1], rounds, calls);
+    if (G.on)
+        printf("gemm M=%lld N=%lld K=%lld ta %d tb %d: B / A %.3f (quartiles %.3f %.3f), best "
+               "GFLOP/s A %.1f B %.1f, %d rounds of %d calls\n",
+               (long long)G.M, (long long)G.N, (long long)G.K, G.ta, G.tb, ratio[rounds / 2],
+               ratio[rounds / 4], ratio[3 * rounds / 4], best[0], best[1], rounds, calls);
+    else
+        printf(
+            "B=%lld H=%lld N=%lld D=%lld%s%s%s: B / A %.3f (quartiles %.3f %.3f), best GFLOP/s A "
+            "%.1f B %.1f, %d rounds of %d calls\n",
+            (long long)B, (long long)H, (long long)N, (long long)D, causal ? " causal" : "",
+            backward ? " backward" : " forward", bf16 ? " bf16" : "", ratio[rounds / 2],
+            ratio[rounds / 4], ratio[3 * rounds / 4], best[0], best[1], rounds, calls);
     return 0;
 }

@@ -26,7 +26,8 @@
 #                 forward + backward (the backend it ran is recorded);
 # and on CORE_SHAPES only the core and SDPA (head dim 128, and N = 8192);
 #   OpenBLAS      cblas_sgemm via bench/openblas_sgemm.c (Debian's libopenblas-dev), with
-#                 OPENBLAS_CORETYPE=SkylakeX and OPENBLAS_L2_SIZE unset for that command only;
+#                 bench/openblas_env (OPENBLAS_CORETYPE=SkylakeX on AVX-512 CPUs, unset elsewhere;
+#                 OPENBLAS_L2_SIZE unset) for that command only;
 #   mha gemm      `mha bench --gemm` on the same projection shapes.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -160,7 +161,7 @@ for s in ${GEMM_SIZES:-512,512 2048,512 1024,768 4096,1024}; do
         read -r gm gn gk ta tb <<< "$g"
         run mha "$MHA" bench --gemm "$gm" "$gn" "$gk" --ta "$ta" --tb "$tb" --threads "$T" \
             --runs 10 --json
-        run openblas env -u OPENBLAS_L2_SIZE OPENBLAS_CORETYPE=SkylakeX OPENBLAS_NUM_THREADS="$T" \
+        run openblas env OPENBLAS_NUM_THREADS="$T" bench/openblas_env \
             "$OB" "$gm" "$gn" "$gk" "$ta" "$tb" 10
     done
 done

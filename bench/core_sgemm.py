@@ -9,8 +9,9 @@ section for BENCHMARKS.md (progress on stderr).
 
 The sgemm of a case is the in_proj product of its layer (M = B*N, N = 3E, K = E, E = H*D, B
 transposed as x W^T), the definition of BENCHMARKS.md's "core fwd / OpenBLAS sgemm" column,
-timed by bench/openblas_sgemm.c (built here from Debian's libopenblas-dev) with
-OPENBLAS_CORETYPE=SkylakeX and OPENBLAS_L2_SIZE unset for that command only. Each case: mha's
+timed by bench/openblas_sgemm.c (built here from Debian's libopenblas-dev) through
+bench/openblas_env (OPENBLAS_CORETYPE=SkylakeX on AVX-512 CPUs, unset elsewhere so that OpenBLAS
+detects its core; OPENBLAS_L2_SIZE unset) for that command only. Each case: mha's
 core (median of its runs within --budget seconds), then the sgemm (median of 9), then mha's
 core again and the sgemm again in reverse order; a ratio is the core's rate over the sgemm's
 in the same pair, and the table gives the better pair's (a slow spell of the shared machine
@@ -50,15 +51,15 @@ def run_json(cmd, env=None):
 
 
 def openblas(build, threads):
-    """bench/openblas_sgemm.c built into BUILD, and the environment to time it in: THREADS
-    threads, OPENBLAS_CORETYPE=SkylakeX, OPENBLAS_L2_SIZE unset (for these commands only)."""
+    """The command that times OpenBLAS (bench/openblas_sgemm.c built into BUILD, run through
+    bench/openblas_env: its core type for this CPU, OPENBLAS_L2_SIZE unset) and the environment
+    to run it in (THREADS threads): for these commands only."""
     ob = os.path.join(build, "openblas_sgemm")
     if subprocess.run(["cc", "-O2", "-o", ob, os.path.join(HERE, "openblas_sgemm.c"),
                        "-lopenblas", "-lm"]).returncode:
         sys.exit("cannot build bench/openblas_sgemm.c (apt-get install libopenblas-dev)")
-    env = dict(os.environ, OPENBLAS_NUM_THREADS=str(threads), OPENBLAS_CORETYPE="SkylakeX")
-    env.pop("OPENBLAS_L2_SIZE", None)
-    return ob, env
+    env = dict(os.environ, OPENBLAS_NUM_THREADS=str(threads))
+    return [os.path.join(HERE, "openblas_env"), ob], env
 
 
 def emit(lines, out):
@@ -97,7 +98,7 @@ def main():
                 "--runs", "200" if short else "5", "--budget", f"{a.budget:g}",
                 "--warmup", "1" if n <= 4096 else "0"]
         core += ["--causal"] * causal
-        gemm = [ob, str(b * n), str(3 * e), str(e), "0", "1", "100" if short else "9"]
+        gemm = ob + [str(b * n), str(3 * e), str(e), "0", "1", "100" if short else "9"]
         print(f"B={b} H={h} N={n} D={d}{' causal' if causal else ''}", file=sys.stderr)
         pairs = []
         for order in (0, 1):

@@ -6,7 +6,7 @@
  *
  *   cc -O2 -Iinclude bench/gemm_cpu.c build/libmha.a -fopenmp -lopenblas -lm -lpng -lz \
  *       -o build/gemm_cpu
- *   OPENBLAS_NUM_THREADS=1 OPENBLAS_CORETYPE=SkylakeX build/gemm_cpu M N K ta tb [rounds]
+ *   OPENBLAS_NUM_THREADS=1 bench/openblas_env build/gemm_cpu M N K ta tb [rounds]
  *
  * One thread only: two thread pools in one process (libgomp's and OpenBLAS's) would fight for
  * the cores. Not part of the library (mha never links a BLAS). */

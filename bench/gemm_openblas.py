@@ -3,10 +3,11 @@
 sgemm on every projection shape of the benchmark's layers. For each layer (B*N tokens, E) of
 bench/compare.sh's module table, its four products: in_proj x W^T (M = B*N, N = 3E, K = E),
 out_proj (N = E), the input gradient dY W (K = 3E) and the weight gradient dY^T X (M = 3E,
-N = E, K = B*N). Each round times `mha bench --gemm` and OpenBLAS (bench/openblas_sgemm.c,
-OPENBLAS_CORETYPE=SkylakeX, OPENBLAS_L2_SIZE unset, for that command only) next to each other;
-a ratio is the round's mha rate over the round's OpenBLAS rate, and the table gives the median
-of the rounds' ratios (a neighbour's burst on the shared machine hits one side of one round).
+N = E, K = B*N). Each round times `mha bench --gemm` and OpenBLAS (bench/openblas_sgemm.c
+through bench/openblas_env: its core type for this CPU, OPENBLAS_L2_SIZE unset, for that command
+only) next to each other; a ratio is the round's mha rate over the round's OpenBLAS rate, and the
+table gives the median of the rounds' ratios (a neighbour's burst on the shared machine hits one
+side of one round).
 Prints a markdown section for BENCHMARKS.md (progress on stderr). Stdlib only.
 
     bench/gemm_openblas.py [--build build] [--threads 2] [--rounds 5] [--quick] [--out F.md]
@@ -49,7 +50,7 @@ def main():
         print(f"M={m} N={n} K={k} ta={ta} tb={tb}", file=sys.stderr)
         mine = [os.path.join(a.build, "mha"), "bench", "--gemm", str(m), str(n), str(k), "--ta",
                 str(ta), "--tb", str(tb), "--threads", str(a.threads), "--runs", "10", "--json"]
-        theirs = [ob, str(m), str(n), str(k), str(ta), str(tb), "10"]
+        theirs = ob + [str(m), str(n), str(k), str(ta), str(tb), "10"]
         rates = [(run_json(mine)["gflops"], run_json(theirs, env)["gflops"])
                  for _ in range(a.rounds)]
         ratios = [x / y for x, y in rates]

@@ -8,8 +8,8 @@
 #   (GEMM_SIZES="4096,1024" for the E = 1024 shapes only, as in compare.sh: M,E pairs;
 #    OLD=/path/to/an/older/mha adds its ratio, measured in the same rounds: before and after)
 #
-# OpenBLAS: bench/openblas_sgemm.c (Debian's libopenblas-dev) with OPENBLAS_CORETYPE=SkylakeX
-# and OPENBLAS_L2_SIZE unset for that command only, as compare.sh runs it.
+# OpenBLAS: bench/openblas_sgemm.c (Debian's libopenblas-dev) through bench/openblas_env (its
+# core type for this CPU, OPENBLAS_L2_SIZE unset, for that command only), as compare.sh runs it.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 BUILD=${BUILD:-build}
@@ -55,8 +55,8 @@ for s in ${GEMM_SIZES:-512,512 2048,512 1024,768 4096,1024}; do
                 --json)
             if [ -n "$OLD" ]; then q=$(gflops "$OLD" "${args[@]}"); fi
             m=$(gflops "$MHA" "${args[@]}")
-            o=$(gflops env -u OPENBLAS_L2_SIZE OPENBLAS_CORETYPE=SkylakeX \
-                OPENBLAS_NUM_THREADS="$T" "$OB" "$gm" "$gn" "$gk" "$ta" "$tb" "$RUNS")
+            o=$(gflops env OPENBLAS_NUM_THREADS="$T" bench/openblas_env \
+                "$OB" "$gm" "$gn" "$gk" "$ta" "$tb" "$RUNS")
             ms+=("$m") os+=("$o") rs+=("$(ratio "$m" "$o")")
             if [ -n "$OLD" ]; then qs+=("$(ratio "$q" "$o")"); fi
         done

@@ -3,8 +3,9 @@
  * format as mha bench --json.
  *
  *   cc -O2 bench/openblas_sgemm.c -o openblas_sgemm -lopenblas
- *   OPENBLAS_NUM_THREADS=2 OPENBLAS_CORETYPE=SkylakeX ./openblas_sgemm M N K [ta tb [runs]]
+ *   OPENBLAS_NUM_THREADS=2 bench/openblas_env ./openblas_sgemm M N K [ta tb [runs]]
  *
+ * (bench/openblas_env: the core type for this CPU; the JSON line names the core that ran.)
  * Built by bench/compare.sh; not part of the library (mha never links a BLAS). */
 #include <cblas.h>
 #include <stdio.h>
@@ -54,8 +55,9 @@ int main(int argc, char **argv) {
     qsort(t, (size_t)runs, sizeof(double), cmp);
     double med = t[runs / 2];
     printf("{\"what\":\"openblas_sgemm\",\"M\":%ld,\"N\":%ld,\"K\":%ld,\"ta\":%d,\"tb\":%d,"
-           "\"threads\":%d,\"median_ms\":%.4f,\"gflops\":%.2f}\n",
-           M, N, K, ta, tb, openblas_get_num_threads(), med * 1e3, 2.0 * M * N * K / med * 1e-9);
+           "\"threads\":%d,\"core\":\"%s\",\"median_ms\":%.4f,\"gflops\":%.2f}\n",
+           M, N, K, ta, tb, openblas_get_num_threads(), openblas_get_corename(), med * 1e3,
+           2.0 * M * N * K / med * 1e-9);
     free(A), free(B), free(C), free(t);
     return 0;
 }

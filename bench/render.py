@@ -78,6 +78,7 @@ def main():
     isa = next((r["isa"] for r in res if r["label"] == "mha" and "isa" in r), "?")
     tr = next((r for r in res if r["label"] == "torch"), {})
     ob_v = sh("dpkg-query -W -f='${Version}' libopenblas0-pthread 2>/dev/null") or "?"
+    ob_core = next((r["core"] for r in res if r["label"] == "openblas" and "core" in r), "?")
     load_before = os.environ.get("BENCH_LOAD_BEFORE", "?")
     out = []
     w = out.append
@@ -88,7 +89,7 @@ def main():
     w(f"- Date: {datetime.datetime.now().strftime('%Y-%m-%d %H:%M')}; one full run took {elapsed} s")
     w(f"- Threads: {threads} for everything; mha kernel path: {isa}; PyTorch "
       f"{tr.get('torch', '?')} (pip CPU build, ATen CPU capability {tr.get('cpu_capability', '?')}); "
-      f"OpenBLAS {ob_v} (OPENBLAS_CORETYPE=SkylakeX)")
+      f"OpenBLAS {ob_v} (its {ob_core} kernels, bench/openblas_env)")
     w(f"- Times are the best of {rounds} rounds (the module and core commands run once per "
       "round, one round after the other) of medians of up to 7 runs (the timed runs stop after "
       "4 s, at least one run) "

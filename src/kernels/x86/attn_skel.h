@@ -92,6 +92,25 @@ _Static_assert(MR <= VL, "a register block's row state (m, alpha) fits one vecto
 #endif
 #define PER_NV PER_UPTO(NVMAX)
 
+/* NV_FUNCS(name, (params), (args)) defines name_1 .. name_NVMAX: the register block name(nv,
+ * args) for each nv in a function of its own, never inlined; PER_NV(nv, NV_CALL, name, args)
+ * calls the one of nv. For the fused forward's score products where the mapping says so
+ * (PANEL_OWN_FN): inlined into the tile loop, AVX-512's 24 accumulators got too few of the 32
+ * registers beside the loop's live values, and the accumulators the compiler kept on the stack
+ * bounded the loop by their store-to-load latency (Zen 5: the forward 6-10% slower). AVX2's
+ * 12 accumulators fit, and the call cost it 3-5%; the bf16 panel (vdpbf16ps) lost 2-3% too. */
+#define SKEL_UNPAREN(...) __VA_ARGS__
+#define NV_FUNC(v, name, params, args)                                                             \
+    static __attribute__((noinline, unused)) void name##_##v params { name(v, SKEL_UNPAREN args); }
+#if NVMAX == 4
+#define NV_FUNCS(name, params, args)                                                               \
+    NV_FUNC(1, name, params, args)                                                                 \
+    NV_FUNC(2, name, params, args) NV_FUNC(3, name, params, args) NV_FUNC(4, name, params, args)
+#else
+#define NV_FUNCS(name, params, args) NV_FUNC(1, name, params, args) NV_FUNC(2, name, params, args)
+#endif
+#define NV_CALL(v, name, ...) name##_##v(__VA_ARGS__)
+
 /* Kt[d*PW + c] = B[c*ldb + d] for d < dc, c < w (w <= PW); columns w .. VL*ceil(w/VL) zero. */
 static inline void pack_bt(const float *B, int64_t ldb, int64_t w, int64_t dc, float *Kt) {
     for (int64_t cb = 0; cb < w; cb += VL) {
@@ -461,11 +480,10 @@ INL void fwd_panel_out(const int nv, int64_t m, vf acc[MR][NVMAX], float scale, 
     }
 }
 
-/* The scores of a block's panel, A[i] Kt as an FMA chain over d in order, into P by
- * fwd_panel_out. */
-INL void fwd_panel(const int nv, int64_t m, int64_t n, const float *A, int64_t lda, const float *Kt,
-                   float scale, float *P, int64_t ldp, vmask kl, const mha__attn_tile_mask *mk,
-                   int masked, int mods, int64_t r0, int64_t c0, int64_t bc, vf vmx[MR]) {
+/* out[i] = A[i] Kt over d < n, an FMA chain in order, for the block's m rows (called through
+ * panel_acc_<nv>, NV_FUNCS). */
+INL void panel_acc(const int nv, int64_t m, int64_t n, const float *A, int64_t lda, const float *Kt,
+                   vf out[MR][NVMAX]) {
     const float *a[MR];
     vf acc[MR][NVMAX];
 #pragma GCC unroll 16
@@ -480,6 +498,27 @@ INL void fwd_panel(const int nv, int64_t m, int64_t n, const float *A, int64_t l
         for (int j = 0; j < nv; j++) b[j] = vf_load(Kt + d * PW + VL * j);
         blk_fma(nv, acc, a, d, b);
     }
+#pragma GCC unroll 16
+    for (int i = 0; i < MR; i++)
+#pragma GCC unroll 16
+        for (int j = 0; j < nv; j++) out[i][j] = acc[i][j];
+}
+#if PANEL_OWN_FN
+NV_FUNCS(panel_acc,
+         (int64_t m, int64_t n, const float *A, int64_t lda, const float *Kt, vf out[MR][NVMAX]),
+         (m, n, A, lda, Kt, out))
+#endif
+
+/* The scores of a block's panel, A[i] Kt, into P by fwd_panel_out. */
+INL void fwd_panel(const int nv, int64_t m, int64_t n, const float *A, int64_t lda, const float *Kt,
+                   float scale, float *P, int64_t ldp, vmask kl, const mha__attn_tile_mask *mk,
+                   int masked, int mods, int64_t r0, int64_t c0, int64_t bc, vf vmx[MR]) {
+    vf acc[MR][NVMAX];
+#if PANEL_OWN_FN
+    PER_NV(nv, NV_CALL, panel_acc, m, n, A, lda, Kt, acc);
+#else
+    panel_acc(nv, m, n, A, lda, Kt, acc);
+#endif
     fwd_panel_out(nv, m, acc, scale, P, ldp, kl, mk, masked, mods, r0, c0, bc, vmx);
 }
 

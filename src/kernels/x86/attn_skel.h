@@ -94,11 +94,12 @@ _Static_assert(MR <= VL, "a register block's row state (m, alpha) fits one vecto
 
 /* NV_FUNCS(name, (params), (args)) defines name_1 .. name_NVMAX: the register block name(nv,
  * args) for each nv in a function of its own, never inlined; PER_NV(nv, NV_CALL, name, args)
- * calls the one of nv. For the fused forward's score products where the mapping says so
- * (PANEL_OWN_FN): inlined into the tile loop, AVX-512's 24 accumulators got too few of the 32
- * registers beside the loop's live values, and the accumulators the compiler kept on the stack
- * bounded the loop by their store-to-load latency (Zen 5: the forward 6-10% slower). AVX2's
- * 12 accumulators fit, and the call cost it 3-5%; the bf16 panel (vdpbf16ps) lost 2-3% too. */
+ * calls the one of nv. For the float32 score products (the fused forward's panels, attn_scores'
+ * blocks) where the mapping says so (PANEL_OWN_FN): inlined into the tile loop, AVX-512's 24
+ * accumulators got too few of the 32 registers beside the loop's live values, and the
+ * accumulators the compiler kept on the stack bounded the loop by their store-to-load latency
+ * (Zen 5: the forward 6-10% slower, the backward 5%). AVX2's 12 accumulators fit, and the call
+ * cost it 3-5%; the fused forward's bf16 panel (vdpbf16ps) lost 2-3% by it too. */
 #define SKEL_UNPAREN(...) __VA_ARGS__
 #define NV_FUNC(v, name, params, args)                                                             \
     static __attribute__((noinline, unused)) void name##_##v params { name(v, SKEL_UNPAREN args); }
@@ -224,6 +225,12 @@ INL void scores_blk(const int nv, int64_t m, int64_t dc, const float *A, int64_t
                 vf_store_v(S + i * lds + VL * j, j == nv - 1, kl,
                            last ? vf_mul(vs, acc[i][j]) : acc[i][j]);
 }
+#if PANEL_OWN_FN
+NV_FUNCS(scores_blk,
+         (int64_t m, int64_t dc, const float *A, int64_t lda, const float *Kt, float *S,
+          int64_t lds, vmask kl, float scale, int first, int last),
+         (m, dc, A, lda, Kt, S, lds, kl, scale, first, last))
+#endif
 
 #ifndef SKEL_BF16_ONLY
 /* attn_scores on B (packed here, a DC x PW panel at a time) or, Kp non-NULL, on the tile as
@@ -249,7 +256,11 @@ INL void scores_run(int64_t br, int64_t bc, int64_t n, float scale, const float 
                 int64_t m = br - r0 < MR ? br - r0 : MR;
                 const float *a = A + r0 * lda + d0;
                 float *s = S + r0 * lds + c0;
+#if PANEL_OWN_FN
+                PER_NV(nv, NV_CALL, scores_blk, m, dc, a, lda, kt, s, lds, kl, scale, first, last);
+#else
                 PER_NV(nv, scores_blk, m, dc, a, lda, kt, s, lds, kl, scale, first, last);
+#endif
             }
         }
     }

@@ -15,7 +15,7 @@
 #define VALIGN 32      /* bytes */
 #define MR 6           /* rows of a register block */
 #define NVMAX 2        /* vectors per row of a register block: 12 accumulators, 2 loads, 1 bcast */
-#define PANEL_OWN_FN 0 /* the fused forward's score products: inlined (attn_skel.h) */
+#define PANEL_OWN_FN 0 /* the float32 score products: inlined (attn_skel.h) */
 #define INL static inline __attribute__((always_inline))
 
 typedef __m256 vf;     /* VL floats */

@@ -15,7 +15,7 @@
 #define VALIGN 64       /* bytes */
 #define MR 6            /* rows of a register block */
 #define NVMAX 4         /* vectors per row of a register block: 24 accumulators, 4 loads, 1 bcast */
-#define PANEL_OWN_FN 1  /* the fused forward's score products: functions of their own */
+#define PANEL_OWN_FN 1  /* the float32 score products: functions of their own */
 #define INL static inline __attribute__((always_inline))
 
 typedef __m512 vf;       /* VL floats */

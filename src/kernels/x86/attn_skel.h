@@ -736,13 +736,21 @@ INL void fwd_tile(const int bf, int64_t br, int64_t bc, int64_t n, int64_t nv, f
                 continue;
             }
 #endif
-            for (int64_t c = cps; c < bce; c += VL) {
-                vmask kw = mask_tail(bce - c);
-                int last = bce - c < VL;
-                vf e = vf_exp(vf_sub(vf_load_v(pr + c, last, kw), vm));
-                vsum = vf_add_tail(vsum, e, last, kw);
-                if (keep) e = vf_keep(e, keep + (r0 + i) * ldk, c, bce, kw); /* dropped: 0 */
-                vf_store_v(pr + c, last, kw, e);
+            /* whole vectors in a loop of their own (no mask to compute), then the cut one */
+            const int64_t cw = cps + (bce - cps) / VL * VL;
+            const uint8_t *kr = keep ? keep + (r0 + i) * ldk : NULL;
+            for (int64_t c = cps; c < cw; c += VL) {
+                vf e = vf_exp(vf_sub(vf_load_v(pr + c, 0, mask_full()), vm));
+                vsum = vf_add(vsum, e);
+                if (kr) e = vf_keep(e, kr, c, bce, mask_full()); /* dropped: 0 */
+                vf_store_v(pr + c, 0, mask_full(), e);
+            }
+            if (cw < bce) {
+                vmask kw = mask_tail(bce - cw);
+                vf e = vf_exp(vf_sub(vf_load_v(pr + cw, 1, kw), vm));
+                vsum = vf_add_tail(vsum, e, 1, kw);
+                if (kr) e = vf_keep(e, kr, cw, bce, kw);
+                vf_store_v(pr + cw, 1, kw, e);
             }
             l[r0 + i] = al[i] * l[r0 + i] + vf_hsum(vsum);
             m[r0 + i] = mn[i];

@@ -723,7 +723,19 @@ INL void fwd_tile(const int bf, int64_t br, int64_t bc, int64_t n, int64_t nv, f
             if (bf) { /* P straight to bf16 pairs in place, as probs_to_pairs lays them out */
                 uint16_t *pp = (uint16_t *)(pr + cps);
                 const uint8_t *kr = keep ? keep + (r0 + i) * ldk : NULL;
-                for (int64_t c = cps; c < bce; c += 2 * VL) {
+                /* whole pairs of vectors without masks, then the cut pair */
+                const int64_t cw = cps + (bce - cps) / (2 * VL) * (2 * VL);
+                for (int64_t c = cps; c < cw; c += 2 * VL) {
+                    vf e0 = vf_exp_prob(vf_sub(vf_load_v(pr + c, 0, mask_full()), vm));
+                    vf e1 = vf_exp_prob(vf_sub(vf_load_v(pr + c + VL, 0, mask_full()), vm));
+                    vsum = vf_add(vsum, vf_add(e0, e1));
+                    if (kr) {
+                        e0 = vf_keep(e0, kr, c, bce, mask_full());
+                        e1 = vf_keep(e1, kr, c + VL, bce, mask_full());
+                    }
+                    vb_store(pp + (c - cps), vb_round2(e0, e1));
+                }
+                for (int64_t c = cw; c < bce; c += 2 * VL) { /* (at most one) */
                     const vmask k0 = mask_tail(bce - c), k1 = mask_tail(bce - c - VL);
                     vf e0 = vf_maskz(k0, vf_exp_prob(vf_sub(vf_mload(pr + c, k0), vm)));
                     vf e1 = vf_maskz(k1, vf_exp_prob(vf_sub(vf_mload(pr + c + VL, k1), vm)));

@@ -389,7 +389,21 @@ INL void probs_tile(const int lp, int64_t br, int64_t bc, float *S, int64_t lds,
         const float *fm = mk->fmask ? mk->fmask + r * mk->ld_mask : NULL;
         if (lse[r] == -INFINITY) end = 0;
         vf vl = vf_set1(lse[r]);
-        for (int64_t c = 0; c < bc; c += VL) {
+        /* a row without masks or score transforms: its whole vectors before end plainly */
+        const int plain =
+            !mk->pad && !bm && !fm && start == 0 && !(mk->softcap > 0) && mk->slope == 0;
+        const int64_t cw = plain ? end / VL * VL : 0;
+        for (int64_t c = 0; c < cw; c += VL) {
+            vf x = vf_sub(vf_load_v(s + c, 0, mask_full()), vl);
+#ifdef SKEL_BF16
+            if (lp) {
+                vf_store_v(s + c, 0, mask_full(), vf_exp_prob(x));
+                continue;
+            }
+#endif
+            vf_store_v(s + c, 0, mask_full(), vf_exp(x));
+        }
+        for (int64_t c = cw; c < bc; c += VL) {
             vmask kw = mask_tail(bc - c);
             vmask ka = window_lo(mask_allowed(mk, bm, c, end, bc), mk, c, start);
             vf x = vf_mload(s + c, kw);

@@ -111,6 +111,12 @@ _Static_assert(MR <= VL, "a register block's row state (m, alpha) fits one vecto
 #define NV_FUNCS(name, params, args) NV_FUNC(1, name, params, args) NV_FUNC(2, name, params, args)
 #endif
 #define NV_CALL(v, name, ...) name##_##v(__VA_ARGS__)
+/* PER_NV for a score product: through its NV_FUNCS where the mapping says so */
+#if PANEL_OWN_FN
+#define PER_NV_SCORES(nv, name, ...) PER_NV(nv, NV_CALL, name, __VA_ARGS__)
+#else
+#define PER_NV_SCORES(nv, name, ...) PER_NV(nv, name, __VA_ARGS__)
+#endif
 
 /* Kt[d*PW + c] = B[c*ldb + d] for d < dc, c < w (w <= PW); columns w .. VL*ceil(w/VL) zero. */
 static inline void pack_bt(const float *B, int64_t ldb, int64_t w, int64_t dc, float *Kt) {
@@ -225,12 +231,10 @@ INL void scores_blk(const int nv, int64_t m, int64_t dc, const float *A, int64_t
                 vf_store_v(S + i * lds + VL * j, j == nv - 1, kl,
                            last ? vf_mul(vs, acc[i][j]) : acc[i][j]);
 }
-#if PANEL_OWN_FN
 NV_FUNCS(scores_blk,
          (int64_t m, int64_t dc, const float *A, int64_t lda, const float *Kt, float *S,
           int64_t lds, vmask kl, float scale, int first, int last),
          (m, dc, A, lda, Kt, S, lds, kl, scale, first, last))
-#endif
 
 #ifndef SKEL_BF16_ONLY
 /* attn_scores on B (packed here, a DC x PW panel at a time) or, Kp non-NULL, on the tile as
@@ -256,11 +260,7 @@ INL void scores_run(int64_t br, int64_t bc, int64_t n, float scale, const float 
                 int64_t m = br - r0 < MR ? br - r0 : MR;
                 const float *a = A + r0 * lda + d0;
                 float *s = S + r0 * lds + c0;
-#if PANEL_OWN_FN
-                PER_NV(nv, NV_CALL, scores_blk, m, dc, a, lda, kt, s, lds, kl, scale, first, last);
-#else
-                PER_NV(nv, scores_blk, m, dc, a, lda, kt, s, lds, kl, scale, first, last);
-#endif
+                PER_NV_SCORES(nv, scores_blk, m, dc, a, lda, kt, s, lds, kl, scale, first, last);
             }
         }
     }
@@ -528,22 +528,16 @@ INL void panel_acc(const int nv, int64_t m, int64_t n, const float *A, int64_t l
 #pragma GCC unroll 16
         for (int j = 0; j < nv; j++) out[i][j] = acc[i][j];
 }
-#if PANEL_OWN_FN
 NV_FUNCS(panel_acc,
          (int64_t m, int64_t n, const float *A, int64_t lda, const float *Kt, vf out[MR][NVMAX]),
          (m, n, A, lda, Kt, out))
-#endif
 
 /* The scores of a block's panel, A[i] Kt, into P by fwd_panel_out. */
 INL void fwd_panel(const int nv, int64_t m, int64_t n, const float *A, int64_t lda, const float *Kt,
                    float scale, float *P, int64_t ldp, vmask kl, const mha__attn_tile_mask *mk,
                    int masked, int mods, int64_t r0, int64_t c0, int64_t bc, vf vmx[MR]) {
     vf acc[MR][NVMAX];
-#if PANEL_OWN_FN
-    PER_NV(nv, NV_CALL, panel_acc, m, n, A, lda, Kt, acc);
-#else
-    panel_acc(nv, m, n, A, lda, Kt, acc);
-#endif
+    PER_NV_SCORES(nv, panel_acc, m, n, A, lda, Kt, acc);
     fwd_panel_out(nv, m, acc, scale, P, ldp, kl, mk, masked, mods, r0, c0, bc, vmx);
 }
 
